@@ -1,0 +1,63 @@
+"""The HUB REST API as request values: one builder per endpoint, no I/O."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from hubfsm.transport import FilePart, Request
+
+#: What the official client calls its agent in heartbeats.
+AGENT_NAME = f"python-{sys.version.split()[0]}-hubfsm"
+
+
+def auth() -> Request:
+    """Check the API key."""
+    return Request("POST", "/v1/auth")
+
+
+def get_model(model_id: str) -> Request:
+    """Read a model record."""
+    return Request("GET", f"/v1/models/{model_id}")
+
+
+def create_model(payload: Mapping[str, Any], *, key: str | None = None) -> Request:
+    """Create a model from a ``config``/``dataset``/``lineage``/``meta`` payload."""
+    return Request("POST", "/v1/models", json=dict(payload), idempotency_key=key)
+
+
+def upload_metrics(model_id: str, metrics: Mapping[int, str], *, key: str) -> Request:
+    """Upload metrics of several epochs; each value is that epoch's JSON-encoded dict."""
+    body = {"type": "metrics", "metrics": {str(e): m for e, m in metrics.items()}}
+    return Request("POST", f"/v1/models/{model_id}", json=body, idempotency_key=key)
+
+
+def encode_metrics(metrics: Mapping[str, Any]) -> str:
+    """Encode one epoch's metrics as the hub wants them: a JSON string."""
+    return json.dumps(dict(metrics), sort_keys=True)
+
+
+def upload_checkpoint(
+    model_id: str, epoch: int, file: FilePart, *, is_best: bool, key: str
+) -> Request:
+    """Upload epoch weights (``last.pt``)."""
+    fields = {"epoch": str(epoch), "type": "epoch", "isBest": str(bool(is_best))}
+    return Request(
+        "POST", f"/v1/models/{model_id}/upload", fields=fields, file=file, idempotency_key=key
+    )
+
+
+def upload_final(model_id: str, epoch: int, file: FilePart, *, map50_95: float, key: str) -> Request:
+    """Upload the final weights (``best.pt``) with the model's mAP50-95."""
+    fields = {"epoch": str(epoch), "type": "final", "map": repr(float(map50_95))}
+    return Request(
+        "POST", f"/v1/models/{model_id}/upload", fields=fields, file=file, idempotency_key=key
+    )
+
+
+def heartbeat(model_id: str, agent_id: str | None) -> Request:
+    """Tell the hub the agent is alive."""
+    body = {"agent": AGENT_NAME, "agentId": agent_id}
+    return Request("POST", f"/v1/agent/heartbeat/models/{model_id}", json=body)

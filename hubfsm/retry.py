@@ -1,0 +1,167 @@
+"""The retry policy: which outcomes to retry, and how long to wait before each retry.
+
+Pure: the clock and the random source come in as arguments, so a seed fixes the schedule.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import random
+
+import attrs
+
+from hubfsm.transport import Outcome, Response, TransportError
+
+#: Statuses worth another attempt: the request may succeed later unchanged.
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class Verdict(enum.Enum):
+    """What an outcome means for the operation that produced it."""
+
+    SUCCESS = "success"
+    RETRY = "retry"
+    FATAL = "fatal"
+
+
+def classify(outcome: Outcome) -> Verdict:
+    """Sort an outcome into success, retryable failure or fatal failure.
+
+    Connection errors, timeouts, garbled answers and the statuses in
+    :data:`RETRYABLE_STATUSES` are retryable; every other non-2xx status is fatal.
+    """
+    if isinstance(outcome, TransportError):
+        return Verdict.RETRY
+    if outcome.ok:
+        return Verdict.SUCCESS
+    if outcome.status in RETRYABLE_STATUSES or outcome.status >= 500:
+        return Verdict.RETRY
+    return Verdict.FATAL
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Read a ``Retry-After`` header as seconds from ``now`` (a POSIX timestamp).
+
+    Accepts delta-seconds and HTTP-dates (RFC 9110); a date in the past is 0 seconds.
+    Anything unreadable is None, as if the header were absent.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(int(text))
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def retry_after_of(outcome: Outcome) -> float | None:
+    """The hub's ``Retry-After`` in seconds, if the outcome carries one."""
+    return outcome.retry_after if isinstance(outcome, Response) else None
+
+
+@attrs.frozen
+class RetryPolicy:
+    """Exponential backoff with full jitter, bounded by attempts and an overall deadline.
+
+    The wait before retry ``n`` (``n = 0`` for the first retry) is drawn uniformly from
+    ``[0, min(cap, base * 2**n)]``. A ``Retry-After`` from the hub is the floor of that
+    wait. The policy gives up instead of waiting when the attempts are spent, when the
+    next attempt would start past the deadline, or when ``Retry-After`` exceeds
+    ``max_retry_after``; it never waits after the last attempt.
+
+    Attributes:
+        base: Seconds; the bound of the first retry's wait.
+        cap: Seconds; no jittered wait bound exceeds this.
+        max_attempts: Attempts in all, the first one included.
+        deadline: Seconds from the first attempt after which no attempt starts.
+        max_retry_after: The longest ``Retry-After`` the policy waits out in one go.
+    """
+
+    base: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
+    cap: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    max_attempts: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    deadline: float = attrs.field(default=120.0, validator=attrs.validators.ge(0))
+    max_retry_after: float = attrs.field(default=300.0, validator=attrs.validators.ge(0))
+
+    def bound(self, retry: int) -> float:
+        """The upper bound of the jittered wait before retry ``retry`` (0-based)."""
+        if retry >= 64:  # 2**64 overflows nothing in Python, but the cap won long before
+            return self.cap
+        return min(self.cap, self.base * 2.0**retry)
+
+    def next_wait(
+        self,
+        *,
+        attempts: int,
+        elapsed: float,
+        rng: random.Random,
+        retry_after: float | None = None,
+    ) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up.
+
+        Args:
+            attempts: Attempts made so far (at least 1).
+            elapsed: Seconds from the first attempt's start to now.
+            rng: The random source of the jitter.
+            retry_after: The hub's ``Retry-After`` in seconds, if any.
+        """
+        if attempts >= self.max_attempts:
+            return None
+        wait = rng.uniform(0.0, self.bound(attempts - 1))
+        if retry_after is not None:
+            if retry_after > self.max_retry_after:
+                return None
+            wait = max(wait, retry_after)
+        if elapsed + wait > self.deadline:
+            return None
+        return wait
+
+    def schedule(
+        self, rng: random.Random, retry_afters: list[float | None] | None = None
+    ) -> list[float]:
+        """The waits of an operation whose every attempt fails at once (for docs and tests).
+
+        Args:
+            rng: The random source of the jitter.
+            retry_afters: The hub's ``Retry-After`` after each failed attempt, if any.
+        """
+        waits: list[float] = []
+        elapsed = 0.0
+        attempts = 1
+        while True:
+            retry_after = None
+            if retry_afters is not None and attempts - 1 < len(retry_afters):
+                retry_after = retry_afters[attempts - 1]
+            wait = self.next_wait(
+                attempts=attempts, elapsed=elapsed, rng=rng, retry_after=retry_after
+            )
+            if wait is None:
+                return waits
+            waits.append(wait)
+            elapsed += wait
+            attempts += 1
+
+
+@attrs.frozen
+class ChannelPolicies:
+    """The retry policy of each kind of request, with the defaults hubfsm ships.
+
+    Attributes:
+        control: Reading, creating a model and checking the key: the user waits on these.
+        metrics: Metrics uploads; a give-up is cheap since the next send carries the epochs.
+        heartbeat: Heartbeats; the next one is 300 s away, so there is no point trying long.
+        checkpoint: Epoch weights; large, so a patient schedule.
+        final: The final weights; the user waits, and they must arrive.
+    """
+
+    control: RetryPolicy = RetryPolicy(base=1.0, cap=8.0, max_attempts=4, deadline=60.0)
+    metrics: RetryPolicy = RetryPolicy(base=1.0, cap=30.0, max_attempts=5, deadline=120.0)
+    heartbeat: RetryPolicy = RetryPolicy(base=2.0, cap=30.0, max_attempts=3, deadline=120.0)
+    checkpoint: RetryPolicy = RetryPolicy(base=2.0, cap=120.0, max_attempts=8, deadline=1800.0)
+    final: RetryPolicy = RetryPolicy(base=2.0, cap=60.0, max_attempts=10, deadline=3600.0)

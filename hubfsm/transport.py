@@ -1,0 +1,128 @@
+"""The transport interface: request and response values, and one method to send.
+
+A transport knows HTTP (or fakes it); it knows nothing of retries or states. The core
+builds :class:`Request` values, a runner hands them to :meth:`Transport.send`, and the
+:class:`Response` or :class:`TransportError` goes back to the core.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import attrs
+
+ErrorKind = Literal["connect", "timeout", "protocol"]
+
+
+@attrs.frozen
+class FilePart:
+    """A file to send as one multipart part, read from disk by the transport.
+
+    Attributes:
+        name: The part's field name and file name (``last.pt`` or ``best.pt``).
+        path: Where the file lies.
+        size: Its size in bytes, as recorded when it was handed over.
+        sha256: Its hex digest, as recorded when it was handed over.
+    """
+
+    name: str
+    path: str
+    size: int
+    sha256: str
+
+
+@attrs.frozen
+class Request:
+    """One HTTP request to the hub API, relative to the API root.
+
+    Attributes:
+        method: ``GET`` or ``POST``.
+        path: The path, such as ``/v1/models/abc``.
+        json: A JSON body, or None.
+        fields: Multipart form fields (sent with ``file``), or None.
+        file: The file part of a multipart upload, or None.
+        idempotency_key: Sent as ``Idempotency-Key``; the same for every retry of one operation.
+    """
+
+    method: str
+    path: str
+    json: Mapping[str, Any] | None = None
+    fields: Mapping[str, str] | None = None
+    file: FilePart | None = None
+    idempotency_key: str | None = None
+
+
+@attrs.frozen
+class RateLimit:
+    """The ``X-RateLimit-*`` headers of a response, when the hub sent them."""
+
+    limit: int | None = None
+    remaining: int | None = None
+    reset: float | None = None
+
+
+@attrs.frozen
+class Response:
+    """What the hub answered.
+
+    Attributes:
+        status: The HTTP status code.
+        body: The decoded JSON envelope (``success``, ``message``, ``data``); empty when
+            the status is an error and the body was not JSON.
+        retry_after: Seconds the hub asked us to wait (from ``Retry-After``), or None.
+        rate_limit: The rate-limit headers, when present.
+    """
+
+    status: int
+    body: Mapping[str, Any] = attrs.field(factory=dict)
+    retry_after: float | None = None
+    rate_limit: RateLimit | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True for a 2xx answer."""
+        return 200 <= self.status < 300
+
+    @property
+    def data(self) -> Mapping[str, Any]:
+        """The envelope's ``data`` payload, or an empty mapping."""
+        data = self.body.get("data")
+        return data if isinstance(data, Mapping) else {}
+
+    @property
+    def message(self) -> str:
+        """The envelope's ``message``, or an empty string."""
+        message = self.body.get("message")
+        return message if isinstance(message, str) else ""
+
+
+class TransportError(Exception):
+    """The request got no usable answer: no connection, a timeout, or a garbled body.
+
+    Attributes:
+        kind: ``connect``, ``timeout`` or ``protocol`` (an answer that is not the expected JSON).
+    """
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        self.kind = kind
+        super().__init__(message)
+
+
+Outcome = Response | TransportError
+
+
+class Transport(abc.ABC):
+    """Sends one request and returns the hub's answer."""
+
+    @abc.abstractmethod
+    def send(self, request: Request) -> Response:
+        """Send ``request`` and return the response.
+
+        Raises:
+            TransportError: When no usable response arrived.
+        """
+
+    def close(self) -> None:  # noqa: B027 - most transports hold nothing
+        """Release what the transport holds (connections, files)."""
