@@ -49,7 +49,9 @@ def upload_checkpoint(
     )
 
 
-def upload_final(model_id: str, epoch: int, file: FilePart, *, map50_95: float, key: str) -> Request:
+def upload_final(
+    model_id: str, epoch: int, file: FilePart, *, map50_95: float, key: str
+) -> Request:
     """Upload the final weights (``best.pt``) with the model's mAP50-95."""
     fields = {"epoch": str(epoch), "type": "final", "map": repr(float(map50_95))}
     return Request(
@@ -61,3 +63,31 @@ def heartbeat(model_id: str, agent_id: str | None) -> Request:
     """Tell the hub the agent is alive."""
     body = {"agent": AGENT_NAME, "agentId": agent_id}
     return Request("POST", f"/v1/agent/heartbeat/models/{model_id}", json=body)
+
+
+def create_payload(filename: str, train_args: Mapping[str, Any]) -> dict[str, Any]:
+    """The create-model payload for a local ``.pt``/``.yaml``, as the official client builds it.
+
+    Args:
+        filename: The local model file the identifier named.
+        train_args: Training arguments in ultralytics' names (``data``, ``epochs``,
+            ``batch``, ``imgsz``, ``patience``, ``device``, ``cache``).
+    """
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    stem = base.rsplit(".", 1)[0]
+    payload: dict[str, Any] = {
+        "config": {
+            "batchSize": train_args.get("batch", -1),
+            "epochs": train_args.get("epochs", 300),
+            "imageSize": train_args.get("imgsz", 640),
+            "patience": train_args.get("patience", 100),
+            "device": str(train_args.get("device", "")),
+            "cache": str(train_args.get("cache", "ram")),
+        },
+        "dataset": {"name": train_args.get("data")},
+        "lineage": {"architecture": {"name": stem}, "parent": {}},
+        "meta": {"name": base},
+    }
+    if base.lower().endswith(".pt"):
+        payload["lineage"]["parent"]["name"] = base
+    return payload
