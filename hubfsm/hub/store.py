@@ -1,0 +1,147 @@
+"""What the hub keeps, and the small storage interface its domain logic needs.
+
+The domain (:mod:`hubfsm.hub.domain`) decides; a store only remembers. Two stores exist:
+:class:`~hubfsm.hub.store_memory.MemoryStore` for simulations and tests, and
+:class:`~hubfsm.hub.store_sqlite.SqliteStore` for the local hub server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from typing import IO, Any, Literal, Protocol
+
+import attrs
+
+#: The two weight files a model can have: the last epoch checkpoint and the best (final) one.
+WeightsKind = Literal["last", "best"]
+
+#: A request body source: bytes in memory, or a binary stream to read in chunks.
+Source = bytes | IO[bytes]
+
+
+@attrs.frozen
+class ModelRecord:
+    """One model as the hub stores it (the API's JSON view is built from it).
+
+    Attributes:
+        id: The 20-character model id.
+        name: The name given at creation (``meta.name``).
+        created_at: Hub clock seconds at creation.
+        cfg: The architecture file, such as ``yolov8n.yaml``.
+        dataset: The dataset name or URL, or None.
+        parent: The parent weights' name for a pretrained model, or None.
+        batch_size: Training config, as sent at creation (None when absent).
+        epochs: Training config.
+        imgsz: Training config.
+        patience: Training config.
+        device: Training config.
+        cache: Training config.
+        status: ``new``, ``training`` or ``trained``.
+        has_last_weights: An epoch checkpoint was uploaded.
+        has_best_weights: The final weights were uploaded.
+        last_epoch: The epoch of the last checkpoint, or None.
+        final_epoch: The epoch of the final weights, or None.
+        map50_95: The mAP50-95 sent with the final weights, or None.
+        agent_id: The id handed to the model's agent at its first heartbeat, or None.
+    """
+
+    id: str
+    name: str
+    created_at: float
+    cfg: str
+    dataset: str | None = None
+    parent: str | None = None
+    batch_size: int | None = None
+    epochs: int | None = None
+    imgsz: int | None = None
+    patience: int | None = None
+    device: str | None = None
+    cache: str | None = None
+    status: str = "new"
+    has_last_weights: bool = False
+    has_best_weights: bool = False
+    last_epoch: int | None = None
+    final_epoch: int | None = None
+    map50_95: float | None = None
+    agent_id: str | None = None
+
+
+@attrs.frozen
+class WeightsInfo:
+    """What the hub knows of a stored weight file."""
+
+    sha256: str
+    size: int
+
+
+@attrs.frozen
+class Staged:
+    """Weights received and hashed but not yet in place (see :meth:`Store.stage_weights`).
+
+    Attributes:
+        sha256: The hex digest of the received bytes.
+        size: Their length.
+        handle: The store's own handle on them (the bytes, or a temporary file's path).
+    """
+
+    sha256: str
+    size: int
+    handle: bytes | str
+
+
+@attrs.frozen
+class StoredReply:
+    """A reply remembered under an idempotency scope, to replay on a retry."""
+
+    status: int
+    body: dict[str, Any]
+
+
+class Store(Protocol):
+    """The storage the hub's domain logic needs; every method is short and thread-safe."""
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Group the writes made inside the block so they land together or not at all."""
+
+    def get_model(self, model_id: str) -> ModelRecord | None:
+        """The model's record, or None."""
+
+    def put_model(self, record: ModelRecord) -> None:
+        """Insert or replace a model record."""
+
+    def delete_model(self, model_id: str) -> bool:
+        """Forget a model with its metrics and weights; False if it did not exist."""
+
+    def list_models(self) -> list[ModelRecord]:
+        """Every model, oldest first."""
+
+    def put_metrics(self, model_id: str, metrics: Mapping[int, str]) -> None:
+        """Insert or replace the JSON-encoded metrics of each epoch."""
+
+    def get_metrics(self, model_id: str) -> list[tuple[int, str]]:
+        """The model's ``(epoch, JSON text)`` pairs, sorted by epoch."""
+
+    def stage_weights(self, source: Source) -> Staged:
+        """Receive and hash a weight file without making it visible yet."""
+
+    def commit_weights(self, model_id: str, kind: WeightsKind, staged: Staged) -> None:
+        """Put staged weights in place as the model's ``kind`` file, replacing any older one."""
+
+    def discard_weights(self, staged: Staged) -> None:
+        """Drop staged weights that will not be committed (harmless after a commit)."""
+
+    def weights_info(self, model_id: str, kind: WeightsKind) -> WeightsInfo | None:
+        """Digest and size of the model's ``kind`` file, or None."""
+
+    def open_weights(self, model_id: str, kind: WeightsKind) -> bytes | IO[bytes] | None:
+        """The model's ``kind`` file: bytes, or an open stream the caller closes; or None."""
+
+    def get_reply(self, scope: str) -> StoredReply | None:
+        """The reply remembered under an idempotency scope, or None."""
+
+    def put_reply(self, scope: str, reply: StoredReply) -> None:
+        """Remember a reply under an idempotency scope."""
+
+    def close(self) -> None:
+        """Release files and connections."""

@@ -1,0 +1,98 @@
+"""A store in plain dicts: fast enough for a simulated 300-epoch session in milliseconds."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator, Mapping
+from typing import IO
+
+from hubfsm.hub.store import ModelRecord, Source, Staged, StoredReply, WeightsInfo, WeightsKind
+
+_CHUNK = 1 << 20
+
+
+class MemoryStore:
+    """Keeps everything in dicts; nothing survives the process.
+
+    Values go in and come out as they are (no copies): records and replies are frozen,
+    and metrics are kept as the JSON text the client sent.
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[str, ModelRecord] = {}
+        self._metrics: dict[str, dict[int, str]] = {}
+        self._weights: dict[tuple[str, str], tuple[WeightsInfo, bytes]] = {}
+        self._replies: dict[str, StoredReply] = {}
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Nothing to group: the hub serialises its writes, and dict writes cannot fail."""
+        yield
+
+    def get_model(self, model_id: str) -> ModelRecord | None:
+        """The model's record, or None."""
+        return self._models.get(model_id)
+
+    def put_model(self, record: ModelRecord) -> None:
+        """Insert or replace a model record."""
+        self._models[record.id] = record
+
+    def delete_model(self, model_id: str) -> bool:
+        """Forget a model with its metrics and weights."""
+        self._metrics.pop(model_id, None)
+        self._weights.pop((model_id, "last"), None)
+        self._weights.pop((model_id, "best"), None)
+        return self._models.pop(model_id, None) is not None
+
+    def list_models(self) -> list[ModelRecord]:
+        """Every model, oldest first."""
+        return sorted(self._models.values(), key=lambda r: r.created_at)
+
+    def put_metrics(self, model_id: str, metrics: Mapping[int, str]) -> None:
+        """Insert or replace each epoch's metrics."""
+        epochs = self._metrics.get(model_id)
+        if epochs is None:
+            epochs = self._metrics[model_id] = {}
+        epochs.update(metrics)
+
+    def get_metrics(self, model_id: str) -> list[tuple[int, str]]:
+        """The model's ``(epoch, JSON text)`` pairs, sorted by epoch."""
+        return sorted(self._metrics.get(model_id, {}).items())
+
+    def stage_weights(self, source: Source) -> Staged:
+        """Hash the bytes (reading a stream whole: this store keeps blobs in memory anyway)."""
+        if isinstance(source, bytes):
+            data = source
+        else:
+            data = b"".join(iter(lambda: source.read(_CHUNK), b""))
+        return Staged(hashlib.sha256(data).hexdigest(), len(data), data)
+
+    def commit_weights(self, model_id: str, kind: WeightsKind, staged: Staged) -> None:
+        """Keep the staged bytes as the model's ``kind`` file."""
+        assert isinstance(staged.handle, bytes)
+        self._weights[(model_id, kind)] = (WeightsInfo(staged.sha256, staged.size), staged.handle)
+
+    def discard_weights(self, staged: Staged) -> None:
+        """Nothing to clean up: staged bytes are garbage once unreferenced."""
+
+    def weights_info(self, model_id: str, kind: WeightsKind) -> WeightsInfo | None:
+        """Digest and size of the model's ``kind`` file, or None."""
+        entry = self._weights.get((model_id, kind))
+        return None if entry is None else entry[0]
+
+    def open_weights(self, model_id: str, kind: WeightsKind) -> bytes | IO[bytes] | None:
+        """The model's ``kind`` file as bytes, or None."""
+        entry = self._weights.get((model_id, kind))
+        return None if entry is None else entry[1]
+
+    def get_reply(self, scope: str) -> StoredReply | None:
+        """The reply remembered under ``scope``, or None."""
+        return self._replies.get(scope)
+
+    def put_reply(self, scope: str, reply: StoredReply) -> None:
+        """Remember a reply under ``scope``."""
+        self._replies[scope] = reply
+
+    def close(self) -> None:
+        """Nothing to release."""

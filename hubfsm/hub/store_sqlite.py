@@ -1,0 +1,238 @@
+"""A durable store: records, metrics and replies in SQLite, weight files on disk.
+
+Layout under the data directory::
+
+    hub.sqlite3                  records, metrics, weight digests, idempotent replies
+    weights/<model>/last.pt      the last epoch checkpoint
+    weights/<model>/best.pt      the final weights
+    weights/.staging/            uploads being received (renamed into place when complete)
+
+A weight file is streamed to a temporary file in 1 MiB chunks, hashed on the way, flushed
+to disk and renamed over the old one, so a reader sees the old file or the new one, never
+half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO
+
+import attrs
+
+from hubfsm.hub.store import ModelRecord, Source, Staged, StoredReply, WeightsInfo, WeightsKind
+
+_CHUNK = 1 << 20
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    id TEXT PRIMARY KEY, created_at REAL NOT NULL, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS metrics (
+    model_id TEXT NOT NULL, epoch INTEGER NOT NULL, metrics TEXT NOT NULL,
+    PRIMARY KEY (model_id, epoch));
+CREATE TABLE IF NOT EXISTS weights (
+    model_id TEXT NOT NULL, kind TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
+    PRIMARY KEY (model_id, kind));
+CREATE TABLE IF NOT EXISTS replies (
+    scope TEXT PRIMARY KEY, status INTEGER NOT NULL, body TEXT NOT NULL);
+"""
+
+
+class SqliteStore:
+    """Keeps the hub's state under ``data_dir``; a restart finds all of it again.
+
+    One connection serves every thread, behind a lock: the hub's writes are short, and the
+    slow part of an upload (receiving the file) happens in :meth:`stage_weights`, which
+    touches no table.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.data_dir = Path(data_dir)
+        self._weights_dir = self.data_dir / "weights"
+        self._staging = self._weights_dir / ".staging"
+        self._staging.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._depth = 0
+        # Autocommit mode: transactions are begun and ended explicitly below.
+        self._db = sqlite3.connect(
+            self.data_dir / "hub.sqlite3", check_same_thread=False, isolation_level=None
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        # Leftovers of uploads cut short by a crash are never committed.
+        for leftover in self._staging.iterdir():
+            leftover.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group the writes of the block into one SQLite transaction."""
+        with self._lock:
+            outermost = self._depth == 0
+            if outermost:
+                self._db.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if outermost:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if outermost:
+                self._db.execute("COMMIT")
+
+    def _write(self, sql: str, params: tuple[object, ...]) -> sqlite3.Cursor:
+        with self.transaction():
+            return self._db.execute(sql, params)
+
+    def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def get_model(self, model_id: str) -> ModelRecord | None:
+        """The model's record, or None."""
+        rows = self._read("SELECT record FROM models WHERE id = ?", (model_id,))
+        return _record(str(rows[0][0])) if rows else None
+
+    def put_model(self, record: ModelRecord) -> None:
+        """Insert or replace a model record."""
+        text = json.dumps(attrs.asdict(record), sort_keys=True)
+        self._write(
+            "INSERT OR REPLACE INTO models (id, created_at, record) VALUES (?, ?, ?)",
+            (record.id, record.created_at, text),
+        )
+
+    def delete_model(self, model_id: str) -> bool:
+        """Forget a model with its metrics and weights."""
+        with self.transaction():
+            found = self._db.execute("DELETE FROM models WHERE id = ?", (model_id,)).rowcount
+            self._db.execute("DELETE FROM metrics WHERE model_id = ?", (model_id,))
+            self._db.execute("DELETE FROM weights WHERE model_id = ?", (model_id,))
+        shutil.rmtree(self._weights_dir / model_id, ignore_errors=True)
+        return found > 0
+
+    def list_models(self) -> list[ModelRecord]:
+        """Every model, oldest first."""
+        rows = self._read("SELECT record FROM models ORDER BY created_at, id", ())
+        return [_record(str(row[0])) for row in rows]
+
+    def put_metrics(self, model_id: str, metrics: Mapping[int, str]) -> None:
+        """Insert or replace each epoch's metrics."""
+        with self.transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO metrics (model_id, epoch, metrics) VALUES (?, ?, ?)",
+                [(model_id, epoch, text) for epoch, text in metrics.items()],
+            )
+
+    def get_metrics(self, model_id: str) -> list[tuple[int, str]]:
+        """The model's ``(epoch, JSON text)`` pairs, sorted by epoch."""
+        rows = self._read(
+            "SELECT epoch, metrics FROM metrics WHERE model_id = ? ORDER BY epoch", (model_id,)
+        )
+        return [(int(str(epoch)), str(text)) for epoch, text in rows]
+
+    def stage_weights(self, source: Source) -> Staged:
+        """Stream ``source`` to a temporary file in 1 MiB chunks, hashing as it goes."""
+        digest = hashlib.sha256()
+        size = 0
+        fd, path = tempfile.mkstemp(dir=self._staging, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                chunks = [source] if isinstance(source, bytes) else _chunks(source)
+                for chunk in chunks:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            os.unlink(path)
+            raise
+        return Staged(digest.hexdigest(), size, path)
+
+    def commit_weights(self, model_id: str, kind: WeightsKind, staged: Staged) -> None:
+        """Rename the staged file into place and record its digest."""
+        assert isinstance(staged.handle, str)
+        folder = self._weights_dir / model_id
+        folder.mkdir(exist_ok=True)
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO weights (model_id, kind, sha256, size) VALUES (?, ?, ?, ?)",
+                (model_id, kind, staged.sha256, staged.size),
+            )
+            os.replace(staged.handle, folder / f"{kind}.pt")
+        _fsync_dir(folder)
+
+    def discard_weights(self, staged: Staged) -> None:
+        """Delete the staged file, if it is still there."""
+        assert isinstance(staged.handle, str)
+        Path(staged.handle).unlink(missing_ok=True)
+
+    def weights_info(self, model_id: str, kind: WeightsKind) -> WeightsInfo | None:
+        """Digest and size of the model's ``kind`` file, or None."""
+        rows = self._read(
+            "SELECT sha256, size FROM weights WHERE model_id = ? AND kind = ?", (model_id, kind)
+        )
+        return WeightsInfo(str(rows[0][0]), int(str(rows[0][1]))) if rows else None
+
+    def open_weights(self, model_id: str, kind: WeightsKind) -> bytes | IO[bytes] | None:
+        """An open binary stream of the model's ``kind`` file (the caller closes it), or None."""
+        with self._lock:
+            if self.weights_info(model_id, kind) is None:
+                return None
+            try:
+                return open(self._weights_dir / model_id / f"{kind}.pt", "rb")  # noqa: SIM115
+            except FileNotFoundError:
+                return None
+
+    def get_reply(self, scope: str) -> StoredReply | None:
+        """The reply remembered under ``scope``, or None."""
+        rows = self._read("SELECT status, body FROM replies WHERE scope = ?", (scope,))
+        if not rows:
+            return None
+        return StoredReply(int(str(rows[0][0])), json.loads(str(rows[0][1])))
+
+    def put_reply(self, scope: str, reply: StoredReply) -> None:
+        """Remember a reply under ``scope``."""
+        self._write(
+            "INSERT OR REPLACE INTO replies (scope, status, body) VALUES (?, ?, ?)",
+            (scope, reply.status, json.dumps(reply.body)),
+        )
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._db.close()
+
+
+def _record(text: str) -> ModelRecord:
+    fields = {f.name for f in attrs.fields(ModelRecord)}
+    # Ignore keys a newer version may have written, so an old hub still opens the data.
+    return ModelRecord(**{k: v for k, v in json.loads(text).items() if k in fields})
+
+
+def _chunks(stream: IO[bytes]) -> Iterator[bytes]:
+    while chunk := stream.read(_CHUNK):
+        yield chunk
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; some platforms cannot open directories, hence best effort.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

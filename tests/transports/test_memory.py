@@ -1,0 +1,142 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from hubfsm import protocol
+from hubfsm.hub import Hub, MemoryStore
+from hubfsm.transport import FilePart, Request
+from transports.memory import InMemoryTransport
+
+KEY = "K" * 42
+CREATE = {
+    "config": {
+        "batchSize": 8,
+        "epochs": 300,
+        "imageSize": 640,
+        "patience": 50,
+        "device": "",
+        "cache": "ram",
+    },
+    "dataset": {"name": "coco8.yaml"},
+    "lineage": {"architecture": {"name": "yolov8n"}, "parent": {}},
+    "meta": {"name": "demo"},
+}
+
+
+def part(name: str, path: str, data: bytes) -> FilePart:
+    return FilePart(name, path, len(data), hashlib.sha256(data).hexdigest())
+
+
+def test_a_whole_session_through_the_protocol_builders(tmp_path: Path) -> None:
+    hub = Hub(MemoryStore(), keys=[KEY])
+    transport = InMemoryTransport(hub, KEY)
+    assert transport.send(protocol.auth()).ok
+    created = transport.send(protocol.create_model(CREATE, key="c"))
+    assert created.status == 200
+    model_id = created.data["id"]
+    loaded = transport.send(protocol.get_model(model_id))
+    assert loaded.data["cfg"] == "yolov8n.yaml"
+    sent = {e: protocol.encode_metrics({"loss": e / 10}) for e in range(3)}
+    assert transport.send(protocol.upload_metrics(model_id, sent, key="m")).ok
+    beat = transport.send(protocol.heartbeat(model_id, None))
+    assert beat.data["agentId"]
+    ckpt = tmp_path / "last.pt"
+    ckpt.write_bytes(b"checkpoint")
+    reply = transport.send(
+        protocol.upload_checkpoint(
+            model_id, 2, part("last.pt", str(ckpt), b"checkpoint"), is_best=True, key="u"
+        )
+    )
+    assert reply.status == 200, reply.body
+    best = tmp_path / "best.pt"
+    best.write_bytes(b"best")
+    final = transport.send(
+        protocol.upload_final(
+            model_id, 2, part("best.pt", str(best), b"best"), map50_95=0.61, key="f"
+        )
+    )
+    assert final.ok
+    record = transport.send(protocol.get_model(model_id)).data
+    assert record["status"] == "trained"
+    assert record["map"] == 0.61
+    got = transport.send(Request("GET", f"/v1/models/{model_id}/metrics"))
+    assert [m["epoch"] for m in got.body["data"]] == [0, 1, 2]
+    assert hub.audit().uploads[-1].sha256 == hashlib.sha256(b"best").hexdigest()
+
+
+def test_errors_come_back_as_responses() -> None:
+    hub = Hub(MemoryStore(), keys=[KEY])
+    wrong = InMemoryTransport(hub, "W" * 42)
+    reply = wrong.send(protocol.auth())
+    assert reply.status == 401
+    assert reply.message
+    assert "W" * 42 not in repr(wrong)
+    assert KEY not in repr(InMemoryTransport(hub, KEY))
+    right = InMemoryTransport(hub, KEY)
+    assert right.send(protocol.get_model("abcdefghij0123456789")).status == 404
+
+
+def test_files_come_from_read_file() -> None:
+    hub = Hub(MemoryStore(), keys=[KEY])
+    blobs = {"/virtual/last.pt": b"virtual"}
+    transport = InMemoryTransport(hub, KEY, read_file=blobs.__getitem__)
+    model_id = transport.send(protocol.create_model(CREATE)).data["id"]
+    reply = transport.send(
+        protocol.upload_checkpoint(
+            model_id, 0, part("last.pt", "/virtual/last.pt", b"virtual"), is_best=False, key="k"
+        )
+    )
+    assert reply.ok
+    assert hub.weights(model_id, "last") is not None
+    with pytest.raises(KeyError):
+        transport.send(
+            protocol.upload_checkpoint(
+                model_id, 0, part("last.pt", "/nowhere", b""), is_best=False, key="k2"
+            )
+        )
+
+
+def test_retry_after_header_is_parsed() -> None:
+    class Limited(Hub):
+        def handle(self, call):  # type: ignore[no-untyped-def]
+            reply = super().handle(call)
+            return type(reply)(429, reply.body, {"Retry-After": "7"})
+
+    transport = InMemoryTransport(Limited(MemoryStore(), keys=[KEY]), KEY)
+    assert transport.send(protocol.auth()).retry_after == 7.0
+
+
+def test_a_300_epoch_session_is_fast() -> None:
+    hub = Hub(MemoryStore(), clock=lambda: 0.0, keys=[KEY])
+    blobs = {"/w/last.pt": b"l" * 4096, "/w/best.pt": b"b" * 4096}
+    transport = InMemoryTransport(hub, KEY, read_file=blobs.__getitem__)
+    started = time.perf_counter()
+    model_id = transport.send(protocol.create_model(CREATE, key="c")).data["id"]
+    transport.send(protocol.get_model(model_id))
+    for epoch in range(300):
+        text = json.dumps({"loss": 1 / (epoch + 1), "mAP50-95": epoch / 300})
+        transport.send(protocol.upload_metrics(model_id, {epoch: text}, key=f"m{epoch}"))
+        transport.send(protocol.heartbeat(model_id, None))
+        if epoch % 25 == 0:
+            transport.send(
+                protocol.upload_checkpoint(
+                    model_id,
+                    epoch,
+                    part("last.pt", "/w/last.pt", blobs["/w/last.pt"]),
+                    is_best=False,
+                    key=f"c{epoch}",
+                )
+            )
+    transport.send(
+        protocol.upload_final(
+            model_id, 299, part("best.pt", "/w/best.pt", blobs["/w/best.pt"]), map50_95=0.5, key="f"
+        )
+    )
+    elapsed = time.perf_counter() - started
+    assert sum(hub.audit().requests.values()) > 600
+    assert elapsed < 0.1, f"{elapsed * 1000:.1f} ms"
