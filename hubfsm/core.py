@@ -32,10 +32,6 @@ from hubfsm.transport import FilePart, Outcome, Request, Response
 CHANNELS = ("control", "heartbeat", "metrics", "checkpoint", "final")
 
 
-class HubUnavailableError(HubfsmError):
-    """The hub could not be reached within the retry policy, so nothing was decided."""
-
-
 @attrs.frozen
 class Limits:
     """Minimum seconds between sends on each rate-limited channel (the hub's limits).
@@ -132,6 +128,7 @@ class Core:
         self.record: Mapping[str, Any] = {}
         self.agent_id: str | None = None
         self.error: HubfsmError | None = None
+        self.last_failure: str | None = None
         self.stats = Stats()
         self._next_key = 0
         self._next_op = 0
@@ -263,7 +260,7 @@ class Core:
         earliest = math.inf
         for channel in CHANNELS:
             op = self._ops[channel]
-            if op is None:
+            if op is None or (channel == "final" and state != "final_uploading"):
                 continue
             if op.not_before <= now:
                 return self._send(op, now)
@@ -380,9 +377,10 @@ class Core:
             and not self._unsent
         ):
             epoch, file, map50_95 = self._final
-            request = protocol.upload_final(
-                model_id, epoch, file, map50_95=map50_95, key=self._key()
-            )
+            # The key follows the content, so finishing again with the same weights after
+            # an interrupted upload that did land is replayed by the hub, not refused.
+            key = f"{self._nonce}-final-{epoch}-{file.sha256[:32]}"
+            request = protocol.upload_final(model_id, epoch, file, map50_95=map50_95, key=key)
             self._add("final", request, payload=epoch, now=now)
         metrics_op = ops["metrics"]
         if metrics_op is not None:
@@ -485,6 +483,10 @@ class Core:
 
     def _retry(self, op: _Op, outcome: Outcome, now: float) -> None:
         retry_after = retry_after_of(outcome)
+        if isinstance(outcome, Response):
+            self.last_failure = f"{outcome.status} {outcome.message}".rstrip()
+        else:
+            self.last_failure = f"{outcome.kind}: {outcome}"
         wait = op.policy.next_wait(
             attempts=op.round_attempts,
             elapsed=now - op.round_start,
@@ -501,9 +503,3 @@ class Core:
         op.not_before = now + max(self.config.limits.park, retry_after or 0.0)
         if op.channel == "heartbeat":
             self._ops["heartbeat"] = None
-        elif op.payload in ("load", "create"):
-            self._ops["control"] = None
-            self.error = HubUnavailableError(
-                f"the hub did not answer {op.request.method} {op.request.path} "
-                f"within the retry policy; try again later"
-            )

@@ -51,6 +51,10 @@ class ModelTrainedError(HubError):
     """The model is already trained, so it cannot be trained again."""
 
 
+class HubUnavailableError(HubfsmError):
+    """The hub did not answer usefully in time, so nothing was decided; try again later."""
+
+
 class DeliveryIncomplete(HubfsmError):
     """A flush ran out of time; what was not sent stays pending.
 
