@@ -2,4 +2,37 @@
 
 from __future__ import annotations
 
+from hubfsm.errors import (
+    AuthError,
+    DeliveryIncomplete,
+    HubError,
+    HubfsmError,
+    HubUnavailableError,
+    IdentifierError,
+    IllegalEventError,
+    ModelNotFoundError,
+    ModelTrainedError,
+)
+from hubfsm.identifier import Identifier, parse_identifier
+from hubfsm.retry import ChannelPolicies, RetryPolicy
+from hubfsm.session import Session
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "AuthError",
+    "ChannelPolicies",
+    "DeliveryIncomplete",
+    "HubError",
+    "HubUnavailableError",
+    "HubfsmError",
+    "Identifier",
+    "IdentifierError",
+    "IllegalEventError",
+    "ModelNotFoundError",
+    "ModelTrainedError",
+    "RetryPolicy",
+    "Session",
+    "__version__",
+    "parse_identifier",
+]

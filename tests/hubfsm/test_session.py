@@ -1,0 +1,148 @@
+import threading
+
+import pytest
+import structlog
+
+import hubfsm
+from hubfsm.core import CoreConfig, Limits
+from hubfsm.hub.domain import Hub
+from hubfsm.hub.faults import FaultMix
+from hubfsm.hub.store_memory import MemoryStore
+from hubfsm.retry import ChannelPolicies, RetryPolicy
+from transports.faults import FaultInjectingTransport
+from transports.memory import InMemoryTransport
+
+import random
+
+KEY = "k" * 21 + "Q" * 21
+FAST_POLICY = RetryPolicy(base=0.01, cap=0.05, max_attempts=5, deadline=5.0)
+FAST = CoreConfig(
+    limits=Limits(metrics=0.01, checkpoint=0.05, heartbeat=0.2, park=0.05),
+    policies=ChannelPolicies(FAST_POLICY, FAST_POLICY, FAST_POLICY, FAST_POLICY, FAST_POLICY),
+)
+
+
+@pytest.fixture
+def hub():
+    return Hub(MemoryStore(), keys=[KEY])
+
+
+def new_model(hub):
+    reply = InMemoryTransport(hub, KEY).send(
+        hubfsm.protocol.create_model(hubfsm.protocol.create_payload("yolov8n.yaml", {}))
+    )
+    return reply.data["id"]
+
+
+def weights(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    return path
+
+
+def test_a_whole_session_on_the_in_memory_hub(hub, tmp_path):
+    model_id = new_model(hub)
+    with structlog.testing.capture_logs() as logs:
+        with hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST) as s:
+            assert s.state == "training"
+            for epoch in range(5):
+                s.log_metrics({"loss": 1.0 / (epoch + 1), "map": epoch / 10})
+                s.save_checkpoint(weights(tmp_path, "last.pt", b"w%d" % epoch), epoch=epoch)
+            best = weights(tmp_path, "best.pt", b"best weights")
+            s.finish(best, map50_95=0.42)
+            assert s.state == "done"
+    assert [row["epoch"] for row in hub.metrics(model_id)] == [0, 1, 2, 3, 4]
+    record = hub.record(model_id)
+    assert record["status"] == "trained" and record["has_best_weights"]
+    finals = [u for u in hub.audit().uploads if u.type == "final"]
+    import hashlib
+    assert finals[0].sha256 == hashlib.sha256(b"best weights").hexdigest()
+    assert any(e["event"] == "session.transition" and e["dest"] == "done" for e in logs)
+    assert all(KEY not in repr(e) for e in logs)
+
+
+def test_create_from_a_local_file(hub, tmp_path):
+    s = hubfsm.Session("yolov8n.yaml", transport=InMemoryTransport(hub, KEY), config=FAST,
+                       train_args={"data": "coco8.yaml", "epochs": 3})
+    try:
+        assert s.state == "created" and len(s.model_id) == 20
+        assert hub.record(s.model_id)["epochs"] == 3
+    finally:
+        s.close()
+
+
+def test_an_exception_in_the_block_leaves_the_session_resumable(hub):
+    model_id = new_model(hub)
+    with pytest.raises(KeyError):
+        with hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST) as s:
+            s.log_metrics({"loss": 1.0})
+            raise KeyError("boom")
+    assert s.state == "resumable"
+    assert [row["epoch"] for row in hub.metrics(model_id)] == [0]
+
+
+def test_illegal_calls_name_the_state_and_the_event(hub, tmp_path):
+    model_id = new_model(hub)
+    s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST)
+    try:
+        with pytest.raises(hubfsm.IllegalEventError, match="epoch_end.*loaded"):
+            s.log_metrics({"loss": 1.0})
+        s.start()
+        with pytest.raises(hubfsm.IllegalEventError):
+            s.start()
+    finally:
+        s.close()
+
+
+def test_a_missing_model_is_a_clear_error(hub):
+    with pytest.raises(hubfsm.ModelNotFoundError, match="not found"):
+        hubfsm.Session("Z" * 20, transport=InMemoryTransport(hub, KEY), config=FAST)
+
+
+def test_a_wrong_key_is_refused_and_never_shown(hub):
+    model_id = new_model(hub)
+    wrong = "w" * 42
+    with pytest.raises(hubfsm.AuthError) as info:
+        hubfsm.Session(model_id, transport=InMemoryTransport(hub, wrong), config=FAST)
+    assert wrong not in str(info.value) and KEY not in str(info.value)
+
+
+def test_an_unreachable_hub_times_out_the_open(hub):
+    down = FaultInjectingTransport(InMemoryTransport(hub, KEY), random.Random(0),
+                                   FaultMix(connection_error=1.0))
+    with pytest.raises(hubfsm.HubUnavailableError, match="connect"):
+        hubfsm.Session(new_model(hub), transport=down, config=FAST, open_timeout=0.5)
+
+
+def test_a_revoked_key_mid_run_fails_and_keeps_the_records(hub):
+    model_id = new_model(hub)
+    s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST)
+    s.start()
+    hub.revoke_key(KEY)
+    s.log_metrics({"loss": 1.0})
+    assert s._runner.wait_for(lambda c: c.state == "failed", 5.0)
+    assert isinstance(s.error, hubfsm.AuthError)
+    assert s.pending()["metrics"] == 1
+    s.close(timeout=0.1)
+
+
+def test_log_metrics_copies_the_dict_and_never_blocks(hub):
+    model_id = new_model(hub)
+    gate = threading.Event()
+
+    class Slow(InMemoryTransport):
+        def send(self, request):
+            gate.wait(5)
+            return super().send(request)
+
+    s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST)
+    s._runner.transport = Slow(hub, KEY)  # every request now hangs until the gate opens
+    s.start()
+    metrics = {"loss": 1.0}
+    for epoch in range(100):
+        s.log_metrics(metrics, epoch=epoch)  # returns while the worker is stuck
+        metrics["loss"] = -1.0
+    gate.set()
+    assert s._runner.wait_for(lambda c: c.stats.acknowledged_epochs == 100, 5.0)
+    assert hub.metrics(model_id)[0]["metrics"] == {"loss": 1.0}
+    s.close()
