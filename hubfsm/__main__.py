@@ -1,0 +1,5 @@
+"""``python -m hubfsm``."""
+
+from hubfsm.cli import main
+
+raise SystemExit(main())
