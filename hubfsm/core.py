@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from hubfsm import protocol
+from hubfsm.changes import Change, MetricsQueued, Offered, OpClosed, OpOpened, Saved
 from hubfsm.errors import (
     AuthError,
     DeliveryIncomplete,
@@ -141,6 +142,11 @@ class Core:
         self._next_heartbeat = math.inf
         self._final: tuple[int, FilePart, float] | None = None
         self._finish_deadline = math.inf
+        #: When True, the core lists what must be kept durably in :attr:`changes`.
+        self.durable = False
+        self.changes: list[Change] = []
+        #: When True, nothing is sent: everything waits (for ``hubfsm sync``).
+        self.offline = False
 
     # -- what the trainer says ------------------------------------------------------
 
@@ -165,7 +171,10 @@ class Core:
         """
         self.machine.fire("parse")
         self.identifier = identifier
-        if identifier.model_id is not None:
+        if identifier.model_id is not None and self.offline:
+            self.model_id = identifier.model_id
+            self.machine.fire("load")
+        elif identifier.model_id is not None:
             self.model_id = identifier.model_id
             request = protocol.get_model(identifier.model_id)
             self._add("control", request, payload="load", now=now)
@@ -193,11 +202,13 @@ class Core:
         """Queue already-encoded metrics (from the trainer or from a recovered outbox)."""
         self._unsent.pop(epoch, None)
         self._unsent[epoch] = encoded
+        if self.durable:
+            self.changes.append(MetricsQueued(epoch, encoded))
 
     def checkpoint(self, epoch: int, file: FilePart, *, is_best: bool, now: float) -> None:
         """Offer epoch weights; only the newest offer waiting to be sent is kept."""
         self.machine.fire("checkpoint")
-        self._checkpoint = (epoch, file, is_best)
+        self._offer_checkpoint((epoch, file, is_best))
 
     def finish(
         self,
@@ -219,13 +230,12 @@ class Core:
                 the session ``resumable`` with what is left still pending.
         """
         self.machine.fire("finish")
-        self._final = (epoch, file, map50_95)
+        self._offer_final((epoch, file, map50_95))
         self._finish_deadline = now + timeout
         # The final weights supersede any epoch weights that have not gone out yet.
-        self._checkpoint = None
-        parked = self._ops["checkpoint"]
-        if parked is not None and parked is not self._in_flight:
-            self._ops["checkpoint"] = None
+        if self._checkpoint is not None:
+            self._offer_checkpoint(None)
+        self._close_op("checkpoint")
 
     def interrupt(self, *, now: float) -> None:
         """Training stopped early: stop heartbeats; data channels keep draining."""
@@ -237,8 +247,38 @@ class Core:
         """Training goes on after an interruption."""
         self.machine.fire("resume")
         self._next_heartbeat = now
-        self._final = None
-        self._ops["final"] = None
+        if self._final is not None:
+            self._offer_final(None)
+        self._close_op("final")
+
+    def restore(self, saved: Saved, *, now: float) -> None:
+        """Take back what an outbox kept: its operations go first, with their keys."""
+        policies = self.config.policies
+        for kept in saved.ops:
+            self._next_op += 1
+            policy: RetryPolicy = getattr(policies, kept.channel)
+            payload = tuple(kept.payload) if kept.channel == "metrics" else kept.payload
+            op = _Op(self._next_op, kept.channel, kept.request, policy, payload, round_start=now)
+            op.not_before = now
+            self._ops[kept.channel] = op
+        for epoch, encoded in saved.metrics:
+            self._unsent.pop(epoch, None)
+            self._unsent[epoch] = encoded
+        if saved.checkpoint is not None:
+            self._checkpoint = saved.checkpoint
+        if saved.final is not None:
+            self._final = saved.final
+
+    @property
+    def saved_final(self) -> tuple[int, FilePart, float] | None:
+        """The final weights still waiting to be sent, if any."""
+        return self._final
+
+    def take_changes(self) -> list[Change]:
+        """Hand over the changes listed since the last call."""
+        changes = self.changes
+        self.changes = []
+        return changes
 
     # -- what the runner asks -------------------------------------------------------
 
@@ -247,7 +287,7 @@ class Core:
         if self._in_flight is not None:
             raise RuntimeError("poll() while a request is in flight")
         state = self.machine.state
-        if state in ("done", "failed", "unparsed"):
+        if state in ("done", "failed", "unparsed") or self.offline:
             return Wait(None)
         if state == "final_uploading" and now >= self._finish_deadline:
             self.interrupt(now=now)
@@ -284,7 +324,7 @@ class Core:
         verdict = classify(outcome)
         if verdict is Verdict.SUCCESS:
             assert isinstance(outcome, Response)
-            self._ops[op.channel] = None
+            self._close_op(op.channel)
             self._succeeded(op, outcome, now)
         elif verdict is Verdict.FATAL:
             assert isinstance(outcome, Response)
@@ -326,6 +366,25 @@ class Core:
 
     # -- inside ---------------------------------------------------------------------
 
+    def _offer_checkpoint(self, value: tuple[int, FilePart, bool] | None) -> None:
+        self._checkpoint = value
+        if self.durable:
+            self.changes.append(Offered("checkpoint", value))
+
+    def _offer_final(self, value: tuple[int, FilePart, float] | None) -> None:
+        self._final = value
+        if self.durable:
+            self.changes.append(Offered("final", value))
+
+    def _close_op(self, channel: str) -> None:
+        op = self._ops[channel]
+        if op is None or op is self._in_flight:
+            return
+        self._ops[channel] = None
+        key = op.request.idempotency_key
+        if self.durable and key is not None and channel in ("metrics", "checkpoint", "final"):
+            self.changes.append(OpClosed(key))
+
     def _key(self) -> str:
         self._next_key += 1
         return f"{self._nonce}-{self._next_key}"
@@ -336,6 +395,8 @@ class Core:
         op = _Op(self._next_op, channel, request, policy, payload, round_start=now)
         op.not_before = now
         self._ops[channel] = op
+        if self.durable and channel in ("metrics", "checkpoint", "final"):
+            self.changes.append(OpOpened(channel, request, payload))
         return op
 
     def _schedule(self, state: str, now: float) -> None:
@@ -364,7 +425,7 @@ class Core:
             and now >= self._last_checkpoint + limits.checkpoint
         ):
             epoch, file, is_best = self._checkpoint
-            self._checkpoint = None
+            self._offer_checkpoint(None)
             request = protocol.upload_checkpoint(
                 model_id, epoch, file, is_best=is_best, key=self._key()
             )
@@ -379,7 +440,7 @@ class Core:
             epoch, file, map50_95 = self._final
             # The key follows the content, so finishing again with the same weights after
             # an interrupted upload that did land is replayed by the hub, not refused.
-            key = f"{self._nonce}-final-{epoch}-{file.sha256[:32]}"
+            key = f"final-{model_id}-{epoch}-{file.sha256[:32]}"
             request = protocol.upload_final(model_id, epoch, file, map50_95=map50_95, key=key)
             self._add("final", request, payload=epoch, now=now)
         metrics_op = ops["metrics"]
@@ -417,12 +478,15 @@ class Core:
             if isinstance(agent_id, str):
                 self.agent_id = agent_id
         elif channel == "final":
-            self._final = None
+            self._offer_final(None)
             self._next_heartbeat = math.inf
             self.machine.fire("acknowledged")
         elif op.payload == "load":
             self.record = dict(data)
-            if data.get("status") == "trained":
+            # Our own final upload may have landed before a crash: its kept operation
+            # will be confirmed by the hub's idempotent replay, or refused with 409.
+            ours = self._final is not None or self._ops["final"] is not None
+            if data.get("status") == "trained" and not ours:
                 self.error = ModelTrainedError(
                     f"model {self.model_id} is already trained; create a new model to train again",
                     status=response.status,
