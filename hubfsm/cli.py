@@ -170,6 +170,29 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return run(args)
 
 
+# -- sync and status -------------------------------------------------------------
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Send what the outboxes hold."""
+    from hubfsm.sync import root_of, sync
+
+    return sync(
+        root_of(args.dir),
+        api_key=args.key,
+        api_root=args.hub,
+        timeout=args.timeout,
+        out=sys.stdout,
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """List the outboxes and what each holds."""
+    from hubfsm.sync import root_of, status
+
+    return status(root_of(args.dir), out=sys.stdout)
+
+
 # -- main --------------------------------------------------------------------------
 
 
@@ -240,22 +263,68 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(
         sub,
+        "sync",
+        "Send everything that outboxes hold (metrics, checkpoints, final weights), with the "
+        "same idempotency keys as the session that left them; safe to interrupt and rerun.",
+        "hubfsm sync                      # every outbox under the default root\n"
+        "HUB_API_KEY=... hubfsm sync ~/.local/share/hubfsm/outbox/AbCdEfGhIjKlMnOpQrSt",
+    )
+    p.add_argument(
+        "dir",
+        nargs="?",
+        help="an outbox root or one model's outbox "
+        "(default: HUBFSM_OUTBOX, else the user data directory)",
+    )
+    p.add_argument("--hub", help="the API root (default: ULTRALYTICS_HUB_API)")
+    p.add_argument("--key", help="the API key (default: HUB_API_KEY)")
+    p.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to spend on each model (default 600)"
+    )
+    p.set_defaults(func=cmd_sync)
+
+    p = _command(
+        sub,
+        "status",
+        "List outboxes and what each still holds.",
+        "hubfsm status\nhubfsm status ./outbox",
+    )
+    p.add_argument("dir", nargs="?", help="an outbox root or one model's outbox")
+    p.set_defaults(func=cmd_status)
+
+    p = _command(
+        sub,
         "simulate",
-        "Simulate training sessions, one per seed, against an in-memory hub with "
-        "faults, and check the invariants after every step.",
-        "hubfsm simulate --seeds 0-999 --profile flaky\n"
-        "hubfsm simulate --seed 17 --trace   # replay one seed",
+        "Simulate training sessions, one per seed, through the real core and retry policy "
+        "against an in-memory hub with faults on a virtual clock (or a local hub over HTTP "
+        "with --http), and check the invariants after every step. Exits 0 only when every "
+        "invariant held for every seed.",
+        "hubfsm simulate --seeds 0-9999 --profile all --jobs 2\n"
+        "hubfsm simulate --profile flaky,hostile --epochs 100\n"
+        "hubfsm simulate --profile flaky --seed 17 --trace   # replay one seed\n"
+        "hubfsm simulate --seed 17 --json > trace.jsonl      # the same, as JSON lines\n"
+        "hubfsm simulate --http --profile all                # real HTTP, 5 seeds each\n"
+        "hubfsm simulate --describe                          # the profiles and their rates",
     )
     group = p.add_mutually_exclusive_group()
     group.add_argument(
-        "--seeds", type=_seeds, default=range(100), help="seeds to run, N or N-M (default 0-99)"
+        "--seeds", type=_seeds, help="seeds to run, N or N-M (default 0-99; 0-4 with --http)"
     )
     group.add_argument("--seed", type=int, help="run one seed")
-    p.add_argument("--profile", default="flaky", help="fault profile (default flaky)")
-    p.add_argument("--epochs", type=int, default=50, help="epochs per session (default 50)")
-    p.add_argument("--jobs", type=int, default=1, help="processes to spread seeds over")
-    p.add_argument("--trace", action="store_true", help="print the seed's full trace")
-    p.add_argument("--json", action="store_true", help="print the trace as JSON lines")
+    p.add_argument(
+        "--profile",
+        default="flaky",
+        help="calm, flaky, hostile, partition, revoked; a comma list; or all (default flaky)",
+    )
+    p.add_argument("--epochs", type=int, help="epochs per session (default 50; 8 with --http)")
+    p.add_argument("--jobs", type=int, default=1, help="processes to spread seeds over (default 1)")
+    p.add_argument("--trace", action="store_true", help="print each seed's full trace")
+    p.add_argument("--json", action="store_true", help="print the traces as JSON lines")
+    p.add_argument(
+        "--http",
+        action="store_true",
+        help="run against a local hub over HTTP on loopback, with scaled-down limits",
+    )
+    p.add_argument("--describe", action="store_true", help="print the profiles as a Markdown table")
     p.set_defaults(func=cmd_simulate)
     return parser
 

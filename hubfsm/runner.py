@@ -7,6 +7,7 @@ state machine, sends what the core asks for and sleeps until the core's next wak
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from typing import Any
 import structlog
 
 from hubfsm.core import Core, Send
+from hubfsm.journal import Journal
+from hubfsm.outbox import Outbox
 from hubfsm.transport import Outcome, Transport, TransportError
 
 log = structlog.get_logger("hubfsm")
@@ -25,6 +28,9 @@ Job = Callable[[Core, float], Any]
 
 class ThreadRunner:
     """Runs a :class:`Core` on one daemon worker thread.
+
+    With an outbox attached, the worker writes the core's changes to it before sending
+    the request that depends on them, and after each outcome.
 
     Args:
         core: The session's core; only the worker touches it once started.
@@ -44,7 +50,10 @@ class ThreadRunner:
         self.core = core
         self.transport = transport
         self.clock = clock
-        self.inbox: collections.deque[Job] = collections.deque()
+        #: ``(journal seq or 0, job)`` pairs from the trainer, in order.
+        self.inbox: collections.deque[tuple[int, Job]] = collections.deque()
+        self.outbox: Outbox | None = None
+        self.journal: Journal | None = None
         self.wake = threading.Event()
         self._changed = threading.Condition()
         self._stop_at: float | None = None
@@ -57,7 +66,7 @@ class ThreadRunner:
 
     def submit(self, job: Job) -> None:
         """Hand ``job`` to the worker; returns at once."""
-        self.inbox.append(job)
+        self.inbox.append((0, job))
         if not self.wake.is_set():
             self.wake.set()
 
@@ -74,6 +83,36 @@ class ThreadRunner:
                 self._changed.wait(1.0 if remaining is None else min(remaining, 1.0))
             return True
 
+    def call(self, job: Job, *, timeout: float = 60.0) -> Any:
+        """Run ``job`` on the worker and return its result (or raise its exception)."""
+        box: list[Any] = []
+        done = threading.Event()
+
+        def wrapped(core: Core, now: float) -> None:
+            try:
+                box.append((True, job(core, now)))
+            except Exception as exc:
+                box.append((False, exc))
+                raise
+            finally:
+                done.set()
+
+        if not self._thread.is_alive():
+            # Before start or after stop, the caller's thread is the only one.
+            with contextlib.suppress(Exception):
+                wrapped(self.core, self.clock())
+            self._persist()
+        else:
+            self.submit(wrapped)
+        if not done.wait(timeout):
+            raise TimeoutError(f"the worker did not answer within {timeout:g}s")
+        ok, value = box[0]
+        if not ok:
+            if value in self.job_errors:
+                self.job_errors.remove(value)
+            raise value
+        return value
+
     def stop(self, *, timeout: float) -> None:
         """Let the worker send what it can for ``timeout`` seconds more, then end it."""
         self.submit(lambda core, now: None)
@@ -82,6 +121,8 @@ class ThreadRunner:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             # The worker may be inside one request; its own timeouts bound that.
             self._thread.join(timeout + 1.0)
+        elif not self._thread.is_alive():
+            self._drain()
 
     @property
     def alive(self) -> bool:
@@ -107,6 +148,7 @@ class ThreadRunner:
                 self._send(action)
                 self._notify()
                 continue
+            self._persist()
             self._notify()
             wake = action.until
             if stop_at is not None:
@@ -116,15 +158,35 @@ class ThreadRunner:
     def _drain(self) -> None:
         inbox = self.inbox
         core = self.core
+        last_seq = 0
         while inbox:
-            job = inbox.popleft()
+            seq, job = inbox.popleft()
+            last_seq = seq or last_seq
             try:
                 job(core, self.clock())
             except Exception as exc:  # one bad event must not kill the worker
                 self.job_errors.append(exc)
                 log.error("session.event_failed", error=str(exc), state=core.state)
+        self._persist(journal_seq=last_seq or None)
+
+    def _persist(self, *, journal_seq: int | None = None) -> None:
+        outbox = self.outbox
+        if outbox is None:
+            return
+        changes = self.core.take_changes()
+        if not changes and journal_seq is None:
+            return
+        try:
+            outbox.apply(changes, journal_seq=journal_seq)
+        except Exception as exc:  # a full disk must not stop delivery of what is in memory
+            log.error("outbox.write_failed", error=str(exc), model_id=self.core.model_id)
+            return
+        if journal_seq is not None and self.journal is not None:
+            self.journal.consumed(journal_seq)
 
     def _send(self, action: Send) -> None:
+        # The operation and its key are on disk before the hub can act on them.
+        self._persist()
         outcome: Outcome
         try:
             outcome = self.transport.send(action.request)
@@ -150,6 +212,7 @@ class ThreadRunner:
                 retry_after=outcome.retry_after,
             )
         self.core.receive(action.op_id, outcome, now=self.clock())
+        self._persist()
 
     def _notify(self) -> None:
         with self._changed:

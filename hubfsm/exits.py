@@ -1,0 +1,70 @@
+"""Leaving cleanly: at interpreter exit always, on SIGTERM/SIGINT only when asked.
+
+The handlers chain to whatever was installed before, so hubfsm never takes a signal
+away from the application that embeds it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+class ExitHooks:
+    """Calls ``close`` once at interpreter exit and, if asked, on SIGTERM and SIGINT.
+
+    Args:
+        close: What to run (it must bound its own time).
+        signals: Whether to install signal handlers (main thread only).
+    """
+
+    def __init__(self, close: Callable[[], None], *, signals: bool) -> None:
+        self._close = close
+        self._previous: dict[int, _Handler] = {}
+        self._done = False
+        atexit.register(self._at_exit)
+        if signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._on_signal)
+
+    def _at_exit(self) -> None:
+        self.run()
+
+    def run(self) -> None:
+        """Run ``close`` if it has not run yet, and remove the hooks."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._close()
+        finally:
+            self.remove()
+
+    def remove(self) -> None:
+        """Unregister from atexit and put the previous signal handlers back."""
+        self._done = True
+        atexit.unregister(self._at_exit)
+        if threading.current_thread() is threading.main_thread():
+            for sig, previous in self._previous.items():
+                if signal.getsignal(sig) == self._on_signal:
+                    signal.signal(sig, previous)
+        self._previous.clear()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        previous = self._previous.get(signum, signal.SIG_DFL)
+        self.run()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
