@@ -34,9 +34,17 @@ def upload_metrics(model_id: str, metrics: Mapping[int, str], *, key: str) -> Re
     return Request("POST", f"/v1/models/{model_id}", json=body, idempotency_key=key)
 
 
+def _scalar(value: Any) -> Any:
+    # numpy and torch scalars know how to become Python numbers
+    item = getattr(value, "item", None)
+    if callable(item):
+        return item()
+    raise TypeError(f"metric value {value!r} is not a number JSON can hold")
+
+
 def encode_metrics(metrics: Mapping[str, Any]) -> str:
     """Encode one epoch's metrics as the hub wants them: a JSON string."""
-    return json.dumps(dict(metrics), sort_keys=True)
+    return json.dumps(dict(metrics), sort_keys=True, default=_scalar)
 
 
 def upload_checkpoint(

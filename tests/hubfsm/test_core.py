@@ -224,3 +224,15 @@ def test_limits_are_configurable():
     core.epoch_end(1, {}, now=1)
     _, wait = drive(core, 1)
     assert wait.until == 10.0
+
+
+def test_numpy_like_scalars_are_encoded_as_numbers():
+    from hubfsm.protocol import encode_metrics
+
+    class Scalar:
+        def item(self):
+            return 0.5
+
+    assert encode_metrics({"loss": Scalar(), "n": 3}) == '{"loss": 0.5, "n": 3}'
+    with pytest.raises(TypeError, match="not a number"):
+        encode_metrics({"bad": object()})
