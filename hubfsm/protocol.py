@@ -35,11 +35,10 @@ def upload_metrics(model_id: str, metrics: Mapping[int, str], *, key: str) -> Re
 
 
 def _scalar(value: Any) -> Any:
-    # numpy and torch scalars know how to become Python numbers
+    # numpy and torch scalars know how to become Python numbers; anything else is kept
+    # as its text rather than lost on the worker, far from the call that logged it
     item = getattr(value, "item", None)
-    if callable(item):
-        return item()
-    raise TypeError(f"metric value {value!r} is not a number JSON can hold")
+    return item() if callable(item) else str(value)
 
 
 def encode_metrics(metrics: Mapping[str, Any]) -> str:
