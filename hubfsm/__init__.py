@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hubfsm.distributed import NullSession
 from hubfsm.errors import (
     AuthError,
     DeliveryIncomplete,
@@ -14,6 +15,7 @@ from hubfsm.errors import (
     ModelTrainedError,
 )
 from hubfsm.identifier import Identifier, parse_identifier
+from hubfsm.opener import TrainingSession, open
 from hubfsm.retry import ChannelPolicies, RetryPolicy
 from hubfsm.session import Session
 
@@ -31,8 +33,11 @@ __all__ = [
     "IllegalEventError",
     "ModelNotFoundError",
     "ModelTrainedError",
+    "NullSession",
     "RetryPolicy",
     "Session",
+    "TrainingSession",
     "__version__",
+    "open",
     "parse_identifier",
 ]

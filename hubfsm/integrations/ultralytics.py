@@ -1,0 +1,393 @@
+"""Trainer callbacks for ultralytics (8.2.0), in place of ``ultralytics.utils.callbacks.hub``.
+
+One call registers them on an ultralytics ``Model`` or ``BaseTrainer`` (anything with
+``add_callback(event, fn)``)::
+
+    model = YOLO("yolov8n.yaml")
+    add_callbacks(model)  # or add_callbacks(model, "https://hub.ultralytics.com/models/...")
+    model.train(data="coco8.yaml", epochs=3)
+
+They read the same trainer attributes and send the same data as ultralytics' own HUB
+callbacks: each epoch's ``{**trainer.label_loss_items(trainer.tloss, prefix="train"),
+**trainer.metrics}`` (plus the model's info at epoch 0), ``trainer.last`` after each save
+with ``is_best = trainer.best_fitness == trainer.fitness``, and at the end ``trainer.best``
+with ``metrics/mAP50-95(B)`` as its mAP. The session does the rate limiting, retries and
+delivery, so no callback waits on the network except the last one, which waits for the
+final upload.
+
+The session is opened in ``on_pretrain_routine_start`` (when the trainer's arguments are
+known) from, in this order: the identifier given to :func:`add_callbacks`, the model of an
+ultralytics HUB session the trainer carries (``trainer.hub_session``, which is then
+detached so that ultralytics' own callbacks stay quiet), or ``trainer.args.model`` (a local
+``.pt``/``.yaml``: a new model is created with the trainer's arguments). A
+:class:`~hubfsm.Session` may be given instead; the callbacks then finish it but leave
+closing it to its owner. On a process of global rank other than 0 nothing is sent.
+(ultralytics' own multi-GPU training runs its workers from a script it generates, with no
+custom callbacks, so there, as with ultralytics' own HUB client, nothing reaches the hub.)
+
+A failure to open the session raises (nothing is trained yet, and the key or the model
+needs fixing); a hub failure later is logged and leaves the data pending, so training
+goes on (unless ``strict=True``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, TypeAlias
+
+import structlog
+
+from hubfsm.core import CoreConfig
+from hubfsm.identifier import parse_identifier
+from hubfsm.integrations.callbacks import TrainingCallbacks
+from hubfsm.opener import TrainingSession
+from hubfsm.opener import open as open_session
+from hubfsm.session import Session
+from hubfsm.transport import Transport
+
+__all__ = ["EVENTS", "MAP_KEY", "UltralyticsCallbacks", "add_callbacks", "model_info"]
+
+log = structlog.get_logger("hubfsm")
+
+#: Every event ultralytics' HUB callbacks handle, plus the start of training's setup.
+EVENTS = (
+    "on_pretrain_routine_start",
+    "on_pretrain_routine_end",
+    "on_train_start",
+    "on_fit_epoch_end",
+    "on_model_save",
+    "on_train_end",
+    "teardown",
+    "on_val_start",
+    "on_predict_start",
+    "on_export_start",
+)
+
+#: The metric sent as the final weights' ``map``.
+MAP_KEY = "metrics/mAP50-95(B)"
+
+#: The trainer arguments that go into a new model's record on the hub.
+CREATE_ARGS = ("data", "epochs", "batch", "imgsz", "patience", "device", "cache")
+
+_SessionSource: TypeAlias = TrainingSession | str | os.PathLike[str] | None
+
+
+def model_info(trainer: Any) -> Mapping[str, Any]:
+    """``ultralytics.utils.torch_utils.model_info_for_loggers(trainer)``, or ``{}``.
+
+    Only when ultralytics is already loaded, as it is whenever its trainer runs: this
+    package does not depend on it, and importing it costs seconds and probes the network.
+    """
+    if "ultralytics" not in sys.modules:
+        return {}
+    try:
+        torch_utils = importlib.import_module("ultralytics.utils.torch_utils")
+    except ImportError:
+        return {}
+    info: Mapping[str, Any] = torch_utils.model_info_for_loggers(trainer)
+    return info
+
+
+def _settings_key() -> str | None:
+    # ultralytics keeps the user's key in its settings file; read it only when ultralytics
+    # is already loaded (the trainer is one of its objects), never importing it for this.
+    utils = sys.modules.get("ultralytics.utils")
+    settings = getattr(utils, "SETTINGS", None)
+    key = settings.get("api_key") if isinstance(settings, Mapping) else None
+    return key if isinstance(key, str) and key else None
+
+
+def _official_model_id(hub_session: Any) -> str | None:
+    model_id = getattr(hub_session, "model_id", None) or getattr(
+        getattr(hub_session, "model", None), "id", None
+    )
+    return model_id if isinstance(model_id, str) and model_id else None
+
+
+class UltralyticsCallbacks:
+    """The callbacks, bound to one session (opened lazily unless given).
+
+    Args:
+        session: A session to use, or an identifier to open one from, or None to take
+            the trainer's model (see the module's docs).
+        api_key: The API key; else the identifier's; else ``HUB_API_KEY``; else the
+            one in ultralytics' settings.
+        transport: Where requests go (tests pass an in-memory transport).
+        config: Limits and retry policies of the core.
+        api_root: The API root for the default HTTP transport.
+        web_root: The web root for model URLs.
+        open_timeout: Seconds to wait for the hub to load or create the model.
+        finish_timeout: Seconds ``on_train_end`` waits for the final upload.
+        strict: Raise hub errors during training instead of logging them.
+        model_info: Returns the model's info merged into epoch 0's metrics; by default
+            ultralytics' ``model_info_for_loggers``.
+        train_args: For a new model, values that replace the trainer's arguments.
+    """
+
+    def __init__(
+        self,
+        session: _SessionSource = None,
+        *,
+        api_key: str | None = None,
+        transport: Transport | None = None,
+        config: CoreConfig | None = None,
+        api_root: str | None = None,
+        web_root: str | None = None,
+        open_timeout: float = 120.0,
+        finish_timeout: float = 3600.0,
+        strict: bool = False,
+        model_info: Callable[[Any], Mapping[str, Any]] = model_info,
+        train_args: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._given: TrainingSession | None = None
+        self._identifier: str | None = None
+        if isinstance(session, (str, os.PathLike)):
+            self._identifier = os.fspath(session)
+        elif session is not None:
+            self._given = session
+        self._api_key = api_key
+        self._transport = transport
+        self._config = config
+        self._api_root = api_root
+        self._web_root = web_root
+        self._open_timeout = open_timeout
+        self._finish_timeout = finish_timeout
+        self._strict = strict
+        self._model_info = model_info
+        self._train_args = dict(train_args or {})
+        self._hub: TrainingCallbacks | None = None
+        self._owned = False
+
+    @property
+    def session(self) -> TrainingSession | None:
+        """The session in use; None before training starts (or after an owned one closed)."""
+        return None if self._hub is None else self._hub.session
+
+    def __repr__(self) -> str:
+        return f"<UltralyticsCallbacks session={self.session!r}>"
+
+    def callbacks(self) -> dict[str, Callable[[Any], None]]:
+        """The callbacks by ultralytics event name."""
+        return {
+            "on_pretrain_routine_start": self.on_pretrain_routine_start,
+            "on_pretrain_routine_end": self.on_pretrain_routine_end,
+            "on_train_start": self.on_train_start,
+            "on_fit_epoch_end": self.on_fit_epoch_end,
+            "on_model_save": self.on_model_save,
+            "on_train_end": self.on_train_end,
+            "teardown": self.teardown,
+            "on_val_start": self.on_val_start,
+            "on_predict_start": self.on_predict_start,
+            "on_export_start": self.on_export_start,
+        }
+
+    # -- the events -----------------------------------------------------------------
+
+    def on_pretrain_routine_start(self, trainer: Any) -> None:
+        """Open the session (its model is loaded or created) and start it."""
+        self._ensure(trainer)
+
+    def on_pretrain_routine_end(self, trainer: Any) -> None:
+        """Make sure the session runs (ultralytics starts its rate-limit timers here)."""
+        self._ensure(trainer)
+
+    def on_fit_epoch_end(self, trainer: Any) -> None:
+        """Queue the epoch's losses and validation metrics (and at epoch 0 the model info)."""
+        hub = self._ensure(trainer)
+        epoch = int(trainer.epoch)
+        losses = trainer.label_loss_items(trainer.tloss, prefix="train")
+        metrics: dict[str, Any] = dict(losses) if isinstance(losses, Mapping) else {}
+        metrics.update(trainer.metrics or {})
+        if epoch == 0:
+            try:
+                metrics.update(self._model_info(trainer))
+            except Exception as exc:  # extra information only: never worth stopping training
+                log.info("ultralytics.model_info_skipped", error=f"{type(exc).__name__}: {exc}")
+        hub.on_epoch_end(epoch, metrics)
+
+    def on_model_save(self, trainer: Any) -> None:
+        """Offer ``trainer.last``; the first goes at once, later ones within the rate limit."""
+        hub = self._ensure(trainer)
+        is_best = bool(trainer.best_fitness == trainer.fitness)
+        hub.on_checkpoint(trainer.last, int(trainer.epoch), is_best)
+
+    def on_train_end(self, trainer: Any) -> None:
+        """Upload ``trainer.best`` with its mAP50-95 and wait until the hub has it."""
+        hub = self._ensure(trainer)
+        best = trainer.best
+        if not os.path.exists(best) and os.path.exists(trainer.last):
+            log.warning("ultralytics.best_missing", best=os.fspath(best), using="last")
+            best = trainer.last
+        map50_95 = (trainer.metrics or {}).get(MAP_KEY, 0)
+        try:
+            done = hub.on_train_end(best, map50_95, epoch=int(trainer.epoch))
+        finally:
+            if self._owned:
+                self._release()
+        if done and isinstance(hub.session, Session):
+            log.info("ultralytics.done", model_id=hub.session.model_id, url=hub.session.model_url)
+
+    def teardown(self, trainer: Any) -> None:
+        """Close a session the callbacks opened that training did not finish."""
+        if self._owned:
+            self._release()
+
+    def on_train_start(self, trainer: Any) -> None:
+        """Nothing to do (ultralytics sends usage analytics here)."""
+
+    def on_val_start(self, validator: Any) -> None:
+        """Nothing to do (ultralytics sends usage analytics here)."""
+
+    def on_predict_start(self, predictor: Any) -> None:
+        """Nothing to do (ultralytics sends usage analytics here)."""
+
+    def on_export_start(self, exporter: Any) -> None:
+        """Nothing to do (ultralytics sends usage analytics here)."""
+
+    # -- inside ---------------------------------------------------------------------
+
+    def _ensure(self, trainer: Any) -> TrainingCallbacks:
+        official = getattr(trainer, "hub_session", None)
+        if official is not None:
+            self._detach(trainer, official)
+        if self._hub is None:
+            if self._given is not None:
+                self._hub = TrainingCallbacks(
+                    self._given, finish_timeout=self._finish_timeout, strict=self._strict
+                )
+            else:
+                self._hub = self._open(trainer, _official_model_id(official))
+        self._hub.on_train_start()
+        return self._hub
+
+    def _detach(self, trainer: Any, official: Any) -> None:
+        # Both clients would upload everything twice; ultralytics' callbacks look the
+        # session up on the trainer at every event, so removing it silences them.
+        trainer.hub_session = None
+        stop = getattr(getattr(official, "model", None), "stop_heartbeat", None)
+        if callable(stop):
+            stop()
+        log.info("ultralytics.hub_session_detached", model_id=_official_model_id(official))
+
+    def _open(self, trainer: Any, official_id: str | None) -> TrainingCallbacks:
+        identifier = self._identifier or official_id
+        args = getattr(trainer, "args", None)
+        if identifier is None:
+            model = getattr(args, "model", None)
+            if not isinstance(model, (str, os.PathLike)):
+                raise TypeError(
+                    "add_callbacks: no identifier given and the trainer's args.model is "
+                    f"{type(model).__name__}, not a model file name"
+                )
+            identifier = os.fspath(model)
+        train_args = {
+            name: getattr(args, name)
+            for name in CREATE_ARGS
+            if getattr(args, name, None) is not None
+        }
+        train_args.update(self._train_args)
+        parsed = parse_identifier(identifier, web_root=self._web_root)
+        api_key = self._api_key
+        if (
+            api_key is None
+            and self._transport is None
+            and parsed.api_key is None
+            and not os.environ.get("HUB_API_KEY")
+        ):
+            api_key = _settings_key()
+        session = open_session(
+            identifier,
+            api_key=api_key,
+            transport=self._transport,
+            config=self._config,
+            api_root=self._api_root,
+            web_root=self._web_root,
+            open_timeout=self._open_timeout,
+            # The trainer's arguments only shape a new model; a loaded one has its own.
+            **(train_args if parsed.filename is not None else {}),
+        )
+        self._owned = True
+        if isinstance(session, Session):
+            log.info(
+                "ultralytics.session_opened",
+                model_id=session.model_id,
+                url=session.model_url,
+                state=session.state,
+            )
+        return TrainingCallbacks(
+            session, close_at_end=False, finish_timeout=self._finish_timeout, strict=self._strict
+        )
+
+    def _release(self) -> None:
+        """Close the owned session (once); a later training opens a new one."""
+        hub, self._hub = self._hub, None
+        self._owned = False
+        if hub is not None:
+            hub.close()
+
+
+def add_callbacks(
+    target: Any,
+    session: _SessionSource = None,
+    *,
+    api_key: str | None = None,
+    transport: Transport | None = None,
+    config: CoreConfig | None = None,
+    api_root: str | None = None,
+    web_root: str | None = None,
+    open_timeout: float = 120.0,
+    finish_timeout: float = 3600.0,
+    strict: bool = False,
+    model_info: Callable[[Any], Mapping[str, Any]] = model_info,
+    **train_args: Any,
+) -> UltralyticsCallbacks:
+    """Register the hub callbacks on an ultralytics ``Model`` or ``BaseTrainer``.
+
+    Args:
+        target: Anything with ``add_callback(event, fn)``.
+        session: A session, an identifier (model URL, ``apiKey_modelId``, model id, local
+            ``.pt``/``.yaml``), or None to use the trainer's model.
+        api_key: The API key; else the identifier's; else ``HUB_API_KEY``; else the one
+            in ultralytics' settings.
+        transport: Where requests go (tests pass an in-memory transport).
+        config: Limits and retry policies of the core.
+        api_root: The API root for the default HTTP transport.
+        web_root: The web root for model URLs.
+        open_timeout: Seconds to wait for the hub to load or create the model.
+        finish_timeout: Seconds the end of training waits for the final upload.
+        strict: Raise hub errors during training instead of logging them.
+        model_info: Returns the model's info merged into epoch 0's metrics.
+        **train_args: For a new model, values that replace the trainer's arguments
+            (``data``, ``epochs``, ``batch``, ``imgsz``, ``patience``, ``device``, ``cache``).
+
+    Returns:
+        The registered callbacks; their ``session`` is the session once training started.
+
+    Raises:
+        TypeError: ``target`` has no ``add_callback``.
+    """
+    add = getattr(target, "add_callback", None)
+    if not callable(add):
+        raise TypeError(
+            f"add_callbacks: {type(target).__name__} has no add_callback(event, fn); "
+            "pass an ultralytics Model or trainer"
+        )
+    hub = UltralyticsCallbacks(
+        session,
+        api_key=api_key,
+        transport=transport,
+        config=config,
+        api_root=api_root,
+        web_root=web_root,
+        open_timeout=open_timeout,
+        finish_timeout=finish_timeout,
+        strict=strict,
+        model_info=model_info,
+        train_args=train_args,
+    )
+    for event, fn in hub.callbacks().items():
+        add(event, fn)
+    return hub

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import hashlib
+import math
+
+import pytest
+import structlog
+
+import hubfsm
+from hubfsm.distributed import NullSession
+from hubfsm.integrations.callbacks import TrainingCallbacks, plain
+
+
+class Scalar:
+    """Like a numpy scalar or a one-element tensor."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def item(self):
+        return self.value
+
+
+class Array:
+    """Like a numpy array or a tensor of several elements."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def item(self):
+        raise ValueError("only one element tensors can be converted to Python scalars")
+
+    def tolist(self):
+        return list(self.values)
+
+
+class Opaque:
+    def __str__(self):
+        return "opaque"
+
+
+def test_plain_turns_framework_scalars_into_json_values():
+    assert plain({"a": Scalar(1.5), "b": [Scalar(2), (3, None)], "c": True}) == {
+        "a": 1.5,
+        "b": [2, [3, None]],
+        "c": True,
+    }
+    assert plain(Opaque()) == "opaque"
+    assert plain(Array([Scalar(1), 2.5])) == [1, 2.5]
+    assert plain(Scalar(Scalar(4))) == 4
+    assert math.isnan(plain(float("nan")))
+
+
+def test_a_loop_reports_through_the_callbacks(hub, transport, tmp_path, kit):
+    session = hubfsm.Session(
+        "net.yaml", transport=transport, config=kit.FAST, train_args={"epochs": 2}
+    )
+    assert session.state == "created"
+    callbacks = TrainingCallbacks(session, close_at_end=True)
+    for epoch in range(2):
+        callbacks.on_epoch_end(epoch, {"loss": Scalar(1.0 / (epoch + 1))})  # starts it
+        (tmp_path / "last.pt").write_bytes(b"w%d" % epoch)
+        callbacks.on_checkpoint(tmp_path / "last.pt", epoch, epoch == 0)
+        kit.eventually(lambda: session.pending()["checkpoint"] == 0, 5.0)
+    (tmp_path / "best.pt").write_bytes(b"best")
+    assert callbacks.on_train_end(tmp_path / "best.pt", Scalar(0.5)) is True
+    assert session.state == "done"
+    rows = hub.metrics(session.model_id)
+    assert [r["metrics"] for r in rows] == [{"loss": 1.0}, {"loss": 0.5}]
+    record = hub.record(session.model_id)
+    assert record["map"] == pytest.approx(0.5)
+    (final,) = [u for u in hub.audit().uploads if u.type == "final"]
+    assert final.sha256 == hashlib.sha256(b"best").hexdigest()
+
+
+def test_hub_troubles_are_logged_and_the_loop_goes_on(hub, transport, tmp_path, kit):
+    session = hubfsm.Session(kit.new_model(hub), transport=transport, config=kit.FAST)
+    callbacks = TrainingCallbacks(session, close_at_end=True)
+    callbacks.on_train_start()
+    callbacks.on_epoch_end(0, {"loss": 1.0})
+    with structlog.testing.capture_logs() as logs:
+        callbacks.on_checkpoint(tmp_path / "missing.pt", 0)
+        assert callbacks.on_train_end(tmp_path / "missing-best.pt", 0.1) is False
+    steps = [e["step"] for e in logs if e["event"] == "callbacks.hub_error"]
+    assert steps == ["checkpoint", "train_end"]
+    # Not finished: what was logged reached the hub, the model can resume.
+    assert session.state == "resumable"
+    assert [r["epoch"] for r in hub.metrics(session.model_id)] == [0]
+
+
+def test_strict_callbacks_raise(hub, transport, tmp_path, kit):
+    session = hubfsm.Session(kit.new_model(hub), transport=transport, config=kit.FAST)
+    try:
+        callbacks = TrainingCallbacks(session, strict=True)
+        with pytest.raises(FileNotFoundError):
+            callbacks.on_checkpoint(tmp_path / "missing.pt", 0)
+    finally:
+        session.close()
+
+
+def test_on_a_null_session_everything_is_a_no_op(tmp_path):
+    callbacks = TrainingCallbacks(NullSession(3), close_at_end=True)
+    callbacks.on_train_start()
+    callbacks.on_epoch_end(0, {"loss": 1.0})
+    callbacks.on_checkpoint(tmp_path / "missing.pt", 0)
+    assert callbacks.on_train_end(tmp_path / "missing.pt") is True
+    assert "NullSession rank=3" in repr(callbacks)
