@@ -142,6 +142,9 @@ class Core:
         self._next_heartbeat = math.inf
         self._final: tuple[int, FilePart, float] | None = None
         self._finish_deadline = math.inf
+        # The hub's Retry-After holds back every request, not only the one it answered:
+        # its rate limit is per key.
+        self._hold_until = -math.inf
         #: When True, the core lists what must be kept durably in :attr:`changes`.
         self.durable = False
         self.changes: list[Change] = []
@@ -296,6 +299,9 @@ class Core:
                 self.pending(),
             )
             return Wait(None)
+        if now < self._hold_until:
+            deadline = self._finish_deadline if state == "final_uploading" else math.inf
+            return Wait(min(self._hold_until, deadline))
         self._schedule(state, now)
         earliest = math.inf
         for channel in CHANNELS:
@@ -551,6 +557,8 @@ class Core:
             self.last_failure = f"{outcome.status} {outcome.message}".rstrip()
         else:
             self.last_failure = f"{outcome.kind}: {outcome}"
+        if retry_after is not None:
+            self._hold_until = max(self._hold_until, now + retry_after)
         wait = op.policy.next_wait(
             attempts=op.round_attempts,
             elapsed=now - op.round_start,

@@ -235,3 +235,15 @@ def test_numpy_like_scalars_are_encoded_as_numbers():
 
     assert encode_metrics({"loss": Scalar(), "n": 3}) == '{"loss": 0.5, "n": 3}'
     assert encode_metrics({"odd": complex(1, 2)}) == '{"odd": "(1+2j)"}'
+
+
+def test_retry_after_holds_back_every_channel_not_only_its_own():
+    core = training_core()
+    core.epoch_end(0, {"loss": 1.0}, now=0.0)
+    first = core.poll(0.0)
+    core.receive(first.op_id, Response(429, {}, retry_after=500.0), now=0.0)
+    # the heartbeat is due at 300 s, but the hub asked for quiet until 500 s
+    action = core.poll(300.0)
+    assert isinstance(action, Wait) and action.until == 500.0
+    sends, _ = drive(core, 500.0)
+    assert {s.channel for s in sends} == {"heartbeat", "metrics"}
