@@ -22,6 +22,13 @@ from hubfsm.transport import Outcome, Transport, TransportError
 
 log = structlog.get_logger("hubfsm")
 
+
+def _say(level: str, event: str, **fields: Any) -> None:
+    """Log from the worker; a broken log sink must not stop delivery."""
+    with contextlib.suppress(Exception):  # there is nowhere left to report it
+        getattr(log, level)(event, **fields)
+
+
 #: An event for the worker: a function of the core and the current time.
 Job = Callable[[Core, float], Any]
 
@@ -166,7 +173,7 @@ class ThreadRunner:
                 job(core, self.clock())
             except Exception as exc:  # one bad event must not kill the worker
                 self.job_errors.append(exc)
-                log.error("session.event_failed", error=str(exc), state=core.state)
+                _say("error", "session.event_failed", error=str(exc), state=core.state)
         self._persist(journal_seq=last_seq or None)
 
     def _persist(self, *, journal_seq: int | None = None) -> None:
@@ -179,7 +186,7 @@ class ThreadRunner:
         try:
             outbox.apply(changes, journal_seq=journal_seq)
         except Exception as exc:  # a full disk must not stop delivery of what is in memory
-            log.error("outbox.write_failed", error=str(exc), model_id=self.core.model_id)
+            _say("error", "outbox.write_failed", error=str(exc), model_id=self.core.model_id)
             return
         if journal_seq is not None and self.journal is not None:
             self.journal.consumed(journal_seq)
@@ -195,7 +202,8 @@ class ThreadRunner:
         except Exception as exc:  # a transport bug must not kill the worker either
             outcome = TransportError("protocol", f"{type(exc).__name__}: {exc}")
         if isinstance(outcome, TransportError):
-            log.warning(
+            _say(
+                "warning",
                 "request.failed",
                 channel=action.channel,
                 attempt=action.attempt,
@@ -203,7 +211,8 @@ class ThreadRunner:
                 error=str(outcome),
             )
         elif not outcome.ok:
-            log.warning(
+            _say(
+                "warning",
                 "request.failed",
                 channel=action.channel,
                 attempt=action.attempt,
