@@ -234,8 +234,14 @@ class Session:
         return self._core.error
 
     def pending(self) -> dict[str, int]:
-        """What the hub has not acknowledged yet, per channel (a snapshot)."""
-        return self._core.pending()
+        """What the hub has not acknowledged yet, per channel (a snapshot).
+
+        Epochs logged but not yet taken in by the worker count too.
+        """
+        counts = self._core.pending()
+        queued = {job.epoch for _, job in list(self._inbox) if isinstance(job, _EpochEnd)}
+        counts["metrics"] += len(queued)
+        return counts
 
     def stats(self) -> dict[str, Any]:
         """Counters of requests, retries and deliveries (a snapshot)."""
@@ -272,10 +278,7 @@ class Session:
             epoch = self._next_epoch
         self._next_epoch = epoch + 1
         item = dict(metrics)
-
-        def job(core: Core, now: float) -> None:
-            core.epoch_end(epoch, item, now=now)
-
+        job = _EpochEnd(epoch, item)
         journal = self._journal
         if journal is not None:
             journal.append(metrics_entry(epoch, item), job)
@@ -460,6 +463,19 @@ class Session:
     def _check(self, event: str, states: tuple[str, ...]) -> None:
         if self._core.state not in states:
             raise IllegalEventError(self._core.state, event)
+
+
+class _EpochEnd:
+    """The worker's job for one ``log_metrics`` call (a class, so ``pending`` can see it)."""
+
+    __slots__ = ("epoch", "metrics")
+
+    def __init__(self, epoch: int, metrics: dict[str, Any]) -> None:
+        self.epoch = epoch
+        self.metrics = metrics
+
+    def __call__(self, core: Core, now: float) -> None:
+        core.epoch_end(self.epoch, self.metrics, now=now)
 
 
 def _take(outbox: Outbox | None, path: str, name: str, stamp: FileStamp) -> FilePart | None:
