@@ -10,3 +10,13 @@ def _private_outbox(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("ULTRALYTICS_HUB_API", raising=False)
     monkeypatch.delenv("ULTRALYTICS_HUB_WEB", raising=False)
     monkeypatch.delenv("HUBFSM_OFFLINE", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _restore_structlog():
+    """Commands run in-process configure structlog; put it back for the next test."""
+    import structlog
+
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
