@@ -16,6 +16,7 @@ import os
 import random
 import secrets
 import shlex
+import signal
 import socket
 import sys
 import threading
@@ -477,11 +478,20 @@ def serve(
             print(f"  limit:    {rate_limit:g} requests per second per key", file=out)
         print("Point a client at it with:", file=out)
         print(f"  export ULTRALYTICS_HUB_API={local.url}", file=out)
+        print(f"  export ULTRALYTICS_HUB_WEB={local.url}", file=out)
         print(f"  export HUB_API_KEY=$(cat {key_file})", file=out)
         print("Press Ctrl-C to stop.", file=out, flush=True)
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM (a service manager, a test harness) stops as cleanly as Ctrl-C.
+            previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
         try:
             while not stop.wait(0.5):
                 pass
         except KeyboardInterrupt:
-            print("Stopping.", file=out, flush=True)
+            pass
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        print("Stopping.", file=out, flush=True)
     return 0
