@@ -6,8 +6,11 @@ memory copy, and the kernel keeps the page after the process dies. The worker mo
 each event into the outbox and then lets the journal start over.
 
 Layout: a header, then records of ``length, crc32, seq`` and a marshal payload,
-ended by a zero length. Sequence numbers never repeat for a model, so after a
-restart only the records newer than the outbox's ``journal_seq`` are replayed.
+ended by a zero length. A record's payload and the end mark after it are written
+before its length, so a process killed mid-write leaves the previous end mark in
+place; the CRC catches pages torn by a power cut. Sequence numbers never repeat for a
+model, so after a restart only the records newer than the outbox's ``journal_seq``
+are replayed.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ MAGIC = b"HFJ1"
 _HEADER = struct.Struct("<4sI")
 _RECORD = struct.Struct("<IIQ")
 _END = b"\0\0\0\0"
+_TAIL = bytes(_RECORD.size)
 INITIAL_SIZE = 1 << 20
 
 
@@ -78,16 +82,18 @@ class Journal:
     def append(self, entry: tuple[Any, ...], job: Any) -> None:
         """Write ``entry`` and queue ``(seq, job)`` for the worker; returns at once."""
         data = encode(entry)
+        crc = zlib.crc32(data)
         with self._lock:
             seq = self.seq + 1
             pos = self._pos
-            end = pos + _RECORD.size + len(data)
-            if end + 4 > len(self._map):
-                self._grow(end + 4)
+            start = pos + _RECORD.size
+            end = start + len(data)
+            if end + _RECORD.size > len(self._map):
+                self._grow(end + _RECORD.size)
             m = self._map
-            m[pos : pos + _RECORD.size] = _RECORD.pack(len(data), zlib.crc32(data), seq)
-            m[pos + _RECORD.size : end] = data
-            m[end : end + 4] = _END
+            # Payload and the next end mark first, the length last: the commit point.
+            m[start : end + _RECORD.size] = data + _TAIL
+            m[pos:start] = _RECORD.pack(len(data), crc, seq)
             self._pos = end
             self.seq = seq
             self._inbox.append((seq, job))

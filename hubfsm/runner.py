@@ -44,6 +44,7 @@ class ThreadRunner:
         transport: Where requests go.
         clock: A monotonic clock in seconds.
         name: The worker thread's name.
+        nap: The longest the worker sleeps before it looks at the inbox on its own.
     """
 
     def __init__(
@@ -53,10 +54,12 @@ class ThreadRunner:
         *,
         clock: Callable[[], float] = time.monotonic,
         name: str = "hubfsm-worker",
+        nap: float = 0.25,
     ) -> None:
         self.core = core
         self.transport = transport
         self.clock = clock
+        self.nap = nap
         #: ``(journal seq or 0, job)`` pairs from the trainer, in order.
         self.inbox: collections.deque[tuple[int, Job]] = collections.deque()
         self.outbox: Outbox | None = None
@@ -157,10 +160,13 @@ class ThreadRunner:
                 continue
             self._persist()
             self._notify()
-            wake = action.until
+            # Never sleep longer than a nap: the trainer's log calls do not wake the
+            # worker (a wake-up costs the training thread a system call and the GIL),
+            # so the worker looks at the inbox on its own this often.
+            wake = now + self.nap if action.until is None else min(action.until, now + self.nap)
             if stop_at is not None:
-                wake = stop_at if wake is None else min(wake, stop_at)
-            self.wake.wait(None if wake is None else max(0.0, wake - now))
+                wake = min(wake, stop_at)
+            self.wake.wait(max(0.0, wake - now))
 
     def _drain(self) -> None:
         inbox = self.inbox

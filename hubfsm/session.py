@@ -279,13 +279,13 @@ class Session:
         self._next_epoch = epoch + 1
         item = dict(metrics)
         job = _EpochEnd(epoch, item)
+        # No wake-up: metrics go out at most every 3 s anyway, and the worker looks at
+        # the inbox at least every quarter second.
         journal = self._journal
         if journal is not None:
             journal.append(metrics_entry(epoch, item), job)
         else:
             self._inbox.append((0, job))
-        if not self._wake.is_set():
-            self._wake.set()
 
     def save_checkpoint(
         self, path: str | os.PathLike[str], *, epoch: int, is_best: bool = False
