@@ -184,6 +184,18 @@ class Checker:
         """Everything seen so far, in order."""
         return tuple(Entry(*row) for row in self._rows)
 
+    def restarted(self) -> None:
+        """The process died and a new one starts: forget what only the old one knew.
+
+        A new process cannot know when the old one last sent on a channel, the hub's last
+        Retry-After, or the old operation numbers, so limits and retry checks start over.
+        """
+        self.note("the process dies; a new one starts from the outbox")
+        self._ops.clear()
+        self._last_metrics = self._last_checkpoint = self._hold_until = -1e18
+        self._last_heartbeat = self._training_since = None
+        self.state = "unparsed"
+
     def violate(self, number: int, message: str) -> None:
         """Record a broken invariant (``number`` as in the design) now."""
         t = self.clock() - self.origin

@@ -161,6 +161,9 @@ class Stage:
         """The hub as it is now."""
         raise NotImplementedError
 
+    def accepted(self) -> None:
+        """A trainer's call returned (a real session has the event in its journal now)."""
+
     def open(self, *, create: bool, timeout: float = 3600.0) -> None:
         """Open the session on a new local file (``create``) or on a model the hub has.
 
@@ -187,6 +190,7 @@ class Stage:
             content = f"weights of epoch {epoch} seed {self.seed}".encode()
             part = self._file(f"weights/epoch{epoch}.pt", "last.pt", content)
             self.core.checkpoint(epoch, part, is_best=rng.random() < 0.3, now=self.clock())
+        self.accepted()
 
     def finish(self, *, timeout: float = 7200.0) -> None:
         """The trainer ends training and waits for the final upload (or its timeout)."""
@@ -194,6 +198,7 @@ class Stage:
         self.expected_sha = best.sha256
         last = max(len(self.logged) - 1, 0)
         self.core.finish(last, best, map50_95=0.5, now=self.clock(), timeout=timeout)
+        self.accepted()
         self.runner.run_while(("final_uploading",), limit=timeout + 100.0)
 
     def on_hub(self) -> set[int]:
@@ -411,6 +416,21 @@ def run_seed(
     """
     started = time.perf_counter()
     prof = PROFILES[profile] if isinstance(profile, str) else profile
+    if prof.crashes[1] > 0:
+        from hubfsm.sim_crash import CrashWorld, play_crashing
+
+        crashing = CrashWorld(
+            seed, prof, epochs=epochs, config=config, check_limits=check_limits,
+            core_factory=core_factory,
+        )  # fmt: skip
+        play_crashing(
+            crashing,
+            epochs=epochs,
+            checkpoint_every=checkpoint_every,
+            patience=prof.patience,
+            expect=prof.expect,
+        )
+        return result_of(crashing, epochs=epochs, started=started, keep_trace=keep_trace)
     world = World(
         seed, prof, epochs=epochs, config=config, check_limits=check_limits,
         core_factory=core_factory,
