@@ -49,6 +49,10 @@ class Limits:
     heartbeat: float = 300.0
     park: float = 60.0
 
+    def scaled(self, factor: float) -> Limits:
+        """Every limit times ``factor``."""
+        return Limits(*(value * factor for value in attrs.astuple(self)))
+
 
 @attrs.frozen
 class CoreConfig:
@@ -56,6 +60,15 @@ class CoreConfig:
 
     limits: Limits = Limits()
     policies: ChannelPolicies = ChannelPolicies()
+
+    def scaled(self, factor: float) -> CoreConfig:
+        """The same behaviour on a clock ``factor`` times as fast.
+
+        Every limit and wait is multiplied by ``factor`` (``0.001`` turns the 900 s
+        checkpoint limit into 0.9 s): for rehearsals and tests that drive a real
+        session in real time.
+        """
+        return CoreConfig(self.limits.scaled(factor), self.policies.scaled(factor))
 
 
 @attrs.frozen

@@ -247,3 +247,10 @@ def test_retry_after_holds_back_every_channel_not_only_its_own():
     assert isinstance(action, Wait) and action.until == 500.0
     sends, _ = drive(core, 500.0)
     assert {s.channel for s in sends} == {"heartbeat", "metrics"}
+
+
+def test_a_scaled_config_scales_every_limit_and_policy():
+    fast = CoreConfig().scaled(0.001)
+    assert fast.limits == Limits(metrics=0.003, checkpoint=0.9, heartbeat=0.3, park=0.06)
+    assert fast.policies.final.deadline == pytest.approx(3.6)
+    assert fast.policies.metrics.max_attempts == CoreConfig().policies.metrics.max_attempts

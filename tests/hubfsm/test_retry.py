@@ -134,3 +134,12 @@ def test_channel_defaults_are_bounded():
         policy = getattr(ChannelPolicies(), name)
         assert policy.max_attempts >= 3
         assert policy.deadline <= 3600
+
+
+def test_a_scaled_policy_keeps_its_shape():
+    policy = RetryPolicy(base=2.0, cap=60.0, max_attempts=7, deadline=600.0, max_retry_after=300)
+    fast = policy.scaled(0.001)
+    assert fast.max_attempts == 7
+    assert fast.schedule(random.Random(3)) == pytest.approx(
+        [w * 0.001 for w in policy.schedule(random.Random(3))]
+    )

@@ -12,18 +12,14 @@ from typing import Any
 import pytest
 
 import hubfsm
-from hubfsm.core import CoreConfig, Limits
+from hubfsm.core import CoreConfig
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.store_memory import MemoryStore
-from hubfsm.retry import ChannelPolicies, RetryPolicy
 from transports.memory import InMemoryTransport
 
 KEY = "k" * 21 + "Q" * 21
-FAST_POLICY = RetryPolicy(base=0.01, cap=0.05, max_attempts=5, deadline=5.0)
-FAST = CoreConfig(
-    limits=Limits(metrics=0.01, checkpoint=0.05, heartbeat=0.2, park=0.05),
-    policies=ChannelPolicies(FAST_POLICY, FAST_POLICY, FAST_POLICY, FAST_POLICY, FAST_POLICY),
-)
+#: The shipped behaviour, a thousand times as fast.
+FAST = CoreConfig().scaled(0.001)
 
 #: What ultralytics 8.2.0's DetectionTrainer and DetectionValidator name their numbers.
 LOSS_NAMES = ("box_loss", "cls_loss", "dfl_loss")
