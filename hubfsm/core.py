@@ -328,7 +328,7 @@ class Core:
             earliest = min(earliest, self._next_heartbeat)
         if state == "final_uploading":
             earliest = min(earliest, self._finish_deadline)
-        if self._unsent and self._ops["metrics"] is None:
+        if self._unsent and self._ops["metrics"] is None and state != "final_uploading":
             earliest = min(earliest, self._last_metrics + self.config.limits.metrics)
         if self._checkpoint is not None and self._ops["checkpoint"] is None:
             earliest = min(earliest, self._last_checkpoint + self.config.limits.checkpoint)
@@ -433,7 +433,10 @@ class Core:
             self._add(
                 "heartbeat", protocol.heartbeat(model_id, self.agent_id), payload=None, now=now
             )
-        if ops["metrics"] is None and self._unsent and now >= self._last_metrics + limits.metrics:
+        # The final flush is exempt from the metrics limit (as the official client's final
+        # upload is): the trainer is waiting, and it is the last metrics request.
+        metrics_due = self._last_metrics + (0.0 if state == "final_uploading" else limits.metrics)
+        if ops["metrics"] is None and self._unsent and now >= metrics_due:
             batch = self._unsent
             self._unsent = {}
             request = protocol.upload_metrics(model_id, batch, key=self._key())
@@ -465,7 +468,7 @@ class Core:
         metrics_op = ops["metrics"]
         if metrics_op is not None:
             # The hub's limit counts every metrics request, retries included.
-            metrics_op.not_before = max(metrics_op.not_before, self._last_metrics + limits.metrics)
+            metrics_op.not_before = max(metrics_op.not_before, metrics_due)
 
     def _send(self, op: _Op, now: float) -> Send:
         if op.round_attempts == 0:

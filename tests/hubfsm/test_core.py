@@ -254,3 +254,16 @@ def test_a_scaled_config_scales_every_limit_and_policy():
     assert fast.limits == Limits(metrics=0.003, checkpoint=0.9, heartbeat=0.3, park=0.06)
     assert fast.policies.final.deadline == pytest.approx(3.6)
     assert fast.policies.metrics.max_attempts == CoreConfig().policies.metrics.max_attempts
+
+
+def test_the_final_flush_does_not_wait_out_the_metrics_limit():
+    core = training_core()
+    core.epoch_end(0, {"loss": 1.0}, now=0.0)
+    drive(core, 0.0)
+    core.epoch_end(1, {"loss": 0.5}, now=0.5)
+    _, wait = drive(core, 0.5)
+    assert wait.until == 3.0  # while training, the 3 s limit holds
+    core.finish(1, BEST, map50_95=0.5, now=0.6)
+    sends, _ = drive(core, 0.6)
+    assert [s.channel for s in sends] == ["metrics", "final"]
+    assert core.state == "done"
