@@ -73,6 +73,11 @@ class Session:
         open_timeout: Seconds to wait for the hub to load or create the model.
         seed: Seeds the jitter, for reproducible runs.
         outbox: Keep what the hub has not acknowledged on disk (default True).
+        journal: With the outbox, also write each trainer call to a memory-mapped
+            journal before it returns, so ``kill -9`` loses nothing (default True).
+            Without it a call is a few microseconds cheaper when the caches are cold,
+            and a kill loses what the worker had not filed yet: at most its last
+            quarter second, plus the request it was in.
         outbox_dir: The outbox root (else ``HUBFSM_OUTBOX``, else the user data dir).
         offline: Record everything and send nothing, for ``hubfsm sync`` later
             (else ``HUBFSM_OFFLINE``); needs a model id.
@@ -99,6 +104,7 @@ class Session:
         open_timeout: float = 120.0,
         seed: int | None = None,
         outbox: bool = True,
+        journal: bool = True,
         outbox_dir: str | os.PathLike[str] | None = None,
         offline: bool | None = None,
         exit_timeout: float = 10.0,
@@ -134,6 +140,7 @@ class Session:
         self._journal: Journal | None = None
         self._outbox: Outbox | None = None
         self._outbox_dir = outbox_dir
+        self._use_journal = journal
         self._accepting = False
         self._closed = False
         self._next_epoch = 0
@@ -162,8 +169,11 @@ class Session:
             raise
         runner = self._runner
         runner.outbox = self._outbox = outbox
-        self._journal = Journal(journal_path(outbox), seq=outbox.journal_seq, inbox=runner.inbox)
-        runner.journal = self._journal
+        if self._use_journal:
+            self._journal = Journal(
+                journal_path(outbox), seq=outbox.journal_seq, inbox=runner.inbox
+            )
+            runner.journal = self._journal
         self._core.durable = True
 
     def _open(

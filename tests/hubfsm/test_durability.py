@@ -162,3 +162,17 @@ def test_a_revoked_key_keeps_the_records(hub, tmp_path):
     assert "refused the API key" in out.getvalue()
     assert KEY not in out.getvalue()
     assert inspect(find(tmp_path))[0].pending["metrics"] == 1
+
+
+def test_without_the_journal_the_worker_still_files_everything(hub, tmp_path):
+    model_id = new_model(hub)
+    link = switchable(hub)
+    s = hubfsm.Session(model_id, transport=link, config=FAST, outbox_dir=tmp_path,
+                       journal=False)
+    assert not (s.outbox_dir / "journal").exists()
+    s.start()
+    link.mix = FaultMix(connection_error=1.0)
+    for epoch in range(3):
+        s.log_metrics({"loss": 1.0}, epoch=epoch)
+    s.close(timeout=0.1)
+    assert inspect(find(tmp_path))[0].pending["metrics"] == 3
