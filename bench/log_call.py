@@ -41,11 +41,14 @@ import benchkit  # noqa: E402
 
 TARGET_MEDIAN_US = 5.0  # hubfsm, 10 keys
 KEYS = (10, 100)
-VARIANTS = ("hubfsm", "hubfsm-burst", "reference", "official", "official-call", "wandb")
+VARIANTS = (
+    "hubfsm", "hubfsm-burst", "hubfsm-nojournal", "reference", "official", "official-call", "wandb"
+)
 #: Variant -> (calls, warm-up calls) for a full run; --quick divides the calls by 5.
 CALLS = {
     "hubfsm": (5000, 200),
     "hubfsm-burst": (20000, 500),
+    "hubfsm-nojournal": (5000, 200),
     "official": (600, 20),
     "official-call": (600, 20),
     "wandb": (3000, 100),
@@ -56,6 +59,7 @@ GAP_S = 0.0005
 LABELS = {
     "hubfsm": "hubfsm `Session.log_metrics` (paced)",
     "hubfsm-burst": "hubfsm `Session.log_metrics` (back to back)",
+    "hubfsm-nojournal": "hubfsm `Session.log_metrics`, `journal=False` (paced)",
     "official": "ultralytics 8.2.0 epoch callback, upload due (`json.dumps` + `upload_metrics`)",
     "official-call": "ultralytics 8.2.0 `HUBTrainingSession.upload_metrics()` (thread start)",
     "wandb": "wandb offline `run.log`",
@@ -86,10 +90,12 @@ def _pause() -> None:
     time.sleep(GAP_S)
 
 
-def child_hubfsm(spec: dict[str, Any], burst: bool) -> dict[str, Any]:
+def child_hubfsm(spec: dict[str, Any], burst: bool, journal: bool = True) -> dict[str, Any]:
     import hubfsm
 
-    session = hubfsm.Session(spec["model"], api_key=benchkit.child_key(), api_root=spec["url"])
+    session = hubfsm.Session(
+        spec["model"], api_key=benchkit.child_key(), api_root=spec["url"], journal=journal
+    )
     session.start()
     metrics = benchkit.epoch_metrics(spec["keys"])
     log = session.log_metrics
@@ -212,8 +218,10 @@ def child_reference(spec: dict[str, Any]) -> dict[str, Any]:
 def child(variant: str, spec: dict[str, Any]) -> None:
     benchkit.setup()
     gc.collect()
-    if variant in ("hubfsm", "hubfsm-burst"):
-        result = child_hubfsm(spec, burst=variant == "hubfsm-burst")
+    if variant in ("hubfsm", "hubfsm-burst", "hubfsm-nojournal"):
+        result = child_hubfsm(
+            spec, burst=variant == "hubfsm-burst", journal=variant != "hubfsm-nojournal"
+        )
     elif variant in ("official", "official-call"):
         result = child_official(spec, whole_callback=variant == "official")
     elif variant == "wandb":
@@ -281,8 +289,12 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = result["rows"]
     out = []
     for r in rows:
-        if r["variant"] in ("hubfsm", "hubfsm-burst") and r["keys"] == 10:
-            how = "paced, worker asleep" if r["variant"] == "hubfsm" else "back to back"
+        if r["variant"] in ("hubfsm", "hubfsm-burst", "hubfsm-nojournal") and r["keys"] == 10:
+            how = {
+                "hubfsm": "paced, worker asleep",
+                "hubfsm-burst": "back to back",
+                "hubfsm-nojournal": "paced, journal=False",
+            }[r["variant"]]
             out.append(
                 {
                     "target": f"hubfsm median <= {TARGET_MEDIAN_US:g} us with 10 keys ({how})",

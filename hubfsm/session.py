@@ -31,7 +31,7 @@ from hubfsm.files import describe
 from hubfsm.identifier import DEFAULT_WEB_ROOT, WEB_ROOT_ENV, Identifier, parse_identifier
 from hubfsm.journal import Journal
 from hubfsm.outbox import FileStamp, Outbox
-from hubfsm.recovery import checkpoint_entry, journal_path, metrics_entry, recover
+from hubfsm.recovery import checkpoint_entry, journal_path, recover
 from hubfsm.runner import ThreadRunner
 from hubfsm.transport import FilePart, Transport
 
@@ -293,7 +293,7 @@ class Session:
         # the inbox at least every quarter second.
         journal = self._journal
         if journal is not None:
-            journal.append(metrics_entry(epoch, item), job)
+            journal.append(("m", epoch, item), job)  # see recovery.metrics_entry
         else:
             self._inbox.append((0, job))
 
