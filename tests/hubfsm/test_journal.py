@@ -65,4 +65,3 @@ def test_a_missing_or_foreign_file_replays_nothing(tmp_path):
     assert replay(tmp_path / "none", after=0) == []
     (tmp_path / "x").write_bytes(b"not a journal")
     assert replay(tmp_path / "x", after=0) == []
-
