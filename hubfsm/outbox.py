@@ -75,6 +75,7 @@ class Outbox:
         self.model_id = model_id
         self.files = self.directory / "files"
         self.files.mkdir(parents=True, exist_ok=True)
+        self._held = 0
         self._lock_fd = self._take_lock()
         try:
             connection = sqlite3.connect(
@@ -157,6 +158,22 @@ class Outbox:
         os.replace(tmp, final)
         return FilePart(name=name, path=str(final), size=size, sha256=sha)
 
+    def hold(self, path: str | os.PathLike[str]) -> str | None:
+        """Keep the file's current content reachable with a hard link; O(1), for the call.
+
+        A trainer that writes its weights to a new file and renames it over the old one
+        (the safe way) then cannot take the handed-over content away before the
+        snapshot. Returns the link's path, or None where links are not possible (another
+        file system); the snapshot's stamp check still guards an in-place rewrite.
+        """
+        self._held += 1
+        link = self.files / f".held-{os.getpid()}-{self._held}"
+        try:
+            os.link(path, link)
+        except OSError:
+            return None
+        return str(link)
+
     def _collect_files(self) -> None:
         """Delete snapshots that no operation or slot refers to any more."""
         saved = self.load()
@@ -165,7 +182,7 @@ class Outbox:
             if slot is not None:
                 keep.add(slot[1].path)
         for entry in self.files.iterdir():
-            if str(entry) not in keep and not entry.name.startswith(".incoming"):
+            if str(entry) not in keep and not entry.name.startswith((".incoming", ".held")):
                 entry.unlink(missing_ok=True)
 
     def close(self, *, remove: bool = False) -> None:

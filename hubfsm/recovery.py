@@ -62,6 +62,9 @@ def recover(outbox: Outbox, core: Core, *, now: float) -> Saved:
                 changes.append(Offered("checkpoint", checkpoint))
     if last != outbox.journal_seq:
         outbox.apply(changes, journal_seq=last)
+    # Links held for calls the dead process never got to are of no use now.
+    for held in outbox.files.glob(".held-*"):
+        held.unlink(missing_ok=True)
     saved = outbox.load()
     core.restore(saved, now=now)
     if not saved.empty:

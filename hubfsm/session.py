@@ -312,16 +312,20 @@ class Session:
         file = os.fspath(path)
         stamp = FileStamp.of(file)  # a missing file is the caller's error, raised here
         outbox = self._outbox
+        held = outbox.hold(file) if outbox is not None else None
+        source = held or file
 
         def job(core: Core, now: float) -> None:
-            part = _take(outbox, file, "last.pt", stamp)
+            part = _take(outbox, source, "last.pt", stamp)
+            if held is not None:
+                os.unlink(held)
             if part is None:
                 log.info("checkpoint.superseded", model_id=core.model_id, epoch=epoch)
                 return
             core.checkpoint(epoch, part, is_best=is_best, now=now)
 
         if self._journal is not None:
-            self._journal.append(checkpoint_entry(file, epoch, is_best, stamp), job)
+            self._journal.append(checkpoint_entry(source, epoch, is_best, stamp), job)
             if not self._wake.is_set():
                 self._wake.set()
         else:

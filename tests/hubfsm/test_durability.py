@@ -1,4 +1,5 @@
 import hashlib
+import os
 import io
 import random
 
@@ -176,3 +177,28 @@ def test_without_the_journal_the_worker_still_files_everything(hub, tmp_path):
         s.log_metrics({"loss": 1.0}, epoch=epoch)
     s.close(timeout=0.1)
     assert inspect(find(tmp_path))[0].pending["metrics"] == 3
+
+
+def test_a_checkpoint_renamed_over_before_the_snapshot_still_uploads_the_handed_over_bytes(
+    hub, tmp_path
+):
+    model_id = new_model(hub)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST,
+                       outbox_dir=tmp_path / "ob")
+    s.start()
+    gate = []
+    s._runner.submit(lambda core, now: gate.append(__import__("time").sleep(0.3)))
+    (runs / "last.pt").write_bytes(b"epoch 0 weights")
+    s.save_checkpoint(runs / "last.pt", epoch=0)
+    # the trainer writes the next weights aside and renames them over, as it should,
+    # while the worker is still busy
+    (runs / "tmp.pt").write_bytes(b"epoch 1 weights!")
+    os.replace(runs / "tmp.pt", runs / "last.pt")
+    assert s._runner.wait_for(lambda c: c.stats.checkpoints == 1, 5)
+    s.close()
+    [upload] = [u for u in hub.audit().uploads if u.type == "epoch"]
+    assert upload.epoch == 0
+    assert upload.sha256 == hashlib.sha256(b"epoch 0 weights").hexdigest()
+    assert not list((tmp_path / "ob").glob("*/files/.held-*"))
