@@ -20,6 +20,9 @@ import attrs
 
 from hubfsm.session import Session
 
+#: Seconds each epoch waits, standing in for data loading and accelerator time.
+PAUSE = 0.2
+
 ARCHITECTURE = """\
 # A two-feature logistic regression: the demo's whole "architecture".
 nc: 2
@@ -105,7 +108,7 @@ def train(
         arch = work / "tiny-logreg.yaml"
         arch.write_text(ARCHITECTURE)
         rng = random.Random(seed)
-        train_set, val_set = _data(rng, 2000), _data(rng, 500)
+        train_set, val_set = _data(rng, 40_000), _data(rng, 4_000)
         w = [rng.gauss(0, 0.1) for _ in range(3)]
         last, best = work / "last.pt", work / "best.pt"
         best_accuracy = -1.0
@@ -121,6 +124,10 @@ def train(
             print(f"model created: {session.model_url}", file=out)
             for epoch in range(epochs):
                 _epoch(w, train_set, lr=0.05 / (1 + epoch))
+                # A real epoch spends most of its time waiting on the data loader and
+                # the accelerator, with the GIL released; this pure-Python model never
+                # releases it, so it pauses as a real loop would.
+                time.sleep(PAUSE)
                 train_loss, _ = _loss_and_accuracy(w, train_set)
                 val_loss, accuracy = _loss_and_accuracy(w, val_set)
                 session.log_metrics(
