@@ -21,15 +21,13 @@ log = structlog.get_logger("hubfsm")
 
 JOURNAL = "journal"
 
+# Journal entries: ``("m", epoch, metrics)`` for ``log_metrics`` (built inline there,
+# where every call counts), and :func:`checkpoint_entry` for ``save_checkpoint``.
+
 
 def journal_path(outbox: Outbox) -> Path:
     """Where the trainer's journal of an outbox lies."""
     return outbox.directory / JOURNAL
-
-
-def metrics_entry(epoch: int, metrics: dict[str, Any]) -> tuple[Any, ...]:
-    """The journal entry of ``log_metrics``."""
-    return ("m", epoch, metrics)
 
 
 def checkpoint_entry(path: str, epoch: int, is_best: bool, stamp: FileStamp) -> tuple[Any, ...]:

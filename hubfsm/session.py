@@ -293,7 +293,7 @@ class Session:
         # the inbox at least every quarter second.
         journal = self._journal
         if journal is not None:
-            journal.append(("m", epoch, item), job)  # see recovery.metrics_entry
+            journal.append(("m", epoch, item), job)  # the entry format: see hubfsm.recovery
         else:
             self._inbox.append((0, job))
 
