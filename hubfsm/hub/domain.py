@@ -298,7 +298,9 @@ class Hub:
 
     def view(self, record: ModelRecord) -> dict[str, Any]:
         """The API's JSON view of a record (a fresh dict the caller may change)."""
-        base = f"{self.public_root}/v1/models/{record.id}/weights"
+        # The web side's download, which needs no key (as the real hub's signed storage
+        # URLs need none), so the official client can fetch what it is pointed at.
+        base = f"{self.public_root}/models/{record.id}/weights"
         config = {
             "epochs": record.epochs,
             "batch": record.batch_size,

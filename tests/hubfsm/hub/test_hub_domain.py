@@ -345,7 +345,7 @@ def test_epoch_upload_makes_the_model_resumable(hub: Hub) -> None:
     assert record["has_best_weights"] is False
     assert record["status"] == "training"
     assert record["last_epoch"] == 3
-    assert record["resume"] == f"http://hub.test/v1/models/{model_id}/weights/last"
+    assert record["resume"] == f"http://hub.test/models/{model_id}/weights/last"
     (entry,) = hub.audit().uploads
     assert (entry.model_id, entry.type, entry.epoch, entry.size, entry.is_best) == (
         model_id,
@@ -373,7 +373,7 @@ def test_final_upload_trains_the_model_and_then_409(hub: Hub, clock: Clock) -> N
     assert record["has_best_weights"] is True
     assert record["map"] == 0.5
     assert record["final_epoch"] == 2
-    assert record["weights"] == f"http://hub.test/v1/models/{model_id}/weights/best"
+    assert record["weights"] == f"http://hub.test/models/{model_id}/weights/best"
     assert get(hub, f"/v1/models/{model_id}/weights/best").content == b"best" * 300_000
     uploads = hub.audit().uploads
     assert [u.type for u in uploads] == ["epoch", "final"]

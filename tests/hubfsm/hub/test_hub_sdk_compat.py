@@ -107,10 +107,10 @@ def test_official_client_against_the_local_hub(tmp_path: Path) -> None:
         assert out["metrics_status"] == out["epoch_upload_status"] == 200
         assert out["final_upload_status"] == 200
         assert out["resumable"] is True
-        assert out["resume_url"] == f"{local.url}/v1/models/{model_id}/weights/last"
+        assert out["resume_url"] == f"{local.url}/models/{model_id}/weights/last"
         assert out["agent_id"] and len(out["agent_id"]) == 20
         assert out["trained"] is True
-        assert out["best_url"] == f"{local.url}/v1/models/{model_id}/weights/best"
+        assert out["best_url"] == f"{local.url}/models/{model_id}/weights/best"
         assert [m["epoch"] for m in out["metrics"]] == [0, 1]
 
         # And on the hub's side:

@@ -114,13 +114,16 @@ def test_a_session_over_http(local: LocalHub) -> None:
     assert reply.json()["data"]["sha256"] == hashlib.sha256(data).hexdigest()
     record = requests.get(url, headers=headers(local), timeout=TIMEOUT).json()["data"]
     assert record["has_last_weights"] is True
-    assert record["resume"] == f"{local.url}/v1/models/{model_id}/weights/last"
+    assert record["resume"] == f"{local.url}/models/{model_id}/weights/last"
 
-    download = requests.get(record["resume"], headers=headers(local), timeout=TIMEOUT)
+    api_download = f"{local.url}/v1/models/{model_id}/weights/last"
+    download = requests.get(api_download, headers=headers(local), timeout=TIMEOUT)
     assert download.status_code == 200
     assert hashlib.sha256(download.content).hexdigest() == hashlib.sha256(data).hexdigest()
     assert download.headers["X-Checksum-Sha256"] == hashlib.sha256(data).hexdigest()
-    assert requests.get(record["resume"], timeout=TIMEOUT).status_code == 401
+    assert requests.get(api_download, timeout=TIMEOUT).status_code == 401
+    # the record's URL needs no key, as the official client fetches it without one
+    assert requests.get(record["resume"], timeout=TIMEOUT).content == data
     keyless = requests.get(f"{local.url}/models/{model_id}/weights/last", timeout=TIMEOUT)
     assert keyless.content == data
 
@@ -181,8 +184,8 @@ def test_restart_keeps_everything(tmp_path: Path) -> None:
             f"{second.url}/v1/models/{model_id}", headers=headers(second), timeout=TIMEOUT
         ).json()["data"]
         assert record["status"] == "trained"
-        assert record["weights"] == f"{second.url}/v1/models/{model_id}/weights/best"
-        got = requests.get(record["weights"], headers=headers(second), timeout=TIMEOUT)
+        assert record["weights"] == f"{second.url}/models/{model_id}/weights/best"
+        got = requests.get(record["weights"], timeout=TIMEOUT)
         assert got.content == b"best weights"
 
 
