@@ -43,6 +43,11 @@ def open(
     api_root: str | None = None,
     web_root: str | None = None,
     open_timeout: float = 120.0,
+    outbox_dir: str | os.PathLike[str] | None = None,
+    offline: bool | None = None,
+    journal: bool = True,
+    exit_timeout: float = 10.0,
+    handle_signals: bool = False,
     **train_args: Any,
 ) -> TrainingSession:
     """Open a training session on the hub and start it (heartbeats begin).
@@ -59,6 +64,11 @@ def open(
         api_root: The API root for the default HTTP transport.
         web_root: The web root for model URLs.
         open_timeout: Seconds to wait for the hub to load or create the model.
+        outbox_dir: The outbox root (see :class:`~hubfsm.session.Session`).
+        offline: Record everything and send nothing, for ``hubfsm sync`` later.
+        journal: Write each trainer call to the crash-safe journal first.
+        exit_timeout: Seconds closing (and interpreter exit) spends sending.
+        handle_signals: Also flush on SIGTERM/SIGINT, then chain to the old handlers.
         **train_args: For a local file, the training configuration in ultralytics' names
             (``data``, ``epochs``, ``batch``, ``imgsz``, ``patience``, ``device``,
             ``cache``; other names are not part of the hub's model and are ignored).
@@ -93,6 +103,11 @@ def open(
         train_args=train_args,
         config=config,
         open_timeout=open_timeout,
+        outbox_dir=outbox_dir,
+        offline=offline,
+        journal=journal,
+        exit_timeout=exit_timeout,
+        handle_signals=handle_signals,
     )
     try:
         session.start()

@@ -99,3 +99,15 @@ def test_errors_at_open_are_raised_with_no_key_in_them(hub):
 def test_an_api_key_is_needed_without_a_transport(hub):
     with pytest.raises(hubfsm.HubfsmError, match="no API key"):
         hub_open("yolov8n.yaml")
+
+
+def test_session_options_pass_through(hub, tmp_path):
+    model_id = InMemoryTransport(hub, KEY).send(
+        hubfsm.protocol.create_model(hubfsm.protocol.create_payload("yolov8n.yaml", {}))
+    ).data["id"]
+    with hubfsm.open(model_id, transport=InMemoryTransport(hub, KEY), config=FAST,
+                     outbox_dir=tmp_path / "ob", offline=True, journal=False) as run:
+        run.log_metrics({"loss": 1.0})
+        assert run.outbox_dir.parent == tmp_path / "ob"
+        assert not (run.outbox_dir / "journal").exists()
+    assert hub.audit().requests.get("upload_metrics", 0) == 0  # offline: nothing sent
