@@ -59,6 +59,18 @@ class Offered:
 
 Change = MetricsQueued | OpOpened | OpClosed | Offered
 
+_NAMES = {"metrics": "epochs of metrics", "checkpoint": "checkpoint", "final": "final weights"}
+
+
+def describe_pending(pending: dict[str, int]) -> str:
+    """``3 epochs of metrics, checkpoint, final weights``, or ``nothing``."""
+    parts = [
+        f"{n} {_NAMES[kind]}" if kind == "metrics" else _NAMES[kind]
+        for kind, n in pending.items()
+        if n
+    ]
+    return ", ".join(parts) or "nothing"
+
 
 @attrs.frozen
 class Saved:

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from hubfsm import protocol
+from hubfsm.changes import describe_pending
 from hubfsm.core import Core, CoreConfig
 from hubfsm.errors import (
     DeliveryIncomplete,
@@ -437,12 +438,7 @@ class Session:
             self._report_left(pending)
 
     def _report_left(self, pending: dict[str, int]) -> None:
-        names = {
-            "metrics": "epochs of metrics",
-            "checkpoint": "checkpoint",
-            "final": "final weights",
-        }
-        left = ", ".join(f"{n} {names[k]}" for k, n in pending.items() if n)
+        left = describe_pending(pending)
         log.warning(
             "session.closed_with_pending",
             model_id=self._core.model_id,

@@ -11,21 +11,11 @@ import os
 from pathlib import Path
 from typing import TextIO
 
+from hubfsm.changes import describe_pending
 from hubfsm.errors import HubfsmError
 from hubfsm.outbox import OutboxInfo, find, inspect
 from hubfsm.session import Session
 from hubfsm.transport import Transport
-
-_NAMES = {"metrics": "epochs", "checkpoint": "checkpoint", "final": "final weights"}
-
-
-def describe_pending(pending: dict[str, int]) -> str:
-    """``3 epochs, checkpoint, final weights`` or ``nothing``."""
-    parts = []
-    for kind, n in pending.items():
-        if n:
-            parts.append(f"{n} {_NAMES[kind]}" if kind == "metrics" else _NAMES[kind])
-    return ", ".join(parts) or "nothing"
 
 
 def status(root: str | os.PathLike[str] | None, *, out: TextIO) -> int:
