@@ -416,13 +416,14 @@ def run_seed(
     """
     started = time.perf_counter()
     prof = PROFILES[profile] if isinstance(profile, str) else profile
+    kwargs: dict[str, Any] = {
+        "epochs": epochs, "config": config, "check_limits": check_limits,
+        "core_factory": core_factory,
+    }  # fmt: skip
     if prof.crashes[1] > 0:
         from hubfsm.sim_crash import CrashWorld, play_crashing
 
-        crashing = CrashWorld(
-            seed, prof, epochs=epochs, config=config, check_limits=check_limits,
-            core_factory=core_factory,
-        )  # fmt: skip
+        crashing = CrashWorld(seed, prof, **kwargs)
         play_crashing(
             crashing,
             epochs=epochs,
@@ -431,10 +432,7 @@ def run_seed(
             expect=prof.expect,
         )
         return result_of(crashing, epochs=epochs, started=started, keep_trace=keep_trace)
-    world = World(
-        seed, prof, epochs=epochs, config=config, check_limits=check_limits,
-        core_factory=core_factory,
-    )  # fmt: skip
+    world = World(seed, prof, **kwargs)
     play(
         world,
         epochs=epochs,
