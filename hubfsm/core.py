@@ -199,11 +199,6 @@ class Core:
             request = protocol.create_model(payload, key=self._key())
             self._add("control", request, payload="create", now=now)
 
-    def reject(self, error: HubfsmError) -> None:
-        """Record that the identifier could not be parsed."""
-        self.error = error
-        self.machine.fire("parse", ok=False)
-
     def start(self, *, now: float) -> None:
         """Training begins: heartbeats start at once."""
         self.machine.fire("start")

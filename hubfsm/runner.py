@@ -134,11 +134,6 @@ class ThreadRunner:
         elif not self._thread.is_alive():
             self._drain()
 
-    @property
-    def alive(self) -> bool:
-        """True while the worker runs."""
-        return self._thread.is_alive()
-
     # -- the worker -----------------------------------------------------------------
 
     def _loop(self) -> None:
