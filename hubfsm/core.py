@@ -42,12 +42,15 @@ class Limits:
         checkpoint: Between the starts of two epoch-weight uploads (retries of one excepted).
         heartbeat: Between two heartbeats (retries of one excepted).
         park: How long a channel rests after its policy gave up, before a fresh round.
+        checkpoint_grace: The most a checkpoint held back by the limit waits, once the
+            limit clears, for newer weights to replace it.
     """
 
     metrics: float = 3.0
     checkpoint: float = 900.0
     heartbeat: float = 300.0
     park: float = 60.0
+    checkpoint_grace: float = 120.0
 
     def scaled(self, factor: float) -> Limits:
         """Every limit times ``factor``."""
@@ -150,6 +153,9 @@ class Core:
         self._in_flight: _Op | None = None
         self._unsent: dict[int, str] = {}
         self._checkpoint: tuple[int, FilePart, bool] | None = None
+        # When the waiting checkpoint was offered, and the gap between the last two offers.
+        self._checkpoint_at = -math.inf
+        self._save_gap = 0.0
         self._last_metrics = -math.inf
         self._last_checkpoint = -math.inf
         self._next_heartbeat = math.inf
@@ -219,6 +225,9 @@ class Core:
     def checkpoint(self, epoch: int, file: FilePart, *, is_best: bool, now: float) -> None:
         """Offer epoch weights; only the newest offer waiting to be sent is kept."""
         self.machine.fire("checkpoint")
+        if self._checkpoint_at > -math.inf:
+            self._save_gap = max(0.0, now - self._checkpoint_at)
+        self._checkpoint_at = now
         self._offer_checkpoint((epoch, file, is_best))
 
     def finish(
@@ -326,7 +335,7 @@ class Core:
         if self._unsent and self._ops["metrics"] is None and state != "final_uploading":
             earliest = min(earliest, self._last_metrics + self.config.limits.metrics)
         if self._checkpoint is not None and self._ops["checkpoint"] is None:
-            earliest = min(earliest, self._last_checkpoint + self.config.limits.checkpoint)
+            earliest = min(earliest, self._checkpoint_due())
         return Wait(None if earliest == math.inf else max(earliest, now))
 
     def receive(self, op_id: int, outcome: Outcome, *, now: float) -> None:
@@ -379,6 +388,17 @@ class Core:
         return f"<Core state={self.state} model={self.model_id} pending={self.pending()}>"
 
     # -- inside ---------------------------------------------------------------------
+
+    def _checkpoint_due(self) -> float:
+        """When the checkpoint waiting now may go."""
+        limits = self.config.limits
+        clear = self._last_checkpoint + limits.checkpoint
+        if self._checkpoint_at >= clear:
+            return clear
+        # It was saved while the limit held, so the trainer will likely save newer
+        # weights about one save interval after the limit clears: an upload spent on
+        # these now would be replaced almost at once.
+        return clear + min(self._save_gap, limits.checkpoint_grace)
 
     def _offer_checkpoint(self, value: tuple[int, FilePart, bool] | None) -> None:
         self._checkpoint = value
@@ -439,7 +459,7 @@ class Core:
         if (
             ops["checkpoint"] is None
             and self._checkpoint is not None
-            and now >= self._last_checkpoint + limits.checkpoint
+            and now >= self._checkpoint_due()
         ):
             epoch, file, is_best = self._checkpoint
             self._offer_checkpoint(None)

@@ -35,7 +35,7 @@ from transports.http import RequestsTransport
 from transports.memory import InMemoryTransport
 
 #: The hub's limits, scaled down 100 to 3000 times so a session takes about a second.
-LIMITS = Limits(metrics=0.03, checkpoint=0.3, heartbeat=0.5, park=0.2)
+LIMITS = Limits(metrics=0.03, checkpoint=0.3, heartbeat=0.5, park=0.2, checkpoint_grace=0.04)
 
 #: Retry policies on the same scale: waits of tens of milliseconds, deadlines of seconds.
 #: A Retry-After (whole seconds over HTTP) up to 1.5 s is waited out.

@@ -14,7 +14,7 @@ from hubfsm.retry import ChannelPolicies, RetryPolicy
 
 QUICK = RetryPolicy(base=0.02, cap=0.1, max_attempts=4, deadline=3.0)
 CONFIG = CoreConfig(
-    limits=Limits(metrics=0.02, checkpoint=0.1, heartbeat=1.0, park=0.1),
+    limits=Limits(metrics=0.02, checkpoint=0.1, heartbeat=1.0, park=0.1, checkpoint_grace=0.02),
     policies=ChannelPolicies(QUICK, QUICK, QUICK, QUICK, QUICK),
 )
 

@@ -168,10 +168,40 @@ def test_first_checkpoint_at_once_then_newest_after_900s():
     core.checkpoint(1, FILE, is_best=False, now=2.0)
     core.checkpoint(2, FILE, is_best=False, now=3.0)
     sends, wait = drive(core, 3.0)
-    assert not [s for s in sends if s.channel == "checkpoint"] and wait.until <= 901.0
-    sends, _ = drive(core, 901.0)
+    assert not [s for s in sends if s.channel == "checkpoint"] and wait.until <= 902.0
+    # The limit clears at 901; the last save interval (1 s) is given to newer weights.
+    sends, _ = drive(core, 901.5)
+    assert not [s for s in sends if s.channel == "checkpoint"]
+    sends, _ = drive(core, 902.0)
     ckpts = [s for s in sends if s.channel == "checkpoint"]
     assert len(ckpts) == 1 and ckpts[0].request.fields["epoch"] == "2"
+
+
+def test_a_save_after_the_limit_clears_replaces_the_held_one_and_goes_at_once():
+    core = training_core()
+    sent = []
+    for epoch in range(30):
+        now = 40.0 * epoch
+        core.checkpoint(epoch, FILE, is_best=False, now=now)
+        sends, _ = drive(core, now)
+        sent += [(now, s.request.fields["epoch"]) for s in sends if s.channel == "checkpoint"]
+    # Epoch 22 (880 s) is held when the limit clears at 900 s; epoch 23 comes at 920 s,
+    # within one save interval, so it goes instead and epoch 22 never goes.
+    assert sent == [(0.0, "0"), (920.0, "23")]
+
+
+def test_a_held_checkpoint_goes_after_at_most_the_grace_without_newer_weights():
+    core = training_core()
+    core.checkpoint(0, FILE, is_best=False, now=0.0)
+    drive(core, 0.0)
+    core.checkpoint(1, FILE, is_best=False, now=600.0)
+    sends, wait = drive(core, 600.0)
+    assert not [s for s in sends if s.channel == "checkpoint"]
+    # Saves are 600 s apart, but the wait past the limit is capped at 120 s.
+    sends, _ = drive(core, 1019.0)
+    assert not [s for s in sends if s.channel == "checkpoint"]
+    sends, _ = drive(core, 1020.0)
+    assert [s.request.fields["epoch"] for s in sends if s.channel == "checkpoint"] == ["1"]
 
 
 def test_finish_flushes_metrics_then_uploads_final_then_stops_heartbeats():
@@ -251,7 +281,9 @@ def test_retry_after_holds_back_every_channel_not_only_its_own():
 
 def test_a_scaled_config_scales_every_limit_and_policy():
     fast = CoreConfig().scaled(0.001)
-    assert fast.limits == Limits(metrics=0.003, checkpoint=0.9, heartbeat=0.3, park=0.06)
+    assert fast.limits == Limits(
+        metrics=0.003, checkpoint=0.9, heartbeat=0.3, park=0.06, checkpoint_grace=0.12
+    )
     assert fast.policies.final.deadline == pytest.approx(3.6)
     assert fast.policies.metrics.max_attempts == CoreConfig().policies.metrics.max_attempts
 

@@ -38,7 +38,9 @@ from hubfsm.retry import ChannelPolicies, RetryPolicy
 #: Retries in milliseconds, limits far below the hub's, so a session takes a second or two.
 FAST_POLICY = RetryPolicy(base=0.02, cap=0.1, max_attempts=6, deadline=5.0)
 FAST = CoreConfig(
-    limits=Limits(metrics=0.02, checkpoint=0.05, heartbeat=0.3, park=0.05),
+    limits=Limits(
+        metrics=0.02, checkpoint=0.05, heartbeat=0.3, park=0.05, checkpoint_grace=0.01
+    ),
     policies=ChannelPolicies(FAST_POLICY, FAST_POLICY, FAST_POLICY, FAST_POLICY, FAST_POLICY),
 )
 
