@@ -6,9 +6,9 @@ memory copy, and the kernel keeps the page after the process dies. The worker mo
 each event into the outbox and then lets the journal start over.
 
 Layout: a header, then records of ``length, crc32, seq`` and a marshal payload,
-ended by a zero length. A record's payload and the end mark after it are written
-before its length, so a process killed mid-write leaves the previous end mark in
-place; the CRC catches pages torn by a power cut. Sequence numbers never repeat for a
+ended by a zero length. Each record goes in with one copy; the CRC over its payload
+catches a process killed halfway through that copy and pages torn by a power cut, and
+replay stops at the first record that fails it. Sequence numbers never repeat for a
 model, so after a restart only the records newer than the outbox's ``journal_seq``
 are replayed.
 """
@@ -29,7 +29,6 @@ MAGIC = b"HFJ1"
 _HEADER = struct.Struct("<4sI")
 _RECORD = struct.Struct("<IIQ")
 _END = b"\0\0\0\0"
-_TAIL = bytes(_RECORD.size)
 INITIAL_SIZE = 1 << 20
 
 
@@ -45,12 +44,21 @@ def _plain(value: Any) -> Any:
     return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
 
 
+_crc32 = zlib.crc32
+_pack = _RECORD.pack
+
+
 def encode(entry: tuple[Any, ...]) -> bytes:
     """Serialise a journal entry (marshal; odd number types made plain first)."""
     try:
-        return marshal.dumps(entry)
+        return marshal.dumps(entry, 2)  # version 2: no reference table to build
     except ValueError:
-        return marshal.dumps(_plain(entry))
+        return marshal.dumps(_plain(entry), 2)
+
+
+def decode(data: bytes) -> Any:
+    """The entry :func:`encode` turned into ``data``."""
+    return marshal.loads(data)
 
 
 class Journal:
@@ -73,6 +81,7 @@ class Journal:
             size = max(os.fstat(fd).st_size, INITIAL_SIZE)
             os.ftruncate(fd, size)
             self._map = mmap.mmap(fd, size)
+            self._size = size
         finally:
             os.close(fd)
         self._map[: _HEADER.size] = _HEADER.pack(MAGIC, 1)
@@ -81,28 +90,32 @@ class Journal:
 
     def append(self, entry: tuple[Any, ...], job: Any) -> None:
         """Write ``entry`` and queue ``(seq, job)`` for the worker; returns at once."""
-        data = encode(entry)
-        crc = zlib.crc32(data)
+        self.write(encode(entry), job)
+
+    def write(self, data: bytes, job: Any) -> None:
+        """Write an encoded entry and queue ``(seq, job)`` for the worker."""
+        # This runs on the training thread between epochs, with cold caches: every
+        # function call and attribute lookup shows, so it is kept to one copy into the map.
+        crc = _crc32(data)
         with self._lock:
             seq = self.seq + 1
             pos = self._pos
-            start = pos + _RECORD.size
-            end = start + len(data)
-            if end + _RECORD.size > len(self._map):
-                self._grow(end + _RECORD.size)
-            m = self._map
-            # Payload and the next end mark first, the length last: the commit point.
-            m[start : end + _RECORD.size] = data + _TAIL
-            m[pos:start] = _RECORD.pack(len(data), crc, seq)
-            self._pos = end
+            record = _pack(len(data), crc, seq) + data + _END
+            end = pos + len(record)
+            if end > self._size:
+                self._grow(end)
+            # One copy; a process killed halfway leaves a record whose CRC fails.
+            self._map[pos:end] = record
+            self._pos = end - 4
             self.seq = seq
             self._inbox.append((seq, job))
 
     def _grow(self, needed: int) -> None:
-        size = len(self._map)
+        size = self._size
         while size < needed:
             size *= 2
         self._map.resize(size)
+        self._size = size
 
     def consumed(self, seq: int) -> None:
         """The worker has everything up to ``seq`` in the outbox: start over if that is all."""

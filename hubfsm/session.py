@@ -8,11 +8,13 @@ acknowledged is kept in a durable outbox (see :mod:`hubfsm.outbox`).
 
 from __future__ import annotations
 
+import marshal
 import os
 import random
 import sys
 import types
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from hubfsm.errors import (
 from hubfsm.exits import ExitHooks
 from hubfsm.files import describe
 from hubfsm.identifier import DEFAULT_WEB_ROOT, WEB_ROOT_ENV, Identifier, parse_identifier
-from hubfsm.journal import Journal
+from hubfsm.journal import Journal, decode, encode
 from hubfsm.outbox import FileStamp, Outbox
 from hubfsm.recovery import checkpoint_entry, journal_path, recover
 from hubfsm.runner import ThreadRunner
@@ -42,6 +44,7 @@ log = structlog.get_logger("hubfsm")
 OFFLINE_ENV = "HUBFSM_OFFLINE"
 
 _SETTLED = ("done", "resumable", "failed")
+_dumps = marshal.dumps
 
 
 def _log_change(model: list[str | None]) -> Callable[[str, str, str], None]:
@@ -250,7 +253,7 @@ class Session:
         Epochs logged but not yet taken in by the worker count too.
         """
         counts = self._core.pending()
-        queued = {job.epoch for _, job in list(self._inbox) if isinstance(job, _EpochEnd)}
+        queued = {_queued_epoch(job) for _, job in list(self._inbox)} - {None}
         counts["metrics"] += len(queued)
         return counts
 
@@ -288,15 +291,19 @@ class Session:
         if epoch is None:
             epoch = self._next_epoch
         self._next_epoch = epoch + 1
-        item = dict(metrics)
-        job = _EpochEnd(epoch, item)
+        journal = self._journal
         # No wake-up: metrics go out at most every 3 s anyway, and the worker looks at
         # the inbox at least every quarter second.
-        journal = self._journal
-        if journal is not None:
-            journal.append(("m", epoch, item), job)  # the entry format: see hubfsm.recovery
-        else:
-            self._inbox.append((0, job))
+        if journal is None:
+            self._inbox.append((0, partial(_epoch_end, epoch, dict(metrics))))
+            return
+        # The journal record is the worker's copy of the metrics: one serialisation on
+        # the training thread, no dict copy. The entry format: see hubfsm.recovery.
+        try:
+            record = _dumps(("m", epoch, metrics), 2)
+        except ValueError:  # numpy scalars, a Mapping that is not a dict, ...
+            record = encode(("m", epoch, dict(metrics)))
+        journal.write(record, partial(_epoch_end_record, record))
 
     def save_checkpoint(
         self, path: str | os.PathLike[str], *, epoch: int, is_best: bool = False
@@ -475,17 +482,27 @@ class Session:
             raise IllegalEventError(self._core.state, event)
 
 
-class _EpochEnd:
-    """The worker's job for one ``log_metrics`` call (a class, so ``pending`` can see it)."""
+def _epoch_end(epoch: int, metrics: dict[str, Any], core: Core, now: float) -> None:
+    """The worker's job for one ``log_metrics`` call, bound with ``functools.partial``.
 
-    __slots__ = ("epoch", "metrics")
+    A partial, not a class, because building it runs no Python code on the training thread.
+    """
+    core.epoch_end(epoch, metrics, now=now)
 
-    def __init__(self, epoch: int, metrics: dict[str, Any]) -> None:
-        self.epoch = epoch
-        self.metrics = metrics
 
-    def __call__(self, core: Core, now: float) -> None:
-        core.epoch_end(self.epoch, self.metrics, now=now)
+def _queued_epoch(job: Any) -> int | None:
+    """The epoch a queued job ends, or None for other jobs."""
+    if isinstance(job, partial) and job.func is _epoch_end:
+        return int(job.args[0])
+    if isinstance(job, partial) and job.func is _epoch_end_record:
+        return int(decode(job.args[0])[1])
+    return None
+
+
+def _epoch_end_record(record: bytes, core: Core, now: float) -> None:
+    """The same job, from the call's journal record."""
+    _, epoch, metrics = decode(record)
+    core.epoch_end(epoch, metrics, now=now)
 
 
 def _take(outbox: Outbox | None, path: str, name: str, stamp: FileStamp) -> FilePart | None:

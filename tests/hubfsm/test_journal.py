@@ -40,6 +40,20 @@ def test_a_torn_record_ends_the_replay(tmp_path):
     assert [seq for seq, _ in replay(tmp_path / "j", after=0)] == [1, 2]
 
 
+def test_a_record_copied_only_halfway_ends_the_replay(tmp_path):
+    inbox = collections.deque()
+    j = Journal(tmp_path / "j", seq=0, inbox=inbox)
+    j.append(("m", 0, {"a": 0.5}), None)
+    end_of_first = j._pos
+    j.append(("m", 1, {"a": 1.5, "b": 2.5}), None)
+    j.close()
+    data = bytearray((tmp_path / "j").read_bytes())
+    # A kill in the middle of the copy: the header is in, the payload only partly.
+    data[end_of_first + 30 : j._pos + 4] = bytes(j._pos + 4 - end_of_first - 30)
+    (tmp_path / "j").write_bytes(bytes(data))
+    assert replay(tmp_path / "j", after=0) == [(1, ("m", 0, {"a": 0.5}))]
+
+
 def test_the_journal_grows_past_its_first_size(tmp_path):
     inbox = collections.deque()
     j = Journal(tmp_path / "j", seq=0, inbox=inbox)

@@ -141,3 +141,48 @@ def test_log_metrics_copies_the_dict_and_never_blocks(hub):
     assert s._runner.wait_for(lambda c: c.stats.acknowledged_epochs == 100, 5.0)
     assert hub.metrics(model_id)[0]["metrics"] == {"loss": 1.0}
     s.close()
+
+
+class _Scalar:
+    """A numpy-like scalar: not a float, but ``item()`` gives one."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def item(self):
+        return self.value
+
+
+@pytest.mark.parametrize("journal", [True, False])
+def test_queued_epochs_count_as_pending_whatever_mapping_they_came_in(hub, journal):
+    import collections
+    import types
+
+    model_id = new_model(hub)
+    gate = threading.Event()
+
+    class Slow(InMemoryTransport):
+        def send(self, request):
+            gate.wait(5)
+            return super().send(request)
+
+    s = hubfsm.Session(
+        model_id, transport=InMemoryTransport(hub, KEY), config=FAST, journal=journal
+    )
+    s._runner.transport = Slow(hub, KEY)
+    s.start()
+    given = [
+        {"loss": 0.5},
+        collections.OrderedDict(loss=1.5),
+        types.MappingProxyType({"loss": 2.5}),
+        {"loss": _Scalar(3.5)},
+    ]
+    for metrics in given:
+        s.log_metrics(metrics)
+    assert s.pending()["metrics"] == 4
+    gate.set()
+    assert s._runner.wait_for(lambda c: c.stats.acknowledged_epochs == 4, 5.0)
+    assert [m["metrics"] for m in hub.metrics(model_id)] == [
+        {"loss": 0.5}, {"loss": 1.5}, {"loss": 2.5}, {"loss": 3.5}
+    ]
+    s.close()
