@@ -44,7 +44,7 @@ log = structlog.get_logger("hubfsm")
 OFFLINE_ENV = "HUBFSM_OFFLINE"
 
 _SETTLED = ("done", "resumable", "failed")
-_dumps = marshal.dumps
+_dumps: Callable[..., bytes] = marshal.dumps  # typed loosely: it raises on what it cannot take
 
 
 def _log_change(model: list[str | None]) -> Callable[[str, str, str], None]:
