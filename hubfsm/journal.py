@@ -5,10 +5,20 @@
 memory copy, and the kernel keeps the page after the process dies. The worker moves
 each event into the outbox and then lets the journal start over.
 
-Layout: a header, then records of ``length, crc32, seq`` and a marshal payload,
-ended by a zero length. Each record goes in with one copy; the CRC over its payload
-catches a process killed halfway through that copy and pages torn by a power cut, and
-replay stops at the first record that fails it. Sequence numbers never repeat for a
+Layout: an 8-byte header, then records aligned to 8-byte words, ended by a zero word.
+
+- An *entry* record: ``length, crc32`` (two u32), ``seq`` (u64) and a marshal payload,
+  padded to a whole word. It goes in with one copy; the CRC catches a process killed
+  halfway through that copy and pages torn by a power cut.
+- A *values* record: ``n | VALUES, epoch`` (two u32), ``seq``, ``n`` doubles and
+  ``seq`` again. It holds one epoch of metrics whose names are those of the journal's
+  *schema*, an entry record ``("k", names)`` with ``seq`` 0 at the start. Its words go
+  in one by one, the first last, so a kill leaves the previous end word in place; the
+  repeated ``seq`` stands in for the CRC against torn pages.
+
+A trainer logs the same names every epoch, so after the first epoch each
+``log_metrics`` writes a dozen words and serialises nothing: on a training thread with
+cold caches that is most of the call's cost. Sequence numbers never repeat for a
 model, so after a restart only the records newer than the outbox's ``journal_seq``
 are replayed.
 """
@@ -19,17 +29,34 @@ import marshal
 import mmap
 import os
 import struct
+import sys
 import threading
 import zlib
 from collections import deque
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 MAGIC = b"HFJ1"
+#: Version 1 had unaligned entry records only; :func:`replay` still reads it.
+VERSION = 2
 _HEADER = struct.Struct("<4sI")
 _RECORD = struct.Struct("<IIQ")
-_END = b"\0\0\0\0"
+#: Marks a values record in the first word's low half.
+VALUES = 0x8000_0000
+_MAX_EPOCH = 0xFFFF_FFFF
+_PADS = tuple(bytes(n) for n in range(8))
+_END = bytes(8)
+#: Values records are stored in native byte order and read back little-endian.
+_LITTLE = sys.byteorder == "little"
 INITIAL_SIZE = 1 << 20
+
+#: ``job(epoch, metrics, core, now)``: what the worker does with one epoch's metrics.
+MetricsJob = Callable[[int, dict[str, Any], Any, float], None]
+
+_crc32 = zlib.crc32
+_pack = _RECORD.pack
 
 
 def _plain(value: Any) -> Any:
@@ -44,10 +71,6 @@ def _plain(value: Any) -> Any:
     return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
 
 
-_crc32 = zlib.crc32
-_pack = _RECORD.pack
-
-
 def encode(entry: tuple[Any, ...]) -> bytes:
     """Serialise a journal entry (marshal; odd number types made plain first)."""
     try:
@@ -56,9 +79,19 @@ def encode(entry: tuple[Any, ...]) -> bytes:
         return marshal.dumps(_plain(entry), 2)
 
 
-def decode(data: bytes) -> Any:
-    """The entry :func:`encode` turned into ``data``."""
-    return marshal.loads(data)
+def deliver_values(
+    journal: Journal,
+    at: int,
+    names: tuple[str, ...],
+    epoch: int,
+    job: MetricsJob,
+    core: Any,
+    now: float,
+) -> None:
+    """The worker's side of a values record: read the epoch back, then run ``job``."""
+    with journal._lock:
+        values = journal._floats[at + 2 : at + 2 + len(names)].tolist()
+    job(epoch, dict(zip(names, values, strict=True)), core, now)
 
 
 class Journal:
@@ -81,83 +114,189 @@ class Journal:
             size = max(os.fstat(fd).st_size, INITIAL_SIZE)
             os.ftruncate(fd, size)
             self._map = mmap.mmap(fd, size)
-            self._size = size
         finally:
             os.close(fd)
-        self._map[: _HEADER.size] = _HEADER.pack(MAGIC, 1)
-        self._pos = _HEADER.size
-        self._map[self._pos : self._pos + 4] = _END
+        self._map[: _HEADER.size] = _HEADER.pack(MAGIC, VERSION)
+        self._view()
+        # Positions are in words. The schema's names, and where records start after it.
+        self._names: tuple[str, ...] | None = None
+        self._base = 1
+        self._at = 1
+        self._words[1] = 0
+        # Names that did not match the schema while records were pending: the next
+        # start-over writes them as the new schema.
+        self._wanted: tuple[str, ...] | None = None
+
+    def _view(self) -> None:
+        self._words = memoryview(self._map).cast("Q")
+        self._floats = memoryview(self._map).cast("d")
+        self._capacity = len(self._words)
 
     def append(self, entry: tuple[Any, ...], job: Any) -> None:
         """Write ``entry`` and queue ``(seq, job)`` for the worker; returns at once."""
-        self.write(encode(entry), job)
-
-    def write(self, data: bytes, job: Any) -> None:
-        """Write an encoded entry and queue ``(seq, job)`` for the worker."""
-        # This runs on the training thread between epochs, with cold caches: every
-        # function call and attribute lookup shows, so it is kept to one copy into the map.
+        data = encode(entry)
         crc = _crc32(data)
         with self._lock:
-            seq = self.seq + 1
-            pos = self._pos
-            record = _pack(len(data), crc, seq) + data + _END
-            end = pos + len(record)
-            if end > self._size:
-                self._grow(end)
-            # One copy; a process killed halfway leaves a record whose CRC fails.
-            self._map[pos:end] = record
-            self._pos = end - 4
-            self.seq = seq
+            self.seq = seq = self.seq + 1
+            self._write(_pack(len(data), crc, seq) + data + _PADS[-len(data) % 8] + _END)
             self._inbox.append((seq, job))
 
-    def _grow(self, needed: int) -> None:
-        size = self._size
-        while size < needed:
+    def append_metrics(self, epoch: int, metrics: Mapping[str, Any], job: MetricsJob) -> None:
+        """Write one epoch's metrics and queue the job that delivers them.
+
+        With the schema's names in the schema's order and float values, a values
+        record; otherwise an entry record ``("m", epoch, metrics)``.
+        """
+        # Runs on the training thread between epochs: kept to plain bytecode and
+        # stores into the map, with nothing to serialise.
+        with self._lock:
+            names = self._names
+            if names is not None and len(metrics) == len(names) and 0 <= epoch <= _MAX_EPOCH:
+                at = self._at
+                if at + len(names) + 4 > self._capacity:
+                    self._grow(at + len(names) + 4)
+                floats = self._floats
+                i = at + 2
+                for name, value in metrics.items():
+                    if name != names[i - at - 2] or not isinstance(value, float):
+                        break
+                    floats[i] = value
+                    i += 1
+                else:
+                    self.seq = seq = self.seq + 1
+                    words = self._words
+                    words[i] = seq
+                    words[i + 1] = 0
+                    words[at + 1] = seq
+                    words[at] = epoch << 32 | VALUES | len(names)  # the commit
+                    self._at = i + 1
+                    self._inbox.append((seq, partial(deliver_values, self, at, names, epoch, job)))
+                    return
+        self._append_other(epoch, metrics, job)
+
+    def _append_other(self, epoch: int, metrics: Mapping[str, Any], job: MetricsJob) -> None:
+        item = dict(metrics)
+        names = tuple(item)
+        fits = (
+            _LITTLE
+            and 0 <= epoch <= _MAX_EPOCH
+            and all(isinstance(name, str) for name in names)
+            and all(isinstance(value, float) for value in item.values())
+        )
+        if fits and names != self._names:
+            with self._lock:
+                if self._at == self._base:  # nothing pending: the schema can change now
+                    self._set_schema(names)
+                else:
+                    self._wanted = names
+            if self._names == names:
+                return self.append_metrics(epoch, item, job)
+        self.append(("m", epoch, item), partial(job, epoch, item))
+
+    def _set_schema(self, names: tuple[str, ...]) -> None:
+        data = encode(("k", names))
+        self._at = 1
+        self._write(_pack(len(data), _crc32(data), 0) + data + _PADS[-len(data) % 8] + _END)
+        self._names = names
+        self._base = self._at
+        self._wanted = None
+
+    def _write(self, record: bytes) -> None:
+        """Copy a record and the end word after it in at ``_at``; move past the record."""
+        at = self._at
+        end = at + len(record) // 8
+        if end > self._capacity:
+            self._grow(end)
+        self._map[at * 8 : end * 8] = record
+        self._at = end - 1
+
+    def _grow(self, words: int) -> None:
+        size = len(self._map)
+        while size < words * 8:
             size *= 2
+        # A mapping with views on it cannot be resized.
+        self._words.release()
+        self._floats.release()
         self._map.resize(size)
-        self._size = size
+        self._view()
 
     def consumed(self, seq: int) -> None:
         """The worker has everything up to ``seq`` in the outbox: start over if that is all."""
         with self._lock:
-            if seq == self.seq and self._pos > _HEADER.size:
-                self._pos = _HEADER.size
-                self._map[self._pos : self._pos + 4] = _END
+            if seq != self.seq or self._at == self._base:
+                return
+            if self._wanted is not None:
+                self._set_schema(self._wanted)
+            else:
+                self._at = self._base
+                self._words[self._at] = 0
 
     def close(self) -> None:
         """Unmap the file (its content stays for a later replay)."""
         with self._lock:
+            self._words.release()
+            self._floats.release()
             self._map.close()
+
+
+def queued_epoch(job: Any) -> int | None:
+    """The epoch of a metrics job this module queued, else None."""
+    if isinstance(job, partial) and job.func is deliver_values:
+        return int(job.args[3])
+    return None
 
 
 def replay(path: str | os.PathLike[str], *, after: int) -> list[tuple[int, Any]]:
     """The intact records of a journal newer than ``after``, as ``(seq, entry)`` pairs.
 
-    Reading stops at the end mark, a torn or corrupt record, or a break in sequence
-    (older records beyond the current end are left over from before a restart).
+    Values records come back as ``("m", epoch, metrics)`` entries, and the schema is
+    not returned. Reading stops at the end word, a torn or corrupt record, or a break in
+    sequence (older records beyond the current end are left over from before a restart).
     """
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         return []
-    if len(data) < _HEADER.size or data[:4] != MAGIC:
+    if len(data) < _HEADER.size:
         return []
+    magic, version = _HEADER.unpack_from(data)
+    if magic != MAGIC or version not in (1, VERSION):
+        return []
+    align = 8 if version == VERSION else 1
     out: list[tuple[int, Any]] = []
     pos = _HEADER.size
     expected: int | None = None
+    names: tuple[str, ...] | None = None
     while pos + _RECORD.size <= len(data):
-        length, crc, seq = _RECORD.unpack_from(data, pos)
-        body = data[pos + _RECORD.size : pos + _RECORD.size + length]
-        if length == 0 or len(body) != length or zlib.crc32(body) != crc:
-            break
+        low, high, seq = _RECORD.unpack_from(data, pos)
+        entry: Any
+        if low & VALUES and version == VERSION:
+            n = low & ~VALUES
+            end = pos + _RECORD.size + 8 * n
+            if names is None or n != len(names) or end + 8 > len(data):
+                break
+            if struct.unpack_from("<Q", data, end)[0] != seq:
+                break
+            values = struct.unpack_from(f"<{n}d", data, pos + _RECORD.size)
+            entry = ("m", high, dict(zip(names, values, strict=True)))
+            next_pos = end + 8
+        else:
+            body = data[pos + _RECORD.size : pos + _RECORD.size + low]
+            if low == 0 or len(body) != low or zlib.crc32(body) != high:
+                break
+            try:
+                entry = marshal.loads(body)
+            except (ValueError, EOFError, TypeError):
+                break
+            next_pos = pos + _RECORD.size + low + (-low % align)
+            if seq == 0 and isinstance(entry, tuple) and entry[:1] == ("k",):
+                names = tuple(entry[1])
+                pos = next_pos
+                continue
         if expected is not None and seq != expected:
-            break
-        try:
-            entry = marshal.loads(body)
-        except (ValueError, EOFError, TypeError):
             break
         if seq > after:
             out.append((seq, entry))
         expected = seq + 1
-        pos += _RECORD.size + length
+        pos = next_pos
     return out

@@ -8,7 +8,6 @@ acknowledged is kept in a durable outbox (see :mod:`hubfsm.outbox`).
 
 from __future__ import annotations
 
-import marshal
 import os
 import random
 import sys
@@ -32,7 +31,7 @@ from hubfsm.errors import (
 from hubfsm.exits import ExitHooks
 from hubfsm.files import describe
 from hubfsm.identifier import DEFAULT_WEB_ROOT, WEB_ROOT_ENV, Identifier, parse_identifier
-from hubfsm.journal import Journal, decode, encode
+from hubfsm.journal import Journal, queued_epoch
 from hubfsm.outbox import FileStamp, Outbox
 from hubfsm.recovery import checkpoint_entry, journal_path, recover
 from hubfsm.runner import ThreadRunner
@@ -44,7 +43,6 @@ log = structlog.get_logger("hubfsm")
 OFFLINE_ENV = "HUBFSM_OFFLINE"
 
 _SETTLED = ("done", "resumable", "failed")
-_dumps: Callable[..., bytes] = marshal.dumps  # typed loosely: it raises on what it cannot take
 
 
 def _log_change(model: list[str | None]) -> Callable[[str, str, str], None]:
@@ -296,14 +294,8 @@ class Session:
         # the inbox at least every quarter second.
         if journal is None:
             self._inbox.append((0, partial(_epoch_end, epoch, dict(metrics))))
-            return
-        # The journal record is the worker's copy of the metrics: one serialisation on
-        # the training thread, no dict copy. The entry format: see hubfsm.recovery.
-        try:
-            record = _dumps(("m", epoch, metrics), 2)
-        except ValueError:  # numpy scalars, a Mapping that is not a dict, ...
-            record = encode(("m", epoch, dict(metrics)))
-        journal.write(record, partial(_epoch_end_record, record))
+        else:
+            journal.append_metrics(epoch, metrics, _epoch_end)
 
     def save_checkpoint(
         self, path: str | os.PathLike[str], *, epoch: int, is_best: bool = False
@@ -494,15 +486,7 @@ def _queued_epoch(job: Any) -> int | None:
     """The epoch a queued job ends, or None for other jobs."""
     if isinstance(job, partial) and job.func is _epoch_end:
         return int(job.args[0])
-    if isinstance(job, partial) and job.func is _epoch_end_record:
-        return int(decode(job.args[0])[1])
-    return None
-
-
-def _epoch_end_record(record: bytes, core: Core, now: float) -> None:
-    """The same job, from the call's journal record."""
-    _, epoch, metrics = decode(record)
-    core.epoch_end(epoch, metrics, now=now)
+    return queued_epoch(job)
 
 
 def _take(outbox: Outbox | None, path: str, name: str, stamp: FileStamp) -> FilePart | None:
