@@ -4,8 +4,11 @@ Each variant runs in a fresh interpreter and times every call on its own
 (``time.perf_counter_ns`` around the one call), after a few discarded warm-up calls:
 
 - ``hubfsm``: ``Session.log_metrics`` on a real session (worker thread, real clock,
-  ``RequestsTransport``) against the local hub, with a pause between calls so the worker
-  has handled the previous epoch (a trainer's epochs are seconds apart).
+  ``RequestsTransport``) against the local hub, with 0.5 ms of work between calls (a
+  stand-in for training: it walks 32 MiB of memory, then spins), so the worker has
+  handled the previous epoch and gone back to sleep and the caller's caches are cold.
+- ``hubfsm-idle``: the same, with the CPU idle between calls (``time.sleep``): on a
+  virtual machine an idle CPU wakes up with colder caches still, so this is the worst case.
 - ``hubfsm-burst``: the same, calls back to back (the worker competes for the GIL).
 - ``official``: ultralytics 8.2.0's epoch callback (``on_fit_epoch_end``) on an epoch
   whose upload is due: it encodes the metrics and calls ``HUBTrainingSession.upload_metrics``,
@@ -16,7 +19,9 @@ Each variant runs in a fresh interpreter and times every call on its own
 - ``wandb``: Weights & Biases in offline mode, ``run.log(metrics)``.
 - ``reference``: no library, the least an asynchronous logger does: copy the dict, put a
   job on a deque and wake a sleeping worker thread (``threading.Event.set``), paced like
-  ``hubfsm``. It shows what waking a thread costs on the machine at hand.
+  ``hubfsm``.
+
+Every paced variant but ``hubfsm-idle`` has the same 0.5 ms of work between calls.
 
 Usage::
 
@@ -42,11 +47,20 @@ import benchkit  # noqa: E402
 TARGET_MEDIAN_US = 5.0  # hubfsm, 10 keys
 KEYS = (10, 100)
 VARIANTS = (
-    "hubfsm", "hubfsm-burst", "hubfsm-nojournal", "reference", "official", "official-call", "wandb"
+    "hubfsm",
+    "hubfsm-idle",
+    "hubfsm-burst",
+    "hubfsm-nojournal",
+    "reference",
+    "official",
+    "official-call",
+    "wandb",
 )
+HUBFSM_VARIANTS = ("hubfsm", "hubfsm-idle", "hubfsm-burst", "hubfsm-nojournal")
 #: Variant -> (calls, warm-up calls) for a full run; --quick divides the calls by 5.
 CALLS = {
     "hubfsm": (5000, 200),
+    "hubfsm-idle": (5000, 200),
     "hubfsm-burst": (20000, 500),
     "hubfsm-nojournal": (5000, 200),
     "official": (600, 20),
@@ -56,8 +70,11 @@ CALLS = {
 }
 #: The pause between paced calls.
 GAP_S = 0.0005
+#: What the work between paced calls walks through, a byte per page.
+WORK_BYTES = 32 << 20
 LABELS = {
     "hubfsm": "hubfsm `Session.log_metrics` (paced)",
+    "hubfsm-idle": "hubfsm `Session.log_metrics` (paced, CPU idle in the pause)",
     "hubfsm-burst": "hubfsm `Session.log_metrics` (back to back)",
     "hubfsm-nojournal": "hubfsm `Session.log_metrics`, `journal=False` (paced)",
     "official": "ultralytics 8.2.0 epoch callback, upload due (`json.dumps` + `upload_metrics`)",
@@ -86,27 +103,32 @@ def _timed(call: Any, arg_of: Any, calls: int, warmup: int, settle: Any) -> list
     return samples
 
 
-_JUNK: list[bytearray] = []
+_WORK: list[bytearray] = []
 
 
 def _pause() -> None:
-    if os.environ.get("GAPMODE") == "work":
-        if not _JUNK:
-            _JUNK.extend(bytearray(4 << 20) for _ in range(8))
-        until = time.perf_counter() + GAP_S
-        for b in _JUNK:
-            b[::4096] = b"\1" * 1024
-        while time.perf_counter() < until:
-            pass
-    else:
-        time.sleep(GAP_S)
+    """0.5 ms of work, as training does between epochs: touch memory, then compute."""
+    if not _WORK:
+        _WORK.append(bytearray(WORK_BYTES))
+    until = time.perf_counter() + GAP_S
+    work = _WORK[0]
+    work[::4096] = bytes(len(range(0, WORK_BYTES, 4096)))
+    while time.perf_counter() < until:
+        pass
 
 
-def child_hubfsm(spec: dict[str, Any], burst: bool, journal: bool = True) -> dict[str, Any]:
+def _idle() -> None:
+    time.sleep(GAP_S)
+
+
+def child_hubfsm(spec: dict[str, Any], variant: str) -> dict[str, Any]:
     import hubfsm
 
     session = hubfsm.Session(
-        spec["model"], api_key=benchkit.child_key(), api_root=spec["url"], journal=journal
+        spec["model"],
+        api_key=benchkit.child_key(),
+        api_root=spec["url"],
+        journal=variant != "hubfsm-nojournal",
     )
     session.start()
     metrics = benchkit.epoch_metrics(spec["keys"])
@@ -122,7 +144,7 @@ def child_hubfsm(spec: dict[str, Any], burst: bool, journal: bool = True) -> dic
         lambda i: i % 300,
         spec["calls"],
         spec["warmup"],
-        (lambda: None) if burst else _pause,
+        {"hubfsm-burst": lambda: None, "hubfsm-idle": _idle}.get(variant, _pause),
     )
     session.close(timeout=30.0)
     return {"samples": samples}
@@ -230,10 +252,8 @@ def child_reference(spec: dict[str, Any]) -> dict[str, Any]:
 def child(variant: str, spec: dict[str, Any]) -> None:
     benchkit.setup()
     gc.collect()
-    if variant in ("hubfsm", "hubfsm-burst", "hubfsm-nojournal"):
-        result = child_hubfsm(
-            spec, burst=variant == "hubfsm-burst", journal=variant != "hubfsm-nojournal"
-        )
+    if variant in HUBFSM_VARIANTS:
+        result = child_hubfsm(spec, variant)
     elif variant in ("official", "official-call"):
         result = child_official(spec, whole_callback=variant == "official")
     elif variant == "wandb":
@@ -301,9 +321,10 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = result["rows"]
     out = []
     for r in rows:
-        if r["variant"] in ("hubfsm", "hubfsm-burst", "hubfsm-nojournal") and r["keys"] == 10:
+        if r["variant"] in HUBFSM_VARIANTS and r["keys"] == 10:
             how = {
-                "hubfsm": "paced, worker asleep",
+                "hubfsm": "paced",
+                "hubfsm-idle": "paced, CPU idle in the pause",
                 "hubfsm-burst": "back to back",
                 "hubfsm-nojournal": "paced, journal=False",
             }[r["variant"]]
@@ -357,8 +378,10 @@ def render(result: dict[str, Any]) -> list[str]:
     )
     lines.append("")
     lines.append(
-        f"Paced variants pause {result['gap_s'] * 1000:g} ms between calls (untimed); "
-        "the official variants also join the upload thread between calls (untimed)."
+        f"Paced variants do {result['gap_s'] * 1000:g} ms of work between calls (untimed: "
+        f"a byte written on each page of {WORK_BYTES >> 20} MiB, then a spin), except the "
+        "idle one, which sleeps; the official variants also join the upload thread between "
+        "calls (untimed)."
     )
     for note in result["notes"]:
         lines.append(f"- {note}")

@@ -118,6 +118,37 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                         "met": lost == 0,
                     }
                 )
+        rows = {row["variant"]: row for row in results["drain"]["rows"]}
+        if "hubfsm" in rows and "official" in rows:
+            ours, theirs = rows["hubfsm"]["drain_s"], rows["official"]["drain_s"]
+            checks.append(
+                {
+                    "target": "drain: hubfsm at least as fast as the official client",
+                    "value": f"{ours:.2f} s against {theirs:.2f} s",
+                    "met": ours <= theirs,
+                }
+            )
+    if "requests" in results:
+        total = next(r for r in results["requests"]["rows"] if r["channel"] == "total")
+        checks.append(
+            {
+                "target": "requests: hubfsm no more than the official client (median)",
+                "value": f"{total['hubfsm']:g} against {total['official']:g}",
+                "met": total["hubfsm"] <= total["official"],
+            }
+        )
+        worst = max(
+            sum(s["hubfsm"][c] for c in requests_spent.COUNTED)
+            - sum(s["official"][c] for c in requests_spent.COUNTED)
+            for s in results["requests"]["per_seed"]
+        )
+        checks.append(
+            {
+                "target": "requests: hubfsm no more than the official client (every seed)",
+                "value": f"at most {worst:+d} against it",
+                "met": worst <= 0,
+            }
+        )
     return checks
 
 

@@ -258,6 +258,15 @@ def run(*, size_mib: int = 256, runs: int = 3, warmup: int = 1, hub: bool = True
             "met": a["max_growth_mib"] <= TARGET_GROWTH_MIB,
         },
     ]
+    official = results.get("hub-sdk -> sink")
+    if official:
+        checks.append(
+            {
+                "target": "hubfsm throughput >= hub-sdk `upload_model` (sink)",
+                "value": f"{a['mb_per_s'] / official['mb_per_s']:.2f}x",
+                "met": a["mb_per_s"] >= official["mb_per_s"],
+            }
+        )
     return {
         "size_bytes": size,
         "size_mib": size_mib,
