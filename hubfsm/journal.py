@@ -34,7 +34,6 @@ import threading
 import zlib
 from collections import deque
 from collections.abc import Callable, Mapping
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +99,8 @@ class Journal:
     Args:
         path: The journal file (created if needed).
         seq: The last sequence number already used for this model.
-        inbox: Where each appended entry's job goes, under the same lock, so the
-            worker sees jobs in sequence order.
+        inbox: Where each appended entry's job goes, as ``(seq, job, *args)``, under
+            the same lock, so the worker sees jobs in sequence order.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, seq: int, inbox: deque[Any]) -> None:
@@ -134,12 +133,14 @@ class Journal:
 
     def append(self, entry: tuple[Any, ...], job: Any) -> None:
         """Write ``entry`` and queue ``(seq, job)`` for the worker; returns at once."""
-        data = encode(entry)
+        self._append(encode(entry), (job,))
+
+    def _append(self, data: bytes, job: tuple[Any, ...]) -> None:
         crc = _crc32(data)
         with self._lock:
             self.seq = seq = self.seq + 1
             self._write(_pack(len(data), crc, seq) + data + _PADS[-len(data) % 8] + _END)
-            self._inbox.append((seq, job))
+            self._inbox.append((seq, *job))
 
     def append_metrics(self, epoch: int, metrics: Mapping[str, Any], job: MetricsJob) -> None:
         """Write one epoch's metrics and queue the job that delivers them.
@@ -170,7 +171,7 @@ class Journal:
                     words[at + 1] = seq
                     words[at] = epoch << 32 | VALUES | len(names)  # the commit
                     self._at = i + 1
-                    self._inbox.append((seq, partial(deliver_values, self, at, names, epoch, job)))
+                    self._inbox.append((seq, deliver_values, self, at, names, epoch, job))
                     return
         self._append_other(epoch, metrics, job)
 
@@ -191,7 +192,8 @@ class Journal:
                     self._wanted = names
             if self._names == names:
                 return self.append_metrics(epoch, item, job)
-        self.append(("m", epoch, item), partial(job, epoch, item))
+        entry = ("m", epoch, item)
+        self._append(encode(entry), (job, epoch, item))
 
     def _set_schema(self, names: tuple[str, ...]) -> None:
         data = encode(("k", names))
@@ -239,11 +241,9 @@ class Journal:
             self._map.close()
 
 
-def queued_epoch(job: Any) -> int | None:
-    """The epoch of a metrics job this module queued, else None."""
-    if isinstance(job, partial) and job.func is deliver_values:
-        return int(job.args[3])
-    return None
+def queued_epoch(item: tuple[Any, ...]) -> int | None:
+    """The epoch of an inbox item that delivers a values record, else None."""
+    return int(item[5]) if item[1] is deliver_values else None
 
 
 def replay(path: str | os.PathLike[str], *, after: int) -> list[tuple[int, Any]]:

@@ -60,8 +60,10 @@ class ThreadRunner:
         self.transport = transport
         self.clock = clock
         self.nap = nap
-        #: ``(journal seq or 0, job)`` pairs from the trainer, in order.
-        self.inbox: collections.deque[tuple[int, Job]] = collections.deque()
+        #: ``(journal seq or 0, job, *args)`` from the trainer, in order; the worker runs
+        #: ``job(*args, core, now)``. The arguments ride along so that the training
+        #: thread need not build a ``functools.partial`` for each call.
+        self.inbox: collections.deque[tuple[Any, ...]] = collections.deque()
         self.outbox: Outbox | None = None
         self.journal: Journal | None = None
         self.wake = threading.Event()
@@ -168,10 +170,10 @@ class ThreadRunner:
         core = self.core
         last_seq = 0
         while inbox:
-            seq, job = inbox.popleft()
+            seq, job, *args = inbox.popleft()
             last_seq = seq or last_seq
             try:
-                job(core, self.clock())
+                job(*args, core, self.clock())
             except Exception as exc:  # one bad event must not kill the worker
                 self.job_errors.append(exc)
                 _say("error", "session.event_failed", error=str(exc), state=core.state)

@@ -13,7 +13,6 @@ import random
 import sys
 import types
 from collections.abc import Callable, Mapping
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +250,7 @@ class Session:
         Epochs logged but not yet taken in by the worker count too.
         """
         counts = self._core.pending()
-        queued = {_queued_epoch(job) for _, job in list(self._inbox)} - {None}
+        queued = {_queued_epoch(item) for item in list(self._inbox)} - {None}
         counts["metrics"] += len(queued)
         return counts
 
@@ -293,7 +292,7 @@ class Session:
         # No wake-up: metrics go out at most every 3 s anyway, and the worker looks at
         # the inbox at least every quarter second.
         if journal is None:
-            self._inbox.append((0, partial(_epoch_end, epoch, dict(metrics))))
+            self._inbox.append((0, _epoch_end, epoch, dict(metrics)))
         else:
             journal.append_metrics(epoch, metrics, _epoch_end)
 
@@ -475,18 +474,15 @@ class Session:
 
 
 def _epoch_end(epoch: int, metrics: dict[str, Any], core: Core, now: float) -> None:
-    """The worker's job for one ``log_metrics`` call, bound with ``functools.partial``.
-
-    A partial, not a class, because building it runs no Python code on the training thread.
-    """
+    """The worker's job for one ``log_metrics`` call."""
     core.epoch_end(epoch, metrics, now=now)
 
 
-def _queued_epoch(job: Any) -> int | None:
-    """The epoch a queued job ends, or None for other jobs."""
-    if isinstance(job, partial) and job.func is _epoch_end:
-        return int(job.args[0])
-    return queued_epoch(job)
+def _queued_epoch(item: tuple[Any, ...]) -> int | None:
+    """The epoch an inbox item ends, or None for other jobs."""
+    if item[1] is _epoch_end:
+        return int(item[2])
+    return queued_epoch(item)
 
 
 def _take(outbox: Outbox | None, path: str, name: str, stamp: FileStamp) -> FilePart | None:

@@ -16,8 +16,8 @@ def run_jobs(inbox):
     """What the worker would hand the core, in order."""
     seen = []
     while inbox:
-        _, queued = inbox.popleft()
-        queued(seen, 0.0)
+        _, queued, *args = inbox.popleft()
+        queued(*args, seen, 0.0)
     return seen
 
 
@@ -26,7 +26,7 @@ def test_appended_entries_replay_in_order_and_queue_jobs(tmp_path):
     j = Journal(tmp_path / "j", seq=10, inbox=inbox)
     for epoch in range(5):
         j.append(("m", epoch, {"loss": 1.0 / (epoch + 1)}), f"job{epoch}")
-    assert [seq for seq, _ in inbox] == [11, 12, 13, 14, 15]
+    assert [seq for seq, *_ in inbox] == [11, 12, 13, 14, 15]
     records = replay(tmp_path / "j", after=12)
     assert [seq for seq, _ in records] == [13, 14, 15]
     assert records[0][1] == ("m", 2, {"loss": 1.0 / 3})
@@ -106,7 +106,7 @@ def test_metrics_with_the_same_names_go_in_as_values_and_come_back_whole(tmp_pat
     logged = [{"loss": 1.0 / (e + 1), "map": e / 10} for e in range(5)]
     for epoch, metrics in enumerate(logged):
         j.append_metrics(epoch, metrics, job)
-    assert [queued_epoch(queued) for _, queued in inbox] == [0, 1, 2, 3, 4]
+    assert [queued_epoch(item) for item in inbox] == [0, 1, 2, 3, 4]
     # After the schema, each epoch is three words and two doubles: nothing serialised.
     assert j._at - j._base == 5 * (3 + 2)
     assert replay(tmp_path / "j", after=3) == [(4, ("m", 3, logged[3])), (5, ("m", 4, logged[4]))]
