@@ -1,7 +1,9 @@
 """How long logging one epoch's metrics keeps the training thread, hubfsm against its peers.
 
-Each variant runs in a fresh interpreter and times every call on its own
-(``time.perf_counter_ns`` around the one call), after a few discarded warm-up calls:
+Each run of a variant is a fresh interpreter that times every call on its own
+(``time.perf_counter_ns`` around the one call), after a few discarded warm-up calls.
+Every variant runs five times, in rounds, and its figures are the medians of its runs'
+figures: the machine's speed drifts, and one run can be twice as slow as the next.
 
 - ``hubfsm``: ``Session.log_metrics`` on a real session (worker thread, real clock,
   ``RequestsTransport``) against the local hub, with 0.5 ms of work between calls (a
@@ -57,7 +59,10 @@ VARIANTS = (
     "wandb",
 )
 HUBFSM_VARIANTS = ("hubfsm", "hubfsm-idle", "hubfsm-burst", "hubfsm-nojournal")
-#: Variant -> (calls, warm-up calls) for a full run; --quick divides the calls by 5.
+#: Runs of each variant in a full run (a quick run makes 2).
+RUNS = 5
+#: Variant -> (calls, warm-up calls) per variant in a full run, shared by its runs;
+#: --quick divides the calls by 5.
 CALLS = {
     "hubfsm": (5000, 200),
     "hubfsm-idle": (5000, 200),
@@ -270,38 +275,70 @@ def child(variant: str, spec: dict[str, Any]) -> None:
 
 
 def run(
-    *, keys: tuple[int, ...] = KEYS, quick: bool = False, variants: tuple[str, ...] = VARIANTS
+    *,
+    keys: tuple[int, ...] = KEYS,
+    quick: bool = False,
+    variants: tuple[str, ...] = VARIANTS,
+    runs: int = RUNS,
 ) -> dict[str, Any]:
-    """Run every variant for every key count; per-call figures and ratios peer/hubfsm."""
+    """Run every variant for every key count ``runs`` times; figures and ratios peer/hubfsm.
+
+    The runs go in rounds (every variant once, then again), so a machine whose speed
+    drifts during the benchmark weighs on every variant alike. A row's figures are the
+    medians of its runs' figures.
+    """
     root = benchkit.setup()
-    rows: list[dict[str, Any]] = []
+    runs = 2 if quick else runs
     notes: list[str] = []
+    ready = []
+    for variant in variants:
+        peer = PEER_OF.get(variant)
+        if peer and not benchkit.installed(peer):
+            note = f"{LABELS[variant]}: {benchkit.missing_note(peer)}"
+            if note not in notes:
+                notes.append(note)
+        else:
+            ready.append(variant)
+    per_run: dict[tuple[str, int], list[dict[str, float]]] = {}
+    broken: set[str] = set()
     with benchkit.local_hub(root / "hub-log-call") as hub:
-        for variant in variants:
-            peer = PEER_OF.get(variant)
-            if peer and not benchkit.installed(peer):
-                note = f"{LABELS[variant]}: {benchkit.missing_note(peer)}"
-                if note not in notes:
-                    notes.append(note)
-                continue
-            for k in keys:
-                calls, warmup = CALLS[variant]
-                if quick:
-                    calls, warmup = max(100, calls // 5), max(10, warmup // 5)
-                spec = {
-                    "keys": k,
-                    "calls": calls,
-                    "warmup": warmup,
-                    "url": hub.url,
-                    "model": benchkit.new_model(hub),
-                }
-                print(f"  log call: {variant}, {k} keys, {calls} calls", file=sys.stderr)
-                try:
-                    out = benchkit.run_child(__file__, variant, spec, key=hub.api_key)
-                except Exception as error:  # a peer that breaks must not sink the suite
-                    notes.append(f"{LABELS[variant]}, {k} keys: failed ({error})".splitlines()[0])
-                    continue
-                rows.append({"variant": variant, "keys": k, "calls": calls, **out["stats"]})
+        for number in range(runs):
+            for variant in ready:
+                for k in keys:
+                    if variant in broken:
+                        continue
+                    calls, warmup = CALLS[variant]
+                    calls = max(100, calls // (5 if quick else runs))
+                    warmup = max(10, warmup // (5 if quick else 1))
+                    spec = {
+                        "keys": k,
+                        "calls": calls,
+                        "warmup": warmup,
+                        "url": hub.url,
+                        "model": benchkit.new_model(hub),
+                    }
+                    print(
+                        f"  log call: run {number + 1}/{runs} {variant}, {k} keys, {calls} calls",
+                        file=sys.stderr,
+                    )
+                    try:
+                        out = benchkit.run_child(__file__, variant, spec, key=hub.api_key)
+                    except Exception as error:  # a peer that breaks must not sink the suite
+                        notes.append(f"{LABELS[variant]}: failed ({error})".splitlines()[0])
+                        broken.add(variant)
+                        continue
+                    per_run.setdefault((variant, k), []).append(out["stats"])
+    rows: list[dict[str, Any]] = []
+    for (variant, k), got in per_run.items():
+        if variant in broken:
+            continue
+        row: dict[str, Any] = {"variant": variant, "keys": k, "runs": len(got)}
+        row["n"] = sum(int(g["n"]) for g in got)
+        for field in ("median", "p95", "p99", "mean"):
+            row[field] = benchkit.median([g[field] for g in got])
+        row["median_min"] = min(g["median"] for g in got)
+        row["median_max"] = max(g["median"] for g in got)
+        rows.append(row)
     base = {r["keys"]: r for r in rows if r["variant"] == "hubfsm"}
     for r in rows:
         b = base.get(r["keys"]) if r["variant"] in PEER_OF else None
@@ -309,6 +346,8 @@ def run(
         r["ratio_p99"] = r["p99"] / b["p99"] if b else None
     return {
         "rows": rows,
+        "runs": runs,
+        "per_run": {f"{v} {k}": got for (v, k), got in per_run.items()},
         "notes": notes,
         "gap_s": GAP_S,
         "targets": targets({"rows": rows}),
@@ -353,8 +392,9 @@ def render(result: dict[str, Any]) -> list[str]:
         [
             LABELS[r["variant"]],
             r["keys"],
-            f"{r['n']:,}",
+            f"{r['runs']} × {r['n'] // r['runs']:,}",
             benchkit.fmt(r["median"]),
+            f"{benchkit.fmt(r['median_min'])}-{benchkit.fmt(r['median_max'])}",
             benchkit.fmt(r["p95"]),
             benchkit.fmt(r["p99"]),
             benchkit.fmt(r["ratio_median"], 1) + "x" if r["ratio_median"] else "-",
@@ -366,18 +406,21 @@ def render(result: dict[str, Any]) -> list[str]:
         [
             "variant",
             "keys",
-            "calls",
+            "runs × calls",
             "median µs",
+            "run medians µs",
             "p95 µs",
             "p99 µs",
             "median / hubfsm",
             "p99 / hubfsm",
         ],
         rows,
-        "lrrrrrrr",
+        "lrrrrrrrr",
     )
     lines.append("")
     lines.append(
+        "Each figure is the median over the runs (fresh interpreters, run in rounds) of "
+        "that run's figure; the run medians column shows how far runs differed. "
         f"Paced variants do {result['gap_s'] * 1000:g} ms of work between calls (untimed: "
         f"a byte written on each page of {WORK_BYTES >> 20} MiB, then a spin), except the "
         "idle one, which sleeps; the official variants also join the upload thread between "
@@ -392,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--keys", type=int, nargs="+", default=list(KEYS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--quick", action="store_true", help="fewer calls")
+    parser.add_argument("--quick", action="store_true", help="fewer calls and runs")
+    parser.add_argument("--runs", type=int, default=RUNS, help="runs of each variant")
     parser.add_argument("--json", metavar="PATH", help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -400,7 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(args.child, json.loads(args.spec))
         return 0
-    result = run(keys=tuple(args.keys), quick=args.quick, variants=tuple(args.variants))
+    result = run(
+        keys=tuple(args.keys), quick=args.quick, variants=tuple(args.variants), runs=args.runs
+    )
     print("\n".join(render(result)))
     for t in result["targets"]:
         print(f"- {t['target']}: {t['value']} ({'met' if t['met'] else 'MISSED'})")
