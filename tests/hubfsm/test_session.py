@@ -121,17 +121,23 @@ def test_a_revoked_key_mid_run_fails_and_keeps_the_records(hub):
     s.close(timeout=0.1)
 
 
+class _Gated(InMemoryTransport):
+    """Every request hangs until ``gate`` is set (at most 5 s)."""
+
+    def __init__(self, hub, gate):
+        super().__init__(hub, KEY)
+        self.gate = gate
+
+    def send(self, request):
+        self.gate.wait(5)
+        return super().send(request)
+
+
 def test_log_metrics_copies_the_dict_and_never_blocks(hub):
     model_id = new_model(hub)
     gate = threading.Event()
-
-    class Slow(InMemoryTransport):
-        def send(self, request):
-            gate.wait(5)
-            return super().send(request)
-
     s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST)
-    s._runner.transport = Slow(hub, KEY)  # every request now hangs until the gate opens
+    s._runner.transport = _Gated(hub, gate)  # every request now hangs until the gate opens
     s.start()
     metrics = {"loss": 1.0}
     for epoch in range(100):
@@ -160,16 +166,10 @@ def test_queued_epochs_count_as_pending_whatever_mapping_they_came_in(hub, journ
 
     model_id = new_model(hub)
     gate = threading.Event()
-
-    class Slow(InMemoryTransport):
-        def send(self, request):
-            gate.wait(5)
-            return super().send(request)
-
     s = hubfsm.Session(
         model_id, transport=InMemoryTransport(hub, KEY), config=FAST, journal=journal
     )
-    s._runner.transport = Slow(hub, KEY)
+    s._runner.transport = _Gated(hub, gate)
     s.start()
     given = [
         {"loss": 0.5},
