@@ -89,7 +89,11 @@ def deliver_values(
 ) -> None:
     """The worker's side of a values record: read the epoch back, then run ``job``."""
     with journal._lock:
-        values = journal._floats[at + 2 : at + 2 + len(names)].tolist()
+        frozen = journal._frozen
+        if frozen is None:
+            values = journal._floats[at + 2 : at + 2 + len(names)].tolist()
+        else:
+            values = list(struct.unpack_from(f"={len(names)}d", frozen, (at + 2) * 8))
     job(epoch, dict(zip(names, values, strict=True)), core, now)
 
 
@@ -125,6 +129,8 @@ class Journal:
         # Names that did not match the schema while records were pending: the next
         # start-over writes them as the new schema.
         self._wanted: tuple[str, ...] | None = None
+        # After close, a copy of the records for jobs the worker has not run yet.
+        self._frozen: bytes | None = None
 
     def _view(self) -> None:
         self._words = memoryview(self._map).cast("Q")
@@ -225,7 +231,7 @@ class Journal:
     def consumed(self, seq: int) -> None:
         """The worker has everything up to ``seq`` in the outbox: start over if that is all."""
         with self._lock:
-            if seq != self.seq or self._at == self._base:
+            if self._frozen is not None or seq != self.seq or self._at == self._base:
                 return
             if self._wanted is not None:
                 self._set_schema(self._wanted)
@@ -234,8 +240,16 @@ class Journal:
                 self._words[self._at] = 0
 
     def close(self) -> None:
-        """Unmap the file (its content stays for a later replay)."""
+        """Unmap the file (its content stays for a later replay).
+
+        A worker that outlives the session (inside a request that has not timed out yet)
+        may still run jobs that read values records: they read a copy taken here, since
+        the file may by then belong to a new session of the same model.
+        """
         with self._lock:
+            if self._frozen is not None:
+                return
+            self._frozen = bytes(self._map[: (self._at + 1) * 8])
             self._words.release()
             self._floats.release()
             self._map.close()

@@ -236,3 +236,18 @@ def test_whatever_is_logged_the_jobs_and_the_replay_give_it_back(tmp_path_factor
     for (_, got), (_, want) in zip(delivered, expected, strict=True):
         assert [type(v) for v in got.values()] == [type(v) for v in want.values()]
     j.close()
+
+
+def test_jobs_run_after_close_read_what_was_written_not_the_next_session(tmp_path):
+    inbox = collections.deque()
+    j = Journal(tmp_path / "j", seq=0, inbox=inbox)
+    j.append_metrics(0, {"loss": 0.5}, job)
+    j.append_metrics(1, {"loss": 0.25}, job)
+    j.close()
+    j.consumed(2)  # a worker that outlived the session: nothing happens
+    # A new session of the same model takes the file over before those jobs run.
+    later = Journal(tmp_path / "j", seq=0, inbox=collections.deque())
+    for epoch in range(2):
+        later.append_metrics(epoch, {"loss": 99.0}, job)
+    assert run_jobs(inbox) == [(0, {"loss": 0.5}), (1, {"loss": 0.25})]
+    later.close()

@@ -186,3 +186,26 @@ def test_queued_epochs_count_as_pending_whatever_mapping_they_came_in(hub, journ
         {"loss": 0.5}, {"loss": 1.5}, {"loss": 2.5}, {"loss": 3.5}
     ]
     s.close()
+
+
+def test_closing_while_the_worker_is_stuck_in_a_request_loses_no_epoch(hub):
+    model_id = new_model(hub)
+    gate = threading.Event()
+    s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST)
+    s._runner.transport = _Gated(hub, gate)
+    s.start()  # its heartbeat hangs in the gated transport
+    for epoch in range(3):
+        s.log_metrics({"loss": 1.0 / (epoch + 1)}, epoch=epoch)
+    with structlog.testing.capture_logs() as logs:
+        s.close(timeout=0)  # gives up on the worker, which is still inside its request
+        gate.set()  # the request ends after the session has closed
+        s._runner._thread.join(5)
+    assert not s._runner._thread.is_alive()
+    assert not [e for e in logs if e["event"] == "session.event_failed"]
+    again = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST)
+    again.start()
+    again.flush(timeout=5)
+    assert [m["metrics"] for m in hub.metrics(model_id)] == [
+        {"loss": 1.0}, {"loss": 0.5}, {"loss": 1.0 / 3}
+    ]
+    again.close()
