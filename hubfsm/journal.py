@@ -145,7 +145,7 @@ class Journal:
         crc = _crc32(data)
         with self._lock:
             self.seq = seq = self.seq + 1
-            self._write(_pack(len(data), crc, seq) + data + _PADS[-len(data) % 8] + _END)
+            self._write_entry(data, crc, seq)
             self._inbox.append((seq, *job))
 
     def append_metrics(self, epoch: int, metrics: Mapping[str, Any], job: MetricsJob) -> None:
@@ -204,10 +204,14 @@ class Journal:
     def _set_schema(self, names: tuple[str, ...]) -> None:
         data = encode(("k", names))
         self._at = 1
-        self._write(_pack(len(data), _crc32(data), 0) + data + _PADS[-len(data) % 8] + _END)
+        self._write_entry(data, _crc32(data), 0)
         self._names = names
         self._base = self._at
         self._wanted = None
+
+    def _write_entry(self, data: bytes, crc: int, seq: int) -> None:
+        """Write an entry record: header, payload padded to a word, and the end word."""
+        self._write(_pack(len(data), crc, seq) + data + _PADS[-len(data) % 8] + _END)
 
     def _write(self, record: bytes) -> None:
         """Copy a record and the end word after it in at ``_at``; move past the record."""
