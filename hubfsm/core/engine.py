@@ -127,6 +127,8 @@ class Core:
         config: Limits and retry policies.
         rng: The source of jitter and idempotency keys; a seed fixes every decision.
         on_change: Called as ``on_change(source, event, dest)`` after every machine event.
+        durable: List what must be kept durably in :attr:`changes`.
+        offline: Send nothing: everything waits (for ``hubfsm sync``).
     """
 
     def __init__(
@@ -135,6 +137,8 @@ class Core:
         *,
         rng: random.Random | None = None,
         on_change: Callable[[str, str, str], None] | None = None,
+        durable: bool = False,
+        offline: bool = False,
     ) -> None:
         self.config = config or CoreConfig()
         self._rng = rng or random.Random()
@@ -165,10 +169,10 @@ class Core:
         # its rate limit is per key.
         self._hold_until = -math.inf
         #: When True, the core lists what must be kept durably in :attr:`changes`.
-        self.durable = False
+        self.durable = durable
         self.changes: list[Change] = []
         #: When True, nothing is sent: everything waits (for ``hubfsm sync``).
-        self.offline = False
+        self.offline = offline
 
     # -- what the trainer says ------------------------------------------------------
 

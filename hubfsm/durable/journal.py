@@ -33,9 +33,21 @@ import sys
 import threading
 import zlib
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
+
+from hubfsm.core.events import (
+    Barrier,
+    CheckpointOffered,
+    EpochEnded,
+    Event,
+    FileStamp,
+    FinishPending,
+    FinishRequested,
+    Interrupted,
+    Start,
+)
 
 MAGIC = b"HFJ1"
 #: Version 1 had unaligned entry records only; :func:`replay` still reads it.
@@ -51,8 +63,10 @@ _END = bytes(8)
 _LITTLE = sys.byteorder == "little"
 INITIAL_SIZE = 1 << 20
 
-#: ``job(epoch, metrics, core, now)``: what the worker does with one epoch's metrics.
-MetricsJob = Callable[[int, dict[str, Any], Any, float], None]
+#: An inbox item: ``(seq, event)``, or ``(seq, at, names, epoch)`` for a values record
+#: (the event is built on the worker's side, by :meth:`Journal.event_of`, so that the
+#: training thread builds nothing). ``seq`` is 0 for events that bypass the journal.
+InboxItem: TypeAlias = tuple[int, Event] | tuple[int, int, tuple[str, ...], int]
 
 _crc32 = zlib.crc32
 _pack = _RECORD.pack
@@ -78,23 +92,43 @@ def encode(entry: tuple[Any, ...]) -> bytes:
         return marshal.dumps(_plain(entry), 2)
 
 
-def deliver_values(
-    journal: Journal,
-    at: int,
-    names: tuple[str, ...],
-    epoch: int,
-    job: MetricsJob,
-    core: Any,
-    now: float,
-) -> None:
-    """The worker's side of a values record: read the epoch back, then run ``job``."""
-    with journal._lock:
-        frozen = journal._frozen
-        if frozen is None:
-            values = journal._floats[at + 2 : at + 2 + len(names)].tolist()
-        else:
-            values = list(struct.unpack_from(f"={len(names)}d", frozen, (at + 2) * 8))
-    job(epoch, dict(zip(names, values, strict=True)), core, now)
+def entry_of(event: Event) -> tuple[Any, ...]:
+    """The journal entry of a trainer event: a tuple of plain values, tagged by type."""
+    if isinstance(event, EpochEnded):
+        return ("m", event.epoch, event.metrics)
+    if isinstance(event, CheckpointOffered):
+        st = event.stamp
+        return ("c", event.path, event.epoch, event.is_best, st.size, st.mtime_ns, st.inode)
+    if isinstance(event, FinishRequested):
+        st = event.stamp
+        return ("f", event.path, event.epoch, event.map50_95, st.size, st.mtime_ns, st.inode,
+                event.timeout)  # fmt: skip
+    if isinstance(event, FinishPending):
+        return ("p", event.timeout)
+    if isinstance(event, Start):
+        return ("s",)
+    if isinstance(event, Interrupted):
+        return ("i",)
+    return ("b",)
+
+
+def event_of(entry: Any) -> Event | None:
+    """The trainer event a journal entry encodes, or None for an entry of no event."""
+    if not isinstance(entry, (tuple, list)) or not entry:
+        return None
+    tag = entry[0]
+    if tag == "m":
+        return EpochEnded(int(entry[1]), dict(entry[2]))
+    if tag == "c":
+        _, path, epoch, is_best, size, mtime_ns, inode = entry
+        return CheckpointOffered(path, epoch, bool(is_best), FileStamp(size, mtime_ns, inode))
+    if tag == "f":
+        _, path, epoch, map50_95, size, mtime_ns, inode, timeout = entry
+        return FinishRequested(path, epoch, map50_95, FileStamp(size, mtime_ns, inode), timeout)
+    if tag == "p":
+        return FinishPending(float(entry[1]))
+    simple: dict[str, Event] = {"s": Start(), "i": Interrupted(), "b": Barrier()}
+    return simple.get(tag)
 
 
 class Journal:
@@ -103,11 +137,11 @@ class Journal:
     Args:
         path: The journal file (created if needed).
         seq: The last sequence number already used for this model.
-        inbox: Where each appended entry's job goes, as ``(seq, job, *args)``, under
-            the same lock, so the worker sees jobs in sequence order.
+        inbox: Where each appended event goes (see :data:`InboxItem`), under the same
+            lock, so the worker sees events in sequence order.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, seq: int, inbox: deque[Any]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, seq: int, inbox: deque[InboxItem]) -> None:
         self.path = Path(path)
         self.seq = seq
         self._inbox = inbox
@@ -137,19 +171,32 @@ class Journal:
         self._floats = memoryview(self._map).cast("d")
         self._capacity = len(self._words)
 
-    def append(self, entry: tuple[Any, ...], job: Any) -> None:
-        """Write ``entry`` and queue ``(seq, job)`` for the worker; returns at once."""
-        self._append(encode(entry), (job,))
+    def append(self, event: Event) -> None:
+        """Write ``event`` and queue ``(seq, event)`` for the worker; returns at once."""
+        self._append(encode(entry_of(event)), event)
 
-    def _append(self, data: bytes, job: tuple[Any, ...]) -> None:
+    def _append(self, data: bytes, event: Event) -> None:
         crc = _crc32(data)
         with self._lock:
             self.seq = seq = self.seq + 1
             self._write_entry(data, crc, seq)
-            self._inbox.append((seq, *job))
+            self._inbox.append((seq, event))
 
-    def append_metrics(self, epoch: int, metrics: Mapping[str, Any], job: MetricsJob) -> None:
-        """Write one epoch's metrics and queue the job that delivers them.
+    def event_of(self, item: InboxItem) -> Event:
+        """The event of an inbox item; a values record is read back from the journal."""
+        if len(item) == 2:
+            return item[1]
+        _, at, names, epoch = item
+        with self._lock:
+            frozen = self._frozen
+            if frozen is None:
+                values = self._floats[at + 2 : at + 2 + len(names)].tolist()
+            else:
+                values = list(struct.unpack_from(f"={len(names)}d", frozen, (at + 2) * 8))
+        return EpochEnded(epoch, dict(zip(names, values, strict=True)))
+
+    def append_metrics(self, epoch: int, metrics: Mapping[str, Any]) -> None:
+        """Write one epoch's metrics and queue them for the worker.
 
         With the schema's names in the schema's order and float values, a values
         record; otherwise an entry record ``("m", epoch, metrics)``.
@@ -177,11 +224,11 @@ class Journal:
                     words[at + 1] = seq
                     words[at] = epoch << 32 | VALUES | len(names)  # the commit
                     self._at = i + 1
-                    self._inbox.append((seq, deliver_values, self, at, names, epoch, job))
+                    self._inbox.append((seq, at, names, epoch))
                     return
-        self._append_other(epoch, metrics, job)
+        self._append_other(epoch, metrics)
 
-    def _append_other(self, epoch: int, metrics: Mapping[str, Any], job: MetricsJob) -> None:
+    def _append_other(self, epoch: int, metrics: Mapping[str, Any]) -> None:
         item = dict(metrics)
         names = tuple(item)
         fits = (
@@ -197,9 +244,9 @@ class Journal:
                 else:
                     self._wanted = names
             if self._names == names:
-                return self.append_metrics(epoch, item, job)
-        entry = ("m", epoch, item)
-        self._append(encode(entry), (job, epoch, item))
+                return self.append_metrics(epoch, item)
+        event = EpochEnded(epoch, item)
+        self._append(encode(entry_of(event)), event)
 
     def _set_schema(self, names: tuple[str, ...]) -> None:
         data = encode(("k", names))
@@ -259,9 +306,22 @@ class Journal:
             self._map.close()
 
 
-def queued_epoch(item: tuple[Any, ...]) -> int | None:
-    """The epoch of an inbox item that delivers a values record, else None."""
-    return int(item[5]) if item[1] is deliver_values else None
+def queued_epoch(item: InboxItem) -> int | None:
+    """The epoch of an inbox item that ends an epoch, else None."""
+    if len(item) == 4:
+        return item[3]
+    event = item[1]
+    return event.epoch if isinstance(event, EpochEnded) else None
+
+
+def events(path: str | os.PathLike[str], *, after: int) -> list[tuple[int, Event]]:
+    """The trainer events of the intact records newer than ``after`` (see :func:`replay`)."""
+    out = []
+    for seq, entry in replay(path, after=after):
+        event = event_of(entry)
+        if event is not None:
+            out.append((seq, event))
+    return out
 
 
 def replay(path: str | os.PathLike[str], *, after: int) -> list[tuple[int, Any]]:

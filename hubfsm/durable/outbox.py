@@ -21,6 +21,7 @@ import attrs
 import platformdirs
 
 from hubfsm.core.changes import Change, Saved
+from hubfsm.core.events import FileStamp
 from hubfsm.durable.outbox_db import OutboxDB
 from hubfsm.errors import HubfsmError
 from hubfsm.transport import FilePart
@@ -44,19 +45,10 @@ def default_root() -> Path:
 # -- the outbox ----------------------------------------------------------------------
 
 
-@attrs.frozen
-class FileStamp:
-    """What a file looked like when the trainer handed it over (from ``os.stat``)."""
-
-    size: int
-    mtime_ns: int
-    inode: int
-
-    @classmethod
-    def of(cls, path: str | os.PathLike[str]) -> FileStamp:
-        """Stat ``path`` now."""
-        st = os.stat(path)
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
+def stamp_of(path: str | os.PathLike[str]) -> FileStamp:
+    """What ``path`` looks like now (``os.stat``)."""
+    st = os.stat(path)
+    return FileStamp(st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 class Outbox:
@@ -138,7 +130,7 @@ class Outbox:
         longer matches the file before or after copying, the trainer has overwritten
         it since, and None is returned (a newer offer supersedes this one).
         """
-        if stamp is not None and FileStamp.of(path) != stamp:
+        if stamp is not None and stamp_of(path) != stamp:
             return None
         tmp = self.files / f".incoming-{os.getpid()}"
         digest = hashlib.sha256()
@@ -150,7 +142,7 @@ class Outbox:
                 size += len(chunk)
             dst.flush()
             os.fsync(dst.fileno())
-        if stamp is not None and FileStamp.of(path) != stamp:
+        if stamp is not None and stamp_of(path) != stamp:
             tmp.unlink()
             return None
         sha = digest.hexdigest()

@@ -7,32 +7,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from hubfsm.core import protocol
 from hubfsm.core.changes import Change, MetricsQueued, Offered, Saved
 from hubfsm.core.engine import Core
-from hubfsm.durable.journal import replay
-from hubfsm.durable.outbox import FileStamp, Outbox
+from hubfsm.core.events import CheckpointOffered, EpochEnded
+from hubfsm.durable.journal import events
+from hubfsm.durable.outbox import Outbox
 
 log = structlog.get_logger("hubfsm")
 
 JOURNAL = "journal"
 
-# Journal entries: ``("m", epoch, metrics)`` for ``log_metrics`` (built inline there,
-# where every call counts), and :func:`checkpoint_entry` for ``save_checkpoint``.
-
 
 def journal_path(outbox: Outbox) -> Path:
     """Where the trainer's journal of an outbox lies."""
     return outbox.directory / JOURNAL
-
-
-def checkpoint_entry(path: str, epoch: int, is_best: bool, stamp: FileStamp) -> tuple[Any, ...]:
-    """The journal entry of ``save_checkpoint``."""
-    return ("c", path, epoch, is_best, stamp.size, stamp.mtime_ns, stamp.inode)
 
 
 def recover(outbox: Outbox, core: Core, *, now: float) -> Saved:
@@ -44,19 +36,16 @@ def recover(outbox: Outbox, core: Core, *, now: float) -> Saved:
     changes: list[Change] = []
     checkpoint = None
     last = outbox.journal_seq
-    for seq, entry in replay(journal_path(outbox), after=outbox.journal_seq):
+    for seq, event in events(journal_path(outbox), after=outbox.journal_seq):
         last = seq
-        if entry[0] == "m":
-            _, epoch, metrics = entry
-            changes.append(MetricsQueued(epoch, protocol.encode_metrics(metrics)))
-        elif entry[0] == "c":
-            _, path, epoch, is_best, size, mtime_ns, inode = entry
-            stamp = FileStamp(size, mtime_ns, inode)
+        if isinstance(event, EpochEnded):
+            changes.append(MetricsQueued(event.epoch, protocol.encode_metrics(event.metrics)))
+        elif isinstance(event, CheckpointOffered):
             part = None
-            if os.path.exists(path):
-                part = outbox.snapshot(path, name="last.pt", stamp=stamp)
+            if os.path.exists(event.path):
+                part = outbox.snapshot(event.path, name="last.pt", stamp=event.stamp)
             if part is not None:
-                checkpoint = (epoch, part, is_best)
+                checkpoint = (event.epoch, part, event.is_best)
                 changes.append(Offered("checkpoint", checkpoint))
     if last != outbox.journal_seq:
         outbox.apply(changes, journal_seq=last)

@@ -1,79 +1,24 @@
-"""The calling-thread runner: one thread drives the core with a virtual (or real) clock.
+"""The inline shell: the driver runs on the calling thread, on a virtual (or real) clock.
 
 Requests go through any :class:`~hubfsm.transport.Transport` (in practice the in-memory
 hub behind a fault injector that advances the same clock), so a whole training session
-runs in milliseconds and a seed replays it exactly. With a :class:`RealClock` the same
-runner drives a session over real HTTP, still on the calling thread, so an observer sees
-every request and outcome in order.
+runs in milliseconds and a seed replays it exactly. Trainer calls wait in the driver's
+inbox until the simulation lets time pass (:meth:`SimRunner.run_until`); the calls that
+wait for the hub (opening, ``finish``) run the driver until what they wait for holds.
+With a :class:`RealClock` the same shell drives a session over real HTTP, still on the
+calling thread, so an observer sees every request and outcome in order.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Protocol
+from collections.abc import Callable
 
-from hubfsm.core.engine import Core, Send
-from hubfsm.transport import Outcome, Transport, TransportError
+from hubfsm.core.engine import Core
+from hubfsm.core.events import Event
+from hubfsm.runtime.clocks import Clock, RealClock, VirtualClock
+from hubfsm.runtime.driver import Driver, Observer
 
-
-class Clock(Protocol):
-    """What the runner needs of a clock."""
-
-    def __call__(self) -> float:
-        """The current time in seconds."""
-
-    def sleep(self, seconds: float) -> None:
-        """Let ``seconds`` pass."""
-
-    def sleep_until(self, when: float) -> None:
-        """Let time pass until ``when`` (no-op if it is past)."""
-
-
-class VirtualClock:
-    """Time that moves only when told to."""
-
-    def __init__(self, start: float = 0.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        """The current virtual time."""
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        """Let ``seconds`` of virtual time pass."""
-        self.now += max(0.0, seconds)
-
-    def sleep_until(self, when: float) -> None:
-        """Jump to ``when`` unless the clock is already past it."""
-        if when > self.now:
-            self.now = when
-
-
-class RealClock:
-    """The monotonic clock, with real sleeps."""
-
-    def __call__(self) -> float:
-        """Seconds on the monotonic clock."""
-        return time.monotonic()
-
-    def sleep(self, seconds: float) -> None:
-        """Sleep ``seconds``."""
-        if seconds > 0.0:
-            time.sleep(seconds)
-
-    def sleep_until(self, when: float) -> None:
-        """Sleep until the monotonic clock reads ``when``."""
-        self.sleep(when - time.monotonic())
-
-
-class Observer(Protocol):
-    """Watches each request the runner sends (for traces and invariant checks)."""
-
-    def sent(self, now: float, send: Send) -> None:
-        """A request is about to leave."""
-
-    def answered(self, now: float, send: Send, outcome: Outcome) -> None:
-        """The request's outcome came back."""
+__all__ = ["Clock", "Observer", "RealClock", "RunTimeout", "SimRunner", "VirtualClock"]
 
 
 class RunTimeout(RuntimeError):
@@ -81,70 +26,79 @@ class RunTimeout(RuntimeError):
 
 
 class SimRunner:
-    """Drives a :class:`Core` on the calling thread.
+    """Runs a :class:`Driver` on the calling thread.
 
     Args:
-        core: The session's core.
-        transport: Where requests go; it may advance ``clock`` (latency, timeouts).
-        clock: The clock; a :class:`VirtualClock` makes runs instant and repeatable.
-        latency: Seconds each request takes on top of what the transport adds (virtual
-            clocks only; pass 0 with a real one).
-        observer: Told of every request and outcome.
+        driver: The driver, on a clock the transport may advance (latency, timeouts).
         max_steps: A bound on requests per run call, so a bug cannot spin.
         deadline: Clock time after which a run call raises :class:`RunTimeout`.
     """
 
     def __init__(
-        self,
-        core: Core,
-        transport: Transport,
-        clock: Clock,
-        *,
-        latency: float = 0.05,
-        observer: Observer | None = None,
-        max_steps: int = 100_000,
-        deadline: float = float("inf"),
+        self, driver: Driver, *, max_steps: int = 100_000, deadline: float = float("inf")
     ) -> None:
-        self.core = core
-        self.transport = transport
-        self.clock = clock
-        self.latency = latency
-        self.observer = observer
+        self.driver = driver
+        self.core = driver.core
+        self.clock = driver.clock
+        self.inbox = driver.inbox
         self.max_steps = max_steps
         self.deadline = deadline
 
-    def step(self) -> float | None:
-        """Send one due request, or say when the next one is due.
+    # -- what a session asks of its shell -------------------------------------------
 
-        Returns:
-            None after sending; otherwise the time the core wants to wake (``inf`` if never).
+    @property
+    def alive(self) -> bool:
+        """Always False: there is no other thread."""
+        return False
+
+    def start(self) -> None:
+        """Nothing to start: the driver runs when time passes."""
+
+    def submit(self, event: Event) -> None:
+        """Queue ``event``; it is taken in when time next passes."""
+        self.inbox.append((0, event))
+
+    def call(self, event: Event, *, timeout: float = 60.0) -> None:
+        """Take ``event`` in now (after everything queued before it).
+
+        Raises:
+            Exception: What applying the event raised.
         """
-        clock = self.clock
-        now = clock()
+        ticket = self.driver.watch(event)
+        self.inbox.append((0, event))
+        self.driver.drain()
+        if ticket.error is not None:
+            if ticket.error in self.driver.errors:
+                self.driver.errors.remove(ticket.error)
+            raise ticket.error
+
+    def wake_up(self) -> None:
+        """Nothing to wake: queued events are taken in when time next passes."""
+
+    def wait_for(self, predicate: Callable[[Core], bool], timeout: float | None) -> bool:
+        """Run the driver until ``predicate(core)`` holds, or ``timeout`` seconds pass."""
+        end = self.clock() + (1e9 if timeout is None else timeout)
+        return self._run(lambda: predicate(self.core), end)
+
+    def stop(self, *, timeout: float) -> None:
+        """Run the driver for at most ``timeout`` seconds more, while anything is pending."""
+        core = self.core
+        self._run(lambda: core.drained or core.state in ("done", "failed"), self.clock() + timeout)
+        self.driver.drain()
+
+    # -- what the simulator asks ----------------------------------------------------
+
+    def step(self) -> float | None:
+        """Take in queued events, then send one due request or say when one is due."""
+        now = self.clock()
         if now >= self.deadline:
             raise RunTimeout(f"the run went past its deadline at t={now:.3f}")
-        action = self.core.poll(now)
-        if not isinstance(action, Send):
-            return float("inf") if action.until is None else action.until
-        observer = self.observer
-        if observer is not None:
-            # The time the core decided at, so limits are checked against its own view.
-            observer.sent(now, action)
-        outcome: Outcome
-        try:
-            outcome = self.transport.send(action.request)
-        except TransportError as exc:
-            outcome = exc
-        if self.latency:
-            clock.sleep(self.latency)
-        now = clock()
-        if observer is not None:
-            observer.answered(now, action, outcome)
-        self.core.receive(action.op_id, outcome, now=now)
-        return None
+        if self.inbox:
+            self.driver.drain()
+        return self.driver.step()
 
     def run_until(self, until: float) -> None:
-        """Run the core until clock time ``until``; the clock ends there or just past it."""
+        """Run until clock time ``until``; the clock ends there or just past it."""
         clock = self.clock
         for _ in range(self.max_steps):
             wake = self.step()
@@ -152,17 +106,26 @@ class SimRunner:
                 continue
             if wake > until:
                 clock.sleep_until(min(until, self.deadline))
+                if self.inbox:
+                    self.driver.drain()
                 return
             clock.sleep_until(wake)
         raise RuntimeError(f"no progress after {self.max_steps} steps at t={clock():.3f}")
 
     def run_while(self, states: tuple[str, ...], *, limit: float) -> None:
         """Run while the core is in one of ``states``, for at most ``limit`` seconds."""
+        core = self.core
+        self._run(lambda: core.state not in states, self.clock() + limit)
+
+    def _run(self, done: Callable[[], bool], end: float) -> bool:
         clock = self.clock
-        end = clock() + limit
         for _ in range(self.max_steps):
-            if self.core.state not in states or clock() >= end:
-                return
+            if self.inbox:
+                self.driver.drain()
+            if done():
+                return True
+            if clock() >= end:
+                return False
             wake = self.step()
             if wake is None:
                 continue

@@ -9,10 +9,9 @@ acknowledged is kept in a durable outbox (see :mod:`hubfsm.durable.outbox`).
 from __future__ import annotations
 
 import os
-import random
 import sys
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,42 +19,35 @@ import structlog
 
 from hubfsm.core import protocol
 from hubfsm.core.changes import describe_pending
-from hubfsm.core.engine import Core, CoreConfig
-from hubfsm.core.identifier import DEFAULT_WEB_ROOT, WEB_ROOT_ENV, Identifier, parse_identifier
-from hubfsm.durable.files import describe
-from hubfsm.durable.journal import Journal, queued_epoch
-from hubfsm.durable.outbox import FileStamp, Outbox
-from hubfsm.durable.recovery import checkpoint_entry, journal_path, recover
+from hubfsm.core.engine import CoreConfig
+from hubfsm.core.events import (
+    Barrier,
+    CheckpointOffered,
+    EpochEnded,
+    FinishPending,
+    FinishRequested,
+    Interrupted,
+    Start,
+)
+from hubfsm.durable.journal import queued_epoch
+from hubfsm.durable.outbox import stamp_of
 from hubfsm.errors import (
     DeliveryIncomplete,
     HubfsmError,
     HubUnavailableError,
     IllegalEventError,
 )
+from hubfsm.runtime.driver import QUIET
 from hubfsm.runtime.exits import ExitHooks
-from hubfsm.runtime.worker import ThreadRunner
-from hubfsm.transport import FilePart, Transport
+from hubfsm.runtime.factory import Parts, build
+from hubfsm.runtime.settings import OFFLINE_ENV, Settings
+from hubfsm.transport import Transport
+
+__all__ = ["OFFLINE_ENV", "Session"]
 
 log = structlog.get_logger("hubfsm")
 
-#: Environment variable that turns offline mode on (``1``, ``true`` or ``yes``).
-OFFLINE_ENV = "HUBFSM_OFFLINE"
-
 _SETTLED = ("done", "resumable", "failed")
-
-
-def _log_change(model: list[str | None]) -> Callable[[str, str, str], None]:
-    def changed(source: str, event: str, dest: str) -> None:
-        if source != dest:
-            log.info(
-                "session.transition", model_id=model[0], source=source, trigger=event, dest=dest
-            )
-
-    return changed
-
-
-def _offline_default() -> bool:
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 class Session:
@@ -111,99 +103,96 @@ class Session:
         exit_timeout: float = 10.0,
         handle_signals: bool = False,
     ) -> None:
-        self.web_root = (web_root or os.environ.get(WEB_ROOT_ENV) or DEFAULT_WEB_ROOT).rstrip("/")
-        parsed = parse_identifier(identifier, web_root=self.web_root)
-        self.identifier: Identifier = parsed
-        self.offline = _offline_default() if offline is None else offline
-        if self.offline and parsed.model_id is None:
-            raise HubfsmError(
-                "offline mode needs an existing model id: create the model online first"
-            )
-        if self.offline and not outbox:
-            raise HubfsmError("offline mode needs the outbox: it is where everything waits")
-        if transport is None:
-            key = api_key or parsed.api_key or os.environ.get("HUB_API_KEY")
-            if not key:
-                raise HubfsmError(
-                    "no API key: pass api_key=, use an 'apiKey_modelId' identifier, "
-                    "or set HUB_API_KEY"
-                )
-            from transports.http import RequestsTransport
+        settings = Settings.resolve(
+            identifier,
+            api_key=api_key,
+            api_root=api_root,
+            web_root=web_root,
+            train_args=train_args,
+            config=config,
+            open_timeout=open_timeout,
+            seed=seed,
+            outbox=outbox,
+            journal=journal,
+            outbox_dir=outbox_dir,
+            offline=offline,
+            exit_timeout=exit_timeout,
+            handle_signals=handle_signals,
+        )
+        self._setup(build(settings, transport=transport))
 
-            transport = RequestsTransport(key, api_root=api_root)
-        self._model_box: list[str | None] = [parsed.model_id]
-        core = Core(config, rng=random.Random(seed), on_change=_log_change(self._model_box))
-        core.offline = self.offline
-        self._core = core
-        self._runner = runner = ThreadRunner(core, transport)
-        self._inbox = runner.inbox
-        self._wake = runner.wake
-        self._journal: Journal | None = None
-        self._outbox: Outbox | None = None
-        self._outbox_dir = outbox_dir
-        self._use_journal = journal
+    @classmethod
+    def compose(cls, parts: Parts) -> Session:
+        """Open a session on parts already built (see :func:`hubfsm.runtime.factory.build`).
+
+        It raises what the constructor raises.
+        """
+        session = cls.__new__(cls)
+        session._setup(parts)
+        return session
+
+    def _setup(self, parts: Parts) -> None:
+        settings = parts.settings
+        self._settings = settings
+        self.web_root = settings.web_root
+        self.identifier = settings.identifier
+        self.offline = settings.offline
+        self.exit_timeout = settings.exit_timeout
+        self._core = core = parts.core
+        self._driver = parts.driver
+        self._log: Any = QUIET if parts.driver.quiet else log
+        self._shell = shell = parts.shell
+        self._inbox = parts.driver.inbox
+        self._durability = durability = parts.durability
         self._accepting = False
         self._closed = False
         self._next_epoch = 0
-        self.exit_timeout = exit_timeout
+        self._hooks: ExitHooks | None = None
+        model_id = settings.identifier.model_id
         # A known model's outbox is taken back before the hub is asked, so a final
         # upload that landed before a crash can be confirmed instead of refused.
-        if outbox and parsed.model_id is not None:
-            self._attach_outbox(parsed.model_id)
+        if durability is not None and model_id is not None:
+            durability.attach(model_id, core, now=shell.clock())
         try:
-            self._open(parsed, train_args, open_timeout)
-            if outbox and self._outbox is None and core.model_id is not None:
-                self._runner.call(lambda c, now: self._attach_outbox(core.model_id or ""))
+            self._open()
         except BaseException:
             self._release()
             raise
-        self._model_box[0] = core.model_id
-        self._hooks = ExitHooks(self._at_exit, signals=handle_signals)
-        log.info("session.opened", model_id=core.model_id, state=core.state)
+        if settings.at_exit:
+            self._hooks = ExitHooks(self._at_exit, signals=settings.handle_signals)
+        self._log.info("session.opened", model_id=core.model_id, state=core.state)
 
-    def _attach_outbox(self, model_id: str) -> None:
-        outbox = Outbox.open(model_id, self._outbox_dir)
-        try:
-            recover(outbox, self._core, now=self._runner.clock())
-        except BaseException:
-            outbox.close()
-            raise
-        runner = self._runner
-        runner.outbox = self._outbox = outbox
-        if self._use_journal:
-            self._journal = Journal(
-                journal_path(outbox), seq=outbox.journal_seq, inbox=runner.inbox
-            )
-            runner.journal = self._journal
-        self._core.durable = True
-
-    def _open(
-        self, parsed: Identifier, train_args: Mapping[str, Any] | None, open_timeout: float
-    ) -> None:
+    def _open(self) -> None:
+        settings = self._settings
+        parsed = settings.identifier
         core = self._core
         create = None
         if parsed.filename is not None:
-            create = protocol.create_payload(parsed.filename, train_args or {})
-        core.open(parsed, create=create, now=self._runner.clock())
-        self._runner.start()
-        opened = self._runner.wait_for(lambda c: c.state != "resolved", open_timeout)
+            create = protocol.create_payload(parsed.filename, settings.train_args)
+        core.open(parsed, create=create, now=self._shell.clock())
+        self._shell.start()
+        timeout = settings.open_timeout
+        opened = self._shell.wait_for(lambda c: c.state != "resolved", timeout)
         if opened and core.state != "failed":
+            # A created model's outbox opens on the worker once the hub gave the id.
+            self._shell.call(Barrier())
+            durability = self._durability
+            if durability is not None and durability.error is not None:
+                raise durability.error
             return
         error = core.error
         if core.state == "failed" and error is not None:
             raise error
         raise HubUnavailableError(
-            f"the hub did not load or create the model within {open_timeout:g}s"
+            f"the hub did not load or create the model within {timeout:g}s"
             + (f"; last failure: {core.last_failure}" if core.last_failure else "")
         )
 
     def _release(self) -> None:
-        self._runner.stop(timeout=0.0)
-        if self._journal is not None:
-            self._journal.close()
-        if self._outbox is not None:
+        self._shell.stop(timeout=0.0)
+        if self._durability is not None:
             # An outbox with nothing left is only clutter; a later session recreates it.
-            self._outbox.close(remove=self._core.drained and not self._runner.inbox)
+            self._durability.close(remove=self._core.drained and not self._inbox)
 
     # -- read-only views ------------------------------------------------------------
 
@@ -237,7 +226,7 @@ class Session:
     @property
     def outbox_dir(self) -> Path | None:
         """This session's outbox directory, if it keeps one."""
-        return None if self._outbox is None else self._outbox.directory
+        return None if self._durability is None else self._durability.directory
 
     @property
     def error(self) -> HubfsmError | None:
@@ -250,7 +239,7 @@ class Session:
         Epochs logged but not yet taken in by the worker count too.
         """
         counts = self._core.pending()
-        queued = {_queued_epoch(item) for item in list(self._inbox)} - {None}
+        queued = {queued_epoch(item) for item in list(self._inbox)} - {None}
         counts["metrics"] += len(queued)
         return counts
 
@@ -273,7 +262,7 @@ class Session:
     def start(self) -> None:
         """Training begins: heartbeats start. Returns once the session is ``training``."""
         self._check("start", ("created", "loaded"))
-        self._runner.call(lambda core, now: core.start(now=now), timeout=10.0)
+        self._shell.call(Start(), timeout=10.0)
         self._accepting = self._core.state == "training"
 
     def log_metrics(self, metrics: Mapping[str, Any], *, epoch: int | None = None) -> None:
@@ -288,13 +277,14 @@ class Session:
         if epoch is None:
             epoch = self._next_epoch
         self._next_epoch = epoch + 1
-        journal = self._journal
+        durability = self._durability
+        journal = None if durability is None else durability.journal
         # No wake-up: metrics go out at most every 3 s anyway, and the worker looks at
         # the inbox at least every quarter second.
         if journal is None:
-            self._inbox.append((0, _epoch_end, epoch, dict(metrics)))
+            self._inbox.append((0, EpochEnded(epoch, dict(metrics))))
         else:
-            journal.append_metrics(epoch, metrics, _epoch_end)
+            journal.append_metrics(epoch, metrics)
 
     def save_checkpoint(
         self, path: str | os.PathLike[str], *, epoch: int, is_best: bool = False
@@ -309,26 +299,16 @@ class Session:
         if not self._accepting:
             raise IllegalEventError(self._core.state, "checkpoint")
         file = os.fspath(path)
-        stamp = FileStamp.of(file)  # a missing file is the caller's error, raised here
-        outbox = self._outbox
-        held = outbox.hold(file) if outbox is not None else None
-        source = held or file
-
-        def job(core: Core, now: float) -> None:
-            part = _take(outbox, source, "last.pt", stamp)
-            if held is not None:
-                os.unlink(held)
-            if part is None:
-                log.info("checkpoint.superseded", model_id=core.model_id, epoch=epoch)
-                return
-            core.checkpoint(epoch, part, is_best=is_best, now=now)
-
-        if self._journal is not None:
-            self._journal.append(checkpoint_entry(source, epoch, is_best, stamp), job)
-            if not self._wake.is_set():
-                self._wake.set()
+        stamp = stamp_of(file)  # a missing file is the caller's error, raised here
+        durability = self._durability
+        held = durability.hold(file) if durability is not None else None
+        event = CheckpointOffered(held or file, epoch, is_best, stamp, held)
+        journal = None if durability is None else durability.journal
+        if journal is None:
+            self._shell.submit(event)
         else:
-            self._runner.submit(job)
+            journal.append(event)
+            self._shell.wake_up()
 
     def finish(
         self,
@@ -357,19 +337,8 @@ class Session:
             raise IllegalEventError(self._core.state, "finish")
         last = max(self._next_epoch - 1 if epoch is None else epoch, 0)
         file = os.fspath(path)
-        stamp = FileStamp.of(file)
-        outbox = self._outbox
-        offline = self.offline
-
-        def job(core: Core, now: float) -> None:
-            part = _take(outbox, file, "best.pt", stamp)
-            if part is None:
-                raise HubfsmError(f"{file} changed while it was being read; call finish again")
-            core.finish(last, part, map50_95=map50_95, now=now, timeout=timeout)
-            if offline:
-                core.interrupt(now=now)
-
-        self._runner.call(job, timeout=max(60.0, timeout))
+        event = FinishRequested(file, last, map50_95, stamp_of(file), timeout)
+        self._shell.call(event, timeout=max(60.0, timeout))
         self._accepting = False
         self._settle(timeout)
 
@@ -384,20 +353,15 @@ class Session:
         saved = self._core.saved_final
         if saved is None or not self._accepting:
             raise HubfsmError("no final weights are pending for this model")
-        epoch, part, map50_95 = saved
-
-        def job(core: Core, now: float) -> None:
-            core.finish(epoch, part, map50_95=map50_95, now=now, timeout=timeout)
-
-        self._runner.call(job, timeout=60.0)
+        self._shell.call(FinishPending(timeout), timeout=60.0)
         self._accepting = False
         self._settle(timeout)
 
     def _settle(self, timeout: float) -> None:
-        self._runner.wait_for(lambda c: c.state in _SETTLED, timeout + 5.0)
+        self._shell.wait_for(lambda c: c.state in _SETTLED, timeout + 5.0)
         state = self._core.state
         if state == "done":
-            log.info("session.finished", model_id=self._core.model_id, **self.stats())
+            self._log.info("session.finished", model_id=self._core.model_id, **self.stats())
             return
         if self.offline and state == "resumable":
             return
@@ -409,8 +373,8 @@ class Session:
     def flush(self, *, timeout: float) -> bool:
         """Wait until nothing is pending (or ``timeout`` passes); True if all was sent."""
         # Everything queued before this call is taken in first, so it counts as pending.
-        self._runner.call(lambda core, now: None, timeout=timeout)
-        return self._runner.wait_for(lambda c: c.drained or c.state == "failed", timeout) and (
+        self._shell.call(Barrier(), timeout=timeout)
+        return self._shell.wait_for(lambda c: c.drained or c.state == "failed", timeout) and (
             self._core.drained
         )
 
@@ -424,12 +388,13 @@ class Session:
         if self._closed:
             return
         self._closed = True
-        self._hooks.remove()
+        if self._hooks is not None:
+            self._hooks.remove()
         limit = self.exit_timeout if timeout is None else timeout
         if self._accepting:
             self._accepting = False
-            self._runner.submit(lambda core, now: core.interrupt(now=now))
-        self._runner.stop(timeout=0.0 if self.offline else limit)
+            self._shell.submit(Interrupted())
+        self._shell.stop(timeout=0.0 if self.offline else limit)
         self._release()
         pending = self._core.pending()
         if any(pending.values()):
@@ -437,14 +402,14 @@ class Session:
 
     def _report_left(self, pending: dict[str, int]) -> None:
         left = describe_pending(pending)
-        log.warning(
+        self._log.warning(
             "session.closed_with_pending",
             model_id=self._core.model_id,
             pending=left,
             state=self._core.state,
         )
-        if self._outbox is not None:
-            where = self._outbox.directory
+        where = self.outbox_dir
+        if where is not None and self._log is log:
             print(
                 f"hubfsm: model {self._core.model_id}: {left} not on the hub yet; kept in "
                 f"{where}; they go first when this model's session opens again, or run "
@@ -471,24 +436,3 @@ class Session:
     def _check(self, event: str, states: tuple[str, ...]) -> None:
         if self._core.state not in states:
             raise IllegalEventError(self._core.state, event)
-
-
-def _epoch_end(epoch: int, metrics: dict[str, Any], core: Core, now: float) -> None:
-    """The worker's job for one ``log_metrics`` call."""
-    core.epoch_end(epoch, metrics, now=now)
-
-
-def _queued_epoch(item: tuple[Any, ...]) -> int | None:
-    """The epoch an inbox item ends, or None for other jobs."""
-    if item[1] is _epoch_end:
-        return int(item[2])
-    return queued_epoch(item)
-
-
-def _take(outbox: Outbox | None, path: str, name: str, stamp: FileStamp) -> FilePart | None:
-    """Describe a weight file for upload: a snapshot in the outbox, or the file itself."""
-    if outbox is not None:
-        return outbox.snapshot(path, name=name, stamp=stamp)
-    if FileStamp.of(path) != stamp:
-        return None
-    return describe(path, name)

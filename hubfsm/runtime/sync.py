@@ -8,6 +8,7 @@ interrupted sync leaves everything unsent in place, and running it again is safe
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -16,6 +17,9 @@ from hubfsm.durable.outbox import OutboxInfo, find, inspect
 from hubfsm.errors import HubfsmError
 from hubfsm.runtime.session import Session
 from hubfsm.transport import Transport
+
+#: Opens the session that sends one outbox.
+SessionOpener = Callable[[OutboxInfo], Session]
 
 
 def status(root: str | os.PathLike[str] | None, *, out: TextIO) -> int:
@@ -44,16 +48,20 @@ def _sync_one(
     transport: Transport | None,
     timeout: float,
     out: TextIO,
+    open_session: SessionOpener | None = None,
 ) -> bool:
     print(f"model {info.model_id}: sending {describe_pending(info.pending)} ...", file=out)
-    session = Session(
-        info.model_id,
-        api_key=api_key,
-        api_root=api_root,
-        transport=transport,
-        outbox_dir=info.directory.parent,
-        offline=False,
-    )
+    if open_session is not None:
+        session = open_session(info)
+    else:
+        session = Session(
+            info.model_id,
+            api_key=api_key,
+            api_root=api_root,
+            transport=transport,
+            outbox_dir=info.directory.parent,
+            offline=False,
+        )
     try:
         if session.state != "failed" and session.pending()["final"]:
             session.finish_pending(timeout=timeout)
@@ -86,8 +94,13 @@ def sync(
     transport: Transport | None = None,
     timeout: float = 600.0,
     out: TextIO,
+    open_session: SessionOpener | None = None,
 ) -> int:
-    """Send every pending outbox under ``root``; 0 when all of them are empty afterwards."""
+    """Send every pending outbox under ``root``; 0 when all of them are empty afterwards.
+
+    ``open_session`` opens the session that sends one outbox (the simulator composes
+    one on its virtual clock); by default an ordinary :class:`Session`.
+    """
     infos = inspect(find(root))
     todo = [i for i in infos if any(i.pending.values())]
     if not todo:
@@ -106,6 +119,7 @@ def sync(
                 transport=transport,
                 timeout=timeout,
                 out=out,
+                open_session=open_session,
             )
         except HubfsmError as exc:
             print(f"model {info.model_id}: {exc}; its records stay in {info.directory}", file=out)

@@ -26,6 +26,7 @@ from hubfsm.core.retry import ChannelPolicies, RetryPolicy
 from hubfsm.hub.domain import Audit, Hub
 from hubfsm.hub.faults import FaultMix
 from hubfsm.hub.server import LocalHub
+from hubfsm.runtime.driver import Driver
 from hubfsm.runtime.inline import RealClock, SimRunner
 from hubfsm.sim.invariants import Checker
 from hubfsm.sim.profiles import PROFILES, Profile, Scenario, Schedule, Window
@@ -163,14 +164,8 @@ class HttpWorld(Stage):
             progress=False,
         )
         self.transport = _HubControl(self, http, scenario)
-        self.runner = SimRunner(
-            self.core,
-            self.transport,
-            clock,
-            latency=0.0,
-            observer=self.checker,
-            deadline=origin + HARD_TIMEOUT,
-        )
+        driver = Driver(self.core, self.transport, clock=clock, observer=self.checker, quiet=True)
+        self.runner = SimRunner(driver, deadline=origin + HARD_TIMEOUT)
         self.logged = []
         self.expected_sha = None
 

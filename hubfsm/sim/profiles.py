@@ -98,6 +98,9 @@ class Profile:
         expect: How every session must end.
         crashes: ``(lo, hi)``: how many times the process dies, each time right after a
             request left (it may land; its answer is lost), and restarts from its outbox.
+        abandon: The chance that, in a profile with crashes, the trainer's last life is
+            killed between two of its calls and does not come back: ``hubfsm sync``
+            then sends what the outbox and the journal hold.
     """
 
     name: str
@@ -110,6 +113,7 @@ class Profile:
     http_faults: FaultMix = FaultMix()
     expect: Expect = "done"
     crashes: tuple[int, int] = (0, 0)
+    abandon: float = 0.0
 
     @property
     def max_latency(self) -> float:

@@ -8,11 +8,16 @@ The profiles (what the hub and the trainer do) live in :mod:`hubfsm.sim.profiles
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import os
 import random
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -20,20 +25,33 @@ import attrs
 from hubfsm.core import protocol
 from hubfsm.core.engine import Core, CoreConfig, Limits
 from hubfsm.core.identifier import parse_identifier
+from hubfsm.durable.outbox import OutboxInfo
+from hubfsm.errors import HubfsmError
 from hubfsm.hub.domain import Audit, Hub
 from hubfsm.hub.store_memory import MemoryStore
+from hubfsm.runtime.driver import Driver
+from hubfsm.runtime.factory import Parts, build
 from hubfsm.runtime.inline import Clock, SimRunner, VirtualClock
+from hubfsm.runtime.session import Session
+from hubfsm.runtime.settings import Settings
+from hubfsm.runtime.sync import sync
+from hubfsm.sim.crash import RESTART_SECONDS, Crash, DyingTransport
 from hubfsm.sim.invariants import CRASH, Checker, Entry, Violation
 from hubfsm.sim.profiles import PROFILES, Expect, Profile, Scenario, Window, mix_text
 from hubfsm.transport import FilePart, Request, Response, Transport
 from transports.faults import FaultInjectingTransport
 from transports.memory import InMemoryTransport
 
-__all__ = ["EPOCH_ZERO", "PROFILES", "TIMEOUT", "Profile", "SimResult", "World", "run_seed"]
+__all__ = [
+    "EPOCH_ZERO", "PROFILES", "TIMEOUT", "Bugs", "Profile", "SimResult", "World", "run_seed",
+]  # fmt: skip
 
 _ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 _METRIC_KEYS = tuple(f"metrics/m{i}" for i in range(8))
+
+#: Virtual seconds each request takes on top of what the fault injector adds.
+LATENCY = 0.05
 
 #: Virtual seconds a request times out after, in the simulated transport.
 TIMEOUT = 30.0
@@ -161,8 +179,27 @@ class Stage:
         """The hub as it is now."""
         raise NotImplementedError
 
+    #: Request numbers at which the process dies (a world without crashes has none).
+    deaths: set[int] = set()
+    #: True once the trainer has finished (or died inside ``finish``).
+    finishing = False
+    #: True once the trainer was killed for good, leaving the rest to ``hubfsm sync``.
+    gave_up = False
+
     def accepted(self) -> None:
         """A trainer's call returned (a real session has the event in its journal now)."""
+
+    def start(self) -> None:
+        """The trainer starts training."""
+        self.core.start(now=self.clock())
+        self.accepted()
+
+    def restart(self) -> None:
+        """The process died: start a new one (only worlds with crashes have deaths)."""
+        raise NotImplementedError
+
+    def wrap_up(self) -> None:
+        """The trainer is gone: end the session the way a process ends."""
 
     def open(self, *, create: bool, timeout: float = 3600.0) -> None:
         """Open the session on a new local file (``create``) or on a model the hub has.
@@ -242,16 +279,41 @@ class Stage:
         )
 
 
+@attrs.frozen
+class Bugs:
+    """Bugs planted in the client's layers, so tests can show the simulator finds them.
+
+    Attributes:
+        core_factory: Makes the core, called like :class:`Core`.
+        driver_factory: Makes the driver, called like :class:`Driver`.
+        sync_recover: The recovery ``hubfsm sync``'s sessions run, instead of the real one.
+        nonce_from_seed: Sessions take their idempotency keys' nonce from the user's seed
+            (the same in every process) instead of from fresh randomness.
+    """
+
+    core_factory: CoreFactory = Core
+    driver_factory: Callable[..., Driver] = Driver
+    sync_recover: Callable[..., Any] | None = None
+    nonce_from_seed: bool = False
+
+
 class World(Stage):
-    """One simulated session and everything around it: in-memory hub, virtual clock, faults.
+    """One simulated training run: real sessions on a virtual clock, an in-memory hub, faults.
+
+    The trainer's calls go to a real :class:`~hubfsm.runtime.session.Session` composed by
+    the same factory users get, with the inline shell on the virtual clock: the same
+    driver, journal, outbox, recovery and ``hubfsm sync`` code, on real files under
+    ``root``. A profile with crashes kills the process at drawn requests (and, with
+    ``abandon``, between two trainer calls, leaving the rest to ``hubfsm sync``).
 
     Args:
         seed: Fixes every random choice.
         profile: The faults, the windows and the trainer's pace.
+        root: A scratch directory for the outbox and the trainer's weight files.
         epochs: The epochs the trainer will run (fault windows fall within them).
         config: The core's limits and policies.
         check_limits: The limits the checker holds the core to; by default the core's own.
-        core_factory: Makes the core, called like :class:`Core`.
+        bugs: Bugs to plant.
     """
 
     def __init__(
@@ -259,20 +321,20 @@ class World(Stage):
         seed: int,
         profile: Profile,
         *,
+        root: Path,
         epochs: int = 50,
         config: CoreConfig | None = None,
         check_limits: Limits | None = None,
-        core_factory: CoreFactory = Core,
+        bugs: Bugs = Bugs(),
     ) -> None:
         self.seed = seed
         self.profile = profile
         self.rng = rng = random.Random(seed)
         self.clock = VirtualClock(EPOCH_ZERO)
-        config = config or CoreConfig()
+        self.config = config = config or CoreConfig()
         limits = check_limits or config.limits
         self.key = _token(rng, 42)
         self.hub = Hub(MemoryStore(), self.clock, seed=rng.getrandbits(32), keys=[self.key])
-        self.files: dict[str, bytes] = {}
         self.checker = Checker(
             self.clock,
             metrics=limits.metrics,
@@ -281,11 +343,9 @@ class World(Stage):
             heartbeat_slack=TIMEOUT + profile.max_latency + 0.1,
             origin=EPOCH_ZERO,
         )
-        self.core = core_factory(
-            config, rng=random.Random(rng.getrandbits(64)), on_change=self.checker.changed
-        )
+        self._life_rng = random.Random(rng.getrandbits(64))
         self.transport = FaultInjectingTransport(
-            InMemoryTransport(self.hub, self.key, read_file=self.files.__getitem__),
+            InMemoryTransport(self.hub, self.key),
             random.Random(rng.getrandbits(64)),
             profile.faults,
             sleep=self.clock.sleep,
@@ -303,14 +363,85 @@ class World(Stage):
                 revoke=lambda: self.hub.revoke_key(self.key),
                 note=self.checker.note,
             )
-        self.runner = SimRunner(self.core, outer, self.clock, observer=self.checker)
+        self.link = outer
+        self.quit_after: int | None = None
+        if profile.crashes[1] > 0:
+            crash_rng = random.Random(rng.getrandbits(64))
+            lo, hi = profile.crashes
+            # Requests run at about two per epoch: deaths fall in the first half or so.
+            self.deaths = {
+                crash_rng.randint(1, max(2, epochs)) for _ in range(crash_rng.randint(lo, hi))
+            }
+            self.link = DyingTransport(outer, self.deaths)
+            if crash_rng.random() < profile.abandon:
+                self.quit_after = crash_rng.randint(1, max(1, epochs - 1))
+            self._restart_rng = crash_rng
+        self.bugs = bugs
+        self.root = root
+        self.weights = root / "weights"
+        self.weights.mkdir(parents=True, exist_ok=True)
+        self.outboxes = root / "outbox"
+        self.session: Session | None = None
+        self.parts: Parts | None = None
+        self.model_id: str | None = None
+        self.finishing = False
+        self.restarts = 0
         self.logged = []
         self.expected_sha = None
+        self.core = bugs.core_factory(config)  # until the first session is composed
+        self.runner = SimRunner(Driver(self.core, outer, clock=self.clock, quiet=True))
+
+    # -- composing sessions ---------------------------------------------------------
+
+    def compose(self, identifier: str, *, timeout: float, sync: bool = False) -> Session | None:
+        """Compose a session as users get it (inline, on the virtual clock) and open it.
+
+        Returns:
+            The session, or None when opening failed (the core says how).
+        """
+        settings = Settings(
+            identifier=parse_identifier(identifier),
+            train_args={"data": "coco8"},
+            config=self.config,
+            open_timeout=timeout,
+            seed=self.seed if self.bugs.nonce_from_seed else None,
+            outbox_dir=self.outboxes,
+            exit_timeout=0.0,
+            at_exit=False,
+        )
+        rng = None if self.bugs.nonce_from_seed else random.Random(self._life_rng.getrandbits(64))
+        recover = self.bugs.sync_recover if sync else None
+        parts = build(
+            settings,
+            transport=self.link,
+            clock=self.clock,
+            inline=True,
+            observer=self.checker,
+            on_change=self.checker.changed,
+            rng=rng,
+            core_factory=self.bugs.core_factory,
+            driver_factory=self.bugs.driver_factory,
+            recover=recover,
+            latency=LATENCY,
+            quiet=True,
+        )
+        self.parts = parts
+        self.core = parts.core
+        assert isinstance(parts.shell, SimRunner)
+        self.runner = parts.shell
+        try:
+            session: Session | None = Session.compose(parts)
+        except HubfsmError:
+            session = None
+        if parts.core.model_id is not None:
+            self.model_id = parts.core.model_id
+        return session
 
     def _file(self, path: str, name: str, content: bytes) -> FilePart:
-        """Keep a weights file where the transport reads it from."""
-        self.files[path] = content
-        return FilePart(name, path, len(content), hashlib.sha256(content).hexdigest())
+        """Write a weights file where the trainer keeps it."""
+        target = self.weights / path.replace("/", "_")
+        target.write_bytes(content)
+        return FilePart(name, str(target), len(content), hashlib.sha256(content).hexdigest())
 
     def _existing_model(self) -> str:
         """Create a model on the hub behind the session's back, and return its id."""
@@ -322,6 +453,117 @@ class World(Stage):
     def hub_now(self) -> Hub:
         """The hub as it is now."""
         return self.hub
+
+    # -- the trainer ----------------------------------------------------------------
+
+    def open(self, *, create: bool, timeout: float = 3600.0) -> None:
+        """Open the session: the run's model if there is one, else a new or existing one."""
+        if self.model_id is not None:
+            identifier = self.model_id
+        else:
+            identifier = "yolov8n.pt" if create else self._existing_model()
+        self.session = self.compose(identifier, timeout=timeout)
+
+    def start(self) -> None:
+        """The trainer starts training."""
+        assert self.session is not None
+        self.session.start()
+
+    def epoch(self, *, checkpoint: bool) -> None:
+        """The trainer ends an epoch now: metrics, and maybe weights."""
+        session = self.session
+        assert session is not None
+        epoch = len(self.logged)
+        rng = self.rng
+        draw = rng.random
+        metrics = {key: round(draw(), 6) for key in _METRIC_KEYS}
+        metrics["train/loss"] = round(1.0 / (epoch + 1), 6)
+        session.log_metrics(metrics, epoch=epoch)
+        self.logged.append(epoch)
+        if checkpoint:
+            content = f"weights of epoch {epoch} seed {self.seed}".encode()
+            part = self._file(f"weights/epoch{epoch}.pt", "last.pt", content)
+            session.save_checkpoint(part.path, epoch=epoch, is_best=rng.random() < 0.3)
+        if self.quit_after is not None and len(self.logged) == self.quit_after:
+            self.gave_up = True
+            self.deaths.clear()  # this is the last death: the trainer does not come back
+            raise Crash(f"the process is killed after epoch {epoch}; the trainer gives up")
+
+    def finish(self, *, timeout: float = 7200.0) -> None:
+        """The trainer ends training and waits for the final upload (or its timeout)."""
+        session = self.session
+        assert session is not None
+        best = self._file("weights/best.pt", "best.pt", f"best of seed {self.seed}".encode())
+        self.expected_sha = best.sha256
+        last = max(len(self.logged) - 1, 0)
+        self.finishing = True
+        with contextlib.suppress(HubfsmError):
+            session.finish(best.path, epoch=last, map50_95=0.5, timeout=timeout)
+
+    # -- deaths and endings ---------------------------------------------------------
+
+    def _die(self) -> None:
+        """The process is gone: what it held is released as the kernel would, nothing more."""
+        parts = self.parts
+        if parts is not None and parts.durability is not None:
+            parts.durability.close(remove=False)
+        self.session = None
+        self.checker.restarted()
+        self.clock.sleep(self._restart_rng.uniform(*RESTART_SECONDS))
+
+    def restart(self) -> None:
+        """The process died and the trainer starts it again."""
+        self.restarts += 1
+        self._die()
+
+    def wrap_up(self) -> None:
+        """Close the trainer's session; if the trainer gave up, run ``hubfsm sync``."""
+        if self.gave_up:
+            self._die()
+            if self.model_id is not None:
+                self.sync()
+        elif self.session is not None:
+            self.session.close(timeout=0.0)
+
+    def sync(self) -> None:
+        """Run ``hubfsm sync`` over the run's outboxes, in a new simulated process."""
+        out = io.StringIO()
+
+        def open_session(info: OutboxInfo) -> Session:
+            session = self.compose(info.model_id, timeout=self.profile.patience, sync=True)
+            if session is None:
+                error = self.core.error
+                raise error if error is not None else HubfsmError("the hub did not answer")
+            return session
+
+        sync(self.outboxes, out=out, timeout=self.profile.patience, open_session=open_session)
+
+
+def _train(
+    world: Stage,
+    *,
+    create: bool,
+    epochs: int,
+    checkpoint_every: int,
+    epoch_seconds: tuple[float, float],
+    patience: float,
+) -> None:
+    """One life of the trainer: open (again), train the epochs left, finish."""
+    world.open(create=create, timeout=patience)
+    if world.core.state not in ("created", "loaded"):
+        return
+    world.start()
+    if not world.finishing:
+        while len(world.logged) < epochs:
+            world.runner.run_until(world.clock() + world.rng.uniform(*epoch_seconds))
+            if world.core.state != "training":
+                return
+            epoch = len(world.logged)
+            world.epoch(checkpoint=epoch % checkpoint_every == 0)
+    if world.core.state == "training":
+        # A trainer that died inside finish() calls it again with the same weights.
+        world.finishing = True
+        world.finish(timeout=patience)
 
 
 def play(
@@ -335,8 +577,10 @@ def play(
 ) -> None:
     """Run the trainer's side of a session in ``world``, then check how it ended.
 
-    An exception from the core or the runner is a failing run (a crash), not an abort,
-    so a whole batch of seeds still reports it with its replay command.
+    A process that dies (see :mod:`hubfsm.sim.crash`) is started again from what it
+    left on disk, as often as the world's deaths say. An exception from the client is a
+    failing run (a crash), not an abort, so a whole batch of seeds still reports it with
+    its replay command.
 
     Args:
         world: The session and everything around it.
@@ -346,20 +590,26 @@ def play(
         patience: Seconds the trainer waits for opening, and for the final upload.
         expect: How the session must end (see :meth:`Checker.finish`), or None.
     """
-    core, clock, rng = world.core, world.clock, world.rng
+    create = world.rng.random() < 0.5
     try:
-        world.open(create=rng.random() < 0.5, timeout=patience)
-        if core.state in ("created", "loaded"):
-            core.start(now=clock())
-            for epoch in range(epochs):
-                world.runner.run_until(clock() + rng.uniform(*epoch_seconds))
-                # The crash profile goes here: at a drawn epoch the world drops its core
-                # and runner, builds new ones from the durable outbox, and training resumes.
-                if core.state != "training":
+        for _ in range(len(world.deaths) + 1):
+            try:
+                _train(
+                    world,
+                    create=create,
+                    epochs=epochs,
+                    checkpoint_every=checkpoint_every,
+                    epoch_seconds=epoch_seconds,
+                    patience=patience,
+                )
+                break
+            except Crash:
+                if world.gave_up:
                     break
-                world.epoch(checkpoint=epoch % checkpoint_every == 0)
-            if core.state == "training":
-                world.finish(timeout=patience)
+                world.restart()
+        world.wrap_up()
+        if world.gave_up:
+            expect = None  # the trainer never finished: sync delivers, nothing more
     except Exception as exc:  # noqa: BLE001 - reported as the seed's failure
         world.checker.violate(CRASH, f"{type(exc).__name__}: {exc}")
         expect = None  # how it ended says nothing more once it crashed
@@ -400,9 +650,10 @@ def run_seed(
     config: CoreConfig | None = None,
     check_limits: Limits | None = None,
     core_factory: CoreFactory = Core,
+    bugs: Bugs | None = None,
     keep_trace: bool = True,
 ) -> SimResult:
-    """Simulate one training session and check the invariants.
+    """Simulate one training run through real sessions and check the invariants.
 
     Args:
         seed: Fixes every random choice of the run.
@@ -412,33 +663,36 @@ def run_seed(
         config: The core's limits and policies.
         check_limits: The limits the checker holds the core to; by default the core's own.
         core_factory: Makes the core, called like :class:`Core` (tests plant bugs with it).
+        bugs: Other bugs to plant (see :class:`Bugs`).
         keep_trace: Keep the trace of a run that broke nothing (a failing run keeps it).
     """
     started = time.perf_counter()
     prof = PROFILES[profile] if isinstance(profile, str) else profile
-    kwargs: dict[str, Any] = {
-        "epochs": epochs, "config": config, "check_limits": check_limits,
-        "core_factory": core_factory,
-    }  # fmt: skip
-    if prof.crashes[1] > 0:
-        from hubfsm.sim.crash import CrashWorld, play_crashing
-
-        crashing = CrashWorld(seed, prof, **kwargs)
-        play_crashing(
-            crashing,
+    planted = bugs if bugs is not None else Bugs()
+    if core_factory is not Core:
+        planted = attrs.evolve(planted, core_factory=core_factory)
+    with tempfile.TemporaryDirectory(prefix="hubfsm-sim-", dir=scratch_root()) as root:
+        world = World(
+            seed,
+            prof,
+            root=Path(root),
+            epochs=epochs,
+            config=config,
+            check_limits=check_limits,
+            bugs=planted,
+        )
+        play(
+            world,
             epochs=epochs,
             checkpoint_every=checkpoint_every,
+            epoch_seconds=prof.epoch_seconds,
             patience=prof.patience,
             expect=prof.expect,
         )
-        return result_of(crashing, epochs=epochs, started=started, keep_trace=keep_trace)
-    world = World(seed, prof, **kwargs)
-    play(
-        world,
-        epochs=epochs,
-        checkpoint_every=checkpoint_every,
-        epoch_seconds=prof.epoch_seconds,
-        patience=prof.patience,
-        expect=prof.expect,
-    )
-    return result_of(world, epochs=epochs, started=started, keep_trace=keep_trace)
+        return result_of(world, epochs=epochs, started=started, keep_trace=keep_trace)
+
+
+def scratch_root() -> str | None:
+    """Where runs keep their files: memory-backed ``/dev/shm`` where there is one."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None

@@ -304,7 +304,7 @@ def test_malformed_answers_are_retried_and_everything_arrives(
 
     run = kit.train(url, FAKE_KEY, tmp_path / "work", epochs=6)
 
-    assert not run.session._runner.job_errors
+    assert not run.session._driver.errors
     kit.check_on_hub(url, FAKE_KEY, run)
     audit = hub.audit()
     kit.check_applied_once([audit], run)
@@ -346,9 +346,9 @@ def test_nothing_in_a_session_shows_the_key(
         repr(session),
         str(session),
         repr(session._core),
-        repr(session._runner.transport),
+        repr(session._driver.transport),
         json.dumps(session.stats()),
-        repr(vars(session._runner.transport)),
+        repr(vars(session._driver.transport)),
     ):
         leaks.check(text, "repr")
 

@@ -5,19 +5,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hubfsm.core.events import EpochEnded
 from hubfsm.durable.journal import INITIAL_SIZE, MAGIC, Journal, queued_epoch, replay
 
 
-def job(epoch, metrics, core, now):
-    core.append((epoch, metrics))
-
-
-def run_jobs(inbox):
-    """What the worker would hand the core, in order."""
+def run_jobs(j, inbox):
+    """What the worker would hand the core, in order: (epoch, metrics) per event."""
     seen = []
     while inbox:
-        _, queued, *args = inbox.popleft()
-        queued(*args, seen, 0.0)
+        event = j.event_of(inbox.popleft())
+        assert isinstance(event, EpochEnded)
+        seen.append((event.epoch, dict(event.metrics)))
     return seen
 
 
@@ -25,7 +23,7 @@ def test_appended_entries_replay_in_order_and_queue_jobs(tmp_path):
     inbox = collections.deque()
     j = Journal(tmp_path / "j", seq=10, inbox=inbox)
     for epoch in range(5):
-        j.append(("m", epoch, {"loss": 1.0 / (epoch + 1)}), f"job{epoch}")
+        j.append(EpochEnded(epoch, {"loss": 1.0 / (epoch + 1)}))
     assert [seq for seq, *_ in inbox] == [11, 12, 13, 14, 15]
     records = replay(tmp_path / "j", after=12)
     assert [seq for seq, _ in records] == [13, 14, 15]
@@ -36,11 +34,11 @@ def test_consumed_starts_over_and_stale_records_are_not_replayed(tmp_path):
     inbox = collections.deque()
     j = Journal(tmp_path / "j", seq=0, inbox=inbox)
     for epoch in range(20):
-        j.append(("m", epoch, {"x": "long value " * 10}), None)
+        j.append(EpochEnded(epoch, {"x": "long value " * 10}))
     j.consumed(19)  # not everything: nothing happens
     assert len(replay(tmp_path / "j", after=0)) == 20
     j.consumed(20)
-    j.append(("m", 99, {}), None)
+    j.append(EpochEnded(99, {}))
     assert [seq for seq, _ in replay(tmp_path / "j", after=0)] == [21]
 
 
@@ -48,7 +46,7 @@ def test_a_torn_record_ends_the_replay(tmp_path):
     inbox = collections.deque()
     j = Journal(tmp_path / "j", seq=0, inbox=inbox)
     for epoch in range(3):
-        j.append(("m", epoch, {"a": epoch}), None)
+        j.append(EpochEnded(epoch, {"a": epoch}))
     j.close()
     data = bytearray((tmp_path / "j").read_bytes())
     # corrupt the third record's payload
@@ -61,9 +59,9 @@ def test_a_torn_record_ends_the_replay(tmp_path):
 def test_a_record_copied_only_halfway_ends_the_replay(tmp_path):
     inbox = collections.deque()
     j = Journal(tmp_path / "j", seq=0, inbox=inbox)
-    j.append(("m", 0, {"a": 0.5}), None)
+    j.append(EpochEnded(0, {"a": 0.5}))
     end_of_first = j._at * 8
-    j.append(("m", 1, {"a": 1.5, "b": 2.5}), None)
+    j.append(EpochEnded(1, {"a": 1.5, "b": 2.5}))
     end = j._at * 8 + 8
     j.close()
     data = bytearray((tmp_path / "j").read_bytes())
@@ -79,7 +77,7 @@ def test_the_journal_grows_past_its_first_size(tmp_path):
     big = {"k": "v" * 10_000}
     n = INITIAL_SIZE // 10_000 * 3
     for epoch in range(n):
-        j.append(("m", epoch, big), None)
+        j.append(EpochEnded(epoch, big))
     assert len(replay(tmp_path / "j", after=0)) == n
 
 
@@ -90,7 +88,7 @@ def test_numpy_like_scalars_are_made_plain(tmp_path):
 
     inbox = collections.deque()
     j = Journal(tmp_path / "j", seq=0, inbox=inbox)
-    j.append(("m", 0, {"loss": Scalar()}), None)
+    j.append(EpochEnded(0, {"loss": Scalar()}))
     assert replay(tmp_path / "j", after=0)[0][1] == ["m", 0, {"loss": 0.25}]
 
 
@@ -105,12 +103,12 @@ def test_metrics_with_the_same_names_go_in_as_values_and_come_back_whole(tmp_pat
     j = Journal(tmp_path / "j", seq=0, inbox=inbox)
     logged = [{"loss": 1.0 / (e + 1), "map": e / 10} for e in range(5)]
     for epoch, metrics in enumerate(logged):
-        j.append_metrics(epoch, metrics, job)
+        j.append_metrics(epoch, metrics)
     assert [queued_epoch(item) for item in inbox] == [0, 1, 2, 3, 4]
     # After the schema, each epoch is three words and two doubles: nothing serialised.
     assert j._at - j._base == 5 * (3 + 2)
     assert replay(tmp_path / "j", after=3) == [(4, ("m", 3, logged[3])), (5, ("m", 4, logged[4]))]
-    assert run_jobs(inbox) == list(enumerate(logged))
+    assert run_jobs(j, inbox) == list(enumerate(logged))
 
 
 def test_other_names_or_values_go_in_as_entries_and_become_the_schema_later(tmp_path):
@@ -123,36 +121,36 @@ def test_other_names_or_values_go_in_as_entries_and_become_the_schema_later(tmp_
         (3, {"loss": 0.125}),
     ]
     for epoch, metrics in calls:
-        j.append_metrics(epoch, metrics, job)
+        j.append_metrics(epoch, metrics)
     assert replay(tmp_path / "j", after=0) == [
         (seq + 1, ("m", epoch, metrics)) for seq, (epoch, metrics) in enumerate(calls)
     ]
-    assert run_jobs(inbox) == calls
+    assert run_jobs(j, inbox) == calls
     assert isinstance(calls[1][1]["count"], int)
     j.consumed(4)
     assert j._names == ("map",)  # the start-over takes the newer names as the schema
-    j.append_metrics(4, {"map": 0.2}, job)
+    j.append_metrics(4, {"map": 0.2})
     assert replay(tmp_path / "j", after=4) == [(5, ("m", 4, {"map": 0.2}))]
 
 
 def test_names_in_another_order_do_not_take_the_values_path(tmp_path):
     inbox = collections.deque()
     j = Journal(tmp_path / "j", seq=0, inbox=inbox)
-    j.append_metrics(0, {"a": 1.0, "b": 2.0}, job)
-    j.append_metrics(1, {"b": 3.0, "a": 4.0}, job)
+    j.append_metrics(0, {"a": 1.0, "b": 2.0})
+    j.append_metrics(1, {"b": 3.0, "a": 4.0})
     assert [list(m) for _, (_, _, m) in replay(tmp_path / "j", after=0)] == [
         ["a", "b"],
         ["b", "a"],
     ]
-    assert run_jobs(inbox) == [(0, {"a": 1.0, "b": 2.0}), (1, {"b": 3.0, "a": 4.0})]
+    assert run_jobs(j, inbox) == [(0, {"a": 1.0, "b": 2.0}), (1, {"b": 3.0, "a": 4.0})]
 
 
 def test_a_values_record_killed_before_its_first_word_is_not_replayed(tmp_path):
     inbox = collections.deque()
     j = Journal(tmp_path / "j", seq=0, inbox=inbox)
-    j.append_metrics(0, {"loss": 0.5}, job)
+    j.append_metrics(0, {"loss": 0.5})
     second = j._at
-    j.append_metrics(1, {"loss": 0.25}, job)
+    j.append_metrics(1, {"loss": 0.25})
     j.close()
     data = bytearray((tmp_path / "j").read_bytes())
     data[second * 8 : second * 8 + 8] = bytes(8)  # every word in but the commit
@@ -164,7 +162,7 @@ def test_a_torn_values_record_ends_the_replay(tmp_path):
     inbox = collections.deque()
     j = Journal(tmp_path / "j", seq=0, inbox=inbox)
     for epoch in range(3):
-        j.append_metrics(epoch, {"loss": 0.5, "map": 0.25}, job)
+        j.append_metrics(epoch, {"loss": 0.5, "map": 0.25})
     third = j._at - 5
     j.close()
     data = bytearray((tmp_path / "j").read_bytes())
@@ -180,11 +178,11 @@ def test_values_records_grow_the_journal_and_starting_over_keeps_the_schema(tmp_
     metrics = {f"metric/{i}": float(i) for i in range(100)}
     n = INITIAL_SIZE // (103 * 8) * 2
     for epoch in range(n):
-        j.append_metrics(epoch, metrics, job)
-    assert len(run_jobs(inbox)) == n
+        j.append_metrics(epoch, metrics)
+    assert len(run_jobs(j, inbox)) == n
     assert [seq for seq, _ in replay(tmp_path / "j", after=n - 2)] == [n - 1, n]
     j.consumed(n)
-    j.append_metrics(n, metrics, job)
+    j.append_metrics(n, metrics)
     assert replay(tmp_path / "j", after=0) == [(n + 1, ("m", n, metrics))]
 
 
@@ -223,15 +221,15 @@ def test_whatever_is_logged_the_jobs_and_the_replay_give_it_back(tmp_path_factor
     j = Journal(path, seq=0, inbox=inbox)
     delivered, expected, consumed = [], [], 0
     for epoch, metrics, catch_up in script:
-        j.append_metrics(epoch, metrics, job)
+        j.append_metrics(epoch, metrics)
         expected.append((epoch, metrics))
         if catch_up:
-            delivered += run_jobs(inbox)
+            delivered += run_jobs(j, inbox)
             consumed = j.seq
             j.consumed(consumed)
     pending = expected[len(delivered) :]
     assert [(e, m) for _, (_, e, m) in replay(path, after=consumed)] == pending
-    delivered += run_jobs(inbox)
+    delivered += run_jobs(j, inbox)
     assert delivered == expected
     for (_, got), (_, want) in zip(delivered, expected, strict=True):
         assert [type(v) for v in got.values()] == [type(v) for v in want.values()]
@@ -241,13 +239,13 @@ def test_whatever_is_logged_the_jobs_and_the_replay_give_it_back(tmp_path_factor
 def test_jobs_run_after_close_read_what_was_written_not_the_next_session(tmp_path):
     inbox = collections.deque()
     j = Journal(tmp_path / "j", seq=0, inbox=inbox)
-    j.append_metrics(0, {"loss": 0.5}, job)
-    j.append_metrics(1, {"loss": 0.25}, job)
+    j.append_metrics(0, {"loss": 0.5})
+    j.append_metrics(1, {"loss": 0.25})
     j.close()
     j.consumed(2)  # a worker that outlived the session: nothing happens
     # A new session of the same model takes the file over before those jobs run.
     later = Journal(tmp_path / "j", seq=0, inbox=collections.deque())
     for epoch in range(2):
-        later.append_metrics(epoch, {"loss": 99.0}, job)
-    assert run_jobs(inbox) == [(0, {"loss": 0.5}), (1, {"loss": 0.25})]
+        later.append_metrics(epoch, {"loss": 99.0})
+    assert run_jobs(j, inbox) == [(0, {"loss": 0.5}), (1, {"loss": 0.25})]
     later.close()

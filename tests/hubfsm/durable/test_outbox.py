@@ -4,7 +4,7 @@ import pytest
 
 from hubfsm.core import protocol
 from hubfsm.core.changes import MetricsQueued, Offered, OpClosed, OpOpened
-from hubfsm.durable.outbox import FileStamp, Outbox, OutboxLockedError, find, inspect
+from hubfsm.durable.outbox import Outbox, OutboxLockedError, find, inspect, stamp_of
 from hubfsm.transport import FilePart
 
 MODEL = "M" * 20
@@ -39,7 +39,7 @@ def test_a_snapshot_is_the_file_as_handed_over(tmp_path):
     ob = Outbox.open(MODEL, tmp_path)
     weights = tmp_path / "last.pt"
     weights.write_bytes(b"epoch 1")
-    stamp = FileStamp.of(weights)
+    stamp = stamp_of(weights)
     part = ob.snapshot(weights, name="last.pt", stamp=stamp)
     weights.write_bytes(b"epoch 2!")  # the trainer overwrites it afterwards
     assert open(part.path, "rb").read() == b"epoch 1" and part.size == 7

@@ -8,9 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+import structlog
+
 import hubfsm
 from hubfsm.core.engine import CoreConfig, Limits
 from hubfsm.core.retry import ChannelPolicies, RetryPolicy
+
+# The worker's log lines go to stderr: on stdout they could split the lines the test reads.
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 QUICK = RetryPolicy(base=0.02, cap=0.1, max_attempts=4, deadline=3.0)
 CONFIG = CoreConfig(

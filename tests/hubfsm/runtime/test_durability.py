@@ -12,9 +12,12 @@ from hubfsm.durable.outbox import OutboxLockedError, find, inspect
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.faults import FaultMix
 from hubfsm.hub.store_memory import MemoryStore
+from hubfsm.runtime.clocks import VirtualClock
 from hubfsm.runtime.sync import sync
 from transports.faults import FaultInjectingTransport
 from transports.memory import InMemoryTransport
+
+from .conftest import inline_session
 
 KEY = "d" * 42
 #: The shipped behaviour, a thousand times as fast.
@@ -69,13 +72,17 @@ def test_what_a_dead_hub_did_not_get_goes_first_next_time(hub, tmp_path, capsys)
 
 def test_a_lost_response_before_a_crash_is_not_applied_twice(hub, tmp_path):
     model_id = new_model(hub)
-    link = switchable(hub)
-    s = hubfsm.Session(model_id, transport=link, config=FAST, outbox_dir=tmp_path)
+    clock = VirtualClock(1000.0)
+    link = FaultInjectingTransport(
+        InMemoryTransport(hub, KEY), random.Random(0), FaultMix(), sleep=clock.sleep
+    )
+    s, shell = inline_session(model_id, transport=link, clock=clock, outbox_dir=tmp_path)
     s.start()
     link.mix = FaultMix(lost_response=1.0)  # every request lands, no answer comes back
     s.log_metrics({"loss": 0.5}, epoch=0)
-    assert s._runner.wait_for(lambda c: applied(hub, model_id).get(0) == 1, 5)
-    s.close(timeout=0.1)
+    shell.run_until(clock() + 60.0)
+    assert applied(hub, model_id).get(0) == 1
+    s.close(timeout=0.0)
     link.mix = FaultMix()
     again = hubfsm.Session(model_id, transport=link, config=FAST, outbox_dir=tmp_path)
     assert again.flush(timeout=5)
@@ -128,17 +135,19 @@ def test_one_model_one_session(hub, tmp_path):
 def test_the_uploaded_checkpoint_is_the_file_at_the_call(hub, tmp_path):
     model_id = new_model(hub)
     last = tmp_path / "last.pt"
-    s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST,
-                       outbox_dir=tmp_path / "ob")
+    s, shell = inline_session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST,
+                              outbox_dir=tmp_path / "ob")
     s.start()
     last.write_bytes(b"epoch 0 weights")
     s.save_checkpoint(last, epoch=0)
-    assert s._runner.wait_for(lambda c: c.stats.checkpoints == 1, 5)
+    shell.run_until(shell.clock() + 1.0)
+    assert s.stats()["checkpoints_acknowledged"] == 1
     last.write_bytes(b"epoch 1 weights, longer")
     s.save_checkpoint(last, epoch=1)
     last.write_bytes(b"epoch 2")  # overwritten at once: the offer of epoch 1 is stale
     s.save_checkpoint(last, epoch=2)
-    assert s._runner.wait_for(lambda c: c.stats.checkpoints == 2, 5)
+    shell.run_until(shell.clock() + 10.0)
+    assert s.stats()["checkpoints_acknowledged"] == 2
     s.close()
     uploads = [u for u in hub.audit().uploads if u.type == "epoch"]
     contents = {b"epoch 0 weights", b"epoch 1 weights, longer", b"epoch 2"}
@@ -155,7 +164,8 @@ def test_a_revoked_key_keeps_the_records(hub, tmp_path):
     s.start()
     hub.revoke_key(KEY)
     s.log_metrics({"loss": 1.0})
-    assert s._runner.wait_for(lambda c: c.state == "failed", 5)
+    assert not s.flush(timeout=5)  # ends at the refusal, with the epoch kept
+    assert s.state == "failed"
     s.close(timeout=0.1)
     assert inspect(find(tmp_path))[0].pending["metrics"] == 1
     out = io.StringIO()
@@ -185,18 +195,17 @@ def test_a_checkpoint_renamed_over_before_the_snapshot_still_uploads_the_handed_
     model_id = new_model(hub)
     runs = tmp_path / "runs"
     runs.mkdir()
-    s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST,
-                       outbox_dir=tmp_path / "ob")
+    s, shell = inline_session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST,
+                              outbox_dir=tmp_path / "ob")
     s.start()
-    gate = []
-    s._runner.submit(lambda core, now: gate.append(__import__("time").sleep(0.3)))
     (runs / "last.pt").write_bytes(b"epoch 0 weights")
     s.save_checkpoint(runs / "last.pt", epoch=0)
     # the trainer writes the next weights aside and renames them over, as it should,
-    # while the worker is still busy
+    # before the driver has taken the offer in
     (runs / "tmp.pt").write_bytes(b"epoch 1 weights!")
     os.replace(runs / "tmp.pt", runs / "last.pt")
-    assert s._runner.wait_for(lambda c: c.stats.checkpoints == 1, 5)
+    shell.run_until(shell.clock() + 1.0)
+    assert s.stats()["checkpoints_acknowledged"] == 1
     s.close()
     [upload] = [u for u in hub.audit().uploads if u.type == "epoch"]
     assert upload.epoch == 0

@@ -54,11 +54,15 @@ def test_a_dead_hub_at_exit_costs_the_deadline_and_one_line(local, tmp_path):
         "import hubfsm, os, sys\n"
         "from hubfsm.core.engine import CoreConfig, Limits\n"
         "from transports.http import RequestsTransport\n"
-        f"s = hubfsm.Session({model_id!r}, api_root={local.url!r}, exit_timeout=1.0,\n"
+        "class Link:\n"
+        "    def send(self, request): return self.to.send(request)\n"
+        "link = Link()\n"
+        f"link.to = RequestsTransport(os.environ['HUB_API_KEY'], api_root={local.url!r})\n"
+        f"s = hubfsm.Session({model_id!r}, transport=link, exit_timeout=1.0,\n"
         "    config=CoreConfig(limits=Limits(metrics=0.01)))\n"
         "s.start()\n"
         "dead = 'http://127.0.0.1:%d' % int(sys.argv[1])\n"
-        "s._runner.transport = RequestsTransport(os.environ['HUB_API_KEY'], api_root=dead)\n"
+        "link.to = RequestsTransport(os.environ['HUB_API_KEY'], api_root=dead)\n"
         "for e in range(4): s.log_metrics({'loss': 1.0}, epoch=e)\n"
     )
     with socket.socket() as sock:

@@ -115,14 +115,15 @@ def test_a_revoked_key_mid_run_fails_and_keeps_the_records(hub):
     s.start()
     hub.revoke_key(KEY)
     s.log_metrics({"loss": 1.0})
-    assert s._runner.wait_for(lambda c: c.state == "failed", 5.0)
+    assert not s.flush(timeout=5.0)  # ends at the refusal, with the epoch kept
+    assert s.state == "failed"
     assert isinstance(s.error, hubfsm.AuthError)
     assert s.pending()["metrics"] == 1
     s.close(timeout=0.1)
 
 
 class _Gated(InMemoryTransport):
-    """Every request hangs until ``gate`` is set (at most 5 s)."""
+    """Every request hangs while ``gate`` is clear (at most 5 s)."""
 
     def __init__(self, hub, gate):
         super().__init__(hub, KEY)
@@ -136,15 +137,17 @@ class _Gated(InMemoryTransport):
 def test_log_metrics_copies_the_dict_and_never_blocks(hub):
     model_id = new_model(hub)
     gate = threading.Event()
-    s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST)
-    s._runner.transport = _Gated(hub, gate)  # every request now hangs until the gate opens
+    gate.set()
+    s = hubfsm.Session(model_id, transport=_Gated(hub, gate), config=FAST)
+    gate.clear()  # every request now hangs until the gate opens
     s.start()
     metrics = {"loss": 1.0}
     for epoch in range(100):
         s.log_metrics(metrics, epoch=epoch)  # returns while the worker is stuck
         metrics["loss"] = -1.0
     gate.set()
-    assert s._runner.wait_for(lambda c: c.stats.acknowledged_epochs == 100, 5.0)
+    assert s.flush(timeout=5.0)
+    assert s.stats()["epochs_acknowledged"] == 100
     assert hub.metrics(model_id)[0]["metrics"] == {"loss": 1.0}
     s.close()
 
@@ -166,10 +169,9 @@ def test_queued_epochs_count_as_pending_whatever_mapping_they_came_in(hub, journ
 
     model_id = new_model(hub)
     gate = threading.Event()
-    s = hubfsm.Session(
-        model_id, transport=InMemoryTransport(hub, KEY), config=FAST, journal=journal
-    )
-    s._runner.transport = _Gated(hub, gate)
+    gate.set()
+    s = hubfsm.Session(model_id, transport=_Gated(hub, gate), config=FAST, journal=journal)
+    gate.clear()
     s.start()
     given = [
         {"loss": 0.5},
@@ -181,7 +183,8 @@ def test_queued_epochs_count_as_pending_whatever_mapping_they_came_in(hub, journ
         s.log_metrics(metrics)
     assert s.pending()["metrics"] == 4
     gate.set()
-    assert s._runner.wait_for(lambda c: c.stats.acknowledged_epochs == 4, 5.0)
+    assert s.flush(timeout=5.0)
+    assert s.stats()["epochs_acknowledged"] == 4
     assert [m["metrics"] for m in hub.metrics(model_id)] == [
         {"loss": 0.5}, {"loss": 1.5}, {"loss": 2.5}, {"loss": 3.5}
     ]
@@ -191,16 +194,19 @@ def test_queued_epochs_count_as_pending_whatever_mapping_they_came_in(hub, journ
 def test_closing_while_the_worker_is_stuck_in_a_request_loses_no_epoch(hub):
     model_id = new_model(hub)
     gate = threading.Event()
-    s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST)
-    s._runner.transport = _Gated(hub, gate)
+    gate.set()
+    s = hubfsm.Session(model_id, transport=_Gated(hub, gate), config=FAST)
+    gate.clear()
     s.start()  # its heartbeat hangs in the gated transport
+    workers = [t for t in threading.enumerate() if t.name == "hubfsm-worker"]
     for epoch in range(3):
         s.log_metrics({"loss": 1.0 / (epoch + 1)}, epoch=epoch)
     with structlog.testing.capture_logs() as logs:
         s.close(timeout=0)  # gives up on the worker, which is still inside its request
         gate.set()  # the request ends after the session has closed
-        s._runner._thread.join(5)
-    assert not s._runner._thread.is_alive()
+        for worker in workers:
+            worker.join(5)
+    assert not any(worker.is_alive() for worker in workers)
     assert not [e for e in logs if e["event"] == "session.event_failed"]
     again = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST)
     again.start()

@@ -266,6 +266,20 @@ def test_a_core_that_raises_fails_the_seed_instead_of_the_run():
 
     result = run_seed(0, profile="calm", epochs=10, core_factory=Explodes)
     assert not result.ok
+    # The session's driver survives the failing event, and the epoch it carried is lost.
+    assert (1, "epochs lost: [3]") in [(v.number, v.message) for v in result.violations]
+    assert "VIOLATION of invariant 1: epochs lost: [3]" in render_text(result.trace)
+
+
+def test_a_client_that_raises_fails_the_seed_instead_of_the_run():
+    class Explodes(Core):
+        def poll(self, now):
+            if self.stats.sent["metrics"] == 2:
+                raise RuntimeError("boom")
+            return super().poll(now)
+
+    result = run_seed(0, profile="calm", epochs=10, core_factory=Explodes)
+    assert not result.ok
     assert [(v.number, v.message) for v in result.violations] == [(CRASH, "RuntimeError: boom")]
     assert "CRASH: RuntimeError: boom" in render_text(result.trace)
 

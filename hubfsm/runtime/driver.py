@@ -1,0 +1,289 @@
+"""The one driver: trainer events and transport outcomes in, requests out, all kept durably.
+
+Each turn: take in the trainer's events (persist them), ask the core what to do, send
+it (persisting what the request depends on first), take the outcome in, persist again.
+The driver holds no policy and no thread; two shells run it: the background worker
+(:mod:`hubfsm.runtime.worker`, real clock) and the inline shell
+(:mod:`hubfsm.runtime.inline`, virtual clock, for the simulator).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+import os
+import threading
+from typing import Any, Protocol
+
+import attrs
+import structlog
+
+from hubfsm.core.engine import Core, Send
+from hubfsm.core.events import (
+    Barrier,
+    CheckpointOffered,
+    EpochEnded,
+    Event,
+    FinishPending,
+    FinishRequested,
+    Interrupted,
+    Start,
+)
+from hubfsm.durable.journal import InboxItem
+from hubfsm.errors import HubfsmError
+from hubfsm.runtime.clocks import Clock
+from hubfsm.runtime.durability import Durability, take_file
+from hubfsm.transport import Outcome, Transport, TransportError
+
+log = structlog.get_logger("hubfsm")
+
+
+def _say(level: str, event: str, **fields: Any) -> None:
+    """Log from the driver; a broken log sink must not stop delivery."""
+    with contextlib.suppress(Exception):  # there is nowhere left to report it
+        getattr(log, level)(event, **fields)
+
+
+class _Quiet:
+    """A logger that logs nothing (for the simulator's thousands of sessions)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return _nothing
+
+
+def _nothing(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+#: Stands in for the log where a composition asked for quiet.
+QUIET: Any = _Quiet()
+
+
+class Observer(Protocol):
+    """Watches each request the driver sends (for traces and invariant checks)."""
+
+    def sent(self, now: float, send: Send) -> None:
+        """A request is about to leave."""
+
+    def answered(self, now: float, send: Send, outcome: Outcome) -> None:
+        """The request's outcome came back."""
+
+
+@attrs.define(eq=False)
+class Ticket:
+    """A caller waiting for one event to be taken in; ``error`` if applying it failed."""
+
+    done: threading.Event = attrs.Factory(threading.Event)
+    error: Exception | None = None
+
+
+class Driver:
+    """Drives one :class:`Core`: the poll / send / receive loop, with durability.
+
+    Args:
+        core: The session's core; only the driver's thread touches it once running.
+        transport: Where requests go.
+        clock: The clock the core's decisions use.
+        inbox: The trainer's events (shared with the journal); default a new one.
+        durability: The outbox and journal, or None to keep nothing on disk.
+        offline: Record everything and send nothing (the final weights only recorded).
+        observer: Told of every request and outcome.
+        latency: Seconds each request takes on top of what the transport adds
+            (virtual clocks only).
+        quiet: Log nothing (the simulator's thousands of runs).
+    """
+
+    def __init__(
+        self,
+        core: Core,
+        transport: Transport,
+        *,
+        clock: Clock,
+        inbox: collections.deque[InboxItem] | None = None,
+        durability: Durability | None = None,
+        offline: bool = False,
+        observer: Observer | None = None,
+        latency: float = 0.0,
+        quiet: bool = False,
+    ) -> None:
+        self.core = core
+        self.transport = transport
+        self.clock = clock
+        self.offline = offline
+        self.observer = observer
+        self.latency = latency
+        self.quiet = quiet
+        #: The trainer's events, in order (see :data:`~hubfsm.durable.journal.InboxItem`).
+        self.inbox: collections.deque[InboxItem] = collections.deque() if inbox is None else inbox
+        self.durability = durability
+        #: Errors of events that could not be applied (a changed file, an illegal event).
+        self.errors: list[Exception] = []
+        self._watched: dict[int, Ticket] = {}
+
+    # -- the trainer's side ---------------------------------------------------------
+
+    def watch(self, event: Event) -> Ticket:
+        """A ticket that is done once ``event`` (this very object) has been taken in."""
+        ticket = Ticket()
+        self._watched[id(event)] = ticket
+        return ticket
+
+    def drain(self) -> None:
+        """Apply every queued event to the core, then persist the result."""
+        inbox = self.inbox
+        last_seq = 0
+        durability = self.durability
+        while inbox:
+            item = inbox.popleft()
+            seq = item[0]
+            last_seq = seq or last_seq
+            if len(item) == 2:
+                event: Event = item[1]
+            else:
+                assert durability is not None and durability.journal is not None
+                event = durability.journal.event_of(item)
+            error: Exception | None = None
+            try:
+                self.apply(event, self.clock())
+            except Exception as exc:  # one bad event must not stop the driver
+                error = exc
+                self.errors.append(exc)
+                if not self.quiet:
+                    _say("error", "session.event_failed", error=str(exc), state=self.core.state)
+            if self._watched:
+                ticket = self._watched.pop(id(event), None)
+                if ticket is not None:
+                    ticket.error = error
+                    ticket.done.set()
+        self.persist(journal_seq=last_seq or None)
+
+    def apply(self, event: Event, now: float) -> None:
+        """Apply one trainer event to the core."""
+        core = self.core
+        if isinstance(event, EpochEnded):
+            core.epoch_end(event.epoch, event.metrics, now=now)
+        elif isinstance(event, CheckpointOffered):
+            part = self._take(event.path, "last.pt", event)
+            if event.held is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(event.held)
+            if part is None:
+                if not self.quiet:
+                    _say("info", "checkpoint.superseded", model_id=core.model_id, epoch=event.epoch)
+                return
+            core.checkpoint(event.epoch, part, is_best=event.is_best, now=now)
+        elif isinstance(event, FinishRequested):
+            part = self._take(event.path, "best.pt", event)
+            if part is None:
+                raise HubfsmError(
+                    f"{event.path} changed while it was being read; call finish again"
+                )
+            core.finish(event.epoch, part, map50_95=event.map50_95, now=now, timeout=event.timeout)
+            if self.offline:
+                core.interrupt(now=now)
+        elif isinstance(event, FinishPending):
+            saved = core.saved_final
+            if saved is None:
+                raise HubfsmError("no final weights are pending for this model")
+            epoch, part, map50_95 = saved
+            core.finish(epoch, part, map50_95=map50_95, now=now, timeout=event.timeout)
+        elif isinstance(event, Start):
+            core.start(now=now)
+        elif isinstance(event, Interrupted):
+            core.interrupt(now=now)
+        else:
+            assert isinstance(event, Barrier)
+
+    def _take(self, path: str, name: str, event: CheckpointOffered | FinishRequested) -> Any:
+        if self.durability is not None:
+            return self.durability.take(path, name, event.stamp)
+        return take_file(path, name, event.stamp)
+
+    # -- the hub's side -------------------------------------------------------------
+
+    def step(self) -> float | None:
+        """Send one due request, or say when the core next wants to run.
+
+        Returns:
+            None after sending; otherwise the time the core wants to wake (``inf``: never).
+        """
+        now = self.clock()
+        action = self.core.poll(now)
+        if isinstance(action, Send):
+            self.send(action, now)
+            return None
+        self.persist()
+        return math.inf if action.until is None else action.until
+
+    def send(self, action: Send, now: float) -> None:
+        """Send one request and hand the core its outcome."""
+        # The operation and its key are on disk before the hub can act on them.
+        self.persist()
+        observer = self.observer
+        if observer is not None:
+            # The time the core decided at, so limits are checked against its own view.
+            observer.sent(now, action)
+        outcome: Outcome
+        try:
+            outcome = self.transport.send(action.request)
+        except TransportError as exc:
+            outcome = exc
+        except Exception as exc:  # a transport bug must not kill the driver either
+            outcome = TransportError("protocol", f"{type(exc).__name__}: {exc}")
+        if self.latency:
+            self.clock.sleep(self.latency)
+        if not self.quiet:
+            _log_failure(action, outcome)
+        now = self.clock()
+        if observer is not None:
+            observer.answered(now, action, outcome)
+        self.core.receive(action.op_id, outcome, now=now)
+        self.persist()
+
+    # -- durability -----------------------------------------------------------------
+
+    def persist(self, *, journal_seq: int | None = None) -> None:
+        """Write the core's changes (and the journal's progress) to the outbox, if any."""
+        durability = self.durability
+        if durability is None:
+            return
+        core = self.core
+        if durability.outbox is None:
+            # A created model's outbox opens once the hub has given it an id.
+            if core.model_id is None or durability.error is not None:
+                return
+            try:
+                durability.attach(core.model_id, core, now=self.clock())
+            except Exception as exc:
+                durability.error = exc
+                return
+        changes = core.take_changes()
+        if not changes and journal_seq is None:
+            return
+        try:
+            durability.apply(changes, journal_seq=journal_seq)
+        except Exception as exc:  # a full disk must not stop delivery of what is in memory
+            _say("error", "outbox.write_failed", error=str(exc), model_id=core.model_id)
+
+
+def _log_failure(action: Send, outcome: Outcome) -> None:
+    if isinstance(outcome, TransportError):
+        _say(
+            "warning",
+            "request.failed",
+            channel=action.channel,
+            attempt=action.attempt,
+            kind=outcome.kind,
+            error=str(outcome),
+        )
+    elif not outcome.ok:
+        _say(
+            "warning",
+            "request.failed",
+            channel=action.channel,
+            attempt=action.attempt,
+            status=outcome.status,
+            message=outcome.message,
+            retry_after=outcome.retry_after,
+        )

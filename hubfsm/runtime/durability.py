@@ -1,0 +1,117 @@
+"""The driver's durability port: one model's outbox, and the trainer's journal beside it.
+
+The port opens once the model is known (at once for a model id, after the hub created
+the model otherwise): it takes back what an earlier run left (see
+:mod:`hubfsm.durable.recovery`), then keeps the core's changes and the journal's
+progress as the driver hands them over.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from hubfsm.core.changes import Change, Saved
+from hubfsm.core.engine import Core
+from hubfsm.core.events import FileStamp
+from hubfsm.durable.files import describe
+from hubfsm.durable.journal import InboxItem, Journal
+from hubfsm.durable.outbox import Outbox, stamp_of
+from hubfsm.durable.recovery import journal_path, recover
+from hubfsm.transport import FilePart
+
+#: Opens a model's outbox under a root (the files backend: :meth:`Outbox.open`).
+OutboxOpener = Callable[[str, "str | os.PathLike[str] | None"], Outbox]
+
+#: Takes back what an outbox and its journal kept (:func:`~hubfsm.durable.recovery.recover`).
+Recovery = Callable[..., Saved]
+
+
+class Durability:
+    """Where the driver keeps what the hub has not acknowledged.
+
+    Args:
+        root: The outbox root (None: the default root).
+        journal: Also keep the trainer's journal, so a ``kill -9`` loses no call.
+        inbox: The driver's inbox, where the journal queues each event it writes.
+        open_outbox: Opens one model's outbox.
+        recover: Takes back what an earlier run left, into the outbox and the core.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None,
+        *,
+        journal: bool,
+        inbox: collections.deque[InboxItem],
+        open_outbox: OutboxOpener = Outbox.open,
+        recover: Recovery = recover,
+    ) -> None:
+        self.root = root
+        self.use_journal = journal
+        self.inbox = inbox
+        self._open = open_outbox
+        self._recover = recover
+        self.outbox: Outbox | None = None
+        self.journal: Journal | None = None
+        #: Why the outbox could not be opened, if it could not.
+        self.error: Exception | None = None
+
+    @property
+    def directory(self) -> Path | None:
+        """The outbox directory, once open."""
+        return None if self.outbox is None else self.outbox.directory
+
+    def attach(self, model_id: str, core: Core, *, now: float) -> None:
+        """Open the model's outbox and hand the core what an earlier run left.
+
+        Raises:
+            OutboxLockedError: Another session holds this model's outbox.
+        """
+        outbox = self._open(model_id, self.root)
+        try:
+            self._recover(outbox, core, now=now)
+        except BaseException:
+            outbox.close()
+            raise
+        self.outbox = outbox
+        if self.use_journal:
+            self.journal = Journal(journal_path(outbox), seq=outbox.journal_seq, inbox=self.inbox)
+
+    def apply(self, changes: Sequence[Change], *, journal_seq: int | None) -> None:
+        """Keep ``changes``, and how far the journal is in the outbox, in one transaction."""
+        outbox = self.outbox
+        if outbox is None:
+            return
+        outbox.apply(changes, journal_seq=journal_seq)
+        if journal_seq is not None and self.journal is not None:
+            self.journal.consumed(journal_seq)
+
+    def hold(self, path: str) -> str | None:
+        """Keep the file's current content reachable until :meth:`take` (see Outbox.hold)."""
+        return None if self.outbox is None else self.outbox.hold(path)
+
+    def take(self, path: str, name: str, stamp: FileStamp) -> FilePart | None:
+        """A weight file for upload: a snapshot in the outbox, or the file itself.
+
+        None when the file no longer is what ``stamp`` says (a newer offer supersedes it).
+        """
+        if self.outbox is not None:
+            return self.outbox.snapshot(path, name=name, stamp=stamp)
+        return take_file(path, name, stamp)
+
+    def close(self, *, remove: bool) -> None:
+        """Close the journal and the outbox (``remove``: delete an outbox left empty)."""
+        if self.journal is not None:
+            self.journal.close()
+        if self.outbox is not None:
+            self.outbox.close(remove=remove)
+
+
+def take_file(path: str, name: str, stamp: FileStamp) -> FilePart | None:
+    """A weight file as it is, if it still is what ``stamp`` says."""
+    if stamp_of(path) != stamp:
+        return None
+    return describe(path, name)

@@ -1,0 +1,141 @@
+"""Builds every part of a session, fully, from its :class:`~hubfsm.runtime.settings.Settings`.
+
+The same composition serves users and the simulator: a core, a driver with its
+durability port, and a shell to run the driver in, either the background worker on the
+real clock or the inline shell on a virtual clock.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import structlog
+
+from hubfsm.core.engine import Core
+from hubfsm.durable.journal import InboxItem
+from hubfsm.errors import HubfsmError
+from hubfsm.runtime.clocks import Clock, RealClock
+from hubfsm.runtime.driver import Driver, Observer
+from hubfsm.runtime.durability import Durability, OutboxOpener, Recovery
+from hubfsm.runtime.inline import SimRunner
+from hubfsm.runtime.settings import Settings
+from hubfsm.runtime.worker import ThreadRunner
+from hubfsm.transport import Transport
+
+log = structlog.get_logger("hubfsm")
+
+#: Makes a session's core; called like :class:`Core` (a subclass plants a bug in tests).
+CoreFactory = Callable[..., Core]
+
+#: A shell: the background worker, or the inline shell.
+Shell = ThreadRunner | SimRunner
+
+
+@attrs.frozen
+class Parts:
+    """A session's parts, built and wired."""
+
+    settings: Settings
+    core: Core
+    driver: Driver
+    shell: Shell
+    durability: Durability | None
+
+
+def _log_changes(core_box: list[Core]) -> Callable[[str, str, str], None]:
+    def changed(source: str, event: str, dest: str) -> None:
+        if source != dest:
+            model_id = core_box[0].model_id if core_box else None
+            log.info("session.transition", model_id=model_id, source=source, trigger=event,
+                     dest=dest)  # fmt: skip
+
+    return changed
+
+
+def http_transport(settings: Settings) -> Transport:
+    """The default transport: HTTP to the settings' API root with their key.
+
+    Raises:
+        HubfsmError: There is no API key.
+    """
+    if not settings.api_key:
+        raise HubfsmError(
+            "no API key: pass api_key=, use an 'apiKey_modelId' identifier, or set HUB_API_KEY"
+        )
+    from transports.http import RequestsTransport
+
+    return RequestsTransport(settings.api_key, api_root=settings.api_root)
+
+
+def build(
+    settings: Settings,
+    *,
+    transport: Transport | None = None,
+    clock: Clock | None = None,
+    inline: bool = False,
+    observer: Observer | None = None,
+    on_change: Callable[[str, str, str], None] | None = None,
+    rng: random.Random | None = None,
+    core_factory: CoreFactory = Core,
+    open_outbox: OutboxOpener | None = None,
+    recover: Recovery | None = None,
+    driver_factory: Callable[..., Driver] = Driver,
+    latency: float = 0.0,
+    quiet: bool = False,
+    **shell_args: Any,
+) -> Parts:
+    """Build a session's parts.
+
+    Args:
+        settings: What the session is built from.
+        transport: Where requests go; default HTTP (see :func:`http_transport`).
+        clock: The clock; default the monotonic one.
+        inline: Run the driver on the calling thread (:class:`SimRunner`) instead of a
+            background worker.
+        observer: Told of every request and outcome.
+        on_change: Told of every state change; default a log line.
+        rng: The core's source of jitter; default seeded from the settings.
+        core_factory: Makes the core.
+        open_outbox: Opens a model's outbox (default the files backend).
+        recover: Takes back what an outbox kept (default the real recovery).
+        driver_factory: Makes the driver, called like :class:`Driver`.
+        latency: Seconds each request takes on a virtual clock.
+        quiet: Log nothing.
+        **shell_args: For the shell (``max_steps``, ``deadline`` inline; ``nap``, ``name``).
+    """
+    transport = transport if transport is not None else http_transport(settings)
+    box: list[Core] = []
+    core = core_factory(
+        settings.config,
+        rng=rng if rng is not None else random.Random(settings.seed),
+        on_change=on_change if on_change is not None else _log_changes(box),
+        durable=settings.outbox,
+        offline=settings.offline,
+    )
+    box.append(core)
+    inbox: collections.deque[InboxItem] = collections.deque()
+    durability = None
+    if settings.outbox:
+        kwargs: dict[str, Any] = {} if open_outbox is None else {"open_outbox": open_outbox}
+        if recover is not None:
+            kwargs["recover"] = recover
+        durability = Durability(
+            settings.outbox_dir, journal=settings.journal, inbox=inbox, **kwargs
+        )
+    driver = driver_factory(
+        core,
+        transport,
+        clock=clock if clock is not None else RealClock(),
+        inbox=inbox,
+        durability=durability,
+        offline=settings.offline,
+        observer=observer,
+        latency=latency,
+        quiet=quiet,
+    )
+    shell: Shell = SimRunner(driver, **shell_args) if inline else ThreadRunner(driver, **shell_args)
+    return Parts(settings, core, driver, shell, durability)

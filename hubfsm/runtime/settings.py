@@ -1,0 +1,109 @@
+"""A session's settings, resolved once at the edge: arguments, then environment, then defaults.
+
+Every environment variable hubfsm reads for a session is read here, in
+:meth:`Settings.resolve`, and nowhere else on the way to a session; the parts of a
+session are then built from this one frozen value (see :mod:`hubfsm.runtime.factory`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from hubfsm.core.engine import CoreConfig
+from hubfsm.core.identifier import DEFAULT_WEB_ROOT, WEB_ROOT_ENV, Identifier, parse_identifier
+from hubfsm.errors import HubfsmError
+
+#: The API key, when none is passed or in the identifier.
+API_KEY_ENV = "HUB_API_KEY"
+#: The API root of the default HTTP transport.
+API_ROOT_ENV = "ULTRALYTICS_HUB_API"
+#: Turns offline mode on (``1``, ``true`` or ``yes``).
+OFFLINE_ENV = "HUBFSM_OFFLINE"
+#: The outbox root.
+OUTBOX_ENV = "HUBFSM_OUTBOX"
+
+
+@attrs.frozen
+class Settings:
+    """Everything a session is built from (see :class:`~hubfsm.runtime.session.Session`).
+
+    Attributes:
+        api_key: The key for the default HTTP transport (never shown in a repr).
+        at_exit: Close the session at interpreter exit (the simulator's sessions do not).
+    """
+
+    identifier: Identifier
+    web_root: str = DEFAULT_WEB_ROOT
+    api_key: str | None = attrs.field(default=None, repr=False)
+    api_root: str | None = None
+    train_args: Mapping[str, Any] = attrs.field(factory=dict)
+    config: CoreConfig = CoreConfig()
+    open_timeout: float = 120.0
+    seed: int | None = None
+    outbox: bool = True
+    journal: bool = True
+    outbox_dir: Path | None = None
+    offline: bool = False
+    exit_timeout: float = 10.0
+    handle_signals: bool = False
+    at_exit: bool = True
+
+    @classmethod
+    def resolve(
+        cls,
+        identifier: str,
+        *,
+        api_key: str | None = None,
+        api_root: str | None = None,
+        web_root: str | None = None,
+        train_args: Mapping[str, Any] | None = None,
+        config: CoreConfig | None = None,
+        open_timeout: float = 120.0,
+        seed: int | None = None,
+        outbox: bool = True,
+        journal: bool = True,
+        outbox_dir: str | os.PathLike[str] | None = None,
+        offline: bool | None = None,
+        exit_timeout: float = 10.0,
+        handle_signals: bool = False,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Resolve a session's settings from its arguments, the environment and defaults.
+
+        Raises:
+            IdentifierError: The identifier is in none of the accepted forms.
+            HubfsmError: Offline mode without a model id or without the outbox.
+        """
+        env = os.environ if environ is None else environ
+        web = (web_root or env.get(WEB_ROOT_ENV) or DEFAULT_WEB_ROOT).rstrip("/")
+        parsed = parse_identifier(identifier, web_root=web)
+        if offline is None:
+            offline = env.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes")
+        if offline and parsed.model_id is None:
+            raise HubfsmError(
+                "offline mode needs an existing model id: create the model online first"
+            )
+        if offline and not outbox:
+            raise HubfsmError("offline mode needs the outbox: it is where everything waits")
+        root = outbox_dir if outbox_dir is not None else env.get(OUTBOX_ENV) or None
+        return cls(
+            identifier=parsed,
+            web_root=web,
+            api_key=api_key or parsed.api_key or env.get(API_KEY_ENV) or None,
+            api_root=api_root if api_root is not None else env.get(API_ROOT_ENV) or None,
+            train_args=dict(train_args or {}),
+            config=config or CoreConfig(),
+            open_timeout=open_timeout,
+            seed=seed,
+            outbox=outbox,
+            journal=journal,
+            outbox_dir=None if root is None else Path(root),
+            offline=offline,
+            exit_timeout=exit_timeout,
+            handle_signals=handle_signals,
+        )
