@@ -27,7 +27,7 @@ def journal_path(outbox: Outbox) -> Path:
     return outbox.directory / JOURNAL
 
 
-def recover(outbox: Outbox, core: Core, *, now: float) -> Saved:
+def recover(outbox: Outbox, core: Core, *, now: float, quiet: bool = False) -> Saved:
     """Move the journal's unconsumed events into the outbox, then hand it all to the core.
 
     Returns:
@@ -54,6 +54,6 @@ def recover(outbox: Outbox, core: Core, *, now: float) -> Saved:
         held.unlink(missing_ok=True)
     saved = outbox.load()
     core.restore(saved, now=now)
-    if not saved.empty:
-        log.info("outbox.recovered", model_id=core.model_id, **saved.counts())
+    if not saved.empty and not quiet:
+        log.info("outbox.recovered", model_id=outbox.model_id, **saved.counts())
     return saved

@@ -38,6 +38,7 @@ class Durability:
         inbox: The driver's inbox, where the journal queues each event it writes.
         open_outbox: Opens one model's outbox.
         recover: Takes back what an earlier run left, into the outbox and the core.
+        quiet: Log nothing.
     """
 
     def __init__(
@@ -48,12 +49,14 @@ class Durability:
         inbox: collections.deque[InboxItem],
         open_outbox: OutboxOpener = Outbox.open,
         recover: Recovery = recover,
+        quiet: bool = False,
     ) -> None:
         self.root = root
         self.use_journal = journal
         self.inbox = inbox
         self._open = open_outbox
         self._recover = recover
+        self.quiet = quiet
         self.outbox: Outbox | None = None
         self.journal: Journal | None = None
         #: Why the outbox could not be opened, if it could not.
@@ -72,7 +75,7 @@ class Durability:
         """
         outbox = self._open(model_id, self.root)
         try:
-            self._recover(outbox, core, now=now)
+            self._recover(outbox, core, now=now, quiet=self.quiet)
         except BaseException:
             outbox.close()
             raise

@@ -9,10 +9,15 @@ from __future__ import annotations
 import atexit
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from hubfsm.core.changes import describe_pending
+from hubfsm.core.engine import Core
 
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
@@ -68,3 +73,20 @@ class ExitHooks:
                 raise KeyboardInterrupt
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
+
+
+def report_left(
+    core: Core, pending: dict[str, int], where: Path | None, log: Any, *, tell: bool
+) -> None:
+    """Say what a closing session leaves behind: a log line, and (``tell``) a line for people."""
+    left = describe_pending(pending)
+    log.warning(
+        "session.closed_with_pending", model_id=core.model_id, pending=left, state=core.state
+    )
+    if where is not None and tell:
+        print(
+            f"hubfsm: model {core.model_id}: {left} not on the hub yet; kept in "
+            f"{where}; they go first when this model's session opens again, or run "
+            f"`hubfsm sync {where}`",
+            file=sys.stderr,
+        )

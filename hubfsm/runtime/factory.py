@@ -15,9 +15,11 @@ from typing import Any
 import attrs
 import structlog
 
+from hubfsm.core import protocol
 from hubfsm.core.engine import Core
+from hubfsm.core.events import Barrier
 from hubfsm.durable.journal import InboxItem
-from hubfsm.errors import HubfsmError
+from hubfsm.errors import HubfsmError, HubUnavailableError
 from hubfsm.runtime.clocks import Clock, RealClock
 from hubfsm.runtime.driver import Driver, Observer
 from hubfsm.runtime.durability import Durability, OutboxOpener, Recovery
@@ -124,7 +126,7 @@ def build(
         if recover is not None:
             kwargs["recover"] = recover
         durability = Durability(
-            settings.outbox_dir, journal=settings.journal, inbox=inbox, **kwargs
+            settings.outbox_dir, journal=settings.journal, inbox=inbox, quiet=quiet, **kwargs
         )
     driver = driver_factory(
         core,
@@ -139,3 +141,39 @@ def build(
     )
     shell: Shell = SimRunner(driver, **shell_args) if inline else ThreadRunner(driver, **shell_args)
     return Parts(settings, core, driver, shell, durability)
+
+
+def open_model(parts: Parts) -> None:
+    """Load or create the settings' model and wait for the hub (on the parts' shell).
+
+    A known model's outbox is taken back before the hub is asked, so a final upload
+    that landed before a crash can be confirmed instead of refused.
+
+    Raises:
+        HubError: The hub refused the key or the model (see its subclasses).
+        HubUnavailableError: The hub did not answer within the open timeout.
+        OutboxLockedError: Another session holds this model's outbox.
+    """
+    settings, core, shell, durability = parts.settings, parts.core, parts.shell, parts.durability
+    parsed = settings.identifier
+    if durability is not None and parsed.model_id is not None:
+        durability.attach(parsed.model_id, core, now=shell.clock())
+    create = None
+    if parsed.filename is not None:
+        create = protocol.create_payload(parsed.filename, settings.train_args)
+    core.open(parsed, create=create, now=shell.clock())
+    shell.start()
+    timeout = settings.open_timeout
+    opened = shell.wait_for(lambda c: c.state != "resolved", timeout)
+    if opened and core.state != "failed":
+        # A created model's outbox opens on the driver once the hub gave the id.
+        shell.call(Barrier())
+        if durability is not None and durability.error is not None:
+            raise durability.error
+        return
+    if core.state == "failed" and core.error is not None:
+        raise core.error
+    raise HubUnavailableError(
+        f"the hub did not load or create the model within {timeout:g}s"
+        + (f"; last failure: {core.last_failure}" if core.last_failure else "")
+    )

@@ -9,7 +9,6 @@ acknowledged is kept in a durable outbox (see :mod:`hubfsm.durable.outbox`).
 from __future__ import annotations
 
 import os
-import sys
 import types
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,8 +16,6 @@ from typing import Any
 
 import structlog
 
-from hubfsm.core import protocol
-from hubfsm.core.changes import describe_pending
 from hubfsm.core.engine import CoreConfig
 from hubfsm.core.events import (
     Barrier,
@@ -34,12 +31,11 @@ from hubfsm.durable.outbox import stamp_of
 from hubfsm.errors import (
     DeliveryIncomplete,
     HubfsmError,
-    HubUnavailableError,
     IllegalEventError,
 )
 from hubfsm.runtime.driver import QUIET
-from hubfsm.runtime.exits import ExitHooks
-from hubfsm.runtime.factory import Parts, build
+from hubfsm.runtime.exits import ExitHooks, report_left
+from hubfsm.runtime.factory import Parts, build, open_model
 from hubfsm.runtime.settings import OFFLINE_ENV, Settings
 from hubfsm.transport import Transport
 
@@ -141,52 +137,21 @@ class Session:
         self._core = core = parts.core
         self._driver = parts.driver
         self._log: Any = QUIET if parts.driver.quiet else log
-        self._shell = shell = parts.shell
+        self._shell = parts.shell
         self._inbox = parts.driver.inbox
-        self._durability = durability = parts.durability
+        self._durability = parts.durability
         self._accepting = False
         self._closed = False
         self._next_epoch = 0
         self._hooks: ExitHooks | None = None
-        model_id = settings.identifier.model_id
-        # A known model's outbox is taken back before the hub is asked, so a final
-        # upload that landed before a crash can be confirmed instead of refused.
-        if durability is not None and model_id is not None:
-            durability.attach(model_id, core, now=shell.clock())
         try:
-            self._open()
+            open_model(parts)
         except BaseException:
             self._release()
             raise
         if settings.at_exit:
             self._hooks = ExitHooks(self._at_exit, signals=settings.handle_signals)
         self._log.info("session.opened", model_id=core.model_id, state=core.state)
-
-    def _open(self) -> None:
-        settings = self._settings
-        parsed = settings.identifier
-        core = self._core
-        create = None
-        if parsed.filename is not None:
-            create = protocol.create_payload(parsed.filename, settings.train_args)
-        core.open(parsed, create=create, now=self._shell.clock())
-        self._shell.start()
-        timeout = settings.open_timeout
-        opened = self._shell.wait_for(lambda c: c.state != "resolved", timeout)
-        if opened and core.state != "failed":
-            # A created model's outbox opens on the worker once the hub gave the id.
-            self._shell.call(Barrier())
-            durability = self._durability
-            if durability is not None and durability.error is not None:
-                raise durability.error
-            return
-        error = core.error
-        if core.state == "failed" and error is not None:
-            raise error
-        raise HubUnavailableError(
-            f"the hub did not load or create the model within {timeout:g}s"
-            + (f"; last failure: {core.last_failure}" if core.last_failure else "")
-        )
 
     def _release(self) -> None:
         self._shell.stop(timeout=0.0)
@@ -398,24 +363,7 @@ class Session:
         self._release()
         pending = self._core.pending()
         if any(pending.values()):
-            self._report_left(pending)
-
-    def _report_left(self, pending: dict[str, int]) -> None:
-        left = describe_pending(pending)
-        self._log.warning(
-            "session.closed_with_pending",
-            model_id=self._core.model_id,
-            pending=left,
-            state=self._core.state,
-        )
-        where = self.outbox_dir
-        if where is not None and self._log is log:
-            print(
-                f"hubfsm: model {self._core.model_id}: {left} not on the hub yet; kept in "
-                f"{where}; they go first when this model's session opens again, or run "
-                f"`hubfsm sync {where}`",
-                file=sys.stderr,
-            )
+            report_left(self._core, pending, self.outbox_dir, self._log, tell=self._log is log)
 
     def _at_exit(self) -> None:
         self.close()

@@ -25,7 +25,7 @@ from hubfsm.sim.profiles import (
     describe,
     select,
 )
-from hubfsm.sim.world import EPOCH_ZERO, run_seed
+from hubfsm.sim.world import EPOCH_ZERO, Bugs, run_seed
 from hubfsm.transport import Response, TransportError
 
 #: Seeds per profile in the sweeps, beside the thousand flaky ones: 5 x 500 + 1000 in all.
@@ -330,3 +330,64 @@ def test_the_crash_profile_catches_a_planted_recovery_bug(bug, invariant):
         if any(v.number == invariant for v in result.violations):
             return
     pytest.fail(f"{bug.__name__} went unnoticed for 200 seeds")
+
+
+# -- bugs planted in the session, journal, outbox and sync layers --------------------
+
+
+def _recover_without_the_journal(outbox, core, *, now, quiet=False):
+    """Planted bug: recovery takes back the outbox only, not the journal's newer records."""
+    saved = outbox.load()
+    core.restore(saved, now=now)
+    return saved
+
+
+def _first_violation(invariant, profile, bugs, *, epochs=30):
+    for seed in range(200):
+        result = run_seed(seed, profile=profile, epochs=epochs, bugs=bugs, keep_trace=False)
+        if any(v.number == invariant for v in result.violations):
+            return result
+    return None
+
+
+def test_sync_that_ignores_journal_only_records_is_caught():
+    # The trainer is killed between two calls and never comes back: what it logged last
+    # is in the journal only, and hubfsm sync must send it.
+    abandoning = attrs.evolve(PROFILES["crash"], abandon=1.0)
+    bugs = Bugs(sync_recover=_recover_without_the_journal)
+    found = _first_violation(1, abandoning, bugs)
+    assert found is not None, "a sync that skips the journal went unnoticed for 200 seeds"
+    assert any("epochs lost" in v.message for v in found.violations)
+
+
+def test_idempotency_keys_from_the_users_seed_are_caught():
+    # Every process of the run draws the same nonce, so a restarted session reuses the
+    # keys of the one before it and the hub answers new uploads with old replies.
+    found = None
+    for seed in range(200):
+        result = run_seed(seed, profile="crash", epochs=30, bugs=Bugs(nonce_from_seed=True),
+                          keep_trace=False)
+        if not result.ok:
+            found = result
+            break
+    assert found is not None, "nonces from the user's seed went unnoticed for 200 seeds"
+    assert {v.number for v in found.violations} & {1, 2}
+
+
+def test_a_restarted_process_takes_back_what_the_outbox_kept():
+    # The world's sessions file what they keep in a real outbox and journal: after a
+    # death, the new session's core is handed what the dead one left there.
+    seen = []
+
+    class Watching(Core):
+        def restore(self, saved, *, now):
+            seen.append(saved.counts())
+            super().restore(saved, now=now)
+
+    result = None
+    for seed in range(20):
+        result = run_seed(seed, profile="crash", epochs=20, core_factory=Watching)
+        assert result.ok, result.violations
+        if any(any(c.values()) for c in seen):
+            break
+    assert any(any(c.values()) for c in seen), "no restart took anything back from an outbox"
