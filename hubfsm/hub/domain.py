@@ -8,7 +8,6 @@ it applied, so a simulation can check that nothing took effect twice.
 
 from __future__ import annotations
 
-import datetime
 import json
 import random
 import threading
@@ -20,6 +19,7 @@ from typing import IO, Any
 import attrs
 
 from hubfsm.hub import keys as keyring
+from hubfsm.hub import records
 from hubfsm.hub.calls import (
     ALLOWED,
     ENDPOINTS,
@@ -146,7 +146,7 @@ class Hub:
                     return known
         return None
 
-    def keys(self) -> list[KeyRecord]:
+    def list_keys(self) -> list[KeyRecord]:
         """Every key the hub knows, revoked ones too, oldest first."""
         with self._lock:
             return self.store.list_keys()
@@ -220,51 +220,9 @@ class Hub:
 
     def view(self, record: ModelRecord) -> dict[str, Any]:
         """The API's JSON view of a record (a fresh dict the caller may change)."""
-        config = {
-            "epochs": record.epochs,
-            "batch": record.batch_size,
-            "imgsz": _plain(record.imgsz),
-            "patience": record.patience,
-            "device": _plain(record.device),
-            "cache": record.cache,
-        }
-        train_args = {"data": record.dataset, **{k: v for k, v in config.items() if v is not None}}
-        epochs_seen = [e for e in (record.metrics_epoch, record.last_epoch) if e is not None]
-        return {
-            "id": record.id,
-            "name": record.name,
-            "created_at": _iso(record.created_at),
-            "status": record.status,
-            "has_last_weights": record.has_last_weights,
-            "has_best_weights": record.has_best_weights,
-            "is_pretrained": record.parent is not None,
-            "cfg": record.cfg,
-            "data": record.dataset,
-            "parent": record.parent,
-            "resume": self.weights_url(record, "last") if record.has_last_weights else None,
-            # Before final weights exist, a pretrained model's weights are its parent's.
-            "weights": self.weights_url(record, "best")
-            if record.has_best_weights
-            else record.parent,
-            "batch_size": record.batch_size,
-            "epochs": record.epochs,
-            "imgsz": config["imgsz"],
-            "patience": record.patience,
-            "device": config["device"],
-            "cache": record.cache,
-            "train_args": train_args,
-            # The latest epoch the hub heard of; the checkpoint may be older (its own limit).
-            "last_epoch": max(epochs_seen) if epochs_seen else None,
-            "checkpoint_epoch": record.last_epoch,
-            "metrics_epoch": record.metrics_epoch,
-            "final_epoch": record.final_epoch,
-            "map": record.map50_95,
-            "started_at": _iso(record.started_at),
-            "updated_at": _iso(record.updated_at),
-            "heartbeat_at": _iso(record.heartbeat_at),
-            "agent": record.agent,
-            "agent_id": record.agent_id,
-        }
+        resume = self.weights_url(record, "last") if record.has_last_weights else None
+        best = self.weights_url(record, "best") if record.has_best_weights else None
+        return records.view(record, resume, best)
 
     # ---- the one entry point ---------------------------------------------------------
 
@@ -419,16 +377,7 @@ class Hub:
             return record
         now = self.clock()
         agent_id = record.agent_id or self.new_id()
-        self.store.put_model(
-            attrs.evolve(
-                record,
-                agent_id=agent_id,
-                status="training" if record.status == "new" else record.status,
-                started_at=record.started_at if record.started_at is not None else now,
-                heartbeat_at=now,
-                agent=agent or record.agent,
-            )
-        )
+        self.store.put_model(records.after_heartbeat(record, agent_id, agent, now))
         self._heartbeats.setdefault(record.id, []).append(now)
         return ok("heartbeat received", {"agentId": agent_id})
 
@@ -472,27 +421,7 @@ class Hub:
                 now = self.clock()
                 kind: WeightsKind = "last" if upload_type == "epoch" else "best"
                 self.store.commit_weights(record.id, kind, staged)
-                started = record.started_at if record.started_at is not None else now
-                if upload_type == "epoch":
-                    status = "training" if record.status == "new" else record.status
-                    record = attrs.evolve(
-                        record,
-                        status=status,
-                        has_last_weights=True,
-                        last_epoch=epoch,
-                        started_at=started,
-                        updated_at=now,
-                    )
-                else:
-                    record = attrs.evolve(
-                        record,
-                        status="trained",
-                        has_best_weights=True,
-                        final_epoch=epoch,
-                        map50_95=map50_95,
-                        started_at=started,
-                        updated_at=now,
-                    )
+                record = records.after_upload(record, upload_type, epoch, map50_95, now)
                 self.store.put_model(record)
                 self._uploads.append(
                     UploadEntry(
@@ -514,17 +443,6 @@ def _bad_body(body: object) -> HubReply:
     if isinstance(body, BadJson):
         return fail(400, f"body is not valid JSON: {body.reason}")
     return fail(400, "body must be a JSON object")
-
-
-def _plain(value: object) -> object:
-    return list(value) if isinstance(value, tuple) else value
-
-
-def _iso(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _safe(text: str) -> str:

@@ -76,9 +76,10 @@ def _secure_id() -> str:
 class _Gateway(wsgi.Gateway_10):
     """Cheroot's WSGI gateway, plus two hooks the app needs: the socket and "close after"."""
 
-    def get_environ(self) -> dict[str, Any]:
+    # cheroot's stubs declare get_environ as returning None; it returns the environ.
+    def get_environ(self) -> dict[str, Any]:  # type: ignore[override]
         """The WSGI environ, with ``hubfsm.socket`` and ``hubfsm.close_connection``."""
-        environ: dict[str, Any] = super().get_environ()
+        environ: dict[str, Any] = super().get_environ()  # type: ignore[no-untyped-call]
         request = self.req
 
         def close_after() -> None:

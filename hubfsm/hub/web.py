@@ -147,7 +147,7 @@ def file_response(
 
 
 def _static(name: str) -> Response:
-    data = resources.files("hubfsm.hub").joinpath("static", name).read_bytes()
+    data = resources.files("hubfsm.hub").joinpath("static").joinpath(name).read_bytes()
     response = Response(data, mimetype=_STATIC[name])
     response.headers["Cache-Control"] = "max-age=3600"
     return response
