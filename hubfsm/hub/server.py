@@ -211,6 +211,8 @@ class LocalHub:
                 accepted_queue_timeout=max(1, round(self.timeout)),
             )
             server.gateway = _Gateway
+            # How often the serving loop looks up from its selector: a stop takes this long.
+            server.expiration_interval = 0.05
             # Uploads are capped by the app, per kind of body, after the key was checked.
             server.max_request_body_size = 0
             server.prepare()
