@@ -27,6 +27,11 @@ def _seconds(iso: object) -> float | None:
     return datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
+def _short(iso: object) -> str:
+    # "2026-12-01T14:57:29.166201Z" -> "2026-12-01 14:57"
+    return str(iso)[:16].replace("T", " ") if iso else "-"
+
+
 def duration(seconds: float | None) -> str:
     """``2 h 05 min``, ``4 min 09 s`` or ``12 s``; ``-`` for None."""
     if seconds is None:
@@ -107,6 +112,7 @@ def summarize(
     if training and started is not None and updated is not None and done and total:
         eta = max(0, int(total) - done) * (updated - started) / done
     best = _best(metrics)
+    latest = max((t for t in (updated, beat) if t is not None), default=None)
     checkpoint = record.get("checkpoint_epoch")
     stale = None
     if checkpoint is not None and last is not None and int(last) > int(checkpoint):
@@ -129,6 +135,8 @@ def summarize(
         "best_text": "-" if best is None else f"{best[1]:.4g} (epoch {best[2]})",
         "stale": stale,
         "last_epoch": "-" if last is None else str(last),
+        "created": _short(record.get("created_at")),
+        "activity": "no activity yet" if latest is None else f"active {duration(now - latest)} ago",
     }
 
 
@@ -217,7 +225,8 @@ def _index_row(run: Mapping[str, Any]) -> str:
         f"<td>{_badge(record.get('status'))}</td>"
         f"<td>{_bar(summary['percent'])}<div>{escape(summary['progress'])}</div></td>"
         f"<td>{escape(summary['best_text'])}</td>"
-        f"<td>{escape(str(record.get('created_at') or ''))}</td></tr>"
+        f"<td>{escape(summary['created'])}"
+        f'<div class="hint">{escape(summary["activity"])}</div></td></tr>'
     )
 
 

@@ -45,6 +45,8 @@ def serve(hub: Hub, request: Request, environ: dict[str, Any]) -> Response:
         return Response("the hub's pages are for loopback clients only", status=403)
     if parts == [""]:
         return _html(page.render_index(runs(hub), hub.clock()))
+    if parts == ["favicon.ico"]:
+        return Response(status=204)
     if parts == ["runs.json"]:
         return _json({"now": hub.clock(), "runs": runs(hub)})
     if len(parts) == 2 and parts[0] == "static" and parts[1] in _STATIC:

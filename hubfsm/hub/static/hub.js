@@ -38,21 +38,34 @@
     while (n >= 1024 && i < 3) { n /= 1024; i++; }
     return i ? n.toFixed(1) + " " + units[i] : n + " B";
   }
-  function chartWidth(el) { return Math.max(280, Math.min(640, el.clientWidth - 14)); }
+  function chartWidth(el, max) {
+    return Math.max(280, Math.min(max || 720, el.clientWidth - 14));
+  }
+  var INTS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000];
 
-  function makeChart(el, title, seriesLabels, data) {
+  function makeChart(el, title, seriesLabels, data, max) {
     var series = [{ label: "epoch" }].concat(seriesLabels.map(function (label, i) {
       return { label: label, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: true,
                value: fmtValue, points: { show: data[0].length < 60, size: 4 } };
     }));
     return new uPlot({
-      title: title, width: chartWidth(el), height: 220, series: series,
+      title: title, width: chartWidth(el, max), height: max ? 320 : 220, series: series,
       scales: { x: { time: false } },
-      axes: [{ label: "epoch", grid: { stroke: "#eaeef2" } },
+      axes: [{ label: "epoch", grid: { stroke: "#eaeef2" }, incrs: INTS,
+               values: function (u, ticks) { return ticks.map(String); } },
              { size: 60, grid: { stroke: "#eaeef2" },
                values: function (u, ticks) { return ticks.map(function (t) { return +t.toPrecision(4); }); } }],
-      legend: { live: true }, cursor: { drag: { x: true, y: false } }
+      legend: { live: true }, cursor: { drag: { x: true, y: false } },
+      hooks: { setCursor: [showLast] }
     }, data, el);
+  }
+  // With the pointer away, the legend shows the latest epoch's values instead of dashes.
+  function showLast(u) {
+    if (u.cursor.idx == null && u.data[0].length && !u._showingLast) {
+      u._showingLast = true;
+      u.setLegend({ idx: u.data[0].length - 1 });
+      u._showingLast = false;
+    }
   }
 
   // ---- a run's page --------------------------------------------------------------------
@@ -83,11 +96,12 @@
       }
       list.forEach(function (name) {
         var cols = [epochs, column(d.metrics, name)];
-        if (charts[name]) { charts[name].setData(cols); return; }
+        if (charts[name]) { charts[name].setData(cols); showLast(charts[name]); return; }
         var box = document.createElement("div");
         box.className = "chart"; box.dataset.metric = name;
         section(group(name)).appendChild(box);
         charts[name] = makeChart(box, name, [name], cols);
+        showLast(charts[name]);
       });
       document.querySelectorAll("[data-field]").forEach(function (el) {
         var v = get(d, el.dataset.field);
@@ -197,13 +211,44 @@
         if (overlay) overlay.destroy();
         overlay = makeChart(box, name, runs.map(function (d) {
           return (d.record.name || d.record.id) + " " + d.record.id.slice(0, 6);
-        }), cols);
+        }), cols, 1200);
+        showLast(overlay);
       });
     }
     tbody.addEventListener("change", function (e) {
       if (e.target.classList.contains("pick")) draw();
     });
     metricSel.addEventListener("change", draw);
+    function rowHtml(run) {
+      var r = run.record, s = run.summary, best = s.best ? +s.best.value.toPrecision(6) : "";
+      return "<tr data-id=\"" + esc(r.id) + "\" data-name=\"" + esc(r.name || "") +
+        "\" data-status=\"" + esc(r.status) + "\" data-percent=\"" + s.percent +
+        "\" data-best=\"" + best + "\" data-created=\"" + esc(r.created_at) + "\">" +
+        "<td><input type=\"checkbox\" class=\"pick\" value=\"" + esc(r.id) + "\"></td>" +
+        "<td><a href=\"/models/" + esc(r.id) + "\">" + esc(r.name || r.id) +
+        "</a><div class=\"id\">" + esc(r.id) + "</div></td>" +
+        "<td><span class=\"badge " + esc(r.status) + "\">" + esc(r.status) + "</span></td>" +
+        "<td><div class=\"bar\"><div class=\"fill\" style=\"width:" + s.percent +
+        "%\"></div></div><div>" + esc(s.progress) + "</div></td>" +
+        "<td>" + esc(s.best_text) + "</td><td>" + esc(s.created) +
+        "<div class=\"hint\">" + esc(s.activity) + "</div></td></tr>";
+    }
+    function refresh() {
+      fetch("/runs.json", { cache: "no-store" }).then(function (r) { return r.json(); })
+        .then(function (d) {
+          var ticked = picked();
+          tbody.innerHTML = d.runs.map(rowHtml).join("");
+          tbody.querySelectorAll(".pick").forEach(function (c) {
+            c.checked = ticked.indexOf(c.value) >= 0;
+          });
+          if (sortKey) { desc = !desc; sortBy(sortKey); }
+          apply();
+          document.querySelector("header .hint").textContent = d.runs.length + " runs";
+          var live = d.runs.some(function (run) { return run.record.status !== "trained"; });
+          setTimeout(refresh, live ? 3000 : 15000);
+        }).catch(function () { setTimeout(refresh, 15000); });
+    }
+    setTimeout(refresh, 3000);
     window.hubCompare = function (ids) {
       tbody.querySelectorAll(".pick").forEach(function (c) { c.checked = ids.indexOf(c.value) >= 0; });
       draw();
