@@ -124,6 +124,7 @@
       document.body.dataset.epochs = String(epochs.length);
     }
     render(data);
+    window.hubCharts = charts;  // for inspection (and the browser tests)
     window.addEventListener("resize", function () {
       Object.keys(charts).forEach(function (k) {
         var c = charts[k]; c.setSize({ width: chartWidth(c.root.parentNode), height: 220 });
