@@ -8,6 +8,7 @@ slow clients cannot hold the server's threads).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shlex
@@ -22,6 +23,7 @@ from typing import Any, TextIO
 
 import platformdirs
 import structlog
+from cheroot import server as cheroot_server
 from cheroot import wsgi
 
 from hubfsm.hub.app import BodyLimits, HubApp, RateLimiter
@@ -42,10 +44,14 @@ __all__ = [
 
 _log = structlog.get_logger("hubfsm.hub")
 
-#: Seconds a connection may stay silent (between requests, or inside one) before it is closed.
+#: Seconds a connection may stay silent (between requests, or inside a body) before it is
+#: closed.
 DEFAULT_TIMEOUT = 30.0
-#: Worker threads; requests beyond them wait in the accept queue.
-DEFAULT_THREADS = 16
+#: Seconds a request's head (request line and headers) may take to arrive.
+DEFAULT_HEAD_TIMEOUT = 10.0
+#: Worker threads. Idle connections hold none (they wait in a selector); a request being
+#: read or answered holds one.
+DEFAULT_THREADS = 64
 
 
 def default_data_dir() -> Path:
@@ -91,8 +97,34 @@ class _Gateway(wsgi.Gateway_10):
         return environ
 
 
+class _Request(cheroot_server.HTTPRequest):
+    """A request whose head (request line and headers) must arrive within a short timeout.
+
+    Cheroot gives each connection one socket timeout. A client that sends half a request
+    head and stalls holds a worker thread for that long, so the head gets its own, shorter
+    one; the body (a large upload on a slow link) keeps the longer one.
+    """
+
+    def parse_request(self) -> None:
+        """Read the request head under the head timeout."""
+        sock = self.conn.socket
+        sock.settimeout(getattr(self.server, "head_timeout", self.server.timeout))
+        try:
+            super().parse_request()
+        finally:
+            with contextlib.suppress(OSError):
+                sock.settimeout(self.server.timeout)
+
+
+class _Connection(cheroot_server.HTTPConnection):
+    RequestHandlerClass = _Request
+
+
 class _Server(wsgi.Server):
     """Cheroot's server, its own messages routed to the hub's log."""
+
+    ConnectionClass = _Connection
+    head_timeout: float = 10.0
 
     @classmethod
     def prepare_socket(cls, *args: Any, **kwargs: Any) -> socket.socket:
@@ -124,6 +156,7 @@ class LocalHub:
         rate_limit: Requests per second per API key, or None.
         hang: Seconds an injected timeout stalls.
         timeout: Seconds a connection may stay silent before it is closed.
+        head_timeout: Seconds a request's head may take to arrive (at most ``timeout``).
         threads: Worker threads of the server.
         limits: The largest request bodies read.
         url_ttl: Seconds a signed weight URL stays valid.
@@ -140,6 +173,7 @@ class LocalHub:
         rate_limit: float | None = None,
         hang: float = 60.0,
         timeout: float = DEFAULT_TIMEOUT,
+        head_timeout: float = DEFAULT_HEAD_TIMEOUT,
         threads: int = DEFAULT_THREADS,
         limits: BodyLimits | None = None,
         url_ttl: float = DEFAULT_TTL,
@@ -156,6 +190,7 @@ class LocalHub:
         self.rate_limit = rate_limit
         self.hang = hang
         self.timeout = timeout
+        self.head_timeout = min(head_timeout, timeout)
         self.threads = threads
         self.limits = limits if limits is not None else BodyLimits()
         self.url_ttl = url_ttl
@@ -211,6 +246,9 @@ class LocalHub:
                 accepted_queue_timeout=max(1, round(self.timeout)),
             )
             server.gateway = _Gateway
+            server.head_timeout = self.head_timeout
+            # Keep-alive connections wait in a selector, not a thread: allow many.
+            server.keep_alive_conn_limit = 1000
             # How often the serving loop looks up from its selector: a stop takes this long.
             server.expiration_interval = 0.05
             # Uploads are capped by the app, per kind of body, after the key was checked.

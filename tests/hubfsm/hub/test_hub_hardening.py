@@ -163,17 +163,20 @@ def test_header_and_form_oddities_are_4xx(local: LocalHub) -> None:
 
 
 def test_silent_connections_are_closed_and_do_not_block_others(tmp_path: Path) -> None:
-    with LocalHub(tmp_path / "hub", timeout=1, threads=2) as local:
+    # Idle connections wait in a selector and are closed after `timeout`; a request head
+    # that stalls holds a worker only for `head_timeout`. Two workers, nine stalled sockets.
+    with LocalHub(tmp_path / "hub", timeout=3, head_timeout=1, threads=2) as local:
         silent = [socket.create_connection(("127.0.0.1", local.port)) for _ in range(6)]
         slow = [socket.create_connection(("127.0.0.1", local.port)) for _ in range(3)]
         try:
             for sock in slow:
                 sock.sendall(b"POST /v1/auth HTTP/1.1\r\nHost: x\r\n")  # and then nothing
-            # More stalled connections than worker threads, yet a request gets through.
-            reply = requests.post(
-                f"{local.url}/v1/auth", headers={"x-api-key": local.api_key}, timeout=TIMEOUT
-            )
-            assert reply.status_code == 200
+            # More stalled connections than worker threads, yet requests get through.
+            for _ in range(3):
+                reply = requests.post(
+                    f"{local.url}/v1/auth", headers={"x-api-key": local.api_key}, timeout=TIMEOUT
+                )
+                assert reply.status_code == 200
             for sock in silent + slow:
                 sock.settimeout(TIMEOUT)
                 # The hub closes each of them (recv sees the end, perhaps after a 408).
@@ -184,3 +187,18 @@ def test_silent_connections_are_closed_and_do_not_block_others(tmp_path: Path) -
         finally:
             for sock in silent + slow:
                 sock.close()
+
+
+def test_a_request_head_that_stalls_is_cut_at_the_head_timeout(tmp_path: Path) -> None:
+    with LocalHub(tmp_path / "hub", timeout=60, head_timeout=1, threads=1) as local:
+        with socket.create_connection(("127.0.0.1", local.port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"GET /v1/auth HTTP/1.1\r\n")
+            # Closed long before the 60 s idle timeout (the recv would time out first).
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+            assert data == b"" or data.startswith(b"HTTP/1.1 408")
+        reply = requests.post(
+            f"{local.url}/v1/auth", headers={"x-api-key": local.api_key}, timeout=TIMEOUT
+        )
+        assert reply.status_code == 200
