@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 import hubfsm
-from hubfsm.core import CoreConfig, Limits
+from hubfsm.core.engine import CoreConfig, Limits
 from hubfsm.hub.server import LocalHub
-from hubfsm.retry import ChannelPolicies, RetryPolicy
+from hubfsm.core.retry import ChannelPolicies, RetryPolicy
 
 CHROMIUM = os.environ.get("HUBFSM_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
