@@ -23,8 +23,8 @@ def ok(data, origin=""):
     return Response(200, {"success": True, "message": "", "data": data}, origin=origin)
 
 
-BAD_IDS = ["/some/dir", "../../x", "..", "", "A" * 19, "A" * 21, "A" * 19 + "/", "A" * 19 + "\u00e9",
-           "A" * 19 + "\n", 12345678901234567890, None, ["A" * 20]]
+BAD_IDS = ["/some/dir", "../../x", "..", "", "A" * 19, "A" * 21, "A" * 19 + "/",
+           "A" * 19 + "\u00e9", "A" * 19 + "\n", 12345678901234567890, None, ["A" * 20]]
 
 
 @pytest.mark.parametrize("bad", BAD_IDS)
