@@ -119,6 +119,7 @@ class Journal:
         self._lock = threading.Lock()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
+            os.fchmod(fd, 0o600)  # one left readable by an older version is tightened
             size = max(os.fstat(fd).st_size, INITIAL_SIZE)
             os.ftruncate(fd, size)
             self._map = mmap.mmap(fd, size)
