@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import TextIO
 
 from hubfsm.core.changes import describe_pending
-from hubfsm.durable.outbox import OutboxInfo, find, inspect
+from hubfsm.durable.outbox import (
+    OutboxDamaged,
+    OutboxInfo,
+    Survey,
+    keep_damaged_journal,
+    set_aside,
+    survey,
+)
 from hubfsm.errors import HubfsmError
 from hubfsm.runtime.session import Session
 from hubfsm.transport import Transport
@@ -22,12 +29,35 @@ from hubfsm.transport import Transport
 SessionOpener = Callable[[OutboxInfo], Session]
 
 
+def _report_damage(found: Survey, *, out: TextIO, repair: bool) -> int:
+    """Print what is damaged (with ``repair``, set damaged outboxes aside); count it."""
+    for error in found.damaged:
+        print(f"damaged: {error}", file=out)
+        if repair:
+            _set_aside(error, out=out)
+    for info in found.infos:
+        if info.journal_damage is not None:
+            print(f"damaged: model {info.model_id}: {info.journal_damage.describe()}", file=out)
+            if repair:
+                print(f"  a copy is kept as {keep_damaged_journal(info)}", file=out)
+    return len(found.damaged) + sum(i.journal_damage is not None for i in found.infos)
+
+
+def _set_aside(error: OutboxDamaged, *, out: TextIO) -> None:
+    try:
+        print(f"  set aside as {set_aside(error.directory)}", file=out)
+    except (HubfsmError, OSError, ValueError) as exc:
+        print(f"  could not set it aside: {exc}", file=out)
+
+
 def status(root: str | os.PathLike[str] | None, *, out: TextIO) -> int:
-    """Print a table of outboxes and what each holds."""
-    infos = inspect(find(root))
+    """Print a table of outboxes and what each holds; 1 when any of them is damaged."""
+    found = survey(root)
+    infos = found.infos
+    damaged = _report_damage(found, out=out, repair=False)
     if not infos:
-        print("no outboxes", file=out)
-        return 0
+        print("no outboxes" if not damaged else "no readable outboxes", file=out)
+        return 1 if damaged else 0
     print("| model | metrics | checkpoint | final | in use | directory |", file=out)
     print("|---|---:|---:|---:|---|---|", file=out)
     for info in infos:
@@ -37,7 +67,7 @@ def status(root: str | os.PathLike[str] | None, *, out: TextIO) -> int:
             f"{'yes' if info.in_use else 'no'} | {info.directory} |",
             file=out,
         )
-    return 0
+    return 1 if damaged else 0
 
 
 def _sync_one(
@@ -98,14 +128,17 @@ def sync(
 ) -> int:
     """Send every pending outbox under ``root``; 0 when all of them are empty afterwards.
 
-    ``open_session`` opens the session that sends one outbox (the simulator composes
-    one on its virtual clock); by default an ordinary :class:`Session`.
+    A damaged outbox is reported and set aside, and the others are sent; the exit
+    status is then 1, as it is when a journal was damaged. ``open_session`` opens the
+    session that sends one outbox (the simulator composes one on its virtual clock); by
+    default an ordinary :class:`Session`.
     """
-    infos = inspect(find(root))
-    todo = [i for i in infos if any(i.pending.values())]
+    found = survey(root)
+    damaged = _report_damage(found, out=out, repair=True)
+    todo = [i for i in found.infos if any(i.pending.values())]
     if not todo:
         print("nothing to send", file=out)
-        return 0
+        return 1 if damaged else 0
     ok = 0
     for info in todo:
         if info.in_use:
@@ -121,10 +154,16 @@ def sync(
                 out=out,
                 open_session=open_session,
             )
+        except OutboxDamaged as exc:
+            print(f"damaged: {exc}", file=out)
+            _set_aside(exc, out=out)
+            damaged += 1
         except HubfsmError as exc:
             print(f"model {info.model_id}: {exc}; its records stay in {info.directory}", file=out)
     print(f"synced {ok} of {len(todo)} outboxes", file=out)
-    return 0 if ok == len(todo) else 1
+    if damaged:
+        print(f"{damaged} damaged outbox(es) or journal(s): see above", file=out)
+    return 0 if ok == len(todo) and not damaged else 1
 
 
 def root_of(path: str | None) -> Path | None:

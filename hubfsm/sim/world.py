@@ -331,7 +331,8 @@ class World(Stage):
         self.profile = profile
         self.rng = rng = random.Random(seed)
         self.clock = VirtualClock(EPOCH_ZERO)
-        self.config = config = config or CoreConfig()
+        # Inside the simulated world even the idempotency keys follow the seed.
+        self.config = config = attrs.evolve(config or CoreConfig(), nonce=protocol.seeded_nonce)
         limits = check_limits or config.limits
         self.key = _token(rng, 42)
         self.hub = Hub(MemoryStore(), self.clock, seed=rng.getrandbits(32), keys=[self.key])
