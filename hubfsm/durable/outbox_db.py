@@ -164,8 +164,13 @@ class OutboxDB:
                         ),
                     )
                 elif isinstance(change, OpClosed):
+                    # Only an upload's operation refers to a weight file: a metrics
+                    # operation closing (once an epoch) leaves the files alone.
+                    row = db.execute(
+                        "SELECT channel FROM ops WHERE key = ?", (change.key,)
+                    ).fetchone()
                     db.execute("DELETE FROM ops WHERE key = ?", (change.key,))
-                    files_touched = True
+                    files_touched = files_touched or (row is not None and row[0] != "metrics")
                 else:
                     if change.value is None:
                         db.execute("DELETE FROM slots WHERE kind = ?", (change.kind,))
