@@ -80,11 +80,23 @@ class Interrupted:
 
 
 @attrs.frozen
+class Resumed:
+    """Training goes on after an interruption."""
+
+
+@attrs.frozen
 class Barrier:
     """No effect: a caller that waits for it knows every earlier event was taken in."""
 
 
 #: Every trainer event; the journal and the driver know exactly these.
 Event = (
-    Start | EpochEnded | CheckpointOffered | FinishRequested | FinishPending | Interrupted | Barrier
+    Start
+    | EpochEnded
+    | CheckpointOffered
+    | FinishRequested
+    | FinishPending
+    | Interrupted
+    | Resumed
+    | Barrier
 )

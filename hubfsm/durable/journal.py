@@ -49,6 +49,7 @@ from hubfsm.core.events import (
     FinishPending,
     FinishRequested,
     Interrupted,
+    Resumed,
     Start,
 )
 
@@ -114,6 +115,8 @@ def entry_of(event: Event) -> tuple[Any, ...]:
         return ("s",)
     if isinstance(event, Interrupted):
         return ("i",)
+    if isinstance(event, Resumed):
+        return ("r",)
     return ("b",)
 
 
@@ -132,7 +135,7 @@ def event_of(entry: Any) -> Event | None:
         return FinishRequested(path, epoch, map50_95, FileStamp(size, mtime_ns, inode), timeout)
     if tag == "p":
         return FinishPending(float(entry[1]))
-    simple: dict[str, Event] = {"s": Start(), "i": Interrupted(), "b": Barrier()}
+    simple: dict[str, Event] = {"s": Start(), "i": Interrupted(), "r": Resumed(), "b": Barrier()}
     return simple.get(tag)
 
 

@@ -28,6 +28,7 @@ from hubfsm.core.events import (
     FinishPending,
     FinishRequested,
     Interrupted,
+    Resumed,
     Start,
 )
 from hubfsm.durable.journal import InboxItem
@@ -192,6 +193,8 @@ class Driver:
             core.start(now=now)
         elif isinstance(event, Interrupted):
             core.interrupt(now=now)
+        elif isinstance(event, Resumed):
+            core.resume(now=now)
         else:
             assert isinstance(event, Barrier)
 

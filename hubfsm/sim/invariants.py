@@ -318,6 +318,7 @@ class Checker:
         secrets: Iterable[str],
         texts: Iterable[str] = (),
         expect: Expect | None = None,
+        queued: Iterable[int] = (),
     ) -> None:
         """Invariants 1, 2, 3 and 7, and how the session ended, checked at its end.
 
@@ -334,11 +335,12 @@ class Checker:
             expect: ``done`` when the session must have delivered everything;
                 ``auth_failed`` when it must have failed on the key, keeping its data;
                 None to check only the invariants themselves.
+            queued: Epochs accepted from the trainer that the driver has not taken in yet.
         """
         logged_epochs = set(logged)
         hub_epochs = set(on_hub)
         state = core.state
-        missing = logged_epochs - hub_epochs - core.unacknowledged_epochs()
+        missing = logged_epochs - hub_epochs - core.unacknowledged_epochs() - set(queued)
         if missing:
             self.violate(1, f"epochs lost: {sorted(missing)[:10]}")
         undelivered = sorted(logged_epochs - hub_epochs)

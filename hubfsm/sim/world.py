@@ -25,6 +25,7 @@ import attrs
 from hubfsm.core import protocol
 from hubfsm.core.engine import Core, CoreConfig, Limits
 from hubfsm.core.identifier import parse_identifier
+from hubfsm.durable.journal import queued_epoch
 from hubfsm.durable.outbox import OutboxInfo
 from hubfsm.errors import HubfsmError
 from hubfsm.hub.domain import Audit, Hub
@@ -276,6 +277,7 @@ class Stage:
             expected_sha256=self.expected_sha,
             secrets=[self.key],
             expect=expect,
+            queued=[e for e in map(queued_epoch, self.runner.inbox) if e is not None],
         )
 
 
