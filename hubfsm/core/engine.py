@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -98,6 +98,43 @@ class Wait:
 Action = Send | Wait
 
 
+@attrs.frozen
+class Opening:
+    """A control operation's purpose: load the model (``load``) or create it (``create``)."""
+
+    kind: Literal["load", "create"]
+
+
+@attrs.frozen
+class Beat:
+    """A heartbeat operation (it carries nothing of the trainer's)."""
+
+
+@attrs.frozen
+class Batch:
+    """A metrics operation: the epochs it carries, in order."""
+
+    epochs: tuple[int, ...]
+
+
+@attrs.frozen
+class Weights:
+    """An upload operation (epoch or final weights): the epoch of the weights."""
+
+    epoch: int
+
+
+#: What an operation is for, per channel.
+Purpose = Opening | Beat | Batch | Weights
+
+
+def _kept(purpose: Purpose) -> Any:
+    """The payload an outbox keeps for an operation (see :class:`~hubfsm.core.changes.OpOpened`)."""
+    if isinstance(purpose, Batch):
+        return purpose.epochs
+    return purpose.epoch if isinstance(purpose, Weights) else None
+
+
 @attrs.define(eq=False)
 class _Op:
     """One logical operation: the same request, retried under one idempotency key."""
@@ -106,11 +143,16 @@ class _Op:
     channel: str
     request: Request
     policy: RetryPolicy
-    payload: Any = None
+    payload: Purpose
     attempts: int = 0
     round_attempts: int = 0
     round_start: float = 0.0
     not_before: float = 0.0
+
+
+def _epochs(op: _Op | None) -> tuple[int, ...]:
+    """The epochs a metrics operation carries (none for no operation)."""
+    return op.payload.epochs if op is not None and isinstance(op.payload, Batch) else ()
 
 
 @attrs.define
@@ -208,11 +250,11 @@ class Core:
         elif identifier.model_id is not None:
             self.model_id = identifier.model_id
             request = protocol.get_model(identifier.model_id)
-            self._add("control", request, payload="load", now=now)
+            self._add("control", request, payload=Opening("load"), now=now)
         else:
             payload = dict(create or {})
             request = protocol.create_model(payload, key=self._key())
-            self._add("control", request, payload="create", now=now)
+            self._add("control", request, payload=Opening("create"), now=now)
 
     def start(self, *, now: float) -> None:
         """Training begins: heartbeats start at once."""
@@ -286,7 +328,9 @@ class Core:
         for kept in saved.ops:
             self._next_op += 1
             policy: RetryPolicy = getattr(policies, kept.channel)
-            payload = tuple(kept.payload) if kept.channel == "metrics" else kept.payload
+            payload: Purpose = (
+                Batch(tuple(kept.payload)) if kept.channel == "metrics" else Weights(kept.payload)
+            )
             op = _Op(self._next_op, kept.channel, kept.request, policy, payload, round_start=now)
             op.not_before = now
             self._ops[kept.channel] = op
@@ -372,7 +416,7 @@ class Core:
     def pending(self) -> dict[str, int]:
         """What the hub has not acknowledged yet, per channel."""
         metrics_op = self._ops["metrics"]
-        in_op = len(metrics_op.payload) if metrics_op is not None else 0
+        in_op = len(_epochs(metrics_op))
         ckpt = int(self._checkpoint is not None or self._ops["checkpoint"] is not None)
         return {
             "metrics": len(self._unsent) + in_op,
@@ -383,9 +427,7 @@ class Core:
     def unacknowledged_epochs(self) -> set[int]:
         """The epochs whose metrics the hub has not acknowledged."""
         epochs = set(self._unsent)
-        op = self._ops["metrics"]
-        if op is not None:
-            epochs.update(op.payload)
+        epochs.update(_epochs(self._ops["metrics"]))
         return epochs
 
     @property
@@ -432,14 +474,14 @@ class Core:
         self._next_key += 1
         return f"{self._nonce}-{self._next_key}"
 
-    def _add(self, channel: str, request: Request, *, payload: Any, now: float) -> _Op:
+    def _add(self, channel: str, request: Request, *, payload: Purpose, now: float) -> _Op:
         policy: RetryPolicy = getattr(self.config.policies, channel)
         self._next_op += 1
         op = _Op(self._next_op, channel, request, policy, payload, round_start=now)
         op.not_before = now
         self._ops[channel] = op
         if self.durable and channel in ("metrics", "checkpoint", "final"):
-            self.changes.append(OpOpened(channel, request, payload))
+            self.changes.append(OpOpened(channel, request, _kept(payload)))
         return op
 
     def _schedule(self, state: str, now: float) -> None:
@@ -455,7 +497,7 @@ class Core:
             and state in ("training", "final_uploading")
         ):
             self._add(
-                "heartbeat", protocol.heartbeat(model_id, self.agent_id), payload=None, now=now
+                "heartbeat", protocol.heartbeat(model_id, self.agent_id), payload=Beat(), now=now
             )
         # The final flush is exempt from the metrics limit (as the official client's final
         # upload is): the trainer is waiting, and it is the last metrics request.
@@ -464,7 +506,7 @@ class Core:
             batch = self._unsent
             self._unsent = {}
             request = protocol.upload_metrics(model_id, batch, key=self._key())
-            self._add("metrics", request, payload=tuple(batch), now=now)
+            self._add("metrics", request, payload=Batch(tuple(batch)), now=now)
         if (
             ops["checkpoint"] is None
             and self._checkpoint is not None
@@ -475,7 +517,7 @@ class Core:
             request = protocol.upload_checkpoint(
                 model_id, epoch, file, is_best=is_best, key=self._key()
             )
-            self._add("checkpoint", request, payload=epoch, now=now)
+            self._add("checkpoint", request, payload=Weights(epoch), now=now)
         if (
             state == "final_uploading"
             and self._final is not None
@@ -488,7 +530,7 @@ class Core:
             # an interrupted upload that did land is replayed by the hub, not refused.
             key = f"final-{model_id}-{epoch}-{file.sha256[:32]}"
             request = protocol.upload_final(model_id, epoch, file, map50_95=map50_95, key=key)
-            self._add("final", request, payload=epoch, now=now)
+            self._add("final", request, payload=Weights(epoch), now=now)
         metrics_op = ops["metrics"]
         if metrics_op is not None:
             # The hub's limit counts every metrics request, retries included.
@@ -516,7 +558,7 @@ class Core:
         channel = op.channel
         data = response.data
         if channel == "metrics":
-            self.stats.acknowledged_epochs += len(op.payload)
+            self.stats.acknowledged_epochs += len(_epochs(op))
         elif channel == "checkpoint":
             self.stats.checkpoints += 1
         elif channel == "heartbeat":
@@ -532,7 +574,7 @@ class Core:
             self._offer_final(None)
             self._next_heartbeat = math.inf
             self.machine.fire("acknowledged")
-        elif op.payload == "load":
+        elif op.payload == Opening("load"):
             try:
                 protocol.check_record(data, self.model_id, response=response)
             except protocol.HubProtocolError as exc:
@@ -597,8 +639,8 @@ class Core:
             )
         self.error = error
         state = self.machine.state
-        if op.payload in ("load", "create") and state == "resolved":
-            self.machine.fire(op.payload, ok=False)
+        if isinstance(op.payload, Opening) and state == "resolved":
+            self.machine.fire(op.payload.kind, ok=False)
         else:
             self.machine.fire("fail")
 
