@@ -31,6 +31,8 @@ class SessionUnderFaults(RuleBasedStateMachine):
         self.world.open(create=create)
         assert self.world.core.state in ("created", "loaded")
         self.world.start()
+        # A session takes no more trainer events once finish() has returned.
+        self.finished = False
 
     def teardown(self):
         if hasattr(self, "world") and self.world.session is not None:
@@ -50,25 +52,26 @@ class SessionUnderFaults(RuleBasedStateMachine):
     def time_passes(self, seconds):
         self.world.runner.run_until(self.world.clock.now + seconds)
 
-    @precondition(lambda self: self.core.state == "training")
+    @precondition(lambda self: self.core.state == "training" and not self.finished)
     @rule(checkpoint=st.booleans())
     def epoch_ends(self, checkpoint):
         self.world.epoch(checkpoint=checkpoint)
 
-    @precondition(lambda self: self.core.state == "training")
+    @precondition(lambda self: self.core.state == "training" and not self.finished)
     @rule()
     def trainer_is_interrupted(self):
         self.world.runner.call(Interrupted())
 
-    @precondition(lambda self: self.core.state == "resumable")
+    @precondition(lambda self: self.core.state == "resumable" and not self.finished)
     @rule()
     def trainer_resumes(self):
         self.world.runner.call(Resumed())
 
-    @precondition(lambda self: self.core.state == "training")
+    @precondition(lambda self: self.core.state == "training" and not self.finished)
     @rule(timeout=st.sampled_from([60.0, 3600.0]))
     def training_finishes(self, timeout):
         self.world.finish(timeout=timeout)
+        self.finished = True
         if self.core.state == "failed":
             # Only legitimate when an earlier, interrupted final upload did land and
             # training went on after it: the hub then refuses more as "already trained".
