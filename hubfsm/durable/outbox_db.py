@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -185,6 +186,14 @@ class OutboxDB:
                     "UPDATE meta SET value = ? WHERE key = 'journal_seq'", (str(journal_seq),)
                 )
         return files_touched
+
+    def copy_to(self, path: str | os.PathLike[str]) -> None:
+        """Write the whole database to a file at ``path`` (an in-memory one included)."""
+        target = sqlite3.connect(path)
+        try:
+            self._db.backup(target)
+        finally:
+            target.close()
 
     def close(self) -> None:
         """Close the connection."""

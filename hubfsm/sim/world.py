@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -38,6 +38,7 @@ from hubfsm.runtime.settings import Settings
 from hubfsm.runtime.sync import sync
 from hubfsm.sim.crash import RESTART_SECONDS, Crash, DyingTransport
 from hubfsm.sim.invariants import CRASH, Checker, Entry, Violation
+from hubfsm.sim.memdisk import MemoryDisk
 from hubfsm.sim.profiles import PROFILES, Expect, Profile, Scenario, Window, mix_text
 from hubfsm.transport import FilePart, Request, Response, Transport
 from transports.faults import FaultInjectingTransport
@@ -316,6 +317,9 @@ class World(Stage):
         config: The core's limits and policies.
         check_limits: The limits the checker holds the core to; by default the core's own.
         bugs: Bugs to plant.
+        durability: Where outboxes keep their database and snapshots: ``memory`` (the
+            outbox's code on an in-memory database, see :mod:`hubfsm.sim.memdisk`) or
+            ``files`` (exactly as users run it). The journal is a real file either way.
     """
 
     def __init__(
@@ -328,6 +332,7 @@ class World(Stage):
         config: CoreConfig | None = None,
         check_limits: Limits | None = None,
         bugs: Bugs = Bugs(),
+        durability: Literal["memory", "files"] = "memory",
     ) -> None:
         self.seed = seed
         self.profile = profile
@@ -347,8 +352,11 @@ class World(Stage):
             origin=EPOCH_ZERO,
         )
         self._life_rng = random.Random(rng.getrandbits(64))
+        self.disk = MemoryDisk() if durability == "memory" else None
         self.transport = FaultInjectingTransport(
-            InMemoryTransport(self.hub, self.key),
+            InMemoryTransport(
+                self.hub, self.key, read_file=None if self.disk is None else self.disk.read
+            ),
             random.Random(rng.getrandbits(64)),
             profile.faults,
             sleep=self.clock.sleep,
@@ -414,6 +422,8 @@ class World(Stage):
         )
         rng = None if self.bugs.nonce_from_seed else random.Random(self._life_rng.getrandbits(64))
         recover = self.bugs.sync_recover if sync else None
+        # hubfsm sync reads real outboxes: the simulated disk is written out for it.
+        memory = self.disk is not None and not sync
         parts = build(
             settings,
             transport=self.link,
@@ -425,6 +435,7 @@ class World(Stage):
             core_factory=self.bugs.core_factory,
             driver_factory=self.bugs.driver_factory,
             recover=recover,
+            open_outbox=self.disk.open_outbox if memory and self.disk is not None else None,
             latency=LATENCY,
             quiet=True,
         )
@@ -490,6 +501,7 @@ class World(Stage):
         if self.quit_after is not None and len(self.logged) == self.quit_after:
             self.gave_up = True
             self.deaths.clear()  # this is the last death: the trainer does not come back
+            self.checker.note("the process is killed between two calls; the trainer gives up")
             raise Crash(f"the process is killed after epoch {epoch}; the trainer gives up")
 
     def finish(self, *, timeout: float = 7200.0) -> None:
@@ -510,6 +522,8 @@ class World(Stage):
         parts = self.parts
         if parts is not None and parts.durability is not None:
             parts.durability.close(remove=False)
+        # Its memory is gone: what the journal holds is all that is left of its inbox.
+        self.runner.inbox.clear()
         self.session = None
         self.checker.restarted()
         self.clock.sleep(self._restart_rng.uniform(*RESTART_SECONDS))
@@ -531,6 +545,8 @@ class World(Stage):
     def sync(self) -> None:
         """Run ``hubfsm sync`` over the run's outboxes, in a new simulated process."""
         out = io.StringIO()
+        if self.disk is not None:
+            self.disk.dump()
 
         def open_session(info: OutboxInfo) -> Session:
             session = self.compose(info.model_id, timeout=self.profile.patience, sync=True)
@@ -654,6 +670,7 @@ def run_seed(
     check_limits: Limits | None = None,
     core_factory: CoreFactory = Core,
     bugs: Bugs | None = None,
+    durability: Literal["memory", "files"] = "memory",
     keep_trace: bool = True,
 ) -> SimResult:
     """Simulate one training run through real sessions and check the invariants.
@@ -667,6 +684,7 @@ def run_seed(
         check_limits: The limits the checker holds the core to; by default the core's own.
         core_factory: Makes the core, called like :class:`Core` (tests plant bugs with it).
         bugs: Other bugs to plant (see :class:`Bugs`).
+        durability: ``memory`` or ``files`` (see :class:`World`).
         keep_trace: Keep the trace of a run that broke nothing (a failing run keeps it).
     """
     started = time.perf_counter()
@@ -683,6 +701,7 @@ def run_seed(
             config=config,
             check_limits=check_limits,
             bugs=planted,
+            durability=durability,
         )
         play(
             world,

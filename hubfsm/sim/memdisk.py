@@ -1,0 +1,108 @@
+"""The simulator's disk: outboxes whose database and weight snapshots live in memory.
+
+Thousands of simulated runs cannot each afford a SQLite file and a copy of every
+checkpoint. A :class:`MemoryOutbox` runs the outbox's own code (the same schema, SQL,
+encoding, recovery and file collection) on an in-memory database, and keeps snapshots
+in a dict; the trainer's journal stays a real memory-mapped file. The disk outlives a
+simulated process, as a real one does, and :meth:`MemoryDisk.dump` writes it out as
+real outboxes when ``hubfsm sync`` is to read them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from hubfsm.core.events import FileStamp
+from hubfsm.durable.outbox import DATABASE, Outbox, OutboxLockedError, stamp_of
+from hubfsm.durable.outbox_db import OutboxDB
+from hubfsm.transport import FilePart
+
+
+class MemoryDisk:
+    """The outboxes of one simulated machine, kept in memory across its processes."""
+
+    def __init__(self) -> None:
+        self.databases: dict[Path, OutboxDB] = {}
+        self.files: dict[str, bytes] = {}
+        self.locked: set[Path] = set()
+
+    def open_outbox(self, model_id: str, root: str | os.PathLike[str] | None) -> Outbox:
+        """Open the outbox of ``model_id`` under ``root`` (the factory's outbox opener)."""
+        assert root is not None, "a simulated outbox needs its root"
+        return MemoryOutbox(self, Path(root), model_id)
+
+    def read(self, path: str) -> bytes:
+        """A file's bytes: a snapshot kept here, else the file on disk."""
+        data = self.files.get(path)
+        return data if data is not None else Path(path).read_bytes()
+
+    def dump(self) -> None:
+        """Write every outbox out as a real one (database and snapshots), for ``hubfsm sync``."""
+        for directory, db in self.databases.items():
+            (directory / "files").mkdir(mode=0o700, parents=True, exist_ok=True)
+            db.copy_to(directory / DATABASE)
+        for path, data in self.files.items():
+            Path(path).write_bytes(data)
+
+
+class MemoryOutbox(Outbox):
+    """An :class:`Outbox` on a :class:`MemoryDisk`: no database file, no snapshot copies."""
+
+    def __init__(self, disk: MemoryDisk, root: Path, model_id: str) -> None:
+        # Not Outbox.__init__: it would open a database file and take a lock file.
+        directory = root / model_id
+        if directory in disk.locked:
+            raise OutboxLockedError(f"the outbox of model {model_id} is in use")
+        self.root = root
+        self.directory = directory
+        self.model_id = model_id
+        self.files = directory / "files"
+        self._held = 0
+        self._disk = disk
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # the journal's home
+        db = disk.databases.get(directory)
+        if db is None:
+            db = disk.databases[directory] = OutboxDB.in_memory(model_id)
+        self.db = db
+        disk.locked.add(directory)
+
+    def snapshot(
+        self, path: str | os.PathLike[str], *, name: str, stamp: FileStamp | None
+    ) -> FilePart | None:
+        """Keep the file's bytes as the outbox's snapshot, if it is still what ``stamp`` says."""
+        if stamp is not None and stamp_of(path) != stamp:
+            return None
+        data = Path(path).read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        final = self.files / f"{name.split('.')[0]}-{sha[:24]}.pt"
+        self._disk.files[str(final)] = data
+        return FilePart(name=name, path=str(final), size=len(data), sha256=sha)
+
+    def hold(self, path: str | os.PathLike[str]) -> str | None:
+        """No link is needed: the simulated trainer never rewrites a file it handed over."""
+        return None
+
+    def _collect_files(self) -> None:
+        saved = self.load()
+        keep = {op.request.file.path for op in saved.ops if op.request.file is not None}
+        for slot in (saved.checkpoint, saved.final):
+            if slot is not None:
+                keep.add(slot[1].path)
+        prefix = f"{self.files}{os.sep}"
+        files = self._disk.files
+        for path in [p for p in files if p.startswith(prefix) and p not in keep]:
+            del files[path]
+
+    def close(self, *, remove: bool = False) -> None:
+        """Let other sessions open this outbox; ``remove`` forgets it if nothing is pending."""
+        disk = self._disk
+        if remove and self.load().empty:
+            disk.databases.pop(self.directory, None)
+            prefix = f"{self.files}{os.sep}"
+            for path in [p for p in disk.files if p.startswith(prefix)]:
+                del disk.files[path]
+            shutil.rmtree(self.directory, ignore_errors=True)
+        disk.locked.discard(self.directory)
