@@ -35,7 +35,7 @@ from hubfsm.durable.journal import InboxItem
 from hubfsm.errors import HubfsmError
 from hubfsm.runtime.clocks import Clock
 from hubfsm.runtime.durability import Durability, take_file
-from hubfsm.transport import Outcome, Transport, TransportError
+from hubfsm.transport import FilePart, Outcome, Transport, TransportError
 
 log = structlog.get_logger("hubfsm")
 
@@ -198,7 +198,9 @@ class Driver:
         else:
             assert isinstance(event, Barrier)
 
-    def _take(self, path: str, name: str, event: CheckpointOffered | FinishRequested) -> Any:
+    def _take(
+        self, path: str, name: str, event: CheckpointOffered | FinishRequested
+    ) -> FilePart | None:
         if self.durability is not None:
             return self.durability.take(path, name, event.stamp)
         return take_file(path, name, event.stamp)

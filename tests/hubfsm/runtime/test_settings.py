@@ -1,0 +1,60 @@
+from pathlib import Path
+
+import pytest
+
+from hubfsm.errors import HubfsmError
+from hubfsm.runtime.settings import Settings
+
+MODEL = "AbCdEfGhIjKlMnOpQrSt"
+KEY = "s" * 42
+
+ENV = {
+    "HUB_API_KEY": KEY,
+    "ULTRALYTICS_HUB_API": "http://127.0.0.1:9",
+    "ULTRALYTICS_HUB_WEB": "https://web.example/",
+    "HUBFSM_OFFLINE": "yes",
+    "HUBFSM_OUTBOX": "/somewhere/outbox",
+}
+
+
+def test_the_environment_fills_in_what_the_arguments_leave_out():
+    s = Settings.resolve(MODEL, environ=ENV)
+    assert s.api_key == KEY
+    assert s.api_root == "http://127.0.0.1:9"
+    assert s.web_root == "https://web.example"
+    assert s.offline is True
+    assert s.outbox_dir == Path("/somewhere/outbox")
+    assert s.identifier.model_id == MODEL
+
+
+def test_arguments_win_over_the_environment():
+    s = Settings.resolve(
+        MODEL,
+        environ=ENV,
+        api_key="a" * 42,
+        api_root="http://127.0.0.1:8",
+        web_root="https://other.example",
+        offline=False,
+        outbox_dir="/elsewhere",
+    )
+    assert (s.api_key, s.api_root, s.web_root, s.offline, s.outbox_dir) == (
+        "a" * 42, "http://127.0.0.1:8", "https://other.example", False, Path("/elsewhere"),
+    )
+
+
+def test_nothing_set_gives_the_defaults():
+    s = Settings.resolve("yolov8n.yaml", environ={}, train_args={"data": "coco8"})
+    assert s.api_key is None and s.api_root is None and s.outbox_dir is None
+    assert s.offline is False and s.outbox and s.journal
+    assert s.identifier.filename == "yolov8n.yaml" and s.train_args == {"data": "coco8"}
+
+
+def test_the_key_is_not_in_the_settings_repr():
+    assert KEY not in repr(Settings.resolve(MODEL, environ=ENV))
+
+
+def test_offline_needs_a_model_id_and_the_outbox():
+    with pytest.raises(HubfsmError, match="model id"):
+        Settings.resolve("yolov8n.yaml", environ={"HUBFSM_OFFLINE": "1"})
+    with pytest.raises(HubfsmError, match="outbox"):
+        Settings.resolve(MODEL, environ={}, offline=True, outbox=False)
