@@ -69,10 +69,13 @@ _END = bytes(8)
 _LITTLE = sys.byteorder == "little"
 INITIAL_SIZE = 1 << 20
 
-#: An inbox item: ``(seq, event)``, or ``(seq, at, names, epoch)`` for a values record
-#: (the event is built on the worker's side, by :meth:`Journal.event_of`, so that the
-#: training thread builds nothing). ``seq`` is 0 for events that bypass the journal.
-InboxItem: TypeAlias = tuple[int, Event] | tuple[int, int, tuple[str, ...], int]
+#: An inbox item: ``(seq, event)``; or, so that the training thread builds no event
+#: value for an epoch's metrics, ``(seq, at, names, epoch)`` for a values record (read
+#: back by :meth:`Journal.event_of`) and ``(0, epoch, metrics)`` without a journal.
+#: ``seq`` is 0 for events that bypass the journal.
+InboxItem: TypeAlias = (
+    tuple[int, Event] | tuple[int, int, tuple[str, ...], int] | tuple[int, int, dict[str, Any]]
+)
 
 _crc32 = zlib.crc32
 _pack = _RECORD.pack
@@ -195,6 +198,8 @@ class Journal:
         """The event of an inbox item; a values record is read back from the journal."""
         if len(item) == 2:
             return item[1]
+        if len(item) == 3:
+            return EpochEnded(item[1], item[2])
         _, at, names, epoch = item
         with self._lock:
             frozen = self._frozen
@@ -319,6 +324,8 @@ def queued_epoch(item: InboxItem) -> int | None:
     """The epoch of an inbox item that ends an epoch, else None."""
     if len(item) == 4:
         return item[3]
+    if len(item) == 3:
+        return item[1]
     event = item[1]
     return event.epoch if isinstance(event, EpochEnded) else None
 

@@ -141,6 +141,8 @@ class Driver:
             last_seq = seq or last_seq
             if len(item) == 2:
                 event: Event = item[1]
+            elif len(item) == 3:
+                event = EpochEnded(item[1], item[2])
             else:
                 assert durability is not None and durability.journal is not None
                 event = durability.journal.event_of(item)

@@ -20,7 +20,6 @@ from hubfsm.core.engine import CoreConfig
 from hubfsm.core.events import (
     Barrier,
     CheckpointOffered,
-    EpochEnded,
     FinishPending,
     FinishRequested,
     Interrupted,
@@ -247,7 +246,7 @@ class Session:
         # No wake-up: metrics go out at most every 3 s anyway, and the worker looks at
         # the inbox at least every quarter second.
         if journal is None:
-            self._inbox.append((0, EpochEnded(epoch, dict(metrics))))
+            self._inbox.append((0, epoch, dict(metrics)))
         else:
             journal.append_metrics(epoch, metrics)
 
