@@ -21,7 +21,6 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 import requests
-import structlog
 import urllib3
 from requests.adapters import HTTPAdapter
 from requests.exceptions import ChunkedEncodingError, ContentDecodingError
@@ -32,6 +31,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 
 from hubfsm.core.retry import parse_retry_after
+from hubfsm.logs import get_logger
 from hubfsm.transport import ErrorKind, RateLimit, Request, Response, Transport, TransportError
 from hubfsm.version import __version__
 from transports.multipart import FileChangedError, FileReadError, MultipartBody
@@ -53,13 +53,16 @@ API_ROOT_ENV = "ULTRALYTICS_HUB_API"
 #: (a misrouted request, a hostile server), and it must not exhaust memory.
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
+#: The smallest upload whose speed is logged.
+_SPEED_BYTES = 1_000_000
+
 #: How much of an unexpected body an error message quotes.
 _SNIPPET_CHARS = 80
 
 _JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
 _JSON_TYPES[type(None)] = "null"
 
-log = structlog.get_logger("hubfsm.http")
+log = get_logger("hubfsm.http")
 
 
 class _Secret:
@@ -367,7 +370,12 @@ class RequestsTransport(Transport):
                 file=request.file.name if request.file is not None else None,
                 bytes=sent.bytes,
                 seconds=round(seconds, 3),
-                mb_per_s=round(sent.bytes / 1e6 / seconds, 1) if seconds > 0 else None,
+                # A speed is only telling for a body big enough to outlast the round trip.
+                mb_per_s=(
+                    round(sent.bytes / 1e6 / seconds, 1)
+                    if seconds > 0 and sent.bytes >= _SPEED_BYTES
+                    else None
+                ),
                 status=response.status,
             )
         return response

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -12,19 +11,10 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-import structlog
-
 from hubfsm.core.identifier import parse_identifier
 from hubfsm.errors import HubfsmError, IdentifierError
+from hubfsm.logs import configure_cli
 from hubfsm.version import __version__
-
-
-def _configure_logs(verbose: bool) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
 
 
 def _command(
@@ -204,7 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `hubfsm COMMAND --help` for a command's options and an example.",
     )
     parser.add_argument("--version", action="version", version=f"hubfsm {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="show what hubfsm is doing on standard error: -v progress, -vv every request",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = _command(
@@ -336,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    _configure_logs(args.verbose)
+    configure_cli(args.verbose)
     try:
         return int(args.func(args))
     except HubfsmError as exc:

@@ -9,15 +9,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from hubfsm.core import protocol
 from hubfsm.core.changes import Change, MetricsQueued, Offered, Saved
 from hubfsm.core.engine import Core
 from hubfsm.durable.journal import replay
 from hubfsm.durable.outbox import FileStamp, Outbox
+from hubfsm.logs import get_logger
 
-log = structlog.get_logger("hubfsm")
+log = get_logger("hubfsm")
 
 JOURNAL = "journal"
 

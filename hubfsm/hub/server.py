@@ -27,7 +27,6 @@ from types import TracebackType
 from typing import IO, Any, TextIO
 
 import platformdirs
-import structlog
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
@@ -38,8 +37,9 @@ from hubfsm.hub.domain import ALPHABET, BadJson, Hub, HubCall, HubReply, fail, i
 from hubfsm.hub.faults import NO_FAULT, Fault, FaultMix, draw
 from hubfsm.hub.store import WeightsKind
 from hubfsm.hub.store_sqlite import SqliteStore
+from hubfsm.logs import get_logger
 
-_log = structlog.get_logger("hubfsm.hub")
+_log = get_logger("hubfsm.hub")
 
 #: The largest JSON body accepted; metrics of thousands of epochs fit many times over.
 MAX_JSON_BYTES = 16 << 20

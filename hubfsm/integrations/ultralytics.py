@@ -38,11 +38,10 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias
 
-import structlog
-
 from hubfsm.core.engine import CoreConfig
 from hubfsm.core.identifier import parse_identifier
 from hubfsm.integrations.callbacks import TrainingCallbacks
+from hubfsm.logs import get_logger
 from hubfsm.runtime.opener import TrainingSession
 from hubfsm.runtime.opener import open as open_session
 from hubfsm.runtime.session import Session
@@ -50,7 +49,7 @@ from hubfsm.transport import Transport
 
 __all__ = ["EVENTS", "MAP_KEY", "UltralyticsCallbacks", "add_callbacks", "model_info"]
 
-log = structlog.get_logger("hubfsm")
+log = get_logger("hubfsm")
 
 #: Every event ultralytics' HUB callbacks handle, plus the start of training's setup.
 EVENTS = (

@@ -16,8 +16,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from hubfsm.core import protocol
 from hubfsm.core.changes import describe_pending
 from hubfsm.core.engine import Core, CoreConfig
@@ -32,11 +30,12 @@ from hubfsm.errors import (
     HubUnavailableError,
     IllegalEventError,
 )
+from hubfsm.logs import get_logger
 from hubfsm.runtime.exits import ExitHooks
 from hubfsm.runtime.worker import ThreadRunner
 from hubfsm.transport import FilePart, Transport
 
-log = structlog.get_logger("hubfsm")
+log = get_logger("hubfsm")
 
 #: Environment variable that turns offline mode on (``1``, ``true`` or ``yes``).
 OFFLINE_ENV = "HUBFSM_OFFLINE"

@@ -13,14 +13,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import structlog
-
 from hubfsm.core.engine import Core, Send
 from hubfsm.durable.journal import Journal
 from hubfsm.durable.outbox import Outbox
+from hubfsm.logs import get_logger
 from hubfsm.transport import Outcome, Transport, TransportError
 
-log = structlog.get_logger("hubfsm")
+log = get_logger("hubfsm")
 
 
 def _say(level: str, event: str, **fields: Any) -> None:

@@ -68,11 +68,11 @@ def test_demo_trains_and_keeps_the_records(cli: Any, tmp_path: Path, leaks: Any)
 
 def test_demo_rides_out_a_flaky_hub(cli: Any, tmp_path: Path, leaks: Any) -> None:
     # Seed 4 fails the first two requests (a dropped connection, then a 504), so the
-    # session retries at least twice whatever the timing. Verbose, so the debug logs of
+    # session retries at least twice whatever the timing. -vv, so the debug logs of
     # every request go through the leak guard too.
     data = tmp_path / "hub"
     done = cli(
-        "-v", "demo", "--fault-rate", "0.3", "--epochs", "3", "--seed", "4", "--data", str(data)
+        "-vv", "demo", "--fault-rate", "0.3", "--epochs", "3", "--seed", "4", "--data", str(data)
     )
     leaks.watch((data / "api_key").read_text().strip())
 
@@ -81,7 +81,7 @@ def test_demo_rides_out_a_flaky_hub(cli: Any, tmp_path: Path, leaks: Any) -> Non
     assert summary_value(done.stdout, r"^epochs logged: 3, acknowledged: (\d+)$") == "3"
     assert "on the hub: status trained, 3 epochs of metrics" in done.stdout
     assert "request.failed" in done.stderr  # retries are reported as warnings
-    assert "http.response" in done.stderr  # and -v shows each answer
+    assert "http.response" in done.stderr  # and -vv shows each answer
 
 
 def test_demo_against_a_served_hub_with_the_key_from_the_environment(
