@@ -285,6 +285,14 @@ class RequestsTransport(Transport):
         parts = urlsplit(root)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"API root {self._redact(root)!r} is not an http:// or https:// URL")
+        try:
+            port_ok = parts.port != 0  # reading the port checks it
+        except ValueError:
+            port_ok = False
+        if not port_ok:
+            raise ValueError(
+                f"API root {self._redact(root)!r} has an invalid port (a number from 1 to 65535)"
+            )
         if parts.query or parts.fragment or parts.username or parts.password:
             raise ValueError(
                 f"the API root for {parts.hostname} must not have credentials, a query or "
@@ -494,14 +502,18 @@ class RequestsTransport(Transport):
         if isinstance(error, (ChunkedEncodingError, ContentDecodingError)):
             return "protocol", f"{host} sent a garbled body ({_os_reason(error)})"
         if isinstance(error, RequestsSSLError):
-            return "connect", f"TLS with {host} failed ({_os_reason(error)})"
+            return "tls", f"TLS with {host} failed ({_os_reason(error)})"
+        if isinstance(error, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema)):
+            return "url", f"cannot request {host} ({type(error).__name__})"
+        if any(isinstance(e, ConnectionRefusedError) for e in _chain(error)):
+            return "refused", f"{host} refused the connection (nothing listens on that port)"
         return "connect", f"cannot talk to {host} ({_os_reason(error)})"
 
     def _fail(self, request: Request, kind: ErrorKind, reason: str) -> TransportError:
         """Log a failed request and make its error; the message never holds the key."""
         reason = self._redact(reason)
         log.info("http.error", method=request.method, path=request.path, kind=kind, reason=reason)
-        return TransportError(kind, f"{request.method} {request.path}: {reason}")
+        return TransportError(kind, f"{request.method} {request.path}: {reason}", url=self._root)
 
     def _decode(
         self, request: Request, status: int, content_type: str | None, content: bytes

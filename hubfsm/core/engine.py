@@ -24,10 +24,11 @@ from hubfsm.errors import (
     DeliveryIncomplete,
     HubError,
     HubfsmError,
+    HubUnavailableError,
     ModelNotFoundError,
     ModelTrainedError,
 )
-from hubfsm.transport import FilePart, Outcome, Request, Response
+from hubfsm.transport import FilePart, Outcome, Request, Response, TransportError
 
 #: Channels in the order the core serves them when several are due at once.
 CHANNELS = ("control", "heartbeat", "metrics", "checkpoint", "final")
@@ -169,6 +170,10 @@ class Core:
         self.changes: list[Change] = []
         #: When True, nothing is sent: everything waits (for ``hubfsm sync``).
         self.offline = False
+        #: True once the hub has answered anything: refusals after that are outages.
+        self.answered = False
+        #: The wait the last failed request was given before its retry (None: none).
+        self.retry_wait: float | None = None
 
     # -- what the trainer says ------------------------------------------------------
 
@@ -344,13 +349,19 @@ class Core:
         if op is None or op.id != op_id:
             raise RuntimeError(f"no request {op_id} in flight")
         self._in_flight = None
-        verdict = classify(outcome)
+        self.retry_wait = None
+        first_contact = not self.answered and op.payload in ("load", "create")
+        if isinstance(outcome, Response):
+            self.answered = True
+        verdict = classify(outcome, first_contact=first_contact)
         if verdict is Verdict.SUCCESS:
             assert isinstance(outcome, Response)
             self._close_op(op.channel)
             self._succeeded(op, outcome, now)
+        elif isinstance(outcome, TransportError):
+            if verdict is Verdict.FATAL or not self._retry(op, outcome, now, first_contact):
+                self._unreachable(op, outcome)
         elif verdict is Verdict.FATAL:
-            assert isinstance(outcome, Response)
             self._fatal(op, outcome)
         else:
             self._retry(op, outcome, now)
@@ -582,7 +593,29 @@ class Core:
         else:
             self.machine.fire("fail")
 
-    def _retry(self, op: _Op, outcome: Outcome, now: float) -> None:
+    def _unreachable(self, op: _Op, outcome: TransportError) -> None:
+        """Opening failed on a hub that never answered: say what to check, and stop."""
+        where = outcome.url or "the API root"
+        if outcome.kind == "tls":
+            hint = (
+                f"check the scheme of {where}: https:// for a hub that speaks TLS, http:// "
+                "for one that does not (such as the local hub)"
+            )
+        elif outcome.kind == "url":
+            hint = f"check the API root {where}"
+        else:
+            hint = f"is the hub at {where} running?"
+        self.error = HubUnavailableError(f"cannot reach the hub ({outcome}); {hint}")
+        self._ops[op.channel] = None
+        if self.machine.state == "resolved":
+            self.machine.fire(op.payload, ok=False)
+        else:
+            self.machine.fire("fail")
+
+    def _retry(
+        self, op: _Op, outcome: Outcome, now: float, first_contact: bool = False
+    ) -> bool:
+        """Schedule the operation's next attempt; False when opening should fail instead."""
         retry_after = retry_after_of(outcome)
         if isinstance(outcome, Response):
             self.last_failure = f"{outcome.status} {outcome.message}".rstrip()
@@ -590,7 +623,10 @@ class Core:
             self.last_failure = f"{outcome.kind}: {outcome}"
         if retry_after is not None:
             self._hold_until = max(self._hold_until, now + retry_after)
-        wait = op.policy.next_wait(
+        refused = isinstance(outcome, TransportError) and outcome.kind == "refused"
+        brief = first_contact and refused
+        policy = self.config.policies.first_contact if brief else op.policy
+        wait = policy.next_wait(
             attempts=op.round_attempts,
             elapsed=now - op.round_start,
             rng=self._rng,
@@ -598,11 +634,16 @@ class Core:
         )
         if wait is not None:
             op.not_before = now + wait
-            return
+            self.retry_wait = wait
+            return True
+        if brief:
+            return False
         # The policy gave up for now: the operation keeps its key and its data, and
         # rests before a fresh round, never sooner than the hub asked.
         self.stats.give_ups += 1
         op.round_attempts = 0
         op.not_before = now + max(self.config.limits.park, retry_after or 0.0)
+        self.retry_wait = op.not_before - now
         if op.channel == "heartbeat":
             self._ops["heartbeat"] = None
+        return True

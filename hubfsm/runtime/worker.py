@@ -28,6 +28,10 @@ def _say(level: str, event: str, **fields: Any) -> None:
         getattr(log, level)(event, **fields)
 
 
+#: A retry wait at least this long (seconds) is announced as a warning when it begins.
+LONG_WAIT = 5.0
+
+
 #: An event for the worker: a function of the core and the current time.
 Job = Callable[[Core, float], Any]
 
@@ -223,6 +227,10 @@ class ThreadRunner:
                 retry_after=outcome.retry_after,
             )
         self.core.receive(action.op_id, outcome, now=self.clock())
+        wait = self.core.retry_wait
+        if wait is not None and wait >= LONG_WAIT:
+            # Said before the wait begins, so a quiet terminal never looks hung.
+            _say("warning", "request.waiting", channel=action.channel, seconds=round(wait, 1))
         self._persist()
 
     def _notify(self) -> None:
