@@ -244,16 +244,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
             # What the embedded hub has not acknowledged stays with the hub's data: with
             # --data, `hubfsm sync DATA/outbox` sends it once `hub serve --data DATA`
             # runs; a temporary hub takes its records with it, so nothing is kept.
-            result = train(
-                api_key=local.api_key,
-                api_root=local.url,
-                web_root=local.url,
-                epochs=args.epochs,
-                seed=args.seed,
-                out=out,
-                outbox_dir=data / "outbox" if args.data else None,
-                outbox=bool(args.data),
-            )
+            try:
+                result = train(
+                    api_key=local.api_key,
+                    api_root=local.url,
+                    web_root=local.url,
+                    epochs=args.epochs,
+                    seed=args.seed,
+                    out=out,
+                    outbox_dir=data / "outbox" if args.data else None,
+                    outbox=bool(args.data),
+                )
+            except KeyboardInterrupt:
+                if not args.data:
+                    print(
+                        "the embedded hub was temporary: it stops now, and nothing is kept",
+                        file=sys.stderr,
+                    )
+                raise
             record = local.hub.record(result.model_id) or {}
             arrived = local.hub.metrics(result.model_id)
             _print_summary(result, (record, len(arrived)))

@@ -13,7 +13,7 @@ from typing import TextIO
 
 from hubfsm.core.changes import describe_pending
 from hubfsm.durable.outbox import OutboxInfo, find, inspect
-from hubfsm.errors import HubfsmError
+from hubfsm.errors import HubfsmError, HubUnavailableError, ModelNotFoundError
 from hubfsm.runtime.session import Session
 from hubfsm.transport import Transport
 
@@ -31,6 +31,12 @@ def status(root: str | os.PathLike[str] | None, *, out: TextIO) -> int:
         print(
             f"| {info.model_id} | {p['metrics']} | {p['checkpoint']} | {p['final']} | "
             f"{'yes' if info.in_use else 'no'} | {info.directory} |",
+            file=out,
+        )
+    if any(any(info.pending.values()) for info in infos):
+        print(
+            "`hubfsm sync` sends what they hold; `hubfsm discard MODEL_ID` deletes one you "
+            "no longer want",
             file=out,
         )
     return 0
@@ -106,6 +112,18 @@ def sync(
                 transport=transport,
                 timeout=timeout,
                 out=out,
+            )
+        except ModelNotFoundError as exc:
+            print(
+                f"model {info.model_id}: the hub says this model is gone ({exc}); its records "
+                f"stay in {info.directory} until `hubfsm discard {info.model_id}` deletes them",
+                file=out,
+            )
+        except HubUnavailableError as exc:
+            print(
+                f"model {info.model_id}: could not reach the hub ({exc}); its records stay in "
+                f"{info.directory}; run sync again when the hub is back",
+                file=out,
             )
         except HubfsmError as exc:
             print(f"model {info.model_id}: {exc}; its records stay in {info.directory}", file=out)
