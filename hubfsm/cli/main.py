@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from hubfsm.core.identifier import parse_identifier
+from hubfsm.core.identifier import DEFAULT_WEB_ROOT, WEB_ROOT_ENV, parse_identifier
 from hubfsm.errors import HubfsmError, IdentifierError
 from hubfsm.logs import configure_cli
 from hubfsm.version import __version__
@@ -155,13 +155,23 @@ def _command(
 # -- parse -------------------------------------------------------------------------
 
 
+def _site(url: str) -> tuple[str, str]:
+    """A URL's scheme and host (with port), lower case; empty when it does not parse."""
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return ("", "")
+    return (parts.scheme.lower(), parts.netloc.rpartition("@")[2].lower())
+
+
 def cmd_parse(args: argparse.Namespace) -> int:
     """Print an identifier's parse as JSON, or the reason it was rejected."""
     try:
         identifier = parse_identifier(args.identifier, web_root=args.web_root)
     except IdentifierError as exc:
         hint = ""
-        if "://" in args.identifier and not args.web_root:
+        root = args.web_root or os.environ.get(WEB_ROOT_ENV) or DEFAULT_WEB_ROOT
+        if "://" in args.identifier and _site(args.identifier) != _site(root):
             hint = (
                 " (a URL of another hub, such as a local one, parses with --web-root ROOT "
                 "or ULTRALYTICS_HUB_WEB=ROOT)"
@@ -514,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
         "outbox a running session holds.",
         "hubfsm discard AbCdEfGhIjKlMnOpQrSt\nhubfsm discard ./outbox/AbCdEfGhIjKlMnOpQrSt --yes",
     )
-    p.add_argument("target", metavar="MODEL_ID|DIR", help="a model id, or its outbox directory")
+    p.add_argument("target", metavar="OUTBOX", help="a model id, or that model's outbox directory")
     p.add_argument(
         "--root",
         metavar="DIR",
