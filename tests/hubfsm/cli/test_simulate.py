@@ -16,7 +16,10 @@ from hubfsm.transport import Response
 
 
 def simulate(capsys, *args):
-    status = main(["simulate", *args])
+    try:
+        status = main(["simulate", *args])
+    except SystemExit as exited:  # the parser itself refuses malformed options
+        status = exited.code
     out, err = capsys.readouterr()
     return status, out, err
 
