@@ -193,11 +193,16 @@ class Outbox:
                 connection.execute("PRAGMA journal_mode=WAL")
                 connection.execute("PRAGMA synchronous=NORMAL")
                 self.db = OutboxDB(connection, model_id)
+                self.db.load()  # every record must read back, or it is damage
             except sqlite3.DatabaseError as error:
                 connection.close()
                 raise OutboxDamaged(
                     self.directory, _damage_of(error), _salvage(self.directory)
                 ) from None
+            except (ValueError, TypeError, KeyError, AssertionError) as error:
+                connection.close()
+                problem = f"its records cannot be read ({type(error).__name__})"
+                raise OutboxDamaged(self.directory, problem, _salvage(self.directory)) from None
         except BaseException:
             os.close(self._lock_fd)
             raise
@@ -404,12 +409,18 @@ def _read(directory: Path) -> OutboxInfo:
             metrics = db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
             in_ops = 0
             checkpoint = 0
-            for channel, payload in db.execute("SELECT channel, payload FROM ops"):
+            for channel, request, payload in db.execute(
+                "SELECT channel, request, payload FROM ops"
+            ):
+                json.loads(request)  # readable, or the outbox is damaged
                 if channel == "metrics":
                     in_ops += len(json.loads(payload))
                 elif channel == "checkpoint":
                     checkpoint = 1
-            kinds = {k for (k,) in db.execute("SELECT kind FROM slots")}
+            slots = dict(db.execute("SELECT kind, value FROM slots"))
+            for value in slots.values():
+                json.loads(value)
+            kinds = set(slots)
         finally:
             db.close()
     except sqlite3.Error as error:

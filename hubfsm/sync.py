@@ -35,7 +35,10 @@ def _report_damage(found: Survey, *, out: TextIO, repair: bool) -> int:
         if info.journal_damage is not None:
             print(f"damaged: model {info.model_id}: {info.journal_damage.describe()}", file=out)
             if repair:
-                print(f"  a copy is kept as {keep_damaged_journal(info)}", file=out)
+                try:
+                    print(f"  a copy is kept as {keep_damaged_journal(info)}", file=out)
+                except OSError as exc:
+                    print(f"  no copy could be kept: {exc}", file=out)
     return len(found.damaged) + sum(i.journal_damage is not None for i in found.infos)
 
 

@@ -223,3 +223,22 @@ def test_sync_reports_a_damaged_journal_and_exits_non_zero(tmp_path):
     assert "1 record(s) lost" in out.getvalue() and "a copy is kept as" in out.getvalue()
     # every intact record after the damage still reached the hub
     assert {e for (m, e) in hub.audit().metrics_applied if m == model_id} == {0, 2, 3, 4, 5}
+
+
+def test_a_record_that_does_not_read_back_is_damage_too(tmp_path):
+    import sqlite3
+
+    ob = Outbox.open(MODEL, tmp_path)
+    request = protocol.upload_metrics(MODEL, {0: "{}"}, key="k-1")
+    from hubfsm.changes import OpOpened
+
+    ob.apply([OpOpened("metrics", request, (0,))])
+    ob.close()
+    db = sqlite3.connect(tmp_path / MODEL / DATABASE)
+    db.execute("UPDATE ops SET request = '{not json'")
+    db.commit()
+    db.close()
+    with pytest.raises(OutboxDamaged, match="records cannot be read"):
+        inspect(find(tmp_path))
+    with pytest.raises(OutboxDamaged, match="records cannot be read"):
+        Outbox.open(MODEL, tmp_path)
