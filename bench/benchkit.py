@@ -236,7 +236,7 @@ def local_hub(where: Path, **options: Any) -> Iterator[Any]:
 
 def new_model(hub: Any, name: str = "yolov8n.yaml") -> str:
     """Create a model on the local hub, the way a trainer's first run does; its id."""
-    from hubfsm import protocol
+    from hubfsm.core import protocol
     from transports.http import RequestsTransport
 
     client = RequestsTransport(hub.api_key, api_root=hub.url, progress=False)

@@ -24,9 +24,9 @@ import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 
-from hubfsm.profiles import PROFILES
-from hubfsm.simulate_cli import run_seeds
-from hubfsm.simulation import run_seed
+from hubfsm.cli.simulate import run_seeds
+from hubfsm.sim.profiles import PROFILES
+from hubfsm.sim.world import run_seed
 
 TARGET_S = 60.0
 

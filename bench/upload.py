@@ -67,7 +67,7 @@ def child(variant: str, spec: dict[str, Any]) -> None:
     file, url, model, epoch = spec["file"], spec["url"], spec["model"], spec["epoch"]
     size = os.path.getsize(file)
     if variant == "hubfsm":
-        from hubfsm import protocol
+        from hubfsm.core import protocol
         from hubfsm.transport import FilePart
         from transports.http import RequestsTransport
 

@@ -1,8 +1,14 @@
-"""hubfsm: a training-session client for model hubs, built as a sans-I/O state machine."""
+"""hubfsm: a training-session client for model hubs, built as a sans-I/O state machine.
+
+The facade names below load their modules on first use, so that importing a lower layer
+(``hubfsm.transport``, ``hubfsm.core``) never pulls in the runtime and its transports.
+"""
 
 from __future__ import annotations
 
-from hubfsm.distributed import NullSession
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from hubfsm.errors import (
     AuthError,
     DeliveryIncomplete,
@@ -14,12 +20,35 @@ from hubfsm.errors import (
     ModelNotFoundError,
     ModelTrainedError,
 )
-from hubfsm.identifier import Identifier, parse_identifier
-from hubfsm.opener import TrainingSession, open
-from hubfsm.retry import ChannelPolicies, RetryPolicy
-from hubfsm.session import Session
+from hubfsm.version import __version__
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from hubfsm.core.identifier import Identifier, parse_identifier
+    from hubfsm.core.retry import ChannelPolicies, RetryPolicy
+    from hubfsm.runtime.distributed import NullSession
+    from hubfsm.runtime.opener import TrainingSession, open
+    from hubfsm.runtime.session import Session
+
+_LAZY = {
+    "ChannelPolicies": "hubfsm.core.retry",
+    "Identifier": "hubfsm.core.identifier",
+    "NullSession": "hubfsm.runtime.distributed",
+    "RetryPolicy": "hubfsm.core.retry",
+    "Session": "hubfsm.runtime.session",
+    "TrainingSession": "hubfsm.runtime.opener",
+    "open": "hubfsm.runtime.opener",
+    "parse_identifier": "hubfsm.core.identifier",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hubfsm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AuthError",

@@ -1,5 +1,5 @@
 """``python -m hubfsm``."""
 
-from hubfsm.cli import main
+from hubfsm.cli.main import main
 
 raise SystemExit(main())

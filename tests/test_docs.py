@@ -33,9 +33,9 @@ import attrs
 import pytest
 
 import hubfsm
-from hubfsm import docs_gen
-from hubfsm.cli import build_parser
+from hubfsm.cli.main import build_parser
 from hubfsm.hub.server import LocalHub
+from tools import docs_gen
 
 ROOT = pathlib.Path(__file__).parents[1]
 DOCS = ROOT / "docs"
@@ -57,7 +57,7 @@ class Block:
     lang: str
     code: str
     skip: bool
-    generated: bool = False  # inside a block that hubfsm.docs_gen writes
+    generated: bool = False  # inside a block that tools.docs_gen writes
     output: Block | None = None  # the block right after it, when only blank lines part them
 
     @property
@@ -282,7 +282,7 @@ def test_json_example_is_json(block: Block) -> None:
 
 def test_the_generated_parts_are_current() -> None:
     stale = [str(page.relative_to(ROOT)) for page in docs_gen.stale(ROOT)]
-    assert not stale, f"stale generated docs in {stale}: run python -m hubfsm.docs_gen"
+    assert not stale, f"stale generated docs in {stale}: run python -m tools.docs_gen"
 
 
 def test_every_generated_block_is_used() -> None:

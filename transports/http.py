@@ -34,10 +34,10 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 
-import hubfsm
+from hubfsm.core.retry import parse_retry_after
 from hubfsm.masking import redact, redact_value
-from hubfsm.retry import parse_retry_after
 from hubfsm.transport import ErrorKind, RateLimit, Request, Response, Transport, TransportError
+from hubfsm.version import __version__
 from transports.multipart import FileChangedError, FileReadError, MultipartBody
 
 __all__ = [
@@ -410,9 +410,7 @@ class RequestsTransport(Transport):
         self._deadline = _Deadline()
         self._progress = progress
         self._progress_file = progress_file
-        # Read here, not imported at module level: hubfsm's package may import this module.
-        version = hubfsm.__version__
-        self._user_agent = f"hubfsm/{version} python-requests/{requests.__version__}"
+        self._user_agent = f"hubfsm/{__version__} python-requests/{requests.__version__}"
         self._owns_session = session is None
         if session is None:
             session = requests.Session()

@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 
 from hubfsm.errors import HubfsmError
-from hubfsm.opener import TrainingSession
+from hubfsm.runtime.opener import TrainingSession
 
 __all__ = ["TrainingCallbacks", "plain"]
 

@@ -40,12 +40,12 @@ from typing import Any, TypeAlias
 
 import structlog
 
-from hubfsm.core import CoreConfig
-from hubfsm.identifier import parse_identifier
+from hubfsm.core.engine import CoreConfig
+from hubfsm.core.identifier import parse_identifier
 from hubfsm.integrations.callbacks import TrainingCallbacks
-from hubfsm.opener import TrainingSession
-from hubfsm.opener import open as open_session
-from hubfsm.session import Session
+from hubfsm.runtime.opener import TrainingSession
+from hubfsm.runtime.opener import open as open_session
+from hubfsm.runtime.session import Session
 from hubfsm.transport import Transport
 
 __all__ = ["EVENTS", "MAP_KEY", "UltralyticsCallbacks", "add_callbacks", "model_info"]

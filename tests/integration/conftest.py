@@ -31,9 +31,9 @@ import requests
 import structlog
 
 import hubfsm
-from hubfsm.core import CoreConfig, Limits
+from hubfsm.core.engine import CoreConfig, Limits
+from hubfsm.core.retry import ChannelPolicies, RetryPolicy
 from hubfsm.hub.server import LocalHub
-from hubfsm.retry import ChannelPolicies, RetryPolicy
 
 #: Retries in milliseconds, limits far below the hub's, so a session takes a second or two.
 FAST_POLICY = RetryPolicy(base=0.02, cap=0.1, max_attempts=6, deadline=5.0)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from hubfsm import cli
+import hubfsm.cli.main as cli
 from hubfsm.hub.server import LocalHub
 
 KEY = "Ab12" * 10 + "Cd"  # 42 characters, like a hub API key

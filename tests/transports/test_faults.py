@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from hubfsm import protocol
+from hubfsm.core import protocol
 from hubfsm.hub import FaultMix, Hub, MemoryStore
 from hubfsm.transport import Request, Response, Transport, TransportError
 from transports.faults import FaultInjectingTransport

@@ -20,7 +20,7 @@ import pytest
 from structlog.testing import capture_logs
 
 import hubfsm
-from hubfsm import protocol
+from hubfsm.core import protocol
 from hubfsm.errors import AuthError, HubError
 from hubfsm.transport import FilePart, TransportError
 from transports.http import MAX_RESPONSE_BYTES, RequestsTransport

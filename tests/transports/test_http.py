@@ -30,7 +30,7 @@ from werkzeug.wrappers import Response as WResponse
 
 import hubfsm
 import transports.http as http_module
-from hubfsm import protocol
+from hubfsm.core import protocol
 from hubfsm.transport import FilePart, RateLimit, Response, TransportError
 from transports.http import RequestsTransport
 from transports.multipart import SEND_SIZE, MultipartBody

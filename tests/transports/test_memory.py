@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hubfsm import protocol
+from hubfsm.core import protocol
 from hubfsm.hub import Hub, MemoryStore
 from hubfsm.transport import FilePart, Request
 from transports.memory import InMemoryTransport

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import hubfsm
-from hubfsm.core import CoreConfig
+from hubfsm.core.engine import CoreConfig
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.store_memory import MemoryStore
 from transports.memory import InMemoryTransport
@@ -189,7 +189,7 @@ def eventually(condition: Callable[[], bool], timeout: float) -> bool:
 
 def new_model(hub: Hub) -> str:
     reply = InMemoryTransport(hub, KEY).send(
-        hubfsm.protocol.create_model(hubfsm.protocol.create_payload("yolov8n.yaml", {}))
+        hubfsm.core.protocol.create_model(hubfsm.core.protocol.create_payload("yolov8n.yaml", {}))
     )
     return str(reply.data["id"])
 

@@ -7,8 +7,8 @@ import pytest
 import structlog
 
 import hubfsm
-from hubfsm.distributed import NullSession
 from hubfsm.integrations.callbacks import TrainingCallbacks, plain
+from hubfsm.runtime.distributed import NullSession
 
 
 class Scalar:

@@ -9,8 +9,8 @@ import pytest
 import structlog
 
 import hubfsm
-from hubfsm.distributed import NullSession
 from hubfsm.integrations.ultralytics import EVENTS, UltralyticsCallbacks, add_callbacks, model_info
+from hubfsm.runtime.distributed import NullSession
 
 
 def sha256(data: bytes) -> str:

@@ -1,0 +1,1 @@
+"""The ``hubfsm`` command line."""

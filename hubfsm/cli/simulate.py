@@ -1,0 +1,183 @@
+"""``hubfsm simulate``: run seeds per profile, summarise, show the first failure, or trace.
+
+The summary depends only on the seeds, the profiles and the epochs, never on ``--jobs``
+(results come back in seed order), except for the wall-time column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from typing import TextIO
+
+from hubfsm.sim.invariants import render_json, render_text
+from hubfsm.sim.profiles import Profile, describe, select
+from hubfsm.sim.world import SimResult, run_seed
+
+#: Seeds and epochs when none are given; over HTTP each seed costs real seconds.
+DEFAULT_SEEDS = range(100)
+DEFAULT_EPOCHS = 50
+HTTP_SEEDS = range(5)
+HTTP_EPOCHS = 8
+
+#: Trace entries shown before and after the first violation of a failing seed.
+_BEFORE, _AFTER = 25, 5
+
+Task = tuple[int, str, int, bool, bool]
+
+
+def _one(task: Task) -> SimResult:
+    seed, profile, epochs, http, keep_trace = task
+    if http:
+        from hubfsm.sim.http_world import run_http_seed
+
+        return run_http_seed(seed, profile=profile, epochs=epochs, keep_trace=keep_trace)
+    return run_seed(seed, profile=profile, epochs=epochs, keep_trace=keep_trace)
+
+
+def run_seeds(
+    seeds: Iterable[int],
+    profile: Profile,
+    epochs: int,
+    *,
+    http: bool = False,
+    keep_trace: bool = False,
+    pool: Executor | None = None,
+    jobs: int = 1,
+) -> list[SimResult]:
+    """Run one profile over ``seeds``, in ``pool`` if given; results in seed order."""
+    tasks = [(seed, profile.name, epochs, http, keep_trace) for seed in seeds]
+    if pool is None:
+        return [_one(task) for task in tasks]
+    # Chunks big enough to keep the inter-process traffic low, small enough that no
+    # worker is left with a long last chunk while the others idle.
+    chunk = max(1, min(64, len(tasks) // (jobs * 16)))
+    return list(pool.map(_one, tasks, chunksize=chunk))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.2f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def _end_states(results: Sequence[SimResult]) -> str:
+    states = Counter(r.state if r.error is None else f"{r.state} ({r.error})" for r in results)
+    return ", ".join(f"{state} {n}" for state, n in sorted(states.items()))
+
+
+def _violations(results: Sequence[SimResult]) -> str:
+    numbers = Counter(v.number for r in results for v in r.violations)
+    total = sum(numbers.values())
+    if not total:
+        return "0"
+    parts = ", ".join(f"#{n}: {k}" for n, k in sorted(numbers.items()))
+    return f"{total} ({parts})"
+
+
+HEADER = (
+    "| profile | seeds | failing seeds | violations | requests | retries | end states "
+    "| mean session time | wall time |\n"
+    "|---|---:|---:|---|---:|---:|---|---:|---:|"
+)
+
+
+def row(profile: str, results: Sequence[SimResult], wall: float) -> str:
+    """One profile's row of the summary table."""
+    failing = sum(1 for r in results if not r.ok)
+    mean = sum(r.virtual_seconds for r in results) / max(len(results), 1)
+    return (
+        f"| {profile} | {len(results)} | {failing} | {_violations(results)} "
+        f"| {sum(r.requests for r in results)} | {sum(r.retries for r in results)} "
+        f"| {_end_states(results)} | {_duration(mean)} | {wall:.2f} s |"
+    )
+
+
+def first_failure(result: SimResult) -> str:
+    """How to replay a failing seed, and its trace around the first violation."""
+    lines = [f"first failing seed of {result.profile}: {result.seed} (ended {result.state})"]
+    lines += [f"  {violation}" for violation in result.violations[:5]]
+    if len(result.violations) > 5:
+        lines.append(f"  ... and {len(result.violations) - 5} more")
+    lines.append(f"replay: {result.replay_command()}")
+    trace = result.trace
+    where = next((i for i, e in enumerate(trace) if e.event == "violation"), len(trace))
+    start, end = max(0, where - _BEFORE), min(len(trace), where + _AFTER + 1)
+    lines.append(f"trace around the failure (entries {start + 1} to {end} of {len(trace)}):")
+    lines += [f"  {entry.text()}" for entry in trace[start:end]]
+    return "\n".join(lines)
+
+
+def _print_traces(results: Sequence[SimResult], as_json: bool, out: TextIO) -> None:
+    for result in results:
+        if as_json:
+            text = render_json(result.trace, seed=result.seed, profile=result.profile)
+        else:
+            head = (
+                f"# seed {result.seed}, profile {result.profile}, {result.epochs} epochs: "
+                f"ended {result.state}, {len(result.violations)} violations"
+            )
+            text = head + "\n" + render_text(result.trace)
+        print(text, file=out)
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Run ``hubfsm simulate`` with parsed arguments; the exit status."""
+    out = out if out is not None else sys.stdout
+    if args.describe:
+        print(describe(), file=out)
+        return 0
+    try:
+        profiles = select(args.profile)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    http = bool(args.http)
+    epochs = args.epochs if args.epochs is not None else (HTTP_EPOCHS if http else DEFAULT_EPOCHS)
+    jobs = args.jobs
+    if epochs < 1 or jobs < 1:
+        print("error: --epochs and --jobs must be at least 1", file=sys.stderr)
+        return 2
+    if args.seed is not None:
+        seeds: range = range(args.seed, args.seed + 1)
+    else:
+        seeds = args.seeds if args.seeds is not None else (HTTP_SEEDS if http else DEFAULT_SEEDS)
+    tracing = bool(args.trace or args.json)
+    pool = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else None
+    batches: list[tuple[Profile, list[SimResult], float]] = []
+    try:
+        for profile in profiles:
+            started = time.perf_counter()
+            results = run_seeds(
+                seeds, profile, epochs, http=http, keep_trace=tracing, pool=pool, jobs=jobs
+            )
+            batches.append((profile, results, time.perf_counter() - started))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    ok = all(r.ok for _, results, _ in batches for r in results)
+    if tracing:
+        _print_traces([r for _, results, _ in batches for r in results], bool(args.json), out)
+        for _, results, _ in batches:
+            for result in results:
+                if not result.ok:
+                    print(f"seed {result.seed} ({result.profile}) failed:", file=sys.stderr)
+                    for violation in result.violations:
+                        print(f"  {violation}", file=sys.stderr)
+        return 0 if ok else 1
+    where = "over HTTP against a local hub" if http else "on a virtual clock"
+    print(f"{len(seeds)} seeds x {epochs} epochs per profile, {where}\n", file=out)
+    print(HEADER, file=out)
+    for profile, results, wall in batches:
+        print(row(profile.name, results, wall), file=out)
+    for _, results, _ in batches:
+        failing = next((r for r in results if not r.ok), None)
+        if failing is not None:
+            print("\n" + first_failure(failing), file=out)
+    return 0 if ok else 1

@@ -1,0 +1,97 @@
+"""What the core asks to keep durably, and what an outbox gives back after a restart.
+
+The core stays sans-I/O: it lists its changes as these values, and a runner writes them
+to an outbox before it sends the request that depends on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from hubfsm.transport import FilePart, Request
+
+
+@attrs.frozen
+class MetricsQueued:
+    """An epoch's metrics (JSON-encoded) wait to be sent; a later value replaces it."""
+
+    epoch: int
+    encoded: str
+
+
+@attrs.frozen
+class OpOpened:
+    """An upload got its request and idempotency key; it must be kept before it is sent.
+
+    For ``metrics`` the payload is the tuple of epochs it carries, which leave the queue.
+    """
+
+    channel: str
+    request: Request
+    payload: Any
+
+    @property
+    def key(self) -> str:
+        """The operation's idempotency key, which identifies it."""
+        return self.request.idempotency_key or ""
+
+
+@attrs.frozen
+class OpClosed:
+    """The hub acknowledged the operation, or it was superseded: forget it."""
+
+    key: str
+
+
+@attrs.frozen
+class Offered:
+    """A slot's newest offer, or None to clear it.
+
+    ``kind`` is ``checkpoint`` (value: epoch, file, is_best) or ``final`` (value: epoch,
+    file, mAP50-95).
+    """
+
+    kind: str
+    value: tuple[int, FilePart, Any] | None
+
+
+Change = MetricsQueued | OpOpened | OpClosed | Offered
+
+_NAMES = {"metrics": "epochs of metrics", "checkpoint": "checkpoint", "final": "final weights"}
+
+
+def describe_pending(pending: dict[str, int]) -> str:
+    """``3 epochs of metrics, checkpoint, final weights``, or ``nothing``."""
+    parts = [
+        f"{n} {_NAMES[kind]}" if kind == "metrics" else _NAMES[kind]
+        for kind, n in pending.items()
+        if n
+    ]
+    return ", ".join(parts) or "nothing"
+
+
+@attrs.frozen
+class Saved:
+    """Everything an outbox holds for one model, in the order it must go out."""
+
+    ops: tuple[OpOpened, ...] = ()
+    metrics: tuple[tuple[int, str], ...] = ()
+    checkpoint: tuple[int, FilePart, bool] | None = None
+    final: tuple[int, FilePart, float] | None = None
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing waits to be sent."""
+        return not (self.ops or self.metrics or self.checkpoint or self.final)
+
+    def counts(self) -> dict[str, int]:
+        """What is pending, per channel, as :meth:`hubfsm.core.engine.Core.pending` counts it."""
+        in_ops = sum(len(op.payload) for op in self.ops if op.channel == "metrics")
+        checkpoint = self.checkpoint is not None or any(o.channel == "checkpoint" for o in self.ops)
+        return {
+            "metrics": len(self.metrics) + in_ops,
+            "checkpoint": int(checkpoint),
+            "final": int(self.final is not None),
+        }

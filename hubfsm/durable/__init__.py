@@ -1,0 +1,1 @@
+"""Durability: the per-model outbox, the trainer's journal, recovery and file snapshots."""

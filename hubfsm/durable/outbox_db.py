@@ -1,0 +1,187 @@
+"""The outbox's records in SQLite: pending metrics, operations and weight slots.
+
+Only SQL lives here; the directory, its lock and the weight snapshots are
+:mod:`hubfsm.durable.outbox`'s. A simulation runs the same code on an in-memory database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import attrs
+
+from hubfsm.core.changes import Change, MetricsQueued, OpClosed, OpOpened, Saved
+from hubfsm.transport import FilePart, Request
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS metrics (epoch INTEGER PRIMARY KEY, encoded TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ops (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    channel TEXT NOT NULL,
+    request TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS slots (kind TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+# -- values to and from JSON ---------------------------------------------------------
+
+
+def _file_to_json(file: FilePart | None) -> dict[str, Any] | None:
+    return None if file is None else attrs.asdict(file)
+
+
+def _file_from_json(data: dict[str, Any] | None) -> FilePart | None:
+    return None if data is None else FilePart(**data)
+
+
+def _request_to_json(request: Request) -> str:
+    return json.dumps(
+        {
+            "method": request.method,
+            "path": request.path,
+            "json": request.json,
+            "fields": request.fields,
+            "file": _file_to_json(request.file),
+            "idempotency_key": request.idempotency_key,
+        }
+    )
+
+
+def _request_from_json(text: str) -> Request:
+    data = json.loads(text)
+    data["file"] = _file_from_json(data["file"])
+    return Request(**data)
+
+
+def _slot_to_json(value: tuple[int, FilePart, Any]) -> str:
+    epoch, file, extra = value
+    return json.dumps({"epoch": epoch, "file": _file_to_json(file), "extra": extra})
+
+
+def _slot_from_json(text: str) -> tuple[int, FilePart, Any]:
+    data = json.loads(text)
+    file = _file_from_json(data["file"])
+    assert file is not None
+    return data["epoch"], file, data["extra"]
+
+
+class OutboxDB:
+    """The outbox's tables on one SQLite connection.
+
+    Args:
+        connection: An open connection in autocommit mode (``isolation_level=None``).
+        model_id: The model the records belong to.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, model_id: str) -> None:
+        self._db = connection
+        connection.executescript(_SCHEMA)
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('model_id', ?), ('journal_seq', '0'), "
+                "('created', ?)",
+                (model_id, repr(time.time())),
+            )
+
+    @classmethod
+    def in_memory(cls, model_id: str) -> OutboxDB:
+        """A database that lives as long as the object (for simulations)."""
+        return cls(sqlite3.connect(":memory:", isolation_level=None), model_id)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    @property
+    def journal_seq(self) -> int:
+        """The last trainer-journal record whose event is in the outbox."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'journal_seq'").fetchone()
+        return int(row[0])
+
+    def load(self) -> Saved:
+        """Everything pending, in the order it must go out."""
+        db = self._db
+        ops = tuple(
+            OpOpened(channel, _request_from_json(request), json.loads(payload))
+            for channel, request, payload in db.execute(
+                "SELECT channel, request, payload FROM ops ORDER BY seq"
+            )
+        )
+        metrics = tuple(db.execute("SELECT epoch, encoded FROM metrics ORDER BY epoch"))
+        slots = dict(db.execute("SELECT kind, value FROM slots"))
+        checkpoint = _slot_from_json(slots["checkpoint"]) if "checkpoint" in slots else None
+        final = _slot_from_json(slots["final"]) if "final" in slots else None
+        return Saved(ops=ops, metrics=metrics, checkpoint=checkpoint, final=final)
+
+    # -- writing -----------------------------------------------------------------
+
+    def apply(self, changes: Sequence[Change], *, journal_seq: int | None = None) -> bool:
+        """Write the core's changes, and how far the journal is consumed, in one transaction.
+
+        Returns:
+            True when weight files may have lost their last reference.
+        """
+        if not changes and journal_seq is None:
+            return False
+        files_touched = False
+        with self._transaction() as db:
+            for change in changes:
+                if isinstance(change, MetricsQueued):
+                    db.execute(
+                        "INSERT OR REPLACE INTO metrics VALUES (?, ?)",
+                        (change.epoch, change.encoded),
+                    )
+                elif isinstance(change, OpOpened):
+                    payload = change.payload
+                    if change.channel == "metrics":
+                        db.executemany(
+                            "DELETE FROM metrics WHERE epoch = ?", [(e,) for e in payload]
+                        )
+                    db.execute(
+                        "INSERT OR IGNORE INTO ops (key, channel, request, payload) "
+                        "VALUES (?, ?, ?, ?)",
+                        (
+                            change.key,
+                            change.channel,
+                            _request_to_json(change.request),
+                            json.dumps(list(payload) if change.channel == "metrics" else payload),
+                        ),
+                    )
+                elif isinstance(change, OpClosed):
+                    db.execute("DELETE FROM ops WHERE key = ?", (change.key,))
+                    files_touched = True
+                else:
+                    if change.value is None:
+                        db.execute("DELETE FROM slots WHERE kind = ?", (change.kind,))
+                        files_touched = True
+                    else:
+                        db.execute(
+                            "INSERT OR REPLACE INTO slots VALUES (?, ?)",
+                            (change.kind, _slot_to_json(change.value)),
+                        )
+            if journal_seq is not None:
+                db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'journal_seq'", (str(journal_seq),)
+                )
+        return files_touched
+
+    def close(self) -> None:
+        """Close the connection."""
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()

@@ -1,0 +1,494 @@
+"""The facade trainers call: :class:`Session`.
+
+Every call from the training thread returns at once, except opening (which waits for
+the hub to load or create the model) and :meth:`Session.finish` (which waits for the
+final upload). The work happens on one background worker; what the hub has not
+acknowledged is kept in a durable outbox (see :mod:`hubfsm.durable.outbox`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import types
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from hubfsm.core import protocol
+from hubfsm.core.changes import describe_pending
+from hubfsm.core.engine import Core, CoreConfig
+from hubfsm.core.identifier import DEFAULT_WEB_ROOT, WEB_ROOT_ENV, Identifier, parse_identifier
+from hubfsm.durable.files import describe
+from hubfsm.durable.journal import Journal, queued_epoch
+from hubfsm.durable.outbox import FileStamp, Outbox
+from hubfsm.durable.recovery import checkpoint_entry, journal_path, recover
+from hubfsm.errors import (
+    DeliveryIncomplete,
+    HubfsmError,
+    HubUnavailableError,
+    IllegalEventError,
+)
+from hubfsm.runtime.exits import ExitHooks
+from hubfsm.runtime.worker import ThreadRunner
+from hubfsm.transport import FilePart, Transport
+
+log = structlog.get_logger("hubfsm")
+
+#: Environment variable that turns offline mode on (``1``, ``true`` or ``yes``).
+OFFLINE_ENV = "HUBFSM_OFFLINE"
+
+_SETTLED = ("done", "resumable", "failed")
+
+
+def _log_change(model: list[str | None]) -> Callable[[str, str, str], None]:
+    def changed(source: str, event: str, dest: str) -> None:
+        if source != dest:
+            log.info(
+                "session.transition", model_id=model[0], source=source, trigger=event, dest=dest
+            )
+
+    return changed
+
+
+def _offline_default() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+class Session:
+    """A training session on the hub, for one model.
+
+    Args:
+        identifier: A model URL, ``apiKey_modelId``, a model id, or a local
+            ``.pt``/``.yaml`` to create a model from.
+        api_key: The API key; else the one in ``identifier``; else ``HUB_API_KEY``.
+        transport: Where requests go; default an HTTP transport to ``api_root``.
+        api_root: The API root for the default transport (else ``ULTRALYTICS_HUB_API``).
+        web_root: The web root for model URLs (else ``ULTRALYTICS_HUB_WEB``).
+        train_args: For a local file: training arguments in ultralytics' names
+            (``data``, ``epochs``, ``batch``, ``imgsz``, ``patience``, ``device``, ``cache``).
+        config: Limits and retry policies of the core.
+        open_timeout: Seconds to wait for the hub to load or create the model.
+        seed: Seeds the jitter, for reproducible runs.
+        outbox: Keep what the hub has not acknowledged on disk (default True).
+        journal: With the outbox, also write each trainer call to a memory-mapped
+            journal before it returns, so ``kill -9`` loses nothing (default True).
+            Without it a call is a few microseconds cheaper when the caches are cold,
+            and a kill loses what the worker had not filed yet: at most its last
+            quarter second, plus the request it was in.
+        outbox_dir: The outbox root (else ``HUBFSM_OUTBOX``, else the user data dir).
+        offline: Record everything and send nothing, for ``hubfsm sync`` later
+            (else ``HUBFSM_OFFLINE``); needs a model id.
+        exit_timeout: Seconds :meth:`close` (and interpreter exit) spends sending.
+        handle_signals: Also flush on SIGTERM/SIGINT, then chain to the old handlers.
+
+    Raises:
+        IdentifierError: The identifier is in none of the accepted forms.
+        HubError: The hub refused the key or the model (see its subclasses).
+        HubUnavailableError: The hub did not answer within ``open_timeout``.
+        OutboxLockedError: Another session holds this model's outbox.
+    """
+
+    def __init__(
+        self,
+        identifier: str,
+        *,
+        api_key: str | None = None,
+        transport: Transport | None = None,
+        api_root: str | None = None,
+        web_root: str | None = None,
+        train_args: Mapping[str, Any] | None = None,
+        config: CoreConfig | None = None,
+        open_timeout: float = 120.0,
+        seed: int | None = None,
+        outbox: bool = True,
+        journal: bool = True,
+        outbox_dir: str | os.PathLike[str] | None = None,
+        offline: bool | None = None,
+        exit_timeout: float = 10.0,
+        handle_signals: bool = False,
+    ) -> None:
+        self.web_root = (web_root or os.environ.get(WEB_ROOT_ENV) or DEFAULT_WEB_ROOT).rstrip("/")
+        parsed = parse_identifier(identifier, web_root=self.web_root)
+        self.identifier: Identifier = parsed
+        self.offline = _offline_default() if offline is None else offline
+        if self.offline and parsed.model_id is None:
+            raise HubfsmError(
+                "offline mode needs an existing model id: create the model online first"
+            )
+        if self.offline and not outbox:
+            raise HubfsmError("offline mode needs the outbox: it is where everything waits")
+        if transport is None:
+            key = api_key or parsed.api_key or os.environ.get("HUB_API_KEY")
+            if not key:
+                raise HubfsmError(
+                    "no API key: pass api_key=, use an 'apiKey_modelId' identifier, "
+                    "or set HUB_API_KEY"
+                )
+            from transports.http import RequestsTransport
+
+            transport = RequestsTransport(key, api_root=api_root)
+        self._model_box: list[str | None] = [parsed.model_id]
+        core = Core(config, rng=random.Random(seed), on_change=_log_change(self._model_box))
+        core.offline = self.offline
+        self._core = core
+        self._runner = runner = ThreadRunner(core, transport)
+        self._inbox = runner.inbox
+        self._wake = runner.wake
+        self._journal: Journal | None = None
+        self._outbox: Outbox | None = None
+        self._outbox_dir = outbox_dir
+        self._use_journal = journal
+        self._accepting = False
+        self._closed = False
+        self._next_epoch = 0
+        self.exit_timeout = exit_timeout
+        # A known model's outbox is taken back before the hub is asked, so a final
+        # upload that landed before a crash can be confirmed instead of refused.
+        if outbox and parsed.model_id is not None:
+            self._attach_outbox(parsed.model_id)
+        try:
+            self._open(parsed, train_args, open_timeout)
+            if outbox and self._outbox is None and core.model_id is not None:
+                self._runner.call(lambda c, now: self._attach_outbox(core.model_id or ""))
+        except BaseException:
+            self._release()
+            raise
+        self._model_box[0] = core.model_id
+        self._hooks = ExitHooks(self._at_exit, signals=handle_signals)
+        log.info("session.opened", model_id=core.model_id, state=core.state)
+
+    def _attach_outbox(self, model_id: str) -> None:
+        outbox = Outbox.open(model_id, self._outbox_dir)
+        try:
+            recover(outbox, self._core, now=self._runner.clock())
+        except BaseException:
+            outbox.close()
+            raise
+        runner = self._runner
+        runner.outbox = self._outbox = outbox
+        if self._use_journal:
+            self._journal = Journal(
+                journal_path(outbox), seq=outbox.journal_seq, inbox=runner.inbox
+            )
+            runner.journal = self._journal
+        self._core.durable = True
+
+    def _open(
+        self, parsed: Identifier, train_args: Mapping[str, Any] | None, open_timeout: float
+    ) -> None:
+        core = self._core
+        create = None
+        if parsed.filename is not None:
+            create = protocol.create_payload(parsed.filename, train_args or {})
+        core.open(parsed, create=create, now=self._runner.clock())
+        self._runner.start()
+        opened = self._runner.wait_for(lambda c: c.state != "resolved", open_timeout)
+        if opened and core.state != "failed":
+            return
+        error = core.error
+        if core.state == "failed" and error is not None:
+            raise error
+        raise HubUnavailableError(
+            f"the hub did not load or create the model within {open_timeout:g}s"
+            + (f"; last failure: {core.last_failure}" if core.last_failure else "")
+        )
+
+    def _release(self) -> None:
+        self._runner.stop(timeout=0.0)
+        if self._journal is not None:
+            self._journal.close()
+        if self._outbox is not None:
+            # An outbox with nothing left is only clutter; a later session recreates it.
+            self._outbox.close(remove=self._core.drained and not self._runner.inbox)
+
+    # -- read-only views ------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """The session's state (see the state machine in the docs)."""
+        return self._core.state
+
+    @property
+    def model_id(self) -> str | None:
+        """The hub's id of the model."""
+        return self._core.model_id
+
+    @property
+    def model_url(self) -> str:
+        """The model's page on the hub's web site."""
+        return f"{self.web_root}/models/{self._core.model_id}"
+
+    @property
+    def record(self) -> Mapping[str, Any]:
+        """The model record the hub sent when the model was loaded."""
+        return self._core.record
+
+    @property
+    def resume_url(self) -> str | None:
+        """Where the hub keeps the last epoch weights, when training can resume from them."""
+        record = self._core.record
+        url = record.get("resume")
+        return url if record.get("has_last_weights") and isinstance(url, str) else None
+
+    @property
+    def outbox_dir(self) -> Path | None:
+        """This session's outbox directory, if it keeps one."""
+        return None if self._outbox is None else self._outbox.directory
+
+    @property
+    def error(self) -> HubfsmError | None:
+        """The error that stopped the session, if any."""
+        return self._core.error
+
+    def pending(self) -> dict[str, int]:
+        """What the hub has not acknowledged yet, per channel (a snapshot).
+
+        Epochs logged but not yet taken in by the worker count too.
+        """
+        counts = self._core.pending()
+        queued = {_queued_epoch(item) for item in list(self._inbox)} - {None}
+        counts["metrics"] += len(queued)
+        return counts
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of requests, retries and deliveries (a snapshot)."""
+        s = self._core.stats
+        return {
+            "sent": dict(s.sent),
+            "retries": s.retries,
+            "give_ups": s.give_ups,
+            "epochs_acknowledged": s.acknowledged_epochs,
+            "checkpoints_acknowledged": s.checkpoints,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Session model={self._core.model_id} state={self._core.state}>"
+
+    # -- what the trainer calls -----------------------------------------------------
+
+    def start(self) -> None:
+        """Training begins: heartbeats start. Returns once the session is ``training``."""
+        self._check("start", ("created", "loaded"))
+        self._runner.call(lambda core, now: core.start(now=now), timeout=10.0)
+        self._accepting = self._core.state == "training"
+
+    def log_metrics(self, metrics: Mapping[str, Any], *, epoch: int | None = None) -> None:
+        """Queue one epoch's metrics; returns at once, and a crash cannot lose them.
+
+        Args:
+            metrics: Metric names to numbers (anything JSON can encode).
+            epoch: The epoch; by default the one after the last logged, from 0.
+        """
+        if not self._accepting:
+            raise IllegalEventError(self._core.state, "epoch_end")
+        if epoch is None:
+            epoch = self._next_epoch
+        self._next_epoch = epoch + 1
+        journal = self._journal
+        # No wake-up: metrics go out at most every 3 s anyway, and the worker looks at
+        # the inbox at least every quarter second.
+        if journal is None:
+            self._inbox.append((0, _epoch_end, epoch, dict(metrics)))
+        else:
+            journal.append_metrics(epoch, metrics, _epoch_end)
+
+    def save_checkpoint(
+        self, path: str | os.PathLike[str], *, epoch: int, is_best: bool = False
+    ) -> None:
+        """Offer epoch weights for upload; returns at once.
+
+        The newest offer wins: uploads go at most every 900 s (the first at once). With
+        the outbox, the upload is a snapshot of the file as it was at this call; if the
+        trainer overwrites it before the snapshot is taken, this offer is dropped in
+        favour of the next one.
+        """
+        if not self._accepting:
+            raise IllegalEventError(self._core.state, "checkpoint")
+        file = os.fspath(path)
+        stamp = FileStamp.of(file)  # a missing file is the caller's error, raised here
+        outbox = self._outbox
+        held = outbox.hold(file) if outbox is not None else None
+        source = held or file
+
+        def job(core: Core, now: float) -> None:
+            part = _take(outbox, source, "last.pt", stamp)
+            if held is not None:
+                os.unlink(held)
+            if part is None:
+                log.info("checkpoint.superseded", model_id=core.model_id, epoch=epoch)
+                return
+            core.checkpoint(epoch, part, is_best=is_best, now=now)
+
+        if self._journal is not None:
+            self._journal.append(checkpoint_entry(source, epoch, is_best, stamp), job)
+            if not self._wake.is_set():
+                self._wake.set()
+        else:
+            self._runner.submit(job)
+
+    def finish(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        epoch: int | None = None,
+        map50_95: float = 0.0,
+        timeout: float = 3600.0,
+    ) -> None:
+        """Send what is pending, then upload the final weights; waits until the hub has them.
+
+        In offline mode it records the final weights and returns (state ``resumable``);
+        ``hubfsm sync`` sends them later.
+
+        Args:
+            path: The final (best) weights.
+            epoch: The last epoch; by default the last one logged.
+            map50_95: The model's mAP50-95, sent with the weights.
+            timeout: Seconds to wait; past it the session becomes ``resumable``.
+
+        Raises:
+            DeliveryIncomplete: The upload did not complete within ``timeout``.
+            HubError: The hub refused the upload.
+        """
+        if not self._accepting:
+            raise IllegalEventError(self._core.state, "finish")
+        last = max(self._next_epoch - 1 if epoch is None else epoch, 0)
+        file = os.fspath(path)
+        stamp = FileStamp.of(file)
+        outbox = self._outbox
+        offline = self.offline
+
+        def job(core: Core, now: float) -> None:
+            part = _take(outbox, file, "best.pt", stamp)
+            if part is None:
+                raise HubfsmError(f"{file} changed while it was being read; call finish again")
+            core.finish(last, part, map50_95=map50_95, now=now, timeout=timeout)
+            if offline:
+                core.interrupt(now=now)
+
+        self._runner.call(job, timeout=max(60.0, timeout))
+        self._accepting = False
+        self._settle(timeout)
+
+    def finish_pending(self, *, timeout: float = 3600.0) -> None:
+        """Finish with the final weights the outbox kept from an earlier run.
+
+        Raises:
+            HubfsmError: Nothing final is pending.
+        """
+        if self._core.state in ("created", "loaded"):
+            self.start()
+        saved = self._core.saved_final
+        if saved is None or not self._accepting:
+            raise HubfsmError("no final weights are pending for this model")
+        epoch, part, map50_95 = saved
+
+        def job(core: Core, now: float) -> None:
+            core.finish(epoch, part, map50_95=map50_95, now=now, timeout=timeout)
+
+        self._runner.call(job, timeout=60.0)
+        self._accepting = False
+        self._settle(timeout)
+
+    def _settle(self, timeout: float) -> None:
+        self._runner.wait_for(lambda c: c.state in _SETTLED, timeout + 5.0)
+        state = self._core.state
+        if state == "done":
+            log.info("session.finished", model_id=self._core.model_id, **self.stats())
+            return
+        if self.offline and state == "resumable":
+            return
+        error = self._core.error
+        if error is not None:
+            raise error
+        raise DeliveryIncomplete(f"final upload incomplete (state {state})", self.pending())
+
+    def flush(self, *, timeout: float) -> bool:
+        """Wait until nothing is pending (or ``timeout`` passes); True if all was sent."""
+        # Everything queued before this call is taken in first, so it counts as pending.
+        self._runner.call(lambda core, now: None, timeout=timeout)
+        return self._runner.wait_for(lambda c: c.drained or c.state == "failed", timeout) and (
+            self._core.drained
+        )
+
+    def close(self, *, timeout: float | None = None) -> None:
+        """End the session: send what can be sent within ``timeout`` seconds, then stop.
+
+        A session closed before :meth:`finish` becomes ``resumable``; what is left stays
+        in the outbox, goes first when a session opens this model again, and can be
+        sent with ``hubfsm sync``.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._hooks.remove()
+        limit = self.exit_timeout if timeout is None else timeout
+        if self._accepting:
+            self._accepting = False
+            self._runner.submit(lambda core, now: core.interrupt(now=now))
+        self._runner.stop(timeout=0.0 if self.offline else limit)
+        self._release()
+        pending = self._core.pending()
+        if any(pending.values()):
+            self._report_left(pending)
+
+    def _report_left(self, pending: dict[str, int]) -> None:
+        left = describe_pending(pending)
+        log.warning(
+            "session.closed_with_pending",
+            model_id=self._core.model_id,
+            pending=left,
+            state=self._core.state,
+        )
+        if self._outbox is not None:
+            where = self._outbox.directory
+            print(
+                f"hubfsm: model {self._core.model_id}: {left} not on the hub yet; kept in "
+                f"{where}; they go first when this model's session opens again, or run "
+                f"`hubfsm sync {where}`",
+                file=sys.stderr,
+            )
+
+    def _at_exit(self) -> None:
+        self.close()
+
+    def __enter__(self) -> Session:
+        if self._core.state in ("created", "loaded"):
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _check(self, event: str, states: tuple[str, ...]) -> None:
+        if self._core.state not in states:
+            raise IllegalEventError(self._core.state, event)
+
+
+def _epoch_end(epoch: int, metrics: dict[str, Any], core: Core, now: float) -> None:
+    """The worker's job for one ``log_metrics`` call."""
+    core.epoch_end(epoch, metrics, now=now)
+
+
+def _queued_epoch(item: tuple[Any, ...]) -> int | None:
+    """The epoch an inbox item ends, or None for other jobs."""
+    if item[1] is _epoch_end:
+        return int(item[2])
+    return queued_epoch(item)
+
+
+def _take(outbox: Outbox | None, path: str, name: str, stamp: FileStamp) -> FilePart | None:
+    """Describe a weight file for upload: a snapshot in the outbox, or the file itself."""
+    if outbox is not None:
+        return outbox.snapshot(path, name=name, stamp=stamp)
+    if FileStamp.of(path) != stamp:
+        return None
+    return describe(path, name)

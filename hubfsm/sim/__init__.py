@@ -1,0 +1,1 @@
+"""Deterministic simulation: worlds, fault profiles, invariants, crash and HTTP worlds."""

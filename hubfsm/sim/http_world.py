@@ -1,0 +1,256 @@
+"""``hubfsm simulate --http``: the same sessions over real HTTP against a local hub.
+
+Virtual time cannot drive a real server, so the clock is real and everything is scaled
+down: the core's limits and retry policies, the trainer's epochs, the fault windows. The
+local hub (:class:`~hubfsm.hub.server.LocalHub` on loopback, in a temporary directory)
+injects the profile's ``http_faults`` server side, seeded from the seed; a partition
+stops the hub for a while, a revocation removes the key from it. The runner and checker
+of the simulation run on the calling thread, so every request and outcome is checked as
+it happens; the hub's side is checked from its audit at the end.
+
+The trace is not repeatable byte for byte over HTTP (real time, real threads); the
+invariants are checked all the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from hubfsm.core import protocol
+from hubfsm.core.engine import Core, CoreConfig, Limits
+from hubfsm.core.retry import ChannelPolicies, RetryPolicy
+from hubfsm.hub.domain import Audit, Hub
+from hubfsm.hub.faults import FaultMix
+from hubfsm.hub.server import LocalHub
+from hubfsm.runtime.inline import RealClock, SimRunner
+from hubfsm.sim.invariants import Checker
+from hubfsm.sim.profiles import PROFILES, Profile, Scenario, Schedule, Window
+from hubfsm.sim.world import SimResult, Stage, play, result_of
+from hubfsm.transport import FilePart, Request, Response, Transport
+from transports.http import RequestsTransport
+from transports.memory import InMemoryTransport
+
+#: The hub's limits, scaled down 100 to 3000 times so a session takes about a second.
+LIMITS = Limits(metrics=0.03, checkpoint=0.3, heartbeat=0.5, park=0.2, checkpoint_grace=0.04)
+
+#: Retry policies on the same scale: waits of tens of milliseconds, deadlines of seconds.
+#: A Retry-After (whole seconds over HTTP) up to 1.5 s is waited out.
+POLICIES = ChannelPolicies(
+    control=RetryPolicy(base=0.02, cap=0.2, max_attempts=4, deadline=2.0, max_retry_after=1.5),
+    metrics=RetryPolicy(base=0.02, cap=0.2, max_attempts=5, deadline=2.0, max_retry_after=1.5),
+    heartbeat=RetryPolicy(base=0.02, cap=0.1, max_attempts=3, deadline=0.2, max_retry_after=1.5),
+    checkpoint=RetryPolicy(base=0.02, cap=0.3, max_attempts=8, deadline=4.0, max_retry_after=1.5),
+    final=RetryPolicy(base=0.02, cap=0.3, max_attempts=10, deadline=6.0, max_retry_after=1.5),
+)
+
+CONFIG = CoreConfig(limits=LIMITS, policies=POLICIES, nonce=protocol.seeded_nonce)
+
+#: Client timeouts, and how long an injected server-side timeout stalls (a bit longer).
+CONNECT_TIMEOUT = 0.5
+READ_TIMEOUT = 0.5
+HANG = 0.6
+
+#: A real epoch's length, and how long the trainer waits for opening and the final upload.
+EPOCH_SECONDS = (0.05, 0.15)
+PATIENCE = 10.0
+
+#: The hard bound on one seed's wall time.
+HARD_TIMEOUT = 20.0
+
+#: How long a partition stops the hub, in real seconds.
+PARTITION_SECONDS = (0.5, 1.5)
+
+#: Scheduling noise of a real clock, added to the heartbeat slack.
+_JITTER = 0.25
+
+
+def http_scenario(profile: Profile, rng: random.Random, *, start: float, epochs: int) -> Scenario:
+    """Draw one seed's scenario on the real clock, within the shortest training time.
+
+    It has a partition if the profile has unreachable windows, and a revocation time if
+    the profile revokes the key. The profile's other windows are not replayed over HTTP:
+    its ``http_faults`` stand in for them.
+    """
+    horizon = max(1, epochs) * EPOCH_SECONDS[0]
+    windows = []
+    if any(rule.unreachable for rule in profile.windows):
+        begin = start + rng.uniform(0.0, horizon)
+        end = begin + rng.uniform(*PARTITION_SECONDS)
+        windows.append(Window(begin, end, FaultMix(connection_error=1.0), "partition"))
+    revoke_at = None if profile.revoke is None else start + rng.uniform(*profile.revoke) * horizon
+    return Scenario(Schedule(profile.http_faults, tuple(windows)), revoke_at)
+
+
+class _HubControl(Transport):
+    """Brings the local hub in line with the scenario before each request, then sends."""
+
+    def __init__(self, world: HttpWorld, inner: Transport, scenario: Scenario) -> None:
+        self.world = world
+        self.inner = inner
+        self.scenario = scenario
+
+    def send(self, request: Request) -> Response:
+        """Stop, restart or revoke as the scenario says for now, then send ``request``."""
+        world = self.world
+        now = world.clock()
+        down = self.scenario.schedule.at(now) is not None
+        if down and world.running:
+            world.stop_hub()
+            world.checker.note("partition begins: the local hub is stopped")
+        elif not down and not world.running:
+            world.start_hub()
+            world.checker.note("partition ends: the local hub is back")
+        revoke_at = self.scenario.revoke_at
+        if not world.revoked and revoke_at is not None and now >= revoke_at:
+            world.revoke()
+            world.checker.note("the API key is revoked")
+        return self.inner.send(request)
+
+    def close(self) -> None:
+        """Close the HTTP transport."""
+        self.inner.close()
+
+
+class HttpWorld(Stage):
+    """One session against a local hub over loopback HTTP, on the real clock.
+
+    Args:
+        seed: Seeds the trainer, the jitter, the scenario and the server's faults.
+        profile: The profile; its ``http_faults`` are injected by the server.
+        root: A fresh directory for the hub's data and the weight files.
+        epochs: The epochs the trainer will run.
+    """
+
+    def __init__(self, seed: int, profile: Profile, root: Path, *, epochs: int) -> None:
+        self.seed = seed
+        self.profile = profile
+        self.rng = rng = random.Random(seed)
+        self.clock = clock = RealClock()
+        mix = profile.http_faults
+        self.local = LocalHub(
+            root / "hub", faults=None if mix.quiet else mix, seed=rng.getrandbits(32), hang=HANG
+        )
+        self.local.start()
+        self.running = True
+        self.revoked = False
+        self._audits: list[Audit] = []
+        self.key = self.local.api_key
+        self.files = root / "files"
+        origin = clock()
+        self.checker = Checker(
+            clock,
+            metrics=LIMITS.metrics,
+            checkpoint=LIMITS.checkpoint,
+            heartbeat=LIMITS.heartbeat,
+            heartbeat_slack=READ_TIMEOUT + mix.latency[1] + _JITTER,
+            origin=origin,
+        )
+        self.core = Core(
+            CONFIG, rng=random.Random(rng.getrandbits(64)), on_change=self.checker.changed
+        )
+        scenario = http_scenario(
+            profile, random.Random(rng.getrandbits(64)), start=origin, epochs=epochs
+        )
+        http = RequestsTransport(
+            self.key,
+            api_root=self.local.url,
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=READ_TIMEOUT,
+            progress=False,
+        )
+        self.transport = _HubControl(self, http, scenario)
+        self.runner = SimRunner(
+            self.core,
+            self.transport,
+            clock,
+            latency=0.0,
+            observer=self.checker,
+            deadline=origin + HARD_TIMEOUT,
+        )
+        self.logged = []
+        self.expected_sha = None
+
+    # -- the scenario's levers ------------------------------------------------------
+
+    def stop_hub(self) -> None:
+        """Stop the server (its audit, kept in memory, is saved first)."""
+        self._audits.append(self.local.hub.audit())
+        self.local.stop()
+        self.running = False
+
+    def start_hub(self) -> None:
+        """Start the server again on the same port and data; a revoked key stays revoked."""
+        self.local.start()
+        self.running = True
+        if self.revoked:
+            self.local.hub.revoke_key(self.key)
+
+    def revoke(self) -> None:
+        """Revoke the session's key on the hub."""
+        self.revoked = True
+        if self.running:
+            self.local.hub.revoke_key(self.key)
+
+    # -- the Stage's hooks ------------------------------------------------------------
+
+    def _file(self, path: str, name: str, content: bytes) -> FilePart:
+        where = self.files / path
+        where.parent.mkdir(parents=True, exist_ok=True)
+        where.write_bytes(content)
+        return FilePart(name, str(where), len(content), hashlib.sha256(content).hexdigest())
+
+    def _existing_model(self) -> str:
+        created = InMemoryTransport(self.local.hub, self.key).send(
+            protocol.create_model(protocol.create_payload("yolov8n.yaml", {"data": "coco8"}))
+        )
+        return str(created.data["id"])
+
+    def hub_now(self) -> Hub:
+        """The running hub (restarted if a partition was still on)."""
+        if not self.running:
+            self.start_hub()
+        return self.local.hub
+
+    def audits(self) -> list[Audit]:
+        """The audit of every life of the hub: a restart starts a fresh one."""
+        return [*self._audits, self.hub_now().audit()]
+
+    def close(self) -> None:
+        """Close the transport and stop the hub."""
+        self.transport.close()
+        self.local.stop()
+
+
+def run_http_seed(
+    seed: int, *, profile: str | Profile = "flaky", epochs: int = 8, keep_trace: bool = True
+) -> SimResult:
+    """Run one seed's session over HTTP against a fresh local hub and check the invariants.
+
+    Args:
+        seed: Seeds the trainer, the jitter, the scenario and the server's faults.
+        profile: A name from :data:`~hubfsm.sim.profiles.PROFILES`, or a :class:`Profile`.
+        epochs: Epochs the trainer runs (each 0.05 to 0.15 s).
+        keep_trace: Keep the trace of a run that broke nothing.
+    """
+    started = time.perf_counter()
+    prof = PROFILES[profile] if isinstance(profile, str) else profile
+    with tempfile.TemporaryDirectory(prefix="hubfsm-sim-") as tmp:
+        world = HttpWorld(seed, prof, Path(tmp), epochs=epochs)
+        try:
+            play(
+                world,
+                epochs=epochs,
+                checkpoint_every=1,
+                epoch_seconds=EPOCH_SECONDS,
+                patience=PATIENCE,
+                expect=prof.expect,
+            )
+            return result_of(
+                world, epochs=epochs, started=started, keep_trace=keep_trace, http=True
+            )
+        finally:
+            world.close()

@@ -1,0 +1,379 @@
+"""The invariants of a session, checked while a simulation runs and at its end.
+
+A :class:`Checker` watches every request, outcome and state change of one simulated
+session and records a structured trace (:class:`Entry`); each broken invariant becomes a
+:class:`Violation` (and a trace entry). :func:`render_text` and :func:`render_json` turn
+a trace into text or JSON lines; both are pure, so one seed always prints the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+import attrs
+
+from hubfsm.core.engine import Core, Send
+from hubfsm.core.machine import LEGAL
+from hubfsm.core.retry import Verdict, classify, retry_after_of
+from hubfsm.errors import AuthError
+from hubfsm.sim.profiles import Expect
+from hubfsm.transport import Outcome, TransportError
+
+#: Rounding slack for comparisons of virtual times.
+EPS = 1e-6
+
+#: The number of a violation that is no invariant of the design: the run itself raised.
+CRASH = 0
+
+
+@attrs.frozen
+class Violation:
+    """One broken invariant.
+
+    Attributes:
+        number: The invariant's number in the design (1 to 8), or :data:`CRASH`.
+        time: Seconds since the session started when it was seen.
+        message: What was wrong.
+    """
+
+    number: int
+    time: float
+    message: str
+
+    def __str__(self) -> str:
+        what = "crash" if self.number == CRASH else f"invariant {self.number}"
+        return f"{what} at t={self.time:.3f}: {self.message}"
+
+
+@attrs.frozen
+class Entry:
+    """One line of a trace.
+
+    Attributes:
+        t: Seconds since the session started.
+        state: The machine's state when it happened (the source, for a transition).
+        event: A machine event (``load``, ``epoch_end``, ...), ``send``, ``recv``,
+            ``scenario`` (a fault window, a revocation) or ``violation``.
+        dest: A transition's destination.
+        op: The operation's id (requests).
+        attempt: The attempt's number, from 1 (requests).
+        channel: ``control``, ``heartbeat``, ``metrics``, ``checkpoint`` or ``final``.
+        method: The HTTP method (sends).
+        path: The request path (sends).
+        status: The HTTP status (answers).
+        error: The transport error's kind, when no answer came.
+        retry_after: The hub's ``Retry-After`` in seconds.
+        message: The hub's message, the error, the scenario's or the violation's text.
+        invariant: The broken invariant's number (violations).
+    """
+
+    t: float
+    state: str
+    event: str
+    dest: str | None = None
+    op: int | None = None
+    attempt: int | None = None
+    channel: str | None = None
+    method: str | None = None
+    path: str | None = None
+    status: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+    message: str | None = None
+    invariant: int | None = None
+
+    def text(self) -> str:
+        """The entry as one line of text."""
+        head = f"{self.t:11.3f} {self.state:<15} "
+        event = self.event
+        if event == "violation":
+            what = (
+                "CRASH" if self.invariant == CRASH else f"VIOLATION of invariant {self.invariant}"
+            )
+            return f"{head}{what}: {self.message}"
+        if event == "send":
+            return f"{head}send #{self.op}.{self.attempt} {self.channel} {self.method} {self.path}"
+        if event == "recv":
+            if self.status is not None:
+                what = f"{self.status} {self.message or ''}".rstrip()
+            else:
+                what = f"{self.error}: {self.message}"
+            if self.retry_after is not None:
+                what += f" (retry-after {self.retry_after:.3f})"
+            return f"{head}recv #{self.op}.{self.attempt} {self.channel} {what}"
+        if event == "scenario":
+            return f"{head}~ {self.message}"
+        return f"{head}{event} -> {self.dest}"
+
+    def json_fields(self) -> dict[str, Any]:
+        """The entry's fields that are set, in declaration order, times rounded to 1 µs."""
+        row: dict[str, Any] = {}
+        for field, value in zip(_FIELDS, attrs.astuple(self, recurse=False), strict=True):
+            if value is not None:
+                row[field] = round(value, 6) if isinstance(value, float) else value
+        return row
+
+
+_FIELDS = tuple(field.name for field in attrs.fields(Entry))
+
+
+def render_text(trace: Iterable[Entry]) -> str:
+    """A trace as text, one entry a line."""
+    return "\n".join(entry.text() for entry in trace)
+
+
+def render_json(trace: Iterable[Entry], **context: Any) -> str:
+    """A trace as JSON lines; ``context`` (seed, profile) leads every line."""
+    return "\n".join(json.dumps({**context, **entry.json_fields()}) for entry in trace)
+
+
+class _OpSeen(NamedTuple):
+    """An operation's last outcome (a tuple: one is made per request, in the hot path)."""
+
+    verdict: Verdict
+    at: float
+    retry_after: float
+
+
+class Checker:
+    """Checks invariants 4 to 7 as events happen, and records the trace.
+
+    Args:
+        clock: The clock (a callable returning the time).
+        metrics: The least seconds between metrics requests.
+        checkpoint: The least seconds between epoch-weight uploads.
+        heartbeat: The heartbeat interval.
+        heartbeat_slack: How late a heartbeat may be: one request's longest duration.
+        origin: The clock time the session starts at; trace times count from it.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        *,
+        metrics: float,
+        checkpoint: float,
+        heartbeat: float,
+        heartbeat_slack: float,
+        origin: float = 0.0,
+    ) -> None:
+        self.clock = clock
+        self.metrics = metrics
+        self.checkpoint = checkpoint
+        self.heartbeat = heartbeat
+        self.heartbeat_slack = heartbeat_slack
+        self.origin = origin
+        self.violations: list[Violation] = []
+        self.state = "unparsed"
+        # Rows in Entry's field order: tuples are cheap to make, entries are made on demand.
+        self._rows: list[tuple[Any, ...]] = []
+        self._texts: list[str] = []
+        self._ops: dict[int, _OpSeen] = {}
+        self._last_metrics = -1e18
+        self._last_checkpoint = -1e18
+        self._last_heartbeat: float | None = None
+        # The hub's rate limit is per key: its Retry-After holds back every request.
+        self._hold_until = -1e18
+        self._training_since: float | None = None
+
+    @property
+    def trace(self) -> tuple[Entry, ...]:
+        """Everything seen so far, in order."""
+        return tuple(Entry(*row) for row in self._rows)
+
+    def restarted(self) -> None:
+        """The process died and a new one starts: forget what only the old one knew.
+
+        A new process cannot know when the old one last sent on a channel, the hub's last
+        Retry-After, or the old operation numbers, so limits and retry checks start over.
+        """
+        self.note("the process dies; a new one starts from the outbox")
+        self._ops.clear()
+        self._last_metrics = self._last_checkpoint = self._hold_until = -1e18
+        self._last_heartbeat = self._training_since = None
+        self.state = "unparsed"
+
+    def violate(self, number: int, message: str) -> None:
+        """Record a broken invariant (``number`` as in the design) now."""
+        t = self.clock() - self.origin
+        self.violations.append(Violation(number, t, message))
+        self._texts.append(message)
+        self._rows.append((t, self.state, "violation", *_NONE9, message, number))
+
+    def note(self, message: str) -> None:
+        """Record something the scenario did (a fault window, a revocation)."""
+        t = self.clock() - self.origin
+        self._rows.append((t, self.state, "scenario", *_NONE9, message, None))
+        self._texts.append(message)
+
+    # -- machine --------------------------------------------------------------------
+
+    def changed(self, source: str, event: str, dest: str) -> None:
+        """Invariant 4: every state change is a declared transition."""
+        now = self.clock()
+        self._rows.append((now - self.origin, source, event, dest, *_NONE10))
+        if (source, event, dest) not in LEGAL:
+            self.violate(4, f"undeclared transition {source} --{event}--> {dest}")
+        if dest != source:
+            self._check_heartbeat_gap(now)
+            if dest == "training":
+                self._training_since = now
+                self._last_heartbeat = None
+            elif source in ("training", "final_uploading") and dest != "final_uploading":
+                self._training_since = None
+        self.state = dest
+
+    # -- requests -------------------------------------------------------------------
+
+    def sent(self, now: float, send: Send) -> None:
+        """Invariants 5 and 6, checked as each request leaves."""
+        channel = send.channel
+        request = send.request
+        state = self.state
+        self._rows.append(
+            (now - self.origin, state, "send", None, send.op_id, send.attempt, channel,
+             request.method, request.path, None, None, None, None, None)
+        )  # fmt: skip
+        self._texts.append(request.path)
+        if state in ("done", "failed"):
+            # After a fatal answer nothing is retried, and after done nothing is due.
+            self.violate(6 if state == "failed" else 5, f"{channel} request in state {state}")
+        if now < self._hold_until - EPS:
+            self.violate(6, f"{channel} request {self._hold_until - now:.3f}s inside a Retry-After")
+        if channel == "metrics":
+            # The final flush is exempt, as the design says.
+            if state != "final_uploading" and now - self._last_metrics < self.metrics - EPS:
+                self.violate(5, f"metrics {now - self._last_metrics:.3f}s after the last")
+            self._last_metrics = now
+        elif channel == "checkpoint" and send.attempt == 1:
+            if now - self._last_checkpoint < self.checkpoint - EPS:
+                gap = now - self._last_checkpoint
+                self.violate(5, f"checkpoint {gap:.3f}s after the last")
+            self._last_checkpoint = now
+        elif channel == "heartbeat":
+            if state not in ("training", "final_uploading"):
+                self.violate(5, f"heartbeat in state {state}")
+            if send.attempt == 1:
+                last = self._last_heartbeat
+                if last is not None and now - last < self.heartbeat - EPS:
+                    self.violate(5, f"heartbeat {now - last:.3f}s after the last")
+                self._check_heartbeat_gap(now)
+                self._last_heartbeat = now
+        if send.attempt > 1:
+            seen = self._ops.get(send.op_id)
+            if seen is None or seen.verdict is not Verdict.RETRY:
+                verdict = "nothing" if seen is None else seen.verdict.value
+                self.violate(6, f"op #{send.op_id} retried after {verdict}")
+            elif now - seen.at < seen.retry_after - EPS:
+                self.violate(
+                    6,
+                    f"op #{send.op_id} retried {now - seen.at:.3f}s after a "
+                    f"Retry-After of {seen.retry_after:.3f}s",
+                )
+
+    def answered(self, now: float, send: Send, outcome: Outcome) -> None:
+        """Record an outcome for the retry checks."""
+        verdict = classify(outcome)
+        retry_after = retry_after_of(outcome)
+        if retry_after is not None:
+            self._hold_until = max(self._hold_until, now + retry_after)
+        self._ops[send.op_id] = _OpSeen(verdict, now, retry_after or 0.0)
+        status: int | None = None
+        error: str | None = None
+        if isinstance(outcome, TransportError):
+            error, message = outcome.kind, str(outcome)
+        else:
+            status, message = outcome.status, outcome.message
+        self._rows.append(
+            (now - self.origin, self.state, "recv", None, send.op_id, send.attempt,
+             send.channel, None, None, status, error, retry_after, message or None, None)
+        )  # fmt: skip
+        self._texts.append(message)
+
+    def _check_heartbeat_gap(self, now: float) -> None:
+        if self._training_since is None:
+            return
+        last = self._last_heartbeat if self._last_heartbeat is not None else self._training_since
+        # A heartbeat is due an interval after the last one, or when the hub's Retry-After
+        # ends if that is later; it may then wait for one request already in flight.
+        due = max(last + self.heartbeat, self._hold_until)
+        if now > due + self.heartbeat_slack + EPS:
+            self.violate(5, f"no heartbeat for {now - last:.3f}s while training")
+
+    # -- at the end -----------------------------------------------------------------
+
+    def finish(
+        self,
+        core: Core,
+        *,
+        logged: Iterable[int],
+        on_hub: Iterable[int],
+        applied: Mapping[int, int],
+        uploads: Iterable[tuple[str, int, str]] = (),
+        final_sha256: str | None,
+        expected_sha256: str | None,
+        secrets: Iterable[str],
+        texts: Iterable[str] = (),
+        expect: Expect | None = None,
+    ) -> None:
+        """Invariants 1, 2, 3 and 7, and how the session ended, checked at its end.
+
+        Args:
+            core: The session's core (for its state, error and what is still pending).
+            logged: Every epoch the trainer logged.
+            on_hub: The epochs whose metrics the hub holds.
+            applied: How many times the hub applied each epoch's metrics.
+            uploads: Every weights upload the hub applied, as ``(type, epoch, sha256)``.
+            final_sha256: The hub's final weights' digest, if any.
+            expected_sha256: The digest of the file handed to ``finish``, if it was called.
+            secrets: Strings that must appear nowhere (the API key).
+            texts: Other texts to search for secrets (error messages, reprs).
+            expect: ``done`` when the session must have delivered everything;
+                ``auth_failed`` when it must have failed on the key, keeping its data;
+                None to check only the invariants themselves.
+        """
+        logged_epochs = set(logged)
+        hub_epochs = set(on_hub)
+        state = core.state
+        missing = logged_epochs - hub_epochs - core.unacknowledged_epochs()
+        if missing:
+            self.violate(1, f"epochs lost: {sorted(missing)[:10]}")
+        undelivered = sorted(logged_epochs - hub_epochs)
+        if state == "done" and undelivered:
+            self.violate(1, f"done, yet epochs not on the hub: {undelivered[:10]}")
+        if expect == "done" and state != "done":
+            self.violate(
+                1,
+                f"the session ended {state}, not done ({core.error or core.last_failure}); "
+                f"{len(undelivered)} epochs not on the hub",
+            )
+        elif expect == "auth_failed" and (
+            state != "failed" or not isinstance(core.error, AuthError)
+        ):
+            self.violate(
+                6,
+                f"a revoked key must fail the session with AuthError; it ended {state} "
+                f"with {type(core.error).__name__ if core.error else 'no error'}",
+            )
+        twice = sorted(e for e, n in applied.items() if n > 1)
+        if twice:
+            self.violate(2, f"metrics applied more than once for epochs {twice[:10]}")
+        repeated = [u for u, n in Counter(uploads).items() if n > 1]
+        if repeated:
+            kind, epoch, _ = repeated[0]
+            self.violate(2, f"{kind} weights of epoch {epoch} applied more than once")
+        if state == "done" and final_sha256 != expected_sha256:
+            self.violate(3, f"final weights {final_sha256} != handed over {expected_sha256}")
+        # Paths and messages are the entries' only free text; the rest are fixed words.
+        corpus = "\n".join([repr(core), str(core.error or ""), *texts, *self._texts])
+        for secret in secrets:
+            if secret in corpus:
+                self.violate(7, "the API key appears in a trace entry, repr or message")
+
+
+# Padding of the rows above, which list Entry's fields in order.
+_NONE9 = (None,) * 9
+_NONE10 = (None,) * 10

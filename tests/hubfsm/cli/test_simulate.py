@@ -1,0 +1,116 @@
+"""``hubfsm simulate`` as users run it: summaries, traces, replays and exit statuses."""
+
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from hubfsm.cli.main import main
+from hubfsm.core.engine import Core
+from hubfsm.sim.world import run_seed
+from hubfsm.transport import Response
+
+
+def simulate(capsys, *args):
+    status = main(["simulate", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def without_wall_time(summary):
+    # The last column of each table row is the wall time; nothing else may differ.
+    return re.sub(r"\| [0-9.]+ s \|$", "| - |", summary, flags=re.M)
+
+
+@pytest.mark.parametrize("profile", ["flaky", "hostile", "revoked"])
+def test_one_seed_traced_twice_prints_the_same_bytes(capsys, profile):
+    args = ["--profile", profile, "--epochs", "20", "--seed", "11"]
+    first = simulate(capsys, *args, "--trace")
+    second = simulate(capsys, *args, "--trace")
+    assert first[0] == 0 and first == second
+    assert first[1].startswith(f"# seed 11, profile {profile}, 20 epochs: ended ")
+    assert " send #1.1 control " in first[1]
+    as_json = simulate(capsys, *args, "--json")
+    assert as_json == simulate(capsys, *args, "--json")
+    rows = [json.loads(line) for line in as_json[1].splitlines()]
+    assert {row["seed"] for row in rows} == {11} and {row["profile"] for row in rows} == {profile}
+    # The text and JSON are two renderings of the same entries.
+    assert len(rows) == len(first[1].splitlines()) - 1
+    assert list(rows[1])[:5] == ["seed", "profile", "t", "state", "event"]
+
+
+def test_the_summary_does_not_depend_on_the_number_of_processes(capsys):
+    args = ["--profile", "all", "--seeds", "0-59", "--epochs", "20"]
+    one = simulate(capsys, *args, "--jobs", "1")
+    two = simulate(capsys, *args, "--jobs", "2")
+    assert one[0] == two[0] == 0
+    assert without_wall_time(one[1]) == without_wall_time(two[1])
+    lines = one[1].splitlines()
+    assert lines[0] == "60 seeds x 20 epochs per profile, on a virtual clock"
+    assert lines[2].startswith("| profile | seeds | failing seeds | violations |")
+    assert [line.split(" | ")[0] for line in lines[4:]] == [
+        "| calm", "| flaky", "| hostile", "| partition", "| revoked", "| crash",
+    ]  # fmt: skip
+    assert "| failed (AuthError) 60 |" in lines[-2]
+
+
+def test_a_comma_list_runs_those_profiles_once_each(capsys):
+    status, out, _ = simulate(capsys, "--profile", "calm,revoked,calm", "--seeds", "0-4")
+    assert status == 0
+    assert [line.split(" | ")[0] for line in out.splitlines() if line.startswith("| c")] == [
+        "| calm"
+    ]
+    assert "| revoked | 5 | 0 | 0 |" in out
+
+
+class RetriesFatalStatuses(Core):
+    def receive(self, op_id, outcome, *, now):
+        if isinstance(outcome, Response) and outcome.status == 401:
+            outcome = Response(503, outcome.body)
+        super().receive(op_id, outcome, now=now)
+
+
+def test_a_failing_seed_is_shown_with_its_replay_command_and_trace(capsys, monkeypatch):
+    buggy = functools.partial(run_seed, core_factory=RetriesFatalStatuses)
+    monkeypatch.setattr("hubfsm.cli.simulate.run_seed", buggy)
+    status, out, _ = simulate(capsys, "--profile", "revoked", "--seeds", "3-6", "--epochs", "10")
+    assert status == 1
+    assert "| revoked | 4 | 4 |" in out
+    assert "first failing seed of revoked: 3" in out
+    replay = "hubfsm simulate --profile revoked --epochs 10 --seed 3 --trace"
+    assert f"replay: {replay}" in out
+    assert "recv #" in out and " 401 invalid or revoked API key" in out
+    assert "VIOLATION of invariant 6" in out
+    # The printed command replays the same failure.
+    status, trace, err = simulate(capsys, *replay.split()[2:])
+    assert status == 1
+    assert "VIOLATION of invariant 6" in trace
+    assert "seed 3 (revoked) failed:" in err
+
+
+def test_bad_arguments_exit_2_with_a_clear_message(capsys):
+    status, _, err = simulate(capsys, "--profile", "stormy")
+    assert status == 2 and "unknown profile 'stormy'" in err
+    status, _, err = simulate(capsys, "--epochs", "0")
+    assert status == 2 and "--epochs" in err
+
+
+def test_describe_prints_the_profiles_table(capsys):
+    status, out, _ = simulate(capsys, "--describe")
+    assert status == 0
+    assert out.startswith("| profile | rehearses |")
+    assert "| `partition` |" in out
+
+
+def test_the_trace_is_the_same_in_another_interpreter():
+    # Another process with another hash seed: nothing may hang on set or dict order.
+    outputs = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        command = [sys.executable, "-m", "hubfsm", "simulate", "--profile", "all", "--seed", "5"]
+        outputs.add(subprocess.run([*command, "--json"], env=env, capture_output=True).stdout)
+    assert len(outputs) == 1 and outputs.pop().count(b"\n") > 100

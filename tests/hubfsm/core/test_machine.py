@@ -1,0 +1,72 @@
+import pathlib
+
+import pytest
+
+from hubfsm.core.machine import EVENTS, LEGAL, STATES, TRANSITIONS, SessionMachine, to_mermaid
+from hubfsm.errors import IllegalEventError
+
+DOCS = pathlib.Path(__file__).parents[3] / "docs" / "state-machine.md"
+
+
+def test_the_declared_table_matches_the_design():
+    assert set(STATES) == {"unparsed", "resolved", "created", "loaded", "training",
+                           "resumable", "final_uploading", "done", "failed"}
+    assert ("training", "finish", "final_uploading") in LEGAL
+    assert ("final_uploading", "acknowledged", "done") in LEGAL
+    assert ("resumable", "resume", "training") in LEGAL
+    assert ("done", "fail", "failed") not in LEGAL
+
+
+def test_a_whole_happy_path():
+    changes = []
+    m = SessionMachine(lambda *t: changes.append(t))
+    for event in ("parse", "load", "start", "epoch_end", "checkpoint", "finish", "acknowledged"):
+        m.fire(event)
+    assert m.state == "done"
+    assert all(change in LEGAL for change in changes)
+
+
+def test_guarded_events_take_their_failure_branch():
+    m = SessionMachine()
+    m.fire("parse")
+    assert m.fire("load", ok=False) == "failed"
+
+
+@pytest.mark.parametrize("state_path,event", [
+    ((), "start"),
+    (("parse",), "epoch_end"),
+    (("parse", "load", "start", "finish"), "epoch_end"),
+    (("parse", "load", "start", "finish", "acknowledged"), "fail"),
+    (("parse", "create", "start", "interrupt"), "finish"),
+])
+def test_an_illegal_event_names_state_and_event(state_path, event):
+    m = SessionMachine()
+    for e in state_path:
+        m.fire(e)
+    before = m.state
+    with pytest.raises(IllegalEventError) as info:
+        m.fire(event)
+    assert info.value.state == before and info.value.event == event
+    assert before in str(info.value) and event in str(info.value)
+    assert m.state == before
+
+
+def test_every_state_and_event_pair_is_legal_exactly_when_declared():
+    for state in STATES:
+        for event in EVENTS:
+            m = SessionMachine()
+            m._model.state = state  # place the machine directly in each state
+            declared = any(state in sources for name, sources, _, _ in TRANSITIONS if name == event)
+            assert m.allows(event) == declared
+            if declared:
+                m.fire(event)
+            else:
+                with pytest.raises(IllegalEventError):
+                    m.fire(event)
+
+
+def test_the_docs_diagram_is_generated_from_the_declaration():
+    text = DOCS.read_text()
+    assert "```mermaid\n" + to_mermaid() + "```" in text, (
+        "docs/state-machine.md is stale: run python -m tools.docs_gen"
+    )

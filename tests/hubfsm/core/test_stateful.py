@@ -1,0 +1,88 @@
+"""A hypothesis state machine interleaving trainer events, time and faults."""
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from hubfsm.errors import ModelTrainedError
+from hubfsm.hub.faults import FaultMix
+from hubfsm.sim.world import PROFILES, World
+
+MIXES = {
+    "calm": FaultMix(),
+    "flaky": PROFILES["flaky"].faults,
+    "down": FaultMix(connection_error=1.0),
+    "throttled": FaultMix(rate_limited=0.8, retry_after=(10.0, 200.0)),
+    "lossy": FaultMix(lost_response=0.5, timeout=0.2),
+}
+
+
+class SessionUnderFaults(RuleBasedStateMachine):
+    @initialize(seed=st.integers(0, 2**32 - 1), create=st.booleans())
+    def open(self, seed, create):
+        self.world = World(seed, PROFILES["calm"])
+        self.world.open(create=create)
+        assert self.world.core.state in ("created", "loaded")
+        self.world.core.start(now=self.world.clock.now)
+
+    @property
+    def core(self):
+        return self.world.core
+
+    @rule(mix=st.sampled_from(sorted(MIXES)))
+    def hub_changes_mood(self, mix):
+        self.world.transport.mix = MIXES[mix]
+
+    @rule(seconds=st.floats(0.0, 2000.0))
+    def time_passes(self, seconds):
+        self.world.runner.run_until(self.world.clock.now + seconds)
+
+    @precondition(lambda self: self.core.state == "training")
+    @rule(checkpoint=st.booleans())
+    def epoch_ends(self, checkpoint):
+        self.world.epoch(checkpoint=checkpoint)
+
+    @precondition(lambda self: self.core.state == "training")
+    @rule()
+    def trainer_is_interrupted(self):
+        self.core.interrupt(now=self.world.clock.now)
+
+    @precondition(lambda self: self.core.state == "resumable")
+    @rule()
+    def trainer_resumes(self):
+        self.core.resume(now=self.world.clock.now)
+
+    @precondition(lambda self: self.core.state == "training")
+    @rule(timeout=st.sampled_from([60.0, 3600.0]))
+    def training_finishes(self, timeout):
+        self.world.finish(timeout=timeout)
+        if self.core.state == "failed":
+            # Only legitimate when an earlier, interrupted final upload did land and
+            # training went on after it: the hub then refuses more as "already trained".
+            assert isinstance(self.core.error, ModelTrainedError), self.core.error
+            assert any(u.type == "final" for u in self.world.hub.audit().uploads)
+        else:
+            assert self.core.state in ("done", "resumable")
+
+    @invariant()
+    def no_violation_so_far(self):
+        if not hasattr(self, "world"):
+            return
+        self.world.check_end()
+        assert not self.world.checker.violations, [str(v) for v in self.world.checker.violations]
+
+    @invariant()
+    def no_metrics_lost(self):
+        if not hasattr(self, "world"):
+            return
+        world = self.world
+        assert set(world.logged) <= world.on_hub() | world.core.unacknowledged_epochs()
+
+
+SessionUnderFaults.TestCase.settings = settings(
+    max_examples=60,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_session_under_faults = SessionUnderFaults.TestCase

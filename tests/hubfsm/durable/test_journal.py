@@ -1,0 +1,253 @@
+import collections
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hubfsm.durable.journal import INITIAL_SIZE, MAGIC, Journal, queued_epoch, replay
+
+
+def job(epoch, metrics, core, now):
+    core.append((epoch, metrics))
+
+
+def run_jobs(inbox):
+    """What the worker would hand the core, in order."""
+    seen = []
+    while inbox:
+        _, queued, *args = inbox.popleft()
+        queued(*args, seen, 0.0)
+    return seen
+
+
+def test_appended_entries_replay_in_order_and_queue_jobs(tmp_path):
+    inbox = collections.deque()
+    j = Journal(tmp_path / "j", seq=10, inbox=inbox)
+    for epoch in range(5):
+        j.append(("m", epoch, {"loss": 1.0 / (epoch + 1)}), f"job{epoch}")
+    assert [seq for seq, *_ in inbox] == [11, 12, 13, 14, 15]
+    records = replay(tmp_path / "j", after=12)
+    assert [seq for seq, _ in records] == [13, 14, 15]
+    assert records[0][1] == ("m", 2, {"loss": 1.0 / 3})
+
+
+def test_consumed_starts_over_and_stale_records_are_not_replayed(tmp_path):
+    inbox = collections.deque()
+    j = Journal(tmp_path / "j", seq=0, inbox=inbox)
+    for epoch in range(20):
+        j.append(("m", epoch, {"x": "long value " * 10}), None)
+    j.consumed(19)  # not everything: nothing happens
+    assert len(replay(tmp_path / "j", after=0)) == 20
+    j.consumed(20)
+    j.append(("m", 99, {}), None)
+    assert [seq for seq, _ in replay(tmp_path / "j", after=0)] == [21]
+
+
+def test_a_torn_record_ends_the_replay(tmp_path):
+    inbox = collections.deque()
+    j = Journal(tmp_path / "j", seq=0, inbox=inbox)
+    for epoch in range(3):
+        j.append(("m", epoch, {"a": epoch}), None)
+    j.close()
+    data = bytearray((tmp_path / "j").read_bytes())
+    # corrupt the third record's payload
+    third = data.find(b"\x03\x00\x00\x00\x00\x00\x00\x00")
+    data[third + 10] ^= 0xFF
+    (tmp_path / "j").write_bytes(bytes(data))
+    assert [seq for seq, _ in replay(tmp_path / "j", after=0)] == [1, 2]
+
+
+def test_a_record_copied_only_halfway_ends_the_replay(tmp_path):
+    inbox = collections.deque()
+    j = Journal(tmp_path / "j", seq=0, inbox=inbox)
+    j.append(("m", 0, {"a": 0.5}), None)
+    end_of_first = j._at * 8
+    j.append(("m", 1, {"a": 1.5, "b": 2.5}), None)
+    end = j._at * 8 + 8
+    j.close()
+    data = bytearray((tmp_path / "j").read_bytes())
+    # A kill in the middle of the copy: the header is in, the payload only partly.
+    data[end_of_first + 30 : end] = bytes(end - end_of_first - 30)
+    (tmp_path / "j").write_bytes(bytes(data))
+    assert replay(tmp_path / "j", after=0) == [(1, ("m", 0, {"a": 0.5}))]
+
+
+def test_the_journal_grows_past_its_first_size(tmp_path):
+    inbox = collections.deque()
+    j = Journal(tmp_path / "j", seq=0, inbox=inbox)
+    big = {"k": "v" * 10_000}
+    n = INITIAL_SIZE // 10_000 * 3
+    for epoch in range(n):
+        j.append(("m", epoch, big), None)
+    assert len(replay(tmp_path / "j", after=0)) == n
+
+
+def test_numpy_like_scalars_are_made_plain(tmp_path):
+    class Scalar:
+        def item(self):
+            return 0.25
+
+    inbox = collections.deque()
+    j = Journal(tmp_path / "j", seq=0, inbox=inbox)
+    j.append(("m", 0, {"loss": Scalar()}), None)
+    assert replay(tmp_path / "j", after=0)[0][1] == ["m", 0, {"loss": 0.25}]
+
+
+def test_a_missing_or_foreign_file_replays_nothing(tmp_path):
+    assert replay(tmp_path / "none", after=0) == []
+    (tmp_path / "x").write_bytes(b"not a journal")
+    assert replay(tmp_path / "x", after=0) == []
+
+
+def test_metrics_with_the_same_names_go_in_as_values_and_come_back_whole(tmp_path):
+    inbox = collections.deque()
+    j = Journal(tmp_path / "j", seq=0, inbox=inbox)
+    logged = [{"loss": 1.0 / (e + 1), "map": e / 10} for e in range(5)]
+    for epoch, metrics in enumerate(logged):
+        j.append_metrics(epoch, metrics, job)
+    assert [queued_epoch(item) for item in inbox] == [0, 1, 2, 3, 4]
+    # After the schema, each epoch is three words and two doubles: nothing serialised.
+    assert j._at - j._base == 5 * (3 + 2)
+    assert replay(tmp_path / "j", after=3) == [(4, ("m", 3, logged[3])), (5, ("m", 4, logged[4]))]
+    assert run_jobs(inbox) == list(enumerate(logged))
+
+
+def test_other_names_or_values_go_in_as_entries_and_become_the_schema_later(tmp_path):
+    inbox = collections.deque()
+    j = Journal(tmp_path / "j", seq=0, inbox=inbox)
+    calls = [
+        (0, {"loss": 0.5}),
+        (1, {"loss": 0.25, "count": 3}),  # an int: kept an int, so an entry record
+        (2, {"map": 0.1}),  # other names while records are pending: an entry record
+        (3, {"loss": 0.125}),
+    ]
+    for epoch, metrics in calls:
+        j.append_metrics(epoch, metrics, job)
+    assert replay(tmp_path / "j", after=0) == [
+        (seq + 1, ("m", epoch, metrics)) for seq, (epoch, metrics) in enumerate(calls)
+    ]
+    assert run_jobs(inbox) == calls
+    assert isinstance(calls[1][1]["count"], int)
+    j.consumed(4)
+    assert j._names == ("map",)  # the start-over takes the newer names as the schema
+    j.append_metrics(4, {"map": 0.2}, job)
+    assert replay(tmp_path / "j", after=4) == [(5, ("m", 4, {"map": 0.2}))]
+
+
+def test_names_in_another_order_do_not_take_the_values_path(tmp_path):
+    inbox = collections.deque()
+    j = Journal(tmp_path / "j", seq=0, inbox=inbox)
+    j.append_metrics(0, {"a": 1.0, "b": 2.0}, job)
+    j.append_metrics(1, {"b": 3.0, "a": 4.0}, job)
+    assert [list(m) for _, (_, _, m) in replay(tmp_path / "j", after=0)] == [
+        ["a", "b"],
+        ["b", "a"],
+    ]
+    assert run_jobs(inbox) == [(0, {"a": 1.0, "b": 2.0}), (1, {"b": 3.0, "a": 4.0})]
+
+
+def test_a_values_record_killed_before_its_first_word_is_not_replayed(tmp_path):
+    inbox = collections.deque()
+    j = Journal(tmp_path / "j", seq=0, inbox=inbox)
+    j.append_metrics(0, {"loss": 0.5}, job)
+    second = j._at
+    j.append_metrics(1, {"loss": 0.25}, job)
+    j.close()
+    data = bytearray((tmp_path / "j").read_bytes())
+    data[second * 8 : second * 8 + 8] = bytes(8)  # every word in but the commit
+    (tmp_path / "j").write_bytes(bytes(data))
+    assert replay(tmp_path / "j", after=0) == [(1, ("m", 0, {"loss": 0.5}))]
+
+
+def test_a_torn_values_record_ends_the_replay(tmp_path):
+    inbox = collections.deque()
+    j = Journal(tmp_path / "j", seq=0, inbox=inbox)
+    for epoch in range(3):
+        j.append_metrics(epoch, {"loss": 0.5, "map": 0.25}, job)
+    third = j._at - 5
+    j.close()
+    data = bytearray((tmp_path / "j").read_bytes())
+    # A power cut that wrote the record's first page but not the one with its tail.
+    data[(third + 4) * 8 : (third + 5) * 8] = struct.pack("<Q", 77)
+    (tmp_path / "j").write_bytes(bytes(data))
+    assert [seq for seq, _ in replay(tmp_path / "j", after=0)] == [1, 2]
+
+
+def test_values_records_grow_the_journal_and_starting_over_keeps_the_schema(tmp_path):
+    inbox = collections.deque()
+    j = Journal(tmp_path / "j", seq=0, inbox=inbox)
+    metrics = {f"metric/{i}": float(i) for i in range(100)}
+    n = INITIAL_SIZE // (103 * 8) * 2
+    for epoch in range(n):
+        j.append_metrics(epoch, metrics, job)
+    assert len(run_jobs(inbox)) == n
+    assert [seq for seq, _ in replay(tmp_path / "j", after=n - 2)] == [n - 1, n]
+    j.consumed(n)
+    j.append_metrics(n, metrics, job)
+    assert replay(tmp_path / "j", after=0) == [(n + 1, ("m", n, metrics))]
+
+
+def test_a_version_1_journal_still_replays(tmp_path):
+    import marshal
+    import zlib
+
+    records = b""
+    for seq, entry in ((1, ("m", 0, {"loss": 0.5})), (2, ("m", 1, {"loss": 0.25}))):
+        body = marshal.dumps(entry)
+        records += struct.pack("<IIQ", len(body), zlib.crc32(body), seq) + body
+    (tmp_path / "j").write_bytes(struct.pack("<4sI", MAGIC, 1) + records + bytes(4))
+    assert replay(tmp_path / "j", after=1) == [(2, ("m", 1, {"loss": 0.25}))]
+
+
+names = st.sampled_from(["loss", "map", "lr", "box"])
+metric_values = st.one_of(
+    st.floats(allow_nan=False), st.integers(-(2**40), 2**40), st.text(max_size=3)
+)
+calls = st.lists(
+    st.tuples(
+        st.integers(-2, 2**33),
+        st.dictionaries(names, metric_values, max_size=4),
+        st.booleans(),  # the worker catches up after this call
+    ),
+    max_size=30,
+)
+
+
+@pytest.mark.parametrize("_", [None])
+@settings(max_examples=150, deadline=None)
+@given(script=calls)
+def test_whatever_is_logged_the_jobs_and_the_replay_give_it_back(tmp_path_factory, _, script):
+    path = tmp_path_factory.mktemp("j") / "j"
+    inbox = collections.deque()
+    j = Journal(path, seq=0, inbox=inbox)
+    delivered, expected, consumed = [], [], 0
+    for epoch, metrics, catch_up in script:
+        j.append_metrics(epoch, metrics, job)
+        expected.append((epoch, metrics))
+        if catch_up:
+            delivered += run_jobs(inbox)
+            consumed = j.seq
+            j.consumed(consumed)
+    pending = expected[len(delivered) :]
+    assert [(e, m) for _, (_, e, m) in replay(path, after=consumed)] == pending
+    delivered += run_jobs(inbox)
+    assert delivered == expected
+    for (_, got), (_, want) in zip(delivered, expected, strict=True):
+        assert [type(v) for v in got.values()] == [type(v) for v in want.values()]
+    j.close()
+
+
+def test_jobs_run_after_close_read_what_was_written_not_the_next_session(tmp_path):
+    inbox = collections.deque()
+    j = Journal(tmp_path / "j", seq=0, inbox=inbox)
+    j.append_metrics(0, {"loss": 0.5}, job)
+    j.append_metrics(1, {"loss": 0.25}, job)
+    j.close()
+    j.consumed(2)  # a worker that outlived the session: nothing happens
+    # A new session of the same model takes the file over before those jobs run.
+    later = Journal(tmp_path / "j", seq=0, inbox=collections.deque())
+    for epoch in range(2):
+        later.append_metrics(epoch, {"loss": 99.0}, job)
+    assert run_jobs(inbox) == [(0, {"loss": 0.5}), (1, {"loss": 0.25})]
+    later.close()

@@ -1,0 +1,85 @@
+import os
+
+import pytest
+
+from hubfsm.core import protocol
+from hubfsm.core.changes import MetricsQueued, Offered, OpClosed, OpOpened
+from hubfsm.durable.outbox import FileStamp, Outbox, OutboxLockedError, find, inspect
+from hubfsm.transport import FilePart
+
+MODEL = "M" * 20
+
+
+def test_changes_round_trip_in_order(tmp_path):
+    ob = Outbox.open(MODEL, tmp_path)
+    request = protocol.upload_metrics(MODEL, {0: "{}", 1: "{}"}, key="k-1")
+    ob.apply([MetricsQueued(0, "{}"), MetricsQueued(1, "{}"), MetricsQueued(2, '{"a": 1}'),
+              OpOpened("metrics", request, (0, 1))], journal_seq=7)
+    saved = ob.load()
+    assert [op.key for op in saved.ops] == ["k-1"]
+    assert saved.ops[0].request == request and tuple(saved.ops[0].payload) == (0, 1)
+    assert saved.metrics == ((2, '{"a": 1}'),)
+    assert ob.journal_seq == 7
+    ob.apply([OpClosed("k-1")])
+    assert ob.load().ops == ()
+    ob.close()
+
+
+def test_a_second_opener_gets_a_clear_error(tmp_path):
+    ob = Outbox.open(MODEL, tmp_path)
+    with pytest.raises(OutboxLockedError, match=f"model {MODEL}.*in use"):
+        Outbox.open(MODEL, tmp_path)
+    other = Outbox.open("N" * 20, tmp_path)  # another model is fine
+    ob.close()
+    Outbox.open(MODEL, tmp_path).close()
+    other.close()
+
+
+def test_a_snapshot_is_the_file_as_handed_over(tmp_path):
+    ob = Outbox.open(MODEL, tmp_path)
+    weights = tmp_path / "last.pt"
+    weights.write_bytes(b"epoch 1")
+    stamp = FileStamp.of(weights)
+    part = ob.snapshot(weights, name="last.pt", stamp=stamp)
+    weights.write_bytes(b"epoch 2!")  # the trainer overwrites it afterwards
+    assert open(part.path, "rb").read() == b"epoch 1" and part.size == 7
+    assert ob.snapshot(weights, name="last.pt", stamp=stamp) is None  # stale offer
+    ob.close()
+
+
+def test_unreferenced_snapshots_are_deleted(tmp_path):
+    ob = Outbox.open(MODEL, tmp_path)
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"a")
+    a = ob.snapshot(weights, name="last.pt", stamp=None)
+    ob.apply([Offered("checkpoint", (0, a, True))])
+    weights.write_bytes(b"b")
+    b = ob.snapshot(weights, name="last.pt", stamp=None)
+    ob.apply([Offered("checkpoint", (1, b, False))])
+    ob.apply([Offered("checkpoint", None)])
+    assert not os.path.exists(a.path) and not os.path.exists(b.path)
+    ob.close()
+
+
+def test_status_reads_counts_while_in_use(tmp_path):
+    ob = Outbox.open(MODEL, tmp_path)
+    ob.apply([MetricsQueued(e, "{}") for e in range(3)]
+             + [Offered("final", (2, FilePart("best.pt", "x", 1, "0" * 64), 0.5))])
+    [info] = inspect(find(tmp_path))
+    assert info.model_id == MODEL and info.in_use
+    assert info.pending == {"metrics": 3, "checkpoint": 0, "final": 1}
+    ob.close()
+    assert not inspect(find(tmp_path))[0].in_use
+    assert find(tmp_path / MODEL) == [tmp_path / MODEL]
+
+
+def test_close_removes_an_empty_outbox_only(tmp_path):
+    ob = Outbox.open(MODEL, tmp_path)
+    ob.apply([MetricsQueued(0, "{}")])
+    ob.close(remove=True)
+    assert (tmp_path / MODEL).exists()
+    ob = Outbox.open(MODEL, tmp_path)
+    ob.apply([OpOpened("metrics", protocol.upload_metrics(MODEL, {0: "{}"}, key="k"), (0,)),
+              OpClosed("k")])
+    ob.close(remove=True)
+    assert not (tmp_path / MODEL).exists()

@@ -1,0 +1,56 @@
+"""A small trainer for the crash tests: logs epochs and weights, then finishes.
+
+Usage: crash_trainer.py API_ROOT MODEL_ID OUTBOX EPOCHS START WORKDIR (key in HUB_API_KEY)
+"""
+
+import hashlib
+import sys
+import time
+from pathlib import Path
+
+import hubfsm
+from hubfsm.core.engine import CoreConfig, Limits
+from hubfsm.core.retry import ChannelPolicies, RetryPolicy
+
+QUICK = RetryPolicy(base=0.02, cap=0.1, max_attempts=4, deadline=3.0)
+CONFIG = CoreConfig(
+    limits=Limits(metrics=0.02, checkpoint=0.1, heartbeat=1.0, park=0.1, checkpoint_grace=0.02),
+    policies=ChannelPolicies(QUICK, QUICK, QUICK, QUICK, QUICK),
+)
+
+
+def metrics(epoch):
+    return {"train/loss": round(1.0 / (epoch + 1), 6), "metrics/x": epoch * 0.01}
+
+
+def best_bytes():
+    # big enough that the final upload takes a while, deterministic so the test can hash it
+    block = hashlib.sha256(b"best").digest() * 1024
+    return block * 256  # 8 MiB
+
+
+def main():
+    api, model_id, outbox, epochs, start, work = sys.argv[1:7]
+    epochs, start, work = int(epochs), int(start), Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    session = hubfsm.Session(model_id, api_root=api, web_root=api, outbox_dir=outbox,
+                             config=CONFIG, exit_timeout=2.0)
+    session.start()
+    last = work / "last.pt"
+    for epoch in range(start, epochs):
+        print(f"logging {epoch}", flush=True)
+        session.log_metrics(metrics(epoch), epoch=epoch)
+        print(f"logged {epoch}", flush=True)
+        last.write_bytes(b"weights of epoch %d " % epoch * 4096)
+        session.save_checkpoint(last, epoch=epoch, is_best=epoch % 2 == 0)
+        time.sleep(0.03)
+    best = work / "best.pt"
+    best.write_bytes(best_bytes())
+    print("finishing", flush=True)
+    session.finish(best, epoch=epochs - 1, map50_95=0.5)
+    print("done", flush=True)
+    session.close()
+
+
+if __name__ == "__main__":
+    main()

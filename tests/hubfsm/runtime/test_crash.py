@@ -1,0 +1,139 @@
+"""Kill a real trainer with SIGKILL at seeded moments; resume or sync; nothing lost or doubled."""
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hubfsm.core import protocol
+from hubfsm.hub.server import LocalHub
+from transports.memory import InMemoryTransport
+
+HERE = Path(__file__).parent
+TRAINER = HERE / "crash_trainer.py"
+EPOCHS = 6
+KILL_POINTS = 20
+
+spec = {"module": None}
+
+
+def trainer_module():
+    if spec["module"] is None:
+        import importlib.util
+
+        s = importlib.util.spec_from_file_location("crash_trainer", TRAINER)
+        module = importlib.util.module_from_spec(s)
+        s.loader.exec_module(module)
+        spec["module"] = module
+    return spec["module"]
+
+
+def env_for(local):
+    env = dict(os.environ, HUB_API_KEY=local.api_key, PYTHONUNBUFFERED="1")
+    env.pop("HUBFSM_OFFLINE", None)
+    return env
+
+
+def run_trainer(local, model_id, outbox, start, work, *, kill_after=None, delay=0.0, seed=0):
+    """Run the trainer; with ``kill_after``, SIGKILL it ``delay`` s after that line."""
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAINER), local.url, model_id, str(outbox), str(EPOCHS),
+         str(start), str(work)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_for(local),
+    )
+    lines = []
+    deadline = time.monotonic() + 60
+    try:
+        for line in proc.stdout:
+            lines.append(line.strip())
+            if kill_after is not None and line.strip() == kill_after:
+                time.sleep(delay)
+                proc.send_signal(signal.SIGKILL)
+                break
+            assert time.monotonic() < deadline, "trainer took too long"
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines += [x for x in (rest or "").splitlines() if x]
+    return lines, proc.returncode, err
+
+
+def last_logged(lines):
+    logged = [int(x.split()[1]) for x in lines if x.startswith("logged ")]
+    return logged[-1] if logged else -1
+
+
+def has_final(local, model_id):
+    return any(u.model_id == model_id and u.type == "final" for u in local.hub.audit().uploads)
+
+
+def sync(local, outbox):
+    return subprocess.run(
+        [sys.executable, "-m", "hubfsm", "sync", str(outbox), "--hub", local.url,
+         "--timeout", "30"],
+        capture_output=True, text=True, env=env_for(local), timeout=90,
+    )
+
+
+def kill_points():
+    rng = random.Random(20261125)
+    points = []
+    for i in range(KILL_POINTS):
+        if i % 4 == 3:
+            target = "finishing"  # during the final upload
+        else:
+            target = f"logged {rng.randrange(EPOCHS)}"
+        points.append((i, target, round(rng.uniform(0.0, 0.06), 4)))
+    return points
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    with LocalHub(tmp_path_factory.mktemp("hub")) as hub:
+        yield hub
+
+
+@pytest.mark.parametrize("point,target,delay", kill_points())
+def test_sigkill_then_resume_or_sync_loses_nothing(local, tmp_path, point, target, delay):
+    created = InMemoryTransport(local.hub, local.api_key).send(
+        protocol.create_model(protocol.create_payload("yolov8n.yaml", {}))
+    )
+    model_id = created.data["id"]
+    outbox, work = tmp_path / "outbox", tmp_path / "work"
+    lines, code, err = run_trainer(local, model_id, outbox, 0, work, kill_after=target,
+                                   delay=delay)
+    assert local.api_key not in err + "\n".join(lines)
+    logged = last_logged(lines)
+    if "done" not in lines:
+        if point % 2 == 0:
+            done = sync(local, outbox)
+            assert done.returncode in (0, 1), done.stderr
+            assert local.api_key not in done.stdout + done.stderr
+        # "finishing" is printed just before finish(), so the kill may come before
+        # finish() recorded the final weights: then only the trainer can send them.
+        if not has_final(local, model_id):
+            start = EPOCHS if "finishing" in lines else logged + 1
+            lines2, code2, err2 = run_trainer(local, model_id, outbox, start, work)
+            assert code2 == 0, err2
+            assert local.api_key not in err2
+    # every epoch arrived; those logged once were applied once
+    hub = local.hub
+    on_hub = [row["epoch"] for row in hub.metrics(model_id)]
+    assert on_hub == list(range(EPOCHS)), (target, delay, lines)
+    applied = {e: n for (m, e), n in hub.audit().metrics_applied.items() if m == model_id}
+    for epoch in range(EPOCHS):
+        # the epoch being logged at the kill may have been logged twice by the trainer
+        limit = 2 if epoch == logged + 1 and "finishing" not in lines else 1
+        assert 1 <= applied[epoch] <= limit, (epoch, applied, target, delay)
+    finals = [u for u in hub.audit().uploads if u.model_id == model_id and u.type == "final"]
+    assert len(finals) == 1, finals
+    assert finals[0].sha256 == hashlib.sha256(trainer_module().best_bytes()).hexdigest()
+    assert hub.record(model_id)["status"] == "trained"

@@ -1,0 +1,204 @@
+import hashlib
+import io
+import os
+import random
+
+import pytest
+
+import hubfsm
+from hubfsm.core import protocol
+from hubfsm.core.engine import CoreConfig
+from hubfsm.durable.outbox import OutboxLockedError, find, inspect
+from hubfsm.hub.domain import Hub
+from hubfsm.hub.faults import FaultMix
+from hubfsm.hub.store_memory import MemoryStore
+from hubfsm.runtime.sync import sync
+from transports.faults import FaultInjectingTransport
+from transports.memory import InMemoryTransport
+
+KEY = "d" * 42
+#: The shipped behaviour, a thousand times as fast.
+FAST = CoreConfig().scaled(0.001)
+
+
+@pytest.fixture
+def hub():
+    return Hub(MemoryStore(), keys=[KEY])
+
+
+def new_model(hub):
+    reply = InMemoryTransport(hub, KEY).send(
+        protocol.create_model(protocol.create_payload("yolov8n.yaml", {}))
+    )
+    return reply.data["id"]
+
+
+def switchable(hub):
+    """A transport whose hub can be taken down and brought back."""
+    return FaultInjectingTransport(InMemoryTransport(hub, KEY), random.Random(0), FaultMix())
+
+
+def applied(hub, model_id):
+    return {e: n for (m, e), n in hub.audit().metrics_applied.items() if m == model_id}
+
+
+def test_what_a_dead_hub_did_not_get_goes_first_next_time(hub, tmp_path, capsys):
+    model_id = new_model(hub)
+    link = switchable(hub)
+    s = hubfsm.Session(model_id, transport=link, config=FAST, outbox_dir=tmp_path)
+    s.start()
+    s.log_metrics({"loss": 1.0})
+    assert s.flush(timeout=5)
+    link.mix = FaultMix(connection_error=1.0)  # the hub goes away
+    for epoch in range(1, 4):
+        s.log_metrics({"loss": 1.0 / (epoch + 1)})
+    s.close(timeout=0.2)
+    assert s.state == "resumable"
+    err = capsys.readouterr().err
+    assert "3 epochs of metrics not on the hub yet" in err and "hubfsm sync" in err
+    [info] = inspect(find(tmp_path))
+    assert info.pending["metrics"] == 3
+
+    link.mix = FaultMix()  # back
+    again = hubfsm.Session(model_id, transport=link, config=FAST, outbox_dir=tmp_path)
+    assert again.flush(timeout=5)
+    again.close()
+    assert applied(hub, model_id) == {0: 1, 1: 1, 2: 1, 3: 1}
+    assert find(tmp_path) == []  # an empty outbox is removed
+
+
+def test_a_lost_response_before_a_crash_is_not_applied_twice(hub, tmp_path):
+    model_id = new_model(hub)
+    link = switchable(hub)
+    s = hubfsm.Session(model_id, transport=link, config=FAST, outbox_dir=tmp_path)
+    s.start()
+    link.mix = FaultMix(lost_response=1.0)  # every request lands, no answer comes back
+    s.log_metrics({"loss": 0.5}, epoch=0)
+    assert s._runner.wait_for(lambda c: applied(hub, model_id).get(0) == 1, 5)
+    s.close(timeout=0.1)
+    link.mix = FaultMix()
+    again = hubfsm.Session(model_id, transport=link, config=FAST, outbox_dir=tmp_path)
+    assert again.flush(timeout=5)
+    again.close()
+    assert applied(hub, model_id) == {0: 1}
+    assert hub.audit().replayed  # the retry with the same key was answered from memory
+
+
+def test_offline_records_everything_and_sync_sends_it(hub, tmp_path):
+    model_id = new_model(hub)
+    weights = tmp_path / "w"
+    weights.mkdir()
+    with hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST,
+                        outbox_dir=tmp_path / "ob", offline=True) as s:
+        for epoch in range(5):
+            s.log_metrics({"loss": 1.0 / (epoch + 1)})
+            (weights / "last.pt").write_bytes(b"epoch %d" % epoch)
+            s.save_checkpoint(weights / "last.pt", epoch=epoch)
+        (weights / "best.pt").write_bytes(b"the best weights")
+        s.finish(weights / "best.pt", map50_95=0.7)
+        assert s.state == "resumable"
+    assert hub.audit().requests.get("upload_metrics", 0) == 0
+    out = io.StringIO()
+    code = sync(tmp_path / "ob", transport=InMemoryTransport(hub, KEY), timeout=10, out=out)
+    assert code == 0, out.getvalue()
+    assert applied(hub, model_id) == {e: 1 for e in range(5)}
+    record = hub.record(model_id)
+    assert record["status"] == "trained"
+    final = [u for u in hub.audit().uploads if u.type == "final"][-1]
+    assert final.sha256 == hashlib.sha256(b"the best weights").hexdigest()
+    assert "all sent" in out.getvalue()
+    assert sync(tmp_path / "ob", transport=InMemoryTransport(hub, KEY), out=out) == 0
+
+
+def test_offline_needs_a_model_id(tmp_path):
+    with pytest.raises(hubfsm.HubfsmError, match="offline mode needs an existing model id"):
+        hubfsm.Session("yolov8n.yaml", api_key=KEY, offline=True)
+
+
+def test_one_model_one_session(hub, tmp_path):
+    model_id = new_model(hub)
+    s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST,
+                       outbox_dir=tmp_path)
+    with pytest.raises(OutboxLockedError):
+        hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST,
+                       outbox_dir=tmp_path)
+    s.close()
+
+
+def test_the_uploaded_checkpoint_is_the_file_at_the_call(hub, tmp_path):
+    model_id = new_model(hub)
+    last = tmp_path / "last.pt"
+    s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST,
+                       outbox_dir=tmp_path / "ob")
+    s.start()
+    last.write_bytes(b"epoch 0 weights")
+    s.save_checkpoint(last, epoch=0)
+    assert s._runner.wait_for(lambda c: c.stats.checkpoints == 1, 5)
+    last.write_bytes(b"epoch 1 weights, longer")
+    s.save_checkpoint(last, epoch=1)
+    last.write_bytes(b"epoch 2")  # overwritten at once: the offer of epoch 1 is stale
+    s.save_checkpoint(last, epoch=2)
+    assert s._runner.wait_for(lambda c: c.stats.checkpoints == 2, 5)
+    s.close()
+    uploads = [u for u in hub.audit().uploads if u.type == "epoch"]
+    contents = {b"epoch 0 weights", b"epoch 1 weights, longer", b"epoch 2"}
+    digests = {hashlib.sha256(c).hexdigest(): c for c in contents}
+    for u in uploads:
+        assert u.sha256 in digests
+        assert str(u.epoch).encode() in digests[u.sha256]  # epoch and bytes agree
+
+
+def test_a_revoked_key_keeps_the_records(hub, tmp_path):
+    model_id = new_model(hub)
+    s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST,
+                       outbox_dir=tmp_path)
+    s.start()
+    hub.revoke_key(KEY)
+    s.log_metrics({"loss": 1.0})
+    assert s._runner.wait_for(lambda c: c.state == "failed", 5)
+    s.close(timeout=0.1)
+    assert inspect(find(tmp_path))[0].pending["metrics"] == 1
+    out = io.StringIO()
+    assert sync(tmp_path, transport=InMemoryTransport(hub, KEY), out=out) == 1
+    assert "refused the API key" in out.getvalue()
+    assert KEY not in out.getvalue()
+    assert inspect(find(tmp_path))[0].pending["metrics"] == 1
+
+
+def test_without_the_journal_the_worker_still_files_everything(hub, tmp_path):
+    model_id = new_model(hub)
+    link = switchable(hub)
+    s = hubfsm.Session(model_id, transport=link, config=FAST, outbox_dir=tmp_path,
+                       journal=False)
+    assert not (s.outbox_dir / "journal").exists()
+    s.start()
+    link.mix = FaultMix(connection_error=1.0)
+    for epoch in range(3):
+        s.log_metrics({"loss": 1.0}, epoch=epoch)
+    s.close(timeout=0.1)
+    assert inspect(find(tmp_path))[0].pending["metrics"] == 3
+
+
+def test_a_checkpoint_renamed_over_before_the_snapshot_still_uploads_the_handed_over_bytes(
+    hub, tmp_path
+):
+    model_id = new_model(hub)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST,
+                       outbox_dir=tmp_path / "ob")
+    s.start()
+    gate = []
+    s._runner.submit(lambda core, now: gate.append(__import__("time").sleep(0.3)))
+    (runs / "last.pt").write_bytes(b"epoch 0 weights")
+    s.save_checkpoint(runs / "last.pt", epoch=0)
+    # the trainer writes the next weights aside and renames them over, as it should,
+    # while the worker is still busy
+    (runs / "tmp.pt").write_bytes(b"epoch 1 weights!")
+    os.replace(runs / "tmp.pt", runs / "last.pt")
+    assert s._runner.wait_for(lambda c: c.stats.checkpoints == 1, 5)
+    s.close()
+    [upload] = [u for u in hub.audit().uploads if u.type == "epoch"]
+    assert upload.epoch == 0
+    assert upload.sha256 == hashlib.sha256(b"epoch 0 weights").hexdigest()
+    assert not list((tmp_path / "ob").glob("*/files/.held-*"))

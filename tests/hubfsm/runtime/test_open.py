@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import structlog
+
+import hubfsm
+from hubfsm.core.engine import CoreConfig
+from hubfsm.hub.domain import Hub
+from hubfsm.hub.store_memory import MemoryStore
+from hubfsm.runtime.opener import open as hub_open
+from transports.memory import InMemoryTransport
+
+KEY = "k" * 21 + "Q" * 21
+#: The shipped behaviour, a thousand times as fast.
+FAST = CoreConfig().scaled(0.001)
+
+
+@pytest.fixture(autouse=True)
+def _main_process(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+
+
+@pytest.fixture
+def hub():
+    return Hub(MemoryStore(), keys=[KEY])
+
+
+def new_model(hub):
+    reply = InMemoryTransport(hub, KEY).send(
+        hubfsm.core.protocol.create_model(hubfsm.core.protocol.create_payload("yolov8n.yaml", {}))
+    )
+    return reply.data["id"]
+
+
+def test_open_creates_a_model_from_a_local_file_and_trains_it(hub, tmp_path):
+    transport = InMemoryTransport(hub, KEY)
+    with hub_open(
+        "yolov8n.yaml", transport=transport, config=FAST, data="coco8.yaml", epochs=3
+    ) as run:
+        assert isinstance(run, hubfsm.Session) and run.state == "training"
+        record = hub.record(run.model_id)
+        assert record["epochs"] == 3 and record["train_args"]["data"] == "coco8.yaml"
+        for epoch in range(3):
+            run.log_metrics({"train/loss": 1.0 / (epoch + 1)}, epoch=epoch)
+            (tmp_path / "last.pt").write_bytes(b"w%d" % epoch)
+            run.save_checkpoint(tmp_path / "last.pt", epoch=epoch)
+        (tmp_path / "best.pt").write_bytes(b"best")
+        run.finish(tmp_path / "best.pt", map50_95=0.3)
+        assert run.state == "done"
+    assert [row["epoch"] for row in hub.metrics(run.model_id)] == [0, 1, 2]
+    (final,) = [u for u in hub.audit().uploads if u.type == "final"]
+    assert final.sha256 == hashlib.sha256(b"best").hexdigest()
+    assert hub.record(run.model_id)["map"] == pytest.approx(0.3)
+
+
+def test_open_loads_an_existing_model_and_ignores_local_training_args(hub):
+    model_id = new_model(hub)
+    with structlog.testing.capture_logs() as logs:
+        run = hub_open(
+            Path(model_id), transport=InMemoryTransport(hub, KEY), config=FAST, epochs=99
+        )
+    try:
+        assert run.model_id == model_id and run.state == "training"
+        assert hub.record(model_id)["epochs"] != 99
+    finally:
+        run.close()
+    (ignored,) = [e for e in logs if e["event"] == "session.train_args_ignored"]
+    assert ignored["names"] == ["epochs"]
+
+
+def test_an_exception_in_the_block_flushes_leaves_it_resumable_and_propagates(hub):
+    model_id = new_model(hub)
+    transport = InMemoryTransport(hub, KEY)
+    with (
+        pytest.raises(ZeroDivisionError),
+        hub_open(model_id, transport=transport, config=FAST) as run,
+    ):
+        for epoch in range(4):
+            run.log_metrics({"loss": 1.0}, epoch=epoch)
+        run.log_metrics({"loss": 1.0 / 0}, epoch=4)
+    assert run.state == "resumable"
+    assert run.pending() == {"metrics": 0, "checkpoint": 0, "final": 0}
+    assert [row["epoch"] for row in hub.metrics(model_id)] == [0, 1, 2, 3]
+    assert hub.record(model_id)["status"] != "trained"
+
+
+def test_errors_at_open_are_raised_with_no_key_in_them(hub):
+    wrong = "w" * 42
+    with pytest.raises(hubfsm.AuthError) as info:
+        hub_open(new_model(hub), transport=InMemoryTransport(hub, wrong), config=FAST)
+    assert wrong not in str(info.value) and wrong not in repr(info.value)
+    with pytest.raises(hubfsm.IdentifierError):
+        hub_open("not a model", transport=InMemoryTransport(hub, KEY), config=FAST)
+
+
+def test_an_api_key_is_needed_without_a_transport(hub):
+    with pytest.raises(hubfsm.HubfsmError, match="no API key"):
+        hub_open("yolov8n.yaml")
+
+
+def test_session_options_pass_through(hub, tmp_path):
+    model_id = InMemoryTransport(hub, KEY).send(
+        hubfsm.core.protocol.create_model(hubfsm.core.protocol.create_payload("yolov8n.yaml", {}))
+    ).data["id"]
+    with hubfsm.open(model_id, transport=InMemoryTransport(hub, KEY), config=FAST,
+                     outbox_dir=tmp_path / "ob", offline=True, journal=False) as run:
+        run.log_metrics({"loss": 1.0})
+        assert run.outbox_dir.parent == tmp_path / "ob"
+        assert not (run.outbox_dir / "journal").exists()
+    assert hub.audit().requests.get("upload_metrics", 0) == 0  # offline: nothing sent

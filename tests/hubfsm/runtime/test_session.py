@@ -1,0 +1,211 @@
+import random
+import threading
+
+import pytest
+import structlog
+
+import hubfsm
+from hubfsm.core.engine import CoreConfig
+from hubfsm.hub.domain import Hub
+from hubfsm.hub.faults import FaultMix
+from hubfsm.hub.store_memory import MemoryStore
+from transports.faults import FaultInjectingTransport
+from transports.memory import InMemoryTransport
+
+KEY = "k" * 21 + "Q" * 21
+#: The shipped behaviour, a thousand times as fast.
+FAST = CoreConfig().scaled(0.001)
+
+
+@pytest.fixture
+def hub():
+    return Hub(MemoryStore(), keys=[KEY])
+
+
+def new_model(hub):
+    reply = InMemoryTransport(hub, KEY).send(
+        hubfsm.core.protocol.create_model(hubfsm.core.protocol.create_payload("yolov8n.yaml", {}))
+    )
+    return reply.data["id"]
+
+
+def weights(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    return path
+
+
+def test_a_whole_session_on_the_in_memory_hub(hub, tmp_path):
+    model_id = new_model(hub)
+    with structlog.testing.capture_logs() as logs:
+        with hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST) as s:
+            assert s.state == "training"
+            for epoch in range(5):
+                s.log_metrics({"loss": 1.0 / (epoch + 1), "map": epoch / 10})
+                s.save_checkpoint(weights(tmp_path, "last.pt", b"w%d" % epoch), epoch=epoch)
+            best = weights(tmp_path, "best.pt", b"best weights")
+            s.finish(best, map50_95=0.42)
+            assert s.state == "done"
+    assert [row["epoch"] for row in hub.metrics(model_id)] == [0, 1, 2, 3, 4]
+    record = hub.record(model_id)
+    assert record["status"] == "trained" and record["has_best_weights"]
+    finals = [u for u in hub.audit().uploads if u.type == "final"]
+    import hashlib
+    assert finals[0].sha256 == hashlib.sha256(b"best weights").hexdigest()
+    assert any(e["event"] == "session.transition" and e["dest"] == "done" for e in logs)
+    assert all(KEY not in repr(e) for e in logs)
+
+
+def test_create_from_a_local_file(hub, tmp_path):
+    s = hubfsm.Session("yolov8n.yaml", transport=InMemoryTransport(hub, KEY), config=FAST,
+                       train_args={"data": "coco8.yaml", "epochs": 3})
+    try:
+        assert s.state == "created" and len(s.model_id) == 20
+        assert hub.record(s.model_id)["epochs"] == 3
+    finally:
+        s.close()
+
+
+def test_an_exception_in_the_block_leaves_the_session_resumable(hub):
+    model_id = new_model(hub)
+    with pytest.raises(KeyError):
+        with hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST) as s:
+            s.log_metrics({"loss": 1.0})
+            raise KeyError("boom")
+    assert s.state == "resumable"
+    assert [row["epoch"] for row in hub.metrics(model_id)] == [0]
+
+
+def test_illegal_calls_name_the_state_and_the_event(hub, tmp_path):
+    model_id = new_model(hub)
+    s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST)
+    try:
+        with pytest.raises(hubfsm.IllegalEventError, match="epoch_end.*loaded"):
+            s.log_metrics({"loss": 1.0})
+        s.start()
+        with pytest.raises(hubfsm.IllegalEventError):
+            s.start()
+    finally:
+        s.close()
+
+
+def test_a_missing_model_is_a_clear_error(hub):
+    with pytest.raises(hubfsm.ModelNotFoundError, match="not found"):
+        hubfsm.Session("Z" * 20, transport=InMemoryTransport(hub, KEY), config=FAST)
+
+
+def test_a_wrong_key_is_refused_and_never_shown(hub):
+    model_id = new_model(hub)
+    wrong = "w" * 42
+    with pytest.raises(hubfsm.AuthError) as info:
+        hubfsm.Session(model_id, transport=InMemoryTransport(hub, wrong), config=FAST)
+    assert wrong not in str(info.value) and KEY not in str(info.value)
+
+
+def test_an_unreachable_hub_times_out_the_open(hub):
+    down = FaultInjectingTransport(InMemoryTransport(hub, KEY), random.Random(0),
+                                   FaultMix(connection_error=1.0))
+    with pytest.raises(hubfsm.HubUnavailableError, match="connect"):
+        hubfsm.Session(new_model(hub), transport=down, config=FAST, open_timeout=0.5)
+
+
+def test_a_revoked_key_mid_run_fails_and_keeps_the_records(hub):
+    model_id = new_model(hub)
+    s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST)
+    s.start()
+    hub.revoke_key(KEY)
+    s.log_metrics({"loss": 1.0})
+    assert s._runner.wait_for(lambda c: c.state == "failed", 5.0)
+    assert isinstance(s.error, hubfsm.AuthError)
+    assert s.pending()["metrics"] == 1
+    s.close(timeout=0.1)
+
+
+class _Gated(InMemoryTransport):
+    """Every request hangs until ``gate`` is set (at most 5 s)."""
+
+    def __init__(self, hub, gate):
+        super().__init__(hub, KEY)
+        self.gate = gate
+
+    def send(self, request):
+        self.gate.wait(5)
+        return super().send(request)
+
+
+def test_log_metrics_copies_the_dict_and_never_blocks(hub):
+    model_id = new_model(hub)
+    gate = threading.Event()
+    s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST)
+    s._runner.transport = _Gated(hub, gate)  # every request now hangs until the gate opens
+    s.start()
+    metrics = {"loss": 1.0}
+    for epoch in range(100):
+        s.log_metrics(metrics, epoch=epoch)  # returns while the worker is stuck
+        metrics["loss"] = -1.0
+    gate.set()
+    assert s._runner.wait_for(lambda c: c.stats.acknowledged_epochs == 100, 5.0)
+    assert hub.metrics(model_id)[0]["metrics"] == {"loss": 1.0}
+    s.close()
+
+
+class _Scalar:
+    """A numpy-like scalar: not a float, but ``item()`` gives one."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def item(self):
+        return self.value
+
+
+@pytest.mark.parametrize("journal", [True, False])
+def test_queued_epochs_count_as_pending_whatever_mapping_they_came_in(hub, journal):
+    import collections
+    import types
+
+    model_id = new_model(hub)
+    gate = threading.Event()
+    s = hubfsm.Session(
+        model_id, transport=InMemoryTransport(hub, KEY), config=FAST, journal=journal
+    )
+    s._runner.transport = _Gated(hub, gate)
+    s.start()
+    given = [
+        {"loss": 0.5},
+        collections.OrderedDict(loss=1.5),
+        types.MappingProxyType({"loss": 2.5}),
+        {"loss": _Scalar(3.5)},
+    ]
+    for metrics in given:
+        s.log_metrics(metrics)
+    assert s.pending()["metrics"] == 4
+    gate.set()
+    assert s._runner.wait_for(lambda c: c.stats.acknowledged_epochs == 4, 5.0)
+    assert [m["metrics"] for m in hub.metrics(model_id)] == [
+        {"loss": 0.5}, {"loss": 1.5}, {"loss": 2.5}, {"loss": 3.5}
+    ]
+    s.close()
+
+
+def test_closing_while_the_worker_is_stuck_in_a_request_loses_no_epoch(hub):
+    model_id = new_model(hub)
+    gate = threading.Event()
+    s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST)
+    s._runner.transport = _Gated(hub, gate)
+    s.start()  # its heartbeat hangs in the gated transport
+    for epoch in range(3):
+        s.log_metrics({"loss": 1.0 / (epoch + 1)}, epoch=epoch)
+    with structlog.testing.capture_logs() as logs:
+        s.close(timeout=0)  # gives up on the worker, which is still inside its request
+        gate.set()  # the request ends after the session has closed
+        s._runner._thread.join(5)
+    assert not s._runner._thread.is_alive()
+    assert not [e for e in logs if e["event"] == "session.event_failed"]
+    again = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST)
+    again.start()
+    again.flush(timeout=5)
+    assert [m["metrics"] for m in hub.metrics(model_id)] == [
+        {"loss": 1.0}, {"loss": 0.5}, {"loss": 1.0 / 3}
+    ]
+    again.close()

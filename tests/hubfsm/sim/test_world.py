@@ -1,0 +1,318 @@
+"""Thousands of simulated sessions per run, and the simulation's own checks of itself.
+
+The sweeps spread seeds over two processes (results come back in seed order). The planted
+bugs below show that the checks have teeth: each broken core must fail within 200 seeds.
+"""
+
+import json
+import random
+from concurrent.futures import ProcessPoolExecutor
+
+import attrs
+import pytest
+
+from hubfsm.cli.simulate import run_seeds
+from hubfsm.core.engine import Core, CoreConfig, Limits, Send
+from hubfsm.hub.faults import FaultMix
+from hubfsm.sim.invariants import CRASH, Checker, Entry, render_json, render_text
+from hubfsm.sim.profiles import (
+    PLANNED,
+    PROFILES,
+    Profile,
+    Schedule,
+    Window,
+    WindowRule,
+    describe,
+    select,
+)
+from hubfsm.sim.world import EPOCH_ZERO, run_seed
+from hubfsm.transport import Response, TransportError
+
+#: Seeds per profile in the sweeps, beside the thousand flaky ones: 5 x 500 + 1000 in all.
+SWEEP_SEEDS = range(500)
+SWEEP_EPOCHS = 40
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with ProcessPoolExecutor(max_workers=2) as executor:
+        yield executor
+
+
+def _report(failures):
+    first = failures[0]
+    around = render_text(first.trace[-30:])
+    return (
+        f"{len(failures)} failing seeds, first {first.seed} ended {first.state}: "
+        f"{[str(v) for v in first.violations[:3]]}\n"
+        f"replay with: {first.replay_command()}\n{around}"
+    )
+
+
+def test_a_thousand_flaky_sessions_keep_every_invariant(pool):
+    results = run_seeds(range(1000), PROFILES["flaky"], 50, pool=pool, jobs=2)
+    failures = [r for r in results if not r.ok or r.state != "done"]
+    assert not failures, _report(failures)
+
+
+@pytest.mark.parametrize("name", ["calm", "hostile", "partition", "revoked", "crash"])
+def test_every_profile_keeps_every_invariant(pool, name):
+    profile = PROFILES[name]
+    results = run_seeds(SWEEP_SEEDS, profile, SWEEP_EPOCHS, pool=pool, jobs=2)
+    failures = [r for r in results if not r.ok]
+    assert not failures, _report(failures)
+    expected = ("done", None) if profile.expect == "done" else ("failed", "AuthError")
+    assert {(r.state, r.error) for r in results} == {expected}
+
+
+def test_hostile_and_partition_runs_really_meet_their_windows():
+    hostile = run_seed(1, profile="hostile", epochs=40)
+    notes = [e.message for e in hostile.trace if e.event == "scenario"]
+    assert any(n.startswith("outage begins") for n in notes)
+    assert any(n.startswith("429 burst begins") for n in notes)
+    partition = run_seed(1, profile="partition", epochs=40)
+    refused = [e for e in partition.trace if e.event == "recv" and e.error == "connect"]
+    assert len(refused) > 20
+    assert partition.virtual_seconds > 3600  # it waited the partition out
+    assert partition.state == "done"
+
+
+def test_a_revoked_key_fails_clearly_keeps_the_data_and_does_not_spin():
+    for seed in range(20):
+        result = run_seed(seed, profile="revoked", epochs=30)
+        assert result.ok, [str(v) for v in result.violations]
+        assert result.state == "failed" and result.error == "AuthError"
+        refusals = [e for e in result.trace if e.event == "recv" and e.status == 401]
+        # The first 401 ends the session: no retry, nothing after it.
+        assert len(refusals) == 1
+        assert result.trace[-1].event == "fail"
+
+
+def test_a_calm_session_sends_few_requests_and_no_retries():
+    result = run_seed(3, profile="calm", epochs=20)
+    assert result.ok and result.state == "done"
+    assert result.retries == 0
+    # 20 metrics, at least one checkpoint, final, create/load, heartbeats
+    assert 23 <= result.requests <= 40
+
+
+def test_the_same_seed_gives_the_same_trace():
+    for name in PROFILES:
+        a = run_seed(42, profile=name, epochs=30)
+        b = run_seed(42, profile=name, epochs=30)
+        assert a.trace == b.trace
+        assert render_json(a.trace) == render_json(b.trace)
+        assert run_seed(43, profile=name, epochs=30).trace != a.trace
+
+
+def test_traces_are_structured_and_render_as_text_and_json():
+    result = run_seed(7, profile="revoked", epochs=10)
+    events = {e.event for e in result.trace}
+    assert {"parse", "send", "recv", "scenario", "fail"} <= events
+    for entry, line, row in zip(
+        result.trace,
+        render_text(result.trace).splitlines(),
+        render_json(result.trace, seed=7).splitlines(),
+        strict=True,
+    ):
+        fields = json.loads(row)
+        assert fields["seed"] == 7 and fields["event"] == entry.event
+        assert fields["t"] == pytest.approx(entry.t)
+        assert f"{entry.t:.3f}" in line
+        if entry.event == "send":
+            assert entry.path in line and fields["path"] == entry.path
+        if entry.event == "recv" and entry.status == 401:
+            assert "401" in line and fields["status"] == 401
+
+
+def test_a_violation_is_an_entry_of_the_trace():
+    checker = Checker(lambda: 10.0, metrics=3, checkpoint=900, heartbeat=300, heartbeat_slack=1)
+    checker.changed("unparsed", "finish", "done")
+    (entry,) = [e for e in checker.trace if e.event == "violation"]
+    # Seen as the change happened: in the state it left.
+    assert entry == Entry(10.0, "unparsed", "violation", message=entry.message, invariant=4)
+    assert "VIOLATION of invariant 4" in entry.text()
+    assert json.loads(render_json([entry]))["invariant"] == 4
+
+
+# -- profiles and schedules ---------------------------------------------------------
+
+
+def test_profiles_are_selected_by_name_list_or_all():
+    assert [p.name for p in select("all")] == list(PROFILES)
+    assert [p.name for p in select("hostile, calm,hostile")] == ["hostile", "calm"]
+    with pytest.raises(ValueError, match="unknown profile 'nope'"):
+        select("calm,nope")
+    assert "crash" in PROFILES and not PLANNED
+
+
+def test_describe_shows_every_profile_with_its_exact_rates():
+    table = describe()
+    for name in PROFILES:
+        assert f"| `{name}` |" in table
+    assert "20% 5xx" in table and "5% 429 (Retry-After 1–30 s)" in table
+    assert "1–2 × partition of 1 h–4 h" in table
+    assert "revoked at 10%–90%" in table
+
+
+def test_a_schedule_picks_the_window_in_force():
+    loud = FaultMix(server_error=1.0)
+    schedule = Schedule(FaultMix(), (Window(10.0, 20.0, loud, "outage"),))
+    assert schedule.mix_at(9.999) == FaultMix()
+    assert schedule.mix_at(10.0) is loud
+    assert schedule.mix_at(20.0) == FaultMix()
+
+
+def test_windows_and_revocation_fall_within_the_training_time():
+    rule = WindowRule("outage", (2, 2), (60.0, 60.0), FaultMix(server_error=1.0))
+    profile = Profile("x", "x", windows=(rule,), revoke=(0.5, 0.5), epoch_seconds=(10.0, 20.0))
+    scenario = profile.draw(random.Random(1), start=100.0, epochs=10)
+    windows = scenario.schedule.windows
+    assert len(windows) == 2 and all(100.0 <= w.start < 200.0 for w in windows)
+    assert all(w.end - w.start == 60.0 for w in windows)
+    assert scenario.revoke_at == 150.0
+
+
+# -- planted bugs: each must be caught within 200 seeds -----------------------------
+
+
+def _first_failure(number, **kwargs):
+    for seed in range(200):
+        result = run_seed(seed, keep_trace=False, **kwargs)
+        if any(v.number == number for v in result.violations):
+            return result
+    return None
+
+
+def test_the_checker_catches_a_broken_rate_limit():
+    # The core's metrics limit is 1 s while the checker holds it to 3 s.
+    found = _first_failure(
+        5,
+        profile=attrs.evolve(PROFILES["flaky"], epoch_seconds=(0.5, 2.0)),
+        epochs=20,
+        config=CoreConfig(limits=Limits(metrics=1.0)),
+        check_limits=Limits(),
+    )
+    assert found is not None, "a planted rate-limit bug went unnoticed for 200 seeds"
+
+
+class RetriesFatalStatuses(Core):
+    """Takes a 401 for a passing 503, as a client that retries everything would."""
+
+    def receive(self, op_id, outcome, *, now):
+        if isinstance(outcome, Response) and outcome.status == 401:
+            outcome = Response(503, outcome.body)
+        super().receive(op_id, outcome, now=now)
+
+
+class ForgetsUnansweredMetrics(Core):
+    """Takes a metrics request that got no answer (a timeout, a lost answer) for delivered."""
+
+    channel = None
+
+    def poll(self, now):
+        action = super().poll(now)
+        if isinstance(action, Send):
+            self.channel = action.channel
+        return action
+
+    def receive(self, op_id, outcome, *, now):
+        if self.channel == "metrics" and isinstance(outcome, TransportError):
+            outcome = Response(200, {"success": True, "message": "", "data": {}})
+        super().receive(op_id, outcome, now=now)
+
+
+class ForgetsMetricsOn5xx(ForgetsUnansweredMetrics):
+    """Takes a metrics request answered 5xx for delivered (the hub never applied it)."""
+
+    def receive(self, op_id, outcome, *, now):
+        if self.channel == "metrics" and isinstance(outcome, Response) and outcome.status >= 500:
+            outcome = Response(200, {"success": True, "message": "", "data": {}})
+        Core.receive(self, op_id, outcome, now=now)
+
+
+class IgnoresRetryAfter(Core):
+    """Drops the hub's Retry-After, so only its own jitter decides the wait."""
+
+    def receive(self, op_id, outcome, *, now):
+        if isinstance(outcome, Response) and outcome.retry_after is not None:
+            outcome = attrs.evolve(outcome, retry_after=None)
+        super().receive(op_id, outcome, now=now)
+
+
+@pytest.mark.parametrize(
+    ("bug", "profile", "invariant"),
+    [
+        (RetriesFatalStatuses, "revoked", 6),
+        (ForgetsUnansweredMetrics, "flaky", 1),
+        (ForgetsMetricsOn5xx, "flaky", 1),
+        (IgnoresRetryAfter, "flaky", 6),
+    ],
+)
+def test_a_planted_bug_in_the_core_is_caught(bug, profile, invariant):
+    found = _first_failure(invariant, profile=profile, epochs=30, core_factory=bug)
+    assert found is not None, f"{bug.__name__} went unnoticed for 200 seeds"
+    # And the failing seed replays to the same failure.
+    again = run_seed(found.seed, profile=profile, epochs=30, core_factory=bug)
+    assert again.violations == found.violations
+
+
+def test_a_core_that_raises_fails_the_seed_instead_of_the_run():
+    class Explodes(Core):
+        def epoch_end(self, epoch, metrics, *, now):
+            if epoch == 3:
+                raise RuntimeError("boom")
+            super().epoch_end(epoch, metrics, now=now)
+
+    result = run_seed(0, profile="calm", epochs=10, core_factory=Explodes)
+    assert not result.ok
+    assert [(v.number, v.message) for v in result.violations] == [(CRASH, "RuntimeError: boom")]
+    assert "CRASH: RuntimeError: boom" in render_text(result.trace)
+
+
+def test_virtual_time_starts_at_the_epoch_and_the_trace_counts_from_it():
+    result = run_seed(0, profile="calm", epochs=3)
+    assert result.trace[0].t == 0.0
+    assert result.virtual_seconds == pytest.approx(result.trace[-1].t, abs=0.2)
+    assert EPOCH_ZERO > 0
+
+
+# -- the crash fault ------------------------------------------------------------------
+
+
+def test_crashes_happen_and_every_session_still_ends_done():
+    deaths = 0
+    for seed in range(20):
+        result = run_seed(seed, profile="crash")
+        assert result.ok and result.state == "done", _report([result])
+        deaths += sum(1 for e in result.trace if e.event == "scenario"
+                      and "process dies" in (e.message or ""))
+    assert deaths >= 20  # one to three per seed, unless two fall on the same request
+
+
+class ForgetsInFlight(Core):
+    """Planted bug: after a restart, operations that were in flight are forgotten."""
+
+    def restore(self, saved, *, now):
+        super().restore(attrs.evolve(saved, ops=()), now=now)
+
+
+class RekeysAfterRestart(Core):
+    """Planted bug: after a restart, in-flight operations go out under fresh keys."""
+
+    def restore(self, saved, *, now):
+        ops = tuple(
+            attrs.evolve(op, request=attrs.evolve(
+                op.request, idempotency_key=f"{op.request.idempotency_key}-again"))
+            for op in saved.ops
+        )
+        super().restore(attrs.evolve(saved, ops=ops), now=now)
+
+
+@pytest.mark.parametrize("bug,invariant", [(ForgetsInFlight, 1), (RekeysAfterRestart, 2)])
+def test_the_crash_profile_catches_a_planted_recovery_bug(bug, invariant):
+    for seed in range(200):
+        result = run_seed(seed, profile="crash", core_factory=bug)
+        if any(v.number == invariant for v in result.violations):
+            return
+    pytest.fail(f"{bug.__name__} went unnoticed for 200 seeds")
