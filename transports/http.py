@@ -346,7 +346,8 @@ class RequestsTransport(Transport):
             when standard error is a terminal.
         session: A session to use instead of a new one, for custom TLS or proxy settings.
             It is used as it is (its body sends then keep requests' own timeout, the
-            connect timeout), except that certificates are always verified, and
+            connect timeout, and the attempt's deadline is checked only between the
+            chunks of an answer), except that certificates are always verified, and
             :meth:`close` leaves it open: its owner closes it. A session made here for a
             plain ``http://`` root ignores proxy settings from the environment, so a
             clear-text key does not leave through a proxy.

@@ -242,3 +242,14 @@ def test_a_record_that_does_not_read_back_is_damage_too(tmp_path):
         inspect(find(tmp_path))
     with pytest.raises(OutboxDamaged, match="records cannot be read"):
         Outbox.open(MODEL, tmp_path)
+
+
+def test_the_status_command_exits_non_zero_on_damage(tmp_path, capsys):
+    from hubfsm.cli.main import main
+
+    Outbox.open(OTHER, tmp_path).close()
+    assert main(["status", str(tmp_path)]) == 0
+    damaged_outbox(tmp_path, MODEL)
+    assert main(["status", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"damaged: the outbox in {tmp_path / MODEL}" in out and "Traceback" not in out
