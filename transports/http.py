@@ -515,12 +515,15 @@ class RequestsTransport(Transport):
                 headers["x-api-key"] = self._key.reveal()
             self._deadline.start(self._total_timeout + max_bytes / self._min_upload_rate)
             try:
-                answer = self._session.get(
+                session = self._session
+                answer = session.get(
                     url,
                     headers=headers,
                     stream=True,
                     allow_redirects=False,
                     timeout=(self._connect_timeout, self._read_timeout),
+                    # as in send(): certificates are checked even if the session says not
+                    verify=session.verify if isinstance(session.verify, str) else True,
                 )
                 try:
                     if 300 <= answer.status_code < 400 and answer.headers.get("Location"):
