@@ -346,7 +346,8 @@ class RequestsTransport(Transport):
             when standard error is a terminal.
         session: A session to use instead of a new one, for custom TLS or proxy settings.
             It is used as it is (its body sends then keep requests' own timeout, the
-            connect timeout), except that certificates are always verified, and
+            connect timeout, and the attempt's deadline is checked only between the
+            chunks of an answer), except that certificates are always verified, and
             :meth:`close` leaves it open: its owner closes it. A session made here for a
             plain ``http://`` root ignores proxy settings from the environment, so a
             clear-text key does not leave through a proxy.
@@ -514,12 +515,15 @@ class RequestsTransport(Transport):
                 headers["x-api-key"] = self._key.reveal()
             self._deadline.start(self._total_timeout + max_bytes / self._min_upload_rate)
             try:
-                answer = self._session.get(
+                session = self._session
+                answer = session.get(
                     url,
                     headers=headers,
                     stream=True,
                     allow_redirects=False,
                     timeout=(self._connect_timeout, self._read_timeout),
+                    # as in send(): certificates are checked even if the session says not
+                    verify=session.verify if isinstance(session.verify, str) else True,
                 )
                 try:
                     if 300 <= answer.status_code < 400 and answer.headers.get("Location"):

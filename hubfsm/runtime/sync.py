@@ -15,9 +15,8 @@ from hubfsm.core.changes import describe_pending
 from hubfsm.durable.outbox import (
     OutboxDamaged,
     OutboxInfo,
-    Survey,
-    keep_damaged_journal,
-    set_aside,
+    report_damage,
+    set_aside_reporting,
     survey,
 )
 from hubfsm.errors import HubfsmError
@@ -25,32 +24,11 @@ from hubfsm.runtime.session import Session
 from hubfsm.transport import Transport
 
 
-def _report_damage(found: Survey, *, out: TextIO, repair: bool) -> int:
-    """Print what is damaged (with ``repair``, set damaged outboxes aside); count it."""
-    for error in found.damaged:
-        print(f"damaged: {error}", file=out)
-        if repair:
-            _set_aside(error, out=out)
-    for info in found.infos:
-        if info.journal_damage is not None:
-            print(f"damaged: model {info.model_id}: {info.journal_damage.describe()}", file=out)
-            if repair:
-                print(f"  a copy is kept as {keep_damaged_journal(info)}", file=out)
-    return len(found.damaged) + sum(i.journal_damage is not None for i in found.infos)
-
-
-def _set_aside(error: OutboxDamaged, *, out: TextIO) -> None:
-    try:
-        print(f"  set aside as {set_aside(error.directory)}", file=out)
-    except (HubfsmError, OSError, ValueError) as exc:
-        print(f"  could not set it aside: {exc}", file=out)
-
-
 def status(root: str | os.PathLike[str] | None, *, out: TextIO) -> int:
     """Print a table of outboxes and what each holds; 1 when any of them is damaged."""
     found = survey(root)
     infos = found.infos
-    damaged = _report_damage(found, out=out, repair=False)
+    damaged = report_damage(found, out=out, repair=False)
     if not infos:
         print("no outboxes" if not damaged else "no readable outboxes", file=out)
         return 1 if damaged else 0
@@ -123,7 +101,7 @@ def sync(
     status is then 1, as it is when a journal was damaged.
     """
     found = survey(root)
-    damaged = _report_damage(found, out=out, repair=True)
+    damaged = report_damage(found, out=out, repair=True)
     todo = [i for i in found.infos if any(i.pending.values())]
     if not todo:
         print("nothing to send", file=out)
@@ -144,7 +122,7 @@ def sync(
             )
         except OutboxDamaged as exc:
             print(f"damaged: {exc}", file=out)
-            _set_aside(exc, out=out)
+            set_aside_reporting(exc, out=out)
             damaged += 1
         except HubfsmError as exc:
             print(f"model {info.model_id}: {exc}; its records stay in {info.directory}", file=out)
