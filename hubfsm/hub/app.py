@@ -201,6 +201,8 @@ class HubApp:
         finally:
             for each in spooled:
                 each.close()
+                # Gone already when the upload was committed (renamed into place).
+                Path(each.name).unlink(missing_ok=True)
         if fault.kind == "lost_response":
             if reply.content is not None and not isinstance(reply.content, bytes):
                 reply.content.close()
@@ -236,7 +238,11 @@ class HubApp:
             filename: str | None,
             content_length: int | None = None,
         ) -> IO[bytes]:
-            spool = tempfile.TemporaryFile(dir=self.spool_dir)  # noqa: SIM115 - closed by caller
+            # Received straight into the store's staging folder: a store that finds it there
+            # hashes it in place and renames it into place, with no second copy.
+            spool = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by the caller
+                dir=self.spool_dir, suffix=".part", delete=False
+            )
             spooled.append(spool)
             return spool
 

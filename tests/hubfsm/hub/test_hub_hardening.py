@@ -202,3 +202,45 @@ def test_a_request_head_that_stalls_is_cut_at_the_head_timeout(tmp_path: Path) -
             f"{local.url}/v1/auth", headers={"x-api-key": local.api_key}, timeout=TIMEOUT
         )
         assert reply.status_code == 200
+
+
+def test_an_upload_is_received_into_place_not_copied(
+    local: LocalHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+    import os
+
+    from hubfsm.hub import store_sqlite
+
+    def no_copy(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the upload was copied to a second temporary file")
+
+    # The store's copying path makes its temporary file with mkstemp; it must not be taken.
+    monkeypatch.setattr(store_sqlite.tempfile, "mkstemp", no_copy)
+    key = {"x-api-key": local.api_key}
+    model_id = requests.post(
+        f"{local.url}/v1/models", json=CREATE, headers=key, timeout=TIMEOUT
+    ).json()["data"]["id"]
+    data = os.urandom(300_000)
+    reply = requests.post(
+        f"{local.url}/v1/models/{model_id}/upload",
+        headers=key,
+        data={"epoch": "2", "type": "epoch"},
+        files={"last.pt": ("last.pt", data)},
+        timeout=TIMEOUT,
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["data"]["sha256"] == hashlib.sha256(data).hexdigest()
+    stored = local.data_dir / "weights" / model_id / "last.pt"
+    assert stored.read_bytes() == data
+    assert list((local.data_dir / "weights" / ".staging").iterdir()) == []
+    # A refused upload leaves nothing behind either.
+    refused = requests.post(
+        f"{local.url}/v1/models/abcdefghij0123456789/upload",
+        headers=key,
+        data={"epoch": "2", "type": "epoch"},
+        files={"last.pt": ("last.pt", data)},
+        timeout=TIMEOUT,
+    )
+    assert refused.status_code == 404
+    assert list((local.data_dir / "weights" / ".staging").iterdir()) == []
