@@ -300,14 +300,23 @@ def test_no_body_makes_the_domain_fail() -> None:
     @given(st.sampled_from(paths), _json_values(), st.booleans())
     def check(where: tuple[str, str], body: object, wrap: bool) -> None:
         if wrap:  # inside the shapes the endpoints expect, so the checks get deeper
-            body = {"type": "metrics", "metrics": {"0": json.dumps(body)}, "config": body}
+            body = {
+                "type": "metrics",
+                "metrics": {"0": json.dumps(body)},
+                "config": body,
+                "lineage": {"architecture": {"name": "yolov8n"}},
+                "agent": body,
+            }
         reply = hub.handle(HubCall(where[0], where[1], "k" * 42, body))
         assert reply.status < 500
         json.dumps(reply.body)  # the answer itself is always JSON
 
     check()
     # Whatever was accepted, the pages' data still renders.
-    from hubfsm.hub import page
+    from hubfsm.hub import page, web
 
     for record in hub.models():
-        page.summarize(record, hub.metrics(record["id"]), 0.0)
+        data = web.model_data(hub, record["id"])
+        assert data is not None
+        page.render_model(data).encode("utf-8", "backslashreplace")
+    page.render_index(web.runs(hub), 0.0)
