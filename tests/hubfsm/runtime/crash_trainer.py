@@ -19,6 +19,13 @@ CONFIG = CoreConfig(
 )
 
 
+def say(line):
+    # One write per line: print() writes the text and the newline separately, and the
+    # session's worker thread may log to stdout in between, splitting "logged 1".
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def metrics(epoch):
     return {"train/loss": round(1.0 / (epoch + 1), 6), "metrics/x": epoch * 0.01}
 
@@ -38,17 +45,17 @@ def main():
     session.start()
     last = work / "last.pt"
     for epoch in range(start, epochs):
-        print(f"logging {epoch}", flush=True)
+        say(f"logging {epoch}")
         session.log_metrics(metrics(epoch), epoch=epoch)
-        print(f"logged {epoch}", flush=True)
+        say(f"logged {epoch}")
         last.write_bytes(b"weights of epoch %d " % epoch * 4096)
         session.save_checkpoint(last, epoch=epoch, is_best=epoch % 2 == 0)
         time.sleep(0.03)
     best = work / "best.pt"
     best.write_bytes(best_bytes())
-    print("finishing", flush=True)
+    say("finishing")
     session.finish(best, epoch=epochs - 1, map50_95=0.5)
-    print("done", flush=True)
+    say("done")
     session.close()
 
 
