@@ -178,6 +178,8 @@ class Outbox:
         """Delete snapshots that no operation or slot refers to any more."""
         saved = self.load()
         keep = {op.request.file.path for op in saved.ops if op.request.file is not None}
+        # A rejected record's weights are kept with it, for the user to look at or discard.
+        keep |= {r.request.file.path for r in saved.rejected if r.request.file is not None}
         for slot in (saved.checkpoint, saved.final):
             if slot is not None:
                 keep.add(slot[1].path)
