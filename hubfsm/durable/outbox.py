@@ -20,10 +20,10 @@ from pathlib import Path
 import attrs
 import platformdirs
 
-from hubfsm.core.changes import Change, Saved
+from hubfsm.core.changes import Change, Rejected, Saved
 from hubfsm.durable.outbox_db import OutboxDB
 from hubfsm.errors import HubfsmError
-from hubfsm.transport import FilePart
+from hubfsm.transport import FilePart, Request
 
 #: Environment variable that overrides the default outbox root.
 OUTBOX_ENV = "HUBFSM_OUTBOX"
@@ -211,6 +211,10 @@ class OutboxInfo:
     model_id: str
     pending: dict[str, int]
     in_use: bool
+    #: The records the hub refused, described (kept until ``hubfsm discard``).
+    rejected: tuple[str, ...] = ()
+    #: The refusal that stopped the last session's sending, if it is not over.
+    refusal: str | None = None
 
 
 def find(root: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -254,6 +258,7 @@ def inspect(directories: Iterable[Path]) -> list[OutboxInfo]:
                 elif channel == "checkpoint":
                     checkpoint = 1
             kinds = {k for (k,) in db.execute("SELECT kind FROM slots")}
+            rejected, refusal = _refusals(db)
         finally:
             db.close()
         pending = {
@@ -261,5 +266,23 @@ def inspect(directories: Iterable[Path]) -> list[OutboxInfo]:
             "checkpoint": int(checkpoint or "checkpoint" in kinds),
             "final": int("final" in kinds),
         }
-        infos.append(OutboxInfo(directory, model_id, pending, _in_use(directory)))
+        infos.append(
+            OutboxInfo(directory, model_id, pending, _in_use(directory), rejected, refusal)
+        )
     return infos
+
+
+def _refusals(db: sqlite3.Connection) -> tuple[tuple[str, ...], str | None]:
+    """The rejected records and the kept refusal of an outbox opened read-only."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    rejected: tuple[str, ...] = ()
+    if "rejected" in tables:
+        rows = db.execute(
+            "SELECT channel, payload, status, reason FROM rejected ORDER BY seq"
+        ).fetchall()
+        rejected = tuple(
+            Rejected(channel, Request("POST", ""), json.loads(payload), status, reason).describe()
+            for channel, payload, status, reason in rows
+        )
+    row = db.execute("SELECT value FROM meta WHERE key = 'refusal'").fetchone()
+    return rejected, None if row is None else str(row[0])

@@ -517,16 +517,16 @@ class Session:
     def _refusal_error(self) -> HubfsmError:
         """The refusal, as the error to raise: the hub's answer, what is kept, and where."""
         error = self._core.error
-        counts = self._core.pending()
-        kept = describe_pending(counts)
+        parts = [describe_pending(self._core.pending())] if self._core.drained is False else []
         rejected = len(self._core.rejected)
         if rejected:
-            kept += f" (and {rejected} rejected records)"
+            parts.append(f"{rejected} rejected record{'s' if rejected > 1 else ''}")
+        kept = " and ".join(parts) or "nothing more"
         if self._outbox is None:
-            where = "in memory only (no outbox), so they are lost when the process exits"
+            where = "in memory only (no outbox), so it is lost when the process exits"
         else:
             where = f"in {self._outbox.directory}; {_advice(error, self._outbox.directory)}"
-        message = f"{error}; {kept} are kept {where}"
+        message = f"{error}; {kept} kept {where}"
         if isinstance(error, HubError):
             return type(error)(message, status=error.status, channel=error.channel)
         return HubfsmError(message)
@@ -559,6 +559,8 @@ def _advice(error: HubfsmError | None, where: Path) -> str:
         )
     if isinstance(error, HubError) and 300 <= error.status < 400:
         return f"check the API root and run `hubfsm sync --hub API_ROOT {where}`"
+    if isinstance(error, HubError) and error.channel == "final":
+        return f"`hubfsm status {where}` shows the record the hub refused"
     return f"run `hubfsm sync {where}` once the cause is fixed"
 
 
