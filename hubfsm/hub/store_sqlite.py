@@ -28,6 +28,7 @@ from typing import IO
 
 import attrs
 
+from hubfsm.hub.keys import KeyRecord
 from hubfsm.hub.store import ModelRecord, Source, Staged, StoredReply, WeightsInfo, WeightsKind
 
 _CHUNK = 1 << 20
@@ -43,6 +44,8 @@ CREATE TABLE IF NOT EXISTS weights (
     PRIMARY KEY (model_id, kind));
 CREATE TABLE IF NOT EXISTS replies (
     scope TEXT PRIMARY KEY, status INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+    digest TEXT PRIMARY KEY, created_at REAL NOT NULL, record TEXT NOT NULL);
 """
 
 
@@ -63,7 +66,10 @@ class SqliteStore:
         self._depth = 0
         # Autocommit mode: transactions are begun and ended explicitly below.
         self._db = sqlite3.connect(
-            self.data_dir / "hub.sqlite3", check_same_thread=False, isolation_level=None
+            self.data_dir / "hub.sqlite3",
+            check_same_thread=False,
+            isolation_level=None,
+            timeout=10.0,
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -208,6 +214,23 @@ class SqliteStore:
             "INSERT OR REPLACE INTO replies (scope, status, body) VALUES (?, ?, ?)",
             (scope, reply.status, json.dumps(reply.body)),
         )
+
+    def get_key(self, digest: str) -> KeyRecord | None:
+        """The key whose digest is ``digest``, or None."""
+        rows = self._read("SELECT record FROM keys WHERE digest = ?", (digest,))
+        return KeyRecord(**json.loads(str(rows[0][0]))) if rows else None
+
+    def put_key(self, record: KeyRecord) -> None:
+        """Insert or replace a key record."""
+        self._write(
+            "INSERT OR REPLACE INTO keys (digest, created_at, record) VALUES (?, ?, ?)",
+            (record.digest, record.created_at, json.dumps(attrs.asdict(record))),
+        )
+
+    def list_keys(self) -> list[KeyRecord]:
+        """Every key record, oldest first."""
+        rows = self._read("SELECT record FROM keys ORDER BY created_at, digest", ())
+        return [KeyRecord(**json.loads(str(row[0]))) for row in rows]
 
     def close(self) -> None:
         """Close the database connection."""

@@ -11,9 +11,11 @@ import json
 import os
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import pytest
+import requests
 
 from hubfsm.hub.server import LocalHub
 
@@ -100,17 +102,23 @@ def test_official_client_against_the_local_hub(tmp_path: Path) -> None:
             "epochs": 2,
             "imageSize": 640,
             "patience": 100,
-            "device": None,
+            "device": "",
             "cache": "ram",
         }
         assert out["trained_before"] is False
         assert out["metrics_status"] == out["epoch_upload_status"] == 200
         assert out["final_upload_status"] == 200
         assert out["resumable"] is True
-        assert out["resume_url"] == f"{local.url}/models/{model_id}/weights/last"
+        # Signed like the real service's: ends in the file name, as ultralytics needs.
+        resume = urllib.parse.urlsplit(out["resume_url"])
+        assert out["resume_url"].startswith(f"{local.url}/files/{model_id}/epoch-1.pt?")
+        assert resume.path.rsplit("/", 1)[-1] == "epoch-1.pt"
+        assert "signature=" in resume.query and "expires=" in resume.query
         assert out["agent_id"] and len(out["agent_id"]) == 20
         assert out["trained"] is True
-        assert out["best_url"] == f"{local.url}/models/{model_id}/weights/best"
+        assert out["best_url"].startswith(f"{local.url}/files/{model_id}/best.pt?")
+        best_got = requests.get(out["best_url"], timeout=10)
+        assert best_got.content == best.read_bytes()
         assert [m["epoch"] for m in out["metrics"]] == [0, 1]
 
         # And on the hub's side:
