@@ -259,3 +259,59 @@ def test_a_kill_while_the_worker_is_stuck_in_a_request_is_delivered_by_sync_alon
     assert any(u.model_id == model_id and u.type == "epoch" and u.epoch == 3
                for u in local.hub.audit().uploads)
     assert local.api_key not in done.stdout + done.stderr + shown.stdout
+
+
+def test_a_key_revoked_mid_run_keeps_every_epoch_for_sync_with_the_key_option(local, tmp_path):
+    created = InMemoryTransport(local.hub, local.api_key).send(
+        protocol.create_model(protocol.create_payload("yolov8n.yaml", {}))
+    )
+    model_id = created.data["id"]
+    outbox, work, go = tmp_path / "outbox", tmp_path / "work", tmp_path / "go"
+    env = dict(env_for(local), WAIT_FOR=str(go))
+    proc = subprocess.Popen(
+        [sys.executable, str(TRAINER), local.url, model_id, str(outbox), str(EPOCHS), "0",
+         str(work)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        head = []
+        for line in proc.stdout:  # bounded: the trainer waits for the go file
+            head.append(line)
+            if line.strip() == "started":
+                break
+        assert head[-1].strip() == "started", head
+        local.hub.revoke_key(local.api_key)  # while the trainer runs
+        go.touch()
+        out, err = proc.communicate(timeout=60)
+        out = "".join(head) + out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # Training ran to its end; finish() raised the refusal, naming it and the way out.
+    lines = [line.strip() for line in out.splitlines()]
+    assert "finishing" in lines and "done" not in lines
+    assert proc.returncode == 1
+    assert "AuthError: the hub refused the API key (401)" in err
+    assert "hubfsm sync --key" in err and str(outbox) in err
+    assert err.count("hubfsm: model") == 1  # the one notice
+    assert local.api_key not in out + err
+    assert local.hub.metrics(model_id) == []
+    shown = status_of(outbox)
+    assert f"| {model_id} | {EPOCHS} | 0 | 1 | 0 | yes | no |" in shown.stdout, shown.stdout
+    # The key is valid again (the local hub gives each key its own models): sync with it.
+    local.hub.add_key(local.api_key)
+    env = dict(env_for(local))
+    env.pop("HUB_API_KEY")
+    done = subprocess.run(
+        [sys.executable, "-m", "hubfsm", "sync", str(outbox), "--hub", local.url,
+         "--key", local.api_key, "--timeout", "30"],
+        capture_output=True, text=True, env=env, timeout=90,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [row["epoch"] for row in local.hub.metrics(model_id)] == list(range(EPOCHS))
+    finals = [u for u in local.hub.audit().uploads if u.model_id == model_id and u.type == "final"]
+    assert [u.sha256 for u in finals] == [
+        hashlib.sha256(trainer_module().best_bytes()).hexdigest()
+    ]
+    assert local.api_key not in done.stdout + done.stderr
