@@ -219,3 +219,25 @@ def test_final_weights_the_hub_refuses_are_kept_and_finish_names_the_answer(hub,
     assert [r.split(":")[0] for r in info.rejected] == ["final weights of epoch 0"]
     # The refused weights stay on disk with their record.
     assert len(list((info.directory / "files").glob("best-*.pt"))) == 1
+
+
+def test_status_and_sync_leave_an_outbox_in_use_alone(hub, tmp_path):
+    model_id = new_model(hub)
+    s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST,
+                       outbox_dir=tmp_path)
+    try:
+        s.start()
+        s.log_metrics({"loss": 1.0})
+        out = io.StringIO()
+        assert status(tmp_path, out=out) == 0  # no lock error: it only reads
+        assert f"| {model_id} |" in out.getvalue() and "| yes |" in out.getvalue()
+        out = io.StringIO()
+        sync(tmp_path, transport=InMemoryTransport(hub, KEY), out=out)
+        assert "skipped, a running session holds it" in out.getvalue() or (
+            "nothing to send" in out.getvalue()
+        )
+        s.log_metrics({"loss": 0.5})  # the session still owns its outbox and journal
+        assert s.flush(timeout=5)
+    finally:
+        s.close()
+    assert epochs_on(hub, model_id) == [0, 1]
