@@ -63,7 +63,10 @@ def main() -> None:
     print(f"refusing profile, {args.seeds} seeds x {args.epochs} epochs, virtual clock\n")
     print("| client | stopping answer | runs | epochs logged | on the hub | held | lost |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for name, factory in (("hubfsm", Core), ("old: discard after a refusal", DiscardsAfterARefusal)):
+    for name, factory in (
+        ("hubfsm", Core),
+        ("old: discard after a refusal", DiscardsAfterARefusal),
+    ):
         for stop, (runs, logged, hub, held, lost) in sorted(
             measure(args.seeds, args.epochs, factory).items()
         ):
