@@ -85,6 +85,8 @@ class CoreConfig:
 
     limits: Limits = Limits()
     policies: ChannelPolicies = ChannelPolicies()
+    #: Where idempotency keys come from: the OS's randomness unless a simulation seeds it.
+    nonce: protocol.KeySource = protocol.os_nonce
 
     def scaled(self, factor: float) -> CoreConfig:
         """The same behaviour on a clock ``factor`` times as fast.
@@ -93,7 +95,9 @@ class CoreConfig:
         checkpoint limit into 0.9 s): for rehearsals and tests that drive a real
         session in real time.
         """
-        return CoreConfig(self.limits.scaled(factor), self.policies.scaled(factor))
+        return attrs.evolve(
+            self, limits=self.limits.scaled(factor), policies=self.policies.scaled(factor)
+        )
 
 
 @attrs.frozen
@@ -147,7 +151,8 @@ class Core:
 
     Args:
         config: Limits and retry policies.
-        rng: The source of jitter and idempotency keys; a seed fixes every decision.
+        rng: The source of jitter; a seed fixes every decision but the idempotency keys,
+            which come from ``config.nonce``.
         on_change: Called as ``on_change(source, event, dest)`` after every machine event.
     """
 
@@ -160,7 +165,7 @@ class Core:
     ) -> None:
         self.config = config or CoreConfig()
         self._rng = rng or random.Random()
-        self._nonce = f"{self._rng.getrandbits(64):016x}"
+        self._nonce = self.config.nonce(self._rng)
         self.machine = SessionMachine(on_change)
         self.identifier: Identifier | None = None
         self.model_id: str | None = None
@@ -561,13 +566,24 @@ class Core:
             self.stats.checkpoints += 1
         elif channel == "heartbeat":
             agent_id = data.get("agentId")
-            if isinstance(agent_id, str):
-                self.agent_id = agent_id
+            if agent_id is not None:
+                try:
+                    self.agent_id = protocol.hub_id(
+                        agent_id, what="agent id", response=response, channel="heartbeat"
+                    )
+                except protocol.HubProtocolError as exc:
+                    self.last_failure = str(exc)  # not adopted; heartbeats go on without it
         elif channel == "final":
             self._offer_final(None)
             self._next_heartbeat = math.inf
             self.machine.fire("acknowledged")
         elif op.payload == "load":
+            try:
+                protocol.check_record(data, self.model_id, response=response)
+            except protocol.HubProtocolError as exc:
+                self.error = exc
+                self.machine.fire("load", ok=False)
+                return
             self.record = dict(data)
             # Our own final upload may have landed before a crash: its kept operation
             # will be confirmed by the hub's idempotent replay, or refused with 409.
@@ -582,13 +598,13 @@ class Core:
             else:
                 self.machine.fire("load")
         else:
-            model_id = data.get("id")
-            if not isinstance(model_id, str) or not model_id:
-                self.error = HubError(
-                    "the hub created a model but sent no id",
-                    status=response.status,
-                    channel="create",
+            try:
+                # The id names the outbox directory: a hub must never choose a path.
+                model_id = protocol.hub_id(
+                    data.get("id"), what="model id", response=response, channel="create"
                 )
+            except protocol.HubProtocolError as exc:
+                self.error = exc
                 self.machine.fire("create", ok=False)
             else:
                 self.model_id = model_id

@@ -3,14 +3,92 @@
 from __future__ import annotations
 
 import json
+import random
+import re
+import secrets
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from hubfsm.transport import FilePart, Request
+from hubfsm.errors import HubError
+from hubfsm.masking import show_untrusted
+from hubfsm.transport import FilePart, Request, Response
 
 #: What the official client calls its agent in heartbeats.
 AGENT_NAME = f"python-{sys.version.split()[0]}-hubfsm"
+
+
+#: What every id the hub hands out looks like: 20 ASCII letters and digits.
+HUB_ID = re.compile(r"[A-Za-z0-9]{20}")
+
+#: Makes the nonce of a core's idempotency keys, given the core's random source.
+KeySource = Callable[[random.Random], str]
+
+
+def os_nonce(rng: random.Random) -> str:
+    """A nonce from the operating system's randomness; ``rng`` (a user's seed) is ignored.
+
+    Two processes, or two machines, with the same seed must still send different keys:
+    a hub that saw a key before replays its old answer (the first run's model, say).
+    """
+    del rng
+    return secrets.token_hex(16)
+
+
+def seeded_nonce(rng: random.Random) -> str:
+    """A nonce drawn from ``rng``: for a simulation, whose whole world is seeded."""
+    return f"{rng.getrandbits(64):016x}"
+
+
+class HubProtocolError(HubError):
+    """The hub answered outside the protocol (an id that is not an id, say); never retried.
+
+    Nothing from such an answer is used: the value that broke the rules is only shown,
+    cut short and escaped.
+    """
+
+
+def hub_id(value: Any, *, what: str, response: Response, channel: str) -> str:
+    """``value`` if it is a hub id (see :data:`HUB_ID`); else a :class:`HubProtocolError`.
+
+    Args:
+        value: What the hub sent where an id belongs.
+        what: What the id names, for the message (``"model id"``).
+        response: The answer it came in.
+        channel: The kind of request that was answered.
+
+    Raises:
+        HubProtocolError: ``value`` is missing or is not a hub id. It never names a
+            path, a URL or a log field.
+    """
+    if isinstance(value, str) and HUB_ID.fullmatch(value):
+        return value
+    where = f"the hub at {response.origin}" if response.origin else "the hub"
+    sent = "no " + what if value is None else f"{what} {show_untrusted(value, limit=16)}"
+    raise HubProtocolError(
+        f"{where} answered {response.status} with {sent}, which is not a hub id "
+        "(20 ASCII letters and digits); nothing was done with it",
+        status=response.status,
+        channel=channel,
+    )
+
+
+def check_record(data: Mapping[str, Any], model_id: str | None, *, response: Response) -> None:
+    """Check the model record the hub sent for a load of ``model_id``.
+
+    Raises:
+        HubProtocolError: The record's ``id`` is not a hub id, or is another model's.
+    """
+    if "id" not in data:
+        return
+    sent = hub_id(data["id"], what="model id", response=response, channel="load")
+    if sent != model_id:
+        where = f"the hub at {response.origin}" if response.origin else "the hub"
+        raise HubProtocolError(
+            f"{where} answered a load of model {model_id} with the record of another model",
+            status=response.status,
+            channel="load",
+        )
 
 
 def auth() -> Request:

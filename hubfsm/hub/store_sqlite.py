@@ -61,7 +61,10 @@ class SqliteStore:
         self.data_dir = Path(data_dir)
         self._weights_dir = self.data_dir / "weights"
         self._staging = self._weights_dir / ".staging"
-        self._staging.mkdir(parents=True, exist_ok=True)
+        self._staging.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Owner-only: the database (its WAL and -shm files take its mode) and the folders.
+        os.chmod(self.data_dir, 0o700)
+        os.close(os.open(self.data_dir / "hub.sqlite3", os.O_RDWR | os.O_CREAT, 0o600))
         self._lock = threading.RLock()
         self._depth = 0
         # Autocommit mode: transactions are begun and ended explicitly below.

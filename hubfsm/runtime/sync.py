@@ -17,12 +17,13 @@ from typing import TextIO
 
 from hubfsm.core.changes import describe_pending
 from hubfsm.durable.outbox import (
-    DATABASE,
     Outbox,
+    OutboxDamaged,
     OutboxInfo,
-    OutboxLockedError,
-    find,
-    inspect,
+    Survey,
+    keep_damaged_journal,
+    set_aside,
+    survey,
 )
 from hubfsm.durable.recovery import fold
 from hubfsm.errors import HubfsmError
@@ -30,34 +31,61 @@ from hubfsm.runtime.session import Session
 from hubfsm.transport import Transport
 
 
-def fold_journals(directories: list[Path]) -> None:
-    """Fold each outbox's journal into it, under its lock; skip an outbox in use."""
-    for info in inspect(directories):
+def _report_damage(found: Survey, *, out: TextIO, repair: bool) -> int:
+    """Print what is damaged (with ``repair``, set damaged outboxes aside); count it."""
+    for error in found.damaged:
+        print(f"damaged: {error}", file=out)
+        if repair:
+            _set_aside(error, out=out)
+    for info in found.infos:
+        if info.journal_damage is not None:
+            print(f"damaged: model {info.model_id}: {info.journal_damage.describe()}", file=out)
+            if repair:
+                print(f"  a copy is kept as {keep_damaged_journal(info)}", file=out)
+    return len(found.damaged) + sum(i.journal_damage is not None for i in found.infos)
+
+
+def _set_aside(error: OutboxDamaged, *, out: TextIO) -> None:
+    try:
+        print(f"  set aside as {set_aside(error.directory)}", file=out)
+    except (HubfsmError, OSError, ValueError) as exc:
+        print(f"  could not set it aside: {exc}", file=out)
+
+
+def fold_journals(root: str | os.PathLike[str] | None) -> None:
+    """Fold each outbox's journal into it, under its lock; skip an outbox in use.
+
+    A damaged outbox or journal is left as it is here: the survey that follows reports it.
+    """
+    for info in survey(root).infos:
         if info.in_use:
             continue
         try:
             outbox = Outbox(info.directory, info.model_id)
-        except OutboxLockedError:  # a session took it since
+        except (HubfsmError, OSError):  # a session took it since, or it is damaged
             continue
         try:
             fold(outbox)
+        except (HubfsmError, OSError, ValueError):
+            continue
         finally:
             outbox.close()
 
 
 def status(root: str | os.PathLike[str] | None, *, out: TextIO) -> int:
-    """Print a table of outboxes and what each holds, then the records held back.
+    """Print a table of outboxes and what each holds; 1 when any of them is damaged.
 
     Rejected records (the hub refused their payload) and records held by a refusal
     (sending stopped; ``hubfsm sync`` delivers them once the cause is fixed) are listed
     under the table.
     """
-    directories = find(root)
-    fold_journals(directories)
-    infos = inspect(directories)
+    fold_journals(root)
+    found = survey(root)
+    infos = found.infos
+    damaged = _report_damage(found, out=out, repair=False)
     if not infos:
-        print("no outboxes", file=out)
-        return 0
+        print("no outboxes" if not damaged else "no readable outboxes", file=out)
+        return 1 if damaged else 0
     print(
         "| model | metrics | checkpoint | final | rejected | held by a refusal | in use "
         "| directory |",
@@ -82,7 +110,7 @@ def status(root: str | os.PathLike[str] | None, *, out: TextIO) -> int:
             )
         for record in info.rejected:
             print(f"model {info.model_id}: rejected by the hub: {record}", file=out)
-    return 0
+    return 1 if damaged else 0
 
 
 def _sync_one(
@@ -138,19 +166,20 @@ def sync(
     timeout: float = 600.0,
     out: TextIO,
 ) -> int:
-    """Send every pending outbox under ``root``.
+    """Send every pending outbox under ``root``; 0 when all of them are empty afterwards.
 
-    Returns:
-        0 when every outbox is empty afterwards; 1 while anything is still pending or
-        any rejected record is held (``hubfsm discard`` removes those).
+    A damaged outbox is reported and set aside, and the others are sent; the exit
+    status is then 1, as it is when a journal was damaged, or while any record the hub
+    rejected is held (``hubfsm discard`` removes those).
     """
-    directories = find(root)
-    fold_journals(directories)
-    infos = inspect(directories)
-    todo = [i for i in infos if any(i.pending.values())]
+    fold_journals(root)
+    found = survey(root)
+    damaged = _report_damage(found, out=out, repair=True)
+    todo = [i for i in found.infos if any(i.pending.values())]
     if not todo:
         print("nothing to send", file=out)
-        return _report_rejected(infos, out=out)
+        held = _report_rejected(found.infos, out=out)
+        return 1 if damaged or held else 0
     ok = 0
     for info in todo:
         if info.in_use:
@@ -165,12 +194,17 @@ def sync(
                 timeout=timeout,
                 out=out,
             )
+        except OutboxDamaged as exc:
+            print(f"damaged: {exc}", file=out)
+            _set_aside(exc, out=out)
+            damaged += 1
         except HubfsmError as exc:
             print(f"model {info.model_id}: {exc}; its records stay in {info.directory}", file=out)
     print(f"synced {ok} of {len(todo)} outboxes", file=out)
-    left = [d for d in directories if (d / DATABASE).exists()]
-    held = _report_rejected(inspect(left), out=out)
-    return 0 if ok == len(todo) and not held else 1
+    if damaged:
+        print(f"{damaged} damaged outbox(es) or journal(s): see above", file=out)
+    held = _report_rejected(survey(root).infos, out=out)
+    return 0 if ok == len(todo) and not damaged and not held else 1
 
 
 def _report_rejected(infos: list[OutboxInfo], *, out: TextIO) -> int:

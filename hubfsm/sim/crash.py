@@ -77,7 +77,7 @@ class CrashWorld(World):
         # Requests run at about two per epoch: deaths fall in the first half or so.
         self.deaths = {rng.randint(1, max(2, epochs)) for _ in range(rng.randint(lo, hi))}
         self.dying = DyingTransport(self.runner.transport, self.deaths)
-        self._config = kwargs.get("config")
+        self._config = self.core_config
         self._factory = kwargs.get("core_factory", Core)
         self._restart_rng = rng
         self.db: OutboxDB | None = None

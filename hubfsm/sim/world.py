@@ -268,7 +268,9 @@ class World(Stage):
         self.profile = profile
         self.rng = rng = random.Random(seed)
         self.clock = VirtualClock(EPOCH_ZERO)
-        config = config or CoreConfig()
+        # Inside the simulated world even the idempotency keys follow the seed.
+        config = attrs.evolve(config or CoreConfig(), nonce=protocol.seeded_nonce)
+        self.core_config = config
         limits = check_limits or config.limits
         self.key = _token(rng, 42)
         self.hub = Hub(MemoryStore(), self.clock, seed=rng.getrandbits(32), keys=[self.key])

@@ -9,6 +9,7 @@ from hubfsm.errors import AuthError, IllegalEventError, ModelNotFoundError, Mode
 from hubfsm.transport import FilePart, Response, TransportError
 
 MODEL = "A" * 20
+AGENT = "agentAgentAgent00001"
 FILE = FilePart("last.pt", "w/last.pt", 10, "0" * 64)
 BEST = FilePart("best.pt", "w/best.pt", 10, "1" * 64)
 
@@ -33,7 +34,7 @@ def training_core(now=0.0):
     core.start(now=now)
     hb = core.poll(now)
     assert isinstance(hb, Send) and hb.channel == "heartbeat"
-    core.receive(hb.op_id, ok({"agentId": "agent-1"}), now=now)
+    core.receive(hb.op_id, ok({"agentId": AGENT}), now=now)
     return core
 
 
@@ -85,7 +86,7 @@ def test_heartbeats_every_300s_keep_the_agent_id():
     assert sends == [] and wait.until == 300.0
     sends, _ = drive(core, 300.0)
     assert [s.channel for s in sends] == ["heartbeat"]
-    assert sends[0].request.json["agentId"] == "agent-1"
+    assert sends[0].request.json["agentId"] == AGENT
 
 
 def test_metrics_are_coalesced_and_sent_at_most_every_3s():
