@@ -52,13 +52,16 @@ def _set_aside(error: OutboxDamaged, *, out: TextIO) -> None:
         print(f"  could not set it aside: {exc}", file=out)
 
 
-def fold_journals(root: str | os.PathLike[str] | None) -> None:
+def fold_journals(infos: list[OutboxInfo], *, damaged: bool) -> None:
     """Fold each outbox's journal into it, under its lock; skip an outbox in use.
 
-    A damaged outbox or journal is left as it is here: the survey that follows reports it.
+    Damage is for the survey taken before to report: what a damaged journal lost is
+    judged against the outbox as it was. So a damaged journal is folded only with
+    ``damaged`` (by sync, once it has kept a copy), and ``status`` leaves it for sync
+    to report again.
     """
-    for info in survey(root).infos:
-        if info.in_use:
+    for info in infos:
+        if info.in_use or (info.journal_damage is not None and not damaged):
             continue
         try:
             outbox = Outbox(info.directory, info.model_id)
@@ -79,10 +82,10 @@ def status(root: str | os.PathLike[str] | None, *, out: TextIO) -> int:
     (sending stopped; ``hubfsm sync`` delivers them once the cause is fixed) are listed
     under the table.
     """
-    fold_journals(root)
     found = survey(root)
-    infos = found.infos
     damaged = _report_damage(found, out=out, repair=False)
+    fold_journals(found.infos, damaged=False)
+    infos = survey(root).infos
     if not infos:
         print("no outboxes" if not damaged else "no readable outboxes", file=out)
         return 1 if damaged else 0
@@ -172,13 +175,14 @@ def sync(
     status is then 1, as it is when a journal was damaged, or while any record the hub
     rejected is held (``hubfsm discard`` removes those).
     """
-    fold_journals(root)
     found = survey(root)
     damaged = _report_damage(found, out=out, repair=True)
-    todo = [i for i in found.infos if any(i.pending.values())]
+    fold_journals(found.infos, damaged=True)
+    infos = survey(root).infos
+    todo = [i for i in infos if any(i.pending.values())]
     if not todo:
         print("nothing to send", file=out)
-        held = _report_rejected(found.infos, out=out)
+        held = _report_rejected(infos, out=out)
         return 1 if damaged or held else 0
     ok = 0
     for info in todo:
