@@ -23,12 +23,12 @@ import attrs
 import platformdirs
 import structlog
 
-from hubfsm.core.changes import Change, Saved
+from hubfsm.core.changes import Change, Rejected, Saved
 from hubfsm.core.protocol import HUB_ID
 from hubfsm.durable.journal import JournalDamage, scan
 from hubfsm.durable.outbox_db import OutboxDB
 from hubfsm.errors import HubfsmError
-from hubfsm.transport import FilePart
+from hubfsm.transport import FilePart, Request
 
 log = structlog.get_logger("hubfsm")
 
@@ -305,6 +305,8 @@ class Outbox:
         """Delete snapshots that no operation or slot refers to any more."""
         saved = self.load()
         keep = {op.request.file.path for op in saved.ops if op.request.file is not None}
+        # A rejected record's weights are kept with it, for the user to look at or discard.
+        keep |= {r.request.file.path for r in saved.rejected if r.request.file is not None}
         for slot in (saved.checkpoint, saved.final):
             if slot is not None:
                 keep.add(slot[1].path)
@@ -363,6 +365,8 @@ class OutboxInfo:
 
     Attributes:
         journal_damage: What the trainer's journal lost, if it is damaged.
+        rejected: The records the hub refused, described (kept until ``hubfsm discard``).
+        refusal: The refusal that stopped the last session's sending, if it is not over.
     """
 
     directory: Path
@@ -370,6 +374,8 @@ class OutboxInfo:
     pending: dict[str, int]
     in_use: bool
     journal_damage: JournalDamage | None = None
+    rejected: tuple[str, ...] = ()
+    refusal: str | None = None
 
 
 def find(root: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -422,6 +428,7 @@ def _read(directory: Path) -> OutboxInfo:
             for value in slots.values():
                 json.loads(value)
             kinds = set(slots)
+            rejected, refusal = _refusals(db)
         finally:
             db.close()
     except sqlite3.Error as error:
@@ -450,7 +457,23 @@ def _read(directory: Path) -> OutboxInfo:
     in_use = _in_use(directory)
     # A running session's journal may be read mid-write; its session reports its damage.
     damage = None if in_use else scan(directory / JOURNAL, after=after).damage
-    return OutboxInfo(directory, model_id, pending, in_use, damage)
+    return OutboxInfo(directory, model_id, pending, in_use, damage, rejected, refusal)
+
+
+def _refusals(db: sqlite3.Connection) -> tuple[tuple[str, ...], str | None]:
+    """The rejected records and the kept refusal of an outbox opened read-only."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    rejected: tuple[str, ...] = ()
+    if "rejected" in tables:
+        rows = db.execute(
+            "SELECT channel, payload, status, reason FROM rejected ORDER BY seq"
+        ).fetchall()
+        rejected = tuple(
+            Rejected(channel, Request("POST", ""), json.loads(payload), status, reason).describe()
+            for channel, payload, status, reason in rows
+        )
+    row = db.execute("SELECT value FROM meta WHERE key = 'refusal'").fetchone()
+    return rejected, None if row is None else str(row[0])
 
 
 def inspect(directories: Iterable[Path]) -> list[OutboxInfo]:
