@@ -59,6 +59,7 @@ from hubfsm.transport import Transport
 
 __all__ = [
     "CREATE_ARGS",
+    "DETACHED",
     "EVENTS",
     "MAP_KEY",
     "HUBTrainingSession",
@@ -106,6 +107,35 @@ def model_info(trainer: Any) -> Mapping[str, Any]:
         return {}
     info: Mapping[str, Any] = torch_utils.model_info_for_loggers(trainer)
     return info
+
+
+class _Detached:
+    """Marks ``trainer.hub_session`` as taken over by hubfsm.
+
+    Falsy, so ultralytics' callbacks skip it; not None, so 8.3's callbacks do not open a
+    session of their own.
+    """
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "<hub session detached by hubfsm>"
+
+
+class _Claimed:
+    """Marks ``model.session`` as claimed by hubfsm while ``train`` runs.
+
+    Truthy, so ultralytics' model does not create a second hub model of its own; it has
+    no ``model`` attribute, so the model takes no hub training arguments from it.
+    """
+
+    def __repr__(self) -> str:
+        return "<hub session claimed by hubfsm>"
+
+
+#: The marker hubfsm leaves in ``trainer.hub_session``.
+DETACHED = _Detached()
 
 
 def _official_key(hub_session: Any) -> str | None:
@@ -271,15 +301,27 @@ class UltralyticsCallbacks:
     def _ensure(self, trainer: Any) -> TrainingCallbacks:
         official = getattr(trainer, "hub_session", None)
         adopted: Session | None = None
-        if isinstance(official, HUBTrainingSession):
-            # hubfsm's own drop-in already holds the model's session: use it (a second
-            # session on the model would find its outbox locked).
-            trainer.hub_session = None
-            adopted, official.session = official.session, None
-            official = None
-        elif official is not None:
-            self._official_key = _official_key(official)
-            self._detach(trainer, official)
+        official_id: str | None = None
+        if official is not None and not isinstance(official, _Detached):
+            # Both clients would upload everything twice. ultralytics' callbacks look the
+            # session up on the trainer at every event: a falsy marker silences them, and
+            # (unlike None) keeps 8.3's callbacks from opening a session of their own.
+            trainer.hub_session = DETACHED
+            if isinstance(official, HUBTrainingSession):
+                # hubfsm's own drop-in holds the model's session: use it, as a second
+                # session on the model would find its outbox locked.
+                session, official.session = official.session, None
+                if self._given is None and self._identifier is None and self._hub is None:
+                    adopted = session
+                elif session is not None:
+                    session.close()
+            elif not isinstance(official, _Claimed):
+                official_id = _official_model_id(official)
+                self._official_key = _official_key(official)
+                stop = getattr(getattr(official, "model", None), "stop_heartbeat", None)
+                if callable(stop):
+                    stop()
+                log.info("ultralytics.hub_session_detached", model_id=official_id)
         if self._hub is None:
             if adopted is not None:
                 self._owned = True
@@ -294,18 +336,9 @@ class UltralyticsCallbacks:
                     self._given, finish_timeout=self._finish_timeout, strict=self._strict
                 )
             else:
-                self._hub = self._open(trainer, _official_model_id(official))
+                self._hub = self._open(trainer, official_id)
         self._hub.on_train_start()
         return self._hub
-
-    def _detach(self, trainer: Any, official: Any) -> None:
-        # Both clients would upload everything twice; ultralytics' callbacks look the
-        # session up on the trainer at every event, so removing it silences them.
-        trainer.hub_session = None
-        stop = getattr(getattr(official, "model", None), "stop_heartbeat", None)
-        if callable(stop):
-            stop()
-        log.info("ultralytics.hub_session_detached", model_id=_official_model_id(official))
 
     def _open(self, trainer: Any, official_id: str | None) -> TrainingCallbacks:
         identifier = self._identifier or official_id
@@ -442,6 +475,15 @@ def _capture_train_args(model: Any, train: Callable[..., Any], hub: UltralyticsC
     @functools.wraps(train)
     def capturing(*args: Any, **kwargs: Any) -> Any:
         hub.user_args = dict(kwargs)
-        return train(*args, **kwargs)
+        if getattr(model, "session", None) is not None:
+            return train(*args, **kwargs)
+        # A model from a local file: ultralytics would create a hub model through its
+        # own client too, leaving an extra model on the hub.
+        model.session = _Claimed()
+        try:
+            return train(*args, **kwargs)
+        finally:
+            if isinstance(model.session, _Claimed):
+                model.session = None
 
     model.train = capturing

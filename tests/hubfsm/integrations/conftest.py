@@ -41,6 +41,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "slow: trains a real model (minutes); deselect with -m 'not slow'"
     )
+    config.addinivalue_line(
+        "markers", "ultralytics: needs a real ultralytics trainer (tools/test-ultralytics.sh)"
+    )
 
 
 class Counting(InMemoryTransport):

@@ -9,7 +9,13 @@ import pytest
 import structlog
 
 import hubfsm
-from hubfsm.integrations.ultralytics import EVENTS, UltralyticsCallbacks, add_callbacks, model_info
+from hubfsm.integrations.ultralytics import (
+    DETACHED,
+    EVENTS,
+    UltralyticsCallbacks,
+    add_callbacks,
+    model_info,
+)
 from hubfsm.runtime.distributed import NullSession
 
 
@@ -161,8 +167,8 @@ def test_an_official_hub_session_is_taken_over_not_doubled(hub, transport, make_
     add_callbacks(trainer, transport=transport, config=kit.FAST)
     trainer.add_callback("on_fit_epoch_end", lambda t: seen.append(t.hub_session))
     trainer.train()
-    assert trainer.hub_session is None and stopped == [1]
-    assert seen == [None, None]
+    assert not trainer.hub_session and stopped == [1]
+    assert seen == [DETACHED, DETACHED]
     assert hub.record(model_id)["status"] == "trained"
 
 
