@@ -62,6 +62,10 @@ def main() -> None:
         # kill below comes after the final weights were recorded, before any close.
         integration.add_callbacks(model, session)
     else:
+        if options.mode == "yaml":
+            # The key as 'yolo login' keeps it: 8.3 creates hub models from a local file
+            # only with a key in its settings (8.2.0 takes HUB_API_KEY too).
+            ultralytics.utils.SETTINGS.update({"api_key": os.environ.pop("HUB_API_KEY")})
         integration.install()
         model = YOLO(options.identifier)
         hold(model, options.hold)
