@@ -78,6 +78,7 @@ EVENTS = (
     "on_pretrain_routine_start",
     "on_pretrain_routine_end",
     "on_train_start",
+    "on_train_epoch_end",
     "on_fit_epoch_end",
     "on_model_save",
     "on_train_end",
@@ -206,6 +207,7 @@ class UltralyticsCallbacks:
         self._hub: TrainingCallbacks | None = None
         self._owned = False
         self._official_key: str | None = None
+        self._trained_epoch: int | None = None
         #: The arguments the user passed to ``Model.train`` (set by :func:`add_callbacks`
         #: on a model), so a new model's record gets them as given, not as resolved.
         self.user_args: dict[str, Any] | None = None
@@ -224,6 +226,7 @@ class UltralyticsCallbacks:
             "on_pretrain_routine_start": self.on_pretrain_routine_start,
             "on_pretrain_routine_end": self.on_pretrain_routine_end,
             "on_train_start": self.on_train_start,
+            "on_train_epoch_end": self.on_train_epoch_end,
             "on_fit_epoch_end": self.on_fit_epoch_end,
             "on_model_save": self.on_model_save,
             "on_train_end": self.on_train_end,
@@ -243,10 +246,21 @@ class UltralyticsCallbacks:
         """Make sure the session runs (ultralytics starts its rate-limit timers here)."""
         self._ensure(trainer)
 
+    def on_train_epoch_end(self, trainer: Any) -> None:
+        """Note the epoch that trained (the final validation may be reported after it)."""
+        self._trained_epoch = int(trainer.epoch)
+
     def on_fit_epoch_end(self, trainer: Any) -> None:
-        """Queue the epoch's losses and validation metrics (and at epoch 0 the model info)."""
+        """Queue the epoch's losses and validation metrics (and at epoch 0 the model info).
+
+        The final validation of ``best.pt`` replaces the last epoch's row, as ultralytics
+        8.2/8.3 send it; 8.4 reports it one epoch later (a step of its own for its
+        loggers), which on the hub would be an epoch that never trained.
+        """
         hub = self._ensure(trainer)
         epoch = int(trainer.epoch)
+        if self._trained_epoch is not None and epoch > self._trained_epoch:
+            epoch = self._trained_epoch
         losses = trainer.label_loss_items(trainer.tloss, prefix="train")
         metrics: dict[str, Any] = dict(losses) if isinstance(losses, Mapping) else {}
         metrics.update(trainer.metrics or {})
@@ -396,6 +410,7 @@ class UltralyticsCallbacks:
 
     def _release(self) -> None:
         """Close the owned session (once); a later training opens a new one."""
+        self._trained_epoch = None
         hub, self._hub = self._hub, None
         self._owned = False
         if hub is not None:
