@@ -15,6 +15,7 @@ the field, never a plan built on a guess.
 
 from __future__ import annotations
 
+import re
 import types
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -106,12 +107,22 @@ def _data(value: Any) -> str:
     return value
 
 
-def _resume_epoch(record: Mapping[str, Any]) -> int | None:
-    last = record.get("last_epoch")
+_EPOCH_FILE = re.compile(r"^epoch-(\d{1,9})\.pt$")
+
+
+def _resume_epoch(record: Mapping[str, Any], url: str) -> int | None:
+    """The epoch after the last weights' epoch, when the hub says which epoch that is.
+
+    The record's ``checkpoint_epoch`` (the local hub's) says so; else the weights' file
+    name, which on the real service is ``epoch-<k>.pt``. ``last_epoch`` does not: it is
+    the latest epoch the hub heard of, and the checkpoint may be older.
+    """
+    value = record.get("checkpoint_epoch")
     # bool is an int subclass; a flag is not an epoch
-    if isinstance(last, int) and not isinstance(last, bool) and last >= 0:
-        return last + 1
-    return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value + 1
+    match = _EPOCH_FILE.match(urlsplit(url).path.rpartition("/")[2])
+    return int(match.group(1)) + 1 if match else None
 
 
 def plan_from_record(record: Mapping[str, Any]) -> TrainingPlan:
@@ -135,7 +146,7 @@ def plan_from_record(record: Mapping[str, Any]) -> TrainingPlan:
             train_args={"data": _data(record.get("data")), "resume": True},
             model_file=url,
             weights_url=url,
-            resume_epoch=_resume_epoch(record),
+            resume_epoch=_resume_epoch(record, url),
         )
     args = record.get("train_args")
     if not isinstance(args, Mapping):

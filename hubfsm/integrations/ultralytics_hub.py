@@ -46,8 +46,8 @@ import attrs
 import structlog
 
 from hubfsm.core.engine import CoreConfig
-from hubfsm.errors import HubfsmError
 from hubfsm.core.identifier import parse_identifier
+from hubfsm.errors import HubfsmError
 from hubfsm.runtime.session import Session
 
 __all__ = ["CREATE_ARGS", "HUBTrainingSession", "install", "installed", "settings_key", "uninstall"]

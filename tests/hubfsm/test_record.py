@@ -47,7 +47,7 @@ def test_a_pretrained_model_starts_from_the_parent_weights():
 
 def test_a_model_with_last_weights_resumes_with_data_and_resume_only():
     plan = plan_from_record(
-        record(has_last_weights=True, resume=RESUME, last_epoch=4, is_pretrained=True)
+        record(has_last_weights=True, resume=RESUME, checkpoint_epoch=4, is_pretrained=True)
     )
     assert plan.kind == "resume" and plan.resumable
     assert dict(plan.train_args) == {"data": record()["data"], "resume": True}
@@ -55,10 +55,18 @@ def test_a_model_with_last_weights_resumes_with_data_and_resume_only():
     assert plan.resume_epoch == 5
 
 
-@pytest.mark.parametrize("last", [None, -1, "4", True, 2.0])
-def test_the_resume_epoch_is_none_unless_the_record_gives_a_plain_epoch(last):
-    plan = plan_from_record(record(has_last_weights=True, resume=RESUME, last_epoch=last))
-    assert plan.resume_epoch is None
+@pytest.mark.parametrize("epoch", [None, -1, "4", True, 2.0])
+def test_the_resume_epoch_is_none_unless_the_record_gives_a_plain_epoch(epoch):
+    fields = {"has_last_weights": True, "resume": RESUME, "checkpoint_epoch": epoch}
+    # The latest epoch the hub heard of is not the weights' epoch.
+    assert plan_from_record(record(**fields, last_epoch=9)).resume_epoch is None
+
+
+def test_the_resume_epoch_can_come_from_the_weights_file_name():
+    url = "https://storage.example/m/epoch-74.pt?X-Goog-Signature=abc"
+    assert plan_from_record(record(has_last_weights=True, resume=url)).resume_epoch == 75
+    url = "https://storage.example/m/epoch-74.pt.bak"
+    assert plan_from_record(record(has_last_weights=True, resume=url)).resume_epoch is None
 
 
 def test_a_trained_model_is_refused():
@@ -136,7 +144,7 @@ fields = st.sampled_from(
         "resume",
         "weights",
         "train_args",
-        "last_epoch",
+        "checkpoint_epoch",
         "id",
     ]
 )

@@ -8,13 +8,13 @@ import stat
 import pytest
 
 import hubfsm
-from hubfsm.core import CoreConfig
+from hubfsm.core.engine import CoreConfig
 from hubfsm.errors import ModelTrainedError
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.server import LocalHub
 from hubfsm.hub.store_memory import MemoryStore
 from hubfsm.record import RecordError
-from hubfsm.session import Session
+from hubfsm.runtime.session import Session
 from transports.memory import InMemoryTransport
 
 KEY = "k" * 21 + "Q" * 21
@@ -106,7 +106,7 @@ def test_a_trained_model_is_refused_before_any_plan(hub, tmp_path):
 def test_a_record_without_a_dataset_says_so(hub, tmp_path):
     transport = InMemoryTransport(hub, KEY)
     reply = transport.send(
-        hubfsm.protocol.create_model(hubfsm.protocol.create_payload("yolov8n.yaml", {}))
+        hubfsm.core.protocol.create_model(hubfsm.core.protocol.create_payload("yolov8n.yaml", {}))
     )
     with Session(reply.data["id"], transport=transport, config=FAST, outbox=False) as run:
         with pytest.raises(RecordError, match="processing"):

@@ -205,29 +205,6 @@ def new_model(hub: Hub) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _hub_takes_official_payloads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let this branch's local hub take the JSON types ultralytics 8.2.0 sends.
-
-    8.2.0 sends ``cache`` as a bool and ``device`` as given (an int, a list); the local
-    hub of this branch still wants strings there. Its create parsing is being widened
-    separately; until then the tests widen it here, and nowhere else.
-    """
-    from hubfsm.hub import domain
-
-    strict = domain._text
-
-    def lenient(section: Any, key: str, where: str) -> str | None:
-        value = section.get(key)
-        if isinstance(value, bool):
-            return str(value).lower()
-        if isinstance(value, list):
-            return ",".join(str(item) for item in value)
-        return strict(section, key, where)
-
-    monkeypatch.setattr(domain, "_text", lenient)
-
-
-@pytest.fixture(autouse=True)
 def _no_real_rank(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # A test runner started by a distributed launcher must not make these tests rank > 0.
     monkeypatch.delenv("RANK", raising=False)

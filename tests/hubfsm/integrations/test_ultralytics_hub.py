@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import hubfsm
-from hubfsm import protocol
+from hubfsm.core import protocol
 from hubfsm.errors import AuthError, HubfsmError, ModelTrainedError
 from hubfsm.hub.server import LocalHub
 from hubfsm.integrations import ultralytics as integration
