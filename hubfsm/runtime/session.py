@@ -36,6 +36,7 @@ from hubfsm.errors import (
     ModelNotFoundError,
     ModelTrainedError,
 )
+from hubfsm.record import TrainingPlan, plan_for_file, plan_from_record
 from hubfsm.runtime.exits import ExitHooks
 from hubfsm.runtime.worker import ThreadRunner
 from hubfsm.transport import FilePart, Transport
@@ -132,6 +133,10 @@ class Session:
             )
         if self.offline and not outbox:
             raise HubfsmError("offline mode needs the outbox: it is where everything waits")
+        self._create_args: dict[str, Any] = dict(train_args or {})
+        # Weight downloads may send the key to the API root (and nowhere else); a
+        # closure keeps it out of repr() and vars() of the session.
+        self._download_auth: Callable[[], tuple[str | None, str | None]] = lambda: (None, None)
         if transport is None:
             key = api_key or parsed.api_key or os.environ.get("HUB_API_KEY")
             if not key:
@@ -142,6 +147,8 @@ class Session:
             from transports.http import RequestsTransport
 
             transport = RequestsTransport(key, api_root=api_root)
+            root = transport.api_root
+            self._download_auth = lambda: (root, key)
         self._model_box: list[str | None] = [parsed.model_id]
         # Whether the trainer has heard of a refusal: once on stderr, once as an error.
         self._refusal_noticed = False
@@ -177,8 +184,20 @@ class Session:
             self._release()
             raise
         self._model_box[0] = core.model_id
+        if parsed.model_id is not None:
+            self._continue_from_record()
         self._hooks = ExitHooks(self._at_exit, signals=handle_signals)
         log.info("session.opened", model_id=core.model_id, state=core.state)
+
+    def _continue_from_record(self) -> None:
+        # A resumed model's new epochs follow the ones the hub has: a loop that logs
+        # without epoch numbers must not overwrite the earlier epochs' metrics.
+        try:
+            plan = self.plan
+        except HubfsmError:
+            return  # nothing to continue; reading the plan raises for the caller
+        if plan.resume_epoch is not None:
+            self._next_epoch = plan.resume_epoch
 
     def _attach_outbox(self, model_id: str) -> None:
         outbox = Outbox.open(model_id, self._outbox_dir)
@@ -252,6 +271,68 @@ class Session:
         record = self._core.record
         url = record.get("resume")
         return url if record.get("has_last_weights") and isinstance(url, str) else None
+
+    @property
+    def plan(self) -> TrainingPlan:
+        """What to train, as the hub's record says (see :mod:`hubfsm.record`).
+
+        For a model loaded from the hub: its train arguments, whether it is new,
+        pretrained or resumable, its model file (architecture, parent weights or last
+        weights) and the epoch to resume from when the hub says. For a model created
+        from a local file: that file with the arguments given.
+
+        Raises:
+            ModelTrainedError: The model is trained already.
+            RecordError: The record lacks what training needs (e.g. the dataset is
+                still processing).
+        """
+        filename = self.identifier.filename
+        if filename is not None:
+            return plan_for_file(filename, self._create_args)
+        return plan_from_record(self._core.record)
+
+    def download_weights(
+        self,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        progress: bool = True,
+        deadline: float = 1800.0,
+    ) -> Path | None:
+        """Download the weights the plan starts from (parent or last weights).
+
+        The file is cached (see :func:`hubfsm.download.download`): a second call, or a
+        later session on the same weights, reuses it. The API key goes only to the API
+        root's host.
+
+        Returns:
+            The local weights file, or None when the plan starts from an architecture
+            or a local file.
+
+        Raises:
+            DownloadError: The download failed or did not match the expected size/digest.
+        """
+        from hubfsm.download import download
+
+        plan = self.plan
+        if plan.weights_url is None:
+            return None
+        root, key = self._download_auth()
+        record = self._core.record
+        prefix = "resume" if plan.kind == "resume" else "weights"
+        size = record.get(f"{prefix}_size")
+        sha = record.get(f"{prefix}_sha256")
+        return download(
+            plan.weights_url,
+            cache_dir=cache_dir,
+            api_root=root,
+            api_key=key,
+            expected_size=size if isinstance(size, int) and not isinstance(size, bool) else None,
+            expected_sha256=sha if isinstance(sha, str) else None,
+            # The last weights change behind one URL as training goes on.
+            tag=f"{self._core.model_id}:{plan.kind}:{plan.resume_epoch}",
+            progress=progress,
+            deadline=deadline,
+        )
 
     @property
     def outbox_dir(self) -> Path | None:
