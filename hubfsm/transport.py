@@ -78,12 +78,14 @@ class Response:
             the status is an error and the body was not JSON.
         retry_after: Seconds the hub asked us to wait (from ``Retry-After``), or None.
         rate_limit: The rate-limit headers, when present.
+        origin: The API root that answered, to name it in messages; empty when unknown.
     """
 
     status: int
     body: Mapping[str, Any] = attrs.field(factory=dict)
     retry_after: float | None = None
     rate_limit: RateLimit | None = None
+    origin: str = attrs.field(default="", eq=False)
 
     @property
     def ok(self) -> bool:

@@ -8,6 +8,9 @@ goes wrong on the network.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import io
 import ipaddress
 import json
 import math
@@ -18,7 +21,7 @@ import time
 from collections.abc import Mapping
 from http.client import HTTPException
 from typing import Any, TextIO
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
@@ -32,6 +35,7 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTime
 
 from hubfsm.core.retry import parse_retry_after
 from hubfsm.logs import get_logger
+from hubfsm.masking import redact, redact_value
 from hubfsm.transport import ErrorKind, RateLimit, Request, Response, Transport, TransportError
 from hubfsm.version import __version__
 from transports.multipart import FileChangedError, FileReadError, MultipartBody
@@ -40,6 +44,7 @@ __all__ = [
     "API_ROOT_ENV",
     "DEFAULT_API_ROOT",
     "MAX_RESPONSE_BYTES",
+    "MIN_UPLOAD_RATE",
     "RequestsTransport",
 ]
 
@@ -49,9 +54,16 @@ DEFAULT_API_ROOT = "https://api.ultralytics.com"
 #: The environment variable that overrides :data:`DEFAULT_API_ROOT`.
 API_ROOT_ENV = "ULTRALYTICS_HUB_API"
 
-#: The largest response body read; the API's answers are small, so more means trouble
-#: (a misrouted request, a hostile server), and it must not exhaust memory.
-MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+#: The largest response body read; the API's answers are small JSON, so more means
+#: trouble (a misrouted request, a hostile server), and it must not exhaust memory.
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+
+#: The slowest upload rate (bytes per second) an attempt's deadline allows for: about
+#: 2 Mbit/s, so that a slow but working uplink still gets large checkpoints through.
+MIN_UPLOAD_RATE = 250_000
+
+#: How much of a redirect's ``Location`` a message quotes.
+_LOCATION_CHARS = 120
 
 #: The smallest upload whose speed is logged.
 _SPEED_BYTES = 1_000_000
@@ -96,6 +108,36 @@ def _is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
+class _Deadline:
+    """When the attempt in progress must be over (monotonic seconds), or None."""
+
+    __slots__ = ("at", "budget")
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+        self.budget = 0.0
+
+    def start(self, budget: float) -> None:
+        self.budget = budget
+        self.at = time.monotonic() + budget
+
+    def clear(self) -> None:
+        self.at = None
+
+    def cap(self, timeout: float) -> float:
+        """``timeout``, cut to what is left of the attempt; past the deadline, a timeout."""
+        if self.at is None:
+            return timeout
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"the attempt's {self.budget:g} s are up")
+        return min(timeout, left)
+
+    @property
+    def expired(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
+
 def _arm(sock: socket.socket | None, timeout: float) -> None:
     # urllib3 leaves the connect timeout on the socket while the request goes out; the
     # read timeout is the one meant for a peer that stops making progress.
@@ -103,17 +145,57 @@ def _arm(sock: socket.socket | None, timeout: float) -> None:
         sock.settimeout(timeout)
 
 
-def _pool_classes(send_timeout: float) -> dict[str, type[HTTPConnectionPool]]:
-    """Connection pool classes whose sockets send with ``send_timeout``."""
+class _DeadlineReader(io.RawIOBase):
+    """A response's socket reader whose every read is cut to what is left of the attempt.
+
+    A socket timeout bounds one read; a server that sends a byte every few seconds never
+    trips it. Cutting each read's timeout to the attempt's remaining time does.
+    """
+
+    def __init__(
+        self, raw: Any, sock: socket.socket, deadline: _Deadline, read_timeout: float
+    ) -> None:
+        super().__init__()
+        self._raw = raw
+        self._sock = sock
+        self._deadline = deadline
+        self._read_timeout = read_timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        _arm(self._sock, self._deadline.cap(self._read_timeout))
+        result: int | None = self._raw.readinto(buffer)
+        return result
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()  # lets the socket go when its connection has closed it
+        super().close()
+
+
+def _pool_classes(send_timeout: float, deadline: _Deadline) -> dict[str, type[HTTPConnectionPool]]:
+    """Connection pool classes whose sockets send with ``send_timeout`` within ``deadline``."""
+
+    class _Response(http.client.HTTPResponse):
+        def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+            super().__init__(sock, *args, **kwargs)
+            raw = self.fp.detach()  # the socket reader, without closing it
+            self.fp = io.BufferedReader(_DeadlineReader(raw, sock, deadline, send_timeout))
 
     class _HTTPConnection(HTTPConnection):
+        response_class = _Response
+
         def send(self, data: Any) -> None:
-            _arm(self.sock, send_timeout)
+            _arm(self.sock, deadline.cap(send_timeout))
             super().send(data)
 
     class _HTTPSConnection(HTTPSConnection):
+        response_class = _Response
+
         def send(self, data: Any) -> None:
-            _arm(self.sock, send_timeout)
+            _arm(self.sock, deadline.cap(send_timeout))
             super().send(data)
 
     class _HTTPConnectionPool(HTTPConnectionPool):
@@ -126,14 +208,17 @@ def _pool_classes(send_timeout: float) -> dict[str, type[HTTPConnectionPool]]:
 
 
 class _SendTimeoutAdapter(HTTPAdapter):
-    """An adapter whose request bodies go out under the read timeout, not the connect one.
+    """An adapter whose sockets send under the read timeout and stop at the deadline.
 
-    Without it, a server that stops reading an upload fails it after the connect timeout
-    (10 s by default): too short for a slow uplink and not what the caller configured.
+    Request bodies go out under the read timeout, not the connect one. Without it, a
+    server that stops reading an upload fails it after the connect timeout (10 s by
+    default): too short for a slow uplink and not what the caller configured.
     """
 
-    def __init__(self, send_timeout: float) -> None:
-        self._send_timeout = send_timeout  # before super(), which builds the pool manager
+    def __init__(self, send_timeout: float, deadline: _Deadline) -> None:
+        # Before super(), which builds the pool manager.
+        self._send_timeout = send_timeout
+        self._deadline = deadline
         super().__init__()
 
     def init_poolmanager(
@@ -141,7 +226,7 @@ class _SendTimeoutAdapter(HTTPAdapter):
     ) -> None:
         """Build the pool manager with the send-timeout pools."""
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-        self.poolmanager.pool_classes_by_scheme = _pool_classes(self._send_timeout)
+        self.poolmanager.pool_classes_by_scheme = _pool_classes(self._send_timeout, self._deadline)
 
 
 def _chain(error: BaseException) -> list[BaseException]:
@@ -235,7 +320,18 @@ class RequestsTransport(Transport):
     policy can take over. ``read_timeout`` (default 60 s) bounds every later socket
     operation without progress, sending the request body included; it is generous because
     the hub may store a large checkpoint before it answers, yet a stalled connection
-    still fails within a minute instead of hanging training forever.
+    still fails within a minute instead of hanging training forever. A server can make a
+    little progress now and then (a byte every few seconds) and never trip it, so every
+    attempt also has a total deadline: ``total_timeout`` (default 120 s), plus, for an
+    upload, its size at ``min_upload_rate`` (default 250 kB/s). Past it the attempt
+    fails as a ``timeout``, which the retry policy retries.
+
+    Trust: nothing in an answer is believed beyond the protocol. Redirects are not
+    followed (the key would go with them): a 3xx comes back as a refusal naming where it
+    pointed. Bodies over :data:`MAX_RESPONSE_BYTES` are a protocol error. The key, and
+    any run of 8 or more of its characters, is blotted out of every text taken from an
+    answer (the JSON body, headers quoted in messages) before it reaches an exception,
+    a log line or the caller.
 
     Not safe for concurrent use from several threads: a runner sends from one worker.
 
@@ -245,12 +341,16 @@ class RequestsTransport(Transport):
             :data:`DEFAULT_API_ROOT`.
         connect_timeout: Seconds to open a connection.
         read_timeout: Seconds any later socket operation may go without progress.
+        total_timeout: Seconds an attempt may take in all (an upload gets more, see
+            ``min_upload_rate``).
+        min_upload_rate: Bytes per second an upload's deadline allows for.
         allow_insecure: Allow plain ``http://`` to a host other than this machine.
         progress: Progress bar for final uploads: True on, False off, None (default) on
             when standard error is a terminal.
         session: A session to use instead of a new one, for custom TLS or proxy settings.
             It is used as it is (its body sends then keep requests' own timeout, the
-            connect timeout), except that certificates are always verified, and
+            connect timeout, and the attempt's deadline is checked only between the
+            chunks of an answer), except that certificates are always verified, and
             :meth:`close` leaves it open: its owner closes it. A session made here for a
             plain ``http://`` root ignores proxy settings from the environment, so a
             clear-text key does not leave through a proxy.
@@ -269,6 +369,8 @@ class RequestsTransport(Transport):
         api_root: str | None = None,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
+        total_timeout: float = 120.0,
+        min_upload_rate: float = MIN_UPLOAD_RATE,
         allow_insecure: bool = False,
         progress: bool | None = None,
         session: requests.Session | None = None,
@@ -304,19 +406,27 @@ class RequestsTransport(Transport):
                 "clear text; use https://, or pass allow_insecure=True if you trust every "
                 "network between here and there"
             )
-        for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
+        for name, value in (
+            ("connect_timeout", connect_timeout),
+            ("read_timeout", read_timeout),
+            ("total_timeout", total_timeout),
+            ("min_upload_rate", min_upload_rate),
+        ):
             if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+                raise ValueError(f"{name} must be a positive finite number, not {value!r}")
         self._root = root
         self._connect_timeout = float(connect_timeout)
         self._read_timeout = float(read_timeout)
+        self._total_timeout = float(total_timeout)
+        self._min_upload_rate = float(min_upload_rate)
+        self._deadline = _Deadline()
         self._progress = progress
         self._progress_file = progress_file
         self._user_agent = f"hubfsm/{__version__} python-requests/{requests.__version__}"
         self._owns_session = session is None
         if session is None:
             session = requests.Session()
-            adapter = _SendTimeoutAdapter(self._read_timeout)
+            adapter = _SendTimeoutAdapter(self._read_timeout, self._deadline)
             session.mount("https://", adapter)
             session.mount("http://", adapter)
             if parts.scheme == "http":
@@ -388,6 +498,99 @@ class RequestsTransport(Transport):
             )
         return response
 
+    def download(
+        self, url: str, dest: str | os.PathLike[str], *, max_bytes: int, hops: int = 5
+    ) -> int:
+        """Fetch a URL the hub handed out (weights, resume) into ``dest`` (owner-only).
+
+        The API key goes only to the API root's origin (scheme, host and port); a URL
+        elsewhere, or a redirect to elsewhere, is fetched without it. Redirects are
+        followed by hand, ``hops`` at most, deciding the key afresh at every hop.
+
+        Args:
+            url: An ``http(s)`` URL.
+            dest: Where the file goes; written to a temporary name, then renamed.
+            max_bytes: The most bytes accepted (the size the record states, say).
+            hops: The most redirects followed.
+
+        Returns:
+            The number of bytes written.
+
+        Raises:
+            TransportError: The download failed, was too large, or redirected too often.
+        """
+        request = Request("GET", "/download")  # names the operation in logs and errors
+        target = os.fspath(dest)
+        partial = f"{target}.part-{os.getpid()}"
+        for _ in range(hops + 1):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise self._fail(request, "protocol", "the download URL is not http(s)")
+            headers = {"User-Agent": self._user_agent}
+            if self._same_origin(url):
+                headers["x-api-key"] = self._key.reveal()
+            self._deadline.start(self._total_timeout + max_bytes / self._min_upload_rate)
+            try:
+                session = self._session
+                answer = session.get(
+                    url,
+                    headers=headers,
+                    stream=True,
+                    allow_redirects=False,
+                    timeout=(self._connect_timeout, self._read_timeout),
+                    # as in send(): certificates are checked even if the session says not
+                    verify=session.verify if isinstance(session.verify, str) else True,
+                )
+                try:
+                    if 300 <= answer.status_code < 400 and answer.headers.get("Location"):
+                        url = urljoin(url, answer.headers["Location"])
+                        continue
+                    if answer.status_code != 200:
+                        raise self._fail(
+                            request, "protocol", f"download answered {answer.status_code}"
+                        )
+                    return self._save(request, answer, partial, target, max_bytes)
+                finally:
+                    answer.close()
+            except (requests.RequestException, TimeoutError) as error:
+                kind, reason = self._explain(error)
+                raise self._fail(request, kind, reason) from None
+            finally:
+                self._deadline.clear()
+        raise self._fail(request, "protocol", f"the download redirected more than {hops} times")
+
+    def _same_origin(self, url: str) -> bool:
+        """True when ``url`` has the API root's scheme, host and port."""
+        ours, theirs = urlsplit(self._root), urlsplit(url)
+        try:
+            return (ours.scheme, ours.hostname, ours.port) == (
+                theirs.scheme,
+                theirs.hostname,
+                theirs.port,
+            )
+        except ValueError:  # an unreadable port
+            return False
+
+    def _save(
+        self, request: Request, answer: requests.Response, partial: str, target: str, limit: int
+    ) -> int:
+        size = 0
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with open(fd, "wb") as out:
+                for chunk in answer.iter_content(1 << 20):
+                    self._deadline.cap(self._read_timeout)
+                    size += len(chunk)
+                    if size > limit:
+                        raise self._fail(request, "protocol", f"download over {limit} bytes")
+                    out.write(chunk)
+            os.replace(partial, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise
+        return size
+
     def _progress_bar(self, request: Request, total: int) -> tqdm[Any] | None:
         if request.fields is None or request.fields.get("type") != "final":
             return None
@@ -437,6 +640,8 @@ class RequestsTransport(Transport):
         verify: bool | str = session.verify if isinstance(session.verify, str) else True
         settings = session.merge_environment_settings(prepared.url or "", {}, True, verify, None)
         started = time.monotonic()
+        budget = self._total_timeout + (len(body) / self._min_upload_rate if body else 0.0)
+        self._deadline.start(budget)
         try:
             answer = session.send(
                 prepared,
@@ -454,17 +659,25 @@ class RequestsTransport(Transport):
             raise error.error from None
         except requests.RequestException as error:
             kind, reason = self._explain(error)
-            raise self._fail(request, kind, reason) from error
+            # Not chained: the library's exception may quote what the server sent.
+            raise self._fail(request, kind, reason) from None
         except (OSError, HTTPException, urllib3.exceptions.HTTPError) as error:
             # requests wraps these; this is for the odd one a future version lets through.
-            reason = f"cannot talk to {urlsplit(self._root).netloc} ({_os_reason(error)})"
-            raise self._fail(request, "connect", reason) from error
+            kind, reason = self._explain(error)
+            raise self._fail(request, kind, reason) from None
+        finally:
+            self._deadline.clear()
         status = answer.status_code
+        if 300 <= status < 400:
+            envelope: Mapping[str, Any] = self._redirected(request, status, answer.headers)
+        else:
+            envelope = self._decode(request, status, answer.headers.get("Content-Type"), content)
         response = Response(
             status=status,
-            body=self._decode(request, status, answer.headers.get("Content-Type"), content),
+            body=envelope,
             retry_after=parse_retry_after(answer.headers.get("Retry-After"), now=time.time()),
             rate_limit=_rate_limit(answer.headers),
+            origin=self._root,
         )
         log.debug(
             "http.response",
@@ -477,11 +690,38 @@ class RequestsTransport(Transport):
         )
         return response
 
+    def _redirected(
+        self, request: Request, status: int, headers: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """The envelope of a redirect, which is never followed: it says where it pointed."""
+        location = _sanitize(self._redact(headers.get("Location") or "nowhere"), _LOCATION_CHARS)
+        message = (
+            f"the hub redirected to {location!r}; not followed, since the API key goes "
+            f"only to {urlsplit(self._root).netloc}"
+        )
+        log.warning(
+            "http.redirect",
+            method=request.method,
+            path=request.path,
+            status=status,
+            location=location,
+        )
+        return {"success": False, "message": message}
+
     def _read(self, request: Request, answer: requests.Response) -> bytes:
         """The whole response body, refusing one larger than :data:`MAX_RESPONSE_BYTES`."""
+        declared = _int_header(answer.headers.get("Content-Length"))
+        if declared is not None and declared > MAX_RESPONSE_BYTES:
+            raise self._fail(
+                request,
+                "protocol",
+                f"answered {answer.status_code} with a body of {declared} bytes, over "
+                f"{MAX_RESPONSE_BYTES}",
+            )
         chunks: list[bytes] = []
         size = 0
         for chunk in answer.iter_content(64 * 1024):
+            self._deadline.cap(self._read_timeout)  # a server handed in has no socket cap
             size += len(chunk)
             if size > MAX_RESPONSE_BYTES:
                 raise self._fail(
@@ -492,9 +732,14 @@ class RequestsTransport(Transport):
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _explain(self, error: requests.RequestException) -> tuple[ErrorKind, str]:
+    def _explain(self, error: BaseException) -> tuple[ErrorKind, str]:
         """The error kind of a requests failure and a short reason without the URL."""
         host = urlsplit(self._root).netloc
+        if self._deadline.expired or (
+            isinstance(error, TimeoutError) and "attempt's" in str(error)
+        ):
+            budget = self._deadline.budget
+            return "timeout", f"{host} did not complete the exchange within {budget:g} s"
         if isinstance(error, requests.ConnectTimeout):
             return "connect", f"no connection to {host} within {self._connect_timeout:g} s"
         if isinstance(error, requests.ReadTimeout) or _stalled(error):
@@ -528,7 +773,12 @@ class RequestsTransport(Transport):
             except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
                 pass
         if isinstance(value, dict):
-            return value
+            try:
+                # Whatever the hub says goes on to messages and logs: never the key.
+                masked: dict[str, Any] = redact_value(value, self._secret())
+                return masked
+            except RecursionError:
+                value, valid = None, False
         if not 200 <= status < 300:
             return {}  # the status says it all; an error page is no protocol breach
         if not content:
@@ -537,14 +787,17 @@ class RequestsTransport(Transport):
             what = "invalid JSON"
         else:
             what = f"a JSON {_JSON_TYPES.get(type(value), 'value')}"
-        ctype = _sanitize(content_type or "no content-type", 60)
+        ctype = _sanitize(self._redact(content_type or "no content-type"), 60)
         quote = _sanitize(self._redact(content[:400].decode("utf-8", "replace")), _SNIPPET_CHARS)
         reason = f"answered {status} with {what} ({ctype}, {len(content)} bytes), not a JSON object"
         if quote:
             reason += f": {quote!r}"
         raise self._fail(request, "protocol", reason)
 
-    def _redact(self, text: str) -> str:
-        """``text`` with the API key blotted out, wherever a server or a user put it."""
+    def _secret(self) -> str | None:
         key = getattr(self, "_key", None)
-        return text.replace(key.reveal(), "***") if isinstance(key, _Secret) else text
+        return key.reveal() if isinstance(key, _Secret) else None
+
+    def _redact(self, text: str) -> str:
+        """``text`` without the API key or any run of 8 of its characters, wherever put."""
+        return redact(text, self._secret())

@@ -187,7 +187,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
 
 def cmd_hub_serve(args: argparse.Namespace) -> int:
     """Run the local hub in the foreground."""
-    from hubfsm.hub.server import serve
+    from hubfsm.hub.server import BodyLimits, serve
 
     return serve(
         args.data,
@@ -197,6 +197,8 @@ def cmd_hub_serve(args: argparse.Namespace) -> int:
         rate_limit=args.rate_limit,
         latency=args.latency,
         seed=args.seed,
+        timeout=args.timeout,
+        limits=BodyLimits(json=int(args.max_json_mib * 2**20), upload=args.max_upload_mib << 20),
     )
 
 
@@ -448,7 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--web-root", help="the hub's web root (default: ULTRALYTICS_HUB_WEB)")
     p.set_defaults(func=cmd_parse)
 
-    hub = _command(sub, "hub", "Run the local hub.", "hubfsm hub serve --port 8000")
+    hub = _command(
+        sub,
+        "hub",
+        "Run the local hub and manage its keys.",
+        "hubfsm hub serve --port 8000\nhubfsm hub keys list",
+    )
     hub_sub = hub.add_subparsers(dest="hub_command", metavar="COMMAND", required=True)
     p = _command(
         hub_sub,
@@ -476,7 +483,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--latency", type=_seconds, default=0.0, help="up to this many seconds per answer"
     )
     p.add_argument("--seed", type=int, default=0, help="seeds the fault draws")
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="close connections silent this long (s)"
+    )
+    p.add_argument("--max-json-mib", type=float, default=4, help="largest JSON body (MiB)")
+    p.add_argument("--max-upload-mib", type=int, default=4096, help="largest upload (MiB)")
     p.set_defaults(func=cmd_hub_serve)
+    from hubfsm.hub.admin import register as register_keys
+
+    register_keys(hub_sub, _command)
 
     p = _command(
         sub,

@@ -15,7 +15,16 @@ from typing import Any
 import attrs
 
 from hubfsm.core import protocol
-from hubfsm.core.changes import Change, MetricsQueued, Offered, OpClosed, OpOpened, Saved
+from hubfsm.core.changes import (
+    Change,
+    MetricsQueued,
+    Offered,
+    OpClosed,
+    OpOpened,
+    Refusal,
+    Rejected,
+    Saved,
+)
 from hubfsm.core.identifier import Identifier
 from hubfsm.core.machine import SessionMachine
 from hubfsm.core.retry import ChannelPolicies, RetryPolicy, Verdict, classify, retry_after_of
@@ -32,6 +41,19 @@ from hubfsm.transport import FilePart, Outcome, Request, Response, TransportErro
 
 #: Channels in the order the core serves them when several are due at once.
 CHANNELS = ("control", "heartbeat", "metrics", "checkpoint", "final")
+
+#: The channels that carry the trainer's data (kept durably until acknowledged).
+DATA_CHANNELS = ("metrics", "checkpoint", "final")
+
+#: Answers that refuse one payload, not the session: that record is set aside.
+REJECTING_STATUSES = frozenset({400, 413, 422})
+
+#: Answers that stop every channel: the key, the model or the hub's address is wrong.
+#: (A redirect arrives as a 3xx: the key never follows one.)
+STOPPING_STATUSES = frozenset({401, 403})
+
+#: Called as ``notify(event, fields)`` for what the runner should log as a warning.
+Notify = Callable[[str, dict[str, Any]], None]
 
 
 @attrs.frozen
@@ -64,6 +86,8 @@ class CoreConfig:
 
     limits: Limits = Limits()
     policies: ChannelPolicies = ChannelPolicies()
+    #: Where idempotency keys come from: the OS's randomness unless a simulation seeds it.
+    nonce: protocol.KeySource = protocol.os_nonce
 
     def scaled(self, factor: float) -> CoreConfig:
         """The same behaviour on a clock ``factor`` times as fast.
@@ -72,7 +96,9 @@ class CoreConfig:
         checkpoint limit into 0.9 s): for rehearsals and tests that drive a real
         session in real time.
         """
-        return CoreConfig(self.limits.scaled(factor), self.policies.scaled(factor))
+        return attrs.evolve(
+            self, limits=self.limits.scaled(factor), policies=self.policies.scaled(factor)
+        )
 
 
 @attrs.frozen
@@ -126,7 +152,8 @@ class Core:
 
     Args:
         config: Limits and retry policies.
-        rng: The source of jitter and idempotency keys; a seed fixes every decision.
+        rng: The source of jitter; a seed fixes every decision but the idempotency keys,
+            which come from ``config.nonce``.
         on_change: Called as ``on_change(source, event, dest)`` after every machine event.
     """
 
@@ -139,7 +166,7 @@ class Core:
     ) -> None:
         self.config = config or CoreConfig()
         self._rng = rng or random.Random()
-        self._nonce = f"{self._rng.getrandbits(64):016x}"
+        self._nonce = self.config.nonce(self._rng)
         self.machine = SessionMachine(on_change)
         self.identifier: Identifier | None = None
         self.model_id: str | None = None
@@ -153,6 +180,16 @@ class Core:
         self._ops: dict[str, _Op | None] = dict.fromkeys(CHANNELS)
         self._in_flight: _Op | None = None
         self._unsent: dict[int, str] = {}
+        # Epochs of a batch the hub refused: each goes alone, once, to find the bad one.
+        self._solo: dict[int, str] = {}
+        #: Records the hub refused (400/422), set aside and kept, never sent again.
+        self.rejected: list[Rejected] = []
+        #: Why heartbeats stopped for good (the hub refused one), if they did.
+        self.heartbeat_refusal: str | None = None
+        # The outbox says an earlier session was stopped by a refusal; a delivery ends it.
+        self._refusal_kept = False
+        #: Told of refusals that do not stop the session (a warning each), if set.
+        self.notify: Notify | None = None
         self._checkpoint: tuple[int, FilePart, bool] | None = None
         # When the waiting checkpoint was offered, and the gap between the last two offers.
         self._checkpoint_at = -math.inf
@@ -213,7 +250,8 @@ class Core:
     def start(self, *, now: float) -> None:
         """Training begins: heartbeats start at once."""
         self.machine.fire("start")
-        self._next_heartbeat = now
+        if self.heartbeat_refusal is None:
+            self._next_heartbeat = now
 
     def epoch_end(self, epoch: int, metrics: Mapping[str, Any], *, now: float) -> None:
         """Queue an epoch's metrics; a later value for the same epoch replaces it."""
@@ -223,6 +261,7 @@ class Core:
     def queue_metrics(self, epoch: int, encoded: str) -> None:
         """Queue already-encoded metrics (from the trainer or from a recovered outbox)."""
         self._unsent.pop(epoch, None)
+        self._solo.pop(epoch, None)
         self._unsent[epoch] = encoded
         if self.durable:
             self.changes.append(MetricsQueued(epoch, encoded))
@@ -271,7 +310,8 @@ class Core:
     def resume(self, *, now: float) -> None:
         """Training goes on after an interruption."""
         self.machine.fire("resume")
-        self._next_heartbeat = now
+        if self.heartbeat_refusal is None:
+            self._next_heartbeat = now
         if self._final is not None:
             self._offer_final(None)
         self._close_op("final")
@@ -293,6 +333,8 @@ class Core:
             self._checkpoint = saved.checkpoint
         if saved.final is not None:
             self._final = saved.final
+        self.rejected.extend(saved.rejected)
+        self._refusal_kept = saved.refusal is not None
 
     @property
     def saved_final(self) -> tuple[int, FilePart, float] | None:
@@ -311,8 +353,9 @@ class Core:
         """Say what to do at ``now``: send one request, or wait."""
         if self._in_flight is not None:
             raise RuntimeError("poll() while a request is in flight")
-        state = self.machine.state
-        if state in ("done", "failed", "unparsed") or self.offline:
+        machine = self.machine
+        state = machine.state
+        if not machine.sends or self.offline:
             return Wait(None)
         if state == "final_uploading" and now >= self._finish_deadline:
             self.interrupt(now=now)
@@ -333,11 +376,12 @@ class Core:
             if op.not_before <= now:
                 return self._send(op, now)
             earliest = min(earliest, op.not_before)
-        if state in ("training", "final_uploading"):
+        if machine.heartbeats:
             earliest = min(earliest, self._next_heartbeat)
         if state == "final_uploading":
             earliest = min(earliest, self._finish_deadline)
-        if self._unsent and self._ops["metrics"] is None and state != "final_uploading":
+        waiting = self._unsent or self._solo
+        if waiting and self._ops["metrics"] is None and state != "final_uploading":
             earliest = min(earliest, self._last_metrics + self.config.limits.metrics)
         if self._checkpoint is not None and self._ops["checkpoint"] is None:
             earliest = min(earliest, self._checkpoint_due())
@@ -377,18 +421,22 @@ class Core:
         in_op = len(metrics_op.payload) if metrics_op is not None else 0
         ckpt = int(self._checkpoint is not None or self._ops["checkpoint"] is not None)
         return {
-            "metrics": len(self._unsent) + in_op,
+            "metrics": len(self._unsent) + len(self._solo) + in_op,
             "checkpoint": ckpt,
             "final": int(self._final is not None),
         }
 
     def unacknowledged_epochs(self) -> set[int]:
         """The epochs whose metrics the hub has not acknowledged."""
-        epochs = set(self._unsent)
+        epochs = set(self._unsent) | set(self._solo)
         op = self._ops["metrics"]
         if op is not None:
             epochs.update(op.payload)
         return epochs
+
+    def rejected_epochs(self) -> set[int]:
+        """The epochs whose metrics the hub refused, kept aside."""
+        return {epoch for record in self.rejected for epoch in record.epochs}
 
     @property
     def drained(self) -> bool:
@@ -427,7 +475,7 @@ class Core:
             return
         self._ops[channel] = None
         key = op.request.idempotency_key
-        if self.durable and key is not None and channel in ("metrics", "checkpoint", "final"):
+        if self.durable and key is not None and channel in DATA_CHANNELS:
             self.changes.append(OpClosed(key))
 
     def _key(self) -> str:
@@ -440,7 +488,7 @@ class Core:
         op = _Op(self._next_op, channel, request, policy, payload, round_start=now)
         op.not_before = now
         self._ops[channel] = op
-        if self.durable and channel in ("metrics", "checkpoint", "final"):
+        if self.durable and channel in DATA_CHANNELS:
             self.changes.append(OpOpened(channel, request, payload))
         return op
 
@@ -451,20 +499,20 @@ class Core:
         model_id = self.model_id
         if model_id is None:
             return
-        if (
-            ops["heartbeat"] is None
-            and now >= self._next_heartbeat
-            and state in ("training", "final_uploading")
-        ):
+        if ops["heartbeat"] is None and now >= self._next_heartbeat and self.machine.heartbeats:
             self._add(
                 "heartbeat", protocol.heartbeat(model_id, self.agent_id), payload=None, now=now
             )
         # The final flush is exempt from the metrics limit (as the official client's final
         # upload is): the trainer is waiting, and it is the last metrics request.
         metrics_due = self._last_metrics + (0.0 if state == "final_uploading" else limits.metrics)
-        if ops["metrics"] is None and self._unsent and now >= metrics_due:
-            batch = self._unsent
-            self._unsent = {}
+        if ops["metrics"] is None and (self._solo or self._unsent) and now >= metrics_due:
+            if self._solo:
+                epoch = next(iter(self._solo))
+                batch = {epoch: self._solo.pop(epoch)}
+            else:
+                batch = self._unsent
+                self._unsent = {}
             request = protocol.upload_metrics(model_id, batch, key=self._key())
             self._add("metrics", request, payload=tuple(batch), now=now)
         if (
@@ -484,6 +532,7 @@ class Core:
             and ops["final"] is None
             and ops["metrics"] is None
             and not self._unsent
+            and not self._solo
         ):
             epoch, file, map50_95 = self._final
             # The key follows the content, so finishing again with the same weights after
@@ -517,19 +566,35 @@ class Core:
     def _succeeded(self, op: _Op, response: Response, now: float) -> None:
         channel = op.channel
         data = response.data
+        if self._refusal_kept and channel in DATA_CHANNELS:
+            # The cause of the earlier refusal is fixed: the hub takes data again.
+            self._refusal_kept = False
+            if self.durable:
+                self.changes.append(Refusal(None))
         if channel == "metrics":
             self.stats.acknowledged_epochs += len(op.payload)
         elif channel == "checkpoint":
             self.stats.checkpoints += 1
         elif channel == "heartbeat":
             agent_id = data.get("agentId")
-            if isinstance(agent_id, str):
-                self.agent_id = agent_id
+            if agent_id is not None:
+                try:
+                    self.agent_id = protocol.hub_id(
+                        agent_id, what="agent id", response=response, channel="heartbeat"
+                    )
+                except protocol.HubProtocolError as exc:
+                    self.last_failure = str(exc)  # not adopted; heartbeats go on without it
         elif channel == "final":
             self._offer_final(None)
             self._next_heartbeat = math.inf
             self.machine.fire("acknowledged")
         elif op.payload == "load":
+            try:
+                protocol.check_record(data, self.model_id, response=response)
+            except protocol.HubProtocolError as exc:
+                self.error = exc
+                self.machine.fire("load", ok=False)
+                return
             self.record = dict(data)
             # Our own final upload may have landed before a crash: its kept operation
             # will be confirmed by the hub's idempotent replay, or refused with 409.
@@ -544,54 +609,173 @@ class Core:
             else:
                 self.machine.fire("load")
         else:
-            model_id = data.get("id")
-            if not isinstance(model_id, str) or not model_id:
-                self.error = HubError(
-                    "the hub created a model but sent no id",
-                    status=response.status,
-                    channel="create",
+            try:
+                # The id names the outbox directory: a hub must never choose a path.
+                model_id = protocol.hub_id(
+                    data.get("id"), what="model id", response=response, channel="create"
                 )
+            except protocol.HubProtocolError as exc:
+                self.error = exc
                 self.machine.fire("create", ok=False)
             else:
                 self.model_id = model_id
                 self.machine.fire("create")
 
     def _fatal(self, op: _Op, response: Response) -> None:
-        self._ops[op.channel] = op if op.channel in ("metrics", "checkpoint", "final") else None
-        what = f"{op.request.method} {op.request.path}"
-        hub_says = f": {response.message}" if response.message else ""
+        """A refusal: decide what it stops, by channel and answer (see the docs' table)."""
+        channel = op.channel
         status = response.status
+        if channel == "control" and self.machine.state == "resolved":
+            self._ops[channel] = None
+            self.error = self._open_error(op, response)
+            self.machine.fire(op.payload, ok=False)
+            return
+        stops = status in STOPPING_STATUSES or 300 <= status < 400
+        if channel == "heartbeat" and not stops:
+            self._stop_heartbeats(op, response)
+            return
+        if channel in DATA_CHANNELS and status in REJECTING_STATUSES:
+            self._reject(op, response)
+            return
+        self._refuse(op, response)
+
+    def _open_error(self, op: _Op, response: Response) -> HubError:
+        """The error of a refused load or create: the session never opened."""
+        status = response.status
+        hub_says = f": {response.message}" if response.message else ""
+        if status in (401, 403):
+            return AuthError(
+                f"the hub refused the API key ({status}) on {_what(op)}{hub_says}",
+                status=status,
+                channel=op.channel,
+            )
+        if status == 404:
+            return ModelNotFoundError(
+                f"model {self.model_id} not found on the hub{hub_says}",
+                status=status,
+                channel=op.channel,
+            )
+        if status == 409:
+            return ModelTrainedError(
+                f"model {self.model_id} is already trained{hub_says}",
+                status=status,
+                channel=op.channel,
+            )
+        return HubError(
+            f"the hub rejected {_what(op)} with {status}{hub_says}",
+            status=status,
+            channel=op.channel,
+        )
+
+    def _refuse(self, op: _Op, response: Response) -> None:
+        """Stop all sending; what is pending stays, and every later event is still kept."""
+        channel = op.channel
+        # The refused operation keeps its key and data, for ``hubfsm sync`` once fixed.
+        self._ops[channel] = op if channel in DATA_CHANNELS else None
+        self._ops["heartbeat"] = None
+        self._next_heartbeat = math.inf
+        status = response.status
+        what = _what(op)
+        hub_says = f": {response.message}" if response.message else ""
         error: HubError
         if status in (401, 403):
             error = AuthError(
                 f"the hub refused the API key ({status}) on {what}{hub_says}",
                 status=status,
-                channel=op.channel,
+                channel=channel,
+            )
+        elif 300 <= status < 400:
+            error = HubError(
+                f"the hub answered {what} with a redirect ({status}), which is never "
+                f"followed with the key; check the API root{hub_says}",
+                status=status,
+                channel=channel,
             )
         elif status == 404:
             error = ModelNotFoundError(
-                f"model {self.model_id} not found on the hub{hub_says}",
+                f"model {self.model_id} not found on the hub ({status}) on {what}{hub_says}",
                 status=status,
-                channel=op.channel,
+                channel=channel,
             )
         elif status == 409:
             error = ModelTrainedError(
-                f"model {self.model_id} is already trained{hub_says}",
+                f"model {self.model_id} is already trained ({status}) on {what}{hub_says}",
                 status=status,
-                channel=op.channel,
+                channel=channel,
             )
         else:
             error = HubError(
-                f"the hub rejected {what} with {status}{hub_says}",
+                f"the hub refused {what} with {status}{hub_says}",
                 status=status,
-                channel=op.channel,
+                channel=channel,
             )
         self.error = error
-        state = self.machine.state
-        if op.payload in ("load", "create") and state == "resolved":
-            self.machine.fire(op.payload, ok=False)
-        else:
-            self.machine.fire("fail")
+        if self.durable:
+            self.changes.append(Refusal(str(error)))
+        self.machine.fire("refuse")
+
+    def _stop_heartbeats(self, op: _Op, response: Response) -> None:
+        """The hub refused a heartbeat: heartbeats stop for good; data goes on."""
+        self._ops["heartbeat"] = None
+        self._next_heartbeat = math.inf
+        self.heartbeat_refusal = f"{response.status} {response.message}".rstrip()
+        self._tell(
+            "heartbeat.stopped",
+            model_id=self.model_id,
+            status=response.status,
+            message=response.message,
+        )
+
+    def _reject(self, op: _Op, response: Response) -> None:
+        """The hub refused one payload: set it aside (kept) and go on with the rest."""
+        channel = op.channel
+        self._ops[channel] = None
+        key = op.request.idempotency_key or ""
+        body = op.request.json or {}
+        if channel == "metrics" and len(op.payload) > 1:
+            # One bad epoch must not take the good ones of its batch with it: each goes
+            # alone, once, and only the one the hub refuses again is set aside.
+            encoded = body.get("metrics", {})
+            for epoch in op.payload:
+                self._solo[epoch] = encoded[str(epoch)]
+                if self.durable:
+                    self.changes.append(MetricsQueued(epoch, encoded[str(epoch)]))
+            if self.durable:
+                self.changes.append(OpClosed(key))
+            self._tell(
+                "metrics.batch_refused",
+                model_id=self.model_id,
+                epochs=len(op.payload),
+                status=response.status,
+                message=response.message,
+            )
+            return
+        record = Rejected(channel, op.request, op.payload, response.status, response.message)
+        self.rejected.append(record)
+        if self.durable:
+            self.changes.append(record)
+        self._tell(
+            "record.rejected",
+            model_id=self.model_id,
+            channel=channel,
+            record=record.describe(),
+        )
+        if channel == "final":
+            # Nothing else is left to send by now (the final goes last): the session
+            # stops, with the weights kept aside and the answer in the error.
+            self._offer_final(None)
+            self.error = HubError(
+                f"the hub rejected the final weights ({response.status}) on {_what(op)}"
+                + (f": {response.message}" if response.message else ""),
+                status=response.status,
+                channel=channel,
+            )
+            self.machine.fire("refuse")
+
+    def _tell(self, event: str, **fields: Any) -> None:
+        notify = self.notify
+        if notify is not None:
+            notify(event, fields)
 
     def _unreachable(self, op: _Op, outcome: TransportError) -> None:
         """Opening failed on a hub that never answered: say what to check, and stop."""
@@ -647,3 +831,8 @@ class Core:
         if op.channel == "heartbeat":
             self._ops["heartbeat"] = None
         return True
+
+
+def _what(op: _Op) -> str:
+    """``POST /v1/models/...``: the request an answer was about."""
+    return f"{op.request.method} {op.request.path}"

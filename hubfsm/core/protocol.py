@@ -3,14 +3,92 @@
 from __future__ import annotations
 
 import json
+import random
+import re
+import secrets
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from hubfsm.transport import FilePart, Request
+from hubfsm.errors import HubError
+from hubfsm.masking import show_untrusted
+from hubfsm.transport import FilePart, Request, Response
 
 #: What the official client calls its agent in heartbeats.
 AGENT_NAME = f"python-{sys.version.split()[0]}-hubfsm"
+
+
+#: What every id the hub hands out looks like: 20 ASCII letters and digits.
+HUB_ID = re.compile(r"[A-Za-z0-9]{20}")
+
+#: Makes the nonce of a core's idempotency keys, given the core's random source.
+KeySource = Callable[[random.Random], str]
+
+
+def os_nonce(rng: random.Random) -> str:
+    """A nonce from the operating system's randomness; ``rng`` (a user's seed) is ignored.
+
+    Two processes, or two machines, with the same seed must still send different keys:
+    a hub that saw a key before replays its old answer (the first run's model, say).
+    """
+    del rng
+    return secrets.token_hex(16)
+
+
+def seeded_nonce(rng: random.Random) -> str:
+    """A nonce drawn from ``rng``: for a simulation, whose whole world is seeded."""
+    return f"{rng.getrandbits(64):016x}"
+
+
+class HubProtocolError(HubError):
+    """The hub answered outside the protocol (an id that is not an id, say); never retried.
+
+    Nothing from such an answer is used: the value that broke the rules is only shown,
+    cut short and escaped.
+    """
+
+
+def hub_id(value: Any, *, what: str, response: Response, channel: str) -> str:
+    """``value`` if it is a hub id (see :data:`HUB_ID`); else a :class:`HubProtocolError`.
+
+    Args:
+        value: What the hub sent where an id belongs.
+        what: What the id names, for the message (``"model id"``).
+        response: The answer it came in.
+        channel: The kind of request that was answered.
+
+    Raises:
+        HubProtocolError: ``value`` is missing or is not a hub id. It never names a
+            path, a URL or a log field.
+    """
+    if isinstance(value, str) and HUB_ID.fullmatch(value):
+        return value
+    where = f"the hub at {response.origin}" if response.origin else "the hub"
+    sent = "no " + what if value is None else f"{what} {show_untrusted(value, limit=16)}"
+    raise HubProtocolError(
+        f"{where} answered {response.status} with {sent}, which is not a hub id "
+        "(20 ASCII letters and digits); nothing was done with it",
+        status=response.status,
+        channel=channel,
+    )
+
+
+def check_record(data: Mapping[str, Any], model_id: str | None, *, response: Response) -> None:
+    """Check the model record the hub sent for a load of ``model_id``.
+
+    Raises:
+        HubProtocolError: The record's ``id`` is not a hub id, or is another model's.
+    """
+    if "id" not in data:
+        return
+    sent = hub_id(data["id"], what="model id", response=response, channel="load")
+    if sent != model_id:
+        where = f"the hub at {response.origin}" if response.origin else "the hub"
+        raise HubProtocolError(
+            f"{where} answered a load of model {model_id} with the record of another model",
+            status=response.status,
+            channel="load",
+        )
 
 
 def auth() -> Request:
@@ -72,26 +150,43 @@ def heartbeat(model_id: str, agent_id: str | None) -> Request:
     return Request("POST", f"/v1/agent/heartbeat/models/{model_id}", json=body)
 
 
+def _plain(value: Any) -> Any:
+    # 8.2.0 puts the user's values in the JSON as they are (a bool cache, an int or list
+    # imgsz, an int or list device); anything JSON cannot carry goes as its text.
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return _scalar(value)
+
+
 def create_payload(filename: str, train_args: Mapping[str, Any]) -> dict[str, Any]:
-    """The create-model payload for a local ``.pt``/``.yaml``, as the official client builds it.
+    """The create-model payload for a local ``.pt``/``.yaml``, as ultralytics 8.2.0 builds it.
+
+    Values keep their JSON types as the user gave them (``cache`` a bool or a string,
+    ``imgsz`` an int or a list, ``device`` as given); what the user did not give takes
+    the official defaults (``batch`` -1, ``epochs`` 300, ``imgsz`` 640, ``patience``
+    100, ``device`` "", ``cache`` "ram"). The model is named after the file's base name,
+    so no local directory reaches the hub.
 
     Args:
         filename: The local model file the identifier named.
         train_args: Training arguments in ultralytics' names (``data``, ``epochs``,
-            ``batch``, ``imgsz``, ``patience``, ``device``, ``cache``).
+            ``batch``, ``imgsz``, ``patience``, ``device``, ``cache``), as the user gave
+            them: ``data`` is sent as given, not as a trainer resolved it.
     """
     base = filename.replace("\\", "/").rsplit("/", 1)[-1]
     stem = base.rsplit(".", 1)[0]
     payload: dict[str, Any] = {
         "config": {
-            "batchSize": train_args.get("batch", -1),
-            "epochs": train_args.get("epochs", 300),
-            "imageSize": train_args.get("imgsz", 640),
-            "patience": train_args.get("patience", 100),
-            "device": str(train_args.get("device", "")),
-            "cache": str(train_args.get("cache", "ram")),
+            "batchSize": _plain(train_args.get("batch", -1)),
+            "epochs": _plain(train_args.get("epochs", 300)),
+            "imageSize": _plain(train_args.get("imgsz", 640)),
+            "patience": _plain(train_args.get("patience", 100)),
+            "device": _plain(train_args.get("device", "")),
+            "cache": _plain(train_args.get("cache", "ram")),
         },
-        "dataset": {"name": train_args.get("data")},
+        "dataset": {"name": _plain(train_args.get("data"))},
         "lineage": {"architecture": {"name": stem}, "parent": {}},
         "meta": {"name": base},
     }

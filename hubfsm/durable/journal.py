@@ -37,6 +37,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
+
+from hubfsm.logs import get_logger
+
+log = get_logger("hubfsm")
+
 MAGIC = b"HFJ1"
 #: Version 1 had unaligned entry records only; :func:`replay` still reads it.
 VERSION = 2
@@ -114,6 +120,7 @@ class Journal:
         self._lock = threading.Lock()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
+            os.fchmod(fd, 0o600)  # one left readable by an older version is tightened
             size = max(os.fstat(fd).st_size, INITIAL_SIZE)
             os.ftruncate(fd, size)
             self._map = mmap.mmap(fd, size)
@@ -264,57 +271,220 @@ def queued_epoch(item: tuple[Any, ...]) -> int | None:
     return int(item[5]) if item[1] is deliver_values else None
 
 
-def replay(path: str | os.PathLike[str], *, after: int) -> list[tuple[int, Any]]:
-    """The intact records of a journal newer than ``after``, as ``(seq, entry)`` pairs.
+@attrs.frozen
+class JournalDamage:
+    """What a damaged journal lost: found by :func:`scan`, for a command to report.
 
-    Values records come back as ``("m", epoch, metrics)`` entries, and the schema is
-    not returned. Reading stops at the end word, a torn or corrupt record, or a break in
-    sequence (older records beyond the current end are left over from before a restart).
+    Attributes:
+        path: The journal file.
+        stretches: How many unreadable stretches the file has.
+        bad_bytes: How many bytes in them could not be read.
+        lost: How many records newer than the outbox's are lost for sure, or None when
+            the damage runs to the end of the records and the count cannot be known.
+        seqs: The first and last sequence number lost (the last None when unknown).
+        epochs: The lowest and highest epoch whose metrics may be among the lost
+            records, where the records around the damage tell; else None.
+        header: The file's header was unreadable.
+    """
+
+    path: str
+    stretches: int
+    bad_bytes: int
+    lost: int | None
+    seqs: tuple[int, int | None] | None
+    epochs: tuple[int, int] | None
+    header: bool = False
+
+    def describe(self) -> str:
+        """One line for a person: what is damaged and what was lost."""
+        parts = [f"journal {self.path} is damaged"]
+        if self.header:
+            parts.append("its header is unreadable")
+        if self.stretches:
+            parts.append(f"{self.bad_bytes} bytes in {self.stretches} stretch(es) are unreadable")
+        if self.lost is None:
+            first = self.seqs[0] if self.seqs else "?"
+            parts.append(f"an unknown number of records from record {first} on are lost")
+        elif self.lost:
+            assert self.seqs is not None
+            parts.append(f"{self.lost} record(s) lost (records {self.seqs[0]}-{self.seqs[1]})")
+        if self.epochs is not None:
+            lo, hi = self.epochs
+            parts.append(f"epoch {lo} affected" if lo == hi else f"epochs {lo}-{hi} affected")
+        return "; ".join(parts)
+
+
+@attrs.frozen
+class Replay:
+    """What :func:`scan` read: the intact records, and the damage if there was any."""
+
+    records: list[tuple[int, Any]]
+    damage: JournalDamage | None = None
+
+
+@attrs.frozen
+class _Found:
+    kind: str  # "k" schema, "m"/"e" a record, "v" a values record without its schema
+    seq: int
+    entry: Any
+    end: int
+
+
+def _record_at(data: bytes, pos: int, version: int, names: tuple[str, ...] | None) -> _Found | None:
+    """The record that starts at ``pos``, if an intact one does."""
+    if pos + _RECORD.size > len(data):
+        return None
+    low, high, seq = _RECORD.unpack_from(data, pos)
+    if low & VALUES and version == VERSION:
+        n = low & ~VALUES
+        end = pos + _RECORD.size + 8 * n
+        if end + 8 > len(data) or struct.unpack_from("<Q", data, end)[0] != seq:
+            return None
+        if names is None:
+            return _Found("v", seq, high, end + 8)  # its epoch is known, its names are not
+        if n != len(names):
+            return None
+        values = struct.unpack_from(f"<{n}d", data, pos + _RECORD.size)
+        return _Found("m", seq, ("m", high, dict(zip(names, values, strict=True))), end + 8)
+    body = data[pos + _RECORD.size : pos + _RECORD.size + low]
+    if low == 0 or low & VALUES or len(body) != low or zlib.crc32(body) != high:
+        return None
+    try:
+        entry = marshal.loads(body)
+    except (ValueError, EOFError, TypeError):
+        return None
+    align = 8 if version == VERSION else 1
+    end = pos + _RECORD.size + low + (-low % align)
+    if seq == 0 and isinstance(entry, tuple) and entry[:1] == ("k",):
+        return _Found("k", 0, tuple(entry[1]), end)
+    return _Found("e", seq, entry, end)
+
+
+def _epoch(entry: Any) -> int | None:
+    if isinstance(entry, tuple) and len(entry) > 2 and entry[0] in ("m", "c"):
+        epoch = entry[2] if entry[0] == "c" else entry[1]
+        return epoch if isinstance(epoch, int) else None
+    return None
+
+
+def scan(path: str | os.PathLike[str], *, after: int) -> Replay:
+    """Read a journal's intact records newer than ``after``, and say what is damaged.
+
+    Values records come back as ``("m", epoch, metrics)`` entries; the schema is not
+    returned. Reading ends at the end word. An unreadable stretch (flipped bytes, a torn
+    page) does not end it: reading resumes at the next intact record newer than the
+    last one read, and the records in between are reported lost. Records older than
+    the last one read lie beyond the end, left over from before a start-over.
     """
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        return []
-    if len(data) < _HEADER.size:
-        return []
+        return Replay([])
+    if len(data) < _HEADER.size or not any(data[: _HEADER.size]):
+        return Replay([])
     magic, version = _HEADER.unpack_from(data)
-    if magic != MAGIC or version not in (1, VERSION):
-        return []
+    header_bad = magic != MAGIC or version not in (1, VERSION)
+    if header_bad:
+        version = VERSION  # the only version written now: the best guess
     align = 8 if version == VERSION else 1
     out: list[tuple[int, Any]] = []
     pos = _HEADER.size
-    expected: int | None = None
     names: tuple[str, ...] | None = None
-    while pos + _RECORD.size <= len(data):
-        low, high, seq = _RECORD.unpack_from(data, pos)
-        entry: Any
-        if low & VALUES and version == VERSION:
-            n = low & ~VALUES
-            end = pos + _RECORD.size + 8 * n
-            if names is None or n != len(names) or end + 8 > len(data):
-                break
-            if struct.unpack_from("<Q", data, end)[0] != seq:
-                break
-            values = struct.unpack_from(f"<{n}d", data, pos + _RECORD.size)
-            entry = ("m", high, dict(zip(names, values, strict=True)))
-            next_pos = end + 8
-        else:
-            body = data[pos + _RECORD.size : pos + _RECORD.size + low]
-            if low == 0 or len(body) != low or zlib.crc32(body) != high:
-                break
-            try:
-                entry = marshal.loads(body)
-            except (ValueError, EOFError, TypeError):
-                break
-            next_pos = pos + _RECORD.size + low + (-low % align)
-            if seq == 0 and isinstance(entry, tuple) and entry[:1] == ("k",):
-                names = tuple(entry[1])
-                pos = next_pos
-                continue
-        if expected is not None and seq != expected:
+    last: int | None = None  # the last sequence number read (or known lost)
+    last_epoch: int | None = None
+    stretches = bad_bytes = 0
+    lost = 0
+    unknown_from: int | None = None
+    lost_seqs: list[int] = []
+    lost_epochs: list[int] = []
+    while pos + 8 <= len(data):
+        if data[pos : pos + 8] == _END:
             break
-        if seq > after:
-            out.append((seq, entry))
-        expected = seq + 1
-        pos = next_pos
-    return out
+        found = _record_at(data, pos, version, names)
+        floor = after if last is None else max(last, after)
+        if found is not None and (found.kind == "k" or last is None or found.seq == last + 1):
+            bad = 0
+        else:
+            # Damage: find the next intact record newer than the last one read.
+            if found is not None and found.kind != "k" and found.seq > floor:
+                bad, next_at = 0, pos
+            else:
+                next_at = pos + align
+                while next_at + _RECORD.size <= len(data):
+                    found = _record_at(data, next_at, version, names)
+                    if found is not None and found.kind != "k" and found.seq > floor:
+                        break
+                    next_at += align
+                else:
+                    found = None
+                bad = next_at - pos
+            if found is None:
+                tail = data.find(_END, pos)
+                stretches += 1
+                bad_bytes += (len(data) if tail < 0 else tail) - pos
+                unknown_from = floor + 1
+                break
+            if bad:
+                stretches += 1
+                bad_bytes += bad
+            gap = range(floor + 1, found.seq)
+            if gap:
+                lost += len(gap)
+                lost_seqs += [gap[0], gap[-1]]
+                after_epoch = _epoch(found.entry) if found.kind != "v" else found.entry
+                if last_epoch is not None and after_epoch is not None:
+                    if after_epoch - last_epoch > 1:
+                        lost_epochs += [last_epoch + 1, after_epoch - 1]
+                    else:
+                        lost_epochs += [min(last_epoch, after_epoch), max(last_epoch, after_epoch)]
+                elif after_epoch is not None:
+                    lost_epochs.append(after_epoch)
+                elif last_epoch is not None:
+                    lost_epochs.append(last_epoch)
+            pos = next_at
+        if found.kind == "k":
+            names = found.entry
+        elif found.kind == "v":
+            # A values record whose schema is gone: its epoch is all that is left.
+            if found.seq > after:
+                lost += 1
+                lost_seqs.append(found.seq)
+                lost_epochs.append(found.entry)
+            last, last_epoch = found.seq, found.entry
+        else:
+            if found.seq > after:
+                out.append((found.seq, found.entry))
+            last = found.seq
+            last_epoch = _epoch(found.entry) if _epoch(found.entry) is not None else last_epoch
+        pos = found.end
+    damage = None
+    if header_bad or lost or unknown_from is not None or stretches:
+        seqs: tuple[int, int | None] | None = None
+        if unknown_from is not None:
+            seqs = (min([*lost_seqs, unknown_from]), None)
+        elif lost_seqs:
+            seqs = (min(lost_seqs), max(lost_seqs))
+        if unknown_from is not None and last_epoch is not None:
+            lost_epochs.append(last_epoch + 1)
+        damage = JournalDamage(
+            path=str(path),
+            stretches=stretches,
+            bad_bytes=bad_bytes,
+            lost=None if unknown_from is not None else lost,
+            seqs=seqs,
+            epochs=(min(lost_epochs), max(lost_epochs)) if lost_epochs else None,
+            header=header_bad,
+        )
+    return Replay(out, damage)
+
+
+def replay(path: str | os.PathLike[str], *, after: int) -> list[tuple[int, Any]]:
+    """The intact records of a journal newer than ``after``, as ``(seq, entry)`` pairs.
+
+    See :func:`scan`; damage is logged here (``journal.damaged``), since the caller
+    takes only the records.
+    """
+    result = scan(path, after=after)
+    if result.damage is not None:
+        log.warning("journal.damaged", path=str(path), report=result.damage.describe())
+    return result.records

@@ -12,27 +12,109 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
+import re
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 import attrs
 import platformdirs
 
-from hubfsm.core.changes import Change, Saved
+from hubfsm.core.changes import Change, Rejected, Saved
+from hubfsm.core.protocol import HUB_ID
+from hubfsm.durable.journal import JournalDamage, scan
 from hubfsm.durable.outbox_db import OutboxDB
 from hubfsm.errors import HubfsmError
-from hubfsm.transport import FilePart
+from hubfsm.logs import get_logger
+from hubfsm.transport import FilePart, Request
+
+log = get_logger("hubfsm")
 
 #: Environment variable that overrides the default outbox root.
 OUTBOX_ENV = "HUBFSM_OUTBOX"
 DATABASE = "outbox.sqlite3"
+#: The trainer's journal in an outbox directory (written by :mod:`hubfsm.durable.journal`).
+JOURNAL = "journal"
+LOCK = "lock"
 CHUNK = 1 << 20
+#: Every file hubfsm makes here is for this user's eyes only.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+#: The files an outbox directory holds, besides ``files/``: the only ones removed with it.
+_OWN_FILES = (DATABASE, f"{DATABASE}-wal", f"{DATABASE}-shm", JOURNAL, LOCK)
+#: Weight snapshots (see :meth:`Outbox.snapshot`) and the transient files beside them.
+_SNAPSHOT = re.compile(r"[A-Za-z0-9_]+-[0-9a-f]{24}\.pt|\.incoming-\d+|\.held-\d+-\d+")
 
 
 class OutboxLockedError(HubfsmError):
     """Another process (or session) has this model's outbox open."""
+
+
+class OutboxDamaged(HubfsmError):
+    """An outbox's database cannot be read: it is damaged, not merely empty.
+
+    Attributes:
+        directory: The outbox directory.
+        problem: What is wrong with it.
+        salvage: What in it can still be used.
+    """
+
+    def __init__(self, directory: Path, problem: str, salvage: str) -> None:
+        self.directory = directory
+        self.problem = problem
+        self.salvage = salvage
+        super().__init__(f"the outbox in {directory} is damaged: {problem}; {salvage}")
+
+
+def _private_dir(path: Path) -> None:
+    """Make ``path`` and any missing parents owner-only; an existing parent is left alone."""
+    missing = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, DIR_MODE)
+    os.chmod(path, DIR_MODE)
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` owner-only if missing; tighten it if an older version left it open."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+
+
+def _inside(directory: Path, root: Path) -> bool:
+    """True when ``directory`` is, once resolved, a direct child of ``root`` resolved."""
+    if directory.is_symlink():
+        return False
+    return directory.resolve().parent == root.resolve()
+
+
+def _damage_of(error: sqlite3.Error) -> str:
+    return f"its database cannot be read ({error})"
+
+
+def _salvage(directory: Path) -> str:
+    """What a damaged outbox still holds that is of use, in words."""
+    files = directory / "files"
+    weights = sorted(p.name for p in files.glob("*.pt")) if files.is_dir() else []
+    journal = directory / JOURNAL
+    parts = []
+    if weights:
+        parts.append(f"{len(weights)} weight snapshot(s) in {files} ({', '.join(weights[:4])})")
+    if journal.exists():
+        records = len(scan(journal, after=0).records)
+        parts.append(f"{records} trainer record(s) in {journal}")
+    if not parts:
+        return "nothing in it can be salvaged"
+    return "what can be salvaged: " + "; ".join(parts)
 
 
 def default_root() -> Path:
@@ -62,44 +144,88 @@ class FileStamp:
 class Outbox:
     """One model's outbox, held exclusively by this process until :meth:`close`.
 
+    Everything it creates is owner-only: directories 0700, files 0600 (the database's
+    WAL and shared-memory files take the database's mode).
+
     Args:
-        directory: The model's outbox directory (created if needed).
-        model_id: The model it belongs to.
+        directory: The model's outbox directory (created if needed), named by its id.
+        model_id: The model it belongs to: a hub id, never a path.
+        root: The outbox root ``directory`` must lie in; default its parent.
 
     Raises:
+        ValueError: ``model_id`` is not a hub id, or ``directory`` is not the root's
+            entry of that name.
         OutboxLockedError: Another process or session holds it.
+        OutboxDamaged: Its database cannot be read.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], model_id: str) -> None:
-        self.directory = Path(directory)
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        model_id: str,
+        *,
+        root: str | os.PathLike[str] | None = None,
+    ) -> None:
+        directory = Path(directory)
+        if not HUB_ID.fullmatch(model_id):
+            raise ValueError(f"{model_id[:24]!r} is not a model id; it cannot name an outbox")
+        self.root = Path(root) if root is not None else directory.parent
+        if directory.name != model_id or Path(os.path.abspath(directory)).parent != Path(
+            os.path.abspath(self.root)
+        ):
+            raise ValueError(f"an outbox must be the entry {model_id} of its root {self.root}")
+        self.directory = directory
         self.model_id = model_id
         self.files = self.directory / "files"
-        self.files.mkdir(parents=True, exist_ok=True)
+        _private_dir(self.files)
+        os.chmod(self.directory, DIR_MODE)
         self._held = 0
         self._lock_fd = self._take_lock()
         try:
-            connection = sqlite3.connect(
-                self.directory / DATABASE, isolation_level=None, check_same_thread=False
-            )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            self.db = OutboxDB(connection, model_id)
+            database = self.directory / DATABASE
+            # SQLite gives the WAL and -shm files the database's mode, so it is set first.
+            _private_file(database)
+            for extra in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(f"{database}{extra}", FILE_MODE)
+            connection = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+            try:
+                _check_database(connection)
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=NORMAL")
+                self.db = OutboxDB(connection, model_id)
+                self.db.load()  # every record must read back, or it is damage
+            except sqlite3.DatabaseError as error:
+                connection.close()
+                raise OutboxDamaged(
+                    self.directory, _damage_of(error), _salvage(self.directory)
+                ) from None
+            except (ValueError, TypeError, KeyError, AssertionError) as error:
+                connection.close()
+                problem = f"its records cannot be read ({type(error).__name__})"
+                raise OutboxDamaged(self.directory, problem, _salvage(self.directory)) from None
         except BaseException:
             os.close(self._lock_fd)
             raise
 
     @classmethod
     def open(cls, model_id: str, root: str | os.PathLike[str] | None = None) -> Outbox:
-        """Open the outbox of ``model_id`` under ``root`` (default: :func:`default_root`)."""
+        """Open the outbox of ``model_id`` under ``root`` (default: :func:`default_root`).
+
+        Raises:
+            ValueError: ``model_id`` is not a hub id (20 ASCII letters and digits).
+        """
+        if not HUB_ID.fullmatch(model_id):
+            raise ValueError(f"{model_id[:24]!r} is not a model id; it cannot name an outbox")
         base = Path(root) if root is not None else default_root()
-        return cls(base / model_id, model_id)
+        return cls(base / model_id, model_id, root=base)
 
     def __repr__(self) -> str:
         return f"Outbox({str(self.directory)!r})"
 
     def _take_lock(self) -> int:
-        path = self.directory / "lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        path = self.directory / LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -143,7 +269,8 @@ class Outbox:
         tmp = self.files / f".incoming-{os.getpid()}"
         digest = hashlib.sha256()
         size = 0
-        with open(path, "rb") as src, open(tmp, "wb") as dst:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        with open(path, "rb") as src, open(fd, "wb") as dst:
             while chunk := src.read(CHUNK):
                 digest.update(chunk)
                 dst.write(chunk)
@@ -178,52 +305,95 @@ class Outbox:
         """Delete snapshots that no operation or slot refers to any more."""
         saved = self.load()
         keep = {op.request.file.path for op in saved.ops if op.request.file is not None}
+        # A rejected record's weights are kept with it, for the user to look at or discard.
+        keep |= {r.request.file.path for r in saved.rejected if r.request.file is not None}
         for slot in (saved.checkpoint, saved.final):
             if slot is not None:
                 keep.add(slot[1].path)
         for entry in self.files.iterdir():
-            if str(entry) not in keep and not entry.name.startswith((".incoming", ".held")):
+            name = entry.name
+            if str(entry) in keep or name.startswith((".incoming", ".held")):
+                continue
+            if _SNAPSHOT.fullmatch(name) and not entry.is_symlink() and entry.is_file():
                 entry.unlink(missing_ok=True)
 
     def close(self, *, remove: bool = False) -> None:
         """Close the database and let other sessions open this outbox.
 
         Args:
-            remove: Also delete the directory, if nothing in it is pending.
+            remove: Also delete the directory, if nothing in it is pending. Only the
+                files an outbox makes are deleted, and only inside its root (checked on
+                the resolved path); the directory stays if anything else is in it.
         """
-        if remove and self.load().empty:
-            shutil.rmtree(self.directory, ignore_errors=True)
+        empty = remove and self.load().empty
         self.db.close()
+        if empty:
+            self._remove()
         with contextlib.suppress(OSError):
             os.close(self._lock_fd)
+
+    def _remove(self) -> None:
+        directory = self.directory
+        if not _inside(directory, self.root) or directory.resolve().name != self.model_id:
+            log.warning("outbox.not_removed", directory=str(directory), root=str(self.root))
+            return
+        if self.files.is_dir() and not self.files.is_symlink():
+            for entry in self.files.iterdir():
+                if _SNAPSHOT.fullmatch(entry.name) and not entry.is_symlink():
+                    entry.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.files.rmdir()
+        for name in _OWN_FILES:
+            (directory / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # not empty: something else is in it, and it stays
 
 
 # -- looking at outboxes from outside ------------------------------------------------
 
 
+def _check_database(db: sqlite3.Connection) -> None:
+    """Raise :class:`sqlite3.DatabaseError` unless SQLite finds the database sound."""
+    problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+    if problems != ["ok"]:
+        raise sqlite3.DatabaseError("; ".join(map(str, problems[:3])))
+
+
 @attrs.frozen
 class OutboxInfo:
-    """What one outbox holds, read without taking it."""
+    """What one outbox holds, read without taking it.
+
+    Attributes:
+        journal_damage: What the trainer's journal lost, if it is damaged.
+        rejected: The records the hub refused, described (kept until ``hubfsm discard``).
+        refusal: The refusal that stopped the last session's sending, if it is not over.
+    """
 
     directory: Path
     model_id: str
     pending: dict[str, int]
     in_use: bool
+    journal_damage: JournalDamage | None = None
+    rejected: tuple[str, ...] = ()
+    refusal: str | None = None
 
 
 def find(root: str | os.PathLike[str] | None = None) -> list[Path]:
-    """The outbox directories under ``root`` (or ``root`` itself if it is one)."""
+    """The outbox directories under ``root`` (or ``root`` itself if it is one).
+
+    Only entries named by a model id count: one set aside as damaged is left out.
+    """
     base = Path(root) if root is not None else default_root()
     if (base / DATABASE).exists():
         return [base]
     if not base.is_dir():
         return []
-    return sorted(p for p in base.iterdir() if (p / DATABASE).exists())
+    return sorted(p for p in base.iterdir() if HUB_ID.fullmatch(p.name) and (p / DATABASE).exists())
 
 
 def _in_use(directory: Path) -> bool:
     try:
-        fd = os.open(directory / "lock", os.O_RDWR)
+        fd = os.open(directory / LOCK, os.O_RDWR)
     except FileNotFoundError:
         return False
     try:
@@ -235,29 +405,180 @@ def _in_use(directory: Path) -> bool:
     return False
 
 
-def inspect(directories: Iterable[Path]) -> list[OutboxInfo]:
-    """Read what each outbox holds (read-only; safe while a session has it open)."""
-    infos = []
-    for directory in directories:
-        uri = f"file:{directory / DATABASE}?mode=ro"
+def _read(directory: Path) -> OutboxInfo:
+    uri = f"file:{directory / DATABASE}?mode=ro"
+    try:
         db = sqlite3.connect(uri, uri=True)
         try:
-            model_id = db.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()[0]
+            _check_database(db)
+            row = db.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()
+            seq = db.execute("SELECT value FROM meta WHERE key = 'journal_seq'").fetchone()
             metrics = db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
             in_ops = 0
             checkpoint = 0
-            for channel, payload in db.execute("SELECT channel, payload FROM ops"):
+            for channel, request, payload in db.execute(
+                "SELECT channel, request, payload FROM ops"
+            ):
+                json.loads(request)  # readable, or the outbox is damaged
                 if channel == "metrics":
                     in_ops += len(json.loads(payload))
                 elif channel == "checkpoint":
                     checkpoint = 1
-            kinds = {k for (k,) in db.execute("SELECT kind FROM slots")}
+            slots = dict(db.execute("SELECT kind, value FROM slots"))
+            for value in slots.values():
+                json.loads(value)
+            kinds = set(slots)
+            rejected, refusal = _refusals(db)
         finally:
             db.close()
-        pending = {
-            "metrics": metrics + in_ops,
-            "checkpoint": int(checkpoint or "checkpoint" in kinds),
-            "final": int("final" in kinds),
-        }
-        infos.append(OutboxInfo(directory, model_id, pending, _in_use(directory)))
-    return infos
+    except sqlite3.Error as error:
+        raise OutboxDamaged(directory, _damage_of(error), _salvage(directory)) from None
+    except (ValueError, TypeError) as error:  # JSON that is not what was written
+        raise OutboxDamaged(
+            directory, f"its records cannot be read ({type(error).__name__})", _salvage(directory)
+        ) from None
+    model_id = row[0] if row is not None else None
+    if not isinstance(model_id, str) or not HUB_ID.fullmatch(model_id):
+        raise OutboxDamaged(directory, "it names no valid model id", _salvage(directory))
+    if directory.name != model_id:
+        raise OutboxDamaged(
+            directory, f"it holds the records of model {model_id}", _salvage(directory)
+        )
+    try:
+        after = int(seq[0]) if seq is not None else 0
+    except ValueError:
+        problem = "its journal position is unreadable"
+        raise OutboxDamaged(directory, problem, _salvage(directory)) from None
+    pending = {
+        "metrics": metrics + in_ops,
+        "checkpoint": int(checkpoint or "checkpoint" in kinds),
+        "final": int("final" in kinds),
+    }
+    in_use = _in_use(directory)
+    # A running session's journal may be read mid-write; its session reports its damage.
+    damage = None if in_use else scan(directory / JOURNAL, after=after).damage
+    return OutboxInfo(directory, model_id, pending, in_use, damage, rejected, refusal)
+
+
+def _refusals(db: sqlite3.Connection) -> tuple[tuple[str, ...], str | None]:
+    """The rejected records and the kept refusal of an outbox opened read-only."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    rejected: tuple[str, ...] = ()
+    if "rejected" in tables:
+        rows = db.execute(
+            "SELECT channel, payload, status, reason FROM rejected ORDER BY seq"
+        ).fetchall()
+        rejected = tuple(
+            Rejected(channel, Request("POST", ""), json.loads(payload), status, reason).describe()
+            for channel, payload, status, reason in rows
+        )
+    row = db.execute("SELECT value FROM meta WHERE key = 'refusal'").fetchone()
+    return rejected, None if row is None else str(row[0])
+
+
+def inspect(directories: Iterable[Path]) -> list[OutboxInfo]:
+    """Read what each outbox holds (read-only; safe while a session has it open).
+
+    Raises:
+        OutboxDamaged: One of them cannot be read; see :func:`survey` to go on past it.
+    """
+    return [_read(directory) for directory in directories]
+
+
+@attrs.frozen
+class Survey:
+    """Every outbox under a root: those that could be read, and those that are damaged."""
+
+    infos: list[OutboxInfo]
+    damaged: list[OutboxDamaged]
+
+
+def survey(root: str | os.PathLike[str] | None = None) -> Survey:
+    """Read every outbox under ``root``; a damaged one is listed, not raised."""
+    infos: list[OutboxInfo] = []
+    damaged: list[OutboxDamaged] = []
+    for directory in find(root):
+        try:
+            infos.append(_read(directory))
+        except OutboxDamaged as error:
+            damaged.append(error)
+    return Survey(infos, damaged)
+
+
+def set_aside(directory: str | os.PathLike[str]) -> Path:
+    """Move a damaged outbox out of the way: ``<name>.damaged-<timestamp>`` beside it.
+
+    Nothing is deleted: its weight snapshots and journal stay there to be salvaged.
+    A new session of the model starts a fresh outbox.
+
+    Returns:
+        Where it is now.
+
+    Raises:
+        OutboxLockedError: A running session holds it.
+        ValueError: It is not a real directory (a symbolic link, say).
+    """
+    directory = Path(directory)
+    if directory.is_symlink() or not directory.is_dir():
+        raise ValueError(f"{directory} is not an outbox directory")
+    if _in_use(directory):
+        raise OutboxLockedError(f"the outbox in {directory} is in use by a running session")
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    for n in range(1000):
+        target = directory.with_name(f"{directory.name}.damaged-{stamp}" + (f"-{n}" if n else ""))
+        if not target.exists():
+            os.rename(directory, target)
+            log.warning("outbox.set_aside", directory=str(directory), now=str(target))
+            return target
+    raise FileExistsError(f"no free name to set {directory} aside")
+
+
+def keep_damaged_journal(info: OutboxInfo) -> Path | None:
+    """Copy a damaged journal beside itself before a session replays it and starts over.
+
+    Returns:
+        The copy (owner-only), or None when the journal is not damaged.
+    """
+    if info.journal_damage is None:
+        return None
+    source = info.directory / JOURNAL
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    target = info.directory / f"{JOURNAL}.damaged-{stamp}"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with open(fd, "wb") as copy:
+        copy.write(source.read_bytes())
+    return target
+
+
+def set_aside_reporting(error: OutboxDamaged, *, out: TextIO) -> None:
+    """Set a damaged outbox aside and say where it went (or why it could not go)."""
+    try:
+        print(f"  set aside as {set_aside(error.directory)}", file=out)
+    except (HubfsmError, OSError, ValueError) as exc:
+        print(f"  could not set it aside: {exc}", file=out)
+
+
+def report_damage(found: Survey, *, out: TextIO, repair: bool) -> int:
+    """Print what is damaged in ``found``; return how many outboxes and journals are.
+
+    Args:
+        found: What :func:`survey` found.
+        out: Where the report goes.
+        repair: Also set damaged outboxes aside and keep copies of damaged journals
+            (for ``hubfsm sync``, which then sends the rest); without it, only report
+            (for ``hubfsm status``).
+    """
+    for error in found.damaged:
+        print(f"damaged: {error}", file=out)
+        if repair:
+            set_aside_reporting(error, out=out)
+    for info in found.infos:
+        if info.journal_damage is None:
+            continue
+        print(f"damaged: model {info.model_id}: {info.journal_damage.describe()}", file=out)
+        if repair:
+            try:
+                print(f"  a copy is kept as {keep_damaged_journal(info)}", file=out)
+            except OSError as exc:
+                print(f"  no copy could be kept: {exc}", file=out)
+    return len(found.damaged) + sum(i.journal_damage is not None for i in found.infos)

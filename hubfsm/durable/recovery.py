@@ -34,17 +34,22 @@ def checkpoint_entry(path: str, epoch: int, is_best: bool, stamp: FileStamp) -> 
     return ("c", path, epoch, is_best, stamp.size, stamp.mtime_ns, stamp.inode)
 
 
-def recover(outbox: Outbox, core: Core, *, now: float) -> Saved:
-    """Move the journal's unconsumed events into the outbox, then hand it all to the core.
+def fold(outbox: Outbox) -> int:
+    """Move the journal's unconsumed events into the outbox (the caller holds its lock).
+
+    What a killed process had only journaled (its worker was stuck in a request) is
+    then pending in the outbox like everything else, for a new session or ``hubfsm
+    sync``/``hubfsm status``, none of which needs the network for it.
 
     Returns:
-        What was pending (to report it).
+        How many journal records were folded in.
     """
     changes: list[Change] = []
-    checkpoint = None
+    folded = 0
     last = outbox.journal_seq
     for seq, entry in replay(journal_path(outbox), after=outbox.journal_seq):
         last = seq
+        folded += 1
         if entry[0] == "m":
             _, epoch, metrics = entry
             changes.append(MetricsQueued(epoch, protocol.encode_metrics(metrics)))
@@ -55,13 +60,22 @@ def recover(outbox: Outbox, core: Core, *, now: float) -> Saved:
             if os.path.exists(path):
                 part = outbox.snapshot(path, name="last.pt", stamp=stamp)
             if part is not None:
-                checkpoint = (epoch, part, is_best)
-                changes.append(Offered("checkpoint", checkpoint))
+                changes.append(Offered("checkpoint", (epoch, part, is_best)))
     if last != outbox.journal_seq:
         outbox.apply(changes, journal_seq=last)
     # Links held for calls the dead process never got to are of no use now.
     for held in outbox.files.glob(".held-*"):
         held.unlink(missing_ok=True)
+    return folded
+
+
+def recover(outbox: Outbox, core: Core, *, now: float) -> Saved:
+    """Move the journal's unconsumed events into the outbox, then hand it all to the core.
+
+    Returns:
+        What was pending (to report it).
+    """
+    fold(outbox)
     saved = outbox.load()
     core.restore(saved, now=now)
     if not saved.empty:

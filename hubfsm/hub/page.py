@@ -1,164 +1,309 @@
-"""The local hub's web pages: a model list, and one page per model with its metrics.
+"""The local hub's web pages: a list of runs, and one page per run.
 
-Plain string templates: every value from a request or the store goes through
-:func:`html.escape`. The charts are inline SVG, one small chart per metric.
+The pages are plain HTML rendered here (every value goes through :func:`html.escape`), and
+the same data as JSON in the page; ``static/hub.js`` draws the charts with uPlot (vendored,
+see ``static/uplot.LICENSE``; nothing is loaded from elsewhere, so the pages work offline)
+and polls the JSON while a run trains. :func:`summarize` computes what both show.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import math
 from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-_STYLE = """
-body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 2px 8px; text-align: right; }
-th { background: #f4f4f4; } td.l, th.l { text-align: left; }
-.charts { display: flex; flex-wrap: wrap; gap: 12px; }
-svg { border: 1px solid #ddd; background: #fff; }
-.status { font-weight: bold; }
-"""
-
-_WIDTH, _HEIGHT, _PAD = 300, 130, 24
-_MAX_CHARTS = 24
+#: The metric a run is ranked by, when it has it.
+BEST_METRIC = "metrics/mAP50-95(B)"
+#: Ultralytics' minimum seconds between checkpoint uploads (see PROTOCOL.md).
+CHECKPOINT_INTERVAL = 900
 
 
-def _doc(title: str, body: str, *, refresh: bool = False) -> str:
-    meta = '<meta http-equiv="refresh" content="15">' if refresh else ""
-    return (
-        f'<!DOCTYPE html><html><head><meta charset="utf-8">{meta}'
-        f"<title>{escape(title)}</title><style>{_STYLE}</style></head>"
-        f"<body>{body}</body></html>"
-    )
+def _seconds(iso: object) -> float | None:
+    if not isinstance(iso, str):
+        return None
+    return datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-def _number(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return escape(str(value))
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+def _short(iso: object) -> str:
+    # "2026-12-01T14:57:29.166201Z" -> "2026-12-01 14:57"
+    return str(iso)[:16].replace("T", " ") if iso else "-"
 
 
-def _shown(value: Any) -> str:
-    return "-" if value is None else escape(str(value))
+def duration(seconds: float | None) -> str:
+    """``2 h 05 min``, ``4 min 09 s`` or ``12 s``; ``-`` for None."""
+    if seconds is None:
+        return "-"
+    whole = max(0, int(round(seconds)))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
-def render_index(models: Sequence[Mapping[str, Any]]) -> str:
-    """The list of models, newest first, each linking to its page."""
-    rows = "".join(
-        f'<tr><td class="l"><a href="/models/{escape(m["id"])}">{escape(m["id"])}</a></td>'
-        f'<td class="l">{escape(str(m.get("name") or ""))}</td>'
-        f'<td class="l">{escape(str(m.get("status")))}</td>'
-        f'<td class="l">{escape(str(m.get("created_at") or ""))}</td></tr>'
-        for m in reversed(models)
-    )
-    table = (
-        '<table><tr><th class="l">model</th><th class="l">name</th><th class="l">status</th>'
-        f'<th class="l">created</th></tr>{rows}</table>'
-        if models
-        else "<p>No models yet.</p>"
-    )
-    return _doc("Local hub", f"<h1>Local hub</h1>{table}")
+def size(count: int) -> str:
+    """A byte count for people: ``6.2 MiB``."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"  # pragma: no cover - the loop always returns
 
 
-def render_model(
-    record: Mapping[str, Any],
-    metrics: Sequence[Mapping[str, Any]],
-    weights: Mapping[str, tuple[str, int] | None],
-) -> str:
-    """A model's page: status, weight links, a chart per metric and the metrics table.
-
-    Args:
-        record: The model record, as ``GET /v1/models/{id}`` shows it.
-        metrics: Its per-epoch records (``epoch``, ``metrics``), sorted by epoch.
-        weights: For ``last`` and ``best``: (sha256, size) if the file exists, else None.
-    """
-    model_id = escape(str(record["id"]))
-    facts = "".join(
-        f'<tr><th class="l">{key}</th><td class="l">{_shown(record.get(key))}</td></tr>'
-        for key in ("name", "cfg", "data", "epochs", "batch_size", "imgsz", "last_epoch", "map")
-    )
-    links = "".join(
-        f'<li><a href="/models/{model_id}/weights/{kind}">{kind}.pt</a> '
-        f"({size} bytes, sha256 <code>{escape(digest)}</code>)</li>"
-        if found is not None
-        else f"<li>{kind}.pt: not uploaded</li>"
-        for kind, found in weights.items()
-        for digest, size in [found or ("", 0)]
-    )
-    names = _metric_names(metrics)
-    charts = "".join(_chart(name, metrics) for name in names[:_MAX_CHARTS])
-    head = "".join(f"<th>{escape(name)}</th>" for name in names)
-    rows = "".join(
-        f"<tr><td>{_number(entry['epoch'])}</td>"
-        + "".join(f"<td>{_number(entry['metrics'].get(name, ''))}</td>" for name in names)
-        + "</tr>"
-        for entry in metrics
-    )
-    status = escape(str(record.get("status")))
-    body = (
-        f'<p><a href="/">all models</a></p><h1>Model {model_id}</h1>'
-        f'<p>Status: <span class="status">{status}</span></p>'
-        f"<table>{facts}</table><h2>Weights</h2><ul>{links}</ul><h2>Metrics</h2>"
-    )
-    if metrics:
-        body += (
-            f'<div class="charts">{charts}</div>'
-            f'<table class="metrics"><tr><th>epoch</th>{head}</tr>{rows}</table>'
-        )
-    else:
-        body += "<p>No metrics yet.</p>"
-    return _doc(f"Model {record['id']}", body, refresh=record.get("status") != "trained")
-
-
-def render_missing(model_id: str) -> str:
-    """The page of a model that does not exist."""
-    return _doc("No such model", f"<h1>No model {escape(model_id)}</h1><a href='/'>all models</a>")
-
-
-def _metric_names(metrics: Sequence[Mapping[str, Any]]) -> list[str]:
+def metric_names(metrics: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every metric name, in the order the trainer first sent them."""
     names: dict[str, None] = {}
     for entry in metrics:
         names.update(dict.fromkeys(entry["metrics"]))
     return list(names)
 
 
-def _chart(name: str, metrics: Sequence[Mapping[str, Any]]) -> str:
-    points = [
-        (float(entry["epoch"]), float(value))
-        for entry in metrics
-        if isinstance(value := entry["metrics"].get(name), (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
+def group(name: str) -> str:
+    """The section a metric is shown in, as ultralytics names them."""
+    if "loss" in name:
+        return "Losses"
+    if name.startswith("metrics/"):
+        return "Metrics"
+    if name.startswith("lr/"):
+        return "Learning rates"
+    return "Other"
+
+
+def _best(metrics: Sequence[Mapping[str, Any]]) -> tuple[str, float, int] | None:
+    names = metric_names(metrics)
+    name = (
+        BEST_METRIC
+        if BEST_METRIC in names
+        else next((n for n in names if n.startswith("metrics/")), None)
+    )
+    if name is None:
+        return None
+    values = [
+        (float(v), int(e["epoch"]))
+        for e in metrics
+        if isinstance(v := e["metrics"].get(name), (int, float)) and not isinstance(v, bool)
     ]
-    if not points:
-        return ""
-    xs = [x for x, _ in points]
-    ys = [y for _, y in points]
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    inner_w, inner_h = _WIDTH - 2 * _PAD, _HEIGHT - 2 * _PAD
+    if not values:
+        return None
+    value, epoch = max(values)
+    return name, value, epoch
 
-    def at(x: float, y: float) -> str:
-        px = _PAD + (x - x0) / ((x1 - x0) or 1.0) * inner_w
-        py = _PAD + (1.0 - (y - y0) / ((y1 - y0) or 1.0)) * inner_h
-        return f"{px:.1f},{py:.1f}"
 
-    line = (
-        f'<polyline fill="none" stroke="#1565c0" stroke-width="1.5" '
-        f'points="{" ".join(at(x, y) for x, y in points)}"/>'
-        if len(points) > 1
-        else f'<circle r="3" fill="#1565c0" cx="{at(*points[0]).split(",")[0]}" '
-        f'cy="{at(*points[0]).split(",")[1]}"/>'
-    )
-    bottom = _HEIGHT - 6
+def summarize(
+    record: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]], now: float
+) -> dict[str, Any]:
+    """Progress, times, best metric and warnings of a run, as text ready to show."""
+    total = record.get("epochs")
+    last = record.get("last_epoch")
+    done = 0 if last is None else int(last) + 1
+    if record.get("status") == "trained" and record.get("final_epoch") is not None:
+        done = max(done, int(record["final_epoch"]) + 1)
+    training = record.get("status") != "trained"
+    started = _seconds(record.get("started_at"))
+    updated = _seconds(record.get("updated_at"))
+    beat = _seconds(record.get("heartbeat_at"))
+    end = now if training else (updated or now)
+    elapsed = None if started is None else end - started
+    eta = None
+    if training and started is not None and updated is not None and done and total:
+        eta = max(0, int(total) - done) * (updated - started) / done
+    best = _best(metrics)
+    latest = max((t for t in (updated, beat) if t is not None), default=None)
+    checkpoint = record.get("checkpoint_epoch")
+    stale = None
+    if checkpoint is not None and last is not None and int(last) > int(checkpoint):
+        stale = (
+            f"last.pt is from epoch {checkpoint}, older than the last metrics (epoch {last}): "
+            f"the official client uploads a checkpoint at most every {CHECKPOINT_INTERVAL} s."
+        )
+    percent = min(100.0, 100.0 * done / int(total)) if total else 0.0
+    return {
+        "status": record.get("status"),
+        "done": done,
+        "total": total,
+        "percent": round(percent, 1),
+        "progress": f"epoch {done} of {total}" if total else f"epoch {done}",
+        "elapsed": duration(elapsed),
+        "eta": duration(eta) if training else "finished",
+        "heartbeat": "never" if beat is None else f"{duration(now - beat)} ago",
+        "agent": record.get("agent") or "-",
+        "best": None if best is None else {"name": best[0], "value": best[1], "epoch": best[2]},
+        "best_text": "-" if best is None else f"{best[1]:.4g} (epoch {best[2]})",
+        "stale": stale,
+        "last_epoch": "-" if last is None else str(last),
+        "created": _short(record.get("created_at")),
+        "activity": "no activity yet" if latest is None else f"active {duration(now - latest)} ago",
+    }
+
+
+def _doc(title: str, body: str, script: str = "") -> str:
     return (
-        f'<svg width="{_WIDTH}" height="{_HEIGHT}" viewBox="0 0 {_WIDTH} {_HEIGHT}" '
-        f'role="img" aria-label="{escape(name)} per epoch">'
-        f'<text x="{_PAD}" y="14" font-size="12">{escape(name)}</text>'
-        f'<text x="{_WIDTH - 4}" y="14" font-size="10" text-anchor="end">max {y1:.4g}</text>'
-        f'<text x="{_WIDTH - 4}" y="{bottom}" font-size="10" text-anchor="end">'
-        f"min {y0:.4g}</text>"
-        f'<text x="{_PAD}" y="{bottom}" font-size="10">epoch {x0:.0f}-{x1:.0f}</text>'
-        f"{line}</svg>"
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title>"
+        '<link rel="stylesheet" href="/static/uplot.min.css">'
+        '<link rel="stylesheet" href="/static/hub.css">'
+        f'</head><body>{body}<script src="/static/uplot.iife.min.js"></script>'
+        f'<script src="/static/hub.js"></script>{script}</body></html>'
     )
+
+
+def dumps(value: object) -> str:
+    """Strict JSON text; NaN and Infinity (from data stored by older versions) become null."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), allow_nan=False)
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _data_tag(element_id: str, value: object) -> str:
+    # "<" written as an escape, so nothing in the data can end the <script> element.
+    text = dumps(value).replace("<", "\\u003c")
+    return f'<script type="application/json" id="{element_id}">{text}</script>'
+
+
+def _badge(status: object) -> str:
+    text = escape(str(status))
+    return f'<span class="badge {text}" data-field="summary.status">{text}</span>'
+
+
+def _bar(percent: float) -> str:
+    return f'<div class="bar"><div class="fill" style="width:{percent:.1f}%"></div></div>'
+
+
+def render_index(runs: Sequence[Mapping[str, Any]], now: float) -> str:
+    """The list of runs: status, progress, best metric; sortable, filterable, comparable."""
+    rows = "".join(_index_row(run) for run in runs)
+    table = (
+        '<div class="tools"><input id="filter" type="search" placeholder="filter by name or id">'
+        '<select id="status-filter"><option value="">any status</option>'
+        "<option>new</option><option>training</option><option>trained</option></select>"
+        '<span class="hint">click a column to sort; tick runs to compare them</span></div>'
+        '<table id="runs" class="runs"><thead><tr><th></th>'
+        '<th data-sort="name">run</th><th data-sort="status">status</th>'
+        '<th data-sort="percent">progress</th><th data-sort="best">best mAP50-95</th>'
+        '<th data-sort="created">created</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table>"
+        '<section id="compare" class="card"><h2>Compare runs</h2>'
+        '<label>metric <select id="compare-metric"></select></label>'
+        '<p class="hint" id="compare-hint">Tick two or more runs above.</p>'
+        '<div id="compare-chart"></div></section>'
+        if runs
+        else "<p>No runs yet. Point a trainer at this hub and its runs show up here.</p>"
+    )
+    body = f'<header><h1>Local hub</h1><span class="hint">{len(runs)} runs</span></header>'
+    body += f"<main>{table}</main>"
+    return _doc("Local hub", body, _data_tag("runs-data", {"now": now, "runs": list(runs)}))
+
+
+def _index_row(run: Mapping[str, Any]) -> str:
+    record, summary = run["record"], run["summary"]
+    model_id = escape(str(record["id"]))
+    best = summary["best"]
+    best_value = "" if best is None else f"{best['value']:.6g}"
+    return (
+        f'<tr data-id="{model_id}" data-name="{escape(str(record.get("name") or ""))}" '
+        f'data-status="{escape(str(record.get("status")))}" data-percent="{summary["percent"]}" '
+        f'data-best="{best_value}" data-created="{escape(str(record.get("created_at")))}">'
+        f'<td><input type="checkbox" class="pick" value="{model_id}"></td>'
+        f'<td><a href="/models/{model_id}">{escape(str(record.get("name") or model_id))}</a>'
+        f'<div class="id">{model_id}</div></td>'
+        f"<td>{_badge(record.get('status'))}</td>"
+        f"<td>{_bar(summary['percent'])}<div>{escape(summary['progress'])}</div></td>"
+        f"<td>{escape(summary['best_text'])}</td>"
+        f"<td>{escape(summary['created'])}"
+        f'<div class="hint">{escape(summary["activity"])}</div></td></tr>'
+    )
+
+
+def _fact(label: str, field: str, value: object) -> str:
+    shown = "-" if value is None else escape(str(value))
+    return (
+        f'<div class="fact"><div class="label">{label}</div>'
+        f'<div data-field="{field}">{shown}</div></div>'
+    )
+
+
+def render_model(data: Mapping[str, Any]) -> str:
+    """A run's page: progress, charts per metric group, weight files, config and metrics."""
+    record, summary = data["record"], data["summary"]
+    model_id = escape(str(record["id"]))
+    name = escape(str(record.get("name") or record["id"]))
+    progress = (
+        '<section class="card progress"><div class="row">'
+        + _fact("progress", "summary.progress", summary["progress"])
+        + _fact("elapsed", "summary.elapsed", summary["elapsed"])
+        + _fact("time left", "summary.eta", summary["eta"])
+        + _fact("last heartbeat", "summary.heartbeat", summary["heartbeat"])
+        + _fact("agent", "summary.agent", summary["agent"])
+        + _fact("best mAP50-95", "summary.best_text", summary["best_text"])
+        + f'</div><div id="progress-bar">{_bar(summary["percent"])}</div>'
+        + f'<p id="stale" class="warn"{"" if summary["stale"] else " hidden"}>'
+        + f"{escape(summary['stale'] or '')}</p></section>"
+    )
+    weights = "".join(
+        f"<tr><td><code>{escape(w['file'])}</code></td><td>{escape(str(w['epoch']))}</td>"
+        f'<td>{size(int(w["size"]))}</td><td><code title="{escape(w["sha256"])}">'
+        f"{escape(w['sha256'][:16])}…</code></td>"
+        f'<td><a href="{escape(w["href"])}" download>download</a></td></tr>'
+        for w in data["weights"]
+    )
+    weights_table = (
+        '<table class="weights"><thead><tr><th>file</th><th>epoch</th><th>size</th>'
+        f'<th>sha256</th><th></th></tr></thead><tbody id="weights-body">{weights}</tbody></table>'
+    )
+    config = "".join(
+        f"<tr><th>{escape(str(k))}</th><td>{escape(json.dumps(v))}</td></tr>"
+        for k, v in record.get("train_args", {}).items()
+    )
+    facts = "".join(
+        f"<tr><th>{key}</th><td>{escape(str(record.get(key)))}</td></tr>"
+        for key in ("cfg", "data", "parent", "created_at", "agent_id")
+    )
+    names = metric_names(data["metrics"])
+    head = "".join(f"<th>{escape(n)}</th>" for n in names)
+    rows = "".join(
+        f"<tr><td>{entry['epoch']}</td>"
+        + "".join(f"<td>{_number(entry['metrics'].get(n))}</td>" for n in names)
+        + "</tr>"
+        for entry in data["metrics"]
+    )
+    table = f'<table class="metrics"><tr><th>epoch</th>{head}</tr>{rows}</table>'
+    body = (
+        f'<header><a href="/">← all runs</a><h1>{name}</h1>{_badge(record.get("status"))}'
+        f'<span class="id">{model_id}</span></header><main>{progress}'
+        f'<section id="charts">{"" if names else "<p>No metrics yet.</p>"}</section>'
+        f'<section class="card"><h2>Weights</h2>{weights_table}</section>'
+        f'<section class="card two"><div><h2>Training arguments</h2><table>{config}</table></div>'
+        f"<div><h2>Run</h2><table>{facts}</table></div></section>"
+        f'<section class="card"><details><summary>Metrics table ({len(data["metrics"])} epochs)'
+        f"</summary>{table}</details></section></main>"
+    )
+    return _doc(
+        f"{record.get('name') or record['id']} - local hub", body, _data_tag("model-data", data)
+    )
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.5g}"
+    return "" if value is None else escape(str(value))
+
+
+def render_missing(what: str) -> str:
+    """The page of something that does not exist."""
+    return _doc("Not found", f"<header><h1>No {escape(what)}</h1><a href='/'>all runs</a></header>")

@@ -1,19 +1,15 @@
-"""The local hub over HTTP: a werkzeug WSGI app, a runner for it, and ``serve``.
+"""The local hub over HTTP: :class:`LocalHub` (in a background thread) and ``serve``.
 
-The app turns each HTTP request into a :class:`~hubfsm.hub.domain.HubCall` and the
-:class:`~hubfsm.hub.domain.HubReply` back into JSON. On top it can inject seeded faults and
-enforce a per-key rate limit, and it serves a web page per model (without a key, so only
-to loopback clients).
+The WSGI app (:mod:`hubfsm.hub.app`) runs under cheroot, a thread-pool HTTP/1.1 server
+from PyPI that streams request bodies to the app (so the key is checked before a body is
+read) and closes connections that stay silent longer than its socket timeout (so idle or
+slow clients cannot hold the server's threads).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import math
 import os
-import random
 import secrets
 import shlex
 import signal
@@ -21,30 +17,41 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, TextIO
+from typing import Any, TextIO
 
 import platformdirs
-from werkzeug.exceptions import HTTPException
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
-from werkzeug.wrappers import Request, Response
-from werkzeug.wsgi import wrap_file
+from cheroot import server as cheroot_server
+from cheroot import wsgi
 
-from hubfsm.hub import page
-from hubfsm.hub.domain import ALPHABET, BadJson, Hub, HubCall, HubReply, fail, is_model_id
-from hubfsm.hub.faults import NO_FAULT, Fault, FaultMix, draw
-from hubfsm.hub.store import WeightsKind
+from hubfsm.hub.app import BodyLimits, HubApp, RateLimiter
+from hubfsm.hub.domain import ALPHABET, Hub
+from hubfsm.hub.faults import FaultMix
+from hubfsm.hub.signing import DEFAULT_TTL, UrlSigner, load_or_create_secret
 from hubfsm.hub.store_sqlite import SqliteStore
 from hubfsm.logs import get_logger
 
+__all__ = [
+    "BodyLimits",
+    "HubApp",
+    "LocalHub",
+    "RateLimiter",
+    "default_data_dir",
+    "load_or_create_key",
+    "serve",
+]
+
 _log = get_logger("hubfsm.hub")
 
-#: The largest JSON body accepted; metrics of thousands of epochs fit many times over.
-MAX_JSON_BYTES = 16 << 20
-_LOOPBACK = ("127.", "::1", "::ffff:127.")
-_KINDS: tuple[WeightsKind, ...] = ("last", "best")
+#: Seconds a connection may stay silent (between requests, or inside a body) before it is
+#: closed.
+DEFAULT_TIMEOUT = 30.0
+#: Seconds a request's head (request line and headers) may take to arrive.
+DEFAULT_HEAD_TIMEOUT = 10.0
+#: Worker threads. Idle connections hold none (they wait in a selector); a request being
+#: read or answered holds one.
+DEFAULT_THREADS = 64
 
 
 def default_data_dir() -> Path:
@@ -72,253 +79,73 @@ def _secure_id() -> str:
     return "".join(secrets.choice(ALPHABET) for _ in range(20))
 
 
-def _digest(key: str | None) -> str:
-    # Rate-limit buckets are keyed by a digest, so the server holds no extra copy of a key.
-    return "-" if key is None else hashlib.sha256(key.encode()).hexdigest()[:24]
+class _Gateway(wsgi.Gateway_10):
+    """Cheroot's WSGI gateway, plus two hooks the app needs: the socket and "close after"."""
+
+    # cheroot's stubs declare get_environ as returning None; it returns the environ.
+    def get_environ(self) -> dict[str, Any]:  # type: ignore[override]
+        """The WSGI environ, with ``hubfsm.socket`` and ``hubfsm.close_connection``."""
+        environ: dict[str, Any] = super().get_environ()  # type: ignore[no-untyped-call]
+        request = self.req
+
+        def close_after() -> None:
+            # The answer goes out, the unread body is not read: the connection is closed.
+            request.close_connection = True
+
+        environ["hubfsm.socket"] = request.conn.socket
+        environ["hubfsm.close_connection"] = close_after
+        return environ
 
 
-class RateLimiter:
-    """A token bucket per client: ``rate`` requests per second, bursts up to ``max(1, rate)``."""
+class _Request(cheroot_server.HTTPRequest):
+    """A request whose head (request line and headers) must arrive within a short timeout.
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        if rate <= 0:
-            raise ValueError("rate limit must be positive")
-        self.rate = rate
-        self.capacity = max(1.0, rate)
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, who: str) -> tuple[bool, dict[str, str]]:
-        """Spend one token of ``who``: (allowed, the ``X-RateLimit-*``/``Retry-After`` headers)."""
-        with self._lock:
-            now = self._clock()
-            tokens, last = self._buckets.get(who, (self.capacity, now))
-            tokens = min(self.capacity, tokens + (now - last) * self.rate)
-            allowed = tokens >= 1.0
-            if allowed:
-                tokens -= 1.0
-            self._buckets[who] = (tokens, now)
-        headers = {
-            "X-RateLimit-Limit": str(int(self.capacity)),
-            "X-RateLimit-Remaining": str(int(tokens)),
-            "X-RateLimit-Reset": str(math.ceil((self.capacity - tokens) / self.rate)),
-        }
-        if not allowed:
-            headers["Retry-After"] = str(max(1, math.ceil((1.0 - tokens) / self.rate)))
-        return allowed, headers
-
-
-class HubApp:
-    """The WSGI application of the local hub.
-
-    Args:
-        hub: Answers the API.
-        faults: Faults to inject into API requests, or None.
-        seed: Seeds the fault draws.
-        rate_limit: Requests per second per API key, or None for no limit.
-        hang: Seconds an injected timeout stalls before the connection is dropped.
-        sleep: Waits (latency and hangs).
+    Cheroot gives each connection one socket timeout. A client that sends half a request
+    head and stalls holds a worker thread for that long, so the head gets its own, shorter
+    one; the body (a large upload on a slow link) keeps the longer one.
     """
 
-    def __init__(
-        self,
-        hub: Hub,
-        *,
-        faults: FaultMix | None = None,
-        seed: int = 0,
-        rate_limit: float | None = None,
-        hang: float = 60.0,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.hub = hub
-        self.faults = faults
-        self.limiter = RateLimiter(rate_limit) if rate_limit else None
-        self.hang = hang
-        self._sleep = sleep
-        self._rng = random.Random(seed)
-        self._rng_lock = threading.Lock()
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        """Serve one WSGI request."""
-        request = Request(environ)
-        started = time.perf_counter()
-        fault = NO_FAULT
+    def parse_request(self) -> None:
+        """Read the request head under the head timeout."""
+        sock = self.conn.socket
+        sock.settimeout(getattr(self.server, "head_timeout", self.server.timeout))
         try:
-            if request.path == "/v1" or request.path.startswith("/v1/"):
-                fault = self._draw()
-                response = self._api(request, environ, fault)
-            else:
-                response = self._page(request, environ)
-        except HTTPException as error:
-            response = _json(fail(error.code or 400, error.description or error.name))
-        except Exception as error:  # noqa: BLE001 - the server must answer, whatever broke
-            kind = type(error).__name__
-            _log.error("hub.error", path=request.path, error=kind, detail=str(error))
-            response = _json(fail(500, "internal error in the local hub"))
+            super().parse_request()
         finally:
-            request.close()
-        _log.info(
-            "hub.request",
-            method=request.method,
-            path=request.path,
-            status=response.status_code,
-            ms=round((time.perf_counter() - started) * 1000, 1),
-            fault=fault.kind,
-        )
-        return response(environ, start_response)
-
-    def _draw(self) -> Fault:
-        if self.faults is None:
-            return NO_FAULT
-        with self._rng_lock:
-            return draw(self.faults, self._rng)
-
-    def _api(self, request: Request, environ: dict[str, Any], fault: Fault) -> Response:
-        limit_headers: dict[str, str] = {}
-        if self.limiter is not None:
-            allowed, limit_headers = self.limiter.take(_digest(request.headers.get("x-api-key")))
-            if not allowed:
-                _log.info("hub.rate_limited", path=request.path)
-                return _json(fail(429, "rate limit exceeded; retry later", limit_headers))
-        if fault.latency > 0.0:
-            self._sleep(fault.latency)
-        if fault.kind == "server_error":
-            return _json(fail(fault.status or 500, "injected server error"), limit_headers)
-        if fault.kind == "rate_limited":
-            retry = {"Retry-After": str(math.ceil(fault.retry_after or 1.0))}
-            return _json(fail(429, "injected rate limit", retry), limit_headers)
-        if fault.kind == "connection_error":
-            return _drop(environ)
-        if fault.kind == "timeout":
-            self._sleep(self.hang)
-            return _drop(environ)
-        call = _call(request)
-        if isinstance(call, HubReply):
-            return _json(call, limit_headers)
-        reply = self.hub.handle(call)
-        if fault.kind == "lost_response":
-            if reply.content is not None and not isinstance(reply.content, bytes):
-                reply.content.close()
-            return _drop(environ)
-        return _json(reply, limit_headers) if reply.content is None else _file(reply, environ)
-
-    def _page(self, request: Request, environ: dict[str, Any]) -> Response:
-        if request.method != "GET":
-            return Response("only GET here", status=405, headers={"Allow": "GET"})
-        if not (request.remote_addr or "").startswith(_LOOPBACK):
-            return Response("model pages are for loopback clients only", status=403)
-        parts = request.path.strip("/").split("/")
-        if parts == [""]:
-            return _html(page.render_index(self.hub.models()))
-        if len(parts) < 2 or parts[0] != "models" or not is_model_id(parts[1]):
-            return _html(page.render_missing(request.path), 404)
-        model_id = parts[1]
-        record = self.hub.record(model_id)
-        if record is None:
-            return _html(page.render_missing(model_id), 404)
-        if len(parts) == 2:
-            weights: dict[str, tuple[str, int] | None] = {}
-            for each in _KINDS:
-                info = self.hub.weights_info(model_id, each)
-                weights[each] = None if info is None else (info.sha256, info.size)
-            return _html(page.render_model(record, self.hub.metrics(model_id), weights))
-        if len(parts) == 4 and parts[2] == "weights" and parts[3] in ("last", "best"):
-            kind: WeightsKind = "last" if parts[3] == "last" else "best"
-            found = self.hub.weights(model_id, kind)
-            if found is None:
-                return _html(page.render_missing(f"{model_id} {kind}.pt"), 404)
-            info, content = found
-            data = {"id": model_id, "kind": kind, "sha256": info.sha256, "size": info.size}
-            reply = HubReply(200, {"success": True, "message": "", "data": data}, content=content)
-            return _file(reply, environ)
-        return _html(page.render_missing(request.path), 404)
+            with contextlib.suppress(OSError):
+                sock.settimeout(self.server.timeout)
 
 
-def _call(request: Request) -> HubCall | HubReply:
-    """The request as a hub call, or a reply when the body is too large to be one."""
-    headers = request.headers
-    body: object = None
-    fields: dict[str, str] | None = None
-    file_name: str | None = None
-    file: IO[bytes] | None = None
-    if request.mimetype == "multipart/form-data":
-        fields = request.form.to_dict()
-        for name, storage in request.files.items(multi=True):
-            file_name, file = name, storage.stream  # one file part; any further ones are ignored
-            break
-    else:
-        raw = request.stream.read(MAX_JSON_BYTES + 1)
-        if len(raw) > MAX_JSON_BYTES:
-            return fail(413, f"JSON body larger than {MAX_JSON_BYTES} bytes")
-        if raw:
-            try:
-                body = json.loads(raw)
-            except ValueError as error:
-                body = BadJson(str(error))
-    return HubCall(
-        request.method,
-        request.path,
-        headers.get("x-api-key"),
-        body,
-        fields,
-        file_name,
-        file,
-        headers.get("Idempotency-Key"),
-    )
+class _Connection(cheroot_server.HTTPConnection):
+    RequestHandlerClass = _Request
 
 
-def _json(reply: HubReply, extra: dict[str, str] | None = None) -> Response:
-    response = Response(json.dumps(reply.body), status=reply.status, mimetype="application/json")
-    response.headers.update(extra or {})
-    response.headers.update(reply.headers)
-    return response
+class _Server(wsgi.Server):
+    """Cheroot's server, its own messages routed to the hub's log."""
 
+    ConnectionClass = _Connection
+    head_timeout: float = 10.0
 
-def _file(reply: HubReply, environ: dict[str, Any]) -> Response:
-    data = reply.body["data"]
-    content = reply.content
-    assert content is not None
-    body = content if isinstance(content, bytes) else wrap_file(environ, content, 1 << 20)
-    response = Response(body, mimetype="application/octet-stream", direct_passthrough=True)
-    response.content_length = int(data["size"])
-    response.headers["Content-Disposition"] = f'attachment; filename="{data["kind"]}.pt"'
-    response.headers["X-Checksum-Sha256"] = str(data["sha256"])
-    response.headers.update(reply.headers)
-    return response
+    @classmethod
+    def prepare_socket(cls, *args: Any, **kwargs: Any) -> socket.socket:
+        """The listening socket, reusable at once after a stop, also when the port was 0."""
+        sock: socket.socket = super().prepare_socket(*args, **kwargs)
+        # Cheroot skips this for port 0; a hub restarted on the port it was given then
+        # finds the port held by the first run's connections in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return sock
 
-
-def _html(text: str, status: int = 200) -> Response:
-    return Response(text, status=status, mimetype="text/html")
-
-
-def _drop(environ: dict[str, Any]) -> Response:
-    """Cut the connection so the client gets no answer; a 504 where that is impossible."""
-    sock = environ.get("werkzeug.socket")
-    if not isinstance(sock, socket.socket):
-        return _json(fail(504, "injected lost response"))
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    # Writing this fails on the closed socket; werkzeug takes that as a dropped connection.
-    return Response(b"", status=504)
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """Routes werkzeug's own messages to the hub's log; requests are logged by the app."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        """Say nothing: :class:`HubApp` logs each request itself."""
-
-    def log(self, type: str, message: str, *args: Any) -> None:
-        """Log a server message (bind errors, broken requests)."""
-        _log.info("hub.server_message", level=type, text=(message % args).strip())
+    def error_log(self, msg: str = "", level: int = 20, traceback: bool = False) -> None:
+        """Log a server message (dropped connections, broken requests)."""
+        _log.info("hub.server_message", level=level, text=str(msg).strip()[:500])
 
 
 class LocalHub:
     """The local hub server, run in a background thread.
 
     At the first start in ``data_dir`` it creates an API key in ``data_dir/api_key``
-    (mode 0600) and reuses it afterwards; records, metrics and weights persist there.
+    (mode 0600) and reuses it afterwards (unless it was revoked with ``hubfsm hub keys``);
+    records, metrics, weights and further keys persist there.
 
     Args:
         data_dir: Where the hub keeps its state.
@@ -328,6 +155,11 @@ class LocalHub:
         seed: Seeds the fault draws.
         rate_limit: Requests per second per API key, or None.
         hang: Seconds an injected timeout stalls.
+        timeout: Seconds a connection may stay silent before it is closed.
+        head_timeout: Seconds a request's head may take to arrive (at most ``timeout``).
+        threads: Worker threads of the server.
+        limits: The largest request bodies read.
+        url_ttl: Seconds a signed weight URL stays valid.
     """
 
     def __init__(
@@ -340,19 +172,30 @@ class LocalHub:
         seed: int = 0,
         rate_limit: float | None = None,
         hang: float = 60.0,
+        timeout: float = DEFAULT_TIMEOUT,
+        head_timeout: float = DEFAULT_HEAD_TIMEOUT,
+        threads: int = DEFAULT_THREADS,
+        limits: BodyLimits | None = None,
+        url_ttl: float = DEFAULT_TTL,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.key_file = self.data_dir / "api_key"
         self._api_key = load_or_create_key(self.key_file)
+        self._secret = load_or_create_secret(self.data_dir / "url_secret")
         self.host = host
         self.port = port
         self.faults = faults
         self.seed = seed
         self.rate_limit = rate_limit
         self.hang = hang
+        self.timeout = timeout
+        self.head_timeout = min(head_timeout, timeout)
+        self.threads = threads
+        self.limits = limits if limits is not None else BodyLimits()
+        self.url_ttl = url_ttl
         self._hub: Hub | None = None
-        self._server: BaseWSGIServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
@@ -360,7 +203,7 @@ class LocalHub:
 
     @property
     def api_key(self) -> str:
-        """The API key the hub accepts."""
+        """The API key created with the data directory (``data_dir/api_key``)."""
         return self._api_key
 
     @property
@@ -381,36 +224,54 @@ class LocalHub:
         if self._server is not None:
             raise RuntimeError("the local hub is already running")
         store = SqliteStore(self.data_dir)
-        hub = Hub(store, clock=time.time, new_id=_secure_id, keys=[self._api_key])
-        app = HubApp(
-            hub, faults=self.faults, seed=self.seed, rate_limit=self.rate_limit, hang=self.hang
-        )
+        signer = UrlSigner(self._secret, time.time, self.url_ttl)
+        hub = Hub(store, clock=time.time, new_id=_secure_id, signer=signer)
         try:
-            server = make_server(
-                self.host, self.port, app, threaded=True, request_handler=_QuietHandler
+            hub.ensure_key(self._api_key, label="api_key file")
+            app = HubApp(
+                hub,
+                faults=self.faults,
+                seed=self.seed,
+                rate_limit=self.rate_limit,
+                hang=self.hang,
+                limits=self.limits,
+                spool_dir=store.data_dir / "weights" / ".staging",
             )
+            server = _Server(
+                (self.host, self.port),
+                app,
+                numthreads=self.threads,
+                timeout=max(1, round(self.timeout)),
+                shutdown_timeout=1,
+                accepted_queue_timeout=max(1, round(self.timeout)),
+            )
+            server.gateway = _Gateway
+            server.head_timeout = self.head_timeout
+            # Keep-alive connections wait in a selector, not a thread: allow many.
+            server.keep_alive_conn_limit = 1000
+            # How often the serving loop looks up from its selector: a stop takes this long.
+            server.expiration_interval = 0.05
+            # Uploads are capped by the app, per kind of body, after the key was checked.
+            server.max_request_body_size = 0
+            server.prepare()
         except BaseException:
             store.close()
             raise
-        self.port = server.server_port
+        self.port = int(server.bind_addr[1])
         hub.public_root = self.url
         self._hub, self._server = hub, server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="local-hub"
-        )
-        self._thread.daemon = True
+        self._thread = threading.Thread(target=server.serve, name="local-hub", daemon=True)
         self._thread.start()
-        _log.info("hub.started", url=self.url, data_dir=str(self.data_dir))
+        _log.info("hub.started", url=self.url, data_dir=str(self.data_dir), server="cheroot")
         return self
 
     def stop(self) -> None:
         """Stop serving and close the data directory (a later start() reopens it)."""
         if self._server is None:
             return
-        self._server.shutdown()
+        self._server.stop()
         if self._thread is not None:
             self._thread.join()
-        self._server.server_close()
         self.hub.store.close()
         self._server = self._thread = self._hub = None
         _log.info("hub.stopped", url=self.url)
@@ -436,6 +297,8 @@ def serve(
     rate_limit: float | None = None,
     latency: float = 0.0,
     seed: int = 0,
+    timeout: float = DEFAULT_TIMEOUT,
+    limits: BodyLimits | None = None,
     out: TextIO | None = None,
     stop: threading.Event | None = None,
 ) -> int:
@@ -449,6 +312,8 @@ def serve(
         rate_limit: Requests per second per API key, or None.
         latency: Up to this many seconds added to each API request.
         seed: Seeds the fault draws.
+        timeout: Seconds a connection may stay silent before it is closed.
+        limits: The largest request bodies read.
         out: Where to print the instructions; stdout by default.
         stop: Set it to stop the server (for tests and embedding).
 
@@ -464,6 +329,8 @@ def serve(
         faults=faults,
         seed=seed,
         rate_limit=rate_limit,
+        timeout=timeout,
+        limits=limits,
     )
     stop = stop if stop is not None else threading.Event()
     with local:
@@ -471,7 +338,10 @@ def serve(
         print(f"Local hub serving at {local.url}", file=out)
         print(f"  data:     {local.data_dir}", file=out)
         print(f"  API key:  in {local.key_file} (mode 0600)", file=out)
-        print(f"  models:   {local.url}/ (web pages, from this machine only)", file=out)
+        print(f"  runs:     {local.url}/ (web pages, from this machine only)", file=out)
+        print(
+            f"  keys:     hubfsm hub keys list --data {shlex.quote(str(local.data_dir))}", file=out
+        )
         if faults is not None:
             print(f"  faults:   {fault_rate:g} of requests, latency up to {latency:g} s", file=out)
         if rate_limit:

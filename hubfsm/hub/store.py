@@ -13,11 +13,18 @@ from typing import IO, Any, Literal, Protocol
 
 import attrs
 
+from hubfsm.hub.keys import KeyRecord
+
 #: The two weight files a model can have: the last epoch checkpoint and the best (final) one.
 WeightsKind = Literal["last", "best"]
 
 #: A request body source: bytes in memory, or a binary stream to read in chunks.
 Source = bytes | IO[bytes]
+
+
+def _tuple_of_list(value: Any) -> Any:
+    # Lists come back from JSON; a frozen record keeps them as (hashable) tuples.
+    return tuple(value) if isinstance(value, list) else value
 
 
 @attrs.frozen
@@ -44,6 +51,13 @@ class ModelRecord:
         final_epoch: The epoch of the final weights, or None.
         map50_95: The mAP50-95 sent with the final weights, or None.
         agent_id: The id handed to the model's agent at its first heartbeat, or None.
+        owner: The id of the API key that created the model (None in data written before
+            keys had owners: any key may use such a model).
+        metrics_epoch: The highest epoch with metrics, or None.
+        started_at: Hub clock seconds of the first metrics, checkpoint or heartbeat.
+        updated_at: Hub clock seconds of the last metrics or weights upload.
+        heartbeat_at: Hub clock seconds of the last heartbeat.
+        agent: The agent name the last heartbeat gave.
     """
 
     id: str
@@ -54,10 +68,12 @@ class ModelRecord:
     parent: str | None = None
     batch_size: int | None = None
     epochs: int | None = None
-    imgsz: int | None = None
+    imgsz: int | tuple[int, ...] | None = attrs.field(default=None, converter=_tuple_of_list)
     patience: int | None = None
-    device: str | None = None
-    cache: str | None = None
+    device: str | int | tuple[int | str, ...] | None = attrs.field(
+        default=None, converter=_tuple_of_list
+    )
+    cache: str | bool | None = None
     status: str = "new"
     has_last_weights: bool = False
     has_best_weights: bool = False
@@ -65,6 +81,12 @@ class ModelRecord:
     final_epoch: int | None = None
     map50_95: float | None = None
     agent_id: str | None = None
+    owner: str | None = None
+    metrics_epoch: int | None = None
+    started_at: float | None = None
+    updated_at: float | None = None
+    heartbeat_at: float | None = None
+    agent: str | None = None
 
 
 @attrs.frozen
@@ -142,6 +164,15 @@ class Store(Protocol):
 
     def put_reply(self, scope: str, reply: StoredReply) -> None:
         """Remember a reply under an idempotency scope."""
+
+    def get_key(self, digest: str) -> KeyRecord | None:
+        """The key whose SHA-256 digest is ``digest``, or None."""
+
+    def put_key(self, record: KeyRecord) -> None:
+        """Insert or replace a key record."""
+
+    def list_keys(self) -> list[KeyRecord]:
+        """Every key record, oldest first."""
 
     def close(self) -> None:
         """Release files and connections."""

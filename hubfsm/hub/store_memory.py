@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Iterator, Mapping
 from typing import IO
 
+from hubfsm.hub.keys import KeyRecord
 from hubfsm.hub.store import ModelRecord, Source, Staged, StoredReply, WeightsInfo, WeightsKind
 
 _CHUNK = 1 << 20
@@ -24,6 +25,7 @@ class MemoryStore:
         self._metrics: dict[str, dict[int, str]] = {}
         self._weights: dict[tuple[str, str], tuple[WeightsInfo, bytes]] = {}
         self._replies: dict[str, StoredReply] = {}
+        self._keys: dict[str, KeyRecord] = {}
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -93,6 +95,18 @@ class MemoryStore:
     def put_reply(self, scope: str, reply: StoredReply) -> None:
         """Remember a reply under ``scope``."""
         self._replies[scope] = reply
+
+    def get_key(self, digest: str) -> KeyRecord | None:
+        """The key whose digest is ``digest``, or None."""
+        return self._keys.get(digest)
+
+    def put_key(self, record: KeyRecord) -> None:
+        """Insert or replace a key record."""
+        self._keys[record.digest] = record
+
+    def list_keys(self) -> list[KeyRecord]:
+        """Every key record, oldest first."""
+        return sorted(self._keys.values(), key=lambda k: k.created_at)
 
     def close(self) -> None:
         """Nothing to release."""

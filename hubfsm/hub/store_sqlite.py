@@ -28,6 +28,7 @@ from typing import IO
 
 import attrs
 
+from hubfsm.hub.keys import KeyRecord
 from hubfsm.hub.store import ModelRecord, Source, Staged, StoredReply, WeightsInfo, WeightsKind
 
 _CHUNK = 1 << 20
@@ -43,6 +44,8 @@ CREATE TABLE IF NOT EXISTS weights (
     PRIMARY KEY (model_id, kind));
 CREATE TABLE IF NOT EXISTS replies (
     scope TEXT PRIMARY KEY, status INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+    digest TEXT PRIMARY KEY, created_at REAL NOT NULL, record TEXT NOT NULL);
 """
 
 
@@ -58,12 +61,18 @@ class SqliteStore:
         self.data_dir = Path(data_dir)
         self._weights_dir = self.data_dir / "weights"
         self._staging = self._weights_dir / ".staging"
-        self._staging.mkdir(parents=True, exist_ok=True)
+        self._staging.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Owner-only: the database (its WAL and -shm files take its mode) and the folders.
+        os.chmod(self.data_dir, 0o700)
+        os.close(os.open(self.data_dir / "hub.sqlite3", os.O_RDWR | os.O_CREAT, 0o600))
         self._lock = threading.RLock()
         self._depth = 0
         # Autocommit mode: transactions are begun and ended explicitly below.
         self._db = sqlite3.connect(
-            self.data_dir / "hub.sqlite3", check_same_thread=False, isolation_level=None
+            self.data_dir / "hub.sqlite3",
+            check_same_thread=False,
+            isolation_level=None,
+            timeout=10.0,
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -142,7 +151,14 @@ class SqliteStore:
         return [(int(str(epoch)), str(text)) for epoch, text in rows]
 
     def stage_weights(self, source: Source) -> Staged:
-        """Stream ``source`` to a temporary file in 1 MiB chunks, hashing as it goes."""
+        """Stream ``source`` to a temporary file in 1 MiB chunks, hashing as it goes.
+
+        A file already received into the staging folder (the server spools uploads there)
+        is hashed where it is, not copied.
+        """
+        name = getattr(source, "name", None)
+        if isinstance(name, str) and Path(name).parent == self._staging:
+            return self._stage_in_place(source, name)  # type: ignore[arg-type]
         digest = hashlib.sha256()
         size = 0
         fd, path = tempfile.mkstemp(dir=self._staging, suffix=".part")
@@ -158,6 +174,17 @@ class SqliteStore:
         except BaseException:
             os.unlink(path)
             raise
+        return Staged(digest.hexdigest(), size, path)
+
+    def _stage_in_place(self, source: IO[bytes], path: str) -> Staged:
+        digest = hashlib.sha256()
+        size = 0
+        source.flush()
+        os.fsync(source.fileno())
+        source.seek(0)
+        for chunk in _chunks(source):
+            digest.update(chunk)
+            size += len(chunk)
         return Staged(digest.hexdigest(), size, path)
 
     def commit_weights(self, model_id: str, kind: WeightsKind, staged: Staged) -> None:
@@ -208,6 +235,23 @@ class SqliteStore:
             "INSERT OR REPLACE INTO replies (scope, status, body) VALUES (?, ?, ?)",
             (scope, reply.status, json.dumps(reply.body)),
         )
+
+    def get_key(self, digest: str) -> KeyRecord | None:
+        """The key whose digest is ``digest``, or None."""
+        rows = self._read("SELECT record FROM keys WHERE digest = ?", (digest,))
+        return KeyRecord(**json.loads(str(rows[0][0]))) if rows else None
+
+    def put_key(self, record: KeyRecord) -> None:
+        """Insert or replace a key record."""
+        self._write(
+            "INSERT OR REPLACE INTO keys (digest, created_at, record) VALUES (?, ?, ?)",
+            (record.digest, record.created_at, json.dumps(attrs.asdict(record))),
+        )
+
+    def list_keys(self) -> list[KeyRecord]:
+        """Every key record, oldest first."""
+        rows = self._read("SELECT record FROM keys ORDER BY created_at, digest", ())
+        return [KeyRecord(**json.loads(str(row[0]))) for row in rows]
 
     def close(self) -> None:
         """Close the database connection."""

@@ -25,12 +25,17 @@ from hubfsm.durable.journal import Journal, queued_epoch
 from hubfsm.durable.outbox import FileStamp, Outbox
 from hubfsm.durable.recovery import checkpoint_entry, journal_path, recover
 from hubfsm.errors import (
+    AuthError,
     DeliveryIncomplete,
+    HubError,
     HubfsmError,
     HubUnavailableError,
     IllegalEventError,
+    ModelNotFoundError,
+    ModelTrainedError,
 )
 from hubfsm.logs import get_logger
+from hubfsm.record import TrainingPlan, plan_for_file, plan_from_record
 from hubfsm.runtime.exits import ExitHooks
 from hubfsm.runtime.worker import ThreadRunner
 from hubfsm.transport import FilePart, Transport
@@ -40,17 +45,24 @@ log = get_logger("hubfsm")
 #: Environment variable that turns offline mode on (``1``, ``true`` or ``yes``).
 OFFLINE_ENV = "HUBFSM_OFFLINE"
 
-_SETTLED = ("done", "resumable", "failed")
 
-
-def _log_change(model: list[str | None]) -> Callable[[str, str, str], None]:
+def _log_change(
+    model: list[str | None], refused: Callable[[], None]
+) -> Callable[[str, str, str], None]:
     def changed(source: str, event: str, dest: str) -> None:
         if source != dest:
             log.info(
                 "session.transition", model_id=model[0], source=source, trigger=event, dest=dest
             )
+            if event == "refuse":
+                refused()
 
     return changed
+
+
+def _log_notice(event: str, fields: dict[str, Any]) -> None:
+    """A refusal that stops one record or the heartbeats: a warning, and delivery goes on."""
+    log.warning(event, **fields)
 
 
 def _offline_default() -> bool:
@@ -120,6 +132,10 @@ class Session:
             )
         if self.offline and not outbox:
             raise HubfsmError("offline mode needs the outbox: it is where everything waits")
+        self._create_args: dict[str, Any] = dict(train_args or {})
+        # Weight downloads may send the key to the API root (and nowhere else); a
+        # closure keeps it out of repr() and vars() of the session.
+        self._download_auth: Callable[[], tuple[str | None, str | None]] = lambda: (None, None)
         if transport is None:
             key = api_key or parsed.api_key or os.environ.get("HUB_API_KEY")
             if not key:
@@ -130,9 +146,19 @@ class Session:
             from transports.http import RequestsTransport
 
             transport = RequestsTransport(key, api_root=api_root)
+            root = transport.api_root
+            self._download_auth = lambda: (root, key)
         self._model_box: list[str | None] = [parsed.model_id]
-        core = Core(config, rng=random.Random(seed), on_change=_log_change(self._model_box))
+        # Whether the trainer has heard of a refusal: once on stderr, once as an error.
+        self._refusal_noticed = False
+        self._refusal_raised = False
+        core = Core(
+            config,
+            rng=random.Random(seed),
+            on_change=_log_change(self._model_box, self._notice_refusal),
+        )
         core.offline = self.offline
+        core.notify = _log_notice
         self._core = core
         self._runner = runner = ThreadRunner(core, transport)
         self._inbox = runner.inbox
@@ -157,8 +183,20 @@ class Session:
             self._release()
             raise
         self._model_box[0] = core.model_id
+        if parsed.model_id is not None:
+            self._continue_from_record()
         self._hooks = ExitHooks(self._at_exit, signals=handle_signals)
         log.info("session.opened", model_id=core.model_id, state=core.state)
+
+    def _continue_from_record(self) -> None:
+        # A resumed model's new epochs follow the ones the hub has: a loop that logs
+        # without epoch numbers must not overwrite the earlier epochs' metrics.
+        try:
+            plan = self.plan
+        except HubfsmError:
+            return  # nothing to continue; reading the plan raises for the caller
+        if plan.resume_epoch is not None:
+            self._next_epoch = plan.resume_epoch
 
     def _attach_outbox(self, model_id: str) -> None:
         outbox = Outbox.open(model_id, self._outbox_dir)
@@ -186,10 +224,10 @@ class Session:
         core.open(parsed, create=create, now=self._runner.clock())
         self._runner.start()
         opened = self._runner.wait_for(lambda c: c.state != "resolved", open_timeout)
-        if opened and core.state != "failed":
+        if opened and not core.machine.failed:
             return
         error = core.error
-        if core.state == "failed" and error is not None:
+        if core.machine.failed and error is not None:
             raise error
         raise HubUnavailableError(
             f"the hub did not load or create the model within {open_timeout:g}s"
@@ -234,6 +272,68 @@ class Session:
         return url if record.get("has_last_weights") and isinstance(url, str) else None
 
     @property
+    def plan(self) -> TrainingPlan:
+        """What to train, as the hub's record says (see :mod:`hubfsm.record`).
+
+        For a model loaded from the hub: its train arguments, whether it is new,
+        pretrained or resumable, its model file (architecture, parent weights or last
+        weights) and the epoch to resume from when the hub says. For a model created
+        from a local file: that file with the arguments given.
+
+        Raises:
+            ModelTrainedError: The model is trained already.
+            RecordError: The record lacks what training needs (e.g. the dataset is
+                still processing).
+        """
+        filename = self.identifier.filename
+        if filename is not None:
+            return plan_for_file(filename, self._create_args)
+        return plan_from_record(self._core.record)
+
+    def download_weights(
+        self,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        progress: bool = True,
+        deadline: float = 1800.0,
+    ) -> Path | None:
+        """Download the weights the plan starts from (parent or last weights).
+
+        The file is cached (see :func:`hubfsm.download.download`): a second call, or a
+        later session on the same weights, reuses it. The API key goes only to the API
+        root's host.
+
+        Returns:
+            The local weights file, or None when the plan starts from an architecture
+            or a local file.
+
+        Raises:
+            DownloadError: The download failed or did not match the expected size/digest.
+        """
+        from hubfsm.download import download
+
+        plan = self.plan
+        if plan.weights_url is None:
+            return None
+        root, key = self._download_auth()
+        record = self._core.record
+        prefix = "resume" if plan.kind == "resume" else "weights"
+        size = record.get(f"{prefix}_size")
+        sha = record.get(f"{prefix}_sha256")
+        return download(
+            plan.weights_url,
+            cache_dir=cache_dir,
+            api_root=root,
+            api_key=key,
+            expected_size=size if isinstance(size, int) and not isinstance(size, bool) else None,
+            expected_sha256=sha if isinstance(sha, str) else None,
+            # The last weights change behind one URL as training goes on.
+            tag=f"{self._core.model_id}:{plan.kind}:{plan.resume_epoch}",
+            progress=progress,
+            deadline=deadline,
+        )
+
+    @property
     def outbox_dir(self) -> Path | None:
         """This session's outbox directory, if it keeps one."""
         return None if self._outbox is None else self._outbox.directory
@@ -242,6 +342,10 @@ class Session:
     def error(self) -> HubfsmError | None:
         """The error that stopped the session, if any."""
         return self._core.error
+
+    def rejected(self) -> list[str]:
+        """The records the hub refused (400/422) and that are kept aside, described."""
+        return [record.describe() for record in list(self._core.rejected)]
 
     def pending(self) -> dict[str, int]:
         """What the hub has not acknowledged yet, per channel (a snapshot).
@@ -271,9 +375,10 @@ class Session:
 
     def start(self) -> None:
         """Training begins: heartbeats start. Returns once the session is ``training``."""
-        self._check("start", ("created", "loaded"))
+        if not self._core.machine.allows("start") or self._accepting:
+            raise IllegalEventError(self._core.state, "start")
         self._runner.call(lambda core, now: core.start(now=now), timeout=10.0)
-        self._accepting = self._core.state == "training"
+        self._accepting = self._core.machine.records
 
     def log_metrics(self, metrics: Mapping[str, Any], *, epoch: int | None = None) -> None:
         """Queue one epoch's metrics; returns at once, and a crash cannot lose them.
@@ -350,7 +455,9 @@ class Session:
 
         Raises:
             DeliveryIncomplete: The upload did not complete within ``timeout``.
-            HubError: The hub refused the upload.
+            HubError: The hub refused the key, the model or the upload: sending stopped,
+                and everything (the final weights too) is kept for ``hubfsm sync``; the
+                message names the hub's answer and where the data is.
         """
         if not self._accepting:
             raise IllegalEventError(self._core.state, "finish")
@@ -378,7 +485,7 @@ class Session:
         Raises:
             HubfsmError: Nothing final is pending.
         """
-        if self._core.state in ("created", "loaded"):
+        if not self._accepting and self._core.machine.allows("start"):
             self.start()
         saved = self._core.saved_final
         if saved is None or not self._accepting:
@@ -393,13 +500,16 @@ class Session:
         self._settle(timeout)
 
     def _settle(self, timeout: float) -> None:
-        self._runner.wait_for(lambda c: c.state in _SETTLED, timeout + 5.0)
+        self._runner.wait_for(lambda c: c.machine.settled, timeout + 5.0)
         state = self._core.state
         if state == "done":
             log.info("session.finished", model_id=self._core.model_id, **self.stats())
             return
         if self.offline and state == "resumable":
             return
+        if self._core.machine.refused:
+            self._refusal_raised = True
+            raise self._refusal_error()
         error = self._core.error
         if error is not None:
             raise error
@@ -409,7 +519,7 @@ class Session:
         """Wait until nothing is pending (or ``timeout`` passes); True if all was sent."""
         # Everything queued before this call is taken in first, so it counts as pending.
         self._runner.call(lambda core, now: None, timeout=timeout)
-        return self._runner.wait_for(lambda c: c.drained or c.state == "failed", timeout) and (
+        return self._runner.wait_for(lambda c: c.drained or not c.machine.sends, timeout) and (
             self._core.drained
         )
 
@@ -419,7 +529,15 @@ class Session:
         A session closed before :meth:`finish` becomes ``resumable``; what is left stays
         in the outbox, goes first when a session opens this model again, and can be
         sent with ``hubfsm sync``.
+
+        Raises:
+            HubError: The hub refused the key or the model during the run and
+                :meth:`finish` has not said so yet: the message names the hub's answer,
+                what is kept and where.
         """
+        self._close(timeout, raise_refusal=True)
+
+    def _close(self, timeout: float | None, *, raise_refusal: bool) -> None:
         if self._closed:
             return
         self._closed = True
@@ -433,6 +551,9 @@ class Session:
         pending = self._core.pending()
         if any(pending.values()):
             self._report_left(pending)
+        if raise_refusal and self._core.machine.refused and not self._refusal_raised:
+            self._refusal_raised = True
+            raise self._refusal_error()
 
     def _report_left(self, pending: dict[str, int]) -> None:
         left = describe_pending(pending)
@@ -442,7 +563,7 @@ class Session:
             pending=left,
             state=self._core.state,
         )
-        if self._outbox is not None:
+        if self._outbox is not None and not self._refusal_noticed:
             where = self._outbox.directory
             print(
                 f"hubfsm: model {self._core.model_id}: {left} not on the hub yet; kept in "
@@ -451,11 +572,50 @@ class Session:
                 file=sys.stderr,
             )
 
+    def _notice_refusal(self) -> None:
+        """Say once, on stderr, that sending stopped, why, and where the data goes."""
+        error = self._core.error
+        log.error(
+            "session.refused",
+            model_id=self._core.model_id,
+            status=getattr(error, "status", 0),
+            error=str(error),
+        )
+        if self._refusal_noticed:
+            return
+        self._refusal_noticed = True
+        if self._outbox is None:
+            where = "in memory only (no outbox): it is lost when the process exits"
+        else:
+            where = f"in {self._outbox.directory}; {_advice(error, self._outbox.directory)}"
+        print(
+            f"hubfsm: model {self._core.model_id}: {error}. Nothing more is sent; every "
+            f"epoch, checkpoint and the final weights are still kept, {where}",
+            file=sys.stderr,
+        )
+
+    def _refusal_error(self) -> HubfsmError:
+        """The refusal, as the error to raise: the hub's answer, what is kept, and where."""
+        error = self._core.error
+        parts = [describe_pending(self._core.pending())] if self._core.drained is False else []
+        rejected = len(self._core.rejected)
+        if rejected:
+            parts.append(f"{rejected} rejected record{'s' if rejected > 1 else ''}")
+        kept = " and ".join(parts) or "nothing more"
+        if self._outbox is None:
+            where = "in memory only (no outbox), so it is lost when the process exits"
+        else:
+            where = f"in {self._outbox.directory}; {_advice(error, self._outbox.directory)}"
+        message = f"{error}; {kept} kept {where}"
+        if isinstance(error, HubError):
+            return type(error)(message, status=error.status, channel=error.channel)
+        return HubfsmError(message)
+
     def _at_exit(self) -> None:
-        self.close()
+        self._close(None, raise_refusal=False)
 
     def __enter__(self) -> Session:
-        if self._core.state in ("created", "loaded"):
+        if not self._accepting and self._core.machine.allows("start"):
             self.start()
         return self
 
@@ -465,11 +625,23 @@ class Session:
         exc: BaseException | None,
         tb: types.TracebackType | None,
     ) -> None:
-        self.close()
+        # An exception on its way out wins over the news of a refusal.
+        self._close(None, raise_refusal=exc is None)
 
-    def _check(self, event: str, states: tuple[str, ...]) -> None:
-        if self._core.state not in states:
-            raise IllegalEventError(self._core.state, event)
+
+def _advice(error: HubfsmError | None, where: Path) -> str:
+    """What to do about a refusal so that ``hubfsm sync`` can deliver what is kept."""
+    if isinstance(error, AuthError):
+        return f"fix the key and run `hubfsm sync --key NEW_KEY {where}`"
+    if isinstance(error, ModelNotFoundError | ModelTrainedError):
+        return (
+            f"the hub takes no more data for this model; `hubfsm status {where}` lists what is kept"
+        )
+    if isinstance(error, HubError) and 300 <= error.status < 400:
+        return f"check the API root and run `hubfsm sync --hub API_ROOT {where}`"
+    if isinstance(error, HubError) and error.channel == "final":
+        return f"`hubfsm status {where}` shows the record the hub refused"
+    return f"run `hubfsm sync {where}` once the cause is fixed"
 
 
 def _epoch_end(epoch: int, metrics: dict[str, Any], core: Core, now: float) -> None:

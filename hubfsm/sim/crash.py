@@ -77,7 +77,7 @@ class CrashWorld(World):
         # Requests run at about two per epoch: deaths fall in the first half or so.
         self.deaths = {rng.randint(1, max(2, epochs)) for _ in range(rng.randint(lo, hi))}
         self.dying = DyingTransport(self.runner.transport, self.deaths)
-        self._config = kwargs.get("config")
+        self._config = self.core_config
         self._factory = kwargs.get("core_factory", Core)
         self._restart_rng = rng
         self.db: OutboxDB | None = None
@@ -136,18 +136,18 @@ def _train(
 ) -> None:
     core, clock, rng = world.core, world.clock, world.rng
     world.reopen(create=create, patience=patience)
-    if core.state not in ("created", "loaded"):
+    if not core.machine.allows("start"):
         return
     core.start(now=clock())
     world.accepted()
     if not world.finishing:
         while len(world.logged) < epochs:
             world.runner.run_until(clock() + rng.uniform(*world.profile.epoch_seconds))
-            if core.state != "training":
+            if not core.machine.records:
                 return
             epoch = len(world.logged)
             world.epoch(checkpoint=epoch % checkpoint_every == 0)
-    if core.state == "training":
+    if core.machine.allows("finish"):
         # A trainer that died inside finish() calls it again with the same weights.
         world.finishing = True
         world.finish(timeout=patience)

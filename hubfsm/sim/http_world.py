@@ -47,7 +47,7 @@ POLICIES = ChannelPolicies(
     final=RetryPolicy(base=0.02, cap=0.3, max_attempts=10, deadline=6.0, max_retry_after=1.5),
 )
 
-CONFIG = CoreConfig(limits=LIMITS, policies=POLICIES)
+CONFIG = CoreConfig(limits=LIMITS, policies=POLICIES, nonce=protocol.seeded_nonce)
 
 #: Client timeouts, and how long an injected server-side timeout stalls (a bit longer).
 CONNECT_TIMEOUT = 0.5

@@ -268,7 +268,9 @@ class World(Stage):
         self.profile = profile
         self.rng = rng = random.Random(seed)
         self.clock = VirtualClock(EPOCH_ZERO)
-        config = config or CoreConfig()
+        # Inside the simulated world even the idempotency keys follow the seed.
+        config = attrs.evolve(config or CoreConfig(), nonce=protocol.seeded_nonce)
+        self.core_config = config
         limits = check_limits or config.limits
         self.key = _token(rng, 42)
         self.hub = Hub(MemoryStore(), self.clock, seed=rng.getrandbits(32), keys=[self.key])
@@ -349,16 +351,16 @@ def play(
     core, clock, rng = world.core, world.clock, world.rng
     try:
         world.open(create=rng.random() < 0.5, timeout=patience)
-        if core.state in ("created", "loaded"):
+        if core.machine.allows("start"):
             core.start(now=clock())
             for epoch in range(epochs):
                 world.runner.run_until(clock() + rng.uniform(*epoch_seconds))
                 # The crash profile goes here: at a drawn epoch the world drops its core
                 # and runner, builds new ones from the durable outbox, and training resumes.
-                if core.state != "training":
+                if not core.machine.records:
                     break
                 world.epoch(checkpoint=epoch % checkpoint_every == 0)
-            if core.state == "training":
+            if core.machine.allows("finish"):
                 world.finish(timeout=patience)
     except Exception as exc:  # noqa: BLE001 - reported as the seed's failure
         world.checker.violate(CRASH, f"{type(exc).__name__}: {exc}")
@@ -420,6 +422,19 @@ def run_seed(
         "epochs": epochs, "config": config, "check_limits": check_limits,
         "core_factory": core_factory,
     }  # fmt: skip
+    if prof.refusals is not None:
+        from hubfsm.sim.refusing import RefusingWorld
+
+        refusing = RefusingWorld(seed, prof, **kwargs)
+        play(
+            refusing,
+            epochs=epochs,
+            checkpoint_every=checkpoint_every,
+            epoch_seconds=prof.epoch_seconds,
+            patience=prof.patience,
+            expect=prof.expect,
+        )
+        return result_of(refusing, epochs=epochs, started=started, keep_trace=keep_trace)
     if prof.crashes[1] > 0:
         from hubfsm.sim.crash import CrashWorld, play_crashing
 

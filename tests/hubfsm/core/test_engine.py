@@ -9,6 +9,7 @@ from hubfsm.errors import AuthError, IllegalEventError, ModelNotFoundError, Mode
 from hubfsm.transport import FilePart, Response, TransportError
 
 MODEL = "A" * 20
+AGENT = "agentAgentAgent00001"
 FILE = FilePart("last.pt", "w/last.pt", 10, "0" * 64)
 BEST = FilePart("best.pt", "w/best.pt", 10, "1" * 64)
 
@@ -33,7 +34,7 @@ def training_core(now=0.0):
     core.start(now=now)
     hb = core.poll(now)
     assert isinstance(hb, Send) and hb.channel == "heartbeat"
-    core.receive(hb.op_id, ok({"agentId": "agent-1"}), now=now)
+    core.receive(hb.op_id, ok({"agentId": AGENT}), now=now)
     return core
 
 
@@ -85,7 +86,7 @@ def test_heartbeats_every_300s_keep_the_agent_id():
     assert sends == [] and wait.until == 300.0
     sends, _ = drive(core, 300.0)
     assert [s.channel for s in sends] == ["heartbeat"]
-    assert sends[0].request.json["agentId"] == "agent-1"
+    assert sends[0].request.json["agentId"] == AGENT
 
 
 def test_metrics_are_coalesced_and_sent_at_most_every_3s():
@@ -129,12 +130,12 @@ def test_retry_after_is_the_floor_of_the_next_wait():
     assert isinstance(core.poll(action.until), Send)
 
 
-def test_a_fatal_answer_keeps_the_data_and_fails():
+def test_a_fatal_answer_keeps_the_data_and_stops_sending():
     core = training_core()
     core.epoch_end(0, {"loss": 1.0}, now=0.0)
     send = core.poll(0.0)
     core.receive(send.op_id, Response(401, {"message": "bad key"}), now=0.0)
-    assert core.state == "failed" and isinstance(core.error, AuthError)
+    assert core.state == "refused" and isinstance(core.error, AuthError)
     assert core.unacknowledged_epochs() == {0}
 
 

@@ -193,13 +193,14 @@ def test_create_then_read_the_record(hub: Hub, clock: Clock) -> None:
     assert record["resume"] is None
     assert record["weights"] is None
     assert (record["batch_size"], record["epochs"], record["imgsz"]) == (16, 3, 640)
-    assert (record["patience"], record["device"], record["cache"]) == (100, None, "ram")
+    assert (record["patience"], record["device"], record["cache"]) == (100, "", "ram")
     assert record["train_args"] == {
         "data": "coco8.yaml",
         "epochs": 3,
         "batch": 16,
         "imgsz": 640,
         "patience": 100,
+        "device": "",
         "cache": "ram",
     }
     assert record["created_at"] == "2023-11-14T22:13:20Z"
@@ -345,7 +346,7 @@ def test_epoch_upload_makes_the_model_resumable(hub: Hub) -> None:
     assert record["has_best_weights"] is False
     assert record["status"] == "training"
     assert record["last_epoch"] == 3
-    assert record["resume"] == f"http://hub.test/models/{model_id}/weights/last"
+    assert record["resume"] == f"http://hub.test/files/{model_id}/epoch-3.pt"
     (entry,) = hub.audit().uploads
     assert (entry.model_id, entry.type, entry.epoch, entry.size, entry.is_best) == (
         model_id,
@@ -373,7 +374,7 @@ def test_final_upload_trains_the_model_and_then_409(hub: Hub, clock: Clock) -> N
     assert record["has_best_weights"] is True
     assert record["map"] == 0.5
     assert record["final_epoch"] == 2
-    assert record["weights"] == f"http://hub.test/models/{model_id}/weights/best"
+    assert record["weights"] == f"http://hub.test/files/{model_id}/best.pt"
     assert get(hub, f"/v1/models/{model_id}/weights/best").content == b"best" * 300_000
     uploads = hub.audit().uploads
     assert [u.type for u in uploads] == ["epoch", "final"]
@@ -516,8 +517,10 @@ def test_idempotency_is_per_api_key(hub: Hub) -> None:
     hub.add_key(OTHER)
     model_id = create(hub)
     post(hub, f"/v1/models/{model_id}", metrics(0), idem="same")
-    post(hub, f"/v1/models/{model_id}", metrics(0), idem="same", key=OTHER)
-    assert hub.audit().metrics_applied == {(model_id, 0): 2}
+    # The same idempotency key under another API key is another request (it is refused
+    # here because the model is not that key's: each key sees only its own models).
+    assert post(hub, f"/v1/models/{model_id}", metrics(0), idem="same", key=OTHER).status == 404
+    assert hub.audit().metrics_applied == {(model_id, 0): 1}
 
 
 def test_failed_requests_are_not_remembered(hub: Hub) -> None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pathlib
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import pytest
+import requests
 
 from hubfsm.hub.server import LocalHub
 
@@ -100,17 +103,29 @@ def test_official_client_against_the_local_hub(tmp_path: Path) -> None:
             "epochs": 2,
             "imageSize": 640,
             "patience": 100,
-            "device": None,
+            "device": "",
             "cache": "ram",
         }
         assert out["trained_before"] is False
         assert out["metrics_status"] == out["epoch_upload_status"] == 200
         assert out["final_upload_status"] == 200
         assert out["resumable"] is True
-        assert out["resume_url"] == f"{local.url}/models/{model_id}/weights/last"
+        # Signed like the real service's: ends in the file name, as ultralytics needs.
+        resume = urllib.parse.urlsplit(out["resume_url"])
+        assert out["resume_url"].startswith(f"{local.url}/files/{model_id}/epoch-1.pt?")
+        assert resume.path.rsplit("/", 1)[-1] == "epoch-1.pt"
+        assert "signature=" in resume.query and "expires=" in resume.query
+        # As ultralytics 8.2.0 fetches it: no key, named after the path's last segment.
+        clean = urllib.parse.unquote(out["resume_url"]).split("?")[0]
+        assert pathlib.PurePosixPath(clean).name == "epoch-1.pt"
+        got = requests.get(out["resume_url"], timeout=10)
+        assert got.status_code == 200 and got.content == last.read_bytes()
+        assert requests.head(out["resume_url"], timeout=10).status_code == 200
         assert out["agent_id"] and len(out["agent_id"]) == 20
         assert out["trained"] is True
-        assert out["best_url"] == f"{local.url}/models/{model_id}/weights/best"
+        assert out["best_url"].startswith(f"{local.url}/files/{model_id}/best.pt?")
+        best_got = requests.get(out["best_url"], timeout=10)
+        assert best_got.content == best.read_bytes()
         assert [m["epoch"] for m in out["metrics"]] == [0, 1]
 
         # And on the hub's side:

@@ -155,8 +155,9 @@ def test_a_revoked_key_keeps_the_records(hub, tmp_path):
     s.start()
     hub.revoke_key(KEY)
     s.log_metrics({"loss": 1.0})
-    assert s._runner.wait_for(lambda c: c.state == "failed", 5)
-    s.close(timeout=0.1)
+    assert s._runner.wait_for(lambda c: c.state == "refused", 5)
+    with pytest.raises(hubfsm.AuthError):
+        s.close(timeout=0.1)
     assert inspect(find(tmp_path))[0].pending["metrics"] == 1
     out = io.StringIO()
     assert sync(tmp_path, transport=InMemoryTransport(hub, KEY), out=out) == 1

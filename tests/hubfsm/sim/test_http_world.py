@@ -17,7 +17,7 @@ def test_a_seed_over_http_keeps_every_invariant(profile, seed):
     assert time.monotonic() - started < HARD_TIMEOUT
     assert result.http
     if profile == "revoked":
-        assert (result.state, result.error) == ("failed", "AuthError")
+        assert (result.state, result.error) == ("refused", "AuthError")
     else:
         assert result.state == "done"
     if profile == "flaky":

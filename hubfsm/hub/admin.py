@@ -1,0 +1,149 @@
+"""``hubfsm hub keys``: add, list and revoke the local hub's API keys.
+
+The keys live in the hub's data directory (digests only, in ``hub.sqlite3``), so these
+commands work whether or not ``hubfsm hub serve`` is running, and a running hub sees the
+change at its next request: revoking a key is how to rehearse a revoked key against a
+trainer. A full key is printed once, by ``add``; ``list`` shows masked keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from hubfsm.hub.domain import Hub
+from hubfsm.hub.keys import KeyRecord, new_key
+from hubfsm.hub.store_sqlite import SqliteStore
+
+Command = Callable[..., argparse.ArgumentParser]
+
+
+def _open(data_dir: str | os.PathLike[str] | None) -> Hub:
+    from hubfsm.hub.server import default_data_dir, load_or_create_key
+
+    folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    hub = Hub(SqliteStore(folder), clock=time.time)
+    hub.ensure_key(load_or_create_key(folder / "api_key"), label="api_key file")
+    return hub
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def add(data_dir: str | os.PathLike[str] | None, label: str = "", out: TextIO | None = None) -> str:
+    """Create a key, print it once, and return it."""
+    out = out if out is not None else sys.stdout
+    hub = _open(data_dir)
+    try:
+        key = new_key()
+        record = hub.add_key(key, label)
+    finally:
+        hub.store.close()
+    print(f"Added key {record.id}{f' ({label})' if label else ''}.", file=out)
+    print("The key is shown only now; keep it somewhere safe:", file=out)
+    print(f"  {key}", file=out)
+    return key
+
+
+def listing(data_dir: str | os.PathLike[str] | None, out: TextIO | None = None) -> list[KeyRecord]:
+    """Print every key, masked, with its state and its number of models."""
+    out = out if out is not None else sys.stdout
+    hub = _open(data_dir)
+    try:
+        records = hub.list_keys()
+        owners = Counter(record.owner for record in hub.store.list_models())
+    finally:
+        hub.store.close()
+    rows = [("id", "key", "label", "models", "created", "state")]
+    for record in records:
+        state = "valid" if record.revoked_at is None else f"revoked {_when(record.revoked_at)}"
+        rows.append(
+            (
+                record.id,
+                record.hint,
+                record.label or "-",
+                str(owners.get(record.id, 0)),
+                _when(record.created_at),
+                state,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(),
+            file=out,
+        )
+    return records
+
+
+def revoke(data_dir: str | os.PathLike[str] | None, key_id: str, out: TextIO | None = None) -> int:
+    """Revoke the key whose id starts with ``key_id``; the exit status (1 if none or several)."""
+    out = out if out is not None else sys.stdout
+    hub = _open(data_dir)
+    try:
+        matches = [record for record in hub.list_keys() if record.id.startswith(key_id)]
+        if len(key_id) < 4 or len(matches) != 1:
+            found = "no key" if not matches else f"{len(matches)} keys"
+            print(
+                f"error: {found} with an id starting with {key_id!r} (give 4+ characters)",
+                file=sys.stderr,
+            )
+            return 1
+        record = hub.revoke(matches[0].id)
+    finally:
+        hub.store.close()
+    assert record is not None
+    print(f"Revoked key {record.id} ({record.hint}); requests with it now get 401.", file=out)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Run ``hubfsm hub keys ...``."""
+    if args.keys_command == "add":
+        add(args.data, args.label or "")
+        return 0
+    if args.keys_command == "list":
+        listing(args.data)
+        return 0
+    return revoke(args.data, args.key_id)
+
+
+def register(
+    hub_sub: argparse._SubParsersAction[argparse.ArgumentParser], command: Command
+) -> None:
+    """Add ``keys add|list|revoke`` under ``hubfsm hub``."""
+    keys = command(
+        hub_sub,
+        "keys",
+        "Add, list and revoke the local hub's API keys; each key sees only its own models.",
+        "hubfsm hub keys add --label laptop\nhubfsm hub keys list\nhubfsm hub keys revoke 3fa9c2",
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
+    data_help = "data directory (default: the user data directory)"
+    p = command(
+        keys_sub, "add", "Create a key and print it (only this once).", "hubfsm hub keys add"
+    )
+    p.add_argument("--data", help=data_help)
+    p.add_argument("--label", help="a name to recognise the key by")
+    p.set_defaults(func=cmd_keys)
+    p = command(keys_sub, "list", "List the keys, masked.", "hubfsm hub keys list --data ./hub")
+    p.add_argument("--data", help=data_help)
+    p.set_defaults(func=cmd_keys)
+    p = command(
+        keys_sub, "revoke", "Revoke a key: it gets 401 from now on.", "hubfsm hub keys revoke 3fa9"
+    )
+    p.add_argument("key_id", help="the key's id from `hubfsm hub keys list` (or its start)")
+    p.add_argument("--data", help=data_help)
+    p.set_defaults(func=cmd_keys)

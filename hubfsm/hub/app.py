@@ -1,0 +1,345 @@
+"""The local hub's WSGI application: HTTP requests in, :class:`~hubfsm.hub.domain.Hub` calls out.
+
+Order of work for an API request, cheapest refusal first: the rate limit and injected
+faults, then the API key (before a byte of the body is read: a keyless or revoked client
+costs no memory and no disk), then the size of the body against its cap, and only then the
+body itself, parsed as strict JSON or streamed as a multipart upload into the data
+directory. Pages, page data and weight files are served by :mod:`hubfsm.hub.web`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import random
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.formparser import FormDataParser
+from werkzeug.wrappers import Request, Response
+
+from hubfsm.hub import parse, web
+from hubfsm.hub.calls import BadJson, HubCall, HubReply, fail
+from hubfsm.hub.domain import Hub
+from hubfsm.hub.faults import NO_FAULT, Fault, FaultMix, draw
+from hubfsm.logs import get_logger
+
+_log = get_logger("hubfsm.hub")
+
+#: Bodies of refused requests up to this size are read and dropped (so the connection stays
+#: usable); larger ones are not read at all, and the connection is closed after the answer.
+_DRAIN = 1 << 20
+_CHUNK = 1 << 16
+
+
+@attrs.frozen
+class BodyLimits:
+    """The largest request bodies the hub reads.
+
+    Attributes:
+        json: JSON bodies (metrics of a thousand epochs take about 1 MiB).
+        upload: Multipart weight uploads (a large model's checkpoint with optimizer state).
+    """
+
+    json: int = 4 << 20
+    upload: int = 4 << 30
+
+
+def _digest(key: str | None) -> str:
+    # Rate-limit buckets are keyed by a digest, so the server holds no extra copy of a key.
+    if key is None:
+        return "-"
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+class RateLimiter:
+    """A token bucket per client: ``rate`` requests per second, bursts up to ``max(1, rate)``."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0:
+            raise ValueError("rate limit must be positive")
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, who: str) -> tuple[bool, dict[str, str]]:
+        """Spend one token of ``who``: (allowed, the ``X-RateLimit-*``/``Retry-After`` headers)."""
+        with self._lock:
+            now = self._clock()
+            tokens, last = self._buckets.get(who, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - last) * self.rate)
+            allowed = tokens >= 1.0
+            if allowed:
+                tokens -= 1.0
+            self._buckets[who] = (tokens, now)
+        headers = {
+            "X-RateLimit-Limit": str(int(self.capacity)),
+            "X-RateLimit-Remaining": str(int(tokens)),
+            "X-RateLimit-Reset": str(math.ceil((self.capacity - tokens) / self.rate)),
+        }
+        if not allowed:
+            headers["Retry-After"] = str(max(1, math.ceil((1.0 - tokens) / self.rate)))
+        return allowed, headers
+
+
+class HubApp:
+    """The WSGI application of the local hub.
+
+    Args:
+        hub: Answers the API.
+        faults: Faults to inject into API requests, or None.
+        seed: Seeds the fault draws.
+        rate_limit: Requests per second per API key, or None for no limit.
+        hang: Seconds an injected timeout stalls before the connection is dropped.
+        sleep: Waits (latency and hangs).
+        limits: The largest bodies read.
+        spool_dir: Where uploads are received (the data directory, so a large file is not
+            written to a small temporary file system); the system's temporary directory
+            when None.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        faults: FaultMix | None = None,
+        seed: int = 0,
+        rate_limit: float | None = None,
+        hang: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+        limits: BodyLimits | None = None,
+        spool_dir: Path | None = None,
+    ) -> None:
+        self.hub = hub
+        self.faults = faults
+        self.limiter = RateLimiter(rate_limit) if rate_limit else None
+        self.hang = hang
+        self.limits = limits if limits is not None else BodyLimits()
+        self.spool_dir = spool_dir
+        self._sleep = sleep
+        self._rng = random.Random(seed)
+        self._rng_lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        """Serve one WSGI request."""
+        request = Request(environ)
+        started = time.perf_counter()
+        fault = NO_FAULT
+        path = request.path
+        try:
+            if path == "/v1" or path.startswith("/v1/"):
+                fault = self._draw()
+                response = self._api(request, environ, fault)
+            else:
+                response = web.serve(self.hub, request, environ)
+        except HTTPException as error:
+            response = _json(fail(error.code or 400, error.description or error.name))
+        except Exception as error:  # noqa: BLE001 - the server must answer, whatever broke
+            kind = type(error).__name__
+            _log.error("hub.error", path=_safe(path), error=kind, detail=_safe(str(error)))
+            response = _json(fail(500, "internal error in the local hub"))
+        finally:
+            request.close()
+        _log.info(
+            "hub.request",
+            method=request.method,
+            path=_safe(path),
+            status=response.status_code,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+            fault=fault.kind,
+        )
+        return response(environ, start_response)
+
+    def _draw(self) -> Fault:
+        if self.faults is None:
+            return NO_FAULT
+        with self._rng_lock:
+            return draw(self.faults, self._rng)
+
+    def _api(self, request: Request, environ: dict[str, Any], fault: Fault) -> Response:
+        limit_headers: dict[str, str] = {}
+        api_key = request.headers.get("x-api-key")
+        if self.limiter is not None:
+            allowed, limit_headers = self.limiter.take(_digest(api_key))
+            if not allowed:
+                _log.info("hub.rate_limited", path=_safe(request.path))
+                _refuse_body(request, environ)
+                return _json(fail(429, "rate limit exceeded; retry later", limit_headers))
+        if fault.latency > 0.0:
+            self._sleep(fault.latency)
+        if fault.kind in ("server_error", "rate_limited"):
+            _refuse_body(request, environ)
+        if fault.kind == "server_error":
+            return _json(fail(fault.status or 500, "injected server error"), limit_headers)
+        if fault.kind == "rate_limited":
+            retry = {"Retry-After": str(math.ceil(fault.retry_after or 1.0))}
+            return _json(fail(429, "injected rate limit", retry), limit_headers)
+        if fault.kind == "connection_error":
+            return _drop(environ)
+        if fault.kind == "timeout":
+            self._sleep(self.hang)
+            return _drop(environ)
+        spooled: list[IO[bytes]] = []
+        try:
+            if self.hub.principal(api_key) is None:
+                # The hub answers 401 (and counts the call) without seeing the body.
+                _refuse_body(request, environ)
+                call: HubCall | HubReply = _bare_call(request)
+            else:
+                try:
+                    call = self._call(request, environ, spooled)
+                except ValueError as error:
+                    # A body the server cannot frame: a bad chunk size, a short body.
+                    _close_after(environ)
+                    call = fail(400, f"malformed request body: {_safe(str(error))[:200]}")
+            reply = call if isinstance(call, HubReply) else self.hub.handle(call)
+        finally:
+            for each in spooled:
+                each.close()
+                # Gone already when the upload was committed (renamed into place).
+                Path(each.name).unlink(missing_ok=True)
+        if fault.kind == "lost_response":
+            if reply.content is not None and not isinstance(reply.content, bytes):
+                reply.content.close()
+            return _drop(environ)
+        return _json(reply, limit_headers) if reply.content is None else _file(reply, request)
+
+    def _call(
+        self, request: Request, environ: dict[str, Any], spooled: list[IO[bytes]]
+    ) -> HubCall | HubReply:
+        """The request as a hub call, or the reply when its body cannot be one."""
+        declared = request.headers.get("Content-Length")
+        if declared is not None and not (declared.isascii() and declared.isdigit()):
+            _close_after(environ)
+            return fail(400, "Content-Length must be a non-negative integer")
+        multipart = request.mimetype == "multipart/form-data"
+        cap = self.limits.upload if multipart else self.limits.json
+        length = request.content_length
+        if length is not None and length > cap:
+            _close_after(environ)
+            return fail(413, f"body larger than {cap} bytes")
+        if not multipart:
+            raw = request.stream.read(cap + 1)
+            if len(raw) > cap:
+                _close_after(environ)
+                return fail(413, f"JSON body larger than {cap} bytes")
+            body: object = None
+            if raw:
+                try:
+                    body = parse.loads(raw)
+                except ValueError as error:
+                    body = BadJson(_safe(str(error)))
+            return attrs.evolve(_bare_call(request), json=body)
+
+        def factory(
+            total_content_length: int | None,
+            content_type: str | None,
+            filename: str | None,
+            content_length: int | None = None,
+        ) -> IO[bytes]:
+            # Received straight into the store's staging folder: a store that finds it there
+            # hashes it in place and renames it into place, with no second copy.
+            spool = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by the caller
+                dir=self.spool_dir, suffix=".part", delete=False
+            )
+            spooled.append(spool)
+            return spool
+
+        parser = FormDataParser(
+            factory,
+            max_form_memory_size=1 << 20,  # text fields; above the parser's read size
+            max_content_length=cap,
+            silent=False,
+            max_form_parts=32,
+        )
+        try:
+            _, form, files = parser.parse_from_environ(environ)
+        except RequestEntityTooLarge:
+            _close_after(environ)
+            return fail(413, f"upload larger than {cap} bytes, or too many form parts")
+        except ValueError as error:
+            return fail(400, f"malformed multipart body: {_safe(str(error))}")
+        fields = {_safe(k): _safe(v) for k, v in form.items()}
+        file_name: str | None = None
+        file: IO[bytes] | None = None
+        for name, storage in files.items(multi=True):
+            file_name, file = _safe(name), storage.stream  # one file part; further ones ignored
+            break
+        if file is not None:
+            file.seek(0)
+        return attrs.evolve(_bare_call(request), fields=fields, file_name=file_name, file=file)
+
+
+def _bare_call(request: Request) -> HubCall:
+    headers = request.headers
+    return HubCall(
+        request.method,
+        request.path,
+        headers.get("x-api-key"),
+        idempotency_key=headers.get("Idempotency-Key"),
+    )
+
+
+def _safe(text: str) -> str:
+    # Paths, headers and form fields may hold lone surrogates; logs and JSON must not break.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _close_after(environ: dict[str, Any]) -> None:
+    close = environ.get("hubfsm.close_connection")
+    if callable(close):
+        close()
+
+
+def _refuse_body(request: Request, environ: dict[str, Any]) -> None:
+    """Drop a refused request's body: read (not kept) when small, else close the connection."""
+    length = request.content_length
+    if length is None and request.headers.get("Transfer-Encoding") is None:
+        return
+    if length is None or length > _DRAIN:
+        _close_after(environ)
+        return
+    try:
+        stream = request.stream
+        while stream.read(_CHUNK):
+            pass
+    except (ValueError, OSError):
+        _close_after(environ)
+
+
+def _json(reply: HubReply, extra: dict[str, str] | None = None) -> Response:
+    response = Response(web.dumps(reply.body), status=reply.status, mimetype="application/json")
+    response.headers.update(extra or {})
+    response.headers.update(reply.headers)
+    return response
+
+
+def _file(reply: HubReply, request: Request) -> Response:
+    data = reply.body["data"]
+    content = reply.content
+    assert content is not None
+    return web.file_response(
+        content, int(data["size"]), str(data["sha256"]), f"{data['kind']}.pt", request
+    )
+
+
+def _drop(environ: dict[str, Any]) -> Response:
+    """Cut the connection so the client gets no answer; a 504 where that is impossible."""
+    sock = environ.get("hubfsm.socket")
+    if not isinstance(sock, socket.socket):
+        return _json(fail(504, "injected lost response"))
+    _close_after(environ)
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    # Writing this fails on the closed socket; the server takes that as a dropped connection.
+    return Response(b"", status=504)

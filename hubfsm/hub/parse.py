@@ -1,0 +1,223 @@
+"""Checking what clients send: strict JSON, the create-model body, metrics, upload forms.
+
+Everything here raises :class:`ValueError` with a message for the client (the hub answers
+it as a 400). The rules follow what ``ultralytics==8.2.0`` and hub-sdk send (see
+``PROTOCOL.md``): the given values are kept as they are, only their shapes are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from hubfsm.hub.store import ModelRecord
+
+#: How deep JSON may nest; the API's bodies need 4 levels.
+MAX_DEPTH = 32
+#: The longest name, dataset or architecture accepted.
+MAX_TEXT = 2000
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_TRUE = frozenset({"true", "True", "TRUE", "1"})
+_FALSE = frozenset({"false", "False", "FALSE", "0"})
+
+
+def loads(raw: bytes | str) -> object:
+    """Decode strict JSON: ValueError for NaN/Infinity, nesting too deep, or bad text."""
+
+    def refuse(constant: str) -> object:
+        raise ValueError(f"{constant} is not JSON (send null or a string)")
+
+    try:
+        value = json.loads(raw, parse_constant=refuse)
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+    problem = check_json(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def check_json(value: object) -> str | None:
+    """Why ``value`` is not storable JSON (too deep, lone surrogates, NaN), or None."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"JSON nested deeper than {MAX_DEPTH} levels"
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return "text holds a lone surrogate (not valid Unicode)"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return "NaN and Infinity are not JSON"
+        elif isinstance(item, Mapping):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return "object keys must be strings"
+                stack.append((key, depth + 1))
+                stack.append((child, depth + 1))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((child, depth + 1) for child in item)
+    return None
+
+
+def metrics_text(text: object, epoch: int) -> str:
+    """The JSON text to store for one epoch's metrics: strict, NaN and Infinity as null.
+
+    A diverging loss is NaN, and ultralytics sends it as ``NaN``: the epoch is kept (with
+    null), rather than refused, since a trainer cannot send it any other way.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"metrics of epoch {epoch} must be a string holding a JSON object")
+    replaced = False
+
+    def null(constant: str) -> None:
+        nonlocal replaced
+        replaced = True
+
+    try:
+        value = json.loads(text, parse_constant=null)
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise ValueError(f"metrics of epoch {epoch} must be a string holding a JSON object")
+    problem = check_json(value)
+    if problem is not None:
+        raise ValueError(f"metrics of epoch {epoch}: {problem}")
+    return json.dumps(value) if replaced else text
+
+
+def epoch_of(value: object) -> int | None:
+    """A non-negative epoch number from an int or a string of digits, else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value >= 0 else None
+    if isinstance(value, str) and 0 < len(value) < 10 and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
+def _section(body: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = body.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"'{name}' must be an object")
+    return value
+
+
+def _text(section: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = section.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"'{where}.{key}' must be a string")
+    if len(str(value)) > MAX_TEXT:
+        raise ValueError(f"'{where}.{key}' is longer than {MAX_TEXT} characters")
+    return str(value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int(config: Mapping[str, Any], key: str) -> int | None:
+    value = config.get(key)
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise ValueError(f"'config.{key}' must be an integer")
+    return int(value)
+
+
+def _imgsz(config: Mapping[str, Any]) -> int | tuple[int, ...] | None:
+    value = config.get("imageSize")
+    if value is None or _is_int(value):
+        return value
+    if isinstance(value, list) and 1 <= len(value) <= 2 and all(_is_int(v) for v in value):
+        return tuple(value)
+    raise ValueError("'config.imageSize' must be an integer or a list of one or two integers")
+
+
+def _device(config: Mapping[str, Any]) -> str | int | tuple[int | str, ...] | None:
+    value = config.get("device")
+    if value is None or isinstance(value, str) or _is_int(value):
+        if isinstance(value, str) and len(value) > 200:
+            raise ValueError("'config.device' is too long")
+        return value
+    if isinstance(value, list) and len(value) <= 64 and all(_device_part(v) for v in value):
+        return tuple(value)
+    raise ValueError("'config.device' must be a string, an integer, or a list of them")
+
+
+def _device_part(value: object) -> bool:
+    return _is_int(value) or (isinstance(value, str) and len(value) < 32)
+
+
+def _cache(config: Mapping[str, Any]) -> str | bool | None:
+    value = config.get("cache")
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and len(value) <= 20:
+        return value
+    raise ValueError("'config.cache' must be true, false, or a string such as 'ram' or 'disk'")
+
+
+def new_record(body: Mapping[str, Any], model_id: str, now: float, owner: str) -> ModelRecord:
+    """Build a record from a create-model body; ValueError says what is wrong with it."""
+    config = _section(body, "config")
+    lineage = _section(body, "lineage")
+    architecture = _text(_section(lineage, "architecture"), "name", "lineage.architecture")
+    if architecture is None:
+        raise ValueError("'lineage.architecture.name' is required (such as 'yolov8n')")
+    cfg = architecture if architecture.endswith((".yaml", ".yml")) else f"{architecture}.yaml"
+    return ModelRecord(
+        id=model_id,
+        name=_text(_section(body, "meta"), "name", "meta") or architecture,
+        created_at=now,
+        cfg=cfg,
+        dataset=_text(_section(body, "dataset"), "name", "dataset"),
+        parent=_text(_section(lineage, "parent"), "name", "lineage.parent"),
+        batch_size=_int(config, "batchSize"),
+        epochs=_int(config, "epochs"),
+        imgsz=_imgsz(config),
+        patience=_int(config, "patience"),
+        device=_device(config),
+        cache=_cache(config),
+        owner=owner,
+    )
+
+
+def upload_fields(
+    fields: Mapping[str, str], file_name: str | None, has_file: bool
+) -> tuple[str, int, bool, float | None]:
+    """Check an upload's form: (type, epoch, isBest, map); ValueError says what is off."""
+    upload_type = fields.get("type")
+    if upload_type not in ("epoch", "final"):
+        raise ValueError("field 'type' must be 'epoch' or 'final'")
+    epoch = epoch_of(fields.get("epoch"))
+    if epoch is None:
+        raise ValueError("field 'epoch' must be a non-negative integer")
+    is_best = False
+    map50_95 = None
+    if upload_type == "epoch":
+        flag = str(fields.get("isBest", "false"))
+        if flag not in _TRUE and flag not in _FALSE:
+            raise ValueError("field 'isBest' must be true or false")
+        is_best = flag in _TRUE
+    elif fields.get("map") not in (None, ""):
+        try:
+            map50_95 = float(str(fields["map"]))
+        except ValueError:
+            map50_95 = math.nan
+        if not math.isfinite(map50_95):
+            raise ValueError("field 'map' must be a finite number")
+    expected = "last.pt" if upload_type == "epoch" else "best.pt"
+    if not has_file:
+        raise ValueError(f"missing file part '{expected}'")
+    if file_name != expected:
+        raise ValueError(f"{upload_type} uploads carry one file part named '{expected}'")
+    return upload_type, epoch, is_best, map50_95

@@ -1,0 +1,124 @@
+"""How a model record changes with each upload, and how the API shows it."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from hubfsm.hub.store import ModelRecord
+
+
+def view(record: ModelRecord, resume: str | None, best: str | None) -> dict[str, Any]:
+    """The API's JSON view of a record, with the URLs of its weight files (a fresh dict).
+
+    Args:
+        record: The stored record.
+        resume: The signed URL of the last checkpoint, when there is one.
+        best: The signed URL of the final weights, when there are some.
+    """
+    config = {
+        "epochs": record.epochs,
+        "batch": record.batch_size,
+        "imgsz": _plain(record.imgsz),
+        "patience": record.patience,
+        "device": _plain(record.device),
+        "cache": record.cache,
+    }
+    train_args = {"data": record.dataset, **{k: v for k, v in config.items() if v is not None}}
+    epochs_seen = [e for e in (record.metrics_epoch, record.last_epoch) if e is not None]
+    return {
+        "id": record.id,
+        "name": record.name,
+        "created_at": _iso(record.created_at),
+        "status": record.status,
+        "has_last_weights": record.has_last_weights,
+        "has_best_weights": record.has_best_weights,
+        "is_pretrained": record.parent is not None,
+        "cfg": record.cfg,
+        "data": record.dataset,
+        "parent": record.parent,
+        "resume": resume,
+        # Before final weights exist, a pretrained model's weights are its parent's.
+        "weights": best if best is not None else record.parent,
+        "batch_size": record.batch_size,
+        "epochs": record.epochs,
+        "imgsz": config["imgsz"],
+        "patience": record.patience,
+        "device": config["device"],
+        "cache": record.cache,
+        "train_args": train_args,
+        # The latest epoch the hub heard of; the checkpoint may be older (its own limit).
+        "last_epoch": max(epochs_seen) if epochs_seen else None,
+        "checkpoint_epoch": record.last_epoch,
+        "metrics_epoch": record.metrics_epoch,
+        "final_epoch": record.final_epoch,
+        "map": record.map50_95,
+        "started_at": _iso(record.started_at),
+        "updated_at": _iso(record.updated_at),
+        "heartbeat_at": _iso(record.heartbeat_at),
+        "agent": record.agent,
+        "agent_id": record.agent_id,
+    }
+
+
+def after_metrics(record: ModelRecord, epochs: Mapping[int, str], now: float) -> ModelRecord:
+    """The record after metrics of ``epochs`` arrived."""
+    highest = max(epochs) if record.metrics_epoch is None else max(record.metrics_epoch, *epochs)
+    return attrs.evolve(
+        record,
+        status="training" if record.status == "new" else record.status,
+        metrics_epoch=highest,
+        started_at=record.started_at if record.started_at is not None else now,
+        updated_at=now,
+    )
+
+
+def after_heartbeat(record: ModelRecord, agent_id: str, agent: str, now: float) -> ModelRecord:
+    """The record after a heartbeat from ``agent``."""
+    return attrs.evolve(
+        record,
+        agent_id=agent_id,
+        status="training" if record.status == "new" else record.status,
+        started_at=record.started_at if record.started_at is not None else now,
+        heartbeat_at=now,
+        agent=agent or record.agent,
+    )
+
+
+def after_upload(
+    record: ModelRecord, upload_type: str, epoch: int, map50_95: float | None, now: float
+) -> ModelRecord:
+    """The record after an epoch checkpoint or the final weights arrived."""
+    started = record.started_at if record.started_at is not None else now
+    if upload_type == "epoch":
+        return attrs.evolve(
+            record,
+            status="training" if record.status == "new" else record.status,
+            has_last_weights=True,
+            last_epoch=epoch,
+            started_at=started,
+            updated_at=now,
+        )
+    return attrs.evolve(
+        record,
+        status="trained",
+        has_best_weights=True,
+        final_epoch=epoch,
+        map50_95=map50_95,
+        started_at=started,
+        updated_at=now,
+    )
+
+
+def _plain(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+    return moment.isoformat().replace("+00:00", "Z")

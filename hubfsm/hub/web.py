@@ -1,0 +1,168 @@
+"""The local hub's web side: pages, the JSON they poll, static files, and weight downloads.
+
+Pages and their data need no key, so they are answered to loopback clients only. Weight
+files are served two ways: at ``/models/<id>/weights/<kind>.pt`` (loopback, the pages'
+download links) and at signed ``/files/<id>/<name>.pt`` URLs (anyone holding one, until
+it expires: these are the URLs in model records, as the official client fetches them).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import IO, Any
+
+from werkzeug.wrappers import Request, Response
+from werkzeug.wsgi import wrap_file
+
+from hubfsm.hub import page
+from hubfsm.hub.calls import is_model_id
+from hubfsm.hub.domain import Hub
+from hubfsm.hub.signing import file_name, parse_name
+from hubfsm.hub.store import WeightsKind
+
+_LOOPBACK = ("127.", "::1", "::ffff:127.")
+_KINDS: tuple[WeightsKind, ...] = ("last", "best")
+_STATIC = {
+    "uplot.iife.min.js": "text/javascript",
+    "uplot.min.css": "text/css",
+    "uplot.LICENSE": "text/plain",
+    "hub.js": "text/javascript",
+    "hub.css": "text/css",
+}
+
+
+dumps = page.dumps
+
+
+def serve(hub: Hub, request: Request, environ: dict[str, Any]) -> Response:
+    """Answer a request outside ``/v1``."""
+    if request.method not in ("GET", "HEAD"):
+        return Response("only GET and HEAD here", status=405, headers={"Allow": "GET, HEAD"})
+    parts = request.path.strip("/").split("/")
+    if len(parts) == 3 and parts[0] == "files":
+        return _signed_file(hub, request, parts[1], parts[2])
+    if not (request.remote_addr or "").startswith(_LOOPBACK):
+        return Response("the hub's pages are for loopback clients only", status=403)
+    if parts == [""]:
+        return _html(page.render_index(runs(hub), hub.clock()))
+    if parts == ["favicon.ico"]:
+        return Response(status=204)
+    if parts == ["runs.json"]:
+        return _json({"now": hub.clock(), "runs": runs(hub)})
+    if len(parts) == 2 and parts[0] == "static" and parts[1] in _STATIC:
+        return _static(parts[1])
+    if len(parts) < 2 or parts[0] != "models" or not is_model_id(parts[1]):
+        return _html(page.render_missing(request.path), 404)
+    model_id = parts[1]
+    data = model_data(hub, model_id)
+    if data is None:
+        return _html(page.render_missing(model_id), 404)
+    if len(parts) == 2:
+        return _html(page.render_model(data))
+    if parts[2:] == ["data.json"]:
+        return _json(data)
+    if len(parts) == 4 and parts[2] == "weights" and parts[3].removesuffix(".pt") in _KINDS:
+        kind: WeightsKind = "last" if parts[3].startswith("last") else "best"
+        return _weights(hub, request, model_id, kind, f"{kind}.pt")
+    return _html(page.render_missing(request.path), 404)
+
+
+def runs(hub: Hub) -> list[dict[str, Any]]:
+    """Every model with its progress and best metric, newest first (the front page's rows)."""
+    out = []
+    for record in reversed(hub.models()):
+        summary = page.summarize(record, hub.metrics(record["id"]), hub.clock())
+        out.append({"record": record, "summary": summary})
+    return out
+
+
+def model_data(hub: Hub, model_id: str) -> dict[str, Any] | None:
+    """What a model's page shows: record, metrics, weight files and a summary."""
+    record = hub.record(model_id)
+    if record is None:
+        return None
+    metrics = hub.metrics(model_id)
+    weights = []
+    for kind in _KINDS:
+        info = hub.weights_info(model_id, kind)
+        if info is not None:
+            epoch = record["checkpoint_epoch"] if kind == "last" else record["final_epoch"]
+            weights.append(
+                {
+                    "kind": kind,
+                    "file": file_name(kind, epoch),
+                    "epoch": epoch,
+                    "size": info.size,
+                    "sha256": info.sha256,
+                    "href": f"/models/{model_id}/weights/{kind}.pt",
+                }
+            )
+    return {
+        "record": record,
+        "metrics": metrics,
+        "weights": weights,
+        "summary": page.summarize(record, metrics, hub.clock()),
+    }
+
+
+def _signed_file(hub: Hub, request: Request, model_id: str, name: str) -> Response:
+    parsed = parse_name(name)
+    if not is_model_id(model_id) or parsed is None:
+        return Response("no such file", status=404, mimetype="text/plain")
+    problem = hub.signer.check(request.path, request.args) if hub.signer is not None else None
+    if problem is not None:
+        return Response(problem, status=403, mimetype="text/plain")
+    kind, epoch = parsed
+    record = hub.record(model_id)
+    if record is None:
+        return Response("no such file", status=404, mimetype="text/plain")
+    if kind == "last" and epoch != record["checkpoint_epoch"]:
+        # The checkpoint of that epoch was replaced by a later one; the record names it.
+        return Response("a later checkpoint replaced this one", status=404, mimetype="text/plain")
+    return _weights(hub, request, model_id, "last" if kind == "last" else "best", name)
+
+
+def _weights(hub: Hub, request: Request, model_id: str, kind: WeightsKind, name: str) -> Response:
+    found = hub.weights(model_id, kind)
+    if found is None:
+        return Response(f"{model_id} has no {kind}.pt", status=404, mimetype="text/plain")
+    info, content = found
+    return file_response(content, info.size, info.sha256, name, request)
+
+
+def file_response(
+    content: bytes | IO[bytes], size: int, sha256: str, name: str, request: Request
+) -> Response:
+    """A weight file as a download; HEAD gets the headers only."""
+    if request.method == "HEAD":
+        if not isinstance(content, bytes):
+            content.close()
+        response = Response(b"", mimetype="application/octet-stream")
+    else:
+        body = content if isinstance(content, bytes) else wrap_file(request.environ, content)
+        response = Response(body, mimetype="application/octet-stream", direct_passthrough=True)
+    response.content_length = size
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    response.headers["X-Checksum-Sha256"] = sha256
+    response.headers["ETag"] = f'"{sha256}"'
+    return response
+
+
+def _static(name: str) -> Response:
+    data = resources.files("hubfsm.hub").joinpath("static").joinpath(name).read_bytes()
+    response = Response(data, mimetype=_STATIC[name])
+    response.headers["Cache-Control"] = "max-age=3600"
+    return response
+
+
+def _html(text: str, status: int = 200) -> Response:
+    # Text from old data may hold lone surrogates: shown escaped, never a 500.
+    data = text.encode("utf-8", "backslashreplace")
+    return Response(data, status=status, mimetype="text/html")
+
+
+def _json(value: object) -> Response:
+    data = dumps(value).encode("utf-8", "backslashreplace")
+    response = Response(data, mimetype="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    return response

@@ -1,0 +1,255 @@
+"""The outbox on disk is untrusted too: modes, paths, damage and what is deleted."""
+
+import collections
+import io
+import os
+import stat
+
+import pytest
+
+import hubfsm
+from hubfsm.core import protocol
+from hubfsm.core.changes import MetricsQueued
+from hubfsm.core.engine import CoreConfig
+from hubfsm.durable.journal import Journal
+from hubfsm.durable.outbox import (
+    DATABASE,
+    FileStamp,
+    Outbox,
+    OutboxDamaged,
+    find,
+    inspect,
+    set_aside,
+    survey,
+)
+from hubfsm.hub.domain import Hub
+from hubfsm.hub.store_memory import MemoryStore
+from hubfsm.hub.store_sqlite import SqliteStore
+from hubfsm.runtime.sync import status, sync
+from transports.memory import InMemoryTransport
+
+MODEL = "M" * 20
+OTHER = "N" * 20
+KEY = "d" * 42
+FAST = CoreConfig().scaled(0.001)
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def job(epoch, metrics, core, now):
+    core.append((epoch, metrics))
+
+
+# --- 5. owner-only files --------------------------------------------------------------
+
+
+def test_everything_an_outbox_creates_is_owner_only(tmp_path):
+    os.umask(0o022)  # the usual umask, under which files come out 0644
+    root = tmp_path / "fresh" / "root"
+    ob = Outbox.open(MODEL, root)
+    ob.apply([MetricsQueued(0, "{}")], journal_seq=1)  # the WAL file exists from here
+    weights = tmp_path / "last.pt"
+    weights.write_bytes(b"weights")
+    part = ob.snapshot(weights, name="last.pt", stamp=FileStamp.of(weights))
+    assert part is not None
+    journal = Journal(ob.directory / "journal", seq=1, inbox=collections.deque())
+    journal.append_metrics(1, {"loss": 1.0}, job)
+    for directory in (root.parent, root, ob.directory, ob.files):
+        assert mode(directory) == 0o700, directory
+    db = ob.directory / DATABASE
+    for path in (db, f"{db}-wal", f"{db}-shm", part.path, ob.directory / "lock", journal.path):
+        assert mode(path) == 0o600, path
+    journal.close()
+    ob.close()
+
+
+def test_an_outbox_left_world_readable_is_tightened_on_open(tmp_path):
+    Outbox.open(MODEL, tmp_path).close()
+    directory = tmp_path / MODEL
+    os.chmod(directory, 0o755)
+    os.chmod(directory / DATABASE, 0o644)
+    Outbox.open(MODEL, tmp_path).close()
+    assert mode(directory) == 0o700 and mode(directory / DATABASE) == 0o600
+
+
+def test_the_local_hub_database_is_owner_only(tmp_path):
+    os.umask(0o022)
+    store = SqliteStore(tmp_path / "hub")
+    try:
+        assert mode(tmp_path / "hub") == 0o700
+        assert mode(tmp_path / "hub" / "hub.sqlite3") == 0o600
+    finally:
+        store.close()
+
+
+# --- 1. a model id never becomes a path, and only our own files are deleted -----------
+
+
+@pytest.mark.parametrize("bad", ["/some/dir", "../../x", "..", "", "a" * 21, "abc/defghijklmnopqr"])
+def test_an_id_that_is_not_a_model_id_names_no_outbox(tmp_path, bad):
+    with pytest.raises(ValueError, match="not a model id"):
+        Outbox.open(bad, tmp_path / "root")
+    assert not (tmp_path / "root").exists()
+
+
+def test_removing_an_outbox_deletes_only_what_it_created(tmp_path):
+    ob = Outbox.open(MODEL, tmp_path)
+    mine = ob.directory / "notes.txt"
+    mine.write_text("the user's own file")
+    also_mine = ob.files / "keep-me.txt"
+    also_mine.write_text("not a snapshot")
+    ob.close(remove=True)
+    assert mine.read_text() == "the user's own file"
+    assert also_mine.read_text() == "not a snapshot"
+    assert not (ob.directory / DATABASE).exists()
+
+
+def test_an_outbox_reached_through_a_link_is_not_deleted(tmp_path):
+    victim = tmp_path / "victim"
+    root = tmp_path / "root"
+    root.mkdir()
+    ob = Outbox.open(MODEL, victim)  # a real outbox elsewhere ...
+    ob.close()
+    os.symlink(victim / MODEL, root / MODEL)  # ... and the root's entry is a link to it
+    Outbox.open(MODEL, root).close(remove=True)
+    assert (victim / MODEL / DATABASE).exists()
+
+
+def test_a_hub_that_answers_create_with_a_path_gets_a_protocol_error(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep")
+
+    class Hostile(InMemoryTransport):
+        def send(self, request):
+            if request.method == "POST" and request.path == "/v1/models":
+                return protocol.Response(200, {"data": {"id": str(victim)}})
+            return super().send(request)
+
+    with pytest.raises(protocol.HubProtocolError, match="not a hub id") as info:
+        hubfsm.Session(
+            "yolov8n.yaml",
+            transport=Hostile(Hub(MemoryStore(), keys=[KEY]), KEY),
+            config=FAST,
+            outbox_dir=tmp_path / "root",
+        )
+    assert (victim / "precious.txt").read_text() == "keep"
+    assert sorted(p.name for p in victim.iterdir()) == ["precious.txt"]
+    assert repr(str(victim)[:16]) in str(info.value)
+
+
+# --- 7. a damaged outbox is named, set aside, and the others go on --------------------
+
+
+def damaged_outbox(root, model_id):
+    ob = Outbox.open(model_id, root)
+    ob.apply([MetricsQueued(e, "{}") for e in range(50)], journal_seq=0)
+    ob.close()
+    db = root / model_id / DATABASE
+    with open(db, "r+b") as f:
+        f.truncate(os.path.getsize(db) // 2)
+    for extra in ("-wal", "-shm"):
+        if os.path.exists(f"{db}{extra}"):
+            os.unlink(f"{db}{extra}")
+    return root / model_id
+
+
+def test_a_truncated_database_is_a_typed_error_naming_the_path(tmp_path):
+    directory = damaged_outbox(tmp_path, MODEL)
+    with pytest.raises(OutboxDamaged) as info:
+        inspect(find(tmp_path))
+    assert info.value.directory == directory and str(directory) in str(info.value)
+    with pytest.raises(OutboxDamaged):
+        Outbox.open(MODEL, tmp_path)
+    assert "salvaged" in str(info.value)
+
+
+def test_set_aside_renames_inside_the_root_and_find_skips_it(tmp_path):
+    directory = damaged_outbox(tmp_path, MODEL)
+    moved = set_aside(directory)
+    assert moved.parent == tmp_path and moved.name.startswith(f"{MODEL}.damaged-")
+    assert (moved / DATABASE).exists()  # nothing is deleted
+    assert find(tmp_path) == []
+
+
+def test_status_and_sync_report_a_damaged_outbox_and_go_on(tmp_path):
+    hub = Hub(MemoryStore(), keys=[KEY])
+    good = InMemoryTransport(hub, KEY).send(
+        protocol.create_model(protocol.create_payload("yolov8n.yaml", {}))
+    ).data["id"]
+    with hubfsm.Session(good, transport=InMemoryTransport(hub, KEY), config=FAST,
+                        outbox_dir=tmp_path, offline=True) as s:
+        s.log_metrics({"loss": 1.0})
+    damaged_outbox(tmp_path, MODEL)
+    assert [i.model_id for i in survey(tmp_path).infos] == [good]
+
+    out = io.StringIO()
+    assert status(tmp_path, out=out) == 1
+    assert f"damaged: the outbox in {tmp_path / MODEL}" in out.getvalue()
+    assert f"| {good} | 1 |" in out.getvalue()
+
+    out = io.StringIO()
+    assert sync(tmp_path, transport=InMemoryTransport(hub, KEY), timeout=10, out=out) == 1
+    text = out.getvalue()
+    assert "set aside as" in text and "synced 1 of 1" in text
+    assert {e for (m, e) in hub.audit().metrics_applied if m == good} == {0}
+    assert not (tmp_path / MODEL).exists()
+    assert [p.name.split(".")[1][:8] for p in tmp_path.glob(f"{MODEL}.*")] == ["damaged-"]
+
+
+def test_sync_reports_a_damaged_journal_and_exits_non_zero(tmp_path):
+    hub = Hub(MemoryStore(), keys=[KEY])
+    model_id = InMemoryTransport(hub, KEY).send(
+        protocol.create_model(protocol.create_payload("yolov8n.yaml", {}))
+    ).data["id"]
+    ob = Outbox.open(model_id, tmp_path)
+    ob.apply([MetricsQueued(0, "{}")])
+    journal = Journal(ob.directory / "journal", seq=0, inbox=collections.deque())
+    for epoch in range(1, 6):
+        journal.append(("m", epoch, {"text": f"epoch {epoch} " * 4}), None)
+    journal.close()
+    ob.close()
+    data = bytearray((ob.directory / "journal").read_bytes())
+    data[8 + 16 + 5] ^= 0xFF  # inside the first record's payload
+    (ob.directory / "journal").write_bytes(bytes(data))
+
+    out = io.StringIO()
+    assert status(tmp_path, out=out) == 1
+    assert "1 record(s) lost" in out.getvalue()
+    out = io.StringIO()
+    assert sync(tmp_path, transport=InMemoryTransport(hub, KEY), timeout=10, out=out) == 1
+    assert "1 record(s) lost" in out.getvalue() and "a copy is kept as" in out.getvalue()
+    # every intact record after the damage still reached the hub
+    assert {e for (m, e) in hub.audit().metrics_applied if m == model_id} == {0, 2, 3, 4, 5}
+
+
+def test_a_record_that_does_not_read_back_is_damage_too(tmp_path):
+    import sqlite3
+
+    ob = Outbox.open(MODEL, tmp_path)
+    request = protocol.upload_metrics(MODEL, {0: "{}"}, key="k-1")
+    from hubfsm.core.changes import OpOpened
+
+    ob.apply([OpOpened("metrics", request, (0,))])
+    ob.close()
+    db = sqlite3.connect(tmp_path / MODEL / DATABASE)
+    db.execute("UPDATE ops SET request = '{not json'")
+    db.commit()
+    db.close()
+    with pytest.raises(OutboxDamaged, match="records cannot be read"):
+        inspect(find(tmp_path))
+    with pytest.raises(OutboxDamaged, match="records cannot be read"):
+        Outbox.open(MODEL, tmp_path)
+
+
+def test_the_status_command_exits_non_zero_on_damage(tmp_path, capsys):
+    from hubfsm.cli.main import main
+
+    Outbox.open(OTHER, tmp_path).close()
+    assert main(["status", str(tmp_path)]) == 0
+    damaged_outbox(tmp_path, MODEL)
+    assert main(["status", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"damaged: the outbox in {tmp_path / MODEL}" in out and "Traceback" not in out
