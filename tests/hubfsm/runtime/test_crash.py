@@ -150,15 +150,18 @@ class StallingProxy:
     Everything else is forwarded unchanged.
     """
 
-    def __init__(self, upstream, marker):
+    def __init__(self, upstream, marker, *, hold=True):
         import http.client
         import http.server
         import threading
         from urllib.parse import urlsplit
 
         self.holding = threading.Event()
-        self.holding.set()
+        if hold:
+            self.holding.set()
         self.release = threading.Event()
+        #: While set, every metrics or weights upload is answered with a redirect.
+        self.redirecting = threading.Event()
         target = urlsplit(upstream)
         proxy = self
 
@@ -169,6 +172,13 @@ class StallingProxy:
             def _forward(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                if (self.command == "POST" and "/heartbeat/" not in self.path
+                        and proxy.redirecting.is_set()):
+                    self.send_response(307)
+                    self.send_header("Location", "http://127.0.0.2:9/elsewhere")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if "/heartbeat/" in self.path and proxy.holding.is_set():
                     marker.touch()
                     proxy.release.wait(30)
@@ -315,3 +325,38 @@ def test_a_key_revoked_mid_run_keeps_every_epoch_for_sync_with_the_key_option(lo
         hashlib.sha256(trainer_module().best_bytes()).hexdigest()
     ]
     assert local.api_key not in done.stdout + done.stderr
+
+
+def test_a_redirect_mid_run_over_http_stops_sending_keeps_recording_and_sync_delivers(
+    local, tmp_path, capsys
+):
+    import hubfsm
+
+    created = InMemoryTransport(local.hub, local.api_key).send(
+        protocol.create_model(protocol.create_payload("yolov8n.yaml", {}))
+    )
+    model_id = created.data["id"]
+    outbox = tmp_path / "outbox"
+    with StallingProxy(local.url, tmp_path / "unused", hold=False) as proxy:
+        s = hubfsm.Session(model_id, api_key=local.api_key, api_root=proxy.url,
+                           outbox_dir=outbox, config=trainer_module().CONFIG)
+        s.start()
+        s.log_metrics({"loss": 1.0}, epoch=0)
+        assert s.flush(timeout=10)
+        proxy.redirecting.set()  # the API root "moved"
+        for epoch in range(1, 5):
+            s.log_metrics({"loss": 1.0 / (epoch + 1)}, epoch=epoch)
+        assert s._runner.wait_for(lambda c: c.state == "refused", 10)
+        best = tmp_path / "best.pt"
+        best.write_bytes(b"best weights")
+        with pytest.raises(hubfsm.HubError, match=r"redirect.*307.*check the API root") as info:
+            s.finish(best, map50_95=0.5)
+        s.close()
+    assert local.api_key not in str(info.value)
+    assert "127.0.0.2" in str(info.value)  # where it pointed, said, not followed
+    assert [row["epoch"] for row in local.hub.metrics(model_id)] == [0]
+    assert capsys.readouterr().err.count("hubfsm: model") == 1
+    done = sync(local, outbox)  # to the right root
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [row["epoch"] for row in local.hub.metrics(model_id)] == [0, 1, 2, 3, 4]
+    assert local.hub.record(model_id)["status"] == "trained"
