@@ -13,7 +13,12 @@ from typing import Any, Literal
 
 import attrs
 
-ErrorKind = Literal["connect", "timeout", "protocol"]
+#: How a request failed to get an answer. ``connect``: no connection (a route or name
+#: problem, a dropped connection); ``refused``: the host said nothing listens on the port;
+#: ``tls``: the TLS handshake failed (https to a plain http server, a bad certificate);
+#: ``url``: the URL cannot be requested at all; ``timeout``: the hub stopped making
+#: progress; ``protocol``: the answer is not the expected JSON.
+ErrorKind = Literal["connect", "refused", "tls", "url", "timeout", "protocol"]
 
 
 @attrs.frozen
@@ -104,11 +109,13 @@ class TransportError(Exception):
     """The request got no usable answer: no connection, a timeout, or a garbled body.
 
     Attributes:
-        kind: ``connect``, ``timeout`` or ``protocol`` (an answer that is not the expected JSON).
+        kind: What went wrong (see :data:`ErrorKind`).
+        url: The API root the request went to, when the transport knows it.
     """
 
-    def __init__(self, kind: ErrorKind, message: str) -> None:
+    def __init__(self, kind: ErrorKind, message: str, *, url: str | None = None) -> None:
         self.kind = kind
+        self.url = url
         super().__init__(message)
 
 

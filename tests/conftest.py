@@ -14,9 +14,16 @@ def _private_outbox(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _restore_structlog():
-    """Commands run in-process configure structlog; put it back for the next test."""
+    """Commands run in-process configure logging; put it back for the next test."""
+    import logging
+
     import structlog
 
     saved = structlog.get_config()
+    logger = logging.getLogger("hubfsm")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
     yield
     structlog.configure(**saved)
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate

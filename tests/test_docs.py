@@ -342,6 +342,11 @@ def test_the_site_config_builds_offline() -> None:
     assert re.search(r"^\s*font: false$", config, re.M), "web fonts would be fetched"
     assert not re.search(r"^\s*- privacy\b", config, re.M), "the privacy plugin downloads"
     assert not re.search(r"^\s*(inventories|import):", config, re.M), "remote inventories"
+    assert re.search(r"^use_directory_urls: false$", config, re.M), "file:// needs page.html"
+    for script in re.findall(r"^\s*- (assets/vendor/\S+\.js)$", config, re.M):
+        assert (DOCS / script).is_file(), f"{script} is not in docs/"
+        licence = DOCS / pathlib.Path(script).parent / "LICENSE"
+        assert licence.is_file(), f"{script} comes without its licence"
 
 
 def test_mkdocs_build_strict(tmp_path: pathlib.Path) -> None:
@@ -355,14 +360,37 @@ def test_mkdocs_build_strict(tmp_path: pathlib.Path) -> None:
         clean_env(tmp_path, NO_MKDOCS_2_WARNING="1"),
     )
     assert done.returncode == 0, explain("mkdocs build --strict", done)
+    # mkdocstrings formats signatures with ruff or black; the docs extra must bring one.
+    assert "ruff" not in done.stderr.lower() and "black" not in done.stderr.lower(), done.stderr
     for page in PAGES:
-        relative = page.relative_to(DOCS).with_suffix("")
-        html = site / ("" if relative.name == "index" else relative) / "index.html"
+        html = site / page.relative_to(DOCS).with_suffix(".html")
         assert html.is_file(), f"{page} did not become {html}"
         text = html.read_text(encoding="utf-8")
         assert not re.search(r":(class|meth|func|data|attr|mod|exc):<code>", text), (
             f"{html}: a Sphinx role was left as text"
         )
+        check_browsable_from_disk(site, html, text)
+    # The state diagram renders with the site's own mermaid, not one from a CDN.
+    diagram = (site / "state-machine.html").read_text(encoding="utf-8")
+    assert 'class="mermaid"' in diagram
+    scripts = re.findall(r'<script[^>]* src="([^"]+)"', diagram)
+    assert any(src.endswith("/mermaid.min.js") for src in scripts), scripts
+    # Search works without a server: its index is inlined into a script.
+    assert (site / "search" / "search_index.js").is_file()
+
+
+def check_browsable_from_disk(site: pathlib.Path, html: pathlib.Path, text: str) -> None:
+    """Every link of a page opens a file, and every script and style is in the site."""
+    for attribute, url in re.findall(r'\b(href|src)="([^"]*)"', text):
+        if re.match(r"^(https?:|mailto:|#|data:)", url):
+            assert attribute == "href", f"{html}: a {url} script or image needs the network"
+            continue
+        target = url.split("#", 1)[0].split("?", 1)[0]
+        if not target:
+            continue
+        resolved = (html.parent / target).resolve()
+        assert not target.endswith("/"), f"{html}: {url} opens a directory listing from disk"
+        assert resolved.is_file(), f"{html}: {url} names no file in the site"
 
 
 def test_sphinx_roles_become_cross_references() -> None:
@@ -373,3 +401,57 @@ def test_sphinx_roles_become_cross_references() -> None:
         'see <autoref optional identifier="hubfsm.errors.AuthError"><code>AuthError</code>'
         '</autoref> and <autoref optional identifier="close"><code>close</code></autoref>'
     )
+
+
+# -- the tutorial, as a new user follows it ---------------------------------------------
+
+
+def tutorial_block(after: str, lang: str) -> str:
+    """The first ``lang`` block after the line ``after`` in the tutorial."""
+    text = (DOCS / "tutorial.md").read_text(encoding="utf-8")
+    rest = text[text.index(after) :]
+    found = re.search(rf"```{lang}\n(.*?)```", rest, re.S)
+    assert found, f"no {lang} block after {after!r}"
+    return found.group(1)
+
+
+def test_the_tutorial_shows_what_hub_serve_prints(tmp_path: pathlib.Path) -> None:
+    shown = tutorial_block("hubfsm hub serve --data ./hub-data", "text")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hubfsm", "hub", "serve", "--data", "./hub-data", "--port", "0"],
+        cwd=tmp_path,
+        env=clean_env(tmp_path),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:  # bounded: the banner ends with the Ctrl-C line
+            lines.append(line)
+            if line.startswith("Press Ctrl-C"):
+                break
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+    banner = "".join(lines)
+    url = re.search(r"serving at (\S+)", banner)
+    assert url, banner
+    assert banner.replace(url.group(1), "http://127.0.0.1:8000") == shown
+
+
+def test_what_the_tutorial_leaves_in_a_checkout_is_ignored() -> None:
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout, so there is no .gitignore at work")
+    text = (DOCS / "tutorial.md").read_text(encoding="utf-8")
+    left = {f"{d}/" for d in re.findall(r"--data \./([\w-]+)", text)}
+    left |= set(re.findall(r"Save this as `([^`]+)`", text))
+    left |= {f"epoch{n}.pt" for n in range(2)} if 'f"epoch{epoch}.pt"' in text else set()
+    assert {"hub-data/", "first_session.py", "epoch0.pt"} <= left
+    for path in sorted(left):
+        done = subprocess.run(
+            ["git", "check-ignore", "-q", "--no-index", path], cwd=ROOT, timeout=30
+        )
+        assert done.returncode == 0, f"{path} is not in .gitignore"

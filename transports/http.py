@@ -24,7 +24,6 @@ from typing import Any, TextIO
 from urllib.parse import urljoin, urlsplit
 
 import requests
-import structlog
 import urllib3
 from requests.adapters import HTTPAdapter
 from requests.exceptions import ChunkedEncodingError, ContentDecodingError
@@ -35,6 +34,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 
 from hubfsm.core.retry import parse_retry_after
+from hubfsm.logs import get_logger
 from hubfsm.masking import redact, redact_value
 from hubfsm.transport import ErrorKind, RateLimit, Request, Response, Transport, TransportError
 from hubfsm.version import __version__
@@ -65,13 +65,16 @@ MIN_UPLOAD_RATE = 250_000
 #: How much of a redirect's ``Location`` a message quotes.
 _LOCATION_CHARS = 120
 
+#: The smallest upload whose speed is logged.
+_SPEED_BYTES = 1_000_000
+
 #: How much of an unexpected body an error message quotes.
 _SNIPPET_CHARS = 80
 
 _JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
 _JSON_TYPES[type(None)] = "null"
 
-log = structlog.get_logger("hubfsm.http")
+log = get_logger("hubfsm.http")
 
 
 class _Secret:
@@ -346,7 +349,8 @@ class RequestsTransport(Transport):
             when standard error is a terminal.
         session: A session to use instead of a new one, for custom TLS or proxy settings.
             It is used as it is (its body sends then keep requests' own timeout, the
-            connect timeout), except that certificates are always verified, and
+            connect timeout, and the attempt's deadline is checked only between the
+            chunks of an answer), except that certificates are always verified, and
             :meth:`close` leaves it open: its owner closes it. A session made here for a
             plain ``http://`` root ignores proxy settings from the environment, so a
             clear-text key does not leave through a proxy.
@@ -383,6 +387,14 @@ class RequestsTransport(Transport):
         parts = urlsplit(root)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"API root {self._redact(root)!r} is not an http:// or https:// URL")
+        try:
+            port_ok = parts.port != 0  # reading the port checks it
+        except ValueError:
+            port_ok = False
+        if not port_ok:
+            raise ValueError(
+                f"API root {self._redact(root)!r} has an invalid port (a number from 1 to 65535)"
+            )
         if parts.query or parts.fragment or parts.username or parts.password:
             raise ValueError(
                 f"the API root for {parts.hostname} must not have credentials, a query or "
@@ -476,7 +488,12 @@ class RequestsTransport(Transport):
                 file=request.file.name if request.file is not None else None,
                 bytes=sent.bytes,
                 seconds=round(seconds, 3),
-                mb_per_s=round(sent.bytes / 1e6 / seconds, 1) if seconds > 0 else None,
+                # A speed is only telling for a body big enough to outlast the round trip.
+                mb_per_s=(
+                    round(sent.bytes / 1e6 / seconds, 1)
+                    if seconds > 0 and sent.bytes >= _SPEED_BYTES
+                    else None
+                ),
                 status=response.status,
             )
         return response
@@ -514,12 +531,15 @@ class RequestsTransport(Transport):
                 headers["x-api-key"] = self._key.reveal()
             self._deadline.start(self._total_timeout + max_bytes / self._min_upload_rate)
             try:
-                answer = self._session.get(
+                session = self._session
+                answer = session.get(
                     url,
                     headers=headers,
                     stream=True,
                     allow_redirects=False,
                     timeout=(self._connect_timeout, self._read_timeout),
+                    # as in send(): certificates are checked even if the session says not
+                    verify=session.verify if isinstance(session.verify, str) else True,
                 )
                 try:
                     if 300 <= answer.status_code < 400 and answer.headers.get("Location"):
@@ -727,14 +747,18 @@ class RequestsTransport(Transport):
         if isinstance(error, (ChunkedEncodingError, ContentDecodingError)):
             return "protocol", f"{host} sent a garbled body ({_os_reason(error)})"
         if isinstance(error, RequestsSSLError):
-            return "connect", f"TLS with {host} failed ({_os_reason(error)})"
+            return "tls", f"TLS with {host} failed ({_os_reason(error)})"
+        if isinstance(error, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema)):
+            return "url", f"cannot request {host} ({type(error).__name__})"
+        if any(isinstance(e, ConnectionRefusedError) for e in _chain(error)):
+            return "refused", f"{host} refused the connection (nothing listens on that port)"
         return "connect", f"cannot talk to {host} ({_os_reason(error)})"
 
     def _fail(self, request: Request, kind: ErrorKind, reason: str) -> TransportError:
         """Log a failed request and make its error; the message never holds the key."""
         reason = self._redact(reason)
         log.info("http.error", method=request.method, path=request.path, kind=kind, reason=reason)
-        return TransportError(kind, f"{request.method} {request.path}: {reason}")
+        return TransportError(kind, f"{request.method} {request.path}: {reason}", url=self._root)
 
     def _decode(
         self, request: Request, status: int, content_type: str | None, content: bytes

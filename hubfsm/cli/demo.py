@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -22,6 +23,9 @@ from hubfsm.runtime.session import Session
 
 #: Seconds each epoch waits, standing in for data loading and accelerator time.
 PAUSE = 0.2
+
+#: Seconds an interrupted demo spends sending what is left before it stops.
+STOP_SECONDS = 3.0
 
 ARCHITECTURE = """\
 # A two-feature logistic regression: the demo's whole "architecture".
@@ -89,6 +93,8 @@ def train(
     seed: int = 0,
     workdir: Path | None = None,
     out: TextIO,
+    outbox: bool = True,
+    outbox_dir: Path | None = None,
 ) -> DemoResult:
     """Create a model on the hub from a local architecture file and train it.
 
@@ -100,6 +106,8 @@ def train(
         seed: Seeds the data and the model.
         workdir: Where the architecture and weight files go (a temporary directory if None).
         out: Where progress lines go.
+        outbox: Keep what the hub has not acknowledged on disk.
+        outbox_dir: The outbox root (default: the session's default).
     """
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hubfsm-demo-") as tmp:
@@ -108,10 +116,6 @@ def train(
         arch = work / "tiny-logreg.yaml"
         arch.write_text(ARCHITECTURE)
         rng = random.Random(seed)
-        train_set, val_set = _data(rng, 40_000), _data(rng, 4_000)
-        w = [rng.gauss(0, 0.1) for _ in range(3)]
-        last, best = work / "last.pt", work / "best.pt"
-        best_accuracy = -1.0
         train_args = {"data": "synthetic-2d", "epochs": epochs, "batch": 1, "imgsz": 2}
         with Session(
             str(arch),
@@ -119,38 +123,23 @@ def train(
             api_root=api_root,
             web_root=web_root,
             train_args=train_args,
-            seed=seed,
+            outbox=outbox,
+            outbox_dir=outbox_dir,
+            exit_timeout=STOP_SECONDS,
         ) as session:
+            # The session's jitter and idempotency keys are left unseeded: two runs with
+            # the same seed are two trainings, so they must not look like one retried.
             print(f"model created: {session.model_url}", file=out)
-            for epoch in range(epochs):
-                _epoch(w, train_set, lr=0.05 / (1 + epoch))
-                # A real epoch spends most of its time waiting on the data loader and
-                # the accelerator, with the GIL released; this pure-Python model never
-                # releases it, so it pauses as a real loop would.
-                time.sleep(PAUSE)
-                train_loss, _ = _loss_and_accuracy(w, train_set)
-                val_loss, accuracy = _loss_and_accuracy(w, val_set)
-                session.log_metrics(
-                    {
-                        "train/loss": round(train_loss, 6),
-                        "val/loss": round(val_loss, 6),
-                        "metrics/accuracy": round(accuracy, 6),
-                    },
-                    epoch=epoch,
-                )
-                _save(last, w, epoch)
-                is_best = accuracy > best_accuracy
-                if is_best:
-                    best_accuracy = accuracy
-                    _save(best, w, epoch)
-                session.save_checkpoint(last, epoch=epoch, is_best=is_best)
+            try:
+                _train(session, work, epochs, rng, out)
+            except KeyboardInterrupt:
                 print(
-                    f"epoch {epoch + 1}/{epochs}: train loss {train_loss:.4f}, "
-                    f"val loss {val_loss:.4f}, accuracy {accuracy:.3f}",
-                    file=out,
+                    f"\ninterrupted: sending what the hub has not acknowledged yet "
+                    f"(at most {STOP_SECONDS:g} s) ...",
+                    file=sys.stderr,
+                    flush=True,
                 )
-            print("uploading final weights ...", file=out)
-            session.finish(best, epoch=epochs - 1, map50_95=best_accuracy)
+                raise
             return DemoResult(
                 model_id=session.model_id or "",
                 model_url=session.model_url,
@@ -159,3 +148,40 @@ def train(
                 stats=session.stats(),
                 seconds=time.monotonic() - started,
             )
+
+
+def _train(session: Session, work: Path, epochs: int, rng: random.Random, out: TextIO) -> None:
+    """The training loop: an epoch, its metrics and checkpoint, then the final weights."""
+    train_set, val_set = _data(rng, 40_000), _data(rng, 4_000)
+    w = [rng.gauss(0, 0.1) for _ in range(3)]
+    last, best = work / "last.pt", work / "best.pt"
+    best_accuracy = -1.0
+    for epoch in range(epochs):
+        _epoch(w, train_set, lr=0.05 / (1 + epoch))
+        # A real epoch spends most of its time waiting on the data loader and
+        # the accelerator, with the GIL released; this pure-Python model never
+        # releases it, so it pauses as a real loop would.
+        time.sleep(PAUSE)
+        train_loss, _ = _loss_and_accuracy(w, train_set)
+        val_loss, accuracy = _loss_and_accuracy(w, val_set)
+        session.log_metrics(
+            {
+                "train/loss": round(train_loss, 6),
+                "val/loss": round(val_loss, 6),
+                "metrics/accuracy": round(accuracy, 6),
+            },
+            epoch=epoch,
+        )
+        _save(last, w, epoch)
+        is_best = accuracy > best_accuracy
+        if is_best:
+            best_accuracy = accuracy
+            _save(best, w, epoch)
+        session.save_checkpoint(last, epoch=epoch, is_best=is_best)
+        print(
+            f"epoch {epoch + 1}/{epochs}: train loss {train_loss:.4f}, "
+            f"val loss {val_loss:.4f}, accuracy {accuracy:.3f}",
+            file=out,
+        )
+    print("uploading final weights ...", file=out)
+    session.finish(best, epoch=epochs - 1, map50_95=best_accuracy)

@@ -4,45 +4,164 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import math
 import os
 import sys
 import tempfile
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
-import structlog
-
-from hubfsm.core.identifier import parse_identifier
+from hubfsm.core.identifier import DEFAULT_WEB_ROOT, WEB_ROOT_ENV, parse_identifier
 from hubfsm.errors import HubfsmError, IdentifierError
+from hubfsm.logs import configure_cli
 from hubfsm.version import __version__
 
+#: The environment variable the API key is read from when no option gives it.
+KEY_ENV = "HUB_API_KEY"
 
-def _configure_logs(verbose: bool) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``message`` on one line with where to read more, and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _number(kind: type[float] | type[int], text: str) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(_number(int, text))
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
+
+
+def _share(text: str) -> float:
+    value = _number(float, text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, not {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = _number(float, text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _number(float, text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(_number(int, text))
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535 (0: any), not {text}")
+    return value
+
+
+def _api_root(text: str) -> str:
+    """An http(s) URL with a host and a valid port, as the transport needs."""
+    example = "such as http://127.0.0.1:8000 or https://api.ultralytics.com"
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"needs an http:// or https:// URL ({example})")
+    try:
+        port_ok = parts.port != 0
+    except ValueError:
+        port_ok = False
+    if not port_ok:
+        raise argparse.ArgumentTypeError(f"has an invalid port ({example})")
+    return text.strip()
+
+
+def _directory(text: str) -> str:
+    """A directory, existing or to be made; not a file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a directory")
+    return text
+
+
+def _key_from(args: argparse.Namespace) -> str | None:
+    """The API key from ``--key``, ``--key-file`` or ``HUB_API_KEY``, in that order."""
+    if getattr(args, "key", None):
+        return str(args.key)
+    key_file = getattr(args, "key_file", None)
+    if key_file:
+        path = Path(key_file)
+        try:
+            mode = path.stat().st_mode
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise HubfsmError(f"cannot read the key file {key_file}: {exc.strerror}") from None
+        if mode & 0o077:
+            print(
+                f"warning: the key file {key_file} can be read by other users; "
+                f"`chmod 600 {key_file}` makes it yours alone",
+                file=sys.stderr,
+            )
+        if not key:
+            raise HubfsmError(f"the key file {key_file} is empty")
+        return key
+    return os.environ.get(KEY_ENV) or None
+
+
+def _add_key_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--key",
+        help=f"the API key {what}; other users can see it in `ps`, so prefer "
+        f"{KEY_ENV} or --key-file",
+    )
+    p.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="read the API key from FILE (which only you should be able to read)",
     )
 
 
 def _command(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    subparsers: argparse._SubParsersAction[Any],
     name: str,
     summary: str,
     example: str,
 ) -> argparse.ArgumentParser:
-    return subparsers.add_parser(
+    parser: argparse.ArgumentParser = subparsers.add_parser(
         name,
         help=summary,
         description=summary,
         epilog="example:\n" + textwrap.indent(example, "  "),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    return parser
 
 
 # -- parse -------------------------------------------------------------------------
+
+
+def _site(url: str) -> tuple[str, str]:
+    """A URL's scheme and host (with port), lower case; empty when it does not parse."""
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return ("", "")
+    return (parts.scheme.lower(), parts.netloc.rpartition("@")[2].lower())
 
 
 def cmd_parse(args: argparse.Namespace) -> int:
@@ -50,7 +169,14 @@ def cmd_parse(args: argparse.Namespace) -> int:
     try:
         identifier = parse_identifier(args.identifier, web_root=args.web_root)
     except IdentifierError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        hint = ""
+        root = args.web_root or os.environ.get(WEB_ROOT_ENV) or DEFAULT_WEB_ROOT
+        if "://" in args.identifier and _site(args.identifier) != _site(root):
+            hint = (
+                " (a URL of another hub, such as a local one, parses with --web-root ROOT "
+                "or ULTRALYTICS_HUB_WEB=ROOT)"
+            )
+        print(f"error: {exc}{hint}", file=sys.stderr)
         return 2
     print(json.dumps(identifier.to_json_dict(), indent=2))
     return 0
@@ -84,10 +210,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from hubfsm.cli.demo import train
 
     out = sys.stdout
-    if args.hub:
-        key = args.key or os.environ.get("HUB_API_KEY")
+    if not args.hub:
+        extra = [o for o, v in (("--key", args.key), ("--key-file", args.key_file)) if v]
+        extra += ["--web-root"] if args.web_root else []
+        if extra:
+            print(
+                f"error: {', '.join(extra)}: only with --hub (the embedded hub makes its "
+                "own key and address)",
+                file=sys.stderr,
+            )
+            return 2
+    else:
+        if args.data or args.fault_rate:
+            print(
+                "error: --data and --fault-rate are for the embedded hub, not with --hub",
+                file=sys.stderr,
+            )
+            return 2
+        key = _key_from(args)
         if not key:
-            print("error: --hub needs an API key: --key or HUB_API_KEY", file=sys.stderr)
+            print(
+                f"error: --hub needs an API key: {KEY_ENV}, --key-file FILE or --key",
+                file=sys.stderr,
+            )
             return 2
         result = train(
             api_key=key,
@@ -108,14 +253,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
         data = Path(args.data) if args.data else Path(tmp)
         with LocalHub(data, faults=faults, seed=args.seed) as local:
             print(f"local hub at {local.url} (data in {data})", file=out)
-            result = train(
-                api_key=local.api_key,
-                api_root=local.url,
-                web_root=local.url,
-                epochs=args.epochs,
-                seed=args.seed,
-                out=out,
-            )
+            # What the embedded hub has not acknowledged stays with the hub's data: with
+            # --data, `hubfsm sync DATA/outbox` sends it once `hub serve --data DATA`
+            # runs; a temporary hub takes its records with it, so nothing is kept.
+            try:
+                result = train(
+                    api_key=local.api_key,
+                    api_root=local.url,
+                    web_root=local.url,
+                    epochs=args.epochs,
+                    seed=args.seed,
+                    out=out,
+                    outbox_dir=data / "outbox" if args.data else None,
+                    outbox=bool(args.data),
+                )
+            except KeyboardInterrupt:
+                if not args.data:
+                    print(
+                        "the embedded hub was temporary: it stops now, and nothing is kept",
+                        file=sys.stderr,
+                    )
+                raise
             record = local.hub.record(result.model_id) or {}
             arrived = local.hub.metrics(result.model_id)
             _print_summary(result, (record, len(arrived)))
@@ -175,14 +333,38 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 # -- sync and status -------------------------------------------------------------
 
 
+def _missing(directory: str | None) -> bool:
+    """True (having said so) when the directory given does not exist."""
+    if directory and not Path(directory).is_dir():
+        what = "is not a directory" if Path(directory).exists() else "does not exist"
+        print(f"error: {directory} {what}", file=sys.stderr)
+        return True
+    return False
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     """Send what the outboxes hold."""
+    from hubfsm.durable.outbox import find, inspect
     from hubfsm.runtime.sync import root_of, sync
+    from transports.http import API_ROOT_ENV, DEFAULT_API_ROOT
 
+    if _missing(args.dir):
+        return 2
+    root = args.hub or os.environ.get(API_ROOT_ENV) or DEFAULT_API_ROOT
+    key = _key_from(args)
+    waiting = [i for i in inspect(find(root_of(args.dir))) if any(i.pending.values())]
+    if waiting and not key:
+        print(
+            f"error: sync needs the hub's API key: {KEY_ENV}, --key-file FILE or --key",
+            file=sys.stderr,
+        )
+        return 2
+    if waiting:
+        print(f"hub: {root}", file=sys.stdout)
     return sync(
         root_of(args.dir),
-        api_key=args.key,
-        api_root=args.hub,
+        api_key=key,
+        api_root=root,
         timeout=args.timeout,
         out=sys.stdout,
     )
@@ -192,7 +374,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     """List the outboxes and what each holds."""
     from hubfsm.runtime.sync import root_of, status
 
+    if _missing(args.dir):
+        return 2
     return status(root_of(args.dir), out=sys.stdout)
+
+
+def cmd_discard(args: argparse.Namespace) -> int:
+    """Delete an outbox and what it holds, after asking."""
+    from hubfsm.cli.discard import discard
+
+    return discard(args.target, root=args.root, yes=args.yes)
 
 
 # -- main --------------------------------------------------------------------------
@@ -200,13 +391,21 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
-    parser = argparse.ArgumentParser(
+    from hubfsm.sim.profiles import PROFILES
+
+    parser = _Parser(
         prog="hubfsm",
         description="A training-session client for model hubs: demo, local hub, simulation.",
         epilog="Run `hubfsm COMMAND --help` for a command's options and an example.",
     )
     parser.add_argument("--version", action="version", version=f"hubfsm {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="show what hubfsm is doing on standard error: -v progress, -vv every request",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = _command(
@@ -216,18 +415,29 @@ def build_parser() -> argparse.ArgumentParser:
         "to a hub (an embedded local hub unless --hub is given).",
         "hubfsm demo --epochs 5\nhubfsm demo --fault-rate 0.3   # rehearse a flaky hub",
     )
-    p.add_argument("--epochs", type=int, default=10, help="epochs to train (default 10)")
+    p.add_argument("--epochs", type=_positive_int, default=10, help="epochs to train (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seeds data, model and faults")
-    p.add_argument("--data", help="keep the embedded hub's data in DIR (default: temporary)")
+    p.add_argument(
+        "--data",
+        type=_directory,
+        metavar="DIR",
+        help="keep the embedded hub's data, and what it has not acknowledged, in DIR "
+        "(default: a temporary directory, removed at the end)",
+    )
     p.add_argument(
         "--fault-rate",
-        type=float,
+        type=_share,
         default=0.0,
         help="share of the embedded hub's answers to fail (0 to 1)",
     )
-    p.add_argument("--hub", help="use this hub's API root instead of an embedded one")
-    p.add_argument("--key", help="the API key for --hub (default: HUB_API_KEY)")
-    p.add_argument("--web-root", help="the web root for model URLs with --hub")
+    p.add_argument(
+        "--hub",
+        type=_api_root,
+        metavar="URL",
+        help="use this hub's API root (http:// or https://) instead of an embedded one",
+    )
+    _add_key_options(p, f"for --hub (default: {KEY_ENV})")
+    p.add_argument("--web-root", metavar="URL", help="the web root for model URLs with --hub")
     p.set_defaults(func=cmd_demo)
 
     p = _command(
@@ -254,17 +464,24 @@ def build_parser() -> argparse.ArgumentParser:
         "SQLite and weights on disk; optionally inject faults.",
         "hubfsm hub serve --data ./hub --port 8000 --fault-rate 0.2 --seed 1",
     )
-    p.add_argument("--data", help="data directory (default: the user data directory)")
+    p.add_argument(
+        "--data",
+        type=_directory,
+        metavar="DIR",
+        help="data directory (default: the user data directory)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 for any)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 for any)")
     p.add_argument(
         "--fault-rate",
-        type=float,
+        type=_share,
         default=0.0,
         help="share of API answers to fail with 5xx, 429, timeouts (0 to 1)",
     )
-    p.add_argument("--rate-limit", type=float, help="requests per second per key, then 429")
-    p.add_argument("--latency", type=float, default=0.0, help="up to this many seconds per answer")
+    p.add_argument("--rate-limit", type=_positive, help="requests per second per key, then 429")
+    p.add_argument(
+        "--latency", type=_seconds, default=0.0, help="up to this many seconds per answer"
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds the fault draws")
     p.add_argument(
         "--timeout", type=float, default=30.0, help="close connections silent this long (s)"
@@ -290,10 +507,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="an outbox root or one model's outbox "
         "(default: HUBFSM_OUTBOX, else the user data directory)",
     )
-    p.add_argument("--hub", help="the API root (default: ULTRALYTICS_HUB_API)")
-    p.add_argument("--key", help="the API key (default: HUB_API_KEY)")
     p.add_argument(
-        "--timeout", type=float, default=600.0, help="seconds to spend on each model (default 600)"
+        "--hub",
+        type=_api_root,
+        metavar="URL",
+        help="the API root (default: ULTRALYTICS_HUB_API, else the public hub)",
+    )
+    _add_key_options(p, f"(default: {KEY_ENV})")
+    p.add_argument(
+        "--timeout",
+        type=_positive,
+        default=600.0,
+        help="seconds to spend on each model (default 600)",
     )
     p.set_defaults(func=cmd_sync)
 
@@ -305,6 +530,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dir", nargs="?", help="an outbox root or one model's outbox")
     p.set_defaults(func=cmd_status)
+
+    p = _command(
+        sub,
+        "discard",
+        "Delete an outbox you no longer want, with everything it holds that the hub has "
+        "not acknowledged (say, for a model deleted on the hub). Asks first; refuses an "
+        "outbox a running session holds.",
+        "hubfsm discard AbCdEfGhIjKlMnOpQrSt\nhubfsm discard ./outbox/AbCdEfGhIjKlMnOpQrSt --yes",
+    )
+    p.add_argument("target", metavar="OUTBOX", help="a model id, or that model's outbox directory")
+    p.add_argument(
+        "--root",
+        metavar="DIR",
+        help="the outbox root a model id is looked up in "
+        "(default: HUBFSM_OUTBOX, else the user data directory)",
+    )
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_discard)
 
     p = _command(
         sub,
@@ -328,10 +571,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--profile",
         default="flaky",
-        help="calm, flaky, hostile, partition, revoked; a comma list; or all (default flaky)",
+        help=f"{', '.join(PROFILES)}; a comma list; or all (default flaky)",
     )
-    p.add_argument("--epochs", type=int, help="epochs per session (default 50; 8 with --http)")
-    p.add_argument("--jobs", type=int, default=1, help="processes to spread seeds over (default 1)")
+    p.add_argument(
+        "--epochs", type=_positive_int, help="epochs per session (default 50; 8 with --http)"
+    )
+    p.add_argument(
+        "--jobs", type=_positive_int, default=1, help="processes to spread seeds over (default 1)"
+    )
     p.add_argument("--trace", action="store_true", help="print each seed's full trace")
     p.add_argument("--json", action="store_true", help="print the traces as JSON lines")
     p.add_argument(
@@ -351,11 +598,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    _configure_logs(args.verbose)
+    configure_cli(args.verbose)
     try:
         return int(args.func(args))
     except HubfsmError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:
+        # What the transport refuses at set-up (plain http:// to another machine, a
+        # malformed key) is a usage error; with -vv the traceback shows where it came from.
+        if args.verbose >= 2:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
         return 130

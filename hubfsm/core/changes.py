@@ -57,7 +57,54 @@ class Offered:
     value: tuple[int, FilePart, Any] | None
 
 
-Change = MetricsQueued | OpOpened | OpClosed | Offered
+@attrs.frozen
+class Rejected:
+    """The hub refused one record's payload (400/422): it is set aside, kept, not retried.
+
+    The record stays in the outbox with the hub's answer until ``hubfsm discard`` removes
+    it; ``hubfsm sync`` reports it and exits non-zero while it is held.
+
+    Attributes:
+        channel: ``metrics``, ``checkpoint`` or ``final``.
+        request: The refused request (for metrics, of one epoch).
+        payload: The epochs (metrics), or the epoch (weights), it carried.
+        status: The hub's HTTP status.
+        reason: The hub's message.
+    """
+
+    channel: str
+    request: Request
+    payload: Any
+    status: int
+    reason: str
+
+    @property
+    def key(self) -> str:
+        """The refused operation's idempotency key."""
+        return self.request.idempotency_key or ""
+
+    @property
+    def epochs(self) -> tuple[int, ...]:
+        """The epochs of metrics the record holds (none for weights)."""
+        return tuple(self.payload) if self.channel == "metrics" else ()
+
+    def describe(self) -> str:
+        """``metrics of epoch 7: 400 metrics keys must be ...`` and the like."""
+        if self.channel == "metrics":
+            what = "metrics of epoch " + ", ".join(str(e) for e in self.epochs)
+        else:
+            what = f"{_NAMES.get(self.channel, self.channel)} of epoch {self.payload}"
+        return f"{what}: {self.status} {self.reason}".rstrip()
+
+
+@attrs.frozen
+class Refusal:
+    """A refusal stopped all sending (``text`` says which), or None once it is over."""
+
+    text: str | None
+
+
+Change = MetricsQueued | OpOpened | OpClosed | Offered | Rejected | Refusal
 
 _NAMES = {"metrics": "epochs of metrics", "checkpoint": "checkpoint", "final": "final weights"}
 
@@ -80,11 +127,15 @@ class Saved:
     metrics: tuple[tuple[int, str], ...] = ()
     checkpoint: tuple[int, FilePart, bool] | None = None
     final: tuple[int, FilePart, float] | None = None
+    #: Records the hub refused, set aside (never sent again, never dropped silently).
+    rejected: tuple[Rejected, ...] = ()
+    #: The refusal that stopped the last session's sending, if it is not over.
+    refusal: str | None = None
 
     @property
     def empty(self) -> bool:
-        """True when nothing waits to be sent."""
-        return not (self.ops or self.metrics or self.checkpoint or self.final)
+        """True when nothing waits to be sent and no rejected record is held."""
+        return not (self.ops or self.metrics or self.checkpoint or self.final or self.rejected)
 
     def counts(self) -> dict[str, int]:
         """What is pending, per channel, as :meth:`hubfsm.core.engine.Core.pending` counts it."""

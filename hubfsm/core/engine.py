@@ -10,12 +10,21 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 
 from hubfsm.core import protocol
-from hubfsm.core.changes import Change, MetricsQueued, Offered, OpClosed, OpOpened, Saved
+from hubfsm.core.changes import (
+    Change,
+    MetricsQueued,
+    Offered,
+    OpClosed,
+    OpOpened,
+    Refusal,
+    Rejected,
+    Saved,
+)
 from hubfsm.core.identifier import Identifier
 from hubfsm.core.machine import SessionMachine
 from hubfsm.core.retry import ChannelPolicies, RetryPolicy, Verdict, classify, retry_after_of
@@ -24,13 +33,27 @@ from hubfsm.errors import (
     DeliveryIncomplete,
     HubError,
     HubfsmError,
+    HubUnavailableError,
     ModelNotFoundError,
     ModelTrainedError,
 )
-from hubfsm.transport import FilePart, Outcome, Request, Response
+from hubfsm.transport import FilePart, Outcome, Request, Response, TransportError
 
 #: Channels in the order the core serves them when several are due at once.
 CHANNELS = ("control", "heartbeat", "metrics", "checkpoint", "final")
+
+#: The channels that carry the trainer's data (kept durably until acknowledged).
+DATA_CHANNELS = ("metrics", "checkpoint", "final")
+
+#: Answers that refuse one payload, not the session: that record is set aside.
+REJECTING_STATUSES = frozenset({400, 413, 422})
+
+#: Answers that stop every channel: the key, the model or the hub's address is wrong.
+#: (A redirect arrives as a 3xx: the key never follows one.)
+STOPPING_STATUSES = frozenset({401, 403})
+
+#: Called as ``notify(event, fields)`` for what the runner should log as a warning.
+Notify = Callable[[str, dict[str, Any]], None]
 
 
 @attrs.frozen
@@ -98,43 +121,6 @@ class Wait:
 Action = Send | Wait
 
 
-@attrs.frozen
-class Opening:
-    """A control operation's purpose: load the model (``load``) or create it (``create``)."""
-
-    kind: Literal["load", "create"]
-
-
-@attrs.frozen
-class Beat:
-    """A heartbeat operation (it carries nothing of the trainer's)."""
-
-
-@attrs.frozen
-class Batch:
-    """A metrics operation: the epochs it carries, in order."""
-
-    epochs: tuple[int, ...]
-
-
-@attrs.frozen
-class Weights:
-    """An upload operation (epoch or final weights): the epoch of the weights."""
-
-    epoch: int
-
-
-#: What an operation is for, per channel.
-Purpose = Opening | Beat | Batch | Weights
-
-
-def _kept(purpose: Purpose) -> Any:
-    """The payload an outbox keeps for an operation (see :class:`~hubfsm.core.changes.OpOpened`)."""
-    if isinstance(purpose, Batch):
-        return purpose.epochs
-    return purpose.epoch if isinstance(purpose, Weights) else None
-
-
 @attrs.define(eq=False)
 class _Op:
     """One logical operation: the same request, retried under one idempotency key."""
@@ -143,16 +129,11 @@ class _Op:
     channel: str
     request: Request
     policy: RetryPolicy
-    payload: Purpose
+    payload: Any = None
     attempts: int = 0
     round_attempts: int = 0
     round_start: float = 0.0
     not_before: float = 0.0
-
-
-def _epochs(op: _Op | None) -> tuple[int, ...]:
-    """The epochs a metrics operation carries (none for no operation)."""
-    return op.payload.epochs if op is not None and isinstance(op.payload, Batch) else ()
 
 
 @attrs.define
@@ -203,6 +184,16 @@ class Core:
         self._ops: dict[str, _Op | None] = dict.fromkeys(CHANNELS)
         self._in_flight: _Op | None = None
         self._unsent: dict[int, str] = {}
+        # Epochs of a batch the hub refused: each goes alone, once, to find the bad one.
+        self._solo: dict[int, str] = {}
+        #: Records the hub refused (400/422), set aside and kept, never sent again.
+        self.rejected: list[Rejected] = []
+        #: Why heartbeats stopped for good (the hub refused one), if they did.
+        self.heartbeat_refusal: str | None = None
+        # The outbox says an earlier session was stopped by a refusal; a delivery ends it.
+        self._refusal_kept = False
+        #: Told of refusals that do not stop the session (a warning each), if set.
+        self.notify: Notify | None = None
         self._checkpoint: tuple[int, FilePart, bool] | None = None
         # When the waiting checkpoint was offered, and the gap between the last two offers.
         self._checkpoint_at = -math.inf
@@ -220,6 +211,10 @@ class Core:
         self.changes: list[Change] = []
         #: When True, nothing is sent: everything waits (for ``hubfsm sync``).
         self.offline = offline
+        #: True once the hub has answered anything: refusals after that are outages.
+        self.answered = False
+        #: The wait the last failed request was given before its retry (None: none).
+        self.retry_wait: float | None = None
 
     # -- what the trainer says ------------------------------------------------------
 
@@ -250,16 +245,17 @@ class Core:
         elif identifier.model_id is not None:
             self.model_id = identifier.model_id
             request = protocol.get_model(identifier.model_id)
-            self._add("control", request, payload=Opening("load"), now=now)
+            self._add("control", request, payload="load", now=now)
         else:
             payload = dict(create or {})
             request = protocol.create_model(payload, key=self._key())
-            self._add("control", request, payload=Opening("create"), now=now)
+            self._add("control", request, payload="create", now=now)
 
     def start(self, *, now: float) -> None:
         """Training begins: heartbeats start at once."""
         self.machine.fire("start")
-        self._next_heartbeat = now
+        if self.heartbeat_refusal is None:
+            self._next_heartbeat = now
 
     def epoch_end(self, epoch: int, metrics: Mapping[str, Any], *, now: float) -> None:
         """Queue an epoch's metrics; a later value for the same epoch replaces it."""
@@ -269,6 +265,7 @@ class Core:
     def queue_metrics(self, epoch: int, encoded: str) -> None:
         """Queue already-encoded metrics (from the trainer or from a recovered outbox)."""
         self._unsent.pop(epoch, None)
+        self._solo.pop(epoch, None)
         self._unsent[epoch] = encoded
         if self.durable:
             self.changes.append(MetricsQueued(epoch, encoded))
@@ -317,7 +314,8 @@ class Core:
     def resume(self, *, now: float) -> None:
         """Training goes on after an interruption."""
         self.machine.fire("resume")
-        self._next_heartbeat = now
+        if self.heartbeat_refusal is None:
+            self._next_heartbeat = now
         if self._final is not None:
             self._offer_final(None)
         self._close_op("final")
@@ -328,9 +326,7 @@ class Core:
         for kept in saved.ops:
             self._next_op += 1
             policy: RetryPolicy = getattr(policies, kept.channel)
-            payload: Purpose = (
-                Batch(tuple(kept.payload)) if kept.channel == "metrics" else Weights(kept.payload)
-            )
+            payload = tuple(kept.payload) if kept.channel == "metrics" else kept.payload
             op = _Op(self._next_op, kept.channel, kept.request, policy, payload, round_start=now)
             op.not_before = now
             self._ops[kept.channel] = op
@@ -341,6 +337,8 @@ class Core:
             self._checkpoint = saved.checkpoint
         if saved.final is not None:
             self._final = saved.final
+        self.rejected.extend(saved.rejected)
+        self._refusal_kept = saved.refusal is not None
 
     @property
     def saved_final(self) -> tuple[int, FilePart, float] | None:
@@ -359,8 +357,9 @@ class Core:
         """Say what to do at ``now``: send one request, or wait."""
         if self._in_flight is not None:
             raise RuntimeError("poll() while a request is in flight")
-        state = self.machine.state
-        if state in ("done", "failed", "unparsed") or self.offline:
+        machine = self.machine
+        state = machine.state
+        if not machine.sends or self.offline:
             return Wait(None)
         if state == "final_uploading" and now >= self._finish_deadline:
             self.interrupt(now=now)
@@ -381,11 +380,12 @@ class Core:
             if op.not_before <= now:
                 return self._send(op, now)
             earliest = min(earliest, op.not_before)
-        if state in ("training", "final_uploading"):
+        if machine.heartbeats:
             earliest = min(earliest, self._next_heartbeat)
         if state == "final_uploading":
             earliest = min(earliest, self._finish_deadline)
-        if self._unsent and self._ops["metrics"] is None and state != "final_uploading":
+        waiting = self._unsent or self._solo
+        if waiting and self._ops["metrics"] is None and state != "final_uploading":
             earliest = min(earliest, self._last_metrics + self.config.limits.metrics)
         if self._checkpoint is not None and self._ops["checkpoint"] is None:
             earliest = min(earliest, self._checkpoint_due())
@@ -397,13 +397,19 @@ class Core:
         if op is None or op.id != op_id:
             raise RuntimeError(f"no request {op_id} in flight")
         self._in_flight = None
-        verdict = classify(outcome)
+        self.retry_wait = None
+        first_contact = not self.answered and op.payload in ("load", "create")
+        if isinstance(outcome, Response):
+            self.answered = True
+        verdict = classify(outcome, first_contact=first_contact)
         if verdict is Verdict.SUCCESS:
             assert isinstance(outcome, Response)
             self._close_op(op.channel)
             self._succeeded(op, outcome, now)
+        elif isinstance(outcome, TransportError):
+            if verdict is Verdict.FATAL or not self._retry(op, outcome, now, first_contact):
+                self._unreachable(op, outcome)
         elif verdict is Verdict.FATAL:
-            assert isinstance(outcome, Response)
             self._fatal(op, outcome)
         else:
             self._retry(op, outcome, now)
@@ -416,19 +422,25 @@ class Core:
     def pending(self) -> dict[str, int]:
         """What the hub has not acknowledged yet, per channel."""
         metrics_op = self._ops["metrics"]
-        in_op = len(_epochs(metrics_op))
+        in_op = len(metrics_op.payload) if metrics_op is not None else 0
         ckpt = int(self._checkpoint is not None or self._ops["checkpoint"] is not None)
         return {
-            "metrics": len(self._unsent) + in_op,
+            "metrics": len(self._unsent) + len(self._solo) + in_op,
             "checkpoint": ckpt,
             "final": int(self._final is not None),
         }
 
     def unacknowledged_epochs(self) -> set[int]:
         """The epochs whose metrics the hub has not acknowledged."""
-        epochs = set(self._unsent)
-        epochs.update(_epochs(self._ops["metrics"]))
+        epochs = set(self._unsent) | set(self._solo)
+        op = self._ops["metrics"]
+        if op is not None:
+            epochs.update(op.payload)
         return epochs
+
+    def rejected_epochs(self) -> set[int]:
+        """The epochs whose metrics the hub refused, kept aside."""
+        return {epoch for record in self.rejected for epoch in record.epochs}
 
     @property
     def drained(self) -> bool:
@@ -467,21 +479,21 @@ class Core:
             return
         self._ops[channel] = None
         key = op.request.idempotency_key
-        if self.durable and key is not None and channel in ("metrics", "checkpoint", "final"):
+        if self.durable and key is not None and channel in DATA_CHANNELS:
             self.changes.append(OpClosed(key))
 
     def _key(self) -> str:
         self._next_key += 1
         return f"{self._nonce}-{self._next_key}"
 
-    def _add(self, channel: str, request: Request, *, payload: Purpose, now: float) -> _Op:
+    def _add(self, channel: str, request: Request, *, payload: Any, now: float) -> _Op:
         policy: RetryPolicy = getattr(self.config.policies, channel)
         self._next_op += 1
         op = _Op(self._next_op, channel, request, policy, payload, round_start=now)
         op.not_before = now
         self._ops[channel] = op
-        if self.durable and channel in ("metrics", "checkpoint", "final"):
-            self.changes.append(OpOpened(channel, request, _kept(payload)))
+        if self.durable and channel in DATA_CHANNELS:
+            self.changes.append(OpOpened(channel, request, payload))
         return op
 
     def _schedule(self, state: str, now: float) -> None:
@@ -491,22 +503,22 @@ class Core:
         model_id = self.model_id
         if model_id is None:
             return
-        if (
-            ops["heartbeat"] is None
-            and now >= self._next_heartbeat
-            and state in ("training", "final_uploading")
-        ):
+        if ops["heartbeat"] is None and now >= self._next_heartbeat and self.machine.heartbeats:
             self._add(
-                "heartbeat", protocol.heartbeat(model_id, self.agent_id), payload=Beat(), now=now
+                "heartbeat", protocol.heartbeat(model_id, self.agent_id), payload=None, now=now
             )
         # The final flush is exempt from the metrics limit (as the official client's final
         # upload is): the trainer is waiting, and it is the last metrics request.
         metrics_due = self._last_metrics + (0.0 if state == "final_uploading" else limits.metrics)
-        if ops["metrics"] is None and self._unsent and now >= metrics_due:
-            batch = self._unsent
-            self._unsent = {}
+        if ops["metrics"] is None and (self._solo or self._unsent) and now >= metrics_due:
+            if self._solo:
+                epoch = next(iter(self._solo))
+                batch = {epoch: self._solo.pop(epoch)}
+            else:
+                batch = self._unsent
+                self._unsent = {}
             request = protocol.upload_metrics(model_id, batch, key=self._key())
-            self._add("metrics", request, payload=Batch(tuple(batch)), now=now)
+            self._add("metrics", request, payload=tuple(batch), now=now)
         if (
             ops["checkpoint"] is None
             and self._checkpoint is not None
@@ -517,20 +529,21 @@ class Core:
             request = protocol.upload_checkpoint(
                 model_id, epoch, file, is_best=is_best, key=self._key()
             )
-            self._add("checkpoint", request, payload=Weights(epoch), now=now)
+            self._add("checkpoint", request, payload=epoch, now=now)
         if (
             state == "final_uploading"
             and self._final is not None
             and ops["final"] is None
             and ops["metrics"] is None
             and not self._unsent
+            and not self._solo
         ):
             epoch, file, map50_95 = self._final
             # The key follows the content, so finishing again with the same weights after
             # an interrupted upload that did land is replayed by the hub, not refused.
             key = f"final-{model_id}-{epoch}-{file.sha256[:32]}"
             request = protocol.upload_final(model_id, epoch, file, map50_95=map50_95, key=key)
-            self._add("final", request, payload=Weights(epoch), now=now)
+            self._add("final", request, payload=epoch, now=now)
         metrics_op = ops["metrics"]
         if metrics_op is not None:
             # The hub's limit counts every metrics request, retries included.
@@ -557,8 +570,13 @@ class Core:
     def _succeeded(self, op: _Op, response: Response, now: float) -> None:
         channel = op.channel
         data = response.data
+        if self._refusal_kept and channel in DATA_CHANNELS:
+            # The cause of the earlier refusal is fixed: the hub takes data again.
+            self._refusal_kept = False
+            if self.durable:
+                self.changes.append(Refusal(None))
         if channel == "metrics":
-            self.stats.acknowledged_epochs += len(_epochs(op))
+            self.stats.acknowledged_epochs += len(op.payload)
         elif channel == "checkpoint":
             self.stats.checkpoints += 1
         elif channel == "heartbeat":
@@ -574,7 +592,7 @@ class Core:
             self._offer_final(None)
             self._next_heartbeat = math.inf
             self.machine.fire("acknowledged")
-        elif op.payload == Opening("load"):
+        elif op.payload == "load":
             try:
                 protocol.check_record(data, self.model_id, response=response)
             except protocol.HubProtocolError as exc:
@@ -608,43 +626,184 @@ class Core:
                 self.machine.fire("create")
 
     def _fatal(self, op: _Op, response: Response) -> None:
-        self._ops[op.channel] = op if op.channel in ("metrics", "checkpoint", "final") else None
-        what = f"{op.request.method} {op.request.path}"
-        hub_says = f": {response.message}" if response.message else ""
+        """A refusal: decide what it stops, by channel and answer (see the docs' table)."""
+        channel = op.channel
         status = response.status
+        if channel == "control" and self.machine.state == "resolved":
+            self._ops[channel] = None
+            self.error = self._open_error(op, response)
+            self.machine.fire(op.payload, ok=False)
+            return
+        stops = status in STOPPING_STATUSES or 300 <= status < 400
+        if channel == "heartbeat" and not stops:
+            self._stop_heartbeats(op, response)
+            return
+        if channel in DATA_CHANNELS and status in REJECTING_STATUSES:
+            self._reject(op, response)
+            return
+        self._refuse(op, response)
+
+    def _open_error(self, op: _Op, response: Response) -> HubError:
+        """The error of a refused load or create: the session never opened."""
+        status = response.status
+        hub_says = f": {response.message}" if response.message else ""
+        if status in (401, 403):
+            return AuthError(
+                f"the hub refused the API key ({status}) on {_what(op)}{hub_says}",
+                status=status,
+                channel=op.channel,
+            )
+        if status == 404:
+            return ModelNotFoundError(
+                f"model {self.model_id} not found on the hub{hub_says}",
+                status=status,
+                channel=op.channel,
+            )
+        if status == 409:
+            return ModelTrainedError(
+                f"model {self.model_id} is already trained{hub_says}",
+                status=status,
+                channel=op.channel,
+            )
+        return HubError(
+            f"the hub rejected {_what(op)} with {status}{hub_says}",
+            status=status,
+            channel=op.channel,
+        )
+
+    def _refuse(self, op: _Op, response: Response) -> None:
+        """Stop all sending; what is pending stays, and every later event is still kept."""
+        channel = op.channel
+        # The refused operation keeps its key and data, for ``hubfsm sync`` once fixed.
+        self._ops[channel] = op if channel in DATA_CHANNELS else None
+        self._ops["heartbeat"] = None
+        self._next_heartbeat = math.inf
+        status = response.status
+        what = _what(op)
+        hub_says = f": {response.message}" if response.message else ""
         error: HubError
         if status in (401, 403):
             error = AuthError(
                 f"the hub refused the API key ({status}) on {what}{hub_says}",
                 status=status,
-                channel=op.channel,
+                channel=channel,
+            )
+        elif 300 <= status < 400:
+            error = HubError(
+                f"the hub answered {what} with a redirect ({status}), which is never "
+                f"followed with the key; check the API root{hub_says}",
+                status=status,
+                channel=channel,
             )
         elif status == 404:
             error = ModelNotFoundError(
-                f"model {self.model_id} not found on the hub{hub_says}",
+                f"model {self.model_id} not found on the hub ({status}) on {what}{hub_says}",
                 status=status,
-                channel=op.channel,
+                channel=channel,
             )
         elif status == 409:
             error = ModelTrainedError(
-                f"model {self.model_id} is already trained{hub_says}",
+                f"model {self.model_id} is already trained ({status}) on {what}{hub_says}",
                 status=status,
-                channel=op.channel,
+                channel=channel,
             )
         else:
             error = HubError(
-                f"the hub rejected {what} with {status}{hub_says}",
+                f"the hub refused {what} with {status}{hub_says}",
                 status=status,
-                channel=op.channel,
+                channel=channel,
             )
         self.error = error
-        state = self.machine.state
-        if isinstance(op.payload, Opening) and state == "resolved":
-            self.machine.fire(op.payload.kind, ok=False)
+        if self.durable:
+            self.changes.append(Refusal(str(error)))
+        self.machine.fire("refuse")
+
+    def _stop_heartbeats(self, op: _Op, response: Response) -> None:
+        """The hub refused a heartbeat: heartbeats stop for good; data goes on."""
+        self._ops["heartbeat"] = None
+        self._next_heartbeat = math.inf
+        self.heartbeat_refusal = f"{response.status} {response.message}".rstrip()
+        self._tell(
+            "heartbeat.stopped",
+            model_id=self.model_id,
+            status=response.status,
+            message=response.message,
+        )
+
+    def _reject(self, op: _Op, response: Response) -> None:
+        """The hub refused one payload: set it aside (kept) and go on with the rest."""
+        channel = op.channel
+        self._ops[channel] = None
+        key = op.request.idempotency_key or ""
+        body = op.request.json or {}
+        if channel == "metrics" and len(op.payload) > 1:
+            # One bad epoch must not take the good ones of its batch with it: each goes
+            # alone, once, and only the one the hub refuses again is set aside.
+            encoded = body.get("metrics", {})
+            for epoch in op.payload:
+                self._solo[epoch] = encoded[str(epoch)]
+                if self.durable:
+                    self.changes.append(MetricsQueued(epoch, encoded[str(epoch)]))
+            if self.durable:
+                self.changes.append(OpClosed(key))
+            self._tell(
+                "metrics.batch_refused",
+                model_id=self.model_id,
+                epochs=len(op.payload),
+                status=response.status,
+                message=response.message,
+            )
+            return
+        record = Rejected(channel, op.request, op.payload, response.status, response.message)
+        self.rejected.append(record)
+        if self.durable:
+            self.changes.append(record)
+        self._tell(
+            "record.rejected",
+            model_id=self.model_id,
+            channel=channel,
+            record=record.describe(),
+        )
+        if channel == "final":
+            # Nothing else is left to send by now (the final goes last): the session
+            # stops, with the weights kept aside and the answer in the error.
+            self._offer_final(None)
+            self.error = HubError(
+                f"the hub rejected the final weights ({response.status}) on {_what(op)}"
+                + (f": {response.message}" if response.message else ""),
+                status=response.status,
+                channel=channel,
+            )
+            self.machine.fire("refuse")
+
+    def _tell(self, event: str, **fields: Any) -> None:
+        notify = self.notify
+        if notify is not None:
+            notify(event, fields)
+
+    def _unreachable(self, op: _Op, outcome: TransportError) -> None:
+        """Opening failed on a hub that never answered: say what to check, and stop."""
+        where = outcome.url or "the API root"
+        if outcome.kind == "tls":
+            hint = (
+                f"check the scheme of {where}: https:// for a hub that speaks TLS, http:// "
+                "for one that does not (such as the local hub)"
+            )
+        elif outcome.kind == "url":
+            hint = f"check the API root {where}"
+        else:
+            hint = f"is the hub at {where} running?"
+        self.error = HubUnavailableError(f"cannot reach the hub ({outcome}); {hint}")
+        self._ops[op.channel] = None
+        if self.machine.state == "resolved":
+            self.machine.fire(op.payload, ok=False)
         else:
             self.machine.fire("fail")
 
-    def _retry(self, op: _Op, outcome: Outcome, now: float) -> None:
+    def _retry(
+        self, op: _Op, outcome: Outcome, now: float, first_contact: bool = False
+    ) -> bool:
+        """Schedule the operation's next attempt; False when opening should fail instead."""
         retry_after = retry_after_of(outcome)
         if isinstance(outcome, Response):
             self.last_failure = f"{outcome.status} {outcome.message}".rstrip()
@@ -652,7 +811,10 @@ class Core:
             self.last_failure = f"{outcome.kind}: {outcome}"
         if retry_after is not None:
             self._hold_until = max(self._hold_until, now + retry_after)
-        wait = op.policy.next_wait(
+        refused = isinstance(outcome, TransportError) and outcome.kind == "refused"
+        brief = first_contact and refused
+        policy = self.config.policies.first_contact if brief else op.policy
+        wait = policy.next_wait(
             attempts=op.round_attempts,
             elapsed=now - op.round_start,
             rng=self._rng,
@@ -660,11 +822,21 @@ class Core:
         )
         if wait is not None:
             op.not_before = now + wait
-            return
+            self.retry_wait = wait
+            return True
+        if brief:
+            return False
         # The policy gave up for now: the operation keeps its key and its data, and
         # rests before a fresh round, never sooner than the hub asked.
         self.stats.give_ups += 1
         op.round_attempts = 0
         op.not_before = now + max(self.config.limits.park, retry_after or 0.0)
+        self.retry_wait = op.not_before - now
         if op.channel == "heartbeat":
             self._ops["heartbeat"] = None
+        return True
+
+
+def _what(op: _Op) -> str:
+    """``POST /v1/models/...``: the request an answer was about."""
+    return f"{op.request.method} {op.request.path}"

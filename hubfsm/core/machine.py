@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from transitions import Machine, MachineError
 
 from hubfsm.errors import IllegalEventError
@@ -22,6 +23,7 @@ STATES = (
     "resumable",
     "final_uploading",
     "done",
+    "refused",
     "failed",
 )
 
@@ -41,13 +43,57 @@ TRANSITIONS: tuple[tuple[str, tuple[str, ...], str | None, bool], ...] = (
     ("resume", ("resumable",), "training", False),
     ("finish", ("training",), "final_uploading", False),
     ("acknowledged", ("final_uploading",), "done", False),
+    # A refusal that stops all sending (a revoked key, a deleted or trained model, a
+    # redirect) after the model was opened: the session keeps recording for a later sync.
     (
-        "fail",
-        ("resolved", "created", "loaded", "training", "resumable", "final_uploading"),
-        "failed",
+        "refuse",
+        ("created", "loaded", "training", "resumable", "final_uploading"),
+        "refused",
         False,
     ),
+    # While refused the trainer goes on: every event is recorded, nothing is sent.
+    ("start", ("refused",), None, False),
+    ("epoch_end", ("refused",), None, False),
+    ("checkpoint", ("refused",), None, False),
+    ("finish", ("refused",), None, False),
+    ("interrupt", ("refused",), None, False),
+    ("resume", ("refused",), None, False),
 )
+
+
+@attrs.frozen
+class StateTraits:
+    """What a state means for the rest of the session, so no module compares names.
+
+    Attributes:
+        records: The trainer's events (epochs, checkpoints, the final weights) are
+            accepted and kept.
+        sends: Requests go out: what is pending is delivered.
+        heartbeats: Heartbeats are due.
+        settled: A caller waiting for the session to finish may stop waiting.
+        terminal: No event leaves the state.
+    """
+
+    records: bool = False
+    sends: bool = False
+    heartbeats: bool = False
+    settled: bool = False
+    terminal: bool = False
+
+
+#: Every state's traits, declared beside the transitions (a test checks they agree).
+TRAITS: dict[str, StateTraits] = {
+    "unparsed": StateTraits(),
+    "resolved": StateTraits(sends=True),
+    "created": StateTraits(sends=True),
+    "loaded": StateTraits(sends=True),
+    "training": StateTraits(records=True, sends=True, heartbeats=True),
+    "resumable": StateTraits(sends=True, settled=True),
+    "final_uploading": StateTraits(sends=True, heartbeats=True),
+    "done": StateTraits(settled=True, terminal=True),
+    "refused": StateTraits(records=True, settled=True),
+    "failed": StateTraits(settled=True, terminal=True),
+}
 
 EVENTS = tuple(dict.fromkeys(row[0] for row in TRANSITIONS))
 
@@ -116,16 +162,52 @@ class SessionMachine:
         """True when ``event`` is legal in the current state."""
         return any(self.state in sources for name, sources, _, _ in TRANSITIONS if name == event)
 
+    @property
+    def traits(self) -> StateTraits:
+        """What the current state means (see :data:`TRAITS`)."""
+        return TRAITS[self._model.state]
+
+    @property
+    def records(self) -> bool:
+        """True when the trainer's events are accepted and kept."""
+        return TRAITS[self._model.state].records
+
+    @property
+    def sends(self) -> bool:
+        """True when pending requests go out."""
+        return TRAITS[self._model.state].sends
+
+    @property
+    def heartbeats(self) -> bool:
+        """True when heartbeats are due."""
+        return TRAITS[self._model.state].heartbeats
+
+    @property
+    def settled(self) -> bool:
+        """True when a caller waiting for the session to finish may stop waiting."""
+        return TRAITS[self._model.state].settled
+
+    @property
+    def refused(self) -> bool:
+        """True when a refusal stopped all sending and the session only records."""
+        return self._model.state == "refused"
+
+    @property
+    def failed(self) -> bool:
+        """True when the session could not open (bad key, missing or trained model)."""
+        return self._model.state == "failed"
+
 
 def to_mermaid() -> str:
     """Draw the declared machine as a Mermaid ``stateDiagram-v2`` block."""
     lines = ["stateDiagram-v2", "    [*] --> unparsed"]
     for event, sources, dest, guarded in TRANSITIONS:
         label = event if dest is None or guarded or dest != "failed" else f"{event} (error)"
-        if dest == "failed" and event == "fail":
-            label = "fail (fatal hub error)"
+        if event == "refuse":
+            label = "refuse (hub refused the key or model)"
         for source in sources:
             lines.append(f"    {source} --> {dest or source}: {label}")
-    lines.append("    done --> [*]")
-    lines.append("    failed --> [*]")
+    for state, traits in TRAITS.items():
+        if traits.terminal:
+            lines.append(f"    {state} --> [*]")
     return "\n".join(lines) + "\n"

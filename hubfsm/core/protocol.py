@@ -150,26 +150,43 @@ def heartbeat(model_id: str, agent_id: str | None) -> Request:
     return Request("POST", f"/v1/agent/heartbeat/models/{model_id}", json=body)
 
 
+def _plain(value: Any) -> Any:
+    # 8.2.0 puts the user's values in the JSON as they are (a bool cache, an int or list
+    # imgsz, an int or list device); anything JSON cannot carry goes as its text.
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return _scalar(value)
+
+
 def create_payload(filename: str, train_args: Mapping[str, Any]) -> dict[str, Any]:
-    """The create-model payload for a local ``.pt``/``.yaml``, as the official client builds it.
+    """The create-model payload for a local ``.pt``/``.yaml``, as ultralytics 8.2.0 builds it.
+
+    Values keep their JSON types as the user gave them (``cache`` a bool or a string,
+    ``imgsz`` an int or a list, ``device`` as given); what the user did not give takes
+    the official defaults (``batch`` -1, ``epochs`` 300, ``imgsz`` 640, ``patience``
+    100, ``device`` "", ``cache`` "ram"). The model is named after the file's base name,
+    so no local directory reaches the hub.
 
     Args:
         filename: The local model file the identifier named.
         train_args: Training arguments in ultralytics' names (``data``, ``epochs``,
-            ``batch``, ``imgsz``, ``patience``, ``device``, ``cache``).
+            ``batch``, ``imgsz``, ``patience``, ``device``, ``cache``), as the user gave
+            them: ``data`` is sent as given, not as a trainer resolved it.
     """
     base = filename.replace("\\", "/").rsplit("/", 1)[-1]
     stem = base.rsplit(".", 1)[0]
     payload: dict[str, Any] = {
         "config": {
-            "batchSize": train_args.get("batch", -1),
-            "epochs": train_args.get("epochs", 300),
-            "imageSize": train_args.get("imgsz", 640),
-            "patience": train_args.get("patience", 100),
-            "device": str(train_args.get("device", "")),
-            "cache": str(train_args.get("cache", "ram")),
+            "batchSize": _plain(train_args.get("batch", -1)),
+            "epochs": _plain(train_args.get("epochs", 300)),
+            "imageSize": _plain(train_args.get("imgsz", 640)),
+            "patience": _plain(train_args.get("patience", 100)),
+            "device": _plain(train_args.get("device", "")),
+            "cache": _plain(train_args.get("cache", "ram")),
         },
-        "dataset": {"name": train_args.get("data")},
+        "dataset": {"name": _plain(train_args.get("data"))},
         "lineage": {"architecture": {"name": stem}, "parent": {}},
         "meta": {"name": base},
     }

@@ -25,13 +25,26 @@ class Verdict(enum.Enum):
     FATAL = "fatal"
 
 
-def classify(outcome: Outcome) -> Verdict:
+#: Transport errors that, before the hub has ever answered, mean the address is wrong
+#: rather than the hub busy: waiting will not fix them.
+FIRST_CONTACT_FATAL = frozenset({"tls", "url"})
+
+
+def classify(outcome: Outcome, *, first_contact: bool = False) -> Verdict:
     """Sort an outcome into success, retryable failure or fatal failure.
 
     Connection errors, timeouts, garbled answers and the statuses in
     :data:`RETRYABLE_STATUSES` are retryable; every other non-2xx status is fatal.
+
+    Args:
+        outcome: The response or transport error.
+        first_contact: True when the hub has never answered this session yet: a TLS
+            failure or a URL that cannot be requested is then a configuration error
+            (https against a plain http hub, a typo in the port), fatal at once.
     """
     if isinstance(outcome, TransportError):
+        if first_contact and outcome.kind in FIRST_CONTACT_FATAL:
+            return Verdict.FATAL
         return Verdict.RETRY
     if outcome.ok:
         return Verdict.SUCCESS
@@ -163,6 +176,9 @@ class ChannelPolicies:
     """The retry policy of each kind of request, with the defaults hubfsm ships.
 
     Attributes:
+        first_contact: Opening the session while nothing has ever answered and the
+            connection is refused: most likely no hub runs at that address, so a brief
+            try, then a clear failure, instead of the control channel's patience.
         control: Reading, creating a model and checking the key: the user waits on these.
         metrics: Metrics uploads; a give-up is cheap since the next send carries the epochs.
         heartbeat: Heartbeats; the next one is 300 s away, so there is no point trying long.
@@ -175,6 +191,7 @@ class ChannelPolicies:
     heartbeat: RetryPolicy = RetryPolicy(base=2.0, cap=30.0, max_attempts=3, deadline=120.0)
     checkpoint: RetryPolicy = RetryPolicy(base=2.0, cap=120.0, max_attempts=8, deadline=1800.0)
     final: RetryPolicy = RetryPolicy(base=2.0, cap=60.0, max_attempts=10, deadline=3600.0)
+    first_contact: RetryPolicy = RetryPolicy(base=0.5, cap=2.0, max_attempts=4, deadline=5.0)
 
     def scaled(self, factor: float) -> ChannelPolicies:
         """Every channel's policy on a clock ``factor`` times as fast."""

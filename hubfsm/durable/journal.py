@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import attrs
-import structlog
 
 from hubfsm.core.events import (
     Barrier,
@@ -52,8 +51,9 @@ from hubfsm.core.events import (
     Resumed,
     Start,
 )
+from hubfsm.logs import get_logger
 
-log = structlog.get_logger("hubfsm")
+log = get_logger("hubfsm")
 
 MAGIC = b"HFJ1"
 #: Version 1 had unaligned entry records only; :func:`replay` still reads it.

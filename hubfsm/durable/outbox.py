@@ -17,20 +17,21 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 import attrs
 import platformdirs
-import structlog
 
-from hubfsm.core.changes import Change, Saved
+from hubfsm.core.changes import Change, Rejected, Saved
 from hubfsm.core.events import FileStamp
 from hubfsm.core.protocol import HUB_ID
 from hubfsm.durable.journal import JournalDamage, scan
 from hubfsm.durable.outbox_db import OutboxDB
 from hubfsm.errors import HubfsmError
-from hubfsm.transport import FilePart
+from hubfsm.logs import get_logger
+from hubfsm.transport import FilePart, Request
 
-log = structlog.get_logger("hubfsm")
+log = get_logger("hubfsm")
 
 #: Environment variable that overrides the default outbox root.
 OUTBOX_ENV = "HUBFSM_OUTBOX"
@@ -185,11 +186,16 @@ class Outbox:
                 connection.execute("PRAGMA journal_mode=WAL")
                 connection.execute("PRAGMA synchronous=NORMAL")
                 self.db = OutboxDB(connection, model_id)
+                self.db.load()  # every record must read back, or it is damage
             except sqlite3.DatabaseError as error:
                 connection.close()
                 raise OutboxDamaged(
                     self.directory, _damage_of(error), _salvage(self.directory)
                 ) from None
+            except (ValueError, TypeError, KeyError, AssertionError) as error:
+                connection.close()
+                problem = f"its records cannot be read ({type(error).__name__})"
+                raise OutboxDamaged(self.directory, problem, _salvage(self.directory)) from None
         except BaseException:
             os.close(self._lock_fd)
             raise
@@ -291,6 +297,8 @@ class Outbox:
         """Delete snapshots that no operation or slot refers to any more."""
         saved = self.load()
         keep = {op.request.file.path for op in saved.ops if op.request.file is not None}
+        # A rejected record's weights are kept with it, for the user to look at or discard.
+        keep |= {r.request.file.path for r in saved.rejected if r.request.file is not None}
         for slot in (saved.checkpoint, saved.final):
             if slot is not None:
                 keep.add(slot[1].path)
@@ -349,6 +357,8 @@ class OutboxInfo:
 
     Attributes:
         journal_damage: What the trainer's journal lost, if it is damaged.
+        rejected: The records the hub refused, described (kept until ``hubfsm discard``).
+        refusal: The refusal that stopped the last session's sending, if it is not over.
     """
 
     directory: Path
@@ -356,6 +366,8 @@ class OutboxInfo:
     pending: dict[str, int]
     in_use: bool
     journal_damage: JournalDamage | None = None
+    rejected: tuple[str, ...] = ()
+    refusal: str | None = None
 
 
 def find(root: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -396,12 +408,19 @@ def _read(directory: Path) -> OutboxInfo:
             metrics = db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
             in_ops = 0
             checkpoint = 0
-            for channel, payload in db.execute("SELECT channel, payload FROM ops"):
+            for channel, request, payload in db.execute(
+                "SELECT channel, request, payload FROM ops"
+            ):
+                json.loads(request)  # readable, or the outbox is damaged
                 if channel == "metrics":
                     in_ops += len(json.loads(payload))
                 elif channel == "checkpoint":
                     checkpoint = 1
-            kinds = {k for (k,) in db.execute("SELECT kind FROM slots")}
+            slots = dict(db.execute("SELECT kind, value FROM slots"))
+            for value in slots.values():
+                json.loads(value)
+            kinds = set(slots)
+            rejected, refusal = _refusals(db)
         finally:
             db.close()
     except sqlite3.Error as error:
@@ -427,8 +446,26 @@ def _read(directory: Path) -> OutboxInfo:
         "checkpoint": int(checkpoint or "checkpoint" in kinds),
         "final": int("final" in kinds),
     }
-    damage = scan(directory / JOURNAL, after=after).damage
-    return OutboxInfo(directory, model_id, pending, _in_use(directory), damage)
+    in_use = _in_use(directory)
+    # A running session's journal may be read mid-write; its session reports its damage.
+    damage = None if in_use else scan(directory / JOURNAL, after=after).damage
+    return OutboxInfo(directory, model_id, pending, in_use, damage, rejected, refusal)
+
+
+def _refusals(db: sqlite3.Connection) -> tuple[tuple[str, ...], str | None]:
+    """The rejected records and the kept refusal of an outbox opened read-only."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    rejected: tuple[str, ...] = ()
+    if "rejected" in tables:
+        rows = db.execute(
+            "SELECT channel, payload, status, reason FROM rejected ORDER BY seq"
+        ).fetchall()
+        rejected = tuple(
+            Rejected(channel, Request("POST", ""), json.loads(payload), status, reason).describe()
+            for channel, payload, status, reason in rows
+        )
+    row = db.execute("SELECT value FROM meta WHERE key = 'refusal'").fetchone()
+    return rejected, None if row is None else str(row[0])
 
 
 def inspect(directories: Iterable[Path]) -> list[OutboxInfo]:
@@ -503,3 +540,37 @@ def keep_damaged_journal(info: OutboxInfo) -> Path | None:
     with open(fd, "wb") as copy:
         copy.write(source.read_bytes())
     return target
+
+
+def set_aside_reporting(error: OutboxDamaged, *, out: TextIO) -> None:
+    """Set a damaged outbox aside and say where it went (or why it could not go)."""
+    try:
+        print(f"  set aside as {set_aside(error.directory)}", file=out)
+    except (HubfsmError, OSError, ValueError) as exc:
+        print(f"  could not set it aside: {exc}", file=out)
+
+
+def report_damage(found: Survey, *, out: TextIO, repair: bool) -> int:
+    """Print what is damaged in ``found``; return how many outboxes and journals are.
+
+    Args:
+        found: What :func:`survey` found.
+        out: Where the report goes.
+        repair: Also set damaged outboxes aside and keep copies of damaged journals
+            (for ``hubfsm sync``, which then sends the rest); without it, only report
+            (for ``hubfsm status``).
+    """
+    for error in found.damaged:
+        print(f"damaged: {error}", file=out)
+        if repair:
+            set_aside_reporting(error, out=out)
+    for info in found.infos:
+        if info.journal_damage is None:
+            continue
+        print(f"damaged: model {info.model_id}: {info.journal_damage.describe()}", file=out)
+        if repair:
+            try:
+                print(f"  a copy is kept as {keep_damaged_journal(info)}", file=out)
+            except OSError as exc:
+                print(f"  no copy could be kept: {exc}", file=out)
+    return len(found.damaged) + sum(i.journal_damage is not None for i in found.infos)

@@ -16,7 +16,16 @@ from typing import Any
 
 import attrs
 
-from hubfsm.core.changes import Change, MetricsQueued, OpClosed, OpOpened, Saved
+from hubfsm.core.changes import (
+    Change,
+    MetricsQueued,
+    Offered,
+    OpClosed,
+    OpOpened,
+    Refusal,
+    Rejected,
+    Saved,
+)
 from hubfsm.transport import FilePart, Request
 
 _SCHEMA = """
@@ -30,6 +39,15 @@ CREATE TABLE IF NOT EXISTS ops (
     payload TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS slots (kind TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rejected (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    channel TEXT NOT NULL,
+    request TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
 """
 
 
@@ -128,7 +146,38 @@ class OutboxDB:
         slots = dict(db.execute("SELECT kind, value FROM slots"))
         checkpoint = _slot_from_json(slots["checkpoint"]) if "checkpoint" in slots else None
         final = _slot_from_json(slots["final"]) if "final" in slots else None
-        return Saved(ops=ops, metrics=metrics, checkpoint=checkpoint, final=final)
+        return Saved(
+            ops=ops,
+            metrics=metrics,
+            checkpoint=checkpoint,
+            final=final,
+            rejected=self.rejected(),
+            refusal=self.refusal,
+        )
+
+    def rejected(self) -> tuple[Rejected, ...]:
+        """The records the hub refused, oldest first."""
+        return tuple(
+            Rejected(channel, _request_from_json(request), json.loads(payload), status, reason)
+            for channel, request, payload, status, reason in self._db.execute(
+                "SELECT channel, request, payload, status, reason FROM rejected ORDER BY seq"
+            )
+        )
+
+    @property
+    def refusal(self) -> str | None:
+        """The refusal that stopped the last session's sending, if it is not over."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'refusal'").fetchone()
+        return None if row is None else str(row[0])
+
+    def drop_rejected(self, keys: Sequence[str] | None = None) -> int:
+        """Forget rejected records (those of ``keys``, or all); returns how many went."""
+        with self._transaction() as db:
+            if keys is None:
+                return db.execute("DELETE FROM rejected").rowcount
+            return sum(
+                db.execute("DELETE FROM rejected WHERE key = ?", (key,)).rowcount for key in keys
+            )
 
     # -- writing -----------------------------------------------------------------
 
@@ -172,7 +221,33 @@ class OutboxDB:
                     ).fetchone()
                     db.execute("DELETE FROM ops WHERE key = ?", (change.key,))
                     files_touched = files_touched or (row is not None and row[0] != "metrics")
+                elif isinstance(change, Rejected):
+                    # Set aside in the same transaction that ends its operation.
+                    db.execute("DELETE FROM ops WHERE key = ?", (change.key,))
+                    db.execute(
+                        "INSERT OR IGNORE INTO rejected "
+                        "(key, channel, request, payload, status, reason) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            change.key,
+                            change.channel,
+                            _request_to_json(change.request),
+                            json.dumps(
+                                change.epochs if change.channel == "metrics" else change.payload
+                            ),
+                            change.status,
+                            change.reason,
+                        ),
+                    )
+                elif isinstance(change, Refusal):
+                    if change.text is None:
+                        db.execute("DELETE FROM meta WHERE key = 'refusal'")
+                    else:
+                        db.execute(
+                            "INSERT OR REPLACE INTO meta VALUES ('refusal', ?)", (change.text,)
+                        )
                 else:
+                    assert isinstance(change, Offered)
                     if change.value is None:
                         db.execute("DELETE FROM slots WHERE kind = ?", (change.kind,))
                         files_touched = True

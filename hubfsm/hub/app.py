@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import attrs
-import structlog
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 from werkzeug.wrappers import Request, Response
@@ -31,8 +30,9 @@ from hubfsm.hub import parse, web
 from hubfsm.hub.calls import BadJson, HubCall, HubReply, fail
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.faults import NO_FAULT, Fault, FaultMix, draw
+from hubfsm.logs import get_logger
 
-_log = structlog.get_logger("hubfsm.hub")
+_log = get_logger("hubfsm.hub")
 
 #: Bodies of refused requests up to this size are read and dropped (so the connection stays
 #: usable); larger ones are not read at all, and the connection is closed after the answer.
@@ -196,11 +196,18 @@ class HubApp:
                 _refuse_body(request, environ)
                 call: HubCall | HubReply = _bare_call(request)
             else:
-                call = self._call(request, environ, spooled)
+                try:
+                    call = self._call(request, environ, spooled)
+                except ValueError as error:
+                    # A body the server cannot frame: a bad chunk size, a short body.
+                    _close_after(environ)
+                    call = fail(400, f"malformed request body: {_safe(str(error))[:200]}")
             reply = call if isinstance(call, HubReply) else self.hub.handle(call)
         finally:
             for each in spooled:
                 each.close()
+                # Gone already when the upload was committed (renamed into place).
+                Path(each.name).unlink(missing_ok=True)
         if fault.kind == "lost_response":
             if reply.content is not None and not isinstance(reply.content, bytes):
                 reply.content.close()
@@ -211,6 +218,10 @@ class HubApp:
         self, request: Request, environ: dict[str, Any], spooled: list[IO[bytes]]
     ) -> HubCall | HubReply:
         """The request as a hub call, or the reply when its body cannot be one."""
+        declared = request.headers.get("Content-Length")
+        if declared is not None and not (declared.isascii() and declared.isdigit()):
+            _close_after(environ)
+            return fail(400, "Content-Length must be a non-negative integer")
         multipart = request.mimetype == "multipart/form-data"
         cap = self.limits.upload if multipart else self.limits.json
         length = request.content_length
@@ -236,7 +247,11 @@ class HubApp:
             filename: str | None,
             content_length: int | None = None,
         ) -> IO[bytes]:
-            spool = tempfile.TemporaryFile(dir=self.spool_dir)  # noqa: SIM115 - closed by caller
+            # Received straight into the store's staging folder: a store that finds it there
+            # hashes it in place and renames it into place, with no second copy.
+            spool = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by the caller
+                dir=self.spool_dir, suffix=".part", delete=False
+            )
             spooled.append(spool)
             return spool
 
@@ -294,9 +309,12 @@ def _refuse_body(request: Request, environ: dict[str, Any]) -> None:
     if length is None or length > _DRAIN:
         _close_after(environ)
         return
-    stream = request.stream
-    while stream.read(_CHUNK):
-        pass
+    try:
+        stream = request.stream
+        while stream.read(_CHUNK):
+            pass
+    except (ValueError, OSError):
+        _close_after(environ)
 
 
 def _json(reply: HubReply, extra: dict[str, str] | None = None) -> Response:

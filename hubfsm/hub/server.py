@@ -22,7 +22,6 @@ from types import TracebackType
 from typing import Any, TextIO
 
 import platformdirs
-import structlog
 from cheroot import server as cheroot_server
 from cheroot import wsgi
 
@@ -31,6 +30,7 @@ from hubfsm.hub.domain import ALPHABET, Hub
 from hubfsm.hub.faults import FaultMix
 from hubfsm.hub.signing import DEFAULT_TTL, UrlSigner, load_or_create_secret
 from hubfsm.hub.store_sqlite import SqliteStore
+from hubfsm.logs import get_logger
 
 __all__ = [
     "BodyLimits",
@@ -42,7 +42,7 @@ __all__ = [
     "serve",
 ]
 
-_log = structlog.get_logger("hubfsm.hub")
+_log = get_logger("hubfsm.hub")
 
 #: Seconds a connection may stay silent (between requests, or inside a body) before it is
 #: closed.

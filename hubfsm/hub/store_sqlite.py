@@ -151,7 +151,14 @@ class SqliteStore:
         return [(int(str(epoch)), str(text)) for epoch, text in rows]
 
     def stage_weights(self, source: Source) -> Staged:
-        """Stream ``source`` to a temporary file in 1 MiB chunks, hashing as it goes."""
+        """Stream ``source`` to a temporary file in 1 MiB chunks, hashing as it goes.
+
+        A file already received into the staging folder (the server spools uploads there)
+        is hashed where it is, not copied.
+        """
+        name = getattr(source, "name", None)
+        if isinstance(name, str) and Path(name).parent == self._staging:
+            return self._stage_in_place(source, name)  # type: ignore[arg-type]
         digest = hashlib.sha256()
         size = 0
         fd, path = tempfile.mkstemp(dir=self._staging, suffix=".part")
@@ -167,6 +174,17 @@ class SqliteStore:
         except BaseException:
             os.unlink(path)
             raise
+        return Staged(digest.hexdigest(), size, path)
+
+    def _stage_in_place(self, source: IO[bytes], path: str) -> Staged:
+        digest = hashlib.sha256()
+        size = 0
+        source.flush()
+        os.fsync(source.fileno())
+        source.seek(0)
+        for chunk in _chunks(source):
+            digest.update(chunk)
+            size += len(chunk)
         return Staged(digest.hexdigest(), size, path)
 
     def commit_weights(self, model_id: str, kind: WeightsKind, staged: Staged) -> None:

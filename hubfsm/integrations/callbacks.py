@@ -22,14 +22,13 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import structlog
-
 from hubfsm.errors import HubfsmError
+from hubfsm.logs import get_logger
 from hubfsm.runtime.opener import TrainingSession
 
 __all__ = ["TrainingCallbacks", "plain"]
 
-log = structlog.get_logger("hubfsm")
+log = get_logger("hubfsm")
 
 _UNSTARTED = ("created", "loaded")
 

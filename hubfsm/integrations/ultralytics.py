@@ -32,31 +32,52 @@ goes on (unless ``strict=True``).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias
 
-import structlog
-
 from hubfsm.core.engine import CoreConfig
 from hubfsm.core.identifier import parse_identifier
 from hubfsm.integrations.callbacks import TrainingCallbacks
+from hubfsm.integrations.ultralytics_hub import (
+    CREATE_ARGS,
+    HUBTrainingSession,
+    install,
+    installed,
+    settings_key,
+    uninstall,
+)
+from hubfsm.logs import get_logger
 from hubfsm.runtime.opener import TrainingSession
 from hubfsm.runtime.opener import open as open_session
 from hubfsm.runtime.session import Session
 from hubfsm.transport import Transport
 
-__all__ = ["EVENTS", "MAP_KEY", "UltralyticsCallbacks", "add_callbacks", "model_info"]
+__all__ = [
+    "CREATE_ARGS",
+    "DETACHED",
+    "EVENTS",
+    "MAP_KEY",
+    "HUBTrainingSession",
+    "UltralyticsCallbacks",
+    "add_callbacks",
+    "install",
+    "installed",
+    "model_info",
+    "uninstall",
+]
 
-log = structlog.get_logger("hubfsm")
+log = get_logger("hubfsm")
 
 #: Every event ultralytics' HUB callbacks handle, plus the start of training's setup.
 EVENTS = (
     "on_pretrain_routine_start",
     "on_pretrain_routine_end",
     "on_train_start",
+    "on_train_epoch_end",
     "on_fit_epoch_end",
     "on_model_save",
     "on_train_end",
@@ -68,9 +89,6 @@ EVENTS = (
 
 #: The metric sent as the final weights' ``map``.
 MAP_KEY = "metrics/mAP50-95(B)"
-
-#: The trainer arguments that go into a new model's record on the hub.
-CREATE_ARGS = ("data", "epochs", "batch", "imgsz", "patience", "device", "cache")
 
 _SessionSource: TypeAlias = TrainingSession | str | os.PathLike[str] | None
 
@@ -91,12 +109,39 @@ def model_info(trainer: Any) -> Mapping[str, Any]:
     return info
 
 
-def _settings_key() -> str | None:
-    # ultralytics keeps the user's key in its settings file; read it only when ultralytics
-    # is already loaded (the trainer is one of its objects), never importing it for this.
-    utils = sys.modules.get("ultralytics.utils")
-    settings = getattr(utils, "SETTINGS", None)
-    key = settings.get("api_key") if isinstance(settings, Mapping) else None
+class _Detached:
+    """Marks ``trainer.hub_session`` as taken over by hubfsm.
+
+    Falsy, so ultralytics' callbacks skip it; not None, so 8.3's callbacks do not open a
+    session of their own.
+    """
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "<hub session detached by hubfsm>"
+
+
+class _Claimed:
+    """Marks ``model.session`` as claimed by hubfsm while ``train`` runs.
+
+    Truthy, so ultralytics' model does not create a second hub model of its own; it has
+    no ``model`` attribute, so the model takes no hub training arguments from it.
+    """
+
+    def __repr__(self) -> str:
+        return "<hub session claimed by hubfsm>"
+
+
+#: The marker hubfsm leaves in ``trainer.hub_session``.
+DETACHED = _Detached()
+
+
+def _official_key(hub_session: Any) -> str | None:
+    # hub-sdk's client keeps the key it was given, the one inside a 'KEY_MODELID'
+    # identifier included; taking the model over must not lose it.
+    key = getattr(getattr(hub_session, "client", None), "api_key", None)
     return key if isinstance(key, str) and key else None
 
 
@@ -113,8 +158,8 @@ class UltralyticsCallbacks:
     Args:
         session: A session to use, or an identifier to open one from, or None to take
             the trainer's model (see the module's docs).
-        api_key: The API key; else the identifier's; else ``HUB_API_KEY``; else the
-            one in ultralytics' settings.
+        api_key: The API key; else the identifier's (or the one ultralytics' own
+            session was given); else the one in ultralytics' settings; else ``HUB_API_KEY``.
         transport: Where requests go (tests pass an in-memory transport).
         config: Limits and retry policies of the core.
         api_root: The API root for the default HTTP transport.
@@ -160,6 +205,11 @@ class UltralyticsCallbacks:
         self._train_args = dict(train_args or {})
         self._hub: TrainingCallbacks | None = None
         self._owned = False
+        self._official_key: str | None = None
+        self._trained_epoch: int | None = None
+        #: The arguments the user passed to ``Model.train`` (set by :func:`add_callbacks`
+        #: on a model), so a new model's record gets them as given, not as resolved.
+        self.user_args: dict[str, Any] | None = None
 
     @property
     def session(self) -> TrainingSession | None:
@@ -175,6 +225,7 @@ class UltralyticsCallbacks:
             "on_pretrain_routine_start": self.on_pretrain_routine_start,
             "on_pretrain_routine_end": self.on_pretrain_routine_end,
             "on_train_start": self.on_train_start,
+            "on_train_epoch_end": self.on_train_epoch_end,
             "on_fit_epoch_end": self.on_fit_epoch_end,
             "on_model_save": self.on_model_save,
             "on_train_end": self.on_train_end,
@@ -194,10 +245,21 @@ class UltralyticsCallbacks:
         """Make sure the session runs (ultralytics starts its rate-limit timers here)."""
         self._ensure(trainer)
 
+    def on_train_epoch_end(self, trainer: Any) -> None:
+        """Note the epoch that trained (the final validation may be reported after it)."""
+        self._trained_epoch = int(trainer.epoch)
+
     def on_fit_epoch_end(self, trainer: Any) -> None:
-        """Queue the epoch's losses and validation metrics (and at epoch 0 the model info)."""
+        """Queue the epoch's losses and validation metrics (and at epoch 0 the model info).
+
+        The final validation of ``best.pt`` replaces the last epoch's row, as ultralytics
+        8.2/8.3 send it; 8.4 reports it one epoch later (a step of its own for its
+        loggers), which on the hub would be an epoch that never trained.
+        """
         hub = self._ensure(trainer)
         epoch = int(trainer.epoch)
+        if self._trained_epoch is not None and epoch > self._trained_epoch:
+            epoch = self._trained_epoch
         losses = trainer.label_loss_items(trainer.tloss, prefix="train")
         metrics: dict[str, Any] = dict(losses) if isinstance(losses, Mapping) else {}
         metrics.update(trainer.metrics or {})
@@ -251,26 +313,45 @@ class UltralyticsCallbacks:
 
     def _ensure(self, trainer: Any) -> TrainingCallbacks:
         official = getattr(trainer, "hub_session", None)
-        if official is not None:
-            self._detach(trainer, official)
+        adopted: Session | None = None
+        official_id: str | None = None
+        if official is not None and not isinstance(official, _Detached):
+            # Both clients would upload everything twice. ultralytics' callbacks look the
+            # session up on the trainer at every event: a falsy marker silences them, and
+            # (unlike None) keeps 8.3's callbacks from opening a session of their own.
+            trainer.hub_session = DETACHED
+            if isinstance(official, HUBTrainingSession):
+                # hubfsm's own drop-in holds the model's session: use it, as a second
+                # session on the model would find its outbox locked.
+                session, official.session = official.session, None
+                if self._given is None and self._identifier is None and self._hub is None:
+                    adopted = session
+                elif session is not None:
+                    session.close()
+            elif not isinstance(official, _Claimed):
+                official_id = _official_model_id(official)
+                self._official_key = _official_key(official)
+                stop = getattr(getattr(official, "model", None), "stop_heartbeat", None)
+                if callable(stop):
+                    stop()
+                log.info("ultralytics.hub_session_detached", model_id=official_id)
         if self._hub is None:
-            if self._given is not None:
+            if adopted is not None:
+                self._owned = True
+                self._hub = TrainingCallbacks(
+                    adopted,
+                    close_at_end=False,
+                    finish_timeout=self._finish_timeout,
+                    strict=self._strict,
+                )
+            elif self._given is not None:
                 self._hub = TrainingCallbacks(
                     self._given, finish_timeout=self._finish_timeout, strict=self._strict
                 )
             else:
-                self._hub = self._open(trainer, _official_model_id(official))
+                self._hub = self._open(trainer, official_id)
         self._hub.on_train_start()
         return self._hub
-
-    def _detach(self, trainer: Any, official: Any) -> None:
-        # Both clients would upload everything twice; ultralytics' callbacks look the
-        # session up on the trainer at every event, so removing it silences them.
-        trainer.hub_session = None
-        stop = getattr(getattr(official, "model", None), "stop_heartbeat", None)
-        if callable(stop):
-            stop()
-        log.info("ultralytics.hub_session_detached", model_id=_official_model_id(official))
 
     def _open(self, trainer: Any, official_id: str | None) -> TrainingCallbacks:
         identifier = self._identifier or official_id
@@ -283,21 +364,26 @@ class UltralyticsCallbacks:
                     f"{type(model).__name__}, not a model file name"
                 )
             identifier = os.fspath(model)
-        train_args = {
-            name: getattr(args, name)
-            for name in CREATE_ARGS
-            if getattr(args, name, None) is not None
-        }
+        if self.user_args is not None:
+            # What the user passed to Model.train, as the official client sends it: the
+            # data string as given, the official defaults for what was not given.
+            train_args = {n: self.user_args[n] for n in CREATE_ARGS if n in self.user_args}
+            data = getattr(args, "data", None)
+            if "data" not in train_args and data is not None:
+                train_args["data"] = data
+        else:
+            train_args = {
+                name: getattr(args, name)
+                for name in CREATE_ARGS
+                if getattr(args, name, None) is not None
+            }
         train_args.update(self._train_args)
         parsed = parse_identifier(identifier, web_root=self._web_root)
-        api_key = self._api_key
-        if (
-            api_key is None
-            and self._transport is None
-            and parsed.api_key is None
-            and not os.environ.get("HUB_API_KEY")
-        ):
-            api_key = _settings_key()
+        api_key = self._api_key or self._official_key
+        if api_key is None and self._transport is None and parsed.api_key is None:
+            # ultralytics 8.2.0's order: the identifier's key, then its settings, then
+            # HUB_API_KEY (which the session reads last).
+            api_key = settings_key()
         session = open_session(
             identifier,
             api_key=api_key,
@@ -323,6 +409,7 @@ class UltralyticsCallbacks:
 
     def _release(self) -> None:
         """Close the owned session (once); a later training opens a new one."""
+        self._trained_epoch = None
         hub, self._hub = self._hub, None
         self._owned = False
         if hub is not None:
@@ -350,8 +437,8 @@ def add_callbacks(
         target: Anything with ``add_callback(event, fn)``.
         session: A session, an identifier (model URL, ``apiKey_modelId``, model id, local
             ``.pt``/``.yaml``), or None to use the trainer's model.
-        api_key: The API key; else the identifier's; else ``HUB_API_KEY``; else the one
-            in ultralytics' settings.
+        api_key: The API key; else the identifier's (or the one ultralytics' own
+            session was given); else the one in ultralytics' settings; else ``HUB_API_KEY``.
         transport: Where requests go (tests pass an in-memory transport).
         config: Limits and retry policies of the core.
         api_root: The API root for the default HTTP transport.
@@ -390,4 +477,27 @@ def add_callbacks(
     )
     for event, fn in hub.callbacks().items():
         add(event, fn)
+    train = getattr(target, "train", None)
+    if callable(train) and hasattr(target, "overrides"):
+        _capture_train_args(target, train, hub)
     return hub
+
+
+def _capture_train_args(model: Any, train: Callable[..., Any], hub: UltralyticsCallbacks) -> None:
+    # The trainer replaces args.data with the resolved dataset file before any callback
+    # runs; the record should carry the user's own string, as the official client's does.
+    @functools.wraps(train)
+    def capturing(*args: Any, **kwargs: Any) -> Any:
+        hub.user_args = dict(kwargs)
+        if getattr(model, "session", None) is not None:
+            return train(*args, **kwargs)
+        # A model from a local file: ultralytics would create a hub model through its
+        # own client too, leaving an extra model on the hub.
+        model.session = _Claimed()
+        try:
+            return train(*args, **kwargs)
+        finally:
+            if isinstance(model.session, _Claimed):
+                model.session = None
+
+    model.train = capturing

@@ -27,13 +27,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from hubfsm.core.identifier import Identifier
+from hubfsm.logs import get_logger
 
 __all__ = ["NullSession", "global_rank", "is_main_process"]
 
-log = structlog.get_logger("hubfsm")
+log = get_logger("hubfsm")
 
 RANK_ENV = "RANK"
 

@@ -17,7 +17,6 @@ import threading
 from typing import Any, Protocol
 
 import attrs
-import structlog
 
 from hubfsm.core.engine import Core, Send
 from hubfsm.core.events import (
@@ -33,11 +32,15 @@ from hubfsm.core.events import (
 )
 from hubfsm.durable.journal import InboxItem
 from hubfsm.errors import HubfsmError
+from hubfsm.logs import get_logger
 from hubfsm.runtime.clocks import Clock
 from hubfsm.runtime.durability import Durability, take_file
 from hubfsm.transport import FilePart, Outcome, Transport, TransportError
 
-log = structlog.get_logger("hubfsm")
+log = get_logger("hubfsm")
+
+#: A retry wait at least this long (seconds) is announced as a warning when it begins.
+LONG_WAIT = 5.0
 
 
 def _say(level: str, event: str, **fields: Any) -> None:
@@ -246,6 +249,10 @@ class Driver:
         if observer is not None:
             observer.answered(now, action, outcome)
         self.core.receive(action.op_id, outcome, now=now)
+        wait = self.core.retry_wait
+        if wait is not None and wait >= LONG_WAIT and not self.quiet:
+            # Said before the wait begins, so a quiet terminal never looks hung.
+            _say("warning", "request.waiting", channel=action.channel, seconds=round(wait, 1))
         self.persist()
 
     # -- durability -----------------------------------------------------------------

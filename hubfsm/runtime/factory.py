@@ -13,13 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-import structlog
 
 from hubfsm.core import protocol
 from hubfsm.core.engine import Core
 from hubfsm.core.events import Barrier
 from hubfsm.durable.journal import InboxItem
 from hubfsm.errors import HubfsmError, HubUnavailableError
+from hubfsm.logs import get_logger
 from hubfsm.runtime.clocks import Clock, RealClock
 from hubfsm.runtime.driver import Driver, Observer
 from hubfsm.runtime.durability import Durability, OutboxOpener, Recovery
@@ -28,13 +28,29 @@ from hubfsm.runtime.settings import Settings
 from hubfsm.runtime.worker import ThreadRunner
 from hubfsm.transport import Transport
 
-log = structlog.get_logger("hubfsm")
+log = get_logger("hubfsm")
 
 #: Makes a session's core; called like :class:`Core` (a subclass plants a bug in tests).
 CoreFactory = Callable[..., Core]
 
 #: A shell: the background worker, or the inline shell.
 Shell = ThreadRunner | SimRunner
+
+
+@attrs.define
+class Hooks:
+    """Who hears of what the core does, beyond the log (the session adds itself)."""
+
+    #: Called on the driver's thread when the hub refuses the key or the model.
+    refused: list[Callable[[], None]] = attrs.Factory(list)
+
+
+#: Gives the API root and key weight downloads may use (the key kept out of reprs).
+DownloadAuth = Callable[[], tuple[str | None, str | None]]
+
+
+def _no_auth() -> tuple[str | None, str | None]:
+    return (None, None)
 
 
 @attrs.frozen
@@ -46,16 +62,38 @@ class Parts:
     driver: Driver
     shell: Shell
     durability: Durability | None
+    hooks: Hooks = attrs.Factory(Hooks)
+    download_auth: DownloadAuth = _no_auth
 
 
-def _log_changes(core_box: list[Core]) -> Callable[[str, str, str], None]:
+def _log_changes(core_box: list[Core], hooks: Hooks) -> Callable[[str, str, str], None]:
     def changed(source: str, event: str, dest: str) -> None:
         if source != dest:
             model_id = core_box[0].model_id if core_box else None
             log.info("session.transition", model_id=model_id, source=source, trigger=event,
                      dest=dest)  # fmt: skip
+        if source != dest and event == "refuse":
+            for hook in hooks.refused:
+                hook()
 
     return changed
+
+
+def _hooked(
+    on_change: Callable[[str, str, str], None], hooks: Hooks
+) -> Callable[[str, str, str], None]:
+    def changed(source: str, event: str, dest: str) -> None:
+        on_change(source, event, dest)
+        if source != dest and event == "refuse":
+            for hook in hooks.refused:
+                hook()
+
+    return changed
+
+
+def _log_notice(event: str, fields: dict[str, Any]) -> None:
+    """A refusal that stops one record or the heartbeats: a warning, and delivery goes on."""
+    log.warning(event, **fields)
 
 
 def http_transport(settings: Settings) -> Transport:
@@ -109,16 +147,23 @@ def build(
         quiet: Log nothing.
         **shell_args: For the shell (``max_steps``, ``deadline`` inline; ``nap``, ``name``).
     """
-    transport = transport if transport is not None else http_transport(settings)
+    download_auth: DownloadAuth = _no_auth
+    if transport is None:
+        transport = http_transport(settings)
+        root, key = getattr(transport, "api_root", None), settings.api_key
+        download_auth = lambda: (root, key)  # noqa: E731 - a closure keeps the key out of reprs
+    hooks = Hooks()
     box: list[Core] = []
     core = core_factory(
         settings.config,
         rng=rng if rng is not None else random.Random(settings.seed),
-        on_change=on_change if on_change is not None else _log_changes(box),
+        on_change=_hooked(on_change, hooks) if on_change is not None else _log_changes(box, hooks),
         durable=settings.outbox,
         offline=settings.offline,
     )
     box.append(core)
+    if not quiet:
+        core.notify = _log_notice
     inbox: collections.deque[InboxItem] = collections.deque()
     durability = None
     if settings.outbox:
@@ -140,7 +185,7 @@ def build(
         quiet=quiet,
     )
     shell: Shell = SimRunner(driver, **shell_args) if inline else ThreadRunner(driver, **shell_args)
-    return Parts(settings, core, driver, shell, durability)
+    return Parts(settings, core, driver, shell, durability, hooks, download_auth)
 
 
 def open_model(parts: Parts) -> None:
@@ -165,13 +210,13 @@ def open_model(parts: Parts) -> None:
     shell.start()
     timeout = settings.open_timeout
     opened = shell.wait_for(lambda c: c.state != "resolved", timeout)
-    if opened and core.state != "failed":
+    if opened and not core.machine.failed:
         # A created model's outbox opens on the driver once the hub gave the id.
         shell.call(Barrier())
         if durability is not None and durability.error is not None:
             raise durability.error
         return
-    if core.state == "failed" and core.error is not None:
+    if core.machine.failed and core.error is not None:
         raise core.error
     raise HubUnavailableError(
         f"the hub did not load or create the model within {timeout:g}s"

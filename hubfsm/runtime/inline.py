@@ -83,7 +83,7 @@ class SimRunner:
     def stop(self, *, timeout: float) -> None:
         """Run the driver for at most ``timeout`` seconds more, while anything is pending."""
         core = self.core
-        self._run(lambda: core.drained or core.state in ("done", "failed"), self.clock() + timeout)
+        self._run(lambda: core.drained or not core.machine.sends, self.clock() + timeout)
         self.driver.drain()
 
     # -- what the simulator asks ----------------------------------------------------

@@ -18,17 +18,16 @@ from __future__ import annotations
 import os
 from typing import Any, TypeAlias
 
-import structlog
-
 from hubfsm.core.engine import CoreConfig
 from hubfsm.core.identifier import parse_identifier
+from hubfsm.logs import get_logger
 from hubfsm.runtime.distributed import NullSession, global_rank
 from hubfsm.runtime.session import Session
 from hubfsm.transport import Transport
 
 __all__ = ["TrainingSession", "open"]
 
-log = structlog.get_logger("hubfsm")
+log = get_logger("hubfsm")
 
 #: What :func:`open` returns: a real session on global rank 0, a null one elsewhere.
 TrainingSession: TypeAlias = Session | NullSession

@@ -9,13 +9,13 @@ acknowledged is kept in a durable outbox (see :mod:`hubfsm.durable.outbox`).
 from __future__ import annotations
 
 import os
+import sys
 import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import structlog
-
+from hubfsm.core.changes import describe_pending
 from hubfsm.core.engine import CoreConfig
 from hubfsm.core.events import (
     Barrier,
@@ -28,10 +28,16 @@ from hubfsm.core.events import (
 from hubfsm.durable.journal import queued_epoch
 from hubfsm.durable.outbox import stamp_of
 from hubfsm.errors import (
+    AuthError,
     DeliveryIncomplete,
+    HubError,
     HubfsmError,
     IllegalEventError,
+    ModelNotFoundError,
+    ModelTrainedError,
 )
+from hubfsm.logs import get_logger
+from hubfsm.record import TrainingPlan, plan_for_file, plan_from_record
 from hubfsm.runtime.driver import QUIET
 from hubfsm.runtime.exits import ExitHooks, report_left
 from hubfsm.runtime.factory import Parts, build, open_model
@@ -40,9 +46,7 @@ from hubfsm.transport import Transport
 
 __all__ = ["OFFLINE_ENV", "Session"]
 
-log = structlog.get_logger("hubfsm")
-
-_SETTLED = ("done", "resumable", "failed")
+log = get_logger("hubfsm")
 
 
 class Session:
@@ -143,14 +147,34 @@ class Session:
         self._closed = False
         self._next_epoch = 0
         self._hooks: ExitHooks | None = None
+        self._create_args: dict[str, Any] = dict(settings.train_args)
+        # Weight downloads may send the key to the API root (and nowhere else); a
+        # closure keeps it out of repr() and vars() of the session.
+        self._download_auth = parts.download_auth
+        # Whether the trainer has heard of a refusal: once on stderr, once as an error.
+        self._refusal_noticed = False
+        self._refusal_raised = False
+        parts.hooks.refused.append(self._notice_refusal)
         try:
             open_model(parts)
         except BaseException:
             self._release()
             raise
+        if settings.identifier.model_id is not None:
+            self._continue_from_record()
         if settings.at_exit:
             self._hooks = ExitHooks(self._at_exit, signals=settings.handle_signals)
         self._log.info("session.opened", model_id=core.model_id, state=core.state)
+
+    def _continue_from_record(self) -> None:
+        # A resumed model's new epochs follow the ones the hub has: a loop that logs
+        # without epoch numbers must not overwrite the earlier epochs' metrics.
+        try:
+            plan = self.plan
+        except HubfsmError:
+            return  # nothing to continue; reading the plan raises for the caller
+        if plan.resume_epoch is not None:
+            self._next_epoch = plan.resume_epoch
 
     def _release(self) -> None:
         self._shell.stop(timeout=0.0)
@@ -188,6 +212,68 @@ class Session:
         return url if record.get("has_last_weights") and isinstance(url, str) else None
 
     @property
+    def plan(self) -> TrainingPlan:
+        """What to train, as the hub's record says (see :mod:`hubfsm.core.plan`).
+
+        For a model loaded from the hub: its train arguments, whether it is new,
+        pretrained or resumable, its model file (architecture, parent weights or last
+        weights) and the epoch to resume from when the hub says. For a model created
+        from a local file: that file with the arguments given.
+
+        Raises:
+            ModelTrainedError: The model is trained already.
+            RecordError: The record lacks what training needs (e.g. the dataset is
+                still processing).
+        """
+        filename = self.identifier.filename
+        if filename is not None:
+            return plan_for_file(filename, self._create_args)
+        return plan_from_record(self._core.record)
+
+    def download_weights(
+        self,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        progress: bool = True,
+        deadline: float = 1800.0,
+    ) -> Path | None:
+        """Download the weights the plan starts from (parent or last weights).
+
+        The file is cached (see :func:`hubfsm.runtime.download.download`): a second call, or a
+        later session on the same weights, reuses it. The API key goes only to the API
+        root's host.
+
+        Returns:
+            The local weights file, or None when the plan starts from an architecture
+            or a local file.
+
+        Raises:
+            DownloadError: The download failed or did not match the expected size/digest.
+        """
+        from hubfsm.download import download
+
+        plan = self.plan
+        if plan.weights_url is None:
+            return None
+        root, key = self._download_auth()
+        record = self._core.record
+        prefix = "resume" if plan.kind == "resume" else "weights"
+        size = record.get(f"{prefix}_size")
+        sha = record.get(f"{prefix}_sha256")
+        return download(
+            plan.weights_url,
+            cache_dir=cache_dir,
+            api_root=root,
+            api_key=key,
+            expected_size=size if isinstance(size, int) and not isinstance(size, bool) else None,
+            expected_sha256=sha if isinstance(sha, str) else None,
+            # The last weights change behind one URL as training goes on.
+            tag=f"{self._core.model_id}:{plan.kind}:{plan.resume_epoch}",
+            progress=progress,
+            deadline=deadline,
+        )
+
+    @property
     def outbox_dir(self) -> Path | None:
         """This session's outbox directory, if it keeps one."""
         return None if self._durability is None else self._durability.directory
@@ -196,6 +282,10 @@ class Session:
     def error(self) -> HubfsmError | None:
         """The error that stopped the session, if any."""
         return self._core.error
+
+    def rejected(self) -> list[str]:
+        """The records the hub refused (400/422) and that are kept aside, described."""
+        return [record.describe() for record in list(self._core.rejected)]
 
     def pending(self) -> dict[str, int]:
         """What the hub has not acknowledged yet, per channel (a snapshot).
@@ -225,9 +315,10 @@ class Session:
 
     def start(self) -> None:
         """Training begins: heartbeats start. Returns once the session is ``training``."""
-        self._check("start", ("created", "loaded"))
+        if not self._core.machine.allows("start") or self._accepting:
+            raise IllegalEventError(self._core.state, "start")
         self._shell.call(Start(), timeout=10.0)
-        self._accepting = self._core.state == "training"
+        self._accepting = self._core.machine.records
 
     def log_metrics(self, metrics: Mapping[str, Any], *, epoch: int | None = None) -> None:
         """Queue one epoch's metrics; returns at once, and a crash cannot lose them.
@@ -295,7 +386,9 @@ class Session:
 
         Raises:
             DeliveryIncomplete: The upload did not complete within ``timeout``.
-            HubError: The hub refused the upload.
+            HubError: The hub refused the key, the model or the upload: sending stopped,
+                and everything (the final weights too) is kept for ``hubfsm sync``; the
+                message names the hub's answer and where the data is.
         """
         if not self._accepting:
             raise IllegalEventError(self._core.state, "finish")
@@ -312,7 +405,7 @@ class Session:
         Raises:
             HubfsmError: Nothing final is pending.
         """
-        if self._core.state in ("created", "loaded"):
+        if not self._accepting and self._core.machine.allows("start"):
             self.start()
         saved = self._core.saved_final
         if saved is None or not self._accepting:
@@ -322,13 +415,16 @@ class Session:
         self._settle(timeout)
 
     def _settle(self, timeout: float) -> None:
-        self._shell.wait_for(lambda c: c.state in _SETTLED, timeout + 5.0)
+        self._shell.wait_for(lambda c: c.machine.settled, timeout + 5.0)
         state = self._core.state
         if state == "done":
             self._log.info("session.finished", model_id=self._core.model_id, **self.stats())
             return
         if self.offline and state == "resumable":
             return
+        if self._core.machine.refused:
+            self._refusal_raised = True
+            raise self._refusal_error()
         error = self._core.error
         if error is not None:
             raise error
@@ -338,7 +434,7 @@ class Session:
         """Wait until nothing is pending (or ``timeout`` passes); True if all was sent."""
         # Everything queued before this call is taken in first, so it counts as pending.
         self._shell.call(Barrier(), timeout=timeout)
-        return self._shell.wait_for(lambda c: c.drained or c.state == "failed", timeout) and (
+        return self._shell.wait_for(lambda c: c.drained or not c.machine.sends, timeout) and (
             self._core.drained
         )
 
@@ -348,7 +444,15 @@ class Session:
         A session closed before :meth:`finish` becomes ``resumable``; what is left stays
         in the outbox, goes first when a session opens this model again, and can be
         sent with ``hubfsm sync``.
+
+        Raises:
+            HubError: The hub refused the key or the model during the run and
+                :meth:`finish` has not said so yet: the message names the hub's answer,
+                what is kept and where.
         """
+        self._close(timeout, raise_refusal=True)
+
+    def _close(self, timeout: float | None, *, raise_refusal: bool) -> None:
         if self._closed:
             return
         self._closed = True
@@ -362,13 +466,60 @@ class Session:
         self._release()
         pending = self._core.pending()
         if any(pending.values()):
-            report_left(self._core, pending, self.outbox_dir, self._log, tell=self._log is log)
+            tell = self._log is log and not self._refusal_noticed
+            report_left(self._core, pending, self.outbox_dir, self._log, tell=tell)
+        if raise_refusal and self._core.machine.refused and not self._refusal_raised:
+            self._refusal_raised = True
+            raise self._refusal_error()
+
+    def _notice_refusal(self) -> None:
+        """Say once, on stderr, that sending stopped, why, and where the data goes."""
+        error = self._core.error
+        self._log.error(
+            "session.refused",
+            model_id=self._core.model_id,
+            status=getattr(error, "status", 0),
+            error=str(error),
+        )
+        if self._refusal_noticed:
+            return
+        self._refusal_noticed = True
+        directory = self.outbox_dir
+        if directory is None:
+            where = "in memory only (no outbox): it is lost when the process exits"
+        else:
+            where = f"in {directory}; {_advice(error, directory)}"
+        if self._log is not log:
+            return
+        print(
+            f"hubfsm: model {self._core.model_id}: {error}. Nothing more is sent; every "
+            f"epoch, checkpoint and the final weights are still kept, {where}",
+            file=sys.stderr,
+        )
+
+    def _refusal_error(self) -> HubfsmError:
+        """The refusal, as the error to raise: the hub's answer, what is kept, and where."""
+        error = self._core.error
+        parts = [describe_pending(self._core.pending())] if self._core.drained is False else []
+        rejected = len(self._core.rejected)
+        if rejected:
+            parts.append(f"{rejected} rejected record{'s' if rejected > 1 else ''}")
+        kept = " and ".join(parts) or "nothing more"
+        directory = self.outbox_dir
+        if directory is None:
+            where = "in memory only (no outbox), so it is lost when the process exits"
+        else:
+            where = f"in {directory}; {_advice(error, directory)}"
+        message = f"{error}; {kept} kept {where}"
+        if isinstance(error, HubError):
+            return type(error)(message, status=error.status, channel=error.channel)
+        return HubfsmError(message)
 
     def _at_exit(self) -> None:
-        self.close()
+        self._close(None, raise_refusal=False)
 
     def __enter__(self) -> Session:
-        if self._core.state in ("created", "loaded"):
+        if not self._accepting and self._core.machine.allows("start"):
             self.start()
         return self
 
@@ -378,8 +529,20 @@ class Session:
         exc: BaseException | None,
         tb: types.TracebackType | None,
     ) -> None:
-        self.close()
+        # An exception on its way out wins over the news of a refusal.
+        self._close(None, raise_refusal=exc is None)
 
-    def _check(self, event: str, states: tuple[str, ...]) -> None:
-        if self._core.state not in states:
-            raise IllegalEventError(self._core.state, event)
+
+def _advice(error: HubfsmError | None, where: Path) -> str:
+    """What to do about a refusal so that ``hubfsm sync`` can deliver what is kept."""
+    if isinstance(error, AuthError):
+        return f"fix the key and run `hubfsm sync --key NEW_KEY {where}`"
+    if isinstance(error, ModelNotFoundError | ModelTrainedError):
+        return (
+            f"the hub takes no more data for this model; `hubfsm status {where}` lists what is kept"
+        )
+    if isinstance(error, HubError) and 300 <= error.status < 400:
+        return f"check the API root and run `hubfsm sync --hub API_ROOT {where}`"
+    if isinstance(error, HubError) and error.channel == "final":
+        return f"`hubfsm status {where}` shows the record the hub refused"
+    return f"run `hubfsm sync {where}` once the cause is fixed"

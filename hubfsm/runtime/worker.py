@@ -109,9 +109,7 @@ class ThreadRunner:
             driver.drain()
             now = self.clock()
             stop_at = self._stop_at
-            if stop_at is not None and (
-                now >= stop_at or core.drained or core.state in ("done", "failed")
-            ):
+            if stop_at is not None and (now >= stop_at or core.drained or not core.machine.sends):
                 self._notify()
                 return
             until = driver.step()

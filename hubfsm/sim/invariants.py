@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import attrs
 
 from hubfsm.core.engine import Core, Send
-from hubfsm.core.machine import LEGAL
+from hubfsm.core.machine import LEGAL, TRAITS
 from hubfsm.core.retry import Verdict, classify, retry_after_of
 from hubfsm.errors import AuthError
 from hubfsm.sim.profiles import Expect
@@ -178,22 +178,27 @@ class Checker:
         # The hub's rate limit is per key: its Retry-After holds back every request.
         self._hold_until = -1e18
         self._training_since: float | None = None
+        # The hub refused a heartbeat: none may follow, and none is due any more.
+        self._heartbeats_refused = False
 
     @property
     def trace(self) -> tuple[Entry, ...]:
         """Everything seen so far, in order."""
         return tuple(Entry(*row) for row in self._rows)
 
-    def restarted(self) -> None:
-        """The process died and a new one starts: forget what only the old one knew.
+    def restarted(
+        self, message: str = "the process dies; a new one starts from the outbox"
+    ) -> None:
+        """A new process starts from the outbox: forget what only the old one knew.
 
         A new process cannot know when the old one last sent on a channel, the hub's last
         Retry-After, or the old operation numbers, so limits and retry checks start over.
         """
-        self.note("the process dies; a new one starts from the outbox")
+        self.note(message)
         self._ops.clear()
         self._last_metrics = self._last_checkpoint = self._hold_until = -1e18
         self._last_heartbeat = self._training_since = None
+        self._heartbeats_refused = False
         self.state = "unparsed"
 
     def violate(self, number: int, message: str) -> None:
@@ -219,10 +224,10 @@ class Checker:
             self.violate(4, f"undeclared transition {source} --{event}--> {dest}")
         if dest != source:
             self._check_heartbeat_gap(now)
-            if dest == "training":
-                self._training_since = now
+            if TRAITS[dest].heartbeats and not TRAITS[source].heartbeats:
+                self._training_since = None if self._heartbeats_refused else now
                 self._last_heartbeat = None
-            elif source in ("training", "final_uploading") and dest != "final_uploading":
+            elif not TRAITS[dest].heartbeats:
                 self._training_since = None
         self.state = dest
 
@@ -238,9 +243,9 @@ class Checker:
              request.method, request.path, None, None, None, None, None)
         )  # fmt: skip
         self._texts.append(request.path)
-        if state in ("done", "failed"):
-            # After a fatal answer nothing is retried, and after done nothing is due.
-            self.violate(6 if state == "failed" else 5, f"{channel} request in state {state}")
+        if not TRAITS[state].sends:
+            # After a refusal nothing is sent (or retried), and after done nothing is due.
+            self.violate(5 if state == "done" else 6, f"{channel} request in state {state}")
         if now < self._hold_until - EPS:
             self.violate(6, f"{channel} request {self._hold_until - now:.3f}s inside a Retry-After")
         if channel == "metrics":
@@ -254,8 +259,10 @@ class Checker:
                 self.violate(5, f"checkpoint {gap:.3f}s after the last")
             self._last_checkpoint = now
         elif channel == "heartbeat":
-            if state not in ("training", "final_uploading"):
+            if not TRAITS[state].heartbeats:
                 self.violate(5, f"heartbeat in state {state}")
+            if self._heartbeats_refused:
+                self.violate(6, "a heartbeat after the hub refused one")
             if send.attempt == 1:
                 last = self._last_heartbeat
                 if last is not None and now - last < self.heartbeat - EPS:
@@ -281,6 +288,9 @@ class Checker:
         if retry_after is not None:
             self._hold_until = max(self._hold_until, now + retry_after)
         self._ops[send.op_id] = _OpSeen(verdict, now, retry_after or 0.0)
+        if send.channel == "heartbeat" and verdict is Verdict.FATAL:
+            self._heartbeats_refused = True
+            self._training_since = None
         status: int | None = None
         error: str | None = None
         if isinstance(outcome, TransportError):
@@ -319,6 +329,7 @@ class Checker:
         texts: Iterable[str] = (),
         expect: Expect | None = None,
         queued: Iterable[int] = (),
+        held: Iterable[int] | None = None,
     ) -> None:
         """Invariants 1, 2, 3 and 7, and how the session ended, checked at its end.
 
@@ -333,17 +344,22 @@ class Checker:
             secrets: Strings that must appear nowhere (the API key).
             texts: Other texts to search for secrets (error messages, reprs).
             expect: ``done`` when the session must have delivered everything;
-                ``auth_failed`` when it must have failed on the key, keeping its data;
+                ``auth_refused`` when the key must have stopped it, keeping its data;
                 None to check only the invariants themselves.
+            held: The epochs the outbox holds (pending or rejected); by default what the
+                core still holds. Every epoch accepted is on the hub or held: never only
+                in a log line.
             queued: Epochs accepted from the trainer that the driver has not taken in yet.
         """
         logged_epochs = set(logged)
         hub_epochs = set(on_hub)
         state = core.state
-        missing = logged_epochs - hub_epochs - core.unacknowledged_epochs() - set(queued)
+        kept = core.unacknowledged_epochs() | core.rejected_epochs() if held is None else set(held)
+        missing = logged_epochs - hub_epochs - kept - set(queued)
         if missing:
-            self.violate(1, f"epochs lost: {sorted(missing)[:10]}")
-        undelivered = sorted(logged_epochs - hub_epochs)
+            self.violate(1, f"epochs neither on the hub nor held: {sorted(missing)[:10]}")
+        # Records the hub refused are kept aside, not undelivered by the session's fault.
+        undelivered = sorted(logged_epochs - hub_epochs - core.rejected_epochs())
         if state == "done" and undelivered:
             self.violate(1, f"done, yet epochs not on the hub: {undelivered[:10]}")
         if expect == "done" and state != "done":
@@ -352,12 +368,12 @@ class Checker:
                 f"the session ended {state}, not done ({core.error or core.last_failure}); "
                 f"{len(undelivered)} epochs not on the hub",
             )
-        elif expect == "auth_failed" and (
-            state != "failed" or not isinstance(core.error, AuthError)
+        elif expect == "auth_refused" and (
+            state != "refused" or not isinstance(core.error, AuthError)
         ):
             self.violate(
                 6,
-                f"a revoked key must fail the session with AuthError; it ended {state} "
+                f"a revoked key must stop the session with AuthError; it ended {state} "
                 f"with {type(core.error).__name__ if core.error else 'no error'}",
             )
         twice = sorted(e for e, n in applied.items() if n > 1)

@@ -16,8 +16,9 @@ import attrs
 
 from hubfsm.hub.faults import FaultMix
 
-#: How a session must end: ``done``, or ``failed`` with an :class:`~hubfsm.errors.AuthError`.
-Expect = Literal["done", "auth_failed"]
+#: How a session must end: ``done``, or ``refused`` with an :class:`~hubfsm.errors.AuthError`
+#: (sending stopped, every event kept).
+Expect = Literal["done", "auth_refused"]
 
 
 @attrs.frozen
@@ -73,11 +74,44 @@ class Schedule:
 
 
 @attrs.frozen
+class Refusals:
+    """The refusals a refusing hub draws for each seed (see the refusal table in the docs).
+
+    Attributes:
+        stops: The answers that stop all sending, one drawn per seed (0: none this seed):
+            401 (key revoked), 302 (a redirect), 404 (model gone), 409 (already trained).
+        stop_at: ``(lo, hi)``: when the stopping answer begins, as a share of the shortest
+            possible training time.
+        bad_epoch: Probability that one drawn epoch's metrics are refused with 400.
+        bad_checkpoint: Probability that one drawn epoch's weights are refused with 422.
+        heartbeat: Probability that heartbeats are refused with 409 from a drawn time on.
+    """
+
+    stops: tuple[int, ...] = (401, 302, 404, 409, 0)
+    stop_at: tuple[float, float] = (0.2, 0.8)
+    bad_epoch: float = 1.0
+    bad_checkpoint: float = 0.5
+    heartbeat: float = 0.5
+
+
+@attrs.frozen
+class RefusalDraw:
+    """One seed's refusals: which answer stops sending and when, and what is refused."""
+
+    stop: int = 0
+    stop_at: float | None = None
+    bad_epoch: int | None = None
+    bad_checkpoint: int | None = None
+    heartbeat_at: float | None = None
+
+
+@attrs.frozen
 class Scenario:
-    """One seed's draw of a profile: the fault schedule and when the key is revoked."""
+    """One seed's draw of a profile: the fault schedule, when the key is revoked, refusals."""
 
     schedule: Schedule
     revoke_at: float | None = None
+    refusals: RefusalDraw | None = None
 
 
 @attrs.frozen
@@ -98,6 +132,8 @@ class Profile:
         expect: How every session must end.
         crashes: ``(lo, hi)``: how many times the process dies, each time right after a
             request left (it may land; its answer is lost), and restarts from its outbox.
+        refusals: The refusals a refusing hub draws per seed; None for a hub that
+            refuses nothing (beyond a revoked key).
         abandon: The chance that, in a profile with crashes, the trainer's last life is
             killed between two of its calls and does not come back: ``hubfsm sync``
             then sends what the outbox and the journal hold.
@@ -113,6 +149,7 @@ class Profile:
     http_faults: FaultMix = FaultMix()
     expect: Expect = "done"
     crashes: tuple[int, int] = (0, 0)
+    refusals: Refusals | None = None
     abandon: float = 0.0
 
     @property
@@ -136,7 +173,17 @@ class Profile:
                 )
         windows.sort(key=lambda w: (w.start, w.end))
         revoke_at = None if self.revoke is None else start + rng.uniform(*self.revoke) * horizon
-        return Scenario(Schedule(self.faults, tuple(windows)), revoke_at)
+        refusals = None
+        spec = self.refusals
+        if spec is not None:
+            stop = rng.choice(spec.stops)
+            at = start + rng.uniform(*spec.stop_at) * horizon
+            last = max(1, epochs) - 1
+            bad_epoch = rng.randint(0, last) if rng.random() < spec.bad_epoch else None
+            bad_ckpt = rng.randint(0, last) if rng.random() < spec.bad_checkpoint else None
+            beat = rng.uniform(start, start + horizon) if rng.random() < spec.heartbeat else None
+            refusals = RefusalDraw(stop, at if stop else None, bad_epoch, bad_ckpt, beat)
+        return Scenario(Schedule(self.faults, tuple(windows)), revoke_at, refusals)
 
 
 _MINUTE = 60.0
@@ -226,11 +273,11 @@ PROFILES: dict[str, Profile] = {
         ),
         Profile(
             "revoked",
-            "the API key is revoked mid-run: fail with AuthError, keep the data, no spinning",
+            "the API key is revoked mid-run: stop with AuthError, keep every event, no spinning",
             FaultMix(server_error=0.05, lost_response=0.05, latency=(0.01, 0.5)),
             revoke=(0.1, 0.9),
             http_faults=FaultMix(server_error=0.05, lost_response=0.05),
-            expect="auth_failed",
+            expect="auth_refused",
         ),
         Profile(
             "crash",
@@ -238,6 +285,14 @@ PROFILES: dict[str, Profile] = {
             FaultMix(server_error=0.10, lost_response=0.05, latency=(0.01, 0.5)),
             crashes=(1, 3),
             http_faults=FaultMix(server_error=0.10, lost_response=0.05),
+        ),
+        Profile(
+            "refusing",
+            "a hub that refuses: a 401, a redirect, a deleted or trained model mid-run, a 400 "
+            "on one epoch, a 422 on one checkpoint, 409s on heartbeats; nothing accepted is lost",
+            FaultMix(server_error=0.05, lost_response=0.05, latency=(0.01, 0.5)),
+            http_faults=FaultMix(server_error=0.05, lost_response=0.05),
+            refusals=Refusals(),
         ),
     )
 }
@@ -333,7 +388,20 @@ def describe(profiles: dict[str, Profile] | None = None) -> str:
             if p.revoke is None
             else (f"revoked at {_pct(p.revoke[0])}–{_pct(p.revoke[1])} of the training time")
         )
-        end = "`done`" if p.expect == "done" else "`failed` with AuthError, epochs kept"
+        end = "`done`" if p.expect == "done" else "`refused` with AuthError, every event kept"
+        if p.refusals is not None:
+            r = p.refusals
+            stops = ", ".join(str(code) for code in r.stops if code)
+            key = (
+                f"one of {stops} or none per seed, from {_pct(r.stop_at[0])}–"
+                f"{_pct(r.stop_at[1])} of the training time; 400 on one epoch "
+                f"({_pct(r.bad_epoch)} of seeds), 422 on one checkpoint "
+                f"({_pct(r.bad_checkpoint)}), 409 on heartbeats ({_pct(r.heartbeat)})"
+            )
+            end = (
+                "`done`, or `refused` naming the answer with every event kept; after the fix, "
+                "a sync delivers all but the rejected records"
+            )
         rows.append(
             f"| `{p.name}` | {p.summary} | {mix_text(p.faults)} | {_windows_text(p)} | {key} "
             f"| {_span(*p.epoch_seconds)} | {_duration(p.patience)} | {end} "
@@ -344,8 +412,9 @@ def describe(profiles: dict[str, Profile] | None = None) -> str:
         "Windows start at a uniformly drawn time within the shortest possible training "
         "time; an overlap takes the earlier window. With `--http`, the server injects each "
         "profile's `http_faults` instead, on a scaled-down clock: partitions stop the local "
-        "hub, and the revocation removes the key from it. The crash profile's deaths happen "
-        "on the virtual clock only; over real sockets, the crash tests kill a real trainer "
-        "with SIGKILL."
+        "hub, and the revocation removes the key from it. The crash profile's deaths and the "
+        "refusing profile's refusals happen on the virtual clock only; over real sockets, "
+        "the crash tests kill a real trainer with SIGKILL, and the session tests face "
+        "each refusal."
     )
     return "\n".join(rows)

@@ -569,17 +569,17 @@ def _train(
 ) -> None:
     """One life of the trainer: open (again), train the epochs left, finish."""
     world.open(create=create, timeout=patience)
-    if world.core.state not in ("created", "loaded"):
+    if not world.core.machine.allows("start"):
         return
     world.start()
     if not world.finishing:
         while len(world.logged) < epochs:
             world.runner.run_until(world.clock() + world.rng.uniform(*epoch_seconds))
-            if world.core.state != "training":
+            if not world.core.machine.records:
                 return
             epoch = len(world.logged)
             world.epoch(checkpoint=epoch % checkpoint_every == 0)
-    if world.core.state == "training":
+    if world.core.machine.allows("finish"):
         # A trainer that died inside finish() calls it again with the same weights.
         world.finishing = True
         world.finish(timeout=patience)
@@ -689,6 +689,22 @@ def run_seed(
     """
     started = time.perf_counter()
     prof = PROFILES[profile] if isinstance(profile, str) else profile
+    if prof.refusals is not None:
+        from hubfsm.sim.refusing import RefusingWorld
+
+        refusing = RefusingWorld(
+            seed, prof, epochs=epochs, config=config, check_limits=check_limits,
+            core_factory=core_factory,
+        )  # fmt: skip
+        play(
+            refusing,
+            epochs=epochs,
+            checkpoint_every=checkpoint_every,
+            epoch_seconds=prof.epoch_seconds,
+            patience=prof.patience,
+            expect=prof.expect,
+        )
+        return result_of(refusing, epochs=epochs, started=started, keep_trace=keep_trace)
     planted = bugs if bugs is not None else Bugs()
     if core_factory is not Core:
         planted = attrs.evolve(planted, core_factory=core_factory)

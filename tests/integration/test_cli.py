@@ -68,11 +68,11 @@ def test_demo_trains_and_keeps_the_records(cli: Any, tmp_path: Path, leaks: Any)
 
 def test_demo_rides_out_a_flaky_hub(cli: Any, tmp_path: Path, leaks: Any) -> None:
     # Seed 4 fails the first two requests (a dropped connection, then a 504), so the
-    # session retries at least twice whatever the timing. Verbose, so the debug logs of
+    # session retries at least twice whatever the timing. -vv, so the debug logs of
     # every request go through the leak guard too.
     data = tmp_path / "hub"
     done = cli(
-        "-v", "demo", "--fault-rate", "0.3", "--epochs", "3", "--seed", "4", "--data", str(data)
+        "-vv", "demo", "--fault-rate", "0.3", "--epochs", "3", "--seed", "4", "--data", str(data)
     )
     leaks.watch((data / "api_key").read_text().strip())
 
@@ -81,7 +81,7 @@ def test_demo_rides_out_a_flaky_hub(cli: Any, tmp_path: Path, leaks: Any) -> Non
     assert summary_value(done.stdout, r"^epochs logged: 3, acknowledged: (\d+)$") == "3"
     assert "on the hub: status trained, 3 epochs of metrics" in done.stdout
     assert "request.failed" in done.stderr  # retries are reported as warnings
-    assert "http.response" in done.stderr  # and -v shows each answer
+    assert "http.response" in done.stderr  # and -vv shows each answer
 
 
 def test_demo_against_a_served_hub_with_the_key_from_the_environment(
@@ -302,3 +302,296 @@ def test_simulate_refuses_a_backwards_range(cli: Any, tmp_path: Path, leaks: Any
     done = cli("simulate", "--seeds", "9-3")
     assert done.returncode == 2
     assert "N <= M" in done.stderr
+
+
+# -- first contact: usage errors, a wrong address, outboxes --------------------------------
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], code: int) -> str:
+    """The single line a failed command printed; no traceback, nothing on stdout."""
+    assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def refused_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["demo", "--hub", "127.0.0.1:8765"], "http:// or https:// URL"),
+        (["demo", "--hub", "http://127.0.0.1:8799x"], "invalid port"),
+        (["demo", "--epochs", "0"], "at least 1"),
+        (["demo", "--epochs", "-2"], "at least 1"),
+        (["demo", "--epochs", "many"], "not a number"),
+        (["demo", "--fault-rate", "2"], "from 0 to 1"),
+        (["demo", "--data", "a-file"], "is a file"),
+        (["demo", "--key", KEY], "only with --hub"),
+        (["demo", "--web-root", "http://127.0.0.1:1"], "only with --hub"),
+        (["hub", "serve", "--fault-rate", "1.5"], "from 0 to 1"),
+        (["hub", "serve", "--latency", "-1"], "0 or more seconds"),
+        (["hub", "serve", "--port", "99999"], "from 1 to 65535"),
+        (["hub", "serve", "--data", "a-file"], "is a file"),
+        (["hub", "serve", "--rate-limit", "nan"], "not a finite number"),
+        (["sync", "--timeout", "0"], "more than 0"),
+        (["simulate", "--jobs", "0"], "at least 1"),
+        (["status", "no-such-dir"], "no-such-dir does not exist"),
+        (["sync", "no-such-dir"], "no-such-dir does not exist"),
+    ],
+    ids=" ".join,
+)
+def test_bad_input_is_one_line_and_exit_2(
+    cli: Any, tmp_path: Path, leaks: Any, args: list[str], says: str
+) -> None:
+    leaks.watch(KEY)
+    (tmp_path / "a-file").write_text("not a directory")
+    done = cli(*args)
+    assert says in one_line_error(done, 2)
+    assert done.stdout == ""
+    assert not (tmp_path / "hub-data").exists()
+
+
+def test_a_hub_that_is_not_running_fails_in_seconds_and_says_so(
+    cli: Any, tmp_path: Path, leaks: Any
+) -> None:
+    root = f"http://127.0.0.1:{refused_port()}"
+    env = dict(os.environ, HUB_API_KEY=leaks.watch(KEY))
+    done = cli("demo", "--hub", root, "--epochs", "1", env=env)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"is the hub at {root} running?" in done.stderr.splitlines()[-1]
+    assert "model created" not in done.stdout
+
+
+def test_https_against_a_plain_http_hub_is_fatal_at_once(
+    cli: Any, serve_hub: Callable[..., Any], tmp_path: Path, leaks: Any
+) -> None:
+    served = serve_hub(tmp_path / "hub")
+    tls_root = served.url.replace("http://", "https://")
+    env = dict(os.environ, HUB_API_KEY=served.key)
+    done = cli("demo", "--hub", tls_root, "--epochs", "1", env=env)
+    assert done.returncode == 1
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("error: cannot reach the hub") and "check the scheme" in last
+    # Fatal at the first attempt: one request, never retried.
+    assert done.stderr.count("request.failed") == 1
+
+
+def test_two_demo_runs_against_one_hub_create_two_models(
+    cli: Any, serve_hub: Callable[..., Any], tmp_path: Path, leaks: Any
+) -> None:
+    served = serve_hub(tmp_path / "hub")
+    key_file = tmp_path / "key"
+    key_file.write_text(served.key + "\n")
+    key_file.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if k != "HUB_API_KEY"}
+    urls = []
+    for _ in range(2):
+        done = cli(
+            "demo", "--epochs", "1", "--hub", served.url, "--key-file", str(key_file), env=env
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == ""  # an owner-only key file, and a quiet library
+        urls.append(summary_value(done.stdout, r"^model page: (\S+)$"))
+    assert urls[0] != urls[1]
+
+
+def test_a_key_file_others_can_read_is_warned_about(
+    cli: Any, serve_hub: Callable[..., Any], tmp_path: Path, leaks: Any
+) -> None:
+    served = serve_hub(tmp_path / "hub")
+    key_file = tmp_path / "key"
+    key_file.write_text(served.key)
+    key_file.chmod(0o644)
+    done = cli("demo", "--epochs", "1", "--hub", served.url, "--key-file", str(key_file))
+    assert done.returncode == 0, done.stderr
+    assert "can be read by other users" in done.stderr and "chmod 600" in done.stderr
+
+
+def test_the_demo_is_quiet_on_stderr_and_verbose_on_request(
+    cli: Any, tmp_path: Path, leaks: Any
+) -> None:
+    leaks.watch(KEY)
+    quiet = cli("demo", "--epochs", "1")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    info = cli("-v", "demo", "--epochs", "1")
+    assert "session.transition" in info.stderr and "http.response" not in info.stderr
+    assert "session.transition" not in info.stdout
+
+
+def test_ctrl_c_in_the_demo_says_what_it_does_and_leaves_no_outbox(
+    spawn: Callable[..., Any], tmp_path: Path, leaks: Any
+) -> None:
+    leaks.watch(KEY)
+    outboxes = Path(os.environ["HUBFSM_OUTBOX"])
+    running = spawn("demo", "--epochs", "200")
+    running.wait_for_line("epoch 2/200", timeout=30)
+    code, _ = running.stop(signal.SIGINT, timeout=20)
+    assert code == 130, running.stderr
+    assert "interrupted: sending what the hub has not acknowledged" in running.stderr
+    assert "Traceback" not in running.stderr
+    assert "hubfsm sync" not in running.stdout + running.stderr
+    assert not outboxes.exists() or list(outboxes.iterdir()) == []
+
+
+def test_ctrl_c_in_the_demo_keeps_the_outbox_with_the_kept_data(
+    spawn: Callable[..., Any], tmp_path: Path, leaks: Any
+) -> None:
+    data = tmp_path / "kept"
+    running = spawn("demo", "--epochs", "200", "--data", str(data))
+    running.wait_for_line("epoch 2/200", timeout=30)
+    leaks.watch((data / "api_key").read_text().strip())
+    code, _ = running.stop(signal.SIGINT, timeout=20)
+    assert code == 130, running.stderr
+    # Whatever was left waits beside the hub's records, not in the user's outbox root.
+    outboxes = Path(os.environ["HUBFSM_OUTBOX"])
+    assert not outboxes.exists() or list(outboxes.iterdir()) == []
+    for line in running.stderr.splitlines():
+        if "hubfsm sync" in line:
+            assert str(data / "outbox") in line
+
+
+def offline_outbox(root: Path, model_id: str = MODEL, epochs: int = 2) -> Path:
+    """An outbox under ``root`` holding ``epochs`` epochs that were never sent."""
+    import hubfsm
+
+    session = hubfsm.Session(model_id, api_key=KEY, outbox_dir=root, offline=True)
+    session.start()
+    for epoch in range(epochs):
+        session.log_metrics({"loss": 1.0 / (epoch + 1)}, epoch=epoch)
+    session.close(timeout=5)
+    return root / model_id
+
+
+def test_sync_without_a_key_names_the_options(cli: Any, tmp_path: Path, leaks: Any) -> None:
+    leaks.watch(KEY)
+    offline_outbox(tmp_path / "outbox")
+    env = {k: v for k, v in os.environ.items() if k != "HUB_API_KEY"}
+    line = one_line_error(cli("sync", str(tmp_path / "outbox"), env=env), 2)
+    assert "HUB_API_KEY" in line and "--key" in line and "api_key=" not in line
+
+
+def test_sync_tells_a_gone_model_from_an_unreachable_hub(
+    cli: Any, serve_hub: Callable[..., Any], tmp_path: Path, leaks: Any
+) -> None:
+    leaks.watch(KEY)
+    root = tmp_path / "outbox"
+    offline_outbox(root)
+    served = serve_hub(tmp_path / "hub")
+    env = dict(os.environ, HUB_API_KEY=served.key)
+
+    gone = cli("sync", str(root), "--hub", served.url, env=env)
+    assert gone.returncode == 1
+    assert f"hub: {served.url}" in gone.stdout
+    assert "the hub says this model is gone" in gone.stdout
+    assert f"hubfsm discard {MODEL}" in gone.stdout
+
+    down = f"http://127.0.0.1:{refused_port()}"
+    unreachable = cli("sync", str(root), "--hub", down, env=env)
+    assert unreachable.returncode == 1
+    assert "could not reach the hub" in unreachable.stdout
+    assert f"is the hub at {down} running?" in unreachable.stdout
+    assert "Traceback" not in gone.stderr + unreachable.stderr
+
+
+def test_status_points_at_sync_and_discard(cli: Any, tmp_path: Path, leaks: Any) -> None:
+    leaks.watch(KEY)
+    offline_outbox(tmp_path / "outbox")
+    done = cli("status", str(tmp_path / "outbox"))
+    assert done.returncode == 0
+    assert f"| {MODEL} | 2 |" in done.stdout
+    assert "hubfsm discard MODEL_ID" in done.stdout
+
+
+def test_discard_asks_first_then_deletes_only_the_outbox(
+    cli: Any, tmp_path: Path, leaks: Any
+) -> None:
+    leaks.watch(KEY)
+    root = tmp_path / "outbox"
+    directory = offline_outbox(root)
+    other = offline_outbox(root, "Ot12" * 5)
+    env = dict(os.environ, HUBFSM_OUTBOX=str(root))
+
+    asked = cli("discard", MODEL, env=env)  # stdin is not a terminal: no answer possible
+    assert "--yes" in one_line_error(asked, 1) and directory.exists()
+
+    done = cli("discard", MODEL, "--yes", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "discarded the outbox of model" in done.stdout and "2 epochs" in done.stdout
+    assert not directory.exists() and other.exists() and root.exists()
+
+    again = cli("discard", MODEL, "--yes", env=env)
+    assert "no outbox for model" in one_line_error(again, 1)
+
+
+@pytest.mark.parametrize("target", ["..", "../outbox", "not-an-outbox", "a/b"])
+def test_discard_refuses_what_is_not_an_outbox(
+    cli: Any, tmp_path: Path, leaks: Any, target: str
+) -> None:
+    leaks.watch(KEY)
+    root = tmp_path / "outbox"
+    offline_outbox(root)
+    (tmp_path / "not-an-outbox").mkdir()
+    env = dict(os.environ, HUBFSM_OUTBOX=str(root))
+    one_line_error(cli("discard", target, "--yes", env=env), 1)
+    assert (root / MODEL / "outbox.sqlite3").exists() and (tmp_path / "not-an-outbox").exists()
+
+
+def test_discard_refuses_an_outbox_in_use(cli: Any, tmp_path: Path, leaks: Any) -> None:
+    import hubfsm
+
+    leaks.watch(KEY)
+    root = tmp_path / "outbox"
+    directory = offline_outbox(root)
+    session = hubfsm.Session(MODEL, api_key=KEY, outbox_dir=root, offline=True)
+    try:
+        done = cli("discard", str(directory), "--yes")
+        assert "running session" in one_line_error(done, 1)
+        assert directory.exists()
+    finally:
+        session.close(timeout=5)
+
+
+def test_parse_takes_a_local_hub_url_from_the_environment(
+    cli: Any, tmp_path: Path, leaks: Any
+) -> None:
+    leaks.watch(KEY)
+    root = "http://127.0.0.1:8000"
+    env = dict(os.environ, ULTRALYTICS_HUB_WEB=root)
+    done = cli("parse", f"{root}/models/{MODEL}", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["model_id"] == MODEL
+    bare = {k: v for k, v in os.environ.items() if k != "ULTRALYTICS_HUB_WEB"}
+    refused = cli("parse", f"{root}/models/{MODEL}", env=bare)
+    assert "--web-root" in one_line_error(refused, 2)
+
+
+def test_simulate_help_lists_every_profile(capfd: pytest.CaptureFixture[str], leaks: Any) -> None:
+    from hubfsm.sim.profiles import PROFILES
+
+    leaks.watch(KEY)
+    with pytest.raises(SystemExit):
+        cli.main(["simulate", "--help"])
+    text = " ".join(capfd.readouterr().out.split())
+    for name in PROFILES:
+        assert name in text
+    assert "or all" in text
+
+
+def test_key_options_say_where_else_the_key_can_come_from(
+    capfd: pytest.CaptureFixture[str], leaks: Any
+) -> None:
+    leaks.watch(KEY)
+    for command in (["demo"], ["sync"]):
+        with pytest.raises(SystemExit):
+            cli.main([*command, "--help"])
+        text = " ".join(capfd.readouterr().out.split())
+        assert "--key-file" in text and "HUB_API_KEY" in text and "ps" in text

@@ -139,7 +139,7 @@ def test_a_hub_restarted_mid_training_gets_everything(
     marks: dict[str, int] = {}
 
     def failures() -> list[dict[str, Any]]:
-        return [e for e in leaks.of("request.failed") if e.get("kind") == "connect"]
+        return [e for e in leaks.of("request.failed") if e.get("kind") == "refused"]
 
     def disturb(epoch: int, session: hubfsm.Session) -> None:
         if epoch == 3:

@@ -462,8 +462,27 @@ def test_connection_refused() -> None:
         pytest.raises(TransportError) as info,
     ):
         client.send(protocol.auth())
-    assert info.value.kind == "connect"
+    assert info.value.kind == "refused"
     assert "refused" in str(info.value).lower()
+    assert info.value.url == f"http://127.0.0.1:{port}"
+
+
+def test_https_to_a_plain_http_server_is_a_tls_error() -> None:
+    recorder = Recorder(envelope())
+    with serve(recorder) as root:
+        tls_root = root.replace("http://", "https://")
+        with transport(tls_root) as client, pytest.raises(TransportError) as info:
+            client.send(protocol.auth())
+    assert info.value.kind == "tls" and "TLS" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "root", ["http://127.0.0.1:8799x", "http://127.0.0.1:99999", "http://127.0.0.1:0"]
+)
+def test_a_malformed_port_is_refused_when_the_transport_is_built(root: str) -> None:
+    with pytest.raises(ValueError, match="invalid port") as info:
+        RequestsTransport(KEY, api_root=root)
+    assert KEY not in str(info.value)
 
 
 @pytest.fixture(scope="module")
@@ -511,7 +530,7 @@ def test_tls_is_verified(
                 pytest.raises(TransportError) as info,
             ):
                 client.send(protocol.auth())
-            assert info.value.kind == "connect" and "TLS" in str(info.value)
+            assert info.value.kind == "tls" and "TLS" in str(info.value)
         assert recorder.seen == []
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", certificate[0])
         with transport(root) as client:

@@ -130,12 +130,12 @@ def test_retry_after_is_the_floor_of_the_next_wait():
     assert isinstance(core.poll(action.until), Send)
 
 
-def test_a_fatal_answer_keeps_the_data_and_fails():
+def test_a_fatal_answer_keeps_the_data_and_stops_sending():
     core = training_core()
     core.epoch_end(0, {"loss": 1.0}, now=0.0)
     send = core.poll(0.0)
     core.receive(send.op_id, Response(401, {"message": "bad key"}), now=0.0)
-    assert core.state == "failed" and isinstance(core.error, AuthError)
+    assert core.state == "refused" and isinstance(core.error, AuthError)
     assert core.unacknowledged_epochs() == {0}
 
 

@@ -2,7 +2,15 @@ import pathlib
 
 import pytest
 
-from hubfsm.core.machine import EVENTS, LEGAL, STATES, TRANSITIONS, SessionMachine, to_mermaid
+from hubfsm.core.machine import (
+    EVENTS,
+    LEGAL,
+    STATES,
+    TRAITS,
+    TRANSITIONS,
+    SessionMachine,
+    to_mermaid,
+)
 from hubfsm.errors import IllegalEventError
 
 DOCS = pathlib.Path(__file__).parents[3] / "docs" / "state-machine.md"
@@ -10,11 +18,36 @@ DOCS = pathlib.Path(__file__).parents[3] / "docs" / "state-machine.md"
 
 def test_the_declared_table_matches_the_design():
     assert set(STATES) == {"unparsed", "resolved", "created", "loaded", "training",
-                           "resumable", "final_uploading", "done", "failed"}
+                           "resumable", "final_uploading", "done", "refused", "failed"}
     assert ("training", "finish", "final_uploading") in LEGAL
     assert ("final_uploading", "acknowledged", "done") in LEGAL
     assert ("resumable", "resume", "training") in LEGAL
-    assert ("done", "fail", "failed") not in LEGAL
+    # A refusal mid-run stops sending, not recording; failed is for errors at open only.
+    for source in ("training", "resumable", "final_uploading"):
+        assert (source, "refuse", "refused") in LEGAL
+    for event in ("epoch_end", "checkpoint", "finish", "interrupt"):
+        assert ("refused", event, "refused") in LEGAL
+    assert not any(dest == "failed" and src != "resolved" and src != "unparsed"
+                   for src, _, dest in LEGAL)
+
+
+def test_the_traits_of_each_state_agree_with_its_transitions():
+    assert set(TRAITS) == set(STATES)
+    for state in STATES:
+        m = SessionMachine()
+        m._model.state = state
+        traits = TRAITS[state]
+        assert m.traits is traits
+        # It keeps the trainer's events exactly where epochs, weights and finish are legal.
+        assert traits.records == all(m.allows(e) for e in ("epoch_end", "checkpoint", "finish"))
+        assert traits.terminal == (not any(m.allows(e) for e in EVENTS))
+        assert not (traits.terminal and traits.sends)
+        assert not traits.heartbeats or traits.sends
+        assert (m.records, m.sends, m.heartbeats, m.settled) == (
+            traits.records, traits.sends, traits.heartbeats, traits.settled
+        )
+    assert [s for s in STATES if TRAITS[s].records] == ["training", "refused"]
+    assert not TRAITS["refused"].sends and TRAITS["refused"].settled
 
 
 def test_a_whole_happy_path():
@@ -36,7 +69,8 @@ def test_guarded_events_take_their_failure_branch():
     ((), "start"),
     (("parse",), "epoch_end"),
     (("parse", "load", "start", "finish"), "epoch_end"),
-    (("parse", "load", "start", "finish", "acknowledged"), "fail"),
+    (("parse", "load", "start", "finish", "acknowledged"), "refuse"),
+    (("parse", "load", "start", "refuse"), "acknowledged"),
     (("parse", "create", "start", "interrupt"), "finish"),
 ])
 def test_an_illegal_event_names_state_and_event(state_path, event):

@@ -7,10 +7,10 @@ import pytest
 import hubfsm
 from hubfsm.core import protocol
 from hubfsm.core.engine import Core, CoreConfig, Send
+from hubfsm.core.identifier import parse_identifier
 from hubfsm.errors import HubError
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.store_memory import MemoryStore
-from hubfsm.core.identifier import parse_identifier
 from hubfsm.transport import Response
 from transports.memory import InMemoryTransport
 

@@ -11,9 +11,6 @@ import hubfsm
 from hubfsm.core import protocol
 from hubfsm.core.changes import MetricsQueued
 from hubfsm.core.engine import CoreConfig
-from hubfsm.hub.domain import Hub
-from hubfsm.hub.store_memory import MemoryStore
-from hubfsm.hub.store_sqlite import SqliteStore
 from hubfsm.core.events import EpochEnded
 from hubfsm.durable.journal import Journal
 from hubfsm.durable.outbox import (
@@ -26,6 +23,9 @@ from hubfsm.durable.outbox import (
     stamp_of,
     survey,
 )
+from hubfsm.hub.domain import Hub
+from hubfsm.hub.store_memory import MemoryStore
+from hubfsm.hub.store_sqlite import SqliteStore
 from hubfsm.runtime.sync import status, sync
 from transports.memory import InMemoryTransport
 
@@ -220,3 +220,33 @@ def test_sync_reports_a_damaged_journal_and_exits_non_zero(tmp_path):
     assert "1 record(s) lost" in out.getvalue() and "a copy is kept as" in out.getvalue()
     # every intact record after the damage still reached the hub
     assert {e for (m, e) in hub.audit().metrics_applied if m == model_id} == {0, 2, 3, 4, 5}
+
+
+def test_a_record_that_does_not_read_back_is_damage_too(tmp_path):
+    import sqlite3
+
+    ob = Outbox.open(MODEL, tmp_path)
+    request = protocol.upload_metrics(MODEL, {0: "{}"}, key="k-1")
+    from hubfsm.core.changes import OpOpened
+
+    ob.apply([OpOpened("metrics", request, (0,))])
+    ob.close()
+    db = sqlite3.connect(tmp_path / MODEL / DATABASE)
+    db.execute("UPDATE ops SET request = '{not json'")
+    db.commit()
+    db.close()
+    with pytest.raises(OutboxDamaged, match="records cannot be read"):
+        inspect(find(tmp_path))
+    with pytest.raises(OutboxDamaged, match="records cannot be read"):
+        Outbox.open(MODEL, tmp_path)
+
+
+def test_the_status_command_exits_non_zero_on_damage(tmp_path, capsys):
+    from hubfsm.cli.main import main
+
+    Outbox.open(OTHER, tmp_path).close()
+    assert main(["status", str(tmp_path)]) == 0
+    damaged_outbox(tmp_path, MODEL)
+    assert main(["status", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"damaged: the outbox in {tmp_path / MODEL}" in out and "Traceback" not in out

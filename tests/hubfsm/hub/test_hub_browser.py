@@ -21,8 +21,8 @@ import pytest
 
 import hubfsm
 from hubfsm.core.engine import CoreConfig, Limits
-from hubfsm.hub.server import LocalHub
 from hubfsm.core.retry import ChannelPolicies, RetryPolicy
+from hubfsm.hub.server import LocalHub
 
 CHROMIUM = os.environ.get("HUBFSM_CHROMIUM", "/usr/bin/chromium")
 ARGS = [

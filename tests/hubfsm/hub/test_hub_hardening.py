@@ -202,3 +202,121 @@ def test_a_request_head_that_stalls_is_cut_at_the_head_timeout(tmp_path: Path) -
             f"{local.url}/v1/auth", headers={"x-api-key": local.api_key}, timeout=TIMEOUT
         )
         assert reply.status_code == 200
+
+
+def test_an_upload_is_received_into_place_not_copied(
+    local: LocalHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+    import os
+
+    from hubfsm.hub import store_sqlite
+
+    def no_copy(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the upload was copied to a second temporary file")
+
+    # The store's copying path makes its temporary file with mkstemp; it must not be taken.
+    monkeypatch.setattr(store_sqlite.tempfile, "mkstemp", no_copy)
+    key = {"x-api-key": local.api_key}
+    model_id = requests.post(
+        f"{local.url}/v1/models", json=CREATE, headers=key, timeout=TIMEOUT
+    ).json()["data"]["id"]
+    data = os.urandom(300_000)
+    reply = requests.post(
+        f"{local.url}/v1/models/{model_id}/upload",
+        headers=key,
+        data={"epoch": "2", "type": "epoch"},
+        files={"last.pt": ("last.pt", data)},
+        timeout=TIMEOUT,
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["data"]["sha256"] == hashlib.sha256(data).hexdigest()
+    stored = local.data_dir / "weights" / model_id / "last.pt"
+    assert stored.read_bytes() == data
+    assert list((local.data_dir / "weights" / ".staging").iterdir()) == []
+    # A refused upload leaves nothing behind either.
+    refused = requests.post(
+        f"{local.url}/v1/models/abcdefghij0123456789/upload",
+        headers=key,
+        data={"epoch": "2", "type": "epoch"},
+        files={"last.pt": ("last.pt", data)},
+        timeout=TIMEOUT,
+    )
+    assert refused.status_code == 404
+    assert list((local.data_dir / "weights" / ".staging").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "head_and_body",
+    [
+        b"Content-Length: -5\r\n\r\n{}",
+        b"Content-Length: 1e3\r\n\r\n{}",
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    ],
+)
+@pytest.mark.parametrize("keyed", [True, False])
+def test_bodies_that_cannot_be_framed_are_4xx(
+    local: LocalHub, head_and_body: bytes, keyed: bool
+) -> None:
+    key = f"x-api-key: {local.api_key}\r\n" if keyed else ""
+    with socket.create_connection(("127.0.0.1", local.port), timeout=TIMEOUT) as sock:
+        sock.sendall(f"POST /v1/models HTTP/1.1\r\nHost: x\r\n{key}".encode() + head_and_body)
+        status = int(sock.recv(4096).split(b" ", 2)[1])
+    assert 400 <= status < 500
+    assert requests.post(
+        f"{local.url}/v1/auth", headers={"x-api-key": local.api_key}, timeout=TIMEOUT
+    ).ok
+
+
+def _json_values() -> object:
+    from hypothesis import strategies as st
+
+    text = st.text(st.characters(min_codepoint=0, max_codepoint=0xDFFF), max_size=8)
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | text
+    return st.recursive(
+        scalars,
+        lambda children: (
+            st.lists(children, max_size=4) | st.dictionaries(text, children, max_size=4)
+        ),
+        max_leaves=20,
+    )
+
+
+def test_no_body_makes_the_domain_fail() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from hubfsm.hub import Hub, HubCall, MemoryStore
+
+    hub = Hub(MemoryStore(), keys=["k" * 42])
+    model_id = hub.handle(HubCall("POST", "/v1/models", "k" * 42, CREATE)).body["data"]["id"]
+    paths = [
+        ("POST", "/v1/models"),
+        ("POST", f"/v1/models/{model_id}"),
+        ("POST", f"/v1/agent/heartbeat/models/{model_id}"),
+    ]
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.sampled_from(paths), _json_values(), st.booleans())
+    def check(where: tuple[str, str], body: object, wrap: bool) -> None:
+        if wrap:  # inside the shapes the endpoints expect, so the checks get deeper
+            body = {
+                "type": "metrics",
+                "metrics": {"0": json.dumps(body)},
+                "config": body,
+                "lineage": {"architecture": {"name": "yolov8n"}},
+                "agent": body,
+            }
+        reply = hub.handle(HubCall(where[0], where[1], "k" * 42, body))
+        assert reply.status < 500
+        json.dumps(reply.body)  # the answer itself is always JSON
+
+    check()
+    # Whatever was accepted, the pages' data still renders.
+    from hubfsm.hub import page, web
+
+    for record in hub.models():
+        data = web.model_data(hub, record["id"])
+        assert data is not None
+        page.render_model(data).encode("utf-8", "backslashreplace")
+    page.render_index(web.runs(hub), 0.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import urllib.parse
@@ -114,6 +115,12 @@ def test_official_client_against_the_local_hub(tmp_path: Path) -> None:
         assert out["resume_url"].startswith(f"{local.url}/files/{model_id}/epoch-1.pt?")
         assert resume.path.rsplit("/", 1)[-1] == "epoch-1.pt"
         assert "signature=" in resume.query and "expires=" in resume.query
+        # As ultralytics 8.2.0 fetches it: no key, named after the path's last segment.
+        clean = urllib.parse.unquote(out["resume_url"]).split("?")[0]
+        assert pathlib.PurePosixPath(clean).name == "epoch-1.pt"
+        got = requests.get(out["resume_url"], timeout=10)
+        assert got.status_code == 200 and got.content == last.read_bytes()
+        assert requests.head(out["resume_url"], timeout=10).status_code == 200
         assert out["agent_id"] and len(out["agent_id"]) == 20
         assert out["trained"] is True
         assert out["best_url"].startswith(f"{local.url}/files/{model_id}/best.pt?")

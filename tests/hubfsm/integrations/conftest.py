@@ -41,6 +41,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "slow: trains a real model (minutes); deselect with -m 'not slow'"
     )
+    config.addinivalue_line(
+        "markers", "ultralytics: needs a real ultralytics trainer (tools/test-ultralytics.sh)"
+    )
 
 
 class Counting(InMemoryTransport):
@@ -119,7 +122,12 @@ class FakeTrainer:
         if self.best_fitness == self.fitness:
             self.best.write_bytes(data)
 
-    def train(self, *, fail_at: int | None = None) -> None:
+    def train(self, *, fail_at: int | None = None, final_step_ahead: bool = False) -> None:
+        """Run the callbacks as ultralytics does.
+
+        ``final_step_ahead`` reports the final validation one epoch later, as 8.4's
+        ``final_eval`` does (``epoch += 1`` around its ``on_fit_epoch_end``).
+        """
         self.run_callbacks("on_pretrain_routine_start")
         self.run_callbacks("on_pretrain_routine_end")
         self.run_callbacks("on_train_start")
@@ -140,7 +148,9 @@ class FakeTrainer:
         # reported as the last epoch once more.
         final = (0.6, 0.5, 0.45, 0.25)
         self.metrics = dict(zip(FINAL_KEYS, final, strict=True))
+        self.epoch += int(final_step_ahead)
         self.run_callbacks("on_fit_epoch_end")
+        self.epoch -= int(final_step_ahead)
         self.run_callbacks("on_train_end")
         self.run_callbacks("teardown")
 

@@ -9,7 +9,13 @@ import pytest
 import structlog
 
 import hubfsm
-from hubfsm.integrations.ultralytics import EVENTS, UltralyticsCallbacks, add_callbacks, model_info
+from hubfsm.integrations.ultralytics import (
+    DETACHED,
+    EVENTS,
+    UltralyticsCallbacks,
+    add_callbacks,
+    model_info,
+)
 from hubfsm.runtime.distributed import NullSession
 
 
@@ -161,8 +167,8 @@ def test_an_official_hub_session_is_taken_over_not_doubled(hub, transport, make_
     add_callbacks(trainer, transport=transport, config=kit.FAST)
     trainer.add_callback("on_fit_epoch_end", lambda t: seen.append(t.hub_session))
     trainer.train()
-    assert trainer.hub_session is None and stopped == [1]
-    assert seen == [None, None]
+    assert not trainer.hub_session and stopped == [1]
+    assert seen == [DETACHED, DETACHED]
     assert hub.record(model_id)["status"] == "trained"
 
 
@@ -291,3 +297,20 @@ def test_the_key_in_ultralytics_settings_is_used_last(monkeypatch, tmp_path, mak
         (model,) = local.hub.models()
         assert local.hub.record(model["id"])["status"] == "trained"
     assert all(local.api_key not in repr(e) for e in logs)
+
+
+def test_the_final_validation_replaces_the_last_epoch_even_when_reported_after_it(
+    hub, transport, make_trainer, kit
+):
+    # ultralytics 8.4 reports best.pt's validation at step epochs+1 for its own loggers;
+    # on the hub that would be an epoch that never trained.
+    trainer = make_trainer(epochs=2)
+    with structlog.testing.capture_logs() as logs:
+        add_callbacks(trainer, transport=transport, config=kit.FAST, model_info=lambda t: {})
+        trainer.train(final_step_ahead=True)
+    model_id = next(e["model_id"] for e in logs if e["event"] == "ultralytics.session_opened")
+    rows = {row["epoch"]: row["metrics"] for row in hub.metrics(model_id)}
+    assert sorted(rows) == [0, 1]
+    assert rows[1]["metrics/mAP50-95(B)"] == 0.25
+    record = hub.record(model_id)
+    assert record["status"] == "trained" and record["final_epoch"] == 1

@@ -1,9 +1,13 @@
 """A small trainer for the crash tests: logs epochs and weights, then finishes.
 
 Usage: crash_trainer.py API_ROOT MODEL_ID OUTBOX EPOCHS START WORKDIR (key in HUB_API_KEY)
+
+With ``WAIT_FOR=PATH`` it waits (at most 30 s) for that file to exist after start, and
+with ``PARK_AFTER=N`` it prints ``parked`` after logging epoch N and blocks until killed.
 """
 
 import hashlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +28,13 @@ CONFIG = CoreConfig(
 )
 
 
+def say(line):
+    # One write per line: print() writes the text and the newline separately, and the
+    # session's worker thread may log to stdout in between, splitting "logged 1".
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def metrics(epoch):
     return {"train/loss": round(1.0 / (epoch + 1), 6), "metrics/x": epoch * 0.01}
 
@@ -41,19 +52,29 @@ def main():
     session = hubfsm.Session(model_id, api_root=api, web_root=api, outbox_dir=outbox,
                              config=CONFIG, exit_timeout=2.0)
     session.start()
+    print("started", flush=True)
+    wait_for = os.environ.get("WAIT_FOR")
+    if wait_for:
+        deadline = time.monotonic() + 30.0
+        while not os.path.exists(wait_for) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    park_after = int(os.environ.get("PARK_AFTER", "-1"))
     last = work / "last.pt"
     for epoch in range(start, epochs):
-        print(f"logging {epoch}", flush=True)
+        say(f"logging {epoch}")
         session.log_metrics(metrics(epoch), epoch=epoch)
-        print(f"logged {epoch}", flush=True)
+        say(f"logged {epoch}")
         last.write_bytes(b"weights of epoch %d " % epoch * 4096)
         session.save_checkpoint(last, epoch=epoch, is_best=epoch % 2 == 0)
+        if epoch == park_after:
+            print("parked", flush=True)
+            sys.stdin.read()  # until the test kills the process
         time.sleep(0.03)
     best = work / "best.pt"
     best.write_bytes(best_bytes())
-    print("finishing", flush=True)
+    say("finishing")
     session.finish(best, epoch=epochs - 1, map50_95=0.5)
-    print("done", flush=True)
+    say("done")
     session.close()
 
 

@@ -165,8 +165,9 @@ def test_a_revoked_key_keeps_the_records(hub, tmp_path):
     hub.revoke_key(KEY)
     s.log_metrics({"loss": 1.0})
     assert not s.flush(timeout=5)  # ends at the refusal, with the epoch kept
-    assert s.state == "failed"
-    s.close(timeout=0.1)
+    assert s.state == "refused"
+    with pytest.raises(hubfsm.AuthError):
+        s.close(timeout=0.1)
     assert inspect(find(tmp_path))[0].pending["metrics"] == 1
     out = io.StringIO()
     assert sync(tmp_path, transport=InMemoryTransport(hub, KEY), out=out) == 1

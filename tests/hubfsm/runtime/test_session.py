@@ -109,17 +109,20 @@ def test_an_unreachable_hub_times_out_the_open(hub):
         hubfsm.Session(new_model(hub), transport=down, config=FAST, open_timeout=0.5)
 
 
-def test_a_revoked_key_mid_run_fails_and_keeps_the_records(hub):
+def test_a_revoked_key_mid_run_stops_sending_and_keeps_the_records(hub):
     model_id = new_model(hub)
     s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST)
     s.start()
     hub.revoke_key(KEY)
     s.log_metrics({"loss": 1.0})
     assert not s.flush(timeout=5.0)  # ends at the refusal, with the epoch kept
-    assert s.state == "failed"
+    assert s.state == "refused"
     assert isinstance(s.error, hubfsm.AuthError)
-    assert s.pending()["metrics"] == 1
-    s.close(timeout=0.1)
+    s.log_metrics({"loss": 0.5})  # still accepted
+    s.flush(timeout=1.0)
+    assert s.pending()["metrics"] == 2
+    with pytest.raises(hubfsm.AuthError, match=r"\(401\).*2 epochs of metrics kept in"):
+        s.close(timeout=0.1)
 
 
 class _Gated(InMemoryTransport):

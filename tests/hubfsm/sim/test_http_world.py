@@ -17,7 +17,7 @@ def test_a_seed_over_http_keeps_every_invariant(profile, seed):
     assert time.monotonic() - started < HARD_TIMEOUT
     assert result.http
     if profile == "revoked":
-        assert (result.state, result.error) == ("failed", "AuthError")
+        assert (result.state, result.error) == ("refused", "AuthError")
     else:
         assert result.state == "done"
     if profile == "flaky":
@@ -25,7 +25,7 @@ def test_a_seed_over_http_keeps_every_invariant(profile, seed):
     if profile == "partition":
         notes = [e.message for e in result.trace if e.event == "scenario"]
         assert "partition begins: the local hub is stopped" in notes
-        assert any(e.event == "recv" and e.error == "connect" for e in result.trace)
+        assert any(e.event == "recv" and e.error == "refused" for e in result.trace)
 
 
 def test_the_command_runs_over_http_and_names_it_in_the_replay(capsys):
