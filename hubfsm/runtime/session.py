@@ -20,6 +20,7 @@ from hubfsm.core import protocol
 from hubfsm.core.changes import describe_pending
 from hubfsm.core.engine import Core, CoreConfig
 from hubfsm.core.identifier import DEFAULT_WEB_ROOT, WEB_ROOT_ENV, Identifier, parse_identifier
+from hubfsm.core.plan import TrainingPlan, plan_for_file, plan_from_record
 from hubfsm.durable.files import describe
 from hubfsm.durable.journal import Journal, queued_epoch
 from hubfsm.durable.outbox import FileStamp, Outbox
@@ -35,7 +36,6 @@ from hubfsm.errors import (
     ModelTrainedError,
 )
 from hubfsm.logs import get_logger
-from hubfsm.record import TrainingPlan, plan_for_file, plan_from_record
 from hubfsm.runtime.exits import ExitHooks
 from hubfsm.runtime.worker import ThreadRunner
 from hubfsm.transport import FilePart, Transport
@@ -273,7 +273,7 @@ class Session:
 
     @property
     def plan(self) -> TrainingPlan:
-        """What to train, as the hub's record says (see :mod:`hubfsm.record`).
+        """What to train, as the hub's record says (see :mod:`hubfsm.core.plan`).
 
         For a model loaded from the hub: its train arguments, whether it is new,
         pretrained or resumable, its model file (architecture, parent weights or last
@@ -299,7 +299,7 @@ class Session:
     ) -> Path | None:
         """Download the weights the plan starts from (parent or last weights).
 
-        The file is cached (see :func:`hubfsm.download.download`): a second call, or a
+        The file is cached (see :func:`hubfsm.runtime.download.download`): a second call, or a
         later session on the same weights, reuses it. The API key goes only to the API
         root's host.
 
@@ -310,7 +310,7 @@ class Session:
         Raises:
             DownloadError: The download failed or did not match the expected size/digest.
         """
-        from hubfsm.download import download
+        from hubfsm.runtime.download import download
 
         plan = self.plan
         if plan.weights_url is None:
