@@ -1,21 +1,26 @@
-"""``hubfsm discard``: delete an outbox the user no longer wants, after asking.
+"""``hubfsm discard``: delete an outbox, or its rejected records, after asking.
 
 An outbox holds what a hub has not acknowledged; deleting it loses that for good, so the
-command shows what it holds and asks, refuses an outbox that a running session holds,
-and deletes nothing but an outbox directory: one that holds the outbox database and
-lies directly in an outbox root, after symbolic links are resolved.
+command shows what it holds and asks, refuses an outbox a running session holds (it
+takes the outbox's lock for the whole time), and deletes only the files an outbox makes,
+inside its root, after symbolic links are resolved.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-import shutil
 import sys
 from pathlib import Path
 
 from hubfsm.core.changes import describe_pending
-from hubfsm.durable.outbox import DATABASE, default_root, inspect
+from hubfsm.core.protocol import HUB_ID
+from hubfsm.durable.outbox import (
+    DATABASE,
+    Outbox,
+    OutboxDamaged,
+    OutboxLockedError,
+    default_root,
+    inspect,
+)
 
 
 def _target(text: str, root: str | None) -> tuple[Path, Path] | str:
@@ -23,9 +28,11 @@ def _target(text: str, root: str | None) -> tuple[Path, Path] | str:
     given = Path(text)
     if given.is_dir() and (given / DATABASE).exists():
         directory = given.resolve()
+        if not HUB_ID.fullmatch(directory.name):
+            return f"{text} is not an outbox directory (its name is not a model id)"
         return directory, directory.parent
-    if given.exists() or os.sep in text or text in (".", ".."):
-        return f"{text} is not an outbox directory (it has no {DATABASE})"
+    if not HUB_ID.fullmatch(text):
+        return f"{text} is neither a model id nor an outbox directory (with an {DATABASE})"
     base = (Path(root) if root else default_root()).resolve()
     directory = (base / text).resolve()
     if directory.parent != base or not (directory / DATABASE).exists():
@@ -33,44 +40,64 @@ def _target(text: str, root: str | None) -> tuple[Path, Path] | str:
     return directory, base
 
 
-def discard(text: str, *, root: str | None, yes: bool) -> int:
-    """Delete the outbox named by ``text`` (a model id or a directory); the exit status."""
+def _confirmed(question: str, yes: bool) -> bool | None:
+    """True to go on; False when the user said no; None when nobody can answer."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        return None
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def discard(text: str, *, root: str | None, yes: bool, rejected_only: bool = False) -> int:
+    """Delete the outbox named by ``text`` (or only its rejected records); the exit status."""
     found = _target(text, root)
     if isinstance(found, str):
         print(f"error: {found}", file=sys.stderr)
         return 1
-    directory, _ = found
+    directory, base = found
     (info,) = inspect([directory])
-    left = describe_pending(info.pending) if any(info.pending.values()) else "nothing"
-    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        # Held until the directory is gone, so no session opens it in between.
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        outbox = Outbox(directory, info.model_id, root=base)
+    except OutboxLockedError:
+        print(
+            f"error: a running session holds the outbox of model {info.model_id}; stop it first",
+            file=sys.stderr,
+        )
+        return 1
+    except OutboxDamaged as exc:
+        print(f"error: {exc}; delete {directory} by hand if you no longer want it", file=sys.stderr)
+        return 1
+    done = False
+    try:
+        pending = describe_pending(info.pending)
+        if rejected_only:
+            what = f"{len(info.rejected)} rejected record(s)"
+        else:
+            what = f"{pending} not on the hub" + (
+                f", and {len(info.rejected)} rejected record(s)" if info.rejected else ""
+            )
+        answer = _confirmed(
+            f"model {info.model_id}: {what}, in {directory}.\nDelete for good?", yes
+        )
+        if answer is None:
             print(
-                f"error: a running session holds the outbox of model {info.model_id}; "
-                "stop it first",
+                f"error: the outbox of model {info.model_id} holds {what}; pass --yes to "
+                "delete without a question",
                 file=sys.stderr,
             )
             return 1
-        if not yes:
-            if not sys.stdin.isatty():
-                print(
-                    f"error: the outbox of model {info.model_id} holds {left}; pass --yes "
-                    "to delete it without a question",
-                    file=sys.stderr,
-                )
-                return 1
-            answer = input(
-                f"model {info.model_id}: {left} not on the hub, in {directory}.\n"
-                "Delete it for good? [y/N] "
-            )
-            if answer.strip().lower() not in ("y", "yes"):
-                print("kept", file=sys.stderr)
-                return 1
-        shutil.rmtree(directory)
+        if not answer:
+            print("kept", file=sys.stderr)
+            return 1
+        if rejected_only:
+            count = outbox.drop_rejected()
+            print(f"discarded {count} rejected record(s) of model {info.model_id}")
+        else:
+            outbox.discard()
+            done = True
+            print(f"discarded the outbox of model {info.model_id} ({what})")
+        return 0
     finally:
-        os.close(fd)
-    print(f"discarded the outbox of model {info.model_id} ({left})")
-    return 0
+        if not done:
+            outbox.close()

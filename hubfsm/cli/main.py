@@ -383,7 +383,7 @@ def cmd_discard(args: argparse.Namespace) -> int:
     """Delete an outbox and what it holds, after asking."""
     from hubfsm.cli.discard import discard
 
-    return discard(args.target, root=args.root, yes=args.yes)
+    return discard(args.target, root=args.root, yes=args.yes, rejected_only=args.rejected)
 
 
 # -- main --------------------------------------------------------------------------
@@ -535,9 +535,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "discard",
         "Delete an outbox you no longer want, with everything it holds that the hub has "
-        "not acknowledged (say, for a model deleted on the hub). Asks first; refuses an "
-        "outbox a running session holds.",
-        "hubfsm discard AbCdEfGhIjKlMnOpQrSt\nhubfsm discard ./outbox/AbCdEfGhIjKlMnOpQrSt --yes",
+        "not acknowledged (say, for a model deleted on the hub), or only the records the "
+        "hub rejected. Asks first; refuses an outbox a running session holds.",
+        "hubfsm discard AbCdEfGhIjKlMnOpQrSt\n"
+        "hubfsm discard AbCdEfGhIjKlMnOpQrSt --rejected   # after reading hubfsm status\n"
+        "hubfsm discard ./outbox/AbCdEfGhIjKlMnOpQrSt --yes",
     )
     p.add_argument("target", metavar="OUTBOX", help="a model id, or that model's outbox directory")
     p.add_argument(
@@ -545,6 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="the outbox root a model id is looked up in "
         "(default: HUBFSM_OUTBOX, else the user data directory)",
+    )
+    p.add_argument(
+        "--rejected",
+        action="store_true",
+        help="delete only the records the hub rejected, and keep what is pending",
     )
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_discard)

@@ -324,6 +324,23 @@ class Outbox:
         with contextlib.suppress(OSError):
             os.close(self._lock_fd)
 
+    def discard(self) -> None:
+        """Delete everything this outbox holds, pending or rejected, and close it.
+
+        For ``hubfsm discard``: only the files an outbox makes are deleted, and only
+        inside its root, as :meth:`close` does for an empty one.
+        """
+        self.db.close()
+        self._remove()
+        with contextlib.suppress(OSError):
+            os.close(self._lock_fd)
+
+    def drop_rejected(self) -> int:
+        """Forget the records the hub rejected, and their weights; how many went."""
+        count = self.db.drop_rejected()
+        self._collect_files()
+        return count
+
     def _remove(self) -> None:
         directory = self.directory
         if not _inside(directory, self.root) or directory.resolve().name != self.model_id:

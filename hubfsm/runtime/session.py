@@ -25,6 +25,7 @@ from hubfsm.core.events import (
     Interrupted,
     Start,
 )
+from hubfsm.core.plan import TrainingPlan, plan_for_file, plan_from_record
 from hubfsm.durable.journal import queued_epoch
 from hubfsm.durable.outbox import stamp_of
 from hubfsm.errors import (
@@ -37,7 +38,6 @@ from hubfsm.errors import (
     ModelTrainedError,
 )
 from hubfsm.logs import get_logger
-from hubfsm.record import TrainingPlan, plan_for_file, plan_from_record
 from hubfsm.runtime.driver import QUIET
 from hubfsm.runtime.exits import ExitHooks, report_left
 from hubfsm.runtime.factory import Parts, build, open_model
@@ -250,7 +250,7 @@ class Session:
         Raises:
             DownloadError: The download failed or did not match the expected size/digest.
         """
-        from hubfsm.download import download
+        from hubfsm.runtime.download import download
 
         plan = self.plan
         if plan.weights_url is None:

@@ -228,7 +228,7 @@ def _report_rejected(infos: list[OutboxInfo], *, out: TextIO) -> int:
         held += len(info.rejected)
         print(
             f"model {info.model_id}: {len(info.rejected)} records the hub rejected are kept "
-            f"in {info.directory} (`hubfsm discard` removes them):",
+            f"in {info.directory} (`hubfsm discard {info.model_id} --rejected` removes them):",
             file=out,
         )
         for record in info.rejected:

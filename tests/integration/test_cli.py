@@ -595,3 +595,27 @@ def test_key_options_say_where_else_the_key_can_come_from(
             cli.main([*command, "--help"])
         text = " ".join(capfd.readouterr().out.split())
         assert "--key-file" in text and "HUB_API_KEY" in text and "ps" in text
+
+
+def test_discard_rejected_drops_only_what_the_hub_refused(
+    cli: Any, tmp_path: Path, leaks: Any
+) -> None:
+    from hubfsm.core import protocol
+    from hubfsm.core.changes import Rejected
+    from hubfsm.durable.outbox import Outbox
+
+    leaks.watch(KEY)
+    root = tmp_path / "outbox"
+    offline_outbox(root)  # two epochs pending
+    outbox = Outbox.open(MODEL, root)
+    refused = protocol.upload_metrics(MODEL, {7: '{"loss": "NaN"}'}, key="k-7")
+    outbox.apply([Rejected("metrics", refused, (7,), 400, "loss is not a number")])
+    outbox.close()
+    env = dict(os.environ, HUBFSM_OUTBOX=str(root))
+    assert "rejected by the hub" in cli("status", env=env).stdout
+
+    done = cli("discard", MODEL, "--rejected", "--yes", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "discarded 1 rejected record(s)" in done.stdout
+    after = cli("status", env=env)
+    assert "rejected by the hub" not in after.stdout and f"| {MODEL} | 2 |" in after.stdout

@@ -13,7 +13,7 @@ from hubfsm.errors import ModelTrainedError
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.server import LocalHub
 from hubfsm.hub.store_memory import MemoryStore
-from hubfsm.record import RecordError
+from hubfsm.core.plan import RecordError
 from hubfsm.runtime.session import Session
 from transports.memory import InMemoryTransport
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hubfsm.download import DownloadError, download, same_origin
+from hubfsm.runtime.download import DownloadError, download, same_origin
 
 KEY = "k" * 21 + "Q" * 21
 BODY = b"weights!" * 40_000  # 320 kB: a few chunks
