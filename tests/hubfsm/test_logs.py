@@ -102,7 +102,7 @@ def test_a_long_retry_wait_is_announced_when_it_begins(monkeypatch: pytest.Monke
     import structlog
 
     import hubfsm
-    import hubfsm.runtime.worker as worker
+    import hubfsm.runtime.driver as driver
     from hubfsm.core.engine import CoreConfig
     from hubfsm.hub.domain import Hub
     from hubfsm.hub.faults import FaultMix
@@ -117,7 +117,7 @@ def test_a_long_retry_wait_is_announced_when_it_begins(monkeypatch: pytest.Monke
     )
     # On a clock 1000 times as fast, the 60 s rest after a round of retries is 60 ms:
     # announce waits from 50 ms on, which only that rest reaches.
-    monkeypatch.setattr(worker, "LONG_WAIT", 0.05)
+    monkeypatch.setattr(driver, "LONG_WAIT", 0.05)
     with structlog.testing.capture_logs() as logs, pytest.raises(hubfsm.HubUnavailableError):
         hubfsm.Session(
             "yolov8n.yaml", transport=down, config=CoreConfig().scaled(0.001), open_timeout=0.5
