@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hubfsm.core.changes import describe_pending
 from hubfsm.core.engine import CoreConfig
 from hubfsm.core.events import (
     Barrier,
@@ -29,18 +28,15 @@ from hubfsm.core.plan import TrainingPlan, plan_for_file, plan_from_record
 from hubfsm.durable.journal import queued_epoch
 from hubfsm.durable.outbox import stamp_of
 from hubfsm.errors import (
-    AuthError,
     DeliveryIncomplete,
-    HubError,
     HubfsmError,
     IllegalEventError,
-    ModelNotFoundError,
-    ModelTrainedError,
 )
 from hubfsm.logs import get_logger
 from hubfsm.runtime.driver import QUIET
 from hubfsm.runtime.exits import ExitHooks, report_left
 from hubfsm.runtime.factory import Parts, build, open_model
+from hubfsm.runtime.refusal import notice, refusal_error
 from hubfsm.runtime.settings import OFFLINE_ENV, Settings
 from hubfsm.transport import Transport
 
@@ -484,36 +480,11 @@ class Session:
         if self._refusal_noticed:
             return
         self._refusal_noticed = True
-        directory = self.outbox_dir
-        if directory is None:
-            where = "in memory only (no outbox): it is lost when the process exits"
-        else:
-            where = f"in {directory}; {_advice(error, directory)}"
-        if self._log is not log:
-            return
-        print(
-            f"hubfsm: model {self._core.model_id}: {error}. Nothing more is sent; every "
-            f"epoch, checkpoint and the final weights are still kept, {where}",
-            file=sys.stderr,
-        )
+        if self._log is log:
+            print(notice(self._core, self.outbox_dir), file=sys.stderr)
 
     def _refusal_error(self) -> HubfsmError:
-        """The refusal, as the error to raise: the hub's answer, what is kept, and where."""
-        error = self._core.error
-        parts = [describe_pending(self._core.pending())] if self._core.drained is False else []
-        rejected = len(self._core.rejected)
-        if rejected:
-            parts.append(f"{rejected} rejected record{'s' if rejected > 1 else ''}")
-        kept = " and ".join(parts) or "nothing more"
-        directory = self.outbox_dir
-        if directory is None:
-            where = "in memory only (no outbox), so it is lost when the process exits"
-        else:
-            where = f"in {directory}; {_advice(error, directory)}"
-        message = f"{error}; {kept} kept {where}"
-        if isinstance(error, HubError):
-            return type(error)(message, status=error.status, channel=error.channel)
-        return HubfsmError(message)
+        return refusal_error(self._core, self.outbox_dir)
 
     def _at_exit(self) -> None:
         self._close(None, raise_refusal=False)
@@ -531,18 +502,3 @@ class Session:
     ) -> None:
         # An exception on its way out wins over the news of a refusal.
         self._close(None, raise_refusal=exc is None)
-
-
-def _advice(error: HubfsmError | None, where: Path) -> str:
-    """What to do about a refusal so that ``hubfsm sync`` can deliver what is kept."""
-    if isinstance(error, AuthError):
-        return f"fix the key and run `hubfsm sync --key NEW_KEY {where}`"
-    if isinstance(error, ModelNotFoundError | ModelTrainedError):
-        return (
-            f"the hub takes no more data for this model; `hubfsm status {where}` lists what is kept"
-        )
-    if isinstance(error, HubError) and 300 <= error.status < 400:
-        return f"check the API root and run `hubfsm sync --hub API_ROOT {where}`"
-    if isinstance(error, HubError) and error.channel == "final":
-        return f"`hubfsm status {where}` shows the record the hub refused"
-    return f"run `hubfsm sync {where}` once the cause is fixed"

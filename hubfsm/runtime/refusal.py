@@ -1,0 +1,60 @@
+"""What a session says when the hub refuses the key or the model: where the data is kept.
+
+Sending stops and recording goes on (the ``refused`` state); the trainer hears of it
+once on stderr, and once as the error :meth:`~hubfsm.runtime.session.Session.finish` or
+:meth:`~hubfsm.runtime.session.Session.close` raises.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hubfsm.core.changes import describe_pending
+from hubfsm.core.engine import Core
+from hubfsm.errors import AuthError, HubError, HubfsmError, ModelNotFoundError, ModelTrainedError
+
+
+def advice(error: HubfsmError | None, where: Path) -> str:
+    """What to do about a refusal so that ``hubfsm sync`` can deliver what is kept."""
+    if isinstance(error, AuthError):
+        return f"fix the key and run `hubfsm sync --key NEW_KEY {where}`"
+    if isinstance(error, ModelNotFoundError | ModelTrainedError):
+        return (
+            f"the hub takes no more data for this model; `hubfsm status {where}` lists what is kept"
+        )
+    if isinstance(error, HubError) and 300 <= error.status < 400:
+        return f"check the API root and run `hubfsm sync --hub API_ROOT {where}`"
+    if isinstance(error, HubError) and error.channel == "final":
+        return f"`hubfsm status {where}` shows the record the hub refused"
+    return f"run `hubfsm sync {where}` once the cause is fixed"
+
+
+def notice(core: Core, directory: Path | None) -> str:
+    """The line a trainer reads on stderr when sending stops."""
+    error = core.error
+    if directory is None:
+        where = "in memory only (no outbox): it is lost when the process exits"
+    else:
+        where = f"in {directory}; {advice(error, directory)}"
+    return (
+        f"hubfsm: model {core.model_id}: {error}. Nothing more is sent; every "
+        f"epoch, checkpoint and the final weights are still kept, {where}"
+    )
+
+
+def refusal_error(core: Core, directory: Path | None) -> HubfsmError:
+    """The refusal, as the error to raise: the hub's answer, what is kept, and where."""
+    error = core.error
+    parts = [describe_pending(core.pending())] if core.drained is False else []
+    rejected = len(core.rejected)
+    if rejected:
+        parts.append(f"{rejected} rejected record{'s' if rejected > 1 else ''}")
+    kept = " and ".join(parts) or "nothing more"
+    if directory is None:
+        where = "in memory only (no outbox), so it is lost when the process exits"
+    else:
+        where = f"in {directory}; {advice(error, directory)}"
+    message = f"{error}; {kept} kept {where}"
+    if isinstance(error, HubError):
+        return type(error)(message, status=error.status, channel=error.channel)
+    return HubfsmError(message)
