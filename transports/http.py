@@ -8,7 +8,6 @@ goes wrong on the network.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import io
 import ipaddress
@@ -18,10 +17,10 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http.client import HTTPException
-from typing import Any, TextIO
-from urllib.parse import urljoin, urlsplit
+from typing import Any, BinaryIO, TextIO
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -36,7 +35,15 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTime
 from hubfsm.core.retry import parse_retry_after
 from hubfsm.logs import get_logger
 from hubfsm.masking import redact, redact_value
-from hubfsm.transport import ErrorKind, RateLimit, Request, Response, Transport, TransportError
+from hubfsm.transport import (
+    Announced,
+    ErrorKind,
+    RateLimit,
+    Request,
+    Response,
+    Transport,
+    TransportError,
+)
 from hubfsm.version import __version__
 from transports.multipart import FileChangedError, FileReadError, MultipartBody
 
@@ -499,19 +506,33 @@ class RequestsTransport(Transport):
         return response
 
     def download(
-        self, url: str, dest: str | os.PathLike[str], *, max_bytes: int, hops: int = 5
+        self,
+        url: str,
+        dest: str | os.PathLike[str] | BinaryIO,
+        *,
+        max_bytes: int,
+        hops: int = 5,
+        deadline: float | None = None,
+        on_answer: Callable[[Announced], None] | None = None,
     ) -> int:
-        """Fetch a URL the hub handed out (weights, resume) into ``dest`` (owner-only).
+        """Fetch a URL the hub handed out (weights, resume) into ``dest``.
 
-        The API key goes only to the API root's origin (scheme, host and port); a URL
-        elsewhere, or a redirect to elsewhere, is fetched without it. Redirects are
-        followed by hand, ``hops`` at most, deciding the key afresh at every hop.
+        The API key goes only to the API root's origin (scheme, host and port), on the
+        first request only; redirects are followed by hand, ``hops`` at most, never with
+        the key. This is :class:`hubfsm.transport.Downloader`, done by
+        :class:`transports.downloads.HttpDownloader` with this transport's key, root and
+        timeouts, on a session of its own (unless one was handed in), so it may run while
+        the transport sends from another thread.
 
         Args:
             url: An ``http(s)`` URL.
-            dest: Where the file goes; written to a temporary name, then renamed.
+            dest: A path (written owner-only to a temporary name, then renamed into
+                place), or a binary file to write into.
             max_bytes: The most bytes accepted (the size the record states, say).
             hops: The most redirects followed.
+            deadline: Seconds the whole download may take; default ``total_timeout``
+                plus ``max_bytes`` at ``min_upload_rate``.
+            on_answer: Called with what the answer announces, before the body is read.
 
         Returns:
             The number of bytes written.
@@ -519,77 +540,21 @@ class RequestsTransport(Transport):
         Raises:
             TransportError: The download failed, was too large, or redirected too often.
         """
-        request = Request("GET", "/download")  # names the operation in logs and errors
-        target = os.fspath(dest)
-        partial = f"{target}.part-{os.getpid()}"
-        for _ in range(hops + 1):
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise self._fail(request, "protocol", "the download URL is not http(s)")
-            headers = {"User-Agent": self._user_agent}
-            if self._same_origin(url):
-                headers["x-api-key"] = self._key.reveal()
-            self._deadline.start(self._total_timeout + max_bytes / self._min_upload_rate)
-            try:
-                session = self._session
-                answer = session.get(
-                    url,
-                    headers=headers,
-                    stream=True,
-                    allow_redirects=False,
-                    timeout=(self._connect_timeout, self._read_timeout),
-                    # as in send(): certificates are checked even if the session says not
-                    verify=session.verify if isinstance(session.verify, str) else True,
-                )
-                try:
-                    if 300 <= answer.status_code < 400 and answer.headers.get("Location"):
-                        url = urljoin(url, answer.headers["Location"])
-                        continue
-                    if answer.status_code != 200:
-                        raise self._fail(
-                            request, "protocol", f"download answered {answer.status_code}"
-                        )
-                    return self._save(request, answer, partial, target, max_bytes)
-                finally:
-                    answer.close()
-            except (requests.RequestException, TimeoutError) as error:
-                kind, reason = self._explain(error)
-                raise self._fail(request, kind, reason) from None
-            finally:
-                self._deadline.clear()
-        raise self._fail(request, "protocol", f"the download redirected more than {hops} times")
+        # Imported here: the downloader builds on this module's socket plumbing.
+        from transports.downloads import HttpDownloader
 
-    def _same_origin(self, url: str) -> bool:
-        """True when ``url`` has the API root's scheme, host and port."""
-        ours, theirs = urlsplit(self._root), urlsplit(url)
-        try:
-            return (ours.scheme, ours.hostname, ours.port) == (
-                theirs.scheme,
-                theirs.hostname,
-                theirs.port,
-            )
-        except ValueError:  # an unreadable port
-            return False
-
-    def _save(
-        self, request: Request, answer: requests.Response, partial: str, target: str, limit: int
-    ) -> int:
-        size = 0
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with open(fd, "wb") as out:
-                for chunk in answer.iter_content(1 << 20):
-                    self._deadline.cap(self._read_timeout)
-                    size += len(chunk)
-                    if size > limit:
-                        raise self._fail(request, "protocol", f"download over {limit} bytes")
-                    out.write(chunk)
-            os.replace(partial, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(partial)
-            raise
-        return size
+        downloader = HttpDownloader(
+            api_root=self._root,
+            api_key=self._key.reveal(),
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
+            deadline=self._total_timeout + max_bytes / self._min_upload_rate,
+            session=None if self._owns_session else self._session,
+            user_agent=self._user_agent,
+        )
+        return downloader.download(
+            url, dest, max_bytes=max_bytes, hops=hops, deadline=deadline, on_answer=on_answer
+        )
 
     def _progress_bar(self, request: Request, total: int) -> tqdm[Any] | None:
         if request.fields is None or request.fields.get("type") != "final":
