@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import attrs
@@ -176,6 +176,14 @@ class Announced:
     sha256: str | None = None
 
 
+class Sink(Protocol):
+    """Where a download's bytes go when not to a path: a binary file, or anything that writes."""
+
+    def write(self, data: bytes, /) -> object:
+        """Take the next piece of the body."""
+        ...  # pragma: no cover - a protocol
+
+
 @runtime_checkable
 class Downloader(Protocol):
     """Fetches a URL the hub handed out (weights, resume), the API key only where it belongs.
@@ -188,7 +196,7 @@ class Downloader(Protocol):
     def download(
         self,
         url: str,
-        dest: str | os.PathLike[str] | BinaryIO,
+        dest: str | os.PathLike[str] | Sink,
         *,
         max_bytes: int,
         hops: int = 5,
@@ -200,7 +208,7 @@ class Downloader(Protocol):
         Args:
             url: An ``http(s)`` URL.
             dest: A path (written owner-only to a temporary name, then renamed into
-                place), or a binary file to write into (the caller cleans up on failure).
+                place), or a :class:`Sink` to write into (the caller cleans up on failure).
             max_bytes: The most bytes accepted.
             hops: The most redirects followed.
             deadline: Seconds the whole download may take; None for the downloader's own.

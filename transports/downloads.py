@@ -22,7 +22,6 @@ import re
 import time
 from collections.abc import Callable
 from http.client import HTTPException
-from typing import BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -31,7 +30,7 @@ from requests.exceptions import SSLError as RequestsSSLError
 
 from hubfsm.logs import get_logger
 from hubfsm.masking import redact, show_url
-from hubfsm.transport import Announced, ErrorKind, TransportError, same_origin
+from hubfsm.transport import Announced, ErrorKind, Sink, TransportError, same_origin
 from hubfsm.version import __version__
 from transports.http import _chain, _Deadline, _os_reason, _Secret, _SendTimeoutAdapter, _stalled
 
@@ -111,7 +110,7 @@ class HttpDownloader:
     def download(
         self,
         url: str,
-        dest: str | os.PathLike[str] | BinaryIO,
+        dest: str | os.PathLike[str] | Sink,
         *,
         max_bytes: int,
         hops: int = 5,
@@ -145,7 +144,7 @@ class HttpDownloader:
     def _fetch(
         self,
         url: str,
-        out: BinaryIO,
+        out: Sink,
         max_bytes: int,
         hops: int,
         budget: float,
@@ -227,7 +226,7 @@ class HttpDownloader:
         self,
         url: str,
         answer: requests.Response,
-        out: BinaryIO,
+        out: Sink,
         limit: int,
         deadline: _Deadline,
         on_answer: Callable[[Announced], None] | None,

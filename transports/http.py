@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from http.client import HTTPException
-from typing import Any, BinaryIO, TextIO
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 import requests
@@ -41,6 +41,7 @@ from hubfsm.transport import (
     RateLimit,
     Request,
     Response,
+    Sink,
     Transport,
     TransportError,
 )
@@ -508,7 +509,7 @@ class RequestsTransport(Transport):
     def download(
         self,
         url: str,
-        dest: str | os.PathLike[str] | BinaryIO,
+        dest: str | os.PathLike[str] | Sink,
         *,
         max_bytes: int,
         hops: int = 5,
@@ -527,7 +528,7 @@ class RequestsTransport(Transport):
         Args:
             url: An ``http(s)`` URL.
             dest: A path (written owner-only to a temporary name, then renamed into
-                place), or a binary file to write into.
+                place), or a binary file (any :class:`~hubfsm.transport.Sink`) to write into.
             max_bytes: The most bytes accepted (the size the record states, say).
             hops: The most redirects followed.
             deadline: Seconds the whole download may take; default ``total_timeout``

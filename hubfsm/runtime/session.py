@@ -38,7 +38,7 @@ from hubfsm.errors import (
 from hubfsm.logs import get_logger
 from hubfsm.runtime.exits import ExitHooks
 from hubfsm.runtime.worker import ThreadRunner
-from hubfsm.transport import FilePart, Transport
+from hubfsm.transport import Downloader, FilePart, Transport
 
 log = get_logger("hubfsm")
 
@@ -133,9 +133,6 @@ class Session:
         if self.offline and not outbox:
             raise HubfsmError("offline mode needs the outbox: it is where everything waits")
         self._create_args: dict[str, Any] = dict(train_args or {})
-        # Weight downloads may send the key to the API root (and nowhere else); a
-        # closure keeps it out of repr() and vars() of the session.
-        self._download_auth: Callable[[], tuple[str | None, str | None]] = lambda: (None, None)
         if transport is None:
             key = api_key or parsed.api_key or os.environ.get("HUB_API_KEY")
             if not key:
@@ -146,8 +143,6 @@ class Session:
             from transports.http import RequestsTransport
 
             transport = RequestsTransport(key, api_root=api_root)
-            root = transport.api_root
-            self._download_auth = lambda: (root, key)
         self._model_box: list[str | None] = [parsed.model_id]
         # Whether the trainer has heard of a refusal: once on stderr, once as an error.
         self._refusal_noticed = False
@@ -300,8 +295,10 @@ class Session:
         """Download the weights the plan starts from (parent or last weights).
 
         The file is cached (see :func:`hubfsm.runtime.download.download`): a second call, or a
-        later session on the same weights, reuses it. The API key goes only to the API
-        root's host.
+        later session on the same weights, reuses it. The session's transport fetches it
+        when it is a :class:`~hubfsm.transport.Downloader` (the default HTTP transport
+        is, and sends the API key only to the API root's origin); else it is fetched
+        without a key.
 
         Returns:
             The local weights file, or None when the plan starts from an architecture
@@ -315,7 +312,7 @@ class Session:
         plan = self.plan
         if plan.weights_url is None:
             return None
-        root, key = self._download_auth()
+        transport = self._runner.transport
         record = self._core.record
         prefix = "resume" if plan.kind == "resume" else "weights"
         size = record.get(f"{prefix}_size")
@@ -323,8 +320,7 @@ class Session:
         return download(
             plan.weights_url,
             cache_dir=cache_dir,
-            api_root=root,
-            api_key=key,
+            downloader=transport if isinstance(transport, Downloader) else None,
             expected_size=size if isinstance(size, int) and not isinstance(size, bool) else None,
             expected_sha256=sha if isinstance(sha, str) else None,
             # The last weights change behind one URL as training goes on.
