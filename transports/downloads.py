@@ -215,7 +215,13 @@ class HttpDownloader:
             raise self._fail("timeout", url, f"passed its {deadline.budget:g} s deadline")
 
     def _headers(self, url: str, *, first: bool) -> dict[str, str]:
-        headers = {"User-Agent": self._user_agent, "Accept": "application/octet-stream"}
+        headers = {
+            "User-Agent": self._user_agent,
+            "Accept": "application/octet-stream",
+            # The bytes as stored: their count is then the Content-Length, and the digest
+            # the hub announces is the digest of what arrives.
+            "Accept-Encoding": "identity",
+        }
         # The key only on the first request, and only to the API root's own origin: a
         # redirect is the server's word about where to go, not a place to trust.
         if first and self._key is not None and same_origin(url, self._root):
