@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import re
 import sqlite3
@@ -21,6 +20,7 @@ import platformdirs
 
 from hubfsm.core.changes import Change, Saved
 from hubfsm.core.protocol import HUB_ID
+from hubfsm.digest import chunks, sha256_chunks
 from hubfsm.durable.journal import scan
 from hubfsm.durable.outbox_db import OutboxDB
 from hubfsm.errors import HubfsmError
@@ -35,7 +35,6 @@ DATABASE = "outbox.sqlite3"
 #: The trainer's journal in an outbox directory (written by :mod:`hubfsm.durable.journal`).
 JOURNAL = "journal"
 LOCK = "lock"
-CHUNK = 1 << 20
 #: Every file hubfsm makes here is for this user's eyes only.
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -264,20 +263,14 @@ class Outbox:
         if stamp is not None and FileStamp.of(path) != stamp:
             return None
         tmp = self.files / f".incoming-{os.getpid()}"
-        digest = hashlib.sha256()
-        size = 0
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         with open(path, "rb") as src, open(fd, "wb") as dst:
-            while chunk := src.read(CHUNK):
-                digest.update(chunk)
-                dst.write(chunk)
-                size += len(chunk)
+            sha, size = sha256_chunks(chunks(src), copy_to=dst)
             dst.flush()
             os.fsync(dst.fileno())
         if stamp is not None and FileStamp.of(path) != stamp:
             tmp.unlink()
             return None
-        sha = digest.hexdigest()
         final = self.files / f"{name.split('.')[0]}-{sha[:24]}.pt"
         os.replace(tmp, final)
         return FilePart(name=name, path=str(final), size=size, sha256=sha)
