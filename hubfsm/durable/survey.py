@@ -18,7 +18,7 @@ from typing import TextIO
 
 import attrs
 
-from hubfsm.core.changes import Rejected
+from hubfsm.core.changes import Rejected, pending_counts
 from hubfsm.core.protocol import HUB_ID
 from hubfsm.durable.journal import JournalDamage, scan
 from hubfsm.errors import HubfsmError
@@ -93,7 +93,7 @@ def _read(directory: Path) -> OutboxInfo:
             seq = db.execute("SELECT value FROM meta WHERE key = 'journal_seq'").fetchone()
             metrics = db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
             in_ops = 0
-            checkpoint = 0
+            checkpoint = False
             for channel, request, payload in db.execute(
                 "SELECT channel, request, payload FROM ops"
             ):
@@ -101,7 +101,7 @@ def _read(directory: Path) -> OutboxInfo:
                 if channel == "metrics":
                     in_ops += len(json.loads(payload))
                 elif channel == "checkpoint":
-                    checkpoint = 1
+                    checkpoint = True
             slots = dict(db.execute("SELECT kind, value FROM slots"))
             for value in slots.values():
                 json.loads(value)
@@ -127,11 +127,9 @@ def _read(directory: Path) -> OutboxInfo:
     except ValueError:
         problem = "its journal position is unreadable"
         raise OutboxDamaged(directory, problem, _salvage(directory)) from None
-    pending = {
-        "metrics": metrics + in_ops,
-        "checkpoint": int(checkpoint or "checkpoint" in kinds),
-        "final": int("final" in kinds),
-    }
+    pending = pending_counts(
+        metrics + in_ops, checkpoint or "checkpoint" in kinds, "final" in kinds
+    )
     in_use = _in_use(directory)
     # A running session's journal may be read mid-write; its session reports its damage.
     damage = None if in_use else scan(directory / JOURNAL, after=after).damage
