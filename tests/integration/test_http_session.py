@@ -45,7 +45,17 @@ def test_a_session_against_a_served_hub_subprocess(
 
 
 def test_a_session_against_an_in_process_hub(hub: LocalHub, kit: Any, tmp_path: Path) -> None:
-    run = kit.train(hub.url, hub.api_key, tmp_path / "work", epochs=8)
+    def checkpoint_landed(epoch: int, session: hubfsm.Session) -> None:
+        # On a busy machine the final weights could supersede every checkpoint still
+        # queued; the last epoch waits for one to land instead of hoping it did.
+        if epoch == 7:
+            kit.eventually(
+                lambda: any(u.type == "epoch" for u in hub.hub.audit().uploads),
+                10.0,
+                "a checkpoint on the hub",
+            )
+
+    run = kit.train(hub.url, hub.api_key, tmp_path / "work", epochs=8, during=checkpoint_landed)
 
     kit.check_on_hub(hub.url, hub.api_key, run)
     audit = hub.hub.audit()
