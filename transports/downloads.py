@@ -32,7 +32,9 @@ from hubfsm.logs import get_logger
 from hubfsm.masking import redact, show_url
 from hubfsm.transport import Announced, ErrorKind, Sink, TransportError, same_origin
 from hubfsm.version import __version__
-from transports.http import _chain, _Deadline, _os_reason, _Secret, _SendTimeoutAdapter, _stalled
+from transports.deadline import Deadline, SendTimeoutAdapter
+from transports.failures import chain, os_reason, stalled
+from transports.settings import Secret
 
 __all__ = ["HttpDownloader"]
 
@@ -94,7 +96,7 @@ class HttpDownloader:
         for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive finite number, not {value!r}")
-        self._key = _Secret(key) if key and api_root else None
+        self._key = Secret(key) if key and api_root else None
         self._root = api_root or ""
         self._connect_timeout = float(connect_timeout)
         self._read_timeout = float(read_timeout)
@@ -151,7 +153,7 @@ class HttpDownloader:
         on_answer: Callable[[Announced], None] | None,
     ) -> int:
         started = time.monotonic()
-        deadline = _Deadline()
+        deadline = Deadline()
         deadline.start(budget)
         session = self._session or self._new_session(deadline)
         try:
@@ -196,9 +198,9 @@ class HttpDownloader:
             if session is not self._session:
                 session.close()
 
-    def _new_session(self, deadline: _Deadline) -> requests.Session:
+    def _new_session(self, deadline: Deadline) -> requests.Session:
         session = requests.Session()
-        adapter = _SendTimeoutAdapter(self._read_timeout, deadline)
+        adapter = SendTimeoutAdapter(self._read_timeout, deadline)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         if self._key is not None and urlsplit(self._root).scheme == "http":
@@ -206,7 +208,7 @@ class HttpDownloader:
             session.trust_env = False
         return session
 
-    def _check(self, url: str, hop: int, deadline: _Deadline) -> None:
+    def _check(self, url: str, hop: int, deadline: Deadline) -> None:
         parts = urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
             where = "is not" if hop == 0 else "redirected to a URL that is not"
@@ -234,7 +236,7 @@ class HttpDownloader:
         answer: requests.Response,
         out: Sink,
         limit: int,
-        deadline: _Deadline,
+        deadline: Deadline,
         on_answer: Callable[[Announced], None] | None,
     ) -> int:
         announced = _announced(answer.headers)
@@ -257,19 +259,19 @@ class HttpDownloader:
             )
         return size
 
-    def _explain(self, error: BaseException, deadline: _Deadline) -> tuple[ErrorKind, str]:
+    def _explain(self, error: BaseException, deadline: Deadline) -> tuple[ErrorKind, str]:
         """The error kind of a network failure and a short reason without the URL."""
         if deadline.expired or (isinstance(error, TimeoutError) and "attempt's" in str(error)):
             return "timeout", f"passed its {deadline.budget:g} s deadline"
         if isinstance(error, requests.ConnectTimeout):
             return "connect", f"failed: no connection within {self._connect_timeout:g} s"
-        if isinstance(error, requests.ReadTimeout) or _stalled(error):
+        if isinstance(error, requests.ReadTimeout) or stalled(error):
             return "timeout", f"failed: no progress for {self._read_timeout:g} s"
         if isinstance(error, RequestsSSLError):
-            return "tls", f"failed: TLS ({_os_reason(error)})"
-        if any(isinstance(e, ConnectionRefusedError) for e in _chain(error)):
+            return "tls", f"failed: TLS ({os_reason(error)})"
+        if any(isinstance(e, ConnectionRefusedError) for e in chain(error)):
             return "refused", "failed: the connection was refused"
-        return "connect", f"broke off ({_os_reason(error)})"
+        return "connect", f"broke off ({os_reason(error)})"
 
     def _fail(self, kind: ErrorKind, url: str, reason: str) -> TransportError:
         """Log a failed download and make its error; the message never holds the key."""
