@@ -18,6 +18,7 @@ Three rules hold for every benchmark:
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import contextlib
 import importlib.metadata
@@ -31,7 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,65 @@ def epoch_metrics(keys: int, epoch: int = 0) -> dict[str, float]:
     """One epoch's metrics with ``keys`` float values."""
     names = list(_METRIC_NAMES[:keys]) + [f"extra/m{i}" for i in range(keys - len(_METRIC_NAMES))]
     return {name: round(0.5 + 0.001 * i + 1.0 / (epoch + 2), 6) for i, name in enumerate(names)}
+
+
+# --- the command line -----------------------------------------------------------------
+
+
+def command_line(
+    doc: str | None, *, children: Iterable[str] | None = None
+) -> argparse.ArgumentParser:
+    """A benchmark script's argument parser, for :func:`script_main`.
+
+    It describes the script by the first line of ``doc`` and has ``--json PATH``. For a
+    script whose clients run as children of it (see :func:`run_child`), ``children``
+    names the variants a child may be (empty: any), and the parser takes the hidden
+    ``--child VARIANT --spec JSON`` that :func:`run_child` passes.
+    """
+    parser = argparse.ArgumentParser(
+        description=doc.splitlines()[0] if doc else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the results here as JSON")
+    if children is not None:
+        choices = list(children) or None
+        parser.add_argument("--child", choices=choices, help=argparse.SUPPRESS)
+        parser.add_argument("--spec", help=argparse.SUPPRESS)
+    return parser
+
+
+def script_main(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    *,
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    render: Callable[[dict[str, Any]], list[str]],
+    child: Callable[[str, dict[str, Any]], Mapping[str, Any]] | None = None,
+    strict: bool = False,
+) -> int:
+    """Run a benchmark script: as a child when asked to, else the benchmark and its report.
+
+    A child's result goes to standard output as one JSON line (:func:`emit`). Otherwise
+    ``run`` gets the parsed arguments; its result is printed through ``render``, followed
+    by its targets if it has any, and written to ``--json`` if given.
+
+    Returns:
+        The exit status: 0, or with ``strict`` 1 when a target was missed.
+    """
+    args = parser.parse_args(argv)
+    if child is not None and getattr(args, "child", None):
+        emit(child(args.child, json.loads(args.spec)))
+        return 0
+    result = run(args)
+    print("\n".join(render(result)))
+    checks = result.get("targets", [])
+    if checks:
+        print()
+    for check in checks:
+        print(f"- {check['target']}: {check['value']} ({'met' if check['met'] else 'MISSED'})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 1 if strict and not all(check["met"] for check in checks) else 0
 
 
 # --- the environment ------------------------------------------------------------------

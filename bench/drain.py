@@ -26,8 +26,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import threading
 import time
@@ -156,13 +154,11 @@ def child_official(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def child(variant: str, spec: dict[str, Any]) -> None:
+def child(variant: str, spec: dict[str, Any]) -> dict[str, Any]:
     benchkit.setup()
     if variant == "official":
-        result = child_official(spec)
-    else:
-        result = child_hubfsm(spec, just_sent=variant == "hubfsm-limited")
-    benchkit.emit(result)
+        return child_official(spec)
+    return child_hubfsm(spec, just_sent=variant == "hubfsm-limited")
 
 
 # --- the parent -----------------------------------------------------------------------------
@@ -288,21 +284,12 @@ def render(result: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = benchkit.command_line(__doc__, children=VARIANTS)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="one run")
-    parser.add_argument("--json", metavar="PATH", help="also write the results here")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--spec", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        child(args.child, json.loads(args.spec))
-        return 0
-    result = run(runs=args.runs, quick=args.quick)
-    print("\n".join(render(result)))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return benchkit.script_main(
+        parser, argv, run=lambda a: run(runs=a.runs, quick=a.quick), render=render, child=child
+    )
 
 
 if __name__ == "__main__":

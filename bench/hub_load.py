@@ -16,12 +16,13 @@ Scenarios:
 
 Usage::
 
-    python bench/hub_load.py [--clients 8] [--seconds 8] [--silent 32] [--json out.json]
+    python bench/hub_load.py [--clients 8] [--seconds 8] [--silent 32] [--quick] [--json PATH]
+
+``--quick`` plays each load scenario for 3 seconds at most.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -39,7 +40,13 @@ from typing import Any
 
 import requests
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchkit  # noqa: E402
+
 TIMEOUT = 10.0
+#: The most seconds a quick run plays each load scenario.
+QUICK_SECONDS = 3.0
 
 
 @contextlib.contextmanager
@@ -63,9 +70,7 @@ def served(data: Path) -> Iterator[tuple[str, str, int]]:
             if "Ctrl-C" in line:
                 break
         key = next(
-            line.split()[-1]
-            for line in (data / "api_key").read_text().splitlines()
-            if line.strip()
+            line.split()[-1] for line in (data / "api_key").read_text().splitlines() if line.strip()
         )
         yield url, key, proc.pid
     finally:
@@ -135,8 +140,7 @@ def load(url: str, key: str, clients: int, seconds: float) -> dict[str, float]:
     tally = {"ok": 0, "errors": 0}
     stop = threading.Event()
     threads = [
-        threading.Thread(target=session_loop, args=(url, key, stop, tally))
-        for _ in range(clients)
+        threading.Thread(target=session_loop, args=(url, key, stop, tally)) for _ in range(clients)
     ]
     started = time.perf_counter()
     for thread in threads:
@@ -193,31 +197,65 @@ def keyless(url: str, pid: int) -> dict[str, Any]:
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--silent", type=int, default=32)
-    parser.add_argument("--json", help="also write the results here")
-    args = parser.parse_args()
-    results: dict[str, Any] = {"clients": args.clients, "seconds": args.seconds}
+def run(
+    *, clients: int = 8, seconds: float = 8.0, silent: int = 32, quick: bool = False
+) -> dict[str, Any]:
+    """Every scenario, each against a fresh hub; a quick run plays each for less time."""
+    benchkit.setup()
+    if quick:
+        seconds = min(seconds, QUICK_SECONDS)
+    results: dict[str, Any] = {"clients": clients, "seconds": seconds}
     with tempfile.TemporaryDirectory(prefix="hub-load-") as tmp:
         with served(Path(tmp) / "plain") as (url, key, _):
-            results["plain"] = load(url, key, args.clients, args.seconds)
+            results["plain"] = load(url, key, clients, seconds)
         with served(Path(tmp) / "silent") as (url, key, _):
-            held = silent_sockets(url, args.silent)
-            results["silent"] = {
-                "held_sockets": len(held),
-                **load(url, key, args.clients, args.seconds),
-            }
+            held = silent_sockets(url, silent)
+            results["silent"] = {"held_sockets": len(held), **load(url, key, clients, seconds)}
             for sock in held:
                 sock.close()
         with served(Path(tmp) / "keyless") as (url, key, pid):
             results["keyless"] = keyless(url, pid)
-    print(json.dumps(results, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return results
+
+
+def render(result: dict[str, Any]) -> list[str]:
+    """The results as a Markdown table and a note."""
+    rows = []
+    for name, label in (("plain", "sessions only"), ("silent", "sessions + silent sockets")):
+        row = result[name]
+        rows.append(
+            [
+                label,
+                row.get("held_sockets", 0),
+                f"{row['requests']:,}",
+                row["errors"],
+                benchkit.fmt(row["rps"], 1),
+            ]
+        )
+    keyless = result["keyless"]
+    return [
+        *benchkit.table(["scenario", "silent sockets", "requests", "errors", "requests/s"], rows),
+        "",
+        f"{result['clients']} client threads, {result['seconds']:g} s per scenario, against "
+        "`hubfsm hub serve` in a subprocess. Without a key, a 16 MiB JSON body was answered "
+        f"{keyless['json_16mib_status']} and a 64 MiB upload "
+        f"{keyless['upload_64mib_status']}; the server's peak RSS grew by "
+        f"{keyless['server_peak_rss_growth_mib']} MiB.",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = benchkit.command_line(__doc__)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--silent", type=int, default=32)
+    parser.add_argument("--quick", action="store_true", help="shorter scenarios")
+    return benchkit.script_main(
+        parser,
+        argv,
+        run=lambda a: run(clients=a.clients, seconds=a.seconds, silent=a.silent, quick=a.quick),
+        render=render,
+    )
 
 
 if __name__ == "__main__":

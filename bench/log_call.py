@@ -32,7 +32,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -254,7 +253,7 @@ def child_reference(spec: dict[str, Any]) -> dict[str, Any]:
     return {"samples": samples}
 
 
-def child(variant: str, spec: dict[str, Any]) -> None:
+def child(variant: str, spec: dict[str, Any]) -> dict[str, Any]:
     benchkit.setup()
     gc.collect()
     if variant in HUBFSM_VARIANTS:
@@ -268,7 +267,7 @@ def child(variant: str, spec: dict[str, Any]) -> None:
     else:
         raise SystemExit(f"unknown variant {variant}")
     result["stats"] = benchkit.spread(result.pop("samples"))
-    benchkit.emit(result)
+    return result
 
 
 # --- the parent -----------------------------------------------------------------------------
@@ -432,27 +431,20 @@ def render(result: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = benchkit.command_line(__doc__, children=VARIANTS)
     parser.add_argument("--keys", type=int, nargs="+", default=list(KEYS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--quick", action="store_true", help="fewer calls and runs")
     parser.add_argument("--runs", type=int, default=RUNS, help="runs of each variant")
-    parser.add_argument("--json", metavar="PATH", help="also write the results here")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--spec", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        child(args.child, json.loads(args.spec))
-        return 0
-    result = run(
-        keys=tuple(args.keys), quick=args.quick, variants=tuple(args.variants), runs=args.runs
+    return benchkit.script_main(
+        parser,
+        argv,
+        run=lambda a: run(
+            keys=tuple(a.keys), quick=a.quick, variants=tuple(a.variants), runs=a.runs
+        ),
+        render=render,
+        child=child,
     )
-    print("\n".join(render(result)))
-    for t in result["targets"]:
-        print(f"- {t['target']}: {t['value']} ({'met' if t['met'] else 'MISSED'})")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

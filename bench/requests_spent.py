@@ -28,9 +28,7 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import inspect
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -169,16 +167,12 @@ def render(result: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = benchkit.command_line(__doc__)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", metavar="PATH", help="also write the results here")
-    args = parser.parse_args(argv)
-    result = run(seeds=args.seeds, quick=args.quick)
-    print("\n".join(render(result)))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return benchkit.script_main(
+        parser, argv, run=lambda a: run(seeds=a.seeds, quick=a.quick), render=render
+    )
 
 
 if __name__ == "__main__":

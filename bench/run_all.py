@@ -12,6 +12,8 @@ Benchmarks (each is also a script of its own in this directory):
 4. ``requests``: requests sent over a simulated 300-epoch session, against the official
    client's rate-limit logic.
 5. ``sim_speed``: simulated sessions per second, one process and a pool of two.
+6. ``hub_load``: the local hub under concurrent sessions, with silent sockets held open,
+   and its answers to oversized keyless requests.
 
 Every benchmark talks to 127.0.0.1 only, logs at WARNING, and keeps its state (hubfsm's
 outbox included) in a private temporary directory. A full run takes about 5 minutes on 2
@@ -35,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchkit  # noqa: E402
 import drain  # noqa: E402
+import hub_load  # noqa: E402
 import log_call  # noqa: E402
 import requests_spent  # noqa: E402
 import sim_speed  # noqa: E402
@@ -71,6 +74,11 @@ BENCHMARKS: dict[str, tuple[str, Runner, Callable[[dict[str, Any]], list[str]]]]
         "Simulation speed",
         lambda quick: sim_speed.run(quick=quick),
         sim_speed.render,
+    ),
+    "hub_load": (
+        "The local hub under load",
+        lambda quick: hub_load.run(quick=quick),
+        hub_load.render,
     ),
 }
 

@@ -61,7 +61,7 @@ PEER_OF = {"hub-sdk": "hub-sdk"}
 # --- the client side: one upload in a fresh process ---------------------------------------
 
 
-def child(variant: str, spec: dict[str, Any]) -> None:
+def child(variant: str, spec: dict[str, Any]) -> dict[str, Any]:
     benchkit.quiet_logs()
     key = os.environ.get(benchkit.KEY_ENV, DUMMY_KEY)
     file, url, model, epoch = spec["file"], spec["url"], spec["model"], spec["epoch"]
@@ -106,7 +106,7 @@ def child(variant: str, spec: dict[str, Any]) -> None:
         seconds = time.perf_counter() - started
         status = posted.status_code
     growth = max(0, benchkit.peak_rss_kib() - before) / 1024
-    benchkit.emit({"status": status, "seconds": seconds, "bytes": size, "growth_mib": growth})
+    return {"status": status, "seconds": seconds, "bytes": size, "growth_mib": growth}
 
 
 # --- the server side ----------------------------------------------------------------------
@@ -316,27 +316,20 @@ def render(report: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = benchkit.command_line(__doc__, children=SINK_VARIANTS)
     parser.add_argument("--size-mib", type=int, default=256, help="file size (default 256)")
     parser.add_argument("--runs", type=int, default=3, help="runs per variant (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="discarded runs per variant")
-    parser.add_argument("--json", metavar="PATH", help="also write the results here as JSON")
     parser.add_argument("--no-hub", action="store_true", help="skip the local hub rows")
-    parser.add_argument("--child", choices=SINK_VARIANTS, help=argparse.SUPPRESS)
-    parser.add_argument("--spec", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        child(args.child, json.loads(args.spec))
-        return 0
-    report = run(size_mib=args.size_mib, runs=args.runs, warmup=args.warmup, hub=not args.no_hub)
-    print("\n".join(render(report)))
-    print()
-    for check in report["targets"]:
-        print(f"- {check['target']}: {check['value']} ({'met' if check['met'] else 'MISSED'})")
-    if args.json:
-        report["machine"] = benchkit.machine()
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    return 0 if all(check["met"] for check in report["targets"]) else 1
+
+    def measure(args: argparse.Namespace) -> dict[str, Any]:
+        report = run(
+            size_mib=args.size_mib, runs=args.runs, warmup=args.warmup, hub=not args.no_hub
+        )
+        report["machine"] = benchkit.machine()  # a standalone run is reported on its own
+        return report
+
+    return benchkit.script_main(parser, argv, run=measure, render=render, child=child, strict=True)
 
 
 if __name__ == "__main__":

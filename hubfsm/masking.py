@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
-__all__ = ["MIN_RUN", "mask_key", "redact", "redact_value", "show_untrusted"]
+__all__ = ["MIN_RUN", "mask_key", "redact", "redact_value", "show_untrusted", "show_url"]
 
 _VISIBLE = 4
 
@@ -101,3 +102,15 @@ def show_untrusted(value: Any, *, limit: int = 24) -> str:
     if len(value) <= limit:
         return repr(value)
     return f"{value[:limit]!r}\u2026 ({len(value)} characters)"
+
+
+def show_url(url: str, *, limit: int = 200) -> str:
+    """A URL for a message: without credentials, query or fragment, on one printable line.
+
+    A signed storage URL's query is a credential of its own, and a URL from the hub is
+    untrusted text: it is cut to ``limit`` characters and control characters become ``?``.
+    """
+    parts = urlsplit(url)
+    text = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"

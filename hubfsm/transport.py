@@ -3,13 +3,19 @@
 A transport knows HTTP (or fakes it); it knows nothing of retries or states. The core
 builds :class:`Request` values, a runner hands them to :meth:`Transport.send`, and the
 :class:`Response` or :class:`TransportError` goes back to the core.
+
+Fetching a file the hub handed out (weights to resume from) is a separate capability,
+:class:`Downloader`, which a transport that knows the API key may also offer: the key
+goes only where :func:`same_origin` with the API root says.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
-from typing import Any, Literal
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -135,3 +141,83 @@ class Transport(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - most transports hold nothing
         """Release what the transport holds (connections, files)."""
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:  # an unreadable port: no origin to match
+        return None
+    host = (parts.hostname or "").lower()
+    return (scheme, host, port) if host else None
+
+
+def same_origin(url: str, root: str) -> bool:
+    """True when ``url`` has the scheme, host and port of ``root`` (default ports filled in)."""
+    origin = _origin(url)
+    return origin is not None and origin == _origin(root)
+
+
+@attrs.frozen
+class Announced:
+    """What the answer to a download says of its body before the body arrives.
+
+    Attributes:
+        length: Its ``Content-Length``, when given and readable.
+        sha256: Its ``X-Checksum-Sha256`` in lower case, when given as 64 hex digits.
+    """
+
+    length: int | None = None
+    sha256: str | None = None
+
+
+class Sink(Protocol):
+    """Where a download's bytes go when not to a path: a binary file, or anything that writes."""
+
+    def write(self, data: bytes, /) -> object:
+        """Take the next piece of the body."""
+        ...  # pragma: no cover - a protocol
+
+
+@runtime_checkable
+class Downloader(Protocol):
+    """Fetches a URL the hub handed out (weights, resume), the API key only where it belongs.
+
+    The key goes only to the API root's origin (see :func:`same_origin`) and only on the
+    first request: a redirect is followed by hand and never with the key. The body is
+    bounded by ``max_bytes`` and the whole download, redirects included, by a deadline.
+    """
+
+    def download(
+        self,
+        url: str,
+        dest: str | os.PathLike[str] | Sink,
+        *,
+        max_bytes: int,
+        hops: int = 5,
+        deadline: float | None = None,
+        on_answer: Callable[[Announced], None] | None = None,
+    ) -> int:
+        """Fetch ``url`` into ``dest`` and return the number of bytes written.
+
+        Args:
+            url: An ``http(s)`` URL.
+            dest: A path (written owner-only to a temporary name, then renamed into
+                place), or a :class:`Sink` to write into (the caller cleans up on failure).
+            max_bytes: The most bytes accepted.
+            hops: The most redirects followed.
+            deadline: Seconds the whole download may take; None for the downloader's own.
+            on_answer: Called with what the answer announces, before the body is read;
+                whatever it raises ends the download and goes to the caller.
+
+        Raises:
+            TransportError: The URL is not http(s), the answer was not a 200, the body
+                was too large or cut short, the deadline passed or the network failed.
+                The message names the URL without its query and never holds the key.
+        """
+        ...  # pragma: no cover - a protocol

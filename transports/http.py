@@ -4,41 +4,60 @@ It sends what the core asks for and reports what came back, nothing more: no ret
 (the retry policy decides those), no redirects (the API key must not follow one to another
 host), and no exception but :class:`~hubfsm.transport.TransportError` for anything that
 goes wrong on the network.
+
+The parts live beside it: the attempt deadline and its socket plumbing in
+:mod:`transports.deadline`, reading and masking answers in :mod:`transports.answers`,
+naming network failures in :mod:`transports.failures`, downloads in
+:mod:`transports.downloads`, and checking settings in :mod:`transports.settings`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import io
-import ipaddress
-import json
-import math
 import os
-import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http.client import HTTPException
 from typing import Any, TextIO
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
-from requests.exceptions import ChunkedEncodingError, ContentDecodingError
-from requests.exceptions import SSLError as RequestsSSLError
 from tqdm import tqdm
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 
 from hubfsm.core.retry import parse_retry_after
 from hubfsm.logs import get_logger
-from hubfsm.masking import redact, redact_value
-from hubfsm.transport import ErrorKind, RateLimit, Request, Response, Transport, TransportError
+from hubfsm.masking import redact
+from hubfsm.transport import (
+    Announced,
+    ErrorKind,
+    Request,
+    Response,
+    Sink,
+    Transport,
+    TransportError,
+)
 from hubfsm.version import __version__
+from transports.answers import (
+    MAX_RESPONSE_BYTES,
+    BadAnswer,
+    decode,
+    rate_limit,
+    read_body,
+    redirect_envelope,
+)
+from transports.deadline import Deadline, SendTimeoutAdapter
+from transports.downloads import HttpDownloader
+from transports.failures import explain
 from transports.multipart import FileChangedError, FileReadError, MultipartBody
+from transports.settings import (
+    API_ROOT_ENV,
+    DEFAULT_API_ROOT,
+    Secret,
+    check_key,
+    check_root,
+    positive,
+)
 
 __all__ = [
     "API_ROOT_ENV",
@@ -48,249 +67,14 @@ __all__ = [
     "RequestsTransport",
 ]
 
-#: Where the hub's API lives unless told otherwise.
-DEFAULT_API_ROOT = "https://api.ultralytics.com"
-
-#: The environment variable that overrides :data:`DEFAULT_API_ROOT`.
-API_ROOT_ENV = "ULTRALYTICS_HUB_API"
-
-#: The largest response body read; the API's answers are small JSON, so more means
-#: trouble (a misrouted request, a hostile server), and it must not exhaust memory.
-MAX_RESPONSE_BYTES = 4 * 1024 * 1024
-
 #: The slowest upload rate (bytes per second) an attempt's deadline allows for: about
 #: 2 Mbit/s, so that a slow but working uplink still gets large checkpoints through.
 MIN_UPLOAD_RATE = 250_000
 
-#: How much of a redirect's ``Location`` a message quotes.
-_LOCATION_CHARS = 120
-
 #: The smallest upload whose speed is logged.
 _SPEED_BYTES = 1_000_000
 
-#: How much of an unexpected body an error message quotes.
-_SNIPPET_CHARS = 80
-
-_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
-_JSON_TYPES[type(None)] = "null"
-
 log = get_logger("hubfsm.http")
-
-
-class _Secret:
-    """A string that never shows itself in a repr or str, so not in ``vars()`` dumps either."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        """The string itself, for the one header that needs it."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "<secret>"
-
-    __str__ = __repr__
-
-
-def _is_loopback(host: str) -> bool:
-    """True when ``host`` names this machine: ``localhost``, 127.0.0.0/8 or ::1."""
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
-
-
-class _Deadline:
-    """When the attempt in progress must be over (monotonic seconds), or None."""
-
-    __slots__ = ("at", "budget")
-
-    def __init__(self) -> None:
-        self.at: float | None = None
-        self.budget = 0.0
-
-    def start(self, budget: float) -> None:
-        self.budget = budget
-        self.at = time.monotonic() + budget
-
-    def clear(self) -> None:
-        self.at = None
-
-    def cap(self, timeout: float) -> float:
-        """``timeout``, cut to what is left of the attempt; past the deadline, a timeout."""
-        if self.at is None:
-            return timeout
-        left = self.at - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"the attempt's {self.budget:g} s are up")
-        return min(timeout, left)
-
-    @property
-    def expired(self) -> bool:
-        return self.at is not None and time.monotonic() >= self.at
-
-
-def _arm(sock: socket.socket | None, timeout: float) -> None:
-    # urllib3 leaves the connect timeout on the socket while the request goes out; the
-    # read timeout is the one meant for a peer that stops making progress.
-    if sock is not None and sock.gettimeout() != timeout:
-        sock.settimeout(timeout)
-
-
-class _DeadlineReader(io.RawIOBase):
-    """A response's socket reader whose every read is cut to what is left of the attempt.
-
-    A socket timeout bounds one read; a server that sends a byte every few seconds never
-    trips it. Cutting each read's timeout to the attempt's remaining time does.
-    """
-
-    def __init__(
-        self, raw: Any, sock: socket.socket, deadline: _Deadline, read_timeout: float
-    ) -> None:
-        super().__init__()
-        self._raw = raw
-        self._sock = sock
-        self._deadline = deadline
-        self._read_timeout = read_timeout
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int | None:
-        _arm(self._sock, self._deadline.cap(self._read_timeout))
-        result: int | None = self._raw.readinto(buffer)
-        return result
-
-    def close(self) -> None:
-        if not self.closed:
-            self._raw.close()  # lets the socket go when its connection has closed it
-        super().close()
-
-
-def _pool_classes(send_timeout: float, deadline: _Deadline) -> dict[str, type[HTTPConnectionPool]]:
-    """Connection pool classes whose sockets send with ``send_timeout`` within ``deadline``."""
-
-    class _Response(http.client.HTTPResponse):
-        def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
-            super().__init__(sock, *args, **kwargs)
-            raw = self.fp.detach()  # the socket reader, without closing it
-            self.fp = io.BufferedReader(_DeadlineReader(raw, sock, deadline, send_timeout))
-
-    class _HTTPConnection(HTTPConnection):
-        response_class = _Response
-
-        def send(self, data: Any) -> None:
-            _arm(self.sock, deadline.cap(send_timeout))
-            super().send(data)
-
-    class _HTTPSConnection(HTTPSConnection):
-        response_class = _Response
-
-        def send(self, data: Any) -> None:
-            _arm(self.sock, deadline.cap(send_timeout))
-            super().send(data)
-
-    class _HTTPConnectionPool(HTTPConnectionPool):
-        ConnectionCls = _HTTPConnection
-
-    class _HTTPSConnectionPool(HTTPSConnectionPool):
-        ConnectionCls = _HTTPSConnection
-
-    return {"http": _HTTPConnectionPool, "https": _HTTPSConnectionPool}
-
-
-class _SendTimeoutAdapter(HTTPAdapter):
-    """An adapter whose sockets send under the read timeout and stop at the deadline.
-
-    Request bodies go out under the read timeout, not the connect one. Without it, a
-    server that stops reading an upload fails it after the connect timeout (10 s by
-    default): too short for a slow uplink and not what the caller configured.
-    """
-
-    def __init__(self, send_timeout: float, deadline: _Deadline) -> None:
-        # Before super(), which builds the pool manager.
-        self._send_timeout = send_timeout
-        self._deadline = deadline
-        super().__init__()
-
-    def init_poolmanager(
-        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
-    ) -> None:
-        """Build the pool manager with the send-timeout pools."""
-        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-        self.poolmanager.pool_classes_by_scheme = _pool_classes(self._send_timeout, self._deadline)
-
-
-def _chain(error: BaseException) -> list[BaseException]:
-    """``error`` and every exception it wraps: causes, contexts, reasons and arguments."""
-    seen: list[BaseException] = []
-    stack = [error]
-    while stack:
-        current = stack.pop()
-        if any(current is known for known in seen):
-            continue
-        seen.append(current)
-        if isinstance(current, ConnectTimeoutError) and not isinstance(
-            current,
-            NewConnectionError,  # which urllib3 derives from ConnectTimeoutError
-        ):
-            continue  # the socket timeout under it is a connect failure, not a stall
-        linked = [current.__cause__, current.__context__, getattr(current, "reason", None)]
-        linked.extend(current.args)
-        stack.extend(e for e in linked if isinstance(e, BaseException))
-    return seen
-
-
-def _stalled(error: BaseException) -> bool:
-    """True when a socket operation timed out after the connection was made."""
-    return any(isinstance(e, (TimeoutError, ReadTimeoutError)) for e in _chain(error))
-
-
-def _os_reason(error: BaseException) -> str:
-    """The operating system's words for a network failure, or the error's class name."""
-    for e in reversed(_chain(error)):
-        if isinstance(e, OSError) and e.strerror:
-            return e.strerror
-    return type(error).__name__
-
-
-def _sanitize(text: str, limit: int) -> str:
-    """One printable line of at most ``limit`` characters."""
-    line = "".join(c if c.isprintable() else "?" for c in " ".join(text.split()))
-    return line if len(line) <= limit else line[: limit - 1] + "\u2026"
-
-
-def _int_header(value: str | None) -> int | None:
-    try:
-        return int(value.strip()) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _float_header(value: str | None) -> float | None:
-    try:
-        number = float(value.strip()) if value is not None else None
-    except ValueError:
-        return None
-    return number if number is not None and math.isfinite(number) else None
-
-
-def _rate_limit(headers: Mapping[str, str]) -> RateLimit | None:
-    """The ``X-RateLimit-*`` headers that are present and readable, or None."""
-    limit = _int_header(headers.get("X-RateLimit-Limit"))
-    remaining = _int_header(headers.get("X-RateLimit-Remaining"))
-    reset = _float_header(headers.get("X-RateLimit-Reset"))
-    if limit is None and remaining is None and reset is None:
-        return None
-    return RateLimit(limit=limit, remaining=remaining, reset=reset)
 
 
 class _Sent:
@@ -376,57 +160,20 @@ class RequestsTransport(Transport):
         session: requests.Session | None = None,
         progress_file: TextIO | None = None,
     ) -> None:
-        key = api_key.strip()
-        # A header value with a line break or a space would be rejected by requests with
-        # the value, i.e. the key, in the message; refuse it here without it.
-        if not key or not key.isascii() or not key.isprintable() or " " in key:
-            raise ValueError("the API key is empty or holds spaces, control or non-ASCII chars")
-        self._key = _Secret(key)
-        root = api_root if api_root is not None else os.environ.get(API_ROOT_ENV) or ""
-        root = (root.strip() or DEFAULT_API_ROOT).rstrip("/")
-        parts = urlsplit(root)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"API root {self._redact(root)!r} is not an http:// or https:// URL")
-        try:
-            port_ok = parts.port != 0  # reading the port checks it
-        except ValueError:
-            port_ok = False
-        if not port_ok:
-            raise ValueError(
-                f"API root {self._redact(root)!r} has an invalid port (a number from 1 to 65535)"
-            )
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise ValueError(
-                f"the API root for {parts.hostname} must not have credentials, a query or "
-                "a fragment"
-            )
-        if parts.scheme == "http" and not allow_insecure and not _is_loopback(parts.hostname):
-            raise ValueError(
-                f"refusing plain http:// to {parts.hostname}: the API key would travel in "
-                "clear text; use https://, or pass allow_insecure=True if you trust every "
-                "network between here and there"
-            )
-        for name, value in (
-            ("connect_timeout", connect_timeout),
-            ("read_timeout", read_timeout),
-            ("total_timeout", total_timeout),
-            ("min_upload_rate", min_upload_rate),
-        ):
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be a positive finite number, not {value!r}")
-        self._root = root
-        self._connect_timeout = float(connect_timeout)
-        self._read_timeout = float(read_timeout)
-        self._total_timeout = float(total_timeout)
-        self._min_upload_rate = float(min_upload_rate)
-        self._deadline = _Deadline()
+        self._key = check_key(api_key)
+        self._root, parts = check_root(api_root, allow_insecure=allow_insecure, key=self._key)
+        self._connect_timeout = positive("connect_timeout", connect_timeout)
+        self._read_timeout = positive("read_timeout", read_timeout)
+        self._total_timeout = positive("total_timeout", total_timeout)
+        self._min_upload_rate = positive("min_upload_rate", min_upload_rate)
+        self._deadline = Deadline()
         self._progress = progress
         self._progress_file = progress_file
         self._user_agent = f"hubfsm/{__version__} python-requests/{requests.__version__}"
         self._owns_session = session is None
         if session is None:
             session = requests.Session()
-            adapter = _SendTimeoutAdapter(self._read_timeout, self._deadline)
+            adapter = SendTimeoutAdapter(self._read_timeout, self._deadline)
             session.mount("https://", adapter)
             session.mount("http://", adapter)
             if parts.scheme == "http":
@@ -499,19 +246,33 @@ class RequestsTransport(Transport):
         return response
 
     def download(
-        self, url: str, dest: str | os.PathLike[str], *, max_bytes: int, hops: int = 5
+        self,
+        url: str,
+        dest: str | os.PathLike[str] | Sink,
+        *,
+        max_bytes: int,
+        hops: int = 5,
+        deadline: float | None = None,
+        on_answer: Callable[[Announced], None] | None = None,
     ) -> int:
-        """Fetch a URL the hub handed out (weights, resume) into ``dest`` (owner-only).
+        """Fetch a URL the hub handed out (weights, resume) into ``dest``.
 
-        The API key goes only to the API root's origin (scheme, host and port); a URL
-        elsewhere, or a redirect to elsewhere, is fetched without it. Redirects are
-        followed by hand, ``hops`` at most, deciding the key afresh at every hop.
+        The API key goes only to the API root's origin (scheme, host and port), on the
+        first request only; redirects are followed by hand, ``hops`` at most, never with
+        the key. This is :class:`hubfsm.transport.Downloader`, done by
+        :class:`transports.downloads.HttpDownloader` with this transport's key, root and
+        timeouts, on a session of its own (unless one was handed in), so it may run while
+        the transport sends from another thread.
 
         Args:
             url: An ``http(s)`` URL.
-            dest: Where the file goes; written to a temporary name, then renamed.
+            dest: A path (written owner-only to a temporary name, then renamed into
+                place), or a binary file (any :class:`~hubfsm.transport.Sink`) to write into.
             max_bytes: The most bytes accepted (the size the record states, say).
             hops: The most redirects followed.
+            deadline: Seconds the whole download may take; default ``total_timeout``
+                plus ``max_bytes`` at ``min_upload_rate``.
+            on_answer: Called with what the answer announces, before the body is read.
 
         Returns:
             The number of bytes written.
@@ -519,77 +280,18 @@ class RequestsTransport(Transport):
         Raises:
             TransportError: The download failed, was too large, or redirected too often.
         """
-        request = Request("GET", "/download")  # names the operation in logs and errors
-        target = os.fspath(dest)
-        partial = f"{target}.part-{os.getpid()}"
-        for _ in range(hops + 1):
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise self._fail(request, "protocol", "the download URL is not http(s)")
-            headers = {"User-Agent": self._user_agent}
-            if self._same_origin(url):
-                headers["x-api-key"] = self._key.reveal()
-            self._deadline.start(self._total_timeout + max_bytes / self._min_upload_rate)
-            try:
-                session = self._session
-                answer = session.get(
-                    url,
-                    headers=headers,
-                    stream=True,
-                    allow_redirects=False,
-                    timeout=(self._connect_timeout, self._read_timeout),
-                    # as in send(): certificates are checked even if the session says not
-                    verify=session.verify if isinstance(session.verify, str) else True,
-                )
-                try:
-                    if 300 <= answer.status_code < 400 and answer.headers.get("Location"):
-                        url = urljoin(url, answer.headers["Location"])
-                        continue
-                    if answer.status_code != 200:
-                        raise self._fail(
-                            request, "protocol", f"download answered {answer.status_code}"
-                        )
-                    return self._save(request, answer, partial, target, max_bytes)
-                finally:
-                    answer.close()
-            except (requests.RequestException, TimeoutError) as error:
-                kind, reason = self._explain(error)
-                raise self._fail(request, kind, reason) from None
-            finally:
-                self._deadline.clear()
-        raise self._fail(request, "protocol", f"the download redirected more than {hops} times")
-
-    def _same_origin(self, url: str) -> bool:
-        """True when ``url`` has the API root's scheme, host and port."""
-        ours, theirs = urlsplit(self._root), urlsplit(url)
-        try:
-            return (ours.scheme, ours.hostname, ours.port) == (
-                theirs.scheme,
-                theirs.hostname,
-                theirs.port,
-            )
-        except ValueError:  # an unreadable port
-            return False
-
-    def _save(
-        self, request: Request, answer: requests.Response, partial: str, target: str, limit: int
-    ) -> int:
-        size = 0
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with open(fd, "wb") as out:
-                for chunk in answer.iter_content(1 << 20):
-                    self._deadline.cap(self._read_timeout)
-                    size += len(chunk)
-                    if size > limit:
-                        raise self._fail(request, "protocol", f"download over {limit} bytes")
-                    out.write(chunk)
-            os.replace(partial, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(partial)
-            raise
-        return size
+        downloader = HttpDownloader(
+            api_root=self._root,
+            api_key=self._key.reveal(),
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
+            deadline=self._total_timeout + max_bytes / self._min_upload_rate,
+            session=None if self._owns_session else self._session,
+            user_agent=self._user_agent,
+        )
+        return downloader.download(
+            url, dest, max_bytes=max_bytes, hops=hops, deadline=deadline, on_answer=on_answer
+        )
 
     def _progress_bar(self, request: Request, total: int) -> tqdm[Any] | None:
         if request.fields is None or request.fields.get("type") != "final":
@@ -650,9 +352,13 @@ class RequestsTransport(Transport):
                 **settings,
             )
             try:
-                content = self._read(request, answer)
+                content = read_body(
+                    answer, deadline=self._deadline, read_timeout=self._read_timeout
+                )
             finally:
                 answer.close()
+        except BadAnswer as error:
+            raise self._fail(request, "protocol", str(error)) from None
         except FileChangedError as error:
             raise self._fail(request, "protocol", str(error)) from None
         except FileReadError as error:
@@ -671,12 +377,17 @@ class RequestsTransport(Transport):
         if 300 <= status < 400:
             envelope: Mapping[str, Any] = self._redirected(request, status, answer.headers)
         else:
-            envelope = self._decode(request, status, answer.headers.get("Content-Type"), content)
+            try:
+                envelope = decode(
+                    status, answer.headers.get("Content-Type"), content, secret=self._secret()
+                )
+            except BadAnswer as error:
+                raise self._fail(request, "protocol", str(error)) from None
         response = Response(
             status=status,
             body=envelope,
             retry_after=parse_retry_after(answer.headers.get("Retry-After"), now=time.time()),
-            rate_limit=_rate_limit(answer.headers),
+            rate_limit=rate_limit(answer.headers),
             origin=self._root,
         )
         log.debug(
@@ -694,10 +405,8 @@ class RequestsTransport(Transport):
         self, request: Request, status: int, headers: Mapping[str, str]
     ) -> dict[str, Any]:
         """The envelope of a redirect, which is never followed: it says where it pointed."""
-        location = _sanitize(self._redact(headers.get("Location") or "nowhere"), _LOCATION_CHARS)
-        message = (
-            f"the hub redirected to {location!r}; not followed, since the API key goes "
-            f"only to {urlsplit(self._root).netloc}"
+        location, envelope = redirect_envelope(
+            headers, secret=self._secret(), netloc=urlsplit(self._root).netloc
         )
         log.warning(
             "http.redirect",
@@ -706,53 +415,17 @@ class RequestsTransport(Transport):
             status=status,
             location=location,
         )
-        return {"success": False, "message": message}
-
-    def _read(self, request: Request, answer: requests.Response) -> bytes:
-        """The whole response body, refusing one larger than :data:`MAX_RESPONSE_BYTES`."""
-        declared = _int_header(answer.headers.get("Content-Length"))
-        if declared is not None and declared > MAX_RESPONSE_BYTES:
-            raise self._fail(
-                request,
-                "protocol",
-                f"answered {answer.status_code} with a body of {declared} bytes, over "
-                f"{MAX_RESPONSE_BYTES}",
-            )
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in answer.iter_content(64 * 1024):
-            self._deadline.cap(self._read_timeout)  # a server handed in has no socket cap
-            size += len(chunk)
-            if size > MAX_RESPONSE_BYTES:
-                raise self._fail(
-                    request,
-                    "protocol",
-                    f"answered {answer.status_code} with a body over {MAX_RESPONSE_BYTES} bytes",
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return envelope
 
     def _explain(self, error: BaseException) -> tuple[ErrorKind, str]:
         """The error kind of a requests failure and a short reason without the URL."""
-        host = urlsplit(self._root).netloc
-        if self._deadline.expired or (
-            isinstance(error, TimeoutError) and "attempt's" in str(error)
-        ):
-            budget = self._deadline.budget
-            return "timeout", f"{host} did not complete the exchange within {budget:g} s"
-        if isinstance(error, requests.ConnectTimeout):
-            return "connect", f"no connection to {host} within {self._connect_timeout:g} s"
-        if isinstance(error, requests.ReadTimeout) or _stalled(error):
-            return "timeout", f"{host} made no progress for {self._read_timeout:g} s"
-        if isinstance(error, (ChunkedEncodingError, ContentDecodingError)):
-            return "protocol", f"{host} sent a garbled body ({_os_reason(error)})"
-        if isinstance(error, RequestsSSLError):
-            return "tls", f"TLS with {host} failed ({_os_reason(error)})"
-        if isinstance(error, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema)):
-            return "url", f"cannot request {host} ({type(error).__name__})"
-        if any(isinstance(e, ConnectionRefusedError) for e in _chain(error)):
-            return "refused", f"{host} refused the connection (nothing listens on that port)"
-        return "connect", f"cannot talk to {host} ({_os_reason(error)})"
+        return explain(
+            error,
+            host=urlsplit(self._root).netloc,
+            deadline=self._deadline,
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
+        )
 
     def _fail(self, request: Request, kind: ErrorKind, reason: str) -> TransportError:
         """Log a failed request and make its error; the message never holds the key."""
@@ -760,43 +433,9 @@ class RequestsTransport(Transport):
         log.info("http.error", method=request.method, path=request.path, kind=kind, reason=reason)
         return TransportError(kind, f"{request.method} {request.path}: {reason}", url=self._root)
 
-    def _decode(
-        self, request: Request, status: int, content_type: str | None, content: bytes
-    ) -> Mapping[str, Any]:
-        """The JSON envelope of an answer; only a 2xx answer must have one."""
-        value: Any = None
-        valid = False
-        if content:
-            try:
-                value = json.loads(content)
-                valid = True
-            except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-                pass
-        if isinstance(value, dict):
-            try:
-                # Whatever the hub says goes on to messages and logs: never the key.
-                masked: dict[str, Any] = redact_value(value, self._secret())
-                return masked
-            except RecursionError:
-                value, valid = None, False
-        if not 200 <= status < 300:
-            return {}  # the status says it all; an error page is no protocol breach
-        if not content:
-            what = "an empty body"
-        elif not valid:
-            what = "invalid JSON"
-        else:
-            what = f"a JSON {_JSON_TYPES.get(type(value), 'value')}"
-        ctype = _sanitize(self._redact(content_type or "no content-type"), 60)
-        quote = _sanitize(self._redact(content[:400].decode("utf-8", "replace")), _SNIPPET_CHARS)
-        reason = f"answered {status} with {what} ({ctype}, {len(content)} bytes), not a JSON object"
-        if quote:
-            reason += f": {quote!r}"
-        raise self._fail(request, "protocol", reason)
-
     def _secret(self) -> str | None:
         key = getattr(self, "_key", None)
-        return key.reveal() if isinstance(key, _Secret) else None
+        return key.reveal() if isinstance(key, Secret) else None
 
     def _redact(self, text: str) -> str:
         """``text`` without the API key or any run of 8 of its characters, wherever put."""

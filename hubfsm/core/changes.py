@@ -109,6 +109,15 @@ Change = MetricsQueued | OpOpened | OpClosed | Offered | Rejected | Refusal
 _NAMES = {"metrics": "epochs of metrics", "checkpoint": "checkpoint", "final": "final weights"}
 
 
+def pending_counts(metrics: int, checkpoint: bool, final: bool) -> dict[str, int]:
+    """What is pending, per channel: epochs of metrics, and 0 or 1 checkpoint and final.
+
+    The one shape every count of what is pending takes (the core's, an outbox's saved
+    records, an outbox read from outside), so :func:`describe_pending` reads them all.
+    """
+    return {"metrics": metrics, "checkpoint": int(checkpoint), "final": int(final)}
+
+
 def describe_pending(pending: dict[str, int]) -> str:
     """``3 epochs of metrics, checkpoint, final weights``, or ``nothing``."""
     parts = [
@@ -141,8 +150,4 @@ class Saved:
         """What is pending, per channel, as :meth:`hubfsm.core.engine.Core.pending` counts it."""
         in_ops = sum(len(op.payload) for op in self.ops if op.channel == "metrics")
         checkpoint = self.checkpoint is not None or any(o.channel == "checkpoint" for o in self.ops)
-        return {
-            "metrics": len(self.metrics) + in_ops,
-            "checkpoint": int(checkpoint),
-            "final": int(self.final is not None),
-        }
+        return pending_counts(len(self.metrics) + in_ops, checkpoint, self.final is not None)

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 
+from hubfsm.digest import sha256_of
 from hubfsm.transport import FilePart
 
-CHUNK = 1 << 20
-
-
-def sha256_of(path: str | os.PathLike[str]) -> tuple[str, int]:
-    """The hex sha256 and the size of a file, read 1 MiB at a time."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+__all__ = ["describe", "sha256_of"]
 
 
 def describe(path: str | os.PathLike[str], name: str) -> FilePart:

@@ -9,27 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import os
 import re
 import sqlite3
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
 
-import attrs
 import platformdirs
 
-from hubfsm.core.changes import Change, Rejected, Saved
+from hubfsm.core.changes import Change, Saved
 from hubfsm.core.events import FileStamp
 from hubfsm.core.protocol import HUB_ID
-from hubfsm.durable.journal import JournalDamage, scan
+from hubfsm.digest import chunks, sha256_chunks
+from hubfsm.durable.journal import scan
 from hubfsm.durable.outbox_db import OutboxDB
 from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger
-from hubfsm.transport import FilePart, Request
+from hubfsm.transport import FilePart
 
 log = get_logger("hubfsm")
 
@@ -39,7 +35,6 @@ DATABASE = "outbox.sqlite3"
 #: The trainer's journal in an outbox directory (written by :mod:`hubfsm.durable.journal`).
 JOURNAL = "journal"
 LOCK = "lock"
-CHUNK = 1 << 20
 #: Every file hubfsm makes here is for this user's eyes only.
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -259,20 +254,14 @@ class Outbox:
         if stamp is not None and stamp_of(path) != stamp:
             return None
         tmp = self.files / f".incoming-{os.getpid()}"
-        digest = hashlib.sha256()
-        size = 0
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         with open(path, "rb") as src, open(fd, "wb") as dst:
-            while chunk := src.read(CHUNK):
-                digest.update(chunk)
-                dst.write(chunk)
-                size += len(chunk)
+            sha, size = sha256_chunks(chunks(src), copy_to=dst)
             dst.flush()
             os.fsync(dst.fileno())
         if stamp is not None and stamp_of(path) != stamp:
             tmp.unlink()
             return None
-        sha = digest.hexdigest()
         final = self.files / f"{name.split('.')[0]}-{sha[:24]}.pt"
         os.replace(tmp, final)
         return FilePart(name=name, path=str(final), size=size, sha256=sha)
@@ -368,226 +357,38 @@ def _check_database(db: sqlite3.Connection) -> None:
         raise sqlite3.DatabaseError("; ".join(map(str, problems[:3])))
 
 
-@attrs.frozen
-class OutboxInfo:
-    """What one outbox holds, read without taking it.
+# The survey of outboxes (read without taking them, set aside when damaged) lives in
+# hubfsm.durable.survey; its names stay importable from here for existing callers.
+from hubfsm.durable.survey import (  # noqa: E402
+    OutboxInfo,
+    Survey,
+    find,
+    inspect,
+    keep_damaged_journal,
+    report_damage,
+    set_aside,
+    set_aside_reporting,
+    survey,
+)
 
-    Attributes:
-        journal_damage: What the trainer's journal lost, if it is damaged.
-        rejected: The records the hub refused, described (kept until ``hubfsm discard``).
-        refusal: The refusal that stopped the last session's sending, if it is not over.
-    """
-
-    directory: Path
-    model_id: str
-    pending: dict[str, int]
-    in_use: bool
-    journal_damage: JournalDamage | None = None
-    rejected: tuple[str, ...] = ()
-    refusal: str | None = None
-
-
-def find(root: str | os.PathLike[str] | None = None) -> list[Path]:
-    """The outbox directories under ``root`` (or ``root`` itself if it is one).
-
-    Only entries named by a model id count: one set aside as damaged is left out.
-    """
-    base = Path(root) if root is not None else default_root()
-    if (base / DATABASE).exists():
-        return [base]
-    if not base.is_dir():
-        return []
-    return sorted(p for p in base.iterdir() if HUB_ID.fullmatch(p.name) and (p / DATABASE).exists())
-
-
-def _in_use(directory: Path) -> bool:
-    try:
-        fd = os.open(directory / LOCK, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def _read(directory: Path) -> OutboxInfo:
-    uri = f"file:{directory / DATABASE}?mode=ro"
-    try:
-        db = sqlite3.connect(uri, uri=True)
-        try:
-            _check_database(db)
-            row = db.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()
-            seq = db.execute("SELECT value FROM meta WHERE key = 'journal_seq'").fetchone()
-            metrics = db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
-            in_ops = 0
-            checkpoint = 0
-            for channel, request, payload in db.execute(
-                "SELECT channel, request, payload FROM ops"
-            ):
-                json.loads(request)  # readable, or the outbox is damaged
-                if channel == "metrics":
-                    in_ops += len(json.loads(payload))
-                elif channel == "checkpoint":
-                    checkpoint = 1
-            slots = dict(db.execute("SELECT kind, value FROM slots"))
-            for value in slots.values():
-                json.loads(value)
-            kinds = set(slots)
-            rejected, refusal = _refusals(db)
-        finally:
-            db.close()
-    except sqlite3.Error as error:
-        raise OutboxDamaged(directory, _damage_of(error), _salvage(directory)) from None
-    except (ValueError, TypeError) as error:  # JSON that is not what was written
-        raise OutboxDamaged(
-            directory, f"its records cannot be read ({type(error).__name__})", _salvage(directory)
-        ) from None
-    model_id = row[0] if row is not None else None
-    if not isinstance(model_id, str) or not HUB_ID.fullmatch(model_id):
-        raise OutboxDamaged(directory, "it names no valid model id", _salvage(directory))
-    if directory.name != model_id:
-        raise OutboxDamaged(
-            directory, f"it holds the records of model {model_id}", _salvage(directory)
-        )
-    try:
-        after = int(seq[0]) if seq is not None else 0
-    except ValueError:
-        problem = "its journal position is unreadable"
-        raise OutboxDamaged(directory, problem, _salvage(directory)) from None
-    pending = {
-        "metrics": metrics + in_ops,
-        "checkpoint": int(checkpoint or "checkpoint" in kinds),
-        "final": int("final" in kinds),
-    }
-    in_use = _in_use(directory)
-    # A running session's journal may be read mid-write; its session reports its damage.
-    damage = None if in_use else scan(directory / JOURNAL, after=after).damage
-    return OutboxInfo(directory, model_id, pending, in_use, damage, rejected, refusal)
-
-
-def _refusals(db: sqlite3.Connection) -> tuple[tuple[str, ...], str | None]:
-    """The rejected records and the kept refusal of an outbox opened read-only."""
-    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
-    rejected: tuple[str, ...] = ()
-    if "rejected" in tables:
-        rows = db.execute(
-            "SELECT channel, payload, status, reason FROM rejected ORDER BY seq"
-        ).fetchall()
-        rejected = tuple(
-            Rejected(channel, Request("POST", ""), json.loads(payload), status, reason).describe()
-            for channel, payload, status, reason in rows
-        )
-    row = db.execute("SELECT value FROM meta WHERE key = 'refusal'").fetchone()
-    return rejected, None if row is None else str(row[0])
-
-
-def inspect(directories: Iterable[Path]) -> list[OutboxInfo]:
-    """Read what each outbox holds (read-only; safe while a session has it open).
-
-    Raises:
-        OutboxDamaged: One of them cannot be read; see :func:`survey` to go on past it.
-    """
-    return [_read(directory) for directory in directories]
-
-
-@attrs.frozen
-class Survey:
-    """Every outbox under a root: those that could be read, and those that are damaged."""
-
-    infos: list[OutboxInfo]
-    damaged: list[OutboxDamaged]
-
-
-def survey(root: str | os.PathLike[str] | None = None) -> Survey:
-    """Read every outbox under ``root``; a damaged one is listed, not raised."""
-    infos: list[OutboxInfo] = []
-    damaged: list[OutboxDamaged] = []
-    for directory in find(root):
-        try:
-            infos.append(_read(directory))
-        except OutboxDamaged as error:
-            damaged.append(error)
-    return Survey(infos, damaged)
-
-
-def set_aside(directory: str | os.PathLike[str]) -> Path:
-    """Move a damaged outbox out of the way: ``<name>.damaged-<timestamp>`` beside it.
-
-    Nothing is deleted: its weight snapshots and journal stay there to be salvaged.
-    A new session of the model starts a fresh outbox.
-
-    Returns:
-        Where it is now.
-
-    Raises:
-        OutboxLockedError: A running session holds it.
-        ValueError: It is not a real directory (a symbolic link, say).
-    """
-    directory = Path(directory)
-    if directory.is_symlink() or not directory.is_dir():
-        raise ValueError(f"{directory} is not an outbox directory")
-    if _in_use(directory):
-        raise OutboxLockedError(f"the outbox in {directory} is in use by a running session")
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    for n in range(1000):
-        target = directory.with_name(f"{directory.name}.damaged-{stamp}" + (f"-{n}" if n else ""))
-        if not target.exists():
-            os.rename(directory, target)
-            log.warning("outbox.set_aside", directory=str(directory), now=str(target))
-            return target
-    raise FileExistsError(f"no free name to set {directory} aside")
-
-
-def keep_damaged_journal(info: OutboxInfo) -> Path | None:
-    """Copy a damaged journal beside itself before a session replays it and starts over.
-
-    Returns:
-        The copy (owner-only), or None when the journal is not damaged.
-    """
-    if info.journal_damage is None:
-        return None
-    source = info.directory / JOURNAL
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    target = info.directory / f"{JOURNAL}.damaged-{stamp}"
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    with open(fd, "wb") as copy:
-        copy.write(source.read_bytes())
-    return target
-
-
-def set_aside_reporting(error: OutboxDamaged, *, out: TextIO) -> None:
-    """Set a damaged outbox aside and say where it went (or why it could not go)."""
-    try:
-        print(f"  set aside as {set_aside(error.directory)}", file=out)
-    except (HubfsmError, OSError, ValueError) as exc:
-        print(f"  could not set it aside: {exc}", file=out)
-
-
-def report_damage(found: Survey, *, out: TextIO, repair: bool) -> int:
-    """Print what is damaged in ``found``; return how many outboxes and journals are.
-
-    Args:
-        found: What :func:`survey` found.
-        out: Where the report goes.
-        repair: Also set damaged outboxes aside and keep copies of damaged journals
-            (for ``hubfsm sync``, which then sends the rest); without it, only report
-            (for ``hubfsm status``).
-    """
-    for error in found.damaged:
-        print(f"damaged: {error}", file=out)
-        if repair:
-            set_aside_reporting(error, out=out)
-    for info in found.infos:
-        if info.journal_damage is None:
-            continue
-        print(f"damaged: model {info.model_id}: {info.journal_damage.describe()}", file=out)
-        if repair:
-            try:
-                print(f"  a copy is kept as {keep_damaged_journal(info)}", file=out)
-            except OSError as exc:
-                print(f"  no copy could be kept: {exc}", file=out)
-    return len(found.damaged) + sum(i.journal_damage is not None for i in found.infos)
+__all__ = [
+    "DATABASE",
+    "FILE_MODE",
+    "JOURNAL",
+    "LOCK",
+    "OUTBOX_ENV",
+    "FileStamp",
+    "Outbox",
+    "OutboxDamaged",
+    "OutboxInfo",
+    "OutboxLockedError",
+    "Survey",
+    "default_root",
+    "find",
+    "inspect",
+    "keep_damaged_journal",
+    "report_damage",
+    "set_aside",
+    "set_aside_reporting",
+    "survey",
+]

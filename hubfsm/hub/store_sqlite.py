@@ -15,7 +15,6 @@ half of one.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -28,10 +27,9 @@ from typing import IO
 
 import attrs
 
+from hubfsm.digest import chunks, sha256_chunks
 from hubfsm.hub.keys import KeyRecord
 from hubfsm.hub.store import ModelRecord, Source, Staged, StoredReply, WeightsInfo, WeightsKind
-
-_CHUNK = 1 << 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -159,33 +157,24 @@ class SqliteStore:
         name = getattr(source, "name", None)
         if isinstance(name, str) and Path(name).parent == self._staging:
             return self._stage_in_place(source, name)  # type: ignore[arg-type]
-        digest = hashlib.sha256()
-        size = 0
         fd, path = tempfile.mkstemp(dir=self._staging, suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out:
-                chunks = [source] if isinstance(source, bytes) else _chunks(source)
-                for chunk in chunks:
-                    digest.update(chunk)
-                    size += len(chunk)
-                    out.write(chunk)
+                parts = [source] if isinstance(source, bytes) else chunks(source)
+                sha, size = sha256_chunks(parts, copy_to=out)
                 out.flush()
                 os.fsync(out.fileno())
         except BaseException:
             os.unlink(path)
             raise
-        return Staged(digest.hexdigest(), size, path)
+        return Staged(sha, size, path)
 
     def _stage_in_place(self, source: IO[bytes], path: str) -> Staged:
-        digest = hashlib.sha256()
-        size = 0
         source.flush()
         os.fsync(source.fileno())
         source.seek(0)
-        for chunk in _chunks(source):
-            digest.update(chunk)
-            size += len(chunk)
-        return Staged(digest.hexdigest(), size, path)
+        sha, size = sha256_chunks(chunks(source))
+        return Staged(sha, size, path)
 
     def commit_weights(self, model_id: str, kind: WeightsKind, staged: Staged) -> None:
         """Rename the staged file into place and record its digest."""
@@ -263,11 +252,6 @@ def _record(text: str) -> ModelRecord:
     fields = {f.name for f in attrs.fields(ModelRecord)}
     # Ignore keys a newer version may have written, so an old hub still opens the data.
     return ModelRecord(**{k: v for k, v in json.loads(text).items() if k in fields})
-
-
-def _chunks(stream: IO[bytes]) -> Iterator[bytes]:
-    while chunk := stream.read(_CHUNK):
-        yield chunk
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -45,14 +45,6 @@ class Hooks:
     refused: list[Callable[[], None]] = attrs.Factory(list)
 
 
-#: Gives the API root and key weight downloads may use (the key kept out of reprs).
-DownloadAuth = Callable[[], tuple[str | None, str | None]]
-
-
-def _no_auth() -> tuple[str | None, str | None]:
-    return (None, None)
-
-
 @attrs.frozen
 class Parts:
     """A session's parts, built and wired."""
@@ -63,7 +55,6 @@ class Parts:
     shell: Shell
     durability: Durability | None
     hooks: Hooks = attrs.Factory(Hooks)
-    download_auth: DownloadAuth = _no_auth
 
 
 def _log_changes(core_box: list[Core], hooks: Hooks) -> Callable[[str, str, str], None]:
@@ -147,11 +138,8 @@ def build(
         quiet: Log nothing.
         **shell_args: For the shell (``max_steps``, ``deadline`` inline; ``nap``, ``name``).
     """
-    download_auth: DownloadAuth = _no_auth
     if transport is None:
         transport = http_transport(settings)
-        root, key = getattr(transport, "api_root", None), settings.api_key
-        download_auth = lambda: (root, key)  # noqa: E731 - a closure keeps the key out of reprs
     hooks = Hooks()
     box: list[Core] = []
     core = core_factory(
@@ -185,7 +173,7 @@ def build(
         quiet=quiet,
     )
     shell: Shell = SimRunner(driver, **shell_args) if inline else ThreadRunner(driver, **shell_args)
-    return Parts(settings, core, driver, shell, durability, hooks, download_auth)
+    return Parts(settings, core, driver, shell, durability, hooks)
 
 
 def open_model(parts: Parts) -> None:

@@ -38,7 +38,7 @@ from hubfsm.runtime.exits import ExitHooks, report_left
 from hubfsm.runtime.factory import Parts, build, open_model
 from hubfsm.runtime.refusal import notice, refusal_error
 from hubfsm.runtime.settings import OFFLINE_ENV, Settings
-from hubfsm.transport import Transport
+from hubfsm.transport import Downloader, Transport
 
 __all__ = ["OFFLINE_ENV", "Session"]
 
@@ -144,9 +144,6 @@ class Session:
         self._next_epoch = 0
         self._hooks: ExitHooks | None = None
         self._create_args: dict[str, Any] = dict(settings.train_args)
-        # Weight downloads may send the key to the API root (and nowhere else); a
-        # closure keeps it out of repr() and vars() of the session.
-        self._download_auth = parts.download_auth
         # Whether the trainer has heard of a refusal: once on stderr, once as an error.
         self._refusal_noticed = False
         self._refusal_raised = False
@@ -236,8 +233,10 @@ class Session:
         """Download the weights the plan starts from (parent or last weights).
 
         The file is cached (see :func:`hubfsm.runtime.download.download`): a second call, or a
-        later session on the same weights, reuses it. The API key goes only to the API
-        root's host.
+        later session on the same weights, reuses it. The session's transport fetches it
+        when it is a :class:`~hubfsm.transport.Downloader` (the default HTTP transport
+        is, and sends the API key only to the API root's origin); else it is fetched
+        without a key.
 
         Returns:
             The local weights file, or None when the plan starts from an architecture
@@ -251,7 +250,7 @@ class Session:
         plan = self.plan
         if plan.weights_url is None:
             return None
-        root, key = self._download_auth()
+        transport = self._driver.transport
         record = self._core.record
         prefix = "resume" if plan.kind == "resume" else "weights"
         size = record.get(f"{prefix}_size")
@@ -259,8 +258,7 @@ class Session:
         return download(
             plan.weights_url,
             cache_dir=cache_dir,
-            api_root=root,
-            api_key=key,
+            downloader=transport if isinstance(transport, Downloader) else None,
             expected_size=size if isinstance(size, int) and not isinstance(size, bool) else None,
             expected_sha256=sha if isinstance(sha, str) else None,
             # The last weights change behind one URL as training goes on.

@@ -260,8 +260,8 @@ def test_hub_serve_says_how_to_use_it_and_stops_on_ctrl_c(
     auth = requests.post(f"{served.url}/v1/auth", headers={"x-api-key": served.key}, timeout=10)
     assert auth.status_code == 200
 
-    code, seconds = served.spawned.stop(signal.SIGINT)
-    assert code == 0 and seconds < 3
+    code, _ = served.spawned.stop(signal.SIGINT)  # raises if it had to be killed
+    assert code == 0
     assert "Stopping." in served.spawned.stdout
     leaks.check(served.spawned.stdout + served.spawned.stderr, "serve output")
     with pytest.raises(requests.ConnectionError):
@@ -273,8 +273,8 @@ def test_hub_serve_stops_on_sigterm(
 ) -> None:
     served = serve_hub(tmp_path / "hub", "--fault-rate", "0.2", "--rate-limit", "5")
     assert "faults:" in served.banner and "limit:" in served.banner
-    code, seconds = served.spawned.stop(signal.SIGTERM)
-    assert code in (0, -signal.SIGTERM) and seconds < 3
+    code, _ = served.spawned.stop(signal.SIGTERM)  # raises if it had to be killed
+    assert code in (0, -signal.SIGTERM)
     leaks.check(served.spawned.stdout + served.spawned.stderr, "serve output")
 
 

@@ -39,13 +39,23 @@ def test_a_session_against_a_served_hub_subprocess(
 
     kit.check_on_hub(served.url, served.key, run)
     assert run.session.stats()["epochs_acknowledged"] == 6
-    code, seconds = served.spawned.stop(signal.SIGINT)
-    assert code == 0 and seconds < 5
+    code, _ = served.spawned.stop(signal.SIGINT)  # raises if it had to be killed
+    assert code == 0
     assert "Stopping." in served.spawned.stdout
 
 
 def test_a_session_against_an_in_process_hub(hub: LocalHub, kit: Any, tmp_path: Path) -> None:
-    run = kit.train(hub.url, hub.api_key, tmp_path / "work", epochs=8)
+    def checkpoint_landed(epoch: int, session: hubfsm.Session) -> None:
+        # On a busy machine the final weights could supersede every checkpoint still
+        # queued; the last epoch waits for one to land instead of hoping it did.
+        if epoch == 7:
+            kit.eventually(
+                lambda: any(u.type == "epoch" for u in hub.hub.audit().uploads),
+                10.0,
+                "a checkpoint on the hub",
+            )
+
+    run = kit.train(hub.url, hub.api_key, tmp_path / "work", epochs=8, during=checkpoint_landed)
 
     kit.check_on_hub(hub.url, hub.api_key, run)
     audit = hub.hub.audit()
@@ -55,7 +65,7 @@ def test_a_session_against_an_in_process_hub(hub: LocalHub, kit: Any, tmp_path: 
     stats = run.session.stats()
     assert stats["epochs_acknowledged"] == 8 and stats["retries"] == 0
     assert run.session.pending() == {"metrics": 0, "checkpoint": 0, "final": 0}
-    assert run.seconds < 10
+    assert audit.replayed == {}, "a clean session sends nothing twice"
 
 
 # Seed 88 draws, for the first four requests: a lost answer (the model is created but the
@@ -115,7 +125,6 @@ def test_everything_arrives_once_through_server_faults(
     dropped = [e for e in leaks.of("request.failed") if e.get("kind") == "connect"]
     assert dropped, "a lost answer should look like a dropped connection to the client"
     assert run.session.stats()["retries"] >= 2
-    assert run.seconds < 15
 
 
 def _endpoint(event: dict[str, Any]) -> str:
@@ -170,7 +179,6 @@ def test_a_hub_restarted_mid_training_gets_everything(
     audits.append(second.hub.audit())
     kit.check_on_hub(second.url, second.api_key, run)
     kit.check_applied_once(audits, run)
-    assert run.seconds < 15
 
 
 @pytest.fixture
@@ -220,8 +228,8 @@ def test_a_hub_that_never_answers_fails_the_open_in_time(
     took = time.monotonic() - started
     leaks.check(caught.value, "exception")
 
-    # It waited out open_timeout, plus at most the one request still in flight.
-    assert open_timeout <= took < open_timeout + 0.5 + 0.5 + 0.5
+    # It waited out open_timeout (and says so), retrying meanwhile.
+    assert took >= open_timeout
     assert "1.5s" in str(caught.value) and "timeout" in str(caught.value)
     assert len(accepted) >= 2, "the open was retried"
     # The worker is gone once its last request's read timeout has passed.
@@ -410,12 +418,10 @@ def test_finish_against_a_hub_gone_silent_gives_up_in_time(
             session.finish(best, map50_95=0.5, timeout=1.5)
         took = time.monotonic() - started
         leaks.check(caught.value, "exception")
-        assert 1.5 <= took < 1.5 + 0.5 + 0.5 + 0.5
+        assert took >= 1.5, "finish gave up before its timeout"
         assert session.state == "resumable"
         assert session.pending()["final"] == 1 and session.pending()["metrics"] == 1
-        started = time.monotonic()
         session.close(timeout=0.5)
-        assert time.monotonic() - started < 0.5 + 0.5 + 0.5 + 0.5
         kit.eventually(lambda: not (kit.worker_threads() - before), 1.0, "the worker to end")
     finally:
         session.close(timeout=0.0)
@@ -436,10 +442,11 @@ def test_refusals_over_http_are_clear_and_keyless(
     elif problem == "already trained":
         model = kit.train(hub.url, hub.api_key, tmp_path / "work", epochs=1).model_id
         expected = hubfsm.ModelTrainedError
-    started = time.monotonic()
+    before = Counter(hub.hub.audit().requests)
     with pytest.raises(expected) as caught:
         hubfsm.Session(model, api_key=key, api_root=hub.url, config=kit.FAST, open_timeout=10)
-    assert time.monotonic() - started < 2, "a refusal is not retried"
+    sent = Counter(hub.hub.audit().requests) - before
+    assert sent and max(sent.values()) == 1, f"a refusal is not retried: {sent}"
     leaks.check(caught.value, "exception")
     assert model in str(caught.value) or problem == "wrong key"
 
@@ -456,16 +463,21 @@ def test_pending_counts_an_epoch_the_moment_it_is_logged(
     arch.write_text("nc: 1\n")
     session = hubfsm.Session(str(arch), transport=transport, config=kit.FAST, open_timeout=10)
     port = hub.port
-    silent = None
+    silent = waiting = None
     try:
         session.start()
         hub.stop()
-        silent = socket.create_server(("127.0.0.1", port))  # accepts, never answers
-        time.sleep(0.4)  # a heartbeat is due every 0.3 s: the worker now waits on one
+        silent = socket.create_server(("127.0.0.1", port))  # never answers
+        silent.settimeout(10.0)
+        # A heartbeat is due every 0.3 s: once its connection comes in, the worker is
+        # waiting on an answer that will not come.
+        waiting, _ = silent.accept()
         session.log_metrics({"loss": 1.0}, epoch=0)
         assert session.pending()["metrics"] == 1
     finally:
         session.close(timeout=0.0)
+        if waiting is not None:
+            waiting.close()
         if silent is not None:
             silent.close()
         transport.close()
@@ -527,7 +539,8 @@ def test_a_heartbeat_given_up_on_a_429_waits_out_its_retry_after(
         )
         try:
             session.start()
-            time.sleep(2.5)
+            # Two heartbeats make one gap to check: the second comes after the 429's 2 s.
+            kit.eventually(lambda: len(limited.heartbeats) >= 2, 10.0, "a second heartbeat")
         finally:
             session.close(timeout=0.5)
     finally:
@@ -535,6 +548,6 @@ def test_a_heartbeat_given_up_on_a_429_waits_out_its_retry_after(
         thread.join(5)
         server.server_close()
     beats = limited.heartbeats
-    assert len(beats) >= 1
+    assert len(beats) >= 2
     gaps = [round(b - a, 2) for a, b in zip(beats, beats[1:], strict=False)]
     assert all(gap >= 1.95 for gap in gaps), f"heartbeats {gaps} s apart after 'Retry-After: 2'"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.server
+import io
 import json
 import logging
 import os
@@ -22,8 +24,11 @@ from structlog.testing import capture_logs
 import hubfsm
 from hubfsm.core import protocol
 from hubfsm.errors import AuthError, HubError
-from hubfsm.transport import FilePart, TransportError
+from hubfsm.hub import Hub, MemoryStore
+from hubfsm.transport import Announced, Downloader, FilePart, TransportError
+from transports.downloads import HttpDownloader
 from transports.http import MAX_RESPONSE_BYTES, RequestsTransport
+from transports.memory import InMemoryTransport
 
 KEY = "k3yK3yk3yQ9zX8wV7uT6sR5pO4nM3lK2jI1hG0fE9d"[:42]
 MODEL = "abcdefghij0123456789"
@@ -313,3 +318,84 @@ def test_a_download_elsewhere_gets_no_key(tmp_path: Path) -> None:
     assert all("x-api-key" not in {k.lower() for k in s["headers"]} for s in storage.seen)
     # the hub's own origin gets the key, on the first hop and on its own files
     assert [s["headers"].get("x-api-key") for s in server.seen] == [KEY, KEY]
+
+
+# --- 7. downloads: one implementation, for the transport and the weights cache ----------
+
+
+def test_the_http_transport_is_a_downloader_and_the_in_memory_one_is_not() -> None:
+    client = RequestsTransport(KEY, api_root="http://127.0.0.1:9")
+    client.close()
+    assert isinstance(client, Downloader) and isinstance(HttpDownloader(), Downloader)
+    assert not isinstance(InMemoryTransport(Hub(MemoryStore(), keys=[KEY]), KEY), Downloader)
+
+
+def test_a_download_redirected_back_to_the_api_root_gets_no_key(tmp_path: Path) -> None:
+    weights = os.urandom(4096)
+
+    def hub(h: _Handler) -> None:
+        if h.path == "/files/last.pt":
+            reply(h, 302, b"", {"Location": "/bucket/last.pt"})
+        else:
+            reply(h, 200, weights, {"X-Checksum-Sha256": hashlib.sha256(weights).hexdigest()})
+
+    heard: list[Announced] = []
+    with serve(hub) as server:
+        client = RequestsTransport(KEY, api_root=root_of(server))
+        out = io.BytesIO()  # a file object will do as well as a path
+        size = client.download(f"{root_of(server)}/files/last.pt", out, max_bytes=1 << 20,
+                               on_answer=heard.append)
+        client.close()
+    assert size == len(weights) and out.getvalue() == weights
+    assert [s["headers"].get("x-api-key") for s in server.seen] == [KEY, None]
+    assert heard == [Announced(len(weights), hashlib.sha256(weights).hexdigest())]
+
+
+def test_a_download_announces_only_a_well_formed_digest() -> None:
+    body = b"w" * 100
+    with serve(lambda h: reply(h, 200, body, {"X-Checksum-Sha256": f"{KEY} no digest"})) as server:
+        heard: list[Announced] = []
+        HttpDownloader().download(f"{root_of(server)}/w.pt", io.BytesIO(), max_bytes=100,
+                                  on_answer=heard.append)
+    assert heard == [Announced(100, None)]
+
+
+def test_a_download_cut_short_of_its_length_leaves_nothing(tmp_path: Path) -> None:
+    def short(h: _Handler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", "4096")
+        h.end_headers()
+        h.wfile.write(b"x" * 100)
+        h.close_connection = True
+
+    with serve(short) as server, pytest.raises(TransportError) as caught:
+        HttpDownloader().download(f"{root_of(server)}/short.pt", tmp_path / "s.pt",
+                                  max_bytes=1 << 20)
+    assert "/short.pt" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_trickled_download_fails_at_its_deadline(tmp_path: Path) -> None:
+    def handler(h: _Handler) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", "1000")
+        h.end_headers()
+        trickle(h, b"x" * 1000, every=0.1)  # never a read timeout, yet no end in sight
+
+    with serve(handler) as server, pytest.raises(TransportError) as caught:
+        HttpDownloader(read_timeout=30.0).download(
+            f"{root_of(server)}/slow.pt", tmp_path / "slow.pt", max_bytes=1000, deadline=0.5
+        )
+    assert caught.value.kind == "timeout" and "deadline" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_download_message_holds_neither_the_key_nor_the_query() -> None:
+    with serve(lambda h: reply(h, 404, b"no")) as server:
+        downloader = HttpDownloader(api_root=root_of(server), api_key=KEY)
+        with pytest.raises(TransportError) as caught:
+            downloader.download(f"{root_of(server)}/{KEY}/last.pt?sig=SECRET", io.BytesIO(),
+                                max_bytes=100)
+    text = str(caught.value)
+    assert "HTTP 404" in text and "/last.pt" in text
+    assert leaks(text) == [] and "SECRET" not in text and leaks(repr(downloader)) == []

@@ -422,13 +422,15 @@ def test_redirects_are_not_followed() -> None:
 
 
 def test_server_that_never_answers_times_out() -> None:
-    with silent_listener() as root, transport(root, read_timeout=0.5) as client:
-        started = time.monotonic()
-        with pytest.raises(TransportError) as info:
-            client.send(protocol.auth())
-        elapsed = time.monotonic() - started
+    with (
+        silent_listener() as root,
+        transport(root, read_timeout=0.5) as client,
+        pytest.raises(TransportError) as info,
+    ):
+        client.send(protocol.auth())
+    # The read timeout gave up on it, not the attempt's deadline nor the connect timeout.
     assert info.value.kind == "timeout"
-    assert 0.4 < elapsed < 3.0
+    assert "made no progress for 0.5 s" in str(info.value), info.value
 
 
 def test_upload_to_a_server_that_stops_reading_times_out(
@@ -442,13 +444,11 @@ def test_upload_to_a_server_that_stops_reading_times_out(
     with (
         silent_listener(rcvbuf=64 << 10) as root,
         transport(root, connect_timeout=20, read_timeout=0.5, progress=True) as client,
+        pytest.raises(TransportError) as info,
     ):
-        started = time.monotonic()
-        with pytest.raises(TransportError) as info:
-            client.send(request)
-        elapsed = time.monotonic() - started
+        client.send(request)
     assert info.value.kind == "timeout", info.value
-    assert elapsed < 5.0
+    assert "made no progress for 0.5 s" in str(info.value), "not the read timeout"
     (bar,) = bars
     assert bar.closed and 0 < bar.n < bar.total, "the bar counts bytes sent, not bytes read"
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -111,19 +110,26 @@ def test_retry_after_header_is_parsed() -> None:
     assert transport.send(protocol.auth()).retry_after == 7.0
 
 
-def test_a_300_epoch_session_is_fast() -> None:
+def test_a_300_epoch_session_goes_through_in_process() -> None:
+    # Its speed is measured by bench/session300.py, not asserted here: what this checks is
+    # that every request of a long session is answered, and each is applied once.
     hub = Hub(MemoryStore(), clock=lambda: 0.0, keys=[KEY])
     blobs = {"/w/last.pt": b"l" * 4096, "/w/best.pt": b"b" * 4096}
     transport = InMemoryTransport(hub, KEY, read_file=blobs.__getitem__)
-    started = time.perf_counter()
-    model_id = transport.send(protocol.create_model(CREATE, key="c")).data["id"]
-    transport.send(protocol.get_model(model_id))
+    answers = []
+
+    def send(request: Request) -> None:
+        answers.append(transport.send(request))
+
+    created = transport.send(protocol.create_model(CREATE, key="c"))
+    model_id = created.data["id"]
+    send(protocol.get_model(model_id))
     for epoch in range(300):
         text = json.dumps({"loss": 1 / (epoch + 1), "mAP50-95": epoch / 300})
-        transport.send(protocol.upload_metrics(model_id, {epoch: text}, key=f"m{epoch}"))
-        transport.send(protocol.heartbeat(model_id, None))
+        send(protocol.upload_metrics(model_id, {epoch: text}, key=f"m{epoch}"))
+        send(protocol.heartbeat(model_id, None))
         if epoch % 25 == 0:
-            transport.send(
+            send(
                 protocol.upload_checkpoint(
                     model_id,
                     epoch,
@@ -132,11 +138,20 @@ def test_a_300_epoch_session_is_fast() -> None:
                     key=f"c{epoch}",
                 )
             )
-    transport.send(
+    send(
         protocol.upload_final(
             model_id, 299, part("best.pt", "/w/best.pt", blobs["/w/best.pt"]), map50_95=0.5, key="f"
         )
     )
-    elapsed = time.perf_counter() - started
-    assert sum(hub.audit().requests.values()) > 600
-    assert elapsed < 0.1, f"{elapsed * 1000:.1f} ms"
+    assert created.ok and all(answer.ok for answer in answers)
+    audit = hub.audit()
+    assert audit.requests == {
+        "create_model": 1,
+        "get_model": 1,
+        "upload_metrics": 300,
+        "heartbeat": 300,
+        "upload_weights": 13,
+    }
+    assert audit.replayed == {}
+    assert audit.metrics_applied == {(model_id, epoch): 1 for epoch in range(300)}
+    assert [u.type for u in audit.uploads] == ["epoch"] * 12 + ["final"]

@@ -83,3 +83,17 @@ def test_close_removes_an_empty_outbox_only(tmp_path):
               OpClosed("k")])
     ob.close(remove=True)
     assert not (tmp_path / MODEL).exists()
+
+
+def test_status_counts_what_the_outbox_would_send(tmp_path):
+    # Read from outside, an outbox counts what a session loading it would count.
+    ob = Outbox.open(MODEL, tmp_path)
+    request = protocol.upload_metrics(MODEL, {0: "{}", 1: "{}"}, key="k-1")
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"w")
+    part = ob.snapshot(weights, name="last.pt", stamp=None)
+    ob.apply([MetricsQueued(e, "{}") for e in range(4)]
+             + [OpOpened("metrics", request, (0, 1)), Offered("checkpoint", (1, part, True))])
+    [info] = inspect(find(tmp_path))
+    assert info.pending == ob.load().counts() == {"metrics": 4, "checkpoint": 1, "final": 0}
+    ob.close()

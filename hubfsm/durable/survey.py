@@ -1,0 +1,277 @@
+"""Surveying outboxes without taking them: what each holds, and which are damaged.
+
+``hubfsm status`` and ``hubfsm sync`` read every outbox under a root read-only (safe
+while a session has one open), list a damaged one instead of stopping at it, and on
+request set it aside or keep a copy of a damaged journal, so nothing is lost unseen.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TextIO
+
+import attrs
+
+from hubfsm.core.changes import Rejected, pending_counts
+from hubfsm.core.protocol import HUB_ID
+from hubfsm.durable.journal import JournalDamage, scan
+from hubfsm.errors import HubfsmError
+from hubfsm.transport import Request
+
+__all__ = [
+    "OutboxInfo",
+    "Survey",
+    "find",
+    "inspect",
+    "keep_damaged_journal",
+    "report_damage",
+    "set_aside",
+    "set_aside_reporting",
+    "survey",
+]
+
+
+@attrs.frozen
+class OutboxInfo:
+    """What one outbox holds, read without taking it.
+
+    Attributes:
+        journal_damage: What the trainer's journal lost, if it is damaged.
+        rejected: The records the hub refused, described (kept until ``hubfsm discard``).
+        refusal: The refusal that stopped the last session's sending, if it is not over.
+    """
+
+    directory: Path
+    model_id: str
+    pending: dict[str, int]
+    in_use: bool
+    journal_damage: JournalDamage | None = None
+    rejected: tuple[str, ...] = ()
+    refusal: str | None = None
+
+
+def find(root: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The outbox directories under ``root`` (or ``root`` itself if it is one).
+
+    Only entries named by a model id count: one set aside as damaged is left out.
+    """
+    base = Path(root) if root is not None else default_root()
+    if (base / DATABASE).exists():
+        return [base]
+    if not base.is_dir():
+        return []
+    return sorted(p for p in base.iterdir() if HUB_ID.fullmatch(p.name) and (p / DATABASE).exists())
+
+
+def _in_use(directory: Path) -> bool:
+    try:
+        fd = os.open(directory / LOCK, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _read(directory: Path) -> OutboxInfo:
+    uri = f"file:{directory / DATABASE}?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True)
+        try:
+            _check_database(db)
+            row = db.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()
+            seq = db.execute("SELECT value FROM meta WHERE key = 'journal_seq'").fetchone()
+            metrics = db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+            in_ops = 0
+            checkpoint = False
+            for channel, request, payload in db.execute(
+                "SELECT channel, request, payload FROM ops"
+            ):
+                json.loads(request)  # readable, or the outbox is damaged
+                if channel == "metrics":
+                    in_ops += len(json.loads(payload))
+                elif channel == "checkpoint":
+                    checkpoint = True
+            slots = dict(db.execute("SELECT kind, value FROM slots"))
+            for value in slots.values():
+                json.loads(value)
+            kinds = set(slots)
+            rejected, refusal = _refusals(db)
+        finally:
+            db.close()
+    except sqlite3.Error as error:
+        raise OutboxDamaged(directory, _damage_of(error), _salvage(directory)) from None
+    except (ValueError, TypeError) as error:  # JSON that is not what was written
+        raise OutboxDamaged(
+            directory, f"its records cannot be read ({type(error).__name__})", _salvage(directory)
+        ) from None
+    model_id = row[0] if row is not None else None
+    if not isinstance(model_id, str) or not HUB_ID.fullmatch(model_id):
+        raise OutboxDamaged(directory, "it names no valid model id", _salvage(directory))
+    if directory.name != model_id:
+        raise OutboxDamaged(
+            directory, f"it holds the records of model {model_id}", _salvage(directory)
+        )
+    try:
+        after = int(seq[0]) if seq is not None else 0
+    except ValueError:
+        problem = "its journal position is unreadable"
+        raise OutboxDamaged(directory, problem, _salvage(directory)) from None
+    pending = pending_counts(
+        metrics + in_ops, checkpoint or "checkpoint" in kinds, "final" in kinds
+    )
+    in_use = _in_use(directory)
+    # A running session's journal may be read mid-write; its session reports its damage.
+    damage = None if in_use else scan(directory / JOURNAL, after=after).damage
+    return OutboxInfo(directory, model_id, pending, in_use, damage, rejected, refusal)
+
+
+def _refusals(db: sqlite3.Connection) -> tuple[tuple[str, ...], str | None]:
+    """The rejected records and the kept refusal of an outbox opened read-only."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    rejected: tuple[str, ...] = ()
+    if "rejected" in tables:
+        rows = db.execute(
+            "SELECT channel, payload, status, reason FROM rejected ORDER BY seq"
+        ).fetchall()
+        rejected = tuple(
+            Rejected(channel, Request("POST", ""), json.loads(payload), status, reason).describe()
+            for channel, payload, status, reason in rows
+        )
+    row = db.execute("SELECT value FROM meta WHERE key = 'refusal'").fetchone()
+    return rejected, None if row is None else str(row[0])
+
+
+def inspect(directories: Iterable[Path]) -> list[OutboxInfo]:
+    """Read what each outbox holds (read-only; safe while a session has it open).
+
+    Raises:
+        OutboxDamaged: One of them cannot be read; see :func:`survey` to go on past it.
+    """
+    return [_read(directory) for directory in directories]
+
+
+@attrs.frozen
+class Survey:
+    """Every outbox under a root: those that could be read, and those that are damaged."""
+
+    infos: list[OutboxInfo]
+    damaged: list[OutboxDamaged]
+
+
+def survey(root: str | os.PathLike[str] | None = None) -> Survey:
+    """Read every outbox under ``root``; a damaged one is listed, not raised."""
+    infos: list[OutboxInfo] = []
+    damaged: list[OutboxDamaged] = []
+    for directory in find(root):
+        try:
+            infos.append(_read(directory))
+        except OutboxDamaged as error:
+            damaged.append(error)
+    return Survey(infos, damaged)
+
+
+def set_aside(directory: str | os.PathLike[str]) -> Path:
+    """Move a damaged outbox out of the way: ``<name>.damaged-<timestamp>`` beside it.
+
+    Nothing is deleted: its weight snapshots and journal stay there to be salvaged.
+    A new session of the model starts a fresh outbox.
+
+    Returns:
+        Where it is now.
+
+    Raises:
+        OutboxLockedError: A running session holds it.
+        ValueError: It is not a real directory (a symbolic link, say).
+    """
+    directory = Path(directory)
+    if directory.is_symlink() or not directory.is_dir():
+        raise ValueError(f"{directory} is not an outbox directory")
+    if _in_use(directory):
+        raise OutboxLockedError(f"the outbox in {directory} is in use by a running session")
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    for n in range(1000):
+        target = directory.with_name(f"{directory.name}.damaged-{stamp}" + (f"-{n}" if n else ""))
+        if not target.exists():
+            os.rename(directory, target)
+            log.warning("outbox.set_aside", directory=str(directory), now=str(target))
+            return target
+    raise FileExistsError(f"no free name to set {directory} aside")
+
+
+def keep_damaged_journal(info: OutboxInfo) -> Path | None:
+    """Copy a damaged journal beside itself before a session replays it and starts over.
+
+    Returns:
+        The copy (owner-only), or None when the journal is not damaged.
+    """
+    if info.journal_damage is None:
+        return None
+    source = info.directory / JOURNAL
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    target = info.directory / f"{JOURNAL}.damaged-{stamp}"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with open(fd, "wb") as copy:
+        copy.write(source.read_bytes())
+    return target
+
+
+def set_aside_reporting(error: OutboxDamaged, *, out: TextIO) -> None:
+    """Set a damaged outbox aside and say where it went (or why it could not go)."""
+    try:
+        print(f"  set aside as {set_aside(error.directory)}", file=out)
+    except (HubfsmError, OSError, ValueError) as exc:
+        print(f"  could not set it aside: {exc}", file=out)
+
+
+def report_damage(found: Survey, *, out: TextIO, repair: bool) -> int:
+    """Print what is damaged in ``found``; return how many outboxes and journals are.
+
+    Args:
+        found: What :func:`survey` found.
+        out: Where the report goes.
+        repair: Also set damaged outboxes aside and keep copies of damaged journals
+            (for ``hubfsm sync``, which then sends the rest); without it, only report
+            (for ``hubfsm status``).
+    """
+    for error in found.damaged:
+        print(f"damaged: {error}", file=out)
+        if repair:
+            set_aside_reporting(error, out=out)
+    for info in found.infos:
+        if info.journal_damage is None:
+            continue
+        print(f"damaged: model {info.model_id}: {info.journal_damage.describe()}", file=out)
+        if repair:
+            try:
+                print(f"  a copy is kept as {keep_damaged_journal(info)}", file=out)
+            except OSError as exc:
+                print(f"  no copy could be kept: {exc}", file=out)
+    return len(found.damaged) + sum(i.journal_damage is not None for i in found.infos)
+
+
+# At the end, not the top: hubfsm.durable.outbox re-exports this module's names, so
+# whichever of the two is imported first, the other finds what it needs already defined.
+from hubfsm.durable.outbox import (  # noqa: E402
+    DATABASE,
+    FILE_MODE,
+    JOURNAL,
+    LOCK,
+    OutboxDamaged,
+    OutboxLockedError,
+    _check_database,
+    _damage_of,
+    _salvage,
+    default_root,
+    log,
+)
