@@ -27,6 +27,19 @@ from hubfsm.core.changes import (
 )
 from hubfsm.core.identifier import Identifier
 from hubfsm.core.machine import SessionMachine
+from hubfsm.core.ops import (
+    CheckpointUpload,
+    Create,
+    FinalUpload,
+    Heartbeat,
+    Load,
+    MetricsBatch,
+    Op,
+    Opening,
+    Purpose,
+    purpose_of,
+    what,
+)
 from hubfsm.core.retry import ChannelPolicies, RetryPolicy, Verdict, classify, retry_after_of
 from hubfsm.errors import (
     AuthError,
@@ -121,21 +134,6 @@ class Wait:
 Action = Send | Wait
 
 
-@attrs.define(eq=False)
-class _Op:
-    """One logical operation: the same request, retried under one idempotency key."""
-
-    id: int
-    channel: str
-    request: Request
-    policy: RetryPolicy
-    payload: Any = None
-    attempts: int = 0
-    round_attempts: int = 0
-    round_start: float = 0.0
-    not_before: float = 0.0
-
-
 @attrs.define
 class Stats:
     """Counters of what the core asked for and what came back."""
@@ -181,8 +179,8 @@ class Core:
         self.stats = Stats()
         self._next_key = 0
         self._next_op = 0
-        self._ops: dict[str, _Op | None] = dict.fromkeys(CHANNELS)
-        self._in_flight: _Op | None = None
+        self._ops: dict[str, Op | None] = dict.fromkeys(CHANNELS)
+        self._in_flight: Op | None = None
         self._unsent: dict[int, str] = {}
         # Epochs of a batch the hub refused: each goes alone, once, to find the bad one.
         self._solo: dict[int, str] = {}
@@ -245,11 +243,11 @@ class Core:
         elif identifier.model_id is not None:
             self.model_id = identifier.model_id
             request = protocol.get_model(identifier.model_id)
-            self._add("control", request, payload="load", now=now)
+            self._add("control", request, Load(), now=now)
         else:
             payload = dict(create or {})
             request = protocol.create_model(payload, key=self._key())
-            self._add("control", request, payload="create", now=now)
+            self._add("control", request, Create(), now=now)
 
     def start(self, *, now: float) -> None:
         """Training begins: heartbeats start at once."""
@@ -326,8 +324,8 @@ class Core:
         for kept in saved.ops:
             self._next_op += 1
             policy: RetryPolicy = getattr(policies, kept.channel)
-            payload = tuple(kept.payload) if kept.channel == "metrics" else kept.payload
-            op = _Op(self._next_op, kept.channel, kept.request, policy, payload, round_start=now)
+            purpose = purpose_of(kept.channel, kept.payload)
+            op = Op(self._next_op, kept.channel, kept.request, policy, purpose, round_start=now)
             op.not_before = now
             self._ops[kept.channel] = op
         for epoch, encoded in saved.metrics:
@@ -398,7 +396,7 @@ class Core:
             raise RuntimeError(f"no request {op_id} in flight")
         self._in_flight = None
         self.retry_wait = None
-        first_contact = not self.answered and op.payload in ("load", "create")
+        first_contact = not self.answered and isinstance(op.purpose, Opening)
         if isinstance(outcome, Response):
             self.answered = True
         verdict = classify(outcome, first_contact=first_contact)
@@ -422,7 +420,7 @@ class Core:
     def pending(self) -> dict[str, int]:
         """What the hub has not acknowledged yet, per channel."""
         metrics_op = self._ops["metrics"]
-        in_op = len(metrics_op.payload) if metrics_op is not None else 0
+        in_op = len(metrics_op.epochs) if metrics_op is not None else 0
         ckpt = int(self._checkpoint is not None or self._ops["checkpoint"] is not None)
         return {
             "metrics": len(self._unsent) + len(self._solo) + in_op,
@@ -435,7 +433,7 @@ class Core:
         epochs = set(self._unsent) | set(self._solo)
         op = self._ops["metrics"]
         if op is not None:
-            epochs.update(op.payload)
+            epochs.update(op.epochs)
         return epochs
 
     def rejected_epochs(self) -> set[int]:
@@ -486,14 +484,15 @@ class Core:
         self._next_key += 1
         return f"{self._nonce}-{self._next_key}"
 
-    def _add(self, channel: str, request: Request, *, payload: Any, now: float) -> _Op:
+    def _add(self, channel: str, request: Request, purpose: Purpose, *, now: float) -> Op:
         policy: RetryPolicy = getattr(self.config.policies, channel)
         self._next_op += 1
-        op = _Op(self._next_op, channel, request, policy, payload, round_start=now)
+        op = Op(self._next_op, channel, request, policy, purpose, round_start=now)
         op.not_before = now
         self._ops[channel] = op
         if self.durable and channel in DATA_CHANNELS:
-            self.changes.append(OpOpened(channel, request, payload))
+            # The outbox keeps the plain payload (epochs, or epoch): its format stays.
+            self.changes.append(OpOpened(channel, request, op.payload))
         return op
 
     def _schedule(self, state: str, now: float) -> None:
@@ -505,7 +504,7 @@ class Core:
             return
         if ops["heartbeat"] is None and now >= self._next_heartbeat and self.machine.heartbeats:
             self._add(
-                "heartbeat", protocol.heartbeat(model_id, self.agent_id), payload=None, now=now
+                "heartbeat", protocol.heartbeat(model_id, self.agent_id), Heartbeat(), now=now
             )
         # The final flush is exempt from the metrics limit (as the official client's final
         # upload is): the trainer is waiting, and it is the last metrics request.
@@ -518,7 +517,7 @@ class Core:
                 batch = self._unsent
                 self._unsent = {}
             request = protocol.upload_metrics(model_id, batch, key=self._key())
-            self._add("metrics", request, payload=tuple(batch), now=now)
+            self._add("metrics", request, MetricsBatch(tuple(batch)), now=now)
         if (
             ops["checkpoint"] is None
             and self._checkpoint is not None
@@ -529,7 +528,7 @@ class Core:
             request = protocol.upload_checkpoint(
                 model_id, epoch, file, is_best=is_best, key=self._key()
             )
-            self._add("checkpoint", request, payload=epoch, now=now)
+            self._add("checkpoint", request, CheckpointUpload(epoch), now=now)
         if (
             state == "final_uploading"
             and self._final is not None
@@ -543,13 +542,13 @@ class Core:
             # an interrupted upload that did land is replayed by the hub, not refused.
             key = f"final-{model_id}-{epoch}-{file.sha256[:32]}"
             request = protocol.upload_final(model_id, epoch, file, map50_95=map50_95, key=key)
-            self._add("final", request, payload=epoch, now=now)
+            self._add("final", request, FinalUpload(epoch), now=now)
         metrics_op = ops["metrics"]
         if metrics_op is not None:
             # The hub's limit counts every metrics request, retries included.
             metrics_op.not_before = max(metrics_op.not_before, metrics_due)
 
-    def _send(self, op: _Op, now: float) -> Send:
+    def _send(self, op: Op, now: float) -> Send:
         if op.round_attempts == 0:
             op.round_start = now
         op.attempts += 1
@@ -567,7 +566,7 @@ class Core:
             self._next_heartbeat = now + self.config.limits.heartbeat
         return Send(op.id, op.channel, op.attempts, op.request)
 
-    def _succeeded(self, op: _Op, response: Response, now: float) -> None:
+    def _succeeded(self, op: Op, response: Response, now: float) -> None:
         channel = op.channel
         data = response.data
         if self._refusal_kept and channel in DATA_CHANNELS:
@@ -576,7 +575,7 @@ class Core:
             if self.durable:
                 self.changes.append(Refusal(None))
         if channel == "metrics":
-            self.stats.acknowledged_epochs += len(op.payload)
+            self.stats.acknowledged_epochs += len(op.epochs)
         elif channel == "checkpoint":
             self.stats.checkpoints += 1
         elif channel == "heartbeat":
@@ -592,7 +591,7 @@ class Core:
             self._offer_final(None)
             self._next_heartbeat = math.inf
             self.machine.fire("acknowledged")
-        elif op.payload == "load":
+        elif isinstance(op.purpose, Load):
             try:
                 protocol.check_record(data, self.model_id, response=response)
             except protocol.HubProtocolError as exc:
@@ -625,14 +624,14 @@ class Core:
                 self.model_id = model_id
                 self.machine.fire("create")
 
-    def _fatal(self, op: _Op, response: Response) -> None:
+    def _fatal(self, op: Op, response: Response) -> None:
         """A refusal: decide what it stops, by channel and answer (see the docs' table)."""
         channel = op.channel
         status = response.status
         if channel == "control" and self.machine.state == "resolved":
             self._ops[channel] = None
             self.error = self._open_error(op, response)
-            self.machine.fire(op.payload, ok=False)
+            self._fail_opening(op)
             return
         stops = status in STOPPING_STATUSES or 300 <= status < 400
         if channel == "heartbeat" and not stops:
@@ -643,13 +642,13 @@ class Core:
             return
         self._refuse(op, response)
 
-    def _open_error(self, op: _Op, response: Response) -> HubError:
+    def _open_error(self, op: Op, response: Response) -> HubError:
         """The error of a refused load or create: the session never opened."""
         status = response.status
         hub_says = f": {response.message}" if response.message else ""
         if status in (401, 403):
             return AuthError(
-                f"the hub refused the API key ({status}) on {_what(op)}{hub_says}",
+                f"the hub refused the API key ({status}) on {what(op)}{hub_says}",
                 status=status,
                 channel=op.channel,
             )
@@ -666,12 +665,12 @@ class Core:
                 channel=op.channel,
             )
         return HubError(
-            f"the hub rejected {_what(op)} with {status}{hub_says}",
+            f"the hub rejected {what(op)} with {status}{hub_says}",
             status=status,
             channel=op.channel,
         )
 
-    def _refuse(self, op: _Op, response: Response) -> None:
+    def _refuse(self, op: Op, response: Response) -> None:
         """Stop all sending; what is pending stays, and every later event is still kept."""
         channel = op.channel
         # The refused operation keeps its key and data, for ``hubfsm sync`` once fixed.
@@ -679,37 +678,37 @@ class Core:
         self._ops["heartbeat"] = None
         self._next_heartbeat = math.inf
         status = response.status
-        what = _what(op)
+        asked = what(op)
         hub_says = f": {response.message}" if response.message else ""
         error: HubError
         if status in (401, 403):
             error = AuthError(
-                f"the hub refused the API key ({status}) on {what}{hub_says}",
+                f"the hub refused the API key ({status}) on {asked}{hub_says}",
                 status=status,
                 channel=channel,
             )
         elif 300 <= status < 400:
             error = HubError(
-                f"the hub answered {what} with a redirect ({status}), which is never "
+                f"the hub answered {asked} with a redirect ({status}), which is never "
                 f"followed with the key; check the API root{hub_says}",
                 status=status,
                 channel=channel,
             )
         elif status == 404:
             error = ModelNotFoundError(
-                f"model {self.model_id} not found on the hub ({status}) on {what}{hub_says}",
+                f"model {self.model_id} not found on the hub ({status}) on {asked}{hub_says}",
                 status=status,
                 channel=channel,
             )
         elif status == 409:
             error = ModelTrainedError(
-                f"model {self.model_id} is already trained ({status}) on {what}{hub_says}",
+                f"model {self.model_id} is already trained ({status}) on {asked}{hub_says}",
                 status=status,
                 channel=channel,
             )
         else:
             error = HubError(
-                f"the hub refused {what} with {status}{hub_says}",
+                f"the hub refused {asked} with {status}{hub_says}",
                 status=status,
                 channel=channel,
             )
@@ -718,7 +717,7 @@ class Core:
             self.changes.append(Refusal(str(error)))
         self.machine.fire("refuse")
 
-    def _stop_heartbeats(self, op: _Op, response: Response) -> None:
+    def _stop_heartbeats(self, op: Op, response: Response) -> None:
         """The hub refused a heartbeat: heartbeats stop for good; data goes on."""
         self._ops["heartbeat"] = None
         self._next_heartbeat = math.inf
@@ -730,17 +729,17 @@ class Core:
             message=response.message,
         )
 
-    def _reject(self, op: _Op, response: Response) -> None:
+    def _reject(self, op: Op, response: Response) -> None:
         """The hub refused one payload: set it aside (kept) and go on with the rest."""
         channel = op.channel
         self._ops[channel] = None
         key = op.request.idempotency_key or ""
         body = op.request.json or {}
-        if channel == "metrics" and len(op.payload) > 1:
+        if isinstance(op.purpose, MetricsBatch) and len(op.epochs) > 1:
             # One bad epoch must not take the good ones of its batch with it: each goes
             # alone, once, and only the one the hub refuses again is set aside.
             encoded = body.get("metrics", {})
-            for epoch in op.payload:
+            for epoch in op.epochs:
                 self._solo[epoch] = encoded[str(epoch)]
                 if self.durable:
                     self.changes.append(MetricsQueued(epoch, encoded[str(epoch)]))
@@ -749,7 +748,7 @@ class Core:
             self._tell(
                 "metrics.batch_refused",
                 model_id=self.model_id,
-                epochs=len(op.payload),
+                epochs=len(op.epochs),
                 status=response.status,
                 message=response.message,
             )
@@ -769,19 +768,25 @@ class Core:
             # stops, with the weights kept aside and the answer in the error.
             self._offer_final(None)
             self.error = HubError(
-                f"the hub rejected the final weights ({response.status}) on {_what(op)}"
+                f"the hub rejected the final weights ({response.status}) on {what(op)}"
                 + (f": {response.message}" if response.message else ""),
                 status=response.status,
                 channel=channel,
             )
             self.machine.fire("refuse")
 
+    def _fail_opening(self, op: Op) -> None:
+        """The load or create ``op`` failed: the machine says which."""
+        purpose = op.purpose
+        assert isinstance(purpose, Opening), purpose
+        self.machine.fire(purpose.event, ok=False)
+
     def _tell(self, event: str, **fields: Any) -> None:
         notify = self.notify
         if notify is not None:
             notify(event, fields)
 
-    def _unreachable(self, op: _Op, outcome: TransportError) -> None:
+    def _unreachable(self, op: Op, outcome: TransportError) -> None:
         """Opening failed on a hub that never answered: say what to check, and stop."""
         where = outcome.url or "the API root"
         if outcome.kind == "tls":
@@ -796,12 +801,12 @@ class Core:
         self.error = HubUnavailableError(f"cannot reach the hub ({outcome}); {hint}")
         self._ops[op.channel] = None
         if self.machine.state == "resolved":
-            self.machine.fire(op.payload, ok=False)
+            self._fail_opening(op)
         else:
             self.machine.fire("fail")
 
     def _retry(
-        self, op: _Op, outcome: Outcome, now: float, first_contact: bool = False
+        self, op: Op, outcome: Outcome, now: float, first_contact: bool = False
     ) -> bool:
         """Schedule the operation's next attempt; False when opening should fail instead."""
         retry_after = retry_after_of(outcome)
@@ -836,7 +841,3 @@ class Core:
             self._ops["heartbeat"] = None
         return True
 
-
-def _what(op: _Op) -> str:
-    """``POST /v1/models/...``: the request an answer was about."""
-    return f"{op.request.method} {op.request.path}"
