@@ -108,6 +108,26 @@ class Op:
         return self.purpose.epochs if isinstance(self.purpose, MetricsBatch) else ()
 
 
+@attrs.frozen
+class Send:
+    """Send ``request`` now and report the outcome with ``op_id``."""
+
+    op_id: int
+    channel: str
+    attempt: int
+    request: Request
+
+
+@attrs.frozen
+class Wait:
+    """Nothing to send before ``until`` (None: nothing until the next event)."""
+
+    until: float | None
+
+
+Action = Send | Wait
+
+
 def what(op: Op) -> str:
     """``POST /v1/models/...``: the request an answer was about."""
     return f"{op.request.method} {op.request.path}"
