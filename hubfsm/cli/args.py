@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import textwrap
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+from hubfsm import env
 from hubfsm.errors import HubfsmError
 
 #: The environment variable the API key is read from when no option gives it.
-KEY_ENV = "HUB_API_KEY"
+KEY_ENV = env.API_KEY
 
 
 class Parser(argparse.ArgumentParser):
@@ -120,7 +120,7 @@ def key_from(args: argparse.Namespace) -> str | None:
         if not key:
             raise HubfsmError(f"the key file {key_file} is empty")
         return key
-    return os.environ.get(KEY_ENV) or None
+    return env.api_key()
 
 
 def add_key_options(p: argparse.ArgumentParser, what: str) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from hubfsm import env
 from hubfsm.cli.args import (
     KEY_ENV,
     Parser,
@@ -25,7 +25,7 @@ from hubfsm.cli.args import (
 )
 from hubfsm.cli.hub_cmds import cmd_demo, cmd_hub_serve
 from hubfsm.cli.outbox_cmds import cmd_discard, cmd_status, cmd_sync
-from hubfsm.core.identifier import DEFAULT_WEB_ROOT, WEB_ROOT_ENV, parse_identifier
+from hubfsm.core.identifier import DEFAULT_WEB_ROOT, parse_identifier
 from hubfsm.errors import HubfsmError, IdentifierError
 from hubfsm.logs import configure_cli
 from hubfsm.version import __version__
@@ -48,7 +48,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
         identifier = parse_identifier(args.identifier, web_root=args.web_root)
     except IdentifierError as exc:
         hint = ""
-        root = args.web_root or os.environ.get(WEB_ROOT_ENV) or DEFAULT_WEB_ROOT
+        root = args.web_root or env.web_root() or DEFAULT_WEB_ROOT
         if "://" in args.identifier and _site(args.identifier) != _site(root):
             hint = (
                 " (a URL of another hub, such as a local one, parses with --web-root ROOT "

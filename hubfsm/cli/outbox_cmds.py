@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from hubfsm import env
 from hubfsm.cli.args import KEY_ENV, key_from
 
 
@@ -23,11 +23,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
     """Send what the outboxes hold."""
     from hubfsm.durable.outbox import find, inspect
     from hubfsm.runtime.sync import root_of, sync
-    from transports.http import API_ROOT_ENV, DEFAULT_API_ROOT
+    from transports.http import DEFAULT_API_ROOT
 
     if _missing(args.dir):
         return 2
-    root = args.hub or os.environ.get(API_ROOT_ENV) or DEFAULT_API_ROOT
+    root = args.hub or env.api_root() or DEFAULT_API_ROOT
     key = key_from(args)
     waiting = [i for i in inspect(find(root_of(args.dir))) if any(i.pending.values())]
     if waiting and not key:
