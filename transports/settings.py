@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import os
 from urllib.parse import SplitResult, urlsplit
 
+from hubfsm import env
 from hubfsm.masking import redact
 
 __all__ = ["API_ROOT_ENV", "DEFAULT_API_ROOT", "Secret", "check_key", "check_root", "positive"]
@@ -18,7 +18,7 @@ __all__ = ["API_ROOT_ENV", "DEFAULT_API_ROOT", "Secret", "check_key", "check_roo
 DEFAULT_API_ROOT = "https://api.ultralytics.com"
 
 #: The environment variable that overrides :data:`DEFAULT_API_ROOT`.
-API_ROOT_ENV = "ULTRALYTICS_HUB_API"
+API_ROOT_ENV = env.API_ROOT
 
 
 class Secret:
@@ -75,7 +75,7 @@ def check_root(
         ValueError: It is not an http(s) URL, has credentials, a query or a fragment, or
             is plain ``http://`` to another machine without ``allow_insecure``.
     """
-    root = api_root if api_root is not None else os.environ.get(API_ROOT_ENV) or ""
+    root = api_root if api_root is not None else env.api_root() or ""
     root = (root.strip() or DEFAULT_API_ROOT).rstrip("/")
     parts = urlsplit(root)
     if parts.scheme not in ("http", "https") or not parts.hostname:

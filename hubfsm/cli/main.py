@@ -4,153 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import sys
-import tempfile
-import textwrap
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from hubfsm.core.identifier import DEFAULT_WEB_ROOT, WEB_ROOT_ENV, parse_identifier
+from hubfsm import env
+from hubfsm.cli.args import (
+    KEY_ENV,
+    Parser,
+    add_key_options,
+    api_root,
+    command,
+    directory,
+    port,
+    positive,
+    positive_int,
+    seconds,
+    seeds,
+    share,
+)
+from hubfsm.cli.hub_cmds import cmd_demo, cmd_hub_serve
+from hubfsm.cli.outbox_cmds import cmd_discard, cmd_status, cmd_sync
+from hubfsm.core.identifier import DEFAULT_WEB_ROOT, parse_identifier
 from hubfsm.errors import HubfsmError, IdentifierError
 from hubfsm.logs import configure_cli
 from hubfsm.version import __version__
-
-#: The environment variable the API key is read from when no option gives it.
-KEY_ENV = "HUB_API_KEY"
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line, exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        """Print ``message`` on one line with where to read more, and exit 2."""
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
-
-
-def _number(kind: type[float] | type[int], text: str) -> float:
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(_number(int, text))
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
-    return value
-
-
-def _share(text: str) -> float:
-    value = _number(float, text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, not {text}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = _number(float, text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = _number(float, text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(_number(int, text))
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port from 1 to 65535 (0: any), not {text}")
-    return value
-
-
-def _api_root(text: str) -> str:
-    """An http(s) URL with a host and a valid port, as the transport needs."""
-    example = "such as http://127.0.0.1:8000 or https://api.ultralytics.com"
-    parts = urlsplit(text.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise argparse.ArgumentTypeError(f"needs an http:// or https:// URL ({example})")
-    try:
-        port_ok = parts.port != 0
-    except ValueError:
-        port_ok = False
-    if not port_ok:
-        raise argparse.ArgumentTypeError(f"has an invalid port ({example})")
-    return text.strip()
-
-
-def _directory(text: str) -> str:
-    """A directory, existing or to be made; not a file."""
-    path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a directory")
-    return text
-
-
-def _key_from(args: argparse.Namespace) -> str | None:
-    """The API key from ``--key``, ``--key-file`` or ``HUB_API_KEY``, in that order."""
-    if getattr(args, "key", None):
-        return str(args.key)
-    key_file = getattr(args, "key_file", None)
-    if key_file:
-        path = Path(key_file)
-        try:
-            mode = path.stat().st_mode
-            key = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise HubfsmError(f"cannot read the key file {key_file}: {exc.strerror}") from None
-        if mode & 0o077:
-            print(
-                f"warning: the key file {key_file} can be read by other users; "
-                f"`chmod 600 {key_file}` makes it yours alone",
-                file=sys.stderr,
-            )
-        if not key:
-            raise HubfsmError(f"the key file {key_file} is empty")
-        return key
-    return os.environ.get(KEY_ENV) or None
-
-
-def _add_key_options(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument(
-        "--key",
-        help=f"the API key {what}; other users can see it in `ps`, so prefer "
-        f"{KEY_ENV} or --key-file",
-    )
-    p.add_argument(
-        "--key-file",
-        metavar="FILE",
-        help="read the API key from FILE (which only you should be able to read)",
-    )
-
-
-def _command(
-    subparsers: argparse._SubParsersAction[Any],
-    name: str,
-    summary: str,
-    example: str,
-) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        name,
-        help=summary,
-        description=summary,
-        epilog="example:\n" + textwrap.indent(example, "  "),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    return parser
-
 
 # -- parse -------------------------------------------------------------------------
 
@@ -170,7 +48,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
         identifier = parse_identifier(args.identifier, web_root=args.web_root)
     except IdentifierError as exc:
         hint = ""
-        root = args.web_root or os.environ.get(WEB_ROOT_ENV) or DEFAULT_WEB_ROOT
+        root = args.web_root or env.web_root() or DEFAULT_WEB_ROOT
         if "://" in args.identifier and _site(args.identifier) != _site(root):
             hint = (
                 " (a URL of another hub, such as a local one, parses with --web-root ROOT "
@@ -182,145 +60,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- hub serve ---------------------------------------------------------------------
-
-
-def cmd_hub_serve(args: argparse.Namespace) -> int:
-    """Run the local hub in the foreground."""
-    from hubfsm.hub.server import BodyLimits, serve
-
-    return serve(
-        args.data,
-        host=args.host,
-        port=args.port,
-        fault_rate=args.fault_rate,
-        rate_limit=args.rate_limit,
-        latency=args.latency,
-        seed=args.seed,
-        timeout=args.timeout,
-        limits=BodyLimits(json=int(args.max_json_mib * 2**20), upload=args.max_upload_mib << 20),
-    )
-
-
-# -- demo --------------------------------------------------------------------------
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Train a tiny model and report it to a hub (an embedded local one by default)."""
-    from hubfsm.cli.demo import train
-
-    out = sys.stdout
-    if not args.hub:
-        extra = [o for o, v in (("--key", args.key), ("--key-file", args.key_file)) if v]
-        extra += ["--web-root"] if args.web_root else []
-        if extra:
-            print(
-                f"error: {', '.join(extra)}: only with --hub (the embedded hub makes its "
-                "own key and address)",
-                file=sys.stderr,
-            )
-            return 2
-    else:
-        if args.data or args.fault_rate:
-            print(
-                "error: --data and --fault-rate are for the embedded hub, not with --hub",
-                file=sys.stderr,
-            )
-            return 2
-        key = _key_from(args)
-        if not key:
-            print(
-                f"error: --hub needs an API key: {KEY_ENV}, --key-file FILE or --key",
-                file=sys.stderr,
-            )
-            return 2
-        result = train(
-            api_key=key,
-            api_root=args.hub,
-            web_root=args.web_root or args.hub,
-            epochs=args.epochs,
-            seed=args.seed,
-            out=out,
-        )
-        _print_summary(result, None)
-        return 0 if result.state == "done" else 1
-
-    from hubfsm.hub.faults import FaultMix
-    from hubfsm.hub.server import LocalHub
-
-    faults = FaultMix.from_rate(args.fault_rate) if args.fault_rate else None
-    with tempfile.TemporaryDirectory(prefix="hubfsm-hub-") as tmp:
-        data = Path(args.data) if args.data else Path(tmp)
-        with LocalHub(data, faults=faults, seed=args.seed) as local:
-            print(f"local hub at {local.url} (data in {data})", file=out)
-            # What the embedded hub has not acknowledged stays with the hub's data: with
-            # --data, `hubfsm sync DATA/outbox` sends it once `hub serve --data DATA`
-            # runs; a temporary hub takes its records with it, so nothing is kept.
-            try:
-                result = train(
-                    api_key=local.api_key,
-                    api_root=local.url,
-                    web_root=local.url,
-                    epochs=args.epochs,
-                    seed=args.seed,
-                    out=out,
-                    outbox_dir=data / "outbox" if args.data else None,
-                    outbox=bool(args.data),
-                )
-            except KeyboardInterrupt:
-                if not args.data:
-                    print(
-                        "the embedded hub was temporary: it stops now, and nothing is kept",
-                        file=sys.stderr,
-                    )
-                raise
-            record = local.hub.record(result.model_id) or {}
-            arrived = local.hub.metrics(result.model_id)
-            _print_summary(result, (record, len(arrived)))
-            if not args.data:
-                print(
-                    "(the hub's data was temporary; pass --data DIR to keep it and browse "
-                    "it later with `hubfsm hub serve --data DIR`)",
-                    file=out,
-                )
-    return 0 if result.state == "done" else 1
-
-
-def _print_summary(result: object, hub_side: tuple[dict[str, object], int] | None) -> None:
-    from hubfsm.cli.demo import DemoResult
-
-    assert isinstance(result, DemoResult)
-    stats = result.stats
-    sent = stats["sent"]
-    print(f"\nmodel page: {result.model_url}")
-    print(f"state: {result.state} in {result.seconds:.1f} s")
-    print(f"epochs logged: {result.epochs}, acknowledged: {stats['epochs_acknowledged']}")
-    print(f"checkpoints acknowledged: {stats['checkpoints_acknowledged']}")
-    print(
-        f"requests: {sum(sent.values())} ({', '.join(f'{k} {v}' for k, v in sent.items())}); "
-        f"retries: {stats['retries']}"
-    )
-    if hub_side is not None:
-        record, epochs_on_hub = hub_side
-        print(
-            f"on the hub: status {record.get('status')}, {epochs_on_hub} epochs of metrics, "
-            f"final weights: {'yes' if record.get('has_best_weights') else 'no'}"
-        )
-
-
 # -- simulate ----------------------------------------------------------------------
-
-
-def _seeds(text: str) -> range:
-    lo, sep, hi = text.partition("-")
-    try:
-        first = int(lo)
-        last = int(hi) if sep else first
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be N or N-M, not {text!r}") from None
-    if first < 0 or last < first:
-        raise argparse.ArgumentTypeError(f"seeds must be N or N-M with N <= M, not {text!r}")
-    return range(first, last + 1)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -330,62 +70,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return run(args)
 
 
-# -- sync and status -------------------------------------------------------------
-
-
-def _missing(directory: str | None) -> bool:
-    """True (having said so) when the directory given does not exist."""
-    if directory and not Path(directory).is_dir():
-        what = "is not a directory" if Path(directory).exists() else "does not exist"
-        print(f"error: {directory} {what}", file=sys.stderr)
-        return True
-    return False
-
-
-def cmd_sync(args: argparse.Namespace) -> int:
-    """Send what the outboxes hold."""
-    from hubfsm.durable.outbox import find, inspect
-    from hubfsm.runtime.sync import root_of, sync
-    from transports.http import API_ROOT_ENV, DEFAULT_API_ROOT
-
-    if _missing(args.dir):
-        return 2
-    root = args.hub or os.environ.get(API_ROOT_ENV) or DEFAULT_API_ROOT
-    key = _key_from(args)
-    waiting = [i for i in inspect(find(root_of(args.dir))) if any(i.pending.values())]
-    if waiting and not key:
-        print(
-            f"error: sync needs the hub's API key: {KEY_ENV}, --key-file FILE or --key",
-            file=sys.stderr,
-        )
-        return 2
-    if waiting:
-        print(f"hub: {root}", file=sys.stdout)
-    return sync(
-        root_of(args.dir),
-        api_key=key,
-        api_root=root,
-        timeout=args.timeout,
-        out=sys.stdout,
-    )
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    """List the outboxes and what each holds."""
-    from hubfsm.runtime.sync import root_of, status
-
-    if _missing(args.dir):
-        return 2
-    return status(root_of(args.dir), out=sys.stdout)
-
-
-def cmd_discard(args: argparse.Namespace) -> int:
-    """Delete an outbox and what it holds, after asking."""
-    from hubfsm.cli.discard import discard
-
-    return discard(args.target, root=args.root, yes=args.yes, rejected_only=args.rejected)
-
-
 # -- main --------------------------------------------------------------------------
 
 
@@ -393,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     from hubfsm.sim.profiles import PROFILES
 
-    parser = _Parser(
+    parser = Parser(
         prog="hubfsm",
         description="A training-session client for model hubs: demo, local hub, simulation.",
         epilog="Run `hubfsm COMMAND --help` for a command's options and an example.",
@@ -408,39 +92,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = _command(
+    p = command(
         sub,
         "demo",
         "Train a tiny model and report every epoch, checkpoint and the final weights "
         "to a hub (an embedded local hub unless --hub is given).",
         "hubfsm demo --epochs 5\nhubfsm demo --fault-rate 0.3   # rehearse a flaky hub",
     )
-    p.add_argument("--epochs", type=_positive_int, default=10, help="epochs to train (default 10)")
+    p.add_argument("--epochs", type=positive_int, default=10, help="epochs to train (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seeds data, model and faults")
     p.add_argument(
         "--data",
-        type=_directory,
+        type=directory,
         metavar="DIR",
         help="keep the embedded hub's data, and what it has not acknowledged, in DIR "
         "(default: a temporary directory, removed at the end)",
     )
     p.add_argument(
         "--fault-rate",
-        type=_share,
+        type=share,
         default=0.0,
         help="share of the embedded hub's answers to fail (0 to 1)",
     )
     p.add_argument(
         "--hub",
-        type=_api_root,
+        type=api_root,
         metavar="URL",
         help="use this hub's API root (http:// or https://) instead of an embedded one",
     )
-    _add_key_options(p, f"for --hub (default: {KEY_ENV})")
+    add_key_options(p, f"for --hub (default: {KEY_ENV})")
     p.add_argument("--web-root", metavar="URL", help="the web root for model URLs with --hub")
     p.set_defaults(func=cmd_demo)
 
-    p = _command(
+    p = command(
         sub,
         "parse",
         "Parse a model identifier and print it as JSON (the API key masked).",
@@ -450,14 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--web-root", help="the hub's web root (default: ULTRALYTICS_HUB_WEB)")
     p.set_defaults(func=cmd_parse)
 
-    hub = _command(
+    hub = command(
         sub,
         "hub",
         "Run the local hub and manage its keys.",
         "hubfsm hub serve --port 8000\nhubfsm hub keys list",
     )
     hub_sub = hub.add_subparsers(dest="hub_command", metavar="COMMAND", required=True)
-    p = _command(
+    p = command(
         hub_sub,
         "serve",
         "Serve the HUB REST API and model pages on this machine, with records in "
@@ -466,21 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--data",
-        type=_directory,
+        type=directory,
         metavar="DIR",
         help="data directory (default: the user data directory)",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 for any)")
+    p.add_argument("--port", type=port, default=8000, help="port (default 8000; 0 for any)")
     p.add_argument(
         "--fault-rate",
-        type=_share,
+        type=share,
         default=0.0,
         help="share of API answers to fail with 5xx, 429, timeouts (0 to 1)",
     )
-    p.add_argument("--rate-limit", type=_positive, help="requests per second per key, then 429")
+    p.add_argument("--rate-limit", type=positive, help="requests per second per key, then 429")
     p.add_argument(
-        "--latency", type=_seconds, default=0.0, help="up to this many seconds per answer"
+        "--latency", type=seconds, default=0.0, help="up to this many seconds per answer"
     )
     p.add_argument("--seed", type=int, default=0, help="seeds the fault draws")
     p.add_argument(
@@ -491,9 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_hub_serve)
     from hubfsm.hub.admin import register as register_keys
 
-    register_keys(hub_sub, _command)
+    register_keys(hub_sub, command)
 
-    p = _command(
+    p = command(
         sub,
         "sync",
         "Send everything that outboxes hold (metrics, checkpoints, final weights), with the "
@@ -509,20 +193,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--hub",
-        type=_api_root,
+        type=api_root,
         metavar="URL",
         help="the API root (default: ULTRALYTICS_HUB_API, else the public hub)",
     )
-    _add_key_options(p, f"(default: {KEY_ENV})")
+    add_key_options(p, f"(default: {KEY_ENV})")
     p.add_argument(
         "--timeout",
-        type=_positive,
+        type=positive,
         default=600.0,
         help="seconds to spend on each model (default 600)",
     )
     p.set_defaults(func=cmd_sync)
 
-    p = _command(
+    p = command(
         sub,
         "status",
         "List outboxes and what each still holds.",
@@ -531,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", help="an outbox root or one model's outbox")
     p.set_defaults(func=cmd_status)
 
-    p = _command(
+    p = command(
         sub,
         "discard",
         "Delete an outbox you no longer want, with everything it holds that the hub has "
@@ -556,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=cmd_discard)
 
-    p = _command(
+    p = command(
         sub,
         "simulate",
         "Simulate training sessions, one per seed, through the real core and retry policy "
@@ -572,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group = p.add_mutually_exclusive_group()
     group.add_argument(
-        "--seeds", type=_seeds, help="seeds to run, N or N-M (default 0-99; 0-4 with --http)"
+        "--seeds", type=seeds, help="seeds to run, N or N-M (default 0-99; 0-4 with --http)"
     )
     group.add_argument("--seed", type=int, help="run one seed")
     p.add_argument(
@@ -581,10 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"{', '.join(PROFILES)}; a comma list; or all (default flaky)",
     )
     p.add_argument(
-        "--epochs", type=_positive_int, help="epochs per session (default 50; 8 with --http)"
+        "--epochs", type=positive_int, help="epochs per session (default 50; 8 with --http)"
     )
     p.add_argument(
-        "--jobs", type=_positive_int, default=1, help="processes to spread seeds over (default 1)"
+        "--jobs", type=positive_int, default=1, help="processes to spread seeds over (default 1)"
     )
     p.add_argument("--trace", action="store_true", help="print each seed's full trace")
     p.add_argument("--json", action="store_true", help="print the traces as JSON lines")

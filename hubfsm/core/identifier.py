@@ -7,13 +7,13 @@ API key, because both end up in logs.
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Literal
 from urllib.parse import urlsplit
 
 import attrs
 
+from hubfsm import env
 from hubfsm.errors import IdentifierError
 from hubfsm.masking import mask_key
 
@@ -29,7 +29,7 @@ __all__ = [
 API_KEY_LENGTH = 42
 MODEL_ID_LENGTH = 20
 DEFAULT_WEB_ROOT = "https://hub.ultralytics.com"
-WEB_ROOT_ENV = "ULTRALYTICS_HUB_WEB"
+WEB_ROOT_ENV = env.WEB_ROOT
 
 # An explicit class, not str.isalnum, which also accepts non-ASCII letters and digits.
 _ASCII_ALNUM = re.compile(r"[A-Za-z0-9]*")
@@ -119,7 +119,7 @@ def parse_identifier(text: str, *, web_root: str | None = None) -> Identifier:
         IdentifierError: If the text is in none of the accepted forms; the message says
             what was wrong and never holds a whole API key.
     """
-    root = (web_root or os.environ.get(WEB_ROOT_ENV) or DEFAULT_WEB_ROOT).strip().rstrip("/")
+    root = (web_root or env.web_root() or DEFAULT_WEB_ROOT).strip().rstrip("/")
     stripped = text.strip()
     try:
         return _parse(stripped, root)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import platformdirs
 
+from hubfsm import env
 from hubfsm.core.changes import Change, Saved
 from hubfsm.core.events import FileStamp
 from hubfsm.core.protocol import HUB_ID
@@ -30,7 +31,7 @@ from hubfsm.transport import FilePart
 log = get_logger("hubfsm")
 
 #: Environment variable that overrides the default outbox root.
-OUTBOX_ENV = "HUBFSM_OUTBOX"
+OUTBOX_ENV = env.OUTBOX
 DATABASE = "outbox.sqlite3"
 #: The trainer's journal in an outbox directory (written by :mod:`hubfsm.durable.journal`).
 JOURNAL = "journal"
@@ -115,8 +116,8 @@ def _salvage(directory: Path) -> str:
 
 def default_root() -> Path:
     """Where outboxes live: ``HUBFSM_OUTBOX``, else the user's data directory."""
-    env = os.environ.get(OUTBOX_ENV)
-    return Path(env) if env else Path(platformdirs.user_data_dir("hubfsm")) / "outbox"
+    root = env.outbox_root()
+    return Path(root) if root else Path(platformdirs.user_data_dir("hubfsm")) / "outbox"
 
 
 # -- the outbox ----------------------------------------------------------------------

@@ -33,9 +33,7 @@ goes on (unless ``strict=True``).
 from __future__ import annotations
 
 import functools
-import importlib
 import os
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias
 
@@ -49,6 +47,16 @@ from hubfsm.integrations.ultralytics_hub import (
     installed,
     settings_key,
     uninstall,
+)
+from hubfsm.integrations.ultralytics_objects import (
+    DETACHED,
+    EVENTS,
+    MAP_KEY,
+    Claimed,
+    Detached,
+    model_info,
+    official_key,
+    official_model_id,
 )
 from hubfsm.logs import get_logger
 from hubfsm.runtime.opener import TrainingSession
@@ -72,84 +80,7 @@ __all__ = [
 
 log = get_logger("hubfsm")
 
-#: Every event ultralytics' HUB callbacks handle, plus the start of training's setup.
-EVENTS = (
-    "on_pretrain_routine_start",
-    "on_pretrain_routine_end",
-    "on_train_start",
-    "on_train_epoch_end",
-    "on_fit_epoch_end",
-    "on_model_save",
-    "on_train_end",
-    "teardown",
-    "on_val_start",
-    "on_predict_start",
-    "on_export_start",
-)
-
-#: The metric sent as the final weights' ``map``.
-MAP_KEY = "metrics/mAP50-95(B)"
-
 _SessionSource: TypeAlias = TrainingSession | str | os.PathLike[str] | None
-
-
-def model_info(trainer: Any) -> Mapping[str, Any]:
-    """``ultralytics.utils.torch_utils.model_info_for_loggers(trainer)``, or ``{}``.
-
-    Only when ultralytics is already loaded, as it is whenever its trainer runs: this
-    package does not depend on it, and importing it costs seconds and probes the network.
-    """
-    if "ultralytics" not in sys.modules:
-        return {}
-    try:
-        torch_utils = importlib.import_module("ultralytics.utils.torch_utils")
-    except ImportError:
-        return {}
-    info: Mapping[str, Any] = torch_utils.model_info_for_loggers(trainer)
-    return info
-
-
-class _Detached:
-    """Marks ``trainer.hub_session`` as taken over by hubfsm.
-
-    Falsy, so ultralytics' callbacks skip it; not None, so 8.3's callbacks do not open a
-    session of their own.
-    """
-
-    def __bool__(self) -> bool:
-        return False
-
-    def __repr__(self) -> str:
-        return "<hub session detached by hubfsm>"
-
-
-class _Claimed:
-    """Marks ``model.session`` as claimed by hubfsm while ``train`` runs.
-
-    Truthy, so ultralytics' model does not create a second hub model of its own; it has
-    no ``model`` attribute, so the model takes no hub training arguments from it.
-    """
-
-    def __repr__(self) -> str:
-        return "<hub session claimed by hubfsm>"
-
-
-#: The marker hubfsm leaves in ``trainer.hub_session``.
-DETACHED = _Detached()
-
-
-def _official_key(hub_session: Any) -> str | None:
-    # hub-sdk's client keeps the key it was given, the one inside a 'KEY_MODELID'
-    # identifier included; taking the model over must not lose it.
-    key = getattr(getattr(hub_session, "client", None), "api_key", None)
-    return key if isinstance(key, str) and key else None
-
-
-def _official_model_id(hub_session: Any) -> str | None:
-    model_id = getattr(hub_session, "model_id", None) or getattr(
-        getattr(hub_session, "model", None), "id", None
-    )
-    return model_id if isinstance(model_id, str) and model_id else None
 
 
 class UltralyticsCallbacks:
@@ -315,7 +246,7 @@ class UltralyticsCallbacks:
         official = getattr(trainer, "hub_session", None)
         adopted: Session | None = None
         official_id: str | None = None
-        if official is not None and not isinstance(official, _Detached):
+        if official is not None and not isinstance(official, Detached):
             # Both clients would upload everything twice. ultralytics' callbacks look the
             # session up on the trainer at every event: a falsy marker silences them, and
             # (unlike None) keeps 8.3's callbacks from opening a session of their own.
@@ -328,9 +259,9 @@ class UltralyticsCallbacks:
                     adopted = session
                 elif session is not None:
                     session.close()
-            elif not isinstance(official, _Claimed):
-                official_id = _official_model_id(official)
-                self._official_key = _official_key(official)
+            elif not isinstance(official, Claimed):
+                official_id = official_model_id(official)
+                self._official_key = official_key(official)
                 stop = getattr(getattr(official, "model", None), "stop_heartbeat", None)
                 if callable(stop):
                     stop()
@@ -493,11 +424,11 @@ def _capture_train_args(model: Any, train: Callable[..., Any], hub: UltralyticsC
             return train(*args, **kwargs)
         # A model from a local file: ultralytics would create a hub model through its
         # own client too, leaving an extra model on the hub.
-        model.session = _Claimed()
+        model.session = Claimed()
         try:
             return train(*args, **kwargs)
         finally:
-            if isinstance(model.session, _Claimed):
+            if isinstance(model.session, Claimed):
                 model.session = None
 
     model.train = capturing

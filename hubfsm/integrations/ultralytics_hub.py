@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 
 import attrs
 
+from hubfsm import env
 from hubfsm.core.engine import CoreConfig
 from hubfsm.core.identifier import parse_identifier
 from hubfsm.errors import HubfsmError
@@ -144,7 +145,7 @@ class HUBTrainingSession:
         opts = self.options
         parsed = parse_identifier(os.fspath(identifier), web_root=opts.web_root)
         self.filename = parsed.filename
-        key = parsed.api_key or settings_key() or os.environ.get("HUB_API_KEY") or None
+        key = parsed.api_key or settings_key() or env.api_key()
 
         def given_key() -> str | None:
             return key

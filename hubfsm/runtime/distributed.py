@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hubfsm import env
 from hubfsm.core.identifier import Identifier
 from hubfsm.logs import get_logger
 
@@ -34,7 +35,7 @@ __all__ = ["NullSession", "global_rank", "is_main_process"]
 
 log = get_logger("hubfsm")
 
-RANK_ENV = "RANK"
+RANK_ENV = env.RANK
 
 
 def _torch_rank() -> int | None:
@@ -62,8 +63,7 @@ def global_rank(environ: Mapping[str, str] | None = None) -> int:
     Returns:
         The rank, 0 for the main (or only) process.
     """
-    env = os.environ if environ is None else environ
-    text = env.get(RANK_ENV, "").strip()
+    text = env.rank(environ) or ""
     if text:
         try:
             return max(int(text), 0)

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import platformdirs
 from tqdm import tqdm
 
+from hubfsm import env
 from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger
 from hubfsm.masking import show_url
@@ -46,7 +47,7 @@ __all__ = [
 log = get_logger("hubfsm")
 
 #: The environment variable that overrides the weights cache directory.
-CACHE_ENV = "HUBFSM_CACHE"
+CACHE_ENV = env.CACHE
 #: The largest download accepted unless the caller says otherwise (4 GiB).
 MAX_BYTES = 4 << 30
 _CHUNK = 1 << 20
@@ -59,8 +60,8 @@ class DownloadError(HubfsmError):
 
 def cache_root() -> Path:
     """Where weights are cached: ``HUBFSM_CACHE``, else the user's cache directory."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env) if env else Path(platformdirs.user_cache_dir("hubfsm")) / "weights"
+    root = env.cache_root()
+    return Path(root) if root else Path(platformdirs.user_cache_dir("hubfsm")) / "weights"
 
 
 def _file_name(url: str) -> str:

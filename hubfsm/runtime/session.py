@@ -24,7 +24,7 @@ from hubfsm.core.events import (
     Interrupted,
     Start,
 )
-from hubfsm.core.plan import TrainingPlan, plan_for_file, plan_from_record
+from hubfsm.core.plan import TrainingPlan
 from hubfsm.durable.journal import queued_epoch
 from hubfsm.durable.outbox import stamp_of
 from hubfsm.errors import (
@@ -38,7 +38,8 @@ from hubfsm.runtime.exits import ExitHooks, report_left
 from hubfsm.runtime.factory import Parts, build, open_model
 from hubfsm.runtime.refusal import notice, refusal_error
 from hubfsm.runtime.settings import OFFLINE_ENV, Settings
-from hubfsm.transport import Downloader, Transport
+from hubfsm.runtime.weights import download_plan_weights, plan_of
+from hubfsm.transport import Transport
 
 __all__ = ["OFFLINE_ENV", "Session"]
 
@@ -218,10 +219,7 @@ class Session:
             RecordError: The record lacks what training needs (e.g. the dataset is
                 still processing).
         """
-        filename = self.identifier.filename
-        if filename is not None:
-            return plan_for_file(filename, self._create_args)
-        return plan_from_record(self._core.record)
+        return plan_of(self.identifier, self._create_args, self._core.record)
 
     def download_weights(
         self,
@@ -245,24 +243,12 @@ class Session:
         Raises:
             DownloadError: The download failed or did not match the expected size/digest.
         """
-        from hubfsm.runtime.download import download
-
-        plan = self.plan
-        if plan.weights_url is None:
-            return None
-        transport = self._driver.transport
-        record = self._core.record
-        prefix = "resume" if plan.kind == "resume" else "weights"
-        size = record.get(f"{prefix}_size")
-        sha = record.get(f"{prefix}_sha256")
-        return download(
-            plan.weights_url,
+        return download_plan_weights(
+            self.plan,
+            self._core.record,
+            self._driver.transport,
+            model_id=self._core.model_id,
             cache_dir=cache_dir,
-            downloader=transport if isinstance(transport, Downloader) else None,
-            expected_size=size if isinstance(size, int) and not isinstance(size, bool) else None,
-            expected_sha256=sha if isinstance(sha, str) else None,
-            # The last weights change behind one URL as training goes on.
-            tag=f"{self._core.model_id}:{plan.kind}:{plan.resume_epoch}",
             progress=progress,
             deadline=deadline,
         )

@@ -1,8 +1,9 @@
 """A session's settings, resolved once at the edge: arguments, then environment, then defaults.
 
-Every environment variable hubfsm reads for a session is read here, in
-:meth:`Settings.resolve`, and nowhere else on the way to a session; the parts of a
-session are then built from this one frozen value (see :mod:`hubfsm.runtime.factory`).
+Every environment variable a session depends on is resolved here, in
+:meth:`Settings.resolve`, through :mod:`hubfsm.env` (the one module that reads the
+environment); the parts of a session are then built from this one frozen value (see
+:mod:`hubfsm.runtime.factory`).
 """
 
 from __future__ import annotations
@@ -14,18 +15,19 @@ from typing import Any
 
 import attrs
 
+from hubfsm import env as environment
 from hubfsm.core.engine import CoreConfig
-from hubfsm.core.identifier import DEFAULT_WEB_ROOT, WEB_ROOT_ENV, Identifier, parse_identifier
+from hubfsm.core.identifier import DEFAULT_WEB_ROOT, Identifier, parse_identifier
 from hubfsm.errors import HubfsmError
 
 #: The API key, when none is passed or in the identifier.
-API_KEY_ENV = "HUB_API_KEY"
+API_KEY_ENV = environment.API_KEY
 #: The API root of the default HTTP transport.
-API_ROOT_ENV = "ULTRALYTICS_HUB_API"
+API_ROOT_ENV = environment.API_ROOT
 #: Turns offline mode on (``1``, ``true`` or ``yes``).
-OFFLINE_ENV = "HUBFSM_OFFLINE"
+OFFLINE_ENV = environment.OFFLINE
 #: The outbox root.
-OUTBOX_ENV = "HUBFSM_OUTBOX"
+OUTBOX_ENV = environment.OUTBOX
 
 
 @attrs.frozen
@@ -79,23 +81,22 @@ class Settings:
             IdentifierError: The identifier is in none of the accepted forms.
             HubfsmError: Offline mode without a model id or without the outbox.
         """
-        env = os.environ if environ is None else environ
-        web = (web_root or env.get(WEB_ROOT_ENV) or DEFAULT_WEB_ROOT).rstrip("/")
+        web = (web_root or environment.web_root(environ) or DEFAULT_WEB_ROOT).rstrip("/")
         parsed = parse_identifier(identifier, web_root=web)
         if offline is None:
-            offline = env.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes")
+            offline = environment.offline(environ)
         if offline and parsed.model_id is None:
             raise HubfsmError(
                 "offline mode needs an existing model id: create the model online first"
             )
         if offline and not outbox:
             raise HubfsmError("offline mode needs the outbox: it is where everything waits")
-        root = outbox_dir if outbox_dir is not None else env.get(OUTBOX_ENV) or None
+        root = outbox_dir if outbox_dir is not None else environment.outbox_root(environ)
         return cls(
             identifier=parsed,
             web_root=web,
-            api_key=api_key or parsed.api_key or env.get(API_KEY_ENV) or None,
-            api_root=api_root if api_root is not None else env.get(API_ROOT_ENV) or None,
+            api_key=api_key or parsed.api_key or environment.api_key(environ),
+            api_root=api_root if api_root is not None else environment.api_root(environ),
             train_args=dict(train_args or {}),
             config=config or CoreConfig(),
             open_timeout=open_timeout,

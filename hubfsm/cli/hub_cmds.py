@@ -1,0 +1,133 @@
+"""The ``hubfsm hub serve`` and ``hubfsm demo`` commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from hubfsm.cli.args import KEY_ENV, key_from
+
+
+def cmd_hub_serve(args: argparse.Namespace) -> int:
+    """Run the local hub in the foreground."""
+    from hubfsm.hub.server import BodyLimits, serve
+
+    return serve(
+        args.data,
+        host=args.host,
+        port=args.port,
+        fault_rate=args.fault_rate,
+        rate_limit=args.rate_limit,
+        latency=args.latency,
+        seed=args.seed,
+        timeout=args.timeout,
+        limits=BodyLimits(json=int(args.max_json_mib * 2**20), upload=args.max_upload_mib << 20),
+    )
+
+
+# -- demo --------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train a tiny model and report it to a hub (an embedded local one by default)."""
+    from hubfsm.cli.demo import train
+
+    out = sys.stdout
+    if not args.hub:
+        extra = [o for o, v in (("--key", args.key), ("--key-file", args.key_file)) if v]
+        extra += ["--web-root"] if args.web_root else []
+        if extra:
+            print(
+                f"error: {', '.join(extra)}: only with --hub (the embedded hub makes its "
+                "own key and address)",
+                file=sys.stderr,
+            )
+            return 2
+    else:
+        if args.data or args.fault_rate:
+            print(
+                "error: --data and --fault-rate are for the embedded hub, not with --hub",
+                file=sys.stderr,
+            )
+            return 2
+        key = key_from(args)
+        if not key:
+            print(
+                f"error: --hub needs an API key: {KEY_ENV}, --key-file FILE or --key",
+                file=sys.stderr,
+            )
+            return 2
+        result = train(
+            api_key=key,
+            api_root=args.hub,
+            web_root=args.web_root or args.hub,
+            epochs=args.epochs,
+            seed=args.seed,
+            out=out,
+        )
+        _print_summary(result, None)
+        return 0 if result.state == "done" else 1
+
+    from hubfsm.hub.faults import FaultMix
+    from hubfsm.hub.server import LocalHub
+
+    faults = FaultMix.from_rate(args.fault_rate) if args.fault_rate else None
+    with tempfile.TemporaryDirectory(prefix="hubfsm-hub-") as tmp:
+        data = Path(args.data) if args.data else Path(tmp)
+        with LocalHub(data, faults=faults, seed=args.seed) as local:
+            print(f"local hub at {local.url} (data in {data})", file=out)
+            # What the embedded hub has not acknowledged stays with the hub's data: with
+            # --data, `hubfsm sync DATA/outbox` sends it once `hub serve --data DATA`
+            # runs; a temporary hub takes its records with it, so nothing is kept.
+            try:
+                result = train(
+                    api_key=local.api_key,
+                    api_root=local.url,
+                    web_root=local.url,
+                    epochs=args.epochs,
+                    seed=args.seed,
+                    out=out,
+                    outbox_dir=data / "outbox" if args.data else None,
+                    outbox=bool(args.data),
+                )
+            except KeyboardInterrupt:
+                if not args.data:
+                    print(
+                        "the embedded hub was temporary: it stops now, and nothing is kept",
+                        file=sys.stderr,
+                    )
+                raise
+            record = local.hub.record(result.model_id) or {}
+            arrived = local.hub.metrics(result.model_id)
+            _print_summary(result, (record, len(arrived)))
+            if not args.data:
+                print(
+                    "(the hub's data was temporary; pass --data DIR to keep it and browse "
+                    "it later with `hubfsm hub serve --data DIR`)",
+                    file=out,
+                )
+    return 0 if result.state == "done" else 1
+
+
+def _print_summary(result: object, hub_side: tuple[dict[str, object], int] | None) -> None:
+    from hubfsm.cli.demo import DemoResult
+
+    assert isinstance(result, DemoResult)
+    stats = result.stats
+    sent = stats["sent"]
+    print(f"\nmodel page: {result.model_url}")
+    print(f"state: {result.state} in {result.seconds:.1f} s")
+    print(f"epochs logged: {result.epochs}, acknowledged: {stats['epochs_acknowledged']}")
+    print(f"checkpoints acknowledged: {stats['checkpoints_acknowledged']}")
+    print(
+        f"requests: {sum(sent.values())} ({', '.join(f'{k} {v}' for k, v in sent.items())}); "
+        f"retries: {stats['retries']}"
+    )
+    if hub_side is not None:
+        record, epochs_on_hub = hub_side
+        print(
+            f"on the hub: status {record.get('status')}, {epochs_on_hub} epochs of metrics, "
+            f"final weights: {'yes' if record.get('has_best_weights') else 'no'}"
+        )

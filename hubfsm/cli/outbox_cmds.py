@@ -1,0 +1,63 @@
+"""The commands that work on outboxes: ``hubfsm sync``, ``status`` and ``discard``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hubfsm import env
+from hubfsm.cli.args import KEY_ENV, key_from
+
+
+def _missing(directory: str | None) -> bool:
+    """True (having said so) when the directory given does not exist."""
+    if directory and not Path(directory).is_dir():
+        what = "is not a directory" if Path(directory).exists() else "does not exist"
+        print(f"error: {directory} {what}", file=sys.stderr)
+        return True
+    return False
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Send what the outboxes hold."""
+    from hubfsm.durable.outbox import find, inspect
+    from hubfsm.runtime.sync import root_of, sync
+    from transports.http import DEFAULT_API_ROOT
+
+    if _missing(args.dir):
+        return 2
+    root = args.hub or env.api_root() or DEFAULT_API_ROOT
+    key = key_from(args)
+    waiting = [i for i in inspect(find(root_of(args.dir))) if any(i.pending.values())]
+    if waiting and not key:
+        print(
+            f"error: sync needs the hub's API key: {KEY_ENV}, --key-file FILE or --key",
+            file=sys.stderr,
+        )
+        return 2
+    if waiting:
+        print(f"hub: {root}", file=sys.stdout)
+    return sync(
+        root_of(args.dir),
+        api_key=key,
+        api_root=root,
+        timeout=args.timeout,
+        out=sys.stdout,
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """List the outboxes and what each holds."""
+    from hubfsm.runtime.sync import root_of, status
+
+    if _missing(args.dir):
+        return 2
+    return status(root_of(args.dir), out=sys.stdout)
+
+
+def cmd_discard(args: argparse.Namespace) -> int:
+    """Delete an outbox and what it holds, after asking."""
+    from hubfsm.cli.discard import discard
+
+    return discard(args.target, root=args.root, yes=args.yes, rejected_only=args.rejected)
