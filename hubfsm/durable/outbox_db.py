@@ -14,8 +14,6 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import attrs
-
 from hubfsm.core.changes import (
     Change,
     MetricsQueued,
@@ -55,7 +53,10 @@ CREATE TABLE IF NOT EXISTS rejected (
 
 
 def _file_to_json(file: FilePart | None) -> dict[str, Any] | None:
-    return None if file is None else attrs.asdict(file)
+    # Spelled out rather than attrs.asdict, which walks the class's fields on every call.
+    if file is None:
+        return None
+    return {"name": file.name, "path": file.path, "size": file.size, "sha256": file.sha256}
 
 
 def _file_from_json(data: dict[str, Any] | None) -> FilePart | None:
@@ -190,7 +191,10 @@ class OutboxDB:
         if not changes and journal_seq is None:
             return False
         files_touched = False
-        with self._transaction() as db:
+        # The transaction spelled out (not _transaction): this runs after every request.
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
             for change in changes:
                 if isinstance(change, MetricsQueued):
                     db.execute(
@@ -260,6 +264,10 @@ class OutboxDB:
                 db.execute(
                     "UPDATE meta SET value = ? WHERE key = 'journal_seq'", (str(journal_seq),)
                 )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
         return files_touched
 
     def copy_to(self, path: str | os.PathLike[str]) -> None:
