@@ -94,6 +94,13 @@ def _slot_from_json(text: str) -> tuple[int, FilePart, Any]:
     return data["epoch"], file, data["extra"]
 
 
+def _writes_more_than_one(change: Change) -> bool:
+    """True when :meth:`OutboxDB.apply` writes ``change`` with more than one statement."""
+    return isinstance(change, Rejected) or (
+        isinstance(change, OpOpened) and change.channel == "metrics"
+    )
+
+
 class OutboxDB:
     """The outbox's tables on one SQLite connection.
 
@@ -191,9 +198,12 @@ class OutboxDB:
         if not changes and journal_seq is None:
             return False
         files_touched = False
-        # The transaction spelled out (not _transaction): this runs after every request.
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
+        # One statement is atomic on its own: most calls (an operation closed, a slot
+        # offered) write one row, and BEGIN and COMMIT would double what they cost.
+        grouped = journal_seq is not None or len(changes) > 1 or _writes_more_than_one(changes[0])
+        if grouped:
+            db.execute("BEGIN IMMEDIATE")
         try:
             for change in changes:
                 if isinstance(change, MetricsQueued):
@@ -265,9 +275,11 @@ class OutboxDB:
                     "UPDATE meta SET value = ? WHERE key = 'journal_seq'", (str(journal_seq),)
                 )
         except BaseException:
-            db.execute("ROLLBACK")
+            if grouped:
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
+        if grouped:
+            db.execute("COMMIT")
         return files_touched
 
     def copy_to(self, path: str | os.PathLike[str]) -> None:
