@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS rejected (
 );
 """
 
+#: SQLite 3.35 and later delete a row and return it in one statement.
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
+
 
 # -- values to and from JSON ---------------------------------------------------------
 
@@ -230,10 +233,17 @@ class OutboxDB:
                 elif isinstance(change, OpClosed):
                     # Only an upload's operation refers to a weight file: a metrics
                     # operation closing (once an epoch) leaves the files alone.
-                    row = db.execute(
-                        "SELECT channel FROM ops WHERE key = ?", (change.key,)
-                    ).fetchone()
-                    db.execute("DELETE FROM ops WHERE key = ?", (change.key,))
+                    if _RETURNING:
+                        # Read to the end, so the statement is done (and committed) here.
+                        rows = db.execute(
+                            "DELETE FROM ops WHERE key = ? RETURNING channel", (change.key,)
+                        ).fetchall()
+                        row = rows[0] if rows else None
+                    else:
+                        row = db.execute(
+                            "SELECT channel FROM ops WHERE key = ?", (change.key,)
+                        ).fetchone()
+                        db.execute("DELETE FROM ops WHERE key = ?", (change.key,))
                     files_touched = files_touched or (row is not None and row[0] != "metrics")
                 elif isinstance(change, Rejected):
                     # Set aside in the same transaction that ends its operation.
