@@ -137,8 +137,8 @@ def _compile() -> dict[tuple[str, str], tuple[tuple[str, bool], ...]]:
         ignore_invalid_triggers=False,
     )
     table: dict[tuple[str, str], tuple[tuple[str, bool], ...]] = {}
-    for name, event in machine.events.items():
-        for source, candidates in event.transitions.items():
+    for name, compiled in machine.events.items():
+        for source, candidates in compiled.transitions.items():
             table[(source, name)] = tuple(
                 (t.dest if t.dest is not None else source, bool(t.conditions))
                 for t in candidates
