@@ -56,6 +56,19 @@ __all__ = [
 #: How many keys' digests the hub remembers before it starts over.
 _DIGESTS_KEPT = 64
 
+#: ModelRecord's fields as (attribute, init argument), read once for _evolve_record.
+_RECORD_FIELDS: tuple[tuple[str, str], ...] = tuple(
+    (a.name, a.alias or a.name) for a in attrs.fields(ModelRecord) if a.init
+)
+
+
+def _evolve_record(record: ModelRecord, **changes: Any) -> ModelRecord:
+    """``attrs.evolve`` for the record every metrics upload replaces, without its lookups."""
+    for name, alias in _RECORD_FIELDS:
+        if alias not in changes:
+            changes[alias] = getattr(record, name)
+    return ModelRecord(**changes)
+
 
 class Hub:
     """The hub: models, metrics, weights and heartbeats behind API keys.
@@ -365,7 +378,7 @@ class Hub:
             max(parsed) if record.metrics_epoch is None else max(record.metrics_epoch, *parsed)
         )
         self.store.put_model(
-            attrs.evolve(
+            _evolve_record(
                 record,
                 status="training" if record.status == "new" else record.status,
                 metrics_epoch=highest,
