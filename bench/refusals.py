@@ -1,6 +1,6 @@
 """How many accepted epochs a refusal costs, per kind of refusal: now, and the old way.
 
-Runs the ``refusing`` simulation profile (virtual clock, so it takes seconds) and counts,
+Runs the ``refusing`` simulation profile (real sessions on a virtual clock, seconds) and counts,
 per stopping answer, the epochs logged, those on the hub, those held in the outbox and
 those neither (lost). ``--old`` plants the behaviour before the refused state existed:
 after a stopping answer, every later trainer event is discarded.
@@ -11,14 +11,16 @@ Usage: python bench/refusals.py [--seeds N] [--epochs N]
 from __future__ import annotations
 
 import argparse
+import tempfile
 from collections import defaultdict
+from pathlib import Path
 
 import structlog
 
 from hubfsm.core.engine import Core
 from hubfsm.sim.profiles import PROFILES
 from hubfsm.sim.refusing import RefusingWorld
-from hubfsm.sim.world import play
+from hubfsm.sim.world import Bugs, play, scratch_root
 
 
 class DiscardsAfterARefusal(Core):
@@ -34,16 +36,19 @@ def measure(seeds: int, epochs: int, factory: type[Core]) -> dict[int, list[int]
     profile = PROFILES["refusing"]
     totals: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
     for seed in range(seeds):
-        world = RefusingWorld(seed, profile, epochs=epochs, core_factory=factory)
-        play(
-            world,
-            epochs=epochs,
-            checkpoint_every=1,
-            epoch_seconds=profile.epoch_seconds,
-            patience=profile.patience,
-            expect=None,
-        )
-        logged, hub, held = set(world.logged), world.on_hub(), world.held()
+        with tempfile.TemporaryDirectory(prefix="hubfsm-bench-", dir=scratch_root()) as root:
+            world = RefusingWorld(
+                seed, profile, root=Path(root), epochs=epochs, bugs=Bugs(core_factory=factory)
+            )
+            play(
+                world,
+                epochs=epochs,
+                checkpoint_every=1,
+                epoch_seconds=profile.epoch_seconds,
+                patience=profile.patience,
+                expect=None,
+            )
+            logged, hub, held = set(world.logged), world.on_hub(), world.held()
         row = totals[world.draw.stop]
         row[0] += 1
         row[1] += len(logged)

@@ -3,28 +3,26 @@
 A seed of the ``refusing`` profile draws one answer that stops all sending mid-run (a
 401, a redirect, a deleted or trained model, or none), one epoch whose metrics the hub
 refuses with 400, one checkpoint it refuses with 422, and heartbeats refused with 409.
-The session keeps what it accepted in an outbox (the same records as a real session, on
-an in-memory database); at the end every epoch logged must be on the hub or held there.
-Where the cause can be fixed (a new key, the right API root), a sync from the outbox
-must then deliver everything but the rejected records.
+The trainer talks to real sessions, as every other profile's does (see
+:class:`~hubfsm.sim.world.World`): the factory's composition on the inline shell, with
+the real journal and outbox. At the end every epoch logged must be on the hub or held
+in the outbox the session left, and ``finish`` (or ``close``) must have raised the
+refusal. Where the cause can be fixed (a new key, the right API root), the real
+``hubfsm sync`` must then deliver everything but the rejected records.
 """
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
-from hubfsm.core.engine import Core, Send
-from hubfsm.core.identifier import parse_identifier
-from hubfsm.durable.outbox_db import OutboxDB
-from hubfsm.errors import AuthError, HubError, ModelNotFoundError, ModelTrainedError
-from hubfsm.runtime.driver import Driver
-from hubfsm.runtime.inline import Clock, SimRunner
-from hubfsm.sim.core_world import CoreWorld
+from hubfsm.core.changes import Saved
+from hubfsm.durable.outbox import DATABASE, Outbox
+from hubfsm.errors import AuthError, HubError, HubfsmError, ModelNotFoundError, ModelTrainedError
+from hubfsm.runtime.inline import Clock
 from hubfsm.sim.invariants import Checker
-from hubfsm.sim.profiles import Expect, RefusalDraw
-from hubfsm.sim.world import LATENCY
-from hubfsm.transport import Outcome, Request, Response, Transport
+from hubfsm.sim.profiles import Expect, Profile, RefusalDraw
+from hubfsm.sim.world import World
+from hubfsm.transport import Request, Response, Transport
 
 #: The error each stopping answer must end the session with.
 STOP_ERRORS: dict[int, type[HubError]] = {
@@ -40,9 +38,6 @@ _STOP_MESSAGES = {
     404: "model not found",
     409: "model is already trained",
 }
-
-#: Virtual seconds a sync after the fix may take.
-SYNC_PATIENCE = 7200.0
 
 
 def _refusal(status: int, message: str) -> Response:
@@ -93,61 +88,69 @@ class RefusingHub(Transport):
         return self.inner.send(request)
 
 
-class _Filing:
-    """Files the core's changes before each request leaves, then tells the checker."""
+class RefusingWorld(World):
+    """A :class:`World` whose hub refuses as the seed draws.
 
-    def __init__(self, world: RefusingWorld) -> None:
-        self.world = world
+    Takes the arguments of :class:`World`. Every request of the run's sessions (and of
+    the sync after the fix) goes through a :class:`RefusingHub`.
+    """
 
-    def sent(self, now: float, send: Send) -> None:
-        self.world.persist()
-        self.world.checker.sent(now, send)
-
-    def answered(self, now: float, send: Send, outcome: Outcome) -> None:
-        self.world.checker.answered(now, send, outcome)
-        self.world.persist()
-
-
-class RefusingWorld(CoreWorld):
-    """A :class:`World` whose hub refuses as the seed draws, with a durable outbox."""
-
-    def __init__(self, seed: int, profile: Any, **kwargs: Any) -> None:
+    def __init__(self, seed: int, profile: Profile, **kwargs: Any) -> None:
         super().__init__(seed, profile, **kwargs)
-        draw = self.scenario.refusals or RefusalDraw()
-        self.draw = draw
-        self._config = kwargs.get("config")
-        self._factory = kwargs.get("core_factory", Core)
-        self._sync_rng = random.Random(self.rng.getrandbits(64))
-        self.refusing = RefusingHub(self.runner.driver.transport, draw, self.clock, self.checker)
-        self.db: OutboxDB | None = None
-        self._arm(self.core)
+        self.draw = draw = self.scenario.refusals or RefusalDraw()
+        self.refusing = RefusingHub(self.link, draw, self.clock, self.checker)
+        self.link = self.refusing
+        #: What the trainer's ``finish`` or ``close`` raised, if anything.
+        self.raised: HubfsmError | None = None
+        #: True once ``hubfsm sync`` has run (the outboxes are files from then on).
+        self.synced = False
 
-    def _arm(self, core: Core) -> None:
-        core.durable = True
-        driver = Driver(
-            core, self.refusing, clock=self.clock, observer=_Filing(self), latency=LATENCY,
-            quiet=True,
-        )  # fmt: skip
-        self.runner = SimRunner(driver)
+    # -- the trainer hears of the refusal --------------------------------------------
 
-    def persist(self) -> None:
-        """File the core's changes in the outbox, as a real session's worker does."""
-        core = self.core
-        if self.db is None:
-            if core.model_id is None:
-                return
-            self.db = OutboxDB.in_memory(core.model_id)
-        self.db.apply(core.take_changes())
+    def finish(self, *, timeout: float = 7200.0) -> None:
+        """The trainer ends training; a refusal is raised here, and kept to be checked."""
+        session = self.session
+        assert session is not None
+        best = self._file("weights/best.pt", "best.pt", f"best of seed {self.seed}".encode())
+        self.expected_sha = best.sha256
+        last = max(len(self.logged) - 1, 0)
+        self.finishing = True
+        try:
+            session.finish(best.path, epoch=last, map50_95=0.5, timeout=timeout)
+        except HubfsmError as exc:
+            self.raised = exc
 
-    def accepted(self) -> None:
-        """A trainer's call returned: it is durable from now on (the journal's promise)."""
-        self.persist()
+    def wrap_up(self) -> None:
+        """Close the trainer's session; a refusal ``finish`` did not raise is raised here."""
+        if self.session is not None:
+            try:
+                self.session.close(timeout=0.0)
+            except HubfsmError as exc:
+                self.raised = exc
+
+    # -- what the outbox holds ------------------------------------------------------
+
+    def saved(self) -> Saved | None:
+        """What the run's outbox holds now, or None when there is none (nothing left)."""
+        if self.model_id is None:
+            return None
+        directory = self.outboxes / self.model_id
+        if self.disk is not None and not self.synced:
+            db = self.disk.databases.get(directory)
+            return None if db is None else db.load()
+        if not (directory / DATABASE).exists():
+            return None
+        outbox = Outbox(directory, self.model_id)
+        try:
+            return outbox.load()
+        finally:
+            outbox.close()
 
     def held(self) -> set[int]:
         """The epochs the outbox holds: queued, in a kept operation, or rejected."""
-        if self.db is None:
+        saved = self.saved()
+        if saved is None:
             return set()
-        saved = self.db.load()
         epochs = {epoch for epoch, _ in saved.metrics}
         for op in saved.ops:
             if op.channel == "metrics":
@@ -158,13 +161,13 @@ class RefusingWorld(CoreWorld):
 
     def rejected_epochs(self) -> set[int]:
         """The epochs whose metrics the outbox keeps as rejected."""
-        if self.db is None:
-            return set()
-        return {e for record in self.db.rejected() for e in record.epochs}
+        saved = self.saved()
+        return set() if saved is None else {e for r in saved.rejected for e in r.epochs}
+
+    # -- the end --------------------------------------------------------------------
 
     def check_end(self, *, expect: Expect | None = None) -> None:
         """Check the invariants against the outbox, how the session ended, then a sync."""
-        self.persist()
         metrics, uploads = self.applied()
         finals = [sha for kind, _, sha in uploads if kind == "final"]
         checker = self.checker
@@ -178,6 +181,7 @@ class RefusingWorld(CoreWorld):
             final_sha256=finals[-1] if finals else None,
             expected_sha256=self.expected_sha,
             secrets=[self.key],
+            texts=[str(self.raised or "")],
             held=self.held(),
         )
         draw = self.draw
@@ -191,6 +195,10 @@ class RefusingWorld(CoreWorld):
                 f"a {draw.stop} must stop the session with {wanted.__name__}; "
                 f"it ended {core.state} with {got}",
             )
+        elif wanted is not None and expect is not None and type(self.raised) is not wanted:
+            # The trainer must hear of it: finish (or close) raises, naming the answer.
+            got = type(self.raised).__name__ if self.raised else "nothing"
+            checker.violate(6, f"a {draw.stop} must be raised as {wanted.__name__}; got {got}")
         wrongly = self.rejected_epochs() - {draw.bad_epoch}
         if wrongly:
             checker.violate(1, f"epochs set aside though the hub takes them: {sorted(wrongly)}")
@@ -198,32 +206,19 @@ class RefusingWorld(CoreWorld):
             self.sync_after_fix()
 
     def sync_after_fix(self) -> None:
-        """The cause is fixed: a sync from the outbox delivers all but the rejected."""
-        model_id = self.core.model_id
-        if model_id is None or self.db is None:
+        """The cause is fixed: ``hubfsm sync`` delivers all but the rejected records."""
+        if self.model_id is None:
             return
         self.refusing.fixed = True
         checker = self.checker
         checker.restarted("the cause is fixed; hubfsm sync sends what the outbox holds")
-        session = self.core
-        self.core = core = self._factory(
-            self._config,
-            rng=random.Random(self._sync_rng.getrandbits(64)),
-            on_change=checker.changed,
-        )
-        self._arm(core)
-        saved = self.db.load()
-        core.restore(saved, now=self.clock())
-        core.open(parse_identifier(model_id), now=self.clock())
-        self.runner.run_while(("resolved",), limit=SYNC_PATIENCE)
-        if saved.final is not None and core.machine.allows("start"):
-            epoch, part, map50_95 = saved.final
-            core.start(now=self.clock())
-            core.finish(epoch, part, map50_95=map50_95, now=self.clock(), timeout=SYNC_PATIENCE)
-            self.runner.run_while(("final_uploading",), limit=SYNC_PATIENCE + 100.0)
-        else:
-            self.runner.run_until(self.clock() + SYNC_PATIENCE)
-        self.persist()
+        trainers = self.core
+        try:
+            self.sync()
+        finally:
+            self.synced = True
+            # The run's result is how the trainer's session ended; the sync only checked it.
+            self.core = trainers
         undelivered = set(self.logged) - self.on_hub() - self.rejected_epochs()
         if undelivered:
             checker.violate(1, f"after the fix, a sync left epochs {sorted(undelivered)[:10]}")
@@ -231,7 +226,6 @@ class RefusingWorld(CoreWorld):
             finals = [sha for kind, _, sha in self.applied()[1] if kind == "final"]
             if finals[-1:] != [self.expected_sha]:
                 checker.violate(3, "after the fix, a sync did not deliver the final weights")
-        if self.db.refusal is not None:
+        saved = self.saved()
+        if saved is not None and saved.refusal is not None:
             checker.violate(6, "the outbox still says sending is stopped after a delivery")
-        # The run's result is how the trainer's session ended; the sync only checked it.
-        self.core = session

@@ -694,27 +694,11 @@ def run_seed(
     """
     started = time.perf_counter()
     prof = PROFILES[profile] if isinstance(profile, str) else profile
-    if prof.refusals is not None:
-        from hubfsm.sim.refusing import RefusingWorld
-
-        refusing = RefusingWorld(
-            seed, prof, epochs=epochs, config=config, check_limits=check_limits,
-            core_factory=core_factory,
-        )  # fmt: skip
-        play(
-            refusing,
-            epochs=epochs,
-            checkpoint_every=checkpoint_every,
-            epoch_seconds=prof.epoch_seconds,
-            patience=prof.patience,
-            expect=prof.expect,
-        )
-        return result_of(refusing, epochs=epochs, started=started, keep_trace=keep_trace)
     planted = bugs if bugs is not None else Bugs()
     if core_factory is not Core:
         planted = attrs.evolve(planted, core_factory=core_factory)
     with tempfile.TemporaryDirectory(prefix="hubfsm-sim-", dir=scratch_root()) as root:
-        world = World(
+        world = _world_class(prof)(
             seed,
             prof,
             root=Path(root),
@@ -733,6 +717,15 @@ def run_seed(
             expect=prof.expect,
         )
         return result_of(world, epochs=epochs, started=started, keep_trace=keep_trace)
+
+
+def _world_class(profile: Profile) -> type[World]:
+    """The world a profile runs in: a refusing hub's, or the plain one."""
+    if profile.refusals is None:
+        return World
+    from hubfsm.sim.refusing import RefusingWorld  # it builds on this module
+
+    return RefusingWorld
 
 
 def scratch_root() -> str | None:

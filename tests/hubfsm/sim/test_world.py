@@ -4,16 +4,21 @@ The sweeps spread seeds over two processes (results come back in seed order). Th
 bugs below show that the checks have teeth: each broken core must fail within 200 seeds.
 """
 
+import functools
 import json
 import random
+import re
 from concurrent.futures import ProcessPoolExecutor
 
 import attrs
 import pytest
 
+from hubfsm.cli.main import main
 from hubfsm.cli.simulate import run_seeds
 from hubfsm.core.engine import Core, CoreConfig, Limits, Send
+from hubfsm.core.events import CheckpointOffered, EpochEnded
 from hubfsm.hub.faults import FaultMix
+from hubfsm.runtime.driver import Driver
 from hubfsm.sim.invariants import CRASH, Checker, Entry, render_json, render_text
 from hubfsm.sim.profiles import (
     PLANNED,
@@ -390,6 +395,43 @@ class KeepsHeartbeating(Core):
 def test_the_refusing_profile_catches_a_planted_refusal_bug(bug, invariant):
     found = _first_failure(invariant, profile="refusing", epochs=30, core_factory=bug)
     assert found is not None, f"{bug.__name__} went unnoticed for 200 seeds"
+
+
+class DropsTrainerEventsAfterAFatalAnswer(Driver):
+    """Planted bug in the worker: after a fatal answer, the trainer's events are dropped.
+
+    They are taken from the journal (so it counts them as filed) and never reach the core
+    or the outbox: the bug the refused state was made against, one layer up.
+    """
+
+    def apply(self, event, now):
+        if self.core.machine.refused and isinstance(event, EpochEnded | CheckpointOffered):
+            return
+        super().apply(event, now)
+
+
+def test_simulate_finds_a_worker_that_drops_trainer_events_after_a_fatal_answer(
+    capsys, monkeypatch
+):
+    # The refusing profile runs real sessions: a bug in the driver, not the core, is in
+    # reach. hubfsm simulate, as users run it, must find it within 200 seeds and print
+    # the failing seed with the command that replays it.
+    bugs = Bugs(driver_factory=DropsTrainerEventsAfterAFatalAnswer)
+    monkeypatch.setattr("hubfsm.cli.simulate.run_seed", functools.partial(run_seed, bugs=bugs))
+    status = main(
+        ["simulate", "--profile", "refusing", "--seeds", "0-199", "--epochs", "30", "--jobs", "1"]
+    )
+    out = capsys.readouterr().out
+    assert status == 1
+    found = re.search(r"^first failing seed of refusing: (\d+) \(ended refused\)$", out, re.M)
+    assert found is not None, out
+    seed = int(found.group(1))
+    assert f"replay: hubfsm simulate --profile refusing --epochs 30 --seed {seed} --trace" in out
+    assert "VIOLATION of invariant 1: epochs neither on the hub nor held" in out
+    # The printed seed replays to the same failure, and the shipped driver passes it.
+    again = run_seed(seed, profile="refusing", epochs=30, bugs=bugs)
+    assert any("neither on the hub nor held" in v.message for v in again.violations)
+    assert run_seed(seed, profile="refusing", epochs=30).ok
 
 
 @pytest.mark.parametrize("bug,invariant", [(ForgetsInFlight, 1), (RekeysAfterRestart, 2)])
