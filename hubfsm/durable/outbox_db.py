@@ -10,11 +10,10 @@ import contextlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
-
-import attrs
 
 from hubfsm.core.changes import (
     Change,
@@ -50,12 +49,18 @@ CREATE TABLE IF NOT EXISTS rejected (
 );
 """
 
+#: SQLite 3.35 and later delete a row and return it in one statement.
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
+
 
 # -- values to and from JSON ---------------------------------------------------------
 
 
 def _file_to_json(file: FilePart | None) -> dict[str, Any] | None:
-    return None if file is None else attrs.asdict(file)
+    # Spelled out rather than attrs.asdict, which walks the class's fields on every call.
+    if file is None:
+        return None
+    return {"name": file.name, "path": file.path, "size": file.size, "sha256": file.sha256}
 
 
 def _file_from_json(data: dict[str, Any] | None) -> FilePart | None:
@@ -93,17 +98,34 @@ def _slot_from_json(text: str) -> tuple[int, FilePart, Any]:
     return data["epoch"], file, data["extra"]
 
 
+def _writes_more_than_one(change: Change) -> bool:
+    """True when :meth:`OutboxDB.apply` writes ``change`` with more than one statement."""
+    return isinstance(change, Rejected) or (
+        isinstance(change, OpOpened) and change.channel == "metrics"
+    )
+
+
+#: An empty in-memory database with the schema, copied by :meth:`OutboxDB.in_memory`.
+_template: sqlite3.Connection | None = None
+_template_pid = 0
+_TEMPLATE_LOCK = threading.Lock()
+
+
 class OutboxDB:
     """The outbox's tables on one SQLite connection.
 
     Args:
         connection: An open connection in autocommit mode (``isolation_level=None``).
         model_id: The model the records belong to.
+        has_schema: The connection's database already has the tables.
     """
 
-    def __init__(self, connection: sqlite3.Connection, model_id: str) -> None:
+    def __init__(
+        self, connection: sqlite3.Connection, model_id: str, *, has_schema: bool = False
+    ) -> None:
         self._db = connection
-        connection.executescript(_SCHEMA)
+        if not has_schema:
+            connection.executescript(_SCHEMA)
         with self._transaction() as db:
             db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('model_id', ?), ('journal_seq', '0'), "
@@ -114,7 +136,19 @@ class OutboxDB:
     @classmethod
     def in_memory(cls, model_id: str) -> OutboxDB:
         """A database that lives as long as the object (for simulations)."""
-        return cls(sqlite3.connect(":memory:", isolation_level=None), model_id)
+        connection = sqlite3.connect(":memory:", isolation_level=None)
+        # Copying an empty database with the schema costs a tenth of creating the tables.
+        with _TEMPLATE_LOCK:
+            global _template, _template_pid
+            if _template is None or _template_pid != os.getpid():
+                # Made again in a forked child: a connection is not to cross a fork.
+                _template = sqlite3.connect(
+                    ":memory:", isolation_level=None, check_same_thread=False
+                )
+                _template.executescript(_SCHEMA)
+                _template_pid = os.getpid()
+            _template.backup(connection)
+        return cls(connection, model_id, has_schema=True)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -190,7 +224,13 @@ class OutboxDB:
         if not changes and journal_seq is None:
             return False
         files_touched = False
-        with self._transaction() as db:
+        db = self._db
+        # One statement is atomic on its own: most calls (an operation closed, a slot
+        # offered) write one row, and BEGIN and COMMIT would double what they cost.
+        grouped = journal_seq is not None or len(changes) > 1 or _writes_more_than_one(changes[0])
+        if grouped:
+            db.execute("BEGIN IMMEDIATE")
+        try:
             for change in changes:
                 if isinstance(change, MetricsQueued):
                     db.execute(
@@ -216,10 +256,17 @@ class OutboxDB:
                 elif isinstance(change, OpClosed):
                     # Only an upload's operation refers to a weight file: a metrics
                     # operation closing (once an epoch) leaves the files alone.
-                    row = db.execute(
-                        "SELECT channel FROM ops WHERE key = ?", (change.key,)
-                    ).fetchone()
-                    db.execute("DELETE FROM ops WHERE key = ?", (change.key,))
+                    if _RETURNING:
+                        # Read to the end, so the statement is done (and committed) here.
+                        rows = db.execute(
+                            "DELETE FROM ops WHERE key = ? RETURNING channel", (change.key,)
+                        ).fetchall()
+                        row = rows[0] if rows else None
+                    else:
+                        row = db.execute(
+                            "SELECT channel FROM ops WHERE key = ?", (change.key,)
+                        ).fetchone()
+                        db.execute("DELETE FROM ops WHERE key = ?", (change.key,))
                     files_touched = files_touched or (row is not None and row[0] != "metrics")
                 elif isinstance(change, Rejected):
                     # Set aside in the same transaction that ends its operation.
@@ -260,6 +307,12 @@ class OutboxDB:
                 db.execute(
                     "UPDATE meta SET value = ? WHERE key = 'journal_seq'", (str(journal_seq),)
                 )
+        except BaseException:
+            if grouped:
+                db.execute("ROLLBACK")
+            raise
+        if grouped:
+            db.execute("COMMIT")
         return files_touched
 
     def copy_to(self, path: str | os.PathLike[str]) -> None:

@@ -7,6 +7,7 @@ it as a 400). The rules follow what ``ultralytics==8.2.0`` and hub-sdk send (see
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -49,7 +50,8 @@ def check_json(value: object) -> str | None:
         if depth > MAX_DEPTH:
             return f"JSON nested deeper than {MAX_DEPTH} levels"
         if isinstance(item, str):
-            if _SURROGATE.search(item):
+            # ASCII text (nearly all of it) cannot hold a surrogate: skip the search.
+            if not item.isascii() and _SURROGATE.search(item):
                 return "text holds a lone surrogate (not valid Unicode)"
         elif isinstance(item, float):
             if not math.isfinite(item):
@@ -73,22 +75,72 @@ def metrics_text(text: object, epoch: int) -> str:
     """
     if not isinstance(text, str):
         raise ValueError(f"metrics of epoch {epoch} must be a string holding a JSON object")
+    stored, problem = _checked_metrics(text)
+    if stored is None:
+        if problem is None:
+            raise ValueError(f"metrics of epoch {epoch} must be a string holding a JSON object")
+        raise ValueError(f"metrics of epoch {epoch}: {problem}")
+    return stored
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked_metrics(text: str) -> tuple[str | None, str | None]:
+    """``metrics_text`` without the epoch: (text to store, None) or (None, problem or None).
+
+    Cached: a client sends the same epoch's text again on every retry and in every batch
+    that repeats it, and the answer depends on the text alone.
+    """
     replaced = False
-
-    def null(constant: str) -> None:
-        nonlocal replaced
-        replaced = True
-
     try:
-        value = json.loads(text, parse_constant=null)
+        # One shared decoder (json.loads with a hook builds a new one per call); the rare
+        # text holding NaN or Infinity is decoded again below with the hook that nulls them.
+        value = _STRICT.decode(text)
+    except _ConstantSeen:
+        value = None
+        replaced = True
     except (ValueError, RecursionError):
         value = None
+    if replaced:
+
+        def null(constant: str) -> None:
+            return None
+
+        try:
+            value = json.loads(text, parse_constant=null)
+        except (ValueError, RecursionError):
+            value = None
     if not isinstance(value, dict):
-        raise ValueError(f"metrics of epoch {epoch} must be a string holding a JSON object")
-    problem = check_json(value)
-    if problem is not None:
-        raise ValueError(f"metrics of epoch {epoch}: {problem}")
-    return json.dumps(value) if replaced else text
+        return None, None
+    if not _flat_numbers(value):
+        problem = check_json(value)
+        if problem is not None:
+            return None, problem
+    return (json.dumps(value) if replaced else text), None
+
+
+class _ConstantSeen(Exception):
+    """NaN, Infinity or -Infinity in a text being decoded."""
+
+
+def _constant_seen(constant: str) -> object:
+    raise _ConstantSeen(constant)
+
+
+_STRICT = json.JSONDecoder(parse_constant=_constant_seen)
+
+
+def _flat_numbers(value: dict[Any, Any]) -> bool:
+    """True for what trainers send: ASCII names of finite numbers (check_json would pass it)."""
+    for key, item in value.items():
+        if not key.isascii():
+            return False
+        kind = type(item)
+        if kind is float:
+            if not math.isfinite(item):
+                return False
+        elif kind is not int:
+            return False
+    return True
 
 
 def epoch_of(value: object) -> int | None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import IO
 
 from hubfsm.hub.keys import KeyRecord
 from hubfsm.hub.store import ModelRecord, Source, Staged, StoredReply, WeightsInfo, WeightsKind
 
 _CHUNK = 1 << 20
+#: One reusable empty block (the hub enters a transaction for every call).
+_NOTHING = contextlib.nullcontext()
 
 
 class MemoryStore:
@@ -27,10 +29,9 @@ class MemoryStore:
         self._replies: dict[str, StoredReply] = {}
         self._keys: dict[str, KeyRecord] = {}
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
         """Nothing to group: the hub serialises its writes, and dict writes cannot fail."""
-        yield
+        return _NOTHING
 
     def get_model(self, model_id: str) -> ModelRecord | None:
         """The model's record, or None."""

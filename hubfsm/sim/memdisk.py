@@ -10,6 +10,7 @@ real outboxes when ``hubfsm sync`` is to read them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -19,6 +20,8 @@ from hubfsm.core.events import FileStamp
 from hubfsm.durable.outbox import DATABASE, Outbox, OutboxLockedError, stamp_of
 from hubfsm.durable.outbox_db import OutboxDB
 from hubfsm.transport import FilePart
+
+_CHUNK = 1 << 20
 
 
 class MemoryDisk:
@@ -60,6 +63,7 @@ class MemoryOutbox(Outbox):
         self.directory = directory
         self.model_id = model_id
         self.files = directory / "files"
+        self._files_prefix = f"{self.files}{os.sep}"
         self._held = 0
         self._disk = disk
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # the journal's home
@@ -75,11 +79,16 @@ class MemoryOutbox(Outbox):
         """Keep the file's bytes as the outbox's snapshot, if it is still what ``stamp`` says."""
         if stamp is not None and stamp_of(path) != stamp:
             return None
-        data = Path(path).read_bytes()
+        # Plain descriptors and strings: pathlib's objects cost more than reading the file.
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            data = b"".join(iter(functools.partial(os.read, fd, _CHUNK), b""))
+        finally:
+            os.close(fd)
         sha = hashlib.sha256(data).hexdigest()
-        final = self.files / f"{name.split('.')[0]}-{sha[:24]}.pt"
-        self._disk.files[str(final)] = data
-        return FilePart(name=name, path=str(final), size=len(data), sha256=sha)
+        final = f"{self._files_prefix}{name.split('.')[0]}-{sha[:24]}.pt"
+        self._disk.files[final] = data
+        return FilePart(name=name, path=final, size=len(data), sha256=sha)
 
     def hold(self, path: str | os.PathLike[str]) -> str | None:
         """No link is needed: the simulated trainer never rewrites a file it handed over."""
