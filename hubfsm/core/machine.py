@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from transitions import Machine
+from transitions import Machine, MachineError
 
 from hubfsm.errors import IllegalEventError
 
@@ -112,44 +112,6 @@ class _Model:
         return ok
 
 
-def _compile() -> dict[tuple[str, str], tuple[tuple[str, bool], ...]]:
-    """The declaration compiled by ``transitions``, read out as a lookup table.
-
-    ``transitions`` builds the machine once per process; its compiled transitions give,
-    for each ``(source, event)``, the candidates in the order it tries them: the
-    destination and whether the ``ok`` guard applies. A session's machine triggers
-    through this table (a dict lookup), as ``transitions`` would trigger it without
-    the callbacks, logging and event objects it builds on every event; a test fires
-    every state and event both ways and compares.
-    """
-    rows: list[dict[str, Any]] = []
-    for event, sources, dest, guarded in TRANSITIONS:
-        row: dict[str, Any] = {"trigger": event, "source": list(sources), "dest": dest}
-        if guarded:
-            row["conditions"] = "ok"
-        rows.append(row)
-    machine = Machine(
-        model=_Model(),
-        states=list(STATES),
-        transitions=rows,
-        initial="unparsed",
-        auto_transitions=False,
-        ignore_invalid_triggers=False,
-    )
-    table: dict[tuple[str, str], tuple[tuple[str, bool], ...]] = {}
-    for name, compiled in machine.events.items():
-        for source, candidates in compiled.transitions.items():
-            table[(source, name)] = tuple(
-                (t.dest if t.dest is not None else source, bool(t.conditions))
-                for t in candidates
-            )
-    return table
-
-
-#: ``(source, event)`` -> the candidate ``(destination, guarded)`` rows, in trying order.
-_TABLE = _compile()
-
-
 class SessionMachine:
     """One session's machine: trigger events, read the state.
 
@@ -159,8 +121,21 @@ class SessionMachine:
 
     def __init__(self, on_change: Callable[[str, str, str], None] | None = None) -> None:
         self._model = _Model()
-        self._model.state = "unparsed"
         self._on_change = on_change
+        rows: list[dict[str, Any]] = []
+        for event, sources, dest, guarded in TRANSITIONS:
+            row: dict[str, Any] = {"trigger": event, "source": list(sources), "dest": dest}
+            if guarded:
+                row["conditions"] = "ok"
+            rows.append(row)
+        self._machine = Machine(
+            model=self._model,
+            states=list(STATES),
+            transitions=rows,
+            initial="unparsed",
+            auto_transitions=False,
+            ignore_invalid_triggers=False,
+        )
 
     @property
     def state(self) -> str:
@@ -173,23 +148,19 @@ class SessionMachine:
         Raises:
             IllegalEventError: When ``event`` is not allowed in the current state.
         """
-        model = self._model
-        source = model.state
-        candidates = _TABLE.get((source, event))
-        if candidates is None:
-            raise IllegalEventError(source, event)
-        for dest, guarded in candidates:
-            if ok or not guarded:
-                model.state = dest
-                break
-        dest = model.state
+        source = self._model.state
+        try:
+            self._machine.events[event].trigger(self._model, ok=ok)
+        except (MachineError, KeyError):
+            raise IllegalEventError(source, event) from None
+        dest = self._model.state
         if self._on_change is not None:
             self._on_change(source, event, dest)
         return dest
 
     def allows(self, event: str) -> bool:
         """True when ``event`` is legal in the current state."""
-        return (self._model.state, event) in _TABLE
+        return any(self.state in sources for name, sources, _, _ in TRANSITIONS if name == event)
 
     @property
     def traits(self) -> StateTraits:

@@ -104,32 +104,3 @@ def test_the_docs_diagram_is_generated_from_the_declaration():
     assert "```mermaid\n" + to_mermaid() + "```" in text, (
         "docs/state-machine.md is stale: run python -m tools.docs_gen"
     )
-
-
-def test_firing_through_the_table_is_what_transitions_itself_does():
-    from transitions import Machine, MachineError
-
-    class Model:
-        def ok(self, ok=True):
-            return ok
-
-    for state in STATES:
-        for event in EVENTS:
-            for ok in (True, False):
-                rows = [{"trigger": e, "source": list(s), "dest": d,
-                         **({"conditions": "ok"} if g else {})} for e, s, d, g in TRANSITIONS]
-                model = Model()
-                Machine(model=model, states=list(STATES), transitions=rows, initial=state,
-                        auto_transitions=False, ignore_invalid_triggers=False)
-                try:
-                    model.trigger(event, ok=ok)
-                    expected = model.state
-                except MachineError:
-                    expected = None
-                m = SessionMachine()
-                m._model.state = state
-                if expected is None:
-                    with pytest.raises(IllegalEventError):
-                        m.fire(event, ok=ok)
-                else:
-                    assert m.fire(event, ok=ok) == expected, (state, event, ok)
