@@ -24,7 +24,17 @@ from hubfsm.core.config import (
 )
 from hubfsm.core.identifier import Identifier
 from hubfsm.core.machine import SessionMachine
-from hubfsm.core.ops import Action, Create, Load, Op, Opening, Send, Wait, purpose_of
+from hubfsm.core.ops import (
+    Action,
+    CheckpointUpload,
+    Create,
+    Load,
+    Op,
+    Opening,
+    Send,
+    Wait,
+    purpose_of,
+)
 from hubfsm.core.refusals import REJECTING_STATUSES, STOPPING_STATUSES, Answers
 from hubfsm.core.retry import RetryPolicy, Verdict, classify
 from hubfsm.errors import DeliveryIncomplete
@@ -235,6 +245,16 @@ class Core(Answers):
             self._unsent[epoch] = encoded
         if saved.checkpoint is not None:
             self._checkpoint = saved.checkpoint
+            kept_op = self._ops["checkpoint"]
+            if (
+                kept_op is not None
+                and isinstance(kept_op.purpose, CheckpointUpload)
+                and kept_op.purpose.epoch < saved.checkpoint[0]
+            ):
+                # Newer weights wait behind it: sending both would hold the newer ones
+                # for the 900 s limit, and the hub keeps only the newest anyway. The kept
+                # upload may have landed before the crash; then the newer one replaces it.
+                self._close_op("checkpoint")
         if saved.final is not None:
             self._final = saved.final
         self.rejected.extend(saved.rejected)

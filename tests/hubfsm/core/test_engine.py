@@ -300,3 +300,32 @@ def test_the_final_flush_does_not_wait_out_the_metrics_limit():
     sends, _ = drive(core, 0.6)
     assert [s.channel for s in sends] == ["metrics", "final"]
     assert core.state == "done"
+
+
+def test_a_kept_checkpoint_upload_gives_way_to_newer_weights_kept_beside_it():
+    from hubfsm.core import protocol
+    from hubfsm.core.changes import OpClosed, OpOpened, Saved
+
+    core = training_core()
+    core.durable = True
+    kept = protocol.upload_checkpoint(MODEL, 0, FILE, is_best=False, key="kept-0")
+    newer = FilePart("last.pt", "w/last-1.pt", 10, "2" * 64)
+    core.restore(
+        Saved(ops=(OpOpened("checkpoint", kept, 0),), checkpoint=(1, newer, False)), now=0.0
+    )
+    sends, wait = drive(core, 10.0)
+    # Only the newer weights go, at once: not the old upload and then a 900 s wait.
+    assert [s.request.file for s in sends if s.channel == "checkpoint"] == [newer]
+    assert OpClosed("kept-0") in core.take_changes()
+    assert core.pending()["checkpoint"] == 0
+
+
+def test_a_kept_checkpoint_upload_of_the_newest_weights_is_sent_with_its_key():
+    from hubfsm.core import protocol
+    from hubfsm.core.changes import OpOpened, Saved
+
+    core = training_core()
+    kept = protocol.upload_checkpoint(MODEL, 1, FILE, is_best=False, key="kept-1")
+    core.restore(Saved(ops=(OpOpened("checkpoint", kept, 1),)), now=0.0)
+    sends, _ = drive(core, 10.0)
+    assert [s.request.idempotency_key for s in sends if s.channel == "checkpoint"] == ["kept-1"]
