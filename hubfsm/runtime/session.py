@@ -146,7 +146,7 @@ class Session:
         self._hooks: ExitHooks | None = None
         self._create_args: dict[str, Any] = dict(settings.train_args)
         # Whether the trainer has heard of a refusal: once on stderr, once as an error.
-        self._refusal_noticed = False
+        self._refusal_noticed = not settings.notify_refusal
         self._refusal_raised = False
         parts.hooks.refused.append(self._notice_refusal)
         try:

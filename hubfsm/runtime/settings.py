@@ -37,6 +37,8 @@ class Settings:
     Attributes:
         api_key: The key for the default HTTP transport (never shown in a repr).
         at_exit: Close the session at interpreter exit (the simulator's sessions do not).
+        notify_refusal: Say once on stderr when a refusal stops sending (``hubfsm sync``
+            reports refusals on its own output instead).
     """
 
     identifier: Identifier
@@ -54,6 +56,7 @@ class Settings:
     exit_timeout: float = 10.0
     handle_signals: bool = False
     at_exit: bool = True
+    notify_refusal: bool = True
 
     @classmethod
     def resolve(

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+import attrs
+
 from hubfsm.core.changes import describe_pending
 from hubfsm.durable.outbox import (
     Outbox,
@@ -27,7 +29,9 @@ from hubfsm.durable.outbox import (
 )
 from hubfsm.durable.recovery import fold
 from hubfsm.errors import HubfsmError, HubUnavailableError, ModelNotFoundError
+from hubfsm.runtime.factory import build
 from hubfsm.runtime.session import Session
+from hubfsm.runtime.settings import Settings
 from hubfsm.transport import Transport
 
 #: Opens the session that sends one outbox.
@@ -118,16 +122,17 @@ def _sync_one(
     if open_session is not None:
         session = open_session(info)
     else:
-        session = Session(
+        settings = Settings.resolve(
             info.model_id,
             api_key=api_key,
             api_root=api_root,
-            transport=transport,
             outbox_dir=info.directory.parent,
             offline=False,
         )
-    # Sync reports a refusal on its own output; the session's stderr notice is for trainers.
-    session._refusal_noticed = True
+        # Sync reports a refusal on its own output; the session's stderr notice is for
+        # trainers.
+        settings = attrs.evolve(settings, notify_refusal=False)
+        session = Session.compose(build(settings, transport=transport))
     try:
         if session.pending()["final"]:
             session.finish_pending(timeout=timeout)
