@@ -1,9 +1,33 @@
-import attrs
+"""What the runtime tests share: a key, the shipped behaviour sped up, an in-memory hub."""
 
+import attrs
+import pytest
+
+from hubfsm.core import protocol
+from hubfsm.core.engine import CoreConfig
+from hubfsm.hub.domain import Hub
+from hubfsm.hub.store_memory import MemoryStore
 from hubfsm.runtime.clocks import VirtualClock
 from hubfsm.runtime.factory import build
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
+from transports.memory import InMemoryTransport
+
+KEY = "r" * 42
+#: The shipped behaviour, a thousand times as fast.
+FAST = CoreConfig().scaled(0.001)
+
+
+@pytest.fixture
+def hub():
+    return Hub(MemoryStore(), keys=[KEY])
+
+
+def new_model(hub):
+    reply = InMemoryTransport(hub, KEY).send(
+        protocol.create_model(protocol.create_payload("yolov8n.yaml", {}))
+    )
+    return reply.data["id"]
 
 
 def inline_session(identifier, *, transport, clock=None, **settings):

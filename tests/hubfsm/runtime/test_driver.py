@@ -1,32 +1,13 @@
 import pytest
 
-from hubfsm.core import protocol
-from hubfsm.core.engine import CoreConfig
 from hubfsm.core.events import EpochEnded, FinishRequested
 from hubfsm.durable.journal import replay
 from hubfsm.durable.outbox import stamp_of
 from hubfsm.errors import HubfsmError
-from hubfsm.hub.domain import Hub
-from hubfsm.hub.store_memory import MemoryStore
 from hubfsm.runtime.clocks import VirtualClock
 from transports.memory import InMemoryTransport
 
-from .conftest import inline_session
-
-KEY = "v" * 42
-FAST = CoreConfig().scaled(0.001)
-
-
-@pytest.fixture
-def hub():
-    return Hub(MemoryStore(), keys=[KEY])
-
-
-def new_model(hub):
-    reply = InMemoryTransport(hub, KEY).send(
-        protocol.create_model(protocol.create_payload("yolov8n.yaml", {}))
-    )
-    return reply.data["id"]
+from .conftest import FAST, KEY, inline_session, new_model
 
 
 def test_trainer_calls_wait_for_time_to_pass_then_go_out_in_order(hub, tmp_path):

@@ -6,34 +6,14 @@ import random
 import pytest
 
 import hubfsm
-from hubfsm.core import protocol
-from hubfsm.core.engine import CoreConfig
 from hubfsm.durable.outbox import OutboxLockedError, find, inspect
-from hubfsm.hub.domain import Hub
 from hubfsm.hub.faults import FaultMix
-from hubfsm.hub.store_memory import MemoryStore
 from hubfsm.runtime.clocks import VirtualClock
 from hubfsm.runtime.sync import sync
 from transports.faults import FaultInjectingTransport
 from transports.memory import InMemoryTransport
 
-from .conftest import inline_session
-
-KEY = "d" * 42
-#: The shipped behaviour, a thousand times as fast.
-FAST = CoreConfig().scaled(0.001)
-
-
-@pytest.fixture
-def hub():
-    return Hub(MemoryStore(), keys=[KEY])
-
-
-def new_model(hub):
-    reply = InMemoryTransport(hub, KEY).send(
-        protocol.create_model(protocol.create_payload("yolov8n.yaml", {}))
-    )
-    return reply.data["id"]
+from .conftest import FAST, KEY, inline_session, new_model
 
 
 def switchable(hub):

@@ -7,29 +7,12 @@ import pytest
 import structlog
 
 import hubfsm
-from hubfsm.core import protocol
-from hubfsm.core.engine import CoreConfig
 from hubfsm.durable.outbox import find, inspect
-from hubfsm.hub.domain import Hub
-from hubfsm.hub.store_memory import MemoryStore
 from hubfsm.runtime.sync import status, sync
 from hubfsm.transport import Response, Transport
 from transports.memory import InMemoryTransport
 
-KEY = "r" * 42
-FAST = CoreConfig().scaled(0.001)
-
-
-@pytest.fixture
-def hub():
-    return Hub(MemoryStore(), keys=[KEY])
-
-
-def new_model(hub):
-    reply = InMemoryTransport(hub, KEY).send(
-        protocol.create_model(protocol.create_payload("yolov8n.yaml", {}))
-    )
-    return reply.data["id"]
+from .conftest import FAST, KEY, new_model
 
 
 def epochs_on(hub, model_id):
