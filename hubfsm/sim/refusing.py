@@ -100,25 +100,10 @@ class RefusingWorld(World):
         self.draw = draw = self.scenario.refusals or RefusalDraw()
         self.refusing = RefusingHub(self.link, draw, self.clock, self.checker)
         self.link = self.refusing
-        #: What the trainer's ``finish`` or ``close`` raised, if anything.
-        self.raised: HubfsmError | None = None
         #: True once ``hubfsm sync`` has run (the outboxes are files from then on).
         self.synced = False
 
     # -- the trainer hears of the refusal --------------------------------------------
-
-    def finish(self, *, timeout: float = 7200.0) -> None:
-        """The trainer ends training; a refusal is raised here, and kept to be checked."""
-        session = self.session
-        assert session is not None
-        best = self._file("weights/best.pt", "best.pt", f"best of seed {self.seed}".encode())
-        self.expected_sha = best.sha256
-        last = max(len(self.logged) - 1, 0)
-        self.finishing = True
-        try:
-            session.finish(best.path, epoch=last, map50_95=0.5, timeout=timeout)
-        except HubfsmError as exc:
-            self.raised = exc
 
     def wrap_up(self) -> None:
         """Close the trainer's session; a refusal ``finish`` did not raise is raised here."""

@@ -8,7 +8,6 @@ The profiles (what the hub and the trainer do) live in :mod:`hubfsm.sim.profiles
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
@@ -399,6 +398,8 @@ class World(Stage):
         self.restarts = 0
         self.logged = []
         self.expected_sha = None
+        #: What the trainer's ``finish`` (or, in the refusing world, ``close``) raised.
+        self.raised: HubfsmError | None = None
         self.core = bugs.core_factory(config)  # until the first session is composed
         self.runner = SimRunner(Driver(self.core, outer, clock=self.clock, quiet=True))
 
@@ -510,15 +511,20 @@ class World(Stage):
             raise Crash(f"the process is killed after epoch {epoch}; the trainer gives up")
 
     def finish(self, *, timeout: float = 7200.0) -> None:
-        """The trainer ends training and waits for the final upload (or its timeout)."""
+        """The trainer ends training and waits for the final upload (or its timeout).
+
+        What ``finish`` raises is kept in :attr:`raised`, for a world that checks it.
+        """
         session = self.session
         assert session is not None
         best = self._file("weights/best.pt", "best.pt", f"best of seed {self.seed}".encode())
         self.expected_sha = best.sha256
         last = max(len(self.logged) - 1, 0)
         self.finishing = True
-        with contextlib.suppress(HubfsmError):
+        try:
             session.finish(best.path, epoch=last, map50_95=0.5, timeout=timeout)
+        except HubfsmError as exc:
+            self.raised = exc
 
     # -- deaths and endings ---------------------------------------------------------
 
