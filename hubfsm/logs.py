@@ -46,6 +46,16 @@ PROCESSORS: list[Any] = [
 ]
 
 
+
+def _hand_to_logging() -> None:
+    """Configure structlog to hand every event to :mod:`logging`."""
+    structlog.configure(
+        processors=list(PROCESSORS),
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
 def _ensure_configured() -> None:
     """Hand structlog's events to :mod:`logging`, unless the application configured it."""
     global _checked
@@ -53,12 +63,7 @@ def _ensure_configured() -> None:
         return
     with _lock:
         if not _checked and not structlog.is_configured():
-            structlog.configure(
-                processors=list(PROCESSORS),
-                logger_factory=structlog.stdlib.LoggerFactory(),
-                wrapper_class=structlog.stdlib.BoundLogger,
-                cache_logger_on_first_use=False,
-            )
+            _hand_to_logging()
         _checked = True
 
 
@@ -122,12 +127,7 @@ def configure_cli(verbosity: int, stream: TextIO | None = None) -> None:
     global _checked
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     with _lock:
-        structlog.configure(
-            processors=list(PROCESSORS),
-            logger_factory=structlog.stdlib.LoggerFactory(),
-            wrapper_class=structlog.stdlib.BoundLogger,
-            cache_logger_on_first_use=False,
-        )
+        _hand_to_logging()
         _checked = True
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(_Formatter("%(message)s"))
