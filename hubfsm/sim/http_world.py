@@ -30,7 +30,7 @@ from hubfsm.runtime.driver import Driver
 from hubfsm.runtime.inline import RealClock, SimRunner
 from hubfsm.sim.invariants import Checker
 from hubfsm.sim.profiles import PROFILES, Profile, Scenario, Schedule, Window
-from hubfsm.sim.world import SimResult, Stage, play, result_of
+from hubfsm.sim.stage import SimResult, Stage, play, result_of
 from hubfsm.transport import FilePart, Request, Response, Transport
 from transports.http import RequestsTransport
 from transports.memory import InMemoryTransport

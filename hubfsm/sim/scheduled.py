@@ -1,0 +1,56 @@
+"""A profile's scenario (fault windows, a revoked key) applied as virtual time passes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from hubfsm.runtime.inline import Clock
+from hubfsm.sim.profiles import Scenario, Window, mix_text
+from hubfsm.transport import Request, Response, Transport
+from transports.faults import FaultInjectingTransport
+
+
+class ScheduledFaults(Transport):
+    """Applies a :class:`~hubfsm.sim.profiles.Scenario` as virtual time passes.
+
+    Before each request it sets the fault injector's mix to the window in force (only when
+    the window changes, so anyone else's change of mix lasts until the next boundary), and
+    revokes the key once its time has come. Both are noted in the trace.
+    """
+
+    def __init__(
+        self,
+        faults: FaultInjectingTransport,
+        scenario: Scenario,
+        clock: Clock,
+        *,
+        revoke: Callable[[], None],
+        note: Callable[[str], None],
+    ) -> None:
+        self.faults = faults
+        self.scenario = scenario
+        self.clock = clock
+        self._revoke = revoke
+        self._note = note
+        self._window: Window | None = None
+        self._revoked = False
+
+    def send(self, request: Request) -> Response:
+        """Bring the scenario up to now, then send through the fault injector."""
+        now = self.clock()
+        window = self.scenario.schedule.at(now)
+        if window is not self._window:
+            if self._window is not None:
+                self._note(f"{self._window.label} ends")
+            if window is None:
+                self.faults.mix = self.scenario.schedule.base
+            else:
+                self._note(f"{window.label} begins: {mix_text(window.mix)}")
+                self.faults.mix = window.mix
+            self._window = window
+        revoke_at = self.scenario.revoke_at
+        if not self._revoked and revoke_at is not None and now >= revoke_at:
+            self._revoked = True
+            self._revoke()
+            self._note("the API key is revoked")
+        return self.faults.send(request)
