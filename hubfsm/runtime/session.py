@@ -12,7 +12,6 @@ import os
 import sys
 import types
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from hubfsm.core.engine import CoreConfig
@@ -24,8 +23,6 @@ from hubfsm.core.events import (
     Interrupted,
     Start,
 )
-from hubfsm.core.plan import TrainingPlan
-from hubfsm.durable.journal import queued_epoch
 from hubfsm.durable.outbox import stamp_of
 from hubfsm.errors import (
     DeliveryIncomplete,
@@ -37,8 +34,8 @@ from hubfsm.runtime.driver import QUIET
 from hubfsm.runtime.exits import ExitHooks, report_left
 from hubfsm.runtime.factory import Parts, build, open_model
 from hubfsm.runtime.refusal import notice, refusal_error
+from hubfsm.runtime.session_views import SessionViews
 from hubfsm.runtime.settings import OFFLINE_ENV, Settings
-from hubfsm.runtime.weights import download_plan_weights, plan_of
 from hubfsm.transport import Transport
 
 __all__ = ["OFFLINE_ENV", "Session"]
@@ -46,7 +43,7 @@ __all__ = ["OFFLINE_ENV", "Session"]
 log = get_logger("hubfsm")
 
 
-class Session:
+class Session(SessionViews):
     """A training session on the hub, for one model.
 
     Args:
@@ -175,121 +172,6 @@ class Session:
         if self._durability is not None:
             # An outbox with nothing left is only clutter; a later session recreates it.
             self._durability.close(remove=self._core.drained and not self._inbox)
-
-    # -- read-only views ------------------------------------------------------------
-
-    @property
-    def state(self) -> str:
-        """The session's state (see the state machine in the docs)."""
-        return self._core.state
-
-    @property
-    def model_id(self) -> str | None:
-        """The hub's id of the model."""
-        return self._core.model_id
-
-    @property
-    def model_url(self) -> str:
-        """The model's page on the hub's web site."""
-        return f"{self.web_root}/models/{self._core.model_id}"
-
-    @property
-    def record(self) -> Mapping[str, Any]:
-        """The model record the hub sent when the model was loaded."""
-        return self._core.record
-
-    @property
-    def resume_url(self) -> str | None:
-        """Where the hub keeps the last epoch weights, when training can resume from them."""
-        record = self._core.record
-        url = record.get("resume")
-        return url if record.get("has_last_weights") and isinstance(url, str) else None
-
-    @property
-    def plan(self) -> TrainingPlan:
-        """What to train, as the hub's record says (see :mod:`hubfsm.core.plan`).
-
-        For a model loaded from the hub: its train arguments, whether it is new,
-        pretrained or resumable, its model file (architecture, parent weights or last
-        weights) and the epoch to resume from when the hub says. For a model created
-        from a local file: that file with the arguments given.
-
-        Raises:
-            ModelTrainedError: The model is trained already.
-            RecordError: The record lacks what training needs (e.g. the dataset is
-                still processing).
-        """
-        return plan_of(self.identifier, self._create_args, self._core.record)
-
-    def download_weights(
-        self,
-        *,
-        cache_dir: str | os.PathLike[str] | None = None,
-        progress: bool = True,
-        deadline: float = 1800.0,
-    ) -> Path | None:
-        """Download the weights the plan starts from (parent or last weights).
-
-        The file is cached (see :func:`hubfsm.runtime.download.download`): a second call, or a
-        later session on the same weights, reuses it. The session's transport fetches it
-        when it is a :class:`~hubfsm.transport.Downloader` (the default HTTP transport
-        is, and sends the API key only to the API root's origin); else it is fetched
-        without a key.
-
-        Returns:
-            The local weights file, or None when the plan starts from an architecture
-            or a local file.
-
-        Raises:
-            DownloadError: The download failed or did not match the expected size/digest.
-        """
-        return download_plan_weights(
-            self.plan,
-            self._core.record,
-            self._driver.transport,
-            model_id=self._core.model_id,
-            cache_dir=cache_dir,
-            progress=progress,
-            deadline=deadline,
-        )
-
-    @property
-    def outbox_dir(self) -> Path | None:
-        """This session's outbox directory, if it keeps one."""
-        return None if self._durability is None else self._durability.directory
-
-    @property
-    def error(self) -> HubfsmError | None:
-        """The error that stopped the session, if any."""
-        return self._core.error
-
-    def rejected(self) -> list[str]:
-        """The records the hub refused (400/422) and that are kept aside, described."""
-        return [record.describe() for record in list(self._core.rejected)]
-
-    def pending(self) -> dict[str, int]:
-        """What the hub has not acknowledged yet, per channel (a snapshot).
-
-        Epochs logged but not yet taken in by the worker count too.
-        """
-        counts = self._core.pending()
-        queued = {queued_epoch(item) for item in list(self._inbox)} - {None}
-        counts["metrics"] += len(queued)
-        return counts
-
-    def stats(self) -> dict[str, Any]:
-        """Counters of requests, retries and deliveries (a snapshot)."""
-        s = self._core.stats
-        return {
-            "sent": dict(s.sent),
-            "retries": s.retries,
-            "give_ups": s.give_ups,
-            "epochs_acknowledged": s.acknowledged_epochs,
-            "checkpoints_acknowledged": s.checkpoints,
-        }
-
-    def __repr__(self) -> str:
-        return f"<Session model={self._core.model_id} state={self._core.state}>"
 
     # -- what the trainer calls -----------------------------------------------------
 

@@ -1,0 +1,148 @@
+"""What a :class:`~hubfsm.Session` lets a caller read: state, record, plan, counts.
+
+None of these calls reaches the training thread's hot path or changes the session;
+:class:`SessionViews` is the base of :class:`~hubfsm.runtime.session.Session`, which
+sets the attributes it reads.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hubfsm.core.engine import Core
+from hubfsm.core.identifier import Identifier
+from hubfsm.core.plan import TrainingPlan
+from hubfsm.durable.journal import InboxItem, queued_epoch
+from hubfsm.errors import HubfsmError
+from hubfsm.runtime.driver import Driver
+from hubfsm.runtime.durability import Durability
+from hubfsm.runtime.weights import download_plan_weights, plan_of
+
+
+class SessionViews:
+    """Read-only views of a session (see :class:`~hubfsm.Session`)."""
+
+    web_root: str
+    identifier: Identifier
+    _core: Core
+    _driver: Driver
+    _inbox: collections.deque[InboxItem]
+    _durability: Durability | None
+    _create_args: dict[str, Any]
+
+    @property
+    def state(self) -> str:
+        """The session's state (see the state machine in the docs)."""
+        return self._core.state
+
+    @property
+    def model_id(self) -> str | None:
+        """The hub's id of the model."""
+        return self._core.model_id
+
+    @property
+    def model_url(self) -> str:
+        """The model's page on the hub's web site."""
+        return f"{self.web_root}/models/{self._core.model_id}"
+
+    @property
+    def record(self) -> Mapping[str, Any]:
+        """The model record the hub sent when the model was loaded."""
+        return self._core.record
+
+    @property
+    def resume_url(self) -> str | None:
+        """Where the hub keeps the last epoch weights, when training can resume from them."""
+        record = self._core.record
+        url = record.get("resume")
+        return url if record.get("has_last_weights") and isinstance(url, str) else None
+
+    @property
+    def plan(self) -> TrainingPlan:
+        """What to train, as the hub's record says (see :mod:`hubfsm.core.plan`).
+
+        For a model loaded from the hub: its train arguments, whether it is new,
+        pretrained or resumable, its model file (architecture, parent weights or last
+        weights) and the epoch to resume from when the hub says. For a model created
+        from a local file: that file with the arguments given.
+
+        Raises:
+            ModelTrainedError: The model is trained already.
+            RecordError: The record lacks what training needs (e.g. the dataset is
+                still processing).
+        """
+        return plan_of(self.identifier, self._create_args, self._core.record)
+
+    def download_weights(
+        self,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        progress: bool = True,
+        deadline: float = 1800.0,
+    ) -> Path | None:
+        """Download the weights the plan starts from (parent or last weights).
+
+        The file is cached (see :func:`hubfsm.runtime.download.download`): a second call, or a
+        later session on the same weights, reuses it. The session's transport fetches it
+        when it is a :class:`~hubfsm.transport.Downloader` (the default HTTP transport
+        is, and sends the API key only to the API root's origin); else it is fetched
+        without a key.
+
+        Returns:
+            The local weights file, or None when the plan starts from an architecture
+            or a local file.
+
+        Raises:
+            DownloadError: The download failed or did not match the expected size/digest.
+        """
+        return download_plan_weights(
+            self.plan,
+            self._core.record,
+            self._driver.transport,
+            model_id=self._core.model_id,
+            cache_dir=cache_dir,
+            progress=progress,
+            deadline=deadline,
+        )
+
+    @property
+    def outbox_dir(self) -> Path | None:
+        """This session's outbox directory, if it keeps one."""
+        return None if self._durability is None else self._durability.directory
+
+    @property
+    def error(self) -> HubfsmError | None:
+        """The error that stopped the session, if any."""
+        return self._core.error
+
+    def rejected(self) -> list[str]:
+        """The records the hub refused (400/422) and that are kept aside, described."""
+        return [record.describe() for record in list(self._core.rejected)]
+
+    def pending(self) -> dict[str, int]:
+        """What the hub has not acknowledged yet, per channel (a snapshot).
+
+        Epochs logged but not yet taken in by the worker count too.
+        """
+        counts = self._core.pending()
+        queued = {queued_epoch(item) for item in list(self._inbox)} - {None}
+        counts["metrics"] += len(queued)
+        return counts
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of requests, retries and deliveries (a snapshot)."""
+        s = self._core.stats
+        return {
+            "sent": dict(s.sent),
+            "retries": s.retries,
+            "give_ups": s.give_ups,
+            "epochs_acknowledged": s.acknowledged_epochs,
+            "checkpoints_acknowledged": s.checkpoints,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Session model={self._core.model_id} state={self._core.state}>"
