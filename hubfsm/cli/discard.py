@@ -19,8 +19,8 @@ from hubfsm.durable.outbox import (
     OutboxDamaged,
     OutboxLockedError,
     default_root,
-    inspect,
 )
+from hubfsm.durable.survey import inspect
 
 
 def _target(text: str, root: str | None) -> tuple[Path, Path] | str:

@@ -21,7 +21,7 @@ def _missing(directory: str | None) -> bool:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     """Send what the outboxes hold."""
-    from hubfsm.durable.outbox import find, inspect
+    from hubfsm.durable.survey import find, inspect
     from hubfsm.runtime.sync import root_of, sync
     from transports.http import DEFAULT_API_ROOT
 

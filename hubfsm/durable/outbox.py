@@ -10,115 +10,36 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import re
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-import platformdirs
-
-from hubfsm import env
 from hubfsm.core.changes import Change, Saved
 from hubfsm.core.events import FileStamp
 from hubfsm.core.protocol import HUB_ID
 from hubfsm.digest import chunks, sha256_chunks
-from hubfsm.durable.journal import scan
+from hubfsm.durable.layout import (
+    DATABASE,
+    DIR_MODE,
+    FILE_MODE,
+    JOURNAL,
+    LOCK,
+    OUTBOX_ENV,
+    OWN_FILES,
+    SNAPSHOT,
+    OutboxDamaged,
+    OutboxLockedError,
+    check_database,
+    damage_of,
+    default_root,
+    inside,
+    log,
+    private_dir,
+    private_file,
+    salvage,
+)
 from hubfsm.durable.outbox_db import OutboxDB
-from hubfsm.errors import HubfsmError
-from hubfsm.logs import get_logger
 from hubfsm.transport import FilePart
-
-log = get_logger("hubfsm")
-
-#: Environment variable that overrides the default outbox root.
-OUTBOX_ENV = env.OUTBOX
-DATABASE = "outbox.sqlite3"
-#: The trainer's journal in an outbox directory (written by :mod:`hubfsm.durable.journal`).
-JOURNAL = "journal"
-LOCK = "lock"
-#: Every file hubfsm makes here is for this user's eyes only.
-FILE_MODE = 0o600
-DIR_MODE = 0o700
-#: The files an outbox directory holds, besides ``files/``: the only ones removed with it.
-_OWN_FILES = (DATABASE, f"{DATABASE}-wal", f"{DATABASE}-shm", JOURNAL, LOCK)
-#: Weight snapshots (see :meth:`Outbox.snapshot`) and the transient files beside them.
-_SNAPSHOT = re.compile(r"[A-Za-z0-9_]+-[0-9a-f]{24}\.pt|\.incoming-\d+|\.held-\d+-\d+")
-
-
-class OutboxLockedError(HubfsmError):
-    """Another process (or session) has this model's outbox open."""
-
-
-class OutboxDamaged(HubfsmError):
-    """An outbox's database cannot be read: it is damaged, not merely empty.
-
-    Attributes:
-        directory: The outbox directory.
-        problem: What is wrong with it.
-        salvage: What in it can still be used.
-    """
-
-    def __init__(self, directory: Path, problem: str, salvage: str) -> None:
-        self.directory = directory
-        self.problem = problem
-        self.salvage = salvage
-        super().__init__(f"the outbox in {directory} is damaged: {problem}; {salvage}")
-
-
-def _private_dir(path: Path) -> None:
-    """Make ``path`` and any missing parents owner-only; an existing parent is left alone."""
-    missing = []
-    current = path
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for directory in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(directory, DIR_MODE)
-    os.chmod(path, DIR_MODE)
-
-
-def _private_file(path: Path) -> None:
-    """Create ``path`` owner-only if missing; tighten it if an older version left it open."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-    try:
-        os.fchmod(fd, FILE_MODE)
-    finally:
-        os.close(fd)
-
-
-def _inside(directory: Path, root: Path) -> bool:
-    """True when ``directory`` is, once resolved, a direct child of ``root`` resolved."""
-    if directory.is_symlink():
-        return False
-    return directory.resolve().parent == root.resolve()
-
-
-def _damage_of(error: sqlite3.Error) -> str:
-    return f"its database cannot be read ({error})"
-
-
-def _salvage(directory: Path) -> str:
-    """What a damaged outbox still holds that is of use, in words."""
-    files = directory / "files"
-    weights = sorted(p.name for p in files.glob("*.pt")) if files.is_dir() else []
-    journal = directory / JOURNAL
-    parts = []
-    if weights:
-        parts.append(f"{len(weights)} weight snapshot(s) in {files} ({', '.join(weights[:4])})")
-    if journal.exists():
-        records = len(scan(journal, after=0).records)
-        parts.append(f"{records} trainer record(s) in {journal}")
-    if not parts:
-        return "nothing in it can be salvaged"
-    return "what can be salvaged: " + "; ".join(parts)
-
-
-def default_root() -> Path:
-    """Where outboxes live: ``HUBFSM_OUTBOX``, else the user's data directory."""
-    root = env.outbox_root()
-    return Path(root) if root else Path(platformdirs.user_data_dir("hubfsm")) / "outbox"
-
 
 # -- the outbox ----------------------------------------------------------------------
 
@@ -165,20 +86,20 @@ class Outbox:
         self.directory = directory
         self.model_id = model_id
         self.files = self.directory / "files"
-        _private_dir(self.files)
+        private_dir(self.files)
         os.chmod(self.directory, DIR_MODE)
         self._held = 0
         self._lock_fd = self._take_lock()
         try:
             database = self.directory / DATABASE
             # SQLite gives the WAL and -shm files the database's mode, so it is set first.
-            _private_file(database)
+            private_file(database)
             for extra in ("-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     os.chmod(f"{database}{extra}", FILE_MODE)
             connection = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
             try:
-                _check_database(connection)
+                check_database(connection)
                 connection.execute("PRAGMA journal_mode=WAL")
                 connection.execute("PRAGMA synchronous=NORMAL")
                 self.db = OutboxDB(connection, model_id)
@@ -186,12 +107,12 @@ class Outbox:
             except sqlite3.DatabaseError as error:
                 connection.close()
                 raise OutboxDamaged(
-                    self.directory, _damage_of(error), _salvage(self.directory)
+                    self.directory, damage_of(error), salvage(self.directory)
                 ) from None
             except (ValueError, TypeError, KeyError, AssertionError) as error:
                 connection.close()
                 problem = f"its records cannot be read ({type(error).__name__})"
-                raise OutboxDamaged(self.directory, problem, _salvage(self.directory)) from None
+                raise OutboxDamaged(self.directory, problem, salvage(self.directory)) from None
         except BaseException:
             os.close(self._lock_fd)
             raise
@@ -296,7 +217,7 @@ class Outbox:
             name = entry.name
             if str(entry) in keep or name.startswith((".incoming", ".held")):
                 continue
-            if _SNAPSHOT.fullmatch(name) and not entry.is_symlink() and entry.is_file():
+            if SNAPSHOT.fullmatch(name) and not entry.is_symlink() and entry.is_file():
                 entry.unlink(missing_ok=True)
 
     def close(self, *, remove: bool = False) -> None:
@@ -333,44 +254,20 @@ class Outbox:
 
     def _remove(self) -> None:
         directory = self.directory
-        if not _inside(directory, self.root) or directory.resolve().name != self.model_id:
+        if not inside(directory, self.root) or directory.resolve().name != self.model_id:
             log.warning("outbox.not_removed", directory=str(directory), root=str(self.root))
             return
         if self.files.is_dir() and not self.files.is_symlink():
             for entry in self.files.iterdir():
-                if _SNAPSHOT.fullmatch(entry.name) and not entry.is_symlink():
+                if SNAPSHOT.fullmatch(entry.name) and not entry.is_symlink():
                     entry.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 self.files.rmdir()
-        for name in _OWN_FILES:
+        for name in OWN_FILES:
             (directory / name).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             directory.rmdir()  # not empty: something else is in it, and it stays
 
-
-# -- looking at outboxes from outside ------------------------------------------------
-
-
-def _check_database(db: sqlite3.Connection) -> None:
-    """Raise :class:`sqlite3.DatabaseError` unless SQLite finds the database sound."""
-    problems = [row[0] for row in db.execute("PRAGMA quick_check")]
-    if problems != ["ok"]:
-        raise sqlite3.DatabaseError("; ".join(map(str, problems[:3])))
-
-
-# The survey of outboxes (read without taking them, set aside when damaged) lives in
-# hubfsm.durable.survey; its names stay importable from here for existing callers.
-from hubfsm.durable.survey import (  # noqa: E402
-    OutboxInfo,
-    Survey,
-    find,
-    inspect,
-    keep_damaged_journal,
-    report_damage,
-    set_aside,
-    set_aside_reporting,
-    survey,
-)
 
 __all__ = [
     "DATABASE",
@@ -381,15 +278,6 @@ __all__ = [
     "FileStamp",
     "Outbox",
     "OutboxDamaged",
-    "OutboxInfo",
     "OutboxLockedError",
-    "Survey",
     "default_root",
-    "find",
-    "inspect",
-    "keep_damaged_journal",
-    "report_damage",
-    "set_aside",
-    "set_aside_reporting",
-    "survey",
 ]

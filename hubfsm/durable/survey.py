@@ -21,6 +21,19 @@ import attrs
 from hubfsm.core.changes import Rejected, pending_counts
 from hubfsm.core.protocol import HUB_ID
 from hubfsm.durable.journal import JournalDamage, scan
+from hubfsm.durable.layout import (
+    DATABASE,
+    FILE_MODE,
+    JOURNAL,
+    LOCK,
+    OutboxDamaged,
+    OutboxLockedError,
+    check_database,
+    damage_of,
+    default_root,
+    log,
+    salvage,
+)
 from hubfsm.errors import HubfsmError
 from hubfsm.transport import Request
 
@@ -88,7 +101,7 @@ def _read(directory: Path) -> OutboxInfo:
     try:
         db = sqlite3.connect(uri, uri=True)
         try:
-            _check_database(db)
+            check_database(db)
             row = db.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()
             seq = db.execute("SELECT value FROM meta WHERE key = 'journal_seq'").fetchone()
             metrics = db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
@@ -110,23 +123,23 @@ def _read(directory: Path) -> OutboxInfo:
         finally:
             db.close()
     except sqlite3.Error as error:
-        raise OutboxDamaged(directory, _damage_of(error), _salvage(directory)) from None
+        raise OutboxDamaged(directory, damage_of(error), salvage(directory)) from None
     except (ValueError, TypeError) as error:  # JSON that is not what was written
         raise OutboxDamaged(
-            directory, f"its records cannot be read ({type(error).__name__})", _salvage(directory)
+            directory, f"its records cannot be read ({type(error).__name__})", salvage(directory)
         ) from None
     model_id = row[0] if row is not None else None
     if not isinstance(model_id, str) or not HUB_ID.fullmatch(model_id):
-        raise OutboxDamaged(directory, "it names no valid model id", _salvage(directory))
+        raise OutboxDamaged(directory, "it names no valid model id", salvage(directory))
     if directory.name != model_id:
         raise OutboxDamaged(
-            directory, f"it holds the records of model {model_id}", _salvage(directory)
+            directory, f"it holds the records of model {model_id}", salvage(directory)
         )
     try:
         after = int(seq[0]) if seq is not None else 0
     except ValueError:
         problem = "its journal position is unreadable"
-        raise OutboxDamaged(directory, problem, _salvage(directory)) from None
+        raise OutboxDamaged(directory, problem, salvage(directory)) from None
     pending = pending_counts(
         metrics + in_ops, checkpoint or "checkpoint" in kinds, "final" in kinds
     )
@@ -258,20 +271,3 @@ def report_damage(found: Survey, *, out: TextIO, repair: bool) -> int:
             except OSError as exc:
                 print(f"  no copy could be kept: {exc}", file=out)
     return len(found.damaged) + sum(i.journal_damage is not None for i in found.infos)
-
-
-# At the end, not the top: hubfsm.durable.outbox re-exports this module's names, so
-# whichever of the two is imported first, the other finds what it needs already defined.
-from hubfsm.durable.outbox import (  # noqa: E402
-    DATABASE,
-    FILE_MODE,
-    JOURNAL,
-    LOCK,
-    OutboxDamaged,
-    OutboxLockedError,
-    _check_database,
-    _damage_of,
-    _salvage,
-    default_root,
-    log,
-)

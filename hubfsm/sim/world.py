@@ -24,7 +24,7 @@ import attrs
 from hubfsm.core import protocol
 from hubfsm.core.engine import Core, CoreConfig, Limits
 from hubfsm.core.identifier import parse_identifier
-from hubfsm.durable.outbox import OutboxInfo
+from hubfsm.durable.survey import OutboxInfo
 from hubfsm.errors import HubfsmError
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.store_memory import MemoryStore

@@ -4,7 +4,8 @@ import pytest
 
 from hubfsm.core import protocol
 from hubfsm.core.changes import MetricsQueued, Offered, OpClosed, OpOpened
-from hubfsm.durable.outbox import Outbox, OutboxLockedError, find, inspect, stamp_of
+from hubfsm.durable.outbox import Outbox, OutboxLockedError, stamp_of
+from hubfsm.durable.survey import find, inspect
 from hubfsm.transport import FilePart
 
 MODEL = "M" * 20

@@ -17,12 +17,9 @@ from hubfsm.durable.outbox import (
     DATABASE,
     Outbox,
     OutboxDamaged,
-    find,
-    inspect,
-    set_aside,
     stamp_of,
-    survey,
 )
+from hubfsm.durable.survey import find, inspect, set_aside, survey
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.store_memory import MemoryStore
 from hubfsm.hub.store_sqlite import SqliteStore

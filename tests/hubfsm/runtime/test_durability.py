@@ -6,7 +6,8 @@ import random
 import pytest
 
 import hubfsm
-from hubfsm.durable.outbox import OutboxLockedError, find, inspect
+from hubfsm.durable.outbox import OutboxLockedError
+from hubfsm.durable.survey import find, inspect
 from hubfsm.hub.faults import FaultMix
 from hubfsm.runtime.clocks import VirtualClock
 from hubfsm.runtime.sync import sync

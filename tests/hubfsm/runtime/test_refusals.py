@@ -7,7 +7,7 @@ import pytest
 import structlog
 
 import hubfsm
-from hubfsm.durable.outbox import find, inspect
+from hubfsm.durable.survey import find, inspect
 from hubfsm.runtime.sync import status, sync
 from hubfsm.transport import Response, Transport
 from transports.memory import InMemoryTransport

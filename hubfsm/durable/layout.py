@@ -1,0 +1,120 @@
+"""Where an outbox keeps what, who may read it, and how damage is described.
+
+Shared by the outbox that writes a directory (:mod:`hubfsm.durable.outbox`) and the
+survey that reads directories from outside (:mod:`hubfsm.durable.survey`), so neither
+imports the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sqlite3
+from pathlib import Path
+
+import platformdirs
+
+from hubfsm import env
+from hubfsm.durable.journal import scan
+from hubfsm.errors import HubfsmError
+from hubfsm.logs import get_logger
+
+log = get_logger("hubfsm")
+
+#: Environment variable that overrides the default outbox root.
+OUTBOX_ENV = env.OUTBOX
+DATABASE = "outbox.sqlite3"
+#: The trainer's journal in an outbox directory (written by :mod:`hubfsm.durable.journal`).
+JOURNAL = "journal"
+LOCK = "lock"
+#: Every file hubfsm makes here is for this user's eyes only.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+#: The files an outbox directory holds, besides ``files/``: the only ones removed with it.
+OWN_FILES = (DATABASE, f"{DATABASE}-wal", f"{DATABASE}-shm", JOURNAL, LOCK)
+#: Weight snapshots (see :meth:`Outbox.snapshot`) and the transient files beside them.
+SNAPSHOT = re.compile(r"[A-Za-z0-9_]+-[0-9a-f]{24}\.pt|\.incoming-\d+|\.held-\d+-\d+")
+
+
+class OutboxLockedError(HubfsmError):
+    """Another process (or session) has this model's outbox open."""
+
+
+class OutboxDamaged(HubfsmError):
+    """An outbox's database cannot be read: it is damaged, not merely empty.
+
+    Attributes:
+        directory: The outbox directory.
+        problem: What is wrong with it.
+        salvage: What in it can still be used.
+    """
+
+    def __init__(self, directory: Path, problem: str, salvage: str) -> None:
+        self.directory = directory
+        self.problem = problem
+        self.salvage = salvage
+        super().__init__(f"the outbox in {directory} is damaged: {problem}; {salvage}")
+
+
+def private_dir(path: Path) -> None:
+    """Make ``path`` and any missing parents owner-only; an existing parent is left alone."""
+    missing = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, DIR_MODE)
+    os.chmod(path, DIR_MODE)
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` owner-only if missing; tighten it if an older version left it open."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+
+
+def inside(directory: Path, root: Path) -> bool:
+    """True when ``directory`` is, once resolved, a direct child of ``root`` resolved."""
+    if directory.is_symlink():
+        return False
+    return directory.resolve().parent == root.resolve()
+
+
+def damage_of(error: sqlite3.Error) -> str:
+    """What is wrong with an outbox whose database raised ``error``, in words."""
+    return f"its database cannot be read ({error})"
+
+
+def salvage(directory: Path) -> str:
+    """What a damaged outbox still holds that is of use, in words."""
+    files = directory / "files"
+    weights = sorted(p.name for p in files.glob("*.pt")) if files.is_dir() else []
+    journal = directory / JOURNAL
+    parts = []
+    if weights:
+        parts.append(f"{len(weights)} weight snapshot(s) in {files} ({', '.join(weights[:4])})")
+    if journal.exists():
+        records = len(scan(journal, after=0).records)
+        parts.append(f"{records} trainer record(s) in {journal}")
+    if not parts:
+        return "nothing in it can be salvaged"
+    return "what can be salvaged: " + "; ".join(parts)
+
+
+def default_root() -> Path:
+    """Where outboxes live: ``HUBFSM_OUTBOX``, else the user's data directory."""
+    root = env.outbox_root()
+    return Path(root) if root else Path(platformdirs.user_data_dir("hubfsm")) / "outbox"
+
+
+def check_database(db: sqlite3.Connection) -> None:
+    """Raise :class:`sqlite3.DatabaseError` unless SQLite finds the database sound."""
+    problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+    if problems != ["ok"]:
+        raise sqlite3.DatabaseError("; ".join(map(str, problems[:3])))
