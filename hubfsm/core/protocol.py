@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from hubfsm.core.plain import plain
 from hubfsm.errors import HubError
 from hubfsm.masking import show_untrusted
 from hubfsm.transport import FilePart, Request, Response
@@ -112,16 +113,11 @@ def upload_metrics(model_id: str, metrics: Mapping[int, str], *, key: str) -> Re
     return Request("POST", f"/v1/models/{model_id}", json=body, idempotency_key=key)
 
 
-def _scalar(value: Any) -> Any:
-    # numpy and torch scalars know how to become Python numbers; anything else is kept
-    # as its text rather than lost on the worker, far from the call that logged it
-    item = getattr(value, "item", None)
-    return item() if callable(item) else str(value)
-
-
 def encode_metrics(metrics: Mapping[str, Any]) -> str:
     """Encode one epoch's metrics as the hub wants them: a JSON string."""
-    return json.dumps(dict(metrics), sort_keys=True, default=_scalar)
+    # What JSON cannot encode is made plain here rather than lost on the worker, far
+    # from the call that logged it.
+    return json.dumps(dict(metrics), sort_keys=True, default=plain)
 
 
 def upload_checkpoint(
@@ -150,16 +146,6 @@ def heartbeat(model_id: str, agent_id: str | None) -> Request:
     return Request("POST", f"/v1/agent/heartbeat/models/{model_id}", json=body)
 
 
-def _plain(value: Any) -> Any:
-    # 8.2.0 puts the user's values in the JSON as they are (a bool cache, an int or list
-    # imgsz, an int or list device); anything JSON cannot carry goes as its text.
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return _scalar(value)
-
-
 def create_payload(filename: str, train_args: Mapping[str, Any]) -> dict[str, Any]:
     """The create-model payload for a local ``.pt``/``.yaml``, as ultralytics 8.2.0 builds it.
 
@@ -179,14 +165,14 @@ def create_payload(filename: str, train_args: Mapping[str, Any]) -> dict[str, An
     stem = base.rsplit(".", 1)[0]
     payload: dict[str, Any] = {
         "config": {
-            "batchSize": _plain(train_args.get("batch", -1)),
-            "epochs": _plain(train_args.get("epochs", 300)),
-            "imageSize": _plain(train_args.get("imgsz", 640)),
-            "patience": _plain(train_args.get("patience", 100)),
-            "device": _plain(train_args.get("device", "")),
-            "cache": _plain(train_args.get("cache", "ram")),
+            "batchSize": plain(train_args.get("batch", -1)),
+            "epochs": plain(train_args.get("epochs", 300)),
+            "imageSize": plain(train_args.get("imgsz", 640)),
+            "patience": plain(train_args.get("patience", 100)),
+            "device": plain(train_args.get("device", "")),
+            "cache": plain(train_args.get("cache", "ram")),
         },
-        "dataset": {"name": _plain(train_args.get("data"))},
+        "dataset": {"name": plain(train_args.get("data"))},
         "lineage": {"architecture": {"name": stem}, "parent": {}},
         "meta": {"name": base},
     }

@@ -23,6 +23,7 @@ from hubfsm.core.events import (
     Resumed,
     Start,
 )
+from hubfsm.core.plain import plain
 
 MAGIC = b"HFJ1"
 #: Version 1 had unaligned entry records only; :func:`replay` still reads it.
@@ -46,24 +47,13 @@ InboxItem: TypeAlias = (
     tuple[int, Event] | tuple[int, int, tuple[str, ...], int] | tuple[int, int, dict[str, Any]]
 )
 
-def _plain(value: Any) -> Any:
-    """Turn numpy and torch scalars (anything with ``item()``) into Python numbers."""
-    item = getattr(value, "item", None)
-    if callable(item):
-        return item()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
-
 
 def encode(entry: tuple[Any, ...]) -> bytes:
     """Serialise a journal entry (marshal; odd number types made plain first)."""
     try:
         return marshal.dumps(entry, 2)  # version 2: no reference table to build
     except ValueError:
-        return marshal.dumps(_plain(entry), 2)
+        return marshal.dumps(plain(entry), 2)
 
 
 def entry_of(event: Event) -> tuple[Any, ...]:

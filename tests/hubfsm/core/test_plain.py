@@ -1,0 +1,95 @@
+"""The one converter from logged values to plain Python."""
+
+from __future__ import annotations
+
+import enum
+import json
+import marshal
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hubfsm.core.plain import plain
+from hubfsm.core.protocol import create_payload, encode_metrics
+
+
+class Scalar:
+    """Like a numpy scalar or a one-element tensor."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def item(self):
+        return self.value
+
+
+class Array:
+    """Like a numpy array or a tensor of several elements."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def item(self):
+        raise ValueError("only one element tensors can be converted to Python scalars")
+
+    def tolist(self):
+        return list(self.values)
+
+
+class Float64(float):
+    """Like numpy's float64: a float subclass, which marshal refuses."""
+
+    def item(self):
+        return float(self)
+
+
+class Opaque:
+    def __str__(self):
+        return "opaque"
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+def test_framework_scalars_arrays_and_containers_become_plain():
+    assert plain({"a": Scalar(1.5), "b": [Scalar(2), (3, None)], "c": True, 4: "x"}) == {
+        "a": 1.5,
+        "b": [2, [3, None]],
+        "c": True,
+        "4": "x",
+    }
+    assert plain(Array([Scalar(1), 2.5])) == [1, 2.5]
+    assert plain(Scalar(Scalar(4))) == 4
+    assert plain(Opaque()) == "opaque"
+    assert math.isnan(plain(float("nan")))
+
+
+def test_subclasses_of_plain_types_become_the_exact_type():
+    value = plain(Float64(0.25))
+    assert value == 0.25 and type(value) is float
+    assert plain(Level.HIGH) == 3 and type(plain(Level.HIGH)) is int
+    marshal.dumps(plain(("m", 1, {"loss": Float64(1.0)})), 2)  # marshal refused the subclass
+
+
+def test_metrics_and_the_create_payload_use_it():
+    assert json.loads(encode_metrics({"loss": Scalar(0.5), "map": Float64(0.25)})) == {
+        "loss": 0.5,
+        "map": 0.25,
+    }
+    payload = create_payload("yolov8n.yaml", {"data": "coco8.yaml", "batch": Scalar(16)})
+    assert payload["config"]["batchSize"] == 16
+
+
+plain_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(plain_values)
+def test_plain_values_are_kept_as_they_are(value):
+    assert plain(value) == value
+    assert json.loads(json.dumps(plain(value))) == value
