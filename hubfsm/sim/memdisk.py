@@ -17,7 +17,13 @@ import shutil
 from pathlib import Path
 
 from hubfsm.core.events import FileStamp
-from hubfsm.durable.outbox import DATABASE, Outbox, OutboxLockedError, stamp_of
+from hubfsm.durable.outbox import (
+    DATABASE,
+    Outbox,
+    OutboxLockedError,
+    referenced_files,
+    stamp_of,
+)
 from hubfsm.durable.outbox_db import OutboxDB
 from hubfsm.transport import FilePart
 
@@ -95,11 +101,7 @@ class MemoryOutbox(Outbox):
         return None
 
     def _collect_files(self) -> None:
-        saved = self.load()
-        keep = {op.request.file.path for op in saved.ops if op.request.file is not None}
-        for slot in (saved.checkpoint, saved.final):
-            if slot is not None:
-                keep.add(slot[1].path)
+        keep = referenced_files(self.load())
         prefix = f"{self.files}{os.sep}"
         files = self._disk.files
         for path in [p for p in files if p.startswith(prefix) and p not in keep]:
