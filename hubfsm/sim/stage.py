@@ -195,6 +195,13 @@ class Stage:
 
     def check_end(self, *, expect: Expect | None = None) -> None:
         """Check the invariants that need the whole run (and how it ended, if ``expect``)."""
+        self.check_hub(
+            expect=expect,
+            queued=[e for e in map(queued_epoch, self.runner.inbox) if e is not None],
+        )
+
+    def check_hub(self, **more: Any) -> None:
+        """Check what the hub holds against what the trainer did (``more``: for the checker)."""
         metrics, uploads = self.applied()
         finals = [sha for kind, _, sha in uploads if kind == "final"]
         self.checker.finish(
@@ -206,8 +213,7 @@ class Stage:
             final_sha256=finals[-1] if finals else None,
             expected_sha256=self.expected_sha,
             secrets=[self.key],
-            expect=expect,
-            queued=[e for e in map(queued_epoch, self.runner.inbox) if e is not None],
+            **more,
         )
 
 
