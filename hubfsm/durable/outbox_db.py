@@ -105,6 +105,16 @@ def _writes_more_than_one(change: Change) -> bool:
     )
 
 
+def _last_sent(changes: Sequence[Change]) -> dict[int, int]:
+    """Each epoch a metrics operation opens in ``changes``, with the last such position."""
+    return {
+        epoch: at
+        for at, change in enumerate(changes)
+        if isinstance(change, OpOpened) and change.channel == "metrics"
+        for epoch in change.payload
+    }
+
+
 #: An empty in-memory database with the schema, copied by :meth:`OutboxDB.in_memory`.
 _template: sqlite3.Connection | None = None
 _template_pid = 0
@@ -230,9 +240,14 @@ class OutboxDB:
         grouped = journal_seq is not None or len(changes) > 1 or _writes_more_than_one(changes[0])
         if grouped:
             db.execute("BEGIN IMMEDIATE")
+        # An epoch queued and sent in the same call never needs its own row: the
+        # operation's request carries it (the DELETE below still clears an older row).
+        sent = _last_sent(changes)
         try:
-            for change in changes:
+            for at, change in enumerate(changes):
                 if isinstance(change, MetricsQueued):
+                    if sent.get(change.epoch, -1) > at:
+                        continue
                     db.execute(
                         "INSERT OR REPLACE INTO metrics VALUES (?, ?)",
                         (change.epoch, change.encoded),

@@ -124,6 +124,8 @@ class Driver:
         #: Errors of events that could not be applied (a changed file, an illegal event).
         self.errors: list[Exception] = []
         self._watched: dict[int, Ticket] = {}
+        #: How far the journal is taken in, not yet written to the outbox.
+        self._journal_seq: int | None = None
 
     # -- the trainer's side ---------------------------------------------------------
 
@@ -133,8 +135,15 @@ class Driver:
         self._watched[id(event)] = ticket
         return ticket
 
-    def drain(self) -> None:
-        """Apply every queued event to the core, then persist the result."""
+    def drain(self, *, persist: bool = True) -> None:
+        """Apply every queued event to the core, then persist the result.
+
+        Args:
+            persist: Write to the outbox now. A loop that goes on to :meth:`step` (which
+                writes before it sends, and before it waits) passes False, so an epoch's
+                events and the request they open go to the outbox in one transaction;
+                the journal holds the events until then.
+        """
         inbox = self.inbox
         last_seq = 0
         durability = self.durability
@@ -162,7 +171,10 @@ class Driver:
                 if ticket is not None:
                     ticket.error = error
                     ticket.done.set()
-        self.persist(journal_seq=last_seq or None)
+        if last_seq:
+            self._journal_seq = last_seq
+        if persist:
+            self.persist()
 
     def apply(self, event: Event, now: float) -> None:
         """Apply one trainer event to the core."""
@@ -257,7 +269,7 @@ class Driver:
 
     # -- durability -----------------------------------------------------------------
 
-    def persist(self, *, journal_seq: int | None = None) -> None:
+    def persist(self) -> None:
         """Write the core's changes (and the journal's progress) to the outbox, if any."""
         durability = self.durability
         if durability is None:
@@ -273,8 +285,10 @@ class Driver:
                 durability.error = exc
                 return
         changes = core.take_changes()
+        journal_seq = self._journal_seq
         if not changes and journal_seq is None:
             return
+        self._journal_seq = None
         try:
             durability.apply(changes, journal_seq=journal_seq)
         except Exception as exc:  # a full disk must not stop delivery of what is in memory

@@ -94,7 +94,7 @@ class SimRunner:
         if now >= self.deadline:
             raise RunTimeout(f"the run went past its deadline at t={now:.3f}")
         if self.inbox:
-            self.driver.drain()
+            self.driver.drain(persist=False)  # step() writes them with what it sends
         return self.driver.step()
 
     def run_until(self, until: float) -> None:

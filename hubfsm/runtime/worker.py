@@ -106,10 +106,11 @@ class ThreadRunner:
         core = self.core
         while True:
             self.wake.clear()
-            driver.drain()
+            driver.drain(persist=False)  # step() writes them with what it sends
             now = self.clock()
             stop_at = self._stop_at
             if stop_at is not None and (now >= stop_at or core.drained or not core.machine.sends):
+                driver.persist()
                 self._notify()
                 return
             until = driver.step()
