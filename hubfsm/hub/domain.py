@@ -131,23 +131,26 @@ class Hub(KeyAdmin, Endpoints):
     def handle(self, call: HubCall) -> HubReply:
         """Answer one API call."""
         resource, model_id, kind = route(call.path)
-        endpoint = ENDPOINTS.get((resource, call.method), resource)
+        method = call.method
+        known = ENDPOINTS.get((resource, method))
+        endpoint = resource if known is None else known
         with self._lock:
             self._requests[endpoint] += 1
         principal = self.principal(call.api_key)
         if principal is None:
             return fail(401, "invalid or revoked API key" if call.api_key else "missing API key")
         if resource == "unknown":
-            return fail(404, f"no such endpoint: {call.method} {_safe(call.path[:200])}")
-        if (resource, call.method) not in ENDPOINTS:
+            return fail(404, f"no such endpoint: {method} {_safe(call.path[:200])}")
+        if known is None:
             allowed = ALLOWED[resource]
-            return fail(405, f"{call.method} not allowed here; use {allowed}", {"Allow": allowed})
-        if call.json is not None and not isinstance(call.json, BadJson):
-            problem = check_json(call.json)
+            return fail(405, f"{method} not allowed here; use {allowed}", {"Allow": allowed})
+        body = call.json
+        if body is not None and type(body) is not BadJson:
+            problem = check_json(body)
             if problem is not None:
                 return fail(400, f"body is not valid JSON: {problem}")
         scope = None
-        if call.method == "POST" and call.idempotency_key:
+        if method == "POST" and call.idempotency_key:
             scope = f"{principal}\x1f{call.path}\x1f{_safe(call.idempotency_key)}"
         if endpoint == "upload_weights":
             return self._upload(call, principal, model_id, scope)
@@ -163,5 +166,6 @@ class Hub(KeyAdmin, Endpoints):
 
 
 def _safe(text: str) -> str:
-    # A header or path with a lone surrogate must not break the JSON answer or the store.
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    # A header or path with a lone surrogate must not break the JSON answer or the store
+    # (ASCII text, as nearly all is, holds none).
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")

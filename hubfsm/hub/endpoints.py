@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import attrs
 
@@ -20,19 +19,6 @@ from hubfsm.hub.calls import BadJson, HubCall, HubReply, UploadEntry, fail, is_m
 from hubfsm.hub.parse import epoch_of, metrics_text, new_record, upload_fields
 from hubfsm.hub.store import ModelRecord, StoredReply, WeightsKind
 from hubfsm.hub.views import HubViews
-
-#: ModelRecord's fields as (attribute, init argument), read once for _evolve_record.
-_RECORD_FIELDS: tuple[tuple[str, str], ...] = tuple(
-    (a.name, a.alias or a.name) for a in attrs.fields(ModelRecord) if a.init
-)
-
-
-def _evolve_record(record: ModelRecord, **changes: Any) -> ModelRecord:
-    """``attrs.evolve`` for the record every metrics upload replaces, without its lookups."""
-    for name, alias in _RECORD_FIELDS:
-        if alias not in changes:
-            changes[alias] = getattr(record, name)
-    return ModelRecord(**changes)
 
 
 class Endpoints(HubViews):
@@ -108,14 +94,15 @@ class Endpoints(HubViews):
         self, call: HubCall, who: str, model_id: str | None, kind: str | None
     ) -> HubReply:
         body = call.json
-        if not isinstance(body, Mapping):
+        # Bodies are dicts: the type test spares most calls the slower check against the ABC.
+        if type(body) is not dict and not isinstance(body, Mapping):
             return _bad_body(body)
         if "type" not in body:
             return fail(400, "missing field 'type' (expected 'metrics')")
         if body["type"] != "metrics":
             return fail(400, "unsupported type; this endpoint takes type 'metrics'")
         metrics = body.get("metrics")
-        if not isinstance(metrics, Mapping) or not metrics:
+        if (type(metrics) is not dict and not isinstance(metrics, Mapping)) or not metrics:
             return fail(400, "'metrics' must be a non-empty object of epoch -> JSON string")
         parsed: dict[int, str] = {}
         for key, value in metrics.items():
@@ -132,26 +119,14 @@ class Endpoints(HubViews):
         self.store.put_metrics(record.id, parsed)
         for epoch in parsed:
             self._metrics_applied[(record.id, epoch)] += 1
-        now = self.clock()
-        highest = (
-            max(parsed) if record.metrics_epoch is None else max(record.metrics_epoch, *parsed)
-        )
-        self.store.put_model(
-            _evolve_record(
-                record,
-                status="training" if record.status == "new" else record.status,
-                metrics_epoch=highest,
-                started_at=record.started_at if record.started_at is not None else now,
-                updated_at=now,
-            )
-        )
+        self.store.put_model(records.after_metrics(record, parsed, self.clock()))
         return ok("metrics saved")
 
     def _heartbeat(
         self, call: HubCall, who: str, model_id: str | None, kind: str | None
     ) -> HubReply:
         body = call.json
-        if not isinstance(body, Mapping):
+        if type(body) is not dict and not isinstance(body, Mapping):
             return _bad_body(body)
         agent = body.get("agent", "")
         if not isinstance(agent, str) or len(agent) > 200:
