@@ -8,18 +8,18 @@ goes wrong on the network.
 The parts live beside it: the attempt deadline and its socket plumbing in
 :mod:`transports.deadline`, reading and masking answers in :mod:`transports.answers`,
 naming network failures in :mod:`transports.failures`, downloads in
-:mod:`transports.downloads`, and checking settings in :mod:`transports.settings`.
+:mod:`transports.downloads`, checking settings in :mod:`transports.settings`, wording
+failures and redirects without the key in :mod:`transports.reports`, and watching an
+upload go out (bytes sent, progress bar, speed) in :mod:`transports.uploads`.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping
 from http.client import HTTPException
 from typing import Any, TextIO
-from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -27,37 +27,15 @@ from tqdm import tqdm
 
 from hubfsm.core.retry import parse_retry_after
 from hubfsm.logs import get_logger
-from hubfsm.masking import redact
-from hubfsm.transport import (
-    Announced,
-    ErrorKind,
-    Request,
-    Response,
-    Sink,
-    Transport,
-    TransportError,
-)
+from hubfsm.transport import Announced, Request, Response, Sink, Transport
 from hubfsm.version import __version__
-from transports.answers import (
-    MAX_RESPONSE_BYTES,
-    BadAnswer,
-    decode,
-    rate_limit,
-    read_body,
-    redirect_envelope,
-)
+from transports.answers import MAX_RESPONSE_BYTES, BadAnswer, decode, rate_limit, read_body
 from transports.deadline import Deadline, SendTimeoutAdapter
 from transports.downloads import HttpDownloader
-from transports.failures import explain
 from transports.multipart import FileChangedError, FileReadError, MultipartBody
-from transports.settings import (
-    API_ROOT_ENV,
-    DEFAULT_API_ROOT,
-    Secret,
-    check_key,
-    check_root,
-    positive,
-)
+from transports.reports import Reporter
+from transports.settings import API_ROOT_ENV, DEFAULT_API_ROOT, check_key, check_root, positive
+from transports.uploads import UploadMeter, log_upload, progress_bar
 
 __all__ = [
     "API_ROOT_ENV",
@@ -71,23 +49,7 @@ __all__ = [
 #: 2 Mbit/s, so that a slow but working uplink still gets large checkpoints through.
 MIN_UPLOAD_RATE = 250_000
 
-#: The smallest upload whose speed is logged.
-_SPEED_BYTES = 1_000_000
-
 log = get_logger("hubfsm.http")
-
-
-class _Sent:
-    """Counts body bytes handed to the socket, and moves the progress bar along."""
-
-    def __init__(self) -> None:
-        self.bytes = 0
-        self.bar: tqdm[Any] | None = None
-
-    def __call__(self, count: int) -> None:
-        self.bytes += count
-        if self.bar is not None:
-            self.bar.update(count)
 
 
 class RequestsTransport(Transport):
@@ -180,6 +142,13 @@ class RequestsTransport(Transport):
                 # Environment proxies would carry a clear-text key off this machine.
                 session.trust_env = False
         self._session = session
+        self._report = Reporter(
+            self._root,
+            self._key,
+            self._deadline,
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
+        )
 
     @property
     def api_root(self) -> str:
@@ -215,34 +184,22 @@ class RequestsTransport(Transport):
             return self._exchange(request, None)
         if request.json is not None:
             raise ValueError("a request carries either JSON or form fields, not both")
-        sent = _Sent()
+        meter = UploadMeter()
         try:
-            body = MultipartBody(request.fields or {}, request.file, on_sent=sent)
+            body = MultipartBody(request.fields or {}, request.file, on_sent=meter)
         except FileChangedError as error:
-            raise self._fail(request, "protocol", str(error)) from None
+            raise self._report.fail(request, "protocol", str(error)) from None
         with body:
-            sent.bar = self._progress_bar(request, len(body))
+            # tqdm is looked up here, at call time, so that it can be swapped for a fake.
+            meter.bar = progress_bar(
+                request, len(body), enabled=self._progress, file=self._progress_file, make=tqdm
+            )
             started = time.monotonic()
             try:
                 response = self._exchange(request, body)
             finally:
-                if sent.bar is not None:
-                    sent.bar.close()
-            seconds = time.monotonic() - started
-            log.info(
-                "http.upload",
-                path=request.path,
-                file=request.file.name if request.file is not None else None,
-                bytes=sent.bytes,
-                seconds=round(seconds, 3),
-                # A speed is only telling for a body big enough to outlast the round trip.
-                mb_per_s=(
-                    round(sent.bytes / 1e6 / seconds, 1)
-                    if seconds > 0 and sent.bytes >= _SPEED_BYTES
-                    else None
-                ),
-                status=response.status,
-            )
+                meter.close()
+            log_upload(request, meter.bytes, time.monotonic() - started, response.status)
         return response
 
     def download(
@@ -293,24 +250,6 @@ class RequestsTransport(Transport):
             url, dest, max_bytes=max_bytes, hops=hops, deadline=deadline, on_answer=on_answer
         )
 
-    def _progress_bar(self, request: Request, total: int) -> tqdm[Any] | None:
-        if request.fields is None or request.fields.get("type") != "final":
-            return None
-        enabled = self._progress
-        if enabled is None:
-            enabled = sys.stderr is not None and sys.stderr.isatty()
-        if not enabled:
-            return None
-        name = request.file.name if request.file is not None else "final"
-        return tqdm(
-            total=total,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=f"Uploading {name}",
-            file=self._progress_file if self._progress_file is not None else sys.stderr,
-        )
-
     def _headers(self, request: Request, body: MultipartBody | None) -> dict[str, str]:
         headers = {
             "x-api-key": self._key.reveal(),
@@ -358,31 +297,31 @@ class RequestsTransport(Transport):
             finally:
                 answer.close()
         except BadAnswer as error:
-            raise self._fail(request, "protocol", str(error)) from None
+            raise self._report.fail(request, "protocol", str(error)) from None
         except FileChangedError as error:
-            raise self._fail(request, "protocol", str(error)) from None
+            raise self._report.fail(request, "protocol", str(error)) from None
         except FileReadError as error:
             raise error.error from None
         except requests.RequestException as error:
-            kind, reason = self._explain(error)
+            kind, reason = self._report.explain(error)
             # Not chained: the library's exception may quote what the server sent.
-            raise self._fail(request, kind, reason) from None
+            raise self._report.fail(request, kind, reason) from None
         except (OSError, HTTPException, urllib3.exceptions.HTTPError) as error:
             # requests wraps these; this is for the odd one a future version lets through.
-            kind, reason = self._explain(error)
-            raise self._fail(request, kind, reason) from None
+            kind, reason = self._report.explain(error)
+            raise self._report.fail(request, kind, reason) from None
         finally:
             self._deadline.clear()
         status = answer.status_code
         if 300 <= status < 400:
-            envelope: Mapping[str, Any] = self._redirected(request, status, answer.headers)
+            envelope: Mapping[str, Any] = self._report.redirected(request, status, answer.headers)
         else:
             try:
                 envelope = decode(
-                    status, answer.headers.get("Content-Type"), content, secret=self._secret()
+                    status, answer.headers.get("Content-Type"), content, secret=self._report.secret
                 )
             except BadAnswer as error:
-                raise self._fail(request, "protocol", str(error)) from None
+                raise self._report.fail(request, "protocol", str(error)) from None
         response = Response(
             status=status,
             body=envelope,
@@ -400,43 +339,3 @@ class RequestsTransport(Transport):
             retry_after=response.retry_after,
         )
         return response
-
-    def _redirected(
-        self, request: Request, status: int, headers: Mapping[str, str]
-    ) -> dict[str, Any]:
-        """The envelope of a redirect, which is never followed: it says where it pointed."""
-        location, envelope = redirect_envelope(
-            headers, secret=self._secret(), netloc=urlsplit(self._root).netloc
-        )
-        log.warning(
-            "http.redirect",
-            method=request.method,
-            path=request.path,
-            status=status,
-            location=location,
-        )
-        return envelope
-
-    def _explain(self, error: BaseException) -> tuple[ErrorKind, str]:
-        """The error kind of a requests failure and a short reason without the URL."""
-        return explain(
-            error,
-            host=urlsplit(self._root).netloc,
-            deadline=self._deadline,
-            connect_timeout=self._connect_timeout,
-            read_timeout=self._read_timeout,
-        )
-
-    def _fail(self, request: Request, kind: ErrorKind, reason: str) -> TransportError:
-        """Log a failed request and make its error; the message never holds the key."""
-        reason = self._redact(reason)
-        log.info("http.error", method=request.method, path=request.path, kind=kind, reason=reason)
-        return TransportError(kind, f"{request.method} {request.path}: {reason}", url=self._root)
-
-    def _secret(self) -> str | None:
-        key = getattr(self, "_key", None)
-        return key.reveal() if isinstance(key, Secret) else None
-
-    def _redact(self, text: str) -> str:
-        """``text`` without the API key or any run of 8 of its characters, wherever put."""
-        return redact(text, self._secret())

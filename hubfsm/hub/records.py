@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import datetime
+import operator
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from hubfsm.hub.store import ModelRecord
+
+# ModelRecord's __init__ takes its fields in this order (none is keyword-only).
+_INIT = [field for field in attrs.fields(ModelRecord) if field.init]
+assert not any(field.kw_only for field in _INIT)
+_VALUES = operator.attrgetter(*(field.name for field in _INIT))
+_POSITION = {field.alias or field.name: index for index, field in enumerate(_INIT)}
+
+
+def evolve(record: ModelRecord, **changes: Any) -> ModelRecord:
+    """``attrs.evolve`` for model records, a few times faster.
+
+    Every metrics upload and heartbeat replaces the record, and ``attrs.evolve`` (which
+    looks up each field by name) showed in simulated sessions. This reads all fields in
+    one call and passes them by position; the record's converters still run.
+    """
+    values = list(_VALUES(record))
+    for name, value in changes.items():
+        values[_POSITION[name]] = value
+    return ModelRecord(*values)
 
 
 def view(record: ModelRecord, resume: str | None, best: str | None) -> dict[str, Any]:
@@ -67,7 +87,7 @@ def view(record: ModelRecord, resume: str | None, best: str | None) -> dict[str,
 def after_metrics(record: ModelRecord, epochs: Mapping[int, str], now: float) -> ModelRecord:
     """The record after metrics of ``epochs`` arrived."""
     highest = max(epochs) if record.metrics_epoch is None else max(record.metrics_epoch, *epochs)
-    return attrs.evolve(
+    return evolve(
         record,
         status="training" if record.status == "new" else record.status,
         metrics_epoch=highest,
@@ -78,7 +98,7 @@ def after_metrics(record: ModelRecord, epochs: Mapping[int, str], now: float) ->
 
 def after_heartbeat(record: ModelRecord, agent_id: str, agent: str, now: float) -> ModelRecord:
     """The record after a heartbeat from ``agent``."""
-    return attrs.evolve(
+    return evolve(
         record,
         agent_id=agent_id,
         status="training" if record.status == "new" else record.status,
@@ -94,7 +114,7 @@ def after_upload(
     """The record after an epoch checkpoint or the final weights arrived."""
     started = record.started_at if record.started_at is not None else now
     if upload_type == "epoch":
-        return attrs.evolve(
+        return evolve(
             record,
             status="training" if record.status == "new" else record.status,
             has_last_weights=True,
@@ -102,7 +122,7 @@ def after_upload(
             started_at=started,
             updated_at=now,
         )
-    return attrs.evolve(
+    return evolve(
         record,
         status="trained",
         has_best_weights=True,

@@ -1,0 +1,84 @@
+"""Which API keys the hub accepts: adding and revoking them, and whose key a request bears.
+
+:class:`KeyAdmin` is the key side of :class:`~hubfsm.hub.domain.Hub`. The store keeps a
+digest of each key (see :mod:`hubfsm.hub.keys`), never the key itself; ``hubfsm hub keys``
+and the server's start-up go through these methods, and every request through
+:meth:`KeyAdmin.principal`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import attrs
+
+from hubfsm.hub import keys
+from hubfsm.hub.keys import KeyRecord
+from hubfsm.hub.store import Store
+
+#: How many keys' digests the hub remembers before it starts over.
+DIGESTS_KEPT = 64
+
+
+class KeyAdmin:
+    """The hub's API keys (a part of :class:`~hubfsm.hub.domain.Hub`)."""
+
+    store: Store
+    clock: Callable[[], float]
+    _lock: threading.RLock
+    # Key -> digest: every request carries the key, and hashing it each time showed up
+    # in simulated sessions. Bounded; the digest is what the store is asked about.
+    _digests: dict[str, str]
+
+    def add_key(self, key: str, label: str = "") -> KeyRecord:
+        """Accept ``key`` from now on (again, if it was revoked)."""
+        record = keys.record_for(key, label=label, now=self.clock())
+        with self._lock, self.store.transaction():
+            known = self.store.get_key(record.digest)
+            if known is not None:
+                record = attrs.evolve(known, revoked_at=None)
+            self.store.put_key(record)
+        return record
+
+    def ensure_key(self, key: str, label: str = "") -> KeyRecord:
+        """Accept ``key`` unless the hub knows it already (a revoked key stays revoked)."""
+        with self._lock:
+            known = self.store.get_key(keys.digest(key))
+            return known if known is not None else self.add_key(key, label)
+
+    def revoke_key(self, key: str) -> None:
+        """Refuse ``key`` from now on (401)."""
+        known = self.store.get_key(keys.digest(key))
+        if known is not None:
+            self.revoke(known.id)
+
+    def revoke(self, key_id: str) -> KeyRecord | None:
+        """Refuse the key with id ``key_id`` from now on; the revoked record, or None."""
+        with self._lock, self.store.transaction():
+            for known in self.store.list_keys():
+                if known.id == key_id:
+                    if known.revoked_at is None:
+                        known = attrs.evolve(known, revoked_at=self.clock())
+                        self.store.put_key(known)
+                    return known
+        return None
+
+    def list_keys(self) -> list[KeyRecord]:
+        """Every key the hub knows, revoked ones too, oldest first."""
+        with self._lock:
+            return self.store.list_keys()
+
+    def principal(self, api_key: str | None) -> str | None:
+        """The id of a valid ``api_key``, or None for a missing, unknown or revoked one."""
+        if not api_key or len(api_key) > 200:
+            return None
+        digests = self._digests
+        key_digest = digests.get(api_key)
+        if key_digest is None:
+            if len(digests) >= DIGESTS_KEPT:  # a client trying many keys gains nothing
+                digests.clear()
+            key_digest = digests[api_key] = keys.digest(api_key)
+        with self._lock:
+            known = self.store.get_key(key_digest)
+        return known.id if known is not None and known.revoked_at is None else None
