@@ -28,6 +28,10 @@ custom callbacks, so there, as with ultralytics' own HUB client, nothing reaches
 A failure to open the session raises (nothing is trained yet, and the key or the model
 needs fixing); a hub failure later is logged and leaves the data pending, so training
 goes on (unless ``strict=True``).
+
+The callbacks are :class:`~hubfsm.integrations.ultralytics_callbacks.UltralyticsCallbacks`;
+``install()`` and the ``HUBTrainingSession`` stand-in are in
+:mod:`~hubfsm.integrations.ultralytics_hub`; all are importable from here.
 """
 
 from __future__ import annotations

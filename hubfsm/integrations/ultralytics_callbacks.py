@@ -47,7 +47,7 @@ class UltralyticsCallbacks:
 
     Args:
         session: A session to use, or an identifier to open one from, or None to take
-            the trainer's model (see the module's docs).
+            the trainer's model (see :mod:`hubfsm.integrations.ultralytics`).
         api_key: The API key; else the identifier's (or the one ultralytics' own
             session was given); else the one in ultralytics' settings; else ``HUB_API_KEY``.
         transport: Where requests go (tests pass an in-memory transport).
