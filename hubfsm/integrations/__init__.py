@@ -1,10 +1,13 @@
 """Integrations with training frameworks.
 
 - :mod:`hubfsm.integrations.ultralytics`: callbacks for ultralytics' trainers
-  (``add_callbacks(model)``), in place of ultralytics' own HUB callbacks, and
-  ``install()``, which makes ultralytics 8.2/8.3 use hubfsm's ``HUBTrainingSession``
-  (:mod:`hubfsm.integrations.ultralytics_hub`) so ``YOLO(model_url).train()`` runs
-  through hubfsm.
+  (``add_callbacks(model)``, bound by
+  :mod:`~hubfsm.integrations.ultralytics_callbacks`), in place of ultralytics' own HUB
+  callbacks, and ``install()`` (:mod:`hubfsm.integrations.ultralytics_hub`), which makes
+  ultralytics 8.2/8.3 use hubfsm's ``HUBTrainingSession``
+  (:mod:`hubfsm.integrations.ultralytics_session`) so ``YOLO(model_url).train()`` runs
+  through hubfsm. What these read from ultralytics' objects is in
+  :mod:`hubfsm.integrations.ultralytics_objects`.
 - :mod:`hubfsm.integrations.callbacks`: :class:`~hubfsm.integrations.callbacks.TrainingCallbacks`
   for any other training loop.
 

@@ -28,40 +28,28 @@ custom callbacks, so there, as with ultralytics' own HUB client, nothing reaches
 A failure to open the session raises (nothing is trained yet, and the key or the model
 needs fixing); a hub failure later is logged and leaves the data pending, so training
 goes on (unless ``strict=True``).
+
+The callbacks are :class:`~hubfsm.integrations.ultralytics_callbacks.UltralyticsCallbacks`;
+``install()`` and the ``HUBTrainingSession`` stand-in are in
+:mod:`~hubfsm.integrations.ultralytics_hub`; all are importable from here.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Mapping
-from typing import Any, TypeAlias
+from typing import Any
 
 from hubfsm.core.engine import CoreConfig
-from hubfsm.core.identifier import parse_identifier
-from hubfsm.integrations.callbacks import TrainingCallbacks
+from hubfsm.integrations.ultralytics_callbacks import SessionSource, UltralyticsCallbacks
 from hubfsm.integrations.ultralytics_hub import (
     CREATE_ARGS,
     HUBTrainingSession,
     install,
     installed,
-    settings_key,
     uninstall,
 )
-from hubfsm.integrations.ultralytics_objects import (
-    DETACHED,
-    EVENTS,
-    MAP_KEY,
-    Claimed,
-    Detached,
-    model_info,
-    official_key,
-    official_model_id,
-)
-from hubfsm.logs import get_logger
-from hubfsm.runtime.opener import TrainingSession
-from hubfsm.runtime.opener import open as open_session
-from hubfsm.runtime.session import Session
+from hubfsm.integrations.ultralytics_objects import DETACHED, EVENTS, MAP_KEY, Claimed, model_info
 from hubfsm.transport import Transport
 
 __all__ = [
@@ -78,278 +66,10 @@ __all__ = [
     "uninstall",
 ]
 
-log = get_logger("hubfsm")
-
-_SessionSource: TypeAlias = TrainingSession | str | os.PathLike[str] | None
-
-
-class UltralyticsCallbacks:
-    """The callbacks, bound to one session (opened lazily unless given).
-
-    Args:
-        session: A session to use, or an identifier to open one from, or None to take
-            the trainer's model (see the module's docs).
-        api_key: The API key; else the identifier's (or the one ultralytics' own
-            session was given); else the one in ultralytics' settings; else ``HUB_API_KEY``.
-        transport: Where requests go (tests pass an in-memory transport).
-        config: Limits and retry policies of the core.
-        api_root: The API root for the default HTTP transport.
-        web_root: The web root for model URLs.
-        open_timeout: Seconds to wait for the hub to load or create the model.
-        finish_timeout: Seconds ``on_train_end`` waits for the final upload.
-        strict: Raise hub errors during training instead of logging them.
-        model_info: Returns the model's info merged into epoch 0's metrics; by default
-            ultralytics' ``model_info_for_loggers``.
-        train_args: For a new model, values that replace the trainer's arguments.
-    """
-
-    def __init__(
-        self,
-        session: _SessionSource = None,
-        *,
-        api_key: str | None = None,
-        transport: Transport | None = None,
-        config: CoreConfig | None = None,
-        api_root: str | None = None,
-        web_root: str | None = None,
-        open_timeout: float = 120.0,
-        finish_timeout: float = 3600.0,
-        strict: bool = False,
-        model_info: Callable[[Any], Mapping[str, Any]] = model_info,
-        train_args: Mapping[str, Any] | None = None,
-    ) -> None:
-        self._given: TrainingSession | None = None
-        self._identifier: str | None = None
-        if isinstance(session, (str, os.PathLike)):
-            self._identifier = os.fspath(session)
-        elif session is not None:
-            self._given = session
-        self._api_key = api_key
-        self._transport = transport
-        self._config = config
-        self._api_root = api_root
-        self._web_root = web_root
-        self._open_timeout = open_timeout
-        self._finish_timeout = finish_timeout
-        self._strict = strict
-        self._model_info = model_info
-        self._train_args = dict(train_args or {})
-        self._hub: TrainingCallbacks | None = None
-        self._owned = False
-        self._official_key: str | None = None
-        self._trained_epoch: int | None = None
-        #: The arguments the user passed to ``Model.train`` (set by :func:`add_callbacks`
-        #: on a model), so a new model's record gets them as given, not as resolved.
-        self.user_args: dict[str, Any] | None = None
-
-    @property
-    def session(self) -> TrainingSession | None:
-        """The session in use; None before training starts (or after an owned one closed)."""
-        return None if self._hub is None else self._hub.session
-
-    def __repr__(self) -> str:
-        return f"<UltralyticsCallbacks session={self.session!r}>"
-
-    def callbacks(self) -> dict[str, Callable[[Any], None]]:
-        """The callbacks by ultralytics event name."""
-        return {
-            "on_pretrain_routine_start": self.on_pretrain_routine_start,
-            "on_pretrain_routine_end": self.on_pretrain_routine_end,
-            "on_train_start": self.on_train_start,
-            "on_train_epoch_end": self.on_train_epoch_end,
-            "on_fit_epoch_end": self.on_fit_epoch_end,
-            "on_model_save": self.on_model_save,
-            "on_train_end": self.on_train_end,
-            "teardown": self.teardown,
-            "on_val_start": self.on_val_start,
-            "on_predict_start": self.on_predict_start,
-            "on_export_start": self.on_export_start,
-        }
-
-    # -- the events -----------------------------------------------------------------
-
-    def on_pretrain_routine_start(self, trainer: Any) -> None:
-        """Open the session (its model is loaded or created) and start it."""
-        self._ensure(trainer)
-
-    def on_pretrain_routine_end(self, trainer: Any) -> None:
-        """Make sure the session runs (ultralytics starts its rate-limit timers here)."""
-        self._ensure(trainer)
-
-    def on_train_epoch_end(self, trainer: Any) -> None:
-        """Note the epoch that trained (the final validation may be reported after it)."""
-        self._trained_epoch = int(trainer.epoch)
-
-    def on_fit_epoch_end(self, trainer: Any) -> None:
-        """Queue the epoch's losses and validation metrics (and at epoch 0 the model info).
-
-        The final validation of ``best.pt`` replaces the last epoch's row, as ultralytics
-        8.2/8.3 send it; 8.4 reports it one epoch later (a step of its own for its
-        loggers), which on the hub would be an epoch that never trained.
-        """
-        hub = self._ensure(trainer)
-        epoch = int(trainer.epoch)
-        if self._trained_epoch is not None and epoch > self._trained_epoch:
-            epoch = self._trained_epoch
-        losses = trainer.label_loss_items(trainer.tloss, prefix="train")
-        metrics: dict[str, Any] = dict(losses) if isinstance(losses, Mapping) else {}
-        metrics.update(trainer.metrics or {})
-        if epoch == 0:
-            try:
-                metrics.update(self._model_info(trainer))
-            except Exception as exc:  # extra information only: never worth stopping training
-                log.info("ultralytics.model_info_skipped", error=f"{type(exc).__name__}: {exc}")
-        hub.on_epoch_end(epoch, metrics)
-
-    def on_model_save(self, trainer: Any) -> None:
-        """Offer ``trainer.last``; the first goes at once, later ones within the rate limit."""
-        hub = self._ensure(trainer)
-        is_best = bool(trainer.best_fitness == trainer.fitness)
-        hub.on_checkpoint(trainer.last, int(trainer.epoch), is_best)
-
-    def on_train_end(self, trainer: Any) -> None:
-        """Upload ``trainer.best`` with its mAP50-95 and wait until the hub has it."""
-        hub = self._ensure(trainer)
-        best = trainer.best
-        if not os.path.exists(best) and os.path.exists(trainer.last):
-            log.warning("ultralytics.best_missing", best=os.fspath(best), using="last")
-            best = trainer.last
-        map50_95 = (trainer.metrics or {}).get(MAP_KEY, 0)
-        try:
-            done = hub.on_train_end(best, map50_95, epoch=int(trainer.epoch))
-        finally:
-            if self._owned:
-                self._release()
-        if done and isinstance(hub.session, Session):
-            log.info("ultralytics.done", model_id=hub.session.model_id, url=hub.session.model_url)
-
-    def teardown(self, trainer: Any) -> None:
-        """Close a session the callbacks opened that training did not finish."""
-        if self._owned:
-            self._release()
-
-    def on_train_start(self, trainer: Any) -> None:
-        """Nothing to do (ultralytics sends usage analytics here)."""
-
-    def on_val_start(self, validator: Any) -> None:
-        """Nothing to do (ultralytics sends usage analytics here)."""
-
-    def on_predict_start(self, predictor: Any) -> None:
-        """Nothing to do (ultralytics sends usage analytics here)."""
-
-    def on_export_start(self, exporter: Any) -> None:
-        """Nothing to do (ultralytics sends usage analytics here)."""
-
-    # -- inside ---------------------------------------------------------------------
-
-    def _ensure(self, trainer: Any) -> TrainingCallbacks:
-        official = getattr(trainer, "hub_session", None)
-        adopted: Session | None = None
-        official_id: str | None = None
-        if official is not None and not isinstance(official, Detached):
-            # Both clients would upload everything twice. ultralytics' callbacks look the
-            # session up on the trainer at every event: a falsy marker silences them, and
-            # (unlike None) keeps 8.3's callbacks from opening a session of their own.
-            trainer.hub_session = DETACHED
-            if isinstance(official, HUBTrainingSession):
-                # hubfsm's own drop-in holds the model's session: use it, as a second
-                # session on the model would find its outbox locked.
-                session, official.session = official.session, None
-                if self._given is None and self._identifier is None and self._hub is None:
-                    adopted = session
-                elif session is not None:
-                    session.close()
-            elif not isinstance(official, Claimed):
-                official_id = official_model_id(official)
-                self._official_key = official_key(official)
-                stop = getattr(getattr(official, "model", None), "stop_heartbeat", None)
-                if callable(stop):
-                    stop()
-                log.info("ultralytics.hub_session_detached", model_id=official_id)
-        if self._hub is None:
-            if adopted is not None:
-                self._owned = True
-                self._hub = TrainingCallbacks(
-                    adopted,
-                    close_at_end=False,
-                    finish_timeout=self._finish_timeout,
-                    strict=self._strict,
-                )
-            elif self._given is not None:
-                self._hub = TrainingCallbacks(
-                    self._given, finish_timeout=self._finish_timeout, strict=self._strict
-                )
-            else:
-                self._hub = self._open(trainer, official_id)
-        self._hub.on_train_start()
-        return self._hub
-
-    def _open(self, trainer: Any, official_id: str | None) -> TrainingCallbacks:
-        identifier = self._identifier or official_id
-        args = getattr(trainer, "args", None)
-        if identifier is None:
-            model = getattr(args, "model", None)
-            if not isinstance(model, (str, os.PathLike)):
-                raise TypeError(
-                    "add_callbacks: no identifier given and the trainer's args.model is "
-                    f"{type(model).__name__}, not a model file name"
-                )
-            identifier = os.fspath(model)
-        if self.user_args is not None:
-            # What the user passed to Model.train, as the official client sends it: the
-            # data string as given, the official defaults for what was not given.
-            train_args = {n: self.user_args[n] for n in CREATE_ARGS if n in self.user_args}
-            data = getattr(args, "data", None)
-            if "data" not in train_args and data is not None:
-                train_args["data"] = data
-        else:
-            train_args = {
-                name: getattr(args, name)
-                for name in CREATE_ARGS
-                if getattr(args, name, None) is not None
-            }
-        train_args.update(self._train_args)
-        parsed = parse_identifier(identifier, web_root=self._web_root)
-        api_key = self._api_key or self._official_key
-        if api_key is None and self._transport is None and parsed.api_key is None:
-            # ultralytics 8.2.0's order: the identifier's key, then its settings, then
-            # HUB_API_KEY (which the session reads last).
-            api_key = settings_key()
-        session = open_session(
-            identifier,
-            api_key=api_key,
-            transport=self._transport,
-            config=self._config,
-            api_root=self._api_root,
-            web_root=self._web_root,
-            open_timeout=self._open_timeout,
-            # The trainer's arguments only shape a new model; a loaded one has its own.
-            **(train_args if parsed.filename is not None else {}),
-        )
-        self._owned = True
-        if isinstance(session, Session):
-            log.info(
-                "ultralytics.session_opened",
-                model_id=session.model_id,
-                url=session.model_url,
-                state=session.state,
-            )
-        return TrainingCallbacks(
-            session, close_at_end=False, finish_timeout=self._finish_timeout, strict=self._strict
-        )
-
-    def _release(self) -> None:
-        """Close the owned session (once); a later training opens a new one."""
-        self._trained_epoch = None
-        hub, self._hub = self._hub, None
-        self._owned = False
-        if hub is not None:
-            hub.close()
-
 
 def add_callbacks(
     target: Any,
-    session: _SessionSource = None,
+    session: SessionSource = None,
     *,
     api_key: str | None = None,
     transport: Transport | None = None,

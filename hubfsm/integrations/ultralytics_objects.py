@@ -1,8 +1,9 @@
 """What hubfsm reads from ultralytics' objects, and the markers it leaves on them.
 
-The callbacks in :mod:`hubfsm.integrations.ultralytics` use these; they are apart so
-that what depends on ultralytics' attribute names (and on hub-sdk's, for a session the
-trainer carries) is in one place.
+The callbacks (:mod:`hubfsm.integrations.ultralytics_callbacks`) and the stand-in session
+(:mod:`hubfsm.integrations.ultralytics_session`) use these; they are apart so that what
+depends on ultralytics' names (its events, its trainer's and settings' attributes, and
+hub-sdk's, for a session the trainer carries) is in one place.
 """
 
 from __future__ import annotations
@@ -29,6 +30,44 @@ EVENTS = (
 
 #: The metric sent as the final weights' ``map``.
 MAP_KEY = "metrics/mAP50-95(B)"
+
+#: The trainer arguments that go into a new model's record on the hub.
+CREATE_ARGS = ("data", "epochs", "batch", "imgsz", "patience", "device", "cache")
+
+_MISSING = object()
+
+
+def create_args(source: Any, *, drop_none: bool = False) -> dict[str, Any]:
+    """The :data:`CREATE_ARGS` that ``source`` holds, for a new model's record.
+
+    Args:
+        source: A dict (the keywords given to ``Model.train``) or a namespace (ultralytics'
+            ``IterableSimpleNamespace`` of arguments); None holds nothing.
+        drop_none: Leave out the arguments that are None (a trainer's resolved arguments
+            name every argument, the unset ones as None).
+    """
+    args: dict[str, Any] = {}
+    for name in CREATE_ARGS:
+        if isinstance(source, Mapping):
+            value = source.get(name, _MISSING)
+        else:
+            value = getattr(source, name, _MISSING)
+        if value is not _MISSING and not (drop_none and value is None):
+            args[name] = value
+    return args
+
+
+def settings_key() -> str | None:
+    """The API key in ultralytics' settings (``yolo login``), if ultralytics is loaded."""
+    # Read only when ultralytics is already imported (a trainer is one of its objects):
+    # importing it costs seconds and probes the network.
+    utils = sys.modules.get("ultralytics.utils")
+    settings = getattr(utils, "SETTINGS", None)
+    try:
+        key = settings.get("api_key") if settings is not None else None
+    except Exception:  # a settings object of another shape: no key from it
+        return None
+    return key if isinstance(key, str) and key else None
 
 
 def model_info(trainer: Any) -> Mapping[str, Any]:

@@ -1,0 +1,204 @@
+"""What a simulation profile is made of, and how it draws one seed's scenario.
+
+A :class:`Profile` says how every request may fail (a :class:`~hubfsm.hub.faults.FaultMix`),
+which kinds of time windows change that (:class:`WindowRule`), whether the API key is
+revoked mid-run, which refusals a refusing hub draws (:class:`Refusals`), and how the
+session must end. :meth:`Profile.draw` turns it into one seed's :class:`Scenario`:
+concrete windows on the virtual clock, a revocation time and a :class:`RefusalDraw`.
+The profiles themselves are in :mod:`hubfsm.sim.profiles`.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+import attrs
+
+from hubfsm.hub.faults import FaultMix
+
+__all__ = [
+    "HOUR",
+    "MINUTE",
+    "Expect",
+    "Profile",
+    "RefusalDraw",
+    "Refusals",
+    "Scenario",
+    "Schedule",
+    "Window",
+    "WindowRule",
+]
+
+#: Seconds of the virtual clock in a minute and in an hour.
+MINUTE = 60.0
+HOUR = 3600.0
+
+#: How a session must end: ``done``, or ``refused`` with an :class:`~hubfsm.errors.AuthError`
+#: (sending stopped, every event kept).
+Expect = Literal["done", "auth_refused"]
+
+
+@attrs.frozen
+class Window:
+    """A span of time ``[start, end)`` during which ``mix`` replaces the base fault mix."""
+
+    start: float
+    end: float
+    mix: FaultMix
+    label: str
+
+
+@attrs.frozen
+class WindowRule:
+    """How one kind of window is drawn for each seed.
+
+    Attributes:
+        label: What the window is (``outage``, ``429 burst``, ``partition``).
+        count: ``(lo, hi)``: how many windows, drawn uniformly (both ends included).
+        seconds: ``(lo, hi)``: each window's length, drawn uniformly.
+        mix: The fault mix inside the window.
+    """
+
+    label: str
+    count: tuple[int, int]
+    seconds: tuple[float, float]
+    mix: FaultMix
+
+    @property
+    def unreachable(self) -> bool:
+        """True when no request gets through inside the window (the hub is cut off)."""
+        return self.mix.connection_error + self.mix.timeout >= 1.0
+
+
+@attrs.frozen
+class Schedule:
+    """The fault mix over time: ``base``, except inside a window (the first that matches)."""
+
+    base: FaultMix
+    windows: tuple[Window, ...] = ()
+
+    def at(self, now: float) -> Window | None:
+        """The window in force at ``now``, if any."""
+        for window in self.windows:
+            if window.start <= now < window.end:
+                return window
+        return None
+
+    def mix_at(self, now: float) -> FaultMix:
+        """The fault mix in force at ``now``."""
+        window = self.at(now)
+        return self.base if window is None else window.mix
+
+
+@attrs.frozen
+class Refusals:
+    """The refusals a refusing hub draws for each seed (see the refusal table in the docs).
+
+    Attributes:
+        stops: The answers that stop all sending, one drawn per seed (0: none this seed):
+            401 (key revoked), 302 (a redirect), 404 (model gone), 409 (already trained).
+        stop_at: ``(lo, hi)``: when the stopping answer begins, as a share of the shortest
+            possible training time.
+        bad_epoch: Probability that one drawn epoch's metrics are refused with 400.
+        bad_checkpoint: Probability that one drawn epoch's weights are refused with 422.
+        heartbeat: Probability that heartbeats are refused with 409 from a drawn time on.
+    """
+
+    stops: tuple[int, ...] = (401, 302, 404, 409, 0)
+    stop_at: tuple[float, float] = (0.2, 0.8)
+    bad_epoch: float = 1.0
+    bad_checkpoint: float = 0.5
+    heartbeat: float = 0.5
+
+
+@attrs.frozen
+class RefusalDraw:
+    """One seed's refusals: which answer stops sending and when, and what is refused."""
+
+    stop: int = 0
+    stop_at: float | None = None
+    bad_epoch: int | None = None
+    bad_checkpoint: int | None = None
+    heartbeat_at: float | None = None
+
+
+@attrs.frozen
+class Scenario:
+    """One seed's draw of a profile: the fault schedule, when the key is revoked, refusals."""
+
+    schedule: Schedule
+    revoke_at: float | None = None
+    refusals: RefusalDraw | None = None
+
+
+@attrs.frozen
+class Profile:
+    """A kind of hub and trainer to simulate.
+
+    Attributes:
+        name: The profile's name.
+        summary: What it rehearses, in a line.
+        faults: The fault mix of every request outside any window.
+        windows: The kinds of windows each seed draws, inside the training time.
+        revoke: ``(lo, hi)``: the key is revoked at this share of the shortest possible
+            training time, drawn uniformly; None to keep it valid.
+        epoch_seconds: The range of an epoch's virtual duration.
+        patience: Virtual seconds the trainer waits for the hub to open the session, and
+            for the final upload.
+        http_faults: The server-side fault mix of ``--http`` runs, on a scaled-down clock.
+        expect: How every session must end.
+        crashes: ``(lo, hi)``: how many times the process dies, each time right after a
+            request left (it may land; its answer is lost), and restarts from its outbox.
+        refusals: The refusals a refusing hub draws per seed; None for a hub that
+            refuses nothing (beyond a revoked key).
+        abandon: The chance that, in a profile with crashes, the trainer's last life is
+            killed between two of its calls and does not come back: ``hubfsm sync``
+            then sends what the outbox and the journal hold.
+    """
+
+    name: str
+    summary: str
+    faults: FaultMix = FaultMix()
+    windows: tuple[WindowRule, ...] = ()
+    revoke: tuple[float, float] | None = None
+    epoch_seconds: tuple[float, float] = (20.0, 60.0)
+    patience: float = 7200.0
+    http_faults: FaultMix = FaultMix()
+    expect: Expect = "done"
+    crashes: tuple[int, int] = (0, 0)
+    refusals: Refusals | None = None
+    abandon: float = 0.0
+
+    @property
+    def max_latency(self) -> float:
+        """The longest latency any request may get, in or out of windows."""
+        return max([self.faults.latency[1], *(rule.mix.latency[1] for rule in self.windows)])
+
+    def draw(self, rng: random.Random, *, start: float, epochs: int) -> Scenario:
+        """Draw one seed's scenario for a run of ``epochs`` epochs starting at ``start``.
+
+        Windows and the revocation fall inside the shortest possible training time, so
+        they always hit the session; a profile's ``patience`` outlasts its longest window.
+        """
+        horizon = max(1, epochs) * self.epoch_seconds[0]
+        windows = []
+        for rule in self.windows:
+            for _ in range(rng.randint(*rule.count)):
+                begin = start + rng.uniform(0.0, horizon)
+                windows.append(
+                    Window(begin, begin + rng.uniform(*rule.seconds), rule.mix, rule.label)
+                )
+        windows.sort(key=lambda w: (w.start, w.end))
+        revoke_at = None if self.revoke is None else start + rng.uniform(*self.revoke) * horizon
+        refusals = None
+        spec = self.refusals
+        if spec is not None:
+            stop = rng.choice(spec.stops)
+            at = start + rng.uniform(*spec.stop_at) * horizon
+            last = max(1, epochs) - 1
+            bad_epoch = rng.randint(0, last) if rng.random() < spec.bad_epoch else None
+            bad_ckpt = rng.randint(0, last) if rng.random() < spec.bad_checkpoint else None
+            beat = rng.uniform(start, start + horizon) if rng.random() < spec.heartbeat else None
+            refusals = RefusalDraw(stop, at if stop else None, bad_epoch, bad_ckpt, beat)
+        return Scenario(Schedule(self.faults, tuple(windows)), revoke_at, refusals)
