@@ -22,6 +22,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from hubfsm.core.plain import plain
 from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger
 from hubfsm.runtime.opener import TrainingSession
@@ -31,37 +32,6 @@ __all__ = ["TrainingCallbacks", "plain"]
 log = get_logger("hubfsm")
 
 _UNSTARTED = ("created", "loaded")
-
-
-def plain(value: Any) -> Any:
-    """Turn a metric value into what JSON encodes: numpy and torch scalars become numbers.
-
-    Args:
-        value: A number, a string, an array or tensor, or a list or dict of those.
-
-    Returns:
-        The same value made of ``bool``, ``int``, ``float``, ``str``, ``None``, lists and
-        dicts; anything else becomes its ``str``.
-    """
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    # numpy scalars and one-element arrays or tensors (on any device) have item(); larger
-    # arrays and tensors have tolist().
-    for method in ("item", "tolist"):
-        convert = getattr(value, method, None)
-        if callable(convert):
-            try:
-                return plain(convert())
-            except (TypeError, ValueError, RuntimeError):
-                pass
-    try:
-        return float(value)
-    except (TypeError, ValueError, RuntimeError):
-        return str(value)
 
 
 def _number(value: Any) -> float:

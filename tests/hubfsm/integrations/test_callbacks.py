@@ -1,13 +1,12 @@
 from __future__ import annotations
 
 import hashlib
-import math
 
 import pytest
 import structlog
 
 import hubfsm
-from hubfsm.integrations.callbacks import TrainingCallbacks, plain
+from hubfsm.integrations.callbacks import TrainingCallbacks
 from hubfsm.runtime.distributed import NullSession
 
 
@@ -19,36 +18,6 @@ class Scalar:
 
     def item(self):
         return self.value
-
-
-class Array:
-    """Like a numpy array or a tensor of several elements."""
-
-    def __init__(self, values):
-        self.values = values
-
-    def item(self):
-        raise ValueError("only one element tensors can be converted to Python scalars")
-
-    def tolist(self):
-        return list(self.values)
-
-
-class Opaque:
-    def __str__(self):
-        return "opaque"
-
-
-def test_plain_turns_framework_scalars_into_json_values():
-    assert plain({"a": Scalar(1.5), "b": [Scalar(2), (3, None)], "c": True}) == {
-        "a": 1.5,
-        "b": [2, [3, None]],
-        "c": True,
-    }
-    assert plain(Opaque()) == "opaque"
-    assert plain(Array([Scalar(1), 2.5])) == [1, 2.5]
-    assert plain(Scalar(Scalar(4))) == 4
-    assert math.isnan(plain(float("nan")))
 
 
 def test_a_loop_reports_through_the_callbacks(hub, transport, tmp_path, kit):
