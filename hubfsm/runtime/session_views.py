@@ -20,7 +20,7 @@ from hubfsm.durable.journal import InboxItem, queued_epoch
 from hubfsm.errors import HubfsmError
 from hubfsm.runtime.driver import Driver
 from hubfsm.runtime.durability import Durability
-from hubfsm.runtime.weights import download_plan_weights, plan_of
+from hubfsm.runtime.weights import download_newest_weights, plan_of
 
 
 class SessionViews:
@@ -33,6 +33,9 @@ class SessionViews:
     _inbox: collections.deque[InboxItem]
     _durability: Durability | None
     _create_args: dict[str, Any]
+    #: The record as last read, once a download had to read it again (else the core's).
+    _record: Mapping[str, Any] | None = None
+    _next_epoch: int
 
     @property
     def state(self) -> str:
@@ -51,13 +54,16 @@ class SessionViews:
 
     @property
     def record(self) -> Mapping[str, Any]:
-        """The model record the hub sent when the model was loaded."""
-        return self._core.record
+        """The model record the hub sent when the model was loaded.
+
+        After :meth:`download_weights` found the weights replaced, the record read then.
+        """
+        return self._core.record if self._record is None else self._record
 
     @property
     def resume_url(self) -> str | None:
         """Where the hub keeps the last epoch weights, when training can resume from them."""
-        record = self._core.record
+        record = self.record
         url = record.get("resume")
         return url if record.get("has_last_weights") and isinstance(url, str) else None
 
@@ -75,7 +81,7 @@ class SessionViews:
             RecordError: The record lacks what training needs (e.g. the dataset is
                 still processing).
         """
-        return plan_of(self.identifier, self._create_args, self._core.record)
+        return plan_of(self.identifier, self._create_args, self.record)
 
     def download_weights(
         self,
@@ -96,18 +102,32 @@ class SessionViews:
             The local weights file, or None when the plan starts from an architecture
             or a local file.
 
+        When this session has delivered newer last weights (a checkpoint the killed run
+        left in the outbox) before this call, the hub may no longer have the ones the
+        plan named: then the newer ones are downloaded, and :attr:`plan` and
+        :attr:`record` say so from then on.
+
         Raises:
             DownloadError: The download failed or did not match the expected size/digest.
         """
-        return download_plan_weights(
-            self.plan,
-            self._core.record,
+        record = self.record
+        path, used = download_newest_weights(
+            self.identifier,
+            self._create_args,
+            record,
             self._driver.transport,
             model_id=self._core.model_id,
             cache_dir=cache_dir,
             progress=progress,
             deadline=deadline,
         )
+        if used is not record:
+            self._record = used
+            resume_epoch = self.plan.resume_epoch
+            if resume_epoch is not None:
+                # Epochs logged without numbers follow the newer checkpoint's.
+                self._next_epoch = max(self._next_epoch, resume_epoch)
+        return path
 
     @property
     def outbox_dir(self) -> Path | None:

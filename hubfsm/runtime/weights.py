@@ -12,9 +12,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hubfsm.core import protocol
 from hubfsm.core.identifier import Identifier
 from hubfsm.core.plan import TrainingPlan, plan_for_file, plan_from_record
-from hubfsm.transport import Downloader, Transport
+from hubfsm.logs import get_logger
+from hubfsm.transport import Downloader, Transport, TransportError
+
+log = get_logger("hubfsm")
 
 
 def plan_of(
@@ -60,3 +64,68 @@ def download_plan_weights(
         progress=progress,
         deadline=deadline,
     )
+
+
+def download_newest_weights(
+    identifier: Identifier,
+    create_args: Mapping[str, Any],
+    record: Mapping[str, Any],
+    transport: Transport,
+    *,
+    model_id: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+    progress: bool,
+    deadline: float,
+) -> tuple[Path | None, Mapping[str, Any]]:
+    """Download the weights the plan from ``record`` names, or newer ones that replaced them.
+
+    A resumed session delivers what the last run left in its outbox, a pending checkpoint
+    too, possibly before the trainer asks for the weights: the hub then keeps newer last
+    weights than the record read at opening names, and the old ones may be gone. So when
+    last weights fail to download, the record is read again, and if it names other
+    weights, those are downloaded: training resumes from the newest checkpoint.
+
+    Returns:
+        The weights file (None when the plan needs none) and the record it planned from.
+
+    Raises:
+        DownloadError: The download failed, and the hub names no other weights.
+    """
+    from hubfsm.runtime.download import DownloadError
+
+    plan = plan_of(identifier, create_args, record)
+    options: dict[str, Any] = {
+        "model_id": model_id,
+        "cache_dir": cache_dir,
+        "progress": progress,
+        "deadline": deadline,
+    }
+    try:
+        return download_plan_weights(plan, record, transport, **options), record
+    except DownloadError:
+        if plan.kind != "resume" or model_id is None:
+            raise
+        fresh = read_record(transport, model_id)
+        if fresh is None:
+            raise
+        fresh_plan = plan_of(identifier, create_args, fresh)
+        names = (fresh_plan.weights_url, fresh.get("resume_sha256"))
+        if fresh_plan.kind != "resume" or names == (plan.weights_url, record.get("resume_sha256")):
+            raise
+    log.info("weights.replaced", model_id=model_id, resume_epoch=fresh_plan.resume_epoch)
+    return download_plan_weights(fresh_plan, fresh, transport, **options), fresh
+
+
+def read_record(transport: Transport, model_id: str) -> dict[str, Any] | None:
+    """The model record as the hub has it now, or None when it does not give it."""
+    try:
+        response = transport.send(protocol.get_model(model_id))
+    except TransportError:
+        return None
+    if not response.ok or not isinstance(response.data, Mapping):
+        return None
+    try:
+        protocol.check_record(response.data, model_id, response=response)
+    except protocol.HubProtocolError:
+        return None
+    return dict(response.data)

@@ -287,7 +287,10 @@ def test_a_run_killed_mid_training_resumes_from_the_hubs_last_weights(rig, with_
     logs = "".join(
         (rig.root / "second" / name).read_text(errors="replace") for name in ("out.log", "err.log")
     )
-    assert "Resuming training" in logs and "from epoch 2 to 3" in logs
+    # From the hub's epoch 0 weights, or from epoch 1's when the second run delivered the
+    # checkpoint the first one left in its outbox before ultralytics asked for weights.
+    assert "Resuming training" in logs
+    assert "from epoch 2 to 3" in logs or "from epoch 3 to 3" in logs
     # ultralytics resumed from the last weights hubfsm downloaded into its cache
     cached = list((rig.root / "cache").rglob("*.pt"))
     assert len(cached) == 1 and oct(cached[0].stat().st_mode & 0o777) == "0o600"
