@@ -29,6 +29,8 @@ from typing import Any
 
 from hubfsm import env
 from hubfsm.core.identifier import Identifier
+from hubfsm.core.plan import TrainingPlan
+from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger
 
 __all__ = ["NullSession", "global_rank", "is_main_process"]
@@ -113,6 +115,40 @@ class NullSession:
         """Always None: nothing is kept."""
         return None
 
+    @property
+    def plan(self) -> TrainingPlan:
+        """Not known here: only rank 0 reads the model record.
+
+        Raises:
+            HubfsmError: Always, saying to read the plan on rank 0 and share it.
+        """
+        raise self._rank_zero_only("plan")
+
+    def download_weights(
+        self,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        progress: bool = True,
+        deadline: float = 1800.0,
+    ) -> Path | None:
+        """Not here: only rank 0 knows which weights the plan starts from.
+
+        Raises:
+            HubfsmError: Always, saying to download on rank 0 and share the path.
+        """
+        raise self._rank_zero_only("weights")
+
+    def _rank_zero_only(self, what: str) -> HubfsmError:
+        # Training from nothing because another rank returned None would be silent harm.
+        return HubfsmError(
+            f"rank {self.rank} has no hub session, so no {what}: read it on rank 0 and "
+            "share it with the other ranks (e.g. torch.distributed.broadcast_object_list)"
+        )
+
+    def rejected(self) -> list[str]:
+        """Always empty: nothing was sent."""
+        return []
+
     def pending(self) -> dict[str, int]:
         """Always nothing."""
         return {"metrics": 0, "checkpoint": 0, "final": 0}
@@ -146,6 +182,9 @@ class NullSession:
         map50_95: float = 0.0,
         timeout: float = 3600.0,
     ) -> None:
+        """Do nothing."""
+
+    def finish_pending(self, *, timeout: float = 3600.0) -> None:
         """Do nothing."""
 
     def flush(self, *, timeout: float) -> bool:
