@@ -15,9 +15,8 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import attrs
 
@@ -34,6 +33,7 @@ from hubfsm.runtime.inline import SimRunner, VirtualClock
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
 from hubfsm.runtime.sync import sync
+from hubfsm.sim.bugs import NO_BUGS, Bugs
 from hubfsm.sim.crash import RESTART_SECONDS, Crash, DyingTransport
 from hubfsm.sim.invariants import Checker
 from hubfsm.sim.memdisk import MemoryDisk
@@ -63,24 +63,6 @@ _ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 def _token(rng: random.Random, n: int) -> str:
     return "".join(rng.choice(_ALNUM) for _ in range(n))
-
-
-@attrs.frozen
-class Bugs:
-    """Bugs planted in the client's layers, so tests can show the simulator finds them.
-
-    Attributes:
-        core_factory: Makes the core, called like :class:`Core`.
-        driver_factory: Makes the driver, called like :class:`Driver`.
-        sync_recover: The recovery ``hubfsm sync``'s sessions run, instead of the real one.
-        nonce_from_seed: Sessions take their idempotency keys' nonce from the user's seed
-            (the same in every process) instead of from fresh randomness.
-    """
-
-    core_factory: CoreFactory = Core
-    driver_factory: Callable[..., Driver] = Driver
-    sync_recover: Callable[..., Any] | None = None
-    nonce_from_seed: bool = False
 
 
 class World(Stage):
@@ -114,7 +96,7 @@ class World(Stage):
         epochs: int = 50,
         config: CoreConfig | None = None,
         check_limits: Limits | None = None,
-        bugs: Bugs = Bugs(),
+        bugs: Bugs = NO_BUGS,
         durability: Literal["memory", "files"] = "memory",
     ) -> None:
         self.seed = seed
