@@ -36,6 +36,7 @@ from hubfsm.core.retry import ChannelPolicies, RetryPolicy
 from hubfsm.hub.server import LocalHub
 
 #: Retries in milliseconds, limits far below the hub's, so a session takes a second or two.
+#: Not ``tests.support.FAST`` (the shipped behaviour scaled): set for real loopback sockets.
 FAST_POLICY = RetryPolicy(base=0.02, cap=0.1, max_attempts=6, deadline=5.0)
 FAST = CoreConfig(
     limits=Limits(

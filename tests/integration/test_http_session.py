@@ -25,8 +25,7 @@ from hubfsm.hub import FaultMix, Hub, MemoryStore
 from hubfsm.hub.server import HubApp, LocalHub
 from transports.http import RequestsTransport
 
-# A key shaped like the hub's (42 letters and digits), for the hubs these tests fake.
-FAKE_KEY = "Zq3" * 14
+from tests.support import KEY
 
 
 def test_a_session_against_a_served_hub_subprocess(
@@ -213,7 +212,7 @@ def test_a_hub_that_never_answers_fails_the_open_in_time(
     silent_port: tuple[int, list[socket.socket]], kit: Any, leaks: Any
 ) -> None:
     port, accepted = silent_port
-    key = leaks.watch(FAKE_KEY)
+    key = leaks.watch(KEY)
     transport = RequestsTransport(
         key, api_root=f"http://127.0.0.1:{port}", connect_timeout=0.5, read_timeout=0.5
     )
@@ -293,7 +292,7 @@ class GarblingProxy:
 
 @pytest.fixture
 def garbling_hub(leaks: Any) -> Iterator[tuple[str, Hub, GarblingProxy]]:
-    hub = Hub(MemoryStore(), keys=[leaks.watch(FAKE_KEY)])
+    hub = Hub(MemoryStore(), keys=[leaks.watch(KEY)])
     proxy = GarblingProxy(HubApp(hub))
     server = make_server("127.0.0.1", 0, proxy, threaded=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
@@ -310,10 +309,10 @@ def test_malformed_answers_are_retried_and_everything_arrives(
 ) -> None:
     url, hub, proxy = garbling_hub
 
-    run = kit.train(url, FAKE_KEY, tmp_path / "work", epochs=6)
+    run = kit.train(url, KEY, tmp_path / "work", epochs=6)
 
     assert not run.session._driver.errors
-    kit.check_on_hub(url, FAKE_KEY, run)
+    kit.check_on_hub(url, KEY, run)
     audit = hub.audit()
     kit.check_applied_once([audit], run)
     assert proxy.metrics_left == [], "every kind of garbage was served"
@@ -511,7 +510,7 @@ def test_a_heartbeat_given_up_on_a_429_waits_out_its_retry_after(
     waits out at most 300 s), so a "Retry-After: 2" makes it give up; the next heartbeat
     must still not come within those 2 s, as the data channels' parked operations don't.
     """
-    hub = Hub(MemoryStore(), keys=[leaks.watch(FAKE_KEY)])
+    hub = Hub(MemoryStore(), keys=[leaks.watch(KEY)])
     limited = RateLimitedHeartbeats(HubApp(hub))
     server = make_server("127.0.0.1", 0, limited, threaded=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
@@ -535,7 +534,7 @@ def test_a_heartbeat_given_up_on_a_429_waits_out_its_retry_after(
     url = f"http://127.0.0.1:{server.server_port}"
     try:
         session = hubfsm.Session(
-            str(arch), api_key=FAKE_KEY, api_root=url, config=config, open_timeout=10
+            str(arch), api_key=KEY, api_root=url, config=config, open_timeout=10
         )
         try:
             session.start()

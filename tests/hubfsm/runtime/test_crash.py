@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from hubfsm.core import protocol
 from hubfsm.hub.server import LocalHub
-from transports.memory import InMemoryTransport
+
+from tests.support import new_model
 
 HERE = Path(__file__).parent
 TRAINER = HERE / "crash_trainer.py"
@@ -103,10 +103,7 @@ def local(tmp_path_factory):
 
 @pytest.mark.parametrize("point,target,delay", kill_points())
 def test_sigkill_then_resume_or_sync_loses_nothing(local, tmp_path, point, target, delay):
-    created = InMemoryTransport(local.hub, local.api_key).send(
-        protocol.create_model(protocol.create_payload("yolov8n.yaml", {}))
-    )
-    model_id = created.data["id"]
+    model_id = new_model(local.hub, local.api_key)
     outbox, work = tmp_path / "outbox", tmp_path / "work"
     lines, code, err = run_trainer(local, model_id, outbox, 0, work, kill_after=target,
                                    delay=delay)
@@ -226,10 +223,7 @@ def status_of(outbox):
 def test_a_kill_while_the_worker_is_stuck_in_a_request_is_delivered_by_sync_alone(
     local, tmp_path
 ):
-    created = InMemoryTransport(local.hub, local.api_key).send(
-        protocol.create_model(protocol.create_payload("yolov8n.yaml", {}))
-    )
-    model_id = created.data["id"]
+    model_id = new_model(local.hub, local.api_key)
     outbox, work, marker = tmp_path / "outbox", tmp_path / "work", tmp_path / "stalled"
     with StallingProxy(local.url, marker) as proxy:
         env = dict(env_for(local), WAIT_FOR=str(marker), PARK_AFTER="3")
@@ -272,10 +266,7 @@ def test_a_kill_while_the_worker_is_stuck_in_a_request_is_delivered_by_sync_alon
 
 
 def test_a_key_revoked_mid_run_keeps_every_epoch_for_sync_with_the_key_option(local, tmp_path):
-    created = InMemoryTransport(local.hub, local.api_key).send(
-        protocol.create_model(protocol.create_payload("yolov8n.yaml", {}))
-    )
-    model_id = created.data["id"]
+    model_id = new_model(local.hub, local.api_key)
     outbox, work, go = tmp_path / "outbox", tmp_path / "work", tmp_path / "go"
     env = dict(env_for(local), WAIT_FOR=str(go))
     proc = subprocess.Popen(
@@ -332,10 +323,7 @@ def test_a_redirect_mid_run_over_http_stops_sending_keeps_recording_and_sync_del
 ):
     import hubfsm
 
-    created = InMemoryTransport(local.hub, local.api_key).send(
-        protocol.create_model(protocol.create_payload("yolov8n.yaml", {}))
-    )
-    model_id = created.data["id"]
+    model_id = new_model(local.hub, local.api_key)
     outbox = tmp_path / "outbox"
     with StallingProxy(local.url, tmp_path / "unused", hold=False) as proxy:
         s = hubfsm.Session(model_id, api_key=local.api_key, api_root=proxy.url,

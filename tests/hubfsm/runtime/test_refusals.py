@@ -12,7 +12,7 @@ from hubfsm.runtime.sync import status, sync
 from hubfsm.transport import Response, Transport
 from transports.memory import InMemoryTransport
 
-from .conftest import FAST, KEY, new_model
+from tests.support import FAST, KEY, new_model
 
 
 def epochs_on(hub, model_id):
