@@ -309,9 +309,9 @@ def test_malformed_answers_are_retried_and_everything_arrives(
 ) -> None:
     url, hub, proxy = garbling_hub
 
-    run = kit.train(url, KEY, tmp_path / "work", epochs=6)
+    run = kit.train(url, KEY, tmp_path / "work", epochs=6, parts=True)
 
-    assert not run.session._driver.errors
+    assert run.parts is not None and not run.parts.driver.errors
     kit.check_on_hub(url, KEY, run)
     audit = hub.audit()
     kit.check_applied_once([audit], run)
@@ -347,15 +347,16 @@ def test_the_served_hub_records_survive_its_restart(
 def test_nothing_in_a_session_shows_the_key(
     hub: LocalHub, kit: Any, tmp_path: Path, leaks: Any
 ) -> None:
-    run = kit.train(hub.url, hub.api_key, tmp_path / "work", epochs=2)
-    session = run.session
+    run = kit.train(hub.url, hub.api_key, tmp_path / "work", epochs=2, parts=True)
+    session, parts = run.session, run.parts
+    assert parts is not None
     for text in (
         repr(session),
         str(session),
-        repr(session._core),
-        repr(session._driver.transport),
+        repr(parts.core),
+        repr(parts.driver.transport),
         json.dumps(session.stats()),
-        repr(vars(session._driver.transport)),
+        repr(vars(parts.driver.transport)),
     ):
         leaks.check(text, "repr")
 

@@ -334,7 +334,7 @@ def test_a_redirect_mid_run_over_http_stops_sending_keeps_recording_and_sync_del
         proxy.redirecting.set()  # the API root "moved"
         for epoch in range(1, 5):
             s.log_metrics({"loss": 1.0 / (epoch + 1)}, epoch=epoch)
-        assert s._shell.wait_for(lambda c: c.state == "refused", 10)
+        assert not s.flush(timeout=10) and s.state == "refused"
         best = tmp_path / "best.pt"
         best.write_bytes(b"best weights")
         with pytest.raises(hubfsm.HubError, match=r"redirect.*307.*check the API root") as info:
