@@ -368,25 +368,42 @@ def test_a_hub_down_at_finish_gets_the_final_weights_when_it_returns(
 ) -> None:
     data_dir = tmp_path / "hub"
     first = hubs(data_dir)
-    timers: list[threading.Timer] = []
+    restarters: list[threading.Thread] = []
     restarted: list[LocalHub] = []
+
+    down_at: list[int] = []
+
+    def finishing_on_a_hub_down() -> bool:
+        """finish() was called after the hub went down, and a request failed since."""
+        since = list(leaks.events)[down_at[0] :]
+        names = [e.get("event") for e in since]
+        finishing = [
+            i for i, e in enumerate(since)
+            if e.get("event") == "session.transition" and e.get("dest") == "final_uploading"
+        ]
+        return bool(finishing) and "request.failed" in names[finishing[0] :]
+
+    def restart_once_finishing() -> None:
+        kit.eventually(finishing_on_a_hub_down, 20.0, "finish() met the hub down")
+        restarted.append(hubs(data_dir, port=first.port))
 
     def down_before_finish(epoch: int, session: hubfsm.Session) -> None:
         if epoch == 3:
+            down_at.append(len(leaks.events))
             first.stop()
-            # finish() is called while the hub is down; it comes back 0.8 s later.
-            timer = threading.Timer(0.8, lambda: restarted.append(hubs(data_dir, port=first.port)))
-            timers.append(timer)
-            timer.start()
+            # finish() is called while the hub is down; it comes back once that is seen.
+            restarter = threading.Thread(target=restart_once_finishing, daemon=True)
+            restarters.append(restarter)
+            restarter.start()
 
     try:
         run = kit.train(
             first.url, first.api_key, tmp_path / "work", epochs=4, during=down_before_finish
         )
     finally:
-        for timer in timers:
-            timer.join(5)
-    assert restarted and run.seconds >= 0.8
+        for restarter in restarters:
+            restarter.join(25)
+    assert restarted and finishing_on_a_hub_down()
     kit.check_on_hub(restarted[0].url, restarted[0].api_key, run)
 
 
