@@ -112,7 +112,9 @@ def test_sigkill_then_resume_or_sync_loses_nothing(local, tmp_path, point, targe
     if "done" not in lines:
         if point % 2 == 0:
             done = sync(local, outbox)
-            assert done.returncode in (0, 1), done.stderr
+            # Whatever the kill left, sync delivers it: a sync that sat out its timeout
+            # with something held (exit 1) once passed here, slowly (42 s instead of 1).
+            assert done.returncode == 0, done.stdout + done.stderr
             assert local.api_key not in done.stdout + done.stderr
         # "finishing" is printed just before finish(), so the kill may come before
         # finish() recorded the final weights: then only the trainer can send them.
