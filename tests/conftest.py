@@ -1,6 +1,13 @@
-"""Keep every test's durable state inside its own temporary directory."""
+"""Fixtures for every test: durable state in a temporary directory, and an in-memory hub.
+
+Constants and helpers that test modules import by name are in ``tests/support.py``.
+"""
 
 import pytest
+
+from hubfsm.hub.domain import Hub
+from hubfsm.hub.store_memory import MemoryStore
+from tests.support import KEY
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +34,9 @@ def _restore_structlog():
     logger.handlers[:] = handlers
     logger.setLevel(level)
     logger.propagate = propagate
+
+
+@pytest.fixture
+def hub():
+    """An in-memory hub that knows ``tests.support.KEY``."""
+    return Hub(MemoryStore(), keys=[KEY])

@@ -6,6 +6,8 @@ import pytest
 from hubfsm import env
 from transports.settings import Secret, check_root
 
+from tests.support import KEY
+
 
 def test_an_empty_variable_counts_as_unset():
     assert env.api_key({"HUB_API_KEY": ""}) is None
@@ -20,7 +22,7 @@ def test_offline_takes_one_true_or_yes(text, on):
 
 def test_the_transport_reads_the_api_root_through_env_and_an_argument_wins(monkeypatch):
     monkeypatch.setenv("ULTRALYTICS_HUB_API", "http://127.0.0.1:9")
-    key = Secret("k" * 42)
+    key = Secret(KEY)
     assert check_root(None, allow_insecure=False, key=key)[0] == "http://127.0.0.1:9"
     assert check_root("http://127.0.0.1:8", allow_insecure=False, key=key)[0] == "http://127.0.0.1:8"
 

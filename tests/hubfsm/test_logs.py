@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from hubfsm.hub.domain import Hub
 from hubfsm.hub.server import LocalHub
+
+from tests.support import FAST, KEY
 
 SCRIPT = """
 import pathlib, sys
@@ -96,31 +99,28 @@ def test_an_application_that_configured_structlog_keeps_its_set_up(
     assert "mine session.opened" in done.stderr.splitlines()
 
 
-def test_a_long_retry_wait_is_announced_when_it_begins(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_long_retry_wait_is_announced_when_it_begins(
+    monkeypatch: pytest.MonkeyPatch, hub: Hub
+) -> None:
     import random
 
     import structlog
 
     import hubfsm
     import hubfsm.runtime.driver as driver
-    from hubfsm.core.engine import CoreConfig
-    from hubfsm.hub.domain import Hub
     from hubfsm.hub.faults import FaultMix
-    from hubfsm.hub.store_memory import MemoryStore
     from transports.faults import FaultInjectingTransport
     from transports.memory import InMemoryTransport
 
-    key = "k" * 21 + "Q" * 21
-    hub = Hub(MemoryStore(), keys=[key])
     down = FaultInjectingTransport(
-        InMemoryTransport(hub, key), random.Random(0), FaultMix(connection_error=1.0)
+        InMemoryTransport(hub, KEY), random.Random(0), FaultMix(connection_error=1.0)
     )
     # On a clock 1000 times as fast, the 60 s rest after a round of retries is 60 ms:
     # announce waits from 50 ms on, which only that rest reaches.
     monkeypatch.setattr(driver, "LONG_WAIT", 0.05)
     with structlog.testing.capture_logs() as logs, pytest.raises(hubfsm.HubUnavailableError):
         hubfsm.Session(
-            "yolov8n.yaml", transport=down, config=CoreConfig().scaled(0.001), open_timeout=0.5
+            "yolov8n.yaml", transport=down, config=FAST, open_timeout=0.5
         )
     waits = [e for e in logs if e["event"] == "request.waiting"]
     assert waits and all(e["log_level"] == "warning" for e in waits)

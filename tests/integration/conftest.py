@@ -34,8 +34,11 @@ import hubfsm
 from hubfsm.core.engine import CoreConfig, Limits
 from hubfsm.core.retry import ChannelPolicies, RetryPolicy
 from hubfsm.hub.server import LocalHub
+from hubfsm.runtime.factory import Parts, build
+from hubfsm.runtime.settings import Settings
 
 #: Retries in milliseconds, limits far below the hub's, so a session takes a second or two.
+#: Not ``tests.support.FAST`` (the shipped behaviour scaled): set for real loopback sockets.
 FAST_POLICY = RetryPolicy(base=0.02, cap=0.1, max_attempts=6, deadline=5.0)
 FAST = CoreConfig(
     limits=Limits(
@@ -339,6 +342,8 @@ class Run:
     checkpoints: dict[int, str]  # epoch -> sha256 of the file offered
     best_sha: str
     seconds: float
+    #: The session's parts, when the test asked for them (``train(..., parts=True)``).
+    parts: Parts | None = None
 
 
 def train(
@@ -353,10 +358,13 @@ def train(
     during: Callable[[int, hubfsm.Session], None] | None = None,
     open_timeout: float = 15.0,
     finish_timeout: float = 30.0,
+    parts: bool = False,
 ) -> Run:
     """Create a model from a local .yaml, train ``epochs`` epochs with checkpoints, finish.
 
     ``during(epoch, session)`` runs before each epoch's metrics, to disturb the hub.
+    With ``parts``, the session is composed from parts built first (what its constructor
+    does), and the run keeps them, for tests that look at the driver or the core.
     """
     started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -365,16 +373,18 @@ def train(
     rng = random.Random(seed)
     checkpoints: dict[int, str] = {}
     train_args = {"data": "toy-set.yaml", "epochs": epochs, "batch": 4, "imgsz": 32}
-    with hubfsm.Session(
-        str(arch),
-        api_key=key,
-        api_root=api_root,
-        web_root=api_root,
-        train_args=train_args,
-        config=config,
-        open_timeout=open_timeout,
-        seed=seed,
-    ) as session:
+    options: dict[str, Any] = {
+        "api_key": key,
+        "api_root": api_root,
+        "web_root": api_root,
+        "train_args": train_args,
+        "config": config,
+        "open_timeout": open_timeout,
+        "seed": seed,
+    }
+    built = build(Settings.resolve(str(arch), **options)) if parts else None
+    opened = hubfsm.Session.compose(built) if built else hubfsm.Session(str(arch), **options)
+    with opened as session:
         assert session.state == "training"
         model_id = session.model_id
         assert model_id is not None
@@ -392,7 +402,8 @@ def train(
         (workdir / "best.pt").write_bytes(best)
         session.finish(workdir / "best.pt", map50_95=0.61, timeout=finish_timeout)
         assert session.state == "done"
-    return Run(session, model_id, epochs, checkpoints, sha256(best), time.monotonic() - started)
+    seconds = time.monotonic() - started
+    return Run(session, model_id, epochs, checkpoints, sha256(best), seconds, built)
 
 
 def _get(url: str, key: str) -> requests.Response:

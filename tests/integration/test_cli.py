@@ -22,7 +22,8 @@ import requests
 import hubfsm.cli.main as cli
 from hubfsm.hub.server import LocalHub
 
-KEY = "Ab12" * 10 + "Cd"  # 42 characters, like a hub API key
+from tests.support import KEY
+
 MODEL = "Mo12" * 5  # 20 characters, like a model id
 
 

@@ -6,12 +6,12 @@ import random
 import pytest
 
 from hubfsm.core import protocol
-from hubfsm.hub import FaultMix, Hub, MemoryStore
+from hubfsm.hub import FaultMix, Hub
 from hubfsm.transport import Request, Response, Transport, TransportError
 from transports.faults import FaultInjectingTransport
 from transports.memory import InMemoryTransport
 
-KEY = "K" * 42
+from tests.support import KEY
 
 
 class Recorder(Transport):
@@ -103,8 +103,7 @@ def test_each_fault_does_what_it_says() -> None:
     assert wrapper.requests == 6
 
 
-def test_lost_response_takes_effect_on_the_hub() -> None:
-    hub = Hub(MemoryStore(), keys=[KEY])
+def test_lost_response_takes_effect_on_the_hub(hub: Hub) -> None:
     memory = InMemoryTransport(hub, KEY)
     model_id = memory.send(
         protocol.create_model({"lineage": {"architecture": {"name": "yolov8n"}}})

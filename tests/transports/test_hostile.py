@@ -30,6 +30,8 @@ from transports.downloads import HttpDownloader
 from transports.http import MAX_RESPONSE_BYTES, RequestsTransport
 from transports.memory import InMemoryTransport
 
+# Its own key: mixed case with a self-similar head ("k3y" thrice), so masking any
+# 8-character run in any case is tested on overlapping runs.
 KEY = "k3yK3yk3yQ9zX8wV7uT6sR5pO4nM3lK2jI1hG0fE9d"[:42]
 MODEL = "abcdefghij0123456789"
 

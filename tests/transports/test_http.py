@@ -35,7 +35,8 @@ from hubfsm.transport import FilePart, RateLimit, Response, TransportError
 from transports.http import RequestsTransport
 from transports.multipart import SEND_SIZE, MultipartBody
 
-KEY = "k3yK3yk3yK3yk3yK3yk3yK3yk3yK3yk3yK3yk3yK3y"  # 42 characters, like a real key
+from tests.support import KEY
+
 MODEL = "abcdefghij0123456789"
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]

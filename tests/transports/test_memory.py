@@ -11,7 +11,8 @@ from hubfsm.hub import Hub, MemoryStore
 from hubfsm.transport import FilePart, Request
 from transports.memory import InMemoryTransport
 
-KEY = "K" * 42
+from tests.support import KEY
+
 CREATE = {
     "config": {
         "batchSize": 8,
@@ -31,8 +32,7 @@ def part(name: str, path: str, data: bytes) -> FilePart:
     return FilePart(name, path, len(data), hashlib.sha256(data).hexdigest())
 
 
-def test_a_whole_session_through_the_protocol_builders(tmp_path: Path) -> None:
-    hub = Hub(MemoryStore(), keys=[KEY])
+def test_a_whole_session_through_the_protocol_builders(tmp_path: Path, hub: Hub) -> None:
     transport = InMemoryTransport(hub, KEY)
     assert transport.send(protocol.auth()).ok
     created = transport.send(protocol.create_model(CREATE, key="c"))
@@ -68,8 +68,7 @@ def test_a_whole_session_through_the_protocol_builders(tmp_path: Path) -> None:
     assert hub.audit().uploads[-1].sha256 == hashlib.sha256(b"best").hexdigest()
 
 
-def test_errors_come_back_as_responses() -> None:
-    hub = Hub(MemoryStore(), keys=[KEY])
+def test_errors_come_back_as_responses(hub: Hub) -> None:
     wrong = InMemoryTransport(hub, "W" * 42)
     reply = wrong.send(protocol.auth())
     assert reply.status == 401
@@ -80,8 +79,7 @@ def test_errors_come_back_as_responses() -> None:
     assert right.send(protocol.get_model("abcdefghij0123456789")).status == 404
 
 
-def test_files_come_from_read_file() -> None:
-    hub = Hub(MemoryStore(), keys=[KEY])
+def test_files_come_from_read_file(hub: Hub) -> None:
     blobs = {"/virtual/last.pt": b"virtual"}
     transport = InMemoryTransport(hub, KEY, read_file=blobs.__getitem__)
     model_id = transport.send(protocol.create_model(CREATE)).data["id"]

@@ -20,6 +20,7 @@ from hubfsm.core.identifier import (
 from hubfsm.errors import IdentifierError
 from hubfsm.masking import mask_key
 
+# Its own key: every letter case and digit, and a tail ("WXYZ") the masks below expect.
 KEY = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abWXYZ"
 MID = "Zy9876543210xwvutsrQ"
 ROOT = DEFAULT_WEB_ROOT

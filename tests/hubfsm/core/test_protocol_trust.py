@@ -9,14 +9,12 @@ from hubfsm.core import protocol
 from hubfsm.core.engine import Core, CoreConfig, Send
 from hubfsm.core.identifier import parse_identifier
 from hubfsm.errors import HubError
-from hubfsm.hub.domain import Hub
-from hubfsm.hub.store_memory import MemoryStore
 from hubfsm.transport import Response
 from transports.memory import InMemoryTransport
 
+from tests.support import FAST, KEY
+
 MODEL = "A" * 20
-KEY = "d" * 42
-FAST = CoreConfig().scaled(0.001)
 
 
 def ok(data, origin=""):
@@ -104,8 +102,7 @@ def test_a_simulation_may_seed_its_keys():
     assert first_key(seeded.scaled(0.5)) == first_key(seeded)  # scaling keeps the source
 
 
-def test_two_seeded_runs_create_two_models():
-    hub = Hub(MemoryStore(), keys=[KEY])
+def test_two_seeded_runs_create_two_models(hub):
     ids = []
     for _ in range(2):
         session = hubfsm.Session("yolov8n.yaml", transport=InMemoryTransport(hub, KEY),

@@ -2,7 +2,8 @@
 
 Each transaction queues three new epochs and moves the previous three into an
 operation, so after any committed transaction every epoch from 0 up is either queued
-or in exactly one operation.
+or in exactly one operation. It prints ``ready`` once two transactions of its own are
+committed (so every run moves the outbox on), then goes on writing.
 """
 
 import sys
@@ -19,7 +20,7 @@ def main():
     saved = outbox.load()
     epochs = [e for e, _ in saved.metrics] + [e for op in saved.ops for e in op.payload]
     batch = (max(epochs) + 1) // 3 if epochs else 0
-    print("ready", flush=True)
+    first = batch
     while True:
         new = [MetricsQueued(e, '{"loss": %d}' % e) for e in range(batch * 3, batch * 3 + 3)]
         changes = list(new)
@@ -31,6 +32,8 @@ def main():
             changes.append(OpClosed(f"k{batch - 2}"))  # some operations get acknowledged
         outbox.apply(changes, journal_seq=batch)
         batch += 1
+        if batch == first + 2:
+            print("ready", flush=True)
 
 
 if __name__ == "__main__":

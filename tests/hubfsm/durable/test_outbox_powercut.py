@@ -43,6 +43,7 @@ def test_the_outbox_survives_kills_mid_transaction(tmp_path):
     for _ in range(30):
         proc = subprocess.Popen([sys.executable, str(WRITER), str(tmp_path)],
                                 stdout=subprocess.PIPE, text=True)
+        # Two transactions are in; the kill lands a random while later, mid-transaction.
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(rng.uniform(0.0, 0.15))
         proc.send_signal(signal.SIGKILL)

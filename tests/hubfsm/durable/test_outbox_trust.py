@@ -10,7 +10,6 @@ import pytest
 import hubfsm
 from hubfsm.core import protocol
 from hubfsm.core.changes import MetricsQueued
-from hubfsm.core.engine import CoreConfig
 from hubfsm.core.events import EpochEnded
 from hubfsm.durable.journal import Journal
 from hubfsm.durable.outbox import (
@@ -20,16 +19,14 @@ from hubfsm.durable.outbox import (
     stamp_of,
 )
 from hubfsm.durable.survey import find, inspect, set_aside, survey
-from hubfsm.hub.domain import Hub
-from hubfsm.hub.store_memory import MemoryStore
 from hubfsm.hub.store_sqlite import SqliteStore
 from hubfsm.runtime.sync import status, sync
 from transports.memory import InMemoryTransport
 
+from tests.support import FAST, KEY, new_model
+
 MODEL = "M" * 20
 OTHER = "N" * 20
-KEY = "d" * 42
-FAST = CoreConfig().scaled(0.001)
 
 
 def mode(path):
@@ -111,7 +108,7 @@ def test_an_outbox_reached_through_a_link_is_not_deleted(tmp_path):
     assert (victim / MODEL / DATABASE).exists()
 
 
-def test_a_hub_that_answers_create_with_a_path_gets_a_protocol_error(tmp_path):
+def test_a_hub_that_answers_create_with_a_path_gets_a_protocol_error(tmp_path, hub):
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "precious.txt").write_text("keep")
@@ -125,7 +122,7 @@ def test_a_hub_that_answers_create_with_a_path_gets_a_protocol_error(tmp_path):
     with pytest.raises(protocol.HubProtocolError, match="not a hub id") as info:
         hubfsm.Session(
             "yolov8n.yaml",
-            transport=Hostile(Hub(MemoryStore(), keys=[KEY]), KEY),
+            transport=Hostile(hub, KEY),
             config=FAST,
             outbox_dir=tmp_path / "root",
         )
@@ -168,11 +165,8 @@ def test_set_aside_renames_inside_the_root_and_find_skips_it(tmp_path):
     assert find(tmp_path) == []
 
 
-def test_status_and_sync_report_a_damaged_outbox_and_go_on(tmp_path):
-    hub = Hub(MemoryStore(), keys=[KEY])
-    good = InMemoryTransport(hub, KEY).send(
-        protocol.create_model(protocol.create_payload("yolov8n.yaml", {}))
-    ).data["id"]
+def test_status_and_sync_report_a_damaged_outbox_and_go_on(tmp_path, hub):
+    good = new_model(hub)
     with hubfsm.Session(good, transport=InMemoryTransport(hub, KEY), config=FAST,
                         outbox_dir=tmp_path, offline=True) as s:
         s.log_metrics({"loss": 1.0})
@@ -193,11 +187,8 @@ def test_status_and_sync_report_a_damaged_outbox_and_go_on(tmp_path):
     assert [p.name.split(".")[1][:8] for p in tmp_path.glob(f"{MODEL}.*")] == ["damaged-"]
 
 
-def test_sync_reports_a_damaged_journal_and_exits_non_zero(tmp_path):
-    hub = Hub(MemoryStore(), keys=[KEY])
-    model_id = InMemoryTransport(hub, KEY).send(
-        protocol.create_model(protocol.create_payload("yolov8n.yaml", {}))
-    ).data["id"]
+def test_sync_reports_a_damaged_journal_and_exits_non_zero(tmp_path, hub):
+    model_id = new_model(hub)
     ob = Outbox.open(model_id, tmp_path)
     ob.apply([MetricsQueued(0, "{}")])
     journal = Journal(ob.directory / "journal", seq=0, inbox=collections.deque())

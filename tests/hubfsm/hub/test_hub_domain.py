@@ -10,8 +10,9 @@ import pytest
 from hubfsm.hub import BadJson, Hub, HubCall, HubReply, MemoryStore
 from hubfsm.hub.domain import id_factory, is_model_id
 
-KEY = "K" * 42
-OTHER = "O" * 42
+from tests.support import KEY
+
+OTHER = "O" * 42  # a second user's key
 
 CREATE = {
     "config": {
@@ -43,6 +44,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def hub(clock: Clock) -> Hub:
+    # Not the shared hub: these tests move its clock and read its public URLs.
     return Hub(MemoryStore(), clock, keys=[KEY], public_root="http://hub.test")
 
 

@@ -15,7 +15,10 @@ import pytest
 import requests
 
 from hubfsm.hub.app import BodyLimits
+from hubfsm.hub.domain import Hub
 from hubfsm.hub.server import LocalHub
+
+from tests.support import KEY
 
 TIMEOUT = 10
 CREATE = {"lineage": {"architecture": {"name": "yolov8n"}}, "meta": {"name": "hardened"}}
@@ -282,14 +285,13 @@ def _json_values() -> object:
     )
 
 
-def test_no_body_makes_the_domain_fail() -> None:
+def test_no_body_makes_the_domain_fail(hub: Hub) -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from hubfsm.hub import Hub, HubCall, MemoryStore
+    from hubfsm.hub import HubCall
 
-    hub = Hub(MemoryStore(), keys=["k" * 42])
-    model_id = hub.handle(HubCall("POST", "/v1/models", "k" * 42, CREATE)).body["data"]["id"]
+    model_id = hub.handle(HubCall("POST", "/v1/models", KEY, CREATE)).body["data"]["id"]
     paths = [
         ("POST", "/v1/models"),
         ("POST", f"/v1/models/{model_id}"),
@@ -307,7 +309,7 @@ def test_no_body_makes_the_domain_fail() -> None:
                 "lineage": {"architecture": {"name": "yolov8n"}},
                 "agent": body,
             }
-        reply = hub.handle(HubCall(where[0], where[1], "k" * 42, body))
+        reply = hub.handle(HubCall(where[0], where[1], KEY, body))
         assert reply.status < 500
         json.dumps(reply.body)  # the answer itself is always JSON
 

@@ -15,8 +15,10 @@ import requests
 import structlog
 import werkzeug.test
 
-from hubfsm.hub import FaultMix, Hub, MemoryStore
+from hubfsm.hub import FaultMix, Hub
 from hubfsm.hub.server import HubApp, LocalHub, RateLimiter, load_or_create_key, serve
+
+from tests.support import KEY
 
 CREATE = {
     "config": {
@@ -228,13 +230,11 @@ def test_lost_response_applies_and_drops(tmp_path: Path) -> None:
         assert requests.get(f"{local.url}/", timeout=TIMEOUT).status_code == 200
 
 
-def test_latency_is_added() -> None:
+def test_latency_is_added(hub: Hub) -> None:
     # The delay is what the app asks its sleep for, not a wall-clock reading.
-    key = "Zq3" * 14
     slept: list[float] = []
-    hub = Hub(MemoryStore(), keys=[key])
     app = HubApp(hub, faults=FaultMix(latency=(0.2, 0.2)), sleep=slept.append)
-    reply = werkzeug.test.Client(app).post("/v1/auth", headers={"x-api-key": key})
+    reply = werkzeug.test.Client(app).post("/v1/auth", headers={"x-api-key": KEY})
     assert reply.status_code == 200 and slept == [0.2]
 
 

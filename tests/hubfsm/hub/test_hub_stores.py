@@ -12,7 +12,7 @@ import pytest
 from hubfsm.hub import Hub, HubCall, MemoryStore, ModelRecord, SqliteStore, Store
 from hubfsm.hub.store import StoredReply
 
-KEY = "K" * 42
+from tests.support import KEY
 
 
 @pytest.fixture(params=["memory", "sqlite"])

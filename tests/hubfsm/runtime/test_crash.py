@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from hubfsm.core import protocol
 from hubfsm.hub.server import LocalHub
-from transports.memory import InMemoryTransport
+
+from tests.support import new_model
 
 HERE = Path(__file__).parent
 TRAINER = HERE / "crash_trainer.py"
@@ -103,10 +103,7 @@ def local(tmp_path_factory):
 
 @pytest.mark.parametrize("point,target,delay", kill_points())
 def test_sigkill_then_resume_or_sync_loses_nothing(local, tmp_path, point, target, delay):
-    created = InMemoryTransport(local.hub, local.api_key).send(
-        protocol.create_model(protocol.create_payload("yolov8n.yaml", {}))
-    )
-    model_id = created.data["id"]
+    model_id = new_model(local.hub, local.api_key)
     outbox, work = tmp_path / "outbox", tmp_path / "work"
     lines, code, err = run_trainer(local, model_id, outbox, 0, work, kill_after=target,
                                    delay=delay)
@@ -115,7 +112,9 @@ def test_sigkill_then_resume_or_sync_loses_nothing(local, tmp_path, point, targe
     if "done" not in lines:
         if point % 2 == 0:
             done = sync(local, outbox)
-            assert done.returncode in (0, 1), done.stderr
+            # Whatever the kill left, sync delivers it: a sync that sat out its timeout
+            # with something held (exit 1) once passed here, slowly (42 s instead of 1).
+            assert done.returncode == 0, done.stdout + done.stderr
             assert local.api_key not in done.stdout + done.stderr
         # "finishing" is printed just before finish(), so the kill may come before
         # finish() recorded the final weights: then only the trainer can send them.
@@ -226,10 +225,7 @@ def status_of(outbox):
 def test_a_kill_while_the_worker_is_stuck_in_a_request_is_delivered_by_sync_alone(
     local, tmp_path
 ):
-    created = InMemoryTransport(local.hub, local.api_key).send(
-        protocol.create_model(protocol.create_payload("yolov8n.yaml", {}))
-    )
-    model_id = created.data["id"]
+    model_id = new_model(local.hub, local.api_key)
     outbox, work, marker = tmp_path / "outbox", tmp_path / "work", tmp_path / "stalled"
     with StallingProxy(local.url, marker) as proxy:
         env = dict(env_for(local), WAIT_FOR=str(marker), PARK_AFTER="3")
@@ -272,10 +268,7 @@ def test_a_kill_while_the_worker_is_stuck_in_a_request_is_delivered_by_sync_alon
 
 
 def test_a_key_revoked_mid_run_keeps_every_epoch_for_sync_with_the_key_option(local, tmp_path):
-    created = InMemoryTransport(local.hub, local.api_key).send(
-        protocol.create_model(protocol.create_payload("yolov8n.yaml", {}))
-    )
-    model_id = created.data["id"]
+    model_id = new_model(local.hub, local.api_key)
     outbox, work, go = tmp_path / "outbox", tmp_path / "work", tmp_path / "go"
     env = dict(env_for(local), WAIT_FOR=str(go))
     proc = subprocess.Popen(
@@ -332,10 +325,7 @@ def test_a_redirect_mid_run_over_http_stops_sending_keeps_recording_and_sync_del
 ):
     import hubfsm
 
-    created = InMemoryTransport(local.hub, local.api_key).send(
-        protocol.create_model(protocol.create_payload("yolov8n.yaml", {}))
-    )
-    model_id = created.data["id"]
+    model_id = new_model(local.hub, local.api_key)
     outbox = tmp_path / "outbox"
     with StallingProxy(local.url, tmp_path / "unused", hold=False) as proxy:
         s = hubfsm.Session(model_id, api_key=local.api_key, api_root=proxy.url,
@@ -346,7 +336,7 @@ def test_a_redirect_mid_run_over_http_stops_sending_keeps_recording_and_sync_del
         proxy.redirecting.set()  # the API root "moved"
         for epoch in range(1, 5):
             s.log_metrics({"loss": 1.0 / (epoch + 1)}, epoch=epoch)
-        assert s._shell.wait_for(lambda c: c.state == "refused", 10)
+        assert not s.flush(timeout=10) and s.state == "refused"
         best = tmp_path / "best.pt"
         best.write_bytes(b"best weights")
         with pytest.raises(hubfsm.HubError, match=r"redirect.*307.*check the API root") as info:

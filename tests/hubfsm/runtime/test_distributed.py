@@ -7,13 +7,12 @@ import pytest
 import structlog
 
 import hubfsm
-from hubfsm.hub.domain import Hub
-from hubfsm.hub.store_memory import MemoryStore
 from hubfsm.runtime.distributed import NullSession, global_rank, is_main_process
 from hubfsm.runtime.opener import open as hub_open
 from transports.memory import InMemoryTransport
 
-KEY = "k" * 21 + "Q" * 21
+from tests.support import KEY
+
 MODEL_ID = "A" * 20
 
 
@@ -84,9 +83,8 @@ def test_explicit_environment(monkeypatch):
     assert global_rank({}) == 0
 
 
-def test_other_ranks_get_a_null_session_and_send_nothing(monkeypatch, tmp_path):
+def test_other_ranks_get_a_null_session_and_send_nothing(monkeypatch, tmp_path, hub):
     monkeypatch.setenv("RANK", "1")
-    hub = Hub(MemoryStore(), keys=[KEY])
     with hub_open(MODEL_ID, transport=Refusing(hub, KEY), epochs=3) as run:
         assert isinstance(run, NullSession) and run.rank == 1
         assert run.state == "inactive" and run.model_id is None and run.record == {}
@@ -115,10 +113,9 @@ def test_an_exception_propagates_through_a_null_session(monkeypatch):
 
 
 @pytest.mark.parametrize("rank", ["0", None])
-def test_rank_zero_or_no_rank_gets_a_real_session(monkeypatch, rank):
+def test_rank_zero_or_no_rank_gets_a_real_session(monkeypatch, rank, hub):
     if rank is not None:
         monkeypatch.setenv("RANK", rank)
-    hub = Hub(MemoryStore(), keys=[KEY])
     run = hub_open("yolov8n.yaml", transport=InMemoryTransport(hub, KEY))
     try:
         assert isinstance(run, hubfsm.Session) and run.state == "training"

@@ -13,7 +13,8 @@ import pytest
 
 from hubfsm.runtime.download import DownloadError, download, same_origin
 
-KEY = "k" * 21 + "Q" * 21
+from tests.support import KEY
+
 BODY = b"weights!" * 40_000  # 320 kB: a few chunks
 SHA = hashlib.sha256(BODY).hexdigest()
 

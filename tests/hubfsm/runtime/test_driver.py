@@ -7,7 +7,7 @@ from hubfsm.errors import HubfsmError
 from hubfsm.runtime.clocks import VirtualClock
 from transports.memory import InMemoryTransport
 
-from .conftest import FAST, KEY, inline_session, new_model
+from tests.support import FAST, KEY, inline_session, new_model
 
 
 def test_trainer_calls_wait_for_time_to_pass_then_go_out_in_order(hub, tmp_path):

@@ -14,7 +14,7 @@ from hubfsm.runtime.sync import sync
 from transports.faults import FaultInjectingTransport
 from transports.memory import InMemoryTransport
 
-from .conftest import FAST, KEY, inline_session, new_model
+from tests.support import FAST, KEY, inline_session, new_model
 
 
 def switchable(hub):

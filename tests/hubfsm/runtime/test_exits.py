@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hubfsm.core import protocol
 from hubfsm.hub.server import LocalHub
-from transports.memory import InMemoryTransport
+
+from tests.support import new_model
 
 SCRIPT = Path(__file__).parent / "exit_script.py"
 
@@ -20,13 +20,6 @@ def local(tmp_path_factory):
         yield hub
 
 
-def new_model(local):
-    reply = InMemoryTransport(local.hub, local.api_key).send(
-        protocol.create_model(protocol.create_payload("yolov8n.yaml", {}))
-    )
-    return reply.data["id"]
-
-
 def run(api, model_id, how, key, outbox):
     env = dict(os.environ, HUB_API_KEY=key, HUBFSM_OUTBOX=str(outbox))
     return subprocess.run([sys.executable, str(SCRIPT), api, model_id, how],
@@ -35,7 +28,7 @@ def run(api, model_id, how, key, outbox):
 
 @pytest.mark.parametrize("how", ["exit", "signal"])
 def test_exit_and_sigterm_flush_what_is_pending(local, tmp_path, how):
-    model_id = new_model(local)
+    model_id = new_model(local.hub, local.api_key)
     done = run(local.url, model_id, how, local.api_key, tmp_path)
     assert done.returncode == 0, done.stderr
     assert "not reached" not in done.stdout
@@ -46,7 +39,7 @@ def test_exit_and_sigterm_flush_what_is_pending(local, tmp_path, how):
 
 
 def test_a_dead_hub_at_exit_costs_the_deadline_and_one_line(local, tmp_path):
-    model_id = new_model(local)
+    model_id = new_model(local.hub, local.api_key)
     env = dict(os.environ, HUB_API_KEY=local.api_key, HUBFSM_OUTBOX=str(tmp_path))
     # open against the live hub, then lose it: the session's requests go to a port
     # that nobody listens on

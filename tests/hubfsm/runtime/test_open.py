@@ -7,32 +7,15 @@ import pytest
 import structlog
 
 import hubfsm
-from hubfsm.core.engine import CoreConfig
-from hubfsm.hub.domain import Hub
-from hubfsm.hub.store_memory import MemoryStore
 from hubfsm.runtime.opener import open as hub_open
 from transports.memory import InMemoryTransport
 
-KEY = "k" * 21 + "Q" * 21
-#: The shipped behaviour, a thousand times as fast.
-FAST = CoreConfig().scaled(0.001)
+from tests.support import FAST, KEY, new_model
 
 
 @pytest.fixture(autouse=True)
 def _main_process(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
-
-
-@pytest.fixture
-def hub():
-    return Hub(MemoryStore(), keys=[KEY])
-
-
-def new_model(hub):
-    reply = InMemoryTransport(hub, KEY).send(
-        hubfsm.core.protocol.create_model(hubfsm.core.protocol.create_payload("yolov8n.yaml", {}))
-    )
-    return reply.data["id"]
 
 
 def test_open_creates_a_model_from_a_local_file_and_trains_it(hub, tmp_path):
@@ -102,9 +85,7 @@ def test_an_api_key_is_needed_without_a_transport(hub):
 
 
 def test_session_options_pass_through(hub, tmp_path):
-    model_id = InMemoryTransport(hub, KEY).send(
-        hubfsm.core.protocol.create_model(hubfsm.core.protocol.create_payload("yolov8n.yaml", {}))
-    ).data["id"]
+    model_id = new_model(hub)
     with hubfsm.open(model_id, transport=InMemoryTransport(hub, KEY), config=FAST,
                      outbox_dir=tmp_path / "ob", offline=True, journal=False) as run:
         run.log_metrics({"loss": 1.0})

@@ -12,7 +12,7 @@ from hubfsm.runtime.sync import status, sync
 from hubfsm.transport import Response, Transport
 from transports.memory import InMemoryTransport
 
-from .conftest import FAST, KEY, new_model
+from tests.support import FAST, KEY, new_model
 
 
 def epochs_on(hub, model_id):
@@ -35,7 +35,7 @@ def test_a_key_revoked_mid_run_loses_no_epoch_and_sync_after_the_fix_delivers_it
         s.log_metrics({"loss": 1.0 / (epoch + 1)}, epoch=epoch)
         last.write_bytes(b"weights %d" % epoch)
         s.save_checkpoint(last, epoch=epoch)
-    assert s._shell.wait_for(lambda c: c.state == "refused", 5)
+    assert not s.flush(timeout=5) and s.state == "refused"
     best = tmp_path / "best.pt"
     best.write_bytes(b"the best weights")
     with pytest.raises(hubfsm.AuthError) as info:
@@ -81,7 +81,7 @@ def test_close_after_a_refusal_raises_naming_the_answer_but_never_masks_an_excep
     s.start()
     hub.delete_model(model_id)
     s.log_metrics({"loss": 1.0})
-    assert s._shell.wait_for(lambda c: c.state == "refused", 5)
+    assert not s.flush(timeout=5) and s.state == "refused"
     with pytest.raises(hubfsm.ModelNotFoundError, match=r"not found on the hub \(404\)"):
         s.close()
     s.close()  # once is enough
@@ -92,7 +92,7 @@ def test_close_after_a_refusal_raises_naming_the_answer_but_never_masks_an_excep
                             outbox=False) as s2:
             hub.revoke_key(KEY)
             s2.log_metrics({"loss": 1.0})
-            assert s2._shell.wait_for(lambda c: c.state == "refused", 5)
+            assert not s2.flush(timeout=5) and s2.state == "refused"
             raise KeyError("the trainer's own error")
 
 
@@ -115,7 +115,7 @@ def test_a_redirect_stops_sending_and_says_to_check_the_api_root(hub, tmp_path):
     s.start()
     for epoch in range(3):
         s.log_metrics({"loss": 1.0}, epoch=epoch)
-    assert s._shell.wait_for(lambda c: c.state == "refused", 5)
+    assert not s.flush(timeout=5) and s.state == "refused"
     best = tmp_path / "best.pt"
     best.write_bytes(b"best")
     with pytest.raises(hubfsm.HubError, match=r"redirect \(308\).*check the API root"):

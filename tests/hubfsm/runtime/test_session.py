@@ -5,28 +5,11 @@ import pytest
 import structlog
 
 import hubfsm
-from hubfsm.core.engine import CoreConfig
-from hubfsm.hub.domain import Hub
 from hubfsm.hub.faults import FaultMix
-from hubfsm.hub.store_memory import MemoryStore
 from transports.faults import FaultInjectingTransport
 from transports.memory import InMemoryTransport
 
-KEY = "k" * 21 + "Q" * 21
-#: The shipped behaviour, a thousand times as fast.
-FAST = CoreConfig().scaled(0.001)
-
-
-@pytest.fixture
-def hub():
-    return Hub(MemoryStore(), keys=[KEY])
-
-
-def new_model(hub):
-    reply = InMemoryTransport(hub, KEY).send(
-        hubfsm.core.protocol.create_model(hubfsm.core.protocol.create_payload("yolov8n.yaml", {}))
-    )
-    return reply.data["id"]
+from tests.support import FAST, KEY, new_model
 
 
 def weights(tmp_path, name, content):

@@ -8,17 +8,13 @@ import stat
 import pytest
 
 import hubfsm
-from hubfsm.core.engine import CoreConfig
 from hubfsm.errors import ModelTrainedError
-from hubfsm.hub.domain import Hub
 from hubfsm.hub.server import LocalHub
-from hubfsm.hub.store_memory import MemoryStore
 from hubfsm.core.plan import RecordError
 from hubfsm.runtime.session import Session
 from transports.memory import InMemoryTransport
 
-KEY = "k" * 21 + "Q" * 21
-FAST = CoreConfig().scaled(0.001)
+from tests.support import FAST, KEY, new_model
 
 
 @pytest.fixture(autouse=True)
@@ -27,8 +23,7 @@ def _main_process(monkeypatch):
 
 
 @pytest.fixture
-def hub():
-    hub = Hub(MemoryStore(), keys=[KEY])
+def hub(hub):
     hub.public_root = "http://127.0.0.1:9"  # where weight URLs point (never fetched here)
     return hub
 
@@ -105,10 +100,7 @@ def test_a_trained_model_is_refused_before_any_plan(hub, tmp_path):
 
 def test_a_record_without_a_dataset_says_so(hub, tmp_path):
     transport = InMemoryTransport(hub, KEY)
-    reply = transport.send(
-        hubfsm.core.protocol.create_model(hubfsm.core.protocol.create_payload("yolov8n.yaml", {}))
-    )
-    with Session(reply.data["id"], transport=transport, config=FAST, outbox=False) as run:
+    with Session(new_model(hub), transport=transport, config=FAST, outbox=False) as run:
         with pytest.raises(RecordError, match="processing"):
             run.plan  # noqa: B018
         run.log_metrics({"x": 1})  # the session still works: the plan is advice

@@ -5,8 +5,9 @@ import pytest
 from hubfsm.errors import HubfsmError
 from hubfsm.runtime.settings import Settings
 
+from tests.support import KEY
+
 MODEL = "AbCdEfGhIjKlMnOpQrSt"
-KEY = "s" * 42
 
 ENV = {
     "HUB_API_KEY": KEY,
