@@ -11,15 +11,9 @@ from typing import Any
 
 import pytest
 
-import hubfsm
-from hubfsm.core.engine import CoreConfig
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.store_memory import MemoryStore
+from tests.support import FAST, KEY, new_model
 from transports.memory import InMemoryTransport
-
-KEY = "k" * 21 + "Q" * 21
-#: The shipped behaviour, a thousand times as fast.
-FAST = CoreConfig().scaled(0.001)
 
 #: What ultralytics 8.2.0's DetectionTrainer and DetectionValidator name their numbers.
 LOSS_NAMES = ("box_loss", "cls_loss", "dfl_loss")
@@ -156,11 +150,6 @@ class FakeTrainer:
 
 
 @pytest.fixture
-def hub() -> Hub:
-    return Hub(MemoryStore(), keys=[KEY])
-
-
-@pytest.fixture
 def transport(hub: Hub) -> Counting:
     return Counting(hub, KEY)
 
@@ -195,13 +184,6 @@ def eventually(condition: Callable[[], bool], timeout: float) -> bool:
         assert time.monotonic() < deadline, f"not within {timeout} s"
         time.sleep(0.005)
     return True
-
-
-def new_model(hub: Hub) -> str:
-    reply = InMemoryTransport(hub, KEY).send(
-        hubfsm.core.protocol.create_model(hubfsm.core.protocol.create_payload("yolov8n.yaml", {}))
-    )
-    return str(reply.data["id"])
 
 
 @pytest.fixture(autouse=True)
