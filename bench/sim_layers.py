@@ -20,6 +20,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from unittest.mock import patch
 
 import attrs
 
@@ -30,18 +31,8 @@ from hubfsm.sim.invariants import Checker
 from hubfsm.sim.world import run_seed
 
 
-@contextlib.contextmanager
-def _patched(owner: Any, name: str, value: Any) -> Iterator[None]:
-    saved = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, saved)
-
-
-def _no_outbox_writes() -> contextlib.AbstractContextManager[None]:
-    return _patched(OutboxDB, "apply", lambda self, changes, journal_seq=None: False)
+def _no_outbox_writes() -> contextlib.AbstractContextManager[Any]:
+    return patch.object(OutboxDB, "apply", lambda self, changes, journal_seq=None: False)
 
 
 @contextlib.contextmanager
@@ -51,7 +42,7 @@ def _no_journal() -> Iterator[None]:
     def without_journal(settings: Any, **kwargs: Any) -> Any:
         return build(attrs.evolve(settings, journal=False), **kwargs)
 
-    with _patched(world, "build", without_journal):
+    with patch.object(world, "build", without_journal):
         yield
 
 
@@ -61,14 +52,14 @@ def _no_checker_hooks() -> Iterator[None]:
         return None
 
     with (
-        _patched(Checker, "sent", nothing),
-        _patched(Checker, "answered", nothing),
-        _patched(Checker, "changed", nothing),
+        patch.object(Checker, "sent", nothing),
+        patch.object(Checker, "answered", nothing),
+        patch.object(Checker, "changed", nothing),
     ):
         yield
 
 
-VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
+VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager[Any]]] = {
     "as users run it": contextlib.nullcontext,
     "outbox writes free": _no_outbox_writes,
     "journal off": _no_journal,

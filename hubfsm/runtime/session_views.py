@@ -1,8 +1,9 @@
 """What a :class:`~hubfsm.Session` lets a caller read: state, record, plan, counts.
 
-None of these calls reaches the training thread's hot path or changes the session;
-:class:`SessionViews` is the base of :class:`~hubfsm.runtime.session.Session`, which
-sets the attributes it reads.
+None of these calls reaches the training thread's hot path or changes what the session
+sends; only :meth:`SessionViews.download_weights` changes anything, the record it planned
+from, when the hub had replaced the weights. :class:`SessionViews` is the base of
+:class:`~hubfsm.runtime.session.Session`, which sets the attributes it reads.
 """
 
 from __future__ import annotations
@@ -98,14 +99,14 @@ class SessionViews:
         is, and sends the API key only to the API root's origin); else it is fetched
         without a key.
 
-        Returns:
-            The local weights file, or None when the plan starts from an architecture
-            or a local file.
-
         When this session has delivered newer last weights (a checkpoint the killed run
         left in the outbox) before this call, the hub may no longer have the ones the
         plan named: then the newer ones are downloaded, and :attr:`plan` and
         :attr:`record` say so from then on.
+
+        Returns:
+            The local weights file, or None when the plan starts from an architecture
+            or a local file.
 
         Raises:
             DownloadError: The download failed or did not match the expected size/digest.

@@ -31,7 +31,7 @@ def plan_of(
     return plan_from_record(record)
 
 
-def download_plan_weights(
+def _download(
     plan: TrainingPlan,
     record: Mapping[str, Any],
     transport: Transport,
@@ -101,11 +101,11 @@ def download_newest_weights(
         "deadline": deadline,
     }
     try:
-        return download_plan_weights(plan, record, transport, **options), record
+        return _download(plan, record, transport, **options), record
     except DownloadError:
         if plan.kind != "resume" or model_id is None:
             raise
-        fresh = read_record(transport, model_id)
+        fresh = _read_record(transport, model_id)
         if fresh is None:
             raise
         fresh_plan = plan_of(identifier, create_args, fresh)
@@ -113,10 +113,10 @@ def download_newest_weights(
         if fresh_plan.kind != "resume" or names == (plan.weights_url, record.get("resume_sha256")):
             raise
     log.info("weights.replaced", model_id=model_id, resume_epoch=fresh_plan.resume_epoch)
-    return download_plan_weights(fresh_plan, fresh, transport, **options), fresh
+    return _download(fresh_plan, fresh, transport, **options), fresh
 
 
-def read_record(transport: Transport, model_id: str) -> dict[str, Any] | None:
+def _read_record(transport: Transport, model_id: str) -> dict[str, Any] | None:
     """The model record as the hub has it now, or None when it does not give it."""
     try:
         response = transport.send(protocol.get_model(model_id))
