@@ -158,8 +158,9 @@ class Scheduling:
         ):
             epoch, file, map50_95 = self._final
             # The key follows the content, so finishing again with the same weights after
-            # an interrupted upload that did land is replayed by the hub, not refused.
-            key = f"final-{model_id}-{epoch}-{file.sha256[:32]}"
+            # an interrupted upload that did land is replayed by the hub, not refused. The
+            # mAP is part of the body, so it is part of the key: one key, one request.
+            key = f"final-{model_id}-{epoch}-{file.sha256[:32]}-{float(map50_95)!r}"
             request = protocol.upload_final(model_id, epoch, file, map50_95=map50_95, key=key)
             self._add("final", request, FinalUpload(epoch), now=now)
         metrics_op = ops["metrics"]

@@ -330,6 +330,7 @@ class Checker:
         expect: Expect | None = None,
         queued: Iterable[int] = (),
         held: Iterable[int] | None = None,
+        reused: int = 0,
     ) -> None:
         """Invariants 1, 2, 3 and 7, and how the session ended, checked at its end.
 
@@ -349,6 +350,8 @@ class Checker:
             held: The epochs the outbox holds (pending or rejected); by default what the
                 core still holds. Every epoch accepted is on the hub or held: never only
                 in a log line.
+            reused: Requests the hub refused because their idempotency key had answered
+                another request: a key stands for one request, so there must be none.
             queued: Epochs accepted from the trainer that the driver has not taken in yet.
         """
         logged_epochs = set(logged)
@@ -383,6 +386,8 @@ class Checker:
         if repeated:
             kind, epoch, _ = repeated[0]
             self.violate(2, f"{kind} weights of epoch {epoch} applied more than once")
+        if reused:
+            self.violate(2, f"{reused} requests reused an idempotency key with another body")
         if state == "done" and final_sha256 != expected_sha256:
             self.violate(3, f"final weights {final_sha256} != handed over {expected_sha256}")
         # Paths and messages are the entries' only free text; the rest are fixed words.

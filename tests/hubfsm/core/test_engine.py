@@ -329,3 +329,17 @@ def test_a_kept_checkpoint_upload_of_the_newest_weights_is_sent_with_its_key():
     core.restore(Saved(ops=(OpOpened("checkpoint", kept, 1),)), now=0.0)
     sends, _ = drive(core, 10.0)
     assert [s.request.idempotency_key for s in sends if s.channel == "checkpoint"] == ["kept-1"]
+
+
+def test_the_final_key_follows_the_whole_body():
+    # The key is made from the upload's content so a finish repeated with the same weights
+    # is replayed; the mAP is sent too, so another mAP is another request with its own key.
+    def final_key(map50_95):
+        core = training_core()
+        core.finish(0, BEST, map50_95=map50_95, now=0.0)
+        sends, _ = drive(core, 0.0)
+        (final,) = [s for s in sends if s.channel == "final"]
+        return final.request.idempotency_key
+
+    assert final_key(0.5) == final_key(0.5)
+    assert final_key(0.5) != final_key(0.625)

@@ -17,6 +17,7 @@ from hubfsm.cli.main import main
 from hubfsm.cli.simulate import run_seeds
 from hubfsm.core.engine import Core, CoreConfig, Limits, Send
 from hubfsm.core.events import CheckpointOffered, EpochEnded
+from hubfsm.core.ops import MetricsBatch
 from hubfsm.hub.faults import FaultMix
 from hubfsm.runtime.driver import Driver
 from hubfsm.sim.invariants import CRASH, Checker, Entry, render_json, render_text
@@ -265,6 +266,21 @@ class IgnoresRetryAfter(Core):
         super().receive(op_id, outcome, now=now)
 
 
+class GrowsItsMetricsBatch(Core):
+    """Adds the epochs queued since to a metrics request being retried, under its old key."""
+
+    def _schedule(self, state, now):
+        super()._schedule(state, now)
+        op = self._ops["metrics"]
+        if op is None or not op.attempts or not self._unsent:
+            return
+        body = dict(op.request.json)
+        body["metrics"] = {**body["metrics"], **{str(e): m for e, m in self._unsent.items()}}
+        op.request = attrs.evolve(op.request, json=body)
+        op.purpose = MetricsBatch(op.purpose.epochs + tuple(self._unsent))
+        self._unsent = {}
+
+
 @pytest.mark.parametrize(
     ("bug", "profile", "invariant"),
     [
@@ -272,6 +288,7 @@ class IgnoresRetryAfter(Core):
         (ForgetsUnansweredMetrics, "flaky", 1),
         (ForgetsMetricsOn5xx, "flaky", 1),
         (IgnoresRetryAfter, "flaky", 6),
+        (GrowsItsMetricsBatch, "flaky", 2),
     ],
 )
 def test_a_planted_bug_in_the_core_is_caught(bug, profile, invariant):
