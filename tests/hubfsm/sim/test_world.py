@@ -32,7 +32,7 @@ from hubfsm.sim.profiles import (
     select,
 )
 from hubfsm.sim.world import EPOCH_ZERO, Bugs, run_seed
-from hubfsm.transport import Response, TransportError
+from hubfsm.transport import Request, Response, TransportError
 
 #: Seeds per profile in the sweeps, beside the thousand flaky ones: 5 x 500 + 1000 in all.
 SWEEP_SEEDS = range(500)
@@ -158,6 +158,22 @@ def test_a_violation_is_an_entry_of_the_trace():
     assert entry == Entry(10.0, "unparsed", "violation", message=entry.message, invariant=4)
     assert "VIOLATION of invariant 4" in entry.text()
     assert json.loads(render_json([entry]))["invariant"] == 4
+
+
+@pytest.mark.parametrize(("at", "violated"), [(299.0, True), (300.0, False)])
+def test_the_checker_holds_a_retry_after_only_as_long_as_the_policy_honours_it(at, violated):
+    now = [10.0]
+    checker = Checker(
+        lambda: now[0], metrics=3, checkpoint=900, heartbeat=300, heartbeat_slack=1,
+        policies=CoreConfig().policies,
+    )
+    checker.changed("unparsed", "parse", "resolved")
+    request = Request("POST", "/v1/models/" + "A" * 20, json={}, idempotency_key="k")
+    checker.sent(10.0, Send(1, "metrics", 1, request))
+    checker.answered(10.0, Send(1, "metrics", 1, request), Response(429, {}, retry_after=1e9))
+    now[0] = 10.0 + at
+    checker.sent(now[0], Send(1, "metrics", 2, request))
+    assert any(v.number == 6 for v in checker.violations) is violated
 
 
 # -- profiles and schedules ---------------------------------------------------------
