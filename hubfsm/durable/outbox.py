@@ -176,7 +176,12 @@ class Outbox:
         Raises:
             OSError: The disk is full or failed: nothing of the call is written.
         """
-        if self.db.apply(changes, journal_seq=journal_seq):
+        try:
+            touched = self.db.apply(changes, journal_seq=journal_seq)
+        except OSError:
+            self.db.reclaim()  # so that the retry may find room
+            raise
+        if touched:
             # Written: a snapshot that could not be deleted now goes at the next collection.
             with contextlib.suppress(OSError):
                 self._collect_files()

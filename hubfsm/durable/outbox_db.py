@@ -377,6 +377,15 @@ class OutboxDB:
             raise
         return files_touched
 
+    def reclaim(self) -> None:
+        """Give back the space of the write-ahead log, after a write the disk refused.
+
+        SQLite moves the log into the database only after a write that succeeded: on a
+        disk filled by the log itself, no write would ever succeed again. Best effort.
+        """
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
     def copy_to(self, path: str | os.PathLike[str]) -> None:
         """Write the whole database to a file at ``path`` (an in-memory one included)."""
         target = sqlite3.connect(path)
