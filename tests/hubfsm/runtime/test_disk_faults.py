@@ -6,6 +6,7 @@ fail. ``test_full_disk.py`` runs a trainer on a real full file system.
 """
 
 import errno
+import functools
 import hashlib
 import os
 import random
@@ -13,7 +14,7 @@ import random
 import attrs
 import structlog
 
-from hubfsm.durable.journal import replay
+from hubfsm.durable.journal import Journal, replay
 from hubfsm.durable.outbox import Outbox
 from hubfsm.hub.faults import FaultMix
 from hubfsm.runtime.clocks import VirtualClock
@@ -185,8 +186,8 @@ def test_a_journal_the_disk_has_no_room_for_leaves_the_session_in_memory(hub, tm
     settings = attrs.evolve(
         Settings.resolve(model_id, config=FAST, outbox_dir=tmp_path / "ob"), at_exit=False
     )
-    parts = build(settings, transport=InMemoryTransport(hub, KEY), clock=clock, inline=True)
-    parts.durability._open_journal = full
+    parts = build(settings, transport=InMemoryTransport(hub, KEY), clock=clock, inline=True,
+                  open_journal=functools.partial(Journal, allocate=full))
     with structlog.testing.capture_logs() as logs:
         s = Session.compose(parts)
     assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["journal.unavailable"]
