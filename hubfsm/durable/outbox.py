@@ -79,6 +79,9 @@ class Outbox:
         OutboxDamaged: Its database cannot be read.
     """
 
+    #: The last write was refused (a full disk): the next one first gives space back.
+    _refused = False
+
     def __init__(
         self,
         directory: str | os.PathLike[str],
@@ -176,11 +179,20 @@ class Outbox:
         Raises:
             OSError: The disk is full or failed: nothing of the call is written.
         """
+        if self._refused:
+            # SQLite moves its write-ahead log into the database only after a write that
+            # succeeded: on a small disk the log itself may be what fills it. While
+            # writes are refused, the log is given back before and after each.
+            self.db.reclaim()
         try:
             touched = self.db.apply(changes, journal_seq=journal_seq)
         except OSError:
-            self.db.reclaim()  # so that the retry may find room
+            self._refused = True
+            self.db.reclaim()
             raise
+        if self._refused:
+            self._refused = False
+            self.db.reclaim()
         if touched:
             # Written: a snapshot that could not be deleted now goes at the next collection.
             with contextlib.suppress(OSError):

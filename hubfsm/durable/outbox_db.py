@@ -378,10 +378,9 @@ class OutboxDB:
         return files_touched
 
     def reclaim(self) -> None:
-        """Give back the space of the write-ahead log, after a write the disk refused.
+        """Move the write-ahead log into the database and give its space back.
 
-        SQLite moves the log into the database only after a write that succeeded: on a
-        disk filled by the log itself, no write would ever succeed again. Best effort.
+        Best effort: it needs room for what the database grows by.
         """
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()

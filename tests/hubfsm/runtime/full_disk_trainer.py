@@ -15,12 +15,15 @@ Scenarios:
         cannot be had, its held link is kept instead.
     fill: the disk fills up mid-run (the outbox and the journal both meet ENOSPC,
         long enough for the journal to need more room), then frees up.
+    blip: offline (the outbox is the only place epochs go), the disk is full for a
+        stretch of epochs, then frees up: the outbox must end with every epoch.
 """
 
 import errno
 import hashlib
 import json
 import sys
+import time
 from pathlib import Path
 
 import structlog
@@ -96,7 +99,7 @@ def main():
     hub = Hub(MemoryStore(), keys=[KEY])
     model_id = new_model(hub)
     session = Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST,
-                      outbox_dir=disk, exit_timeout=20.0)
+                      outbox_dir=disk, exit_timeout=20.0, offline=scenario == "blip")
     session.start()
     logged = []
     expected = {}
@@ -142,6 +145,21 @@ def main():
             session.log_metrics(metrics(epoch, False), epoch=epoch)
             logged.append(epoch)
         assert session.flush(timeout=60.0)
+        session.close()
+    elif scenario == "blip":
+        filler = None
+        for epoch in range(40):
+            if epoch == 10:
+                filler = fill(disk)
+            if epoch == 30:
+                # The worker has met the full disk before it frees up (bounded wait).
+                deadline = time.monotonic() + 30.0
+                while session._driver.write_error is None and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert session._driver.write_error is not None
+                close_filler(filler)
+            session.log_metrics(metrics(epoch, False), epoch=epoch)
+            logged.append(epoch)
         session.close()
     else:
         raise SystemExit(f"unknown scenario {scenario}")
