@@ -95,8 +95,7 @@ Allocate = Callable[[int, int, int], None]
 #: What a session without its journal risks, said when the journal is given up.
 AT_RISK = (
     "calls are kept in memory until the worker writes them to the outbox; a kill -9 or a "
-    "power cut loses those not written yet (at most the worker's last quarter second, "
-    "or the request it is in)"
+    "power cut loses those not written there yet"
 )
 
 
@@ -248,10 +247,11 @@ class Journal:
 
     def _set_schema(self, names: tuple[str, ...]) -> None:
         data = encode(("k", names))
-        self._at = 1
+        was, self._at = self._at, 1
         try:
             self._write_entry(data, _crc32(data), 0)
         except OSError as exc:
+            self._at = was
             self._give_up(exc)
             return
         self._names = names

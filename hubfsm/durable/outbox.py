@@ -231,11 +231,12 @@ class Outbox:
     ) -> FilePart | None:
         tmp = self.files / f".incoming-{os.getpid()}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-            with open(path, "rb") as src, open(fd, "wb") as dst:
-                sha, size = sha256_chunks(chunks(src), copy_to=dst)
-                dst.flush()
-                os.fsync(dst.fileno())
+            with open(path, "rb") as src:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+                with open(fd, "wb") as dst:
+                    sha, size = sha256_chunks(chunks(src), copy_to=dst)
+                    dst.flush()
+                    os.fsync(dst.fileno())
             if stamp is not None and stamp_of(path) != stamp:
                 tmp.unlink()
                 return None

@@ -133,10 +133,14 @@ def disk_errors() -> Iterator[None]:
         yield
     except sqlite3.OperationalError as error:
         code = (getattr(error, "sqlite_errorcode", 0) or 0) & 0xFF
+        text = str(error)
+        if not code:  # Python 3.10 gives no code: SQLite's own messages tell
+            code = _SQLITE_FULL if "disk is full" in text else 0
+            code = _SQLITE_IOERR if "disk I/O error" in text else code
         if code == _SQLITE_FULL:
-            raise OSError(errno.ENOSPC, f"the outbox database: {error}") from error
+            raise OSError(errno.ENOSPC, f"the outbox database: {text}") from error
         if code == _SQLITE_IOERR:
-            raise OSError(errno.EIO, f"the outbox database: {error}") from error
+            raise OSError(errno.EIO, f"the outbox database: {text}") from error
         raise
 
 
