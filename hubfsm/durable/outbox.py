@@ -38,7 +38,7 @@ from hubfsm.durable.layout import (
     private_file,
     salvage,
 )
-from hubfsm.durable.outbox_db import OutboxDB
+from hubfsm.durable.outbox_db import OutboxDB, disk_errors
 from hubfsm.transport import FilePart
 
 # -- the outbox ----------------------------------------------------------------------
@@ -113,11 +113,16 @@ class Outbox:
                     os.chmod(f"{database}{extra}", FILE_MODE)
             connection = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
             try:
-                check_database(connection)
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute("PRAGMA synchronous=NORMAL")
-                self.db = OutboxDB(connection, model_id)
-                self.db.load()  # every record must read back, or it is damage
+                # A full disk or an I/O error is an OSError, never taken for damage.
+                with disk_errors():
+                    check_database(connection)
+                    connection.execute("PRAGMA journal_mode=WAL")
+                    connection.execute("PRAGMA synchronous=NORMAL")
+                    self.db = OutboxDB(connection, model_id)
+                    self.db.load()  # every record must read back, or it is damage
+            except OSError:
+                connection.close()
+                raise
             except sqlite3.DatabaseError as error:
                 connection.close()
                 raise OutboxDamaged(

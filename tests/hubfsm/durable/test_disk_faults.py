@@ -10,6 +10,7 @@ import collections
 import errno
 import hashlib
 import os
+import sqlite3
 
 import pytest
 import structlog
@@ -19,7 +20,7 @@ from hubfsm.core.events import EpochEnded
 from hubfsm.digest import sha256_chunks
 from hubfsm.durable import outbox as outbox_module
 from hubfsm.durable.journal import INITIAL_SIZE, Journal, replay
-from hubfsm.durable.outbox import Outbox, stamp_of
+from hubfsm.durable.outbox import Outbox, OutboxDamaged, stamp_of
 
 MODEL = "M" * 20
 
@@ -170,3 +171,18 @@ def test_a_journal_that_cannot_grow_takes_calls_in_memory_and_says_so_once(tmp_p
     assert journaled == list(range(6, 6 + len(journaled))) and 0 < len(journaled) < len(logged)
     assert os.stat(tmp_path / "j").st_size == INITIAL_SIZE
     j.close()
+
+
+def test_an_outbox_the_disk_cannot_open_is_an_os_error_not_damage(tmp_path, monkeypatch):
+    def full_disk(connection):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(outbox_module, "check_database", full_disk)
+    with pytest.raises(OSError) as raised:
+        Outbox.open(MODEL, tmp_path)
+    assert raised.value.errno == errno.ENOSPC
+    assert not isinstance(raised.value, OutboxDamaged)
+    # Nothing was set aside or salvaged, and the lock is free again.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MODEL]
+    monkeypatch.undo()
+    Outbox.open(MODEL, tmp_path).close()
