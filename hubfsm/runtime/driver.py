@@ -327,26 +327,68 @@ class Driver:
             return
         try:
             durability.apply(changes, journal_seq=journal_seq)
-        except Exception as exc:  # a full disk must not stop delivery of what is in memory
-            # Kept, with the journal's progress, for the next write: the journal is
-            # not consumed past what reached the outbox.
-            self.unwritten = changes
-            if self.write_error is None and not self.quiet:
-                _say(
-                    "error",
-                    "outbox.write_failed",
-                    error=str(exc),
-                    model_id=core.model_id,
-                    unwritten=len(changes),
-                )
-            self.write_error = exc
+        except OSError as exc:  # a full disk must not stop delivery of what is in memory
+            self._refused(changes, exc)
             return
+        except Exception:  # not the disk: one change that can never be written
+            if not self._write_apart(durability, changes, journal_seq):
+                return
         self.unwritten = []
         self._journal_seq = None
         if self.write_error is not None:
             self.write_error = None
             if not self.quiet:
                 _say("info", "outbox.write_recovered", model_id=core.model_id)
+
+    def _refused(self, changes: list[Change], error: OSError) -> None:
+        """Keep what the disk refused, with the journal's progress, for the next write.
+
+        The journal is not consumed past what reached the outbox, and sending goes on
+        from memory meanwhile.
+        """
+        self.unwritten = changes
+        if self.write_error is None and not self.quiet:
+            _say(
+                "error",
+                "outbox.write_failed",
+                error=str(error),
+                model_id=self.core.model_id,
+                unwritten=len(changes),
+            )
+        self.write_error = error
+
+    def _write_apart(
+        self, durability: Durability, changes: list[Change], journal_seq: int | None
+    ) -> bool:
+        """Write the changes one at a time, setting aside any that can never be written.
+
+        Retrying such a change would hold back every later one for good, so it is
+        dropped with a log line naming it. False when the disk refused a write meanwhile
+        (the rest is kept for the next write).
+        """
+        for at, change in enumerate(changes):
+            try:
+                durability.apply([change], journal_seq=None)
+            except OSError as exc:
+                self._refused(changes[at:], exc)
+                return False
+            except Exception as exc:
+                _say(
+                    "error",
+                    "outbox.change_dropped",
+                    change=type(change).__name__,
+                    error=f"{type(exc).__name__}: {exc}",
+                    model_id=self.core.model_id,
+                )
+        try:
+            durability.apply([], journal_seq=journal_seq)
+        except OSError as exc:
+            self._refused([], exc)
+            return False
+        except Exception as exc:  # the outbox itself is unusable: nothing more to do here
+            _say("error", "outbox.write_failed", error=str(exc), model_id=self.core.model_id)
+            return False
+        return True
 
 
 def _log_failure(action: Send, outcome: Outcome) -> None:

@@ -14,6 +14,7 @@ import random
 import attrs
 import structlog
 
+from hubfsm.core.changes import OpOpened
 from hubfsm.durable.journal import Journal, replay
 from hubfsm.durable.outbox import Outbox
 from hubfsm.hub.faults import FaultMix
@@ -198,3 +199,35 @@ def test_a_journal_the_disk_has_no_room_for_leaves_the_session_in_memory(hub, tm
     parts.shell.run_until(clock() + 1.0)
     assert [m["epoch"] for m in hub.metrics(model_id)] == [0, 1, 2]
     s.close()
+
+
+def test_a_change_that_can_never_be_written_is_set_aside_and_wedges_nothing(hub, tmp_path):
+    clock = VirtualClock(1000.0)
+    root = tmp_path / "ob"
+    model_id, s, shell, link = cut_off(hub, clock, root)
+    outbox = s._durability.outbox
+    real = outbox.apply
+
+    def carries_epoch_2(change):
+        if isinstance(change, OpOpened):
+            return change.channel == "metrics" and 2 in change.payload
+        return getattr(change, "epoch", None) == 2
+
+    def apply(changes, *, journal_seq=None):
+        # Not the disk: what carries epoch 2 cannot be encoded, however often it is tried.
+        if any(carries_epoch_2(c) for c in changes):
+            raise TypeError("cannot encode epoch 2")
+        real(changes, journal_seq=journal_seq)
+
+    outbox.apply = apply
+    with structlog.testing.capture_logs() as logs:
+        for epoch in range(5):
+            s.log_metrics({"loss": 1.0}, epoch=epoch)
+        shell.run_until(clock() + 1.0)
+    dropped = [e for e in logs if e["event"] == "outbox.change_dropped"]
+    assert dropped and all("epoch 2" in d["error"] for d in dropped)
+    assert "MetricsQueued" in [d["change"] for d in dropped]
+    assert s._driver.unwritten == [] and s._driver.write_error is None
+    s.close(timeout=0.0)
+    # Everything else went in, and the journal is consumed: no retry holds it back.
+    assert outbox_epochs(root, model_id) == ([0, 1, 3, 4], 5)
