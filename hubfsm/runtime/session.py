@@ -256,8 +256,14 @@ class Session(SessionViews):
             raise IllegalEventError(self._core.state, "finish")
         last = max(self._next_epoch - 1 if epoch is None else epoch, 0)
         file = os.fspath(path)
-        event = FinishRequested(file, last, map50_95, stamp_of(file), timeout)
-        self._shell.call(event, timeout=max(60.0, timeout))
+        stamp = stamp_of(file)  # a missing file is the caller's error, raised here
+        durability = self._durability
+        held = durability.hold(file) if durability is not None else None
+        event = FinishRequested(file, last, map50_95, stamp, timeout, held)
+        # Journaled before the wait: a kill while the worker is still inside a request
+        # leaves the final weights for recovery, `hubfsm status` and `hubfsm sync`.
+        journal = None if durability is None else durability.journal
+        self._shell.call(event, timeout=max(60.0, timeout), journal=journal)
         self._accepting = False
         self._settle(timeout)
 
