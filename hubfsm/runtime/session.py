@@ -24,6 +24,7 @@ from hubfsm.core.events import (
     Start,
 )
 from hubfsm.durable.outbox import stamp_of
+from hubfsm.durable.records import keep_record, kept_record
 from hubfsm.errors import (
     DeliveryIncomplete,
     HubfsmError,
@@ -152,10 +153,21 @@ class Session(SessionViews):
             self._release()
             raise
         if settings.identifier.model_id is not None:
+            self._keep_record(settings.identifier.model_id)
             self._continue_from_record()
         if settings.at_exit:
             self._hooks = ExitHooks(self._at_exit, signals=settings.handle_signals)
         self._log.info("session.opened", model_id=core.model_id, state=core.state)
+
+    def _keep_record(self, model_id: str) -> None:
+        # An offline run of a hub model trains from the record an online start kept.
+        durability = self._durability
+        if durability is None:
+            return
+        if self.offline:
+            self._record = kept_record(model_id, durability.root)
+        elif self._core.record:
+            keep_record(model_id, self._core.record, durability.root)
 
     def _continue_from_record(self) -> None:
         # A resumed model's new epochs follow the ones the hub has: a loop that logs

@@ -4,6 +4,7 @@ over HTTP, and ultralytics' stock HUB callbacks (8.2.0) reproduced line for line
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import sys
 import time
@@ -18,6 +19,7 @@ from hubfsm.errors import AuthError, HubfsmError, ModelTrainedError
 from hubfsm.hub.server import LocalHub
 from hubfsm.integrations import ultralytics as integration
 from hubfsm.integrations.ultralytics_hub import HUBTrainingSession, install, uninstall
+from hubfsm.runtime.sync import sync as hubfsm_sync
 
 BAD = "b" * 42
 
@@ -378,3 +380,32 @@ def test_epoch_weights_wait_for_their_epochs_metrics(local, tmp_path, monkeypatc
     assert local.hub.record(model_id)["status"] == "trained"
     epochs = {u.epoch for u in local.hub.audit().uploads if u.type == "epoch"}
     assert epochs <= {row["epoch"] for row in local.hub.metrics(model_id)}
+
+
+def test_offline_the_stand_in_trains_a_hub_model_after_one_online_start(
+    local, tmp_path, monkeypatch
+):
+    model_id = create(local, epochs=2)
+    url = f"{local.url}/models/{model_id}"
+    monkeypatch.setenv("HUB_API_KEY", local.api_key)
+    monkeypatch.setenv("HUBFSM_OFFLINE", "1")
+    # Never started online: the error says so, not that a dataset is processing.
+    with pytest.raises(HubfsmError, match="needs one online start") as raised:
+        HUBTrainingSession(url)
+    assert "processing" not in str(raised.value)
+    monkeypatch.delenv("HUBFSM_OFFLINE")
+    HUBTrainingSession(url).close()  # one online start keeps the record
+    monkeypatch.setenv("HUBFSM_OFFLINE", "1")
+    before = dict(local.hub.audit().requests)
+    session = HUBTrainingSession(url)
+    assert session.train_args["data"] == "coco8.yaml" and session.train_args["epochs"] == 2
+    assert session.model_file == "yolov8n.yaml"
+    best = train(session, tmp_path, 2)
+    assert dict(local.hub.audit().requests) == before  # offline: nothing sent
+    out = io.StringIO()
+    monkeypatch.delenv("HUBFSM_OFFLINE")
+    assert hubfsm_sync(tmp_path / "outbox", api_root=local.url, out=out) == 0, out.getvalue()
+    assert sorted(row["epoch"] for row in local.hub.metrics(model_id)) == [0, 1]
+    assert local.hub.record(model_id)["status"] == "trained"
+    (final,) = [u for u in local.hub.audit().uploads if u.type == "final"]
+    assert final.sha256 == hashlib.sha256(best).hexdigest()
