@@ -344,7 +344,7 @@ class Session(SessionViews):
             self._shell.submit(Interrupted())
         self._shell.stop(timeout=0.0 if self.offline else limit)
         self._release()
-        pending = self._core.pending()
+        pending = self.pending()  # final weights the worker never took in are kept too
         if any(pending.values()):
             tell = self._log is log and not self._refusal_noticed
             report_left(self._core, pending, self.outbox_dir, self._log, tell=tell)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hubfsm.core.engine import Core
+from hubfsm.core.events import FinishRequested
 from hubfsm.core.identifier import Identifier
 from hubfsm.core.plan import TrainingPlan
 from hubfsm.durable.journal import InboxItem, queued_epoch
@@ -165,11 +166,15 @@ class SessionViews:
     def pending(self) -> dict[str, int]:
         """What the hub has not acknowledged yet, per channel (a snapshot).
 
-        Epochs logged but not yet taken in by the worker count too.
+        Epochs logged, and final weights handed to ``finish``, that the worker has not
+        taken in yet count too.
         """
         counts = self._core.pending()
-        queued = {queued_epoch(item) for item in list(self._inbox)} - {None}
+        items = list(self._inbox)
+        queued = {queued_epoch(item) for item in items} - {None}
         counts["metrics"] += len(queued)
+        if any(len(item) == 2 and isinstance(item[1], FinishRequested) for item in items):
+            counts["final"] = 1
         return counts
 
     def stats(self) -> dict[str, Any]:
