@@ -21,7 +21,7 @@ def _missing(directory: str | None) -> bool:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     """Send what the outboxes hold."""
-    from hubfsm.durable.survey import find, inspect
+    from hubfsm.durable.survey import survey
     from hubfsm.runtime.sync import root_of, sync
     from transports.http import DEFAULT_API_ROOT
 
@@ -29,7 +29,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
         return 2
     root = args.hub or env.api_root() or DEFAULT_API_ROOT
     key = key_from(args)
-    waiting = [i for i in inspect(find(root_of(args.dir))) if any(i.pending.values())]
+    # A damaged outbox is for sync to report and set aside: it must not stop the others.
+    waiting = [i for i in survey(root_of(args.dir)).infos if any(i.pending.values())]
     if waiting and not key:
         print(
             f"error: sync needs the hub's API key: {KEY_ENV}, --key-file FILE or --key",

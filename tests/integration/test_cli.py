@@ -620,3 +620,48 @@ def test_discard_rejected_drops_only_what_the_hub_refused(
     assert "discarded 1 rejected record(s)" in done.stdout
     after = cli("status", env=env)
     assert "rejected by the hub" not in after.stdout and f"| {MODEL} | 2 |" in after.stdout
+
+
+def hub_model(served: Any) -> str:
+    """Create a model on a served hub; returns its id."""
+    from hubfsm.core import protocol
+
+    created = requests.post(
+        f"{served.url}/v1/models",
+        json=protocol.create_payload("yolov8n.yaml", {}),
+        headers={"x-api-key": served.key},
+        timeout=10,
+    )
+    assert created.status_code == 200, created.text
+    return str(created.json()["data"]["id"])
+
+
+def truncate_outbox(directory: Path) -> None:
+    """Cut an outbox's database in half, as a full disk or a bad copy leaves it."""
+    db = directory / "outbox.sqlite3"
+    with open(db, "r+b") as f:
+        f.truncate(os.path.getsize(db) // 2)
+    for extra in ("-wal", "-shm"):
+        Path(f"{db}{extra}").unlink(missing_ok=True)
+
+
+def test_sync_sets_a_damaged_outbox_aside_and_delivers_the_others(
+    cli: Any, serve_hub: Callable[..., Any], tmp_path: Path, leaks: Any
+) -> None:
+    leaks.watch(KEY)
+    served = serve_hub(tmp_path / "hub")
+    model = hub_model(served)
+    root = tmp_path / "outbox"
+    offline_outbox(root, model, epochs=5)
+    truncate_outbox(offline_outbox(root, MODEL, epochs=50))
+    env = dict(os.environ, HUB_API_KEY=served.key)
+
+    done = cli("sync", str(root), "--hub", served.url, env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"damaged: the outbox in {root / MODEL}" in done.stdout
+    assert "set aside as" in done.stdout and "synced 1 of 1" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    arrived = requests.get(
+        f"{served.url}/v1/models/{model}/metrics", headers={"x-api-key": served.key}, timeout=10
+    ).json()["data"]
+    assert len(arrived) == 5
