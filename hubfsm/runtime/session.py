@@ -23,6 +23,7 @@ from hubfsm.core.events import (
     Interrupted,
     Start,
 )
+from hubfsm.core.plain import carried
 from hubfsm.durable.outbox import stamp_of
 from hubfsm.errors import (
     DeliveryIncomplete,
@@ -186,22 +187,29 @@ class Session(SessionViews):
         """Queue one epoch's metrics; returns at once, and a crash cannot lose them.
 
         Args:
-            metrics: Metric names to numbers (anything JSON can encode).
+            metrics: Metric names (strings) to values: numbers, strings, booleans, None,
+                and lists and dicts of them. numpy and torch scalars and arrays are
+                converted; NaN and infinities are sent as JSON ``null``.
             epoch: The epoch; by default the one after the last logged, from 0.
+
+        Raises:
+            TypeError: A name is not a string, or a value cannot be sent (an integer
+                beyond 64 bits, an object): the message names it, and nothing is kept.
         """
         if not self._accepting:
             raise IllegalEventError(self._core.state, "epoch_end")
         if epoch is None:
             epoch = self._next_epoch
-        self._next_epoch = epoch + 1
         durability = self._durability
         journal = None if durability is None else durability.journal
         # No wake-up: metrics go out at most every 3 s anyway, and the worker looks at
-        # the inbox at least every quarter second.
+        # the inbox at least every quarter second. The journal checks the values itself,
+        # once they are not the float values of its usual names.
         if journal is None:
-            self._inbox.append((0, epoch, dict(metrics)))
+            self._inbox.append((0, epoch, carried(metrics)))
         else:
             journal.append_metrics(epoch, metrics)
+        self._next_epoch = epoch + 1
 
     def save_checkpoint(
         self, path: str | os.PathLike[str], *, epoch: int, is_best: bool = False

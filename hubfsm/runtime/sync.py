@@ -93,6 +93,8 @@ def status(root: str | os.PathLike[str] | None, *, out: TextIO) -> int:
             )
         for record in info.rejected:
             print(f"model {info.model_id}: rejected by the hub: {record}", file=out)
+        for record in info.kept_aside:
+            print(f"model {info.model_id}: kept aside: {record}", file=out)
     if any(any(info.pending.values()) for info in infos):
         print(
             "`hubfsm sync` sends what they hold; `hubfsm discard MODEL_ID` deletes one you "
@@ -222,16 +224,20 @@ def _report_rejected(infos: list[OutboxInfo], *, out: TextIO) -> int:
     """List the rejected records held; 1 if there are any (they are not delivered)."""
     held = 0
     for info in infos:
-        if not info.rejected:
-            continue
-        held += len(info.rejected)
-        print(
-            f"model {info.model_id}: {len(info.rejected)} records the hub rejected are kept "
-            f"in {info.directory} (`hubfsm discard {info.model_id} --rejected` removes them):",
-            file=out,
-        )
-        for record in info.rejected:
-            print(f"  {record}", file=out)
+        for records, what in (
+            (info.rejected, "records the hub rejected are kept"),
+            (info.kept_aside, "records that could not be sent are kept aside"),
+        ):
+            if not records:
+                continue
+            held += len(records)
+            print(
+                f"model {info.model_id}: {len(records)} {what} in {info.directory} "
+                f"(`hubfsm discard {info.model_id} --rejected` removes them):",
+                file=out,
+            )
+            for record in records:
+                print(f"  {record}", file=out)
     return 1 if held else 0
 
 
