@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--hub",
         type=api_root,
         metavar="URL",
-        help="the API root (default: ULTRALYTICS_HUB_API, else the public hub)",
+        help="send every outbox to this API root (default: the hub each outbox was made "
+        "for; for an outbox older than that record, ULTRALYTICS_HUB_API, else the public hub)",
     )
     add_key_options(p, f"(default: {KEY_ENV})")
     p.add_argument(

@@ -23,11 +23,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
     """Send what the outboxes hold."""
     from hubfsm.durable.survey import survey
     from hubfsm.runtime.sync import root_of, sync
-    from transports.http import DEFAULT_API_ROOT
 
     if _missing(args.dir):
         return 2
-    root = args.hub or env.api_root() or DEFAULT_API_ROOT
     key = key_from(args)
     # A damaged outbox is for sync to report and set aside: it must not stop the others.
     waiting = [i for i in survey(root_of(args.dir)).infos if any(i.pending.values())]
@@ -37,12 +35,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if waiting:
-        print(f"hub: {root}", file=sys.stdout)
     return sync(
         root_of(args.dir),
         api_key=key,
-        api_root=root,
+        api_root=env.api_root(),
+        hub=args.hub,
         timeout=args.timeout,
         out=sys.stdout,
     )

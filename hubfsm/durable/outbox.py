@@ -27,6 +27,7 @@ from hubfsm.durable.layout import (
     OUTBOX_ENV,
     OWN_FILES,
     SNAPSHOT,
+    HubRoots,
     OutboxDamaged,
     OutboxLockedError,
     check_database,
@@ -71,6 +72,8 @@ class Outbox:
         directory: The model's outbox directory (created if needed), named by its id.
         model_id: The model it belongs to: a hub id, never a path.
         root: The outbox root ``directory`` must lie in; default its parent.
+        hub: The hub its records are for, recorded when the outbox is made (see
+            :class:`~hubfsm.durable.outbox_db.OutboxDB`).
 
     Raises:
         ValueError: ``model_id`` is not a hub id, or ``directory`` is not the root's
@@ -85,6 +88,7 @@ class Outbox:
         model_id: str,
         *,
         root: str | os.PathLike[str] | None = None,
+        hub: HubRoots | None = None,
     ) -> None:
         directory = Path(directory)
         if not HUB_ID.fullmatch(model_id):
@@ -113,7 +117,7 @@ class Outbox:
                 check_database(connection)
                 connection.execute("PRAGMA journal_mode=WAL")
                 connection.execute("PRAGMA synchronous=NORMAL")
-                self.db = OutboxDB(connection, model_id)
+                self.db = OutboxDB(connection, model_id, hub=hub)
                 self.db.load()  # every record must read back, or it is damage
             except sqlite3.DatabaseError as error:
                 connection.close()
@@ -129,7 +133,13 @@ class Outbox:
             raise
 
     @classmethod
-    def open(cls, model_id: str, root: str | os.PathLike[str] | None = None) -> Outbox:
+    def open(
+        cls,
+        model_id: str,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        hub: HubRoots | None = None,
+    ) -> Outbox:
         """Open the outbox of ``model_id`` under ``root`` (default: :func:`default_root`).
 
         Raises:
@@ -138,7 +148,7 @@ class Outbox:
         if not HUB_ID.fullmatch(model_id):
             raise ValueError(f"{model_id[:24]!r} is not a model id; it cannot name an outbox")
         base = Path(root) if root is not None else default_root()
-        return cls(base / model_id, model_id, root=base)
+        return cls(base / model_id, model_id, root=base, hub=hub)
 
     def __repr__(self) -> str:
         return f"Outbox({str(self.directory)!r})"
@@ -281,6 +291,7 @@ __all__ = [
     "LOCK",
     "OUTBOX_ENV",
     "FileStamp",
+    "HubRoots",
     "Outbox",
     "OutboxDamaged",
     "OutboxLockedError",

@@ -25,6 +25,7 @@ from hubfsm.core.changes import (
     Rejected,
     Saved,
 )
+from hubfsm.durable.layout import HubRoots, hub_of
 from hubfsm.transport import FilePart, Request
 
 _SCHEMA = """
@@ -128,10 +129,18 @@ class OutboxDB:
         connection: An open connection in autocommit mode (``isolation_level=None``).
         model_id: The model the records belong to.
         has_schema: The connection's database already has the tables.
+        hub: The hub the records are for, recorded unless one already is (an outbox
+            made before hubs were recorded gets the hub of the first session that opens
+            it); None records nothing.
     """
 
     def __init__(
-        self, connection: sqlite3.Connection, model_id: str, *, has_schema: bool = False
+        self,
+        connection: sqlite3.Connection,
+        model_id: str,
+        *,
+        has_schema: bool = False,
+        hub: HubRoots | None = None,
     ) -> None:
         self._db = connection
         if not has_schema:
@@ -142,6 +151,11 @@ class OutboxDB:
                 "('created', ?)",
                 (model_id, repr(time.time())),
             )
+            if hub is not None:
+                db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('api_root', ?), ('web_root', ?)",
+                    (hub.api_root, hub.web_root),
+                )
 
     @classmethod
     def in_memory(cls, model_id: str) -> OutboxDB:
@@ -207,6 +221,11 @@ class OutboxDB:
                 "SELECT channel, request, payload, status, reason FROM rejected ORDER BY seq"
             )
         )
+
+    @property
+    def hub(self) -> HubRoots | None:
+        """The hub the records are for, if it was recorded."""
+        return hub_of(self._db)
 
     @property
     def refusal(self) -> str | None:

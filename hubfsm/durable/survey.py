@@ -26,11 +26,13 @@ from hubfsm.durable.layout import (
     FILE_MODE,
     JOURNAL,
     LOCK,
+    HubRoots,
     OutboxDamaged,
     OutboxLockedError,
     check_database,
     damage_of,
     default_root,
+    hub_of,
     log,
     salvage,
 )
@@ -60,6 +62,8 @@ class OutboxInfo:
         refusal: The refusal that stopped the last session's sending, if it is not over.
         kept_aside: The records recovery set aside unsent, described with the reason
             (kept until ``hubfsm discard``, like rejected ones).
+        hub: The hub the records are for, if the outbox records it (those made by
+            older versions do not, until a session opens them).
     """
 
     directory: Path
@@ -70,6 +74,7 @@ class OutboxInfo:
     rejected: tuple[str, ...] = ()
     refusal: str | None = None
     kept_aside: tuple[str, ...] = ()
+    hub: HubRoots | None = None
 
 
 def find(root: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -123,6 +128,7 @@ def _read(directory: Path) -> OutboxInfo:
                 json.loads(value)
             kinds = set(slots)
             rejected, refusal, aside = _refusals(db)
+            hub = hub_of(db)
         finally:
             db.close()
     except sqlite3.Error as error:
@@ -150,7 +156,7 @@ def _read(directory: Path) -> OutboxInfo:
     # A running session's journal may be read mid-write; its session reports its damage.
     damage = None if in_use else scan(directory / JOURNAL, after=after).damage
     return OutboxInfo(
-        directory, model_id, pending, in_use, damage, rejected, refusal, kept_aside=aside
+        directory, model_id, pending, in_use, damage, rejected, refusal, kept_aside=aside, hub=hub
     )
 
 

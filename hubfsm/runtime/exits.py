@@ -18,6 +18,7 @@ from typing import Any
 
 from hubfsm.core.changes import describe_pending
 from hubfsm.core.engine import Core
+from hubfsm.runtime.refusal import sync_command
 
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
@@ -76,9 +77,19 @@ class ExitHooks:
 
 
 def report_left(
-    core: Core, pending: dict[str, int], where: Path | None, log: Any, *, tell: bool
+    core: Core,
+    pending: dict[str, int],
+    where: Path | None,
+    log: Any,
+    *,
+    tell: bool,
+    api_root: str | None = None,
 ) -> None:
-    """Say what a closing session leaves behind: a log line, and (``tell``) a line for people."""
+    """Say what a closing session leaves behind: a log line, and (``tell``) a line for people.
+
+    The command it prints works as printed: it names the hub (``api_root``) unless it is
+    the public one.
+    """
     left = describe_pending(pending)
     log.warning(
         "session.closed_with_pending", model_id=core.model_id, pending=left, state=core.state
@@ -87,6 +98,6 @@ def report_left(
         print(
             f"hubfsm: model {core.model_id}: {left} not on the hub yet; kept in "
             f"{where}; they go first when this model's session opens again, or run "
-            f"`hubfsm sync {where}`",
+            f"`{sync_command(where, api_root)}`",
             file=sys.stderr,
         )

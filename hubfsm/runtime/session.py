@@ -337,7 +337,14 @@ class Session(SessionViews):
         pending = self._core.pending()
         if any(pending.values()):
             tell = self._log is log and not self._refusal_noticed
-            report_left(self._core, pending, self.outbox_dir, self._log, tell=tell)
+            report_left(
+                self._core,
+                pending,
+                self.outbox_dir,
+                self._log,
+                tell=tell,
+                api_root=self._settings.api_root,
+            )
         if raise_refusal and self._core.machine.refused and not self._refusal_raised:
             self._refusal_raised = True
             raise self._refusal_error()
@@ -355,10 +362,12 @@ class Session(SessionViews):
             return
         self._refusal_noticed = True
         if self._log is log:
-            print(notice(self._core, self.outbox_dir), file=sys.stderr)
+            print(
+                notice(self._core, self.outbox_dir, self._settings.api_root), file=sys.stderr
+            )
 
     def _refusal_error(self) -> HubfsmError:
-        return refusal_error(self._core, self.outbox_dir)
+        return refusal_error(self._core, self.outbox_dir, self._settings.api_root)
 
     def _at_exit(self) -> None:
         self._close(None, raise_refusal=False)

@@ -12,6 +12,7 @@ outbox a running session holds is left as it is.
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
@@ -24,8 +25,9 @@ from hubfsm.durable.recovery import fold
 from hubfsm.durable.survey import OutboxInfo, report_damage, set_aside_reporting, survey
 from hubfsm.errors import HubfsmError, HubUnavailableError, ModelNotFoundError
 from hubfsm.runtime.factory import build
+from hubfsm.runtime.refusal import same_hub
 from hubfsm.runtime.session import Session
-from hubfsm.runtime.settings import Settings
+from hubfsm.runtime.settings import API_ROOT_ENV, Settings
 from hubfsm.transport import Transport
 
 #: Opens the session that sends one outbox.
@@ -71,17 +73,18 @@ def status(root: str | os.PathLike[str] | None, *, out: TextIO) -> int:
         return 1 if damaged else 0
     print(
         "| model | metrics | checkpoint | final | rejected | held by a refusal | in use "
-        "| directory |",
+        "| hub | directory |",
         file=out,
     )
-    print("|---|---:|---:|---:|---:|---|---|---|", file=out)
+    print("|---|---:|---:|---:|---:|---|---|---|---|", file=out)
     for info in infos:
         p = info.pending
         held = "yes" if info.refusal else "no"
+        hub = info.hub.api_root if info.hub is not None else "not recorded"
         print(
             f"| {info.model_id} | {p['metrics']} | {p['checkpoint']} | {p['final']} | "
-            f"{len(info.rejected)} | {held} | {'yes' if info.in_use else 'no'} "
-            f"| {info.directory} |",
+            f"{len(info.rejected) + len(info.kept_aside)} | {held} | "
+            f"{'yes' if info.in_use else 'no'} | {hub} | {info.directory} |",
             file=out,
         )
     for info in infos:
@@ -104,6 +107,35 @@ def status(root: str | os.PathLike[str] | None, *, out: TextIO) -> int:
     return 1 if damaged else 0
 
 
+def target(info: OutboxInfo, *, hub: str | None, api_root: str | None) -> str:
+    """Where ``hubfsm sync`` sends an outbox: the hub it records, unless ``--hub`` says.
+
+    Args:
+        info: The outbox.
+        hub: The API root given with ``--hub``: it wins.
+        api_root: The API root the environment names (``ULTRALYTICS_HUB_API``), if any.
+
+    Raises:
+        HubfsmError: The outbox records another hub than the environment names: the
+            message says which ``--hub`` sends it where.
+    """
+    from transports.settings import DEFAULT_API_ROOT
+
+    if hub:
+        return hub
+    recorded = info.hub.api_root if info.hub is not None else None
+    if recorded is None:  # an outbox older than the record
+        return api_root or DEFAULT_API_ROOT
+    if api_root and not same_hub(api_root, recorded):
+        where = shlex.quote(str(info.directory))
+        raise HubfsmError(
+            f"its outbox was made for the hub at {recorded}, but {API_ROOT_ENV} names "
+            f"{api_root}; nothing was sent. `hubfsm sync --hub {recorded} {where}` sends it "
+            f"where it was made; `--hub {api_root}` sends it there instead"
+        )
+    return recorded
+
+
 def _sync_one(
     info: OutboxInfo,
     *,
@@ -114,7 +146,14 @@ def _sync_one(
     out: TextIO,
     open_session: SessionOpener | None = None,
 ) -> bool:
-    print(f"model {info.model_id}: sending {describe_pending(info.pending)} ...", file=out)
+    shown = f" to {api_root}" if api_root and transport is None and open_session is None else ""
+    print(f"model {info.model_id}: sending {describe_pending(info.pending)}{shown} ...", file=out)
+    if info.hub is not None and api_root and shown and not same_hub(api_root, info.hub.api_root):
+        print(
+            f"model {info.model_id}: its outbox was made for the hub at {info.hub.api_root}; "
+            "sending it elsewhere as --hub says",
+            file=out,
+        )
     if open_session is not None:
         session = open_session(info)
     else:
@@ -122,6 +161,7 @@ def _sync_one(
             info.model_id,
             api_key=api_key,
             api_root=api_root,
+            web_root=info.hub.web_root if info.hub is not None else None,
             outbox_dir=info.directory.parent,
             offline=False,
         )
@@ -158,6 +198,7 @@ def sync(
     *,
     api_key: str | None = None,
     api_root: str | None = None,
+    hub: str | None = None,
     transport: Transport | None = None,
     timeout: float = 600.0,
     out: TextIO,
@@ -165,11 +206,23 @@ def sync(
 ) -> int:
     """Send every pending outbox under ``root``; 0 when all of them are empty afterwards.
 
-    A damaged outbox is reported and set aside, and the others are sent; the exit
-    status is then 1, as it is when a journal was damaged, or while any record the hub
-    rejected is held (``hubfsm discard`` removes those). ``open_session`` opens the
-    session that sends one outbox (the simulator composes one on its virtual clock); by
-    default an ordinary :class:`Session`.
+    Each outbox goes to the hub it records (see :func:`target`). A damaged outbox is
+    reported and set aside, and the others are sent; the exit status is then 1, as it
+    is when a journal was damaged, or while any record the hub rejected is held
+    (``hubfsm discard`` removes those). ``open_session`` opens the session that sends
+    one outbox (the simulator composes one on its virtual clock); by default an
+    ordinary :class:`Session`.
+
+    Args:
+        root: The outbox root, or one model's outbox (None: the default root).
+        api_key: The key to send with.
+        api_root: The API root the environment names, if any: for outboxes that record
+            no hub; one that records another is refused.
+        hub: The API root given with ``--hub``: every outbox goes there.
+        transport: Where requests go instead of HTTP to each outbox's hub.
+        timeout: Seconds to spend on each model.
+        out: Where the report goes.
+        open_session: Opens the session that sends one outbox.
     """
     found = survey(root)
     damaged = report_damage(found, out=out, repair=True)
@@ -186,19 +239,28 @@ def sync(
             print(f"model {info.model_id}: skipped, a running session holds it", file=out)
             continue
         try:
+            where: str | None
+            if transport is None and open_session is None:
+                where = target(info, hub=hub, api_root=api_root)
+            else:
+                where = hub or api_root  # the given transport decides where it goes
             ok += _sync_one(
                 info,
                 api_key=api_key,
-                api_root=api_root,
+                api_root=where,
                 transport=transport,
                 timeout=timeout,
                 out=out,
                 open_session=open_session,
             )
         except ModelNotFoundError as exc:
+            # Models belong to the key that made them: a 404 may mean another key, not a
+            # deleted model, so nothing here advises deleting what is kept.
             print(
-                f"model {info.model_id}: the hub says this model is gone ({exc}); its records "
-                f"stay in {info.directory} until `hubfsm discard {info.model_id}` deletes them",
+                f"model {info.model_id}: not found for this key on the hub ({exc}); its "
+                f"records stay in {info.directory}. If the model was made with another key, "
+                "sync with that key (a local hub can hand a revoked key's models to a new one: "
+                "`hubfsm hub keys transfer`)",
                 file=out,
             )
         except HubUnavailableError as exc:

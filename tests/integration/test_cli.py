@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import re
@@ -458,6 +459,11 @@ def test_ctrl_c_in_the_demo_keeps_the_outbox_with_the_kept_data(
     for line in running.stderr.splitlines():
         if "hubfsm sync" in line:
             assert str(data / "outbox") in line
+            assert "--key " not in line
+    if (data / "outbox").is_dir() and any((data / "outbox").iterdir()):
+        # The embedded hub is gone: the way back names its port and its key file.
+        assert f"hubfsm hub serve --data {data} --port" in running.stderr
+        assert f"--key-file {data / 'api_key'} {data / 'outbox'}" in running.stderr
 
 
 def offline_outbox(root: Path, model_id: str = MODEL, epochs: int = 2) -> Path:
@@ -491,9 +497,10 @@ def test_sync_tells_a_gone_model_from_an_unreachable_hub(
 
     gone = cli("sync", str(root), "--hub", served.url, env=env)
     assert gone.returncode == 1
-    assert f"hub: {served.url}" in gone.stdout
-    assert "the hub says this model is gone" in gone.stdout
-    assert f"hubfsm discard {MODEL}" in gone.stdout
+    assert f"sending 2 epochs of metrics to {served.url}" in gone.stdout
+    # Models belong to the key that made them: a 404 is no advice to delete what is kept.
+    assert "not found for this key" in gone.stdout
+    assert "discard" not in gone.stdout and "is gone" not in gone.stdout
 
     down = f"http://127.0.0.1:{refused_port()}"
     unreachable = cli("sync", str(root), "--hub", down, env=env)
@@ -665,3 +672,84 @@ def test_sync_sets_a_damaged_outbox_aside_and_delivers_the_others(
         f"{served.url}/v1/models/{model}/metrics", headers={"x-api-key": served.key}, timeout=10
     ).json()["data"]
     assert len(arrived) == 5
+
+
+def test_the_printed_sync_command_sends_to_the_hub_the_outbox_was_made_for(
+    cli: Any,
+    serve_hub: Callable[..., Any],
+    tmp_path: Path,
+    leaks: Any,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    import hubfsm
+
+    served = serve_hub(tmp_path / "hub")
+    model = hub_model(served)
+    root = tmp_path / "outbox"
+    session = hubfsm.Session(
+        model, api_key=served.key, api_root=served.url, outbox_dir=root, offline=True
+    )
+    session.start()
+    for epoch in range(3):
+        session.log_metrics({"loss": 1.0 / (epoch + 1)}, epoch=epoch)
+    session.close(timeout=5)
+    hint = re.search(r"`(HUB_API_KEY=\.\.\. hubfsm sync [^`]*)`", capfd.readouterr().err)
+    assert hint, "no sync command printed"
+    words = shlex.split(hint.group(1))
+    assert words[:5] == ["HUB_API_KEY=...", "hubfsm", "sync", "--hub", served.url]
+    bare = {k: v for k, v in os.environ.items() if not k.startswith(("ULTRALYTICS_", "HUB_"))}
+
+    listed = cli("status", str(root), env=bare)
+    assert served.url in listed.stdout
+
+    # Another hub in the environment: refused, with the commands that work.
+    elsewhere = f"http://127.0.0.1:{refused_port()}"
+    refused = cli(
+        "sync", str(root), env=dict(bare, HUB_API_KEY=served.key, ULTRALYTICS_HUB_API=elsewhere)
+    )
+    assert refused.returncode == 1
+    assert f"made for the hub at {served.url}" in refused.stdout
+    assert f"hubfsm sync --hub {served.url}" in refused.stdout
+
+    # As printed, with the key where the command says: delivered to the hub it was made for.
+    done = cli(*words[2:], env=dict(bare, HUB_API_KEY=served.key))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"to {served.url}" in done.stdout and "all sent" in done.stdout
+    arrived = requests.get(
+        f"{served.url}/v1/models/{model}/metrics", headers={"x-api-key": served.key}, timeout=10
+    ).json()["data"]
+    assert len(arrived) == 3
+
+
+def test_after_a_key_is_revoked_transfer_lets_the_new_key_sync_what_was_kept(
+    cli: Any, serve_hub: Callable[..., Any], tmp_path: Path, leaks: Any
+) -> None:
+    served = serve_hub(tmp_path / "hub")
+    data = str(tmp_path / "hub")
+    model = hub_model(served)  # made with the hub's first key
+    root = tmp_path / "outbox"
+    offline_outbox(root, model, epochs=3)
+    listed = cli("hub", "keys", "list", "--data", data)
+    old_id = listed.stdout.splitlines()[1].split()[0]
+    assert cli("hub", "keys", "revoke", old_id, "--data", data).returncode == 0
+    from hubfsm.hub import admin
+
+    new_key = leaks.watch(admin.add(data, "new", out=io.StringIO()))  # printed once, not here
+    key_file = tmp_path / "new_key"
+    key_file.write_text(new_key)
+    key_file.chmod(0o600)
+
+    before = cli("sync", str(root), "--hub", served.url, "--key-file", str(key_file))
+    assert before.returncode == 1
+    assert "not found for this key" in before.stdout and "hubfsm hub keys transfer" in before.stdout
+    assert (root / model / "outbox.sqlite3").exists()  # nothing was advised away
+
+    moved = cli("hub", "keys", "transfer", old_id, "new", "--data", data)
+    assert moved.returncode == 0, moved.stderr
+    after = cli("sync", str(root), "--hub", served.url, "--key-file", str(key_file))
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert "all sent" in after.stdout
+    arrived = requests.get(
+        f"{served.url}/v1/models/{model}/metrics", headers={"x-api-key": new_key}, timeout=10
+    ).json()["data"]
+    assert len(arrived) == 3

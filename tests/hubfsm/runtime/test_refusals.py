@@ -43,12 +43,12 @@ def test_a_key_revoked_mid_run_loses_no_epoch_and_sync_after_the_fix_delivers_it
     message = str(info.value)
     assert "refused the API key (401) on POST /v1/models/" in message
     assert "10 epochs of metrics" in message and "final weights" in message
-    assert str(s.outbox_dir) in message and "hubfsm sync --key" in message
+    assert f"`HUB_API_KEY=... hubfsm sync {s.outbox_dir}` with the new key" in message
     assert KEY not in message
     s.close()  # finish said it already: close does not raise it again
     err = capsys.readouterr().err
     assert err.count("hubfsm:") == 1, err  # one notice, at the refusal
-    assert "refused the API key (401)" in err and "hubfsm sync --key" in err
+    assert "refused the API key (401)" in err and "HUB_API_KEY=... hubfsm sync" in err
     assert epochs_on(hub, model_id) == list(range(10))
 
     # Nothing was lost: all of it is in the outbox, and status says why it is held.
