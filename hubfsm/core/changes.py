@@ -102,6 +102,8 @@ class Rejected:
             what = "metrics of epoch " + ", ".join(str(e) for e in self.epochs)
         else:
             what = f"{_NAMES.get(self.channel, self.channel)} of epoch {self.payload}"
+        if self.payload is None or (self.channel == "metrics" and not self.epochs):
+            what = f"a {self.channel} record"  # one whose content could not be read
         if self.status == KEPT_ASIDE:
             return f"{what}: never sent: {self.reason}"
         return f"{what}: {self.status} {self.reason}".rstrip()

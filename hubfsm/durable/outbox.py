@@ -118,7 +118,13 @@ class Outbox:
                 connection.execute("PRAGMA journal_mode=WAL")
                 connection.execute("PRAGMA synchronous=NORMAL")
                 self.db = OutboxDB(connection, model_id, hub=hub)
-                self.db.load()  # every record must read back, or it is damage
+                try:
+                    self.db.load()
+                except (ValueError, TypeError, KeyError, AssertionError):
+                    # A record that does not read back is kept aside, and the rest goes
+                    # on; if the outbox still does not read, it is damaged.
+                    self.db.set_aside_unreadable()
+                    self.db.load()
             except sqlite3.DatabaseError as error:
                 connection.close()
                 raise OutboxDamaged(
