@@ -211,9 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "status",
         "List outboxes and what each still holds.",
-        "hubfsm status\nhubfsm status ./outbox",
+        "hubfsm status\nhubfsm status ./outbox\nhubfsm status --json",
     )
     p.add_argument("dir", nargs="?", help="an outbox root or one model's outbox")
+    p.add_argument("--json", action="store_true", help="print one JSON object, for scripts")
     p.set_defaults(func=cmd_status)
 
     p = command(

@@ -51,7 +51,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     if _missing(args.dir):
         return 2
-    return status(root_of(args.dir), out=sys.stdout)
+    return status(root_of(args.dir), out=sys.stdout, as_json=args.json)
 
 
 def cmd_discard(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ outbox a running session holds is left as it is.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from collections.abc import Callable
@@ -57,36 +58,33 @@ def fold_journals(infos: list[OutboxInfo], *, damaged: bool) -> None:
             outbox.close()
 
 
-def status(root: str | os.PathLike[str] | None, *, out: TextIO) -> int:
-    """Print a table of outboxes and what each holds; 1 when any of them is damaged.
+def status(root: str | os.PathLike[str] | None, *, out: TextIO, as_json: bool = False) -> int:
+    """Print the outboxes and what each holds; 1 when any of them is damaged.
 
-    Rejected records (the hub refused their payload) and records held by a refusal
-    (sending stopped; ``hubfsm sync`` delivers them once the cause is fixed) are listed
-    under the table.
+    Aligned columns, one outbox a line; under them each rejected record (the hub refused
+    its payload), each record kept aside unsent, and each refusal that holds records
+    (sending stopped; ``hubfsm sync`` delivers them once the cause is fixed). With
+    ``as_json``, one JSON object with the same facts, for scripts.
     """
     found = survey(root)
+    if as_json:
+        fold_journals(found.infos, damaged=False)
+        shown = _status_json(survey(root).infos, found.damaged, found.infos)
+        print(json.dumps(shown, indent=2), file=out)
+        return 1 if found.damaged or any(i.journal_damage for i in found.infos) else 0
     damaged = report_damage(found, out=out, repair=False)
     fold_journals(found.infos, damaged=False)
     infos = survey(root).infos
     if not infos:
         print("no outboxes" if not damaged else "no readable outboxes", file=out)
         return 1 if damaged else 0
-    print(
-        "| model | metrics | checkpoint | final | rejected | held by a refusal | in use "
-        "| hub | directory |",
-        file=out,
-    )
-    print("|---|---:|---:|---:|---:|---|---|---|---|", file=out)
-    for info in infos:
-        p = info.pending
-        held = "yes" if info.refusal else "no"
-        hub = info.hub.api_root if info.hub is not None else "not recorded"
-        print(
-            f"| {info.model_id} | {p['metrics']} | {p['checkpoint']} | {p['final']} | "
-            f"{len(info.rejected) + len(info.kept_aside)} | {held} | "
-            f"{'yes' if info.in_use else 'no'} | {hub} | {info.directory} |",
-            file=out,
-        )
+    print(f"outboxes in {infos[0].directory.parent}:", file=out)
+    for line in _columns(
+        [("model", "metrics", "ckpt", "final", "rejected", "refusal", "in use", "hub")]
+        + [_row(info) for info in infos],
+        right={1, 2, 3, 4},
+    ):
+        print(line, file=out)
     for info in infos:
         if info.refusal:
             print(
@@ -105,6 +103,61 @@ def status(root: str | os.PathLike[str] | None, *, out: TextIO) -> int:
             file=out,
         )
     return 1 if damaged else 0
+
+
+def _row(info: OutboxInfo) -> tuple[str, ...]:
+    p = info.pending
+    return (
+        info.model_id,
+        str(p["metrics"]),
+        str(p["checkpoint"]),
+        str(p["final"]),
+        str(len(info.rejected) + len(info.kept_aside)),
+        "held" if info.refusal else "-",
+        "yes" if info.in_use else "no",
+        info.hub.api_root if info.hub is not None else "not recorded",
+    )
+
+
+def _columns(rows: list[tuple[str, ...]], *, right: set[int]) -> list[str]:
+    """Rows as lines of columns two spaces apart; the columns in ``right`` right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def _status_json(
+    infos: list[OutboxInfo], damaged: list[OutboxDamaged], before: list[OutboxInfo]
+) -> dict[str, object]:
+    """What ``hubfsm status --json`` prints: every outbox, and every damaged one."""
+    journal_damage = {
+        i.directory: i.journal_damage.describe() for i in before if i.journal_damage is not None
+    }
+    return {
+        "outboxes": [
+            {
+                "model_id": info.model_id,
+                "directory": str(info.directory),
+                "pending": dict(info.pending),
+                "rejected": list(info.rejected),
+                "kept_aside": list(info.kept_aside),
+                "refusal": info.refusal,
+                "in_use": info.in_use,
+                "hub": None if info.hub is None else attrs.asdict(info.hub),
+                "journal_damage": journal_damage.get(info.directory),
+            }
+            for info in infos
+        ],
+        "damaged": [
+            {"directory": str(d.directory), "problem": d.problem, "salvage": d.salvage}
+            for d in damaged
+        ],
+    }
 
 
 def target(info: OutboxInfo, *, hub: str | None, api_root: str | None) -> str:

@@ -22,7 +22,6 @@ import requests
 
 import hubfsm.cli.main as cli
 from hubfsm.hub.server import LocalHub
-
 from tests.support import KEY
 
 MODEL = "Mo12" * 5  # 20 characters, like a model id
@@ -515,8 +514,19 @@ def test_status_points_at_sync_and_discard(cli: Any, tmp_path: Path, leaks: Any)
     offline_outbox(tmp_path / "outbox")
     done = cli("status", str(tmp_path / "outbox"))
     assert done.returncode == 0
-    assert f"| {MODEL} | 2 |" in done.stdout
+    assert re.search(rf"^{MODEL} +2 ", done.stdout, re.M), done.stdout
     assert "hubfsm discard MODEL_ID" in done.stdout
+    # Aligned columns that fit a terminal (the root is named once, above them).
+    table = done.stdout.splitlines()[1:3]
+    assert table[0].split()[:4] == ["model", "metrics", "ckpt", "final"]
+    assert all(len(line) <= 100 for line in table), table
+
+    shown = cli("status", "--json", str(tmp_path / "outbox"))
+    assert shown.returncode == 0, shown.stderr
+    (outbox,) = json.loads(shown.stdout)["outboxes"]
+    assert outbox["model_id"] == MODEL and outbox["pending"]["metrics"] == 2
+    assert outbox["directory"] == str(tmp_path / "outbox" / MODEL)
+    assert outbox["hub"]["api_root"] == "https://api.ultralytics.com"
 
 
 def test_discard_asks_first_then_deletes_only_the_outbox(
@@ -626,7 +636,8 @@ def test_discard_rejected_drops_only_what_the_hub_refused(
     assert done.returncode == 0, done.stderr
     assert "discarded 1 rejected record(s)" in done.stdout
     after = cli("status", env=env)
-    assert "rejected by the hub" not in after.stdout and f"| {MODEL} | 2 |" in after.stdout
+    assert "rejected by the hub" not in after.stdout
+    assert re.search(rf"^{MODEL} +2 +0 +0 +0 ", after.stdout, re.M), after.stdout
 
 
 def hub_model(served: Any) -> str:
