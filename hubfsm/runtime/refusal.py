@@ -50,7 +50,7 @@ def advice(error: HubfsmError | None, where: Path, api_root: str | None = None) 
             f"the hub takes no more data for this model; `hubfsm status {where}` lists what is kept"
         )
     if isinstance(error, HubError) and 300 <= error.status < 400:
-        return f"check the API root and run `hubfsm sync --hub API_ROOT {where}`"
+        return f"check the API root and run `HUB_API_KEY=... hubfsm sync --hub API_ROOT {where}`"
     if isinstance(error, HubError) and error.channel == "final":
         return f"`hubfsm status {where}` shows the record the hub refused"
     return f"run `{command}` once the cause is fixed"
