@@ -14,7 +14,7 @@ import contextlib
 import math
 import os
 import threading
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -37,9 +37,12 @@ from hubfsm.runtime.clocks import Clock
 from hubfsm.runtime.durability import Durability, take_file
 from hubfsm.transport import FilePart, Outcome, Transport, TransportError
 
+if TYPE_CHECKING:
+    from hubfsm.runtime.console import Console
+
 log = get_logger("hubfsm")
 
-#: A retry wait at least this long (seconds) is announced as a warning when it begins.
+#: A retry wait at least this long (seconds) is logged when it begins.
 LONG_WAIT = 5.0
 
 
@@ -126,6 +129,8 @@ class Driver:
         self._watched: dict[int, Ticket] = {}
         #: How far the journal is taken in, not yet written to the outbox.
         self._journal_seq: int | None = None
+        #: Tells a person when the hub is lost and back (None: say nothing).
+        self.console: Console | None = None
 
     # -- the trainer's side ---------------------------------------------------------
 
@@ -261,10 +266,13 @@ class Driver:
         if observer is not None:
             observer.answered(now, action, outcome)
         self.core.receive(action.op_id, outcome, now=now)
+        console = self.console
+        if console is not None:
+            console.outcome(self.core, outcome, now)
         wait = self.core.retry_wait
         if wait is not None and wait >= LONG_WAIT and not self.quiet:
-            # Said before the wait begins, so a quiet terminal never looks hung.
-            _say("warning", "request.waiting", channel=action.channel, seconds=round(wait, 1))
+            # Per-attempt detail (-v); a person hears of an outage from the console.
+            _say("info", "request.waiting", channel=action.channel, seconds=round(wait, 1))
         self.persist()
 
     # -- durability -----------------------------------------------------------------
@@ -296,9 +304,10 @@ class Driver:
 
 
 def _log_failure(action: Send, outcome: Outcome) -> None:
+    # INFO: one line per attempt is detail for -v; the console says when the hub is lost.
     if isinstance(outcome, TransportError):
         _say(
-            "warning",
+            "info",
             "request.failed",
             channel=action.channel,
             attempt=action.attempt,
@@ -307,7 +316,7 @@ def _log_failure(action: Send, outcome: Outcome) -> None:
         )
     elif not outcome.ok:
         _say(
-            "warning",
+            "info",
             "request.failed",
             channel=action.channel,
             attempt=action.attempt,

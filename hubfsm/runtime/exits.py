@@ -80,7 +80,8 @@ def report_left(
 ) -> None:
     """Say what a closing session leaves behind: a log line, and (``tell``) a line for people."""
     left = describe_pending(pending)
-    log.warning(
+    # INFO: the line below tells people; the log line is for -v and log collectors.
+    log.info(
         "session.closed_with_pending", model_id=core.model_id, pending=left, state=core.state
     )
     if where is not None and tell:

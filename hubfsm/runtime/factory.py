@@ -21,6 +21,7 @@ from hubfsm.durable.journal import InboxItem
 from hubfsm.errors import HubfsmError, HubUnavailableError
 from hubfsm.logs import get_logger
 from hubfsm.runtime.clocks import Clock, RealClock
+from hubfsm.runtime.console import PUBLIC_API_ROOT, Console, hub_name
 from hubfsm.runtime.driver import Driver, Observer
 from hubfsm.runtime.durability import Durability, OutboxOpener, Recovery
 from hubfsm.runtime.inline import SimRunner
@@ -140,6 +141,10 @@ def build(
     """
     if transport is None:
         transport = http_transport(settings)
+        hub = f"the hub at {hub_name(settings.api_root)}"
+    else:
+        root = getattr(transport, "api_root", None)
+        hub = f"the hub at {root}" if isinstance(root, str) else "the hub"
     hooks = Hooks()
     box: list[Core] = []
     core = core_factory(
@@ -172,6 +177,8 @@ def build(
         latency=latency,
         quiet=quiet,
     )
+    if not quiet and settings.notify_refusal:
+        driver.console = Console(hub)
     shell: Shell = SimRunner(driver, **shell_args) if inline else ThreadRunner(driver, **shell_args)
     return Parts(settings, core, driver, shell, durability, hooks)
 
@@ -189,6 +196,7 @@ def open_model(parts: Parts) -> None:
     """
     settings, core, shell, durability = parts.settings, parts.core, parts.shell, parts.durability
     parsed = settings.identifier
+    log.info("session.contacting", api_root=hub_name(settings.api_root), model_id=parsed.model_id)
     if durability is not None and parsed.model_id is not None:
         durability.attach(parsed.model_id, core, now=shell.clock())
     create = None
@@ -205,8 +213,23 @@ def open_model(parts: Parts) -> None:
             raise durability.error
         return
     if core.machine.failed and core.error is not None:
+        if isinstance(core.error, HubUnavailableError):
+            raise HubUnavailableError(f"{core.error}{_public_hint(settings)}")
         raise core.error
     raise HubUnavailableError(
-        f"the hub did not load or create the model within {timeout:g}s"
+        f"the hub at {hub_name(settings.api_root)} did not load or create the model "
+        f"within {timeout:g}s"
         + (f"; last failure: {core.last_failure}" if core.last_failure else "")
+        + _public_hint(settings)
+    )
+
+
+def _public_hint(settings: Settings) -> str:
+    """Where to point a session that went to the public HUB API by default."""
+    if hub_name(settings.api_root) != PUBLIC_API_ROOT:
+        return ""
+    return (
+        f" (no API root was given, so this was the public HUB API {PUBLIC_API_ROOT}, "
+        "closed since 2026-07-31: pass api_root= or set ULTRALYTICS_HUB_API to your own "
+        "hub, such as one `hubfsm hub serve` runs)"
     )

@@ -14,6 +14,7 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
+from hubfsm.core.changes import describe_pending
 from hubfsm.core.engine import CoreConfig
 from hubfsm.core.events import (
     Barrier,
@@ -30,6 +31,7 @@ from hubfsm.errors import (
     IllegalEventError,
 )
 from hubfsm.logs import get_logger
+from hubfsm.runtime.console import duration, sync_command
 from hubfsm.runtime.driver import QUIET
 from hubfsm.runtime.exits import ExitHooks, report_left
 from hubfsm.runtime.factory import Parts, build, open_model
@@ -41,6 +43,9 @@ from hubfsm.transport import Transport
 __all__ = ["OFFLINE_ENV", "Session"]
 
 log = get_logger("hubfsm")
+
+#: Seconds :meth:`Session.finish` waits in silence; past them it says what it waits for.
+FINISH_QUIET = 5.0
 
 
 class Session(SessionViews):
@@ -277,7 +282,12 @@ class Session(SessionViews):
         self._settle(timeout)
 
     def _settle(self, timeout: float) -> None:
-        self._shell.wait_for(lambda c: c.machine.settled, timeout + 5.0)
+        console = self._driver.console
+        # With the hub lost, say at once what finishing waits for; else after a quiet spell.
+        quiet = 0.0 if console is not None and console.lost else min(FINISH_QUIET, timeout)
+        if not self._shell.wait_for(lambda c: c.machine.settled, quiet):
+            self._tell_waiting(timeout)
+            self._shell.wait_for(lambda c: c.machine.settled, timeout + 5.0 - quiet)
         state = self._core.state
         if state == "done":
             self._log.info("session.finished", model_id=self._core.model_id, **self.stats())
@@ -334,10 +344,30 @@ class Session(SessionViews):
             self._refusal_raised = True
             raise self._refusal_error()
 
+    def _tell_waiting(self, timeout: float) -> None:
+        """Say once what finishing waits for, how long, and what Ctrl-C leaves behind."""
+        console = self._driver.console
+        if console is None:
+            return
+        where = self.outbox_dir
+        left = describe_pending(self._core.pending())
+        if where is None:
+            after = "Ctrl-C stops waiting, and what is not sent is lost (no outbox)"
+        else:
+            after = (
+                f"Ctrl-C stops waiting and keeps it all in {where} for "
+                f"`{sync_command(self._settings.api_root, where)}`"
+            )
+        console.say(
+            f"model {self._core.model_id}: waiting up to {duration(timeout)} for "
+            f"{console.hub} to take {left}; {after}"
+        )
+
     def _notice_refusal(self) -> None:
         """Say once, on stderr, that sending stopped, why, and where the data goes."""
         error = self._core.error
-        self._log.error(
+        # INFO: the one line for people is the notice below (and the error raised later).
+        self._log.info(
             "session.refused",
             model_id=self._core.model_id,
             status=getattr(error, "status", 0),
