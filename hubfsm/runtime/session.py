@@ -57,7 +57,9 @@ class Session(SessionViews):
         api_key: The API key; else the one in ``identifier``; else ``HUB_API_KEY``.
         transport: Where requests go; default an HTTP transport to ``api_root``.
         api_root: The API root for the default transport (else ``ULTRALYTICS_HUB_API``).
-        web_root: The web root for model URLs (else ``ULTRALYTICS_HUB_WEB``).
+        web_root: The web root for model URLs (else ``ULTRALYTICS_HUB_WEB``, else the
+            API root's origin for any hub but the public one: the local hub serves its
+            model pages there).
         train_args: For a local file: training arguments in ultralytics' names
             (``data``, ``epochs``, ``batch``, ``imgsz``, ``patience``, ``device``, ``cache``).
         config: Limits and retry policies of the core.

@@ -74,7 +74,10 @@ class Trainer:
 
     def expect(self, line: str) -> None:
         """Wait for ``line`` on stdout (bounded)."""
-        got = self.out.get(timeout=PATIENCE)
+        try:
+            got = self.out.get(timeout=PATIENCE)
+        except queue.Empty:
+            raise AssertionError(f"no {line!r} on stdout; stderr: {self.stderr}") from None
         assert got == line, f"expected {line!r} on stdout, got {got!r}; stderr: {self.stderr}"
 
     def said(self) -> str:
@@ -217,6 +220,28 @@ def test_finish_with_the_hub_down_says_what_it_waits_for_and_ctrl_c_keeps_it_for
         assert restarted.hub.record(model.id)["has_best_weights"]
     finally:
         restarted.stop()
+
+
+def test_model_urls_name_the_hub_given_as_api_root(local: LocalHub, tmp_path: Path) -> None:
+    # The README's example with api_root= and no environment: the model page printed must
+    # be the local hub's, not the public hub's.
+    script = (
+        "import hubfsm\n"
+        f"with hubfsm.Session('yolov8n.yaml', api_root={local.url!r}, "
+        f"api_key={local.api_key!r}, train_args={{'data': 'coco8.yaml'}}) as s:\n"
+        "    print(s.model_url)\n"
+        "    s.close()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ULTRALYTICS_HUB")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=PATIENCE, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    model = local.hub.store.list_models()[0]
+    assert done.stdout == f"{local.url}/models/{model.id}\n"
+    assert done.stderr == ""
 
 
 def test_a_name_that_does_not_resolve_fails_at_first_contact_like_a_refused_port(
