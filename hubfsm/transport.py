@@ -37,12 +37,15 @@ class FilePart:
         path: Where the file lies.
         size: Its size in bytes, as recorded when it was handed over.
         sha256: Its hex digest, as recorded when it was handed over.
+        source: The name of the file the trainer handed over, for what people read (an
+            upload's progress bar); empty when unknown. Not part of the value.
     """
 
     name: str
     path: str
     size: int
     sha256: str
+    source: str = attrs.field(default="", eq=False, kw_only=True)
 
 
 @attrs.frozen

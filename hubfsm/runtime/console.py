@@ -64,11 +64,15 @@ class Console:
 
     Args:
         hub: The hub as a line names it: ``the hub at URL``, or ``the hub``.
+        open_timeout: Seconds opening the session waits for the hub.
         stream: Where the lines go; default standard error at the time of writing.
     """
 
-    def __init__(self, hub: str, *, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, hub: str, *, open_timeout: float = 120.0, stream: TextIO | None = None
+    ) -> None:
         self.hub = hub
+        self.open_timeout = open_timeout
         self._stream = stream
         self._failures = 0
         self._lost_at: float | None = None
@@ -106,8 +110,8 @@ class Console:
             # Opening: the trainer is blocked in the constructor; say who it waits for.
             self._lost_at = now
             self.say(
-                f"no answer yet from {self.hub} ({_reason(outcome)}); "
-                "still trying to open the model"
+                f"no answer yet from {self.hub} ({_reason(outcome)}); trying for up to "
+                f"{duration(self.open_timeout)} to open the model"
             )
             return
         if not core.machine.sends:

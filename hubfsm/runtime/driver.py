@@ -224,8 +224,12 @@ class Driver:
         self, path: str, name: str, event: CheckpointOffered | FinishRequested
     ) -> FilePart | None:
         if self.durability is not None:
-            return self.durability.take(path, name, event.stamp)
-        return take_file(path, name, event.stamp)
+            part = self.durability.take(path, name, event.stamp)
+        else:
+            part = take_file(path, name, event.stamp)
+        # A snapshot lies in the outbox under a name of its own; people know the file
+        # by the name they gave.
+        return None if part is None else attrs.evolve(part, source=os.path.basename(path))
 
     # -- the hub's side -------------------------------------------------------------
 

@@ -178,7 +178,7 @@ def build(
         quiet=quiet,
     )
     if not quiet and settings.notify_refusal:
-        driver.console = Console(hub)
+        driver.console = Console(hub, open_timeout=settings.open_timeout)
     shell: Shell = SimRunner(driver, **shell_args) if inline else ThreadRunner(driver, **shell_args)
     return Parts(settings, core, driver, shell, durability, hooks)
 

@@ -6,14 +6,19 @@ reads its standard error as a terminal would show it.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
+import pty
 import queue
+import select
 import shlex
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import types
 from collections.abc import Iterator
@@ -222,6 +227,51 @@ def test_finish_with_the_hub_down_says_what_it_waits_for_and_ctrl_c_keeps_it_for
         restarted.stop()
 
 
+def test_the_upload_bar_shows_in_a_terminal_named_after_the_file_given(
+    local: LocalHub, tmp_path: Path
+) -> None:
+    # The other tests read stderr through a pipe and see no bar at all; here stderr is a
+    # terminal, and the bar names the trainer's last.pt, not the hub's field name best.pt.
+    main, side = pty.openpty()
+    # A terminal 120 columns wide (a new one has none, and tqdm would fit its bar to that).
+    fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = dict(os.environ)
+    env.update(
+        ULTRALYTICS_HUB_API=local.url,
+        HUB_API_KEY=local.api_key,
+        HUBFSM_OUTBOX=str(tmp_path / "outbox"),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(TRAINER), "1"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=side,
+        text=True,
+    )
+    os.close(side)
+    try:
+        out, _ = process.communicate("\n", timeout=PATIENCE)
+    finally:
+        shown = b""
+        while select.select([main], [], [], 1.0)[0]:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the terminal's other end closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+        os.close(main)
+    assert process.returncode == 0, shown
+    assert out.splitlines()[-1] == "done"
+    text = shown.decode(errors="replace")
+    assert "Uploading last.pt" in text and "100%" in text, text
+    assert "best.pt" not in text
+
+
 def test_model_urls_name_the_hub_given_as_api_root(local: LocalHub, tmp_path: Path) -> None:
     # The README's example with api_root= and no environment: the model page printed must
     # be the local hub's, not the public hub's.
@@ -294,4 +344,22 @@ def test_one_or_two_failed_attempts_in_a_row_print_nothing() -> None:
         "hubfsm: lost the hub (127.0.0.1:1 made no progress); training goes on, and what "
         "is queued waits until it is back: 2 epochs of metrics",
         "hubfsm: the hub is back after 60 s",
+    ]
+
+
+def test_a_hub_that_does_not_answer_at_open_is_named_once_with_how_long() -> None:
+    core = types.SimpleNamespace(
+        state="resolved",
+        answered=False,
+        machine=types.SimpleNamespace(failed=False, sends=True),
+        pending=lambda: {"metrics": 0, "checkpoint": 0, "final": 0},
+    )
+    out = io.StringIO()
+    console = Console("the hub at http://127.0.0.1:8000", open_timeout=120.0, stream=out)
+    busy = Response(503, {"success": False, "message": "busy", "data": {}})
+    for attempt in range(10):
+        console.outcome(core, busy, now=float(attempt))  # type: ignore[arg-type]
+    assert out.getvalue().splitlines() == [
+        "hubfsm: no answer yet from the hub at http://127.0.0.1:8000 (503 busy); trying for "
+        "up to 2 min to open the model"
     ]
