@@ -74,8 +74,12 @@ class Console:
         self.hub = hub
         self.open_timeout = open_timeout
         self._stream = stream
-        self._failures = 0
+        #: Attempts in a row without an answer, per channel.
+        self._failures: dict[str, int] = {}
         self._lost_at: float | None = None
+        #: Channels whose run of failures was announced: until one of them is answered,
+        #: its failures are old news (one failing channel must not flap lost, back, lost).
+        self._announced: set[str] = set()
 
     @property
     def lost(self) -> bool:
@@ -90,18 +94,22 @@ class Console:
         with contextlib.suppress(OSError, ValueError):
             print(f"hubfsm: {line}", file=stream, flush=True)
 
-    def outcome(self, core: Core, outcome: Outcome, now: float) -> None:
-        """Take in one attempt's outcome; say so when the hub is lost or back."""
+    def outcome(self, core: Core, channel: str, outcome: Outcome, now: float) -> None:
+        """Take in one attempt's outcome on ``channel``; say when the hub is lost or back."""
         if isinstance(outcome, Response) and not _no_answer(outcome):
-            self._failures = 0
+            self._failures[channel] = 0
+            self._announced.discard(channel)
             lost_at = self._lost_at
             if lost_at is not None:
                 self._lost_at = None
                 self.say(f"{self.hub} is back after {duration(round(now - lost_at))}")
             return
-        self._failures += 1
-        if self._failures < LOST_AFTER or self.lost or core.machine.failed:
+        failures = self._failures[channel] = self._failures.get(channel, 0) + 1
+        if failures < LOST_AFTER or self.lost or core.machine.failed:
             return
+        if channel in self._announced:
+            return
+        self._announced.add(channel)
         if core.state == "resolved":
             if not core.answered and isinstance(outcome, TransportError) and (
                 outcome.kind in ("refused", "dns")

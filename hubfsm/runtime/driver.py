@@ -272,7 +272,7 @@ class Driver:
         self.core.receive(action.op_id, outcome, now=now)
         console = self.console
         if console is not None:
-            console.outcome(self.core, outcome, now)
+            console.outcome(self.core, action.channel, outcome, now)
         wait = self.core.retry_wait
         if wait is not None and wait >= LONG_WAIT and not self.quiet:
             # Per-attempt detail (-v); a person hears of an outage from the console.

@@ -334,12 +334,16 @@ def test_one_or_two_failed_attempts_in_a_row_print_nothing() -> None:
     up = Response(200, {"success": True, "message": "", "data": {}})
     for now in range(5):
         for _ in range(LOST_AFTER - 1):
-            console.outcome(core, down, now=float(now))  # type: ignore[arg-type]
-        console.outcome(core, up, now=now + 0.5)  # type: ignore[arg-type]
+            console.outcome(core, "metrics", down, now=float(now))  # type: ignore[arg-type]
+        console.outcome(core, "metrics", up, now=now + 0.5)  # type: ignore[arg-type]
     assert out.getvalue() == ""
     for _ in range(LOST_AFTER + 5):
-        console.outcome(core, down, now=10.0)  # type: ignore[arg-type]
-    console.outcome(core, up, now=70.0)  # type: ignore[arg-type]
+        console.outcome(core, "metrics", down, now=10.0)  # type: ignore[arg-type]
+    console.outcome(core, "heartbeat", up, now=70.0)  # type: ignore[arg-type]
+    # The metrics go on failing while the rest is answered: old news, not a new outage.
+    for _ in range(LOST_AFTER + 5):
+        console.outcome(core, "metrics", down, now=80.0)  # type: ignore[arg-type]
+        console.outcome(core, "heartbeat", up, now=80.0)  # type: ignore[arg-type]
     assert out.getvalue().splitlines() == [
         "hubfsm: lost the hub (127.0.0.1:1 made no progress); training goes on, and what "
         "is queued waits until it is back: 2 epochs of metrics",
@@ -358,7 +362,7 @@ def test_a_hub_that_does_not_answer_at_open_is_named_once_with_how_long() -> Non
     console = Console("the hub at http://127.0.0.1:8000", open_timeout=120.0, stream=out)
     busy = Response(503, {"success": False, "message": "busy", "data": {}})
     for attempt in range(10):
-        console.outcome(core, busy, now=float(attempt))  # type: ignore[arg-type]
+        console.outcome(core, "control", busy, now=float(attempt))  # type: ignore[arg-type]
     assert out.getvalue().splitlines() == [
         "hubfsm: no answer yet from the hub at http://127.0.0.1:8000 (503 busy); trying for "
         "up to 2 min to open the model"
