@@ -8,6 +8,7 @@ the hub is lost, with what is queued, and one when it is back. A clean run says 
 from __future__ import annotations
 
 import contextlib
+import shlex
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -22,13 +23,10 @@ from transports.settings import DEFAULT_API_ROOT
 #: are the everyday faults that retries absorb without anyone needing to know.
 LOST_AFTER = 3
 
-#: Where a session goes when no API root is given (the transports' default).
-PUBLIC_API_ROOT = DEFAULT_API_ROOT
-
 
 def hub_name(api_root: str | None) -> str:
     """The API root a session contacts, as a person should read it."""
-    return (api_root or env.api_root() or PUBLIC_API_ROOT).rstrip("/")
+    return (api_root or env.api_root() or DEFAULT_API_ROOT).rstrip("/")
 
 
 def duration(seconds: float) -> str:
@@ -47,9 +45,10 @@ def sync_command(api_root: str | None, where: Path) -> str:
     the public hub: ``--hub`` is written out when the session's root is none of those.
     """
     session_root = hub_name(api_root)
+    directory = shlex.quote(str(where))
     if session_root == hub_name(None):
-        return f"hubfsm sync {where}"
-    return f"hubfsm sync --hub {session_root} {where}"
+        return f"hubfsm sync {directory}"
+    return f"hubfsm sync --hub {shlex.quote(session_root)} {directory}"
 
 
 def _no_answer(outcome: Outcome) -> bool:

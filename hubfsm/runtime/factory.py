@@ -21,13 +21,14 @@ from hubfsm.durable.journal import InboxItem
 from hubfsm.errors import HubfsmError, HubUnavailableError
 from hubfsm.logs import get_logger
 from hubfsm.runtime.clocks import Clock, RealClock
-from hubfsm.runtime.console import PUBLIC_API_ROOT, Console, hub_name
+from hubfsm.runtime.console import Console, hub_name
 from hubfsm.runtime.driver import Driver, Observer
 from hubfsm.runtime.durability import Durability, OutboxOpener, Recovery
 from hubfsm.runtime.inline import SimRunner
 from hubfsm.runtime.settings import Settings
 from hubfsm.runtime.worker import ThreadRunner
 from hubfsm.transport import Transport
+from transports.settings import DEFAULT_API_ROOT
 
 log = get_logger("hubfsm")
 
@@ -226,10 +227,10 @@ def open_model(parts: Parts) -> None:
 
 def _public_hint(settings: Settings) -> str:
     """Where to point a session that went to the public HUB API by default."""
-    if hub_name(settings.api_root) != PUBLIC_API_ROOT:
+    if hub_name(settings.api_root) != DEFAULT_API_ROOT:
         return ""
     return (
-        f" (no API root was given, so this was the public HUB API {PUBLIC_API_ROOT}, "
-        "closed since 2026-07-31: pass api_root= or set ULTRALYTICS_HUB_API to your own "
-        "hub, such as one `hubfsm hub serve` runs)"
+        f" ({DEFAULT_API_ROOT}, where a session goes when given no API root, is the "
+        "public HUB API, closed since 2026-07-31: pass api_root= or set "
+        "ULTRALYTICS_HUB_API to your own hub, such as one `hubfsm hub serve` runs)"
     )
