@@ -423,6 +423,18 @@ def test_hub_serve_on_a_port_in_use_keeps_an_existing_hub(
     assert (data / "api_key").read_text().strip() == local.api_key
 
 
+def test_a_refused_key_is_one_line_with_no_warning_before_it(
+    cli: Any, serve_hub: Callable[..., Any], tmp_path: Path, leaks: Any
+) -> None:
+    served = serve_hub(tmp_path / "hub")
+    env = dict(os.environ, HUB_API_KEY=leaks.watch(KEY))
+    done = cli("demo", "--hub", served.url, "--epochs", "1", env=env)
+    line = one_line_error(done, 1)
+    assert line == (
+        "error: the hub refused the API key (401) on POST /v1/models: invalid or revoked API key"
+    )
+
+
 def test_keys_list_with_a_misspelled_data_directory_creates_nothing(
     cli: Any, tmp_path: Path, leaks: Any
 ) -> None:
