@@ -19,12 +19,13 @@ from urllib.parse import urlsplit
 
 import attrs
 
-#: How a request failed to get an answer. ``connect``: no connection (a route or name
-#: problem, a dropped connection); ``refused``: the host said nothing listens on the port;
+#: How a request failed to get an answer. ``connect``: no connection (a route problem, a
+#: dropped connection); ``refused``: the host said nothing listens on the port; ``dns``:
+#: the host name does not resolve;
 #: ``tls``: the TLS handshake failed (https to a plain http server, a bad certificate);
 #: ``url``: the URL cannot be requested at all; ``timeout``: the hub stopped making
 #: progress; ``protocol``: the answer is not the expected JSON.
-ErrorKind = Literal["connect", "refused", "tls", "url", "timeout", "protocol"]
+ErrorKind = Literal["connect", "refused", "dns", "tls", "url", "timeout", "protocol"]
 
 
 @attrs.frozen
@@ -36,12 +37,15 @@ class FilePart:
         path: Where the file lies.
         size: Its size in bytes, as recorded when it was handed over.
         sha256: Its hex digest, as recorded when it was handed over.
+        source: The name of the file the trainer handed over, for what people read (an
+            upload's progress bar); empty when unknown. Not part of the value.
     """
 
     name: str
     path: str
     size: int
     sha256: str
+    source: str = attrs.field(default="", eq=False, kw_only=True)
 
 
 @attrs.frozen

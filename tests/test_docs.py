@@ -1,7 +1,7 @@
 """The docs cannot rot: their code runs, their commands parse, their generated parts are
 current, the tests they cite exist, and the site builds with ``mkdocs build --strict``.
 
-- Every ```python block of docs/**/*.md runs in a fresh interpreter, in a temporary
+- Every ```python block of docs/**/*.md and of the README runs in a fresh interpreter, in a temporary
   directory, with ``ULTRALYTICS_HUB_API``, ``ULTRALYTICS_HUB_WEB`` and ``HUB_API_KEY``
   pointing at a local hub. A block after a ``<!-- no-test -->`` line (for the real HUB
   only) is compiled, not run.
@@ -42,8 +42,8 @@ DOCS = ROOT / "docs"
 NO_TEST = "<!-- no-test -->"
 TIMEOUT = 180
 
-#: The programs a ```bash block may run.
-PROGRAMS = {"hubfsm", "python", "export", "unset"}
+#: The programs a ```bash block may run (only ``hubfsm`` lines are parsed and run).
+PROGRAMS = {"hubfsm", "python", "export", "unset", "pip", "ruff", "mypy", "mkdocs", "bash"}
 
 _FENCE = re.compile(r"^(`{3,})([\w+-]*)[ \t]*$")
 
@@ -62,7 +62,8 @@ class Block:
 
     @property
     def id(self) -> str:
-        return f"{self.page.relative_to(DOCS)}:{self.line}"
+        base = DOCS if self.page.is_relative_to(DOCS) else ROOT
+        return f"{self.page.relative_to(base)}:{self.line}"
 
 
 def blocks_of(page: pathlib.Path) -> list[Block]:
@@ -99,7 +100,10 @@ def blocks_of(page: pathlib.Path) -> list[Block]:
 
 
 PAGES = sorted(DOCS.rglob("*.md"))
-BLOCKS = [block for page in PAGES for block in blocks_of(page)]
+#: The README's examples run like the docs' (its first two blocks are also checked, word
+#: for word, by tests/test_readme.py).
+README = ROOT / "README.md"
+BLOCKS = [block for page in [*PAGES, README] for block in blocks_of(page)]
 
 
 def of(lang: str) -> list[Block]:
@@ -370,11 +374,12 @@ def test_mkdocs_build_strict(tmp_path: pathlib.Path) -> None:
             f"{html}: a Sphinx role was left as text"
         )
         check_browsable_from_disk(site, html, text)
-    # The state diagram renders with the site's own mermaid, not one from a CDN.
-    diagram = (site / "state-machine.html").read_text(encoding="utf-8")
-    assert 'class="mermaid"' in diagram
-    scripts = re.findall(r'<script[^>]* src="([^"]+)"', diagram)
-    assert any(src.endswith("/mermaid.min.js") for src in scripts), scripts
+    # The state diagram and the layers render with the site's own mermaid, not a CDN's.
+    for name in ("state-machine.html", "explanation/architecture.html"):
+        diagram = (site / name).read_text(encoding="utf-8")
+        assert 'class="mermaid"' in diagram, name
+        scripts = re.findall(r'<script[^>]* src="([^"]+)"', diagram)
+        assert any(src.endswith("/mermaid.min.js") for src in scripts), (name, scripts)
     # Search works without a server: its index is inlined into a script.
     assert (site / "search" / "search_index.js").is_file()
 

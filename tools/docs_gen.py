@@ -117,12 +117,18 @@ def _help(action: argparse.Action) -> str:
     return _cell(text)
 
 
+def _everywhere(action: argparse.Action) -> bool:
+    """Options every command takes (``-v`` after the command): said once, at the top."""
+    return action.dest == "verbose_after"
+
+
 def _options_table(parser: argparse.ArgumentParser) -> list[str]:
     rows = [
         action
         for action in parser._actions
         if not isinstance(action, (argparse._SubParsersAction, argparse._HelpAction))
         and action.help != argparse.SUPPRESS
+        and not _everywhere(action)
     ]
     if not rows:
         return []
@@ -137,7 +143,11 @@ def _options_table(parser: argparse.ArgumentParser) -> list[str]:
 
 def _synopsis(words: tuple[str, ...], parser: argparse.ArgumentParser) -> str:
     parts = list(words)
-    if any(a.option_strings for a in parser._actions if not isinstance(a, argparse._HelpAction)):
+    if any(
+        a.option_strings
+        for a in parser._actions
+        if not isinstance(a, argparse._HelpAction) and not _everywhere(a)
+    ):
         parts.append("[OPTIONS]")
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -164,7 +174,12 @@ def cli_reference() -> str:
     lines = [f"## `{root.prog}`", "", _cell(root.description or ""), ""]
     lines += ["```text", _synopsis((root.prog,), root), "```", ""]
     lines += _options_table(root)
-    lines += ["", "`-h`, `--help` after any command prints its help.", ""]
+    lines += [
+        "",
+        "`-h`, `--help` after any command prints its help; `-v` and `-vv` work after the "
+        "command too (`hubfsm demo -v`).",
+        "",
+    ]
     top = _subcommands(root)
     if top is not None:
         lines += ["| command | does |", "|---|---|"]

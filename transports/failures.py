@@ -6,6 +6,8 @@ is the operating system's words for it, never the URL (which a message must not 
 
 from __future__ import annotations
 
+import socket
+
 import requests
 from requests.exceptions import ChunkedEncodingError, ContentDecodingError
 from requests.exceptions import SSLError as RequestsSSLError
@@ -81,4 +83,6 @@ def explain(
         return "url", f"cannot request {host} ({type(error).__name__})"
     if any(isinstance(e, ConnectionRefusedError) for e in chain(error)):
         return "refused", f"{host} refused the connection (nothing listens on that port)"
+    if any(isinstance(e, socket.gaierror) for e in chain(error)):
+        return "dns", f"the name in {host} does not resolve ({os_reason(error)})"
     return "connect", f"cannot talk to {host} ({os_reason(error)})"

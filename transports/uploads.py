@@ -64,7 +64,8 @@ def progress_bar(
         enabled = sys.stderr is not None and sys.stderr.isatty()
     if not enabled:
         return None
-    name = request.file.name if request.file is not None else "final"
+    part = request.file
+    name = (part.source or part.name) if part is not None else "final"
     return make(
         total=total,
         unit="B",

@@ -151,6 +151,16 @@ def command(
         epilog="example:\n" + textwrap.indent(example, "  "),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    # Also after the command name, where people type it (`hubfsm demo -v`); main() adds
+    # the two counts.
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        dest="verbose_after",
+        default=argparse.SUPPRESS,
+        help="show what hubfsm is doing on standard error: -v progress, -vv every request",
+    )
     return parser
 
 

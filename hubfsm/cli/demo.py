@@ -154,7 +154,7 @@ def _train(session: Session, work: Path, epochs: int, rng: random.Random, out: T
     """The training loop: an epoch, its metrics and checkpoint, then the final weights."""
     train_set, val_set = _data(rng, 40_000), _data(rng, 4_000)
     w = [rng.gauss(0, 0.1) for _ in range(3)]
-    last, best = work / "last.pt", work / "best.pt"
+    best = work / "best.pt"
     best_accuracy = -1.0
     for epoch in range(epochs):
         _epoch(w, train_set, lr=0.05 / (1 + epoch))
@@ -172,6 +172,10 @@ def _train(session: Session, work: Path, epochs: int, rng: random.Random, out: T
             },
             epoch=epoch,
         )
+        # One file per epoch: without an outbox (the temporary hub) an upload reads the
+        # file it was offered, so replacing one last.pt would change a checkpoint under
+        # an upload being retried, and the retry would fail on the changed file.
+        last = work / f"epoch{epoch}.pt"
         _save(last, w, epoch)
         is_best = accuracy > best_accuracy
         if is_best:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -108,6 +109,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 print(
                     "(the hub's data was temporary; pass --data DIR to keep it and browse "
                     "it later with `hubfsm hub serve --data DIR`)",
+                    file=out,
+                )
+            else:
+                print(
+                    f"(the hub's data stays in {data}; browse it with "
+                    f"`hubfsm hub serve --data {shlex.quote(str(data))}`)",
                     file=out,
                 )
     return 0 if result.state == "done" else 1

@@ -291,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    args.verbose += getattr(args, "verbose_after", 0)
     configure_cli(args.verbose)
     try:
         return int(args.func(args))

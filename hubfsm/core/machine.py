@@ -212,14 +212,24 @@ class SessionMachine:
 
 
 def to_mermaid() -> str:
-    """Draw the declared machine as a Mermaid ``stateDiagram-v2`` block."""
-    lines = ["stateDiagram-v2", "    [*] --> unparsed"]
-    for event, sources, dest, guarded in TRANSITIONS:
-        label = event if dest is None or guarded or dest != "failed" else f"{event} (error)"
-        if event == "refuse":
-            label = "refuse (hub refused the key or model)"
+    """Draw the declared machine as a Mermaid ``stateDiagram-v2`` block.
+
+    Each pair of states gets one arrow whose label names all its events: Mermaid draws
+    parallel arrows on top of each other, labels and all.
+    """
+    edges: dict[tuple[str, str], list[str]] = {}
+    for event, sources, dest, _guarded in TRANSITIONS:
         for source in sources:
-            lines.append(f"    {source} --> {dest or source}: {label}")
+            edges.setdefault((source, dest or source), []).append(event)
+    lines = ["stateDiagram-v2", "    [*] --> unparsed"]
+    for (source, dest), events in edges.items():
+        if source == dest == "refused":
+            label = "any trainer event (kept, not sent)"
+        elif dest == "failed":
+            label = f"{' or '.join(events)} (error)"
+        else:
+            label = ", ".join(events)
+        lines.append(f"    {source} --> {dest}: {label}")
     for state, traits in TRAITS.items():
         if traits.terminal:
             lines.append(f"    {state} --> [*]")

@@ -263,7 +263,7 @@ class Answers(Scheduling):
                 f"check the scheme of {where}: https:// for a hub that speaks TLS, http:// "
                 "for one that does not (such as the local hub)"
             )
-        elif outcome.kind == "url":
+        elif outcome.kind in ("url", "dns"):
             hint = f"check the API root {where}"
         else:
             hint = f"is the hub at {where} running?"

@@ -199,7 +199,8 @@ class Scheduling:
             self.last_failure = f"{outcome.kind}: {outcome}"
         if retry_after is not None:
             self._hold_until = max(self._hold_until, now + retry_after)
-        refused = isinstance(outcome, TransportError) and outcome.kind == "refused"
+        # Nothing listens there, or the name does not resolve: most likely a wrong address.
+        refused = isinstance(outcome, TransportError) and outcome.kind in ("refused", "dns")
         brief = first_contact and refused
         policy = self.config.policies.first_contact if brief else op.policy
         wait = policy.next_wait(

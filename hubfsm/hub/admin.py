@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from hubfsm.errors import HubfsmError
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.keys import KeyRecord, new_key
 from hubfsm.hub.store_sqlite import SqliteStore
@@ -25,10 +26,21 @@ from hubfsm.hub.store_sqlite import SqliteStore
 Command = Callable[..., argparse.ArgumentParser]
 
 
-def _open(data_dir: str | os.PathLike[str] | None) -> Hub:
+def _open(data_dir: str | os.PathLike[str] | None, *, create: bool = False) -> Hub:
+    """The hub in ``data_dir``; only ``create`` makes one where there is none.
+
+    Raises:
+        HubfsmError: There is no hub there and ``create`` is False.
+    """
     from hubfsm.hub.server import default_data_dir, load_or_create_key
 
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    if not create and not (folder / "api_key").is_file():
+        # A misspelled --data must not quietly become a new hub with a new key.
+        raise HubfsmError(
+            f"{folder} holds no local hub (no api_key file): check --data, or create one "
+            f"with `hubfsm hub serve --data {folder}`"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     hub = Hub(SqliteStore(folder), clock=time.time)
     hub.ensure_key(load_or_create_key(folder / "api_key"), label="api_key file")
@@ -45,7 +57,7 @@ def _when(seconds: float | None) -> str:
 def add(data_dir: str | os.PathLike[str] | None, label: str = "", out: TextIO | None = None) -> str:
     """Create a key, print it once, and return it."""
     out = out if out is not None else sys.stdout
-    hub = _open(data_dir)
+    hub = _open(data_dir, create=True)
     try:
         key = new_key()
         record = hub.add_key(key, label)

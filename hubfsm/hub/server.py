@@ -9,9 +9,11 @@ slow clients cannot hold the server's threads).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -25,6 +27,7 @@ import platformdirs
 from cheroot import server as cheroot_server
 from cheroot import wsgi
 
+from hubfsm.errors import HubfsmError
 from hubfsm.hub.app import BodyLimits, HubApp, RateLimiter
 from hubfsm.hub.domain import ALPHABET, Hub
 from hubfsm.hub.faults import FaultMix
@@ -288,6 +291,18 @@ class LocalHub:
         self.stop()
 
 
+def _cannot_listen(host: str, port: int, exc: OSError) -> str:
+    """Why the hub cannot listen at ``host:port``, and what to do about it."""
+    where = f"{host}:{port}"
+    # cheroot wraps the socket's error into a message of its own, errno and all.
+    if exc.errno == errno.EADDRINUSE or f"[Errno {errno.EADDRINUSE}]" in str(exc):
+        return (
+            f"cannot serve at {where}: the port is in use (another `hubfsm hub serve`?); "
+            "pick another with --port N, or --port 0 for any free one"
+        )
+    return f"cannot serve at {where}: {exc.strerror or exc}"
+
+
 def serve(
     data_dir: str | os.PathLike[str] | None = None,
     *,
@@ -319,11 +334,17 @@ def serve(
 
     Returns:
         The process exit status, 0.
+
+    Raises:
+        HubfsmError: The hub cannot listen there (the port is in use, say); a data
+            directory it created for the attempt is removed again.
     """
     out = out if out is not None else sys.stdout
     faults = FaultMix.from_rate(fault_rate, latency=latency) if fault_rate or latency else None
+    folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    existed = folder.exists()
     local = LocalHub(
-        data_dir if data_dir is not None else default_data_dir(),
+        folder,
         host=host,
         port=port,
         faults=faults,
@@ -333,7 +354,15 @@ def serve(
         limits=limits,
     )
     stop = stop if stop is not None else threading.Event()
-    with local:
+    try:
+        local.start()
+    except OSError as exc:
+        if not existed:
+            # A hub that never served leaves nothing behind: not even its new key.
+            shutil.rmtree(folder, ignore_errors=True)
+        raise HubfsmError(_cannot_listen(host, port, exc)) from None
+    with contextlib.ExitStack() as running:
+        running.callback(local.stop)
         key_file = shlex.quote(str(local.key_file))
         print(f"Local hub serving at {local.url}", file=out)
         print(f"  data:     {local.data_dir}", file=out)

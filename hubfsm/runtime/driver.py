@@ -14,7 +14,7 @@ import contextlib
 import math
 import os
 import threading
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -38,9 +38,12 @@ from hubfsm.runtime.clocks import Clock
 from hubfsm.runtime.durability import Durability, take_file
 from hubfsm.transport import FilePart, Outcome, Transport, TransportError
 
+if TYPE_CHECKING:
+    from hubfsm.runtime.console import Console
+
 log = get_logger("hubfsm")
 
-#: A retry wait at least this long (seconds) is announced as a warning when it begins.
+#: A retry wait at least this long (seconds) is logged when it begins.
 LONG_WAIT = 5.0
 
 
@@ -131,6 +134,8 @@ class Driver:
         self.unwritten: list[Change] = []
         #: Why the last outbox write failed, while writes fail.
         self.write_error: Exception | None = None
+        #: Tells a person when the hub is lost and back (None: say nothing).
+        self.console: Console | None = None
 
     # -- the trainer's side ---------------------------------------------------------
 
@@ -249,6 +254,14 @@ class Driver:
     def _take(
         self, path: str, name: str, event: CheckpointOffered | FinishRequested
     ) -> FilePart | None:
+        part = self._part(path, name, event)
+        # A snapshot lies in the outbox under a name of its own; people know the file
+        # by the name they gave.
+        return None if part is None else attrs.evolve(part, source=os.path.basename(event.path))
+
+    def _part(
+        self, path: str, name: str, event: CheckpointOffered | FinishRequested
+    ) -> FilePart | None:
         if self.durability is None:
             return take_file(path, name, event.stamp)
         try:
@@ -304,10 +317,13 @@ class Driver:
         if observer is not None:
             observer.answered(now, action, outcome)
         self.core.receive(action.op_id, outcome, now=now)
+        console = self.console
+        if console is not None:
+            console.outcome(self.core, action.channel, outcome, now)
         wait = self.core.retry_wait
         if wait is not None and wait >= LONG_WAIT and not self.quiet:
-            # Said before the wait begins, so a quiet terminal never looks hung.
-            _say("warning", "request.waiting", channel=action.channel, seconds=round(wait, 1))
+            # Per-attempt detail (-v); a person hears of an outage from the console.
+            _say("info", "request.waiting", channel=action.channel, seconds=round(wait, 1))
         self.persist()
 
     # -- durability -----------------------------------------------------------------
@@ -401,9 +417,10 @@ class Driver:
 
 
 def _log_failure(action: Send, outcome: Outcome) -> None:
+    # INFO: one line per attempt is detail for -v; the console says when the hub is lost.
     if isinstance(outcome, TransportError):
         _say(
-            "warning",
+            "info",
             "request.failed",
             channel=action.channel,
             attempt=action.attempt,
@@ -412,7 +429,7 @@ def _log_failure(action: Send, outcome: Outcome) -> None:
         )
     elif not outcome.ok:
         _say(
-            "warning",
+            "info",
             "request.failed",
             channel=action.channel,
             attempt=action.attempt,

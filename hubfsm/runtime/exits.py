@@ -103,7 +103,8 @@ def report_left(
     left = describe_pending(on_disk)
     missing = {kind: max(n - on_disk.get(kind, 0), 0) for kind, n in pending.items()}
     lost = describe_pending(missing) if any(missing.values()) else None
-    log.warning(
+    # INFO: the line below tells people; the log line is for -v and log collectors.
+    log.info(
         "session.closed_with_pending",
         model_id=core.model_id,
         pending=describe_pending(pending),

@@ -23,12 +23,14 @@ from hubfsm.durable.outbox import HubRoots, Outbox
 from hubfsm.errors import HubfsmError, HubUnavailableError
 from hubfsm.logs import get_logger
 from hubfsm.runtime.clocks import Clock, RealClock
+from hubfsm.runtime.console import Console, hub_name
 from hubfsm.runtime.driver import Driver, Observer
 from hubfsm.runtime.durability import Durability, JournalOpener, OutboxOpener, Recovery
 from hubfsm.runtime.inline import SimRunner
 from hubfsm.runtime.settings import Settings
 from hubfsm.runtime.worker import ThreadRunner
 from hubfsm.transport import Transport
+from transports.settings import DEFAULT_API_ROOT
 
 log = get_logger("hubfsm")
 
@@ -151,6 +153,10 @@ def build(
             open_outbox = functools.partial(
                 Outbox.open, hub=HubRoots(api_root, settings.web_root)
             )
+        hub = f"the hub at {hub_name(settings.api_root)}"
+    else:
+        root = getattr(transport, "api_root", None)
+        hub = f"the hub at {root}" if isinstance(root, str) else "the hub"
     hooks = Hooks()
     box: list[Core] = []
     core = core_factory(
@@ -185,6 +191,8 @@ def build(
         latency=latency,
         quiet=quiet,
     )
+    if not quiet and settings.notify_refusal:
+        driver.console = Console(hub, open_timeout=settings.open_timeout)
     shell: Shell = SimRunner(driver, **shell_args) if inline else ThreadRunner(driver, **shell_args)
     return Parts(settings, core, driver, shell, durability, hooks)
 
@@ -202,6 +210,7 @@ def open_model(parts: Parts) -> None:
     """
     settings, core, shell, durability = parts.settings, parts.core, parts.shell, parts.durability
     parsed = settings.identifier
+    log.info("session.contacting", api_root=hub_name(settings.api_root), model_id=parsed.model_id)
     if durability is not None and parsed.model_id is not None:
         durability.attach(parsed.model_id, core, now=shell.clock())
     create = None
@@ -218,8 +227,23 @@ def open_model(parts: Parts) -> None:
             raise durability.error
         return
     if core.machine.failed and core.error is not None:
+        if isinstance(core.error, HubUnavailableError):
+            raise HubUnavailableError(f"{core.error}{_public_hint(settings)}")
         raise core.error
     raise HubUnavailableError(
-        f"the hub did not load or create the model within {timeout:g}s"
+        f"the hub at {hub_name(settings.api_root)} did not load or create the model "
+        f"within {timeout:g}s"
         + (f"; last failure: {core.last_failure}" if core.last_failure else "")
+        + _public_hint(settings)
+    )
+
+
+def _public_hint(settings: Settings) -> str:
+    """Where to point a session that went to the public HUB API by default."""
+    if hub_name(settings.api_root) != DEFAULT_API_ROOT:
+        return ""
+    return (
+        f" ({DEFAULT_API_ROOT}, where a session goes when given no API root, is the "
+        "public HUB API, closed since 2026-07-31: pass api_root= or set "
+        "ULTRALYTICS_HUB_API to your own hub, such as one `hubfsm hub serve` runs)"
     )

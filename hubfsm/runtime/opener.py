@@ -18,11 +18,13 @@ from __future__ import annotations
 import os
 from typing import Any, TypeAlias
 
+from hubfsm import env as environment
 from hubfsm.core.engine import CoreConfig
 from hubfsm.core.identifier import parse_identifier
 from hubfsm.logs import get_logger
 from hubfsm.runtime.distributed import NullSession, global_rank
 from hubfsm.runtime.session import Session
+from hubfsm.runtime.settings import web_root_of
 from hubfsm.transport import Transport
 
 __all__ = ["TrainingSession", "open"]
@@ -61,7 +63,8 @@ def open(
         transport: Where requests go (tests pass an in-memory transport).
         config: Limits and retry policies of the core.
         api_root: The API root for the default HTTP transport.
-        web_root: The web root for model URLs.
+        web_root: The web root for model URLs (else ``ULTRALYTICS_HUB_WEB``, else the
+            API root's origin for any hub but the public one).
         open_timeout: Seconds to wait for the hub to load or create the model.
         outbox_dir: The outbox root (see :class:`~hubfsm.runtime.session.Session`).
         offline: Record everything and send nothing, for ``hubfsm sync`` later.
@@ -84,7 +87,8 @@ def open(
     text = os.fspath(identifier)
     # Parsing is pure, so every rank fails alike on a bad identifier rather than rank 0
     # alone failing while the others wait for it at their first collective.
-    parsed = parse_identifier(text, web_root=web_root)
+    web = web_root or environment.web_root() or web_root_of(api_root or environment.api_root())
+    parsed = parse_identifier(text, web_root=web)
     rank = global_rank()
     if rank != 0:
         log.info("session.inactive", rank=rank, model_id=parsed.model_id)

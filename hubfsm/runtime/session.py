@@ -14,6 +14,7 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
+from hubfsm.core.changes import describe_pending
 from hubfsm.core.engine import CoreConfig
 from hubfsm.core.events import (
     Barrier,
@@ -32,6 +33,7 @@ from hubfsm.errors import (
     IllegalEventError,
 )
 from hubfsm.logs import get_logger
+from hubfsm.runtime.console import duration, sync_command
 from hubfsm.runtime.driver import QUIET
 from hubfsm.runtime.exits import ExitHooks, report_left
 from hubfsm.runtime.factory import Parts, build, open_model
@@ -44,6 +46,9 @@ __all__ = ["OFFLINE_ENV", "Session"]
 
 log = get_logger("hubfsm")
 
+#: Seconds :meth:`Session.finish` waits in silence; past them it says what it waits for.
+FINISH_QUIET = 5.0
+
 
 class Session(SessionViews):
     """A training session on the hub, for one model.
@@ -54,7 +59,9 @@ class Session(SessionViews):
         api_key: The API key; else the one in ``identifier``; else ``HUB_API_KEY``.
         transport: Where requests go; default an HTTP transport to ``api_root``.
         api_root: The API root for the default transport (else ``ULTRALYTICS_HUB_API``).
-        web_root: The web root for model URLs (else ``ULTRALYTICS_HUB_WEB``).
+        web_root: The web root for model URLs (else ``ULTRALYTICS_HUB_WEB``, else the
+            API root's origin for any hub but the public one: the local hub serves its
+            model pages there).
         train_args: For a local file: training arguments in ultralytics' names
             (``data``, ``epochs``, ``batch``, ``imgsz``, ``patience``, ``device``, ``cache``).
         config: Limits and retry policies of the core.
@@ -303,7 +310,12 @@ class Session(SessionViews):
         self._settle(timeout)
 
     def _settle(self, timeout: float) -> None:
-        self._shell.wait_for(lambda c: c.machine.settled, timeout + 5.0)
+        console = self._driver.console
+        # With the hub lost, say at once what finishing waits for; else after a quiet spell.
+        quiet = 0.0 if console is not None and console.lost else min(FINISH_QUIET, timeout)
+        if not self._shell.wait_for(lambda c: c.machine.settled, quiet):
+            self._tell_waiting(timeout)
+            self._shell.wait_for(lambda c: c.machine.settled, timeout + 5.0 - quiet)
         state = self._core.state
         if state == "done":
             self._log.info("session.finished", model_id=self._core.model_id, **self.stats())
@@ -369,10 +381,30 @@ class Session(SessionViews):
             self._refusal_raised = True
             raise self._refusal_error()
 
+    def _tell_waiting(self, timeout: float) -> None:
+        """Say once what finishing waits for, how long, and what Ctrl-C leaves behind."""
+        console = self._driver.console
+        if console is None:
+            return
+        where = self.outbox_dir
+        left = describe_pending(self._core.pending())
+        if where is None:
+            after = "Ctrl-C stops waiting, and what is not sent is lost (no outbox)"
+        else:
+            after = (
+                f"Ctrl-C stops waiting and keeps it all in {where} for "
+                f"`{sync_command(self._settings.api_root, where)}`"
+            )
+        console.say(
+            f"model {self._core.model_id}: waiting up to {duration(timeout)} for "
+            f"{console.hub} to take {left}; {after}"
+        )
+
     def _notice_refusal(self) -> None:
         """Say once, on stderr, that sending stopped, why, and where the data goes."""
         error = self._core.error
-        self._log.error(
+        # INFO: the one line for people is the notice below (and the error raised later).
+        self._log.info(
             "session.refused",
             model_id=self._core.model_id,
             status=getattr(error, "status", 0),

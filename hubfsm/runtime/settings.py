@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -19,6 +20,7 @@ from hubfsm import env as environment
 from hubfsm.core.engine import CoreConfig
 from hubfsm.core.identifier import DEFAULT_WEB_ROOT, Identifier, parse_identifier
 from hubfsm.errors import HubfsmError
+from transports.settings import DEFAULT_API_ROOT
 
 #: The API key, when none is passed or in the identifier.
 API_KEY_ENV = environment.API_KEY
@@ -28,6 +30,20 @@ API_ROOT_ENV = environment.API_ROOT
 OFFLINE_ENV = environment.OFFLINE
 #: The outbox root.
 OUTBOX_ENV = environment.OUTBOX
+
+
+def web_root_of(api_root: str | None) -> str:
+    """The web root that goes with an API root, when none is given.
+
+    The public API's pages are on the public web root; any other hub (the local one, a
+    team's) serves its model pages on the API's own origin.
+    """
+    if not api_root or api_root.rstrip("/") == DEFAULT_API_ROOT:
+        return DEFAULT_WEB_ROOT
+    parts = urlsplit(api_root.strip())
+    if not parts.scheme or not parts.netloc:
+        return DEFAULT_WEB_ROOT
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 @attrs.frozen
@@ -84,7 +100,8 @@ class Settings:
             IdentifierError: The identifier is in none of the accepted forms.
             HubfsmError: Offline mode without a model id or without the outbox.
         """
-        web = (web_root or environment.web_root(environ) or DEFAULT_WEB_ROOT).rstrip("/")
+        api = api_root if api_root is not None else environment.api_root(environ)
+        web = (web_root or environment.web_root(environ) or web_root_of(api)).rstrip("/")
         parsed = parse_identifier(identifier, web_root=web)
         if offline is None:
             offline = environment.offline(environ)
@@ -99,7 +116,7 @@ class Settings:
             identifier=parsed,
             web_root=web,
             api_key=api_key or parsed.api_key or environment.api_key(environ),
-            api_root=api_root if api_root is not None else environment.api_root(environ),
+            api_root=api,
             train_args=dict(train_args or {}),
             config=config or CoreConfig(),
             open_timeout=open_timeout,

@@ -10,6 +10,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -47,6 +48,11 @@ def test_demo_trains_and_keeps_the_records(cli: Any, tmp_path: Path, leaks: Any)
     assert summary_value(done.stdout, r"^epochs logged: 3, acknowledged: (\d+)$") == "3"
     assert "state: done" in done.stdout
     assert "on the hub: status trained, 3 epochs of metrics, final weights: yes" in done.stdout
+    # And it says how to look at them later.
+    assert done.stdout.splitlines()[-1] == (
+        f"(the hub's data stays in {data}; browse it with "
+        f"`hubfsm hub serve --data {shlex.quote(str(data))}`)"
+    )
 
     # The records outlive the demo: a hub started on the same directory serves them.
     with LocalHub(data) as local:
@@ -81,7 +87,7 @@ def test_demo_rides_out_a_flaky_hub(cli: Any, tmp_path: Path, leaks: Any) -> Non
     assert int(summary_value(done.stdout, r"retries: (\d+)$")) >= 2
     assert summary_value(done.stdout, r"^epochs logged: 3, acknowledged: (\d+)$") == "3"
     assert "on the hub: status trained, 3 epochs of metrics" in done.stdout
-    assert "request.failed" in done.stderr  # retries are reported as warnings
+    assert "request.failed" in done.stderr  # -v shows each failed attempt
     assert "http.response" in done.stderr  # and -vv shows each answer
 
 
@@ -368,7 +374,10 @@ def test_a_hub_that_is_not_running_fails_in_seconds_and_says_so(
     done = cli("demo", "--hub", root, "--epochs", "1", env=env)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
-    assert f"is the hub at {root} running?" in done.stderr.splitlines()[-1]
+    # One line: no warning per attempt before it (those are for -v).
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("error: cannot reach the hub")
+    assert f"is the hub at {root} running?" in line
     assert "model created" not in done.stdout
 
 
@@ -378,12 +387,73 @@ def test_https_against_a_plain_http_hub_is_fatal_at_once(
     served = serve_hub(tmp_path / "hub")
     tls_root = served.url.replace("http://", "https://")
     env = dict(os.environ, HUB_API_KEY=served.key)
-    done = cli("demo", "--hub", tls_root, "--epochs", "1", env=env)
+    done = cli("demo", "-v", "--hub", tls_root, "--epochs", "1", env=env)
     assert done.returncode == 1
     last = done.stderr.splitlines()[-1]
     assert last.startswith("error: cannot reach the hub") and "check the scheme" in last
-    # Fatal at the first attempt: one request, never retried.
+    # Fatal at the first attempt: one request, never retried (-v after the command works).
     assert done.stderr.count("request.failed") == 1
+
+
+def test_hub_serve_on_a_port_in_use_is_one_line_and_leaves_no_directory(
+    cli: Any, tmp_path: Path, leaks: Any
+) -> None:
+    leaks.watch(KEY)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        data = tmp_path / "new-hub"
+        done = cli("hub", "serve", "--data", str(data), "--port", str(port))
+    line = one_line_error(done, 1)
+    assert line == (
+        f"error: cannot serve at 127.0.0.1:{port}: the port is in use (another `hubfsm hub "
+        "serve`?); pick another with --port N, or --port 0 for any free one"
+    )
+    assert not data.exists()
+
+
+def test_hub_serve_on_a_port_in_use_keeps_an_existing_hub(
+    cli: Any, tmp_path: Path, leaks: Any
+) -> None:
+    data = tmp_path / "hub"
+    with LocalHub(data) as local:
+        leaks.watch(local.api_key)
+        done = cli("hub", "serve", "--data", str(data), "--port", str(local.port))
+        one_line_error(done, 1)
+    assert (data / "api_key").read_text().strip() == local.api_key
+
+
+def test_a_refused_key_is_one_line_with_no_warning_before_it(
+    cli: Any, serve_hub: Callable[..., Any], tmp_path: Path, leaks: Any
+) -> None:
+    served = serve_hub(tmp_path / "hub")
+    env = dict(os.environ, HUB_API_KEY=leaks.watch(KEY))
+    done = cli("demo", "--hub", served.url, "--epochs", "1", env=env)
+    line = one_line_error(done, 1)
+    assert line == (
+        "error: the hub refused the API key (401) on POST /v1/models: invalid or revoked API key"
+    )
+
+
+def test_keys_list_with_a_misspelled_data_directory_creates_nothing(
+    cli: Any, tmp_path: Path, leaks: Any
+) -> None:
+    leaks.watch(KEY)
+    data = tmp_path / "hub"
+    with LocalHub(data) as local:
+        leaks.watch(local.api_key)
+    typo = tmp_path / "hbu"
+    for words in (["list"], ["revoke", "abcd"]):
+        done = cli("hub", "keys", *words, "--data", str(typo))
+        line = one_line_error(done, 1)
+        assert line == (
+            f"error: {typo} holds no local hub (no api_key file): check --data, or create "
+            f"one with `hubfsm hub serve --data {typo}`"
+        )
+        assert not typo.exists()
+    listed = cli("hub", "keys", "list", "--data", str(data))
+    assert listed.returncode == 0 and "api_key file" in listed.stdout
 
 
 def test_two_demo_runs_against_one_hub_create_two_models(

@@ -121,3 +121,11 @@ def test_the_docs_diagram_is_generated_from_the_declaration():
     assert "```mermaid\n" + to_mermaid() + "```" in text, (
         "docs/state-machine.md is stale: run python -m tools.docs_gen"
     )
+
+
+def test_the_diagram_draws_one_arrow_per_pair_of_states():
+    # Mermaid lays parallel arrows on top of each other, and their labels with them
+    # ("load (errcreate (error)"): one arrow per pair, naming all its events.
+    arrows = [line.split(":")[0].strip() for line in to_mermaid().splitlines()[1:]]
+    assert len(arrows) == len(set(arrows))
+    assert "    resolved --> failed: load or create (error)" in to_mermaid().splitlines()

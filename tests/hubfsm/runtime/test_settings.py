@@ -4,7 +4,6 @@ import pytest
 
 from hubfsm.errors import HubfsmError
 from hubfsm.runtime.settings import Settings
-
 from tests.support import KEY
 
 MODEL = "AbCdEfGhIjKlMnOpQrSt"
@@ -59,3 +58,28 @@ def test_offline_needs_a_model_id_and_the_outbox():
         Settings.resolve("yolov8n.yaml", environ={"HUBFSM_OFFLINE": "1"})
     with pytest.raises(HubfsmError, match="outbox"):
         Settings.resolve(MODEL, environ={}, offline=True, outbox=False)
+
+
+@pytest.mark.parametrize(
+    ("api_root", "environ", "web_root"),
+    [
+        ("http://127.0.0.1:8000", {}, "http://127.0.0.1:8000"),
+        ("https://hub.team.example/api/", {}, "https://hub.team.example"),
+        (None, {"ULTRALYTICS_HUB_API": "http://127.0.0.1:8000"}, "http://127.0.0.1:8000"),
+        ("https://api.ultralytics.com", {}, "https://hub.ultralytics.com"),
+        (None, {}, "https://hub.ultralytics.com"),
+        ("http://127.0.0.1:8000", {"ULTRALYTICS_HUB_WEB": "https://web.example"},
+         "https://web.example"),
+    ],
+)
+def test_a_hub_other_than_the_public_one_has_its_pages_on_its_own_origin(
+    api_root, environ, web_root
+):
+    s = Settings.resolve(MODEL, api_root=api_root, environ=environ)
+    assert s.web_root == web_root
+
+
+def test_a_model_url_of_the_api_roots_origin_parses_without_a_web_root():
+    url = f"http://127.0.0.1:8000/models/{MODEL}"
+    s = Settings.resolve(url, api_root="http://127.0.0.1:8000", environ={})
+    assert s.identifier.model_id == MODEL

@@ -1,0 +1,140 @@
+"""What a session tells the person at the terminal: one line per event, on standard error.
+
+The log says what happens per attempt (``request.failed``, ``request.waiting`` at INFO,
+shown with ``-v`` or an application's own logging set-up); a person reads one line when
+the hub is lost, with what is queued, and one when it is back. A clean run says nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from hubfsm import env
+from hubfsm.core.changes import describe_pending
+from hubfsm.core.engine import Core
+from hubfsm.transport import Outcome, Response, TransportError
+from transports.settings import DEFAULT_API_ROOT
+
+#: Attempts in a row without an answer from the hub before it counts as lost: one or two
+#: are the everyday faults that retries absorb without anyone needing to know.
+LOST_AFTER = 3
+
+
+def hub_name(api_root: str | None) -> str:
+    """The API root a session contacts, as a person should read it."""
+    return (api_root or env.api_root() or DEFAULT_API_ROOT).rstrip("/")
+
+
+def duration(seconds: float) -> str:
+    """``45 s``, ``10 min``, ``2 h``: how long a wait is, rounded for reading."""
+    if seconds < 120:
+        return f"{seconds:g} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h".replace(".0 h", " h")
+
+
+def sync_command(api_root: str | None, where: Path) -> str:
+    """The ``hubfsm sync`` command that reaches the same hub as the session did.
+
+    ``hubfsm sync`` reads the API root from ``--hub``, else ``ULTRALYTICS_HUB_API``, else
+    the public hub: ``--hub`` is written out when the session's root is none of those.
+    """
+    session_root = hub_name(api_root)
+    directory = shlex.quote(str(where))
+    if session_root == hub_name(None):
+        return f"hubfsm sync {directory}"
+    return f"hubfsm sync --hub {shlex.quote(session_root)} {directory}"
+
+
+def _no_answer(outcome: Outcome) -> bool:
+    """True when the hub did not answer at all, or answered that it cannot serve (5xx)."""
+    return isinstance(outcome, TransportError) or outcome.status >= 500
+
+
+class Console:
+    """Tells the person running a session when the hub is lost and when it is back.
+
+    Called on the driver's thread after each outcome has been taken in.
+
+    Args:
+        hub: The hub as a line names it: ``the hub at URL``, or ``the hub``.
+        open_timeout: Seconds opening the session waits for the hub.
+        stream: Where the lines go; default standard error at the time of writing.
+    """
+
+    def __init__(
+        self, hub: str, *, open_timeout: float = 120.0, stream: TextIO | None = None
+    ) -> None:
+        self.hub = hub
+        self.open_timeout = open_timeout
+        self._stream = stream
+        #: Attempts in a row without an answer, per channel.
+        self._failures: dict[str, int] = {}
+        self._lost_at: float | None = None
+        #: Channels whose run of failures was announced: until one of them is answered,
+        #: its failures are old news (one failing channel must not flap lost, back, lost).
+        self._announced: set[str] = set()
+
+    @property
+    def lost(self) -> bool:
+        """True from the line saying the hub is lost until the one saying it is back."""
+        return self._lost_at is not None
+
+    def say(self, line: str) -> None:
+        """Write one line for people (a closed or missing stream is no reason to fail)."""
+        stream = self._stream if self._stream is not None else sys.stderr
+        if stream is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            print(f"hubfsm: {line}", file=stream, flush=True)
+
+    def outcome(self, core: Core, channel: str, outcome: Outcome, now: float) -> None:
+        """Take in one attempt's outcome on ``channel``; say when the hub is lost or back."""
+        if isinstance(outcome, Response) and not _no_answer(outcome):
+            self._failures[channel] = 0
+            self._announced.discard(channel)
+            lost_at = self._lost_at
+            if lost_at is not None:
+                self._lost_at = None
+                self.say(f"{self.hub} is back after {duration(round(now - lost_at))}")
+            return
+        failures = self._failures[channel] = self._failures.get(channel, 0) + 1
+        if failures < LOST_AFTER or self.lost or core.machine.failed:
+            return
+        if channel in self._announced:
+            return
+        self._announced.add(channel)
+        if core.state == "resolved":
+            if not core.answered and isinstance(outcome, TransportError) and (
+                outcome.kind in ("refused", "dns")
+            ):
+                return  # nothing there at all: opening fails within seconds, and says so
+            # Opening: the trainer is blocked in the constructor; say who it waits for.
+            self._lost_at = now
+            self.say(
+                f"no answer yet from {self.hub} ({_reason(outcome)}); trying for up to "
+                f"{duration(self.open_timeout)} to open the model"
+            )
+            return
+        if not core.machine.sends:
+            return
+        self._lost_at = now
+        queued = describe_pending(core.pending())
+        self.say(
+            f"lost {self.hub} ({_reason(outcome)}); training goes on, and "
+            f"what is queued waits until it is back: {queued}"
+        )
+
+
+def _reason(outcome: Outcome) -> str:
+    if isinstance(outcome, TransportError):
+        text = str(outcome)
+        # "POST /v1/models/X: 127.0.0.1:9 refused the connection": the path says nothing
+        # to a person, the reason does.
+        return text.split(": ", 1)[1] if ": " in text else text
+    return f"{outcome.status} {outcome.message}".rstrip()
