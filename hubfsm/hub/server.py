@@ -160,6 +160,8 @@ class LocalHub:
         threads: Worker threads of the server.
         limits: The largest request bodies read.
         url_ttl: Seconds a signed weight URL stays valid.
+        heartbeat_interval: Seconds between a client's heartbeats; the pages call a run
+            stalled after two of them without a sign of it (tests use a short one).
     """
 
     def __init__(
@@ -177,8 +179,10 @@ class LocalHub:
         threads: int = DEFAULT_THREADS,
         limits: BodyLimits | None = None,
         url_ttl: float = DEFAULT_TTL,
+        heartbeat_interval: float = 300.0,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.heartbeat_interval = heartbeat_interval
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.key_file = self.data_dir / "api_key"
         self._api_key = load_or_create_key(self.key_file)
@@ -259,6 +263,7 @@ class LocalHub:
             raise
         self.port = int(server.bind_addr[1])
         hub.public_root = self.url
+        hub.heartbeat_interval = self.heartbeat_interval
         self._hub, self._server = hub, server
         self._thread = threading.Thread(target=server.serve, name="local-hub", daemon=True)
         self._thread.start()

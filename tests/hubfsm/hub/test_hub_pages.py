@@ -133,14 +133,28 @@ def test_a_record_stored_with_huge_integers_does_not_break_the_pages(local: Loca
     summary = requests.get(f"{local.url}/runs.json", timeout=TIMEOUT).json()["runs"][0]["summary"]
     # The counts it cannot use are left out (the latest epoch seen is the huge one).
     assert summary["progress"] == "epoch 0" and summary["percent"] == 0.0
-    assert summary["best"] is None and summary["stale"] is None
-    assert summary["eta"] == "-"
+    # The mAP no float holds is left out: the one usable metric, a loss, is the best shown.
+    assert summary["best"] == {"name": "loss", "value": 0.5, "epoch": 3}
+    assert summary["stale"] is None
+    # Silent since 2023: stalled, with its clocks stopped at its last sign of life.
+    assert (summary["state"], summary["eta"], summary["elapsed"]) == (
+        "stalled",
+        "stopped",
+        "1 min 00 s",
+    )
 
 
 def test_summary_arithmetic_is_total() -> None:
-    record = {"id": "a" * 20, "status": "training", "epochs": 2**53 - 1, "last_epoch": 0,
-              "started_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:01:00Z"}
-    summary = page.summarize(record, [{"epoch": 0, "metrics": {"metrics/x": 10**400}}], 1.8e9)
+    record = {
+        "id": "a" * 20,
+        "status": "training",
+        "epochs": 2**53 - 1,
+        "last_epoch": 0,
+        "started_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:01:00Z",
+    }
+    metrics = [{"epoch": 0, "metrics": {"metrics/x": 10**400}}]
+    summary = page.summarize(record, metrics, 1.8e9, stall_after=float("inf"))
     assert summary["progress"] == f"epoch 1 of {2**53 - 1}"
     assert summary["eta"].endswith("min") and summary["best"] is None
     for value in (float("inf"), float("nan")):
