@@ -296,7 +296,10 @@ def _data_tag(element_id: str, value: object) -> str:
 
 def run_stem(record: Mapping[str, Any]) -> str:
     """The run's name as a file name: ``yolov8n-coco8`` (its id when it has no usable name)."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(record.get("name") or "")).strip("-.")
+    name = str(record.get("name") or "")
+    # A run named after its model file (``yolov8n.yaml``) is saved as ``yolov8n-best.pt``.
+    name = re.sub(r"\.(ya?ml|pt)$", "", name)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
     return name[:80] or str(record["id"])
 
 

@@ -102,10 +102,8 @@
     var opts = {
       title: o.title, width: chartWidth(el, o.max), height: o.max ? 320 : 220, series: series,
       scales: {
-        x: { time: false, range: function (u, lo, hi) {
-          return lo === hi ? [lo - 1, hi + 1] : [lo, hi];
-        } },
-        y: { distr: log ? 3 : 1, range: function (u, lo, hi) {
+        x: { time: false },
+        y: { auto: true, distr: log ? 3 : 1, range: function (u, lo, hi) {
           if (zero && lo != null) { lo = Math.min(0, lo); hi = Math.max(0, hi); }
           return padRange(lo, hi, log);
         } }
@@ -114,17 +112,22 @@
                values: function (u, ticks) { return ticks.map(String); } },
              { size: 60, grid: { stroke: "#eaeef2" },
                values: function (u, ticks) {
-                 return ticks.map(function (t) { return +t.toPrecision(4); });
+                 return ticks.map(function (t) { return t == null ? "" : +t.toPrecision(4); });
                } }],
       legend: { live: true }, cursor: { drag: { x: true, y: false } },
-      hooks: { setCursor: [showLast], draw: [drawBest] }
+      hooks: { init: [function (u) { u._best = o.best || null; }],
+               setCursor: [showLast], draw: [drawBest] }
     };
     var u = new uPlot(opts, [o.xs].concat(ys), el);
-    u._best = o.best || null;
-    u.redraw();
+    centre(u);
     var canvas = u.root.querySelector("canvas");
     if (canvas) { canvas.setAttribute("role", "img"); canvas.setAttribute("aria-label", o.title); }
     return u;
+  }
+  // A single epoch in the middle of the x axis, not on its edge (uPlot puts it at 0).
+  function centre(u) {
+    var xs = u.data[0];
+    if (xs.length === 1) u.setScale("x", { min: xs[0] - 1, max: xs[0] + 1 });
   }
   // A dashed vertical line at the best epoch.
   function drawBest(u) {
@@ -225,6 +228,7 @@
         u.setData([xs].concat(settings.log ? ys.map(function (col) {
           return col.map(function (v) { return v != null && v > 0 ? v : null; });
         }) : ys));
+        centre(u);
       } else {
         if (u) u.destroy();
         u = makeChart(box.querySelector(".plot"), {
@@ -328,6 +332,7 @@
       }).then(function (d) {
         offline(false);
         render(d);
+        document.body.dataset.polls = String(Number(document.body.dataset.polls || 0) + 1);
         if (d.summary.state !== "trained") setTimeout(poll, 2000);
       }).catch(function () { offline(true); setTimeout(poll, 2000); });
     }
