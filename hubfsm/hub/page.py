@@ -398,7 +398,8 @@ def render_index(runs: Sequence[Mapping[str, Any]], now: float, api_root: str = 
         + _sort_head("created", "created")
         + f"</tr></thead><tbody>{rows}</tbody></table></div>"
         '<section id="compare" class="card"><h2>Compare runs</h2>'
-        '<label>metrics <select id="compare-metric" multiple size="4"></select></label>'
+        '<label id="compare-pick" hidden>metrics (pick any number) '
+        '<select id="compare-metric" multiple size="4"></select></label>'
         '<p class="hint" id="compare-hint">Tick two or more runs above.</p>'
         '<div id="compare-tables"></div><div id="compare-chart" class="grid"></div></section>'
         if runs

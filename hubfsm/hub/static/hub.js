@@ -466,6 +466,7 @@
       overlays.forEach(function (o) { o.destroy(); }); overlays = [];
       box.innerHTML = ""; tables.innerHTML = "";
       hint.hidden = ids.length > 0;
+      document.getElementById("compare-pick").hidden = !ids.length;
       if (!ids.length) return;
       Promise.all(ids.map(load)).then(function (runs) {
         var all = {};

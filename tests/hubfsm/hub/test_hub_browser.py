@@ -4,7 +4,7 @@ Playwright cannot download a browser here, so it drives the system's Chromium
 (``apt-get install chromium``; ``pip install -e '.[browser]'``). Without either, these
 tests are skipped and say which is missing.
 
-Set ``HUBFSM_SCREENSHOTS=<folder>`` to also write the screenshots the docs show.
+The screenshots the docs show come from ``python -m tools.screenshots``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import pathlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,13 +95,6 @@ def page(browser: Any) -> Iterator[Any]:
 def local(tmp_path: Path) -> Iterator[LocalHub]:
     with LocalHub(tmp_path / "hub") as hub:
         yield hub
-
-
-def _shoot(page: Any, name: str) -> None:
-    folder = os.environ.get("HUBFSM_SCREENSHOTS")
-    if folder:
-        pathlib.Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(pathlib.Path(folder) / name), full_page=True)
 
 
 AXES_JS = """metric => {
@@ -224,7 +216,6 @@ def test_pages_of_sample_runs_compare_and_filter(
     page.wait_for_function("document.querySelectorAll('.uplot').length === 10", timeout=WAIT_MS)
     sync_api.expect(page.locator("#stale")).to_be_visible()
     sync_api.expect(page.locator("#stale")).to_contain_text("last.pt is from epoch 0")
-    _shoot(page, "local-hub-run.png")
 
     page.goto(f"{local.url}/")
     rows = page.locator("#runs tbody tr")
@@ -253,7 +244,6 @@ def test_pages_of_sample_runs_compare_and_filter(
     page.select_option("#compare-metric", "metrics/mAP50-95(B)")
     sync_api.expect(page.locator("#compare-chart .u-title")).to_have_text("metrics/mAP50-95(B)")
     page.click('th[data-sort="created"] button')
-    _shoot(page, "local-hub-runs.png")
 
 
 def _state(page: Any) -> str:
