@@ -481,6 +481,7 @@ def render_model(data: Mapping[str, Any]) -> str:
             summary["best_text"],
             "summary.best_label",
         )
+        + _fact("final mAP50-95 (reported)", "record.map", record.get("map"))
         + f'</div><p class="hint" data-field="summary.better">{escape(summary.get("better") or "")}'
         + f'</p><div id="progress-bar">{_bar(summary["percent"])}</div>'
         + f'<p id="stale" class="info"{"" if summary["stale"] else " hidden"}>'

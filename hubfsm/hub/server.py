@@ -306,6 +306,7 @@ def serve(
     limits: BodyLimits | None = None,
     out: TextIO | None = None,
     stop: threading.Event | None = None,
+    heartbeat_interval: float = 300.0,
 ) -> int:
     """Run the local hub in the foreground until Ctrl-C (or until ``stop`` is set).
 
@@ -321,6 +322,7 @@ def serve(
         limits: The largest request bodies read.
         out: Where to print the instructions; stdout by default.
         stop: Set it to stop the server (for tests and embedding).
+        heartbeat_interval: Seconds between a trainer's heartbeats (see :class:`LocalHub`).
 
     Returns:
         The process exit status, 0.
@@ -336,6 +338,7 @@ def serve(
         rate_limit=rate_limit,
         timeout=timeout,
         limits=limits,
+        heartbeat_interval=heartbeat_interval,
     )
     stop = stop if stop is not None else threading.Event()
     with local:

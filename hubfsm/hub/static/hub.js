@@ -266,7 +266,7 @@
       });
       document.querySelectorAll("[data-field]").forEach(function (el) {
         var v = get(d, el.dataset.field);
-        el.textContent = v == null ? "" : v;
+        el.textContent = v == null ? (el.tagName === "P" ? "" : "-") : v;
         if (el.classList.contains("badge")) el.className = "badge " + v;
       });
       var fill = document.querySelector("#progress-bar .fill");

@@ -224,6 +224,8 @@ def test_downloads_are_named_after_the_run_and_empty_pages_say_what_to_do(
     assert disposition == 'attachment; filename="yolov8n-coco8-baseline-best.pt"'
     html = requests.get(f"{local.url}/models/{trained}", timeout=TIMEOUT).text
     assert 'download="yolov8n-coco8-baseline-best.pt"' in html
+    # What the trainer reported with its final weights is shown beside the best epoch.
+    assert '<div data-field="record.map">0.46</div>' in html
     assert "<noscript>" in html and 'id="metrics-table"' in html
     csv_reply = requests.get(f"{local.url}/models/{trained}/metrics.csv", timeout=TIMEOUT)
     assert csv_reply.headers["Content-Type"].startswith("text/csv")
