@@ -539,7 +539,10 @@
         if (sortKey) { desc = !desc; sortBy(sortKey); }
         apply();
         document.getElementById("count").textContent = d.runs.length + " runs";
-        var live = d.runs.some(function (run) { return run.summary.state !== "trained"; });
+        // A stalled run may come back, but not every three seconds.
+        var live = d.runs.some(function (run) {
+          return run.summary.state === "training" || run.summary.state === "new";
+        });
         setTimeout(refresh, live ? 3000 : 15000);
       }).catch(function () { offline(true); setTimeout(refresh, 3000); });
     }
