@@ -520,7 +520,9 @@ def render_model(data: Mapping[str, Any]) -> str:
         f"{progress}{_chart_tools() if names else ''}"
         f'<section id="charts">{"" if names else "<p>No metrics yet.</p>"}</section>'
         f'<section class="card"><h2>Weights</h2>{weights_table}</section>'
-        f'<section class="card two"><div><h2>Training arguments</h2><table>{config}</table></div>'
+        f'<section class="card two"><div><h2>Training arguments</h2><table>{config}</table>'
+        '<p class="hint">The HUB wire format carries these only (data, epochs, batch, imgsz, '
+        "patience, device, cache); a trainer's other arguments do not reach a hub.</p></div>"
         f"<div><h2>Run</h2><table>{facts}</table></div></section>"
         f'<section class="card"><details id="metrics-details"><summary>Metrics table '
         f'(<span id="metrics-count">{len(data["metrics"])}</span> epochs)</summary>'

@@ -227,6 +227,7 @@ def test_downloads_are_named_after_the_run_and_empty_pages_say_what_to_do(
     # What the trainer reported with its final weights is shown beside the best epoch.
     assert '<div data-field="record.map">0.46</div>' in html
     assert "<noscript>" in html and 'id="metrics-table"' in html
+    assert "other arguments do not reach a hub" in html  # said, not silently dropped
     csv_reply = requests.get(f"{local.url}/models/{trained}/metrics.csv", timeout=TIMEOUT)
     assert csv_reply.headers["Content-Type"].startswith("text/csv")
     assert len(csv_reply.text.splitlines()) == 31  # a header and thirty epochs
