@@ -114,9 +114,11 @@
                values: function (u, ticks) {
                  return ticks.map(function (t) { return t == null ? "" : +t.toPrecision(4); });
                } }],
-      legend: { live: true }, cursor: { drag: { x: true, y: false } },
+      legend: { live: true },
+      // The charts of a page share their pointer and their zoom: one epoch, every metric.
+      cursor: { drag: { x: true, y: false }, sync: { key: o.sync || "page" } },
       hooks: { init: [function (u) { u._best = o.best || null; }],
-               setCursor: [showLast], draw: [drawBest] }
+               setCursor: [showLast], draw: [drawBest], setScale: [shareZoom] }
     };
     var u = new uPlot(opts, [o.xs].concat(ys), el);
     centre(u);
@@ -128,6 +130,19 @@
   function centre(u) {
     var xs = u.data[0];
     if (xs.length === 1) u.setScale("x", { min: xs[0] - 1, max: xs[0] + 1 });
+  }
+  var zoomed = [], sharing = false;
+  // A zoom (or its reset) on one chart is applied to the others of the same page.
+  function shareZoom(u, key) {
+    if (key !== "x" || sharing || !u._sig) return;
+    sharing = true;
+    try {
+      zoomed.forEach(function (other) {
+        if (other !== u && other.root.isConnected && other.data[0].length) {
+          other.setScale("x", { min: u.scales.x.min, max: u.scales.x.max });
+        }
+      });
+    } finally { sharing = false; }
   }
   // A dashed vertical line at the best epoch.
   function drawBest(u) {
@@ -237,6 +252,7 @@
         });
         u._sig = sig; u._metric = name;
         charts[plan.key] = u;
+        zoomed = Object.keys(charts).map(function (k) { return charts[k]; });
       }
       showLast(u);
       var cap = plan.metrics.map(function (m) {

@@ -332,6 +332,14 @@ def test_best_epoch_marker_smoothing_log_scale_and_settings_in_the_url(
     labels = page.evaluate("window.hubCharts['train/box_loss'].series.slice(1).map(s => s.label)")
     assert labels == ["train", "val"]
 
+    # Zooming one chart zooms the others to the same epochs.
+    page.evaluate("window.hubCharts['metrics/mAP50-95(B)'].setScale('x', {min: 5, max: 10})")
+    shared = page.evaluate(
+        "['train/box_loss', 'lr/pg0'].map(k => [window.hubCharts[k].scales.x.min,"
+        " window.hubCharts[k].scales.x.max])"
+    )
+    assert shared == [[5, 10], [5, 10]]
+
     before = page.evaluate("window.hubCharts['train/box_loss'].ctx.canvas.toDataURL()")
     page.locator("#smooth").fill("0.9")
     page.wait_for_function("location.search.includes('smooth=0.9')", timeout=WAIT_MS)
