@@ -25,6 +25,7 @@ def cmd_hub_serve(args: argparse.Namespace) -> int:
         seed=args.seed,
         timeout=args.timeout,
         limits=BodyLimits(json=int(args.max_json_mib * 2**20), upload=args.max_upload_mib << 20),
+        heartbeat_interval=args.heartbeat_interval,
     )
 
 

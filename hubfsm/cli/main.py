@@ -172,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-json-mib", type=float, default=4, help="largest JSON body (MiB)")
     p.add_argument("--max-upload-mib", type=int, default=4096, help="largest upload (MiB)")
+    p.add_argument(
+        "--heartbeat-interval",
+        type=positive,
+        default=300.0,
+        help="seconds between a trainer's heartbeats; the pages call a run stalled after "
+        "two without a sign of it (default 300)",
+    )
     p.set_defaults(func=cmd_hub_serve)
     from hubfsm.hub.admin import register as register_keys
 

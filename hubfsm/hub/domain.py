@@ -74,6 +74,10 @@ class Hub(KeyAdmin, Endpoints):
             ``{public_root}/files/...`` paths (simulations and tests).
     """
 
+    #: Seconds between a client's heartbeats: the pages call a run stalled after two
+    #: without a heartbeat or an upload (a class default; tests set a short one).
+    heartbeat_interval: float = 300.0
+
     def __init__(
         self,
         store: Store,

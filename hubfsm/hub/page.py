@@ -8,9 +8,12 @@ and polls the JSON while a run trains. :func:`summarize` computes what both show
 
 from __future__ import annotations
 
+import csv
 import datetime
+import io
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
@@ -21,6 +24,10 @@ from hubfsm.hub.parse import MAX_INT, MAX_JSON_INT
 BEST_METRIC = "metrics/mAP50-95(B)"
 #: Ultralytics' minimum seconds between checkpoint uploads (see PROTOCOL.md).
 CHECKPOINT_INTERVAL = 900
+#: Seconds between the official client's heartbeats (see PROTOCOL.md).
+HEARTBEAT_INTERVAL = 300.0
+#: A run is stalled after this many heartbeat intervals without a heartbeat or an upload.
+STALL_BEATS = 2
 
 
 def _seconds(iso: object) -> float | None:
@@ -97,67 +104,148 @@ def _number_of(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _best(metrics: Sequence[Mapping[str, Any]]) -> tuple[str, float, int] | None:
-    names = metric_names(metrics)
-    name = (
-        BEST_METRIC
-        if BEST_METRIC in names
-        else next((n for n in names if n.startswith("metrics/")), None)
-    )
+def better(name: str) -> str:
+    """``lower`` for a loss, ``higher`` for anything else: which way a metric improves."""
+    return "lower" if "loss" in name.lower() else "higher"
+
+
+def primary(names: Sequence[str]) -> str | None:
+    """The metric a run is ranked by: mAP50-95, else the first ``metrics/*``, else the first."""
+    if BEST_METRIC in names:
+        return BEST_METRIC
+    return next((n for n in names if n.startswith("metrics/")), names[0] if names else None)
+
+
+def short(name: str) -> str:
+    """A metric's name without its ``metrics/`` prefix: ``mAP50-95(B)``."""
+    return name.removeprefix("metrics/")
+
+
+def metric_stats(metrics: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per metric: its last and best value with their epochs, and which way is better."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in metric_names(metrics):
+        values = [
+            (value, int(entry["epoch"]))
+            for entry in metrics
+            if (value := _number_of(entry["metrics"].get(name))) is not None
+        ]
+        if not values:
+            continue
+        way = better(name)
+        sign = 1.0 if way == "lower" else -1.0
+        # The earliest epoch wins a tie, as a tracker's "best epoch" does.
+        best = min(values, key=lambda item: (sign * item[0], item[1]))
+        last = max(values, key=lambda item: item[1])
+        out[name] = {
+            "best": best[0],
+            "best_epoch": best[1],
+            "last": last[0],
+            "last_epoch": last[1],
+            "better": way,
+        }
+    return out
+
+
+def _best(
+    metrics: Sequence[Mapping[str, Any]], stats: Mapping[str, Mapping[str, Any]]
+) -> tuple[str, float, int] | None:
+    name = primary([n for n in metric_names(metrics) if n in stats])
     if name is None:
         return None
-    values = [
-        (value, int(entry["epoch"]))
-        for entry in metrics
-        if (value := _number_of(entry["metrics"].get(name))) is not None
-    ]
-    if not values:
-        return None
-    value, epoch = max(values)
-    return name, value, epoch
+    return name, stats[name]["best"], stats[name]["best_epoch"]
+
+
+def state(record: Mapping[str, Any], now: float, stall_after: float) -> str:
+    """The run's status, or ``stalled``: not trained, and silent for ``stall_after`` seconds.
+
+    A run stopped by Ctrl-C, a crash or a kill sends nothing more; the hub only sees the
+    silence. Its status stays ``training`` in the API (the official client reads it), and the
+    pages show ``stalled``.
+    """
+    status = str(record.get("status"))
+    if status == "trained":
+        return status
+    times = [_seconds(record.get(k)) for k in ("updated_at", "heartbeat_at")]
+    latest = max((t for t in times if t is not None), default=None)
+    if latest is not None and now - latest > stall_after:
+        return "stalled"
+    return status
 
 
 def summarize(
-    record: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]], now: float
+    record: Mapping[str, Any],
+    metrics: Sequence[Mapping[str, Any]],
+    now: float,
+    stall_after: float = STALL_BEATS * HEARTBEAT_INTERVAL,
 ) -> dict[str, Any]:
-    """Progress, times, best metric and warnings of a run, as text ready to show."""
+    """Progress, times, best metric and warnings of a run, as text ready to show.
+
+    Args:
+        record: The API's view of the run.
+        metrics: Its metrics, as the API lists them.
+        now: Hub clock seconds.
+        stall_after: Seconds without a heartbeat or upload after which a run is stalled.
+    """
     total = _count(record.get("epochs"))
     last = _count(record.get("last_epoch"))
     done = 0 if last is None else last + 1
     final = _count(record.get("final_epoch"))
     if record.get("status") == "trained" and final is not None:
         done = max(done, final + 1)
-    training = record.get("status") != "trained"
+    shown = state(record, now, stall_after)
+    running = shown in ("new", "training")
     started = _seconds(record.get("started_at"))
     updated = _seconds(record.get("updated_at"))
     beat = _seconds(record.get("heartbeat_at"))
-    end = now if training else (updated or now)
+    latest = max((t for t in (updated, beat) if t is not None), default=None)
+    # The clocks stop with the run: at its last upload once trained, its last sign if stalled.
+    end = now if running else (updated if shown == "trained" else latest) or now
     elapsed = None if started is None else end - started
     eta = None
-    if training and started is not None and updated is not None and done and total:
+    if running and started is not None and updated is not None and done and total:
         eta = max(0, total - done) * (updated - started) / done
-    best = _best(metrics)
-    latest = max((t for t in (updated, beat) if t is not None), default=None)
+    stats = metric_stats(metrics)
+    best = _best(metrics, stats)
     checkpoint = _count(record.get("checkpoint_epoch"))
     stale = None
-    if checkpoint is not None and last is not None and last > checkpoint:
+    if (
+        checkpoint is not None
+        and last is not None
+        and last > checkpoint
+        and not record.get("has_best_weights")
+    ):
         stale = (
             f"last.pt is from epoch {checkpoint}, older than the last metrics (epoch {last}): "
             f"the official client uploads a checkpoint at most every {CHECKPOINT_INTERVAL} s."
         )
-    percent = min(100.0, 100.0 * done / total) if total and total > 0 else 0.0
+    if shown == "trained":
+        # Over: the epochs actually run are the whole, whatever was planned.
+        percent = 100.0
+        progress = f"epoch {done} of {done}"
+        if total and total != done:
+            progress += f" ({total} planned)"
+    else:
+        percent = min(100.0, 100.0 * done / total) if total and total > 0 else 0.0
+        progress = f"epoch {done} of {total}" if total else f"epoch {done}"
+    eta_text = {"trained": "finished", "stalled": "stopped"}.get(shown, duration(eta))
+    name = None if best is None else best[0]
     return {
         "status": record.get("status"),
+        "state": shown,
         "done": done,
         "total": total,
         "percent": round(percent, 1),
-        "progress": f"epoch {done} of {total}" if total else f"epoch {done}",
+        "progress": progress,
         "elapsed": duration(elapsed),
-        "eta": duration(eta) if training else "finished",
+        "eta": eta_text,
         "heartbeat": "never" if beat is None else f"{duration(now - beat)} ago",
         "agent": record.get("agent") or "-",
         "best": None if best is None else {"name": best[0], "value": best[1], "epoch": best[2]},
         "best_text": "-" if best is None else f"{best[1]:.4g} (epoch {best[2]})",
+        "best_label": "best" if name is None else f"best {short(name)}",
+        "better": None if name is None else f"{better(name)} is better",
+        "stats": stats,
         "stale": stale,
         "last_epoch": "-" if last is None else str(last),
         "created": _short(record.get("created_at")),
@@ -206,65 +294,172 @@ def _data_tag(element_id: str, value: object) -> str:
     return f'<script type="application/json" id="{element_id}">{text}</script>'
 
 
-def _badge(status: object) -> str:
-    text = escape(str(status))
-    return f'<span class="badge {text}" data-field="summary.status">{text}</span>'
+def run_stem(record: Mapping[str, Any]) -> str:
+    """The run's name as a file name: ``yolov8n-coco8`` (its id when it has no usable name)."""
+    name = str(record.get("name") or "")
+    # A run named after its model file (``yolov8n.yaml``) is saved as ``yolov8n-best.pt``.
+    name = re.sub(r"\.(ya?ml|pt)$", "", name)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
+    return name[:80] or str(record["id"])
+
+
+def download_name(record: Mapping[str, Any], kind: str) -> str:
+    """What a weight file is saved as: ``<run>-best.pt``, so that runs do not overwrite."""
+    return f"{run_stem(record)}-{kind}.pt"
+
+
+def metrics_csv(metrics: Sequence[Mapping[str, Any]]) -> str:
+    """The metrics as CSV: a row per epoch, a column per metric, each value as sent."""
+    names = metric_names(metrics)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["epoch", *names])
+    for entry in metrics:
+        values = [entry["metrics"].get(name) for name in names]
+        # A float as its shortest round-tripping text: read back, it is the value sent.
+        writer.writerow([entry["epoch"], *(_cell(v) for v in values)])
+    return out.getvalue()
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else dumps(value)
+
+
+def _badge(state: object) -> str:
+    text = escape(str(state))
+    return f'<span class="badge {text}" data-field="summary.state">{text}</span>'
 
 
 def _bar(percent: float) -> str:
-    return f'<div class="bar"><div class="fill" style="width:{percent:.1f}%"></div></div>'
+    return (
+        f'<div class="bar" role="progressbar" aria-label="progress" aria-valuemin="0" '
+        f'aria-valuemax="100" aria-valuenow="{percent:.0f}">'
+        f'<div class="fill" style="width:{percent:.1f}%"></div></div>'
+    )
 
 
-def render_index(runs: Sequence[Mapping[str, Any]], now: float) -> str:
+#: The states a run shows, in the order the status filter offers them.
+STATES = ("new", "training", "stalled", "trained")
+
+
+def _sort_head(key: str, label: str) -> str:
+    return (
+        f'<th data-sort="{key}" aria-sort="none"><button type="button" class="sort">'
+        f"{label}</button></th>"
+    )
+
+
+def _unreachable() -> str:
+    return (
+        '<p id="offline" class="warn" role="status" hidden>The hub is unreachable: '
+        "this page shows what it last received and keeps trying.</p>"
+    )
+
+
+def _empty_state(api_root: str) -> str:
+    root = escape(api_root or "http://127.0.0.1:8000")
+    return (
+        '<section class="card empty"><h2>No runs yet</h2>'
+        "<p>Point a trainer at this hub and its runs show up here, live:</p>"
+        f"<pre><code>export ULTRALYTICS_HUB_API={root}\n"
+        "export HUB_API_KEY=$(cat &lt;hub data&gt;/api_key)\n"
+        "python train.py   # a hubfsm.Session, or ultralytics with hub_model_url</code></pre>"
+        f"<p>Or train the built-in tiny model: <code>hubfsm demo --hub {root} "
+        "--key-file &lt;hub data&gt;/api_key</code></p></section>"
+    )
+
+
+def render_index(runs: Sequence[Mapping[str, Any]], now: float, api_root: str = "") -> str:
     """The list of runs: status, progress, best metric; sortable, filterable, comparable."""
     rows = "".join(_index_row(run) for run in runs)
+    all_names: dict[str, None] = {}
+    for run in runs:
+        all_names.update(dict.fromkeys(run["summary"].get("stats", {})))
+    metric_options = "".join(f"<option>{escape(n)}</option>" for n in all_names)
     table = (
-        '<div class="tools"><input id="filter" type="search" placeholder="filter by name or id">'
-        '<select id="status-filter"><option value="">any status</option>'
-        "<option>new</option><option>training</option><option>trained</option></select>"
-        '<span class="hint">click a column to sort; tick runs to compare them</span></div>'
-        '<table id="runs" class="runs"><thead><tr><th></th>'
-        '<th data-sort="name">run</th><th data-sort="status">status</th>'
-        '<th data-sort="percent">progress</th><th data-sort="best">best mAP50-95</th>'
-        '<th data-sort="created">created</th></tr></thead>'
-        f"<tbody>{rows}</tbody></table>"
+        '<div class="tools"><label>filter <input id="filter" type="search" '
+        'placeholder="name or id"></label>'
+        '<label>status <select id="status-filter"><option value="">any</option>'
+        + "".join(f"<option>{s}</option>" for s in STATES)
+        + "</select></label>"
+        '<label>column <select id="list-metric"><option value="">primary metric</option>'
+        f"{metric_options}</select></label>"
+        '<label>value <select id="list-which"><option value="best">best</option>'
+        '<option value="last">last</option></select></label>'
+        '<span class="hint">sort by a column; tick runs to compare them</span></div>'
+        '<div class="scroll"><table id="runs" class="runs"><thead><tr>'
+        '<th><span class="sr-only">compare</span></th>'
+        + _sort_head("name", "run")
+        + _sort_head("status", "status")
+        + _sort_head("percent", "progress")
+        + _sort_head("best", '<span id="best-head">best (primary metric)</span>')
+        + _sort_head("created", "created")
+        + f"</tr></thead><tbody>{rows}</tbody></table></div>"
         '<section id="compare" class="card"><h2>Compare runs</h2>'
-        '<label>metric <select id="compare-metric"></select></label>'
+        '<label id="compare-pick" hidden>metrics (pick any number) '
+        '<select id="compare-metric" multiple size="4"></select></label>'
         '<p class="hint" id="compare-hint">Tick two or more runs above.</p>'
-        '<div id="compare-chart"></div></section>'
+        '<div id="compare-tables"></div><div id="compare-chart" class="grid"></div></section>'
         if runs
-        else "<p>No runs yet. Point a trainer at this hub and its runs show up here.</p>"
+        else _empty_state(api_root)
     )
-    body = f'<header><h1>Local hub</h1><span class="hint">{len(runs)} runs</span></header>'
-    body += f"<main>{table}</main>"
+    body = f'<header><h1>Local hub</h1><span class="hint" id="count">{len(runs)} runs</span>'
+    body += f"</header>{_unreachable()}<main>{_noscript()}{table}</main>"
     return _doc("Local hub", body, _data_tag("runs-data", {"now": now, "runs": list(runs)}))
+
+
+def _noscript() -> str:
+    return (
+        '<noscript><p class="warn">JavaScript is off: the charts, sorting and live updates '
+        "need it. The tables below are complete.</p></noscript>"
+    )
 
 
 def _index_row(run: Mapping[str, Any]) -> str:
     record, summary = run["record"], run["summary"]
     model_id = escape(str(record["id"]))
+    name = escape(str(record.get("name") or model_id))
     best = summary["best"]
     best_value = "" if best is None else f"{best['value']:.6g}"
+    best_cell = escape(summary["best_text"])
+    if best is not None:
+        best_cell = f'{best_cell}<div class="hint">{escape(short(best["name"]))}</div>'
+    state_ = escape(str(summary.get("state", record.get("status"))))
     return (
         f'<tr data-id="{model_id}" data-name="{escape(str(record.get("name") or ""))}" '
-        f'data-status="{escape(str(record.get("status")))}" data-percent="{summary["percent"]}" '
+        f'data-status="{state_}" data-percent="{summary["percent"]}" '
         f'data-best="{best_value}" data-created="{escape(str(record.get("created_at")))}">'
-        f'<td><input type="checkbox" class="pick" value="{model_id}"></td>'
-        f'<td><a href="/models/{model_id}">{escape(str(record.get("name") or model_id))}</a>'
+        f'<td><input type="checkbox" class="pick" value="{model_id}" '
+        f'aria-label="compare {name}"></td>'
+        f'<td><a href="/models/{model_id}">{name}</a>'
         f'<div class="id">{model_id}</div></td>'
-        f"<td>{_badge(record.get('status'))}</td>"
+        f'<td><span class="badge {state_}">{state_}</span></td>'
         f"<td>{_bar(summary['percent'])}<div>{escape(summary['progress'])}</div></td>"
-        f"<td>{escape(summary['best_text'])}</td>"
+        f'<td class="best">{best_cell}</td>'
         f"<td>{escape(summary['created'])}"
         f'<div class="hint">{escape(summary["activity"])}</div></td></tr>'
     )
 
 
-def _fact(label: str, field: str, value: object) -> str:
+def _fact(label: str, field: str, value: object, label_field: str = "") -> str:
     shown = "-" if value is None else escape(str(value))
+    named = f' data-field="{label_field}"' if label_field else ""
     return (
-        f'<div class="fact"><div class="label">{label}</div>'
+        f'<div class="fact"><div class="label"{named}>{escape(label)}</div>'
         f'<div data-field="{field}">{shown}</div></div>'
+    )
+
+
+def _chart_tools() -> str:
+    return (
+        '<div class="tools chart-tools" id="chart-tools">'
+        '<label>smoothing <input id="smooth" type="range" min="0" max="0.99" step="0.01" '
+        'value="0"><output id="smooth-value">0</output></label>'
+        '<label><input id="log" type="checkbox"> log scale</label>'
+        '<label><input id="zero" type="checkbox"> y from zero</label>'
+        '<span class="hint">drag across a chart to zoom, double-click to reset</span></div>'
     )
 
 
@@ -280,21 +475,30 @@ def render_model(data: Mapping[str, Any]) -> str:
         + _fact("time left", "summary.eta", summary["eta"])
         + _fact("last heartbeat", "summary.heartbeat", summary["heartbeat"])
         + _fact("agent", "summary.agent", summary["agent"])
-        + _fact("best mAP50-95", "summary.best_text", summary["best_text"])
-        + f'</div><div id="progress-bar">{_bar(summary["percent"])}</div>'
-        + f'<p id="stale" class="warn"{"" if summary["stale"] else " hidden"}>'
+        + _fact(
+            summary.get("best_label", "best"),
+            "summary.best_text",
+            summary["best_text"],
+            "summary.best_label",
+        )
+        + _fact("final mAP50-95 (reported)", "record.map", record.get("map"))
+        + f'</div><p class="hint" data-field="summary.better">{escape(summary.get("better") or "")}'
+        + f'</p><div id="progress-bar">{_bar(summary["percent"])}</div>'
+        + f'<p id="stale" class="info"{"" if summary["stale"] else " hidden"}>'
         + f"{escape(summary['stale'] or '')}</p></section>"
     )
     weights = "".join(
         f"<tr><td><code>{escape(w['file'])}</code></td><td>{escape(str(w['epoch']))}</td>"
         f'<td>{size(int(w["size"]))}</td><td><code title="{escape(w["sha256"])}">'
         f"{escape(w['sha256'][:16])}…</code></td>"
-        f'<td><a href="{escape(w["href"])}" download>download</a></td></tr>'
+        f'<td><a href="{escape(w["href"])}" download="{escape(w.get("download", ""))}">'
+        f"{escape(w.get('download') or 'download')}</a></td></tr>"
         for w in data["weights"]
     )
     weights_table = (
-        '<table class="weights"><thead><tr><th>file</th><th>epoch</th><th>size</th>'
-        f'<th>sha256</th><th></th></tr></thead><tbody id="weights-body">{weights}</tbody></table>'
+        '<div class="scroll"><table class="weights"><thead><tr><th>file</th><th>epoch</th>'
+        "<th>size</th><th>sha256</th><th>download</th></tr></thead>"
+        f'<tbody id="weights-body">{weights}</tbody></table></div>'
     )
     config = "".join(
         f"<tr><th>{escape(str(k))}</th><td>{escape(dumps(v))}</td></tr>"
@@ -305,27 +509,42 @@ def render_model(data: Mapping[str, Any]) -> str:
         for key in ("cfg", "data", "parent", "created_at", "agent_id")
     )
     names = metric_names(data["metrics"])
+    stem = escape(run_stem(record))
+    links = (
+        f'<a href="/models/{model_id}/metrics.csv" download="{stem}-metrics.csv">CSV</a> · '
+        f'<a href="/models/{model_id}/metrics.json" download="{stem}-metrics.json">JSON</a>'
+    )
+    body = (
+        f'<header><a href="/">← all runs</a><h1>{name}</h1>{_badge(summary.get("state"))}'
+        f'<span class="id">{model_id}</span></header>{_unreachable()}<main>{_noscript()}'
+        f"{progress}{_chart_tools() if names else ''}"
+        f'<section id="charts">{"" if names else "<p>No metrics yet.</p>"}</section>'
+        f'<section class="card"><h2>Weights</h2>{weights_table}</section>'
+        f'<section class="card two"><div><h2>Training arguments</h2><table>{config}</table>'
+        '<p class="hint">The HUB wire format carries these only (data, epochs, batch, imgsz, '
+        "patience, device, cache); a trainer's other arguments do not reach a hub.</p></div>"
+        f"<div><h2>Run</h2><table>{facts}</table></div></section>"
+        f'<section class="card"><details id="metrics-details"><summary>Metrics table '
+        f'(<span id="metrics-count">{len(data["metrics"])}</span> epochs)</summary>'
+        f'<p>Download: {links}</p><div class="scroll">{metrics_table(data["metrics"])}</div>'
+        "</details></section></main>"
+    )
+    return _doc(
+        f"{record.get('name') or record['id']} - local hub", body, _data_tag("model-data", data)
+    )
+
+
+def metrics_table(metrics: Sequence[Mapping[str, Any]]) -> str:
+    """The metrics as an HTML table, a row per epoch (the page redraws it as epochs arrive)."""
+    names = metric_names(metrics)
     head = "".join(f"<th>{escape(n)}</th>" for n in names)
     rows = "".join(
         f"<tr><td>{entry['epoch']}</td>"
         + "".join(f"<td>{_number(entry['metrics'].get(n))}</td>" for n in names)
         + "</tr>"
-        for entry in data["metrics"]
+        for entry in metrics
     )
-    table = f'<table class="metrics"><tr><th>epoch</th>{head}</tr>{rows}</table>'
-    body = (
-        f'<header><a href="/">← all runs</a><h1>{name}</h1>{_badge(record.get("status"))}'
-        f'<span class="id">{model_id}</span></header><main>{progress}'
-        f'<section id="charts">{"" if names else "<p>No metrics yet.</p>"}</section>'
-        f'<section class="card"><h2>Weights</h2>{weights_table}</section>'
-        f'<section class="card two"><div><h2>Training arguments</h2><table>{config}</table></div>'
-        f"<div><h2>Run</h2><table>{facts}</table></div></section>"
-        f'<section class="card"><details><summary>Metrics table ({len(data["metrics"])} epochs)'
-        f"</summary>{table}</details></section></main>"
-    )
-    return _doc(
-        f"{record.get('name') or record['id']} - local hub", body, _data_tag("model-data", data)
-    )
+    return f'<table class="metrics" id="metrics-table"><tr><th>epoch</th>{head}</tr>{rows}</table>'
 
 
 def _number(value: Any) -> str:

@@ -163,6 +163,8 @@ class LocalHub:
         threads: Worker threads of the server.
         limits: The largest request bodies read.
         url_ttl: Seconds a signed weight URL stays valid.
+        heartbeat_interval: Seconds between a client's heartbeats; the pages call a run
+            stalled after two of them without a sign of it (tests use a short one).
     """
 
     def __init__(
@@ -180,8 +182,10 @@ class LocalHub:
         threads: int = DEFAULT_THREADS,
         limits: BodyLimits | None = None,
         url_ttl: float = DEFAULT_TTL,
+        heartbeat_interval: float = 300.0,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.heartbeat_interval = heartbeat_interval
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.key_file = self.data_dir / "api_key"
         self._api_key = load_or_create_key(self.key_file)
@@ -262,6 +266,7 @@ class LocalHub:
             raise
         self.port = int(server.bind_addr[1])
         hub.public_root = self.url
+        hub.heartbeat_interval = self.heartbeat_interval
         self._hub, self._server = hub, server
         self._thread = threading.Thread(target=server.serve, name="local-hub", daemon=True)
         self._thread.start()
@@ -316,6 +321,7 @@ def serve(
     limits: BodyLimits | None = None,
     out: TextIO | None = None,
     stop: threading.Event | None = None,
+    heartbeat_interval: float = 300.0,
 ) -> int:
     """Run the local hub in the foreground until Ctrl-C (or until ``stop`` is set).
 
@@ -331,6 +337,7 @@ def serve(
         limits: The largest request bodies read.
         out: Where to print the instructions; stdout by default.
         stop: Set it to stop the server (for tests and embedding).
+        heartbeat_interval: Seconds between a trainer's heartbeats (see :class:`LocalHub`).
 
     Returns:
         The process exit status, 0.
@@ -352,6 +359,7 @@ def serve(
         rate_limit=rate_limit,
         timeout=timeout,
         limits=limits,
+        heartbeat_interval=heartbeat_interval,
     )
     stop = stop if stop is not None else threading.Event()
     try:

@@ -58,7 +58,7 @@ def serve(hub: Hub, request: Request, environ: dict[str, Any]) -> Response:
             mimetype="text/plain",
         )
     if parts == [""]:
-        return _html(page.render_index(runs(hub), hub.clock()))
+        return _html(page.render_index(runs(hub), hub.clock(), hub.public_root))
     if parts == ["favicon.ico"]:
         return Response(status=204)
     if parts == ["runs.json"]:
@@ -75,9 +75,11 @@ def serve(hub: Hub, request: Request, environ: dict[str, Any]) -> Response:
         return _html(page.render_model(data))
     if parts[2:] == ["data.json"]:
         return _json(data)
+    if parts[2:] in (["metrics.csv"], ["metrics.json"]):
+        return _metrics_file(data, parts[2])
     if len(parts) == 4 and parts[2] == "weights" and parts[3].removesuffix(".pt") in _KINDS:
         kind: WeightsKind = "last" if parts[3].startswith("last") else "best"
-        return _weights(hub, request, model_id, kind, f"{kind}.pt")
+        return _weights(hub, request, model_id, kind, page.download_name(data["record"], kind))
     return _html(page.render_missing(request.path), 404)
 
 
@@ -108,7 +110,7 @@ def runs(hub: Hub) -> list[dict[str, Any]]:
     """Every model with its progress and best metric, newest first (the front page's rows)."""
     out = []
     for record in reversed(hub.models()):
-        summary = page.summarize(record, hub.metrics(record["id"]), hub.clock())
+        summary = page.summarize(record, hub.metrics(record["id"]), hub.clock(), _stall(hub))
         out.append({"record": record, "summary": summary})
     return out
 
@@ -132,14 +134,31 @@ def model_data(hub: Hub, model_id: str) -> dict[str, Any] | None:
                     "size": info.size,
                     "sha256": info.sha256,
                     "href": f"/models/{model_id}/weights/{kind}.pt",
+                    "download": page.download_name(record, kind),
                 }
             )
     return {
         "record": record,
         "metrics": metrics,
         "weights": weights,
-        "summary": page.summarize(record, metrics, hub.clock()),
+        "summary": page.summarize(record, metrics, hub.clock(), _stall(hub)),
     }
+
+
+def _stall(hub: Hub) -> float:
+    return page.STALL_BEATS * hub.heartbeat_interval
+
+
+def _metrics_file(data: dict[str, Any], name: str) -> Response:
+    """A run's metrics as a download named after the run: CSV (a row per epoch) or JSON."""
+    stem = f"{page.run_stem(data['record'])}-metrics"
+    if name.endswith(".csv"):
+        response = Response(page.metrics_csv(data["metrics"]), mimetype="text/csv")
+    else:
+        response = _json(data["metrics"])
+    response.headers["Content-Disposition"] = f'attachment; filename="{stem}.{name[8:]}"'
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _signed_file(hub: Hub, request: Request, model_id: str, name: str) -> Response:

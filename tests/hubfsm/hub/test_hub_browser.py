@@ -4,13 +4,14 @@ Playwright cannot download a browser here, so it drives the system's Chromium
 (``apt-get install chromium``; ``pip install -e '.[browser]'``). Without either, these
 tests are skipped and say which is missing.
 
-Set ``HUBFSM_SCREENSHOTS=<folder>`` to also write the screenshots the docs show.
+The screenshots the docs show come from ``python -m tools.screenshots``.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import os
-import pathlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import requests
 
 import hubfsm
 from hubfsm.core.engine import CoreConfig, Limits
@@ -95,13 +97,6 @@ def local(tmp_path: Path) -> Iterator[LocalHub]:
         yield hub
 
 
-def _shoot(page: Any, name: str) -> None:
-    folder = os.environ.get("HUBFSM_SCREENSHOTS")
-    if folder:
-        pathlib.Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(pathlib.Path(folder) / name), full_page=True)
-
-
 AXES_JS = """metric => {
   const u = window.hubCharts[metric];
   const left = Math.floor(u.bbox.left), bottom = Math.ceil(u.bbox.top + u.bbox.height);
@@ -141,12 +136,13 @@ def test_charts_render_with_axes_and_update_while_a_session_trains(
         outbox_dir=tmp_path / "outbox",
     )
     with session:
+        sent: list[dict[str, float]] = []
 
         def epoch(k: int) -> None:
             weights.write_bytes(b"weights of epoch %d" % k)
-            session.log_metrics(
-                {"train/box_loss": 2.0 - k / 10, "metrics/mAP50-95(B)": k / 20, "lr/pg0": 0.01}
-            )
+            values = {"train/box_loss": 2.0 - k / 10, "metrics/mAP50-95(B)": k / 20, "lr/pg0": 0.01}
+            sent.append(values)
+            session.log_metrics(values)
             session.save_checkpoint(weights, epoch=k, is_best=True)
 
         for k in range(3):
@@ -184,11 +180,31 @@ def test_charts_render_with_axes_and_update_while_a_session_trains(
         sync_api.expect(page.locator('[data-field="summary.progress"]')).to_have_text(
             "epoch 8 of 12"
         )
+        # The metrics table follows too: a header and eight epochs, unreloaded.
+        sync_api.expect(page.locator("#metrics-table tr")).to_have_count(9)
+        sync_api.expect(page.locator("#metrics-count")).to_have_text("8")
+        # The CSV linked from the page holds what the session sent, value for value.
+        link = page.locator('a[href$="/metrics.csv"]')
+        reply = requests.get(local.url + str(link.get_attribute("href")), timeout=10)
+        assert link.get_attribute("download") == "yolov8n-metrics.csv"
+        assert 'filename="yolov8n-metrics.csv"' in reply.headers["Content-Disposition"]
+        rows = list(csv.DictReader(io.StringIO(reply.text)))
+        assert [int(r.pop("epoch")) for r in rows] == list(range(8))
+        assert [{k: float(v) for k, v in r.items()} for r in rows] == sent
+        json_reply = requests.get(f"{session.model_url}/metrics.json", timeout=10).json()
+        assert [e["metrics"] for e in json_reply] == sent
         session.finish(weights, map50_95=0.4)
     page.wait_for_function(
         "document.querySelector('.badge').textContent === 'trained'", timeout=WAIT_MS
     )
     sync_api.expect(page.locator("#weights-body")).to_contain_text("best.pt")
+    # Saved under the run's name, so that the best weights of two runs do not collide.
+    sync_api.expect(page.locator("#weights-body a").last).to_have_attribute(
+        "download", "yolov8n-best.pt"
+    )
+    # Over: the clocks stop and the checkpoint note is gone with the final weights in.
+    sync_api.expect(page.locator('[data-field="summary.eta"]')).to_have_text("finished")
+    sync_api.expect(page.locator("#stale")).to_be_hidden()
 
 
 def test_pages_of_sample_runs_compare_and_filter(
@@ -196,10 +212,10 @@ def test_pages_of_sample_runs_compare_and_filter(
 ) -> None:
     ids = sample_runs.populate(local)
     page.goto(f"{local.url}/models/{ids['training']}")
-    page.wait_for_function("document.querySelectorAll('.uplot').length === 13", timeout=WAIT_MS)
+    # 13 metrics; train/ and val/ of the same loss share a chart: 10 charts.
+    page.wait_for_function("document.querySelectorAll('.uplot').length === 10", timeout=WAIT_MS)
     sync_api.expect(page.locator("#stale")).to_be_visible()
     sync_api.expect(page.locator("#stale")).to_contain_text("last.pt is from epoch 0")
-    _shoot(page, "local-hub-run.png")
 
     page.goto(f"{local.url}/")
     rows = page.locator("#runs tbody tr")
@@ -210,10 +226,10 @@ def test_pages_of_sample_runs_compare_and_filter(
     page.select_option("#status-filter", "training")
     sync_api.expect(page.locator("#runs tbody tr:visible")).to_have_count(1)
     page.select_option("#status-filter", "")
-    page.click('th[data-sort="best"]')  # best first
+    page.click('th[data-sort="best"] button')  # best first
     first = page.locator("#runs tbody tr").first
     sync_api.expect(first).to_have_attribute("data-id", ids["trained"])
-    page.click('th[data-sort="best"]')  # and the other way round
+    page.click('th[data-sort="best"] button')  # and the other way round
     sync_api.expect(page.locator("#runs tbody tr").first).to_have_attribute("data-id", ids["new"])
 
     page.check(f'.pick[value="{ids["trained"]}"]')
@@ -227,5 +243,206 @@ def test_pages_of_sample_runs_compare_and_filter(
     sync_api.expect(page.locator("#compare-chart .u-title")).to_have_text("train/box_loss")
     page.select_option("#compare-metric", "metrics/mAP50-95(B)")
     sync_api.expect(page.locator("#compare-chart .u-title")).to_have_text("metrics/mAP50-95(B)")
-    page.click('th[data-sort="created"]')
-    _shoot(page, "local-hub-runs.png")
+    page.click('th[data-sort="created"] button')
+
+
+def _state(page: Any) -> str:
+    return str(page.locator("header .badge").text_content())
+
+
+def test_a_run_goes_stalled_when_its_heartbeats_stop_and_the_page_says_when_the_hub_is_gone(
+    page: Any, tmp_path: Path, sample_runs: ModuleType
+) -> None:
+    # Two intervals of silence make a run stalled: here 2 s instead of 10 min.
+    with LocalHub(tmp_path / "hub", heartbeat_interval=1.0) as local:
+        model_id = sample_runs.create(local, "killed-run", 20)
+        sample_runs.heartbeat(local, model_id)
+        sample_runs.send_epochs(local, model_id, range(3), 20, seed=0)
+        page.goto(f"{local.url}/models/{model_id}")
+        # Nothing more arrives, as after a kill -9: the open page turns it stalled.
+        page.wait_for_function("document.body.dataset.state === 'stalled'", timeout=WAIT_MS)
+        assert _state(page) == "stalled"
+        sync_api.expect(page.locator('[data-field="summary.eta"]')).to_have_text("stopped")
+        # The clocks stopped: a later poll shows the same elapsed time.
+        elapsed = page.locator('[data-field="summary.elapsed"]').text_content()
+        polls = int(page.evaluate("Number(document.body.dataset.polls)"))
+        page.wait_for_function(
+            f"Number(document.body.dataset.polls) >= {polls + 2}", timeout=WAIT_MS
+        )
+        assert page.locator('[data-field="summary.elapsed"]').text_content() == elapsed
+
+        # The list shows it stalled, and the status filter finds it.
+        page.goto(f"{local.url}/")
+        row = page.locator(f'#runs tbody tr[data-id="{model_id}"]')
+        sync_api.expect(row.locator(".badge")).to_have_text("stalled")
+        page.select_option("#status-filter", "training")
+        sync_api.expect(page.locator("#runs tbody tr:visible")).to_have_count(0)
+        page.select_option("#status-filter", "stalled")
+        sync_api.expect(page.locator("#runs tbody tr:visible")).to_have_count(1)
+
+        # It comes back to life with its next heartbeat.
+        page.goto(f"{local.url}/models/{model_id}")
+        sample_runs.heartbeat(local, model_id)
+        page.wait_for_function("document.body.dataset.state === 'training'", timeout=WAIT_MS)
+        assert _state(page) == "training"
+        sync_api.expect(page.locator("#offline")).to_be_hidden()
+        local.stop()
+        # The hub is gone: the open page says so instead of showing old data as current.
+        sync_api.expect(page.locator("#offline")).to_be_visible(timeout=WAIT_MS)
+        sync_api.expect(page.locator("#offline")).to_contain_text("unreachable")
+
+
+MARK_JS = """key => {
+  const u = window.hubCharts[key];
+  const x = Math.round(u.valToPos(u._best.x, "x", true));
+  const top = Math.ceil(u.bbox.top), h = Math.floor(u.bbox.height);
+  const count = col => {
+    const d = u.ctx.getImageData(col, top, 1, h).data;
+    let n = 0;
+    for (let i = 0; i < d.length; i += 4)
+      if (d[i] === 0xbf && d[i + 1] === 0x87 && d[i + 2] === 0) n++;
+    return n;
+  };
+  return {epoch: u._best.x, at: count(x), left: count(Math.ceil(u.bbox.left) + 3)};
+}"""
+
+
+def test_best_epoch_marker_smoothing_log_scale_and_settings_in_the_url(
+    page: Any, local: LocalHub, sample_runs: ModuleType
+) -> None:
+    ids = sample_runs.populate(local)
+    url = f"{local.url}/models/{ids['trained']}"
+    page.goto(url)
+    page.wait_for_function("document.querySelectorAll('.uplot').length === 10", timeout=WAIT_MS)
+    data = page.evaluate("JSON.parse(document.getElementById('model-data').textContent)")
+    stats = data["summary"]["stats"]
+    key = "metrics/mAP50-95(B)"
+    mark = page.evaluate(MARK_JS, key)
+    assert mark["epoch"] == stats[key]["best_epoch"]
+    assert mark["at"] > 50 and mark["left"] == 0  # a dashed line there, and only there
+    # A loss is best at its lowest: the marker of box_loss is at its minimum.
+    low = min(data["metrics"], key=lambda e: e["metrics"]["train/box_loss"])["epoch"]
+    assert page.evaluate("window.hubCharts['train/box_loss']._best.x") == low
+    # The caption says the last and best values in words.
+    caption = page.locator(f'.chart[data-metric="{key}"] figcaption')
+    best = float(f"{stats[key]['best']:.5g}")
+    sync_api.expect(caption).to_contain_text(f"best {best} (epoch {stats[key]['best_epoch']}")
+    sync_api.expect(caption).to_contain_text("higher is better")
+    # train/ and val/ box_loss share one chart.
+    labels = page.evaluate("window.hubCharts['train/box_loss'].series.slice(1).map(s => s.label)")
+    assert labels == ["train", "val"]
+
+    # Zooming one chart zooms the others to the same epochs.
+    page.evaluate("window.hubCharts['metrics/mAP50-95(B)'].setScale('x', {min: 5, max: 10})")
+    shared = page.evaluate(
+        "['train/box_loss', 'lr/pg0'].map(k => [window.hubCharts[k].scales.x.min,"
+        " window.hubCharts[k].scales.x.max])"
+    )
+    assert shared == [[5, 10], [5, 10]]
+
+    before = page.evaluate("window.hubCharts['train/box_loss'].ctx.canvas.toDataURL()")
+    page.locator("#smooth").fill("0.9")
+    page.wait_for_function("location.search.includes('smooth=0.9')", timeout=WAIT_MS)
+    chart = page.evaluate(
+        "(() => { const u = window.hubCharts['train/box_loss'];"
+        " return {labels: u.series.slice(1).map(s => s.label), raw: u.data[1], smooth: u.data[2],"
+        " png: u.ctx.canvas.toDataURL()}; })()"
+    )
+    assert chart["labels"] == ["train (raw)", "train", "val (raw)", "val"]
+    sent = [e["metrics"]["train/box_loss"] for e in data["metrics"]]
+    assert chart["raw"] == sent and chart["smooth"] != sent
+    assert chart["smooth"][0] == pytest.approx(sent[0])  # debiased: starts at the first value
+    assert chart["png"] != before  # the drawn line changed
+
+    page.check("#log")
+    page.wait_for_function("location.search.includes('log=1')", timeout=WAIT_MS)
+    assert page.evaluate("window.hubCharts['train/box_loss'].scales.y.distr") == 3
+    # The settings are in the URL: opened again, the page draws the same view.
+    page.goto(page.url)
+    page.wait_for_function("document.querySelectorAll('.uplot').length === 10", timeout=WAIT_MS)
+    assert page.input_value("#smooth") == "0.9" and page.is_checked("#log")
+    assert page.evaluate("window.hubCharts['train/box_loss'].scales.y.distr") == 3
+    page.uncheck("#log")
+    page.check("#zero")
+    page.wait_for_function(
+        "window.hubCharts['metrics/mAP50-95(B)'].scales.y.min <= 0", timeout=WAIT_MS
+    )
+
+
+def test_a_single_epoch_is_drawn_in_the_middle_of_its_chart(
+    page: Any, local: LocalHub, sample_runs: ModuleType
+) -> None:
+    model_id = sample_runs.create(local, "one-epoch", 10)
+    sample_runs.send_epochs(local, model_id, range(1), 10, seed=0)
+    page.goto(f"{local.url}/models/{model_id}")
+    page.wait_for_function("document.querySelectorAll('.uplot').length === 10", timeout=WAIT_MS)
+    scales = page.evaluate(
+        "(() => { const u = window.hubCharts['metrics/mAP50-95(B)'];"
+        " return [u.scales.x.min, u.scales.x.max, u.scales.y.min, u.scales.y.max,"
+        " u.data[1][0]]; })()"
+    )
+    xmin, xmax, ymin, ymax, value = scales
+    assert xmin < 0 < xmax and ymin < value < ymax
+
+
+def test_sorting_by_keyboard_and_comparing_parameters_and_metrics(
+    page: Any, local: LocalHub, sample_runs: ModuleType
+) -> None:
+    ids = sample_runs.populate(local)
+    page.goto(f"{local.url}/")
+    best = page.locator('th[data-sort="best"]')
+    assert best.get_attribute("aria-sort") == "none"
+    page.focus('th[data-sort="best"] button')
+    page.keyboard.press("Enter")
+    sync_api.expect(best).to_have_attribute("aria-sort", "descending")
+    sync_api.expect(page.locator("#runs tbody tr").first).to_have_attribute(
+        "data-id", ids["trained"]
+    )
+    page.keyboard.press("Space")
+    sync_api.expect(best).to_have_attribute("aria-sort", "ascending")
+    # Every control has a name a screen reader reads.
+    for selector in ("#filter", "#status-filter", "#list-metric", ".pick"):
+        name = page.locator(selector).first.evaluate(
+            "el => el.labels && el.labels.length ? el.labels[0].textContent"
+            " : el.getAttribute('aria-label')"
+        )
+        assert name and name.strip(), selector
+
+    # The column shows the last value of any metric on demand.
+    page.select_option("#list-metric", "train/box_loss")
+    page.select_option("#list-which", "last")
+    sync_api.expect(page.locator("#best-head")).to_have_text("last train/box_loss")
+    trained = page.locator(f'#runs tbody tr[data-id="{ids["trained"]}"] td.best')
+    sync_api.expect(trained).to_contain_text("(epoch 29)")
+
+    page.evaluate(f"window.hubCompare({[ids['trained'], ids['training']]!r})")
+    params = page.locator("#compare-params")
+    sync_api.expect(params).to_contain_text("epochs")
+    sync_api.expect(params).to_contain_text("30")
+    sync_api.expect(params).not_to_contain_text("batch")  # the same in both: left out
+    page.select_option("#compare-metric", ["metrics/mAP50-95(B)", "val/box_loss", "lr/pg0"])
+    sync_api.expect(page.locator("#compare-chart .uplot")).to_have_count(3)
+    values = page.locator("#compare-values")
+    sync_api.expect(values).to_contain_text("val/box_loss")
+    sync_api.expect(values.locator("tr")).to_have_count(4)
+
+
+@pytest.mark.parametrize("path", ["/", "/models/{trained}", "/models/{training}"])
+def test_no_page_scrolls_sideways_on_a_phone(
+    browser: Any, local: LocalHub, sample_runs: ModuleType, path: str
+) -> None:
+    ids = sample_runs.populate(local)
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    try:
+        opened = context.new_page()
+        opened.goto(local.url + path.format(**ids))
+        opened.wait_for_load_state("networkidle")
+        if path == "/":
+            opened.evaluate(f"window.hubCompare({[ids['trained'], ids['training']]!r})")
+            opened.wait_for_selector("#compare-chart .uplot", timeout=WAIT_MS)
+        else:
+            opened.wait_for_selector(".uplot", timeout=WAIT_MS)
+        width = opened.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, width
+    finally:
+        context.close()

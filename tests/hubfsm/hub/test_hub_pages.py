@@ -133,16 +133,101 @@ def test_a_record_stored_with_huge_integers_does_not_break_the_pages(local: Loca
     summary = requests.get(f"{local.url}/runs.json", timeout=TIMEOUT).json()["runs"][0]["summary"]
     # The counts it cannot use are left out (the latest epoch seen is the huge one).
     assert summary["progress"] == "epoch 0" and summary["percent"] == 0.0
-    assert summary["best"] is None and summary["stale"] is None
-    assert summary["eta"] == "-"
+    # The mAP no float holds is left out: the one usable metric, a loss, is the best shown.
+    assert summary["best"] == {"name": "loss", "value": 0.5, "epoch": 3}
+    assert summary["stale"] is None
+    # Silent since 2023: stalled, with its clocks stopped at its last sign of life.
+    assert (summary["state"], summary["eta"], summary["elapsed"]) == (
+        "stalled",
+        "stopped",
+        "1 min 00 s",
+    )
 
 
 def test_summary_arithmetic_is_total() -> None:
-    record = {"id": "a" * 20, "status": "training", "epochs": 2**53 - 1, "last_epoch": 0,
-              "started_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:01:00Z"}
-    summary = page.summarize(record, [{"epoch": 0, "metrics": {"metrics/x": 10**400}}], 1.8e9)
+    record = {
+        "id": "a" * 20,
+        "status": "training",
+        "epochs": 2**53 - 1,
+        "last_epoch": 0,
+        "started_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:01:00Z",
+    }
+    metrics = [{"epoch": 0, "metrics": {"metrics/x": 10**400}}]
+    summary = page.summarize(record, metrics, 1.8e9, stall_after=float("inf"))
     assert summary["progress"] == f"epoch 1 of {2**53 - 1}"
     assert summary["eta"].endswith("min") and summary["best"] is None
     for value in (float("inf"), float("nan")):
         assert page.duration(value) == "-"
     assert page.dumps({"n": 10**5000, "x": float("nan")}) == '{"n": null, "x": null}'
+
+
+def test_a_silent_run_is_stalled_and_a_finished_one_counts_the_epochs_it_ran() -> None:
+    record = {
+        "id": "a" * 20,
+        "status": "training",
+        "epochs": 300,
+        "last_epoch": 2,
+        "started_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:01:00Z",
+        "heartbeat_at": "2026-01-01T00:01:30Z",
+    }
+    beat = page._seconds(record["heartbeat_at"])
+    assert beat is not None
+    alive = page.summarize(record, [], beat + 599, stall_after=600)
+    assert (alive["state"], alive["elapsed"]) == ("training", "11 min 29 s")
+    silent = page.summarize(record, [], beat + 601, stall_after=600)
+    # Stopped at its last sign of life, however long the page stays open.
+    assert (silent["state"], silent["eta"], silent["elapsed"]) == (
+        "stalled",
+        "stopped",
+        "1 min 30 s",
+    )
+    assert page.summarize(record, [], beat + 9999, stall_after=600)["elapsed"] == "1 min 30 s"
+    assert silent["status"] == "training"  # the API's status is left as the client reads it
+
+    done = {**record, "status": "trained", "final_epoch": 2, "has_best_weights": True}
+    summary = page.summarize(done, [], beat + 9999)
+    assert (summary["state"], summary["percent"]) == ("trained", 100.0)
+    assert summary["progress"] == "epoch 3 of 3 (300 planned)"
+
+
+def test_the_best_value_names_its_metric_and_direction() -> None:
+    metrics = [
+        {"epoch": 0, "metrics": {"train/loss": 0.9, "metrics/accuracy_top1": 0.5}},
+        {"epoch": 1, "metrics": {"train/loss": 0.4, "metrics/accuracy_top1": 0.7}},
+        {"epoch": 2, "metrics": {"train/loss": 0.6, "metrics/accuracy_top1": 0.7}},
+    ]
+    summary = page.summarize({"id": "a" * 20, "status": "training"}, metrics, 0.0)
+    assert summary["best"] == {"name": "metrics/accuracy_top1", "value": 0.7, "epoch": 1}
+    assert summary["best_label"] == "best accuracy_top1"
+    assert summary["better"] == "higher is better"
+    loss = summary["stats"]["train/loss"]
+    assert (loss["best"], loss["best_epoch"], loss["last"], loss["better"]) == (
+        0.4,
+        1,
+        0.6,
+        "lower",
+    )
+
+
+def test_downloads_are_named_after_the_run_and_empty_pages_say_what_to_do(
+    local: LocalHub, sample_runs: ModuleType
+) -> None:
+    empty = requests.get(f"{local.url}/", timeout=TIMEOUT).text
+    assert f"export ULTRALYTICS_HUB_API={local.url}" in empty and "api_key" in empty
+    assert local.api_key not in empty
+    ids = sample_runs.populate(local)
+    trained = ids["trained"]
+    reply = requests.get(f"{local.url}/models/{trained}/weights/best.pt", timeout=TIMEOUT)
+    disposition = reply.headers["Content-Disposition"]
+    assert disposition == 'attachment; filename="yolov8n-coco8-baseline-best.pt"'
+    html = requests.get(f"{local.url}/models/{trained}", timeout=TIMEOUT).text
+    assert 'download="yolov8n-coco8-baseline-best.pt"' in html
+    # What the trainer reported with its final weights is shown beside the best epoch.
+    assert '<div data-field="record.map">0.46</div>' in html
+    assert "<noscript>" in html and 'id="metrics-table"' in html
+    assert "other arguments do not reach a hub" in html  # said, not silently dropped
+    csv_reply = requests.get(f"{local.url}/models/{trained}/metrics.csv", timeout=TIMEOUT)
+    assert csv_reply.headers["Content-Type"].startswith("text/csv")
+    assert len(csv_reply.text.splitlines()) == 31  # a header and thirty epochs

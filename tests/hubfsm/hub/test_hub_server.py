@@ -308,7 +308,7 @@ def test_serve_prints_how_to_use_it(tmp_path: Path) -> None:
     thread = threading.Thread(
         target=serve,
         args=(tmp_path,),
-        kwargs={"port": 0, "out": out, "stop": stop, "fault_rate": 0.1},
+        kwargs={"port": 0, "out": out, "stop": stop, "fault_rate": 0.1, "heartbeat_interval": 0.2},
     )
     with structlog.testing.capture_logs() as logs:
         thread.start()
@@ -322,9 +322,34 @@ def test_serve_prints_how_to_use_it(tmp_path: Path) -> None:
         key = (tmp_path / "api_key").read_text().strip()
         for _ in range(5):
             requests.post(f"{url}/v1/auth", headers={"x-api-key": key}, timeout=TIMEOUT)
+        # The pages go by the interval given: silent for two of them, a run is stalled.
+        states = []
+        for _ in range(50):
+            created = requests.post(
+                f"{url}/v1/models",
+                json={"lineage": {"architecture": {"name": "yolov8n"}}},
+                headers={"x-api-key": key},
+                timeout=TIMEOUT,
+            )
+            if created.status_code == 200:  # a fault drawn may fail it: try again
+                break
+        for _ in range(100):
+            reply = requests.get(f"{url}/runs.json", timeout=TIMEOUT)
+            states = [run["summary"]["state"] for run in reply.json()["runs"]] if reply.ok else []
+            if states == ["new"]:
+                requests.post(
+                    f"{url}/v1/agent/heartbeat/models/{created.json()['data']['id']}",
+                    json={"agent": "test"},
+                    headers={"x-api-key": key},
+                    timeout=TIMEOUT,
+                )
+            if states == ["stalled"]:
+                break
+            time.sleep(0.05)
         stop.set()
         thread.join(5)
     assert not thread.is_alive()
+    assert states == ["stalled"]
     assert f"export HUB_API_KEY=$(cat {tmp_path / 'api_key'})" in text
     assert url.startswith("http://127.0.0.1:")
     assert key not in text
