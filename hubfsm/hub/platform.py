@@ -246,7 +246,8 @@ class PlatformEndpoints(KeyAdmin, Endpoints):
         """The model's console output as one text (its last :data:`CONSOLE_SHOWN` characters)."""
         with self._lock:
             chunks = self.store.get_console(model_id)
-        text = "".join(content for _, _, content in chunks)
+        # A chunk is lines joined by newlines, usually without a last one.
+        text = "".join(c if c.endswith("\n") else c + "\n" for _, _, c in chunks if c)
         return text[-CONSOLE_SHOWN:]
 
     def _training_event(self, who: str, body: Mapping[str, Any]) -> HubReply:

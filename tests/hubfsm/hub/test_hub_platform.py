@@ -451,3 +451,28 @@ def test_keys_add_can_make_a_platform_key(tmp_path: Path) -> None:
         url = f"{local.url}/api/account/summary"
         reply = requests.get(url, headers={"Authorization": f"Bearer {made}"}, timeout=TIMEOUT)
         assert reply.status_code == 200 and reply.json()["name"] == "laptop"
+
+
+def test_an_in_process_hub_takes_the_same_calls_without_http() -> None:
+    from hubfsm.hub import Hub, HubCall
+    from hubfsm.hub.store_memory import MemoryStore
+
+    made = new_platform_key()
+    hub = Hub(MemoryStore(), clock=lambda: 1000.0, keys=[made])
+    data = {"trainArgs": TRAIN_ARGS, "epochs": 3, "device": "cpu"}
+    body = {"project": "alice/birds", "name": "train", "event": "training_started", "data": data}
+    started = hub.handle(HubCall("POST", METRICS, made, body)).body
+    model_id, run_id = started["modelId"], started["runId"]
+    ask = {"filename": "best.pt", "modelId": model_id, "runId": run_id}
+    slot = hub.handle(HubCall("POST", UPLOAD, made, ask)).body
+    assert slot["uploadUrl"] == f"/{slot['uploadPath']}"  # unsigned: this hub has no signer
+    put = hub.handle(HubCall("PUT", slot["uploadUrl"], file=b"weights"))
+    assert put.status == 200
+    promote = {"modelPath": slot["gcsPath"], "runId": run_id, "uploadPath": slot["uploadPath"]}
+    call = HubCall(
+        "POST", METRICS, made, {"modelId": model_id, "event": "checkpoint_saved", "data": promote}
+    )
+    assert hub.handle(call).status == 200
+    info = hub.weights_info(model_id, "last")
+    assert info is not None and info.size == len(b"weights")
+    assert hub.audit().requests["platform_training_metrics"] == 2
