@@ -350,13 +350,14 @@ def serve(
         print(f"  export ULTRALYTICS_HUB_API={local.url}", file=out)
         print(f"  export ULTRALYTICS_HUB_WEB={local.url}", file=out)
         print(f"  export HUB_API_KEY=$(cat {key_file})", file=out)
-        print("or, for ultralytics 8.4 (the Platform API), with a key from", file=out)
+        print("For ultralytics 8.4 (the Platform API), make a key with", file=out)
         print(
-            f"`hubfsm hub keys add --platform --data {shlex.quote(str(local.data_dir))}`:",
+            f"  hubfsm hub keys add --platform --data {shlex.quote(str(local.data_dir))}",
             file=out,
         )
+        print("and point it here with:", file=out)
         print(f"  export ULTRALYTICS_PLATFORM_URL={local.url}", file=out)
-        print("  export ULTRALYTICS_API_KEY=ul_...", file=out)
+        print("  export ULTRALYTICS_API_KEY=<the ul_ key it printed>", file=out)
         print("Press Ctrl-C to stop.", file=out, flush=True)
         previous = None
         if threading.current_thread() is threading.main_thread():
