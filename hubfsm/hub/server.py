@@ -355,9 +355,8 @@ def serve(
             f"  hubfsm hub keys add --platform --data {shlex.quote(str(local.data_dir))}",
             file=out,
         )
-        print("and point it here with:", file=out)
+        print("then set ULTRALYTICS_API_KEY to the key it prints, and", file=out)
         print(f"  export ULTRALYTICS_PLATFORM_URL={local.url}", file=out)
-        print("  export ULTRALYTICS_API_KEY=<the ul_ key it printed>", file=out)
         print("Press Ctrl-C to stop.", file=out, flush=True)
         previous = None
         if threading.current_thread() is threading.main_thread():

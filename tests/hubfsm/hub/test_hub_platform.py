@@ -476,3 +476,22 @@ def test_an_in_process_hub_takes_the_same_calls_without_http() -> None:
     info = hub.weights_info(model_id, "last")
     assert info is not None and info.size == len(b"weights")
     assert hub.audit().requests["platform_training_metrics"] == 2
+
+
+def test_the_rate_limit_and_the_upload_cap_hold_on_the_platform_api(tmp_path: Path) -> None:
+    from hubfsm.hub.server import BodyLimits
+
+    with LocalHub(tmp_path / "hub", rate_limit=1.0, limits=BodyLimits(upload=100)) as local:
+        made = new_platform_key()
+        local.hub.add_key(made)
+        started = start(local, made)
+        body = {"filename": "best.pt", "modelId": started["modelId"], "runId": started["runId"]}
+        limited = post(local, made, UPLOAD, body)
+        # One request per second per key: the second at once is refused, saying when to retry.
+        assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    with LocalHub(tmp_path / "hub", limits=BodyLimits(upload=100)) as local:
+        slot = post(local, made, UPLOAD, body).json()
+        too_big = requests.put(slot["uploadUrl"], data=b"x" * 101, timeout=TIMEOUT)
+        assert too_big.status_code == 413
+        fits = requests.put(slot["uploadUrl"], data=b"x" * 100, timeout=TIMEOUT)
+        assert fits.status_code == 200
