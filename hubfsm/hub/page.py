@@ -275,6 +275,7 @@ def render_model(data: Mapping[str, Any]) -> str:
         for key in ("cfg", "data", "parent", "created_at", "agent_id", "protocol")
         + (("project", "slug", "run_id", "cancelled") if record.get("project") else ())
     )
+    console = _console(data.get("console") or "", bool(record.get("project")))
     names = metric_names(data["metrics"])
     head = "".join(f"<th>{escape(n)}</th>" for n in names)
     rows = "".join(
@@ -292,21 +293,20 @@ def render_model(data: Mapping[str, Any]) -> str:
         f'<section class="card two"><div><h2>Training arguments</h2><table>{config}</table></div>'
         f"<div><h2>Run</h2><table>{facts}</table></div></section>"
         f'<section class="card"><details><summary>Metrics table ({len(data["metrics"])} epochs)'
-        f"</summary>{table}</details></section>{_console(data.get('console') or '')}</main>"
+        f"</summary>{table}</details></section>{console}</main>"
     )
     return _doc(
         f"{record.get('name') or record['id']} - local hub", body, _data_tag("model-data", data)
     )
 
 
-def _console(text: str) -> str:
-    """The run's console output (Platform runs send it), or nothing."""
-    if not text:
+def _console(text: str, platform: bool) -> str:
+    """The run's console output: Platform runs send it (the page's script keeps it current)."""
+    if not text and not platform:
         return ""
-    lines = text.count("\n") + (not text.endswith("\n"))
     return (
-        f'<section class="card"><details open><summary>Console ({lines} lines)</summary>'
-        f'<pre class="console">{escape(text)}</pre></details></section>'
+        '<section class="card"><details open><summary>Console</summary>'
+        f'<pre class="console" id="console">{escape(text)}</pre></details></section>'
     )
 
 
