@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from hubfsm.hub import admin
 from hubfsm.hub.server import LocalHub
@@ -195,6 +196,12 @@ def test_a_real_trainer_lands_every_epoch_checkpoint_weights_and_the_end(
 
     # The console came in chunks, from the model's summary on.
     assert "YOLOv8n summary" in rig.hub.console(model_id)
+
+    # The run list shows it as it shows a HUB run: trained, every epoch done.
+    listed = requests.get(f"{rig.local.url}/runs.json", timeout=30).json()["runs"]
+    (row,) = [r for r in listed if r["record"]["id"] == model_id]
+    assert row["summary"]["status"] == "trained"
+    assert row["summary"]["progress"] == f"epoch {epochs} of {epochs}"
 
     # ul://alice/birds/tiny resolves through the hub, as ultralytics does it.
     resolved = subprocess.run(
