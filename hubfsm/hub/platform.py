@@ -22,6 +22,7 @@ the shape the client reads.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -37,7 +38,7 @@ from hubfsm.hub.endpoints import Endpoints
 from hubfsm.hub.keyring import KeyAdmin
 from hubfsm.hub.keys import is_platform_key
 from hubfsm.hub.parse import check_json, metrics_text
-from hubfsm.hub.store import ModelRecord, Staged
+from hubfsm.hub.store import ModelRecord, Staged, StoredReply
 
 #: The events the SDK knows; ultralytics 8.4.190 sends the first five.
 EVENTS = (
@@ -54,6 +55,9 @@ EVENTS = (
 USERNAME = "local"
 #: Uploads received but not yet promoted, at most (the oldest is dropped beyond it).
 PENDING_KEPT = 64
+#: Seconds within which a ``training_started`` sent again is taken as a retry: the SDK's
+#: four attempts of at most 30 s each, with their waits, fit in it.
+RETRY_WINDOW = 180.0
 #: Console text a model page shows, at most (its last characters).
 CONSOLE_SHOWN = 256 * 1024
 
@@ -108,6 +112,7 @@ class PlatformEndpoints(KeyAdmin, Endpoints):
     """The Platform API (a part of :class:`~hubfsm.hub.domain.Hub`)."""
 
     _requests: Counter[str]
+    _replayed: Counter[str]
     # uploadPath -> the file PUT there. Kept in memory: a restart drops the uploads not yet
     # promoted, and the trainer's checkpoint_saved for one then gets 404.
     _pending: dict[str, Pending]
@@ -257,7 +262,7 @@ class PlatformEndpoints(KeyAdmin, Endpoints):
         if not isinstance(data, dict):
             return error(400, "'data' must be an object")
         if event == "training_started":
-            return self._started(who, body, data)
+            return self._start_once(who, body, data)
         record = self._identified(who, body)
         if isinstance(record, HubReply):
             return record
@@ -290,6 +295,32 @@ class PlatformEndpoints(KeyAdmin, Endpoints):
                 if record.owner == who and record.project == wanted and record.slug == model:
                     return record
         return error(404, "Model not found")
+
+    def _start_once(self, who: str, body: Mapping[str, Any], data: Mapping[str, Any]) -> HubReply:
+        """``training_started``, where a retry of the same request opens nothing new.
+
+        The SDK retries it (after a timeout, a 5xx, a 429) with the very same body, and the
+        protocol has no idempotency key: without this, an answer lost on the way would leave
+        a model per attempt. A body sent again within :data:`RETRY_WINDOW` seconds, while
+        its run has heard nothing since, gets the first answer again. (A new run's body
+        differs: it carries the machine's load at that moment, ``data.system``.)
+        """
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        scope = f"{who}\x1fplatform_started\x1f{hashlib.sha256(text.encode()).hexdigest()}"
+        stored = self.store.get_reply(scope)
+        if stored is not None:
+            record = self.store.get_model(str(stored.body.get("modelId")))
+            fresh = self.clock() - stored.body.get("_at", 0.0) <= RETRY_WINDOW
+            if fresh and record is not None and record.run_id == stored.body.get("runId"):
+                untouched = record.metrics_epoch is None and not record.has_last_weights
+                if untouched and not record.cancelled:
+                    self._replayed["platform_training_started"] += 1
+                    answer = {k: v for k, v in stored.body.items() if k != "_at"}
+                    return HubReply(200, answer, {"Idempotent-Replayed": "true"})
+        reply = self._started(who, body, data)
+        if reply.ok and reply.body.get("cancelled") is False:
+            self.store.put_reply(scope, StoredReply(200, {**reply.body, "_at": self.clock()}))
+        return reply
 
     def _started(self, who: str, body: Mapping[str, Any], data: Mapping[str, Any]) -> HubReply:
         now = self.clock()

@@ -9,6 +9,7 @@ the ``ultralytics-platform`` SDK (0.1.99): ``{modelId | project + name, event, d
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from hubfsm.hub.server import LocalHub
 from hubfsm.hub.signing import UrlSigner, load_or_create_secret
 
 TIMEOUT = 10
+_LOAD = itertools.count()
 METRICS = "/api/webhooks/training/metrics"
 UPLOAD = "/api/webhooks/models/upload"
 TRAIN_ARGS = {
@@ -74,17 +76,17 @@ def event(
     return body
 
 
-def start(local: LocalHub, key: str, project: str = "alice/birds", name: str = "train") -> dict:
-    data = {"trainArgs": TRAIN_ARGS, "epochs": 3, "device": "cpu", "environment": {}}
-    reply = post(
-        local,
-        key,
-        METRICS,
-        {"project": project, "name": name, "event": "training_started", "data": data},
-    )
+def start(
+    local: LocalHub, key: str, project: str = "alice/birds", name: str = "train"
+) -> dict[str, Any]:
+    # Each run reports the machine's load at its start, so no two runs' bodies are equal.
+    system = {"cpu": float(next(_LOAD))}
+    data = {"trainArgs": TRAIN_ARGS, "epochs": 3, "device": "cpu", "system": system}
+    body = {"project": project, "name": name, "event": "training_started", "data": data}
+    reply = post(local, key, METRICS, body)
     assert reply.status_code == 200, reply.text
-    body: dict[str, Any] = reply.json()
-    return body
+    started: dict[str, Any] = reply.json()
+    return started
 
 
 def epoch_end(local: LocalHub, key: str, model_id: str, epoch: int) -> dict[str, Any]:
@@ -495,3 +497,20 @@ def test_the_rate_limit_and_the_upload_cap_hold_on_the_platform_api(tmp_path: Pa
         assert too_big.status_code == 413
         fits = requests.put(slot["uploadUrl"], data=b"x" * 100, timeout=TIMEOUT)
         assert fits.status_code == 200
+
+
+def test_a_retried_training_started_opens_one_model(local: LocalHub, key: str) -> None:
+    data = {"trainArgs": TRAIN_ARGS, "epochs": 3, "device": "cpu", "system": {"cpu": 7.5}}
+    body = {"project": "alice/birds", "name": "train", "event": "training_started", "data": data}
+    # The SDK sends the very same body again when the first answer was lost.
+    first, retry = post(local, key, METRICS, body), post(local, key, METRICS, body)
+    assert retry.json() == first.json()
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert len(local.hub.models()) == 1
+    # A run that started reporting is not reopened by the same body: that is a new run.
+    epoch_end(local, key, first.json()["modelId"], 0)
+    again = post(local, key, METRICS, body).json()
+    assert again["modelId"] != first.json()["modelId"] and again["modelSlug"] == "train-2"
+    # Another run's body (another moment's load) is a new model at once.
+    other = {**body, "data": {**data, "system": {"cpu": 9.0}}}
+    assert post(local, key, METRICS, other).json()["modelSlug"] == "train-3"
