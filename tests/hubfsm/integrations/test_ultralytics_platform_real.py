@@ -17,6 +17,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -116,20 +117,29 @@ class PlatformRig:
             PYTHONUNBUFFERED="1",
         )
         self.env = env
+        self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, project: str, epochs: int) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, project: str, epochs: int, *extra: str, log: str = ""
+    ) -> subprocess.Popen[bytes]:
         cwd = self.root / name
-        cwd.mkdir()
-        with open(cwd / "out.log", "wb") as out, open(cwd / "err.log", "wb") as err:
-            return subprocess.Popen(
-                [sys.executable, str(WORKER), str(self.data), project, name, str(epochs)],
+        cwd.mkdir(exist_ok=True)
+        with (
+            open(cwd / f"out{log}.log", "wb") as out,
+            open(cwd / f"err{log}.log", "wb") as err,
+        ):
+            proc = subprocess.Popen(
+                [sys.executable, str(WORKER), str(self.data), project, name, str(epochs), *extra],
                 cwd=cwd,
                 env=self.env,
                 stdout=out,
                 stderr=err,
             )
+        self.procs.append(proc)
+        return proc
 
     def finish(self, name: str, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+        """Wait for the trainer to end well; its ``result.json``."""
         try:
             code = proc.wait(timeout=900)
         except subprocess.TimeoutExpired:
@@ -140,11 +150,9 @@ class PlatformRig:
         return dict(json.loads((self.root / name / "result.json").read_text()))
 
     def tail(self, name: str) -> str:
-        cwd = self.root / name
-        text = (cwd / "out.log").read_text(errors="replace") + (cwd / "err.log").read_text(
-            errors="replace"
-        )
-        return f"trainer {name} failed:\n{text[-4000:]}"
+        logs = sorted((self.root / name).glob("*.log"))
+        text = "".join(log.read_text(errors="replace")[-3000:] for log in logs)
+        return f"trainer {name} failed:\n{text}"
 
     def model(self, project: str, slug: str) -> dict[str, Any]:
         (record,) = [r for r in self.hub.models() if r["project"] == project and r["slug"] == slug]
@@ -154,7 +162,14 @@ class PlatformRig:
 @pytest.fixture
 def rig(tmp_path: Path, ultralytics_84: str) -> Iterator[PlatformRig]:
     with LocalHub(tmp_path / "hub") as local:
-        yield PlatformRig(tmp_path, local)
+        made = PlatformRig(tmp_path, local)
+        try:
+            yield made
+        finally:
+            for proc in made.procs:  # a trainer a failed test left running
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(timeout=60)
 
 
 def test_a_real_trainer_lands_every_epoch_checkpoint_weights_and_the_end(
@@ -256,3 +271,36 @@ def test_cancelling_on_the_hub_stops_a_real_trainer(rig: PlatformRig) -> None:
     assert record["cancelled"] is True and record["status"] == "trained"
     trained = [row["epoch"] for row in rig.hub.metrics(record["id"]) if row["epoch"] < epochs]
     assert max(trained) < epochs - 1
+
+
+def test_a_real_trainer_killed_and_resumed_continues_the_same_model(rig: PlatformRig) -> None:
+    epochs = 4
+    proc = rig.start("again", "alice/birds", epochs, "--hold-at", "2")
+    held = rig.root / "again" / "held"
+    deadline = time.monotonic() + 600
+
+    def epoch_one_landed() -> bool:
+        found = [r for r in rig.hub.models() if r["slug"] == "again"]
+        return bool(found) and any(row["epoch"] == 1 for row in rig.hub.metrics(found[0]["id"]))
+
+    # Held as epoch 2 starts (epoch 1's last.pt written), and epoch 1 is on the hub.
+    while not (held.exists() and epoch_one_landed()):
+        assert proc.poll() is None, rig.tail("again")
+        assert time.monotonic() < deadline, "the trainer did not reach epoch 1 in time"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    model_id = rig.model("alice/birds", "again")["id"]
+
+    # ultralytics' resume=True reads platform_model_id.txt and names the model by its id.
+    resumed = rig.start("again", "alice/birds", epochs, "--resume", held.read_text(), log="2")
+    result = rig.finish("again", resumed)
+    assert result["epoch"] == epochs - 1
+    record = rig.model("alice/birds", "again")  # still one model of that name
+    assert record["id"] == model_id and record["run_id"] == 2
+    assert record["status"] == "trained" and record["has_best_weights"]
+    epochs_seen = sorted(row["epoch"] for row in rig.hub.metrics(model_id))
+    assert epochs_seen == [*range(epochs), epochs]
+    best = hashlib.sha256((Path(result["save_dir"]) / "weights" / "best.pt").read_bytes())
+    info = rig.hub.weights_info(model_id, "best")
+    assert info is not None and info.sha256 == best.hexdigest()
