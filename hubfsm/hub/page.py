@@ -506,8 +506,10 @@ def render_model(data: Mapping[str, Any]) -> str:
     )
     facts = "".join(
         f"<tr><th>{key}</th><td>{escape(str(record.get(key)))}</td></tr>"
-        for key in ("cfg", "data", "parent", "created_at", "agent_id")
+        for key in ("cfg", "data", "parent", "created_at", "agent_id", "protocol")
+        + (("project", "slug", "run_id", "cancelled") if record.get("project") else ())
     )
+    console = _console(data.get("console") or "", bool(record.get("project")))
     names = metric_names(data["metrics"])
     stem = escape(run_stem(record))
     links = (
@@ -527,7 +529,7 @@ def render_model(data: Mapping[str, Any]) -> str:
         f'<section class="card"><details id="metrics-details"><summary>Metrics table '
         f'(<span id="metrics-count">{len(data["metrics"])}</span> epochs)</summary>'
         f'<p>Download: {links}</p><div class="scroll">{metrics_table(data["metrics"])}</div>'
-        "</details></section></main>"
+        f"</details></section>{console}</main>"
     )
     return _doc(
         f"{record.get('name') or record['id']} - local hub", body, _data_tag("model-data", data)
@@ -545,6 +547,16 @@ def metrics_table(metrics: Sequence[Mapping[str, Any]]) -> str:
         for entry in metrics
     )
     return f'<table class="metrics" id="metrics-table"><tr><th>epoch</th>{head}</tr>{rows}</table>'
+
+
+def _console(text: str, platform: bool) -> str:
+    """The run's console output: Platform runs send it (the page's script keeps it current)."""
+    if not text and not platform:
+        return ""
+    return (
+        '<section class="card"><details open><summary>Console</summary>'
+        f'<pre class="console" id="console">{escape(text)}</pre></details></section>'
+    )
 
 
 def _number(value: Any) -> str:

@@ -142,6 +142,7 @@ def model_data(hub: Hub, model_id: str) -> dict[str, Any] | None:
         "metrics": metrics,
         "weights": weights,
         "summary": page.summarize(record, metrics, hub.clock(), _stall(hub)),
+        "console": hub.console(model_id),
     }
 
 

@@ -299,6 +299,13 @@
         }).join("");
       }
       renderTable(d.metrics, list);
+      var con = document.getElementById("console");
+      if (con && d.console != null && con.textContent !== d.console) {
+        // Follow the end of the output unless the reader scrolled up.
+        var atEnd = con.scrollTop + con.clientHeight >= con.scrollHeight - 4;
+        con.textContent = d.console;
+        if (atEnd) con.scrollTop = con.scrollHeight;
+      }
       document.body.dataset.epochs = String(d.metrics.length);
       document.body.dataset.state = d.summary.state;
     }
