@@ -64,3 +64,27 @@ class InMemoryTransport(Transport):
         except ValueError:
             seconds = None
         return Response(reply.status, reply.body, retry_after=seconds)
+
+
+#: Answers one request: what a hand-written service in a test is.
+Handler = Callable[[Request], Response]
+
+
+class HandlerTransport(Transport):
+    """Hands each request to a function and returns its answer: a service in a few lines.
+
+    Like httpx's ``MockTransport``: a test writes ``handler(request) -> Response`` (a
+    fake Platform, say) and a session talks to it with no sockets. What the handler
+    raises goes to the caller, as a transport's own errors do (a
+    :class:`~hubfsm.transport.TransportError` for a simulated network failure).
+    """
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    def __repr__(self) -> str:
+        return f"HandlerTransport({self.handler!r})"
+
+    def send(self, request: Request) -> Response:
+        """Answer ``request`` with the handler."""
+        return self.handler(request)

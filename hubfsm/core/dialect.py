@@ -310,9 +310,7 @@ class Platform(Dialect):
         data.update({k: metrics[k] for k in EPOCH_FIELDS if k in metrics})
         return self.event("epoch_end", data, model_id=model_id, key=key)
 
-    def upload(
-        self, model_id: str, run_id: int | None, file: FilePart, *, key: str
-    ) -> Request:
+    def upload(self, model_id: str, run_id: int | None, file: FilePart, *, key: str) -> Request:
         """The first step of a checkpoint upload: ask for a signed URL."""
         body: dict[str, Any] = {"filename": file.name, "modelId": model_id}
         if run_id is not None:
@@ -444,15 +442,19 @@ def choose(
     identifier: str,
     platform_url: str | None,
     platform_key: str | None,
+    hub_key: str | None = None,
 ) -> Dialect:
     """Pick the dialect: ``protocol=``, else the key's form, else the environment.
 
     Args:
         protocol_name: ``hub`` or ``platform`` as the caller said, or None.
         api_key: The key the caller passed, if any.
-        identifier: The identifier text (``apiKey_modelId`` and model URLs are HUB's).
+        identifier: The identifier text (``apiKey_modelId``, model URLs and model files
+            are HUB's).
         platform_url: ``ULTRALYTICS_PLATFORM_URL``, if set.
-        platform_key: ``ULTRALYTICS_API_KEY``, if set.
+        platform_key: ``ULTRALYTICS_API_KEY``, if set: a ``ul_`` key there selects
+            Platform, unless ``hub_key`` (``HUB_API_KEY``) is set too.
+        hub_key: ``HUB_API_KEY``, if set.
 
     Raises:
         ValueError: ``protocol_name`` names no dialect.
@@ -467,11 +469,17 @@ def choose(
     if api_key is not None:
         return PLATFORM if PLATFORM_KEY.fullmatch(api_key.strip()) else HUB_V1
     text = identifier.strip()
-    if "://" in text and not text.startswith("ul://"):
+    hub_form = (
+        ("://" in text and not text.startswith("ul://"))
+        or re.search(r"\.(pt|ya?ml)\Z", text, re.IGNORECASE) is not None
+        or ("_" in text and "/" not in text)
+    )
+    if hub_form:
+        # A model URL, a model file or ``apiKey_modelId`` only HUB understands.
         return HUB_V1
     if text.startswith("ul://") or platform_url is not None:
         return PLATFORM
-    if platform_key is not None and PLATFORM_KEY.fullmatch(platform_key.strip()):
+    if hub_key is None and platform_key and PLATFORM_KEY.fullmatch(platform_key.strip()):
         return PLATFORM
     return HUB_V1
 

@@ -14,7 +14,6 @@ from typing import Any
 
 from hubfsm.core import protocol
 from hubfsm.core.changes import Change, MetricsQueued, Saved
-from hubfsm.core.dialect import DIALECTS, PLATFORM
 from hubfsm.core.config import (
     CHANNELS,
     DATA_CHANNELS,
@@ -23,6 +22,7 @@ from hubfsm.core.config import (
     Notify,
     Stats,
 )
+from hubfsm.core.dialect import DIALECTS, PLATFORM
 from hubfsm.core.identifier import Identifier
 from hubfsm.core.machine import SessionMachine
 from hubfsm.core.ops import (

@@ -19,7 +19,7 @@ from typing import TextIO
 import attrs
 
 from hubfsm.core.changes import Rejected, pending_counts
-from hubfsm.core.protocol import HUB_ID
+from hubfsm.core.dialect import OUTBOX_ID
 from hubfsm.durable.journal import JournalDamage, scan
 from hubfsm.durable.layout import (
     DATABASE,
@@ -58,6 +58,7 @@ class OutboxInfo:
         journal_damage: What the trainer's journal lost, if it is damaged.
         rejected: The records the hub refused, described (kept until ``hubfsm discard``).
         refusal: The refusal that stopped the last session's sending, if it is not over.
+        protocol: The dialect its records are in: ``hub`` or ``platform``.
     """
 
     directory: Path
@@ -67,6 +68,7 @@ class OutboxInfo:
     journal_damage: JournalDamage | None = None
     rejected: tuple[str, ...] = ()
     refusal: str | None = None
+    protocol: str = "hub"
 
 
 def find(root: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -79,7 +81,9 @@ def find(root: str | os.PathLike[str] | None = None) -> list[Path]:
         return [base]
     if not base.is_dir():
         return []
-    return sorted(p for p in base.iterdir() if HUB_ID.fullmatch(p.name) and (p / DATABASE).exists())
+    return sorted(
+        p for p in base.iterdir() if OUTBOX_ID.fullmatch(p.name) and (p / DATABASE).exists()
+    )
 
 
 def _in_use(directory: Path) -> bool:
@@ -104,6 +108,7 @@ def _read(directory: Path) -> OutboxInfo:
             check_database(db)
             row = db.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()
             seq = db.execute("SELECT value FROM meta WHERE key = 'journal_seq'").fetchone()
+            spoken = db.execute("SELECT value FROM meta WHERE key = 'protocol'").fetchone()
             metrics = db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
             in_ops = 0
             checkpoint = False
@@ -129,7 +134,7 @@ def _read(directory: Path) -> OutboxInfo:
             directory, f"its records cannot be read ({type(error).__name__})", salvage(directory)
         ) from None
     model_id = row[0] if row is not None else None
-    if not isinstance(model_id, str) or not HUB_ID.fullmatch(model_id):
+    if not isinstance(model_id, str) or not OUTBOX_ID.fullmatch(model_id):
         raise OutboxDamaged(directory, "it names no valid model id", salvage(directory))
     if directory.name != model_id:
         raise OutboxDamaged(
@@ -146,7 +151,8 @@ def _read(directory: Path) -> OutboxInfo:
     in_use = _in_use(directory)
     # A running session's journal may be read mid-write; its session reports its damage.
     damage = None if in_use else scan(directory / JOURNAL, after=after).damage
-    return OutboxInfo(directory, model_id, pending, in_use, damage, rejected, refusal)
+    protocol = "platform" if spoken is not None and spoken[0] == "platform" else "hub"
+    return OutboxInfo(directory, model_id, pending, in_use, damage, rejected, refusal, protocol)
 
 
 def _refusals(db: sqlite3.Connection) -> tuple[tuple[str, ...], str | None]:

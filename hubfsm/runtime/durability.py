@@ -20,6 +20,7 @@ from hubfsm.durable.files import describe
 from hubfsm.durable.journal import InboxItem, Journal
 from hubfsm.durable.outbox import Outbox, stamp_of
 from hubfsm.durable.recovery import journal_path, recover
+from hubfsm.errors import HubfsmError
 from hubfsm.transport import FilePart
 
 #: Opens a model's outbox under a root (the files backend: :meth:`Outbox.open`).
@@ -61,6 +62,9 @@ class Durability:
         self.journal: Journal | None = None
         #: Why the outbox could not be opened, if it could not.
         self.error: Exception | None = None
+        self._core: Core | None = None
+        # The dialect and run last recorded in the outbox.
+        self._run: tuple[str, int | None] | None = None
 
     @property
     def directory(self) -> Path | None:
@@ -75,11 +79,13 @@ class Durability:
         """
         outbox = self._open(model_id, self.root)
         try:
+            self._adopt_run(outbox, core)
             self._recover(outbox, core, now=now, quiet=self.quiet)
         except BaseException:
             outbox.close()
             raise
         self.outbox = outbox
+        self._core = core
         if self.use_journal:
             self.journal = Journal(journal_path(outbox), seq=outbox.journal_seq, inbox=self.inbox)
 
@@ -88,9 +94,34 @@ class Durability:
         outbox = self.outbox
         if outbox is None:
             return
+        core = self._core
+        if core is not None and (core.dialect.name, core.run_id) != self._run:
+            # A resumed Platform model got a new run: later records belong to it.
+            outbox.db.set_run(core.dialect.name, core.run_id)
+            self._run = (core.dialect.name, core.run_id)
         outbox.apply(changes, journal_seq=journal_seq)
         if journal_seq is not None and self.journal is not None:
             self.journal.consumed(journal_seq)
+
+    def _adopt_run(self, outbox: Outbox, core: Core) -> None:
+        """Check the outbox speaks the core's dialect; a Platform core takes its run.
+
+        Raises:
+            HubfsmError: The outbox holds records of the other dialect.
+        """
+        spoken, run_id = outbox.db.run()
+        if spoken is None and not outbox.load().empty:
+            spoken = "hub"  # kept before outboxes recorded their dialect
+        name = core.dialect.name
+        if spoken is not None and spoken != name:
+            raise HubfsmError(
+                f"the outbox of model {outbox.model_id} holds records of the {spoken} "
+                f"protocol; open it with protocol={spoken!r}"
+            )
+        if core.run_id is None:
+            core.run_id = run_id
+        outbox.db.set_run(name, core.run_id)
+        self._run = (name, core.run_id)
 
     def hold(self, path: str) -> str | None:
         """Keep the file's current content reachable until :meth:`take` (see Outbox.hold)."""

@@ -78,8 +78,9 @@ def status(root: str | os.PathLike[str] | None, *, out: TextIO) -> int:
     for info in infos:
         p = info.pending
         held = "yes" if info.refusal else "no"
+        model = info.model_id if info.protocol == "hub" else f"{info.model_id} ({info.protocol})"
         print(
-            f"| {info.model_id} | {p['metrics']} | {p['checkpoint']} | {p['final']} | "
+            f"| {model} | {p['metrics']} | {p['checkpoint']} | {p['final']} | "
             f"{len(info.rejected)} | {held} | {'yes' if info.in_use else 'no'} "
             f"| {info.directory} |",
             file=out,
@@ -122,6 +123,7 @@ def _sync_one(
             api_root=api_root,
             outbox_dir=info.directory.parent,
             offline=False,
+            protocol=info.protocol,
         )
         # Sync reports a refusal on its own output; the session's stderr notice is for
         # trainers.
