@@ -55,8 +55,13 @@ def fold_journals(infos: list[OutboxInfo], *, damaged: bool) -> None:
             outbox.close()
 
 
-def status(root: str | os.PathLike[str] | None, *, out: TextIO) -> int:
+def status(
+    root: str | os.PathLike[str] | None, *, out: TextIO, protocol: str | None = None
+) -> int:
     """Print a table of outboxes and what each holds; 1 when any of them is damaged.
+
+    ``protocol`` (``hub`` or ``platform``) lists only that dialect's outboxes; a
+    Platform outbox is marked ``(platform)`` beside its model id.
 
     Rejected records (the hub refused their payload) and records held by a refusal
     (sending stopped; ``hubfsm sync`` delivers them once the cause is fixed) are listed
@@ -65,7 +70,7 @@ def status(root: str | os.PathLike[str] | None, *, out: TextIO) -> int:
     found = survey(root)
     damaged = report_damage(found, out=out, repair=False)
     fold_journals(found.infos, damaged=False)
-    infos = survey(root).infos
+    infos = [i for i in survey(root).infos if protocol is None or i.protocol == protocol]
     if not infos:
         print("no outboxes" if not damaged else "no readable outboxes", file=out)
         return 1 if damaged else 0
@@ -162,8 +167,13 @@ def sync(
     timeout: float = 600.0,
     out: TextIO,
     open_session: SessionOpener | None = None,
+    protocol: str | None = None,
 ) -> int:
     """Send every pending outbox under ``root``; 0 when all of them are empty afterwards.
+
+    ``protocol`` (``hub`` or ``platform``) sends only that dialect's outboxes, whose
+    key and API root ``api_key`` and ``api_root`` then are; each outbox is sent in the
+    dialect it recorded.
 
     A damaged outbox is reported and set aside, and the others are sent; the exit
     status is then 1, as it is when a journal was damaged, or while any record the hub
@@ -174,7 +184,7 @@ def sync(
     found = survey(root)
     damaged = report_damage(found, out=out, repair=True)
     fold_journals(found.infos, damaged=True)
-    infos = survey(root).infos
+    infos = [i for i in survey(root).infos if protocol is None or i.protocol == protocol]
     todo = [i for i in infos if any(i.pending.values())]
     if not todo:
         print("nothing to send", file=out)
@@ -216,7 +226,8 @@ def sync(
     print(f"synced {ok} of {len(todo)} outboxes", file=out)
     if damaged:
         print(f"{damaged} damaged outbox(es) or journal(s): see above", file=out)
-    held = _report_rejected(survey(root).infos, out=out)
+    left = [i for i in survey(root).infos if protocol is None or i.protocol == protocol]
+    held = _report_rejected(left, out=out)
     return 0 if ok == len(todo) and not damaged and not held else 1
 
 

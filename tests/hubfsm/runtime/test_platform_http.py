@@ -14,7 +14,6 @@ import pytest
 import hubfsm
 from hubfsm.core.dialect import PLATFORM
 from hubfsm.core.engine import CoreConfig
-from hubfsm.runtime.sync import sync
 from tests.platform_fake import PLATFORM_KEY
 from transports.platform import PlatformTransport
 
@@ -115,16 +114,21 @@ def test_a_kill_9_mid_run_loses_no_epoch_and_sync_delivers_them_once_in_order(
         trainer.wait(timeout=10)
     assert state(platform)["models"][model_id]["runs"]["1"]["epochs"] == [0, 1, 2]
     control(platform, down=False)
-
-    class Out:
-        text = ""
-
-        def write(self, chunk):
-            self.text += chunk
-
-    out = Out()
-    code = sync(outbox, api_key=PLATFORM_KEY, api_root=platform, out=out)
-    assert code == 0, out.text
+    env = child_env()
+    env["HUB_API_KEY"] = "h" * 42  # a HUB key must not go to the Platform root
+    listed = subprocess.run(
+        [sys.executable, "-m", "hubfsm", "status", str(outbox), "--protocol", "platform"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert f"| {model_id} (platform) | 3 | 1 |" in listed.stdout, listed.stdout
+    done = subprocess.run(
+        [sys.executable, "-m", "hubfsm", "sync", str(outbox), "--protocol", "platform",
+         "--hub", platform, "--timeout", "30"],
+        capture_output=True, text=True, env=env, timeout=90,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert PLATFORM_KEY not in done.stdout + done.stderr
+    assert "h" * 42 not in json.dumps(state(platform)["headers"])
     seen = state(platform)
     run = seen["models"][model_id]["runs"]["1"]
     assert run["epochs"] == [0, 1, 2, 3, 4, 5]
