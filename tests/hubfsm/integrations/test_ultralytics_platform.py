@@ -10,9 +10,8 @@ from hubfsm.core.dialect import PLATFORM
 from hubfsm.core.engine import CoreConfig
 from hubfsm.integrations.ultralytics import PlatformCallbacks, install, installed, uninstall
 from hubfsm.integrations.ultralytics_platform import RECORD, official_names
-from transports.memory import HandlerTransport
-
 from tests.platform_fake import PLATFORM_KEY, FakePlatform
+from transports.memory import HandlerTransport
 
 FAST = CoreConfig(limits=PLATFORM.limits, protocol="platform").scaled(0.001)
 

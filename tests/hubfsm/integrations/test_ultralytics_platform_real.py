@@ -1,0 +1,98 @@
+"""Real ultralytics 8.4 training reporting to a Platform through hubfsm's callbacks.
+
+Slow and optional, like ``test_ultralytics_real.py``: ``tools/test-ultralytics.sh 8.4.190``
+runs it (marker ``ultralytics``); skipped, saying why, on an ultralytics that still has
+``ultralytics.hub``. The trainer runs in its own process whose environment does not look
+like pytest's, so ultralytics' own Platform callbacks would report if ``install()`` had
+not replaced them; the fake Platform (``tests/platform_fake.py``) runs in another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.hubfsm.integrations.test_ultralytics_real import _yolo_config, synthetic_dataset
+from tests.platform_fake import PLATFORM_KEY
+
+pytestmark = [pytest.mark.slow, pytest.mark.ultralytics]
+
+HERE = Path(__file__).parent
+ROOT = HERE.parents[2]
+
+
+@pytest.fixture(scope="module")
+def platform_ultralytics() -> None:
+    """A skip that says why, unless this ultralytics reports to Platform only."""
+    try:
+        import ultralytics
+    except Exception as exc:
+        pytest.skip(f"ultralytics does not import here: {type(exc).__name__}: {exc}")
+    if importlib.util.find_spec("ultralytics.hub") is not None:
+        pytest.skip(f"ultralytics {ultralytics.__version__} still has ultralytics.hub (HUB)")
+
+
+@pytest.fixture
+def platform(tmp_path):
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path)
+    server = subprocess.Popen(
+        [sys.executable, str(HERE.parent / "runtime" / "platform_server.py")],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        line = server.stdout.readline()
+        assert line.startswith("port "), line
+        yield f"http://127.0.0.1:{int(line.split()[1])}"
+    finally:
+        os.kill(server.pid, signal.SIGTERM)
+        server.wait(timeout=10)
+
+
+def test_a_real_8_4_training_reports_every_epoch_and_the_weights_through_hubfsm(
+    platform_ultralytics, platform, tmp_path
+):
+    data = synthetic_dataset(tmp_path / "data")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HUB_", "HUBFSM_", "YOLO_", "PYTEST"))}  # fmt: skip
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        YOLO_OFFLINE="true",
+        YOLO_CONFIG_DIR=str(_yolo_config(tmp_path)),
+        ULTRALYTICS_PLATFORM_URL=platform,
+        ULTRALYTICS_API_KEY=PLATFORM_KEY,
+        HUBFSM_OUTBOX=str(tmp_path / "outbox"),
+        PYTHONUNBUFFERED="1",
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(HERE / "platform_worker.py"), str(data)],
+        cwd=work, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with urllib.request.urlopen(f"{platform}/_state", timeout=10) as answer:
+        state = json.load(answer)
+    [(model_id, model)] = state["models"].items()
+    assert (model["project"], model["name"]) == ("owner/platform-test", "run1")
+    run = model["runs"]["1"]
+    # Two epochs, and the one more after the final validation, as ultralytics fires it.
+    assert run["epochs"][:2] == [0, 1] and run["epochs"] == sorted(run["epochs"])
+    assert run["events"][0] == "training_started" and run["events"][-1] == "training_complete"
+    best = work / "owner" / "platform-test" / "run1" / "weights" / "best.pt"
+    final = run["complete"]["results"]["modelPath"]
+    assert state["storage"][final] == hashlib.sha256(best.read_bytes()).hexdigest()
+    assert (best.parent.parent / "platform_model_id.txt").read_text() == model_id
+    # Only hubfsm spoke: the official pool (httpx) sent nothing.
+    agents = {h.get("user-agent", "").split("/")[0] for h in state["headers"]}
+    assert agents == {"hubfsm"}, agents
+    assert state["foreign"] == 0
