@@ -88,7 +88,7 @@ def test_a_real_8_4_training_reports_every_epoch_and_the_weights_through_hubfsm(
     # Two epochs, and the one more after the final validation, as ultralytics fires it.
     assert run["epochs"][:2] == [0, 1] and run["epochs"] == sorted(run["epochs"])
     assert run["events"][0] == "training_started" and run["events"][-1] == "training_complete"
-    best = work / "owner" / "platform-test" / "run1" / "weights" / "best.pt"
+    [best] = [Path(line[5:]) for line in done.stdout.splitlines() if line.startswith("best ")]
     final = run["complete"]["results"]["modelPath"]
     assert state["storage"][final] == hashlib.sha256(best.read_bytes()).hexdigest()
     assert (best.parent.parent / "platform_model_id.txt").read_text() == model_id

@@ -249,3 +249,17 @@ def test_a_hub_outbox_is_not_opened_as_platform(tmp_path, hub):
     with pytest.raises(HubfsmError, match="protocol='hub'"):
         hubfsm.Session(model_id, protocol="platform", api_key=PLATFORM_KEY,
                        transport=HandlerTransport(fake), config=FAST)
+
+
+def test_hubfsm_open_starts_a_platform_run_by_project(tmp_path):
+    fake = FakePlatform()
+    s = hubfsm.open("ul://owner/proj/exp", api_key=PLATFORM_KEY, transport=HandlerTransport(fake),
+                    config=FAST, epochs=2)  # fmt: skip
+    try:
+        assert s.state == "training" and s.protocol == "platform"
+        s.log_metrics({"loss": 1.0})
+        s.finish(weights(tmp_path, "best.pt", b"b"), map50_95=0.1)
+    finally:
+        s.close()
+    model = fake.only_model()
+    assert (model.project, model.name, model.runs[1].epochs) == ("owner/proj", "exp", [0])
