@@ -263,3 +263,18 @@ def test_hubfsm_open_starts_a_platform_run_by_project(tmp_path):
         s.close()
     model = fake.only_model()
     assert (model.project, model.name, model.runs[1].epochs) == ("owner/proj", "exp", [0])
+
+
+def test_discard_removes_a_platform_outbox(tmp_path, capsys):
+    from hubfsm.cli.main import main
+
+    fake = FakePlatform(fault=lambda request: None)
+    s = session(fake)
+    s.start()
+    fake.fault = lambda request: Response(503, {})
+    s.log_metrics({"loss": 1.0})
+    s.close(timeout=0.1)
+    directory = s.outbox_dir
+    assert directory.exists()
+    assert main(["discard", s.model_id, "--root", str(directory.parent), "--yes"]) == 0
+    assert not directory.exists()
