@@ -62,17 +62,7 @@ def test_a_real_8_4_training_reports_every_epoch_and_the_weights_through_hubfsm(
     platform_ultralytics, platform, tmp_path
 ):
     data = synthetic_dataset(tmp_path / "data")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HUB_", "HUBFSM_", "YOLO_", "PYTEST"))}  # fmt: skip
-    env.update(
-        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        YOLO_OFFLINE="true",
-        YOLO_CONFIG_DIR=str(_yolo_config(tmp_path)),
-        ULTRALYTICS_PLATFORM_URL=platform,
-        ULTRALYTICS_API_KEY=PLATFORM_KEY,
-        HUBFSM_OUTBOX=str(tmp_path / "outbox"),
-        PYTHONUNBUFFERED="1",
-    )
+    env = _env(tmp_path, platform)
     work = tmp_path / "work"
     work.mkdir()
     done = subprocess.run(
@@ -80,8 +70,7 @@ def test_a_real_8_4_training_reports_every_epoch_and_the_weights_through_hubfsm(
         cwd=work, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    with urllib.request.urlopen(f"{platform}/_state", timeout=10) as answer:
-        state = json.load(answer)
+    state = _state(platform)
     [(model_id, model)] = state["models"].items()
     assert (model["project"], model["name"]) == ("owner/platform-test", "run1")
     run = model["runs"]["1"]
@@ -96,3 +85,73 @@ def test_a_real_8_4_training_reports_every_epoch_and_the_weights_through_hubfsm(
     agents = {h.get("user-agent", "").split("/")[0] for h in state["headers"]}
     assert agents == {"hubfsm"}, agents
     assert state["foreign"] == 0
+
+
+def test_a_kill_9_then_sync_loses_nothing_and_resume_continues_the_model(
+    platform_ultralytics, platform, tmp_path
+):
+    data = synthetic_dataset(tmp_path / "data")
+    env = _env(tmp_path, platform)
+    work = tmp_path / "work"
+    work.mkdir()
+    trainer = subprocess.Popen(
+        [sys.executable, str(HERE / "platform_worker.py"), str(data), "--hold"],
+        cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        for line in trainer.stdout:
+            if line == "held\n":
+                break
+        else:
+            pytest.fail("the trainer ended before it was held")
+    finally:
+        os.kill(trainer.pid, signal.SIGKILL)
+        trainer.wait(timeout=30)
+    [(model_id, model)] = _state(platform)["models"].items()
+    assert model["runs"]["1"]["epochs"] == [0]  # epoch 1 came while Platform was down
+    _control(platform, down=False)
+    synced = subprocess.run(
+        [sys.executable, "-m", "hubfsm", "sync", "--protocol", "platform", "--timeout", "60"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    run = _state(platform)["models"][model_id]["runs"]["1"]
+    assert run["epochs"] == [0, 1] and run["promoted"]
+    [last] = list(work.rglob("last.pt"))
+    done = subprocess.run(
+        [sys.executable, str(HERE / "platform_worker.py"), str(data), "--resume", str(last)],
+        cwd=work, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    state = _state(platform)
+    assert list(state["models"]) == [model_id]  # the same model, in a new run
+    again = state["models"][model_id]["runs"]["2"]
+    assert again["epochs"][0] == 2 and again["events"][-1] == "training_complete"
+
+
+def _env(tmp_path: Path, platform: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HUB_", "HUBFSM_", "YOLO_", "PYTEST"))}  # fmt: skip
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        YOLO_OFFLINE="true",
+        YOLO_CONFIG_DIR=str(_yolo_config(tmp_path)),
+        ULTRALYTICS_PLATFORM_URL=platform,
+        ULTRALYTICS_API_KEY=PLATFORM_KEY,
+        HUBFSM_OUTBOX=str(tmp_path / "outbox"),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _state(platform: str) -> dict:
+    with urllib.request.urlopen(f"{platform}/_state", timeout=10) as answer:
+        return json.load(answer)
+
+
+def _control(platform: str, **values: object) -> None:
+    request = urllib.request.Request(
+        f"{platform}/_control", data=json.dumps(values).encode(), method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10):
+        pass
