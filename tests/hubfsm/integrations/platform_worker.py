@@ -5,8 +5,9 @@ Usage: ``python platform_worker.py DATA [--resume LAST] [--hold]``; prints ``bes
 Platform root and key come from the environment (``ULTRALYTICS_PLATFORM_URL``,
 ``ULTRALYTICS_API_KEY``), as for ultralytics' own callbacks, which ``install()`` replaces.
 
-``--hold`` takes the fake Platform down (``POST /_control``) when epoch 1 starts, and at
-the start of epoch 2 prints ``held`` and sleeps, for the test to kill the process there.
+``--hold`` takes the fake Platform down (``POST /_control``) when epoch 1 starts, once
+what came before has landed, and at the start of epoch 2 prints ``held`` and sleeps, for
+the test to kill the process there.
 """
 
 from __future__ import annotations
@@ -40,13 +41,15 @@ def main() -> None:
 
     from hubfsm.integrations.ultralytics import install
 
-    install()
+    ours = install()
     model = YOLO(last or "yolov8n.yaml")
     if "--hold" in sys.argv:
         root = os.environ["ULTRALYTICS_PLATFORM_URL"]
 
         def hold(trainer):
             if trainer.epoch == 1:
+                # Epoch 0 has landed; what follows waits in the outbox.
+                ours.session_of(trainer).flush(timeout=60.0)
                 _down(root)
             elif trainer.epoch == 2:
                 print("held", flush=True)
