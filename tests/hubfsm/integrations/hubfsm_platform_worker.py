@@ -1,6 +1,6 @@
 """One real ultralytics 8.4 training reporting to Platform through hubfsm's callbacks.
 
-Usage: ``python platform_worker.py DATA [--resume LAST] [--hold]``; prints ``best PATH``
+Usage: ``python hubfsm_platform_worker.py DATA [--resume LAST] [--hold]``; prints ``best PATH``
 (the final weights) last. ``--resume LAST`` continues the run of those weights. The
 Platform root and key come from the environment (``ULTRALYTICS_PLATFORM_URL``,
 ``ULTRALYTICS_API_KEY``), as for ultralytics' own callbacks, which ``install()`` replaces.

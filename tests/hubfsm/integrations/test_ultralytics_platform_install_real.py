@@ -66,7 +66,7 @@ def test_a_real_8_4_training_reports_every_epoch_and_the_weights_through_hubfsm(
     work = tmp_path / "work"
     work.mkdir()
     done = subprocess.run(
-        [sys.executable, str(HERE / "platform_worker.py"), str(data)],
+        [sys.executable, str(HERE / "hubfsm_platform_worker.py"), str(data)],
         cwd=work, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -95,7 +95,7 @@ def test_a_kill_9_then_sync_loses_nothing_and_resume_continues_the_model(
     work = tmp_path / "work"
     work.mkdir()
     trainer = subprocess.Popen(
-        [sys.executable, str(HERE / "platform_worker.py"), str(data), "--hold"],
+        [sys.executable, str(HERE / "hubfsm_platform_worker.py"), str(data), "--hold"],
         cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     try:
@@ -119,7 +119,7 @@ def test_a_kill_9_then_sync_loses_nothing_and_resume_continues_the_model(
     assert run["epochs"] == [0, 1] and run["promoted"]
     [last] = list(work.rglob("last.pt"))
     done = subprocess.run(
-        [sys.executable, str(HERE / "platform_worker.py"), str(data), "--resume", str(last)],
+        [sys.executable, str(HERE / "hubfsm_platform_worker.py"), str(data), "--resume", str(last)],
         cwd=work, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
