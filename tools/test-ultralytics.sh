@@ -28,9 +28,11 @@ overlay=""
 if [[ "$version" != "8.2.0" ]]; then
     overlay="$venv/overlay-$version"
     if [[ ! -d "$overlay/ultralytics" ]]; then
-        # What ultralytics 8.3/8.4 need beyond 8.2.0's dependencies.
+        # What ultralytics 8.3/8.4 need beyond 8.2.0's dependencies (httpx and its own for
+        # the Platform SDK, which 8.4 reports training through).
         "$python" -m pip install -q --no-deps --target "$overlay" "ultralytics==$version" \
-            polars polars-runtime-32 ultralytics-thop ultralytics-platform nvidia-ml-py
+            polars polars-runtime-32 ultralytics-thop ultralytics-platform nvidia-ml-py \
+            httpx httpcore h11 anyio sniffio
     fi
 fi
 

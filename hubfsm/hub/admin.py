@@ -1,4 +1,4 @@
-"""``hubfsm hub keys``: add, list and revoke the local hub's API keys.
+"""``hubfsm hub keys``: add, list and revoke the local hub's API keys; ``hubfsm hub cancel``.
 
 The keys live in the hub's data directory (digests only, in ``hub.sqlite3``), so these
 commands work whether or not ``hubfsm hub serve`` is running, and a running hub sees the
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.keys import KeyRecord, new_key
+from hubfsm.hub.keys import KeyRecord, new_key, new_platform_key
 from hubfsm.hub.store_sqlite import SqliteStore
 
 Command = Callable[..., argparse.ArgumentParser]
@@ -42,12 +42,18 @@ def _when(seconds: float | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def add(data_dir: str | os.PathLike[str] | None, label: str = "", out: TextIO | None = None) -> str:
-    """Create a key, print it once, and return it."""
+def add(
+    data_dir: str | os.PathLike[str] | None,
+    label: str = "",
+    out: TextIO | None = None,
+    *,
+    platform: bool = False,
+) -> str:
+    """Create a key (a ``ul_`` Platform key if ``platform``), print it once, and return it."""
     out = out if out is not None else sys.stdout
     hub = _open(data_dir)
     try:
-        key = new_key()
+        key = new_platform_key() if platform else new_key()
         record = hub.add_key(key, label)
     finally:
         hub.store.close()
@@ -109,10 +115,32 @@ def revoke(data_dir: str | os.PathLike[str] | None, key_id: str, out: TextIO | N
     return 0
 
 
+def cancel(
+    data_dir: str | os.PathLike[str] | None, model_id: str, out: TextIO | None = None
+) -> int:
+    """Mark a Platform run cancelled: the trainer stops at its next answer from the hub."""
+    out = out if out is not None else sys.stdout
+    hub = _open(data_dir)
+    try:
+        found = hub.cancel(model_id)
+    finally:
+        hub.store.close()
+    if not found:
+        print(f"error: no model {model_id!r} on this hub", file=sys.stderr)
+        return 1
+    print(f"Cancelled model {model_id}: its trainer stops at its next event.", file=out)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Run ``hubfsm hub cancel MODEL``."""
+    return cancel(args.data, args.model_id)
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     """Run ``hubfsm hub keys ...``."""
     if args.keys_command == "add":
-        add(args.data, args.label or "")
+        add(args.data, args.label or "", platform=args.platform)
         return 0
     if args.keys_command == "list":
         listing(args.data)
@@ -123,7 +151,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def register(
     hub_sub: argparse._SubParsersAction[argparse.ArgumentParser], command: Command
 ) -> None:
-    """Add ``keys add|list|revoke`` under ``hubfsm hub``."""
+    """Add ``keys add|list|revoke`` and ``cancel`` under ``hubfsm hub``."""
     keys = command(
         hub_sub,
         "keys",
@@ -137,6 +165,11 @@ def register(
     )
     p.add_argument("--data", help=data_help)
     p.add_argument("--label", help="a name to recognise the key by")
+    p.add_argument(
+        "--platform",
+        action="store_true",
+        help="make an Ultralytics Platform key (ul_ and 40 hex digits) for ultralytics 8.4",
+    )
     p.set_defaults(func=cmd_keys)
     p = command(keys_sub, "list", "List the keys, masked.", "hubfsm hub keys list --data ./hub")
     p.add_argument("--data", help=data_help)
@@ -147,3 +180,12 @@ def register(
     p.add_argument("key_id", help="the key's id from `hubfsm hub keys list` (or its start)")
     p.add_argument("--data", help=data_help)
     p.set_defaults(func=cmd_keys)
+    p = command(
+        hub_sub,
+        "cancel",
+        "Cancel a Platform run: every later answer to its trainer says cancelled, and it stops.",
+        "hubfsm hub cancel AbCdEfGhIjKlMnOpQrSt --data ./hub",
+    )
+    p.add_argument("model_id", help="the model's id (on its page and in runs.json)")
+    p.add_argument("--data", help=data_help)
+    p.set_defaults(func=cmd_cancel)

@@ -137,9 +137,11 @@ class HubApp:
         fault = NO_FAULT
         path = request.path
         try:
-            if path == "/v1" or path.startswith("/v1/"):
+            if path == "/v1" or path.startswith(("/v1/", "/api/")):
                 fault = self._draw()
                 response = self._api(request, environ, fault)
+            elif path.startswith("/uploads/") and request.method == "PUT":
+                response = self._put_upload(request, environ)
             else:
                 response = web.serve(self.hub, request, environ)
         except HTTPException as error:
@@ -168,7 +170,7 @@ class HubApp:
 
     def _api(self, request: Request, environ: dict[str, Any], fault: Fault) -> Response:
         limit_headers: dict[str, str] = {}
-        api_key = request.headers.get("x-api-key")
+        api_key = _api_key(request)
         if self.limiter is not None:
             allowed, limit_headers = self.limiter.take(_digest(api_key))
             if not allowed:
@@ -279,13 +281,41 @@ class HubApp:
             file.seek(0)
         return attrs.evolve(_bare_call(request), fields=fields, file_name=file_name, file=file)
 
+    def _put_upload(self, request: Request, environ: dict[str, Any]) -> Response:
+        """A file PUT to a signed Platform upload URL: raw bytes, streamed to staging."""
+        declared = request.headers.get("Content-Length")
+        if declared is not None and not (declared.isascii() and declared.isdigit()):
+            _close_after(environ)
+            return _json(fail(400, "Content-Length must be a non-negative integer"))
+        length = request.content_length
+        if length is None:
+            # Like a storage bucket's signed URL: the size comes first, so the cap holds.
+            _close_after(environ)
+            return _json(fail(411, "a PUT upload needs a Content-Length"))
+        cap = self.limits.upload
+        if length > cap:
+            _close_after(environ)
+            return _json(fail(413, f"upload larger than {cap} bytes"))
+        reply = self.hub.receive_upload(request.path, request.args, request.stream)
+        if not reply.ok:
+            _refuse_body(request, environ)
+        return _json(reply)
+
+
+def _api_key(request: Request) -> str | None:
+    """The key a request bears: ``x-api-key`` on HUB v1, ``Authorization: Bearer`` on Platform."""
+    if request.path.startswith("/api/"):
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        return token.strip() or None if scheme.lower() == "bearer" else None
+    return request.headers.get("x-api-key")
+
 
 def _bare_call(request: Request) -> HubCall:
     headers = request.headers
     return HubCall(
         request.method,
         request.path,
-        headers.get("x-api-key"),
+        _api_key(request),
         idempotency_key=headers.get("Idempotency-Key"),
     )
 

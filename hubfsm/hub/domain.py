@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from urllib.parse import parse_qsl
 
 from hubfsm.hub.calls import (
     ALLOWED,
@@ -33,10 +34,9 @@ from hubfsm.hub.calls import (
     ok,
     route,
 )
-from hubfsm.hub.endpoints import Endpoints
-from hubfsm.hub.keyring import KeyAdmin
 from hubfsm.hub.keys import ALPHABET
 from hubfsm.hub.parse import check_json
+from hubfsm.hub.platform import PlatformEndpoints
 from hubfsm.hub.signing import UrlSigner
 from hubfsm.hub.store import Store, StoredReply
 
@@ -55,8 +55,11 @@ __all__ = [
 ]
 
 
-class Hub(KeyAdmin, Endpoints):
+class Hub(PlatformEndpoints):
     """The hub: models, metrics, weights and heartbeats behind API keys.
+
+    It answers HUB v1 (``/v1/...``, :mod:`hubfsm.hub.endpoints`) and the Ultralytics
+    Platform API (``/api/...``, :mod:`hubfsm.hub.platform`) over the same store.
 
     Thread-safe: writes are serialised by a lock, except the receiving of a weight file,
     which happens outside it so a large upload does not hold up other requests.
@@ -97,6 +100,7 @@ class Hub(KeyAdmin, Endpoints):
         self._requests: Counter[str] = Counter()
         self._replayed = Counter()
         self._digests = {}
+        self._pending = {}
         self._handlers: dict[str, Callable[[HubCall, str, str | None, str | None], HubReply]] = {
             "auth": self._auth,
             "create_model": self._create,
@@ -130,6 +134,12 @@ class Hub(KeyAdmin, Endpoints):
 
     def handle(self, call: HubCall) -> HubReply:
         """Answer one API call."""
+        if call.path.startswith("/api/"):
+            return self.platform_handle(call)
+        if call.method == "PUT" and call.path.startswith("/uploads/"):
+            # In-process callers pass a signed upload URL's path with its query.
+            path, _, query = call.path.partition("?")
+            return self.receive_upload(path, dict(parse_qsl(query)), call.file or b"")
         resource, model_id, kind = route(call.path)
         method = call.method
         known = ENDPOINTS.get((resource, method))

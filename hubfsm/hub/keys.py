@@ -1,6 +1,7 @@
 """API keys of the local hub: made, digested, masked; the hub stores digests, never keys.
 
-A key is 42 ASCII letters and digits, like the public hub's. The hub keeps a
+A key is 42 ASCII letters and digits, like the public hub's, or ``ul_`` and 40 hex
+digits, like a Platform key (the Platform API answers only those). The hub keeps a
 :class:`KeyRecord` per key: its SHA-256 digest (to look the key up), a short id (to name
 it on the command line and as the owner of models), a masked form to show, and when it
 was revoked. Only ``hubfsm hub keys add`` ever prints a full key, once.
@@ -9,6 +10,7 @@ was revoked. Only ``hubfsm hub keys add`` ever prints a full key, once.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import string
 
@@ -18,6 +20,8 @@ ALPHABET = string.ascii_letters + string.digits
 
 #: Length of an API key.
 KEY_LENGTH = 42
+
+_PLATFORM_KEY = re.compile(r"ul_[0-9a-f]{40}")
 
 
 @attrs.frozen
@@ -44,6 +48,16 @@ class KeyRecord:
 def new_key() -> str:
     """A fresh random API key."""
     return "".join(secrets.choice(ALPHABET) for _ in range(KEY_LENGTH))
+
+
+def new_platform_key() -> str:
+    """A fresh random Platform API key: ``ul_`` and 40 hex digits, as Platform issues them."""
+    return "ul_" + secrets.token_hex(20)
+
+
+def is_platform_key(key: str | None) -> bool:
+    """True for a key shaped like a Platform key (the Platform API takes no other)."""
+    return key is not None and _PLATFORM_KEY.fullmatch(key) is not None
 
 
 def digest(key: str) -> str:

@@ -272,8 +272,10 @@ def render_model(data: Mapping[str, Any]) -> str:
     )
     facts = "".join(
         f"<tr><th>{key}</th><td>{escape(str(record.get(key)))}</td></tr>"
-        for key in ("cfg", "data", "parent", "created_at", "agent_id")
+        for key in ("cfg", "data", "parent", "created_at", "agent_id", "protocol")
+        + (("project", "slug", "run_id", "cancelled") if record.get("project") else ())
     )
+    console = _console(data.get("console") or "", bool(record.get("project")))
     names = metric_names(data["metrics"])
     head = "".join(f"<th>{escape(n)}</th>" for n in names)
     rows = "".join(
@@ -291,10 +293,20 @@ def render_model(data: Mapping[str, Any]) -> str:
         f'<section class="card two"><div><h2>Training arguments</h2><table>{config}</table></div>'
         f"<div><h2>Run</h2><table>{facts}</table></div></section>"
         f'<section class="card"><details><summary>Metrics table ({len(data["metrics"])} epochs)'
-        f"</summary>{table}</details></section></main>"
+        f"</summary>{table}</details></section>{console}</main>"
     )
     return _doc(
         f"{record.get('name') or record['id']} - local hub", body, _data_tag("model-data", data)
+    )
+
+
+def _console(text: str, platform: bool) -> str:
+    """The run's console output: Platform runs send it (the page's script keeps it current)."""
+    if not text and not platform:
+        return ""
+    return (
+        '<section class="card"><details open><summary>Console</summary>'
+        f'<pre class="console" id="console">{escape(text)}</pre></details></section>'
     )
 
 

@@ -81,6 +81,12 @@ def view(record: ModelRecord, resume: str | None, best: str | None) -> dict[str,
         "heartbeat_at": _iso(record.heartbeat_at),
         "agent": record.agent,
         "agent_id": record.agent_id,
+        # Platform runs name their project, slug and run; HUB v1 runs have none.
+        "protocol": "hub" if record.project is None else "platform",
+        "project": record.project,
+        "slug": record.slug,
+        "run_id": record.run_id,
+        "cancelled": record.cancelled,
     }
 
 

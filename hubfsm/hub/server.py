@@ -350,6 +350,13 @@ def serve(
         print(f"  export ULTRALYTICS_HUB_API={local.url}", file=out)
         print(f"  export ULTRALYTICS_HUB_WEB={local.url}", file=out)
         print(f"  export HUB_API_KEY=$(cat {key_file})", file=out)
+        print("For ultralytics 8.4 (the Platform API), make a key with", file=out)
+        print(
+            f"  hubfsm hub keys add --platform --data {shlex.quote(str(local.data_dir))}",
+            file=out,
+        )
+        print("then set ULTRALYTICS_API_KEY to the key it prints, and", file=out)
+        print(f"  export ULTRALYTICS_PLATFORM_URL={local.url}", file=out)
         print("Press Ctrl-C to stop.", file=out, flush=True)
         previous = None
         if threading.current_thread() is threading.main_thread():

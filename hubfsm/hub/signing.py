@@ -1,9 +1,10 @@
 """Signed weight URLs, like the public hub's object-store links: no key needed, none guessable.
 
-A URL names one file of one model (``/files/<model>/epoch-7.pt`` or ``.../best.pt``) and
-carries ``expires`` (Unix seconds) and ``signature``, an HMAC-SHA256 over the path and the
-expiry under a secret only the hub knows. Anyone holding the URL may fetch the file until
-it expires; changing any part of it breaks the signature.
+A download URL names one file of one model (``/files/<model>/epoch-7.pt`` or
+``.../best.pt``); an upload URL (Platform checkpoints, ``/uploads/...``) one place to PUT
+a file. Either carries ``expires`` (Unix seconds) and ``signature``, an HMAC-SHA256 over
+the path and the expiry under a secret only the hub knows. Anyone holding the URL may use
+it until it expires; changing any part of it breaks the signature.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from urllib.parse import urlencode
 
 #: How long a signed URL stays valid by default: a day, like a long training's resume.
 DEFAULT_TTL = 24 * 3600.0
+#: How long a signed upload URL stays valid at most: it is used at once, by one PUT.
+UPLOAD_TTL = 3600.0
 
 _NAME = re.compile(r"^(?:epoch-(\d{1,9})|best)\.pt$")
 
@@ -75,9 +78,16 @@ class UrlSigner:
 
     def url(self, root: str, model_id: str, name: str) -> str:
         """A signed URL of file ``name`` of ``model_id`` under ``root``."""
-        path = f"/files/{model_id}/{name}"
         # Rounded up to the next hour, so a record read twice within an hour shows one URL.
         expires = int(math.ceil((self._clock() + self.ttl) / 3600.0) * 3600)
+        return self.sign(root, f"/files/{model_id}/{name}", expires)
+
+    def upload_url(self, root: str, path: str) -> str:
+        """A signed URL to PUT one file at ``path``, valid for at most an hour."""
+        return self.sign(root, path, int(math.ceil(self._clock() + min(self.ttl, UPLOAD_TTL))))
+
+    def sign(self, root: str, path: str, expires: int) -> str:
+        """``root + path`` with ``expires`` (Unix seconds) and its signature as the query."""
         query = urlencode({"expires": expires, "signature": self._signature(path, expires)})
         return f"{root}{path}?{query}"
 

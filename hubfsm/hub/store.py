@@ -58,6 +58,12 @@ class ModelRecord:
         updated_at: Hub clock seconds of the last metrics or weights upload.
         heartbeat_at: Hub clock seconds of the last heartbeat.
         agent: The agent name the last heartbeat gave.
+        project: The Platform project (``owner/project``) of a model made over the
+            Platform API; None for a HUB v1 model.
+        slug: The model's name in its Platform project (``ul://owner/project/slug``).
+        run_id: The Platform run now writing to the model (a resume opens a new one).
+        cancelled: The hub's user asked the run to stop; every Platform answer says so.
+        checkpoint_path: The Platform storage path of the promoted checkpoint (``last``).
     """
 
     id: str
@@ -87,6 +93,11 @@ class ModelRecord:
     updated_at: float | None = None
     heartbeat_at: float | None = None
     agent: str | None = None
+    project: str | None = None
+    slug: str | None = None
+    run_id: int | None = None
+    cancelled: bool = False
+    checkpoint_path: str | None = None
 
 
 @attrs.frozen
@@ -158,6 +169,12 @@ class Store(Protocol):
 
     def open_weights(self, model_id: str, kind: WeightsKind) -> bytes | IO[bytes] | None:
         """The model's ``kind`` file: bytes, or an open stream the caller closes; or None."""
+
+    def put_console(self, model_id: str, chunk_id: int, lines: int, text: str) -> bool:
+        """Keep one chunk of a run's console output; False if that chunk is already kept."""
+
+    def get_console(self, model_id: str) -> list[tuple[int, int, str]]:
+        """The model's ``(chunk id, line count, text)`` console chunks, in chunk order."""
 
     def get_reply(self, scope: str) -> StoredReply | None:
         """The reply remembered under an idempotency scope, or None."""

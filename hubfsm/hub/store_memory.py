@@ -28,6 +28,7 @@ class MemoryStore:
         self._weights: dict[tuple[str, str], tuple[WeightsInfo, bytes]] = {}
         self._replies: dict[str, StoredReply] = {}
         self._keys: dict[str, KeyRecord] = {}
+        self._console: dict[str, dict[int, tuple[int, str]]] = {}
 
     def transaction(self) -> contextlib.AbstractContextManager[None]:
         """Nothing to group: the hub serialises its writes, and dict writes cannot fail."""
@@ -44,6 +45,7 @@ class MemoryStore:
     def delete_model(self, model_id: str) -> bool:
         """Forget a model with its metrics and weights."""
         self._metrics.pop(model_id, None)
+        self._console.pop(model_id, None)
         self._weights.pop((model_id, "last"), None)
         self._weights.pop((model_id, "best"), None)
         return self._models.pop(model_id, None) is not None
@@ -88,6 +90,18 @@ class MemoryStore:
         """The model's ``kind`` file as bytes, or None."""
         entry = self._weights.get((model_id, kind))
         return None if entry is None else entry[1]
+
+    def put_console(self, model_id: str, chunk_id: int, lines: int, text: str) -> bool:
+        """Keep a console chunk unless one with that id is kept already."""
+        chunks = self._console.setdefault(model_id, {})
+        if chunk_id in chunks:
+            return False
+        chunks[chunk_id] = (lines, text)
+        return True
+
+    def get_console(self, model_id: str) -> list[tuple[int, int, str]]:
+        """The model's console chunks, in chunk order."""
+        return [(c, n, t) for c, (n, t) in sorted(self._console.get(model_id, {}).items())]
 
     def get_reply(self, scope: str) -> StoredReply | None:
         """The reply remembered under ``scope``, or None."""

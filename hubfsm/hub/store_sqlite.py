@@ -2,7 +2,7 @@
 
 Layout under the data directory::
 
-    hub.sqlite3                  records, metrics, weight digests, idempotent replies
+    hub.sqlite3                  records, metrics, console output, weight digests, replies
     weights/<model>/last.pt      the last epoch checkpoint
     weights/<model>/best.pt      the final weights
     weights/.staging/            uploads being received (renamed into place when complete)
@@ -42,6 +42,9 @@ CREATE TABLE IF NOT EXISTS weights (
     PRIMARY KEY (model_id, kind));
 CREATE TABLE IF NOT EXISTS replies (
     scope TEXT PRIMARY KEY, status INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS console (
+    model_id TEXT NOT NULL, chunk_id INTEGER NOT NULL, lines INTEGER NOT NULL,
+    content TEXT NOT NULL, PRIMARY KEY (model_id, chunk_id));
 CREATE TABLE IF NOT EXISTS keys (
     digest TEXT PRIMARY KEY, created_at REAL NOT NULL, record TEXT NOT NULL);
 """
@@ -125,6 +128,7 @@ class SqliteStore:
             found = self._db.execute("DELETE FROM models WHERE id = ?", (model_id,)).rowcount
             self._db.execute("DELETE FROM metrics WHERE model_id = ?", (model_id,))
             self._db.execute("DELETE FROM weights WHERE model_id = ?", (model_id,))
+            self._db.execute("DELETE FROM console WHERE model_id = ?", (model_id,))
         shutil.rmtree(self._weights_dir / model_id, ignore_errors=True)
         return found > 0
 
@@ -210,6 +214,23 @@ class SqliteStore:
                 return open(self._weights_dir / model_id / f"{kind}.pt", "rb")  # noqa: SIM115
             except FileNotFoundError:
                 return None
+
+    def put_console(self, model_id: str, chunk_id: int, lines: int, text: str) -> bool:
+        """Keep a console chunk unless one with that id is kept already."""
+        cursor = self._write(
+            "INSERT OR IGNORE INTO console (model_id, chunk_id, lines, content) "
+            "VALUES (?, ?, ?, ?)",
+            (model_id, chunk_id, lines, text),
+        )
+        return cursor.rowcount > 0
+
+    def get_console(self, model_id: str) -> list[tuple[int, int, str]]:
+        """The model's console chunks, in chunk order."""
+        rows = self._read(
+            "SELECT chunk_id, lines, content FROM console WHERE model_id = ? ORDER BY chunk_id",
+            (model_id,),
+        )
+        return [(int(str(c)), int(str(n)), str(t)) for c, n, t in rows]
 
     def get_reply(self, scope: str) -> StoredReply | None:
         """The reply remembered under ``scope``, or None."""

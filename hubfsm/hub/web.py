@@ -102,6 +102,7 @@ def model_data(hub: Hub, model_id: str) -> dict[str, Any] | None:
         "metrics": metrics,
         "weights": weights,
         "summary": page.summarize(record, metrics, hub.clock()),
+        "console": hub.console(model_id),
     }
 
 

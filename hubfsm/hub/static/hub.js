@@ -121,6 +121,13 @@
             "\" download>download</a></td></tr>";
         }).join("");
       }
+      var con = document.getElementById("console");
+      if (con && d.console != null && con.textContent !== d.console) {
+        // Follow the end of the output unless the reader scrolled up.
+        var atEnd = con.scrollTop + con.clientHeight >= con.scrollHeight - 4;
+        con.textContent = d.console;
+        if (atEnd) con.scrollTop = con.scrollHeight;
+      }
       document.body.dataset.epochs = String(epochs.length);
     }
     render(data);

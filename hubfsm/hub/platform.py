@@ -1,0 +1,526 @@
+"""The Ultralytics Platform API beside HUB v1: the calls ultralytics 8.4 makes, on the same store.
+
+ultralytics 8.4 (``utils/callbacks/platform.py`` over the ``ultralytics-platform`` SDK)
+reports a training with ``Authorization: Bearer ul_...`` to four endpoints:
+
+- ``POST /api/webhooks/training/metrics`` ``{modelId | project + name, event, data}``,
+  events ``training_started``, ``epoch_end``, ``console_output``, ``checkpoint_saved`` and
+  ``training_complete``; every answer is ``{received, event, modelId, runId, cancelled, ...}``;
+- ``POST /api/webhooks/models/upload`` ``{filename, modelId, runId}``, answered with a signed
+  ``uploadUrl`` the client PUTs the raw file to, and the ``gcsPath``/``uploadPath`` that
+  ``checkpoint_saved`` then names to promote that file;
+- ``GET /api/models/{owner}/{project}/{model}/files`` (``ul://owner/project/model``): signed
+  download URLs;
+- ``GET /api/account/summary`` (``yolo login``): 200 for a valid key, 401 otherwise.
+
+A Platform model is a :class:`~hubfsm.hub.store.ModelRecord` like a HUB one (with its
+``project``, ``slug`` and ``run_id``), so the pages and ``runs.json`` show runs of both
+protocols alike; the epoch metrics go to the same table, the checkpoint becomes the
+model's ``last`` weights, the final file its ``best`` ones. Errors answer ``{"error": ...}``,
+the shape the client reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping
+from typing import IO, Any, TypeGuard
+
+import attrs
+
+from hubfsm.hub import records
+from hubfsm.hub.calls import HubCall, HubReply
+from hubfsm.hub.endpoints import Endpoints
+from hubfsm.hub.keyring import KeyAdmin
+from hubfsm.hub.keys import is_platform_key
+from hubfsm.hub.parse import check_json, metrics_text
+from hubfsm.hub.store import ModelRecord, Staged
+
+#: The events the SDK knows; ultralytics 8.4.190 sends the first five.
+EVENTS = (
+    "training_started",
+    "epoch_end",
+    "console_output",
+    "checkpoint_saved",
+    "training_complete",
+    "training_progress",
+    "system_metrics",
+    "training_failed",
+)
+#: The workspace of a project given without ``owner/`` (the local hub has one user).
+USERNAME = "local"
+#: Uploads received but not yet promoted, at most (the oldest is dropped beyond it).
+PENDING_KEPT = 64
+#: Console text a model page shows, at most (its last characters).
+CONSOLE_SHOWN = 256 * 1024
+
+# ultralytics' model-info fields at epoch 0, under the names HUB-era clients send them.
+_MODEL_INFO = {
+    "parameters": "model/parameters",
+    "gflops": "model/GFLOPs",
+    "speedMs": "model/speed_PyTorch(ms)",
+}
+_FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_SLUG_PART = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,126}[a-z0-9])?")
+_UPLOAD_PATH = re.compile(r"uploads/([A-Za-z0-9]{20})/([0-9]{1,9})/([A-Za-z0-9]{20})/(.+)")
+_MAX_TEXT = 1000
+_MAX_INT = 10**9
+
+
+@attrs.frozen
+class Pending:
+    """A file PUT to a signed upload URL, waiting for ``checkpoint_saved`` to promote it."""
+
+    model_id: str
+    run_id: int
+    staged: Staged
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> HubReply:
+    """A Platform error answer: ``{"error": message}``."""
+    return HubReply(status, {"error": message}, headers if headers is not None else {})
+
+
+def slugify(text: str) -> str:
+    """The slug rule of ultralytics' Platform client: lower case, dashes, 128 characters."""
+    lowered = re.sub(r"[^a-z0-9\s-]", "", text.lower()).replace(" ", "-")
+    return re.sub(r"-+", "-", lowered).strip("-")[:128]
+
+
+def route(method: str, path: str) -> tuple[str, tuple[str, ...]]:
+    """(endpoint, path arguments) of a Platform call; endpoint ``unknown`` or ``405:<allowed>``."""
+    parts = tuple(path.strip("/").split("/"))
+    if parts == ("api", "webhooks", "training", "metrics"):
+        return ("training_metrics" if method == "POST" else "405:POST"), ()
+    if parts == ("api", "webhooks", "models", "upload"):
+        return ("models_upload" if method == "POST" else "405:POST"), ()
+    if parts == ("api", "account", "summary"):
+        return ("account_summary" if method in ("GET", "HEAD") else "405:GET"), ()
+    if len(parts) == 6 and parts[:2] == ("api", "models") and parts[5] == "files" and all(parts):
+        return ("model_files" if method in ("GET", "HEAD") else "405:GET"), parts[2:5]
+    return "unknown", ()
+
+
+class PlatformEndpoints(KeyAdmin, Endpoints):
+    """The Platform API (a part of :class:`~hubfsm.hub.domain.Hub`)."""
+
+    _requests: Counter[str]
+    # uploadPath -> the file PUT there. Kept in memory: a restart drops the uploads not yet
+    # promoted, and the trainer's checkpoint_saved for one then gets 404.
+    _pending: dict[str, Pending]
+
+    def platform_handle(self, call: HubCall) -> HubReply:
+        """Answer one call under ``/api/``."""
+        endpoint, args = route(call.method, call.path)
+        with self._lock:
+            self._requests[f"platform_{endpoint.split(':')[0]}"] += 1
+        # Platform takes only its own kind of key, as the service does (HUB keys get 401).
+        who = self.principal(call.api_key) if is_platform_key(call.api_key) else None
+        if who is None:
+            return error(401, "Invalid or missing API key" if call.api_key else "Missing API key")
+        if endpoint == "unknown":
+            return error(404, f"Not found: {call.method} {call.path[:200]!r}")
+        if endpoint.startswith("405:"):
+            allowed = endpoint[4:]
+            return error(405, f"Method not allowed; use {allowed}", {"Allow": allowed})
+        if endpoint in ("training_metrics", "models_upload"):
+            body = call.json
+            if not isinstance(body, dict):
+                return error(400, "The body must be a JSON object")
+            problem = check_json(body)
+            if problem is not None:
+                return error(400, f"The body is not valid JSON: {problem}")
+        with self._lock, self.store.transaction():
+            if endpoint == "account_summary":
+                return self._summary(who)
+            if endpoint == "model_files":
+                return self._files(who, *args)
+            if endpoint == "models_upload":
+                return self._upload_url(who, call.json)  # type: ignore[arg-type]
+            return self._training_event(who, call.json)  # type: ignore[arg-type]
+
+    # Read endpoints.
+
+    def _summary(self, who: str) -> HubReply:
+        mine = [r for r in self.store.list_models() if r.owner == who]
+        projects = {r.project for r in mine if r.project is not None}
+        name = next((k.label for k in self.store.list_keys() if k.id == who), "") or USERNAME
+        body = {
+            "username": USERNAME,
+            "name": name,
+            "accountType": "personal",
+            "plan": "free",
+            "creditsCents": 0,
+            "counts": {"projects": len(projects), "datasets": 0, "models": len(mine)},
+            "teams": [],
+        }
+        return HubReply(200, body)
+
+    def _files(self, who: str, owner: str, project: str, model: str) -> HubReply:
+        wanted = f"{owner}/{project}"
+        for record in reversed(self.store.list_models()):
+            mine = record.owner == who and record.project == wanted
+            if mine and model in (record.slug, record.id):
+                files = []
+                for kind in ("best", "last"):
+                    info = self.store.weights_info(record.id, kind)
+                    if info is not None:
+                        url = self.weights_url(record, kind)
+                        name = url.split("?", 1)[0].rsplit("/", 1)[-1]
+                        files.append({"name": name, "size": info.size, "downloadUrl": url})
+                return HubReply(200, {"files": files})
+        return error(404, f"Model not found: {owner}/{project}/{model}")
+
+    # Writes.
+
+    def _upload_url(self, who: str, body: Mapping[str, Any]) -> HubReply:
+        filename = body.get("filename")
+        if not isinstance(filename, str) or _FILENAME.fullmatch(filename) is None:
+            return error(400, "'filename' must be a plain file name, such as best.pt")
+        record = self._identified(who, body)
+        if isinstance(record, HubReply):
+            return record
+        run_id = body.get("runId")
+        if run_id is not None and run_id != record.run_id:
+            return error(409, f"Run {run_id!r} is not the model's current run")
+        upload_path = f"uploads/{record.id}/{record.run_id or 0}/{self.new_id()}/{filename}"
+        url = (
+            self.signer.upload_url(self.public_root, "/" + upload_path)
+            if self.signer is not None
+            else f"{self.public_root}/{upload_path}"
+        )
+        data = {
+            "uploadUrl": url,
+            "gcsPath": _stored_path(upload_path),
+            "uploadPath": upload_path,
+            "modelId": record.id,
+        }
+        return HubReply(200, data)
+
+    def receive_upload(
+        self, path: str, query: Mapping[str, str], source: bytes | IO[bytes]
+    ) -> HubReply:
+        """Take a file PUT to a signed upload URL (``/uploads/...``), streamed to staging.
+
+        Called without the lock: the signature is checked before a byte is read, and the
+        file is received outside the lock so a large upload holds up no other request.
+        """
+        with self._lock:
+            self._requests["platform_upload_put"] += 1
+        if self.signer is not None:
+            problem = self.signer.check(path, query)
+            if problem is not None:
+                return error(403, problem)
+        found = _UPLOAD_PATH.fullmatch(path.lstrip("/"))
+        if found is None or _FILENAME.fullmatch(found.group(4)) is None:
+            return error(404, "No such upload location")
+        model_id, run_id = found.group(1), int(found.group(2))
+        with self._lock:
+            if self.store.get_model(model_id) is None:
+                return error(404, "No such upload location")
+        staged = self.store.stage_weights(source)
+        with self._lock:
+            pending = self._pending
+            replaced = pending.pop(path.lstrip("/"), None)
+            if len(pending) >= PENDING_KEPT:
+                replaced_first = pending.pop(next(iter(pending)))
+                self.store.discard_weights(replaced_first.staged)
+            pending[path.lstrip("/")] = Pending(model_id, run_id, staged)
+        if replaced is not None:
+            self.store.discard_weights(replaced.staged)
+        return HubReply(200, {})
+
+    def cancel(self, model_id: str) -> bool:
+        """Ask the run writing to ``model_id`` to stop: its next answers say ``cancelled``."""
+        with self._lock, self.store.transaction():
+            record = self.store.get_model(model_id)
+            if record is None:
+                return False
+            self.store.put_model(records.evolve(record, cancelled=True))
+            return True
+
+    def console(self, model_id: str) -> str:
+        """The model's console output as one text (its last :data:`CONSOLE_SHOWN` characters)."""
+        with self._lock:
+            chunks = self.store.get_console(model_id)
+        # A chunk is lines joined by newlines, usually without a last one.
+        text = "".join(c if c.endswith("\n") else c + "\n" for _, _, c in chunks if c)
+        return text[-CONSOLE_SHOWN:]
+
+    def _training_event(self, who: str, body: Mapping[str, Any]) -> HubReply:
+        event, data = body.get("event"), body.get("data")
+        if event not in EVENTS:
+            return error(400, f"'event' must be one of {', '.join(EVENTS)}")
+        if not isinstance(data, dict):
+            return error(400, "'data' must be an object")
+        if event == "training_started":
+            return self._started(who, body, data)
+        record = self._identified(who, body)
+        if isinstance(record, HubReply):
+            return record
+        handlers = {
+            "epoch_end": self._epoch_end,
+            "console_output": self._console_output,
+            "checkpoint_saved": self._checkpoint_saved,
+            "training_complete": self._complete,
+        }
+        handler = handlers.get(str(event))
+        if handler is not None:
+            result = handler(record, data)
+            if isinstance(result, HubReply):
+                return result
+            record = result
+        return _received(str(event), record)
+
+    def _identified(self, who: str, body: Mapping[str, Any]) -> ModelRecord | HubReply:
+        """The model a call names by ``modelId`` (or, for legacy callers, project and name)."""
+        model_id = body.get("modelId")
+        if model_id is not None:
+            record = self.store.get_model(model_id) if isinstance(model_id, str) else None
+            if record is None or record.owner != who or record.project is None:
+                return error(404, "Model not found")
+            return record
+        project, slug = body.get("project"), body.get("name") or "train"
+        if isinstance(project, str) and isinstance(slug, str):
+            wanted, model = _project(project), slugify(slug)
+            for record in reversed(self.store.list_models()):
+                if record.owner == who and record.project == wanted and record.slug == model:
+                    return record
+        return error(404, "Model not found")
+
+    def _started(self, who: str, body: Mapping[str, Any], data: Mapping[str, Any]) -> HubReply:
+        now = self.clock()
+        if body.get("modelId") is not None:
+            record = self._identified(who, body)
+            if isinstance(record, HubReply):
+                return record  # 404: the client registers a new model by project and name
+            if record.cancelled:
+                return _received("training_started", record)
+            record = records.evolve(
+                record,
+                status="training",
+                run_id=(record.run_id or 0) + 1,
+                updated_at=now,
+                **_config(data),
+            )
+            self.store.put_model(record)
+            return self._opened(record)
+        project, name = body.get("project"), body.get("name")
+        if not isinstance(project, str) or not _project(project):
+            return error(400, "'project' must name a project, such as owner/project")
+        if name is not None and not isinstance(name, str):
+            return error(400, "'name' must be a string")
+        workspace = _project(project)
+        slug = self._free_slug(workspace, slugify(name or "train") or "train")
+        record = ModelRecord(
+            self._fresh_id(),
+            slug,
+            now,
+            "",
+            owner=who,
+            status="training",
+            started_at=now,
+            updated_at=now,
+            project=workspace,
+            slug=slug,
+            run_id=1,
+        )
+        record = records.evolve(record, **_config(data))
+        self.store.put_model(record)
+        return self._opened(record)
+
+    def _opened(self, record: ModelRecord) -> HubReply:
+        reply = _received("training_started", record)
+        reply.body["modelSlug"] = record.slug
+        reply.body["modelUrl"] = f"{self.public_root}/models/{record.id}"
+        return reply
+
+    def _free_slug(self, workspace: str, slug: str) -> str:
+        taken = {r.slug for r in self.store.list_models() if r.project == workspace}
+        if slug not in taken:
+            return slug
+        number = 2
+        while f"{slug}-{number}" in taken:
+            number += 1
+        return f"{slug}-{number}"
+
+    def _epoch_end(self, record: ModelRecord, data: Mapping[str, Any]) -> ModelRecord | HubReply:
+        epoch, metrics = data.get("epoch"), data.get("metrics")
+        if not _count(epoch):
+            return error(400, "'epoch' must be a non-negative integer")
+        if not isinstance(metrics, dict):
+            return error(400, "'metrics' must be an object")
+        # What a chart can show: plain names with numbers (null for a non-finite one).
+        values = {k: v for k, v in metrics.items() if _plain_name(k) and _number(v)}
+        info = data.get("modelInfo")
+        if isinstance(info, dict):
+            values.update({_MODEL_INFO[k]: v for k, v in info.items() if k in _MODEL_INFO})
+        try:
+            text = metrics_text(json.dumps(values), epoch)
+        except ValueError as problem:
+            return error(400, str(problem))
+        self.store.put_metrics(record.id, {epoch: text})
+        if record.epochs is not None and epoch >= record.epochs:
+            # The final validation of best.pt comes as epoch ``epochs``: kept, not progress.
+            return record
+        updated = records.after_metrics(record, {epoch: text}, self.clock())
+        if record.status == "trained":
+            # The client sends epochs from a pool: one may land after training_complete.
+            updated = records.evolve(updated, status="trained")
+        self.store.put_model(updated)
+        return updated
+
+    def _console_output(
+        self, record: ModelRecord, data: Mapping[str, Any]
+    ) -> ModelRecord | HubReply:
+        chunk, content, lines = data.get("chunkId"), data.get("content"), data.get("lineCount", 0)
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or abs(chunk) >= 2**62:
+            return error(400, "'chunkId' must be an integer")
+        if not isinstance(content, str):
+            return error(400, "'content' must be a string")
+        if not _count(lines):
+            lines = content.count("\n")
+        self.store.put_console(record.id, chunk, lines, content)
+        return record
+
+    def _checkpoint_saved(
+        self, record: ModelRecord, data: Mapping[str, Any]
+    ) -> ModelRecord | HubReply:
+        upload_path, model_path = data.get("uploadPath"), data.get("modelPath")
+        if not isinstance(upload_path, str) or not isinstance(model_path, str):
+            return error(400, "'uploadPath' and 'modelPath' must be the upload's strings")
+        if model_path != _stored_path(upload_path):
+            return error(400, "'modelPath' is not the gcsPath of that uploadPath")
+        if record.checkpoint_path == model_path:
+            return record  # promoted already: a retry
+        pending = self._pending.get(upload_path)
+        if pending is None or pending.model_id != record.id:
+            return error(404, "Nothing was uploaded to that uploadPath")
+        run_id = data.get("runId")
+        if run_id is not None and run_id != pending.run_id:
+            return error(409, "That upload belongs to another run")
+        if record.status == "trained":
+            return error(409, f"Model {record.id} is already trained")
+        del self._pending[upload_path]
+        self.store.commit_weights(record.id, "last", pending.staged)
+        epoch = record.metrics_epoch if record.metrics_epoch is not None else 0
+        updated = records.after_upload(record, "epoch", epoch, None, self.clock())
+        updated = records.evolve(updated, checkpoint_path=model_path)
+        self.store.put_model(updated)
+        return updated
+
+    def _complete(self, record: ModelRecord, data: Mapping[str, Any]) -> ModelRecord | HubReply:
+        results = data.get("results")
+        if not isinstance(results, dict):
+            return error(400, "'results' must be an object")
+        model_path = results.get("modelPath")
+        staged: Staged | None = None
+        if isinstance(model_path, str) and model_path == record.checkpoint_path:
+            content = self.store.open_weights(record.id, "last")
+            if content is not None:
+                try:
+                    staged = self.store.stage_weights(content)
+                finally:
+                    if not isinstance(content, bytes):
+                        content.close()
+        elif isinstance(model_path, str):
+            # An upload sent without a run (legacy callers) is promoted by the complete event.
+            for path, pending in list(self._pending.items()):
+                if pending.model_id == record.id and _stored_path(path) == model_path:
+                    staged = self._pending.pop(path).staged
+        metrics = results.get("metrics")
+        found = metrics.get("metrics/mAP50-95(B)") if isinstance(metrics, dict) else None
+        map50_95 = float(found) if _number(found) and found is not None else None
+        best_epoch = results.get("bestEpoch")
+        epochs = [e for e in (record.metrics_epoch, best_epoch) if _count(e)]
+        final_epoch = max(epochs) if epochs else 0
+        now = self.clock()
+        if staged is not None:
+            try:
+                self.store.commit_weights(record.id, "best", staged)
+            finally:
+                self.store.discard_weights(staged)
+            updated = records.after_upload(record, "final", final_epoch, map50_95, now)
+        else:
+            updated = records.evolve(
+                record, status="trained", final_epoch=final_epoch, map50_95=map50_95, updated_at=now
+            )
+        self.store.put_model(updated)
+        return updated
+
+
+def _received(event: str, record: ModelRecord) -> HubReply:
+    body = {
+        "received": True,
+        "event": event,
+        "mode": "remote",
+        "modelId": record.id,
+        "runId": record.run_id,
+        "cancelled": record.cancelled,
+    }
+    return HubReply(200, body)
+
+
+def _stored_path(upload_path: str) -> str:
+    """Where an upload lives once promoted (``gcsPath``): ``models/...`` for ``uploads/...``."""
+    return "models/" + upload_path.removeprefix("uploads/")
+
+
+def _project(project: str) -> str:
+    """``owner/project`` of a project given as ``owner/project`` or ``project``; "" if none."""
+    owner, _, name = project.rpartition("/") if "/" in project else (USERNAME, "/", project)
+    owner, name = slugify(owner.split("/")[0]), slugify(name)
+    if not (_SLUG_PART.fullmatch(owner) and _SLUG_PART.fullmatch(name)):
+        return ""
+    return f"{owner}/{name}"
+
+
+def _plain_name(name: object) -> bool:
+    return (
+        isinstance(name, str)
+        and len(name) <= 200
+        and name.isascii()
+        and name.isprintable()
+        and '"' not in name
+        and "\\" not in name
+    )
+
+
+def _count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_INT
+
+
+def _number(value: object) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and abs(value) < 1e15
+
+
+def _config(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The record fields ``training_started`` tells: model, data, epochs, image size, ..."""
+    args = data.get("trainArgs")
+    args = args if isinstance(args, dict) else {}
+
+    def text(value: object) -> str | None:
+        return value[:_MAX_TEXT] if isinstance(value, str) and value not in ("", "None") else None
+
+    def whole(value: object) -> int | None:
+        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 9:
+            return int(value)
+        return value if _count(value) else None
+
+    config: dict[str, Any] = {
+        "cfg": text(args.get("model")) or "",
+        "dataset": text(args.get("data")),
+        "epochs": whole(data.get("epochs")) or whole(args.get("epochs")),
+        "batch_size": whole(args.get("batch")),
+        "imgsz": whole(args.get("imgsz")),
+        "patience": whole(args.get("patience")),
+        "device": text(data.get("device")) or text(args.get("device")),
+    }
+    return config
