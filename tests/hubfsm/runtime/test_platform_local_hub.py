@@ -60,3 +60,24 @@ def test_a_session_reports_a_whole_run_to_the_local_hub(local, key, tmp_path):
     urls = [f["downloadUrl"] for f in files.json()["files"]]
     digests = {hashlib.sha256(requests.get(u, timeout=10).content).hexdigest() for u in urls}
     assert hashlib.sha256(best.read_bytes()).hexdigest() in digests
+
+
+def test_a_session_reports_to_the_local_hub_in_memory_too(tmp_path):
+    from hubfsm.hub.domain import Hub
+    from hubfsm.hub.store_memory import MemoryStore
+    from transports.memory import InMemoryTransport
+
+    key = new_platform_key()
+    # Signed URLs need an address to be URLs; the in-memory transport keeps their path.
+    hub = Hub(MemoryStore(), public_root="http://hub.invalid")
+    hub.add_key(key, "platform")
+    best = tmp_path / "best.pt"
+    best.write_bytes(b"best weights")
+    with hubfsm.Session("alice/birds", api_key=key, transport=InMemoryTransport(hub, key),
+                        config=FAST, train_args={"name": "run1"}) as s:  # fmt: skip
+        for epoch in range(4):
+            s.log_metrics({"train/box_loss": 1.0 / (epoch + 1)})
+        s.finish(best, map50_95=0.3, timeout=30.0)
+        assert s.state == "done"
+    assert [row["epoch"] for row in hub.metrics(s.model_id)] == [0, 1, 2, 3]
+    assert hub.record(s.model_id)["has_best_weights"]
