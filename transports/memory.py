@@ -46,7 +46,8 @@ class InMemoryTransport(Transport):
         without the key; a Platform event's file rides along for later steps, unsent.
         """
         part = request.file
-        path, key = request.path, self._api_key
+        path = request.path
+        key: str | None = self._api_key
         if request.method == "PUT":
             split = urlsplit(path)
             path = split.path + (f"?{split.query}" if split.query else "")
