@@ -9,7 +9,9 @@ progress as the driver hands them over.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from hubfsm.core.changes import Change, Saved
 from hubfsm.core.engine import Core
 from hubfsm.core.events import FileStamp
 from hubfsm.durable.files import describe
-from hubfsm.durable.journal import InboxItem, Journal
+from hubfsm.durable.journal import InboxItem, Journal, journal_unavailable
 from hubfsm.durable.outbox import Outbox, stamp_of
 from hubfsm.durable.recovery import journal_path, recover
 from hubfsm.errors import HubfsmError
@@ -25,6 +27,9 @@ from hubfsm.transport import FilePart
 
 #: Opens a model's outbox under a root (the files backend: :meth:`Outbox.open`).
 OutboxOpener = Callable[[str, "str | os.PathLike[str] | None"], Outbox]
+
+#: Opens the trainer's journal of an outbox (:class:`Journal`'s signature).
+JournalOpener = Callable[..., Journal]
 
 #: Takes back what an outbox and its journal kept (:func:`~hubfsm.durable.recovery.recover`).
 Recovery = Callable[..., Saved]
@@ -39,6 +44,7 @@ class Durability:
         inbox: The driver's inbox, where the journal queues each event it writes.
         open_outbox: Opens one model's outbox.
         recover: Takes back what an earlier run left, into the outbox and the core.
+        open_journal: Opens the journal (a simulated disk passes one whose space fails).
         quiet: Log nothing.
     """
 
@@ -50,6 +56,7 @@ class Durability:
         inbox: collections.deque[InboxItem],
         open_outbox: OutboxOpener = Outbox.open,
         recover: Recovery = recover,
+        open_journal: JournalOpener = Journal,
         quiet: bool = False,
     ) -> None:
         self.root = root
@@ -57,6 +64,7 @@ class Durability:
         self.inbox = inbox
         self._open = open_outbox
         self._recover = recover
+        self._open_journal = open_journal
         self.quiet = quiet
         self.outbox: Outbox | None = None
         self.journal: Journal | None = None
@@ -65,6 +73,10 @@ class Durability:
         self._core: Core | None = None
         # The dialect and run last recorded in the outbox.
         self._run: tuple[str, int | None] | None = None
+        #: What the outbox held on disk when it closed, per channel (see ``Saved.counts``).
+        self.kept: dict[str, int] | None = None
+        #: The held link of the newest checkpoint offer, released by a newer one.
+        self._held: str | None = None
 
     @property
     def directory(self) -> Path | None:
@@ -87,18 +99,32 @@ class Durability:
         self.outbox = outbox
         self._core = core
         if self.use_journal:
-            self.journal = Journal(journal_path(outbox), seq=outbox.journal_seq, inbox=self.inbox)
+            path = journal_path(outbox)
+            try:
+                self.journal = self._open_journal(path, seq=outbox.journal_seq, inbox=self.inbox)
+            except OSError as exc:
+                # A full disk costs the kill -9 guarantee, never the session.
+                if not self.quiet:
+                    journal_unavailable(path, exc)
 
     def apply(self, changes: Sequence[Change], *, journal_seq: int | None) -> None:
-        """Keep ``changes``, and how far the journal is in the outbox, in one transaction."""
+        """Keep ``changes``, and how far the journal is in the outbox, in one transaction.
+
+        The journal starts over only once the outbox has its events.
+
+        Raises:
+            OSError: The outbox could not be written (a full disk, an I/O error).
+        """
         outbox = self.outbox
         if outbox is None:
             return
         core = self._core
         if core is not None and (core.dialect.name, core.run_id) != self._run:
-            # A resumed Platform model got a new run: later records belong to it.
-            outbox.db.set_run(core.dialect.name, core.run_id)
-            self._run = (core.dialect.name, core.run_id)
+            # A resumed Platform model got a new run: later records belong to it. A disk
+            # that refuses this write refuses the records too; it is tried again with them.
+            with contextlib.suppress(OSError, sqlite3.Error):
+                outbox.db.set_run(core.dialect.name, core.run_id)
+                self._run = (core.dialect.name, core.run_id)
         outbox.apply(changes, journal_seq=journal_seq)
         if journal_seq is not None and self.journal is not None:
             self.journal.consumed(journal_seq)
@@ -123,9 +149,23 @@ class Durability:
         outbox.db.set_run(name, core.run_id)
         self._run = (name, core.run_id)
 
-    def hold(self, path: str) -> str | None:
-        """Keep the file's current content reachable until :meth:`take` (see Outbox.hold)."""
-        return None if self.outbox is None else self.outbox.hold(path)
+    def hold(self, path: str, *, checkpoint: bool = False) -> str | None:
+        """Keep the file's current content reachable until :meth:`take` (see Outbox.hold).
+
+        Args:
+            path: The file handed over.
+            checkpoint: It is a checkpoint offer. The newest offer wins, so the link of
+                the checkpoint offer before it is released at once, taken in or not: a
+                busy worker never pins more than one older copy of the weights.
+        """
+        if self.outbox is None:
+            return None
+        if not checkpoint:
+            return self.outbox.hold(path)
+        if self._held is not None:
+            self.outbox.release(self._held)
+        self._held = self.outbox.hold(path)
+        return self._held
 
     def take(self, path: str, name: str, stamp: FileStamp) -> FilePart | None:
         """A weight file for upload: a snapshot in the outbox, or the file itself.
@@ -137,10 +177,18 @@ class Durability:
         return take_file(path, name, stamp)
 
     def close(self, *, remove: bool) -> None:
-        """Close the journal and the outbox (``remove``: delete an outbox left empty)."""
+        """Close the journal and the outbox (``remove``: delete an outbox left empty).
+
+        What the outbox holds is read first, into :attr:`kept`: what a closing session
+        tells the user is kept is what is on disk.
+        """
         if self.journal is not None:
             self.journal.close()
         if self.outbox is not None:
+            try:
+                self.kept = self.outbox.load().counts()
+            except Exception:  # unreadable now: say nothing rather than a wrong count
+                self.kept = None
             self.outbox.close(remove=remove)
 
 

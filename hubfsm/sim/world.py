@@ -115,6 +115,7 @@ class World(Stage):
             heartbeat=limits.heartbeat,
             heartbeat_slack=TIMEOUT + profile.max_latency + 0.1,
             origin=EPOCH_ZERO,
+            policies=config.policies,
         )
         self._life_rng = random.Random(rng.getrandbits(64))
         self.disk = MemoryDisk() if durability == "memory" else None
