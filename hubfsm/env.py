@@ -26,6 +26,10 @@ OFFLINE = "HUBFSM_OFFLINE"
 CACHE = "HUBFSM_CACHE"
 #: The global rank of a distributed training process (set by torchrun and the like).
 RANK = "RANK"
+#: The Platform API key (``ul_`` and 40 hex digits), as ultralytics 8.4 reads it.
+PLATFORM_API_KEY = "ULTRALYTICS_API_KEY"
+#: The Platform API root, as ultralytics 8.4 reads it.
+PLATFORM_URL = "ULTRALYTICS_PLATFORM_URL"
 
 Environ = Mapping[str, str]
 
@@ -69,3 +73,13 @@ def cache_root(environ: Environ | None = None) -> str | None:
 def rank(environ: Environ | None = None) -> str | None:
     """``RANK`` (stripped), or None."""
     return (read(RANK, environ) or "").strip() or None
+
+
+def platform_api_key(environ: Environ | None = None) -> str | None:
+    """``ULTRALYTICS_API_KEY``, or None."""
+    return read(PLATFORM_API_KEY, environ)
+
+
+def platform_url(environ: Environ | None = None) -> str | None:
+    """``ULTRALYTICS_PLATFORM_URL``, or None."""
+    return read(PLATFORM_URL, environ)

@@ -17,6 +17,8 @@ def _private_outbox(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("ULTRALYTICS_HUB_API", raising=False)
     monkeypatch.delenv("ULTRALYTICS_HUB_WEB", raising=False)
     monkeypatch.delenv("HUBFSM_OFFLINE", raising=False)
+    monkeypatch.delenv("ULTRALYTICS_API_KEY", raising=False)
+    monkeypatch.delenv("ULTRALYTICS_PLATFORM_URL", raising=False)
 
 
 @pytest.fixture(autouse=True)

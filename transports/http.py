@@ -262,16 +262,28 @@ class RequestsTransport(Transport):
             headers["Content-Type"] = body.content_type
         return headers
 
-    def _exchange(self, request: Request, body: MultipartBody | None) -> Response:
-        """Send the request, read the whole answer, and map it to a Response."""
+    def _exchange(
+        self,
+        request: Request,
+        body: MultipartBody | None,
+        *,
+        url: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        """Send the request, read the whole answer, and map it to a Response.
+
+        ``url`` and ``headers`` replace the API root's URL and headers (the key's among
+        them) for a request elsewhere; ``request`` then only names it in messages, and a
+        2xx answer need not be JSON.
+        """
         session = self._session
         # Preparing can fail only on a malformed request (say, JSON that cannot be
         # encoded): a bug to surface as is, outside the network error mapping below.
         prepared = session.prepare_request(
             requests.Request(
                 request.method,
-                self._root + request.path,
-                headers=self._headers(request, body),
+                self._root + request.path if url is None else url,
+                headers=self._headers(request, body) if headers is None else headers,
                 json=dict(request.json) if request.json is not None else None,
                 data=body,
             )
@@ -315,6 +327,8 @@ class RequestsTransport(Transport):
         status = answer.status_code
         if 300 <= status < 400:
             envelope: Mapping[str, Any] = self._report.redirected(request, status, answer.headers)
+        elif url is not None:
+            envelope = {}  # storage answers in its own terms; the status says it all
         else:
             try:
                 envelope = decode(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from hubfsm.hub.domain import Hub, HubCall
 from hubfsm.transport import Request, Response, Transport
@@ -39,13 +40,25 @@ class InMemoryTransport(Transport):
         return f"InMemoryTransport(hub={self.hub!r}, api_key='***')"
 
     def send(self, request: Request) -> Response:
-        """Answer ``request`` from the hub."""
+        """Answer ``request`` from the hub.
+
+        A Platform ``PUT`` to a signed URL goes to the hub by the URL's path and query,
+        without the key; a Platform event's file rides along for later steps, unsent.
+        """
         part = request.file
+        path = request.path
+        key: str | None = self._api_key
+        if request.method == "PUT":
+            split = urlsplit(path)
+            path = split.path + (f"?{split.query}" if split.query else "")
+            key = None
+        elif request.json is not None:
+            part = None
         reply = self.hub.handle(
             HubCall(
                 request.method,
-                request.path,
-                self._api_key,
+                path,
+                key,
                 request.json,
                 request.fields,
                 None if part is None else part.name,
@@ -64,3 +77,27 @@ class InMemoryTransport(Transport):
         except ValueError:
             seconds = None
         return Response(reply.status, reply.body, retry_after=seconds)
+
+
+#: Answers one request: what a hand-written service in a test is.
+Handler = Callable[[Request], Response]
+
+
+class HandlerTransport(Transport):
+    """Hands each request to a function and returns its answer: a service in a few lines.
+
+    Like httpx's ``MockTransport``: a test writes ``handler(request) -> Response`` (a
+    fake Platform, say) and a session talks to it with no sockets. What the handler
+    raises goes to the caller, as a transport's own errors do (a
+    :class:`~hubfsm.transport.TransportError` for a simulated network failure).
+    """
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    def __repr__(self) -> str:
+        return f"HandlerTransport({self.handler!r})"
+
+    def send(self, request: Request) -> Response:
+        """Answer ``request`` with the handler."""
+        return self.handler(request)

@@ -137,6 +137,17 @@ def add_key_options(p: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def add_protocol_option(p: argparse.ArgumentParser) -> None:
+    """Add ``--protocol``: only the outboxes (or the session) of one dialect."""
+    p.add_argument(
+        "--protocol",
+        choices=("hub", "platform"),
+        help="only outboxes of this protocol: hub (HUB v1; key HUB_API_KEY, root "
+        "ULTRALYTICS_HUB_API) or platform (Ultralytics Platform; key ULTRALYTICS_API_KEY, "
+        "root ULTRALYTICS_PLATFORM_URL); default every outbox, each with its own",
+    )
+
+
 def command(
     subparsers: argparse._SubParsersAction[Any],
     name: str,

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from hubfsm.core.changes import describe_pending
-from hubfsm.core.protocol import HUB_ID
+from hubfsm.core.dialect import OUTBOX_ID
 from hubfsm.durable.outbox import (
     DATABASE,
     Outbox,
@@ -28,10 +28,10 @@ def _target(text: str, root: str | None) -> tuple[Path, Path] | str:
     given = Path(text)
     if given.is_dir() and (given / DATABASE).exists():
         directory = given.resolve()
-        if not HUB_ID.fullmatch(directory.name):
+        if not OUTBOX_ID.fullmatch(directory.name):
             return f"{text} is not an outbox directory (its name is not a model id)"
         return directory, directory.parent
-    if not HUB_ID.fullmatch(text):
+    if not OUTBOX_ID.fullmatch(text):
         return f"{text} is neither a model id nor an outbox directory (with an {DATABASE})"
     base = (Path(root) if root else default_root()).resolve()
     directory = (base / text).resolve()

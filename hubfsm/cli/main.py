@@ -13,6 +13,7 @@ from hubfsm.cli.args import (
     KEY_ENV,
     Parser,
     add_key_options,
+    add_protocol_option,
     api_root,
     command,
     directory,
@@ -212,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=600.0,
         help="seconds to spend on each model (default 600)",
     )
+    add_protocol_option(p)
     p.set_defaults(func=cmd_sync)
 
     p = command(
@@ -222,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dir", nargs="?", help="an outbox root or one model's outbox")
     p.add_argument("--json", action="store_true", help="print one JSON object, for scripts")
+    add_protocol_option(p)
     p.set_defaults(func=cmd_status)
 
     p = command(

@@ -20,29 +20,59 @@ def _missing(directory: str | None) -> bool:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    """Send what the outboxes hold."""
+    """Send what the outboxes hold, each dialect's with its own key."""
     from hubfsm.durable.survey import survey
     from hubfsm.runtime.sync import root_of, sync
 
     if _missing(args.dir):
         return 2
-    key = key_from(args)
     # A damaged outbox is for sync to report and set aside: it must not stop the others.
     waiting = [i for i in survey(root_of(args.dir)).infos if any(i.pending.values())]
-    if waiting and not key:
-        print(
-            f"error: sync needs the hub's API key: {KEY_ENV}, --key-file FILE or --key",
-            file=sys.stderr,
+    chosen = getattr(args, "protocol", None)
+    spoken = sorted({i.protocol for i in waiting}) or ["hub"]
+    names = [chosen] if chosen else spoken
+    given = key_from(args) if (args.key or args.key_file) else None
+    code = 0
+    for name in names:
+        key, root, key_env = _endpoint(name, given, only=chosen is not None)
+        mine = [i for i in waiting if i.protocol == name]
+        if mine and not key:
+            print(
+                f"error: sync needs the {name} API key: {key_env}, --key-file FILE or --key",
+                file=sys.stderr,
+            )
+            return 2
+        code = max(
+            code,
+            sync(
+                root_of(args.dir),
+                api_key=key,
+                api_root=root,
+                hub=args.hub,
+                timeout=args.timeout,
+                out=sys.stdout,
+                # One dialect in play: every outbox, as before dialects (rejected ones too).
+                protocol=name if chosen or len(spoken) > 1 else None,
+            ),
         )
-        return 2
-    return sync(
-        root_of(args.dir),
-        api_key=key,
-        api_root=env.api_root(),
-        hub=args.hub,
-        timeout=args.timeout,
-        out=sys.stdout,
-    )
+    return code
+
+
+def _endpoint(name: str, given: str | None, *, only: bool) -> tuple[str | None, str | None, str]:
+    """The key, the API root the environment names, and the key's variable, for a dialect.
+
+    A key given on the command line goes to the dialect it is for (a ``ul_`` key to
+    Platform): never a HUB key to Platform's root, or the other way round. Each outbox
+    then goes to the hub it records (see :func:`hubfsm.runtime.sync.target`).
+    """
+    from hubfsm.core.dialect import PLATFORM_KEY
+
+    platform_key = given is not None and PLATFORM_KEY.fullmatch(given) is not None
+    if name == "platform":
+        key = given if given is not None and (only or platform_key) else env.platform_api_key()
+        return key, env.platform_url(), env.PLATFORM_API_KEY
+    key = given if given is not None and (only or not platform_key) else env.api_key()
+    return key, env.api_root(), KEY_ENV
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -51,7 +81,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     if _missing(args.dir):
         return 2
-    return status(root_of(args.dir), out=sys.stdout, as_json=args.json)
+    return status(
+        root_of(args.dir),
+        out=sys.stdout,
+        as_json=args.json,
+        protocol=getattr(args, "protocol", None),
+    )
 
 
 def cmd_discard(args: argparse.Namespace) -> int:

@@ -52,6 +52,8 @@ class CoreConfig:
     policies: ChannelPolicies = ChannelPolicies()
     #: Where idempotency keys come from: the OS's randomness unless a simulation seeds it.
     nonce: protocol.KeySource = protocol.os_nonce
+    #: The protocol dialect spoken: ``hub`` or ``platform`` (see :mod:`hubfsm.core.dialect`).
+    protocol: str = "hub"
 
     def scaled(self, factor: float) -> CoreConfig:
         """The same behaviour on a clock ``factor`` times as fast.

@@ -22,6 +22,7 @@ from hubfsm.core.config import (
     Notify,
     Stats,
 )
+from hubfsm.core.dialect import DIALECTS, PLATFORM
 from hubfsm.core.identifier import Identifier
 from hubfsm.core.machine import SessionMachine
 from hubfsm.core.ops import (
@@ -36,8 +37,8 @@ from hubfsm.core.ops import (
     purpose_of,
 )
 from hubfsm.core.refusals import REJECTING_STATUSES, STOPPING_STATUSES, Answers
-from hubfsm.core.retry import RetryPolicy, Verdict, classify
-from hubfsm.errors import DeliveryIncomplete
+from hubfsm.core.retry import RetryPolicy, Verdict
+from hubfsm.errors import DeliveryIncomplete, IdentifierError
 from hubfsm.transport import FilePart, Outcome, Response, TransportError
 
 # Where they always were: the public names of the core's parts.
@@ -79,11 +80,21 @@ class Core(Answers):
         offline: bool = False,
     ) -> None:
         self.config = config or CoreConfig()
+        #: The protocol dialect: request builders and answer rules.
+        self.dialect = DIALECTS[self.config.protocol]
         self._rng = rng or random.Random()
         self._nonce = self.config.nonce(self._rng)
         self.machine = SessionMachine(on_change)
         self.identifier = None
         self.model_id = None
+        #: The Platform run the events belong to (None for HUB, or before it opened).
+        self.run_id = None
+        #: Where a person sees the model, as the service said (shown, never fetched).
+        self.model_url = None
+        #: True once an answer said the run was cancelled.
+        self.cancelled = False
+        #: Called once, on the driver's thread, when an answer says the run was cancelled.
+        self.on_cancel = None
         self.record = {}
         self.agent_id = None
         self.error = None
@@ -149,7 +160,12 @@ class Core(Answers):
         """
         self.machine.fire("parse")
         self.identifier = identifier
-        if identifier.model_id is not None and self.offline:
+        if self.dialect is PLATFORM:
+            self._open_run(identifier, dict(create or {}), now=now)
+        elif identifier.project is not None:
+            self.error = IdentifierError("a HUB session needs a model id or a model file")
+            self.machine.fire("create", ok=False)
+        elif identifier.model_id is not None and self.offline:
             self.model_id = identifier.model_id
             self.machine.fire("load")
         elif identifier.model_id is not None:
@@ -164,7 +180,7 @@ class Core(Answers):
     def start(self, *, now: float) -> None:
         """Training begins: heartbeats start at once."""
         self.machine.fire("start")
-        if self.heartbeat_refusal is None:
+        if self.heartbeat_refusal is None and self.dialect.heartbeats:
             self._next_heartbeat = now
 
     def epoch_end(self, epoch: int, metrics: Mapping[str, Any], *, now: float) -> None:
@@ -224,7 +240,7 @@ class Core(Answers):
     def resume(self, *, now: float) -> None:
         """Training goes on after an interruption."""
         self.machine.fire("resume")
-        if self.heartbeat_refusal is None:
+        if self.heartbeat_refusal is None and self.dialect.heartbeats:
             self._next_heartbeat = now
         if self._final is not None:
             self._offer_final(None)
@@ -321,9 +337,19 @@ class Core(Answers):
         first_contact = not self.answered and isinstance(op.purpose, Opening)
         if isinstance(outcome, Response):
             self.answered = True
-        verdict = classify(outcome, first_contact=first_contact)
+            if not self.cancelled and self.dialect.cancelled(outcome):
+                self._cancel()
+        if self.dialect.restarts(op.request, outcome):
+            # The signed URL refused the bytes: the upload starts over for a fresh one.
+            assert op.first is not None
+            op.request, op.first, op.answer = op.first, None, {}
+            self._retry(op, outcome, now)
+            return
+        verdict = self.dialect.verdict(outcome, first_contact=first_contact)
         if verdict is Verdict.SUCCESS:
             assert isinstance(outcome, Response)
+            if self._next_step(op, outcome, now):
+                return
             self._close_op(op.channel)
             self._succeeded(op, outcome, now)
         elif isinstance(outcome, TransportError):
@@ -371,3 +397,50 @@ class Core(Answers):
         return f"<Core state={self.state} model={self.model_id} pending={self.pending()}>"
 
     # -- inside ---------------------------------------------------------------------
+
+    def _open_run(self, identifier: Identifier, data: dict[str, Any], *, now: float) -> None:
+        """Open a Platform run: ``training_started``, unless an outbox already names the run."""
+        if identifier.model_id is not None:
+            self.model_id = identifier.model_id
+            if self.offline or self.run_id is not None:
+                # The outbox kept the run its records belong to (``hubfsm sync``, or a
+                # trainer back after a kill): they go on to the same run, unannounced.
+                self.machine.fire("load")
+                return
+            request = PLATFORM.training_started(identifier, data, key=self._key())
+            self._add("control", request, Load(), now=now)
+        else:
+            request = PLATFORM.training_started(identifier, data, key=self._key())
+            self._add("control", request, Create(), now=now)
+
+    def _cancel(self) -> None:
+        """An answer said the run was cancelled: tell the trainer, once."""
+        self.cancelled = True
+        self._tell("run.cancelled", model_id=self.model_id)
+        if self.on_cancel is not None:
+            self.on_cancel()
+
+    def _next_step(self, op: Op, response: Response, now: float) -> bool:
+        """Go on to the next step of a several-step upload; False when ``op`` is done."""
+        first = op.first or op.request
+        final = self._final if op.channel == "final" else None
+        try:
+            step = self.dialect.next_step(
+                op.request, response, first=first, answer=op.answer, final=final
+            )
+        except protocol.HubProtocolError as exc:
+            # An answer without a usable signed URL: ask again, as for any failed step.
+            op.request, op.first, op.answer = first, None, {}
+            self._retry(op, response, now)
+            self.last_failure = str(exc)
+            return True
+        if step is None:
+            return False
+        if op.request is first:
+            op.answer = dict(self.dialect.data(response))
+        op.first = first
+        op.request = step
+        op.round_attempts = 0
+        op.round_start = now
+        op.not_before = now
+        return True

@@ -49,31 +49,44 @@ def _mask_repr(key: str | None) -> str:
 
 @attrs.frozen(str=True)
 class Identifier:
-    """A parsed model identifier: either a local model file or a hub model.
+    """A parsed model identifier: a local model file, a hub model, or a Platform project.
 
     Attributes:
         api_key: The API key given along with the model id, if any (masked in repr).
         model_id: The hub model id, for a hub model.
         filename: The path of the model file, for a local file.
+        project: The Platform project (``owner/slug`` or ``slug``) a new run goes to.
+        run_name: The name of that new run.
     """
 
     api_key: str | None = attrs.field(default=None, repr=_mask_repr)
     model_id: str | None = None
     filename: str | None = None
+    project: str | None = None
+    run_name: str | None = None
 
     def __attrs_post_init__(self) -> None:
-        if (self.model_id is None) == (self.filename is None):
-            raise IdentifierError("an identifier names either a model id or a file, not both")
+        named = [v for v in (self.model_id, self.filename, self.project) if v is not None]
+        if len(named) != 1:
+            raise IdentifierError(
+                "an identifier names exactly one of a model id, a file or a project"
+            )
         if self.api_key is not None and self.model_id is None:
             raise IdentifierError("an API key only goes with a model id")
+        if (self.run_name is None) != (self.project is None):
+            raise IdentifierError("a run name goes with a project, and only with one")
 
     @property
-    def kind(self) -> Literal["file", "model"]:
-        """``"file"`` for a local model file, ``"model"`` for a hub model."""
-        return "file" if self.filename is not None else "model"
+    def kind(self) -> Literal["file", "model", "project"]:
+        """``"file"`` for a local model file, ``"model"`` for a model, else ``"project"``."""
+        if self.filename is not None:
+            return "file"
+        return "model" if self.model_id is not None else "project"
 
     def to_json_dict(self) -> dict[str, str | None]:
         """Return the identifier as JSON-ready values, with the API key masked."""
+        if self.project is not None:
+            return {"kind": "project", "project": self.project, "run_name": self.run_name}
         return {
             "kind": self.kind,
             "api_key": None if self.api_key is None else mask_key(self.api_key),

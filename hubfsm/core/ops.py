@@ -89,6 +89,11 @@ class Op:
     round_attempts: int = 0
     round_start: float = 0.0
     not_before: float = 0.0
+    #: The first step of a several-step upload (the request an outbox keeps), once a
+    #: later step replaced :attr:`request`; None while the first step is the request.
+    first: Request | None = None
+    #: What the first step was answered (the signed URL and where the bytes land).
+    answer: dict[str, Any] = attrs.Factory(dict)
 
     @property
     def payload(self) -> Any:
@@ -130,4 +135,6 @@ Action = Send | Wait
 
 def what(op: Op) -> str:
     """``POST /v1/models/...``: the request an answer was about."""
+    if op.request.method == "PUT":
+        return "PUT to the signed upload URL"  # its query is a credential
     return f"{op.request.method} {op.request.path}"

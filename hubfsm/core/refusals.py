@@ -13,6 +13,7 @@ from typing import Any
 from hubfsm.core import protocol
 from hubfsm.core.changes import MetricsQueued, OpClosed, Refusal, Rejected
 from hubfsm.core.config import DATA_CHANNELS
+from hubfsm.core.dialect import PLATFORM
 from hubfsm.core.ops import Load, MetricsBatch, Op, Opening, what
 from hubfsm.core.schedule import Scheduling
 from hubfsm.errors import (
@@ -60,6 +61,8 @@ class Answers(Scheduling):
             self._offer_final(None)
             self._next_heartbeat = math.inf
             self.machine.fire("acknowledged")
+        elif isinstance(op.purpose, Opening) and self.dialect is PLATFORM:
+            self._run_opened(op, response)
         elif isinstance(op.purpose, Load):
             try:
                 protocol.check_record(data, self.model_id, response=response)
@@ -92,6 +95,23 @@ class Answers(Scheduling):
             else:
                 self.model_id = model_id
                 self.machine.fire("create")
+
+    def _run_opened(self, op: Op, response: Response) -> None:
+        """``training_started`` was answered: adopt the model and its run."""
+        purpose = op.purpose
+        assert isinstance(purpose, Opening), purpose
+        known = self.model_id if isinstance(purpose, Load) else None
+        try:
+            opened = PLATFORM.opened(response, model_id=known)
+        except protocol.HubProtocolError as exc:
+            self.error = exc
+            self.machine.fire(purpose.event, ok=False)
+            return
+        # The id names the outbox directory: PLATFORM.opened checked it is no path.
+        self.model_id = opened.model_id
+        self.run_id = opened.run_id
+        self.model_url = opened.model_url
+        self.machine.fire(purpose.event)
 
     def _fatal(self, op: Op, response: Response) -> None:
         """A refusal: decide what it stops, by channel and answer (see the docs' table)."""

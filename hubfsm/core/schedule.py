@@ -7,12 +7,12 @@ takes and the actions it gives; this part owns the limits, the keys and the retr
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from hubfsm.core import protocol
 from hubfsm.core.changes import Change, Offered, OpClosed, OpOpened, Rejected
 from hubfsm.core.config import DATA_CHANNELS, CoreConfig, Notify, Stats
+from hubfsm.core.dialect import Dialect
 from hubfsm.core.identifier import Identifier
 from hubfsm.core.machine import SessionMachine
 from hubfsm.core.ops import (
@@ -34,6 +34,11 @@ class Scheduling:
 
     # The core's state, set by Core.__init__ (declared here for the parts that use it).
     config: CoreConfig
+    dialect: Dialect
+    run_id: int | None
+    cancelled: bool
+    on_cancel: Callable[[], None] | None
+    model_url: str | None
     _rng: random.Random
     _nonce: str
     machine: SessionMachine
@@ -123,7 +128,7 @@ class Scheduling:
             return
         if ops["heartbeat"] is None and now >= self._next_heartbeat and self.machine.heartbeats:
             self._add(
-                "heartbeat", protocol.heartbeat(model_id, self.agent_id), Heartbeat(), now=now
+                "heartbeat", self.dialect.heartbeat(model_id, self.agent_id), Heartbeat(), now=now
             )
         # The final flush is exempt from the metrics limit (as the official client's final
         # upload is): the trainer is waiting, and it is the last metrics request.
@@ -132,10 +137,13 @@ class Scheduling:
             if self._solo:
                 epoch = next(iter(self._solo))
                 batch = {epoch: self._solo.pop(epoch)}
-            else:
+            elif self.dialect.batches:
                 batch = self._unsent
                 self._unsent = {}
-            request = protocol.upload_metrics(model_id, batch, key=self._key())
+            else:
+                epoch = next(iter(self._unsent))
+                batch = {epoch: self._unsent.pop(epoch)}
+            request = self.dialect.metrics(model_id, batch, key=self._key())
             self._add("metrics", request, MetricsBatch(tuple(batch)), now=now)
         if (
             ops["checkpoint"] is None
@@ -144,8 +152,8 @@ class Scheduling:
         ):
             epoch, file, is_best = self._checkpoint
             self._offer_checkpoint(None)
-            request = protocol.upload_checkpoint(
-                model_id, epoch, file, is_best=is_best, key=self._key()
+            request = self.dialect.checkpoint(
+                model_id, self.run_id, epoch, file, is_best=is_best, key=self._key()
             )
             self._add("checkpoint", request, CheckpointUpload(epoch), now=now)
         if (
@@ -155,13 +163,16 @@ class Scheduling:
             and ops["metrics"] is None
             and not self._unsent
             and not self._solo
+            and not (self.dialect.final_after_checkpoint and ops["checkpoint"] is not None)
         ):
             epoch, file, map50_95 = self._final
             # The key follows the content, so finishing again with the same weights after
             # an interrupted upload that did land is replayed by the hub, not refused. The
             # mAP is part of the body, so it is part of the key: one key, one request.
             key = f"final-{model_id}-{epoch}-{file.sha256[:32]}-{float(map50_95)!r}"
-            request = protocol.upload_final(model_id, epoch, file, map50_95=map50_95, key=key)
+            request = self.dialect.final(
+                model_id, self.run_id, epoch, file, map50_95=map50_95, key=key
+            )
             self._add("final", request, FinalUpload(epoch), now=now)
         metrics_op = ops["metrics"]
         if metrics_op is not None:

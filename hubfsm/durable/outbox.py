@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hubfsm.core.changes import Change, Saved
+from hubfsm.core.dialect import OUTBOX_ID
 from hubfsm.core.events import FileStamp
-from hubfsm.core.protocol import HUB_ID
 from hubfsm.digest import chunks, sha256_chunks, sha256_of
 from hubfsm.durable.layout import (
     DATABASE,
@@ -94,7 +94,7 @@ class Outbox:
         hub: HubRoots | None = None,
     ) -> None:
         directory = Path(directory)
-        if not HUB_ID.fullmatch(model_id):
+        if not OUTBOX_ID.fullmatch(model_id):
             raise ValueError(f"{model_id[:24]!r} is not a model id; it cannot name an outbox")
         self.root = Path(root) if root is not None else directory.parent
         if directory.name != model_id or Path(os.path.abspath(directory)).parent != Path(
@@ -157,9 +157,9 @@ class Outbox:
         """Open the outbox of ``model_id`` under ``root`` (default: :func:`default_root`).
 
         Raises:
-            ValueError: ``model_id`` is not a hub id (20 ASCII letters and digits).
+            ValueError: ``model_id`` is not a model id (8 to 64 ASCII letters and digits).
         """
-        if not HUB_ID.fullmatch(model_id):
+        if not OUTBOX_ID.fullmatch(model_id):
             raise ValueError(f"{model_id[:24]!r} is not a model id; it cannot name an outbox")
         base = Path(root) if root is not None else default_root()
         return cls(base / model_id, model_id, root=base, hub=hub)

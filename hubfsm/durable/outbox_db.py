@@ -328,6 +328,26 @@ class OutboxDB:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'refusal'").fetchone()
         return None if row is None else str(row[0])
 
+    def run(self) -> tuple[str | None, int | None]:
+        """The protocol dialect the records are in (None: not recorded) and the run id."""
+        rows = dict(
+            self._db.execute("SELECT key, value FROM meta WHERE key IN ('protocol', 'run_id')")
+        )
+        spoken, run_id = rows.get("protocol"), rows.get("run_id")
+        return (
+            None if spoken is None else str(spoken),
+            None if run_id is None else int(run_id),
+        )
+
+    def set_run(self, protocol: str, run_id: int | None) -> None:
+        """Record the dialect and the Platform run id, for whoever opens the outbox next."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('protocol', ?)", (protocol,))
+            if run_id is None:
+                db.execute("DELETE FROM meta WHERE key = 'run_id'")
+            else:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('run_id', ?)", (str(run_id),))
+
     def drop_rejected(self, keys: Sequence[str] | None = None) -> int:
         """Forget rejected records (those of ``keys``, or all); returns how many went."""
         with self._transaction() as db:

@@ -19,7 +19,7 @@ from typing import TextIO
 import attrs
 
 from hubfsm.core.changes import KEPT_ASIDE, Rejected, pending_counts
-from hubfsm.core.protocol import HUB_ID
+from hubfsm.core.dialect import OUTBOX_ID
 from hubfsm.durable.journal import JournalDamage, scan
 from hubfsm.durable.layout import (
     DATABASE,
@@ -64,6 +64,7 @@ class OutboxInfo:
             (kept until ``hubfsm discard``, like rejected ones).
         hub: The hub the records are for, if the outbox records it (those made by
             older versions do not, until a session opens them).
+        protocol: The dialect its records are in: ``hub`` or ``platform``.
     """
 
     directory: Path
@@ -75,6 +76,7 @@ class OutboxInfo:
     refusal: str | None = None
     kept_aside: tuple[str, ...] = ()
     hub: HubRoots | None = None
+    protocol: str = "hub"
 
 
 def find(root: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -87,7 +89,9 @@ def find(root: str | os.PathLike[str] | None = None) -> list[Path]:
         return [base]
     if not base.is_dir():
         return []
-    return sorted(p for p in base.iterdir() if HUB_ID.fullmatch(p.name) and (p / DATABASE).exists())
+    return sorted(
+        p for p in base.iterdir() if OUTBOX_ID.fullmatch(p.name) and (p / DATABASE).exists()
+    )
 
 
 def _in_use(directory: Path) -> bool:
@@ -112,6 +116,7 @@ def _read(directory: Path) -> OutboxInfo:
             check_database(db)
             row = db.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()
             seq = db.execute("SELECT value FROM meta WHERE key = 'journal_seq'").fetchone()
+            spoken = db.execute("SELECT value FROM meta WHERE key = 'protocol'").fetchone()
             metrics = db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
             in_ops = 0
             checkpoint = False
@@ -150,7 +155,7 @@ def _read(directory: Path) -> OutboxInfo:
             directory, f"its records cannot be read ({type(error).__name__})", salvage(directory)
         ) from None
     model_id = row[0] if row is not None else None
-    if not isinstance(model_id, str) or not HUB_ID.fullmatch(model_id):
+    if not isinstance(model_id, str) or not OUTBOX_ID.fullmatch(model_id):
         raise OutboxDamaged(directory, "it names no valid model id", salvage(directory))
     if directory.name != model_id:
         raise OutboxDamaged(
@@ -167,8 +172,18 @@ def _read(directory: Path) -> OutboxInfo:
     in_use = _in_use(directory)
     # A running session's journal may be read mid-write; its session reports its damage.
     damage = None if in_use else scan(directory / JOURNAL, after=after).damage
+    protocol = "platform" if spoken is not None and spoken[0] == "platform" else "hub"
     return OutboxInfo(
-        directory, model_id, pending, in_use, damage, rejected, refusal, kept_aside=aside, hub=hub
+        directory,
+        model_id,
+        pending,
+        in_use,
+        damage,
+        rejected,
+        refusal,
+        kept_aside=aside,
+        hub=hub,
+        protocol=protocol,
     )
 
 

@@ -50,6 +50,7 @@ from hubfsm.integrations.ultralytics_hub import (
     uninstall,
 )
 from hubfsm.integrations.ultralytics_objects import DETACHED, EVENTS, MAP_KEY, Claimed, model_info
+from hubfsm.integrations.ultralytics_platform import PlatformCallbacks
 from hubfsm.transport import Transport
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "EVENTS",
     "MAP_KEY",
     "HUBTrainingSession",
+    "PlatformCallbacks",
     "UltralyticsCallbacks",
     "add_callbacks",
     "install",

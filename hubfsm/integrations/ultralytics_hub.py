@@ -1,4 +1,10 @@
-"""``install()``: make ultralytics (8.2.x, 8.3.x) train through hubfsm's ``HUBTrainingSession``.
+"""``install()``: make ultralytics train through hubfsm: HUB on 8.2/8.3, Platform on 8.4.
+
+On ultralytics with ``ultralytics.hub`` (8.2.x, 8.3.x, 8.4 before 8.4.115) it puts hubfsm's
+``HUBTrainingSession`` in place of the official one; on ultralytics without it (8.4.115
+and later) it puts hubfsm's Platform callbacks
+(:class:`~hubfsm.integrations.ultralytics_platform.PlatformCallbacks`) in place of
+``ultralytics.utils.callbacks.platform.callbacks``, so the official pool sends nothing.
 
 ::
 
@@ -23,6 +29,7 @@ from typing import Any
 from hubfsm.core.engine import CoreConfig
 from hubfsm.errors import HubfsmError
 from hubfsm.integrations.ultralytics_objects import CREATE_ARGS, settings_key
+from hubfsm.integrations.ultralytics_platform import MODULE, PlatformCallbacks
 from hubfsm.integrations.ultralytics_session import HUBTrainingSession, StandInOptions
 from hubfsm.logs import get_logger
 
@@ -50,12 +57,14 @@ def install(
     cache_dir: str | os.PathLike[str] | None = None,
     outbox_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
-) -> type[HUBTrainingSession]:
+) -> type[HUBTrainingSession] | PlatformCallbacks:
     """Make ultralytics use hubfsm's :class:`HUBTrainingSession` (idempotent).
 
     Replaces ``HUBTrainingSession`` in ``ultralytics.hub.session`` and wherever
     ultralytics imported it (``ultralytics.hub``, ``ultralytics.utils.callbacks.hub``).
-    :func:`uninstall` puts the originals back.
+    On an ultralytics without ``ultralytics.hub`` (8.4.115 and later) it replaces the
+    Platform callbacks instead, and returns those; ``api_root`` is then the Platform root
+    (else ``ULTRALYTICS_PLATFORM_URL``). :func:`uninstall` puts the originals back.
 
     Args:
         api_root: The API root (else ``ULTRALYTICS_HUB_API``).
@@ -68,19 +77,36 @@ def install(
         progress: Show a progress bar while weights download.
 
     Returns:
-        The class now in use.
+        The class now in use, or the Platform callbacks now in use.
 
     Raises:
-        HubfsmError: This ultralytics has no ``ultralytics.hub`` (8.4 and later): use
-            :func:`~hubfsm.integrations.ultralytics.add_callbacks` there.
+        HubfsmError: This ultralytics has neither ``ultralytics.hub`` nor Platform
+            callbacks: use :func:`~hubfsm.integrations.ultralytics.add_callbacks` there.
     """
     try:
         importlib.import_module("ultralytics.hub.session")
     except ImportError as exc:
-        raise HubfsmError(
-            "this ultralytics has no ultralytics.hub (removed in 8.4): register the "
-            "callbacks with hubfsm.integrations.ultralytics.add_callbacks(model) instead"
-        ) from exc
+        try:
+            platform = importlib.import_module(MODULE)
+        except ImportError:
+            raise HubfsmError(
+                "this ultralytics has neither ultralytics.hub nor Platform callbacks: "
+                "register hubfsm's with hubfsm.integrations.ultralytics.add_callbacks(model)"
+            ) from exc
+        current = getattr(platform, "callbacks", None)
+        if isinstance(current, _Callbacks):
+            return current.owner
+        ours = PlatformCallbacks(
+            api_root=api_root,
+            config=config,
+            outbox_dir=outbox_dir,
+            open_timeout=open_timeout,
+            finish_timeout=finish_timeout,
+        )
+        _originals.setdefault(MODULE, current)
+        platform.callbacks = _Callbacks(ours)  # type: ignore[attr-defined]
+        log.info("ultralytics.installed", replaced=[MODULE])
+        return ours
     HUBTrainingSession.options = StandInOptions(
         api_root=api_root,
         web_root=web_root,
@@ -106,15 +132,28 @@ def install(
 
 
 def uninstall() -> None:
-    """Put ultralytics' own ``HUBTrainingSession`` back where :func:`install` replaced it."""
+    """Put ultralytics' own ``HUBTrainingSession`` (or Platform callbacks) back."""
     for name, original in list(_originals.items()):
         module = sys.modules.get(name)
-        if module is not None:
+        if module is not None and name == MODULE:
+            module.callbacks = original  # type: ignore[attr-defined]
+        elif module is not None:
             module.HUBTrainingSession = original  # type: ignore[attr-defined]
         del _originals[name]
 
 
 def installed() -> bool:
-    """True while hubfsm's class is in ``ultralytics.hub.session``."""
+    """True while hubfsm's class is in ``ultralytics.hub.session``, or its Platform callbacks."""
     module = sys.modules.get("ultralytics.hub.session")
-    return getattr(module, "HUBTrainingSession", None) is HUBTrainingSession
+    if getattr(module, "HUBTrainingSession", None) is HUBTrainingSession:
+        return True
+    platform = sys.modules.get(MODULE)
+    return isinstance(getattr(platform, "callbacks", None), _Callbacks)
+
+
+class _Callbacks(dict[str, Any]):
+    """The Platform callbacks by event, as ultralytics reads them, knowing whose they are."""
+
+    def __init__(self, owner: PlatformCallbacks) -> None:
+        super().__init__(owner.callbacks())
+        self.owner = owner

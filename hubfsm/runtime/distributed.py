@@ -95,6 +95,10 @@ class NullSession:
     model_id: str | None = None
     model_url = ""
     error = None
+    run_id: int | None = None
+    #: Never cancelled: no answer comes here.
+    cancelled = False
+    protocol = "hub"
 
     def __init__(self, rank: int, identifier: Identifier | None = None) -> None:
         self.rank = rank

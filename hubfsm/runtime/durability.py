@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from hubfsm.durable.files import describe
 from hubfsm.durable.journal import InboxItem, Journal, journal_unavailable
 from hubfsm.durable.outbox import Outbox, stamp_of
 from hubfsm.durable.recovery import journal_path, kept_counts, recover
+from hubfsm.errors import HubfsmError
 from hubfsm.transport import FilePart
 
 #: Opens a model's outbox under a root (the files backend: :meth:`Outbox.open`).
@@ -68,6 +70,9 @@ class Durability:
         self.journal: Journal | None = None
         #: Why the outbox could not be opened, if it could not.
         self.error: Exception | None = None
+        self._core: Core | None = None
+        # The dialect and run last recorded in the outbox.
+        self._run: tuple[str, int | None] | None = None
         #: What the outbox held on disk when it closed, per channel (see ``Saved.counts``).
         self.kept: dict[str, int] | None = None
         #: The held link of the newest checkpoint offer, released by a newer one.
@@ -88,11 +93,13 @@ class Durability:
         """
         outbox = self._open(model_id, self.root)
         try:
+            self._adopt_run(outbox, core)
             self._recover(outbox, core, now=now, quiet=self.quiet)
         except BaseException:
             outbox.close()
             raise
         self.outbox = outbox
+        self._core = core
         if self.use_journal:
             path = journal_path(outbox)
             try:
@@ -113,6 +120,13 @@ class Durability:
         outbox = self.outbox
         if outbox is None:
             return
+        core = self._core
+        if core is not None and (core.dialect.name, core.run_id) != self._run:
+            # A resumed Platform model got a new run: later records belong to it. A disk
+            # that refuses this write refuses the records too; it is tried again with them.
+            with contextlib.suppress(OSError, sqlite3.Error):
+                outbox.db.set_run(core.dialect.name, core.run_id)
+                self._run = (core.dialect.name, core.run_id)
         outbox.apply(changes, journal_seq=journal_seq)
         if journal_seq is not None and self.journal is not None:
             self.journal.consumed(journal_seq)
@@ -120,6 +134,26 @@ class Durability:
         for link in released:
             with contextlib.suppress(OSError):
                 os.unlink(link)
+
+    def _adopt_run(self, outbox: Outbox, core: Core) -> None:
+        """Check the outbox speaks the core's dialect; a Platform core takes its run.
+
+        Raises:
+            HubfsmError: The outbox holds records of the other dialect.
+        """
+        spoken, run_id = outbox.db.run()
+        if spoken is None and not outbox.load().empty:
+            spoken = "hub"  # kept before outboxes recorded their dialect
+        name = core.dialect.name
+        if spoken is not None and spoken != name:
+            raise HubfsmError(
+                f"the outbox of model {outbox.model_id} holds records of the {spoken} "
+                f"protocol; open it with protocol={spoken!r}"
+            )
+        if core.run_id is None:
+            core.run_id = run_id
+        outbox.db.set_run(name, core.run_id)
+        self._run = (name, core.run_id)
 
     def hold(self, path: str, *, checkpoint: bool = False) -> str | None:
         """Keep the file's current content reachable until :meth:`take` (see Outbox.hold).

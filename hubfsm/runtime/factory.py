@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from hubfsm.core import protocol
+from hubfsm.core.dialect import PLATFORM
 from hubfsm.core.engine import Core
 from hubfsm.core.events import Barrier
 from hubfsm.durable.journal import InboxItem
@@ -97,10 +98,16 @@ def http_transport(settings: Settings) -> Transport:
     Raises:
         HubfsmError: There is no API key.
     """
+    if not settings.api_key and settings.protocol == "platform":
+        raise HubfsmError("no Platform API key: pass api_key=, or set ULTRALYTICS_API_KEY")
     if not settings.api_key:
         raise HubfsmError(
             "no API key: pass api_key=, use an 'apiKey_modelId' identifier, or set HUB_API_KEY"
         )
+    if settings.protocol == "platform":
+        from transports.platform import PlatformTransport
+
+        return PlatformTransport(settings.api_key, api_root=settings.api_root)
     from transports.http import RequestsTransport
 
     return RequestsTransport(settings.api_key, api_root=settings.api_root)
@@ -214,7 +221,9 @@ def open_model(parts: Parts) -> None:
     if durability is not None and parsed.model_id is not None:
         durability.attach(parsed.model_id, core, now=shell.clock())
     create = None
-    if parsed.filename is not None:
+    if settings.protocol == "platform":
+        create = PLATFORM.train_data(settings.train_args)
+    elif parsed.filename is not None:
         create = protocol.create_payload(parsed.filename, settings.train_args)
     core.open(parsed, create=create, now=shell.clock())
     shell.start()

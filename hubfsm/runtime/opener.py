@@ -16,9 +16,11 @@ the close deadline was sent, the rest stays pending, and the exception propagate
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 from hubfsm import env as environment
+from hubfsm.core.dialect import PLATFORM, choose, parse_platform_identifier
 from hubfsm.core.engine import CoreConfig
 from hubfsm.core.identifier import parse_identifier
 from hubfsm.logs import get_logger
@@ -49,6 +51,8 @@ def open(
     journal: bool = True,
     exit_timeout: float = 10.0,
     handle_signals: bool = False,
+    protocol: str | None = None,
+    on_cancel: Callable[[], None] | None = None,
     **train_args: Any,
 ) -> TrainingSession:
     """Open a training session on the hub and start it (heartbeats begin).
@@ -71,6 +75,9 @@ def open(
         journal: Write each trainer call to the crash-safe journal first.
         exit_timeout: Seconds closing (and interpreter exit) spends sending.
         handle_signals: Also flush on SIGTERM/SIGINT, then chain to the old handlers.
+        protocol: ``hub`` or ``platform``; by default chosen as
+            :meth:`~hubfsm.runtime.settings.Settings.resolve` says.
+        on_cancel: Called once when the service says the run was cancelled (Platform).
         **train_args: For a local file, the training configuration in ultralytics' names
             (``data``, ``epochs``, ``batch``, ``imgsz``, ``patience``, ``device``,
             ``cache``; other names are not part of the hub's model and are ignored).
@@ -87,13 +94,25 @@ def open(
     text = os.fspath(identifier)
     # Parsing is pure, so every rank fails alike on a bad identifier rather than rank 0
     # alone failing while the others wait for it at their first collective.
-    web = web_root or environment.web_root() or web_root_of(api_root or environment.api_root())
-    parsed = parse_identifier(text, web_root=web)
+    dialect = choose(
+        protocol,
+        api_key=api_key,
+        identifier=text,
+        platform_url=environment.platform_url(),
+        platform_key=environment.platform_api_key(),
+        hub_key=environment.api_key(),
+    )
+    if dialect is PLATFORM:
+        name = train_args.get("name")
+        parsed = parse_platform_identifier(text, name=None if name is None else str(name))
+    else:
+        web = web_root or environment.web_root() or web_root_of(api_root or environment.api_root())
+        parsed = parse_identifier(text, web_root=web)
     rank = global_rank()
     if rank != 0:
         log.info("session.inactive", rank=rank, model_id=parsed.model_id)
         return NullSession(rank, parsed)
-    if parsed.model_id is not None and train_args:
+    if parsed.model_id is not None and train_args and dialect is not PLATFORM:
         log.warning(
             "session.train_args_ignored", model_id=parsed.model_id, names=sorted(train_args)
         )
@@ -111,6 +130,8 @@ def open(
         journal=journal,
         exit_timeout=exit_timeout,
         handle_signals=handle_signals,
+        protocol=dialect.name,
+        on_cancel=on_cancel,
     )
     try:
         session.start()

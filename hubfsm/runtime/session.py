@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from hubfsm.core.changes import describe_pending
@@ -78,6 +78,13 @@ class Session(SessionViews):
             (else ``HUBFSM_OFFLINE``); needs a model id.
         exit_timeout: Seconds :meth:`close` (and interpreter exit) spends sending.
         handle_signals: Also flush on SIGTERM/SIGINT, then chain to the old handlers.
+        protocol: ``hub`` or ``platform``; by default chosen from the key's form and
+            the environment (see :meth:`hubfsm.runtime.settings.Settings.resolve`).
+            For Platform the identifier is ``owner/project`` (the run named by
+            ``train_args["name"]``, default ``train``), ``owner/project/run``, or the
+            model id of a run to continue.
+        on_cancel: Called once, on the session's worker thread, when an answer says a
+            person cancelled the run (see :attr:`cancelled`).
 
     Raises:
         IdentifierError: The identifier is in none of the accepted forms.
@@ -104,7 +111,10 @@ class Session(SessionViews):
         offline: bool | None = None,
         exit_timeout: float = 10.0,
         handle_signals: bool = False,
+        protocol: str | None = None,
+        on_cancel: Callable[[], None] | None = None,
     ) -> None:
+        self._on_cancel = on_cancel
         settings = Settings.resolve(
             identifier,
             api_key=api_key,
@@ -120,6 +130,7 @@ class Session(SessionViews):
             offline=offline,
             exit_timeout=exit_timeout,
             handle_signals=handle_signals,
+            protocol=protocol,
         )
         self._setup(build(settings, transport=transport))
 
@@ -130,6 +141,7 @@ class Session(SessionViews):
         It raises what the constructor raises.
         """
         session = cls.__new__(cls)
+        session._on_cancel = None
         session._setup(parts)
         return session
 
@@ -155,6 +167,7 @@ class Session(SessionViews):
         self._refusal_noticed = not settings.notify_refusal
         self._refusal_raised = False
         parts.hooks.refused.append(self._notice_refusal)
+        core.on_cancel = self._cancelled
         try:
             open_model(parts)
         except BaseException:
@@ -417,6 +430,16 @@ class Session(SessionViews):
             print(
                 notice(self._core, self.outbox_dir, self._settings.api_root), file=sys.stderr
             )
+
+    def _cancelled(self) -> None:
+        """The service said a person cancelled the run: tell the trainer's callback."""
+        self._log.warning("session.cancelled", model_id=self._core.model_id)
+        callback = self._on_cancel
+        if callback is not None:
+            try:
+                callback()
+            except Exception as exc:  # the trainer's bug must not stop delivery
+                self._log.error("session.on_cancel_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _refusal_error(self) -> HubfsmError:
         return refusal_error(self._core, self.outbox_dir, self._settings.api_root)

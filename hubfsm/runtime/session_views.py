@@ -53,8 +53,29 @@ class SessionViews:
 
     @property
     def model_url(self) -> str:
-        """The model's page on the hub's web site."""
+        """The model's page on the hub's web site (Platform: the URL its answer gave)."""
+        if self._core.dialect.name == "platform":
+            return self._core.model_url or ""
         return f"{self.web_root}/models/{self._core.model_id}"
+
+    @property
+    def protocol(self) -> str:
+        """The protocol dialect the session speaks: ``hub`` or ``platform``."""
+        return self._core.dialect.name
+
+    @property
+    def run_id(self) -> int | None:
+        """The Platform run the session reports to (None for HUB)."""
+        return self._core.run_id
+
+    @property
+    def cancelled(self) -> bool:
+        """True once an answer said a person cancelled the run (Platform's ``cancelled``).
+
+        The session goes on recording and sending; stopping training is the trainer's
+        call (the ultralytics integration sets ``trainer.stop``).
+        """
+        return self._core.cancelled
 
     @property
     def record(self) -> Mapping[str, Any]:

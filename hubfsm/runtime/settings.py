@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from hubfsm import env as environment
+from hubfsm.core.dialect import PLATFORM, PLATFORM_API_ROOT, choose, parse_platform_identifier
 from hubfsm.core.engine import CoreConfig
 from hubfsm.core.identifier import DEFAULT_WEB_ROOT, Identifier, parse_identifier
 from hubfsm.errors import HubfsmError
@@ -30,6 +31,10 @@ API_ROOT_ENV = environment.API_ROOT
 OFFLINE_ENV = environment.OFFLINE
 #: The outbox root.
 OUTBOX_ENV = environment.OUTBOX
+#: The Platform API key.
+PLATFORM_API_KEY_ENV = environment.PLATFORM_API_KEY
+#: The Platform API root; when set, sessions speak the Platform dialect.
+PLATFORM_URL_ENV = environment.PLATFORM_URL
 
 
 def web_root_of(api_root: str | None) -> str:
@@ -55,6 +60,7 @@ class Settings:
         at_exit: Close the session at interpreter exit (the simulator's sessions do not).
         notify_refusal: Say once on stderr when a refusal stops sending (``hubfsm sync``
             reports refusals on its own output instead).
+        protocol: The dialect spoken: ``hub`` or ``platform``.
     """
 
     identifier: Identifier
@@ -73,6 +79,7 @@ class Settings:
     handle_signals: bool = False
     at_exit: bool = True
     notify_refusal: bool = True
+    protocol: str = "hub"
 
     @classmethod
     def resolve(
@@ -93,16 +100,50 @@ class Settings:
         exit_timeout: float = 10.0,
         handle_signals: bool = False,
         environ: Mapping[str, str] | None = None,
+        protocol: str | None = None,
     ) -> Settings:
         """Resolve a session's settings from its arguments, the environment and defaults.
+
+        The dialect is ``protocol`` when given; else Platform for a ``ul_`` key, a
+        ``ul://`` identifier, a set ``ULTRALYTICS_PLATFORM_URL``, or a ``ul_`` key in
+        ``ULTRALYTICS_API_KEY`` (and no HUB identifier); else HUB v1. For Platform the
+        key defaults to ``ULTRALYTICS_API_KEY`` and the API root to
+        ``ULTRALYTICS_PLATFORM_URL``, else ``https://platform.ultralytics.com``.
 
         Raises:
             IdentifierError: The identifier is in none of the accepted forms.
             HubfsmError: Offline mode without a model id or without the outbox.
+            ValueError: ``protocol`` names no dialect.
         """
+        platform_url = environment.platform_url(environ)
+        platform_key = environment.platform_api_key(environ)
+        dialect = choose(
+            protocol,
+            api_key=api_key,
+            identifier=identifier,
+            platform_url=platform_url,
+            platform_key=platform_key,
+            hub_key=environment.api_key(environ),
+        )
+        args = dict(train_args or {})
+        if dialect is PLATFORM:
+            api_key = api_key or platform_key
+            if api_root is None:
+                api_root = platform_url or PLATFORM_API_ROOT
+            config = (
+                CoreConfig(limits=PLATFORM.limits, protocol="platform")
+                if config is None
+                else attrs.evolve(config, protocol="platform")
+            )
         api = api_root if api_root is not None else environment.api_root(environ)
         web = (web_root or environment.web_root(environ) or web_root_of(api)).rstrip("/")
-        parsed = parse_identifier(identifier, web_root=web)
+        if dialect is PLATFORM:
+            name = args.get("name")
+            parsed = parse_platform_identifier(
+                identifier, name=None if name is None else str(name)
+            )
+        else:
+            parsed = parse_identifier(identifier, web_root=web)
         if offline is None:
             offline = environment.offline(environ)
         if offline and parsed.model_id is None:
@@ -117,8 +158,9 @@ class Settings:
             web_root=web,
             api_key=api_key or parsed.api_key or environment.api_key(environ),
             api_root=api,
-            train_args=dict(train_args or {}),
+            train_args=args,
             config=config or CoreConfig(),
+            protocol=dialect.name,
             open_timeout=open_timeout,
             seed=seed,
             outbox=outbox,

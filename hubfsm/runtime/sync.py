@@ -58,23 +58,32 @@ def fold_journals(infos: list[OutboxInfo], *, damaged: bool) -> None:
             outbox.close()
 
 
-def status(root: str | os.PathLike[str] | None, *, out: TextIO, as_json: bool = False) -> int:
+def status(
+    root: str | os.PathLike[str] | None,
+    *,
+    out: TextIO,
+    as_json: bool = False,
+    protocol: str | None = None,
+) -> int:
     """Print the outboxes and what each holds; 1 when any of them is damaged.
 
     Aligned columns, one outbox a line; under them each rejected record (the hub refused
     its payload), each record kept aside unsent, and each refusal that holds records
     (sending stopped; ``hubfsm sync`` delivers them once the cause is fixed). With
-    ``as_json``, one JSON object with the same facts, for scripts.
+    ``as_json``, one JSON object with the same facts, for scripts. ``protocol`` (``hub``
+    or ``platform``) lists only that dialect's outboxes; a Platform outbox is marked
+    ``(platform)`` beside its model id.
     """
     found = survey(root)
     if as_json:
         fold_journals(found.infos, damaged=False)
-        shown = _status_json(survey(root).infos, found.damaged, found.infos)
+        listed = [i for i in survey(root).infos if protocol is None or i.protocol == protocol]
+        shown = _status_json(listed, found.damaged, found.infos)
         print(json.dumps(shown, indent=2), file=out)
         return 1 if found.damaged or any(i.journal_damage for i in found.infos) else 0
     damaged = report_damage(found, out=out, repair=False)
     fold_journals(found.infos, damaged=False)
-    infos = survey(root).infos
+    infos = [i for i in survey(root).infos if protocol is None or i.protocol == protocol]
     if not infos:
         print("no outboxes" if not damaged else "no readable outboxes", file=out)
         return 1 if damaged else 0
@@ -108,7 +117,7 @@ def status(root: str | os.PathLike[str] | None, *, out: TextIO, as_json: bool = 
 def _row(info: OutboxInfo) -> tuple[str, ...]:
     p = info.pending
     return (
-        info.model_id,
+        info.model_id if info.protocol == "hub" else f"{info.model_id} ({info.protocol})",
         str(p["metrics"]),
         str(p["checkpoint"]),
         str(p["final"]),
@@ -149,6 +158,7 @@ def _status_json(
                 "refusal": info.refusal,
                 "in_use": info.in_use,
                 "hub": None if info.hub is None else attrs.asdict(info.hub),
+                "protocol": info.protocol,
                 "journal_damage": journal_damage.get(info.directory),
             }
             for info in infos
@@ -166,23 +176,28 @@ def target(info: OutboxInfo, *, hub: str | None, api_root: str | None) -> str:
     Args:
         info: The outbox.
         hub: The API root given with ``--hub``: it wins.
-        api_root: The API root the environment names (``ULTRALYTICS_HUB_API``), if any.
+        api_root: The API root the environment names (``ULTRALYTICS_HUB_API``, or
+            ``ULTRALYTICS_PLATFORM_URL`` for a Platform outbox), if any.
 
     Raises:
         HubfsmError: The outbox records another hub than the environment names: the
             message says which ``--hub`` sends it where.
     """
+    from hubfsm.core.dialect import PLATFORM_API_ROOT
+    from hubfsm.env import PLATFORM_URL
     from transports.settings import DEFAULT_API_ROOT
 
     if hub:
         return hub
+    platform = info.protocol == "platform"
     recorded = info.hub.api_root if info.hub is not None else None
     if recorded is None:  # an outbox older than the record
-        return api_root or DEFAULT_API_ROOT
+        return api_root or (PLATFORM_API_ROOT if platform else DEFAULT_API_ROOT)
     if api_root and not same_hub(api_root, recorded):
         where = shlex.quote(str(info.directory))
+        variable = PLATFORM_URL if platform else API_ROOT_ENV
         raise HubfsmError(
-            f"its outbox was made for the hub at {recorded}, but {API_ROOT_ENV} names "
+            f"its outbox was made for the hub at {recorded}, but {variable} names "
             f"{api_root}; nothing was sent. `hubfsm sync --hub {recorded} {where}` sends it "
             f"where it was made; `--hub {api_root}` sends it there instead"
         )
@@ -217,6 +232,7 @@ def _sync_one(
             web_root=info.hub.web_root if info.hub is not None else None,
             outbox_dir=info.directory.parent,
             offline=False,
+            protocol=info.protocol,
         )
         # Sync reports a refusal on its own output; the session's stderr notice is for
         # trainers.
@@ -261,15 +277,16 @@ def sync(
     timeout: float = 600.0,
     out: TextIO,
     open_session: SessionOpener | None = None,
+    protocol: str | None = None,
 ) -> int:
     """Send every pending outbox under ``root``; 0 when all of them are empty afterwards.
 
-    Each outbox goes to the hub it records (see :func:`target`). A damaged outbox is
-    reported and set aside, and the others are sent; the exit status is then 1, as it
-    is when a journal was damaged, or while any record the hub rejected is held
-    (``hubfsm discard`` removes those). ``open_session`` opens the session that sends
-    one outbox (the simulator composes one on its virtual clock); by default an
-    ordinary :class:`Session`.
+    Each outbox goes to the hub it records (see :func:`target`), in the dialect it
+    recorded. A damaged outbox is reported and set aside, and the others are sent; the
+    exit status is then 1, as it is when a journal was damaged, or while any record the
+    hub rejected is held (``hubfsm discard`` removes those). ``open_session`` opens the
+    session that sends one outbox (the simulator composes one on its virtual clock); by
+    default an ordinary :class:`Session`.
 
     Args:
         root: The outbox root, or one model's outbox (None: the default root).
@@ -281,11 +298,13 @@ def sync(
         timeout: Seconds to spend on each model.
         out: Where the report goes.
         open_session: Opens the session that sends one outbox.
+        protocol: ``hub`` or ``platform``: send only that dialect's outboxes, whose key
+            and API root ``api_key`` and ``api_root`` then are.
     """
     found = survey(root)
     damaged = report_damage(found, out=out, repair=True)
     fold_journals(found.infos, damaged=True)
-    infos = survey(root).infos
+    infos = [i for i in survey(root).infos if protocol is None or i.protocol == protocol]
     todo = [i for i in infos if any(i.pending.values())]
     if not todo:
         print("nothing to send", file=out)
@@ -336,7 +355,8 @@ def sync(
     print(f"synced {ok} of {len(todo)} outboxes", file=out)
     if damaged:
         print(f"{damaged} damaged outbox(es) or journal(s): see above", file=out)
-    held = _report_rejected(survey(root).infos, out=out)
+    left = [i for i in survey(root).infos if protocol is None or i.protocol == protocol]
+    held = _report_rejected(left, out=out)
     return 0 if ok == len(todo) and not damaged and not held else 1
 
 

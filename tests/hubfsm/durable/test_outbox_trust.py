@@ -78,7 +78,10 @@ def test_the_local_hub_database_is_owner_only(tmp_path):
 # --- 1. a model id never becomes a path, and only our own files are deleted -----------
 
 
-@pytest.mark.parametrize("bad", ["/some/dir", "../../x", "..", "", "a" * 21, "abc/defghijklmnopqr"])
+# Model ids of both dialects may name an outbox: 8 to 64 ASCII letters and digits.
+@pytest.mark.parametrize(
+    "bad", ["/some/dir", "../../x", "..", "", "a" * 7, "a" * 65, "abc/defghijklmnopqr", "ab-cd_efgh"]
+)
 def test_an_id_that_is_not_a_model_id_names_no_outbox(tmp_path, bad):
     with pytest.raises(ValueError, match="not a model id"):
         Outbox.open(bad, tmp_path / "root")

@@ -1,0 +1,524 @@
+"""Protocol dialects: the requests a session sends, and what the answers mean, as one value.
+
+States, invariants, the outbox, the journal, the driver and ``sync`` are one; a dialect
+is what differs between two services that keep the same session: the request builders,
+the answer rules, and the channels with their limits. There are two:
+:data:`HUB_V1` (the Ultralytics HUB REST API) and :data:`PLATFORM` (the Ultralytics
+Platform webhooks, as the ultralytics 8.4 client sends them).
+
+Against the real Platform, the Platform dialect sends nothing its official client would
+not send: the same endpoints, the same keys, the same event names. What it adds is order
+and durability: one ``epoch_end`` per epoch, in order, each retried until acknowledged,
+and ``training_complete`` only once everything before it was acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+
+import attrs
+
+from hubfsm.core import protocol
+from hubfsm.core.config import Limits
+from hubfsm.core.identifier import Identifier
+from hubfsm.core.retry import Verdict, classify
+from hubfsm.errors import IdentifierError
+from hubfsm.masking import show_untrusted
+from hubfsm.transport import FilePart, Outcome, Request, Response
+
+__all__ = [
+    "DIALECTS",
+    "HUB_V1",
+    "OUTBOX_ID",
+    "PLATFORM",
+    "PLATFORM_API_ROOT",
+    "PLATFORM_ID",
+    "PLATFORM_KEY",
+    "Dialect",
+    "HubV1",
+    "Opened",
+    "Platform",
+    "ProtocolName",
+    "choose",
+    "parse_platform_identifier",
+    "slugify",
+]
+
+#: A dialect's name, as ``protocol=`` and ``--protocol`` take it and an outbox records it.
+ProtocolName = Literal["hub", "platform"]
+
+#: A Platform API key: ``ul_`` and 40 hex digits.
+PLATFORM_KEY = re.compile(r"ul_[0-9a-fA-F]{40}")
+
+#: Where the Platform API lives unless ``ULTRALYTICS_PLATFORM_URL`` says otherwise.
+PLATFORM_API_ROOT = "https://platform.ultralytics.com"
+
+#: What a Platform model id must look like before it names anything here (an outbox
+#: directory among others): ASCII letters and digits only, so never a path.
+PLATFORM_ID = re.compile(r"[A-Za-z0-9]{8,64}")
+
+#: The names an outbox directory may have: a model id of either dialect.
+OUTBOX_ID = PLATFORM_ID
+
+#: The one endpoint that carries every training event.
+EVENTS_PATH = "/api/webhooks/training/metrics"
+#: Where a checkpoint upload starts: it answers a signed URL to PUT the bytes to.
+UPLOAD_PATH = "/api/webhooks/models/upload"
+
+#: Keys of a logged metrics mapping that the Platform dialect sends beside ``metrics``
+#: in an ``epoch_end`` (as the official client does), not inside it.
+EPOCH_FIELDS = ("fitness", "best_fitness", "modelInfo", "system")
+
+
+@attrs.frozen
+class Opened:
+    """What an answer to the opening request says of the run.
+
+    Attributes:
+        model_id: The model the events go to.
+        run_id: The run of that model (Platform only).
+        model_url: Where a person sees the model (Platform only; shown, never fetched).
+    """
+
+    model_id: str
+    run_id: int | None = None
+    model_url: str | None = None
+
+
+class Dialect:
+    """One protocol's requests and answer rules; see :data:`HUB_V1` and :data:`PLATFORM`.
+
+    Attributes:
+        name: ``hub`` or ``platform``.
+        limits: The channels' limits the official client keeps.
+        heartbeats: Whether liveness goes on the wire.
+        batches: Whether several epochs' metrics go in one request.
+    """
+
+    name: ClassVar[ProtocolName]
+    limits: ClassVar[Limits]
+    heartbeats: ClassVar[bool]
+    batches: ClassVar[bool]
+
+    def __repr__(self) -> str:
+        return f"<dialect {self.name}>"
+
+    #: Whether the final upload waits for a checkpoint upload under way to end.
+    final_after_checkpoint: ClassVar[bool]
+
+    def data(self, response: Response) -> Mapping[str, Any]:
+        """Where an answer keeps its fields."""
+        raise NotImplementedError
+
+    def metrics(self, model_id: str, batch: Mapping[int, str], *, key: str) -> Request:
+        """Send queued epochs (JSON-encoded metrics by epoch)."""
+        raise NotImplementedError
+
+    def checkpoint(
+        self, model_id: str, run_id: int | None, epoch: int, file: FilePart, *,
+        is_best: bool, key: str,
+    ) -> Request:  # fmt: skip
+        """Upload epoch weights (the first request of the upload)."""
+        raise NotImplementedError
+
+    def final(
+        self, model_id: str, run_id: int | None, epoch: int, file: FilePart, *,
+        map50_95: float, key: str,
+    ) -> Request:  # fmt: skip
+        """Upload the final weights (the first request of the upload)."""
+        raise NotImplementedError
+
+    def heartbeat(self, model_id: str, agent_id: str | None) -> Request:
+        """Tell the service the trainer is alive."""
+        raise NotImplementedError
+
+    def verdict(self, outcome: Outcome, *, first_contact: bool) -> Verdict:
+        """Success, a retry, or a refusal (see :func:`hubfsm.core.retry.classify`)."""
+        return classify(outcome, first_contact=first_contact)
+
+    def cancelled(self, response: Response) -> bool:
+        """True when the answer says the run was cancelled by a person."""
+        return False
+
+    def next_step(
+        self,
+        request: Request,
+        response: Response,
+        *,
+        first: Request,
+        answer: Mapping[str, Any],
+        final: tuple[int, FilePart, float] | None,
+    ) -> Request | None:
+        """The next request of a several-step upload, or None when ``request`` was the last.
+
+        Args:
+            request: The step just acknowledged.
+            response: Its answer.
+            first: The upload's first step (the one an outbox keeps).
+            answer: What that first step was answered (empty until it was).
+            final: The final weights' slot, for the final upload; else None.
+        """
+        return None
+
+    def restarts(self, request: Request, outcome: Outcome) -> bool:
+        """True when a failed step means the upload starts over (an expired signed URL)."""
+        return False
+
+
+@attrs.frozen(repr=False)
+class HubV1(Dialect):
+    """The Ultralytics HUB REST API (``/v1``), as ultralytics 8.2 speaks it."""
+
+    name: ClassVar[ProtocolName] = "hub"
+    limits: ClassVar[Limits] = Limits()
+    heartbeats: ClassVar[bool] = True
+    batches: ClassVar[bool] = True
+
+    final_after_checkpoint: ClassVar[bool] = False
+
+    def data(self, response: Response) -> Mapping[str, Any]:
+        """The envelope's ``data``."""
+        return response.data
+
+    def metrics(self, model_id: str, batch: Mapping[int, str], *, key: str) -> Request:
+        """``POST /v1/models/{id}`` with every queued epoch."""
+        return protocol.upload_metrics(model_id, batch, key=key)
+
+    def checkpoint(
+        self, model_id: str, run_id: int | None, epoch: int, file: FilePart, *,
+        is_best: bool, key: str,
+    ) -> Request:  # fmt: skip
+        """A multipart upload of ``last.pt``."""
+        return protocol.upload_checkpoint(model_id, epoch, file, is_best=is_best, key=key)
+
+    def final(
+        self, model_id: str, run_id: int | None, epoch: int, file: FilePart, *,
+        map50_95: float, key: str,
+    ) -> Request:  # fmt: skip
+        """A multipart upload of ``best.pt`` with the mAP50-95."""
+        return protocol.upload_final(model_id, epoch, file, map50_95=map50_95, key=key)
+
+    def heartbeat(self, model_id: str, agent_id: str | None) -> Request:
+        """``POST /v1/agent/heartbeat/models/{id}``."""
+        return protocol.heartbeat(model_id, agent_id)
+
+
+@attrs.frozen(repr=False)
+class Platform(Dialect):
+    """The Ultralytics Platform webhooks, as the ultralytics 8.4.190 callbacks send them.
+
+    Every event is ``POST /api/webhooks/training/metrics`` with ``{modelId | project +
+    name, event, data}``; a checkpoint is ``POST /api/webhooks/models/upload``, then a
+    ``PUT`` of the raw bytes to the signed URL it answers, then ``checkpoint_saved``.
+    """
+
+    name: ClassVar[ProtocolName] = "platform"
+    #: Epochs go one request each, as soon as the one before is acknowledged; the
+    #: checkpoint limit is the official client's 900 s; no heartbeat goes on the wire.
+    limits: ClassVar[Limits] = Limits(metrics=0.0, heartbeat=math.inf)
+    heartbeats: ClassVar[bool] = False
+    batches: ClassVar[bool] = False
+    #: ``training_complete`` goes only after every earlier request was acknowledged.
+    final_after_checkpoint: ClassVar[bool] = True
+
+    def data(self, response: Response) -> Mapping[str, Any]:
+        """The answer's JSON object itself: Platform has no envelope."""
+        return response.body
+
+    def metrics(self, model_id: str, batch: Mapping[int, str], *, key: str) -> Request:
+        """One ``epoch_end``: the Platform takes one epoch per request."""
+        if len(batch) != 1:
+            raise ValueError("the Platform dialect sends one epoch per request")
+        [(epoch, encoded)] = batch.items()
+        return self.epoch_end(model_id, epoch, encoded, key=key)
+
+    def checkpoint(
+        self, model_id: str, run_id: int | None, epoch: int, file: FilePart, *,
+        is_best: bool, key: str,
+    ) -> Request:  # fmt: skip
+        """Ask for a signed URL for epoch weights (step one of three)."""
+        return self.upload(model_id, run_id, file, key=key)
+
+    def final(
+        self, model_id: str, run_id: int | None, epoch: int, file: FilePart, *,
+        map50_95: float, key: str,
+    ) -> Request:  # fmt: skip
+        """Ask for a signed URL for the final weights (step one of four)."""
+        return self.upload(model_id, run_id, file, key=key)
+
+    def heartbeat(self, model_id: str, agent_id: str | None) -> Request:
+        """Never called: the official client sends no liveness event."""
+        raise NotImplementedError("the Platform dialect sends no heartbeats")
+
+    def verdict(self, outcome: Outcome, *, first_contact: bool) -> Verdict:
+        """As HUB's, except that a 409 is retried (as the Platform SDK does)."""
+        if isinstance(outcome, Response) and outcome.status == 409:
+            return Verdict.RETRY
+        return classify(outcome, first_contact=first_contact)
+
+    def cancelled(self, response: Response) -> bool:
+        """``cancelled: true`` in any answer."""
+        return response.ok and response.body.get("cancelled") is True
+
+    # -- requests -------------------------------------------------------------------
+
+    def event(
+        self,
+        event: str,
+        data: Mapping[str, Any],
+        *,
+        model_id: str | None = None,
+        project: str | None = None,
+        name: str | None = None,
+        key: str | None = None,
+        file: FilePart | None = None,
+    ) -> Request:
+        """One training event; ``file`` rides along unsent, for the steps after it."""
+        body: dict[str, Any] = {}
+        if model_id is not None:
+            body["modelId"] = model_id
+        else:
+            body["project"] = project
+            body["name"] = name
+        body["event"] = event
+        body["data"] = finite(dict(data))
+        return Request("POST", EVENTS_PATH, json=body, file=file, idempotency_key=key)
+
+    def training_started(
+        self, identifier: Identifier, data: Mapping[str, Any], *, key: str | None
+    ) -> Request:
+        """Open a run: a new one in a project, or a new run of an existing model."""
+        if identifier.model_id is not None:
+            return self.event("training_started", data, model_id=identifier.model_id, key=key)
+        return self.event(
+            "training_started",
+            data,
+            project=identifier.project,
+            name=identifier.run_name,
+            key=key,
+        )
+
+    def epoch_end(self, model_id: str, epoch: int, encoded: str, *, key: str) -> Request:
+        """One epoch's ``epoch_end``, from the metrics as the queue keeps them."""
+        metrics = json.loads(encoded)
+        data: dict[str, Any] = {"epoch": epoch}
+        data["metrics"] = {k: v for k, v in metrics.items() if k not in EPOCH_FIELDS}
+        data.update({k: metrics[k] for k in EPOCH_FIELDS if k in metrics})
+        return self.event("epoch_end", data, model_id=model_id, key=key)
+
+    def upload(self, model_id: str, run_id: int | None, file: FilePart, *, key: str) -> Request:
+        """The first step of a checkpoint upload: ask for a signed URL."""
+        body: dict[str, Any] = {"filename": file.name, "modelId": model_id}
+        if run_id is not None:
+            body["runId"] = run_id
+        return Request("POST", UPLOAD_PATH, json=body, file=file, idempotency_key=key)
+
+    def next_step(
+        self,
+        request: Request,
+        response: Response,
+        *,
+        first: Request,
+        answer: Mapping[str, Any],
+        final: tuple[int, FilePart, float] | None,
+    ) -> Request | None:
+        """Upload → PUT → ``checkpoint_saved`` (→ ``training_complete`` for the final).
+
+        Raises:
+            HubProtocolError: The upload's answer has no usable ``uploadUrl``.
+        """
+        file = first.file
+        if file is None or first.path != UPLOAD_PATH:
+            return None
+        key = first.idempotency_key
+        sent = first.json or {}
+        model_id = sent.get("modelId")
+        run_id = sent.get("runId")
+        if request is first:
+            url = signed_url(response.body.get("uploadUrl"), response=response)
+            return Request("PUT", url, file=file, idempotency_key=key)
+        if request.method == "PUT":
+            data: dict[str, Any] = {"modelPath": answer.get("gcsPath"), "runId": run_id}
+            if answer.get("uploadPath") is not None:
+                data["uploadPath"] = answer.get("uploadPath")
+            return self.event("checkpoint_saved", data, model_id=model_id, key=key)
+        body = request.json or {}
+        if final is not None and body.get("event") == "checkpoint_saved":
+            _, _, map50_95 = final
+            results = {
+                "metrics": {"metrics/mAP50-95(B)": float(map50_95)},
+                "modelPath": answer.get("gcsPath"),
+                "modelSize": file.size,
+            }
+            data = {"results": results, "runId": run_id}
+            return self.event("training_complete", data, model_id=model_id, key=key)
+        return None
+
+    def restarts(self, request: Request, outcome: Outcome) -> bool:
+        """A signed URL that refuses the bytes (expired, say) is asked for anew."""
+        return (
+            request.method == "PUT"
+            and isinstance(outcome, Response)
+            and not outcome.ok
+            and 400 <= outcome.status < 500
+        )
+
+    # -- answers --------------------------------------------------------------------
+
+    def opened(self, response: Response, *, model_id: str | None) -> Opened:
+        """Read the answer to ``training_started``.
+
+        Raises:
+            HubProtocolError: No model id, an id that is not one, another model's id
+                on a resume, or a run id that is not a number.
+        """
+        body = response.body
+        sent = body.get("modelId", model_id)
+        if not isinstance(sent, str) or not PLATFORM_ID.fullmatch(sent):
+            shown = "no model id" if sent is None else f"model id {show_untrusted(sent, limit=16)}"
+            raise _breach(response, f"answered with {shown}, which is not a model id")
+        if model_id is not None and sent != model_id:
+            raise _breach(response, f"answered a resume of model {model_id} with another model")
+        run_id = body.get("runId")
+        if run_id is not None and (isinstance(run_id, bool) or not isinstance(run_id, int)):
+            raise _breach(response, f"answered run id {show_untrusted(run_id, limit=16)}")
+        url = body.get("modelUrl")
+        return Opened(sent, run_id, url if isinstance(url, str) else None)
+
+    def train_data(self, train_args: Mapping[str, Any]) -> dict[str, Any]:
+        """``training_started``'s data: every argument as a string, and the epochs."""
+        data: dict[str, Any] = {"trainArgs": {k: str(v) for k, v in train_args.items()}}
+        epochs = train_args.get("epochs")
+        if isinstance(epochs, int) and not isinstance(epochs, bool):
+            data["epochs"] = epochs
+        return data
+
+
+def _breach(response: Response, what: str) -> protocol.HubProtocolError:
+    where = f"Platform at {response.origin}" if response.origin else "Platform"
+    return protocol.HubProtocolError(
+        f"{where} {what}; nothing was done with it", status=response.status, channel="control"
+    )
+
+
+def signed_url(value: Any, *, response: Response) -> str:
+    """The ``uploadUrl`` of an upload answer, if it is an http(s) URL.
+
+    Raises:
+        HubProtocolError: It is missing or not one.
+    """
+    if isinstance(value, str) and re.match(r"https?://[^\s/]+", value) and value.isprintable():
+        return value
+    raise _breach(response, "answered an upload without a usable uploadUrl")
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float made ``None``, as the official client sends it."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+#: The HUB v1 dialect.
+HUB_V1 = HubV1()
+#: The Platform dialect.
+PLATFORM = Platform()
+#: Every dialect by name.
+DIALECTS: dict[str, Dialect] = {"hub": HUB_V1, "platform": PLATFORM}
+
+
+def choose(
+    protocol_name: str | None,
+    *,
+    api_key: str | None,
+    identifier: str,
+    platform_url: str | None,
+    platform_key: str | None,
+    hub_key: str | None = None,
+) -> Dialect:
+    """Pick the dialect: ``protocol=``, else the key's form, else the environment.
+
+    Args:
+        protocol_name: ``hub`` or ``platform`` as the caller said, or None.
+        api_key: The key the caller passed, if any.
+        identifier: The identifier text (``apiKey_modelId``, model URLs and model files
+            are HUB's).
+        platform_url: ``ULTRALYTICS_PLATFORM_URL``, if set.
+        platform_key: ``ULTRALYTICS_API_KEY``, if set: a ``ul_`` key there selects
+            Platform, unless ``hub_key`` (``HUB_API_KEY``) is set too.
+        hub_key: ``HUB_API_KEY``, if set.
+
+    Raises:
+        ValueError: ``protocol_name`` names no dialect.
+    """
+    if protocol_name is not None:
+        try:
+            return DIALECTS[protocol_name]
+        except KeyError:
+            raise ValueError(
+                f"unknown protocol {show_untrusted(protocol_name, limit=16)}: 'hub' or 'platform'"
+            ) from None
+    if api_key is not None:
+        return PLATFORM if PLATFORM_KEY.fullmatch(api_key.strip()) else HUB_V1
+    text = identifier.strip()
+    hub_form = (
+        ("://" in text and not text.startswith("ul://"))
+        or re.search(r"\.(pt|ya?ml)\Z", text, re.IGNORECASE) is not None
+        or ("_" in text and "/" not in text)
+    )
+    if hub_form:
+        # A model URL, a model file or ``apiKey_modelId`` only HUB understands.
+        return HUB_V1
+    if text.startswith("ul://") or platform_url is not None:
+        return PLATFORM
+    if hub_key is None and platform_key and PLATFORM_KEY.fullmatch(platform_key.strip()):
+        return PLATFORM
+    return HUB_V1
+
+
+def slugify(text: str) -> str:
+    """A URL-safe slug, as the official client makes project and run names."""
+    lowered = re.sub(r"[^a-z0-9\s-]", "", str(text).lower()).replace(" ", "-")
+    return re.sub(r"-+", "-", lowered).strip("-")[:128]
+
+
+def parse_platform_identifier(text: str, *, name: str | None = None) -> Identifier:
+    """Parse how a Platform run is named.
+
+    Forms: a model id (8 to 64 ASCII letters and digits, at least 16 for a bare one) to
+    continue that model; ``owner/project`` or ``project`` for a new run named ``name``
+    (default ``train``); ``owner/project/name`` or ``ul://owner/project/name`` for a new
+    run with that name. Project and run names are slugified as the official client does.
+
+    Raises:
+        IdentifierError: The text is empty, or slugifies to nothing.
+    """
+    stripped = text.strip()
+    if stripped.startswith("ul://"):
+        stripped = stripped[len("ul://") :]
+    if "/" not in stripped and len(stripped) >= 16 and PLATFORM_ID.fullmatch(stripped):
+        return Identifier(model_id=stripped)
+    parts = [p for p in stripped.split("/") if p]
+    if len(parts) == 3:
+        parts, name = parts[:2], parts[2]
+    if not parts or len(parts) > 2:
+        raise IdentifierError(
+            f"invalid Platform identifier {show_untrusted(text, limit=40)}: use "
+            "owner/project, owner/project/run, ul://owner/project/run or a model id"
+        )
+    project = f"{parts[0]}/{slugify(parts[1])}" if len(parts) == 2 else slugify(parts[0])
+    run = slugify(name or "train")
+    if not project.strip("/") or project.endswith("/") or not run:
+        raise IdentifierError(
+            f"invalid Platform identifier {show_untrusted(text, limit=40)}: the project "
+            "and run names need letters or digits"
+        )
+    return Identifier(project=project, run_name=run)

@@ -1,0 +1,142 @@
+"""hubfsm's Platform callbacks for ultralytics 8.4, on a stand-in trainer and a fake Platform."""
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from hubfsm.core.dialect import PLATFORM
+from hubfsm.core.engine import CoreConfig
+from hubfsm.integrations.ultralytics import PlatformCallbacks, install, installed, uninstall
+from hubfsm.integrations.ultralytics_platform import RECORD, official_names
+from tests.platform_fake import PLATFORM_KEY, FakePlatform
+from transports.memory import HandlerTransport
+
+FAST = CoreConfig(limits=PLATFORM.limits, protocol="platform").scaled(0.001)
+
+
+class Trainer:
+    """The attributes of an ultralytics 8.4 trainer the Platform callbacks read."""
+
+    def __init__(self, save_dir: Path, *, project="owner/My Proj", name="exp 1", resume=False):
+        self.args = types.SimpleNamespace(
+            project=project, name=name, resume=resume, epochs=3, data="coco8.yaml"
+        )
+        self.save_dir = save_dir
+        self.tloss = 0.5
+        self.metrics = {}
+        self.optimizer = types.SimpleNamespace(param_groups=[{"lr": 0.01}])
+        self.fitness = None
+        self.best_fitness = None
+        self.epoch = 0
+        self.stop = False
+        weights = save_dir / "weights"
+        weights.mkdir(parents=True, exist_ok=True)
+        self.best = weights / "best.pt"
+        self.last = weights / "last.pt"
+
+    def label_loss_items(self, loss, prefix="train"):
+        return {f"{prefix}/box_loss": loss}
+
+    def train(self, callbacks, epochs=3):
+        """Fire the callbacks in the order ultralytics' trainer does."""
+        callbacks["on_pretrain_routine_start"](self)
+        callbacks["on_pretrain_routine_end"](self)
+        for epoch in range(epochs):
+            if self.stop:
+                break
+            self.epoch = epoch
+            self.metrics = {"metrics/mAP50-95(B)": 0.1 * (epoch + 1)}
+            self.fitness = self.best_fitness = 0.1 * (epoch + 1)
+            self.last.write_bytes(b"last %d" % epoch)
+            self.best.write_bytes(b"best %d" % epoch)
+            callbacks["on_model_save"](self)
+            callbacks["on_fit_epoch_end"](self)
+        callbacks["on_train_end"](self)
+        callbacks["teardown"](self)
+
+
+def callbacks(fake, tmp_path):
+    return PlatformCallbacks(
+        api_key=PLATFORM_KEY,
+        transport=HandlerTransport(fake),
+        config=FAST,
+        outbox_dir=tmp_path / "outbox",
+        model_info=lambda trainer: {"model/parameters": 7, "model/GFLOPs": 1.5},
+    )
+
+
+def test_the_official_names_are_kept():
+    assert official_names("owner/My Proj/sub", "Exp 1") == ("owner/my-proj-sub", "exp-1")
+    assert official_names("My Proj", None) == ("my-proj", "train")
+
+
+def test_a_run_reports_every_epoch_and_the_final_weights(tmp_path):
+    fake = FakePlatform()
+    trainer = Trainer(tmp_path / "run")
+    trainer.train(callbacks(fake, tmp_path).callbacks())
+    model = fake.only_model()
+    assert (model.project, model.name) == ("owner/my-proj", "exp-1")
+    run = model.runs[1]
+    assert run.epochs == [0, 1, 2]
+    assert run.metrics[0] == {"train/box_loss": 0.5, "metrics/mAP50-95(B)": 0.1, "lr": 0.01}
+    assert run.events[-1] == "training_complete"
+    assert fake.storage[run.promoted[-1]] == b"best 2"
+    assert run.complete["results"]["metrics"] == {"metrics/mAP50-95(B)": pytest.approx(0.3)}
+    assert (trainer.save_dir / RECORD).read_text() == model.id
+    assert fake.foreign == []
+
+
+def test_a_cancel_on_the_platform_stops_the_trainer(tmp_path):
+    fake = FakePlatform()
+    trainer = Trainer(tmp_path / "run")
+    hooks = callbacks(fake, tmp_path)
+    calls = hooks.callbacks()
+    epoch_end = calls["on_fit_epoch_end"]
+
+    def cancel_after_the_first(trainer):
+        epoch_end(trainer)
+        hooks.session_of(trainer).flush(timeout=10.0)
+        fake.cancel = True
+        hooks.session_of(trainer).flush(timeout=10.0)
+
+    calls["on_fit_epoch_end"] = cancel_after_the_first
+    trainer.train(calls, epochs=10)
+    assert trainer.stop
+    run = fake.only_model().runs[1]
+    assert len(run.epochs) < 10 and run.complete is not None  # partial results still go up
+
+
+def test_resume_continues_the_model_the_run_directory_names(tmp_path):
+    fake = FakePlatform()
+    Trainer(tmp_path / "run").train(callbacks(fake, tmp_path).callbacks())
+    Trainer(tmp_path / "run", resume=True).train(callbacks(fake, tmp_path).callbacks())
+    model = fake.only_model()
+    assert sorted(model.runs) == [1, 2]
+
+
+def test_no_project_or_no_key_means_no_tracking(tmp_path, monkeypatch):
+    fake = FakePlatform()
+    Trainer(tmp_path / "a", project=None).train(callbacks(fake, tmp_path).callbacks())
+    hooks = PlatformCallbacks(transport=HandlerTransport(fake), config=FAST)
+    Trainer(tmp_path / "b").train(hooks.callbacks())
+    assert fake.models == {} and fake.log == []
+
+
+def test_install_replaces_the_platform_callbacks_where_ultralytics_has_no_hub(monkeypatch):
+    official = {"on_fit_epoch_end": lambda trainer: None}
+    names = ["ultralytics", "ultralytics.utils", "ultralytics.utils.callbacks"]
+    for name in names:
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    platform = types.ModuleType("ultralytics.utils.callbacks.platform")
+    platform.callbacks = official
+    monkeypatch.setitem(sys.modules, platform.__name__, platform)
+    try:
+        ours = install(api_root="http://127.0.0.1:9")
+        assert isinstance(ours, PlatformCallbacks) and installed()
+        assert set(platform.callbacks) == set(ours.callbacks())
+        assert install() is ours  # twice is fine
+    finally:
+        uninstall()
+    assert platform.callbacks is official and not installed()

@@ -1,0 +1,83 @@
+"""A Platform session against the local hub's Platform API, over loopback HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+import hubfsm
+from hubfsm.core.dialect import PLATFORM
+from hubfsm.core.engine import CoreConfig
+from hubfsm.hub.keys import new_platform_key
+from hubfsm.hub.server import LocalHub
+
+FAST = CoreConfig(limits=PLATFORM.limits, protocol="platform").scaled(0.001)
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[LocalHub]:
+    with LocalHub(tmp_path / "hub") as hub:
+        yield hub
+
+
+@pytest.fixture
+def key(local: LocalHub) -> str:
+    made = new_platform_key()
+    local.hub.add_key(made, "platform")
+    return made
+
+
+def test_a_session_reports_a_whole_run_to_the_local_hub(local, key, tmp_path):
+    best = tmp_path / "best.pt"
+    best.write_bytes(os.urandom(200_000))
+    last = tmp_path / "last.pt"
+    last.write_bytes(b"epoch zero")
+    with hubfsm.Session("alice/birds", api_key=key, api_root=local.url, config=FAST,
+                        train_args={"name": "run1", "epochs": 3}) as s:  # fmt: skip
+        assert s.protocol == "platform" and s.run_id is not None
+        for epoch in range(3):
+            s.log_metrics({"train/box_loss": 1.0 / (epoch + 1), "fitness": 0.1 * epoch})
+            if epoch == 0:
+                s.save_checkpoint(last, epoch=0)
+                assert s.flush(timeout=30.0)
+        s.finish(best, map50_95=0.25)
+        assert s.state == "done"
+        model_id = s.model_id
+    epochs = [row["epoch"] for row in local.hub.metrics(model_id)]
+    assert epochs == [0, 1, 2]
+    # The final weights are the model's best weights on the hub, byte for byte.
+    files = requests.get(
+        f"{local.url}/api/models/alice/birds/run1/files",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+    assert files.status_code == 200, files.text
+    urls = [f["downloadUrl"] for f in files.json()["files"]]
+    digests = {hashlib.sha256(requests.get(u, timeout=10).content).hexdigest() for u in urls}
+    assert hashlib.sha256(best.read_bytes()).hexdigest() in digests
+
+
+def test_a_session_reports_to_the_local_hub_in_memory_too(tmp_path):
+    from hubfsm.hub.domain import Hub
+    from hubfsm.hub.store_memory import MemoryStore
+    from transports.memory import InMemoryTransport
+
+    key = new_platform_key()
+    # Signed URLs need an address to be URLs; the in-memory transport keeps their path.
+    hub = Hub(MemoryStore(), public_root="http://hub.invalid")
+    hub.add_key(key, "platform")
+    best = tmp_path / "best.pt"
+    best.write_bytes(b"best weights")
+    with hubfsm.Session("alice/birds", api_key=key, transport=InMemoryTransport(hub, key),
+                        config=FAST, train_args={"name": "run1"}) as s:  # fmt: skip
+        for epoch in range(4):
+            s.log_metrics({"train/box_loss": 1.0 / (epoch + 1)})
+        s.finish(best, map50_95=0.3, timeout=30.0)
+        assert s.state == "done"
+    assert [row["epoch"] for row in hub.metrics(s.model_id)] == [0, 1, 2, 3]
+    assert hub.record(s.model_id)["has_best_weights"]
