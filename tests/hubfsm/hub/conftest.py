@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import secrets
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests import services
 
 
 def _load() -> ModuleType:
@@ -23,3 +29,41 @@ def _load() -> ModuleType:
 def sample_runs() -> ModuleType:
     """The ``sample_runs`` helpers (create, send_epochs, upload, populate, ...)."""
     return _load()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A real PostgreSQL server for the session: its admin URL (skips without one)."""
+    pytest.importorskip("psycopg", reason="the team extra (psycopg) is not installed")
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(services.postgres())
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
+            pytest.skip(f"no PostgreSQL server: {error}")
+        yield url
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[services.S3Server]:
+    """A real S3 server (SeaweedFS) for the session (skips without one)."""
+    pytest.importorskip("boto3", reason="the team extra (boto3) is not installed")
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(services.s3())
+        except (RuntimeError, OSError) as error:
+            pytest.skip(f"no S3 server: {error}")
+        yield server
+
+
+@pytest.fixture
+def team(
+    postgres_server: str, s3_server: services.S3Server, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, str]:
+    """A fresh migrated database and a fresh prefix of the S3 bucket: their URLs."""
+    from hubfsm.hub.store_postgres import migrate
+
+    for name, value in s3_server.environ().items():
+        monkeypatch.setenv(name, value)
+    database = services.new_database(postgres_server)
+    migrate(database)
+    return database, f"s3://{s3_server.bucket}/{secrets.token_hex(6)}"
