@@ -24,6 +24,9 @@ def cmd_hub_serve(args: argparse.Namespace) -> int:
         seed=args.seed,
         timeout=args.timeout,
         limits=BodyLimits(json=int(args.max_json_mib * 2**20), upload=args.max_upload_mib << 20),
+        database=args.database,
+        objects=args.objects,
+        workers=args.workers,
     )
 
 

@@ -172,6 +172,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-json-mib", type=float, default=4, help="largest JSON body (MiB)")
     p.add_argument("--max-upload-mib", type=int, default=4096, help="largest upload (MiB)")
+    p.add_argument(
+        "--database",
+        metavar="URL",
+        help="keep records in PostgreSQL at this postgresql:// URL (a password is better "
+        "in PGPASSWORD or ~/.pgpass); needs --objects",
+    )
+    p.add_argument(
+        "--objects",
+        metavar="URL",
+        help="keep weight files in S3 at s3://bucket/prefix (endpoint and credentials from "
+        "the AWS_* variables); needs --database",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="server processes sharing the port (with --database; default 1)",
+    )
     p.set_defaults(func=cmd_hub_serve)
     from hubfsm.hub.admin import register as register_keys
 

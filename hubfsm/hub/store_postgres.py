@@ -101,6 +101,9 @@ class PostgresStore:
         clock: Seconds now (for reply expiry).
     """
 
+    #: The database isolates concurrent requests: the hub takes no lock of its own.
+    isolates = True
+
     def __init__(
         self,
         url: str,
