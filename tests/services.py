@@ -88,7 +88,10 @@ def postgres() -> Iterator[str]:
     if announced:
         yield announced
         return
-    initdb, postgres_bin = shutil.which("initdb"), shutil.which("postgres")
+    # Debian keeps the server's programs out of PATH, under its version's folder.
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    path = os.pathsep.join([os.environ.get("PATH", ""), *(str(p) for p in found[-1:])])
+    initdb, postgres_bin = shutil.which("initdb", path=path), shutil.which("postgres", path=path)
     if initdb is None or postgres_bin is None:
         raise RuntimeError("PostgreSQL (initdb, postgres) is not installed")
     as_user: list[str] = []

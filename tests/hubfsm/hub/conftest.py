@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -31,6 +32,13 @@ def sample_runs() -> ModuleType:
     return _load()
 
 
+def _missing(reason: str) -> None:
+    # CI sets HUBFSM_TEST_SERVICES=required: there a missing server is a failure, not a skip.
+    if os.environ.get("HUBFSM_TEST_SERVICES") == "required":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A real PostgreSQL server for the session: its admin URL (skips without one)."""
@@ -39,7 +47,7 @@ def postgres_server() -> Iterator[str]:
         try:
             url = stack.enter_context(services.postgres())
         except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
-            pytest.skip(f"no PostgreSQL server: {error}")
+            _missing(f"no PostgreSQL server: {error}")
         yield url
 
 
@@ -51,7 +59,7 @@ def s3_server() -> Iterator[services.S3Server]:
         try:
             server = stack.enter_context(services.s3())
         except (RuntimeError, OSError) as error:
-            pytest.skip(f"no S3 server: {error}")
+            _missing(f"no S3 server: {error}")
         yield server
 
 
