@@ -25,12 +25,19 @@ from hubfsm.hub.store_sqlite import SqliteStore
 Command = Callable[..., argparse.ArgumentParser]
 
 
-def _open(data_dir: str | os.PathLike[str] | None) -> Hub:
+def _open(data_dir: str | os.PathLike[str] | None, database: str | None = None) -> Hub:
     from hubfsm.hub.server import default_data_dir, load_or_create_key
 
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    hub = Hub(SqliteStore(folder), clock=time.time)
+    if database is not None:
+        from hubfsm.hub.store_postgres import PostgresStore, migrate
+
+        # Keys may be made before the team's hub first served: the schema comes first.
+        migrate(database)
+        hub = Hub(PostgresStore(database, None, pool_size=1), clock=time.time)
+    else:
+        hub = Hub(SqliteStore(folder), clock=time.time)
     hub.ensure_key(load_or_create_key(folder / "api_key"), label="api_key file")
     return hub
 
@@ -42,10 +49,15 @@ def _when(seconds: float | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def add(data_dir: str | os.PathLike[str] | None, label: str = "", out: TextIO | None = None) -> str:
+def add(
+    data_dir: str | os.PathLike[str] | None,
+    label: str = "",
+    out: TextIO | None = None,
+    database: str | None = None,
+) -> str:
     """Create a key, print it once, and return it."""
     out = out if out is not None else sys.stdout
-    hub = _open(data_dir)
+    hub = _open(data_dir, database)
     try:
         key = new_key()
         record = hub.add_key(key, label)
@@ -57,10 +69,14 @@ def add(data_dir: str | os.PathLike[str] | None, label: str = "", out: TextIO | 
     return key
 
 
-def listing(data_dir: str | os.PathLike[str] | None, out: TextIO | None = None) -> list[KeyRecord]:
+def listing(
+    data_dir: str | os.PathLike[str] | None,
+    out: TextIO | None = None,
+    database: str | None = None,
+) -> list[KeyRecord]:
     """Print every key, masked, with its state and its number of models."""
     out = out if out is not None else sys.stdout
-    hub = _open(data_dir)
+    hub = _open(data_dir, database)
     try:
         records = hub.list_keys()
         owners = Counter(record.owner for record in hub.store.list_models())
@@ -88,10 +104,15 @@ def listing(data_dir: str | os.PathLike[str] | None, out: TextIO | None = None) 
     return records
 
 
-def revoke(data_dir: str | os.PathLike[str] | None, key_id: str, out: TextIO | None = None) -> int:
+def revoke(
+    data_dir: str | os.PathLike[str] | None,
+    key_id: str,
+    out: TextIO | None = None,
+    database: str | None = None,
+) -> int:
     """Revoke the key whose id starts with ``key_id``; the exit status (1 if none or several)."""
     out = out if out is not None else sys.stdout
-    hub = _open(data_dir)
+    hub = _open(data_dir, database)
     try:
         matches = [record for record in hub.list_keys() if record.id.startswith(key_id)]
         if len(key_id) < 4 or len(matches) != 1:
@@ -112,12 +133,12 @@ def revoke(data_dir: str | os.PathLike[str] | None, key_id: str, out: TextIO | N
 def cmd_keys(args: argparse.Namespace) -> int:
     """Run ``hubfsm hub keys ...``."""
     if args.keys_command == "add":
-        add(args.data, args.label or "")
+        add(args.data, args.label or "", database=args.database)
         return 0
     if args.keys_command == "list":
-        listing(args.data)
+        listing(args.data, database=args.database)
         return 0
-    return revoke(args.data, args.key_id)
+    return revoke(args.data, args.key_id, database=args.database)
 
 
 def register(
@@ -132,18 +153,22 @@ def register(
     )
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
     data_help = "data directory (default: the user data directory)"
+    database_help = "a team hub's PostgreSQL database (postgresql:// URL) instead"
     p = command(
         keys_sub, "add", "Create a key and print it (only this once).", "hubfsm hub keys add"
     )
     p.add_argument("--data", help=data_help)
+    p.add_argument("--database", metavar="URL", help=database_help)
     p.add_argument("--label", help="a name to recognise the key by")
     p.set_defaults(func=cmd_keys)
     p = command(keys_sub, "list", "List the keys, masked.", "hubfsm hub keys list --data ./hub")
     p.add_argument("--data", help=data_help)
+    p.add_argument("--database", metavar="URL", help=database_help)
     p.set_defaults(func=cmd_keys)
     p = command(
         keys_sub, "revoke", "Revoke a key: it gets 401 from now on.", "hubfsm hub keys revoke 3fa9"
     )
     p.add_argument("key_id", help="the key's id from `hubfsm hub keys list` (or its start)")
     p.add_argument("--data", help=data_help)
+    p.add_argument("--database", metavar="URL", help=database_help)
     p.set_defaults(func=cmd_keys)

@@ -95,7 +95,8 @@ class PostgresStore:
 
     Args:
         url: A libpq connection string or ``postgresql://`` URL.
-        objects: Where weight files go.
+        objects: Where weight files go (None for a store used only for keys and records,
+            as ``hubfsm hub keys`` does).
         pool_size: Connections kept open (one per concurrent request is plenty).
         reply_retention: Seconds an idempotent reply is kept.
         clock: Seconds now (for reply expiry).
@@ -107,7 +108,7 @@ class PostgresStore:
     def __init__(
         self,
         url: str,
-        objects: S3Objects,
+        objects: S3Objects | None,
         *,
         pool_size: int = 8,
         reply_retention: float = REPLY_RETENTION,
@@ -115,7 +116,7 @@ class PostgresStore:
     ) -> None:
         from psycopg_pool import ConnectionPool
 
-        self.objects = objects
+        self._objects = objects
         self.reply_retention = reply_retention
         self._clock = clock
         self._pool = ConnectionPool(
@@ -131,7 +132,14 @@ class PostgresStore:
         self._puts_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"PostgresStore(objects={self.objects!r})"
+        return f"PostgresStore(objects={self._objects!r})"
+
+    @property
+    def objects(self) -> S3Objects:
+        """The object store of the weight files."""
+        if self._objects is None:
+            raise RuntimeError("this store was opened without an object store")
+        return self._objects
 
     # -- transactions ---------------------------------------------------------------
 

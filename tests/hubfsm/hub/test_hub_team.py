@@ -306,3 +306,23 @@ def test_workers_share_one_port_and_stop_together(
         assert _stop(proc) == 0
     with pytest.raises(OSError):
         _request(f"{root}/runs.json")
+
+
+def test_keys_are_managed_in_the_database(team: tuple[str, str], tmp_path: Path) -> None:
+    from hubfsm.hub import admin
+    from hubfsm.hub.objects_s3 import S3Objects
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    out = io.StringIO()
+    key = admin.add(tmp_path, "teammate", out, database=team[0])
+    assert key not in admin.listing(tmp_path, out, database=team[0])[-1].hint
+    store = PostgresStore(team[0], S3Objects(team[1]))
+    try:
+        hub = Hub(store)
+        assert hub.principal(key) is not None
+        record = [r for r in hub.list_keys() if r.label == "teammate"][0]
+        assert admin.revoke(tmp_path, record.id, out, database=team[0]) == 0
+        assert hub.principal(key) is None
+    finally:
+        store.close()
+    assert not (tmp_path / "hub.sqlite3").exists()  # nothing went to the data directory's SQLite
