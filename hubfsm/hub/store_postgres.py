@@ -236,6 +236,9 @@ class PostgresStore:
             "ON CONFLICT (model_id, epoch) DO UPDATE SET metrics = EXCLUDED.metrics"
         )
         rows = [(model_id, epoch, text) for epoch, text in metrics.items()]
+        if len(rows) == 1:  # a training loop's usual request: one statement, one round trip
+            self._rows(sql, rows[0])
+            return
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             with conn.cursor() as cursor:
@@ -331,6 +334,8 @@ class PostgresStore:
         any other process waits here until this transaction ends, then sees its reply.
         """
         if self._in_transaction():
+            # A statement of its own: a statement reads the snapshot taken when it began,
+            # so a look-up in the same statement would miss the reply the holder wrote.
             self._rows("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (scope,))
         rows = self._rows(
             "SELECT status, body, request FROM replies WHERE scope = %s AND stored_at >= %s",
