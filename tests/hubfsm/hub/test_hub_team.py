@@ -125,6 +125,10 @@ def test_weights_go_to_the_store_and_come_back_by_presigned_url(team_hub: LocalH
     link = headers["location"]
     assert not link.startswith(root)  # straight from the store, not through the hub
     assert _fetch(link) == (200, data)
+    # With a key, the API streams the file from the store through the hub.
+    status, headers, body = _request(f"{root}/v1/models/{model_id}/weights/last", key=key)
+    assert (status, body) == (200, data)
+    assert headers["x-checksum-sha256"] == hashlib.sha256(data).hexdigest()
 
     # The S3 server checks the signature: a changed one, or a changed key, is refused.
     tampered = link.replace("X-Amz-Signature=", "X-Amz-Signature=0")
