@@ -372,11 +372,19 @@ def serve(
     if workers > 1 and database is None:
         raise ValueError("several workers need a shared database (--database, --objects)")
     faults = FaultMix.from_rate(fault_rate, latency=latency) if fault_rate or latency else None
+    if (database is None) != (objects is None):
+        raise ValueError("a database and an object store go together (--database, --objects)")
     if database is not None:
+        import psycopg
+
         from hubfsm.hub.store_postgres import migrate
 
         # Once, before any worker serves: the workers then find the schema they expect.
-        migrate(database)
+        try:
+            migrate(database)
+        except psycopg.OperationalError as error:
+            # libpq's message names the host and port, never the password.
+            raise ValueError(f"cannot use the database: {str(error).strip()}") from None
     options: dict[str, Any] = {
         "host": host,
         "faults": faults,

@@ -330,3 +330,28 @@ def test_keys_are_managed_in_the_database(team: tuple[str, str], tmp_path: Path)
     finally:
         store.close()
     assert not (tmp_path / "hub.sqlite3").exists()  # nothing went to the data directory's SQLite
+
+
+def test_serve_refuses_workers_without_a_database(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "hubfsm", "hub", "serve", "--data", str(tmp_path),
+         "--workers", "2", "--port", "0"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert b"several workers need a shared database" in done.stderr
+
+
+def test_an_unreachable_database_is_an_error_without_the_password(tmp_path: Path) -> None:
+    pytest.importorskip("psycopg", reason="the team extra (psycopg) is not installed")
+    (port,) = free_ports(1)
+    done = subprocess.run(
+        [sys.executable, "-m", "hubfsm", "hub", "serve", "--data", str(tmp_path), "--database",
+         f"postgresql://hub:sekrit@127.0.0.1:{port}/hub", "--objects", "s3://b/p", "--port", "0"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert b"cannot use the database" in done.stderr
+    assert b"sekrit" not in done.stderr + done.stdout
