@@ -42,7 +42,8 @@ def _missing(reason: str) -> None:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A real PostgreSQL server for the session: its admin URL (skips without one)."""
-    pytest.importorskip("psycopg", reason="the team extra (psycopg) is not installed")
+    if importlib.util.find_spec("psycopg") is None:
+        _missing("the team extra (psycopg) is not installed")
     with contextlib.ExitStack() as stack:
         try:
             url = stack.enter_context(services.postgres())
@@ -54,7 +55,8 @@ def postgres_server() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[services.S3Server]:
     """A real S3 server (SeaweedFS) for the session (skips without one)."""
-    pytest.importorskip("boto3", reason="the team extra (boto3) is not installed")
+    if importlib.util.find_spec("boto3") is None:
+        _missing("the team extra (boto3) is not installed")
     with contextlib.ExitStack() as stack:
         try:
             server = stack.enter_context(services.s3())
