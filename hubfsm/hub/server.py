@@ -396,6 +396,10 @@ def serve(
         "objects": objects,
     }
     folder = data_dir if data_dir is not None else default_data_dir()
+    if database is not None:
+        # Uploads a crash cut short on their way to the object store; no worker runs yet.
+        for leftover in Path(folder).joinpath("spool").glob("*.part"):
+            leftover.unlink(missing_ok=True)
     stop = stop if stop is not None else threading.Event()
     if workers > 1:
         return _serve_workers(folder, port, workers, options, out, stop)

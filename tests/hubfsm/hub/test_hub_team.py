@@ -297,7 +297,10 @@ def test_workers_share_one_port_and_stop_together(
 ) -> None:
     database, objects = team
     (port,) = free_ports(1)
+    (tmp_path / "hub" / "spool").mkdir(parents=True)
+    (tmp_path / "hub" / "spool" / "cut-short.part").write_bytes(b"partial")
     proc = _serve(tmp_path / "hub", database, objects, port, workers=2)
+    assert list((tmp_path / "hub" / "spool").iterdir()) == []
     root = f"http://127.0.0.1:{port}"
     key = (tmp_path / "hub" / "api_key").read_text().strip()
     try:
