@@ -7,6 +7,7 @@ Only SQL lives here; the directory, its lock and the weight snapshots are
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sqlite3
@@ -16,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from hubfsm.core.changes import (
+    KEPT_ASIDE,
     Change,
     MetricsQueued,
     Offered,
@@ -25,6 +27,7 @@ from hubfsm.core.changes import (
     Rejected,
     Saved,
 )
+from hubfsm.durable.layout import HubRoots, hub_of
 from hubfsm.transport import FilePart, Request
 
 _SCHEMA = """
@@ -48,6 +51,9 @@ CREATE TABLE IF NOT EXISTS rejected (
     reason TEXT NOT NULL
 );
 """
+
+#: How much of an unreadable record's text is kept with it.
+_KEPT_TEXT = 4000
 
 #: SQLite 3.35 and later delete a row and return it in one statement.
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35)
@@ -98,6 +104,30 @@ def _slot_from_json(text: str) -> tuple[int, FilePart, Any]:
     return data["epoch"], file, data["extra"]
 
 
+def _epochs_in(payload: str, channel: str) -> Any:
+    """The epochs a metrics record's payload names, if they read back; else None."""
+    try:
+        epochs = json.loads(payload)
+    except ValueError:
+        return None
+    if channel == "metrics" and isinstance(epochs, list):
+        return [e for e in epochs if isinstance(e, int)]
+    return epochs if isinstance(epochs, int) else None
+
+
+def _keep_aside(
+    db: sqlite3.Connection, key: str, channel: str, text: str, payload: Any, error: Exception
+) -> None:
+    """Write an unreadable record as one kept aside, with its text as it was found."""
+    kept = Request("POST", "", json={"unreadable": str(text)[:_KEPT_TEXT]}, idempotency_key=key)
+    reason = f"its record in the outbox cannot be read ({type(error).__name__}); kept as found"
+    db.execute(
+        "INSERT OR IGNORE INTO rejected (key, channel, request, payload, status, reason) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (key, channel, _request_to_json(kept), json.dumps(payload), KEPT_ASIDE, reason),
+    )
+
+
 def _writes_more_than_one(change: Change) -> bool:
     """True when :meth:`OutboxDB.apply` writes ``change`` with more than one statement."""
     return isinstance(change, Rejected) or (
@@ -115,6 +145,41 @@ def _last_sent(changes: Sequence[Change]) -> dict[int, int]:
     }
 
 
+#: SQLite's primary result codes for a full disk and an I/O error.
+_SQLITE_FULL = 13
+_SQLITE_IOERR = 10
+
+
+@contextlib.contextmanager
+def disk_errors() -> Iterator[None]:
+    """Raise SQLite's full-disk and I/O errors as the ``OSError`` they are.
+
+    A write that fails for the machine's sake is then one kind of error for every
+    caller, whether SQLite or a file copy met it (ENOSPC or EIO), and never taken
+    for a damaged database.
+    """
+    try:
+        yield
+    except sqlite3.OperationalError as error:
+        code = (getattr(error, "sqlite_errorcode", 0) or 0) & 0xFF
+        text = str(error)
+        if not code:  # Python 3.10 gives no code: SQLite's own messages tell
+            code = _SQLITE_FULL if "disk is full" in text else 0
+            code = _SQLITE_IOERR if "disk I/O error" in text else code
+        if code == _SQLITE_FULL:
+            raise OSError(errno.ENOSPC, f"the outbox database: {text}") from error
+        if code == _SQLITE_IOERR:
+            raise OSError(errno.EIO, f"the outbox database: {text}") from error
+        raise
+
+
+def _roll_back(db: sqlite3.Connection) -> None:
+    """End a failed transaction; SQLite may already have rolled it back (a full disk)."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+
+
 #: An empty in-memory database with the schema, copied by :meth:`OutboxDB.in_memory`.
 _template: sqlite3.Connection | None = None
 _template_pid = 0
@@ -128,10 +193,18 @@ class OutboxDB:
         connection: An open connection in autocommit mode (``isolation_level=None``).
         model_id: The model the records belong to.
         has_schema: The connection's database already has the tables.
+        hub: The hub the records are for, recorded unless one already is (an outbox
+            made before hubs were recorded gets the hub of the first session that opens
+            it); None records nothing.
     """
 
     def __init__(
-        self, connection: sqlite3.Connection, model_id: str, *, has_schema: bool = False
+        self,
+        connection: sqlite3.Connection,
+        model_id: str,
+        *,
+        has_schema: bool = False,
+        hub: HubRoots | None = None,
     ) -> None:
         self._db = connection
         if not has_schema:
@@ -142,6 +215,11 @@ class OutboxDB:
                 "('created', ?)",
                 (model_id, repr(time.time())),
             )
+            if hub is not None:
+                db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('api_root', ?), ('web_root', ?)",
+                    (hub.api_root, hub.web_root),
+                )
 
     @classmethod
     def in_memory(cls, model_id: str) -> OutboxDB:
@@ -163,13 +241,14 @@ class OutboxDB:
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with disk_errors():
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                _roll_back(db)
+                raise
 
     @property
     def journal_seq(self) -> int:
@@ -199,6 +278,36 @@ class OutboxDB:
             refusal=self.refusal,
         )
 
+    def set_aside_unreadable(self) -> int:
+        """Keep aside every pending record that does not read back; how many there were.
+
+        One damaged row (a power cut, an edit by hand) must not stop the delivery of the
+        rest: it moves to the rejected records with the status
+        :data:`~hubfsm.core.changes.KEPT_ASIDE`, its text kept, for ``hubfsm status`` to
+        show and ``hubfsm discard --rejected`` to remove.
+        """
+        moved = 0
+        with self._transaction() as db:
+            for key, channel, request, payload in db.execute(
+                "SELECT key, channel, request, payload FROM ops ORDER BY seq"
+            ).fetchall():
+                try:
+                    _request_from_json(request)
+                    json.loads(payload)
+                except (ValueError, TypeError, KeyError) as error:
+                    db.execute("DELETE FROM ops WHERE key = ?", (key,))
+                    _keep_aside(db, key, channel, request, _epochs_in(payload, channel), error)
+                    moved += 1
+            for kind, value in db.execute("SELECT kind, value FROM slots").fetchall():
+                try:
+                    _slot_from_json(value)
+                except (ValueError, TypeError, KeyError, AssertionError) as error:
+                    db.execute("DELETE FROM slots WHERE kind = ?", (kind,))
+                    key = f"unreadable-{kind}-{time.time_ns()}"
+                    _keep_aside(db, key, kind, value, None, error)
+                    moved += 1
+        return moved
+
     def rejected(self) -> tuple[Rejected, ...]:
         """The records the hub refused, oldest first."""
         return tuple(
@@ -207,6 +316,11 @@ class OutboxDB:
                 "SELECT channel, request, payload, status, reason FROM rejected ORDER BY seq"
             )
         )
+
+    @property
+    def hub(self) -> HubRoots | None:
+        """The hub the records are for, if it was recorded."""
+        return hub_of(self._db)
 
     @property
     def refusal(self) -> str | None:
@@ -230,14 +344,28 @@ class OutboxDB:
 
         Returns:
             True when weight files may have lost their last reference.
+
+        Raises:
+            OSError: The disk is full or failed (ENOSPC, EIO): nothing of the call is
+                written, so the same changes can be written again later.
         """
         if not changes and journal_seq is None:
             return False
-        files_touched = False
         db = self._db
         # One statement is atomic on its own: most calls (an operation closed, a slot
         # offered) write one row, and BEGIN and COMMIT would double what they cost.
         grouped = journal_seq is not None or len(changes) > 1 or _writes_more_than_one(changes[0])
+        with disk_errors():
+            return self._apply(db, changes, journal_seq, grouped)
+
+    def _apply(
+        self,
+        db: sqlite3.Connection,
+        changes: Sequence[Change],
+        journal_seq: int | None,
+        grouped: bool,
+    ) -> bool:
+        files_touched = False
         if grouped:
             db.execute("BEGIN IMMEDIATE")
         # An epoch queued and sent in the same call never needs its own row: the
@@ -322,13 +450,21 @@ class OutboxDB:
                 db.execute(
                     "UPDATE meta SET value = ? WHERE key = 'journal_seq'", (str(journal_seq),)
                 )
+            if grouped:
+                db.execute("COMMIT")
         except BaseException:
             if grouped:
-                db.execute("ROLLBACK")
+                _roll_back(db)
             raise
-        if grouped:
-            db.execute("COMMIT")
         return files_touched
+
+    def reclaim(self) -> None:
+        """Move the write-ahead log into the database and give its space back.
+
+        Best effort: it needs room for what the database grows by.
+        """
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def copy_to(self, path: str | os.PathLike[str]) -> None:
         """Write the whole database to a file at ``path`` (an in-memory one included)."""

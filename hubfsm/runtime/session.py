@@ -23,7 +23,9 @@ from hubfsm.core.events import (
     Interrupted,
     Start,
 )
+from hubfsm.core.plain import carried
 from hubfsm.durable.outbox import stamp_of
+from hubfsm.durable.records import keep_record, kept_record
 from hubfsm.errors import (
     DeliveryIncomplete,
     HubfsmError,
@@ -152,10 +154,21 @@ class Session(SessionViews):
             self._release()
             raise
         if settings.identifier.model_id is not None:
+            self._keep_record(settings.identifier.model_id)
             self._continue_from_record()
         if settings.at_exit:
             self._hooks = ExitHooks(self._at_exit, signals=settings.handle_signals)
         self._log.info("session.opened", model_id=core.model_id, state=core.state)
+
+    def _keep_record(self, model_id: str) -> None:
+        # An offline run of a hub model trains from the record an online start kept.
+        durability = self._durability
+        if durability is None:
+            return
+        if self.offline:
+            self._record = kept_record(model_id, durability.root)
+        elif self._core.record:
+            keep_record(model_id, self._core.record, durability.root)
 
     def _continue_from_record(self) -> None:
         # A resumed model's new epochs follow the ones the hub has: a loop that logs
@@ -186,22 +199,29 @@ class Session(SessionViews):
         """Queue one epoch's metrics; returns at once, and a crash cannot lose them.
 
         Args:
-            metrics: Metric names to numbers (anything JSON can encode).
+            metrics: Metric names (strings) to values: numbers, strings, booleans, None,
+                and lists and dicts of them. numpy and torch scalars and arrays are
+                converted; NaN and infinities are sent as JSON ``null``.
             epoch: The epoch; by default the one after the last logged, from 0.
+
+        Raises:
+            TypeError: A name is not a string, or a value cannot be sent (an integer
+                beyond 64 bits, an object): the message names it, and nothing is kept.
         """
         if not self._accepting:
             raise IllegalEventError(self._core.state, "epoch_end")
         if epoch is None:
             epoch = self._next_epoch
-        self._next_epoch = epoch + 1
         durability = self._durability
         journal = None if durability is None else durability.journal
         # No wake-up: metrics go out at most every 3 s anyway, and the worker looks at
-        # the inbox at least every quarter second.
+        # the inbox at least every quarter second. The journal checks the values itself,
+        # once they are not the float values of its usual names.
         if journal is None:
-            self._inbox.append((0, epoch, dict(metrics)))
+            self._inbox.append((0, epoch, carried(metrics)))
         else:
             journal.append_metrics(epoch, metrics)
+        self._next_epoch = epoch + 1
 
     def save_checkpoint(
         self, path: str | os.PathLike[str], *, epoch: int, is_best: bool = False
@@ -218,7 +238,7 @@ class Session(SessionViews):
         file = os.fspath(path)
         stamp = stamp_of(file)  # a missing file is the caller's error, raised here
         durability = self._durability
-        held = durability.hold(file) if durability is not None else None
+        held = durability.hold(file, checkpoint=True) if durability is not None else None
         event = CheckpointOffered(held or file, epoch, is_best, stamp, held)
         journal = None if durability is None else durability.journal
         if journal is None:
@@ -256,8 +276,14 @@ class Session(SessionViews):
             raise IllegalEventError(self._core.state, "finish")
         last = max(self._next_epoch - 1 if epoch is None else epoch, 0)
         file = os.fspath(path)
-        event = FinishRequested(file, last, map50_95, stamp_of(file), timeout)
-        self._shell.call(event, timeout=max(60.0, timeout))
+        stamp = stamp_of(file)  # a missing file is the caller's error, raised here
+        durability = self._durability
+        held = durability.hold(file) if durability is not None else None
+        event = FinishRequested(file, last, map50_95, stamp, timeout, held)
+        # Journaled before the wait: a kill while the worker is still inside a request
+        # leaves the final weights for recovery, `hubfsm status` and `hubfsm sync`.
+        journal = None if durability is None else durability.journal
+        self._shell.call(event, timeout=max(60.0, timeout), journal=journal)
         self._accepting = False
         self._settle(timeout)
 
@@ -326,10 +352,19 @@ class Session(SessionViews):
             self._shell.submit(Interrupted())
         self._shell.stop(timeout=0.0 if self.offline else limit)
         self._release()
-        pending = self._core.pending()
-        if any(pending.values()):
+        pending = self.pending()  # final weights the worker never took in are kept too
+        kept = None if self._durability is None else self._durability.kept
+        if any(pending.values()) or (kept is not None and any(kept.values())):
             tell = self._log is log and not self._refusal_noticed
-            report_left(self._core, pending, self.outbox_dir, self._log, tell=tell)
+            report_left(
+                self._core,
+                pending,
+                self.outbox_dir,
+                self._log,
+                tell=tell,
+                kept=kept,
+                api_root=self._settings.api_root,
+            )
         if raise_refusal and self._core.machine.refused and not self._refusal_raised:
             self._refusal_raised = True
             raise self._refusal_error()
@@ -347,10 +382,12 @@ class Session(SessionViews):
             return
         self._refusal_noticed = True
         if self._log is log:
-            print(notice(self._core, self.outbox_dir), file=sys.stderr)
+            print(
+                notice(self._core, self.outbox_dir, self._settings.api_root), file=sys.stderr
+            )
 
     def _refusal_error(self) -> HubfsmError:
-        return refusal_error(self._core, self.outbox_dir)
+        return refusal_error(self._core, self.outbox_dir, self._settings.api_root)
 
     def _at_exit(self) -> None:
         self._close(None, raise_refusal=False)
