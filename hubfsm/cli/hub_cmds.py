@@ -26,6 +26,9 @@ def cmd_hub_serve(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         limits=BodyLimits(json=int(args.max_json_mib * 2**20), upload=args.max_upload_mib << 20),
         heartbeat_interval=args.heartbeat_interval,
+        database=args.database,
+        objects=args.objects,
+        workers=args.workers,
     )
 
 

@@ -180,6 +180,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between a trainer's heartbeats; the pages call a run stalled after "
         "two without a sign of it (default 300)",
     )
+    p.add_argument(
+        "--database",
+        metavar="URL",
+        help="keep records in PostgreSQL at this postgresql:// URL (a password is better "
+        "in PGPASSWORD or ~/.pgpass); needs --objects",
+    )
+    p.add_argument(
+        "--objects",
+        metavar="URL",
+        help="keep weight files in S3 at s3://bucket/prefix (endpoint and credentials from "
+        "the AWS_* variables); needs --database",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="server processes sharing the port (with --database; default 1)",
+    )
     p.set_defaults(func=cmd_hub_serve)
     from hubfsm.hub.admin import register as register_keys
 

@@ -28,8 +28,15 @@ from hubfsm.hub.store_sqlite import SqliteStore
 Command = Callable[..., argparse.ArgumentParser]
 
 
-def _open(data_dir: str | os.PathLike[str] | None, *, create: bool = False) -> Hub:
-    """The hub in ``data_dir``; only ``create`` makes one where there is none.
+def _open(
+    data_dir: str | os.PathLike[str] | None,
+    database: str | None = None,
+    *,
+    create: bool = False,
+) -> Hub:
+    """The hub in ``data_dir`` (its records in ``database`` if given).
+
+    Only ``create`` makes a hub where there is none; a team's hub lives in its database.
 
     Raises:
         HubfsmError: There is no hub there and ``create`` is False.
@@ -37,14 +44,21 @@ def _open(data_dir: str | os.PathLike[str] | None, *, create: bool = False) -> H
     from hubfsm.hub.server import default_data_dir, load_or_create_key
 
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
-    if not create and not (folder / "api_key").is_file():
+    if not create and database is None and not (folder / "api_key").is_file():
         # A misspelled --data must not quietly become a new hub with a new key.
         raise HubfsmError(
             f"{folder} holds no local hub (no api_key file): check --data, or create one "
             f"with `hubfsm hub serve --data {folder}`"
         )
     folder.mkdir(parents=True, exist_ok=True)
-    hub = Hub(SqliteStore(folder), clock=time.time)
+    if database is not None:
+        from hubfsm.hub.store_postgres import PostgresStore, migrate
+
+        # Keys may be made before the team's hub first served: the schema comes first.
+        migrate(database)
+        hub = Hub(PostgresStore(database, None, pool_size=1), clock=time.time)
+    else:
+        hub = Hub(SqliteStore(folder), clock=time.time)
     hub.ensure_key(load_or_create_key(folder / "api_key"), label="api_key file")
     return hub
 
@@ -60,12 +74,13 @@ def add(
     data_dir: str | os.PathLike[str] | None,
     label: str = "",
     out: TextIO | None = None,
+    database: str | None = None,
     *,
     platform: bool = False,
 ) -> str:
     """Create a key (a ``ul_`` Platform key if ``platform``), print it once, and return it."""
     out = out if out is not None else sys.stdout
-    hub = _open(data_dir, create=True)
+    hub = _open(data_dir, database, create=True)
     try:
         key = new_platform_key() if platform else new_key()
         record = hub.add_key(key, label)
@@ -77,10 +92,14 @@ def add(
     return key
 
 
-def listing(data_dir: str | os.PathLike[str] | None, out: TextIO | None = None) -> list[KeyRecord]:
+def listing(
+    data_dir: str | os.PathLike[str] | None,
+    out: TextIO | None = None,
+    database: str | None = None,
+) -> list[KeyRecord]:
     """Print every key, masked, with its state and its number of models."""
     out = out if out is not None else sys.stdout
-    hub = _open(data_dir)
+    hub = _open(data_dir, database)
     try:
         records = hub.list_keys()
         owners = Counter(record.owner for record in hub.store.list_models())
@@ -108,10 +127,15 @@ def listing(data_dir: str | os.PathLike[str] | None, out: TextIO | None = None) 
     return records
 
 
-def revoke(data_dir: str | os.PathLike[str] | None, key_id: str, out: TextIO | None = None) -> int:
+def revoke(
+    data_dir: str | os.PathLike[str] | None,
+    key_id: str,
+    out: TextIO | None = None,
+    database: str | None = None,
+) -> int:
     """Revoke the key whose id starts with ``key_id``; the exit status (1 if none or several)."""
     out = out if out is not None else sys.stdout
-    hub = _open(data_dir)
+    hub = _open(data_dir, database)
     try:
         matches = [record for record in hub.list_keys() if record.id.startswith(key_id)]
         if len(key_id) < 4 or len(matches) != 1:
@@ -141,7 +165,11 @@ def _one(records: list[KeyRecord], given: str) -> KeyRecord | str:
 
 
 def transfer(
-    data_dir: str | os.PathLike[str] | None, old: str, new: str, out: TextIO | None = None
+    data_dir: str | os.PathLike[str] | None,
+    old: str,
+    new: str,
+    out: TextIO | None = None,
+    database: str | None = None,
 ) -> int:
     """Hand the models of the key ``old`` to the key ``new`` (ids, their starts, or labels).
 
@@ -149,7 +177,7 @@ def transfer(
         The exit status: 1 when either key is not found once, or ``new`` is revoked.
     """
     out = out if out is not None else sys.stdout
-    hub = _open(data_dir)
+    hub = _open(data_dir, database)
     try:
         records = hub.list_keys()
         source, target = _one(records, old), _one(records, new)
@@ -201,14 +229,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     """Run ``hubfsm hub keys ...``."""
     if args.keys_command == "add":
-        add(args.data, args.label or "", platform=args.platform)
+        add(args.data, args.label or "", database=args.database, platform=args.platform)
         return 0
     if args.keys_command == "list":
-        listing(args.data)
+        listing(args.data, database=args.database)
         return 0
     if args.keys_command == "transfer":
-        return transfer(args.data, args.old, args.new)
-    return revoke(args.data, args.key_id)
+        return transfer(args.data, args.old, args.new, database=args.database)
+    return revoke(args.data, args.key_id, database=args.database)
 
 
 def register(
@@ -225,10 +253,12 @@ def register(
     )
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
     data_help = "data directory (default: the user data directory)"
+    database_help = "a team hub's PostgreSQL database (postgresql:// URL) instead"
     p = command(
         keys_sub, "add", "Create a key and print it (only this once).", "hubfsm hub keys add"
     )
     p.add_argument("--data", help=data_help)
+    p.add_argument("--database", metavar="URL", help=database_help)
     p.add_argument("--label", help="a name to recognise the key by")
     p.add_argument(
         "--platform",
@@ -238,12 +268,14 @@ def register(
     p.set_defaults(func=cmd_keys)
     p = command(keys_sub, "list", "List the keys, masked.", "hubfsm hub keys list --data ./hub")
     p.add_argument("--data", help=data_help)
+    p.add_argument("--database", metavar="URL", help=database_help)
     p.set_defaults(func=cmd_keys)
     p = command(
         keys_sub, "revoke", "Revoke a key: it gets 401 from now on.", "hubfsm hub keys revoke 3fa9"
     )
     p.add_argument("key_id", help="the key's id from `hubfsm hub keys list` (or its start)")
     p.add_argument("--data", help=data_help)
+    p.add_argument("--database", metavar="URL", help=database_help)
     p.set_defaults(func=cmd_keys)
     p = command(
         keys_sub,
@@ -255,6 +287,7 @@ def register(
     p.add_argument("old", help="the key whose models move: its id (or start) or label")
     p.add_argument("new", help="the key they move to: its id (or start) or label")
     p.add_argument("--data", help=data_help)
+    p.add_argument("--database", metavar="URL", help=database_help)
     p.set_defaults(func=cmd_keys)
     p = command(
         hub_sub,

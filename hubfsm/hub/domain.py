@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from typing import cast
 from urllib.parse import parse_qsl
 
 from hubfsm.hub.calls import (
@@ -98,7 +99,9 @@ class Hub(PlatformEndpoints):
         self.public_root = public_root
         self.signer = signer
         # Re-entrant: the read helpers lock too, and endpoints call them under the lock.
-        self._lock = threading.RLock()
+        # A store whose database isolates requests (row locks, per-scope claims) needs no
+        # lock in the process: several processes share it anyway.
+        self._lock = _UNLOCKED if getattr(store, "isolates", False) else threading.RLock()
         self._metrics_applied = Counter()
         self._uploads = []
         self._heartbeats = {}
@@ -181,6 +184,25 @@ class Hub(PlatformEndpoints):
             if scope is not None and digest is not None and reply.ok:
                 self.store.put_reply(scope, StoredReply(reply.status, reply.body, digest))
         return reply
+
+
+class _Unlocked:
+    """A lock that never waits (for stores that isolate concurrent requests themselves)."""
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return True
+
+    def release(self) -> None:
+        return None
+
+    def __enter__(self) -> bool:
+        return True
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_UNLOCKED = cast("threading.RLock", _Unlocked())
 
 
 def _safe(text: str) -> str:

@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
@@ -32,6 +33,7 @@ from hubfsm.hub.app import BodyLimits, HubApp, RateLimiter
 from hubfsm.hub.domain import ALPHABET, Hub
 from hubfsm.hub.faults import FaultMix
 from hubfsm.hub.signing import DEFAULT_TTL, UrlSigner, load_or_create_secret
+from hubfsm.hub.store import Store
 from hubfsm.hub.store_sqlite import SqliteStore
 from hubfsm.logs import get_logger
 
@@ -165,6 +167,12 @@ class LocalHub:
         url_ttl: Seconds a signed weight URL stays valid.
         heartbeat_interval: Seconds between a client's heartbeats; the pages call a run
             stalled after two of them without a sign of it (tests use a short one).
+        database: A ``postgresql://`` URL: records go there instead of SQLite in
+            ``data_dir`` (the schema must be migrated, see
+            :func:`hubfsm.hub.store_postgres.migrate`). Needs ``objects``.
+        objects: An ``s3://bucket/prefix`` URL for weight files (with ``database``).
+        reuse_port: Let other processes listen on the same port (``SO_REUSEPORT``): the
+            kernel spreads connections over them.
     """
 
     def __init__(
@@ -183,13 +191,20 @@ class LocalHub:
         limits: BodyLimits | None = None,
         url_ttl: float = DEFAULT_TTL,
         heartbeat_interval: float = 300.0,
+        database: str | None = None,
+        objects: str | None = None,
+        reuse_port: bool = False,
     ) -> None:
+        if (database is None) != (objects is None):
+            raise ValueError("a database and an object store go together (--database, --objects)")
         self.data_dir = Path(data_dir)
         self.heartbeat_interval = heartbeat_interval
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.key_file = self.data_dir / "api_key"
         self._api_key = load_or_create_key(self.key_file)
-        self._secret = load_or_create_secret(self.data_dir / "url_secret")
+        self.database, self.objects, self.reuse_port = database, objects, reuse_port
+        # With a database, the secret is kept there, shared by every process.
+        self._secret = None if database else load_or_create_secret(self.data_dir / "url_secret")
         self.host = host
         self.port = port
         self.faults = faults
@@ -230,8 +245,8 @@ class LocalHub:
         """Open the data directory and start serving in a background thread."""
         if self._server is not None:
             raise RuntimeError("the local hub is already running")
-        store = SqliteStore(self.data_dir)
-        signer = UrlSigner(self._secret, time.time, self.url_ttl)
+        store, secret, spool = self._open_store()
+        signer = UrlSigner(secret, time.time, self.url_ttl)
         hub = Hub(store, clock=time.time, new_id=_secure_id, signer=signer)
         try:
             hub.ensure_key(self._api_key, label="api_key file")
@@ -242,7 +257,7 @@ class LocalHub:
                 rate_limit=self.rate_limit,
                 hang=self.hang,
                 limits=self.limits,
-                spool_dir=store.data_dir / "weights" / ".staging",
+                spool_dir=spool,
             )
             server = _Server(
                 (self.host, self.port),
@@ -260,6 +275,10 @@ class LocalHub:
             server.expiration_interval = 0.05
             # Uploads are capped by the app, per kind of body, after the key was checked.
             server.max_request_body_size = 0
+            server.reuse_port = self.reuse_port
+            if self.database is not None:
+                # A team's many trainers connect at once; cheroot's default backlog is 5.
+                server.request_queue_size = 512
             server.prepare()
         except BaseException:
             store.close()
@@ -272,6 +291,27 @@ class LocalHub:
         self._thread.start()
         _log.info("hub.started", url=self.url, data_dir=str(self.data_dir), server="cheroot")
         return self
+
+    def _open_store(self) -> tuple[Store, bytes, Path]:
+        """The store, the URL-signing secret, and where uploads are received."""
+        if self.database is None or self.objects is None:
+            local = SqliteStore(self.data_dir)
+            assert self._secret is not None
+            return local, self._secret, local.data_dir / "weights" / ".staging"
+        from hubfsm.hub.objects_s3 import S3Objects
+        from hubfsm.hub.store_postgres import PostgresStore
+
+        pool = min(self.threads, 16)  # a connection is held only inside a transaction
+        team = PostgresStore(self.database, S3Objects(self.objects), pool_size=pool)
+        try:
+            secret = team.url_secret()
+        except BaseException:
+            team.close()
+            raise
+        # Uploads pass through a temporary file on their way to the object store.
+        spool = self.data_dir / "spool"
+        spool.mkdir(mode=0o700, exist_ok=True)
+        return team, secret, spool
 
     def stop(self) -> None:
         """Stop serving and close the data directory (a later start() reopens it)."""
@@ -322,6 +362,9 @@ def serve(
     out: TextIO | None = None,
     stop: threading.Event | None = None,
     heartbeat_interval: float = 300.0,
+    database: str | None = None,
+    objects: str | None = None,
+    workers: int = 1,
 ) -> int:
     """Run the local hub in the foreground until Ctrl-C (or until ``stop`` is set).
 
@@ -338,6 +381,11 @@ def serve(
         out: Where to print the instructions; stdout by default.
         stop: Set it to stop the server (for tests and embedding).
         heartbeat_interval: Seconds between a trainer's heartbeats (see :class:`LocalHub`).
+        database: A ``postgresql://`` URL for the records (with ``objects``); its schema
+            is migrated before serving.
+        objects: An ``s3://bucket/prefix`` URL for the weight files (with ``database``).
+        workers: Server processes sharing the port (``SO_REUSEPORT``; needs ``database``:
+            SQLite is one process's).
 
     Returns:
         The process exit status, 0.
@@ -347,21 +395,43 @@ def serve(
             directory it created for the attempt is removed again.
     """
     out = out if out is not None else sys.stdout
+    if workers > 1 and database is None:
+        raise ValueError("several workers need a shared database (--database, --objects)")
     faults = FaultMix.from_rate(fault_rate, latency=latency) if fault_rate or latency else None
+    if (database is None) != (objects is None):
+        raise ValueError("a database and an object store go together (--database, --objects)")
+    if database is not None:
+        import psycopg
+
+        from hubfsm.hub.store_postgres import migrate
+
+        # Once, before any worker serves: the workers then find the schema they expect.
+        try:
+            migrate(database)
+        except psycopg.OperationalError as error:
+            # libpq's message names the host and port, never the password.
+            raise ValueError(f"cannot use the database: {str(error).strip()}") from None
+    options: dict[str, Any] = {
+        "host": host,
+        "faults": faults,
+        "seed": seed,
+        "rate_limit": rate_limit,
+        "timeout": timeout,
+        "limits": limits,
+        "heartbeat_interval": heartbeat_interval,
+        "database": database,
+        "objects": objects,
+    }
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
     existed = folder.exists()
-    local = LocalHub(
-        folder,
-        host=host,
-        port=port,
-        faults=faults,
-        seed=seed,
-        rate_limit=rate_limit,
-        timeout=timeout,
-        limits=limits,
-        heartbeat_interval=heartbeat_interval,
-    )
+    if database is not None:
+        # Uploads a crash cut short on their way to the object store; no worker runs yet.
+        for leftover in folder.joinpath("spool").glob("*.part"):
+            leftover.unlink(missing_ok=True)
     stop = stop if stop is not None else threading.Event()
+    if workers > 1:
+        return _serve_workers(folder, port, workers, options, out, stop)
+    local = LocalHub(folder, port=port, **options)
     try:
         local.start()
     except OSError as exc:
@@ -369,43 +439,123 @@ def serve(
             # A hub that never served leaves nothing behind: not even its new key.
             shutil.rmtree(folder, ignore_errors=True)
         raise HubfsmError(_cannot_listen(host, port, exc)) from None
-    with contextlib.ExitStack() as running:
-        running.callback(local.stop)
-        key_file = shlex.quote(str(local.key_file))
-        print(f"Local hub serving at {local.url}", file=out)
+    try:
+        _banner(local, out, f"{fault_rate:g}" if faults is not None else None, latency)
+        _wait(stop)
+        print("Stopping.", file=out, flush=True)
+    finally:
+        local.stop()
+    return 0
+
+
+def _banner(local: LocalHub, out: TextIO, faults: str | None, latency: float) -> None:
+    key_file = shlex.quote(str(local.key_file))
+    print(f"Local hub serving at {local.url}", file=out)
+    if local.database is not None:
+        print(f"  records:  PostgreSQL ({_without_password(local.database)})", file=out)
+        print(f"  weights:  {local.objects}", file=out)
+    else:
         print(f"  data:     {local.data_dir}", file=out)
-        print(f"  API key:  in {local.key_file} (mode 0600)", file=out)
-        print(f"  runs:     {local.url}/ (web pages, from this machine only)", file=out)
+    print(f"  API key:  in {local.key_file} (mode 0600)", file=out)
+    print(f"  runs:     {local.url}/ (web pages, from this machine only)", file=out)
+    if local.database is None:
         print(
             f"  keys:     hubfsm hub keys list --data {shlex.quote(str(local.data_dir))}", file=out
         )
-        if faults is not None:
-            print(f"  faults:   {fault_rate:g} of requests, latency up to {latency:g} s", file=out)
-        if rate_limit:
-            print(f"  limit:    {rate_limit:g} requests per second per key", file=out)
-        print("Point a client at it with:", file=out)
-        print(f"  export ULTRALYTICS_HUB_API={local.url}", file=out)
-        print(f"  export ULTRALYTICS_HUB_WEB={local.url}", file=out)
-        print(f"  export HUB_API_KEY=$(cat {key_file})", file=out)
-        print("For ultralytics 8.4 (the Platform API), make a key with", file=out)
-        print(
-            f"  hubfsm hub keys add --platform --data {shlex.quote(str(local.data_dir))}",
-            file=out,
-        )
-        print("then set ULTRALYTICS_API_KEY to the key it prints, and", file=out)
-        print(f"  export ULTRALYTICS_PLATFORM_URL={local.url}", file=out)
-        print("Press Ctrl-C to stop.", file=out, flush=True)
-        previous = None
-        if threading.current_thread() is threading.main_thread():
-            # SIGTERM (a service manager, a test harness) stops as cleanly as Ctrl-C.
-            previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-        try:
-            while not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
+    if faults is not None:
+        print(f"  faults:   {faults} of requests, latency up to {latency:g} s", file=out)
+    if local.rate_limit:
+        print(f"  limit:    {local.rate_limit:g} requests per second per key", file=out)
+    print("Point a client at it with:", file=out)
+    print(f"  export ULTRALYTICS_HUB_API={local.url}", file=out)
+    print(f"  export ULTRALYTICS_HUB_WEB={local.url}", file=out)
+    print(f"  export HUB_API_KEY=$(cat {key_file})", file=out)
+    print("For ultralytics 8.4 (the Platform API), make a key with", file=out)
+    data = shlex.quote(str(local.data_dir))
+    print(f"  hubfsm hub keys add --platform --data {data}", file=out)
+    print("then set ULTRALYTICS_API_KEY to the key it prints, and", file=out)
+    print(f"  export ULTRALYTICS_PLATFORM_URL={local.url}", file=out)
+    print("Press Ctrl-C to stop.", file=out, flush=True)
+
+
+def _without_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or "local socket"
+    where = f"{host}:{parts.port}" if parts.port else host
+    return f"{where}{parts.path}"
+
+
+def _wait(stop: threading.Event) -> None:
+    """Block until ``stop`` is set, Ctrl-C, or SIGTERM."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a service manager, a test harness) stops as cleanly as Ctrl-C.
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    try:
+        while not stop.wait(0.5):
             pass
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-        print("Stopping.", file=out, flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _worker(folder: str | os.PathLike[str], port: int, options: dict[str, Any]) -> None:
+    """One server process of several: serves until SIGTERM."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the workers
+    with LocalHub(folder, port=port, reuse_port=True, **options):
+        while not stop.wait(0.5):
+            pass
+
+
+def _serve_workers(
+    folder: str | os.PathLike[str],
+    port: int,
+    workers: int,
+    options: dict[str, Any],
+    out: TextIO,
+    stop: threading.Event,
+) -> int:
+    """Run ``workers`` server processes on one port until Ctrl-C or SIGTERM, then stop them."""
+    import multiprocessing
+
+    # Made here so that every worker reads the same key file.
+    first = LocalHub(folder, port=port, **options)
+    # Holding the port (bound, not listening) keeps it ours when it was picked at random.
+    holder = socket.socket(socket.AF_INET6 if ":" in first.host else socket.AF_INET)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind((first.host, port))
+    first.port = int(holder.getsockname()[1])
+    context = multiprocessing.get_context("spawn")
+    procs = [
+        context.Process(target=_worker, args=(folder, first.port, options), daemon=True)
+        for _ in range(workers)
+    ]
+    try:
+        for proc in procs:
+            proc.start()
+        _wait_listening(first.host, first.port)
+        _banner(first, out, None, 0.0)
+        print(f"  workers:  {workers} processes on port {first.port}", file=out, flush=True)
+        _wait(stop)
+    finally:
+        for proc in procs:
+            if proc.pid is not None and proc.exitcode is None:
+                os.kill(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            proc.join(30)
+        holder.close()
+    print("Stopping.", file=out, flush=True)
     return 0
+
+
+def _wait_listening(host: str, port: int, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"no worker listens on port {port} after {seconds:g} s")

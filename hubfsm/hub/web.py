@@ -23,12 +23,16 @@ from hubfsm.hub.calls import is_model_id
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.signing import file_name, parse_name
 from hubfsm.hub.store import WeightsKind
+from hubfsm.hub.store_postgres import PostgresStore
 
 _LOOPBACK = ("127.", "::1", "::ffff:127.")
 #: The ``Host`` names the pages answer to, besides the hub's own (the port is not part
 #: of the check: a rebinding page cannot choose the name, and a tunnel may change the port).
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _KINDS: tuple[WeightsKind, ...] = ("last", "best")
+#: Seconds an object store's presigned link stays valid: it is followed at once (the
+#: hub's own signed URL, checked before, is what lasts).
+LINK_TTL = 300.0
 _STATIC = {
     "uplot.iife.min.js": "text/javascript",
     "uplot.min.css": "text/css",
@@ -180,11 +184,34 @@ def _signed_file(hub: Hub, request: Request, model_id: str, name: str) -> Respon
 
 
 def _weights(hub: Hub, request: Request, model_id: str, kind: WeightsKind, name: str) -> Response:
+    if isinstance(hub.store, PostgresStore):
+        return _linked(hub.store, request, model_id, kind, name)
     found = hub.weights(model_id, kind)
     if found is None:
         return Response(f"{model_id} has no {kind}.pt", status=404, mimetype="text/plain")
     info, content = found
     return file_response(content, info.size, info.sha256, name, request)
+
+
+def _linked(
+    store: PostgresStore, request: Request, model_id: str, kind: WeightsKind, name: str
+) -> Response:
+    """Send the client to the object store itself: the file's bytes never pass the hub."""
+    if request.method == "HEAD":
+        info = store.weights_info(model_id, kind)
+        if info is None:
+            return Response(f"{model_id} has no {kind}.pt", status=404, mimetype="text/plain")
+        return file_response(b"", info.size, info.sha256, name, request)
+    found = store.weights_link(model_id, kind, LINK_TTL, name)
+    if found is None:
+        return Response(f"{model_id} has no {kind}.pt", status=404, mimetype="text/plain")
+    info, url = found
+    response = Response(status=302, headers={"Location": url})
+    # The digest comes from the record, so a client can check what the store sends.
+    response.headers["X-Checksum-Sha256"] = info.sha256
+    response.headers["ETag"] = f'"{info.sha256}"'
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def file_response(

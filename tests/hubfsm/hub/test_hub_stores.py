@@ -15,9 +15,29 @@ from hubfsm.hub.store import StoredReply
 from tests.support import KEY
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def _open(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "sqlite":
+        return SqliteStore(tmp_path)
+    from hubfsm.hub.objects_s3 import S3Objects
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    database, objects = request.getfixturevalue("team")
+    return PostgresStore(database, S3Objects(objects))
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres+s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    made: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path)
+    made = _open(request.param, request, tmp_path)
+    yield made
+    made.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres+s3"])
+def durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """The stores whose transactions roll back (the memory store's writes cannot fail)."""
+    made = _open(request.param, request, tmp_path)
     yield made
     made.close()
 
@@ -110,15 +130,14 @@ def test_sqlite_replies_kept_before_digests_still_replay(tmp_path: Path) -> None
     reopened.close()
 
 
-def test_transaction_rolls_back_on_error(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path)
+def test_transaction_rolls_back_on_error(durable_store: Store) -> None:
+    store = durable_store
     with pytest.raises(RuntimeError), store.transaction():
         store.put_model(record())
         store.put_metrics("a" * 20, {0: "{}"})
         raise RuntimeError("boom")
     assert store.get_model("a" * 20) is None
     assert store.get_metrics("a" * 20) == []
-    store.close()
 
 
 def test_sqlite_survives_a_restart(tmp_path: Path) -> None:

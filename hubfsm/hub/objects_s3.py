@@ -1,0 +1,156 @@
+"""Weight files in an S3 object store (AWS S3, MinIO, SeaweedFS or any S3 API).
+
+Every upload goes to a new, never reused key (``{prefix}weights/{random}``): a model record
+points at the key of its current file, and replacing a file is a pointer swap in the
+database, so a reader sees the old file or the new one, never half of one. Uploads are
+streamed to the store in parts of :data:`PART_SIZE` and hashed on the way (no copy of the
+file in memory or on disk); downloads go straight from the store by presigned URL.
+
+The endpoint, region and credentials come from the usual ``AWS_*`` variables
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``,
+or a profile), as for any AWS tool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import urllib.parse
+from typing import IO, Any, cast
+
+from hubfsm.hub.store import Source
+
+#: Bytes per uploaded part (S3 takes 5 MiB to 5 GiB per part, up to 10,000 parts).
+PART_SIZE = 8 << 20
+
+
+def _read_full(source: IO[bytes], size: int) -> bytes:
+    # A stream may return less than asked; a part must be full except the last.
+    parts: list[bytes] = []
+    left = size
+    while left > 0:
+        chunk = source.read(left)
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+class S3Objects:
+    """A bucket and key prefix of an S3 object store, named by ``s3://bucket/prefix``.
+
+    Args:
+        url: ``s3://bucket`` or ``s3://bucket/prefix``.
+        client: A boto3 S3 client; one made from the ``AWS_*`` variables when None.
+    """
+
+    def __init__(self, url: str, client: Any = None) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise ValueError("an object store URL looks like s3://bucket/prefix")
+        self.bucket = parts.netloc
+        prefix = parts.path.strip("/")
+        self.prefix = f"{prefix}/" if prefix else ""
+        self._client = client if client is not None else _client()
+
+    def __repr__(self) -> str:
+        return f"S3Objects('s3://{self.bucket}/{self.prefix}')"
+
+    def new_key(self) -> str:
+        """A fresh object key, never used before (128 random bits)."""
+        return f"{self.prefix}weights/{secrets.token_hex(16)}"
+
+    def put(self, source: Source) -> tuple[str, str, int]:
+        """Stream ``source`` to a new object: its ``(key, sha256, size)``."""
+        key = self.new_key()
+        if isinstance(source, bytes):
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=source)
+            return key, hashlib.sha256(source).hexdigest(), len(source)
+        sha = hashlib.sha256()
+        first = _read_full(source, PART_SIZE)
+        sha.update(first)
+        if len(first) < PART_SIZE:
+            # Small files in one request: a multipart upload costs three.
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=first)
+            return key, sha.hexdigest(), len(first)
+        upload = self._client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+        done: list[dict[str, Any]] = []
+        size = 0
+        try:
+            part = first
+            while part:
+                size += len(part)
+                answer = self._client.upload_part(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload,
+                    PartNumber=len(done) + 1,
+                    Body=part,
+                )
+                done.append({"PartNumber": len(done) + 1, "ETag": answer["ETag"]})
+                part = _read_full(source, PART_SIZE)
+                sha.update(part)
+            self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": done}
+            )
+        except BaseException:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)
+            raise
+        return key, sha.hexdigest(), size
+
+    def open(self, key: str) -> IO[bytes] | None:
+        """A stream of the object (the caller closes it), or None if it is gone."""
+        try:
+            answer = self._client.get_object(Bucket=self.bucket, Key=key)
+        except self._client.exceptions.NoSuchKey:
+            return None
+        return cast("IO[bytes]", answer["Body"])
+
+    def delete(self, key: str) -> None:
+        """Delete the object (nothing happens if it is gone already)."""
+        self._client.delete_object(Bucket=self.bucket, Key=key)
+
+    def listing(self) -> list[tuple[str, float]]:
+        """Every weight object under the prefix: ``(key, last modified in epoch seconds)``."""
+        found: list[tuple[str, float]] = []
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=f"{self.prefix}weights/"
+        )
+        for page in pages:
+            found.extend(
+                (str(item["Key"]), item["LastModified"].timestamp())
+                for item in page.get("Contents", ())
+            )
+        return found
+
+    def presign(self, key: str, ttl: float, name: str) -> str:
+        """A URL that fetches the object without credentials for ``ttl`` seconds, as ``name``."""
+        return str(
+            self._client.generate_presigned_url(
+                "get_object",
+                Params={
+                    "Bucket": self.bucket,
+                    "Key": key,
+                    "ResponseContentDisposition": f'attachment; filename="{name}"',
+                },
+                ExpiresIn=max(1, int(ttl)),
+            )
+        )
+
+
+def _client() -> Any:
+    import boto3
+    from botocore.config import Config
+
+    # Path-style addressing for self-hosted stores (an address, not a bucket's DNS name).
+    style = "path" if os.environ.get("AWS_ENDPOINT_URL") else "auto"
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    config = Config(
+        signature_version="s3v4",
+        s3={"addressing_style": style},
+        retries={"max_attempts": 5, "mode": "standard"},
+        max_pool_connections=32,
+    )
+    return boto3.session.Session().client("s3", region_name=region, config=config)

