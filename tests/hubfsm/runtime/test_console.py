@@ -174,7 +174,8 @@ def test_a_refusal_prints_one_line(local: LocalHub, tmp_path: Path) -> None:
     (line,) = trainer.stderr
     assert line.startswith("hubfsm: model ")
     assert "the hub refused the API key (401)" in line
-    assert "`hubfsm sync --key NEW_KEY " in line
+    # The command works as printed: the new key from the environment, this hub named.
+    assert f"`HUB_API_KEY=... hubfsm sync --hub {local.url} " in line
 
 
 def test_finish_with_the_hub_down_says_what_it_waits_for_and_ctrl_c_keeps_it_for_sync(
