@@ -28,13 +28,18 @@ EPS = 1e-6
 #: The number of a violation that is no invariant of the design: the run itself raised.
 CRASH = 0
 
+#: The machine-fault invariant: a failed write loses nothing and leaves nothing behind.
+#: What a process leaves on disk (outbox and journal) holds every event it accepted that
+#: is not on the hub, and no temporary file of a write that failed.
+FAILED_WRITE = 9
+
 
 @attrs.frozen
 class Violation:
     """One broken invariant.
 
     Attributes:
-        number: The invariant's number in the design (1 to 8), or :data:`CRASH`.
+        number: The invariant's number in the design (1 to 9), or :data:`CRASH`.
         time: Seconds since the session started when it was seen.
         message: What was wrong.
     """

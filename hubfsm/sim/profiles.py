@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from hubfsm.hub.faults import FaultMix
+from hubfsm.sim.machine import MachineFaults
 from hubfsm.sim.profile_table import mix_text, profile_table
 from hubfsm.sim.profile_types import (
     HOUR,
@@ -26,6 +27,7 @@ from hubfsm.sim.profile_types import (
 )
 
 __all__ = [
+    "MACHINE",
     "PLANNED",
     "PROFILES",
     "Expect",
@@ -150,33 +152,48 @@ PROFILES: dict[str, Profile] = {
     )
 }
 
+_LIGHT = FaultMix(server_error=0.10, lost_response=0.05, latency=(0.01, 0.5))
+
+#: The profiles of machine faults (a failing disk, a kill inside finish(), poison values).
+MACHINE: dict[str, Profile] = {
+    profile.name: profile
+    for profile in (
+        Profile(
+            "full-disk",
+            "outbox writes and snapshots fail with ENOSPC or EIO, the disk fills up and is "
+            "freed later, and the process dies 1–3 times: a failed write loses nothing",
+            _LIGHT,
+            crashes=(1, 3),
+            abandon=0.3,
+            http_faults=FaultMix(server_error=0.10, lost_response=0.05),
+            machine=MachineFaults(
+                write_error=0.05,
+                snapshot_error=0.10,
+                full=(1, 2),
+                full_seconds=(60.0, 900.0),
+            ),
+        ),
+        Profile(
+            "finish-kill",
+            "the process is killed (SIGKILL) or terminated (SIGTERM) inside finish() and "
+            "does not come back: hubfsm sync delivers the final weights",
+            _LIGHT,
+            crashes=(0, 1),
+            http_faults=FaultMix(server_error=0.10, lost_response=0.05),
+            machine=MachineFaults(finish_kill=1.0, sigterm=0.3),
+        ),
+        Profile(
+            "poison",
+            "the trainer logs values JSON cannot carry, and a dying process leaves such a "
+            "record in its journal: one bad record never stops the rest",
+            _LIGHT,
+            crashes=(1, 2),
+            abandon=0.3,
+            http_faults=FaultMix(server_error=0.10, lost_response=0.05),
+            machine=MachineFaults(poison=1.0, poison_journal=0.5),
+        ),
+    )
+}
+
 #: Profiles that need parts still being built, with the reason; asking for one says so.
 PLANNED: dict[str, str] = {}
-
-
-def select(text: str) -> list[Profile]:
-    """The profiles named by ``text``: one name, a comma list, or ``all``.
-
-    Raises:
-        ValueError: A name is unknown or not available yet.
-    """
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise ValueError("no profile named")
-    chosen: list[Profile] = []
-    for name in names:
-        if name == "all":
-            chosen.extend(PROFILES.values())
-        elif name in PROFILES:
-            chosen.append(PROFILES[name])
-        elif name in PLANNED:
-            raise ValueError(f"profile {name!r} is not available yet: {PLANNED[name]}")
-        else:
-            raise ValueError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}, all")
-    # A name given twice (or inside "all") runs once, in the order first named.
-    return list({profile.name: profile for profile in chosen}.values())
-
-
-def describe(profiles: dict[str, Profile] | None = None) -> str:
-    """The profiles (by default :data:`PROFILES`) as a Markdown table, with exact rates."""
-    return profile_table(profiles or PROFILES)
