@@ -197,3 +197,31 @@ MACHINE: dict[str, Profile] = {
 
 #: Profiles that need parts still being built, with the reason; asking for one says so.
 PLANNED: dict[str, str] = {}
+
+
+def select(text: str) -> list[Profile]:
+    """The profiles named by ``text``: one name, a comma list, or ``all``.
+
+    Raises:
+        ValueError: A name is unknown or not available yet.
+    """
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise ValueError("no profile named")
+    chosen: list[Profile] = []
+    for name in names:
+        if name == "all":
+            chosen.extend(PROFILES.values())
+        elif name in PROFILES:
+            chosen.append(PROFILES[name])
+        elif name in PLANNED:
+            raise ValueError(f"profile {name!r} is not available yet: {PLANNED[name]}")
+        else:
+            raise ValueError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}, all")
+    # A name given twice (or inside "all") runs once, in the order first named.
+    return list({profile.name: profile for profile in chosen}.values())
+
+
+def describe(profiles: dict[str, Profile] | None = None) -> str:
+    """The profiles (by default :data:`PROFILES`) as a Markdown table, with exact rates."""
+    return profile_table(profiles or PROFILES)
