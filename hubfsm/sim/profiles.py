@@ -161,8 +161,11 @@ MACHINE: dict[str, Profile] = {
         Profile(
             "full-disk",
             "outbox writes and snapshots fail with ENOSPC or EIO, the disk fills up and is "
-            "freed later, and the process dies 1–3 times: a failed write loses nothing",
+            "freed later, the hub has outages, and the process dies 1–3 times: a failed "
+            "write loses nothing",
             _LIGHT,
+            # Outages let epochs pile up unsent, so what a failed write drops is missed.
+            windows=(WindowRule("outage", (1, 2), (10 * MINUTE, 60 * MINUTE), _OUTAGE),),
             crashes=(1, 3),
             abandon=0.3,
             http_faults=FaultMix(server_error=0.10, lost_response=0.05),

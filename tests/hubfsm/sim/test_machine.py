@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from hubfsm.cli.simulate import first_failure
 from hubfsm.core.changes import MetricsQueued
 from hubfsm.sim.bugs import MACHINE_BUGS
 from hubfsm.sim.crash import Crash
@@ -151,7 +152,7 @@ PLANTED = [
     ("temp file kept", "full-disk",
      lambda v: v.number == FAILED_WRITE and "temporary file" in v.message),
     ("failed write dropped", "full-disk",
-     lambda v: v.number in (1, 2, FAILED_WRITE) and "temporary" not in v.message),
+     lambda v: v.number == FAILED_WRITE and "epochs neither on the hub" in v.message),
     ("finish held in memory", "finish-kill",
      lambda v: v.number in (1, FAILED_WRITE) and "final weights" in v.message),
     ("poison stops recovery", "poison",
@@ -160,10 +161,16 @@ PLANTED = [
 
 
 @pytest.mark.parametrize(("bug", "profile", "found"), PLANTED, ids=[p[0] for p in PLANTED])
-def test_a_planted_machine_bug_is_found_within_200_seeds(bug, profile, found):
-    result = _first(profile, MACHINE_BUGS[bug], found)
+def test_a_planted_machine_bug_is_found_within_200_seeds(bug, profile, found, capsys):
+    planted = MACHINE_BUGS[bug]
+    result = _first(profile, planted, found)
     assert result is not None, f"{bug} went unnoticed for 200 seeds of {profile}"
-    print(f"{bug}: first failing seed {result.seed} of {profile}: {result.violations[0]}")
-    # The failing seed replays to the same failure.
-    again = run_seed(result.seed, profile=MACHINE[profile], epochs=30, bugs=MACHINE_BUGS[bug])
+    # The failing seed replays to the same failure, and is printed as simulate prints it.
+    again = run_seed(result.seed, profile=MACHINE[profile], epochs=30, bugs=planted)
     assert again.violations == result.violations
+    print(first_failure(again))
+    out = capsys.readouterr().out
+    assert f"first failing seed of {profile}: {result.seed} " in out
+    assert f"replay: hubfsm simulate --profile {profile} --epochs 30 --seed {result.seed}" in out
+    with capsys.disabled():
+        print(f"\n{bug}: found at seed {result.seed} of {profile}: {result.violations[0]}")
