@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email.utils
 import enum
+import math
 import random
 
 import attrs
@@ -56,14 +57,16 @@ def classify(outcome: Outcome, *, first_contact: bool = False) -> Verdict:
 def parse_retry_after(value: str | None, *, now: float) -> float | None:
     """Read a ``Retry-After`` header as seconds from ``now`` (a POSIX timestamp).
 
-    Accepts delta-seconds and HTTP-dates (RFC 9110); a date in the past is 0 seconds.
-    Anything unreadable is None, as if the header were absent.
+    Accepts delta-seconds and HTTP-dates (RFC 9110); a date in the past is 0 seconds,
+    and more digits than a float holds are infinity (a policy honours it only up to its
+    ``max_retry_after``). Anything unreadable is None, as if the header were absent.
     """
     if value is None:
         return None
     text = value.strip()
     if text.isascii() and text.isdigit():
-        return float(int(text))
+        # float() of the text, not of int(text): that would raise past 4300 digits.
+        return float(text)
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
@@ -84,16 +87,18 @@ class RetryPolicy:
 
     The wait before retry ``n`` (``n = 0`` for the first retry) is drawn uniformly from
     ``[0, min(cap, base * 2**n)]``. A ``Retry-After`` from the hub is the floor of that
-    wait. The policy gives up instead of waiting when the attempts are spent, when the
-    next attempt would start past the deadline, or when ``Retry-After`` exceeds
-    ``max_retry_after``; it never waits after the last attempt.
+    wait, honoured up to ``max_retry_after``: a longer one counts as that long, so one
+    answer cannot hold a session for longer. The policy gives up instead of waiting when
+    the attempts are spent or when the next attempt would start past the deadline; it
+    never waits after the last attempt.
 
     Attributes:
         base: Seconds; the bound of the first retry's wait.
         cap: Seconds; no jittered wait bound exceeds this.
         max_attempts: Attempts in all, the first one included.
         deadline: Seconds from the first attempt after which no attempt starts.
-        max_retry_after: The longest ``Retry-After`` the policy waits out in one go.
+        max_retry_after: The longest ``Retry-After`` the policy honours; a longer one
+            counts as this long.
     """
 
     base: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
@@ -111,6 +116,15 @@ class RetryPolicy:
             deadline=self.deadline * factor,
             max_retry_after=self.max_retry_after * factor,
         )
+
+    def honoured(self, retry_after: float | None) -> float | None:
+        """The part of the hub's ``Retry-After`` (seconds) that is waited out.
+
+        At most ``max_retry_after``; None for none (or for a value that is not a number).
+        """
+        if retry_after is None or math.isnan(retry_after):
+            return None
+        return min(max(retry_after, 0.0), self.max_retry_after)
 
     def bound(self, retry: int) -> float:
         """The upper bound of the jittered wait before retry ``retry`` (0-based)."""
@@ -132,15 +146,15 @@ class RetryPolicy:
             attempts: Attempts made so far (at least 1).
             elapsed: Seconds from the first attempt's start to now.
             rng: The random source of the jitter.
-            retry_after: The hub's ``Retry-After`` in seconds, if any.
+            retry_after: The hub's ``Retry-After`` in seconds, if any (honoured up to
+                ``max_retry_after``).
         """
         if attempts >= self.max_attempts:
             return None
         wait = rng.uniform(0.0, self.bound(attempts - 1))
-        if retry_after is not None:
-            if retry_after > self.max_retry_after:
-                return None
-            wait = max(wait, retry_after)
+        honoured = self.honoured(retry_after)
+        if honoured is not None:
+            wait = max(wait, honoured)
         if elapsed + wait > self.deadline:
             return None
         return wait

@@ -158,8 +158,9 @@ class Scheduling:
         ):
             epoch, file, map50_95 = self._final
             # The key follows the content, so finishing again with the same weights after
-            # an interrupted upload that did land is replayed by the hub, not refused.
-            key = f"final-{model_id}-{epoch}-{file.sha256[:32]}"
+            # an interrupted upload that did land is replayed by the hub, not refused. The
+            # mAP is part of the body, so it is part of the key: one key, one request.
+            key = f"final-{model_id}-{epoch}-{file.sha256[:32]}-{float(map50_95)!r}"
             request = protocol.upload_final(model_id, epoch, file, map50_95=map50_95, key=key)
             self._add("final", request, FinalUpload(epoch), now=now)
         metrics_op = ops["metrics"]
@@ -189,7 +190,9 @@ class Scheduling:
         self, op: Op, outcome: Outcome, now: float, first_contact: bool = False
     ) -> bool:
         """Schedule the operation's next attempt; False when opening should fail instead."""
-        retry_after = retry_after_of(outcome)
+        # Honoured up to the policy's maximum: one answer of the hub (a Retry-After of
+        # decades, say) must not hold every channel, and finish(), for longer.
+        retry_after = op.policy.honoured(retry_after_of(outcome))
         if isinstance(outcome, Response):
             self.last_failure = f"{outcome.status} {outcome.message}".rstrip()
         else:
@@ -212,7 +215,7 @@ class Scheduling:
         if brief:
             return False
         # The policy gave up for now: the operation keeps its key and its data, and
-        # rests before a fresh round, never sooner than the hub asked.
+        # rests before a fresh round, never sooner than the hub asked (as honoured).
         self.stats.give_ups += 1
         op.round_attempts = 0
         op.not_before = now + max(self.config.limits.park, retry_after or 0.0)

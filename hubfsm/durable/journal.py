@@ -21,6 +21,11 @@ A trainer logs the same names every epoch, so after the first epoch each
 cold caches that is most of the call's cost. Sequence numbers never repeat for a
 model, so after a restart only the records newer than the outbox's ``journal_seq``
 are replayed.
+
+Every byte of the file is allocated (``posix_fallocate``) before it is mapped: a store
+into a page of a sparse file that the disk has no room for is a ``SIGBUS``, not an
+error. When the file cannot be made or grown (a full disk, an I/O error), the journal
+keeps taking calls in memory only, and says once what that puts at risk.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import struct
 import threading
 import zlib
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +60,7 @@ from hubfsm.durable.journal_format import (
 )
 from hubfsm.durable.journal_format import RECORD as _RECORD
 from hubfsm.durable.journal_scan import JournalDamage, Replay, events, replay, scan
+from hubfsm.logs import get_logger
 
 # The journal's names, importable from here as they always were.
 __all__ = [
@@ -62,6 +68,7 @@ __all__ = [
     "MAGIC",
     "VALUES",
     "VERSION",
+    "Allocate",
     "InboxItem",
     "Journal",
     "JournalDamage",
@@ -71,6 +78,7 @@ __all__ = [
     "entry_of",
     "event_of",
     "events",
+    "journal_unavailable",
     "queued_epoch",
     "replay",
     "scan",
@@ -78,6 +86,22 @@ __all__ = [
 
 _crc32 = zlib.crc32
 _pack = RECORD.pack
+
+log = get_logger("hubfsm")
+
+#: Gives a file's bytes ``[offset, offset + length)`` real blocks, or raises OSError.
+Allocate = Callable[[int, int, int], None]
+
+#: What a session without its journal risks, said when the journal is given up.
+AT_RISK = (
+    "calls are kept in memory until the worker writes them to the outbox; a kill -9 or a "
+    "power cut loses those not written there yet"
+)
+
+
+def journal_unavailable(path: Path, error: OSError) -> None:
+    """Say, once per session, that the journal is given up, why, and what is at risk."""
+    log.warning("journal.unavailable", path=str(path), error=str(error), at_risk=AT_RISK)
 
 
 class Journal:
@@ -88,21 +112,38 @@ class Journal:
         seq: The last sequence number already used for this model.
         inbox: Where each appended event goes (see :data:`InboxItem`), under the same
             lock, so the worker sees events in sequence order.
+        allocate: Gives the file real blocks (``os.posix_fallocate``; a simulated disk
+            passes one that fails as a full disk does).
+
+    Raises:
+        OSError: The file cannot be made or its space allocated (ENOSPC, EIO).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, seq: int, inbox: deque[InboxItem]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        seq: int,
+        inbox: deque[InboxItem],
+        allocate: Allocate = os.posix_fallocate,
+    ) -> None:
         self.path = Path(path)
         self.seq = seq
         self._inbox = inbox
         self._lock = threading.Lock()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._allocate = allocate
+        #: Why the journal was given up (calls then go to the inbox only), if it was.
+        self.failed: OSError | None = None
+        # Kept open: growing the file allocates its new blocks through it.
+        self._fd = fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             os.fchmod(fd, 0o600)  # one left readable by an older version is tightened
             size = max(os.fstat(fd).st_size, INITIAL_SIZE)
-            os.ftruncate(fd, size)
+            allocate(fd, 0, size)
             self._map = mmap.mmap(fd, size)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
         self._map[: HEADER.size] = HEADER.pack(MAGIC, VERSION)
         self._view()
         # Positions are in words. The schema's names, and where records start after it.
@@ -129,7 +170,11 @@ class Journal:
         crc = _crc32(data)
         with self._lock:
             self.seq = seq = self.seq + 1
-            self._write_entry(data, crc, seq)
+            if self.failed is None:
+                try:
+                    self._write_entry(data, crc, seq)
+                except OSError as exc:
+                    self._give_up(exc)
             self._inbox.append((seq, event))
 
     def event_of(self, item: InboxItem) -> Event:
@@ -156,28 +201,28 @@ class Journal:
         # Runs on the training thread between epochs: kept to plain bytecode and
         # stores into the map, with nothing to serialise.
         with self._lock:
-            names = self._names
+            names = self._names  # None too once the journal is given up
             if names is not None and len(metrics) == len(names) and 0 <= epoch <= MAX_EPOCH:
                 at = self._at
-                if at + len(names) + 4 > self._capacity:
-                    self._grow(at + len(names) + 4)
-                floats = self._floats
-                i = at + 2
-                for name, value in metrics.items():
-                    if name != names[i - at - 2] or not isinstance(value, float):
-                        break
-                    floats[i] = value
-                    i += 1
-                else:
-                    self.seq = seq = self.seq + 1
-                    words = self._words
-                    words[i] = seq
-                    words[i + 1] = 0
-                    words[at + 1] = seq
-                    words[at] = epoch << 32 | VALUES | len(names)  # the commit
-                    self._at = i + 1
-                    self._inbox.append((seq, at, names, epoch))
-                    return
+                need = at + len(names) + 4
+                if need <= self._capacity or self._room(need):
+                    floats = self._floats
+                    i = at + 2
+                    for name, value in metrics.items():
+                        if name != names[i - at - 2] or not isinstance(value, float):
+                            break
+                        floats[i] = value
+                        i += 1
+                    else:
+                        self.seq = seq = self.seq + 1
+                        words = self._words
+                        words[i] = seq
+                        words[i + 1] = 0
+                        words[at + 1] = seq
+                        words[at] = epoch << 32 | VALUES | len(names)  # the commit
+                        self._at = i + 1
+                        self._inbox.append((seq, at, names, epoch))
+                        return
         self._append_other(epoch, metrics)
 
     def _append_other(self, epoch: int, metrics: Mapping[str, Any]) -> None:
@@ -189,7 +234,7 @@ class Journal:
             and all(isinstance(name, str) for name in names)
             and all(isinstance(value, float) for value in item.values())
         )
-        if fits and names != self._names:
+        if fits and names != self._names and self.failed is None:
             with self._lock:
                 if self._at == self._base:  # nothing pending: the schema can change now
                     self._set_schema(names)
@@ -202,8 +247,13 @@ class Journal:
 
     def _set_schema(self, names: tuple[str, ...]) -> None:
         data = encode(("k", names))
-        self._at = 1
-        self._write_entry(data, _crc32(data), 0)
+        was, self._at = self._at, 1
+        try:
+            self._write_entry(data, _crc32(data), 0)
+        except OSError as exc:
+            self._at = was
+            self._give_up(exc)
+            return
         self._names = names
         self._base = self._at
         self._wanted = None
@@ -222,19 +272,53 @@ class Journal:
         self._at = end - 1
 
     def _grow(self, words: int) -> None:
-        size = len(self._map)
+        """Make room for ``words`` words: blocks first, then the larger mapping.
+
+        Raises:
+            OSError: The blocks cannot be had; the journal is as it was.
+        """
+        old = size = len(self._map)
         while size < words * 8:
             size *= 2
+        self._allocate(self._fd, old, size - old)
         # A mapping with views on it cannot be resized.
         self._words.release()
         self._floats.release()
-        self._map.resize(size)
-        self._view()
+        try:
+            self._map.resize(size)
+        finally:
+            self._view()
+
+    def _room(self, words: int) -> bool:
+        """Grow to ``words`` words; False (the journal given up) if the disk has no room."""
+        try:
+            self._grow(words)
+        except OSError as exc:
+            self._give_up(exc)
+            return False
+        return True
+
+    def _give_up(self, error: OSError) -> None:
+        """Take calls in memory only from now on (the caller holds the lock).
+
+        What the file holds stays valid for a replay: records end where they ended.
+        Values records already queued are still read back from the mapping.
+        """
+        if self.failed is None:
+            self.failed = error
+            journal_unavailable(self.path, error)
+        self._names = None
+        self._wanted = None
 
     def consumed(self, seq: int) -> None:
         """The worker has everything up to ``seq`` in the outbox: start over if that is all."""
         with self._lock:
-            if self._frozen is not None or seq != self.seq or self._at == self._base:
+            if (
+                self._frozen is not None
+                or self.failed is not None
+                or seq != self.seq
+                or self._at == self._base
+            ):
                 return
             if self._wanted is not None:
                 self._set_schema(self._wanted)
@@ -256,3 +340,4 @@ class Journal:
             self._words.release()
             self._floats.release()
             self._map.close()
+            os.close(self._fd)

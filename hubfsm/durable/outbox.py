@@ -17,7 +17,7 @@ from pathlib import Path
 from hubfsm.core.changes import Change, Saved
 from hubfsm.core.events import FileStamp
 from hubfsm.core.protocol import HUB_ID
-from hubfsm.digest import chunks, sha256_chunks
+from hubfsm.digest import chunks, sha256_chunks, sha256_of
 from hubfsm.durable.layout import (
     DATABASE,
     DIR_MODE,
@@ -38,7 +38,7 @@ from hubfsm.durable.layout import (
     private_file,
     salvage,
 )
-from hubfsm.durable.outbox_db import OutboxDB
+from hubfsm.durable.outbox_db import OutboxDB, disk_errors
 from hubfsm.transport import FilePart
 
 # -- the outbox ----------------------------------------------------------------------
@@ -79,6 +79,9 @@ class Outbox:
         OutboxDamaged: Its database cannot be read.
     """
 
+    #: The last write was refused (a full disk): the next one first gives space back.
+    _refused = False
+
     def __init__(
         self,
         directory: str | os.PathLike[str],
@@ -110,11 +113,16 @@ class Outbox:
                     os.chmod(f"{database}{extra}", FILE_MODE)
             connection = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
             try:
-                check_database(connection)
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute("PRAGMA synchronous=NORMAL")
-                self.db = OutboxDB(connection, model_id)
-                self.db.load()  # every record must read back, or it is damage
+                # A full disk or an I/O error is an OSError, never taken for damage.
+                with disk_errors():
+                    check_database(connection)
+                    connection.execute("PRAGMA journal_mode=WAL")
+                    connection.execute("PRAGMA synchronous=NORMAL")
+                    self.db = OutboxDB(connection, model_id)
+                    self.db.load()  # every record must read back, or it is damage
+            except OSError:
+                connection.close()
+                raise
             except sqlite3.DatabaseError as error:
                 connection.close()
                 raise OutboxDamaged(
@@ -171,9 +179,29 @@ class Outbox:
         return self.db.load()
 
     def apply(self, changes: Sequence[Change], *, journal_seq: int | None = None) -> None:
-        """Write the core's changes, and how far the journal is consumed, in one transaction."""
-        if self.db.apply(changes, journal_seq=journal_seq):
-            self._collect_files()
+        """Write the core's changes, and how far the journal is consumed, in one transaction.
+
+        Raises:
+            OSError: The disk is full or failed: nothing of the call is written.
+        """
+        if self._refused:
+            # SQLite moves its write-ahead log into the database only after a write that
+            # succeeded: on a small disk the log itself may be what fills it. While
+            # writes are refused, the log is given back before and after each.
+            self.db.reclaim()
+        try:
+            touched = self.db.apply(changes, journal_seq=journal_seq)
+        except OSError:
+            self._refused = True
+            self.db.reclaim()
+            raise
+        if self._refused:
+            self._refused = False
+            self.db.reclaim()
+        if touched:
+            # Written: a snapshot that could not be deleted now goes at the next collection.
+            with contextlib.suppress(OSError):
+                self._collect_files()
 
     def snapshot(
         self, path: str | os.PathLike[str], *, name: str, stamp: FileStamp | None
@@ -181,22 +209,76 @@ class Outbox:
         """Copy a weight file into the outbox and describe the copy.
 
         The copy is byte-for-byte the file as it was when handed over: if ``stamp`` no
-        longer matches the file before or after copying, the trainer has overwritten
-        it since, and None is returned (a newer offer supersedes this one).
+        longer matches the file before or after copying, or the file is gone (a newer
+        offer released its held link), the trainer has moved on and None is returned
+        (a newer offer supersedes this one).
+
+        When the copy cannot be written (a full disk, an I/O error), the partial copy
+        is removed; if ``path`` is a link this outbox holds (see :meth:`hold`), that
+        link becomes the snapshot, since its content is on disk already.
+
+        Raises:
+            OSError: The copy failed and there is no held link to keep instead.
         """
-        if stamp is not None and stamp_of(path) != stamp:
+        try:
+            if stamp is not None and stamp_of(path) != stamp:
+                return None
+            return self._copy(path, name=name, stamp=stamp)
+        except FileNotFoundError:
             return None
+        except OSError:
+            if not self._holds(path):
+                raise
+            return self._adopt(path, name=name, stamp=stamp)
+
+    def _copy(
+        self, path: str | os.PathLike[str], *, name: str, stamp: FileStamp | None
+    ) -> FilePart | None:
         tmp = self.files / f".incoming-{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-        with open(path, "rb") as src, open(fd, "wb") as dst:
-            sha, size = sha256_chunks(chunks(src), copy_to=dst)
-            dst.flush()
-            os.fsync(dst.fileno())
-        if stamp is not None and stamp_of(path) != stamp:
-            tmp.unlink()
+        try:
+            with open(path, "rb") as src:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+                with open(fd, "wb") as dst:
+                    sha, size = sha256_chunks(chunks(src), copy_to=dst)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+            if stamp is not None and stamp_of(path) != stamp:
+                tmp.unlink()
+                return None
+            final = self.files / f"{name.split('.')[0]}-{sha[:24]}.pt"
+            os.replace(tmp, final)
+        except BaseException:
+            # A partial copy would hold the disk's free space for good.
+            tmp.unlink(missing_ok=True)
+            raise
+        return FilePart(name=name, path=str(final), size=size, sha256=sha)
+
+    def _holds(self, path: str | os.PathLike[str]) -> bool:
+        """True when ``path`` is one of this outbox's held links."""
+        link = Path(path)
+        return link.parent == self.files and link.name.startswith(".held-")
+
+    def _adopt(
+        self, link: str | os.PathLike[str], *, name: str, stamp: FileStamp | None
+    ) -> FilePart | None:
+        """Make a held link the snapshot: a rename, so it needs no free space.
+
+        It shares the trainer's file: a trainer that rewrites that file in place (rather
+        than writing a new one and renaming it) changes this snapshot too, and its upload
+        then carries the newer bytes (a changed size is refused at upload). A copy could
+        not be had, and an upload of newer weights loses nothing.
+        """
+        try:
+            if stamp is not None and stamp_of(link) != stamp:
+                return None
+            sha, size = sha256_of(link)
+            if stamp is not None and stamp_of(link) != stamp:
+                return None
+            final = self.files / f"{name.split('.')[0]}-{sha[:24]}.pt"
+            os.replace(link, final)
+        except FileNotFoundError:
             return None
-        final = self.files / f"{name.split('.')[0]}-{sha[:24]}.pt"
-        os.replace(tmp, final)
+        log.warning("snapshot.held_kept", model_id=self.model_id, file=final.name)
         return FilePart(name=name, path=str(final), size=size, sha256=sha)
 
     def hold(self, path: str | os.PathLike[str]) -> str | None:
@@ -214,6 +296,12 @@ class Outbox:
         except OSError:
             return None
         return str(link)
+
+    def release(self, link: str) -> None:
+        """Let go of a link :meth:`hold` made, if it is still there (anything else stays)."""
+        if self._holds(link):
+            with contextlib.suppress(OSError):
+                os.unlink(link)
 
     def _collect_files(self) -> None:
         """Delete snapshots that no operation or slot refers to any more."""

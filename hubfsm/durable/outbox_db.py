@@ -7,6 +7,7 @@ Only SQL lives here; the directory, its lock and the weight snapshots are
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sqlite3
@@ -115,6 +116,41 @@ def _last_sent(changes: Sequence[Change]) -> dict[int, int]:
     }
 
 
+#: SQLite's primary result codes for a full disk and an I/O error.
+_SQLITE_FULL = 13
+_SQLITE_IOERR = 10
+
+
+@contextlib.contextmanager
+def disk_errors() -> Iterator[None]:
+    """Raise SQLite's full-disk and I/O errors as the ``OSError`` they are.
+
+    A write that fails for the machine's sake is then one kind of error for every
+    caller, whether SQLite or a file copy met it (ENOSPC or EIO), and never taken
+    for a damaged database.
+    """
+    try:
+        yield
+    except sqlite3.OperationalError as error:
+        code = (getattr(error, "sqlite_errorcode", 0) or 0) & 0xFF
+        text = str(error)
+        if not code:  # Python 3.10 gives no code: SQLite's own messages tell
+            code = _SQLITE_FULL if "disk is full" in text else 0
+            code = _SQLITE_IOERR if "disk I/O error" in text else code
+        if code == _SQLITE_FULL:
+            raise OSError(errno.ENOSPC, f"the outbox database: {text}") from error
+        if code == _SQLITE_IOERR:
+            raise OSError(errno.EIO, f"the outbox database: {text}") from error
+        raise
+
+
+def _roll_back(db: sqlite3.Connection) -> None:
+    """End a failed transaction; SQLite may already have rolled it back (a full disk)."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+
+
 #: An empty in-memory database with the schema, copied by :meth:`OutboxDB.in_memory`.
 _template: sqlite3.Connection | None = None
 _template_pid = 0
@@ -163,13 +199,14 @@ class OutboxDB:
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with disk_errors():
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                _roll_back(db)
+                raise
 
     @property
     def journal_seq(self) -> int:
@@ -230,14 +267,28 @@ class OutboxDB:
 
         Returns:
             True when weight files may have lost their last reference.
+
+        Raises:
+            OSError: The disk is full or failed (ENOSPC, EIO): nothing of the call is
+                written, so the same changes can be written again later.
         """
         if not changes and journal_seq is None:
             return False
-        files_touched = False
         db = self._db
         # One statement is atomic on its own: most calls (an operation closed, a slot
         # offered) write one row, and BEGIN and COMMIT would double what they cost.
         grouped = journal_seq is not None or len(changes) > 1 or _writes_more_than_one(changes[0])
+        with disk_errors():
+            return self._apply(db, changes, journal_seq, grouped)
+
+    def _apply(
+        self,
+        db: sqlite3.Connection,
+        changes: Sequence[Change],
+        journal_seq: int | None,
+        grouped: bool,
+    ) -> bool:
+        files_touched = False
         if grouped:
             db.execute("BEGIN IMMEDIATE")
         # An epoch queued and sent in the same call never needs its own row: the
@@ -322,13 +373,21 @@ class OutboxDB:
                 db.execute(
                     "UPDATE meta SET value = ? WHERE key = 'journal_seq'", (str(journal_seq),)
                 )
+            if grouped:
+                db.execute("COMMIT")
         except BaseException:
             if grouped:
-                db.execute("ROLLBACK")
+                _roll_back(db)
             raise
-        if grouped:
-            db.execute("COMMIT")
         return files_touched
+
+    def reclaim(self) -> None:
+        """Move the write-ahead log into the database and give its space back.
+
+        Best effort: it needs room for what the database grows by.
+        """
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def copy_to(self, path: str | os.PathLike[str]) -> None:
         """Write the whole database to a file at ``path`` (an in-memory one included)."""

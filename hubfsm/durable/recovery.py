@@ -46,7 +46,10 @@ def fold(outbox: Outbox) -> int:
         elif isinstance(event, CheckpointOffered):
             part = None
             if os.path.exists(event.path):
-                part = outbox.snapshot(event.path, name="last.pt", stamp=event.stamp)
+                try:
+                    part = outbox.snapshot(event.path, name="last.pt", stamp=event.stamp)
+                except OSError as exc:  # no room for it: the rest is still recovered
+                    log.warning("checkpoint.not_kept", epoch=event.epoch, error=str(exc))
             if part is not None:
                 changes.append(Offered("checkpoint", (event.epoch, part, event.is_best)))
     if last != outbox.journal_seq:

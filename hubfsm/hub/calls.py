@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections.abc import Callable, Mapping
 from typing import IO, Any, TypeGuard
@@ -103,6 +105,8 @@ class Audit:
         heartbeats: The hub-clock times of each model's heartbeats.
         requests: Calls per endpoint (``unknown`` for unrouted paths), failures included.
         replayed: Idempotent replays per endpoint.
+        reused: Requests refused per endpoint because their idempotency key had answered
+            another request (a client must never send one).
     """
 
     metrics_applied: Mapping[tuple[str, int], int]
@@ -110,6 +114,25 @@ class Audit:
     heartbeats: Mapping[str, tuple[float, ...]]
     requests: Mapping[str, int]
     replayed: Mapping[str, int]
+    reused: Mapping[str, int] = attrs.field(factory=dict)
+
+
+def request_digest(call: HubCall, file_sha256: str | None = None) -> str:
+    """What an idempotency key is bound to: the method, the path and the body.
+
+    The body is the JSON (keys sorted, so the same object spelt otherwise is the same
+    request), or the form fields with the file part's name and ``file_sha256``. A retry
+    of one request has the same digest; another request under the same key has not.
+    """
+    body = call.json
+    shown = ["bad json", body.reason] if isinstance(body, BadJson) else body
+    fields = sorted((call.fields or {}).items())
+    parts = [call.method, call.path, shown, fields, call.file_name, file_sha256]
+    try:
+        text = json.dumps(parts, sort_keys=True)
+    except (TypeError, ValueError):  # keys of mixed types, or values no JSON holds
+        text = repr(parts)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def ok(message: str, data: Any = None) -> HubReply:

@@ -31,6 +31,7 @@ from hubfsm.hub.calls import (
     id_factory,
     is_model_id,
     ok,
+    request_digest,
     route,
 )
 from hubfsm.hub.endpoints import Endpoints
@@ -96,6 +97,7 @@ class Hub(KeyAdmin, Endpoints):
         self._heartbeats = {}
         self._requests: Counter[str] = Counter()
         self._replayed = Counter()
+        self._reused = Counter()
         self._digests = {}
         self._handlers: dict[str, Callable[[HubCall, str, str | None, str | None], HubReply]] = {
             "auth": self._auth,
@@ -126,6 +128,7 @@ class Hub(KeyAdmin, Endpoints):
                 heartbeats={m: tuple(t) for m, t in self._heartbeats.items()},
                 requests=dict(self._requests),
                 replayed=dict(self._replayed),
+                reused=dict(self._reused),
             )
 
     def handle(self, call: HubCall) -> HubReply:
@@ -155,13 +158,14 @@ class Hub(KeyAdmin, Endpoints):
         if endpoint == "upload_weights":
             return self._upload(call, principal, model_id, scope)
         handler = self._handlers[endpoint]
+        digest = None if scope is None else request_digest(call)
         with self._lock, self.store.transaction():
-            replay = self._replay(scope, endpoint)
+            replay = self._replay(scope, endpoint, digest)
             if replay is not None:
                 return replay
             reply = handler(call, principal, model_id, kind)
-            if scope is not None and reply.ok:
-                self.store.put_reply(scope, StoredReply(reply.status, reply.body))
+            if scope is not None and digest is not None and reply.ok:
+                self.store.put_reply(scope, StoredReply(reply.status, reply.body, digest))
         return reply
 
 

@@ -15,7 +15,16 @@ from collections.abc import Callable, Mapping
 import attrs
 
 from hubfsm.hub import records
-from hubfsm.hub.calls import BadJson, HubCall, HubReply, UploadEntry, fail, is_model_id, ok
+from hubfsm.hub.calls import (
+    BadJson,
+    HubCall,
+    HubReply,
+    UploadEntry,
+    fail,
+    is_model_id,
+    ok,
+    request_digest,
+)
 from hubfsm.hub.parse import epoch_of, metrics_text, new_record, upload_fields
 from hubfsm.hub.store import ModelRecord, StoredReply, WeightsKind
 from hubfsm.hub.views import HubViews
@@ -30,12 +39,25 @@ class Endpoints(HubViews):
     _uploads: list[UploadEntry]
     _heartbeats: dict[str, list[float]]
     _replayed: Counter[str]
+    _reused: Counter[str]
 
-    def _replay(self, scope: str | None, endpoint: str) -> HubReply | None:
-        """The reply stored under ``scope``, marked as a replay; the caller holds the lock."""
+    def _replay(self, scope: str | None, endpoint: str, digest: str | None) -> HubReply | None:
+        """The reply stored under ``scope``, marked as a replay; the caller holds the lock.
+
+        Only the request it answered is replayed (``digest`` is that of the request now):
+        another request under the same key is refused with 422, never answered with the
+        first one's reply, which would say a payload was applied when it was not.
+        """
         stored = None if scope is None else self.store.get_reply(scope)
         if stored is None:
             return None
+        if stored.request and stored.request != digest:
+            self._reused[endpoint] += 1
+            return fail(
+                422,
+                "Idempotency-Key reused with another request: this key already answered a "
+                "request with another body; send a new request under a new key",
+            )
         self._replayed[endpoint] += 1
         return HubReply(stored.status, stored.body, {"Idempotent-Replayed": "true"})
 
@@ -162,17 +184,19 @@ class Endpoints(HubViews):
         upload_type, epoch, is_best, map50_95 = parsed
         assert call.file is not None  # checked by upload_fields
         with self._lock:
-            replay = self._replay(scope, "upload_weights")
-            if replay is not None:
-                return replay
-            record = self._trainable(who, model_id)
-            if isinstance(record, HubReply):
-                return record
+            # A retry of an upload that landed is answered once its file is in and hashed
+            # (its digest says whether it is the same request), even if the model was
+            # trained since.
+            if scope is None or self.store.get_reply(scope) is None:
+                record = self._trainable(who, model_id)
+                if isinstance(record, HubReply):
+                    return record
         # Receive the file outside the lock, then check again: the model may have changed.
         staged = self.store.stage_weights(call.file)
+        digest = None if scope is None else request_digest(call, staged.sha256)
         try:
             with self._lock, self.store.transaction():
-                replay = self._replay(scope, "upload_weights")
+                replay = self._replay(scope, "upload_weights", digest)
                 if replay is not None:
                     return replay
                 record = self._trainable(who, model_id)
@@ -189,8 +213,8 @@ class Endpoints(HubViews):
                     )
                 )
                 reply = ok("weights saved", {"sha256": staged.sha256, "size": staged.size})
-                if scope is not None:
-                    self.store.put_reply(scope, StoredReply(reply.status, reply.body))
+                if scope is not None and digest is not None:
+                    self.store.put_reply(scope, StoredReply(reply.status, reply.body, digest))
                 return reply
         finally:
             self.store.discard_weights(staged)

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
+from hubfsm.hub.parse import MAX_INT, MAX_JSON_INT
+
 #: The metric a run is ranked by, when it has it.
 BEST_METRIC = "metrics/mAP50-95(B)"
 #: Ultralytics' minimum seconds between checkpoint uploads (see PROTOCOL.md).
@@ -33,8 +35,8 @@ def _short(iso: object) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    """``2 h 05 min``, ``4 min 09 s`` or ``12 s``; ``-`` for None."""
-    if seconds is None:
+    """``2 h 05 min``, ``4 min 09 s`` or ``12 s``; ``-`` for None (or no finite number)."""
+    if seconds is None or not math.isfinite(seconds):
         return "-"
     whole = max(0, int(round(seconds)))
     hours, rest = divmod(whole, 3600)
@@ -73,6 +75,28 @@ def group(name: str) -> str:
     return "Other"
 
 
+def _count(value: object) -> int | None:
+    """An integer the page computes with, or None: absent, not an integer, or too large.
+
+    Records kept before the hub bounded its integers may hold any integer (a 401-digit
+    ``epochs``, say): the page shows the rest of the run rather than fail for everyone.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_INT:
+        return value
+    return None
+
+
+def _number_of(value: object) -> float | None:
+    """A metric value as a finite float, or None (text, a bool, or too large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _best(metrics: Sequence[Mapping[str, Any]]) -> tuple[str, float, int] | None:
     names = metric_names(metrics)
     name = (
@@ -83,9 +107,9 @@ def _best(metrics: Sequence[Mapping[str, Any]]) -> tuple[str, float, int] | None
     if name is None:
         return None
     values = [
-        (float(v), int(e["epoch"]))
-        for e in metrics
-        if isinstance(v := e["metrics"].get(name), (int, float)) and not isinstance(v, bool)
+        (value, int(entry["epoch"]))
+        for entry in metrics
+        if (value := _number_of(entry["metrics"].get(name))) is not None
     ]
     if not values:
         return None
@@ -97,11 +121,12 @@ def summarize(
     record: Mapping[str, Any], metrics: Sequence[Mapping[str, Any]], now: float
 ) -> dict[str, Any]:
     """Progress, times, best metric and warnings of a run, as text ready to show."""
-    total = record.get("epochs")
-    last = record.get("last_epoch")
-    done = 0 if last is None else int(last) + 1
-    if record.get("status") == "trained" and record.get("final_epoch") is not None:
-        done = max(done, int(record["final_epoch"]) + 1)
+    total = _count(record.get("epochs"))
+    last = _count(record.get("last_epoch"))
+    done = 0 if last is None else last + 1
+    final = _count(record.get("final_epoch"))
+    if record.get("status") == "trained" and final is not None:
+        done = max(done, final + 1)
     training = record.get("status") != "trained"
     started = _seconds(record.get("started_at"))
     updated = _seconds(record.get("updated_at"))
@@ -110,17 +135,17 @@ def summarize(
     elapsed = None if started is None else end - started
     eta = None
     if training and started is not None and updated is not None and done and total:
-        eta = max(0, int(total) - done) * (updated - started) / done
+        eta = max(0, total - done) * (updated - started) / done
     best = _best(metrics)
     latest = max((t for t in (updated, beat) if t is not None), default=None)
-    checkpoint = record.get("checkpoint_epoch")
+    checkpoint = _count(record.get("checkpoint_epoch"))
     stale = None
-    if checkpoint is not None and last is not None and int(last) > int(checkpoint):
+    if checkpoint is not None and last is not None and last > checkpoint:
         stale = (
             f"last.pt is from epoch {checkpoint}, older than the last metrics (epoch {last}): "
             f"the official client uploads a checkpoint at most every {CHECKPOINT_INTERVAL} s."
         )
-    percent = min(100.0, 100.0 * done / int(total)) if total else 0.0
+    percent = min(100.0, 100.0 * done / total) if total and total > 0 else 0.0
     return {
         "status": record.get("status"),
         "done": done,
@@ -153,7 +178,10 @@ def _doc(title: str, body: str, script: str = "") -> str:
 
 
 def dumps(value: object) -> str:
-    """Strict JSON text; NaN and Infinity (from data stored by older versions) become null."""
+    """Strict JSON text; what no JSON number holds (from data of older versions) is null.
+
+    That is NaN, Infinity, and integers past what a double holds.
+    """
     try:
         return json.dumps(value, allow_nan=False)
     except ValueError:
@@ -163,6 +191,8 @@ def dumps(value: object) -> str:
 def _finite(value: object) -> object:
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, int) and not -MAX_JSON_INT <= value <= MAX_JSON_INT:
+        return None  # no JSON number holds it (and past 4300 digits, json.dumps raises)
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -267,7 +297,7 @@ def render_model(data: Mapping[str, Any]) -> str:
         f'<th>sha256</th><th></th></tr></thead><tbody id="weights-body">{weights}</tbody></table>'
     )
     config = "".join(
-        f"<tr><th>{escape(str(k))}</th><td>{escape(json.dumps(v))}</td></tr>"
+        f"<tr><th>{escape(str(k))}</th><td>{escape(dumps(v))}</td></tr>"
         for k, v in record.get("train_args", {}).items()
     )
     facts = "".join(

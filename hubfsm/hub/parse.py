@@ -11,6 +11,7 @@ import functools
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,13 @@ from hubfsm.hub.store import ModelRecord
 MAX_DEPTH = 32
 #: The longest name, dataset or architecture accepted.
 MAX_TEXT = 2000
+#: The largest integer (either sign) in a training config: the largest a JSON number
+#: carries exactly (I-JSON, RFC 7493; JavaScript's ``Number.MAX_SAFE_INTEGER``).
+MAX_INT = 2**53 - 1
+#: The largest integer (either sign) anywhere in a body: the largest a JSON number can
+#: hold at all (a double, RFC 8259). Past it a value is no number a reader can use, and
+#: arithmetic with it (the pages' progress, the best metric) fails.
+MAX_JSON_INT = int(sys.float_info.max)
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _TRUE = frozenset({"true", "True", "TRUE", "1"})
@@ -51,9 +59,10 @@ def check_json(value: object) -> str | None:
 
 def _walk(value: object) -> str | None:
     """``check_json`` the long way: every item, whatever its type."""
-    stack: list[tuple[object, int]] = [(value, 0)]
+    # Each item with the key it is under (its list's key, in a list), to name it.
+    stack: list[tuple[object, int, str]] = [(value, 0, "")]
     while stack:
-        item, depth = stack.pop()
+        item, depth, under = stack.pop()
         if depth > MAX_DEPTH:
             return f"JSON nested deeper than {MAX_DEPTH} levels"
         if isinstance(item, str):
@@ -63,14 +72,19 @@ def _walk(value: object) -> str | None:
         elif isinstance(item, float):
             if not math.isfinite(item):
                 return "NaN and Infinity are not JSON"
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if not -MAX_JSON_INT <= item <= MAX_JSON_INT:
+                where = f" in '{under[:100]}'" if under else ""
+                return f"an integer{where} is larger than a JSON number holds (about 1.8e308)"
         elif isinstance(item, Mapping):
             for key, child in item.items():
                 if not isinstance(key, str):
                     return "object keys must be strings"
-                stack.append((key, depth + 1))
-                stack.append((child, depth + 1))
+                # The key is checked first (popped first), so no bad text is ever named.
+                stack.append((child, depth + 1, key))
+                stack.append((key, depth + 1, under))
         elif isinstance(item, (list, tuple)):
-            stack.extend((child, depth + 1) for child in item)
+            stack.extend((child, depth + 1, under) for child in item)
     return None
 
 
@@ -96,7 +110,10 @@ def _plain(mapping: dict[Any, Any], depth: int) -> bool:
         elif kind is float:
             if not math.isfinite(item):
                 return False
-        elif kind is not int and kind is not bool and item is not None:
+        elif kind is int:
+            if not -MAX_JSON_INT <= item <= MAX_JSON_INT:
+                return False
+        elif kind is not bool and item is not None:
             return False
     return True
 
@@ -202,9 +219,9 @@ def _flat_numbers(value: dict[str, Any]) -> bool:
 
 
 def epoch_of(value: object) -> int | None:
-    """A non-negative epoch number from an int or a string of digits, else None."""
+    """A non-negative epoch number (under a billion) from an int or a string of digits."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return value if value >= 0 else None
+        return value if 0 <= value < 1_000_000_000 else None
     if isinstance(value, str) and 0 < len(value) < 10 and value.isascii() and value.isdigit():
         return int(value)
     return None
@@ -231,7 +248,12 @@ def _text(section: Mapping[str, Any], key: str, where: str) -> str | None:
 
 
 def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """True for an integer within ``MAX_INT`` either way (bools are not integers here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and -MAX_INT <= value <= MAX_INT
+
+
+#: Said of a config integer that is not one, or is out of range.
+_INTEGER = f"an integer from -{MAX_INT} to {MAX_INT}"
 
 
 def _int(config: Mapping[str, Any], key: str) -> int | None:
@@ -239,7 +261,7 @@ def _int(config: Mapping[str, Any], key: str) -> int | None:
     if value is None:
         return None
     if not _is_int(value):
-        raise ValueError(f"'config.{key}' must be an integer")
+        raise ValueError(f"'config.{key}' must be {_INTEGER}")
     return int(value)
 
 
@@ -249,7 +271,7 @@ def _imgsz(config: Mapping[str, Any]) -> int | tuple[int, ...] | None:
         return value
     if isinstance(value, list) and 1 <= len(value) <= 2 and all(_is_int(v) for v in value):
         return tuple(value)
-    raise ValueError("'config.imageSize' must be an integer or a list of one or two integers")
+    raise ValueError(f"'config.imageSize' must be {_INTEGER}, or a list of one or two of them")
 
 
 def _device(config: Mapping[str, Any]) -> str | int | tuple[int | str, ...] | None:
@@ -260,7 +282,7 @@ def _device(config: Mapping[str, Any]) -> str | int | tuple[int | str, ...] | No
         return value
     if isinstance(value, list) and len(value) <= 64 and all(_device_part(v) for v in value):
         return tuple(value)
-    raise ValueError("'config.device' must be a string, an integer, or a list of them")
+    raise ValueError(f"'config.device' must be a string, {_INTEGER}, or a list of them")
 
 
 def _device_part(value: object) -> bool:

@@ -114,10 +114,19 @@ class Staged:
 
 @attrs.frozen
 class StoredReply:
-    """A reply remembered under an idempotency scope, to replay on a retry."""
+    """A reply remembered under an idempotency scope, to replay on a retry.
+
+    Attributes:
+        status: The HTTP status.
+        body: The envelope.
+        request: The digest of the request it answered (see
+            :func:`~hubfsm.hub.calls.request_digest`); empty in replies kept before
+            digests were, which replay to any request.
+    """
 
     status: int
     body: dict[str, Any]
+    request: str = ""
 
 
 class Store(Protocol):

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS weights (
     model_id TEXT NOT NULL, kind TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
     PRIMARY KEY (model_id, kind));
 CREATE TABLE IF NOT EXISTS replies (
-    scope TEXT PRIMARY KEY, status INTEGER NOT NULL, body TEXT NOT NULL);
+    scope TEXT PRIMARY KEY, status INTEGER NOT NULL, body TEXT NOT NULL,
+    request TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS keys (
     digest TEXT PRIMARY KEY, created_at REAL NOT NULL, record TEXT NOT NULL);
 """
@@ -75,6 +76,7 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        _add_request_digests(self._db)
         # Leftovers of uploads cut short by a crash are never committed.
         for leftover in self._staging.iterdir():
             leftover.unlink(missing_ok=True)
@@ -213,16 +215,17 @@ class SqliteStore:
 
     def get_reply(self, scope: str) -> StoredReply | None:
         """The reply remembered under ``scope``, or None."""
-        rows = self._read("SELECT status, body FROM replies WHERE scope = ?", (scope,))
+        rows = self._read("SELECT status, body, request FROM replies WHERE scope = ?", (scope,))
         if not rows:
             return None
-        return StoredReply(int(str(rows[0][0])), json.loads(str(rows[0][1])))
+        status, body, request = rows[0]
+        return StoredReply(int(str(status)), json.loads(str(body)), str(request))
 
     def put_reply(self, scope: str, reply: StoredReply) -> None:
         """Remember a reply under ``scope``."""
         self._write(
-            "INSERT OR REPLACE INTO replies (scope, status, body) VALUES (?, ?, ?)",
-            (scope, reply.status, json.dumps(reply.body)),
+            "INSERT OR REPLACE INTO replies (scope, status, body, request) VALUES (?, ?, ?, ?)",
+            (scope, reply.status, json.dumps(reply.body), reply.request),
         )
 
     def get_key(self, digest: str) -> KeyRecord | None:
@@ -264,3 +267,10 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _add_request_digests(db: sqlite3.Connection) -> None:
+    """Give a data directory made before replies kept their request's digest the column."""
+    columns = {str(row[1]) for row in db.execute("PRAGMA table_info(replies)")}
+    if "request" not in columns:
+        db.execute("ALTER TABLE replies ADD COLUMN request TEXT NOT NULL DEFAULT ''")

@@ -1,13 +1,17 @@
 """The local hub's web side: pages, the JSON they poll, static files, and weight downloads.
 
-Pages and their data need no key, so they are answered to loopback clients only. Weight
-files are served two ways: at ``/models/<id>/weights/<kind>.pt`` (loopback, the pages'
-download links) and at signed ``/files/<id>/<name>.pt`` URLs (anyone holding one, until
-it expires: these are the URLs in model records, as the official client fetches them).
+Pages and their data need no key, so they are answered to loopback clients only, and only
+when the request names this machine in its ``Host``: a page of another site that its DNS
+re-points at 127.0.0.1 (DNS rebinding) reaches the hub from the user's own browser, on
+loopback, but names its own host. Weight files are served two ways: at
+``/models/<id>/weights/<kind>.pt`` (loopback, the pages' download links) and at signed
+``/files/<id>/<name>.pt`` URLs (anyone holding one, until it expires: these are the URLs
+in model records, as the official client fetches them).
 """
 
 from __future__ import annotations
 
+import urllib.parse
 from importlib import resources
 from typing import IO, Any
 
@@ -21,6 +25,9 @@ from hubfsm.hub.signing import file_name, parse_name
 from hubfsm.hub.store import WeightsKind
 
 _LOOPBACK = ("127.", "::1", "::ffff:127.")
+#: The ``Host`` names the pages answer to, besides the hub's own (the port is not part
+#: of the check: a rebinding page cannot choose the name, and a tunnel may change the port).
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _KINDS: tuple[WeightsKind, ...] = ("last", "best")
 _STATIC = {
     "uplot.iife.min.js": "text/javascript",
@@ -43,6 +50,13 @@ def serve(hub: Hub, request: Request, environ: dict[str, Any]) -> Response:
         return _signed_file(hub, request, parts[1], parts[2])
     if not (request.remote_addr or "").startswith(_LOOPBACK):
         return Response("the hub's pages are for loopback clients only", status=403)
+    if not host_allowed(environ.get("HTTP_HOST"), hub.public_root):
+        return Response(
+            "the hub's pages answer only to the Host localhost, 127.0.0.1, [::1] or its own "
+            "address; open them through one of those",
+            status=403,
+            mimetype="text/plain",
+        )
     if parts == [""]:
         return _html(page.render_index(runs(hub), hub.clock()))
     if parts == ["favicon.ico"]:
@@ -65,6 +79,29 @@ def serve(hub: Hub, request: Request, environ: dict[str, Any]) -> Response:
         kind: WeightsKind = "last" if parts[3].startswith("last") else "best"
         return _weights(hub, request, model_id, kind, f"{kind}.pt")
     return _html(page.render_missing(request.path), 404)
+
+
+def host_allowed(host: str | None, public_root: str) -> bool:
+    """True when a ``Host`` header names this machine: a loopback name or the hub's own.
+
+    Args:
+        host: The header's value (``name`` or ``name:port``), or None without one: a
+            browser always sends one, so only other clients omit it.
+        public_root: The hub's own address, such as ``http://127.0.0.1:8000``.
+    """
+    if host is None:
+        return True
+    try:
+        name = urllib.parse.urlsplit(f"//{host}").hostname
+    except ValueError:  # an unclosed IPv6 bracket, say
+        return False
+    if not name:
+        return False
+    name = name.rstrip(".")
+    if name in _LOOPBACK_NAMES:
+        return True
+    own = urllib.parse.urlsplit(public_root).hostname
+    return own is not None and name == own.rstrip(".")
 
 
 def runs(hub: Hub) -> list[dict[str, Any]]:

@@ -116,6 +116,11 @@ class NullSession:
         return None
 
     @property
+    def kept(self) -> dict[str, int] | None:
+        """Always None: there is no outbox."""
+        return None
+
+    @property
     def plan(self) -> TrainingPlan:
         """Not known here: only rank 0 reads the model record.
 

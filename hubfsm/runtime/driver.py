@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import attrs
 
+from hubfsm.core.changes import Change
 from hubfsm.core.engine import Core, Send
 from hubfsm.core.events import (
     Barrier,
@@ -126,6 +127,10 @@ class Driver:
         self._watched: dict[int, Ticket] = {}
         #: How far the journal is taken in, not yet written to the outbox.
         self._journal_seq: int | None = None
+        #: The core's changes an outbox write failed to keep, written before any later.
+        self.unwritten: list[Change] = []
+        #: Why the last outbox write failed, while writes fail.
+        self.write_error: Exception | None = None
 
     # -- the trainer's side ---------------------------------------------------------
 
@@ -182,10 +187,22 @@ class Driver:
         if isinstance(event, EpochEnded):
             core.epoch_end(event.epoch, event.metrics, now=now)
         elif isinstance(event, CheckpointOffered):
-            part = self._take(event.path, "last.pt", event)
-            if event.held is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(event.held)
+            try:
+                part = self._take(event.path, "last.pt", event)
+            except OSError as exc:
+                # No room for a copy and no held link to keep instead: this checkpoint
+                # is not kept, and training goes on (the next offer may fit).
+                self._release(event)
+                if not self.quiet:
+                    _say(
+                        "warning",
+                        "checkpoint.not_kept",
+                        model_id=core.model_id,
+                        epoch=event.epoch,
+                        error=str(exc),
+                    )
+                return
+            self._release(event)
             if part is None:
                 if not self.quiet:
                     _say("info", "checkpoint.superseded", model_id=core.model_id, epoch=event.epoch)
@@ -215,12 +232,29 @@ class Driver:
         else:
             assert isinstance(event, Barrier)
 
+    @staticmethod
+    def _release(event: CheckpointOffered) -> None:
+        """Let go of the offer's held link (kept as the snapshot, it is gone already)."""
+        if event.held is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(event.held)
+
     def _take(
         self, path: str, name: str, event: CheckpointOffered | FinishRequested
     ) -> FilePart | None:
-        if self.durability is not None:
+        if self.durability is None:
+            return take_file(path, name, event.stamp)
+        try:
             return self.durability.take(path, name, event.stamp)
-        return take_file(path, name, event.stamp)
+        except OSError as exc:
+            if isinstance(event, CheckpointOffered):
+                raise
+            # The final weights cannot be copied into the outbox: ``finish`` still
+            # uploads them from the trainer's file, which it waits for, but a later
+            # ``hubfsm sync`` would not have them.
+            if not self.quiet:
+                _say("warning", "final.not_kept", model_id=self.core.model_id, error=str(exc))
+            return take_file(path, name, event.stamp)
 
     # -- the hub's side -------------------------------------------------------------
 
@@ -285,14 +319,76 @@ class Driver:
                 durability.error = exc
                 return
         changes = core.take_changes()
+        if self.unwritten:
+            # What an earlier write failed to keep goes first, in its order.
+            changes = self.unwritten + changes
         journal_seq = self._journal_seq
         if not changes and journal_seq is None:
             return
-        self._journal_seq = None
         try:
             durability.apply(changes, journal_seq=journal_seq)
-        except Exception as exc:  # a full disk must not stop delivery of what is in memory
-            _say("error", "outbox.write_failed", error=str(exc), model_id=core.model_id)
+        except OSError as exc:  # a full disk must not stop delivery of what is in memory
+            self._refused(changes, exc)
+            return
+        except Exception:  # not the disk: one change that can never be written
+            if not self._write_apart(durability, changes, journal_seq):
+                return
+        self.unwritten = []
+        self._journal_seq = None
+        if self.write_error is not None:
+            self.write_error = None
+            if not self.quiet:
+                _say("info", "outbox.write_recovered", model_id=core.model_id)
+
+    def _refused(self, changes: list[Change], error: OSError) -> None:
+        """Keep what the disk refused, with the journal's progress, for the next write.
+
+        The journal is not consumed past what reached the outbox, and sending goes on
+        from memory meanwhile.
+        """
+        self.unwritten = changes
+        if self.write_error is None and not self.quiet:
+            _say(
+                "error",
+                "outbox.write_failed",
+                error=str(error),
+                model_id=self.core.model_id,
+                unwritten=len(changes),
+            )
+        self.write_error = error
+
+    def _write_apart(
+        self, durability: Durability, changes: list[Change], journal_seq: int | None
+    ) -> bool:
+        """Write the changes one at a time, setting aside any that can never be written.
+
+        Retrying such a change would hold back every later one for good, so it is
+        dropped with a log line naming it. False when the disk refused a write meanwhile
+        (the rest is kept for the next write).
+        """
+        for at, change in enumerate(changes):
+            try:
+                durability.apply([change], journal_seq=None)
+            except OSError as exc:
+                self._refused(changes[at:], exc)
+                return False
+            except Exception as exc:
+                _say(
+                    "error",
+                    "outbox.change_dropped",
+                    change=type(change).__name__,
+                    error=f"{type(exc).__name__}: {exc}",
+                    model_id=self.core.model_id,
+                )
+        try:
+            durability.apply([], journal_seq=journal_seq)
+        except OSError as exc:
+            self._refused([], exc)
+            return False
+        except Exception as exc:  # the outbox itself is unusable: nothing more to do here
+            _say("error", "outbox.write_failed", error=str(exc), model_id=self.core.model_id)
+            return False
+        return True
 
 
 def _log_failure(action: Send, outcome: Outcome) -> None:

@@ -17,13 +17,16 @@ from hubfsm.core.changes import Change, Saved
 from hubfsm.core.engine import Core
 from hubfsm.core.events import FileStamp
 from hubfsm.durable.files import describe
-from hubfsm.durable.journal import InboxItem, Journal
+from hubfsm.durable.journal import InboxItem, Journal, journal_unavailable
 from hubfsm.durable.outbox import Outbox, stamp_of
 from hubfsm.durable.recovery import journal_path, recover
 from hubfsm.transport import FilePart
 
 #: Opens a model's outbox under a root (the files backend: :meth:`Outbox.open`).
 OutboxOpener = Callable[[str, "str | os.PathLike[str] | None"], Outbox]
+
+#: Opens the trainer's journal of an outbox (:class:`Journal`'s signature).
+JournalOpener = Callable[..., Journal]
 
 #: Takes back what an outbox and its journal kept (:func:`~hubfsm.durable.recovery.recover`).
 Recovery = Callable[..., Saved]
@@ -38,6 +41,7 @@ class Durability:
         inbox: The driver's inbox, where the journal queues each event it writes.
         open_outbox: Opens one model's outbox.
         recover: Takes back what an earlier run left, into the outbox and the core.
+        open_journal: Opens the journal (a simulated disk passes one whose space fails).
         quiet: Log nothing.
     """
 
@@ -49,6 +53,7 @@ class Durability:
         inbox: collections.deque[InboxItem],
         open_outbox: OutboxOpener = Outbox.open,
         recover: Recovery = recover,
+        open_journal: JournalOpener = Journal,
         quiet: bool = False,
     ) -> None:
         self.root = root
@@ -56,11 +61,16 @@ class Durability:
         self.inbox = inbox
         self._open = open_outbox
         self._recover = recover
+        self._open_journal = open_journal
         self.quiet = quiet
         self.outbox: Outbox | None = None
         self.journal: Journal | None = None
         #: Why the outbox could not be opened, if it could not.
         self.error: Exception | None = None
+        #: What the outbox held on disk when it closed, per channel (see ``Saved.counts``).
+        self.kept: dict[str, int] | None = None
+        #: The held link of the newest checkpoint offer, released by a newer one.
+        self._held: str | None = None
 
     @property
     def directory(self) -> Path | None:
@@ -81,10 +91,22 @@ class Durability:
             raise
         self.outbox = outbox
         if self.use_journal:
-            self.journal = Journal(journal_path(outbox), seq=outbox.journal_seq, inbox=self.inbox)
+            path = journal_path(outbox)
+            try:
+                self.journal = self._open_journal(path, seq=outbox.journal_seq, inbox=self.inbox)
+            except OSError as exc:
+                # A full disk costs the kill -9 guarantee, never the session.
+                if not self.quiet:
+                    journal_unavailable(path, exc)
 
     def apply(self, changes: Sequence[Change], *, journal_seq: int | None) -> None:
-        """Keep ``changes``, and how far the journal is in the outbox, in one transaction."""
+        """Keep ``changes``, and how far the journal is in the outbox, in one transaction.
+
+        The journal starts over only once the outbox has its events.
+
+        Raises:
+            OSError: The outbox could not be written (a full disk, an I/O error).
+        """
         outbox = self.outbox
         if outbox is None:
             return
@@ -92,9 +114,23 @@ class Durability:
         if journal_seq is not None and self.journal is not None:
             self.journal.consumed(journal_seq)
 
-    def hold(self, path: str) -> str | None:
-        """Keep the file's current content reachable until :meth:`take` (see Outbox.hold)."""
-        return None if self.outbox is None else self.outbox.hold(path)
+    def hold(self, path: str, *, checkpoint: bool = False) -> str | None:
+        """Keep the file's current content reachable until :meth:`take` (see Outbox.hold).
+
+        Args:
+            path: The file handed over.
+            checkpoint: It is a checkpoint offer. The newest offer wins, so the link of
+                the checkpoint offer before it is released at once, taken in or not: a
+                busy worker never pins more than one older copy of the weights.
+        """
+        if self.outbox is None:
+            return None
+        if not checkpoint:
+            return self.outbox.hold(path)
+        if self._held is not None:
+            self.outbox.release(self._held)
+        self._held = self.outbox.hold(path)
+        return self._held
 
     def take(self, path: str, name: str, stamp: FileStamp) -> FilePart | None:
         """A weight file for upload: a snapshot in the outbox, or the file itself.
@@ -106,10 +142,18 @@ class Durability:
         return take_file(path, name, stamp)
 
     def close(self, *, remove: bool) -> None:
-        """Close the journal and the outbox (``remove``: delete an outbox left empty)."""
+        """Close the journal and the outbox (``remove``: delete an outbox left empty).
+
+        What the outbox holds is read first, into :attr:`kept`: what a closing session
+        tells the user is kept is what is on disk.
+        """
         if self.journal is not None:
             self.journal.close()
         if self.outbox is not None:
+            try:
+                self.kept = self.outbox.load().counts()
+            except Exception:  # unreadable now: say nothing rather than a wrong count
+                self.kept = None
             self.outbox.close(remove=remove)
 
 

@@ -76,17 +76,46 @@ class ExitHooks:
 
 
 def report_left(
-    core: Core, pending: dict[str, int], where: Path | None, log: Any, *, tell: bool
+    core: Core,
+    pending: dict[str, int],
+    where: Path | None,
+    log: Any,
+    *,
+    tell: bool,
+    kept: dict[str, int] | None = None,
 ) -> None:
-    """Say what a closing session leaves behind: a log line, and (``tell``) a line for people."""
-    left = describe_pending(pending)
+    """Say what a closing session leaves behind: a log line, and (``tell``) a line for people.
+
+    Args:
+        core: The session's core.
+        pending: What the hub has not acknowledged, as the core counts it.
+        where: The outbox directory, if the session kept one.
+        log: Where the log line goes.
+        tell: Also print a line on stderr.
+        kept: What the outbox holds on disk, if it was read: the count the user is told
+            is kept, so that it never names more than is there.
+    """
+    on_disk = pending if kept is None else kept
+    left = describe_pending(on_disk)
+    missing = {kind: max(n - on_disk.get(kind, 0), 0) for kind, n in pending.items()}
+    lost = describe_pending(missing) if any(missing.values()) else None
     log.warning(
-        "session.closed_with_pending", model_id=core.model_id, pending=left, state=core.state
+        "session.closed_with_pending",
+        model_id=core.model_id,
+        pending=describe_pending(pending),
+        kept=left,
+        not_written=lost,
+        state=core.state,
     )
     if where is not None and tell:
-        print(
-            f"hubfsm: model {core.model_id}: {left} not on the hub yet; kept in "
-            f"{where}; they go first when this model's session opens again, or run "
-            f"`hubfsm sync {where}`",
-            file=sys.stderr,
-        )
+        if any(on_disk.values()):
+            line = (
+                f"hubfsm: model {core.model_id}: {left} not on the hub yet; kept in "
+                f"{where}; they go first when this model's session opens again, or run "
+                f"`hubfsm sync {where}`"
+            )
+        else:
+            line = f"hubfsm: model {core.model_id}: nothing is kept in {where}"
+        if lost is not None:
+            line += f"; {lost} could not be written there (the disk is full or failing)"
+        print(line, file=sys.stderr)

@@ -22,7 +22,7 @@ from hubfsm.errors import HubfsmError, HubUnavailableError
 from hubfsm.logs import get_logger
 from hubfsm.runtime.clocks import Clock, RealClock
 from hubfsm.runtime.driver import Driver, Observer
-from hubfsm.runtime.durability import Durability, OutboxOpener, Recovery
+from hubfsm.runtime.durability import Durability, JournalOpener, OutboxOpener, Recovery
 from hubfsm.runtime.inline import SimRunner
 from hubfsm.runtime.settings import Settings
 from hubfsm.runtime.worker import ThreadRunner
@@ -114,6 +114,7 @@ def build(
     core_factory: CoreFactory = Core,
     open_outbox: OutboxOpener | None = None,
     recover: Recovery | None = None,
+    open_journal: JournalOpener | None = None,
     driver_factory: Callable[..., Driver] = Driver,
     latency: float = 0.0,
     quiet: bool = False,
@@ -133,6 +134,8 @@ def build(
         core_factory: Makes the core.
         open_outbox: Opens a model's outbox (default the files backend).
         recover: Takes back what an outbox kept (default the real recovery).
+        open_journal: Opens the trainer's journal (default :class:`Journal`; a
+            simulated disk passes one whose allocation fails as a full disk does).
         driver_factory: Makes the driver, called like :class:`Driver`.
         latency: Seconds each request takes on a virtual clock.
         quiet: Log nothing.
@@ -158,6 +161,8 @@ def build(
         kwargs: dict[str, Any] = {} if open_outbox is None else {"open_outbox": open_outbox}
         if recover is not None:
             kwargs["recover"] = recover
+        if open_journal is not None:
+            kwargs["open_journal"] = open_journal
         durability = Durability(
             settings.outbox_dir, journal=settings.journal, inbox=inbox, quiet=quiet, **kwargs
         )

@@ -218,7 +218,7 @@ class Session(SessionViews):
         file = os.fspath(path)
         stamp = stamp_of(file)  # a missing file is the caller's error, raised here
         durability = self._durability
-        held = durability.hold(file) if durability is not None else None
+        held = durability.hold(file, checkpoint=True) if durability is not None else None
         event = CheckpointOffered(held or file, epoch, is_best, stamp, held)
         journal = None if durability is None else durability.journal
         if journal is None:
@@ -327,9 +327,10 @@ class Session(SessionViews):
         self._shell.stop(timeout=0.0 if self.offline else limit)
         self._release()
         pending = self._core.pending()
-        if any(pending.values()):
+        kept = None if self._durability is None else self._durability.kept
+        if any(pending.values()) or (kept is not None and any(kept.values())):
             tell = self._log is log and not self._refusal_noticed
-            report_left(self._core, pending, self.outbox_dir, self._log, tell=tell)
+            report_left(self._core, pending, self.outbox_dir, self._log, tell=tell, kept=kept)
         if raise_refusal and self._core.machine.refused and not self._refusal_raised:
             self._refusal_raised = True
             raise self._refusal_error()

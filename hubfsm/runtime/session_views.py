@@ -136,6 +136,15 @@ class SessionViews:
         return None if self._durability is None else self._durability.directory
 
     @property
+    def kept(self) -> dict[str, int] | None:
+        """What the outbox held on disk when the session closed, per channel.
+
+        None before :meth:`close`, or without an outbox. It can differ from
+        :meth:`pending` only where writing to the outbox failed.
+        """
+        return None if self._durability is None else self._durability.kept
+
+    @property
     def error(self) -> HubfsmError | None:
         """The error that stopped the session, if any."""
         return self._core.error

@@ -135,6 +135,11 @@ def _sync_one(
         left = session.pending()
     finally:
         session.close(timeout=min(timeout, 10.0))
+    kept = session.kept
+    if kept is not None:
+        # What is still on disk counts, even if the hub has it: a write that failed
+        # left it there, and the next sync sends it again under the same key.
+        left = {kind: max(n, kept.get(kind, 0)) for kind, n in left.items()}
     stats = session.stats()
     sent = sum(stats["sent"].values())
     if any(left.values()):

@@ -149,6 +149,7 @@ class HttpWorld(Stage):
             heartbeat=LIMITS.heartbeat,
             heartbeat_slack=READ_TIMEOUT + mix.latency[1] + _JITTER,
             origin=origin,
+            policies=POLICIES,
         )
         self.core = Core(
             CONFIG, rng=random.Random(rng.getrandbits(64)), on_change=self.checker.changed

@@ -17,7 +17,7 @@ import attrs
 
 from hubfsm.core.engine import Core, Send
 from hubfsm.core.machine import LEGAL, TRAITS
-from hubfsm.core.retry import Verdict, classify, retry_after_of
+from hubfsm.core.retry import ChannelPolicies, RetryPolicy, Verdict, classify, retry_after_of
 from hubfsm.errors import AuthError
 from hubfsm.sim.profiles import Expect
 from hubfsm.transport import Outcome, TransportError
@@ -153,6 +153,9 @@ class Checker:
         heartbeat: The heartbeat interval.
         heartbeat_slack: How late a heartbeat may be: one request's longest duration.
         origin: The clock time the session starts at; trace times count from it.
+        policies: The session's retry policies: a ``Retry-After`` holds requests back
+            only as long as the answered channel's policy honours it. None: as long as
+            the hub asked.
     """
 
     def __init__(
@@ -164,8 +167,10 @@ class Checker:
         heartbeat: float,
         heartbeat_slack: float,
         origin: float = 0.0,
+        policies: ChannelPolicies | None = None,
     ) -> None:
         self.clock = clock
+        self.policies = policies
         self.metrics = metrics
         self.checkpoint = checkpoint
         self.heartbeat = heartbeat
@@ -290,9 +295,13 @@ class Checker:
         """Record an outcome for the retry checks."""
         verdict = classify(outcome)
         retry_after = retry_after_of(outcome)
-        if retry_after is not None:
-            self._hold_until = max(self._hold_until, now + retry_after)
-        self._ops[send.op_id] = _OpSeen(verdict, now, retry_after or 0.0)
+        honoured = retry_after
+        if self.policies is not None:
+            policy: RetryPolicy = getattr(self.policies, send.channel)
+            honoured = policy.honoured(retry_after)
+        if honoured is not None:
+            self._hold_until = max(self._hold_until, now + honoured)
+        self._ops[send.op_id] = _OpSeen(verdict, now, honoured or 0.0)
         if send.channel == "heartbeat" and verdict is Verdict.FATAL:
             self._heartbeats_refused = True
             self._training_since = None
@@ -335,6 +344,7 @@ class Checker:
         expect: Expect | None = None,
         queued: Iterable[int] = (),
         held: Iterable[int] | None = None,
+        reused: int = 0,
     ) -> None:
         """Invariants 1, 2, 3 and 7, and how the session ended, checked at its end.
 
@@ -354,6 +364,8 @@ class Checker:
             held: The epochs the outbox holds (pending or rejected); by default what the
                 core still holds. Every epoch accepted is on the hub or held: never only
                 in a log line.
+            reused: Requests the hub refused because their idempotency key had answered
+                another request: a key stands for one request, so there must be none.
             queued: Epochs accepted from the trainer that the driver has not taken in yet.
         """
         logged_epochs = set(logged)
@@ -388,6 +400,8 @@ class Checker:
         if repeated:
             kind, epoch, _ = repeated[0]
             self.violate(2, f"{kind} weights of epoch {epoch} applied more than once")
+        if reused:
+            self.violate(2, f"{reused} requests reused an idempotency key with another body")
         if state == "done" and final_sha256 != expected_sha256:
             self.violate(3, f"final weights {final_sha256} != handed over {expected_sha256}")
         # Paths and messages are the entries' only free text; the rest are fixed words.

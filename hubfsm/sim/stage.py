@@ -207,6 +207,7 @@ class Stage:
         """Check what the hub holds against what the trainer did (``more``: for the checker)."""
         metrics, uploads = self.applied()
         finals = [sha for kind, _, sha in uploads if kind == "final"]
+        reused = sum(sum(audit.reused.values()) for audit in self.audits())
         self.checker.finish(
             self.core,
             logged=self.logged,
@@ -216,6 +217,7 @@ class Stage:
             final_sha256=finals[-1] if finals else None,
             expected_sha256=self.expected_sha,
             secrets=[self.key],
+            reused=reused,
             **more,
         )
 

@@ -119,6 +119,7 @@ class World(Stage):
             heartbeat=limits.heartbeat,
             heartbeat_slack=TIMEOUT + profile.max_latency + 0.1,
             origin=EPOCH_ZERO,
+            policies=config.policies,
         )
         self._life_rng = random.Random(rng.getrandbits(64))
         machine_rng = random.Random(rng.getrandbits(64)) if profile.machine else None

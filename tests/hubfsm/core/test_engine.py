@@ -1,6 +1,9 @@
+import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hubfsm.core.engine import Core, CoreConfig, Limits, Send, Wait
 from hubfsm.core.identifier import parse_identifier
@@ -272,12 +275,47 @@ def test_retry_after_holds_back_every_channel_not_only_its_own():
     core = training_core()
     core.epoch_end(0, {"loss": 1.0}, now=0.0)
     first = core.poll(0.0)
-    core.receive(first.op_id, Response(429, {}, retry_after=500.0), now=0.0)
-    # the heartbeat is due at 300 s, but the hub asked for quiet until 500 s
+    core.receive(first.op_id, Response(429, {}, retry_after=200.0), now=150.0)
+    # the heartbeat is due at 300 s, but the hub asked for quiet until 350 s
     action = core.poll(300.0)
-    assert isinstance(action, Wait) and action.until == 500.0
-    sends, _ = drive(core, 500.0)
+    assert isinstance(action, Wait) and action.until == 350.0
+    sends, _ = drive(core, 350.0)
     assert {s.channel for s in sends} == {"heartbeat", "metrics"}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(st.floats(0, 1e300), st.just(math.inf)))
+def test_one_retry_after_holds_nothing_past_the_policys_maximum(retry_after):
+    config = CoreConfig()
+    core = training_core()
+    core.epoch_end(0, {"loss": 1.0}, now=0.0)
+    first = core.poll(0.0)
+    core.receive(first.op_id, Response(429, {}, retry_after=retry_after), now=0.0)
+    action = core.poll(0.0)
+    # A metrics round that cannot wait it out rests, as long as honoured at most.
+    longest = max(config.limits.park, config.policies.metrics.max_retry_after)
+    assert isinstance(action, Wait) and action.until is not None
+    assert min(retry_after, 300.0) <= action.until <= longest
+    # Then the epoch goes (after the 3 s metrics limit, if the hold was shorter).
+    now, sends = action.until, []
+    while not sends:
+        sends, wait = drive(core, now)
+        assert now <= longest
+        now = wait.until
+    assert "metrics" in {s.channel for s in sends}
+
+
+def test_finish_is_held_by_a_huge_retry_after_only_up_to_the_policys_maximum():
+    core = training_core()
+    core.finish(0, BEST, map50_95=0.5, now=0.0, timeout=3600.0)
+    final = core.poll(0.0)
+    assert final.channel == "final"
+    core.receive(final.op_id, Response(429, {}, retry_after=1e9), now=0.0)
+    action = core.poll(0.0)
+    cap = CoreConfig().policies.final.max_retry_after
+    assert isinstance(action, Wait) and action.until == cap
+    sends, _ = drive(core, action.until)
+    assert "final" in [s.channel for s in sends] and core.state == "done"
 
 
 def test_a_scaled_config_scales_every_limit_and_policy():
@@ -329,3 +367,17 @@ def test_a_kept_checkpoint_upload_of_the_newest_weights_is_sent_with_its_key():
     core.restore(Saved(ops=(OpOpened("checkpoint", kept, 1),)), now=0.0)
     sends, _ = drive(core, 10.0)
     assert [s.request.idempotency_key for s in sends if s.channel == "checkpoint"] == ["kept-1"]
+
+
+def test_the_final_key_follows_the_whole_body():
+    # The key is made from the upload's content so a finish repeated with the same weights
+    # is replayed; the mAP is sent too, so another mAP is another request with its own key.
+    def final_key(map50_95):
+        core = training_core()
+        core.finish(0, BEST, map50_95=map50_95, now=0.0)
+        sends, _ = drive(core, 0.0)
+        (final,) = [s for s in sends if s.channel == "final"]
+        return final.request.idempotency_key
+
+    assert final_key(0.5) == final_key(0.5)
+    assert final_key(0.5) != final_key(0.625)

@@ -1,3 +1,4 @@
+import math
 import random
 from datetime import datetime, timezone
 from email.utils import format_datetime
@@ -32,10 +33,11 @@ def test_every_wait_lies_within_its_bounds(policy, seed, ras):
     waits = policy.schedule(random.Random(seed), ras)
     for n, wait in enumerate(waits):
         ra = ras[n] if n < len(ras) else None
-        upper = policy.bound(n) if ra is None else max(policy.bound(n), ra)
+        honoured = None if ra is None else min(ra, policy.max_retry_after)
+        upper = policy.bound(n) if honoured is None else max(policy.bound(n), honoured)
         assert 0 <= wait <= upper
-        if ra is not None:
-            assert wait >= ra
+        if honoured is not None:
+            assert wait >= honoured
 
 
 @given(policies, st.integers(0, 2**32), retry_afters)
@@ -54,11 +56,41 @@ def test_a_seed_fixes_the_schedule(policy, seed, ras):
 @given(policies, st.integers(0, 2**32), st.floats(0, 4000))
 def test_retry_after_is_a_floor_or_the_policy_gives_up(policy, seed, ra):
     wait = policy.next_wait(attempts=1, elapsed=0.0, rng=random.Random(seed), retry_after=ra)
+    honoured = min(ra, policy.max_retry_after)
     if wait is None:
-        assert policy.max_attempts == 1 or ra > policy.max_retry_after or ra > policy.deadline \
+        assert policy.max_attempts == 1 or honoured > policy.deadline \
             or policy.bound(0) > policy.deadline
     else:
-        assert wait >= ra
+        assert wait >= honoured
+
+
+#: Any Retry-After a hub may send, read as seconds: up to decades and past, and infinity
+#: (more digits than a float holds).
+any_retry_after = st.one_of(st.floats(0, 1e300), st.just(math.inf))
+
+
+@given(policies, st.integers(0, 2**32), any_retry_after, st.integers(1, 20), st.floats(0, 7200))
+def test_retry_after_is_honoured_only_up_to_the_policys_maximum(
+    policy, seed, ra, attempts, elapsed
+):
+    wait = policy.next_wait(
+        attempts=attempts, elapsed=elapsed, rng=random.Random(seed), retry_after=ra
+    )
+    assert wait is None or wait <= max(policy.bound(attempts - 1), policy.max_retry_after)
+    assert policy.honoured(ra) == min(ra, policy.max_retry_after)
+    # Past the maximum, how much longer the hub asked for changes nothing.
+    longer = policy.next_wait(
+        attempts=attempts, elapsed=elapsed, rng=random.Random(seed), retry_after=ra * 2 + 1
+    )
+    if ra >= policy.max_retry_after:
+        assert longer == wait
+
+
+def test_a_retry_after_that_is_not_a_number_is_none():
+    policy = RetryPolicy(max_retry_after=300)
+    assert policy.honoured(None) is None
+    assert policy.honoured(math.nan) is None
+    assert policy.honoured(-5.0) == 0.0
 
 
 def test_full_jitter_spreads_waits_over_the_whole_range():
@@ -120,6 +152,12 @@ def test_retry_after_seconds_and_dates():
     assert parse_retry_after("-5", now=now) is None
     assert parse_retry_after("\u00b2", now=now) is None
     assert parse_retry_after("\u0663", now=now) is None
+
+
+@pytest.mark.parametrize("digits", [17, 400, 5000])
+def test_retry_after_of_many_digits_is_read_not_raised(digits):
+    value = parse_retry_after("9" * digits, now=0.0)
+    assert value is not None and value >= 1e16
 
 
 @given(st.text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
 import urllib.parse
 from collections.abc import Iterator
@@ -100,6 +101,12 @@ def test_create_keeps_what_ultralytics_sends(
         {"cache": 3},
         {"batchSize": "16"},
         {"epochs": 1.5},
+        {"epochs": 2**53},
+        {"patience": -(2**53)},
+        {"batchSize": 10**20},
+        {"imageSize": [640, 2**60]},
+        {"device": 2**53},
+        {"device": [0, 2**53]},
     ],
 )
 def test_create_refuses_wrong_shapes(local: LocalHub, config: dict[str, Any]) -> None:
@@ -189,3 +196,39 @@ def test_signed_urls_expire() -> None:
     other = UrlSigner(b"t" * 32, lambda: 0.0)
     assert other.check(parts.path, query) == "the URL's signature does not match"
     assert "s" * 32 not in repr(signer)
+
+
+def test_create_keeps_integers_up_to_what_json_carries_exactly(local: LocalHub) -> None:
+    body = _with(epochs=2**53 - 1, batchSize=-(2**53 - 1))
+    key = {"x-api-key": local.api_key}
+    reply = requests.post(f"{local.url}/v1/models", json=body, headers=key, timeout=TIMEOUT)
+    assert reply.status_code == 200, reply.text
+    model_id = reply.json()["data"]["id"]
+    url = f"{local.url}/v1/models/{model_id}"
+    record = requests.get(url, headers=key, timeout=TIMEOUT).json()["data"]
+    assert (record["epochs"], record["batch_size"]) == (2**53 - 1, -(2**53 - 1))
+    assert requests.get(f"{local.url}/models/{model_id}", timeout=TIMEOUT).status_code == 200
+
+
+@pytest.mark.parametrize("digits", [309, 401, 4000])
+def test_an_integer_no_json_number_holds_is_refused_at_parse_time(
+    local: LocalHub, digits: int
+) -> None:
+    key = {"x-api-key": local.api_key, "Content-Type": "application/json"}
+    huge = "9" * digits
+    text = json.dumps(BASE).replace('"epochs": 300', f'"epochs": {huge}')
+    reply = requests.post(f"{local.url}/v1/models", data=text, headers=key, timeout=TIMEOUT)
+    assert reply.status_code == 400
+    assert "integer in 'epochs'" in reply.json()["message"]
+    assert requests.get(f"{local.url}/runs.json", timeout=TIMEOUT).json()["runs"] == []
+    # Inside an epoch's metrics too: the text is refused, not kept for the pages to choke on.
+    ok = requests.post(f"{local.url}/v1/models", json=BASE, headers=key, timeout=TIMEOUT)
+    model_id = ok.json()["data"]["id"]
+    body = {"type": "metrics", "metrics": {"0": f'{{"loss": {huge}}}'}}
+    url = f"{local.url}/v1/models/{model_id}"
+    refused = requests.post(url, json=body, headers=key, timeout=TIMEOUT)
+    assert refused.status_code == 400 and "integer in 'loss'" in refused.json()["message"]
+    # Up to 308 digits is a number a double holds: kept as sent.
+    fine = {"type": "metrics", "metrics": {"0": f'{{"loss": {"9" * 308}}}'}}
+    assert requests.post(url, json=fine, headers=key, timeout=TIMEOUT).status_code == 200
+    assert requests.get(f"{local.url}/", timeout=TIMEOUT).status_code == 200

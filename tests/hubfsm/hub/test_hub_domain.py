@@ -531,6 +531,56 @@ def test_failed_requests_are_not_remembered(hub: Hub) -> None:
     assert post(hub, f"/v1/models/{model_id}", metrics(0), idem="k").status == 200
 
 
+def test_a_reused_key_with_another_body_is_refused_not_replayed(hub: Hub) -> None:
+    model_id = create(hub)
+    path = f"/v1/models/{model_id}"
+    assert post(hub, path, metrics(0), idem="k").status == 200
+    other = post(hub, path, metrics(1), idem="k")
+    assert other.status == 422 and "Idempotency-Key" in other.body["message"]
+    assert "Idempotent-Replayed" not in other.headers
+    # The first request is still replayed, and the refused one applied nothing.
+    assert post(hub, path, metrics(0), idem="k").headers == {"Idempotent-Replayed": "true"}
+    assert hub.audit().metrics_applied == {(model_id, 0): 1}
+    assert hub.audit().reused == {"upload_metrics": 1}
+    assert hub.audit().replayed == {"upload_metrics": 1}
+    # Another path is another request too (the model of another create, say).
+    second = create(hub)
+    assert post(hub, f"/v1/models/{second}", metrics(0), idem="k").status == 200
+
+
+def test_a_reused_create_key_with_another_model_is_refused(hub: Hub) -> None:
+    first = post(hub, "/v1/models", CREATE, idem="c")
+    other = {**CREATE, "meta": {"name": "another"}}
+    assert post(hub, "/v1/models", other, idem="c").status == 422
+    assert [m["name"] for m in hub.models()] == ["yolov8n"]
+    # The same object with its keys in another order is the same request.
+    reordered = dict(reversed(list(CREATE.items())))
+    assert post(hub, "/v1/models", reordered, idem="c").body == first.body
+
+
+@pytest.mark.parametrize("change", ["bytes", "epoch", "map"])
+def test_a_reused_upload_key_with_another_body_is_refused(hub: Hub, change: str) -> None:
+    model_id = create(hub)
+    kind = "final" if change == "map" else "epoch"
+    assert upload(hub, model_id, b"weights", kind=kind, idem="u").status == 200
+    if change == "bytes":
+        again = upload(hub, model_id, b"WEIGHTS", kind=kind, idem="u")
+    elif change == "epoch":
+        again = upload(hub, model_id, b"weights", kind=kind, epoch=2, idem="u")
+    else:
+        fields = {"epoch": "1", "type": "final", "map": "0.7"}
+        path = f"/v1/models/{model_id}/upload"
+        call = HubCall("POST", path, KEY, None, fields, "best.pt", b"weights", "u")
+        again = hub.handle(call)
+    assert again.status == 422, again.body
+    assert len(hub.audit().uploads) == 1
+    found = hub.weights(model_id, "last" if kind == "epoch" else "best")
+    assert found is not None and found[1] == b"weights"
+    # The very same upload, streamed this time, is still replayed.
+    same = upload(hub, model_id, b"", kind=kind, idem="u", file=io.BytesIO(b"weights"))
+    assert same.status == 200 and same.headers == {"Idempotent-Replayed": "true"}
+
+
 def test_delete_model(hub: Hub) -> None:
     model_id = create(hub)
     post(hub, f"/v1/models/{model_id}", metrics(0))

@@ -6,6 +6,7 @@ waits for an answer with a bounded socket timeout, never on a clock of its own.
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 from collections.abc import Iterator
@@ -322,3 +323,70 @@ def test_no_body_makes_the_domain_fail(hub: Hub) -> None:
         assert data is not None
         page.render_model(data).encode("utf-8", "backslashreplace")
     page.render_index(web.runs(hub), 0.0)
+
+
+def _get(local: LocalHub, path: str, host: str, **headers: str) -> tuple[int, bytes]:
+    """GET ``path`` from the hub where it listens, naming ``host`` in the Host header."""
+    connection = http.client.HTTPConnection(local.host, local.port, timeout=TIMEOUT)
+    try:
+        connection.putrequest("GET", path, skip_host=True)
+        connection.putheader("Host", host)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+    finally:
+        connection.close()
+
+
+def test_pages_answer_only_a_host_naming_this_machine(local: LocalHub) -> None:
+    key = {"x-api-key": local.api_key}
+    created = requests.post(f"{local.url}/v1/models", json=CREATE, headers=key, timeout=TIMEOUT)
+    model_id = created.json()["data"]["id"]
+    upload = requests.post(
+        f"{local.url}/v1/models/{model_id}/upload",
+        headers=key,
+        data={"epoch": "0", "type": "epoch", "isBest": "false"},
+        files={"last.pt": ("last.pt", b"weights")},
+        timeout=TIMEOUT,
+    )
+    assert upload.status_code == 200
+    pages = [
+        "/",
+        "/runs.json",
+        f"/models/{model_id}",
+        f"/models/{model_id}/data.json",
+        f"/models/{model_id}/weights/last.pt",
+    ]
+    port = local.port
+    # A page of another site whose name now resolves to 127.0.0.1 (DNS rebinding) names
+    # its own host: it reads nothing, neither the runs nor their signed weight URLs.
+    for host in (f"attacker.example:{port}", "attacker.example", f"127.0.0.1.nip.io:{port}",
+                 f"localhost.attacker.example:{port}", f"localhost@attacker.example:{port}"):
+        for path in pages:
+            status, body = _get(local, path, host)
+            assert status == 403, (host, path)
+            assert model_id.encode() not in body and b"signature" not in body
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}",
+                 f"LOCALHOST.:{port + 1}"):
+        for path in pages:
+            status, body = _get(local, path, host)
+            assert status == 200, (host, path)
+    assert model_id.encode() in _get(local, "/runs.json", f"localhost:{port}")[1]
+    # The API needs the key whatever the Host, and a signed URL is its own credential.
+    status, body = _get(local, f"/v1/models/{model_id}", "attacker.example", **key)
+    assert status == 200
+    resume = json.loads(body)["data"]["resume"]
+    signed = resume.removeprefix(local.url)
+    assert _get(local, signed, "attacker.example")[0] == 200
+    assert _get(local, f"/v1/models/{model_id}", "attacker.example")[0] == 401
+
+
+def test_pages_answer_the_hubs_own_bound_address(tmp_path: Path) -> None:
+    # Bound to another loopback address, the hub answers its own address too.
+    with LocalHub(tmp_path / "hub", host="127.0.0.2") as local:
+        assert _get(local, "/", f"127.0.0.2:{local.port}")[0] == 200
+        assert _get(local, "/", f"localhost:{local.port}")[0] == 200
+        assert _get(local, "/", f"127.0.0.3:{local.port}")[0] == 403
+        assert _get(local, "/", f"attacker.example:{local.port}")[0] == 403

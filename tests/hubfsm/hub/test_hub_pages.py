@@ -10,7 +10,7 @@ from types import ModuleType
 import pytest
 import requests
 
-from hubfsm.hub import page
+from hubfsm.hub import ModelRecord, page
 from hubfsm.hub.server import LocalHub
 
 TIMEOUT = 10
@@ -104,3 +104,45 @@ def test_summary_of_a_run_without_anything_yet() -> None:
     assert (summary["elapsed"], summary["heartbeat"], summary["best_text"]) == ("-", "never", "-")
     assert page.duration(3725) == "1 h 02 min" and page.duration(65) == "1 min 05 s"
     assert page.size(200_000) == "195.3 KiB"
+
+
+def test_a_record_stored_with_huge_integers_does_not_break_the_pages(local: LocalHub) -> None:
+    # As a hub that did not bound integers yet kept them: a 401-digit epochs, checkpoint and
+    # final epochs past any count, and a metric no double holds.
+    huge = int("9" * 401)
+    record = ModelRecord(
+        id="H" * 20,
+        name="huge",
+        created_at=1.7e9,
+        cfg="yolov8n.yaml",
+        epochs=huge,
+        imgsz=(huge, 640),
+        batch_size=-huge,
+        status="training",
+        last_epoch=huge,
+        has_last_weights=True,
+        metrics_epoch=3,
+        started_at=1.7e9,
+        updated_at=1.7e9 + 60,
+    )
+    local.hub.store.put_model(record)
+    local.hub.store.put_metrics(record.id, {3: f'{{"metrics/mAP50-95(B)": {huge}, "loss": 0.5}}'})
+    for path in ("/", "/runs.json", f"/models/{record.id}", f"/models/{record.id}/data.json"):
+        answer = requests.get(f"{local.url}{path}", timeout=TIMEOUT)
+        assert answer.status_code == 200, (path, answer.text[:200])
+    summary = requests.get(f"{local.url}/runs.json", timeout=TIMEOUT).json()["runs"][0]["summary"]
+    # The counts it cannot use are left out (the latest epoch seen is the huge one).
+    assert summary["progress"] == "epoch 0" and summary["percent"] == 0.0
+    assert summary["best"] is None and summary["stale"] is None
+    assert summary["eta"] == "-"
+
+
+def test_summary_arithmetic_is_total() -> None:
+    record = {"id": "a" * 20, "status": "training", "epochs": 2**53 - 1, "last_epoch": 0,
+              "started_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:01:00Z"}
+    summary = page.summarize(record, [{"epoch": 0, "metrics": {"metrics/x": 10**400}}], 1.8e9)
+    assert summary["progress"] == f"epoch 1 of {2**53 - 1}"
+    assert summary["eta"].endswith("min") and summary["best"] is None
+    for value in (float("inf"), float("nan")):
+        assert page.duration(value) == "-"
+    assert page.dumps({"n": 10**5000, "x": float("nan")}) == '{"n": null, "x": null}'

@@ -154,6 +154,42 @@ def test_a_session_over_http(local: LocalHub) -> None:
     assert requests.get(f"{local.url}/elsewhere", timeout=TIMEOUT).status_code == 404
 
 
+def test_a_reused_idempotency_key_over_http(local: LocalHub) -> None:
+    model_id = create(local)
+    url = f"{local.url}/v1/models/{model_id}"
+
+    def send(epoch: int) -> requests.Response:
+        body = {"type": "metrics", "metrics": {str(epoch): json.dumps({"loss": 1.0})}}
+        return requests.post(
+            url, json=body, headers=headers(local, **{"Idempotency-Key": "k"}), timeout=TIMEOUT
+        )
+
+    def upload(data: bytes) -> requests.Response:
+        return requests.post(
+            f"{url}/upload",
+            headers=headers(local, **{"Idempotency-Key": "u"}),
+            data={"epoch": "0", "type": "epoch", "isBest": "false"},
+            files={"last.pt": ("last.pt", io.BytesIO(data))},
+            timeout=TIMEOUT,
+        )
+
+    assert send(0).status_code == 200
+    reused = send(1)
+    assert reused.status_code == 422 and "Idempotency-Key" in reused.json()["message"]
+    assert send(0).headers["Idempotent-Replayed"] == "true"
+    listed = requests.get(f"{url}/metrics", headers=headers(local), timeout=TIMEOUT).json()
+    assert [m["epoch"] for m in listed["data"]] == [0]
+
+    first = os.urandom(1 << 16)
+    assert upload(first).status_code == 200
+    assert upload(os.urandom(1 << 16)).status_code == 422
+    assert upload(first).headers["Idempotent-Replayed"] == "true"
+    api_download = f"{local.url}/v1/models/{model_id}/weights/last"
+    assert requests.get(api_download, headers=headers(local), timeout=TIMEOUT).content == first
+    # Nothing of the refused upload is left behind in the staging folder.
+    assert list((local.data_dir / "weights" / ".staging").iterdir()) == []
+
+
 def test_bad_bodies(local: LocalHub) -> None:
     model_id = create(local)
     url = f"{local.url}/v1/models/{model_id}"

@@ -86,6 +86,28 @@ def test_replies(store: Store) -> None:
     assert store.get_reply("s") == StoredReply(
         200, {"success": True, "message": "", "data": {"id": "x"}}
     )
+    store.put_reply("t", StoredReply(200, {"success": True}, "ab" * 32))
+    assert store.get_reply("t") == StoredReply(200, {"success": True}, "ab" * 32)
+
+
+def test_sqlite_replies_kept_before_digests_still_replay(tmp_path: Path) -> None:
+    import sqlite3
+
+    # A data directory as an older version left it: replies without the request's digest.
+    tmp_path.mkdir(exist_ok=True)
+    db = sqlite3.connect(tmp_path / "hub.sqlite3")
+    db.execute("CREATE TABLE replies (scope TEXT PRIMARY KEY, status INTEGER, body TEXT)")
+    db.execute("INSERT INTO replies VALUES ('old', 200, '{\"success\": true}')")
+    db.commit()
+    db.close()
+    store = SqliteStore(tmp_path)
+    assert store.get_reply("old") == StoredReply(200, {"success": True}, "")
+    store.put_reply("new", StoredReply(200, {}, "cd" * 32))
+    assert store.get_reply("new") == StoredReply(200, {}, "cd" * 32)
+    store.close()
+    reopened = SqliteStore(tmp_path)
+    assert reopened.get_reply("new") == StoredReply(200, {}, "cd" * 32)
+    reopened.close()
 
 
 def test_transaction_rolls_back_on_error(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from hubfsm.cli.main import main
 from hubfsm.cli.simulate import run_seeds
 from hubfsm.core.engine import Core, CoreConfig, Limits, Send
 from hubfsm.core.events import CheckpointOffered, EpochEnded
+from hubfsm.core.ops import MetricsBatch
 from hubfsm.hub.faults import FaultMix
 from hubfsm.runtime.driver import Driver
 from hubfsm.sim.invariants import CRASH, Checker, Entry, render_json, render_text
@@ -31,7 +32,7 @@ from hubfsm.sim.profiles import (
     select,
 )
 from hubfsm.sim.world import EPOCH_ZERO, Bugs, run_seed
-from hubfsm.transport import Response, TransportError
+from hubfsm.transport import Request, Response, TransportError
 
 #: Seeds per profile in the sweeps, beside the thousand flaky ones: 5 x 500 + 1000 in all.
 SWEEP_SEEDS = range(500)
@@ -159,6 +160,22 @@ def test_a_violation_is_an_entry_of_the_trace():
     assert json.loads(render_json([entry]))["invariant"] == 4
 
 
+@pytest.mark.parametrize(("at", "violated"), [(299.0, True), (300.0, False)])
+def test_the_checker_holds_a_retry_after_only_as_long_as_the_policy_honours_it(at, violated):
+    now = [10.0]
+    checker = Checker(
+        lambda: now[0], metrics=3, checkpoint=900, heartbeat=300, heartbeat_slack=1,
+        policies=CoreConfig().policies,
+    )
+    checker.changed("unparsed", "parse", "resolved")
+    request = Request("POST", "/v1/models/" + "A" * 20, json={}, idempotency_key="k")
+    checker.sent(10.0, Send(1, "metrics", 1, request))
+    checker.answered(10.0, Send(1, "metrics", 1, request), Response(429, {}, retry_after=1e9))
+    now[0] = 10.0 + at
+    checker.sent(now[0], Send(1, "metrics", 2, request))
+    assert any(v.number == 6 for v in checker.violations) is violated
+
+
 # -- profiles and schedules ---------------------------------------------------------
 
 
@@ -265,6 +282,21 @@ class IgnoresRetryAfter(Core):
         super().receive(op_id, outcome, now=now)
 
 
+class GrowsItsMetricsBatch(Core):
+    """Adds the epochs queued since to a metrics request being retried, under its old key."""
+
+    def _schedule(self, state, now):
+        super()._schedule(state, now)
+        op = self._ops["metrics"]
+        if op is None or not op.attempts or not self._unsent:
+            return
+        body = dict(op.request.json)
+        body["metrics"] = {**body["metrics"], **{str(e): m for e, m in self._unsent.items()}}
+        op.request = attrs.evolve(op.request, json=body)
+        op.purpose = MetricsBatch(op.purpose.epochs + tuple(self._unsent))
+        self._unsent = {}
+
+
 @pytest.mark.parametrize(
     ("bug", "profile", "invariant"),
     [
@@ -272,6 +304,7 @@ class IgnoresRetryAfter(Core):
         (ForgetsUnansweredMetrics, "flaky", 1),
         (ForgetsMetricsOn5xx, "flaky", 1),
         (IgnoresRetryAfter, "flaky", 6),
+        (GrowsItsMetricsBatch, "flaky", 2),
     ],
 )
 def test_a_planted_bug_in_the_core_is_caught(bug, profile, invariant):
