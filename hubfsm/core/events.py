@@ -58,6 +58,9 @@ class FinishRequested:
 
     Attributes:
         timeout: Seconds after which an unfinished upload leaves the session ``resumable``.
+        held: A hard link that keeps the handed-over content reachable until the outbox
+            has its snapshot, if the session could make one; it outlives a killed
+            process, so recovery can still take the snapshot.
     """
 
     path: str
@@ -65,6 +68,7 @@ class FinishRequested:
     map50_95: float
     stamp: FileStamp
     timeout: float
+    held: str | None = None
 
 
 @attrs.frozen

@@ -66,7 +66,7 @@ def entry_of(event: Event) -> tuple[Any, ...]:
     if isinstance(event, FinishRequested):
         st = event.stamp
         return ("f", event.path, event.epoch, event.map50_95, st.size, st.mtime_ns, st.inode,
-                event.timeout)  # fmt: skip
+                event.timeout, event.held)  # fmt: skip
     if isinstance(event, FinishPending):
         return ("p", event.timeout)
     if isinstance(event, Start):
@@ -89,8 +89,10 @@ def event_of(entry: Any) -> Event | None:
         _, path, epoch, is_best, size, mtime_ns, inode = entry
         return CheckpointOffered(path, epoch, bool(is_best), FileStamp(size, mtime_ns, inode))
     if tag == "f":
-        _, path, epoch, map50_95, size, mtime_ns, inode, timeout = entry
-        return FinishRequested(path, epoch, map50_95, FileStamp(size, mtime_ns, inode), timeout)
+        # Entries written before the held link was journaled have one field fewer.
+        _, path, epoch, map50_95, size, mtime_ns, inode, timeout, *held = entry
+        stamp = FileStamp(size, mtime_ns, inode)
+        return FinishRequested(path, epoch, map50_95, stamp, timeout, held[0] if held else None)
     if tag == "p":
         return FinishPending(float(entry[1]))
     simple: dict[str, Event] = {"s": Start(), "i": Interrupted(), "r": Resumed(), "b": Barrier()}

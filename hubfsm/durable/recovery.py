@@ -11,10 +11,11 @@ from pathlib import Path
 from hubfsm.core import protocol
 from hubfsm.core.changes import Change, MetricsQueued, Offered, Saved
 from hubfsm.core.engine import Core
-from hubfsm.core.events import CheckpointOffered, EpochEnded
+from hubfsm.core.events import CheckpointOffered, EpochEnded, FinishRequested
 from hubfsm.durable.journal import events
 from hubfsm.durable.outbox import Outbox
 from hubfsm.logs import get_logger
+from hubfsm.transport import FilePart
 
 log = get_logger("hubfsm")
 
@@ -52,12 +53,40 @@ def fold(outbox: Outbox) -> int:
                     log.warning("checkpoint.not_kept", epoch=event.epoch, error=str(exc))
             if part is not None:
                 changes.append(Offered("checkpoint", (event.epoch, part, event.is_best)))
+        elif isinstance(event, FinishRequested):
+            # finish() was called, and the process died before the outbox had the final
+            # weights: from the held link they are the bytes handed over.
+            part = _final_snapshot(outbox, event)
+            if part is not None:
+                changes.append(Offered("final", (event.epoch, part, event.map50_95)))
+                # As Core.finish does: the final weights supersede waiting epoch weights.
+                changes.append(Offered("checkpoint", None))
+            else:
+                log.warning(
+                    "journal.final_lost",
+                    model_id=outbox.model_id,
+                    path=event.path,
+                    reason="the file is gone or was changed after finish() was called",
+                )
     if last != outbox.journal_seq:
         outbox.apply(changes, journal_seq=last)
     # Links held for calls the dead process never got to are of no use now.
     for held in outbox.files.glob(".held-*"):
         held.unlink(missing_ok=True)
     return folded
+
+
+def _final_snapshot(outbox: Outbox, event: FinishRequested) -> FilePart | None:
+    """The final weights of a journaled finish, from its held link or else the file."""
+    # The link by its name in this outbox: the journal may hold a path relative to the
+    # dead process's directory.
+    held = None if event.held is None else str(outbox.files / os.path.basename(event.held))
+    for source in (held, event.path):
+        if source is not None and os.path.exists(source):
+            part = outbox.snapshot(source, name="best.pt", stamp=event.stamp)
+            if part is not None:
+                return part
+    return None
 
 
 def recover(outbox: Outbox, core: Core, *, now: float, quiet: bool = False) -> Saved:

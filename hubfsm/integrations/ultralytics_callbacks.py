@@ -97,6 +97,8 @@ class UltralyticsCallbacks:
         self._owned = False
         self._official_key: str | None = None
         self._trained_epoch: int | None = None
+        # The epoch whose metrics on_model_save recorded, until on_fit_epoch_end reports it.
+        self._saved_epoch: int | None = None
         #: The arguments the user passed to ``Model.train`` (set by :func:`add_callbacks`
         #: on a model), so a new model's record gets them as given, not as resolved.
         self.user_args: dict[str, Any] | None = None
@@ -130,14 +132,43 @@ class UltralyticsCallbacks:
     def on_fit_epoch_end(self, trainer: Any) -> None:
         """Queue the epoch's losses and validation metrics (and at epoch 0 the model info).
 
+        An epoch whose metrics :meth:`on_model_save` recorded is not recorded again.
         The final validation of ``best.pt`` replaces the last epoch's row, as ultralytics
         8.2/8.3 send it; 8.4 reports it one epoch later (a step of its own for its
         loggers), which on the hub would be an epoch that never trained.
         """
         hub = self._ensure(trainer)
+        epoch = self._epoch_of(trainer)
+        if self._saved_epoch == epoch:
+            # Recorded with the checkpoint; a later report of this epoch (the final
+            # validation of best.pt) is recorded again, as it replaces the row.
+            self._saved_epoch = None
+            return
+        hub.on_epoch_end(epoch, self._metrics_of(trainer, epoch))
+
+    def on_model_save(self, trainer: Any) -> None:
+        """Record the epoch's metrics, then offer ``trainer.last`` (the first at once).
+
+        ultralytics saves the checkpoint before it reports the epoch's metrics: weights
+        offered first could reach the hub, and a resumed run would start after them,
+        while a kill in between lost their epoch's metrics for good. The metrics are
+        complete when the checkpoint is saved, so they go in (journaled) first.
+        """
+        hub = self._ensure(trainer)
+        epoch = int(trainer.epoch)
+        hub.on_epoch_end(epoch, self._metrics_of(trainer, epoch))
+        self._saved_epoch = epoch
+        is_best = bool(trainer.best_fitness == trainer.fitness)
+        hub.on_checkpoint(trainer.last, epoch, is_best)
+
+    def _epoch_of(self, trainer: Any) -> int:
         epoch = int(trainer.epoch)
         if self._trained_epoch is not None and epoch > self._trained_epoch:
             epoch = self._trained_epoch
+        return epoch
+
+    def _metrics_of(self, trainer: Any, epoch: int) -> dict[str, Any]:
+        """The losses and validation metrics (and at epoch 0 the model info) of an epoch."""
         losses = trainer.label_loss_items(trainer.tloss, prefix="train")
         metrics: dict[str, Any] = dict(losses) if isinstance(losses, Mapping) else {}
         metrics.update(trainer.metrics or {})
@@ -146,13 +177,7 @@ class UltralyticsCallbacks:
                 metrics.update(self._model_info(trainer))
             except Exception as exc:  # extra information only: never worth stopping training
                 log.info("ultralytics.model_info_skipped", error=f"{type(exc).__name__}: {exc}")
-        hub.on_epoch_end(epoch, metrics)
-
-    def on_model_save(self, trainer: Any) -> None:
-        """Offer ``trainer.last``; the first goes at once, later ones within the rate limit."""
-        hub = self._ensure(trainer)
-        is_best = bool(trainer.best_fitness == trainer.fitness)
-        hub.on_checkpoint(trainer.last, int(trainer.epoch), is_best)
+        return metrics
 
     def on_train_end(self, trainer: Any) -> None:
         """Upload ``trainer.best`` with its mAP50-95 and wait until the hub has it."""
@@ -280,6 +305,7 @@ class UltralyticsCallbacks:
     def _release(self) -> None:
         """Close the owned session (once); a later training opens a new one."""
         self._trained_epoch = None
+        self._saved_epoch = None
         hub, self._hub = self._hub, None
         self._owned = False
         if hub is not None:

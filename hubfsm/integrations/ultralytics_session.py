@@ -22,6 +22,11 @@ Differences from the official class, on purpose:
   in hubfsm's outbox, and a crash does not lose it.
 - A hub failure during training is logged and leaves the data pending (``hubfsm sync``
   delivers it); training goes on, as with the official client.
+- Epoch weights wait for their epoch's metrics: ultralytics saves a checkpoint
+  (``on_model_save``) before it reports the epoch (``on_fit_epoch_end``), and weights
+  sent first could reach the hub while a kill in between lost their epoch's metrics, so
+  a resumed run would start after an epoch the hub never heard of. The checkpoint is
+  offered when the metrics are handed over (the file is not rewritten in between).
 
 The API key is, in this order: the one inside the identifier (``KEY_MODELID``), the one
 in ultralytics' settings (``yolo login``), ``HUB_API_KEY``.
@@ -116,6 +121,10 @@ class HUBTrainingSession:
         self.train_args: dict[str, Any] | None = None
         self.model_id: str | None = None
         self.session: Session | None = None
+        # The newest epoch whose metrics went to the session, and epoch weights waiting
+        # for their epoch's metrics.
+        self._logged_epoch = -1
+        self._waiting: tuple[int, str | os.PathLike[str], bool] | None = None
         opts = self.options
         parsed = parse_identifier(os.fspath(identifier), web_root=opts.web_root)
         self.filename = parsed.filename
@@ -232,6 +241,11 @@ class HUBTrainingSession:
                 session.log_metrics(metrics, epoch=int(epoch))
             except HubfsmError as exc:
                 log.warning("ultralytics.metrics_not_queued", epoch=epoch, error=str(exc))
+            self._logged_epoch = max(self._logged_epoch, int(epoch))
+        waiting = self._waiting
+        if waiting is not None and waiting[0] <= self._logged_epoch:
+            self._waiting = None
+            self._offer(session, *waiting)
 
     def upload_model(
         self,
@@ -249,12 +263,15 @@ class HUBTrainingSession:
             log.warning("ultralytics.weights_missing", path=os.fspath(weights))
             return
         if not final:
-            try:
-                session.save_checkpoint(weights, epoch=int(epoch), is_best=bool(is_best))
-            except HubfsmError as exc:
-                log.warning("ultralytics.checkpoint_not_queued", epoch=epoch, error=str(exc))
+            if int(epoch) <= self._logged_epoch:
+                self._offer(session, int(epoch), weights, bool(is_best))
+            else:
+                # Offered once the epoch's metrics are handed over (see the module's notes);
+                # a newer save replaces it.
+                self._waiting = (int(epoch), weights, bool(is_best))
             return
         self.upload_metrics()  # anything the callbacks still hold goes before the weights
+        self._waiting = None  # the final weights supersede epoch weights
         try:
             session.finish(
                 weights,
@@ -271,6 +288,15 @@ class HUBTrainingSession:
             )
         finally:
             self.close()
+
+    @staticmethod
+    def _offer(
+        session: Session, epoch: int, weights: str | os.PathLike[str], is_best: bool
+    ) -> None:
+        try:
+            session.save_checkpoint(weights, epoch=epoch, is_best=is_best)
+        except (HubfsmError, OSError) as exc:
+            log.warning("ultralytics.checkpoint_not_queued", epoch=epoch, error=str(exc))
 
     @property
     def alive(self) -> bool:

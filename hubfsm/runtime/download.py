@@ -101,6 +101,7 @@ def download(
     progress: bool = True,
     session: requests.Session | None = None,
     downloader: Downloader | None = None,
+    offline: bool = False,
 ) -> Path:
     """Download ``url`` into the cache (or reuse the cached copy) and return its path.
 
@@ -121,6 +122,7 @@ def download(
         session: The requests session to use (default a new one).
         downloader: What fetches the URL (a transport that knows the key, say); when
             given, ``api_root``, ``api_key``, the timeouts and ``session`` are its own.
+        offline: Only reuse the cached copy; a file not in the cache is an error.
 
     Returns:
         The cached file (mode 0600, in a directory of mode 0700).
@@ -147,6 +149,11 @@ def download(
             log.info("download.cached", url=show_url(url), path=str(target), size=size)
             return target
         target.unlink()  # a damaged copy: fetch it again
+    if offline:
+        raise DownloadError(
+            f"offline, and {show_url(url)} is not in the cache {slot.parent}: weights are "
+            "downloaded once online (an online start of the model does it), then reused"
+        )
     _mkdir_private(slot)
     if downloader is None:
         # Imported here: the HTTP stack is needed only when something is downloaded.

@@ -209,12 +209,19 @@ class Driver:
                 return
             core.checkpoint(event.epoch, part, is_best=event.is_best, now=now)
         elif isinstance(event, FinishRequested):
-            part = self._take(event.path, "best.pt", event)
+            part = self._take(event.held or event.path, "best.pt", event)
             if part is None:
+                if event.held is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(event.held)
                 raise HubfsmError(
                     f"{event.path} changed while it was being read; call finish again"
                 )
             core.finish(event.epoch, part, map50_95=event.map50_95, now=now, timeout=event.timeout)
+            if event.held is not None and self.durability is not None:
+                # Until the outbox has the final slot, the journal's record of this
+                # call is all a killed process leaves: its link must outlive it.
+                self.durability.release(event.held)
             if self.offline:
                 core.interrupt(now=now)
         elif isinstance(event, FinishPending):

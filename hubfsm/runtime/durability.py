@@ -9,6 +9,7 @@ progress as the driver hands them over.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -71,6 +72,8 @@ class Durability:
         self.kept: dict[str, int] | None = None
         #: The held link of the newest checkpoint offer, released by a newer one.
         self._held: str | None = None
+        # Held links whose snapshots are taken but not yet in the outbox.
+        self._released: list[str] = []
 
     @property
     def directory(self) -> Path | None:
@@ -113,6 +116,10 @@ class Durability:
         outbox.apply(changes, journal_seq=journal_seq)
         if journal_seq is not None and self.journal is not None:
             self.journal.consumed(journal_seq)
+        released, self._released = self._released, []
+        for link in released:
+            with contextlib.suppress(OSError):
+                os.unlink(link)
 
     def hold(self, path: str, *, checkpoint: bool = False) -> str | None:
         """Keep the file's current content reachable until :meth:`take` (see Outbox.hold).
@@ -131,6 +138,14 @@ class Durability:
             self.outbox.release(self._held)
         self._held = self.outbox.hold(path)
         return self._held
+
+    def release(self, link: str) -> None:
+        """Delete a held link once the outbox has what was taken from it (the next apply).
+
+        Until then a killed process leaves the link for recovery to take the snapshot
+        from; a link left over at close goes at the next recovery.
+        """
+        self._released.append(link)
 
     def take(self, path: str, name: str, stamp: FileStamp) -> FilePart | None:
         """A weight file for upload: a snapshot in the outbox, or the file itself.

@@ -24,6 +24,7 @@ from hubfsm.core.events import (
     Start,
 )
 from hubfsm.durable.outbox import stamp_of
+from hubfsm.durable.records import keep_record, kept_record
 from hubfsm.errors import (
     DeliveryIncomplete,
     HubfsmError,
@@ -152,10 +153,21 @@ class Session(SessionViews):
             self._release()
             raise
         if settings.identifier.model_id is not None:
+            self._keep_record(settings.identifier.model_id)
             self._continue_from_record()
         if settings.at_exit:
             self._hooks = ExitHooks(self._at_exit, signals=settings.handle_signals)
         self._log.info("session.opened", model_id=core.model_id, state=core.state)
+
+    def _keep_record(self, model_id: str) -> None:
+        # An offline run of a hub model trains from the record an online start kept.
+        durability = self._durability
+        if durability is None:
+            return
+        if self.offline:
+            self._record = kept_record(model_id, durability.root)
+        elif self._core.record:
+            keep_record(model_id, self._core.record, durability.root)
 
     def _continue_from_record(self) -> None:
         # A resumed model's new epochs follow the ones the hub has: a loop that logs
@@ -256,8 +268,14 @@ class Session(SessionViews):
             raise IllegalEventError(self._core.state, "finish")
         last = max(self._next_epoch - 1 if epoch is None else epoch, 0)
         file = os.fspath(path)
-        event = FinishRequested(file, last, map50_95, stamp_of(file), timeout)
-        self._shell.call(event, timeout=max(60.0, timeout))
+        stamp = stamp_of(file)  # a missing file is the caller's error, raised here
+        durability = self._durability
+        held = durability.hold(file) if durability is not None else None
+        event = FinishRequested(file, last, map50_95, stamp, timeout, held)
+        # Journaled before the wait: a kill while the worker is still inside a request
+        # leaves the final weights for recovery, `hubfsm status` and `hubfsm sync`.
+        journal = None if durability is None else durability.journal
+        self._shell.call(event, timeout=max(60.0, timeout), journal=journal)
         self._accepting = False
         self._settle(timeout)
 
@@ -326,7 +344,7 @@ class Session(SessionViews):
             self._shell.submit(Interrupted())
         self._shell.stop(timeout=0.0 if self.offline else limit)
         self._release()
-        pending = self._core.pending()
+        pending = self.pending()  # final weights the worker never took in are kept too
         kept = None if self._durability is None else self._durability.kept
         if any(pending.values()) or (kept is not None and any(kept.values())):
             tell = self._log is log and not self._refusal_noticed

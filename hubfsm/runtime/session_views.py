@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from hubfsm.core.engine import Core
+from hubfsm.core.events import FinishRequested
 from hubfsm.core.identifier import Identifier
 from hubfsm.core.plan import TrainingPlan
 from hubfsm.durable.journal import InboxItem, queued_epoch
+from hubfsm.env import OFFLINE as OFFLINE_ENV
 from hubfsm.errors import HubfsmError
 from hubfsm.runtime.driver import Driver
 from hubfsm.runtime.durability import Durability
@@ -29,6 +31,7 @@ class SessionViews:
 
     web_root: str
     identifier: Identifier
+    offline: bool
     _core: Core
     _driver: Driver
     _inbox: collections.deque[InboxItem]
@@ -77,12 +80,23 @@ class SessionViews:
         weights) and the epoch to resume from when the hub says. For a model created
         from a local file: that file with the arguments given.
 
+        Offline, the record is the one an online session of the model kept.
+
         Raises:
             ModelTrainedError: The model is trained already.
             RecordError: The record lacks what training needs (e.g. the dataset is
                 still processing).
+            HubfsmError: Offline, and no online session of this hub model kept its record.
         """
-        return plan_of(self.identifier, self._create_args, self.record)
+        record = self.record
+        if self.offline and not record and self.identifier.filename is None:
+            raise HubfsmError(
+                f"offline, there is no record of model {self._core.model_id} to train from: "
+                "a hub model needs one online start, which keeps its record for offline "
+                f"runs (open it once without {OFFLINE_ENV}=1, e.g. "
+                f"hubfsm.open({self.model_url!r}).close(), with the same outbox root)"
+            )
+        return plan_of(self.identifier, self._create_args, record)
 
     def download_weights(
         self,
@@ -104,12 +118,16 @@ class SessionViews:
         plan named: then the newer ones are downloaded, and :attr:`plan` and
         :attr:`record` say so from then on.
 
+        Offline, nothing is downloaded: the weights must be in the cache already (an
+        online start that downloaded them left them there).
+
         Returns:
             The local weights file, or None when the plan starts from an architecture
             or a local file.
 
         Raises:
-            DownloadError: The download failed or did not match the expected size/digest.
+            DownloadError: The download failed or did not match the expected size/digest,
+                or (offline) the weights are not in the cache.
         """
         record = self.record
         path, used = download_newest_weights(
@@ -121,6 +139,7 @@ class SessionViews:
             cache_dir=cache_dir,
             progress=progress,
             deadline=deadline,
+            offline=self.offline,
         )
         if used is not record:
             self._record = used
@@ -156,11 +175,15 @@ class SessionViews:
     def pending(self) -> dict[str, int]:
         """What the hub has not acknowledged yet, per channel (a snapshot).
 
-        Epochs logged but not yet taken in by the worker count too.
+        Epochs logged, and final weights handed to ``finish``, that the worker has not
+        taken in yet count too.
         """
         counts = self._core.pending()
-        queued = {queued_epoch(item) for item in list(self._inbox)} - {None}
+        items = list(self._inbox)
+        queued = {queued_epoch(item) for item in items} - {None}
         counts["metrics"] += len(queued)
+        if any(len(item) == 2 and isinstance(item[1], FinishRequested) for item in items):
+            counts["final"] = 1
         return counts
 
     def stats(self) -> dict[str, Any]:

@@ -40,6 +40,7 @@ def _download(
     cache_dir: str | os.PathLike[str] | None,
     progress: bool,
     deadline: float,
+    offline: bool = False,
 ) -> Path | None:
     """Download (or reuse from the cache) the weights ``plan`` starts from, if any.
 
@@ -63,6 +64,7 @@ def _download(
         tag=f"{model_id}:{plan.kind}:{plan.resume_epoch}",
         progress=progress,
         deadline=deadline,
+        offline=offline,
     )
 
 
@@ -76,6 +78,7 @@ def download_newest_weights(
     cache_dir: str | os.PathLike[str] | None,
     progress: bool,
     deadline: float,
+    offline: bool = False,
 ) -> tuple[Path | None, Mapping[str, Any]]:
     """Download the weights the plan from ``record`` names, or newer ones that replaced them.
 
@@ -88,6 +91,8 @@ def download_newest_weights(
     Returns:
         The weights file (None when the plan needs none) and the record it planned from.
 
+    Offline, only the cache is looked at, and the hub is not asked again.
+
     Raises:
         DownloadError: The download failed, and the hub names no other weights.
     """
@@ -99,11 +104,12 @@ def download_newest_weights(
         "cache_dir": cache_dir,
         "progress": progress,
         "deadline": deadline,
+        "offline": offline,
     }
     try:
         return _download(plan, record, transport, **options), record
     except DownloadError:
-        if plan.kind != "resume" or model_id is None:
+        if plan.kind != "resume" or model_id is None or offline:
             raise
         fresh = _read_record(transport, model_id)
         if fresh is None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from hubfsm.core.engine import Core
 from hubfsm.core.events import Barrier, Event
+from hubfsm.durable.journal import Journal
 from hubfsm.runtime.driver import Driver
 
 
@@ -67,20 +68,29 @@ class ThreadRunner:
                 self._changed.wait(1.0 if remaining is None else min(remaining, 1.0))
             return True
 
-    def call(self, event: Event, *, timeout: float = 60.0) -> None:
+    def call(self, event: Event, *, timeout: float = 60.0, journal: Journal | None = None) -> None:
         """Hand ``event`` to the worker and wait until it is taken in.
+
+        Args:
+            event: The event.
+            timeout: Seconds to wait for the worker to take it in.
+            journal: Write the event there first (it queues it), so that a process
+                killed before the worker takes it in still leaves it for recovery.
 
         Raises:
             TimeoutError: The worker did not take it in within ``timeout``.
             Exception: What applying the event raised.
         """
         ticket = self.driver.watch(event)
+        if journal is not None:
+            journal.append(event)
+        else:
+            self.inbox.append((0, event))
         if not self._thread.is_alive():
             # Before start or after stop, the caller's thread is the only one.
-            self.inbox.append((0, event))
             self.driver.drain()
         else:
-            self.submit(event)
+            self.wake_up()
         if not ticket.done.wait(timeout):
             raise TimeoutError(f"the worker did not answer within {timeout:g}s")
         if ticket.error is not None:

@@ -5,8 +5,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubfsm.core.events import EpochEnded
-from hubfsm.durable.journal import INITIAL_SIZE, MAGIC, Journal, queued_epoch, replay
+from hubfsm.core.events import EpochEnded, FileStamp, FinishRequested
+from hubfsm.durable.journal import (
+    INITIAL_SIZE,
+    MAGIC,
+    Journal,
+    entry_of,
+    event_of,
+    queued_epoch,
+    replay,
+)
 
 
 def run_jobs(j, inbox):
@@ -249,3 +257,16 @@ def test_jobs_run_after_close_read_what_was_written_not_the_next_session(tmp_pat
         later.append_metrics(epoch, {"loss": 99.0})
     assert run_jobs(j, inbox) == [(0, {"loss": 0.5}), (1, {"loss": 0.25})]
     later.close()
+
+
+def test_a_finish_goes_in_with_its_held_link_and_an_older_entry_still_reads(tmp_path):
+    stamp = FileStamp(10, 20, 30)
+    event = FinishRequested("best.pt", 4, 0.5, stamp, 60.0, "/o/files/.held-1-2")
+    journal = Journal(tmp_path / "j", seq=0, inbox=collections.deque())
+    journal.append(event)
+    journal.close()
+    assert [entry for _, entry in replay(tmp_path / "j", after=0)] == [entry_of(event)]
+    assert event_of(entry_of(event)) == event
+    # An entry from before the held link was journaled has one field fewer.
+    older = ("f", "best.pt", 4, 0.5, 10, 20, 30, 60.0)
+    assert event_of(older) == FinishRequested("best.pt", 4, 0.5, stamp, 60.0)

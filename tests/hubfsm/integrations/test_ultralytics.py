@@ -314,3 +314,74 @@ def test_the_final_validation_replaces_the_last_epoch_even_when_reported_after_i
     assert rows[1]["metrics/mAP50-95(B)"] == 0.25
     record = hub.record(model_id)
     assert record["status"] == "trained" and record["final_epoch"] == 1
+
+
+def test_an_epochs_metrics_go_in_before_its_checkpoint_and_only_once(
+    hub, transport, make_trainer, kit, monkeypatch
+):
+    # ultralytics saves the checkpoint before it reports the epoch's metrics: offered
+    # first, epoch 0's weights could reach the hub while a kill lost epoch 0's metrics,
+    # and the resumed run would start at epoch 1 without them.
+    model_id = kit.new_model(hub)
+    session = hubfsm.Session(model_id, transport=transport, config=kit.FAST)
+    calls = []
+    log_metrics, save_checkpoint = session.log_metrics, session.save_checkpoint
+
+    def logged(metrics, *, epoch):
+        calls.append(("metrics", epoch, dict(metrics)))
+        log_metrics(metrics, epoch=epoch)
+
+    def offered(path, *, epoch, is_best=False):
+        calls.append(("checkpoint", epoch, None))
+        save_checkpoint(path, epoch=epoch, is_best=is_best)
+
+    monkeypatch.setattr(session, "log_metrics", logged)
+    monkeypatch.setattr(session, "save_checkpoint", offered)
+    try:
+        trainer = make_trainer(epochs=3)
+        add_callbacks(trainer, session, model_info=lambda t: kit.MODEL_INFO)
+        trainer.train()
+        assert session.state == "done"
+    finally:
+        session.close()
+    # Each epoch's metrics, complete, then its weights; the final validation of best.pt
+    # replaces the last epoch's row once more, and nothing else is logged twice.
+    assert [(kind, epoch) for kind, epoch, _ in calls] == [
+        ("metrics", 0), ("checkpoint", 0),
+        ("metrics", 1), ("checkpoint", 1),
+        ("metrics", 2), ("checkpoint", 2),
+        ("metrics", 2),
+    ]  # fmt: skip
+    every = set(kit.TRAIN_KEYS) | set(kit.VAL_KEYS)
+    assert set(calls[0][2]) == every | set(kit.MODEL_INFO)
+    assert set(calls[2][2]) == every and calls[2][2]["train/box_loss"] == 0.5
+    assert set(calls[6][2]) == set(kit.TRAIN_KEYS) | set(kit.FINAL_KEYS)
+    rows = {row["epoch"]: row["metrics"] for row in hub.metrics(model_id)}
+    assert sorted(rows) == [0, 1, 2] and rows[2]["metrics/mAP50-95(B)"] == 0.25
+
+
+def test_without_a_save_the_epoch_is_recorded_when_reported(hub, transport, make_trainer, kit):
+    # save=False: ultralytics saves only the final epoch, and the others are recorded at
+    # on_fit_epoch_end as before.
+    model_id = kit.new_model(hub)
+    trainer = make_trainer(epochs=3)
+    save_model = trainer.save_model
+    callbacks = add_callbacks(trainer, model_id, transport=transport, config=kit.FAST)
+    saves = []
+
+    def run_callbacks(event):
+        if event == "on_model_save" and trainer.epoch < trainer.epochs - 1:
+            return  # not saved this epoch
+        if event == "on_model_save":
+            saves.append(trainer.epoch)
+        for callback in trainer.callbacks.get(event, []):
+            callback(trainer)
+
+    trainer.save_model = lambda: trainer.epoch == trainer.epochs - 1 and save_model()
+    trainer.run_callbacks = run_callbacks
+    trainer.train()
+    assert saves == [2] and callbacks.session is None
+    rows = {row["epoch"]: row["metrics"] for row in hub.metrics(model_id)}
+    assert sorted(rows) == [0, 1, 2] and rows[1]["train/box_loss"] == 0.5
+    assert rows[2]["metrics/mAP50-95(B)"] == 0.25
+    assert hub.record(model_id)["status"] == "trained"

@@ -4,6 +4,7 @@ over HTTP, and ultralytics' stock HUB callbacks (8.2.0) reproduced line for line
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import sys
 import time
@@ -18,6 +19,7 @@ from hubfsm.errors import AuthError, HubfsmError, ModelTrainedError
 from hubfsm.hub.server import LocalHub
 from hubfsm.integrations import ultralytics as integration
 from hubfsm.integrations.ultralytics_hub import HUBTrainingSession, install, uninstall
+from hubfsm.runtime.sync import sync as hubfsm_sync
 
 BAD = "b" * 42
 
@@ -332,3 +334,78 @@ def test_add_callbacks_adopts_the_installed_sessions_model(local, make_trainer, 
     assert len(local.hub.models()) == 1
     assert local.hub.record(model_id)["status"] == "trained"
     assert sorted(row["epoch"] for row in local.hub.metrics(model_id)) == [0, 1]
+
+
+def test_epoch_weights_wait_for_their_epochs_metrics(local, tmp_path, monkeypatch):
+    # ultralytics saves (on_model_save) before it reports the epoch (on_fit_epoch_end):
+    # weights offered at once could reach the hub while a kill lost their epoch's metrics.
+    monkeypatch.setenv("HUB_API_KEY", local.api_key)
+    session = HUBTrainingSession.create_session("yolov8n.yaml", {"data": "coco8.yaml"})
+    calls = []
+    inner = session.session
+    log_metrics, save_checkpoint = inner.log_metrics, inner.save_checkpoint
+
+    def logged(metrics, *, epoch):
+        calls.append(("metrics", epoch))
+        log_metrics(metrics, epoch=epoch)
+
+    def offered(path, *, epoch, is_best=False):
+        calls.append(("checkpoint", epoch))
+        save_checkpoint(path, epoch=epoch, is_best=is_best)
+
+    monkeypatch.setattr(inner, "log_metrics", logged)
+    monkeypatch.setattr(inner, "save_checkpoint", offered)
+    stock = StockCallbacks(session)
+    stock.on_pretrain_routine_end()
+    last = tmp_path / "last.pt"
+    last.write_bytes(b"epoch 0 weights")
+    stock.on_model_save(0, last, True)
+    assert calls == []  # held: a kill here leaves the hub neither, and the run starts over
+    stock.on_fit_epoch_end(0, {"loss": 1.0})
+    assert calls == [("metrics", 0), ("checkpoint", 0)]
+    # A save whose epoch's metrics went in already is offered at once.
+    stock.on_fit_epoch_end(1, {"loss": 0.5})
+    last.write_bytes(b"epoch 1 weights")
+    stock.on_model_save(1, last, False)
+    assert calls[2:] == [("metrics", 1), ("checkpoint", 1)]
+    # A save whose metrics never come (the final epoch's, superseded by the final
+    # weights) is never offered.
+    last.write_bytes(b"epoch 2 weights")
+    stock.on_model_save(2, last, False)
+    best = tmp_path / "best.pt"
+    best.write_bytes(b"best weights")
+    stock.on_train_end(2, best, 0.25)
+    assert ("checkpoint", 2) not in calls
+    model_id = session.model.id
+    assert local.hub.record(model_id)["status"] == "trained"
+    epochs = {u.epoch for u in local.hub.audit().uploads if u.type == "epoch"}
+    assert epochs <= {row["epoch"] for row in local.hub.metrics(model_id)}
+
+
+def test_offline_the_stand_in_trains_a_hub_model_after_one_online_start(
+    local, tmp_path, monkeypatch
+):
+    model_id = create(local, epochs=2)
+    url = f"{local.url}/models/{model_id}"
+    monkeypatch.setenv("HUB_API_KEY", local.api_key)
+    monkeypatch.setenv("HUBFSM_OFFLINE", "1")
+    # Never started online: the error says so, not that a dataset is processing.
+    with pytest.raises(HubfsmError, match="needs one online start") as raised:
+        HUBTrainingSession(url)
+    assert "processing" not in str(raised.value)
+    monkeypatch.delenv("HUBFSM_OFFLINE")
+    HUBTrainingSession(url).close()  # one online start keeps the record
+    monkeypatch.setenv("HUBFSM_OFFLINE", "1")
+    before = dict(local.hub.audit().requests)
+    session = HUBTrainingSession(url)
+    assert session.train_args["data"] == "coco8.yaml" and session.train_args["epochs"] == 2
+    assert session.model_file == "yolov8n.yaml"
+    best = train(session, tmp_path, 2)
+    assert dict(local.hub.audit().requests) == before  # offline: nothing sent
+    out = io.StringIO()
+    monkeypatch.delenv("HUBFSM_OFFLINE")
+    assert hubfsm_sync(tmp_path / "outbox", api_root=local.url, out=out) == 0, out.getvalue()
+    assert sorted(row["epoch"] for row in local.hub.metrics(model_id)) == [0, 1]
+    assert local.hub.record(model_id)["status"] == "trained"
+    (final,) = [u for u in local.hub.audit().uploads if u.type == "final"]
+    assert final.sha256 == hashlib.sha256(best).hexdigest()

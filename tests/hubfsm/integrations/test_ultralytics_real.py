@@ -357,3 +357,79 @@ def test_add_callbacks_still_trains_a_local_yaml_in_process(tmp_path, monkeypatc
     (final,) = [u for u in rig.hub.audit().uploads if u.type == "final"]
     assert final.sha256 == hashlib.sha256(Path(trainer.best).read_bytes()).hexdigest()
     assert record["map"] == pytest.approx(trainer.metrics["metrics/mAP50-95(B)"], abs=1e-6)
+
+
+def sync_all(rig: Rig) -> subprocess.CompletedProcess[str]:
+    """``hubfsm sync`` of the rig's outbox root, as a user runs it after a kill."""
+    env = dict(rig.env, HUB_API_KEY=rig.local.api_key)
+    done = subprocess.run(
+        [sys.executable, "-m", "hubfsm", "sync"], env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert rig.local.api_key not in done.stdout + done.stderr
+    return done
+
+
+def test_a_kill_right_after_the_first_save_keeps_the_weights_with_their_epoch(
+    rig, with_hub_module
+):
+    # ultralytics saves epoch 0's checkpoint (on_model_save) before it reports epoch 0's
+    # metrics (on_fit_epoch_end): the process dies in between.
+    model_id = rig.create(epochs=3)
+    if rig.version.startswith("8.2."):
+        identifier, key_in_env = f"{rig.local.api_key}_{model_id}", False
+    else:  # 8.3 takes only model URLs for hub models
+        identifier, key_in_env = f"{rig.local.url}/models/{model_id}", True
+    first = rig.start("first", "hub", identifier, "ignored", "--hold", "on_fit_epoch_end:0",
+                      key_in_env=key_in_env)  # fmt: skip
+    rig.kill_when("first", first, lambda: True)
+    sync_all(rig)
+    # Weights on the hub come with their epoch: none, or epoch 0's with its metrics.
+    record = rig.hub.record(model_id) or {}
+    if record.get("has_last_weights"):
+        assert record["checkpoint_epoch"] in rig.epochs(model_id)
+    # The resumed run (from the hub's weights, or from the start) leaves every epoch.
+    result = rig.run("second", "hub", identifier, "ignored", key_in_env=key_in_env)
+    rows = rig.epochs(model_id)
+    assert sorted(rows) == [0, 1, 2]
+    assert set(rows[0]) >= LOSSES | VALIDATION
+    rig.check_trained(model_id, result, "second")
+
+
+def test_a_kill_right_after_the_first_save_through_add_callbacks_keeps_epoch_0(rig):
+    # add_callbacks records the epoch's metrics with its checkpoint: sync alone then
+    # delivers both, though on_fit_epoch_end never ran.
+    model_id = rig.create()
+    run = rig.start("run", "offline", model_id, str(rig.data), "--hold", "on_fit_epoch_end:0")
+    rig.kill_when("run", run, lambda: True)
+    assert rig.hub.metrics(model_id) == []
+    sync_all(rig)
+    rows = rig.epochs(model_id)
+    assert sorted(rows) == [0]
+    assert set(rows[0]) >= LOSSES | VALIDATION | INFO
+    record = rig.hub.record(model_id)
+    assert record["has_last_weights"] and record["checkpoint_epoch"] == 0
+
+
+def test_offline_the_drop_in_trains_a_hub_model_after_one_online_start(rig, with_hub_module):
+    model_id = rig.create()
+    url = f"{rig.local.url}/models/{model_id}"
+    env = dict(rig.env, HUB_API_KEY=rig.local.api_key)
+    # The online start: opening the model keeps its record for offline runs.
+    opened = subprocess.run(
+        [sys.executable, "-c", f"import hubfsm; hubfsm.open({url!r}).close()"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert opened.returncode == 0, opened.stderr
+    rig.env["HUBFSM_OFFLINE"] = "1"
+    try:
+        result = rig.run("run", "hub", url, "ignored")
+    finally:
+        del rig.env["HUBFSM_OFFLINE"]
+    assert rig.hub.metrics(model_id) == []  # offline: nothing was sent
+    sync_all(rig)
+    rows = rig.epochs(model_id)
+    assert sorted(rows) == list(range(EPOCHS))
+    assert set(rows[0]) >= LOSSES | VALIDATION | INFO
+    rig.check_trained(model_id, result, "run")

@@ -4,6 +4,7 @@ Usage: crash_trainer.py API_ROOT MODEL_ID OUTBOX EPOCHS START WORKDIR (key in HU
 
 With ``WAIT_FOR=PATH`` it waits (at most 30 s) for that file to exist after start, and
 with ``PARK_AFTER=N`` it prints ``parked`` after logging epoch N and blocks until killed.
+``HANDLE_SIGNALS=1`` opens the session with ``handle_signals=True``.
 """
 
 import hashlib
@@ -50,7 +51,8 @@ def main():
     epochs, start, work = int(epochs), int(start), Path(work)
     work.mkdir(parents=True, exist_ok=True)
     session = hubfsm.Session(model_id, api_root=api, web_root=api, outbox_dir=outbox,
-                             config=CONFIG, exit_timeout=2.0)
+                             config=CONFIG, exit_timeout=2.0,
+                             handle_signals=os.environ.get("HANDLE_SIGNALS") == "1")
     session.start()
     print("started", flush=True)
     wait_for = os.environ.get("WAIT_FOR")

@@ -3,14 +3,19 @@ import io
 import os
 import random
 
+import attrs
 import pytest
 
 import hubfsm
+from hubfsm.core.events import FinishRequested
 from hubfsm.durable.outbox import OutboxLockedError
 from hubfsm.durable.survey import find, inspect
 from hubfsm.hub.faults import FaultMix
 from hubfsm.runtime.clocks import VirtualClock
-from hubfsm.runtime.sync import sync
+from hubfsm.runtime.factory import build
+from hubfsm.runtime.session import Session
+from hubfsm.runtime.settings import Settings
+from hubfsm.runtime.sync import status, sync
 from transports.faults import FaultInjectingTransport
 from transports.memory import InMemoryTransport
 
@@ -193,3 +198,66 @@ def test_a_checkpoint_renamed_over_before_the_snapshot_still_uploads_the_handed_
     assert upload.epoch == 0
     assert upload.sha256 == hashlib.sha256(b"epoch 0 weights").hexdigest()
     assert not list((tmp_path / "ob").glob("*/files/.held-*"))
+
+
+class Killed(BaseException):
+    """The process dies (a BaseException, as the simulator's crash: nothing may catch it)."""
+
+
+def killed_in_finish(hub, root, best, *, after_apply):
+    """An inline session that dies while its driver takes finish() in; returns the model.
+
+    ``after_apply``: the driver has taken the snapshot and told the core, and dies
+    before the outbox has any of it; otherwise it dies before taking the call in at all
+    (as when the worker is inside another request). The death is what the kernel does:
+    files closed, the lock released, memory (the inbox) gone.
+    """
+    model_id = new_model(hub)
+    clock = VirtualClock(1000.0)
+    settings = attrs.evolve(
+        Settings.resolve(model_id, config=FAST, outbox_dir=root), at_exit=False
+    )
+    parts = build(settings, transport=InMemoryTransport(hub, KEY), clock=clock, inline=True)
+    apply = parts.driver.apply
+
+    def dying_apply(event, now):
+        if isinstance(event, FinishRequested):
+            if after_apply:
+                apply(event, now)
+            raise Killed
+        apply(event, now)
+
+    parts.driver.apply = dying_apply
+    s = Session.compose(parts)
+    s.start()
+    for epoch in range(3):
+        s.log_metrics({"loss": 1.0 / (epoch + 1)}, epoch=epoch)
+    best.write_bytes(b"the final weights")
+    with pytest.raises(Killed):
+        s.finish(best, map50_95=0.7)
+    parts.durability.close(remove=False)
+    parts.shell.inbox.clear()
+    # The trainer's next run writes its weights aside and renames them over best.pt.
+    aside = best.with_suffix(".tmp")
+    aside.write_bytes(b"another run's weights")
+    os.replace(aside, best)
+    return model_id
+
+
+@pytest.mark.parametrize("after_apply", [False, True], ids=["before", "after-the-snapshot"])
+def test_a_death_inside_finish_leaves_the_final_weights_for_sync_alone(
+    hub, tmp_path, after_apply
+):
+    root = tmp_path / "ob"
+    model_id = killed_in_finish(hub, root, tmp_path / "best.pt", after_apply=after_apply)
+    shown = io.StringIO()
+    assert status(root, out=shown) == 0
+    assert f"| {model_id} | 3 | 0 | 1 |" in shown.getvalue(), shown.getvalue()
+    out = io.StringIO()
+    assert sync(root, transport=InMemoryTransport(hub, KEY), out=out) == 0, out.getvalue()
+    assert f"model {model_id}: all sent" in out.getvalue()
+    assert hub.record(model_id)["status"] == "trained"
+    assert [row["epoch"] for row in hub.metrics(model_id)] == [0, 1, 2]
+    [final] = [u for u in hub.audit().uploads if u.type == "final"]
+    assert final.sha256 == hashlib.sha256(b"the final weights").hexdigest()
+    assert find(root) == []  # delivered: the outbox and its held link are gone

@@ -131,3 +131,51 @@ def test_the_last_weights_download_over_http_owner_only_and_cached(tmp_path, mon
             assert local.api_key not in repr(again) and local.api_key not in repr(vars(again))
         finally:
             again.close()
+
+
+def test_offline_a_hub_model_plans_from_the_record_an_online_start_kept(hub, tmp_path):
+    transport = InMemoryTransport(hub, KEY)
+    created = hubfsm.open("yolov8n.yaml", transport=transport, config=FAST, data="coco8.yaml",
+                          epochs=3, outbox_dir=tmp_path / "ob")
+    created.close()
+    model_id = created.model_id
+    offline = {"transport": transport, "config": FAST, "outbox_dir": tmp_path / "ob",
+               "offline": True}
+    # Never opened online (only created): no record to train from, and the error says
+    # what is really wrong, not that a dataset is processing.
+    with Session(model_id, **offline) as run:
+        with pytest.raises(hubfsm.HubfsmError, match="needs one online start") as raised:
+            run.plan  # noqa: B018
+        assert "processing" not in str(raised.value)
+    Session(model_id, transport=transport, config=FAST, outbox_dir=tmp_path / "ob").close()
+    requests = dict(hub.audit().requests)
+    with Session(model_id, **offline) as run:
+        plan = run.plan
+        assert plan.kind == "new" and plan.model_file == "yolov8n.yaml"
+        assert plan.train_args["data"] == "coco8.yaml" and plan.train_args["epochs"] == 3
+        assert run.download_weights() is None
+    assert dict(hub.audit().requests) == requests  # offline: not one request
+
+
+def test_offline_the_weights_come_from_the_cache_or_the_error_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("HUBFSM_CACHE", str(tmp_path / "cache"))
+    with LocalHub(tmp_path / "hub") as local:
+        options = {"api_key": local.api_key, "api_root": local.url, "web_root": local.url,
+                   "outbox_dir": tmp_path / "outbox"}
+        run = hubfsm.open("yolov8n.yaml", data="coco8.yaml", **options)
+        (tmp_path / "last.pt").write_bytes(b"epoch zero " * 500)
+        run.save_checkpoint(tmp_path / "last.pt", epoch=0)
+        assert run.flush(timeout=60)
+        run.close()
+        Session(run.model_id, **options).close()  # the online start: the record is kept
+        with Session(run.model_id, offline=True, **options) as offline:
+            assert offline.plan.kind == "resume"
+            with pytest.raises(hubfsm.HubfsmError, match="offline, and .* not in the cache"):
+                offline.download_weights(progress=False)
+        online = Session(run.model_id, **options)
+        path = online.download_weights(progress=False)
+        online.close()
+        before = dict(local.hub.audit().requests)
+        with Session(run.model_id, offline=True, **options) as offline:
+            assert offline.download_weights(progress=False) == path
+        assert dict(local.hub.audit().requests) == before
