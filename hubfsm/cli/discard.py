@@ -71,11 +71,13 @@ def discard(text: str, *, root: str | None, yes: bool, rejected_only: bool = Fal
     done = False
     try:
         pending = describe_pending(info.pending)
+        # Records kept aside unsent are set aside like rejected ones, and go with them.
+        held = len(info.rejected) + len(info.kept_aside)
         if rejected_only:
-            what = f"{len(info.rejected)} rejected record(s)"
+            what = f"{held} rejected record(s)"
         else:
             what = f"{pending} not on the hub" + (
-                f", and {len(info.rejected)} rejected record(s)" if info.rejected else ""
+                f", and {held} rejected record(s)" if held else ""
             )
         answer = _confirmed(
             f"model {info.model_id}: {what}, in {directory}.\nDelete for good?", yes

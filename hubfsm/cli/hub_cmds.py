@@ -98,6 +98,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                         "the embedded hub was temporary: it stops now, and nothing is kept",
                         file=sys.stderr,
                     )
+                elif (data / "outbox").is_dir() and any((data / "outbox").iterdir()):
+                    _say_how_to_sync(data, local.url)
                 raise
             record = local.hub.record(result.model_id) or {}
             arrived = local.hub.metrics(result.model_id)
@@ -109,6 +111,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     file=out,
                 )
     return 0 if result.state == "done" else 1
+
+
+def _say_how_to_sync(data: Path, url: str) -> None:
+    """After an interrupted demo with --data: the two commands that deliver what is kept."""
+    import shlex
+    from urllib.parse import urlsplit
+
+    port = urlsplit(url).port
+    serve = shlex.join(["hubfsm", "hub", "serve", "--data", str(data), "--port", str(port)])
+    sync = shlex.join(
+        ["hubfsm", "sync", "--hub", url, "--key-file", str(data / "api_key"), str(data / "outbox")]
+    )
+    print(
+        f"what the hub has not acknowledged is kept in {data / 'outbox'}: start the hub "
+        f"again with `{serve}`, then run `{sync}`",
+        file=sys.stderr,
+    )
 
 
 def _print_summary(result: object, hub_side: tuple[dict[str, object], int] | None) -> None:

@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--hub",
         type=api_root,
         metavar="URL",
-        help="the API root (default: ULTRALYTICS_HUB_API, else the public hub)",
+        help="send every outbox to this API root (default: the hub each outbox was made "
+        "for; for an outbox older than that record, ULTRALYTICS_HUB_API, else the public hub)",
     )
     add_key_options(p, f"(default: {KEY_ENV})")
     p.add_argument(
@@ -210,9 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "status",
         "List outboxes and what each still holds.",
-        "hubfsm status\nhubfsm status ./outbox",
+        "hubfsm status\nhubfsm status ./outbox\nhubfsm status --json",
     )
     p.add_argument("dir", nargs="?", help="an outbox root or one model's outbox")
+    p.add_argument("--json", action="store_true", help="print one JSON object, for scripts")
     p.set_defaults(func=cmd_status)
 
     p = command(

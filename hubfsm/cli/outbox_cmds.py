@@ -21,27 +21,25 @@ def _missing(directory: str | None) -> bool:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     """Send what the outboxes hold."""
-    from hubfsm.durable.survey import find, inspect
+    from hubfsm.durable.survey import survey
     from hubfsm.runtime.sync import root_of, sync
-    from transports.http import DEFAULT_API_ROOT
 
     if _missing(args.dir):
         return 2
-    root = args.hub or env.api_root() or DEFAULT_API_ROOT
     key = key_from(args)
-    waiting = [i for i in inspect(find(root_of(args.dir))) if any(i.pending.values())]
+    # A damaged outbox is for sync to report and set aside: it must not stop the others.
+    waiting = [i for i in survey(root_of(args.dir)).infos if any(i.pending.values())]
     if waiting and not key:
         print(
             f"error: sync needs the hub's API key: {KEY_ENV}, --key-file FILE or --key",
             file=sys.stderr,
         )
         return 2
-    if waiting:
-        print(f"hub: {root}", file=sys.stdout)
     return sync(
         root_of(args.dir),
         api_key=key,
-        api_root=root,
+        api_root=env.api_root(),
+        hub=args.hub,
         timeout=args.timeout,
         out=sys.stdout,
     )
@@ -53,7 +51,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     if _missing(args.dir):
         return 2
-    return status(root_of(args.dir), out=sys.stdout)
+    return status(root_of(args.dir), out=sys.stdout, as_json=args.json)
 
 
 def cmd_discard(args: argparse.Namespace) -> int:

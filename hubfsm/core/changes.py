@@ -57,9 +57,17 @@ class Offered:
     value: tuple[int, FilePart, Any] | None
 
 
+#: The status of a record set aside before it was sent: one an older version journaled
+#: that the wire cannot carry. It is kept, listed and discarded like a rejected one.
+KEPT_ASIDE = 0
+
+
 @attrs.frozen
 class Rejected:
     """The hub refused one record's payload (400/422): it is set aside, kept, not retried.
+
+    A record recovery could not turn into a request is kept the same way, with the
+    status :data:`KEPT_ASIDE` and the reason.
 
     The record stays in the outbox with the hub's answer until ``hubfsm discard`` removes
     it; ``hubfsm sync`` reports it and exits non-zero while it is held.
@@ -68,8 +76,8 @@ class Rejected:
         channel: ``metrics``, ``checkpoint`` or ``final``.
         request: The refused request (for metrics, of one epoch).
         payload: The epochs (metrics), or the epoch (weights), it carried.
-        status: The hub's HTTP status.
-        reason: The hub's message.
+        status: The hub's HTTP status (:data:`KEPT_ASIDE`: never sent).
+        reason: The hub's message (or why it was never sent).
     """
 
     channel: str
@@ -94,6 +102,10 @@ class Rejected:
             what = "metrics of epoch " + ", ".join(str(e) for e in self.epochs)
         else:
             what = f"{_NAMES.get(self.channel, self.channel)} of epoch {self.payload}"
+        if self.payload is None or (self.channel == "metrics" and not self.epochs):
+            what = f"a {self.channel} record"  # one whose content could not be read
+        if self.status == KEPT_ASIDE:
+            return f"{what}: never sent: {self.reason}"
         return f"{what}: {self.status} {self.reason}".rstrip()
 
 

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from hubfsm.core.plain import plain
+from hubfsm.core.plain import finite, plain
 from hubfsm.errors import HubError
 from hubfsm.masking import show_untrusted
 from hubfsm.transport import FilePart, Request, Response
@@ -114,10 +114,23 @@ def upload_metrics(model_id: str, metrics: Mapping[int, str], *, key: str) -> Re
 
 
 def encode_metrics(metrics: Mapping[str, Any]) -> str:
-    """Encode one epoch's metrics as the hub wants them: a JSON string."""
+    """Encode one epoch's metrics as the hub wants them: a JSON string, strict JSON.
+
+    NaN and infinities (a diverged loss) go as ``null``: a strict reader refuses the
+    ``NaN`` that ``json.dumps`` writes by default, and with it the whole epoch.
+
+    Raises:
+        TypeError: A name is not a string (``log_metrics`` refuses those at the call;
+            this meets them only in records an older version kept).
+        ValueError: A value JSON cannot carry (the same).
+    """
     # What JSON cannot encode is made plain here rather than lost on the worker, far
     # from the call that logged it.
-    return json.dumps(dict(metrics), sort_keys=True, default=plain)
+    try:
+        return json.dumps(dict(metrics), sort_keys=True, allow_nan=False, default=plain)
+    except ValueError:
+        made = finite(plain(dict(metrics)))
+        return json.dumps(made, sort_keys=True, allow_nan=False)
 
 
 def upload_checkpoint(

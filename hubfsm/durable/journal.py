@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from hubfsm.core.events import EpochEnded, Event
+from hubfsm.core.plain import carried
 from hubfsm.durable.journal_format import (
     END,
     HEADER,
@@ -226,7 +227,9 @@ class Journal:
         self._append_other(epoch, metrics)
 
     def _append_other(self, epoch: int, metrics: Mapping[str, Any]) -> None:
-        item = dict(metrics)
+        # Values other than floats are checked (and converted) here, on the call, so that
+        # nothing the wire cannot carry is ever journaled.
+        item = carried(metrics)
         names = tuple(item)
         fits = (
             LITTLE

@@ -13,6 +13,7 @@ import re
 import sqlite3
 from pathlib import Path
 
+import attrs
 import platformdirs
 
 from hubfsm import env
@@ -35,6 +36,30 @@ DIR_MODE = 0o700
 OWN_FILES = (DATABASE, f"{DATABASE}-wal", f"{DATABASE}-shm", JOURNAL, LOCK)
 #: Weight snapshots (see :meth:`Outbox.snapshot`) and the transient files beside them.
 SNAPSHOT = re.compile(r"[A-Za-z0-9_]+-[0-9a-f]{24}\.pt|\.incoming-\d+|\.held-\d+-\d+")
+
+
+@attrs.frozen
+class HubRoots:
+    """The hub an outbox's records are for: where ``hubfsm sync`` sends them.
+
+    Attributes:
+        api_root: The API root the session sent to.
+        web_root: The web root of its model pages.
+    """
+
+    api_root: str
+    web_root: str
+
+
+def hub_of(db: sqlite3.Connection) -> HubRoots | None:
+    """The hub an outbox database records, or None (made before hubs were recorded)."""
+    rows = dict(
+        db.execute("SELECT key, value FROM meta WHERE key IN ('api_root', 'web_root')")
+    )
+    api_root, web_root = rows.get("api_root"), rows.get("web_root")
+    if not isinstance(api_root, str) or not isinstance(web_root, str):
+        return None
+    return HubRoots(api_root, web_root)
 
 
 class OutboxLockedError(HubfsmError):

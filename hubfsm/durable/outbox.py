@@ -27,6 +27,7 @@ from hubfsm.durable.layout import (
     OUTBOX_ENV,
     OWN_FILES,
     SNAPSHOT,
+    HubRoots,
     OutboxDamaged,
     OutboxLockedError,
     check_database,
@@ -71,6 +72,8 @@ class Outbox:
         directory: The model's outbox directory (created if needed), named by its id.
         model_id: The model it belongs to: a hub id, never a path.
         root: The outbox root ``directory`` must lie in; default its parent.
+        hub: The hub its records are for, recorded when the outbox is made (see
+            :class:`~hubfsm.durable.outbox_db.OutboxDB`).
 
     Raises:
         ValueError: ``model_id`` is not a hub id, or ``directory`` is not the root's
@@ -88,6 +91,7 @@ class Outbox:
         model_id: str,
         *,
         root: str | os.PathLike[str] | None = None,
+        hub: HubRoots | None = None,
     ) -> None:
         directory = Path(directory)
         if not HUB_ID.fullmatch(model_id):
@@ -118,8 +122,14 @@ class Outbox:
                     check_database(connection)
                     connection.execute("PRAGMA journal_mode=WAL")
                     connection.execute("PRAGMA synchronous=NORMAL")
-                    self.db = OutboxDB(connection, model_id)
-                    self.db.load()  # every record must read back, or it is damage
+                    self.db = OutboxDB(connection, model_id, hub=hub)
+                    try:
+                        self.db.load()
+                    except (ValueError, TypeError, KeyError, AssertionError):
+                        # A record that does not read back is kept aside, and the rest
+                        # goes on; if the outbox still does not read, it is damaged.
+                        self.db.set_aside_unreadable()
+                        self.db.load()
             except OSError:
                 connection.close()
                 raise
@@ -137,7 +147,13 @@ class Outbox:
             raise
 
     @classmethod
-    def open(cls, model_id: str, root: str | os.PathLike[str] | None = None) -> Outbox:
+    def open(
+        cls,
+        model_id: str,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        hub: HubRoots | None = None,
+    ) -> Outbox:
         """Open the outbox of ``model_id`` under ``root`` (default: :func:`default_root`).
 
         Raises:
@@ -146,7 +162,7 @@ class Outbox:
         if not HUB_ID.fullmatch(model_id):
             raise ValueError(f"{model_id[:24]!r} is not a model id; it cannot name an outbox")
         base = Path(root) if root is not None else default_root()
-        return cls(base / model_id, model_id, root=base)
+        return cls(base / model_id, model_id, root=base, hub=hub)
 
     def __repr__(self) -> str:
         return f"Outbox({str(self.directory)!r})"
@@ -369,6 +385,7 @@ __all__ = [
     "LOCK",
     "OUTBOX_ENV",
     "FileStamp",
+    "HubRoots",
     "Outbox",
     "OutboxDamaged",
     "OutboxLockedError",

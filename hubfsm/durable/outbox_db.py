@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from hubfsm.core.changes import (
+    KEPT_ASIDE,
     Change,
     MetricsQueued,
     Offered,
@@ -26,6 +27,7 @@ from hubfsm.core.changes import (
     Rejected,
     Saved,
 )
+from hubfsm.durable.layout import HubRoots, hub_of
 from hubfsm.transport import FilePart, Request
 
 _SCHEMA = """
@@ -49,6 +51,9 @@ CREATE TABLE IF NOT EXISTS rejected (
     reason TEXT NOT NULL
 );
 """
+
+#: How much of an unreadable record's text is kept with it.
+_KEPT_TEXT = 4000
 
 #: SQLite 3.35 and later delete a row and return it in one statement.
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35)
@@ -97,6 +102,30 @@ def _slot_from_json(text: str) -> tuple[int, FilePart, Any]:
     file = _file_from_json(data["file"])
     assert file is not None
     return data["epoch"], file, data["extra"]
+
+
+def _epochs_in(payload: str, channel: str) -> Any:
+    """The epochs a metrics record's payload names, if they read back; else None."""
+    try:
+        epochs = json.loads(payload)
+    except ValueError:
+        return None
+    if channel == "metrics" and isinstance(epochs, list):
+        return [e for e in epochs if isinstance(e, int)]
+    return epochs if isinstance(epochs, int) else None
+
+
+def _keep_aside(
+    db: sqlite3.Connection, key: str, channel: str, text: str, payload: Any, error: Exception
+) -> None:
+    """Write an unreadable record as one kept aside, with its text as it was found."""
+    kept = Request("POST", "", json={"unreadable": str(text)[:_KEPT_TEXT]}, idempotency_key=key)
+    reason = f"its record in the outbox cannot be read ({type(error).__name__}); kept as found"
+    db.execute(
+        "INSERT OR IGNORE INTO rejected (key, channel, request, payload, status, reason) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (key, channel, _request_to_json(kept), json.dumps(payload), KEPT_ASIDE, reason),
+    )
 
 
 def _writes_more_than_one(change: Change) -> bool:
@@ -164,10 +193,18 @@ class OutboxDB:
         connection: An open connection in autocommit mode (``isolation_level=None``).
         model_id: The model the records belong to.
         has_schema: The connection's database already has the tables.
+        hub: The hub the records are for, recorded unless one already is (an outbox
+            made before hubs were recorded gets the hub of the first session that opens
+            it); None records nothing.
     """
 
     def __init__(
-        self, connection: sqlite3.Connection, model_id: str, *, has_schema: bool = False
+        self,
+        connection: sqlite3.Connection,
+        model_id: str,
+        *,
+        has_schema: bool = False,
+        hub: HubRoots | None = None,
     ) -> None:
         self._db = connection
         if not has_schema:
@@ -178,6 +215,11 @@ class OutboxDB:
                 "('created', ?)",
                 (model_id, repr(time.time())),
             )
+            if hub is not None:
+                db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('api_root', ?), ('web_root', ?)",
+                    (hub.api_root, hub.web_root),
+                )
 
     @classmethod
     def in_memory(cls, model_id: str) -> OutboxDB:
@@ -236,6 +278,36 @@ class OutboxDB:
             refusal=self.refusal,
         )
 
+    def set_aside_unreadable(self) -> int:
+        """Keep aside every pending record that does not read back; how many there were.
+
+        One damaged row (a power cut, an edit by hand) must not stop the delivery of the
+        rest: it moves to the rejected records with the status
+        :data:`~hubfsm.core.changes.KEPT_ASIDE`, its text kept, for ``hubfsm status`` to
+        show and ``hubfsm discard --rejected`` to remove.
+        """
+        moved = 0
+        with self._transaction() as db:
+            for key, channel, request, payload in db.execute(
+                "SELECT key, channel, request, payload FROM ops ORDER BY seq"
+            ).fetchall():
+                try:
+                    _request_from_json(request)
+                    json.loads(payload)
+                except (ValueError, TypeError, KeyError) as error:
+                    db.execute("DELETE FROM ops WHERE key = ?", (key,))
+                    _keep_aside(db, key, channel, request, _epochs_in(payload, channel), error)
+                    moved += 1
+            for kind, value in db.execute("SELECT kind, value FROM slots").fetchall():
+                try:
+                    _slot_from_json(value)
+                except (ValueError, TypeError, KeyError, AssertionError) as error:
+                    db.execute("DELETE FROM slots WHERE kind = ?", (kind,))
+                    key = f"unreadable-{kind}-{time.time_ns()}"
+                    _keep_aside(db, key, kind, value, None, error)
+                    moved += 1
+        return moved
+
     def rejected(self) -> tuple[Rejected, ...]:
         """The records the hub refused, oldest first."""
         return tuple(
@@ -244,6 +316,11 @@ class OutboxDB:
                 "SELECT channel, request, payload, status, reason FROM rejected ORDER BY seq"
             )
         )
+
+    @property
+    def hub(self) -> HubRoots | None:
+        """The hub the records are for, if it was recorded."""
+        return hub_of(self._db)
 
     @property
     def refusal(self) -> str | None:

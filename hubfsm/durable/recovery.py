@@ -9,9 +9,10 @@ import os
 from pathlib import Path
 
 from hubfsm.core import protocol
-from hubfsm.core.changes import Change, MetricsQueued, Offered, Saved
+from hubfsm.core.changes import KEPT_ASIDE, Change, MetricsQueued, Offered, Rejected, Saved
 from hubfsm.core.engine import Core
 from hubfsm.core.events import CheckpointOffered, EpochEnded, FinishRequested
+from hubfsm.core.plain import carried
 from hubfsm.durable.journal import events
 from hubfsm.durable.outbox import Outbox
 from hubfsm.logs import get_logger
@@ -20,6 +21,8 @@ from hubfsm.transport import FilePart
 log = get_logger("hubfsm")
 
 JOURNAL = "journal"
+#: How much of a record kept aside is kept as text.
+_SHOWN = 2000
 
 def journal_path(outbox: Outbox) -> Path:
     """Where the trainer's journal of an outbox lies."""
@@ -43,7 +46,14 @@ def fold(outbox: Outbox) -> int:
         last = seq
         folded += 1
         if isinstance(event, EpochEnded):
-            changes.append(MetricsQueued(event.epoch, protocol.encode_metrics(event.metrics)))
+            try:
+                encoded = protocol.encode_metrics(carried(event.metrics))
+            except (TypeError, ValueError) as exc:
+                # One record an older version journaled that the wire cannot carry is
+                # kept aside with the reason; it must not stop the records after it.
+                changes.append(kept_aside(outbox.model_id, seq, event, str(exc)))
+                continue
+            changes.append(MetricsQueued(event.epoch, encoded))
         elif isinstance(event, CheckpointOffered):
             part = None
             if os.path.exists(event.path):
@@ -87,6 +97,23 @@ def _final_snapshot(outbox: Outbox, event: FinishRequested) -> FilePart | None:
             if part is not None:
                 return part
     return None
+
+
+def kept_aside(model_id: str, seq: int, event: EpochEnded, reason: str) -> Rejected:
+    """An epoch's metrics that cannot be sent, as a record kept aside with the reason.
+
+    What was logged is kept as text (the hub never sees it), so that ``hubfsm status``
+    can show it and ``hubfsm discard --rejected`` can remove it.
+    """
+    try:
+        shown = repr(event.metrics)
+    except ValueError:  # an integer too long for repr
+        shown = repr({str(k): type(v).__name__ for k, v in event.metrics.items()})
+    request = protocol.upload_metrics(
+        model_id, {event.epoch: shown[:_SHOWN]}, key=f"kept-aside-{seq}"
+    )
+    log.warning("journal.record_kept_aside", model_id=model_id, epoch=event.epoch, reason=reason)
+    return Rejected("metrics", request, (event.epoch,), KEPT_ASIDE, reason)
 
 
 def recover(outbox: Outbox, core: Core, *, now: float, quiet: bool = False) -> Saved:

@@ -18,7 +18,7 @@ from typing import TextIO
 
 import attrs
 
-from hubfsm.core.changes import Rejected, pending_counts
+from hubfsm.core.changes import KEPT_ASIDE, Rejected, pending_counts
 from hubfsm.core.protocol import HUB_ID
 from hubfsm.durable.journal import JournalDamage, scan
 from hubfsm.durable.layout import (
@@ -26,11 +26,13 @@ from hubfsm.durable.layout import (
     FILE_MODE,
     JOURNAL,
     LOCK,
+    HubRoots,
     OutboxDamaged,
     OutboxLockedError,
     check_database,
     damage_of,
     default_root,
+    hub_of,
     log,
     salvage,
 )
@@ -58,6 +60,10 @@ class OutboxInfo:
         journal_damage: What the trainer's journal lost, if it is damaged.
         rejected: The records the hub refused, described (kept until ``hubfsm discard``).
         refusal: The refusal that stopped the last session's sending, if it is not over.
+        kept_aside: The records recovery set aside unsent, described with the reason
+            (kept until ``hubfsm discard``, like rejected ones).
+        hub: The hub the records are for, if the outbox records it (those made by
+            older versions do not, until a session opens them).
     """
 
     directory: Path
@@ -67,6 +73,8 @@ class OutboxInfo:
     journal_damage: JournalDamage | None = None
     rejected: tuple[str, ...] = ()
     refusal: str | None = None
+    kept_aside: tuple[str, ...] = ()
+    hub: HubRoots | None = None
 
 
 def find(root: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -107,19 +115,32 @@ def _read(directory: Path) -> OutboxInfo:
             metrics = db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
             in_ops = 0
             checkpoint = False
+            # A record that does not read back is kept aside when the outbox is next
+            # opened (see OutboxDB.set_aside_unreadable); until then it is listed so.
+            unreadable: list[str] = []
             for channel, request, payload in db.execute(
                 "SELECT channel, request, payload FROM ops"
             ):
-                json.loads(request)  # readable, or the outbox is damaged
-                if channel == "metrics":
-                    in_ops += len(json.loads(payload))
-                elif channel == "checkpoint":
+                try:
+                    json.loads(request)
+                    epochs = len(json.loads(payload)) if channel == "metrics" else 0
+                except (ValueError, TypeError):
+                    unreadable.append(f"a {channel} record: it cannot be read")
+                    continue
+                in_ops += epochs
+                if channel == "checkpoint":
                     checkpoint = True
             slots = dict(db.execute("SELECT kind, value FROM slots"))
-            for value in slots.values():
-                json.loads(value)
+            for kind, value in list(slots.items()):
+                try:
+                    json.loads(value)
+                except ValueError:
+                    unreadable.append(f"a {kind} record: it cannot be read")
+                    del slots[kind]
             kinds = set(slots)
-            rejected, refusal = _refusals(db)
+            rejected, refusal, aside = _refusals(db)
+            aside += tuple(unreadable)
+            hub = hub_of(db)
         finally:
             db.close()
     except sqlite3.Error as error:
@@ -146,23 +167,29 @@ def _read(directory: Path) -> OutboxInfo:
     in_use = _in_use(directory)
     # A running session's journal may be read mid-write; its session reports its damage.
     damage = None if in_use else scan(directory / JOURNAL, after=after).damage
-    return OutboxInfo(directory, model_id, pending, in_use, damage, rejected, refusal)
+    return OutboxInfo(
+        directory, model_id, pending, in_use, damage, rejected, refusal, kept_aside=aside, hub=hub
+    )
 
 
-def _refusals(db: sqlite3.Connection) -> tuple[tuple[str, ...], str | None]:
-    """The rejected records and the kept refusal of an outbox opened read-only."""
+def _refusals(
+    db: sqlite3.Connection,
+) -> tuple[tuple[str, ...], str | None, tuple[str, ...]]:
+    """The rejected records, the kept refusal and the records kept aside, read-only."""
     tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
-    rejected: tuple[str, ...] = ()
+    records: list[Rejected] = []
     if "rejected" in tables:
         rows = db.execute(
             "SELECT channel, payload, status, reason FROM rejected ORDER BY seq"
         ).fetchall()
-        rejected = tuple(
-            Rejected(channel, Request("POST", ""), json.loads(payload), status, reason).describe()
+        records = [
+            Rejected(channel, Request("POST", ""), json.loads(payload), status, reason)
             for channel, payload, status, reason in rows
-        )
+        ]
+    rejected = tuple(r.describe() for r in records if r.status != KEPT_ASIDE)
+    aside = tuple(r.describe() for r in records if r.status == KEPT_ASIDE)
     row = db.execute("SELECT value FROM meta WHERE key = 'refusal'").fetchone()
-    return rejected, None if row is None else str(row[0])
+    return rejected, None if row is None else str(row[0]), aside
 
 
 def inspect(directories: Iterable[Path]) -> list[OutboxInfo]:

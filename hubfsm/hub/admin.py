@@ -1,4 +1,4 @@
-"""``hubfsm hub keys``: add, list and revoke the local hub's API keys.
+"""``hubfsm hub keys``: add, list and revoke the local hub's API keys, and hand models on.
 
 The keys live in the hub's data directory (digests only, in ``hub.sqlite3``), so these
 commands work whether or not ``hubfsm hub serve`` is running, and a running hub sees the
@@ -109,6 +109,53 @@ def revoke(data_dir: str | os.PathLike[str] | None, key_id: str, out: TextIO | N
     return 0
 
 
+def _one(records: list[KeyRecord], given: str) -> KeyRecord | str:
+    """The key whose id starts with ``given`` or whose label is ``given``; else why not."""
+    matches = [r for r in records if r.label == given] if given else []
+    if not matches and len(given) >= 4:
+        matches = [r for r in records if r.id.startswith(given)]
+    if len(matches) == 1:
+        return matches[0]
+    found = "no key" if not matches else f"{len(matches)} keys"
+    return f"{found} with the label {given!r} or an id starting with it (give 4+ characters)"
+
+
+def transfer(
+    data_dir: str | os.PathLike[str] | None, old: str, new: str, out: TextIO | None = None
+) -> int:
+    """Hand the models of the key ``old`` to the key ``new`` (ids, their starts, or labels).
+
+    Returns:
+        The exit status: 1 when either key is not found once, or ``new`` is revoked.
+    """
+    out = out if out is not None else sys.stdout
+    hub = _open(data_dir)
+    try:
+        records = hub.list_keys()
+        source, target = _one(records, old), _one(records, new)
+        for found in (source, target):
+            if isinstance(found, str):
+                print(f"error: {found}", file=sys.stderr)
+                return 1
+        assert isinstance(source, KeyRecord) and isinstance(target, KeyRecord)
+        if target.revoked_at is not None:
+            print(f"error: key {target.id} is revoked; hand the models to a valid key",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        if source.id == target.id:
+            print(f"error: {old!r} and {new!r} are the same key", file=sys.stderr)
+            return 1
+        moved = hub.transfer(source.id, target.id)
+    finally:
+        hub.store.close()
+    print(
+        f"Handed {moved} model(s) of key {source.id} ({source.hint}) to key {target.id} "
+        f"({target.hint}); `hubfsm sync` with that key delivers what their outboxes keep.",
+        file=out,
+    )
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     """Run ``hubfsm hub keys ...``."""
     if args.keys_command == "add":
@@ -117,18 +164,22 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if args.keys_command == "list":
         listing(args.data)
         return 0
+    if args.keys_command == "transfer":
+        return transfer(args.data, args.old, args.new)
     return revoke(args.data, args.key_id)
 
 
 def register(
     hub_sub: argparse._SubParsersAction[argparse.ArgumentParser], command: Command
 ) -> None:
-    """Add ``keys add|list|revoke`` under ``hubfsm hub``."""
+    """Add ``keys add|list|revoke|transfer`` under ``hubfsm hub``."""
     keys = command(
         hub_sub,
         "keys",
-        "Add, list and revoke the local hub's API keys; each key sees only its own models.",
-        "hubfsm hub keys add --label laptop\nhubfsm hub keys list\nhubfsm hub keys revoke 3fa9c2",
+        "Add, list, revoke the local hub's API keys and hand models between them; each key "
+        "sees only its own models.",
+        "hubfsm hub keys add --label laptop\nhubfsm hub keys list\nhubfsm hub keys revoke 3fa9c2\n"
+        "hubfsm hub keys transfer 3fa9c2 laptop",
     )
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
     data_help = "data directory (default: the user data directory)"
@@ -145,5 +196,16 @@ def register(
         keys_sub, "revoke", "Revoke a key: it gets 401 from now on.", "hubfsm hub keys revoke 3fa9"
     )
     p.add_argument("key_id", help="the key's id from `hubfsm hub keys list` (or its start)")
+    p.add_argument("--data", help=data_help)
+    p.set_defaults(func=cmd_keys)
+    p = command(
+        keys_sub,
+        "transfer",
+        "Hand every model of one key (a revoked one, say) to another, so that `hubfsm sync` "
+        "with the new key delivers what the old key's trainers kept.",
+        "hubfsm hub keys transfer 3fa9 laptop",
+    )
+    p.add_argument("old", help="the key whose models move: its id (or start) or label")
+    p.add_argument("new", help="the key they move to: its id (or start) or label")
     p.add_argument("--data", help=data_help)
     p.set_defaults(func=cmd_keys)

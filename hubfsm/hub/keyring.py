@@ -1,4 +1,4 @@
-"""Which API keys the hub accepts: adding and revoking them, and whose key a request bears.
+"""Which API keys the hub accepts: adding, revoking, handing models on, whose key a request bears.
 
 :class:`KeyAdmin` is the key side of :class:`~hubfsm.hub.domain.Hub`. The store keeps a
 digest of each key (see :mod:`hubfsm.hub.keys`), never the key itself; ``hubfsm hub keys``
@@ -63,6 +63,27 @@ class KeyAdmin:
                         self.store.put_key(known)
                     return known
         return None
+
+    def transfer(self, from_id: str, to_id: str) -> int:
+        """Hand every model of the key ``from_id`` to the key ``to_id``; how many moved.
+
+        Models belong to the key that made them, so after a key is revoked and another
+        added, what the old key's trainers kept for ``hubfsm sync`` would find no model
+        (404) with the new key; this is the way to let the new key deliver it.
+
+        Raises:
+            ValueError: ``to_id`` names no valid key.
+        """
+        with self._lock, self.store.transaction():
+            target = [k for k in self.store.list_keys() if k.id == to_id]
+            if not target or target[0].revoked_at is not None:
+                raise ValueError(f"no valid key with the id {to_id}")
+            moved = 0
+            for record in self.store.list_models():
+                if record.owner == from_id:
+                    self.store.put_model(attrs.evolve(record, owner=to_id))
+                    moved += 1
+        return moved
 
     def list_keys(self) -> list[KeyRecord]:
         """Every key the hub knows, revoked ones too, oldest first."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from hubfsm.core.changes import describe_pending
 from hubfsm.core.engine import Core
+from hubfsm.runtime.refusal import sync_command
 
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
@@ -83,6 +84,7 @@ def report_left(
     *,
     tell: bool,
     kept: dict[str, int] | None = None,
+    api_root: str | None = None,
 ) -> None:
     """Say what a closing session leaves behind: a log line, and (``tell``) a line for people.
 
@@ -94,6 +96,8 @@ def report_left(
         tell: Also print a line on stderr.
         kept: What the outbox holds on disk, if it was read: the count the user is told
             is kept, so that it never names more than is there.
+        api_root: The hub the session sent to: the printed command names it unless it
+            is the public one, so that it works as printed.
     """
     on_disk = pending if kept is None else kept
     left = describe_pending(on_disk)
@@ -112,7 +116,7 @@ def report_left(
             line = (
                 f"hubfsm: model {core.model_id}: {left} not on the hub yet; kept in "
                 f"{where}; they go first when this model's session opens again, or run "
-                f"`hubfsm sync {where}`"
+                f"`{sync_command(where, api_root)}`"
             )
         else:
             line = f"hubfsm: model {core.model_id}: nothing is kept in {where}"

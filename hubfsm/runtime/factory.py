@@ -8,6 +8,7 @@ real clock or the inline shell on a virtual clock.
 from __future__ import annotations
 
 import collections
+import functools
 import random
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ from hubfsm.core import protocol
 from hubfsm.core.engine import Core
 from hubfsm.core.events import Barrier
 from hubfsm.durable.journal import InboxItem
+from hubfsm.durable.outbox import HubRoots, Outbox
 from hubfsm.errors import HubfsmError, HubUnavailableError
 from hubfsm.logs import get_logger
 from hubfsm.runtime.clocks import Clock, RealClock
@@ -143,6 +145,12 @@ def build(
     """
     if transport is None:
         transport = http_transport(settings)
+        # The outbox records the hub it is made for, so that `hubfsm sync` sends it there.
+        api_root = getattr(transport, "api_root", None)
+        if open_outbox is None and isinstance(api_root, str):
+            open_outbox = functools.partial(
+                Outbox.open, hub=HubRoots(api_root, settings.web_root)
+            )
     hooks = Hooks()
     box: list[Core] = []
     core = core_factory(

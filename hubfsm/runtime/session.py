@@ -23,6 +23,7 @@ from hubfsm.core.events import (
     Interrupted,
     Start,
 )
+from hubfsm.core.plain import carried
 from hubfsm.durable.outbox import stamp_of
 from hubfsm.durable.records import keep_record, kept_record
 from hubfsm.errors import (
@@ -198,22 +199,29 @@ class Session(SessionViews):
         """Queue one epoch's metrics; returns at once, and a crash cannot lose them.
 
         Args:
-            metrics: Metric names to numbers (anything JSON can encode).
+            metrics: Metric names (strings) to values: numbers, strings, booleans, None,
+                and lists and dicts of them. numpy and torch scalars and arrays are
+                converted; NaN and infinities are sent as JSON ``null``.
             epoch: The epoch; by default the one after the last logged, from 0.
+
+        Raises:
+            TypeError: A name is not a string, or a value cannot be sent (an integer
+                beyond 64 bits, an object): the message names it, and nothing is kept.
         """
         if not self._accepting:
             raise IllegalEventError(self._core.state, "epoch_end")
         if epoch is None:
             epoch = self._next_epoch
-        self._next_epoch = epoch + 1
         durability = self._durability
         journal = None if durability is None else durability.journal
         # No wake-up: metrics go out at most every 3 s anyway, and the worker looks at
-        # the inbox at least every quarter second.
+        # the inbox at least every quarter second. The journal checks the values itself,
+        # once they are not the float values of its usual names.
         if journal is None:
-            self._inbox.append((0, epoch, dict(metrics)))
+            self._inbox.append((0, epoch, carried(metrics)))
         else:
             journal.append_metrics(epoch, metrics)
+        self._next_epoch = epoch + 1
 
     def save_checkpoint(
         self, path: str | os.PathLike[str], *, epoch: int, is_best: bool = False
@@ -348,7 +356,15 @@ class Session(SessionViews):
         kept = None if self._durability is None else self._durability.kept
         if any(pending.values()) or (kept is not None and any(kept.values())):
             tell = self._log is log and not self._refusal_noticed
-            report_left(self._core, pending, self.outbox_dir, self._log, tell=tell, kept=kept)
+            report_left(
+                self._core,
+                pending,
+                self.outbox_dir,
+                self._log,
+                tell=tell,
+                kept=kept,
+                api_root=self._settings.api_root,
+            )
         if raise_refusal and self._core.machine.refused and not self._refusal_raised:
             self._refusal_raised = True
             raise self._refusal_error()
@@ -366,10 +382,12 @@ class Session(SessionViews):
             return
         self._refusal_noticed = True
         if self._log is log:
-            print(notice(self._core, self.outbox_dir), file=sys.stderr)
+            print(
+                notice(self._core, self.outbox_dir, self._settings.api_root), file=sys.stderr
+            )
 
     def _refusal_error(self) -> HubfsmError:
-        return refusal_error(self._core, self.outbox_dir)
+        return refusal_error(self._core, self.outbox_dir, self._settings.api_root)
 
     def _at_exit(self) -> None:
         self._close(None, raise_refusal=False)

@@ -11,7 +11,9 @@ outbox a running session holds is left as it is.
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
@@ -24,8 +26,9 @@ from hubfsm.durable.recovery import fold
 from hubfsm.durable.survey import OutboxInfo, report_damage, set_aside_reporting, survey
 from hubfsm.errors import HubfsmError, HubUnavailableError, ModelNotFoundError
 from hubfsm.runtime.factory import build
+from hubfsm.runtime.refusal import same_hub
 from hubfsm.runtime.session import Session
-from hubfsm.runtime.settings import Settings
+from hubfsm.runtime.settings import API_ROOT_ENV, Settings
 from hubfsm.transport import Transport
 
 #: Opens the session that sends one outbox.
@@ -55,35 +58,33 @@ def fold_journals(infos: list[OutboxInfo], *, damaged: bool) -> None:
             outbox.close()
 
 
-def status(root: str | os.PathLike[str] | None, *, out: TextIO) -> int:
-    """Print a table of outboxes and what each holds; 1 when any of them is damaged.
+def status(root: str | os.PathLike[str] | None, *, out: TextIO, as_json: bool = False) -> int:
+    """Print the outboxes and what each holds; 1 when any of them is damaged.
 
-    Rejected records (the hub refused their payload) and records held by a refusal
-    (sending stopped; ``hubfsm sync`` delivers them once the cause is fixed) are listed
-    under the table.
+    Aligned columns, one outbox a line; under them each rejected record (the hub refused
+    its payload), each record kept aside unsent, and each refusal that holds records
+    (sending stopped; ``hubfsm sync`` delivers them once the cause is fixed). With
+    ``as_json``, one JSON object with the same facts, for scripts.
     """
     found = survey(root)
+    if as_json:
+        fold_journals(found.infos, damaged=False)
+        shown = _status_json(survey(root).infos, found.damaged, found.infos)
+        print(json.dumps(shown, indent=2), file=out)
+        return 1 if found.damaged or any(i.journal_damage for i in found.infos) else 0
     damaged = report_damage(found, out=out, repair=False)
     fold_journals(found.infos, damaged=False)
     infos = survey(root).infos
     if not infos:
         print("no outboxes" if not damaged else "no readable outboxes", file=out)
         return 1 if damaged else 0
-    print(
-        "| model | metrics | checkpoint | final | rejected | held by a refusal | in use "
-        "| directory |",
-        file=out,
-    )
-    print("|---|---:|---:|---:|---:|---|---|---|", file=out)
-    for info in infos:
-        p = info.pending
-        held = "yes" if info.refusal else "no"
-        print(
-            f"| {info.model_id} | {p['metrics']} | {p['checkpoint']} | {p['final']} | "
-            f"{len(info.rejected)} | {held} | {'yes' if info.in_use else 'no'} "
-            f"| {info.directory} |",
-            file=out,
-        )
+    print(f"outboxes in {infos[0].directory.parent}:", file=out)
+    for line in _columns(
+        [("model", "metrics", "ckpt", "final", "rejected", "refusal", "in use", "hub")]
+        + [_row(info) for info in infos],
+        right={1, 2, 3, 4},
+    ):
+        print(line, file=out)
     for info in infos:
         if info.refusal:
             print(
@@ -93,6 +94,8 @@ def status(root: str | os.PathLike[str] | None, *, out: TextIO) -> int:
             )
         for record in info.rejected:
             print(f"model {info.model_id}: rejected by the hub: {record}", file=out)
+        for record in info.kept_aside:
+            print(f"model {info.model_id}: kept aside: {record}", file=out)
     if any(any(info.pending.values()) for info in infos):
         print(
             "`hubfsm sync` sends what they hold; `hubfsm discard MODEL_ID` deletes one you "
@@ -100,6 +103,90 @@ def status(root: str | os.PathLike[str] | None, *, out: TextIO) -> int:
             file=out,
         )
     return 1 if damaged else 0
+
+
+def _row(info: OutboxInfo) -> tuple[str, ...]:
+    p = info.pending
+    return (
+        info.model_id,
+        str(p["metrics"]),
+        str(p["checkpoint"]),
+        str(p["final"]),
+        str(len(info.rejected) + len(info.kept_aside)),
+        "held" if info.refusal else "-",
+        "yes" if info.in_use else "no",
+        info.hub.api_root if info.hub is not None else "not recorded",
+    )
+
+
+def _columns(rows: list[tuple[str, ...]], *, right: set[int]) -> list[str]:
+    """Rows as lines of columns two spaces apart; the columns in ``right`` right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def _status_json(
+    infos: list[OutboxInfo], damaged: list[OutboxDamaged], before: list[OutboxInfo]
+) -> dict[str, object]:
+    """What ``hubfsm status --json`` prints: every outbox, and every damaged one."""
+    journal_damage = {
+        i.directory: i.journal_damage.describe() for i in before if i.journal_damage is not None
+    }
+    return {
+        "outboxes": [
+            {
+                "model_id": info.model_id,
+                "directory": str(info.directory),
+                "pending": dict(info.pending),
+                "rejected": list(info.rejected),
+                "kept_aside": list(info.kept_aside),
+                "refusal": info.refusal,
+                "in_use": info.in_use,
+                "hub": None if info.hub is None else attrs.asdict(info.hub),
+                "journal_damage": journal_damage.get(info.directory),
+            }
+            for info in infos
+        ],
+        "damaged": [
+            {"directory": str(d.directory), "problem": d.problem, "salvage": d.salvage}
+            for d in damaged
+        ],
+    }
+
+
+def target(info: OutboxInfo, *, hub: str | None, api_root: str | None) -> str:
+    """Where ``hubfsm sync`` sends an outbox: the hub it records, unless ``--hub`` says.
+
+    Args:
+        info: The outbox.
+        hub: The API root given with ``--hub``: it wins.
+        api_root: The API root the environment names (``ULTRALYTICS_HUB_API``), if any.
+
+    Raises:
+        HubfsmError: The outbox records another hub than the environment names: the
+            message says which ``--hub`` sends it where.
+    """
+    from transports.settings import DEFAULT_API_ROOT
+
+    if hub:
+        return hub
+    recorded = info.hub.api_root if info.hub is not None else None
+    if recorded is None:  # an outbox older than the record
+        return api_root or DEFAULT_API_ROOT
+    if api_root and not same_hub(api_root, recorded):
+        where = shlex.quote(str(info.directory))
+        raise HubfsmError(
+            f"its outbox was made for the hub at {recorded}, but {API_ROOT_ENV} names "
+            f"{api_root}; nothing was sent. `hubfsm sync --hub {recorded} {where}` sends it "
+            f"where it was made; `--hub {api_root}` sends it there instead"
+        )
+    return recorded
 
 
 def _sync_one(
@@ -112,7 +199,14 @@ def _sync_one(
     out: TextIO,
     open_session: SessionOpener | None = None,
 ) -> bool:
-    print(f"model {info.model_id}: sending {describe_pending(info.pending)} ...", file=out)
+    shown = f" to {api_root}" if api_root and transport is None and open_session is None else ""
+    print(f"model {info.model_id}: sending {describe_pending(info.pending)}{shown} ...", file=out)
+    if info.hub is not None and api_root and shown and not same_hub(api_root, info.hub.api_root):
+        print(
+            f"model {info.model_id}: its outbox was made for the hub at {info.hub.api_root}; "
+            "sending it elsewhere as --hub says",
+            file=out,
+        )
     if open_session is not None:
         session = open_session(info)
     else:
@@ -120,6 +214,7 @@ def _sync_one(
             info.model_id,
             api_key=api_key,
             api_root=api_root,
+            web_root=info.hub.web_root if info.hub is not None else None,
             outbox_dir=info.directory.parent,
             offline=False,
         )
@@ -161,6 +256,7 @@ def sync(
     *,
     api_key: str | None = None,
     api_root: str | None = None,
+    hub: str | None = None,
     transport: Transport | None = None,
     timeout: float = 600.0,
     out: TextIO,
@@ -168,11 +264,23 @@ def sync(
 ) -> int:
     """Send every pending outbox under ``root``; 0 when all of them are empty afterwards.
 
-    A damaged outbox is reported and set aside, and the others are sent; the exit
-    status is then 1, as it is when a journal was damaged, or while any record the hub
-    rejected is held (``hubfsm discard`` removes those). ``open_session`` opens the
-    session that sends one outbox (the simulator composes one on its virtual clock); by
-    default an ordinary :class:`Session`.
+    Each outbox goes to the hub it records (see :func:`target`). A damaged outbox is
+    reported and set aside, and the others are sent; the exit status is then 1, as it
+    is when a journal was damaged, or while any record the hub rejected is held
+    (``hubfsm discard`` removes those). ``open_session`` opens the session that sends
+    one outbox (the simulator composes one on its virtual clock); by default an
+    ordinary :class:`Session`.
+
+    Args:
+        root: The outbox root, or one model's outbox (None: the default root).
+        api_key: The key to send with.
+        api_root: The API root the environment names, if any: for outboxes that record
+            no hub; one that records another is refused.
+        hub: The API root given with ``--hub``: every outbox goes there.
+        transport: Where requests go instead of HTTP to each outbox's hub.
+        timeout: Seconds to spend on each model.
+        out: Where the report goes.
+        open_session: Opens the session that sends one outbox.
     """
     found = survey(root)
     damaged = report_damage(found, out=out, repair=True)
@@ -189,19 +297,28 @@ def sync(
             print(f"model {info.model_id}: skipped, a running session holds it", file=out)
             continue
         try:
+            where: str | None
+            if transport is None and open_session is None:
+                where = target(info, hub=hub, api_root=api_root)
+            else:
+                where = hub or api_root  # the given transport decides where it goes
             ok += _sync_one(
                 info,
                 api_key=api_key,
-                api_root=api_root,
+                api_root=where,
                 transport=transport,
                 timeout=timeout,
                 out=out,
                 open_session=open_session,
             )
         except ModelNotFoundError as exc:
+            # Models belong to the key that made them: a 404 may mean another key, not a
+            # deleted model, so nothing here advises deleting what is kept.
             print(
-                f"model {info.model_id}: the hub says this model is gone ({exc}); its records "
-                f"stay in {info.directory} until `hubfsm discard {info.model_id}` deletes them",
+                f"model {info.model_id}: not found for this key on the hub ({exc}); its "
+                f"records stay in {info.directory}. If the model was made with another key, "
+                "sync with that key (a local hub can hand a revoked key's models to a new one: "
+                "`hubfsm hub keys transfer`)",
                 file=out,
             )
         except HubUnavailableError as exc:
@@ -227,16 +344,20 @@ def _report_rejected(infos: list[OutboxInfo], *, out: TextIO) -> int:
     """List the rejected records held; 1 if there are any (they are not delivered)."""
     held = 0
     for info in infos:
-        if not info.rejected:
-            continue
-        held += len(info.rejected)
-        print(
-            f"model {info.model_id}: {len(info.rejected)} records the hub rejected are kept "
-            f"in {info.directory} (`hubfsm discard {info.model_id} --rejected` removes them):",
-            file=out,
-        )
-        for record in info.rejected:
-            print(f"  {record}", file=out)
+        for records, what in (
+            (info.rejected, "records the hub rejected are kept"),
+            (info.kept_aside, "records that could not be sent are kept aside"),
+        ):
+            if not records:
+                continue
+            held += len(records)
+            print(
+                f"model {info.model_id}: {len(records)} {what} in {info.directory} "
+                f"(`hubfsm discard {info.model_id} --rejected` removes them):",
+                file=out,
+            )
+            for record in records:
+                print(f"  {record}", file=out)
     return 1 if held else 0
 
 

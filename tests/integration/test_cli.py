@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import re
@@ -21,7 +22,6 @@ import requests
 
 import hubfsm.cli.main as cli
 from hubfsm.hub.server import LocalHub
-
 from tests.support import KEY
 
 MODEL = "Mo12" * 5  # 20 characters, like a model id
@@ -458,6 +458,11 @@ def test_ctrl_c_in_the_demo_keeps_the_outbox_with_the_kept_data(
     for line in running.stderr.splitlines():
         if "hubfsm sync" in line:
             assert str(data / "outbox") in line
+            assert "--key " not in line
+    if (data / "outbox").is_dir() and any((data / "outbox").iterdir()):
+        # The embedded hub is gone: the way back names its port and its key file.
+        assert f"hubfsm hub serve --data {data} --port" in running.stderr
+        assert f"--key-file {data / 'api_key'} {data / 'outbox'}" in running.stderr
 
 
 def offline_outbox(root: Path, model_id: str = MODEL, epochs: int = 2) -> Path:
@@ -491,9 +496,10 @@ def test_sync_tells_a_gone_model_from_an_unreachable_hub(
 
     gone = cli("sync", str(root), "--hub", served.url, env=env)
     assert gone.returncode == 1
-    assert f"hub: {served.url}" in gone.stdout
-    assert "the hub says this model is gone" in gone.stdout
-    assert f"hubfsm discard {MODEL}" in gone.stdout
+    assert f"sending 2 epochs of metrics to {served.url}" in gone.stdout
+    # Models belong to the key that made them: a 404 is no advice to delete what is kept.
+    assert "not found for this key" in gone.stdout
+    assert "discard" not in gone.stdout and "is gone" not in gone.stdout
 
     down = f"http://127.0.0.1:{refused_port()}"
     unreachable = cli("sync", str(root), "--hub", down, env=env)
@@ -508,8 +514,19 @@ def test_status_points_at_sync_and_discard(cli: Any, tmp_path: Path, leaks: Any)
     offline_outbox(tmp_path / "outbox")
     done = cli("status", str(tmp_path / "outbox"))
     assert done.returncode == 0
-    assert f"| {MODEL} | 2 |" in done.stdout
+    assert re.search(rf"^{MODEL} +2 ", done.stdout, re.M), done.stdout
     assert "hubfsm discard MODEL_ID" in done.stdout
+    # Aligned columns that fit a terminal (the root is named once, above them).
+    table = done.stdout.splitlines()[1:3]
+    assert table[0].split()[:4] == ["model", "metrics", "ckpt", "final"]
+    assert all(len(line) <= 100 for line in table), table
+
+    shown = cli("status", "--json", str(tmp_path / "outbox"))
+    assert shown.returncode == 0, shown.stderr
+    (outbox,) = json.loads(shown.stdout)["outboxes"]
+    assert outbox["model_id"] == MODEL and outbox["pending"]["metrics"] == 2
+    assert outbox["directory"] == str(tmp_path / "outbox" / MODEL)
+    assert outbox["hub"]["api_root"] == "https://api.ultralytics.com"
 
 
 def test_discard_asks_first_then_deletes_only_the_outbox(
@@ -619,4 +636,131 @@ def test_discard_rejected_drops_only_what_the_hub_refused(
     assert done.returncode == 0, done.stderr
     assert "discarded 1 rejected record(s)" in done.stdout
     after = cli("status", env=env)
-    assert "rejected by the hub" not in after.stdout and f"| {MODEL} | 2 |" in after.stdout
+    assert "rejected by the hub" not in after.stdout
+    assert re.search(rf"^{MODEL} +2 +0 +0 +0 ", after.stdout, re.M), after.stdout
+
+
+def hub_model(served: Any) -> str:
+    """Create a model on a served hub; returns its id."""
+    from hubfsm.core import protocol
+
+    created = requests.post(
+        f"{served.url}/v1/models",
+        json=protocol.create_payload("yolov8n.yaml", {}),
+        headers={"x-api-key": served.key},
+        timeout=10,
+    )
+    assert created.status_code == 200, created.text
+    return str(created.json()["data"]["id"])
+
+
+def truncate_outbox(directory: Path) -> None:
+    """Cut an outbox's database in half, as a full disk or a bad copy leaves it."""
+    db = directory / "outbox.sqlite3"
+    with open(db, "r+b") as f:
+        f.truncate(os.path.getsize(db) // 2)
+    for extra in ("-wal", "-shm"):
+        Path(f"{db}{extra}").unlink(missing_ok=True)
+
+
+def test_sync_sets_a_damaged_outbox_aside_and_delivers_the_others(
+    cli: Any, serve_hub: Callable[..., Any], tmp_path: Path, leaks: Any
+) -> None:
+    leaks.watch(KEY)
+    served = serve_hub(tmp_path / "hub")
+    model = hub_model(served)
+    root = tmp_path / "outbox"
+    offline_outbox(root, model, epochs=5)
+    truncate_outbox(offline_outbox(root, MODEL, epochs=50))
+    env = dict(os.environ, HUB_API_KEY=served.key)
+
+    done = cli("sync", str(root), "--hub", served.url, env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"damaged: the outbox in {root / MODEL}" in done.stdout
+    assert "set aside as" in done.stdout and "synced 1 of 1" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    arrived = requests.get(
+        f"{served.url}/v1/models/{model}/metrics", headers={"x-api-key": served.key}, timeout=10
+    ).json()["data"]
+    assert len(arrived) == 5
+
+
+def test_the_printed_sync_command_sends_to_the_hub_the_outbox_was_made_for(
+    cli: Any,
+    serve_hub: Callable[..., Any],
+    tmp_path: Path,
+    leaks: Any,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    import hubfsm
+
+    served = serve_hub(tmp_path / "hub")
+    model = hub_model(served)
+    root = tmp_path / "outbox"
+    session = hubfsm.Session(
+        model, api_key=served.key, api_root=served.url, outbox_dir=root, offline=True
+    )
+    session.start()
+    for epoch in range(3):
+        session.log_metrics({"loss": 1.0 / (epoch + 1)}, epoch=epoch)
+    session.close(timeout=5)
+    hint = re.search(r"`(HUB_API_KEY=\.\.\. hubfsm sync [^`]*)`", capfd.readouterr().err)
+    assert hint, "no sync command printed"
+    words = shlex.split(hint.group(1))
+    assert words[:5] == ["HUB_API_KEY=...", "hubfsm", "sync", "--hub", served.url]
+    bare = {k: v for k, v in os.environ.items() if not k.startswith(("ULTRALYTICS_", "HUB_"))}
+
+    listed = cli("status", str(root), env=bare)
+    assert served.url in listed.stdout
+
+    # Another hub in the environment: refused, with the commands that work.
+    elsewhere = f"http://127.0.0.1:{refused_port()}"
+    refused = cli(
+        "sync", str(root), env=dict(bare, HUB_API_KEY=served.key, ULTRALYTICS_HUB_API=elsewhere)
+    )
+    assert refused.returncode == 1
+    assert f"made for the hub at {served.url}" in refused.stdout
+    assert f"hubfsm sync --hub {served.url}" in refused.stdout
+
+    # As printed, with the key where the command says: delivered to the hub it was made for.
+    done = cli(*words[2:], env=dict(bare, HUB_API_KEY=served.key))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"to {served.url}" in done.stdout and "all sent" in done.stdout
+    arrived = requests.get(
+        f"{served.url}/v1/models/{model}/metrics", headers={"x-api-key": served.key}, timeout=10
+    ).json()["data"]
+    assert len(arrived) == 3
+
+
+def test_after_a_key_is_revoked_transfer_lets_the_new_key_sync_what_was_kept(
+    cli: Any, serve_hub: Callable[..., Any], tmp_path: Path, leaks: Any
+) -> None:
+    served = serve_hub(tmp_path / "hub")
+    data = str(tmp_path / "hub")
+    model = hub_model(served)  # made with the hub's first key
+    root = tmp_path / "outbox"
+    offline_outbox(root, model, epochs=3)
+    listed = cli("hub", "keys", "list", "--data", data)
+    old_id = listed.stdout.splitlines()[1].split()[0]
+    assert cli("hub", "keys", "revoke", old_id, "--data", data).returncode == 0
+    from hubfsm.hub import admin
+
+    new_key = leaks.watch(admin.add(data, "new", out=io.StringIO()))  # printed once, not here
+    key_file = tmp_path / "new_key"
+    key_file.write_text(new_key)
+    key_file.chmod(0o600)
+
+    before = cli("sync", str(root), "--hub", served.url, "--key-file", str(key_file))
+    assert before.returncode == 1
+    assert "not found for this key" in before.stdout and "hubfsm hub keys transfer" in before.stdout
+    assert (root / model / "outbox.sqlite3").exists()  # nothing was advised away
+
+    moved = cli("hub", "keys", "transfer", old_id, "new", "--data", data)
+    assert moved.returncode == 0, moved.stderr
+    after = cli("sync", str(root), "--hub", served.url, "--key-file", str(key_file))
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert "all sent" in after.stdout
+    arrived = requests.get(
+        f"{served.url}/v1/models/{model}/metrics", headers={"x-api-key": new_key}, timeout=10
+    ).json()["data"]
+    assert len(arrived) == 3

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import marshal
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -93,3 +95,58 @@ plain_values = st.recursive(
 def test_plain_values_are_kept_as_they_are(value):
     assert plain(value) == value
     assert json.loads(json.dumps(plain(value))) == value
+
+
+# -- the rule at log_metrics: what the wire carries, or a TypeError naming the key ---------
+
+
+def test_carried_converts_what_has_a_plain_value():
+    import decimal
+    import fractions
+
+    from hubfsm.core.plain import carried
+
+    got = carried({
+        "a": Scalar(1.5), "b": Float64(2.5), "c": Level.HIGH, "d": fractions.Fraction(1, 4),
+        "e": decimal.Decimal("0.5"), "f": [Array([1, 2])], "g": {"x": None, "y": "s"},
+        "h": True,
+    })
+    assert got == {"a": 1.5, "b": 2.5, "c": 3, "d": 0.25, "e": 0.5, "f": [[1, 2]],
+                   "g": {"x": None, "y": "s"}, "h": True}
+    assert [type(got[k]) for k in "abcd"] == [float, float, int, float]
+    marshal.dumps(got)  # the journal's format takes it as it is
+
+
+def test_carried_keeps_non_finite_floats_and_the_wire_sends_them_as_null():
+    from hubfsm.core.plain import carried
+
+    got = carried({"loss": float("nan"), "lr": float("inf"), "ok": 0.5})
+    assert math.isnan(got["loss"]) and got["lr"] == math.inf
+    text = encode_metrics(got)
+    assert json.loads(text) == {"loss": None, "lr": None, "ok": 0.5}
+    assert "NaN" not in text and "Infinity" not in text
+
+
+@pytest.mark.parametrize(
+    ("metrics", "named"),
+    [
+        ({"loss": 0.9, 7: 1.0}, "7"),
+        ({"big": 10**5000}, "'big'"),
+        ({"big": 2**63}, "'big'"),
+        ({"thing": object()}, "'thing'"),
+        ({"c": 1j}, "'c'"),
+        ({"nested": {"k": {1: 2.0}}}, "'nested.k'"),
+        ({"deep": functools.reduce(lambda inner, _: [inner], range(20), 1)}, "'deep'"),
+    ],
+)
+def test_carried_refuses_what_the_wire_cannot_carry_naming_the_key(metrics, named):
+    from hubfsm.core.plain import carried
+
+    with pytest.raises(TypeError, match=named):
+        carried(metrics)
+
+
+def test_the_largest_64_bit_integers_are_carried():
+    from hubfsm.core.plain import carried
+
+    assert carried({"a": 2**63 - 1, "b": -(2**63)}) == {"a": 2**63 - 1, "b": -(2**63)}

@@ -98,3 +98,40 @@ def test_status_counts_what_the_outbox_would_send(tmp_path):
     [info] = inspect(find(tmp_path))
     assert info.pending == ob.load().counts() == {"metrics": 4, "checkpoint": 1, "final": 0}
     ob.close()
+
+
+# -- an outbox knows its hub ------------------------------------------------------------
+
+
+def test_an_outbox_records_the_hub_it_was_made_for_and_keeps_it(tmp_path):
+    from hubfsm.durable.outbox import HubRoots
+    from hubfsm.durable.survey import survey
+
+    local = HubRoots("http://127.0.0.1:8000", "http://127.0.0.1:8000")
+    ob = Outbox.open(MODEL, tmp_path, hub=local)
+    assert ob.db.hub == local
+    ob.close()
+    # A later opener with another hub does not move it: sync decides where it goes.
+    ob = Outbox.open(MODEL, tmp_path, hub=HubRoots("https://api.example", "https://example"))
+    assert ob.db.hub == local
+    ob.close()
+    (info,) = survey(tmp_path).infos
+    assert info.hub == local
+
+
+def test_an_outbox_older_than_the_record_gets_the_hub_of_its_next_opener(tmp_path):
+    import sqlite3
+
+    from hubfsm.durable.outbox import HubRoots
+    from hubfsm.durable.survey import survey
+
+    Outbox.open(MODEL, tmp_path).close()
+    db = sqlite3.connect(tmp_path / MODEL / "outbox.sqlite3")
+    assert db.execute("SELECT value FROM meta WHERE key = 'api_root'").fetchone() is None
+    db.close()
+    (info,) = survey(tmp_path).infos
+    assert info.hub is None
+    local = HubRoots("http://127.0.0.1:8000", "http://127.0.0.1:8000")
+    Outbox.open(MODEL, tmp_path, hub=local).close()
+    (info,) = survey(tmp_path).infos
+    assert info.hub == local

@@ -150,3 +150,47 @@ def test_keys_cli_add_prints_the_key_once(tmp_path: Path) -> None:
     assert listed.returncode == 0
     assert key not in listed.stdout
     assert "ci" in listed.stdout and key[-4:] in listed.stdout
+
+
+def test_keys_transfer_hands_a_revoked_keys_models_to_a_new_key_while_serving(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "hub"
+    with LocalHub(data) as local:
+        old = admin.add(data, "old", out=io.StringIO())
+        model = _create(local.url, old)
+        other = _create(local.url, local.api_key)  # another key's model stays where it is
+        records = {r.label: r for r in admin.listing(data, out=io.StringIO())}
+        assert admin.revoke(data, records["old"].id, out=io.StringIO()) == 0
+        new = admin.add(data, "new", out=io.StringIO())
+        url = f"{local.url}/v1/models/{model}"
+        assert requests.get(url, headers={"x-api-key": new}, timeout=TIMEOUT).status_code == 404
+
+        done = subprocess.run(
+            [sys.executable, "-m", "hubfsm", "hub", "keys", "transfer",
+             records["old"].id[:6], "new", "--data", str(data)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "Handed 1 model(s)" in done.stdout
+        assert old not in done.stdout + done.stderr and new not in done.stdout + done.stderr
+        # The running hub sees it at the next request: the new key has the model.
+        assert requests.get(url, headers={"x-api-key": new}, timeout=TIMEOUT).status_code == 200
+        metrics = {"type": "metrics", "metrics": {"0": '{"a": 1}'}}
+        assert requests.post(url, json=metrics, headers={"x-api-key": new}, timeout=10).ok
+        mine = {"x-api-key": local.api_key}
+        assert requests.get(f"{local.url}/v1/models/{other}", headers=mine, timeout=10).ok
+
+
+def test_keys_transfer_refuses_an_unknown_or_revoked_target(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "hub"
+    admin.add(data, "old", out=io.StringIO())
+    admin.add(data, "gone", out=io.StringIO())
+    gone = next(r for r in admin.listing(data, out=io.StringIO()) if r.label == "gone")
+    admin.revoke(data, gone.id, out=io.StringIO())
+    assert admin.transfer(data, "old", "nobody", out=io.StringIO()) == 1
+    assert "no key with the label 'nobody'" in capsys.readouterr().err
+    assert admin.transfer(data, "old", "gone", out=io.StringIO()) == 1
+    assert "is revoked" in capsys.readouterr().err
+    assert admin.transfer(data, "old", "old", out=io.StringIO()) == 1
+    assert "the same key" in capsys.readouterr().err

@@ -201,3 +201,25 @@ def test_closing_while_the_worker_is_stuck_in_a_request_loses_no_epoch(hub):
         {"loss": 1.0}, {"loss": 0.5}, {"loss": 1.0 / 3}
     ]
     again.close()
+
+
+@pytest.mark.parametrize("journal", [True, False])
+@pytest.mark.parametrize(
+    ("bad", "named"), [({"loss": 0.9, 7: 1.0}, "7"), ({"big": 10**5000}, "'big'")]
+)
+def test_log_metrics_refuses_what_the_wire_cannot_carry_and_keeps_nothing(
+    hub, journal, bad, named
+):
+    model_id = new_model(hub)
+    with hubfsm.Session(
+        model_id, transport=InMemoryTransport(hub, KEY), config=FAST, journal=journal
+    ) as s:
+        s.log_metrics({"loss": 0.5})  # the journal's usual names are set
+        with pytest.raises(TypeError, match=named):
+            s.log_metrics(bad)
+        s.log_metrics({"loss": float("nan")})  # the epoch the refused call did not take
+        assert s.flush(timeout=5.0)
+        assert s.stats()["epochs_acknowledged"] == 2
+    assert [(m["epoch"], m["metrics"]) for m in hub.metrics(model_id)] == [
+        (0, {"loss": 0.5}), (1, {"loss": None})
+    ]

@@ -1,0 +1,73 @@
+"""Recovery is total: a record the wire cannot carry is kept aside, and the rest goes on."""
+
+import collections
+import io
+import re
+
+import hubfsm
+from hubfsm.core.events import EpochEnded
+from hubfsm.durable.journal import Journal
+from hubfsm.durable.outbox import Outbox
+from hubfsm.durable.recovery import fold
+from hubfsm.durable.survey import survey
+from hubfsm.runtime.sync import status, sync
+from tests.support import FAST, KEY, new_model
+from transports.memory import InMemoryTransport
+
+
+def poisoned_outbox(root, model_id):
+    """An outbox whose journal holds what an older version let through, between good epochs."""
+    outbox = Outbox.open(model_id, root)
+    journal = Journal(outbox.directory / "journal", seq=0, inbox=collections.deque())
+    journal.append(EpochEnded(0, {"loss": 0.5}))
+    journal.append(EpochEnded(1, {"loss": 0.9, 7: 1.0}))  # type: ignore[dict-item]
+    journal.append(EpochEnded(2, {"big": 10**5000}))
+    journal.append(EpochEnded(3, {"loss": 0.25}))
+    journal.close()
+    outbox.close()
+    return outbox.directory
+
+
+def test_fold_keeps_a_poison_record_aside_with_the_reason_and_folds_the_rest(tmp_path, hub):
+    directory = poisoned_outbox(tmp_path, new_model(hub))
+    outbox = Outbox(directory, directory.name)
+    try:
+        assert fold(outbox) == 4
+        saved = outbox.load()
+    finally:
+        outbox.close()
+    assert [epoch for epoch, _ in saved.metrics] == [0, 3]
+    assert [(r.epochs, r.status) for r in saved.rejected] == [((1,), 0), ((2,), 0)]
+    assert "metric name 7" in saved.rejected[0].reason
+    assert "'big'" in saved.rejected[1].reason and "64 bits" in saved.rejected[1].reason
+
+
+def test_status_shows_what_is_kept_aside_and_sync_delivers_the_rest(tmp_path, hub):
+    model_id = new_model(hub)
+    poisoned_outbox(tmp_path, model_id)
+
+    out = io.StringIO()
+    assert status(tmp_path, out=out) == 0
+    text = out.getvalue()
+    assert re.search(rf"^{model_id} +2 +0 +0 +2 ", text, re.M), text
+    assert f"model {model_id}: kept aside: metrics of epoch 1: never sent: metric name 7" in text
+    assert f"model {model_id}: kept aside: metrics of epoch 2: never sent: metric 'big'" in text
+
+    out = io.StringIO()
+    assert sync(tmp_path, transport=InMemoryTransport(hub, KEY), timeout=10, out=out) == 1
+    text = out.getvalue()
+    assert "Traceback" not in text and "2 records that could not be sent are kept aside" in text
+    assert [m["epoch"] for m in hub.metrics(model_id)] == [0, 3]
+    (info,) = survey(tmp_path).infos
+    assert len(info.kept_aside) == 2 and not any(info.pending.values())
+
+
+def test_the_next_session_opens_past_a_poison_record(tmp_path, hub):
+    model_id = new_model(hub)
+    poisoned_outbox(tmp_path, model_id)
+    with hubfsm.Session(
+        model_id, transport=InMemoryTransport(hub, KEY), config=FAST, outbox_dir=tmp_path
+    ) as s:
+        s.log_metrics({"loss": 0.125}, epoch=4)
+        assert s.flush(timeout=5.0)
+    assert [m["epoch"] for m in hub.metrics(model_id)] == [0, 3, 4]
