@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import random
 from collections.abc import Callable
 from typing import Any, Literal
@@ -235,6 +236,21 @@ class Machine:
         error = self._error("an outbox write", self.faults.write_error)
         if error is not None:
             raise error
+
+    def allocate(self, fd: int, offset: int, length: int) -> None:
+        """Give a journal its blocks, as ``os.posix_fallocate`` does, unless the disk is full.
+
+        The disk's fullness holds whether a session trains or opens: a journal made
+        while the disk is full cannot have its blocks.
+
+        Raises:
+            OSError: ``ENOSPC``: the disk is full.
+        """
+        if self._full():
+            self.injected += 1
+            self.note("the journal's blocks cannot be allocated: ENOSPC")
+            raise OSError(errno.ENOSPC, "ENOSPC (simulated): the journal's blocks")
+        os.posix_fallocate(fd, offset, length)
 
     def snapshot_error(self) -> OSError | None:
         """Whether the snapshot being copied fails part way (the error, if so)."""

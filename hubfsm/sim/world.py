@@ -9,6 +9,7 @@ trainer's side and the loop that plays a run, in :mod:`hubfsm.sim.stage`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -24,7 +25,7 @@ from hubfsm.core import protocol
 from hubfsm.core.engine import Core, CoreConfig, Limits
 from hubfsm.core.events import EpochEnded, FinishPending, FinishRequested
 from hubfsm.core.identifier import parse_identifier
-from hubfsm.durable.journal import events
+from hubfsm.durable.journal import Journal, events, queued_epoch
 from hubfsm.durable.recovery import JOURNAL
 from hubfsm.durable.survey import OutboxInfo
 from hubfsm.errors import HubfsmError
@@ -177,6 +178,12 @@ class World(Stage):
         self.final_accepted = False
         #: Epochs of poison records a dying process left in its journal.
         self.poisoned: set[int] = set()
+        #: Epochs accepted while the session had no journal (it said what is at risk).
+        self.unjournaled: set[int] = set()
+        #: Epochs lost at a death as the session had said they might be.
+        self.reported_lost: set[int] = set()
+        #: finish() took the final weights while the session had no journal.
+        self.final_unjournaled = False
         self.bugs = bugs
         self.root = root
         self.weights = root / "weights"
@@ -216,6 +223,10 @@ class World(Stage):
         recover = (self.bugs.sync_recover if sync else None) or self.bugs.recover
         # hubfsm sync reads real outboxes: the simulated disk is written out for it.
         memory = self.disk is not None and not sync
+        machine = self.machine
+        open_journal = None
+        if machine is not None and memory:
+            open_journal = functools.partial(Journal, allocate=machine.allocate)
         parts = build(
             settings,
             transport=self.link,
@@ -228,6 +239,7 @@ class World(Stage):
             driver_factory=self.bugs.driver_factory,
             recover=recover,
             open_outbox=self.disk.open_outbox if memory and self.disk is not None else None,
+            open_journal=open_journal,
             latency=LATENCY,
             quiet=True,
         )
@@ -235,7 +247,6 @@ class World(Stage):
         self.core = parts.core
         assert isinstance(parts.shell, SimRunner)
         self.runner = parts.shell
-        machine = self.machine
         if machine is not None:
             machine.armed = False  # the disk fails while sessions train, not while they open
         try:
@@ -300,6 +311,8 @@ class World(Stage):
         else:
             session.log_metrics(metrics, epoch=epoch)
         self.logged.append(epoch)
+        if machine is not None and not self._journaled():
+            self.unjournaled.add(epoch)
         if checkpoint:
             content = f"weights of epoch {epoch} seed {self.seed}".encode()
             part = self._file(f"weights/epoch{epoch}.pt", "last.pt", content)
@@ -342,6 +355,7 @@ class World(Stage):
         if machine is not None:
             machine.arm_finish_kill()
         self.final_accepted = True
+        self.final_unjournaled = machine is not None and not self._journaled()
         try:
             session.finish(
                 best.path,
@@ -370,6 +384,13 @@ class World(Stage):
                 self.raised = exc
             self._give_up()
             raise Terminated("the process is terminated inside finish()")
+
+    def _journaled(self) -> bool:
+        """Whether the session's calls go to its journal (not when its blocks failed)."""
+        parts = self.parts
+        durability = None if parts is None else parts.durability
+        journal = None if durability is None else durability.journal
+        return journal is not None and journal.failed is None
 
     def _give_up(self) -> None:
         """The trainer does not come back: what is left is for ``hubfsm sync``."""
@@ -447,13 +468,21 @@ class World(Stage):
         kept, final = self.kept()
         on_hub = self.on_hub()
         lost = sorted(set(self.logged) - on_hub - kept)
+        # Calls taken without a journal were said to be at risk when it was given up.
+        at_risk = [epoch for epoch in lost if epoch in self.unjournaled]
+        if at_risk:
+            self.reported_lost.update(at_risk)
+            self.checker.note(f"lost as the session said they might be: epochs {at_risk[:10]}")
+        lost = [epoch for epoch in lost if epoch not in self.unjournaled]
         if lost:
             self.checker.violate(
                 FAILED_WRITE,
                 f"the process {when}: epochs neither on the hub, in the outbox nor in the "
                 f"journal: {lost[:10]}",
             )
-        if self.final_accepted and not final and not self._final_on_hub():
+        if self.final_unjournaled and not final and not self._final_on_hub():
+            self.checker.note("the final weights are lost, as the session said they might be")
+        elif self.final_accepted and not final and not self._final_on_hub():
             self.checker.violate(
                 FAILED_WRITE,
                 f"the process {when}: the final weights finish() took are neither on the hub, "
@@ -473,11 +502,18 @@ class World(Stage):
 
     def check_end(self, *, expect: Expect | None = None) -> None:
         """The invariants at the end; with machine faults, also the final weights' fate."""
-        super().check_end(expect=expect)
+        self.check_hub(
+            expect=expect,
+            queued=[e for e in map(queued_epoch, self.runner.inbox) if e is not None],
+            reported=self.reported_lost,
+        )
         if self.machine is None or not self.final_accepted:
             return
         core = self.core
         if self._final_on_hub() or core.pending()["final"]:
+            return
+        if self.final_unjournaled:
+            self.checker.note("the final weights are lost, as the session said they might be")
             return
         self.checker.violate(
             1, "the final weights finish() took are neither on the hub nor kept in the outbox"
