@@ -98,13 +98,13 @@ class MachineFaults:
                 kill = "sigterm"
             else:
                 kill = "write" if rng.random() < 0.5 else "request"
-            kill_at = rng.randint(1, 4)
+            kill_at = rng.randint(1, 3)
         poison_epoch = rng.randrange(max(1, epochs)) if rng.random() < self.poison else None
         return MachinePlan(
             full=tuple(sorted(spans)),
             finish_kill=kill,
             kill_at=kill_at,
-            term_after=rng.uniform(0.0, 30.0),
+            term_after=rng.uniform(0.0, 1.0),
             poison_epoch=poison_epoch,
             poison_kind=rng.choice(POISONS),
             poison_journal=rng.random() < self.poison_journal,

@@ -42,7 +42,7 @@ from hubfsm.sim.crash import RESTART_SECONDS, Crash, DyingTransport
 from hubfsm.sim.invariants import FAILED_WRITE, Checker
 from hubfsm.sim.machine import Machine, Terminated, poison_value
 from hubfsm.sim.memdisk import MemoryDisk
-from hubfsm.sim.profiles import PROFILES, Expect, Profile
+from hubfsm.sim.profiles import PROFILES, Expect, Profile, named
 from hubfsm.sim.scheduled import ScheduledFaults
 from hubfsm.sim.stage import (
     EPOCH_ZERO,
@@ -579,7 +579,7 @@ def run_seed(
         keep_trace: Keep the trace of a run that broke nothing (a failing run keeps it).
     """
     started = time.perf_counter()
-    prof = PROFILES[profile] if isinstance(profile, str) else profile
+    prof = named(profile) if isinstance(profile, str) else profile
     planted = bugs if bugs is not None else Bugs()
     if core_factory is not Core:
         planted = attrs.evolve(planted, core_factory=core_factory)
