@@ -163,8 +163,9 @@ def sync(local, outbox):
 def pending_of(shown, model_id):
     """The metrics, checkpoint and final columns of a model's row in ``hubfsm status``."""
     assert shown.returncode == 0, shown.stdout + shown.stderr
-    row = next(line for line in shown.stdout.splitlines() if line.startswith(f"| {model_id} "))
-    metrics, checkpoint, final = (int(cell) for cell in row.split("|")[2:5])
+    row = next(cells for cells in map(str.split, shown.stdout.splitlines())
+               if cells[:1] == [model_id])  # fmt: skip
+    metrics, checkpoint, final = (int(cell) for cell in row[1:4])
     return metrics, checkpoint, final
 
 
