@@ -86,6 +86,30 @@ def fold(outbox: Outbox) -> int:
     return folded
 
 
+def kept_counts(outbox: Outbox) -> dict[str, int]:
+    """What is on disk for the hub, per channel: the outbox and its unconsumed journal.
+
+    A closing session tells the user this, not its memory: what the journal holds past
+    the outbox (the worker was stuck in a request, or the outbox could not be written)
+    is folded in by the next session or ``hubfsm sync``, so it is kept too.
+    """
+    saved = outbox.load()
+    counts = saved.counts()
+    queued = {epoch for epoch, _ in saved.metrics}
+    journaled: set[int] = set()
+    for _, event in events(journal_path(outbox), after=outbox.journal_seq):
+        if isinstance(event, EpochEnded) and event.epoch not in queued:
+            journaled.add(event.epoch)
+        elif isinstance(event, CheckpointOffered):
+            counts["checkpoint"] = 1
+        elif isinstance(event, FinishRequested):
+            # As fold does: the final weights supersede epoch weights still waiting.
+            counts["final"] = 1
+            counts["checkpoint"] = int(any(op.channel == "checkpoint" for op in saved.ops))
+    counts["metrics"] += len(journaled)
+    return counts
+
+
 def _final_snapshot(outbox: Outbox, event: FinishRequested) -> FilePart | None:
     """The final weights of a journaled finish, from its held link or else the file."""
     # The link by its name in this outbox: the journal may hold a path relative to the

@@ -258,10 +258,11 @@ class Driver:
                 raise
             # The final weights cannot be copied into the outbox: ``finish`` still
             # uploads them from the trainer's file, which it waits for, but a later
-            # ``hubfsm sync`` would not have them. The trainer's file, not the held link
-            # ``path`` may be: that link is released once the call is taken in.
+            # ``hubfsm sync`` would not have them.
             if not self.quiet:
                 _say("warning", "final.not_kept", model_id=self.core.model_id, error=str(exc))
+            # The trainer's own file, not a held link: that link goes once the final
+            # slot is written, long before the upload may end.
             return take_file(event.path, name, event.stamp)
 
     # -- the hub's side -------------------------------------------------------------

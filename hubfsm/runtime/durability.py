@@ -20,7 +20,7 @@ from hubfsm.core.events import FileStamp
 from hubfsm.durable.files import describe
 from hubfsm.durable.journal import InboxItem, Journal, journal_unavailable
 from hubfsm.durable.outbox import Outbox, stamp_of
-from hubfsm.durable.recovery import journal_path, recover
+from hubfsm.durable.recovery import journal_path, kept_counts, recover
 from hubfsm.transport import FilePart
 
 #: Opens a model's outbox under a root (the files backend: :meth:`Outbox.open`).
@@ -166,7 +166,7 @@ class Durability:
             self.journal.close()
         if self.outbox is not None:
             try:
-                self.kept = self.outbox.load().counts()
+                self.kept = kept_counts(self.outbox)
             except Exception:  # unreadable now: say nothing rather than a wrong count
                 self.kept = None
             self.outbox.close(remove=remove)

@@ -94,10 +94,10 @@ def report_left(
         where: The outbox directory, if the session kept one.
         log: Where the log line goes.
         tell: Also print a line on stderr.
-        kept: What the outbox holds on disk, if it was read: the count the user is told
-            is kept, so that it never names more than is there.
-        api_root: The hub the session sent to: the printed command names it unless it
-            is the public one, so that it works as printed.
+        kept: What is on disk (the outbox and its journal), if it was read: the count
+            the user is told is kept, so that it never names more than is there.
+        api_root: The session's hub: the printed command names it unless it is the
+            public one, so that it works as printed.
     """
     on_disk = pending if kept is None else kept
     left = describe_pending(on_disk)

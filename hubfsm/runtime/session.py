@@ -24,7 +24,6 @@ from hubfsm.core.events import (
     Start,
 )
 from hubfsm.core.plain import carried
-from hubfsm.durable.journal import queued_epoch
 from hubfsm.durable.outbox import stamp_of
 from hubfsm.durable.records import keep_record, kept_record
 from hubfsm.errors import (
@@ -355,12 +354,6 @@ class Session(SessionViews):
         self._release()
         pending = self.pending()  # final weights the worker never took in are kept too
         kept = None if self._durability is None else self._durability.kept
-        if kept is not None:
-            # Calls the worker never took in are kept too, in the journal, until the
-            # next session, `hubfsm status` or `hubfsm sync` folds them into the outbox.
-            journaled = self._journaled()
-            kept = {kind: n + journaled.get(kind, 0) for kind, n in kept.items()}
-            kept["final"] = min(kept.get("final", 0), 1)
         if any(pending.values()) or (kept is not None and any(kept.values())):
             tell = self._log is log and not self._refusal_noticed
             report_left(
@@ -375,13 +368,6 @@ class Session(SessionViews):
         if raise_refusal and self._core.machine.refused and not self._refusal_raised:
             self._refusal_raised = True
             raise self._refusal_error()
-
-    def _journaled(self) -> dict[str, int]:
-        """What the journal holds of the calls still in the inbox, per channel."""
-        items = [item for item in self._inbox if item[0]]  # seq 0: never journaled
-        epochs = {queued_epoch(item) for item in items} - {None}
-        final = any(len(item) == 2 and isinstance(item[1], FinishRequested) for item in items)
-        return {"metrics": len(epochs), "final": int(final)}
 
     def _notice_refusal(self) -> None:
         """Say once, on stderr, that sending stopped, why, and where the data goes."""

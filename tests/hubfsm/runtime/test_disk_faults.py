@@ -97,10 +97,43 @@ def test_a_failed_outbox_write_is_kept_and_written_first_once_the_disk_has_room(
     assert outbox_epochs(root, model_id) == (list(range(10)), 10)
 
 
-def test_close_counts_what_is_on_disk_and_names_what_could_not_be_written(hub, tmp_path, capsys):
+def test_close_counts_what_is_on_disk_in_the_outbox_and_its_journal(hub, tmp_path, capsys):
     clock = VirtualClock(1000.0)
     root = tmp_path / "ob"
     model_id, s, shell, link = cut_off(hub, clock, root)
+    apply = Switch(s._durability.outbox, "apply")
+    for epoch in range(4):
+        s.log_metrics({"loss": 1.0}, epoch=epoch)
+    shell.run_until(clock() + 1.0)
+    apply.on = True
+    for epoch in range(4, 7):
+        s.log_metrics({"loss": 0.5}, epoch=epoch)
+    s.close(timeout=0.0)
+    # Three epochs did not reach the outbox, but the journal beside it holds them: on
+    # disk, and so kept, not lost.
+    assert s.pending()["metrics"] == 7 and s.kept["metrics"] == 7
+    err = capsys.readouterr().err
+    assert "7 epochs of metrics not on the hub yet; kept in" in err
+    assert "could not be written" not in err
+    assert outbox_epochs(root, model_id)[0] == [0, 1, 2, 3]
+    # The journal still has the other three: the next session takes them back.
+    link.mix = FaultMix()
+    again, shell = inline_session(model_id, transport=link, clock=clock, config=FAST,
+                                  outbox_dir=root)
+    link.mix = FaultMix(connection_error=1.0)
+    again.close(timeout=0.0)
+    assert outbox_epochs(root, model_id)[0] == list(range(7))
+
+
+def test_close_names_what_no_disk_kept_when_there_is_no_journal(hub, tmp_path, capsys):
+    clock = VirtualClock(1000.0)
+    root = tmp_path / "ob"
+    model_id = new_model(hub)
+    link = FaultInjectingTransport(InMemoryTransport(hub, KEY), random.Random(0), FaultMix())
+    s, shell = inline_session(model_id, transport=link, clock=clock, config=FAST,
+                              outbox_dir=root, journal=False)
+    s.start()
+    link.mix = FaultMix(connection_error=1.0)
     apply = Switch(s._durability.outbox, "apply")
     for epoch in range(4):
         s.log_metrics({"loss": 1.0}, epoch=epoch)
@@ -114,13 +147,6 @@ def test_close_counts_what_is_on_disk_and_names_what_could_not_be_written(hub, t
     assert "4 epochs of metrics not on the hub yet; kept in" in err
     assert "3 epochs of metrics could not be written there" in err
     assert outbox_epochs(root, model_id)[0] == [0, 1, 2, 3]
-    # The journal still has the other three: the next session takes them back.
-    link.mix = FaultMix()
-    again, shell = inline_session(model_id, transport=link, clock=clock, config=FAST,
-                                  outbox_dir=root)
-    link.mix = FaultMix(connection_error=1.0)
-    again.close(timeout=0.0)
-    assert outbox_epochs(root, model_id)[0] == list(range(7))
 
 
 def rename_save(path, data):

@@ -1,5 +1,6 @@
 import hashlib
 import io
+import json
 import os
 import random
 
@@ -251,9 +252,10 @@ def test_a_death_inside_finish_leaves_the_final_weights_for_sync_alone(
     root = tmp_path / "ob"
     model_id = killed_in_finish(hub, root, tmp_path / "best.pt", after_apply=after_apply)
     shown = io.StringIO()
-    assert status(root, out=shown) == 0
-    rows = [line.split() for line in shown.getvalue().splitlines()]
-    assert [model_id, "3", "0", "1"] in [row[:4] for row in rows], shown.getvalue()
+    assert status(root, out=shown, as_json=True) == 0
+    (row,) = json.loads(shown.getvalue())["outboxes"]
+    assert row["model_id"] == model_id
+    assert row["pending"] == {"metrics": 3, "checkpoint": 0, "final": 1}, shown.getvalue()
     out = io.StringIO()
     assert sync(root, transport=InMemoryTransport(hub, KEY), out=out) == 0, out.getvalue()
     assert f"model {model_id}: all sent" in out.getvalue()

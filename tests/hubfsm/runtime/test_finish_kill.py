@@ -10,6 +10,7 @@ on the hub with the sha256 of the file handed to ``finish``.
 import hashlib
 import http.client
 import http.server
+import json
 import os
 import re
 import signal
@@ -147,7 +148,7 @@ def kill(proc, sig):
 
 def status_of(outbox):
     return subprocess.run(
-        [sys.executable, "-m", "hubfsm", "status", str(outbox)],
+        [sys.executable, "-m", "hubfsm", "status", "--json", str(outbox)],
         capture_output=True, text=True, timeout=60, env=dict(os.environ),
     )
 
@@ -163,10 +164,9 @@ def sync(local, outbox):
 def pending_of(shown, model_id):
     """The metrics, checkpoint and final columns of a model's row in ``hubfsm status``."""
     assert shown.returncode == 0, shown.stdout + shown.stderr
-    row = next(cells for cells in map(str.split, shown.stdout.splitlines())
-               if cells[:1] == [model_id])  # fmt: skip
-    metrics, checkpoint, final = (int(cell) for cell in row[1:4])
-    return metrics, checkpoint, final
+    (row,) = (r for r in json.loads(shown.stdout)["outboxes"] if r["model_id"] == model_id)
+    pending = row["pending"]
+    return pending["metrics"], pending["checkpoint"], pending["final"]
 
 
 def check_delivered_by_sync_alone(local, model_id, outbox, shown=None):
