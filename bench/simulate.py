@@ -25,7 +25,7 @@ from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 
 from hubfsm.cli.simulate import run_seeds
-from hubfsm.sim.profiles import PROFILES
+from hubfsm.sim.profiles import named
 from hubfsm.sim.world import run_seed
 
 TARGET_S = 60.0
@@ -44,9 +44,9 @@ def bench(seeds: int, epochs: int, jobs: int, profile: str) -> dict[str, object]
     started = time.perf_counter()
     if jobs > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            results = run_seeds(range(seeds), PROFILES[profile], epochs, pool=pool, jobs=jobs)
+            results = run_seeds(range(seeds), named(profile), epochs, pool=pool, jobs=jobs)
     else:
-        results = run_seeds(range(seeds), PROFILES[profile], epochs)
+        results = run_seeds(range(seeds), named(profile), epochs)
     wall = time.perf_counter() - started
     cpu = _cpu_seconds() - cpu
     return {
@@ -63,6 +63,9 @@ def bench(seeds: int, epochs: int, jobs: int, profile: str) -> dict[str, object]
         "load_before": round(load, 2),
         "failing_seeds": sum(1 for r in results if not r.ok),
         "requests": sum(r.requests for r in results),
+        # Machine faults injected (failed writes and snapshots, kills in finish, poison).
+        "faults": sum(r.faults for r in results),
+        "violations": sorted({v.number for r in results for v in r.violations}),
         "target_s": TARGET_S,
     }
 
@@ -107,13 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "met" if float(f["wall_s"]) <= TARGET_S else "MISSED"  # type: ignore[arg-type]
     print(
         "| profile | seeds | epochs | jobs | wall time | seeds/s | CPU time | CPU per seed "
-        "| load before | failing seeds | target |"
+        "| load before | failing seeds | machine faults | target |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(
         f"| {args.profile} | {args.seeds} | {args.epochs} | {args.jobs} | {f['wall_s']} s "
         f"| {f['seeds_per_s']} | {f['cpu_s']} s | {f['cpu_ms_per_seed']} ms | {f['load_before']} "
-        f"| {f['failing_seeds']} | <= {TARGET_S:g} s ({verdict}) |"
+        f"| {f['failing_seeds']} | {f['faults']} | <= {TARGET_S:g} s ({verdict}) |"
     )
     if args.json:
         with open(args.json, "w") as out:

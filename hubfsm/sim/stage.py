@@ -52,6 +52,8 @@ class SimResult:
         trace: The full trace; empty when the run was asked not to keep it and passed.
         error: The class name of the session's error, if it ended with one.
         http: True for a run over real HTTP against a local hub.
+        faults: Machine faults injected (failed writes and snapshots, full-disk writes,
+            kills and terminations inside ``finish()``, poison values and records).
     """
 
     seed: int
@@ -66,6 +68,7 @@ class SimResult:
     wall_seconds: float
     error: str | None = None
     http: bool = False
+    faults: int = 0
 
     @property
     def ok(self) -> bool:
