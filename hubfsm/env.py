@@ -83,3 +83,13 @@ def platform_api_key(environ: Environ | None = None) -> str | None:
 def platform_url(environ: Environ | None = None) -> str | None:
     """``ULTRALYTICS_PLATFORM_URL``, or None."""
     return read(PLATFORM_URL, environ)
+
+
+def s3_region(environ: Environ | None = None) -> str:
+    """The S3 region a team hub's object store is in (``AWS_REGION``, ``AWS_DEFAULT_REGION``)."""
+    return read("AWS_REGION", environ) or read("AWS_DEFAULT_REGION", environ) or "us-east-1"
+
+
+def s3_endpoint(environ: Environ | None = None) -> str | None:
+    """A self-hosted S3 store's address (``AWS_ENDPOINT_URL``), if one is set."""
+    return read("AWS_ENDPOINT_URL", environ)

@@ -14,11 +14,11 @@ or a profile), as for any AWS tool.
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import urllib.parse
 from typing import IO, Any, cast
 
+from hubfsm import env
 from hubfsm.hub.store import Source
 
 #: Bytes per uploaded part (S3 takes 5 MiB to 5 GiB per part, up to 10,000 parts).
@@ -145,8 +145,8 @@ def _client() -> Any:
     from botocore.config import Config
 
     # Path-style addressing for self-hosted stores (an address, not a bucket's DNS name).
-    style = "path" if os.environ.get("AWS_ENDPOINT_URL") else "auto"
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    style = "path" if env.s3_endpoint() else "auto"
+    region = env.s3_region()
     config = Config(
         signature_version="s3v4",
         s3={"addressing_style": style},

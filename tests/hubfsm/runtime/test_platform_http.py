@@ -117,10 +117,13 @@ def test_a_kill_9_mid_run_loses_no_epoch_and_sync_delivers_them_once_in_order(
     env = child_env()
     env["HUB_API_KEY"] = "h" * 42  # a HUB key must not go to the Platform root
     listed = subprocess.run(
-        [sys.executable, "-m", "hubfsm", "status", str(outbox), "--protocol", "platform"],
+        [sys.executable, "-m", "hubfsm", "status", str(outbox), "--protocol", "platform",
+         "--json"],
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
-    assert f"| {model_id} (platform) | 3 | 1 |" in listed.stdout, listed.stdout
+    (row,) = json.loads(listed.stdout)["outboxes"]
+    assert row["model_id"] == model_id and row["protocol"] == "platform", listed.stdout
+    assert row["pending"]["metrics"] == 3 and row["pending"]["checkpoint"] == 1, listed.stdout
     done = subprocess.run(
         [sys.executable, "-m", "hubfsm", "sync", str(outbox), "--protocol", "platform",
          "--hub", platform, "--timeout", "30"],
