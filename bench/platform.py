@@ -37,7 +37,6 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 import types
 from collections.abc import Iterator
@@ -58,13 +57,25 @@ LATENCY = (0.05, 0.15)
 CKPT_MIB = 6  # about a YOLOv8n last.pt
 VARIANTS = ("hubfsm", "official")
 LABELS = {
-    "hubfsm": "hubfsm `Session(protocol=\"platform\")`",
+    "hubfsm": 'hubfsm `Session(protocol="platform")`',
     "official": "ultralytics 8.4.190 Platform callbacks",
 }
 #: Default and ``--full`` sizes.
 SIZES = {
-    False: {"epoch_n": 100, "drain_epochs": 300, "drain_runs": 1, "kill_seeds": 3, "kill_epochs": 30},
-    True: {"epoch_n": 300, "drain_epochs": 300, "drain_runs": 3, "kill_seeds": 8, "kill_epochs": 60},
+    False: {
+        "epoch_n": 100,
+        "drain_epochs": 300,
+        "drain_runs": 1,
+        "kill_seeds": 3,
+        "kill_epochs": 30,
+    },
+    True: {
+        "epoch_n": 300,
+        "drain_epochs": 300,
+        "drain_runs": 3,
+        "kill_seeds": 8,
+        "kill_epochs": 60,
+    },
 }
 PAUSE = 0.05  # seconds of "training" per epoch in the kill part: half the mean latency
 
@@ -183,7 +194,7 @@ def child_drain(variant: str, spec: dict[str, Any]) -> dict[str, Any]:
         official.on_train_end(trainer)
         t_return = time.time()
     # What follows is the interpreter's exit: for the official client, it joins the pool.
-    return {"t_finish": t_finish, "t_return": t_return, "logged": n, "threads": threading.active_count()}
+    return {"t_finish": t_finish, "t_return": t_return, "logged": n}
 
 
 def child_kill(variant: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -332,7 +343,9 @@ def part_drain(root: Path, epochs: int, runs: int, notes: list[str]) -> list[dic
                         "complete_minus_last_end_s": (
                             complete - last_end if complete and last_end else None
                         ),
-                        "ends_after_complete": sum(1 for at, _ in ends if complete and at > complete),
+                        "ends_after_complete": sum(
+                            1 for at, _ in ends if complete and at > complete
+                        ),
                         "missing_at_return": epochs - len(at_return & set(range(epochs))),
                         "missing_at_end": epochs - len(on_hub & set(range(epochs))),
                         "complete": complete is not None,
@@ -436,7 +449,7 @@ def run(*, full: bool = False) -> dict[str, Any]:
     benchkit.make_file(root / "best.pt", CKPT_MIB << 20)
     notes: list[str] = []
     if not (benchkit.installed("ultralytics") and benchkit.installed("ultralytics-platform")):
-        notes.append("ultralytics 8.4.190 and ultralytics-platform are needed for the official rows")
+        notes.append("the official rows need ultralytics 8.4.190 and ultralytics-platform")
     return {
         "sizes": size,
         "latency_s": list(LATENCY),
@@ -454,7 +467,12 @@ def run(*, full: bool = False) -> dict[str, Any]:
 def render(result: dict[str, Any]) -> list[str]:
     """The result as Markdown."""
     f = benchkit.fmt
-    lines = [f"Official client: ultralytics {result['ultralytics']}.", "", "Time on the training thread per epoch (ms):", ""]
+    lines = [
+        f"Official client: ultralytics {result['ultralytics']}.",
+        "",
+        "Time on the training thread per epoch (ms):",
+        "",
+    ]
     lines += benchkit.table(
         ["client", "epochs", "first epoch", "median", "p95", "p99", "median / hubfsm"],
         [
@@ -471,8 +489,12 @@ def render(result: dict[str, Any]) -> list[str]:
         ],
     )
     lo, hi = result["latency_s"]
-    lines += ["", f"The drain: {result['sizes']['drain_epochs']} epochs pending, "
-              f"{lo * 1000:g}-{hi * 1000:g} ms per request:", ""]  # fmt: skip
+    lines += [
+        "",
+        f"The drain: {result['sizes']['drain_epochs']} epochs pending, "
+        f"{lo * 1000:g}-{hi * 1000:g} ms per request:",
+        "",
+    ]
     lines += benchkit.table(
         [
             "client",
@@ -498,8 +520,12 @@ def render(result: dict[str, Any]) -> list[str]:
             for r in result["drain"]
         ],
     )
-    lines += ["", f"kill -9 at a random epoch ({PAUSE * 1000:g} ms of training per epoch, "
-              f"same latency; hubfsm then `hubfsm sync --protocol platform` alone):", ""]  # fmt: skip
+    lines += [
+        "",
+        f"kill -9 at a random epoch ({PAUSE * 1000:g} ms of training per epoch, "
+        f"same latency; hubfsm then `hubfsm sync --protocol platform` alone):",
+        "",
+    ]
     rows = []
     for variant, got in result["kill"].items():
         for r in got:
@@ -514,7 +540,14 @@ def render(result: dict[str, Any]) -> list[str]:
                 ]
             )
     lines += benchkit.table(
-        ["client", "seed", "epochs logged", "on the hub at the kill", "on the hub at the end", "a checkpoint on the hub"],
+        [
+            "client",
+            "seed",
+            "epochs logged",
+            "on the hub at the kill",
+            "on the hub at the end",
+            "a checkpoint on the hub",
+        ],
         rows,
     )
     for note in result["notes"]:
@@ -525,7 +558,9 @@ def render(result: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = benchkit.command_line(__doc__, children=VARIANTS)
     parser.add_argument("--full", action="store_true", help="the larger sizes (longer)")
-    return benchkit.script_main(parser, argv, run=lambda a: run(full=a.full), render=render, child=child)
+    return benchkit.script_main(
+        parser, argv, run=lambda a: run(full=a.full), render=render, child=child
+    )
 
 
 if __name__ == "__main__":
