@@ -395,6 +395,9 @@ def _kill_one(root: Path, hub: Any, variant: str, seed: int, epochs: int) -> dic
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    # Requests the hub had fully received before the kill are still being answered (the
+    # injected latency); they count as delivered, so let them land before counting.
+    time.sleep(LATENCY[1] + 0.5)
     model = _model_of(hub, spec["project"])
     before = {int(r["epoch"]) for r in hub.hub.metrics(model)} if model else set()
     synced = None
