@@ -30,7 +30,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from hubfsm.cli.simulate import run_seeds
 from hubfsm.core.dialect import ProtocolName
-from hubfsm.sim.profiles import PROFILES
+from hubfsm.sim.profiles import named
 from hubfsm.sim.world import run_seed
 
 TARGET_S = 60.0
@@ -49,7 +49,7 @@ def bench(
     load = os.getloadavg()[0]
     cpu = _cpu_seconds()
     started = time.perf_counter()
-    prof = PROFILES[profile]
+    prof = named(profile)
     if jobs > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             results = run_seeds(range(seeds), prof, epochs, pool=pool, jobs=jobs, protocol=protocol)
@@ -72,6 +72,9 @@ def bench(
         "load_before": round(load, 2),
         "failing_seeds": sum(1 for r in results if not r.ok),
         "requests": sum(r.requests for r in results),
+        # Machine faults injected (failed writes and snapshots, kills in finish, poison).
+        "faults": sum(r.faults for r in results),
+        "violations": sorted({v.number for r in results for v in r.violations}),
         "target_s": TARGET_S,
     }
 
@@ -119,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "| protocol | profile | seeds | epochs | jobs | wall time | seeds/s | CPU time "
-        "| CPU per seed | load before | failing seeds | target |"
+        "| CPU per seed | load before | failing seeds | machine faults | target |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
     for protocol in protocols:
         f = bench(args.seeds, args.epochs, args.jobs, args.profile, protocol)
@@ -130,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"| {protocol} | {args.profile} | {args.seeds} | {args.epochs} | {args.jobs} "
             f"| {f['wall_s']} s | {f['seeds_per_s']} | {f['cpu_s']} s | {f['cpu_ms_per_seed']} ms "
-            f"| {f['load_before']} | {f['failing_seeds']} | <= {TARGET_S:g} s ({verdict}) |"
+            f"| {f['load_before']} | {f['failing_seeds']} | {f['faults']} "
+            f"| <= {TARGET_S:g} s ({verdict}) |"
         )
     if args.json:
         with open(args.json, "w") as out:

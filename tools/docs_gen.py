@@ -398,6 +398,14 @@ def simulation_profiles() -> str:
     return describe()
 
 
+def machine_profiles() -> str:
+    """The profiles of machine faults, with the exact rate of every fault."""
+    from hubfsm.sim.profile_table import profile_table
+    from hubfsm.sim.profiles import MACHINE
+
+    return profile_table(MACHINE)
+
+
 # -- the site build -------------------------------------------------------------------
 
 _ROLE = re.compile(r":(?:class|meth|func|data|mod|attr|exc|obj):<code>(~?)([\w.]+)</code>")
@@ -434,6 +442,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "retry waits": retry_waits,
     "retry plot": retry_plot,
     "simulation profiles": simulation_profiles,
+    "machine profiles": machine_profiles,
 }
 
 

@@ -190,6 +190,10 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     print(HEADER, file=out)
     for profile, results, wall in batches:
         print(row(profile.name, results, wall), file=out)
+    faults = {p.name: sum(r.faults for r in results) for p, results, _ in batches}
+    if any(faults.values()):
+        injected = ", ".join(f"{name} {n}" for name, n in faults.items() if n)
+        print(f"\nmachine faults injected: {injected}", file=out)
     for _, results, _ in batches:
         failing = next((r for r in results if not r.ok), None)
         if failing is not None:

@@ -28,13 +28,18 @@ EPS = 1e-6
 #: The number of a violation that is no invariant of the design: the run itself raised.
 CRASH = 0
 
+#: The machine-fault invariant: a failed write loses nothing and leaves nothing behind.
+#: What a process leaves on disk (outbox and journal) holds every event it accepted that
+#: is not on the hub, and no temporary file of a write that failed.
+FAILED_WRITE = 9
+
 
 @attrs.frozen
 class Violation:
     """One broken invariant.
 
     Attributes:
-        number: The invariant's number in the design (1 to 8), or :data:`CRASH`.
+        number: The invariant's number in the design (1 to 9), or :data:`CRASH`.
         time: Seconds since the session started when it was seen.
         message: What was wrong.
     """
@@ -340,6 +345,7 @@ class Checker:
         queued: Iterable[int] = (),
         held: Iterable[int] | None = None,
         reused: int = 0,
+        reported: Iterable[int] = (),
     ) -> None:
         """Invariants 1, 2, 3 and 7, and how the session ended, checked at its end.
 
@@ -362,16 +368,19 @@ class Checker:
             reused: Requests the hub refused because their idempotency key had answered
                 another request: a key stands for one request, so there must be none.
             queued: Epochs accepted from the trainer that the driver has not taken in yet.
+            reported: Epochs lost as the session had said they might be, with the reason
+                (a journal given up on a full disk says what a kill then loses).
         """
         logged_epochs = set(logged)
         hub_epochs = set(on_hub)
         state = core.state
         kept = core.unacknowledged_epochs() | core.rejected_epochs() if held is None else set(held)
-        missing = logged_epochs - hub_epochs - kept - set(queued)
+        lost_as_said = set(reported)
+        missing = logged_epochs - hub_epochs - kept - set(queued) - lost_as_said
         if missing:
             self.violate(1, f"epochs neither on the hub nor held: {sorted(missing)[:10]}")
         # Records the hub refused are kept aside, not undelivered by the session's fault.
-        undelivered = sorted(logged_epochs - hub_epochs - core.rejected_epochs())
+        undelivered = sorted(logged_epochs - hub_epochs - core.rejected_epochs() - lost_as_said)
         if state == "done" and undelivered:
             self.violate(1, f"done, yet epochs not on the hub: {undelivered[:10]}")
         if expect == "done" and state != "done":

@@ -6,6 +6,10 @@ encoding, recovery and file collection) on an in-memory database, and keeps snap
 in a dict; the trainer's journal stays a real memory-mapped file. The disk outlives a
 simulated process, as a real one does, and :meth:`MemoryDisk.dump` writes it out as
 real outboxes when ``hubfsm sync`` is to read them.
+
+With a :class:`~hubfsm.sim.machine.Machine` the disk fails as a real one does: an
+outbox write fails whole (SQLite rolls it back), and a snapshot fails part way through
+its copy into a temporary file, which the outbox must remove.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ import functools
 import hashlib
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from hubfsm.core.changes import Change
 from hubfsm.core.events import FileStamp
 from hubfsm.durable.outbox import (
     DATABASE,
@@ -27,16 +34,30 @@ from hubfsm.durable.outbox import (
 from hubfsm.durable.outbox_db import OutboxDB
 from hubfsm.transport import FilePart
 
+if TYPE_CHECKING:
+    from hubfsm.sim.machine import Machine
+
 _CHUNK = 1 << 20
 
 
 class MemoryDisk:
-    """The outboxes of one simulated machine, kept in memory across its processes."""
+    """The outboxes of one simulated machine, kept in memory across its processes.
 
-    def __init__(self) -> None:
+    Args:
+        machine: The machine faults its writes and snapshots meet, if any.
+        keep_temp: Planted bug: a snapshot that fails leaves its temporary file behind.
+    """
+
+    def __init__(self, machine: Machine | None = None, *, keep_temp: bool = False) -> None:
         self.databases: dict[Path, OutboxDB] = {}
         self.files: dict[str, bytes] = {}
         self.locked: set[Path] = set()
+        self.machine = machine
+        self.keep_temp = keep_temp
+
+    def temporary_files(self) -> list[str]:
+        """Temporary files left in any outbox (a snapshot's copy that never finished)."""
+        return sorted(p for p in self.files if os.path.basename(p).startswith(".incoming"))
 
     def open_outbox(self, model_id: str, root: str | os.PathLike[str] | None) -> Outbox:
         """Open the outbox of ``model_id`` under ``root`` (the factory's outbox opener)."""
@@ -79,10 +100,21 @@ class MemoryOutbox(Outbox):
         self.db = db
         disk.locked.add(directory)
 
+    def apply(self, changes: Sequence[Change], *, journal_seq: int | None = None) -> None:
+        """Write as :meth:`Outbox.apply` does; on a failing disk, fail whole, writing nothing."""
+        machine = self._disk.machine
+        if machine is not None:
+            machine.before_write()
+        super().apply(changes, journal_seq=journal_seq)
+
     def snapshot(
         self, path: str | os.PathLike[str], *, name: str, stamp: FileStamp | None
     ) -> FilePart | None:
-        """Keep the file's bytes as the outbox's snapshot, if it is still what ``stamp`` says."""
+        """Keep the file's bytes as the outbox's snapshot, if it is still what ``stamp`` says.
+
+        On a failing disk the copy into the temporary file stops part way with the
+        disk's error; the partial file is removed (unless the planted bug keeps it).
+        """
         if stamp is not None and stamp_of(path) != stamp:
             return None
         # Plain descriptors and strings: pathlib's objects cost more than reading the file.
@@ -91,6 +123,18 @@ class MemoryOutbox(Outbox):
             data = b"".join(iter(functools.partial(os.read, fd, _CHUNK), b""))
         finally:
             os.close(fd)
+        machine = self._disk.machine
+        if machine is not None:
+            error = machine.snapshot_error()
+            if error is not None:
+                # A fixed name, not the pid: a seed must leave the same trace in any process.
+                tmp = f"{self._files_prefix}.incoming-0"
+                self._disk.files[tmp] = data[: len(data) // 2]
+                if self._disk.keep_temp:
+                    machine.leaked = True  # it holds every byte that was free
+                else:
+                    del self._disk.files[tmp]
+                raise error
         sha = hashlib.sha256(data).hexdigest()
         final = f"{self._files_prefix}{name.split('.')[0]}-{sha[:24]}.pt"
         self._disk.files[final] = data
@@ -104,7 +148,12 @@ class MemoryOutbox(Outbox):
         keep = referenced_files(self.load())
         prefix = f"{self.files}{os.sep}"
         files = self._disk.files
-        for path in [p for p in files if p.startswith(prefix) and p not in keep]:
+        # Temporary files are not snapshots: the outbox collects only what it finished.
+        for path in [
+            p
+            for p in files
+            if p.startswith(prefix) and p not in keep and not p[len(prefix) :].startswith(".")
+        ]:
             del files[path]
 
     def close(self, *, remove: bool = False) -> None:

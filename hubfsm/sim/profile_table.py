@@ -66,8 +66,9 @@ def profile_table(profiles: Mapping[str, Profile]) -> str:
     """``profiles`` as a Markdown table, with the exact rates of every fault."""
     rows = [
         "| profile | rehearses | every request (outside windows) | windows per seed "
-        "| API key | epoch | trainer waits | must end | over `--http` (server side) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| API key | epoch | trainer waits | must end | the machine "
+        "| over `--http` (server side) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in profiles.values():
         key = (
@@ -92,6 +93,7 @@ def profile_table(profiles: Mapping[str, Profile]) -> str:
         rows.append(
             f"| `{p.name}` | {p.summary} | {mix_text(p.faults)} | {_windows_text(p)} | {key} "
             f"| {_span(*p.epoch_seconds)} | {_duration(p.patience)} | {end} "
+            f"| {'none' if p.machine is None else p.machine.text()} "
             f"| {mix_text(p.http_faults)} |"
         )
     rows.append("")
@@ -102,6 +104,8 @@ def profile_table(profiles: Mapping[str, Profile]) -> str:
         "hub, and the revocation removes the key from it. The crash profile's deaths and the "
         "refusing profile's refusals happen on the virtual clock only; over real sockets, "
         "the crash tests kill a real trainer with SIGKILL, and the session tests face "
-        "each refusal."
+        "each refusal. Machine faults (a failing disk, a kill inside `finish()`, values "
+        "JSON cannot carry) happen on the virtual clock only; on a real disk, the full-disk "
+        "tests fill a small tmpfs."
     )
     return "\n".join(rows)

@@ -16,6 +16,7 @@ from typing import Literal
 import attrs
 
 from hubfsm.hub.faults import FaultMix
+from hubfsm.sim.machine import MachineFaults
 
 __all__ = [
     "HOUR",
@@ -155,6 +156,8 @@ class Profile:
         abandon: The chance that, in a profile with crashes, the trainer's last life is
             killed between two of its calls and does not come back: ``hubfsm sync``
             then sends what the outbox and the journal hold.
+        machine: The faults of the machine the trainer runs on (a full disk, I/O
+            errors, a kill inside ``finish()``, values JSON cannot carry); None for none.
     """
 
     name: str
@@ -169,6 +172,7 @@ class Profile:
     crashes: tuple[int, int] = (0, 0)
     refusals: Refusals | None = None
     abandon: float = 0.0
+    machine: MachineFaults | None = None
 
     @property
     def max_latency(self) -> float:

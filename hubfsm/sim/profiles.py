@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from hubfsm.hub.faults import FaultMix
+from hubfsm.sim.machine import MachineFaults
 from hubfsm.sim.profile_table import mix_text, profile_table
 from hubfsm.sim.profile_types import (
     HOUR,
@@ -26,6 +27,7 @@ from hubfsm.sim.profile_types import (
 )
 
 __all__ = [
+    "MACHINE",
     "PLANNED",
     "PROFILES",
     "Expect",
@@ -38,6 +40,7 @@ __all__ = [
     "WindowRule",
     "describe",
     "mix_text",
+    "named",
     "select",
 ]
 
@@ -150,8 +153,73 @@ PROFILES: dict[str, Profile] = {
     )
 }
 
+_LIGHT = FaultMix(server_error=0.10, lost_response=0.05, latency=(0.01, 0.5))
+
+#: The profiles of machine faults (a failing disk, a kill inside finish(), poison values).
+MACHINE: dict[str, Profile] = {
+    profile.name: profile
+    for profile in (
+        Profile(
+            "full-disk",
+            "outbox writes and snapshots fail with ENOSPC or EIO, the disk fills up and is "
+            "freed later, the hub has outages, and the process dies 1–3 times: a failed "
+            "write loses nothing",
+            _LIGHT,
+            # Outages let epochs pile up unsent, so what a failed write drops is missed.
+            windows=(WindowRule("outage", (1, 2), (10 * MINUTE, 60 * MINUTE), _OUTAGE),),
+            crashes=(1, 3),
+            abandon=0.3,
+            http_faults=FaultMix(server_error=0.10, lost_response=0.05),
+            machine=MachineFaults(
+                write_error=0.05,
+                snapshot_error=0.10,
+                full=(1, 2),
+                full_seconds=(60.0, 900.0),
+            ),
+        ),
+        Profile(
+            "finish-kill",
+            "the process is killed (SIGKILL) or terminated (SIGTERM) inside finish() and "
+            "does not come back: hubfsm sync delivers the final weights",
+            _LIGHT,
+            crashes=(0, 1),
+            http_faults=FaultMix(server_error=0.10, lost_response=0.05),
+            machine=MachineFaults(finish_kill=1.0, sigterm=0.3),
+        ),
+        Profile(
+            "poison",
+            "the trainer logs values JSON cannot carry, and a dying process leaves such a "
+            "record in its journal: one bad record never stops the rest",
+            _LIGHT,
+            crashes=(1, 2),
+            abandon=0.3,
+            http_faults=FaultMix(server_error=0.10, lost_response=0.05),
+            machine=MachineFaults(poison=1.0, poison_journal=0.5),
+        ),
+    )
+}
+
+# The machine profiles the client passes run with the others (and in ``all``).
+PROFILES.update({name: MACHINE[name] for name in ("finish-kill", "poison")})
+
 #: Profiles that need parts still being built, with the reason; asking for one says so.
-PLANNED: dict[str, str] = {}
+PLANNED: dict[str, str] = {
+    "full-disk": (
+        "on a full disk a request whose operation the outbox could not write still goes "
+        "out, and a process killed before the write succeeds sends it again under a new "
+        "key (invariant 2); run it from Python with run_seed(seed, "
+        "profile=MACHINE['full-disk'])"
+    ),
+}
+
+
+def named(name: str) -> Profile:
+    """The profile called ``name``, planned machine profiles included.
+
+    Raises:
+        KeyError: No profile has that name.
+    """
+    return PROFILES[name] if name in PROFILES else MACHINE[name]
 
 
 def select(text: str) -> list[Profile]:

@@ -53,6 +53,8 @@ class SimResult:
         error: The class name of the session's error, if it ended with one.
         http: True for a run over real HTTP against a local hub.
         protocol: The dialect the session spoke: ``hub`` or ``platform``.
+        faults: Machine faults injected (failed writes and snapshots, full-disk writes,
+            kills and terminations inside ``finish()``, poison values and records).
     """
 
     seed: int
@@ -68,6 +70,7 @@ class SimResult:
     error: str | None = None
     http: bool = False
     protocol: str = "hub"
+    faults: int = 0
 
     @property
     def ok(self) -> bool:

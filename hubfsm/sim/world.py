@@ -9,6 +9,7 @@ trainer's side and the loop that plays a run, in :mod:`hubfsm.sim.stage`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -24,7 +25,10 @@ import attrs
 from hubfsm.core import protocol
 from hubfsm.core.dialect import PLATFORM, ProtocolName, parse_platform_identifier
 from hubfsm.core.engine import Core, CoreConfig, Limits
+from hubfsm.core.events import EpochEnded, FinishPending, FinishRequested
 from hubfsm.core.identifier import Identifier, parse_identifier
+from hubfsm.durable.journal import Journal, events, queued_epoch
+from hubfsm.durable.recovery import JOURNAL
 from hubfsm.durable.survey import OutboxInfo
 from hubfsm.errors import HubfsmError
 from hubfsm.hub.domain import Hub
@@ -37,10 +41,11 @@ from hubfsm.runtime.settings import Settings
 from hubfsm.runtime.sync import sync
 from hubfsm.sim.bugs import NO_BUGS, Bugs
 from hubfsm.sim.crash import RESTART_SECONDS, Crash, DyingTransport
-from hubfsm.sim.invariants import Checker
+from hubfsm.sim.invariants import FAILED_WRITE, Checker
+from hubfsm.sim.machine import Machine, Terminated, poison_value
 from hubfsm.sim.memdisk import MemoryDisk
 from hubfsm.sim.platform_checks import PlatformChecker, platform_applied
-from hubfsm.sim.profiles import PROFILES, Profile
+from hubfsm.sim.profiles import PROFILES, Expect, Profile, named
 from hubfsm.sim.scheduled import ScheduledFaults
 from hubfsm.sim.stage import (
     EPOCH_ZERO,
@@ -159,7 +164,8 @@ class World(Stage):
             **({"logged": self.logged} if protocol == "platform" else {}),
         )
         self._life_rng = random.Random(rng.getrandbits(64))
-        self.disk = MemoryDisk() if durability == "memory" else None
+        machine_rng = random.Random(rng.getrandbits(64)) if profile.machine else None
+        self.disk = MemoryDisk(keep_temp=bugs.keep_temp) if durability == "memory" else None
         self.transport = FaultInjectingTransport(
             InMemoryTransport(
                 self.hub, self.key, read_file=None if self.disk is None else self.disk.read
@@ -194,6 +200,34 @@ class World(Stage):
             if crash_rng.random() < profile.abandon:
                 self.quit_after = crash_rng.randint(1, max(1, epochs - 1))
             self._restart_rng = crash_rng
+        #: The machine's faults (disk, kills inside finish(), poison values), if any.
+        self.machine: Machine | None = None
+        if profile.machine is not None and machine_rng is not None:
+            plan = profile.machine.draw(
+                machine_rng,
+                start=EPOCH_ZERO,
+                horizon=max(1, epochs) * profile.epoch_seconds[0],
+                epochs=epochs,
+            )
+            self.machine = Machine(
+                profile.machine, plan, machine_rng, self.clock, self.checker.note
+            )
+            self.link = self.machine.transport(self.link)
+            if self.disk is not None:
+                self.disk.machine = self.machine
+        #: True once finish() has taken the final weights (it returned, or died after).
+        self.final_accepted = False
+        #: Epochs of poison records a dying process left in its journal.
+        self.poisoned: set[int] = set()
+        if isinstance(self.checker, PlatformChecker):
+            # A poison record's epoch goes once from recovery and once from the trainer.
+            self.checker.resent = self.poisoned
+        #: Epochs accepted while the session had no journal (it said what is at risk).
+        self.unjournaled: set[int] = set()
+        #: Epochs lost at a death as the session had said they might be.
+        self.reported_lost: set[int] = set()
+        #: finish() took the final weights while the session had no journal.
+        self.final_unjournaled = False
         self.bugs = bugs
         self.root = root
         self.weights = root / "weights"
@@ -233,9 +267,13 @@ class World(Stage):
             at_exit=False,
         )
         rng = None if self.bugs.nonce_from_seed else random.Random(self._life_rng.getrandbits(64))
-        recover = self.bugs.sync_recover if sync else None
+        recover = (self.bugs.sync_recover if sync else None) or self.bugs.recover
         # hubfsm sync reads real outboxes: the simulated disk is written out for it.
         memory = self.disk is not None and not sync
+        machine = self.machine
+        open_journal = None
+        if machine is not None and memory:
+            open_journal = functools.partial(Journal, allocate=machine.allocate)
         parts = build(
             settings,
             transport=self.link,
@@ -248,6 +286,7 @@ class World(Stage):
             driver_factory=self.bugs.driver_factory,
             recover=recover,
             open_outbox=self.disk.open_outbox if memory and self.disk is not None else None,
+            open_journal=open_journal,
             latency=LATENCY,
             quiet=True,
         )
@@ -255,12 +294,16 @@ class World(Stage):
         self.core = parts.core
         assert isinstance(parts.shell, SimRunner)
         self.runner = parts.shell
+        if machine is not None:
+            machine.armed = False  # the disk fails while sessions train, not while they open
         try:
-            session: Session | None = Session.compose(parts)
+            session: Session | None = self.bugs.session_class.compose(parts)
         except HubfsmError:
             session = None
         if parts.core.model_id is not None:
             self.model_id = parts.core.model_id
+        if machine is not None and not sync:
+            machine.armed = True
         return session
 
     def _file(self, path: str, name: str, content: bytes) -> FilePart:
@@ -287,12 +330,6 @@ class World(Stage):
         """The hub as it is now."""
         return self.hub
 
-    def applied(self) -> tuple[dict[int, int], list[tuple[str, int, str]]]:
-        """What the hub applied (for Platform: what it holds, see :func:`platform_applied`)."""
-        if self.protocol == "platform":
-            return platform_applied(self.hub, self.core.model_id or "")
-        return super().applied()
-
     # -- the trainer ----------------------------------------------------------------
 
     def open(self, *, create: bool, timeout: float = 3600.0) -> None:
@@ -318,8 +355,14 @@ class World(Stage):
         draw = rng.random
         metrics = {key: round(draw(), 6) for key in METRIC_KEYS}
         metrics["train/loss"] = round(1.0 / (epoch + 1), 6)
-        session.log_metrics(metrics, epoch=epoch)
+        machine = self.machine
+        if machine is not None and machine.plan.poison_epoch == epoch:
+            self._log_poison(session, epoch, metrics, machine)
+        else:
+            session.log_metrics(metrics, epoch=epoch)
         self.logged.append(epoch)
+        if machine is not None and not self._journaled():
+            self.unjournaled.add(epoch)
         if checkpoint:
             content = f"weights of epoch {epoch} seed {self.seed}".encode()
             part = self._file(f"weights/epoch{epoch}.pt", "last.pt", content)
@@ -330,10 +373,26 @@ class World(Stage):
             self.checker.note("the process is killed between two calls; the trainer gives up")
             raise Crash(f"the process is killed after epoch {epoch}; the trainer gives up")
 
+    def _log_poison(
+        self, session: Session, epoch: int, metrics: dict[str, float], machine: Machine
+    ) -> None:
+        """Log an epoch with a value JSON cannot carry; if refused, log it again without."""
+        kind = machine.plan.poison_kind
+        machine.injected += 1
+        self.checker.note(f"the trainer logs epoch {epoch} with a value JSON cannot carry ({kind})")
+        try:
+            session.log_metrics({**metrics, **poison_value(kind)}, epoch=epoch)
+        except (TypeError, ValueError) as exc:
+            # Refused at the call: the trainer is told, and logs what it can.
+            self.checker.note(f"log_metrics refuses it: {type(exc).__name__}: {exc}")
+            session.log_metrics(metrics, epoch=epoch)
+
     def finish(self, *, timeout: float = 7200.0) -> None:
         """The trainer ends training and waits for the final upload (or its timeout).
 
-        What ``finish`` raises is kept in :attr:`raised`, for a world that checks it.
+        What ``finish`` raises is kept in :attr:`raised`, for a world that checks it. With
+        machine faults the process may be killed inside it, or terminated while it waits;
+        either way the trainer does not come back, and ``hubfsm sync`` sends the rest.
         """
         session = self.session
         assert session is not None
@@ -341,23 +400,179 @@ class World(Stage):
         self.expected_sha = best.sha256
         last = max(len(self.logged) - 1, 0)
         self.finishing = True
+        machine = self.machine
+        term = machine is not None and machine.plan.finish_kill == "sigterm"
+        if machine is not None:
+            machine.arm_finish_kill()
+        self.final_accepted = True
+        self.final_unjournaled = machine is not None and not self._journaled()
         try:
-            session.finish(best.path, epoch=last, map50_95=0.5, timeout=timeout)
+            session.finish(
+                best.path,
+                epoch=last,
+                map50_95=0.5,
+                timeout=machine.plan.term_after if term and machine else timeout,
+            )
         except HubfsmError as exc:
             self.raised = exc
+        except OSError as exc:
+            # The trainer is told the final weights are not kept, and stops there.
+            self.final_accepted = False
+            self.checker.note(f"finish() raises {type(exc).__name__}: {exc}; the trainer stops")
+            self._give_up()
+            raise Crash("the trainer stops: finish() raised") from None
+        except Crash:
+            if machine is not None and machine.killed:
+                self._give_up()  # a kill inside finish(): the trainer does not come back
+            raise
+        if term and machine is not None and self.core.state != "done":
+            machine.injected += 1
+            self.checker.note("SIGTERM while finish() waits: the exit path flushes, then exits")
+            try:
+                session.close()  # the exit hook's flush, within the session's exit timeout
+            except HubfsmError as exc:
+                self.raised = exc
+            self._give_up()
+            raise Terminated("the process is terminated inside finish()")
+
+    def _journaled(self) -> bool:
+        """Whether the session's calls go to its journal (not when its blocks failed)."""
+        parts = self.parts
+        durability = None if parts is None else parts.durability
+        journal = None if durability is None else durability.journal
+        return journal is not None and journal.failed is None
+
+    def _give_up(self) -> None:
+        """The trainer does not come back: what is left is for ``hubfsm sync``."""
+        self.gave_up = True
+        self.deaths = set()
 
     # -- deaths and endings ---------------------------------------------------------
 
     def _die(self) -> None:
         """The process is gone: what it held is released as the kernel would, nothing more."""
         parts = self.parts
+        machine = self.machine
+        if machine is not None and machine.plan.poison_journal and not self.poisoned:
+            self._leave_poison(machine)
         if parts is not None and parts.durability is not None:
             parts.durability.close(remove=False)
+        if machine is not None:
+            self._check_disk("dies")
         # Its memory is gone: what the journal holds is all that is left of its inbox.
         self.runner.inbox.clear()
         self.session = None
         self.checker.restarted()
         self.clock.sleep(self._restart_rng.uniform(*RESTART_SECONDS))
+
+    def _leave_poison(self, machine: Machine) -> None:
+        """The dying process leaves a poison record in its journal (an older version's)."""
+        parts = self.parts
+        journal = None if parts is None or parts.durability is None else parts.durability.journal
+        if journal is None:
+            return
+        epoch = len(self.logged)
+        kind = machine.plan.poison_kind
+        journal.append(EpochEnded(epoch, {"train/loss": 1.0, **poison_value(kind)}))
+        self.poisoned.add(epoch)
+        machine.injected += 1
+        self.checker.note(f"the journal keeps a record of epoch {epoch} JSON cannot carry ({kind})")
+
+    def kept(self) -> tuple[set[int], bool]:
+        """What the run's outbox and journal keep: the epochs, and whether a final.
+
+        Read from the disk, as a new process would find it: the outbox's records and
+        the journal's records newer than the outbox's.
+        """
+        if self.disk is None or self.model_id is None:
+            return set(), False
+        directory = self.outboxes / self.model_id
+        db = self.disk.databases.get(directory)
+        if db is None:
+            return set(), False
+        saved = db.load()
+        epochs = {epoch for epoch, _ in saved.metrics}
+        final = saved.final is not None
+        for op in saved.ops:
+            if op.channel == "metrics":
+                epochs.update(op.payload)
+            final = final or op.channel == "final"
+        for record in saved.rejected:
+            if record.channel == "metrics":
+                epochs.update(record.payload)
+        for _, event in events(directory / JOURNAL, after=db.journal_seq):
+            if isinstance(event, EpochEnded):
+                epochs.add(event.epoch)
+            final = final or isinstance(event, FinishRequested | FinishPending)
+        return epochs, final
+
+    def _check_disk(self, when: str) -> None:
+        """What a process leaves on disk keeps every accepted event, and no temporary file."""
+        assert self.disk is not None
+        left = self.disk.temporary_files()
+        if left:
+            name = os.path.basename(left[0])
+            self.checker.violate(
+                FAILED_WRITE, f"a failed snapshot left its temporary file {name} behind"
+            )
+        kept, final = self.kept()
+        on_hub = self.on_hub()
+        lost = sorted(set(self.logged) - on_hub - kept)
+        # Calls taken without a journal were said to be at risk when it was given up.
+        at_risk = [epoch for epoch in lost if epoch in self.unjournaled]
+        if at_risk:
+            self.reported_lost.update(at_risk)
+            self.checker.note(f"lost as the session said they might be: epochs {at_risk[:10]}")
+        lost = [epoch for epoch in lost if epoch not in self.unjournaled]
+        if lost:
+            self.checker.violate(
+                FAILED_WRITE,
+                f"the process {when}: epochs neither on the hub, in the outbox nor in the "
+                f"journal: {lost[:10]}",
+            )
+        if self.final_unjournaled and not final and not self._final_on_hub():
+            self.checker.note("the final weights are lost, as the session said they might be")
+        elif self.final_accepted and not final and not self._final_on_hub():
+            self.checker.violate(
+                FAILED_WRITE,
+                f"the process {when}: the final weights finish() took are neither on the hub, "
+                "in the outbox nor in the journal",
+            )
+
+    def _final_on_hub(self) -> bool:
+        _, uploads = self.applied()
+        return any(kind == "final" and sha == self.expected_sha for kind, _, sha in uploads)
+
+    def applied(self) -> tuple[dict[int, int], list[tuple[str, int, str]]]:
+        """What the hub applied; an epoch a poison record and the trainer both sent, once.
+
+        For Platform: what the hub holds (see :func:`platform_applied`).
+        """
+        if self.protocol == "platform":
+            return platform_applied(self.hub, self.core.model_id or "")
+        metrics, uploads = super().applied()
+        for epoch in self.poisoned & metrics.keys():
+            metrics[epoch] = 1
+        return metrics, uploads
+
+    def check_end(self, *, expect: Expect | None = None) -> None:
+        """The invariants at the end; with machine faults, also the final weights' fate."""
+        self.check_hub(
+            expect=expect,
+            queued=[e for e in map(queued_epoch, self.runner.inbox) if e is not None],
+            reported=self.reported_lost,
+        )
+        if self.machine is None or not self.final_accepted:
+            return
+        core = self.core
+        if self._final_on_hub() or core.pending()["final"]:
+            return
+        if self.final_unjournaled:
+            self.checker.note("the final weights are lost, as the session said they might be")
+            return
+        self.checker.violate(
+            1, "the final weights finish() took are neither on the hub nor kept in the outbox"
+        )
 
     def restart(self) -> None:
         """The process died and the trainer starts it again."""
@@ -376,6 +591,8 @@ class World(Stage):
     def sync(self) -> None:
         """Run ``hubfsm sync`` over the run's outboxes, in a new simulated process."""
         out = io.StringIO()
+        if self.machine is not None:
+            self.machine.armed = False  # the space is freed by the time the user runs sync
         if self.disk is not None:
             self.disk.dump()
 
@@ -419,7 +636,7 @@ def run_seed(
         protocol: ``hub`` or ``platform``: the dialect the sessions speak.
     """
     started = time.perf_counter()
-    prof = PROFILES[profile] if isinstance(profile, str) else profile
+    prof = named(profile) if isinstance(profile, str) else profile
     planted = bugs if bugs is not None else Bugs()
     if core_factory is not Core:
         planted = attrs.evolve(planted, core_factory=core_factory)
@@ -443,8 +660,14 @@ def run_seed(
             patience=prof.patience,
             expect=prof.expect,
         )
+        faults = 0 if world.machine is None else world.machine.injected
         return result_of(
-            world, epochs=epochs, started=started, keep_trace=keep_trace, protocol=protocol
+            world,
+            epochs=epochs,
+            started=started,
+            keep_trace=keep_trace,
+            faults=faults,
+            protocol=protocol,
         )
 
 

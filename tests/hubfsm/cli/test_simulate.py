@@ -58,6 +58,7 @@ def test_the_summary_does_not_depend_on_the_number_of_processes(capsys):
     assert lines[2].startswith("| profile | seeds | failing seeds | violations |")
     assert [line.split(" | ")[0] for line in lines[4:]] == [
         "| calm", "| flaky", "| hostile", "| partition", "| revoked", "| crash", "| refusing",
+        "| finish-kill", "| poison", "", "machine faults injected: finish-kill 44, poison 79",
     ]  # fmt: skip
     [revoked] = [line for line in lines if line.startswith("| revoked |")]
     assert "| refused (AuthError) 60 |" in revoked
