@@ -282,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         "hubfsm simulate --profile flaky --seed 17 --trace   # replay one seed\n"
         "hubfsm simulate --seed 17 --json > trace.jsonl      # the same, as JSON lines\n"
         "hubfsm simulate --http --profile all                # real HTTP, 5 seeds each\n"
+        "hubfsm simulate --protocol platform --profile all   # the Platform dialect\n"
         "hubfsm simulate --describe                          # the profiles and their rates",
     )
     group = p.add_mutually_exclusive_group()
@@ -306,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--http",
         action="store_true",
         help="run against a local hub over HTTP on loopback, with scaled-down limits",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=("hub", "platform"),
+        default="hub",
+        help="the dialect the sessions speak: hub (HUB v1) or platform (the Ultralytics "
+        "Platform API, with its own invariants too) (default hub)",
     )
     p.add_argument("--describe", action="store_true", help="print the profiles as a Markdown table")
     p.set_defaults(func=cmd_simulate)

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import TextIO
 
+from hubfsm.core.dialect import ProtocolName
 from hubfsm.sim.invariants import render_json, render_text
 from hubfsm.sim.profiles import Profile, describe, select
 from hubfsm.sim.world import SimResult, run_seed
@@ -27,16 +28,18 @@ HTTP_EPOCHS = 8
 #: Trace entries shown before and after the first violation of a failing seed.
 _BEFORE, _AFTER = 25, 5
 
-Task = tuple[int, str, int, bool, bool]
+Task = tuple[int, str, int, bool, bool, ProtocolName]
 
 
 def _one(task: Task) -> SimResult:
-    seed, profile, epochs, http, keep_trace = task
+    seed, profile, epochs, http, keep_trace, protocol = task
     if http:
         from hubfsm.sim.http_world import run_http_seed
 
-        return run_http_seed(seed, profile=profile, epochs=epochs, keep_trace=keep_trace)
-    return run_seed(seed, profile=profile, epochs=epochs, keep_trace=keep_trace)
+        return run_http_seed(
+            seed, profile=profile, epochs=epochs, keep_trace=keep_trace, protocol=protocol
+        )
+    return run_seed(seed, profile=profile, epochs=epochs, keep_trace=keep_trace, protocol=protocol)
 
 
 def run_seeds(
@@ -48,9 +51,10 @@ def run_seeds(
     keep_trace: bool = False,
     pool: Executor | None = None,
     jobs: int = 1,
+    protocol: ProtocolName = "hub",
 ) -> list[SimResult]:
     """Run one profile over ``seeds``, in ``pool`` if given; results in seed order."""
-    tasks = [(seed, profile.name, epochs, http, keep_trace) for seed in seeds]
+    tasks = [(seed, profile.name, epochs, http, keep_trace, protocol) for seed in seeds]
     if pool is None:
         return [_one(task) for task in tasks]
     # Chunks big enough to keep the inter-process traffic low, small enough that no
@@ -149,13 +153,21 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     else:
         seeds = args.seeds if args.seeds is not None else (HTTP_SEEDS if http else DEFAULT_SEEDS)
     tracing = bool(args.trace or args.json)
+    protocol: ProtocolName = "platform" if getattr(args, "protocol", "hub") == "platform" else "hub"
     pool = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else None
     batches: list[tuple[Profile, list[SimResult], float]] = []
     try:
         for profile in profiles:
             started = time.perf_counter()
             results = run_seeds(
-                seeds, profile, epochs, http=http, keep_trace=tracing, pool=pool, jobs=jobs
+                seeds,
+                profile,
+                epochs,
+                http=http,
+                keep_trace=tracing,
+                pool=pool,
+                jobs=jobs,
+                protocol=protocol,
             )
             batches.append((profile, results, time.perf_counter() - started))
     finally:
@@ -172,6 +184,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
                         print(f"  {violation}", file=sys.stderr)
         return 0 if ok else 1
     where = "over HTTP against a local hub" if http else "on a virtual clock"
+    if protocol == "platform":
+        where += ", speaking the Platform dialect"
     print(f"{len(seeds)} seeds x {epochs} epochs per profile, {where}\n", file=out)
     print(HEADER, file=out)
     for profile, results, wall in batches:

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from hubfsm.core.changes import Change, MetricsQueued, Offered, Saved
+from hubfsm.core.dialect import PLATFORM
 from hubfsm.core.engine import Core
 from hubfsm.core.events import CheckpointOffered, EpochEnded, FinishRequested
 from hubfsm.durable.journal import events
@@ -150,3 +151,33 @@ MACHINE_BUGS: dict[str, Bugs] = {
     "finish held in memory": Bugs(session_class=FinishesInMemory),
     "poison stops recovery": Bugs(recover=recover_stopping_on_poison),
 }
+
+
+class CompleteBeforeLastEpoch(Core):
+    """The official Platform client's order: ``training_complete`` does not wait for epochs.
+
+    Its ``on_train_end`` waits only for a checkpoint in flight, while the last
+    ``epoch_end`` may still be on its thread pool. Here the real scheduler runs with its
+    final-upload gate blind to the metrics channel: the final upload (whose last step is
+    ``training_complete``) starts beside epochs not yet acknowledged.
+    """
+
+    def _schedule(self, state: str, now: float) -> None:
+        ops = self._ops
+        if not (state == "final_uploading" and self.dialect is PLATFORM and ops["final"] is None):
+            super()._schedule(state, now)
+            return
+        # Let the metrics be scheduled first, then hide them from the final's gate only.
+        super()._schedule(state, now)
+        held = ops["metrics"], self._unsent, self._solo
+        ops["metrics"], self._unsent, self._solo = None, {}, {}
+        try:
+            super()._schedule(state, now)
+        finally:
+            ops["metrics"] = held[0]
+            self._unsent = {**held[1], **self._unsent}
+            self._solo = {**held[2], **self._solo}
+
+
+#: The Platform-only bug: ``training_complete`` may go before the last epoch is acknowledged.
+COMPLETE_BEFORE_LAST_EPOCH = Bugs(core_factory=CompleteBeforeLastEpoch)

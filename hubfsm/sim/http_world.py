@@ -15,12 +15,18 @@ invariants are checked all the same.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import attrs
+import requests
 
 from hubfsm.core import protocol
+from hubfsm.core.dialect import PLATFORM, ProtocolName, parse_platform_identifier
 from hubfsm.core.engine import Core, CoreConfig, Limits
 from hubfsm.core.retry import ChannelPolicies, RetryPolicy
 from hubfsm.hub.domain import Audit, Hub
@@ -29,11 +35,14 @@ from hubfsm.hub.server import LocalHub
 from hubfsm.runtime.driver import Driver
 from hubfsm.runtime.inline import RealClock, SimRunner
 from hubfsm.sim.invariants import Checker
+from hubfsm.sim.platform_checks import PlatformChecker, platform_applied
 from hubfsm.sim.profiles import PROFILES, Profile, Scenario, Schedule, Window
 from hubfsm.sim.stage import SimResult, Stage, play, result_of
+from hubfsm.sim.world import PLATFORM_PROJECT, platform_model
 from hubfsm.transport import FilePart, Request, Response, Transport
 from transports.http import RequestsTransport
 from transports.memory import InMemoryTransport
+from transports.platform import PlatformTransport
 
 #: The hub's limits, scaled down 100 to 3000 times so a session takes about a second.
 LIMITS = Limits(metrics=0.03, checkpoint=0.3, heartbeat=0.5, park=0.2, checkpoint_grace=0.04)
@@ -49,6 +58,12 @@ POLICIES = ChannelPolicies(
 )
 
 CONFIG = CoreConfig(limits=LIMITS, policies=POLICIES, nonce=protocol.seeded_nonce)
+
+#: The same for the Platform dialect: its limits (no heartbeat on the wire, one epoch as
+#: soon as the one before is acknowledged) with the checkpoint limit scaled down as above.
+PLATFORM_CONFIG = attrs.evolve(
+    CONFIG, limits=attrs.evolve(LIMITS, metrics=0.0, heartbeat=math.inf), protocol="platform"
+)
 
 #: Client timeouts, and how long an injected server-side timeout stalls (a bit longer).
 CONNECT_TIMEOUT = 0.5
@@ -124,10 +139,21 @@ class HttpWorld(Stage):
         profile: The profile; its ``http_faults`` are injected by the server.
         root: A fresh directory for the hub's data and the weight files.
         epochs: The epochs the trainer will run.
+        protocol: ``hub`` or ``platform``: the dialect the session speaks.
     """
 
-    def __init__(self, seed: int, profile: Profile, root: Path, *, epochs: int) -> None:
+    def __init__(
+        self,
+        seed: int,
+        profile: Profile,
+        root: Path,
+        *,
+        epochs: int,
+        protocol: ProtocolName = "hub",
+    ) -> None:
         self.seed = seed
+        self.protocol = protocol
+        platform = protocol == "platform"
         self.profile = profile
         self.rng = rng = random.Random(seed)
         self.clock = clock = RealClock()
@@ -140,35 +166,55 @@ class HttpWorld(Stage):
         self.revoked = False
         self._audits: list[Audit] = []
         self.key = self.local.api_key
+        if platform:
+            # The Platform API takes only ``ul_`` keys: one more key on the same hub.
+            self.key = f"ul_{rng.getrandbits(160):040x}"
+            self.local.hub.ensure_key(self.key, label="simulated trainer")
         self.files = root / "files"
+        self.logged = []
         origin = clock()
-        self.checker = Checker(
+        config = PLATFORM_CONFIG if platform else CONFIG
+        self.checker = (PlatformChecker if platform else Checker)(
             clock,
-            metrics=LIMITS.metrics,
-            checkpoint=LIMITS.checkpoint,
-            heartbeat=LIMITS.heartbeat,
+            metrics=config.limits.metrics,
+            checkpoint=config.limits.checkpoint,
+            heartbeat=config.limits.heartbeat,
             heartbeat_slack=READ_TIMEOUT + mix.latency[1] + _JITTER,
             origin=origin,
             policies=POLICIES,
+            **({"logged": self.logged} if platform else {}),
         )
         self.core = Core(
-            CONFIG, rng=random.Random(rng.getrandbits(64)), on_change=self.checker.changed
+            config, rng=random.Random(rng.getrandbits(64)), on_change=self.checker.changed
         )
         scenario = http_scenario(
             profile, random.Random(rng.getrandbits(64)), start=origin, epochs=epochs
         )
-        http = RequestsTransport(
+        self._session: requests.Session | None = None
+        if platform:
+            # The headers each request really carried: the key must not go with a PUT.
+            self._session = requests.Session()
+            self._session.hooks["response"].append(self._check_put)
+        http = (PlatformTransport if platform else RequestsTransport)(
             self.key,
             api_root=self.local.url,
             connect_timeout=CONNECT_TIMEOUT,
             read_timeout=READ_TIMEOUT,
             progress=False,
+            session=self._session,
         )
         self.transport = _HubControl(self, http, scenario)
         driver = Driver(self.core, self.transport, clock=clock, observer=self.checker, quiet=True)
         self.runner = SimRunner(driver, deadline=origin + HARD_TIMEOUT)
-        self.logged = []
         self.expected_sha = None
+
+    def _check_put(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        """A response hook: a PUT to the signed URL went without the key."""
+        sent = response.request
+        headers = {name.lower() for name in sent.headers}
+        if sent.method == "PUT" and headers & {"authorization", "x-api-key"}:
+            assert isinstance(self.checker, PlatformChecker)
+            self.checker.key_sent_to_upload()
 
     # -- the scenario's levers ------------------------------------------------------
 
@@ -199,7 +245,19 @@ class HttpWorld(Stage):
         where.write_bytes(content)
         return FilePart(name, str(where), len(content), hashlib.sha256(content).hexdigest())
 
+    def open(self, *, create: bool, timeout: float = 3600.0) -> None:
+        """Open the session; a Platform one with ``training_started``."""
+        if self.protocol != "platform":
+            super().open(create=create, timeout=timeout)
+            return
+        identifier = PLATFORM_PROJECT if create else self._existing_model()
+        data = PLATFORM.train_data({"data": "coco8"})
+        self.core.open(parse_platform_identifier(identifier), create=data, now=self.clock())
+        self.runner.run_while(("resolved",), limit=timeout)
+
     def _existing_model(self) -> str:
+        if self.protocol == "platform":
+            return platform_model(InMemoryTransport(self.local.hub, self.key))
         created = InMemoryTransport(self.local.hub, self.key).send(
             protocol.create_model(protocol.create_payload("yolov8n.yaml", {"data": "coco8"}))
         )
@@ -211,6 +269,12 @@ class HttpWorld(Stage):
             self.start_hub()
         return self.local.hub
 
+    def applied(self) -> tuple[dict[int, int], list[tuple[str, int, str]]]:
+        """What the hub applied (for Platform: what it holds, see :func:`platform_applied`)."""
+        if self.protocol == "platform":
+            return platform_applied(self.hub_now(), self.core.model_id or "")
+        return super().applied()
+
     def audits(self) -> list[Audit]:
         """The audit of every life of the hub: a restart starts a fresh one."""
         return [*self._audits, self.hub_now().audit()]
@@ -218,11 +282,18 @@ class HttpWorld(Stage):
     def close(self) -> None:
         """Close the transport and stop the hub."""
         self.transport.close()
+        if self._session is not None:
+            self._session.close()
         self.local.stop()
 
 
 def run_http_seed(
-    seed: int, *, profile: str | Profile = "flaky", epochs: int = 8, keep_trace: bool = True
+    seed: int,
+    *,
+    profile: str | Profile = "flaky",
+    epochs: int = 8,
+    keep_trace: bool = True,
+    protocol: ProtocolName = "hub",
 ) -> SimResult:
     """Run one seed's session over HTTP against a fresh local hub and check the invariants.
 
@@ -231,11 +302,12 @@ def run_http_seed(
         profile: A name from :data:`~hubfsm.sim.profiles.PROFILES`, or a :class:`Profile`.
         epochs: Epochs the trainer runs (each 0.05 to 0.15 s).
         keep_trace: Keep the trace of a run that broke nothing.
+        protocol: ``hub`` or ``platform``: the dialect the session speaks.
     """
     started = time.perf_counter()
     prof = PROFILES[profile] if isinstance(profile, str) else profile
     with tempfile.TemporaryDirectory(prefix="hubfsm-sim-") as tmp:
-        world = HttpWorld(seed, prof, Path(tmp), epochs=epochs)
+        world = HttpWorld(seed, prof, Path(tmp), epochs=epochs, protocol=protocol)
         try:
             play(
                 world,
@@ -246,7 +318,12 @@ def run_http_seed(
                 expect=prof.expect,
             )
             return result_of(
-                world, epochs=epochs, started=started, keep_trace=keep_trace, http=True
+                world,
+                epochs=epochs,
+                started=started,
+                keep_trace=keep_trace,
+                http=True,
+                protocol=protocol,
             )
         finally:
             world.close()

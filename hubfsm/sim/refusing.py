@@ -82,6 +82,15 @@ class RefusingHub(Transport):
         bad_epoch = None if draw.bad_epoch is None else str(draw.bad_epoch)
         if body.get("type") == "metrics" and bad_epoch in body.get("metrics", {}):
             return _refusal(400, f"metrics of epoch {draw.bad_epoch} cannot be read")
+        data = body.get("data")
+        # The Platform dialect's epoch: one per request, its number in the data.
+        if (
+            body.get("event") == "epoch_end"
+            and isinstance(data, dict)
+            and draw.bad_epoch is not None
+            and data.get("epoch") == draw.bad_epoch
+        ):
+            return _refusal(400, f"metrics of epoch {draw.bad_epoch} cannot be read")
         fields = request.fields or {}
         if fields.get("type") == "epoch" and fields.get("epoch") == str(draw.bad_checkpoint):
             return _refusal(422, f"weights of epoch {draw.bad_checkpoint} are not a model")
@@ -158,7 +167,13 @@ class RefusingWorld(World):
         self.check_hub(texts=[str(self.raised or "")], held=self.held())
         draw = self.draw
         wanted = STOP_ERRORS.get(draw.stop)
-        if wanted is None and core.state != "done":
+        # The Platform dialect retries a 409, as the Platform SDK does: it is an outage
+        # that outlasts finish's patience, and everything stays kept for a sync.
+        outage = self.protocol == "platform" and draw.stop == 409
+        if outage:
+            if core.state not in ("done", "resumable"):
+                checker.violate(1, f"a 409 is retried on Platform; the session ended {core.state}")
+        elif wanted is None and core.state != "done":
             checker.violate(1, f"nothing stopped the session, yet it ended {core.state}")
         elif wanted is not None and (core.state != "refused" or type(core.error) is not wanted):
             got = type(core.error).__name__ if core.error else "no error"
@@ -174,7 +189,8 @@ class RefusingWorld(World):
         wrongly = self.rejected_epochs() - {draw.bad_epoch}
         if wrongly:
             checker.violate(1, f"epochs set aside though the hub takes them: {sorted(wrongly)}")
-        if expect is not None and draw.stop in (0, 401, 302) and checker.violations == []:
+        fixable = (0, 401, 302, 409) if outage else (0, 401, 302)
+        if expect is not None and draw.stop in fixable and checker.violations == []:
             self.sync_after_fix()
 
     def sync_after_fix(self) -> None:

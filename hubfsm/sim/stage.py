@@ -52,6 +52,7 @@ class SimResult:
         trace: The full trace; empty when the run was asked not to keep it and passed.
         error: The class name of the session's error, if it ended with one.
         http: True for a run over real HTTP against a local hub.
+        protocol: The dialect the session spoke: ``hub`` or ``platform``.
         faults: Machine faults injected (failed writes and snapshots, full-disk writes,
             kills and terminations inside ``finish()``, poison values and records).
     """
@@ -68,6 +69,7 @@ class SimResult:
     wall_seconds: float
     error: str | None = None
     http: bool = False
+    protocol: str = "hub"
     faults: int = 0
 
     @property
@@ -78,6 +80,8 @@ class SimResult:
     def replay_command(self) -> str:
         """The command that replays this seed with its trace."""
         http = " --http" if self.http else ""
+        if self.protocol != "hub":
+            http += f" --protocol {self.protocol}"
         return (
             f"hubfsm simulate{http} --profile {self.profile} --epochs {self.epochs} "
             f"--seed {self.seed} --trace"

@@ -16,15 +16,17 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import attrs
 
 from hubfsm.core import protocol
+from hubfsm.core.dialect import PLATFORM, ProtocolName, parse_platform_identifier
 from hubfsm.core.engine import Core, CoreConfig, Limits
 from hubfsm.core.events import EpochEnded, FinishPending, FinishRequested
-from hubfsm.core.identifier import parse_identifier
+from hubfsm.core.identifier import Identifier, parse_identifier
 from hubfsm.durable.journal import Journal, events, queued_epoch
 from hubfsm.durable.recovery import JOURNAL
 from hubfsm.durable.survey import OutboxInfo
@@ -42,6 +44,7 @@ from hubfsm.sim.crash import RESTART_SECONDS, Crash, DyingTransport
 from hubfsm.sim.invariants import FAILED_WRITE, Checker
 from hubfsm.sim.machine import Machine, Terminated, poison_value
 from hubfsm.sim.memdisk import MemoryDisk
+from hubfsm.sim.platform_checks import PlatformChecker, platform_applied
 from hubfsm.sim.profiles import PROFILES, Expect, Profile, named
 from hubfsm.sim.scheduled import ScheduledFaults
 from hubfsm.sim.stage import (
@@ -70,6 +73,30 @@ def _token(rng: random.Random, n: int) -> str:
     return "".join(rng.choice(_ALNUM) for _ in range(n))
 
 
+def api_key_for(protocol: ProtocolName, rng: random.Random) -> str:
+    """A fresh API key in the dialect's form: ``ul_`` and 40 hex digits for Platform."""
+    if protocol == "platform":
+        return f"ul_{rng.getrandbits(160):040x}"
+    return _token(rng, 42)
+
+
+#: Where a simulated Platform trainer reports a new run (``project=local/sim``).
+PLATFORM_PROJECT = "local/sim"
+
+
+def sim_config(protocol: ProtocolName, config: CoreConfig | None) -> CoreConfig:
+    """The core's config for a simulated session: the dialect's, idempotency keys seeded."""
+    if protocol == "platform":
+        base = config or CoreConfig(limits=PLATFORM.limits)
+        return attrs.evolve(base, protocol="platform", nonce=protocol_nonce())
+    return attrs.evolve(config or CoreConfig(), nonce=protocol_nonce())
+
+
+def protocol_nonce() -> Callable[[random.Random], str]:
+    """The nonce of a simulated world: it follows the seed."""
+    return protocol.seeded_nonce
+
+
 class World(Stage):
     """One simulated training run: real sessions on a virtual clock, an in-memory hub, faults.
 
@@ -90,6 +117,9 @@ class World(Stage):
         durability: Where outboxes keep their database and snapshots: ``memory`` (the
             outbox's code on an in-memory database, see :mod:`hubfsm.sim.memdisk`) or
             ``files`` (exactly as users run it). The journal is a real file either way.
+        protocol: The dialect the sessions speak: ``hub`` (HUB v1) or ``platform``
+            (the local hub's Platform API, with the dialect's own checks, see
+            :mod:`hubfsm.sim.platform_checks`).
     """
 
     def __init__(
@@ -103,17 +133,27 @@ class World(Stage):
         check_limits: Limits | None = None,
         bugs: Bugs = NO_BUGS,
         durability: Literal["memory", "files"] = "memory",
+        protocol: ProtocolName = "hub",
     ) -> None:
         self.seed = seed
+        self.protocol = protocol
         self.profile = profile
         self.rng = rng = random.Random(seed)
         self.clock = VirtualClock(EPOCH_ZERO)
         # Inside the simulated world even the idempotency keys follow the seed.
-        self.config = config = attrs.evolve(config or CoreConfig(), nonce=protocol.seeded_nonce)
+        self.config = config = sim_config(protocol, config)
         limits = check_limits or config.limits
-        self.key = _token(rng, 42)
-        self.hub = Hub(MemoryStore(), self.clock, seed=rng.getrandbits(32), keys=[self.key])
-        self.checker = Checker(
+        self.key = api_key_for(protocol, rng)
+        # A Platform hub answers absolute upload URLs: the client PUTs the bytes there.
+        self.hub = Hub(
+            MemoryStore(),
+            self.clock,
+            seed=rng.getrandbits(32),
+            keys=[self.key],
+            public_root="http://hub.invalid" if protocol == "platform" else "",
+        )
+        self.logged = []
+        self.checker = (PlatformChecker if protocol == "platform" else Checker)(
             self.clock,
             metrics=limits.metrics,
             checkpoint=limits.checkpoint,
@@ -121,6 +161,7 @@ class World(Stage):
             heartbeat_slack=TIMEOUT + profile.max_latency + 0.1,
             origin=EPOCH_ZERO,
             policies=config.policies,
+            **({"logged": self.logged} if protocol == "platform" else {}),
         )
         self._life_rng = random.Random(rng.getrandbits(64))
         machine_rng = random.Random(rng.getrandbits(64)) if profile.machine else None
@@ -178,6 +219,9 @@ class World(Stage):
         self.final_accepted = False
         #: Epochs of poison records a dying process left in its journal.
         self.poisoned: set[int] = set()
+        if isinstance(self.checker, PlatformChecker):
+            # A poison record's epoch goes once from recovery and once from the trainer.
+            self.checker.resent = self.poisoned
         #: Epochs accepted while the session had no journal (it said what is at risk).
         self.unjournaled: set[int] = set()
         #: Epochs lost at a death as the session had said they might be.
@@ -194,7 +238,6 @@ class World(Stage):
         self.model_id: str | None = None
         self.finishing = False
         self.restarts = 0
-        self.logged = []
         self.expected_sha = None
         #: What the trainer's ``finish`` (or, in the refusing world, ``close``) raised.
         self.raised: HubfsmError | None = None
@@ -209,10 +252,14 @@ class World(Stage):
         Returns:
             The session, or None when opening failed (the core says how).
         """
+        platform = self.protocol == "platform"
         settings = Settings(
-            identifier=parse_identifier(identifier),
+            identifier=parse_platform_identifier(identifier)
+            if platform
+            else parse_identifier(identifier),
             train_args={"data": "coco8"},
             config=self.config,
+            protocol=self.protocol,
             open_timeout=timeout,
             seed=self.seed if self.bugs.nonce_from_seed else None,
             outbox_dir=self.outboxes,
@@ -272,6 +319,8 @@ class World(Stage):
 
     def _existing_model(self) -> str:
         """Create a model on the hub behind the session's back, and return its id."""
+        if self.protocol == "platform":
+            return platform_model(InMemoryTransport(self.hub, self.key))
         created = InMemoryTransport(self.hub, self.key).send(
             protocol.create_model(protocol.create_payload("yolov8n.yaml", {"data": "coco8"}))
         )
@@ -288,7 +337,8 @@ class World(Stage):
         if self.model_id is not None:
             identifier = self.model_id
         else:
-            identifier = "yolov8n.pt" if create else self._existing_model()
+            new = PLATFORM_PROJECT if self.protocol == "platform" else "yolov8n.pt"
+            identifier = new if create else self._existing_model()
         self.session = self.compose(identifier, timeout=timeout)
 
     def start(self) -> None:
@@ -494,7 +544,12 @@ class World(Stage):
         return any(kind == "final" and sha == self.expected_sha for kind, _, sha in uploads)
 
     def applied(self) -> tuple[dict[int, int], list[tuple[str, int, str]]]:
-        """What the hub applied; an epoch a poison record and the trainer both sent, once."""
+        """What the hub applied; an epoch a poison record and the trainer both sent, once.
+
+        For Platform: what the hub holds (see :func:`platform_applied`).
+        """
+        if self.protocol == "platform":
+            return platform_applied(self.hub, self.core.model_id or "")
         metrics, uploads = super().applied()
         for epoch in self.poisoned & metrics.keys():
             metrics[epoch] = 1
@@ -563,6 +618,7 @@ def run_seed(
     bugs: Bugs | None = None,
     durability: Literal["memory", "files"] = "memory",
     keep_trace: bool = True,
+    protocol: ProtocolName = "hub",
 ) -> SimResult:
     """Simulate one training run through real sessions and check the invariants.
 
@@ -577,6 +633,7 @@ def run_seed(
         bugs: Other bugs to plant (see :class:`Bugs`).
         durability: ``memory`` or ``files`` (see :class:`World`).
         keep_trace: Keep the trace of a run that broke nothing (a failing run keeps it).
+        protocol: ``hub`` or ``platform``: the dialect the sessions speak.
     """
     started = time.perf_counter()
     prof = named(profile) if isinstance(profile, str) else profile
@@ -593,6 +650,7 @@ def run_seed(
             check_limits=check_limits,
             bugs=planted,
             durability=durability,
+            protocol=protocol,
         )
         play(
             world,
@@ -604,8 +662,25 @@ def run_seed(
         )
         faults = 0 if world.machine is None else world.machine.injected
         return result_of(
-            world, epochs=epochs, started=started, keep_trace=keep_trace, faults=faults
+            world,
+            epochs=epochs,
+            started=started,
+            keep_trace=keep_trace,
+            faults=faults,
+            protocol=protocol,
         )
+
+
+def platform_model(transport: Transport) -> str:
+    """Open a Platform run behind the session's back, as another trainer would; its id."""
+    opened = transport.send(
+        PLATFORM.training_started(
+            Identifier(project=PLATFORM_PROJECT, run_name="earlier"),
+            PLATFORM.train_data({"data": "coco8"}),
+            key=None,
+        )
+    )
+    return str(opened.body["modelId"])
 
 
 def _world_class(profile: Profile) -> type[World]:

@@ -11,6 +11,7 @@ import pytest
 
 from hubfsm.cli.main import main
 from hubfsm.core.engine import Core
+from hubfsm.sim.profiles import PROFILES
 from hubfsm.sim.world import run_seed
 from hubfsm.transport import Response
 
@@ -119,3 +120,39 @@ def test_the_trace_is_the_same_in_another_interpreter():
         command = [sys.executable, "-m", "hubfsm", "simulate", "--profile", "all", "--seed", "5"]
         outputs.add(subprocess.run([*command, "--json"], env=env, capture_output=True).stdout)
     assert len(outputs) == 1 and outputs.pop().count(b"\n") > 100
+
+
+def test_protocol_platform_runs_every_profile_and_says_so(capsys):
+    status, out, err = simulate(
+        capsys, "--protocol", "platform", "--profile", "all", "--seeds", "0-1", "--epochs", "10"
+    )
+    assert status == 0, out + err
+    assert "speaking the Platform dialect" in out.splitlines()[0]
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "seeds" not in line]
+    assert len(rows) == len(PROFILES)
+    assert all(row.split(" | ")[2:4] == ["0", "0"] for row in rows), rows
+
+
+def test_protocol_platform_traces_only_platform_requests(capsys):
+    status, out, _ = simulate(
+        capsys, "--protocol", "platform", "--profile", "flaky", "--epochs", "5", "--seed", "3",
+        "--trace",
+    )  # fmt: skip
+    assert status == 0
+    sends = [line for line in out.splitlines() if " send #" in line]
+    assert sends and all("/api/webhooks/" in line or " PUT http" in line for line in sends)
+    assert "/v1/" not in out
+
+
+def test_protocol_platform_over_http_runs_one_seed(capsys):
+    status, out, err = simulate(
+        capsys, "--protocol", "platform", "--http", "--profile", "calm", "--seed", "0",
+        "--epochs", "4",
+    )  # fmt: skip
+    assert status == 0, out + err
+    assert "over HTTP against a local hub, speaking the Platform dialect" in out
+
+
+def test_an_unknown_protocol_is_a_usage_error(capsys):
+    status, _, err = simulate(capsys, "--protocol", "grpc")
+    assert status == 2 and "--protocol" in err
