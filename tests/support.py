@@ -51,3 +51,22 @@ def inline_session(
     parts = build(resolved, transport=transport, clock=clock, inline=True)
     assert isinstance(parts.shell, SimRunner)
     return Session.compose(parts), parts.shell
+
+
+def relay(handler: Any, host: str, port: int, body: bytes | None) -> None:
+    """Forward the request a test proxy's ``handler`` read to ``host:port``, and its answer back."""
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    headers = {k: v for k, v in handler.headers.items() if k.lower() not in ("host", "connection")}
+    conn.request(handler.command, handler.path, body=body, headers=headers)
+    reply = conn.getresponse()
+    data = reply.read()
+    handler.send_response(reply.status)
+    for k, v in reply.getheaders():
+        if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+            handler.send_header(k, v)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+    conn.close()

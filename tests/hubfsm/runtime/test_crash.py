@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hubfsm.hub.server import LocalHub
-from tests.support import new_model
+from tests.support import new_model, relay
 
 HERE = Path(__file__).parent
 TRAINER = HERE / "crash_trainer.py"
@@ -150,7 +150,6 @@ class StallingProxy:
     """
 
     def __init__(self, upstream, marker, *, hold=True):
-        import http.client
         import http.server
         import threading
         from urllib.parse import urlsplit
@@ -183,20 +182,7 @@ class StallingProxy:
                     proxy.release.wait(30)
                     self.close_connection = True
                     return
-                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("host", "connection")}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                reply = conn.getresponse()
-                data = reply.read()
-                self.send_response(reply.status)
-                for k, v in reply.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                conn.close()
+                relay(self, str(target.hostname), int(target.port or 80), body)
 
             do_GET = do_POST = _forward
 

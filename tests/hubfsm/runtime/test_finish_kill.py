@@ -8,7 +8,6 @@ on the hub with the sha256 of the file handed to ``finish``.
 """
 
 import hashlib
-import http.client
 import http.server
 import json
 import os
@@ -26,7 +25,7 @@ from hubfsm.core.events import FinishRequested
 from hubfsm.durable.journal import events
 from hubfsm.hub.server import LocalHub
 
-from tests.support import new_model
+from tests.support import new_model, relay
 
 HERE = Path(__file__).parent
 TRAINER = HERE / "crash_trainer.py"
@@ -69,20 +68,7 @@ class HoldingProxy:
                     proxy.release.wait(60)
                     self.close_connection = True
                     return
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("host", "connection")}
-                conn.request(self.command, self.path, body=body or None, headers=headers)
-                reply = conn.getresponse()
-                data = reply.read()
-                self.send_response(reply.status)
-                for k, v in reply.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                conn.close()
+                relay(self, "127.0.0.1", port, body or None)
 
             do_GET = do_POST = _forward
 
