@@ -106,6 +106,8 @@ class HubApp:
         spool_dir: Where uploads are received (the data directory, so a large file is not
             written to a small temporary file system); the system's temporary directory
             when None.
+        access: Who may see the pages (see :class:`~hubfsm.hub.web.PageAccess`); loopback
+            browsers only, without a sign-in, when None.
     """
 
     def __init__(
@@ -119,8 +121,10 @@ class HubApp:
         sleep: Callable[[float], None] = time.sleep,
         limits: BodyLimits | None = None,
         spool_dir: Path | None = None,
+        access: web.PageAccess | None = None,
     ) -> None:
         self.hub = hub
+        self.access = access
         self.faults = faults
         self.limiter = RateLimiter(rate_limit) if rate_limit else None
         self.hang = hang
@@ -143,7 +147,7 @@ class HubApp:
             elif path.startswith("/uploads/") and request.method == "PUT":
                 response = self._put_upload(request, environ)
             else:
-                response = web.serve(self.hub, request, environ)
+                response = web.serve(self.hub, request, environ, self.access)
         except HTTPException as error:
             response = _json(fail(error.code or 400, error.description or error.name))
         except Exception as error:  # noqa: BLE001 - the server must answer, whatever broke
