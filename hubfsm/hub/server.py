@@ -206,6 +206,8 @@ class LocalHub:
             loopback address, False keeps the pages to loopback browsers without a sign-in.
         tls_cert: A PEM certificate (chain) file: the hub speaks HTTPS (with ``tls_key``).
         tls_key: The certificate's PEM private key file.
+        audit: Keep :meth:`Hub.audit`'s notes of what was applied (tests and simulations
+            read them; ``hubfsm hub serve`` turns them off, as they grow without bound).
     """
 
     def __init__(
@@ -230,7 +232,9 @@ class LocalHub:
         sign_in: bool | None = None,
         tls_cert: str | os.PathLike[str] | None = None,
         tls_key: str | os.PathLike[str] | None = None,
+        audit: bool = True,
     ) -> None:
+        self.audit = audit
         if (database is None) != (objects is None):
             raise ValueError("a database and an object store go together (--database, --objects)")
         if (tls_cert is None) != (tls_key is None):
@@ -336,6 +340,7 @@ class LocalHub:
         self.port = int(server.bind_addr[1])
         hub.public_root = self.url
         hub.heartbeat_interval = self.heartbeat_interval
+        hub.audits = self.audit
         self._hub, self._server = hub, server
         self._thread = threading.Thread(target=server.serve, name="local-hub", daemon=True)
         self._thread.start()
@@ -480,6 +485,7 @@ def serve(
         "sign_in": sign_in,
         "tls_cert": tls_cert,
         "tls_key": tls_key,
+        "audit": False,  # a served hub's notes would grow with every request
     }
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
     existed = folder.exists()

@@ -158,6 +158,14 @@ class Store(Protocol):
     def list_models(self) -> list[ModelRecord]:
         """Every model, oldest first."""
 
+    def page_models(
+        self, limit: int, before: tuple[float, str] | None = None, owner: str | None = None
+    ) -> list[ModelRecord]:
+        """Up to ``limit`` models, newest first, older than ``before`` (``created_at``, id).
+
+        With ``owner``, only the models of that key (the pages of a signed-in member).
+        """
+
     def put_metrics(self, model_id: str, metrics: Mapping[int, str]) -> None:
         """Insert or replace the JSON-encoded metrics of each epoch."""
 

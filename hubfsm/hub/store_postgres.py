@@ -239,18 +239,28 @@ class PostgresStore:
         rows = self._rows("SELECT record FROM models ORDER BY created_at, id")
         return [_record(str(row[0])) for row in rows]
 
-    def page_models(self, limit: int, before: tuple[float, str] | None = None) -> list[ModelRecord]:
-        """Up to ``limit`` models, newest first, older than ``before`` (``created_at``, id)."""
-        if before is None:
-            rows = self._rows(
-                "SELECT record FROM models ORDER BY created_at DESC, id DESC LIMIT %s", (limit,)
-            )
-        else:
-            rows = self._rows(
-                "SELECT record FROM models WHERE (created_at, id) < (%s, %s) "
-                "ORDER BY created_at DESC, id DESC LIMIT %s",
-                (before[0], before[1], limit),
-            )
+    def page_models(
+        self, limit: int, before: tuple[float, str] | None = None, owner: str | None = None
+    ) -> list[ModelRecord]:
+        """Up to ``limit`` models, newest first, older than ``before``; only ``owner``'s if given.
+
+        Walks the ``(created_at, id)`` index from ``before`` and stops after ``limit``
+        rows, so a page costs the same however many models the hub holds.
+        """
+        where: list[str] = []
+        params: list[object] = []
+        if before is not None:
+            where.append("(created_at, id) < (%s, %s)")
+            params += [before[0], before[1]]
+        if owner is not None:
+            where.append("(record::jsonb ->> 'owner') = %s")
+            params.append(owner)
+        # Only the fixed clauses above are joined in; every value is a parameter.
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = self._rows(
+            f"SELECT record FROM models {clause}ORDER BY created_at DESC, id DESC LIMIT %s",
+            (*params, limit),
+        )
         return [_record(str(row[0])) for row in rows]
 
     def put_metrics(self, model_id: str, metrics: Mapping[int, str]) -> None:

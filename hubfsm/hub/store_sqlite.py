@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS console (
     content TEXT NOT NULL, PRIMARY KEY (model_id, chunk_id));
 CREATE TABLE IF NOT EXISTS keys (
     digest TEXT PRIMARY KEY, created_at REAL NOT NULL, record TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS models_created ON models (created_at, id);
 """
 
 
@@ -137,6 +138,26 @@ class SqliteStore:
     def list_models(self) -> list[ModelRecord]:
         """Every model, oldest first."""
         rows = self._read("SELECT record FROM models ORDER BY created_at, id", ())
+        return [_record(str(row[0])) for row in rows]
+
+    def page_models(
+        self, limit: int, before: tuple[float, str] | None = None, owner: str | None = None
+    ) -> list[ModelRecord]:
+        """Up to ``limit`` models, newest first, older than ``before``, of ``owner`` if given."""
+        where: list[str] = []
+        params: list[object] = []
+        if before is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params += [before[0], before[0], before[1]]
+        if owner is not None:
+            where.append("json_extract(record, '$.owner') = ?")
+            params.append(owner)
+        # Only the fixed clauses above are joined in; every value is a parameter.
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = self._read(
+            f"SELECT record FROM models {clause}ORDER BY created_at DESC, id DESC LIMIT ?",
+            (*params, limit),
+        )
         return [_record(str(row[0])) for row in rows]
 
     def put_metrics(self, model_id: str, metrics: Mapping[int, str]) -> None:

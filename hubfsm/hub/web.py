@@ -32,6 +32,8 @@ _LOOPBACK = ("127.", "::1", "::ffff:127.")
 #: of the check: a rebinding page cannot choose the name, and a tunnel may change the port).
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _KINDS: tuple[WeightsKind, ...] = ("last", "best")
+#: Runs on one page (and in one ``runs.json``); ``?after=<id>`` asks for the next.
+PAGE_SIZE = 100
 #: Seconds an object store's presigned link stays valid: it is followed at once (the
 #: hub's own signed URL, checked before, is what lasts).
 LINK_TTL = 300.0
@@ -79,12 +81,15 @@ def serve(
             return _redirect("/")
         viewer = session.LOOPBACK_VIEWER
     if parts == [""]:
-        text = page.render_index(runs(hub, viewer), hub.clock(), hub.public_root)
-        return _html(text, bar=_bar(viewer, access))
+        rows, following = runs(hub, viewer, request.args.get("after"))
+        text = page.render_index(rows, hub.clock(), hub.public_root)
+        return _html(text, bar=_bar(viewer, access), more=_next_link(following))
     if parts == ["favicon.ico"]:
         return Response(status=204)
     if parts == ["runs.json"]:
-        return _json({"now": hub.clock(), "runs": runs(hub, viewer)})
+        rows, following = runs(hub, viewer, request.args.get("after"))
+        later = None if following is None else f"/runs.json?after={following}"
+        return _json({"now": hub.clock(), "runs": rows, "next": later})
     if len(parts) == 2 and parts[0] == "static" and parts[1] in _STATIC:
         return _static(parts[1])
     if len(parts) < 2 or parts[0] != "models" or not is_model_id(parts[1]):
@@ -215,14 +220,38 @@ def host_allowed(host: str | None, public_root: str) -> bool:
     return own is not None and name == own.rstrip(".")
 
 
-def runs(hub: Hub, viewer: session.Viewer = session.LOOPBACK_VIEWER) -> list[dict[str, Any]]:
-    """Every model the viewer sees, with its progress and best metric, newest first."""
+def runs(
+    hub: Hub,
+    viewer: session.Viewer = session.LOOPBACK_VIEWER,
+    after: str | None = None,
+    limit: int | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of the models the viewer sees, newest first, with progress and best metric.
+
+    Args:
+        hub: The hub.
+        viewer: Whose models; an admin (or the loopback user) sees all.
+        after: The id of the last model of the page before (``?after=``); the first page
+            when None, unknown or not the viewer's.
+        limit: Models per page; :data:`PAGE_SIZE` when None.
+
+    Returns:
+        The page's rows and the id to ask the next page after (None on the last page).
+    """
+    limit = limit if limit is not None else PAGE_SIZE
+    owner = None if viewer.admin else viewer.key_id or ""
+    before = None
+    if after is not None and is_model_id(after):
+        last = hub.store.get_model(after)
+        if last is not None and viewer.sees(last.owner):
+            before = (last.created_at, last.id)
+    # One more than shown: whether a next page exists costs no second query.
+    found = hub.store.page_models(limit + 1, before, owner)
     out = []
-    stored = hub.store.list_models()
-    for record in (hub.view(each) for each in reversed(stored) if viewer.sees(each.owner)):
+    for record in (hub.view(each) for each in found[:limit]):
         summary = page.summarize(record, hub.metrics(record["id"]), hub.clock(), _stall(hub))
         out.append({"record": record, "summary": summary})
-    return out
+    return out, found[limit - 1].id if len(found) > limit else None
 
 
 def model_data(hub: Hub, model_id: str) -> dict[str, Any] | None:
@@ -345,10 +374,19 @@ def _static(name: str) -> Response:
     return response
 
 
-def _html(text: str, status: int = 200, bar: str = "") -> Response:
+def _next_link(following: str | None) -> str:
+    if following is None:
+        return ""
+    return f'<nav class="more"><a rel="next" href="/?after={following}">Older runs</a></nav>'
+
+
+def _html(text: str, status: int = 200, bar: str = "", more: str = "") -> Response:
+    # The session bar and the next page's link belong to the request, not to the page:
+    # added after rendering.
     if bar:
-        # The session bar belongs to the session, not to the page: added after rendering.
         text = text.replace("<body>", f"<body>{bar}", 1)
+    if more:
+        text = text.replace("</main>", f"{more}</main>", 1)
     # Text from old data may hold lone surrogates: shown escaped, never a 500.
     data = text.encode("utf-8", "backslashreplace")
     return Response(data, status=status, mimetype="text/html")
