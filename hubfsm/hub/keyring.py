@@ -88,8 +88,13 @@ class KeyAdmin:
             if not target or target[0].revoked_at is not None:
                 raise ValueError(f"no valid key with the id {to_id}")
             moved = 0
-            for record in self.store.list_models():
-                if record.owner == from_id:
+            for listed in self.store.list_models():
+                if listed.owner != from_id:
+                    continue
+                # Read again, row-locked where the store locks rows: a trainer's update
+                # committed since the listing is kept, not overwritten by the listed copy.
+                record = self.store.get_model(listed.id)
+                if record is not None and record.owner == from_id:
                     self.store.put_model(attrs.evolve(record, owner=to_id))
                     moved += 1
         return moved

@@ -187,6 +187,11 @@ class Store(Protocol):
     def open_weights(self, model_id: str, kind: WeightsKind) -> bytes | IO[bytes] | None:
         """The model's ``kind`` file: bytes, or an open stream the caller closes; or None."""
 
+    def read_weights(
+        self, model_id: str, kind: WeightsKind
+    ) -> tuple[WeightsInfo, bytes | IO[bytes]] | None:
+        """The ``kind`` file's digest and content, of one and the same upload; or None."""
+
     def put_console(self, model_id: str, chunk_id: int, lines: int, text: str) -> bool:
         """Keep one chunk of a run's console output; False if that chunk is already kept."""
 

@@ -103,6 +103,12 @@ class MemoryStore:
         entry = self._weights.get((model_id, kind))
         return None if entry is None else entry[1]
 
+    def read_weights(
+        self, model_id: str, kind: WeightsKind
+    ) -> tuple[WeightsInfo, bytes | IO[bytes]] | None:
+        """The ``kind`` file's digest and bytes (one entry: always the same upload's)."""
+        return self._weights.get((model_id, kind))
+
     def put_console(self, model_id: str, chunk_id: int, lines: int, text: str) -> bool:
         """Keep a console chunk unless one with that id is kept already."""
         chunks = self._console.setdefault(model_id, {})

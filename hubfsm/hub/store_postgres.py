@@ -41,6 +41,10 @@ from hubfsm.hub.store_sqlite import _record
 #: from the reply; a replay later than that is applied again.
 REPLY_RETENTION = 30 * 86400.0
 
+#: Row reads of a weight file's pointer before giving up on an object deleted under it
+#: (each retry follows a replacement committed in between: a few are plenty).
+_READ_TRIES = 5
+
 #: Prune expired replies once in this many stored replies (per process).
 _PRUNE_EVERY = 1000
 
@@ -336,6 +340,23 @@ class PostgresStore:
         """A stream of the model's ``kind`` file from the object store, or None."""
         row = self._weights_row(model_id, kind)
         return None if row is None else self.objects.open(str(row[2]))
+
+    def read_weights(
+        self, model_id: str, kind: WeightsKind
+    ) -> tuple[WeightsInfo, bytes | IO[bytes]] | None:
+        """The ``kind`` file's digest and a stream of its object, both from one row read.
+
+        Another process may swap the pointer and delete the old object between the row
+        read and the object's opening; the row is then read again (the newer file's).
+        """
+        for _ in range(_READ_TRIES):
+            row = self._weights_row(model_id, kind)
+            if row is None:
+                return None
+            content = self.objects.open(str(row[2]))
+            if content is not None:
+                return WeightsInfo(str(row[0]), int(row[1])), content
+        return None
 
     def weights_link(
         self, model_id: str, kind: WeightsKind, ttl: float, name: str

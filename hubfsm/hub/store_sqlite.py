@@ -238,6 +238,21 @@ class SqliteStore:
             except FileNotFoundError:
                 return None
 
+    def read_weights(
+        self, model_id: str, kind: WeightsKind
+    ) -> tuple[WeightsInfo, bytes | IO[bytes]] | None:
+        """The ``kind`` file's digest and an open stream of it, read under one lock.
+
+        A commit renames the new file into place under the same lock, so the row and the
+        file opened belong to one upload (an open file keeps its content after a rename).
+        """
+        with self._lock:
+            info = self.weights_info(model_id, kind)
+            content = None if info is None else self.open_weights(model_id, kind)
+        if info is None or content is None:
+            return None
+        return info, content
+
     def put_console(self, model_id: str, chunk_id: int, lines: int, text: str) -> bool:
         """Keep a console chunk unless one with that id is kept already."""
         cursor = self._write(

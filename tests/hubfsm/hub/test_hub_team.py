@@ -358,3 +358,77 @@ def test_an_unreachable_database_is_an_error_without_the_password(tmp_path: Path
     assert done.returncode == 2
     assert b"cannot use the database" in done.stderr
     assert b"sekrit" not in done.stderr + done.stdout
+
+
+def test_a_download_reads_digest_and_object_of_one_upload_while_another_replaces_it(
+    team_hub: LocalHub,
+) -> None:
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    store = team_hub.hub.store
+    assert isinstance(store, PostgresStore)
+    model = "r" * 20
+    store.commit_weights(model, "last", store.stage_weights(b"old weights"))
+    objects = store.objects
+    real_open = objects.open
+    replaced: list[str] = []
+
+    def open_after_a_replacement(key: str) -> object:
+        # Another process's upload lands between the pointer's read and the object's
+        # opening: the object read is deleted once that swap committed.
+        if not replaced:
+            replaced.append(key)
+            store.commit_weights(model, "last", store.stage_weights(b"new weights"))
+        return real_open(key)
+
+    objects.open = open_after_a_replacement  # type: ignore[method-assign]
+    try:
+        found = team_hub.hub.weights(model, "last")
+    finally:
+        objects.open = real_open  # type: ignore[method-assign]
+    assert found is not None and replaced
+    info, content = found
+    assert not isinstance(content, bytes)
+    with content:
+        data = content.read()
+    assert data == b"new weights"
+    assert info.sha256 == hashlib.sha256(data).hexdigest() and info.size == len(data)
+
+
+def test_a_key_transfer_keeps_a_trainers_update_made_while_it_ran(
+    team_hub: LocalHub, team: tuple[str, str]
+) -> None:
+    import psycopg
+
+    hub = team_hub.hub
+    old, new = hub.add_key("Ol" * 21, label="old"), hub.add_key("Nw" * 21, label="new")
+    model = _create(team_hub.url, "Ol" * 21)["data"]["id"]
+    assert isinstance(model, str)
+    # A trainer's request holds the model's row and is about to write its progress.
+    with psycopg.connect(team[0]) as trainer:
+        (text,) = trainer.execute(
+            "SELECT record FROM models WHERE id = %s FOR UPDATE", (model,)
+        ).fetchone() or ("",)
+        moved: list[int] = []
+        thread = threading.Thread(target=lambda: moved.append(hub.transfer(old.id, new.id)))
+        thread.start()
+        # The transfer waits for the row (seen from the server: a backend waits on a lock).
+        for _ in range(600):
+            waiting = trainer.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            ).fetchone()
+            if waiting is not None and waiting[0] > 0:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the transfer never waited for the model's row")
+        record = json.loads(str(text))
+        record["metrics_epoch"] = 7
+        trainer.execute(
+            "UPDATE models SET record = %s WHERE id = %s", (json.dumps(record), model)
+        )
+        trainer.commit()
+        thread.join(30)
+    assert moved == [1]
+    stored = hub.store.get_model(model)
+    assert stored is not None and stored.owner == new.id and stored.metrics_epoch == 7
