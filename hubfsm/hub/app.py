@@ -60,28 +60,50 @@ def _digest(key: str | None) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
-class RateLimiter:
-    """A token bucket per client: ``rate`` requests per second, bursts up to ``max(1, rate)``."""
+#: Spends a token of a client's bucket kept elsewhere (a database every process shares):
+#: ``(who, rate, capacity) -> (spent, tokens left)``.
+SharedBuckets = Callable[[str, float, float], tuple[bool, float]]
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+
+class RateLimiter:
+    """A token bucket per client: ``rate`` requests per second, bursts up to ``max(1, rate)``.
+
+    Args:
+        rate: Requests per second per client.
+        clock: Seconds now (for the buckets kept in this process).
+        shared: Keeps the buckets where every process of the hub counts into them (see
+            :meth:`~hubfsm.hub.store_postgres.PostgresStore.take_token`); in this process
+            when None.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        shared: SharedBuckets | None = None,
+    ) -> None:
         if rate <= 0:
             raise ValueError("rate limit must be positive")
         self.rate = rate
         self.capacity = max(1.0, rate)
         self._clock = clock
+        self._shared = shared
         self._lock = threading.Lock()
         self._buckets: dict[str, tuple[float, float]] = {}
 
     def take(self, who: str) -> tuple[bool, dict[str, str]]:
         """Spend one token of ``who``: (allowed, the ``X-RateLimit-*``/``Retry-After`` headers)."""
-        with self._lock:
-            now = self._clock()
-            tokens, last = self._buckets.get(who, (self.capacity, now))
-            tokens = min(self.capacity, tokens + (now - last) * self.rate)
-            allowed = tokens >= 1.0
-            if allowed:
-                tokens -= 1.0
-            self._buckets[who] = (tokens, now)
+        if self._shared is not None:
+            allowed, tokens = self._shared(who, self.rate, self.capacity)
+        else:
+            with self._lock:
+                now = self._clock()
+                tokens, last = self._buckets.get(who, (self.capacity, now))
+                tokens = min(self.capacity, tokens + (now - last) * self.rate)
+                allowed = tokens >= 1.0
+                if allowed:
+                    tokens -= 1.0
+                self._buckets[who] = (tokens, now)
         headers = {
             "X-RateLimit-Limit": str(int(self.capacity)),
             "X-RateLimit-Remaining": str(int(tokens)),
@@ -108,6 +130,8 @@ class HubApp:
             when None.
         access: Who may see the pages (see :class:`~hubfsm.hub.web.PageAccess`); loopback
             browsers only, without a sign-in, when None.
+        shared_buckets: Count the rate limit where every process of the hub sees it; in
+            this process when None.
     """
 
     def __init__(
@@ -122,11 +146,12 @@ class HubApp:
         limits: BodyLimits | None = None,
         spool_dir: Path | None = None,
         access: web.PageAccess | None = None,
+        shared_buckets: SharedBuckets | None = None,
     ) -> None:
         self.hub = hub
         self.access = access
         self.faults = faults
-        self.limiter = RateLimiter(rate_limit) if rate_limit else None
+        self.limiter = RateLimiter(rate_limit, shared=shared_buckets) if rate_limit else None
         self.hang = hang
         self.limits = limits if limits is not None else BodyLimits()
         self.spool_dir = spool_dir

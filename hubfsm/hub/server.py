@@ -308,6 +308,8 @@ class LocalHub:
                 limits=self.limits,
                 spool_dir=spool,
                 access=PageAccess(Sessions(secret, time.time), self.sign_in),
+                # Several processes share a database: the limit is counted there.
+                shared_buckets=getattr(store, "take_token", None),
             )
             server = _Server(
                 (self.host, self.port),

@@ -75,6 +75,13 @@ MIGRATIONS: tuple[str, ...] = (
         model_id TEXT NOT NULL, chunk_id INTEGER NOT NULL, lines INTEGER NOT NULL,
         content TEXT NOT NULL, PRIMARY KEY (model_id, chunk_id));
     """,
+    # The rate limit's token buckets, one per key digest, shared by every process
+    # (unlogged: a crash may forget them, which only refills every bucket).
+    """
+    CREATE UNLOGGED TABLE rate_buckets (
+        who TEXT PRIMARY KEY, tokens DOUBLE PRECISION NOT NULL,
+        at DOUBLE PRECISION NOT NULL, spent BOOLEAN NOT NULL);
+    """,
 )
 
 # Any constant: the lock that serialises migrations of one database.
@@ -174,7 +181,9 @@ class PostgresStore:
     def _in_transaction(self) -> bool:
         return getattr(self._local, "conn", None) is not None
 
-    def _rows(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+    def _rows(
+        self, sql: str, params: tuple[object, ...] | Mapping[str, object] = ()
+    ) -> list[tuple[Any, ...]]:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             cursor = conn.execute(sql, params)
@@ -445,6 +454,24 @@ class PostgresStore:
         """Every key record, oldest first."""
         rows = self._rows("SELECT record FROM keys ORDER BY created_at, digest")
         return [KeyRecord(**json.loads(str(row[0]))) for row in rows]
+
+    def take_token(self, who: str, rate: float, capacity: float) -> tuple[bool, float]:
+        """Spend a token of ``who``'s bucket if it holds one: (spent, tokens left).
+
+        One statement, so processes on any host count into one bucket; the database's
+        clock refills it, so their clocks need not agree.
+        """
+        refill = "LEAST(%(cap)s, b.tokens + (EXCLUDED.at - b.at) * %(rate)s)"
+        rows = self._rows(
+            "INSERT INTO rate_buckets AS b (who, tokens, at, spent) "
+            "VALUES (%(who)s, %(cap)s - 1, extract(epoch FROM clock_timestamp()), true) "
+            "ON CONFLICT (who) DO UPDATE SET "
+            f"tokens = CASE WHEN {refill} >= 1 THEN {refill} - 1 ELSE {refill} END, "
+            f"spent = {refill} >= 1, at = EXCLUDED.at "
+            "RETURNING spent, tokens",
+            {"who": who, "cap": capacity, "rate": rate},
+        )
+        return bool(rows[0][0]), float(rows[0][1])
 
     def url_secret(self) -> bytes:
         """The URL-signing secret every process shares, made by the first one to ask."""

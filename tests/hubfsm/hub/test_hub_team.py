@@ -432,3 +432,24 @@ def test_a_key_transfer_keeps_a_trainers_update_made_while_it_ran(
     assert moved == [1]
     stored = hub.store.get_model(model)
     assert stored is not None and stored.owner == new.id and stored.metrics_epoch == 7
+
+
+def test_the_rate_limit_is_counted_in_the_database_across_processes(
+    team: tuple[str, str], tmp_path: Path
+) -> None:
+    database, objects = team
+    # One request per 100 s: a second one within the test is over the limit anywhere.
+    options = {"database": database, "objects": objects, "rate_limit": 0.01}
+    with (
+        LocalHub(tmp_path / "a", **options) as first,  # type: ignore[arg-type]
+        LocalHub(tmp_path / "b", **options) as second,  # type: ignore[arg-type]
+    ):
+        key = first.api_key
+        status, headers, _ = _request(f"{first.url}/v1/auth", "POST", key)
+        assert status == 200 and headers["x-ratelimit-remaining"] == "0"
+        # The other process sees the bucket the first one spent.
+        status, headers, _ = _request(f"{second.url}/v1/auth", "POST", key)
+        assert status == 429 and int(headers["retry-after"]) > 1
+        assert _request(f"{first.url}/v1/auth", "POST", key)[0] == 429
+        # Another key has a bucket of its own.
+        assert _request(f"{second.url}/v1/auth", "POST", second.api_key)[0] == 200
