@@ -310,6 +310,8 @@ class LocalHub:
                 access=PageAccess(Sessions(secret, time.time), self.sign_in),
                 # Several processes share a database: the limit is counted there.
                 shared_buckets=getattr(store, "take_token", None),
+                # An object store takes the file as it arrives: no copy on the way.
+                stream_uploads=self.database is not None,
             )
             server = _Server(
                 (self.host, self.port),
@@ -349,8 +351,8 @@ class LocalHub:
         _log.info("hub.started", url=self.url, data_dir=str(self.data_dir), server="cheroot")
         return self
 
-    def _open_store(self) -> tuple[Store, bytes, Path]:
-        """The store, the URL-signing secret, and where uploads are received."""
+    def _open_store(self) -> tuple[Store, bytes, Path | None]:
+        """The store, the URL-signing secret, and where uploads are received (if anywhere)."""
         if self.database is None or self.objects is None:
             local = SqliteStore(self.data_dir)
             assert self._secret is not None
@@ -365,10 +367,8 @@ class LocalHub:
         except BaseException:
             team.close()
             raise
-        # Uploads pass through a temporary file on their way to the object store.
-        spool = self.data_dir / "spool"
-        spool.mkdir(mode=0o700, exist_ok=True)
-        return team, secret, spool
+        # Uploads stream from the request to the object store: nothing is received here.
+        return team, secret, None
 
     def stop(self) -> None:
         """Stop serving and close the data directory (a later start() reopens it)."""
@@ -492,7 +492,7 @@ def serve(
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
     existed = folder.exists()
     if database is not None:
-        # Uploads a crash cut short on their way to the object store; no worker runs yet.
+        # Uploads that older versions received here, cut short by a crash; no worker runs.
         for leftover in folder.joinpath("spool").glob("*.part"):
             leftover.unlink(missing_ok=True)
     stop = stop if stop is not None else threading.Event()

@@ -36,6 +36,7 @@ def _request(
     key: str | None = None,
     body: object = None,
     headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
@@ -46,6 +47,8 @@ def _request(
     if body is not None:
         data = json.dumps(body).encode()
         sent["Content-Type"] = "application/json"
+    if raw is not None:
+        data = raw
     try:
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         conn.request(method, path, body=data, headers=sent)
@@ -453,3 +456,103 @@ def test_the_rate_limit_is_counted_in_the_database_across_processes(
         assert _request(f"{first.url}/v1/auth", "POST", key)[0] == 429
         # Another key has a bucket of its own.
         assert _request(f"{second.url}/v1/auth", "POST", second.api_key)[0] == 200
+
+
+def _multipart(
+    fields: list[tuple[str, str]], data: bytes, file_first: bool = False
+) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields
+    ]
+    file_part = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="last.pt"; '
+            'filename="last.pt"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        ).encode()
+        + data
+        + b"\r\n"
+    )
+    body = [file_part, *parts] if file_first else [*parts, file_part]
+    return b"".join(body) + f"--{boundary}--\r\n".encode(), boundary
+
+
+def test_an_upload_streams_to_the_object_store_without_a_spool_file(
+    team_hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from hubfsm.hub.objects_s3 import PART_SIZE
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    store = team_hub.hub.store
+    assert isinstance(store, PostgresStore)
+    key = team_hub.api_key
+    model = _create(team_hub.url, key)["data"]["id"]
+    # No folder for temporary files: an upload that passed through one would fail.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no such folder"))
+    data = os.urandom(2 * PART_SIZE + 12345)  # three parts of a multipart upload
+    fields = [("type", "epoch"), ("epoch", "1"), ("isBest", "false")]
+    body, boundary = _multipart(fields, data)
+    parsed = urllib.parse.urlsplit(team_hub.url)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+    try:
+        headers = {"x-api-key": key, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+        conn.request("POST", f"/v1/models/{model}/upload", body=body, headers=headers)
+        answer = conn.getresponse()
+        raw = answer.read()
+        assert answer.status == 200, raw
+        assert json.loads(raw)["data"]["sha256"] == hashlib.sha256(data).hexdigest()
+        # The connection serves the next request: the body was read to its end.
+        conn.request("POST", "/v1/auth", headers={"x-api-key": key})
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+    assert not (team_hub.data_dir / "spool").exists()
+    assert not (tmp_path / "no such folder").exists()
+    info = store.weights_info(model, "last")
+    assert info is not None and info.size == len(data)
+    # Fields sent after the file part are not seen: refused before the file is read.
+    body, boundary = _multipart(fields, b"weights", file_first=True)
+    status, _, raw = _request(
+        f"{team_hub.url}/v1/models/{model}/upload",
+        "POST",
+        key,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        raw=body,
+    )
+    assert status == 400, raw
+
+
+def test_an_upload_cut_short_leaves_no_object(team_hub: LocalHub) -> None:
+    import socket
+
+    from hubfsm.hub.objects_s3 import PART_SIZE
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    store = team_hub.hub.store
+    assert isinstance(store, PostgresStore)
+    key = team_hub.api_key
+    model = _create(team_hub.url, key)["data"]["id"]
+    fields = [("type", "epoch"), ("epoch", "1"), ("isBest", "false")]
+    body, boundary = _multipart(fields, os.urandom(PART_SIZE + 1000))
+    head = (
+        f"POST /v1/models/{model}/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: {key}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    parsed = urllib.parse.urlsplit(team_hub.url)
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=60) as sock:
+        # More than a part (so the store began a multipart upload), then the client stops.
+        sock.sendall(head + body[: PART_SIZE + 500])
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert store.weights_info(model, "last") is None
+    assert store.objects.listing() == []
+    client = store.objects._client
+    uploads = client.list_multipart_uploads(Bucket=store.objects.bucket).get("Uploads", [])
+    assert not [u for u in uploads if u["Key"].startswith(store.objects.prefix)]
