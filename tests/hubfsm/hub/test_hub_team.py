@@ -556,3 +556,38 @@ def test_an_upload_cut_short_leaves_no_object(team_hub: LocalHub) -> None:
     client = store.objects._client
     uploads = client.list_multipart_uploads(Bucket=store.objects.bucket).get("Uploads", [])
     assert not [u for u in uploads if u["Key"].startswith(store.objects.prefix)]
+
+
+def test_a_page_session_from_one_process_holds_on_another(
+    team: tuple[str, str], tmp_path: Path
+) -> None:
+    database, objects = team
+    options = {"database": database, "objects": objects, "sign_in": True}
+    with (
+        LocalHub(tmp_path / "a", **options) as first,  # type: ignore[arg-type]
+        LocalHub(tmp_path / "b", **options) as second,  # type: ignore[arg-type]
+    ):
+        member = "Mb" * 21
+        first.hub.add_key(member, label="member")
+        made = _create(second.url, member)["data"]["id"]
+        other = _create(second.url, second.api_key)["data"]["id"]
+        form = urllib.parse.urlencode({"key": member}).encode()
+        status, headers, _ = _request(
+            f"{first.url}/signin",
+            "POST",
+            headers={
+                "Origin": first.url,
+                "Host": urllib.parse.urlsplit(first.url).netloc,
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+            raw=form,
+        )
+        assert status == 303
+        cookie = headers["set-cookie"].split(";")[0]
+        status, _, body = _request(f"{second.url}/runs.json", headers={"Cookie": cookie})
+        assert status == 200
+        assert [run["record"]["id"] for run in json.loads(body)["runs"]] == [made]
+        assert _request(f"{second.url}/models/{other}", headers={"Cookie": cookie})[0] == 404
+        # Revoked through one process, the session ends on the other.
+        first.hub.revoke_key(member)
+        assert _request(f"{second.url}/runs.json", headers={"Cookie": cookie})[0] == 401
