@@ -4,7 +4,8 @@ Order of work for an API request, cheapest refusal first: the rate limit and inj
 faults, then the API key (before a byte of the body is read: a keyless or revoked client
 costs no memory and no disk), then the size of the body against its cap, and only then the
 body itself, parsed as strict JSON or streamed as a multipart upload: into the data
-directory, or (with an object store) on to the store as it arrives. Pages, page data and weight files are served by :mod:`hubfsm.hub.web`.
+directory, or (with an object store) on to the store as it arrives. Pages, page data and
+weight files are served by :mod:`hubfsm.hub.web`.
 """
 
 from __future__ import annotations
