@@ -29,6 +29,9 @@ def cmd_hub_serve(args: argparse.Namespace) -> int:
         database=args.database,
         objects=args.objects,
         workers=args.workers,
+        sign_in=args.sign_in,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
 
 

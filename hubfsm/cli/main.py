@@ -198,6 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="server processes sharing the port (with --database; default 1)",
     )
+    p.add_argument(
+        "--sign-in",
+        dest="sign_in",
+        action="store_true",
+        default=None,
+        help="browsers sign in to the pages with an API key and see that key's models "
+        "(the default when --host is not a loopback address; behind a proxy on this "
+        "machine, pass it)",
+    )
+    p.add_argument(
+        "--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate (chain)"
+    )
+    p.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
     p.set_defaults(func=cmd_hub_serve)
     from hubfsm.hub.admin import register as register_keys
 

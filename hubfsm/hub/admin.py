@@ -59,7 +59,7 @@ def _open(
         hub = Hub(PostgresStore(database, None, pool_size=1), clock=time.time)
     else:
         hub = Hub(SqliteStore(folder), clock=time.time)
-    hub.ensure_key(load_or_create_key(folder / "api_key"), label="api_key file")
+    hub.ensure_key(load_or_create_key(folder / "api_key"), label="api_key file", admin=True)
     return hub
 
 
@@ -77,16 +77,21 @@ def add(
     database: str | None = None,
     *,
     platform: bool = False,
+    admin: bool = False,
 ) -> str:
-    """Create a key (a ``ul_`` Platform key if ``platform``), print it once, and return it."""
+    """Create a key (a ``ul_`` Platform key if ``platform``), print it once, and return it.
+
+    An ``admin`` key, signed in to the pages, sees every model.
+    """
     out = out if out is not None else sys.stdout
     hub = _open(data_dir, database, create=True)
     try:
         key = new_platform_key() if platform else new_key()
-        record = hub.add_key(key, label)
+        record = hub.add_key(key, label, admin=admin)
     finally:
         hub.store.close()
-    print(f"Added key {record.id}{f' ({label})' if label else ''}.", file=out)
+    role = " (admin)" if record.admin else ""
+    print(f"Added key {record.id}{f' ({label})' if label else ''}{role}.", file=out)
     print("The key is shown only now; keep it somewhere safe:", file=out)
     print(f"  {key}", file=out)
     return key
@@ -108,6 +113,8 @@ def listing(
     rows = [("id", "key", "label", "models", "created", "state")]
     for record in records:
         state = "valid" if record.revoked_at is None else f"revoked {_when(record.revoked_at)}"
+        if record.admin:
+            state += ", admin"
         rows.append(
             (
                 record.id,
@@ -229,7 +236,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     """Run ``hubfsm hub keys ...``."""
     if args.keys_command == "add":
-        add(args.data, args.label or "", database=args.database, platform=args.platform)
+        add(
+            args.data,
+            args.label or "",
+            database=args.database,
+            platform=args.platform,
+            admin=args.admin,
+        )
         return 0
     if args.keys_command == "list":
         listing(args.data, database=args.database)
@@ -264,6 +277,11 @@ def register(
         "--platform",
         action="store_true",
         help="make an Ultralytics Platform key (ul_ and 40 hex digits) for ultralytics 8.4",
+    )
+    p.add_argument(
+        "--admin",
+        action="store_true",
+        help="signed in to the hub's pages, the key sees every model, not only its own",
     )
     p.set_defaults(func=cmd_keys)
     p = command(keys_sub, "list", "List the keys, masked.", "hubfsm hub keys list --data ./hub")

@@ -3,14 +3,16 @@
 Order of work for an API request, cheapest refusal first: the rate limit and injected
 faults, then the API key (before a byte of the body is read: a keyless or revoked client
 costs no memory and no disk), then the size of the body against its cap, and only then the
-body itself, parsed as strict JSON or streamed as a multipart upload into the data
-directory. Pages, page data and weight files are served by :mod:`hubfsm.hub.web`.
+body itself, parsed as strict JSON or streamed as a multipart upload: into the data
+directory, or (with an object store) on to the store as it arrives. Pages, page data and
+weight files are served by :mod:`hubfsm.hub.web`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import math
 import random
 import socket
@@ -19,11 +21,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import attrs
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 from werkzeug.wrappers import Request, Response
 
 from hubfsm.hub import parse, web
@@ -38,6 +41,8 @@ _log = get_logger("hubfsm.hub")
 #: usable); larger ones are not read at all, and the connection is closed after the answer.
 _DRAIN = 1 << 20
 _CHUNK = 1 << 16
+#: The most bytes of a multipart form's text fields held in memory.
+_FIELD_MEMORY = 1 << 20
 
 
 @attrs.frozen
@@ -53,6 +58,113 @@ class BodyLimits:
     upload: int = 4 << 30
 
 
+class BodyError(ValueError):
+    """A streamed request body that cannot be read to its end (cut short, too large)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class StreamedUpload(io.RawIOBase):
+    """A multipart upload decoded as the store reads it: no copy on disk or in memory.
+
+    :meth:`head` reads the form's fields up to its first file part; reading the object
+    then yields that part's bytes straight from the request, a chunk at a time, so an
+    object store receives the file while the client is still sending it. Fields that
+    follow the file part are not seen: every client sends its fields first.
+
+    Args:
+        source: The request body.
+        boundary: The multipart boundary.
+        cap: The most bytes of body read.
+    """
+
+    def __init__(self, source: IO[bytes], boundary: bytes, cap: int) -> None:
+        super().__init__()
+        self._source = source
+        self._decoder = MultipartDecoder(boundary, _FIELD_MEMORY, max_parts=32)
+        self._cap = cap
+        self._taken = 0
+        self._ended = False
+        self._pending = bytearray()
+        self._file_done = False
+        self._epilogue = False
+        self.fields: dict[str, str] = {}
+        self.file_name: str | None = None
+
+    def readable(self) -> bool:
+        """True: this is a stream to read."""
+        return True
+
+    @property
+    def finished(self) -> bool:
+        """The whole body was read (its closing boundary included)."""
+        return self._epilogue or self._ended
+
+    def _event(self) -> object:
+        while True:
+            try:
+                event = self._decoder.next_event()
+            except (ValueError, RequestEntityTooLarge) as error:
+                raise BodyError(400, f"malformed multipart body: {error}") from None
+            if not isinstance(event, NeedData):
+                return event
+            if self._ended:
+                raise BodyError(400, "malformed request body: it ended before its last part")
+            try:
+                chunk = self._source.read(_CHUNK)
+            except (HTTPException, OSError) as error:  # the client went away mid-body
+                raise BodyError(400, f"malformed request body: {error}") from None
+            self._taken += len(chunk)
+            if self._taken > self._cap:
+                raise BodyError(413, f"upload larger than {self._cap} bytes")
+            self._ended = not chunk
+            self._decoder.receive_data(chunk or None)
+
+    def head(self) -> None:
+        """Read the fields up to the first file part (or the end of the form)."""
+        name: str | None = None
+        value = bytearray()
+        while True:
+            event = self._event()
+            if isinstance(event, Field):
+                name, value = event.name, bytearray()
+            elif isinstance(event, Data) and name is not None:
+                value += event.data
+                if not event.more_data:
+                    self.fields[name] = value.decode("utf-8", "replace")
+                    name = None
+            elif isinstance(event, File):
+                self.file_name = event.name
+                return
+            elif isinstance(event, Epilogue):
+                self._file_done = self._epilogue = True
+                return
+
+    def _rest(self) -> None:
+        # Read past the parts after the file (none, from every known client) to the end,
+        # so the connection can serve the next request.
+        while not isinstance(self._event(), Epilogue):
+            pass
+        self._epilogue = True
+
+    def readinto(self, buffer: Any) -> int:
+        """Fill ``buffer`` with the next bytes of the file part; 0 at its end."""
+        while not self._pending and not self._file_done:
+            event = self._event()
+            if not isinstance(event, Data):
+                raise BodyError(400, "malformed multipart body: the file part broke off")
+            self._pending += event.data
+            self._file_done = not event.more_data
+            if self._file_done:
+                self._rest()
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        del self._pending[:count]
+        return count
+
+
 def _digest(key: str | None) -> str:
     # Rate-limit buckets are keyed by a digest, so the server holds no extra copy of a key.
     if key is None:
@@ -60,28 +172,50 @@ def _digest(key: str | None) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
-class RateLimiter:
-    """A token bucket per client: ``rate`` requests per second, bursts up to ``max(1, rate)``."""
+#: Spends a token of a client's bucket kept elsewhere (a database every process shares):
+#: ``(who, rate, capacity) -> (spent, tokens left)``.
+SharedBuckets = Callable[[str, float, float], tuple[bool, float]]
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+
+class RateLimiter:
+    """A token bucket per client: ``rate`` requests per second, bursts up to ``max(1, rate)``.
+
+    Args:
+        rate: Requests per second per client.
+        clock: Seconds now (for the buckets kept in this process).
+        shared: Keeps the buckets where every process of the hub counts into them (see
+            :meth:`~hubfsm.hub.store_postgres.PostgresStore.take_token`); in this process
+            when None.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        shared: SharedBuckets | None = None,
+    ) -> None:
         if rate <= 0:
             raise ValueError("rate limit must be positive")
         self.rate = rate
         self.capacity = max(1.0, rate)
         self._clock = clock
+        self._shared = shared
         self._lock = threading.Lock()
         self._buckets: dict[str, tuple[float, float]] = {}
 
     def take(self, who: str) -> tuple[bool, dict[str, str]]:
         """Spend one token of ``who``: (allowed, the ``X-RateLimit-*``/``Retry-After`` headers)."""
-        with self._lock:
-            now = self._clock()
-            tokens, last = self._buckets.get(who, (self.capacity, now))
-            tokens = min(self.capacity, tokens + (now - last) * self.rate)
-            allowed = tokens >= 1.0
-            if allowed:
-                tokens -= 1.0
-            self._buckets[who] = (tokens, now)
+        if self._shared is not None:
+            allowed, tokens = self._shared(who, self.rate, self.capacity)
+        else:
+            with self._lock:
+                now = self._clock()
+                tokens, last = self._buckets.get(who, (self.capacity, now))
+                tokens = min(self.capacity, tokens + (now - last) * self.rate)
+                allowed = tokens >= 1.0
+                if allowed:
+                    tokens -= 1.0
+                self._buckets[who] = (tokens, now)
         headers = {
             "X-RateLimit-Limit": str(int(self.capacity)),
             "X-RateLimit-Remaining": str(int(tokens)),
@@ -106,6 +240,13 @@ class HubApp:
         spool_dir: Where uploads are received (the data directory, so a large file is not
             written to a small temporary file system); the system's temporary directory
             when None.
+        stream_uploads: Hand the store an upload's file part as it arrives
+            (:class:`StreamedUpload`), not a received copy: for a store that sends it on
+            (to an object store) rather than keeping the received file.
+        access: Who may see the pages (see :class:`~hubfsm.hub.web.PageAccess`); loopback
+            browsers only, without a sign-in, when None.
+        shared_buckets: Count the rate limit where every process of the hub sees it; in
+            this process when None.
     """
 
     def __init__(
@@ -119,10 +260,15 @@ class HubApp:
         sleep: Callable[[float], None] = time.sleep,
         limits: BodyLimits | None = None,
         spool_dir: Path | None = None,
+        access: web.PageAccess | None = None,
+        shared_buckets: SharedBuckets | None = None,
+        stream_uploads: bool = False,
     ) -> None:
+        self.stream_uploads = stream_uploads
         self.hub = hub
+        self.access = access
         self.faults = faults
-        self.limiter = RateLimiter(rate_limit) if rate_limit else None
+        self.limiter = RateLimiter(rate_limit, shared=shared_buckets) if rate_limit else None
         self.hang = hang
         self.limits = limits if limits is not None else BodyLimits()
         self.spool_dir = spool_dir
@@ -143,7 +289,7 @@ class HubApp:
             elif path.startswith("/uploads/") and request.method == "PUT":
                 response = self._put_upload(request, environ)
             else:
-                response = web.serve(self.hub, request, environ)
+                response = web.serve(self.hub, request, environ, self.access)
         except HTTPException as error:
             response = _json(fail(error.code or 400, error.description or error.name))
         except Exception as error:  # noqa: BLE001 - the server must answer, whatever broke
@@ -200,13 +346,27 @@ class HubApp:
             else:
                 try:
                     call = self._call(request, environ, spooled)
+                except BodyError as error:
+                    _close_after(environ)
+                    call = fail(error.status, _safe(str(error))[:200])
                 except ValueError as error:
                     # A body the server cannot frame: a bad chunk size, a short body.
                     _close_after(environ)
                     call = fail(400, f"malformed request body: {_safe(str(error))[:200]}")
-            reply = call if isinstance(call, HubReply) else self.hub.handle(call)
+            try:
+                reply = call if isinstance(call, HubReply) else self.hub.handle(call)
+            except BodyError as error:
+                # The streamed file broke off on its way to the store (which dropped it).
+                _close_after(environ)
+                reply = fail(error.status, _safe(str(error))[:200])
         finally:
             for each in spooled:
+                if isinstance(each, StreamedUpload):
+                    if not each.finished:
+                        # Answered before the file was read (a refused upload): the rest
+                        # of the body is not read, and the connection not reused.
+                        _close_after(environ)
+                    continue
                 each.close()
                 # Gone already when the upload was committed (renamed into place).
                 Path(each.name).unlink(missing_ok=True)
@@ -242,6 +402,23 @@ class HubApp:
                 except ValueError as error:
                     body = BadJson(_safe(str(error)))
             return attrs.evolve(_bare_call(request), json=body)
+
+        if self.stream_uploads:
+            boundary = request.mimetype_params.get("boundary", "")
+            if not boundary:
+                return fail(400, "malformed multipart body: no boundary")
+            streamed = StreamedUpload(request.stream, boundary.encode("latin-1"), cap)
+            # A binary stream as the store reads one (io's classes are not typing.IO).
+            as_file = cast("IO[bytes]", streamed)
+            spooled.append(as_file)
+            streamed.head()
+            named = streamed.file_name
+            return attrs.evolve(
+                _bare_call(request),
+                fields={_safe(k): _safe(v) for k, v in streamed.fields.items()},
+                file_name=None if named is None else _safe(named),
+                file=None if named is None else as_file,
+            )
 
         def factory(
             total_content_length: int | None,

@@ -33,6 +33,10 @@ from hubfsm.hub.views import HubViews
 class Endpoints(HubViews):
     """The hub's endpoint handlers (a part of :class:`~hubfsm.hub.domain.Hub`)."""
 
+    #: Note each applied metrics write, upload and heartbeat for :meth:`Hub.audit`. A
+    #: served hub turns it off: the notes grow with every request, and only simulations
+    #: and tests read them (the counts per endpoint are kept either way).
+    audits: bool = True
     clock: Callable[[], float]
     new_id: Callable[[], str]
     _metrics_applied: Counter[tuple[str, int]]
@@ -139,8 +143,9 @@ class Endpoints(HubViews):
         if isinstance(record, HubReply):
             return record
         self.store.put_metrics(record.id, parsed)
-        for epoch in parsed:
-            self._metrics_applied[(record.id, epoch)] += 1
+        if self.audits:
+            for epoch in parsed:
+                self._metrics_applied[(record.id, epoch)] += 1
         self.store.put_model(records.after_metrics(record, parsed, self.clock()))
         return ok("metrics saved")
 
@@ -159,7 +164,8 @@ class Endpoints(HubViews):
         now = self.clock()
         agent_id = record.agent_id or self.new_id()
         self.store.put_model(records.after_heartbeat(record, agent_id, agent, now))
-        self._heartbeats.setdefault(record.id, []).append(now)
+        if self.audits:
+            self._heartbeats.setdefault(record.id, []).append(now)
         return ok("heartbeat received", {"agentId": agent_id})
 
     def _download(
@@ -207,11 +213,12 @@ class Endpoints(HubViews):
                 self.store.commit_weights(record.id, kind, staged)
                 record = records.after_upload(record, upload_type, epoch, map50_95, now)
                 self.store.put_model(record)
-                self._uploads.append(
-                    UploadEntry(
-                        record.id, upload_type, epoch, staged.sha256, staged.size, now, is_best
+                if self.audits:
+                    self._uploads.append(
+                        UploadEntry(
+                            record.id, upload_type, epoch, staged.sha256, staged.size, now, is_best
+                        )
                     )
-                )
                 reply = ok("weights saved", {"sha256": staged.sha256, "size": staged.size})
                 if scope is not None and digest is not None:
                     self.store.put_reply(scope, StoredReply(reply.status, reply.body, digest))

@@ -31,21 +31,30 @@ class KeyAdmin:
     # in simulated sessions. Bounded; the digest is what the store is asked about.
     _digests: dict[str, str]
 
-    def add_key(self, key: str, label: str = "") -> KeyRecord:
-        """Accept ``key`` from now on (again, if it was revoked)."""
-        record = keys.record_for(key, label=label, now=self.clock())
+    def add_key(self, key: str, label: str = "", *, admin: bool = False) -> KeyRecord:
+        """Accept ``key`` from now on (again, if it was revoked); ``admin`` sees every model."""
+        record = keys.record_for(key, label=label, now=self.clock(), admin=admin)
         with self._lock, self.store.transaction():
             known = self.store.get_key(record.digest)
             if known is not None:
-                record = attrs.evolve(known, revoked_at=None)
+                record = attrs.evolve(known, revoked_at=None, admin=known.admin or admin)
             self.store.put_key(record)
         return record
 
-    def ensure_key(self, key: str, label: str = "") -> KeyRecord:
-        """Accept ``key`` unless the hub knows it already (a revoked key stays revoked)."""
+    def ensure_key(self, key: str, label: str = "", *, admin: bool = False) -> KeyRecord:
+        """Accept ``key`` unless the hub knows it already (a revoked key stays revoked).
+
+        With ``admin``, a known key becomes an admin key (the hub's own key file's key,
+        made before keys had the flag).
+        """
         with self._lock:
             known = self.store.get_key(keys.digest(key))
-            return known if known is not None else self.add_key(key, label)
+            if known is None:
+                return self.add_key(key, label, admin=admin)
+            if admin and not known.admin:
+                known = attrs.evolve(known, admin=True)
+                self.store.put_key(known)
+            return known
 
     def revoke_key(self, key: str) -> None:
         """Refuse ``key`` from now on (401)."""
@@ -79,8 +88,13 @@ class KeyAdmin:
             if not target or target[0].revoked_at is not None:
                 raise ValueError(f"no valid key with the id {to_id}")
             moved = 0
-            for record in self.store.list_models():
-                if record.owner == from_id:
+            for listed in self.store.list_models():
+                if listed.owner != from_id:
+                    continue
+                # Read again, row-locked where the store locks rows: a trainer's update
+                # committed since the listing is kept, not overwritten by the listed copy.
+                record = self.store.get_model(listed.id)
+                if record is not None and record.owner == from_id:
                     self.store.put_model(attrs.evolve(record, owner=to_id))
                     moved += 1
         return moved

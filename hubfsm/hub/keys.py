@@ -35,6 +35,7 @@ class KeyRecord:
         label: A name given when the key was added.
         created_at: Hub clock seconds when the key was added.
         revoked_at: When it was revoked, or None while it is valid.
+        admin: Signed in to the pages, the key sees every model, not only its own.
     """
 
     id: str
@@ -43,6 +44,7 @@ class KeyRecord:
     label: str = ""
     created_at: float = 0.0
     revoked_at: float | None = None
+    admin: bool = False
 
 
 def new_key() -> str:
@@ -75,7 +77,7 @@ def mask(key: str) -> str:
     return f"{key[:4]}…{key[-4:]}" if len(key) > 12 else "…"
 
 
-def record_for(key: str, *, label: str = "", now: float = 0.0) -> KeyRecord:
+def record_for(key: str, *, label: str = "", now: float = 0.0, admin: bool = False) -> KeyRecord:
     """A fresh, valid :class:`KeyRecord` for ``key``."""
     hexdigest = digest(key)
-    return KeyRecord(key_id(hexdigest), hexdigest, mask(key), label, now)
+    return KeyRecord(key_id(hexdigest), hexdigest, mask(key), label, now, admin=admin)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import os
 import secrets
 import shlex
@@ -32,9 +33,11 @@ from hubfsm.errors import HubfsmError
 from hubfsm.hub.app import BodyLimits, HubApp, RateLimiter
 from hubfsm.hub.domain import ALPHABET, Hub
 from hubfsm.hub.faults import FaultMix
+from hubfsm.hub.session import Sessions
 from hubfsm.hub.signing import DEFAULT_TTL, UrlSigner, load_or_create_secret
 from hubfsm.hub.store import Store
 from hubfsm.hub.store_sqlite import SqliteStore
+from hubfsm.hub.web import PageAccess
 from hubfsm.logs import get_logger
 
 __all__ = [
@@ -78,6 +81,31 @@ def load_or_create_key(path: Path) -> str:
         out.write(key + "\n")
     _log.info("hub.key_created", key_file=str(path))
     return key
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address (or ``localhost``) that only this machine can reach."""
+    if host.rstrip(".").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def reachable_address(host: str) -> str:
+    """The address clients reach a server on ``host`` at: an interface's for a wildcard."""
+    if host not in ("", "0.0.0.0", "::"):  # noqa: S104 - recognising, not binding
+        return host
+    # Connecting a UDP socket sends nothing; it only picks the interface of the default
+    # route (the documentation networks below are never routed anywhere).
+    for family, probe in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+        with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((probe, 9))
+            found = str(sock.getsockname()[0])
+            if not ipaddress.ip_address(found).is_loopback:
+                return found
+    return socket.gethostname()
 
 
 def _secure_id() -> str:
@@ -173,6 +201,13 @@ class LocalHub:
         objects: An ``s3://bucket/prefix`` URL for weight files (with ``database``).
         reuse_port: Let other processes listen on the same port (``SO_REUSEPORT``): the
             kernel spreads connections over them.
+        sign_in: Every browser signs in to the pages with an API key and sees that key's
+            models (see :mod:`hubfsm.hub.session`); None does so when ``host`` is not a
+            loopback address, False keeps the pages to loopback browsers without a sign-in.
+        tls_cert: A PEM certificate (chain) file: the hub speaks HTTPS (with ``tls_key``).
+        tls_key: The certificate's PEM private key file.
+        audit: Keep :meth:`Hub.audit`'s notes of what was applied (tests and simulations
+            read them; ``hubfsm hub serve`` turns them off, as they grow without bound).
     """
 
     def __init__(
@@ -194,9 +229,23 @@ class LocalHub:
         database: str | None = None,
         objects: str | None = None,
         reuse_port: bool = False,
+        sign_in: bool | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        audit: bool = True,
     ) -> None:
+        self.audit = audit
         if (database is None) != (objects is None):
             raise ValueError("a database and an object store go together (--database, --objects)")
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("a TLS certificate and its key go together (--tls-cert, --tls-key)")
+        for each in (tls_cert, tls_key):
+            if each is not None and not Path(each).is_file():
+                raise ValueError(f"no such file: {each}")
+        self.tls = None if tls_cert is None or tls_key is None else (str(tls_cert), str(tls_key))
+        self.sign_in = not is_loopback(host) if sign_in is None else sign_in
+        # What clients are told to use: a wildcard address is no address to connect to.
+        self.address = reachable_address(host)
         self.data_dir = Path(data_dir)
         self.heartbeat_interval = heartbeat_interval
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -230,9 +279,9 @@ class LocalHub:
 
     @property
     def url(self) -> str:
-        """The API root, such as ``http://127.0.0.1:8000``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        """The API root, such as ``http://127.0.0.1:8000`` (an interface's address for 0.0.0.0)."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     @property
     def hub(self) -> Hub:
@@ -249,7 +298,7 @@ class LocalHub:
         signer = UrlSigner(secret, time.time, self.url_ttl)
         hub = Hub(store, clock=time.time, new_id=_secure_id, signer=signer)
         try:
-            hub.ensure_key(self._api_key, label="api_key file")
+            hub.ensure_key(self._api_key, label="api_key file", admin=True)
             app = HubApp(
                 hub,
                 faults=self.faults,
@@ -258,6 +307,11 @@ class LocalHub:
                 hang=self.hang,
                 limits=self.limits,
                 spool_dir=spool,
+                access=PageAccess(Sessions(secret, time.time), self.sign_in),
+                # Several processes share a database: the limit is counted there.
+                shared_buckets=getattr(store, "take_token", None),
+                # An object store takes the file as it arrives: no copy on the way.
+                stream_uploads=self.database is not None,
             )
             server = _Server(
                 (self.host, self.port),
@@ -268,6 +322,10 @@ class LocalHub:
                 accepted_queue_timeout=max(1, round(self.timeout)),
             )
             server.gateway = _Gateway
+            if self.tls is not None:
+                from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+                server.ssl_adapter = BuiltinSSLAdapter(*self.tls)
             server.head_timeout = self.head_timeout
             # Keep-alive connections wait in a selector, not a thread: allow many.
             server.keep_alive_conn_limit = 1000
@@ -286,14 +344,15 @@ class LocalHub:
         self.port = int(server.bind_addr[1])
         hub.public_root = self.url
         hub.heartbeat_interval = self.heartbeat_interval
+        hub.audits = self.audit
         self._hub, self._server = hub, server
         self._thread = threading.Thread(target=server.serve, name="local-hub", daemon=True)
         self._thread.start()
         _log.info("hub.started", url=self.url, data_dir=str(self.data_dir), server="cheroot")
         return self
 
-    def _open_store(self) -> tuple[Store, bytes, Path]:
-        """The store, the URL-signing secret, and where uploads are received."""
+    def _open_store(self) -> tuple[Store, bytes, Path | None]:
+        """The store, the URL-signing secret, and where uploads are received (if anywhere)."""
         if self.database is None or self.objects is None:
             local = SqliteStore(self.data_dir)
             assert self._secret is not None
@@ -308,10 +367,8 @@ class LocalHub:
         except BaseException:
             team.close()
             raise
-        # Uploads pass through a temporary file on their way to the object store.
-        spool = self.data_dir / "spool"
-        spool.mkdir(mode=0o700, exist_ok=True)
-        return team, secret, spool
+        # Uploads stream from the request to the object store: nothing is received here.
+        return team, secret, None
 
     def stop(self) -> None:
         """Stop serving and close the data directory (a later start() reopens it)."""
@@ -365,6 +422,9 @@ def serve(
     database: str | None = None,
     objects: str | None = None,
     workers: int = 1,
+    sign_in: bool | None = None,
+    tls_cert: str | os.PathLike[str] | None = None,
+    tls_key: str | os.PathLike[str] | None = None,
 ) -> int:
     """Run the local hub in the foreground until Ctrl-C (or until ``stop`` is set).
 
@@ -386,6 +446,9 @@ def serve(
         objects: An ``s3://bucket/prefix`` URL for the weight files (with ``database``).
         workers: Server processes sharing the port (``SO_REUSEPORT``; needs ``database``:
             SQLite is one process's).
+        sign_in: Browsers sign in to the pages with an API key (see :class:`LocalHub`).
+        tls_cert: A PEM certificate file: serve HTTPS (with ``tls_key``).
+        tls_key: The certificate's PEM private key file.
 
     Returns:
         The process exit status, 0.
@@ -421,11 +484,15 @@ def serve(
         "heartbeat_interval": heartbeat_interval,
         "database": database,
         "objects": objects,
+        "sign_in": sign_in,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "audit": False,  # a served hub's notes would grow with every request
     }
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
     existed = folder.exists()
     if database is not None:
-        # Uploads a crash cut short on their way to the object store; no worker runs yet.
+        # Uploads that older versions received here, cut short by a crash; no worker runs.
         for leftover in folder.joinpath("spool").glob("*.part"):
             leftover.unlink(missing_ok=True)
     stop = stop if stop is not None else threading.Event()
@@ -457,7 +524,10 @@ def _banner(local: LocalHub, out: TextIO, faults: str | None, latency: float) ->
     else:
         print(f"  data:     {local.data_dir}", file=out)
     print(f"  API key:  in {local.key_file} (mode 0600)", file=out)
-    print(f"  runs:     {local.url}/ (web pages, from this machine only)", file=out)
+    if local.sign_in:
+        print(f"  runs:     {local.url}/ (web pages: sign in with an API key)", file=out)
+    else:
+        print(f"  runs:     {local.url}/ (web pages, from this machine only)", file=out)
     if local.database is None:
         print(
             f"  keys:     hubfsm hub keys list --data {shlex.quote(str(local.data_dir))}", file=out
@@ -475,6 +545,13 @@ def _banner(local: LocalHub, out: TextIO, faults: str | None, latency: float) ->
     print(f"  hubfsm hub keys add --platform --data {data}", file=out)
     print("then set ULTRALYTICS_API_KEY to the key it prints, and", file=out)
     print(f"  export ULTRALYTICS_PLATFORM_URL={local.url}", file=out)
+    if local.tls is None and not is_loopback(local.host):
+        print(
+            "Warning: this hub speaks plain HTTP to the network: API keys (and page sign-ins) "
+            "can be read on the way. Serve it with --tls-cert and --tls-key, or behind a TLS "
+            "proxy (see the how-to on running a hub for a team).",
+            file=out,
+        )
     print("Press Ctrl-C to stop.", file=out, flush=True)
 
 

@@ -158,6 +158,14 @@ class Store(Protocol):
     def list_models(self) -> list[ModelRecord]:
         """Every model, oldest first."""
 
+    def page_models(
+        self, limit: int, before: tuple[float, str] | None = None, owner: str | None = None
+    ) -> list[ModelRecord]:
+        """Up to ``limit`` models, newest first, older than ``before`` (``created_at``, id).
+
+        With ``owner``, only the models of that key (the pages of a signed-in member).
+        """
+
     def put_metrics(self, model_id: str, metrics: Mapping[int, str]) -> None:
         """Insert or replace the JSON-encoded metrics of each epoch."""
 
@@ -178,6 +186,11 @@ class Store(Protocol):
 
     def open_weights(self, model_id: str, kind: WeightsKind) -> bytes | IO[bytes] | None:
         """The model's ``kind`` file: bytes, or an open stream the caller closes; or None."""
+
+    def read_weights(
+        self, model_id: str, kind: WeightsKind
+    ) -> tuple[WeightsInfo, bytes | IO[bytes]] | None:
+        """The ``kind`` file's digest and content, of one and the same upload; or None."""
 
     def put_console(self, model_id: str, chunk_id: int, lines: int, text: str) -> bool:
         """Keep one chunk of a run's console output; False if that chunk is already kept."""

@@ -54,6 +54,18 @@ class MemoryStore:
         """Every model, oldest first."""
         return sorted(self._models.values(), key=lambda r: r.created_at)
 
+    def page_models(
+        self, limit: int, before: tuple[float, str] | None = None, owner: str | None = None
+    ) -> list[ModelRecord]:
+        """Up to ``limit`` models, newest first, older than ``before``, of ``owner`` if given."""
+        found = sorted(self._models.values(), key=lambda r: (r.created_at, r.id), reverse=True)
+        return [
+            r
+            for r in found
+            if (before is None or (r.created_at, r.id) < before)
+            and (owner is None or r.owner == owner)
+        ][:limit]
+
     def put_metrics(self, model_id: str, metrics: Mapping[int, str]) -> None:
         """Insert or replace each epoch's metrics."""
         epochs = self._metrics.get(model_id)
@@ -90,6 +102,12 @@ class MemoryStore:
         """The model's ``kind`` file as bytes, or None."""
         entry = self._weights.get((model_id, kind))
         return None if entry is None else entry[1]
+
+    def read_weights(
+        self, model_id: str, kind: WeightsKind
+    ) -> tuple[WeightsInfo, bytes | IO[bytes]] | None:
+        """The ``kind`` file's digest and bytes (one entry: always the same upload's)."""
+        return self._weights.get((model_id, kind))
 
     def put_console(self, model_id: str, chunk_id: int, lines: int, text: str) -> bool:
         """Keep a console chunk unless one with that id is kept already."""

@@ -41,6 +41,10 @@ from hubfsm.hub.store_sqlite import _record
 #: from the reply; a replay later than that is applied again.
 REPLY_RETENTION = 30 * 86400.0
 
+#: Row reads of a weight file's pointer before giving up on an object deleted under it
+#: (each retry follows a replacement committed in between: a few are plenty).
+_READ_TRIES = 5
+
 #: Prune expired replies once in this many stored replies (per process).
 _PRUNE_EVERY = 1000
 
@@ -70,6 +74,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE console (
         model_id TEXT NOT NULL, chunk_id INTEGER NOT NULL, lines INTEGER NOT NULL,
         content TEXT NOT NULL, PRIMARY KEY (model_id, chunk_id));
+    """,
+    # The rate limit's token buckets, one per key digest, shared by every process
+    # (unlogged: a crash may forget them, which only refills every bucket).
+    """
+    CREATE UNLOGGED TABLE rate_buckets (
+        who TEXT PRIMARY KEY, tokens DOUBLE PRECISION NOT NULL,
+        at DOUBLE PRECISION NOT NULL, spent BOOLEAN NOT NULL);
     """,
 )
 
@@ -170,7 +181,9 @@ class PostgresStore:
     def _in_transaction(self) -> bool:
         return getattr(self._local, "conn", None) is not None
 
-    def _rows(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+    def _rows(
+        self, sql: str, params: tuple[object, ...] | Mapping[str, object] = ()
+    ) -> list[tuple[Any, ...]]:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             cursor = conn.execute(sql, params)
@@ -239,18 +252,28 @@ class PostgresStore:
         rows = self._rows("SELECT record FROM models ORDER BY created_at, id")
         return [_record(str(row[0])) for row in rows]
 
-    def page_models(self, limit: int, before: tuple[float, str] | None = None) -> list[ModelRecord]:
-        """Up to ``limit`` models, newest first, older than ``before`` (``created_at``, id)."""
-        if before is None:
-            rows = self._rows(
-                "SELECT record FROM models ORDER BY created_at DESC, id DESC LIMIT %s", (limit,)
-            )
-        else:
-            rows = self._rows(
-                "SELECT record FROM models WHERE (created_at, id) < (%s, %s) "
-                "ORDER BY created_at DESC, id DESC LIMIT %s",
-                (before[0], before[1], limit),
-            )
+    def page_models(
+        self, limit: int, before: tuple[float, str] | None = None, owner: str | None = None
+    ) -> list[ModelRecord]:
+        """Up to ``limit`` models, newest first, older than ``before``; only ``owner``'s if given.
+
+        Walks the ``(created_at, id)`` index from ``before`` and stops after ``limit``
+        rows, so a page costs the same however many models the hub holds.
+        """
+        where: list[str] = []
+        params: list[object] = []
+        if before is not None:
+            where.append("(created_at, id) < (%s, %s)")
+            params += [before[0], before[1]]
+        if owner is not None:
+            where.append("(record::jsonb ->> 'owner') = %s")
+            params.append(owner)
+        # Only the fixed clauses above are joined in; every value is a parameter.
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = self._rows(
+            f"SELECT record FROM models {clause}ORDER BY created_at DESC, id DESC LIMIT %s",
+            (*params, limit),
+        )
         return [_record(str(row[0])) for row in rows]
 
     def put_metrics(self, model_id: str, metrics: Mapping[int, str]) -> None:
@@ -326,6 +349,23 @@ class PostgresStore:
         """A stream of the model's ``kind`` file from the object store, or None."""
         row = self._weights_row(model_id, kind)
         return None if row is None else self.objects.open(str(row[2]))
+
+    def read_weights(
+        self, model_id: str, kind: WeightsKind
+    ) -> tuple[WeightsInfo, bytes | IO[bytes]] | None:
+        """The ``kind`` file's digest and a stream of its object, both from one row read.
+
+        Another process may swap the pointer and delete the old object between the row
+        read and the object's opening; the row is then read again (the newer file's).
+        """
+        for _ in range(_READ_TRIES):
+            row = self._weights_row(model_id, kind)
+            if row is None:
+                return None
+            content = self.objects.open(str(row[2]))
+            if content is not None:
+                return WeightsInfo(str(row[0]), int(row[1])), content
+        return None
 
     def weights_link(
         self, model_id: str, kind: WeightsKind, ttl: float, name: str
@@ -414,6 +454,24 @@ class PostgresStore:
         """Every key record, oldest first."""
         rows = self._rows("SELECT record FROM keys ORDER BY created_at, digest")
         return [KeyRecord(**json.loads(str(row[0]))) for row in rows]
+
+    def take_token(self, who: str, rate: float, capacity: float) -> tuple[bool, float]:
+        """Spend a token of ``who``'s bucket if it holds one: (spent, tokens left).
+
+        One statement, so processes on any host count into one bucket; the database's
+        clock refills it, so their clocks need not agree.
+        """
+        refill = "LEAST(%(cap)s, b.tokens + (EXCLUDED.at - b.at) * %(rate)s)"
+        rows = self._rows(
+            "INSERT INTO rate_buckets AS b (who, tokens, at, spent) "
+            "VALUES (%(who)s, %(cap)s - 1, extract(epoch FROM clock_timestamp()), true) "
+            "ON CONFLICT (who) DO UPDATE SET "
+            f"tokens = CASE WHEN {refill} >= 1 THEN {refill} - 1 ELSE {refill} END, "
+            f"spent = {refill} >= 1, at = EXCLUDED.at "
+            "RETURNING spent, tokens",
+            {"who": who, "cap": capacity, "rate": rate},
+        )
+        return bool(rows[0][0]), float(rows[0][1])
 
     def url_secret(self) -> bytes:
         """The URL-signing secret every process shares, made by the first one to ask."""

@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS console (
     content TEXT NOT NULL, PRIMARY KEY (model_id, chunk_id));
 CREATE TABLE IF NOT EXISTS keys (
     digest TEXT PRIMARY KEY, created_at REAL NOT NULL, record TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS models_created ON models (created_at, id);
 """
 
 
@@ -139,6 +140,26 @@ class SqliteStore:
         rows = self._read("SELECT record FROM models ORDER BY created_at, id", ())
         return [_record(str(row[0])) for row in rows]
 
+    def page_models(
+        self, limit: int, before: tuple[float, str] | None = None, owner: str | None = None
+    ) -> list[ModelRecord]:
+        """Up to ``limit`` models, newest first, older than ``before``, of ``owner`` if given."""
+        where: list[str] = []
+        params: list[object] = []
+        if before is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params += [before[0], before[0], before[1]]
+        if owner is not None:
+            where.append("json_extract(record, '$.owner') = ?")
+            params.append(owner)
+        # Only the fixed clauses above are joined in; every value is a parameter.
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = self._read(
+            f"SELECT record FROM models {clause}ORDER BY created_at DESC, id DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [_record(str(row[0])) for row in rows]
+
     def put_metrics(self, model_id: str, metrics: Mapping[int, str]) -> None:
         """Insert or replace each epoch's metrics."""
         with self.transaction():
@@ -216,6 +237,21 @@ class SqliteStore:
                 return open(self._weights_dir / model_id / f"{kind}.pt", "rb")  # noqa: SIM115
             except FileNotFoundError:
                 return None
+
+    def read_weights(
+        self, model_id: str, kind: WeightsKind
+    ) -> tuple[WeightsInfo, bytes | IO[bytes]] | None:
+        """The ``kind`` file's digest and an open stream of it, read under one lock.
+
+        A commit renames the new file into place under the same lock, so the row and the
+        file opened belong to one upload (an open file keeps its content after a rename).
+        """
+        with self._lock:
+            info = self.weights_info(model_id, kind)
+            content = None if info is None else self.open_weights(model_id, kind)
+        if info is None or content is None:
+            return None
+        return info, content
 
     def put_console(self, model_id: str, chunk_id: int, lines: int, text: str) -> bool:
         """Keep a console chunk unless one with that id is kept already."""

@@ -57,14 +57,10 @@ class HubViews:
         self, model_id: str, kind: WeightsKind
     ) -> tuple[WeightsInfo, bytes | IO[bytes]] | None:
         """A weight file's digest and content (close it if it is a stream), or None."""
-        with self._lock:  # so the digest and the content belong to the same upload
-            info = self.store.weights_info(model_id, kind)
-            content = self.store.open_weights(model_id, kind)
-        if info is None or content is None:
-            if content is not None and not isinstance(content, bytes):
-                content.close()
-            return None
-        return info, content
+        # One read of the store: the digest and the content belong to the same upload, also
+        # when another process replaces the file meanwhile.
+        with self._lock:
+            return self.store.read_weights(model_id, kind)
 
     def weights_url(self, record: ModelRecord, kind: WeightsKind) -> str:
         """Where a client fetches a weight file without a key: a signed URL ending in its name."""

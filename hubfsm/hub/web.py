@@ -11,14 +11,16 @@ in model records, as the official client fetches them).
 
 from __future__ import annotations
 
+import hmac
 import urllib.parse
 from importlib import resources
 from typing import IO, Any
 
+import attrs
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import wrap_file
 
-from hubfsm.hub import page
+from hubfsm.hub import page, session
 from hubfsm.hub.calls import is_model_id
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.signing import file_name, parse_name
@@ -30,6 +32,8 @@ _LOOPBACK = ("127.", "::1", "::ffff:127.")
 #: of the check: a rebinding page cannot choose the name, and a tunnel may change the port).
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _KINDS: tuple[WeightsKind, ...] = ("last", "best")
+#: Runs on one page (and in one ``runs.json``); ``?after=<id>`` asks for the next.
+PAGE_SIZE = 100
 #: Seconds an object store's presigned link stays valid: it is followed at once (the
 #: hub's own signed URL, checked before, is what lasts).
 LINK_TTL = 300.0
@@ -45,13 +49,85 @@ _STATIC = {
 dumps = page.dumps
 
 
-def serve(hub: Hub, request: Request, environ: dict[str, Any]) -> Response:
-    """Answer a request outside ``/v1``."""
-    if request.method not in ("GET", "HEAD"):
-        return Response("only GET and HEAD here", status=405, headers={"Allow": "GET, HEAD"})
+def serve(
+    hub: Hub, request: Request, environ: dict[str, Any], access: PageAccess | None = None
+) -> Response:
+    """Answer a request outside ``/v1``.
+
+    Args:
+        hub: The hub.
+        request: The request.
+        environ: Its WSGI environ.
+        access: Who may see the pages; loopback browsers only, without a sign-in, when None.
+    """
     parts = request.path.strip("/").split("/")
+    if request.method not in ("GET", "HEAD") and not (
+        request.method == "POST" and parts in (["signin"], ["signout"])
+    ):
+        return Response("only GET and HEAD here", status=405, headers={"Allow": "GET, HEAD"})
     if len(parts) == 3 and parts[0] == "files":
         return _signed_file(hub, request, parts[1], parts[2])
+    if access is not None and access.sign_in:
+        found = _signed_in(hub, request, parts, access)
+        if isinstance(found, Response):
+            return found
+        viewer = found
+    else:
+        refused = _loopback_only(hub, request, environ)
+        if refused is not None:
+            return refused
+        if parts in (["signin"], ["signout"]):
+            # Nobody signs in where the pages need no sign-in.
+            return _redirect("/")
+        viewer = session.LOOPBACK_VIEWER
+    if parts == [""]:
+        rows, following = runs(hub, viewer, request.args.get("after"))
+        text = page.render_index(rows, hub.clock(), hub.public_root)
+        return _html(text, bar=_bar(viewer, access), more=_next_link(following))
+    if parts == ["favicon.ico"]:
+        return Response(status=204)
+    if parts == ["runs.json"]:
+        rows, following = runs(hub, viewer, request.args.get("after"))
+        later = None if following is None else f"/runs.json?after={following}"
+        return _json({"now": hub.clock(), "runs": rows, "next": later})
+    if len(parts) == 2 and parts[0] == "static" and parts[1] in _STATIC:
+        return _static(parts[1])
+    if len(parts) < 2 or parts[0] != "models" or not is_model_id(parts[1]):
+        return _html(page.render_missing(request.path), 404)
+    model_id = parts[1]
+    stored = hub.store.get_model(model_id)
+    # Another key's model is as missing as one that never was: its id tells nothing.
+    data = model_data(hub, model_id) if stored and viewer.sees(stored.owner) else None
+    if data is None:
+        return _html(page.render_missing(model_id), 404)
+    if len(parts) == 2:
+        return _html(page.render_model(data), bar=_bar(viewer, access))
+    if parts[2:] == ["data.json"]:
+        return _json(data)
+    if parts[2:] in (["metrics.csv"], ["metrics.json"]):
+        return _metrics_file(data, parts[2])
+    if len(parts) == 4 and parts[2] == "weights" and parts[3].removesuffix(".pt") in _KINDS:
+        kind: WeightsKind = "last" if parts[3].startswith("last") else "best"
+        return _weights(hub, request, model_id, kind, page.download_name(data["record"], kind))
+    return _html(page.render_missing(request.path), 404)
+
+
+@attrs.frozen
+class PageAccess:
+    """Who may see the pages.
+
+    Attributes:
+        sessions: Issues and checks the sign-in cookies.
+        sign_in: Every browser signs in with an API key (a hub served to a network, or
+            behind a proxy); False keeps the pages to loopback browsers, without a sign-in.
+    """
+
+    sessions: session.Sessions
+    sign_in: bool
+
+
+def _loopback_only(hub: Hub, request: Request, environ: dict[str, Any]) -> Response | None:
+    """Why a page request is refused on a hub whose pages need no sign-in, or None."""
     if not (request.remote_addr or "").startswith(_LOOPBACK):
         return Response("the hub's pages are for loopback clients only", status=403)
     if not host_allowed(environ.get("HTTP_HOST"), hub.public_root):
@@ -61,30 +137,64 @@ def serve(hub: Hub, request: Request, environ: dict[str, Any]) -> Response:
             status=403,
             mimetype="text/plain",
         )
-    if parts == [""]:
-        return _html(page.render_index(runs(hub), hub.clock(), hub.public_root))
-    if parts == ["favicon.ico"]:
-        return Response(status=204)
-    if parts == ["runs.json"]:
-        return _json({"now": hub.clock(), "runs": runs(hub)})
+    return None
+
+
+def _signed_in(
+    hub: Hub, request: Request, parts: list[str], access: PageAccess
+) -> session.Viewer | Response:
+    """The signed-in viewer of a request, or the answer to it (sign-in and -out, refusals).
+
+    The ``Host`` check of the loopback pages is not needed here: a page of another site,
+    even one that its DNS points at the hub, has no session cookie of the hub's.
+    """
+    sessions = access.sessions
+    secure = session.is_https(request)
+    if request.method == "POST" and not session.same_origin(request):
+        return Response("a post must come from the hub's own pages", status=403)
+    if parts == ["signin"]:
+        if request.method != "POST":
+            return _html(session.signin_page())
+        key = request.form.get("key", "").strip()
+        principal = hub.principal(key)
+        if principal is None:
+            return _html(session.signin_page("That key is not valid (or was revoked)."), 401)
+        response = _redirect("/")
+        session.set_cookie(response, sessions.issue(principal), int(sessions.ttl), secure)
+        return response
     if len(parts) == 2 and parts[0] == "static" and parts[1] in _STATIC:
-        return _static(parts[1])
-    if len(parts) < 2 or parts[0] != "models" or not is_model_id(parts[1]):
-        return _html(page.render_missing(request.path), 404)
-    model_id = parts[1]
-    data = model_data(hub, model_id)
-    if data is None:
-        return _html(page.render_missing(model_id), 404)
-    if len(parts) == 2:
-        return _html(page.render_model(data))
-    if parts[2:] == ["data.json"]:
-        return _json(data)
-    if parts[2:] in (["metrics.csv"], ["metrics.json"]):
-        return _metrics_file(data, parts[2])
-    if len(parts) == 4 and parts[2] == "weights" and parts[3].removesuffix(".pt") in _KINDS:
-        kind: WeightsKind = "last" if parts[3].startswith("last") else "best"
-        return _weights(hub, request, model_id, kind, page.download_name(data["record"], kind))
-    return _html(page.render_missing(request.path), 404)
+        return _static(parts[1])  # the sign-in page's style sheet
+    cookie = request.cookies.get(session.COOKIE)
+    viewer = session.viewer_of(sessions, cookie, hub.list_keys())
+    if parts == ["signout"]:
+        if viewer is not None and not _csrf_ok(request, access, viewer):
+            return Response("the form's CSRF token does not match the session", status=403)
+        response = _redirect("/signin")
+        session.set_cookie(response, "", 0, secure)
+        return response
+    if viewer is None:
+        if parts == ["runs.json"] or parts[-1:] == ["data.json"]:
+            return Response("sign in first", status=401, mimetype="text/plain")
+        return _redirect("/signin")
+    return viewer
+
+
+def _csrf_ok(request: Request, access: PageAccess, viewer: session.Viewer) -> bool:
+    given = request.form.get(session.CSRF_FIELD, "")
+    expected = access.sessions.csrf(viewer.cookie)
+    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
+
+
+def _bar(viewer: session.Viewer, access: PageAccess | None) -> str:
+    if access is None or viewer.key_id is None:
+        return ""
+    return session.session_bar(viewer, access.sessions.csrf(viewer.cookie))
+
+
+def _redirect(where: str) -> Response:
+    response = Response(status=303, headers={"Location": where})
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def host_allowed(host: str | None, public_root: str) -> bool:
@@ -110,13 +220,38 @@ def host_allowed(host: str | None, public_root: str) -> bool:
     return own is not None and name == own.rstrip(".")
 
 
-def runs(hub: Hub) -> list[dict[str, Any]]:
-    """Every model with its progress and best metric, newest first (the front page's rows)."""
+def runs(
+    hub: Hub,
+    viewer: session.Viewer = session.LOOPBACK_VIEWER,
+    after: str | None = None,
+    limit: int | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of the models the viewer sees, newest first, with progress and best metric.
+
+    Args:
+        hub: The hub.
+        viewer: Whose models; an admin (or the loopback user) sees all.
+        after: The id of the last model of the page before (``?after=``); the first page
+            when None, unknown or not the viewer's.
+        limit: Models per page; :data:`PAGE_SIZE` when None.
+
+    Returns:
+        The page's rows and the id to ask the next page after (None on the last page).
+    """
+    limit = limit if limit is not None else PAGE_SIZE
+    owner = None if viewer.admin else viewer.key_id or ""
+    before = None
+    if after is not None and is_model_id(after):
+        last = hub.store.get_model(after)
+        if last is not None and viewer.sees(last.owner):
+            before = (last.created_at, last.id)
+    # One more than shown: whether a next page exists costs no second query.
+    found = hub.store.page_models(limit + 1, before, owner)
     out = []
-    for record in reversed(hub.models()):
+    for record in (hub.view(each) for each in found[:limit]):
         summary = page.summarize(record, hub.metrics(record["id"]), hub.clock(), _stall(hub))
         out.append({"record": record, "summary": summary})
-    return out
+    return out, found[limit - 1].id if len(found) > limit else None
 
 
 def model_data(hub: Hub, model_id: str) -> dict[str, Any] | None:
@@ -239,7 +374,19 @@ def _static(name: str) -> Response:
     return response
 
 
-def _html(text: str, status: int = 200) -> Response:
+def _next_link(following: str | None) -> str:
+    if following is None:
+        return ""
+    return f'<nav class="more"><a rel="next" href="/?after={following}">Older runs</a></nav>'
+
+
+def _html(text: str, status: int = 200, bar: str = "", more: str = "") -> Response:
+    # The session bar and the next page's link belong to the request, not to the page:
+    # added after rendering.
+    if bar:
+        text = text.replace("<body>", f"<body>{bar}", 1)
+    if more:
+        text = text.replace("</main>", f"{more}</main>", 1)
     # Text from old data may hold lone surrogates: shown escaped, never a 500.
     data = text.encode("utf-8", "backslashreplace")
     return Response(data, status=status, mimetype="text/html")

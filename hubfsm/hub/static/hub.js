@@ -368,7 +368,7 @@
     if (!table) {
       // No runs yet: the page reloads when the first one arrives.
       var wait = function () {
-        fetch("/runs.json", { cache: "no-store" }).then(function (r) { return r.json(); })
+        fetch("/runs.json" + location.search, { cache: "no-store" }).then(function (r) { return r.json(); })
           .then(function (d) { offline(false); if (d.runs.length) location.reload(); else setTimeout(wait, 3000); })
           .catch(function () { offline(true); setTimeout(wait, 3000); });
       };
@@ -547,7 +547,7 @@
         "<div class=\"hint\">" + esc(s.activity) + "</div></td></tr>";
     }
     function refresh() {
-      fetch("/runs.json", { cache: "no-store" }).then(function (r) {
+      fetch("/runs.json" + location.search, { cache: "no-store" }).then(function (r) {
         if (!r.ok) throw new Error(String(r.status));
         return r.json();
       }).then(function (d) {

@@ -322,7 +322,7 @@ def test_no_body_makes_the_domain_fail(hub: Hub) -> None:
         data = web.model_data(hub, record["id"])
         assert data is not None
         page.render_model(data).encode("utf-8", "backslashreplace")
-    page.render_index(web.runs(hub), 0.0)
+    page.render_index(web.runs(hub)[0], 0.0)
 
 
 def _get(local: LocalHub, path: str, host: str, **headers: str) -> tuple[int, bytes]:

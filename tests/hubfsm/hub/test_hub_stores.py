@@ -67,6 +67,28 @@ def test_models_round_trip(store: Store) -> None:
     assert [r.id for r in store.list_models()] == ["b" * 20]
 
 
+def test_models_come_in_pages_newest_first_by_owner(store: Store) -> None:
+    # Two models share a creation time: the id breaks the tie, so no page skips one.
+    times = [1.0, 2.0, 2.0, 3.0, 4.0]
+    for n, at in enumerate(times):
+        owner = "alice" if n % 2 == 0 else "bob"
+        store.put_model(attrs.evolve(record(chr(ord("a") + n) * 20, at=at), owner=owner))
+    newest = [r.id[0] for r in sorted(store.list_models(), key=lambda r: (r.created_at, r.id))]
+    newest.reverse()
+    assert newest == ["e", "d", "c", "b", "a"]
+    pages, before = [], None
+    while True:
+        page = store.page_models(2, before)
+        if not page:
+            break
+        pages.append([r.id[0] for r in page])
+        before = (page[-1].created_at, page[-1].id)
+    assert pages == [["e", "d"], ["c", "b"], ["a"]]
+    assert [r.id[0] for r in store.page_models(10, None, "alice")] == ["e", "c", "a"]
+    assert [r.id[0] for r in store.page_models(1, (2.0, "c" * 20), "alice")] == ["a"]
+    assert store.page_models(10, None, "nobody") == []
+
+
 def test_metrics_upsert(store: Store) -> None:
     store.put_metrics("m", {2: '{"a": 2}', 0: '{"a": 0}'})
     store.put_metrics("m", {0: '{"a": 9}'})

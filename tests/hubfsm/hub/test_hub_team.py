@@ -36,6 +36,7 @@ def _request(
     key: str | None = None,
     body: object = None,
     headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
@@ -46,6 +47,8 @@ def _request(
     if body is not None:
         data = json.dumps(body).encode()
         sent["Content-Type"] = "application/json"
+    if raw is not None:
+        data = raw
     try:
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         conn.request(method, path, body=data, headers=sent)
@@ -358,3 +361,233 @@ def test_an_unreachable_database_is_an_error_without_the_password(tmp_path: Path
     assert done.returncode == 2
     assert b"cannot use the database" in done.stderr
     assert b"sekrit" not in done.stderr + done.stdout
+
+
+def test_a_download_reads_digest_and_object_of_one_upload_while_another_replaces_it(
+    team_hub: LocalHub,
+) -> None:
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    store = team_hub.hub.store
+    assert isinstance(store, PostgresStore)
+    model = "r" * 20
+    store.commit_weights(model, "last", store.stage_weights(b"old weights"))
+    objects = store.objects
+    real_open = objects.open
+    replaced: list[str] = []
+
+    def open_after_a_replacement(key: str) -> object:
+        # Another process's upload lands between the pointer's read and the object's
+        # opening: the object read is deleted once that swap committed.
+        if not replaced:
+            replaced.append(key)
+            store.commit_weights(model, "last", store.stage_weights(b"new weights"))
+        return real_open(key)
+
+    objects.open = open_after_a_replacement  # type: ignore[method-assign]
+    try:
+        found = team_hub.hub.weights(model, "last")
+    finally:
+        objects.open = real_open  # type: ignore[method-assign]
+    assert found is not None and replaced
+    info, content = found
+    assert not isinstance(content, bytes)
+    with content:
+        data = content.read()
+    assert data == b"new weights"
+    assert info.sha256 == hashlib.sha256(data).hexdigest() and info.size == len(data)
+
+
+def test_a_key_transfer_keeps_a_trainers_update_made_while_it_ran(
+    team_hub: LocalHub, team: tuple[str, str]
+) -> None:
+    import psycopg
+
+    hub = team_hub.hub
+    old, new = hub.add_key("Ol" * 21, label="old"), hub.add_key("Nw" * 21, label="new")
+    model = _create(team_hub.url, "Ol" * 21)["data"]["id"]
+    assert isinstance(model, str)
+    # A trainer's request holds the model's row and is about to write its progress.
+    with psycopg.connect(team[0]) as trainer:
+        (text,) = trainer.execute(
+            "SELECT record FROM models WHERE id = %s FOR UPDATE", (model,)
+        ).fetchone() or ("",)
+        moved: list[int] = []
+        thread = threading.Thread(target=lambda: moved.append(hub.transfer(old.id, new.id)))
+        thread.start()
+        # The transfer waits for the row (seen from the server: a backend waits on a lock).
+        for _ in range(600):
+            waiting = trainer.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            ).fetchone()
+            if waiting is not None and waiting[0] > 0:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the transfer never waited for the model's row")
+        record = json.loads(str(text))
+        record["metrics_epoch"] = 7
+        trainer.execute(
+            "UPDATE models SET record = %s WHERE id = %s", (json.dumps(record), model)
+        )
+        trainer.commit()
+        thread.join(30)
+    assert moved == [1]
+    stored = hub.store.get_model(model)
+    assert stored is not None and stored.owner == new.id and stored.metrics_epoch == 7
+
+
+def test_the_rate_limit_is_counted_in_the_database_across_processes(
+    team: tuple[str, str], tmp_path: Path
+) -> None:
+    database, objects = team
+    # One request per 100 s: a second one within the test is over the limit anywhere.
+    options = {"database": database, "objects": objects, "rate_limit": 0.01}
+    with (
+        LocalHub(tmp_path / "a", **options) as first,  # type: ignore[arg-type]
+        LocalHub(tmp_path / "b", **options) as second,  # type: ignore[arg-type]
+    ):
+        key = first.api_key
+        status, headers, _ = _request(f"{first.url}/v1/auth", "POST", key)
+        assert status == 200 and headers["x-ratelimit-remaining"] == "0"
+        # The other process sees the bucket the first one spent.
+        status, headers, _ = _request(f"{second.url}/v1/auth", "POST", key)
+        assert status == 429 and int(headers["retry-after"]) > 1
+        assert _request(f"{first.url}/v1/auth", "POST", key)[0] == 429
+        # Another key has a bucket of its own.
+        assert _request(f"{second.url}/v1/auth", "POST", second.api_key)[0] == 200
+
+
+def _multipart(
+    fields: list[tuple[str, str]], data: bytes, file_first: bool = False
+) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields
+    ]
+    file_part = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="last.pt"; '
+            'filename="last.pt"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        ).encode()
+        + data
+        + b"\r\n"
+    )
+    body = [file_part, *parts] if file_first else [*parts, file_part]
+    return b"".join(body) + f"--{boundary}--\r\n".encode(), boundary
+
+
+def test_an_upload_streams_to_the_object_store_without_a_spool_file(
+    team_hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from hubfsm.hub.objects_s3 import PART_SIZE
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    store = team_hub.hub.store
+    assert isinstance(store, PostgresStore)
+    key = team_hub.api_key
+    model = _create(team_hub.url, key)["data"]["id"]
+    # No folder for temporary files: an upload that passed through one would fail.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no such folder"))
+    data = os.urandom(2 * PART_SIZE + 12345)  # three parts of a multipart upload
+    fields = [("type", "epoch"), ("epoch", "1"), ("isBest", "false")]
+    body, boundary = _multipart(fields, data)
+    parsed = urllib.parse.urlsplit(team_hub.url)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+    try:
+        headers = {"x-api-key": key, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+        conn.request("POST", f"/v1/models/{model}/upload", body=body, headers=headers)
+        answer = conn.getresponse()
+        raw = answer.read()
+        assert answer.status == 200, raw
+        assert json.loads(raw)["data"]["sha256"] == hashlib.sha256(data).hexdigest()
+        # The connection serves the next request: the body was read to its end.
+        conn.request("POST", "/v1/auth", headers={"x-api-key": key})
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+    assert not (team_hub.data_dir / "spool").exists()
+    assert not (tmp_path / "no such folder").exists()
+    info = store.weights_info(model, "last")
+    assert info is not None and info.size == len(data)
+    # Fields sent after the file part are not seen: refused before the file is read.
+    body, boundary = _multipart(fields, b"weights", file_first=True)
+    status, _, raw = _request(
+        f"{team_hub.url}/v1/models/{model}/upload",
+        "POST",
+        key,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        raw=body,
+    )
+    assert status == 400, raw
+
+
+def test_an_upload_cut_short_leaves_no_object(team_hub: LocalHub) -> None:
+    import socket
+
+    from hubfsm.hub.objects_s3 import PART_SIZE
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    store = team_hub.hub.store
+    assert isinstance(store, PostgresStore)
+    key = team_hub.api_key
+    model = _create(team_hub.url, key)["data"]["id"]
+    fields = [("type", "epoch"), ("epoch", "1"), ("isBest", "false")]
+    body, boundary = _multipart(fields, os.urandom(PART_SIZE + 1000))
+    head = (
+        f"POST /v1/models/{model}/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: {key}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    parsed = urllib.parse.urlsplit(team_hub.url)
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=60) as sock:
+        # More than a part (so the store began a multipart upload), then the client stops.
+        sock.sendall(head + body[: PART_SIZE + 500])
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert store.weights_info(model, "last") is None
+    assert store.objects.listing() == []
+    client = store.objects._client
+    uploads = client.list_multipart_uploads(Bucket=store.objects.bucket).get("Uploads", [])
+    assert not [u for u in uploads if u["Key"].startswith(store.objects.prefix)]
+
+
+def test_a_page_session_from_one_process_holds_on_another(
+    team: tuple[str, str], tmp_path: Path
+) -> None:
+    database, objects = team
+    options = {"database": database, "objects": objects, "sign_in": True}
+    with (
+        LocalHub(tmp_path / "a", **options) as first,  # type: ignore[arg-type]
+        LocalHub(tmp_path / "b", **options) as second,  # type: ignore[arg-type]
+    ):
+        member = "Mb" * 21
+        first.hub.add_key(member, label="member")
+        made = _create(second.url, member)["data"]["id"]
+        other = _create(second.url, second.api_key)["data"]["id"]
+        form = urllib.parse.urlencode({"key": member}).encode()
+        status, headers, _ = _request(
+            f"{first.url}/signin",
+            "POST",
+            headers={
+                "Origin": first.url,
+                "Host": urllib.parse.urlsplit(first.url).netloc,
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+            raw=form,
+        )
+        assert status == 303
+        cookie = headers["set-cookie"].split(";")[0]
+        status, _, body = _request(f"{second.url}/runs.json", headers={"Cookie": cookie})
+        assert status == 200
+        assert [run["record"]["id"] for run in json.loads(body)["runs"]] == [made]
+        assert _request(f"{second.url}/models/{other}", headers={"Cookie": cookie})[0] == 404
+        # Revoked through one process, the session ends on the other.
+        first.hub.revoke_key(member)
+        assert _request(f"{second.url}/runs.json", headers={"Cookie": cookie})[0] == 401
