@@ -156,6 +156,49 @@ def _best(
     return name, stats[name]["best"], stats[name]["best_epoch"]
 
 
+#: The training arguments the HUB v1 create body carries, by their ultralytics names.
+WIRE_ARGS = ("data", "epochs", "batch", "imgsz", "patience", "device", "cache")
+
+
+def params(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Every training argument of a run: what the trainer gave, else what the wire carried."""
+    given = record.get("params")
+    if isinstance(given, Mapping):
+        return dict(given)
+    return dict(record.get("train_args") or {})
+
+
+def param_rows(record: Mapping[str, Any]) -> list[tuple[str, object, str]]:
+    """The parameter table: (name, value, how it reached the hub) per argument.
+
+    How: ``wire`` for an argument the HUB v1 create body carries, ``hub only`` for one a
+    hubfsm session sent beside it (the wire has no room for it), ``HUB default`` for a wire
+    argument the trainer did not give (the official client fills these in).
+    """
+    given = record.get("params")
+    if not isinstance(given, Mapping):
+        return [(str(k), v, "wire") for k, v in (record.get("train_args") or {}).items()]
+    rows = [(str(k), v, "wire" if k in WIRE_ARGS else "hub only") for k, v in given.items()]
+    wire = record.get("train_args") or {}
+    rows += [(k, wire[k], "HUB default") for k in WIRE_ARGS if k in wire and k not in given]
+    return rows
+
+
+def planned_epochs(record: Mapping[str, Any]) -> int | None:
+    """The epochs the trainer planned: its own ``epochs`` when it sent every argument.
+
+    A run whose arguments came beside the wire's and hold no ``epochs`` planned what its
+    trainer defaults to, which the hub does not know: the wire's 300 is the official
+    client's default, not the trainer's.
+    """
+    given = record.get("params")
+    if isinstance(given, Mapping) and record.get("protocol") != "platform":
+        return _count(given.get("epochs"))
+    # Platform runs say their epochs themselves; a HUB v1 record without the arguments
+    # has the wire's value, the best there is.
+    return _count(record.get("epochs"))
+
+
 def state(record: Mapping[str, Any], now: float, stall_after: float) -> str:
     """The run's status, or ``stalled``: not trained, and silent for ``stall_after`` seconds.
 
@@ -187,7 +230,7 @@ def summarize(
         now: Hub clock seconds.
         stall_after: Seconds without a heartbeat or upload after which a run is stalled.
     """
-    total = _count(record.get("epochs"))
+    total = planned_epochs(record)
     last = _count(record.get("last_epoch"))
     done = 0 if last is None else last + 1
     final = _count(record.get("final_epoch"))
@@ -219,7 +262,11 @@ def summarize(
             f"last.pt is from epoch {checkpoint}, older than the last metrics (epoch {last}): "
             f"the official client uploads a checkpoint at most every {CHECKPOINT_INTERVAL} s."
         )
-    if shown == "trained":
+    if shown != "trained" and not running and done:
+        # Stopped: the epochs it ran are what there is (the bar shows how far it got).
+        progress = f"stopped after epoch {done}" + (f" of {total}" if total else "")
+        percent = min(100.0, 100.0 * done / total) if total and total > 0 else 100.0
+    elif shown == "trained":
         # Over: the epochs actually run are the whole, whatever was planned.
         percent = 100.0
         progress = f"epoch {done} of {done}"
@@ -250,6 +297,7 @@ def summarize(
         "last_epoch": "-" if last is None else str(last),
         "created": _short(record.get("created_at")),
         "activity": "no activity yet" if latest is None else f"active {duration(now - latest)} ago",
+        "params": params(record),
     }
 
 
@@ -501,8 +549,9 @@ def render_model(data: Mapping[str, Any]) -> str:
         f'<tbody id="weights-body">{weights}</tbody></table></div>'
     )
     config = "".join(
-        f"<tr><th>{escape(str(k))}</th><td>{escape(dumps(v))}</td></tr>"
-        for k, v in record.get("train_args", {}).items()
+        f'<tr data-how="{escape(how)}"><th>{escape(k)}</th><td>{escape(dumps(v))}</td>'
+        f'<td class="hint">{escape(how)}</td></tr>'
+        for k, v, how in param_rows(record)
     )
     facts = "".join(
         f"<tr><th>{key}</th><td>{escape(str(record.get(key)))}</td></tr>"
@@ -522,9 +571,13 @@ def render_model(data: Mapping[str, Any]) -> str:
         f"{progress}{_chart_tools() if names else ''}"
         f'<section id="charts">{"" if names else "<p>No metrics yet.</p>"}</section>'
         f'<section class="card"><h2>Weights</h2>{weights_table}</section>'
-        f'<section class="card two"><div><h2>Training arguments</h2><table>{config}</table>'
-        '<p class="hint">The HUB wire format carries these only (data, epochs, batch, imgsz, '
-        "patience, device, cache); a trainer's other arguments do not reach a hub.</p></div>"
+        f'<section class="card two"><div><h2>Training arguments</h2>'
+        f'<table id="params">{config}</table>'
+        '<p class="hint">The HUB v1 wire format carries data, epochs, batch, imgsz, patience, '
+        "device and cache only (<em>wire</em>); a hubfsm session sends every other argument "
+        "beside them to any hub but the public one, and this hub keeps it (<em>hub only</em>). "
+        "<em>HUB default</em>: a value the trainer did not give, filled in as the official "
+        "client does.</p></div>"
         f"<div><h2>Run</h2><table>{facts}</table></div></section>"
         f'<section class="card"><details id="metrics-details"><summary>Metrics table '
         f'(<span id="metrics-count">{len(data["metrics"])}</span> epochs)</summary>'

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import operator
 from collections.abc import Mapping
 from typing import Any
@@ -87,6 +88,10 @@ def view(record: ModelRecord, resume: str | None, best: str | None) -> dict[str,
         "slug": record.slug,
         "run_id": record.run_id,
         "cancelled": record.cancelled,
+        # Every argument the trainer gave (a hubfsm session sends them beside the wire's).
+        "params": None if record.params is None else json.loads(record.params),
+        "tags": list(record.tags),
+        "notes": record.notes,
     }
 
 

@@ -7,7 +7,7 @@ The domain (:mod:`hubfsm.hub.domain`) decides; a store only remembers. Two store
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import IO, Any, Literal, Protocol
 
@@ -25,6 +25,10 @@ Source = bytes | IO[bytes]
 def _tuple_of_list(value: Any) -> Any:
     # Lists come back from JSON; a frozen record keeps them as (hashable) tuples.
     return tuple(value) if isinstance(value, list) else value
+
+
+def _texts(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
 
 
 @attrs.frozen
@@ -64,6 +68,10 @@ class ModelRecord:
         run_id: The Platform run now writing to the model (a resume opens a new one).
         cancelled: The hub's user asked the run to stop; every Platform answer says so.
         checkpoint_path: The Platform storage path of the promoted checkpoint (``last``).
+        params: Every training argument the trainer gave, as JSON text of an object
+            (hubfsm sessions send them beside the HUB v1 body); None when none came.
+        tags: Labels given by the session or on the run's page.
+        notes: Free text given by the session or on the run's page.
     """
 
     id: str
@@ -98,6 +106,9 @@ class ModelRecord:
     run_id: int | None = None
     cancelled: bool = False
     checkpoint_path: str | None = None
+    params: str | None = None
+    tags: tuple[str, ...] = attrs.field(default=(), converter=_texts)
+    notes: str | None = None
 
 
 @attrs.frozen

@@ -15,12 +15,13 @@ from hubfsm.core.engine import CoreConfig
 from hubfsm.core.identifier import parse_identifier
 from hubfsm.integrations.callbacks import TrainingCallbacks
 from hubfsm.integrations.ultralytics_objects import (
+    CREATE_ARGS,
     DETACHED,
     EVENTS,
     MAP_KEY,
     Claimed,
     Detached,
-    create_args,
+    every_arg,
     model_info,
     official_key,
     official_model_id,
@@ -266,14 +267,19 @@ class UltralyticsCallbacks:
                 )
             identifier = os.fspath(model)
         if self.user_args is not None:
-            # What the user passed to Model.train, as the official client sends it: the
-            # data string as given, the official defaults for what was not given.
-            train_args = create_args(self.user_args)
+            # The wire's arguments as the user passed them to Model.train, as the official
+            # client sends them: the data string as given, the official defaults for what
+            # was not given. Every other argument the trainer resolved goes too, for a hub
+            # that keeps them all.
+            train_args = {
+                k: v for k, v in every_arg(args, drop_none=True).items() if k not in CREATE_ARGS
+            }
+            train_args.update(every_arg(self.user_args))
             data = getattr(args, "data", None)
             if "data" not in train_args and data is not None:
                 train_args["data"] = data
         else:
-            train_args = create_args(args, drop_none=True)
+            train_args = every_arg(args, drop_none=True)
         train_args.update(self._train_args)
         parsed = parse_identifier(identifier, web_root=self._web_root)
         api_key = self._api_key or self._official_key

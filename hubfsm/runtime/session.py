@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from hubfsm.core.changes import describe_pending
@@ -62,8 +62,10 @@ class Session(SessionViews):
         web_root: The web root for model URLs (else ``ULTRALYTICS_HUB_WEB``, else the
             API root's origin for any hub but the public one: the local hub serves its
             model pages there).
-        train_args: For a local file: training arguments in ultralytics' names
-            (``data``, ``epochs``, ``batch``, ``imgsz``, ``patience``, ``device``, ``cache``).
+        train_args: For a local file: training arguments in ultralytics' names. The HUB
+            v1 wire carries ``data``, ``epochs``, ``batch``, ``imgsz``, ``patience``,
+            ``device`` and ``cache`` (the others are logged as not sent to the public
+            HUB); a hubfsm hub keeps every one, and Platform sends every one as text.
         config: Limits and retry policies of the core.
         open_timeout: Seconds to wait for the hub to load or create the model.
         seed: Seeds the jitter, for reproducible runs.
@@ -85,6 +87,11 @@ class Session(SessionViews):
             model id of a run to continue.
         on_cancel: Called once, on the session's worker thread, when an answer says a
             person cancelled the run (see :attr:`cancelled`).
+        name: For a new model, its name on the hub (HUB v1's ``meta.name``, default the
+            file's base name; Platform: the run's name, as ``train_args["name"]``).
+        tags: For a new model, labels a hubfsm hub keeps and shows (not sent to the
+            public HUB, whose wire has no room for them; Platform: not sent).
+        notes: For a new model, free text a hubfsm hub keeps and shows (as ``tags``).
 
     Raises:
         IdentifierError: The identifier is in none of the accepted forms.
@@ -113,6 +120,9 @@ class Session(SessionViews):
         handle_signals: bool = False,
         protocol: str | None = None,
         on_cancel: Callable[[], None] | None = None,
+        name: str | None = None,
+        tags: Iterable[str] | str | None = None,
+        notes: str | None = None,
     ) -> None:
         self._on_cancel = on_cancel
         settings = Settings.resolve(
@@ -131,6 +141,9 @@ class Session(SessionViews):
             exit_timeout=exit_timeout,
             handle_signals=handle_signals,
             protocol=protocol,
+            name=name,
+            tags=tags,
+            notes=notes,
         )
         self._setup(build(settings, transport=transport))
 

@@ -455,9 +455,9 @@
     }
     function compareTables(runs, metrics) {
       var keys = {};
-      runs.forEach(function (d) { Object.keys(d.record.train_args || {}).forEach(function (k) { keys[k] = 1; }); });
+      runs.forEach(function (d) { Object.keys(d.summary.params || {}).forEach(function (k) { keys[k] = 1; }); });
       var differ = Object.keys(keys).filter(function (k) {
-        var seen = runs.map(function (d) { return JSON.stringify((d.record.train_args || {})[k]); });
+        var seen = runs.map(function (d) { return JSON.stringify((d.summary.params || {})[k]); });
         return seen.some(function (v) { return v !== seen[0]; });
       });
       var head = "<tr><th>run</th>" + runs.map(function (d) {
@@ -465,7 +465,7 @@
       }).join("") + "</tr>";
       var params = differ.map(function (k) {
         return "<tr><th>" + esc(k) + "</th>" + runs.map(function (d) {
-          var v = (d.record.train_args || {})[k];
+          var v = (d.summary.params || {})[k];
           return "<td>" + esc(v === undefined ? "-" : JSON.stringify(v)) + "</td>";
         }).join("") + "</tr>";
       }).join("");

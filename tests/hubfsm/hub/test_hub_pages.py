@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -10,8 +11,10 @@ from types import ModuleType
 import pytest
 import requests
 
+import hubfsm
 from hubfsm.hub import ModelRecord, page
 from hubfsm.hub.server import LocalHub
+from tests.support import FAST
 
 TIMEOUT = 10
 
@@ -227,7 +230,67 @@ def test_downloads_are_named_after_the_run_and_empty_pages_say_what_to_do(
     # What the trainer reported with its final weights is shown beside the best epoch.
     assert '<div data-field="record.map">0.46</div>' in html
     assert "<noscript>" in html and 'id="metrics-table"' in html
-    assert "other arguments do not reach a hub" in html  # said, not silently dropped
+    assert "wire format carries data, epochs" in html  # said, not silently dropped
     csv_reply = requests.get(f"{local.url}/models/{trained}/metrics.csv", timeout=TIMEOUT)
     assert csv_reply.headers["Content-Type"].startswith("text/csv")
     assert len(csv_reply.text.splitlines()) == 31  # a header and thirty epochs
+
+
+def test_every_training_argument_a_session_gives_is_kept_shown_and_counted(
+    local: LocalHub, tmp_path: Path
+) -> None:
+    given = {"data": "coco8.yaml", "lr0": 0.02, "mosaic": 0.5, "batch": 8}
+    weights = tmp_path / "best.pt"
+    weights.write_bytes(b"final weights")
+    with hubfsm.Session(
+        "yolov8n.yaml",
+        api_key=local.api_key,
+        api_root=local.url,
+        train_args=given,
+        config=FAST,
+        outbox_dir=tmp_path / "outbox",
+        name="baseline lr 0.02",
+        tags=["seed=7", " sweep ", "seed=7"],
+        notes="first try",
+    ) as session:
+        model_id = session.model_id
+        for k in range(3):
+            session.log_metrics({"train/loss": 1.0 - k / 10}, epoch=k)
+        session.finish(weights, map50_95=0.3)
+    data = requests.get(f"{local.url}/models/{model_id}/data.json", timeout=TIMEOUT).json()
+    record = data["record"]
+    assert record["params"] == given  # the lr and mosaic too, and no default added
+    assert (record["name"], record["tags"], record["notes"]) == (
+        "baseline lr 0.02",
+        ["seed=7", "sweep"],
+        "first try",
+    )
+    # The wire's record is as the official client makes it (its 300 epochs default) ...
+    assert record["epochs"] == 300 and record["train_args"]["batch"] == 8
+    # ... but the run never planned 300 epochs: it ran 3 and is over.
+    assert data["summary"]["progress"] == "epoch 3 of 3"
+    assert data["summary"]["percent"] == 100.0
+    html = requests.get(f"{local.url}/models/{model_id}", timeout=TIMEOUT).text
+    rows = re.findall(r'<tr data-how="([^"]+)"><th>([^<]+)</th>', html)
+    how = {name: kind for kind, name in rows}
+    assert how == {
+        "data": "wire",
+        "lr0": "hub only",
+        "mosaic": "hub only",
+        "batch": "wire",
+        "epochs": "HUB default",
+        "imgsz": "HUB default",
+        "patience": "HUB default",
+        "device": "HUB default",
+        "cache": "HUB default",
+    }
+
+
+def test_a_run_still_training_without_planned_epochs_shows_no_total() -> None:
+    record = {"id": "a" * 20, "status": "training", "epochs": 300, "last_epoch": 4}
+    assert page.summarize(record, [], 0.0)["progress"] == "epoch 5 of 300"
+    told = {**record, "params": {"data": "coco8.yaml"}}
+    assert page.summarize(told, [], 0.0)["progress"] == "epoch 5"
+    planned = {**record, "params": {"epochs": 10}}
+    summary = page.summarize(planned, [], 0.0)
+    assert (summary["progress"], summary["percent"]) == ("epoch 5 of 10", 50.0)

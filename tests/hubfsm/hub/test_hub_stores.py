@@ -67,6 +67,16 @@ def test_models_round_trip(store: Store) -> None:
     assert [r.id for r in store.list_models()] == ["b" * 20]
 
 
+def test_a_runs_parameters_tags_and_notes_round_trip(store: Store) -> None:
+    told = attrs.evolve(
+        record(), params='{"lr0": 0.01, "name": "exp"}', tags=["seed=7", "sweep"], notes="why"
+    )
+    assert told.tags == ("seed=7", "sweep")  # kept as a tuple, however given
+    store.put_model(told)
+    assert store.get_model("a" * 20) == told
+    assert store.list_models() == [told]
+
+
 def test_metrics_upsert(store: Store) -> None:
     store.put_metrics("m", {2: '{"a": 2}', 0: '{"a": 0}'})
     store.put_metrics("m", {0: '{"a": 9}'})

@@ -92,3 +92,72 @@ def test_session_options_pass_through(hub, tmp_path):
         assert run.outbox_dir.parent == tmp_path / "ob"
         assert not (run.outbox_dir / "journal").exists()
     assert hub.audit().requests.get("upload_metrics", 0) == 0  # offline: nothing sent
+
+
+class _Recording(InMemoryTransport):
+    """An in-memory transport that keeps the JSON bodies it sends."""
+
+    def __init__(self, hub, key):
+        super().__init__(hub, key)
+        self.bodies = []
+
+    def send(self, request):
+        self.bodies.append((request.method, request.path, request.json))
+        return super().send(request)
+
+
+def _create_body(transport):
+    return next(b for m, p, b in transport.bodies if (m, p) == ("POST", "/v1/models"))
+
+
+def test_open_sends_every_argument_tags_and_notes_to_a_hub_other_than_the_public_one(
+    hub, tmp_path
+):
+    transport = _Recording(hub, KEY)
+    with hub_open(
+        "yolov8n.yaml",
+        transport=transport,
+        api_root="http://127.0.0.1:9",
+        config=FAST,
+        outbox_dir=tmp_path,
+        tags=("a", "b"),
+        notes="why",
+        data="coco8.yaml",
+        lr0=0.02,
+        name="exp",
+    ) as run:
+        record = hub.record(run.model_id)
+    body = _create_body(transport)
+    assert body["hubfsm"] == {
+        "trainArgs": {"data": "coco8.yaml", "lr0": 0.02, "name": "exp"},
+        "tags": ["a", "b"],
+        "notes": "why",
+    }
+    # open()'s name is ultralytics' training argument, not the model's name.
+    assert body["meta"]["name"] == "yolov8n.yaml"
+    assert record["params"]["lr0"] == 0.02 and record["tags"] == ["a", "b"]
+
+
+def test_a_session_names_its_model_and_says_what_the_public_hub_cannot_carry(
+    hub, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("ULTRALYTICS_HUB_API", raising=False)
+    transport = _Recording(hub, KEY)
+    with structlog.testing.capture_logs() as logs:
+        session = hubfsm.Session(
+            "yolov8n.yaml",
+            transport=transport,
+            config=FAST,
+            outbox_dir=tmp_path,
+            name="baseline",
+            tags="seed=1",
+            notes="n",
+            train_args={"data": "coco8.yaml", "lr0": 0.02, "epochs": 3},
+        )
+        session.close()
+    body = _create_body(transport)
+    # The public HUB's official client sent no more than the wire's fields: nor does hubfsm.
+    assert "hubfsm" not in body and body["meta"]["name"] == "baseline"
+    assert body["config"]["epochs"] == 3
+    (said,) = [e for e in logs if e["event"] == "session.train_args_not_sent"]
+    assert (said["names"], said["tags"], said["notes"]) == (["lr0"], 1, True)
