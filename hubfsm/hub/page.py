@@ -428,7 +428,7 @@ def render_index(runs: Sequence[Mapping[str, Any]], now: float, api_root: str = 
     metric_options = "".join(f"<option>{escape(n)}</option>" for n in all_names)
     table = (
         '<div class="tools"><label>filter <input id="filter" type="search" '
-        'placeholder="name or id"></label>'
+        'placeholder="name, tag or id"></label>'
         '<label>status <select id="status-filter"><option value="">any</option>'
         + "".join(f"<option>{s}</option>" for s in STATES)
         + "</select></label>"
@@ -477,12 +477,13 @@ def _index_row(run: Mapping[str, Any]) -> str:
     state_ = escape(str(summary.get("state", record.get("status"))))
     return (
         f'<tr data-id="{model_id}" data-name="{escape(str(record.get("name") or ""))}" '
+        f'data-tags="{escape(" ".join(str(t) for t in record.get("tags") or []))}" '
         f'data-status="{state_}" data-percent="{summary["percent"]}" '
         f'data-best="{best_value}" data-created="{escape(str(record.get("created_at")))}">'
         f'<td><input type="checkbox" class="pick" value="{model_id}" '
         f'aria-label="compare {name}"></td>'
         f'<td><a href="/models/{model_id}">{name}</a>'
-        f'<div class="id">{model_id}</div></td>'
+        f'<div class="id">{model_id}</div>{_tags(record.get("tags"))}</td>'
         f'<td><span class="badge {state_}">{state_}</span></td>'
         f"<td>{_bar(summary['percent'])}<div>{escape(summary['progress'])}</div></td>"
         f'<td class="best">{best_cell}</td>'
@@ -508,6 +509,33 @@ def _chart_tools() -> str:
         '<label><input id="log" type="checkbox"> log scale</label>'
         '<label><input id="zero" type="checkbox"> y from zero</label>'
         '<span class="hint">drag across a chart to zoom, double-click to reset</span></div>'
+    )
+
+
+def _tags(tags: object) -> str:
+    shown = [str(t) for t in tags] if isinstance(tags, list) else []
+    return "".join(f'<span class="tag">{escape(t)}</span>' for t in shown)
+
+
+def _edit_form(record: Mapping[str, Any]) -> str:
+    """The run's name, tags and notes, changed with the hub's key; and its deletion."""
+    tags = ", ".join(str(t) for t in record.get("tags") or [])
+    return (
+        '<section class="card" id="edit"><h2>Name, tags and notes</h2>'
+        '<form id="edit-form" class="edit">'
+        f'<label>name <input id="edit-name" name="name" '
+        f'value="{escape(str(record.get("name") or ""))}" maxlength="2000" required></label>'
+        f'<label>tags <input id="edit-tags" name="tags" value="{escape(tags)}" '
+        'placeholder="comma, separated"></label>'
+        '<label>notes <textarea id="edit-notes" name="notes" rows="3" maxlength="20000">'
+        f"{escape(str(record.get('notes') or ''))}</textarea></label>"
+        '<label>API key <input id="edit-key" name="key" type="password" autocomplete="off" '
+        'placeholder="the hub\'s key, as in &lt;hub data&gt;/api_key"></label>'
+        '<div class="row"><button type="submit" id="edit-save">Save</button>'
+        '<button type="button" id="edit-delete" class="danger">Delete run</button></div>'
+        '<p class="hint" id="edit-status" role="status" aria-live="polite">'
+        "Changing a run needs the hub's API key; it is kept in this tab only.</p>"
+        "</form></section>"
     )
 
 
@@ -566,8 +594,11 @@ def render_model(data: Mapping[str, Any]) -> str:
         f'<a href="/models/{model_id}/metrics.json" download="{stem}-metrics.json">JSON</a>'
     )
     body = (
-        f'<header><a href="/">← all runs</a><h1>{name}</h1>{_badge(summary.get("state"))}'
-        f'<span class="id">{model_id}</span></header>{_unreachable()}<main>{_noscript()}'
+        f'<header><a href="/">← all runs</a><h1 id="run-name">{name}</h1>'
+        f'{_badge(summary.get("state"))}<span class="id">{model_id}</span>'
+        f'<span id="run-tags">{_tags(record.get("tags"))}</span></header>{_unreachable()}'
+        f'<main>{_noscript()}<p id="run-notes" class="notes"'
+        f'{"" if record.get("notes") else " hidden"}>{escape(str(record.get("notes") or ""))}</p>'
         f"{progress}{_chart_tools() if names else ''}"
         f'<section id="charts">{"" if names else "<p>No metrics yet.</p>"}</section>'
         f'<section class="card"><h2>Weights</h2>{weights_table}</section>'
@@ -582,7 +613,7 @@ def render_model(data: Mapping[str, Any]) -> str:
         f'<section class="card"><details id="metrics-details"><summary>Metrics table '
         f'(<span id="metrics-count">{len(data["metrics"])}</span> epochs)</summary>'
         f'<p>Download: {links}</p><div class="scroll">{metrics_table(data["metrics"])}</div>'
-        f"</details></section>{console}</main>"
+        f"</details></section>{console}{_edit_form(record)}</main>"
     )
     return _doc(
         f"{record.get('name') or record['id']} - local hub", body, _data_tag("model-data", data)

@@ -8,7 +8,7 @@ session comes from.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeAlias
 
 from hubfsm.core.engine import CoreConfig
@@ -61,6 +61,9 @@ class UltralyticsCallbacks:
         model_info: Returns the model's info merged into epoch 0's metrics; by default
             ultralytics' ``model_info_for_loggers``.
         train_args: For a new model, values that replace the trainer's arguments.
+        tags: For a new model, labels a hubfsm hub keeps (see
+            :class:`~hubfsm.runtime.session.Session`).
+        notes: For a new model, free text a hubfsm hub keeps.
     """
 
     def __init__(
@@ -77,6 +80,8 @@ class UltralyticsCallbacks:
         strict: bool = False,
         model_info: Callable[[Any], Mapping[str, Any]] = model_info,
         train_args: Mapping[str, Any] | None = None,
+        tags: Iterable[str] | str | None = None,
+        notes: str | None = None,
     ) -> None:
         self._given: TrainingSession | None = None
         self._identifier: str | None = None
@@ -94,6 +99,8 @@ class UltralyticsCallbacks:
         self._strict = strict
         self._model_info = model_info
         self._train_args = dict(train_args or {})
+        self._tags = tags
+        self._notes = notes
         self._hub: TrainingCallbacks | None = None
         self._owned = False
         self._official_key: str | None = None
@@ -295,6 +302,8 @@ class UltralyticsCallbacks:
             api_root=self._api_root,
             web_root=self._web_root,
             open_timeout=self._open_timeout,
+            tags=self._tags,
+            notes=self._notes,
             # The trainer's arguments only shape a new model; a loaded one has its own.
             **(train_args if parsed.filename is not None else {}),
         )

@@ -37,6 +37,9 @@
       return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c];
     });
   }
+  function tagsHtml(tags) {
+    return (tags || []).map(function (t) { return "<span class=\"tag\">" + esc(t) + "</span>"; }).join("");
+  }
   function fmt(v) { return v == null ? "-" : String(+v.toPrecision(5)); }
   function fmtValue(u, v) { return fmt(v); }
   function sizeOf(n) {
@@ -324,6 +327,45 @@
       table.innerHTML = html;
       document.getElementById("metrics-count").textContent = String(metrics.length);
     }
+    // Name, tags and notes, changed with the hub's key (kept in this tab only).
+    function editing() {
+      var form = document.getElementById("edit-form");
+      if (!form) return;
+      var key = document.getElementById("edit-key"), said = document.getElementById("edit-status");
+      key.value = sessionStorage.getItem("hubfsm-key") || "";
+      var base = location.pathname.replace(/\/$/, "");
+      function send(action, body) {
+        sessionStorage.setItem("hubfsm-key", key.value);
+        return fetch(base + "/" + action, {
+          method: "POST", cache: "no-store",
+          headers: { "Content-Type": "application/json", "x-api-key": key.value },
+          body: JSON.stringify(body || {})
+        }).then(function (r) {
+          return r.text().then(function (t) { if (!r.ok) throw new Error(t || String(r.status)); return t; });
+        });
+      }
+      function shown(record) {
+        document.getElementById("run-name").textContent = record.name;
+        document.title = record.name + " - local hub";
+        document.getElementById("run-tags").innerHTML = tagsHtml(record.tags);
+        var notes = document.getElementById("run-notes");
+        notes.textContent = record.notes || ""; notes.hidden = !record.notes;
+      }
+      form.addEventListener("submit", function (ev) {
+        ev.preventDefault();
+        var tags = document.getElementById("edit-tags").value.split(",")
+          .map(function (t) { return t.trim(); }).filter(Boolean);
+        send("annotate", { name: document.getElementById("edit-name").value, tags: tags,
+                           notes: document.getElementById("edit-notes").value })
+          .then(function (t) { shown(JSON.parse(t)); said.textContent = "Saved."; })
+          .catch(function (e) { said.textContent = "Not saved: " + e.message; });
+      });
+      document.getElementById("edit-delete").addEventListener("click", function () {
+        if (!confirm("Delete this run, its metrics and its weights? This cannot be undone.")) return;
+        send("delete").then(function () { location.href = "/"; })
+          .catch(function (e) { said.textContent = "Not deleted: " + e.message; });
+      });
+    }
     function controls() {
       if (!smooth) return;
       smooth.value = String(settings.smooth); smoothOut.textContent = String(settings.smooth);
@@ -340,6 +382,7 @@
       zeroBox.addEventListener("change", changed);
     }
     controls();
+    editing();
     render(data);
     window.hubCharts = charts;  // for inspection (and the browser tests)
     window.addEventListener("resize", function () {
@@ -384,7 +427,8 @@
     function apply() {
       var text = filter.value.toLowerCase(), want = status.value;
       Array.prototype.forEach.call(tbody.rows, function (row) {
-        var hit = (row.dataset.name + " " + row.dataset.id).toLowerCase().indexOf(text) >= 0;
+        var hit = (row.dataset.name + " " + row.dataset.tags + " " + row.dataset.id)
+          .toLowerCase().indexOf(text) >= 0;
         row.hidden = !hit || (want && row.dataset.status !== want);
       });
     }
@@ -534,12 +578,12 @@
     function rowHtml(run) {
       var r = run.record, s = run.summary, st = s.state || r.status;
       return "<tr data-id=\"" + esc(r.id) + "\" data-name=\"" + esc(r.name || "") +
-        "\" data-status=\"" + esc(st) + "\" data-percent=\"" + s.percent +
+        "\" data-tags=\"" + esc((r.tags || []).join(" ")) + "\" data-status=\"" + esc(st) + "\" data-percent=\"" + s.percent +
         "\" data-best=\"\" data-created=\"" + esc(r.created_at) + "\">" +
         "<td><input type=\"checkbox\" class=\"pick\" value=\"" + esc(r.id) +
         "\" aria-label=\"compare " + esc(r.name || r.id) + "\"></td>" +
         "<td><a href=\"/models/" + esc(r.id) + "\">" + esc(r.name || r.id) +
-        "</a><div class=\"id\">" + esc(r.id) + "</div></td>" +
+        "</a><div class=\"id\">" + esc(r.id) + "</div>" + tagsHtml(r.tags) + "</td>" +
         "<td><span class=\"badge " + esc(st) + "\">" + esc(st) + "</span></td>" +
         "<td><div class=\"bar\"><div class=\"fill\" style=\"width:" + s.percent +
         "%\"></div></div><div>" + esc(s.progress) + "</div></td>" +

@@ -446,3 +446,44 @@ def test_no_page_scrolls_sideways_on_a_phone(
         assert width <= 390, width
     finally:
         context.close()
+
+
+def test_a_run_is_renamed_tagged_and_deleted_from_its_page_with_the_key(
+    page: Any, local: LocalHub, sample_runs: ModuleType
+) -> None:
+    ids = sample_runs.populate(local)
+    trained = ids["trained"]
+    page.goto(f"{local.url}/models/{trained}")
+    page.fill("#edit-name", "baseline, the one to beat")
+    page.fill("#edit-tags", "seed=3, keep ,")
+    page.fill("#edit-notes", "lr 0.01")
+    # Without the key nothing changes, and the page says why.
+    page.click("#edit-save")
+    sync_api.expect(page.locator("#edit-status")).to_contain_text("Not saved")
+    sync_api.expect(page.locator("#run-name")).not_to_have_text("baseline, the one to beat")
+    page.fill("#edit-key", local.api_key)
+    page.click("#edit-save")
+    sync_api.expect(page.locator("#edit-status")).to_have_text("Saved.")
+    sync_api.expect(page.locator("#run-name")).to_have_text("baseline, the one to beat")
+    sync_api.expect(page.locator("#run-tags .tag")).to_have_text(["seed=3", "keep"])
+    sync_api.expect(page.locator("#run-notes")).to_have_text("lr 0.01")
+    record = requests.get(f"{local.url}/models/{trained}/data.json", timeout=10).json()["record"]
+    assert (record["name"], record["tags"], record["notes"]) == (
+        "baseline, the one to beat",
+        ["seed=3", "keep"],
+        "lr 0.01",
+    )
+    # The run list shows the tags and finds the run by one.
+    page.goto(f"{local.url}/")
+    page.fill("#filter", "keep")
+    sync_api.expect(page.locator("#runs tbody tr:visible")).to_have_count(1)
+    sync_api.expect(page.locator("#runs tbody tr:visible")).to_have_attribute("data-id", trained)
+
+    # Deleting asks first; the key is remembered in the tab.
+    page.goto(f"{local.url}/models/{ids['new']}")
+    assert page.input_value("#edit-key") == local.api_key
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#edit-delete")
+    page.wait_for_url(f"{local.url}/", timeout=WAIT_MS)
+    sync_api.expect(page.locator("#runs tbody tr")).to_have_count(2)
+    assert requests.get(f"{local.url}/models/{ids['new']}", timeout=10).status_code == 404

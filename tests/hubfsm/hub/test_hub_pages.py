@@ -294,3 +294,67 @@ def test_a_run_still_training_without_planned_epochs_shows_no_total() -> None:
     planned = {**record, "params": {"epochs": 10}}
     summary = page.summarize(planned, [], 0.0)
     assert (summary["progress"], summary["percent"]) == ("epoch 5 of 10", 50.0)
+
+
+def test_a_run_is_renamed_tagged_noted_and_deleted_with_the_key_from_its_own_pages(
+    local: LocalHub, sample_runs: ModuleType
+) -> None:
+    model_id = sample_runs.populate(local)["trained"]
+    url = f"{local.url}/models/{model_id}"
+    key = {"x-api-key": local.api_key}
+    change = {"name": "baseline", "tags": ["seed=3", "keep"], "notes": "the one to beat"}
+    # Without the key, with a wrong one, or from another site's page: nothing changes.
+    assert requests.post(f"{url}/annotate", json=change, timeout=TIMEOUT).status_code == 401
+    wrong = {"x-api-key": "x" * 42}
+    reply = requests.post(f"{url}/annotate", json=change, headers=wrong, timeout=TIMEOUT)
+    assert reply.status_code == 401
+    elsewhere = {**key, "Origin": "http://evil.example"}
+    reply = requests.post(f"{url}/annotate", json=change, headers=elsewhere, timeout=TIMEOUT)
+    assert reply.status_code == 403
+    cross = {**key, "Sec-Fetch-Site": "cross-site"}
+    reply = requests.post(f"{url}/annotate", json=change, headers=cross, timeout=TIMEOUT)
+    assert reply.status_code == 403
+    assert requests.get(f"{url}/data.json", timeout=TIMEOUT).json()["record"]["tags"] == []
+    # A bad value or an unknown field is refused whole.
+    for bad in ({"name": ""}, {"tags": "x"}, {"owner": "me"}, {"notes": 5}):
+        reply = requests.post(f"{url}/annotate", json=bad, headers=key, timeout=TIMEOUT)
+        assert reply.status_code == 400
+    form = requests.post(f"{url}/annotate", data="name=x", headers=key, timeout=TIMEOUT)
+    assert form.status_code == 415
+
+    same = {**key, "Origin": local.url, "Sec-Fetch-Site": "same-origin"}
+    reply = requests.post(f"{url}/annotate", json=change, headers=same, timeout=TIMEOUT)
+    assert reply.status_code == 200 and reply.json()["name"] == "baseline"
+    record = requests.get(f"{url}/data.json", timeout=TIMEOUT).json()["record"]
+    assert (record["name"], record["tags"], record["notes"]) == (
+        "baseline",
+        ["seed=3", "keep"],
+        "the one to beat",
+    )
+    index = requests.get(f"{local.url}/", timeout=TIMEOUT).text
+    assert 'data-tags="seed=3 keep"' in index and '<span class="tag">keep</span>' in index
+    # Only what is named changes.
+    requests.post(f"{url}/annotate", json={"notes": ""}, headers=key, timeout=TIMEOUT)
+    record = requests.get(f"{url}/data.json", timeout=TIMEOUT).json()["record"]
+    assert (record["name"], record["notes"]) == ("baseline", None)
+
+    assert requests.post(f"{url}/delete", timeout=TIMEOUT).status_code == 401
+    assert requests.post(f"{url}/delete", headers=key, timeout=TIMEOUT).json() == {
+        "deleted": model_id
+    }
+    assert requests.get(url, timeout=TIMEOUT).status_code == 404
+    assert requests.post(f"{url}/delete", headers=key, timeout=TIMEOUT).status_code == 404
+    assert requests.put(f"{url}/delete", headers=key, timeout=TIMEOUT).status_code == 405
+
+
+def test_another_keys_run_cannot_be_changed(tmp_path: Path) -> None:
+    from hubfsm.hub import Hub, MemoryStore
+
+    hub = Hub(MemoryStore(), keys=["A" * 42, "B" * 42])
+    mine = ModelRecord(id="m" * 20, name="n", created_at=1.0, cfg="y.yaml", owner="nobody")
+    hub.store.put_model(mine)
+    who = hub.principal("A" * 42)
+    assert who is not None
+    assert hub.annotate(mine.id, who, {"name": "x"}) is None
+    assert hub.remove(mine.id, who) is False
+    assert hub.store.get_model(mine.id) == mine

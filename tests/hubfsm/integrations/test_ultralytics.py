@@ -399,6 +399,8 @@ def test_every_trainer_argument_reaches_a_hub_other_than_the_public_one(
             api_root="http://127.0.0.1:9",
             config=kit.FAST,
             model_info=lambda t: kit.MODEL_INFO,
+            tags=["sweep"],
+            notes="lr 0.02",
         )
         trainer.train()
     model_id = next(e["model_id"] for e in logs if e["event"] == "ultralytics.session_opened")
@@ -406,3 +408,4 @@ def test_every_trainer_argument_reaches_a_hub_other_than_the_public_one(
     # The lr and the other arguments the wire has no room for are kept beside it.
     assert record["params"]["lr0"] == 0.02 and record["params"]["profile"] is False
     assert record["params"]["epochs"] == 2 and record["epochs"] == 2
+    assert (record["tags"], record["notes"]) == (["sweep"], "lr 0.02")
