@@ -180,6 +180,20 @@ def extension(
     return out
 
 
+def ended(model_id: str, agent_id: str | None, reason: str) -> Request:
+    """A last heartbeat saying the run stopped before its end, and why (``Ctrl-C``, say).
+
+    Its ``hubfsm`` field is for a hubfsm hub only (the public HUB's official client never
+    sent one): the hub marks the run interrupted, where else it could only see silence.
+    """
+    body = {
+        "agent": AGENT_NAME,
+        "agentId": agent_id,
+        "hubfsm": {"ended": "interrupted", "reason": reason},
+    }
+    return Request("POST", f"/v1/agent/heartbeat/models/{model_id}", json=body)
+
+
 def create_payload(
     filename: str,
     train_args: Mapping[str, Any],

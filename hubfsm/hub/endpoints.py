@@ -28,6 +28,7 @@ from hubfsm.hub.calls import (
 )
 from hubfsm.hub.parse import (
     epoch_of,
+    interrupted_of,
     metrics_text,
     name_of,
     new_record,
@@ -199,12 +200,16 @@ class Endpoints(HubViews):
         agent = body.get("agent", "")
         if not isinstance(agent, str) or len(agent) > 200:
             return fail(400, "'agent' must be a string (at most 200 characters)")
+        try:
+            interrupted = interrupted_of(body.get("hubfsm"))
+        except ValueError as error:
+            return fail(400, str(error))
         record = self._model(who, model_id)
         if isinstance(record, HubReply):
             return record
         now = self.clock()
         agent_id = record.agent_id or self.new_id()
-        self.store.put_model(records.after_heartbeat(record, agent_id, agent, now))
+        self.store.put_model(records.after_heartbeat(record, agent_id, agent, now, interrupted))
         self._heartbeats.setdefault(record.id, []).append(now)
         return ok("heartbeat received", {"agentId": agent_id})
 

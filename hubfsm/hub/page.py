@@ -200,15 +200,19 @@ def planned_epochs(record: Mapping[str, Any]) -> int | None:
 
 
 def state(record: Mapping[str, Any], now: float, stall_after: float) -> str:
-    """The run's status, or ``stalled``: not trained, and silent for ``stall_after`` seconds.
+    """The run's status, ``interrupted`` or ``stalled``.
 
-    A run stopped by Ctrl-C, a crash or a kill sends nothing more; the hub only sees the
-    silence. Its status stays ``training`` in the API (the official client reads it), and the
-    pages show ``stalled``.
+    ``interrupted``: not trained, and its session said it stopped before the end (Ctrl-C,
+    a signal, an exception; a hubfsm session says so to a hubfsm hub as it closes).
+    ``stalled``: not trained, and silent for ``stall_after`` seconds. A run killed, or
+    stopped by a client that does not say so, sends nothing more: the hub only sees the
+    silence. The API's status stays ``training`` (the official client reads it).
     """
     status = str(record.get("status"))
     if status == "trained":
         return status
+    if record.get("interrupted_at"):
+        return "interrupted"
     times = [_seconds(record.get(k)) for k in ("updated_at", "heartbeat_at")]
     latest = max((t for t in times if t is not None), default=None)
     if latest is not None and now - latest > stall_after:
@@ -244,6 +248,8 @@ def summarize(
     latest = max((t for t in (updated, beat) if t is not None), default=None)
     # The clocks stop with the run: at its last upload once trained, its last sign if stalled.
     end = now if running else (updated if shown == "trained" else latest) or now
+    if shown == "interrupted":
+        end = _seconds(record.get("interrupted_at")) or end
     elapsed = None if started is None else end - started
     eta = None
     if running and started is not None and updated is not None and done and total:
@@ -275,7 +281,9 @@ def summarize(
     else:
         percent = min(100.0, 100.0 * done / total) if total and total > 0 else 0.0
         progress = f"epoch {done} of {total}" if total else f"epoch {done}"
-    eta_text = {"trained": "finished", "stalled": "stopped"}.get(shown, duration(eta))
+    eta_text = {"trained": "finished", "stalled": "stopped", "interrupted": "stopped"}.get(
+        shown, duration(eta)
+    )
     name = None if best is None else best[0]
     return {
         "status": record.get("status"),
@@ -298,6 +306,13 @@ def summarize(
         "created": _short(record.get("created_at")),
         "activity": "no activity yet" if latest is None else f"active {duration(now - latest)} ago",
         "params": params(record),
+        "ended": (
+            f"interrupted: {record.get('interrupted_by')}"
+            if shown == "interrupted"
+            else "silent: no heartbeat or upload for a while (killed, or lost)"
+            if shown == "stalled"
+            else ""
+        ),
     }
 
 
@@ -389,7 +404,7 @@ def _bar(percent: float) -> str:
 
 
 #: The states a run shows, in the order the status filter offers them.
-STATES = ("new", "training", "stalled", "trained")
+STATES = ("new", "training", "stalled", "interrupted", "trained")
 
 
 def _sort_head(key: str, label: str) -> str:
@@ -559,7 +574,9 @@ def render_model(data: Mapping[str, Any]) -> str:
         )
         + _fact("final mAP50-95 (reported)", "record.map", record.get("map"))
         + f'</div><p class="hint" data-field="summary.better">{escape(summary.get("better") or "")}'
-        + f'</p><div id="progress-bar">{_bar(summary["percent"])}</div>'
+        + '</p><p class="hint" id="ended" data-field="summary.ended">'
+        + f"{escape(summary.get('ended') or '')}</p>"
+        + f'<div id="progress-bar">{_bar(summary["percent"])}</div>'
         + f'<p id="stale" class="info"{"" if summary["stale"] else " hidden"}>'
         + f"{escape(summary['stale'] or '')}</p></section>"
     )

@@ -343,6 +343,22 @@ def name_of(value: object, where: str = "name") -> str:
     return value.strip()
 
 
+def interrupted_of(extra: object) -> str | None:
+    """Why a run stopped, from a heartbeat's ``hubfsm`` object; None when it did not say.
+
+    Raises:
+        ValueError: The object is not ``{"ended": "interrupted", "reason": <text>}``.
+    """
+    if extra is None:
+        return None
+    if not isinstance(extra, Mapping) or extra.get("ended") != "interrupted":
+        raise ValueError("'hubfsm' on a heartbeat must be {'ended': 'interrupted', 'reason': ...}")
+    reason = extra.get("reason")
+    if not isinstance(reason, str) or not reason or len(reason) > 200:
+        raise ValueError("'hubfsm.reason' must be a string of 1 to 200 characters")
+    return reason
+
+
 def _extension(body: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...], str | None]:
     """The ``hubfsm`` object a hubfsm session adds: (arguments as JSON text, tags, notes)."""
     extra = _section(body, "hubfsm")

@@ -72,6 +72,10 @@ class ModelRecord:
             (hubfsm sessions send them beside the HUB v1 body); None when none came.
         tags: Labels given by the session or on the run's page.
         notes: Free text given by the session or on the run's page.
+        interrupted_at: Hub clock seconds when the session said the run stopped before
+            its end (Ctrl-C, a signal, an exception); None while it runs, or once it
+            heartbeats again or is trained.
+        interrupted_by: What stopped it, as the session said (``Ctrl-C``, ``SIGTERM``).
     """
 
     id: str
@@ -109,6 +113,8 @@ class ModelRecord:
     params: str | None = None
     tags: tuple[str, ...] = attrs.field(default=(), converter=_texts)
     notes: str | None = None
+    interrupted_at: float | None = None
+    interrupted_by: str | None = None
 
 
 @attrs.frozen

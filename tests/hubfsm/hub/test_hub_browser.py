@@ -487,3 +487,37 @@ def test_a_run_is_renamed_tagged_and_deleted_from_its_page_with_the_key(
     page.wait_for_url(f"{local.url}/", timeout=WAIT_MS)
     sync_api.expect(page.locator("#runs tbody tr")).to_have_count(2)
     assert requests.get(f"{local.url}/models/{ids['new']}", timeout=10).status_code == 404
+
+
+def test_an_interrupted_run_is_shown_filtered_and_its_clock_stopped(
+    page: Any, local: LocalHub, sample_runs: ModuleType
+) -> None:
+    ids = sample_runs.populate(local)
+    training = ids["training"]
+    reply = requests.post(
+        f"{local.url}/v1/agent/heartbeat/models/{training}",
+        json={"agent": "a", "hubfsm": {"ended": "interrupted", "reason": "Ctrl-C"}},
+        headers={"x-api-key": local.api_key},
+        timeout=10,
+    )
+    assert reply.ok
+    page.goto(f"{local.url}/")
+    page.select_option("#status-filter", "interrupted")
+    visible = page.locator("#runs tbody tr:visible")
+    sync_api.expect(visible).to_have_count(1)
+    sync_api.expect(visible).to_have_attribute("data-id", training)
+    sync_api.expect(visible.locator(".badge")).to_have_text("interrupted")
+    page.select_option("#status-filter", "")
+    # Sorted by status, by keyboard: the interrupted run among the others, in order.
+    page.focus('th[data-sort="status"] button')
+    page.keyboard.press("Enter")
+    statuses = page.eval_on_selector_all("#runs tbody tr", "rs => rs.map(r => r.dataset.status)")
+    assert statuses == sorted(statuses) and "interrupted" in statuses
+
+    page.goto(f"{local.url}/models/{training}")
+    sync_api.expect(page.locator("header .badge")).to_have_text("interrupted")
+    sync_api.expect(page.locator("#ended")).to_have_text("interrupted: Ctrl-C")
+    sync_api.expect(page.locator('[data-field="summary.eta"]')).to_have_text("stopped")
+    elapsed = page.locator('[data-field="summary.elapsed"]').text_content()
+    page.wait_for_function("Number(document.body.dataset.polls || 0) >= 2", timeout=WAIT_MS)
+    sync_api.expect(page.locator('[data-field="summary.elapsed"]')).to_have_text(str(elapsed))

@@ -358,3 +358,50 @@ def test_another_keys_run_cannot_be_changed(tmp_path: Path) -> None:
     assert hub.annotate(mine.id, who, {"name": "x"}) is None
     assert hub.remove(mine.id, who) is False
     assert hub.store.get_model(mine.id) == mine
+
+
+def _beat(local: LocalHub, model_id: str, extra: object = None) -> requests.Response:
+    body: dict[str, object] = {"agent": "python-3.11.7-local", "agentId": None}
+    if extra is not None:
+        body["hubfsm"] = extra
+    return requests.post(
+        f"{local.url}/v1/agent/heartbeat/models/{model_id}",
+        json=body,
+        headers={"x-api-key": local.api_key},
+        timeout=TIMEOUT,
+    )
+
+
+def test_a_run_its_session_says_was_interrupted_shows_so_until_it_beats_again(
+    local: LocalHub, sample_runs: ModuleType
+) -> None:
+    ids = sample_runs.populate(local)
+    training = ids["training"]
+    for bad in ({"ended": "paused", "reason": "x"}, {"ended": "interrupted"}, "stop"):
+        assert _beat(local, training, bad).status_code == 400
+    assert _beat(local, training, {"ended": "interrupted", "reason": "SIGTERM"}).ok
+    data = requests.get(f"{local.url}/models/{training}/data.json", timeout=TIMEOUT).json()
+    summary = data["summary"]
+    assert data["record"]["interrupted_by"] == "SIGTERM"
+    assert (summary["state"], summary["eta"], summary["ended"]) == (
+        "interrupted",
+        "stopped",
+        "interrupted: SIGTERM",
+    )
+    assert summary["progress"] == "stopped after epoch 15 of 40"
+    assert data["record"]["status"] == "training"  # the API's status, as clients read it
+    html = requests.get(f"{local.url}/", timeout=TIMEOUT).text
+    assert f'data-id="{training}"' in html and 'data-status="interrupted"' in html
+    assert "<option>interrupted</option>" in html
+    # The clock stopped when the session said so.
+    record = data["record"]
+    later = page.summarize(record, [], page._seconds(record["interrupted_at"]) + 3600)
+    assert later["elapsed"] == summary["elapsed"]
+    # A heartbeat without the note: the run goes on (resumed).
+    assert _beat(local, training).ok
+    again = requests.get(f"{local.url}/models/{training}/data.json", timeout=TIMEOUT).json()
+    assert again["summary"]["state"] == "training" and again["record"]["interrupted_by"] is None
+    # A trained run is never interrupted.
+    assert _beat(local, ids["trained"], {"ended": "interrupted", "reason": "Ctrl-C"}).ok
+    done = requests.get(f"{local.url}/models/{ids['trained']}/data.json", timeout=10).json()
+    assert done["summary"]["state"] == "trained" and done["record"]["interrupted_at"] is None

@@ -161,3 +161,52 @@ def test_a_session_names_its_model_and_says_what_the_public_hub_cannot_carry(
     assert body["config"]["epochs"] == 3
     (said,) = [e for e in logs if e["event"] == "session.train_args_not_sent"]
     assert (said["names"], said["tags"], said["notes"]) == (["lr0"], 1, True)
+
+
+def _interrupted(hub, model_id):
+    record = hub.record(model_id)
+    return record["interrupted_by"], record["interrupted_at"] is not None
+
+
+@pytest.mark.parametrize(
+    ("error", "said"), [(KeyboardInterrupt, "Ctrl-C"), (ValueError, "ValueError"), (None, None)]
+)
+def test_a_session_stopped_before_its_end_tells_a_hubfsm_hub_why(hub, tmp_path, error, said):
+    transport = _Recording(hub, KEY)
+    session = hubfsm.Session(
+        "yolov8n.yaml",
+        transport=transport,
+        api_root="http://127.0.0.1:9",
+        config=FAST,
+        outbox_dir=tmp_path,
+    )
+    with pytest.raises(error or ZeroDivisionError), session:
+        session.log_metrics({"loss": 1.0}, epoch=0)
+        raise (error or ZeroDivisionError)("stopped")
+    if error is None:
+        said = "ZeroDivisionError"
+    assert _interrupted(hub, session.model_id) == (said, True)
+    # The note is the session's last word: it came after the epoch's metrics.
+    assert hub.metrics(session.model_id)[0]["epoch"] == 0
+    assert transport.bodies[-1][2]["hubfsm"] == {"ended": "interrupted", "reason": said}
+
+
+def test_a_finished_session_or_the_public_hub_hears_of_no_interruption(
+    hub, tmp_path, monkeypatch
+):
+    weights = tmp_path / "best.pt"
+    weights.write_bytes(b"w")
+    with hubfsm.Session(
+        "yolov8n.yaml", transport=InMemoryTransport(hub, KEY), api_root="http://127.0.0.1:9",
+        config=FAST, outbox_dir=tmp_path,
+    ) as done:
+        done.log_metrics({"loss": 1.0}, epoch=0)
+        done.finish(weights)
+    assert _interrupted(hub, done.model_id) == (None, False)
+    monkeypatch.delenv("ULTRALYTICS_HUB_API", raising=False)
+    transport = _Recording(hub, KEY)
+    public = hubfsm.Session("yolov8n.yaml", transport=transport, config=FAST, outbox_dir=tmp_path)
+    with pytest.raises(KeyboardInterrupt), public:
+        raise KeyboardInterrupt
+    assert _interrupted(hub, public.model_id) == (None, False)
+    assert all("hubfsm" not in (body or {}) for _, _, body in transport.bodies)
