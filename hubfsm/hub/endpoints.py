@@ -185,10 +185,11 @@ class Endpoints(HubViews):
         record = self._trainable(who, model_id)
         if isinstance(record, HubReply):
             return record
-        self.store.put_metrics(record.id, parsed)
+        now = self.clock()
+        self.store.put_metrics(record.id, parsed, now)
         for epoch in parsed:
             self._metrics_applied[(record.id, epoch)] += 1
-        self.store.put_model(records.after_metrics(record, parsed, self.clock()))
+        self.store.put_model(records.after_metrics(record, parsed, now))
         return ok("metrics saved")
 
     def _heartbeat(

@@ -30,7 +30,8 @@ HEARTBEAT_INTERVAL = 300.0
 STALL_BEATS = 2
 
 
-def _seconds(iso: object) -> float | None:
+def seconds_of(iso: object) -> float | None:
+    """Seconds since the epoch of an ISO time the API shows, or None."""
     if not isinstance(iso, str):
         return None
     return datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
@@ -213,7 +214,7 @@ def state(record: Mapping[str, Any], now: float, stall_after: float) -> str:
         return status
     if record.get("interrupted_at"):
         return "interrupted"
-    times = [_seconds(record.get(k)) for k in ("updated_at", "heartbeat_at")]
+    times = [seconds_of(record.get(k)) for k in ("updated_at", "heartbeat_at")]
     latest = max((t for t in times if t is not None), default=None)
     if latest is not None and now - latest > stall_after:
         return "stalled"
@@ -242,14 +243,14 @@ def summarize(
         done = max(done, final + 1)
     shown = state(record, now, stall_after)
     running = shown in ("new", "training")
-    started = _seconds(record.get("started_at"))
-    updated = _seconds(record.get("updated_at"))
-    beat = _seconds(record.get("heartbeat_at"))
+    started = seconds_of(record.get("started_at"))
+    updated = seconds_of(record.get("updated_at"))
+    beat = seconds_of(record.get("heartbeat_at"))
     latest = max((t for t in (updated, beat) if t is not None), default=None)
     # The clocks stop with the run: at its last upload once trained, its last sign if stalled.
     end = now if running else (updated if shown == "trained" else latest) or now
     if shown == "interrupted":
-        end = _seconds(record.get("interrupted_at")) or end
+        end = seconds_of(record.get("interrupted_at")) or end
     elapsed = None if started is None else end - started
     eta = None
     if running and started is not None and updated is not None and done and total:
@@ -523,6 +524,8 @@ def _chart_tools() -> str:
         'value="0"><output id="smooth-value">0</output></label>'
         '<label><input id="log" type="checkbox"> log scale</label>'
         '<label><input id="zero" type="checkbox"> y from zero</label>'
+        '<label>x-axis <select id="xaxis"><option value="epoch">epoch</option>'
+        '<option value="time">time since the start</option></select></label>'
         '<span class="hint">drag across a chart to zoom, double-click to reset</span></div>'
     )
 

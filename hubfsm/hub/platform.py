@@ -393,11 +393,12 @@ class PlatformEndpoints(KeyAdmin, Endpoints):
             text = metrics_text(json.dumps(values), epoch)
         except ValueError as problem:
             return error(400, str(problem))
-        self.store.put_metrics(record.id, {epoch: text})
+        now = self.clock()
+        self.store.put_metrics(record.id, {epoch: text}, now)
         if record.epochs is not None and epoch >= record.epochs:
             # The final validation of best.pt comes as epoch ``epochs``: kept, not progress.
             return record
-        updated = records.after_metrics(record, {epoch: text}, self.clock())
+        updated = records.after_metrics(record, {epoch: text}, now)
         if record.status == "trained":
             # The client sends epochs from a pool: one may land after training_complete.
             updated = records.evolve(updated, status="trained")

@@ -175,11 +175,19 @@ class Store(Protocol):
     def list_models(self) -> list[ModelRecord]:
         """Every model, oldest first."""
 
-    def put_metrics(self, model_id: str, metrics: Mapping[int, str]) -> None:
-        """Insert or replace the JSON-encoded metrics of each epoch."""
+    def put_metrics(
+        self, model_id: str, metrics: Mapping[int, str], at: float | None = None
+    ) -> None:
+        """Insert or replace the JSON-encoded metrics of each epoch.
+
+        ``at``: hub clock seconds now; an epoch keeps the time its metrics first came.
+        """
 
     def get_metrics(self, model_id: str) -> list[tuple[int, str]]:
         """The model's ``(epoch, JSON text)`` pairs, sorted by epoch."""
+
+    def metric_times(self, model_id: str) -> dict[int, float]:
+        """When each epoch's metrics first came (hub clock seconds), where it was noted."""
 
     def stage_weights(self, source: Source) -> Staged:
         """Receive and hash a weight file without making it visible yet."""

@@ -229,10 +229,29 @@ def model_data(hub: Hub, model_id: str) -> dict[str, Any] | None:
     return {
         "record": record,
         "metrics": metrics,
+        "since_start": since_start(record, metrics, hub.metric_times(model_id)),
         "weights": weights,
         "summary": page.summarize(record, metrics, hub.clock(), _stall(hub)),
         "console": hub.console(model_id),
     }
+
+
+def since_start(
+    record: dict[str, Any], metrics: list[dict[str, Any]], times: dict[int, float]
+) -> list[float | None]:
+    """Seconds from the run's start to each epoch's arrival (None where not noted).
+
+    The start is the run's first sign (metrics, checkpoint or heartbeat), else its first
+    epoch's arrival; epochs kept before the hub noted times have none.
+    """
+    start = page.seconds_of(record.get("started_at"))
+    if start is None and times:
+        start = min(times.values())
+    out: list[float | None] = []
+    for row in metrics:
+        at = times.get(row["epoch"])
+        out.append(None if at is None or start is None else round(max(0.0, at - start), 3))
+    return out
 
 
 def _stall(hub: Hub) -> float:

@@ -175,7 +175,7 @@ def test_a_silent_run_is_stalled_and_a_finished_one_counts_the_epochs_it_ran() -
         "updated_at": "2026-01-01T00:01:00Z",
         "heartbeat_at": "2026-01-01T00:01:30Z",
     }
-    beat = page._seconds(record["heartbeat_at"])
+    beat = page.seconds_of(record["heartbeat_at"])
     assert beat is not None
     alive = page.summarize(record, [], beat + 599, stall_after=600)
     assert (alive["state"], alive["elapsed"]) == ("training", "11 min 29 s")
@@ -395,7 +395,7 @@ def test_a_run_its_session_says_was_interrupted_shows_so_until_it_beats_again(
     assert "<option>interrupted</option>" in html
     # The clock stopped when the session said so.
     record = data["record"]
-    later = page.summarize(record, [], page._seconds(record["interrupted_at"]) + 3600)
+    later = page.summarize(record, [], page.seconds_of(record["interrupted_at"]) + 3600)
     assert later["elapsed"] == summary["elapsed"]
     # A heartbeat without the note: the run goes on (resumed).
     assert _beat(local, training).ok
