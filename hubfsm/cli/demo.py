@@ -126,6 +126,9 @@ def train(
             outbox=outbox,
             outbox_dir=outbox_dir,
             exit_timeout=STOP_SECONDS,
+            # The seed is what reproduces the run: the hub shows it with the run.
+            tags=[f"seed={seed}", "demo"],
+            notes=f"hubfsm demo: {epochs} epochs of logistic regression, seed {seed}",
         ) as session:
             # The session's jitter and idempotency keys are left unseeded: two runs with
             # the same seed are two trainings, so they must not look like one retried.

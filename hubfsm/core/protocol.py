@@ -159,7 +159,48 @@ def heartbeat(model_id: str, agent_id: str | None) -> Request:
     return Request("POST", f"/v1/agent/heartbeat/models/{model_id}", json=body)
 
 
-def create_payload(filename: str, train_args: Mapping[str, Any]) -> dict[str, Any]:
+#: The training arguments the HUB v1 create body carries (its ``config`` and ``dataset``).
+WIRE_ARGS = ("data", "epochs", "batch", "imgsz", "patience", "device", "cache")
+
+
+def extension(
+    train_args: Mapping[str, Any], tags: tuple[str, ...] = (), notes: str | None = None
+) -> dict[str, Any]:
+    """What a hubfsm hub keeps beside the HUB v1 create body: every argument, tags, notes.
+
+    The HUB v1 body has room for the :data:`WIRE_ARGS` only, and none for tags or notes;
+    the local hub reads this object under the body's ``hubfsm`` key (the public HUB
+    never got it: its official client sent nothing of the kind).
+    """
+    out: dict[str, Any] = {"trainArgs": {str(k): finite(plain(v)) for k, v in train_args.items()}}
+    if tags:
+        out["tags"] = list(tags)
+    if notes:
+        out["notes"] = notes
+    return out
+
+
+def ended(model_id: str, agent_id: str | None, reason: str) -> Request:
+    """A last heartbeat saying the run stopped before its end, and why (``Ctrl-C``, say).
+
+    Its ``hubfsm`` field is for a hubfsm hub only (the public HUB's official client never
+    sent one): the hub marks the run interrupted, where else it could only see silence.
+    """
+    body = {
+        "agent": AGENT_NAME,
+        "agentId": agent_id,
+        "hubfsm": {"ended": "interrupted", "reason": reason},
+    }
+    return Request("POST", f"/v1/agent/heartbeat/models/{model_id}", json=body)
+
+
+def create_payload(
+    filename: str,
+    train_args: Mapping[str, Any],
+    *,
+    name: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The create-model payload for a local ``.pt``/``.yaml``, as ultralytics 8.2.0 builds it.
 
     Values keep their JSON types as the user gave them (``cache`` a bool or a string,
@@ -173,6 +214,8 @@ def create_payload(filename: str, train_args: Mapping[str, Any]) -> dict[str, An
         train_args: Training arguments in ultralytics' names (``data``, ``epochs``,
             ``batch``, ``imgsz``, ``patience``, ``device``, ``cache``), as the user gave
             them: ``data`` is sent as given, not as a trainer resolved it.
+        name: The model's name (``meta.name``), instead of the file's base name.
+        extra: The :func:`extension` object, sent under ``hubfsm`` (None sends none).
     """
     base = filename.replace("\\", "/").rsplit("/", 1)[-1]
     stem = base.rsplit(".", 1)[0]
@@ -187,8 +230,10 @@ def create_payload(filename: str, train_args: Mapping[str, Any]) -> dict[str, An
         },
         "dataset": {"name": plain(train_args.get("data"))},
         "lineage": {"architecture": {"name": stem}, "parent": {}},
-        "meta": {"name": base},
+        "meta": {"name": name or base},
     }
+    if extra is not None:
+        payload["hubfsm"] = dict(extra)
     if base.lower().endswith(".pt"):
         payload["lineage"]["parent"]["name"] = base
     return payload

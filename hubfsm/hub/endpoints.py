@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 
@@ -25,7 +26,16 @@ from hubfsm.hub.calls import (
     ok,
     request_digest,
 )
-from hubfsm.hub.parse import epoch_of, metrics_text, new_record, upload_fields
+from hubfsm.hub.parse import (
+    epoch_of,
+    interrupted_of,
+    metrics_text,
+    name_of,
+    new_record,
+    notes_of,
+    tags_of,
+    upload_fields,
+)
 from hubfsm.hub.store import ModelRecord, StoredReply, WeightsKind
 from hubfsm.hub.views import HubViews
 
@@ -110,6 +120,43 @@ class Endpoints(HubViews):
         self.store.put_model(record)
         return ok("model created", {"id": record.id})
 
+    def annotate(
+        self, model_id: str, who: str, changes: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Rename, tag or note a run (what ``changes`` names changes); its new view.
+
+        None when ``who`` (a key's id) may not see the model, as for one that is not there.
+
+        Raises:
+            ValueError: A value is not one a run can have, or a key is none of ``name``,
+                ``tags`` and ``notes``.
+        """
+        unknown = sorted(set(changes) - {"name", "tags", "notes"})
+        if unknown:
+            raise ValueError(f"only name, tags and notes change here, not {', '.join(unknown)}")
+        fields: dict[str, Any] = {}
+        if "name" in changes:
+            fields["name"] = name_of(changes["name"])
+        if "tags" in changes:
+            fields["tags"] = tags_of(changes["tags"])
+        if "notes" in changes:
+            fields["notes"] = notes_of(changes["notes"])
+        with self._lock, self.store.transaction():
+            record = self.store.get_model(model_id)
+            if record is None or record.owner not in (None, who):
+                return None
+            record = records.evolve(record, **fields)
+            self.store.put_model(record)
+        return self.view(record)
+
+    def remove(self, model_id: str, who: str) -> bool:
+        """Delete a run ``who`` (a key's id) may see, with its metrics and weights."""
+        with self._lock, self.store.transaction():
+            record = self.store.get_model(model_id)
+            if record is None or record.owner not in (None, who):
+                return False
+            return self.store.delete_model(model_id)
+
     def _fresh_id(self) -> str:
         while True:
             candidate = self.new_id()
@@ -142,11 +189,12 @@ class Endpoints(HubViews):
         record = self._trainable(who, model_id)
         if isinstance(record, HubReply):
             return record
-        self.store.put_metrics(record.id, parsed)
+        now = self.clock()
+        self.store.put_metrics(record.id, parsed, now)
         if self.audits:
             for epoch in parsed:
                 self._metrics_applied[(record.id, epoch)] += 1
-        self.store.put_model(records.after_metrics(record, parsed, self.clock()))
+        self.store.put_model(records.after_metrics(record, parsed, now))
         return ok("metrics saved")
 
     def _heartbeat(
@@ -158,12 +206,16 @@ class Endpoints(HubViews):
         agent = body.get("agent", "")
         if not isinstance(agent, str) or len(agent) > 200:
             return fail(400, "'agent' must be a string (at most 200 characters)")
+        try:
+            interrupted = interrupted_of(body.get("hubfsm"))
+        except ValueError as error:
+            return fail(400, str(error))
         record = self._model(who, model_id)
         if isinstance(record, HubReply):
             return record
         now = self.clock()
         agent_id = record.agent_id or self.new_id()
-        self.store.put_model(records.after_heartbeat(record, agent_id, agent, now))
+        self.store.put_model(records.after_heartbeat(record, agent_id, agent, now, interrupted))
         if self.audits:
             self._heartbeats.setdefault(record.id, []).append(now)
         return ok("heartbeat received", {"agentId": agent_id})

@@ -30,7 +30,8 @@ HEARTBEAT_INTERVAL = 300.0
 STALL_BEATS = 2
 
 
-def _seconds(iso: object) -> float | None:
+def seconds_of(iso: object) -> float | None:
+    """Seconds since the epoch of an ISO time the API shows, or None."""
     if not isinstance(iso, str):
         return None
     return datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
@@ -156,17 +157,64 @@ def _best(
     return name, stats[name]["best"], stats[name]["best_epoch"]
 
 
-def state(record: Mapping[str, Any], now: float, stall_after: float) -> str:
-    """The run's status, or ``stalled``: not trained, and silent for ``stall_after`` seconds.
+#: The training arguments the HUB v1 create body carries, by their ultralytics names.
+WIRE_ARGS = ("data", "epochs", "batch", "imgsz", "patience", "device", "cache")
 
-    A run stopped by Ctrl-C, a crash or a kill sends nothing more; the hub only sees the
-    silence. Its status stays ``training`` in the API (the official client reads it), and the
-    pages show ``stalled``.
+
+def params(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Every training argument of a run: what the trainer gave, else what the wire carried."""
+    given = record.get("params")
+    if isinstance(given, Mapping):
+        return dict(given)
+    return dict(record.get("train_args") or {})
+
+
+def param_rows(record: Mapping[str, Any]) -> list[tuple[str, object, str]]:
+    """The parameter table: (name, value, how it reached the hub) per argument.
+
+    How: ``wire`` for an argument the HUB v1 create body carries, ``hub only`` for one a
+    hubfsm session sent beside it (the wire has no room for it), ``HUB default`` for a wire
+    argument the trainer did not give (the official client fills these in).
+    """
+    given = record.get("params")
+    if not isinstance(given, Mapping):
+        return [(str(k), v, "wire") for k, v in (record.get("train_args") or {}).items()]
+    rows = [(str(k), v, "wire" if k in WIRE_ARGS else "hub only") for k, v in given.items()]
+    wire = record.get("train_args") or {}
+    rows += [(k, wire[k], "HUB default") for k in WIRE_ARGS if k in wire and k not in given]
+    return rows
+
+
+def planned_epochs(record: Mapping[str, Any]) -> int | None:
+    """The epochs the trainer planned: its own ``epochs`` when it sent every argument.
+
+    A run whose arguments came beside the wire's and hold no ``epochs`` planned what its
+    trainer defaults to, which the hub does not know: the wire's 300 is the official
+    client's default, not the trainer's.
+    """
+    given = record.get("params")
+    if isinstance(given, Mapping) and record.get("protocol") != "platform":
+        return _count(given.get("epochs"))
+    # Platform runs say their epochs themselves; a HUB v1 record without the arguments
+    # has the wire's value, the best there is.
+    return _count(record.get("epochs"))
+
+
+def state(record: Mapping[str, Any], now: float, stall_after: float) -> str:
+    """The run's status, ``interrupted`` or ``stalled``.
+
+    ``interrupted``: not trained, and its session said it stopped before the end (Ctrl-C,
+    a signal, an exception; a hubfsm session says so to a hubfsm hub as it closes).
+    ``stalled``: not trained, and silent for ``stall_after`` seconds. A run killed, or
+    stopped by a client that does not say so, sends nothing more: the hub only sees the
+    silence. The API's status stays ``training`` (the official client reads it).
     """
     status = str(record.get("status"))
     if status == "trained":
         return status
-    times = [_seconds(record.get(k)) for k in ("updated_at", "heartbeat_at")]
+    if record.get("interrupted_at"):
+        return "interrupted"
+    times = [seconds_of(record.get(k)) for k in ("updated_at", "heartbeat_at")]
     latest = max((t for t in times if t is not None), default=None)
     if latest is not None and now - latest > stall_after:
         return "stalled"
@@ -187,7 +235,7 @@ def summarize(
         now: Hub clock seconds.
         stall_after: Seconds without a heartbeat or upload after which a run is stalled.
     """
-    total = _count(record.get("epochs"))
+    total = planned_epochs(record)
     last = _count(record.get("last_epoch"))
     done = 0 if last is None else last + 1
     final = _count(record.get("final_epoch"))
@@ -195,12 +243,14 @@ def summarize(
         done = max(done, final + 1)
     shown = state(record, now, stall_after)
     running = shown in ("new", "training")
-    started = _seconds(record.get("started_at"))
-    updated = _seconds(record.get("updated_at"))
-    beat = _seconds(record.get("heartbeat_at"))
+    started = seconds_of(record.get("started_at"))
+    updated = seconds_of(record.get("updated_at"))
+    beat = seconds_of(record.get("heartbeat_at"))
     latest = max((t for t in (updated, beat) if t is not None), default=None)
     # The clocks stop with the run: at its last upload once trained, its last sign if stalled.
     end = now if running else (updated if shown == "trained" else latest) or now
+    if shown == "interrupted":
+        end = seconds_of(record.get("interrupted_at")) or end
     elapsed = None if started is None else end - started
     eta = None
     if running and started is not None and updated is not None and done and total:
@@ -219,7 +269,11 @@ def summarize(
             f"last.pt is from epoch {checkpoint}, older than the last metrics (epoch {last}): "
             f"the official client uploads a checkpoint at most every {CHECKPOINT_INTERVAL} s."
         )
-    if shown == "trained":
+    if shown != "trained" and not running and done:
+        # Stopped: the epochs it ran are what there is (the bar shows how far it got).
+        progress = f"stopped after epoch {done}" + (f" of {total}" if total else "")
+        percent = min(100.0, 100.0 * done / total) if total and total > 0 else 100.0
+    elif shown == "trained":
         # Over: the epochs actually run are the whole, whatever was planned.
         percent = 100.0
         progress = f"epoch {done} of {done}"
@@ -228,7 +282,9 @@ def summarize(
     else:
         percent = min(100.0, 100.0 * done / total) if total and total > 0 else 0.0
         progress = f"epoch {done} of {total}" if total else f"epoch {done}"
-    eta_text = {"trained": "finished", "stalled": "stopped"}.get(shown, duration(eta))
+    eta_text = {"trained": "finished", "stalled": "stopped", "interrupted": "stopped"}.get(
+        shown, duration(eta)
+    )
     name = None if best is None else best[0]
     return {
         "status": record.get("status"),
@@ -250,6 +306,14 @@ def summarize(
         "last_epoch": "-" if last is None else str(last),
         "created": _short(record.get("created_at")),
         "activity": "no activity yet" if latest is None else f"active {duration(now - latest)} ago",
+        "params": params(record),
+        "ended": (
+            f"interrupted: {record.get('interrupted_by')}"
+            if shown == "interrupted"
+            else "silent: no heartbeat or upload for a while (killed, or lost)"
+            if shown == "stalled"
+            else ""
+        ),
     }
 
 
@@ -341,7 +405,7 @@ def _bar(percent: float) -> str:
 
 
 #: The states a run shows, in the order the status filter offers them.
-STATES = ("new", "training", "stalled", "trained")
+STATES = ("new", "training", "stalled", "interrupted", "trained")
 
 
 def _sort_head(key: str, label: str) -> str:
@@ -380,7 +444,7 @@ def render_index(runs: Sequence[Mapping[str, Any]], now: float, api_root: str = 
     metric_options = "".join(f"<option>{escape(n)}</option>" for n in all_names)
     table = (
         '<div class="tools"><label>filter <input id="filter" type="search" '
-        'placeholder="name or id"></label>'
+        'placeholder="name, tag or id"></label>'
         '<label>status <select id="status-filter"><option value="">any</option>'
         + "".join(f"<option>{s}</option>" for s in STATES)
         + "</select></label>"
@@ -429,12 +493,13 @@ def _index_row(run: Mapping[str, Any]) -> str:
     state_ = escape(str(summary.get("state", record.get("status"))))
     return (
         f'<tr data-id="{model_id}" data-name="{escape(str(record.get("name") or ""))}" '
+        f'data-tags="{escape(" ".join(str(t) for t in record.get("tags") or []))}" '
         f'data-status="{state_}" data-percent="{summary["percent"]}" '
         f'data-best="{best_value}" data-created="{escape(str(record.get("created_at")))}">'
         f'<td><input type="checkbox" class="pick" value="{model_id}" '
         f'aria-label="compare {name}"></td>'
         f'<td><a href="/models/{model_id}">{name}</a>'
-        f'<div class="id">{model_id}</div></td>'
+        f'<div class="id">{model_id}</div>{_tags(record.get("tags"))}</td>'
         f'<td><span class="badge {state_}">{state_}</span></td>'
         f"<td>{_bar(summary['percent'])}<div>{escape(summary['progress'])}</div></td>"
         f'<td class="best">{best_cell}</td>'
@@ -459,7 +524,36 @@ def _chart_tools() -> str:
         'value="0"><output id="smooth-value">0</output></label>'
         '<label><input id="log" type="checkbox"> log scale</label>'
         '<label><input id="zero" type="checkbox"> y from zero</label>'
+        '<label>x-axis <select id="xaxis"><option value="epoch">epoch</option>'
+        '<option value="time">time since the start</option></select></label>'
         '<span class="hint">drag across a chart to zoom, double-click to reset</span></div>'
+    )
+
+
+def _tags(tags: object) -> str:
+    shown = [str(t) for t in tags] if isinstance(tags, list) else []
+    return "".join(f'<span class="tag">{escape(t)}</span>' for t in shown)
+
+
+def _edit_form(record: Mapping[str, Any]) -> str:
+    """The run's name, tags and notes, changed with the hub's key; and its deletion."""
+    tags = ", ".join(str(t) for t in record.get("tags") or [])
+    return (
+        '<section class="card" id="edit"><h2>Name, tags and notes</h2>'
+        '<form id="edit-form" class="edit">'
+        f'<label>name <input id="edit-name" name="name" '
+        f'value="{escape(str(record.get("name") or ""))}" maxlength="2000" required></label>'
+        f'<label>tags <input id="edit-tags" name="tags" value="{escape(tags)}" '
+        'placeholder="comma, separated"></label>'
+        '<label>notes <textarea id="edit-notes" name="notes" rows="3" maxlength="20000">'
+        f"{escape(str(record.get('notes') or ''))}</textarea></label>"
+        '<label>API key <input id="edit-key" name="key" type="password" autocomplete="off" '
+        'placeholder="the hub\'s key, as in &lt;hub data&gt;/api_key"></label>'
+        '<div class="row"><button type="submit" id="edit-save">Save</button>'
+        '<button type="button" id="edit-delete" class="danger">Delete run</button></div>'
+        '<p class="hint" id="edit-status" role="status" aria-live="polite">'
+        "Changing a run needs the hub's API key; it is kept in this tab only.</p>"
+        "</form></section>"
     )
 
 
@@ -483,7 +577,9 @@ def render_model(data: Mapping[str, Any]) -> str:
         )
         + _fact("final mAP50-95 (reported)", "record.map", record.get("map"))
         + f'</div><p class="hint" data-field="summary.better">{escape(summary.get("better") or "")}'
-        + f'</p><div id="progress-bar">{_bar(summary["percent"])}</div>'
+        + '</p><p class="hint" id="ended" data-field="summary.ended">'
+        + f"{escape(summary.get('ended') or '')}</p>"
+        + f'<div id="progress-bar">{_bar(summary["percent"])}</div>'
         + f'<p id="stale" class="info"{"" if summary["stale"] else " hidden"}>'
         + f"{escape(summary['stale'] or '')}</p></section>"
     )
@@ -501,8 +597,9 @@ def render_model(data: Mapping[str, Any]) -> str:
         f'<tbody id="weights-body">{weights}</tbody></table></div>'
     )
     config = "".join(
-        f"<tr><th>{escape(str(k))}</th><td>{escape(dumps(v))}</td></tr>"
-        for k, v in record.get("train_args", {}).items()
+        f'<tr data-how="{escape(how)}"><th>{escape(k)}</th><td>{escape(dumps(v))}</td>'
+        f'<td class="hint">{escape(how)}</td></tr>'
+        for k, v, how in param_rows(record)
     )
     facts = "".join(
         f"<tr><th>{key}</th><td>{escape(str(record.get(key)))}</td></tr>"
@@ -517,19 +614,26 @@ def render_model(data: Mapping[str, Any]) -> str:
         f'<a href="/models/{model_id}/metrics.json" download="{stem}-metrics.json">JSON</a>'
     )
     body = (
-        f'<header><a href="/">← all runs</a><h1>{name}</h1>{_badge(summary.get("state"))}'
-        f'<span class="id">{model_id}</span></header>{_unreachable()}<main>{_noscript()}'
+        f'<header><a href="/">← all runs</a><h1 id="run-name">{name}</h1>'
+        f'{_badge(summary.get("state"))}<span class="id">{model_id}</span>'
+        f'<span id="run-tags">{_tags(record.get("tags"))}</span></header>{_unreachable()}'
+        f'<main>{_noscript()}<p id="run-notes" class="notes"'
+        f'{"" if record.get("notes") else " hidden"}>{escape(str(record.get("notes") or ""))}</p>'
         f"{progress}{_chart_tools() if names else ''}"
         f'<section id="charts">{"" if names else "<p>No metrics yet.</p>"}</section>'
         f'<section class="card"><h2>Weights</h2>{weights_table}</section>'
-        f'<section class="card two"><div><h2>Training arguments</h2><table>{config}</table>'
-        '<p class="hint">The HUB wire format carries these only (data, epochs, batch, imgsz, '
-        "patience, device, cache); a trainer's other arguments do not reach a hub.</p></div>"
+        f'<section class="card two"><div><h2>Training arguments</h2>'
+        f'<table id="params">{config}</table>'
+        '<p class="hint">The HUB v1 wire format carries data, epochs, batch, imgsz, patience, '
+        "device and cache only (<em>wire</em>); a hubfsm session sends every other argument "
+        "beside them to any hub but the public one, and this hub keeps it (<em>hub only</em>). "
+        "<em>HUB default</em>: a value the trainer did not give, filled in as the official "
+        "client does.</p></div>"
         f"<div><h2>Run</h2><table>{facts}</table></div></section>"
         f'<section class="card"><details id="metrics-details"><summary>Metrics table '
         f'(<span id="metrics-count">{len(data["metrics"])}</span> epochs)</summary>'
         f'<p>Download: {links}</p><div class="scroll">{metrics_table(data["metrics"])}</div>'
-        f"</details></section>{console}</main>"
+        f"</details></section>{console}{_edit_form(record)}</main>"
     )
     return _doc(
         f"{record.get('name') or record['id']} - local hub", body, _data_tag("model-data", data)

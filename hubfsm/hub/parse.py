@@ -21,6 +21,13 @@ from hubfsm.hub.store import ModelRecord
 MAX_DEPTH = 32
 #: The longest name, dataset or architecture accepted.
 MAX_TEXT = 2000
+#: The longest notes on a run.
+MAX_NOTES = 20_000
+#: The most tags a run has, and the longest tag.
+MAX_TAGS = 50
+MAX_TAG = 100
+#: The most JSON text a run's training arguments take.
+MAX_PARAMS = 64 * 1024
 #: The largest integer (either sign) in a training config: the largest a JSON number
 #: carries exactly (I-JSON, RFC 7493; JavaScript's ``Number.MAX_SAFE_INTEGER``).
 MAX_INT = 2**53 - 1
@@ -298,8 +305,82 @@ def _cache(config: Mapping[str, Any]) -> str | bool | None:
     raise ValueError("'config.cache' must be true, false, or a string such as 'ram' or 'disk'")
 
 
+def tags_of(value: object, where: str = "tags") -> tuple[str, ...]:
+    """Tags from a list of text: trimmed, empty ones and repeats dropped; ValueError if bad."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise ValueError(f"'{where}' must be a list of strings")
+    found: dict[str, None] = {}
+    for tag in value:
+        tag = " ".join(tag.split())
+        if len(tag) > MAX_TAG:
+            raise ValueError(f"a tag in '{where}' is longer than {MAX_TAG} characters")
+        if tag:
+            found[tag] = None
+    if len(found) > MAX_TAGS:
+        raise ValueError(f"'{where}' holds more than {MAX_TAGS} tags")
+    return tuple(found)
+
+
+def notes_of(value: object, where: str = "notes") -> str | None:
+    """Notes as text (None for none); ValueError if not text or too long."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"'{where}' must be a string")
+    if len(value) > MAX_NOTES:
+        raise ValueError(f"'{where}' is longer than {MAX_NOTES} characters")
+    return value
+
+
+def name_of(value: object, where: str = "name") -> str:
+    """A run's new name: text of 1 to ``MAX_TEXT`` characters; ValueError if not."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"'{where}' must be a non-empty string")
+    if len(value) > MAX_TEXT:
+        raise ValueError(f"'{where}' is longer than {MAX_TEXT} characters")
+    return value.strip()
+
+
+def interrupted_of(extra: object) -> str | None:
+    """Why a run stopped, from a heartbeat's ``hubfsm`` object; None when it did not say.
+
+    Raises:
+        ValueError: The object is not ``{"ended": "interrupted", "reason": <text>}``.
+    """
+    if extra is None:
+        return None
+    if not isinstance(extra, Mapping) or extra.get("ended") != "interrupted":
+        raise ValueError("'hubfsm' on a heartbeat must be {'ended': 'interrupted', 'reason': ...}")
+    reason = extra.get("reason")
+    if not isinstance(reason, str) or not reason or len(reason) > 200:
+        raise ValueError("'hubfsm.reason' must be a string of 1 to 200 characters")
+    return reason
+
+
+def _extension(body: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...], str | None]:
+    """The ``hubfsm`` object a hubfsm session adds: (arguments as JSON text, tags, notes)."""
+    extra = _section(body, "hubfsm")
+    args = extra.get("trainArgs")
+    params = None
+    if args is not None:
+        if not isinstance(args, Mapping):
+            raise ValueError("'hubfsm.trainArgs' must be an object")
+        params = json.dumps(args)
+        if len(params) > MAX_PARAMS:
+            raise ValueError(f"'hubfsm.trainArgs' is larger than {MAX_PARAMS} bytes of JSON")
+    tags = tags_of(extra.get("tags"), "hubfsm.tags")
+    return params, tags, notes_of(extra.get("notes"), "hubfsm.notes")
+
+
 def new_record(body: Mapping[str, Any], model_id: str, now: float, owner: str) -> ModelRecord:
-    """Build a record from a create-model body; ValueError says what is wrong with it."""
+    """Build a record from a create-model body; ValueError says what is wrong with it.
+
+    Beside the HUB v1 fields, the ``hubfsm`` object a hubfsm session sends to any hub but
+    the public one is kept: every training argument, tags and notes.
+    """
+    params, tags, notes = _extension(body)
     config = _section(body, "config")
     lineage = _section(body, "lineage")
     architecture = _text(_section(lineage, "architecture"), "name", "lineage.architecture")
@@ -320,6 +401,9 @@ def new_record(body: Mapping[str, Any], model_id: str, now: float, owner: str) -
         device=_device(config),
         cache=_cache(config),
         owner=owner,
+        params=params,
+        tags=tags,
+        notes=notes,
     )
 
 

@@ -37,7 +37,7 @@ from hubfsm.hub.calls import HubCall, HubReply
 from hubfsm.hub.endpoints import Endpoints
 from hubfsm.hub.keyring import KeyAdmin
 from hubfsm.hub.keys import is_platform_key
-from hubfsm.hub.parse import check_json, metrics_text
+from hubfsm.hub.parse import MAX_PARAMS, check_json, metrics_text
 from hubfsm.hub.store import ModelRecord, Staged, StoredReply
 
 #: The events the SDK knows; ultralytics 8.4.190 sends the first five.
@@ -393,11 +393,12 @@ class PlatformEndpoints(KeyAdmin, Endpoints):
             text = metrics_text(json.dumps(values), epoch)
         except ValueError as problem:
             return error(400, str(problem))
-        self.store.put_metrics(record.id, {epoch: text})
+        now = self.clock()
+        self.store.put_metrics(record.id, {epoch: text}, now)
         if record.epochs is not None and epoch >= record.epochs:
             # The final validation of best.pt comes as epoch ``epochs``: kept, not progress.
             return record
-        updated = records.after_metrics(record, {epoch: text}, self.clock())
+        updated = records.after_metrics(record, {epoch: text}, now)
         if record.status == "trained":
             # The client sends epochs from a pool: one may land after training_complete.
             updated = records.evolve(updated, status="trained")
@@ -554,4 +555,8 @@ def _config(data: Mapping[str, Any]) -> dict[str, Any]:
         "patience": whole(args.get("patience")),
         "device": text(data.get("device")) or text(args.get("device")),
     }
+    # Every argument, as the client sent it (Platform sends each as text).
+    params = json.dumps(args) if args else None
+    if params is not None and len(params) <= MAX_PARAMS:
+        config["params"] = params
     return config

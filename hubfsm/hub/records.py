@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import operator
 from collections.abc import Mapping
 from typing import Any
@@ -87,6 +88,13 @@ def view(record: ModelRecord, resume: str | None, best: str | None) -> dict[str,
         "slug": record.slug,
         "run_id": record.run_id,
         "cancelled": record.cancelled,
+        # Every argument the trainer gave (a hubfsm session sends them beside the wire's).
+        "params": None if record.params is None else json.loads(record.params),
+        "tags": list(record.tags),
+        "notes": record.notes,
+        # When and why the session said the run stopped before its end (hubfsm's field).
+        "interrupted_at": _iso(record.interrupted_at),
+        "interrupted_by": record.interrupted_by,
     }
 
 
@@ -102,8 +110,14 @@ def after_metrics(record: ModelRecord, epochs: Mapping[int, str], now: float) ->
     )
 
 
-def after_heartbeat(record: ModelRecord, agent_id: str, agent: str, now: float) -> ModelRecord:
-    """The record after a heartbeat from ``agent``."""
+def after_heartbeat(
+    record: ModelRecord, agent_id: str, agent: str, now: float, interrupted: str | None = None
+) -> ModelRecord:
+    """The record after a heartbeat from ``agent``.
+
+    ``interrupted``: the reason a session's last heartbeat gave for stopping before the
+    end; a heartbeat without one says the run goes on (resumed), and clears it.
+    """
     return evolve(
         record,
         agent_id=agent_id,
@@ -111,6 +125,8 @@ def after_heartbeat(record: ModelRecord, agent_id: str, agent: str, now: float) 
         started_at=record.started_at if record.started_at is not None else now,
         heartbeat_at=now,
         agent=agent or record.agent,
+        interrupted_at=None if interrupted is None or record.status == "trained" else now,
+        interrupted_by=None if record.status == "trained" else interrupted,
     )
 
 
@@ -131,6 +147,8 @@ def after_upload(
     return evolve(
         record,
         status="trained",
+        interrupted_at=None,
+        interrupted_by=None,
         has_best_weights=True,
         final_epoch=epoch,
         map50_95=map50_95,

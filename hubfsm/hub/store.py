@@ -7,7 +7,7 @@ The domain (:mod:`hubfsm.hub.domain`) decides; a store only remembers. Two store
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import IO, Any, Literal, Protocol
 
@@ -25,6 +25,10 @@ Source = bytes | IO[bytes]
 def _tuple_of_list(value: Any) -> Any:
     # Lists come back from JSON; a frozen record keeps them as (hashable) tuples.
     return tuple(value) if isinstance(value, list) else value
+
+
+def _texts(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
 
 
 @attrs.frozen
@@ -64,6 +68,14 @@ class ModelRecord:
         run_id: The Platform run now writing to the model (a resume opens a new one).
         cancelled: The hub's user asked the run to stop; every Platform answer says so.
         checkpoint_path: The Platform storage path of the promoted checkpoint (``last``).
+        params: Every training argument the trainer gave, as JSON text of an object
+            (hubfsm sessions send them beside the HUB v1 body); None when none came.
+        tags: Labels given by the session or on the run's page.
+        notes: Free text given by the session or on the run's page.
+        interrupted_at: Hub clock seconds when the session said the run stopped before
+            its end (Ctrl-C, a signal, an exception); None while it runs, or once it
+            heartbeats again or is trained.
+        interrupted_by: What stopped it, as the session said (``Ctrl-C``, ``SIGTERM``).
     """
 
     id: str
@@ -98,6 +110,11 @@ class ModelRecord:
     run_id: int | None = None
     cancelled: bool = False
     checkpoint_path: str | None = None
+    params: str | None = None
+    tags: tuple[str, ...] = attrs.field(default=(), converter=_texts)
+    notes: str | None = None
+    interrupted_at: float | None = None
+    interrupted_by: str | None = None
 
 
 @attrs.frozen
@@ -166,11 +183,19 @@ class Store(Protocol):
         With ``owner``, only the models of that key (the pages of a signed-in member).
         """
 
-    def put_metrics(self, model_id: str, metrics: Mapping[int, str]) -> None:
-        """Insert or replace the JSON-encoded metrics of each epoch."""
+    def put_metrics(
+        self, model_id: str, metrics: Mapping[int, str], at: float | None = None
+    ) -> None:
+        """Insert or replace the JSON-encoded metrics of each epoch.
+
+        ``at``: hub clock seconds now; an epoch keeps the time its metrics first came.
+        """
 
     def get_metrics(self, model_id: str) -> list[tuple[int, str]]:
         """The model's ``(epoch, JSON text)`` pairs, sorted by epoch."""
+
+    def metric_times(self, model_id: str) -> dict[int, float]:
+        """When each epoch's metrics first came (hub clock seconds), where it was noted."""
 
     def stage_weights(self, source: Source) -> Staged:
         """Receive and hash a weight file without making it visible yet."""

@@ -25,6 +25,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._models: dict[str, ModelRecord] = {}
         self._metrics: dict[str, dict[int, str]] = {}
+        self._times: dict[str, dict[int, float]] = {}
         self._weights: dict[tuple[str, str], tuple[WeightsInfo, bytes]] = {}
         self._replies: dict[str, StoredReply] = {}
         self._keys: dict[str, KeyRecord] = {}
@@ -45,6 +46,7 @@ class MemoryStore:
     def delete_model(self, model_id: str) -> bool:
         """Forget a model with its metrics and weights."""
         self._metrics.pop(model_id, None)
+        self._times.pop(model_id, None)
         self._console.pop(model_id, None)
         self._weights.pop((model_id, "last"), None)
         self._weights.pop((model_id, "best"), None)
@@ -66,16 +68,26 @@ class MemoryStore:
             and (owner is None or r.owner == owner)
         ][:limit]
 
-    def put_metrics(self, model_id: str, metrics: Mapping[int, str]) -> None:
-        """Insert or replace each epoch's metrics."""
+    def put_metrics(
+        self, model_id: str, metrics: Mapping[int, str], at: float | None = None
+    ) -> None:
+        """Insert or replace each epoch's metrics (an epoch keeps its first time)."""
         epochs = self._metrics.get(model_id)
         if epochs is None:
             epochs = self._metrics[model_id] = {}
         epochs.update(metrics)
+        if at is not None:
+            times = self._times.setdefault(model_id, {})
+            for epoch in metrics:
+                times.setdefault(epoch, at)
 
     def get_metrics(self, model_id: str) -> list[tuple[int, str]]:
         """The model's ``(epoch, JSON text)`` pairs, sorted by epoch."""
         return sorted(self._metrics.get(model_id, {}).items())
+
+    def metric_times(self, model_id: str) -> dict[int, float]:
+        """When each epoch's metrics first came."""
+        return dict(self._times.get(model_id, {}))
 
     def stage_weights(self, source: Source) -> Staged:
         """Hash the bytes (reading a stream whole: this store keeps blobs in memory anyway)."""

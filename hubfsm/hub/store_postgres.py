@@ -82,6 +82,10 @@ MIGRATIONS: tuple[str, ...] = (
         who TEXT PRIMARY KEY, tokens DOUBLE PRECISION NOT NULL,
         at DOUBLE PRECISION NOT NULL, spent BOOLEAN NOT NULL);
     """,
+    # When each epoch's metrics first came (the pages' time axis); NULL before this step.
+    """
+    ALTER TABLE metrics ADD COLUMN arrived_at DOUBLE PRECISION;
+    """,
 )
 
 # Any constant: the lock that serialises migrations of one database.
@@ -276,15 +280,18 @@ class PostgresStore:
         )
         return [_record(str(row[0])) for row in rows]
 
-    def put_metrics(self, model_id: str, metrics: Mapping[int, str]) -> None:
-        """Insert or replace each epoch's metrics."""
+    def put_metrics(
+        self, model_id: str, metrics: Mapping[int, str], at: float | None = None
+    ) -> None:
+        """Insert or replace each epoch's metrics (an epoch keeps its first time)."""
         if not metrics:
             return
         sql = (
-            "INSERT INTO metrics (model_id, epoch, metrics) VALUES (%s, %s, %s) "
-            "ON CONFLICT (model_id, epoch) DO UPDATE SET metrics = EXCLUDED.metrics"
+            "INSERT INTO metrics (model_id, epoch, metrics, arrived_at) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (model_id, epoch) DO UPDATE SET metrics = EXCLUDED.metrics, "
+            "arrived_at = coalesce(metrics.arrived_at, EXCLUDED.arrived_at)"
         )
-        rows = [(model_id, epoch, text) for epoch, text in metrics.items()]
+        rows = [(model_id, epoch, text, at) for epoch, text in metrics.items()]
         if len(rows) == 1:  # a training loop's usual request: one statement, one round trip
             self._rows(sql, rows[0])
             return
@@ -295,6 +302,15 @@ class PostgresStore:
             return
         with self._pool.connection() as own, own.transaction(), own.cursor() as cursor:
             cursor.executemany(sql, rows)
+
+    def metric_times(self, model_id: str) -> dict[int, float]:
+        """When each epoch's metrics first came."""
+        rows = self._rows(
+            "SELECT epoch, arrived_at FROM metrics "
+            "WHERE model_id = %s AND arrived_at IS NOT NULL",
+            (model_id,),
+        )
+        return {int(epoch): float(at) for epoch, at in rows}
 
     def get_metrics(self, model_id: str) -> list[tuple[int, str]]:
         """The model's ``(epoch, JSON text)`` pairs, sorted by epoch."""

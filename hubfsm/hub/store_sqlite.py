@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS models (
     id TEXT PRIMARY KEY, created_at REAL NOT NULL, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS metrics (
     model_id TEXT NOT NULL, epoch INTEGER NOT NULL, metrics TEXT NOT NULL,
-    PRIMARY KEY (model_id, epoch));
+    arrived_at REAL, PRIMARY KEY (model_id, epoch));
 CREATE TABLE IF NOT EXISTS weights (
     model_id TEXT NOT NULL, kind TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
     PRIMARY KEY (model_id, kind));
@@ -81,6 +81,7 @@ class SqliteStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         _add_request_digests(self._db)
+        _add_arrival_times(self._db)
         # Leftovers of uploads cut short by a crash are never committed.
         for leftover in self._staging.iterdir():
             leftover.unlink(missing_ok=True)
@@ -160,12 +161,16 @@ class SqliteStore:
         )
         return [_record(str(row[0])) for row in rows]
 
-    def put_metrics(self, model_id: str, metrics: Mapping[int, str]) -> None:
-        """Insert or replace each epoch's metrics."""
+    def put_metrics(
+        self, model_id: str, metrics: Mapping[int, str], at: float | None = None
+    ) -> None:
+        """Insert or replace each epoch's metrics (an epoch keeps its first time)."""
         with self.transaction():
             self._db.executemany(
-                "INSERT OR REPLACE INTO metrics (model_id, epoch, metrics) VALUES (?, ?, ?)",
-                [(model_id, epoch, text) for epoch, text in metrics.items()],
+                "INSERT INTO metrics (model_id, epoch, metrics, arrived_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (model_id, epoch) DO UPDATE SET metrics = excluded.metrics, "
+                "arrived_at = coalesce(metrics.arrived_at, excluded.arrived_at)",
+                [(model_id, epoch, text, at) for epoch, text in metrics.items()],
             )
 
     def get_metrics(self, model_id: str) -> list[tuple[int, str]]:
@@ -174,6 +179,14 @@ class SqliteStore:
             "SELECT epoch, metrics FROM metrics WHERE model_id = ? ORDER BY epoch", (model_id,)
         )
         return [(int(str(epoch)), str(text)) for epoch, text in rows]
+
+    def metric_times(self, model_id: str) -> dict[int, float]:
+        """When each epoch's metrics first came."""
+        rows = self._read(
+            "SELECT epoch, arrived_at FROM metrics WHERE model_id = ? AND arrived_at IS NOT NULL",
+            (model_id,),
+        )
+        return {int(str(epoch)): float(str(at)) for epoch, at in rows}
 
     def stage_weights(self, source: Source) -> Staged:
         """Stream ``source`` to a temporary file in 1 MiB chunks, hashing as it goes.
@@ -324,6 +337,13 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _add_arrival_times(db: sqlite3.Connection) -> None:
+    """Give a data directory made before epochs kept their arrival time the column."""
+    columns = {str(row[1]) for row in db.execute("PRAGMA table_info(metrics)")}
+    if "arrived_at" not in columns:
+        db.execute("ALTER TABLE metrics ADD COLUMN arrived_at REAL")
 
 
 def _add_request_digests(db: sqlite3.Connection) -> None:

@@ -53,6 +53,11 @@ class HubViews:
             rows = self.store.get_metrics(model_id)
         return [{"epoch": epoch, "metrics": json.loads(text)} for epoch, text in rows]
 
+    def metric_times(self, model_id: str) -> dict[int, float]:
+        """When each epoch's metrics first came to the hub (hub clock seconds)."""
+        with self._lock:
+            return self.store.metric_times(model_id)
+
     def weights(
         self, model_id: str, kind: WeightsKind
     ) -> tuple[WeightsInfo, bytes | IO[bytes]] | None:

@@ -7,6 +7,10 @@ loopback, but names its own host. Weight files are served two ways: at
 ``/models/<id>/weights/<kind>.pt`` (loopback, the pages' download links) and at signed
 ``/files/<id>/<name>.pt`` URLs (anyone holding one, until it expires: these are the URLs
 in model records, as the official client fetches them).
+
+A run is renamed, tagged, noted or deleted from its page by a ``POST`` to
+``/models/<id>/annotate`` or ``/models/<id>/delete``, under the pages' own rules and with
+the hub's API key: :func:`page_actor` is the one check.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from werkzeug.wsgi import wrap_file
 from hubfsm.hub import page, session
 from hubfsm.hub.calls import is_model_id
 from hubfsm.hub.domain import Hub
+from hubfsm.hub.parse import loads
 from hubfsm.hub.signing import file_name, parse_name
 from hubfsm.hub.store import WeightsKind
 from hubfsm.hub.store_postgres import PostgresStore
@@ -48,6 +53,11 @@ _STATIC = {
 
 dumps = page.dumps
 
+#: What a run's page may do to it, by ``POST /models/<id>/<action>``.
+ACTIONS = ("annotate", "delete")
+#: The largest body of a page action (a name, tags and notes).
+ACTION_BODY = 64 * 1024
+
 
 def serve(
     hub: Hub, request: Request, environ: dict[str, Any], access: PageAccess | None = None
@@ -61,10 +71,15 @@ def serve(
         access: Who may see the pages; loopback browsers only, without a sign-in, when None.
     """
     parts = request.path.strip("/").split("/")
+    action = request.method == "POST" and len(parts) == 3 and parts[2] in ACTIONS
     if request.method not in ("GET", "HEAD") and not (
-        request.method == "POST" and parts in (["signin"], ["signout"])
+        action or (request.method == "POST" and parts in (["signin"], ["signout"]))
     ):
-        return Response("only GET and HEAD here", status=405, headers={"Allow": "GET, HEAD"})
+        return Response(
+            "only GET and HEAD here (and POST of a run's page actions)",
+            status=405,
+            headers={"Allow": "GET, HEAD"},
+        )
     if len(parts) == 3 and parts[0] == "files":
         return _signed_file(hub, request, parts[1], parts[2])
     if access is not None and access.sign_in:
@@ -80,6 +95,8 @@ def serve(
             # Nobody signs in where the pages need no sign-in.
             return _redirect("/")
         viewer = session.LOOPBACK_VIEWER
+    if action:
+        return _act(hub, request, environ, parts[1], parts[2])
     if parts == [""]:
         rows, following = runs(hub, viewer, request.args.get("after"))
         text = page.render_index(rows, hub.clock(), hub.public_root)
@@ -197,6 +214,74 @@ def _redirect(where: str) -> Response:
     return response
 
 
+def page_actor(hub: Hub, request: Request, environ: dict[str, Any]) -> str | Response:
+    """Who changes a run from a page (a key's id), or the answer that refuses the change.
+
+    The one check of every page action (the pages' own loopback and ``Host`` rules have
+    passed already):
+
+    - A browser's request must come from this hub's pages: its ``Origin`` names the host
+      it was sent to, and ``Sec-Fetch-Site``, when sent, says ``same-origin``. Another site
+      open in the same browser cannot act (and its script cannot set the key header on a
+      request here without a preflight the hub never answers).
+    - The hub's API key in ``x-api-key`` says who acts: the run page sends the one its
+      user typed, a script sends its own. Reading needs no key; changing does, since any
+      local account reaches loopback.
+    """
+    origin = request.headers.get("Origin")
+    if origin is not None and not same_origin(origin, environ.get("HTTP_HOST")):
+        return _text("a run is changed from this hub's own pages only", 403)
+    if request.headers.get("Sec-Fetch-Site") not in (None, "same-origin"):
+        return _text("a run is changed from this hub's own pages only", 403)
+    who = hub.principal(request.headers.get("x-api-key"))
+    if who is None:
+        return _text("changing a run needs the hub's API key (x-api-key), a valid one", 401)
+    return who
+
+
+def same_origin(origin: str, host: str | None) -> bool:
+    """True when an ``Origin`` header is the origin of the ``Host`` a request was sent to."""
+    try:
+        parts = urllib.parse.urlsplit(origin)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and host is not None and parts.netloc == host
+
+
+def _act(
+    hub: Hub, request: Request, environ: dict[str, Any], model_id: str, action: str
+) -> Response:
+    """A page action on a run: rename, tag and note it (``annotate``), or ``delete`` it."""
+    who = page_actor(hub, request, environ)
+    if isinstance(who, Response):
+        return who
+    if not is_model_id(model_id):
+        return _text(f"no model {model_id[:40]}", 404)
+    if action == "delete":
+        if not hub.remove(model_id, who):
+            return _text(f"no model {model_id}", 404)
+        return _json({"deleted": model_id})
+    length = request.content_length
+    if length is None or length > ACTION_BODY:
+        return _text(f"send a JSON object of at most {ACTION_BODY} bytes", 413)
+    if request.mimetype != "application/json":
+        return _text("send the changes as application/json", 415)
+    try:
+        changes = loads(request.get_data(cache=False))
+        if not isinstance(changes, dict):
+            raise ValueError("send a JSON object of name, tags and notes")
+        record = hub.annotate(model_id, who, changes)
+    except ValueError as error:
+        return _text(str(error), 400)
+    if record is None:
+        return _text(f"no model {model_id}", 404)
+    return _json(record)
+
+
+def _text(message: str, status: int) -> Response:
+    return Response(message, status=status, mimetype="text/plain")
+
+
 def host_allowed(host: str | None, public_root: str) -> bool:
     """True when a ``Host`` header names this machine: a loopback name or the hub's own.
 
@@ -279,10 +364,29 @@ def model_data(hub: Hub, model_id: str) -> dict[str, Any] | None:
     return {
         "record": record,
         "metrics": metrics,
+        "since_start": since_start(record, metrics, hub.metric_times(model_id)),
         "weights": weights,
         "summary": page.summarize(record, metrics, hub.clock(), _stall(hub)),
         "console": hub.console(model_id),
     }
+
+
+def since_start(
+    record: dict[str, Any], metrics: list[dict[str, Any]], times: dict[int, float]
+) -> list[float | None]:
+    """Seconds from the run's start to each epoch's arrival (None where not noted).
+
+    The start is the run's first sign (metrics, checkpoint or heartbeat), else its first
+    epoch's arrival; epochs kept before the hub noted times have none.
+    """
+    start = page.seconds_of(record.get("started_at"))
+    if start is None and times:
+        start = min(times.values())
+    out: list[float | None] = []
+    for row in metrics:
+        at = times.get(row["epoch"])
+        out.append(None if at is None or start is None else round(max(0.0, at - start), 3))
+    return out
 
 
 def _stall(hub: Hub) -> float:

@@ -37,7 +37,7 @@ The callbacks are :class:`~hubfsm.integrations.ultralytics_callbacks.Ultralytics
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from hubfsm.core.engine import CoreConfig
@@ -82,6 +82,8 @@ def add_callbacks(
     finish_timeout: float = 3600.0,
     strict: bool = False,
     model_info: Callable[[Any], Mapping[str, Any]] = model_info,
+    tags: Iterable[str] | str | None = None,
+    notes: str | None = None,
     **train_args: Any,
 ) -> UltralyticsCallbacks:
     """Register the hub callbacks on an ultralytics ``Model`` or ``BaseTrainer``.
@@ -100,8 +102,11 @@ def add_callbacks(
         finish_timeout: Seconds the end of training waits for the final upload.
         strict: Raise hub errors during training instead of logging them.
         model_info: Returns the model's info merged into epoch 0's metrics.
-        **train_args: For a new model, values that replace the trainer's arguments
-            (``data``, ``epochs``, ``batch``, ``imgsz``, ``patience``, ``device``, ``cache``).
+        tags: For a new model, labels a hubfsm hub keeps (not sent to the public HUB).
+        notes: For a new model, free text a hubfsm hub keeps.
+        **train_args: For a new model, values that replace the trainer's arguments (the
+            HUB v1 wire carries ``data``, ``epochs``, ``batch``, ``imgsz``, ``patience``,
+            ``device`` and ``cache``; a hubfsm hub keeps every argument).
 
     Returns:
         The registered callbacks; their ``session`` is the session once training started.
@@ -127,6 +132,8 @@ def add_callbacks(
         strict=strict,
         model_info=model_info,
         train_args=train_args,
+        tags=tags,
+        notes=notes,
     )
     for event, fn in hub.callbacks().items():
         add(event, fn)

@@ -8,19 +8,20 @@ session comes from.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeAlias
 
 from hubfsm.core.engine import CoreConfig
 from hubfsm.core.identifier import parse_identifier
 from hubfsm.integrations.callbacks import TrainingCallbacks
 from hubfsm.integrations.ultralytics_objects import (
+    CREATE_ARGS,
     DETACHED,
     EVENTS,
     MAP_KEY,
     Claimed,
     Detached,
-    create_args,
+    every_arg,
     model_info,
     official_key,
     official_model_id,
@@ -60,6 +61,9 @@ class UltralyticsCallbacks:
         model_info: Returns the model's info merged into epoch 0's metrics; by default
             ultralytics' ``model_info_for_loggers``.
         train_args: For a new model, values that replace the trainer's arguments.
+        tags: For a new model, labels a hubfsm hub keeps (see
+            :class:`~hubfsm.runtime.session.Session`).
+        notes: For a new model, free text a hubfsm hub keeps.
     """
 
     def __init__(
@@ -76,6 +80,8 @@ class UltralyticsCallbacks:
         strict: bool = False,
         model_info: Callable[[Any], Mapping[str, Any]] = model_info,
         train_args: Mapping[str, Any] | None = None,
+        tags: Iterable[str] | str | None = None,
+        notes: str | None = None,
     ) -> None:
         self._given: TrainingSession | None = None
         self._identifier: str | None = None
@@ -93,6 +99,8 @@ class UltralyticsCallbacks:
         self._strict = strict
         self._model_info = model_info
         self._train_args = dict(train_args or {})
+        self._tags = tags
+        self._notes = notes
         self._hub: TrainingCallbacks | None = None
         self._owned = False
         self._official_key: str | None = None
@@ -266,14 +274,19 @@ class UltralyticsCallbacks:
                 )
             identifier = os.fspath(model)
         if self.user_args is not None:
-            # What the user passed to Model.train, as the official client sends it: the
-            # data string as given, the official defaults for what was not given.
-            train_args = create_args(self.user_args)
+            # The wire's arguments as the user passed them to Model.train, as the official
+            # client sends them: the data string as given, the official defaults for what
+            # was not given. Every other argument the trainer resolved goes too, for a hub
+            # that keeps them all.
+            train_args = {
+                k: v for k, v in every_arg(args, drop_none=True).items() if k not in CREATE_ARGS
+            }
+            train_args.update(every_arg(self.user_args))
             data = getattr(args, "data", None)
             if "data" not in train_args and data is not None:
                 train_args["data"] = data
         else:
-            train_args = create_args(args, drop_none=True)
+            train_args = every_arg(args, drop_none=True)
         train_args.update(self._train_args)
         parsed = parse_identifier(identifier, web_root=self._web_root)
         api_key = self._api_key or self._official_key
@@ -289,6 +302,8 @@ class UltralyticsCallbacks:
             api_root=self._api_root,
             web_root=self._web_root,
             open_timeout=self._open_timeout,
+            tags=self._tags,
+            notes=self._notes,
             # The trainer's arguments only shape a new model; a loaded one has its own.
             **(train_args if parsed.filename is not None else {}),
         )

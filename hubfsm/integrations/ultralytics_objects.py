@@ -57,6 +57,32 @@ def create_args(source: Any, *, drop_none: bool = False) -> dict[str, Any]:
     return args
 
 
+def every_arg(source: Any, *, drop_none: bool = False) -> dict[str, Any]:
+    """Every argument ``source`` holds: a dict's items or a namespace's attributes.
+
+    A hubfsm hub keeps them all (the HUB v1 wire carries the :data:`CREATE_ARGS` only).
+
+    Args:
+        source: A dict (the keywords given to ``Model.train``) or a namespace (ultralytics'
+            ``IterableSimpleNamespace`` of arguments); None holds nothing.
+        drop_none: Leave out the arguments that are None.
+    """
+    if source is None:
+        return {}
+    if isinstance(source, Mapping):
+        items = list(source.items())
+    else:
+        try:
+            items = list(vars(source).items())
+        except TypeError:  # no __dict__: read the names the record needs, at least
+            return create_args(source, drop_none=drop_none)
+    return {
+        str(k): v
+        for k, v in items
+        if not str(k).startswith("_") and not (drop_none and v is None)
+    }
+
+
 def settings_key() -> str | None:
     """The API key in ultralytics' settings (``yolo login``), if ultralytics is loaded."""
     # Read only when ultralytics is already imported (a trainer is one of its objects):

@@ -47,7 +47,7 @@ from hubfsm import env
 from hubfsm.core.engine import CoreConfig
 from hubfsm.core.identifier import parse_identifier
 from hubfsm.errors import HubfsmError
-from hubfsm.integrations.ultralytics_objects import create_args, settings_key
+from hubfsm.integrations.ultralytics_objects import every_arg, settings_key
 from hubfsm.logs import get_logger
 from hubfsm.runtime.session import Session
 
@@ -220,7 +220,8 @@ class HUBTrainingSession:
         if self.filename is None:
             raise HubfsmError("create_model needs a session opened from a local .pt/.yaml")
         try:
-            session = self._open(self.filename, create_args(model_args))
+            # Every argument: the wire carries its own few, a hubfsm hub keeps them all.
+            session = self._open(self.filename, every_arg(model_args))
         except HubfsmError as exc:
             log.warning("ultralytics.create_failed", error=str(exc))
             print(f"hubfsm: the hub did not create the model: {exc}", file=sys.stderr)

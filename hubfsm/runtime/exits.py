@@ -27,11 +27,12 @@ class ExitHooks:
     """Calls ``close`` once at interpreter exit and, if asked, on SIGTERM and SIGINT.
 
     Args:
-        close: What to run (it must bound its own time).
+        close: What to run (it must bound its own time), given why: ``exit`` or the
+            signal's name (``SIGTERM``).
         signals: Whether to install signal handlers (main thread only).
     """
 
-    def __init__(self, close: Callable[[], None], *, signals: bool) -> None:
+    def __init__(self, close: Callable[[str], None], *, signals: bool) -> None:
         self._close = close
         self._previous: dict[int, _Handler] = {}
         self._done = False
@@ -42,15 +43,15 @@ class ExitHooks:
                 signal.signal(sig, self._on_signal)
 
     def _at_exit(self) -> None:
-        self.run()
+        self.run("exit")
 
-    def run(self) -> None:
+    def run(self, why: str) -> None:
         """Run ``close`` if it has not run yet, and remove the hooks."""
         if self._done:
             return
         self._done = True
         try:
-            self._close()
+            self._close(why)
         finally:
             self.remove()
 
@@ -66,7 +67,7 @@ class ExitHooks:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         previous = self._previous.get(signum, signal.SIG_DFL)
-        self.run()
+        self.run(signal.Signals(signum).name)
         if callable(previous):
             previous(signum, frame)
         elif previous == signal.SIG_DFL:

@@ -224,7 +224,9 @@ def open_model(parts: Parts) -> None:
     if settings.protocol == "platform":
         create = PLATFORM.train_data(settings.train_args)
     elif parsed.filename is not None:
-        create = protocol.create_payload(parsed.filename, settings.train_args)
+        create = protocol.create_payload(
+            parsed.filename, settings.train_args, name=settings.name, extra=_extension(settings)
+        )
     core.open(parsed, create=create, now=shell.clock())
     shell.start()
     timeout = settings.open_timeout
@@ -245,6 +247,28 @@ def open_model(parts: Parts) -> None:
         + (f"; last failure: {core.last_failure}" if core.last_failure else "")
         + _public_hint(settings)
     )
+
+
+def _extension(settings: Settings) -> dict[str, Any] | None:
+    """The create body's ``hubfsm`` object, or None for the public HUB (it said what it drops).
+
+    The public HUB's official client sent only the wire's arguments, so hubfsm sends it
+    nothing more; any other hub (the local one, a team's) keeps every argument, the tags
+    and the notes, and a HUB v1 server that does not know the key ignores it.
+    """
+    if hub_name(settings.api_root) != DEFAULT_API_ROOT:
+        return protocol.extension(settings.train_args, settings.tags, settings.notes)
+    dropped = sorted(str(k) for k in settings.train_args if k not in protocol.WIRE_ARGS)
+    if dropped or settings.tags or settings.notes:
+        log.warning(
+            "session.train_args_not_sent",
+            names=dropped,
+            tags=len(settings.tags),
+            notes=settings.notes is not None,
+            reason="the HUB v1 create body carries data, epochs, batch, imgsz, patience, "
+            "device and cache only",
+        )
+    return None
 
 
 def _public_hint(settings: Settings) -> str:

@@ -16,7 +16,7 @@ the close deadline was sent, the rest stays pending, and the exception propagate
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeAlias
 
 from hubfsm import env as environment
@@ -53,6 +53,8 @@ def open(
     handle_signals: bool = False,
     protocol: str | None = None,
     on_cancel: Callable[[], None] | None = None,
+    tags: Iterable[str] | str | None = None,
+    notes: str | None = None,
     **train_args: Any,
 ) -> TrainingSession:
     """Open a training session on the hub and start it (heartbeats begin).
@@ -78,9 +80,14 @@ def open(
         protocol: ``hub`` or ``platform``; by default chosen as
             :meth:`~hubfsm.runtime.settings.Settings.resolve` says.
         on_cancel: Called once when the service says the run was cancelled (Platform).
-        **train_args: For a local file, the training configuration in ultralytics' names
-            (``data``, ``epochs``, ``batch``, ``imgsz``, ``patience``, ``device``,
-            ``cache``; other names are not part of the hub's model and are ignored).
+        tags: For a new model, labels a hubfsm hub keeps (see
+            :class:`~hubfsm.runtime.session.Session`).
+        notes: For a new model, free text a hubfsm hub keeps.
+        **train_args: For a local file, the training configuration in ultralytics' names.
+            The HUB v1 wire carries ``data``, ``epochs``, ``batch``, ``imgsz``,
+            ``patience``, ``device`` and ``cache``; a hubfsm hub keeps every name.
+            ``name`` stays a training argument, as in ultralytics (Platform: the run's
+            name); :class:`~hubfsm.runtime.session.Session` takes a HUB v1 model's name.
             An existing model keeps the configuration the hub has for it.
 
     Returns:
@@ -132,6 +139,8 @@ def open(
         handle_signals=handle_signals,
         protocol=dialect.name,
         on_cancel=on_cancel,
+        tags=tags,
+        notes=notes,
     )
     try:
         session.start()

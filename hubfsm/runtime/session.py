@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import sys
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from hubfsm.core import protocol
 from hubfsm.core.changes import describe_pending
 from hubfsm.core.engine import CoreConfig
 from hubfsm.core.events import (
@@ -33,7 +34,7 @@ from hubfsm.errors import (
     IllegalEventError,
 )
 from hubfsm.logs import get_logger
-from hubfsm.runtime.console import duration, sync_command
+from hubfsm.runtime.console import duration, hub_name, sync_command
 from hubfsm.runtime.driver import QUIET
 from hubfsm.runtime.exits import ExitHooks, report_left
 from hubfsm.runtime.factory import Parts, build, open_model
@@ -41,6 +42,7 @@ from hubfsm.runtime.refusal import notice, refusal_error
 from hubfsm.runtime.session_views import SessionViews
 from hubfsm.runtime.settings import OFFLINE_ENV, Settings
 from hubfsm.transport import Transport
+from transports.settings import DEFAULT_API_ROOT
 
 __all__ = ["OFFLINE_ENV", "Session"]
 
@@ -62,8 +64,10 @@ class Session(SessionViews):
         web_root: The web root for model URLs (else ``ULTRALYTICS_HUB_WEB``, else the
             API root's origin for any hub but the public one: the local hub serves its
             model pages there).
-        train_args: For a local file: training arguments in ultralytics' names
-            (``data``, ``epochs``, ``batch``, ``imgsz``, ``patience``, ``device``, ``cache``).
+        train_args: For a local file: training arguments in ultralytics' names. The HUB
+            v1 wire carries ``data``, ``epochs``, ``batch``, ``imgsz``, ``patience``,
+            ``device`` and ``cache`` (the others are logged as not sent to the public
+            HUB); a hubfsm hub keeps every one, and Platform sends every one as text.
         config: Limits and retry policies of the core.
         open_timeout: Seconds to wait for the hub to load or create the model.
         seed: Seeds the jitter, for reproducible runs.
@@ -85,6 +89,11 @@ class Session(SessionViews):
             model id of a run to continue.
         on_cancel: Called once, on the session's worker thread, when an answer says a
             person cancelled the run (see :attr:`cancelled`).
+        name: For a new model, its name on the hub (HUB v1's ``meta.name``, default the
+            file's base name; Platform: the run's name, as ``train_args["name"]``).
+        tags: For a new model, labels a hubfsm hub keeps and shows (not sent to the
+            public HUB, whose wire has no room for them; Platform: not sent).
+        notes: For a new model, free text a hubfsm hub keeps and shows (as ``tags``).
 
     Raises:
         IdentifierError: The identifier is in none of the accepted forms.
@@ -113,6 +122,9 @@ class Session(SessionViews):
         handle_signals: bool = False,
         protocol: str | None = None,
         on_cancel: Callable[[], None] | None = None,
+        name: str | None = None,
+        tags: Iterable[str] | str | None = None,
+        notes: str | None = None,
     ) -> None:
         self._on_cancel = on_cancel
         settings = Settings.resolve(
@@ -131,6 +143,9 @@ class Session(SessionViews):
             exit_timeout=exit_timeout,
             handle_signals=handle_signals,
             protocol=protocol,
+            name=name,
+            tags=tags,
+            notes=notes,
         )
         self._setup(build(settings, transport=transport))
 
@@ -365,17 +380,22 @@ class Session(SessionViews):
         """
         self._close(timeout, raise_refusal=True)
 
-    def _close(self, timeout: float | None, *, raise_refusal: bool) -> None:
+    def _close(
+        self, timeout: float | None, *, raise_refusal: bool, why: str = "closed before finish"
+    ) -> None:
         if self._closed:
             return
         self._closed = True
         if self._hooks is not None:
             self._hooks.remove()
         limit = self.exit_timeout if timeout is None else timeout
+        interrupted = self._accepting
         if self._accepting:
             self._accepting = False
             self._shell.submit(Interrupted())
         self._shell.stop(timeout=0.0 if self.offline else limit)
+        if interrupted:
+            self._say_interrupted(why)
         self._release()
         pending = self.pending()  # final weights the worker never took in are kept too
         kept = None if self._durability is None else self._durability.kept
@@ -393,6 +413,33 @@ class Session(SessionViews):
         if raise_refusal and self._core.machine.refused and not self._refusal_raised:
             self._refusal_raised = True
             raise self._refusal_error()
+
+    def _say_interrupted(self, why: str) -> None:
+        """Tell a hubfsm hub that the run stopped before its end, once, at most a request.
+
+        The hub's pages then say ``interrupted`` (and why) where they could only guess
+        ``stalled`` from the silence. Best effort: sent after the worker stopped (never
+        beside one of its requests), not to the public HUB (whose wire has no such field),
+        not on Platform (no heartbeats on its wire), not offline or after a refusal; a
+        failure only leaves the hub to notice the silence.
+        """
+        settings, core = self._settings, self._core
+        if (
+            self.offline
+            or settings.protocol != "hub"
+            or core.model_id is None
+            or core.machine.refused
+            or hub_name(settings.api_root) == DEFAULT_API_ROOT
+            or self._shell.alive
+        ):
+            return
+        request = protocol.ended(core.model_id, core.agent_id, why)
+        try:
+            response = self._driver.transport.send(request)
+        except Exception as exc:  # noqa: BLE001 - a note the hub may miss; never a failure
+            self._log.info("session.interrupt_not_sent", error=type(exc).__name__)
+            return
+        self._log.info("session.interrupt_sent", model_id=core.model_id, status=response.status)
 
     def _tell_waiting(self, timeout: float) -> None:
         """Say once what finishing waits for, how long, and what Ctrl-C leaves behind."""
@@ -444,8 +491,9 @@ class Session(SessionViews):
     def _refusal_error(self) -> HubfsmError:
         return refusal_error(self._core, self.outbox_dir, self._settings.api_root)
 
-    def _at_exit(self) -> None:
-        self._close(None, raise_refusal=False)
+    def _at_exit(self, why: str) -> None:
+        reason = "the process exited before finish" if why == "exit" else why
+        self._close(None, raise_refusal=False, why=reason)
 
     def __enter__(self) -> Session:
         if not self._accepting and self._core.machine.allows("start"):
@@ -459,4 +507,10 @@ class Session(SessionViews):
         tb: types.TracebackType | None,
     ) -> None:
         # An exception on its way out wins over the news of a refusal.
-        self._close(None, raise_refusal=exc is None)
+        if exc_type is None:
+            why = "closed before finish"
+        elif issubclass(exc_type, KeyboardInterrupt):
+            why = "Ctrl-C"
+        else:
+            why = exc_type.__name__  # the type only: a message may hold anything
+        self._close(None, raise_refusal=exc is None, why=why)

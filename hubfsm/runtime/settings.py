@@ -9,7 +9,7 @@ environment); the parts of a session are then built from this one frozen value (
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -61,6 +61,9 @@ class Settings:
         notify_refusal: Say once on stderr when a refusal stops sending (``hubfsm sync``
             reports refusals on its own output instead).
         protocol: The dialect spoken: ``hub`` or ``platform``.
+        name: The run's name on the hub (None: the hub's default).
+        tags: Labels for the run (a hubfsm hub keeps them; see :class:`Session`).
+        notes: Free text about the run (a hubfsm hub keeps it).
     """
 
     identifier: Identifier
@@ -80,6 +83,9 @@ class Settings:
     at_exit: bool = True
     notify_refusal: bool = True
     protocol: str = "hub"
+    name: str | None = None
+    tags: tuple[str, ...] = ()
+    notes: str | None = None
 
     @classmethod
     def resolve(
@@ -101,6 +107,9 @@ class Settings:
         handle_signals: bool = False,
         environ: Mapping[str, str] | None = None,
         protocol: str | None = None,
+        name: str | None = None,
+        tags: Iterable[str] | str | None = None,
+        notes: str | None = None,
     ) -> Settings:
         """Resolve a session's settings from its arguments, the environment and defaults.
 
@@ -126,6 +135,9 @@ class Settings:
             hub_key=environment.api_key(environ),
         )
         args = dict(train_args or {})
+        if dialect is PLATFORM and name is not None:
+            # A Platform run's name is its name in the project: the argument that says it.
+            args.setdefault("name", name)
         if dialect is PLATFORM:
             api_key = api_key or platform_key
             if api_root is None:
@@ -169,4 +181,20 @@ class Settings:
             offline=offline,
             exit_timeout=exit_timeout,
             handle_signals=handle_signals,
+            name=name,
+            tags=tags_of(tags),
+            notes=notes,
         )
+
+
+def tags_of(tags: Iterable[str] | str | None) -> tuple[str, ...]:
+    """A run's tags as a tuple of text; one string is one tag (not its letters)."""
+    if tags is None:
+        return ()
+    if isinstance(tags, str):
+        return (tags,)
+    found = tuple(tags)
+    for tag in found:
+        if not isinstance(tag, str):
+            raise TypeError(f"tags are strings, not {type(tag).__name__}")
+    return found

@@ -61,6 +61,8 @@ def test_demo_trains_and_keeps_the_records(cli: Any, tmp_path: Path, leaks: Any)
         assert record is not None
         assert record["status"] == "trained" and record["has_best_weights"]
         assert record["epochs"] == 3 and record["final_epoch"] == 2
+        # The seed that reproduces the run is kept with it (the demo's default, 0).
+        assert record["tags"] == ["seed=0", "demo"] and "seed 0" in record["notes"]
         assert [row["epoch"] for row in local.hub.metrics(model_id)] == [0, 1, 2]
         info = local.hub.weights_info(model_id, "best")
         assert info is not None and info.size > 0

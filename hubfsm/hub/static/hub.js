@@ -37,8 +37,19 @@
       return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c];
     });
   }
+  function tagsHtml(tags) {
+    return (tags || []).map(function (t) { return "<span class=\"tag\">" + esc(t) + "</span>"; }).join("");
+  }
   function fmt(v) { return v == null ? "-" : String(+v.toPrecision(5)); }
   function fmtValue(u, v) { return fmt(v); }
+  // Seconds as people read a run's time: 45 s, 12.5 min, 3.2 h.
+  function fmtSeconds(t) {
+    if (t == null) return "";
+    var a = Math.abs(t);
+    if (a < 120) return +t.toPrecision(3) + " s";
+    if (a < 7200) return +(t / 60).toPrecision(3) + " min";
+    return +(t / 3600).toPrecision(3) + " h";
+  }
   function sizeOf(n) {
     var units = ["B", "KiB", "MiB", "GiB"], i = 0;
     while (n >= 1024 && i < 3) { n /= 1024; i++; }
@@ -66,10 +77,12 @@
     ys.forEach(function (v, i) {
       if (v != null && (at == null || (lower ? v < ys[at] : v > ys[at]))) at = i;
     });
-    return at == null ? null : { x: xs[at], value: ys[at] };
+    return at == null ? null : { x: xs[at], value: ys[at], i: at };
   }
   function lastOf(xs, ys) {
-    for (var i = ys.length - 1; i >= 0; i--) if (ys[i] != null) return { x: xs[i], value: ys[i] };
+    for (var i = ys.length - 1; i >= 0; i--) {
+      if (ys[i] != null) return { x: xs[i], value: ys[i], i: i };
+    }
     return null;
   }
 
@@ -93,7 +106,9 @@
       return log ? col.map(function (v) { return v != null && v > 0 ? v : null; }) : col;
     });
     var faint = o.faint || {};
-    var series = [{ label: "epoch" }].concat(o.labels.map(function (label, i) {
+    var time = o.x === "time";
+    var series = [time ? { label: "time", value: function (u, v) { return fmtSeconds(v); } }
+                       : { label: "epoch" }].concat(o.labels.map(function (label, i) {
       var color = COLORS[(o.colors ? o.colors[i] : i) % COLORS.length];
       return { label: label, stroke: faint[i] ? color + "55" : color, width: faint[i] ? 1 : 2,
                spanGaps: true, value: fmtValue,
@@ -108,8 +123,10 @@
           return padRange(lo, hi, log);
         } }
       },
-      axes: [{ label: "epoch", grid: { stroke: "#eaeef2" }, incrs: INTS,
-               values: function (u, ticks) { return ticks.map(String); } },
+      axes: [time ? { label: "time since the start", grid: { stroke: "#eaeef2" },
+                      values: function (u, ticks) { return ticks.map(fmtSeconds); } }
+                  : { label: "epoch", grid: { stroke: "#eaeef2" }, incrs: INTS,
+                      values: function (u, ticks) { return ticks.map(String); } },
              { size: 60, grid: { stroke: "#eaeef2" },
                values: function (u, ticks) {
                  return ticks.map(function (t) { return t == null ? "" : +t.toPrecision(4); });
@@ -168,13 +185,15 @@
     var q = new URLSearchParams(location.search);
     var smooth = parseFloat(q.get("smooth"));
     return { smooth: isFinite(smooth) ? Math.min(0.99, Math.max(0, smooth)) : 0,
-             log: q.get("log") === "1", zero: q.get("zero") === "1" };
+             log: q.get("log") === "1", zero: q.get("zero") === "1",
+             x: q.get("x") === "time" ? "time" : "epoch" };
   }
   function writeSettings(s) {
     var q = new URLSearchParams(location.search);
     if (s.smooth) q.set("smooth", String(s.smooth)); else q.delete("smooth");
     if (s.log) q.set("log", "1"); else q.delete("log");
     if (s.zero) q.set("zero", "1"); else q.delete("zero");
+    if (s.x === "time") q.set("x", "time"); else q.delete("x");
     var text = q.toString();
     history.replaceState(null, "", location.pathname + (text ? "?" + text : ""));
   }
@@ -223,11 +242,24 @@
       }
       return sec.querySelector(".grid");
     }
+    // The epochs a chart shows and its x values: epochs, or seconds since the start
+    // (epochs whose arrival the hub did not note are left out of that one).
+    function axis(d) {
+      var rows = d.metrics, xs;
+      if (settings.x === "time") {
+        var at = d.since_start || [];
+        rows = rows.filter(function (e, i) { return at[i] != null; });
+        xs = at.filter(function (t) { return t != null; });
+      } else {
+        xs = rows.map(function (e) { return e.epoch; });
+      }
+      return { rows: rows, xs: xs, epochs: rows.map(function (e) { return e.epoch; }) };
+    }
     function drawChart(plan, d, box) {
-      var xs = d.metrics.map(function (e) { return e.epoch; });
+      var ax = axis(d), rows = ax.rows, xs = ax.xs;
       var labels = [], ys = [], faint = {}, colors = [];
       plan.metrics.forEach(function (name, k) {
-        var raw = column(d.metrics, name);
+        var raw = column(rows, name);
         var label = plan.metrics.length > 1 ? name.split("/")[0] : name;
         if (settings.smooth) {
           faint[labels.length] = true; labels.push(label + " (raw)"); ys.push(raw); colors.push(k);
@@ -235,20 +267,29 @@
         labels.push(label); ys.push(ema(raw, settings.smooth)); colors.push(k);
       });
       var name = plan.metrics[0], lower = lowerBetter(name);
-      var best = name.indexOf("lr/") === 0 ? null : bestOf(xs, column(d.metrics, name), lower);
+      var best = name.indexOf("lr/") === 0 ? null : bestOf(xs, column(rows, name), lower);
       var sig = JSON.stringify([labels, settings]), u = charts[plan.key];
       if (u && u._sig === sig) {
-        // The same chart with more epochs: new data, so a pointer on it keeps its place.
+        // The same chart with more epochs: new data, so a pointer on it keeps its place,
+        // and a zoom stays where the reader put it.
         u._best = best;
+        var old = u.data[0], sx = u.scales.x;
+        var zoomedIn = old.length > 1 && sx.min != null &&
+          (sx.min > old[0] || sx.max < old[old.length - 1]);
         u.setData([xs].concat(settings.log ? ys.map(function (col) {
           return col.map(function (v) { return v != null && v > 0 ? v : null; });
-        }) : ys));
-        centre(u);
+        }) : ys), !zoomedIn);
+        if (zoomedIn) {
+          sharing = true;  // every chart keeps its own zoom: no need to share it again
+          try { u.setScale("x", { min: sx.min, max: sx.max }); } finally { sharing = false; }
+        } else {
+          centre(u);
+        }
       } else {
         if (u) u.destroy();
         u = makeChart(box.querySelector(".plot"), {
           title: plan.title, labels: labels, xs: xs, ys: ys, faint: faint, colors: colors,
-          settings: settings, best: best
+          settings: settings, best: best, x: settings.x
         });
         u._sig = sig; u._metric = name;
         charts[plan.key] = u;
@@ -256,10 +297,10 @@
       }
       showLast(u);
       var cap = plan.metrics.map(function (m) {
-        var col = column(d.metrics, m), last = lastOf(xs, col);
+        var col = column(rows, m), last = lastOf(xs, col);
         var b = m.indexOf("lr/") === 0 ? null : bestOf(xs, col, lowerBetter(m));
-        return m + ": last " + (last ? fmt(last.value) + " (epoch " + last.x + ")" : "-") +
-          (b ? ", best " + fmt(b.value) + " (epoch " + b.x + ", " +
+        return m + ": last " + (last ? fmt(last.value) + " (epoch " + ax.epochs[last.i] + ")" : "-") +
+          (b ? ", best " + fmt(b.value) + " (epoch " + ax.epochs[b.i] + ", " +
            (lowerBetter(m) ? "lower" : "higher") + " is better)" : "");
       }).join("; ");
       box.querySelector("figcaption").textContent = cap;
@@ -324,13 +365,54 @@
       table.innerHTML = html;
       document.getElementById("metrics-count").textContent = String(metrics.length);
     }
+    // Name, tags and notes, changed with the hub's key (kept in this tab only).
+    function editing() {
+      var form = document.getElementById("edit-form");
+      if (!form) return;
+      var key = document.getElementById("edit-key"), said = document.getElementById("edit-status");
+      key.value = sessionStorage.getItem("hubfsm-key") || "";
+      var base = location.pathname.replace(/\/$/, "");
+      function send(action, body) {
+        sessionStorage.setItem("hubfsm-key", key.value);
+        return fetch(base + "/" + action, {
+          method: "POST", cache: "no-store",
+          headers: { "Content-Type": "application/json", "x-api-key": key.value },
+          body: JSON.stringify(body || {})
+        }).then(function (r) {
+          return r.text().then(function (t) { if (!r.ok) throw new Error(t || String(r.status)); return t; });
+        });
+      }
+      function shown(record) {
+        document.getElementById("run-name").textContent = record.name;
+        document.title = record.name + " - local hub";
+        document.getElementById("run-tags").innerHTML = tagsHtml(record.tags);
+        var notes = document.getElementById("run-notes");
+        notes.textContent = record.notes || ""; notes.hidden = !record.notes;
+      }
+      form.addEventListener("submit", function (ev) {
+        ev.preventDefault();
+        var tags = document.getElementById("edit-tags").value.split(",")
+          .map(function (t) { return t.trim(); }).filter(Boolean);
+        send("annotate", { name: document.getElementById("edit-name").value, tags: tags,
+                           notes: document.getElementById("edit-notes").value })
+          .then(function (t) { shown(JSON.parse(t)); said.textContent = "Saved."; })
+          .catch(function (e) { said.textContent = "Not saved: " + e.message; });
+      });
+      document.getElementById("edit-delete").addEventListener("click", function () {
+        if (!confirm("Delete this run, its metrics and its weights? This cannot be undone.")) return;
+        send("delete").then(function () { location.href = "/"; })
+          .catch(function (e) { said.textContent = "Not deleted: " + e.message; });
+      });
+    }
     function controls() {
       if (!smooth) return;
       smooth.value = String(settings.smooth); smoothOut.textContent = String(settings.smooth);
       logBox.checked = settings.log; zeroBox.checked = settings.zero;
+      var xSel = document.getElementById("xaxis");
+      xSel.value = settings.x;
       function changed() {
         settings = { smooth: parseFloat(smooth.value) || 0, log: logBox.checked,
-                     zero: zeroBox.checked };
+                     zero: zeroBox.checked, x: xSel.value === "time" ? "time" : "epoch" };
         smoothOut.textContent = String(settings.smooth);
         writeSettings(settings);
         render(data);
@@ -338,8 +420,10 @@
       smooth.addEventListener("input", changed);
       logBox.addEventListener("change", changed);
       zeroBox.addEventListener("change", changed);
+      xSel.addEventListener("change", changed);
     }
     controls();
+    editing();
     render(data);
     window.hubCharts = charts;  // for inspection (and the browser tests)
     window.addEventListener("resize", function () {
@@ -384,7 +468,8 @@
     function apply() {
       var text = filter.value.toLowerCase(), want = status.value;
       Array.prototype.forEach.call(tbody.rows, function (row) {
-        var hit = (row.dataset.name + " " + row.dataset.id).toLowerCase().indexOf(text) >= 0;
+        var hit = (row.dataset.name + " " + row.dataset.tags + " " + row.dataset.id)
+          .toLowerCase().indexOf(text) >= 0;
         row.hidden = !hit || (want && row.dataset.status !== want);
       });
     }
@@ -455,9 +540,9 @@
     }
     function compareTables(runs, metrics) {
       var keys = {};
-      runs.forEach(function (d) { Object.keys(d.record.train_args || {}).forEach(function (k) { keys[k] = 1; }); });
+      runs.forEach(function (d) { Object.keys(d.summary.params || {}).forEach(function (k) { keys[k] = 1; }); });
       var differ = Object.keys(keys).filter(function (k) {
-        var seen = runs.map(function (d) { return JSON.stringify((d.record.train_args || {})[k]); });
+        var seen = runs.map(function (d) { return JSON.stringify((d.summary.params || {})[k]); });
         return seen.some(function (v) { return v !== seen[0]; });
       });
       var head = "<tr><th>run</th>" + runs.map(function (d) {
@@ -465,7 +550,7 @@
       }).join("") + "</tr>";
       var params = differ.map(function (k) {
         return "<tr><th>" + esc(k) + "</th>" + runs.map(function (d) {
-          var v = (d.record.train_args || {})[k];
+          var v = (d.summary.params || {})[k];
           return "<td>" + esc(v === undefined ? "-" : JSON.stringify(v)) + "</td>";
         }).join("") + "</tr>";
       }).join("");
@@ -534,12 +619,12 @@
     function rowHtml(run) {
       var r = run.record, s = run.summary, st = s.state || r.status;
       return "<tr data-id=\"" + esc(r.id) + "\" data-name=\"" + esc(r.name || "") +
-        "\" data-status=\"" + esc(st) + "\" data-percent=\"" + s.percent +
+        "\" data-tags=\"" + esc((r.tags || []).join(" ")) + "\" data-status=\"" + esc(st) + "\" data-percent=\"" + s.percent +
         "\" data-best=\"\" data-created=\"" + esc(r.created_at) + "\">" +
         "<td><input type=\"checkbox\" class=\"pick\" value=\"" + esc(r.id) +
         "\" aria-label=\"compare " + esc(r.name || r.id) + "\"></td>" +
         "<td><a href=\"/models/" + esc(r.id) + "\">" + esc(r.name || r.id) +
-        "</a><div class=\"id\">" + esc(r.id) + "</div></td>" +
+        "</a><div class=\"id\">" + esc(r.id) + "</div>" + tagsHtml(r.tags) + "</td>" +
         "<td><span class=\"badge " + esc(st) + "\">" + esc(st) + "</span></td>" +
         "<td><div class=\"bar\"><div class=\"fill\" style=\"width:" + s.percent +
         "%\"></div></div><div>" + esc(s.progress) + "</div></td>" +

@@ -232,3 +232,33 @@ def test_an_integer_no_json_number_holds_is_refused_at_parse_time(
     fine = {"type": "metrics", "metrics": {"0": f'{{"loss": {"9" * 308}}}'}}
     assert requests.post(url, json=fine, headers=key, timeout=TIMEOUT).status_code == 200
     assert requests.get(f"{local.url}/", timeout=TIMEOUT).status_code == 200
+
+
+def _body(extra: object) -> dict[str, Any]:
+    return {"lineage": {"architecture": {"name": "yolov8n"}}, "hubfsm": extra}
+
+
+def test_the_hubfsm_object_beside_the_create_body_is_kept_or_refused_whole() -> None:
+    from hubfsm.hub.parse import MAX_TAGS, new_record
+
+    record = new_record(
+        _body({"trainArgs": {"lr0": 0.01, "aug": [1, 2]}, "tags": ["x ", "x", ""], "notes": "n"}),
+        "a" * 20,
+        1.0,
+        "owner",
+    )
+    assert json.loads(record.params or "") == {"lr0": 0.01, "aug": [1, 2]}
+    assert (record.tags, record.notes) == (("x",), "n")
+    plain = new_record(_body(None), "a" * 20, 1.0, "owner")
+    assert (plain.params, plain.tags, plain.notes) == (None, (), None)
+    for bad, said in [
+        ({"trainArgs": [1]}, "'hubfsm.trainArgs' must be an object"),
+        ({"tags": "x"}, "'hubfsm.tags' must be a list of strings"),
+        ({"tags": [f"t{i}" for i in range(MAX_TAGS + 1)]}, "more than"),
+        ({"tags": ["t" * 101]}, "longer than 100"),
+        ({"notes": 3}, "'hubfsm.notes' must be a string"),
+        ({"trainArgs": {"x": "y" * 70_000}}, "larger than"),
+        (["no"], "'hubfsm' must be an object"),
+    ]:
+        with pytest.raises(ValueError, match=said):
+            new_record(_body(bad), "a" * 20, 1.0, "owner")

@@ -446,3 +446,138 @@ def test_no_page_scrolls_sideways_on_a_phone(
         assert width <= 390, width
     finally:
         context.close()
+
+
+def test_a_run_is_renamed_tagged_and_deleted_from_its_page_with_the_key(
+    page: Any, local: LocalHub, sample_runs: ModuleType
+) -> None:
+    ids = sample_runs.populate(local)
+    trained = ids["trained"]
+    page.goto(f"{local.url}/models/{trained}")
+    page.fill("#edit-name", "baseline, the one to beat")
+    page.fill("#edit-tags", "seed=3, keep ,")
+    page.fill("#edit-notes", "lr 0.01")
+    # Without the key nothing changes, and the page says why.
+    page.click("#edit-save")
+    sync_api.expect(page.locator("#edit-status")).to_contain_text("Not saved")
+    sync_api.expect(page.locator("#run-name")).not_to_have_text("baseline, the one to beat")
+    page.fill("#edit-key", local.api_key)
+    page.click("#edit-save")
+    sync_api.expect(page.locator("#edit-status")).to_have_text("Saved.")
+    sync_api.expect(page.locator("#run-name")).to_have_text("baseline, the one to beat")
+    sync_api.expect(page.locator("#run-tags .tag")).to_have_text(["seed=3", "keep"])
+    sync_api.expect(page.locator("#run-notes")).to_have_text("lr 0.01")
+    record = requests.get(f"{local.url}/models/{trained}/data.json", timeout=10).json()["record"]
+    assert (record["name"], record["tags"], record["notes"]) == (
+        "baseline, the one to beat",
+        ["seed=3", "keep"],
+        "lr 0.01",
+    )
+    # The run list shows the tags and finds the run by one.
+    page.goto(f"{local.url}/")
+    page.fill("#filter", "keep")
+    sync_api.expect(page.locator("#runs tbody tr:visible")).to_have_count(1)
+    sync_api.expect(page.locator("#runs tbody tr:visible")).to_have_attribute("data-id", trained)
+
+    # Deleting asks first; the key is remembered in the tab.
+    page.goto(f"{local.url}/models/{ids['new']}")
+    assert page.input_value("#edit-key") == local.api_key
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#edit-delete")
+    page.wait_for_url(f"{local.url}/", timeout=WAIT_MS)
+    sync_api.expect(page.locator("#runs tbody tr")).to_have_count(2)
+    assert requests.get(f"{local.url}/models/{ids['new']}", timeout=10).status_code == 404
+
+
+def test_an_interrupted_run_is_shown_filtered_and_its_clock_stopped(
+    page: Any, local: LocalHub, sample_runs: ModuleType
+) -> None:
+    ids = sample_runs.populate(local)
+    training = ids["training"]
+    reply = requests.post(
+        f"{local.url}/v1/agent/heartbeat/models/{training}",
+        json={"agent": "a", "hubfsm": {"ended": "interrupted", "reason": "Ctrl-C"}},
+        headers={"x-api-key": local.api_key},
+        timeout=10,
+    )
+    assert reply.ok
+    page.goto(f"{local.url}/")
+    page.select_option("#status-filter", "interrupted")
+    visible = page.locator("#runs tbody tr:visible")
+    sync_api.expect(visible).to_have_count(1)
+    sync_api.expect(visible).to_have_attribute("data-id", training)
+    sync_api.expect(visible.locator(".badge")).to_have_text("interrupted")
+    page.select_option("#status-filter", "")
+    # Sorted by status, by keyboard: the interrupted run among the others, in order.
+    page.focus('th[data-sort="status"] button')
+    page.keyboard.press("Enter")
+    statuses = page.eval_on_selector_all("#runs tbody tr", "rs => rs.map(r => r.dataset.status)")
+    assert statuses == sorted(statuses) and "interrupted" in statuses
+
+    page.goto(f"{local.url}/models/{training}")
+    sync_api.expect(page.locator("header .badge")).to_have_text("interrupted")
+    sync_api.expect(page.locator("#ended")).to_have_text("interrupted: Ctrl-C")
+    sync_api.expect(page.locator('[data-field="summary.eta"]')).to_have_text("stopped")
+    elapsed = page.locator('[data-field="summary.elapsed"]').text_content()
+    page.wait_for_function("Number(document.body.dataset.polls || 0) >= 2", timeout=WAIT_MS)
+    sync_api.expect(page.locator('[data-field="summary.elapsed"]')).to_have_text(str(elapsed))
+
+
+def test_the_x_axis_switches_to_time_and_a_zoom_survives_live_epochs(
+    page: Any, local: LocalHub, tmp_path: Path
+) -> None:
+    session = hubfsm.Session(
+        "yolov8n.yaml",
+        api_key=local.api_key,
+        api_root=local.url,
+        web_root=local.url,
+        train_args={"data": "coco8.yaml", "epochs": 30},
+        config=FAST,
+        outbox_dir=tmp_path / "outbox",
+    )
+    with session:
+        for k in range(6):
+            session.log_metrics({"train/loss": 2.0 - k / 10, "metrics/acc": k / 10}, epoch=k)
+        assert session.flush(timeout=10)
+        page.goto(session.model_url)
+        page.wait_for_function("Number(document.body.dataset.epochs) === 6", timeout=WAIT_MS)
+        # Zoomed to epochs 1-3; more epochs arrive; the zoom stays, on every chart.
+        page.evaluate("window.hubCharts['train/loss'].setScale('x', {min: 1, max: 3})")
+        for k in range(6, 9):
+            session.log_metrics({"train/loss": 2.0 - k / 10, "metrics/acc": k / 10}, epoch=k)
+        page.wait_for_function("Number(document.body.dataset.epochs) === 9", timeout=WAIT_MS)
+        scales = page.evaluate(
+            "['train/loss', 'metrics/acc'].map(k => { const u = window.hubCharts[k];"
+            " return [u.scales.x.min, u.scales.x.max, u.data[0].length]; })"
+        )
+        assert scales == [[1, 3, 9], [1, 3, 9]]
+        # A double-click (a reset) shows every epoch again, and the next ones as they come.
+        page.evaluate("window.hubCharts['train/loss'].setScale('x', {min: 0, max: 8})")
+        session.log_metrics({"train/loss": 1.0, "metrics/acc": 0.9}, epoch=9)
+        page.wait_for_function("Number(document.body.dataset.epochs) === 10", timeout=WAIT_MS)
+        page.wait_for_function(
+            "window.hubCharts['train/loss'].scales.x.max === 9", timeout=WAIT_MS
+        )
+
+        # The x-axis of time since the start: when each epoch reached the hub.
+        page.select_option("#xaxis", "time")
+        page.wait_for_function("location.search.includes('x=time')", timeout=WAIT_MS)
+        data = requests.get(f"{session.model_url}/data.json", timeout=10).json()
+        since = data["since_start"]
+        assert len(since) == 10 and all(t is not None and t >= 0 for t in since)
+        assert since == sorted(since)
+        chart = page.evaluate(
+            "(() => { const u = window.hubCharts['train/loss'];"
+            " return {xs: u.data[0], label: u.axes[0].label}; })()"
+        )
+        assert chart["label"] == "time since the start"
+        assert chart["xs"] == pytest.approx(since)
+        caption = page.locator('.chart[data-metric="train/loss"] figcaption')
+        sync_api.expect(caption).to_contain_text("(epoch 9)")  # epochs still named
+        # Kept in the URL: opened again, the page draws time.
+        page.goto(page.url)
+        page.wait_for_function("document.querySelectorAll('.uplot').length === 2", timeout=WAIT_MS)
+        assert page.input_value("#xaxis") == "time"
+        assert page.evaluate("window.hubCharts['train/loss'].axes[0].label") == (
+            "time since the start"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -10,8 +11,10 @@ from types import ModuleType
 import pytest
 import requests
 
+import hubfsm
 from hubfsm.hub import ModelRecord, page
 from hubfsm.hub.server import LocalHub
+from tests.support import FAST
 
 TIMEOUT = 10
 
@@ -172,7 +175,7 @@ def test_a_silent_run_is_stalled_and_a_finished_one_counts_the_epochs_it_ran() -
         "updated_at": "2026-01-01T00:01:00Z",
         "heartbeat_at": "2026-01-01T00:01:30Z",
     }
-    beat = page._seconds(record["heartbeat_at"])
+    beat = page.seconds_of(record["heartbeat_at"])
     assert beat is not None
     alive = page.summarize(record, [], beat + 599, stall_after=600)
     assert (alive["state"], alive["elapsed"]) == ("training", "11 min 29 s")
@@ -227,7 +230,178 @@ def test_downloads_are_named_after_the_run_and_empty_pages_say_what_to_do(
     # What the trainer reported with its final weights is shown beside the best epoch.
     assert '<div data-field="record.map">0.46</div>' in html
     assert "<noscript>" in html and 'id="metrics-table"' in html
-    assert "other arguments do not reach a hub" in html  # said, not silently dropped
+    assert "wire format carries data, epochs" in html  # said, not silently dropped
     csv_reply = requests.get(f"{local.url}/models/{trained}/metrics.csv", timeout=TIMEOUT)
     assert csv_reply.headers["Content-Type"].startswith("text/csv")
     assert len(csv_reply.text.splitlines()) == 31  # a header and thirty epochs
+
+
+def test_every_training_argument_a_session_gives_is_kept_shown_and_counted(
+    local: LocalHub, tmp_path: Path
+) -> None:
+    given = {"data": "coco8.yaml", "lr0": 0.02, "mosaic": 0.5, "batch": 8}
+    weights = tmp_path / "best.pt"
+    weights.write_bytes(b"final weights")
+    with hubfsm.Session(
+        "yolov8n.yaml",
+        api_key=local.api_key,
+        api_root=local.url,
+        train_args=given,
+        config=FAST,
+        outbox_dir=tmp_path / "outbox",
+        name="baseline lr 0.02",
+        tags=["seed=7", " sweep ", "seed=7"],
+        notes="first try",
+    ) as session:
+        model_id = session.model_id
+        for k in range(3):
+            session.log_metrics({"train/loss": 1.0 - k / 10}, epoch=k)
+        session.finish(weights, map50_95=0.3)
+    data = requests.get(f"{local.url}/models/{model_id}/data.json", timeout=TIMEOUT).json()
+    record = data["record"]
+    assert record["params"] == given  # the lr and mosaic too, and no default added
+    assert (record["name"], record["tags"], record["notes"]) == (
+        "baseline lr 0.02",
+        ["seed=7", "sweep"],
+        "first try",
+    )
+    # The wire's record is as the official client makes it (its 300 epochs default) ...
+    assert record["epochs"] == 300 and record["train_args"]["batch"] == 8
+    # ... but the run never planned 300 epochs: it ran 3 and is over.
+    assert data["summary"]["progress"] == "epoch 3 of 3"
+    assert data["summary"]["percent"] == 100.0
+    html = requests.get(f"{local.url}/models/{model_id}", timeout=TIMEOUT).text
+    rows = re.findall(r'<tr data-how="([^"]+)"><th>([^<]+)</th>', html)
+    how = {name: kind for kind, name in rows}
+    assert how == {
+        "data": "wire",
+        "lr0": "hub only",
+        "mosaic": "hub only",
+        "batch": "wire",
+        "epochs": "HUB default",
+        "imgsz": "HUB default",
+        "patience": "HUB default",
+        "device": "HUB default",
+        "cache": "HUB default",
+    }
+
+
+def test_a_run_still_training_without_planned_epochs_shows_no_total() -> None:
+    record = {"id": "a" * 20, "status": "training", "epochs": 300, "last_epoch": 4}
+    assert page.summarize(record, [], 0.0)["progress"] == "epoch 5 of 300"
+    told = {**record, "params": {"data": "coco8.yaml"}}
+    assert page.summarize(told, [], 0.0)["progress"] == "epoch 5"
+    planned = {**record, "params": {"epochs": 10}}
+    summary = page.summarize(planned, [], 0.0)
+    assert (summary["progress"], summary["percent"]) == ("epoch 5 of 10", 50.0)
+
+
+def test_a_run_is_renamed_tagged_noted_and_deleted_with_the_key_from_its_own_pages(
+    local: LocalHub, sample_runs: ModuleType
+) -> None:
+    model_id = sample_runs.populate(local)["trained"]
+    url = f"{local.url}/models/{model_id}"
+    key = {"x-api-key": local.api_key}
+    change = {"name": "baseline", "tags": ["seed=3", "keep"], "notes": "the one to beat"}
+    # Without the key, with a wrong one, or from another site's page: nothing changes.
+    assert requests.post(f"{url}/annotate", json=change, timeout=TIMEOUT).status_code == 401
+    wrong = {"x-api-key": "x" * 42}
+    reply = requests.post(f"{url}/annotate", json=change, headers=wrong, timeout=TIMEOUT)
+    assert reply.status_code == 401
+    elsewhere = {**key, "Origin": "http://evil.example"}
+    reply = requests.post(f"{url}/annotate", json=change, headers=elsewhere, timeout=TIMEOUT)
+    assert reply.status_code == 403
+    cross = {**key, "Sec-Fetch-Site": "cross-site"}
+    reply = requests.post(f"{url}/annotate", json=change, headers=cross, timeout=TIMEOUT)
+    assert reply.status_code == 403
+    assert requests.get(f"{url}/data.json", timeout=TIMEOUT).json()["record"]["tags"] == []
+    # A bad value or an unknown field is refused whole.
+    for bad in ({"name": ""}, {"tags": "x"}, {"owner": "me"}, {"notes": 5}):
+        reply = requests.post(f"{url}/annotate", json=bad, headers=key, timeout=TIMEOUT)
+        assert reply.status_code == 400
+    form = requests.post(f"{url}/annotate", data="name=x", headers=key, timeout=TIMEOUT)
+    assert form.status_code == 415
+
+    same = {**key, "Origin": local.url, "Sec-Fetch-Site": "same-origin"}
+    reply = requests.post(f"{url}/annotate", json=change, headers=same, timeout=TIMEOUT)
+    assert reply.status_code == 200 and reply.json()["name"] == "baseline"
+    record = requests.get(f"{url}/data.json", timeout=TIMEOUT).json()["record"]
+    assert (record["name"], record["tags"], record["notes"]) == (
+        "baseline",
+        ["seed=3", "keep"],
+        "the one to beat",
+    )
+    index = requests.get(f"{local.url}/", timeout=TIMEOUT).text
+    assert 'data-tags="seed=3 keep"' in index and '<span class="tag">keep</span>' in index
+    # Only what is named changes.
+    requests.post(f"{url}/annotate", json={"notes": ""}, headers=key, timeout=TIMEOUT)
+    record = requests.get(f"{url}/data.json", timeout=TIMEOUT).json()["record"]
+    assert (record["name"], record["notes"]) == ("baseline", None)
+
+    assert requests.post(f"{url}/delete", timeout=TIMEOUT).status_code == 401
+    assert requests.post(f"{url}/delete", headers=key, timeout=TIMEOUT).json() == {
+        "deleted": model_id
+    }
+    assert requests.get(url, timeout=TIMEOUT).status_code == 404
+    assert requests.post(f"{url}/delete", headers=key, timeout=TIMEOUT).status_code == 404
+    assert requests.put(f"{url}/delete", headers=key, timeout=TIMEOUT).status_code == 405
+
+
+def test_another_keys_run_cannot_be_changed(tmp_path: Path) -> None:
+    from hubfsm.hub import Hub, MemoryStore
+
+    hub = Hub(MemoryStore(), keys=["A" * 42, "B" * 42])
+    mine = ModelRecord(id="m" * 20, name="n", created_at=1.0, cfg="y.yaml", owner="nobody")
+    hub.store.put_model(mine)
+    who = hub.principal("A" * 42)
+    assert who is not None
+    assert hub.annotate(mine.id, who, {"name": "x"}) is None
+    assert hub.remove(mine.id, who) is False
+    assert hub.store.get_model(mine.id) == mine
+
+
+def _beat(local: LocalHub, model_id: str, extra: object = None) -> requests.Response:
+    body: dict[str, object] = {"agent": "python-3.11.7-local", "agentId": None}
+    if extra is not None:
+        body["hubfsm"] = extra
+    return requests.post(
+        f"{local.url}/v1/agent/heartbeat/models/{model_id}",
+        json=body,
+        headers={"x-api-key": local.api_key},
+        timeout=TIMEOUT,
+    )
+
+
+def test_a_run_its_session_says_was_interrupted_shows_so_until_it_beats_again(
+    local: LocalHub, sample_runs: ModuleType
+) -> None:
+    ids = sample_runs.populate(local)
+    training = ids["training"]
+    for bad in ({"ended": "paused", "reason": "x"}, {"ended": "interrupted"}, "stop"):
+        assert _beat(local, training, bad).status_code == 400
+    assert _beat(local, training, {"ended": "interrupted", "reason": "SIGTERM"}).ok
+    data = requests.get(f"{local.url}/models/{training}/data.json", timeout=TIMEOUT).json()
+    summary = data["summary"]
+    assert data["record"]["interrupted_by"] == "SIGTERM"
+    assert (summary["state"], summary["eta"], summary["ended"]) == (
+        "interrupted",
+        "stopped",
+        "interrupted: SIGTERM",
+    )
+    assert summary["progress"] == "stopped after epoch 15 of 40"
+    assert data["record"]["status"] == "training"  # the API's status, as clients read it
+    html = requests.get(f"{local.url}/", timeout=TIMEOUT).text
+    assert f'data-id="{training}"' in html and 'data-status="interrupted"' in html
+    assert "<option>interrupted</option>" in html
+    # The clock stopped when the session said so.
+    record = data["record"]
+    later = page.summarize(record, [], page.seconds_of(record["interrupted_at"]) + 3600)
+    assert later["elapsed"] == summary["elapsed"]
+    # A heartbeat without the note: the run goes on (resumed).
+    assert _beat(local, training).ok
+    again = requests.get(f"{local.url}/models/{training}/data.json", timeout=TIMEOUT).json()
+    assert again["summary"]["state"] == "training" and again["record"]["interrupted_by"] is None
+    # A trained run is never interrupted.
+    assert _beat(local, ids["trained"], {"ended": "interrupted", "reason": "Ctrl-C"}).ok
+    done = requests.get(f"{local.url}/models/{ids['trained']}/data.json", timeout=10).json()
+    assert done["summary"]["state"] == "trained" and done["record"]["interrupted_at"] is None

@@ -89,6 +89,16 @@ def test_models_come_in_pages_newest_first_by_owner(store: Store) -> None:
     assert store.page_models(10, None, "nobody") == []
 
 
+def test_a_runs_parameters_tags_and_notes_round_trip(store: Store) -> None:
+    told = attrs.evolve(
+        record(), params='{"lr0": 0.01, "name": "exp"}', tags=["seed=7", "sweep"], notes="why"
+    )
+    assert told.tags == ("seed=7", "sweep")  # kept as a tuple, however given
+    store.put_model(told)
+    assert store.get_model("a" * 20) == told
+    assert store.list_models() == [told]
+
+
 def test_metrics_upsert(store: Store) -> None:
     store.put_metrics("m", {2: '{"a": 2}', 0: '{"a": 0}'})
     store.put_metrics("m", {0: '{"a": 9}'})
@@ -120,6 +130,37 @@ def test_discarded_weights_leave_nothing(store: Store) -> None:
     assert store.weights_info("m", "last") is None
     if isinstance(store, SqliteStore):
         assert list((store.data_dir / "weights" / ".staging").iterdir()) == []
+
+
+def test_an_epoch_keeps_the_time_its_metrics_first_came(store: Store) -> None:
+    store.put_model(record())
+    store.put_metrics("a" * 20, {0: '{"a": 1}', 1: '{"a": 2}'}, 10.0)
+    store.put_metrics("a" * 20, {1: '{"a": 3}', 2: '{"a": 4}'}, 20.5)  # epoch 1 again
+    store.put_metrics("a" * 20, {3: '{"a": 5}'})  # no time given: none noted
+    assert store.metric_times("a" * 20) == {0: 10.0, 1: 10.0, 2: 20.5}
+    assert dict(store.get_metrics("a" * 20))[1] == '{"a": 3}'
+    assert store.metric_times("b" * 20) == {}
+    store.delete_model("a" * 20)
+    assert store.metric_times("a" * 20) == {}
+
+
+def test_sqlite_metrics_kept_before_arrival_times_open_and_get_them(tmp_path: Path) -> None:
+    import sqlite3
+
+    tmp_path.mkdir(exist_ok=True)
+    db = sqlite3.connect(tmp_path / "hub.sqlite3")
+    db.execute(
+        "CREATE TABLE metrics (model_id TEXT NOT NULL, epoch INTEGER NOT NULL, "
+        "metrics TEXT NOT NULL, PRIMARY KEY (model_id, epoch))"
+    )
+    db.execute("INSERT INTO metrics VALUES ('m', 0, '{}')")
+    db.commit()
+    db.close()
+    store = SqliteStore(tmp_path)
+    assert store.get_metrics("m") == [(0, "{}")] and store.metric_times("m") == {}
+    store.put_metrics("m", {0: "{}", 1: "{}"}, 5.0)
+    assert store.metric_times("m") == {0: 5.0, 1: 5.0}  # an old epoch gets its first time
+    store.close()
 
 
 def test_replies(store: Store) -> None:

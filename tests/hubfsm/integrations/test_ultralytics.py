@@ -385,3 +385,27 @@ def test_without_a_save_the_epoch_is_recorded_when_reported(hub, transport, make
     assert sorted(rows) == [0, 1, 2] and rows[1]["train/box_loss"] == 0.5
     assert rows[2]["metrics/mAP50-95(B)"] == 0.25
     assert hub.record(model_id)["status"] == "trained"
+
+
+def test_every_trainer_argument_reaches_a_hub_other_than_the_public_one(
+    hub, transport, make_trainer, kit
+):
+    trainer = make_trainer(epochs=2)
+    trainer.args.lr0 = 0.02
+    with structlog.testing.capture_logs() as logs:
+        add_callbacks(
+            trainer,
+            transport=transport,
+            api_root="http://127.0.0.1:9",
+            config=kit.FAST,
+            model_info=lambda t: kit.MODEL_INFO,
+            tags=["sweep"],
+            notes="lr 0.02",
+        )
+        trainer.train()
+    model_id = next(e["model_id"] for e in logs if e["event"] == "ultralytics.session_opened")
+    record = hub.record(model_id)
+    # The lr and the other arguments the wire has no room for are kept beside it.
+    assert record["params"]["lr0"] == 0.02 and record["params"]["profile"] is False
+    assert record["params"]["epochs"] == 2 and record["epochs"] == 2
+    assert (record["tags"], record["notes"]) == (["sweep"], "lr 0.02")

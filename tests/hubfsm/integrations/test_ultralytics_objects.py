@@ -14,3 +14,13 @@ def test_create_args_take_only_the_record_arguments_a_dict_or_namespace_holds():
     assert create_args(resolved, drop_none=True) == {"epochs": 5, "imgsz": 64}
     assert create_args(resolved)["device"] is None
     assert create_args(None, drop_none=True) == {}
+
+
+def test_every_arg_keeps_each_argument_a_dict_or_namespace_holds():
+    from hubfsm.integrations.ultralytics_objects import every_arg
+
+    resolved = types.SimpleNamespace(lr0=0.01, epochs=5, model=None, _private=1)
+    assert every_arg(resolved, drop_none=True) == {"lr0": 0.01, "epochs": 5}
+    assert every_arg(resolved)["model"] is None
+    assert every_arg({"lr0": 0.02, "name": "exp"}) == {"lr0": 0.02, "name": "exp"}
+    assert every_arg(None) == {}

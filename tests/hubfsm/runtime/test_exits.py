@@ -36,6 +36,9 @@ def test_exit_and_sigterm_flush_what_is_pending(local, tmp_path, how):
         assert "user handler ran" in done.stdout  # chained to the application's handler
     assert [r["epoch"] for r in local.hub.metrics(model_id)] == [0, 1, 2]
     assert local.api_key not in done.stdout + done.stderr
+    # The hub heard why the run stopped, after its last epoch.
+    said = "SIGTERM" if how == "signal" else "the process exited before finish"
+    assert local.hub.record(model_id)["interrupted_by"] == said
 
 
 def test_a_dead_hub_at_exit_costs_the_deadline_and_one_line(local, tmp_path):

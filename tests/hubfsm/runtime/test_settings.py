@@ -83,3 +83,20 @@ def test_a_model_url_of_the_api_roots_origin_parses_without_a_web_root():
     url = f"http://127.0.0.1:8000/models/{MODEL}"
     s = Settings.resolve(url, api_root="http://127.0.0.1:8000", environ={})
     assert s.identifier.model_id == MODEL
+
+
+def test_a_sessions_name_tags_and_notes_are_resolved_per_dialect():
+    hub = Settings.resolve(
+        "yolov8n.yaml", name="baseline", tags="seed=1", notes="n", environ={}
+    )
+    assert (hub.name, hub.tags, hub.notes) == ("baseline", ("seed=1",), "n")
+    assert Settings.resolve("yolov8n.yaml", tags=["a", "b"], environ={}).tags == ("a", "b")
+    with pytest.raises(TypeError, match="tags are strings"):
+        Settings.resolve("yolov8n.yaml", tags=[1], environ={})
+    # On Platform the name is the run's, unless the training arguments name it already.
+    run = Settings.resolve("owner/proj", protocol="platform", name="run7", environ={})
+    assert run.identifier.run_name == "run7" and run.train_args["name"] == "run7"
+    given = Settings.resolve(
+        "owner/proj", protocol="platform", name="run7", train_args={"name": "r"}, environ={}
+    )
+    assert given.identifier.run_name == "r"
