@@ -25,11 +25,17 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from hubfsm.core.retry import parse_retry_after
 from hubfsm.logs import get_logger
 from hubfsm.transport import Announced, Request, Response, Sink, Transport
 from hubfsm.version import __version__
-from transports.answers import MAX_RESPONSE_BYTES, BadAnswer, decode, rate_limit, read_body
+from transports.answers import (
+    MAX_RESPONSE_BYTES,
+    BadAnswer,
+    decode,
+    parse_retry_after,
+    rate_limit,
+    read_body,
+)
 from transports.deadline import Deadline, SendTimeoutAdapter
 from transports.downloads import HttpDownloader
 from transports.multipart import FileChangedError, FileReadError, MultipartBody
