@@ -7,7 +7,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from hubfsm.hub.domain import Hub, HubCall
-from hubfsm.transport import Request, Response, Transport
+from hubfsm.transport import Handler, Request, Response, Transport
 
 
 def _read_from_disk(path: str) -> bytes:
@@ -77,10 +77,6 @@ class InMemoryTransport(Transport):
         except ValueError:
             seconds = None
         return Response(reply.status, reply.body, retry_after=seconds)
-
-
-#: Answers one request: what a hand-written service in a test is.
-Handler = Callable[[Request], Response]
 
 
 class HandlerTransport(Transport):
