@@ -166,7 +166,7 @@ def child(variant: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 def run(*, runs: int = 5, quick: bool = False) -> dict[str, Any]:
     """Drain each variant ``runs`` times, alternating; medians and per-run figures."""
-    from hubfsm.hub.faults import FaultMix
+    from transports.faults import FaultMix
 
     root = benchkit.setup()
     runs = 1 if quick else runs

@@ -242,8 +242,8 @@ def child(variant: str, spec: dict[str, Any]) -> dict[str, Any]:
 @contextmanager
 def recorded_hub(where: Path, latency: tuple[float, float] | None) -> Iterator[Any]:
     """A local hub with a Platform key, recording (time, model, event, epoch) per event."""
-    from hubfsm.hub.faults import FaultMix
     from hubfsm.hub.keys import new_platform_key
+    from transports.faults import FaultMix
 
     faults = FaultMix(latency=latency) if latency else None
     with benchkit.local_hub(where, faults=faults, seed=7) as hub:

@@ -19,8 +19,7 @@ import structlog
 
 from hubfsm.core.engine import Core
 from hubfsm.sim.profiles import PROFILES
-from hubfsm.sim.refusing import RefusingWorld
-from hubfsm.sim.world import Bugs, play, scratch_root
+from hubfsm.sim.world import Bugs, RefusingWorld, play, scratch_root
 
 
 class DiscardsAfterARefusal(Core):

@@ -132,6 +132,10 @@ class TransportError(Exception):
 Outcome = Response | TransportError
 
 
+#: Answers one request: a fake service in a test, a fault wrapper, a transport's ``send``.
+Handler = Callable[[Request], Response]
+
+
 class Transport(abc.ABC):
     """Sends one request and returns the hub's answer."""
 

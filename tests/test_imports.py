@@ -1,4 +1,5 @@
-"""The packages import in layers: no module-level import cycle anywhere."""
+"""The packages import in layers: no import cycle, deferred imports included, and no
+import that points up the layer order."""
 
 from __future__ import annotations
 
@@ -6,6 +7,34 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+#: The ground: the transport interface and the helpers every layer may use. ``hubfsm``
+#: itself is here because importing any ``hubfsm.x`` runs it; its facade names load
+#: their modules on first use, which no layer below does.
+GROUND = frozenset(
+    {
+        "hubfsm",
+        "hubfsm.transport",
+        "hubfsm.errors",
+        "hubfsm.masking",
+        "hubfsm.env",
+        "hubfsm.logs",
+        "hubfsm.digest",
+        "hubfsm.version",
+    }
+)
+
+#: The layers from the bottom up, by package; a module imports only from lower layers
+#: or its own. ``transports`` sits above the core (which imports no I/O layer) and
+#: itself imports only the ground (checked on its own below).
+LAYERS: tuple[frozenset[str], ...] = (
+    frozenset({"hubfsm.core"}),
+    frozenset({"transports"}),
+    frozenset({"hubfsm.durable"}),
+    frozenset({"hubfsm.runtime"}),
+    frozenset({"hubfsm.sim", "hubfsm.integrations", "hubfsm.hub"}),
+    frozenset({"hubfsm.cli", "hubfsm.__main__"}),
+)
 
 
 def _modules() -> dict[str, Path]:
@@ -18,13 +47,25 @@ def _modules() -> dict[str, Path]:
     return found
 
 
+def _nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of ``tree``, function bodies included, except ``if TYPE_CHECKING:`` blocks."""
+    found: list[ast.AST] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test):
+            stack.extend(node.orelse)
+            continue
+        found.append(node)
+        stack.extend(ast.iter_child_nodes(node))
+    return found
+
+
 def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The modules ``name`` imports when it is imported (function-level imports excluded)."""
+    """The modules ``name`` imports, at module level or deferred inside a function."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     edges = set()
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test):
-            continue
+    for node in _nodes(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             edges.update(alias.name for alias in node.names if alias.name in modules)
         elif isinstance(node, ast.ImportFrom):
@@ -38,6 +79,11 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
                 edges.add(base)
     edges.discard(name)
     return edges
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -75,18 +121,79 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_no_module_level_import_cycle():
-    modules = _modules()
-    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
-    assert _cycles(graph) == []
+def _package(name: str) -> str:
+    return (
+        name
+        if name in GROUND
+        else ".".join(name.split(".")[: 1 if name.startswith("transports") else 2])
+    )
+
+
+def _rank(name: str) -> int:
+    """-1 for the ground, else the index of the module's layer in :data:`LAYERS`."""
+    if name in GROUND:
+        return -1
+    package = _package(name)
+    for rank, layer in enumerate(LAYERS):
+        if package in layer:
+            return rank
+    raise AssertionError(f"{name} is in no layer: add its package to LAYERS or GROUND")
+
+
+def _upward(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Each import of a module from a higher layer, or from another package of the same
+    layer unless :data:`SIBLING_USES` allows it."""
+    found = []
+    for name, imported in graph.items():
+        for target in imported:
+            mine, theirs = _rank(name), _rank(target)
+            if theirs > mine or (
+                theirs == mine >= 0
+                and _package(name) != _package(target)
+                and (_package(name), _package(target)) not in SIBLING_USES
+            ):
+                found.append((name, target))
+    return sorted(found)
+
+
+#: The imports allowed between two packages of one layer: the simulator's worlds run
+#: the local hub; ``python -m hubfsm`` runs the command.
+SIBLING_USES = frozenset({("hubfsm.sim", "hubfsm.hub"), ("hubfsm.__main__", "hubfsm.cli")})
+
+
+def test_no_import_cycle_deferred_imports_included():
+    assert _cycles(_graph()) == []
 
 
 def test_the_checker_sees_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-def test_transports_import_nothing_from_the_facade():
-    modules = _modules()
-    for name, path in modules.items():
+def test_the_checker_sees_a_deferred_import(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("def f():\n    from hubfsm.sim import world\n", encoding="utf-8")
+    assert _imports("hubfsm.sim.refusing", path, _modules()) == {"hubfsm.sim.world"}
+
+
+def test_every_import_points_down_the_layers():
+    assert _upward(_graph()) == []
+
+
+def test_the_checker_sees_an_import_up_the_layers():
+    graph = {"hubfsm.core.engine": {"hubfsm.runtime.session"}, "hubfsm.runtime.session": set()}
+    assert _upward(graph) == [("hubfsm.core.engine", "hubfsm.runtime.session")]
+
+
+def test_the_core_imports_no_io_layer():
+    graph = _graph()
+    for name, imported in graph.items():
+        if name.startswith("hubfsm.core"):
+            assert all(t in GROUND or t.startswith("hubfsm.core") for t in imported), name
+
+
+def test_transports_import_only_the_interface_and_the_ground():
+    graph = _graph()
+    for name, imported in graph.items():
         if name.startswith("transports"):
-            assert "hubfsm" not in _imports(name, path, modules), name
+            outside = {t for t in imported if not t.startswith("transports")}
+            assert outside <= GROUND - {"hubfsm"}, (name, sorted(outside - GROUND))

@@ -1,1 +1,1 @@
-"""Transports for hubfsm: real HTTP, an in-memory hub, and a fault-injecting wrapper."""
+"""Transports for hubfsm: real HTTP, handler functions in the process, and seeded faults."""

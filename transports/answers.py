@@ -6,6 +6,7 @@ without the API key blotted out of it (see :func:`hubfsm.masking.redact`).
 
 from __future__ import annotations
 
+import email.utils
 import json
 import math
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ __all__ = [
     "BadAnswer",
     "decode",
     "int_header",
+    "parse_retry_after",
     "rate_limit",
     "read_body",
     "redirect_envelope",
@@ -66,6 +68,28 @@ def _float_header(value: str | None) -> float | None:
     except ValueError:
         return None
     return number if number is not None and math.isfinite(number) else None
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Read a ``Retry-After`` header as seconds from ``now`` (a POSIX timestamp).
+
+    Accepts delta-seconds and HTTP-dates (RFC 9110); a date in the past is 0 seconds,
+    and more digits than a float holds are infinity (a policy honours it only up to its
+    ``max_retry_after``). Anything unreadable is None, as if the header were absent.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        # float() of the text, not of int(text): that would raise past 4300 digits.
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
 
 
 def rate_limit(headers: Mapping[str, str]) -> RateLimit | None:

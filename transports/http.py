@@ -7,10 +7,10 @@ goes wrong on the network.
 
 The parts live beside it: the attempt deadline and its socket plumbing in
 :mod:`transports.deadline`, reading and masking answers in :mod:`transports.answers`,
-naming network failures in :mod:`transports.failures`, downloads in
-:mod:`transports.downloads`, checking settings in :mod:`transports.settings`, wording
-failures and redirects without the key in :mod:`transports.reports`, and watching an
-upload go out (bytes sent, progress bar, speed) in :mod:`transports.uploads`.
+naming network errors and wording them without the key in
+:mod:`transports.network_errors`, downloads in :mod:`transports.downloads`, checking
+settings in :mod:`transports.settings`, and an upload's streamed body, bytes sent,
+progress bar and speed in :mod:`transports.uploads`.
 """
 
 from __future__ import annotations
@@ -25,17 +25,29 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from hubfsm.core.retry import parse_retry_after
 from hubfsm.logs import get_logger
 from hubfsm.transport import Announced, Request, Response, Sink, Transport
 from hubfsm.version import __version__
-from transports.answers import MAX_RESPONSE_BYTES, BadAnswer, decode, rate_limit, read_body
+from transports.answers import (
+    MAX_RESPONSE_BYTES,
+    BadAnswer,
+    decode,
+    parse_retry_after,
+    rate_limit,
+    read_body,
+)
 from transports.deadline import Deadline, SendTimeoutAdapter
 from transports.downloads import HttpDownloader
-from transports.multipart import FileChangedError, FileReadError, MultipartBody
-from transports.reports import Reporter
+from transports.network_errors import Reporter
 from transports.settings import API_ROOT_ENV, DEFAULT_API_ROOT, check_key, check_root, positive
-from transports.uploads import UploadMeter, log_upload, progress_bar
+from transports.uploads import (
+    FileChangedError,
+    FileReadError,
+    MultipartBody,
+    UploadMeter,
+    log_upload,
+    progress_bar,
+)
 
 __all__ = [
     "API_ROOT_ENV",

@@ -1,86 +1,17 @@
-"""A transport that hands requests straight to an in-process hub: no sockets, no copies."""
+"""Transports without sockets: a handler function answers each request in the process.
+
+:class:`HandlerTransport` hands each request to a function (request in, response out), as
+httpx's ``MockTransport`` does; :class:`InMemoryTransport` is the same for a hub that
+provides such a function (the local hub's :meth:`~hubfsm.hub.domain.Hub.handler`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Protocol
 
-from hubfsm.hub.domain import Hub, HubCall
-from hubfsm.transport import Request, Response, Transport
-
-
-def _read_from_disk(path: str) -> bytes:
-    return Path(path).read_bytes()
-
-
-class InMemoryTransport(Transport):
-    """Sends each request to a :class:`~hubfsm.hub.domain.Hub` in the same process.
-
-    Args:
-        hub: The hub that answers.
-        api_key: Sent as the ``x-api-key`` of every request.
-        read_file: Reads a file part's bytes by path; by default from disk (a simulation
-            passes a dict lookup). Its errors propagate: a missing local file is no
-            transport failure.
-    """
-
-    def __init__(
-        self,
-        hub: Hub,
-        api_key: str,
-        *,
-        read_file: Callable[[str], bytes] | None = None,
-    ) -> None:
-        self.hub = hub
-        self._api_key = api_key
-        self._read_file = read_file if read_file is not None else _read_from_disk
-
-    def __repr__(self) -> str:
-        return f"InMemoryTransport(hub={self.hub!r}, api_key='***')"
-
-    def send(self, request: Request) -> Response:
-        """Answer ``request`` from the hub.
-
-        A Platform ``PUT`` to a signed URL goes to the hub by the URL's path and query,
-        without the key; a Platform event's file rides along for later steps, unsent.
-        """
-        part = request.file
-        path = request.path
-        key: str | None = self._api_key
-        if request.method == "PUT":
-            split = urlsplit(path)
-            path = split.path + (f"?{split.query}" if split.query else "")
-            key = None
-        elif request.json is not None:
-            part = None
-        reply = self.hub.handle(
-            HubCall(
-                request.method,
-                path,
-                key,
-                request.json,
-                request.fields,
-                None if part is None else part.name,
-                None if part is None else self._read_file(part.path),
-                request.idempotency_key,
-            )
-        )
-        content = reply.content
-        if content is not None and not isinstance(content, bytes):
-            content.close()  # a download's stream: the envelope already says what it holds
-        retry_after = reply.headers.get("Retry-After")
-        if retry_after is None:
-            return Response(reply.status, reply.body)
-        try:
-            seconds: float | None = float(retry_after)
-        except ValueError:
-            seconds = None
-        return Response(reply.status, reply.body, retry_after=seconds)
-
-
-#: Answers one request: what a hand-written service in a test is.
-Handler = Callable[[Request], Response]
+from hubfsm.transport import Handler, Request, Response, Transport
 
 
 class HandlerTransport(Transport):
@@ -101,3 +32,41 @@ class HandlerTransport(Transport):
     def send(self, request: Request) -> Response:
         """Answer ``request`` with the handler."""
         return self.handler(request)
+
+
+class Serving(Protocol):
+    """A hub in the same process that answers requests sent with an API key."""
+
+    def handler(self, api_key: str, *, read_file: Callable[[str], bytes]) -> Handler:
+        """The function that answers requests sent with ``api_key``."""
+        ...  # pragma: no cover - a protocol
+
+
+def _read_from_disk(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+class InMemoryTransport(HandlerTransport):
+    """Sends each request to a hub in the same process: no sockets, no copies.
+
+    Args:
+        hub: The hub that answers, such as a :class:`~hubfsm.hub.domain.Hub`.
+        api_key: Sent as the ``x-api-key`` of every request.
+        read_file: Reads a file part's bytes by path; by default from disk (a simulation
+            passes a dict lookup). Its errors propagate: a missing local file is no
+            transport failure.
+    """
+
+    def __init__(
+        self,
+        hub: Serving,
+        api_key: str,
+        *,
+        read_file: Callable[[str], bytes] | None = None,
+    ) -> None:
+        reader = read_file if read_file is not None else _read_from_disk
+        super().__init__(hub.handler(api_key, read_file=reader))
+        self.hub = hub
+
+    def __repr__(self) -> str:
+        return f"InMemoryTransport(hub={self.hub!r}, api_key='***')"

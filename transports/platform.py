@@ -23,8 +23,8 @@ import attrs
 
 from hubfsm.transport import FilePart, Request, Response
 from transports.http import RequestsTransport
-from transports.multipart import FileChangedError, MultipartBody
 from transports.settings import _is_loopback
+from transports.uploads import FileChangedError, MultipartBody
 
 __all__ = ["PlatformTransport", "RawBody"]
 
@@ -34,7 +34,7 @@ class RawBody(MultipartBody):
 
     The bytes are hashed as they go, and the last piece is held back until the whole
     file's size and SHA-256 match what was recorded at hand-over: a file that changed
-    raises :class:`~transports.multipart.FileChangedError` before the receiver has a
+    raises :class:`~transports.uploads.FileChangedError` before the receiver has a
     complete body to keep.
     """
 

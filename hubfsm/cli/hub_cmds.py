@@ -78,8 +78,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _print_summary(result, None)
         return 0 if result.state == "done" else 1
 
-    from hubfsm.hub.faults import FaultMix
     from hubfsm.hub.server import LocalHub
+    from transports.faults import FaultMix
 
     faults = FaultMix.from_rate(args.fault_rate) if args.fault_rate else None
     with tempfile.TemporaryDirectory(prefix="hubfsm-hub-") as tmp:

@@ -5,7 +5,6 @@ Pure: the clock and the random source come in as arguments, so a seed fixes the 
 
 from __future__ import annotations
 
-import email.utils
 import enum
 import math
 import random
@@ -52,28 +51,6 @@ def classify(outcome: Outcome, *, first_contact: bool = False) -> Verdict:
     if outcome.status in RETRYABLE_STATUSES or outcome.status >= 500:
         return Verdict.RETRY
     return Verdict.FATAL
-
-
-def parse_retry_after(value: str | None, *, now: float) -> float | None:
-    """Read a ``Retry-After`` header as seconds from ``now`` (a POSIX timestamp).
-
-    Accepts delta-seconds and HTTP-dates (RFC 9110); a date in the past is 0 seconds,
-    and more digits than a float holds are infinity (a policy honours it only up to its
-    ``max_retry_after``). Anything unreadable is None, as if the header were absent.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isascii() and text.isdigit():
-        # float() of the text, not of int(text): that would raise past 4300 digits.
-        return float(text)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 def retry_after_of(outcome: Outcome) -> float | None:

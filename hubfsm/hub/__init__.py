@@ -6,15 +6,14 @@ The client never needs it at run time; tests, simulations and ``hubfsm hub serve
 from __future__ import annotations
 
 from hubfsm.hub.domain import Audit, BadJson, Hub, HubCall, HubReply, UploadEntry
-from hubfsm.hub.faults import Fault, FaultMix, draw
 from hubfsm.hub.store import ModelRecord, Store, WeightsInfo
 from hubfsm.hub.store_memory import MemoryStore
 from hubfsm.hub.store_sqlite import SqliteStore
+from transports.faults import FaultMix
 
 __all__ = [
     "Audit",
     "BadJson",
-    "Fault",
     "FaultMix",
     "Hub",
     "HubCall",
@@ -25,5 +24,4 @@ __all__ = [
     "Store",
     "UploadEntry",
     "WeightsInfo",
-    "draw",
 ]

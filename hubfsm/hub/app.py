@@ -32,8 +32,8 @@ from werkzeug.wrappers import Request, Response
 from hubfsm.hub import parse, web
 from hubfsm.hub.calls import BadJson, HubCall, HubReply, fail
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.faults import NO_FAULT, Fault, FaultMix, draw
 from hubfsm.logs import get_logger
+from transports.faults import NO_FAULT, Fault, FaultMix, draw
 
 _log = get_logger("hubfsm.hub")
 

@@ -1,8 +1,9 @@
 """The hub's domain logic: one call in, one reply out; no sockets, no wall clock.
 
 :class:`Hub` answers the REST API of ``PROTOCOL.md`` over any :class:`~hubfsm.hub.store.Store`.
-The HTTP server and the in-memory transport both turn their requests into a
-:class:`HubCall` and send back the :class:`HubReply`. The hub also keeps an audit of what
+The HTTP server turns its requests into a :class:`HubCall` and sends back the
+:class:`HubReply`; :meth:`Hub.handler` does the same for transport requests in the same
+process (the in-memory transport). The hub also keeps an audit of what
 it applied, so a simulation can check that nothing took effect twice.
 
 This module holds the entry point: checking the key, the route and the JSON of a call,
@@ -19,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import cast
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from hubfsm.hub.calls import (
     ALLOWED,
@@ -41,6 +42,7 @@ from hubfsm.hub.parse import check_json
 from hubfsm.hub.platform import PlatformEndpoints
 from hubfsm.hub.signing import UrlSigner
 from hubfsm.hub.store import Store, StoredReply
+from hubfsm.transport import Handler, Request, Response
 
 __all__ = [
     "ALPHABET",
@@ -141,6 +143,54 @@ class Hub(PlatformEndpoints):
                 replayed=dict(self._replayed),
                 reused=dict(self._reused),
             )
+
+    def handler(self, api_key: str, *, read_file: Callable[[str], bytes]) -> Handler:
+        """A handler answering transport requests as this hub, sent with ``api_key``.
+
+        A Platform ``PUT`` to a signed URL goes to the hub by the URL's path and query,
+        without the key; a Platform event's file rides along for later steps, unsent.
+
+        Args:
+            api_key: Sent as the ``x-api-key`` of every request.
+            read_file: Reads a file part's bytes by path. Its errors propagate: a missing
+                local file is no transport failure.
+        """
+
+        def answer(request: Request) -> Response:
+            part = request.file
+            path = request.path
+            key: str | None = api_key
+            if request.method == "PUT":
+                split = urlsplit(path)
+                path = split.path + (f"?{split.query}" if split.query else "")
+                key = None
+            elif request.json is not None:
+                part = None
+            reply = self.handle(
+                HubCall(
+                    request.method,
+                    path,
+                    key,
+                    request.json,
+                    request.fields,
+                    None if part is None else part.name,
+                    None if part is None else read_file(part.path),
+                    request.idempotency_key,
+                )
+            )
+            content = reply.content
+            if content is not None and not isinstance(content, bytes):
+                content.close()  # a download's stream: the envelope already says what it holds
+            retry_after = reply.headers.get("Retry-After")
+            if retry_after is None:
+                return Response(reply.status, reply.body)
+            try:
+                seconds: float | None = float(retry_after)
+            except ValueError:
+                seconds = None
+            return Response(reply.status, reply.body, retry_after=seconds)
+
+        return answer
 
     def handle(self, call: HubCall) -> HubReply:
         """Answer one API call."""

@@ -32,13 +32,13 @@ from cheroot import wsgi
 from hubfsm.errors import HubfsmError
 from hubfsm.hub.app import BodyLimits, HubApp, RateLimiter
 from hubfsm.hub.domain import ALPHABET, Hub
-from hubfsm.hub.faults import FaultMix
 from hubfsm.hub.session import Sessions
 from hubfsm.hub.signing import DEFAULT_TTL, UrlSigner, load_or_create_secret
 from hubfsm.hub.store import Store
 from hubfsm.hub.store_sqlite import SqliteStore
 from hubfsm.hub.web import PageAccess
 from hubfsm.logs import get_logger
+from transports.faults import FaultMix
 
 __all__ = [
     "BodyLimits",

@@ -30,7 +30,6 @@ from hubfsm.core.dialect import PLATFORM, ProtocolName, parse_platform_identifie
 from hubfsm.core.engine import Core, CoreConfig, Limits
 from hubfsm.core.retry import ChannelPolicies, RetryPolicy
 from hubfsm.hub.domain import Audit, Hub
-from hubfsm.hub.faults import FaultMix
 from hubfsm.hub.server import LocalHub
 from hubfsm.runtime.driver import Driver
 from hubfsm.runtime.inline import RealClock, SimRunner
@@ -40,6 +39,7 @@ from hubfsm.sim.profiles import PROFILES, Profile, Scenario, Schedule, Window
 from hubfsm.sim.stage import SimResult, Stage, play, result_of
 from hubfsm.sim.world import PLATFORM_PROJECT, platform_model
 from hubfsm.transport import FilePart, Request, Response, Transport
+from transports.faults import FaultMix
 from transports.http import RequestsTransport
 from transports.memory import InMemoryTransport
 from transports.platform import PlatformTransport

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from hubfsm.hub.faults import FaultMix
 from hubfsm.sim.profile_types import HOUR, MINUTE, Profile
+from transports.faults import FaultMix
 
 __all__ = ["mix_text", "profile_table"]
 

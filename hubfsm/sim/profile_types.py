@@ -1,6 +1,6 @@
 """What a simulation profile is made of, and how it draws one seed's scenario.
 
-A :class:`Profile` says how every request may fail (a :class:`~hubfsm.hub.faults.FaultMix`),
+A :class:`Profile` says how every request may fail (a :class:`~transports.faults.FaultMix`),
 which kinds of time windows change that (:class:`WindowRule`), whether the API key is
 revoked mid-run, which refusals a refusing hub draws (:class:`Refusals`), and how the
 session must end. :meth:`Profile.draw` turns it into one seed's :class:`Scenario`:
@@ -15,8 +15,8 @@ from typing import Literal
 
 import attrs
 
-from hubfsm.hub.faults import FaultMix
 from hubfsm.sim.machine import MachineFaults
+from transports.faults import FaultMix
 
 __all__ = [
     "HOUR",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from hubfsm.hub.faults import FaultMix
 from hubfsm.sim.machine import MachineFaults
 from hubfsm.sim.profile_table import mix_text, profile_table
 from hubfsm.sim.profile_types import (
@@ -25,6 +24,7 @@ from hubfsm.sim.profile_types import (
     Window,
     WindowRule,
 )
+from transports.faults import FaultMix
 
 __all__ = [
     "MACHINE",

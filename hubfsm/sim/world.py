@@ -18,16 +18,18 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
 from hubfsm.core import protocol
+from hubfsm.core.changes import Saved
 from hubfsm.core.dialect import PLATFORM, ProtocolName, parse_platform_identifier
 from hubfsm.core.engine import Core, CoreConfig, Limits
 from hubfsm.core.events import EpochEnded, FinishPending, FinishRequested
 from hubfsm.core.identifier import Identifier, parse_identifier
 from hubfsm.durable.journal import Journal, events, queued_epoch
+from hubfsm.durable.outbox import DATABASE, Outbox
 from hubfsm.durable.recovery import JOURNAL
 from hubfsm.durable.survey import OutboxInfo
 from hubfsm.errors import HubfsmError
@@ -45,7 +47,8 @@ from hubfsm.sim.invariants import FAILED_WRITE, Checker
 from hubfsm.sim.machine import Machine, Terminated, poison_value
 from hubfsm.sim.memdisk import MemoryDisk
 from hubfsm.sim.platform_checks import PlatformChecker, platform_applied
-from hubfsm.sim.profiles import PROFILES, Expect, Profile, named
+from hubfsm.sim.profiles import PROFILES, Expect, Profile, RefusalDraw, named
+from hubfsm.sim.refusing import STOP_ERRORS, RefusingHub
 from hubfsm.sim.scheduled import ScheduledFaults
 from hubfsm.sim.stage import (
     EPOCH_ZERO,
@@ -683,13 +686,131 @@ def platform_model(transport: Transport) -> str:
     return str(opened.body["modelId"])
 
 
+class RefusingWorld(World):
+    """A :class:`World` whose hub refuses as the seed draws.
+
+    Takes the arguments of :class:`World`. Every request of the run's sessions (and of
+    the sync after the fix) goes through a :class:`RefusingHub`.
+    """
+
+    def __init__(self, seed: int, profile: Profile, **kwargs: Any) -> None:
+        super().__init__(seed, profile, **kwargs)
+        self.draw = draw = self.scenario.refusals or RefusalDraw()
+        self.refusing = RefusingHub(self.link, draw, self.clock, self.checker)
+        self.link = self.refusing
+        #: True once ``hubfsm sync`` has run (the outboxes are files from then on).
+        self.synced = False
+
+    # -- the trainer hears of the refusal --------------------------------------------
+
+    def wrap_up(self) -> None:
+        """Close the trainer's session; a refusal ``finish`` did not raise is raised here."""
+        if self.session is not None:
+            try:
+                self.session.close(timeout=0.0)
+            except HubfsmError as exc:
+                self.raised = exc
+
+    # -- what the outbox holds ------------------------------------------------------
+
+    def saved(self) -> Saved | None:
+        """What the run's outbox holds now, or None when there is none (nothing left)."""
+        if self.model_id is None:
+            return None
+        directory = self.outboxes / self.model_id
+        if self.disk is not None and not self.synced:
+            db = self.disk.databases.get(directory)
+            return None if db is None else db.load()
+        if not (directory / DATABASE).exists():
+            return None
+        outbox = Outbox(directory, self.model_id)
+        try:
+            return outbox.load()
+        finally:
+            outbox.close()
+
+    def held(self) -> set[int]:
+        """The epochs the outbox holds: queued, in a kept operation, or rejected."""
+        saved = self.saved()
+        if saved is None:
+            return set()
+        epochs = {epoch for epoch, _ in saved.metrics}
+        for op in saved.ops:
+            if op.channel == "metrics":
+                epochs.update(op.payload)
+        for record in saved.rejected:
+            epochs.update(record.epochs)
+        return epochs
+
+    def rejected_epochs(self) -> set[int]:
+        """The epochs whose metrics the outbox keeps as rejected."""
+        saved = self.saved()
+        return set() if saved is None else {e for r in saved.rejected for e in r.epochs}
+
+    # -- the end --------------------------------------------------------------------
+
+    def check_end(self, *, expect: Expect | None = None) -> None:
+        """Check the invariants against the outbox, how the session ended, then a sync."""
+        checker = self.checker
+        core = self.core
+        self.check_hub(texts=[str(self.raised or "")], held=self.held())
+        draw = self.draw
+        wanted = STOP_ERRORS.get(draw.stop)
+        # The Platform dialect retries a 409, as the Platform SDK does: it is an outage
+        # that outlasts finish's patience, and everything stays kept for a sync.
+        outage = self.protocol == "platform" and draw.stop == 409
+        if outage:
+            if core.state not in ("done", "resumable"):
+                checker.violate(1, f"a 409 is retried on Platform; the session ended {core.state}")
+        elif wanted is None and core.state != "done":
+            checker.violate(1, f"nothing stopped the session, yet it ended {core.state}")
+        elif wanted is not None and (core.state != "refused" or type(core.error) is not wanted):
+            got = type(core.error).__name__ if core.error else "no error"
+            checker.violate(
+                6,
+                f"a {draw.stop} must stop the session with {wanted.__name__}; "
+                f"it ended {core.state} with {got}",
+            )
+        elif wanted is not None and expect is not None and type(self.raised) is not wanted:
+            # The trainer must hear of it: finish (or close) raises, naming the answer.
+            got = type(self.raised).__name__ if self.raised else "nothing"
+            checker.violate(6, f"a {draw.stop} must be raised as {wanted.__name__}; got {got}")
+        wrongly = self.rejected_epochs() - {draw.bad_epoch}
+        if wrongly:
+            checker.violate(1, f"epochs set aside though the hub takes them: {sorted(wrongly)}")
+        fixable = (0, 401, 302, 409) if outage else (0, 401, 302)
+        if expect is not None and draw.stop in fixable and checker.violations == []:
+            self.sync_after_fix()
+
+    def sync_after_fix(self) -> None:
+        """The cause is fixed: ``hubfsm sync`` delivers all but the rejected records."""
+        if self.model_id is None:
+            return
+        self.refusing.fixed = True
+        checker = self.checker
+        checker.restarted("the cause is fixed; hubfsm sync sends what the outbox holds")
+        trainers = self.core
+        try:
+            self.sync()
+        finally:
+            self.synced = True
+            # The run's result is how the trainer's session ended; the sync only checked it.
+            self.core = trainers
+        undelivered = set(self.logged) - self.on_hub() - self.rejected_epochs()
+        if undelivered:
+            checker.violate(1, f"after the fix, a sync left epochs {sorted(undelivered)[:10]}")
+        if self.expected_sha is not None:
+            finals = [sha for kind, _, sha in self.applied()[1] if kind == "final"]
+            if finals[-1:] != [self.expected_sha]:
+                checker.violate(3, "after the fix, a sync did not deliver the final weights")
+        saved = self.saved()
+        if saved is not None and saved.refusal is not None:
+            checker.violate(6, "the outbox still says sending is stopped after a delivery")
+
+
 def _world_class(profile: Profile) -> type[World]:
     """The world a profile runs in: a refusing hub's, or the plain one."""
-    if profile.refusals is None:
-        return World
-    from hubfsm.sim.refusing import RefusingWorld  # it builds on this module
-
-    return RefusingWorld
+    return World if profile.refusals is None else RefusingWorld
 
 
 def scratch_root() -> str | None:

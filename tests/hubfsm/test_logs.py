@@ -108,8 +108,7 @@ def test_a_long_retry_wait_is_logged_at_info_when_it_begins(
 
     import hubfsm
     import hubfsm.runtime.driver as driver
-    from hubfsm.hub.faults import FaultMix
-    from transports.faults import FaultInjectingTransport
+    from transports.faults import FaultInjectingTransport, FaultMix
     from transports.memory import InMemoryTransport
 
     down = FaultInjectingTransport(

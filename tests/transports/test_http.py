@@ -33,7 +33,7 @@ import transports.http as http_module
 from hubfsm.core import protocol
 from hubfsm.transport import FilePart, RateLimit, Response, TransportError
 from transports.http import RequestsTransport
-from transports.multipart import SEND_SIZE, MultipartBody
+from transports.uploads import SEND_SIZE, MultipartBody
 
 from tests.support import KEY
 

@@ -2,13 +2,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from hubfsm.core import protocol
 from hubfsm.hub import Hub, MemoryStore
-from hubfsm.transport import FilePart, Request
+from hubfsm.transport import FilePart, Handler, Request, Response
 from transports.memory import InMemoryTransport
 
 from tests.support import KEY
@@ -153,3 +156,27 @@ def test_a_300_epoch_session_goes_through_in_process() -> None:
     assert audit.replayed == {}
     assert audit.metrics_applied == {(model_id, epoch): 1 for epoch in range(300)}
     assert [u.type for u in audit.uploads] == ["epoch"] * 12 + ["final"]
+
+
+def test_any_hub_that_hands_out_a_handler_will_do() -> None:
+    keys: list[str] = []
+
+    class Echo:
+        def handler(self, api_key: str, *, read_file: Callable[[str], bytes]) -> Handler:
+            keys.append(api_key)
+            return lambda request: Response(200, {"data": {"path": request.path}})
+
+    transport = InMemoryTransport(Echo(), KEY)
+    assert transport.send(protocol.auth()).data == {"path": protocol.auth().path}
+    assert keys == [KEY]
+    assert KEY not in repr(transport)
+
+
+def test_the_in_memory_transport_loads_no_hub() -> None:
+    # The fake is a handler: importing it must not load the hub's stores (and SQLite).
+    code = (
+        "import sys, transports.memory\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('hubfsm.hub', 'sqlite3'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

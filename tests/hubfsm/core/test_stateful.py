@@ -11,7 +11,7 @@ from pathlib import Path
 from hubfsm.core.events import Interrupted, Resumed
 from hubfsm.durable.journal import queued_epoch
 from hubfsm.errors import ModelTrainedError
-from hubfsm.hub.faults import FaultMix
+from transports.faults import FaultMix
 from hubfsm.sim.world import PROFILES, World, scratch_root
 
 MIXES = {

@@ -17,13 +17,12 @@ import structlog
 from hubfsm.core.changes import OpOpened
 from hubfsm.durable.journal import Journal, replay
 from hubfsm.durable.outbox import Outbox
-from hubfsm.hub.faults import FaultMix
 from hubfsm.runtime.clocks import VirtualClock
 from hubfsm.runtime.factory import build
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
 from tests.support import FAST, KEY, inline_session, new_model
-from transports.faults import FaultInjectingTransport
+from transports.faults import FaultInjectingTransport, FaultMix
 from transports.memory import InMemoryTransport
 
 

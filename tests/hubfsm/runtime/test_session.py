@@ -5,8 +5,7 @@ import pytest
 import structlog
 
 import hubfsm
-from hubfsm.hub.faults import FaultMix
-from transports.faults import FaultInjectingTransport
+from transports.faults import FaultInjectingTransport, FaultMix
 from transports.memory import InMemoryTransport
 
 from tests.support import FAST, KEY, new_model

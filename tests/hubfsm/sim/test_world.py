@@ -18,7 +18,7 @@ from hubfsm.cli.simulate import run_seeds
 from hubfsm.core.engine import Core, CoreConfig, Limits, Send
 from hubfsm.core.events import CheckpointOffered, EpochEnded
 from hubfsm.core.ops import MetricsBatch
-from hubfsm.hub.faults import FaultMix
+from transports.faults import FaultMix
 from hubfsm.runtime.driver import Driver
 from hubfsm.sim.invariants import CRASH, Checker, Entry, render_json, render_text
 from hubfsm.sim.profiles import (
