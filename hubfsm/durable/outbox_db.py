@@ -296,6 +296,27 @@ class OutboxDB:
             refusal=self.refusal,
         )
 
+    def referenced_files(self) -> set[str]:
+        """The snapshots the records still refer to: every other one may go.
+
+        Pending and rejected operations' files and both slots' files. Only the request
+        and slot texts that can name a file are read (metrics never carry one), and only
+        as far as the path: this runs after each write that may have freed a file.
+        """
+        keep = set()
+        for (text,) in self._db.execute(
+            "SELECT request FROM ops WHERE channel != 'metrics' "
+            "UNION ALL SELECT request FROM rejected WHERE channel != 'metrics'"
+        ):
+            # A rejected record's weights are kept with it, for the user to look at
+            # or discard.
+            file = json.loads(text)["file"]
+            if file is not None:
+                keep.add(str(file["path"]))
+        for (text,) in self._db.execute("SELECT value FROM slots"):
+            keep.add(str(json.loads(text)["file"]["path"]))
+        return keep
+
     def set_aside_unreadable(self) -> int:
         """Keep aside every pending record that does not read back; how many there were.
 
