@@ -45,17 +45,6 @@ from hubfsm.transport import FilePart
 # -- the outbox ----------------------------------------------------------------------
 
 
-def referenced_files(saved: Saved) -> set[str]:
-    """The snapshots an outbox's records still refer to: every other one may go."""
-    keep = {op.request.file.path for op in saved.ops if op.request.file is not None}
-    # A rejected record's weights are kept with it, for the user to look at or discard.
-    keep |= {r.request.file.path for r in saved.rejected if r.request.file is not None}
-    for slot in (saved.checkpoint, saved.final):
-        if slot is not None:
-            keep.add(slot[1].path)
-    return keep
-
-
 def stamp_of(path: str | os.PathLike[str]) -> FileStamp:
     """What ``path`` looks like now (``os.stat``)."""
     st = os.stat(path)
@@ -321,7 +310,7 @@ class Outbox:
 
     def _collect_files(self) -> None:
         """Delete snapshots that no operation or slot refers to any more."""
-        keep = referenced_files(self.load())
+        keep = self.db.referenced_files()
         for entry in self.files.iterdir():
             name = entry.name
             if str(entry) in keep or name.startswith((".incoming", ".held")):

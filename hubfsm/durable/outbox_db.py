@@ -55,9 +55,6 @@ CREATE TABLE IF NOT EXISTS rejected (
 #: How much of an unreadable record's text is kept with it.
 _KEPT_TEXT = 4000
 
-#: SQLite 3.35 and later delete a row and return it in one statement.
-_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
-
 
 # -- values to and from JSON ---------------------------------------------------------
 
@@ -128,11 +125,14 @@ def _keep_aside(
     )
 
 
-def _writes_more_than_one(change: Change) -> bool:
-    """True when :meth:`OutboxDB.apply` writes ``change`` with more than one statement."""
-    return isinstance(change, Rejected) or (
-        isinstance(change, OpOpened) and change.channel == "metrics"
-    )
+def _writes_more_than_one(change: Change, queued: set[int]) -> bool:
+    """True when :meth:`OutboxDB.apply` writes ``change`` with more than one statement.
+
+    ``queued`` holds the epochs that may have a row in ``metrics``.
+    """
+    if isinstance(change, OpOpened):
+        return change.channel == "metrics" and any(e in queued for e in change.payload)
+    return isinstance(change, Rejected)
 
 
 def _last_sent(changes: Sequence[Change]) -> dict[int, int]:
@@ -150,6 +150,20 @@ _SQLITE_FULL = 13
 _SQLITE_IOERR = 10
 
 
+def _disk_error(error: sqlite3.OperationalError) -> OSError | None:
+    """The ``OSError`` a full disk or an I/O error that SQLite met is; None for others."""
+    code = (getattr(error, "sqlite_errorcode", 0) or 0) & 0xFF
+    text = str(error)
+    if not code:  # Python 3.10 gives no code: SQLite's own messages tell
+        code = _SQLITE_FULL if "disk is full" in text else 0
+        code = _SQLITE_IOERR if "disk I/O error" in text else code
+    if code == _SQLITE_FULL:
+        return OSError(errno.ENOSPC, f"the outbox database: {text}")
+    if code == _SQLITE_IOERR:
+        return OSError(errno.EIO, f"the outbox database: {text}")
+    return None
+
+
 @contextlib.contextmanager
 def disk_errors() -> Iterator[None]:
     """Raise SQLite's full-disk and I/O errors as the ``OSError`` they are.
@@ -161,16 +175,10 @@ def disk_errors() -> Iterator[None]:
     try:
         yield
     except sqlite3.OperationalError as error:
-        code = (getattr(error, "sqlite_errorcode", 0) or 0) & 0xFF
-        text = str(error)
-        if not code:  # Python 3.10 gives no code: SQLite's own messages tell
-            code = _SQLITE_FULL if "disk is full" in text else 0
-            code = _SQLITE_IOERR if "disk I/O error" in text else code
-        if code == _SQLITE_FULL:
-            raise OSError(errno.ENOSPC, f"the outbox database: {text}") from error
-        if code == _SQLITE_IOERR:
-            raise OSError(errno.EIO, f"the outbox database: {text}") from error
-        raise
+        mapped = _disk_error(error)
+        if mapped is None:
+            raise
+        raise mapped from error
 
 
 def _roll_back(db: sqlite3.Connection) -> None:
@@ -220,6 +228,16 @@ class OutboxDB:
                     "INSERT OR IGNORE INTO meta VALUES ('api_root', ?), ('web_root', ?)",
                     (hub.api_root, hub.web_root),
                 )
+        # What the tables hold, as far as a write needs to know, so that a write never
+        # reads. Each set holds at least what is on disk: a value is added before the
+        # write that stores it and removed only after the commit that deletes it, so a
+        # failed write can only cost a later one a needless statement, never skip one.
+        #: The epochs with a row in ``metrics``.
+        self._queued: set[int] = {e for (e,) in connection.execute("SELECT epoch FROM metrics")}
+        #: The keys of operations that may refer to a weight file (every channel but metrics).
+        self._file_ops: set[str] = {
+            k for (k,) in connection.execute("SELECT key FROM ops WHERE channel != 'metrics'")
+        }
 
     @classmethod
     def in_memory(cls, model_id: str) -> OutboxDB:
@@ -277,6 +295,27 @@ class OutboxDB:
             rejected=self.rejected(),
             refusal=self.refusal,
         )
+
+    def referenced_files(self) -> set[str]:
+        """The snapshots the records still refer to: every other one may go.
+
+        Pending and rejected operations' files and both slots' files. Only the request
+        and slot texts that can name a file are read (metrics never carry one), and only
+        as far as the path: this runs after each write that may have freed a file.
+        """
+        keep = set()
+        for (text,) in self._db.execute(
+            "SELECT request FROM ops WHERE channel != 'metrics' "
+            "UNION ALL SELECT request FROM rejected WHERE channel != 'metrics'"
+        ):
+            # A rejected record's weights are kept with it, for the user to look at
+            # or discard.
+            file = json.loads(text)["file"]
+            if file is not None:
+                keep.add(str(file["path"]))
+        for (text,) in self._db.execute("SELECT value FROM slots"):
+            keep.add(str(json.loads(text)["file"]["path"]))
+        return keep
 
     def set_aside_unreadable(self) -> int:
         """Keep aside every pending record that does not read back; how many there were.
@@ -371,41 +410,68 @@ class OutboxDB:
         """
         if not changes and journal_seq is None:
             return False
-        db = self._db
-        # One statement is atomic on its own: most calls (an operation closed, a slot
-        # offered) write one row, and BEGIN and COMMIT would double what they cost.
-        grouped = journal_seq is not None or len(changes) > 1 or _writes_more_than_one(changes[0])
-        with disk_errors():
-            return self._apply(db, changes, journal_seq, grouped)
+        try:
+            return self._apply(self._db, changes, journal_seq)
+        except sqlite3.OperationalError as error:
+            mapped = _disk_error(error)
+            if mapped is None:
+                raise
+            raise mapped from error
 
     def _apply(
-        self,
-        db: sqlite3.Connection,
-        changes: Sequence[Change],
-        journal_seq: int | None,
-        grouped: bool,
+        self, db: sqlite3.Connection, changes: Sequence[Change], journal_seq: int | None
     ) -> bool:
         files_touched = False
+        queued, file_ops = self._queued, self._file_ops
+        # Trimmed from the sets once the transaction is committed (see __init__).
+        sent_epochs: list[int] = []
+        closed: list[str] = []
+        # An epoch queued and sent in the same call never needs its own row: the
+        # operation's request carries it (a DELETE still clears an older row).
+        sent = _last_sent(changes) if len(changes) > 1 else {}
+        # One statement is atomic on its own: a call that writes one row (an operation
+        # closed, a slot offered) goes without BEGIN and COMMIT, which double its cost.
+        grouped = (
+            journal_seq is not None or len(changes) > 1 or _writes_more_than_one(changes[0], queued)
+        )
         if grouped:
             db.execute("BEGIN IMMEDIATE")
-        # An epoch queued and sent in the same call never needs its own row: the
-        # operation's request carries it (the DELETE below still clears an older row).
-        sent = _last_sent(changes)
         try:
             for at, change in enumerate(changes):
-                if isinstance(change, MetricsQueued):
+                if isinstance(change, OpClosed):
+                    key = change.key
+                    db.execute("DELETE FROM ops WHERE key = ?", (key,))
+                    # Only an upload's operation refers to a weight file: a metrics
+                    # operation closing (once an epoch) leaves the files alone.
+                    if key in file_ops:
+                        files_touched = True
+                        closed.append(key)
+                elif isinstance(change, MetricsQueued):
                     if sent.get(change.epoch, -1) > at:
                         continue
+                    queued.add(change.epoch)
                     db.execute(
                         "INSERT OR REPLACE INTO metrics VALUES (?, ?)",
                         (change.epoch, change.encoded),
                     )
+                elif isinstance(change, Offered):
+                    if change.value is None:
+                        db.execute("DELETE FROM slots WHERE kind = ?", (change.kind,))
+                        files_touched = True
+                    else:
+                        db.execute(
+                            "INSERT OR REPLACE INTO slots VALUES (?, ?)",
+                            (change.kind, _slot_to_json(change.value)),
+                        )
                 elif isinstance(change, OpOpened):
                     payload = change.payload
                     if change.channel == "metrics":
-                        db.executemany(
-                            "DELETE FROM metrics WHERE epoch = ?", [(e,) for e in payload]
-                        )
+                        rows = [(e,) for e in payload if e in queued]
+                        if rows:
+                            db.executemany("DELETE FROM metrics WHERE epoch = ?", rows)
+                            sent_epochs.extend(e for (e,) in rows)
+                    else:
+                        file_ops.add(change.key)
                     db.execute(
                         "INSERT OR IGNORE INTO ops (key, channel, request, payload) "
                         "VALUES (?, ?, ?, ?)",
@@ -413,27 +479,14 @@ class OutboxDB:
                             change.key,
                             change.channel,
                             _request_to_json(change.request),
-                            json.dumps(list(payload) if change.channel == "metrics" else payload),
+                            # A metrics payload is a tuple of epochs: a JSON array.
+                            json.dumps(payload),
                         ),
                     )
-                elif isinstance(change, OpClosed):
-                    # Only an upload's operation refers to a weight file: a metrics
-                    # operation closing (once an epoch) leaves the files alone.
-                    if _RETURNING:
-                        # Read to the end, so the statement is done (and committed) here.
-                        rows = db.execute(
-                            "DELETE FROM ops WHERE key = ? RETURNING channel", (change.key,)
-                        ).fetchall()
-                        row = rows[0] if rows else None
-                    else:
-                        row = db.execute(
-                            "SELECT channel FROM ops WHERE key = ?", (change.key,)
-                        ).fetchone()
-                        db.execute("DELETE FROM ops WHERE key = ?", (change.key,))
-                    files_touched = files_touched or (row is not None and row[0] != "metrics")
                 elif isinstance(change, Rejected):
                     # Set aside in the same transaction that ends its operation.
                     db.execute("DELETE FROM ops WHERE key = ?", (change.key,))
+                    closed.append(change.key)
                     db.execute(
                         "INSERT OR IGNORE INTO rejected "
                         "(key, channel, request, payload, status, reason) "
@@ -449,22 +502,13 @@ class OutboxDB:
                             change.reason,
                         ),
                     )
-                elif isinstance(change, Refusal):
+                else:
+                    assert isinstance(change, Refusal)
                     if change.text is None:
                         db.execute("DELETE FROM meta WHERE key = 'refusal'")
                     else:
                         db.execute(
                             "INSERT OR REPLACE INTO meta VALUES ('refusal', ?)", (change.text,)
-                        )
-                else:
-                    assert isinstance(change, Offered)
-                    if change.value is None:
-                        db.execute("DELETE FROM slots WHERE kind = ?", (change.kind,))
-                        files_touched = True
-                    else:
-                        db.execute(
-                            "INSERT OR REPLACE INTO slots VALUES (?, ?)",
-                            (change.kind, _slot_to_json(change.value)),
                         )
             if journal_seq is not None:
                 db.execute(
@@ -476,6 +520,8 @@ class OutboxDB:
             if grouped:
                 _roll_back(db)
             raise
+        queued.difference_update(sent_epochs)
+        file_ops.difference_update(closed)
         return files_touched
 
     def reclaim(self) -> None:

@@ -130,10 +130,11 @@ class Durability:
         outbox.apply(changes, journal_seq=journal_seq)
         if journal_seq is not None and self.journal is not None:
             self.journal.consumed(journal_seq)
-        released, self._released = self._released, []
-        for link in released:
-            with contextlib.suppress(OSError):
-                os.unlink(link)
+        if self._released:
+            released, self._released = self._released, []
+            for link in released:
+                with contextlib.suppress(OSError):
+                    os.unlink(link)
 
     def _adopt_run(self, outbox: Outbox, core: Core) -> None:
         """Check the outbox speaks the core's dialect; a Platform core takes its run.

@@ -28,7 +28,6 @@ from hubfsm.durable.outbox import (
     DATABASE,
     Outbox,
     OutboxLockedError,
-    referenced_files,
     stamp_of,
 )
 from hubfsm.durable.outbox_db import OutboxDB
@@ -145,7 +144,7 @@ class MemoryOutbox(Outbox):
         return None
 
     def _collect_files(self) -> None:
-        keep = referenced_files(self.load())
+        keep = self.db.referenced_files()
         prefix = f"{self.files}{os.sep}"
         files = self._disk.files
         # Temporary files are not snapshots: the outbox collects only what it finished.

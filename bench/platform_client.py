@@ -27,7 +27,7 @@ ultralytics 8.4.190 and ultralytics-platform importable (Python 3.11 or newer).
 
 Usage::
 
-    python bench/platform.py [--full] [--json PATH]
+    python bench/platform_client.py [--full] [--json PATH]
 """
 
 from __future__ import annotations
