@@ -57,7 +57,6 @@ from hubfsm.durable.journal_format import (
     encode,
     entry_of,
     event_of,
-    queued_epoch,
 )
 from hubfsm.durable.journal_format import RECORD as _RECORD
 from hubfsm.durable.journal_scan import JournalDamage, Replay, events, replay, scan
@@ -72,6 +71,7 @@ __all__ = [
     "Allocate",
     "InboxItem",
     "Journal",
+    "JournalOpener",
     "JournalDamage",
     "Replay",
     "_RECORD",
@@ -80,7 +80,6 @@ __all__ = [
     "event_of",
     "events",
     "journal_unavailable",
-    "queued_epoch",
     "replay",
     "scan",
 ]
@@ -92,6 +91,10 @@ log = get_logger("hubfsm")
 
 #: Gives a file's bytes ``[offset, offset + length)`` real blocks, or raises OSError.
 Allocate = Callable[[int, int, int], None]
+
+#: Opens a journal (:class:`Journal`'s signature; a simulated disk passes one whose
+#: space fails).
+JournalOpener = Callable[..., "Journal"]
 
 #: What a session without its journal risks, said when the journal is given up.
 AT_RISK = (

@@ -98,12 +98,3 @@ def event_of(entry: Any) -> Event | None:
     simple: dict[str, Event] = {"s": Start(), "i": Interrupted(), "r": Resumed(), "b": Barrier()}
     return simple.get(tag)
 
-
-def queued_epoch(item: InboxItem) -> int | None:
-    """The epoch of an inbox item that ends an epoch, else None."""
-    if len(item) == 4:
-        return item[3]
-    if len(item) == 3:
-        return item[1]
-    event = item[1]
-    return event.epoch if isinstance(event, EpochEnded) else None

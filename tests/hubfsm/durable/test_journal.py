@@ -6,22 +6,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hubfsm.core.events import EpochEnded, FileStamp, FinishRequested
+from hubfsm.durable.inbox import Inbox
 from hubfsm.durable.journal import (
     INITIAL_SIZE,
     MAGIC,
     Journal,
     entry_of,
     event_of,
-    queued_epoch,
     replay,
 )
 
 
 def run_jobs(j, inbox):
     """What the worker would hand the core, in order: (epoch, metrics) per event."""
+    if not isinstance(inbox, Inbox):  # the journal's own queue, as an inbox holds it
+        queue, inbox = inbox, Inbox()
+        inbox._items, inbox.journal = queue, j
     seen = []
-    while inbox:
-        event = j.event_of(inbox.popleft())
+    while (item := inbox.take()) is not None:
+        event = item[1]
         assert isinstance(event, EpochEnded)
         seen.append((event.epoch, dict(event.metrics)))
     return seen
@@ -107,12 +110,12 @@ def test_a_missing_or_foreign_file_replays_nothing(tmp_path):
 
 
 def test_metrics_with_the_same_names_go_in_as_values_and_come_back_whole(tmp_path):
-    inbox = collections.deque()
-    j = Journal(tmp_path / "j", seq=0, inbox=inbox)
+    inbox = Inbox()
+    j = inbox.open_journal(Journal, tmp_path / "j", seq=0)
     logged = [{"loss": 1.0 / (e + 1), "map": e / 10} for e in range(5)]
     for epoch, metrics in enumerate(logged):
-        j.append_metrics(epoch, metrics)
-    assert [queued_epoch(item) for item in inbox] == [0, 1, 2, 3, 4]
+        inbox.put_metrics(epoch, metrics)
+    assert inbox.queued_epochs() == [0, 1, 2, 3, 4]
     # After the schema, each epoch is three words and two doubles: nothing serialised.
     assert j._at - j._base == 5 * (3 + 2)
     assert replay(tmp_path / "j", after=3) == [(4, ("m", 3, logged[3])), (5, ("m", 4, logged[4]))]
