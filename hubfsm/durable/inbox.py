@@ -98,7 +98,7 @@ class Inbox:
 def _epoch_of(item: InboxItem) -> int | None:
     """The epoch of an item that ends an epoch, else None."""
     if len(item) == 4:
-        return item[3]
+        return item[1]
     if len(item) == 3:
         return item[1]
     event = item[1]
