@@ -11,6 +11,7 @@ module's business alone.
 from __future__ import annotations
 
 import collections
+import marshal
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -73,9 +74,9 @@ class Inbox:
             return item
         if len(item) == 3:
             return 0, EpochEnded(item[1], item[2])
-        journal = self.journal
-        assert journal is not None  # only the journal queues values records
-        return item[0], journal.event_of(item)
+        # A values record's item: its values are the marshal bytes the journal wrote.
+        seq, epoch, names, data = item
+        return seq, EpochEnded(epoch, dict(zip(names, marshal.loads(data), strict=True)))
 
     def clear(self) -> None:
         """Forget every queued call (a simulated death: the journal holds what is kept)."""

@@ -91,7 +91,6 @@ __all__ = [
 _crc32 = zlib.crc32
 _pack = RECORD.pack
 _dumps = marshal.dumps
-_loads = marshal.loads
 
 log = get_logger("hubfsm")
 
@@ -186,15 +185,6 @@ class Journal:
                 except OSError as exc:
                     self._give_up(exc)
             self._inbox.append((seq, event))
-
-    def event_of(self, item: InboxItem) -> Event:
-        """The event of an inbox item; a values record is read back from the journal."""
-        if len(item) == 2:
-            return item[1]
-        if len(item) == 3:
-            return EpochEnded(item[1], item[2])
-        _, epoch, names, data = item
-        return EpochEnded(epoch, dict(zip(names, _loads(data), strict=True)))
 
     def append_metrics(self, epoch: int, metrics: Mapping[str, Any]) -> None:
         """Write one epoch's metrics and queue them for the worker.

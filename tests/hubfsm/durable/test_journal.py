@@ -22,7 +22,7 @@ def run_jobs(j, inbox):
     """What the worker would hand the core, in order: (epoch, metrics) per event."""
     if not isinstance(inbox, Inbox):  # the journal's own queue, as an inbox holds it
         queue, inbox = inbox, Inbox()
-        inbox._items, inbox.journal = queue, j
+        inbox._items = queue
     seen = []
     while (item := inbox.take()) is not None:
         event = item[1]
