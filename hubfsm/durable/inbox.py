@@ -21,7 +21,8 @@ from hubfsm.core.plain import carried
 from hubfsm.durable.journal import InboxItem, Journal, JournalOpener
 
 #: The events journaled when a journal is open: what a kill must not lose. The others
-#: (start, barrier, interrupt, finish-pending) are the session's own, redone on reopening.
+#: (start, barrier, interrupt, finish-pending) steer this process's session only: a
+#: process that dies takes them with it, and the next one issues its own.
 KEPT = (CheckpointOffered, FinishRequested, EpochEnded)
 
 
@@ -98,9 +99,7 @@ class Inbox:
 
 def _epoch_of(item: InboxItem) -> int | None:
     """The epoch of an item that ends an epoch, else None."""
-    if len(item) == 4:
-        return item[1]
-    if len(item) == 3:
+    if len(item) != 2:  # metrics: (seq, epoch, names, values) or (0, epoch, metrics)
         return item[1]
     event = item[1]
     return event.epoch if isinstance(event, EpochEnded) else None
