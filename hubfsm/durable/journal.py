@@ -40,7 +40,7 @@ import os
 import threading
 import zlib
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,18 @@ AT_RISK = (
 def journal_unavailable(path: Path, error: OSError) -> None:
     """Say, once per session, that the journal is given up, why, and what is at risk."""
     log.warning("journal.unavailable", path=str(path), error=str(error), at_risk=AT_RISK)
+
+
+def _subclass_floats(values: Iterable[Any]) -> bytes:
+    """The marshal list of ``values`` made plain floats where they are floats of a subclass.
+
+    Empty when something else cannot be marshalled: the call then takes the slow path,
+    which checks and converts every value.
+    """
+    try:
+        return _dumps([float(v) if isinstance(v, float) else v for v in values], 2)
+    except ValueError:
+        return b""
 
 
 class Journal:
@@ -200,8 +212,8 @@ class Journal:
             if names is not None and 0 <= epoch <= MAX_EPOCH and tuple(metrics) == names:
                 try:
                     data = _dumps(list(metrics.values()), 2)  # 2: no reference table
-                except ValueError:  # a float subclass, an object: checked on the slow path
-                    data = b""
+                except ValueError:  # a float subclass (numpy's float64) or an object
+                    data = _subclass_floats(metrics.values())
                 # Every value a plain float: a ``g`` tag every 9 bytes after the header.
                 if data[5::9] == self._tags:
                     at = self._at

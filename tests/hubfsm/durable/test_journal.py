@@ -227,21 +227,22 @@ def test_a_version_2_journal_with_raw_double_values_still_replays(tmp_path):
     ]
 
 
-def test_a_float_subclass_takes_the_entry_path_and_comes_back_a_float(tmp_path):
+def test_a_float_subclass_goes_in_as_values_and_comes_back_a_float(tmp_path):
     class Scalar(float):  # as numpy's float64 is
         pass
 
     inbox = Inbox()
-    inbox.open_journal(Journal, tmp_path / "j", seq=0)
+    j = inbox.open_journal(Journal, tmp_path / "j", seq=0)
     inbox.put_metrics(0, {"loss": 0.5})
+    at = j._at
     inbox.put_metrics(1, {"loss": Scalar(0.25)})
+    assert j._at - at == 5  # a values record: three words, and 14 bytes of values in two
     with pytest.raises(TypeError):
         inbox.put_metrics(2, {"loss": object()})
     assert [seq for seq, _ in replay(tmp_path / "j", after=0)] == [1, 2]
-    assert [(seq, e.metrics) for seq, e in iter(inbox.take, None)] == [
-        (1, {"loss": 0.5}),
-        (2, {"loss": 0.25}),
-    ]
+    taken = [(seq, e.metrics) for seq, e in iter(inbox.take, None)]
+    assert taken == [(1, {"loss": 0.5}), (2, {"loss": 0.25})]
+    assert type(taken[1][1]["loss"]) is float
 
 
 names = st.sampled_from(["loss", "map", "lr", "box"])
