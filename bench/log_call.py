@@ -41,7 +41,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Appended, not put first: a script of this directory is named like a module of the
+# standard library (platform), which must not shadow it.
+sys.path.append(str(Path(__file__).resolve().parent))
 
 import benchkit  # noqa: E402
 

@@ -10,15 +10,19 @@ Layout: an 8-byte header, then records aligned to 8-byte words, ended by a zero 
 - An *entry* record: ``length, crc32`` (two u32), ``seq`` (u64) and a marshal payload,
   padded to a whole word. It goes in with one copy; the CRC catches a process killed
   halfway through that copy and pages torn by a power cut.
-- A *values* record: ``n | VALUES, epoch`` (two u32), ``seq``, ``n`` doubles and
-  ``seq`` again. It holds one epoch of metrics whose names are those of the journal's
-  *schema*, an entry record ``("k", names)`` with ``seq`` 0 at the start. Its words go
-  in one by one, the first last, so a kill leaves the previous end word in place; the
-  repeated ``seq`` stands in for the CRC against torn pages.
+- A *values* record: ``n | VALUES, epoch`` (two u32), ``seq``, the ``n`` values as
+  one marshal list of floats (``[``, the count, then ``g`` and 8 bytes per value),
+  padded to a whole word, and ``seq`` again. It holds one epoch of metrics whose names
+  are those of the journal's *schema*, an entry record ``("k", names)`` with ``seq`` 0
+  at the start. The first word goes in last, so a kill leaves the previous end word in
+  place; the repeated ``seq`` stands in for the CRC against torn pages. (Version 2
+  held the values as raw doubles; :func:`replay` still reads it.)
 
 A trainer logs the same names every epoch, so after the first epoch each
-``log_metrics`` writes a dozen words and serialises nothing: on a training thread with
-cold caches that is most of the call's cost. Sequence numbers never repeat for a
+``log_metrics`` serialises the values alone, in one C call that also proves each is a
+plain float (marshal writes ``g`` for exact floats only), copies those bytes into the
+map once, and keeps them for the worker: the names are neither encoded nor checked one
+by one, and nothing is read back from the file. Sequence numbers never repeat for a
 model, so after a restart only the records newer than the outbox's ``journal_seq``
 are replayed.
 
@@ -30,13 +34,13 @@ keeps taking calls in memory only, and says once what that puts at risk.
 
 from __future__ import annotations
 
+import marshal
 import mmap
 import os
-import struct
 import threading
 import zlib
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +61,6 @@ from hubfsm.durable.journal_format import (
     encode,
     entry_of,
     event_of,
-    queued_epoch,
 )
 from hubfsm.durable.journal_format import RECORD as _RECORD
 from hubfsm.durable.journal_scan import JournalDamage, Replay, events, replay, scan
@@ -72,6 +75,7 @@ __all__ = [
     "Allocate",
     "InboxItem",
     "Journal",
+    "JournalOpener",
     "JournalDamage",
     "Replay",
     "_RECORD",
@@ -80,18 +84,22 @@ __all__ = [
     "event_of",
     "events",
     "journal_unavailable",
-    "queued_epoch",
     "replay",
     "scan",
 ]
 
 _crc32 = zlib.crc32
 _pack = RECORD.pack
+_dumps = marshal.dumps
 
 log = get_logger("hubfsm")
 
 #: Gives a file's bytes ``[offset, offset + length)`` real blocks, or raises OSError.
 Allocate = Callable[[int, int, int], None]
+
+#: Opens a journal (:class:`Journal`'s signature; a simulated disk passes one whose
+#: space fails).
+JournalOpener = Callable[..., "Journal"]
 
 #: What a session without its journal risks, said when the journal is given up.
 AT_RISK = (
@@ -103,6 +111,18 @@ AT_RISK = (
 def journal_unavailable(path: Path, error: OSError) -> None:
     """Say, once per session, that the journal is given up, why, and what is at risk."""
     log.warning("journal.unavailable", path=str(path), error=str(error), at_risk=AT_RISK)
+
+
+def _subclass_floats(values: Iterable[Any]) -> bytes:
+    """The marshal list of ``values`` made plain floats where they are floats of a subclass.
+
+    Empty when something else cannot be marshalled: the call then takes the slow path,
+    which checks and converts every value.
+    """
+    try:
+        return _dumps([float(v) if isinstance(v, float) else v for v in values], 2)
+    except ValueError:
+        return b""
 
 
 class Journal:
@@ -149,18 +169,18 @@ class Journal:
         self._view()
         # Positions are in words. The schema's names, and where records start after it.
         self._names: tuple[str, ...] | None = None
+        # What a values record's marshal bytes hold at every 9th byte: one tag a float.
+        self._tags = b""
         self._base = 1
         self._at = 1
         self._words[1] = 0
         # Names that did not match the schema while records were pending: the next
         # start-over writes them as the new schema.
         self._wanted: tuple[str, ...] | None = None
-        # After close, a copy of the records for jobs the worker has not run yet.
-        self._frozen: bytes | None = None
+        self._closed = False
 
     def _view(self) -> None:
         self._words = memoryview(self._map).cast("Q")
-        self._floats = memoryview(self._map).cast("d")
         self._capacity = len(self._words)
 
     def append(self, event: Event) -> None:
@@ -178,51 +198,36 @@ class Journal:
                     self._give_up(exc)
             self._inbox.append((seq, event))
 
-    def event_of(self, item: InboxItem) -> Event:
-        """The event of an inbox item; a values record is read back from the journal."""
-        if len(item) == 2:
-            return item[1]
-        if len(item) == 3:
-            return EpochEnded(item[1], item[2])
-        _, at, names, epoch = item
-        with self._lock:
-            frozen = self._frozen
-            if frozen is None:
-                values = self._floats[at + 2 : at + 2 + len(names)].tolist()
-            else:
-                values = list(struct.unpack_from(f"={len(names)}d", frozen, (at + 2) * 8))
-        return EpochEnded(epoch, dict(zip(names, values, strict=True)))
-
     def append_metrics(self, epoch: int, metrics: Mapping[str, Any]) -> None:
         """Write one epoch's metrics and queue them for the worker.
 
         With the schema's names in the schema's order and float values, a values
         record; otherwise an entry record ``("m", epoch, metrics)``.
         """
-        # Runs on the training thread between epochs: kept to plain bytecode and
-        # stores into the map, with nothing to serialise.
+        # Runs on the training thread between epochs: a few C calls and one copy into
+        # the map, whatever the number of names. A tuple of the names compares by
+        # identity first, so the schema check costs no string comparison.
         with self._lock:
             names = self._names  # None too once the journal is given up
-            if names is not None and len(metrics) == len(names) and 0 <= epoch <= MAX_EPOCH:
-                at = self._at
-                need = at + len(names) + 4
-                if need <= self._capacity or self._room(need):
-                    floats = self._floats
-                    i = at + 2
-                    for name, value in metrics.items():
-                        if name != names[i - at - 2] or not isinstance(value, float):
-                            break
-                        floats[i] = value
-                        i += 1
-                    else:
+            if names is not None and 0 <= epoch <= MAX_EPOCH and tuple(metrics) == names:
+                try:
+                    data = _dumps(list(metrics.values()), 2)  # 2: no reference table
+                except ValueError:  # a float subclass (numpy's float64) or an object
+                    data = _subclass_floats(metrics.values())
+                # Every value a plain float: a ``g`` tag every 9 bytes after the header.
+                if data[5::9] == self._tags:
+                    at = self._at
+                    last = at + 2 + (len(data) + 7) // 8  # the repeated seq's word
+                    if last + 1 < self._capacity or self._room(last + 2):
                         self.seq = seq = self.seq + 1
                         words = self._words
-                        words[i] = seq
-                        words[i + 1] = 0
+                        self._map[(at + 2) * 8 : (at + 2) * 8 + len(data)] = data
+                        words[last] = seq
+                        words[last + 1] = 0
                         words[at + 1] = seq
                         words[at] = epoch << 32 | VALUES | len(names)  # the commit
-                        self._at = i + 1
-                        self._inbox.append((seq, at, names, epoch))
+                        self._at = last + 1
+                        self._inbox.append((seq, epoch, names, data))
                         return
         self._append_other(epoch, metrics)
 
@@ -258,6 +263,7 @@ class Journal:
             self._give_up(exc)
             return
         self._names = names
+        self._tags = b"g" * len(names)
         self._base = self._at
         self._wanted = None
 
@@ -286,7 +292,6 @@ class Journal:
         self._allocate(self._fd, old, size - old)
         # A mapping with views on it cannot be resized.
         self._words.release()
-        self._floats.release()
         try:
             self._map.resize(size)
         finally:
@@ -305,7 +310,6 @@ class Journal:
         """Take calls in memory only from now on (the caller holds the lock).
 
         What the file holds stays valid for a replay: records end where they ended.
-        Values records already queued are still read back from the mapping.
         """
         if self.failed is None:
             self.failed = error
@@ -316,12 +320,7 @@ class Journal:
     def consumed(self, seq: int) -> None:
         """The worker has everything up to ``seq`` in the outbox: start over if that is all."""
         with self._lock:
-            if (
-                self._frozen is not None
-                or self.failed is not None
-                or seq != self.seq
-                or self._at == self._base
-            ):
+            if self._closed or self.failed is not None or seq != self.seq or self._at == self._base:
                 return
             if self._wanted is not None:
                 self._set_schema(self._wanted)
@@ -333,14 +332,12 @@ class Journal:
         """Unmap the file (its content stays for a later replay).
 
         A worker that outlives the session (inside a request that has not timed out yet)
-        may still run jobs that read values records: they read a copy taken here, since
-        the file may by then belong to a new session of the same model.
+        may still take queued values records: they hold their own bytes, not the file's.
         """
         with self._lock:
-            if self._frozen is not None:
+            if self._closed:
                 return
-            self._frozen = bytes(self._map[: (self._at + 1) * 8])
+            self._closed = True
             self._words.release()
-            self._floats.release()
             self._map.close()
             os.close(self._fd)

@@ -26,8 +26,9 @@ from hubfsm.core.events import (
 from hubfsm.core.plain import plain
 
 MAGIC = b"HFJ1"
-#: Version 1 had unaligned entry records only; :func:`replay` still reads it.
-VERSION = 2
+#: Version 1 had unaligned entry records only, version 2 values records of raw doubles;
+#: :func:`replay` still reads both.
+VERSION = 3
 HEADER = struct.Struct("<4sI")
 RECORD = struct.Struct("<IIQ")
 #: Marks a values record in the first word's low half.
@@ -35,16 +36,18 @@ VALUES = 0x8000_0000
 MAX_EPOCH = 0xFFFF_FFFF
 PADS = tuple(bytes(n) for n in range(8))
 END = bytes(8)
-#: Values records are stored in native byte order and read back little-endian.
+#: Values records of version 2 were stored in native byte order and read back
+#: little-endian; the words of the values record header still are.
 LITTLE = sys.byteorder == "little"
 INITIAL_SIZE = 1 << 20
 
 #: An inbox item: ``(seq, event)``; or, so that the training thread builds no event
-#: value for an epoch's metrics, ``(seq, at, names, epoch)`` for a values record (read
-#: back by :meth:`Journal.event_of`) and ``(0, epoch, metrics)`` without a journal.
+#: value for an epoch's metrics, ``(seq, epoch, names, values)`` for a values record
+#: (``values`` its marshal bytes, decoded by :meth:`Journal.event_of`) and
+#: ``(0, epoch, metrics)`` without a journal.
 #: ``seq`` is 0 for events that bypass the journal.
 InboxItem: TypeAlias = (
-    tuple[int, Event] | tuple[int, int, tuple[str, ...], int] | tuple[int, int, dict[str, Any]]
+    tuple[int, Event] | tuple[int, int, tuple[str, ...], bytes] | tuple[int, int, dict[str, Any]]
 )
 
 
@@ -98,12 +101,3 @@ def event_of(entry: Any) -> Event | None:
     simple: dict[str, Event] = {"s": Start(), "i": Interrupted(), "r": Resumed(), "b": Barrier()}
     return simple.get(tag)
 
-
-def queued_epoch(item: InboxItem) -> int | None:
-    """The epoch of an inbox item that ends an epoch, else None."""
-    if len(item) == 4:
-        return item[3]
-    if len(item) == 3:
-        return item[1]
-    event = item[1]
-    return event.epoch if isinstance(event, EpochEnded) else None

@@ -104,16 +104,21 @@ def _record_at(data: bytes, pos: int, version: int, names: tuple[str, ...] | Non
     if pos + RECORD.size > len(data):
         return None
     low, high, seq = RECORD.unpack_from(data, pos)
-    if low & VALUES and version == VERSION:
+    if low & VALUES and version > 1:
         n = low & ~VALUES
-        end = pos + RECORD.size + 8 * n
+        # Version 2 held raw doubles; later ones a marshal list of n floats.
+        size = 8 * n if version == 2 else 5 + 9 * n
+        start = pos + RECORD.size
+        end = start + size + (-size % 8)
         if end + 8 > len(data) or struct.unpack_from("<Q", data, end)[0] != seq:
             return None
         if names is None:
             return _Found("v", seq, high, end + 8)  # its epoch is known, its names are not
         if n != len(names):
             return None
-        values = struct.unpack_from(f"<{n}d", data, pos + RECORD.size)
+        values = _values(data[start : start + size], n, version)
+        if values is None:
+            return None
         return _Found("m", seq, ("m", high, dict(zip(names, values, strict=True))), end + 8)
     body = data[pos + RECORD.size : pos + RECORD.size + low]
     if low == 0 or low & VALUES or len(body) != low or zlib.crc32(body) != high:
@@ -122,11 +127,24 @@ def _record_at(data: bytes, pos: int, version: int, names: tuple[str, ...] | Non
         entry = marshal.loads(body)
     except (ValueError, EOFError, TypeError):
         return None
-    align = 8 if version == VERSION else 1
+    align = 1 if version == 1 else 8
     end = pos + RECORD.size + low + (-low % align)
     if seq == 0 and isinstance(entry, tuple) and entry[:1] == ("k",):
         return _Found("k", 0, tuple(entry[1]), end)
     return _Found("e", seq, entry, end)
+
+
+def _values(body: bytes, n: int, version: int) -> tuple[float, ...] | list[float] | None:
+    """The ``n`` floats of a values record's body, or None if they are not intact."""
+    if version == 2:
+        return struct.unpack(f"<{n}d", body)
+    if body[5::9] != b"g" * n:  # a float's tag every 9 bytes, or not a list of floats
+        return None
+    try:
+        values = marshal.loads(body)
+    except (ValueError, EOFError, TypeError):
+        return None
+    return values if isinstance(values, list) and len(values) == n else None
 
 
 def _epoch(entry: Any) -> int | None:
@@ -152,10 +170,10 @@ def scan(path: str | os.PathLike[str], *, after: int) -> Replay:
     if len(data) < HEADER.size or not any(data[: HEADER.size]):
         return Replay([])
     magic, version = HEADER.unpack_from(data)
-    header_bad = magic != MAGIC or version not in (1, VERSION)
+    header_bad = magic != MAGIC or version not in (1, 2, VERSION)
     if header_bad:
         version = VERSION  # the only version written now: the best guess
-    align = 8 if version == VERSION else 1
+    align = 1 if version == 1 else 8
     out: list[tuple[int, Any]] = []
     pos = HEADER.size
     names: tuple[str, ...] | None = None

@@ -9,7 +9,6 @@ The driver holds no policy and no thread; two shells run it: the background work
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import math
 import os
@@ -31,7 +30,7 @@ from hubfsm.core.events import (
     Resumed,
     Start,
 )
-from hubfsm.durable.journal import InboxItem
+from hubfsm.durable.inbox import Inbox
 from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger
 from hubfsm.runtime.clocks import Clock
@@ -108,7 +107,7 @@ class Driver:
         transport: Transport,
         *,
         clock: Clock,
-        inbox: collections.deque[InboxItem] | None = None,
+        inbox: Inbox | None = None,
         durability: Durability | None = None,
         offline: bool = False,
         observer: Observer | None = None,
@@ -122,8 +121,8 @@ class Driver:
         self.observer = observer
         self.latency = latency
         self.quiet = quiet
-        #: The trainer's events, in order (see :data:`~hubfsm.durable.journal.InboxItem`).
-        self.inbox: collections.deque[InboxItem] = collections.deque() if inbox is None else inbox
+        #: The trainer's calls, in order.
+        self.inbox = Inbox() if inbox is None else inbox
         self.durability = durability
         #: Errors of events that could not be applied (a changed file, an illegal event).
         self.errors: list[Exception] = []
@@ -154,20 +153,11 @@ class Driver:
                 events and the request they open go to the outbox in one transaction;
                 the journal holds the events until then.
         """
-        inbox = self.inbox
+        take = self.inbox.take
         last_seq = 0
-        durability = self.durability
-        while inbox:
-            item = inbox.popleft()
-            seq = item[0]
+        while (item := take()) is not None:
+            seq, event = item
             last_seq = seq or last_seq
-            if len(item) == 2:
-                event: Event = item[1]
-            elif len(item) == 3:
-                event = EpochEnded(item[1], item[2])
-            else:
-                assert durability is not None and durability.journal is not None
-                event = durability.journal.event_of(item)
             error: Exception | None = None
             try:
                 self.apply(event, self.clock())

@@ -8,7 +8,6 @@ progress as the driver hands them over.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import sqlite3
@@ -19,7 +18,8 @@ from hubfsm.core.changes import Change, Saved
 from hubfsm.core.engine import Core
 from hubfsm.core.events import FileStamp
 from hubfsm.durable.files import describe
-from hubfsm.durable.journal import InboxItem, Journal, journal_unavailable
+from hubfsm.durable.inbox import Inbox
+from hubfsm.durable.journal import Journal, JournalOpener, journal_unavailable
 from hubfsm.durable.outbox import Outbox, stamp_of
 from hubfsm.durable.recovery import journal_path, kept_counts, recover
 from hubfsm.errors import HubfsmError
@@ -27,9 +27,6 @@ from hubfsm.transport import FilePart
 
 #: Opens a model's outbox under a root (the files backend: :meth:`Outbox.open`).
 OutboxOpener = Callable[[str, "str | os.PathLike[str] | None"], Outbox]
-
-#: Opens the trainer's journal of an outbox (:class:`Journal`'s signature).
-JournalOpener = Callable[..., Journal]
 
 #: Takes back what an outbox and its journal kept (:func:`~hubfsm.durable.recovery.recover`).
 Recovery = Callable[..., Saved]
@@ -41,7 +38,7 @@ class Durability:
     Args:
         root: The outbox root (None: the default root).
         journal: Also keep the trainer's journal, so a ``kill -9`` loses no call.
-        inbox: The driver's inbox, where the journal queues each event it writes.
+        inbox: The driver's inbox, which the journal is opened behind.
         open_outbox: Opens one model's outbox.
         recover: Takes back what an earlier run left, into the outbox and the core.
         open_journal: Opens the journal (a simulated disk passes one whose space fails).
@@ -53,7 +50,7 @@ class Durability:
         root: str | os.PathLike[str] | None,
         *,
         journal: bool,
-        inbox: collections.deque[InboxItem],
+        inbox: Inbox,
         open_outbox: OutboxOpener = Outbox.open,
         recover: Recovery = recover,
         open_journal: JournalOpener = Journal,
@@ -103,7 +100,9 @@ class Durability:
         if self.use_journal:
             path = journal_path(outbox)
             try:
-                self.journal = self._open_journal(path, seq=outbox.journal_seq, inbox=self.inbox)
+                self.journal = self.inbox.open_journal(
+                    self._open_journal, path, seq=outbox.journal_seq
+                )
             except OSError as exc:
                 # A full disk costs the kill -9 guarantee, never the session.
                 if not self.quiet:

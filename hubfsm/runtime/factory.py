@@ -7,7 +7,6 @@ real clock or the inline shell on a virtual clock.
 
 from __future__ import annotations
 
-import collections
 import functools
 import random
 from collections.abc import Callable
@@ -19,14 +18,15 @@ from hubfsm.core import protocol
 from hubfsm.core.dialect import PLATFORM
 from hubfsm.core.engine import Core
 from hubfsm.core.events import Barrier
-from hubfsm.durable.journal import InboxItem
+from hubfsm.durable.inbox import Inbox
+from hubfsm.durable.journal import JournalOpener
 from hubfsm.durable.outbox import HubRoots, Outbox
 from hubfsm.errors import HubfsmError, HubUnavailableError
 from hubfsm.logs import get_logger
 from hubfsm.runtime.clocks import Clock, RealClock
 from hubfsm.runtime.console import Console, hub_name
 from hubfsm.runtime.driver import Driver, Observer
-from hubfsm.runtime.durability import Durability, JournalOpener, OutboxOpener, Recovery
+from hubfsm.runtime.durability import Durability, OutboxOpener, Recovery
 from hubfsm.runtime.inline import SimRunner
 from hubfsm.runtime.settings import Settings
 from hubfsm.runtime.worker import ThreadRunner
@@ -176,7 +176,7 @@ def build(
     box.append(core)
     if not quiet:
         core.notify = _log_notice
-    inbox: collections.deque[InboxItem] = collections.deque()
+    inbox = Inbox()
     durability = None
     if settings.outbox:
         kwargs: dict[str, Any] = {} if open_outbox is None else {"open_outbox": open_outbox}

@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 from hubfsm.core.engine import Core
 from hubfsm.core.events import Event
-from hubfsm.durable.journal import Journal
 from hubfsm.runtime.clocks import Clock, RealClock, VirtualClock
 from hubfsm.runtime.driver import Driver, Observer
 
@@ -57,23 +56,19 @@ class SimRunner:
 
     def submit(self, event: Event) -> None:
         """Queue ``event``; it is taken in when time next passes."""
-        self.inbox.append((0, event))
+        self.inbox.put(event)
 
-    def call(self, event: Event, *, timeout: float = 60.0, journal: Journal | None = None) -> None:
+    def call(self, event: Event, *, timeout: float = 60.0) -> None:
         """Take ``event`` in now (after everything queued before it).
 
-        With ``journal``, the event is written there first (it queues it), as the
-        background shell does: a simulated death before the driver takes it in leaves
-        it in the journal for recovery.
+        As with the background shell, the inbox journals what a kill must not lose: a
+        simulated death before the driver takes it in leaves it for recovery.
 
         Raises:
             Exception: What applying the event raised.
         """
         ticket = self.driver.watch(event)
-        if journal is not None:
-            journal.append(event)
-        else:
-            self.inbox.append((0, event))
+        self.inbox.put(event)
         self.driver.drain()
         if ticket.error is not None:
             if ticket.error in self.driver.errors:

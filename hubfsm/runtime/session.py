@@ -25,7 +25,6 @@ from hubfsm.core.events import (
     Interrupted,
     Start,
 )
-from hubfsm.core.plain import carried
 from hubfsm.durable.outbox import stamp_of
 from hubfsm.durable.records import keep_record, kept_record
 from hubfsm.errors import (
@@ -247,15 +246,9 @@ class Session(SessionViews):
             raise IllegalEventError(self._core.state, "epoch_end")
         if epoch is None:
             epoch = self._next_epoch
-        durability = self._durability
-        journal = None if durability is None else durability.journal
         # No wake-up: metrics go out at most every 3 s anyway, and the worker looks at
-        # the inbox at least every quarter second. The journal checks the values itself,
-        # once they are not the float values of its usual names.
-        if journal is None:
-            self._inbox.append((0, epoch, carried(metrics)))
-        else:
-            journal.append_metrics(epoch, metrics)
+        # the inbox at least every quarter second. The inbox checks the values.
+        self._inbox.put_metrics(epoch, metrics)
         self._next_epoch = epoch + 1
 
     def save_checkpoint(
@@ -274,13 +267,7 @@ class Session(SessionViews):
         stamp = stamp_of(file)  # a missing file is the caller's error, raised here
         durability = self._durability
         held = durability.hold(file, checkpoint=True) if durability is not None else None
-        event = CheckpointOffered(held or file, epoch, is_best, stamp, held)
-        journal = None if durability is None else durability.journal
-        if journal is None:
-            self._shell.submit(event)
-        else:
-            journal.append(event)
-            self._shell.wake_up()
+        self._shell.submit(CheckpointOffered(held or file, epoch, is_best, stamp, held))
 
     def finish(
         self,
@@ -317,8 +304,7 @@ class Session(SessionViews):
         event = FinishRequested(file, last, map50_95, stamp, timeout, held)
         # Journaled before the wait: a kill while the worker is still inside a request
         # leaves the final weights for recovery, `hubfsm status` and `hubfsm sync`.
-        journal = None if durability is None else durability.journal
-        self._shell.call(event, timeout=max(60.0, timeout), journal=journal)
+        self._shell.call(event, timeout=max(60.0, timeout))
         self._accepting = False
         self._settle(timeout)
 

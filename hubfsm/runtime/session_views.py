@@ -8,17 +8,15 @@ from, when the hub had replaced the weights. :class:`SessionViews` is the base o
 
 from __future__ import annotations
 
-import collections
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from hubfsm.core.engine import Core
-from hubfsm.core.events import FinishRequested
 from hubfsm.core.identifier import Identifier
 from hubfsm.core.plan import TrainingPlan
-from hubfsm.durable.journal import InboxItem, queued_epoch
+from hubfsm.durable.inbox import Inbox
 from hubfsm.env import OFFLINE as OFFLINE_ENV
 from hubfsm.errors import HubfsmError
 from hubfsm.runtime.driver import Driver
@@ -34,7 +32,7 @@ class SessionViews:
     offline: bool
     _core: Core
     _driver: Driver
-    _inbox: collections.deque[InboxItem]
+    _inbox: Inbox
     _durability: Durability | None
     _create_args: dict[str, Any]
     #: The record as last read, once a download had to read it again (else the core's).
@@ -200,10 +198,9 @@ class SessionViews:
         taken in yet count too.
         """
         counts = self._core.pending()
-        items = list(self._inbox)
-        queued = {queued_epoch(item) for item in items} - {None}
-        counts["metrics"] += len(queued)
-        if any(len(item) == 2 and isinstance(item[1], FinishRequested) for item in items):
+        inbox = self._inbox
+        counts["metrics"] += len(set(inbox.queued_epochs()))
+        if inbox.finish_queued():
             counts["final"] = 1
         return counts
 

@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 from hubfsm.core.engine import Core
 from hubfsm.core.events import Barrier, Event
-from hubfsm.durable.journal import Journal
 from hubfsm.runtime.driver import Driver
 
 
@@ -46,7 +45,7 @@ class ThreadRunner:
 
     def submit(self, event: Event) -> None:
         """Hand ``event`` to the worker; returns at once."""
-        self.inbox.append((0, event))
+        self.inbox.put(event)
         if not self.wake.is_set():
             self.wake.set()
 
@@ -68,24 +67,23 @@ class ThreadRunner:
                 self._changed.wait(1.0 if remaining is None else min(remaining, 1.0))
             return True
 
-    def call(self, event: Event, *, timeout: float = 60.0, journal: Journal | None = None) -> None:
+    def call(self, event: Event, *, timeout: float = 60.0) -> None:
         """Hand ``event`` to the worker and wait until it is taken in.
+
+        The inbox journals what a kill must not lose (the final weights) before the
+        worker sees it, so a process killed before the worker takes it in still leaves
+        it for recovery.
 
         Args:
             event: The event.
             timeout: Seconds to wait for the worker to take it in.
-            journal: Write the event there first (it queues it), so that a process
-                killed before the worker takes it in still leaves it for recovery.
 
         Raises:
             TimeoutError: The worker did not take it in within ``timeout``.
             Exception: What applying the event raised.
         """
         ticket = self.driver.watch(event)
-        if journal is not None:
-            journal.append(event)
-        else:
-            self.inbox.append((0, event))
+        self.inbox.put(event)
         if not self._thread.is_alive():
             # Before start or after stop, the caller's thread is the only one.
             self.driver.drain()

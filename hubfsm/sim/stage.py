@@ -20,7 +20,6 @@ import attrs
 from hubfsm.core import protocol
 from hubfsm.core.engine import Core
 from hubfsm.core.identifier import parse_identifier
-from hubfsm.durable.journal import queued_epoch
 from hubfsm.hub.domain import Audit, Hub
 from hubfsm.runtime.inline import Clock, SimRunner
 from hubfsm.sim.crash import Crash
@@ -204,7 +203,7 @@ class Stage:
         """Check the invariants that need the whole run (and how it ended, if ``expect``)."""
         self.check_hub(
             expect=expect,
-            queued=[e for e in map(queued_epoch, self.runner.inbox) if e is not None],
+            queued=self.runner.inbox.queued_epochs(),
         )
 
     def check_hub(self, **more: Any) -> None:

@@ -28,7 +28,7 @@ from hubfsm.core.dialect import PLATFORM, ProtocolName, parse_platform_identifie
 from hubfsm.core.engine import Core, CoreConfig, Limits
 from hubfsm.core.events import EpochEnded, FinishPending, FinishRequested
 from hubfsm.core.identifier import Identifier, parse_identifier
-from hubfsm.durable.journal import Journal, events, queued_epoch
+from hubfsm.durable.journal import Journal, events
 from hubfsm.durable.outbox import DATABASE, Outbox
 from hubfsm.durable.recovery import JOURNAL
 from hubfsm.durable.survey import OutboxInfo
@@ -562,7 +562,7 @@ class World(Stage):
         """The invariants at the end; with machine faults, also the final weights' fate."""
         self.check_hub(
             expect=expect,
-            queued=[e for e in map(queued_epoch, self.runner.inbox) if e is not None],
+            queued=self.runner.inbox.queued_epochs(),
             reported=self.reported_lost,
         )
         if self.machine is None or not self.final_accepted:

@@ -9,7 +9,6 @@ import tempfile
 from pathlib import Path
 
 from hubfsm.core.events import Interrupted, Resumed
-from hubfsm.durable.journal import queued_epoch
 from hubfsm.errors import ModelTrainedError
 from transports.faults import FaultMix
 from hubfsm.sim.world import PROFILES, World, scratch_root
@@ -93,7 +92,7 @@ class SessionUnderFaults(RuleBasedStateMachine):
             return
         world = self.world
         # Logged epochs the driver has not taken in yet wait in its inbox (and journal).
-        queued = {queued_epoch(item) for item in world.runner.inbox}
+        queued = set(world.runner.inbox.queued_epochs())
         assert set(world.logged) <= world.on_hub() | world.core.unacknowledged_epochs() | queued
 
 

@@ -8,6 +8,7 @@ real full file system.
 
 import collections
 import errno
+import functools
 import hashlib
 import os
 import sqlite3
@@ -19,6 +20,7 @@ from hubfsm.core.changes import MetricsQueued
 from hubfsm.core.events import EpochEnded
 from hubfsm.digest import sha256_chunks
 from hubfsm.durable import outbox as outbox_module
+from hubfsm.durable.inbox import Inbox
 from hubfsm.durable.journal import INITIAL_SIZE, Journal, replay
 from hubfsm.durable.outbox import Outbox, OutboxDamaged, stamp_of
 
@@ -140,7 +142,7 @@ def test_a_journal_that_cannot_be_allocated_is_an_error_not_a_file(tmp_path):
 
 @pytest.mark.parametrize("values", [True, False], ids=["values-records", "entry-records"])
 def test_a_journal_that_cannot_grow_takes_calls_in_memory_and_says_so_once(tmp_path, values):
-    inbox = collections.deque()
+    inbox = Inbox()
     allowed = [True]
 
     def allocate(fd, offset, length):
@@ -148,7 +150,7 @@ def test_a_journal_that_cannot_grow_takes_calls_in_memory_and_says_so_once(tmp_p
             no_room(fd, offset, length)
         os.posix_fallocate(fd, offset, length)
 
-    j = Journal(tmp_path / "j", seq=5, inbox=inbox, allocate=allocate)
+    j = inbox.open_journal(functools.partial(Journal, allocate=allocate), tmp_path / "j", seq=5)
     allowed[0] = False
     wide = {f"name {k}": float(k) for k in range(50)}
     logged = []
@@ -156,14 +158,15 @@ def test_a_journal_that_cannot_grow_takes_calls_in_memory_and_says_so_once(tmp_p
         for epoch in range(4000):  # far more than the first MiB holds
             metrics = dict(wide) if values else {"m": epoch, **wide}
             metrics["name 0"] = float(epoch)
-            j.append_metrics(epoch, metrics)
+            inbox.put_metrics(epoch, metrics)
             logged.append(epoch)
     assert [e["event"] for e in logs] == ["journal.unavailable"]
     assert "kill -9" in logs[0]["at_risk"]
     assert j.failed is not None and j.failed.errno == errno.ENOSPC
     # Every call reached the worker, in order, with its own sequence number.
-    assert [item[0] for item in inbox] == list(range(6, 6 + len(logged)))
-    events = [j.event_of(item) for item in inbox]
+    taken = list(iter(inbox.take, None))
+    assert [seq for seq, _ in taken] == list(range(6, 6 + len(logged)))
+    events = [event for _, event in taken]
     assert [e.epoch for e in events] == logged
     assert all(e.metrics["name 0"] == float(e.epoch) for e in events)
     # What the file holds is still a valid journal: the calls it took before it was full.

@@ -6,22 +6,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hubfsm.core.events import EpochEnded, FileStamp, FinishRequested
+from hubfsm.durable.inbox import Inbox
 from hubfsm.durable.journal import (
     INITIAL_SIZE,
     MAGIC,
+    VALUES,
     Journal,
     entry_of,
     event_of,
-    queued_epoch,
     replay,
 )
 
 
 def run_jobs(j, inbox):
     """What the worker would hand the core, in order: (epoch, metrics) per event."""
+    if not isinstance(inbox, Inbox):  # the journal's own queue, as an inbox holds it
+        queue, inbox = inbox, Inbox()
+        inbox._items = queue
     seen = []
-    while inbox:
-        event = j.event_of(inbox.popleft())
+    while (item := inbox.take()) is not None:
+        event = item[1]
         assert isinstance(event, EpochEnded)
         seen.append((event.epoch, dict(event.metrics)))
     return seen
@@ -107,14 +111,15 @@ def test_a_missing_or_foreign_file_replays_nothing(tmp_path):
 
 
 def test_metrics_with_the_same_names_go_in_as_values_and_come_back_whole(tmp_path):
-    inbox = collections.deque()
-    j = Journal(tmp_path / "j", seq=0, inbox=inbox)
+    inbox = Inbox()
+    j = inbox.open_journal(Journal, tmp_path / "j", seq=0)
     logged = [{"loss": 1.0 / (e + 1), "map": e / 10} for e in range(5)]
     for epoch, metrics in enumerate(logged):
-        j.append_metrics(epoch, metrics)
-    assert [queued_epoch(item) for item in inbox] == [0, 1, 2, 3, 4]
-    # After the schema, each epoch is three words and two doubles: nothing serialised.
-    assert j._at - j._base == 5 * (3 + 2)
+        inbox.put_metrics(epoch, metrics)
+    assert inbox.queued_epochs() == [0, 1, 2, 3, 4]
+    # After the schema, each epoch is three words and the values' 23 marshal bytes
+    # (a list of two floats) in three more: the names are not written again.
+    assert j._at - j._base == 5 * (3 + 3)
     assert replay(tmp_path / "j", after=3) == [(4, ("m", 3, logged[3])), (5, ("m", 4, logged[4]))]
     assert run_jobs(j, inbox) == list(enumerate(logged))
 
@@ -171,11 +176,11 @@ def test_a_torn_values_record_ends_the_replay(tmp_path):
     j = Journal(tmp_path / "j", seq=0, inbox=inbox)
     for epoch in range(3):
         j.append_metrics(epoch, {"loss": 0.5, "map": 0.25})
-    third = j._at - 5
+    third = j._at - 6  # two words, three of values, the repeated seq
     j.close()
     data = bytearray((tmp_path / "j").read_bytes())
     # A power cut that wrote the record's first page but not the one with its tail.
-    data[(third + 4) * 8 : (third + 5) * 8] = struct.pack("<Q", 77)
+    data[(third + 5) * 8 : (third + 6) * 8] = struct.pack("<Q", 77)
     (tmp_path / "j").write_bytes(bytes(data))
     assert [seq for seq, _ in replay(tmp_path / "j", after=0)] == [1, 2]
 
@@ -204,6 +209,40 @@ def test_a_version_1_journal_still_replays(tmp_path):
         records += struct.pack("<IIQ", len(body), zlib.crc32(body), seq) + body
     (tmp_path / "j").write_bytes(struct.pack("<4sI", MAGIC, 1) + records + bytes(4))
     assert replay(tmp_path / "j", after=1) == [(2, ("m", 1, {"loss": 0.25}))]
+
+
+def test_a_version_2_journal_with_raw_double_values_still_replays(tmp_path):
+    import marshal
+    import zlib
+
+    schema = marshal.dumps(("k", ("loss", "map")), 2)
+    records = struct.pack("<IIQ", len(schema), zlib.crc32(schema), 0) + schema
+    records += bytes(-len(schema) % 8)
+    for seq, epoch, values in ((1, 0, (0.5, 0.1)), (2, 1, (0.25, 0.2))):
+        records += struct.pack("<IIQ2dQ", 2 | VALUES, epoch, seq, *values, seq)
+    (tmp_path / "j").write_bytes(struct.pack("<4sI", MAGIC, 2) + records + bytes(8))
+    assert replay(tmp_path / "j", after=0) == [
+        (1, ("m", 0, {"loss": 0.5, "map": 0.1})),
+        (2, ("m", 1, {"loss": 0.25, "map": 0.2})),
+    ]
+
+
+def test_a_float_subclass_goes_in_as_values_and_comes_back_a_float(tmp_path):
+    class Scalar(float):  # as numpy's float64 is
+        pass
+
+    inbox = Inbox()
+    j = inbox.open_journal(Journal, tmp_path / "j", seq=0)
+    inbox.put_metrics(0, {"loss": 0.5})
+    at = j._at
+    inbox.put_metrics(1, {"loss": Scalar(0.25)})
+    assert j._at - at == 5  # a values record: three words, and 14 bytes of values in two
+    with pytest.raises(TypeError):
+        inbox.put_metrics(2, {"loss": object()})
+    assert [seq for seq, _ in replay(tmp_path / "j", after=0)] == [1, 2]
+    taken = [(seq, e.metrics) for seq, e in iter(inbox.take, None)]
+    assert taken == [(1, {"loss": 0.5}), (2, {"loss": 0.25})]
+    assert type(taken[1][1]["loss"]) is float
 
 
 names = st.sampled_from(["loss", "map", "lr", "box"])

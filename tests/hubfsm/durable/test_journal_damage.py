@@ -28,7 +28,8 @@ def record_offsets(data):
     while data[pos : pos + 8] != bytes(8):
         low, _, seq = _RECORD.unpack_from(data, pos)
         values = low & 0x8000_0000
-        size = 16 + 8 * (low & 0x7FFF_FFFF) + 8 if values else 16 + low + (-low % 8)
+        body = 5 + 9 * (low & 0x7FFF_FFFF)  # a marshal list of floats
+        size = 16 + body + (-body % 8) + 8 if values else 16 + low + (-low % 8)
         if seq:
             offsets[seq] = pos
         pos += size
