@@ -24,8 +24,8 @@ from hubfsm.durable.outbox import Outbox, stamp_of
 from hubfsm.durable.recovery import journal_path
 from hubfsm.errors import IllegalEventError
 from hubfsm.runtime.driver import Driver
+from hubfsm.runtime.factory import CoreFactory
 from hubfsm.runtime.session import Session
-from hubfsm.sim.stage import CoreFactory
 
 
 @attrs.frozen

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 from hubfsm.core.changes import Saved
-from hubfsm.durable.outbox import DATABASE, Outbox
 from hubfsm.errors import AuthError, HubError, HubfsmError, ModelNotFoundError, ModelTrainedError
 from hubfsm.runtime.inline import Clock
 from hubfsm.sim.invariants import Checker
@@ -109,8 +108,6 @@ class RefusingWorld(World):
         self.draw = draw = self.scenario.refusals or RefusalDraw()
         self.refusing = RefusingHub(self.link, draw, self.clock, self.checker)
         self.link = self.refusing
-        #: True once ``hubfsm sync`` has run (the outboxes are files from then on).
-        self.synced = False
 
     # -- the trainer hears of the refusal --------------------------------------------
 
@@ -126,19 +123,8 @@ class RefusingWorld(World):
 
     def saved(self) -> Saved | None:
         """What the run's outbox holds now, or None when there is none (nothing left)."""
-        if self.model_id is None:
-            return None
-        directory = self.outboxes / self.model_id
-        if self.disk is not None and not self.synced:
-            db = self.disk.databases.get(directory)
-            return None if db is None else db.load()
-        if not (directory / DATABASE).exists():
-            return None
-        outbox = Outbox(directory, self.model_id)
-        try:
-            return outbox.load()
-        finally:
-            outbox.close()
+        held = self.outbox_now()
+        return None if held is None else held[0]
 
     def held(self) -> set[int]:
         """The epochs the outbox holds: queued, in a kept operation, or rejected."""
@@ -204,7 +190,6 @@ class RefusingWorld(World):
         try:
             self.sync()
         finally:
-            self.synced = True
             # The run's result is how the trainer's session ended; the sync only checked it.
             self.core = trainers
         undelivered = set(self.logged) - self.on_hub() - self.rejected_epochs()
