@@ -24,8 +24,8 @@ from hubfsm.durable.outbox import Outbox, stamp_of
 from hubfsm.durable.recovery import journal_path
 from hubfsm.errors import IllegalEventError
 from hubfsm.runtime.driver import Driver
+from hubfsm.runtime.factory import CoreFactory
 from hubfsm.runtime.session import Session
-from hubfsm.sim.stage import CoreFactory
 
 
 @attrs.frozen
@@ -113,7 +113,13 @@ class FinishesInMemory(Session):
         last = max(self._next_epoch - 1 if epoch is None else epoch, 0)
         file = os.fspath(path)
         event = FinishRequested(file, last, map50_95, stamp_of(file), timeout)
-        self._shell.call(event, timeout=max(60.0, timeout))
+        # The inbox journals a finish on its own: the bug hands it past the journal.
+        inbox = self._inbox
+        journal, inbox.journal = inbox.journal, None
+        try:
+            self._shell.call(event, timeout=max(60.0, timeout))
+        finally:
+            inbox.journal = journal
         self._accepting = False
         self._settle(timeout)
 

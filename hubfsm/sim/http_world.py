@@ -1,12 +1,19 @@
 """``hubfsm simulate --http``: the same sessions over real HTTP against a local hub.
 
+The trainer talks to the same :class:`~hubfsm.runtime.session.Session` as in memory
+(see :class:`~hubfsm.sim.world.World`): the factory's composition on the inline shell,
+with the real journal and outbox as files in the run's temporary directory, deaths and
+restarts from them, machine faults, and ``hubfsm sync`` for what a trainer that gave up
+left. Only where requests go and how time passes differ.
+
 Virtual time cannot drive a real server, so the clock is real and everything is scaled
-down: the core's limits and retry policies, the trainer's epochs, the fault windows. The
-local hub (:class:`~hubfsm.hub.server.LocalHub` on loopback, in a temporary directory)
-injects the profile's ``http_faults`` server side, seeded from the seed; a partition
-stops the hub for a while, a revocation removes the key from it. The runner and checker
-of the simulation run on the calling thread, so every request and outcome is checked as
-it happens; the hub's side is checked from its audit at the end.
+down: the core's limits and retry policies, the trainer's epochs and patience, the fault
+windows, a dead process's restart. The local hub (:class:`~hubfsm.hub.server.LocalHub`
+on loopback, in the same temporary directory) injects the profile's ``http_faults``
+server side, seeded from the seed; a partition stops the hub for a while, a revocation
+removes the key from it. The driver runs on the calling thread, so every request and
+outcome is checked as it happens; the hub's side is checked from its audits at the end.
+A seed's run is bounded by :data:`HARD_TIMEOUT` seconds; past it, the run fails.
 
 The trace is not repeatable byte for byte over HTTP (real time, real threads); the
 invariants are checked all the same.
@@ -14,7 +21,6 @@ invariants are checked all the same.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import tempfile
@@ -26,22 +32,20 @@ import attrs
 import requests
 
 from hubfsm.core import protocol
-from hubfsm.core.dialect import PLATFORM, ProtocolName, parse_platform_identifier
-from hubfsm.core.engine import Core, CoreConfig, Limits
+from hubfsm.core.dialect import ProtocolName
+from hubfsm.core.engine import CoreConfig, Limits
 from hubfsm.core.retry import ChannelPolicies, RetryPolicy
 from hubfsm.hub.domain import Audit, Hub
 from hubfsm.hub.server import LocalHub
-from hubfsm.runtime.driver import Driver
-from hubfsm.runtime.inline import RealClock, SimRunner
-from hubfsm.sim.invariants import Checker
-from hubfsm.sim.platform_checks import PlatformChecker, platform_applied
-from hubfsm.sim.profiles import PROFILES, Profile, Scenario, Schedule, Window
-from hubfsm.sim.stage import SimResult, Stage, play, result_of
-from hubfsm.sim.world import PLATFORM_PROJECT, platform_model
-from hubfsm.transport import FilePart, Request, Response, Transport
+from hubfsm.runtime.inline import Clock, RealClock
+from hubfsm.sim.bugs import NO_BUGS, Bugs
+from hubfsm.sim.platform_checks import PlatformChecker
+from hubfsm.sim.profiles import Profile, RefusalDraw, Scenario, Schedule, WindowRule, named
+from hubfsm.sim.result import SimResult
+from hubfsm.sim.world import RefusingWorld, World, play, result_of, scratch_root
+from hubfsm.transport import Request, Response, Transport
 from transports.faults import FaultMix
 from transports.http import RequestsTransport
-from transports.memory import InMemoryTransport
 from transports.platform import PlatformTransport
 
 #: The hub's limits, scaled down 100 to 3000 times so a session takes about a second.
@@ -75,7 +79,10 @@ EPOCH_SECONDS = (0.05, 0.15)
 PATIENCE = 10.0
 
 #: The hard bound on one seed's wall time.
-HARD_TIMEOUT = 20.0
+HARD_TIMEOUT = 30.0
+
+#: Real seconds a dead process takes to come back.
+RESTART_SECONDS = (0.05, 0.3)
 
 #: How long a partition stops the hub, in real seconds.
 PARTITION_SECONDS = (0.5, 1.5)
@@ -84,43 +91,48 @@ PARTITION_SECONDS = (0.5, 1.5)
 _JITTER = 0.25
 
 
-def http_scenario(profile: Profile, rng: random.Random, *, start: float, epochs: int) -> Scenario:
-    """Draw one seed's scenario on the real clock, within the shortest training time.
+#: The one window a partition profile gets over HTTP: the local hub is stopped.
+_PARTITION = WindowRule("partition", (1, 1), PARTITION_SECONDS, FaultMix(connection_error=1.0))
 
-    It has a partition if the profile has unreachable windows, and a revocation time if
-    the profile revokes the key. The profile's other windows are not replayed over HTTP:
-    its ``http_faults`` stand in for them.
+
+def http_profile(profile: Profile) -> Profile:
+    """``profile`` on the real clock: its pace scaled down, one partition for its outages.
+
+    Its scenario is drawn as on the virtual clock (see :meth:`Profile.draw`), within the
+    shortest training time: a partition if the profile has windows no request gets
+    through, the revocation and the refusals at the same share of the training time. The
+    profile's other windows are not replayed over HTTP: its ``http_faults`` stand in
+    for them, injected by the server.
     """
-    horizon = max(1, epochs) * EPOCH_SECONDS[0]
-    windows = []
-    if any(rule.unreachable for rule in profile.windows):
-        begin = start + rng.uniform(0.0, horizon)
-        end = begin + rng.uniform(*PARTITION_SECONDS)
-        windows.append(Window(begin, end, FaultMix(connection_error=1.0), "partition"))
-    revoke_at = None if profile.revoke is None else start + rng.uniform(*profile.revoke) * horizon
-    return Scenario(Schedule(profile.http_faults, tuple(windows)), revoke_at)
+    unreachable = any(rule.unreachable for rule in profile.windows)
+    return attrs.evolve(
+        profile,
+        windows=(_PARTITION,) if unreachable else (),
+        epoch_seconds=EPOCH_SECONDS,
+        patience=PATIENCE,
+    )
 
 
 class _HubControl(Transport):
-    """Brings the local hub in line with the scenario before each request, then sends."""
+    """Brings the local hub in line with the world's scenario before each request, then sends."""
 
-    def __init__(self, world: HttpWorld, inner: Transport, scenario: Scenario) -> None:
+    def __init__(self, world: HttpWorld, inner: Transport) -> None:
         self.world = world
         self.inner = inner
-        self.scenario = scenario
 
     def send(self, request: Request) -> Response:
         """Stop, restart or revoke as the scenario says for now, then send ``request``."""
         world = self.world
+        scenario = world.scenario
         now = world.clock()
-        down = self.scenario.schedule.at(now) is not None
+        down = scenario.schedule.at(now) is not None
         if down and world.running:
             world.stop_hub()
             world.checker.note("partition begins: the local hub is stopped")
         elif not down and not world.running:
             world.start_hub()
             world.checker.note("partition ends: the local hub is back")
-        revoke_at = self.scenario.revoke_at
+        revoke_at = scenario.revoke_at
         if not world.revoked and revoke_at is not None and now >= revoke_at:
             world.revoke()
             world.checker.note("the API key is revoked")
@@ -131,71 +143,75 @@ class _HubControl(Transport):
         self.inner.close()
 
 
-class HttpWorld(Stage):
-    """One session against a local hub over loopback HTTP, on the real clock.
+class HttpWorld(World):
+    """A :class:`World` whose hub is a local server on loopback, on the real clock.
 
     Args:
         seed: Seeds the trainer, the jitter, the scenario and the server's faults.
-        profile: The profile; its ``http_faults`` are injected by the server.
-        root: A fresh directory for the hub's data and the weight files.
+        profile: The profile; its ``http_faults`` are injected by the server, and its
+            pace is scaled down (see :data:`EPOCH_SECONDS`, :data:`PATIENCE`).
+        root: A fresh directory for the hub's data, the outboxes and the weight files.
         epochs: The epochs the trainer will run.
         protocol: ``hub`` or ``platform``: the dialect the session speaks.
+        config: The core's limits and policies; by default :data:`CONFIG` (or
+            :data:`PLATFORM_CONFIG`), scaled down to the real clock.
+        bugs: Bugs to plant.
     """
+
+    latency = 0.0
+    restart_seconds = RESTART_SECONDS
 
     def __init__(
         self,
         seed: int,
         profile: Profile,
-        root: Path,
         *,
+        root: Path,
         epochs: int,
         protocol: ProtocolName = "hub",
+        config: CoreConfig | None = None,
+        bugs: Bugs = NO_BUGS,
     ) -> None:
-        self.seed = seed
-        self.protocol = protocol
         platform = protocol == "platform"
-        self.profile = profile
-        self.rng = rng = random.Random(seed)
-        self.clock = clock = RealClock()
-        mix = profile.http_faults
-        self.local = LocalHub(
-            root / "hub", faults=None if mix.quiet else mix, seed=rng.getrandbits(32), hang=HANG
+        # The headers each request really carried: on Platform the key must not go with a PUT.
+        self._session: requests.Session | None = None
+        if platform:
+            self._session = requests.Session()
+            self._session.hooks["response"].append(self._check_put)
+        # A real transport reads the weights from real files: the outboxes are files too.
+        super().__init__(
+            seed,
+            http_profile(profile),
+            root=root,
+            epochs=epochs,
+            config=config or (PLATFORM_CONFIG if platform else CONFIG),
+            bugs=bugs,
+            durability="files",
+            protocol=protocol,
         )
+        self.deadline = self.origin + HARD_TIMEOUT
+
+    # -- where the world runs -----------------------------------------------------------
+
+    def _clock(self) -> Clock:
+        return RealClock()
+
+    def _open_hub(self, root: Path, *, seed: int) -> None:
+        """Start the local hub, with the session's key."""
+        mix = self.profile.http_faults
+        self.local = LocalHub(root / "hub", faults=None if mix.quiet else mix, seed=seed, hang=HANG)
         self.local.start()
+        self.local.hub.ensure_key(self.key, label="simulated trainer")
         self.running = True
         self.revoked = False
         self._audits: list[Audit] = []
-        self.key = self.local.api_key
-        if platform:
-            # The Platform API takes only ``ul_`` keys: one more key on the same hub.
-            self.key = f"ul_{rng.getrandbits(160):040x}"
-            self.local.hub.ensure_key(self.key, label="simulated trainer")
-        self.files = root / "files"
-        self.logged = []
-        origin = clock()
-        config = PLATFORM_CONFIG if platform else CONFIG
-        self.checker = (PlatformChecker if platform else Checker)(
-            clock,
-            metrics=config.limits.metrics,
-            checkpoint=config.limits.checkpoint,
-            heartbeat=config.limits.heartbeat,
-            heartbeat_slack=READ_TIMEOUT + mix.latency[1] + _JITTER,
-            origin=origin,
-            policies=POLICIES,
-            **({"logged": self.logged} if platform else {}),
-        )
-        self.core = Core(
-            config, rng=random.Random(rng.getrandbits(64)), on_change=self.checker.changed
-        )
-        scenario = http_scenario(
-            profile, random.Random(rng.getrandbits(64)), start=origin, epochs=epochs
-        )
-        self._session: requests.Session | None = None
-        if platform:
-            # The headers each request really carried: the key must not go with a PUT.
-            self._session = requests.Session()
-            self._session.hooks["response"].append(self._check_put)
-        http = (PlatformTransport if platform else RequestsTransport)(
+
+    def _heartbeat_slack(self) -> float:
+        return READ_TIMEOUT + self.profile.http_faults.latency[1] + _JITTER
+
+    def _connect(self, rng: random.Random) -> Transport:
+        """HTTP to the local hub, with short timeouts."""
+        return (PlatformTransport if self.protocol == "platform" else RequestsTransport)(
             self.key,
             api_root=self.local.url,
             connect_timeout=CONNECT_TIMEOUT,
@@ -203,10 +219,34 @@ class HttpWorld(Stage):
             progress=False,
             session=self._session,
         )
-        self.transport = _HubControl(self, http, scenario)
-        driver = Driver(self.core, self.transport, clock=clock, observer=self.checker, quiet=True)
-        self.runner = SimRunner(driver, deadline=origin + HARD_TIMEOUT)
-        self.expected_sha = None
+
+    def _schedule(self, transport: Transport, scenario: Scenario) -> Transport:
+        return _HubControl(self, transport)
+
+    #: True once the trainer started training (and the scenario's clock with it).
+    _started = False
+
+    def draw_scenario(self, *, start: float) -> Scenario:
+        """The seed's scenario from ``start`` on; nothing happens until training starts.
+
+        Opening a session over loopback takes a fair, varying share of a scaled-down
+        run: the scenario is drawn when training starts (see :meth:`start`), as on the
+        virtual clock, where opening is quick.
+        """
+        if not self._started:
+            return Scenario(Schedule(self.profile.faults))
+        return super().draw_scenario(start=start)
+
+    def start(self) -> None:
+        """The trainer starts training: the scenario's clock starts now."""
+        if not self._started:
+            self._started = True
+            self.restart_scenario(start=self.clock())
+        super().start()
+
+    def restart_scenario(self, *, start: float) -> None:
+        """Draw the seed's scenario from ``start`` on."""
+        self.scenario = self.draw_scenario(start=start)
 
     def _check_put(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         """A response hook: a PUT to the signed URL went without the key."""
@@ -237,43 +277,13 @@ class HttpWorld(Stage):
         if self.running:
             self.local.hub.revoke_key(self.key)
 
-    # -- the Stage's hooks ------------------------------------------------------------
-
-    def _file(self, path: str, name: str, content: bytes) -> FilePart:
-        where = self.files / path
-        where.parent.mkdir(parents=True, exist_ok=True)
-        where.write_bytes(content)
-        return FilePart(name, str(where), len(content), hashlib.sha256(content).hexdigest())
-
-    def open(self, *, create: bool, timeout: float = 3600.0) -> None:
-        """Open the session; a Platform one with ``training_started``."""
-        if self.protocol != "platform":
-            super().open(create=create, timeout=timeout)
-            return
-        identifier = PLATFORM_PROJECT if create else self._existing_model()
-        data = PLATFORM.train_data({"data": "coco8"})
-        self.core.open(parse_platform_identifier(identifier), create=data, now=self.clock())
-        self.runner.run_while(("resolved",), limit=timeout)
-
-    def _existing_model(self) -> str:
-        if self.protocol == "platform":
-            return platform_model(InMemoryTransport(self.local.hub, self.key))
-        created = InMemoryTransport(self.local.hub, self.key).send(
-            protocol.create_model(protocol.create_payload("yolov8n.yaml", {"data": "coco8"}))
-        )
-        return str(created.data["id"])
+    # -- what the hub holds ---------------------------------------------------------
 
     def hub_now(self) -> Hub:
         """The running hub (restarted if a partition was still on)."""
         if not self.running:
             self.start_hub()
         return self.local.hub
-
-    def applied(self) -> tuple[dict[int, int], list[tuple[str, int, str]]]:
-        """What the hub applied (for Platform: what it holds, see :func:`platform_applied`)."""
-        if self.protocol == "platform":
-            return platform_applied(self.hub_now(), self.core.model_id or "")
-        return super().applied()
 
     def audits(self) -> list[Audit]:
         """The audit of every life of the hub: a restart starts a fresh one."""
@@ -287,6 +297,20 @@ class HttpWorld(Stage):
         self.local.stop()
 
 
+class RefusingHttpWorld(RefusingWorld, HttpWorld):
+    """The refusing profile over HTTP: the seed's refusals answer in front of the socket.
+
+    The hub's refusals (see :class:`~hubfsm.sim.refusing.RefusingHub`) are answered on
+    the client's side of the HTTP transport, every other request reaches the local hub;
+    after the fix, ``hubfsm sync`` delivers over HTTP what the outbox kept.
+    """
+
+    def restart_scenario(self, *, start: float) -> None:
+        """Draw the seed's scenario from ``start`` on, refusals included."""
+        super().restart_scenario(start=start)
+        self.draw = self.refusing.draw = self.scenario.refusals or RefusalDraw()
+
+
 def run_http_seed(
     seed: int,
     *,
@@ -294,6 +318,7 @@ def run_http_seed(
     epochs: int = 8,
     keep_trace: bool = True,
     protocol: ProtocolName = "hub",
+    bugs: Bugs = NO_BUGS,
 ) -> SimResult:
     """Run one seed's session over HTTP against a fresh local hub and check the invariants.
 
@@ -303,27 +328,17 @@ def run_http_seed(
         epochs: Epochs the trainer runs (each 0.05 to 0.15 s).
         keep_trace: Keep the trace of a run that broke nothing.
         protocol: ``hub`` or ``platform``: the dialect the session speaks.
+        bugs: Bugs to plant (see :class:`~hubfsm.sim.bugs.Bugs`).
     """
     started = time.perf_counter()
-    prof = PROFILES[profile] if isinstance(profile, str) else profile
-    with tempfile.TemporaryDirectory(prefix="hubfsm-sim-") as tmp:
-        world = HttpWorld(seed, prof, Path(tmp), epochs=epochs, protocol=protocol)
+    prof = named(profile) if isinstance(profile, str) else profile
+    with tempfile.TemporaryDirectory(prefix="hubfsm-sim-", dir=scratch_root()) as tmp:
+        world_class = HttpWorld if prof.refusals is None else RefusingHttpWorld
+        world = world_class(seed, prof, root=Path(tmp), epochs=epochs, protocol=protocol, bugs=bugs)
         try:
-            play(
-                world,
-                epochs=epochs,
-                checkpoint_every=1,
-                epoch_seconds=EPOCH_SECONDS,
-                patience=PATIENCE,
-                expect=prof.expect,
-            )
+            play(world, epochs=epochs, checkpoint_every=1, expect=prof.expect)
             return result_of(
-                world,
-                epochs=epochs,
-                started=started,
-                keep_trace=keep_trace,
-                http=True,
-                protocol=protocol,
+                world, epochs=epochs, started=started, keep_trace=keep_trace, http=True
             )
         finally:
             world.close()

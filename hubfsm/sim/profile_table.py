@@ -99,13 +99,14 @@ def profile_table(profiles: Mapping[str, Profile]) -> str:
     rows.append("")
     rows.append(
         "Windows start at a uniformly drawn time within the shortest possible training "
-        "time; an overlap takes the earlier window. With `--http`, the server injects each "
-        "profile's `http_faults` instead, on a scaled-down clock: partitions stop the local "
-        "hub, and the revocation removes the key from it. The crash profile's deaths and the "
-        "refusing profile's refusals happen on the virtual clock only; over real sockets, "
-        "the crash tests kill a real trainer with SIGKILL, and the session tests face "
-        "each refusal. Machine faults (a failing disk, a kill inside `finish()`, values "
-        "JSON cannot carry) happen on the virtual clock only; on a real disk, the full-disk "
-        "tests fill a small tmpfs."
+        "time; an overlap takes the earlier window. With `--http`, the same sessions run "
+        "on a scaled-down real clock against a local hub that injects each profile's "
+        "`http_faults` instead: an unreachable window becomes one partition that stops the "
+        "local hub, the revocation removes the key from it, and the windows, the "
+        "revocation and the refusals are drawn from the moment training starts. Deaths, "
+        "machine faults (a kill inside `finish()`, values JSON cannot carry) and the "
+        "refusing profile's answers happen over HTTP too (the refusals are answered in "
+        "front of the socket); a failing disk happens on the simulated disk only, and on a "
+        "real one the full-disk tests fill a small tmpfs."
     )
     return "\n".join(rows)

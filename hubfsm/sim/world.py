@@ -1,10 +1,12 @@
-"""Seeded simulation of whole training sessions against the in-memory hub.
+"""Seeded simulation of whole training sessions: the world around real sessions.
 
 One seed fixes everything: the trainer's timing and metrics, the fault windows, the
-faults, the jitter. :func:`run_seed` drives the real core, machine and retry policy on a
-virtual clock and checks the invariants of the design after every step and at the end.
-The profiles (what the hub and the trainer do) live in :mod:`hubfsm.sim.profiles`; the
-trainer's side and the loop that plays a run, in :mod:`hubfsm.sim.stage`.
+faults, the jitter. :class:`World` is a simulated trainer talking to real sessions, as
+users compose them, against an in-memory hub on a virtual clock; :func:`play` drives it
+through one run and :func:`run_seed` checks the invariants of the design after every
+step and at the end. The same world runs over real HTTP against a local hub
+(:mod:`hubfsm.sim.http_world` changes only where requests go and how time passes). The
+profiles (what the hub and the trainer do) live in :mod:`hubfsm.sim.profiles`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import random
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -33,34 +36,24 @@ from hubfsm.durable.outbox import DATABASE, Outbox
 from hubfsm.durable.recovery import JOURNAL
 from hubfsm.durable.survey import OutboxInfo
 from hubfsm.errors import HubfsmError
-from hubfsm.hub.domain import Hub
+from hubfsm.hub.domain import Audit, Hub
 from hubfsm.hub.store_memory import MemoryStore
 from hubfsm.runtime.driver import Driver
-from hubfsm.runtime.factory import Parts, build
-from hubfsm.runtime.inline import SimRunner, VirtualClock
+from hubfsm.runtime.factory import CoreFactory, Parts, build
+from hubfsm.runtime.inline import Clock, SimRunner, VirtualClock
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
 from hubfsm.runtime.sync import sync
 from hubfsm.sim.bugs import NO_BUGS, Bugs
 from hubfsm.sim.crash import RESTART_SECONDS, Crash, DyingTransport
-from hubfsm.sim.invariants import FAILED_WRITE, Checker
+from hubfsm.sim.invariants import CRASH, FAILED_WRITE, Checker
 from hubfsm.sim.machine import Machine, Terminated, poison_value
 from hubfsm.sim.memdisk import MemoryDisk
 from hubfsm.sim.platform_checks import PlatformChecker, platform_applied
-from hubfsm.sim.profiles import PROFILES, Expect, Profile, RefusalDraw, named
+from hubfsm.sim.profiles import PROFILES, Expect, Profile, RefusalDraw, Scenario, named
 from hubfsm.sim.refusing import STOP_ERRORS, RefusingHub
+from hubfsm.sim.result import SimResult
 from hubfsm.sim.scheduled import ScheduledFaults
-from hubfsm.sim.stage import (
-    EPOCH_ZERO,
-    LATENCY,
-    METRIC_KEYS,
-    TIMEOUT,
-    CoreFactory,
-    SimResult,
-    Stage,
-    play,
-    result_of,
-)
 from hubfsm.transport import FilePart, Transport
 from transports.faults import FaultInjectingTransport
 from transports.memory import InMemoryTransport
@@ -68,6 +61,18 @@ from transports.memory import InMemoryTransport
 __all__ = [
     "EPOCH_ZERO", "PROFILES", "TIMEOUT", "Bugs", "Profile", "SimResult", "World", "run_seed",
 ]  # fmt: skip
+
+#: The metrics a simulated epoch reports, beside the loss.
+METRIC_KEYS = tuple(f"metrics/m{i}" for i in range(8))
+
+#: Virtual seconds each request takes on top of what the fault injector adds.
+LATENCY = 0.05
+
+#: Virtual seconds a request times out after, in the simulated transport.
+TIMEOUT = 30.0
+
+#: Where the virtual clock starts (any value; not zero, so no code relies on it).
+EPOCH_ZERO = 1_000_000.0
 
 _ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
@@ -100,7 +105,7 @@ def protocol_nonce() -> Callable[[random.Random], str]:
     return protocol.seeded_nonce
 
 
-class World(Stage):
+class World:
     """One simulated training run: real sessions on a virtual clock, an in-memory hub, faults.
 
     The trainer's calls go to a real :class:`~hubfsm.runtime.session.Session` composed by
@@ -142,55 +147,35 @@ class World(Stage):
         self.protocol = protocol
         self.profile = profile
         self.rng = rng = random.Random(seed)
-        self.clock = VirtualClock(EPOCH_ZERO)
+        self.clock = self._clock()
+        self.origin = origin = self.clock()
         # Inside the simulated world even the idempotency keys follow the seed.
         self.config = config = sim_config(protocol, config)
         limits = check_limits or config.limits
         self.key = api_key_for(protocol, rng)
-        # A Platform hub answers absolute upload URLs: the client PUTs the bytes there.
-        self.hub = Hub(
-            MemoryStore(),
-            self.clock,
-            seed=rng.getrandbits(32),
-            keys=[self.key],
-            public_root="http://hub.invalid" if protocol == "platform" else "",
-        )
-        self.logged = []
+        self._open_hub(root, seed=rng.getrandbits(32))
+        self.logged: list[int] = []
         self.checker = (PlatformChecker if protocol == "platform" else Checker)(
             self.clock,
             metrics=limits.metrics,
             checkpoint=limits.checkpoint,
             heartbeat=limits.heartbeat,
-            heartbeat_slack=TIMEOUT + profile.max_latency + 0.1,
-            origin=EPOCH_ZERO,
+            heartbeat_slack=self._heartbeat_slack(),
+            origin=origin,
             policies=config.policies,
             **({"logged": self.logged} if protocol == "platform" else {}),
         )
         self._life_rng = random.Random(rng.getrandbits(64))
         machine_rng = random.Random(rng.getrandbits(64)) if profile.machine else None
         self.disk = MemoryDisk(keep_temp=bugs.keep_temp) if durability == "memory" else None
-        self.transport = FaultInjectingTransport(
-            InMemoryTransport(
-                self.hub, self.key, read_file=None if self.disk is None else self.disk.read
-            ),
-            random.Random(rng.getrandbits(64)),
-            profile.faults,
-            sleep=self.clock.sleep,
-            timeout=TIMEOUT,
-        )
-        self.scenario = profile.draw(
-            random.Random(rng.getrandbits(64)), start=EPOCH_ZERO, epochs=epochs
-        )
-        outer: Transport = self.transport
-        if self.scenario.schedule.windows or self.scenario.revoke_at is not None:
-            outer = ScheduledFaults(
-                self.transport,
-                self.scenario,
-                self.clock,
-                revoke=lambda: self.hub.revoke_key(self.key),
-                note=self.checker.note,
-            )
+        self.transport = self._connect(random.Random(rng.getrandbits(64)))
+        self.epochs = epochs
+        self._scenario_seed = rng.getrandbits(64)
+        self.scenario = self.draw_scenario(start=origin)
+        outer = self._schedule(self.transport, self.scenario)
         self.link = outer
+        #: Request numbers at which the process dies (drawn by profiles with crashes).
+        self.deaths: set[int] = set()
         self.quit_after: int | None = None
         if profile.crashes[1] > 0:
             crash_rng = random.Random(rng.getrandbits(64))
@@ -208,7 +193,7 @@ class World(Stage):
         if profile.machine is not None and machine_rng is not None:
             plan = profile.machine.draw(
                 machine_rng,
-                start=EPOCH_ZERO,
+                start=origin,
                 horizon=max(1, epochs) * profile.epoch_seconds[0],
                 epochs=epochs,
             )
@@ -241,11 +226,75 @@ class World(Stage):
         self.model_id: str | None = None
         self.finishing = False
         self.restarts = 0
-        self.expected_sha = None
+        #: True once ``hubfsm sync`` has run (the outboxes are files from then on).
+        self.synced = False
+        self.expected_sha: str | None = None
         #: What the trainer's ``finish`` (or, in the refusing world, ``close``) raised.
         self.raised: HubfsmError | None = None
         self.core = bugs.core_factory(config)  # until the first session is composed
         self.runner = SimRunner(Driver(self.core, outer, clock=self.clock, quiet=True))
+
+    # -- where the world runs: overridden by a world over HTTP ------------------------
+
+    #: Seconds each request takes on top of what the transport adds (on a virtual clock).
+    latency = LATENCY
+    #: The clock time after which a run stops with a crash (a bound on a seed's time).
+    deadline = float("inf")
+    #: Seconds a dead process takes to come back.
+    restart_seconds = RESTART_SECONDS
+    #: True once the trainer has finished (or died inside ``finish``).
+    finishing = False
+    #: True once the trainer was killed for good, leaving the rest to ``hubfsm sync``.
+    gave_up = False
+
+    def _clock(self) -> Clock:
+        """The world's clock: virtual, so a seed's whole run takes milliseconds."""
+        return VirtualClock(EPOCH_ZERO)
+
+    def _open_hub(self, root: Path, *, seed: int) -> None:
+        """Make the hub the session talks to: in memory, holding the session's key."""
+        # A Platform hub answers absolute upload URLs: the client PUTs the bytes there.
+        self.hub = Hub(
+            MemoryStore(),
+            self.clock,
+            seed=seed,
+            keys=[self.key],
+            public_root="http://hub.invalid" if self.protocol == "platform" else "",
+        )
+
+    def _heartbeat_slack(self) -> float:
+        """How late a heartbeat may be: a request's longest time, and a little."""
+        return TIMEOUT + self.profile.max_latency + 0.1
+
+    def _connect(self, rng: random.Random) -> Transport:
+        """The transport to the hub, with the profile's faults injected on the way."""
+        return FaultInjectingTransport(
+            InMemoryTransport(
+                self.hub, self.key, read_file=None if self.disk is None else self.disk.read
+            ),
+            rng,
+            self.profile.faults,
+            sleep=self.clock.sleep,
+            timeout=TIMEOUT,
+        )
+
+    def draw_scenario(self, *, start: float) -> Scenario:
+        """This seed's fault windows, revocation and refusals, from ``start`` on."""
+        rng = random.Random(self._scenario_seed)
+        return self.profile.draw(rng, start=start, epochs=self.epochs)
+
+    def _schedule(self, transport: Transport, scenario: Scenario) -> Transport:
+        """Apply the scenario as virtual time passes (see :class:`ScheduledFaults`)."""
+        if not scenario.schedule.windows and scenario.revoke_at is None:
+            return transport
+        assert isinstance(transport, FaultInjectingTransport)
+        return ScheduledFaults(
+            transport,
+            scenario,
+            self.clock,
+            revoke=lambda: self.hub.revoke_key(self.key),
+            note=self.checker.note,
+        )
 
     # -- composing sessions ---------------------------------------------------------
 
@@ -290,8 +339,9 @@ class World(Stage):
             recover=recover,
             open_outbox=self.disk.open_outbox if memory and self.disk is not None else None,
             open_journal=open_journal,
-            latency=LATENCY,
+            latency=self.latency,
             quiet=True,
+            deadline=self.deadline,
         )
         self.parts = parts
         self.core = parts.core
@@ -323,8 +373,8 @@ class World(Stage):
     def _existing_model(self) -> str:
         """Create a model on the hub behind the session's back, and return its id."""
         if self.protocol == "platform":
-            return platform_model(InMemoryTransport(self.hub, self.key))
-        created = InMemoryTransport(self.hub, self.key).send(
+            return platform_model(InMemoryTransport(self.hub_now(), self.key))
+        created = InMemoryTransport(self.hub_now(), self.key).send(
             protocol.create_model(protocol.create_payload("yolov8n.yaml", {"data": "coco8"}))
         )
         return str(created.data["id"])
@@ -466,7 +516,7 @@ class World(Stage):
         self.runner.inbox.clear()
         self.session = None
         self.checker.restarted()
-        self.clock.sleep(self._restart_rng.uniform(*RESTART_SECONDS))
+        self.clock.sleep(self._restart_rng.uniform(*self.restart_seconds))
 
     def _leave_poison(self, machine: Machine) -> None:
         """The dying process leaves a poison record in its journal (an older version's)."""
@@ -487,13 +537,11 @@ class World(Stage):
         Read from the disk, as a new process would find it: the outbox's records and
         the journal's records newer than the outbox's.
         """
-        if self.disk is None or self.model_id is None:
+        held = self.outbox_now()
+        if held is None:
             return set(), False
-        directory = self.outboxes / self.model_id
-        db = self.disk.databases.get(directory)
-        if db is None:
-            return set(), False
-        saved = db.load()
+        saved, journal_seq = held
+        directory = self.outboxes / str(self.model_id)
         epochs = {epoch for epoch, _ in saved.metrics}
         final = saved.final is not None
         for op in saved.ops:
@@ -503,16 +551,35 @@ class World(Stage):
         for record in saved.rejected:
             if record.channel == "metrics":
                 epochs.update(record.payload)
-        for _, event in events(directory / JOURNAL, after=db.journal_seq):
+        for _, event in events(directory / JOURNAL, after=journal_seq):
             if isinstance(event, EpochEnded):
                 epochs.add(event.epoch)
             final = final or isinstance(event, FinishRequested | FinishPending)
         return epochs, final
 
+    def outbox_now(self) -> tuple[Saved, int] | None:
+        """What the run's outbox holds now, and the last journal record it took in.
+
+        None when there is no outbox (nothing was left). The simulated disk is read
+        until ``hubfsm sync`` wrote it out; from then on, and without one, the files.
+        """
+        if self.model_id is None:
+            return None
+        directory = self.outboxes / self.model_id
+        if self.disk is not None and not self.synced:
+            db = self.disk.databases.get(directory)
+            return None if db is None else (db.load(), db.journal_seq)
+        if not (directory / DATABASE).exists():
+            return None
+        outbox = Outbox(directory, self.model_id)
+        try:
+            return outbox.load(), outbox.journal_seq
+        finally:
+            outbox.close()
+
     def _check_disk(self, when: str) -> None:
         """What a process leaves on disk keeps every accepted event, and no temporary file."""
-        assert self.disk is not None
-        left = self.disk.temporary_files()
+        left = [] if self.disk is None else self.disk.temporary_files()
         if left:
             name = os.path.basename(left[0])
             self.checker.violate(
@@ -551,12 +618,49 @@ class World(Stage):
 
         For Platform: what the hub holds (see :func:`platform_applied`).
         """
+        model_id = self.core.model_id or ""
         if self.protocol == "platform":
-            return platform_applied(self.hub, self.core.model_id or "")
-        metrics, uploads = super().applied()
+            return platform_applied(self.hub_now(), model_id)
+        metrics: Counter[int] = Counter()
+        uploads = []
+        for audit in self.audits():
+            metrics.update({e: n for (m, e), n in audit.metrics_applied.items() if m == model_id})
+            uploads += [
+                (u.type, u.epoch, u.sha256) for u in audit.uploads if u.model_id == model_id
+            ]
         for epoch in self.poisoned & metrics.keys():
             metrics[epoch] = 1
-        return metrics, uploads
+        return dict(metrics), uploads
+
+    def on_hub(self) -> set[int]:
+        """The epochs whose metrics the hub holds."""
+        model_id = self.core.model_id
+        if model_id is None:
+            return set()
+        # From the store itself: what the hub would list, without decoding every epoch.
+        return {epoch for epoch, _ in self.hub_now().store.get_metrics(model_id)}
+
+    def audits(self) -> list[Audit]:
+        """What the hub applied (one audit per life of the hub, if it was restarted)."""
+        return [self.hub_now().audit()]
+
+    def check_hub(self, **more: Any) -> None:
+        """Check what the hub holds against what the trainer did (``more``: for the checker)."""
+        metrics, uploads = self.applied()
+        finals = [sha for kind, _, sha in uploads if kind == "final"]
+        reused = sum(sum(audit.reused.values()) for audit in self.audits())
+        self.checker.finish(
+            self.core,
+            logged=self.logged,
+            on_hub=self.on_hub(),
+            applied=metrics,
+            uploads=uploads,
+            final_sha256=finals[-1] if finals else None,
+            expected_sha256=self.expected_sha,
+            secrets=[self.key],
+            reused=reused,
+            **more,
+        )
 
     def check_end(self, *, expect: Expect | None = None) -> None:
         """The invariants at the end; with machine faults, also the final weights' fate."""
@@ -594,6 +698,7 @@ class World(Stage):
     def sync(self) -> None:
         """Run ``hubfsm sync`` over the run's outboxes, in a new simulated process."""
         out = io.StringIO()
+        self.synced = True  # from now on the outboxes are files
         if self.machine is not None:
             self.machine.armed = False  # the space is freed by the time the user runs sync
         if self.disk is not None:
@@ -607,6 +712,100 @@ class World(Stage):
             return session
 
         sync(self.outboxes, out=out, timeout=self.profile.patience, open_session=open_session)
+
+
+def _train(
+    world: World,
+    *,
+    create: bool,
+    epochs: int,
+    checkpoint_every: int,
+    epoch_seconds: tuple[float, float],
+    patience: float,
+) -> None:
+    """One life of the trainer: open (again), train the epochs left, finish."""
+    world.open(create=create, timeout=patience)
+    if not world.core.machine.allows("start"):
+        return
+    world.start()
+    if not world.finishing:
+        while len(world.logged) < epochs:
+            world.runner.run_until(world.clock() + world.rng.uniform(*epoch_seconds))
+            if not world.core.machine.records:
+                return
+            epoch = len(world.logged)
+            world.epoch(checkpoint=epoch % checkpoint_every == 0)
+    if world.core.machine.allows("finish"):
+        # A trainer that died inside finish() calls it again with the same weights.
+        world.finishing = True
+        world.finish(timeout=patience)
+
+
+def play(world: World, *, epochs: int, checkpoint_every: int, expect: Expect | None) -> None:
+    """Run the trainer's side of a session in ``world``, then check how it ended.
+
+    A process that dies (see :mod:`hubfsm.sim.crash`) is started again from what it
+    left on disk, as often as the world's deaths say. An exception from the client is a
+    failing run (a crash), not an abort, so a whole batch of seeds still reports it with
+    its replay command.
+
+    Args:
+        world: The session and everything around it.
+        epochs: Epochs the trainer runs, unless the session stops training first.
+        checkpoint_every: The trainer offers weights every this many epochs.
+        expect: How the session must end (see :meth:`Checker.finish`), or None.
+    """
+    create = world.rng.random() < 0.5
+    try:
+        for _ in range(len(world.deaths) + 1):
+            try:
+                _train(
+                    world,
+                    create=create,
+                    epochs=epochs,
+                    checkpoint_every=checkpoint_every,
+                    epoch_seconds=world.profile.epoch_seconds,
+                    patience=world.profile.patience,
+                )
+                break
+            except Crash:
+                if world.gave_up:
+                    break
+                world.restart()
+        world.wrap_up()
+        if world.gave_up:
+            expect = None  # the trainer never finished: sync delivers, nothing more
+    except Exception as exc:  # noqa: BLE001 - reported as the seed's failure
+        world.checker.violate(CRASH, f"{type(exc).__name__}: {exc}")
+        expect = None  # how it ended says nothing more once it crashed
+    try:
+        world.check_end(expect=expect)
+    except Exception as exc:  # noqa: BLE001 - the same, for a core that breaks on inspection
+        world.checker.violate(CRASH, f"{type(exc).__name__} while checking: {exc}")
+
+
+def result_of(
+    world: World, *, epochs: int, started: float, keep_trace: bool, http: bool = False
+) -> SimResult:
+    """The :class:`SimResult` of a played world (``http``: it ran over real HTTP)."""
+    core, checker = world.core, world.checker
+    violations = tuple(checker.violations)
+    return SimResult(
+        seed=world.seed,
+        profile=world.profile.name,
+        epochs=epochs,
+        state=core.state,
+        violations=violations,
+        trace=checker.trace if keep_trace or violations else (),
+        requests=sum(core.stats.sent.values()),
+        retries=core.stats.retries,
+        virtual_seconds=world.clock() - checker.origin,
+        wall_seconds=time.perf_counter() - started,
+        error=type(core.error).__name__ if core.error is not None else None,
+        http=http,
+        protocol=world.protocol,
+        faults=0 if world.machine is None else world.machine.injected,
+    )
 
 
 def run_seed(
@@ -659,19 +858,9 @@ def run_seed(
             world,
             epochs=epochs,
             checkpoint_every=checkpoint_every,
-            epoch_seconds=prof.epoch_seconds,
-            patience=prof.patience,
             expect=prof.expect,
         )
-        faults = 0 if world.machine is None else world.machine.injected
-        return result_of(
-            world,
-            epochs=epochs,
-            started=started,
-            keep_trace=keep_trace,
-            faults=faults,
-            protocol=protocol,
-        )
+        return result_of(world, epochs=epochs, started=started, keep_trace=keep_trace)
 
 
 def platform_model(transport: Transport) -> str:
@@ -686,6 +875,19 @@ def platform_model(transport: Transport) -> str:
     return str(opened.body["modelId"])
 
 
+def _world_class(profile: Profile) -> type[World]:
+    """The world a profile runs in: a refusing hub's, or the plain one."""
+    if profile.refusals is None:
+        return World
+    return RefusingWorld
+
+
+def scratch_root() -> str | None:
+    """Where runs keep their files: memory-backed ``/dev/shm`` where there is one."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+
+
 class RefusingWorld(World):
     """A :class:`World` whose hub refuses as the seed draws.
 
@@ -698,8 +900,6 @@ class RefusingWorld(World):
         self.draw = draw = self.scenario.refusals or RefusalDraw()
         self.refusing = RefusingHub(self.link, draw, self.clock, self.checker)
         self.link = self.refusing
-        #: True once ``hubfsm sync`` has run (the outboxes are files from then on).
-        self.synced = False
 
     # -- the trainer hears of the refusal --------------------------------------------
 
@@ -715,19 +915,8 @@ class RefusingWorld(World):
 
     def saved(self) -> Saved | None:
         """What the run's outbox holds now, or None when there is none (nothing left)."""
-        if self.model_id is None:
-            return None
-        directory = self.outboxes / self.model_id
-        if self.disk is not None and not self.synced:
-            db = self.disk.databases.get(directory)
-            return None if db is None else db.load()
-        if not (directory / DATABASE).exists():
-            return None
-        outbox = Outbox(directory, self.model_id)
-        try:
-            return outbox.load()
-        finally:
-            outbox.close()
+        held = self.outbox_now()
+        return None if held is None else held[0]
 
     def held(self) -> set[int]:
         """The epochs the outbox holds: queued, in a kept operation, or rejected."""
@@ -793,7 +982,6 @@ class RefusingWorld(World):
         try:
             self.sync()
         finally:
-            self.synced = True
             # The run's result is how the trainer's session ended; the sync only checked it.
             self.core = trainers
         undelivered = set(self.logged) - self.on_hub() - self.rejected_epochs()
@@ -806,14 +994,3 @@ class RefusingWorld(World):
         saved = self.saved()
         if saved is not None and saved.refusal is not None:
             checker.violate(6, "the outbox still says sending is stopped after a delivery")
-
-
-def _world_class(profile: Profile) -> type[World]:
-    """The world a profile runs in: a refusing hub's, or the plain one."""
-    return World if profile.refusals is None else RefusingWorld
-
-
-def scratch_root() -> str | None:
-    """Where runs keep their files: memory-backed ``/dev/shm`` where there is one."""
-    shm = "/dev/shm"
-    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None

@@ -156,3 +156,19 @@ def test_protocol_platform_over_http_runs_one_seed(capsys):
 def test_an_unknown_protocol_is_a_usage_error(capsys):
     status, _, err = simulate(capsys, "--protocol", "grpc")
     assert status == 2 and "--protocol" in err
+
+
+def test_over_http_the_failing_seed_is_printed_with_its_replay(capsys, monkeypatch):
+    # A planted bug in the sessions' idempotency keys: only a world that restarts real
+    # sessions from their outbox, against the real hub, can see it.
+    from hubfsm.sim import http_world
+    from hubfsm.sim.bugs import Bugs
+
+    planted = functools.partial(http_world.run_http_seed, bugs=Bugs(nonce_from_seed=True))
+    monkeypatch.setattr(http_world, "run_http_seed", planted)
+    status, out, _ = simulate(capsys, "--http", "--profile", "crash", "--seeds", "0-2")
+    assert status == 1
+    found = re.search(r"^first failing seed of crash: (\d+) ", out, flags=re.M)
+    assert found, out
+    seed = found.group(1)
+    assert f"replay: hubfsm simulate --http --profile crash --epochs 8 --seed {seed} --trace" in out
