@@ -24,7 +24,7 @@ from hubfsm.core.config import (
 )
 from hubfsm.core.dialect import DIALECTS, PLATFORM
 from hubfsm.core.identifier import Identifier
-from hubfsm.core.machine import SessionMachine
+from hubfsm.core.machine import REJECTING_STATUSES, STOPPING_STATUSES, SessionMachine
 from hubfsm.core.ops import (
     Action,
     CheckpointUpload,
@@ -36,7 +36,7 @@ from hubfsm.core.ops import (
     Wait,
     purpose_of,
 )
-from hubfsm.core.refusals import REJECTING_STATUSES, STOPPING_STATUSES, Answers
+from hubfsm.core.refusals import Answers
 from hubfsm.core.retry import RetryPolicy, Verdict
 from hubfsm.errors import DeliveryIncomplete, IdentifierError
 from hubfsm.transport import FilePart, Outcome, Response, TransportError
@@ -158,13 +158,15 @@ class Core(Answers):
             create: The create-model payload, for an identifier that names a local file.
             now: The current time.
         """
-        self.machine.fire("parse")
         self.identifier = identifier
+        if self.dialect is not PLATFORM and identifier.project is not None:
+            # A project names a Platform run: HUB cannot open it, so it fails to parse.
+            self.error = IdentifierError("a HUB session needs a model id or a model file")
+            self.machine.fire("fail")
+            return
+        self.machine.fire("parse")
         if self.dialect is PLATFORM:
             self._open_run(identifier, dict(create or {}), now=now)
-        elif identifier.project is not None:
-            self.error = IdentifierError("a HUB session needs a model id or a model file")
-            self.machine.fire("create", ok=False)
         elif identifier.model_id is not None and self.offline:
             self.model_id = identifier.model_id
             self.machine.fire("load")
@@ -294,10 +296,10 @@ class Core(Answers):
         if self._in_flight is not None:
             raise RuntimeError("poll() while a request is in flight")
         machine = self.machine
-        state = machine.state
         if not machine.sends or self.offline:
             return Wait(None)
-        if state == "final_uploading" and now >= self._finish_deadline:
+        final = machine.traits.final
+        if final and now >= self._finish_deadline:
             self.interrupt(now=now)
             self.error = DeliveryIncomplete(
                 "the final upload did not complete in time; what is left stays pending",
@@ -305,23 +307,23 @@ class Core(Answers):
             )
             return Wait(None)
         if now < self._hold_until:
-            deadline = self._finish_deadline if state == "final_uploading" else math.inf
+            deadline = self._finish_deadline if final else math.inf
             return Wait(min(self._hold_until, deadline))
-        self._schedule(state, now)
+        self._schedule(final, now)
         earliest = math.inf
         for channel in CHANNELS:
             op = self._ops[channel]
-            if op is None or (channel == "final" and state != "final_uploading"):
+            if op is None or (channel == "final" and not final):
                 continue
             if op.not_before <= now:
                 return self._send(op, now)
             earliest = min(earliest, op.not_before)
         if machine.heartbeats:
             earliest = min(earliest, self._next_heartbeat)
-        if state == "final_uploading":
+        if final:
             earliest = min(earliest, self._finish_deadline)
         waiting = self._unsent or self._solo
-        if waiting and self._ops["metrics"] is None and state != "final_uploading":
+        if waiting and self._ops["metrics"] is None and not final:
             earliest = min(earliest, self._last_metrics + self.config.limits.metrics)
         if self._checkpoint is not None and self._ops["checkpoint"] is None:
             earliest = min(earliest, self._checkpoint_due())

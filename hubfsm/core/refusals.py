@@ -14,6 +14,7 @@ from hubfsm.core import protocol
 from hubfsm.core.changes import MetricsQueued, OpClosed, Refusal, Rejected
 from hubfsm.core.config import DATA_CHANNELS
 from hubfsm.core.dialect import PLATFORM
+from hubfsm.core.machine import Answer, answer_to
 from hubfsm.core.ops import Load, MetricsBatch, Op, Opening, what
 from hubfsm.core.schedule import Scheduling
 from hubfsm.errors import (
@@ -24,13 +25,6 @@ from hubfsm.errors import (
     ModelTrainedError,
 )
 from hubfsm.transport import Response, TransportError
-
-#: Answers that refuse one payload, not the session: that record is set aside.
-REJECTING_STATUSES = frozenset({400, 413, 422})
-
-#: Answers that stop every channel: the key, the model or the hub's address is wrong.
-#: (A redirect arrives as a 3xx: the key never follows one.)
-STOPPING_STATUSES = frozenset({401, 403})
 
 
 class Answers(Scheduling):
@@ -68,7 +62,7 @@ class Answers(Scheduling):
                 protocol.check_record(data, self.model_id, response=response)
             except protocol.HubProtocolError as exc:
                 self.error = exc
-                self.machine.fire("load", ok=False)
+                self.machine.fire("fail")
                 return
             self.record = dict(data)
             # Our own final upload may have landed before a crash: its kept operation
@@ -80,7 +74,7 @@ class Answers(Scheduling):
                     status=response.status,
                     channel="load",
                 )
-                self.machine.fire("load", ok=False)
+                self.machine.fire("fail")
             else:
                 self.machine.fire("load")
         else:
@@ -91,7 +85,7 @@ class Answers(Scheduling):
                 )
             except protocol.HubProtocolError as exc:
                 self.error = exc
-                self.machine.fire("create", ok=False)
+                self.machine.fire("fail")
             else:
                 self.model_id = model_id
                 self.machine.fire("create")
@@ -105,7 +99,7 @@ class Answers(Scheduling):
             opened = PLATFORM.opened(response, model_id=known)
         except protocol.HubProtocolError as exc:
             self.error = exc
-            self.machine.fire(purpose.event, ok=False)
+            self.machine.fire("fail")
             return
         # The id names the outbox directory: PLATFORM.opened checked it is no path.
         self.model_id = opened.model_id
@@ -117,19 +111,20 @@ class Answers(Scheduling):
         """A refusal: decide what it stops, by channel and answer (see the docs' table)."""
         channel = op.channel
         status = response.status
-        if channel == "control" and self.machine.state == "resolved":
+        if isinstance(op.purpose, Opening) and self.machine.traits.opening:
+            # A refused opening: the session never opened. (A kept upload that ``hubfsm
+            # sync`` sends while the model opens is answered as in any other state.)
             self._ops[channel] = None
             self.error = self._open_error(op, response)
-            self._fail_opening(op)
+            self.machine.fire("fail")
             return
-        stops = status in STOPPING_STATUSES or 300 <= status < 400
-        if channel == "heartbeat" and not stops:
+        answer = answer_to(status, channel)
+        if answer is Answer.STOP_HEARTBEATS:
             self._stop_heartbeats(op, response)
-            return
-        if channel in DATA_CHANNELS and status in REJECTING_STATUSES:
+        elif answer is Answer.REJECT:
             self._reject(op, response)
-            return
-        self._refuse(op, response)
+        else:
+            self._refuse(op, response)
 
     def _open_error(self, op: Op, response: Response) -> HubError:
         """The error of a refused load or create: the session never opened."""
@@ -264,12 +259,6 @@ class Answers(Scheduling):
             )
             self.machine.fire("refuse")
 
-    def _fail_opening(self, op: Op) -> None:
-        """The load or create ``op`` failed: the machine says which."""
-        purpose = op.purpose
-        assert isinstance(purpose, Opening), purpose
-        self.machine.fire(purpose.event, ok=False)
-
     def _tell(self, event: str, **fields: Any) -> None:
         notify = self.notify
         if notify is not None:
@@ -289,7 +278,5 @@ class Answers(Scheduling):
             hint = f"is the hub at {where} running?"
         self.error = HubUnavailableError(f"cannot reach the hub ({outcome}); {hint}")
         self._ops[op.channel] = None
-        if self.machine.state == "resolved":
-            self._fail_opening(op)
-        else:
-            self.machine.fire("fail")
+        # Only an opening request meets a hub that never answered (see ``receive``).
+        self.machine.fire("fail")

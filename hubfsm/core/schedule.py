@@ -119,8 +119,13 @@ class Scheduling:
             self.changes.append(OpOpened(channel, request, op.payload))
         return op
 
-    def _schedule(self, state: str, now: float) -> None:
-        """Turn due work into operations, channel by channel."""
+    def _schedule(self, final: bool, now: float) -> None:
+        """Turn due work into operations, channel by channel.
+
+        Args:
+            final: The machine's state uploads the final weights (see its traits).
+            now: The current time.
+        """
         ops = self._ops
         limits = self.config.limits
         model_id = self.model_id
@@ -132,7 +137,7 @@ class Scheduling:
             )
         # The final flush is exempt from the metrics limit (as the official client's final
         # upload is): the trainer is waiting, and it is the last metrics request.
-        metrics_due = self._last_metrics + (0.0 if state == "final_uploading" else limits.metrics)
+        metrics_due = self._last_metrics + (0.0 if final else limits.metrics)
         if ops["metrics"] is None and (self._solo or self._unsent) and now >= metrics_due:
             if self._solo:
                 epoch = next(iter(self._solo))
@@ -157,7 +162,7 @@ class Scheduling:
             )
             self._add("checkpoint", request, CheckpointUpload(epoch), now=now)
         if (
-            state == "final_uploading"
+            final
             and self._final is not None
             and ops["final"] is None
             and ops["metrics"] is None

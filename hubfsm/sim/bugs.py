@@ -162,17 +162,17 @@ class CompleteBeforeLastEpoch(Core):
     ``training_complete``) starts beside epochs not yet acknowledged.
     """
 
-    def _schedule(self, state: str, now: float) -> None:
+    def _schedule(self, final: bool, now: float) -> None:
         ops = self._ops
-        if not (state == "final_uploading" and self.dialect is PLATFORM and ops["final"] is None):
-            super()._schedule(state, now)
+        if not (final and self.dialect is PLATFORM and ops["final"] is None):
+            super()._schedule(final, now)
             return
         # Let the metrics be scheduled first, then hide them from the final's gate only.
-        super()._schedule(state, now)
+        super()._schedule(final, now)
         held = ops["metrics"], self._unsent, self._solo
         ops["metrics"], self._unsent, self._solo = None, {}, {}
         try:
-            super()._schedule(state, now)
+            super()._schedule(final, now)
         finally:
             ops["metrics"] = held[0]
             self._unsent = {**held[1], **self._unsent}

@@ -18,19 +18,17 @@ DOCS = pathlib.Path(__file__).parents[3] / "docs" / "state-machine.md"
 
 def machine_in(state):
     """A machine brought to ``state`` from its start by legal events only (a shortest way)."""
-    guarded = {event for event, _, _, is_guarded in TRANSITIONS if is_guarded}
     ways = {"unparsed": []}
     frontier = ["unparsed"]
     while frontier:
         source = frontier.pop(0)
-        for event, sources, dest, is_guarded in TRANSITIONS:
+        for event, sources, dest in TRANSITIONS:
             if source in sources and dest is not None and dest not in ways:
-                # A guarded row is taken with ok=True; its unguarded twin is the failure.
-                ways[dest] = ways[source] + [(event, is_guarded or event not in guarded)]
+                ways[dest] = ways[source] + [event]
                 frontier.append(dest)
     m = SessionMachine()
-    for event, ok in ways[state]:
-        m.fire(event, ok=ok)
+    for event in ways[state]:
+        m.fire(event)
     assert m.state == state
     return m
 
@@ -77,10 +75,11 @@ def test_a_whole_happy_path():
     assert all(change in LEGAL for change in changes)
 
 
-def test_guarded_events_take_their_failure_branch():
+def test_an_opening_fails_by_its_own_event():
     m = SessionMachine()
     m.fire("parse")
-    assert m.fire("load", ok=False) == "failed"
+    assert m.fire("fail") == "failed"
+    assert SessionMachine().fire("fail") == "failed"
 
 
 @pytest.mark.parametrize("state_path,event", [
@@ -107,7 +106,7 @@ def test_every_state_and_event_pair_is_legal_exactly_when_declared():
     for state in STATES:
         for event in EVENTS:
             m = machine_in(state)
-            declared = any(state in sources for name, sources, _, _ in TRANSITIONS if name == event)
+            declared = any(state in sources for name, sources, _ in TRANSITIONS if name == event)
             assert m.allows(event) == declared
             if declared:
                 m.fire(event)
@@ -128,4 +127,4 @@ def test_the_diagram_draws_one_arrow_per_pair_of_states():
     # ("load (errcreate (error)"): one arrow per pair, naming all its events.
     arrows = [line.split(":")[0].strip() for line in to_mermaid().splitlines()[1:]]
     assert len(arrows) == len(set(arrows))
-    assert "    resolved --> failed: load or create (error)" in to_mermaid().splitlines()
+    assert "    resolved --> failed: fail (cannot open)" in to_mermaid().splitlines()

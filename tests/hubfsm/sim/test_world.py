@@ -289,8 +289,8 @@ class IgnoresRetryAfter(Core):
 class GrowsItsMetricsBatch(Core):
     """Adds the epochs queued since to a metrics request being retried, under its old key."""
 
-    def _schedule(self, state, now):
-        super()._schedule(state, now)
+    def _schedule(self, final, now):
+        super()._schedule(final, now)
         op = self._ops["metrics"]
         if op is None or not op.attempts or not self._unsent:
             return
