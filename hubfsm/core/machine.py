@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Collection
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import attrs
 from transitions import Machine, MachineError
@@ -118,7 +118,8 @@ TRAITS: dict[str, StateTraits] = {
     "failed": StateTraits(settled=True, terminal=True),
 }
 
-EVENTS: tuple[Event, ...] = get_args(Event)
+#: The events of the table, in order of first use (a test checks they are :data:`Event`'s).
+EVENTS: tuple[Event, ...] = tuple(dict.fromkeys(row[0] for row in TRANSITIONS))
 
 #: Every legal ``(source, event, destination)``; internal transitions keep the source.
 LEGAL = frozenset(
