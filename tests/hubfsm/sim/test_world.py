@@ -18,7 +18,7 @@ from hubfsm.cli.simulate import run_seeds
 from hubfsm.core.engine import Core, CoreConfig, Limits, Send
 from hubfsm.core.events import CheckpointOffered, EpochEnded
 from hubfsm.core.ops import MetricsBatch
-from hubfsm.core.schedule import Schedule
+from hubfsm.core import schedule as core_schedule
 from hubfsm.hub.faults import FaultMix
 from hubfsm.runtime.driver import Driver
 from hubfsm.sim.invariants import CRASH, Checker, Entry, render_json, render_text
@@ -287,7 +287,7 @@ class IgnoresRetryAfter(Core):
         super().receive(op_id, outcome, now=now)
 
 
-class _GrowingSchedule(Schedule):
+class _GrowingSchedule(core_schedule.Schedule):
     def make_due(self, now, **kwargs):
         super().make_due(now, **kwargs)
         op = self.ops["metrics"]
