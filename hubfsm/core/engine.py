@@ -3,6 +3,10 @@
 The core never reads a clock, sleeps, touches a socket or a file. A runner feeds it the
 trainer's events and the transport's outcomes, asks :meth:`Core.poll` what to do next,
 and does it. One request is in flight at a time, so the hub sees every channel in order.
+
+The core is the session's machine (what may happen next, and what an answer does), its
+identity on the hub (model, run, agent), and a :class:`~hubfsm.core.schedule.Schedule`
+it owns (what waits to be sent, and when).
 """
 
 from __future__ import annotations
@@ -12,33 +16,22 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from hubfsm.core import protocol
-from hubfsm.core.changes import Change, MetricsQueued, Saved
-from hubfsm.core.config import (
-    CHANNELS,
-    DATA_CHANNELS,
-    CoreConfig,
-    Limits,
-    Notify,
-    Stats,
-)
+from hubfsm.core import answers, protocol
+from hubfsm.core.changes import Change, Refusal, Rejected, Saved
+from hubfsm.core.config import CHANNELS, DATA_CHANNELS, CoreConfig, Limits, Notify, Stats
 from hubfsm.core.dialect import DIALECTS, PLATFORM
 from hubfsm.core.identifier import Identifier
-from hubfsm.core.machine import SessionMachine
-from hubfsm.core.ops import (
-    Action,
-    CheckpointUpload,
-    Create,
-    Load,
-    Op,
-    Opening,
-    Send,
-    Wait,
-    purpose_of,
+from hubfsm.core.machine import (
+    REJECTING_STATUSES,
+    STOPPING_STATUSES,
+    Answer,
+    SessionMachine,
+    answer_to,
 )
-from hubfsm.core.refusals import REJECTING_STATUSES, STOPPING_STATUSES, Answers
-from hubfsm.core.retry import RetryPolicy, Verdict
-from hubfsm.errors import DeliveryIncomplete, IdentifierError
+from hubfsm.core.ops import Action, Create, Load, MetricsBatch, Op, Opening, Send, Wait
+from hubfsm.core.retry import Verdict
+from hubfsm.core.schedule import Schedule
+from hubfsm.errors import DeliveryIncomplete, HubError, HubfsmError, IdentifierError
 from hubfsm.transport import FilePart, Outcome, Response, TransportError
 
 # Where they always were: the public names of the core's parts.
@@ -58,7 +51,7 @@ __all__ = [
 ]
 
 
-class Core(Answers):
+class Core:
     """One training session's logic, with no I/O.
 
     Args:
@@ -82,60 +75,47 @@ class Core(Answers):
         self.config = config or CoreConfig()
         #: The protocol dialect: request builders and answer rules.
         self.dialect = DIALECTS[self.config.protocol]
-        self._rng = rng or random.Random()
-        self._nonce = self.config.nonce(self._rng)
         self.machine = SessionMachine(on_change)
-        self.identifier = None
-        self.model_id = None
+        self.identifier: Identifier | None = None
+        self.model_id: str | None = None
         #: The Platform run the events belong to (None for HUB, or before it opened).
-        self.run_id = None
+        self.run_id: int | None = None
         #: Where a person sees the model, as the service said (shown, never fetched).
-        self.model_url = None
+        self.model_url: str | None = None
         #: True once an answer said the run was cancelled.
         self.cancelled = False
         #: Called once, on the driver's thread, when an answer says the run was cancelled.
-        self.on_cancel = None
-        self.record = {}
-        self.agent_id = None
-        self.error = None
-        self.last_failure = None
+        self.on_cancel: Callable[[], None] | None = None
+        self.record: Mapping[str, Any] = {}
+        self.agent_id: str | None = None
+        self.error: HubfsmError | None = None
+        self.last_failure: str | None = None
         self.stats = Stats()
-        self._next_key = 0
-        self._next_op = 0
-        self._ops = dict.fromkeys(CHANNELS)
-        self._in_flight = None
-        self._unsent = {}
-        # Epochs of a batch the hub refused: each goes alone, once, to find the bad one.
-        self._solo = {}
         #: Records the hub refused (400/422), set aside and kept, never sent again.
-        self.rejected = []
+        self.rejected: list[Rejected] = []
         #: Why heartbeats stopped for good (the hub refused one), if they did.
-        self.heartbeat_refusal = None
+        self.heartbeat_refusal: str | None = None
         # The outbox says an earlier session was stopped by a refusal; a delivery ends it.
         self._refusal_kept = False
         #: Told of refusals that do not stop the session (a warning each), if set.
-        self.notify = None
-        self._checkpoint = None
-        # When the waiting checkpoint was offered, and the gap between the last two offers.
-        self._checkpoint_at = -math.inf
-        self._save_gap = 0.0
-        self._last_metrics = -math.inf
-        self._last_checkpoint = -math.inf
-        self._next_heartbeat = math.inf
-        self._final = None
-        self._finish_deadline = math.inf
-        # The hub's Retry-After holds back every request, not only the one it answered:
-        # its rate limit is per key.
-        self._hold_until = -math.inf
+        self.notify: Notify | None = None
         #: When True, the core lists what must be kept durably in :attr:`changes`.
         self.durable = durable
-        self.changes = []
+        self.changes: list[Change] = []
         #: When True, nothing is sent: everything waits (for ``hubfsm sync``).
         self.offline = offline
         #: True once the hub has answered anything: refusals after that are outages.
         self.answered = False
         #: The wait the last failed request was given before its retry (None: none).
-        self.retry_wait = None
+        self.retry_wait: float | None = None
+        #: What waits to be sent, and when it goes.
+        self.schedule = Schedule(
+            self.config, self.dialect, rng or random.Random(), self.stats, self._keep
+        )
+
+    def _keep(self, change: Change) -> None:
+        if self.durable:
+            self.changes.append(change)
 
     # -- what the trainer says ------------------------------------------------------
 
@@ -158,51 +138,50 @@ class Core(Answers):
             create: The create-model payload, for an identifier that names a local file.
             now: The current time.
         """
-        self.machine.fire("parse")
         self.identifier = identifier
-        if self.dialect is PLATFORM:
-            self._open_run(identifier, dict(create or {}), now=now)
-        elif identifier.project is not None:
+        dialect = self.dialect
+        if dialect is not PLATFORM and identifier.project is not None:
+            # A project names a Platform run: HUB cannot open it, so it fails to parse.
             self.error = IdentifierError("a HUB session needs a model id or a model file")
-            self.machine.fire("create", ok=False)
-        elif identifier.model_id is not None and self.offline:
+            self.machine.fire("fail")
+            return
+        self.machine.fire("parse")
+        schedule = self.schedule
+        if identifier.model_id is not None:
             self.model_id = identifier.model_id
-            self.machine.fire("load")
+            # Offline, or a Platform run an outbox already names (``hubfsm sync``, or a
+            # trainer back after a kill): its records go on to the same run, unannounced.
+            if self.offline or (dialect is PLATFORM and self.run_id is not None):
+                self.machine.fire("load")
+                return
+        if dialect is PLATFORM:
+            request = PLATFORM.training_started(identifier, dict(create or {}), key=schedule.key())
         elif identifier.model_id is not None:
-            self.model_id = identifier.model_id
             request = protocol.get_model(identifier.model_id)
-            self._add("control", request, Load(), now=now)
         else:
-            payload = dict(create or {})
-            request = protocol.create_model(payload, key=self._key())
-            self._add("control", request, Create(), now=now)
+            request = protocol.create_model(dict(create or {}), key=schedule.key())
+        purpose = Create() if identifier.model_id is None else Load()
+        schedule.add("control", request, purpose, now=now)
 
     def start(self, *, now: float) -> None:
         """Training begins: heartbeats start at once."""
         self.machine.fire("start")
         if self.heartbeat_refusal is None and self.dialect.heartbeats:
-            self._next_heartbeat = now
+            self.schedule.next_heartbeat = now
 
     def epoch_end(self, epoch: int, metrics: Mapping[str, Any], *, now: float) -> None:
         """Queue an epoch's metrics; a later value for the same epoch replaces it."""
         self.machine.fire("epoch_end")
-        self.queue_metrics(epoch, protocol.encode_metrics(metrics))
+        self.schedule.queue_metrics(epoch, protocol.encode_metrics(metrics))
 
     def queue_metrics(self, epoch: int, encoded: str) -> None:
         """Queue already-encoded metrics (from the trainer or from a recovered outbox)."""
-        self._unsent.pop(epoch, None)
-        self._solo.pop(epoch, None)
-        self._unsent[epoch] = encoded
-        if self.durable:
-            self.changes.append(MetricsQueued(epoch, encoded))
+        self.schedule.queue_metrics(epoch, encoded)
 
     def checkpoint(self, epoch: int, file: FilePart, *, is_best: bool, now: float) -> None:
         """Offer epoch weights; only the newest offer waiting to be sent is kept."""
         self.machine.fire("checkpoint")
-        if self._checkpoint_at > -math.inf:
-            self._save_gap = max(0.0, now - self._checkpoint_at)
-        self._checkpoint_at = now
-        self._offer_checkpoint((epoch, file, is_best))
+        self.schedule.saved(epoch, file, is_best=is_best, now=now)
 
     def finish(
         self,
@@ -224,62 +203,30 @@ class Core(Answers):
                 the session ``resumable`` with what is left still pending.
         """
         self.machine.fire("finish")
-        self._offer_final((epoch, file, map50_95))
-        self._finish_deadline = now + timeout
-        # The final weights supersede any epoch weights that have not gone out yet.
-        if self._checkpoint is not None:
-            self._offer_checkpoint(None)
-        self._close_op("checkpoint")
+        self.schedule.finishing((epoch, file, map50_95), deadline=now + timeout)
 
     def interrupt(self, *, now: float) -> None:
         """Training stopped early: stop heartbeats; data channels keep draining."""
         self.machine.fire("interrupt")
-        self._next_heartbeat = math.inf
-        self._ops["heartbeat"] = None
+        self.schedule.stop_heartbeats()
 
     def resume(self, *, now: float) -> None:
         """Training goes on after an interruption."""
         self.machine.fire("resume")
         if self.heartbeat_refusal is None and self.dialect.heartbeats:
-            self._next_heartbeat = now
-        if self._final is not None:
-            self._offer_final(None)
-        self._close_op("final")
+            self.schedule.next_heartbeat = now
+        self.schedule.resumed()
 
     def restore(self, saved: Saved, *, now: float) -> None:
         """Take back what an outbox kept: its operations go first, with their keys."""
-        policies = self.config.policies
-        for kept in saved.ops:
-            self._next_op += 1
-            policy: RetryPolicy = getattr(policies, kept.channel)
-            purpose = purpose_of(kept.channel, kept.payload)
-            op = Op(self._next_op, kept.channel, kept.request, policy, purpose, round_start=now)
-            op.not_before = now
-            self._ops[kept.channel] = op
-        for epoch, encoded in saved.metrics:
-            self._unsent.pop(epoch, None)
-            self._unsent[epoch] = encoded
-        if saved.checkpoint is not None:
-            self._checkpoint = saved.checkpoint
-            kept_op = self._ops["checkpoint"]
-            if (
-                kept_op is not None
-                and isinstance(kept_op.purpose, CheckpointUpload)
-                and kept_op.purpose.epoch < saved.checkpoint[0]
-            ):
-                # Newer weights wait behind it: sending both would hold the newer ones
-                # for the 900 s limit, and the hub keeps only the newest anyway. The kept
-                # upload may have landed before the crash; then the newer one replaces it.
-                self._close_op("checkpoint")
-        if saved.final is not None:
-            self._final = saved.final
+        self.schedule.restore(saved, now=now)
         self.rejected.extend(saved.rejected)
         self._refusal_kept = saved.refusal is not None
 
     @property
     def saved_final(self) -> tuple[int, FilePart, float] | None:
         """The final weights still waiting to be sent, if any."""
-        return self._final
+        return self.schedule.final
 
     def take_changes(self) -> list[Change]:
         """Hand over the changes listed since the last call."""
@@ -291,48 +238,36 @@ class Core(Answers):
 
     def poll(self, now: float) -> Action:
         """Say what to do at ``now``: send one request, or wait."""
-        if self._in_flight is not None:
+        schedule = self.schedule
+        if schedule.in_flight is not None:
             raise RuntimeError("poll() while a request is in flight")
         machine = self.machine
-        state = machine.state
         if not machine.sends or self.offline:
             return Wait(None)
-        if state == "final_uploading" and now >= self._finish_deadline:
+        final = machine.traits.final
+        if final and now >= schedule.finish_deadline:
             self.interrupt(now=now)
             self.error = DeliveryIncomplete(
                 "the final upload did not complete in time; what is left stays pending",
                 self.pending(),
             )
             return Wait(None)
-        if now < self._hold_until:
-            deadline = self._finish_deadline if state == "final_uploading" else math.inf
-            return Wait(min(self._hold_until, deadline))
-        self._schedule(state, now)
-        earliest = math.inf
-        for channel in CHANNELS:
-            op = self._ops[channel]
-            if op is None or (channel == "final" and state != "final_uploading"):
-                continue
-            if op.not_before <= now:
-                return self._send(op, now)
-            earliest = min(earliest, op.not_before)
-        if machine.heartbeats:
-            earliest = min(earliest, self._next_heartbeat)
-        if state == "final_uploading":
-            earliest = min(earliest, self._finish_deadline)
-        waiting = self._unsent or self._solo
-        if waiting and self._ops["metrics"] is None and state != "final_uploading":
-            earliest = min(earliest, self._last_metrics + self.config.limits.metrics)
-        if self._checkpoint is not None and self._ops["checkpoint"] is None:
-            earliest = min(earliest, self._checkpoint_due())
-        return Wait(None if earliest == math.inf else max(earliest, now))
+        return schedule.next_action(
+            now,
+            final=final,
+            heartbeats=machine.heartbeats,
+            model_id=self.model_id,
+            run_id=self.run_id,
+            agent_id=self.agent_id,
+        )
 
     def receive(self, op_id: int, outcome: Outcome, *, now: float) -> None:
         """Take the outcome of the request sent as ``op_id``."""
-        op = self._in_flight
+        schedule = self.schedule
+        op = schedule.in_flight
         if op is None or op.id != op_id:
             raise RuntimeError(f"no request {op_id} in flight")
-        self._in_flight = None
+        schedule.in_flight = None
         self.retry_wait = None
         first_contact = not self.answered and isinstance(op.purpose, Opening)
         if isinstance(outcome, Response):
@@ -340,21 +275,28 @@ class Core(Answers):
             if not self.cancelled and self.dialect.cancelled(outcome):
                 self._cancel()
         if self.dialect.restarts(op.request, outcome):
-            # The signed URL refused the bytes: the upload starts over for a fresh one.
-            assert op.first is not None
-            op.request, op.first, op.answer = op.first, None, {}
+            schedule.restart(op)
             self._retry(op, outcome, now)
             return
         verdict = self.dialect.verdict(outcome, first_contact=first_contact)
         if verdict is Verdict.SUCCESS:
             assert isinstance(outcome, Response)
-            if self._next_step(op, outcome, now):
+            try:
+                if schedule.advance(op, outcome, now):
+                    return
+            except protocol.HubProtocolError as exc:
+                # An answer without a usable signed URL: ask again, as for any failed step.
+                self._retry(op, outcome, now)
+                self.last_failure = str(exc)
                 return
-            self._close_op(op.channel)
-            self._succeeded(op, outcome, now)
+            schedule.close_op(op.channel)
+            self._succeeded(op, outcome)
         elif isinstance(outcome, TransportError):
             if verdict is Verdict.FATAL or not self._retry(op, outcome, now, first_contact):
-                self._unreachable(op, outcome)
+                # Only an opening request meets a hub that never answered (first contact).
+                self.error = answers.unreachable_error(outcome)
+                schedule.ops[op.channel] = None
+                self.machine.fire("fail")
         elif verdict is Verdict.FATAL:
             self._fatal(op, outcome)
         else:
@@ -363,26 +305,15 @@ class Core(Answers):
     @property
     def in_flight(self) -> bool:
         """True between a :class:`Send` and its :meth:`receive`."""
-        return self._in_flight is not None
+        return self.schedule.in_flight is not None
 
     def pending(self) -> dict[str, int]:
         """What the hub has not acknowledged yet, per channel."""
-        metrics_op = self._ops["metrics"]
-        in_op = len(metrics_op.epochs) if metrics_op is not None else 0
-        ckpt = int(self._checkpoint is not None or self._ops["checkpoint"] is not None)
-        return {
-            "metrics": len(self._unsent) + len(self._solo) + in_op,
-            "checkpoint": ckpt,
-            "final": int(self._final is not None),
-        }
+        return self.schedule.pending()
 
     def unacknowledged_epochs(self) -> set[int]:
         """The epochs whose metrics the hub has not acknowledged."""
-        epochs = set(self._unsent) | set(self._solo)
-        op = self._ops["metrics"]
-        if op is not None:
-            epochs.update(op.epochs)
-        return epochs
+        return self.schedule.unacknowledged_epochs()
 
     def rejected_epochs(self) -> set[int]:
         """The epochs whose metrics the hub refused, kept aside."""
@@ -396,22 +327,121 @@ class Core(Answers):
     def __repr__(self) -> str:
         return f"<Core state={self.state} model={self.model_id} pending={self.pending()}>"
 
-    # -- inside ---------------------------------------------------------------------
+    # -- the hub's answers ----------------------------------------------------------
 
-    def _open_run(self, identifier: Identifier, data: dict[str, Any], *, now: float) -> None:
-        """Open a Platform run: ``training_started``, unless an outbox already names the run."""
-        if identifier.model_id is not None:
-            self.model_id = identifier.model_id
-            if self.offline or self.run_id is not None:
-                # The outbox kept the run its records belong to (``hubfsm sync``, or a
-                # trainer back after a kill): they go on to the same run, unannounced.
-                self.machine.fire("load")
-                return
-            request = PLATFORM.training_started(identifier, data, key=self._key())
-            self._add("control", request, Load(), now=now)
+    def _retry(self, op: Op, outcome: Outcome, now: float, first_contact: bool = False) -> bool:
+        """Schedule the next attempt; False when opening should fail instead."""
+        self.last_failure = answers.failure_text(outcome)
+        self.retry_wait = self.schedule.retry(op, outcome, now, first_contact)
+        return self.retry_wait is not None
+
+    def _succeeded(self, op: Op, response: Response) -> None:
+        channel = op.channel
+        if self._refusal_kept and channel in DATA_CHANNELS:
+            # The cause of the earlier refusal is fixed: the hub takes data again.
+            self._refusal_kept = False
+            self._keep(Refusal(None))
+        if channel == "metrics":
+            self.stats.acknowledged_epochs += len(op.epochs)
+        elif channel == "checkpoint":
+            self.stats.checkpoints += 1
+        elif channel == "heartbeat":
+            agent_id = response.data.get("agentId")
+            if agent_id is not None:
+                try:
+                    self.agent_id = protocol.hub_id(
+                        agent_id, what="agent id", response=response, channel="heartbeat"
+                    )
+                except protocol.HubProtocolError as exc:
+                    self.last_failure = str(exc)  # not adopted; heartbeats go on without it
+        elif channel == "final":
+            self.schedule.offer_final(None)
+            self.schedule.next_heartbeat = math.inf
+            self.machine.fire("acknowledged")
         else:
-            request = PLATFORM.training_started(identifier, data, key=self._key())
-            self._add("control", request, Create(), now=now)
+            purpose = op.purpose
+            assert isinstance(purpose, Opening), purpose
+            ours = self.schedule.final is not None or self.schedule.ops["final"] is not None
+            try:
+                opened = answers.opened(
+                    self.dialect, purpose, response, model_id=self.model_id, ours=ours
+                )
+            except HubError as exc:
+                self.error = exc
+                self.machine.fire("fail")
+                return
+            self.model_id, self.run_id, self.model_url = (
+                opened.model_id,
+                opened.run_id,
+                opened.model_url,
+            )
+            if isinstance(purpose, Load) and self.dialect is not PLATFORM:
+                self.record = dict(response.data)
+            self.machine.fire(purpose.event)
+
+    def _fatal(self, op: Op, response: Response) -> None:
+        """A refusal: the machine's answer table says what it stops."""
+        channel = op.channel
+        if isinstance(op.purpose, Opening) and self.machine.traits.opening:
+            # A refused opening: the session never opened. (A kept upload that ``hubfsm
+            # sync`` sends while the model opens is answered as in any other state.)
+            self.schedule.ops[channel] = None
+            self.error = answers.opening_error(op, response, self.model_id)
+            self.machine.fire("fail")
+            return
+        answer = answer_to(response.status, channel)
+        if answer is Answer.STOP_HEARTBEATS:
+            self._stop_heartbeats(response)
+        elif answer is Answer.REJECT:
+            self._reject(op, response)
+        else:
+            self._refuse(op, answers.refusal_error(op, response, self.model_id))
+
+    def _refuse(self, op: Op, error: HubError) -> None:
+        """Stop all sending; what is pending stays, and every later event is still kept."""
+        channel = op.channel
+        # The refused operation keeps its key and data, for ``hubfsm sync`` once fixed.
+        self.schedule.ops[channel] = op if channel in DATA_CHANNELS else None
+        self.schedule.stop_heartbeats()
+        self.error = error
+        self._keep(Refusal(str(error)))
+        self.machine.fire("refuse")
+
+    def _stop_heartbeats(self, response: Response) -> None:
+        """The hub refused a heartbeat: heartbeats stop for good; data goes on."""
+        self.schedule.stop_heartbeats()
+        self.heartbeat_refusal = f"{response.status} {response.message}".rstrip()
+        status, message = response.status, response.message
+        self._tell("heartbeat.stopped", model_id=self.model_id, status=status, message=message)
+
+    def _reject(self, op: Op, response: Response) -> None:
+        """The hub refused one payload: set it aside (kept) and go on with the rest."""
+        channel = op.channel
+        self.schedule.ops[channel] = None
+        if isinstance(op.purpose, MetricsBatch) and len(op.epochs) > 1:
+            # One bad epoch must not take the good ones of its batch with it: each goes
+            # alone, once, and only the one the hub refuses again is set aside.
+            self.schedule.split(op)
+            self._tell(
+                "metrics.batch_refused",
+                model_id=self.model_id,
+                epochs=len(op.epochs),
+                status=response.status,
+                message=response.message,
+            )
+            return
+        record = Rejected(channel, op.request, op.payload, response.status, response.message)
+        self.rejected.append(record)
+        self._keep(record)
+        self._tell(
+            "record.rejected", model_id=self.model_id, channel=channel, record=record.describe()
+        )
+        if channel == "final":
+            # Nothing else is left to send by now (the final goes last): the session
+            # stops, with the weights kept aside and the answer in the error.
+            self.schedule.offer_final(None)
+            self.error = answers.rejected_final_error(op, response)
+            self.machine.fire("refuse")
 
     def _cancel(self) -> None:
         """An answer said the run was cancelled: tell the trainer, once."""
@@ -420,27 +450,7 @@ class Core(Answers):
         if self.on_cancel is not None:
             self.on_cancel()
 
-    def _next_step(self, op: Op, response: Response, now: float) -> bool:
-        """Go on to the next step of a several-step upload; False when ``op`` is done."""
-        first = op.first or op.request
-        final = self._final if op.channel == "final" else None
-        try:
-            step = self.dialect.next_step(
-                op.request, response, first=first, answer=op.answer, final=final
-            )
-        except protocol.HubProtocolError as exc:
-            # An answer without a usable signed URL: ask again, as for any failed step.
-            op.request, op.first, op.answer = first, None, {}
-            self._retry(op, response, now)
-            self.last_failure = str(exc)
-            return True
-        if step is None:
-            return False
-        if op.request is first:
-            op.answer = dict(self.dialect.data(response))
-        op.first = first
-        op.request = step
-        op.round_attempts = 0
-        op.round_start = now
-        op.not_before = now
-        return True
+    def _tell(self, event: str, **fields: Any) -> None:
+        notify = self.notify
+        if notify is not None:
+            notify(event, fields)

@@ -1,13 +1,17 @@
-"""The session's state machine, declared once with ``transitions``.
+"""The session's state machine, declared once with ``transitions``, and what it means.
 
-The declaration below is the single source of truth: the core triggers its events,
-the simulation checks every state change against it, and the docs draw it.
+Everything that decides what may happen next lives here: the states, the events and
+the transitions; what each state means for the rest of the session (:data:`TRAITS`);
+and what each answer of the hub does (:data:`ANSWERS`). The core triggers the events
+and reads the traits and the answers, the simulation checks every state change
+against the table, and the docs draw it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import enum
+from collections.abc import Callable, Collection
+from typing import Any, Literal
 
 import attrs
 from transitions import Machine, MachineError
@@ -27,37 +31,50 @@ STATES = (
     "failed",
 )
 
-#: ``(event, sources, destination, guarded)``: a guarded row applies only when the
-#: trigger says ``ok=True``; the unguarded row with the same event is its failure branch.
-TRANSITIONS: tuple[tuple[str, tuple[str, ...], str | None, bool], ...] = (
-    ("parse", ("unparsed",), "resolved", True),
-    ("parse", ("unparsed",), "failed", False),
-    ("load", ("resolved",), "loaded", True),
-    ("load", ("resolved",), "failed", False),
-    ("create", ("resolved",), "created", True),
-    ("create", ("resolved",), "failed", False),
-    ("start", ("created", "loaded"), "training", False),
-    ("epoch_end", ("training",), None, False),
-    ("checkpoint", ("training",), None, False),
-    ("interrupt", ("training", "final_uploading"), "resumable", False),
-    ("resume", ("resumable",), "training", False),
-    ("finish", ("training",), "final_uploading", False),
-    ("acknowledged", ("final_uploading",), "done", False),
+#: Every event the session's machine takes; :meth:`SessionMachine.fire` takes no other,
+#: so a type checker finds an event fired that the table below does not declare.
+Event = Literal[
+    "parse",
+    "load",
+    "create",
+    "fail",
+    "start",
+    "epoch_end",
+    "checkpoint",
+    "interrupt",
+    "resume",
+    "finish",
+    "acknowledged",
+    "refuse",
+]
+
+#: ``(event, sources, destination)``; a destination of None is an internal transition
+#: (the state stays). Each failure has its own event, so no row needs a condition.
+TRANSITIONS: tuple[tuple[Event, tuple[str, ...], str | None], ...] = (
+    ("parse", ("unparsed",), "resolved"),
+    ("load", ("resolved",), "loaded"),
+    ("create", ("resolved",), "created"),
+    # The session could not open: an identifier the dialect cannot open (unparsed), or
+    # a hub that refused the key or the model, has no such model, holds it trained
+    # already, answered what cannot be a model, or never answered at all (resolved).
+    ("fail", ("unparsed", "resolved"), "failed"),
+    ("start", ("created", "loaded"), "training"),
+    ("epoch_end", ("training",), None),
+    ("checkpoint", ("training",), None),
+    ("interrupt", ("training", "final_uploading"), "resumable"),
+    ("resume", ("resumable",), "training"),
+    ("finish", ("training",), "final_uploading"),
+    ("acknowledged", ("final_uploading",), "done"),
     # A refusal that stops all sending (a revoked key, a deleted or trained model, a
     # redirect) after the model was opened: the session keeps recording for a later sync.
-    (
-        "refuse",
-        ("created", "loaded", "training", "resumable", "final_uploading"),
-        "refused",
-        False,
-    ),
+    ("refuse", ("created", "loaded", "training", "resumable", "final_uploading"), "refused"),
     # While refused the trainer goes on: every event is recorded, nothing is sent.
-    ("start", ("refused",), None, False),
-    ("epoch_end", ("refused",), None, False),
-    ("checkpoint", ("refused",), None, False),
-    ("finish", ("refused",), None, False),
-    ("interrupt", ("refused",), None, False),
-    ("resume", ("refused",), None, False),
+    ("start", ("refused",), None),
+    ("epoch_end", ("refused",), None),
+    ("checkpoint", ("refused",), None),
+    ("finish", ("refused",), None),
+    ("interrupt", ("refused",), None),
+    ("resume", ("refused",), None),
 )
 
 
@@ -72,6 +89,10 @@ class StateTraits:
         heartbeats: Heartbeats are due.
         settled: A caller waiting for the session to finish may stop waiting.
         terminal: No event leaves the state.
+        opening: The model is not open yet: a refusal, or a hub that never answers,
+            fails the session (``fail``) instead of stopping its sending.
+        final: The final weights go up: the metrics flush waives the metrics limit,
+            the final channel is served, and ``finish``'s deadline runs.
     """
 
     records: bool = False
@@ -79,45 +100,103 @@ class StateTraits:
     heartbeats: bool = False
     settled: bool = False
     terminal: bool = False
+    opening: bool = False
+    final: bool = False
 
 
 #: Every state's traits, declared beside the transitions (a test checks they agree).
 TRAITS: dict[str, StateTraits] = {
-    "unparsed": StateTraits(),
-    "resolved": StateTraits(sends=True),
+    "unparsed": StateTraits(opening=True),
+    "resolved": StateTraits(sends=True, opening=True),
     "created": StateTraits(sends=True),
     "loaded": StateTraits(sends=True),
     "training": StateTraits(records=True, sends=True, heartbeats=True),
     "resumable": StateTraits(sends=True, settled=True),
-    "final_uploading": StateTraits(sends=True, heartbeats=True),
+    "final_uploading": StateTraits(sends=True, heartbeats=True, final=True),
     "done": StateTraits(settled=True, terminal=True),
     "refused": StateTraits(records=True, settled=True),
     "failed": StateTraits(settled=True, terminal=True),
 }
 
-EVENTS = tuple(dict.fromkeys(row[0] for row in TRANSITIONS))
+#: The events of the table, in order of first use (a test checks they are :data:`Event`'s).
+EVENTS: tuple[Event, ...] = tuple(dict.fromkeys(row[0] for row in TRANSITIONS))
 
 #: Every legal ``(source, event, destination)``; internal transitions keep the source.
 LEGAL = frozenset(
-    (source, event, dest or source) for event, sources, dest, _ in TRANSITIONS for source in sources
+    (source, event, dest or source) for event, sources, dest in TRANSITIONS for source in sources
 )
 
-#: The ``(source, event)`` pairs of internal transitions: no state change, no condition.
+#: The ``(source, event)`` pairs of internal transitions: no state change.
 INTERNAL = frozenset(
-    (source, event)
-    for event, sources, dest, guarded in TRANSITIONS
-    if dest is None and not guarded
-    for source in sources
+    (source, event) for event, sources, dest in TRANSITIONS if dest is None for source in sources
 )
+
+
+class Answer(enum.Enum):
+    """What an answer that is not a success does.
+
+    The design's refusal table, by channel: see :data:`ANSWERS`. In an opening state
+    any refusal fails the session instead (:attr:`StateTraits.opening`).
+    """
+
+    #: Worth another attempt unchanged: the retry policy says when.
+    RETRY = "retry"
+    #: One payload refused: that record is set aside, kept; the rest goes on.
+    REJECT = "reject"
+    #: A refused heartbeat: heartbeats stop for good, with a warning; data goes on.
+    STOP_HEARTBEATS = "stop heartbeats"
+    #: The key, the model or the hub's address is wrong: all sending stops
+    #: (``refuse``), every trainer event is still kept for ``hubfsm sync``.
+    STOP = "stop"
+
+
+#: Statuses worth another attempt: the request may succeed later unchanged.
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+#: Every server error, listed or not, is retried too.
+SERVER_ERRORS = range(500, 1000)
+
+#: Answers that refuse one payload, not the session: that record is set aside.
+REJECTING_STATUSES = frozenset({400, 413, 422})
+
+#: Answers that stop every channel: the key, the model or the hub's address is wrong.
+#: (A redirect arrives as a 3xx: the key never follows one.)
+STOPPING_STATUSES = frozenset({401, 403})
+
+#: Every redirect: never followed with the key, so it stops every channel.
+REDIRECTS = range(300, 400)
+
+#: What a non-2xx answer does: ``(statuses, channels, answer)``, the first row that
+#: matches wins; None matches any. The channels are the core's
+#: (:data:`hubfsm.core.config.CHANNELS`); a transport error (no answer) is retried.
+ANSWERS: tuple[tuple[Collection[int] | None, tuple[str, ...] | None, Answer], ...] = (
+    (RETRYABLE_STATUSES, None, Answer.RETRY),
+    (SERVER_ERRORS, None, Answer.RETRY),
+    (STOPPING_STATUSES, None, Answer.STOP),
+    (REDIRECTS, None, Answer.STOP),
+    (None, ("heartbeat",), Answer.STOP_HEARTBEATS),
+    (REJECTING_STATUSES, ("metrics", "checkpoint", "final"), Answer.REJECT),
+    (None, None, Answer.STOP),
+)
+
+
+def answer_to(status: int, channel: str | None = None) -> Answer:
+    """What the answer ``status`` to a request on ``channel`` does (see :data:`ANSWERS`).
+
+    Without a channel, only whether it is retried is meaningful.
+    """
+    for statuses, channels, answer in ANSWERS:
+        if (statuses is None or status in statuses) and (
+            channels is None or channel is None or channel in channels
+        ):
+            return answer
+    raise AssertionError("the last row of ANSWERS matches every answer")
 
 
 class _Model:
     """The object ``transitions`` decorates; private, so no trigger shadows a public name."""
 
     state: str
-
-    def ok(self, ok: bool = True) -> bool:
-        return ok
 
 
 class SessionMachine:
@@ -130,12 +209,10 @@ class SessionMachine:
     def __init__(self, on_change: Callable[[str, str, str], None] | None = None) -> None:
         self._model = _Model()
         self._on_change = on_change
-        rows: list[dict[str, Any]] = []
-        for event, sources, dest, guarded in TRANSITIONS:
-            row: dict[str, Any] = {"trigger": event, "source": list(sources), "dest": dest}
-            if guarded:
-                row["conditions"] = "ok"
-            rows.append(row)
+        rows: list[dict[str, Any]] = [
+            {"trigger": event, "source": list(sources), "dest": dest}
+            for event, sources, dest in TRANSITIONS
+        ]
         self._machine = Machine(
             model=self._model,
             states=list(STATES),
@@ -150,7 +227,7 @@ class SessionMachine:
         """The current state's name."""
         return self._model.state
 
-    def fire(self, event: str, *, ok: bool = True) -> str:
+    def fire(self, event: Event) -> str:
         """Trigger ``event`` and return the new state.
 
         Raises:
@@ -163,7 +240,7 @@ class SessionMachine:
             dest = source
         else:
             try:
-                self._machine.events[event].trigger(self._model, ok=ok)
+                self._machine.events[event].trigger(self._model)
             except (MachineError, KeyError):
                 raise IllegalEventError(source, event) from None
             dest = self._model.state
@@ -173,7 +250,7 @@ class SessionMachine:
 
     def allows(self, event: str) -> bool:
         """True when ``event`` is legal in the current state."""
-        return any(self.state in sources for name, sources, _, _ in TRANSITIONS if name == event)
+        return any(self.state in sources for name, sources, _ in TRANSITIONS if name == event)
 
     @property
     def traits(self) -> StateTraits:
@@ -218,7 +295,7 @@ def to_mermaid() -> str:
     parallel arrows on top of each other, labels and all.
     """
     edges: dict[tuple[str, str], list[str]] = {}
-    for event, sources, dest, _guarded in TRANSITIONS:
+    for event, sources, dest in TRANSITIONS:
         for source in sources:
             edges.setdefault((source, dest or source), []).append(event)
     lines = ["stateDiagram-v2", "    [*] --> unparsed"]
@@ -226,7 +303,7 @@ def to_mermaid() -> str:
         if source == dest == "refused":
             label = "any trainer event (kept, not sent)"
         elif dest == "failed":
-            label = f"{' or '.join(events)} (error)"
+            label = f"{' or '.join(events)} (cannot open)"
         else:
             label = ", ".join(events)
         lines.append(f"    {source} --> {dest}: {label}")

@@ -8,10 +8,11 @@ epochs, or the epoch); :func:`purpose_of` and :meth:`Op.payload` convert at that
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
+from hubfsm.core.machine import Event
 from hubfsm.core.retry import RetryPolicy
 from hubfsm.transport import Request
 
@@ -20,14 +21,14 @@ from hubfsm.transport import Request
 class Load:
     """Load the model the identifier names (the control channel)."""
 
-    event = "load"
+    event: ClassVar[Event] = "load"
 
 
 @attrs.frozen
 class Create:
     """Create a model from a local file (the control channel)."""
 
-    event = "create"
+    event: ClassVar[Event] = "create"
 
 
 @attrs.frozen

@@ -11,10 +11,9 @@ import random
 
 import attrs
 
+from hubfsm.core.machine import RETRYABLE_STATUSES as RETRYABLE_STATUSES
+from hubfsm.core.machine import Answer, answer_to
 from hubfsm.transport import Outcome, Response, TransportError
-
-#: Statuses worth another attempt: the request may succeed later unchanged.
-RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class Verdict(enum.Enum):
@@ -33,8 +32,9 @@ FIRST_CONTACT_FATAL = frozenset({"tls", "url"})
 def classify(outcome: Outcome, *, first_contact: bool = False) -> Verdict:
     """Sort an outcome into success, retryable failure or fatal failure.
 
-    Connection errors, timeouts, garbled answers and the statuses in
-    :data:`RETRYABLE_STATUSES` are retryable; every other non-2xx status is fatal.
+    Connection errors, timeouts, garbled answers and the statuses the machine's answer
+    table retries (:data:`hubfsm.core.machine.ANSWERS`) are retryable; every other
+    non-2xx status is fatal.
 
     Args:
         outcome: The response or transport error.
@@ -48,7 +48,7 @@ def classify(outcome: Outcome, *, first_contact: bool = False) -> Verdict:
         return Verdict.RETRY
     if outcome.ok:
         return Verdict.SUCCESS
-    if outcome.status in RETRYABLE_STATUSES or outcome.status >= 500:
+    if answer_to(outcome.status) is Answer.RETRY:
         return Verdict.RETRY
     return Verdict.FATAL
 

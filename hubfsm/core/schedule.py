@@ -1,21 +1,23 @@
-"""The core's scheduling: when each channel's work becomes an operation, and when it goes.
+"""What waits to be sent, and when each channel's work goes: the core's schedule.
 
-Part of :class:`hubfsm.core.engine.Core`, kept apart so the engine reads as the events it
-takes and the actions it gives; this part owns the limits, the keys and the retries.
+A plain object :class:`hubfsm.core.engine.Core` owns: it holds the operations, the
+metrics queue, the checkpoint and final slots, the limits' clocks, the keys and the
+retries. It never reads the machine: the core tells it what the state means (the final
+upload is under way, heartbeats are due) and which model the requests name.
 """
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
-from hubfsm.core.changes import Change, Offered, OpClosed, OpOpened, Rejected
-from hubfsm.core.config import DATA_CHANNELS, CoreConfig, Notify, Stats
+from hubfsm.core import protocol
+from hubfsm.core.changes import Change, MetricsQueued, Offered, OpClosed, OpOpened, Saved
+from hubfsm.core.config import CHANNELS, DATA_CHANNELS, CoreConfig, Stats
 from hubfsm.core.dialect import Dialect
-from hubfsm.core.identifier import Identifier
-from hubfsm.core.machine import SessionMachine
 from hubfsm.core.ops import (
+    Action,
     CheckpointUpload,
     FinalUpload,
     Heartbeat,
@@ -23,193 +25,338 @@ from hubfsm.core.ops import (
     Op,
     Purpose,
     Send,
+    Wait,
+    purpose_of,
 )
 from hubfsm.core.retry import RetryPolicy, retry_after_of
-from hubfsm.errors import HubfsmError
 from hubfsm.transport import FilePart, Outcome, Request, Response, TransportError
 
 
-class Scheduling:
-    """Turns due work into operations and schedules their attempts."""
+class Schedule:
+    """Turns due work into operations and schedules their attempts.
 
-    # The core's state, set by Core.__init__ (declared here for the parts that use it).
-    config: CoreConfig
-    dialect: Dialect
-    run_id: int | None
-    cancelled: bool
-    on_cancel: Callable[[], None] | None
-    model_url: str | None
-    _rng: random.Random
-    _nonce: str
-    machine: SessionMachine
-    identifier: Identifier | None
-    model_id: str | None
-    record: Mapping[str, Any]
-    agent_id: str | None
-    error: HubfsmError | None
-    last_failure: str | None
-    stats: Stats
-    _next_key: int
-    _next_op: int
-    _ops: dict[str, Op | None]
-    _in_flight: Op | None
-    _unsent: dict[int, str]
-    _solo: dict[int, str]
-    rejected: list[Rejected]
-    heartbeat_refusal: str | None
-    _refusal_kept: bool
-    notify: Notify | None
-    _checkpoint: tuple[int, FilePart, bool] | None
-    _checkpoint_at: float
-    _save_gap: float
-    _last_metrics: float
-    _last_checkpoint: float
-    _next_heartbeat: float
-    _final: tuple[int, FilePart, float] | None
-    _finish_deadline: float
-    _hold_until: float
-    durable: bool
-    changes: list[Change]
-    offline: bool
-    answered: bool
-    retry_wait: float | None
+    Args:
+        config: Limits and retry policies.
+        dialect: Builds the requests.
+        rng: The source of jitter (and of the keys' nonce, unless the config says).
+        stats: The core's counters, kept up to date here.
+        keep: Called with each change that must be kept durably.
+    """
 
-    def _checkpoint_due(self) -> float:
+    def __init__(
+        self,
+        config: CoreConfig,
+        dialect: Dialect,
+        rng: random.Random,
+        stats: Stats,
+        keep: Callable[[Change], None],
+    ) -> None:
+        self.config = config
+        self.dialect = dialect
+        self.rng = rng
+        self.stats = stats
+        self.keep = keep
+        self.nonce = config.nonce(rng)
+        self.next_key = 0
+        self.next_op = 0
+        #: The operation of each channel (one at a time), None when it has none.
+        self.ops: dict[str, Op | None] = dict.fromkeys(CHANNELS)
+        self.in_flight: Op | None = None
+        #: Epochs' metrics (JSON-encoded) waiting for a request.
+        self.unsent: dict[int, str] = {}
+        # Epochs of a batch the hub refused: each goes alone, once, to find the bad one.
+        self.solo: dict[int, str] = {}
+        self.checkpoint: tuple[int, FilePart, bool] | None = None
+        # When the waiting checkpoint was offered, and the gap between the last two offers.
+        self.checkpoint_at = -math.inf
+        self.save_gap = 0.0
+        self.final: tuple[int, FilePart, float] | None = None
+        self.finish_deadline = math.inf
+        self.last_metrics = -math.inf
+        self.last_checkpoint = -math.inf
+        self.next_heartbeat = math.inf
+        # The hub's Retry-After holds back every request, not only the one it answered:
+        # its rate limit is per key.
+        self.hold_until = -math.inf
+
+    # -- the trainer's data ---------------------------------------------------------
+
+    def queue_metrics(self, epoch: int, encoded: str) -> None:
+        """Queue an epoch's metrics; a later value for the same epoch replaces it."""
+        self.unsent.pop(epoch, None)
+        self.solo.pop(epoch, None)
+        self.unsent[epoch] = encoded
+        self.keep(MetricsQueued(epoch, encoded))
+
+    def offer_checkpoint(self, value: tuple[int, FilePart, bool] | None) -> None:
+        """Put epoch weights in the checkpoint slot (None: clear it)."""
+        self.checkpoint = value
+        self.keep(Offered("checkpoint", value))
+
+    def offer_final(self, value: tuple[int, FilePart, float] | None) -> None:
+        """Put the final weights in their slot (None: clear it)."""
+        self.final = value
+        self.keep(Offered("final", value))
+
+    def saved(self, epoch: int, file: FilePart, *, is_best: bool, now: float) -> None:
+        """The trainer saved epoch weights: they replace any that wait."""
+        if self.checkpoint_at > -math.inf:
+            self.save_gap = max(0.0, now - self.checkpoint_at)
+        self.checkpoint_at = now
+        self.offer_checkpoint((epoch, file, is_best))
+
+    def finishing(self, final: tuple[int, FilePart, float], *, deadline: float) -> None:
+        """The final weights wait; epoch weights not sent yet are superseded by them."""
+        self.offer_final(final)
+        self.finish_deadline = deadline
+        if self.checkpoint is not None:
+            self.offer_checkpoint(None)
+        self.close_op("checkpoint")
+
+    def resumed(self) -> None:
+        """Training goes on: the final weights wait no more (``finish`` offers them again)."""
+        if self.final is not None:
+            self.offer_final(None)
+        self.close_op("final")
+
+    def restore(self, saved: Saved, *, now: float) -> None:
+        """Take back what an outbox kept: its operations go first, with their keys."""
+        for kept in saved.ops:
+            self.next_op += 1
+            policy: RetryPolicy = getattr(self.config.policies, kept.channel)
+            purpose = purpose_of(kept.channel, kept.payload)
+            op = Op(self.next_op, kept.channel, kept.request, policy, purpose, round_start=now)
+            op.not_before = now
+            self.ops[kept.channel] = op
+        for epoch, encoded in saved.metrics:
+            self.unsent.pop(epoch, None)
+            self.unsent[epoch] = encoded
+        if saved.checkpoint is not None:
+            self.checkpoint = saved.checkpoint
+            kept_op = self.ops["checkpoint"]
+            if (
+                kept_op is not None
+                and isinstance(kept_op.purpose, CheckpointUpload)
+                and kept_op.purpose.epoch < saved.checkpoint[0]
+            ):
+                # Newer weights wait behind it: sending both would hold the newer ones
+                # for the 900 s limit, and the hub keeps only the newest anyway. The kept
+                # upload may have landed before the crash; then the newer one replaces it.
+                self.close_op("checkpoint")
+        if saved.final is not None:
+            self.final = saved.final
+
+    def stop_heartbeats(self) -> None:
+        """No heartbeat is due until the core says so again."""
+        self.ops["heartbeat"] = None
+        self.next_heartbeat = math.inf
+
+    def split(self, op: Op) -> None:
+        """A refused batch of metrics: each of its epochs goes alone, once."""
+        encoded = (op.request.json or {}).get("metrics", {})
+        for epoch in op.epochs:
+            self.solo[epoch] = encoded[str(epoch)]
+            self.keep(MetricsQueued(epoch, encoded[str(epoch)]))
+        self.keep(OpClosed(op.request.idempotency_key or ""))
+
+    # -- what is pending ------------------------------------------------------------
+
+    def pending(self) -> dict[str, int]:
+        """What the hub has not acknowledged yet, per channel."""
+        metrics_op = self.ops["metrics"]
+        in_op = len(metrics_op.epochs) if metrics_op is not None else 0
+        ckpt = int(self.checkpoint is not None or self.ops["checkpoint"] is not None)
+        return {
+            "metrics": len(self.unsent) + len(self.solo) + in_op,
+            "checkpoint": ckpt,
+            "final": int(self.final is not None),
+        }
+
+    def unacknowledged_epochs(self) -> set[int]:
+        """The epochs whose metrics the hub has not acknowledged."""
+        epochs = set(self.unsent) | set(self.solo)
+        op = self.ops["metrics"]
+        if op is not None:
+            epochs.update(op.epochs)
+        return epochs
+
+    # -- operations -----------------------------------------------------------------
+
+    def close_op(self, channel: str) -> None:
+        """Forget the channel's operation (acknowledged, or superseded), unless in flight."""
+        op = self.ops[channel]
+        if op is None or op is self.in_flight:
+            return
+        self.ops[channel] = None
+        key = op.request.idempotency_key
+        if key is not None and channel in DATA_CHANNELS:
+            self.keep(OpClosed(key))
+
+    def key(self) -> str:
+        """A fresh idempotency key."""
+        self.next_key += 1
+        return f"{self.nonce}-{self.next_key}"
+
+    def add(self, channel: str, request: Request, purpose: Purpose, *, now: float) -> Op:
+        """Open an operation on ``channel``, due at once."""
+        policy: RetryPolicy = getattr(self.config.policies, channel)
+        self.next_op += 1
+        op = Op(self.next_op, channel, request, policy, purpose, round_start=now)
+        op.not_before = now
+        self.ops[channel] = op
+        if channel in DATA_CHANNELS:
+            # The outbox keeps the plain payload (epochs, or epoch): its format stays.
+            self.keep(OpOpened(channel, request, op.payload))
+        return op
+
+    def checkpoint_due(self) -> float:
         """When the checkpoint waiting now may go."""
         limits = self.config.limits
-        clear = self._last_checkpoint + limits.checkpoint
-        if self._checkpoint_at >= clear:
+        clear = self.last_checkpoint + limits.checkpoint
+        if self.checkpoint_at >= clear:
             return clear
         # It was saved while the limit held, so the trainer will likely save newer
         # weights about one save interval after the limit clears: an upload spent on
         # these now would be replaced almost at once.
-        return clear + min(self._save_gap, limits.checkpoint_grace)
+        return clear + min(self.save_gap, limits.checkpoint_grace)
 
-    def _offer_checkpoint(self, value: tuple[int, FilePart, bool] | None) -> None:
-        self._checkpoint = value
-        if self.durable:
-            self.changes.append(Offered("checkpoint", value))
+    def next_action(
+        self,
+        now: float,
+        *,
+        final: bool,
+        heartbeats: bool,
+        model_id: str | None,
+        run_id: int | None,
+        agent_id: str | None,
+    ) -> Action:
+        """Send the first due operation, or say when one is due.
 
-    def _offer_final(self, value: tuple[int, FilePart, float] | None) -> None:
-        self._final = value
-        if self.durable:
-            self.changes.append(Offered("final", value))
+        Args:
+            now: The current time.
+            final: The final upload is under way (see the machine's traits).
+            heartbeats: Heartbeats are due in the machine's state.
+            model_id: The model the requests name (None: nothing is opened to send).
+            run_id: The Platform run, if any.
+            agent_id: The agent id the hub gave, if any.
+        """
+        if now < self.hold_until:
+            return Wait(min(self.hold_until, self.finish_deadline if final else math.inf))
+        if model_id is not None:
+            self.make_due(now, final=final, heartbeats=heartbeats, model_id=model_id,
+                          run_id=run_id, agent_id=agent_id)  # fmt: skip
+        earliest = math.inf
+        for channel in CHANNELS:
+            op = self.ops[channel]
+            if op is None or (channel == "final" and not final):
+                continue
+            if op.not_before <= now:
+                return self.send(op, now)
+            earliest = min(earliest, op.not_before)
+        if heartbeats:
+            earliest = min(earliest, self.next_heartbeat)
+        if final:
+            earliest = min(earliest, self.finish_deadline)
+        if (self.unsent or self.solo) and self.ops["metrics"] is None and not final:
+            earliest = min(earliest, self.last_metrics + self.config.limits.metrics)
+        if self.checkpoint is not None and self.ops["checkpoint"] is None:
+            earliest = min(earliest, self.checkpoint_due())
+        return Wait(None if earliest == math.inf else max(earliest, now))
 
-    def _close_op(self, channel: str) -> None:
-        op = self._ops[channel]
-        if op is None or op is self._in_flight:
-            return
-        self._ops[channel] = None
-        key = op.request.idempotency_key
-        if self.durable and key is not None and channel in DATA_CHANNELS:
-            self.changes.append(OpClosed(key))
-
-    def _key(self) -> str:
-        self._next_key += 1
-        return f"{self._nonce}-{self._next_key}"
-
-    def _add(self, channel: str, request: Request, purpose: Purpose, *, now: float) -> Op:
-        policy: RetryPolicy = getattr(self.config.policies, channel)
-        self._next_op += 1
-        op = Op(self._next_op, channel, request, policy, purpose, round_start=now)
-        op.not_before = now
-        self._ops[channel] = op
-        if self.durable and channel in DATA_CHANNELS:
-            # The outbox keeps the plain payload (epochs, or epoch): its format stays.
-            self.changes.append(OpOpened(channel, request, op.payload))
-        return op
-
-    def _schedule(self, state: str, now: float) -> None:
-        """Turn due work into operations, channel by channel."""
-        ops = self._ops
+    def make_due(
+        self,
+        now: float,
+        *,
+        final: bool,
+        heartbeats: bool,
+        model_id: str,
+        run_id: int | None,
+        agent_id: str | None,
+    ) -> None:
+        """Turn due work into operations, channel by channel (see :meth:`next_action`)."""
+        ops = self.ops
         limits = self.config.limits
-        model_id = self.model_id
-        if model_id is None:
-            return
-        if ops["heartbeat"] is None and now >= self._next_heartbeat and self.machine.heartbeats:
-            self._add(
-                "heartbeat", self.dialect.heartbeat(model_id, self.agent_id), Heartbeat(), now=now
-            )
+        dialect = self.dialect
+        if ops["heartbeat"] is None and now >= self.next_heartbeat and heartbeats:
+            self.add("heartbeat", dialect.heartbeat(model_id, agent_id), Heartbeat(), now=now)
         # The final flush is exempt from the metrics limit (as the official client's final
         # upload is): the trainer is waiting, and it is the last metrics request.
-        metrics_due = self._last_metrics + (0.0 if state == "final_uploading" else limits.metrics)
-        if ops["metrics"] is None and (self._solo or self._unsent) and now >= metrics_due:
-            if self._solo:
-                epoch = next(iter(self._solo))
-                batch = {epoch: self._solo.pop(epoch)}
-            elif self.dialect.batches:
-                batch = self._unsent
-                self._unsent = {}
+        metrics_due = self.last_metrics + (0.0 if final else limits.metrics)
+        if ops["metrics"] is None and (self.solo or self.unsent) and now >= metrics_due:
+            if self.solo:
+                epoch = next(iter(self.solo))
+                batch = {epoch: self.solo.pop(epoch)}
+            elif dialect.batches:
+                batch = self.unsent
+                self.unsent = {}
             else:
-                epoch = next(iter(self._unsent))
-                batch = {epoch: self._unsent.pop(epoch)}
-            request = self.dialect.metrics(model_id, batch, key=self._key())
-            self._add("metrics", request, MetricsBatch(tuple(batch)), now=now)
+                epoch = next(iter(self.unsent))
+                batch = {epoch: self.unsent.pop(epoch)}
+            request = dialect.metrics(model_id, batch, key=self.key())
+            self.add("metrics", request, MetricsBatch(tuple(batch)), now=now)
         if (
             ops["checkpoint"] is None
-            and self._checkpoint is not None
-            and now >= self._checkpoint_due()
+            and self.checkpoint is not None
+            and now >= self.checkpoint_due()
         ):
-            epoch, file, is_best = self._checkpoint
-            self._offer_checkpoint(None)
-            request = self.dialect.checkpoint(
-                model_id, self.run_id, epoch, file, is_best=is_best, key=self._key()
+            epoch, file, is_best = self.checkpoint
+            self.offer_checkpoint(None)
+            request = dialect.checkpoint(
+                model_id, run_id, epoch, file, is_best=is_best, key=self.key()
             )
-            self._add("checkpoint", request, CheckpointUpload(epoch), now=now)
+            self.add("checkpoint", request, CheckpointUpload(epoch), now=now)
         if (
-            state == "final_uploading"
-            and self._final is not None
+            final
+            and self.final is not None
             and ops["final"] is None
             and ops["metrics"] is None
-            and not self._unsent
-            and not self._solo
-            and not (self.dialect.final_after_checkpoint and ops["checkpoint"] is not None)
+            and not self.unsent
+            and not self.solo
+            and not (dialect.final_after_checkpoint and ops["checkpoint"] is not None)
         ):
-            epoch, file, map50_95 = self._final
+            epoch, file, map50_95 = self.final
             # The key follows the content, so finishing again with the same weights after
             # an interrupted upload that did land is replayed by the hub, not refused. The
             # mAP is part of the body, so it is part of the key: one key, one request.
             key = f"final-{model_id}-{epoch}-{file.sha256[:32]}-{float(map50_95)!r}"
-            request = self.dialect.final(
-                model_id, self.run_id, epoch, file, map50_95=map50_95, key=key
-            )
-            self._add("final", request, FinalUpload(epoch), now=now)
+            request = dialect.final(model_id, run_id, epoch, file, map50_95=map50_95, key=key)
+            self.add("final", request, FinalUpload(epoch), now=now)
         metrics_op = ops["metrics"]
         if metrics_op is not None:
             # The hub's limit counts every metrics request, retries included.
             metrics_op.not_before = max(metrics_op.not_before, metrics_due)
 
-    def _send(self, op: Op, now: float) -> Send:
+    def send(self, op: Op, now: float) -> Send:
+        """Send ``op`` now: count it, and start the limits' clocks."""
         if op.round_attempts == 0:
             op.round_start = now
         op.attempts += 1
         op.round_attempts += 1
-        self._in_flight = op
+        self.in_flight = op
         self.stats.sent[op.channel] += 1
         if op.attempts > 1:
             self.stats.retries += 1
         # Limits count from the moment a request leaves, not from when it was queued.
         if op.channel == "metrics":
-            self._last_metrics = now
+            self.last_metrics = now
         elif op.attempts == 1 and op.channel == "checkpoint":
-            self._last_checkpoint = now
+            self.last_checkpoint = now
         elif op.attempts == 1 and op.channel == "heartbeat":
-            self._next_heartbeat = now + self.config.limits.heartbeat
+            self.next_heartbeat = now + self.config.limits.heartbeat
         return Send(op.id, op.channel, op.attempts, op.request)
 
-    def _retry(
+    def retry(
         self, op: Op, outcome: Outcome, now: float, first_contact: bool = False
-    ) -> bool:
-        """Schedule the operation's next attempt; False when opening should fail instead."""
+    ) -> float | None:
+        """Schedule the operation's next attempt and return the wait before it.
+
+        None when opening should fail instead: a first contact that nothing answers.
+        """
         # Honoured up to the policy's maximum: one answer of the hub (a Retry-After of
         # decades, say) must not hold every channel, and finish(), for longer.
         retry_after = op.policy.honoured(retry_after_of(outcome))
-        if isinstance(outcome, Response):
-            self.last_failure = f"{outcome.status} {outcome.message}".rstrip()
-        else:
-            self.last_failure = f"{outcome.kind}: {outcome}"
         if retry_after is not None:
-            self._hold_until = max(self._hold_until, now + retry_after)
+            self.hold_until = max(self.hold_until, now + retry_after)
         # Nothing listens there, or the name does not resolve: most likely a wrong address.
         refused = isinstance(outcome, TransportError) and outcome.kind in ("refused", "dns")
         brief = first_contact and refused
@@ -217,21 +364,51 @@ class Scheduling:
         wait = policy.next_wait(
             attempts=op.round_attempts,
             elapsed=now - op.round_start,
-            rng=self._rng,
+            rng=self.rng,
             retry_after=retry_after,
         )
         if wait is not None:
             op.not_before = now + wait
-            self.retry_wait = wait
-            return True
+            return wait
         if brief:
-            return False
+            return None
         # The policy gave up for now: the operation keeps its key and its data, and
         # rests before a fresh round, never sooner than the hub asked (as honoured).
         self.stats.give_ups += 1
         op.round_attempts = 0
         op.not_before = now + max(self.config.limits.park, retry_after or 0.0)
-        self.retry_wait = op.not_before - now
         if op.channel == "heartbeat":
-            self._ops["heartbeat"] = None
+            self.ops["heartbeat"] = None
+        return op.not_before - now
+
+    def advance(self, op: Op, response: Response, now: float) -> bool:
+        """Go on to the next step of a several-step upload; False when ``op`` is done.
+
+        Raises:
+            HubProtocolError: The answer has no usable signed URL; ``op`` starts over
+                from its first step (the caller schedules the retry).
+        """
+        first = op.first or op.request
+        final = self.final if op.channel == "final" else None
+        try:
+            step = self.dialect.next_step(
+                op.request, response, first=first, answer=op.answer, final=final
+            )
+        except protocol.HubProtocolError:
+            op.request, op.first, op.answer = first, None, {}
+            raise
+        if step is None:
+            return False
+        if op.request is first:
+            op.answer = dict(self.dialect.data(response))
+        op.first = first
+        op.request = step
+        op.round_attempts = 0
+        op.round_start = now
+        op.not_before = now
         return True
+
+    def restart(self, op: Op) -> None:
+        """The signed URL refused the bytes: the upload starts over for a fresh one."""
+        assert op.first is not None
+        op.request, op.first, op.answer = op.first, None, {}

@@ -8,6 +8,7 @@ data on a failing machine (see :data:`MACHINE_BUGS`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -19,6 +20,7 @@ from hubfsm.core.changes import Change, MetricsQueued, Offered, Saved
 from hubfsm.core.dialect import PLATFORM
 from hubfsm.core.engine import Core
 from hubfsm.core.events import CheckpointOffered, EpochEnded, FinishRequested
+from hubfsm.core.schedule import Schedule
 from hubfsm.durable.journal import events
 from hubfsm.durable.outbox import Outbox, stamp_of
 from hubfsm.durable.recovery import journal_path
@@ -159,6 +161,39 @@ MACHINE_BUGS: dict[str, Bugs] = {
 }
 
 
+class _BlindFinalGate(Schedule):
+    """The real scheduler, with the final upload's gate blind to the metrics channel."""
+
+    def make_due(
+        self,
+        now: float,
+        *,
+        final: bool,
+        heartbeats: bool,
+        model_id: str,
+        run_id: int | None,
+        agent_id: str | None,
+    ) -> None:
+        ops = self.ops
+        due = functools.partial(
+            super().make_due, now, final=final, heartbeats=heartbeats, model_id=model_id,
+            run_id=run_id, agent_id=agent_id,
+        )  # fmt: skip
+        if not (final and self.dialect is PLATFORM and ops["final"] is None):
+            due()
+            return
+        # Let the metrics be scheduled first, then hide them from the final's gate only.
+        due()
+        held = ops["metrics"], self.unsent, self.solo
+        ops["metrics"], self.unsent, self.solo = None, {}, {}
+        try:
+            due()
+        finally:
+            ops["metrics"] = held[0]
+            self.unsent = {**held[1], **self.unsent}
+            self.solo = {**held[2], **self.solo}
+
+
 class CompleteBeforeLastEpoch(Core):
     """The official Platform client's order: ``training_complete`` does not wait for epochs.
 
@@ -168,21 +203,9 @@ class CompleteBeforeLastEpoch(Core):
     ``training_complete``) starts beside epochs not yet acknowledged.
     """
 
-    def _schedule(self, state: str, now: float) -> None:
-        ops = self._ops
-        if not (state == "final_uploading" and self.dialect is PLATFORM and ops["final"] is None):
-            super()._schedule(state, now)
-            return
-        # Let the metrics be scheduled first, then hide them from the final's gate only.
-        super()._schedule(state, now)
-        held = ops["metrics"], self._unsent, self._solo
-        ops["metrics"], self._unsent, self._solo = None, {}, {}
-        try:
-            super()._schedule(state, now)
-        finally:
-            ops["metrics"] = held[0]
-            self._unsent = {**held[1], **self._unsent}
-            self._solo = {**held[2], **self._solo}
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.schedule.__class__ = _BlindFinalGate
 
 
 #: The Platform-only bug: ``training_complete`` may go before the last epoch is acknowledged.

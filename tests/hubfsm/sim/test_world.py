@@ -18,6 +18,7 @@ from hubfsm.cli.simulate import run_seeds
 from hubfsm.core.engine import Core, CoreConfig, Limits, Send
 from hubfsm.core.events import CheckpointOffered, EpochEnded
 from hubfsm.core.ops import MetricsBatch
+from hubfsm.core import schedule as core_schedule
 from transports.faults import FaultMix
 from hubfsm.runtime.driver import Driver
 from hubfsm.sim.invariants import CRASH, Checker, Entry, render_json, render_text
@@ -286,19 +287,25 @@ class IgnoresRetryAfter(Core):
         super().receive(op_id, outcome, now=now)
 
 
+class _GrowingSchedule(core_schedule.Schedule):
+    def make_due(self, now, **kwargs):
+        super().make_due(now, **kwargs)
+        op = self.ops["metrics"]
+        if op is None or not op.attempts or not self.unsent:
+            return
+        body = dict(op.request.json)
+        body["metrics"] = {**body["metrics"], **{str(e): m for e, m in self.unsent.items()}}
+        op.request = attrs.evolve(op.request, json=body)
+        op.purpose = MetricsBatch(op.purpose.epochs + tuple(self.unsent))
+        self.unsent = {}
+
+
 class GrowsItsMetricsBatch(Core):
     """Adds the epochs queued since to a metrics request being retried, under its old key."""
 
-    def _schedule(self, state, now):
-        super()._schedule(state, now)
-        op = self._ops["metrics"]
-        if op is None or not op.attempts or not self._unsent:
-            return
-        body = dict(op.request.json)
-        body["metrics"] = {**body["metrics"], **{str(e): m for e, m in self._unsent.items()}}
-        op.request = attrs.evolve(op.request, json=body)
-        op.purpose = MetricsBatch(op.purpose.epochs + tuple(self._unsent))
-        self._unsent = {}
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.schedule.__class__ = _GrowingSchedule
 
 
 @pytest.mark.parametrize(
@@ -406,7 +413,7 @@ class SetsAsideTheWholeBatch(Core):
             op.request = op.request  # the batch stays one record
             from hubfsm.core.changes import Rejected
 
-            self._ops["metrics"] = None
+            self.schedule.ops["metrics"] = None
             record = Rejected("metrics", op.request, op.payload, response.status, "")
             self.rejected.append(record)
             if self.durable:
@@ -419,8 +426,9 @@ class KeepsHeartbeating(Core):
     """Planted bug: a refused heartbeat is taken for a passing failure and retried."""
 
     def receive(self, op_id, outcome, *, now):
-        if isinstance(outcome, Response) and outcome.status == 409 and self._in_flight is not None \
-                and self._in_flight.channel == "heartbeat":
+        in_flight = self.schedule.in_flight
+        if isinstance(outcome, Response) and outcome.status == 409 and in_flight is not None \
+                and in_flight.channel == "heartbeat":
             outcome = Response(503, outcome.body)
         super().receive(op_id, outcome, now=now)
 
