@@ -450,6 +450,7 @@ class DropsTrainerEventsAfterAFatalAnswer(Driver):
         super().apply(event, now)
 
 
+@pytest.mark.slow  # a sweep of hundreds of seeds
 def test_simulate_finds_a_worker_that_drops_trainer_events_after_a_fatal_answer(
     capsys, monkeypatch
 ):
