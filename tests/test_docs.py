@@ -355,6 +355,7 @@ def test_the_site_config_builds_offline() -> None:
         assert licence.is_file(), f"{script} comes without its licence"
 
 
+@pytest.mark.slow  # the whole site built in a subprocess
 def test_mkdocs_build_strict(tmp_path: pathlib.Path) -> None:
     for module in ("mkdocs", "material", "mkdocstrings_handlers.python"):
         if importlib.util.find_spec(module.split(".")[0]) is None:
