@@ -4,6 +4,7 @@ Constants and helpers that test modules import by name are in ``tests/support.py
 """
 
 import pytest
+from hypothesis import settings
 
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.store_memory import MemoryStore
@@ -42,3 +43,31 @@ def _restore_structlog():
 def hub():
     """An in-memory hub that knows ``tests.support.KEY``."""
     return Hub(MemoryStore(), keys=[KEY])
+
+
+#: The default run tries this share of each property's examples (at least ten); the run
+#: of the tests marked slow tries them all.
+QUICK_SHARE = 10
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each property twice: a few examples by default, all of them with ``-m slow``."""
+    if getattr(metafunc.function, "is_hypothesis_test", False):
+        full = pytest.param("full", marks=pytest.mark.slow)
+        metafunc.parametrize("_examples", ["quick", full], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def _examples(request):
+    """For a property's quick run, a share of the examples its settings ask for."""
+    if getattr(request, "param", None) != "quick":
+        yield
+        return
+    test = getattr(request.function, "__func__", request.function)
+    full = test._hypothesis_internal_use_settings
+    quick = max(10, full.max_examples // QUICK_SHARE)
+    test._hypothesis_internal_use_settings = settings(full, max_examples=quick)
+    try:
+        yield
+    finally:
+        test._hypothesis_internal_use_settings = full

@@ -165,6 +165,7 @@ def test_the_docs_have_examples() -> None:
     assert len(of("bash")) >= 10
 
 
+@pytest.mark.slow  # each example in its own interpreter
 @pytest.mark.parametrize("block", of("python"), ids=ids(of("python")))
 def test_python_example_runs(block: Block, hub_env: dict[str, str], tmp_path: pathlib.Path) -> None:
     code = compile(block.code, block.id, "exec")
@@ -216,6 +217,7 @@ def runs_here(args: argparse.Namespace) -> bool:
     return args.command == "demo" and not args.hub and not args.fault_rate
 
 
+@pytest.mark.slow  # each command in a subprocess, one of 1,000 seeds
 @pytest.mark.parametrize("block", of("bash"), ids=ids(of("bash")))
 def test_shell_example(block: Block, tmp_path: pathlib.Path) -> None:
     env = clean_env(tmp_path)
@@ -353,6 +355,7 @@ def test_the_site_config_builds_offline() -> None:
         assert licence.is_file(), f"{script} comes without its licence"
 
 
+@pytest.mark.slow  # the whole site built in a subprocess
 def test_mkdocs_build_strict(tmp_path: pathlib.Path) -> None:
     for module in ("mkdocs", "material", "mkdocstrings_handlers.python"):
         if importlib.util.find_spec(module.split(".")[0]) is None:

@@ -25,6 +25,8 @@ import hubfsm.cli.main as cli
 from hubfsm.hub.server import LocalHub
 from tests.support import KEY
 
+pytestmark = pytest.mark.slow  # the CLI in subprocesses against served hubs
+
 MODEL = "Mo12" * 5  # 20 characters, like a model id
 
 

@@ -27,6 +27,8 @@ from transports.http import RequestsTransport
 
 from tests.support import KEY
 
+pytestmark = pytest.mark.slow  # real servers end to end
+
 
 def test_a_session_against_a_served_hub_subprocess(
     serve_hub: Callable[..., Any], kit: Any, tmp_path: Path

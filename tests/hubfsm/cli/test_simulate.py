@@ -47,6 +47,7 @@ def test_one_seed_traced_twice_prints_the_same_bytes(capsys, profile):
     assert list(rows[1])[:5] == ["seed", "profile", "t", "state", "event"]
 
 
+@pytest.mark.slow  # sweeps seeds twice, once in a process pool
 def test_the_summary_does_not_depend_on_the_number_of_processes(capsys):
     args = ["--profile", "all", "--seeds", "0-59", "--epochs", "20"]
     one = simulate(capsys, *args, "--jobs", "1")

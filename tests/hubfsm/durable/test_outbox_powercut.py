@@ -8,7 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from hubfsm.durable.outbox import Outbox
+
+pytestmark = pytest.mark.slow  # a kill loop: processes killed mid-transaction
 
 WRITER = Path(__file__).parent / "outbox_writer.py"
 MODEL = "P" * 20

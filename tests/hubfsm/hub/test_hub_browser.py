@@ -26,6 +26,8 @@ from hubfsm.core.engine import CoreConfig, Limits
 from hubfsm.core.retry import ChannelPolicies, RetryPolicy
 from hubfsm.hub.server import LocalHub
 
+pytestmark = pytest.mark.slow  # headless Chromium against a real local hub
+
 CHROMIUM = os.environ.get("HUBFSM_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
     "--headless",

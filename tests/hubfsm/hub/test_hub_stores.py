@@ -27,14 +27,14 @@ def _open(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     return PostgresStore(database, S3Objects(objects))
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres+s3"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres+s3", marks=pytest.mark.slow)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     made = _open(request.param, request, tmp_path)
     yield made
     made.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres+s3"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres+s3", marks=pytest.mark.slow)])
 def durable_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """The stores whose transactions roll back (the memory store's writes cannot fail)."""
     made = _open(request.param, request, tmp_path)

@@ -29,6 +29,8 @@ from hubfsm.hub.server import LocalHub
 
 from tests.services import free_ports
 
+pytestmark = pytest.mark.slow  # real PostgreSQL and S3 servers, hub processes
+
 
 def _request(
     url: str,

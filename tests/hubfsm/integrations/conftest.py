@@ -33,9 +33,6 @@ MODEL_INFO = {"model/parameters": 3157200, "model/GFLOPs": 8.857, "model/speed_P
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "slow: trains a real model (minutes); deselect with -m 'not slow'"
-    )
-    config.addinivalue_line(
         "markers", "ultralytics: needs a real ultralytics trainer (tools/test-ultralytics.sh)"
     )
 

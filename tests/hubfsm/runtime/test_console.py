@@ -178,6 +178,7 @@ def test_a_refusal_prints_one_line(local: LocalHub, tmp_path: Path) -> None:
     assert f"`HUB_API_KEY=... hubfsm sync --hub {local.url} " in line
 
 
+@pytest.mark.slow  # a trainer process waits out a dead hub
 def test_finish_with_the_hub_down_says_what_it_waits_for_and_ctrl_c_keeps_it_for_sync(
     local: LocalHub, tmp_path: Path
 ) -> None:

@@ -15,6 +15,8 @@ import pytest
 from hubfsm.hub.server import LocalHub
 from tests.support import new_model, relay
 
+pytestmark = pytest.mark.slow  # kill loops: trainer processes killed and restarted
+
 HERE = Path(__file__).parent
 TRAINER = HERE / "crash_trainer.py"
 EPOCHS = 6

@@ -2,7 +2,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -44,32 +43,56 @@ def test_exit_and_sigterm_flush_what_is_pending(local, tmp_path, how):
 def test_a_dead_hub_at_exit_costs_the_deadline_and_one_line(local, tmp_path):
     model_id = new_model(local.hub, local.api_key)
     env = dict(os.environ, HUB_API_KEY=local.api_key, HUBFSM_OUTBOX=str(tmp_path))
-    # open against the live hub, then lose it: the session's requests go to a port
-    # that nobody listens on
+    # Open against the live hub, then lose it: the session's requests go to a port that
+    # nobody listens on. Retries come every few milliseconds, so only the exit deadline
+    # stops them; each request at exit costs COST seconds on the session's clock, so a
+    # deadline of 1 s allows at most 4 of them whatever the machine's load.
     script = (
-        "import hubfsm, os, sys\n"
+        "import atexit, os, sys, time\n"
+        "import hubfsm\n"
         "from hubfsm.core.engine import CoreConfig, Limits\n"
+        "from hubfsm.core.retry import ChannelPolicies, RetryPolicy\n"
+        "from hubfsm.runtime.factory import build\n"
+        "from hubfsm.runtime.settings import Settings\n"
         "from transports.http import RequestsTransport\n"
+        "COST = 0.3\n"
+        "class Clock:\n"
+        "    extra = 0.0\n"
+        "    def __call__(self): return time.monotonic() + self.extra\n"
+        "    def sleep(self, seconds): time.sleep(max(0.0, seconds))\n"
+        "    def sleep_until(self, when): self.sleep(when - self())\n"
+        "clock = Clock()\n"
         "class Link:\n"
-        "    def send(self, request): return self.to.send(request)\n"
+        "    exiting, at_exit = False, 0\n"
+        "    def send(self, request):\n"
+        "        if self.exiting:\n"
+        "            self.at_exit += 1\n"
+        "            clock.extra += COST\n"
+        "        return self.to.send(request)\n"
         "link = Link()\n"
         f"link.to = RequestsTransport(os.environ['HUB_API_KEY'], api_root={local.url!r})\n"
-        f"s = hubfsm.Session({model_id!r}, transport=link, exit_timeout=1.0,\n"
-        "    config=CoreConfig(limits=Limits(metrics=0.01)))\n"
+        "fast = RetryPolicy(base=0.005, cap=0.01, max_attempts=10_000, deadline=1e6)\n"
+        "config = CoreConfig(limits=Limits(metrics=0.01),\n"
+        "    policies=ChannelPolicies(metrics=fast))\n"
+        f"settings = Settings.resolve({model_id!r}, exit_timeout=1.0, config=config)\n"
+        "atexit.register(lambda: print('requests at exit:', link.at_exit))\n"
+        "s = hubfsm.Session.compose(build(settings, transport=link, clock=clock))\n"
         "s.start()\n"
         "dead = 'http://127.0.0.1:%d' % int(sys.argv[1])\n"
         "link.to = RequestsTransport(os.environ['HUB_API_KEY'], api_root=dead)\n"
         "for e in range(4): s.log_metrics({'loss': 1.0}, epoch=e)\n"
+        # Registered after the session's own exit hook, so it runs before it.
+        "atexit.register(lambda: setattr(link, 'exiting', True))\n"
     )
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         dead_port = sock.getsockname()[1]
-    started = time.monotonic()
     done = subprocess.run([sys.executable, "-c", script, str(dead_port)], capture_output=True,
                           text=True, env=env, timeout=60)
-    elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stderr
     lines = [x for x in done.stderr.splitlines() if x.startswith("hubfsm: model")]
     assert len(lines) == 1 and "4 epochs of metrics not on the hub yet" in lines[0]
     assert "hubfsm sync" in lines[0]
-    assert elapsed < 30
+    # The exit kept trying, and stopped once the deadline had passed on its clock.
+    sent = int(done.stdout.split("requests at exit:")[1])
+    assert 1 <= sent <= 4, done.stdout

@@ -27,6 +27,8 @@ from hubfsm.hub.server import LocalHub
 
 from tests.support import new_model, relay
 
+pytestmark = pytest.mark.slow  # kill loops: trainer processes killed inside finish()
+
 HERE = Path(__file__).parent
 TRAINER = HERE / "crash_trainer.py"
 EPOCHS = 4

@@ -91,6 +91,7 @@ def test_a_run_over_http_sends_the_key_only_to_the_api_and_bytes_raw_to_the_sign
     assert PLATFORM_KEY not in json.dumps(puts)
 
 
+@pytest.mark.slow  # a kill loop over real HTTP
 def test_a_kill_9_mid_run_loses_no_epoch_and_sync_delivers_them_once_in_order(
     platform, tmp_path
 ):

@@ -195,6 +195,7 @@ def _lost(results):
             if v.number in (CRASH, 1, FAILED_WRITE)]  # fmt: skip
 
 
+@pytest.mark.slow  # a sweep of hundreds of seeds
 @pytest.mark.parametrize("name", ["finish-kill", "poison"])
 def test_the_machine_profiles_keep_every_invariant(pool, name):
     results = run_seeds(range(200), PROFILES[name], 30, pool=pool, jobs=2)
@@ -203,6 +204,7 @@ def test_the_machine_profiles_keep_every_invariant(pool, name):
     assert sum(r.faults for r in results) >= 100
 
 
+@pytest.mark.slow  # a sweep of hundreds of seeds
 def test_a_failing_disk_loses_nothing(pool):
     # Every epoch accepted is on the hub, in the outbox or in the journal at every death,
     # or was lost as a journal-less session said it might be. (Invariant 2 is what keeps

@@ -56,12 +56,14 @@ def _report(failures):
     )
 
 
+@pytest.mark.slow  # a sweep of hundreds of seeds
 def test_a_thousand_flaky_sessions_keep_every_invariant(pool):
     results = run_seeds(range(1000), PROFILES["flaky"], 50, pool=pool, jobs=2)
     failures = [r for r in results if not r.ok or r.state != "done"]
     assert not failures, _report(failures)
 
 
+@pytest.mark.slow  # a sweep of hundreds of seeds
 @pytest.mark.parametrize("name", ["calm", "hostile", "partition", "revoked", "crash"])
 def test_every_profile_keeps_every_invariant(pool, name):
     profile = PROFILES[name]
@@ -72,6 +74,7 @@ def test_every_profile_keeps_every_invariant(pool, name):
     assert {(r.state, r.error) for r in results} == {expected}
 
 
+@pytest.mark.slow  # a sweep of hundreds of seeds
 def test_refusing_hubs_lose_nothing_accepted_and_a_sync_after_the_fix_delivers_it(pool):
     results = run_seeds(SWEEP_SEEDS, PROFILES["refusing"], SWEEP_EPOCHS, pool=pool, jobs=2)
     failures = [r for r in results if not r.ok]
@@ -455,6 +458,7 @@ class DropsTrainerEventsAfterAFatalAnswer(Driver):
         super().apply(event, now)
 
 
+@pytest.mark.slow  # a sweep of hundreds of seeds
 def test_simulate_finds_a_worker_that_drops_trainer_events_after_a_fatal_answer(
     capsys, monkeypatch
 ):
