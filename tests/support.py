@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 
 from hubfsm.core import protocol
-from hubfsm.core.engine import CoreConfig
+from hubfsm.core.config import CoreConfig
 from hubfsm.hub.domain import Hub
 from hubfsm.runtime.clocks import VirtualClock
 from hubfsm.runtime.factory import build

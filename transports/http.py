@@ -29,7 +29,6 @@ from hubfsm.logs import get_logger
 from hubfsm.transport import Announced, Request, Response, Sink, Transport
 from hubfsm.version import __version__
 from transports.answers import (
-    MAX_RESPONSE_BYTES,
     BadAnswer,
     decode,
     parse_retry_after,
@@ -39,7 +38,7 @@ from transports.answers import (
 from transports.deadline import Deadline, SendTimeoutAdapter
 from transports.downloads import HttpDownloader
 from transports.network_errors import Reporter
-from transports.settings import API_ROOT_ENV, DEFAULT_API_ROOT, check_key, check_root, positive
+from transports.settings import check_key, check_root, positive
 from transports.uploads import (
     FileChangedError,
     FileReadError,
@@ -49,13 +48,7 @@ from transports.uploads import (
     progress_bar,
 )
 
-__all__ = [
-    "API_ROOT_ENV",
-    "DEFAULT_API_ROOT",
-    "MAX_RESPONSE_BYTES",
-    "MIN_UPLOAD_RATE",
-    "RequestsTransport",
-]
+__all__ = ["MIN_UPLOAD_RATE", "RequestsTransport"]
 
 #: The slowest upload rate (bytes per second) an attempt's deadline allows for: about
 #: 2 Mbit/s, so that a slow but working uplink still gets large checkpoints through.

@@ -13,13 +13,8 @@ from pathlib import Path
 
 from hubfsm.core.changes import describe_pending
 from hubfsm.core.dialect import OUTBOX_ID
-from hubfsm.durable.outbox import (
-    DATABASE,
-    Outbox,
-    OutboxDamaged,
-    OutboxLockedError,
-    default_root,
-)
+from hubfsm.durable.layout import DATABASE, OutboxDamaged, OutboxLockedError, default_root
+from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.survey import inspect
 
 

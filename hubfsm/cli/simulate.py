@@ -16,7 +16,8 @@ from typing import TextIO
 
 from hubfsm.core.dialect import ProtocolName
 from hubfsm.sim.invariants import render_json, render_text
-from hubfsm.sim.profiles import Profile, describe, select
+from hubfsm.sim.profile_types import Profile
+from hubfsm.sim.profiles import describe, select
 from hubfsm.sim.result import SimResult
 from hubfsm.sim.world import run_seed
 

@@ -18,37 +18,21 @@ from typing import Any
 
 from hubfsm.core import answers, protocol
 from hubfsm.core.changes import Change, Refusal, Rejected, Saved
-from hubfsm.core.config import CHANNELS, DATA_CHANNELS, CoreConfig, Limits, Notify, Stats
+from hubfsm.core.config import DATA_CHANNELS, CoreConfig, Limits, Notify, Stats
 from hubfsm.core.dialect import DIALECTS, PLATFORM
 from hubfsm.core.identifier import Identifier
 from hubfsm.core.machine import (
-    REJECTING_STATUSES,
-    STOPPING_STATUSES,
     Answer,
     SessionMachine,
     answer_to,
 )
-from hubfsm.core.ops import Action, Create, Load, MetricsBatch, Op, Opening, Send, Wait
+from hubfsm.core.ops import Action, Create, Load, MetricsBatch, Op, Opening, Wait
 from hubfsm.core.retry import Verdict
 from hubfsm.core.schedule import Schedule
 from hubfsm.errors import DeliveryIncomplete, HubError, HubfsmError, IdentifierError
 from hubfsm.transport import FilePart, Outcome, Response, TransportError
 
-# Where they always were: the public names of the core's parts.
-__all__ = [
-    "CHANNELS",
-    "DATA_CHANNELS",
-    "REJECTING_STATUSES",
-    "STOPPING_STATUSES",
-    "Action",
-    "Core",
-    "CoreConfig",
-    "Limits",
-    "Notify",
-    "Send",
-    "Stats",
-    "Wait",
-]
+__all__ = ["Core", "CoreConfig", "Limits"]
 
 
 class Core:

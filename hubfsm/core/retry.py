@@ -11,7 +11,6 @@ import random
 
 import attrs
 
-from hubfsm.core.machine import RETRYABLE_STATUSES as RETRYABLE_STATUSES
 from hubfsm.core.machine import Answer, answer_to
 from hubfsm.transport import Outcome, Response, TransportError
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from hubfsm.core.events import CheckpointOffered, EpochEnded, Event, FinishRequested
 from hubfsm.core.plain import carried
-from hubfsm.durable.journal import InboxItem, Journal, JournalOpener
+from hubfsm.durable.journal import Journal, JournalOpener
+from hubfsm.durable.journal_format import InboxItem
 
 #: The events journaled when a journal is open: what a kill must not lose. The others
 #: (start, barrier, interrupt, finish-pending) steer this process's session only: a

@@ -60,33 +60,11 @@ from hubfsm.durable.journal_format import (
     InboxItem,
     encode,
     entry_of,
-    event_of,
 )
-from hubfsm.durable.journal_format import RECORD as _RECORD
-from hubfsm.durable.journal_scan import JournalDamage, Replay, events, replay, scan
+from hubfsm.durable.journal_scan import events
 from hubfsm.logs import get_logger
 
-# The journal's names, importable from here as they always were.
-__all__ = [
-    "INITIAL_SIZE",
-    "MAGIC",
-    "VALUES",
-    "VERSION",
-    "Allocate",
-    "InboxItem",
-    "Journal",
-    "JournalOpener",
-    "JournalDamage",
-    "Replay",
-    "_RECORD",
-    "encode",
-    "entry_of",
-    "event_of",
-    "events",
-    "journal_unavailable",
-    "replay",
-    "scan",
-]
+__all__ = ["Allocate", "Journal", "JournalOpener", "events", "journal_unavailable"]
 
 _crc32 = zlib.crc32
 _pack = RECORD.pack

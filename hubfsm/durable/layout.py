@@ -17,7 +17,7 @@ import attrs
 import platformdirs
 
 from hubfsm import env
-from hubfsm.durable.journal import scan
+from hubfsm.durable.journal_scan import scan
 from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger
 

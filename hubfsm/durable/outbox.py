@@ -22,9 +22,7 @@ from hubfsm.durable.layout import (
     DATABASE,
     DIR_MODE,
     FILE_MODE,
-    JOURNAL,
     LOCK,
-    OUTBOX_ENV,
     OWN_FILES,
     SNAPSHOT,
     HubRoots,
@@ -367,16 +365,4 @@ class Outbox:
             directory.rmdir()  # not empty: something else is in it, and it stays
 
 
-__all__ = [
-    "DATABASE",
-    "FILE_MODE",
-    "JOURNAL",
-    "LOCK",
-    "OUTBOX_ENV",
-    "FileStamp",
-    "HubRoots",
-    "Outbox",
-    "OutboxDamaged",
-    "OutboxLockedError",
-    "default_root",
-]
+__all__ = ["DATABASE", "Outbox"]

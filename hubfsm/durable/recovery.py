@@ -13,7 +13,7 @@ from hubfsm.core.changes import KEPT_ASIDE, Change, MetricsQueued, Offered, Reje
 from hubfsm.core.engine import Core
 from hubfsm.core.events import CheckpointOffered, EpochEnded, FinishRequested
 from hubfsm.core.plain import carried
-from hubfsm.durable.journal import events
+from hubfsm.durable.journal_scan import events
 from hubfsm.durable.outbox import Outbox
 from hubfsm.logs import get_logger
 from hubfsm.transport import FilePart

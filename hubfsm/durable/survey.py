@@ -20,7 +20,7 @@ import attrs
 
 from hubfsm.core.changes import KEPT_ASIDE, Rejected, pending_counts
 from hubfsm.core.dialect import OUTBOX_ID
-from hubfsm.durable.journal import JournalDamage, scan
+from hubfsm.durable.journal_scan import JournalDamage, scan
 from hubfsm.durable.layout import (
     DATABASE,
     FILE_MODE,

@@ -29,34 +29,18 @@ from hubfsm.hub.calls import (
     BadJson,
     HubCall,
     HubReply,
-    UploadEntry,
     fail,
     id_factory,
-    is_model_id,
-    ok,
     request_digest,
     route,
 )
-from hubfsm.hub.keys import ALPHABET
 from hubfsm.hub.parse import check_json
 from hubfsm.hub.platform import PlatformEndpoints
 from hubfsm.hub.signing import UrlSigner
 from hubfsm.hub.store import Store, StoredReply
 from hubfsm.transport import Handler, Request, Response
 
-__all__ = [
-    "ALPHABET",
-    "Audit",
-    "BadJson",
-    "Hub",
-    "HubCall",
-    "HubReply",
-    "UploadEntry",
-    "fail",
-    "id_factory",
-    "is_model_id",
-    "ok",
-]
+__all__ = ["Audit", "Hub"]
 
 
 class Hub(PlatformEndpoints):

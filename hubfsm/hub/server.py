@@ -30,8 +30,9 @@ from cheroot import server as cheroot_server
 from cheroot import wsgi
 
 from hubfsm.errors import HubfsmError
-from hubfsm.hub.app import BodyLimits, HubApp, RateLimiter
-from hubfsm.hub.domain import ALPHABET, Hub
+from hubfsm.hub.app import BodyLimits, HubApp
+from hubfsm.hub.domain import Hub
+from hubfsm.hub.keys import ALPHABET
 from hubfsm.hub.session import Sessions
 from hubfsm.hub.signing import DEFAULT_TTL, UrlSigner, load_or_create_secret
 from hubfsm.hub.store import Store
@@ -40,15 +41,7 @@ from hubfsm.hub.web import PageAccess
 from hubfsm.logs import get_logger
 from transports.faults import FaultMix
 
-__all__ = [
-    "BodyLimits",
-    "HubApp",
-    "LocalHub",
-    "RateLimiter",
-    "default_data_dir",
-    "load_or_create_key",
-    "serve",
-]
+__all__ = ["LocalHub", "default_data_dir", "load_or_create_key", "serve"]
 
 _log = get_logger("hubfsm.hub")
 

@@ -27,7 +27,7 @@ from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger
 from hubfsm.runtime.opener import TrainingSession
 
-__all__ = ["TrainingCallbacks", "plain"]
+__all__ = ["TrainingCallbacks"]
 
 log = get_logger("hubfsm")
 

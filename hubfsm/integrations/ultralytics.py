@@ -30,8 +30,10 @@ needs fixing); a hub failure later is logged and leaves the data pending, so tra
 goes on (unless ``strict=True``).
 
 The callbacks are :class:`~hubfsm.integrations.ultralytics_callbacks.UltralyticsCallbacks`;
-``install()`` and the ``HUBTrainingSession`` stand-in are in
-:mod:`~hubfsm.integrations.ultralytics_hub`; all are importable from here.
+``install()`` is in :mod:`~hubfsm.integrations.ultralytics_hub` and the
+``HUBTrainingSession`` stand-in in :mod:`~hubfsm.integrations.ultralytics_session`;
+``install()``, ``installed()`` and ``uninstall()`` are importable from here too, as the
+guides show.
 """
 
 from __future__ import annotations
@@ -40,33 +42,16 @@ import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from hubfsm.core.engine import CoreConfig
+from hubfsm.core.config import CoreConfig
 from hubfsm.integrations.ultralytics_callbacks import SessionSource, UltralyticsCallbacks
-from hubfsm.integrations.ultralytics_hub import (
-    CREATE_ARGS,
-    HUBTrainingSession,
-    install,
-    installed,
-    uninstall,
+from hubfsm.integrations.ultralytics_hub import install, installed, uninstall
+from hubfsm.integrations.ultralytics_objects import (
+    Claimed,
+    model_info,
 )
-from hubfsm.integrations.ultralytics_objects import DETACHED, EVENTS, MAP_KEY, Claimed, model_info
-from hubfsm.integrations.ultralytics_platform import PlatformCallbacks
 from hubfsm.transport import Transport
 
-__all__ = [
-    "CREATE_ARGS",
-    "DETACHED",
-    "EVENTS",
-    "MAP_KEY",
-    "HUBTrainingSession",
-    "PlatformCallbacks",
-    "UltralyticsCallbacks",
-    "add_callbacks",
-    "install",
-    "installed",
-    "model_info",
-    "uninstall",
-]
+__all__ = ["add_callbacks", "install", "installed", "uninstall"]
 
 
 def add_callbacks(

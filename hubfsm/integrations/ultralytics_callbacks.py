@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeAlias
 
-from hubfsm.core.engine import CoreConfig
+from hubfsm.core.config import CoreConfig
 from hubfsm.core.identifier import parse_identifier
 from hubfsm.integrations.callbacks import TrainingCallbacks
 from hubfsm.integrations.ultralytics_objects import (

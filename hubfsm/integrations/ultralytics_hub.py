@@ -15,8 +15,7 @@ and later) it puts hubfsm's Platform callbacks
     model.train()  # the hub's dataset and arguments; a resume picks up the last weights
 
 The stand-in class itself, and how it differs from the official one, is in
-:mod:`hubfsm.integrations.ultralytics_session`; its names (and :data:`CREATE_ARGS`,
-:func:`settings_key`) are importable from here too.
+:mod:`hubfsm.integrations.ultralytics_session`.
 """
 
 from __future__ import annotations
@@ -26,14 +25,13 @@ import os
 import sys
 from typing import Any
 
-from hubfsm.core.engine import CoreConfig
+from hubfsm.core.config import CoreConfig
 from hubfsm.errors import HubfsmError
-from hubfsm.integrations.ultralytics_objects import CREATE_ARGS, settings_key
 from hubfsm.integrations.ultralytics_platform import MODULE, PlatformCallbacks
 from hubfsm.integrations.ultralytics_session import HUBTrainingSession, StandInOptions
 from hubfsm.logs import get_logger
 
-__all__ = ["CREATE_ARGS", "HUBTrainingSession", "install", "installed", "settings_key", "uninstall"]
+__all__ = ["install", "installed", "uninstall"]
 
 log = get_logger("hubfsm")
 

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from hubfsm import env
+from hubfsm.core.config import CoreConfig
 from hubfsm.core.dialect import slugify
-from hubfsm.core.engine import CoreConfig
 from hubfsm.errors import HubfsmError
 from hubfsm.integrations.ultralytics_objects import MAP_KEY, model_info
 from hubfsm.logs import get_logger

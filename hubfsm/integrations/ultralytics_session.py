@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 import attrs
 
 from hubfsm import env
-from hubfsm.core.engine import CoreConfig
+from hubfsm.core.config import CoreConfig
 from hubfsm.core.identifier import parse_identifier
 from hubfsm.errors import HubfsmError
 from hubfsm.integrations.ultralytics_objects import every_arg, settings_key

@@ -30,19 +30,12 @@ from hubfsm import env
 from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger
 from hubfsm.masking import show_url
-from hubfsm.transport import Announced, Downloader, TransportError, same_origin
+from hubfsm.transport import Announced, Downloader, TransportError
 
 if TYPE_CHECKING:
     import requests
 
-__all__ = [
-    "CACHE_ENV",
-    "MAX_BYTES",
-    "DownloadError",
-    "cache_root",
-    "download",
-    "same_origin",
-]
+__all__ = ["CACHE_ENV", "MAX_BYTES", "DownloadError", "cache_root", "download"]
 
 log = get_logger("hubfsm")
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 from hubfsm.core.changes import Change
-from hubfsm.core.engine import Core, Send
+from hubfsm.core.engine import Core
 from hubfsm.core.events import (
     Barrier,
     CheckpointOffered,
@@ -30,6 +30,7 @@ from hubfsm.core.events import (
     Resumed,
     Start,
 )
+from hubfsm.core.ops import Send
 from hubfsm.durable.inbox import Inbox
 from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger

@@ -20,7 +20,8 @@ from hubfsm.core.engine import Core
 from hubfsm.core.events import Barrier
 from hubfsm.durable.inbox import Inbox
 from hubfsm.durable.journal import JournalOpener
-from hubfsm.durable.outbox import HubRoots, Outbox
+from hubfsm.durable.layout import HubRoots
+from hubfsm.durable.outbox import Outbox
 from hubfsm.errors import HubfsmError, HubUnavailableError
 from hubfsm.logs import get_logger
 from hubfsm.runtime.clocks import Clock, RealClock

@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 from hubfsm.core.engine import Core
 from hubfsm.core.events import Event
-from hubfsm.runtime.clocks import Clock, RealClock, VirtualClock
-from hubfsm.runtime.driver import Driver, Observer
+from hubfsm.runtime.clocks import Clock, VirtualClock
+from hubfsm.runtime.driver import Driver
 
-__all__ = ["Clock", "Observer", "RealClock", "RunTimeout", "SimRunner", "VirtualClock"]
+__all__ = ["Clock", "RunTimeout", "SimRunner", "VirtualClock"]
 
 
 class RunTimeout(RuntimeError):

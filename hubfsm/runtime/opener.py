@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeAlias
 
 from hubfsm import env as environment
+from hubfsm.core.config import CoreConfig
 from hubfsm.core.dialect import PLATFORM, choose, parse_platform_identifier
-from hubfsm.core.engine import CoreConfig
 from hubfsm.core.identifier import parse_identifier
 from hubfsm.logs import get_logger
 from hubfsm.runtime.distributed import NullSession, global_rank

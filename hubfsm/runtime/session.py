@@ -16,7 +16,7 @@ from typing import Any
 
 from hubfsm.core import protocol
 from hubfsm.core.changes import describe_pending
-from hubfsm.core.engine import CoreConfig
+from hubfsm.core.config import CoreConfig
 from hubfsm.core.events import (
     Barrier,
     CheckpointOffered,
@@ -39,11 +39,11 @@ from hubfsm.runtime.exits import ExitHooks, report_left
 from hubfsm.runtime.factory import Parts, build, open_model
 from hubfsm.runtime.refusal import notice, refusal_error
 from hubfsm.runtime.session_views import SessionViews
-from hubfsm.runtime.settings import OFFLINE_ENV, Settings
+from hubfsm.runtime.settings import Settings
 from hubfsm.transport import Transport
 from transports.settings import DEFAULT_API_ROOT
 
-__all__ = ["OFFLINE_ENV", "Session"]
+__all__ = ["Session"]
 
 log = get_logger("hubfsm")
 

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import attrs
 
 from hubfsm import env as environment
+from hubfsm.core.config import CoreConfig
 from hubfsm.core.dialect import PLATFORM, PLATFORM_API_ROOT, choose, parse_platform_identifier
-from hubfsm.core.engine import CoreConfig
 from hubfsm.core.identifier import DEFAULT_WEB_ROOT, Identifier, parse_identifier
 from hubfsm.errors import HubfsmError
 from transports.settings import DEFAULT_API_ROOT

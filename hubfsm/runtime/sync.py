@@ -21,7 +21,8 @@ from typing import TextIO
 import attrs
 
 from hubfsm.core.changes import describe_pending
-from hubfsm.durable.outbox import Outbox, OutboxDamaged
+from hubfsm.durable.layout import OutboxDamaged
+from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.recovery import fold
 from hubfsm.durable.survey import OutboxInfo, report_damage, set_aside_reporting, survey
 from hubfsm.errors import HubfsmError, HubUnavailableError, ModelNotFoundError

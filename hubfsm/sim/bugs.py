@@ -21,7 +21,7 @@ from hubfsm.core.dialect import PLATFORM
 from hubfsm.core.engine import Core
 from hubfsm.core.events import CheckpointOffered, EpochEnded, FinishRequested
 from hubfsm.core.schedule import Schedule
-from hubfsm.durable.journal import events
+from hubfsm.durable.journal_scan import events
 from hubfsm.durable.outbox import Outbox, stamp_of
 from hubfsm.durable.recovery import journal_path
 from hubfsm.errors import IllegalEventError

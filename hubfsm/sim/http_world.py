@@ -32,15 +32,17 @@ import attrs
 import requests
 
 from hubfsm.core import protocol
+from hubfsm.core.config import CoreConfig, Limits
 from hubfsm.core.dialect import ProtocolName
-from hubfsm.core.engine import CoreConfig, Limits
 from hubfsm.core.retry import ChannelPolicies, RetryPolicy
-from hubfsm.hub.domain import Audit, Hub
+from hubfsm.hub.calls import Audit
+from hubfsm.hub.domain import Hub
 from hubfsm.hub.server import LocalHub
-from hubfsm.runtime.inline import Clock, RealClock
+from hubfsm.runtime.clocks import Clock, RealClock
 from hubfsm.sim.bugs import NO_BUGS, Bugs
 from hubfsm.sim.platform_checks import PlatformChecker
-from hubfsm.sim.profiles import Profile, RefusalDraw, Scenario, Schedule, WindowRule, named
+from hubfsm.sim.profile_types import Profile, RefusalDraw, Scenario, Schedule, WindowRule
+from hubfsm.sim.profiles import named
 from hubfsm.sim.result import SimResult
 from hubfsm.sim.world import RefusingWorld, World, play, result_of, scratch_root
 from hubfsm.transport import Request, Response, Transport

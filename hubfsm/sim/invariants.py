@@ -15,11 +15,12 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from hubfsm.core.engine import Core, Send
+from hubfsm.core.engine import Core
 from hubfsm.core.machine import LEGAL, TRAITS
+from hubfsm.core.ops import Send
 from hubfsm.core.retry import ChannelPolicies, RetryPolicy, Verdict, classify, retry_after_of
 from hubfsm.errors import AuthError
-from hubfsm.sim.profiles import Expect
+from hubfsm.sim.profile_types import Expect
 from hubfsm.transport import Outcome, TransportError
 
 #: Rounding slack for comparisons of virtual times.

@@ -24,12 +24,8 @@ from typing import TYPE_CHECKING
 
 from hubfsm.core.changes import Change
 from hubfsm.core.events import FileStamp
-from hubfsm.durable.outbox import (
-    DATABASE,
-    Outbox,
-    OutboxLockedError,
-    stamp_of,
-)
+from hubfsm.durable.layout import DATABASE, OutboxLockedError
+from hubfsm.durable.outbox import Outbox, stamp_of
 from hubfsm.durable.outbox_db import OutboxDB
 from hubfsm.transport import FilePart
 

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hubfsm.core.dialect import EPOCH_FIELDS, EVENTS_PATH, UPLOAD_PATH
-from hubfsm.core.engine import Send
+from hubfsm.core.ops import Send
 from hubfsm.core.retry import Verdict
 from hubfsm.hub.domain import Hub
 from hubfsm.sim.invariants import Checker

@@ -2,8 +2,7 @@
 
 :data:`PROFILES` holds the profiles ``hubfsm simulate`` runs, :func:`select` picks them by
 name, and :func:`describe` renders the table the docs show. What a profile is made of,
-and how it draws one seed's :class:`Scenario`, is in :mod:`hubfsm.sim.profile_types`
-(its names are importable from here too).
+and how it draws one seed's :class:`Scenario`, is in :mod:`hubfsm.sim.profile_types`.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from hubfsm.sim.machine import MachineFaults
-from hubfsm.sim.profile_table import mix_text, profile_table
+from hubfsm.sim.profile_table import profile_table
 from hubfsm.sim.profile_types import (
     HOUR,
     MINUTE,
@@ -20,8 +19,6 @@ from hubfsm.sim.profile_types import (
     RefusalDraw,
     Refusals,
     Scenario,
-    Schedule,
-    Window,
     WindowRule,
 )
 from transports.faults import FaultMix
@@ -33,13 +30,8 @@ __all__ = [
     "Expect",
     "Profile",
     "RefusalDraw",
-    "Refusals",
     "Scenario",
-    "Schedule",
-    "Window",
-    "WindowRule",
     "describe",
-    "mix_text",
     "named",
     "select",
 ]

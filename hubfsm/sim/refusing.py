@@ -14,9 +14,9 @@ refusal. Where the cause can be fixed (a new key, the right API root), the real
 from __future__ import annotations
 
 from hubfsm.errors import AuthError, HubError, ModelNotFoundError, ModelTrainedError
-from hubfsm.runtime.inline import Clock
+from hubfsm.runtime.clocks import Clock
 from hubfsm.sim.invariants import Checker
-from hubfsm.sim.profiles import RefusalDraw
+from hubfsm.sim.profile_types import RefusalDraw
 from hubfsm.transport import Request, Response, Transport
 
 #: The error each stopping answer must end the session with.

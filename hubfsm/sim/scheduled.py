@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from hubfsm.runtime.inline import Clock
-from hubfsm.sim.profiles import Scenario, Window, mix_text
+from hubfsm.runtime.clocks import Clock
+from hubfsm.sim.profile_table import mix_text
+from hubfsm.sim.profile_types import Scenario, Window
 from hubfsm.transport import Request, Response, Transport
 from transports.faults import FaultInjectingTransport
 
 
 class ScheduledFaults(Transport):
-    """Applies a :class:`~hubfsm.sim.profiles.Scenario` as virtual time passes.
+    """Applies a :class:`~hubfsm.sim.profile_types.Scenario` as virtual time passes.
 
     Before each request it sets the fault injector's mix to the window in force (only when
     the window changes, so anyone else's change of mix lasts until the next boundary), and

@@ -21,11 +21,13 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request
 
 import hubfsm
-from hubfsm.hub import FaultMix, Hub, MemoryStore
-from hubfsm.hub.server import HubApp, LocalHub
-from transports.http import RequestsTransport
-
+from hubfsm.hub.app import HubApp
+from hubfsm.hub.domain import Hub
+from hubfsm.hub.server import LocalHub
+from hubfsm.hub.store_memory import MemoryStore
 from tests.support import KEY
+from transports.faults import FaultMix
+from transports.http import RequestsTransport
 
 pytestmark = pytest.mark.slow  # real servers end to end
 
@@ -542,7 +544,7 @@ def test_a_heartbeat_given_up_on_a_429_waits_out_its_retry_after(
     heartbeat_policy = hubfsm.core.retry.RetryPolicy(
         base=0.02, cap=0.1, max_attempts=3, deadline=0.5, max_retry_after=1.0
     )
-    config = hubfsm.core.engine.CoreConfig(
+    config = hubfsm.core.config.CoreConfig(
         limits=kit.FAST.limits,
         policies=hubfsm.core.retry.ChannelPolicies(
             control=kit.FAST_POLICY,

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from hubfsm.core import protocol
-from hubfsm.hub import Hub
+from hubfsm.hub.domain import Hub
 from hubfsm.transport import Request, Response, Transport, TransportError
 from tests.support import KEY
 from transports.faults import (

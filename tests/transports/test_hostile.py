@@ -24,10 +24,12 @@ from structlog.testing import capture_logs
 import hubfsm
 from hubfsm.core import protocol
 from hubfsm.errors import AuthError, HubError
-from hubfsm.hub import Hub, MemoryStore
+from hubfsm.hub.domain import Hub
+from hubfsm.hub.store_memory import MemoryStore
 from hubfsm.transport import Announced, Downloader, FilePart, TransportError
+from transports.answers import MAX_RESPONSE_BYTES
 from transports.downloads import HttpDownloader
-from transports.http import MAX_RESPONSE_BYTES, RequestsTransport
+from transports.http import RequestsTransport
 from transports.memory import InMemoryTransport
 
 # Its own key: mixed case with a self-similar head ("k3y" thrice), so masking any

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from hubfsm.core import protocol
-from hubfsm.hub import Hub, MemoryStore
+from hubfsm.hub.domain import Hub
+from hubfsm.hub.store_memory import MemoryStore
 from hubfsm.transport import FilePart, Handler, Request, Response
-from transports.memory import InMemoryTransport
-
 from tests.support import KEY
+from transports.memory import InMemoryTransport
 
 CREATE = {
     "config": {

@@ -5,8 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubfsm.core.engine import Core, CoreConfig, Limits, Send, Wait
+from hubfsm.core.config import CoreConfig, Limits
+from hubfsm.core.engine import Core
 from hubfsm.core.identifier import parse_identifier
+from hubfsm.core.ops import Send, Wait
 from hubfsm.core.retry import ChannelPolicies
 from hubfsm.errors import AuthError, IllegalEventError, ModelNotFoundError, ModelTrainedError
 from hubfsm.transport import FilePart, Response, TransportError

@@ -4,8 +4,9 @@ import random
 
 import pytest
 
-from hubfsm.core.engine import Core, Send, Wait
+from hubfsm.core.engine import Core
 from hubfsm.core.identifier import parse_identifier
+from hubfsm.core.ops import Send, Wait
 from hubfsm.core.retry import ChannelPolicies, Verdict, classify
 from hubfsm.errors import HubUnavailableError
 from hubfsm.transport import Response, TransportError

@@ -5,7 +5,7 @@ from typing import get_args
 import pytest
 
 from hubfsm.core.changes import Saved
-from hubfsm.core.engine import Core, Send, Wait
+from hubfsm.core.engine import Core
 from hubfsm.core.identifier import Identifier, parse_identifier
 from hubfsm.core.machine import (
     EVENTS,
@@ -17,6 +17,7 @@ from hubfsm.core.machine import (
     SessionMachine,
     to_mermaid,
 )
+from hubfsm.core.ops import Send, Wait
 from hubfsm.errors import IllegalEventError
 from hubfsm.transport import Response
 

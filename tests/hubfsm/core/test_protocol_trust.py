@@ -6,13 +6,14 @@ import pytest
 
 import hubfsm
 from hubfsm.core import protocol
-from hubfsm.core.engine import Core, CoreConfig, Send
+from hubfsm.core.config import CoreConfig
+from hubfsm.core.engine import Core
 from hubfsm.core.identifier import parse_identifier
+from hubfsm.core.ops import Send
 from hubfsm.errors import HubError
 from hubfsm.transport import Response
-from transports.memory import InMemoryTransport
-
 from tests.support import FAST, KEY
+from transports.memory import InMemoryTransport
 
 MODEL = "A" * 20
 

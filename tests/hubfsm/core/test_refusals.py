@@ -3,7 +3,7 @@
 import pytest
 
 from hubfsm.core.changes import MetricsQueued, OpClosed, Refusal, Rejected
-from hubfsm.core.engine import Send, Wait
+from hubfsm.core.ops import Send, Wait
 from hubfsm.errors import AuthError, HubError, ModelNotFoundError, ModelTrainedError
 from hubfsm.transport import Response
 

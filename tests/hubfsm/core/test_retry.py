@@ -5,13 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hubfsm.core.retry import (
-    RETRYABLE_STATUSES,
-    ChannelPolicies,
-    RetryPolicy,
-    Verdict,
-    classify,
-)
+from hubfsm.core.machine import RETRYABLE_STATUSES
+from hubfsm.core.retry import ChannelPolicies, RetryPolicy, Verdict, classify
 from hubfsm.transport import Response, TransportError
 
 policies = st.builds(

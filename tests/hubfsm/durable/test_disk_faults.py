@@ -21,8 +21,11 @@ from hubfsm.core.events import EpochEnded
 from hubfsm.digest import sha256_chunks
 from hubfsm.durable import outbox as outbox_module
 from hubfsm.durable.inbox import Inbox
-from hubfsm.durable.journal import INITIAL_SIZE, Journal, replay
-from hubfsm.durable.outbox import Outbox, OutboxDamaged, stamp_of
+from hubfsm.durable.journal import Journal
+from hubfsm.durable.journal_format import INITIAL_SIZE
+from hubfsm.durable.journal_scan import replay
+from hubfsm.durable.layout import OutboxDamaged
+from hubfsm.durable.outbox import Outbox, stamp_of
 
 MODEL = "M" * 20
 

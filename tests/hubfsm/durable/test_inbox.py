@@ -2,7 +2,8 @@ import pytest
 
 from hubfsm.core.events import Barrier, EpochEnded, FileStamp, FinishRequested
 from hubfsm.durable.inbox import Inbox
-from hubfsm.durable.journal import Journal, replay
+from hubfsm.durable.journal import Journal
+from hubfsm.durable.journal_scan import replay
 
 
 def final(epoch=3):

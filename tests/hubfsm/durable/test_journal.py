@@ -7,15 +7,9 @@ from hypothesis import strategies as st
 
 from hubfsm.core.events import EpochEnded, FileStamp, FinishRequested
 from hubfsm.durable.inbox import Inbox
-from hubfsm.durable.journal import (
-    INITIAL_SIZE,
-    MAGIC,
-    VALUES,
-    Journal,
-    entry_of,
-    event_of,
-    replay,
-)
+from hubfsm.durable.journal import Journal
+from hubfsm.durable.journal_format import INITIAL_SIZE, MAGIC, VALUES, entry_of, event_of
+from hubfsm.durable.journal_scan import replay
 
 
 def run_jobs(j, inbox):

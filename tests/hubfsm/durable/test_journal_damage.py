@@ -6,7 +6,9 @@ import struct
 from structlog.testing import capture_logs
 
 from hubfsm.core.events import EpochEnded
-from hubfsm.durable.journal import _RECORD, Journal, replay, scan
+from hubfsm.durable.journal import Journal
+from hubfsm.durable.journal_format import RECORD as _RECORD
+from hubfsm.durable.journal_scan import replay, scan
 
 
 def write(path, epochs, *, values=True):

@@ -4,7 +4,8 @@ import pytest
 
 from hubfsm.core import protocol
 from hubfsm.core.changes import MetricsQueued, Offered, OpClosed, OpOpened
-from hubfsm.durable.outbox import Outbox, OutboxLockedError, stamp_of
+from hubfsm.durable.layout import OutboxLockedError
+from hubfsm.durable.outbox import Outbox, stamp_of
 from hubfsm.durable.survey import find, inspect
 from hubfsm.transport import FilePart
 
@@ -104,7 +105,7 @@ def test_status_counts_what_the_outbox_would_send(tmp_path):
 
 
 def test_an_outbox_records_the_hub_it_was_made_for_and_keeps_it(tmp_path):
-    from hubfsm.durable.outbox import HubRoots
+    from hubfsm.durable.layout import HubRoots
     from hubfsm.durable.survey import survey
 
     local = HubRoots("http://127.0.0.1:8000", "http://127.0.0.1:8000")
@@ -122,7 +123,7 @@ def test_an_outbox_records_the_hub_it_was_made_for_and_keeps_it(tmp_path):
 def test_an_outbox_older_than_the_record_gets_the_hub_of_its_next_opener(tmp_path):
     import sqlite3
 
-    from hubfsm.durable.outbox import HubRoots
+    from hubfsm.durable.layout import HubRoots
     from hubfsm.durable.survey import survey
 
     Outbox.open(MODEL, tmp_path).close()

@@ -13,12 +13,8 @@ from hubfsm.core import protocol
 from hubfsm.core.changes import MetricsQueued
 from hubfsm.core.events import EpochEnded
 from hubfsm.durable.journal import Journal
-from hubfsm.durable.outbox import (
-    DATABASE,
-    Outbox,
-    OutboxDamaged,
-    stamp_of,
-)
+from hubfsm.durable.layout import DATABASE, OutboxDamaged
+from hubfsm.durable.outbox import Outbox, stamp_of
 from hubfsm.durable.survey import find, inspect, set_aside, survey
 from hubfsm.hub.store_sqlite import SqliteStore
 from hubfsm.runtime.sync import status, sync

@@ -22,7 +22,7 @@ import pytest
 import requests
 
 import hubfsm
-from hubfsm.core.engine import CoreConfig, Limits
+from hubfsm.core.config import CoreConfig, Limits
 from hubfsm.core.retry import ChannelPolicies, RetryPolicy
 from hubfsm.hub.server import LocalHub
 

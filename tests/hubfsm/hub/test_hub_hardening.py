@@ -18,7 +18,6 @@ import requests
 from hubfsm.hub.app import BodyLimits
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.server import LocalHub
-
 from tests.support import KEY
 
 TIMEOUT = 10
@@ -290,7 +289,7 @@ def test_no_body_makes_the_domain_fail(hub: Hub) -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from hubfsm.hub import HubCall
+    from hubfsm.hub.calls import HubCall
 
     model_id = hub.handle(HubCall("POST", "/v1/models", KEY, CREATE)).body["data"]["id"]
     paths = [

@@ -456,7 +456,8 @@ def test_keys_add_can_make_a_platform_key(tmp_path: Path) -> None:
 
 
 def test_an_in_process_hub_takes_the_same_calls_without_http() -> None:
-    from hubfsm.hub import Hub, HubCall
+    from hubfsm.hub.calls import HubCall
+    from hubfsm.hub.domain import Hub
     from hubfsm.hub.store_memory import MemoryStore
 
     made = new_platform_key()
@@ -481,7 +482,7 @@ def test_an_in_process_hub_takes_the_same_calls_without_http() -> None:
 
 
 def test_the_rate_limit_and_the_upload_cap_hold_on_the_platform_api(tmp_path: Path) -> None:
-    from hubfsm.hub.server import BodyLimits
+    from hubfsm.hub.app import BodyLimits
 
     with LocalHub(tmp_path / "hub", rate_limit=1.0, limits=BodyLimits(upload=100)) as local:
         made = new_platform_key()

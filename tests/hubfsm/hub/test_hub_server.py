@@ -15,10 +15,11 @@ import requests
 import structlog
 import werkzeug.test
 
-from hubfsm.hub import FaultMix, Hub
-from hubfsm.hub.server import HubApp, LocalHub, RateLimiter, load_or_create_key, serve
-
+from hubfsm.hub.app import HubApp, RateLimiter
+from hubfsm.hub.domain import Hub
+from hubfsm.hub.server import LocalHub, load_or_create_key, serve
 from tests.support import KEY
+from transports.faults import FaultMix
 
 CREATE = {
     "config": {

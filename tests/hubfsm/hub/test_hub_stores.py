@@ -9,9 +9,11 @@ from pathlib import Path
 import attrs
 import pytest
 
-from hubfsm.hub import Hub, HubCall, MemoryStore, ModelRecord, SqliteStore, Store
-from hubfsm.hub.store import StoredReply
-
+from hubfsm.hub.calls import HubCall
+from hubfsm.hub.domain import Hub
+from hubfsm.hub.store import ModelRecord, Store, StoredReply
+from hubfsm.hub.store_memory import MemoryStore
+from hubfsm.hub.store_sqlite import SqliteStore
 from tests.support import KEY
 
 

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from hubfsm.hub import Hub
+from hubfsm.hub.domain import Hub
 from hubfsm.hub.server import LocalHub
-
 from tests.services import free_ports
 
 pytestmark = pytest.mark.slow  # real PostgreSQL and S3 servers, hub processes

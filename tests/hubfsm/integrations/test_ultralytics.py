@@ -9,13 +9,9 @@ import pytest
 import structlog
 
 import hubfsm
-from hubfsm.integrations.ultralytics import (
-    DETACHED,
-    EVENTS,
-    UltralyticsCallbacks,
-    add_callbacks,
-    model_info,
-)
+from hubfsm.integrations.ultralytics import add_callbacks
+from hubfsm.integrations.ultralytics_callbacks import UltralyticsCallbacks
+from hubfsm.integrations.ultralytics_objects import DETACHED, EVENTS, model_info
 from hubfsm.runtime.distributed import NullSession
 
 

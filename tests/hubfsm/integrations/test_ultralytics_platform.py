@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from hubfsm.core.config import CoreConfig
 from hubfsm.core.dialect import PLATFORM
-from hubfsm.core.engine import CoreConfig
-from hubfsm.integrations.ultralytics import PlatformCallbacks, install, installed, uninstall
-from hubfsm.integrations.ultralytics_platform import RECORD, official_names
+from hubfsm.integrations.ultralytics import install, installed, uninstall
+from hubfsm.integrations.ultralytics_platform import RECORD, PlatformCallbacks, official_names
 from tests.platform_fake import PLATFORM_KEY, FakePlatform
 from transports.memory import HandlerTransport
 

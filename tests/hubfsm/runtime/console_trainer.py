@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import hubfsm
-from hubfsm.core.engine import CoreConfig
+from hubfsm.core.config import CoreConfig
 
 # The shipped behaviour a hundred times as fast: retries within milliseconds.
 CONFIG = CoreConfig().scaled(0.01)

@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 
 import hubfsm
-from hubfsm.core.engine import CoreConfig, Limits
+from hubfsm.core.config import CoreConfig, Limits
 from hubfsm.core.retry import ChannelPolicies, RetryPolicy
 
 # The worker's log lines go to stderr: on stdout they could split the lines the test reads.

@@ -5,7 +5,7 @@ import signal
 import sys
 
 import hubfsm
-from hubfsm.core.engine import CoreConfig, Limits
+from hubfsm.core.config import CoreConfig, Limits
 
 api, model_id, how = sys.argv[1:4]
 if how == "signal":

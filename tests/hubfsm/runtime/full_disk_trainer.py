@@ -28,14 +28,13 @@ from pathlib import Path
 
 import structlog
 
-from hubfsm.core.engine import CoreConfig
+from hubfsm.core.config import CoreConfig
 from hubfsm.durable.outbox import Outbox
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.store_memory import MemoryStore
 from hubfsm.runtime.session import Session
-from transports.memory import InMemoryTransport
-
 from tests.support import KEY, new_model
+from transports.memory import InMemoryTransport
 
 # Log lines go to stderr, where the test reads the event names.
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))

@@ -14,8 +14,8 @@ from pathlib import Path
 import structlog
 
 import hubfsm
+from hubfsm.core.config import CoreConfig
 from hubfsm.core.dialect import PLATFORM
-from hubfsm.core.engine import CoreConfig
 from hubfsm.core.retry import ChannelPolicies, RetryPolicy
 
 # The worker's log lines go to stderr: on stdout they could split the lines the test reads.

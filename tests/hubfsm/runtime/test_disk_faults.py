@@ -15,7 +15,8 @@ import attrs
 import structlog
 
 from hubfsm.core.changes import OpOpened
-from hubfsm.durable.journal import Journal, replay
+from hubfsm.durable.journal import Journal
+from hubfsm.durable.journal_scan import replay
 from hubfsm.durable.outbox import Outbox
 from hubfsm.runtime.clocks import VirtualClock
 from hubfsm.runtime.factory import build

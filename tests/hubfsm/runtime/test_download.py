@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hubfsm.runtime.download import DownloadError, download, same_origin
-
+from hubfsm.runtime.download import DownloadError, download
+from hubfsm.transport import same_origin
 from tests.support import KEY
 
 BODY = b"weights!" * 40_000  # 320 kB: a few chunks

@@ -9,17 +9,16 @@ import pytest
 
 import hubfsm
 from hubfsm.core.events import FinishRequested
-from hubfsm.durable.outbox import OutboxLockedError
+from hubfsm.durable.layout import OutboxLockedError
 from hubfsm.durable.survey import find, inspect
 from hubfsm.runtime.clocks import VirtualClock
 from hubfsm.runtime.factory import build
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
 from hubfsm.runtime.sync import status, sync
+from tests.support import FAST, KEY, inline_session, new_model
 from transports.faults import FaultInjectingTransport, FaultMix
 from transports.memory import InMemoryTransport
-
-from tests.support import FAST, KEY, inline_session, new_model
 
 
 def switchable(hub):

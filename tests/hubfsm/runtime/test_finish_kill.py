@@ -22,9 +22,8 @@ from pathlib import Path
 import pytest
 
 from hubfsm.core.events import FinishRequested
-from hubfsm.durable.journal import events
+from hubfsm.durable.journal_scan import events
 from hubfsm.hub.server import LocalHub
-
 from tests.support import new_model, relay
 
 pytestmark = pytest.mark.slow  # kill loops: trainer processes killed inside finish()

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 import hubfsm
+from hubfsm.core.config import CoreConfig
 from hubfsm.core.dialect import PLATFORM
-from hubfsm.core.engine import CoreConfig
 from tests.platform_fake import PLATFORM_KEY
 from transports.platform import PlatformTransport
 

@@ -11,8 +11,8 @@ import pytest
 import requests
 
 import hubfsm
+from hubfsm.core.config import CoreConfig
 from hubfsm.core.dialect import PLATFORM
-from hubfsm.core.engine import CoreConfig
 from hubfsm.hub.keys import new_platform_key
 from hubfsm.hub.server import LocalHub
 

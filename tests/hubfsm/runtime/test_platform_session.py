@@ -6,8 +6,8 @@ import threading
 import pytest
 
 import hubfsm
+from hubfsm.core.config import CoreConfig
 from hubfsm.core.dialect import PLATFORM
-from hubfsm.core.engine import CoreConfig
 from hubfsm.durable.survey import survey
 from hubfsm.errors import AuthError, HubfsmError
 from hubfsm.runtime.sync import status, sync

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from hubfsm.durable.outbox import HubRoots
+from hubfsm.durable.layout import HubRoots
 from hubfsm.durable.survey import OutboxInfo
 from hubfsm.errors import HubfsmError
 from hubfsm.runtime.refusal import same_hub, sync_command

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from hubfsm.core.dialect import EVENTS_PATH, UPLOAD_PATH
-from hubfsm.core.engine import Send
+from hubfsm.core.ops import Send
 from hubfsm.sim.bugs import COMPLETE_BEFORE_LAST_EPOCH
 from hubfsm.sim.http_world import run_http_seed
 from hubfsm.sim.platform_checks import DIALECT, PlatformChecker

@@ -15,25 +15,18 @@ import pytest
 
 from hubfsm.cli.main import main
 from hubfsm.cli.simulate import run_seeds
-from hubfsm.core.engine import Core, CoreConfig, Limits, Send
-from hubfsm.core.events import CheckpointOffered, EpochEnded
-from hubfsm.core.ops import MetricsBatch
 from hubfsm.core import schedule as core_schedule
-from transports.faults import FaultMix
+from hubfsm.core.config import CoreConfig, Limits
+from hubfsm.core.engine import Core
+from hubfsm.core.events import CheckpointOffered, EpochEnded
+from hubfsm.core.ops import MetricsBatch, Send
 from hubfsm.runtime.driver import Driver
 from hubfsm.sim.invariants import CRASH, Checker, Entry, render_json, render_text
-from hubfsm.sim.profiles import (
-    PLANNED,
-    PROFILES,
-    Profile,
-    Schedule,
-    Window,
-    WindowRule,
-    describe,
-    select,
-)
+from hubfsm.sim.profile_types import Profile, Schedule, Window, WindowRule
+from hubfsm.sim.profiles import PLANNED, PROFILES, describe, select
 from hubfsm.sim.world import EPOCH_ZERO, Bugs, run_seed
 from hubfsm.transport import Request, Response, TransportError
+from transports.faults import FaultMix
 
 #: Seeds per profile in the sweeps, beside the thousand flaky ones: 5 x 500 + 1000 in all.
 SWEEP_SEEDS = range(500)
