@@ -9,7 +9,7 @@ it applied, so a simulation can check that nothing took effect twice.
 This module holds the entry point: checking the key, the route and the JSON of a call,
 and replaying idempotent retries. The rest of the hub is in its parts:
 :mod:`hubfsm.hub.keyring` (API keys), :mod:`hubfsm.hub.endpoints` (applying each call)
-and :mod:`hubfsm.hub.views` (what the replies and pages show).
+and :mod:`hubfsm.hub.reads` (what the replies and pages show).
 """
 
 from __future__ import annotations

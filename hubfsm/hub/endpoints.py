@@ -36,11 +36,11 @@ from hubfsm.hub.parse import (
     tags_of,
     upload_fields,
 )
+from hubfsm.hub.reads import HubReads
 from hubfsm.hub.store import ModelRecord, StoredReply, WeightsKind
-from hubfsm.hub.views import HubViews
 
 
-class Endpoints(HubViews):
+class Endpoints(HubReads):
     """The hub's endpoint handlers (a part of :class:`~hubfsm.hub.domain.Hub`)."""
 
     #: Note each applied metrics write, upload and heartbeat for :meth:`Hub.audit`. A

@@ -33,7 +33,7 @@ from hubfsm.errors import HubfsmError
 from hubfsm.hub.app import BodyLimits, HubApp
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.keys import ALPHABET
-from hubfsm.hub.session import Sessions
+from hubfsm.hub.signin import Sessions
 from hubfsm.hub.signing import DEFAULT_TTL, UrlSigner, load_or_create_secret
 from hubfsm.hub.store import Store
 from hubfsm.hub.store_sqlite import SqliteStore
@@ -195,7 +195,7 @@ class LocalHub:
         reuse_port: Let other processes listen on the same port (``SO_REUSEPORT``): the
             kernel spreads connections over them.
         sign_in: Every browser signs in to the pages with an API key and sees that key's
-            models (see :mod:`hubfsm.hub.session`); None does so when ``host`` is not a
+            models (see :mod:`hubfsm.hub.signin`); None does so when ``host`` is not a
             loopback address, False keeps the pages to loopback browsers without a sign-in.
         tls_cert: A PEM certificate (chain) file: the hub speaks HTTPS (with ``tls_key``).
         tls_key: The certificate's PEM private key file.

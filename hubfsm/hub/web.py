@@ -24,7 +24,7 @@ import attrs
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import wrap_file
 
-from hubfsm.hub import page, session
+from hubfsm.hub import page, signin
 from hubfsm.hub.calls import is_model_id
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.parse import loads
@@ -94,7 +94,7 @@ def serve(
         if parts in (["signin"], ["signout"]):
             # Nobody signs in where the pages need no sign-in.
             return _redirect("/")
-        viewer = session.LOOPBACK_VIEWER
+        viewer = signin.LOOPBACK_VIEWER
     if action:
         return _act(hub, request, environ, parts[1], parts[2])
     if parts == [""]:
@@ -139,7 +139,7 @@ class PageAccess:
             behind a proxy); False keeps the pages to loopback browsers, without a sign-in.
     """
 
-    sessions: session.Sessions
+    sessions: signin.Sessions
     sign_in: bool
 
 
@@ -159,35 +159,35 @@ def _loopback_only(hub: Hub, request: Request, environ: dict[str, Any]) -> Respo
 
 def _signed_in(
     hub: Hub, request: Request, parts: list[str], access: PageAccess
-) -> session.Viewer | Response:
+) -> signin.Viewer | Response:
     """The signed-in viewer of a request, or the answer to it (sign-in and -out, refusals).
 
     The ``Host`` check of the loopback pages is not needed here: a page of another site,
     even one that its DNS points at the hub, has no session cookie of the hub's.
     """
     sessions = access.sessions
-    secure = session.is_https(request)
-    if request.method == "POST" and not session.same_origin(request):
+    secure = signin.is_https(request)
+    if request.method == "POST" and not signin.same_origin(request):
         return Response("a post must come from the hub's own pages", status=403)
     if parts == ["signin"]:
         if request.method != "POST":
-            return _html(session.signin_page())
+            return _html(signin.signin_page())
         key = request.form.get("key", "").strip()
         principal = hub.principal(key)
         if principal is None:
-            return _html(session.signin_page("That key is not valid (or was revoked)."), 401)
+            return _html(signin.signin_page("That key is not valid (or was revoked)."), 401)
         response = _redirect("/")
-        session.set_cookie(response, sessions.issue(principal), int(sessions.ttl), secure)
+        signin.set_cookie(response, sessions.issue(principal), int(sessions.ttl), secure)
         return response
     if len(parts) == 2 and parts[0] == "static" and parts[1] in _STATIC:
         return _static(parts[1])  # the sign-in page's style sheet
-    cookie = request.cookies.get(session.COOKIE)
-    viewer = session.viewer_of(sessions, cookie, hub.list_keys())
+    cookie = request.cookies.get(signin.COOKIE)
+    viewer = signin.viewer_of(sessions, cookie, hub.list_keys())
     if parts == ["signout"]:
         if viewer is not None and not _csrf_ok(request, access, viewer):
             return Response("the form's CSRF token does not match the session", status=403)
         response = _redirect("/signin")
-        session.set_cookie(response, "", 0, secure)
+        signin.set_cookie(response, "", 0, secure)
         return response
     if viewer is None:
         if parts == ["runs.json"] or parts[-1:] == ["data.json"]:
@@ -196,16 +196,16 @@ def _signed_in(
     return viewer
 
 
-def _csrf_ok(request: Request, access: PageAccess, viewer: session.Viewer) -> bool:
-    given = request.form.get(session.CSRF_FIELD, "")
+def _csrf_ok(request: Request, access: PageAccess, viewer: signin.Viewer) -> bool:
+    given = request.form.get(signin.CSRF_FIELD, "")
     expected = access.sessions.csrf(viewer.cookie)
     return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
 
 
-def _bar(viewer: session.Viewer, access: PageAccess | None) -> str:
+def _bar(viewer: signin.Viewer, access: PageAccess | None) -> str:
     if access is None or viewer.key_id is None:
         return ""
-    return session.session_bar(viewer, access.sessions.csrf(viewer.cookie))
+    return signin.session_bar(viewer, access.sessions.csrf(viewer.cookie))
 
 
 def _redirect(where: str) -> Response:
@@ -307,7 +307,7 @@ def host_allowed(host: str | None, public_root: str) -> bool:
 
 def runs(
     hub: Hub,
-    viewer: session.Viewer = session.LOOPBACK_VIEWER,
+    viewer: signin.Viewer = signin.LOOPBACK_VIEWER,
     after: str | None = None,
     limit: int | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:

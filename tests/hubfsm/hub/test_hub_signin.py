@@ -19,7 +19,7 @@ import pytest
 
 from hubfsm.hub.admin import add, listing, revoke
 from hubfsm.hub.server import LocalHub, reachable_address, serve
-from hubfsm.hub.session import COOKIE, Sessions
+from hubfsm.hub.signin import COOKIE, Sessions
 
 CREATE = {"lineage": {"architecture": {"name": "yolov8n"}}}
 

@@ -1,6 +1,6 @@
 """What the hub shows without changing anything: model records, metrics, weight files.
 
-:class:`HubViews` is the read side of :class:`~hubfsm.hub.domain.Hub`: the API replies
+:class:`HubReads` is the read side of :class:`~hubfsm.hub.domain.Hub`: the API replies
 build their JSON with it, and the pages (:mod:`hubfsm.hub.web`) and the simulator read the
 hub through it. Each read takes the hub's lock, so it sees no write half done.
 """
@@ -16,8 +16,8 @@ from hubfsm.hub.signing import UrlSigner, file_name
 from hubfsm.hub.store import ModelRecord, Store, WeightsInfo, WeightsKind
 
 
-class HubViews:
-    """The hub's read-only views (a part of :class:`~hubfsm.hub.domain.Hub`).
+class HubReads:
+    """The hub's read side (a part of :class:`~hubfsm.hub.domain.Hub`).
 
     Attributes:
         store: Where the state lives.
