@@ -18,8 +18,9 @@ from pathlib import Path
 import structlog
 
 from hubfsm.core.engine import Core
+from hubfsm.sim.bugs import Bugs
 from hubfsm.sim.profiles import PROFILES
-from hubfsm.sim.world import Bugs, RefusingWorld, play, scratch_root
+from hubfsm.sim.world import RefusingWorld, play, scratch_root
 
 
 class DiscardsAfterARefusal(Core):

@@ -18,7 +18,7 @@ from typing import Any
 
 from hubfsm.core import answers, protocol
 from hubfsm.core.changes import Change, Refusal, Rejected, Saved
-from hubfsm.core.config import DATA_CHANNELS, CoreConfig, Limits, Notify, Stats
+from hubfsm.core.config import DATA_CHANNELS, CoreConfig, Notify, Stats
 from hubfsm.core.dialect import DIALECTS, PLATFORM
 from hubfsm.core.identifier import Identifier
 from hubfsm.core.machine import (
@@ -32,7 +32,7 @@ from hubfsm.core.schedule import Schedule
 from hubfsm.errors import DeliveryIncomplete, HubError, HubfsmError, IdentifierError
 from hubfsm.transport import FilePart, Outcome, Response, TransportError
 
-__all__ = ["Core", "CoreConfig", "Limits"]
+__all__ = ["Core"]
 
 
 class Core:

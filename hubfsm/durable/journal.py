@@ -61,10 +61,9 @@ from hubfsm.durable.journal_format import (
     encode,
     entry_of,
 )
-from hubfsm.durable.journal_scan import events
 from hubfsm.logs import get_logger
 
-__all__ = ["Allocate", "Journal", "JournalOpener", "events", "journal_unavailable"]
+__all__ = ["Allocate", "Journal", "JournalOpener", "journal_unavailable"]
 
 _crc32 = zlib.crc32
 _pack = RECORD.pack

@@ -365,4 +365,4 @@ class Outbox:
             directory.rmdir()  # not empty: something else is in it, and it stays
 
 
-__all__ = ["DATABASE", "Outbox"]
+__all__ = ["Outbox"]

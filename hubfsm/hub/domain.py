@@ -40,7 +40,7 @@ from hubfsm.hub.signing import UrlSigner
 from hubfsm.hub.store import Store, StoredReply
 from hubfsm.transport import Handler, Request, Response
 
-__all__ = ["Audit", "Hub"]
+__all__ = ["Hub"]
 
 
 class Hub(PlatformEndpoints):

@@ -15,10 +15,9 @@ from collections.abc import Callable
 
 from hubfsm.core.engine import Core
 from hubfsm.core.events import Event
-from hubfsm.runtime.clocks import Clock, VirtualClock
 from hubfsm.runtime.driver import Driver
 
-__all__ = ["Clock", "RunTimeout", "SimRunner", "VirtualClock"]
+__all__ = ["RunTimeout", "SimRunner"]
 
 
 class RunTimeout(RuntimeError):

@@ -14,27 +14,13 @@ from hubfsm.sim.profile_table import profile_table
 from hubfsm.sim.profile_types import (
     HOUR,
     MINUTE,
-    Expect,
     Profile,
-    RefusalDraw,
     Refusals,
-    Scenario,
     WindowRule,
 )
 from transports.faults import FaultMix
 
-__all__ = [
-    "MACHINE",
-    "PLANNED",
-    "PROFILES",
-    "Expect",
-    "Profile",
-    "RefusalDraw",
-    "Scenario",
-    "describe",
-    "named",
-    "select",
-]
+__all__ = ["MACHINE", "PLANNED", "PROFILES", "describe", "named", "select"]
 
 
 # Gateways answer during an outage, not the application. (Typed Any: the type mypy infers

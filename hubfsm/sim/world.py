@@ -27,20 +27,25 @@ import attrs
 
 from hubfsm.core import protocol
 from hubfsm.core.changes import Saved
+from hubfsm.core.config import CoreConfig, Limits
 from hubfsm.core.dialect import PLATFORM, ProtocolName, parse_platform_identifier
-from hubfsm.core.engine import Core, CoreConfig, Limits
+from hubfsm.core.engine import Core
 from hubfsm.core.events import EpochEnded, FinishPending, FinishRequested
 from hubfsm.core.identifier import Identifier, parse_identifier
-from hubfsm.durable.journal import Journal, events
-from hubfsm.durable.outbox import DATABASE, Outbox
+from hubfsm.durable.journal import Journal
+from hubfsm.durable.journal_scan import events
+from hubfsm.durable.layout import DATABASE
+from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.recovery import JOURNAL
 from hubfsm.durable.survey import OutboxInfo
 from hubfsm.errors import HubfsmError
-from hubfsm.hub.domain import Audit, Hub
+from hubfsm.hub.calls import Audit
+from hubfsm.hub.domain import Hub
 from hubfsm.hub.store_memory import MemoryStore
+from hubfsm.runtime.clocks import Clock, VirtualClock
 from hubfsm.runtime.driver import Driver
 from hubfsm.runtime.factory import CoreFactory, Parts, build
-from hubfsm.runtime.inline import Clock, SimRunner, VirtualClock
+from hubfsm.runtime.inline import SimRunner
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
 from hubfsm.runtime.sync import sync
@@ -50,7 +55,8 @@ from hubfsm.sim.invariants import CRASH, FAILED_WRITE, Checker
 from hubfsm.sim.machine import Machine, Terminated, poison_value
 from hubfsm.sim.memdisk import MemoryDisk
 from hubfsm.sim.platform_checks import PlatformChecker, platform_applied
-from hubfsm.sim.profiles import PROFILES, Expect, Profile, RefusalDraw, Scenario, named
+from hubfsm.sim.profile_types import Expect, Profile, RefusalDraw, Scenario
+from hubfsm.sim.profiles import named
 from hubfsm.sim.refusing import STOP_ERRORS, RefusingHub
 from hubfsm.sim.result import SimResult
 from hubfsm.sim.scheduled import ScheduledFaults
@@ -58,9 +64,7 @@ from hubfsm.transport import FilePart, Transport
 from transports.faults import FaultInjectingTransport
 from transports.memory import InMemoryTransport
 
-__all__ = [
-    "EPOCH_ZERO", "PROFILES", "TIMEOUT", "Bugs", "Profile", "SimResult", "World", "run_seed",
-]  # fmt: skip
+__all__ = ["EPOCH_ZERO", "TIMEOUT", "World", "run_seed"]
 
 #: The metrics a simulated epoch reports, beside the loss.
 METRIC_KEYS = tuple(f"metrics/m{i}" for i in range(8))

@@ -1,17 +1,18 @@
 """A hypothesis state machine interleaving trainer events, time and faults."""
 
-from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-
 import shutil
 import tempfile
 from pathlib import Path
 
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
 from hubfsm.core.events import Interrupted, Resumed
 from hubfsm.errors import ModelTrainedError
+from hubfsm.sim.profiles import PROFILES
+from hubfsm.sim.world import World, scratch_root
 from transports.faults import FaultMix
-from hubfsm.sim.world import PROFILES, World, scratch_root
 
 MIXES = {
     "calm": FaultMix(),

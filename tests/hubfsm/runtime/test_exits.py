@@ -50,7 +50,7 @@ def test_a_dead_hub_at_exit_costs_the_deadline_and_one_line(local, tmp_path):
     script = (
         "import atexit, os, sys, time\n"
         "import hubfsm\n"
-        "from hubfsm.core.engine import CoreConfig, Limits\n"
+        "from hubfsm.core.config import CoreConfig, Limits\n"
         "from hubfsm.core.retry import ChannelPolicies, RetryPolicy\n"
         "from hubfsm.runtime.factory import build\n"
         "from hubfsm.runtime.settings import Settings\n"

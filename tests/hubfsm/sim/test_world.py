@@ -21,10 +21,11 @@ from hubfsm.core.engine import Core
 from hubfsm.core.events import CheckpointOffered, EpochEnded
 from hubfsm.core.ops import MetricsBatch, Send
 from hubfsm.runtime.driver import Driver
+from hubfsm.sim.bugs import Bugs
 from hubfsm.sim.invariants import CRASH, Checker, Entry, render_json, render_text
 from hubfsm.sim.profile_types import Profile, Schedule, Window, WindowRule
 from hubfsm.sim.profiles import PLANNED, PROFILES, describe, select
-from hubfsm.sim.world import EPOCH_ZERO, Bugs, run_seed
+from hubfsm.sim.world import EPOCH_ZERO, run_seed
 from hubfsm.transport import Request, Response, TransportError
 from transports.faults import FaultMix
 
