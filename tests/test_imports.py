@@ -197,3 +197,61 @@ def test_transports_import_only_the_interface_and_the_ground():
         if name.startswith("transports"):
             outside = {t for t in imported if not t.startswith("transports")}
             assert outside <= GROUND - {"hubfsm"}, (name, sorted(outside - GROUND))
+
+
+# -- one path per name: every import names the module that defines it ----------------
+
+#: Names a module passes on for users: the package facade (``import hubfsm``) and the
+#: ultralytics entry the README and the guides import ``install()`` from.
+FACADES = {
+    "hubfsm": None,  # every name
+    "hubfsm.integrations.ultralytics": frozenset({"install", "installed", "uninstall"}),
+}
+
+
+def _names(tree: ast.Module) -> tuple[set[str], set[str]]:
+    """The names a module defines at its top level, and those it imports there."""
+    defined: set[str] = set()
+    imported: set[str] = set()
+    for node in _nodes(tree):
+        if isinstance(node, ast.ImportFrom | ast.Import):
+            imported |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            defined.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            defined |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return defined, imported - defined
+
+
+def _passed_on(files: list[Path], modules: dict[str, Path]) -> list[str]:
+    """``file:line module.name`` for each import of a name its module only passes on."""
+    tables = {
+        name: _names(ast.parse(path.read_text(encoding="utf-8"))) for name, path in modules.items()
+    }
+    found = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom) or node.module not in tables:
+                continue
+            allowed = FACADES.get(node.module, frozenset())
+            for alias in node.names:
+                passed = alias.name in tables[node.module][1]
+                if passed and allowed is not None and alias.name not in allowed:
+                    where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+                    found.append(f"{where}:{node.lineno} {node.module}.{alias.name}")
+    return found
+
+
+def test_every_import_names_the_module_that_defines_the_name():
+    places = ("hubfsm", "transports", "tests", "bench", "tools")
+    files = [path for place in places for path in (ROOT / place).rglob("*.py")]
+    assert _passed_on(files, _modules()) == []
+
+
+def test_the_checker_sees_a_name_taken_through_another_module(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("from hubfsm.core.engine import Core, CoreConfig\n", encoding="utf-8")
+    found = _passed_on([path], _modules())
+    assert [line.split(" ")[1] for line in found] == ["hubfsm.core.engine.CoreConfig"]
