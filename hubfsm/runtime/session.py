@@ -406,8 +406,8 @@ class Session(SessionViews):
         The hub's pages then say ``interrupted`` (and why) where they could only guess
         ``stalled`` from the silence. Best effort: sent after the worker stopped (never
         beside one of its requests), not to the public HUB (whose wire has no such field),
-        not on Platform (no heartbeats on its wire), not offline or after a refusal; a
-        failure only leaves the hub to notice the silence.
+        not on Platform (no heartbeats on its wire), not offline, after a refusal or before a
+        ``Retry-After`` has passed; a failure only leaves the hub to notice the silence.
         """
         settings, core = self._settings, self._core
         if (
@@ -417,6 +417,8 @@ class Session(SessionViews):
             or core.machine.refused
             or hub_name(settings.api_root) == DEFAULT_API_ROOT
             or self._shell.alive
+            # A hub that said "Retry-After" hears nothing more before then, a note included.
+            or self._driver.clock() < core.schedule.hold_until
         ):
             return
         request = protocol.ended(core.model_id, core.agent_id, why)
