@@ -3,7 +3,8 @@
 The training thread offers a file (:meth:`WeightFiles.offer_checkpoint`,
 :meth:`WeightFiles.offer_final`): in one call it is stamped (size, mtime, inode) and,
 once an outbox is open, held by a hard link so a trainer that renames a newer file
-over it cannot take the offered content away. The driver takes the offer as an upload
+over it cannot take the offered content away; a checkpoint offer also goes into the
+inbox (journaled), so that thread enters this layer once. The driver takes the offer as an upload
 part (:meth:`WeightFiles.take`): a snapshot in the outbox, or with no outbox the file
 itself, if it still is what the stamp says. Either way the runtime sees one object.
 """
@@ -19,6 +20,7 @@ import attrs
 
 from hubfsm.core.events import CheckpointOffered, FileStamp, FinishRequested
 from hubfsm.digest import sha256_of
+from hubfsm.durable.inbox import Inbox
 from hubfsm.transport import FilePart
 
 if TYPE_CHECKING:
@@ -57,9 +59,13 @@ class WeightFiles:
 
     The outbox is attached once it opens (:attr:`outbox`); until then, and for a session
     that keeps nothing on disk, offers are the trainer's files themselves.
+
+    Args:
+        inbox: The driver's inbox, which checkpoint offers go into.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, inbox: Inbox) -> None:
+        self.inbox = inbox
         #: The model's outbox, once open: snapshots and held links live in it.
         self.outbox: Outbox | None = None
         # The held link of the newest checkpoint offer, released by a newer one.
@@ -72,7 +78,7 @@ class WeightFiles:
     def offer_checkpoint(
         self, path: str | os.PathLike[str], *, epoch: int, is_best: bool
     ) -> CheckpointOffered:
-        """Stamp and hold a checkpoint; the event to hand the driver.
+        """Stamp and hold a checkpoint, and put the offer in the inbox; the offer.
 
         The newest offer wins, so the link of the checkpoint offer before it is released
         at once, taken in or not: a busy driver never pins more than one older copy.
@@ -88,12 +94,16 @@ class WeightFiles:
             if self._held is not None:
                 outbox.release(self._held)
             held = self._held = outbox.hold(file)
-        return CheckpointOffered(held or file, epoch, is_best, stamp, held)
+        offer = CheckpointOffered(held or file, epoch, is_best, stamp, held)
+        self.inbox.put(offer)
+        return offer
 
     def offer_final(
         self, path: str | os.PathLike[str], *, epoch: int, map50_95: float, timeout: float
     ) -> FinishRequested:
         """Stamp and hold the final weights; the event to hand the driver.
+
+        Not put in the inbox here: the caller waits for the driver to take it in.
 
         Raises:
             OSError: The file is missing (the caller's error, raised on its thread).

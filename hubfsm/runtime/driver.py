@@ -125,7 +125,7 @@ class Driver:
         self.inbox = Inbox() if inbox is None else inbox
         self.durability = durability
         #: The one owner of the weight files offered to this session.
-        self.weights = durability.weights if durability is not None else WeightFiles()
+        self.weights = durability.weights if durability is not None else WeightFiles(self.inbox)
         #: Errors of events that could not be applied (a changed file, an illegal event).
         self.errors: list[Exception] = []
         self._watched: dict[int, Ticket] = {}

@@ -72,7 +72,7 @@ class Durability:
         #: What the outbox held on disk when it closed, per channel (see ``Saved.counts``).
         self.kept: dict[str, int] | None = None
         #: The weight files offered to the session: snapshots go into this outbox.
-        self.weights = WeightFiles()
+        self.weights = WeightFiles(inbox)
 
     @property
     def directory(self) -> Path | None:

@@ -262,7 +262,8 @@ class Session(SessionViews):
         if not self._accepting:
             raise IllegalEventError(self._core.state, "checkpoint")
         # A missing file is the caller's error, raised here.
-        self._shell.submit(self._weights.offer_checkpoint(path, epoch=epoch, is_best=is_best))
+        self._weights.offer_checkpoint(path, epoch=epoch, is_best=is_best)
+        self._shell.wake_up()
 
     def finish(
         self,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hubfsm.durable.inbox import Inbox
 from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.weights import WeightFiles, stamp_of
 
@@ -20,9 +21,11 @@ def held_links(outbox):
 def test_without_an_outbox_the_part_is_the_trainers_file(tmp_path):
     weights = tmp_path / "last.pt"
     weights.write_bytes(b"w" * 1000)
-    files = WeightFiles()
+    inbox = Inbox()
+    files = WeightFiles(inbox)
     offer = files.offer_checkpoint(weights, epoch=3, is_best=True)
     assert (offer.path, offer.held, offer.epoch, offer.is_best) == (str(weights), None, 3, True)
+    assert inbox.take() == (0, offer)  # the offer is queued for the driver in the same call
     part = files.take(offer)
     assert part is not None
     assert (part.path, part.name, part.size, part.source) == (
@@ -37,20 +40,21 @@ def test_without_an_outbox_the_part_is_the_trainers_file(tmp_path):
 def test_a_file_changed_after_the_offer_gives_no_part(tmp_path):
     weights = tmp_path / "last.pt"
     weights.write_bytes(b"a" * 10)
-    files = WeightFiles()
+    files = WeightFiles(Inbox())
     offer = files.offer_final(weights, epoch=1, map50_95=0.5, timeout=60.0)
+    assert len(files.inbox) == 0  # the caller hands the final weights over and waits
     weights.write_bytes(b"b" * 20)
     assert files.take(offer) is None
 
 
 def test_a_missing_file_is_refused_at_the_offer(tmp_path):
     with pytest.raises(FileNotFoundError):
-        WeightFiles().offer_checkpoint(tmp_path / "gone.pt", epoch=0, is_best=False)
+        WeightFiles(Inbox()).offer_checkpoint(tmp_path / "gone.pt", epoch=0, is_best=False)
 
 
 def test_a_newer_checkpoint_offer_releases_the_older_held_link(tmp_path):
     outbox = Outbox.open(MODEL, tmp_path / "ob")
-    files = WeightFiles()
+    files = WeightFiles(Inbox())
     files.outbox = outbox
     weights = tmp_path / "last.pt"
     weights.write_bytes(b"1" * 100)
@@ -74,7 +78,7 @@ def test_a_newer_checkpoint_offer_releases_the_older_held_link(tmp_path):
 
 def test_the_final_link_outlives_the_take_until_the_outbox_has_it(tmp_path):
     outbox = Outbox.open(MODEL, tmp_path / "ob")
-    files = WeightFiles()
+    files = WeightFiles(Inbox())
     files.outbox = outbox
     weights = tmp_path / "best.pt"
     weights.write_bytes(b"f" * 100)
@@ -91,7 +95,7 @@ def test_the_final_link_outlives_the_take_until_the_outbox_has_it(tmp_path):
 
 def test_final_weights_the_outbox_cannot_copy_go_up_from_the_trainers_file(tmp_path, monkeypatch):
     outbox = Outbox.open(MODEL, tmp_path / "ob")
-    files = WeightFiles()
+    files = WeightFiles(Inbox())
     files.outbox = outbox
     weights = tmp_path / "best.pt"
     weights.write_bytes(b"f" * 100)
