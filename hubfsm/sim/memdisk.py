@@ -28,9 +28,9 @@ from hubfsm.durable.outbox import (
     DATABASE,
     Outbox,
     OutboxLockedError,
-    stamp_of,
 )
 from hubfsm.durable.outbox_db import OutboxDB
+from hubfsm.durable.weights import stamp_of
 from hubfsm.transport import FilePart
 
 if TYPE_CHECKING:

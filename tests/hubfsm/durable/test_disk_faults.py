@@ -22,7 +22,8 @@ from hubfsm.digest import sha256_chunks
 from hubfsm.durable import outbox as outbox_module
 from hubfsm.durable.inbox import Inbox
 from hubfsm.durable.journal import INITIAL_SIZE, Journal, replay
-from hubfsm.durable.outbox import Outbox, OutboxDamaged, stamp_of
+from hubfsm.durable.outbox import Outbox, OutboxDamaged
+from hubfsm.durable.weights import stamp_of
 
 MODEL = "M" * 20
 

@@ -2,12 +2,11 @@ import pytest
 
 from hubfsm.core.events import EpochEnded, FinishRequested
 from hubfsm.durable.journal import replay
-from hubfsm.durable.outbox import stamp_of
+from hubfsm.durable.weights import stamp_of
 from hubfsm.errors import HubfsmError
 from hubfsm.runtime.clocks import VirtualClock
-from transports.memory import InMemoryTransport
-
 from tests.support import FAST, KEY, inline_session, new_model
+from transports.memory import InMemoryTransport
 
 
 def test_trainer_calls_wait_for_time_to_pass_then_go_out_in_order(hub, tmp_path):
