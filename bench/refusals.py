@@ -46,8 +46,6 @@ def measure(seeds: int, epochs: int, factory: type[Core]) -> dict[int, list[int]
                 world,
                 epochs=epochs,
                 checkpoint_every=1,
-                epoch_seconds=profile.epoch_seconds,
-                patience=profile.patience,
                 expect=None,
             )
             logged, hub, held = set(world.logged), on_hub(world), world.held()
