@@ -20,7 +20,8 @@ from hubfsm.sim.end_checks import check_disk
 from hubfsm.sim.machine import Machine, poison_value
 
 if TYPE_CHECKING:
-    # The world runs these when its process dies: the import goes one way only.
+    # The world runs these when its process dies: for the type only, so the import goes
+    # one way.
     from hubfsm.sim.world import World
 
 

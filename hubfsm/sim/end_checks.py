@@ -22,7 +22,8 @@ from hubfsm.sim.invariants import FAILED_WRITE
 from hubfsm.sim.platform_checks import platform_applied
 
 if TYPE_CHECKING:
-    # The world calls these checks when its process dies: the import goes one way only.
+    # The world runs these checks at its end and its deaths: for the type only, so the
+    # import goes one way.
     from hubfsm.sim.world import World
 
 
