@@ -32,7 +32,9 @@ from hubfsm.sim.profiles import (
     describe,
     select,
 )
-from hubfsm.sim.world import EPOCH_ZERO, Bugs, run_seed
+from hubfsm.sim.bugs import Bugs
+from hubfsm.sim.play import run_seed
+from hubfsm.sim.world import EPOCH_ZERO
 from hubfsm.transport import Request, Response, TransportError
 
 #: Seeds per profile in the sweeps, beside the thousand flaky ones: 5 x 500 + 1000 in all.
