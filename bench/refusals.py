@@ -19,8 +19,10 @@ import structlog
 
 from hubfsm.core.engine import Core
 from hubfsm.sim.bugs import Bugs
+from hubfsm.sim.end_checks import on_hub
+from hubfsm.sim.play import play, scratch_root
 from hubfsm.sim.profiles import PROFILES
-from hubfsm.sim.world import RefusingWorld, play, scratch_root
+from hubfsm.sim.refusing_world import RefusingWorld
 
 
 class DiscardsAfterARefusal(Core):
@@ -44,11 +46,9 @@ def measure(seeds: int, epochs: int, factory: type[Core]) -> dict[int, list[int]
                 world,
                 epochs=epochs,
                 checkpoint_every=1,
-                epoch_seconds=profile.epoch_seconds,
-                patience=profile.patience,
                 expect=None,
             )
-            logged, hub, held = set(world.logged), world.on_hub(), world.held()
+            logged, hub, held = set(world.logged), on_hub(world), world.held()
         row = totals[world.draw.stop]
         row[0] += 1
         row[1] += len(logged)

@@ -84,7 +84,7 @@ def hubfsm_requests(trace: Any) -> dict[str, int]:
 
 def run(*, seeds: int = 10, quick: bool = False) -> dict[str, Any]:
     """Simulate ``seeds`` sessions; per-channel medians of both clients' requests."""
-    from hubfsm.sim.world import run_seed
+    from hubfsm.sim.play import run_seed
 
     benchkit.setup()
     seeds = 2 if quick else seeds

@@ -11,7 +11,7 @@ import json
 import statistics
 import time
 
-from hubfsm.sim.world import run_seed
+from hubfsm.sim.play import run_seed
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from hubfsm.durable.outbox_db import OutboxDB
 from hubfsm.runtime import factory
 from hubfsm.sim import world
 from hubfsm.sim.invariants import Checker
-from hubfsm.sim.world import run_seed
+from hubfsm.sim.play import run_seed
 
 
 def _no_outbox_writes() -> contextlib.AbstractContextManager[Any]:

@@ -30,7 +30,7 @@ from pathlib import Path
 #: The child: warm up, then print the CPU time of each session as JSON.
 CHILD = """
 import json, sys, time
-from hubfsm.sim.world import run_seed
+from hubfsm.sim.play import run_seed
 
 sessions, first = int(sys.argv[1]), int(sys.argv[2])
 run_seed(99, profile="flaky", epochs=20, checkpoint_every=1, keep_trace=False)

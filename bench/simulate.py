@@ -30,8 +30,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 from hubfsm.cli.simulate import run_seeds
 from hubfsm.core.dialect import ProtocolName
+from hubfsm.sim.play import run_seed
 from hubfsm.sim.profiles import named
-from hubfsm.sim.world import run_seed
 
 TARGET_S = 60.0
 

@@ -4,6 +4,7 @@ import that points up the layer order."""
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,6 +82,8 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     return edges
 
 
+# Parsed once per run: four tests read the same graph of the source tree.
+@functools.cache
 def _graph() -> dict[str, set[str]]:
     modules = _modules()
     return {name: _imports(name, path, modules) for name, path in modules.items()}

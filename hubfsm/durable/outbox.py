@@ -38,15 +38,8 @@ from hubfsm.durable.layout import (
     salvage,
 )
 from hubfsm.durable.outbox_db import OutboxDB, disk_errors
+from hubfsm.durable.weights import stamp_of
 from hubfsm.transport import FilePart
-
-# -- the outbox ----------------------------------------------------------------------
-
-
-def stamp_of(path: str | os.PathLike[str]) -> FileStamp:
-    """What ``path`` looks like now (``os.stat``)."""
-    st = os.stat(path)
-    return FileStamp(st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 class Outbox:

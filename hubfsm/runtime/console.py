@@ -109,7 +109,7 @@ class Console:
         if channel in self._announced:
             return
         self._announced.add(channel)
-        if core.state == "resolved":
+        if core.machine.traits.opening:
             if not core.answered and isinstance(outcome, TransportError) and (
                 outcome.kind in ("refused", "dns")
             ):

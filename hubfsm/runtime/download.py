@@ -27,6 +27,7 @@ import platformdirs
 from tqdm import tqdm
 
 from hubfsm import env
+from hubfsm.digest import sha256_of
 from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger
 from hubfsm.masking import show_url
@@ -43,7 +44,6 @@ log = get_logger("hubfsm")
 CACHE_ENV = env.CACHE
 #: The largest download accepted unless the caller says otherwise (4 GiB).
 MAX_BYTES = 4 << 30
-_CHUNK = 1 << 20
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -68,14 +68,6 @@ def _file_name(url: str) -> str:
 def _mkdir_private(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path, 0o700)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def download(
@@ -137,7 +129,7 @@ def download(
     if target.is_file():
         size = target.stat().st_size
         if (expected_size is None or size == expected_size) and (
-            want_sha is None or _sha256(target) == want_sha
+            want_sha is None or sha256_of(target)[0] == want_sha
         ):
             log.info("download.cached", url=show_url(url), path=str(target), size=size)
             return target

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,11 +31,12 @@ from hubfsm.core.events import (
 )
 from hubfsm.core.ops import Send
 from hubfsm.durable.inbox import Inbox
+from hubfsm.durable.weights import WeightFiles
 from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger
 from hubfsm.runtime.clocks import Clock
-from hubfsm.runtime.durability import Durability, take_file
-from hubfsm.transport import FilePart, Outcome, Transport, TransportError
+from hubfsm.runtime.durability import Durability
+from hubfsm.transport import Outcome, Transport, TransportError
 
 if TYPE_CHECKING:
     from hubfsm.runtime.console import Console
@@ -125,6 +125,8 @@ class Driver:
         #: The trainer's calls, in order.
         self.inbox = Inbox() if inbox is None else inbox
         self.durability = durability
+        #: The one owner of the weight files offered to this session.
+        self.weights = durability.weights if durability is not None else WeightFiles(self.inbox)
         #: Errors of events that could not be applied (a changed file, an illegal event).
         self.errors: list[Exception] = []
         self._watched: dict[int, Ticket] = {}
@@ -184,11 +186,10 @@ class Driver:
             core.epoch_end(event.epoch, event.metrics, now=now)
         elif isinstance(event, CheckpointOffered):
             try:
-                part = self._take(event.path, "last.pt", event)
+                part = self.weights.take(event)
             except OSError as exc:
                 # No room for a copy and no held link to keep instead: this checkpoint
                 # is not kept, and training goes on (the next offer may fit).
-                self._release(event)
                 if not self.quiet:
                     _say(
                         "warning",
@@ -198,26 +199,21 @@ class Driver:
                         error=str(exc),
                     )
                 return
-            self._release(event)
             if part is None:
                 if not self.quiet:
                     _say("info", "checkpoint.superseded", model_id=core.model_id, epoch=event.epoch)
                 return
             core.checkpoint(event.epoch, part, is_best=event.is_best, now=now)
         elif isinstance(event, FinishRequested):
-            part = self._take(event.held or event.path, "best.pt", event)
+            # With an outbox, final weights that cannot be copied into it still go up
+            # from the trainer's file, which ``finish`` waits for.
+            unkept = None if self.durability is None else self._final_not_kept
+            part = self.weights.take(event, unkept=unkept)
             if part is None:
-                if event.held is not None:
-                    with contextlib.suppress(OSError):
-                        os.unlink(event.held)
                 raise HubfsmError(
                     f"{event.path} changed while it was being read; call finish again"
                 )
             core.finish(event.epoch, part, map50_95=event.map50_95, now=now, timeout=event.timeout)
-            if event.held is not None and self.durability is not None:
-                # Until the outbox has the final slot, the journal's record of this
-                # call is all a killed process leaves: its link must outlive it.
-                self.durability.release(event.held)
             if self.offline:
                 core.interrupt(now=now)
         elif isinstance(event, FinishPending):
@@ -235,39 +231,10 @@ class Driver:
         else:
             assert isinstance(event, Barrier)
 
-    @staticmethod
-    def _release(event: CheckpointOffered) -> None:
-        """Let go of the offer's held link (kept as the snapshot, it is gone already)."""
-        if event.held is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(event.held)
-
-    def _take(
-        self, path: str, name: str, event: CheckpointOffered | FinishRequested
-    ) -> FilePart | None:
-        part = self._part(path, name, event)
-        # A snapshot lies in the outbox under a name of its own; people know the file
-        # by the name they gave.
-        return None if part is None else attrs.evolve(part, source=os.path.basename(event.path))
-
-    def _part(
-        self, path: str, name: str, event: CheckpointOffered | FinishRequested
-    ) -> FilePart | None:
-        if self.durability is None:
-            return take_file(path, name, event.stamp)
-        try:
-            return self.durability.take(path, name, event.stamp)
-        except OSError as exc:
-            if isinstance(event, CheckpointOffered):
-                raise
-            # The final weights cannot be copied into the outbox: ``finish`` still
-            # uploads them from the trainer's file, which it waits for, but a later
-            # ``hubfsm sync`` would not have them.
-            if not self.quiet:
-                _say("warning", "final.not_kept", model_id=self.core.model_id, error=str(exc))
-            # The trainer's own file, not a held link: that link goes once the final
-            # slot is written, long before the upload may end.
-            return take_file(event.path, name, event.stamp)
+    def _final_not_kept(self, exc: OSError) -> None:
+        # A later ``hubfsm sync`` would not have the final weights.
+        if not self.quiet:
+            _say("warning", "final.not_kept", model_id=self.core.model_id, error=str(exc))
 
     # -- the hub's side -------------------------------------------------------------
 

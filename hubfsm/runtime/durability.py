@@ -3,7 +3,8 @@
 The port opens once the model is known (at once for a model id, after the hub created
 the model otherwise): it takes back what an earlier run left (see
 :mod:`hubfsm.durable.recovery`), then keeps the core's changes and the journal's
-progress as the driver hands them over.
+progress as the driver hands them over. The weight files offered to the session live
+in :class:`~hubfsm.durable.weights.WeightFiles`, which snapshots into this outbox.
 """
 
 from __future__ import annotations
@@ -16,14 +17,12 @@ from pathlib import Path
 
 from hubfsm.core.changes import Change, Saved
 from hubfsm.core.engine import Core
-from hubfsm.core.events import FileStamp
-from hubfsm.durable.files import describe
 from hubfsm.durable.inbox import Inbox
 from hubfsm.durable.journal import Journal, JournalOpener, journal_unavailable
-from hubfsm.durable.outbox import Outbox, stamp_of
+from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.recovery import journal_path, kept_counts, recover
+from hubfsm.durable.weights import WeightFiles
 from hubfsm.errors import HubfsmError
-from hubfsm.transport import FilePart
 
 #: Opens a model's outbox under a root (the files backend: :meth:`Outbox.open`).
 OutboxOpener = Callable[[str, "str | os.PathLike[str] | None"], Outbox]
@@ -72,10 +71,8 @@ class Durability:
         self._run: tuple[str, int | None] | None = None
         #: What the outbox held on disk when it closed, per channel (see ``Saved.counts``).
         self.kept: dict[str, int] | None = None
-        #: The held link of the newest checkpoint offer, released by a newer one.
-        self._held: str | None = None
-        # Held links whose snapshots are taken but not yet in the outbox.
-        self._released: list[str] = []
+        #: The weight files offered to the session: snapshots go into this outbox.
+        self.weights = WeightFiles(inbox)
 
     @property
     def directory(self) -> Path | None:
@@ -96,6 +93,7 @@ class Durability:
             outbox.close()
             raise
         self.outbox = outbox
+        self.weights.outbox = outbox
         self._core = core
         if self.use_journal:
             path = journal_path(outbox)
@@ -129,11 +127,7 @@ class Durability:
         outbox.apply(changes, journal_seq=journal_seq)
         if journal_seq is not None and self.journal is not None:
             self.journal.consumed(journal_seq)
-        if self._released:
-            released, self._released = self._released, []
-            for link in released:
-                with contextlib.suppress(OSError):
-                    os.unlink(link)
+        self.weights.kept()
 
     def _adopt_run(self, outbox: Outbox, core: Core) -> None:
         """Check the outbox speaks the core's dialect; a Platform core takes its run.
@@ -155,41 +149,6 @@ class Durability:
         outbox.db.set_run(name, core.run_id)
         self._run = (name, core.run_id)
 
-    def hold(self, path: str, *, checkpoint: bool = False) -> str | None:
-        """Keep the file's current content reachable until :meth:`take` (see Outbox.hold).
-
-        Args:
-            path: The file handed over.
-            checkpoint: It is a checkpoint offer. The newest offer wins, so the link of
-                the checkpoint offer before it is released at once, taken in or not: a
-                busy worker never pins more than one older copy of the weights.
-        """
-        if self.outbox is None:
-            return None
-        if not checkpoint:
-            return self.outbox.hold(path)
-        if self._held is not None:
-            self.outbox.release(self._held)
-        self._held = self.outbox.hold(path)
-        return self._held
-
-    def release(self, link: str) -> None:
-        """Delete a held link once the outbox has what was taken from it (the next apply).
-
-        Until then a killed process leaves the link for recovery to take the snapshot
-        from; a link left over at close goes at the next recovery.
-        """
-        self._released.append(link)
-
-    def take(self, path: str, name: str, stamp: FileStamp) -> FilePart | None:
-        """A weight file for upload: a snapshot in the outbox, or the file itself.
-
-        None when the file no longer is what ``stamp`` says (a newer offer supersedes it).
-        """
-        if self.outbox is not None:
-            return self.outbox.snapshot(path, name=name, stamp=stamp)
-        return take_file(path, name, stamp)
-
     def close(self, *, remove: bool) -> None:
         """Close the journal and the outbox (``remove``: delete an outbox left empty).
 
@@ -204,10 +163,3 @@ class Durability:
             except Exception:  # unreadable now: say nothing rather than a wrong count
                 self.kept = None
             self.outbox.close(remove=remove)
-
-
-def take_file(path: str, name: str, stamp: FileStamp) -> FilePart | None:
-    """A weight file as it is, if it still is what ``stamp`` says."""
-    if stamp_of(path) != stamp:
-        return None
-    return describe(path, name)

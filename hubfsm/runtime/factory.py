@@ -231,7 +231,7 @@ def open_model(parts: Parts) -> None:
     core.open(parsed, create=create, now=shell.clock())
     shell.start()
     timeout = settings.open_timeout
-    opened = shell.wait_for(lambda c: c.state != "resolved", timeout)
+    opened = shell.wait_for(lambda c: not c.machine.traits.opening, timeout)
     if opened and not core.machine.failed:
         # A created model's outbox opens on the driver once the hub gave the id.
         shell.call(Barrier())

@@ -19,13 +19,10 @@ from hubfsm.core.changes import describe_pending
 from hubfsm.core.config import CoreConfig
 from hubfsm.core.events import (
     Barrier,
-    CheckpointOffered,
     FinishPending,
-    FinishRequested,
     Interrupted,
     Start,
 )
-from hubfsm.durable.outbox import stamp_of
 from hubfsm.durable.records import keep_record, kept_record
 from hubfsm.errors import (
     DeliveryIncomplete,
@@ -172,6 +169,7 @@ class Session(SessionViews):
         self._shell = parts.shell
         self._inbox = parts.driver.inbox
         self._durability = parts.durability
+        self._weights = parts.driver.weights
         self._accepting = False
         self._closed = False
         self._next_epoch = 0
@@ -263,11 +261,9 @@ class Session(SessionViews):
         """
         if not self._accepting:
             raise IllegalEventError(self._core.state, "checkpoint")
-        file = os.fspath(path)
-        stamp = stamp_of(file)  # a missing file is the caller's error, raised here
-        durability = self._durability
-        held = durability.hold(file, checkpoint=True) if durability is not None else None
-        self._shell.submit(CheckpointOffered(held or file, epoch, is_best, stamp, held))
+        # A missing file is the caller's error, raised here.
+        self._weights.offer_checkpoint(path, epoch=epoch, is_best=is_best)
+        self._shell.wake_up()
 
     def finish(
         self,
@@ -297,11 +293,8 @@ class Session(SessionViews):
         if not self._accepting:
             raise IllegalEventError(self._core.state, "finish")
         last = max(self._next_epoch - 1 if epoch is None else epoch, 0)
-        file = os.fspath(path)
-        stamp = stamp_of(file)  # a missing file is the caller's error, raised here
-        durability = self._durability
-        held = durability.hold(file) if durability is not None else None
-        event = FinishRequested(file, last, map50_95, stamp, timeout, held)
+        # A missing file is the caller's error, raised here.
+        event = self._weights.offer_final(path, epoch=last, map50_95=map50_95, timeout=timeout)
         # Journaled before the wait: a kill while the worker is still inside a request
         # leaves the final weights for recovery, `hubfsm status` and `hubfsm sync`.
         self._shell.call(event, timeout=max(60.0, timeout))
@@ -406,8 +399,8 @@ class Session(SessionViews):
         The hub's pages then say ``interrupted`` (and why) where they could only guess
         ``stalled`` from the silence. Best effort: sent after the worker stopped (never
         beside one of its requests), not to the public HUB (whose wire has no such field),
-        not on Platform (no heartbeats on its wire), not offline or after a refusal; a
-        failure only leaves the hub to notice the silence.
+        not on Platform (no heartbeats on its wire), not offline, after a refusal or before a
+        ``Retry-After`` has passed; a failure only leaves the hub to notice the silence.
         """
         settings, core = self._settings, self._core
         if (
@@ -417,6 +410,8 @@ class Session(SessionViews):
             or core.machine.refused
             or hub_name(settings.api_root) == DEFAULT_API_ROOT
             or self._shell.alive
+            # A hub that said "Retry-After" hears nothing more before then, a note included.
+            or self._driver.clock() < core.schedule.hold_until
         ):
             return
         request = protocol.ended(core.model_id, core.agent_id, why)

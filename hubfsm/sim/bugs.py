@@ -22,8 +22,9 @@ from hubfsm.core.engine import Core
 from hubfsm.core.events import CheckpointOffered, EpochEnded, FinishRequested
 from hubfsm.core.schedule import Schedule
 from hubfsm.durable.journal_scan import events
-from hubfsm.durable.outbox import Outbox, stamp_of
+from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.recovery import journal_path
+from hubfsm.durable.weights import stamp_of
 from hubfsm.errors import IllegalEventError
 from hubfsm.runtime.driver import Driver
 from hubfsm.runtime.factory import CoreFactory

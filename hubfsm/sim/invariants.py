@@ -261,7 +261,7 @@ class Checker:
             self.violate(6, f"{channel} request {self._hold_until - now:.3f}s inside a Retry-After")
         if channel == "metrics":
             # The final flush is exempt, as the design says.
-            if state != "final_uploading" and now - self._last_metrics < self.metrics - EPS:
+            if not TRAITS[state].final and now - self._last_metrics < self.metrics - EPS:
                 self.violate(5, f"metrics {now - self._last_metrics:.3f}s after the last")
             self._last_metrics = now
         elif channel == "checkpoint" and send.attempt == 1:

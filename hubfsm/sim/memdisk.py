@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING
 from hubfsm.core.changes import Change
 from hubfsm.core.events import FileStamp
 from hubfsm.durable.layout import DATABASE, OutboxLockedError
-from hubfsm.durable.outbox import Outbox, stamp_of
+from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.outbox_db import OutboxDB
+from hubfsm.durable.weights import stamp_of
 from hubfsm.transport import FilePart
 
 if TYPE_CHECKING:

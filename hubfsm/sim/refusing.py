@@ -4,11 +4,11 @@ A seed of the ``refusing`` profile draws one answer that stops all sending mid-r
 401, a redirect, a deleted or trained model, or none), one epoch whose metrics the hub
 refuses with 400, one checkpoint it refuses with 422, and heartbeats refused with 409.
 The trainer talks to real sessions, as every other profile's does (see
-the :class:`~hubfsm.sim.world.RefusingWorld`): the factory's composition on the inline shell, with
-the real journal and outbox. At the end every epoch logged must be on the hub or held
-in the outbox the session left, and ``finish`` (or ``close``) must have raised the
-refusal. Where the cause can be fixed (a new key, the right API root), the real
-``hubfsm sync`` must then deliver everything but the rejected records.
+:class:`~hubfsm.sim.refusing_world.RefusingWorld`): the factory's composition on the
+inline shell, with the real journal and outbox. At the end every epoch logged must be on
+the hub or held in the outbox the session left, and ``finish`` (or ``close``) must have
+raised the refusal. Where the cause can be fixed (a new key, the right API root), the
+real ``hubfsm sync`` must then deliver everything but the rejected records.
 """
 
 from __future__ import annotations
@@ -90,4 +90,3 @@ class RefusingHub(Transport):
         if fields.get("type") == "epoch" and fields.get("epoch") == str(draw.bad_checkpoint):
             return _refusal(422, f"weights of epoch {draw.bad_checkpoint} are not a model")
         return self.inner.send(request)
-

@@ -12,7 +12,7 @@ import pytest
 from hubfsm.cli.main import main
 from hubfsm.core.engine import Core
 from hubfsm.sim.profiles import PROFILES
-from hubfsm.sim.world import run_seed
+from hubfsm.sim.play import run_seed
 from hubfsm.transport import Response
 
 

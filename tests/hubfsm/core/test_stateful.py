@@ -10,8 +10,11 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from hubfsm.core.events import Interrupted, Resumed
 from hubfsm.errors import ModelTrainedError
+from hubfsm.sim.end_checks import on_hub
+from hubfsm.sim.play import scratch_root
 from hubfsm.sim.profiles import PROFILES
-from hubfsm.sim.world import World, scratch_root
+from hubfsm.sim.trainer import end_epoch, finish, open_session
+from hubfsm.sim.world import World
 from transports.faults import FaultMix
 
 MIXES = {
@@ -28,7 +31,7 @@ class SessionUnderFaults(RuleBasedStateMachine):
     def open(self, seed, create):
         self.root = Path(tempfile.mkdtemp(prefix="hubfsm-test-", dir=scratch_root()))
         self.world = World(seed, PROFILES["calm"], root=self.root)
-        self.world.open(create=create)
+        open_session(self.world, create=create)
         assert self.world.core.state in ("created", "loaded")
         self.world.start()
         # A session takes no more trainer events once finish() has returned.
@@ -55,7 +58,7 @@ class SessionUnderFaults(RuleBasedStateMachine):
     @precondition(lambda self: self.core.state == "training" and not self.finished)
     @rule(checkpoint=st.booleans())
     def epoch_ends(self, checkpoint):
-        self.world.epoch(checkpoint=checkpoint)
+        end_epoch(self.world, checkpoint=checkpoint)
 
     @precondition(lambda self: self.core.state == "training" and not self.finished)
     @rule()
@@ -70,7 +73,7 @@ class SessionUnderFaults(RuleBasedStateMachine):
     @precondition(lambda self: self.core.state == "training" and not self.finished)
     @rule(timeout=st.sampled_from([60.0, 3600.0]))
     def training_finishes(self, timeout):
-        self.world.finish(timeout=timeout)
+        finish(self.world, timeout=timeout)
         self.finished = True
         if self.core.state == "failed":
             # Only legitimate when an earlier, interrupted final upload did land and
@@ -94,7 +97,7 @@ class SessionUnderFaults(RuleBasedStateMachine):
         world = self.world
         # Logged epochs the driver has not taken in yet wait in its inbox (and journal).
         queued = set(world.runner.inbox.queued_epochs())
-        assert set(world.logged) <= world.on_hub() | world.core.unacknowledged_epochs() | queued
+        assert set(world.logged) <= on_hub(world) | world.core.unacknowledged_epochs() | queued
 
 
 SessionUnderFaults.TestCase.settings = settings(

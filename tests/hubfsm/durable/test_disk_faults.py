@@ -25,7 +25,8 @@ from hubfsm.durable.journal import Journal
 from hubfsm.durable.journal_format import INITIAL_SIZE
 from hubfsm.durable.journal_scan import replay
 from hubfsm.durable.layout import OutboxDamaged
-from hubfsm.durable.outbox import Outbox, stamp_of
+from hubfsm.durable.outbox import Outbox
+from hubfsm.durable.weights import stamp_of
 
 MODEL = "M" * 20
 

@@ -5,8 +5,9 @@ import pytest
 from hubfsm.core import protocol
 from hubfsm.core.changes import MetricsQueued, Offered, OpClosed, OpOpened
 from hubfsm.durable.layout import OutboxLockedError
-from hubfsm.durable.outbox import Outbox, stamp_of
+from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.survey import find, inspect
+from hubfsm.durable.weights import stamp_of
 from hubfsm.transport import FilePart
 
 MODEL = "M" * 20

@@ -14,8 +14,9 @@ from hubfsm.core.changes import MetricsQueued
 from hubfsm.core.events import EpochEnded
 from hubfsm.durable.journal import Journal
 from hubfsm.durable.layout import DATABASE, OutboxDamaged
-from hubfsm.durable.outbox import Outbox, stamp_of
+from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.survey import find, inspect, set_aside, survey
+from hubfsm.durable.weights import stamp_of
 from hubfsm.hub.store_sqlite import SqliteStore
 from hubfsm.runtime.sync import status, sync
 from tests.support import FAST, KEY, new_model

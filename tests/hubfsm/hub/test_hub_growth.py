@@ -116,3 +116,49 @@ def test_a_served_hub_keeps_no_audit_notes(tmp_path: Path) -> None:
         assert not audit.metrics_applied and not audit.uploads and not audit.heartbeats
         # What was applied is in the store all the same.
         assert [epoch for epoch, _ in local.hub.store.get_metrics(model)] == [0]
+
+
+def test_hub_serve_runs_its_hub_without_audit_notes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from hubfsm.hub import server
+
+    made: list[LocalHub] = []
+
+    class Recorded(LocalHub):
+        def start(self) -> LocalHub:
+            made.append(self)
+            return super().start()
+
+    monkeypatch.setattr(server, "LocalHub", Recorded)
+    stop = threading.Event()
+    out = io.StringIO()
+    thread = threading.Thread(
+        target=server.serve, args=(tmp_path / "hub",), kwargs={"port": 0, "out": out, "stop": stop}
+    )
+    thread.start()
+    try:
+        for _ in range(200):  # bounded: the banner comes once the hub listens
+            if "serving at" in out.getvalue():
+                break
+            thread.join(0.05)
+        assert made and "serving at" in out.getvalue(), out.getvalue()
+        local = made[0]
+        model = _create(local, local.api_key)
+        metrics = {"metrics": {"0": json.dumps({"loss": 1.0})}, "type": "metrics"}
+        answer = requests.post(
+            f"{local.url}/v1/models/{model}",
+            json=metrics,
+            headers={"x-api-key": local.api_key},
+            timeout=TIMEOUT,
+        )
+        assert answer.ok, answer.text
+        audit = local.hub.audit()
+        assert audit.requests["upload_metrics"] == 1
+        assert not audit.metrics_applied  # what `hub serve` applies is in its store alone
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()

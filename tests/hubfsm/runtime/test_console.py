@@ -28,6 +28,7 @@ import pytest
 import structlog
 
 import hubfsm
+from hubfsm.core.machine import TRAITS
 from hubfsm.hub.server import LocalHub
 from hubfsm.runtime.console import LOST_AFTER, Console, duration
 from hubfsm.transport import Response, TransportError
@@ -327,7 +328,7 @@ def test_one_or_two_failed_attempts_in_a_row_print_nothing() -> None:
     core = types.SimpleNamespace(
         state="training",
         answered=True,
-        machine=types.SimpleNamespace(failed=False, sends=True),
+        machine=types.SimpleNamespace(failed=False, sends=True, traits=TRAITS["training"]),
         pending=lambda: {"metrics": 2, "checkpoint": 0, "final": 0},
     )
     out = io.StringIO()
@@ -357,7 +358,7 @@ def test_a_hub_that_does_not_answer_at_open_is_named_once_with_how_long() -> Non
     core = types.SimpleNamespace(
         state="resolved",
         answered=False,
-        machine=types.SimpleNamespace(failed=False, sends=True),
+        machine=types.SimpleNamespace(failed=False, sends=True, traits=TRAITS["resolved"]),
         pending=lambda: {"metrics": 0, "checkpoint": 0, "final": 0},
     )
     out = io.StringIO()

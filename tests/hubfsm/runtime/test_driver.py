@@ -2,7 +2,7 @@ import pytest
 
 from hubfsm.core.events import EpochEnded, FinishRequested
 from hubfsm.durable.journal_scan import replay
-from hubfsm.durable.outbox import stamp_of
+from hubfsm.durable.weights import stamp_of
 from hubfsm.errors import HubfsmError
 from hubfsm.runtime.clocks import VirtualClock
 from tests.support import FAST, KEY, inline_session, new_model

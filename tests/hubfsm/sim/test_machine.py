@@ -21,7 +21,7 @@ from hubfsm.sim.invariants import CRASH, FAILED_WRITE
 from hubfsm.sim.machine import Machine, MachineFaults, MachinePlan, poison_value
 from hubfsm.sim.memdisk import MemoryDisk
 from hubfsm.sim.profiles import MACHINE, PROFILES, describe
-from hubfsm.sim.world import run_seed
+from hubfsm.sim.play import run_seed
 
 MODEL = "AbCdEfGhIjKlMnOpQrSt"
 

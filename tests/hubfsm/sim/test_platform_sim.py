@@ -10,7 +10,7 @@ from hubfsm.sim.bugs import COMPLETE_BEFORE_LAST_EPOCH
 from hubfsm.sim.http_world import run_http_seed
 from hubfsm.sim.platform_checks import DIALECT, PlatformChecker
 from hubfsm.sim.profiles import PROFILES
-from hubfsm.sim.world import run_seed
+from hubfsm.sim.play import run_seed
 from hubfsm.transport import Request, Response
 from transports.platform import PlatformTransport
 

@@ -1,0 +1,160 @@
+"""What a simulated run left, and the invariants checked against it.
+
+A run leaves records in three places: the hub (what it applied and holds), the outbox
+and the journal (read from the disk, as a new process would find them). A process that
+dies must leave every accepted epoch and the final weights in one of them
+(:func:`check_disk`); at the end the checker holds the hub to what the trainer did
+(:func:`check_hub`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from hubfsm.core.changes import Saved
+from hubfsm.core.events import EpochEnded, FinishPending, FinishRequested
+from hubfsm.durable.journal_scan import events
+from hubfsm.durable.layout import DATABASE
+from hubfsm.durable.outbox import Outbox
+from hubfsm.durable.recovery import JOURNAL
+from hubfsm.sim.invariants import FAILED_WRITE
+from hubfsm.sim.platform_checks import platform_applied
+
+if TYPE_CHECKING:
+    # The world runs these checks at its end and its deaths: for the type only, so the
+    # import goes one way.
+    from hubfsm.sim.world import World
+
+
+def kept(world: World) -> tuple[set[int], bool]:
+    """What the run's outbox and journal keep: the epochs, and whether a final.
+
+    Read from the disk, as a new process would find it: the outbox's records and
+    the journal's records newer than the outbox's.
+    """
+    held = outbox_now(world)
+    if held is None:
+        return set(), False
+    saved, journal_seq = held
+    directory = world.outboxes / str(world.model_id)
+    epochs = {epoch for epoch, _ in saved.metrics}
+    final = saved.final is not None
+    for op in saved.ops:
+        if op.channel == "metrics":
+            epochs.update(op.payload)
+        final = final or op.channel == "final"
+    for record in saved.rejected:
+        if record.channel == "metrics":
+            epochs.update(record.payload)
+    for _, event in events(directory / JOURNAL, after=journal_seq):
+        if isinstance(event, EpochEnded):
+            epochs.add(event.epoch)
+        final = final or isinstance(event, FinishRequested | FinishPending)
+    return epochs, final
+
+
+def outbox_now(world: World) -> tuple[Saved, int] | None:
+    """What the run's outbox holds now, and the last journal record it took in.
+
+    None when there is no outbox (nothing was left). The simulated disk is read
+    until ``hubfsm sync`` wrote it out; from then on, and without one, the files.
+    """
+    if world.model_id is None:
+        return None
+    directory = world.outboxes / world.model_id
+    if world.disk is not None and not world.synced:
+        db = world.disk.databases.get(directory)
+        return None if db is None else (db.load(), db.journal_seq)
+    if not (directory / DATABASE).exists():
+        return None
+    outbox = Outbox(directory, world.model_id)
+    try:
+        return outbox.load(), outbox.journal_seq
+    finally:
+        outbox.close()
+
+
+def check_disk(world: World, when: str) -> None:
+    """What a process leaves on disk keeps every accepted event, and no temporary file."""
+    left = [] if world.disk is None else world.disk.temporary_files()
+    if left:
+        name = os.path.basename(left[0])
+        world.checker.violate(
+            FAILED_WRITE, f"a failed snapshot left its temporary file {name} behind"
+        )
+    epochs, final = kept(world)
+    lost = sorted(set(world.logged) - on_hub(world) - epochs)
+    # Calls taken without a journal were said to be at risk when it was given up.
+    at_risk = [epoch for epoch in lost if epoch in world.unjournaled]
+    if at_risk:
+        world.reported_lost.update(at_risk)
+        world.checker.note(f"lost as the session said they might be: epochs {at_risk[:10]}")
+    lost = [epoch for epoch in lost if epoch not in world.unjournaled]
+    if lost:
+        world.checker.violate(
+            FAILED_WRITE,
+            f"the process {when}: epochs neither on the hub, in the outbox nor in the "
+            f"journal: {lost[:10]}",
+        )
+    if world.final_unjournaled and not final and not final_on_hub(world):
+        world.checker.note("the final weights are lost, as the session said they might be")
+    elif world.final_accepted and not final and not final_on_hub(world):
+        world.checker.violate(
+            FAILED_WRITE,
+            f"the process {when}: the final weights finish() took are neither on the hub, "
+            "in the outbox nor in the journal",
+        )
+
+
+def final_on_hub(world: World) -> bool:
+    """Whether the final weights the trainer handed to ``finish`` are on the hub."""
+    _, uploads = applied(world)
+    return any(kind == "final" and sha == world.expected_sha for kind, _, sha in uploads)
+
+
+def applied(world: World) -> tuple[dict[int, int], list[tuple[str, int, str]]]:
+    """What the hub applied; an epoch a poison record and the trainer both sent, once.
+
+    For Platform: what the hub holds (see :func:`platform_applied`).
+    """
+    model_id = world.core.model_id or ""
+    if world.protocol == "platform":
+        return platform_applied(world.hub_now(), model_id)
+    metrics: Counter[int] = Counter()
+    uploads = []
+    for audit in world.audits():
+        metrics.update({e: n for (m, e), n in audit.metrics_applied.items() if m == model_id})
+        uploads += [(u.type, u.epoch, u.sha256) for u in audit.uploads if u.model_id == model_id]
+    for epoch in world.poisoned & metrics.keys():
+        metrics[epoch] = 1
+    return dict(metrics), uploads
+
+
+def on_hub(world: World) -> set[int]:
+    """The epochs whose metrics the hub holds."""
+    model_id = world.core.model_id
+    if model_id is None:
+        return set()
+    # From the store itself: what the hub would list, without decoding every epoch.
+    return {epoch for epoch, _ in world.hub_now().store.get_metrics(model_id)}
+
+
+def check_hub(world: World, **more: Any) -> None:
+    """Check what the hub holds against what the trainer did (``more``: for the checker)."""
+    metrics, uploads = applied(world)
+    finals = [sha for kind, _, sha in uploads if kind == "final"]
+    reused = sum(sum(audit.reused.values()) for audit in world.audits())
+    world.checker.finish(
+        world.core,
+        logged=world.logged,
+        on_hub=on_hub(world),
+        applied=metrics,
+        uploads=uploads,
+        final_sha256=finals[-1] if finals else None,
+        expected_sha256=world.expected_sha,
+        secrets=[world.key],
+        reused=reused,
+        **more,
+    )

@@ -1,0 +1,121 @@
+"""The one owner of weight files: offers from the trainer, upload parts for the driver."""
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from hubfsm.durable.inbox import Inbox
+from hubfsm.durable.outbox import Outbox
+from hubfsm.durable.weights import WeightFiles, stamp_of
+
+MODEL = "M" * 20
+
+
+def held_links(outbox):
+    return sorted(p.name for p in outbox.files.iterdir() if p.name.startswith(".held"))
+
+
+def test_without_an_outbox_the_part_is_the_trainers_file(tmp_path):
+    weights = tmp_path / "last.pt"
+    weights.write_bytes(b"w" * 1000)
+    inbox = Inbox()
+    files = WeightFiles(inbox)
+    offer = files.offer_checkpoint(weights, epoch=3, is_best=True)
+    assert (offer.path, offer.held, offer.epoch, offer.is_best) == (str(weights), None, 3, True)
+    assert inbox.take() == (0, offer)  # the offer is queued for the driver in the same call
+    part = files.take(offer)
+    assert part is not None
+    assert (part.path, part.name, part.size, part.source) == (
+        str(weights),
+        "last.pt",
+        1000,
+        "last.pt",
+    )
+    assert part.sha256 == hashlib.sha256(b"w" * 1000).hexdigest()
+
+
+def test_a_file_changed_after_the_offer_gives_no_part(tmp_path):
+    weights = tmp_path / "last.pt"
+    weights.write_bytes(b"a" * 10)
+    files = WeightFiles(Inbox())
+    offer = files.offer_final(weights, epoch=1, map50_95=0.5, timeout=60.0)
+    assert len(files.inbox) == 0  # the caller hands the final weights over and waits
+    weights.write_bytes(b"b" * 20)
+    assert files.take(offer) is None
+
+
+def test_a_missing_file_is_refused_at_the_offer(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        WeightFiles(Inbox()).offer_checkpoint(tmp_path / "gone.pt", epoch=0, is_best=False)
+
+
+def test_a_newer_checkpoint_offer_releases_the_older_held_link(tmp_path):
+    outbox = Outbox.open(MODEL, tmp_path / "ob")
+    files = WeightFiles(Inbox())
+    files.outbox = outbox
+    weights = tmp_path / "last.pt"
+    weights.write_bytes(b"1" * 100)
+    first = files.offer_checkpoint(weights, epoch=0, is_best=False)
+    assert first.held is not None and first.path == first.held
+    assert len(held_links(outbox)) == 1
+    replacement = tmp_path / "new.pt"
+    replacement.write_bytes(b"2" * 100)
+    os.replace(replacement, weights)  # the safe way a trainer writes weights
+    second = files.offer_checkpoint(weights, epoch=1, is_best=False)
+    assert held_links(outbox) == [os.path.basename(second.held)]
+    # The first offer's content went with its link: it is superseded, not misread.
+    assert files.take(first) is None
+    part = files.take(second)
+    assert part is not None and part.name == "last.pt"
+    assert Path(part.path).read_bytes() == b"2" * 100
+    assert os.path.dirname(part.path) == str(outbox.files)
+    assert held_links(outbox) == []  # a checkpoint's link goes once its snapshot is taken
+    outbox.close()
+
+
+def test_the_final_link_outlives_the_take_until_the_outbox_has_it(tmp_path):
+    outbox = Outbox.open(MODEL, tmp_path / "ob")
+    files = WeightFiles(Inbox())
+    files.outbox = outbox
+    weights = tmp_path / "best.pt"
+    weights.write_bytes(b"f" * 100)
+    offer = files.offer_final(weights, epoch=9, map50_95=0.7, timeout=60.0)
+    part = files.take(offer)
+    assert part is not None and (part.name, part.source) == ("best.pt", "best.pt")
+    # Until the final slot is written, a killed process leaves only the journal's
+    # record of the call, which names this link.
+    assert held_links(outbox) == [os.path.basename(offer.held)]
+    files.kept()
+    assert held_links(outbox) == []
+    outbox.close()
+
+
+def test_final_weights_the_outbox_cannot_copy_go_up_from_the_trainers_file(tmp_path, monkeypatch):
+    outbox = Outbox.open(MODEL, tmp_path / "ob")
+    files = WeightFiles(Inbox())
+    files.outbox = outbox
+    weights = tmp_path / "best.pt"
+    weights.write_bytes(b"f" * 100)
+    offer = files.offer_final(weights, epoch=9, map50_95=0.7, timeout=60.0)
+    full = OSError(errno.ENOSPC, "no space left on device")
+
+    def refuse(*args, **kwargs):
+        raise full
+
+    monkeypatch.setattr(outbox, "snapshot", refuse)
+    told = []
+    part = files.take(offer, unkept=told.append)
+    assert told == [full]
+    assert part is not None and part.path == str(weights)
+    assert part.sha256 == hashlib.sha256(b"f" * 100).hexdigest()
+    with pytest.raises(OSError):
+        files.take(offer)  # nobody to tell: the error is the caller's
+    checkpoint = files.offer_checkpoint(weights, epoch=9, is_best=False)
+    with pytest.raises(OSError):
+        files.take(checkpoint, unkept=told.append)  # a checkpoint is dropped, never fallen back
+    assert os.path.basename(checkpoint.held) not in held_links(outbox)
+    assert stamp_of(weights) == offer.stamp
+    outbox.close()
