@@ -25,7 +25,10 @@ from pathlib import Path
 #: The child: warm up on a short session, then play the asked number of long ones.
 CHILD = """
 import sys
-from hubfsm.sim.play import run_seed
+try:
+    from hubfsm.sim.play import run_seed
+except ImportError:  # a checkout from before the simulator's split
+    from hubfsm.sim.world import run_seed
 run_seed(99, profile="flaky", epochs=20, checkpoint_every=1, keep_trace=False)
 for seed in range(int(sys.argv[1])):
     result = run_seed(seed, profile="flaky", epochs=300, checkpoint_every=1, keep_trace=False)

@@ -30,7 +30,10 @@ from pathlib import Path
 #: The child: warm up, then print the CPU time of each session as JSON.
 CHILD = """
 import json, sys, time
-from hubfsm.sim.play import run_seed
+try:
+    from hubfsm.sim.play import run_seed
+except ImportError:  # a checkout from before the simulator's split
+    from hubfsm.sim.world import run_seed
 
 sessions, first = int(sys.argv[1]), int(sys.argv[2])
 run_seed(99, profile="flaky", epochs=20, checkpoint_every=1, keep_trace=False)
