@@ -257,7 +257,7 @@ class Outbox:
     def _adopt(
         self, link: str | os.PathLike[str], *, name: str, stamp: FileStamp | None
     ) -> FilePart | None:
-        """Make a held link the snapshot: a rename, so it needs no free space.
+        """Make a held link's file the snapshot: a second name, so it needs no free space.
 
         It shares the trainer's file: a trainer that rewrites that file in place (rather
         than writing a new one and renaming it) changes this snapshot too, and its upload
@@ -271,7 +271,10 @@ class Outbox:
             if stamp is not None and stamp_of(link) != stamp:
                 return None
             final = self.files / f"{name.split('.')[0]}-{sha[:24]}.pt"
-            os.replace(link, final)
+            # A second name, not a rename: the link stays until the outbox records the
+            # snapshot, so a kill before that leaves recovery the link the journal names.
+            with contextlib.suppress(FileExistsError):  # the same bytes, kept already
+                os.link(link, final)
         except FileNotFoundError:
             return None
         log.warning("snapshot.held_kept", model_id=self.model_id, file=final.name)

@@ -120,9 +120,8 @@ class WeightFiles:
     ) -> FilePart | None:
         """The upload part for ``offer``, or None when a newer file replaced it.
 
-        A checkpoint's held link goes at once (a snapshot taken from it no longer needs
-        it). The final weights' link goes only once the outbox has the final slot (the
-        next :meth:`kept`): until then the journal's record of the call is all a killed
+        A held link goes only once the outbox has the snapshot's record (the next
+        :meth:`kept`): until then the journal's record of the offer is all a killed
         process leaves, and recovery takes the snapshot from that link.
 
         Args:
@@ -148,9 +147,11 @@ class WeightFiles:
             # The trainer's own file, not the held link: that link goes once the final
             # slot is written, long before the upload may end.
             part = _as_is(offer.path, name, offer.stamp)
-        if not final or part is None:
-            _unlink(offer.held)  # kept as the snapshot, it is gone already
+        if part is None:
+            _unlink(offer.held)  # a newer file replaced it: nothing to keep
         elif offer.held is not None:
+            # Until the outbox has the snapshot's record, the journal's offer (and the link
+            # it names) is all a killed process leaves: recovery snapshots from the link.
             self._released.append(offer.held)
         # A snapshot lies in the outbox under a name of its own; people know the file
         # by the name they gave.

@@ -78,7 +78,10 @@ def test_with_no_room_for_a_copy_the_held_link_becomes_the_snapshot(tmp_path, mo
     assert part is not None
     assert part.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert part.size == weights.stat().st_size
-    # Renamed, not copied: the link is gone and the snapshot is the same file.
+    # A second name, not a copy: the snapshot is the same file, and the link stays until
+    # its owner lets go of it once the outbox records the snapshot.
+    assert os.path.samefile(part.path, weights) and os.path.samefile(held, weights)
+    ob.release(held)
     assert not os.path.exists(held) and os.path.samefile(part.path, weights)
     assert leftovers(ob) == []
     assert [e["event"] for e in logs] == ["snapshot.held_kept"]

@@ -72,7 +72,11 @@ def test_a_newer_checkpoint_offer_releases_the_older_held_link(tmp_path):
     assert part is not None and part.name == "last.pt"
     assert Path(part.path).read_bytes() == b"2" * 100
     assert os.path.dirname(part.path) == str(outbox.files)
-    assert held_links(outbox) == []  # a checkpoint's link goes once its snapshot is taken
+    # The link outlives the take until the outbox has the snapshot's record (as the
+    # final weights' does): a kill in between leaves recovery the link the journal names.
+    assert held_links(outbox) == [os.path.basename(second.held)]
+    files.kept()
+    assert held_links(outbox) == []
     outbox.close()
 
 
@@ -119,3 +123,35 @@ def test_final_weights_the_outbox_cannot_copy_go_up_from_the_trainers_file(tmp_p
     assert os.path.basename(checkpoint.held) not in held_links(outbox)
     assert stamp_of(weights) == offer.stamp
     outbox.close()
+
+
+def test_a_kill_after_the_snapshot_and_before_its_record_leaves_the_checkpoint_to_recovery(
+    tmp_path,
+):
+    from hubfsm.durable.journal import Journal
+    from hubfsm.durable.recovery import JOURNAL, fold
+
+    outbox = Outbox.open(MODEL, tmp_path / "ob")
+    inbox = Inbox()
+    inbox.open_journal(Journal, outbox.directory / JOURNAL, seq=0)
+    files = WeightFiles(inbox)
+    files.outbox = outbox
+    weights = tmp_path / "last.pt"
+    weights.write_bytes(b"epoch three" * 100)
+    offer = files.offer_checkpoint(weights, epoch=3, is_best=False)
+    # The driver takes the snapshot; the process dies before the outbox records it.
+    assert files.take(offer) is not None
+    newer = tmp_path / "new.pt"
+    newer.write_bytes(b"epoch four" * 100)
+    os.replace(newer, weights)  # the trainer moves on, the safe way
+    inbox.journal.close()
+    outbox.close()
+    again = Outbox(outbox.directory, MODEL)
+    try:
+        assert fold(again) == 1
+        saved = again.load()
+    finally:
+        again.close()
+    assert saved.checkpoint is not None
+    epoch, part, _ = saved.checkpoint
+    assert epoch == 3 and Path(part.path).read_bytes() == b"epoch three" * 100
