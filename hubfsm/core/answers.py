@@ -8,8 +8,9 @@ set a record aside, stop heartbeats, stop sending) is the machine's table
 from __future__ import annotations
 
 from hubfsm.core import protocol
-from hubfsm.core.dialect import PLATFORM, Dialect, Opened
-from hubfsm.core.ops import Create, Load, Op, what
+from hubfsm.core.platform import PLATFORM
+from hubfsm.core.protocol import Dialect, Opened
+from hubfsm.core.values import Create, Load, Op
 from hubfsm.errors import (
     AuthError,
     HubError,
@@ -160,3 +161,10 @@ def failure_text(outcome: Outcome) -> str:
     if isinstance(outcome, Response):
         return f"{outcome.status} {outcome.message}".rstrip()
     return f"{outcome.kind}: {outcome}"
+
+
+def what(op: Op) -> str:
+    """``POST /v1/models/...``: the request an answer was about."""
+    if op.request.method == "PUT":
+        return "PUT to the signed upload URL"  # its query is a credential
+    return f"{op.request.method} {op.request.path}"

@@ -17,18 +17,29 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from hubfsm.core import answers, protocol
-from hubfsm.core.changes import Change, Refusal, Rejected, Saved
 from hubfsm.core.config import DATA_CHANNELS, CoreConfig, Notify, Stats
-from hubfsm.core.dialect import DIALECTS, PLATFORM
 from hubfsm.core.identifier import Identifier
 from hubfsm.core.machine import (
     Answer,
     SessionMachine,
+    Verdict,
     answer_to,
 )
-from hubfsm.core.ops import Action, Create, Load, MetricsBatch, Op, Opening, Wait
-from hubfsm.core.retry import Verdict
+from hubfsm.core.platform import DIALECTS, PLATFORM
 from hubfsm.core.schedule import Schedule
+from hubfsm.core.values import (
+    Action,
+    Change,
+    Create,
+    Load,
+    MetricsBatch,
+    Op,
+    Opening,
+    Refusal,
+    Rejected,
+    Saved,
+    Wait,
+)
 from hubfsm.errors import DeliveryIncomplete, HubError, HubfsmError, IdentifierError
 from hubfsm.transport import FilePart, Outcome, Response, TransportError
 

@@ -17,6 +17,7 @@ import attrs
 from transitions import Machine, MachineError
 
 from hubfsm.errors import IllegalEventError
+from hubfsm.transport import Outcome, Response, TransportError
 
 STATES = (
     "unparsed",
@@ -191,6 +192,48 @@ def answer_to(status: int, channel: str | None = None) -> Answer:
         ):
             return answer
     raise AssertionError("the last row of ANSWERS matches every answer")
+
+
+class Verdict(enum.Enum):
+    """What an outcome means for the operation that produced it."""
+
+    SUCCESS = "success"
+    RETRY = "retry"
+    FATAL = "fatal"
+
+
+#: Transport errors that, before the hub has ever answered, mean the address is wrong
+#: rather than the hub busy: waiting will not fix them.
+FIRST_CONTACT_FATAL = frozenset({"tls", "url"})
+
+
+def classify(outcome: Outcome, *, first_contact: bool = False) -> Verdict:
+    """Sort an outcome into success, retryable failure or fatal failure.
+
+    Connection errors, timeouts, garbled answers and the statuses the machine's answer
+    table retries (:data:`ANSWERS`) are retryable; every other
+    non-2xx status is fatal.
+
+    Args:
+        outcome: The response or transport error.
+        first_contact: True when the hub has never answered this session yet: a TLS
+            failure or a URL that cannot be requested is then a configuration error
+            (https against a plain http hub, a typo in the port), fatal at once.
+    """
+    if isinstance(outcome, TransportError):
+        if first_contact and outcome.kind in FIRST_CONTACT_FATAL:
+            return Verdict.FATAL
+        return Verdict.RETRY
+    if outcome.ok:
+        return Verdict.SUCCESS
+    if answer_to(outcome.status) is Answer.RETRY:
+        return Verdict.RETRY
+    return Verdict.FATAL
+
+
+def retry_after_of(outcome: Outcome) -> float | None:
+    """The hub's ``Retry-After`` in seconds, if the outcome carries one."""
+    return outcome.retry_after if isinstance(outcome, Response) else None
 
 
 class _Model:

@@ -13,22 +13,27 @@ import random
 from collections.abc import Callable
 
 from hubfsm.core import protocol
-from hubfsm.core.changes import Change, MetricsQueued, Offered, OpClosed, OpOpened, Saved
-from hubfsm.core.config import CHANNELS, DATA_CHANNELS, CoreConfig, Stats
-from hubfsm.core.dialect import Dialect
-from hubfsm.core.ops import (
+from hubfsm.core.config import CHANNELS, DATA_CHANNELS, CoreConfig, RetryPolicy, Stats
+from hubfsm.core.machine import retry_after_of
+from hubfsm.core.protocol import Dialect
+from hubfsm.core.values import (
     Action,
+    Change,
     CheckpointUpload,
     FinalUpload,
     Heartbeat,
     MetricsBatch,
+    MetricsQueued,
+    Offered,
     Op,
+    OpClosed,
+    OpOpened,
     Purpose,
+    Saved,
     Send,
     Wait,
     purpose_of,
 )
-from hubfsm.core.retry import RetryPolicy, retry_after_of
 from hubfsm.transport import FilePart, Outcome, Request, Response, TransportError
 
 

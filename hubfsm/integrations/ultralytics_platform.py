@@ -30,7 +30,7 @@ from typing import Any
 
 from hubfsm import env
 from hubfsm.core.config import CoreConfig
-from hubfsm.core.dialect import slugify
+from hubfsm.core.identifier import slugify
 from hubfsm.errors import HubfsmError
 from hubfsm.integrations.ultralytics_objects import MAP_KEY, model_info
 from hubfsm.logs import get_logger

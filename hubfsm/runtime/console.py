@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TextIO
 
 from hubfsm import env
-from hubfsm.core.changes import describe_pending
 from hubfsm.core.engine import Core
+from hubfsm.core.values import describe_pending
 from hubfsm.transport import Outcome, Response, TransportError
 from transports.settings import DEFAULT_API_ROOT
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from hubfsm.core.changes import describe_pending
 from hubfsm.core.engine import Core
+from hubfsm.core.values import describe_pending
 from hubfsm.runtime.refusal import sync_command
 
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None

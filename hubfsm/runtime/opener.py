@@ -21,8 +21,8 @@ from typing import Any, TypeAlias
 
 from hubfsm import env as environment
 from hubfsm.core.config import CoreConfig
-from hubfsm.core.dialect import PLATFORM, choose, parse_platform_identifier
-from hubfsm.core.identifier import parse_identifier
+from hubfsm.core.identifier import parse_identifier, parse_platform_identifier
+from hubfsm.core.platform import PLATFORM, choose
 from hubfsm.logs import get_logger
 from hubfsm.runtime.distributed import NullSession, global_rank
 from hubfsm.runtime.session import Session

@@ -11,8 +11,8 @@ import shlex
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from hubfsm.core.changes import describe_pending
 from hubfsm.core.engine import Core
+from hubfsm.core.values import describe_pending
 from hubfsm.errors import AuthError, HubError, HubfsmError, ModelNotFoundError, ModelTrainedError
 
 

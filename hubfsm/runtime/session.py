@@ -15,14 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from hubfsm.core import protocol
-from hubfsm.core.changes import describe_pending
 from hubfsm.core.config import CoreConfig
-from hubfsm.core.events import (
-    Barrier,
-    FinishPending,
-    Interrupted,
-    Start,
-)
+from hubfsm.core.values import Barrier, FinishPending, Interrupted, Start, describe_pending
 from hubfsm.durable.records import keep_record, kept_record
 from hubfsm.errors import (
     DeliveryIncomplete,

@@ -18,8 +18,7 @@ from hubfsm.cli.simulate import run_seeds
 from hubfsm.core import schedule as core_schedule
 from hubfsm.core.config import CoreConfig, Limits
 from hubfsm.core.engine import Core
-from hubfsm.core.events import CheckpointOffered, EpochEnded
-from hubfsm.core.ops import MetricsBatch, Send
+from hubfsm.core.values import CheckpointOffered, EpochEnded, MetricsBatch, Send
 from hubfsm.runtime.driver import Driver
 from hubfsm.sim.bugs import Bugs
 from hubfsm.sim.invariants import CRASH, Checker, Entry, render_json, render_text
@@ -409,7 +408,7 @@ class SetsAsideTheWholeBatch(Core):
     def _reject(self, op, response):
         if op.channel == "metrics":
             op.request = op.request  # the batch stays one record
-            from hubfsm.core.changes import Rejected
+            from hubfsm.core.values import Rejected
 
             self.schedule.ops["metrics"] = None
             record = Rejected("metrics", op.request, op.payload, response.status, "")

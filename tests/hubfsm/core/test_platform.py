@@ -7,18 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hubfsm.core.dialect import (
-    EVENTS_PATH,
-    HUB_V1,
-    PLATFORM,
-    UPLOAD_PATH,
-    choose,
-    parse_platform_identifier,
-    slugify,
-)
-from hubfsm.core.identifier import Identifier
-from hubfsm.core.protocol import HubProtocolError
-from hubfsm.core.retry import Verdict
+from hubfsm.core.identifier import Identifier, parse_platform_identifier, slugify
+from hubfsm.core.machine import Verdict
+from hubfsm.core.platform import EVENTS_PATH, PLATFORM, UPLOAD_PATH, choose
+from hubfsm.core.protocol import HUB_V1, HubProtocolError
 from hubfsm.errors import IdentifierError
 from hubfsm.transport import FilePart, Request, Response, TransportError
 
