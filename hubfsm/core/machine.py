@@ -264,6 +264,9 @@ class SessionMachine:
             auto_transitions=False,
             ignore_invalid_triggers=False,
         )
+        #: What the current state means (see :data:`TRAITS`); kept as the state changes,
+        #: so a poll reads it without a call.
+        self.traits = TRAITS["unparsed"]
 
     @property
     def state(self) -> str:
@@ -287,6 +290,7 @@ class SessionMachine:
             except (MachineError, KeyError):
                 raise IllegalEventError(source, event) from None
             dest = self._model.state
+            self.traits = TRAITS[dest]
         if self._on_change is not None:
             self._on_change(source, event, dest)
         return dest
@@ -294,11 +298,6 @@ class SessionMachine:
     def allows(self, event: str) -> bool:
         """True when ``event`` is legal in the current state."""
         return any(self.state in sources for name, sources, _ in TRANSITIONS if name == event)
-
-    @property
-    def traits(self) -> StateTraits:
-        """What the current state means (see :data:`TRAITS`)."""
-        return TRAITS[self._model.state]
 
     @property
     def records(self) -> bool:

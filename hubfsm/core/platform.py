@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import attrs
@@ -21,6 +21,7 @@ from hubfsm.core.config import Limits
 from hubfsm.core.identifier import PLATFORM_ID, Identifier
 from hubfsm.core.machine import Verdict, classify
 from hubfsm.core.protocol import HUB_V1, Dialect, Opened, ProtocolName
+from hubfsm.core.values import Op
 from hubfsm.masking import show_untrusted
 from hubfsm.transport import FilePart, Outcome, Request, Response
 
@@ -94,6 +95,12 @@ class Platform(Dialect):
     ) -> Request:  # fmt: skip
         """Ask for a signed URL for the final weights (step one of four)."""
         return self.upload(model_id, run_id, file, key=key)
+
+    def opening(
+        self, identifier: Identifier, create: Mapping[str, Any], *, key: Callable[[], str]
+    ) -> Request:
+        """``training_started``: a new run in a project, or a new run of a model."""
+        return self.training_started(identifier, create, key=key())
 
     def heartbeat(self, model_id: str, agent_id: str | None) -> Request:
         """Never called: the official client sends no liveness event."""
@@ -202,6 +209,40 @@ class Platform(Dialect):
             data = {"results": results, "runId": run_id}
             return self.event("training_complete", data, model_id=model_id, key=key)
         return None
+
+    def advance(
+        self, op: Op, response: Response, *, now: float, final: tuple[int, FilePart, float] | None
+    ) -> bool:
+        """Go on to the next step of the upload ``op`` carries; False when it is done.
+
+        Raises:
+            HubProtocolError: The answer has no usable signed URL; ``op`` starts over
+                from its first step (the caller schedules the retry).
+        """
+        first = op.first or op.request
+        try:
+            step = self.next_step(op.request, response, first=first, answer=op.answer, final=final)
+        except protocol.HubProtocolError:
+            op.request, op.first, op.answer = first, None, {}
+            raise
+        if step is None:
+            return False
+        if op.request is first:
+            op.answer = dict(self.data(response))
+        op.first = first
+        op.request = step
+        op.round_attempts = 0
+        op.round_start = now
+        op.not_before = now
+        return True
+
+    def restart(self, op: Op, outcome: Outcome) -> bool:
+        """A signed URL that refused the bytes: the upload starts over for a fresh one."""
+        if not self.restarts(op.request, outcome):
+            return False
+        assert op.first is not None
+        op.request, op.first, op.answer = op.first, None, {}
+        return True
 
     def restarts(self, request: Request, outcome: Outcome) -> bool:
         """A signed URL that refuses the bytes (expired, say) is asked for anew."""

@@ -12,14 +12,16 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal
 
 import attrs
 
 from hubfsm.core.config import Limits
+from hubfsm.core.identifier import Identifier
 from hubfsm.core.machine import Verdict, classify
 from hubfsm.core.plain import finite, plain
+from hubfsm.core.values import Op
 from hubfsm.errors import HubError
 from hubfsm.masking import show_untrusted
 from hubfsm.transport import FilePart, Outcome, Request, Response
@@ -292,6 +294,12 @@ class Dialect:
         """Upload the final weights (the first request of the upload)."""
         raise NotImplementedError
 
+    def opening(
+        self, identifier: Identifier, create: Mapping[str, Any], *, key: Callable[[], str]
+    ) -> Request:
+        """The request that opens the session, given a fresh idempotency key's source."""
+        raise NotImplementedError
+
     def heartbeat(self, model_id: str, agent_id: str | None) -> Request:
         """Tell the service the trainer is alive."""
         raise NotImplementedError
@@ -304,28 +312,17 @@ class Dialect:
         """True when the answer says the run was cancelled by a person."""
         return False
 
-    def next_step(
-        self,
-        request: Request,
-        response: Response,
-        *,
-        first: Request,
-        answer: Mapping[str, Any],
-        final: tuple[int, FilePart, float] | None,
-    ) -> Request | None:
-        """The next request of a several-step upload, or None when ``request`` was the last.
+    def advance(
+        self, op: Op, response: Response, *, now: float, final: tuple[int, FilePart, float] | None
+    ) -> bool:
+        """Go on to the next step of a several-step upload; False when ``op`` is done.
 
-        Args:
-            request: The step just acknowledged.
-            response: Its answer.
-            first: The upload's first step (the one an outbox keeps).
-            answer: What that first step was answered (empty until it was).
-            final: The final weights' slot, for the final upload; else None.
+        HUB v1 uploads in one request; see :meth:`hubfsm.core.platform.Platform.advance`.
         """
-        return None
+        return False
 
-    def restarts(self, request: Request, outcome: Outcome) -> bool:
-        """True when a failed step means the upload starts over (an expired signed URL)."""
+    def restart(self, op: Op, outcome: Outcome) -> bool:
+        """True when a failed step starts the upload over (an expired signed URL)."""
         return False
 
 
@@ -361,6 +358,14 @@ class HubV1(Dialect):
     ) -> Request:  # fmt: skip
         """A multipart upload of ``best.pt`` with the mAP50-95."""
         return upload_final(model_id, epoch, file, map50_95=map50_95, key=key)
+
+    def opening(
+        self, identifier: Identifier, create: Mapping[str, Any], *, key: Callable[[], str]
+    ) -> Request:
+        """Load the model the identifier names, or create one from ``create``."""
+        if identifier.model_id is not None:
+            return get_model(identifier.model_id)
+        return create_model(create, key=key())
 
     def heartbeat(self, model_id: str, agent_id: str | None) -> Request:
         """``POST /v1/agent/heartbeat/models/{id}``."""

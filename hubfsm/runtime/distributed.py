@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from hubfsm import env
+from hubfsm.core.answers import TrainingPlan
 from hubfsm.core.identifier import Identifier
-from hubfsm.core.plan import TrainingPlan
 from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from hubfsm.core import protocol
+from hubfsm.core.answers import TrainingPlan, plan_for_file, plan_from_record
 from hubfsm.core.identifier import Identifier
-from hubfsm.core.plan import TrainingPlan, plan_for_file, plan_from_record
 from hubfsm.logs import get_logger
 from hubfsm.transport import Downloader, Transport, TransportError
 

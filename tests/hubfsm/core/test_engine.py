@@ -346,7 +346,7 @@ def test_a_kept_checkpoint_upload_gives_way_to_newer_weights_kept_beside_it():
     from hubfsm.core.values import OpClosed, OpOpened, Saved
 
     core = training_core()
-    core.durable = True
+    core.schedule.durable = True
     kept = protocol.upload_checkpoint(MODEL, 0, FILE, is_best=False, key="kept-0")
     newer = FilePart("last.pt", "w/last-1.pt", 10, "2" * 64)
     core.restore(

@@ -47,7 +47,7 @@ def test_a_refused_heartbeat_stops_heartbeats_and_nothing_else(status):
 
 def test_a_refused_metrics_batch_is_split_once_and_only_the_bad_epoch_is_set_aside():
     core = training_core()
-    core.durable = True
+    core.schedule.durable = True
     notices = []
     core.notify = lambda event, fields: notices.append(event)
     for epoch in range(4):
@@ -126,7 +126,7 @@ def test_rejected_final_weights_stop_the_session_with_the_answer():
 )
 def test_a_stopping_refusal_keeps_recording_every_event_and_sends_nothing(status, error, words):
     core = training_core()
-    core.durable = True
+    core.schedule.durable = True
     core.epoch_end(0, {"loss": 1.0}, now=1.0)
     send = poll_send(core, 10.0)
     core.take_changes()
@@ -165,7 +165,7 @@ def test_a_later_delivery_clears_the_kept_refusal():
     from hubfsm.core.values import Saved
 
     core = training_core()
-    core.durable = True
+    core.schedule.durable = True
     core.restore(Saved(metrics=((0, "{}"),), refusal="AuthError: ..."), now=0.0)
     sends, _ = drive(core, 10.0)
     assert [s.channel for s in sends] == ["metrics"]
