@@ -302,7 +302,7 @@ class HUBTrainingSession:
     @property
     def alive(self) -> bool:
         """True while the session trains (heartbeats go on); set False to end it."""
-        return self.session is not None and self.session.state == "training"
+        return self.session is not None and self.session.training
 
     @alive.setter
     def alive(self, value: bool) -> None:

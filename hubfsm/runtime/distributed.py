@@ -92,6 +92,10 @@ class NullSession:
     """
 
     state = "inactive"
+    #: Never waiting: :meth:`start` does nothing here.
+    waiting_to_start = False
+    #: Never training: nothing is sent from here.
+    training = False
     model_id: str | None = None
     model_url = ""
     error = None

@@ -323,19 +323,21 @@ class Session(SessionViews):
         if not self._shell.wait_for(lambda c: c.machine.settled, quiet):
             self._tell_waiting(timeout)
             self._shell.wait_for(lambda c: c.machine.settled, timeout + 5.0 - quiet)
-        state = self._core.state
-        if state == "done":
+        machine = self._core.machine
+        if machine.traits.terminal and not machine.failed:  # the final upload is acknowledged
             self._log.info("session.finished", model_id=self._core.model_id, **self.stats())
             return
-        if self.offline and state == "resumable":
+        if self.offline and machine.settled and machine.sends:  # resumable, for `hubfsm sync`
             return
-        if self._core.machine.refused:
+        if machine.refused:
             self._refusal_raised = True
             raise self._refusal_error()
         error = self._core.error
         if error is not None:
             raise error
-        raise DeliveryIncomplete(f"final upload incomplete (state {state})", self.pending())
+        raise DeliveryIncomplete(
+            f"final upload incomplete (state {machine.state})", self.pending()
+        )
 
     def flush(self, *, timeout: float) -> bool:
         """Wait until nothing is pending (or ``timeout`` passes); True if all was sent."""

@@ -45,6 +45,19 @@ class SessionViews:
         return self._core.state
 
     @property
+    def waiting_to_start(self) -> bool:
+        """True once the model is open and until :meth:`~hubfsm.Session.start` is called."""
+        machine = self._core.machine
+        # The states that allow `start` are the opened ones, and `refused`, which records.
+        return machine.allows("start") and not machine.records
+
+    @property
+    def training(self) -> bool:
+        """True while the trainer's events are kept and sent, and heartbeats go on."""
+        machine = self._core.machine
+        return machine.records and machine.sends
+
+    @property
     def model_id(self) -> str | None:
         """The hub's id of the model."""
         return self._core.model_id
