@@ -54,7 +54,7 @@ from hubfsm.transport import Transport
 __all__ = ["add_callbacks", "install", "installed", "uninstall"]
 
 
-def add_callbacks(
+def add_callbacks(  # noqa: D417 - the options are described once, on Settings
     target: Any,
     session: SessionSource = None,
     *,
@@ -73,25 +73,23 @@ def add_callbacks(
 ) -> UltralyticsCallbacks:
     """Register the hub callbacks on an ultralytics ``Model`` or ``BaseTrainer``.
 
+    ``api_key``, ``config``, ``api_root``, ``web_root``, ``open_timeout``, ``tags`` and
+    ``notes`` are the session's options, each described, with its default, as the
+    :class:`~hubfsm.runtime.settings.Settings` field of its name (spelled out here, not
+    taken as ``**options``, because every other keyword is a training argument); the
+    key is else the identifier's (or the one ultralytics' own session was given), else
+    the one in ultralytics' settings, else ``HUB_API_KEY``.
+
     Args:
         target: Anything with ``add_callback(event, fn)``.
         session: A session, an identifier (model URL, ``apiKey_modelId``, model id, local
             ``.pt``/``.yaml``), or None to use the trainer's model.
-        api_key: The API key; else the identifier's (or the one ultralytics' own
-            session was given); else the one in ultralytics' settings; else ``HUB_API_KEY``.
         transport: Where requests go (tests pass an in-memory transport).
-        config: Limits and retry policies of the core.
-        api_root: The API root for the default HTTP transport.
-        web_root: The web root for model URLs.
-        open_timeout: Seconds to wait for the hub to load or create the model.
         finish_timeout: Seconds the end of training waits for the final upload.
         strict: Raise hub errors during training instead of logging them.
         model_info: Returns the model's info merged into epoch 0's metrics.
-        tags: For a new model, labels a hubfsm hub keeps (not sent to the public HUB).
-        notes: For a new model, free text a hubfsm hub keeps.
-        **train_args: For a new model, values that replace the trainer's arguments (the
-            HUB v1 wire carries ``data``, ``epochs``, ``batch``, ``imgsz``, ``patience``,
-            ``device`` and ``cache``; a hubfsm hub keeps every argument).
+        **train_args: For a new model, values that replace the trainer's arguments
+            (:attr:`~hubfsm.runtime.settings.Settings.train_args`).
 
     Returns:
         The registered callbacks; their ``session`` is the session once training started.

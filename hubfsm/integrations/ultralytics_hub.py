@@ -23,13 +23,16 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hubfsm.core.config import CoreConfig
 from hubfsm.errors import HubfsmError
 from hubfsm.integrations.ultralytics_platform import MODULE, PlatformCallbacks
 from hubfsm.integrations.ultralytics_session import HUBTrainingSession, StandInOptions
 from hubfsm.logs import get_logger
+from hubfsm.runtime.settings import SessionOptions, check_options
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["install", "installed", "uninstall"]
 
@@ -47,14 +50,10 @@ _originals: dict[str, Any] = {}
 
 def install(
     *,
-    api_root: str | None = None,
-    web_root: str | None = None,
-    config: CoreConfig | None = None,
-    open_timeout: float = 120.0,
     finish_timeout: float = 3600.0,
     cache_dir: str | os.PathLike[str] | None = None,
-    outbox_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    **options: Unpack[SessionOptions],
 ) -> type[HUBTrainingSession] | PlatformCallbacks:
     """Make ultralytics use hubfsm's :class:`HUBTrainingSession` (idempotent).
 
@@ -65,14 +64,12 @@ def install(
     (else ``ULTRALYTICS_PLATFORM_URL``). :func:`uninstall` puts the originals back.
 
     Args:
-        api_root: The API root (else ``ULTRALYTICS_HUB_API``).
-        web_root: The web root of model URLs (else ``ULTRALYTICS_HUB_WEB``).
-        config: Limits and retry policies of the core.
-        open_timeout: Seconds to wait for the hub to load or create the model.
         finish_timeout: Seconds the end of training waits for the final upload.
         cache_dir: Where downloaded weights are cached (else ``HUBFSM_CACHE``).
-        outbox_dir: The outbox root (else ``HUBFSM_OUTBOX``).
         progress: Show a progress bar while weights download.
+        **options: The session's options (:class:`~hubfsm.runtime.settings.SessionOptions`)
+            for every session ultralytics opens, such as ``api_root``, ``web_root``,
+            ``config``, ``open_timeout`` and ``outbox_dir``.
 
     Returns:
         The class now in use, or the Platform callbacks now in use.
@@ -81,6 +78,7 @@ def install(
         HubfsmError: This ultralytics has neither ``ultralytics.hub`` nor Platform
             callbacks: use :func:`~hubfsm.integrations.ultralytics.add_callbacks` there.
     """
+    check_options(options)
     try:
         importlib.import_module("ultralytics.hub.session")
     except ImportError as exc:
@@ -94,25 +92,15 @@ def install(
         current = getattr(platform, "callbacks", None)
         if isinstance(current, _Callbacks):
             return current.owner
-        ours = PlatformCallbacks(
-            api_root=api_root,
-            config=config,
-            outbox_dir=outbox_dir,
-            open_timeout=open_timeout,
-            finish_timeout=finish_timeout,
-        )
+        ours = PlatformCallbacks(finish_timeout=finish_timeout, **options)
         _originals.setdefault(MODULE, current)
         platform.callbacks = _Callbacks(ours)  # type: ignore[attr-defined]
         log.info("ultralytics.installed", replaced=[MODULE])
         return ours
     HUBTrainingSession.options = StandInOptions(
-        api_root=api_root,
-        web_root=web_root,
-        config=config,
-        open_timeout=open_timeout,
+        session=options,
         finish_timeout=finish_timeout,
         cache_dir=None if cache_dir is None else os.fspath(cache_dir),
-        outbox_dir=None if outbox_dir is None else os.fspath(outbox_dir),
         progress=progress,
     )
     for name in TARGETS:
