@@ -14,8 +14,6 @@ import types
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from hubfsm.core import protocol
-from hubfsm.core.changes import describe_pending
 from hubfsm.core.events import (
     Barrier,
     FinishPending,
@@ -29,15 +27,13 @@ from hubfsm.errors import (
     IllegalEventError,
 )
 from hubfsm.logs import get_logger
-from hubfsm.runtime.console import duration, hub_name, sync_command
+from hubfsm.runtime.console import notice, refusal_error, waiting_line
 from hubfsm.runtime.driver import QUIET
-from hubfsm.runtime.exits import ExitHooks, report_left
+from hubfsm.runtime.exits import ExitHooks, report_left, say_interrupted
 from hubfsm.runtime.factory import Parts, build, open_model
-from hubfsm.runtime.refusal import notice, refusal_error
 from hubfsm.runtime.session_views import SessionViews
 from hubfsm.runtime.settings import SessionOptions, Settings
 from hubfsm.transport import Transport
-from transports.settings import DEFAULT_API_ROOT
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -315,7 +311,7 @@ class Session(SessionViews):
             self._shell.submit(Interrupted())
         self._shell.stop(timeout=0.0 if self.offline else limit)
         if interrupted:
-            self._say_interrupted(why)
+            say_interrupted(self._driver, self._settings, why, self._log, worker=self._shell.alive)
         self._release()
         pending = self.pending()  # final weights the worker never took in are kept too
         kept = None if self._durability is None else self._durability.kept
@@ -334,53 +330,12 @@ class Session(SessionViews):
             self._refusal_raised = True
             raise self._refusal_error()
 
-    def _say_interrupted(self, why: str) -> None:
-        """Tell a hubfsm hub that the run stopped before its end, once, at most a request.
-
-        The hub's pages then say ``interrupted`` (and why) where they could only guess
-        ``stalled`` from the silence. Best effort: sent after the worker stopped (never
-        beside one of its requests), not to the public HUB (whose wire has no such field),
-        not on Platform (no heartbeats on its wire), not offline, after a refusal or before a
-        ``Retry-After`` has passed; a failure only leaves the hub to notice the silence.
-        """
-        settings, core = self._settings, self._core
-        if (
-            self.offline
-            or settings.protocol != "hub"
-            or core.model_id is None
-            or core.machine.refused
-            or hub_name(settings.api_root) == DEFAULT_API_ROOT
-            or self._shell.alive
-            # A hub that said "Retry-After" hears nothing more before then, a note included.
-            or self._driver.clock() < core.schedule.hold_until
-        ):
-            return
-        request = protocol.ended(core.model_id, core.agent_id, why)
-        try:
-            response = self._driver.transport.send(request)
-        except Exception as exc:  # noqa: BLE001 - a note the hub may miss; never a failure
-            self._log.info("session.interrupt_not_sent", error=type(exc).__name__)
-            return
-        self._log.info("session.interrupt_sent", model_id=core.model_id, status=response.status)
-
     def _tell_waiting(self, timeout: float) -> None:
         """Say once what finishing waits for, how long, and what Ctrl-C leaves behind."""
         console = self._driver.console
-        if console is None:
-            return
-        where = self.outbox_dir
-        left = describe_pending(self._core.pending())
-        if where is None:
-            after = "Ctrl-C stops waiting, and what is not sent is lost (no outbox)"
-        else:
-            after = (
-                f"Ctrl-C stops waiting and keeps it all in {where} for "
-                f"`{sync_command(self._settings.api_root, where)}`"
-            )
-        console.say(
-            f"model {self._core.model_id}: waiting up to {duration(timeout)} for "
-            f"{console.hub} to take {left}; {after}"
-        )
+        if console is not None:
+            where, api_root = self.outbox_dir, self._settings.api_root
+            console.say(waiting_line(self._core, console.hub, timeout, where, api_root))
 
     def _notice_refusal(self) -> None:
         """Say once, on stderr, that sending stopped, why, and where the data goes."""

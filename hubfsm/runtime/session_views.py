@@ -21,7 +21,7 @@ from hubfsm.env import OFFLINE as OFFLINE_ENV
 from hubfsm.errors import HubfsmError
 from hubfsm.runtime.driver import Driver
 from hubfsm.runtime.durability import Durability
-from hubfsm.runtime.weights import download_newest_weights, plan_of
+from hubfsm.runtime.weight_cache import download_newest_weights, plan_of
 
 
 class SessionViews:
@@ -139,7 +139,7 @@ class SessionViews:
     ) -> Path | None:
         """Download the weights the plan starts from (parent or last weights).
 
-        The file is cached (see :func:`hubfsm.runtime.download.download`): a second call, or a
+        The file is cached (see :func:`hubfsm.runtime.weight_cache.download`): a second call, or a
         later session on the same weights, reuses it. The session's transport fetches it
         when it is a :class:`~hubfsm.transport.Downloader` (the default HTTP transport
         is, and sends the API key only to the API root's origin); else it is fetched
