@@ -1,7 +1,7 @@
 """A stand-in for ultralytics' ``HUBTrainingSession``, built on :class:`~hubfsm.Session`.
 
 ultralytics (8.2.x and 8.3.x, which have ``ultralytics.hub``) uses it in place of its own
-once :func:`~hubfsm.integrations.ultralytics_hub.install` ran.
+once :func:`~hubfsm.integrations.ultralytics.install` ran.
 
 It has the public surface that ultralytics' ``Model`` and its stock HUB callbacks
 (``ultralytics/utils/callbacks/hub.py``) use: ``create_session``, ``load_model``,
@@ -58,7 +58,7 @@ log = get_logger("hubfsm")
 
 @attrs.frozen
 class StandInOptions:
-    """What :func:`~hubfsm.integrations.ultralytics_hub.install` was given, for every session.
+    """What :func:`~hubfsm.integrations.ultralytics.install` was given, for every session.
 
     Attributes:
         session: The session's options (see :class:`~hubfsm.runtime.settings.SessionOptions`).
