@@ -33,7 +33,7 @@ from hubfsm.core.dialect import slugify
 from hubfsm.errors import HubfsmError
 from hubfsm.integrations.ultralytics_objects import MAP_KEY, model_info
 from hubfsm.logs import get_logger
-from hubfsm.runtime.distributed import is_main_process
+from hubfsm.runtime.opener import is_main_process
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import SessionOptions, check_options
 from hubfsm.transport import Transport

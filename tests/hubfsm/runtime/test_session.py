@@ -234,5 +234,5 @@ def test_waiting_to_start_and_training_follow_the_machine(hub, tmp_path):
     seen.append((s.state, s.waiting_to_start, s.training))
     s.close()
     assert seen == [("loaded", True, False), ("training", False, True), ("done", False, False)]
-    null = hubfsm.runtime.distributed.NullSession(1)
+    null = hubfsm.NullSession(1)
     assert (null.waiting_to_start, null.training) == (False, False)
