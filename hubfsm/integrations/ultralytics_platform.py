@@ -22,7 +22,6 @@ metrics, plots, class names and validation samples of ``training_complete``.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from hubfsm import env
 from hubfsm.core.dialect import slugify
 from hubfsm.errors import HubfsmError
-from hubfsm.integrations.ultralytics_objects import MAP_KEY, model_info
+from hubfsm.integrations.ultralytics_objects import MAP_KEY, model_info, settings_key
 from hubfsm.logs import get_logger
 from hubfsm.runtime.opener import is_main_process
 from hubfsm.runtime.session import Session
@@ -58,15 +57,6 @@ def official_names(project: Any, name: Any) -> tuple[str, str]:
     parts = raw.split("/", 1)
     slug = f"{parts[0]}/{slugify(parts[1].replace('/', '-'))}" if len(parts) == 2 else slugify(raw)
     return slug, slugify(str(name or "train"))
-
-
-def _settings_key() -> str | None:
-    try:
-        utils = importlib.import_module("ultralytics.utils")
-    except ImportError:
-        return None
-    key = getattr(utils, "SETTINGS", {}).get("api_key")
-    return key if isinstance(key, str) and key else None
 
 
 class PlatformCallbacks:
@@ -121,7 +111,7 @@ class PlatformCallbacks:
         args = trainer.args
         if not getattr(args, "project", None) or not is_main_process():
             return
-        key = self.options.get("api_key") or env.platform_api_key() or _settings_key()
+        key = self.options.get("api_key") or env.platform_api_key() or settings_key()
         if not key:
             return
         project, name = official_names(args.project, getattr(args, "name", None))
