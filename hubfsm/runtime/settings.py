@@ -216,7 +216,10 @@ class Settings:
             offline = environment.offline(environ)
         outbox_dir = options.get("outbox_dir")
         root = outbox_dir if outbox_dir is not None else environment.outbox_root(environ)
-        settings = cls(
+        # An option the lines below do not resolve is taken as given; one left out
+        # keeps the field's default.
+        fields: dict[str, Any] = dict(options)
+        fields.update(
             identifier=parsed,
             web_root=web,
             api_key=api_key or parsed.api_key or environment.api_key(environ),
@@ -229,10 +232,7 @@ class Settings:
             name=name,
             tags=tags_of(options.get("tags")),
         )
-        # The options taken as they are; one left out keeps the field's default.
-        given: dict[str, Any] = {k: v for k, v in options.items() if k in _AS_GIVEN}
-        if given:
-            settings = attrs.evolve(settings, **given)
+        settings = cls(**fields)
         if offline and parsed.model_id is None:
             raise HubfsmError(
                 "offline mode needs an existing model id: create the model online first"
@@ -254,12 +254,6 @@ def check_options(options: Mapping[str, object]) -> None:
     unknown = sorted(set(options) - OPTIONS)
     if unknown:
         raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
-
-
-#: The options :meth:`Settings.resolve` takes as they are: the others it resolves.
-_AS_GIVEN = frozenset(
-    {"open_timeout", "seed", "outbox", "journal", "exit_timeout", "handle_signals", "notes"}
-)
 
 
 def tags_of(tags: Iterable[str] | str | None) -> tuple[str, ...]:
