@@ -245,6 +245,7 @@ class Settings:
 #: The names of the session's options.
 OPTIONS = frozenset(SessionOptions.__annotations__)
 
+
 def check_options(options: Mapping[str, object]) -> None:
     """Refuse, as a call would, a keyword that is none of the session's options.
 
