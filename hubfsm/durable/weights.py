@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from hubfsm.core.events import CheckpointOffered, FileStamp, FinishRequested
+from hubfsm.core.values import CheckpointOffered, FileStamp, FinishRequested
 from hubfsm.digest import sha256_of
 from hubfsm.durable.inbox import Inbox
 from hubfsm.transport import FilePart
