@@ -225,12 +225,7 @@ class Core:
         if not traits.sends or self.offline:
             return Wait(None)
         final = traits.final
-        if final and now >= schedule.finish_deadline:
-            self.interrupt(now=now)
-            self.error = DeliveryIncomplete(
-                "the final upload did not complete in time; what is left stays pending",
-                self.pending(),
-            )
+        if final and self._finish_overdue(now):
             return Wait(None)
         return schedule.next_action(
             now,
@@ -243,6 +238,24 @@ class Core:
 
     def receive(self, op_id: int, outcome: Outcome, *, now: float) -> None:
         """Take the outcome of the request sent as ``op_id``."""
+        self._answer(op_id, outcome, now)
+        # A request that outlived finish()'s deadline ends the wait at its answer: the
+        # session is resumable when finish() looks, not at some later poll.
+        if self.machine.traits.final:
+            self._finish_overdue(now)
+
+    def _finish_overdue(self, now: float) -> bool:
+        """Interrupt an unfinished final upload past finish()'s deadline; True if so."""
+        if now < self.schedule.finish_deadline:
+            return False
+        self.interrupt(now=now)
+        self.error = DeliveryIncomplete(
+            "the final upload did not complete in time; what is left stays pending",
+            self.pending(),
+        )
+        return True
+
+    def _answer(self, op_id: int, outcome: Outcome, now: float) -> None:
         schedule = self.schedule
         op = schedule.in_flight
         if op is None or op.id != op_id:

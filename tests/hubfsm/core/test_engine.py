@@ -240,6 +240,18 @@ def test_finish_times_out_into_resumable():
         core.epoch_end(1, {}, now=now)
 
 
+def test_a_final_upload_answered_past_the_deadline_leaves_the_session_resumable_at_once():
+    # The request left before the deadline and its answer was lost after it: finish()
+    # looks right after that answer, before any further poll, and must find it resumable.
+    core = training_core()
+    core.finish(0, BEST, map50_95=0.5, now=0.0, timeout=60.0)
+    action = core.poll(59.0)
+    assert isinstance(action, Send) and action.channel == "final"
+    core.receive(action.op_id, TransportError("timeout", "answer lost"), now=90.0)
+    assert core.state == "resumable"
+    assert core.pending()["final"] == 1
+
+
 def test_interrupt_stops_heartbeats_and_resume_restarts_them():
     core = training_core()
     core.interrupt(now=10.0)
