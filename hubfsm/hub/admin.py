@@ -22,7 +22,7 @@ from typing import TextIO
 
 from hubfsm.errors import HubfsmError
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.keys import KeyRecord, new_key, new_platform_key
+from hubfsm.hub.keys import KeyRecord, load_or_create_key, new_key, new_platform_key
 from hubfsm.hub.store_sqlite import SqliteStore
 
 Command = Callable[..., argparse.ArgumentParser]
@@ -41,7 +41,7 @@ def _open(
     Raises:
         HubfsmError: There is no hub there and ``create`` is False.
     """
-    from hubfsm.hub.server import default_data_dir, load_or_create_key
+    from hubfsm.hub.server import default_data_dir
 
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
     if not create and database is None and not (folder / "api_key").is_file():

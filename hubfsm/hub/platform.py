@@ -35,8 +35,7 @@ import attrs
 from hubfsm.hub import records
 from hubfsm.hub.calls import HubCall, HubReply
 from hubfsm.hub.endpoints import Endpoints
-from hubfsm.hub.keyring import KeyAdmin
-from hubfsm.hub.keys import is_platform_key
+from hubfsm.hub.keys import KeyAdmin, is_platform_key
 from hubfsm.hub.parse import MAX_PARAMS, check_json, metrics_text
 from hubfsm.hub.store import ModelRecord, Staged, StoredReply
 

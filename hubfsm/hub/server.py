@@ -12,7 +12,7 @@ import contextlib
 import errno
 import ipaddress
 import os
-import secrets
+import random
 import shlex
 import shutil
 import signal
@@ -31,17 +31,17 @@ from cheroot import wsgi
 
 from hubfsm.errors import HubfsmError
 from hubfsm.hub.app import BodyLimits, HubApp
+from hubfsm.hub.calls import id_factory
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.keys import ALPHABET
+from hubfsm.hub.keys import DEFAULT_TTL, UrlSigner, load_or_create_key, load_or_create_secret
 from hubfsm.hub.signin import Sessions
-from hubfsm.hub.signing import DEFAULT_TTL, UrlSigner, load_or_create_secret
 from hubfsm.hub.store import Store
 from hubfsm.hub.store_sqlite import SqliteStore
 from hubfsm.hub.web import PageAccess
 from hubfsm.logs import get_logger
 from transports.faults import FaultMix
 
-__all__ = ["LocalHub", "default_data_dir", "load_or_create_key", "serve"]
+__all__ = ["LocalHub", "default_data_dir", "serve"]
 
 _log = get_logger("hubfsm.hub")
 
@@ -58,22 +58,6 @@ DEFAULT_THREADS = 64
 def default_data_dir() -> Path:
     """Where ``hubfsm hub serve`` keeps its data unless told otherwise."""
     return Path(platformdirs.user_data_dir("hubfsm")) / "hub"
-
-
-def load_or_create_key(path: Path) -> str:
-    """Read the hub's API key from ``path``, or create one there (mode 0600) first."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        key = path.read_text(encoding="ascii").strip()
-        if len(key) != 42 or not (key.isascii() and key.isalnum()):
-            raise ValueError(f"{path} does not hold a 42-character API key") from None
-        return key
-    key = "".join(secrets.choice(ALPHABET) for _ in range(42))
-    with os.fdopen(fd, "w", encoding="ascii") as out:
-        out.write(key + "\n")
-    _log.info("hub.key_created", key_file=str(path))
-    return key
 
 
 def is_loopback(host: str) -> bool:
@@ -99,10 +83,6 @@ def reachable_address(host: str) -> str:
             if not ipaddress.ip_address(found).is_loopback:
                 return found
     return socket.gethostname()
-
-
-def _secure_id() -> str:
-    return "".join(secrets.choice(ALPHABET) for _ in range(20))
 
 
 class _Gateway(wsgi.Gateway_10):
@@ -289,7 +269,7 @@ class LocalHub:
             raise RuntimeError("the local hub is already running")
         store, secret, spool = self._open_store()
         signer = UrlSigner(secret, time.time, self.url_ttl)
-        hub = Hub(store, clock=time.time, new_id=_secure_id, signer=signer)
+        hub = Hub(store, clock=time.time, new_id=id_factory(random.SystemRandom()), signer=signer)
         try:
             hub.ensure_key(self._api_key, label="api_key file", admin=True)
             app = HubApp(

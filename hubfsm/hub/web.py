@@ -27,8 +27,8 @@ from werkzeug.wsgi import wrap_file
 from hubfsm.hub import page, signin
 from hubfsm.hub.calls import is_model_id
 from hubfsm.hub.domain import Hub
+from hubfsm.hub.keys import file_name, parse_name
 from hubfsm.hub.parse import loads
-from hubfsm.hub.signing import file_name, parse_name
 from hubfsm.hub.store import WeightsKind
 from hubfsm.hub.store_postgres import PostgresStore
 

@@ -21,9 +21,8 @@ import pytest
 import requests
 
 from hubfsm.hub import admin
-from hubfsm.hub.keys import is_platform_key, new_platform_key
+from hubfsm.hub.keys import UrlSigner, is_platform_key, load_or_create_secret, new_platform_key
 from hubfsm.hub.server import LocalHub
-from hubfsm.hub.signing import UrlSigner, load_or_create_secret
 
 TIMEOUT = 10
 _LOAD = itertools.count()

@@ -17,7 +17,8 @@ import werkzeug.test
 
 from hubfsm.hub.app import HubApp, RateLimiter
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.server import LocalHub, load_or_create_key, serve
+from hubfsm.hub.keys import load_or_create_key
+from hubfsm.hub.server import LocalHub, serve
 from tests.support import KEY
 from transports.faults import FaultMix
 
