@@ -30,8 +30,10 @@ from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDeco
 from werkzeug.wrappers import Request, Response
 
 from hubfsm.hub import parse, web
+from hubfsm.hub.access import PageAccess
 from hubfsm.hub.calls import BadJson, HubCall, HubReply, fail
 from hubfsm.hub.domain import Hub
+from hubfsm.hub.summary import dumps
 from hubfsm.logs import get_logger
 from transports.faults import NO_FAULT, Fault, FaultMix, draw
 
@@ -243,7 +245,7 @@ class HubApp:
         stream_uploads: Hand the store an upload's file part as it arrives
             (:class:`StreamedUpload`), not a received copy: for a store that sends it on
             (to an object store) rather than keeping the received file.
-        access: Who may see the pages (see :class:`~hubfsm.hub.web.PageAccess`); loopback
+        access: Who may see the pages (see :class:`~hubfsm.hub.access.PageAccess`); loopback
             browsers only, without a sign-in, when None.
         shared_buckets: Count the rate limit where every process of the hub sees it; in
             this process when None.
@@ -260,7 +262,7 @@ class HubApp:
         sleep: Callable[[float], None] = time.sleep,
         limits: BodyLimits | None = None,
         spool_dir: Path | None = None,
-        access: web.PageAccess | None = None,
+        access: PageAccess | None = None,
         shared_buckets: SharedBuckets | None = None,
         stream_uploads: bool = False,
     ) -> None:
@@ -525,7 +527,7 @@ def _refuse_body(request: Request, environ: dict[str, Any]) -> None:
 
 
 def _json(reply: HubReply, extra: dict[str, str] | None = None) -> Response:
-    response = Response(web.dumps(reply.body), status=reply.status, mimetype="application/json")
+    response = Response(dumps(reply.body), status=reply.status, mimetype="application/json")
     response.headers.update(extra or {})
     response.headers.update(reply.headers)
     return response

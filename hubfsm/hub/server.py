@@ -30,14 +30,13 @@ from cheroot import server as cheroot_server
 from cheroot import wsgi
 
 from hubfsm.errors import HubfsmError
+from hubfsm.hub.access import PageAccess, Sessions, is_loopback
 from hubfsm.hub.app import BodyLimits, HubApp
 from hubfsm.hub.calls import id_factory
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.keys import DEFAULT_TTL, UrlSigner, load_or_create_key, load_or_create_secret
-from hubfsm.hub.signin import Sessions
 from hubfsm.hub.store import Store
 from hubfsm.hub.store_sqlite import SqliteStore
-from hubfsm.hub.web import PageAccess
 from hubfsm.logs import get_logger
 from transports.faults import FaultMix
 
@@ -58,16 +57,6 @@ DEFAULT_THREADS = 64
 def default_data_dir() -> Path:
     """Where ``hubfsm hub serve`` keeps its data unless told otherwise."""
     return Path(platformdirs.user_data_dir("hubfsm")) / "hub"
-
-
-def is_loopback(host: str) -> bool:
-    """True for an address (or ``localhost``) that only this machine can reach."""
-    if host.rstrip(".").lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def reachable_address(host: str) -> str:
