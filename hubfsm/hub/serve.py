@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from hubfsm.errors import HubfsmError
 from hubfsm.hub.access import is_loopback
 from hubfsm.hub.admin import migrate
-from hubfsm.hub.app import BodyLimits
+from hubfsm.hub.bodies import BodyLimits
 from hubfsm.hub.server import DEFAULT_TIMEOUT, LocalHub, default_data_dir
 from transports.faults import FaultMix
 

@@ -24,7 +24,8 @@ from cheroot import server as cheroot_server
 from cheroot import wsgi
 
 from hubfsm.hub.access import PageAccess, Sessions, is_loopback
-from hubfsm.hub.app import BodyLimits, HubApp
+from hubfsm.hub.app import HubApp
+from hubfsm.hub.bodies import BodyLimits
 from hubfsm.hub.calls import id_factory
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.keys import DEFAULT_TTL, UrlSigner, load_or_create_key, load_or_create_secret

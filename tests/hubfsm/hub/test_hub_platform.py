@@ -481,7 +481,7 @@ def test_an_in_process_hub_takes_the_same_calls_without_http() -> None:
 
 
 def test_the_rate_limit_and_the_upload_cap_hold_on_the_platform_api(tmp_path: Path) -> None:
-    from hubfsm.hub.app import BodyLimits
+    from hubfsm.hub.bodies import BodyLimits
 
     with LocalHub(tmp_path / "hub", rate_limit=1.0, limits=BodyLimits(upload=100)) as local:
         made = new_platform_key()
