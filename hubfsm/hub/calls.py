@@ -147,6 +147,11 @@ def fail(status: int, message: str, headers: dict[str, str] | None = None) -> Hu
     return HubReply(status, body, headers if headers is not None else {})
 
 
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> HubReply:
+    """A Platform error answer: ``{"error": message}`` (HUB v1 answers :func:`fail`)."""
+    return HubReply(status, {"error": message}, headers if headers is not None else {})
+
+
 # (resource, method) -> endpoint name; the resource comes from the path (see route).
 ENDPOINTS = {
     ("auth", "POST"): "auth",

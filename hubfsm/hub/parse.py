@@ -13,7 +13,7 @@ import math
 import re
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 #: How deep JSON may nest; the API's bodies need 4 levels.
 MAX_DEPTH = 32
@@ -221,6 +221,24 @@ def _flat_numbers(value: dict[str, Any]) -> bool:
         return math.isfinite(sum(value.values()))  # NaN or an infinity makes the sum one
     except OverflowError:  # an integer too large for a float
         return False
+
+
+#: Platform counts stay under this.
+_MAX_COUNT = 10**9
+
+
+def whole_count(value: object) -> TypeGuard[int]:
+    """True for an integer from 0 to under a billion (a Platform count: epochs, lines)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_COUNT
+
+
+def plain_number(value: object) -> bool:
+    """True for None or a finite number under 1e15 (a Platform metric a chart can show)."""
+    if value is None:
+        return True
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and abs(value) < 1e15
 
 
 def epoch_of(value: object) -> int | None:

@@ -20,6 +20,9 @@ from hubfsm.hub.keys import UrlSigner, file_name
 from hubfsm.hub.parse import MAX_INT, MAX_PARAMS, MAX_TEXT, notes_of, tags_of
 from hubfsm.hub.store import ModelRecord, Store, WeightsInfo, WeightsKind
 
+#: Console text a model page shows, at most (its last characters).
+CONSOLE_SHOWN = 256 * 1024
+
 # ModelRecord's __init__ takes its fields in this order (none is keyword-only).
 _INIT = [field for field in attrs.fields(ModelRecord) if field.init]
 assert not any(field.kw_only for field in _INIT)
@@ -336,6 +339,14 @@ class HubReads:
         """When each epoch's metrics first came to the hub (hub clock seconds)."""
         with self._lock:
             return self.store.metric_times(model_id)
+
+    def console(self, model_id: str) -> str:
+        """The model's console output as one text (its last :data:`CONSOLE_SHOWN` characters)."""
+        with self._lock:
+            chunks = self.store.get_console(model_id)
+        # A chunk is lines joined by newlines, usually without a last one.
+        text = "".join(c if c.endswith("\n") else c + "\n" for _, _, c in chunks if c)
+        return text[-CONSOLE_SHOWN:]
 
     def weights(
         self, model_id: str, kind: WeightsKind
