@@ -350,7 +350,7 @@ def test_a_run_is_renamed_tagged_noted_and_deleted_with_the_key_from_its_own_pag
 
 def test_another_keys_run_cannot_be_changed(tmp_path: Path) -> None:
     from hubfsm.hub.domain import Hub
-    from hubfsm.hub.store_memory import MemoryStore
+    from hubfsm.hub.store import MemoryStore
 
     hub = Hub(MemoryStore(), keys=["A" * 42, "B" * 42])
     mine = ModelRecord(id="m" * 20, name="n", created_at=1.0, cfg="y.yaml", owner="nobody")

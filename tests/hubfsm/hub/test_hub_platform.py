@@ -457,7 +457,7 @@ def test_keys_add_can_make_a_platform_key(tmp_path: Path) -> None:
 def test_an_in_process_hub_takes_the_same_calls_without_http() -> None:
     from hubfsm.hub.calls import HubCall
     from hubfsm.hub.domain import Hub
-    from hubfsm.hub.store_memory import MemoryStore
+    from hubfsm.hub.store import MemoryStore
 
     made = new_platform_key()
     hub = Hub(MemoryStore(), clock=lambda: 1000.0, keys=[made])
