@@ -16,8 +16,8 @@ reports a training with ``Authorization: Bearer ul_...`` to four endpoints:
 A Platform model is a :class:`~hubfsm.hub.store.ModelRecord` like a HUB one (with its
 ``project``, ``slug`` and ``run_id``), so the pages and ``runs.json`` show runs of both
 protocols alike; the epoch metrics go to the same table, the checkpoint becomes the
-model's ``last`` weights, the final file its ``best`` ones. Errors answer ``{"error": ...}``,
-the shape the client reads.
+model's ``last`` weights, the final file its ``best`` ones (see :mod:`hubfsm.hub.platform_files`).
+Errors answer ``{"error": ...}``, the shape the client reads.
 """
 
 from __future__ import annotations

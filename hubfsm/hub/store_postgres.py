@@ -15,11 +15,8 @@ The database isolates them, not a lock in a process:
   ``weights`` points at its current one, and the replaced object is deleted after the
   pointer swap committed.
 
-The schema is made and upgraded by :func:`hubfsm.hub.admin.migrate`, once, before the hub's
-processes start.
-Each table mirrors one of :class:`~hubfsm.hub.store_sqlite.SqliteStore`'s, so a table added
-there is added here as one more step of :data:`~hubfsm.hub.admin.MIGRATIONS` and a few
-statements.
+The schema (:data:`~hubfsm.hub.admin.MIGRATIONS`, applied by :func:`~hubfsm.hub.admin.migrate`
+before the hub's processes start) mirrors :class:`~hubfsm.hub.store_sqlite.SqliteStore`'s.
 """
 
 from __future__ import annotations
@@ -35,7 +32,7 @@ from typing import IO, Any
 from hubfsm.hub.keys import KeyRecord
 from hubfsm.hub.objects_s3 import S3Objects
 from hubfsm.hub.store import ModelRecord, Source, Staged, StoredReply, WeightsInfo, WeightsKind
-from hubfsm.hub.store_sqlite import key_of, model_of, page_query, record_text
+from hubfsm.hub.store_sqlite import key_of, model_of, page_query, record_text, reply_of
 
 #: Seconds an idempotent reply is kept: a retry or an outbox replay within it is answered
 #: from the reply; a replay later than that is applied again.
@@ -164,8 +161,8 @@ class PostgresStore:
         """Forget a model with its metrics and weights (the objects go after the commit)."""
         with self.transaction():
             found = self._count("DELETE FROM models WHERE id = %s", (model_id,))
-            self._rows("DELETE FROM metrics WHERE model_id = %s", (model_id,))
-            self._rows("DELETE FROM console WHERE model_id = %s", (model_id,))
+            for table in ("metrics", "console"):
+                self._rows(f"DELETE FROM {table} WHERE model_id = %s", (model_id,))
             gone = self._rows(
                 "DELETE FROM weights WHERE model_id = %s RETURNING object", (model_id,)
             )
@@ -264,22 +261,23 @@ class PostgresStore:
         if not self._rows("SELECT 1 FROM weights WHERE object = %s", (staged.handle,)):
             self.objects.delete(staged.handle)
 
-    def _weights_row(self, model_id: str, kind: WeightsKind) -> tuple[Any, ...] | None:
+    def _weights_row(self, model_id: str, kind: WeightsKind) -> tuple[WeightsInfo, str] | None:
+        """The ``kind`` file's digest and size, and the key of its object; or None."""
         rows = self._rows(
             "SELECT sha256, size, object FROM weights WHERE model_id = %s AND kind = %s",
             (model_id, kind),
         )
-        return rows[0] if rows else None
+        return (WeightsInfo(str(rows[0][0]), int(rows[0][1])), str(rows[0][2])) if rows else None
 
     def weights_info(self, model_id: str, kind: WeightsKind) -> WeightsInfo | None:
         """Digest and size of the model's ``kind`` file, or None."""
         row = self._weights_row(model_id, kind)
-        return None if row is None else WeightsInfo(str(row[0]), int(row[1]))
+        return None if row is None else row[0]
 
     def open_weights(self, model_id: str, kind: WeightsKind) -> bytes | IO[bytes] | None:
         """A stream of the model's ``kind`` file from the object store, or None."""
         row = self._weights_row(model_id, kind)
-        return None if row is None else self.objects.open(str(row[2]))
+        return None if row is None else self.objects.open(row[1])
 
     def read_weights(
         self, model_id: str, kind: WeightsKind
@@ -293,9 +291,9 @@ class PostgresStore:
             row = self._weights_row(model_id, kind)
             if row is None:
                 return None
-            content = self.objects.open(str(row[2]))
+            content = self.objects.open(row[1])
             if content is not None:
-                return WeightsInfo(str(row[0]), int(row[1])), content
+                return row[0], content
         return None
 
     def weights_link(
@@ -303,9 +301,7 @@ class PostgresStore:
     ) -> tuple[WeightsInfo, str] | None:
         """The file's digest and a presigned URL that fetches it straight from the store."""
         row = self._weights_row(model_id, kind)
-        if row is None:
-            return None
-        return WeightsInfo(str(row[0]), int(row[1])), self.objects.presign(str(row[2]), ttl, name)
+        return None if row is None else (row[0], self.objects.presign(row[1], ttl, name))
 
     def sweep_objects(self, older_than: float = 86400.0) -> int:
         """Delete weight objects no record points at (uploads cut short by a crash).
@@ -332,10 +328,7 @@ class PostgresStore:
             "SELECT status, body, request FROM replies WHERE scope = %s AND stored_at >= %s",
             (scope, self._clock() - self.reply_retention),
         )
-        if not rows:
-            return None
-        status, body, request = rows[0]
-        return StoredReply(int(status), json.loads(str(body)), str(request))
+        return reply_of(rows[0]) if rows else None
 
     def put_reply(self, scope: str, reply: StoredReply) -> None:
         """Remember a reply under ``scope`` (pruning expired ones now and then)."""

@@ -272,10 +272,7 @@ class SqliteStore:
     def get_reply(self, scope: str) -> StoredReply | None:
         """The reply remembered under ``scope``, or None."""
         rows = self._read("SELECT status, body, request FROM replies WHERE scope = ?", (scope,))
-        if not rows:
-            return None
-        status, body, request = rows[0]
-        return StoredReply(int(str(status)), json.loads(str(body)), str(request))
+        return reply_of(rows[0]) if rows else None
 
     def put_reply(self, scope: str, reply: StoredReply) -> None:
         """Remember a reply under ``scope``."""
@@ -322,6 +319,12 @@ def model_of(text: str) -> ModelRecord:
 def key_of(text: str) -> KeyRecord:
     """The key record a row's JSON text holds."""
     return KeyRecord(**json.loads(text))
+
+
+def reply_of(row: tuple[object, ...]) -> StoredReply:
+    """The reply a ``(status, body, request)`` row of ``replies`` holds."""
+    status, body, request = row
+    return StoredReply(int(str(status)), json.loads(str(body)), str(request))
 
 
 def page_query(
