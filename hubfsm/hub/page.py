@@ -17,14 +17,20 @@ from hubfsm.hub.access import CSRF_FIELD, Viewer
 from hubfsm.hub.summary import dumps, metric_names, param_rows, run_stem, short, size
 
 
-def _doc(title: str, body: str, script: str = "") -> str:
+def _head(title: str, *styles: str) -> str:
+    """A page's start up to its body: the title and the style sheets (all served here)."""
+    links = "".join(f'<link rel="stylesheet" href="/static/{name}">' for name in styles)
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title>"
-        '<link rel="stylesheet" href="/static/uplot.min.css">'
-        '<link rel="stylesheet" href="/static/hub.css">'
-        f'</head><body>{body}<script src="/static/uplot.iife.min.js"></script>'
+        f"<title>{escape(title)}</title>{links}</head>"
+    )
+
+
+def _doc(title: str, body: str, script: str = "") -> str:
+    return (
+        f"{_head(title, 'uplot.min.css', 'hub.css')}"
+        f'<body>{body}<script src="/static/uplot.iife.min.js"></script>'
         f'<script src="/static/hub.js"></script>{script}</body></html>'
     )
 
@@ -322,11 +328,7 @@ def signin_page(problem: str = "") -> str:
     """The sign-in page: one field for an API key."""
     note = f'<p class="problem">{escape(problem)}</p>' if problem else ""
     return (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        "<title>Sign in · local hub</title>"
-        '<link rel="stylesheet" href="/static/hub.css"></head><body><main>'
-        "<h1>Sign in</h1>"
+        f"{_head('Sign in · local hub', 'hub.css')}<body><main><h1>Sign in</h1>"
         "<p>Paste your API key: you will see the models it made.</p>"
         f"{note}"
         '<form method="post" action="/signin">'
