@@ -12,7 +12,6 @@ directory, or (with an object store) on to the store as it arrives (see
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import random
 import socket
@@ -41,18 +40,12 @@ from hubfsm.hub.bodies import (
 )
 from hubfsm.hub.calls import HubCall, HubReply, fail
 from hubfsm.hub.domain import Hub
+from hubfsm.hub.keys import digest
 from hubfsm.hub.summary import dumps
 from hubfsm.logs import get_logger
 from transports.faults import NO_FAULT, Fault, FaultMix, draw
 
 _log = get_logger("hubfsm.hub")
-
-
-def _digest(key: str | None) -> str:
-    # Rate-limit buckets are keyed by a digest, so the server holds no extra copy of a key.
-    if key is None:
-        return "-"
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 #: Spends a token of a client's bucket kept elsewhere (a database every process shares):
@@ -201,7 +194,9 @@ class HubApp:
         limit_headers: dict[str, str] = {}
         api_key = api_key_of(request)
         if self.limiter is not None:
-            allowed, limit_headers = self.limiter.take(_digest(api_key))
+            # Buckets are keyed by a digest, so the server holds no extra copy of a key.
+            bucket = "-" if api_key is None else digest(api_key)[:24]
+            allowed, limit_headers = self.limiter.take(bucket)
             if not allowed:
                 _log.info("hub.rate_limited", path=safe(request.path))
                 refuse_body(request, environ)

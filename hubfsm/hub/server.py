@@ -158,7 +158,7 @@ class LocalHub:
         reuse_port: Let other processes listen on the same port (``SO_REUSEPORT``): the
             kernel spreads connections over them.
         sign_in: Every browser signs in to the pages with an API key and sees that key's
-            models (see :mod:`hubfsm.hub.signin`); None does so when ``host`` is not a
+            models (see :mod:`hubfsm.hub.access`); None does so when ``host`` is not a
             loopback address, False keeps the pages to loopback browsers without a sign-in.
         tls_cert: A PEM certificate (chain) file: the hub speaks HTTPS (with ``tls_key``).
         tls_key: The certificate's PEM private key file.
