@@ -1,4 +1,8 @@
-"""The hub's calls and replies: what goes in, what comes out, and how a path is routed."""
+"""The hub's calls and replies: what goes in, what comes out, and how a path is routed.
+
+HUB v1 answers in an envelope (:func:`ok`, :func:`fail`); the Platform API with
+``{"error": ...}`` (:func:`error`).
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Checking what clients send: strict JSON, metrics, upload forms, names, tags and notes.
 
-Everything here raises :class:`ValueError` with a message for the client (the hub answers
-it as a 400). The rules follow what ``ultralytics==8.2.0`` and hub-sdk send (see
+Most of it raises :class:`ValueError` with a message for the client (the hub answers it
+as a 400); Platform's counts and numbers are told apart by :func:`whole_count` and
+:func:`plain_number`. The rules follow what ``ultralytics==8.2.0`` and hub-sdk send (see
 ``PROTOCOL.md``): the given values are kept as they are, only their shapes are checked.
 """
 

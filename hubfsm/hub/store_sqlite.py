@@ -9,7 +9,8 @@ Layout under the data directory::
 
 A weight file is streamed to a temporary file in 1 MiB chunks, hashed on the way, flushed
 to disk and renamed over the old one, so a reader sees the old file or the new one, never
-half of one.
+half of one. The rows as records and the page query are written here once for both SQL
+stores (:mod:`hubfsm.hub.store_postgres` uses them too).
 """
 
 from __future__ import annotations
