@@ -45,6 +45,11 @@ COOKIE = "hubfsm_session"
 SESSION_TTL = 12 * 3600.0
 #: The name of the CSRF token's form field.
 CSRF_FIELD = "csrf"
+#: How a loopback client's address starts (IPv4, IPv6, IPv4 mapped into IPv6).
+_LOOPBACK = ("127.", "::1", "::ffff:127.")
+#: The ``Host`` names the pages answer to, besides the hub's own (the port is not part
+#: of the check: a rebinding page cannot choose the name, and a tunnel may change the port).
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 @attrs.frozen
@@ -127,10 +132,6 @@ def viewer_of(sessions: Sessions, cookie: str | None, keys: list[KeyRecord]) -> 
         if record.id == key_id and record.revoked_at is None:
             return Viewer(record.id, record.admin, record.label, cookie)
     return None
-_LOOPBACK = ("127.", "::1", "::ffff:127.")
-#: The ``Host`` names the pages answer to, besides the hub's own (the port is not part
-#: of the check: a rebinding page cannot choose the name, and a tunnel may change the port).
-_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 @attrs.frozen
