@@ -21,12 +21,7 @@ import attrs
 from hubfsm.core import answers, protocol
 from hubfsm.core.config import DATA_CHANNELS, CoreConfig, Notify
 from hubfsm.core.identifier import Identifier
-from hubfsm.core.machine import (
-    Answer,
-    SessionMachine,
-    Verdict,
-    answer_to,
-)
+from hubfsm.core.machine import Answer, SessionMachine, Verdict, answer_to
 from hubfsm.core.platform import DIALECTS, PLATFORM
 from hubfsm.core.schedule import Schedule
 from hubfsm.core.values import (
