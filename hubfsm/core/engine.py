@@ -234,9 +234,7 @@ class Core:
     def receive(self, op_id: int, outcome: Outcome, *, now: float) -> None:
         """Take the outcome of the request sent as ``op_id``."""
         self._answer(op_id, outcome, now)
-        # A request that outlived finish()'s deadline ends the wait at its answer: the
-        # session is resumable when finish() looks, not at some later poll.
-        if self.machine.traits.final:
+        if self.machine.traits.final:  # an answer past finish()'s deadline ends the wait
             self._finish_overdue(now)
 
     def _finish_overdue(self, now: float) -> bool:
@@ -244,10 +242,8 @@ class Core:
         if now < self.schedule.finish_deadline:
             return False
         self.interrupt(now=now)
-        self.error = DeliveryIncomplete(
-            "the final upload did not complete in time; what is left stays pending",
-            self.pending(),
-        )
+        late = "the final upload did not complete in time; what is left stays pending"
+        self.error = DeliveryIncomplete(late, self.pending())
         return True
 
     def _answer(self, op_id: int, outcome: Outcome, now: float) -> None:
