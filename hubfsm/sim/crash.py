@@ -9,7 +9,7 @@ session on them (see :class:`~hubfsm.sim.world.World`).
 
 from __future__ import annotations
 
-from hubfsm.transport import Request, Response, Transport, TransportError
+from hubfsm.transport import Handler, Request, Response, TransportError
 
 #: Virtual seconds a dead process takes to come back.
 RESTART_SECONDS = (5.0, 120.0)
@@ -19,19 +19,25 @@ class Crash(BaseException):
     """The simulated process dies (a BaseException: no layer of the client may survive it)."""
 
 
-class DyingTransport(Transport):
-    """Lets the process die right after its n-th request left (the request may land)."""
+class Dying:
+    """Wraps a handler: the process dies right after its n-th request left (it may land).
 
-    def __init__(self, inner: Transport, deaths: set[int]) -> None:
-        self.inner = inner
+    Args:
+        handler: Answers each request first.
+        deaths: The fatal request numbers (counted from 1); the trainer may empty the set
+            to die no more.
+    """
+
+    def __init__(self, handler: Handler, deaths: set[int]) -> None:
+        self.handler = handler
         self.deaths = deaths
         self.sent = 0
 
-    def send(self, request: Request) -> Response:
-        """Send, then die if this was a fatal request number."""
+    def __call__(self, request: Request) -> Response:
+        """Hand ``request`` on, then die if this was a fatal request number."""
         self.sent += 1
         try:
-            response = self.inner.send(request)
+            response = self.handler(request)
         except TransportError:
             if self.sent in self.deaths:
                 raise Crash(f"the process dies during request {self.sent}") from None

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import attrs
 
 from hubfsm.sim.crash import Crash
-from hubfsm.transport import Request, Response, Transport
+from hubfsm.transport import Handler, Request, Response
 
 __all__ = [
     "POISONS",
@@ -274,19 +274,11 @@ class Machine:
             self.note(f"the process is killed (SIGKILL) inside finish(), at {where}")
             raise Crash(f"the process is killed inside finish(), at {where}")
 
-    def transport(self, inner: Transport) -> Transport:
-        """``inner``, with the kill inside ``finish()`` at a drawn request."""
-        return _KillingTransport(inner, self)
+    def killing(self, handler: Handler) -> Handler:
+        """``handler``, with the kill inside ``finish()`` at a drawn request, before it leaves."""
 
+        def answer(request: Request) -> Response:
+            self._tick("request")
+            return handler(request)
 
-class _KillingTransport(Transport):
-    """Dies at the drawn request of ``finish()``, before it leaves."""
-
-    def __init__(self, inner: Transport, machine: Machine) -> None:
-        self.inner = inner
-        self.machine = machine
-
-    def send(self, request: Request) -> Response:
-        """Send, unless the process is killed first."""
-        self.machine._tick("request")
-        return self.inner.send(request)
+        return answer

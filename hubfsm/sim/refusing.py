@@ -17,7 +17,7 @@ from hubfsm.errors import AuthError, HubError, ModelNotFoundError, ModelTrainedE
 from hubfsm.runtime.clocks import Clock
 from hubfsm.sim.invariants import Checker
 from hubfsm.sim.profile_types import RefusalDraw
-from hubfsm.transport import Request, Response, Transport
+from hubfsm.transport import Handler, Request, Response
 
 #: The error each stopping answer must end the session with.
 STOP_ERRORS: dict[int, type[HubError]] = {
@@ -39,15 +39,15 @@ def _refusal(status: int, message: str) -> Response:
     return Response(status, {"success": False, "message": message, "data": {}})
 
 
-class RefusingHub(Transport):
-    """Answers as the seed's :class:`RefusalDraw` says, else passes the request on.
+class RefusingHub:
+    """Wraps a handler: answers as the seed's :class:`RefusalDraw` says, else hands it on.
 
     Attributes:
         fixed: The cause of the stopping answer is fixed (a new key, the right root).
     """
 
-    def __init__(self, inner: Transport, draw: RefusalDraw, clock: Clock, checker: Checker):
-        self.inner = inner
+    def __init__(self, handler: Handler, draw: RefusalDraw, clock: Clock, checker: Checker):
+        self.handler = handler
         self.draw = draw
         self.clock = clock
         self.checker = checker
@@ -59,8 +59,8 @@ class RefusingHub(Transport):
             self._noted.add(what)
             self.checker.note(what)
 
-    def send(self, request: Request) -> Response:
-        """Refuse what the draw refuses now; send the rest through."""
+    def __call__(self, request: Request) -> Response:
+        """Refuse what the draw refuses now; hand the rest on."""
         draw = self.draw
         now = self.clock()
         stop_at = draw.stop_at
@@ -72,7 +72,7 @@ class RefusingHub(Transport):
             if draw.heartbeat_at is not None and now >= draw.heartbeat_at:
                 self._note("the hub refuses heartbeats with 409")
                 return _refusal(409, "agent conflict")
-            return self.inner.send(request)
+            return self.handler(request)
         body = request.json or {}
         bad_epoch = None if draw.bad_epoch is None else str(draw.bad_epoch)
         if body.get("type") == "metrics" and bad_epoch in body.get("metrics", {}):
@@ -89,4 +89,4 @@ class RefusingHub(Transport):
         fields = request.fields or {}
         if fields.get("type") == "epoch" and fields.get("epoch") == str(draw.bad_checkpoint):
             return _refusal(422, f"weights of epoch {draw.bad_checkpoint} are not a model")
-        return self.inner.send(request)
+        return self.handler(request)

@@ -8,29 +8,28 @@ that delivers everything but the rejected records.
 
 from __future__ import annotations
 
-from typing import Any
-
 from hubfsm.core.changes import Saved
 from hubfsm.errors import HubfsmError
 from hubfsm.sim.deaths import sync_outboxes
 from hubfsm.sim.end_checks import applied, check_hub, on_hub, outbox_now
-from hubfsm.sim.profile_types import Expect, Profile, RefusalDraw
+from hubfsm.sim.profile_types import Expect, RefusalDraw
 from hubfsm.sim.refusing import STOP_ERRORS, RefusingHub
 from hubfsm.sim.world import World
+from hubfsm.transport import Handler
 
 
 class RefusingWorld(World):
     """A :class:`World` whose hub refuses as the seed draws.
 
     Takes the arguments of :class:`World`. Every request of the run's sessions (and of
-    the sync after the fix) goes through a :class:`RefusingHub`.
+    the sync after the fix) goes through a :class:`RefusingHub` first.
     """
 
-    def __init__(self, seed: int, profile: Profile, **kwargs: Any) -> None:
-        super().__init__(seed, profile, **kwargs)
+    def _front(self, handler: Handler) -> Handler:
+        """The refusing hub, answering before ``handler`` as the seed draws."""
         self.draw = draw = self.scenario.refusals or RefusalDraw()
-        self.refusing = RefusingHub(self.link, draw, self.clock, self.checker)
-        self.link = self.refusing
+        self.refusing = RefusingHub(handler, draw, self.clock, self.checker)
+        return self.refusing
 
     # -- the trainer hears of the refusal --------------------------------------------
 

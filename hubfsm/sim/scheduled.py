@@ -7,21 +7,22 @@ from collections.abc import Callable
 from hubfsm.runtime.clocks import Clock
 from hubfsm.sim.profile_table import mix_text
 from hubfsm.sim.profile_types import Scenario, Window
-from hubfsm.transport import Request, Response, Transport
-from transports.faults import FaultInjectingTransport
+from hubfsm.transport import Request, Response
+from transports.faults import Faults
 
 
-class ScheduledFaults(Transport):
-    """Applies a :class:`~hubfsm.sim.profile_types.Scenario` as virtual time passes.
+class ScheduledFaults:
+    """Wraps the seeded faults' handler to apply a :class:`~hubfsm.sim.profile_types.Scenario`.
 
-    Before each request it sets the fault injector's mix to the window in force (only when
-    the window changes, so anyone else's change of mix lasts until the next boundary), and
-    revokes the key once its time has come. Both are noted in the trace.
+    Before each request it sets the faults' mix to the window in force (only when the
+    window changes, so anyone else's change of mix lasts until the next boundary), and
+    revokes the key once its time has come, both as virtual time passes; both are noted
+    in the trace. Then the faults answer.
     """
 
     def __init__(
         self,
-        faults: FaultInjectingTransport,
+        faults: Faults,
         scenario: Scenario,
         clock: Clock,
         *,
@@ -36,8 +37,8 @@ class ScheduledFaults(Transport):
         self._window: Window | None = None
         self._revoked = False
 
-    def send(self, request: Request) -> Response:
-        """Bring the scenario up to now, then send through the fault injector."""
+    def __call__(self, request: Request) -> Response:
+        """Bring the scenario up to now, then hand ``request`` to the faults."""
         now = self.clock()
         window = self.scenario.schedule.at(now)
         if window is not self._window:
@@ -54,4 +55,4 @@ class ScheduledFaults(Transport):
             self._revoked = True
             self._revoke()
             self._note("the API key is revoked")
-        return self.faults.send(request)
+        return self.faults(request)
