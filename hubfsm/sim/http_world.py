@@ -41,11 +41,10 @@ from hubfsm.hub.server import LocalHub
 from hubfsm.runtime.clocks import Clock, RealClock
 from hubfsm.sim.bugs import NO_BUGS, Bugs
 from hubfsm.sim.platform_checks import PlatformChecker
-from hubfsm.sim.play import play, result_of, scratch_root
-from hubfsm.sim.profile_types import Profile, RefusalDraw, Scenario, Schedule, WindowRule
+from hubfsm.sim.play import SimResult, play, result_of, scratch_root
 from hubfsm.sim.profiles import named
-from hubfsm.sim.refusing_world import RefusingWorld
-from hubfsm.sim.result import SimResult
+from hubfsm.sim.refusing import RefusingWorld
+from hubfsm.sim.scenario import Profile, RefusalDraw, Scenario, Schedule, WindowRule
 from hubfsm.sim.world import World
 from hubfsm.transport import Handler, Request, Response
 from transports.faults import FaultMix

@@ -20,7 +20,7 @@ from hubfsm.core.machine import LEGAL, TRAITS
 from hubfsm.core.ops import Send
 from hubfsm.core.retry import ChannelPolicies, RetryPolicy, Verdict, classify, retry_after_of
 from hubfsm.errors import AuthError
-from hubfsm.sim.profile_types import Expect
+from hubfsm.sim.scenario import Expect
 from hubfsm.transport import Outcome, TransportError
 
 #: Rounding slack for comparisons of virtual times.

@@ -36,15 +36,13 @@ from hubfsm.runtime.inline import SimRunner
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
 from hubfsm.sim.bugs import NO_BUGS, Bugs
-from hubfsm.sim.crash import RESTART_SECONDS, Dying
-from hubfsm.sim.deaths import die, sync_outboxes
+from hubfsm.sim.deaths import RESTART_SECONDS, die, sync_outboxes
 from hubfsm.sim.end_checks import check_hub, final_on_hub
 from hubfsm.sim.invariants import Checker
-from hubfsm.sim.machine import Machine
+from hubfsm.sim.machine import Dying, Machine
 from hubfsm.sim.memdisk import MemoryDisk
 from hubfsm.sim.platform_checks import PlatformChecker
-from hubfsm.sim.profile_types import Expect, Profile, Scenario
-from hubfsm.sim.scheduled import ScheduledFaults
+from hubfsm.sim.scenario import Expect, Profile, Scenario, ScheduledFaults
 from hubfsm.transport import Handler
 from transports.faults import Faults
 from transports.memory import HandlerTransport
@@ -59,11 +57,6 @@ TIMEOUT = 30.0
 EPOCH_ZERO = 1_000_000.0
 
 _ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-
-
-def _read_file(path: str) -> bytes:
-    """A file part's bytes, from disk (where outboxes keep their snapshots as files)."""
-    return Path(path).read_bytes()
 
 
 def _token(rng: random.Random, n: int) -> str:
@@ -153,9 +146,8 @@ class World:
         self._life_rng = random.Random(rng.getrandbits(64))
         machine_rng = random.Random(rng.getrandbits(64)) if profile.machine else None
         self.disk = MemoryDisk(keep_temp=bugs.keep_temp) if durability == "memory" else None
-        # Every request of the run's sessions goes through one handler, composed here:
-        # the hub (with the seeded faults), the scenario, the deaths, the machine's kill,
-        # then whatever a kind of world answers in front of them all.
+        # One handler, composed here, answers every request of the run: the hub with the
+        # seeded faults, the scenario, the deaths, the machine's kill, then the world's front.
         handler = self._connect(random.Random(rng.getrandbits(64)))
         self.epochs = epochs
         self._scenario_seed = rng.getrandbits(64)
@@ -257,7 +249,8 @@ class World:
 
     def _connect(self, rng: random.Random) -> Handler:
         """The hub's handler, with the profile's seeded faults injected in front of it."""
-        read_file = _read_file if self.disk is None else self.disk.read
+        disk = self.disk
+        read_file = disk.read if disk is not None else lambda path: Path(path).read_bytes()
         self.faults = Faults(
             self.hub.handler(self.key, read_file=read_file),
             rng,
