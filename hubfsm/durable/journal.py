@@ -217,8 +217,10 @@ class Journal:
                 end = at + self._span  # the record's end word
                 if end < self._capacity or self._room(end + 1):
                     self.seq = seq = self.seq + 1
-                    view = self._view
-                    self._body(view, at * 8 + 8, seq, data, seq)
+                    # Loaded, then called: a method call on an attribute that is not a
+                    # method of the class takes the interpreter's generic lookup.
+                    body, view = self._body, self._view
+                    body(view, at * 8 + 8, seq, data, seq)
                     _word(view, at * 8, epoch << 32 | self._kind)  # the commit
                     self._at = end
                     self._inbox.append((seq, epoch, self._names, data))
