@@ -67,6 +67,40 @@ def test_the_writer_starts_over_once_the_outbox_has_everything_or_at_close(tmp_p
     assert replay(tmp_path / "j", after=0) == []
 
 
+def test_a_worker_that_catches_up_while_the_trainer_writes_loses_nothing(tmp_path):
+    import threading
+
+    from hubfsm.durable.journal_scan import scan
+
+    queue = collections.deque()
+    j = Journal(tmp_path / "j", seq=0, inbox=queue)
+    taken: list[int] = []
+    done = threading.Event()
+
+    def worker():  # takes what is queued and says so, as often as the GIL lets it
+        while not done.is_set() or queue:
+            while queue:
+                taken.append(queue.popleft()[0])
+            if taken:
+                j.consumed(taken[-1])
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    for epoch in range(3000):
+        j.append_metrics(epoch, {"loss": epoch / 8, "map": 0.5})
+        if epoch % 300 == 0:
+            j.append(EpochEnded(epoch, {"note": "an entry record"}))
+    last = taken[-1] if taken else 0  # what the outbox has when the process dies
+    done.set()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    seen = scan(tmp_path / "j", after=last)
+    assert seen.damage is None
+    # Every record newer than what the worker had taken is still in the file.
+    assert [seq for seq, _ in seen.records] == list(range(last + 1, j.seq + 1))
+    assert taken == list(range(1, j.seq + 1))
+
+
 def test_a_torn_record_ends_the_replay(tmp_path):
     inbox = collections.deque()
     j = Journal(tmp_path / "j", seq=0, inbox=inbox)
