@@ -21,10 +21,17 @@ Layout: an 8-byte header, then records aligned to 8-byte words, ended by a zero 
 A trainer logs the same names every epoch, so after the first epoch each
 ``log_metrics`` serialises the values alone, in one C call that also proves each is a
 plain float (marshal writes ``g`` for exact floats only), copies those bytes into the
-map once, and keeps them for the worker: the names are neither encoded nor checked one
-by one, and nothing is read back from the file. Sequence numbers never repeat for a
+map with the record's words around them in one more (a ``struct`` made for the schema),
+commits, and keeps the bytes for the worker: the names are neither encoded nor checked
+one by one, and nothing is read back from the file. Sequence numbers never repeat for a
 model, so after a restart only the records newer than the outbox's ``journal_seq``
 are replayed.
+
+One thread writes: the training thread (a session is called from one thread). The
+worker only says how far the outbox has the journal (:meth:`Journal.consumed`); the
+next write starts over when that is everything. So the training thread takes no lock:
+a lock it shared with the worker would cost every call a lock's round trip, and a
+signal handler that closes the session in the middle of a call would wait on it.
 
 Every byte of the file is allocated (``posix_fallocate``) before it is mapped: a store
 into a page of a sparse file that the disk has no room for is a ``SIGBUS``, not an
@@ -37,7 +44,7 @@ from __future__ import annotations
 import marshal
 import mmap
 import os
-import threading
+import struct
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -67,6 +74,8 @@ __all__ = ["Allocate", "Journal", "JournalOpener", "journal_unavailable"]
 
 _crc32 = zlib.crc32
 _pack = RECORD.pack
+#: Writes one word into the map: the code that wrote the record's body, still in the cache.
+_word = struct.Struct("<Q").pack_into
 _dumps = marshal.dumps
 
 log = get_logger("hubfsm")
@@ -108,8 +117,8 @@ class Journal:
     Args:
         path: The journal file (created if needed).
         seq: The last sequence number already used for this model.
-        inbox: Where each appended event goes (see :data:`InboxItem`), under the same
-            lock, so the worker sees events in sequence order.
+        inbox: Where each appended event goes (see :data:`InboxItem`), in sequence
+            order.
         allocate: Gives the file real blocks (``os.posix_fallocate``; a simulated disk
             passes one that fails as a full disk does).
 
@@ -128,7 +137,6 @@ class Journal:
         self.path = Path(path)
         self.seq = seq
         self._inbox = inbox
-        self._lock = threading.Lock()
         self._allocate = allocate
         #: Why the journal was given up (calls then go to the inbox only), if it was.
         self.failed: OSError | None = None
@@ -143,37 +151,46 @@ class Journal:
             os.close(fd)
             raise
         self._map[: HEADER.size] = HEADER.pack(MAGIC, VERSION)
-        self._view()
+        # Records are written through a view of the map: a store through it runs the
+        # interpreter's own buffer code, where one through the map object also runs the
+        # mmap module's, which costs the cold call of every epoch a few more cache misses.
+        self._view = memoryview(self._map)
+        self._capacity = size // 8
         # Positions are in words. The schema's names, and where records start after it.
         self._names: tuple[str, ...] | None = None
         # What a values record's marshal bytes hold at every 9th byte: one tag a float.
         self._tags = b""
+        # A values record of the schema: its words from ``at`` to its end word, the
+        # commit word's low half, and what writes the rest (the seq, the values, the
+        # repeated seq, the end word) in one copy.
+        self._span = 0
+        self._kind = 0
+        self._body: Callable[..., None] = struct.Struct("").pack_into
         self._base = 1
         self._at = 1
-        self._words[1] = 0
+        _word(self._view, 8, 0)
         # Names that did not match the schema while records were pending: the next
         # start-over writes them as the new schema.
         self._wanted: tuple[str, ...] | None = None
+        # The last seq the outbox has, as the worker said: the writer starts over when
+        # it is the last seq written (no record written since).
+        self._consumed = -1
         self._closed = False
-
-    def _view(self) -> None:
-        self._words = memoryview(self._map).cast("Q")
-        self._capacity = len(self._words)
 
     def append(self, event: Event) -> None:
         """Write ``event`` and queue ``(seq, event)`` for the worker; returns at once."""
         self._append(encode(entry_of(event)), event)
 
     def _append(self, data: bytes, event: Event) -> None:
-        crc = _crc32(data)
-        with self._lock:
-            self.seq = seq = self.seq + 1
-            if self.failed is None:
-                try:
-                    self._write_entry(data, crc, seq)
-                except OSError as exc:
-                    self._give_up(exc)
-            self._inbox.append((seq, event))
+        if self._consumed == self.seq:
+            self._start_over()
+        self.seq = seq = self.seq + 1
+        if self.failed is None:
+            try:
+                self._write_entry(data, _crc32(data), seq)
+            except OSError as exc:
+                self._give_up(exc)
+        self._inbox.append((seq, event))
 
     def append_metrics(self, epoch: int, metrics: Mapping[str, Any]) -> None:
         """Write one epoch's metrics and queue them for the worker.
@@ -181,31 +198,33 @@ class Journal:
         With the schema's names in the schema's order and float values, a values
         record; otherwise an entry record ``("m", epoch, metrics)``.
         """
-        # Runs on the training thread between epochs: a few C calls and one copy into
-        # the map, whatever the number of names. A tuple of the names compares by
-        # identity first, so the schema check costs no string comparison.
-        with self._lock:
-            names = self._names  # None too once the journal is given up
-            if names is not None and 0 <= epoch <= MAX_EPOCH and tuple(metrics) == names:
-                try:
-                    data = _dumps(list(metrics.values()), 2)  # 2: no reference table
-                except ValueError:  # a float subclass (numpy's float64) or an object
-                    data = _subclass_floats(metrics.values())
-                # Every value a plain float: a ``g`` tag every 9 bytes after the header.
-                if data[5::9] == self._tags:
-                    at = self._at
-                    last = at + 2 + (len(data) + 7) // 8  # the repeated seq's word
-                    if last + 1 < self._capacity or self._room(last + 2):
-                        self.seq = seq = self.seq + 1
-                        words = self._words
-                        self._map[(at + 2) * 8 : (at + 2) * 8 + len(data)] = data
-                        words[last] = seq
-                        words[last + 1] = 0
-                        words[at + 1] = seq
-                        words[at] = epoch << 32 | VALUES | len(names)  # the commit
-                        self._at = last + 1
-                        self._inbox.append((seq, epoch, names, data))
-                        return
+        # Runs on the training thread between epochs, with its caches cold: a few C
+        # calls, whatever the number of names. A tuple of the names compares by
+        # identity first, so the schema check costs no string comparison; the names are
+        # None before the first schema and once the journal is given up. A start-over
+        # comes first: it may change the schema.
+        if self._consumed == self.seq:
+            self._start_over()
+        if tuple(metrics) == self._names:
+            try:
+                data = _dumps(list(metrics.values()), 2)  # 2: no reference table
+            except ValueError:  # a float subclass (numpy's float64) or an object
+                data = _subclass_floats(metrics.values())
+            # Every value a plain float: a ``g`` tag every 9 bytes after the list's
+            # header, which also makes the bytes as long as the schema's body holds.
+            if data[5::9] == self._tags and type(epoch) is int and 0 <= epoch <= MAX_EPOCH:
+                at = self._at
+                end = at + self._span  # the record's end word
+                if end < self._capacity or self._room(end + 1):
+                    self.seq = seq = self.seq + 1
+                    # Loaded, then called: a method call on an attribute that is not a
+                    # method of the class takes the interpreter's generic lookup.
+                    body, view = self._body, self._view
+                    body(view, at * 8 + 8, seq, data, seq)
+                    _word(view, at * 8, epoch << 32 | self._kind)  # the commit
+                    self._at = end
+                    self._inbox.append((seq, epoch, self._names, data))
+                    return
         self._append_other(epoch, metrics)
 
     def _append_other(self, epoch: int, metrics: Mapping[str, Any]) -> None:
@@ -215,16 +234,16 @@ class Journal:
         names = tuple(item)
         fits = (
             LITTLE
+            and type(epoch) is int
             and 0 <= epoch <= MAX_EPOCH
             and all(isinstance(name, str) for name in names)
             and all(isinstance(value, float) for value in item.values())
         )
         if fits and names != self._names and self.failed is None:
-            with self._lock:
-                if self._at == self._base:  # nothing pending: the schema can change now
-                    self._set_schema(names)
-                else:
-                    self._wanted = names
+            if self._at == self._base:  # nothing pending: the schema can change now
+                self._set_schema(names)
+            else:
+                self._wanted = names
             if self._names == names:
                 return self.append_metrics(epoch, item)
         event = EpochEnded(epoch, item)
@@ -241,6 +260,10 @@ class Journal:
             return
         self._names = names
         self._tags = b"g" * len(names)
+        size = 5 + 9 * len(names)  # the marshal list: "[", its length, "g" and 8 bytes each
+        self._body = struct.Struct(f"<Q{size}s{-size % 8}xQ8x").pack_into
+        self._span = 3 + (size + 7) // 8
+        self._kind = VALUES | len(names)
         self._base = self._at
         self._wanted = None
 
@@ -254,7 +277,7 @@ class Journal:
         end = at + len(record) // 8
         if end > self._capacity:
             self._grow(end)
-        self._map[at * 8 : end * 8] = record
+        self._view[at * 8 : end * 8] = record
         self._at = end - 1
 
     def _grow(self, words: int) -> None:
@@ -267,12 +290,13 @@ class Journal:
         while size < words * 8:
             size *= 2
         self._allocate(self._fd, old, size - old)
-        # A mapping with views on it cannot be resized.
-        self._words.release()
+        # A mapping with a view on it cannot be resized.
+        self._view.release()
         try:
             self._map.resize(size)
         finally:
-            self._view()
+            self._view = memoryview(self._map)
+        self._capacity = size // 8
 
     def _room(self, words: int) -> bool:
         """Grow to ``words`` words; False (the journal given up) if the disk has no room."""
@@ -284,7 +308,7 @@ class Journal:
         return True
 
     def _give_up(self, error: OSError) -> None:
-        """Take calls in memory only from now on (the caller holds the lock).
+        """Take calls in memory only from now on.
 
         What the file holds stays valid for a replay: records end where they ended.
         """
@@ -295,15 +319,22 @@ class Journal:
         self._wanted = None
 
     def consumed(self, seq: int) -> None:
-        """The worker has everything up to ``seq`` in the outbox: start over if that is all."""
-        with self._lock:
-            if self._closed or self.failed is not None or seq != self.seq or self._at == self._base:
-                return
-            if self._wanted is not None:
-                self._set_schema(self._wanted)
-            else:
-                self._at = self._base
-                self._words[self._at] = 0
+        """The worker has everything up to ``seq`` in the outbox (called on its thread).
+
+        The training thread's next write starts over if that is every record written.
+        """
+        self._consumed = seq
+
+    def _start_over(self) -> None:
+        """Write from the schema's end again: the outbox has every record written."""
+        self._consumed = -1
+        if self._closed or self.failed is not None or self._at == self._base:
+            return
+        if self._wanted is not None:
+            self._set_schema(self._wanted)
+        else:
+            self._at = self._base
+            _word(self._view, self._at * 8, 0)
 
     def close(self) -> None:
         """Unmap the file (its content stays for a later replay).
@@ -311,10 +342,11 @@ class Journal:
         A worker that outlives the session (inside a request that has not timed out yet)
         may still take queued values records: they hold their own bytes, not the file's.
         """
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._words.release()
-            self._map.close()
-            os.close(self._fd)
+        if self._closed:
+            return
+        if self._consumed == self.seq:  # a file left holds only what the outbox lacks
+            self._start_over()
+        self._closed = True
+        self._view.release()
+        self._map.close()
+        os.close(self._fd)

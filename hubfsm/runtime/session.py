@@ -175,8 +175,11 @@ class Session(SessionViews):
         if epoch is None:
             epoch = self._next_epoch
         # No wake-up: metrics go out at most every 3 s anyway, and the worker looks at
-        # the inbox at least every quarter second. The inbox checks the values.
-        self._inbox.put_metrics(epoch, metrics)
+        # the inbox at least every quarter second. The inbox checks the values. The
+        # writer is loaded, then called: a call of an instance attribute as a method
+        # takes the interpreter's generic lookup, on the training thread's every epoch.
+        put = self._inbox.put_metrics
+        put(epoch, metrics)
         self._next_epoch = epoch + 1
 
     def save_checkpoint(

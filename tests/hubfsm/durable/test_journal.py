@@ -48,6 +48,59 @@ def test_consumed_starts_over_and_stale_records_are_not_replayed(tmp_path):
     assert [seq for seq, _ in replay(tmp_path / "j", after=0)] == [21]
 
 
+def test_the_writer_starts_over_once_the_outbox_has_everything_or_at_close(tmp_path):
+    j = Journal(tmp_path / "j", seq=0, inbox=collections.deque())
+    for epoch in range(3):
+        j.append_metrics(epoch, {"loss": 0.5})
+    j.consumed(3)  # the worker's word: the next write, on the trainer's thread, starts over
+    assert [seq for seq, _ in replay(tmp_path / "j", after=0)] == [1, 2, 3]
+    j.append_metrics(3, {"loss": 0.25})
+    assert replay(tmp_path / "j", after=0) == [(4, ("m", 3, {"loss": 0.25}))]
+    j.append_metrics(4, {"loss": 0.125})
+    j.consumed(4)  # not the last record: the file keeps what the outbox lacks
+    j.close()
+    assert [seq for seq, _ in replay(tmp_path / "j", after=0)] == [4, 5]
+    later = Journal(tmp_path / "j", seq=5, inbox=collections.deque())
+    later.append_metrics(5, {"loss": 0.0625})
+    later.consumed(6)
+    later.close()  # everything is in the outbox: the file is left with no records
+    assert replay(tmp_path / "j", after=0) == []
+
+
+def test_a_worker_that_catches_up_while_the_trainer_writes_loses_nothing(tmp_path):
+    import threading
+
+    from hubfsm.durable.journal_scan import scan
+
+    queue = collections.deque()
+    j = Journal(tmp_path / "j", seq=0, inbox=queue)
+    taken: list[int] = []
+    done = threading.Event()
+
+    def worker():  # takes what is queued and says so, as often as the GIL lets it
+        while not done.is_set() or queue:
+            while queue:
+                taken.append(queue.popleft()[0])
+            if taken:
+                j.consumed(taken[-1])
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    for epoch in range(3000):
+        j.append_metrics(epoch, {"loss": epoch / 8, "map": 0.5})
+        if epoch % 300 == 0:
+            j.append(EpochEnded(epoch, {"note": "an entry record"}))
+    last = taken[-1] if taken else 0  # what the outbox has when the process dies
+    done.set()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    seen = scan(tmp_path / "j", after=last)
+    assert seen.damage is None
+    # Every record newer than what the worker had taken is still in the file.
+    assert [seq for seq, _ in seen.records] == list(range(last + 1, j.seq + 1))
+    assert taken == list(range(1, j.seq + 1))
+
+
 def test_a_torn_record_ends_the_replay(tmp_path):
     inbox = collections.deque()
     j = Journal(tmp_path / "j", seq=0, inbox=inbox)
@@ -135,8 +188,10 @@ def test_other_names_or_values_go_in_as_entries_and_become_the_schema_later(tmp_
     assert run_jobs(j, inbox) == calls
     assert isinstance(calls[1][1]["count"], int)
     j.consumed(4)
-    assert j._names == ("map",)  # the start-over takes the newer names as the schema
     j.append_metrics(4, {"map": 0.2})
+    # The write after the outbox caught up started over with the newer names as the
+    # schema: this epoch is a values record (three words and 14 bytes of values).
+    assert j._names == ("map",) and j._at - j._base == 5
     assert replay(tmp_path / "j", after=4) == [(5, ("m", 4, {"map": 0.2}))]
 
 
