@@ -336,6 +336,11 @@ class Journal:
             self._at = self._base
             _word(self._view, self._at * 8, 0)
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has unmapped the file."""
+        return self._closed
+
     def close(self) -> None:
         """Unmap the file (its content stays for a later replay).
 

@@ -49,7 +49,9 @@ def _leave_poison(world: World, machine: Machine) -> None:
     """The dying process leaves a poison record in its journal (an older version's)."""
     parts = world.parts
     journal = None if parts is None or parts.durability is None else parts.durability.journal
-    if journal is None:
+    if journal is None or journal.closed:
+        # Closed already: the session's opening failed and it released its files before
+        # the process died, so this process has no journal left to write to.
         return
     epoch = len(world.logged)
     kind = machine.plan.poison_kind

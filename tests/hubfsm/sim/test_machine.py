@@ -128,6 +128,16 @@ def test_each_machine_profile_injects_its_faults():
     assert all(seen.values()), seen
 
 
+def test_a_process_that_dies_while_opening_leaves_no_poison_and_no_crash():
+    # Seed 248 of the Platform dialect dies inside its opening request: the session's
+    # failed opening has closed the journal by then, and the poison must not be written
+    # to a closed map (it crashed the run with "mmap closed or invalid").
+    result = run_seed(248, profile="poison", epochs=50, protocol="platform", keep_trace=True)
+    assert result.ok, result.violations
+    assert result.trace[2].message == "the process dies; a new one starts from the outbox"
+    assert result.trace[1].channel == "control"  # it died inside the opening request
+
+
 def test_the_profile_table_shows_the_machine_faults():
     table = describe(MACHINE)
     assert "5% of outbox writes fail (ENOSPC or EIO)" in table
