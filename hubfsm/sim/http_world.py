@@ -21,10 +21,13 @@ invariants are checked all the same.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,7 @@ from hubfsm.core.retry import ChannelPolicies, RetryPolicy
 from hubfsm.hub.calls import Audit
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.server import LocalHub
-from hubfsm.runtime.clocks import Clock, RealClock
+from hubfsm.runtime.clocks import RealClock
 from hubfsm.sim.bugs import NO_BUGS, Bugs
 from hubfsm.sim.platform_checks import PlatformChecker
 from hubfsm.sim.play import play, result_of, scratch_root
@@ -117,6 +120,44 @@ def http_profile(profile: Profile) -> Profile:
     )
 
 
+class _WorldClock(RealClock):
+    """The monotonic clock, stopped while the world itself stops or starts the local hub.
+
+    A partition's stop and restart run inside the session's next request, on its thread;
+    on the virtual clock they take no time, and the seconds they take here are the
+    machine's (more of them on a loaded one), so the session's schedule and the
+    invariants (a heartbeat's lateness above all) do not count them.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stopped_at: float | None = None
+        self._lost = 0.0
+
+    def __call__(self) -> float:
+        """Monotonic seconds, less the time the world spent on the hub."""
+        with self._lock:
+            now = time.monotonic() if self._stopped_at is None else self._stopped_at
+            return now - self._lost
+
+    def sleep_until(self, when: float) -> None:
+        """Sleep until this clock reads ``when``."""
+        self.sleep(when - self())
+
+    @contextlib.contextmanager
+    def stopped(self) -> Iterator[None]:
+        """Stand still for the length of the ``with`` block."""
+        with self._lock:
+            self._stopped_at = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                assert self._stopped_at is not None
+                self._lost += time.monotonic() - self._stopped_at
+                self._stopped_at = None
+
+
 class _HubControl(Transport):
     """Brings the local hub in line with the world's scenario before each request, then sends."""
 
@@ -131,10 +172,12 @@ class _HubControl(Transport):
         now = world.clock()
         down = scenario.schedule.at(now) is not None
         if down and world.running:
-            world.stop_hub()
+            with world.clock.stopped():
+                world.stop_hub()
             world.checker.note("partition begins: the local hub is stopped")
         elif not down and not world.running:
-            world.start_hub()
+            with world.clock.stopped():
+                world.start_hub()
             world.checker.note("partition ends: the local hub is back")
         revoke_at = scenario.revoke_at
         if not world.revoked and revoke_at is not None and now >= revoke_at:
@@ -164,6 +207,7 @@ class HttpWorld(World):
 
     latency = 0.0
     restart_seconds = RESTART_SECONDS
+    clock: _WorldClock
 
     def __init__(
         self,
@@ -197,8 +241,8 @@ class HttpWorld(World):
 
     # -- where the world runs -----------------------------------------------------------
 
-    def _clock(self) -> Clock:
-        return RealClock()
+    def _clock(self) -> _WorldClock:
+        return _WorldClock()
 
     def _open_hub(self, root: Path, *, seed: int) -> None:
         """Start the local hub, with the session's key."""
