@@ -97,6 +97,9 @@ PARTITION_SECONDS = (0.5, 1.5)
 #: Scheduling noise of a real clock, added to the heartbeat slack.
 _JITTER = 0.25
 
+#: How late a sleep may end on a quiet machine (the kernel's timer slack, and a little).
+_TIMER_SLACK = 0.002
+
 
 #: The one window a partition profile gets over HTTP: the local hub is stopped.
 _PARTITION = WindowRule("partition", (1, 1), PARTITION_SECONDS, FaultMix(connection_error=1.0))
@@ -121,12 +124,14 @@ def http_profile(profile: Profile) -> Profile:
 
 
 class _WorldClock(RealClock):
-    """The monotonic clock, stopped while the world itself stops or starts the local hub.
+    """The monotonic clock, less the time the machine, not the session, took.
 
-    A partition's stop and restart run inside the session's next request, on its thread;
-    on the virtual clock they take no time, and the seconds they take here are the
-    machine's (more of them on a loaded one), so the session's schedule and the
-    invariants (a heartbeat's lateness above all) do not count them.
+    Two kinds: a partition's stop and restart of the local hub, which run inside the
+    session's next request (on the virtual clock they take no time), and a sleep's
+    overrun, when a loaded machine wakes the session's thread later than it asked. Both
+    grow with the machine's load; the session's schedule and the invariants (a
+    heartbeat's lateness above all) count neither. Everything in a seed runs on one
+    thread, so no overrun is counted twice.
     """
 
     def __init__(self) -> None:
@@ -139,6 +144,17 @@ class _WorldClock(RealClock):
         with self._lock:
             now = time.monotonic() if self._stopped_at is None else self._stopped_at
             return now - self._lost
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``; a wake-up later than that is not counted."""
+        if seconds <= 0.0:
+            return
+        start = time.monotonic()
+        time.sleep(seconds)
+        overrun = time.monotonic() - start - seconds - _TIMER_SLACK
+        if overrun > 0.0:
+            with self._lock:
+                self._lost += overrun
 
     def sleep_until(self, when: float) -> None:
         """Sleep until this clock reads ``when``."""
