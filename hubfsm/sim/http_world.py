@@ -21,10 +21,13 @@ invariants are checked all the same.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,7 @@ from hubfsm.core.protocol import ProtocolName
 from hubfsm.hub.calls import Audit
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.server import LocalHub
-from hubfsm.runtime.clocks import Clock, RealClock
+from hubfsm.runtime.clocks import RealClock
 from hubfsm.sim.bugs import NO_BUGS, Bugs
 from hubfsm.sim.platform_checks import PlatformChecker
 from hubfsm.sim.play import SimResult, play, result_of, scratch_root
@@ -91,6 +94,9 @@ PARTITION_SECONDS = (0.5, 1.5)
 #: Scheduling noise of a real clock, added to the heartbeat slack.
 _JITTER = 0.25
 
+#: How late a sleep may end on a quiet machine (the kernel's timer slack, and a little).
+_TIMER_SLACK = 0.002
+
 
 #: The one window a partition profile gets over HTTP: the local hub is stopped.
 _PARTITION = WindowRule("partition", (1, 1), PARTITION_SECONDS, FaultMix(connection_error=1.0))
@@ -114,6 +120,57 @@ def http_profile(profile: Profile) -> Profile:
     )
 
 
+class _WorldClock(RealClock):
+    """The monotonic clock, less the time the machine, not the session, took.
+
+    Two kinds: a partition's stop and restart of the local hub, which run inside the
+    session's next request (on the virtual clock they take no time), and a sleep's
+    overrun, when a loaded machine wakes the session's thread later than it asked. Both
+    grow with the machine's load; the session's schedule and the invariants (a
+    heartbeat's lateness above all) count neither. Everything in a seed runs on one
+    thread, so no overrun is counted twice.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stopped_at: float | None = None
+        self._lost = 0.0
+
+    def __call__(self) -> float:
+        """Monotonic seconds, less the time the world spent on the hub."""
+        with self._lock:
+            now = time.monotonic() if self._stopped_at is None else self._stopped_at
+            return now - self._lost
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``; a wake-up later than that is not counted."""
+        if seconds <= 0.0:
+            return
+        start = time.monotonic()
+        time.sleep(seconds)
+        overrun = time.monotonic() - start - seconds - _TIMER_SLACK
+        if overrun > 0.0:
+            with self._lock:
+                self._lost += overrun
+
+    def sleep_until(self, when: float) -> None:
+        """Sleep until this clock reads ``when``."""
+        self.sleep(when - self())
+
+    @contextlib.contextmanager
+    def stopped(self) -> Iterator[None]:
+        """Stand still for the length of the ``with`` block."""
+        with self._lock:
+            self._stopped_at = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                assert self._stopped_at is not None
+                self._lost += time.monotonic() - self._stopped_at
+                self._stopped_at = None
+
+
 class _HubControl:
     """Wraps a handler: brings the local hub in line with the world's scenario, then hands on."""
 
@@ -128,10 +185,12 @@ class _HubControl:
         now = world.clock()
         down = scenario.schedule.at(now) is not None
         if down and world.running:
-            world.stop_hub()
+            with world.clock.stopped():
+                world.stop_hub()
             world.checker.note("partition begins: the local hub is stopped")
         elif not down and not world.running:
-            world.start_hub()
+            with world.clock.stopped():
+                world.start_hub()
             world.checker.note("partition ends: the local hub is back")
         revoke_at = scenario.revoke_at
         if not world.revoked and revoke_at is not None and now >= revoke_at:
@@ -157,6 +216,7 @@ class HttpWorld(World):
 
     latency = 0.0
     restart_seconds = RESTART_SECONDS
+    clock: _WorldClock
 
     def __init__(
         self,
@@ -190,8 +250,8 @@ class HttpWorld(World):
 
     # -- where the world runs -----------------------------------------------------------
 
-    def _clock(self) -> Clock:
-        return RealClock()
+    def _clock(self) -> _WorldClock:
+        return _WorldClock()
 
     def _open_hub(self, root: Path, *, seed: int) -> None:
         """Start the local hub, with the session's key."""

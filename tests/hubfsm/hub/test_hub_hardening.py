@@ -168,7 +168,8 @@ def test_header_and_form_oddities_are_4xx(local: LocalHub) -> None:
 def test_silent_connections_are_closed_and_do_not_block_others(tmp_path: Path) -> None:
     # Idle connections wait in a selector and are closed after `timeout`; a request head
     # that stalls holds a worker only for `head_timeout`. Two workers, nine stalled sockets.
-    with LocalHub(tmp_path / "hub", timeout=3, head_timeout=1, threads=2) as local:
+    # (The server counts `timeout` in whole seconds, at least one.)
+    with LocalHub(tmp_path / "hub", timeout=1, head_timeout=0.3, threads=2) as local:
         silent = [socket.create_connection(("127.0.0.1", local.port)) for _ in range(6)]
         slow = [socket.create_connection(("127.0.0.1", local.port)) for _ in range(3)]
         try:
@@ -193,7 +194,7 @@ def test_silent_connections_are_closed_and_do_not_block_others(tmp_path: Path) -
 
 
 def test_a_request_head_that_stalls_is_cut_at_the_head_timeout(tmp_path: Path) -> None:
-    with LocalHub(tmp_path / "hub", timeout=60, head_timeout=1, threads=1) as local:
+    with LocalHub(tmp_path / "hub", timeout=60, head_timeout=0.3, threads=1) as local:
         with socket.create_connection(("127.0.0.1", local.port), timeout=TIMEOUT) as sock:
             sock.sendall(b"GET /v1/auth HTTP/1.1\r\n")
             # Closed long before the 60 s idle timeout (the recv would time out first).

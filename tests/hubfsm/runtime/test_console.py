@@ -20,6 +20,7 @@ import subprocess
 import sys
 import termios
 import threading
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,9 +129,25 @@ def test_a_clean_run_prints_nothing_on_stderr(local: LocalHub, tmp_path: Path) -
     assert trainer.stderr == []
 
 
+def on_the_hub(local: LocalHub, epoch: int) -> None:
+    """Wait (bounded) until the hub holds ``epoch``'s metrics and checkpoint."""
+    for _ in range(int(PATIENCE / 0.01)):
+        models = local.hub.store.list_models()
+        if models:
+            record = local.hub.record(models[0].id) or {}
+            epochs = [int(row["epoch"]) for row in local.hub.metrics(models[0].id)]
+            if epoch in epochs and record.get("checkpoint_epoch") == epoch:
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"epoch {epoch} not on the hub within {PATIENCE} s")
+
+
 def test_an_outage_prints_two_lines_lost_and_back(local: LocalHub, tmp_path: Path) -> None:
     trainer = Trainer(local, tmp_path, epochs=3)
     trainer.expect("epoch 0")
+    # Epoch 0 delivered first, so the outage meets epoch 1's metrics and not epoch 0's
+    # checkpoint still on its way (on a loaded machine it could be).
+    on_the_hub(local, 0)
     port, url = local.port, local.url
     local.stop()
     trainer.go_on()  # epoch 1 is logged while nothing listens

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import hubfsm
+from hubfsm.core.config import CoreConfig, Limits
 from hubfsm.hub.server import LocalHub
 from hubfsm.runtime.weight_cache import DownloadError
 from hubfsm.runtime.session import Session
@@ -16,6 +17,10 @@ from hubfsm.transport import Request, Response
 from transports.http import RequestsTransport
 
 EPOCH_ONE = b"epoch one " * 500
+
+#: The shipped limits, but metrics every 50 ms rather than every 3 s: the resumed run's
+#: last metrics need not wait out the hub's metrics limit to prove where they landed.
+QUICK_METRICS = CoreConfig(limits=Limits(metrics=0.05))
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +50,7 @@ def test_weights_replaced_by_the_outboxs_checkpoint_are_downloaded_newest(tmp_pa
     with LocalHub(tmp_path / "hub") as local:
         options = {"api_key": local.api_key, "api_root": local.url, "web_root": local.url}
         model_id = _killed_with_a_checkpoint_pending(local, tmp_path, **options)
-        again = Session(model_id, outbox_dir=tmp_path / "outbox", **options)
+        again = Session(model_id, outbox_dir=tmp_path / "outbox", config=QUICK_METRICS, **options)
         try:
             assert again.plan.kind == "resume" and again.plan.resume_epoch == 1
             # A new process may upload at once: the kept epoch 1 goes before the download.
