@@ -25,14 +25,13 @@ from hubfsm.version import __version__
 if TYPE_CHECKING:
     from hubfsm.core.identifier import Identifier, parse_identifier
     from hubfsm.core.retry import ChannelPolicies, RetryPolicy
-    from hubfsm.runtime.distributed import NullSession
-    from hubfsm.runtime.opener import TrainingSession, open
+    from hubfsm.runtime.opener import NullSession, TrainingSession, open
     from hubfsm.runtime.session import Session
 
 _LAZY = {
     "ChannelPolicies": "hubfsm.core.retry",
     "Identifier": "hubfsm.core.identifier",
-    "NullSession": "hubfsm.runtime.distributed",
+    "NullSession": "hubfsm.runtime.opener",
     "RetryPolicy": "hubfsm.core.retry",
     "Session": "hubfsm.runtime.session",
     "TrainingSession": "hubfsm.runtime.opener",

@@ -204,11 +204,9 @@ def test_transports_import_only_the_interface_and_the_ground():
 
 # -- one path per name: every import names the module that defines it ----------------
 
-#: Names a module passes on for users: the package facade (``import hubfsm``) and the
-#: ultralytics entry the README and the guides import ``install()`` from.
-FACADES = {
+#: Names a module passes on for users: the package facade (``import hubfsm``).
+FACADES: dict[str, frozenset[str] | None] = {
     "hubfsm": None,  # every name
-    "hubfsm.integrations.ultralytics": frozenset({"install", "installed", "uninstall"}),
 }
 
 

@@ -2,7 +2,7 @@
 
 :class:`HttpDownloader` is the one implementation of :class:`hubfsm.transport.Downloader`.
 :meth:`RequestsTransport.download <transports.http.RequestsTransport.download>` lends it
-the transport's key, API root and timeouts; :func:`hubfsm.runtime.download.download`
+the transport's key, API root and timeouts; :func:`hubfsm.runtime.weight_cache.download`
 uses it as it is for a caller that gives a key and root, or none. What to do with the
 bytes (caching, checking a digest, a progress bar) is the caller's business.
 

@@ -31,8 +31,6 @@ __all__ = ["TrainingCallbacks"]
 
 log = get_logger("hubfsm")
 
-_UNSTARTED = ("created", "loaded")
-
 
 def _number(value: Any) -> float:
     number = plain(value)
@@ -72,7 +70,7 @@ class TrainingCallbacks:
 
     def on_train_start(self) -> None:
         """Training begins: start the session if it is not running yet."""
-        if self.session.state in _UNSTARTED:
+        if self.session.waiting_to_start:
             try:
                 self.session.start()
             except HubfsmError as exc:

@@ -8,10 +8,9 @@ session comes from.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeAlias
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from hubfsm.core.config import CoreConfig
 from hubfsm.core.identifier import parse_identifier
 from hubfsm.integrations.callbacks import TrainingCallbacks
 from hubfsm.integrations.ultralytics_objects import (
@@ -29,10 +28,13 @@ from hubfsm.integrations.ultralytics_objects import (
 )
 from hubfsm.integrations.ultralytics_session import HUBTrainingSession
 from hubfsm.logs import get_logger
-from hubfsm.runtime.opener import TrainingSession
-from hubfsm.runtime.opener import open as open_session
+from hubfsm.runtime.opener import TrainingSession, start_session
 from hubfsm.runtime.session import Session
+from hubfsm.runtime.settings import SessionOptions, Settings, check_options
 from hubfsm.transport import Transport
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["SessionSource", "UltralyticsCallbacks"]
 
@@ -49,39 +51,27 @@ class UltralyticsCallbacks:
     Args:
         session: A session to use, or an identifier to open one from, or None to take
             the trainer's model (see :mod:`hubfsm.integrations.ultralytics`).
-        api_key: The API key; else the identifier's (or the one ultralytics' own
-            session was given); else the one in ultralytics' settings; else ``HUB_API_KEY``.
         transport: Where requests go (tests pass an in-memory transport).
-        config: Limits and retry policies of the core.
-        api_root: The API root for the default HTTP transport.
-        web_root: The web root for model URLs.
-        open_timeout: Seconds to wait for the hub to load or create the model.
         finish_timeout: Seconds ``on_train_end`` waits for the final upload.
         strict: Raise hub errors during training instead of logging them.
         model_info: Returns the model's info merged into epoch 0's metrics; by default
             ultralytics' ``model_info_for_loggers``.
-        train_args: For a new model, values that replace the trainer's arguments.
-        tags: For a new model, labels a hubfsm hub keeps (see
-            :class:`~hubfsm.runtime.session.Session`).
-        notes: For a new model, free text a hubfsm hub keeps.
+        **options: The session's options (:class:`~hubfsm.runtime.settings.SessionOptions`),
+            for a session the callbacks open. ``train_args`` are values that replace the
+            trainer's arguments for a new model; ``api_key`` is else the identifier's (or
+            the one ultralytics' own session was given), else the one in ultralytics'
+            settings, else ``HUB_API_KEY``.
     """
 
     def __init__(
         self,
         session: SessionSource = None,
         *,
-        api_key: str | None = None,
         transport: Transport | None = None,
-        config: CoreConfig | None = None,
-        api_root: str | None = None,
-        web_root: str | None = None,
-        open_timeout: float = 120.0,
         finish_timeout: float = 3600.0,
         strict: bool = False,
         model_info: Callable[[Any], Mapping[str, Any]] = model_info,
-        train_args: Mapping[str, Any] | None = None,
-        tags: Iterable[str] | str | None = None,
-        notes: str | None = None,
+        **options: Unpack[SessionOptions],
     ) -> None:
         self._given: TrainingSession | None = None
         self._identifier: str | None = None
@@ -89,18 +79,13 @@ class UltralyticsCallbacks:
             self._identifier = os.fspath(session)
         elif session is not None:
             self._given = session
-        self._api_key = api_key
         self._transport = transport
-        self._config = config
-        self._api_root = api_root
-        self._web_root = web_root
-        self._open_timeout = open_timeout
         self._finish_timeout = finish_timeout
         self._strict = strict
         self._model_info = model_info
-        self._train_args = dict(train_args or {})
-        self._tags = tags
-        self._notes = notes
+        check_options(options)
+        self._train_args = dict(options.pop("train_args", None) or {})
+        self._options = options
         self._hub: TrainingCallbacks | None = None
         self._owned = False
         self._official_key: str | None = None
@@ -288,24 +273,18 @@ class UltralyticsCallbacks:
         else:
             train_args = every_arg(args, drop_none=True)
         train_args.update(self._train_args)
-        parsed = parse_identifier(identifier, web_root=self._web_root)
-        api_key = self._api_key or self._official_key
+        parsed = parse_identifier(identifier, web_root=self._options.get("web_root"))
+        api_key = self._options.get("api_key") or self._official_key
         if api_key is None and self._transport is None and parsed.api_key is None:
             # ultralytics 8.2.0's order: the identifier's key, then its settings, then
             # HUB_API_KEY (which the session reads last).
             api_key = settings_key()
-        session = open_session(
-            identifier,
-            api_key=api_key,
-            transport=self._transport,
-            config=self._config,
-            api_root=self._api_root,
-            web_root=self._web_root,
-            open_timeout=self._open_timeout,
-            tags=self._tags,
-            notes=self._notes,
-            # The trainer's arguments only shape a new model; a loaded one has its own.
-            **(train_args if parsed.filename is not None else {}),
+        options = self._options.copy()
+        options["api_key"] = api_key
+        # The trainer's arguments only shape a new model; a loaded one has its own.
+        options["train_args"] = train_args if parsed.filename is not None else {}
+        session = start_session(
+            Settings.resolve(identifier, **options), transport=self._transport
         )
         self._owned = True
         if isinstance(session, Session):

@@ -22,21 +22,23 @@ metrics, plots, class names and validation samples of ``training_complete``.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hubfsm import env
-from hubfsm.core.config import CoreConfig
 from hubfsm.core.dialect import slugify
 from hubfsm.errors import HubfsmError
-from hubfsm.integrations.ultralytics_objects import MAP_KEY, model_info
+from hubfsm.integrations.ultralytics_objects import MAP_KEY, model_info, settings_key
 from hubfsm.logs import get_logger
-from hubfsm.runtime.distributed import is_main_process
+from hubfsm.runtime.opener import is_main_process
 from hubfsm.runtime.session import Session
+from hubfsm.runtime.settings import SessionOptions, check_options
 from hubfsm.transport import Transport
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["MODULE", "RECORD", "PlatformCallbacks", "official_names"]
 
@@ -57,49 +59,33 @@ def official_names(project: Any, name: Any) -> tuple[str, str]:
     return slug, slugify(str(name or "train"))
 
 
-def _settings_key() -> str | None:
-    try:
-        utils = importlib.import_module("ultralytics.utils")
-    except ImportError:
-        return None
-    key = getattr(utils, "SETTINGS", {}).get("api_key")
-    return key if isinstance(key, str) and key else None
-
-
 class PlatformCallbacks:
     """The Platform callbacks, one session per trainer (see the module's description).
 
     Args:
-        api_key: The key; else ``ULTRALYTICS_API_KEY``; else ultralytics' settings.
-        api_root: The API root; else ``ULTRALYTICS_PLATFORM_URL``; else the public one.
         transport: Where requests go (tests pass an in-memory one).
-        config: Limits and retry policies of the core.
-        outbox_dir: The outbox root (else ``HUBFSM_OUTBOX``).
-        open_timeout: Seconds to wait for ``training_started`` to be answered.
         finish_timeout: Seconds the end of training waits for the final upload.
         model_info: Returns the model's info for epoch 0's ``modelInfo``.
+        **options: The session's options (:class:`~hubfsm.runtime.settings.SessionOptions`)
+            for every run; the key is else ``ULTRALYTICS_API_KEY``, else ultralytics'
+            settings; the API root else ``ULTRALYTICS_PLATFORM_URL``, else the public one.
+            The dialect is Platform, and the training arguments are the trainer's.
     """
 
     def __init__(
         self,
         *,
-        api_key: str | None = None,
-        api_root: str | None = None,
         transport: Transport | None = None,
-        config: CoreConfig | None = None,
-        outbox_dir: str | os.PathLike[str] | None = None,
-        open_timeout: float = 120.0,
         finish_timeout: float = 3600.0,
         model_info: Callable[[Any], Mapping[str, Any]] = model_info,
+        **options: Unpack[SessionOptions],
     ) -> None:
-        self.api_key = api_key
-        self.api_root = api_root
+        check_options(options)
         self.transport = transport
-        self.config = config
-        self.outbox_dir = outbox_dir
-        self.open_timeout = open_timeout
         self.finish_timeout = finish_timeout
         self.model_info = model_info
+        #: The options every run's session is opened with.
+        self.options = options
         #: The session of each trainer training now, by the trainer's id.
         self.sessions: dict[int, Session] = {}
 
@@ -125,7 +111,7 @@ class PlatformCallbacks:
         args = trainer.args
         if not getattr(args, "project", None) or not is_main_process():
             return
-        key = self.api_key or env.platform_api_key() or _settings_key()
+        key = self.options.get("api_key") or env.platform_api_key() or settings_key()
         if not key:
             return
         project, name = official_names(args.project, getattr(args, "name", None))
@@ -142,17 +128,15 @@ class PlatformCallbacks:
         else:
             identifier = project  # the run's name goes as train_args["name"]
         try:
+            options = self.options.copy()
+            options["protocol"] = "platform"
+            options["api_key"] = key
+            options["train_args"] = train_args
             session = Session(
                 identifier,
-                protocol="platform",
-                api_key=key,
-                api_root=self.api_root,
                 transport=self.transport,
-                config=self.config,
-                train_args=train_args,
-                outbox_dir=self.outbox_dir,
-                open_timeout=self.open_timeout,
                 on_cancel=lambda: setattr(trainer, "stop", True),
+                **options,
             )
             session.start()
         except HubfsmError as exc:

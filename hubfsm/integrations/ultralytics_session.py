@@ -1,7 +1,7 @@
 """A stand-in for ultralytics' ``HUBTrainingSession``, built on :class:`~hubfsm.Session`.
 
 ultralytics (8.2.x and 8.3.x, which have ``ultralytics.hub``) uses it in place of its own
-once :func:`~hubfsm.integrations.ultralytics_hub.install` ran.
+once :func:`~hubfsm.integrations.ultralytics.install` ran.
 
 It has the public surface that ultralytics' ``Model`` and its stock HUB callbacks
 (``ultralytics/utils/callbacks/hub.py``) use: ``create_session``, ``load_model``,
@@ -44,12 +44,12 @@ from typing import Any, ClassVar
 import attrs
 
 from hubfsm import env
-from hubfsm.core.config import CoreConfig
 from hubfsm.core.identifier import parse_identifier
 from hubfsm.errors import HubfsmError
 from hubfsm.integrations.ultralytics_objects import every_arg, settings_key
 from hubfsm.logs import get_logger
 from hubfsm.runtime.session import Session
+from hubfsm.runtime.settings import SessionOptions
 
 __all__ = ["HUBTrainingSession", "StandInOptions"]
 
@@ -58,15 +58,18 @@ log = get_logger("hubfsm")
 
 @attrs.frozen
 class StandInOptions:
-    """What :func:`~hubfsm.integrations.ultralytics_hub.install` was given, for every session."""
+    """What :func:`~hubfsm.integrations.ultralytics.install` was given, for every session.
 
-    api_root: str | None = None
-    web_root: str | None = None
-    config: CoreConfig | None = None
-    open_timeout: float = 120.0
+    Attributes:
+        session: The session's options (see :class:`~hubfsm.runtime.settings.SessionOptions`).
+        finish_timeout: Seconds the end of training waits for the final upload.
+        cache_dir: Where downloaded weights are cached.
+        progress: Show a progress bar while weights download.
+    """
+
+    session: SessionOptions = attrs.field(factory=lambda: SessionOptions())
     finish_timeout: float = 3600.0
     cache_dir: str | None = None
-    outbox_dir: str | None = None
     progress: bool = True
 
 
@@ -126,7 +129,7 @@ class HUBTrainingSession:
         self._logged_epoch = -1
         self._waiting: tuple[int, str | os.PathLike[str], bool] | None = None
         opts = self.options
-        parsed = parse_identifier(os.fspath(identifier), web_root=opts.web_root)
+        parsed = parse_identifier(os.fspath(identifier), web_root=opts.session.get("web_root"))
         self.filename = parsed.filename
         key = parsed.api_key or settings_key() or env.api_key()
 
@@ -169,17 +172,10 @@ class HUBTrainingSession:
         return session
 
     def _open(self, identifier: str, train_args: Mapping[str, Any] | None = None) -> Session:
-        opts = self.options
-        return Session(
-            identifier,
-            api_key=self._key(),
-            api_root=opts.api_root,
-            web_root=opts.web_root,
-            train_args=train_args,
-            config=opts.config,
-            open_timeout=opts.open_timeout,
-            outbox_dir=opts.outbox_dir,
-        )
+        options = self.options.session.copy()
+        options["api_key"] = self._key()
+        options["train_args"] = train_args
+        return Session(identifier, **options)
 
     def _adopt(self, session: Session) -> None:
         self.session = session
@@ -302,7 +298,7 @@ class HUBTrainingSession:
     @property
     def alive(self) -> bool:
         """True while the session trains (heartbeats go on); set False to end it."""
-        return self.session is not None and self.session.state == "training"
+        return self.session is not None and self.session.training
 
     @alive.setter
     def alive(self, value: bool) -> None:

@@ -3,6 +3,12 @@
 The log says what happens per attempt (``request.failed``, ``request.waiting`` at INFO,
 shown with ``-v`` or an application's own logging set-up); a person reads one line when
 the hub is lost, with what is queued, and one when it is back. A clean run says nothing.
+
+When the hub refuses the key or the model, sending stops and recording goes on (the
+``refused`` state); the trainer hears of it once on stderr (:func:`notice`), and once as
+the error :meth:`~hubfsm.runtime.session.Session.finish` or
+:meth:`~hubfsm.runtime.session.Session.close` raises (:func:`refusal_error`), both
+saying where the data is kept and how ``hubfsm sync`` delivers it.
 """
 
 from __future__ import annotations
@@ -12,10 +18,12 @@ import shlex
 import sys
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import urlsplit
 
 from hubfsm import env
 from hubfsm.core.changes import describe_pending
 from hubfsm.core.engine import Core
+from hubfsm.errors import AuthError, HubError, HubfsmError, ModelNotFoundError, ModelTrainedError
 from hubfsm.transport import Outcome, Response, TransportError
 from transports.settings import DEFAULT_API_ROOT
 
@@ -49,6 +57,24 @@ def sync_command(api_root: str | None, where: Path) -> str:
     if session_root == hub_name(None):
         return f"hubfsm sync {directory}"
     return f"hubfsm sync --hub {shlex.quote(session_root)} {directory}"
+
+
+def waiting_line(
+    core: Core, hub: str, timeout: float, where: Path | None, api_root: str | None
+) -> str:
+    """What finishing waits for, how long, and what Ctrl-C leaves behind."""
+    left = describe_pending(core.pending())
+    if where is None:
+        after = "Ctrl-C stops waiting, and what is not sent is lost (no outbox)"
+    else:
+        after = (
+            f"Ctrl-C stops waiting and keeps it all in {where} for "
+            f"`{sync_command(api_root, where)}`"
+        )
+    return (
+        f"model {core.model_id}: waiting up to {duration(timeout)} for {hub} to take "
+        f"{left}; {after}"
+    )
 
 
 def _no_answer(outcome: Outcome) -> bool:
@@ -138,3 +164,75 @@ def _reason(outcome: Outcome) -> str:
         # to a person, the reason does.
         return text.split(": ", 1)[1] if ": " in text else text
     return f"{outcome.status} {outcome.message}".rstrip()
+
+
+# -- a refusal: what is kept, where, and how to send it -------------------------------
+
+
+def same_hub(one: str, other: str) -> bool:
+    """True when two API roots name the same hub: scheme, host and port."""
+    a, b = urlsplit(one.strip()), urlsplit(other.strip())
+    try:
+        return (a.scheme.lower(), a.hostname, a.port) == (b.scheme.lower(), b.hostname, b.port)
+    except ValueError:  # a port that is not a number: compare the text
+        return one.strip().rstrip("/") == other.strip().rstrip("/")
+
+
+def keyed_sync_command(where: Path, api_root: str | None) -> str:
+    """The ``hubfsm sync`` command that sends what ``where`` keeps, as it works printed.
+
+    It names the hub unless it is the public one, and takes the key from the
+    environment (``--key`` would show it to other users in ``ps``).
+    """
+    words = ["hubfsm", "sync"]
+    if api_root and not same_hub(api_root, DEFAULT_API_ROOT):
+        words += ["--hub", api_root]
+    words.append(str(where))
+    return f"HUB_API_KEY=... {shlex.join(words)}"
+
+
+def advice(error: HubfsmError | None, where: Path, api_root: str | None = None) -> str:
+    """What to do about a refusal so that ``hubfsm sync`` can deliver what is kept."""
+    command = keyed_sync_command(where, api_root)
+    if isinstance(error, AuthError):
+        return f"fix the key and run `{command}` with the new key"
+    if isinstance(error, ModelNotFoundError | ModelTrainedError):
+        return (
+            f"the hub takes no more data for this model; `hubfsm status {where}` lists what is kept"
+        )
+    if isinstance(error, HubError) and 300 <= error.status < 400:
+        return f"check the API root and run `HUB_API_KEY=... hubfsm sync --hub API_ROOT {where}`"
+    if isinstance(error, HubError) and error.channel == "final":
+        return f"`hubfsm status {where}` shows the record the hub refused"
+    return f"run `{command}` once the cause is fixed"
+
+
+def notice(core: Core, directory: Path | None, api_root: str | None = None) -> str:
+    """The line a trainer reads on stderr when sending stops."""
+    error = core.error
+    if directory is None:
+        where = "in memory only (no outbox): it is lost when the process exits"
+    else:
+        where = f"in {directory}; {advice(error, directory, api_root)}"
+    return (
+        f"hubfsm: model {core.model_id}: {error}. Nothing more is sent; every "
+        f"epoch, checkpoint and the final weights are still kept, {where}"
+    )
+
+
+def refusal_error(core: Core, directory: Path | None, api_root: str | None = None) -> HubfsmError:
+    """The refusal, as the error to raise: the hub's answer, what is kept, and where."""
+    error = core.error
+    parts = [describe_pending(core.pending())] if core.drained is False else []
+    rejected = len(core.rejected)
+    if rejected:
+        parts.append(f"{rejected} rejected record{'s' if rejected > 1 else ''}")
+    kept = " and ".join(parts) or "nothing more"
+    if directory is None:
+        where = "in memory only (no outbox), so it is lost when the process exits"
+    else:
+        where = f"in {directory}; {advice(error, directory, api_root)}"
+    message = f"{error}; {kept} kept {where}"
+    if isinstance(error, HubError):
+        return type(error)(message, status=error.status, channel=error.channel)
+    return HubfsmError(message)

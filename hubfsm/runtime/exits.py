@@ -1,7 +1,9 @@
 """Leaving cleanly: at interpreter exit always, on SIGTERM/SIGINT only when asked.
 
 The handlers chain to whatever was installed before, so hubfsm never takes a signal
-away from the application that embeds it.
+away from the application that embeds it. What a session leaves behind is said on the
+way out: what is kept, and where (:func:`report_left`), and to a hubfsm hub, that the
+run stopped before its end (:func:`say_interrupted`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from hubfsm.core import protocol
 from hubfsm.core.changes import describe_pending
 from hubfsm.core.engine import Core
-from hubfsm.runtime.refusal import sync_command
+from hubfsm.runtime.console import hub_name, keyed_sync_command
+from hubfsm.runtime.driver import Driver
+from hubfsm.runtime.settings import Settings
+from transports.settings import DEFAULT_API_ROOT
 
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
@@ -118,10 +124,43 @@ def report_left(
             line = (
                 f"hubfsm: model {core.model_id}: {left} not on the hub yet; kept in "
                 f"{where}; they go first when this model's session opens again, or run "
-                f"`{sync_command(where, api_root)}`"
+                f"`{keyed_sync_command(where, api_root)}`"
             )
         else:
             line = f"hubfsm: model {core.model_id}: nothing is kept in {where}"
         if lost is not None:
             line += f"; {lost} could not be written there (the disk is full or failing)"
         print(line, file=sys.stderr)
+
+
+def say_interrupted(
+    driver: Driver, settings: Settings, why: str, log: Any, *, worker: bool
+) -> None:
+    """Tell a hubfsm hub that the run stopped before its end, once, at most a request.
+
+    The hub's pages then say ``interrupted`` (and why) where they could only guess
+    ``stalled`` from the silence. Best effort: sent after the worker stopped (never
+    beside one of its requests: ``worker`` says it still runs), not to the public HUB
+    (whose wire has no such field), not on Platform (no heartbeats on its wire), not
+    offline, after a refusal or before a ``Retry-After`` has passed; a failure only
+    leaves the hub to notice the silence.
+    """
+    core = driver.core
+    if (
+        settings.offline
+        or settings.protocol != "hub"
+        or core.model_id is None
+        or core.machine.refused
+        or hub_name(settings.api_root) == DEFAULT_API_ROOT
+        or worker
+        # A hub that said "Retry-After" hears nothing more before then, a note included.
+        or driver.clock() < core.schedule.hold_until
+    ):
+        return
+    request = protocol.ended(core.model_id, core.agent_id, why)
+    try:
+        response = driver.transport.send(request)
+    except Exception as exc:  # noqa: BLE001 - a note the hub may miss; never a failure
+        log.info("session.interrupt_not_sent", error=type(exc).__name__)
+        return
+    log.info("session.interrupt_sent", model_id=core.model_id, status=response.status)

@@ -11,12 +11,9 @@ from __future__ import annotations
 import os
 import sys
 import types
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from hubfsm.core import protocol
-from hubfsm.core.changes import describe_pending
-from hubfsm.core.config import CoreConfig
 from hubfsm.core.events import (
     Barrier,
     FinishPending,
@@ -30,15 +27,16 @@ from hubfsm.errors import (
     IllegalEventError,
 )
 from hubfsm.logs import get_logger
-from hubfsm.runtime.console import duration, hub_name, sync_command
+from hubfsm.runtime.console import notice, refusal_error, waiting_line
 from hubfsm.runtime.driver import QUIET
-from hubfsm.runtime.exits import ExitHooks, report_left
+from hubfsm.runtime.exits import ExitHooks, report_left, say_interrupted
 from hubfsm.runtime.factory import Parts, build, open_model
-from hubfsm.runtime.refusal import notice, refusal_error
 from hubfsm.runtime.session_views import SessionViews
-from hubfsm.runtime.settings import Settings
+from hubfsm.runtime.settings import SessionOptions, Settings
 from hubfsm.transport import Transport
-from transports.settings import DEFAULT_API_ROOT
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["Session"]
 
@@ -53,45 +51,18 @@ class Session(SessionViews):
 
     Args:
         identifier: A model URL, ``apiKey_modelId``, a model id, or a local
-            ``.pt``/``.yaml`` to create a model from.
-        api_key: The API key; else the one in ``identifier``; else ``HUB_API_KEY``.
+            ``.pt``/``.yaml`` to create a model from (see
+            :attr:`~hubfsm.runtime.settings.Settings.identifier`).
         transport: Where requests go; default an HTTP transport to ``api_root``.
-        api_root: The API root for the default transport (else ``ULTRALYTICS_HUB_API``).
-        web_root: The web root for model URLs (else ``ULTRALYTICS_HUB_WEB``, else the
-            API root's origin for any hub but the public one: the local hub serves its
-            model pages there).
-        train_args: For a local file: training arguments in ultralytics' names. The HUB
-            v1 wire carries ``data``, ``epochs``, ``batch``, ``imgsz``, ``patience``,
-            ``device`` and ``cache`` (the others are logged as not sent to the public
-            HUB); a hubfsm hub keeps every one, and Platform sends every one as text.
-        config: Limits and retry policies of the core.
-        open_timeout: Seconds to wait for the hub to load or create the model.
-        seed: Seeds the jitter, for reproducible runs.
-        outbox: Keep what the hub has not acknowledged on disk (default True).
-        journal: With the outbox, also write each trainer call to a memory-mapped
-            journal before it returns, so ``kill -9`` loses nothing (default True).
-            Without it a call is a few microseconds cheaper when the caches are cold,
-            and a kill loses what the worker had not filed yet: at most its last
-            quarter second, plus the request it was in.
-        outbox_dir: The outbox root (else ``HUBFSM_OUTBOX``, else the user data dir).
-        offline: Record everything and send nothing, for ``hubfsm sync`` later
-            (else ``HUBFSM_OFFLINE``); needs a model id.
-        exit_timeout: Seconds :meth:`close` (and interpreter exit) spends sending.
-        handle_signals: Also flush on SIGTERM/SIGINT, then chain to the old handlers.
-        protocol: ``hub`` or ``platform``; by default chosen from the key's form and
-            the environment (see :meth:`hubfsm.runtime.settings.Settings.resolve`).
-            For Platform the identifier is ``owner/project`` (the run named by
-            ``train_args["name"]``, default ``train``), ``owner/project/run``, or the
-            model id of a run to continue.
         on_cancel: Called once, on the session's worker thread, when an answer says a
             person cancelled the run (see :attr:`cancelled`).
-        name: For a new model, its name on the hub (HUB v1's ``meta.name``, default the
-            file's base name; Platform: the run's name, as ``train_args["name"]``).
-        tags: For a new model, labels a hubfsm hub keeps and shows (not sent to the
-            public HUB, whose wire has no room for them; Platform: not sent).
-        notes: For a new model, free text a hubfsm hub keeps and shows (as ``tags``).
+        **options: The session's options, each optional
+            (:class:`~hubfsm.runtime.settings.SessionOptions`): each is described, with
+            its default, as the :class:`~hubfsm.runtime.settings.Settings` field of its
+            name.
 
     Raises:
+        TypeError: An option the session does not take.
         IdentifierError: The identifier is in none of the accepted forms.
         HubError: The hub refused the key or the model (see its subclasses).
         HubUnavailableError: The hub did not answer within ``open_timeout``.
@@ -102,57 +73,21 @@ class Session(SessionViews):
         self,
         identifier: str,
         *,
-        api_key: str | None = None,
         transport: Transport | None = None,
-        api_root: str | None = None,
-        web_root: str | None = None,
-        train_args: Mapping[str, Any] | None = None,
-        config: CoreConfig | None = None,
-        open_timeout: float = 120.0,
-        seed: int | None = None,
-        outbox: bool = True,
-        journal: bool = True,
-        outbox_dir: str | os.PathLike[str] | None = None,
-        offline: bool | None = None,
-        exit_timeout: float = 10.0,
-        handle_signals: bool = False,
-        protocol: str | None = None,
         on_cancel: Callable[[], None] | None = None,
-        name: str | None = None,
-        tags: Iterable[str] | str | None = None,
-        notes: str | None = None,
+        **options: Unpack[SessionOptions],
     ) -> None:
         self._on_cancel = on_cancel
-        settings = Settings.resolve(
-            identifier,
-            api_key=api_key,
-            api_root=api_root,
-            web_root=web_root,
-            train_args=train_args,
-            config=config,
-            open_timeout=open_timeout,
-            seed=seed,
-            outbox=outbox,
-            journal=journal,
-            outbox_dir=outbox_dir,
-            offline=offline,
-            exit_timeout=exit_timeout,
-            handle_signals=handle_signals,
-            protocol=protocol,
-            name=name,
-            tags=tags,
-            notes=notes,
-        )
-        self._setup(build(settings, transport=transport))
+        self._setup(build(Settings.resolve(identifier, **options), transport=transport))
 
     @classmethod
-    def compose(cls, parts: Parts) -> Session:
+    def compose(cls, parts: Parts, *, on_cancel: Callable[[], None] | None = None) -> Session:
         """Open a session on parts already built (see :func:`hubfsm.runtime.factory.build`).
 
         It raises what the constructor raises.
         """
         session = cls.__new__(cls)
-        session._on_cancel = None
+        session._on_cancel = on_cancel
         session._setup(parts)
         return session
 
@@ -323,19 +258,21 @@ class Session(SessionViews):
         if not self._shell.wait_for(lambda c: c.machine.settled, quiet):
             self._tell_waiting(timeout)
             self._shell.wait_for(lambda c: c.machine.settled, timeout + 5.0 - quiet)
-        state = self._core.state
-        if state == "done":
+        machine = self._core.machine
+        if machine.traits.terminal and not machine.failed:  # the final upload is acknowledged
             self._log.info("session.finished", model_id=self._core.model_id, **self.stats())
             return
-        if self.offline and state == "resumable":
+        if self.offline and machine.settled and machine.sends:  # resumable, for `hubfsm sync`
             return
-        if self._core.machine.refused:
+        if machine.refused:
             self._refusal_raised = True
             raise self._refusal_error()
         error = self._core.error
         if error is not None:
             raise error
-        raise DeliveryIncomplete(f"final upload incomplete (state {state})", self.pending())
+        raise DeliveryIncomplete(
+            f"final upload incomplete (state {machine.state})", self.pending()
+        )
 
     def flush(self, *, timeout: float) -> bool:
         """Wait until nothing is pending (or ``timeout`` passes); True if all was sent."""
@@ -374,7 +311,7 @@ class Session(SessionViews):
             self._shell.submit(Interrupted())
         self._shell.stop(timeout=0.0 if self.offline else limit)
         if interrupted:
-            self._say_interrupted(why)
+            say_interrupted(self._driver, self._settings, why, self._log, worker=self._shell.alive)
         self._release()
         pending = self.pending()  # final weights the worker never took in are kept too
         kept = None if self._durability is None else self._durability.kept
@@ -393,53 +330,12 @@ class Session(SessionViews):
             self._refusal_raised = True
             raise self._refusal_error()
 
-    def _say_interrupted(self, why: str) -> None:
-        """Tell a hubfsm hub that the run stopped before its end, once, at most a request.
-
-        The hub's pages then say ``interrupted`` (and why) where they could only guess
-        ``stalled`` from the silence. Best effort: sent after the worker stopped (never
-        beside one of its requests), not to the public HUB (whose wire has no such field),
-        not on Platform (no heartbeats on its wire), not offline, after a refusal or before a
-        ``Retry-After`` has passed; a failure only leaves the hub to notice the silence.
-        """
-        settings, core = self._settings, self._core
-        if (
-            self.offline
-            or settings.protocol != "hub"
-            or core.model_id is None
-            or core.machine.refused
-            or hub_name(settings.api_root) == DEFAULT_API_ROOT
-            or self._shell.alive
-            # A hub that said "Retry-After" hears nothing more before then, a note included.
-            or self._driver.clock() < core.schedule.hold_until
-        ):
-            return
-        request = protocol.ended(core.model_id, core.agent_id, why)
-        try:
-            response = self._driver.transport.send(request)
-        except Exception as exc:  # noqa: BLE001 - a note the hub may miss; never a failure
-            self._log.info("session.interrupt_not_sent", error=type(exc).__name__)
-            return
-        self._log.info("session.interrupt_sent", model_id=core.model_id, status=response.status)
-
     def _tell_waiting(self, timeout: float) -> None:
         """Say once what finishing waits for, how long, and what Ctrl-C leaves behind."""
         console = self._driver.console
-        if console is None:
-            return
-        where = self.outbox_dir
-        left = describe_pending(self._core.pending())
-        if where is None:
-            after = "Ctrl-C stops waiting, and what is not sent is lost (no outbox)"
-        else:
-            after = (
-                f"Ctrl-C stops waiting and keeps it all in {where} for "
-                f"`{sync_command(self._settings.api_root, where)}`"
-            )
-        console.say(
-            f"model {self._core.model_id}: waiting up to {duration(timeout)} for "
-            f"{console.hub} to take {left}; {after}"
-        )
+        if console is not None:
+            where, api_root = self.outbox_dir, self._settings.api_root
+            console.say(waiting_line(self._core, console.hub, timeout, where, api_root))
 
     def _notice_refusal(self) -> None:
         """Say once, on stderr, that sending stopped, why, and where the data goes."""

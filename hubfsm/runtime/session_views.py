@@ -21,7 +21,7 @@ from hubfsm.env import OFFLINE as OFFLINE_ENV
 from hubfsm.errors import HubfsmError
 from hubfsm.runtime.driver import Driver
 from hubfsm.runtime.durability import Durability
-from hubfsm.runtime.weights import download_newest_weights, plan_of
+from hubfsm.runtime.weight_cache import download_newest_weights, plan_of
 
 
 class SessionViews:
@@ -43,6 +43,19 @@ class SessionViews:
     def state(self) -> str:
         """The session's state (see the state machine in the docs)."""
         return self._core.state
+
+    @property
+    def waiting_to_start(self) -> bool:
+        """True once the model is open and until :meth:`~hubfsm.Session.start` is called."""
+        machine = self._core.machine
+        # The states that allow `start` are the opened ones, and `refused`, which records.
+        return machine.allows("start") and not machine.records
+
+    @property
+    def training(self) -> bool:
+        """True while the trainer's events are kept and sent, and heartbeats go on."""
+        machine = self._core.machine
+        return machine.records and machine.sends
 
     @property
     def model_id(self) -> str | None:
@@ -126,7 +139,7 @@ class SessionViews:
     ) -> Path | None:
         """Download the weights the plan starts from (parent or last weights).
 
-        The file is cached (see :func:`hubfsm.runtime.download.download`): a second call, or a
+        The file is cached (see :func:`hubfsm.runtime.weight_cache.download`): a second call, or a
         later session on the same weights, reuses it. The session's transport fetches it
         when it is a :class:`~hubfsm.transport.Downloader` (the default HTTP transport
         is, and sends the API key only to the API root's origin); else it is fetched

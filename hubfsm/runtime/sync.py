@@ -26,8 +26,8 @@ from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.recovery import fold
 from hubfsm.durable.survey import OutboxInfo, report_damage, set_aside_reporting, survey
 from hubfsm.errors import HubfsmError, HubUnavailableError, ModelNotFoundError
+from hubfsm.runtime.console import same_hub
 from hubfsm.runtime.factory import build
-from hubfsm.runtime.refusal import same_hub
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import API_ROOT_ENV, Settings
 from hubfsm.transport import Transport

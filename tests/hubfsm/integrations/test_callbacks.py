@@ -7,7 +7,7 @@ import structlog
 
 import hubfsm
 from hubfsm.integrations.callbacks import TrainingCallbacks
-from hubfsm.runtime.distributed import NullSession
+from hubfsm.runtime.opener import NullSession
 
 
 class Scalar:

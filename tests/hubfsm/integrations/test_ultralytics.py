@@ -12,7 +12,7 @@ import hubfsm
 from hubfsm.integrations.ultralytics import add_callbacks
 from hubfsm.integrations.ultralytics_callbacks import UltralyticsCallbacks
 from hubfsm.integrations.ultralytics_objects import DETACHED, EVENTS, model_info
-from hubfsm.runtime.distributed import NullSession
+from hubfsm.runtime.opener import NullSession
 
 
 def sha256(data: bytes) -> str:

@@ -18,7 +18,7 @@ from hubfsm.core import protocol
 from hubfsm.errors import AuthError, HubfsmError, ModelTrainedError
 from hubfsm.hub.server import LocalHub
 from hubfsm.integrations import ultralytics as integration
-from hubfsm.integrations.ultralytics_hub import install, uninstall
+from hubfsm.integrations.ultralytics import install, uninstall
 from hubfsm.integrations.ultralytics_session import HUBTrainingSession
 from hubfsm.runtime.sync import sync as hubfsm_sync
 

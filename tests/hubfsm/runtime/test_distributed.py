@@ -7,8 +7,8 @@ import pytest
 import structlog
 
 import hubfsm
-from hubfsm.runtime.distributed import NullSession, global_rank, is_main_process
-from hubfsm.runtime.opener import open as hub_open
+from hubfsm.runtime.opener import NullSession, global_rank, is_main_process
+from hubfsm.runtime.opener import open as hub_open  # not the builtin
 from transports.memory import InMemoryTransport
 
 from tests.support import KEY

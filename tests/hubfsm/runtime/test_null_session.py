@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hubfsm.errors import HubfsmError
-from hubfsm.runtime.distributed import NullSession
+from hubfsm.runtime.opener import NullSession
 from hubfsm.runtime.session import Session
 
 

@@ -222,3 +222,17 @@ def test_log_metrics_refuses_what_the_wire_cannot_carry_and_keeps_nothing(
     assert [(m["epoch"], m["metrics"]) for m in hub.metrics(model_id)] == [
         (0, {"loss": 0.5}), (1, {"loss": None})
     ]
+
+
+def test_waiting_to_start_and_training_follow_the_machine(hub, tmp_path):
+    model_id = new_model(hub)
+    s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST)
+    seen = [(s.state, s.waiting_to_start, s.training)]
+    s.start()
+    seen.append((s.state, s.waiting_to_start, s.training))
+    s.finish(weights(tmp_path, "best.pt", b"best"), map50_95=0.1)
+    seen.append((s.state, s.waiting_to_start, s.training))
+    s.close()
+    assert seen == [("loaded", True, False), ("training", False, True), ("done", False, False)]
+    null = hubfsm.NullSession(1)
+    assert (null.waiting_to_start, null.training) == (False, False)

@@ -1,10 +1,19 @@
+import inspect
 from pathlib import Path
 
+import attrs
 import pytest
 
+import hubfsm
+from hubfsm.core.config import CoreConfig
 from hubfsm.errors import HubfsmError
-from hubfsm.runtime.settings import Settings
+from hubfsm.integrations.ultralytics import add_callbacks, install
+from hubfsm.integrations.ultralytics_callbacks import UltralyticsCallbacks
+from hubfsm.integrations.ultralytics_platform import PlatformCallbacks
+from hubfsm.runtime.session import Session
+from hubfsm.runtime.settings import OPTIONS, Settings
 from tests.support import KEY
+from transports.memory import InMemoryTransport
 
 MODEL = "AbCdEfGhIjKlMnOpQrSt"
 
@@ -100,3 +109,83 @@ def test_a_sessions_name_tags_and_notes_are_resolved_per_dialect():
         "owner/proj", protocol="platform", name="run7", train_args={"name": "r"}, environ={}
     )
     assert given.identifier.run_name == "r"
+
+
+def test_the_options_are_the_fields_of_settings_a_caller_may_set():
+    fields = {field.name for field in attrs.fields(Settings)}
+    assert set(OPTIONS) == fields - {"identifier", "at_exit", "notify_refusal"}
+
+
+def test_every_option_given_lands_in_its_field():
+    s = Settings.resolve(
+        "yolov8n.yaml",
+        environ={},
+        api_key="k" * 42,
+        api_root="http://127.0.0.1:8",
+        web_root="https://web.example",
+        train_args={"epochs": 3},
+        config=CoreConfig().scaled(0.5),
+        open_timeout=1.5,
+        seed=7,
+        outbox=False,
+        journal=False,
+        outbox_dir="/x",
+        offline=False,
+        exit_timeout=2.5,
+        handle_signals=True,
+        protocol="hub",
+        name="n",
+        tags="t",
+        notes="notes",
+    )
+    assert attrs.asdict(s, recurse=False) | {"identifier": None} == {
+        "identifier": None,
+        "api_key": "k" * 42,
+        "api_root": "http://127.0.0.1:8",
+        "web_root": "https://web.example",
+        "train_args": {"epochs": 3},
+        "config": CoreConfig().scaled(0.5),
+        "open_timeout": 1.5,
+        "seed": 7,
+        "outbox": False,
+        "journal": False,
+        "outbox_dir": Path("/x"),
+        "offline": False,
+        "exit_timeout": 2.5,
+        "handle_signals": True,
+        "at_exit": True,
+        "notify_refusal": True,
+        "protocol": "hub",
+        "name": "n",
+        "tags": ("t",),
+        "notes": "notes",
+    }
+
+
+def test_an_option_no_session_takes_is_refused_as_a_call_would_be(hub):
+    with pytest.raises(TypeError, match="'open_timout'"):
+        Settings.resolve(MODEL, environ={}, open_timout=1.0)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="'open_timout'"):
+        Session(MODEL, transport=InMemoryTransport(hub, KEY), open_timout=1.0)
+    with pytest.raises(TypeError, match="'open_timout'"):
+        UltralyticsCallbacks(MODEL, open_timout=1.0)
+    with pytest.raises(TypeError, match="'open_timout'"):
+        PlatformCallbacks(open_timout=1.0)
+    with pytest.raises(TypeError, match="'open_timout'"):
+        install(open_timout=1.0)
+
+
+@pytest.mark.parametrize("function", [hubfsm.open, add_callbacks], ids=lambda f: f.__name__)
+def test_a_signature_that_spells_options_out_has_the_settings_defaults(function):
+    # open() and add_callbacks() take every other keyword as a training argument, so they
+    # name their options; passing their defaults must be the same as leaving them out.
+    spelled = {
+        name: parameter.default
+        for name, parameter in inspect.signature(function).parameters.items()
+        if name in OPTIONS and parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    assert len(spelled) >= 7
+    for identifier in ("yolov8n.yaml", MODEL, "ul://owner/proj"):
+        assert Settings.resolve(identifier, environ={}, **spelled) == Settings.resolve(
+            identifier, environ={}
+        )

@@ -7,7 +7,7 @@ import pytest
 from hubfsm.durable.layout import HubRoots
 from hubfsm.durable.survey import OutboxInfo
 from hubfsm.errors import HubfsmError
-from hubfsm.runtime.refusal import same_hub, sync_command
+from hubfsm.runtime.console import keyed_sync_command, same_hub
 from hubfsm.runtime.sync import target
 
 MODEL = "M" * 20
@@ -52,6 +52,6 @@ def test_same_hub_compares_scheme_host_and_port():
 
 def test_the_printed_sync_command_names_a_local_hub_and_takes_the_key_from_the_environment():
     where = Path("/tmp/my outbox") / MODEL
-    assert sync_command(where, LOCAL) == f"HUB_API_KEY=... hubfsm sync --hub {LOCAL} '{where}'"
-    assert sync_command(where, PUBLIC) == f"HUB_API_KEY=... hubfsm sync '{where}'"
-    assert sync_command(where, None) == f"HUB_API_KEY=... hubfsm sync '{where}'"
+    assert keyed_sync_command(where, LOCAL) == f"HUB_API_KEY=... hubfsm sync --hub {LOCAL} '{where}'"
+    assert keyed_sync_command(where, PUBLIC) == f"HUB_API_KEY=... hubfsm sync '{where}'"
+    assert keyed_sync_command(where, None) == f"HUB_API_KEY=... hubfsm sync '{where}'"

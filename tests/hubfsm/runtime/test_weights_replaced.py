@@ -10,7 +10,7 @@ import pytest
 
 import hubfsm
 from hubfsm.hub.server import LocalHub
-from hubfsm.runtime.download import DownloadError
+from hubfsm.runtime.weight_cache import DownloadError
 from hubfsm.runtime.session import Session
 from hubfsm.transport import Request, Response
 from transports.http import RequestsTransport

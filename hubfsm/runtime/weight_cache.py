@@ -1,4 +1,11 @@
-"""Downloading the weights a model record names, into an owner-only cache.
+"""The weights a session starts from: planned from the model record, downloaded into a cache.
+
+:func:`plan_of` says what a session trains from (a local file with its arguments, else
+the hub record's plan); :func:`download_newest_weights` fetches the weights that plan
+starts from, reading the record again when newer weights replaced them; :func:`download`
+puts any URL into the owner-only cache. The session's views use these
+(:mod:`hubfsm.runtime.session_views`), so the session itself never knows the record's
+download fields (``weights_*`` and ``resume_*``).
 
 A download streams to a temporary file beside its destination and is renamed into
 place only once complete and checked (the size and SHA-256 the caller or the hub's
@@ -19,24 +26,36 @@ import os
 import re
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 import platformdirs
-from tqdm import tqdm
 
 from hubfsm import env
+from hubfsm.core import protocol
+from hubfsm.core.identifier import Identifier
+from hubfsm.core.plan import TrainingPlan, plan_for_file, plan_from_record
 from hubfsm.digest import sha256_of
 from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger
 from hubfsm.masking import show_url
-from hubfsm.transport import Announced, Downloader, TransportError
+from hubfsm.transport import Announced, Downloader, Transport, TransportError
 
 if TYPE_CHECKING:
     import requests
+    from tqdm import tqdm
 
-__all__ = ["CACHE_ENV", "MAX_BYTES", "DownloadError", "cache_root", "download"]
+__all__ = [
+    "CACHE_ENV",
+    "MAX_BYTES",
+    "DownloadError",
+    "cache_root",
+    "download",
+    "download_newest_weights",
+    "plan_of",
+]
 
 log = get_logger("hubfsm")
 
@@ -235,6 +254,9 @@ def _check(
 
 
 def _bar(total: int | None, progress: bool, target: Path) -> tqdm[Any]:
+    # Imported here: opening a session needs no progress bar, only a download does.
+    from tqdm import tqdm
+
     stream: IO[str] = sys.stderr
     return tqdm(
         total=total,
@@ -246,3 +268,118 @@ def _bar(total: int | None, progress: bool, target: Path) -> tqdm[Any]:
         disable=not progress,
         leave=False,
     )
+
+
+# -- the weights a plan starts from ----------------------------------------------------
+
+
+def plan_of(
+    identifier: Identifier, create_args: Mapping[str, Any], record: Mapping[str, Any]
+) -> TrainingPlan:
+    """The plan of a session: a local file's with its arguments, else the record's."""
+    filename = identifier.filename
+    if filename is not None:
+        return plan_for_file(filename, dict(create_args))
+    return plan_from_record(record)
+
+
+def _download(
+    plan: TrainingPlan,
+    record: Mapping[str, Any],
+    transport: Transport,
+    *,
+    model_id: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+    progress: bool,
+    deadline: float,
+    offline: bool = False,
+) -> Path | None:
+    """Download (or reuse from the cache) the weights ``plan`` starts from, if any.
+
+    The size and digest the record gives are checked; the transport fetches the file
+    when it is a :class:`~hubfsm.transport.Downloader`, else it goes without a key.
+    """
+    if plan.weights_url is None:
+        return None
+    prefix = "resume" if plan.kind == "resume" else "weights"
+    size = record.get(f"{prefix}_size")
+    sha = record.get(f"{prefix}_sha256")
+    return download(
+        plan.weights_url,
+        cache_dir=cache_dir,
+        downloader=transport if isinstance(transport, Downloader) else None,
+        expected_size=size if isinstance(size, int) and not isinstance(size, bool) else None,
+        expected_sha256=sha if isinstance(sha, str) else None,
+        # The last weights change behind one URL as training goes on.
+        tag=f"{model_id}:{plan.kind}:{plan.resume_epoch}",
+        progress=progress,
+        deadline=deadline,
+        offline=offline,
+    )
+
+
+def download_newest_weights(
+    identifier: Identifier,
+    create_args: Mapping[str, Any],
+    record: Mapping[str, Any],
+    transport: Transport,
+    *,
+    model_id: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+    progress: bool,
+    deadline: float,
+    offline: bool = False,
+) -> tuple[Path | None, Mapping[str, Any]]:
+    """Download the weights the plan from ``record`` names, or newer ones that replaced them.
+
+    A resumed session delivers what the last run left in its outbox, a pending checkpoint
+    too, possibly before the trainer asks for the weights: the hub then keeps newer last
+    weights than the record read at opening names, and the old ones may be gone. So when
+    last weights fail to download, the record is read again, and if it names other
+    weights, those are downloaded: training resumes from the newest checkpoint.
+
+    Returns:
+        The weights file (None when the plan needs none) and the record it planned from.
+
+    Offline, only the cache is looked at, and the hub is not asked again.
+
+    Raises:
+        DownloadError: The download failed, and the hub names no other weights.
+    """
+    plan = plan_of(identifier, create_args, record)
+    options: dict[str, Any] = {
+        "model_id": model_id,
+        "cache_dir": cache_dir,
+        "progress": progress,
+        "deadline": deadline,
+        "offline": offline,
+    }
+    try:
+        return _download(plan, record, transport, **options), record
+    except DownloadError:
+        if plan.kind != "resume" or model_id is None or offline:
+            raise
+        fresh = _read_record(transport, model_id)
+        if fresh is None:
+            raise
+        fresh_plan = plan_of(identifier, create_args, fresh)
+        names = (fresh_plan.weights_url, fresh.get("resume_sha256"))
+        if fresh_plan.kind != "resume" or names == (plan.weights_url, record.get("resume_sha256")):
+            raise
+    log.info("weights.replaced", model_id=model_id, resume_epoch=fresh_plan.resume_epoch)
+    return _download(fresh_plan, fresh, transport, **options), fresh
+
+
+def _read_record(transport: Transport, model_id: str) -> dict[str, Any] | None:
+    """The model record as the hub has it now, or None when it does not give it."""
+    try:
+        response = transport.send(protocol.get_model(model_id))
+    except TransportError:
+        return None
+    if not response.ok or not isinstance(response.data, Mapping):
+        return None
+    try:
+        protocol.check_record(response.data, model_id, response=response)
+    except protocol.HubProtocolError:
+        return None
+    return dict(response.data)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hubfsm.runtime.download import DownloadError, download
+from hubfsm.runtime.weight_cache import DownloadError, download
 from hubfsm.transport import same_origin
 from tests.support import KEY
 
