@@ -29,7 +29,7 @@ from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 
 from hubfsm.cli.simulate import run_seeds
-from hubfsm.core.dialect import ProtocolName
+from hubfsm.core.protocol import ProtocolName
 from hubfsm.sim.play import run_seed
 from hubfsm.sim.profiles import named
 

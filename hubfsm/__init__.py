@@ -23,16 +23,16 @@ from hubfsm.errors import (
 from hubfsm.version import __version__
 
 if TYPE_CHECKING:
+    from hubfsm.core.config import ChannelPolicies, RetryPolicy
     from hubfsm.core.identifier import Identifier, parse_identifier
-    from hubfsm.core.retry import ChannelPolicies, RetryPolicy
     from hubfsm.runtime.opener import NullSession, TrainingSession, open
     from hubfsm.runtime.session import Session
 
 _LAZY = {
-    "ChannelPolicies": "hubfsm.core.retry",
+    "ChannelPolicies": "hubfsm.core.config",
     "Identifier": "hubfsm.core.identifier",
     "NullSession": "hubfsm.runtime.opener",
-    "RetryPolicy": "hubfsm.core.retry",
+    "RetryPolicy": "hubfsm.core.config",
     "Session": "hubfsm.runtime.session",
     "TrainingSession": "hubfsm.runtime.opener",
     "open": "hubfsm.runtime.opener",

@@ -7,8 +7,8 @@ drift, and a test fails when a page is stale:
 - ``state diagram``: the machine's declaration, as Mermaid.
 - ``cli``: every command and option of the ``hubfsm`` argument parser.
 - ``retry defaults``: the retry policy of each channel, with the reason given for it in
-  :class:`~hubfsm.core.retry.ChannelPolicies`' docstring.
-- ``retry waits``: the waits of :meth:`~hubfsm.core.retry.RetryPolicy.schedule` over many seeds.
+  :class:`~hubfsm.core.config.ChannelPolicies`' docstring.
+- ``retry waits``: the waits of :meth:`~hubfsm.core.config.RetryPolicy.schedule` over many seeds.
 - ``retry plot``: the same waits for the final upload, as an inline SVG chart.
 - ``simulation profiles``: the fault mixes ``hubfsm simulate`` can run.
 
@@ -32,8 +32,8 @@ from collections.abc import Callable, Iterator
 
 import attrs
 
+from hubfsm.core.config import ChannelPolicies, RetryPolicy
 from hubfsm.core.machine import to_mermaid
-from hubfsm.core.retry import ChannelPolicies, RetryPolicy
 
 BEGIN = "<!-- generated: state diagram -->"
 END = "<!-- end generated -->"

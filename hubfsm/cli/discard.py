@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from hubfsm.core.changes import describe_pending
-from hubfsm.core.dialect import OUTBOX_ID
+from hubfsm.core.identifier import OUTBOX_ID
+from hubfsm.core.values import describe_pending
 from hubfsm.durable.layout import DATABASE, OutboxDamaged, OutboxLockedError, default_root
 from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.survey import inspect

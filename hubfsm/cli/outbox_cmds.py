@@ -65,7 +65,7 @@ def _endpoint(name: str, given: str | None, *, only: bool) -> tuple[str | None, 
     Platform): never a HUB key to Platform's root, or the other way round. Each outbox
     then goes to the hub it records (see :func:`hubfsm.runtime.sync.target`).
     """
-    from hubfsm.core.dialect import PLATFORM_KEY
+    from hubfsm.core.platform import PLATFORM_KEY
 
     platform_key = given is not None and PLATFORM_KEY.fullmatch(given) is not None
     if name == "platform":

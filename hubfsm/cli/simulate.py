@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import TextIO
 
-from hubfsm.core.dialect import ProtocolName
+from hubfsm.core.protocol import ProtocolName
 from hubfsm.sim.invariants import render_json, render_text
 from hubfsm.sim.play import run_seed
 from hubfsm.sim.profile_types import Profile

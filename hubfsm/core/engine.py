@@ -16,19 +16,31 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
+
 from hubfsm.core import answers, protocol
-from hubfsm.core.changes import Change, Refusal, Rejected, Saved
-from hubfsm.core.config import DATA_CHANNELS, CoreConfig, Notify, Stats
-from hubfsm.core.dialect import DIALECTS, PLATFORM
+from hubfsm.core.config import DATA_CHANNELS, CoreConfig, Notify
 from hubfsm.core.identifier import Identifier
 from hubfsm.core.machine import (
     Answer,
     SessionMachine,
+    Verdict,
     answer_to,
 )
-from hubfsm.core.ops import Action, Create, Load, MetricsBatch, Op, Opening, Wait
-from hubfsm.core.retry import Verdict
+from hubfsm.core.platform import DIALECTS, PLATFORM
 from hubfsm.core.schedule import Schedule
+from hubfsm.core.values import (
+    Action,
+    Change,
+    Create,
+    Load,
+    Op,
+    Opening,
+    Refusal,
+    Rejected,
+    Saved,
+    Wait,
+)
 from hubfsm.errors import DeliveryIncomplete, HubError, HubfsmError, IdentifierError
 from hubfsm.transport import FilePart, Outcome, Response, TransportError
 
@@ -43,7 +55,7 @@ class Core:
         rng: The source of jitter; a seed fixes every decision but the idempotency keys,
             which come from ``config.nonce``.
         on_change: Called as ``on_change(source, event, dest)`` after every machine event.
-        durable: List what must be kept durably in :attr:`changes`.
+        durable: List what must be kept durably (see :meth:`take_changes`).
         offline: Send nothing: everything waits (for ``hubfsm sync``).
     """
 
@@ -74,7 +86,6 @@ class Core:
         self.agent_id: str | None = None
         self.error: HubfsmError | None = None
         self.last_failure: str | None = None
-        self.stats = Stats()
         #: Records the hub refused (400/422), set aside and kept, never sent again.
         self.rejected: list[Rejected] = []
         #: Why heartbeats stopped for good (the hub refused one), if they did.
@@ -83,9 +94,6 @@ class Core:
         self._refusal_kept = False
         #: Told of refusals that do not stop the session (a warning each), if set.
         self.notify: Notify | None = None
-        #: When True, the core lists what must be kept durably in :attr:`changes`.
-        self.durable = durable
-        self.changes: list[Change] = []
         #: When True, nothing is sent: everything waits (for ``hubfsm sync``).
         self.offline = offline
         #: True once the hub has answered anything: refusals after that are outages.
@@ -93,13 +101,9 @@ class Core:
         #: The wait the last failed request was given before its retry (None: none).
         self.retry_wait: float | None = None
         #: What waits to be sent, and when it goes.
-        self.schedule = Schedule(
-            self.config, self.dialect, rng or random.Random(), self.stats, self._keep
-        )
-
-    def _keep(self, change: Change) -> None:
-        if self.durable:
-            self.changes.append(change)
+        self.schedule = Schedule(self.config, self.dialect, rng or random.Random(), durable=durable)
+        self.stats = self.schedule.stats
+        self._keep = self.schedule.keep
 
     # -- what the trainer says ------------------------------------------------------
 
@@ -138,12 +142,7 @@ class Core:
             if self.offline or (dialect is PLATFORM and self.run_id is not None):
                 self.machine.fire("load")
                 return
-        if dialect is PLATFORM:
-            request = PLATFORM.training_started(identifier, dict(create or {}), key=schedule.key())
-        elif identifier.model_id is not None:
-            request = protocol.get_model(identifier.model_id)
-        else:
-            request = protocol.create_model(dict(create or {}), key=schedule.key())
+        request = dialect.opening(identifier, dict(create or {}), key=schedule.key)
         purpose = Create() if identifier.model_id is None else Load()
         schedule.add("control", request, purpose, now=now)
 
@@ -157,10 +156,6 @@ class Core:
         """Queue an epoch's metrics; a later value for the same epoch replaces it."""
         self.machine.fire("epoch_end")
         self.schedule.queue_metrics(epoch, protocol.encode_metrics(metrics))
-
-    def queue_metrics(self, epoch: int, encoded: str) -> None:
-        """Queue already-encoded metrics (from the trainer or from a recovered outbox)."""
-        self.schedule.queue_metrics(epoch, encoded)
 
     def checkpoint(self, epoch: int, file: FilePart, *, is_best: bool, now: float) -> None:
         """Offer epoch weights; only the newest offer waiting to be sent is kept."""
@@ -199,7 +194,10 @@ class Core:
         self.machine.fire("resume")
         if self.heartbeat_refusal is None and self.dialect.heartbeats:
             self.schedule.next_heartbeat = now
-        self.schedule.resumed()
+        # The final weights wait no more (``finish`` offers them again).
+        if self.schedule.final is not None:
+            self.schedule.offer_final(None)
+        self.schedule.close_op("final")
 
     def restore(self, saved: Saved, *, now: float) -> None:
         """Take back what an outbox kept: its operations go first, with their keys."""
@@ -213,10 +211,8 @@ class Core:
         return self.schedule.final
 
     def take_changes(self) -> list[Change]:
-        """Hand over the changes listed since the last call."""
-        changes = self.changes
-        self.changes = []
-        return changes
+        """Hand over what must be kept durably, listed since the last call."""
+        return self.schedule.take_changes()
 
     # -- what the runner asks -------------------------------------------------------
 
@@ -225,21 +221,16 @@ class Core:
         schedule = self.schedule
         if schedule.in_flight is not None:
             raise RuntimeError("poll() while a request is in flight")
-        machine = self.machine
-        if not machine.sends or self.offline:
+        traits = self.machine.traits
+        if not traits.sends or self.offline:
             return Wait(None)
-        final = machine.traits.final
-        if final and now >= schedule.finish_deadline:
-            self.interrupt(now=now)
-            self.error = DeliveryIncomplete(
-                "the final upload did not complete in time; what is left stays pending",
-                self.pending(),
-            )
+        final = traits.final
+        if final and self._finish_overdue(now):
             return Wait(None)
         return schedule.next_action(
             now,
             final=final,
-            heartbeats=machine.heartbeats,
+            heartbeats=traits.heartbeats,
             model_id=self.model_id,
             run_id=self.run_id,
             agent_id=self.agent_id,
@@ -247,6 +238,24 @@ class Core:
 
     def receive(self, op_id: int, outcome: Outcome, *, now: float) -> None:
         """Take the outcome of the request sent as ``op_id``."""
+        self._answer(op_id, outcome, now)
+        # A request that outlived finish()'s deadline ends the wait at its answer: the
+        # session is resumable when finish() looks, not at some later poll.
+        if self.machine.traits.final:
+            self._finish_overdue(now)
+
+    def _finish_overdue(self, now: float) -> bool:
+        """Interrupt an unfinished final upload past finish()'s deadline; True if so."""
+        if now < self.schedule.finish_deadline:
+            return False
+        self.interrupt(now=now)
+        self.error = DeliveryIncomplete(
+            "the final upload did not complete in time; what is left stays pending",
+            self.pending(),
+        )
+        return True
+
+    def _answer(self, op_id: int, outcome: Outcome, now: float) -> None:
         schedule = self.schedule
         op = schedule.in_flight
         if op is None or op.id != op_id:
@@ -257,23 +266,26 @@ class Core:
         if isinstance(outcome, Response):
             self.answered = True
             if not self.cancelled and self.dialect.cancelled(outcome):
-                self._cancel()
-        if self.dialect.restarts(op.request, outcome):
-            schedule.restart(op)
+                # A person cancelled the run: tell the trainer, once.
+                self.cancelled = True
+                self._tell("run.cancelled", model_id=self.model_id)
+                if self.on_cancel is not None:
+                    self.on_cancel()
+        if self.dialect.restart(op, outcome):
             self._retry(op, outcome, now)
             return
         verdict = self.dialect.verdict(outcome, first_contact=first_contact)
         if verdict is Verdict.SUCCESS:
             assert isinstance(outcome, Response)
             try:
-                if schedule.advance(op, outcome, now):
+                final = schedule.final if op.channel == "final" else None
+                if self.dialect.advance(op, outcome, now=now, final=final):
                     return
             except protocol.HubProtocolError as exc:
                 # An answer without a usable signed URL: ask again, as for any failed step.
                 self._retry(op, outcome, now)
                 self.last_failure = str(exc)
                 return
-            schedule.close_op(op.channel)
             self._succeeded(op, outcome)
         elif isinstance(outcome, TransportError):
             if verdict is Verdict.FATAL or not self._retry(op, outcome, now, first_contact):
@@ -286,18 +298,15 @@ class Core:
         else:
             self._retry(op, outcome, now)
 
-    @property
-    def in_flight(self) -> bool:
-        """True between a :class:`Send` and its :meth:`receive`."""
-        return self.schedule.in_flight is not None
-
     def pending(self) -> dict[str, int]:
         """What the hub has not acknowledged yet, per channel."""
         return self.schedule.pending()
 
     def unacknowledged_epochs(self) -> set[int]:
         """The epochs whose metrics the hub has not acknowledged."""
-        return self.schedule.unacknowledged_epochs()
+        schedule = self.schedule
+        op = schedule.ops["metrics"]
+        return set(schedule.unsent) | set(schedule.solo) | set(op.epochs if op else ())
 
     def rejected_epochs(self) -> set[int]:
         """The epochs whose metrics the hub refused, kept aside."""
@@ -325,24 +334,15 @@ class Core:
             # The cause of the earlier refusal is fixed: the hub takes data again.
             self._refusal_kept = False
             self._keep(Refusal(None))
-        if channel == "metrics":
-            self.stats.acknowledged_epochs += len(op.epochs)
-        elif channel == "checkpoint":
-            self.stats.checkpoints += 1
-        elif channel == "heartbeat":
-            agent_id = response.data.get("agentId")
-            if agent_id is not None:
-                try:
-                    self.agent_id = protocol.hub_id(
-                        agent_id, what="agent id", response=response, channel="heartbeat"
-                    )
-                except protocol.HubProtocolError as exc:
-                    self.last_failure = str(exc)  # not adopted; heartbeats go on without it
+        self.schedule.acknowledged(op)
+        if channel == "heartbeat":
+            try:
+                self.agent_id = answers.agent_id(response) or self.agent_id
+            except protocol.HubProtocolError as exc:
+                self.last_failure = str(exc)  # not adopted; heartbeats go on without it
         elif channel == "final":
-            self.schedule.offer_final(None)
-            self.schedule.next_heartbeat = math.inf
             self.machine.fire("acknowledged")
-        else:
+        elif channel == "control":
             purpose = op.purpose
             assert isinstance(purpose, Opening), purpose
             ours = self.schedule.final is not None or self.schedule.ops["final"] is not None
@@ -354,17 +354,13 @@ class Core:
                 self.error = exc
                 self.machine.fire("fail")
                 return
-            self.model_id, self.run_id, self.model_url = (
-                opened.model_id,
-                opened.run_id,
-                opened.model_url,
-            )
+            self.model_id, self.run_id, self.model_url = attrs.astuple(opened)
             if isinstance(purpose, Load) and self.dialect is not PLATFORM:
                 self.record = dict(response.data)
             self.machine.fire(purpose.event)
 
     def _fatal(self, op: Op, response: Response) -> None:
-        """A refusal: the machine's answer table says what it stops."""
+        """A refusal: what it does is the answer table's (:data:`hubfsm.core.machine.ANSWERS`)."""
         channel = op.channel
         if isinstance(op.purpose, Opening) and self.machine.traits.opening:
             # A refused opening: the session never opened. (A kept upload that ``hubfsm
@@ -374,65 +370,37 @@ class Core:
             self.machine.fire("fail")
             return
         answer = answer_to(response.status, channel)
+        status, message = response.status, response.message
+        if answer is Answer.REJECT:
+            # One payload is set aside (kept) and the rest goes on; a batch splits first.
+            record = self.schedule.reject(op, response)
+            if record is None:
+                epochs = len(op.epochs)
+                self._tell("metrics.batch_refused", model_id=self.model_id, epochs=epochs,
+                           status=status, message=message)  # fmt: skip
+                return
+            self.rejected.append(record)
+            self._tell("record.rejected", model_id=self.model_id, channel=channel,
+                       record=record.describe())  # fmt: skip
+            if channel == "final":
+                # Nothing else is left to send by now (the final goes last): the session
+                # stops, with the weights kept aside and the answer in the error.
+                self.schedule.offer_final(None)
+                self.error = answers.rejected_final_error(op, response)
+                self.machine.fire("refuse")
+            return
+        self.schedule.stop_heartbeats()
         if answer is Answer.STOP_HEARTBEATS:
-            self._stop_heartbeats(response)
-        elif answer is Answer.REJECT:
-            self._reject(op, response)
-        else:
-            self._refuse(op, answers.refusal_error(op, response, self.model_id))
-
-    def _refuse(self, op: Op, error: HubError) -> None:
-        """Stop all sending; what is pending stays, and every later event is still kept."""
-        channel = op.channel
+            # For good, with a warning; data goes on.
+            self.heartbeat_refusal = f"{status} {message}".rstrip()
+            self._tell("heartbeat.stopped", model_id=self.model_id, status=status, message=message)
+            return
+        # All sending stops; what is pending stays, and every later event is still kept.
         # The refused operation keeps its key and data, for ``hubfsm sync`` once fixed.
         self.schedule.ops[channel] = op if channel in DATA_CHANNELS else None
-        self.schedule.stop_heartbeats()
-        self.error = error
-        self._keep(Refusal(str(error)))
+        self.error = answers.refusal_error(op, response, self.model_id)
+        self._keep(Refusal(str(self.error)))
         self.machine.fire("refuse")
-
-    def _stop_heartbeats(self, response: Response) -> None:
-        """The hub refused a heartbeat: heartbeats stop for good; data goes on."""
-        self.schedule.stop_heartbeats()
-        self.heartbeat_refusal = f"{response.status} {response.message}".rstrip()
-        status, message = response.status, response.message
-        self._tell("heartbeat.stopped", model_id=self.model_id, status=status, message=message)
-
-    def _reject(self, op: Op, response: Response) -> None:
-        """The hub refused one payload: set it aside (kept) and go on with the rest."""
-        channel = op.channel
-        self.schedule.ops[channel] = None
-        if isinstance(op.purpose, MetricsBatch) and len(op.epochs) > 1:
-            # One bad epoch must not take the good ones of its batch with it: each goes
-            # alone, once, and only the one the hub refuses again is set aside.
-            self.schedule.split(op)
-            self._tell(
-                "metrics.batch_refused",
-                model_id=self.model_id,
-                epochs=len(op.epochs),
-                status=response.status,
-                message=response.message,
-            )
-            return
-        record = Rejected(channel, op.request, op.payload, response.status, response.message)
-        self.rejected.append(record)
-        self._keep(record)
-        self._tell(
-            "record.rejected", model_id=self.model_id, channel=channel, record=record.describe()
-        )
-        if channel == "final":
-            # Nothing else is left to send by now (the final goes last): the session
-            # stops, with the weights kept aside and the answer in the error.
-            self.schedule.offer_final(None)
-            self.error = answers.rejected_final_error(op, response)
-            self.machine.fire("refuse")
-
-    def _cancel(self) -> None:
-        """An answer said the run was cancelled: tell the trainer, once."""
-        self.cancelled = True
-        self._tell("run.cancelled", model_id=self.model_id)
-        if self.on_cancel is not None:
-            self.on_cancel()
 
     def _tell(self, event: str, **fields: Any) -> None:
         notify = self.notify

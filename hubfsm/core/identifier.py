@@ -1,4 +1,4 @@
-"""The ways a user names a model: a local file, a hub URL, a key with a model id, or an id.
+"""The ways a user names a model: a file, a hub URL, a key with a model id, an id, a Platform run.
 
 The parser is pure and total: every string either parses or raises
 :class:`~hubfsm.errors.IdentifierError`, and no error message or repr ever holds a whole
@@ -15,15 +15,19 @@ import attrs
 
 from hubfsm import env
 from hubfsm.errors import IdentifierError
-from hubfsm.masking import mask_key
+from hubfsm.masking import mask_key, show_untrusted
 
 __all__ = [
     "API_KEY_LENGTH",
     "DEFAULT_WEB_ROOT",
     "MODEL_ID_LENGTH",
+    "OUTBOX_ID",
+    "PLATFORM_ID",
     "WEB_ROOT_ENV",
     "Identifier",
     "parse_identifier",
+    "parse_platform_identifier",
+    "slugify",
 ]
 
 API_KEY_LENGTH = 42
@@ -41,6 +45,13 @@ _FILE_SUFFIXES = (".pt", ".yaml", ".yml")
 _TOKEN = re.compile(r"[^/\\?#&=@:;,_.]+")
 _MAX_ECHO = 80
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+#: What a Platform model id must look like before it names anything here (an outbox
+#: directory among others): ASCII letters and digits only, so never a path.
+PLATFORM_ID = re.compile(r"[A-Za-z0-9]{8,64}")
+
+#: The names an outbox directory may have: a model id of either dialect.
+OUTBOX_ID = PLATFORM_ID
 
 
 def _mask_repr(key: str | None) -> str:
@@ -289,3 +300,43 @@ def _accepted(root: str) -> str:
         f" (an API key is {API_KEY_LENGTH} and a model id {MODEL_ID_LENGTH}"
         " ASCII letters and digits)"
     )
+
+
+def slugify(text: str) -> str:
+    """A URL-safe slug, as the official client makes project and run names."""
+    lowered = re.sub(r"[^a-z0-9\s-]", "", str(text).lower()).replace(" ", "-")
+    return re.sub(r"-+", "-", lowered).strip("-")[:128]
+
+
+def parse_platform_identifier(text: str, *, name: str | None = None) -> Identifier:
+    """Parse how a Platform run is named.
+
+    Forms: a model id (8 to 64 ASCII letters and digits, at least 16 for a bare one) to
+    continue that model; ``owner/project`` or ``project`` for a new run named ``name``
+    (default ``train``); ``owner/project/name`` or ``ul://owner/project/name`` for a new
+    run with that name. Project and run names are slugified as the official client does.
+
+    Raises:
+        IdentifierError: The text is empty, or slugifies to nothing.
+    """
+    stripped = text.strip()
+    if stripped.startswith("ul://"):
+        stripped = stripped[len("ul://") :]
+    if "/" not in stripped and len(stripped) >= 16 and PLATFORM_ID.fullmatch(stripped):
+        return Identifier(model_id=stripped)
+    parts = [p for p in stripped.split("/") if p]
+    if len(parts) == 3:
+        parts, name = parts[:2], parts[2]
+    if not parts or len(parts) > 2:
+        raise IdentifierError(
+            f"invalid Platform identifier {show_untrusted(text, limit=40)}: use "
+            "owner/project, owner/project/run, ul://owner/project/run or a model id"
+        )
+    project = f"{parts[0]}/{slugify(parts[1])}" if len(parts) == 2 else slugify(parts[0])
+    run = slugify(name or "train")
+    if not project.strip("/") or project.endswith("/") or not run:
+        raise IdentifierError(
+            f"invalid Platform identifier {show_untrusted(text, limit=40)}: the project "
+            "and run names need letters or digits"
+        )
+    return Identifier(project=project, run_name=run)

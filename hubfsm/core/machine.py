@@ -17,6 +17,7 @@ import attrs
 from transitions import Machine, MachineError
 
 from hubfsm.errors import IllegalEventError
+from hubfsm.transport import Outcome, Response, TransportError
 
 STATES = (
     "unparsed",
@@ -193,6 +194,48 @@ def answer_to(status: int, channel: str | None = None) -> Answer:
     raise AssertionError("the last row of ANSWERS matches every answer")
 
 
+class Verdict(enum.Enum):
+    """What an outcome means for the operation that produced it."""
+
+    SUCCESS = "success"
+    RETRY = "retry"
+    FATAL = "fatal"
+
+
+#: Transport errors that, before the hub has ever answered, mean the address is wrong
+#: rather than the hub busy: waiting will not fix them.
+FIRST_CONTACT_FATAL = frozenset({"tls", "url"})
+
+
+def classify(outcome: Outcome, *, first_contact: bool = False) -> Verdict:
+    """Sort an outcome into success, retryable failure or fatal failure.
+
+    Connection errors, timeouts, garbled answers and the statuses the machine's answer
+    table retries (:data:`ANSWERS`) are retryable; every other
+    non-2xx status is fatal.
+
+    Args:
+        outcome: The response or transport error.
+        first_contact: True when the hub has never answered this session yet: a TLS
+            failure or a URL that cannot be requested is then a configuration error
+            (https against a plain http hub, a typo in the port), fatal at once.
+    """
+    if isinstance(outcome, TransportError):
+        if first_contact and outcome.kind in FIRST_CONTACT_FATAL:
+            return Verdict.FATAL
+        return Verdict.RETRY
+    if outcome.ok:
+        return Verdict.SUCCESS
+    if answer_to(outcome.status) is Answer.RETRY:
+        return Verdict.RETRY
+    return Verdict.FATAL
+
+
+def retry_after_of(outcome: Outcome) -> float | None:
+    """The hub's ``Retry-After`` in seconds, if the outcome carries one."""
+    return outcome.retry_after if isinstance(outcome, Response) else None
+
+
 class _Model:
     """The object ``transitions`` decorates; private, so no trigger shadows a public name."""
 
@@ -221,6 +264,9 @@ class SessionMachine:
             auto_transitions=False,
             ignore_invalid_triggers=False,
         )
+        #: What the current state means (see :data:`TRAITS`); kept as the state changes,
+        #: so a poll reads it without a call.
+        self.traits = TRAITS["unparsed"]
 
     @property
     def state(self) -> str:
@@ -244,6 +290,7 @@ class SessionMachine:
             except (MachineError, KeyError):
                 raise IllegalEventError(source, event) from None
             dest = self._model.state
+            self.traits = TRAITS[dest]
         if self._on_change is not None:
             self._on_change(source, event, dest)
         return dest
@@ -251,11 +298,6 @@ class SessionMachine:
     def allows(self, event: str) -> bool:
         """True when ``event`` is legal in the current state."""
         return any(self.state in sources for name, sources, _ in TRANSITIONS if name == event)
-
-    @property
-    def traits(self) -> StateTraits:
-        """What the current state means (see :data:`TRAITS`)."""
-        return TRAITS[self._model.state]
 
     @property
     def records(self) -> bool:

@@ -1,19 +1,30 @@
-"""The HUB REST API as request values: one builder per endpoint, no I/O."""
+"""The protocols a session speaks: what a dialect is, and HUB v1's requests as values.
+
+States, invariants, the outbox, the journal, the driver and ``sync`` are one; a
+:class:`Dialect` is what differs between two services that keep the same session: the
+request builders, the answer rules, and the channels with their limits. There are two:
+:data:`HUB_V1` here (the Ultralytics HUB REST API: one request builder per endpoint, no
+I/O), and :data:`~hubfsm.core.platform.PLATFORM` (the Ultralytics Platform webhooks).
+"""
 
 from __future__ import annotations
 
 import json
-import random
 import re
-import secrets
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar, Literal
 
+import attrs
+
+from hubfsm.core.config import Limits
+from hubfsm.core.identifier import Identifier
+from hubfsm.core.machine import Verdict, classify
 from hubfsm.core.plain import finite, plain
+from hubfsm.core.values import Op
 from hubfsm.errors import HubError
 from hubfsm.masking import show_untrusted
-from hubfsm.transport import FilePart, Request, Response
+from hubfsm.transport import FilePart, Outcome, Request, Response
 
 #: What the official client calls its agent in heartbeats.
 AGENT_NAME = f"python-{sys.version.split()[0]}-hubfsm"
@@ -21,24 +32,6 @@ AGENT_NAME = f"python-{sys.version.split()[0]}-hubfsm"
 
 #: What every id the hub hands out looks like: 20 ASCII letters and digits.
 HUB_ID = re.compile(r"[A-Za-z0-9]{20}")
-
-#: Makes the nonce of a core's idempotency keys, given the core's random source.
-KeySource = Callable[[random.Random], str]
-
-
-def os_nonce(rng: random.Random) -> str:
-    """A nonce from the operating system's randomness; ``rng`` (a user's seed) is ignored.
-
-    Two processes, or two machines, with the same seed must still send different keys:
-    a hub that saw a key before replays its old answer (the first run's model, say).
-    """
-    del rng
-    return secrets.token_hex(16)
-
-
-def seeded_nonce(rng: random.Random) -> str:
-    """A nonce drawn from ``rng``: for a simulation, whose whole world is seeded."""
-    return f"{rng.getrandbits(64):016x}"
 
 
 class HubProtocolError(HubError):
@@ -237,3 +230,147 @@ def create_payload(
     if base.lower().endswith(".pt"):
         payload["lineage"]["parent"]["name"] = base
     return payload
+
+
+#: A dialect's name, as ``protocol=`` and ``--protocol`` take it and an outbox records it.
+ProtocolName = Literal["hub", "platform"]
+
+
+@attrs.frozen
+class Opened:
+    """What an answer to the opening request says of the run.
+
+    Attributes:
+        model_id: The model the events go to.
+        run_id: The run of that model (Platform only).
+        model_url: Where a person sees the model (Platform only; shown, never fetched).
+    """
+
+    model_id: str
+    run_id: int | None = None
+    model_url: str | None = None
+
+
+class Dialect:
+    """One protocol's requests and answer rules; see :data:`HUB_V1` and :data:`PLATFORM`.
+
+    Attributes:
+        name: ``hub`` or ``platform``.
+        limits: The channels' limits the official client keeps.
+        heartbeats: Whether liveness goes on the wire.
+        batches: Whether several epochs' metrics go in one request.
+    """
+
+    name: ClassVar[ProtocolName]
+    limits: ClassVar[Limits]
+    heartbeats: ClassVar[bool]
+    batches: ClassVar[bool]
+
+    def __repr__(self) -> str:
+        return f"<dialect {self.name}>"
+
+    #: Whether the final upload waits for a checkpoint upload under way to end.
+    final_after_checkpoint: ClassVar[bool]
+
+    def data(self, response: Response) -> Mapping[str, Any]:
+        """Where an answer keeps its fields."""
+        raise NotImplementedError
+
+    def metrics(self, model_id: str, batch: Mapping[int, str], *, key: str) -> Request:
+        """Send queued epochs (JSON-encoded metrics by epoch)."""
+        raise NotImplementedError
+
+    def checkpoint(
+        self, model_id: str, run_id: int | None, epoch: int, file: FilePart, *,
+        is_best: bool, key: str,
+    ) -> Request:  # fmt: skip
+        """Upload epoch weights (the first request of the upload)."""
+        raise NotImplementedError
+
+    def final(
+        self, model_id: str, run_id: int | None, epoch: int, file: FilePart, *,
+        map50_95: float, key: str,
+    ) -> Request:  # fmt: skip
+        """Upload the final weights (the first request of the upload)."""
+        raise NotImplementedError
+
+    def opening(
+        self, identifier: Identifier, create: Mapping[str, Any], *, key: Callable[[], str]
+    ) -> Request:
+        """The request that opens the session, given a fresh idempotency key's source."""
+        raise NotImplementedError
+
+    def heartbeat(self, model_id: str, agent_id: str | None) -> Request:
+        """Tell the service the trainer is alive."""
+        raise NotImplementedError
+
+    def verdict(self, outcome: Outcome, *, first_contact: bool) -> Verdict:
+        """Success, a retry, or a refusal (see :func:`hubfsm.core.machine.classify`)."""
+        return classify(outcome, first_contact=first_contact)
+
+    def cancelled(self, response: Response) -> bool:
+        """True when the answer says the run was cancelled by a person."""
+        return False
+
+    def advance(
+        self, op: Op, response: Response, *, now: float, final: tuple[int, FilePart, float] | None
+    ) -> bool:
+        """Go on to the next step of a several-step upload; False when ``op`` is done.
+
+        HUB v1 uploads in one request; see :meth:`hubfsm.core.platform.Platform.advance`.
+        """
+        return False
+
+    def restart(self, op: Op, outcome: Outcome) -> bool:
+        """True when a failed step starts the upload over (an expired signed URL)."""
+        return False
+
+
+@attrs.frozen(repr=False)
+class HubV1(Dialect):
+    """The Ultralytics HUB REST API (``/v1``), as ultralytics 8.2 speaks it."""
+
+    name: ClassVar[ProtocolName] = "hub"
+    limits: ClassVar[Limits] = Limits()
+    heartbeats: ClassVar[bool] = True
+    batches: ClassVar[bool] = True
+
+    final_after_checkpoint: ClassVar[bool] = False
+
+    def data(self, response: Response) -> Mapping[str, Any]:
+        """The envelope's ``data``."""
+        return response.data
+
+    def metrics(self, model_id: str, batch: Mapping[int, str], *, key: str) -> Request:
+        """``POST /v1/models/{id}`` with every queued epoch."""
+        return upload_metrics(model_id, batch, key=key)
+
+    def checkpoint(
+        self, model_id: str, run_id: int | None, epoch: int, file: FilePart, *,
+        is_best: bool, key: str,
+    ) -> Request:  # fmt: skip
+        """A multipart upload of ``last.pt``."""
+        return upload_checkpoint(model_id, epoch, file, is_best=is_best, key=key)
+
+    def final(
+        self, model_id: str, run_id: int | None, epoch: int, file: FilePart, *,
+        map50_95: float, key: str,
+    ) -> Request:  # fmt: skip
+        """A multipart upload of ``best.pt`` with the mAP50-95."""
+        return upload_final(model_id, epoch, file, map50_95=map50_95, key=key)
+
+    def opening(
+        self, identifier: Identifier, create: Mapping[str, Any], *, key: Callable[[], str]
+    ) -> Request:
+        """Load the model the identifier names, or create one from ``create``."""
+        if identifier.model_id is not None:
+            return get_model(identifier.model_id)
+        return create_model(create, key=key())
+
+    def heartbeat(self, model_id: str, agent_id: str | None) -> Request:
+        """``POST /v1/agent/heartbeat/models/{id}``."""
+        return heartbeat(model_id, agent_id)
+
+
+#: The HUB v1 dialect.
+HUB_V1 = HubV1()

@@ -10,25 +10,30 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
 
-from hubfsm.core import protocol
-from hubfsm.core.changes import Change, MetricsQueued, Offered, OpClosed, OpOpened, Saved
-from hubfsm.core.config import CHANNELS, DATA_CHANNELS, CoreConfig, Stats
-from hubfsm.core.dialect import Dialect
-from hubfsm.core.ops import (
+from hubfsm.core.config import CHANNELS, DATA_CHANNELS, CoreConfig, RetryPolicy, Stats
+from hubfsm.core.machine import retry_after_of
+from hubfsm.core.protocol import Dialect
+from hubfsm.core.values import (
     Action,
+    Change,
     CheckpointUpload,
     FinalUpload,
     Heartbeat,
     MetricsBatch,
+    MetricsQueued,
+    Offered,
     Op,
+    OpClosed,
+    OpOpened,
     Purpose,
+    Rejected,
+    Saved,
     Send,
     Wait,
+    pending_counts,
     purpose_of,
 )
-from hubfsm.core.retry import RetryPolicy, retry_after_of
 from hubfsm.transport import FilePart, Outcome, Request, Response, TransportError
 
 
@@ -39,8 +44,7 @@ class Schedule:
         config: Limits and retry policies.
         dialect: Builds the requests.
         rng: The source of jitter (and of the keys' nonce, unless the config says).
-        stats: The core's counters, kept up to date here.
-        keep: Called with each change that must be kept durably.
+        durable: List what must be kept durably in :attr:`changes`.
     """
 
     def __init__(
@@ -48,14 +52,17 @@ class Schedule:
         config: CoreConfig,
         dialect: Dialect,
         rng: random.Random,
-        stats: Stats,
-        keep: Callable[[Change], None],
+        *,
+        durable: bool = False,
     ) -> None:
         self.config = config
         self.dialect = dialect
         self.rng = rng
-        self.stats = stats
-        self.keep = keep
+        #: Counters of what was asked for and what came back.
+        self.stats = Stats()
+        #: When True, what must be kept durably is listed in :attr:`changes`.
+        self.durable = durable
+        self.changes: list[Change] = []
         self.nonce = config.nonce(rng)
         self.next_key = 0
         self.next_op = 0
@@ -78,6 +85,17 @@ class Schedule:
         # The hub's Retry-After holds back every request, not only the one it answered:
         # its rate limit is per key.
         self.hold_until = -math.inf
+
+    def keep(self, change: Change) -> None:
+        """List ``change`` for the outbox, if the session keeps one."""
+        if self.durable:
+            self.changes.append(change)
+
+    def take_changes(self) -> list[Change]:
+        """Hand over the changes listed since the last call."""
+        changes = self.changes
+        self.changes = []
+        return changes
 
     # -- the trainer's data ---------------------------------------------------------
 
@@ -113,32 +131,18 @@ class Schedule:
             self.offer_checkpoint(None)
         self.close_op("checkpoint")
 
-    def resumed(self) -> None:
-        """Training goes on: the final weights wait no more (``finish`` offers them again)."""
-        if self.final is not None:
-            self.offer_final(None)
-        self.close_op("final")
-
     def restore(self, saved: Saved, *, now: float) -> None:
         """Take back what an outbox kept: its operations go first, with their keys."""
         for kept in saved.ops:
-            self.next_op += 1
-            policy: RetryPolicy = getattr(self.config.policies, kept.channel)
             purpose = purpose_of(kept.channel, kept.payload)
-            op = Op(self.next_op, kept.channel, kept.request, policy, purpose, round_start=now)
-            op.not_before = now
-            self.ops[kept.channel] = op
+            self.add(kept.channel, kept.request, purpose, now=now, listed=True)
         for epoch, encoded in saved.metrics:
             self.unsent.pop(epoch, None)
             self.unsent[epoch] = encoded
         if saved.checkpoint is not None:
             self.checkpoint = saved.checkpoint
             kept_op = self.ops["checkpoint"]
-            if (
-                kept_op is not None
-                and isinstance(kept_op.purpose, CheckpointUpload)
-                and kept_op.purpose.epoch < saved.checkpoint[0]
-            ):
+            if kept_op is not None and kept_op.payload < saved.checkpoint[0]:
                 # Newer weights wait behind it: sending both would hold the newer ones
                 # for the 900 s limit, and the hub keeps only the newest anyway. The kept
                 # upload may have landed before the crash; then the newer one replaces it.
@@ -151,13 +155,32 @@ class Schedule:
         self.ops["heartbeat"] = None
         self.next_heartbeat = math.inf
 
-    def split(self, op: Op) -> None:
-        """A refused batch of metrics: each of its epochs goes alone, once."""
-        encoded = (op.request.json or {}).get("metrics", {})
-        for epoch in op.epochs:
-            self.solo[epoch] = encoded[str(epoch)]
-            self.keep(MetricsQueued(epoch, encoded[str(epoch)]))
-        self.keep(OpClosed(op.request.idempotency_key or ""))
+    def acknowledged(self, op: Op) -> None:
+        """The hub acknowledged ``op``: it closes, and the final weights leave their slot."""
+        self.close_op(op.channel)
+        if op.channel == "metrics":
+            self.stats.acknowledged_epochs += len(op.epochs)
+        elif op.channel == "checkpoint":
+            self.stats.checkpoints += 1
+        elif op.channel == "final":
+            self.offer_final(None)
+            self.next_heartbeat = math.inf
+
+    def reject(self, op: Op, response: Response) -> Rejected | None:
+        """The hub refused ``op``'s payload: its record is set aside (None: a batch split)."""
+        self.ops[op.channel] = None
+        if isinstance(op.purpose, MetricsBatch) and len(op.epochs) > 1:
+            # One bad epoch must not take the good ones of its batch with it: each goes
+            # alone, once, and only the one the hub refuses again is set aside.
+            encoded = (op.request.json or {}).get("metrics", {})
+            for epoch in op.epochs:
+                self.solo[epoch] = encoded[str(epoch)]
+                self.keep(MetricsQueued(epoch, encoded[str(epoch)]))
+            self.keep(OpClosed(op.request.idempotency_key or ""))
+            return None
+        record = Rejected(op.channel, op.request, op.payload, response.status, response.message)
+        self.keep(record)
+        return record
 
     # -- what is pending ------------------------------------------------------------
 
@@ -165,20 +188,9 @@ class Schedule:
         """What the hub has not acknowledged yet, per channel."""
         metrics_op = self.ops["metrics"]
         in_op = len(metrics_op.epochs) if metrics_op is not None else 0
-        ckpt = int(self.checkpoint is not None or self.ops["checkpoint"] is not None)
-        return {
-            "metrics": len(self.unsent) + len(self.solo) + in_op,
-            "checkpoint": ckpt,
-            "final": int(self.final is not None),
-        }
-
-    def unacknowledged_epochs(self) -> set[int]:
-        """The epochs whose metrics the hub has not acknowledged."""
-        epochs = set(self.unsent) | set(self.solo)
-        op = self.ops["metrics"]
-        if op is not None:
-            epochs.update(op.epochs)
-        return epochs
+        checkpoint = self.checkpoint is not None or self.ops["checkpoint"] is not None
+        metrics = len(self.unsent) + len(self.solo) + in_op
+        return pending_counts(metrics, checkpoint, self.final is not None)
 
     # -- operations -----------------------------------------------------------------
 
@@ -197,14 +209,16 @@ class Schedule:
         self.next_key += 1
         return f"{self.nonce}-{self.next_key}"
 
-    def add(self, channel: str, request: Request, purpose: Purpose, *, now: float) -> Op:
-        """Open an operation on ``channel``, due at once."""
+    def add(
+        self, channel: str, request: Request, purpose: Purpose, *, now: float, listed: bool = False
+    ) -> Op:
+        """Open an operation on ``channel``, due at once (``listed``: the outbox has it)."""
         policy: RetryPolicy = getattr(self.config.policies, channel)
         self.next_op += 1
         op = Op(self.next_op, channel, request, policy, purpose, round_start=now)
         op.not_before = now
         self.ops[channel] = op
-        if channel in DATA_CHANNELS:
+        if channel in DATA_CHANNELS and not listed:
             # The outbox keeps the plain payload (epochs, or epoch): its format stays.
             self.keep(OpOpened(channel, request, op.payload))
         return op
@@ -380,35 +394,3 @@ class Schedule:
         if op.channel == "heartbeat":
             self.ops["heartbeat"] = None
         return op.not_before - now
-
-    def advance(self, op: Op, response: Response, now: float) -> bool:
-        """Go on to the next step of a several-step upload; False when ``op`` is done.
-
-        Raises:
-            HubProtocolError: The answer has no usable signed URL; ``op`` starts over
-                from its first step (the caller schedules the retry).
-        """
-        first = op.first or op.request
-        final = self.final if op.channel == "final" else None
-        try:
-            step = self.dialect.next_step(
-                op.request, response, first=first, answer=op.answer, final=final
-            )
-        except protocol.HubProtocolError:
-            op.request, op.first, op.answer = first, None, {}
-            raise
-        if step is None:
-            return False
-        if op.request is first:
-            op.answer = dict(self.dialect.data(response))
-        op.first = first
-        op.request = step
-        op.round_attempts = 0
-        op.round_start = now
-        op.not_before = now
-        return True
-
-    def restart(self, op: Op) -> None:
-        """The signed URL refused the bytes: the upload starts over for a fresh one."""
-        assert op.first is not None
-        op.request, op.first, op.answer = op.first, None, {}

@@ -16,8 +16,8 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from hubfsm.core.events import CheckpointOffered, EpochEnded, Event, FinishRequested
 from hubfsm.core.plain import carried
+from hubfsm.core.values import CheckpointOffered, EpochEnded, Event, FinishRequested
 from hubfsm.durable.journal import Journal, JournalOpener
 from hubfsm.durable.journal_format import InboxItem
 

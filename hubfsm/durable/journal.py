@@ -44,8 +44,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hubfsm.core.events import EpochEnded, Event
 from hubfsm.core.plain import carried
+from hubfsm.core.values import EpochEnded, Event
 from hubfsm.durable.journal_format import (
     END,
     HEADER,

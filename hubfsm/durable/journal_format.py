@@ -11,7 +11,8 @@ import struct
 import sys
 from typing import Any, TypeAlias
 
-from hubfsm.core.events import (
+from hubfsm.core.plain import plain
+from hubfsm.core.values import (
     Barrier,
     CheckpointOffered,
     EpochEnded,
@@ -23,7 +24,6 @@ from hubfsm.core.events import (
     Resumed,
     Start,
 )
-from hubfsm.core.plain import plain
 
 MAGIC = b"HFJ1"
 #: Version 1 had unaligned entry records only, version 2 values records of raw doubles;

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from hubfsm.core.events import Event
+from hubfsm.core.values import Event
 from hubfsm.durable.journal_format import (
     END,
     HEADER,

@@ -14,9 +14,8 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from hubfsm.core.changes import Change, Saved
-from hubfsm.core.dialect import OUTBOX_ID
-from hubfsm.core.events import FileStamp
+from hubfsm.core.identifier import OUTBOX_ID
+from hubfsm.core.values import Change, FileStamp, Saved
 from hubfsm.digest import chunks, sha256_chunks, sha256_of
 from hubfsm.durable.layout import (
     DATABASE,

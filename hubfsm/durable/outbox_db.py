@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from hubfsm.core.changes import (
+from hubfsm.core.values import (
     KEPT_ASIDE,
     Change,
     MetricsQueued,
@@ -340,7 +340,7 @@ class OutboxDB:
 
         One damaged row (a power cut, an edit by hand) must not stop the delivery of the
         rest: it moves to the rejected records with the status
-        :data:`~hubfsm.core.changes.KEPT_ASIDE`, its text kept, for ``hubfsm status`` to
+        :data:`~hubfsm.core.values.KEPT_ASIDE`, its text kept, for ``hubfsm status`` to
         show and ``hubfsm discard --rejected`` to remove.
         """
         moved = 0

@@ -9,10 +9,19 @@ import os
 from pathlib import Path
 
 from hubfsm.core import protocol
-from hubfsm.core.changes import KEPT_ASIDE, Change, MetricsQueued, Offered, Rejected, Saved
 from hubfsm.core.engine import Core
-from hubfsm.core.events import CheckpointOffered, EpochEnded, FinishRequested
 from hubfsm.core.plain import carried
+from hubfsm.core.values import (
+    KEPT_ASIDE,
+    Change,
+    CheckpointOffered,
+    EpochEnded,
+    FinishRequested,
+    MetricsQueued,
+    Offered,
+    Rejected,
+    Saved,
+)
 from hubfsm.durable.journal_scan import events
 from hubfsm.durable.outbox import Outbox
 from hubfsm.logs import get_logger

@@ -18,8 +18,8 @@ from typing import TextIO
 
 import attrs
 
-from hubfsm.core.changes import KEPT_ASIDE, Rejected, pending_counts
-from hubfsm.core.dialect import OUTBOX_ID
+from hubfsm.core.identifier import OUTBOX_ID
+from hubfsm.core.values import KEPT_ASIDE, Rejected, pending_counts
 from hubfsm.durable.journal_scan import JournalDamage, scan
 from hubfsm.durable.layout import (
     DATABASE,

@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from hubfsm.core.events import CheckpointOffered, FileStamp, FinishRequested
+from hubfsm.core.values import CheckpointOffered, FileStamp, FinishRequested
 from hubfsm.digest import sha256_of
 from hubfsm.durable.inbox import Inbox
 from hubfsm.transport import FilePart

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubfsm import env
-from hubfsm.core.dialect import slugify
+from hubfsm.core.identifier import slugify
 from hubfsm.errors import HubfsmError
 from hubfsm.integrations.ultralytics_objects import MAP_KEY, model_info, settings_key
 from hubfsm.logs import get_logger

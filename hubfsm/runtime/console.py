@@ -21,8 +21,8 @@ from typing import TextIO
 from urllib.parse import urlsplit
 
 from hubfsm import env
-from hubfsm.core.changes import describe_pending
 from hubfsm.core.engine import Core
+from hubfsm.core.values import describe_pending
 from hubfsm.errors import AuthError, HubError, HubfsmError, ModelNotFoundError, ModelTrainedError
 from hubfsm.transport import Outcome, Response, TransportError
 from transports.settings import DEFAULT_API_ROOT

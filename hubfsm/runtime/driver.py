@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
-from hubfsm.core.changes import Change
 from hubfsm.core.engine import Core
-from hubfsm.core.events import (
+from hubfsm.core.values import (
     Barrier,
+    Change,
     CheckpointOffered,
     EpochEnded,
     Event,
@@ -27,9 +27,9 @@ from hubfsm.core.events import (
     FinishRequested,
     Interrupted,
     Resumed,
+    Send,
     Start,
 )
-from hubfsm.core.ops import Send
 from hubfsm.durable.inbox import Inbox
 from hubfsm.durable.weights import WeightFiles
 from hubfsm.errors import HubfsmError

@@ -15,8 +15,8 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from hubfsm.core.changes import Change, Saved
 from hubfsm.core.engine import Core
+from hubfsm.core.values import Change, Saved
 from hubfsm.durable.inbox import Inbox
 from hubfsm.durable.journal import Journal, JournalOpener, journal_unavailable
 from hubfsm.durable.outbox import Outbox

@@ -19,8 +19,8 @@ from types import FrameType
 from typing import Any
 
 from hubfsm.core import protocol
-from hubfsm.core.changes import describe_pending
 from hubfsm.core.engine import Core
+from hubfsm.core.values import describe_pending
 from hubfsm.runtime.console import hub_name, keyed_sync_command
 from hubfsm.runtime.driver import Driver
 from hubfsm.runtime.settings import Settings

@@ -15,9 +15,9 @@ from typing import Any
 import attrs
 
 from hubfsm.core import protocol
-from hubfsm.core.dialect import PLATFORM
 from hubfsm.core.engine import Core
-from hubfsm.core.events import Barrier
+from hubfsm.core.platform import PLATFORM
+from hubfsm.core.values import Barrier
 from hubfsm.durable.inbox import Inbox
 from hubfsm.durable.journal import JournalOpener
 from hubfsm.durable.layout import HubRoots

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hubfsm.core.engine import Core
-from hubfsm.core.events import Event
+from hubfsm.core.values import Event
 from hubfsm.runtime.driver import Driver
 
 __all__ = ["RunTimeout", "SimRunner"]

@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from hubfsm import env
+from hubfsm.core.answers import TrainingPlan
 from hubfsm.core.config import CoreConfig
 from hubfsm.core.identifier import Identifier
-from hubfsm.core.plan import TrainingPlan
 from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger
 from hubfsm.runtime.factory import build

@@ -14,12 +14,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from hubfsm.core.events import (
-    Barrier,
-    FinishPending,
-    Interrupted,
-    Start,
-)
+from hubfsm.core.values import Barrier, FinishPending, Interrupted, Start
 from hubfsm.durable.records import keep_record, kept_record
 from hubfsm.errors import (
     DeliveryIncomplete,

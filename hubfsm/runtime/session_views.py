@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hubfsm.core.answers import TrainingPlan
 from hubfsm.core.engine import Core
 from hubfsm.core.identifier import Identifier
-from hubfsm.core.plan import TrainingPlan
 from hubfsm.durable.inbox import Inbox
 from hubfsm.env import OFFLINE as OFFLINE_ENV
 from hubfsm.errors import HubfsmError
@@ -105,7 +105,7 @@ class SessionViews:
 
     @property
     def plan(self) -> TrainingPlan:
-        """What to train, as the hub's record says (see :mod:`hubfsm.core.plan`).
+        """What to train, as the hub's record says (see :mod:`hubfsm.core.answers`).
 
         For a model loaded from the hub: its train arguments, whether it is new,
         pretrained or resumable, its model file (architecture, parent weights or last

@@ -18,8 +18,13 @@ import attrs
 
 from hubfsm import env as environment
 from hubfsm.core.config import CoreConfig
-from hubfsm.core.dialect import PLATFORM, PLATFORM_API_ROOT, choose, parse_platform_identifier
-from hubfsm.core.identifier import DEFAULT_WEB_ROOT, Identifier, parse_identifier
+from hubfsm.core.identifier import (
+    DEFAULT_WEB_ROOT,
+    Identifier,
+    parse_identifier,
+    parse_platform_identifier,
+)
+from hubfsm.core.platform import PLATFORM, PLATFORM_API_ROOT, choose
 from hubfsm.errors import HubfsmError
 from transports.settings import DEFAULT_API_ROOT
 

@@ -20,7 +20,7 @@ from typing import TextIO
 
 import attrs
 
-from hubfsm.core.changes import describe_pending
+from hubfsm.core.values import describe_pending
 from hubfsm.durable.layout import OutboxDamaged
 from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.recovery import fold
@@ -184,7 +184,7 @@ def target(info: OutboxInfo, *, hub: str | None, api_root: str | None) -> str:
         HubfsmError: The outbox records another hub than the environment names: the
             message says which ``--hub`` sends it where.
     """
-    from hubfsm.core.dialect import PLATFORM_API_ROOT
+    from hubfsm.core.platform import PLATFORM_API_ROOT
     from hubfsm.env import PLATFORM_URL
     from transports.settings import DEFAULT_API_ROOT
 

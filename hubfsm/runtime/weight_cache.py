@@ -35,8 +35,8 @@ import platformdirs
 
 from hubfsm import env
 from hubfsm.core import protocol
+from hubfsm.core.answers import TrainingPlan, plan_for_file, plan_from_record
 from hubfsm.core.identifier import Identifier
-from hubfsm.core.plan import TrainingPlan, plan_for_file, plan_from_record
 from hubfsm.digest import sha256_of
 from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 
 from hubfsm.core.engine import Core
-from hubfsm.core.events import Barrier, Event
+from hubfsm.core.values import Barrier, Event
 from hubfsm.runtime.driver import Driver
 
 

@@ -16,11 +16,18 @@ from typing import Any
 
 import attrs
 
-from hubfsm.core.changes import Change, MetricsQueued, Offered, Saved
-from hubfsm.core.dialect import PLATFORM
 from hubfsm.core.engine import Core
-from hubfsm.core.events import CheckpointOffered, EpochEnded, FinishRequested
+from hubfsm.core.platform import PLATFORM
 from hubfsm.core.schedule import Schedule
+from hubfsm.core.values import (
+    Change,
+    CheckpointOffered,
+    EpochEnded,
+    FinishRequested,
+    MetricsQueued,
+    Offered,
+    Saved,
+)
 from hubfsm.durable.journal_scan import events
 from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.recovery import journal_path

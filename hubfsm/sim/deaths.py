@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING
 
-from hubfsm.core.events import EpochEnded
+from hubfsm.core.values import EpochEnded
 from hubfsm.durable.survey import OutboxInfo
 from hubfsm.errors import HubfsmError
 from hubfsm.runtime.session import Session

@@ -13,8 +13,7 @@ import os
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from hubfsm.core.changes import Saved
-from hubfsm.core.events import EpochEnded, FinishPending, FinishRequested
+from hubfsm.core.values import EpochEnded, FinishPending, FinishRequested, Saved
 from hubfsm.durable.journal_scan import events
 from hubfsm.durable.layout import DATABASE
 from hubfsm.durable.outbox import Outbox

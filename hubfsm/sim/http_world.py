@@ -31,10 +31,8 @@ from typing import Any
 import attrs
 import requests
 
-from hubfsm.core import protocol
-from hubfsm.core.config import CoreConfig, Limits
-from hubfsm.core.dialect import ProtocolName
-from hubfsm.core.retry import ChannelPolicies, RetryPolicy
+from hubfsm.core.config import ChannelPolicies, CoreConfig, Limits, RetryPolicy, seeded_nonce
+from hubfsm.core.protocol import ProtocolName
 from hubfsm.hub.calls import Audit
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.server import LocalHub
@@ -65,7 +63,7 @@ POLICIES = ChannelPolicies(
     final=RetryPolicy(base=0.02, cap=0.3, max_attempts=10, deadline=6.0, max_retry_after=1.5),
 )
 
-CONFIG = CoreConfig(limits=LIMITS, policies=POLICIES, nonce=protocol.seeded_nonce)
+CONFIG = CoreConfig(limits=LIMITS, policies=POLICIES, nonce=seeded_nonce)
 
 #: The same for the Platform dialect: its limits (no heartbeat on the wire, one epoch as
 #: soon as the one before is acknowledged) with the checkpoint limit scaled down as above.

@@ -15,10 +15,10 @@ from typing import Any, NamedTuple
 
 import attrs
 
+from hubfsm.core.config import ChannelPolicies, RetryPolicy
 from hubfsm.core.engine import Core
-from hubfsm.core.machine import LEGAL, TRAITS
-from hubfsm.core.ops import Send
-from hubfsm.core.retry import ChannelPolicies, RetryPolicy, Verdict, classify, retry_after_of
+from hubfsm.core.machine import LEGAL, TRAITS, Verdict, classify, retry_after_of
+from hubfsm.core.values import Send
 from hubfsm.errors import AuthError
 from hubfsm.sim.profile_types import Expect
 from hubfsm.transport import Outcome, TransportError

@@ -22,8 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hubfsm.core.changes import Change
-from hubfsm.core.events import FileStamp
+from hubfsm.core.values import Change, FileStamp
 from hubfsm.durable.layout import DATABASE, OutboxLockedError
 from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.outbox_db import OutboxDB

@@ -21,9 +21,9 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from hubfsm.core.dialect import EPOCH_FIELDS, EVENTS_PATH, UPLOAD_PATH
-from hubfsm.core.ops import Send
-from hubfsm.core.retry import Verdict
+from hubfsm.core.machine import Verdict
+from hubfsm.core.platform import EPOCH_FIELDS, EVENTS_PATH, UPLOAD_PATH
+from hubfsm.core.values import Send
 from hubfsm.hub.domain import Hub
 from hubfsm.sim.invariants import Checker
 from hubfsm.transport import Outcome, Request, Response

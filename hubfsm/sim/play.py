@@ -17,8 +17,8 @@ from typing import Literal
 import attrs
 
 from hubfsm.core.config import CoreConfig, Limits
-from hubfsm.core.dialect import ProtocolName
 from hubfsm.core.engine import Core
+from hubfsm.core.protocol import ProtocolName
 from hubfsm.runtime.factory import CoreFactory
 from hubfsm.sim.bugs import Bugs
 from hubfsm.sim.crash import Crash

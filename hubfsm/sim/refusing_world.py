@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hubfsm.core.changes import Saved
+from hubfsm.core.values import Saved
 from hubfsm.errors import HubfsmError
 from hubfsm.sim.deaths import sync_outboxes
 from hubfsm.sim.end_checks import applied, check_hub, on_hub, outbox_now

@@ -12,8 +12,8 @@ import hashlib
 import os
 
 from hubfsm.core import protocol
-from hubfsm.core.dialect import PLATFORM
 from hubfsm.core.identifier import Identifier
+from hubfsm.core.platform import PLATFORM
 from hubfsm.errors import HubfsmError
 from hubfsm.runtime.session import Session
 from hubfsm.sim.crash import Crash

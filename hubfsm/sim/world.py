@@ -20,10 +20,10 @@ from typing import Literal
 
 import attrs
 
-from hubfsm.core import protocol
-from hubfsm.core.config import CoreConfig, Limits
-from hubfsm.core.dialect import PLATFORM, ProtocolName, parse_platform_identifier
-from hubfsm.core.identifier import parse_identifier
+from hubfsm.core.config import CoreConfig, Limits, seeded_nonce
+from hubfsm.core.identifier import parse_identifier, parse_platform_identifier
+from hubfsm.core.platform import PLATFORM
+from hubfsm.core.protocol import ProtocolName
 from hubfsm.durable.journal import Journal
 from hubfsm.errors import HubfsmError
 from hubfsm.hub.calls import Audit
@@ -82,7 +82,7 @@ def sim_config(protocol: ProtocolName, config: CoreConfig | None) -> CoreConfig:
 
 def protocol_nonce() -> Callable[[random.Random], str]:
     """The nonce of a simulated world: it follows the seed."""
-    return protocol.seeded_nonce
+    return seeded_nonce
 
 
 class World:

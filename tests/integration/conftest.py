@@ -31,8 +31,7 @@ import requests
 import structlog
 
 import hubfsm
-from hubfsm.core.config import CoreConfig, Limits
-from hubfsm.core.retry import ChannelPolicies, RetryPolicy
+from hubfsm.core.config import ChannelPolicies, CoreConfig, Limits, RetryPolicy
 from hubfsm.hub.server import LocalHub
 from hubfsm.runtime.factory import Parts, build
 from hubfsm.runtime.settings import Settings

@@ -693,7 +693,7 @@ def test_discard_rejected_drops_only_what_the_hub_refused(
     cli: Any, tmp_path: Path, leaks: Any
 ) -> None:
     from hubfsm.core import protocol
-    from hubfsm.core.changes import Rejected
+    from hubfsm.core.values import Rejected
     from hubfsm.durable.outbox import Outbox
 
     leaks.watch(KEY)

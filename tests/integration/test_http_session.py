@@ -541,12 +541,12 @@ def test_a_heartbeat_given_up_on_a_429_waits_out_its_retry_after(
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.daemon = True
     thread.start()
-    heartbeat_policy = hubfsm.core.retry.RetryPolicy(
+    heartbeat_policy = hubfsm.core.config.RetryPolicy(
         base=0.02, cap=0.1, max_attempts=3, deadline=0.5, max_retry_after=1.0
     )
     config = hubfsm.core.config.CoreConfig(
         limits=kit.FAST.limits,
-        policies=hubfsm.core.retry.ChannelPolicies(
+        policies=hubfsm.core.config.ChannelPolicies(
             control=kit.FAST_POLICY,
             metrics=kit.FAST_POLICY,
             heartbeat=heartbeat_policy,

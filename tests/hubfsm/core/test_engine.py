@@ -5,11 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubfsm.core.config import CoreConfig, Limits
+from hubfsm.core.config import ChannelPolicies, CoreConfig, Limits
 from hubfsm.core.engine import Core
 from hubfsm.core.identifier import parse_identifier
-from hubfsm.core.ops import Send, Wait
-from hubfsm.core.retry import ChannelPolicies
+from hubfsm.core.values import Send, Wait
 from hubfsm.errors import AuthError, IllegalEventError, ModelNotFoundError, ModelTrainedError
 from hubfsm.transport import FilePart, Response, TransportError
 
@@ -241,6 +240,18 @@ def test_finish_times_out_into_resumable():
         core.epoch_end(1, {}, now=now)
 
 
+def test_a_final_upload_answered_past_the_deadline_leaves_the_session_resumable_at_once():
+    # The request left before the deadline and its answer was lost after it: finish()
+    # looks right after that answer, before any further poll, and must find it resumable.
+    core = training_core()
+    core.finish(0, BEST, map50_95=0.5, now=0.0, timeout=60.0)
+    action = core.poll(59.0)
+    assert isinstance(action, Send) and action.channel == "final"
+    core.receive(action.op_id, TransportError("timeout", "answer lost"), now=90.0)
+    assert core.state == "resumable"
+    assert core.pending()["final"] == 1
+
+
 def test_interrupt_stops_heartbeats_and_resume_restarts_them():
     core = training_core()
     core.interrupt(now=10.0)
@@ -344,10 +355,10 @@ def test_the_final_flush_does_not_wait_out_the_metrics_limit():
 
 def test_a_kept_checkpoint_upload_gives_way_to_newer_weights_kept_beside_it():
     from hubfsm.core import protocol
-    from hubfsm.core.changes import OpClosed, OpOpened, Saved
+    from hubfsm.core.values import OpClosed, OpOpened, Saved
 
     core = training_core()
-    core.durable = True
+    core.schedule.durable = True
     kept = protocol.upload_checkpoint(MODEL, 0, FILE, is_best=False, key="kept-0")
     newer = FilePart("last.pt", "w/last-1.pt", 10, "2" * 64)
     core.restore(
@@ -362,7 +373,7 @@ def test_a_kept_checkpoint_upload_gives_way_to_newer_weights_kept_beside_it():
 
 def test_a_kept_checkpoint_upload_of_the_newest_weights_is_sent_with_its_key():
     from hubfsm.core import protocol
-    from hubfsm.core.changes import OpOpened, Saved
+    from hubfsm.core.values import OpOpened, Saved
 
     core = training_core()
     kept = protocol.upload_checkpoint(MODEL, 1, FILE, is_best=False, key="kept-1")

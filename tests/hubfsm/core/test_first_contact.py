@@ -4,10 +4,11 @@ import random
 
 import pytest
 
+from hubfsm.core.config import ChannelPolicies
 from hubfsm.core.engine import Core
 from hubfsm.core.identifier import parse_identifier
-from hubfsm.core.ops import Send, Wait
-from hubfsm.core.retry import ChannelPolicies, Verdict, classify
+from hubfsm.core.machine import Verdict, classify
+from hubfsm.core.values import Send, Wait
 from hubfsm.errors import HubUnavailableError
 from hubfsm.transport import Response, TransportError
 

@@ -4,7 +4,6 @@ from typing import get_args
 
 import pytest
 
-from hubfsm.core.changes import Saved
 from hubfsm.core.engine import Core
 from hubfsm.core.identifier import Identifier, parse_identifier
 from hubfsm.core.machine import (
@@ -17,7 +16,7 @@ from hubfsm.core.machine import (
     SessionMachine,
     to_mermaid,
 )
-from hubfsm.core.ops import Send, Wait
+from hubfsm.core.values import Saved, Send, Wait
 from hubfsm.errors import IllegalEventError
 from hubfsm.transport import Response
 
@@ -44,8 +43,18 @@ def machine_in(state):
 
 
 def test_the_declared_table_matches_the_design():
-    assert set(STATES) == {"unparsed", "resolved", "created", "loaded", "training",
-                           "resumable", "final_uploading", "done", "refused", "failed"}
+    assert set(STATES) == {
+        "unparsed",
+        "resolved",
+        "created",
+        "loaded",
+        "training",
+        "resumable",
+        "final_uploading",
+        "done",
+        "refused",
+        "failed",
+    }
     assert ("training", "finish", "final_uploading") in LEGAL
     assert ("final_uploading", "acknowledged", "done") in LEGAL
     assert ("resumable", "resume", "training") in LEGAL
@@ -54,8 +63,9 @@ def test_the_declared_table_matches_the_design():
         assert (source, "refuse", "refused") in LEGAL
     for event in ("epoch_end", "checkpoint", "finish", "interrupt"):
         assert ("refused", event, "refused") in LEGAL
-    assert not any(dest == "failed" and src != "resolved" and src != "unparsed"
-                   for src, _, dest in LEGAL)
+    assert not any(
+        dest == "failed" and src != "resolved" and src != "unparsed" for src, _, dest in LEGAL
+    )
 
 
 def test_the_traits_of_each_state_agree_with_its_transitions():
@@ -70,7 +80,10 @@ def test_the_traits_of_each_state_agree_with_its_transitions():
         assert not (traits.terminal and traits.sends)
         assert not traits.heartbeats or traits.sends
         assert (m.records, m.sends, m.heartbeats, m.settled) == (
-            traits.records, traits.sends, traits.heartbeats, traits.settled
+            traits.records,
+            traits.sends,
+            traits.heartbeats,
+            traits.settled,
         )
     assert [s for s in STATES if TRAITS[s].records] == ["training", "refused"]
     assert not TRAITS["refused"].sends and TRAITS["refused"].settled
@@ -92,14 +105,17 @@ def test_an_opening_fails_by_its_own_event():
     assert SessionMachine().fire("fail") == "failed"
 
 
-@pytest.mark.parametrize("state_path,event", [
-    ((), "start"),
-    (("parse",), "epoch_end"),
-    (("parse", "load", "start", "finish"), "epoch_end"),
-    (("parse", "load", "start", "finish", "acknowledged"), "refuse"),
-    (("parse", "load", "start", "refuse"), "acknowledged"),
-    (("parse", "create", "start", "interrupt"), "finish"),
-])
+@pytest.mark.parametrize(
+    "state_path,event",
+    [
+        ((), "start"),
+        (("parse",), "epoch_end"),
+        (("parse", "load", "start", "finish"), "epoch_end"),
+        (("parse", "load", "start", "finish", "acknowledged"), "refuse"),
+        (("parse", "load", "start", "refuse"), "acknowledged"),
+        (("parse", "create", "start", "interrupt"), "finish"),
+    ],
+)
 def test_an_illegal_event_names_state_and_event(state_path, event):
     m = SessionMachine()
     for e in state_path:

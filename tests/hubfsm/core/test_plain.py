@@ -106,13 +106,28 @@ def test_carried_converts_what_has_a_plain_value():
 
     from hubfsm.core.plain import carried
 
-    got = carried({
-        "a": Scalar(1.5), "b": Float64(2.5), "c": Level.HIGH, "d": fractions.Fraction(1, 4),
-        "e": decimal.Decimal("0.5"), "f": [Array([1, 2])], "g": {"x": None, "y": "s"},
+    got = carried(
+        {
+            "a": Scalar(1.5),
+            "b": Float64(2.5),
+            "c": Level.HIGH,
+            "d": fractions.Fraction(1, 4),
+            "e": decimal.Decimal("0.5"),
+            "f": [Array([1, 2])],
+            "g": {"x": None, "y": "s"},
+            "h": True,
+        }
+    )
+    assert got == {
+        "a": 1.5,
+        "b": 2.5,
+        "c": 3,
+        "d": 0.25,
+        "e": 0.5,
+        "f": [[1, 2]],
+        "g": {"x": None, "y": "s"},
         "h": True,
-    })
-    assert got == {"a": 1.5, "b": 2.5, "c": 3, "d": 0.25, "e": 0.5, "f": [[1, 2]],
-                   "g": {"x": None, "y": "s"}, "h": True}
+    }
     assert [type(got[k]) for k in "abcd"] == [float, float, int, float]
     marshal.dumps(got)  # the journal's format takes it as it is
 

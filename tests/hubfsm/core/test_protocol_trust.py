@@ -6,10 +6,10 @@ import pytest
 
 import hubfsm
 from hubfsm.core import protocol
-from hubfsm.core.config import CoreConfig
+from hubfsm.core.config import CoreConfig, seeded_nonce
 from hubfsm.core.engine import Core
 from hubfsm.core.identifier import parse_identifier
-from hubfsm.core.ops import Send
+from hubfsm.core.values import Send
 from hubfsm.errors import HubError
 from hubfsm.transport import Response
 from tests.support import FAST, KEY
@@ -22,8 +22,20 @@ def ok(data, origin=""):
     return Response(200, {"success": True, "message": "", "data": data}, origin=origin)
 
 
-BAD_IDS = ["/some/dir", "../../x", "..", "", "A" * 19, "A" * 21, "A" * 19 + "/",
-           "A" * 19 + "\u00e9", "A" * 19 + "\n", 12345678901234567890, None, ["A" * 20]]
+BAD_IDS = [
+    "/some/dir",
+    "../../x",
+    "..",
+    "",
+    "A" * 19,
+    "A" * 21,
+    "A" * 19 + "/",
+    "A" * 19 + "\u00e9",
+    "A" * 19 + "\n",
+    12345678901234567890,
+    None,
+    ["A" * 20],
+]
 
 
 @pytest.mark.parametrize("bad", BAD_IDS)
@@ -98,7 +110,7 @@ def test_keys_differ_between_runs_with_the_same_seed():
 
 
 def test_a_simulation_may_seed_its_keys():
-    seeded = CoreConfig(nonce=protocol.seeded_nonce)
+    seeded = CoreConfig(nonce=seeded_nonce)
     assert first_key(seeded) == first_key(seeded)
     assert first_key(seeded.scaled(0.5)) == first_key(seeded)  # scaling keeps the source
 
@@ -106,8 +118,9 @@ def test_a_simulation_may_seed_its_keys():
 def test_two_seeded_runs_create_two_models(hub):
     ids = []
     for _ in range(2):
-        session = hubfsm.Session("yolov8n.yaml", transport=InMemoryTransport(hub, KEY),
-                                 seed=0, config=FAST, outbox=False)
+        session = hubfsm.Session(
+            "yolov8n.yaml", transport=InMemoryTransport(hub, KEY), seed=0, config=FAST, outbox=False
+        )
         ids.append(session.model_id)
         session.close()
     assert ids[0] != ids[1], "the second run got the first run's model back"

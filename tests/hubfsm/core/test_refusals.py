@@ -2,8 +2,7 @@
 
 import pytest
 
-from hubfsm.core.changes import MetricsQueued, OpClosed, Refusal, Rejected
-from hubfsm.core.ops import Send, Wait
+from hubfsm.core.values import MetricsQueued, OpClosed, Refusal, Rejected, Send, Wait
 from hubfsm.errors import AuthError, HubError, ModelNotFoundError, ModelTrainedError
 from hubfsm.transport import Response
 
@@ -48,7 +47,7 @@ def test_a_refused_heartbeat_stops_heartbeats_and_nothing_else(status):
 
 def test_a_refused_metrics_batch_is_split_once_and_only_the_bad_epoch_is_set_aside():
     core = training_core()
-    core.durable = True
+    core.schedule.durable = True
     notices = []
     core.notify = lambda event, fields: notices.append(event)
     for epoch in range(4):
@@ -92,9 +91,7 @@ def test_a_refused_checkpoint_is_set_aside_and_the_next_one_goes():
     first = poll_send(core, 1.0)
     core.receive(first.op_id, refuse(422, "not a model file"), now=1.0)
     assert core.state == "training"
-    assert [r.describe() for r in core.rejected] == [
-        "checkpoint of epoch 0: 422 not a model file"
-    ]
+    assert [r.describe() for r in core.rejected] == ["checkpoint of epoch 0: 422 not a model file"]
     assert core.pending()["checkpoint"] == 0
     core.checkpoint(1, FILE, is_best=True, now=950.0)
     sends, _ = drive(core, 950.0)
@@ -105,8 +102,9 @@ def test_rejected_final_weights_stop_the_session_with_the_answer():
     core = training_core()
     core.epoch_end(0, {"loss": 1.0}, now=1.0)
     core.finish(0, BEST, map50_95=0.5, now=2.0)
-    sends, _ = drive(core, 2.0, answer=lambda s: refuse(400, "bad map") if s.channel ==
-                     "final" else ok())
+    sends, _ = drive(
+        core, 2.0, answer=lambda s: refuse(400, "bad map") if s.channel == "final" else ok()
+    )
     assert [s.channel for s in sends] == ["metrics", "final"]
     assert core.state == "refused"
     assert isinstance(core.error, HubError) and core.error.status == 400
@@ -128,7 +126,7 @@ def test_rejected_final_weights_stop_the_session_with_the_answer():
 )
 def test_a_stopping_refusal_keeps_recording_every_event_and_sends_nothing(status, error, words):
     core = training_core()
-    core.durable = True
+    core.schedule.durable = True
     core.epoch_end(0, {"loss": 1.0}, now=1.0)
     send = poll_send(core, 10.0)
     core.take_changes()
@@ -136,9 +134,7 @@ def test_a_stopping_refusal_keeps_recording_every_event_and_sends_nothing(status
     assert core.state == "refused" and type(core.error) is error
     assert words in str(core.error) and "go away" in str(core.error)
     assert f"{send.request.method} {send.request.path}" in str(core.error)
-    assert [c for c in core.take_changes() if isinstance(c, Refusal)] == [
-        Refusal(str(core.error))
-    ]
+    assert [c for c in core.take_changes() if isinstance(c, Refusal)] == [Refusal(str(core.error))]
     # The trainer goes on: every event is accepted and kept durably; nothing goes out.
     for epoch in range(1, 11):
         core.epoch_end(epoch, {"loss": 1.0}, now=10.0 + epoch)
@@ -166,10 +162,10 @@ def test_a_heartbeat_refused_for_the_key_or_a_redirect_stops_everything(status):
 
 
 def test_a_later_delivery_clears_the_kept_refusal():
-    from hubfsm.core.changes import Saved
+    from hubfsm.core.values import Saved
 
     core = training_core()
-    core.durable = True
+    core.schedule.durable = True
     core.restore(Saved(metrics=((0, "{}"),), refusal="AuthError: ..."), now=0.0)
     sends, _ = drive(core, 10.0)
     assert [s.channel for s in sends] == ["metrics"]

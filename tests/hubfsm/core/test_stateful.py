@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from hubfsm.core.events import Interrupted, Resumed
+from hubfsm.core.values import Interrupted, Resumed
 from hubfsm.errors import ModelTrainedError
 from hubfsm.sim.end_checks import on_hub
 from hubfsm.sim.play import scratch_root

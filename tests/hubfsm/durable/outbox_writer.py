@@ -9,7 +9,7 @@ committed (so every run moves the outbox on), then goes on writing.
 import sys
 
 from hubfsm.core import protocol
-from hubfsm.core.changes import MetricsQueued, OpClosed, OpOpened
+from hubfsm.core.values import MetricsQueued, OpClosed, OpOpened
 from hubfsm.durable.outbox import Outbox
 
 MODEL = "P" * 20

@@ -16,8 +16,7 @@ import sqlite3
 import pytest
 import structlog
 
-from hubfsm.core.changes import MetricsQueued
-from hubfsm.core.events import EpochEnded
+from hubfsm.core.values import EpochEnded, MetricsQueued
 from hubfsm.digest import sha256_chunks
 from hubfsm.durable import outbox as outbox_module
 from hubfsm.durable.inbox import Inbox

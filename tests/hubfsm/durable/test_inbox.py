@@ -1,6 +1,6 @@
 import pytest
 
-from hubfsm.core.events import Barrier, EpochEnded, FileStamp, FinishRequested
+from hubfsm.core.values import Barrier, EpochEnded, FileStamp, FinishRequested
 from hubfsm.durable.inbox import Inbox
 from hubfsm.durable.journal import Journal
 from hubfsm.durable.journal_scan import replay

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubfsm.core.events import EpochEnded, FileStamp, FinishRequested
+from hubfsm.core.values import EpochEnded, FileStamp, FinishRequested
 from hubfsm.durable.inbox import Inbox
 from hubfsm.durable.journal import Journal
 from hubfsm.durable.journal_format import INITIAL_SIZE, MAGIC, VALUES, entry_of, event_of

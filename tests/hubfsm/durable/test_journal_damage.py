@@ -5,7 +5,7 @@ import struct
 
 from structlog.testing import capture_logs
 
-from hubfsm.core.events import EpochEnded
+from hubfsm.core.values import EpochEnded
 from hubfsm.durable.journal import Journal
 from hubfsm.durable.journal_format import RECORD as _RECORD
 from hubfsm.durable.journal_scan import replay, scan

@@ -3,7 +3,7 @@ import os
 import pytest
 
 from hubfsm.core import protocol
-from hubfsm.core.changes import MetricsQueued, Offered, OpClosed, OpOpened
+from hubfsm.core.values import MetricsQueued, Offered, OpClosed, OpOpened
 from hubfsm.durable.layout import OutboxLockedError
 from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.survey import find, inspect

@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 
 from hubfsm.core import protocol
-from hubfsm.core.changes import MetricsQueued, Offered, OpClosed, OpOpened
+from hubfsm.core.values import MetricsQueued, Offered, OpClosed, OpOpened
 from hubfsm.durable.outbox_db import OutboxDB
 from hubfsm.transport import FilePart
 

@@ -10,8 +10,7 @@ import pytest
 
 import hubfsm
 from hubfsm.core import protocol
-from hubfsm.core.changes import MetricsQueued
-from hubfsm.core.events import EpochEnded
+from hubfsm.core.values import EpochEnded, MetricsQueued
 from hubfsm.durable.journal import Journal
 from hubfsm.durable.layout import DATABASE, OutboxDamaged
 from hubfsm.durable.outbox import Outbox
@@ -213,7 +212,7 @@ def test_sync_reports_a_damaged_journal_and_exits_non_zero(tmp_path, hub):
 def test_a_record_that_does_not_read_back_is_kept_aside_and_the_rest_goes_on(tmp_path, hub):
     import sqlite3
 
-    from hubfsm.core.changes import OpOpened
+    from hubfsm.core.values import OpOpened
 
     model_id = new_model(hub)
     ob = Outbox.open(model_id, tmp_path)
@@ -254,7 +253,7 @@ def test_a_record_that_does_not_read_back_is_kept_aside_and_the_rest_goes_on(tmp
 def test_a_record_that_still_does_not_read_back_is_damage(tmp_path):
     import sqlite3
 
-    from hubfsm.core.changes import Rejected
+    from hubfsm.core.values import Rejected
 
     ob = Outbox.open(MODEL, tmp_path)
     request = protocol.upload_metrics(MODEL, {0: "{}"}, key="k-1")

@@ -5,7 +5,7 @@ import io
 import re
 
 import hubfsm
-from hubfsm.core.events import EpochEnded
+from hubfsm.core.values import EpochEnded
 from hubfsm.durable.journal import Journal
 from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.recovery import fold

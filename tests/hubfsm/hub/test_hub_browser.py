@@ -22,8 +22,7 @@ import pytest
 import requests
 
 import hubfsm
-from hubfsm.core.config import CoreConfig, Limits
-from hubfsm.core.retry import ChannelPolicies, RetryPolicy
+from hubfsm.core.config import ChannelPolicies, CoreConfig, Limits, RetryPolicy
 from hubfsm.hub.server import LocalHub
 
 pytestmark = pytest.mark.slow  # headless Chromium against a real local hub

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hubfsm.core.config import CoreConfig
-from hubfsm.core.dialect import PLATFORM
+from hubfsm.core.platform import PLATFORM
 from hubfsm.integrations.ultralytics import install, installed, uninstall
 from hubfsm.integrations.ultralytics_platform import RECORD, PlatformCallbacks, official_names
 from tests.platform_fake import PLATFORM_KEY, FakePlatform

@@ -16,8 +16,7 @@ from pathlib import Path
 import structlog
 
 import hubfsm
-from hubfsm.core.config import CoreConfig, Limits
-from hubfsm.core.retry import ChannelPolicies, RetryPolicy
+from hubfsm.core.config import ChannelPolicies, CoreConfig, Limits, RetryPolicy
 
 # The worker's log lines go to stderr: on stdout they could split the lines the test reads.
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))

@@ -14,9 +14,8 @@ from pathlib import Path
 import structlog
 
 import hubfsm
-from hubfsm.core.config import CoreConfig
-from hubfsm.core.dialect import PLATFORM
-from hubfsm.core.retry import ChannelPolicies, RetryPolicy
+from hubfsm.core.config import ChannelPolicies, CoreConfig, RetryPolicy
+from hubfsm.core.platform import PLATFORM
 
 # The worker's log lines go to stderr: on stdout they could split the lines the test reads.
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))

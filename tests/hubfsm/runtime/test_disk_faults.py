@@ -14,7 +14,7 @@ import random
 import attrs
 import structlog
 
-from hubfsm.core.changes import OpOpened
+from hubfsm.core.values import OpOpened
 from hubfsm.durable.journal import Journal
 from hubfsm.durable.journal_scan import replay
 from hubfsm.durable.outbox import Outbox

@@ -1,6 +1,6 @@
 import pytest
 
-from hubfsm.core.events import EpochEnded, FinishRequested
+from hubfsm.core.values import EpochEnded, FinishRequested
 from hubfsm.durable.journal_scan import replay
 from hubfsm.durable.weights import stamp_of
 from hubfsm.errors import HubfsmError

@@ -8,7 +8,7 @@ import attrs
 import pytest
 
 import hubfsm
-from hubfsm.core.events import FinishRequested
+from hubfsm.core.values import FinishRequested
 from hubfsm.durable.layout import OutboxLockedError
 from hubfsm.durable.survey import find, inspect
 from hubfsm.runtime.clocks import VirtualClock

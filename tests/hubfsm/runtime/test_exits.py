@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from hubfsm.hub.server import LocalHub
-
 from tests.support import new_model
 
 SCRIPT = Path(__file__).parent / "exit_script.py"
@@ -51,7 +50,7 @@ def test_a_dead_hub_at_exit_costs_the_deadline_and_one_line(local, tmp_path):
         "import atexit, os, sys, time\n"
         "import hubfsm\n"
         "from hubfsm.core.config import CoreConfig, Limits\n"
-        "from hubfsm.core.retry import ChannelPolicies, RetryPolicy\n"
+        "from hubfsm.core.config import ChannelPolicies, RetryPolicy\n"
         "from hubfsm.runtime.factory import build\n"
         "from hubfsm.runtime.settings import Settings\n"
         "from transports.http import RequestsTransport\n"

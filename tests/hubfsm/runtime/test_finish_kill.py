@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from hubfsm.core.events import FinishRequested
+from hubfsm.core.values import FinishRequested
 from hubfsm.durable.journal_scan import events
 from hubfsm.hub.server import LocalHub
 from tests.support import new_model, relay

@@ -13,7 +13,7 @@ import pytest
 
 import hubfsm
 from hubfsm.core.config import CoreConfig
-from hubfsm.core.dialect import PLATFORM
+from hubfsm.core.platform import PLATFORM
 from tests.platform_fake import PLATFORM_KEY
 from transports.platform import PlatformTransport
 

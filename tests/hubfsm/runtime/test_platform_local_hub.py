@@ -12,7 +12,7 @@ import requests
 
 import hubfsm
 from hubfsm.core.config import CoreConfig
-from hubfsm.core.dialect import PLATFORM
+from hubfsm.core.platform import PLATFORM
 from hubfsm.hub.keys import new_platform_key
 from hubfsm.hub.server import LocalHub
 

@@ -7,7 +7,7 @@ import pytest
 
 import hubfsm
 from hubfsm.core.config import CoreConfig
-from hubfsm.core.dialect import PLATFORM
+from hubfsm.core.platform import PLATFORM
 from hubfsm.durable.survey import survey
 from hubfsm.errors import AuthError, HubfsmError
 from hubfsm.runtime.sync import status, sync

@@ -10,7 +10,7 @@ import pytest
 import hubfsm
 from hubfsm.errors import ModelTrainedError
 from hubfsm.hub.server import LocalHub
-from hubfsm.core.plan import RecordError
+from hubfsm.core.answers import RecordError
 from hubfsm.runtime.session import Session
 from transports.memory import InMemoryTransport
 

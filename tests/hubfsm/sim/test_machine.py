@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from hubfsm.cli.simulate import first_failure, run_seeds
-from hubfsm.core.changes import MetricsQueued
+from hubfsm.core.values import MetricsQueued
 from hubfsm.sim.bugs import MACHINE_BUGS
 from hubfsm.sim.crash import Crash
 from hubfsm.sim.invariants import CRASH, FAILED_WRITE
 from hubfsm.sim.machine import Machine, MachineFaults, MachinePlan, poison_value
 from hubfsm.sim.memdisk import MemoryDisk
-from hubfsm.sim.profiles import MACHINE, PROFILES, describe
 from hubfsm.sim.play import run_seed
+from hubfsm.sim.profiles import MACHINE, PROFILES, describe
 
 MODEL = "AbCdEfGhIjKlMnOpQrSt"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hubfsm.core import protocol
-from hubfsm.core.changes import Offered, OpOpened, Rejected
+from hubfsm.core.values import Offered, OpOpened, Rejected
 from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.weights import stamp_of
 from hubfsm.sim.memdisk import MemoryDisk

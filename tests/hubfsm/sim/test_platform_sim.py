@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from hubfsm.core.dialect import EVENTS_PATH, UPLOAD_PATH
-from hubfsm.core.ops import Send
+from hubfsm.core.platform import EVENTS_PATH, UPLOAD_PATH
+from hubfsm.core.values import Send
 from hubfsm.sim.bugs import COMPLETE_BEFORE_LAST_EPOCH
 from hubfsm.sim.http_world import run_http_seed
 from hubfsm.sim.platform_checks import DIALECT, PlatformChecker
-from hubfsm.sim.profiles import PROFILES
 from hubfsm.sim.play import run_seed
+from hubfsm.sim.profiles import PROFILES
 from hubfsm.transport import Request, Response
 from transports.platform import PlatformTransport
 

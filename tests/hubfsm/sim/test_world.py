@@ -18,8 +18,7 @@ from hubfsm.cli.simulate import run_seeds
 from hubfsm.core import schedule as core_schedule
 from hubfsm.core.config import CoreConfig, Limits
 from hubfsm.core.engine import Core
-from hubfsm.core.events import CheckpointOffered, EpochEnded
-from hubfsm.core.ops import MetricsBatch, Send
+from hubfsm.core.values import CheckpointOffered, EpochEnded, MetricsBatch, Rejected, Send
 from hubfsm.runtime.driver import Driver
 from hubfsm.sim.bugs import Bugs
 from hubfsm.sim.invariants import CRASH, Checker, Entry, render_json, render_text
@@ -403,21 +402,22 @@ class DropsEventsAfterARefusal(Core):
         super().epoch_end(epoch, metrics, now=now)
 
 
+class _WholeBatchSchedule(core_schedule.Schedule):
+    def reject(self, op, response):
+        if op.channel == "metrics":  # the batch stays one record
+            self.ops["metrics"] = None
+            record = Rejected("metrics", op.request, op.payload, response.status, "")
+            self.keep(record)
+            return record
+        return super().reject(op, response)
+
+
 class SetsAsideTheWholeBatch(Core):
     """Planted bug: a refused batch is set aside whole, good epochs with the bad one."""
 
-    def _reject(self, op, response):
-        if op.channel == "metrics":
-            op.request = op.request  # the batch stays one record
-            from hubfsm.core.changes import Rejected
-
-            self.schedule.ops["metrics"] = None
-            record = Rejected("metrics", op.request, op.payload, response.status, "")
-            self.rejected.append(record)
-            if self.durable:
-                self.changes.append(record)
-            return
-        super()._reject(op, response)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.schedule.__class__ = _WholeBatchSchedule
 
 
 class KeepsHeartbeating(Core):

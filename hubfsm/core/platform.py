@@ -1,10 +1,4 @@
-"""Protocol dialects: the requests a session sends, and what the answers mean, as one value.
-
-States, invariants, the outbox, the journal, the driver and ``sync`` are one; a dialect
-is what differs between two services that keep the same session: the request builders,
-the answer rules, and the channels with their limits. There are two:
-:data:`HUB_V1` (the Ultralytics HUB REST API) and :data:`PLATFORM` (the Ultralytics
-Platform webhooks, as the ultralytics 8.4 client sends them).
+"""The Ultralytics Platform dialect, and the choice between it and HUB v1.
 
 Against the real Platform, the Platform dialect sends nothing its official client would
 not send: the same endpoints, the same keys, the same event names. What it adds is order
@@ -17,52 +11,37 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import attrs
 
 from hubfsm.core import protocol
 from hubfsm.core.config import Limits
-from hubfsm.core.identifier import Identifier
-from hubfsm.core.retry import Verdict, classify
-from hubfsm.errors import IdentifierError
+from hubfsm.core.identifier import PLATFORM_ID, Identifier
+from hubfsm.core.machine import Verdict, classify
+from hubfsm.core.protocol import HUB_V1, Dialect, Opened, ProtocolName
+from hubfsm.core.values import Op
 from hubfsm.masking import show_untrusted
 from hubfsm.transport import FilePart, Outcome, Request, Response
 
 __all__ = [
     "DIALECTS",
-    "HUB_V1",
-    "OUTBOX_ID",
+    "EPOCH_FIELDS",
+    "EVENTS_PATH",
     "PLATFORM",
     "PLATFORM_API_ROOT",
-    "PLATFORM_ID",
     "PLATFORM_KEY",
-    "Dialect",
-    "HubV1",
-    "Opened",
+    "UPLOAD_PATH",
     "Platform",
-    "ProtocolName",
     "choose",
-    "parse_platform_identifier",
-    "slugify",
 ]
-
-#: A dialect's name, as ``protocol=`` and ``--protocol`` take it and an outbox records it.
-ProtocolName = Literal["hub", "platform"]
 
 #: A Platform API key: ``ul_`` and 40 hex digits.
 PLATFORM_KEY = re.compile(r"ul_[0-9a-fA-F]{40}")
 
 #: Where the Platform API lives unless ``ULTRALYTICS_PLATFORM_URL`` says otherwise.
 PLATFORM_API_ROOT = "https://platform.ultralytics.com"
-
-#: What a Platform model id must look like before it names anything here (an outbox
-#: directory among others): ASCII letters and digits only, so never a path.
-PLATFORM_ID = re.compile(r"[A-Za-z0-9]{8,64}")
-
-#: The names an outbox directory may have: a model id of either dialect.
-OUTBOX_ID = PLATFORM_ID
 
 #: The one endpoint that carries every training event.
 EVENTS_PATH = "/api/webhooks/training/metrics"
@@ -72,139 +51,6 @@ UPLOAD_PATH = "/api/webhooks/models/upload"
 #: Keys of a logged metrics mapping that the Platform dialect sends beside ``metrics``
 #: in an ``epoch_end`` (as the official client does), not inside it.
 EPOCH_FIELDS = ("fitness", "best_fitness", "modelInfo", "system")
-
-
-@attrs.frozen
-class Opened:
-    """What an answer to the opening request says of the run.
-
-    Attributes:
-        model_id: The model the events go to.
-        run_id: The run of that model (Platform only).
-        model_url: Where a person sees the model (Platform only; shown, never fetched).
-    """
-
-    model_id: str
-    run_id: int | None = None
-    model_url: str | None = None
-
-
-class Dialect:
-    """One protocol's requests and answer rules; see :data:`HUB_V1` and :data:`PLATFORM`.
-
-    Attributes:
-        name: ``hub`` or ``platform``.
-        limits: The channels' limits the official client keeps.
-        heartbeats: Whether liveness goes on the wire.
-        batches: Whether several epochs' metrics go in one request.
-    """
-
-    name: ClassVar[ProtocolName]
-    limits: ClassVar[Limits]
-    heartbeats: ClassVar[bool]
-    batches: ClassVar[bool]
-
-    def __repr__(self) -> str:
-        return f"<dialect {self.name}>"
-
-    #: Whether the final upload waits for a checkpoint upload under way to end.
-    final_after_checkpoint: ClassVar[bool]
-
-    def data(self, response: Response) -> Mapping[str, Any]:
-        """Where an answer keeps its fields."""
-        raise NotImplementedError
-
-    def metrics(self, model_id: str, batch: Mapping[int, str], *, key: str) -> Request:
-        """Send queued epochs (JSON-encoded metrics by epoch)."""
-        raise NotImplementedError
-
-    def checkpoint(
-        self, model_id: str, run_id: int | None, epoch: int, file: FilePart, *,
-        is_best: bool, key: str,
-    ) -> Request:  # fmt: skip
-        """Upload epoch weights (the first request of the upload)."""
-        raise NotImplementedError
-
-    def final(
-        self, model_id: str, run_id: int | None, epoch: int, file: FilePart, *,
-        map50_95: float, key: str,
-    ) -> Request:  # fmt: skip
-        """Upload the final weights (the first request of the upload)."""
-        raise NotImplementedError
-
-    def heartbeat(self, model_id: str, agent_id: str | None) -> Request:
-        """Tell the service the trainer is alive."""
-        raise NotImplementedError
-
-    def verdict(self, outcome: Outcome, *, first_contact: bool) -> Verdict:
-        """Success, a retry, or a refusal (see :func:`hubfsm.core.retry.classify`)."""
-        return classify(outcome, first_contact=first_contact)
-
-    def cancelled(self, response: Response) -> bool:
-        """True when the answer says the run was cancelled by a person."""
-        return False
-
-    def next_step(
-        self,
-        request: Request,
-        response: Response,
-        *,
-        first: Request,
-        answer: Mapping[str, Any],
-        final: tuple[int, FilePart, float] | None,
-    ) -> Request | None:
-        """The next request of a several-step upload, or None when ``request`` was the last.
-
-        Args:
-            request: The step just acknowledged.
-            response: Its answer.
-            first: The upload's first step (the one an outbox keeps).
-            answer: What that first step was answered (empty until it was).
-            final: The final weights' slot, for the final upload; else None.
-        """
-        return None
-
-    def restarts(self, request: Request, outcome: Outcome) -> bool:
-        """True when a failed step means the upload starts over (an expired signed URL)."""
-        return False
-
-
-@attrs.frozen(repr=False)
-class HubV1(Dialect):
-    """The Ultralytics HUB REST API (``/v1``), as ultralytics 8.2 speaks it."""
-
-    name: ClassVar[ProtocolName] = "hub"
-    limits: ClassVar[Limits] = Limits()
-    heartbeats: ClassVar[bool] = True
-    batches: ClassVar[bool] = True
-
-    final_after_checkpoint: ClassVar[bool] = False
-
-    def data(self, response: Response) -> Mapping[str, Any]:
-        """The envelope's ``data``."""
-        return response.data
-
-    def metrics(self, model_id: str, batch: Mapping[int, str], *, key: str) -> Request:
-        """``POST /v1/models/{id}`` with every queued epoch."""
-        return protocol.upload_metrics(model_id, batch, key=key)
-
-    def checkpoint(
-        self, model_id: str, run_id: int | None, epoch: int, file: FilePart, *,
-        is_best: bool, key: str,
-    ) -> Request:  # fmt: skip
-        """A multipart upload of ``last.pt``."""
-        return protocol.upload_checkpoint(model_id, epoch, file, is_best=is_best, key=key)
-
-    def final(
-        self, model_id: str, run_id: int | None, epoch: int, file: FilePart, *,
-        map50_95: float, key: str,
-    ) -> Request:  # fmt: skip
-        """A multipart upload of ``best.pt`` with the mAP50-95."""
-        return protocol.upload_final(model_id, epoch, file, map50_95=map50_95, key=key)
-
-    def heartbeat(self, model_id: str, agent_id: str | None) -> Request:
-        """``POST /v1/agent/heartbeat/models/{id}``."""
-        return protocol.heartbeat(model_id, agent_id)
 
 
 @attrs.frozen(repr=False)
@@ -249,6 +95,12 @@ class Platform(Dialect):
     ) -> Request:  # fmt: skip
         """Ask for a signed URL for the final weights (step one of four)."""
         return self.upload(model_id, run_id, file, key=key)
+
+    def opening(
+        self, identifier: Identifier, create: Mapping[str, Any], *, key: Callable[[], str]
+    ) -> Request:
+        """``training_started``: a new run in a project, or a new run of a model."""
+        return self.training_started(identifier, create, key=key())
 
     def heartbeat(self, model_id: str, agent_id: str | None) -> Request:
         """Never called: the official client sends no liveness event."""
@@ -358,6 +210,40 @@ class Platform(Dialect):
             return self.event("training_complete", data, model_id=model_id, key=key)
         return None
 
+    def advance(
+        self, op: Op, response: Response, *, now: float, final: tuple[int, FilePart, float] | None
+    ) -> bool:
+        """Go on to the next step of the upload ``op`` carries; False when it is done.
+
+        Raises:
+            HubProtocolError: The answer has no usable signed URL; ``op`` starts over
+                from its first step (the caller schedules the retry).
+        """
+        first = op.first or op.request
+        try:
+            step = self.next_step(op.request, response, first=first, answer=op.answer, final=final)
+        except protocol.HubProtocolError:
+            op.request, op.first, op.answer = first, None, {}
+            raise
+        if step is None:
+            return False
+        if op.request is first:
+            op.answer = dict(self.data(response))
+        op.first = first
+        op.request = step
+        op.round_attempts = 0
+        op.round_start = now
+        op.not_before = now
+        return True
+
+    def restart(self, op: Op, outcome: Outcome) -> bool:
+        """A signed URL that refused the bytes: the upload starts over for a fresh one."""
+        if not self.restarts(op.request, outcome):
+            return False
+        assert op.first is not None
+        op.request, op.first, op.answer = op.first, None, {}
+        return True
+
     def restarts(self, request: Request, outcome: Outcome) -> bool:
         """A signed URL that refuses the bytes (expired, say) is asked for anew."""
         return (
@@ -427,8 +313,6 @@ def finite(value: Any) -> Any:
     return value
 
 
-#: The HUB v1 dialect.
-HUB_V1 = HubV1()
 #: The Platform dialect.
 PLATFORM = Platform()
 #: Every dialect by name.
@@ -482,43 +366,3 @@ def choose(
     if hub_key is None and platform_key and PLATFORM_KEY.fullmatch(platform_key.strip()):
         return PLATFORM
     return HUB_V1
-
-
-def slugify(text: str) -> str:
-    """A URL-safe slug, as the official client makes project and run names."""
-    lowered = re.sub(r"[^a-z0-9\s-]", "", str(text).lower()).replace(" ", "-")
-    return re.sub(r"-+", "-", lowered).strip("-")[:128]
-
-
-def parse_platform_identifier(text: str, *, name: str | None = None) -> Identifier:
-    """Parse how a Platform run is named.
-
-    Forms: a model id (8 to 64 ASCII letters and digits, at least 16 for a bare one) to
-    continue that model; ``owner/project`` or ``project`` for a new run named ``name``
-    (default ``train``); ``owner/project/name`` or ``ul://owner/project/name`` for a new
-    run with that name. Project and run names are slugified as the official client does.
-
-    Raises:
-        IdentifierError: The text is empty, or slugifies to nothing.
-    """
-    stripped = text.strip()
-    if stripped.startswith("ul://"):
-        stripped = stripped[len("ul://") :]
-    if "/" not in stripped and len(stripped) >= 16 and PLATFORM_ID.fullmatch(stripped):
-        return Identifier(model_id=stripped)
-    parts = [p for p in stripped.split("/") if p]
-    if len(parts) == 3:
-        parts, name = parts[:2], parts[2]
-    if not parts or len(parts) > 2:
-        raise IdentifierError(
-            f"invalid Platform identifier {show_untrusted(text, limit=40)}: use "
-            "owner/project, owner/project/run, ul://owner/project/run or a model id"
-        )
-    project = f"{parts[0]}/{slugify(parts[1])}" if len(parts) == 2 else slugify(parts[0])
-    run = slugify(name or "train")
-    if not project.strip("/") or project.endswith("/") or not run:
-        raise IdentifierError(
-            f"invalid Platform identifier {show_untrusted(text, limit=40)}: the project "
-            "and run names need letters or digits"
-        )
-    return Identifier(project=project, run_name=run)

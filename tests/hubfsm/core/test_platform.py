@@ -7,18 +7,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hubfsm.core.dialect import (
-    EVENTS_PATH,
-    HUB_V1,
-    PLATFORM,
-    UPLOAD_PATH,
-    choose,
-    parse_platform_identifier,
-    slugify,
-)
-from hubfsm.core.identifier import Identifier
-from hubfsm.core.protocol import HubProtocolError
-from hubfsm.core.retry import Verdict
+from hubfsm.core.config import RetryPolicy
+from hubfsm.core.identifier import Identifier, parse_platform_identifier, slugify
+from hubfsm.core.machine import Verdict
+from hubfsm.core.platform import EVENTS_PATH, PLATFORM, UPLOAD_PATH, choose
+from hubfsm.core.protocol import HUB_V1, HubProtocolError
+from hubfsm.core.values import CheckpointUpload, Op
 from hubfsm.errors import IdentifierError
 from hubfsm.transport import FilePart, Request, Response, TransportError
 
@@ -247,3 +241,20 @@ def test_slugs_keep_what_the_official_slugify_keeps(text):
 def test_slugs_of_names_people_type():
     assert slugify("My Project 1") == "my-project-1"
     assert slugify("exp--2 (final)!") == "exp-2-final"
+
+
+def test_an_upload_op_advances_step_by_step_and_a_refused_put_restarts_it_from_its_first():
+    first = PLATFORM.upload(MODEL, 7, FILE, key="k-9")
+    op = Op(1, "checkpoint", first, RetryPolicy(), CheckpointUpload(3))
+    signed = Response(200, {"uploadUrl": "https://storage.example/o?sig", "gcsPath": "gs://b/o"})
+    assert PLATFORM.advance(op, signed, now=5.0, final=None)
+    assert op.request.method == "PUT" and op.first is first and op.answer["gcsPath"] == "gs://b/o"
+    assert (op.round_attempts, op.round_start, op.not_before) == (0, 5.0, 5.0)
+    assert not PLATFORM.restart(op, Response(503, {}))  # retried as it is
+    assert PLATFORM.restart(op, Response(403, {}))
+    assert (op.request, op.first, op.answer) == (first, None, {})
+    # HUB v1 uploads in one request: nothing follows it, nothing starts over.
+    hub = Op(2, "checkpoint", HUB_V1.checkpoint(MODEL, None, 3, FILE, is_best=False, key="k"),
+             RetryPolicy(), CheckpointUpload(3))  # fmt: skip
+    assert not HUB_V1.advance(hub, Response(200, {}), now=5.0, final=None)
+    assert not HUB_V1.restart(hub, Response(403, {}))

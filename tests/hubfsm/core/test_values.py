@@ -1,6 +1,7 @@
 import pytest
 
-from hubfsm.core.ops import (
+from hubfsm.core.config import RetryPolicy
+from hubfsm.core.values import (
     CheckpointUpload,
     Create,
     FinalUpload,
@@ -10,7 +11,6 @@ from hubfsm.core.ops import (
     Op,
     purpose_of,
 )
-from hubfsm.core.retry import RetryPolicy
 from hubfsm.transport import Request
 
 
@@ -25,7 +25,9 @@ from hubfsm.transport import Request
         ("control", Create(), "create"),
     ],
 )
-def test_a_purpose_keeps_the_outboxs_plain_payload_and_comes_back_from_it(channel, purpose, payload):
+def test_a_purpose_keeps_the_outboxs_plain_payload_and_comes_back_from_it(
+    channel, purpose, payload
+):
     op = Op(1, channel, Request("POST", "/v1/x"), RetryPolicy(), purpose)
     assert op.payload == payload
     assert purpose_of(channel, op.payload) == purpose

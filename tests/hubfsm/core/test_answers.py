@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hubfsm.core.answers import RecordError, TrainingPlan, plan_for_file, plan_from_record
 from hubfsm.errors import ModelTrainedError
-from hubfsm.core.plan import RecordError, TrainingPlan, plan_for_file, plan_from_record
 
 RESUME = "http://127.0.0.1:9/models/AAAAAAAAAAAAAAAAAAAA/weights/last.pt?expires=9&sig=x"
 PARENT = "https://storage.example/yolov8n.pt"

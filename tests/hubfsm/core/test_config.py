@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hubfsm.core.machine import RETRYABLE_STATUSES
-from hubfsm.core.retry import ChannelPolicies, RetryPolicy, Verdict, classify
+from hubfsm.core.config import ChannelPolicies, RetryPolicy
+from hubfsm.core.machine import RETRYABLE_STATUSES, Verdict, classify
 from hubfsm.transport import Response, TransportError
 
 policies = st.builds(
@@ -50,8 +50,11 @@ def test_retry_after_is_a_floor_or_the_policy_gives_up(policy, seed, ra):
     wait = policy.next_wait(attempts=1, elapsed=0.0, rng=random.Random(seed), retry_after=ra)
     honoured = min(ra, policy.max_retry_after)
     if wait is None:
-        assert policy.max_attempts == 1 or honoured > policy.deadline \
+        assert (
+            policy.max_attempts == 1
+            or honoured > policy.deadline
             or policy.bound(0) > policy.deadline
+        )
     else:
         assert wait >= honoured
 
