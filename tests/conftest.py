@@ -7,7 +7,7 @@ import pytest
 from hypothesis import settings
 
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.store_memory import MemoryStore
+from hubfsm.hub.store import MemoryStore
 from tests.support import KEY
 
 

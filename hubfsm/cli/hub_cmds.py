@@ -13,8 +13,8 @@ from hubfsm.cli.args import KEY_ENV, key_from
 
 def cmd_hub_serve(args: argparse.Namespace) -> int:
     """Run the local hub in the foreground."""
-    from hubfsm.hub.app import BodyLimits
-    from hubfsm.hub.server import serve
+    from hubfsm.hub.bodies import BodyLimits
+    from hubfsm.hub.serve import serve
 
     return serve(
         args.data,

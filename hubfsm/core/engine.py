@@ -21,12 +21,7 @@ import attrs
 from hubfsm.core import answers, protocol
 from hubfsm.core.config import DATA_CHANNELS, CoreConfig, Notify
 from hubfsm.core.identifier import Identifier
-from hubfsm.core.machine import (
-    Answer,
-    SessionMachine,
-    Verdict,
-    answer_to,
-)
+from hubfsm.core.machine import Answer, SessionMachine, Verdict, answer_to
 from hubfsm.core.platform import DIALECTS, PLATFORM
 from hubfsm.core.schedule import Schedule
 from hubfsm.core.values import (
@@ -239,9 +234,7 @@ class Core:
     def receive(self, op_id: int, outcome: Outcome, *, now: float) -> None:
         """Take the outcome of the request sent as ``op_id``."""
         self._answer(op_id, outcome, now)
-        # A request that outlived finish()'s deadline ends the wait at its answer: the
-        # session is resumable when finish() looks, not at some later poll.
-        if self.machine.traits.final:
+        if self.machine.traits.final:  # an answer past finish()'s deadline ends the wait
             self._finish_overdue(now)
 
     def _finish_overdue(self, now: float) -> bool:
@@ -249,10 +242,8 @@ class Core:
         if now < self.schedule.finish_deadline:
             return False
         self.interrupt(now=now)
-        self.error = DeliveryIncomplete(
-            "the final upload did not complete in time; what is left stays pending",
-            self.pending(),
-        )
+        late = "the final upload did not complete in time; what is left stays pending"
+        self.error = DeliveryIncomplete(late, self.pending())
         return True
 
     def _answer(self, op_id: int, outcome: Outcome, now: float) -> None:

@@ -1,6 +1,8 @@
-"""``hubfsm hub keys``: add, list and revoke the local hub's API keys, and hand models on.
+"""Looking after a hub from outside its requests: its keys, a run's cancellation, its schema.
 
-``hubfsm hub cancel`` cancels a Platform run.
+``hubfsm hub keys`` adds, lists and revokes the hub's API keys and hands models on;
+``hubfsm hub cancel`` cancels a Platform run; :func:`migrate` brings a team hub's
+PostgreSQL database to the schema of :data:`MIGRATIONS`.
 
 The keys live in the hub's data directory (digests only, in ``hub.sqlite3``), so these
 commands work whether or not ``hubfsm hub serve`` is running, and a running hub sees the
@@ -22,10 +24,73 @@ from typing import TextIO
 
 from hubfsm.errors import HubfsmError
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.keys import KeyRecord, new_key, new_platform_key
+from hubfsm.hub.keys import KeyRecord, load_or_create_key, new_key, new_platform_key
 from hubfsm.hub.store_sqlite import SqliteStore
 
 Command = Callable[..., argparse.ArgumentParser]
+
+
+#: The schema, one step per version; a step never changes once released.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE models (
+        id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL, record TEXT NOT NULL);
+    CREATE INDEX models_created ON models (created_at, id);
+    CREATE TABLE metrics (
+        model_id TEXT NOT NULL, epoch INTEGER NOT NULL, metrics TEXT NOT NULL,
+        PRIMARY KEY (model_id, epoch));
+    CREATE TABLE weights (
+        model_id TEXT NOT NULL, kind TEXT NOT NULL, sha256 TEXT NOT NULL, size BIGINT NOT NULL,
+        object TEXT NOT NULL, PRIMARY KEY (model_id, kind));
+    CREATE INDEX weights_object ON weights (object);
+    CREATE TABLE replies (
+        scope TEXT PRIMARY KEY, status INTEGER NOT NULL, body TEXT NOT NULL,
+        request TEXT NOT NULL DEFAULT '', stored_at DOUBLE PRECISION NOT NULL);
+    CREATE INDEX replies_stored ON replies (stored_at);
+    CREATE TABLE keys (
+        digest TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL, record TEXT NOT NULL);
+    CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+    # The console output of Platform runs (chunks kept once by their id).
+    """
+    CREATE TABLE console (
+        model_id TEXT NOT NULL, chunk_id INTEGER NOT NULL, lines INTEGER NOT NULL,
+        content TEXT NOT NULL, PRIMARY KEY (model_id, chunk_id));
+    """,
+    # The rate limit's token buckets, one per key digest, shared by every process
+    # (unlogged: a crash may forget them, which only refills every bucket).
+    """
+    CREATE UNLOGGED TABLE rate_buckets (
+        who TEXT PRIMARY KEY, tokens DOUBLE PRECISION NOT NULL,
+        at DOUBLE PRECISION NOT NULL, spent BOOLEAN NOT NULL);
+    """,
+    # When each epoch's metrics first came (the pages' time axis); NULL before this step.
+    """
+    ALTER TABLE metrics ADD COLUMN arrived_at DOUBLE PRECISION;
+    """,
+)
+
+# Any constant: the lock that serialises migrations of one database.
+_MIGRATION_LOCK = 0x6875_6266_736D
+
+
+def migrate(url: str) -> int:
+    """Bring the database at ``url`` to the current schema; the schema version it has now.
+
+    Safe to run from several processes at once (they take turns) and again later (steps
+    already applied are skipped).
+    """
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        version = int(row[0]) if row is not None and row[0] is not None else 0
+        for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+            conn.execute(step)
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
+        return len(MIGRATIONS)
 
 
 def _open(
@@ -41,7 +106,7 @@ def _open(
     Raises:
         HubfsmError: There is no hub there and ``create`` is False.
     """
-    from hubfsm.hub.server import default_data_dir, load_or_create_key
+    from hubfsm.hub.server import default_data_dir
 
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
     if not create and database is None and not (folder / "api_key").is_file():
@@ -52,7 +117,7 @@ def _open(
         )
     folder.mkdir(parents=True, exist_ok=True)
     if database is not None:
-        from hubfsm.hub.store_postgres import PostgresStore, migrate
+        from hubfsm.hub.store_postgres import PostgresStore
 
         # Keys may be made before the team's hub first served: the schema comes first.
         migrate(database)

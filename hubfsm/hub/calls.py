@@ -1,4 +1,8 @@
-"""The hub's calls and replies: what goes in, what comes out, and how a path is routed."""
+"""The hub's calls and replies: what goes in, what comes out, and how a path is routed.
+
+HUB v1 answers in an envelope (:func:`ok`, :func:`fail`); the Platform API with
+``{"error": ...}`` (:func:`error`).
+"""
 
 from __future__ import annotations
 
@@ -150,6 +154,11 @@ def fail(status: int, message: str, headers: dict[str, str] | None = None) -> Hu
     """An error reply in the envelope."""
     body = {"success": False, "message": message, "data": {}}
     return HubReply(status, body, headers if headers is not None else {})
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> HubReply:
+    """A Platform error answer: ``{"error": message}`` (HUB v1 answers :func:`fail`)."""
+    return HubReply(status, {"error": message}, headers if headers is not None else {})
 
 
 # (resource, method) -> endpoint name; the resource comes from the path (see route).

@@ -8,8 +8,8 @@ it applied, so a simulation can check that nothing took effect twice.
 
 This module holds the entry point: checking the key, the route and the JSON of a call,
 and replaying idempotent retries. The rest of the hub is in its parts:
-:mod:`hubfsm.hub.keyring` (API keys), :mod:`hubfsm.hub.endpoints` (applying each call)
-and :mod:`hubfsm.hub.reads` (what the replies and pages show).
+:mod:`hubfsm.hub.keys` (API keys), :mod:`hubfsm.hub.endpoints` (applying each call)
+and :mod:`hubfsm.hub.records` (what the replies and pages show).
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from hubfsm.hub.calls import (
     request_digest,
     route,
 )
+from hubfsm.hub.keys import UrlSigner
 from hubfsm.hub.parse import check_json
 from hubfsm.hub.platform import PlatformEndpoints
-from hubfsm.hub.signing import UrlSigner
 from hubfsm.hub.store import Store, StoredReply
 from hubfsm.transport import Handler, Request, Response
 

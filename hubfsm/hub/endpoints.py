@@ -31,12 +31,11 @@ from hubfsm.hub.parse import (
     interrupted_of,
     metrics_text,
     name_of,
-    new_record,
     notes_of,
     tags_of,
     upload_fields,
 )
-from hubfsm.hub.reads import HubReads
+from hubfsm.hub.records import HubReads, new_record
 from hubfsm.hub.store import ModelRecord, StoredReply, WeightsKind
 
 

@@ -125,6 +125,15 @@ class S3Objects:
             )
         return found
 
+    def sweep(self, known: set[str], cutoff: float) -> int:
+        """Delete the weight objects not in ``known`` last changed before ``cutoff``; how many."""
+        swept = 0
+        for key, modified in self.listing():
+            if key not in known and modified < cutoff:
+                self.delete(key)
+                swept += 1
+        return swept
+
     def presign(self, key: str, ttl: float, name: str) -> str:
         """A URL that fetches the object without credentials for ``ttl`` seconds, as ``name``."""
         return str(

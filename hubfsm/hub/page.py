@@ -1,394 +1,44 @@
-"""The local hub's web pages: a list of runs, and one page per run.
+"""The local hub's web pages as HTML: a list of runs, one page per run, the sign-in page.
 
 The pages are plain HTML rendered here (every value goes through :func:`html.escape`), and
 the same data as JSON in the page; ``static/hub.js`` draws the charts with uPlot (vendored,
 see ``static/uplot.LICENSE``; nothing is loaded from elsewhere, so the pages work offline)
-and polls the JSON while a run trains. :func:`summarize` computes what both show.
+and polls the JSON while a run trains. What they show of a run comes from
+:mod:`hubfsm.hub.summary`.
 """
 
 from __future__ import annotations
 
-import csv
-import datetime
-import io
-import json
-import math
-import re
 from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from hubfsm.hub.parse import MAX_INT, MAX_JSON_INT
-
-#: The metric a run is ranked by, when it has it.
-BEST_METRIC = "metrics/mAP50-95(B)"
-#: Ultralytics' minimum seconds between checkpoint uploads (see PROTOCOL.md).
-CHECKPOINT_INTERVAL = 900
-#: Seconds between the official client's heartbeats (see PROTOCOL.md).
-HEARTBEAT_INTERVAL = 300.0
-#: A run is stalled after this many heartbeat intervals without a heartbeat or an upload.
-STALL_BEATS = 2
+from hubfsm.hub.access import CSRF_FIELD, Viewer
+from hubfsm.hub.summary import dumps, metric_names, param_rows, run_stem, short, size
 
 
-def seconds_of(iso: object) -> float | None:
-    """Seconds since the epoch of an ISO time the API shows, or None."""
-    if not isinstance(iso, str):
-        return None
-    return datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-
-
-def _short(iso: object) -> str:
-    # "2026-12-01T14:57:29.166201Z" -> "2026-12-01 14:57"
-    return str(iso)[:16].replace("T", " ") if iso else "-"
-
-
-def duration(seconds: float | None) -> str:
-    """``2 h 05 min``, ``4 min 09 s`` or ``12 s``; ``-`` for None (or no finite number)."""
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    whole = max(0, int(round(seconds)))
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
-
-
-def size(count: int) -> str:
-    """A byte count for people: ``6.2 MiB``."""
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{count} B"  # pragma: no cover - the loop always returns
-
-
-def metric_names(metrics: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Every metric name, in the order the trainer first sent them."""
-    names: dict[str, None] = {}
-    for entry in metrics:
-        names.update(dict.fromkeys(entry["metrics"]))
-    return list(names)
-
-
-def group(name: str) -> str:
-    """The section a metric is shown in, as ultralytics names them."""
-    if "loss" in name:
-        return "Losses"
-    if name.startswith("metrics/"):
-        return "Metrics"
-    if name.startswith("lr/"):
-        return "Learning rates"
-    return "Other"
-
-
-def _count(value: object) -> int | None:
-    """An integer the page computes with, or None: absent, not an integer, or too large.
-
-    Records kept before the hub bounded its integers may hold any integer (a 401-digit
-    ``epochs``, say): the page shows the rest of the run rather than fail for everyone.
-    """
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_INT:
-        return value
-    return None
-
-
-def _number_of(value: object) -> float | None:
-    """A metric value as a finite float, or None (text, a bool, or too large for a float)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def better(name: str) -> str:
-    """``lower`` for a loss, ``higher`` for anything else: which way a metric improves."""
-    return "lower" if "loss" in name.lower() else "higher"
-
-
-def primary(names: Sequence[str]) -> str | None:
-    """The metric a run is ranked by: mAP50-95, else the first ``metrics/*``, else the first."""
-    if BEST_METRIC in names:
-        return BEST_METRIC
-    return next((n for n in names if n.startswith("metrics/")), names[0] if names else None)
-
-
-def short(name: str) -> str:
-    """A metric's name without its ``metrics/`` prefix: ``mAP50-95(B)``."""
-    return name.removeprefix("metrics/")
-
-
-def metric_stats(metrics: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per metric: its last and best value with their epochs, and which way is better."""
-    out: dict[str, dict[str, Any]] = {}
-    for name in metric_names(metrics):
-        values = [
-            (value, int(entry["epoch"]))
-            for entry in metrics
-            if (value := _number_of(entry["metrics"].get(name))) is not None
-        ]
-        if not values:
-            continue
-        way = better(name)
-        sign = 1.0 if way == "lower" else -1.0
-        # The earliest epoch wins a tie, as a tracker's "best epoch" does.
-        best = min(values, key=lambda item: (sign * item[0], item[1]))
-        last = max(values, key=lambda item: item[1])
-        out[name] = {
-            "best": best[0],
-            "best_epoch": best[1],
-            "last": last[0],
-            "last_epoch": last[1],
-            "better": way,
-        }
-    return out
-
-
-def _best(
-    metrics: Sequence[Mapping[str, Any]], stats: Mapping[str, Mapping[str, Any]]
-) -> tuple[str, float, int] | None:
-    name = primary([n for n in metric_names(metrics) if n in stats])
-    if name is None:
-        return None
-    return name, stats[name]["best"], stats[name]["best_epoch"]
-
-
-#: The training arguments the HUB v1 create body carries, by their ultralytics names.
-WIRE_ARGS = ("data", "epochs", "batch", "imgsz", "patience", "device", "cache")
-
-
-def params(record: Mapping[str, Any]) -> dict[str, Any]:
-    """Every training argument of a run: what the trainer gave, else what the wire carried."""
-    given = record.get("params")
-    if isinstance(given, Mapping):
-        return dict(given)
-    return dict(record.get("train_args") or {})
-
-
-def param_rows(record: Mapping[str, Any]) -> list[tuple[str, object, str]]:
-    """The parameter table: (name, value, how it reached the hub) per argument.
-
-    How: ``wire`` for an argument the HUB v1 create body carries, ``hub only`` for one a
-    hubfsm session sent beside it (the wire has no room for it), ``HUB default`` for a wire
-    argument the trainer did not give (the official client fills these in).
-    """
-    given = record.get("params")
-    if not isinstance(given, Mapping):
-        return [(str(k), v, "wire") for k, v in (record.get("train_args") or {}).items()]
-    rows = [(str(k), v, "wire" if k in WIRE_ARGS else "hub only") for k, v in given.items()]
-    wire = record.get("train_args") or {}
-    rows += [(k, wire[k], "HUB default") for k in WIRE_ARGS if k in wire and k not in given]
-    return rows
-
-
-def planned_epochs(record: Mapping[str, Any]) -> int | None:
-    """The epochs the trainer planned: its own ``epochs`` when it sent every argument.
-
-    A run whose arguments came beside the wire's and hold no ``epochs`` planned what its
-    trainer defaults to, which the hub does not know: the wire's 300 is the official
-    client's default, not the trainer's.
-    """
-    given = record.get("params")
-    if isinstance(given, Mapping) and record.get("protocol") != "platform":
-        return _count(given.get("epochs"))
-    # Platform runs say their epochs themselves; a HUB v1 record without the arguments
-    # has the wire's value, the best there is.
-    return _count(record.get("epochs"))
-
-
-def state(record: Mapping[str, Any], now: float, stall_after: float) -> str:
-    """The run's status, ``interrupted`` or ``stalled``.
-
-    ``interrupted``: not trained, and its session said it stopped before the end (Ctrl-C,
-    a signal, an exception; a hubfsm session says so to a hubfsm hub as it closes).
-    ``stalled``: not trained, and silent for ``stall_after`` seconds. A run killed, or
-    stopped by a client that does not say so, sends nothing more: the hub only sees the
-    silence. The API's status stays ``training`` (the official client reads it).
-    """
-    status = str(record.get("status"))
-    if status == "trained":
-        return status
-    if record.get("interrupted_at"):
-        return "interrupted"
-    times = [seconds_of(record.get(k)) for k in ("updated_at", "heartbeat_at")]
-    latest = max((t for t in times if t is not None), default=None)
-    if latest is not None and now - latest > stall_after:
-        return "stalled"
-    return status
-
-
-def summarize(
-    record: Mapping[str, Any],
-    metrics: Sequence[Mapping[str, Any]],
-    now: float,
-    stall_after: float = STALL_BEATS * HEARTBEAT_INTERVAL,
-) -> dict[str, Any]:
-    """Progress, times, best metric and warnings of a run, as text ready to show.
-
-    Args:
-        record: The API's view of the run.
-        metrics: Its metrics, as the API lists them.
-        now: Hub clock seconds.
-        stall_after: Seconds without a heartbeat or upload after which a run is stalled.
-    """
-    total = planned_epochs(record)
-    last = _count(record.get("last_epoch"))
-    done = 0 if last is None else last + 1
-    final = _count(record.get("final_epoch"))
-    if record.get("status") == "trained" and final is not None:
-        done = max(done, final + 1)
-    shown = state(record, now, stall_after)
-    running = shown in ("new", "training")
-    started = seconds_of(record.get("started_at"))
-    updated = seconds_of(record.get("updated_at"))
-    beat = seconds_of(record.get("heartbeat_at"))
-    latest = max((t for t in (updated, beat) if t is not None), default=None)
-    # The clocks stop with the run: at its last upload once trained, its last sign if stalled.
-    end = now if running else (updated if shown == "trained" else latest) or now
-    if shown == "interrupted":
-        end = seconds_of(record.get("interrupted_at")) or end
-    elapsed = None if started is None else end - started
-    eta = None
-    if running and started is not None and updated is not None and done and total:
-        eta = max(0, total - done) * (updated - started) / done
-    stats = metric_stats(metrics)
-    best = _best(metrics, stats)
-    checkpoint = _count(record.get("checkpoint_epoch"))
-    stale = None
-    if (
-        checkpoint is not None
-        and last is not None
-        and last > checkpoint
-        and not record.get("has_best_weights")
-    ):
-        stale = (
-            f"last.pt is from epoch {checkpoint}, older than the last metrics (epoch {last}): "
-            f"the official client uploads a checkpoint at most every {CHECKPOINT_INTERVAL} s."
-        )
-    if shown != "trained" and not running and done:
-        # Stopped: the epochs it ran are what there is (the bar shows how far it got).
-        progress = f"stopped after epoch {done}" + (f" of {total}" if total else "")
-        percent = min(100.0, 100.0 * done / total) if total and total > 0 else 100.0
-    elif shown == "trained":
-        # Over: the epochs actually run are the whole, whatever was planned.
-        percent = 100.0
-        progress = f"epoch {done} of {done}"
-        if total and total != done:
-            progress += f" ({total} planned)"
-    else:
-        percent = min(100.0, 100.0 * done / total) if total and total > 0 else 0.0
-        progress = f"epoch {done} of {total}" if total else f"epoch {done}"
-    eta_text = {"trained": "finished", "stalled": "stopped", "interrupted": "stopped"}.get(
-        shown, duration(eta)
+def _head(title: str, *styles: str) -> str:
+    """A page's start up to its body: the title and the style sheets (all served here)."""
+    links = "".join(f'<link rel="stylesheet" href="/static/{name}">' for name in styles)
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title>{links}</head>"
     )
-    name = None if best is None else best[0]
-    return {
-        "status": record.get("status"),
-        "state": shown,
-        "done": done,
-        "total": total,
-        "percent": round(percent, 1),
-        "progress": progress,
-        "elapsed": duration(elapsed),
-        "eta": eta_text,
-        "heartbeat": "never" if beat is None else f"{duration(now - beat)} ago",
-        "agent": record.get("agent") or "-",
-        "best": None if best is None else {"name": best[0], "value": best[1], "epoch": best[2]},
-        "best_text": "-" if best is None else f"{best[1]:.4g} (epoch {best[2]})",
-        "best_label": "best" if name is None else f"best {short(name)}",
-        "better": None if name is None else f"{better(name)} is better",
-        "stats": stats,
-        "stale": stale,
-        "last_epoch": "-" if last is None else str(last),
-        "created": _short(record.get("created_at")),
-        "activity": "no activity yet" if latest is None else f"active {duration(now - latest)} ago",
-        "params": params(record),
-        "ended": (
-            f"interrupted: {record.get('interrupted_by')}"
-            if shown == "interrupted"
-            else "silent: no heartbeat or upload for a while (killed, or lost)"
-            if shown == "stalled"
-            else ""
-        ),
-    }
 
 
 def _doc(title: str, body: str, script: str = "") -> str:
     return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title>"
-        '<link rel="stylesheet" href="/static/uplot.min.css">'
-        '<link rel="stylesheet" href="/static/hub.css">'
-        f'</head><body>{body}<script src="/static/uplot.iife.min.js"></script>'
+        f"{_head(title, 'uplot.min.css', 'hub.css')}"
+        f'<body>{body}<script src="/static/uplot.iife.min.js"></script>'
         f'<script src="/static/hub.js"></script>{script}</body></html>'
     )
-
-
-def dumps(value: object) -> str:
-    """Strict JSON text; what no JSON number holds (from data of older versions) is null.
-
-    That is NaN, Infinity, and integers past what a double holds.
-    """
-    try:
-        return json.dumps(value, allow_nan=False)
-    except ValueError:
-        return json.dumps(_finite(value), allow_nan=False)
-
-
-def _finite(value: object) -> object:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, int) and not -MAX_JSON_INT <= value <= MAX_JSON_INT:
-        return None  # no JSON number holds it (and past 4300 digits, json.dumps raises)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _data_tag(element_id: str, value: object) -> str:
     # "<" written as an escape, so nothing in the data can end the <script> element.
     text = dumps(value).replace("<", "\\u003c")
     return f'<script type="application/json" id="{element_id}">{text}</script>'
-
-
-def run_stem(record: Mapping[str, Any]) -> str:
-    """The run's name as a file name: ``yolov8n-coco8`` (its id when it has no usable name)."""
-    name = str(record.get("name") or "")
-    # A run named after its model file (``yolov8n.yaml``) is saved as ``yolov8n-best.pt``.
-    name = re.sub(r"\.(ya?ml|pt)$", "", name)
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
-    return name[:80] or str(record["id"])
-
-
-def download_name(record: Mapping[str, Any], kind: str) -> str:
-    """What a weight file is saved as: ``<run>-best.pt``, so that runs do not overwrite."""
-    return f"{run_stem(record)}-{kind}.pt"
-
-
-def metrics_csv(metrics: Sequence[Mapping[str, Any]]) -> str:
-    """The metrics as CSV: a row per epoch, a column per metric, each value as sent."""
-    names = metric_names(metrics)
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["epoch", *names])
-    for entry in metrics:
-        values = [entry["metrics"].get(name) for name in names]
-        # A float as its shortest round-tripping text: read back, it is the value sent.
-        writer.writerow([entry["epoch"], *(_cell(v) for v in values)])
-    return out.getvalue()
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return ""
-    return value if isinstance(value, str) else dumps(value)
 
 
 def _badge(state: object) -> str:
@@ -618,7 +268,7 @@ def render_model(data: Mapping[str, Any]) -> str:
         f'{_badge(summary.get("state"))}<span class="id">{model_id}</span>'
         f'<span id="run-tags">{_tags(record.get("tags"))}</span></header>{_unreachable()}'
         f'<main>{_noscript()}<p id="run-notes" class="notes"'
-        f'{"" if record.get("notes") else " hidden"}>{escape(str(record.get("notes") or ""))}</p>'
+        f"{'' if record.get('notes') else ' hidden'}>{escape(str(record.get('notes') or ''))}</p>"
         f"{progress}{_chart_tools() if names else ''}"
         f'<section id="charts">{"" if names else "<p>No metrics yet.</p>"}</section>'
         f'<section class="card"><h2>Weights</h2>{weights_table}</section>'
@@ -672,3 +322,31 @@ def _number(value: Any) -> str:
 def render_missing(what: str) -> str:
     """The page of something that does not exist."""
     return _doc("Not found", f"<header><h1>No {escape(what)}</h1><a href='/'>all runs</a></header>")
+
+
+def signin_page(problem: str = "") -> str:
+    """The sign-in page: one field for an API key."""
+    note = f'<p class="problem">{escape(problem)}</p>' if problem else ""
+    return (
+        f"{_head('Sign in · local hub', 'hub.css')}<body><main><h1>Sign in</h1>"
+        "<p>Paste your API key: you will see the models it made.</p>"
+        f"{note}"
+        '<form method="post" action="/signin">'
+        '<input type="password" name="key" autocomplete="current-password" '
+        'aria-label="API key" required autofocus> '
+        '<button type="submit">Sign in</button></form>'
+        "</main></body></html>"
+    )
+
+
+def session_bar(viewer: Viewer, token: str) -> str:
+    """Who is signed in, a sign-out button, and the CSRF token for the page's own forms."""
+    who = escape(viewer.label or viewer.key_id or "")
+    role = " (admin: all models)" if viewer.admin else ""
+    return (
+        f'<meta name="csrf-token" content="{token}">'
+        '<form class="session" method="post" action="/signout">'
+        f"Signed in as {who}{role} "
+        f'<input type="hidden" name="{CSRF_FIELD}" value="{token}">'
+        '<button type="submit">Sign out</button></form>'
+    )

@@ -1,7 +1,8 @@
-"""Checking what clients send: strict JSON, the create-model body, metrics, upload forms.
+"""Checking what clients send: strict JSON, metrics, upload forms, names, tags and notes.
 
-Everything here raises :class:`ValueError` with a message for the client (the hub answers
-it as a 400). The rules follow what ``ultralytics==8.2.0`` and hub-sdk send (see
+Most of it raises :class:`ValueError` with a message for the client (the hub answers it
+as a 400); Platform's counts and numbers are told apart by :func:`whole_count` and
+:func:`plain_number`. The rules follow what ``ultralytics==8.2.0`` and hub-sdk send (see
 ``PROTOCOL.md``): the given values are kept as they are, only their shapes are checked.
 """
 
@@ -13,9 +14,7 @@ import math
 import re
 import sys
 from collections.abc import Mapping
-from typing import Any
-
-from hubfsm.hub.store import ModelRecord
+from typing import Any, TypeGuard
 
 #: How deep JSON may nest; the API's bodies need 4 levels.
 MAX_DEPTH = 32
@@ -225,6 +224,24 @@ def _flat_numbers(value: dict[str, Any]) -> bool:
         return False
 
 
+#: Platform counts stay under this.
+_MAX_COUNT = 10**9
+
+
+def whole_count(value: object) -> TypeGuard[int]:
+    """True for an integer from 0 to under a billion (a Platform count: epochs, lines)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_COUNT
+
+
+def plain_number(value: object) -> bool:
+    """True for None or a finite number under 1e15 (a Platform metric a chart can show)."""
+    if value is None:
+        return True
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and abs(value) < 1e15
+
+
 def epoch_of(value: object) -> int | None:
     """A non-negative epoch number (under a billion) from an int or a string of digits."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -232,77 +249,6 @@ def epoch_of(value: object) -> int | None:
     if isinstance(value, str) and 0 < len(value) < 10 and value.isascii() and value.isdigit():
         return int(value)
     return None
-
-
-def _section(body: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    value = body.get(name)
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ValueError(f"'{name}' must be an object")
-    return value
-
-
-def _text(section: Mapping[str, Any], key: str, where: str) -> str | None:
-    value = section.get(key)
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ValueError(f"'{where}.{key}' must be a string")
-    if len(str(value)) > MAX_TEXT:
-        raise ValueError(f"'{where}.{key}' is longer than {MAX_TEXT} characters")
-    return str(value)
-
-
-def _is_int(value: object) -> bool:
-    """True for an integer within ``MAX_INT`` either way (bools are not integers here)."""
-    return isinstance(value, int) and not isinstance(value, bool) and -MAX_INT <= value <= MAX_INT
-
-
-#: Said of a config integer that is not one, or is out of range.
-_INTEGER = f"an integer from -{MAX_INT} to {MAX_INT}"
-
-
-def _int(config: Mapping[str, Any], key: str) -> int | None:
-    value = config.get(key)
-    if value is None:
-        return None
-    if not _is_int(value):
-        raise ValueError(f"'config.{key}' must be {_INTEGER}")
-    return int(value)
-
-
-def _imgsz(config: Mapping[str, Any]) -> int | tuple[int, ...] | None:
-    value = config.get("imageSize")
-    if value is None or _is_int(value):
-        return value
-    if isinstance(value, list) and 1 <= len(value) <= 2 and all(_is_int(v) for v in value):
-        return tuple(value)
-    raise ValueError(f"'config.imageSize' must be {_INTEGER}, or a list of one or two of them")
-
-
-def _device(config: Mapping[str, Any]) -> str | int | tuple[int | str, ...] | None:
-    value = config.get("device")
-    if value is None or isinstance(value, str) or _is_int(value):
-        if isinstance(value, str) and len(value) > 200:
-            raise ValueError("'config.device' is too long")
-        return value
-    if isinstance(value, list) and len(value) <= 64 and all(_device_part(v) for v in value):
-        return tuple(value)
-    raise ValueError(f"'config.device' must be a string, {_INTEGER}, or a list of them")
-
-
-def _device_part(value: object) -> bool:
-    return _is_int(value) or (isinstance(value, str) and len(value) < 32)
-
-
-def _cache(config: Mapping[str, Any]) -> str | bool | None:
-    value = config.get("cache")
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str) and len(value) <= 20:
-        return value
-    raise ValueError("'config.cache' must be true, false, or a string such as 'ram' or 'disk'")
 
 
 def tags_of(value: object, where: str = "tags") -> tuple[str, ...]:
@@ -357,54 +303,6 @@ def interrupted_of(extra: object) -> str | None:
     if not isinstance(reason, str) or not reason or len(reason) > 200:
         raise ValueError("'hubfsm.reason' must be a string of 1 to 200 characters")
     return reason
-
-
-def _extension(body: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...], str | None]:
-    """The ``hubfsm`` object a hubfsm session adds: (arguments as JSON text, tags, notes)."""
-    extra = _section(body, "hubfsm")
-    args = extra.get("trainArgs")
-    params = None
-    if args is not None:
-        if not isinstance(args, Mapping):
-            raise ValueError("'hubfsm.trainArgs' must be an object")
-        params = json.dumps(args)
-        if len(params) > MAX_PARAMS:
-            raise ValueError(f"'hubfsm.trainArgs' is larger than {MAX_PARAMS} bytes of JSON")
-    tags = tags_of(extra.get("tags"), "hubfsm.tags")
-    return params, tags, notes_of(extra.get("notes"), "hubfsm.notes")
-
-
-def new_record(body: Mapping[str, Any], model_id: str, now: float, owner: str) -> ModelRecord:
-    """Build a record from a create-model body; ValueError says what is wrong with it.
-
-    Beside the HUB v1 fields, the ``hubfsm`` object a hubfsm session sends to any hub but
-    the public one is kept: every training argument, tags and notes.
-    """
-    params, tags, notes = _extension(body)
-    config = _section(body, "config")
-    lineage = _section(body, "lineage")
-    architecture = _text(_section(lineage, "architecture"), "name", "lineage.architecture")
-    if architecture is None:
-        raise ValueError("'lineage.architecture.name' is required (such as 'yolov8n')")
-    cfg = architecture if architecture.endswith((".yaml", ".yml")) else f"{architecture}.yaml"
-    return ModelRecord(
-        id=model_id,
-        name=_text(_section(body, "meta"), "name", "meta") or architecture,
-        created_at=now,
-        cfg=cfg,
-        dataset=_text(_section(body, "dataset"), "name", "dataset"),
-        parent=_text(_section(lineage, "parent"), "name", "lineage.parent"),
-        batch_size=_int(config, "batchSize"),
-        epochs=_int(config, "epochs"),
-        imgsz=_imgsz(config),
-        patience=_int(config, "patience"),
-        device=_device(config),
-        cache=_cache(config),
-        owner=owner,
-        params=params,
-        tags=tags,
-        notes=notes,
-    )
 
 
 def upload_fields(

@@ -16,29 +16,25 @@ reports a training with ``Authorization: Bearer ul_...`` to four endpoints:
 A Platform model is a :class:`~hubfsm.hub.store.ModelRecord` like a HUB one (with its
 ``project``, ``slug`` and ``run_id``), so the pages and ``runs.json`` show runs of both
 protocols alike; the epoch metrics go to the same table, the checkpoint becomes the
-model's ``last`` weights, the final file its ``best`` ones. Errors answer ``{"error": ...}``,
-the shape the client reads.
+model's ``last`` weights, the final file its ``best`` ones (see :mod:`hubfsm.hub.platform_files`).
+Errors answer ``{"error": ...}``, the shape the client reads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections import Counter
 from collections.abc import Mapping
-from typing import IO, Any, TypeGuard
-
-import attrs
+from typing import Any
 
 from hubfsm.hub import records
-from hubfsm.hub.calls import HubCall, HubReply
-from hubfsm.hub.endpoints import Endpoints
-from hubfsm.hub.keyring import KeyAdmin
-from hubfsm.hub.keys import is_platform_key
-from hubfsm.hub.parse import MAX_PARAMS, check_json, metrics_text
-from hubfsm.hub.store import ModelRecord, Staged, StoredReply
+from hubfsm.hub.calls import HubCall, HubReply, error
+from hubfsm.hub.keys import KeyAdmin, is_platform_key
+from hubfsm.hub.parse import MAX_PARAMS, check_json, metrics_text, plain_number, whole_count
+from hubfsm.hub.platform_files import FILENAME, PlatformFiles, stored_path
+from hubfsm.hub.store import ModelRecord, StoredReply
 
 #: The events the SDK knows; ultralytics 8.4.190 sends the first five.
 EVENTS = (
@@ -53,13 +49,9 @@ EVENTS = (
 )
 #: The workspace of a project given without ``owner/`` (the local hub has one user).
 USERNAME = "local"
-#: Uploads received but not yet promoted, at most (the oldest is dropped beyond it).
-PENDING_KEPT = 64
 #: Seconds within which a ``training_started`` sent again is taken as a retry: the SDK's
 #: four attempts of at most 30 s each, with their waits, fit in it.
 RETRY_WINDOW = 180.0
-#: Console text a model page shows, at most (its last characters).
-CONSOLE_SHOWN = 256 * 1024
 
 # ultralytics' model-info fields at epoch 0, under the names HUB-era clients send them.
 _MODEL_INFO = {
@@ -67,25 +59,8 @@ _MODEL_INFO = {
     "gflops": "model/GFLOPs",
     "speedMs": "model/speed_PyTorch(ms)",
 }
-_FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _SLUG_PART = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,126}[a-z0-9])?")
-_UPLOAD_PATH = re.compile(r"uploads/([A-Za-z0-9]{20})/([0-9]{1,9})/([A-Za-z0-9]{20})/(.+)")
 _MAX_TEXT = 1000
-_MAX_INT = 10**9
-
-
-@attrs.frozen
-class Pending:
-    """A file PUT to a signed upload URL, waiting for ``checkpoint_saved`` to promote it."""
-
-    model_id: str
-    run_id: int
-    staged: Staged
-
-
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> HubReply:
-    """A Platform error answer: ``{"error": message}``."""
-    return HubReply(status, {"error": message}, headers if headers is not None else {})
 
 
 def slugify(text: str) -> str:
@@ -108,14 +83,10 @@ def route(method: str, path: str) -> tuple[str, tuple[str, ...]]:
     return "unknown", ()
 
 
-class PlatformEndpoints(KeyAdmin, Endpoints):
+class PlatformEndpoints(KeyAdmin, PlatformFiles):
     """The Platform API (a part of :class:`~hubfsm.hub.domain.Hub`)."""
 
-    _requests: Counter[str]
     _replayed: Counter[str]
-    # uploadPath -> the file PUT there. Kept in memory: a restart drops the uploads not yet
-    # promoted, and the trainer's checkpoint_saved for one then gets 404.
-    _pending: dict[str, Pending]
 
     def platform_handle(self, call: HubCall) -> HubReply:
         """Answer one call under ``/api/``."""
@@ -164,26 +135,9 @@ class PlatformEndpoints(KeyAdmin, Endpoints):
         }
         return HubReply(200, body)
 
-    def _files(self, who: str, owner: str, project: str, model: str) -> HubReply:
-        wanted = f"{owner}/{project}"
-        for record in reversed(self.store.list_models()):
-            mine = record.owner == who and record.project == wanted
-            if mine and model in (record.slug, record.id):
-                files = []
-                for kind in ("best", "last"):
-                    info = self.store.weights_info(record.id, kind)
-                    if info is not None:
-                        url = self.weights_url(record, kind)
-                        name = url.split("?", 1)[0].rsplit("/", 1)[-1]
-                        files.append({"name": name, "size": info.size, "downloadUrl": url})
-                return HubReply(200, {"files": files})
-        return error(404, f"Model not found: {owner}/{project}/{model}")
-
-    # Writes.
-
     def _upload_url(self, who: str, body: Mapping[str, Any]) -> HubReply:
         filename = body.get("filename")
-        if not isinstance(filename, str) or _FILENAME.fullmatch(filename) is None:
+        if not isinstance(filename, str) or FILENAME.fullmatch(filename) is None:
             return error(400, "'filename' must be a plain file name, such as best.pt")
         record = self._identified(who, body)
         if isinstance(record, HubReply):
@@ -199,44 +153,11 @@ class PlatformEndpoints(KeyAdmin, Endpoints):
         )
         data = {
             "uploadUrl": url,
-            "gcsPath": _stored_path(upload_path),
+            "gcsPath": stored_path(upload_path),
             "uploadPath": upload_path,
             "modelId": record.id,
         }
         return HubReply(200, data)
-
-    def receive_upload(
-        self, path: str, query: Mapping[str, str], source: bytes | IO[bytes]
-    ) -> HubReply:
-        """Take a file PUT to a signed upload URL (``/uploads/...``), streamed to staging.
-
-        Called without the lock: the signature is checked before a byte is read, and the
-        file is received outside the lock so a large upload holds up no other request.
-        """
-        with self._lock:
-            self._requests["platform_upload_put"] += 1
-        if self.signer is not None:
-            problem = self.signer.check(path, query)
-            if problem is not None:
-                return error(403, problem)
-        found = _UPLOAD_PATH.fullmatch(path.lstrip("/"))
-        if found is None or _FILENAME.fullmatch(found.group(4)) is None:
-            return error(404, "No such upload location")
-        model_id, run_id = found.group(1), int(found.group(2))
-        with self._lock:
-            if self.store.get_model(model_id) is None:
-                return error(404, "No such upload location")
-        staged = self.store.stage_weights(source)
-        with self._lock:
-            pending = self._pending
-            replaced = pending.pop(path.lstrip("/"), None)
-            if len(pending) >= PENDING_KEPT:
-                replaced_first = pending.pop(next(iter(pending)))
-                self.store.discard_weights(replaced_first.staged)
-            pending[path.lstrip("/")] = Pending(model_id, run_id, staged)
-        if replaced is not None:
-            self.store.discard_weights(replaced.staged)
-        return HubReply(200, {})
 
     def cancel(self, model_id: str) -> bool:
         """Ask the run writing to ``model_id`` to stop: its next answers say ``cancelled``."""
@@ -246,14 +167,6 @@ class PlatformEndpoints(KeyAdmin, Endpoints):
                 return False
             self.store.put_model(records.evolve(record, cancelled=True))
             return True
-
-    def console(self, model_id: str) -> str:
-        """The model's console output as one text (its last :data:`CONSOLE_SHOWN` characters)."""
-        with self._lock:
-            chunks = self.store.get_console(model_id)
-        # A chunk is lines joined by newlines, usually without a last one.
-        text = "".join(c if c.endswith("\n") else c + "\n" for _, _, c in chunks if c)
-        return text[-CONSOLE_SHOWN:]
 
     def _training_event(self, who: str, body: Mapping[str, Any]) -> HubReply:
         event, data = body.get("event"), body.get("data")
@@ -380,12 +293,12 @@ class PlatformEndpoints(KeyAdmin, Endpoints):
 
     def _epoch_end(self, record: ModelRecord, data: Mapping[str, Any]) -> ModelRecord | HubReply:
         epoch, metrics = data.get("epoch"), data.get("metrics")
-        if not _count(epoch):
+        if not whole_count(epoch):
             return error(400, "'epoch' must be a non-negative integer")
         if not isinstance(metrics, dict):
             return error(400, "'metrics' must be an object")
         # What a chart can show: plain names with numbers (null for a non-finite one).
-        values = {k: v for k, v in metrics.items() if _plain_name(k) and _number(v)}
+        values = {k: v for k, v in metrics.items() if _plain_name(k) and plain_number(v)}
         info = data.get("modelInfo")
         if isinstance(info, dict):
             values.update({_MODEL_INFO[k]: v for k, v in info.items() if k in _MODEL_INFO})
@@ -413,75 +326,10 @@ class PlatformEndpoints(KeyAdmin, Endpoints):
             return error(400, "'chunkId' must be an integer")
         if not isinstance(content, str):
             return error(400, "'content' must be a string")
-        if not _count(lines):
+        if not whole_count(lines):
             lines = content.count("\n")
         self.store.put_console(record.id, chunk, lines, content)
         return record
-
-    def _checkpoint_saved(
-        self, record: ModelRecord, data: Mapping[str, Any]
-    ) -> ModelRecord | HubReply:
-        upload_path, model_path = data.get("uploadPath"), data.get("modelPath")
-        if not isinstance(upload_path, str) or not isinstance(model_path, str):
-            return error(400, "'uploadPath' and 'modelPath' must be the upload's strings")
-        if model_path != _stored_path(upload_path):
-            return error(400, "'modelPath' is not the gcsPath of that uploadPath")
-        if record.checkpoint_path == model_path:
-            return record  # promoted already: a retry
-        pending = self._pending.get(upload_path)
-        if pending is None or pending.model_id != record.id:
-            return error(404, "Nothing was uploaded to that uploadPath")
-        run_id = data.get("runId")
-        if run_id is not None and run_id != pending.run_id:
-            return error(409, "That upload belongs to another run")
-        if record.status == "trained":
-            return error(409, f"Model {record.id} is already trained")
-        del self._pending[upload_path]
-        self.store.commit_weights(record.id, "last", pending.staged)
-        epoch = record.metrics_epoch if record.metrics_epoch is not None else 0
-        updated = records.after_upload(record, "epoch", epoch, None, self.clock())
-        updated = records.evolve(updated, checkpoint_path=model_path)
-        self.store.put_model(updated)
-        return updated
-
-    def _complete(self, record: ModelRecord, data: Mapping[str, Any]) -> ModelRecord | HubReply:
-        results = data.get("results")
-        if not isinstance(results, dict):
-            return error(400, "'results' must be an object")
-        model_path = results.get("modelPath")
-        staged: Staged | None = None
-        if isinstance(model_path, str) and model_path == record.checkpoint_path:
-            content = self.store.open_weights(record.id, "last")
-            if content is not None:
-                try:
-                    staged = self.store.stage_weights(content)
-                finally:
-                    if not isinstance(content, bytes):
-                        content.close()
-        elif isinstance(model_path, str):
-            # An upload sent without a run (legacy callers) is promoted by the complete event.
-            for path, pending in list(self._pending.items()):
-                if pending.model_id == record.id and _stored_path(path) == model_path:
-                    staged = self._pending.pop(path).staged
-        metrics = results.get("metrics")
-        found = metrics.get("metrics/mAP50-95(B)") if isinstance(metrics, dict) else None
-        map50_95 = float(found) if _number(found) and found is not None else None
-        best_epoch = results.get("bestEpoch")
-        epochs = [e for e in (record.metrics_epoch, best_epoch) if _count(e)]
-        final_epoch = max(epochs) if epochs else 0
-        now = self.clock()
-        if staged is not None:
-            try:
-                self.store.commit_weights(record.id, "best", staged)
-            finally:
-                self.store.discard_weights(staged)
-            updated = records.after_upload(record, "final", final_epoch, map50_95, now)
-        else:
-            updated = records.evolve(
-                record, status="trained", final_epoch=final_epoch, map50_95=map50_95, updated_at=now
-            )
-        self.store.put_model(updated)
-        return updated
 
 
 def _received(event: str, record: ModelRecord) -> HubReply:
@@ -494,11 +342,6 @@ def _received(event: str, record: ModelRecord) -> HubReply:
         "cancelled": record.cancelled,
     }
     return HubReply(200, body)
-
-
-def _stored_path(upload_path: str) -> str:
-    """Where an upload lives once promoted (``gcsPath``): ``models/...`` for ``uploads/...``."""
-    return "models/" + upload_path.removeprefix("uploads/")
 
 
 def _project(project: str) -> str:
@@ -521,18 +364,6 @@ def _plain_name(name: object) -> bool:
     )
 
 
-def _count(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_INT
-
-
-def _number(value: object) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return math.isfinite(value) and abs(value) < 1e15
-
-
 def _config(data: Mapping[str, Any]) -> dict[str, Any]:
     """The record fields ``training_started`` tells: model, data, epochs, image size, ..."""
     args = data.get("trainArgs")
@@ -544,7 +375,7 @@ def _config(data: Mapping[str, Any]) -> dict[str, Any]:
     def whole(value: object) -> int | None:
         if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 9:
             return int(value)
-        return value if _count(value) else None
+        return value if whole_count(value) else None
 
     config: dict[str, Any] = {
         "cfg": text(args.get("model")) or "",

@@ -1,16 +1,27 @@
-"""How a model record changes with each upload, and how the API shows it."""
+"""A model record's life: made from a create body, changed by each call, shown by the API.
+
+:class:`HubReads` is the read side of :class:`~hubfsm.hub.domain.Hub`: the API replies
+build their JSON with it, and the pages (:mod:`hubfsm.hub.web`) and the simulator read the
+hub through it. Each read takes the hub's lock, so it sees no write half done.
+"""
 
 from __future__ import annotations
 
 import datetime
 import json
 import operator
+import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any
 
 import attrs
 
-from hubfsm.hub.store import ModelRecord
+from hubfsm.hub.keys import UrlSigner, file_name
+from hubfsm.hub.parse import MAX_INT, MAX_PARAMS, MAX_TEXT, notes_of, tags_of
+from hubfsm.hub.store import ModelRecord, Store, WeightsInfo, WeightsKind
+
+#: Console text a model page shows, at most (its last characters).
+CONSOLE_SHOWN = 256 * 1024
 
 # ModelRecord's __init__ takes its fields in this order (none is keyword-only).
 _INIT = [field for field in attrs.fields(ModelRecord) if field.init]
@@ -166,3 +177,195 @@ def _iso(seconds: float | None) -> str | None:
         return None
     moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
     return moment.isoformat().replace("+00:00", "Z")
+
+
+def _section(body: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = body.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"'{name}' must be an object")
+    return value
+
+
+def _text(section: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = section.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"'{where}.{key}' must be a string")
+    if len(str(value)) > MAX_TEXT:
+        raise ValueError(f"'{where}.{key}' is longer than {MAX_TEXT} characters")
+    return str(value)
+
+
+def _is_int(value: object) -> bool:
+    """True for an integer within ``MAX_INT`` either way (bools are not integers here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and -MAX_INT <= value <= MAX_INT
+
+
+#: Said of a config integer that is not one, or is out of range.
+_INTEGER = f"an integer from -{MAX_INT} to {MAX_INT}"
+
+
+def _int(config: Mapping[str, Any], key: str) -> int | None:
+    value = config.get(key)
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise ValueError(f"'config.{key}' must be {_INTEGER}")
+    return int(value)
+
+
+def _imgsz(config: Mapping[str, Any]) -> int | tuple[int, ...] | None:
+    value = config.get("imageSize")
+    if value is None or _is_int(value):
+        return value
+    if isinstance(value, list) and 1 <= len(value) <= 2 and all(_is_int(v) for v in value):
+        return tuple(value)
+    raise ValueError(f"'config.imageSize' must be {_INTEGER}, or a list of one or two of them")
+
+
+def _device(config: Mapping[str, Any]) -> str | int | tuple[int | str, ...] | None:
+    value = config.get("device")
+    if value is None or isinstance(value, str) or _is_int(value):
+        if isinstance(value, str) and len(value) > 200:
+            raise ValueError("'config.device' is too long")
+        return value
+    if isinstance(value, list) and len(value) <= 64 and all(_device_part(v) for v in value):
+        return tuple(value)
+    raise ValueError(f"'config.device' must be a string, {_INTEGER}, or a list of them")
+
+
+def _device_part(value: object) -> bool:
+    return _is_int(value) or (isinstance(value, str) and len(value) < 32)
+
+
+def _cache(config: Mapping[str, Any]) -> str | bool | None:
+    value = config.get("cache")
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and len(value) <= 20:
+        return value
+    raise ValueError("'config.cache' must be true, false, or a string such as 'ram' or 'disk'")
+
+
+def _extension(body: Mapping[str, Any]) -> tuple[str | None, tuple[str, ...], str | None]:
+    """The ``hubfsm`` object a hubfsm session adds: (arguments as JSON text, tags, notes)."""
+    extra = _section(body, "hubfsm")
+    args = extra.get("trainArgs")
+    params = None
+    if args is not None:
+        if not isinstance(args, Mapping):
+            raise ValueError("'hubfsm.trainArgs' must be an object")
+        params = json.dumps(args)
+        if len(params) > MAX_PARAMS:
+            raise ValueError(f"'hubfsm.trainArgs' is larger than {MAX_PARAMS} bytes of JSON")
+    tags = tags_of(extra.get("tags"), "hubfsm.tags")
+    return params, tags, notes_of(extra.get("notes"), "hubfsm.notes")
+
+
+def new_record(body: Mapping[str, Any], model_id: str, now: float, owner: str) -> ModelRecord:
+    """Build a record from a create-model body; ValueError says what is wrong with it.
+
+    Beside the HUB v1 fields, the ``hubfsm`` object a hubfsm session sends to any hub but
+    the public one is kept: every training argument, tags and notes.
+    """
+    params, tags, notes = _extension(body)
+    config = _section(body, "config")
+    lineage = _section(body, "lineage")
+    architecture = _text(_section(lineage, "architecture"), "name", "lineage.architecture")
+    if architecture is None:
+        raise ValueError("'lineage.architecture.name' is required (such as 'yolov8n')")
+    cfg = architecture if architecture.endswith((".yaml", ".yml")) else f"{architecture}.yaml"
+    return ModelRecord(
+        id=model_id,
+        name=_text(_section(body, "meta"), "name", "meta") or architecture,
+        created_at=now,
+        cfg=cfg,
+        dataset=_text(_section(body, "dataset"), "name", "dataset"),
+        parent=_text(_section(lineage, "parent"), "name", "lineage.parent"),
+        batch_size=_int(config, "batchSize"),
+        epochs=_int(config, "epochs"),
+        imgsz=_imgsz(config),
+        patience=_int(config, "patience"),
+        device=_device(config),
+        cache=_cache(config),
+        owner=owner,
+        params=params,
+        tags=tags,
+        notes=notes,
+    )
+
+
+class HubReads:
+    """The hub's read side (a part of :class:`~hubfsm.hub.domain.Hub`).
+
+    Attributes:
+        store: Where the state lives.
+        public_root: Prefix of the weight URLs in model records.
+        signer: Signs those URLs; None leaves them unsigned.
+    """
+
+    store: Store
+    public_root: str
+    signer: UrlSigner | None
+    _lock: threading.RLock
+
+    def weights_info(self, model_id: str, kind: WeightsKind) -> WeightsInfo | None:
+        """Digest and size of a model's weight file, or None."""
+        with self._lock:
+            return self.store.weights_info(model_id, kind)
+
+    def record(self, model_id: str) -> dict[str, Any] | None:
+        """The model record as ``GET /v1/models/{id}`` shows it, or None."""
+        with self._lock:
+            record = self.store.get_model(model_id)
+        return None if record is None else self.view(record)
+
+    def models(self) -> list[dict[str, Any]]:
+        """Every model record, oldest first."""
+        with self._lock:
+            found = self.store.list_models()
+        return [self.view(record) for record in found]
+
+    def metrics(self, model_id: str) -> list[dict[str, Any]]:
+        """The model's metrics as ``GET /v1/models/{id}/metrics`` lists them."""
+        with self._lock:
+            rows = self.store.get_metrics(model_id)
+        return [{"epoch": epoch, "metrics": json.loads(text)} for epoch, text in rows]
+
+    def metric_times(self, model_id: str) -> dict[int, float]:
+        """When each epoch's metrics first came to the hub (hub clock seconds)."""
+        with self._lock:
+            return self.store.metric_times(model_id)
+
+    def console(self, model_id: str) -> str:
+        """The model's console output as one text (its last :data:`CONSOLE_SHOWN` characters)."""
+        with self._lock:
+            chunks = self.store.get_console(model_id)
+        # A chunk is lines joined by newlines, usually without a last one.
+        text = "".join(c if c.endswith("\n") else c + "\n" for _, _, c in chunks if c)
+        return text[-CONSOLE_SHOWN:]
+
+    def weights(
+        self, model_id: str, kind: WeightsKind
+    ) -> tuple[WeightsInfo, bytes | IO[bytes]] | None:
+        """A weight file's digest and content (close it if it is a stream), or None."""
+        # One read of the store: the digest and the content belong to the same upload, also
+        # when another process replaces the file meanwhile.
+        with self._lock:
+            return self.store.read_weights(model_id, kind)
+
+    def weights_url(self, record: ModelRecord, kind: WeightsKind) -> str:
+        """Where a client fetches a weight file without a key: a signed URL ending in its name."""
+        name = file_name(kind, record.last_epoch if kind == "last" else None)
+        if self.signer is not None:
+            return self.signer.url(self.public_root, record.id, name)
+        return f"{self.public_root}/files/{record.id}/{name}"
+
+    def view(self, record: ModelRecord) -> dict[str, Any]:
+        """The API's JSON view of a record (a fresh dict the caller may change)."""
+        resume = self.weights_url(record, "last") if record.has_last_weights else None
+        best = self.weights_url(record, "best") if record.has_best_weights else None
+        return view(record, resume, best)

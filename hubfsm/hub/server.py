@@ -1,4 +1,4 @@
-"""The local hub over HTTP: :class:`LocalHub` (in a background thread) and ``serve``.
+"""The local hub over HTTP: :class:`LocalHub`, serving in a background thread.
 
 The WSGI app (:mod:`hubfsm.hub.app`) runs under cheroot, a thread-pool HTTP/1.1 server
 from PyPI that streams request bodies to the app (so the key is checked before a body is
@@ -9,39 +9,32 @@ slow clients cannot hold the server's threads).
 from __future__ import annotations
 
 import contextlib
-import errno
 import ipaddress
 import os
-import secrets
-import shlex
-import shutil
-import signal
+import random
 import socket
-import sys
 import threading
 import time
-import urllib.parse
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TextIO
+from typing import Any
 
 import platformdirs
 from cheroot import server as cheroot_server
 from cheroot import wsgi
 
-from hubfsm.errors import HubfsmError
-from hubfsm.hub.app import BodyLimits, HubApp
+from hubfsm.hub.access import PageAccess, Sessions, is_loopback
+from hubfsm.hub.app import HubApp
+from hubfsm.hub.bodies import BodyLimits
+from hubfsm.hub.calls import id_factory
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.keys import ALPHABET
-from hubfsm.hub.signin import Sessions
-from hubfsm.hub.signing import DEFAULT_TTL, UrlSigner, load_or_create_secret
+from hubfsm.hub.keys import DEFAULT_TTL, UrlSigner, load_or_create_key, load_or_create_secret
 from hubfsm.hub.store import Store
 from hubfsm.hub.store_sqlite import SqliteStore
-from hubfsm.hub.web import PageAccess
 from hubfsm.logs import get_logger
 from transports.faults import FaultMix
 
-__all__ = ["LocalHub", "default_data_dir", "load_or_create_key", "serve"]
+__all__ = ["LocalHub", "default_data_dir"]
 
 _log = get_logger("hubfsm.hub")
 
@@ -60,32 +53,6 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("hubfsm")) / "hub"
 
 
-def load_or_create_key(path: Path) -> str:
-    """Read the hub's API key from ``path``, or create one there (mode 0600) first."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        key = path.read_text(encoding="ascii").strip()
-        if len(key) != 42 or not (key.isascii() and key.isalnum()):
-            raise ValueError(f"{path} does not hold a 42-character API key") from None
-        return key
-    key = "".join(secrets.choice(ALPHABET) for _ in range(42))
-    with os.fdopen(fd, "w", encoding="ascii") as out:
-        out.write(key + "\n")
-    _log.info("hub.key_created", key_file=str(path))
-    return key
-
-
-def is_loopback(host: str) -> bool:
-    """True for an address (or ``localhost``) that only this machine can reach."""
-    if host.rstrip(".").lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def reachable_address(host: str) -> str:
     """The address clients reach a server on ``host`` at: an interface's for a wildcard."""
     if host not in ("", "0.0.0.0", "::"):  # noqa: S104 - recognising, not binding
@@ -99,10 +66,6 @@ def reachable_address(host: str) -> str:
             if not ipaddress.ip_address(found).is_loopback:
                 return found
     return socket.gethostname()
-
-
-def _secure_id() -> str:
-    return "".join(secrets.choice(ALPHABET) for _ in range(20))
 
 
 class _Gateway(wsgi.Gateway_10):
@@ -190,12 +153,12 @@ class LocalHub:
             stalled after two of them without a sign of it (tests use a short one).
         database: A ``postgresql://`` URL: records go there instead of SQLite in
             ``data_dir`` (the schema must be migrated, see
-            :func:`hubfsm.hub.store_postgres.migrate`). Needs ``objects``.
+            :func:`hubfsm.hub.admin.migrate`). Needs ``objects``.
         objects: An ``s3://bucket/prefix`` URL for weight files (with ``database``).
         reuse_port: Let other processes listen on the same port (``SO_REUSEPORT``): the
             kernel spreads connections over them.
         sign_in: Every browser signs in to the pages with an API key and sees that key's
-            models (see :mod:`hubfsm.hub.signin`); None does so when ``host`` is not a
+            models (see :mod:`hubfsm.hub.access`); None does so when ``host`` is not a
             loopback address, False keeps the pages to loopback browsers without a sign-in.
         tls_cert: A PEM certificate (chain) file: the hub speaks HTTPS (with ``tls_key``).
         tls_key: The certificate's PEM private key file.
@@ -289,7 +252,7 @@ class LocalHub:
             raise RuntimeError("the local hub is already running")
         store, secret, spool = self._open_store()
         signer = UrlSigner(secret, time.time, self.url_ttl)
-        hub = Hub(store, clock=time.time, new_id=_secure_id, signer=signer)
+        hub = Hub(store, clock=time.time, new_id=id_factory(random.SystemRandom()), signer=signer)
         try:
             hub.ensure_key(self._api_key, label="api_key file", admin=True)
             app = HubApp(
@@ -384,248 +347,3 @@ class LocalHub:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def _cannot_listen(host: str, port: int, exc: OSError) -> str:
-    """Why the hub cannot listen at ``host:port``, and what to do about it."""
-    where = f"{host}:{port}"
-    # cheroot wraps the socket's error into a message of its own, errno and all.
-    if exc.errno == errno.EADDRINUSE or f"[Errno {errno.EADDRINUSE}]" in str(exc):
-        return (
-            f"cannot serve at {where}: the port is in use (another `hubfsm hub serve`?); "
-            "pick another with --port N, or --port 0 for any free one"
-        )
-    return f"cannot serve at {where}: {exc.strerror or exc}"
-
-
-def serve(
-    data_dir: str | os.PathLike[str] | None = None,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    fault_rate: float = 0.0,
-    rate_limit: float | None = None,
-    latency: float = 0.0,
-    seed: int = 0,
-    timeout: float = DEFAULT_TIMEOUT,
-    limits: BodyLimits | None = None,
-    out: TextIO | None = None,
-    stop: threading.Event | None = None,
-    heartbeat_interval: float = 300.0,
-    database: str | None = None,
-    objects: str | None = None,
-    workers: int = 1,
-    sign_in: bool | None = None,
-    tls_cert: str | os.PathLike[str] | None = None,
-    tls_key: str | os.PathLike[str] | None = None,
-) -> int:
-    """Run the local hub in the foreground until Ctrl-C (or until ``stop`` is set).
-
-    Args:
-        data_dir: Where the hub keeps its state; :func:`default_data_dir` when None.
-        host: The address to listen on.
-        port: The port; 0 picks a free one.
-        fault_rate: The share of API requests to fail (see :meth:`FaultMix.from_rate`).
-        rate_limit: Requests per second per API key, or None.
-        latency: Up to this many seconds added to each API request.
-        seed: Seeds the fault draws.
-        timeout: Seconds a connection may stay silent before it is closed.
-        limits: The largest request bodies read.
-        out: Where to print the instructions; stdout by default.
-        stop: Set it to stop the server (for tests and embedding).
-        heartbeat_interval: Seconds between a trainer's heartbeats (see :class:`LocalHub`).
-        database: A ``postgresql://`` URL for the records (with ``objects``); its schema
-            is migrated before serving.
-        objects: An ``s3://bucket/prefix`` URL for the weight files (with ``database``).
-        workers: Server processes sharing the port (``SO_REUSEPORT``; needs ``database``:
-            SQLite is one process's).
-        sign_in: Browsers sign in to the pages with an API key (see :class:`LocalHub`).
-        tls_cert: A PEM certificate file: serve HTTPS (with ``tls_key``).
-        tls_key: The certificate's PEM private key file.
-
-    Returns:
-        The process exit status, 0.
-
-    Raises:
-        HubfsmError: The hub cannot listen there (the port is in use, say); a data
-            directory it created for the attempt is removed again.
-    """
-    out = out if out is not None else sys.stdout
-    if workers > 1 and database is None:
-        raise ValueError("several workers need a shared database (--database, --objects)")
-    faults = FaultMix.from_rate(fault_rate, latency=latency) if fault_rate or latency else None
-    if (database is None) != (objects is None):
-        raise ValueError("a database and an object store go together (--database, --objects)")
-    if database is not None:
-        import psycopg
-
-        from hubfsm.hub.store_postgres import migrate
-
-        # Once, before any worker serves: the workers then find the schema they expect.
-        try:
-            migrate(database)
-        except psycopg.OperationalError as error:
-            # libpq's message names the host and port, never the password.
-            raise ValueError(f"cannot use the database: {str(error).strip()}") from None
-    options: dict[str, Any] = {
-        "host": host,
-        "faults": faults,
-        "seed": seed,
-        "rate_limit": rate_limit,
-        "timeout": timeout,
-        "limits": limits,
-        "heartbeat_interval": heartbeat_interval,
-        "database": database,
-        "objects": objects,
-        "sign_in": sign_in,
-        "tls_cert": tls_cert,
-        "tls_key": tls_key,
-        "audit": False,  # a served hub's notes would grow with every request
-    }
-    folder = Path(data_dir) if data_dir is not None else default_data_dir()
-    existed = folder.exists()
-    if database is not None:
-        # Uploads that older versions received here, cut short by a crash; no worker runs.
-        for leftover in folder.joinpath("spool").glob("*.part"):
-            leftover.unlink(missing_ok=True)
-    stop = stop if stop is not None else threading.Event()
-    if workers > 1:
-        return _serve_workers(folder, port, workers, options, out, stop)
-    local = LocalHub(folder, port=port, **options)
-    try:
-        local.start()
-    except OSError as exc:
-        if not existed:
-            # A hub that never served leaves nothing behind: not even its new key.
-            shutil.rmtree(folder, ignore_errors=True)
-        raise HubfsmError(_cannot_listen(host, port, exc)) from None
-    try:
-        _banner(local, out, f"{fault_rate:g}" if faults is not None else None, latency)
-        _wait(stop)
-        print("Stopping.", file=out, flush=True)
-    finally:
-        local.stop()
-    return 0
-
-
-def _banner(local: LocalHub, out: TextIO, faults: str | None, latency: float) -> None:
-    key_file = shlex.quote(str(local.key_file))
-    print(f"Local hub serving at {local.url}", file=out)
-    if local.database is not None:
-        print(f"  records:  PostgreSQL ({_without_password(local.database)})", file=out)
-        print(f"  weights:  {local.objects}", file=out)
-    else:
-        print(f"  data:     {local.data_dir}", file=out)
-    print(f"  API key:  in {local.key_file} (mode 0600)", file=out)
-    if local.sign_in:
-        print(f"  runs:     {local.url}/ (web pages: sign in with an API key)", file=out)
-    else:
-        print(f"  runs:     {local.url}/ (web pages, from this machine only)", file=out)
-    if local.database is None:
-        print(
-            f"  keys:     hubfsm hub keys list --data {shlex.quote(str(local.data_dir))}", file=out
-        )
-    if faults is not None:
-        print(f"  faults:   {faults} of requests, latency up to {latency:g} s", file=out)
-    if local.rate_limit:
-        print(f"  limit:    {local.rate_limit:g} requests per second per key", file=out)
-    print("Point a client at it with:", file=out)
-    print(f"  export ULTRALYTICS_HUB_API={local.url}", file=out)
-    print(f"  export ULTRALYTICS_HUB_WEB={local.url}", file=out)
-    print(f"  export HUB_API_KEY=$(cat {key_file})", file=out)
-    print("For ultralytics 8.4 (the Platform API), make a key with", file=out)
-    data = shlex.quote(str(local.data_dir))
-    print(f"  hubfsm hub keys add --platform --data {data}", file=out)
-    print("then set ULTRALYTICS_API_KEY to the key it prints, and", file=out)
-    print(f"  export ULTRALYTICS_PLATFORM_URL={local.url}", file=out)
-    if local.tls is None and not is_loopback(local.host):
-        print(
-            "Warning: this hub speaks plain HTTP to the network: API keys (and page sign-ins) "
-            "can be read on the way. Serve it with --tls-cert and --tls-key, or behind a TLS "
-            "proxy (see the how-to on running a hub for a team).",
-            file=out,
-        )
-    print("Press Ctrl-C to stop.", file=out, flush=True)
-
-
-def _without_password(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or "local socket"
-    where = f"{host}:{parts.port}" if parts.port else host
-    return f"{where}{parts.path}"
-
-
-def _wait(stop: threading.Event) -> None:
-    """Block until ``stop`` is set, Ctrl-C, or SIGTERM."""
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        # SIGTERM (a service manager, a test harness) stops as cleanly as Ctrl-C.
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _worker(folder: str | os.PathLike[str], port: int, options: dict[str, Any]) -> None:
-    """One server process of several: serves until SIGTERM."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the workers
-    with LocalHub(folder, port=port, reuse_port=True, **options):
-        while not stop.wait(0.5):
-            pass
-
-
-def _serve_workers(
-    folder: str | os.PathLike[str],
-    port: int,
-    workers: int,
-    options: dict[str, Any],
-    out: TextIO,
-    stop: threading.Event,
-) -> int:
-    """Run ``workers`` server processes on one port until Ctrl-C or SIGTERM, then stop them."""
-    import multiprocessing
-
-    # Made here so that every worker reads the same key file.
-    first = LocalHub(folder, port=port, **options)
-    # Holding the port (bound, not listening) keeps it ours when it was picked at random.
-    holder = socket.socket(socket.AF_INET6 if ":" in first.host else socket.AF_INET)
-    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    holder.bind((first.host, port))
-    first.port = int(holder.getsockname()[1])
-    context = multiprocessing.get_context("spawn")
-    procs = [
-        context.Process(target=_worker, args=(folder, first.port, options), daemon=True)
-        for _ in range(workers)
-    ]
-    try:
-        for proc in procs:
-            proc.start()
-        _wait_listening(first.host, first.port)
-        _banner(first, out, None, 0.0)
-        print(f"  workers:  {workers} processes on port {first.port}", file=out, flush=True)
-        _wait(stop)
-    finally:
-        for proc in procs:
-            if proc.pid is not None and proc.exitcode is None:
-                os.kill(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            proc.join(30)
-        holder.close()
-    print("Stopping.", file=out, flush=True)
-    return 0
-
-
-def _wait_listening(host: str, port: int, seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.5):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"no worker listens on port {port} after {seconds:g} s")

@@ -1,12 +1,15 @@
-"""What the hub keeps, and the small storage interface its domain logic needs.
+"""What the hub keeps, the small storage interface its domain logic needs, and a store in dicts.
 
-The domain (:mod:`hubfsm.hub.domain`) decides; a store only remembers. Two stores exist:
-:class:`~hubfsm.hub.store_memory.MemoryStore` for simulations and tests, and
-:class:`~hubfsm.hub.store_sqlite.SqliteStore` for the local hub server.
+The domain (:mod:`hubfsm.hub.domain`) decides; a store only remembers. Three stores exist:
+:class:`MemoryStore` here, fast enough for a simulated 300-epoch session in milliseconds
+(simulations and tests); :class:`~hubfsm.hub.store_sqlite.SqliteStore` for the local hub
+server; :class:`~hubfsm.hub.store_postgres.PostgresStore` for a team's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import IO, Any, Literal, Protocol
@@ -240,3 +243,150 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release files and connections."""
+
+
+_CHUNK = 1 << 20
+#: One reusable empty block (the hub enters a transaction for every call).
+_NOTHING = contextlib.nullcontext()
+
+
+class MemoryStore:
+    """Keeps everything in dicts; nothing survives the process.
+
+    Values go in and come out as they are (no copies): records and replies are frozen,
+    and metrics are kept as the JSON text the client sent.
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[str, ModelRecord] = {}
+        self._metrics: dict[str, dict[int, str]] = {}
+        self._times: dict[str, dict[int, float]] = {}
+        self._weights: dict[tuple[str, str], tuple[WeightsInfo, bytes]] = {}
+        self._replies: dict[str, StoredReply] = {}
+        self._keys: dict[str, KeyRecord] = {}
+        self._console: dict[str, dict[int, tuple[int, str]]] = {}
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """Nothing to group: the hub serialises its writes, and dict writes cannot fail."""
+        return _NOTHING
+
+    def get_model(self, model_id: str) -> ModelRecord | None:
+        """The model's record, or None."""
+        return self._models.get(model_id)
+
+    def put_model(self, record: ModelRecord) -> None:
+        """Insert or replace a model record."""
+        self._models[record.id] = record
+
+    def delete_model(self, model_id: str) -> bool:
+        """Forget a model with its metrics and weights."""
+        self._metrics.pop(model_id, None)
+        self._times.pop(model_id, None)
+        self._console.pop(model_id, None)
+        self._weights.pop((model_id, "last"), None)
+        self._weights.pop((model_id, "best"), None)
+        return self._models.pop(model_id, None) is not None
+
+    def list_models(self) -> list[ModelRecord]:
+        """Every model, oldest first."""
+        return sorted(self._models.values(), key=lambda r: r.created_at)
+
+    def page_models(
+        self, limit: int, before: tuple[float, str] | None = None, owner: str | None = None
+    ) -> list[ModelRecord]:
+        """Up to ``limit`` models, newest first, older than ``before``, of ``owner`` if given."""
+        found = sorted(self._models.values(), key=lambda r: (r.created_at, r.id), reverse=True)
+        return [
+            r
+            for r in found
+            if (before is None or (r.created_at, r.id) < before)
+            and (owner is None or r.owner == owner)
+        ][:limit]
+
+    def put_metrics(
+        self, model_id: str, metrics: Mapping[int, str], at: float | None = None
+    ) -> None:
+        """Insert or replace each epoch's metrics (an epoch keeps its first time)."""
+        epochs = self._metrics.get(model_id)
+        if epochs is None:
+            epochs = self._metrics[model_id] = {}
+        epochs.update(metrics)
+        if at is not None:
+            times = self._times.setdefault(model_id, {})
+            for epoch in metrics:
+                times.setdefault(epoch, at)
+
+    def get_metrics(self, model_id: str) -> list[tuple[int, str]]:
+        """The model's ``(epoch, JSON text)`` pairs, sorted by epoch."""
+        return sorted(self._metrics.get(model_id, {}).items())
+
+    def metric_times(self, model_id: str) -> dict[int, float]:
+        """When each epoch's metrics first came."""
+        return dict(self._times.get(model_id, {}))
+
+    def stage_weights(self, source: Source) -> Staged:
+        """Hash the bytes (reading a stream whole: this store keeps blobs in memory anyway)."""
+        if isinstance(source, bytes):
+            data = source
+        else:
+            data = b"".join(iter(lambda: source.read(_CHUNK), b""))
+        return Staged(hashlib.sha256(data).hexdigest(), len(data), data)
+
+    def commit_weights(self, model_id: str, kind: WeightsKind, staged: Staged) -> None:
+        """Keep the staged bytes as the model's ``kind`` file."""
+        assert isinstance(staged.handle, bytes)
+        self._weights[(model_id, kind)] = (WeightsInfo(staged.sha256, staged.size), staged.handle)
+
+    def discard_weights(self, staged: Staged) -> None:
+        """Nothing to clean up: staged bytes are garbage once unreferenced."""
+
+    def weights_info(self, model_id: str, kind: WeightsKind) -> WeightsInfo | None:
+        """Digest and size of the model's ``kind`` file, or None."""
+        entry = self._weights.get((model_id, kind))
+        return None if entry is None else entry[0]
+
+    def open_weights(self, model_id: str, kind: WeightsKind) -> bytes | IO[bytes] | None:
+        """The model's ``kind`` file as bytes, or None."""
+        entry = self._weights.get((model_id, kind))
+        return None if entry is None else entry[1]
+
+    def read_weights(
+        self, model_id: str, kind: WeightsKind
+    ) -> tuple[WeightsInfo, bytes | IO[bytes]] | None:
+        """The ``kind`` file's digest and bytes (one entry: always the same upload's)."""
+        return self._weights.get((model_id, kind))
+
+    def put_console(self, model_id: str, chunk_id: int, lines: int, text: str) -> bool:
+        """Keep a console chunk unless one with that id is kept already."""
+        chunks = self._console.setdefault(model_id, {})
+        if chunk_id in chunks:
+            return False
+        chunks[chunk_id] = (lines, text)
+        return True
+
+    def get_console(self, model_id: str) -> list[tuple[int, int, str]]:
+        """The model's console chunks, in chunk order."""
+        return [(c, n, t) for c, (n, t) in sorted(self._console.get(model_id, {}).items())]
+
+    def get_reply(self, scope: str) -> StoredReply | None:
+        """The reply remembered under ``scope``, or None."""
+        return self._replies.get(scope)
+
+    def put_reply(self, scope: str, reply: StoredReply) -> None:
+        """Remember a reply under ``scope``."""
+        self._replies[scope] = reply
+
+    def get_key(self, digest: str) -> KeyRecord | None:
+        """The key whose digest is ``digest``, or None."""
+        return self._keys.get(digest)
+
+    def put_key(self, record: KeyRecord) -> None:
+        """Insert or replace a key record."""
+        self._keys[record.digest] = record
+
+    def list_keys(self) -> list[KeyRecord]:
+        """Every key record, oldest first."""
+        return sorted(self._keys.values(), key=lambda k: k.created_at)
+
+    def close(self) -> None:
+        """Nothing to release."""

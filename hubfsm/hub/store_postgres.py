@@ -15,9 +15,8 @@ The database isolates them, not a lock in a process:
   ``weights`` points at its current one, and the replaced object is deleted after the
   pointer swap committed.
 
-The schema is made and upgraded by :func:`migrate`, once, before the hub's processes start.
-Each table mirrors one of :class:`~hubfsm.hub.store_sqlite.SqliteStore`'s, so a table added
-there is added here as one more step of :data:`MIGRATIONS` and a few statements.
+The schema (:data:`~hubfsm.hub.admin.MIGRATIONS`, applied by :func:`~hubfsm.hub.admin.migrate`
+before the hub's processes start) mirrors :class:`~hubfsm.hub.store_sqlite.SqliteStore`'s.
 """
 
 from __future__ import annotations
@@ -30,12 +29,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any
 
-import attrs
-
 from hubfsm.hub.keys import KeyRecord
 from hubfsm.hub.objects_s3 import S3Objects
 from hubfsm.hub.store import ModelRecord, Source, Staged, StoredReply, WeightsInfo, WeightsKind
-from hubfsm.hub.store_sqlite import _record
+from hubfsm.hub.store_sqlite import key_of, model_of, page_query, record_text, reply_of
 
 #: Seconds an idempotent reply is kept: a retry or an outbox replay within it is answered
 #: from the reply; a replay later than that is applied again.
@@ -47,68 +44,6 @@ _READ_TRIES = 5
 
 #: Prune expired replies once in this many stored replies (per process).
 _PRUNE_EVERY = 1000
-
-#: The schema, one step per version; a step never changes once released.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE models (
-        id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL, record TEXT NOT NULL);
-    CREATE INDEX models_created ON models (created_at, id);
-    CREATE TABLE metrics (
-        model_id TEXT NOT NULL, epoch INTEGER NOT NULL, metrics TEXT NOT NULL,
-        PRIMARY KEY (model_id, epoch));
-    CREATE TABLE weights (
-        model_id TEXT NOT NULL, kind TEXT NOT NULL, sha256 TEXT NOT NULL, size BIGINT NOT NULL,
-        object TEXT NOT NULL, PRIMARY KEY (model_id, kind));
-    CREATE INDEX weights_object ON weights (object);
-    CREATE TABLE replies (
-        scope TEXT PRIMARY KEY, status INTEGER NOT NULL, body TEXT NOT NULL,
-        request TEXT NOT NULL DEFAULT '', stored_at DOUBLE PRECISION NOT NULL);
-    CREATE INDEX replies_stored ON replies (stored_at);
-    CREATE TABLE keys (
-        digest TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL, record TEXT NOT NULL);
-    CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-    """,
-    # The console output of Platform runs (chunks kept once by their id).
-    """
-    CREATE TABLE console (
-        model_id TEXT NOT NULL, chunk_id INTEGER NOT NULL, lines INTEGER NOT NULL,
-        content TEXT NOT NULL, PRIMARY KEY (model_id, chunk_id));
-    """,
-    # The rate limit's token buckets, one per key digest, shared by every process
-    # (unlogged: a crash may forget them, which only refills every bucket).
-    """
-    CREATE UNLOGGED TABLE rate_buckets (
-        who TEXT PRIMARY KEY, tokens DOUBLE PRECISION NOT NULL,
-        at DOUBLE PRECISION NOT NULL, spent BOOLEAN NOT NULL);
-    """,
-    # When each epoch's metrics first came (the pages' time axis); NULL before this step.
-    """
-    ALTER TABLE metrics ADD COLUMN arrived_at DOUBLE PRECISION;
-    """,
-)
-
-# Any constant: the lock that serialises migrations of one database.
-_MIGRATION_LOCK = 0x6875_6266_736D
-
-
-def migrate(url: str) -> int:
-    """Bring the database at ``url`` to the current schema; the schema version it has now.
-
-    Safe to run from several processes at once (they take turns) and again later (steps
-    already applied are skipped).
-    """
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-        version = int(row[0]) if row is not None and row[0] is not None else 0
-        for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
-            conn.execute(step)
-            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (number,))
-        return len(MIGRATIONS)
 
 
 class PostgresStore:
@@ -185,23 +120,26 @@ class PostgresStore:
     def _in_transaction(self) -> bool:
         return getattr(self._local, "conn", None) is not None
 
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """This thread's transaction's connection, or one of the pool's for one statement."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            yield conn
+            return
+        with self._pool.connection() as own:
+            yield own
+
     def _rows(
         self, sql: str, params: tuple[object, ...] | Mapping[str, object] = ()
     ) -> list[tuple[Any, ...]]:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        with self._connection() as conn:
             cursor = conn.execute(sql, params)
-            return list(cursor.fetchall()) if cursor.description else []
-        with self._pool.connection() as own:
-            cursor = own.execute(sql, params)
             return list(cursor.fetchall()) if cursor.description else []
 
     def _count(self, sql: str, params: tuple[object, ...]) -> int:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        with self._connection() as conn:
             return int(conn.execute(sql, params).rowcount)
-        with self._pool.connection() as own:
-            return int(own.execute(sql, params).rowcount)
 
     # -- models and metrics -----------------------------------------------------------
 
@@ -209,23 +147,22 @@ class PostgresStore:
         """The model's record, or None; inside a transaction its row stays locked until the end."""
         lock = " FOR UPDATE" if self._in_transaction() else ""
         rows = self._rows(f"SELECT record FROM models WHERE id = %s{lock}", (model_id,))
-        return _record(str(rows[0][0])) if rows else None
+        return model_of(str(rows[0][0])) if rows else None
 
     def put_model(self, record: ModelRecord) -> None:
         """Insert or replace a model record."""
-        text = json.dumps(attrs.asdict(record), sort_keys=True)
         self._rows(
             "INSERT INTO models (id, created_at, record) VALUES (%s, %s, %s) ON CONFLICT (id) "
             "DO UPDATE SET created_at = EXCLUDED.created_at, record = EXCLUDED.record",
-            (record.id, record.created_at, text),
+            (record.id, record.created_at, record_text(record)),
         )
 
     def delete_model(self, model_id: str) -> bool:
         """Forget a model with its metrics and weights (the objects go after the commit)."""
         with self.transaction():
             found = self._count("DELETE FROM models WHERE id = %s", (model_id,))
-            self._rows("DELETE FROM metrics WHERE model_id = %s", (model_id,))
-            self._rows("DELETE FROM console WHERE model_id = %s", (model_id,))
+            for table in ("metrics", "console"):
+                self._rows(f"DELETE FROM {table} WHERE model_id = %s", (model_id,))
             gone = self._rows(
                 "DELETE FROM weights WHERE model_id = %s RETURNING object", (model_id,)
             )
@@ -234,14 +171,11 @@ class PostgresStore:
 
     def put_console(self, model_id: str, chunk_id: int, lines: int, text: str) -> bool:
         """Keep a console chunk unless one with that id is kept already."""
-        return (
-            self._count(
-                "INSERT INTO console (model_id, chunk_id, lines, content) "
-                "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                (model_id, chunk_id, lines, text),
-            )
-            > 0
+        sql = (
+            "INSERT INTO console (model_id, chunk_id, lines, content) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
         )
+        return self._count(sql, (model_id, chunk_id, lines, text)) > 0
 
     def get_console(self, model_id: str) -> list[tuple[int, int, str]]:
         """The model's console chunks, in chunk order."""
@@ -254,31 +188,14 @@ class PostgresStore:
     def list_models(self) -> list[ModelRecord]:
         """Every model, oldest first."""
         rows = self._rows("SELECT record FROM models ORDER BY created_at, id")
-        return [_record(str(row[0])) for row in rows]
+        return [model_of(str(row[0])) for row in rows]
 
     def page_models(
         self, limit: int, before: tuple[float, str] | None = None, owner: str | None = None
     ) -> list[ModelRecord]:
-        """Up to ``limit`` models, newest first, older than ``before``; only ``owner``'s if given.
-
-        Walks the ``(created_at, id)`` index from ``before`` and stops after ``limit``
-        rows, so a page costs the same however many models the hub holds.
-        """
-        where: list[str] = []
-        params: list[object] = []
-        if before is not None:
-            where.append("(created_at, id) < (%s, %s)")
-            params += [before[0], before[1]]
-        if owner is not None:
-            where.append("(record::jsonb ->> 'owner') = %s")
-            params.append(owner)
-        # Only the fixed clauses above are joined in; every value is a parameter.
-        clause = f"WHERE {' AND '.join(where)} " if where else ""
-        rows = self._rows(
-            f"SELECT record FROM models {clause}ORDER BY created_at DESC, id DESC LIMIT %s",
-            (*params, limit),
-        )
-        return [_record(str(row[0])) for row in rows]
+        """Up to ``limit`` models, newest first, older than ``before``, of ``owner`` if given."""
+        sql, params = page_query(limit, before, owner, "(record::jsonb ->> 'owner')", "%s")
+        return [model_of(str(row[0])) for row in self._rows(sql, params)]
 
     def put_metrics(
         self, model_id: str, metrics: Mapping[int, str], at: float | None = None
@@ -295,12 +212,7 @@ class PostgresStore:
         if len(rows) == 1:  # a training loop's usual request: one statement, one round trip
             self._rows(sql, rows[0])
             return
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            with conn.cursor() as cursor:
-                cursor.executemany(sql, rows)
-            return
-        with self._pool.connection() as own, own.transaction(), own.cursor() as cursor:
+        with self.transaction(), self._connection() as conn, conn.cursor() as cursor:
             cursor.executemany(sql, rows)
 
     def metric_times(self, model_id: str) -> dict[int, float]:
@@ -349,22 +261,23 @@ class PostgresStore:
         if not self._rows("SELECT 1 FROM weights WHERE object = %s", (staged.handle,)):
             self.objects.delete(staged.handle)
 
-    def _weights_row(self, model_id: str, kind: WeightsKind) -> tuple[Any, ...] | None:
+    def _weights_row(self, model_id: str, kind: WeightsKind) -> tuple[WeightsInfo, str] | None:
+        """The ``kind`` file's digest and size, and the key of its object; or None."""
         rows = self._rows(
             "SELECT sha256, size, object FROM weights WHERE model_id = %s AND kind = %s",
             (model_id, kind),
         )
-        return rows[0] if rows else None
+        return (WeightsInfo(str(rows[0][0]), int(rows[0][1])), str(rows[0][2])) if rows else None
 
     def weights_info(self, model_id: str, kind: WeightsKind) -> WeightsInfo | None:
         """Digest and size of the model's ``kind`` file, or None."""
         row = self._weights_row(model_id, kind)
-        return None if row is None else WeightsInfo(str(row[0]), int(row[1]))
+        return None if row is None else row[0]
 
     def open_weights(self, model_id: str, kind: WeightsKind) -> bytes | IO[bytes] | None:
         """A stream of the model's ``kind`` file from the object store, or None."""
         row = self._weights_row(model_id, kind)
-        return None if row is None else self.objects.open(str(row[2]))
+        return None if row is None else self.objects.open(row[1])
 
     def read_weights(
         self, model_id: str, kind: WeightsKind
@@ -378,9 +291,9 @@ class PostgresStore:
             row = self._weights_row(model_id, kind)
             if row is None:
                 return None
-            content = self.objects.open(str(row[2]))
+            content = self.objects.open(row[1])
             if content is not None:
-                return WeightsInfo(str(row[0]), int(row[1])), content
+                return row[0], content
         return None
 
     def weights_link(
@@ -388,9 +301,7 @@ class PostgresStore:
     ) -> tuple[WeightsInfo, str] | None:
         """The file's digest and a presigned URL that fetches it straight from the store."""
         row = self._weights_row(model_id, kind)
-        if row is None:
-            return None
-        return WeightsInfo(str(row[0]), int(row[1])), self.objects.presign(str(row[2]), ttl, name)
+        return None if row is None else (row[0], self.objects.presign(row[1], ttl, name))
 
     def sweep_objects(self, older_than: float = 86400.0) -> int:
         """Delete weight objects no record points at (uploads cut short by a crash).
@@ -398,14 +309,8 @@ class PostgresStore:
         Only objects older than ``older_than`` seconds: an upload in flight is in no record
         yet. Returns how many were deleted.
         """
-        cutoff = self._clock() - older_than
         known = {str(row[0]) for row in self._rows("SELECT object FROM weights")}
-        swept = 0
-        for key, modified in self.objects.listing():
-            if key not in known and modified < cutoff:
-                self.objects.delete(key)
-                swept += 1
-        return swept
+        return self.objects.sweep(known, self._clock() - older_than)
 
     # -- replies, keys, settings --------------------------------------------------------
 
@@ -423,10 +328,7 @@ class PostgresStore:
             "SELECT status, body, request FROM replies WHERE scope = %s AND stored_at >= %s",
             (scope, self._clock() - self.reply_retention),
         )
-        if not rows:
-            return None
-        status, body, request = rows[0]
-        return StoredReply(int(status), json.loads(str(body)), str(request))
+        return reply_of(rows[0]) if rows else None
 
     def put_reply(self, scope: str, reply: StoredReply) -> None:
         """Remember a reply under ``scope`` (pruning expired ones now and then)."""
@@ -456,20 +358,20 @@ class PostgresStore:
         process's next request.
         """
         rows = self._rows("SELECT record FROM keys WHERE digest = %s", (digest,))
-        return KeyRecord(**json.loads(str(rows[0][0]))) if rows else None
+        return key_of(str(rows[0][0])) if rows else None
 
     def put_key(self, record: KeyRecord) -> None:
         """Insert or replace a key record."""
         self._rows(
             "INSERT INTO keys (digest, created_at, record) VALUES (%s, %s, %s) "
             "ON CONFLICT (digest) DO UPDATE SET record = EXCLUDED.record",
-            (record.digest, record.created_at, json.dumps(attrs.asdict(record))),
+            (record.digest, record.created_at, record_text(record)),
         )
 
     def list_keys(self) -> list[KeyRecord]:
         """Every key record, oldest first."""
         rows = self._rows("SELECT record FROM keys ORDER BY created_at, digest")
-        return [KeyRecord(**json.loads(str(row[0]))) for row in rows]
+        return [key_of(str(row[0])) for row in rows]
 
     def take_token(self, who: str, rate: float, capacity: float) -> tuple[bool, float]:
         """Spend a token of ``who``'s bucket if it holds one: (spent, tokens left).

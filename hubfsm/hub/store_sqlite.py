@@ -9,7 +9,8 @@ Layout under the data directory::
 
 A weight file is streamed to a temporary file in 1 MiB chunks, hashed on the way, flushed
 to disk and renamed over the old one, so a reader sees the old file or the new one, never
-half of one.
+half of one. The rows as records and the page query are written here once for both SQL
+stores (:mod:`hubfsm.hub.store_postgres` uses them too).
 """
 
 from __future__ import annotations
@@ -116,14 +117,13 @@ class SqliteStore:
     def get_model(self, model_id: str) -> ModelRecord | None:
         """The model's record, or None."""
         rows = self._read("SELECT record FROM models WHERE id = ?", (model_id,))
-        return _record(str(rows[0][0])) if rows else None
+        return model_of(str(rows[0][0])) if rows else None
 
     def put_model(self, record: ModelRecord) -> None:
         """Insert or replace a model record."""
-        text = json.dumps(attrs.asdict(record), sort_keys=True)
         self._write(
             "INSERT OR REPLACE INTO models (id, created_at, record) VALUES (?, ?, ?)",
-            (record.id, record.created_at, text),
+            (record.id, record.created_at, record_text(record)),
         )
 
     def delete_model(self, model_id: str) -> bool:
@@ -139,27 +139,14 @@ class SqliteStore:
     def list_models(self) -> list[ModelRecord]:
         """Every model, oldest first."""
         rows = self._read("SELECT record FROM models ORDER BY created_at, id", ())
-        return [_record(str(row[0])) for row in rows]
+        return [model_of(str(row[0])) for row in rows]
 
     def page_models(
         self, limit: int, before: tuple[float, str] | None = None, owner: str | None = None
     ) -> list[ModelRecord]:
         """Up to ``limit`` models, newest first, older than ``before``, of ``owner`` if given."""
-        where: list[str] = []
-        params: list[object] = []
-        if before is not None:
-            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
-            params += [before[0], before[0], before[1]]
-        if owner is not None:
-            where.append("json_extract(record, '$.owner') = ?")
-            params.append(owner)
-        # Only the fixed clauses above are joined in; every value is a parameter.
-        clause = f"WHERE {' AND '.join(where)} " if where else ""
-        rows = self._read(
-            f"SELECT record FROM models {clause}ORDER BY created_at DESC, id DESC LIMIT ?",
-            (*params, limit),
-        )
-        return [_record(str(row[0])) for row in rows]
+        sql, params = page_query(limit, before, owner, "json_extract(record, '$.owner')", "?")
+        return [model_of(str(row[0])) for row in self._read(sql, params)]
 
     def put_metrics(
         self, model_id: str, metrics: Mapping[int, str], at: float | None = None
@@ -286,10 +273,7 @@ class SqliteStore:
     def get_reply(self, scope: str) -> StoredReply | None:
         """The reply remembered under ``scope``, or None."""
         rows = self._read("SELECT status, body, request FROM replies WHERE scope = ?", (scope,))
-        if not rows:
-            return None
-        status, body, request = rows[0]
-        return StoredReply(int(str(status)), json.loads(str(body)), str(request))
+        return reply_of(rows[0]) if rows else None
 
     def put_reply(self, scope: str, reply: StoredReply) -> None:
         """Remember a reply under ``scope``."""
@@ -301,19 +285,19 @@ class SqliteStore:
     def get_key(self, digest: str) -> KeyRecord | None:
         """The key whose digest is ``digest``, or None."""
         rows = self._read("SELECT record FROM keys WHERE digest = ?", (digest,))
-        return KeyRecord(**json.loads(str(rows[0][0]))) if rows else None
+        return key_of(str(rows[0][0])) if rows else None
 
     def put_key(self, record: KeyRecord) -> None:
         """Insert or replace a key record."""
         self._write(
             "INSERT OR REPLACE INTO keys (digest, created_at, record) VALUES (?, ?, ?)",
-            (record.digest, record.created_at, json.dumps(attrs.asdict(record))),
+            (record.digest, record.created_at, record_text(record)),
         )
 
     def list_keys(self) -> list[KeyRecord]:
         """Every key record, oldest first."""
         rows = self._read("SELECT record FROM keys ORDER BY created_at, digest", ())
-        return [KeyRecord(**json.loads(str(row[0]))) for row in rows]
+        return [key_of(str(row[0])) for row in rows]
 
     def close(self) -> None:
         """Close the database connection."""
@@ -321,10 +305,59 @@ class SqliteStore:
             self._db.close()
 
 
-def _record(text: str) -> ModelRecord:
+def record_text(record: ModelRecord | KeyRecord) -> str:
+    """A model's or a key's record as the JSON text a SQL store keeps in its row."""
+    return json.dumps(attrs.asdict(record), sort_keys=True)
+
+
+def model_of(text: str) -> ModelRecord:
+    """The model record a row's JSON text holds."""
     fields = {f.name for f in attrs.fields(ModelRecord)}
     # Ignore keys a newer version may have written, so an old hub still opens the data.
     return ModelRecord(**{k: v for k, v in json.loads(text).items() if k in fields})
+
+
+def key_of(text: str) -> KeyRecord:
+    """The key record a row's JSON text holds."""
+    return KeyRecord(**json.loads(text))
+
+
+def reply_of(row: tuple[object, ...]) -> StoredReply:
+    """The reply a ``(status, body, request)`` row of ``replies`` holds."""
+    status, body, request = row
+    return StoredReply(int(str(status)), json.loads(str(body)), str(request))
+
+
+def page_query(
+    limit: int, before: tuple[float, str] | None, owner: str | None, owner_of: str, mark: str
+) -> tuple[str, tuple[object, ...]]:
+    """The query of a page of models (see :meth:`~hubfsm.hub.store.Store.page_models`).
+
+    It walks the ``(created_at, id)`` index from ``before`` and stops after ``limit`` rows,
+    so a page costs the same however many models the hub holds.
+
+    Args:
+        limit: Rows at most.
+        before: The ``(created_at, id)`` the page starts below, or None for the newest.
+        owner: Only this key's models, or None for all.
+        owner_of: The SQL expression of a row's owner (each database reads JSON its way).
+        mark: The database's parameter placeholder.
+
+    Returns:
+        The statement and its parameters.
+    """
+    where: list[str] = []
+    params: list[object] = []
+    if before is not None:
+        where.append(f"(created_at, id) < ({mark}, {mark})")
+        params += [before[0], before[1]]
+    if owner is not None:
+        where.append(f"{owner_of} = {mark}")
+        params.append(owner)
+    # Only the fixed clauses above are joined in; every value is a parameter.
+    clause = f"WHERE {' AND '.join(where)} " if where else ""
+    sql = f"SELECT record FROM models {clause}ORDER BY created_at DESC, id DESC LIMIT {mark}"
+    return sql, (*params, limit)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -28,7 +28,7 @@ from hubfsm.durable.journal import Journal
 from hubfsm.errors import HubfsmError
 from hubfsm.hub.calls import Audit
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.store_memory import MemoryStore
+from hubfsm.hub.store import MemoryStore
 from hubfsm.runtime.clocks import Clock, VirtualClock
 from hubfsm.runtime.driver import Driver
 from hubfsm.runtime.factory import Parts, build

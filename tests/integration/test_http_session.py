@@ -24,7 +24,7 @@ import hubfsm
 from hubfsm.hub.app import HubApp
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.server import LocalHub
-from hubfsm.hub.store_memory import MemoryStore
+from hubfsm.hub.store import MemoryStore
 from tests.support import KEY
 from transports.faults import FaultMix
 from transports.http import RequestsTransport

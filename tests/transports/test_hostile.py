@@ -25,7 +25,7 @@ import hubfsm
 from hubfsm.core import protocol
 from hubfsm.errors import AuthError, HubError
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.store_memory import MemoryStore
+from hubfsm.hub.store import MemoryStore
 from hubfsm.transport import Announced, Downloader, FilePart, TransportError
 from transports.answers import MAX_RESPONSE_BYTES
 from transports.downloads import HttpDownloader

@@ -11,7 +11,7 @@ import pytest
 
 from hubfsm.core import protocol
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.store_memory import MemoryStore
+from hubfsm.hub.store import MemoryStore
 from hubfsm.transport import FilePart, Handler, Request, Response
 from tests.support import KEY
 from transports.memory import InMemoryTransport

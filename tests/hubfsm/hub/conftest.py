@@ -70,7 +70,7 @@ def team(
     postgres_server: str, s3_server: services.S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[str, str]:
     """A fresh migrated database and a fresh prefix of the S3 bucket: their URLs."""
-    from hubfsm.hub.store_postgres import migrate
+    from hubfsm.hub.admin import migrate
 
     for name, value in s3_server.environ().items():
         monkeypatch.setenv(name, value)

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import requests
 
+from hubfsm.hub.keys import UrlSigner
 from hubfsm.hub.server import LocalHub
-from hubfsm.hub.signing import UrlSigner
 
 TIMEOUT = 10
 
@@ -239,7 +239,8 @@ def _body(extra: object) -> dict[str, Any]:
 
 
 def test_the_hubfsm_object_beside_the_create_body_is_kept_or_refused_whole() -> None:
-    from hubfsm.hub.parse import MAX_TAGS, new_record
+    from hubfsm.hub.parse import MAX_TAGS
+    from hubfsm.hub.records import new_record
 
     record = new_record(
         _body({"trainArgs": {"lr0": 0.01, "aug": [1, 2]}, "tags": ["x ", "x", ""], "notes": "n"}),

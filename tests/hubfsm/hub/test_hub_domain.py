@@ -9,7 +9,7 @@ import pytest
 
 from hubfsm.hub.calls import BadJson, HubCall, HubReply, id_factory, is_model_id
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.store_memory import MemoryStore
+from hubfsm.hub.store import MemoryStore
 from tests.support import KEY
 
 OTHER = "O" * 42  # a second user's key

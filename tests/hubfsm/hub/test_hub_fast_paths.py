@@ -18,8 +18,7 @@ import pytest
 from hubfsm.hub import parse, records
 from hubfsm.hub.calls import HubCall
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.store import ModelRecord
-from hubfsm.hub.store_memory import MemoryStore
+from hubfsm.hub.store import MemoryStore, ModelRecord
 
 KEY = "k" * 42
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from hubfsm.hub.app import BodyLimits
+from hubfsm.hub.bodies import BodyLimits
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.server import LocalHub
 from tests.support import KEY

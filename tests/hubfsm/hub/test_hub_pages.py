@@ -12,9 +12,9 @@ import pytest
 import requests
 
 import hubfsm
-from hubfsm.hub import page
 from hubfsm.hub.server import LocalHub
 from hubfsm.hub.store import ModelRecord
+from hubfsm.hub.summary import dumps, duration, seconds_of, size, summarize
 from tests.support import FAST
 
 TIMEOUT = 10
@@ -103,11 +103,11 @@ def test_page_text_is_escaped(local: LocalHub, sample_runs: ModuleType) -> None:
 
 def test_summary_of_a_run_without_anything_yet() -> None:
     record = {"id": "a" * 20, "status": "new", "epochs": None, "last_epoch": None}
-    summary = page.summarize(record, [], 0.0)
+    summary = summarize(record, [], 0.0)
     assert summary["progress"] == "epoch 0"
     assert (summary["elapsed"], summary["heartbeat"], summary["best_text"]) == ("-", "never", "-")
-    assert page.duration(3725) == "1 h 02 min" and page.duration(65) == "1 min 05 s"
-    assert page.size(200_000) == "195.3 KiB"
+    assert duration(3725) == "1 h 02 min" and duration(65) == "1 min 05 s"
+    assert size(200_000) == "195.3 KiB"
 
 
 def test_a_record_stored_with_huge_integers_does_not_break_the_pages(local: LocalHub) -> None:
@@ -158,12 +158,12 @@ def test_summary_arithmetic_is_total() -> None:
         "updated_at": "2026-01-01T00:01:00Z",
     }
     metrics = [{"epoch": 0, "metrics": {"metrics/x": 10**400}}]
-    summary = page.summarize(record, metrics, 1.8e9, stall_after=float("inf"))
+    summary = summarize(record, metrics, 1.8e9, stall_after=float("inf"))
     assert summary["progress"] == f"epoch 1 of {2**53 - 1}"
     assert summary["eta"].endswith("min") and summary["best"] is None
     for value in (float("inf"), float("nan")):
-        assert page.duration(value) == "-"
-    assert page.dumps({"n": 10**5000, "x": float("nan")}) == '{"n": null, "x": null}'
+        assert duration(value) == "-"
+    assert dumps({"n": 10**5000, "x": float("nan")}) == '{"n": null, "x": null}'
 
 
 def test_a_silent_run_is_stalled_and_a_finished_one_counts_the_epochs_it_ran() -> None:
@@ -176,22 +176,22 @@ def test_a_silent_run_is_stalled_and_a_finished_one_counts_the_epochs_it_ran() -
         "updated_at": "2026-01-01T00:01:00Z",
         "heartbeat_at": "2026-01-01T00:01:30Z",
     }
-    beat = page.seconds_of(record["heartbeat_at"])
+    beat = seconds_of(record["heartbeat_at"])
     assert beat is not None
-    alive = page.summarize(record, [], beat + 599, stall_after=600)
+    alive = summarize(record, [], beat + 599, stall_after=600)
     assert (alive["state"], alive["elapsed"]) == ("training", "11 min 29 s")
-    silent = page.summarize(record, [], beat + 601, stall_after=600)
+    silent = summarize(record, [], beat + 601, stall_after=600)
     # Stopped at its last sign of life, however long the page stays open.
     assert (silent["state"], silent["eta"], silent["elapsed"]) == (
         "stalled",
         "stopped",
         "1 min 30 s",
     )
-    assert page.summarize(record, [], beat + 9999, stall_after=600)["elapsed"] == "1 min 30 s"
+    assert summarize(record, [], beat + 9999, stall_after=600)["elapsed"] == "1 min 30 s"
     assert silent["status"] == "training"  # the API's status is left as the client reads it
 
     done = {**record, "status": "trained", "final_epoch": 2, "has_best_weights": True}
-    summary = page.summarize(done, [], beat + 9999)
+    summary = summarize(done, [], beat + 9999)
     assert (summary["state"], summary["percent"]) == ("trained", 100.0)
     assert summary["progress"] == "epoch 3 of 3 (300 planned)"
 
@@ -202,7 +202,7 @@ def test_the_best_value_names_its_metric_and_direction() -> None:
         {"epoch": 1, "metrics": {"train/loss": 0.4, "metrics/accuracy_top1": 0.7}},
         {"epoch": 2, "metrics": {"train/loss": 0.6, "metrics/accuracy_top1": 0.7}},
     ]
-    summary = page.summarize({"id": "a" * 20, "status": "training"}, metrics, 0.0)
+    summary = summarize({"id": "a" * 20, "status": "training"}, metrics, 0.0)
     assert summary["best"] == {"name": "metrics/accuracy_top1", "value": 0.7, "epoch": 1}
     assert summary["best_label"] == "best accuracy_top1"
     assert summary["better"] == "higher is better"
@@ -289,11 +289,11 @@ def test_every_training_argument_a_session_gives_is_kept_shown_and_counted(
 
 def test_a_run_still_training_without_planned_epochs_shows_no_total() -> None:
     record = {"id": "a" * 20, "status": "training", "epochs": 300, "last_epoch": 4}
-    assert page.summarize(record, [], 0.0)["progress"] == "epoch 5 of 300"
+    assert summarize(record, [], 0.0)["progress"] == "epoch 5 of 300"
     told = {**record, "params": {"data": "coco8.yaml"}}
-    assert page.summarize(told, [], 0.0)["progress"] == "epoch 5"
+    assert summarize(told, [], 0.0)["progress"] == "epoch 5"
     planned = {**record, "params": {"epochs": 10}}
-    summary = page.summarize(planned, [], 0.0)
+    summary = summarize(planned, [], 0.0)
     assert (summary["progress"], summary["percent"]) == ("epoch 5 of 10", 50.0)
 
 
@@ -350,7 +350,7 @@ def test_a_run_is_renamed_tagged_noted_and_deleted_with_the_key_from_its_own_pag
 
 def test_another_keys_run_cannot_be_changed(tmp_path: Path) -> None:
     from hubfsm.hub.domain import Hub
-    from hubfsm.hub.store_memory import MemoryStore
+    from hubfsm.hub.store import MemoryStore
 
     hub = Hub(MemoryStore(), keys=["A" * 42, "B" * 42])
     mine = ModelRecord(id="m" * 20, name="n", created_at=1.0, cfg="y.yaml", owner="nobody")
@@ -397,7 +397,7 @@ def test_a_run_its_session_says_was_interrupted_shows_so_until_it_beats_again(
     assert "<option>interrupted</option>" in html
     # The clock stopped when the session said so.
     record = data["record"]
-    later = page.summarize(record, [], page.seconds_of(record["interrupted_at"]) + 3600)
+    later = summarize(record, [], seconds_of(record["interrupted_at"]) + 3600)
     assert later["elapsed"] == summary["elapsed"]
     # A heartbeat without the note: the run goes on (resumed).
     assert _beat(local, training).ok

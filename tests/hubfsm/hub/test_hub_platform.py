@@ -21,9 +21,8 @@ import pytest
 import requests
 
 from hubfsm.hub import admin
-from hubfsm.hub.keys import is_platform_key, new_platform_key
+from hubfsm.hub.keys import UrlSigner, is_platform_key, load_or_create_secret, new_platform_key
 from hubfsm.hub.server import LocalHub
-from hubfsm.hub.signing import UrlSigner, load_or_create_secret
 
 TIMEOUT = 10
 _LOAD = itertools.count()
@@ -458,7 +457,7 @@ def test_keys_add_can_make_a_platform_key(tmp_path: Path) -> None:
 def test_an_in_process_hub_takes_the_same_calls_without_http() -> None:
     from hubfsm.hub.calls import HubCall
     from hubfsm.hub.domain import Hub
-    from hubfsm.hub.store_memory import MemoryStore
+    from hubfsm.hub.store import MemoryStore
 
     made = new_platform_key()
     hub = Hub(MemoryStore(), clock=lambda: 1000.0, keys=[made])
@@ -482,7 +481,7 @@ def test_an_in_process_hub_takes_the_same_calls_without_http() -> None:
 
 
 def test_the_rate_limit_and_the_upload_cap_hold_on_the_platform_api(tmp_path: Path) -> None:
-    from hubfsm.hub.app import BodyLimits
+    from hubfsm.hub.bodies import BodyLimits
 
     with LocalHub(tmp_path / "hub", rate_limit=1.0, limits=BodyLimits(upload=100)) as local:
         made = new_platform_key()

@@ -11,8 +11,7 @@ import pytest
 
 from hubfsm.hub.calls import HubCall
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.store import ModelRecord, Store, StoredReply
-from hubfsm.hub.store_memory import MemoryStore
+from hubfsm.hub.store import MemoryStore, ModelRecord, Store, StoredReply
 from hubfsm.hub.store_sqlite import SqliteStore
 from tests.support import KEY
 

@@ -31,7 +31,7 @@ import structlog
 from hubfsm.core.config import CoreConfig
 from hubfsm.durable.outbox import Outbox
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.store_memory import MemoryStore
+from hubfsm.hub.store import MemoryStore
 from hubfsm.runtime.session import Session
 from tests.support import KEY, new_model
 from transports.memory import InMemoryTransport

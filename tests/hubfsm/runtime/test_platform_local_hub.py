@@ -64,7 +64,7 @@ def test_a_session_reports_a_whole_run_to_the_local_hub(local, key, tmp_path):
 
 def test_a_session_reports_to_the_local_hub_in_memory_too(tmp_path):
     from hubfsm.hub.domain import Hub
-    from hubfsm.hub.store_memory import MemoryStore
+    from hubfsm.hub.store import MemoryStore
     from transports.memory import InMemoryTransport
 
     key = new_platform_key()

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from hubfsm.hub.access import COOKIE, Sessions
 from hubfsm.hub.admin import add, listing, revoke
-from hubfsm.hub.server import LocalHub, reachable_address, serve
-from hubfsm.hub.signin import COOKIE, Sessions
+from hubfsm.hub.serve import serve
+from hubfsm.hub.server import LocalHub, reachable_address
 
 CREATE = {"lineage": {"architecture": {"name": "yolov8n"}}}
 

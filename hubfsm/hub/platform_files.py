@@ -1,0 +1,168 @@
+"""Platform's weight files: PUT to a signed URL, then promoted by the trainer's events.
+
+ultralytics 8.4 uploads a file in three steps: ``POST /api/webhooks/models/upload``
+answers with a signed ``uploadUrl`` (see :mod:`hubfsm.hub.platform`), the client PUTs the
+raw file there (:meth:`PlatformFiles.receive_upload`, streamed to the store's staging),
+and its ``checkpoint_saved`` event then names the ``uploadPath`` to promote the file to
+the model's ``last`` weights; ``training_complete`` promotes the final one to ``best``.
+``GET /api/models/{owner}/{project}/{model}/files`` lists signed download URLs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping
+from typing import IO, Any
+
+import attrs
+
+from hubfsm.hub import records
+from hubfsm.hub.calls import HubReply, error
+from hubfsm.hub.endpoints import Endpoints
+from hubfsm.hub.parse import plain_number, whole_count
+from hubfsm.hub.store import ModelRecord, Staged
+
+#: Uploads received but not yet promoted, at most (the oldest is dropped beyond it).
+PENDING_KEPT = 64
+#: A file name a client may upload.
+FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_UPLOAD_PATH = re.compile(r"uploads/([A-Za-z0-9]{20})/([0-9]{1,9})/([A-Za-z0-9]{20})/(.+)")
+
+
+@attrs.frozen
+class Pending:
+    """A file PUT to a signed upload URL, waiting for ``checkpoint_saved`` to promote it."""
+
+    model_id: str
+    run_id: int
+    staged: Staged
+
+
+class PlatformFiles(Endpoints):
+    """Platform's weight files (a part of :class:`~hubfsm.hub.domain.Hub`)."""
+
+    _requests: Counter[str]
+    # uploadPath -> the file PUT there. Kept in memory: a restart drops the uploads not yet
+    # promoted, and the trainer's checkpoint_saved for one then gets 404.
+    _pending: dict[str, Pending]
+
+    def _files(self, who: str, owner: str, project: str, model: str) -> HubReply:
+        wanted = f"{owner}/{project}"
+        for record in reversed(self.store.list_models()):
+            mine = record.owner == who and record.project == wanted
+            if mine and model in (record.slug, record.id):
+                files = []
+                for kind in ("best", "last"):
+                    info = self.store.weights_info(record.id, kind)
+                    if info is not None:
+                        url = self.weights_url(record, kind)
+                        name = url.split("?", 1)[0].rsplit("/", 1)[-1]
+                        files.append({"name": name, "size": info.size, "downloadUrl": url})
+                return HubReply(200, {"files": files})
+        return error(404, f"Model not found: {owner}/{project}/{model}")
+
+    # Writes.
+
+    def receive_upload(
+        self, path: str, query: Mapping[str, str], source: bytes | IO[bytes]
+    ) -> HubReply:
+        """Take a file PUT to a signed upload URL (``/uploads/...``), streamed to staging.
+
+        Called without the lock: the signature is checked before a byte is read, and the
+        file is received outside the lock so a large upload holds up no other request.
+        """
+        with self._lock:
+            self._requests["platform_upload_put"] += 1
+        if self.signer is not None:
+            problem = self.signer.check(path, query)
+            if problem is not None:
+                return error(403, problem)
+        found = _UPLOAD_PATH.fullmatch(path.lstrip("/"))
+        if found is None or FILENAME.fullmatch(found.group(4)) is None:
+            return error(404, "No such upload location")
+        model_id, run_id = found.group(1), int(found.group(2))
+        with self._lock:
+            if self.store.get_model(model_id) is None:
+                return error(404, "No such upload location")
+        staged = self.store.stage_weights(source)
+        with self._lock:
+            pending = self._pending
+            replaced = pending.pop(path.lstrip("/"), None)
+            if len(pending) >= PENDING_KEPT:
+                replaced_first = pending.pop(next(iter(pending)))
+                self.store.discard_weights(replaced_first.staged)
+            pending[path.lstrip("/")] = Pending(model_id, run_id, staged)
+        if replaced is not None:
+            self.store.discard_weights(replaced.staged)
+        return HubReply(200, {})
+
+    def _checkpoint_saved(
+        self, record: ModelRecord, data: Mapping[str, Any]
+    ) -> ModelRecord | HubReply:
+        upload_path, model_path = data.get("uploadPath"), data.get("modelPath")
+        if not isinstance(upload_path, str) or not isinstance(model_path, str):
+            return error(400, "'uploadPath' and 'modelPath' must be the upload's strings")
+        if model_path != stored_path(upload_path):
+            return error(400, "'modelPath' is not the gcsPath of that uploadPath")
+        if record.checkpoint_path == model_path:
+            return record  # promoted already: a retry
+        pending = self._pending.get(upload_path)
+        if pending is None or pending.model_id != record.id:
+            return error(404, "Nothing was uploaded to that uploadPath")
+        run_id = data.get("runId")
+        if run_id is not None and run_id != pending.run_id:
+            return error(409, "That upload belongs to another run")
+        if record.status == "trained":
+            return error(409, f"Model {record.id} is already trained")
+        del self._pending[upload_path]
+        self.store.commit_weights(record.id, "last", pending.staged)
+        epoch = record.metrics_epoch if record.metrics_epoch is not None else 0
+        updated = records.after_upload(record, "epoch", epoch, None, self.clock())
+        updated = records.evolve(updated, checkpoint_path=model_path)
+        self.store.put_model(updated)
+        return updated
+
+    def _complete(self, record: ModelRecord, data: Mapping[str, Any]) -> ModelRecord | HubReply:
+        results = data.get("results")
+        if not isinstance(results, dict):
+            return error(400, "'results' must be an object")
+        model_path = results.get("modelPath")
+        staged: Staged | None = None
+        if isinstance(model_path, str) and model_path == record.checkpoint_path:
+            content = self.store.open_weights(record.id, "last")
+            if content is not None:
+                try:
+                    staged = self.store.stage_weights(content)
+                finally:
+                    if not isinstance(content, bytes):
+                        content.close()
+        elif isinstance(model_path, str):
+            # An upload sent without a run (legacy callers) is promoted by the complete event.
+            for path, pending in list(self._pending.items()):
+                if pending.model_id == record.id and stored_path(path) == model_path:
+                    staged = self._pending.pop(path).staged
+        metrics = results.get("metrics")
+        found = metrics.get("metrics/mAP50-95(B)") if isinstance(metrics, dict) else None
+        map50_95 = float(found) if plain_number(found) and found is not None else None
+        best_epoch = results.get("bestEpoch")
+        epochs = [e for e in (record.metrics_epoch, best_epoch) if whole_count(e)]
+        final_epoch = max(epochs) if epochs else 0
+        now = self.clock()
+        if staged is not None:
+            try:
+                self.store.commit_weights(record.id, "best", staged)
+            finally:
+                self.store.discard_weights(staged)
+            updated = records.after_upload(record, "final", final_epoch, map50_95, now)
+        else:
+            updated = records.evolve(
+                record, status="trained", final_epoch=final_epoch, map50_95=map50_95, updated_at=now
+            )
+        self.store.put_model(updated)
+        return updated
+
+
+def stored_path(upload_path: str) -> str:
+    """Where an upload lives once promoted (``gcsPath``): ``models/...`` for ``uploads/...``."""
+    return "models/" + upload_path.removeprefix("uploads/")
