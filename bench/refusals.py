@@ -22,7 +22,7 @@ from hubfsm.sim.bugs import Bugs
 from hubfsm.sim.end_checks import on_hub
 from hubfsm.sim.play import play, scratch_root
 from hubfsm.sim.profiles import PROFILES
-from hubfsm.sim.refusing_world import RefusingWorld
+from hubfsm.sim.refusing import RefusingWorld
 
 
 class DiscardsAfterARefusal(Core):

@@ -400,8 +400,8 @@ def simulation_profiles() -> str:
 
 def machine_profiles() -> str:
     """The profiles of machine faults, with the exact rate of every fault."""
-    from hubfsm.sim.profile_table import profile_table
     from hubfsm.sim.profiles import MACHINE
+    from hubfsm.sim.scenario import profile_table
 
     return profile_table(MACHINE)
 

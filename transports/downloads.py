@@ -33,7 +33,7 @@ from hubfsm.masking import redact, show_url
 from hubfsm.transport import Announced, ErrorKind, Sink, TransportError, same_origin
 from hubfsm.version import __version__
 from transports.deadline import Deadline, SendTimeoutAdapter
-from transports.network_errors import chain, os_reason, stalled
+from transports.outcomes import chain, os_reason, stalled
 from transports.settings import Secret
 
 __all__ = ["HttpDownloader"]

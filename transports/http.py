@@ -6,9 +6,8 @@ host), and no exception but :class:`~hubfsm.transport.TransportError` for anythi
 goes wrong on the network.
 
 The parts live beside it: the attempt deadline and its socket plumbing in
-:mod:`transports.deadline`, reading and masking answers in :mod:`transports.answers`,
-naming network errors and wording them without the key in
-:mod:`transports.network_errors`, downloads in :mod:`transports.downloads`, checking
+:mod:`transports.deadline`, reading answers and naming network errors (both without the
+key) in :mod:`transports.outcomes`, downloads in :mod:`transports.downloads`, checking
 settings in :mod:`transports.settings`, and an upload's streamed body, bytes sent,
 progress bar and speed in :mod:`transports.uploads`.
 """
@@ -28,16 +27,16 @@ from tqdm import tqdm
 from hubfsm.logs import get_logger
 from hubfsm.transport import Announced, Request, Response, Sink, Transport
 from hubfsm.version import __version__
-from transports.answers import (
+from transports.deadline import Deadline, SendTimeoutAdapter
+from transports.downloads import HttpDownloader
+from transports.outcomes import (
     BadAnswer,
+    Reporter,
     decode,
     parse_retry_after,
     rate_limit,
     read_body,
 )
-from transports.deadline import Deadline, SendTimeoutAdapter
-from transports.downloads import HttpDownloader
-from transports.network_errors import Reporter
 from transports.settings import check_key, check_root, positive
 from transports.uploads import (
     FileChangedError,

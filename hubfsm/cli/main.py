@@ -25,7 +25,7 @@ from hubfsm.cli.args import (
     share,
 )
 from hubfsm.cli.hub_cmds import cmd_demo, cmd_hub_serve
-from hubfsm.cli.outbox_cmds import cmd_discard, cmd_status, cmd_sync
+from hubfsm.cli.outboxes import cmd_discard, cmd_status, cmd_sync
 from hubfsm.core.identifier import DEFAULT_WEB_ROOT, parse_identifier
 from hubfsm.errors import HubfsmError, IdentifierError
 from hubfsm.logs import configure_cli

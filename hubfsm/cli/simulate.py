@@ -16,10 +16,9 @@ from typing import TextIO
 
 from hubfsm.core.protocol import ProtocolName
 from hubfsm.sim.invariants import render_json, render_text
-from hubfsm.sim.play import run_seed
-from hubfsm.sim.profile_types import Profile
+from hubfsm.sim.play import SimResult, run_seed
 from hubfsm.sim.profiles import describe, select
-from hubfsm.sim.result import SimResult
+from hubfsm.sim.scenario import Profile
 
 #: Seeds and epochs when none are given; over HTTP each seed costs real seconds.
 DEFAULT_SEEDS = range(100)

@@ -1,22 +1,34 @@
-"""Where an outbox keeps what, who may read it, and how damage is described.
+"""Where an outbox root keeps what, who may read it, and how damage is described.
 
 Shared by the outbox that writes a directory (:mod:`hubfsm.durable.outbox`) and the
 survey that reads directories from outside (:mod:`hubfsm.durable.survey`), so neither
 imports the other.
+
+Beside the outboxes, the root keeps model records for offline runs of a hub model
+(``<outbox root>/records/<model id>.json``, owner-only). Offline, a session reads nothing
+from the hub, but training a hub model needs its record: the training arguments, the
+dataset, the weights to start from. A session that loads a model online keeps it; an
+offline session of the same model reads it back. An outbox itself is no place for it: an
+outbox with nothing pending is removed. What is read back is untrusted like anything on
+disk: it must be a JSON object naming this model, or it counts as absent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 import platformdirs
 
 from hubfsm import env
+from hubfsm.core.protocol import HUB_ID
 from hubfsm.durable.journal_scan import scan
 from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger
@@ -53,9 +65,7 @@ class HubRoots:
 
 def hub_of(db: sqlite3.Connection) -> HubRoots | None:
     """The hub an outbox database records, or None (made before hubs were recorded)."""
-    rows = dict(
-        db.execute("SELECT key, value FROM meta WHERE key IN ('api_root', 'web_root')")
-    )
+    rows = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('api_root', 'web_root')"))
     api_root, web_root = rows.get("api_root"), rows.get("web_root")
     if not isinstance(api_root, str) or not isinstance(web_root, str):
         return None
@@ -143,3 +153,60 @@ def check_database(db: sqlite3.Connection) -> None:
     problems = [row[0] for row in db.execute("PRAGMA quick_check")]
     if problems != ["ok"]:
         raise sqlite3.DatabaseError("; ".join(map(str, problems[:3])))
+
+
+RECORDS = "records"
+#: A record bigger than this is not a model record (the hub's are a few kilobytes).
+MAX_BYTES = 1 << 20
+
+
+def record_path(model_id: str, root: str | os.PathLike[str] | None = None) -> Path:
+    """Where the record of ``model_id`` is kept under the outbox ``root``.
+
+    Raises:
+        ValueError: ``model_id`` is not a hub id.
+    """
+    if not HUB_ID.fullmatch(model_id):
+        raise ValueError(f"{model_id[:24]!r} is not a model id")
+    base = Path(root) if root is not None else default_root()
+    return base / RECORDS / f"{model_id}.json"
+
+
+def keep_record(
+    model_id: str, record: Mapping[str, Any], root: str | os.PathLike[str] | None = None
+) -> None:
+    """Keep the record the hub sent, replacing an older one; a failure is only logged.
+
+    Training goes on without it: only a later offline run would miss it.
+    """
+    try:
+        path = record_path(model_id, root)
+        private_dir(path.parent)
+        data = json.dumps(dict(record), sort_keys=True).encode()
+        temp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except (OSError, TypeError, ValueError) as exc:
+        log.warning("record.not_kept", model_id=model_id, error=f"{type(exc).__name__}: {exc}")
+
+
+def kept_record(model_id: str, root: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
+    """The record kept for ``model_id``, or None when there is none that can be read."""
+    try:
+        path = record_path(model_id, root)
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+        record = json.loads(data) if len(data) <= MAX_BYTES else None
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("record.unreadable", model_id=model_id, error=f"{type(exc).__name__}: {exc}")
+        return None
+    if not isinstance(record, dict) or record.get("id", model_id) != model_id:
+        log.warning("record.unreadable", model_id=model_id, error="not this model's record")
+        return None
+    return record

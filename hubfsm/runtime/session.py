@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from hubfsm.core.values import Barrier, FinishPending, Interrupted, Start
-from hubfsm.durable.records import keep_record, kept_record
+from hubfsm.durable.layout import keep_record, kept_record
 from hubfsm.errors import (
     DeliveryIncomplete,
     HubfsmError,

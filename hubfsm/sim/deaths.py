@@ -1,7 +1,7 @@
 """A simulated process's death, and ``hubfsm sync`` over what it left.
 
 A dying process takes nothing with it but its memory: the kernel releases its files
-and locks, the journal and the outbox stay on disk (see :mod:`hubfsm.sim.crash` for
+and locks, the journal and the outbox stay on disk (see :mod:`hubfsm.sim.machine` for
 where it dies). The trainer starts it again from them, or gives up and leaves the rest
 to ``hubfsm sync``, run here as a user would, in a new process.
 """
@@ -18,6 +18,9 @@ from hubfsm.runtime.session import Session
 from hubfsm.runtime.sync import sync
 from hubfsm.sim.end_checks import check_disk
 from hubfsm.sim.machine import Machine, poison_value
+
+#: Virtual seconds a dead process takes to come back.
+RESTART_SECONDS = (5.0, 120.0)
 
 if TYPE_CHECKING:
     # The world runs these when its process dies: for the type only, so the import goes

@@ -39,13 +39,12 @@ from hubfsm.hub.server import LocalHub
 from hubfsm.runtime.clocks import Clock, RealClock
 from hubfsm.sim.bugs import NO_BUGS, Bugs
 from hubfsm.sim.platform_checks import PlatformChecker
-from hubfsm.sim.play import play, result_of, scratch_root
-from hubfsm.sim.profile_types import Profile, RefusalDraw, Scenario, Schedule, WindowRule
+from hubfsm.sim.play import SimResult, play, result_of, scratch_root
 from hubfsm.sim.profiles import named
-from hubfsm.sim.refusing_world import RefusingWorld
-from hubfsm.sim.result import SimResult
+from hubfsm.sim.refusing import RefusingWorld
+from hubfsm.sim.scenario import Profile, RefusalDraw, Scenario, Schedule, WindowRule
 from hubfsm.sim.world import World
-from hubfsm.transport import Request, Response, Transport
+from hubfsm.transport import Handler, Request, Response
 from transports.faults import FaultMix
 from transports.http import RequestsTransport
 from transports.platform import PlatformTransport
@@ -115,15 +114,15 @@ def http_profile(profile: Profile) -> Profile:
     )
 
 
-class _HubControl(Transport):
-    """Brings the local hub in line with the world's scenario before each request, then sends."""
+class _HubControl:
+    """Wraps a handler: brings the local hub in line with the world's scenario, then hands on."""
 
-    def __init__(self, world: HttpWorld, inner: Transport) -> None:
+    def __init__(self, world: HttpWorld, handler: Handler) -> None:
         self.world = world
-        self.inner = inner
+        self.handler = handler
 
-    def send(self, request: Request) -> Response:
-        """Stop, restart or revoke as the scenario says for now, then send ``request``."""
+    def __call__(self, request: Request) -> Response:
+        """Stop, restart or revoke as the scenario says for now, then hand ``request`` on."""
         world = self.world
         scenario = world.scenario
         now = world.clock()
@@ -138,11 +137,7 @@ class _HubControl(Transport):
         if not world.revoked and revoke_at is not None and now >= revoke_at:
             world.revoke()
             world.checker.note("the API key is revoked")
-        return self.inner.send(request)
-
-    def close(self) -> None:
-        """Close the HTTP transport."""
-        self.inner.close()
+        return self.handler(request)
 
 
 class HttpWorld(World):
@@ -211,9 +206,13 @@ class HttpWorld(World):
     def _heartbeat_slack(self) -> float:
         return READ_TIMEOUT + self.profile.http_faults.latency[1] + _JITTER
 
-    def _connect(self, rng: random.Random) -> Transport:
-        """HTTP to the local hub, with short timeouts."""
-        return (PlatformTransport if self.protocol == "platform" else RequestsTransport)(
+    def _connect(self, rng: random.Random) -> Handler:
+        """HTTP to the local hub, with short timeouts: its ``send`` answers each request.
+
+        The world's wrappers act in front of the socket, as they act in front of the
+        in-memory hub; the world owns the HTTP transport and closes it at the end.
+        """
+        self.http = (PlatformTransport if self.protocol == "platform" else RequestsTransport)(
             self.key,
             api_root=self.local.url,
             connect_timeout=CONNECT_TIMEOUT,
@@ -221,9 +220,10 @@ class HttpWorld(World):
             progress=False,
             session=self._session,
         )
+        return self.http.send
 
-    def _schedule(self, transport: Transport, scenario: Scenario) -> Transport:
-        return _HubControl(self, transport)
+    def _schedule(self, handler: Handler, scenario: Scenario) -> Handler:
+        return _HubControl(self, handler)
 
     #: True once the trainer started training (and the scenario's clock with it).
     _started = False
@@ -292,8 +292,8 @@ class HttpWorld(World):
         return [*self._audits, self.hub_now().audit()]
 
     def close(self) -> None:
-        """Close the transport and stop the hub."""
-        self.transport.close()
+        """Close the HTTP transport and stop the hub."""
+        self.http.close()
         if self._session is not None:
             self._session.close()
         self.local.stop()

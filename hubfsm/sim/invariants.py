@@ -20,7 +20,7 @@ from hubfsm.core.engine import Core
 from hubfsm.core.machine import LEGAL, TRAITS, Verdict, classify, retry_after_of
 from hubfsm.core.values import Send
 from hubfsm.errors import AuthError
-from hubfsm.sim.profile_types import Expect
+from hubfsm.sim.scenario import Expect
 from hubfsm.transport import Outcome, TransportError
 
 #: Rounding slack for comparisons of virtual times.

@@ -8,6 +8,8 @@ machine the trainer runs on, and hit the durable layers the simulated sessions r
 - a weights snapshot fails part way through its copy, leaving a partial temporary file
   that holds the space it took until someone removes it;
 - the disk is full for a while (every write fails), then space is freed;
+- the process dies right after a drawn request left (it may land; its answer is lost
+  with it), and starts again from what it left on disk (see :mod:`hubfsm.sim.deaths`);
 - the process is killed (``SIGKILL``) at a drawn outbox write or request inside
   ``finish()``, or terminated (``SIGTERM``: the exit path flushes within its deadline)
   while ``finish()`` waits, and the trainer does not come back: ``hubfsm sync`` sends
@@ -30,11 +32,12 @@ from typing import Any, Literal
 
 import attrs
 
-from hubfsm.sim.crash import Crash
-from hubfsm.transport import Request, Response, Transport
+from hubfsm.transport import Handler, Request, Response, TransportError
 
 __all__ = [
     "POISONS",
+    "Crash",
+    "Dying",
     "Machine",
     "MachineFaults",
     "MachinePlan",
@@ -46,6 +49,43 @@ __all__ = [
 POISONS = ("int-key", "huge-int", "nan", "inf")
 
 FinishKill = Literal["write", "request", "sigterm"]
+
+
+class Crash(BaseException):
+    """The simulated process dies (a BaseException: no layer of the client may survive it).
+
+    What survives is what a real process leaves behind: the outbox and the journal, and
+    the trainer's own progress, as a real trainer resuming from its checkpoint would have
+    it.
+    """
+
+
+class Dying:
+    """Wraps a handler: the process dies right after its n-th request left (it may land).
+
+    Args:
+        handler: Answers each request first.
+        deaths: The fatal request numbers (counted from 1); the trainer may empty the set
+            to die no more.
+    """
+
+    def __init__(self, handler: Handler, deaths: set[int]) -> None:
+        self.handler = handler
+        self.deaths = deaths
+        self.sent = 0
+
+    def __call__(self, request: Request) -> Response:
+        """Hand ``request`` on, then die if this was a fatal request number."""
+        self.sent += 1
+        try:
+            response = self.handler(request)
+        except TransportError:
+            if self.sent in self.deaths:
+                raise Crash(f"the process dies during request {self.sent}") from None
+            raise
+        if self.sent in self.deaths:
+            raise Crash(f"the process dies during request {self.sent}")
+        return response
 
 
 def poison_value(kind: str) -> dict[Any, Any]:
@@ -274,19 +314,11 @@ class Machine:
             self.note(f"the process is killed (SIGKILL) inside finish(), at {where}")
             raise Crash(f"the process is killed inside finish(), at {where}")
 
-    def transport(self, inner: Transport) -> Transport:
-        """``inner``, with the kill inside ``finish()`` at a drawn request."""
-        return _KillingTransport(inner, self)
+    def killing(self, handler: Handler) -> Handler:
+        """``handler``, with the kill inside ``finish()`` at a drawn request, before it leaves."""
 
+        def answer(request: Request) -> Response:
+            self._tick("request")
+            return handler(request)
 
-class _KillingTransport(Transport):
-    """Dies at the drawn request of ``finish()``, before it leaves."""
-
-    def __init__(self, inner: Transport, machine: Machine) -> None:
-        self.inner = inner
-        self.machine = machine
-
-    def send(self, request: Request) -> Response:
-        """Send, unless the process is killed first."""
-        self.machine._tick("request")
-        return self.inner.send(request)
+        return answer

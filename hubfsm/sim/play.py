@@ -3,7 +3,8 @@
 :func:`run_seed` makes the world a profile runs in (an in-memory hub on a virtual
 clock, refusing or not), :func:`play` drives the simulated trainer through it (starting
 a dead process again as often as the world's deaths say) and checks how it ended, and
-:func:`result_of` reports it. :mod:`hubfsm.sim.http_world` plays the same way over HTTP.
+:func:`result_of` reports it as a :class:`SimResult`, the report of every world's run.
+:mod:`hubfsm.sim.http_world` plays the same way over HTTP.
 """
 
 from __future__ import annotations
@@ -21,21 +22,64 @@ from hubfsm.core.engine import Core
 from hubfsm.core.protocol import ProtocolName
 from hubfsm.runtime.factory import CoreFactory
 from hubfsm.sim.bugs import Bugs
-from hubfsm.sim.crash import Crash
 from hubfsm.sim.deaths import die
-from hubfsm.sim.invariants import CRASH
-from hubfsm.sim.profile_types import Expect, Profile
+from hubfsm.sim.invariants import CRASH, Entry, Violation
+from hubfsm.sim.machine import Crash
 from hubfsm.sim.profiles import named
-from hubfsm.sim.refusing_world import RefusingWorld
-from hubfsm.sim.result import SimResult
+from hubfsm.sim.refusing import RefusingWorld
+from hubfsm.sim.scenario import Expect, Profile
 from hubfsm.sim.trainer import train
 from hubfsm.sim.world import World
+
+
+@attrs.frozen
+class SimResult:
+    """What one simulated session did, and which invariants it broke.
+
+    Attributes:
+        trace: The full trace; empty when the run was asked not to keep it and passed.
+        error: The class name of the session's error, if it ended with one.
+        http: True for a run over real HTTP against a local hub.
+        protocol: The dialect the session spoke: ``hub`` or ``platform``.
+        faults: Machine faults injected (failed writes and snapshots, full-disk writes,
+            kills and terminations inside ``finish()``, poison values and records).
+    """
+
+    seed: int
+    profile: str
+    epochs: int
+    state: str
+    violations: tuple[Violation, ...]
+    trace: tuple[Entry, ...]
+    requests: int
+    retries: int
+    virtual_seconds: float
+    wall_seconds: float
+    error: str | None = None
+    http: bool = False
+    protocol: str = "hub"
+    faults: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when every invariant held."""
+        return not self.violations
+
+    def replay_command(self) -> str:
+        """The command that replays this seed with its trace."""
+        http = " --http" if self.http else ""
+        if self.protocol != "hub":
+            http += f" --protocol {self.protocol}"
+        return (
+            f"hubfsm simulate{http} --profile {self.profile} --epochs {self.epochs} "
+            f"--seed {self.seed} --trace"
+        )
 
 
 def play(world: World, *, epochs: int, checkpoint_every: int, expect: Expect | None) -> None:
     """Run the trainer's side of a session in ``world``, then check how it ended.
 
-    A process that dies (see :mod:`hubfsm.sim.crash`) is started again from what it
+    A process that dies (see :class:`~hubfsm.sim.machine.Crash`) is started again from what it
     left on disk, as often as the world's deaths say. An exception from the client is a
     failing run (a crash), not an abort, so a whole batch of seeds still reports it with
     its replay command.

@@ -2,7 +2,8 @@
 
 :data:`PROFILES` holds the profiles ``hubfsm simulate`` runs, :func:`select` picks them by
 name, and :func:`describe` renders the table the docs show. What a profile is made of,
-and how it draws one seed's :class:`Scenario`, is in :mod:`hubfsm.sim.profile_types`.
+and how it draws one seed's :class:`~hubfsm.sim.scenario.Scenario`, is in
+:mod:`hubfsm.sim.scenario`.
 """
 
 from __future__ import annotations
@@ -10,14 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from hubfsm.sim.machine import MachineFaults
-from hubfsm.sim.profile_table import profile_table
-from hubfsm.sim.profile_types import (
-    HOUR,
-    MINUTE,
-    Profile,
-    Refusals,
-    WindowRule,
-)
+from hubfsm.sim.scenario import HOUR, MINUTE, Profile, Refusals, WindowRule, profile_table
 from transports.faults import FaultMix
 
 __all__ = ["MACHINE", "PLANNED", "PROFILES", "describe", "named", "select"]

@@ -16,8 +16,7 @@ from hubfsm.core.identifier import Identifier
 from hubfsm.core.platform import PLATFORM
 from hubfsm.errors import HubfsmError
 from hubfsm.runtime.session import Session
-from hubfsm.sim.crash import Crash
-from hubfsm.sim.machine import Machine, Terminated, poison_value
+from hubfsm.sim.machine import Crash, Machine, Terminated, poison_value
 from hubfsm.sim.world import World
 from hubfsm.transport import FilePart, Transport
 from transports.memory import InMemoryTransport

@@ -36,18 +36,16 @@ from hubfsm.runtime.inline import SimRunner
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
 from hubfsm.sim.bugs import NO_BUGS, Bugs
-from hubfsm.sim.crash import RESTART_SECONDS, DyingTransport
-from hubfsm.sim.deaths import die, sync_outboxes
+from hubfsm.sim.deaths import RESTART_SECONDS, die, sync_outboxes
 from hubfsm.sim.end_checks import check_hub, final_on_hub
 from hubfsm.sim.invariants import Checker
-from hubfsm.sim.machine import Machine
+from hubfsm.sim.machine import Dying, Machine
 from hubfsm.sim.memdisk import MemoryDisk
 from hubfsm.sim.platform_checks import PlatformChecker
-from hubfsm.sim.profile_types import Expect, Profile, Scenario
-from hubfsm.sim.scheduled import ScheduledFaults
-from hubfsm.transport import Transport
-from transports.faults import FaultInjectingTransport
-from transports.memory import InMemoryTransport
+from hubfsm.sim.scenario import Expect, Profile, Scenario, ScheduledFaults
+from hubfsm.transport import Handler
+from transports.faults import Faults
+from transports.memory import HandlerTransport
 
 #: Virtual seconds each request takes on top of what the fault injector adds.
 LATENCY = 0.05
@@ -148,12 +146,13 @@ class World:
         self._life_rng = random.Random(rng.getrandbits(64))
         machine_rng = random.Random(rng.getrandbits(64)) if profile.machine else None
         self.disk = MemoryDisk(keep_temp=bugs.keep_temp) if durability == "memory" else None
-        self.transport = self._connect(random.Random(rng.getrandbits(64)))
+        # One handler, composed here, answers every request of the run: the hub with the
+        # seeded faults, the scenario, the deaths, the machine's kill, then the world's front.
+        handler = self._connect(random.Random(rng.getrandbits(64)))
         self.epochs = epochs
         self._scenario_seed = rng.getrandbits(64)
         self.scenario = self.draw_scenario(start=origin)
-        outer = self._schedule(self.transport, self.scenario)
-        self.link = outer
+        handler = self._schedule(handler, self.scenario)
         #: Request numbers at which the process dies (drawn by profiles with crashes).
         self.deaths: set[int] = set()
         self.quit_after: int | None = None
@@ -164,7 +163,7 @@ class World:
             self.deaths = {
                 crash_rng.randint(1, max(2, epochs)) for _ in range(crash_rng.randint(lo, hi))
             }
-            self.link = DyingTransport(outer, self.deaths)
+            handler = Dying(handler, self.deaths)
             if crash_rng.random() < profile.abandon:
                 self.quit_after = crash_rng.randint(1, max(1, epochs - 1))
             self._restart_rng = crash_rng
@@ -180,9 +179,11 @@ class World:
             self.machine = Machine(
                 profile.machine, plan, machine_rng, self.clock, self.checker.note
             )
-            self.link = self.machine.transport(self.link)
+            handler = self.machine.killing(handler)
             if self.disk is not None:
                 self.disk.machine = self.machine
+        #: The one transport every session of the run (and ``hubfsm sync``) sends with.
+        self.link = HandlerTransport(self._front(handler))
         #: True once finish() has taken the final weights (it returned, or died after).
         self.final_accepted = False
         #: Epochs of poison records a dying process left in its journal.
@@ -212,7 +213,7 @@ class World:
         #: What the trainer's ``finish`` (or, in the refusing world, ``close``) raised.
         self.raised: HubfsmError | None = None
         self.core = bugs.core_factory(config)  # until the first session is composed
-        self.runner = SimRunner(Driver(self.core, outer, clock=self.clock, quiet=True))
+        self.runner = SimRunner(Driver(self.core, self.link, clock=self.clock, quiet=True))
 
     # -- where the world runs: overridden by a world over HTTP ------------------------
 
@@ -246,35 +247,39 @@ class World:
         """How late a heartbeat may be: a request's longest time, and a little."""
         return TIMEOUT + self.profile.max_latency + 0.1
 
-    def _connect(self, rng: random.Random) -> Transport:
-        """The transport to the hub, with the profile's faults injected on the way."""
-        return FaultInjectingTransport(
-            InMemoryTransport(
-                self.hub, self.key, read_file=None if self.disk is None else self.disk.read
-            ),
+    def _connect(self, rng: random.Random) -> Handler:
+        """The hub's handler, with the profile's seeded faults injected in front of it."""
+        disk = self.disk
+        read_file = disk.read if disk is not None else lambda path: Path(path).read_bytes()
+        self.faults = Faults(
+            self.hub.handler(self.key, read_file=read_file),
             rng,
             self.profile.faults,
             sleep=self.clock.sleep,
             timeout=TIMEOUT,
         )
+        return self.faults
 
     def draw_scenario(self, *, start: float) -> Scenario:
         """This seed's fault windows, revocation and refusals, from ``start`` on."""
         rng = random.Random(self._scenario_seed)
         return self.profile.draw(rng, start=start, epochs=self.epochs)
 
-    def _schedule(self, transport: Transport, scenario: Scenario) -> Transport:
+    def _schedule(self, handler: Handler, scenario: Scenario) -> Handler:
         """Apply the scenario as virtual time passes (see :class:`ScheduledFaults`)."""
         if not scenario.schedule.windows and scenario.revoke_at is None:
-            return transport
-        assert isinstance(transport, FaultInjectingTransport)
+            return handler
         return ScheduledFaults(
-            transport,
+            self.faults,
             scenario,
             self.clock,
             revoke=lambda: self.hub.revoke_key(self.key),
             note=self.checker.note,
         )
+
+    def _front(self, handler: Handler) -> Handler:
+        """What answers before ``handler``: nothing here (a refusing world's hub does)."""
+        return handler
 
     # -- composing sessions ---------------------------------------------------------
 

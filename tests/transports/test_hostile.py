@@ -27,7 +27,7 @@ from hubfsm.errors import AuthError, HubError
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.store import MemoryStore
 from hubfsm.transport import Announced, Downloader, FilePart, TransportError
-from transports.answers import MAX_RESPONSE_BYTES
+from transports.outcomes import MAX_RESPONSE_BYTES
 from transports.downloads import HttpDownloader
 from transports.http import RequestsTransport
 from transports.memory import InMemoryTransport

@@ -49,7 +49,7 @@ class SessionUnderFaults(RuleBasedStateMachine):
 
     @rule(mix=st.sampled_from(sorted(MIXES)))
     def hub_changes_mood(self, mix):
-        self.world.transport.mix = MIXES[mix]
+        self.world.faults.mix = MIXES[mix]
 
     @rule(seconds=st.floats(0.0, 2000.0))
     def time_passes(self, seconds):

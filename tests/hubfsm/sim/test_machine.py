@@ -16,9 +16,8 @@ import pytest
 from hubfsm.cli.simulate import first_failure, run_seeds
 from hubfsm.core.values import MetricsQueued
 from hubfsm.sim.bugs import MACHINE_BUGS
-from hubfsm.sim.crash import Crash
 from hubfsm.sim.invariants import CRASH, FAILED_WRITE
-from hubfsm.sim.machine import Machine, MachineFaults, MachinePlan, poison_value
+from hubfsm.sim.machine import Crash, Machine, MachineFaults, MachinePlan, poison_value
 from hubfsm.sim.memdisk import MemoryDisk
 from hubfsm.sim.play import run_seed
 from hubfsm.sim.profiles import MACHINE, PROFILES, describe

@@ -23,8 +23,8 @@ from hubfsm.runtime.driver import Driver
 from hubfsm.sim.bugs import Bugs
 from hubfsm.sim.invariants import CRASH, Checker, Entry, render_json, render_text
 from hubfsm.sim.play import run_seed
-from hubfsm.sim.profile_types import Profile, Schedule, Window, WindowRule
 from hubfsm.sim.profiles import PLANNED, PROFILES, describe, select
+from hubfsm.sim.scenario import Profile, Schedule, Window, WindowRule
 from hubfsm.sim.world import EPOCH_ZERO
 from hubfsm.transport import Request, Response, TransportError
 from transports.faults import FaultMix

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from hubfsm.durable.records import MAX_BYTES, keep_record, kept_record, record_path
+from hubfsm.durable.layout import MAX_BYTES, keep_record, kept_record, record_path
 
 MODEL = "A" * 20
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transports.answers import parse_retry_after
+from transports.outcomes import parse_retry_after
 
 
 def test_retry_after_seconds_and_dates():

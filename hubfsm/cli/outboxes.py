@@ -1,0 +1,193 @@
+"""The commands that work on outboxes: ``hubfsm sync``, ``status`` and ``discard``.
+
+An outbox holds what a hub has not acknowledged. ``sync`` sends it, each dialect's with
+its own key; ``status`` lists what each holds. ``discard`` deletes one (or its rejected
+records) for good, so it shows what the outbox holds and asks, refuses an outbox a
+running session holds (it takes the outbox's lock for the whole time), and deletes only
+the files an outbox makes, inside its root, after symbolic links are resolved.
+
+The durable layer is imported when a command runs, not when the command line is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hubfsm import env
+from hubfsm.cli.args import KEY_ENV, key_from
+
+
+def _missing(directory: str | None) -> bool:
+    """True (having said so) when the directory given does not exist."""
+    if directory and not Path(directory).is_dir():
+        what = "is not a directory" if Path(directory).exists() else "does not exist"
+        print(f"error: {directory} {what}", file=sys.stderr)
+        return True
+    return False
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Send what the outboxes hold, each dialect's with its own key."""
+    from hubfsm.durable.survey import survey
+    from hubfsm.runtime.sync import root_of, sync
+
+    if _missing(args.dir):
+        return 2
+    # A damaged outbox is for sync to report and set aside: it must not stop the others.
+    waiting = [i for i in survey(root_of(args.dir)).infos if any(i.pending.values())]
+    chosen = getattr(args, "protocol", None)
+    spoken = sorted({i.protocol for i in waiting}) or ["hub"]
+    names = [chosen] if chosen else spoken
+    given = key_from(args) if (args.key or args.key_file) else None
+    code = 0
+    for name in names:
+        key, root, key_env = _endpoint(name, given, only=chosen is not None)
+        mine = [i for i in waiting if i.protocol == name]
+        if mine and not key:
+            print(
+                f"error: sync needs the {name} API key: {key_env}, --key-file FILE or --key",
+                file=sys.stderr,
+            )
+            return 2
+        code = max(
+            code,
+            sync(
+                root_of(args.dir),
+                api_key=key,
+                api_root=root,
+                hub=args.hub,
+                timeout=args.timeout,
+                out=sys.stdout,
+                # One dialect in play: every outbox, as before dialects (rejected ones too).
+                protocol=name if chosen or len(spoken) > 1 else None,
+            ),
+        )
+    return code
+
+
+def _endpoint(name: str, given: str | None, *, only: bool) -> tuple[str | None, str | None, str]:
+    """The key, the API root the environment names, and the key's variable, for a dialect.
+
+    A key given on the command line goes to the dialect it is for (a ``ul_`` key to
+    Platform): never a HUB key to Platform's root, or the other way round. Each outbox
+    then goes to the hub it records (see :func:`hubfsm.runtime.sync.target`).
+    """
+    from hubfsm.core.platform import PLATFORM_KEY
+
+    platform_key = given is not None and PLATFORM_KEY.fullmatch(given) is not None
+    if name == "platform":
+        key = given if given is not None and (only or platform_key) else env.platform_api_key()
+        return key, env.platform_url(), env.PLATFORM_API_KEY
+    key = given if given is not None and (only or not platform_key) else env.api_key()
+    return key, env.api_root(), KEY_ENV
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """List the outboxes and what each holds."""
+    from hubfsm.runtime.sync import root_of, status
+
+    if _missing(args.dir):
+        return 2
+    return status(
+        root_of(args.dir),
+        out=sys.stdout,
+        as_json=args.json,
+        protocol=getattr(args, "protocol", None),
+    )
+
+
+def cmd_discard(args: argparse.Namespace) -> int:
+    """Delete an outbox and what it holds, after asking."""
+    return discard(args.target, root=args.root, yes=args.yes, rejected_only=args.rejected)
+
+
+def _target(text: str, root: str | None) -> tuple[Path, Path] | str:
+    """(outbox directory, its root), both resolved; or why there is none."""
+    from hubfsm.core.identifier import OUTBOX_ID
+    from hubfsm.durable.layout import DATABASE, default_root
+
+    given = Path(text)
+    if given.is_dir() and (given / DATABASE).exists():
+        directory = given.resolve()
+        if not OUTBOX_ID.fullmatch(directory.name):
+            return f"{text} is not an outbox directory (its name is not a model id)"
+        return directory, directory.parent
+    if not OUTBOX_ID.fullmatch(text):
+        return f"{text} is neither a model id nor an outbox directory (with an {DATABASE})"
+    base = (Path(root) if root else default_root()).resolve()
+    directory = (base / text).resolve()
+    if directory.parent != base or not (directory / DATABASE).exists():
+        return f"no outbox for model {text} in {base}"
+    return directory, base
+
+
+def _confirmed(question: str, yes: bool) -> bool | None:
+    """True to go on; False when the user said no; None when nobody can answer."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        return None
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def discard(text: str, *, root: str | None, yes: bool, rejected_only: bool = False) -> int:
+    """Delete the outbox named by ``text`` (or only its rejected records); the exit status."""
+    from hubfsm.core.values import describe_pending
+    from hubfsm.durable.layout import OutboxDamaged, OutboxLockedError
+    from hubfsm.durable.outbox import Outbox
+    from hubfsm.durable.survey import inspect
+
+    found = _target(text, root)
+    if isinstance(found, str):
+        print(f"error: {found}", file=sys.stderr)
+        return 1
+    directory, base = found
+    (info,) = inspect([directory])
+    try:
+        outbox = Outbox(directory, info.model_id, root=base)
+    except OutboxLockedError:
+        print(
+            f"error: a running session holds the outbox of model {info.model_id}; stop it first",
+            file=sys.stderr,
+        )
+        return 1
+    except OutboxDamaged as exc:
+        print(f"error: {exc}; delete {directory} by hand if you no longer want it", file=sys.stderr)
+        return 1
+    done = False
+    try:
+        pending = describe_pending(info.pending)
+        # Records kept aside unsent are set aside like rejected ones, and go with them.
+        held = len(info.rejected) + len(info.kept_aside)
+        if rejected_only:
+            what = f"{held} rejected record(s)"
+        else:
+            what = f"{pending} not on the hub" + (
+                f", and {held} rejected record(s)" if held else ""
+            )
+        answer = _confirmed(
+            f"model {info.model_id}: {what}, in {directory}.\nDelete for good?", yes
+        )
+        if answer is None:
+            print(
+                f"error: the outbox of model {info.model_id} holds {what}; pass --yes to "
+                "delete without a question",
+                file=sys.stderr,
+            )
+            return 1
+        if not answer:
+            print("kept", file=sys.stderr)
+            return 1
+        if rejected_only:
+            count = outbox.drop_rejected()
+            print(f"discarded {count} rejected record(s) of model {info.model_id}")
+        else:
+            outbox.discard()
+            done = True
+            print(f"discarded the outbox of model {info.model_id} ({what})")
+        return 0
+    finally:
+        if not done:
+            outbox.close()
