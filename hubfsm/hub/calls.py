@@ -121,11 +121,6 @@ class Audit:
     reused: Mapping[str, int] = attrs.field(factory=dict)
 
 
-#: json.dumps(..., sort_keys=True) without a new encoder per call: every idempotent
-#: request is digested.
-_DIGEST_JSON = json.JSONEncoder(sort_keys=True)
-
-
 def request_digest(call: HubCall, file_sha256: str | None = None) -> str:
     """What an idempotency key is bound to: the method, the path and the body.
 
@@ -138,7 +133,7 @@ def request_digest(call: HubCall, file_sha256: str | None = None) -> str:
     fields = sorted((call.fields or {}).items())
     parts = [call.method, call.path, shown, fields, call.file_name, file_sha256]
     try:
-        text = _DIGEST_JSON.encode(parts)
+        text = json.dumps(parts, sort_keys=True)
     except (TypeError, ValueError):  # keys of mixed types, or values no JSON holds
         text = repr(parts)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
