@@ -130,19 +130,37 @@ def _writes_more_than_one(change: Change, queued: set[int]) -> bool:
 
     ``queued`` holds the epochs that may have a row in ``metrics``.
     """
-    if isinstance(change, OpOpened):
+    if type(change) is OpOpened:
         return change.channel == "metrics" and any(e in queued for e in change.payload)
-    return isinstance(change, Rejected)
+    return type(change) is Rejected
 
 
-def _last_sent(changes: Sequence[Change]) -> dict[int, int]:
-    """Each epoch a metrics operation opens in ``changes``, with the last such position."""
-    return {
-        epoch: at
-        for at, change in enumerate(changes)
-        if isinstance(change, OpOpened) and change.channel == "metrics"
-        for epoch in change.payload
-    }
+def _superseded(changes: Sequence[Change]) -> tuple[dict[int, int], dict[str, int]]:
+    """Where a later change in ``changes`` makes an earlier one's write needless.
+
+    Returns each epoch a metrics operation opens, with the last such position (an epoch
+    queued before it needs no row: the operation's request carries it), and each slot's
+    last offer's position (an earlier offer of that slot would be overwritten at once).
+    """
+    sent: dict[int, int] = {}
+    offered: dict[str, int] = {}
+    for at, change in enumerate(changes):
+        if type(change) is OpOpened:
+            if change.channel == "metrics":
+                for epoch in change.payload:
+                    sent[epoch] = at
+        elif type(change) is Offered:
+            offered[change.kind] = at
+    return sent, offered
+
+
+def _payload_json(payload: Any) -> str:
+    """An operation's payload as JSON: the tuple of epochs of a metrics one, or an epoch."""
+    # Spelled out for the tuple of plain ints every metrics operation carries (once an
+    # epoch): the same text json.dumps gives, without its encoder's set-up.
+    if type(payload) is tuple and all(type(e) is int for e in payload):
+        return f"[{', '.join(map(str, payload))}]"
+    return json.dumps(payload)
 
 
 #: SQLite's primary result codes for a full disk and an I/O error.
@@ -423,47 +441,59 @@ class OutboxDB:
     ) -> bool:
         files_touched = False
         queued, file_ops = self._queued, self._file_ops
+        execute = db.execute
         # Trimmed from the sets once the transaction is committed (see __init__).
         sent_epochs: list[int] = []
         closed: list[str] = []
-        # An epoch queued and sent in the same call never needs its own row: the
-        # operation's request carries it (a DELETE still clears an older row).
-        sent = _last_sent(changes) if len(changes) > 1 else {}
+        # A write a later change of the same call overwrites is skipped: an epoch queued
+        # and sent in one call needs no row of its own (a DELETE still clears an older
+        # row), and only a slot's last offer in the call is written. The call is one
+        # transaction, so what is on disk after it is the same.
+        sent: dict[int, int] = {}
+        offered: dict[str, int] = {}
+        if len(changes) > 1:
+            sent, offered = _superseded(changes)
         # One statement is atomic on its own: a call that writes one row (an operation
         # closed, a slot offered) goes without BEGIN and COMMIT, which double its cost.
         grouped = (
             journal_seq is not None or len(changes) > 1 or _writes_more_than_one(changes[0], queued)
         )
         if grouped:
-            db.execute("BEGIN IMMEDIATE")
+            execute("BEGIN IMMEDIATE")
         try:
             for at, change in enumerate(changes):
-                if isinstance(change, OpClosed):
+                if type(change) is OpClosed:
                     key = change.key
-                    db.execute("DELETE FROM ops WHERE key = ?", (key,))
+                    execute("DELETE FROM ops WHERE key = ?", (key,))
                     # Only an upload's operation refers to a weight file: a metrics
                     # operation closing (once an epoch) leaves the files alone.
                     if key in file_ops:
                         files_touched = True
                         closed.append(key)
-                elif isinstance(change, MetricsQueued):
+                elif type(change) is MetricsQueued:
                     if sent.get(change.epoch, -1) > at:
                         continue
                     queued.add(change.epoch)
-                    db.execute(
+                    execute(
                         "INSERT OR REPLACE INTO metrics VALUES (?, ?)",
                         (change.epoch, change.encoded),
                     )
-                elif isinstance(change, Offered):
-                    if change.value is None:
-                        db.execute("DELETE FROM slots WHERE kind = ?", (change.kind,))
+                elif type(change) is Offered:
+                    value = change.value
+                    if value is None:
+                        # The slot's file may have lost its last reference, whether the
+                        # slot is cleared now or a later offer of the call replaces it.
                         files_touched = True
+                    if offered.get(change.kind, at) > at:
+                        continue
+                    if value is None:
+                        execute("DELETE FROM slots WHERE kind = ?", (change.kind,))
                     else:
-                        db.execute(
+                        execute(
                             "INSERT OR REPLACE INTO slots VALUES (?, ?)",
-                            (change.kind, _slot_to_json(change.value)),
+                            (change.kind, _slot_to_json(value)),
                         )
-                elif isinstance(change, OpOpened):
+                elif type(change) is OpOpened:
                     payload = change.payload
                     if change.channel == "metrics":
                         rows = [(e,) for e in payload if e in queued]
@@ -472,7 +502,7 @@ class OutboxDB:
                             sent_epochs.extend(e for (e,) in rows)
                     else:
                         file_ops.add(change.key)
-                    db.execute(
+                    execute(
                         "INSERT OR IGNORE INTO ops (key, channel, request, payload) "
                         "VALUES (?, ?, ?, ?)",
                         (
@@ -480,14 +510,14 @@ class OutboxDB:
                             change.channel,
                             _request_to_json(change.request),
                             # A metrics payload is a tuple of epochs: a JSON array.
-                            json.dumps(payload),
+                            _payload_json(payload),
                         ),
                     )
-                elif isinstance(change, Rejected):
+                elif type(change) is Rejected:
                     # Set aside in the same transaction that ends its operation.
-                    db.execute("DELETE FROM ops WHERE key = ?", (change.key,))
+                    execute("DELETE FROM ops WHERE key = ?", (change.key,))
                     closed.append(change.key)
-                    db.execute(
+                    execute(
                         "INSERT OR IGNORE INTO rejected "
                         "(key, channel, request, payload, status, reason) "
                         "VALUES (?, ?, ?, ?, ?, ?)",
@@ -505,17 +535,13 @@ class OutboxDB:
                 else:
                     assert isinstance(change, Refusal)
                     if change.text is None:
-                        db.execute("DELETE FROM meta WHERE key = 'refusal'")
+                        execute("DELETE FROM meta WHERE key = 'refusal'")
                     else:
-                        db.execute(
-                            "INSERT OR REPLACE INTO meta VALUES ('refusal', ?)", (change.text,)
-                        )
+                        execute("INSERT OR REPLACE INTO meta VALUES ('refusal', ?)", (change.text,))
             if journal_seq is not None:
-                db.execute(
-                    "UPDATE meta SET value = ? WHERE key = 'journal_seq'", (str(journal_seq),)
-                )
+                execute("UPDATE meta SET value = ? WHERE key = 'journal_seq'", (str(journal_seq),))
             if grouped:
-                db.execute("COMMIT")
+                execute("COMMIT")
         except BaseException:
             if grouped:
                 _roll_back(db)

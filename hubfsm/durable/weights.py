@@ -16,8 +16,6 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import attrs
-
 from hubfsm.core.values import CheckpointOffered, FileStamp, FinishRequested
 from hubfsm.digest import sha256_of
 from hubfsm.durable.inbox import Inbox
@@ -155,7 +153,12 @@ class WeightFiles:
             self._released.append(offer.held)
         # A snapshot lies in the outbox under a name of its own; people know the file
         # by the name they gave.
-        return None if part is None else attrs.evolve(part, source=os.path.basename(offer.path))
+        if part is None:
+            return None
+        # Made directly rather than with attrs.evolve, which looks up each field by name:
+        # this runs for every checkpoint.
+        source = os.path.basename(offer.path)
+        return FilePart(part.name, part.path, part.size, part.sha256, source=source)
 
     def _part(self, path: str, name: str, stamp: FileStamp) -> FilePart | None:
         if self.outbox is not None:

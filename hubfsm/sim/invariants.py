@@ -29,9 +29,8 @@ EPS = 1e-6
 #: The number of a violation that is no invariant of the design: the run itself raised.
 CRASH = 0
 
-#: The machine-fault invariant: a failed write loses nothing and leaves nothing behind.
-#: What a process leaves on disk (outbox and journal) holds every event it accepted that
-#: is not on the hub, and no temporary file of a write that failed.
+#: The machine-fault invariant: what a process leaves on disk (outbox and journal) holds
+#: every event it accepted that is not on the hub, and no temporary file of a failed write.
 FAILED_WRITE = 9
 
 
@@ -64,13 +63,10 @@ class Entry:
         event: A machine event (``load``, ``epoch_end``, ...), ``send``, ``recv``,
             ``scenario`` (a fault window, a revocation) or ``violation``.
         dest: A transition's destination.
-        op: The operation's id (requests).
-        attempt: The attempt's number, from 1 (requests).
+        op: The operation's id, and ``attempt`` its attempt from 1 (requests).
         channel: ``control``, ``heartbeat``, ``metrics``, ``checkpoint`` or ``final``.
-        method: The HTTP method (sends).
-        path: The request path (sends).
-        status: The HTTP status (answers).
-        error: The transport error's kind, when no answer came.
+        method: The HTTP method and ``path`` the request path (sends).
+        status: The HTTP status (answers), or ``error`` the transport error's kind.
         retry_after: The hub's ``Retry-After`` in seconds.
         message: The hub's message, the error, the scenario's or the violation's text.
         invariant: The broken invariant's number (violations).
@@ -154,9 +150,8 @@ class Checker:
         heartbeat: The heartbeat interval.
         heartbeat_slack: How late a heartbeat may be: one request's longest duration.
         origin: The clock time the session starts at; trace times count from it.
-        policies: The session's retry policies: a ``Retry-After`` holds requests back
-            only as long as the answered channel's policy honours it. None: as long as
-            the hub asked.
+        policies: The session's retry policies: a ``Retry-After`` holds requests back as
+            long as the answered channel's policy honours it (None: as the hub asked).
     """
 
     def __init__(
@@ -178,16 +173,18 @@ class Checker:
         self.heartbeat_slack = heartbeat_slack
         self.origin = origin
         self.violations: list[Violation] = []
-        self.state = "unparsed"
         # Rows in Entry's field order: tuples are cheap to make, entries are made on demand.
         self._rows: list[tuple[Any, ...]] = []
-        self._texts: list[str] = []
         self._ops: dict[int, _OpSeen] = {}
-        self._last_metrics = -1e18
-        self._last_checkpoint = -1e18
-        self._last_heartbeat: float | None = None
+        self._forget()
+
+    def _forget(self) -> None:
+        """Start with what a new process knows: no operations, no last send, no limit."""
+        self.state = "unparsed"
+        self._ops.clear()
         # The hub's rate limit is per key: its Retry-After holds back every request.
-        self._hold_until = -1e18
+        self._last_metrics = self._last_checkpoint = self._hold_until = -1e18
+        self._last_heartbeat: float | None = None
         self._training_since: float | None = None
         # The hub refused a heartbeat: none may follow, and none is due any more.
         self._heartbeats_refused = False
@@ -206,24 +203,18 @@ class Checker:
         Retry-After, or the old operation numbers, so limits and retry checks start over.
         """
         self.note(message)
-        self._ops.clear()
-        self._last_metrics = self._last_checkpoint = self._hold_until = -1e18
-        self._last_heartbeat = self._training_since = None
-        self._heartbeats_refused = False
-        self.state = "unparsed"
+        self._forget()
 
     def violate(self, number: int, message: str) -> None:
         """Record a broken invariant (``number`` as in the design) now."""
         t = self.clock() - self.origin
         self.violations.append(Violation(number, t, message))
-        self._texts.append(message)
         self._rows.append((t, self.state, "violation", *_NONE9, message, number))
 
     def note(self, message: str) -> None:
         """Record something the scenario did (a fault window, a revocation)."""
         t = self.clock() - self.origin
         self._rows.append((t, self.state, "scenario", *_NONE9, message, None))
-        self._texts.append(message)
 
     # -- machine --------------------------------------------------------------------
 
@@ -246,14 +237,11 @@ class Checker:
 
     def sent(self, now: float, send: Send) -> None:
         """Invariants 5 and 6, checked as each request leaves."""
-        channel = send.channel
-        request = send.request
-        state = self.state
+        channel, request, state = send.channel, send.request, self.state
         self._rows.append(
             (now - self.origin, state, "send", None, send.op_id, send.attempt, channel,
              request.method, request.path, None, None, None, None, None)
         )  # fmt: skip
-        self._texts.append(request.path)
         if not TRAITS[state].sends:
             # After a refusal nothing is sent (or retried), and after done nothing is due.
             self.violate(5 if state == "done" else 6, f"{channel} request in state {state}")
@@ -265,8 +253,7 @@ class Checker:
                 self.violate(5, f"metrics {now - self._last_metrics:.3f}s after the last")
             self._last_metrics = now
         elif channel == "checkpoint" and send.attempt == 1:
-            if now - self._last_checkpoint < self.checkpoint - EPS:
-                gap = now - self._last_checkpoint
+            if (gap := now - self._last_checkpoint) < self.checkpoint - EPS:
                 self.violate(5, f"checkpoint {gap:.3f}s after the last")
             self._last_checkpoint = now
         elif channel == "heartbeat":
@@ -275,8 +262,7 @@ class Checker:
             if self._heartbeats_refused:
                 self.violate(6, "a heartbeat after the hub refused one")
             if send.attempt == 1:
-                last = self._last_heartbeat
-                if last is not None and now - last < self.heartbeat - EPS:
+                if (last := self._last_heartbeat) is not None and now - last < self.heartbeat - EPS:
                     self.violate(5, f"heartbeat {now - last:.3f}s after the last")
                 self._check_heartbeat_gap(now)
                 self._last_heartbeat = now
@@ -285,19 +271,16 @@ class Checker:
             if seen is None or seen.verdict is not Verdict.RETRY:
                 verdict = "nothing" if seen is None else seen.verdict.value
                 self.violate(6, f"op #{send.op_id} retried after {verdict}")
-            elif now - seen.at < seen.retry_after - EPS:
-                self.violate(
-                    6,
-                    f"op #{send.op_id} retried {now - seen.at:.3f}s after a "
-                    f"Retry-After of {seen.retry_after:.3f}s",
-                )
+            elif (gap := now - seen.at) < seen.retry_after - EPS:
+                early = f"{gap:.3f}s after a Retry-After of {seen.retry_after:.3f}s"
+                self.violate(6, f"op #{send.op_id} retried {early}")
 
     def answered(self, now: float, send: Send, outcome: Outcome) -> None:
         """Record an outcome for the retry checks."""
         verdict = classify(outcome)
         retry_after = retry_after_of(outcome)
         honoured = retry_after
-        if self.policies is not None:
+        if self.policies is not None and retry_after is not None:
             policy: RetryPolicy = getattr(self.policies, send.channel)
             honoured = policy.honoured(retry_after)
         if honoured is not None:
@@ -316,7 +299,6 @@ class Checker:
             (now - self.origin, self.state, "recv", None, send.op_id, send.attempt,
              send.channel, None, None, status, error, retry_after, message or None, None)
         )  # fmt: skip
-        self._texts.append(message)
 
     def _check_heartbeat_gap(self, now: float) -> None:
         if self._training_since is None:
@@ -385,19 +367,15 @@ class Checker:
         if state == "done" and undelivered:
             self.violate(1, f"done, yet epochs not on the hub: {undelivered[:10]}")
         if expect == "done" and state != "done":
+            why, left = core.error or core.last_failure, len(undelivered)
             self.violate(
-                1,
-                f"the session ended {state}, not done ({core.error or core.last_failure}); "
-                f"{len(undelivered)} epochs not on the hub",
+                1, f"the session ended {state}, not done ({why}); {left} epochs not on the hub"
             )
         elif expect == "auth_refused" and (
             state != "refused" or not isinstance(core.error, AuthError)
         ):
-            self.violate(
-                6,
-                f"a revoked key must stop the session with AuthError; it ended {state} "
-                f"with {type(core.error).__name__ if core.error else 'no error'}",
-            )
+            ended = f"{state} with {type(core.error).__name__ if core.error else 'no error'}"
+            self.violate(6, f"a revoked key must stop the session with AuthError; it ended {ended}")
         twice = sorted(e for e, n in applied.items() if n > 1)
         if twice:
             self.violate(2, f"metrics applied more than once for epochs {twice[:10]}")
@@ -410,7 +388,8 @@ class Checker:
         if state == "done" and final_sha256 != expected_sha256:
             self.violate(3, f"final weights {final_sha256} != handed over {expected_sha256}")
         # Paths and messages are the entries' only free text; the rest are fixed words.
-        corpus = "\n".join([repr(core), str(core.error or ""), *texts, *self._texts])
+        seen = [text for row in self._rows for text in (row[8], row[12]) if text]
+        corpus = "\n".join([repr(core), str(core.error or ""), *texts, *seen])
         for secret in secrets:
             if secret in corpus:
                 self.violate(7, "the API key appears in a trace entry, repr or message")

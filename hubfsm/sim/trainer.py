@@ -42,6 +42,12 @@ def platform_model(transport: Transport) -> str:
 
 def weights_file(world: World, path: str, name: str, content: bytes) -> FilePart:
     """Write a weights file where the trainer keeps it."""
+    target = _write_weights(world, path, content)
+    return FilePart(name, target, len(content), hashlib.sha256(content).hexdigest())
+
+
+def _write_weights(world: World, path: str, content: bytes) -> str:
+    """Write a weights file where the trainer keeps it; its path."""
     target = f"{world.weights}{os.sep}{path.replace('/', '_')}"
     # A descriptor rather than pathlib: the trainer writes a file every epoch.
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -49,7 +55,7 @@ def weights_file(world: World, path: str, name: str, content: bytes) -> FilePart
         os.write(fd, content)
     finally:
         os.close(fd)
-    return FilePart(name, target, len(content), hashlib.sha256(content).hexdigest())
+    return target
 
 
 def existing_model(world: World) -> str:
@@ -91,8 +97,9 @@ def end_epoch(world: World, *, checkpoint: bool) -> None:
         world.unjournaled.add(epoch)
     if checkpoint:
         content = f"weights of epoch {epoch} seed {world.seed}".encode()
-        part = weights_file(world, f"weights/epoch{epoch}.pt", "last.pt", content)
-        session.save_checkpoint(part.path, epoch=epoch, is_best=rng.random() < 0.3)
+        # Only the path is handed over: the session stamps and hashes the file itself.
+        path = _write_weights(world, f"weights/epoch{epoch}.pt", content)
+        session.save_checkpoint(path, epoch=epoch, is_best=rng.random() < 0.3)
     if world.quit_after is not None and len(world.logged) == world.quit_after:
         world.gave_up = True
         world.deaths.clear()  # this is the last death: the trainer does not come back

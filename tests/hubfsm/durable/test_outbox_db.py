@@ -3,12 +3,13 @@ a call that fails leaves nothing, and the next one is whole."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
 
 from hubfsm.core import protocol
-from hubfsm.core.values import MetricsQueued, OpClosed, OpOpened
+from hubfsm.core.values import MetricsQueued, Offered, OpClosed, OpOpened
 from hubfsm.durable.outbox_db import OutboxDB
 from hubfsm.transport import FilePart
 
@@ -86,3 +87,54 @@ def test_only_an_upload_closing_can_free_a_weight_file(tmp_path):
     assert again.apply([OpClosed("u-3")]) is True
     assert again.apply([OpClosed("u-3")]) is False  # gone already
     assert again.load().empty
+
+
+def _traced(db: OutboxDB) -> list[str]:
+    """The writes to the ``slots`` table ``db`` executes from now on."""
+    statements: list[str] = []
+
+    def seen(statement: str) -> None:
+        if "slots" in statement and not statement.startswith("SELECT"):
+            statements.append(statement)
+
+    db._db.set_trace_callback(seen)
+    return statements
+
+
+def test_only_the_last_offer_of_a_slot_in_one_call_is_written(tmp_path):
+    db = OutboxDB.in_memory(MODEL)
+    old, new = (
+        (epoch, FilePart("last.pt", str(tmp_path / f"{epoch}.pt"), 1, "0" * 64), False)
+        for epoch in (1, 2)
+    )
+    db.apply([Offered("checkpoint", old)])  # on disk already
+    statements = _traced(db)
+    # Replaced in the same call: one write, and the call's end is the newest offer.
+    assert db.apply([Offered("checkpoint", None), Offered("checkpoint", new)]) is True
+    assert db.load().checkpoint == new
+    assert len(statements) == 1
+    # Offered, then cleared as its upload opens: the slot is empty, and its file may go.
+    upload = OpOpened(
+        "checkpoint",
+        protocol.upload_checkpoint(MODEL, 2, new[1], is_best=False, key="u-2"),
+        2,
+    )
+    statements.clear()
+    assert db.apply([Offered("checkpoint", old), Offered("checkpoint", None), upload]) is True
+    saved = db.load()
+    assert saved.checkpoint is None
+    assert [op.request for op in saved.ops] == [upload.request]
+    assert len(statements) == 1
+    # A slot offered once in a call is written as before.
+    db.apply([Offered("final", (2, new[1], 0.5)), Offered("checkpoint", old)])
+    assert (db.load().final, db.load().checkpoint) == ((2, new[1], 0.5), old)
+
+
+@pytest.mark.parametrize("epochs", [(), (7,), (0, 1, 12)])
+def test_a_metrics_operation_keeps_its_epochs_as_a_json_array(epochs):
+    db = OutboxDB.in_memory(MODEL)
+    request = protocol.upload_metrics(MODEL, {e: "{}" for e in epochs}, key="k")
+    db.apply([OpOpened("metrics", request, epochs)])
+    (payload,) = db._db.execute("SELECT payload FROM ops").fetchone()
+    assert payload == json.dumps(list(epochs))
+    assert db.load().ops[0].payload == list(epochs)
