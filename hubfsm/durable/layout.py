@@ -16,11 +16,12 @@ disk: it must be a JSON object naming this model, or it counts as absent.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +211,46 @@ def kept_record(model_id: str, root: str | os.PathLike[str] | None = None) -> di
         log.warning("record.unreadable", model_id=model_id, error="not this model's record")
         return None
     return record
+
+
+#: SQLite's primary result codes for a full disk and an I/O error.
+_SQLITE_FULL = 13
+_SQLITE_IOERR = 10
+
+
+def disk_error(error: sqlite3.OperationalError) -> OSError | None:
+    """The ``OSError`` a full disk or an I/O error that SQLite met is; None for others."""
+    code = (getattr(error, "sqlite_errorcode", 0) or 0) & 0xFF
+    text = str(error)
+    if not code:  # Python 3.10 gives no code: SQLite's own messages tell
+        code = _SQLITE_FULL if "disk is full" in text else 0
+        code = _SQLITE_IOERR if "disk I/O error" in text else code
+    if code == _SQLITE_FULL:
+        return OSError(errno.ENOSPC, f"the outbox database: {text}")
+    if code == _SQLITE_IOERR:
+        return OSError(errno.EIO, f"the outbox database: {text}")
+    return None
+
+
+@contextlib.contextmanager
+def disk_errors() -> Iterator[None]:
+    """Raise SQLite's full-disk and I/O errors as the ``OSError`` they are.
+
+    A write that fails for the machine's sake is then one kind of error for every
+    caller, whether SQLite or a file copy met it (ENOSPC or EIO), and never taken
+    for a damaged database.
+    """
+    try:
+        yield
+    except sqlite3.OperationalError as error:
+        mapped = disk_error(error)
+        if mapped is None:
+            raise
+        raise mapped from error
+
+
+def roll_back(db: sqlite3.Connection) -> None:
+    """End a failed transaction; SQLite may already have rolled it back (a full disk)."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")

@@ -30,13 +30,14 @@ from hubfsm.durable.layout import (
     check_database,
     damage_of,
     default_root,
+    disk_errors,
     inside,
     log,
     private_dir,
     private_file,
     salvage,
 )
-from hubfsm.durable.outbox_db import OutboxDB, disk_errors
+from hubfsm.durable.outbox_db import OutboxDB
 from hubfsm.durable.weights import stamp_of
 from hubfsm.transport import FilePart
 

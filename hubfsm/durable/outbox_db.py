@@ -7,17 +7,14 @@ Only SQL lives here; the directory, its lock and the weight snapshots are
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 from hubfsm.core.values import (
-    KEPT_ASIDE,
     Change,
     MetricsQueued,
     Offered,
@@ -27,184 +24,19 @@ from hubfsm.core.values import (
     Rejected,
     Saved,
 )
-from hubfsm.durable.layout import HubRoots, hub_of
-from hubfsm.transport import FilePart, Request
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS metrics (epoch INTEGER PRIMARY KEY, encoded TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS ops (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL UNIQUE,
-    channel TEXT NOT NULL,
-    request TEXT NOT NULL,
-    payload TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS slots (kind TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS rejected (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL UNIQUE,
-    channel TEXT NOT NULL,
-    request TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    status INTEGER NOT NULL,
-    reason TEXT NOT NULL
-);
-"""
-
-#: How much of an unreadable record's text is kept with it.
-_KEPT_TEXT = 4000
-
-
-# -- values to and from JSON ---------------------------------------------------------
-
-
-def _file_to_json(file: FilePart | None) -> dict[str, Any] | None:
-    # Spelled out rather than attrs.asdict, which walks the class's fields on every call.
-    if file is None:
-        return None
-    return {"name": file.name, "path": file.path, "size": file.size, "sha256": file.sha256}
-
-
-def _file_from_json(data: dict[str, Any] | None) -> FilePart | None:
-    return None if data is None else FilePart(**data)
-
-
-def _request_to_json(request: Request) -> str:
-    return json.dumps(
-        {
-            "method": request.method,
-            "path": request.path,
-            "json": request.json,
-            "fields": request.fields,
-            "file": _file_to_json(request.file),
-            "idempotency_key": request.idempotency_key,
-        }
-    )
-
-
-def _request_from_json(text: str) -> Request:
-    data = json.loads(text)
-    data["file"] = _file_from_json(data["file"])
-    return Request(**data)
-
-
-def _slot_to_json(value: tuple[int, FilePart, Any]) -> str:
-    epoch, file, extra = value
-    return json.dumps({"epoch": epoch, "file": _file_to_json(file), "extra": extra})
-
-
-def _slot_from_json(text: str) -> tuple[int, FilePart, Any]:
-    data = json.loads(text)
-    file = _file_from_json(data["file"])
-    assert file is not None
-    return data["epoch"], file, data["extra"]
-
-
-def _epochs_in(payload: str, channel: str) -> Any:
-    """The epochs a metrics record's payload names, if they read back; else None."""
-    try:
-        epochs = json.loads(payload)
-    except ValueError:
-        return None
-    if channel == "metrics" and isinstance(epochs, list):
-        return [e for e in epochs if isinstance(e, int)]
-    return epochs if isinstance(epochs, int) else None
-
-
-def _keep_aside(
-    db: sqlite3.Connection, key: str, channel: str, text: str, payload: Any, error: Exception
-) -> None:
-    """Write an unreadable record as one kept aside, with its text as it was found."""
-    kept = Request("POST", "", json={"unreadable": str(text)[:_KEPT_TEXT]}, idempotency_key=key)
-    reason = f"its record in the outbox cannot be read ({type(error).__name__}); kept as found"
-    db.execute(
-        "INSERT OR IGNORE INTO rejected (key, channel, request, payload, status, reason) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (key, channel, _request_to_json(kept), json.dumps(payload), KEPT_ASIDE, reason),
-    )
-
-
-def _writes_more_than_one(change: Change, queued: set[int]) -> bool:
-    """True when :meth:`OutboxDB.apply` writes ``change`` with more than one statement.
-
-    ``queued`` holds the epochs that may have a row in ``metrics``.
-    """
-    if type(change) is OpOpened:
-        return change.channel == "metrics" and any(e in queued for e in change.payload)
-    return type(change) is Rejected
-
-
-def _superseded(changes: Sequence[Change]) -> tuple[dict[int, int], dict[str, int]]:
-    """Where a later change in ``changes`` makes an earlier one's write needless.
-
-    Returns each epoch a metrics operation opens, with the last such position (an epoch
-    queued before it needs no row: the operation's request carries it), and each slot's
-    last offer's position (an earlier offer of that slot would be overwritten at once).
-    """
-    sent: dict[int, int] = {}
-    offered: dict[str, int] = {}
-    for at, change in enumerate(changes):
-        if type(change) is OpOpened:
-            if change.channel == "metrics":
-                for epoch in change.payload:
-                    sent[epoch] = at
-        elif type(change) is Offered:
-            offered[change.kind] = at
-    return sent, offered
-
-
-def _payload_json(payload: Any) -> str:
-    """An operation's payload as JSON: the tuple of epochs of a metrics one, or an epoch."""
-    # Spelled out for the tuple of plain ints every metrics operation carries (once an
-    # epoch): the same text json.dumps gives, without its encoder's set-up.
-    if type(payload) is tuple and all(type(e) is int for e in payload):
-        return f"[{', '.join(map(str, payload))}]"
-    return json.dumps(payload)
-
-
-#: SQLite's primary result codes for a full disk and an I/O error.
-_SQLITE_FULL = 13
-_SQLITE_IOERR = 10
-
-
-def _disk_error(error: sqlite3.OperationalError) -> OSError | None:
-    """The ``OSError`` a full disk or an I/O error that SQLite met is; None for others."""
-    code = (getattr(error, "sqlite_errorcode", 0) or 0) & 0xFF
-    text = str(error)
-    if not code:  # Python 3.10 gives no code: SQLite's own messages tell
-        code = _SQLITE_FULL if "disk is full" in text else 0
-        code = _SQLITE_IOERR if "disk I/O error" in text else code
-    if code == _SQLITE_FULL:
-        return OSError(errno.ENOSPC, f"the outbox database: {text}")
-    if code == _SQLITE_IOERR:
-        return OSError(errno.EIO, f"the outbox database: {text}")
-    return None
-
-
-@contextlib.contextmanager
-def disk_errors() -> Iterator[None]:
-    """Raise SQLite's full-disk and I/O errors as the ``OSError`` they are.
-
-    A write that fails for the machine's sake is then one kind of error for every
-    caller, whether SQLite or a file copy met it (ENOSPC or EIO), and never taken
-    for a damaged database.
-    """
-    try:
-        yield
-    except sqlite3.OperationalError as error:
-        mapped = _disk_error(error)
-        if mapped is None:
-            raise
-        raise mapped from error
-
-
-def _roll_back(db: sqlite3.Connection) -> None:
-    """End a failed transaction; SQLite may already have rolled it back (a full disk)."""
-    if db.in_transaction:
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
-
+from hubfsm.durable.layout import HubRoots, disk_error, disk_errors, hub_of, roll_back
+from hubfsm.durable.rows import (
+    SCHEMA,
+    epochs_in,
+    keep_aside,
+    payload_json,
+    request_from_json,
+    request_to_json,
+    slot_from_json,
+    slot_to_json,
+    superseded,
+    writes_more_than_one,
+)
 
 #: An empty in-memory database with the schema, copied by :meth:`OutboxDB.in_memory`.
 _template: sqlite3.Connection | None = None
@@ -234,7 +66,7 @@ class OutboxDB:
     ) -> None:
         self._db = connection
         if not has_schema:
-            connection.executescript(_SCHEMA)
+            connection.executescript(SCHEMA)
         with self._transaction() as db:
             db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('model_id', ?), ('journal_seq', '0'), "
@@ -269,7 +101,7 @@ class OutboxDB:
                 _template = sqlite3.connect(
                     ":memory:", isolation_level=None, check_same_thread=False
                 )
-                _template.executescript(_SCHEMA)
+                _template.executescript(SCHEMA)
                 _template_pid = os.getpid()
             _template.backup(connection)
         return cls(connection, model_id, has_schema=True)
@@ -283,7 +115,7 @@ class OutboxDB:
                 yield db
                 db.execute("COMMIT")
             except BaseException:
-                _roll_back(db)
+                roll_back(db)
                 raise
 
     @property
@@ -296,15 +128,15 @@ class OutboxDB:
         """Everything pending, in the order it must go out."""
         db = self._db
         ops = tuple(
-            OpOpened(channel, _request_from_json(request), json.loads(payload))
+            OpOpened(channel, request_from_json(request), json.loads(payload))
             for channel, request, payload in db.execute(
                 "SELECT channel, request, payload FROM ops ORDER BY seq"
             )
         )
         metrics = tuple(db.execute("SELECT epoch, encoded FROM metrics ORDER BY epoch"))
         slots = dict(db.execute("SELECT kind, value FROM slots"))
-        checkpoint = _slot_from_json(slots["checkpoint"]) if "checkpoint" in slots else None
-        final = _slot_from_json(slots["final"]) if "final" in slots else None
+        checkpoint = slot_from_json(slots["checkpoint"]) if "checkpoint" in slots else None
+        final = slot_from_json(slots["final"]) if "final" in slots else None
         return Saved(
             ops=ops,
             metrics=metrics,
@@ -349,26 +181,26 @@ class OutboxDB:
                 "SELECT key, channel, request, payload FROM ops ORDER BY seq"
             ).fetchall():
                 try:
-                    _request_from_json(request)
+                    request_from_json(request)
                     json.loads(payload)
                 except (ValueError, TypeError, KeyError) as error:
                     db.execute("DELETE FROM ops WHERE key = ?", (key,))
-                    _keep_aside(db, key, channel, request, _epochs_in(payload, channel), error)
+                    keep_aside(db, key, channel, request, epochs_in(payload, channel), error)
                     moved += 1
             for kind, value in db.execute("SELECT kind, value FROM slots").fetchall():
                 try:
-                    _slot_from_json(value)
+                    slot_from_json(value)
                 except (ValueError, TypeError, KeyError, AssertionError) as error:
                     db.execute("DELETE FROM slots WHERE kind = ?", (kind,))
                     key = f"unreadable-{kind}-{time.time_ns()}"
-                    _keep_aside(db, key, kind, value, None, error)
+                    keep_aside(db, key, kind, value, None, error)
                     moved += 1
         return moved
 
     def rejected(self) -> tuple[Rejected, ...]:
         """The records the hub refused, oldest first."""
         return tuple(
-            Rejected(channel, _request_from_json(request), json.loads(payload), status, reason)
+            Rejected(channel, request_from_json(request), json.loads(payload), status, reason)
             for channel, request, payload, status, reason in self._db.execute(
                 "SELECT channel, request, payload, status, reason FROM rejected ORDER BY seq"
             )
@@ -431,7 +263,7 @@ class OutboxDB:
         try:
             return self._apply(self._db, changes, journal_seq)
         except sqlite3.OperationalError as error:
-            mapped = _disk_error(error)
+            mapped = disk_error(error)
             if mapped is None:
                 raise
             raise mapped from error
@@ -452,11 +284,11 @@ class OutboxDB:
         sent: dict[int, int] = {}
         offered: dict[str, int] = {}
         if len(changes) > 1:
-            sent, offered = _superseded(changes)
+            sent, offered = superseded(changes)
         # One statement is atomic on its own: a call that writes one row (an operation
         # closed, a slot offered) goes without BEGIN and COMMIT, which double its cost.
         grouped = (
-            journal_seq is not None or len(changes) > 1 or _writes_more_than_one(changes[0], queued)
+            journal_seq is not None or len(changes) > 1 or writes_more_than_one(changes[0], queued)
         )
         if grouped:
             execute("BEGIN IMMEDIATE")
@@ -491,7 +323,7 @@ class OutboxDB:
                     else:
                         execute(
                             "INSERT OR REPLACE INTO slots VALUES (?, ?)",
-                            (change.kind, _slot_to_json(value)),
+                            (change.kind, slot_to_json(value)),
                         )
                 elif type(change) is OpOpened:
                     payload = change.payload
@@ -508,9 +340,9 @@ class OutboxDB:
                         (
                             change.key,
                             change.channel,
-                            _request_to_json(change.request),
+                            request_to_json(change.request),
                             # A metrics payload is a tuple of epochs: a JSON array.
-                            _payload_json(payload),
+                            payload_json(payload),
                         ),
                     )
                 elif type(change) is Rejected:
@@ -524,7 +356,7 @@ class OutboxDB:
                         (
                             change.key,
                             change.channel,
-                            _request_to_json(change.request),
+                            request_to_json(change.request),
                             json.dumps(
                                 change.epochs if change.channel == "metrics" else change.payload
                             ),
@@ -544,7 +376,7 @@ class OutboxDB:
                 execute("COMMIT")
         except BaseException:
             if grouped:
-                _roll_back(db)
+                roll_back(db)
             raise
         queued.difference_update(sent_epochs)
         file_ops.difference_update(closed)
