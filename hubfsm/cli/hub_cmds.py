@@ -14,7 +14,7 @@ from hubfsm.cli.args import KEY_ENV, key_from
 def cmd_hub_serve(args: argparse.Namespace) -> int:
     """Run the local hub in the foreground."""
     from hubfsm.hub.bodies import BodyLimits
-    from hubfsm.hub.serve import serve
+    from hubfsm.hub.foreground import serve
 
     return serve(
         args.data,

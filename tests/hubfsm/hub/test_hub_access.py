@@ -19,7 +19,7 @@ import pytest
 
 from hubfsm.hub.access import COOKIE, Sessions
 from hubfsm.hub.admin import add, listing, revoke
-from hubfsm.hub.serve import serve
+from hubfsm.hub.foreground import serve
 from hubfsm.hub.server import LocalHub, reachable_address
 
 CREATE = {"lineage": {"architecture": {"name": "yolov8n"}}}

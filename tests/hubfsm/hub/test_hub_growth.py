@@ -123,7 +123,7 @@ def test_hub_serve_runs_its_hub_without_audit_notes(
 ) -> None:
     import threading
 
-    from hubfsm.hub import serve
+    from hubfsm.hub import foreground
 
     made: list[LocalHub] = []
 
@@ -132,11 +132,11 @@ def test_hub_serve_runs_its_hub_without_audit_notes(
             made.append(self)
             return super().start()
 
-    monkeypatch.setattr(serve, "LocalHub", Recorded)
+    monkeypatch.setattr(foreground, "LocalHub", Recorded)
     stop = threading.Event()
     out = io.StringIO()
     thread = threading.Thread(
-        target=serve.serve, args=(tmp_path / "hub",), kwargs={"port": 0, "out": out, "stop": stop}
+        target=foreground.serve, args=(tmp_path / "hub",), kwargs={"port": 0, "out": out, "stop": stop}
     )
     thread.start()
     try:
