@@ -135,9 +135,8 @@ def test_hub_serve_runs_its_hub_without_audit_notes(
     monkeypatch.setattr(foreground, "LocalHub", Recorded)
     stop = threading.Event()
     out = io.StringIO()
-    thread = threading.Thread(
-        target=foreground.serve, args=(tmp_path / "hub",), kwargs={"port": 0, "out": out, "stop": stop}
-    )
+    kwargs = {"port": 0, "out": out, "stop": stop}
+    thread = threading.Thread(target=foreground.serve, args=(tmp_path / "hub",), kwargs=kwargs)
     thread.start()
     try:
         for _ in range(200):  # bounded: the banner comes once the hub listens
