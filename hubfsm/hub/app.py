@@ -36,9 +36,8 @@ from hubfsm.hub.bodies import (
     read_call,
     refuse_body,
     release,
-    safe,
 )
-from hubfsm.hub.calls import HubCall, HubReply, fail
+from hubfsm.hub.calls import HubCall, HubReply, fail, safe
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.keys import digest
 from hubfsm.hub.summary import dumps

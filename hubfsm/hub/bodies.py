@@ -22,7 +22,7 @@ from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDeco
 from werkzeug.wrappers import Request
 
 from hubfsm.hub import parse
-from hubfsm.hub.calls import BadJson, HubCall, HubReply, fail
+from hubfsm.hub.calls import BadJson, HubCall, HubReply, fail, safe
 
 #: Bodies of refused requests up to this size are read and dropped (so the connection stays
 #: usable); larger ones are not read at all, and the connection is closed after the answer.
@@ -265,12 +265,6 @@ def bare_call(request: Request) -> HubCall:
         api_key_of(request),
         idempotency_key=headers.get("Idempotency-Key"),
     )
-
-
-def safe(text: str) -> str:
-    """Text with lone surrogates escaped, as logs and JSON take it."""
-    # Paths, headers and form fields may hold lone surrogates; logs and JSON must not break.
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def close_after(environ: dict[str, Any]) -> None:

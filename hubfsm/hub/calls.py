@@ -139,6 +139,13 @@ def request_digest(call: HubCall, file_sha256: str | None = None) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def safe(text: str) -> str:
+    """Text with lone surrogates escaped, as logs, JSON and the store take it."""
+    # Paths, headers and form fields may hold lone surrogates; logs and JSON must not
+    # break (ASCII text, as nearly all is, holds none).
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def ok(message: str, data: Any = None) -> HubReply:
     """A 200 reply in the envelope."""
     body = {"success": True, "message": message, "data": {} if data is None else data}

@@ -33,6 +33,7 @@ from hubfsm.hub.calls import (
     id_factory,
     request_digest,
     route,
+    safe,
 )
 from hubfsm.hub.keys import UrlSigner
 from hubfsm.hub.parse import check_json
@@ -194,7 +195,7 @@ class Hub(PlatformEndpoints):
         if principal is None:
             return fail(401, "invalid or revoked API key" if call.api_key else "missing API key")
         if resource == "unknown":
-            return fail(404, f"no such endpoint: {method} {_safe(call.path[:200])}")
+            return fail(404, f"no such endpoint: {method} {safe(call.path[:200])}")
         if known is None:
             allowed = ALLOWED[resource]
             return fail(405, f"{method} not allowed here; use {allowed}", {"Allow": allowed})
@@ -205,7 +206,7 @@ class Hub(PlatformEndpoints):
                 return fail(400, f"body is not valid JSON: {problem}")
         scope = None
         if method == "POST" and call.idempotency_key:
-            scope = f"{principal}\x1f{call.path}\x1f{_safe(call.idempotency_key)}"
+            scope = f"{principal}\x1f{call.path}\x1f{safe(call.idempotency_key)}"
         if endpoint == "upload_weights":
             return self._upload(call, principal, model_id, scope)
         handler = self._handlers[endpoint]
@@ -237,9 +238,3 @@ class _Unlocked:
 
 
 _UNLOCKED = cast("threading.RLock", _Unlocked())
-
-
-def _safe(text: str) -> str:
-    # A header or path with a lone surrogate must not break the JSON answer or the store
-    # (ASCII text, as nearly all is, holds none).
-    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
