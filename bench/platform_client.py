@@ -130,10 +130,15 @@ def _official_trainer(spec: dict[str, Any]) -> Any:
     )
 
 
-def _official_callbacks() -> Any:
+def _official_run(spec: dict[str, Any]) -> tuple[Any, Any]:
+    """A trainer with a run the official callbacks opened on the local hub, and them."""
+    trainer = _official_trainer(spec)  # sets the hub's URL before the import reads it
     from ultralytics.utils.callbacks import platform as official
 
-    return official
+    official.on_pretrain_routine_start(trainer)
+    if not trainer.platform:
+        raise RuntimeError("the official callbacks did not open a run on the local hub")
+    return trainer, official
 
 
 def child_epoch(variant: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -152,11 +157,7 @@ def child_epoch(variant: str, spec: dict[str, Any]) -> dict[str, Any]:
         session.finish(spec["final"], map50_95=0.5, timeout=300.0)
         session.close(timeout=5.0)
     else:
-        trainer = _official_trainer(spec)  # sets the hub's URL before the import reads it
-        official = _official_callbacks()
-        official.on_pretrain_routine_start(trainer)
-        if not trainer.platform:
-            raise RuntimeError("the official callbacks did not open a run on the local hub")
+        trainer, official = _official_run(spec)
         for epoch in range(n):
             trainer.epoch, trainer.metrics = epoch, benchkit.epoch_metrics(KEYS, epoch)
             t0 = time.perf_counter()
@@ -181,11 +182,7 @@ def child_drain(variant: str, spec: dict[str, Any]) -> dict[str, Any]:
         t_return = time.time()
         session.close(timeout=5.0)
     else:
-        trainer = _official_trainer(spec)  # sets the hub's URL before the import reads it
-        official = _official_callbacks()
-        official.on_pretrain_routine_start(trainer)
-        if not trainer.platform:
-            raise RuntimeError("the official callbacks did not open a run on the local hub")
+        trainer, official = _official_run(spec)
         for epoch in range(n):
             trainer.epoch, trainer.metrics = epoch, epochs[epoch]
             official.on_fit_epoch_end(trainer)
@@ -208,11 +205,7 @@ def child_kill(variant: str, spec: dict[str, Any]) -> dict[str, Any]:
             session.save_checkpoint(spec["ckpt"], epoch=epoch)
             benchkit.emit({"logged": epoch})
     else:
-        trainer = _official_trainer(spec)  # sets the hub's URL before the import reads it
-        official = _official_callbacks()
-        official.on_pretrain_routine_start(trainer)
-        if not trainer.platform:
-            raise RuntimeError("the official callbacks did not open a run on the local hub")
+        trainer, official = _official_run(spec)
         # Console capture would swallow the lines the parent reads.
         trainer.platform["console_logger"].stop_capture()
         for epoch in range(n):
