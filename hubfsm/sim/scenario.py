@@ -345,6 +345,13 @@ def profile_table(profiles: Mapping[str, Profile]) -> str:
                 "`done`, or `refused` naming the answer with every event kept; after the fix, "
                 "a sync delivers all but the rejected records"
             )
+        if p.abandon:
+            # The trainer that gives up never calls finish(): what sync delivers ends
+            # with the model loaded, not done.
+            end += (
+                f"; where the trainer gives up after a death ({_pct(p.abandon)} of seeds), "
+                "`loaded`, with everything delivered by `hubfsm sync`"
+            )
         rows.append(
             f"| `{p.name}` | {p.summary} | {mix_text(p.faults)} | {_windows_text(p)} | {key} "
             f"| {_span(*p.epoch_seconds)} | {_duration(p.patience)} | {end} "

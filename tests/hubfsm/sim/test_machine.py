@@ -144,6 +144,9 @@ def test_the_profile_table_shows_the_machine_faults():
     assert "1–2 × disk full for 60–900 s, then freed" in table
     assert "killed inside finish()" in table
     assert "int-key, huge-int, nan, inf" in table
+    # A profile whose trainer may give up says how those seeds end.
+    poison = next(row for row in table.splitlines() if row.startswith("| `poison` |"))
+    assert "gives up after a death (30% of seeds), `loaded`" in poison
 
 
 # -- planted bugs: each class must be found within 200 seeds --------------------------
