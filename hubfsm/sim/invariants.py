@@ -188,6 +188,8 @@ class Checker:
         self._training_since: float | None = None
         # The hub refused a heartbeat: none may follow, and none is due any more.
         self._heartbeats_refused = False
+        # The hub refused the opening request: the session failed as a bad key fails it.
+        self._failed_opening = False
 
     @property
     def trace(self) -> tuple[Entry, ...]:
@@ -226,6 +228,8 @@ class Checker:
             self.violate(4, f"undeclared transition {source} --{event}--> {dest}")
         if dest != source:
             self._check_heartbeat_gap(now)
+            # Only an opening state fails (see the table): nothing was accepted yet.
+            self._failed_opening = event == "fail"
             if TRAITS[dest].heartbeats and not TRAITS[source].heartbeats:
                 self._training_since = None if self._heartbeats_refused else now
                 self._last_heartbeat = None
@@ -372,7 +376,9 @@ class Checker:
                 1, f"the session ended {state}, not done ({why}); {left} epochs not on the hub"
             )
         elif expect == "auth_refused" and (
-            state != "refused" or not isinstance(core.error, AuthError)
+            # A key revoked before the session opened fails it at once, as a bad key does.
+            state != ("failed" if self._failed_opening else "refused")
+            or not isinstance(core.error, AuthError)
         ):
             ended = f"{state} with {type(core.error).__name__ if core.error else 'no error'}"
             self.violate(6, f"a revoked key must stop the session with AuthError; it ended {ended}")

@@ -331,7 +331,12 @@ def profile_table(profiles: Mapping[str, Profile]) -> str:
             if p.revoke is None
             else (f"revoked at {_pct(p.revoke[0])}–{_pct(p.revoke[1])} of the training time")
         )
-        end = "`done`" if p.expect == "done" else "`refused` with AuthError, every event kept"
+        end = (
+            "`done`"
+            if p.expect == "done"
+            else "`refused` with AuthError, every event kept (`failed` with AuthError, "
+            "as for a bad key, when the key is revoked before the session has opened)"
+        )
         if p.refusals is not None:
             r = p.refusals
             stops = ", ".join(str(code) for code in r.stops if code)

@@ -189,6 +189,21 @@ def test_profiles_are_selected_by_name_list_or_all():
         select("full-disk")
 
 
+@pytest.mark.parametrize("protocol", ["hub", "platform"])
+def test_a_key_revoked_before_the_session_opens_fails_it_as_a_bad_key_does(protocol):
+    # The opening request is refused: nothing was accepted yet, so the session fails
+    # with AuthError (as for a bad key) instead of going on refused.
+    early = attrs.evolve(PROFILES["revoked"], revoke=(0.0, 0.0))
+    for seed in range(3):
+        result = run_seed(seed, profile=early, epochs=5, protocol=protocol)
+        assert result.ok, _report([result])
+        assert (result.state, result.error) == ("failed", "AuthError")
+    # Found by a sweep: the opening's answers were lost until the key was revoked.
+    late = run_seed(200938, profile="revoked", epochs=30, protocol="platform")
+    assert late.ok, _report([late])
+    assert late.state == "failed"
+
+
 def test_describe_shows_every_profile_with_its_exact_rates():
     table = describe()
     for name in PROFILES:
