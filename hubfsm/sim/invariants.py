@@ -192,6 +192,11 @@ class Checker:
         self._failed_opening = False
 
     @property
+    def failed_opening(self) -> bool:
+        """Whether the hub refused the opening request, failing the session."""
+        return self._failed_opening
+
+    @property
     def trace(self) -> tuple[Entry, ...]:
         """Everything seen so far, in order."""
         return tuple(Entry(*row) for row in self._rows)

@@ -164,11 +164,18 @@ class RefusingWorld(World):
         # that outlasts finish's patience, and everything stays kept for a sync.
         outage = self.protocol == "platform" and draw.stop == 409
         if outage:
-            if core.state not in ("done", "resumable"):
+            # A 409 that outlasts the opening's patience leaves the session unopened,
+            # with nothing accepted, and the trainer told at the open.
+            unopened = core.machine.traits.opening and self.raised is not None
+            if core.state not in ("done", "resumable") and not unopened:
                 checker.violate(1, f"a 409 is retried on Platform; the session ended {core.state}")
         elif wanted is None and core.state != "done":
             checker.violate(1, f"nothing stopped the session, yet it ended {core.state}")
-        elif wanted is not None and (core.state != "refused" or type(core.error) is not wanted):
+        elif wanted is not None and (
+            # A refused opening fails the session: nothing was accepted yet.
+            core.state != ("failed" if checker.failed_opening else "refused")
+            or type(core.error) is not wanted
+        ):
             got = type(core.error).__name__ if core.error else "no error"
             checker.violate(
                 6,

@@ -347,8 +347,10 @@ def profile_table(profiles: Mapping[str, Profile]) -> str:
                 f"({_pct(r.bad_checkpoint)}), 409 on heartbeats ({_pct(r.heartbeat)})"
             )
             end = (
-                "`done`, or `refused` naming the answer with every event kept; after the fix, "
-                "a sync delivers all but the rejected records"
+                "`done`, or `refused` naming the answer with every event kept (`failed` "
+                "naming it when it refuses the opening, or still `resolved` after a Platform "
+                "409 outlasts the opening's patience, the trainer told at the open); after "
+                "the fix, a sync delivers all but the rejected records"
             )
         if p.abandon:
             # The trainer that gives up never calls finish(): what sync delivers ends

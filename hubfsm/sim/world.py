@@ -210,7 +210,8 @@ class World:
         #: True once ``hubfsm sync`` has run (the outboxes are files from then on).
         self.synced = False
         self.expected_sha: str | None = None
-        #: What the trainer's ``finish`` (or, in the refusing world, ``close``) raised.
+        #: What opening the trainer's session, its ``finish`` (or, in the refusing
+        #: world, ``close``) raised.
         self.raised: HubfsmError | None = None
         self.core = bugs.core_factory(config)  # until the first session is composed
         self.runner = SimRunner(Driver(self.core, self.link, clock=self.clock, quiet=True))
@@ -336,7 +337,9 @@ class World:
             machine.armed = False  # the disk fails while sessions train, not while they open
         try:
             session: Session | None = self.bugs.session_class.compose(parts)
-        except HubfsmError:
+        except HubfsmError as exc:
+            # The trainer is told at the open: the hub refused it, or it never answered.
+            self.raised = exc
             session = None
         if parts.core.model_id is not None:
             self.model_id = parts.core.model_id

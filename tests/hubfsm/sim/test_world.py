@@ -204,6 +204,29 @@ def test_a_key_revoked_before_the_session_opens_fails_it_as_a_bad_key_does(proto
     assert late.state == "failed"
 
 
+@pytest.mark.parametrize("protocol", ["hub", "platform"])
+@pytest.mark.parametrize("stop", [401, 302, 404, 409])
+def test_a_refusal_of_the_opening_request_is_told_at_the_open(protocol, stop):
+    # Every upload refused from the start: an opening that uploads (a create) is refused
+    # before the session opened. It fails naming the answer (a 409 on Platform is
+    # retried as the Platform SDK does, until the opening's patience ends), and the
+    # trainer is told; an opening that only reads opens, then stops at the first upload.
+    refusals = attrs.evolve(PROFILES["refusing"].refusals, stops=(stop,), stop_at=(0.0, 0.0))
+    early = attrs.evolve(PROFILES["refusing"], refusals=refusals, patience=600.0)
+    ends = set()
+    for seed in range(4):
+        result = run_seed(seed, profile=early, epochs=3, protocol=protocol)
+        assert result.ok, _report([result])
+        opening = next(e for e in result.trace if e.event == "send")
+        if opening.method == "GET":
+            expected = "refused"
+        else:
+            expected = "resolved" if (protocol, stop) == ("platform", 409) else "failed"
+        assert result.state == expected, seed
+        ends.add(result.state)
+    assert ends & {"failed", "resolved"}  # the seeds hold at least one refused opening
+
+
 def test_describe_shows_every_profile_with_its_exact_rates():
     table = describe()
     for name in PROFILES:
