@@ -368,7 +368,8 @@ class World:
     def give_up(self) -> None:
         """The trainer does not come back: what is left is for ``hubfsm sync``."""
         self.gave_up = True
-        self.deaths = set()
+        # Emptied, not replaced: the dying transport holds this set.
+        self.deaths.clear()
 
     # -- the end ---------------------------------------------------------------------
 

@@ -128,6 +128,18 @@ def test_each_machine_profile_injects_its_faults():
     assert all(seen.values()), seen
 
 
+def test_a_trainer_killed_for_good_inside_finish_leaves_sync_to_live():
+    # Seed 300019 of the Platform dialect (1 epoch) drew a death at request 2, and the
+    # machine killed the trainer inside finish() first. The trainer does not come back,
+    # so that death is no one's: it killed the process running hubfsm sync instead
+    # ("poll() while a request is in flight"), which the run reported as a crash.
+    result = run_seed(300019, profile="finish-kill", epochs=1, protocol="platform")
+    assert result.ok, [str(v) for v in result.violations]
+    assert result.state == "done"
+    deaths = [e for e in result.trace if "the process dies" in (e.message or "")]
+    assert len(deaths) == 1  # the kill inside finish(), and no other
+
+
 def test_a_process_that_dies_while_opening_leaves_no_poison_and_no_crash():
     # Seed 248 of the Platform dialect dies inside its opening request: the session's
     # failed opening has closed the journal by then, and the poison must not be written
