@@ -231,6 +231,7 @@ class Platform(Dialect):
             op.answer = dict(self.data(response))
         op.first = first
         op.request = step
+        op.step_sends = 0
         op.round_attempts = 0
         op.round_start = now
         op.not_before = now

@@ -348,8 +348,10 @@ class Schedule:
         op.round_attempts += 1
         self.in_flight = op
         self.stats.sent[op.channel] += 1
-        if op.attempts > 1:
+        # A retry sends again what went out before; the next step of an upload is new.
+        if op.step_sends:
             self.stats.retries += 1
+        op.step_sends += 1
         # Limits count from the moment a request leaves, not from when it was queued.
         if op.channel == "metrics":
             self.last_metrics = now

@@ -193,6 +193,8 @@ class Op:
     policy: RetryPolicy
     purpose: Purpose
     attempts: int = 0
+    #: Sends of :attr:`request` as it is now: a later step of an upload starts at 0.
+    step_sends: int = 0
     round_attempts: int = 0
     round_start: float = 0.0
     not_before: float = 0.0

@@ -34,6 +34,27 @@ def test_every_profile_keeps_every_invariant_in_memory(profile):
             assert any(e.method == "PUT" for e in result.trace if e.event == "send")
 
 
+def test_the_steps_of_an_upload_are_not_counted_as_retries():
+    # Each upload is three or four requests (ask for a signed URL, PUT, report); on a
+    # calm hub none goes out twice, so a session reports no retries.
+    for seed in range(3):
+        calm = run_seed(seed, profile="calm", epochs=5, protocol="platform", keep_trace=True)
+        assert calm.ok, calm.violations
+        assert any(e.event == "send" and e.method == "PUT" for e in calm.trace)
+        assert calm.retries == 0
+    # On a flaky hub a step that failed goes out again, and counts once per re-send; a
+    # step that follows a success is the upload's next step.
+    flaky = run_seed(1, profile="flaky", epochs=20, protocol="platform", keep_trace=True)
+    answered: dict[int, bool] = {}  # op -> whether its last answer was a success
+    again = 0
+    for e in flaky.trace:
+        if e.event == "recv":
+            answered[e.op] = e.status is not None and 200 <= e.status < 300
+        elif e.event == "send" and e.op in answered:
+            again += not answered[e.op]
+    assert flaky.retries == again > 0
+
+
 @pytest.mark.parametrize("profile", list(PROFILES))
 def test_every_profile_keeps_every_invariant_over_http(profile):
     result = run_http_seed(0, profile=profile, epochs=6, protocol="platform")
