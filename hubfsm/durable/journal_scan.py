@@ -7,10 +7,10 @@ cut short or a torn page is found here, and reported as :class:`JournalDamage`.
 from __future__ import annotations
 
 import marshal
+import mmap
 import os
 import struct
 import zlib
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -99,7 +99,9 @@ class _Found:
     end: int
 
 
-def _record_at(data: bytes, pos: int, version: int, names: tuple[str, ...] | None) -> _Found | None:
+def _record_at(
+    data: bytes | mmap.mmap, pos: int, version: int, names: tuple[str, ...] | None
+) -> _Found | None:
     """The record that starts at ``pos``, if an intact one does."""
     if pos + RECORD.size > len(data):
         return None
@@ -164,9 +166,29 @@ def scan(path: str | os.PathLike[str], *, after: int) -> Replay:
     the last one read lie beyond the end, left over from before a start-over.
     """
     try:
-        data = Path(path).read_bytes()
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return Replay([])
+    try:
+        # Mapped rather than read: a journal is allocated whole (a mebibyte at least)
+        # and its records most often fill a few pages of it. Reading the file would copy
+        # every byte; through a map only the pages the records lie on are touched.
+        try:
+            data: bytes | mmap.mmap = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # an empty file, or one that cannot be mapped
+            with open(fd, "rb", closefd=False) as file:
+                data = file.read()
+    finally:
+        os.close(fd)
+    try:
+        return _scan(path, data, after)
+    finally:
+        if isinstance(data, mmap.mmap):
+            data.close()
+
+
+def _scan(path: str | os.PathLike[str], data: bytes | mmap.mmap, after: int) -> Replay:
+    """:func:`scan` of the file's bytes ``data``."""
     if len(data) < HEADER.size or not any(data[: HEADER.size]):
         return Replay([])
     magic, version = HEADER.unpack_from(data)
