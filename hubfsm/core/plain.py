@@ -162,8 +162,11 @@ def finite(value: Any) -> Any:
     return value
 
 
-#: The C encoder ``json.dumps`` uses (None where the interpreter has no ``_json``).
-_C_ENCODER = _json_encoder.c_make_encoder
+#: The C encoder ``json.dumps`` uses (None where the interpreter has no ``_json``); not
+#: in the module's stubs, as it is not public.
+_C_ENCODER: Callable[..., Callable[[Any, int], Any]] | None = getattr(
+    _json_encoder, "c_make_encoder", None
+)
 #: What ``json.dumps`` calls for a value it cannot encode: it raises the same TypeError.
 _NOT_JSON: Callable[[Any], Any] = json.JSONEncoder().default
 
