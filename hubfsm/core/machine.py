@@ -237,9 +237,35 @@ def retry_after_of(outcome: Outcome) -> float | None:
 
 
 class _Model:
-    """The object ``transitions`` decorates; private, so no trigger shadows a public name."""
+    """The object ``transitions`` moves; private, so no trigger shadows a public name."""
 
-    state: str
+    state: str = "unparsed"
+
+
+def _declared() -> Machine:
+    """The table as one ``transitions`` machine, with no model of its own.
+
+    Building it walks every row (about a millisecond); the rows never change, so every
+    session triggers its events on this one machine with its own model. A machine
+    holds no per-model state between events (no queue, no callbacks), and a model
+    never added to it is never referenced by it, so sessions do not keep each other
+    alive or see each other's state.
+    """
+    rows: list[dict[str, Any]] = [
+        {"trigger": event, "source": list(sources), "dest": dest}
+        for event, sources, dest in TRANSITIONS
+    ]
+    return Machine(
+        model=None,
+        states=list(STATES),
+        transitions=rows,
+        initial="unparsed",
+        auto_transitions=False,
+        ignore_invalid_triggers=False,
+    )
+
+
+_MACHINE = _declared()
 
 
 class SessionMachine:
@@ -252,18 +278,7 @@ class SessionMachine:
     def __init__(self, on_change: Callable[[str, str, str], None] | None = None) -> None:
         self._model = _Model()
         self._on_change = on_change
-        rows: list[dict[str, Any]] = [
-            {"trigger": event, "source": list(sources), "dest": dest}
-            for event, sources, dest in TRANSITIONS
-        ]
-        self._machine = Machine(
-            model=self._model,
-            states=list(STATES),
-            transitions=rows,
-            initial="unparsed",
-            auto_transitions=False,
-            ignore_invalid_triggers=False,
-        )
+        self._machine = _MACHINE
         #: What the current state means (see :data:`TRAITS`); kept as the state changes,
         #: so a poll reads it without a call.
         self.traits = TRAITS["unparsed"]

@@ -7,9 +7,11 @@ refuses, naming the key, what the wire cannot carry.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from json import encoder as _json_encoder
 from typing import Any
 
 #: Exactly these types pass as they are; their subclasses (numpy's float64 is a float)
@@ -158,3 +160,45 @@ def finite(value: Any) -> Any:
     if isinstance(value, list):
         return [finite(v) for v in value]
     return value
+
+
+#: The C encoder ``json.dumps`` uses (None where the interpreter has no ``_json``); not
+#: in the module's stubs, as it is not public.
+_C_ENCODER: Callable[..., Callable[[Any, int], Any]] | None = getattr(
+    _json_encoder, "c_make_encoder", None
+)
+#: What ``json.dumps`` calls for a value it cannot encode: it raises the same TypeError.
+_NOT_JSON: Callable[[Any], Any] = json.JSONEncoder().default
+
+
+def json_text(
+    value: Any,
+    *,
+    sort_keys: bool = False,
+    allow_nan: bool = True,
+    default: Callable[[Any], Any] | None = None,
+) -> str:
+    """``json.dumps(value, sort_keys=..., allow_nan=..., default=...)``, the same text.
+
+    ``json.dumps`` with any argument makes an encoder object, and even without one makes
+    a closure and the C encoder on each call, which costs more than encoding a small
+    value: every epoch's metrics, every request the outbox keeps and every call the hub
+    binds to its idempotency key go through here. Only the C encoder is made, with a
+    fresh set of the objects being encoded, so a circular value is still a ValueError.
+    """
+    if _C_ENCODER is None:  # an interpreter without the C accelerator
+        return json.dumps(value, sort_keys=sort_keys, allow_nan=allow_nan, default=default)
+    if isinstance(value, str):
+        return _json_encoder.encode_basestring_ascii(value)
+    encode = _C_ENCODER(
+        {},
+        _NOT_JSON if default is None else default,
+        _json_encoder.encode_basestring_ascii,
+        None,
+        ": ",
+        ", ",
+        sort_keys,
+        False,
+        allow_nan,
+    )
+    return "".join(encode(value, 0))

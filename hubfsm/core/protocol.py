@@ -9,7 +9,6 @@ I/O), and :data:`~hubfsm.core.platform.PLATFORM` (the Ultralytics Platform webho
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -20,7 +19,7 @@ import attrs
 from hubfsm.core.config import Limits
 from hubfsm.core.identifier import Identifier
 from hubfsm.core.machine import Verdict, classify
-from hubfsm.core.plain import finite, plain
+from hubfsm.core.plain import finite, json_text, plain
 from hubfsm.core.values import Op
 from hubfsm.errors import HubError
 from hubfsm.masking import show_untrusted
@@ -120,10 +119,10 @@ def encode_metrics(metrics: Mapping[str, Any]) -> str:
     # What JSON cannot encode is made plain here rather than lost on the worker, far
     # from the call that logged it.
     try:
-        return json.dumps(dict(metrics), sort_keys=True, allow_nan=False, default=plain)
+        return json_text(dict(metrics), sort_keys=True, allow_nan=False, default=plain)
     except ValueError:
         made = finite(plain(dict(metrics)))
-        return json.dumps(made, sort_keys=True, allow_nan=False)
+        return json_text(made, sort_keys=True, allow_nan=False)
 
 
 def upload_checkpoint(

@@ -260,20 +260,24 @@ class Schedule:
             self.make_due(now, final=final, heartbeats=heartbeats, model_id=model_id,
                           run_id=run_id, agent_id=agent_id)  # fmt: skip
         earliest = math.inf
-        for channel in CHANNELS:
-            op = self.ops[channel]
-            if op is None or (channel == "final" and not final):
+        # The channels in CHANNELS order (the dict is made from it and never rebuilt);
+        # comparisons rather than min(): this runs on every poll.
+        for channel, op in self.ops.items():
+            if op is None or (not final and channel == "final"):
                 continue
-            if op.not_before <= now:
+            not_before = op.not_before
+            if not_before <= now:
                 return self.send(op, now)
-            earliest = min(earliest, op.not_before)
-        if heartbeats:
-            earliest = min(earliest, self.next_heartbeat)
-        if final:
-            earliest = min(earliest, self.finish_deadline)
-        if (self.unsent or self.solo) and self.ops["metrics"] is None and not final:
+            if not_before < earliest:
+                earliest = not_before
+        if heartbeats and self.next_heartbeat < earliest:
+            earliest = self.next_heartbeat
+        if final and self.finish_deadline < earliest:
+            earliest = self.finish_deadline
+        ops = self.ops
+        if (self.unsent or self.solo) and ops["metrics"] is None and not final:
             earliest = min(earliest, self.last_metrics + self.config.limits.metrics)
-        if self.checkpoint is not None and self.ops["checkpoint"] is None:
+        if self.checkpoint is not None and ops["checkpoint"] is None:
             earliest = min(earliest, self.checkpoint_due())
         return Wait(None if earliest == math.inf else max(earliest, now))
 

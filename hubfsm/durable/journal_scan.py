@@ -10,7 +10,6 @@ import marshal
 import os
 import struct
 import zlib
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -28,6 +27,9 @@ from hubfsm.durable.journal_format import (
 from hubfsm.logs import get_logger
 
 log = get_logger("hubfsm")
+
+#: Bytes of a journal read first (see :func:`scan`): a few pages of records and more.
+_FIRST_READ = 1 << 16
 
 
 def events(path: str | os.PathLike[str], *, after: int) -> list[tuple[int, Event]]:
@@ -163,10 +165,31 @@ def scan(path: str | os.PathLike[str], *, after: int) -> Replay:
     last one read, and the records in between are reported lost. Records older than
     the last one read lie beyond the end, left over from before a start-over.
     """
+    # A journal is allocated a mebibyte at least, and its records most often fill a few
+    # pages of it: its first part is read, and the rest only when the records do not end
+    # within that part (at the end word, nothing damaged). Reading the whole file every
+    # time copied every byte of it.
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as file:
+            data = file.read(_FIRST_READ)
+            if len(data) == _FIRST_READ:
+                found = _scan(path, data, after, whole=False)
+                if found is not None:
+                    return found
+                data += file.read()
     except FileNotFoundError:
         return Replay([])
+    found = _scan(path, data, after, whole=True)
+    assert found is not None  # a scan of the whole file always says what it found
+    return found
+
+
+def _scan(path: str | os.PathLike[str], data: bytes, after: int, *, whole: bool) -> Replay | None:
+    """:func:`scan` of the file's first bytes ``data`` (all of them if ``whole``).
+
+    Of a part (not ``whole``), None unless the records end in it at the end word with
+    nothing damaged: only then does nothing past the part change what is found.
+    """
     if len(data) < HEADER.size or not any(data[: HEADER.size]):
         return Replay([])
     magic, version = HEADER.unpack_from(data)
@@ -184,8 +207,10 @@ def scan(path: str | os.PathLike[str], *, after: int) -> Replay:
     unknown_from: int | None = None
     lost_seqs: list[int] = []
     lost_epochs: list[int] = []
+    ended = False
     while pos + 8 <= len(data):
         if data[pos : pos + 8] == END:
+            ended = True
             break
         found = _record_at(data, pos, version, names)
         floor = after if last is None else max(last, after)
@@ -244,8 +269,11 @@ def scan(path: str | os.PathLike[str], *, after: int) -> Replay:
             last = found.seq
             last_epoch = _epoch(found.entry) if _epoch(found.entry) is not None else last_epoch
         pos = found.end
+    damaged = bool(header_bad or lost or unknown_from is not None or stretches)
+    if not whole and (damaged or not ended):
+        return None  # what is past the part may change what is found: read it all
     damage = None
-    if header_bad or lost or unknown_from is not None or stretches:
+    if damaged:
         seqs: tuple[int, int | None] | None = None
         if unknown_from is not None:
             seqs = (min([*lost_seqs, unknown_from]), None)

@@ -261,6 +261,15 @@ class OutboxDB:
         if not changes and journal_seq is None:
             return False
         try:
+            if journal_seq is None and len(changes) == 1 and type(changes[0]) is OpClosed:
+                # An acknowledged operation closing, alone: the most frequent write (one
+                # per answer), one statement, atomic without BEGIN and COMMIT.
+                key = changes[0].key
+                self._db.execute("DELETE FROM ops WHERE key = ?", (key,))
+                if key in self._file_ops:
+                    self._file_ops.discard(key)
+                    return True
+                return False
             return self._apply(self._db, changes, journal_seq)
         except sqlite3.OperationalError as error:
             mapped = disk_error(error)

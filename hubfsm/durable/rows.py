@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+from hubfsm.core.plain import json_text
 from hubfsm.core.values import KEPT_ASIDE, Change, Offered, OpOpened, Rejected
 from hubfsm.transport import FilePart, Request
 
@@ -56,7 +57,7 @@ def _file_from_json(data: dict[str, Any] | None) -> FilePart | None:
 
 def request_to_json(request: Request) -> str:
     """A request as the text an ``ops`` or ``rejected`` row keeps."""
-    return json.dumps(
+    return json_text(
         {
             "method": request.method,
             "path": request.path,
@@ -78,7 +79,7 @@ def request_from_json(text: str) -> Request:
 def slot_to_json(value: tuple[int, FilePart, Any]) -> str:
     """A weight slot (epoch, file, extra) as a ``slots`` row's text."""
     epoch, file, extra = value
-    return json.dumps({"epoch": epoch, "file": _file_to_json(file), "extra": extra})
+    return json_text({"epoch": epoch, "file": _file_to_json(file), "extra": extra})
 
 
 def slot_from_json(text: str) -> tuple[int, FilePart, Any]:

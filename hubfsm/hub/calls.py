@@ -7,13 +7,13 @@ HUB v1 answers in an envelope (:func:`ok`, :func:`fail`); the Platform API with
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections.abc import Callable, Mapping
 from typing import IO, Any, TypeGuard
 
 import attrs
 
+from hubfsm.core.plain import json_text
 from hubfsm.hub.keys import ALPHABET
 
 
@@ -133,7 +133,7 @@ def request_digest(call: HubCall, file_sha256: str | None = None) -> str:
     fields = sorted((call.fields or {}).items())
     parts = [call.method, call.path, shown, fields, call.file_name, file_sha256]
     try:
-        text = json.dumps(parts, sort_keys=True)
+        text = json_text(parts, sort_keys=True)
     except (TypeError, ValueError):  # keys of mixed types, or values no JSON holds
         text = repr(parts)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

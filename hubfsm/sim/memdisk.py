@@ -32,7 +32,10 @@ from hubfsm.transport import FilePart
 if TYPE_CHECKING:
     from hubfsm.sim.machine import Machine
 
-_CHUNK = 1 << 20
+#: Bytes asked of each read of a snapshot: under the allocator's threshold for a mapping
+#: of its own, so a read of a small simulated checkpoint makes no mmap, mremap and
+#: munmap calls for its buffer.
+_CHUNK = 1 << 16
 
 
 class MemoryDisk:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hubfsm.core.plain import plain
+from hubfsm.core.plain import json_text, plain
 from hubfsm.core.protocol import create_payload, encode_metrics
 
 
@@ -165,3 +165,39 @@ def test_the_largest_64_bit_integers_are_carried():
     from hubfsm.core.plain import carried
 
     assert carried({"a": 2**63 - 1, "b": -(2**63)}) == {"a": 2**63 - 1, "b": -(2**63)}
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(_JSON_VALUES, st.booleans(), st.booleans())
+def test_json_text_is_the_text_json_dumps_gives(value, sort_keys, allow_nan) -> None:
+    """The same text, or the same error, as ``json.dumps`` with the same arguments."""
+    try:
+        expected: object = json.dumps(value, sort_keys=sort_keys, allow_nan=allow_nan)
+    except ValueError as exc:
+        expected = ("ValueError", str(exc))
+    try:
+        got: object = json_text(value, sort_keys=sort_keys, allow_nan=allow_nan)
+    except ValueError as exc:
+        got = ("ValueError", str(exc))
+    assert got == expected
+
+
+def test_json_text_refuses_what_json_dumps_refuses() -> None:
+    """An object JSON cannot hold, and a value that holds itself, fail as they do there."""
+    circular: list[object] = []
+    circular.append(circular)
+    for value, error in (({"a": object()}, TypeError), (circular, ValueError)):
+        with pytest.raises(error) as ours:
+            json_text(value)
+        with pytest.raises(error) as theirs:
+            json.dumps(value)
+        assert str(ours.value) == str(theirs.value)
+    assert json_text({"a": object()}, default=lambda o: "made") == '{"a": "made"}'

@@ -3,12 +3,13 @@
 import collections
 import struct
 
+import pytest
 from structlog.testing import capture_logs
 
 from hubfsm.core.values import EpochEnded
 from hubfsm.durable.journal import Journal
 from hubfsm.durable.journal_format import RECORD as _RECORD
-from hubfsm.durable.journal_scan import replay, scan
+from hubfsm.durable.journal_scan import _scan, replay, scan
 
 
 def write(path, epochs, *, values=True):
@@ -120,3 +121,40 @@ def test_a_damaged_header_is_reported_and_the_records_still_read(tmp_path):
     result = scan(path, after=0)
     assert len(result.records) == 3
     assert result.damage is not None and result.damage.header
+
+
+def test_records_past_the_first_read_are_all_read_back(tmp_path):
+    """A journal whose records run past the part read first is read on to its end."""
+    path = tmp_path / "j"
+    data = write(path, 2000, values=False)  # entry records: far more than 64 KiB
+    assert max(record_offsets(data).values()) > 1 << 16
+    result = scan(path, after=0)
+    assert [seq for seq, _ in result.records] == list(range(1, 2001))
+    assert result.damage is None
+
+
+def test_damage_past_the_first_read_is_found_as_in_the_whole_file(tmp_path):
+    """What lies past the part read first is read, whatever ends the records."""
+    path = tmp_path / "j"
+    data = write(path, 2000, values=False)
+    offsets = record_offsets(data)
+    late = next(seq for seq, at in offsets.items() if at > 1 << 16)
+    data[offsets[late] + 20] ^= 0xFF
+    path.write_bytes(bytes(data))
+    result = scan(path, after=0)
+    assert [seq for seq, _ in result.records] == [s for s in range(1, 2001) if s != late]
+    assert result.damage is not None and result.damage.seqs == (late, late)
+
+
+@pytest.mark.parametrize("records", [3, 700, 2000])
+@pytest.mark.parametrize("flip", [None, 100, 1 << 16, (1 << 16) + 4000])
+def test_a_scan_finds_what_a_scan_of_the_whole_file_finds(tmp_path, records, flip):
+    """Reading a part first never changes what is found, damaged or not."""
+    path = tmp_path / "j"
+    data = write(path, records, values=False)
+    if flip is not None and flip < len(data):
+        data[flip] ^= 0xFF
+    path.write_bytes(bytes(data))
+    whole = _scan(path, bytes(data), 0, whole=True)
+    assert scan(path, after=0) == whole
+    assert scan(path, after=records // 2) == _scan(path, bytes(data), records // 2, whole=True)
