@@ -155,6 +155,12 @@ class Settings:
     notes: str | None = None
     """For a new model, free text a hubfsm hub keeps and shows (as ``tags``)."""
 
+    def __attrs_post_init__(self) -> None:
+        # Settings made directly (the simulator makes them so) skip resolve(), which
+        # gives Platform its root; without this, messages and notices named the HUB's.
+        if self.api_root is None and self.protocol == PLATFORM.name:
+            object.__setattr__(self, "api_root", PLATFORM_API_ROOT)
+
     @classmethod
     def resolve(
         cls,

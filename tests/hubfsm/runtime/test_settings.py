@@ -189,3 +189,13 @@ def test_a_signature_that_spells_options_out_has_the_settings_defaults(function)
         assert Settings.resolve(identifier, environ={}, **spelled) == Settings.resolve(
             identifier, environ={}
         )
+
+
+def test_platform_settings_made_without_an_api_root_name_the_platform_not_the_hub():
+    # resolve() sets the root; settings made directly (as the simulator makes them)
+    # must not fall back to the HUB's, which messages and notices would then name.
+    settings = Settings(identifier=hubfsm.parse_identifier("m" * 20), protocol="platform")
+    assert settings.api_root == "https://platform.ultralytics.com"
+    assert Settings(identifier=settings.identifier).api_root is None
+    given = Settings(identifier=settings.identifier, protocol="platform", api_root="http://h")
+    assert given.api_root == "http://h"
