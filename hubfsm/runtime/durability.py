@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hubfsm.core.engine import Core
-from hubfsm.core.values import Change, Saved
+from hubfsm.core.values import Change, Saved, pending_counts
 from hubfsm.durable.inbox import Inbox
 from hubfsm.durable.journal import Journal, JournalOpener, journal_unavailable
 from hubfsm.durable.outbox import Outbox
@@ -149,17 +149,40 @@ class Durability:
         outbox.db.set_run(name, core.run_id)
         self._run = (name, core.run_id)
 
-    def close(self, *, remove: bool) -> None:
+    def close(self, *, remove: bool, stale: bool = False) -> None:
         """Close the journal and the outbox (``remove``: delete an outbox left empty).
 
         What the outbox holds is read first, into :attr:`kept`: what a closing session
         tells the user is kept is what is on disk.
+
+        Args:
+            remove: Nothing is pending: delete the outbox if it holds nothing either.
+            stale: What the outbox and its journal hold pending was acknowledged, but
+                the disk refused to record so (it is full): with ``remove``, the outbox
+                goes unless it holds records the hub rejected, and nothing is counted
+                as kept. Kept, such rows would be named "not on the hub yet", and sent
+                again by ``hubfsm sync`` (to a model trained by then, for ever).
         """
         if self.journal is not None:
             self.journal.close()
-        if self.outbox is not None:
+        outbox = self.outbox
+        if outbox is None:
+            return
+        if stale:
+            self.kept = None  # what the disk counts is not what the hub lacks
             try:
-                self.kept = kept_counts(self.outbox)
-            except Exception:  # unreadable now: say nothing rather than a wrong count
-                self.kept = None
-            self.outbox.close(remove=remove)
+                rejected = bool(outbox.load().rejected)
+            except Exception:  # unreadable now: kept, as any damage is
+                rejected = True
+            if rejected:
+                outbox.close()
+            else:
+                # Deleting needs no room on the disk; writing that it is empty would.
+                outbox.discard()
+                self.kept = pending_counts(0, False, False)
+            return
+        try:
+            self.kept = kept_counts(outbox)
+        except Exception:  # unreadable now: say nothing rather than a wrong count
+            self.kept = None
+        outbox.close(remove=remove)

@@ -14,7 +14,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from hubfsm.core.values import Barrier, FinishPending, Interrupted, Start
+from hubfsm.core.values import Barrier, FinishPending, Interrupted, Rejected, Start
 from hubfsm.durable.layout import keep_record, kept_record
 from hubfsm.errors import (
     DeliveryIncomplete,
@@ -146,7 +146,14 @@ class Session(SessionViews):
         self._shell.stop(timeout=0.0)
         if self._durability is not None:
             # An outbox with nothing left is only clutter; a later session recreates it.
-            self._durability.close(remove=self._core.drained and not self._inbox)
+            drained = self._core.drained and not self._inbox
+            driver = self._driver
+            # A disk that refused the last writes lags memory: what it holds pending, the
+            # hub acknowledged (unless a rejection was among what it refused to keep).
+            stale = driver.write_error is not None and not any(
+                isinstance(change, Rejected) for change in driver.unwritten
+            )
+            self._durability.close(remove=drained, stale=drained and stale)
 
     # -- what the trainer calls -----------------------------------------------------
 

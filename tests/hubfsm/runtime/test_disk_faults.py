@@ -257,3 +257,62 @@ def test_a_change_that_can_never_be_written_is_set_aside_and_wedges_nothing(hub,
     s.close(timeout=0.0)
     # Everything else went in, and the journal is consumed: no retry holds it back.
     assert outbox_epochs(root, model_id) == ([0, 1, 3, 4], 5)
+
+
+def test_a_run_the_hub_acknowledged_whole_leaves_no_stale_outbox_on_a_full_disk(
+    hub, tmp_path, capsys
+):
+    # The disk fills up as the run ends (the trainer's own best.pt, say) and is still full
+    # when the session closes: the hub acknowledged everything, but the outbox could not
+    # record so. Its rows are stale: kept, they would be counted as "not on the hub yet",
+    # and `hubfsm sync` would try them against a trained model for ever.
+    model_id = new_model(hub)
+    clock = VirtualClock(1000.0)
+    root = tmp_path / "ob"
+    s, shell = inline_session(model_id, transport=InMemoryTransport(hub, KEY), clock=clock,
+                              config=FAST, outbox_dir=root)
+    s.start()
+    last = tmp_path / "last.pt"
+    for epoch in range(3):
+        s.log_metrics({"loss": 1.0 / (epoch + 1)}, epoch=epoch)
+        last.write_bytes(b"epoch %d " % epoch * 100)
+        s.save_checkpoint(last, epoch=epoch)
+    apply = Switch(s._durability.outbox, "apply")
+    apply.on = True  # before the worker took those calls in: their rows never leave
+    best = tmp_path / "best.pt"
+    best.write_bytes(b"best" * 500)
+    s.finish(best, map50_95=0.5, timeout=30.0)
+    assert s.state == "done" and s._driver.unwritten
+    s.close()
+    assert [m["epoch"] for m in hub.metrics(model_id)] == [0, 1, 2]
+    assert "not on the hub yet" not in capsys.readouterr().err
+    assert not (root / model_id).exists()
+
+
+def test_a_rejected_record_stays_even_when_the_disk_lags_an_acknowledged_run(hub, tmp_path):
+    # The hub rejected one epoch (kept aside on disk), then the disk filled: the stale
+    # rows cannot be told apart from the rejected one without a write, so the outbox
+    # stays, with the rejected record for `hubfsm status` and `discard --rejected`.
+    model_id = new_model(hub)
+    clock = VirtualClock(1000.0)
+    root = tmp_path / "ob"
+    s, shell = inline_session(model_id, transport=InMemoryTransport(hub, KEY), clock=clock,
+                              config=FAST, outbox_dir=root)
+    s.start()
+    s.log_metrics({"loss": 9.0}, epoch=-1)  # the local hub refuses a negative epoch: 400
+    shell.run_until(clock() + 1.0)
+    assert len(s.rejected()) == 1
+    apply = Switch(s._durability.outbox, "apply")
+    apply.on = True
+    s.log_metrics({"loss": 0.5}, epoch=1)
+    best = tmp_path / "best.pt"
+    best.write_bytes(b"best" * 500)
+    s.finish(best, map50_95=0.5, timeout=30.0)
+    assert s.state == "done" and s._driver.write_error is not None
+    s.close()
+    assert [m["epoch"] for m in hub.metrics(model_id)] == [1]
+    ob = Outbox.open(model_id, root)
+    try:
+        assert [r.epochs for r in ob.load().rejected] == [(-1,)]
+    finally:
+        ob.close()
