@@ -85,13 +85,29 @@ def find(root: str | os.PathLike[str] | None = None) -> list[Path]:
     Only entries named by a model id count: one set aside as damaged is left out.
     """
     base = Path(root) if root is not None else default_root()
-    if (base / DATABASE).exists():
+    if _is_outbox(base):
         return [base]
     if not base.is_dir():
         return []
-    return sorted(
-        p for p in base.iterdir() if OUTBOX_ID.fullmatch(p.name) and (p / DATABASE).exists()
-    )
+    return sorted(p for p in base.iterdir() if OUTBOX_ID.fullmatch(p.name) and _is_outbox(p))
+
+
+def _is_outbox(directory: Path) -> bool:
+    """An outbox's directory: its database, or without it, records to salvage.
+
+    A directory whose database is gone (deleted by hand, say) while its journal or
+    weight snapshots remain is a damaged outbox, never "no outbox": a killed trainer's
+    calls may be there alone. One left with only its lock (a disk that was full as
+    the outbox was first made) holds nothing.
+    """
+    if (directory / DATABASE).exists():
+        return True
+    if not OUTBOX_ID.fullmatch(directory.name) or not directory.is_dir():
+        return False
+    files = directory / "files"
+    if files.is_dir() and any(files.glob("*.pt")):
+        return True
+    return (directory / JOURNAL).is_file() and bool(scan(directory / JOURNAL, after=0).records)
 
 
 def _in_use(directory: Path) -> bool:
@@ -109,6 +125,8 @@ def _in_use(directory: Path) -> bool:
 
 
 def _read(directory: Path) -> OutboxInfo:
+    if not (directory / DATABASE).exists():
+        raise OutboxDamaged(directory, "its database is missing", salvage(directory))
     uri = f"file:{directory / DATABASE}?mode=ro"
     try:
         db = sqlite3.connect(uri, uri=True)

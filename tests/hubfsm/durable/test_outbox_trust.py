@@ -276,3 +276,40 @@ def test_the_status_command_exits_non_zero_on_damage(tmp_path, capsys):
     assert main(["status", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert f"damaged: the outbox in {tmp_path / MODEL}" in out and "Traceback" not in out
+
+
+def test_an_outbox_whose_database_is_gone_is_damage_not_nothing(tmp_path, hub, capsys):
+    # The database deleted (by hand, or a cleaner) while the journal beside it still holds
+    # what a killed trainer logged: status and sync must not say "no outboxes" and exit 0.
+    from hubfsm.cli.main import main
+
+    model_id = new_model(hub)
+    ob = Outbox.open(model_id, tmp_path)
+    journal = Journal(ob.directory / "journal", seq=0, inbox=collections.deque())
+    for epoch in range(3):
+        journal.append(EpochEnded(epoch, {"loss": 1.0 / (epoch + 1)}))
+    journal.close()
+    ob.close()
+    (tmp_path / model_id / DATABASE).unlink()
+    Outbox.open(OTHER, tmp_path).close()  # an empty one, beside it, is no damage
+
+    assert [str(e.directory) for e in survey(tmp_path).damaged] == [str(tmp_path / model_id)]
+    assert main(["status", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"damaged: the outbox in {tmp_path / model_id}" in out
+    assert "its database is missing" in out and "3 trainer record(s)" in out
+    assert main(["status", str(tmp_path / model_id)]) == 1  # named by its directory too
+
+    out = io.StringIO()
+    assert sync(tmp_path, transport=InMemoryTransport(hub, KEY), timeout=10, out=out) == 1
+    assert "set aside as" in out.getvalue()
+    (moved,) = tmp_path.glob(f"{model_id}.damaged-*")
+    assert (moved / "journal").exists()  # nothing is deleted
+
+
+def test_a_directory_left_with_only_its_lock_is_no_damage(tmp_path):
+    # A full disk as the outbox was first made leaves its directory and lock, no records.
+    ob = Outbox.open(MODEL, tmp_path)
+    ob.close()
+    (tmp_path / MODEL / DATABASE).unlink()
+    assert survey(tmp_path).damaged == [] and survey(tmp_path).infos == []
