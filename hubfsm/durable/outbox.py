@@ -14,6 +14,8 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
+import attrs
+
 from hubfsm.core.identifier import OUTBOX_ID
 from hubfsm.core.values import Change, FileStamp, Saved
 from hubfsm.digest import chunks, sha256_chunks, sha256_of
@@ -110,6 +112,10 @@ class Outbox:
                         # goes on; if the outbox still does not read, it is damaged.
                         self.db.set_aside_unreadable()
                         self.db.load()
+                    # Records name their snapshots by path: an outbox moved to another
+                    # directory (or machine) names them where they are now, before a
+                    # write's collection would take them for files nothing refers to.
+                    self.db.check_files(self._here)
             except OSError:
                 connection.close()
                 raise
@@ -198,6 +204,25 @@ class Outbox:
             # Written: a snapshot that could not be deleted now goes at the next collection.
             with contextlib.suppress(OSError):
                 self._collect_files()
+
+    def _here(self, file: FilePart, pending: bool) -> FilePart | str:
+        """``file`` named where this outbox keeps it, if it is one of its snapshots."""
+        name = os.path.basename(file.path)
+        here = str(self.files / name)
+        if here == file.path or not SNAPSHOT.fullmatch(name):
+            return file
+        return attrs.evolve(file, path=here)
+
+    def check_weights(self) -> int:
+        """Keep aside every pending weight record whose snapshot is not what was handed over.
+
+        A snapshot deleted, cut short or changed on disk (a bad disk, a hand) would
+        otherwise be retried until a timeout at every sync, or be uploaded: final weights
+        nobody handed over, on a model then marked trained for good. Reads each pending
+        snapshot once (at most a checkpoint and the final weights). Returns how many
+        records were kept aside.
+        """
+        return self.db.check_files(_as_handed_over)
 
     def snapshot(
         self, path: str | os.PathLike[str], *, name: str, stamp: FileStamp | None
@@ -362,3 +387,21 @@ class Outbox:
 
 
 __all__ = ["Outbox"]
+
+
+def _as_handed_over(file: FilePart, pending: bool) -> FilePart | str:
+    """``file``, or why its bytes are not the ones recorded when it was handed over."""
+    if not pending:
+        return file
+    try:
+        sha, size = sha256_of(file.path)
+    except FileNotFoundError:
+        return f"its weights file {file.path} is missing"
+    except OSError:  # unreadable now, not known to be damaged: the upload says more
+        return file
+    if (sha, size) != (file.sha256, file.size):
+        return (
+            f"its weights file {file.path} is not the one handed over (sha256 {sha[:12]}, "
+            f"{size} bytes; recorded {file.sha256[:12]}, {file.size} bytes)"
+        )
+    return file

@@ -156,6 +156,9 @@ def recover(outbox: Outbox, core: Core, *, now: float, quiet: bool = False) -> S
         What was pending (to report it).
     """
     fold(outbox)
+    kept = outbox.check_weights()
+    if kept and not quiet:
+        log.warning("outbox.weights_kept_aside", model_id=outbox.model_id, records=kept)
     saved = outbox.load()
     core.restore(saved, now=now)
     if not saved.empty and not quiet:

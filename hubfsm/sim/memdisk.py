@@ -142,6 +142,23 @@ class MemoryOutbox(Outbox):
         self._disk.files[final] = data
         return FilePart(name=name, path=final, size=len(data), sha256=sha)
 
+    def check_weights(self) -> int:
+        """As :meth:`Outbox.check_weights` does, on the simulated disk's files."""
+        files = self._disk.files
+
+        def as_handed_over(file: FilePart, pending: bool) -> FilePart | str:
+            data = files.get(file.path) if pending else b""
+            if data is None:
+                return f"its weights file {file.path} is missing"
+            if pending and (len(data), hashlib.sha256(data).hexdigest()) != (
+                file.size,
+                file.sha256,
+            ):
+                return f"its weights file {file.path} is not the one handed over"
+            return file
+
+        return self.db.check_files(as_handed_over)
+
     def hold(self, path: str | os.PathLike[str]) -> str | None:
         """No link is needed: the simulated trainer never rewrites a file it handed over."""
         return None

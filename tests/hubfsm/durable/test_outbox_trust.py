@@ -1,6 +1,7 @@
 """The outbox on disk is untrusted too: modes, paths, damage and what is deleted."""
 
 import collections
+import hashlib
 import io
 import os
 import re
@@ -313,3 +314,67 @@ def test_a_directory_left_with_only_its_lock_is_no_damage(tmp_path):
     ob.close()
     (tmp_path / MODEL / DATABASE).unlink()
     assert survey(tmp_path).damaged == [] and survey(tmp_path).infos == []
+
+
+def offline_finished(hub, root, tmp_path):
+    """An outbox holding two epochs and final weights, recorded offline; (model, snapshot)."""
+    model_id = new_model(hub)
+    best = tmp_path / "best.pt"
+    best.write_bytes(b"best weights " * 1000)
+    with hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST,
+                        outbox_dir=root, offline=True) as s:
+        s.log_metrics({"loss": 1.0})
+        s.log_metrics({"loss": 0.5})
+        s.finish(best, map50_95=0.5)
+    (snapshot,) = (root / model_id / "files").glob("best-*.pt")
+    return model_id, snapshot
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "deleted"])
+def test_final_weights_damaged_on_disk_are_kept_aside_never_uploaded(tmp_path, hub, damage):
+    # A bad disk (or a hand) changed the snapshot of the final weights after finish():
+    # uploaded, the model would end "trained" with weights nobody handed over, for good;
+    # a missing one was retried until sync's timeout, at every sync.
+    root = tmp_path / "ob"
+    model_id, snapshot = offline_finished(hub, root, tmp_path)
+    data = bytearray(snapshot.read_bytes())
+    if damage == "flipped":
+        data[100] ^= 0x01
+        snapshot.write_bytes(bytes(data))
+    elif damage == "truncated":
+        snapshot.write_bytes(bytes(data[:1000]))
+    else:
+        snapshot.unlink()
+
+    out = io.StringIO()
+    assert sync(root, transport=InMemoryTransport(hub, KEY), timeout=30, out=out) == 1
+    text = out.getvalue()
+    assert "final weights of epoch 1: never sent: its weights file" in text, text
+    assert hub.weights_info(model_id, "best") is None
+    assert {e for (m, e) in hub.audit().metrics_applied if m == model_id} == {0, 1}
+    (info,) = survey(root).infos
+    assert not any(info.pending.values()) and len(info.kept_aside) == 1
+    if damage != "deleted":  # kept with its record, for a person to look at
+        assert snapshot.exists()
+
+
+def test_an_outbox_moved_to_another_root_is_sent_whole_from_there(tmp_path, hub):
+    # "From any machine that gets the outbox directory": its records named the snapshots
+    # where they were made, so the final upload was retried until sync's timeout, and a
+    # write's collection took the snapshots there for files nothing refers to.
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    model_id, snapshot = offline_finished(hub, first, tmp_path)
+    sha = hashlib.sha256(snapshot.read_bytes()).hexdigest()
+    moved.mkdir()
+    os.rename(first / model_id, moved / model_id)
+    ob = Outbox.open(model_id, moved)  # a write, and its collection of snapshots
+    ob.apply([MetricsQueued(2, '{"loss": 0.25}')], journal_seq=ob.journal_seq)
+    ob.close()
+    assert list((moved / model_id / "files").glob("best-*.pt"))
+
+    out = io.StringIO()
+    assert sync(moved, transport=InMemoryTransport(hub, KEY), timeout=30, out=out) == 0, (
+        out.getvalue()
+    )
+    assert hub.weights_info(model_id, "best").sha256 == sha
+    assert {e for (m, e) in hub.audit().metrics_applied if m == model_id} == {0, 1, 2}
