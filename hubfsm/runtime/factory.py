@@ -17,7 +17,6 @@ import attrs
 from hubfsm.core import protocol
 from hubfsm.core.engine import Core
 from hubfsm.core.platform import PLATFORM
-from hubfsm.core.values import Barrier
 from hubfsm.durable.inbox import Inbox
 from hubfsm.durable.journal import JournalOpener
 from hubfsm.durable.layout import HubRoots
@@ -233,8 +232,13 @@ def open_model(parts: Parts) -> None:
     timeout = settings.open_timeout
     opened = shell.wait_for(lambda c: not c.machine.traits.opening, timeout)
     if opened and not core.machine.failed:
-        # A created model's outbox opens on the driver once the hub gave the id.
-        shell.call(Barrier())
+        if durability is not None and durability.outbox is None:
+            # A created model's outbox opens on the driver once the hub gave the id, in
+            # the step that took the answer. Not a hand-over to the worker: a known
+            # model's worker may already be inside a slow request, resending what its
+            # outbox kept, and opening must not wait for that.
+            shell.wait_for(lambda c: durability.outbox is not None or durability.error
+                           is not None, timeout)
         if durability is not None and durability.error is not None:
             raise durability.error
         return

@@ -161,7 +161,13 @@ class Session(SessionViews):
         """Training begins: heartbeats start. Returns once the session is ``training``."""
         if not self._core.machine.allows("start") or self._accepting:
             raise IllegalEventError(self._core.state, "start")
-        self._shell.call(Start(), timeout=10.0)
+        try:
+            self._shell.call(Start(), timeout=10.0)
+        except TimeoutError:
+            # The worker is inside a slow request (resending what the outbox kept):
+            # Start waits in the inbox ahead of every later call, taken in in order.
+            self._accepting = True
+            return
         self._accepting = self._core.machine.records
 
     def log_metrics(self, metrics: Mapping[str, Any], *, epoch: int | None = None) -> None:
@@ -237,7 +243,13 @@ class Session(SessionViews):
         event = self._weights.offer_final(path, epoch=last, map50_95=map50_95, timeout=timeout)
         # Journaled before the wait: a kill while the worker is still inside a request
         # leaves the final weights for recovery, `hubfsm status` and `hubfsm sync`.
-        self._shell.call(event, timeout=max(60.0, timeout))
+        try:
+            # The worker copies the final weights as it takes them in: a few seconds
+            # at least, whatever ``timeout`` says.
+            self._shell.call(event, timeout=max(FINISH_QUIET, timeout))
+        except TimeoutError:
+            self._accepting = False
+            raise self._not_taken_in(timeout) from None
         self._accepting = False
         self._settle(timeout)
 
@@ -252,9 +264,24 @@ class Session(SessionViews):
         saved = self._core.saved_final
         if saved is None or not self._accepting:
             raise HubfsmError("no final weights are pending for this model")
-        self._shell.call(FinishPending(timeout), timeout=60.0)
+        try:
+            self._shell.call(FinishPending(timeout), timeout=max(FINISH_QUIET, timeout))
+        except TimeoutError:
+            self._accepting = False
+            raise self._not_taken_in(timeout) from None
         self._accepting = False
         self._settle(timeout)
+
+    def _not_taken_in(self, timeout: float) -> DeliveryIncomplete:
+        """What finishing raises when the worker did not take the final weights in."""
+        where = self.outbox_dir
+        kept = f"; they are kept in {where}" if where is not None else ""
+        return DeliveryIncomplete(
+            f"the final weights were not taken in within {max(FINISH_QUIET, timeout):g}s: "
+            f"the worker is still inside a request to the hub, which answers slowly; "
+            f"it uploads them once that request ends{kept}",
+            self.pending(),
+        )
 
     def _settle(self, timeout: float) -> None:
         console = self._driver.console
@@ -282,7 +309,10 @@ class Session(SessionViews):
     def flush(self, *, timeout: float) -> bool:
         """Wait until nothing is pending (or ``timeout`` passes); True if all was sent."""
         # Everything queued before this call is taken in first, so it counts as pending.
-        self._shell.call(Barrier(), timeout=timeout)
+        try:
+            self._shell.call(Barrier(), timeout=timeout)
+        except TimeoutError:  # the worker is inside a request that outlasts the wait
+            return False
         return self._shell.wait_for(lambda c: c.drained or not c.machine.sends, timeout) and (
             self._core.drained
         )
