@@ -32,6 +32,7 @@ from hubfsm.durable.layout import (
     check_database,
     damage_of,
     default_root,
+    disk_error,
     hub_of,
     log,
     salvage,
@@ -41,6 +42,7 @@ from hubfsm.transport import Request
 
 __all__ = [
     "OutboxInfo",
+    "OutboxUnreadable",
     "Survey",
     "find",
     "inspect",
@@ -50,6 +52,22 @@ __all__ = [
     "set_aside_reporting",
     "survey",
 ]
+
+
+class OutboxUnreadable(HubfsmError):
+    """An outbox the machine cannot read now (a full disk, an I/O error, a read-only one).
+
+    Not damage: nothing is set aside, and it is read again next time.
+
+    Attributes:
+        directory: The outbox directory.
+        problem: What kept it from being read.
+    """
+
+    def __init__(self, directory: Path, problem: str) -> None:
+        self.directory = directory
+        self.problem = problem
+        super().__init__(f"the outbox in {directory} cannot be read now: {problem}")
 
 
 @attrs.frozen
@@ -167,6 +185,9 @@ def _read(directory: Path) -> OutboxInfo:
         finally:
             db.close()
     except sqlite3.Error as error:
+        fault = _machine_fault(directory, error)
+        if fault is not None:
+            raise OutboxUnreadable(directory, fault) from None
         raise OutboxDamaged(directory, damage_of(error), salvage(directory)) from None
     except (ValueError, TypeError) as error:  # JSON that is not what was written
         raise OutboxDamaged(
@@ -205,6 +226,22 @@ def _read(directory: Path) -> OutboxInfo:
     )
 
 
+def _machine_fault(directory: Path, error: sqlite3.Error) -> str | None:
+    """Why reading failed for the machine's sake, not the database's; None for damage.
+
+    Reading a database in WAL mode needs its ``-shm`` file: a full disk, an I/O error
+    or a directory that cannot be written keeps SQLite from making it.
+    """
+    if not isinstance(error, sqlite3.OperationalError):
+        return None
+    mapped = disk_error(error)
+    if mapped is not None:
+        return f"{mapped.strerror}; run this again once the disk has room or works"
+    if not os.access(directory, os.W_OK):
+        return f"{error}; its directory cannot be written (a read-only file system?)"
+    return None
+
+
 def _refusals(
     db: sqlite3.Connection,
 ) -> tuple[tuple[str, ...], str | None, tuple[str, ...]]:
@@ -240,18 +277,23 @@ class Survey:
 
     infos: list[OutboxInfo]
     damaged: list[OutboxDamaged]
+    #: Those the machine could not read now: reported, never set aside.
+    unreadable: list[OutboxUnreadable] = attrs.field(factory=list)
 
 
 def survey(root: str | os.PathLike[str] | None = None) -> Survey:
     """Read every outbox under ``root``; a damaged one is listed, not raised."""
     infos: list[OutboxInfo] = []
     damaged: list[OutboxDamaged] = []
+    unreadable: list[OutboxUnreadable] = []
     for directory in find(root):
         try:
             infos.append(_read(directory))
         except OutboxDamaged as error:
             damaged.append(error)
-    return Survey(infos, damaged)
+        except OutboxUnreadable as error:
+            unreadable.append(error)
+    return Survey(infos, damaged, unreadable)
 
 
 def set_aside(directory: str | os.PathLike[str]) -> Path:
@@ -308,7 +350,7 @@ def set_aside_reporting(error: OutboxDamaged, *, out: TextIO) -> None:
 
 
 def report_damage(found: Survey, *, out: TextIO, repair: bool) -> int:
-    """Print what is damaged in ``found``; return how many outboxes and journals are.
+    """Print what is damaged or unreadable in ``found``; return how many outboxes and journals.
 
     Args:
         found: What :func:`survey` found.
@@ -321,6 +363,8 @@ def report_damage(found: Survey, *, out: TextIO, repair: bool) -> int:
         print(f"damaged: {error}", file=out)
         if repair:
             set_aside_reporting(error, out=out)
+    for unread in found.unreadable:
+        print(f"not read: {unread}", file=out)
     for info in found.infos:
         if info.journal_damage is None:
             continue
@@ -330,4 +374,8 @@ def report_damage(found: Survey, *, out: TextIO, repair: bool) -> int:
                 print(f"  a copy is kept as {keep_damaged_journal(info)}", file=out)
             except OSError as exc:
                 print(f"  no copy could be kept: {exc}", file=out)
-    return len(found.damaged) + sum(i.journal_damage is not None for i in found.infos)
+    return (
+        len(found.damaged)
+        + len(found.unreadable)
+        + sum(i.journal_damage is not None for i in found.infos)
+    )

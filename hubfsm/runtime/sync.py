@@ -80,8 +80,12 @@ def status(
         fold_journals(found.infos, damaged=False)
         listed = [i for i in survey(root).infos if protocol is None or i.protocol == protocol]
         shown = _status_json(listed, found.damaged, found.infos)
+        shown["unreadable"] = [
+            {"directory": str(u.directory), "problem": u.problem} for u in found.unreadable
+        ]
         print(json.dumps(shown, indent=2), file=out)
-        return 1 if found.damaged or any(i.journal_damage for i in found.infos) else 0
+        troubled = found.damaged or found.unreadable
+        return 1 if troubled or any(i.journal_damage for i in found.infos) else 0
     damaged = report_damage(found, out=out, repair=False)
     fold_journals(found.infos, damaged=False)
     infos = [i for i in survey(root).infos if protocol is None or i.protocol == protocol]

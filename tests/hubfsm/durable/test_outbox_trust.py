@@ -378,3 +378,37 @@ def test_an_outbox_moved_to_another_root_is_sent_whole_from_there(tmp_path, hub)
     )
     assert hub.weights_info(model_id, "best").sha256 == sha
     assert {e for (m, e) in hub.audit().metrics_applied if m == model_id} == {0, 1, 2}
+
+
+@pytest.mark.parametrize("fault", ["disk I/O error", "database or disk is full"])
+def test_an_outbox_the_disk_cannot_read_now_is_not_set_aside_as_damaged(
+    tmp_path, hub, monkeypatch, fault
+):
+    # A full disk keeps SQLite from making the -shm file that reading a database needs:
+    # that is the machine, not the outbox. Set aside as damaged, sound outboxes stopped
+    # being sent, and their records were no longer delivered once the disk had room.
+    import sqlite3
+
+    from hubfsm.durable import survey as surveying
+
+    model_id, _ = offline_finished(hub, tmp_path / "ob", tmp_path)
+    real = surveying.check_database
+
+    def failing(db):
+        raise sqlite3.OperationalError(fault)
+
+    monkeypatch.setattr(surveying, "check_database", failing)
+    found = survey(tmp_path / "ob")
+    assert found.damaged == [] and found.infos == []
+    assert [str(u.directory) for u in found.unreadable] == [str(tmp_path / "ob" / model_id)]
+    out = io.StringIO()
+    assert status(tmp_path / "ob", out=out) == 1
+    assert "cannot be read now" in out.getvalue() and "damaged" not in out.getvalue()
+    out = io.StringIO()
+    assert sync(tmp_path / "ob", transport=InMemoryTransport(hub, KEY), timeout=10, out=out) == 1
+    assert "set aside" not in out.getvalue() and (tmp_path / "ob" / model_id).is_dir()
+
+    monkeypatch.setattr(surveying, "check_database", real)  # room again
+    out = io.StringIO()
+    assert sync(tmp_path / "ob", transport=InMemoryTransport(hub, KEY), timeout=10, out=out) == 0
+    assert hub.record(model_id)["status"] == "trained"
