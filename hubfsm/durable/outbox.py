@@ -395,7 +395,7 @@ def _as_handed_over(file: FilePart, pending: bool) -> FilePart | str:
         return file
     try:
         sha, size = sha256_of(file.path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return f"its weights file {file.path} is missing"
     except OSError:  # unreadable now, not known to be damaged: the upload says more
         return file

@@ -293,6 +293,10 @@ def survey(root: str | os.PathLike[str] | None = None) -> Survey:
             damaged.append(error)
         except OutboxUnreadable as error:
             unreadable.append(error)
+        except OSError as error:
+            # A piece of the wrong kind (a directory where its lock or journal belongs),
+            # or one that cannot be opened: this outbox only, never the others.
+            unreadable.append(OutboxUnreadable(directory, f"{error.strerror}: {error.filename}"))
     return Survey(infos, damaged, unreadable)
 
 

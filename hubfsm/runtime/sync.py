@@ -357,9 +357,15 @@ def sync(
             damaged += 1
         except HubfsmError as exc:
             print(f"model {info.model_id}: {exc}; its records stay in {info.directory}", file=out)
+        except OSError as exc:  # the machine, for this outbox only: the others still go
+            print(
+                f"model {info.model_id}: its outbox cannot be opened ({exc}); its records "
+                f"stay in {info.directory}",
+                file=out,
+            )
     print(f"synced {ok} of {len(todo)} outboxes", file=out)
     if damaged:
-        print(f"{damaged} damaged outbox(es) or journal(s): see above", file=out)
+        print(f"{damaged} damaged or unreadable outbox(es) or journal(s): see above", file=out)
     left = [i for i in survey(root).infos if protocol is None or i.protocol == protocol]
     held = _report_rejected(left, out=out)
     return 0 if ok == len(todo) and not damaged and not held else 1

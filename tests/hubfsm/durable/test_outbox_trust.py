@@ -412,3 +412,30 @@ def test_an_outbox_the_disk_cannot_read_now_is_not_set_aside_as_damaged(
     out = io.StringIO()
     assert sync(tmp_path / "ob", transport=InMemoryTransport(hub, KEY), timeout=10, out=out) == 0
     assert hub.record(model_id)["status"] == "trained"
+
+
+@pytest.mark.parametrize("piece", ["lock", "journal", "files"])
+def test_one_outbox_with_a_piece_of_the_wrong_kind_never_stops_the_others(tmp_path, hub, piece):
+    # A directory where a file belongs (or the reverse): status and sync crashed with a
+    # traceback, or sync retried the upload until its timeout, and no other outbox was
+    # sent.
+    import shutil
+
+    root = tmp_path / "ob"
+    bad, _ = offline_finished(hub, root, tmp_path)
+    good, _ = offline_finished(hub, root, tmp_path)
+    target = root / bad / piece
+    if target.is_dir():
+        shutil.rmtree(target)
+        target.write_text("not a directory")
+    else:
+        target.unlink()
+        target.mkdir()
+
+    out = io.StringIO()
+    assert status(root, out=out) == (0 if piece == "files" else 1)
+    assert f"{good}" in out.getvalue()
+    out = io.StringIO()
+    assert sync(root, transport=InMemoryTransport(hub, KEY), timeout=30, out=out) == 1
+    assert hub.record(good)["status"] == "trained"
+    assert bad in out.getvalue()
