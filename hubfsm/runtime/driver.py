@@ -321,7 +321,8 @@ class Driver:
         if self.write_error is not None:
             self.write_error = None
             if not self.quiet:
-                _say("info", "outbox.write_recovered", model_id=core.model_id)
+                # Shown as the failure was (warnings reach stderr by default).
+                _say("warning", "outbox.write_recovered", model_id=core.model_id)
 
     def _refused(self, changes: list[Change], error: OSError) -> None:
         """Keep what the disk refused, with the journal's progress, for the next write.
