@@ -68,6 +68,15 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE metrics ADD COLUMN arrived_at DOUBLE PRECISION;
     """,
+    # Files PUT to Platform upload URLs, waiting for the event that promotes them: the PUT
+    # and the event may reach different processes, so no process may keep them to itself.
+    """
+    CREATE TABLE uploads (
+        path TEXT PRIMARY KEY, seq BIGINT GENERATED ALWAYS AS IDENTITY,
+        model_id TEXT NOT NULL, run_id BIGINT NOT NULL, sha256 TEXT NOT NULL,
+        size BIGINT NOT NULL, object TEXT NOT NULL);
+    CREATE INDEX uploads_model ON uploads (model_id, seq);
+    """,
 )
 
 # Any constant: the lock that serialises migrations of one database.

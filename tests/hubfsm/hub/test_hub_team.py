@@ -21,6 +21,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -292,6 +293,66 @@ def test_a_key_revoked_anywhere_is_refused_by_every_process(
         assert _request(f"{first}/v1/auth", "POST", extra)[0] == 401
         assert _request(f"{second}/v1/auth", "POST", extra)[0] == 401
         assert _request(f"{second}/v1/auth", "POST", key)[0] == 200
+    finally:
+        admin.store.close()
+
+
+def test_a_platform_upload_put_to_one_process_is_promoted_by_another(
+    two_hubs: tuple[str, str, str], team: tuple[str, str]
+) -> None:
+    from hubfsm.hub.keys import new_platform_key
+    from hubfsm.hub.objects_s3 import S3Objects
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    first, second, _ = two_hubs
+    admin = Hub(PostgresStore(team[0], S3Objects(team[1])))
+    try:
+        key = new_platform_key()
+        admin.add_key(key, label="trainer")
+        bearer = {"Authorization": f"Bearer {key}"}
+
+        def call(root: str, path: str, body: object) -> dict[str, Any]:
+            status, _, raw = _request(f"{root}{path}", "POST", body=body, headers=bearer)
+            assert status == 200, raw
+            return json.loads(raw)  # type: ignore[no-any-return]
+
+        started = call(
+            first,
+            "/api/webhooks/training/metrics",
+            {"project": "team/p", "name": "r", "event": "training_started", "data": {}},
+        )
+        model, run = started["modelId"], started["runId"]
+        sent = []
+        for index in range(2):
+            # ultralytics sends each step on a connection of its own: behind one port or a
+            # load balancer, the PUT and the event that promotes it reach different processes.
+            where = call(
+                first,
+                "/api/webhooks/models/upload",
+                {"filename": "last.pt", "modelId": model, "runId": run},
+            )
+            sent.append(os.urandom(1000 + index))
+            link = urllib.parse.urlsplit(where["uploadUrl"])
+            status, _, raw = _request(
+                f"{first}{link.path}?{link.query}", "PUT", raw=sent[-1], headers=bearer
+            )
+            assert status == 200, raw
+            if index == 1:
+                # Waiting for its event, the file is no orphan to sweep, however old.
+                assert admin.store.sweep_objects(older_than=-60) == 0  # type: ignore[attr-defined]
+            event = {"modelPath": where["gcsPath"], "runId": run, "uploadPath": where["uploadPath"]}
+            call(
+                second,
+                "/api/webhooks/training/metrics",
+                {"modelId": model, "event": "checkpoint_saved", "data": event},
+            )
+            info = admin.store.weights_info(model, "last")
+            assert info is not None and info.sha256 == hashlib.sha256(sent[-1]).hexdigest()
+        # Promoted, the waiting file is gone: only the current checkpoint's object is left.
+        store = admin.store
+        assert isinstance(store, PostgresStore)
+        assert len(store.objects.listing()) == 1
+        assert store.model_uploads(model) == {}
     finally:
         admin.store.close()
 
