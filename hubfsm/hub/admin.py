@@ -117,22 +117,23 @@ def _open(
     """
     from hubfsm.hub.server import default_data_dir
 
+    if database is not None:
+        from hubfsm.hub.store_postgres import PostgresStore
+
+        # Keys may be made before the team's hub first served: the schema comes first.
+        migrate(database)
+        # Only the database: a teammate's machine has no say in the team's keys, and its
+        # own hub's key file must not become an admin key of the team's hub.
+        return Hub(PostgresStore(database, None, pool_size=1), clock=time.time)
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
-    if not create and database is None and not (folder / "api_key").is_file():
+    if not create and not (folder / "api_key").is_file():
         # A misspelled --data must not quietly become a new hub with a new key.
         raise HubfsmError(
             f"{folder} holds no local hub (no api_key file): check --data, or create one "
             f"with `hubfsm hub serve --data {folder}`"
         )
     folder.mkdir(parents=True, exist_ok=True)
-    if database is not None:
-        from hubfsm.hub.store_postgres import PostgresStore
-
-        # Keys may be made before the team's hub first served: the schema comes first.
-        migrate(database)
-        hub = Hub(PostgresStore(database, None, pool_size=1), clock=time.time)
-    else:
-        hub = Hub(SqliteStore(folder), clock=time.time)
+    hub = Hub(SqliteStore(folder), clock=time.time)
     hub.ensure_key(load_or_create_key(folder / "api_key"), label="api_key file", admin=True)
     return hub
 

@@ -400,6 +400,20 @@ def test_keys_are_managed_in_the_database(team: tuple[str, str], tmp_path: Path)
     assert not (tmp_path / "hub.sqlite3").exists()  # nothing went to the data directory's SQLite
 
 
+def test_managing_the_teams_keys_adds_no_key_of_the_machine(
+    team: tuple[str, str], tmp_path: Path
+) -> None:
+    from hubfsm.hub import admin
+
+    out = io.StringIO()
+    laptop = tmp_path / "laptop"  # the data directory of the teammate's own local hub
+    admin.add(laptop, "teammate", out, database=team[0])
+    listed = admin.listing(laptop, out, database=team[0])
+    # Only the key added: no admin key made from (or written to) the machine's key file.
+    assert [(record.label, record.admin) for record in listed] == [("teammate", False)]
+    assert not laptop.exists()
+
+
 def test_serve_refuses_workers_without_a_database(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "hubfsm", "hub", "serve", "--data", str(tmp_path),
