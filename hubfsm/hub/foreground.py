@@ -165,10 +165,13 @@ def _banner(local: LocalHub, out: TextIO, faults: str | None, latency: float) ->
         print(f"  runs:     {local.url}/ (web pages: sign in with an API key)", file=out)
     else:
         print(f"  runs:     {local.url}/ (web pages, from this machine only)", file=out)
-    if local.database is None:
-        print(
-            f"  keys:     hubfsm hub keys list --data {shlex.quote(str(local.data_dir))}", file=out
-        )
+    # A team's keys live in its database: commands given --data would miss them.
+    where = (
+        f"--data {shlex.quote(str(local.data_dir))}"
+        if local.database is None
+        else f"--database {shlex.quote(_for_commands(local.database))}"
+    )
+    print(f"  keys:     hubfsm hub keys list {where}", file=out)
     if faults is not None:
         print(f"  faults:   {faults} of requests, latency up to {latency:g} s", file=out)
     if local.rate_limit:
@@ -178,8 +181,7 @@ def _banner(local: LocalHub, out: TextIO, faults: str | None, latency: float) ->
     print(f"  export ULTRALYTICS_HUB_WEB={local.url}", file=out)
     print(f"  export HUB_API_KEY=$(cat {key_file})", file=out)
     print("For ultralytics 8.4 (the Platform API), make a key with", file=out)
-    data = shlex.quote(str(local.data_dir))
-    print(f"  hubfsm hub keys add --platform --data {data}", file=out)
+    print(f"  hubfsm hub keys add --platform {where}", file=out)
     print("then set ULTRALYTICS_API_KEY to the key it prints, and", file=out)
     print(f"  export ULTRALYTICS_PLATFORM_URL={local.url}", file=out)
     if local.tls is None and not is_loopback(local.host):
@@ -197,6 +199,20 @@ def _without_password(url: str) -> str:
     host = parts.hostname or "local socket"
     where = f"{host}:{parts.port}" if parts.port else host
     return f"{where}{parts.path}"
+
+
+def _for_commands(url: str) -> str:
+    """The database URL to print in a command: without its password (PGPASSWORD has it)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        return "URL"  # a libpq string may hold the password anywhere: not printed
+    user = f"{parts.username}@" if parts.username else ""
+    host = parts.hostname or ""
+    where = f"{user}{host}:{parts.port}" if parts.port else f"{user}{host}"
+    query = "&".join(
+        each for each in parts.query.split("&") if each and not each.startswith("password=")
+    )
+    return f"{parts.scheme}://{where}{parts.path}" + (f"?{query}" if query else "")
 
 
 def _wait(stop: threading.Event) -> None:

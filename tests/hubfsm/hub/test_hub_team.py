@@ -414,6 +414,44 @@ def test_managing_the_teams_keys_adds_no_key_of_the_machine(
     assert not laptop.exists()
 
 
+def test_the_banners_key_commands_reach_the_teams_keys(
+    team: tuple[str, str], tmp_path: Path
+) -> None:
+    import shlex
+
+    from hubfsm.hub.foreground import serve
+
+    database, objects = team
+    out, stop = io.StringIO(), threading.Event()
+    options = {"port": 0, "out": out, "stop": stop, "database": database, "objects": objects}
+    thread = threading.Thread(target=serve, args=(tmp_path / "hub",), kwargs=options)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while "Press Ctrl-C" not in out.getvalue():
+            assert thread.is_alive() and time.monotonic() < deadline, out.getvalue()
+            time.sleep(0.05)
+        lines = out.getvalue().splitlines()
+        # Run the command the banner gives for a Platform key, as printed.
+        command = lines[lines.index("For ultralytics 8.4 (the Platform API), make a key with") + 1]
+        made = subprocess.run(
+            [sys.executable, "-m", *shlex.split(command)],  # hubfsm hub keys add ...
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        key = made.stdout.split()[-1]
+        root = out.getvalue().split("serving at ", 1)[1].split()[0]
+        status, _, _ = _request(
+            f"{root}/api/account/summary", headers={"Authorization": f"Bearer {key}"}
+        )
+        assert status == 200
+    finally:
+        stop.set()
+        thread.join(30)
+
+
 def test_serve_refuses_workers_without_a_database(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "hubfsm", "hub", "serve", "--data", str(tmp_path),
