@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -29,6 +30,10 @@ from hubfsm.hub.server import DEFAULT_TIMEOUT, LocalHub, default_data_dir
 from transports.faults import FaultMix
 
 __all__ = ["serve"]
+
+#: Seconds a worker must serve before one that dies is replaced; sooner, it would most
+#: likely die again the same way, so the hub stops (a service manager may then start it).
+WORKER_SETTLE = 10.0
 
 
 def _cannot_listen(host: str, port: int, exc: OSError) -> str:
@@ -89,7 +94,8 @@ def serve(
         tls_key: The certificate's PEM private key file.
 
     Returns:
-        The process exit status, 0.
+        The process exit status: 0, or 1 when a worker died within :data:`WORKER_SETTLE`
+        seconds of its start (a worker that dies later is replaced).
 
     Raises:
         HubfsmError: The hub cannot listen there (the port is in use, say); a data
@@ -215,15 +221,16 @@ def _for_commands(url: str) -> str:
     return f"{parts.scheme}://{where}{parts.path}" + (f"?{query}" if query else "")
 
 
-def _wait(stop: threading.Event) -> None:
-    """Block until ``stop`` is set, Ctrl-C, or SIGTERM."""
+def _wait(stop: threading.Event, watch: Callable[[], None] | None = None) -> None:
+    """Block until ``stop`` is set, Ctrl-C, or SIGTERM, calling ``watch`` twice a second."""
     previous = None
     if threading.current_thread() is threading.main_thread():
         # SIGTERM (a service manager, a test harness) stops as cleanly as Ctrl-C.
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:
         while not stop.wait(0.5):
-            pass
+            if watch is not None:
+                watch()
     except KeyboardInterrupt:
         pass
     finally:
@@ -231,13 +238,17 @@ def _wait(stop: threading.Event) -> None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _worker(folder: str | os.PathLike[str], port: int, options: dict[str, Any]) -> None:
-    """One server process of several: serves until SIGTERM."""
+def _worker(
+    folder: str | os.PathLike[str], port: int, options: dict[str, Any], parent: int
+) -> None:
+    """One server process of several: serves until SIGTERM, or until its parent is gone."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the workers
     with LocalHub(folder, port=port, reuse_port=True, **options):
-        while not stop.wait(0.5):
+        # A parent killed outright (SIGKILL, OOM) cannot stop its workers: left serving,
+        # they would share the port with the hub started in its place.
+        while not stop.wait(0.5) and os.getppid() == parent:
             pass
 
 
@@ -260,17 +271,42 @@ def _serve_workers(
     holder.bind((first.host, port))
     first.port = int(holder.getsockname()[1])
     context = multiprocessing.get_context("spawn")
-    procs = [
-        context.Process(target=_worker, args=(folder, first.port, options), daemon=True)
-        for _ in range(workers)
-    ]
+    args = (folder, first.port, options, os.getpid())
+    procs: list[Any] = []
+    started: list[float] = []
+    failed: list[str] = []
+
+    def start(index: int) -> None:
+        proc = context.Process(target=_worker, args=args, daemon=True)
+        proc.start()
+        procs[index:index + 1], started[index:index + 1] = [proc], [time.monotonic()]
+
+    def watch() -> None:
+        # A worker that dies (a crash, SIGKILL, the OOM killer) is replaced, so that the
+        # hub keeps its N processes; one that cannot stay up stops the hub instead.
+        for index, proc in enumerate(procs):
+            if proc.is_alive():
+                continue
+            said = f"worker {proc.pid} exited ({_exit_status(proc.exitcode)})"
+            if time.monotonic() - started[index] < WORKER_SETTLE:
+                failed.append(said)
+                print(
+                    f"{said} within {WORKER_SETTLE:g} s of its start: stopping the hub.",
+                    file=out,
+                    flush=True,
+                )
+                stop.set()
+                return
+            start(index)
+            print(f"{said}; worker {procs[index].pid} serves in its place.", file=out, flush=True)
+
     try:
-        for proc in procs:
-            proc.start()
+        for index in range(workers):
+            start(index)
         _wait_listening(first.host, first.port)
         _banner(first, out, None, 0.0)
         print(f"  workers:  {workers} processes on port {first.port}", file=out, flush=True)
-        _wait(stop)
+        _wait(stop, watch)
     finally:
         for proc in procs:
             if proc.pid is not None and proc.exitcode is None:
@@ -279,7 +315,14 @@ def _serve_workers(
             proc.join(30)
         holder.close()
     print("Stopping.", file=out, flush=True)
-    return 0
+    return 1 if failed else 0
+
+
+def _exit_status(code: int | None) -> str:
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return signal.Signals(-code).name
+    return f"status {code}"
 
 
 def _wait_listening(host: str, port: int, seconds: float = 60.0) -> None:

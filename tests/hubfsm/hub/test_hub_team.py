@@ -380,6 +380,91 @@ def test_workers_share_one_port_and_stop_together(
         _request(f"{root}/runs.json")
 
 
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = entry.joinpath("stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_worker_that_dies_is_replaced_and_one_that_cannot_start_stops_the_hub(
+    team: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import multiprocessing
+
+    from hubfsm.hub import foreground
+
+    monkeypatch.setattr(foreground, "WORKER_SETTLE", 1.0)
+    database, objects = team
+    out, stop = io.StringIO(), threading.Event()
+    result: list[int] = []
+    options = {"port": 0, "out": out, "stop": stop, "database": database, "objects": objects,
+               "workers": 2}
+    thread = threading.Thread(
+        target=lambda: result.append(foreground.serve(tmp_path / "hub", **options))
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while "Press Ctrl-C" not in out.getvalue():
+            assert thread.is_alive() and time.monotonic() < deadline, out.getvalue()
+            time.sleep(0.05)
+        root = out.getvalue().split("serving at ", 1)[1].split()[0]
+        workers = [p for p in multiprocessing.active_children() if p.name.startswith("Spawn")]
+        assert len(workers) == 2
+        time.sleep(1.5)  # past the settling time
+        os.kill(workers[0].pid, signal.SIGKILL)  # type: ignore[arg-type]
+        while "serves in its place" not in out.getvalue():
+            assert thread.is_alive() and time.monotonic() < deadline, out.getvalue()
+            time.sleep(0.05)
+        assert f"worker {workers[0].pid} exited (SIGKILL)" in out.getvalue()
+        key = (tmp_path / "hub" / "api_key").read_text().strip()
+        made = {str(_create(root, key)["data"]["id"]) for _ in range(10)}  # type: ignore[index]
+        assert len(made) == 10
+        # The replacement dies at once: something a restart will not fix, so the hub stops.
+        replaced = [p for p in multiprocessing.active_children() if p.name.startswith("Spawn")]
+        fresh = [p for p in replaced if p.pid != workers[1].pid]
+        assert len(fresh) == 1
+        os.kill(fresh[0].pid, signal.SIGKILL)  # type: ignore[arg-type]
+        thread.join(60)
+        assert result == [1]
+        assert "within 1 s of its start" in out.getvalue()
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def test_workers_stop_when_their_hub_is_killed(team: tuple[str, str], tmp_path: Path) -> None:
+    database, objects = team
+    (port,) = free_ports(1)
+    proc = _serve(tmp_path / "hub", database, objects, port, workers=2)
+    try:
+        workers = _children(proc.pid)
+        assert workers
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    # No worker stays behind to share the port with the hub started in its place.
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, [pid for pid in workers if _alive(pid)]
+        time.sleep(0.1)
+
+
 def test_keys_are_managed_in_the_database(team: tuple[str, str], tmp_path: Path) -> None:
     from hubfsm.hub import admin
     from hubfsm.hub.objects_s3 import S3Objects
