@@ -129,6 +129,9 @@ class PlatformFiles(Endpoints):
         epochs = [e for e in (record.metrics_epoch, best_epoch) if whole_count(e)]
         final_epoch = max(epochs) if epochs else 0
         now = self.clock()
+        # A trained model promotes nothing more: what waits (a checkpoint the final
+        # weights overtook between its PUT and its event) would never be deleted.
+        self.store.drop_uploads(record.id)
         if staged is not None:
             try:
                 self.store.commit_weights(record.id, "best", staged)

@@ -254,6 +254,12 @@ class Store(Protocol):
     def model_uploads(self, model_id: str) -> dict[str, Upload]:
         """The model's uploads not yet promoted, by upload path, oldest first."""
 
+    def drop_uploads(self, model_id: str) -> None:
+        """Forget the model's uploads not yet promoted and delete their files.
+
+        Inside a transaction the files go once it commits: rolled back, the uploads stay.
+        """
+
     def put_console(self, model_id: str, chunk_id: int, lines: int, text: str) -> bool:
         """Keep one chunk of a run's console output; False if that chunk is already kept."""
 
@@ -312,6 +318,15 @@ class UploadsInMemory:
     def model_uploads(self, model_id: str) -> dict[str, Upload]:
         """The model's uploads not yet promoted, oldest first."""
         return {key: kept for key, kept in self._uploads.items() if kept.model_id == model_id}
+
+    def drop_uploads(self, model_id: str) -> None:
+        """Forget the model's uploads not yet promoted and delete their files."""
+        for key in self.model_uploads(model_id):
+            self.discard_weights(self._uploads.pop(key).staged)
+
+    def discard_weights(self, staged: Staged) -> None:
+        """Drop staged weights (each store its own way)."""
+        raise NotImplementedError
 
 
 class MemoryStore(UploadsInMemory):

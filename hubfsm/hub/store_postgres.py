@@ -368,6 +368,14 @@ class PostgresStore:
         )
         return {str(row[0]): _upload_of(row[1:]) for row in rows}
 
+    def drop_uploads(self, model_id: str) -> None:
+        """Forget the model's uploads not yet promoted; their objects go after the commit."""
+        with self.transaction():
+            gone = self._rows(
+                "DELETE FROM uploads WHERE model_id = %s RETURNING object", (model_id,)
+            )
+            self._local.after.extend(str(row[0]) for row in gone)
+
     # -- replies, keys, settings --------------------------------------------------------
 
     def get_reply(self, scope: str) -> StoredReply | None:

@@ -353,6 +353,30 @@ def test_a_platform_upload_put_to_one_process_is_promoted_by_another(
         assert isinstance(store, PostgresStore)
         assert len(store.objects.listing()) == 1
         assert store.model_uploads(model) == {}
+        # A checkpoint the final weights overtook between its PUT and its event waits for
+        # nothing once the model is trained: it goes with the training's end.
+        where = call(
+            first,
+            "/api/webhooks/models/upload",
+            {"filename": "last.pt", "modelId": model, "runId": run},
+        )
+        link = urllib.parse.urlsplit(where["uploadUrl"])
+        status, _, raw = _request(
+            f"{first}{link.path}?{link.query}", "PUT", raw=b"overtaken", headers=bearer
+        )
+        assert status == 200, raw
+        assert len(store.model_uploads(model)) == 1
+        promoted = "models/" + str(event["uploadPath"]).removeprefix("uploads/")
+        results = {"metrics": {"metrics/mAP50-95(B)": 0.5}, "modelPath": promoted}
+        call(
+            second,
+            "/api/webhooks/training/metrics",
+            {"modelId": model, "event": "training_complete", "data": {"results": results}},
+        )
+        best = store.weights_info(model, "best")
+        assert best is not None and best.sha256 == hashlib.sha256(sent[-1]).hexdigest()
+        assert store.model_uploads(model) == {}
+        assert len(store.objects.listing()) == 2  # last and best, nothing waiting
     finally:
         admin.store.close()
 
