@@ -319,7 +319,8 @@ class PostgresStore:
         """Delete weight objects no record points at (uploads cut short by a crash).
 
         Only objects older than ``older_than`` seconds: an upload in flight is in no record
-        yet. Returns how many were deleted.
+        yet. Multipart uploads begun that long ago and never finished are aborted. Returns
+        how many objects and uploads went.
         """
         sql = "SELECT object FROM weights UNION SELECT object FROM uploads"
         known = {str(row[0]) for row in self._rows(sql)}

@@ -781,6 +781,30 @@ def test_an_upload_cut_short_leaves_no_object(team_hub: LocalHub) -> None:
     assert not [u for u in uploads if u["Key"].startswith(store.objects.prefix)]
 
 
+def test_a_multipart_upload_whose_process_died_is_swept(team_hub: LocalHub) -> None:
+    from hubfsm.hub.objects_s3 import PART_SIZE
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    store = team_hub.hub.store
+    assert isinstance(store, PostgresStore)
+    client, bucket = store.objects._client, store.objects.bucket
+    # What a hub process killed between two parts of an upload leaves in the store.
+    key = store.objects.new_key()
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    client.upload_part(
+        Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"p" * PART_SIZE
+    )
+
+    def unfinished() -> list[str]:
+        found = client.list_multipart_uploads(Bucket=bucket, Prefix=store.objects.prefix)
+        return [each["UploadId"] for each in found.get("Uploads", [])]
+
+    assert store.sweep_objects(older_than=3600) == 0  # it may still be under way
+    assert unfinished() == [upload]
+    assert store.sweep_objects(older_than=-60) == 1
+    assert unfinished() == []
+
+
 def test_a_page_session_from_one_process_holds_on_another(
     team: tuple[str, str], tmp_path: Path
 ) -> None:
