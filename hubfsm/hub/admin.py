@@ -287,11 +287,14 @@ def transfer(
 
 
 def cancel(
-    data_dir: str | os.PathLike[str] | None, model_id: str, out: TextIO | None = None
+    data_dir: str | os.PathLike[str] | None,
+    model_id: str,
+    out: TextIO | None = None,
+    database: str | None = None,
 ) -> int:
     """Mark a Platform run cancelled: the trainer stops at its next answer from the hub."""
     out = out if out is not None else sys.stdout
-    hub = _open(data_dir)
+    hub = _open(data_dir, database)
     try:
         found = hub.cancel(model_id)
     finally:
@@ -305,7 +308,7 @@ def cancel(
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     """Run ``hubfsm hub cancel MODEL``."""
-    return cancel(args.data, args.model_id)
+    return cancel(args.data, args.model_id, database=args.database)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -390,4 +393,5 @@ def register(
     )
     p.add_argument("model_id", help="the model's id (on its page and in runs.json)")
     p.add_argument("--data", help=data_help)
+    p.add_argument("--database", metavar="URL", help=database_help)
     p.set_defaults(func=cmd_cancel)

@@ -561,6 +561,33 @@ def test_the_banners_key_commands_reach_the_teams_keys(
         thread.join(30)
 
 
+def test_a_platform_run_on_the_team_hub_is_cancelled_from_any_machine(
+    team_hub: LocalHub, team: tuple[str, str], tmp_path: Path
+) -> None:
+    from hubfsm.hub.keys import new_platform_key
+
+    key = new_platform_key()
+    team_hub.hub.add_key(key, label="trainer")
+    bearer = {"Authorization": f"Bearer {key}"}
+    path = f"{team_hub.url}/api/webhooks/training/metrics"
+    body = {"project": "team/p", "name": "r", "event": "training_started", "data": {}}
+    status, _, raw = _request(path, "POST", body=body, headers=bearer)
+    assert status == 200, raw
+    model = json.loads(raw)["modelId"]
+    done = subprocess.run(
+        [sys.executable, "-m", "hubfsm", "hub", "cancel", model, "--database", team[0]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    epoch = {"epoch": 0, "metrics": {"loss": 1.0}}
+    body = {"modelId": model, "event": "epoch_end", "data": epoch}
+    status, _, raw = _request(path, "POST", body=body, headers=bearer)
+    assert status == 200 and json.loads(raw)["cancelled"] is True, raw
+
+
 def test_serve_refuses_workers_without_a_database(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "hubfsm", "hub", "serve", "--data", str(tmp_path),
