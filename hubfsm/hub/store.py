@@ -186,6 +186,13 @@ class Store(Protocol):
     def transaction(self) -> AbstractContextManager[None]:
         """Group the writes made inside the block so they land together or not at all."""
 
+    def claim(self, name: str) -> None:
+        """Inside a transaction, hold ``name`` until it ends, once no other holds it.
+
+        For a choice made from what the store holds (a free name), which two processes
+        must not make at once; a store one process owns needs nothing (the hub's lock).
+        """
+
     def get_model(self, model_id: str) -> ModelRecord | None:
         """The model's record, or None."""
 
@@ -349,6 +356,9 @@ class MemoryStore(UploadsInMemory):
     def transaction(self) -> contextlib.AbstractContextManager[None]:
         """Nothing to group: the hub serialises its writes, and dict writes cannot fail."""
         return _NOTHING
+
+    def claim(self, name: str) -> None:
+        """Nothing to hold: the hub's lock serialises its requests."""
 
     def get_model(self, model_id: str) -> ModelRecord | None:
         """The model's record, or None."""

@@ -154,6 +154,10 @@ class PostgresStore:
 
     # -- models and metrics -----------------------------------------------------------
 
+    def claim(self, name: str) -> None:
+        """Hold ``name`` until this transaction ends, once no other process's holds it."""
+        self._rows("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (name,))
+
     def get_model(self, model_id: str) -> ModelRecord | None:
         """The model's record, or None; inside a transaction its row stays locked until the end."""
         lock = " FOR UPDATE" if self._in_transaction() else ""
@@ -334,8 +338,7 @@ class PostgresStore:
         assert isinstance(staged.handle, str)
         with self.transaction():
             # One model's uploads are counted and trimmed by one process at a time.
-            claim = f"uploads {upload.model_id}"
-            self._rows("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (claim,))
+            self.claim(f"uploads {upload.model_id}")
             dropped = self._rows(
                 "DELETE FROM uploads WHERE path = %s RETURNING sha256, size, object", (path,)
             )

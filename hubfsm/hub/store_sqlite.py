@@ -123,6 +123,9 @@ class SqliteStore(UploadsInMemory):
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
+    def claim(self, name: str) -> None:
+        """Nothing to hold: the hub's lock serialises its requests."""
+
     def get_model(self, model_id: str) -> ModelRecord | None:
         """The model's record, or None."""
         rows = self._read("SELECT record FROM models WHERE id = ?", (model_id,))

@@ -381,6 +381,46 @@ def test_a_platform_upload_put_to_one_process_is_promoted_by_another(
         admin.store.close()
 
 
+def test_runs_started_at_once_on_two_processes_get_one_slug_each(
+    two_hubs: tuple[str, str, str], team: tuple[str, str]
+) -> None:
+    from hubfsm.hub.keys import new_platform_key
+    from hubfsm.hub.objects_s3 import S3Objects
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    first, second, _ = two_hubs
+    admin = Hub(PostgresStore(team[0], S3Objects(team[1])))
+    try:
+        key = new_platform_key()
+        admin.add_key(key, label="team")
+    finally:
+        admin.store.close()
+    runs = 8
+    slugs: list[str] = []
+    barrier = threading.Barrier(runs)
+
+    def start(index: int) -> None:
+        # ultralytics' default name, on both processes at once (a body of its own each).
+        body = {"project": "team/p", "name": "train", "event": "training_started",
+                "data": {"trainArgs": {"seed": str(index)}}}
+        barrier.wait(10)
+        status, _, raw = _request(
+            f"{(first, second)[index % 2]}/api/webhooks/training/metrics",
+            "POST",
+            body=body,
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert status == 200, raw
+        slugs.append(json.loads(raw)["modelSlug"])
+
+    threads = [threading.Thread(target=start, args=(index,)) for index in range(runs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(slugs) == sorted(["train", *(f"train-{n}" for n in range(2, runs + 1))])
+
+
 def test_workers_share_one_port_and_stop_together(
     team: tuple[str, str], tmp_path: Path
 ) -> None:
