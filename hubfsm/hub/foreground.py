@@ -265,8 +265,18 @@ def _serve_workers(
 
     # Made here so that every worker reads the same key file.
     first = LocalHub(folder, port=port, **options)
+    family = socket.AF_INET6 if ":" in first.host else socket.AF_INET
+    if port:
+        # SO_REUSEPORT would let the workers share the port with whatever serves there
+        # already (another hub, on another database): a plain bind says if anything does.
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((first.host, port))
+            except OSError as exc:
+                raise HubfsmError(_cannot_listen(first.host, port, exc)) from None
     # Holding the port (bound, not listening) keeps it ours when it was picked at random.
-    holder = socket.socket(socket.AF_INET6 if ":" in first.host else socket.AF_INET)
+    holder = socket.socket(family)
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     holder.bind((first.host, port))
     first.port = int(holder.getsockname()[1])

@@ -529,6 +529,33 @@ def test_workers_stop_when_their_hub_is_killed(team: tuple[str, str], tmp_path: 
         time.sleep(0.1)
 
 
+def test_workers_refuse_a_port_another_hub_serves(
+    team: tuple[str, str], tmp_path: Path
+) -> None:
+    database, objects = team
+    (port,) = free_ports(1)
+    proc = _serve(tmp_path / "a", database, objects, port, workers=2)
+    try:
+        # A second hub (here on another bucket) must not quietly take half the requests.
+        second = subprocess.Popen(
+            [sys.executable, "-m", "hubfsm", "hub", "serve", "--data", str(tmp_path / "b"),
+             "--database", database, "--objects", f"{objects}-other", "--port", str(port),
+             "--workers", "2"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            _, said = second.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            assert _stop(second) == 0
+            pytest.fail("a second hub served on the port of the first")
+        assert second.returncode == 1
+        assert "the port is in use" in said
+    finally:
+        assert _stop(proc) == 0
+
+
 def test_keys_are_managed_in_the_database(team: tuple[str, str], tmp_path: Path) -> None:
     from hubfsm.hub import admin
     from hubfsm.hub.objects_s3 import S3Objects
