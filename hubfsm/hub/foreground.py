@@ -117,6 +117,15 @@ def serve(
         except psycopg.OperationalError as error:
             # libpq's message names the host and port, never the password.
             raise ValueError(f"cannot use the database: {str(error).strip()}") from None
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from hubfsm.hub.objects_s3 import S3Objects
+
+        try:
+            S3Objects(str(objects)).check()
+        except (BotoCoreError, ClientError) as error:
+            # botocore names the endpoint, bucket and operation, never the secret key.
+            raise ValueError(f"cannot use the object store {objects}: {error}") from None
     options: dict[str, Any] = {
         "host": host,
         "faults": faults,

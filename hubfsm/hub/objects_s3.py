@@ -58,6 +58,16 @@ class S3Objects:
     def __repr__(self) -> str:
         return f"S3Objects('s3://{self.bucket}/{self.prefix}')"
 
+    def check(self) -> None:
+        """Ask the store for one weight object: raises the store's error if it cannot answer.
+
+        A wrong endpoint, credentials, bucket or permission shows here, once, not as a
+        failed upload of every trainer.
+        """
+        self._client.list_objects_v2(
+            Bucket=self.bucket, Prefix=f"{self.prefix}weights/", MaxKeys=1
+        )
+
     def new_key(self) -> str:
         """A fresh object key, never used before (128 random bits)."""
         return f"{self.prefix}weights/{secrets.token_hex(16)}"

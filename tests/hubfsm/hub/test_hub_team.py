@@ -680,6 +680,24 @@ def test_an_unreachable_database_is_an_error_without_the_password(tmp_path: Path
     assert b"sekrit" not in done.stderr + done.stdout
 
 
+def test_an_object_store_that_refuses_the_hub_is_an_error_at_start(
+    team: tuple[str, str], tmp_path: Path
+) -> None:
+    database, objects = team
+    wrong = "w" * 40
+    done = subprocess.run(
+        [sys.executable, "-m", "hubfsm", "hub", "serve", "--data", str(tmp_path), "--database",
+         database, "--objects", objects, "--port", "0"],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "AWS_SECRET_ACCESS_KEY": wrong},
+    )
+    # Not a hub that starts and then fails every trainer's upload with a 500.
+    assert done.returncode == 2, done.stdout[-300:]
+    assert b"cannot use the object store" in done.stderr
+    assert wrong.encode() not in done.stderr + done.stdout
+
+
 def test_a_download_reads_digest_and_object_of_one_upload_while_another_replaces_it(
     team_hub: LocalHub,
 ) -> None:
