@@ -96,7 +96,6 @@ class Hub(PlatformEndpoints):
         self._replayed = Counter()
         self._reused = Counter()
         self._digests = {}
-        self._pending = {}
         self._handlers: dict[str, Callable[[HubCall, str, str | None, str | None], HubReply]] = {
             "auth": self._auth,
             "create_model": self._create,

@@ -258,6 +258,8 @@ class PlatformEndpoints(KeyAdmin, PlatformFiles):
         if name is not None and not isinstance(name, str):
             return error(400, "'name' must be a string")
         workspace = _project(project)
+        # Two processes looking for a free slug at once would both find the same one.
+        self.store.claim(f"slug {workspace}")
         slug = self._free_slug(workspace, slugify(name or "train") or "train")
         record = ModelRecord(
             self._fresh_id(),

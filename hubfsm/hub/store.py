@@ -144,6 +144,26 @@ class Staged:
 
 
 @attrs.frozen
+class Upload:
+    """A file PUT to a Platform upload URL, waiting for ``checkpoint_saved`` to promote it.
+
+    Attributes:
+        model_id: The model the upload URL was made for.
+        run_id: The run it was made in.
+        staged: The file, received and hashed.
+    """
+
+    model_id: str
+    run_id: int
+    staged: Staged
+
+
+#: Uploads of one model kept unpromoted, at most: a client that never promotes what it
+#: PUT pushes out its own oldest, nobody else's.
+UPLOADS_KEPT = 64
+
+
+@attrs.frozen
 class StoredReply:
     """A reply remembered under an idempotency scope, to replay on a retry.
 
@@ -165,6 +185,13 @@ class Store(Protocol):
 
     def transaction(self) -> AbstractContextManager[None]:
         """Group the writes made inside the block so they land together or not at all."""
+
+    def claim(self, name: str) -> None:
+        """Inside a transaction, hold ``name`` until it ends, once no other holds it.
+
+        For a choice made from what the store holds (a free name), which two processes
+        must not make at once; a store one process owns needs nothing (the hub's lock).
+        """
 
     def get_model(self, model_id: str) -> ModelRecord | None:
         """The model's record, or None."""
@@ -220,6 +247,26 @@ class Store(Protocol):
     ) -> tuple[WeightsInfo, bytes | IO[bytes]] | None:
         """The ``kind`` file's digest and content, of one and the same upload; or None."""
 
+    def put_upload(self, path: str, upload: Upload) -> list[Staged]:
+        """Keep ``upload`` under its upload path until it is promoted.
+
+        Every process of the hub must find it: the PUT and the event that promotes it may
+        reach different ones. Returns the staged files it pushes out (one kept under the
+        same path before, the model's oldest beyond :data:`UPLOADS_KEPT`), to discard.
+        """
+
+    def take_upload(self, path: str) -> Upload | None:
+        """Forget and return the upload kept under ``path``, or None."""
+
+    def model_uploads(self, model_id: str) -> dict[str, Upload]:
+        """The model's uploads not yet promoted, by upload path, oldest first."""
+
+    def drop_uploads(self, model_id: str) -> None:
+        """Forget the model's uploads not yet promoted and delete their files.
+
+        Inside a transaction the files go once it commits: rolled back, the uploads stay.
+        """
+
     def put_console(self, model_id: str, chunk_id: int, lines: int, text: str) -> bool:
         """Keep one chunk of a run's console output; False if that chunk is already kept."""
 
@@ -250,7 +297,46 @@ _CHUNK = 1 << 20
 _NOTHING = contextlib.nullcontext()
 
 
-class MemoryStore:
+class UploadsInMemory:
+    """Uploads waiting for promotion in a dict: for the stores one process owns.
+
+    A restart of that process forgets them (the trainer's ``checkpoint_saved`` then gets
+    404); the hub's lock serialises the calls.
+    """
+
+    _uploads: dict[str, Upload]
+
+    def put_upload(self, path: str, upload: Upload) -> list[Staged]:
+        """Keep ``upload`` under ``path``; the staged files pushed out, to discard."""
+        dropped = []
+        replaced = self._uploads.pop(path, None)
+        if replaced is not None:
+            dropped.append(replaced.staged)
+        mine = [key for key, kept in self._uploads.items() if kept.model_id == upload.model_id]
+        for key in mine[: max(0, len(mine) - UPLOADS_KEPT + 1)]:
+            dropped.append(self._uploads.pop(key).staged)
+        self._uploads[path] = upload
+        return dropped
+
+    def take_upload(self, path: str) -> Upload | None:
+        """Forget and return the upload kept under ``path``, or None."""
+        return self._uploads.pop(path, None)
+
+    def model_uploads(self, model_id: str) -> dict[str, Upload]:
+        """The model's uploads not yet promoted, oldest first."""
+        return {key: kept for key, kept in self._uploads.items() if kept.model_id == model_id}
+
+    def drop_uploads(self, model_id: str) -> None:
+        """Forget the model's uploads not yet promoted and delete their files."""
+        for key in self.model_uploads(model_id):
+            self.discard_weights(self._uploads.pop(key).staged)
+
+    def discard_weights(self, staged: Staged) -> None:
+        """Drop staged weights (each store its own way)."""
+        raise NotImplementedError
+
+
+class MemoryStore(UploadsInMemory):
     """Keeps everything in dicts; nothing survives the process.
 
     Values go in and come out as they are (no copies): records and replies are frozen,
@@ -265,10 +351,14 @@ class MemoryStore:
         self._replies: dict[str, StoredReply] = {}
         self._keys: dict[str, KeyRecord] = {}
         self._console: dict[str, dict[int, tuple[int, str]]] = {}
+        self._uploads = {}
 
     def transaction(self) -> contextlib.AbstractContextManager[None]:
         """Nothing to group: the hub serialises its writes, and dict writes cannot fail."""
         return _NOTHING
+
+    def claim(self, name: str) -> None:
+        """Nothing to hold: the hub's lock serialises its requests."""
 
     def get_model(self, model_id: str) -> ModelRecord | None:
         """The model's record, or None."""

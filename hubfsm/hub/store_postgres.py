@@ -14,6 +14,8 @@ The database isolates them, not a lock in a process:
 - Weight files are immutable objects (see :mod:`hubfsm.hub.objects_s3`); a model's row in
   ``weights`` points at its current one, and the replaced object is deleted after the
   pointer swap committed.
+- A file PUT to a Platform upload URL waits in ``uploads`` for the event that promotes it,
+  which may reach another process than the PUT did.
 
 The schema (:data:`~hubfsm.hub.admin.MIGRATIONS`, applied by :func:`~hubfsm.hub.admin.migrate`
 before the hub's processes start) mirrors :class:`~hubfsm.hub.store_sqlite.SqliteStore`'s.
@@ -31,7 +33,16 @@ from typing import IO, Any
 
 from hubfsm.hub.keys import KeyRecord
 from hubfsm.hub.objects_s3 import S3Objects
-from hubfsm.hub.store import ModelRecord, Source, Staged, StoredReply, WeightsInfo, WeightsKind
+from hubfsm.hub.store import (
+    UPLOADS_KEPT,
+    ModelRecord,
+    Source,
+    Staged,
+    StoredReply,
+    Upload,
+    WeightsInfo,
+    WeightsKind,
+)
 from hubfsm.hub.store_sqlite import key_of, model_of, page_query, record_text, reply_of
 
 #: Seconds an idempotent reply is kept: a retry or an outbox replay within it is answered
@@ -143,6 +154,10 @@ class PostgresStore:
 
     # -- models and metrics -----------------------------------------------------------
 
+    def claim(self, name: str) -> None:
+        """Hold ``name`` until this transaction ends, once no other process's holds it."""
+        self._rows("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (name,))
+
     def get_model(self, model_id: str) -> ModelRecord | None:
         """The model's record, or None; inside a transaction its row stays locked until the end."""
         lock = " FOR UPDATE" if self._in_transaction() else ""
@@ -163,10 +178,11 @@ class PostgresStore:
             found = self._count("DELETE FROM models WHERE id = %s", (model_id,))
             for table in ("metrics", "console"):
                 self._rows(f"DELETE FROM {table} WHERE model_id = %s", (model_id,))
-            gone = self._rows(
-                "DELETE FROM weights WHERE model_id = %s RETURNING object", (model_id,)
-            )
-            self._local.after.extend(str(row[0]) for row in gone)
+            for table in ("weights", "uploads"):
+                gone = self._rows(
+                    f"DELETE FROM {table} WHERE model_id = %s RETURNING object", (model_id,)
+                )
+                self._local.after.extend(str(row[0]) for row in gone)
         return found > 0
 
     def put_console(self, model_id: str, chunk_id: int, lines: int, text: str) -> bool:
@@ -307,10 +323,62 @@ class PostgresStore:
         """Delete weight objects no record points at (uploads cut short by a crash).
 
         Only objects older than ``older_than`` seconds: an upload in flight is in no record
-        yet. Returns how many were deleted.
+        yet. Multipart uploads begun that long ago and never finished are aborted. Returns
+        how many objects and uploads went.
         """
-        known = {str(row[0]) for row in self._rows("SELECT object FROM weights")}
+        sql = "SELECT object FROM weights UNION SELECT object FROM uploads"
+        known = {str(row[0]) for row in self._rows(sql)}
         return self.objects.sweep(known, self._clock() - older_than)
+
+    # -- Platform uploads waiting for promotion -------------------------------------------
+
+    def put_upload(self, path: str, upload: Upload) -> list[Staged]:
+        """Keep ``upload`` under ``path`` for every process; the staged files pushed out."""
+        staged = upload.staged
+        assert isinstance(staged.handle, str)
+        with self.transaction():
+            # One model's uploads are counted and trimmed by one process at a time.
+            self.claim(f"uploads {upload.model_id}")
+            dropped = self._rows(
+                "DELETE FROM uploads WHERE path = %s RETURNING sha256, size, object", (path,)
+            )
+            self._rows(
+                "INSERT INTO uploads (path, model_id, run_id, sha256, size, object) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                (path, upload.model_id, upload.run_id, staged.sha256, staged.size, staged.handle),
+            )
+            dropped += self._rows(
+                "DELETE FROM uploads WHERE path IN (SELECT path FROM uploads WHERE model_id = %s "
+                "ORDER BY seq DESC OFFSET %s) RETURNING sha256, size, object",
+                (upload.model_id, UPLOADS_KEPT),
+            )
+        return [Staged(str(sha), int(size), str(key)) for sha, size, key in dropped]
+
+    def take_upload(self, path: str) -> Upload | None:
+        """Forget and return the upload kept under ``path``, or None."""
+        rows = self._rows(
+            "DELETE FROM uploads WHERE path = %s "
+            "RETURNING model_id, run_id, sha256, size, object",
+            (path,),
+        )
+        return _upload_of(rows[0]) if rows else None
+
+    def model_uploads(self, model_id: str) -> dict[str, Upload]:
+        """The model's uploads not yet promoted, oldest first."""
+        rows = self._rows(
+            "SELECT path, model_id, run_id, sha256, size, object FROM uploads "
+            "WHERE model_id = %s ORDER BY seq",
+            (model_id,),
+        )
+        return {str(row[0]): _upload_of(row[1:]) for row in rows}
+
+    def drop_uploads(self, model_id: str) -> None:
+        """Forget the model's uploads not yet promoted; their objects go after the commit."""
+        with self.transaction():
+            gone = self._rows(
+                "DELETE FROM uploads WHERE model_id = %s RETURNING object", (model_id,)
+            )
+            self._local.after.extend(str(row[0]) for row in gone)
 
     # -- replies, keys, settings --------------------------------------------------------
 
@@ -404,3 +472,8 @@ class PostgresStore:
     def close(self) -> None:
         """Close the pool's connections."""
         self._pool.close()
+
+
+def _upload_of(row: tuple[Any, ...]) -> Upload:
+    model_id, run_id, sha, size, key = row
+    return Upload(str(model_id), int(run_id), Staged(str(sha), int(size), str(key)))

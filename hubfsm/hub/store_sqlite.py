@@ -30,7 +30,15 @@ import attrs
 
 from hubfsm.digest import chunks, sha256_chunks
 from hubfsm.hub.keys import KeyRecord
-from hubfsm.hub.store import ModelRecord, Source, Staged, StoredReply, WeightsInfo, WeightsKind
+from hubfsm.hub.store import (
+    ModelRecord,
+    Source,
+    Staged,
+    StoredReply,
+    UploadsInMemory,
+    WeightsInfo,
+    WeightsKind,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -53,7 +61,7 @@ CREATE INDEX IF NOT EXISTS models_created ON models (created_at, id);
 """
 
 
-class SqliteStore:
+class SqliteStore(UploadsInMemory):
     """Keeps the hub's state under ``data_dir``; a restart finds all of it again.
 
     One connection serves every thread, behind a lock: the hub's writes are short, and the
@@ -71,6 +79,7 @@ class SqliteStore:
         os.close(os.open(self.data_dir / "hub.sqlite3", os.O_RDWR | os.O_CREAT, 0o600))
         self._lock = threading.RLock()
         self._depth = 0
+        self._uploads = {}
         # Autocommit mode: transactions are begun and ended explicitly below.
         self._db = sqlite3.connect(
             self.data_dir / "hub.sqlite3",
@@ -113,6 +122,9 @@ class SqliteStore:
     def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
+
+    def claim(self, name: str) -> None:
+        """Nothing to hold: the hub's lock serialises its requests."""
 
     def get_model(self, model_id: str) -> ModelRecord | None:
         """The model's record, or None."""
