@@ -34,7 +34,7 @@ from hubfsm.hub.calls import HubCall, HubReply, error
 from hubfsm.hub.keys import KeyAdmin, is_platform_key
 from hubfsm.hub.parse import MAX_PARAMS, check_json, metrics_text, plain_number, whole_count
 from hubfsm.hub.platform_files import FILENAME, PlatformFiles, stored_path
-from hubfsm.hub.store import ModelRecord, StoredReply
+from hubfsm.hub.stored import ModelRecord, StoredReply
 
 #: The events the SDK knows; ultralytics 8.4.190 sends the first five.
 EVENTS = (

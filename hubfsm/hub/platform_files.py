@@ -19,7 +19,8 @@ from hubfsm.hub import records
 from hubfsm.hub.calls import HubReply, error
 from hubfsm.hub.endpoints import Endpoints
 from hubfsm.hub.parse import plain_number, whole_count
-from hubfsm.hub.store import ModelRecord, Staged, Upload
+from hubfsm.hub.stored import ModelRecord, Staged
+from hubfsm.hub.uploads import Upload
 
 #: A file name a client may upload.
 FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -71,7 +72,7 @@ class PlatformFiles(Endpoints):
                 return error(404, "No such upload location")
         staged = self.store.stage_weights(source)
         with self._lock:
-            dropped = self.store.put_upload(path.lstrip("/"), Upload(model_id, run_id, staged))
+            dropped = self.store.uploads.put(path.lstrip("/"), Upload(model_id, run_id, staged))
         for each in dropped:
             self.store.discard_weights(each)
         return HubReply(200, {})
@@ -86,7 +87,7 @@ class PlatformFiles(Endpoints):
             return error(400, "'modelPath' is not the gcsPath of that uploadPath")
         if record.checkpoint_path == model_path:
             return record  # promoted already: a retry
-        pending = self.store.model_uploads(record.id).get(upload_path)
+        pending = self.store.uploads.of_model(record.id).get(upload_path)
         if pending is None:
             return error(404, "Nothing was uploaded to that uploadPath")
         run_id = data.get("runId")
@@ -94,7 +95,7 @@ class PlatformFiles(Endpoints):
             return error(409, "That upload belongs to another run")
         if record.status == "trained":
             return error(409, f"Model {record.id} is already trained")
-        self.store.take_upload(upload_path)
+        self.store.uploads.take(upload_path)
         self.store.commit_weights(record.id, "last", pending.staged)
         epoch = record.metrics_epoch if record.metrics_epoch is not None else 0
         updated = records.after_upload(record, "epoch", epoch, None, self.clock())
@@ -118,8 +119,8 @@ class PlatformFiles(Endpoints):
                         content.close()
         elif isinstance(model_path, str):
             # An upload sent without a run (legacy callers) is promoted by the complete event.
-            for path in self.store.model_uploads(record.id):
-                taken = self.store.take_upload(path) if stored_path(path) == model_path else None
+            for path in self.store.uploads.of_model(record.id):
+                taken = self.store.uploads.take(path) if stored_path(path) == model_path else None
                 if taken is not None:
                     staged = taken.staged
         metrics = results.get("metrics")
@@ -131,7 +132,7 @@ class PlatformFiles(Endpoints):
         now = self.clock()
         # A trained model promotes nothing more: what waits (a checkpoint the final
         # weights overtook between its PUT and its event) would never be deleted.
-        self.store.drop_uploads(record.id)
+        self.store.uploads.drop(record.id)
         if staged is not None:
             try:
                 self.store.commit_weights(record.id, "best", staged)

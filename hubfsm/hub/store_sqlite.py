@@ -30,15 +30,9 @@ import attrs
 
 from hubfsm.digest import chunks, sha256_chunks
 from hubfsm.hub.keys import KeyRecord
-from hubfsm.hub.store import (
-    ModelRecord,
-    Source,
-    Staged,
-    StoredReply,
-    UploadsInMemory,
-    WeightsInfo,
-    WeightsKind,
-)
+from hubfsm.hub.store import Source, WeightsKind
+from hubfsm.hub.stored import ModelRecord, Staged, StoredReply, WeightsInfo
+from hubfsm.hub.uploads import UploadsInMemory
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -61,7 +55,7 @@ CREATE INDEX IF NOT EXISTS models_created ON models (created_at, id);
 """
 
 
-class SqliteStore(UploadsInMemory):
+class SqliteStore:
     """Keeps the hub's state under ``data_dir``; a restart finds all of it again.
 
     One connection serves every thread, behind a lock: the hub's writes are short, and the
@@ -79,7 +73,7 @@ class SqliteStore(UploadsInMemory):
         os.close(os.open(self.data_dir / "hub.sqlite3", os.O_RDWR | os.O_CREAT, 0o600))
         self._lock = threading.RLock()
         self._depth = 0
-        self._uploads = {}
+        self.uploads = UploadsInMemory(self.discard_weights)
         # Autocommit mode: transactions are begun and ended explicitly below.
         self._db = sqlite3.connect(
             self.data_dir / "hub.sqlite3",

@@ -183,8 +183,8 @@ def test_replacing_weights_swaps_the_pointer_and_deletes_the_old_object(
 
 def test_replies_expire_after_the_retention(team: tuple[str, str]) -> None:
     from hubfsm.hub.objects_s3 import S3Objects
-    from hubfsm.hub.store import StoredReply
     from hubfsm.hub.store_postgres import PostgresStore
+    from hubfsm.hub.stored import StoredReply
 
     now = [1000.0]
     store = PostgresStore(team[0], S3Objects(team[1]), reply_retention=60, clock=lambda: now[0])
@@ -352,7 +352,7 @@ def test_a_platform_upload_put_to_one_process_is_promoted_by_another(
         store = admin.store
         assert isinstance(store, PostgresStore)
         assert len(store.objects.listing()) == 1
-        assert store.model_uploads(model) == {}
+        assert store.uploads.of_model(model) == {}
         # A checkpoint the final weights overtook between its PUT and its event waits for
         # nothing once the model is trained: it goes with the training's end.
         where = call(
@@ -365,7 +365,7 @@ def test_a_platform_upload_put_to_one_process_is_promoted_by_another(
             f"{first}{link.path}?{link.query}", "PUT", raw=b"overtaken", headers=bearer
         )
         assert status == 200, raw
-        assert len(store.model_uploads(model)) == 1
+        assert len(store.uploads.of_model(model)) == 1
         promoted = "models/" + str(event["uploadPath"]).removeprefix("uploads/")
         results = {"metrics": {"metrics/mAP50-95(B)": 0.5}, "modelPath": promoted}
         call(
@@ -375,7 +375,7 @@ def test_a_platform_upload_put_to_one_process_is_promoted_by_another(
         )
         best = store.weights_info(model, "best")
         assert best is not None and best.sha256 == hashlib.sha256(sent[-1]).hexdigest()
-        assert store.model_uploads(model) == {}
+        assert store.uploads.of_model(model) == {}
         assert len(store.objects.listing()) == 2  # last and best, nothing waiting
     finally:
         admin.store.close()
