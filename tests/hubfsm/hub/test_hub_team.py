@@ -950,3 +950,40 @@ def test_a_page_session_from_one_process_holds_on_another(
         # Revoked through one process, the session ends on the other.
         first.hub.revoke_key(member)
         assert _request(f"{second.url}/runs.json", headers={"Cookie": cookie})[0] == 401
+
+
+def test_the_sweep_command_deletes_what_no_record_names_and_keeps_the_rest(
+    team: tuple[str, str], team_hub: LocalHub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hubfsm.cli.main import main
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    store = team_hub.hub.store
+    assert isinstance(store, PostgresStore)
+    kept = store.stage_weights(b"w" * 1000)
+    model_id = str(_create(team_hub.url, team_hub.api_key)["data"]["id"])  # type: ignore[index]
+    store.commit_weights(model_id, "last", kept)
+    orphan = store.stage_weights(b"o" * 1000)  # an upload whose process died before its record
+    args = ["hub", "sweep", "--database", team[0], "--objects", team[1]]
+    assert main([*args]) == 0  # both are younger than a day
+    assert {kept.handle, orphan.handle} <= {key for key, _ in store.objects.listing()}
+    assert main([*args, "--older-than-hours", "-0.1"]) == 0
+    names = {key for key, _ in store.objects.listing()}
+    assert kept.handle in names and orphan.handle not in names
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "Swept 0 objects and unfinished uploads older than 24 h.",
+        "Swept 1 objects and unfinished uploads older than -0.1 h.",
+    ]
+
+
+def test_the_sweep_command_names_a_database_it_cannot_reach(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from hubfsm.cli.main import main
+
+    url = "postgresql://hub:s3cret-pw@127.0.0.1:1/hub"
+    status = main(["hub", "sweep", "--database", url, "--objects", "s3://b/p"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("error: cannot use the database:")
+    assert "s3cret-pw" not in err
