@@ -32,6 +32,9 @@ class Database:
             min_size=1,
             max_size=pool_size,
             kwargs={"autocommit": True},
+            # A connection is checked as it leaves the pool: after a restart of the
+            # database, each one the pool held would otherwise fail one request with a 500.
+            check=ConnectionPool.check_connection,
             open=True,
             name="hub",
         )

@@ -199,6 +199,28 @@ def test_replies_expire_after_the_retention(team: tuple[str, str]) -> None:
         store.close()
 
 
+def test_a_database_restart_costs_no_request_an_error(team: tuple[str, str]) -> None:
+    import psycopg
+
+    from hubfsm.hub.objects_s3 import S3Objects
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    store = PostgresStore(team[0], S3Objects(team[1]), pool_size=2)
+    try:
+        assert store.get_model("m" * 20) is None  # the pool's connection is made and idle
+        # What a restart of PostgreSQL does to the connections a pool holds.
+        with psycopg.connect(team[0], autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchall()
+        assert ended and all(row[0] for row in ended)
+        for _ in range(3):  # each connection the pool held is found dead and replaced
+            assert store.get_model("m" * 20) is None
+    finally:
+        store.close()
+
+
 # -- several processes -------------------------------------------------------------
 
 
