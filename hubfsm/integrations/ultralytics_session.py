@@ -219,7 +219,8 @@ class HUBTrainingSession:
             # Every argument: the wire carries its own few, a hubfsm hub keeps them all.
             session = self._open(self.filename, every_arg(model_args))
         except HubfsmError as exc:
-            log.warning("ultralytics.create_failed", error=str(exc))
+            # INFO: the line below is the one for people.
+            log.info("ultralytics.create_failed", error=str(exc))
             print(f"hubfsm: the hub did not create the model: {exc}", file=sys.stderr)
             return
         self._adopt(session)
@@ -277,12 +278,16 @@ class HUBTrainingSession:
                 timeout=self.options.finish_timeout,
             )
         except HubfsmError as exc:
-            log.error("ultralytics.final_upload_failed", model_id=session.model_id, error=str(exc))
-            print(
-                f"hubfsm: the final weights of model {session.model_id} are not on the hub "
-                f"yet ({exc}); they are kept, and `hubfsm sync` sends them",
-                file=sys.stderr,
-            )
+            # INFO: final weights the session keeps are named in its own line (its refusal
+            # notice, or what it prints on closing, with the sync command); a line here
+            # would say it all again.
+            log.info("ultralytics.final_upload_failed", model_id=session.model_id, error=str(exc))
+            if not session.pending()["final"]:
+                print(
+                    f"hubfsm: the final weights of model {session.model_id} did not go to "
+                    f"the hub: {exc}",
+                    file=sys.stderr,
+                )
         finally:
             self.close()
 
