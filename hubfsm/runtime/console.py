@@ -151,10 +151,12 @@ class Console:
         if not core.machine.sends:
             return
         self._lost_at = now
-        queued = describe_pending(core.pending())
+        pending = core.pending()
+        # Once the final weights are queued, training is over: nothing goes on.
+        goes_on = "" if pending["final"] else "training goes on, and "
         self.say(
-            f"lost {self.hub} ({_reason(outcome)}); training goes on, and "
-            f"what is queued waits until it is back: {queued}"
+            f"lost {self.hub} ({_reason(outcome)}); {goes_on}"
+            f"what is queued waits until it is back: {describe_pending(pending)}"
         )
 
 

@@ -371,6 +371,24 @@ def test_one_or_two_failed_attempts_in_a_row_print_nothing() -> None:
     ]
 
 
+def test_a_hub_lost_once_training_ended_does_not_say_training_goes_on() -> None:
+    core = types.SimpleNamespace(
+        state="final_uploading",
+        answered=True,
+        machine=types.SimpleNamespace(failed=False, sends=True, traits=TRAITS["final_uploading"]),
+        pending=lambda: {"metrics": 1, "checkpoint": 0, "final": 1},
+    )
+    out = io.StringIO()
+    console = Console("the hub", stream=out)
+    down = TransportError("refused", "POST /v1/models/x/upload: 127.0.0.1:1 refused the connection")
+    for _ in range(LOST_AFTER):
+        console.outcome(core, "final", down, now=1.0)  # type: ignore[arg-type]
+    assert out.getvalue().splitlines() == [
+        "hubfsm: lost the hub (127.0.0.1:1 refused the connection); what is queued waits "
+        "until it is back: 1 epoch of metrics, final weights",
+    ]
+
+
 def test_a_hub_that_does_not_answer_at_open_is_named_once_with_how_long() -> None:
     core = types.SimpleNamespace(
         state="resolved",
