@@ -45,7 +45,7 @@ import attrs
 
 from hubfsm import env
 from hubfsm.core.identifier import parse_identifier
-from hubfsm.errors import HubfsmError
+from hubfsm.errors import HubfsmError, ModelTrainedError
 from hubfsm.integrations.ultralytics_objects import every_arg, settings_key
 from hubfsm.logs import get_logger
 from hubfsm.runtime.session import Session
@@ -190,12 +190,22 @@ class HUBTrainingSession:
         """Load a model: its plan gives ``train_args`` and ``model_file`` (weights downloaded).
 
         Raises:
-            ModelTrainedError: The model is trained already.
+            ModelTrainedError: The model is trained already, or its last run ended and
+                its final weights, kept in the outbox, were sent now.
             RecordError: The record lacks what training needs.
             DownloadError: The weights could not be downloaded.
         """
         session = self._open(model_id)
         try:
+            if session.pending()["final"]:
+                # The last run ended, killed (or offline) before its final weights reached
+                # the hub: training is over. Send them, as `hubfsm sync` would, rather
+                # than train the last epochs again and replace them.
+                session.finish_pending(timeout=self.options.finish_timeout)
+                raise ModelTrainedError(
+                    f"model {session.model_id} finished training: the final weights its "
+                    "last run kept are on the hub now; create a new model to train again"
+                )
             plan = session.plan
             weights = session.download_weights(
                 cache_dir=self.options.cache_dir, progress=self.options.progress

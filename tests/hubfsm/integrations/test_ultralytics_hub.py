@@ -260,6 +260,38 @@ def test_a_resumable_model_resumes_from_its_downloaded_last_weights(local, tmp_p
         HUBTrainingSession(model_id)
 
 
+def test_a_model_whose_last_run_ended_unsent_is_finished_not_trained_again(
+    local, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("HUB_API_KEY", local.api_key)
+    session = HUBTrainingSession.create_session("yolov8n.yaml", {"data": "coco8.yaml"})
+    model_id = session.model.id
+    stock = StockCallbacks(session)
+    stock.on_pretrain_routine_end()
+    (tmp_path / "last.pt").write_bytes(b"epoch 0 weights")
+    stock.on_model_save(0, tmp_path / "last.pt", True)
+    stock.on_fit_epoch_end(0, {"loss": 1.0})
+    assert session.session.flush(timeout=60)
+    session.close()
+    HUBTrainingSession(f"{local.url}/models/{model_id}").close()  # the online start
+    # The rest of the run offline: it ends, and its final weights stay in the outbox (as a
+    # kill in the final upload leaves them).
+    monkeypatch.setenv("HUBFSM_OFFLINE", "1")
+    best = train(HUBTrainingSession(f"{local.url}/models/{model_id}"), tmp_path, 2, start=1)
+    monkeypatch.delenv("HUBFSM_OFFLINE")
+    assert local.hub.record(model_id)["status"] == "training"
+
+    # The training script runs again on the model: the run is over, nothing trains again.
+    with pytest.raises(ModelTrainedError, match="finished training"):
+        HUBTrainingSession(f"{local.url}/models/{model_id}")
+    record = local.hub.record(model_id)
+    assert record["status"] == "trained" and record["final_epoch"] == 1
+    assert sorted(row["epoch"] for row in local.hub.metrics(model_id)) == [0, 1]
+    (final,) = [u for u in local.hub.audit().uploads if u.type == "final"]
+    assert final.sha256 == hashlib.sha256(best).hexdigest()
+    assert not (tmp_path / "outbox" / model_id).exists()  # all of it delivered
+
+
 def test_install_replaces_every_name_ultralytics_uses_and_uninstall_restores(monkeypatch):
     original = type("HUBTrainingSession", (), {})
     modules = {}
