@@ -1,4 +1,4 @@
-"""The ``hubfsm hub serve`` and ``hubfsm demo`` commands."""
+"""The ``hubfsm hub serve``, ``hubfsm hub sweep`` and ``hubfsm demo`` commands."""
 
 from __future__ import annotations
 
@@ -34,6 +34,33 @@ def cmd_hub_serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
     )
+
+
+def cmd_hub_sweep(args: argparse.Namespace) -> int:
+    """Delete a team hub's unnamed weight objects and abort its unfinished uploads."""
+    import psycopg
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from hubfsm.hub.objects_s3 import S3Objects
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    hours = args.older_than_hours
+    try:
+        # A quick look first: the pool would retry a wrong URL for half a minute.
+        psycopg.connect(args.database, connect_timeout=10).close()
+        store = PostgresStore(args.database, S3Objects(args.objects), pool_size=1)
+        try:
+            gone = store.sweep_objects(older_than=hours * 3600.0)
+        finally:
+            store.close()
+    except psycopg.Error as error:
+        # libpq's message names the host and port, never the password.
+        raise ValueError(f"cannot use the database: {str(error).strip()}") from None
+    except (BotoCoreError, ClientError) as error:
+        # botocore names the endpoint, bucket and operation, never the secret key.
+        raise ValueError(f"cannot use the object store {args.objects}: {error}") from None
+    print(f"Swept {gone} objects and unfinished uploads older than {hours:g} h.")
+    return 0
 
 
 # -- demo --------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from hubfsm.cli.args import (
     seeds,
     share,
 )
-from hubfsm.cli.hub_cmds import cmd_demo, cmd_hub_serve
+from hubfsm.cli.hub_cmds import cmd_demo, cmd_hub_serve, cmd_hub_sweep
 from hubfsm.cli.outboxes import cmd_discard, cmd_status, cmd_sync
 from hubfsm.core.identifier import DEFAULT_WEB_ROOT, parse_identifier
 from hubfsm.errors import HubfsmError, IdentifierError
@@ -212,6 +212,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
     p.set_defaults(func=cmd_hub_serve)
+    p = command(
+        hub_sub,
+        "sweep",
+        "Delete a team hub's weight objects that no record names (uploads cut short by a "
+        "crash) and abort the multipart uploads killed processes left; run it daily.",
+        "hubfsm hub sweep --database postgresql://hub@db/hub --objects s3://team-hub/weights",
+    )
+    p.add_argument("--database", metavar="URL", required=True, help="the team's postgresql:// URL")
+    p.add_argument(
+        "--objects", metavar="URL", required=True, help="the team's s3://bucket/prefix"
+    )
+    p.add_argument(
+        "--older-than-hours",
+        type=float,
+        default=24.0,
+        metavar="H",
+        help="leave what is younger: an upload under way is in no record yet (default 24)",
+    )
+    p.set_defaults(func=cmd_hub_sweep)
     from hubfsm.hub.admin import register as register_keys
 
     register_keys(hub_sub, command)

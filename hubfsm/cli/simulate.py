@@ -7,10 +7,12 @@ The summary depends only on the seeds, the profiles and the epochs, never on ``-
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import TextIO
 
@@ -30,6 +32,26 @@ HTTP_EPOCHS = 8
 _BEFORE, _AFTER = 25, 5
 
 Task = tuple[int, str, int, bool, bool, ProtocolName]
+
+
+@contextlib.contextmanager
+def _sessions_unheard(verbosity: int) -> Iterator[None]:
+    """Keep the simulated sessions' log lines off the screen, unless ``-vv``.
+
+    They speak of a world that exists only in the simulation (a session "contacting"
+    the public API, a record kept aside in a simulated outbox): the person reads the
+    summary, and with ``-vv`` what the sessions said, to debug the simulator.
+    """
+    logger = logging.getLogger("hubfsm")
+    if verbosity >= 2 or logger.disabled:
+        yield
+        return
+    # Set before the process pool forks, so its workers inherit it.
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = False
 
 
 def _one(task: Task) -> SimResult:
@@ -132,6 +154,48 @@ def _print_traces(results: Sequence[SimResult], as_json: bool, out: TextIO) -> N
         print(text, file=out)
 
 
+def _run_profiles(
+    profiles: Sequence[Profile],
+    seeds: range,
+    epochs: int,
+    *,
+    http: bool,
+    tracing: bool,
+    jobs: int,
+    protocol: ProtocolName,
+    verbosity: int,
+) -> list[tuple[Profile, list[SimResult], float]]:
+    """Each profile's results and wall time; with ``-v`` a line on stderr per profile."""
+    pool = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else None
+    batches: list[tuple[Profile, list[SimResult], float]] = []
+    try:
+        for profile in profiles:
+            started = time.perf_counter()
+            results = run_seeds(
+                seeds,
+                profile,
+                epochs,
+                http=http,
+                keep_trace=tracing,
+                pool=pool,
+                jobs=jobs,
+                protocol=protocol,
+            )
+            wall = time.perf_counter() - started
+            batches.append((profile, results, wall))
+            if verbosity >= 1:
+                failing = sum(1 for r in results if not r.ok)
+                print(
+                    f"simulate: {profile.name}: {len(results)} seeds, {failing} failing, "
+                    f"{_duration(wall)}",
+                    file=sys.stderr,
+                )
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return batches
+
+
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run ``hubfsm simulate`` with parsed arguments; the exit status."""
     out = out if out is not None else sys.stdout
@@ -155,25 +219,18 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         seeds = args.seeds if args.seeds is not None else (HTTP_SEEDS if http else DEFAULT_SEEDS)
     tracing = bool(args.trace or args.json)
     protocol: ProtocolName = "platform" if getattr(args, "protocol", "hub") == "platform" else "hub"
-    pool = ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else None
-    batches: list[tuple[Profile, list[SimResult], float]] = []
-    try:
-        for profile in profiles:
-            started = time.perf_counter()
-            results = run_seeds(
-                seeds,
-                profile,
-                epochs,
-                http=http,
-                keep_trace=tracing,
-                pool=pool,
-                jobs=jobs,
-                protocol=protocol,
-            )
-            batches.append((profile, results, time.perf_counter() - started))
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    verbosity = getattr(args, "verbose", 0)
+    with _sessions_unheard(verbosity):
+        batches = _run_profiles(
+            profiles,
+            seeds,
+            epochs,
+            http=http,
+            tracing=tracing,
+            jobs=jobs,
+            protocol=protocol,
+            verbosity=verbosity,
+        )
     ok = all(r.ok for _, results, _ in batches for r in results)
     if tracing:
         _print_traces([r for _, results, _ in batches for r in results], bool(args.json), out)

@@ -350,7 +350,7 @@ class Refusal:
 
 Change = MetricsQueued | OpOpened | OpClosed | Offered | Rejected | Refusal
 
-_NAMES = {"metrics": "epochs of metrics", "checkpoint": "checkpoint", "final": "final weights"}
+_NAMES = {"checkpoint": "checkpoint", "final": "final weights"}
 
 
 def pending_counts(metrics: int, checkpoint: bool, final: bool) -> dict[str, int]:
@@ -363,9 +363,9 @@ def pending_counts(metrics: int, checkpoint: bool, final: bool) -> dict[str, int
 
 
 def describe_pending(pending: dict[str, int]) -> str:
-    """``3 epochs of metrics, checkpoint, final weights``, or ``nothing``."""
+    """``3 epochs of metrics, checkpoint, final weights`` (``1 epoch``), or ``nothing``."""
     parts = [
-        f"{n} {_NAMES[kind]}" if kind == "metrics" else _NAMES[kind]
+        (f"{n} epoch{'s' if n != 1 else ''} of metrics" if kind == "metrics" else _NAMES[kind])
         for kind, n in pending.items()
         if n
     ]

@@ -68,6 +68,15 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE metrics ADD COLUMN arrived_at DOUBLE PRECISION;
     """,
+    # Files PUT to Platform upload URLs, waiting for the event that promotes them: the PUT
+    # and the event may reach different processes, so no process may keep them to itself.
+    """
+    CREATE TABLE uploads (
+        path TEXT PRIMARY KEY, seq BIGINT GENERATED ALWAYS AS IDENTITY,
+        model_id TEXT NOT NULL, run_id BIGINT NOT NULL, sha256 TEXT NOT NULL,
+        size BIGINT NOT NULL, object TEXT NOT NULL);
+    CREATE INDEX uploads_model ON uploads (model_id, seq);
+    """,
 )
 
 # Any constant: the lock that serialises migrations of one database.
@@ -108,22 +117,23 @@ def _open(
     """
     from hubfsm.hub.server import default_data_dir
 
+    if database is not None:
+        from hubfsm.hub.store_postgres import PostgresStore
+
+        # Keys may be made before the team's hub first served: the schema comes first.
+        migrate(database)
+        # Only the database: a teammate's machine has no say in the team's keys, and its
+        # own hub's key file must not become an admin key of the team's hub.
+        return Hub(PostgresStore(database, None, pool_size=1), clock=time.time)
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
-    if not create and database is None and not (folder / "api_key").is_file():
+    if not create and not (folder / "api_key").is_file():
         # A misspelled --data must not quietly become a new hub with a new key.
         raise HubfsmError(
             f"{folder} holds no local hub (no api_key file): check --data, or create one "
             f"with `hubfsm hub serve --data {folder}`"
         )
     folder.mkdir(parents=True, exist_ok=True)
-    if database is not None:
-        from hubfsm.hub.store_postgres import PostgresStore
-
-        # Keys may be made before the team's hub first served: the schema comes first.
-        migrate(database)
-        hub = Hub(PostgresStore(database, None, pool_size=1), clock=time.time)
-    else:
-        hub = Hub(SqliteStore(folder), clock=time.time)
+    hub = Hub(SqliteStore(folder), clock=time.time)
     hub.ensure_key(load_or_create_key(folder / "api_key"), label="api_key file", admin=True)
     return hub
 
@@ -277,11 +287,14 @@ def transfer(
 
 
 def cancel(
-    data_dir: str | os.PathLike[str] | None, model_id: str, out: TextIO | None = None
+    data_dir: str | os.PathLike[str] | None,
+    model_id: str,
+    out: TextIO | None = None,
+    database: str | None = None,
 ) -> int:
     """Mark a Platform run cancelled: the trainer stops at its next answer from the hub."""
     out = out if out is not None else sys.stdout
-    hub = _open(data_dir)
+    hub = _open(data_dir, database)
     try:
         found = hub.cancel(model_id)
     finally:
@@ -295,7 +308,7 @@ def cancel(
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     """Run ``hubfsm hub cancel MODEL``."""
-    return cancel(args.data, args.model_id)
+    return cancel(args.data, args.model_id, database=args.database)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -380,4 +393,5 @@ def register(
     )
     p.add_argument("model_id", help="the model's id (on its page and in runs.json)")
     p.add_argument("--data", help=data_help)
+    p.add_argument("--database", metavar="URL", help=database_help)
     p.set_defaults(func=cmd_cancel)

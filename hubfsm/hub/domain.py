@@ -38,7 +38,8 @@ from hubfsm.hub.calls import (
 from hubfsm.hub.keys import UrlSigner
 from hubfsm.hub.parse import check_json
 from hubfsm.hub.platform import PlatformEndpoints
-from hubfsm.hub.store import Store, StoredReply
+from hubfsm.hub.store import Store
+from hubfsm.hub.stored import StoredReply
 from hubfsm.transport import Handler, Request, Response
 
 __all__ = ["Hub"]
@@ -96,7 +97,6 @@ class Hub(PlatformEndpoints):
         self._replayed = Counter()
         self._reused = Counter()
         self._digests = {}
-        self._pending = {}
         self._handlers: dict[str, Callable[[HubCall, str, str | None, str | None], HubReply]] = {
             "auth": self._auth,
             "create_model": self._create,

@@ -36,7 +36,8 @@ from hubfsm.hub.parse import (
     upload_fields,
 )
 from hubfsm.hub.records import HubReads, new_record
-from hubfsm.hub.store import ModelRecord, StoredReply, WeightsKind
+from hubfsm.hub.store import WeightsKind
+from hubfsm.hub.stored import ModelRecord, StoredReply
 
 
 class Endpoints(HubReads):

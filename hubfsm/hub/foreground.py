@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -29,6 +30,10 @@ from hubfsm.hub.server import DEFAULT_TIMEOUT, LocalHub, default_data_dir
 from transports.faults import FaultMix
 
 __all__ = ["serve"]
+
+#: Seconds a worker must serve before one that dies is replaced; sooner, it would most
+#: likely die again the same way, so the hub stops (a service manager may then start it).
+WORKER_SETTLE = 10.0
 
 
 def _cannot_listen(host: str, port: int, exc: OSError) -> str:
@@ -89,7 +94,8 @@ def serve(
         tls_key: The certificate's PEM private key file.
 
     Returns:
-        The process exit status, 0.
+        The process exit status: 0, or 1 when a worker died within :data:`WORKER_SETTLE`
+        seconds of its start (a worker that dies later is replaced).
 
     Raises:
         HubfsmError: The hub cannot listen there (the port is in use, say); a data
@@ -111,6 +117,15 @@ def serve(
         except psycopg.OperationalError as error:
             # libpq's message names the host and port, never the password.
             raise ValueError(f"cannot use the database: {str(error).strip()}") from None
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from hubfsm.hub.objects_s3 import S3Objects
+
+        try:
+            S3Objects(str(objects)).check()
+        except (BotoCoreError, ClientError) as error:
+            # botocore names the endpoint, bucket and operation, never the secret key.
+            raise ValueError(f"cannot use the object store {objects}: {error}") from None
     options: dict[str, Any] = {
         "host": host,
         "faults": faults,
@@ -165,10 +180,13 @@ def _banner(local: LocalHub, out: TextIO, faults: str | None, latency: float) ->
         print(f"  runs:     {local.url}/ (web pages: sign in with an API key)", file=out)
     else:
         print(f"  runs:     {local.url}/ (web pages, from this machine only)", file=out)
-    if local.database is None:
-        print(
-            f"  keys:     hubfsm hub keys list --data {shlex.quote(str(local.data_dir))}", file=out
-        )
+    # A team's keys live in its database: commands given --data would miss them.
+    where = (
+        f"--data {shlex.quote(str(local.data_dir))}"
+        if local.database is None
+        else f"--database {shlex.quote(_for_commands(local.database))}"
+    )
+    print(f"  keys:     hubfsm hub keys list {where}", file=out)
     if faults is not None:
         print(f"  faults:   {faults} of requests, latency up to {latency:g} s", file=out)
     if local.rate_limit:
@@ -178,8 +196,7 @@ def _banner(local: LocalHub, out: TextIO, faults: str | None, latency: float) ->
     print(f"  export ULTRALYTICS_HUB_WEB={local.url}", file=out)
     print(f"  export HUB_API_KEY=$(cat {key_file})", file=out)
     print("For ultralytics 8.4 (the Platform API), make a key with", file=out)
-    data = shlex.quote(str(local.data_dir))
-    print(f"  hubfsm hub keys add --platform --data {data}", file=out)
+    print(f"  hubfsm hub keys add --platform {where}", file=out)
     print("then set ULTRALYTICS_API_KEY to the key it prints, and", file=out)
     print(f"  export ULTRALYTICS_PLATFORM_URL={local.url}", file=out)
     if local.tls is None and not is_loopback(local.host):
@@ -199,15 +216,30 @@ def _without_password(url: str) -> str:
     return f"{where}{parts.path}"
 
 
-def _wait(stop: threading.Event) -> None:
-    """Block until ``stop`` is set, Ctrl-C, or SIGTERM."""
+def _for_commands(url: str) -> str:
+    """The database URL to print in a command: without its password (PGPASSWORD has it)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        return "URL"  # a libpq string may hold the password anywhere: not printed
+    user = f"{parts.username}@" if parts.username else ""
+    host = parts.hostname or ""
+    where = f"{user}{host}:{parts.port}" if parts.port else f"{user}{host}"
+    query = "&".join(
+        each for each in parts.query.split("&") if each and not each.startswith("password=")
+    )
+    return f"{parts.scheme}://{where}{parts.path}" + (f"?{query}" if query else "")
+
+
+def _wait(stop: threading.Event, watch: Callable[[], None] | None = None) -> None:
+    """Block until ``stop`` is set, Ctrl-C, or SIGTERM, calling ``watch`` twice a second."""
     previous = None
     if threading.current_thread() is threading.main_thread():
         # SIGTERM (a service manager, a test harness) stops as cleanly as Ctrl-C.
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:
         while not stop.wait(0.5):
-            pass
+            if watch is not None:
+                watch()
     except KeyboardInterrupt:
         pass
     finally:
@@ -215,13 +247,17 @@ def _wait(stop: threading.Event) -> None:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _worker(folder: str | os.PathLike[str], port: int, options: dict[str, Any]) -> None:
-    """One server process of several: serves until SIGTERM."""
+def _worker(
+    folder: str | os.PathLike[str], port: int, options: dict[str, Any], parent: int
+) -> None:
+    """One server process of several: serves until SIGTERM, or until its parent is gone."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the workers
     with LocalHub(folder, port=port, reuse_port=True, **options):
-        while not stop.wait(0.5):
+        # A parent killed outright (SIGKILL, OOM) cannot stop its workers: left serving,
+        # they would share the port with the hub started in its place.
+        while not stop.wait(0.5) and os.getppid() == parent:
             pass
 
 
@@ -238,23 +274,58 @@ def _serve_workers(
 
     # Made here so that every worker reads the same key file.
     first = LocalHub(folder, port=port, **options)
+    family = socket.AF_INET6 if ":" in first.host else socket.AF_INET
+    if port:
+        # SO_REUSEPORT would let the workers share the port with whatever serves there
+        # already (another hub, on another database): a plain bind says if anything does.
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((first.host, port))
+            except OSError as exc:
+                raise HubfsmError(_cannot_listen(first.host, port, exc)) from None
     # Holding the port (bound, not listening) keeps it ours when it was picked at random.
-    holder = socket.socket(socket.AF_INET6 if ":" in first.host else socket.AF_INET)
+    holder = socket.socket(family)
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     holder.bind((first.host, port))
     first.port = int(holder.getsockname()[1])
     context = multiprocessing.get_context("spawn")
-    procs = [
-        context.Process(target=_worker, args=(folder, first.port, options), daemon=True)
-        for _ in range(workers)
-    ]
+    args = (folder, first.port, options, os.getpid())
+    procs: list[Any] = []
+    started: list[float] = []
+    failed: list[str] = []
+
+    def start(index: int) -> None:
+        proc = context.Process(target=_worker, args=args, daemon=True)
+        proc.start()
+        procs[index:index + 1], started[index:index + 1] = [proc], [time.monotonic()]
+
+    def watch() -> None:
+        # A worker that dies (a crash, SIGKILL, the OOM killer) is replaced, so that the
+        # hub keeps its N processes; one that cannot stay up stops the hub instead.
+        for index, proc in enumerate(procs):
+            if proc.is_alive():
+                continue
+            said = f"worker {proc.pid} exited ({_exit_status(proc.exitcode)})"
+            if time.monotonic() - started[index] < WORKER_SETTLE:
+                failed.append(said)
+                print(
+                    f"{said} within {WORKER_SETTLE:g} s of its start: stopping the hub.",
+                    file=out,
+                    flush=True,
+                )
+                stop.set()
+                return
+            start(index)
+            print(f"{said}; worker {procs[index].pid} serves in its place.", file=out, flush=True)
+
     try:
-        for proc in procs:
-            proc.start()
+        for index in range(workers):
+            start(index)
         _wait_listening(first.host, first.port)
         _banner(first, out, None, 0.0)
         print(f"  workers:  {workers} processes on port {first.port}", file=out, flush=True)
-        _wait(stop)
+        _wait(stop, watch)
     finally:
         for proc in procs:
             if proc.pid is not None and proc.exitcode is None:
@@ -263,7 +334,14 @@ def _serve_workers(
             proc.join(30)
         holder.close()
     print("Stopping.", file=out, flush=True)
-    return 0
+    return 1 if failed else 0
+
+
+def _exit_status(code: int | None) -> str:
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return signal.Signals(-code).name
+    return f"status {code}"
 
 
 def _wait_listening(host: str, port: int, seconds: float = 60.0) -> None:

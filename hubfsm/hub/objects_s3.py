@@ -58,6 +58,16 @@ class S3Objects:
     def __repr__(self) -> str:
         return f"S3Objects('s3://{self.bucket}/{self.prefix}')"
 
+    def check(self) -> None:
+        """Ask the store for one weight object: raises the store's error if it cannot answer.
+
+        A wrong endpoint, credentials, bucket or permission shows here, once, not as a
+        failed upload of every trainer.
+        """
+        self._client.list_objects_v2(
+            Bucket=self.bucket, Prefix=f"{self.prefix}weights/", MaxKeys=1
+        )
+
     def new_key(self) -> str:
         """A fresh object key, never used before (128 random bits)."""
         return f"{self.prefix}weights/{secrets.token_hex(16)}"
@@ -126,12 +136,27 @@ class S3Objects:
         return found
 
     def sweep(self, known: set[str], cutoff: float) -> int:
-        """Delete the weight objects not in ``known`` last changed before ``cutoff``; how many."""
+        """Delete the weight objects not in ``known`` last changed before ``cutoff``; how many.
+
+        Multipart uploads begun before ``cutoff`` and never completed are aborted too (and
+        counted): their process died between two parts, and the store keeps the parts
+        received until the upload is aborted.
+        """
         swept = 0
         for key, modified in self.listing():
             if key not in known and modified < cutoff:
                 self.delete(key)
                 swept += 1
+        pages = self._client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=f"{self.prefix}weights/"
+        )
+        for page in pages:
+            for upload in page.get("Uploads", ()):
+                if upload["Initiated"].timestamp() < cutoff:
+                    self._client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    swept += 1
         return swept
 
     def presign(self, key: str, ttl: float, name: str) -> str:

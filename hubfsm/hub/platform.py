@@ -34,7 +34,7 @@ from hubfsm.hub.calls import HubCall, HubReply, error
 from hubfsm.hub.keys import KeyAdmin, is_platform_key
 from hubfsm.hub.parse import MAX_PARAMS, check_json, metrics_text, plain_number, whole_count
 from hubfsm.hub.platform_files import FILENAME, PlatformFiles, stored_path
-from hubfsm.hub.store import ModelRecord, StoredReply
+from hubfsm.hub.stored import ModelRecord, StoredReply
 
 #: The events the SDK knows; ultralytics 8.4.190 sends the first five.
 EVENTS = (
@@ -258,6 +258,8 @@ class PlatformEndpoints(KeyAdmin, PlatformFiles):
         if name is not None and not isinstance(name, str):
             return error(400, "'name' must be a string")
         workspace = _project(project)
+        # Two processes looking for a free slug at once would both find the same one.
+        self.store.claim(f"slug {workspace}")
         slug = self._free_slug(workspace, slugify(name or "train") or "train")
         record = ModelRecord(
             self._fresh_id(),

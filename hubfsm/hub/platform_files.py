@@ -15,37 +15,22 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import IO, Any
 
-import attrs
-
 from hubfsm.hub import records
 from hubfsm.hub.calls import HubReply, error
 from hubfsm.hub.endpoints import Endpoints
 from hubfsm.hub.parse import plain_number, whole_count
-from hubfsm.hub.store import ModelRecord, Staged
+from hubfsm.hub.stored import ModelRecord, Staged
+from hubfsm.hub.uploads import Upload
 
-#: Uploads received but not yet promoted, at most (the oldest is dropped beyond it).
-PENDING_KEPT = 64
 #: A file name a client may upload.
 FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _UPLOAD_PATH = re.compile(r"uploads/([A-Za-z0-9]{20})/([0-9]{1,9})/([A-Za-z0-9]{20})/(.+)")
-
-
-@attrs.frozen
-class Pending:
-    """A file PUT to a signed upload URL, waiting for ``checkpoint_saved`` to promote it."""
-
-    model_id: str
-    run_id: int
-    staged: Staged
 
 
 class PlatformFiles(Endpoints):
     """Platform's weight files (a part of :class:`~hubfsm.hub.domain.Hub`)."""
 
     _requests: Counter[str]
-    # uploadPath -> the file PUT there. Kept in memory: a restart drops the uploads not yet
-    # promoted, and the trainer's checkpoint_saved for one then gets 404.
-    _pending: dict[str, Pending]
 
     def _files(self, who: str, owner: str, project: str, model: str) -> HubReply:
         wanted = f"{owner}/{project}"
@@ -87,14 +72,9 @@ class PlatformFiles(Endpoints):
                 return error(404, "No such upload location")
         staged = self.store.stage_weights(source)
         with self._lock:
-            pending = self._pending
-            replaced = pending.pop(path.lstrip("/"), None)
-            if len(pending) >= PENDING_KEPT:
-                replaced_first = pending.pop(next(iter(pending)))
-                self.store.discard_weights(replaced_first.staged)
-            pending[path.lstrip("/")] = Pending(model_id, run_id, staged)
-        if replaced is not None:
-            self.store.discard_weights(replaced.staged)
+            dropped = self.store.uploads.put(path.lstrip("/"), Upload(model_id, run_id, staged))
+        for each in dropped:
+            self.store.discard_weights(each)
         return HubReply(200, {})
 
     def _checkpoint_saved(
@@ -107,15 +87,15 @@ class PlatformFiles(Endpoints):
             return error(400, "'modelPath' is not the gcsPath of that uploadPath")
         if record.checkpoint_path == model_path:
             return record  # promoted already: a retry
-        pending = self._pending.get(upload_path)
-        if pending is None or pending.model_id != record.id:
+        pending = self.store.uploads.of_model(record.id).get(upload_path)
+        if pending is None:
             return error(404, "Nothing was uploaded to that uploadPath")
         run_id = data.get("runId")
         if run_id is not None and run_id != pending.run_id:
             return error(409, "That upload belongs to another run")
         if record.status == "trained":
             return error(409, f"Model {record.id} is already trained")
-        del self._pending[upload_path]
+        self.store.uploads.take(upload_path)
         self.store.commit_weights(record.id, "last", pending.staged)
         epoch = record.metrics_epoch if record.metrics_epoch is not None else 0
         updated = records.after_upload(record, "epoch", epoch, None, self.clock())
@@ -139,9 +119,10 @@ class PlatformFiles(Endpoints):
                         content.close()
         elif isinstance(model_path, str):
             # An upload sent without a run (legacy callers) is promoted by the complete event.
-            for path, pending in list(self._pending.items()):
-                if pending.model_id == record.id and stored_path(path) == model_path:
-                    staged = self._pending.pop(path).staged
+            for path in self.store.uploads.of_model(record.id):
+                taken = self.store.uploads.take(path) if stored_path(path) == model_path else None
+                if taken is not None:
+                    staged = taken.staged
         metrics = results.get("metrics")
         found = metrics.get("metrics/mAP50-95(B)") if isinstance(metrics, dict) else None
         map50_95 = float(found) if plain_number(found) and found is not None else None
@@ -149,6 +130,9 @@ class PlatformFiles(Endpoints):
         epochs = [e for e in (record.metrics_epoch, best_epoch) if whole_count(e)]
         final_epoch = max(epochs) if epochs else 0
         now = self.clock()
+        # A trained model promotes nothing more: what waits (a checkpoint the final
+        # weights overtook between its PUT and its event) would never be deleted.
+        self.store.uploads.drop(record.id)
         if staged is not None:
             try:
                 self.store.commit_weights(record.id, "best", staged)

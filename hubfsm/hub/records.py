@@ -18,7 +18,8 @@ import attrs
 
 from hubfsm.hub.keys import UrlSigner, file_name
 from hubfsm.hub.parse import MAX_INT, MAX_PARAMS, MAX_TEXT, notes_of, tags_of
-from hubfsm.hub.store import ModelRecord, Store, WeightsInfo, WeightsKind
+from hubfsm.hub.store import Store, WeightsKind
+from hubfsm.hub.stored import ModelRecord, WeightsInfo
 
 #: Console text a model page shows, at most (its last characters).
 CONSOLE_SHOWN = 256 * 1024

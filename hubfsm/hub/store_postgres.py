@@ -14,6 +14,8 @@ The database isolates them, not a lock in a process:
 - Weight files are immutable objects (see :mod:`hubfsm.hub.objects_s3`); a model's row in
   ``weights`` points at its current one, and the replaced object is deleted after the
   pointer swap committed.
+- A file PUT to a Platform upload URL waits in ``uploads`` for the event that promotes it,
+  which may reach another process than the PUT did.
 
 The schema (:data:`~hubfsm.hub.admin.MIGRATIONS`, applied by :func:`~hubfsm.hub.admin.migrate`
 before the hub's processes start) mirrors :class:`~hubfsm.hub.store_sqlite.SqliteStore`'s.
@@ -26,13 +28,16 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from typing import IO, Any
+from collections.abc import Callable, Mapping
+from typing import IO
 
 from hubfsm.hub.keys import KeyRecord
 from hubfsm.hub.objects_s3 import S3Objects
-from hubfsm.hub.store import ModelRecord, Source, Staged, StoredReply, WeightsInfo, WeightsKind
+from hubfsm.hub.postgres import Database
+from hubfsm.hub.store import Source, WeightsKind
 from hubfsm.hub.store_sqlite import key_of, model_of, page_query, record_text, reply_of
+from hubfsm.hub.stored import ModelRecord, Staged, StoredReply, WeightsInfo
+from hubfsm.hub.uploads import UploadsInPostgres
 
 #: Seconds an idempotent reply is kept: a retry or an outbox replay within it is answered
 #: from the reply; a replay later than that is applied again.
@@ -70,20 +75,11 @@ class PostgresStore:
         reply_retention: float = REPLY_RETENTION,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        from psycopg_pool import ConnectionPool
-
         self._objects = objects
         self.reply_retention = reply_retention
         self._clock = clock
-        self._pool = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=pool_size,
-            kwargs={"autocommit": True},
-            open=True,
-            name="hub",
-        )
-        self._local = threading.local()
+        self._db = Database(url, pool_size=pool_size, delete=self._delete_object)
+        self.uploads = UploadsInPostgres(self._db)
         self._puts = 0
         self._puts_lock = threading.Lock()
 
@@ -99,59 +95,28 @@ class PostgresStore:
 
     # -- transactions ---------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
         """Run the block in one database transaction on one connection of this thread."""
-        if getattr(self._local, "conn", None) is not None:
-            yield  # nested: part of the outer transaction
-            return
-        after: list[str] = []
-        with self._pool.connection() as conn:
-            self._local.conn, self._local.after = conn, after
-            try:
-                with conn.transaction():
-                    yield
-            finally:
-                self._local.conn = self._local.after = None
-        # Objects no record points at any more, deleted once the swap is durable.
-        for key in after:
-            self.objects.delete(key)
+        return self._db.transaction()
 
-    def _in_transaction(self) -> bool:
-        return getattr(self._local, "conn", None) is not None
+    def claim(self, name: str) -> None:
+        """Hold ``name`` until this transaction ends, once no other process's holds it."""
+        self._db.claim(name)
 
-    @contextlib.contextmanager
-    def _connection(self) -> Iterator[Any]:
-        """This thread's transaction's connection, or one of the pool's for one statement."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            yield conn
-            return
-        with self._pool.connection() as own:
-            yield own
-
-    def _rows(
-        self, sql: str, params: tuple[object, ...] | Mapping[str, object] = ()
-    ) -> list[tuple[Any, ...]]:
-        with self._connection() as conn:
-            cursor = conn.execute(sql, params)
-            return list(cursor.fetchall()) if cursor.description else []
-
-    def _count(self, sql: str, params: tuple[object, ...]) -> int:
-        with self._connection() as conn:
-            return int(conn.execute(sql, params).rowcount)
+    def _delete_object(self, key: str) -> None:
+        self.objects.delete(key)
 
     # -- models and metrics -----------------------------------------------------------
 
     def get_model(self, model_id: str) -> ModelRecord | None:
         """The model's record, or None; inside a transaction its row stays locked until the end."""
-        lock = " FOR UPDATE" if self._in_transaction() else ""
-        rows = self._rows(f"SELECT record FROM models WHERE id = %s{lock}", (model_id,))
+        lock = " FOR UPDATE" if self._db.in_transaction() else ""
+        rows = self._db.rows(f"SELECT record FROM models WHERE id = %s{lock}", (model_id,))
         return model_of(str(rows[0][0])) if rows else None
 
     def put_model(self, record: ModelRecord) -> None:
         """Insert or replace a model record."""
-        self._rows(
+        self._db.rows(
             "INSERT INTO models (id, created_at, record) VALUES (%s, %s, %s) ON CONFLICT (id) "
             "DO UPDATE SET created_at = EXCLUDED.created_at, record = EXCLUDED.record",
             (record.id, record.created_at, record_text(record)),
@@ -160,13 +125,14 @@ class PostgresStore:
     def delete_model(self, model_id: str) -> bool:
         """Forget a model with its metrics and weights (the objects go after the commit)."""
         with self.transaction():
-            found = self._count("DELETE FROM models WHERE id = %s", (model_id,))
+            found = self._db.count("DELETE FROM models WHERE id = %s", (model_id,))
             for table in ("metrics", "console"):
-                self._rows(f"DELETE FROM {table} WHERE model_id = %s", (model_id,))
-            gone = self._rows(
-                "DELETE FROM weights WHERE model_id = %s RETURNING object", (model_id,)
-            )
-            self._local.after.extend(str(row[0]) for row in gone)
+                self._db.rows(f"DELETE FROM {table} WHERE model_id = %s", (model_id,))
+            for table in ("weights", "uploads"):
+                gone = self._db.rows(
+                    f"DELETE FROM {table} WHERE model_id = %s RETURNING object", (model_id,)
+                )
+                self._db.delete_after_commit(str(row[0]) for row in gone)
         return found > 0
 
     def put_console(self, model_id: str, chunk_id: int, lines: int, text: str) -> bool:
@@ -175,11 +141,11 @@ class PostgresStore:
             "INSERT INTO console (model_id, chunk_id, lines, content) "
             "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
         )
-        return self._count(sql, (model_id, chunk_id, lines, text)) > 0
+        return self._db.count(sql, (model_id, chunk_id, lines, text)) > 0
 
     def get_console(self, model_id: str) -> list[tuple[int, int, str]]:
         """The model's console chunks, in chunk order."""
-        rows = self._rows(
+        rows = self._db.rows(
             "SELECT chunk_id, lines, content FROM console WHERE model_id = %s ORDER BY chunk_id",
             (model_id,),
         )
@@ -187,7 +153,7 @@ class PostgresStore:
 
     def list_models(self) -> list[ModelRecord]:
         """Every model, oldest first."""
-        rows = self._rows("SELECT record FROM models ORDER BY created_at, id")
+        rows = self._db.rows("SELECT record FROM models ORDER BY created_at, id")
         return [model_of(str(row[0])) for row in rows]
 
     def page_models(
@@ -195,7 +161,7 @@ class PostgresStore:
     ) -> list[ModelRecord]:
         """Up to ``limit`` models, newest first, older than ``before``, of ``owner`` if given."""
         sql, params = page_query(limit, before, owner, "(record::jsonb ->> 'owner')", "%s")
-        return [model_of(str(row[0])) for row in self._rows(sql, params)]
+        return [model_of(str(row[0])) for row in self._db.rows(sql, params)]
 
     def put_metrics(
         self, model_id: str, metrics: Mapping[int, str], at: float | None = None
@@ -210,23 +176,22 @@ class PostgresStore:
         )
         rows = [(model_id, epoch, text, at) for epoch, text in metrics.items()]
         if len(rows) == 1:  # a training loop's usual request: one statement, one round trip
-            self._rows(sql, rows[0])
+            self._db.rows(sql, rows[0])
             return
-        with self.transaction(), self._connection() as conn, conn.cursor() as cursor:
+        with self.transaction(), self._db.connection() as conn, conn.cursor() as cursor:
             cursor.executemany(sql, rows)
 
     def metric_times(self, model_id: str) -> dict[int, float]:
         """When each epoch's metrics first came."""
-        rows = self._rows(
-            "SELECT epoch, arrived_at FROM metrics "
-            "WHERE model_id = %s AND arrived_at IS NOT NULL",
+        rows = self._db.rows(
+            "SELECT epoch, arrived_at FROM metrics WHERE model_id = %s AND arrived_at IS NOT NULL",
             (model_id,),
         )
         return {int(epoch): float(at) for epoch, at in rows}
 
     def get_metrics(self, model_id: str) -> list[tuple[int, str]]:
         """The model's ``(epoch, JSON text)`` pairs, sorted by epoch."""
-        rows = self._rows(
+        rows = self._db.rows(
             "SELECT epoch, metrics FROM metrics WHERE model_id = %s ORDER BY epoch", (model_id,)
         )
         return [(int(epoch), str(text)) for epoch, text in rows]
@@ -242,28 +207,28 @@ class PostgresStore:
         """Point the model's ``kind`` file at the staged object; the old one goes after commit."""
         assert isinstance(staged.handle, str)
         with self.transaction():
-            old = self._rows(
+            old = self._db.rows(
                 "SELECT object FROM weights WHERE model_id = %s AND kind = %s FOR UPDATE",
                 (model_id, kind),
             )
-            self._rows(
+            self._db.rows(
                 "INSERT INTO weights (model_id, kind, sha256, size, object) "
                 "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (model_id, kind) DO UPDATE SET "
                 "sha256 = EXCLUDED.sha256, size = EXCLUDED.size, object = EXCLUDED.object",
                 (model_id, kind, staged.sha256, staged.size, staged.handle),
             )
             if old and old[0][0] != staged.handle:
-                self._local.after.append(str(old[0][0]))
+                self._db.delete_after_commit([str(old[0][0])])
 
     def discard_weights(self, staged: Staged) -> None:
         """Delete the staged object unless a record points at it (it was committed)."""
         assert isinstance(staged.handle, str)
-        if not self._rows("SELECT 1 FROM weights WHERE object = %s", (staged.handle,)):
+        if not self._db.rows("SELECT 1 FROM weights WHERE object = %s", (staged.handle,)):
             self.objects.delete(staged.handle)
 
     def _weights_row(self, model_id: str, kind: WeightsKind) -> tuple[WeightsInfo, str] | None:
         """The ``kind`` file's digest and size, and the key of its object; or None."""
-        rows = self._rows(
+        rows = self._db.rows(
             "SELECT sha256, size, object FROM weights WHERE model_id = %s AND kind = %s",
             (model_id, kind),
         )
@@ -307,9 +272,11 @@ class PostgresStore:
         """Delete weight objects no record points at (uploads cut short by a crash).
 
         Only objects older than ``older_than`` seconds: an upload in flight is in no record
-        yet. Returns how many were deleted.
+        yet. Multipart uploads begun that long ago and never finished are aborted. Returns
+        how many objects and uploads went.
         """
-        known = {str(row[0]) for row in self._rows("SELECT object FROM weights")}
+        sql = "SELECT object FROM weights UNION SELECT object FROM uploads"
+        known = {str(row[0]) for row in self._db.rows(sql)}
         return self.objects.sweep(known, self._clock() - older_than)
 
     # -- replies, keys, settings --------------------------------------------------------
@@ -320,11 +287,11 @@ class PostgresStore:
         Inside a transaction the scope is claimed first: a request with the same scope in
         any other process waits here until this transaction ends, then sees its reply.
         """
-        if self._in_transaction():
+        if self._db.in_transaction():
             # A statement of its own: a statement reads the snapshot taken when it began,
             # so a look-up in the same statement would miss the reply the holder wrote.
-            self._rows("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (scope,))
-        rows = self._rows(
+            self._db.rows("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (scope,))
+        rows = self._db.rows(
             "SELECT status, body, request FROM replies WHERE scope = %s AND stored_at >= %s",
             (scope, self._clock() - self.reply_retention),
         )
@@ -333,7 +300,7 @@ class PostgresStore:
     def put_reply(self, scope: str, reply: StoredReply) -> None:
         """Remember a reply under ``scope`` (pruning expired ones now and then)."""
         now = self._clock()
-        self._rows(
+        self._db.rows(
             "INSERT INTO replies (scope, status, body, request, stored_at) "
             "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (scope) DO UPDATE SET "
             "status = EXCLUDED.status, body = EXCLUDED.body, request = EXCLUDED.request, "
@@ -349,7 +316,7 @@ class PostgresStore:
     def prune_replies(self) -> int:
         """Delete replies older than the retention; how many went."""
         cutoff = self._clock() - self.reply_retention
-        return self._count("DELETE FROM replies WHERE stored_at < %s", (cutoff,))
+        return self._db.count("DELETE FROM replies WHERE stored_at < %s", (cutoff,))
 
     def get_key(self, digest: str) -> KeyRecord | None:
         """The key whose digest is ``digest``, or None.
@@ -357,12 +324,12 @@ class PostgresStore:
         Always asked of the database, so a revocation by any process holds at every
         process's next request.
         """
-        rows = self._rows("SELECT record FROM keys WHERE digest = %s", (digest,))
+        rows = self._db.rows("SELECT record FROM keys WHERE digest = %s", (digest,))
         return key_of(str(rows[0][0])) if rows else None
 
     def put_key(self, record: KeyRecord) -> None:
         """Insert or replace a key record."""
-        self._rows(
+        self._db.rows(
             "INSERT INTO keys (digest, created_at, record) VALUES (%s, %s, %s) "
             "ON CONFLICT (digest) DO UPDATE SET record = EXCLUDED.record",
             (record.digest, record.created_at, record_text(record)),
@@ -370,7 +337,7 @@ class PostgresStore:
 
     def list_keys(self) -> list[KeyRecord]:
         """Every key record, oldest first."""
-        rows = self._rows("SELECT record FROM keys ORDER BY created_at, digest")
+        rows = self._db.rows("SELECT record FROM keys ORDER BY created_at, digest")
         return [key_of(str(row[0])) for row in rows]
 
     def take_token(self, who: str, rate: float, capacity: float) -> tuple[bool, float]:
@@ -380,7 +347,7 @@ class PostgresStore:
         clock refills it, so their clocks need not agree.
         """
         refill = "LEAST(%(cap)s, b.tokens + (EXCLUDED.at - b.at) * %(rate)s)"
-        rows = self._rows(
+        rows = self._db.rows(
             "INSERT INTO rate_buckets AS b (who, tokens, at, spent) "
             "VALUES (%(who)s, %(cap)s - 1, extract(epoch FROM clock_timestamp()), true) "
             "ON CONFLICT (who) DO UPDATE SET "
@@ -393,14 +360,14 @@ class PostgresStore:
 
     def url_secret(self) -> bytes:
         """The URL-signing secret every process shares, made by the first one to ask."""
-        self._rows(
+        self._db.rows(
             "INSERT INTO settings (name, value) VALUES ('url_secret', %s) "
             "ON CONFLICT (name) DO NOTHING",
             (secrets.token_bytes(32).hex(),),
         )
-        rows = self._rows("SELECT value FROM settings WHERE name = 'url_secret'")
+        rows = self._db.rows("SELECT value FROM settings WHERE name = 'url_secret'")
         return bytes.fromhex(str(rows[0][0]))
 
     def close(self) -> None:
         """Close the pool's connections."""
-        self._pool.close()
+        self._db.close()

@@ -30,7 +30,9 @@ import attrs
 
 from hubfsm.digest import chunks, sha256_chunks
 from hubfsm.hub.keys import KeyRecord
-from hubfsm.hub.store import ModelRecord, Source, Staged, StoredReply, WeightsInfo, WeightsKind
+from hubfsm.hub.store import Source, WeightsKind
+from hubfsm.hub.stored import ModelRecord, Staged, StoredReply, WeightsInfo
+from hubfsm.hub.uploads import UploadsInMemory
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -71,6 +73,7 @@ class SqliteStore:
         os.close(os.open(self.data_dir / "hub.sqlite3", os.O_RDWR | os.O_CREAT, 0o600))
         self._lock = threading.RLock()
         self._depth = 0
+        self.uploads = UploadsInMemory(self.discard_weights)
         # Autocommit mode: transactions are begun and ended explicitly below.
         self._db = sqlite3.connect(
             self.data_dir / "hub.sqlite3",
@@ -113,6 +116,9 @@ class SqliteStore:
     def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
+
+    def claim(self, name: str) -> None:
+        """Nothing to hold: the hub's lock serialises its requests."""
 
     def get_model(self, model_id: str) -> ModelRecord | None:
         """The model's record, or None."""

@@ -136,7 +136,11 @@ class TrainingCallbacks:
     def _failed(self, event: str, exc: Exception) -> None:
         if self.strict:
             raise exc
-        log.warning(
+        # Final weights the session keeps are named in its own line (its refusal notice,
+        # or what it prints on closing); a warning would say it all again.
+        kept = event == "train_end" and self.session.pending()["final"]
+        said = log.info if kept else log.warning
+        said(
             "callbacks.hub_error",
             step=event,
             error=f"{type(exc).__name__}: {exc}",

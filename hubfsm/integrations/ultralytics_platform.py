@@ -206,7 +206,10 @@ class PlatformCallbacks:
                 map50_95 = (trainer.metrics or {}).get(MAP_KEY, 0.0)
                 session.finish(path, map50_95=float(map50_95 or 0.0), timeout=self.finish_timeout)
         except (HubfsmError, OSError, ValueError) as exc:
-            log.warning("platform.final_pending", error=f"{type(exc).__name__}: {exc}")
+            # Final weights the session keeps are named in its own line (its refusal
+            # notice, or what it prints on closing); a warning would say it all again.
+            said = log.info if session.pending()["final"] else log.warning
+            said("platform.final_pending", error=f"{type(exc).__name__}: {exc}")
         finally:
             try:
                 session.close()

@@ -45,7 +45,7 @@ import attrs
 
 from hubfsm import env
 from hubfsm.core.identifier import parse_identifier
-from hubfsm.errors import HubfsmError
+from hubfsm.errors import HubfsmError, ModelTrainedError
 from hubfsm.integrations.ultralytics_objects import every_arg, settings_key
 from hubfsm.logs import get_logger
 from hubfsm.runtime.session import Session
@@ -190,12 +190,22 @@ class HUBTrainingSession:
         """Load a model: its plan gives ``train_args`` and ``model_file`` (weights downloaded).
 
         Raises:
-            ModelTrainedError: The model is trained already.
+            ModelTrainedError: The model is trained already, or its last run ended and
+                its final weights, kept in the outbox, were sent now.
             RecordError: The record lacks what training needs.
             DownloadError: The weights could not be downloaded.
         """
         session = self._open(model_id)
         try:
+            if session.pending()["final"]:
+                # The last run ended, killed (or offline) before its final weights reached
+                # the hub: training is over. Send them, as `hubfsm sync` would, rather
+                # than train the last epochs again and replace them.
+                session.finish_pending(timeout=self.options.finish_timeout)
+                raise ModelTrainedError(
+                    f"model {session.model_id} finished training: the final weights its "
+                    "last run kept are on the hub now; create a new model to train again"
+                )
             plan = session.plan
             weights = session.download_weights(
                 cache_dir=self.options.cache_dir, progress=self.options.progress
@@ -219,7 +229,8 @@ class HUBTrainingSession:
             # Every argument: the wire carries its own few, a hubfsm hub keeps them all.
             session = self._open(self.filename, every_arg(model_args))
         except HubfsmError as exc:
-            log.warning("ultralytics.create_failed", error=str(exc))
+            # INFO: the line below is the one for people.
+            log.info("ultralytics.create_failed", error=str(exc))
             print(f"hubfsm: the hub did not create the model: {exc}", file=sys.stderr)
             return
         self._adopt(session)
@@ -277,12 +288,16 @@ class HUBTrainingSession:
                 timeout=self.options.finish_timeout,
             )
         except HubfsmError as exc:
-            log.error("ultralytics.final_upload_failed", model_id=session.model_id, error=str(exc))
-            print(
-                f"hubfsm: the final weights of model {session.model_id} are not on the hub "
-                f"yet ({exc}); they are kept, and `hubfsm sync` sends them",
-                file=sys.stderr,
-            )
+            # INFO: final weights the session keeps are named in its own line (its refusal
+            # notice, or what it prints on closing, with the sync command); a line here
+            # would say it all again.
+            log.info("ultralytics.final_upload_failed", model_id=session.model_id, error=str(exc))
+            if not session.pending()["final"]:
+                print(
+                    f"hubfsm: the final weights of model {session.model_id} did not go to "
+                    f"the hub: {exc}",
+                    file=sys.stderr,
+                )
         finally:
             self.close()
 

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from hubfsm import env
 from hubfsm.core.engine import Core
+from hubfsm.core.platform import PLATFORM_API_ROOT
 from hubfsm.core.values import describe_pending
 from hubfsm.errors import AuthError, HubError, HubfsmError, ModelNotFoundError, ModelTrainedError
 from hubfsm.transport import Outcome, Response, TransportError
@@ -150,10 +151,12 @@ class Console:
         if not core.machine.sends:
             return
         self._lost_at = now
-        queued = describe_pending(core.pending())
+        pending = core.pending()
+        # Once the final weights are queued, training is over: nothing goes on.
+        goes_on = "" if pending["final"] else "training goes on, and "
         self.say(
-            f"lost {self.hub} ({_reason(outcome)}); training goes on, and "
-            f"what is queued waits until it is back: {queued}"
+            f"lost {self.hub} ({_reason(outcome)}); {goes_on}"
+            f"what is queued waits until it is back: {describe_pending(pending)}"
         )
 
 
@@ -178,22 +181,31 @@ def same_hub(one: str, other: str) -> bool:
         return one.strip().rstrip("/") == other.strip().rstrip("/")
 
 
-def keyed_sync_command(where: Path, api_root: str | None) -> str:
+def key_variable(protocol: str) -> str:
+    """The variable ``hubfsm sync`` reads the key of an outbox of ``protocol`` from."""
+    return env.PLATFORM_API_KEY if protocol == "platform" else env.API_KEY
+
+
+def keyed_sync_command(where: Path, api_root: str | None, protocol: str = "hub") -> str:
     """The ``hubfsm sync`` command that sends what ``where`` keeps, as it works printed.
 
-    It names the hub unless it is the public one, and takes the key from the
-    environment (``--key`` would show it to other users in ``ps``).
+    It names the hub unless it is the dialect's public one, and takes the key from the
+    variable sync reads for the outbox's dialect (``--key`` would show it to other
+    users in ``ps``).
     """
+    public = PLATFORM_API_ROOT if protocol == "platform" else DEFAULT_API_ROOT
     words = ["hubfsm", "sync"]
-    if api_root and not same_hub(api_root, DEFAULT_API_ROOT):
+    if api_root and not same_hub(api_root, public):
         words += ["--hub", api_root]
     words.append(str(where))
-    return f"HUB_API_KEY=... {shlex.join(words)}"
+    return f"{key_variable(protocol)}=... {shlex.join(words)}"
 
 
-def advice(error: HubfsmError | None, where: Path, api_root: str | None = None) -> str:
+def advice(
+    error: HubfsmError | None, where: Path, api_root: str | None = None, protocol: str = "hub"
+) -> str:
     """What to do about a refusal so that ``hubfsm sync`` can deliver what is kept."""
-    command = keyed_sync_command(where, api_root)
+    command = keyed_sync_command(where, api_root, protocol)
     if isinstance(error, AuthError):
         return f"fix the key and run `{command}` with the new key"
     if isinstance(error, ModelNotFoundError | ModelTrainedError):
@@ -201,7 +213,10 @@ def advice(error: HubfsmError | None, where: Path, api_root: str | None = None) 
             f"the hub takes no more data for this model; `hubfsm status {where}` lists what is kept"
         )
     if isinstance(error, HubError) and 300 <= error.status < 400:
-        return f"check the API root and run `HUB_API_KEY=... hubfsm sync --hub API_ROOT {where}`"
+        return (
+            f"check the API root and run "
+            f"`{key_variable(protocol)}=... hubfsm sync --hub API_ROOT {where}`"
+        )
     if isinstance(error, HubError) and error.channel == "final":
         return f"`hubfsm status {where}` shows the record the hub refused"
     return f"run `{command}` once the cause is fixed"
@@ -213,7 +228,7 @@ def notice(core: Core, directory: Path | None, api_root: str | None = None) -> s
     if directory is None:
         where = "in memory only (no outbox): it is lost when the process exits"
     else:
-        where = f"in {directory}; {advice(error, directory, api_root)}"
+        where = f"in {directory}; {advice(error, directory, api_root, core.config.protocol)}"
     return (
         f"hubfsm: model {core.model_id}: {error}. Nothing more is sent; every "
         f"epoch, checkpoint and the final weights are still kept, {where}"
@@ -231,7 +246,7 @@ def refusal_error(core: Core, directory: Path | None, api_root: str | None = Non
     if directory is None:
         where = "in memory only (no outbox), so it is lost when the process exits"
     else:
-        where = f"in {directory}; {advice(error, directory, api_root)}"
+        where = f"in {directory}; {advice(error, directory, api_root, core.config.protocol)}"
     message = f"{error}; {kept} kept {where}"
     if isinstance(error, HubError):
         return type(error)(message, status=error.status, channel=error.channel)

@@ -124,7 +124,7 @@ def report_left(
             line = (
                 f"hubfsm: model {core.model_id}: {left} not on the hub yet; kept in "
                 f"{where}; they go first when this model's session opens again, or run "
-                f"`{keyed_sync_command(where, api_root)}`"
+                f"`{keyed_sync_command(where, api_root, core.config.protocol)}`"
             )
         else:
             line = f"hubfsm: model {core.model_id}: nothing is kept in {where}"

@@ -392,7 +392,8 @@ class Session(SessionViews):
 
     def _cancelled(self) -> None:
         """The service said a person cancelled the run: tell the trainer's callback."""
-        self._log.warning("session.cancelled", model_id=self._core.model_id)
+        # INFO: the core's `run.cancelled` warning is the one line for people.
+        self._log.info("session.cancelled", model_id=self._core.model_id)
         callback = self._on_cancel
         if callback is not None:
             try:

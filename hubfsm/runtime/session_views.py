@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hubfsm.core.answers import TrainingPlan
 from hubfsm.core.engine import Core
@@ -21,7 +21,11 @@ from hubfsm.env import OFFLINE as OFFLINE_ENV
 from hubfsm.errors import HubfsmError
 from hubfsm.runtime.driver import Driver
 from hubfsm.runtime.durability import Durability
+from hubfsm.runtime.settings import Settings
 from hubfsm.runtime.weight_cache import download_newest_weights, plan_of
+
+if TYPE_CHECKING:
+    from hubfsm.runtime.factory import Shell
 
 
 class SessionViews:
@@ -35,6 +39,10 @@ class SessionViews:
     _inbox: Inbox
     _durability: Durability | None
     _create_args: dict[str, Any]
+    _settings: Settings
+    _shell: Shell
+    #: True once the trainer's events are kept and sent (the session started).
+    _accepting: bool
     #: The record as last read, once a download had to read it again (else the core's).
     _record: Mapping[str, Any] | None = None
     _next_epoch: int
@@ -145,10 +153,11 @@ class SessionViews:
         is, and sends the API key only to the API root's origin); else it is fetched
         without a key.
 
-        When this session has delivered newer last weights (a checkpoint the killed run
-        left in the outbox) before this call, the hub may no longer have the ones the
-        plan named: then the newer ones are downloaded, and :attr:`plan` and
-        :attr:`record` say so from then on.
+        When this session delivers newer last weights (a checkpoint the killed run left
+        in the outbox), the hub no longer names the ones the plan named: before training
+        starts, this call waits for that checkpoint (at most the open timeout), then the
+        newer weights are downloaded, and :attr:`plan` and :attr:`record` say so from then
+        on.
 
         Offline, nothing is downloaded: the weights must be in the cache already (an
         online start that downloaded them left them there).
@@ -162,6 +171,16 @@ class SessionViews:
                 or (offline) the weights are not in the cache.
         """
         record = self.record
+        reread = False
+        if not self.offline and not self._accepting:
+            # A checkpoint the killed run left in the outbox goes to the hub first and
+            # replaces the last weights the record read at opening names, whose file an
+            # earlier resume may have left in the cache: training resumes from the newer.
+            self._shell.wait_for(
+                lambda c: not c.pending()["checkpoint"] or not c.machine.sends,
+                self._settings.open_timeout,
+            )
+            reread = self._core.stats.checkpoints > 0
         path, used = download_newest_weights(
             self.identifier,
             self._create_args,
@@ -172,6 +191,7 @@ class SessionViews:
             progress=progress,
             deadline=deadline,
             offline=self.offline,
+            reread=reread,
         )
         if used is not record:
             self._record = used

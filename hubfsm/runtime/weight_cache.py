@@ -329,6 +329,7 @@ def download_newest_weights(
     progress: bool,
     deadline: float,
     offline: bool = False,
+    reread: bool = False,
 ) -> tuple[Path | None, Mapping[str, Any]]:
     """Download the weights the plan from ``record`` names, or newer ones that replaced them.
 
@@ -337,6 +338,8 @@ def download_newest_weights(
     weights than the record read at opening names, and the old ones may be gone. So when
     last weights fail to download, the record is read again, and if it names other
     weights, those are downloaded: training resumes from the newest checkpoint.
+    With ``reread`` (the session delivered such a checkpoint), the record is read again
+    first: the old weights may still be in the cache, where no download fails.
 
     Returns:
         The weights file (None when the plan needs none) and the record it planned from.
@@ -347,6 +350,11 @@ def download_newest_weights(
         DownloadError: The download failed, and the hub names no other weights.
     """
     plan = plan_of(identifier, create_args, record)
+    if reread and plan.kind == "resume" and model_id is not None and not offline:
+        fresh = _read_record(transport, model_id)
+        fresh_plan = None if fresh is None else _resume_plan(identifier, create_args, fresh)
+        if fresh is not None and fresh_plan is not None:
+            record, plan = fresh, fresh_plan
     options: dict[str, Any] = {
         "model_id": model_id,
         "cache_dir": cache_dir,
@@ -368,6 +376,17 @@ def download_newest_weights(
             raise
     log.info("weights.replaced", model_id=model_id, resume_epoch=fresh_plan.resume_epoch)
     return _download(fresh_plan, fresh, transport, **options), fresh
+
+
+def _resume_plan(
+    identifier: Identifier, create_args: Mapping[str, Any], record: Mapping[str, Any]
+) -> TrainingPlan | None:
+    """The record's plan when it resumes from last weights, else None (it says otherwise)."""
+    try:
+        plan = plan_of(identifier, create_args, record)
+    except HubfsmError:
+        return None
+    return plan if plan.kind == "resume" else None
 
 
 def _read_record(transport: Transport, model_id: str) -> dict[str, Any] | None:

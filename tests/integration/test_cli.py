@@ -838,3 +838,54 @@ def test_after_a_key_is_revoked_transfer_lets_the_new_key_sync_what_was_kept(
         f"{served.url}/v1/models/{model}/metrics", headers={"x-api-key": new_key}, timeout=10
     ).json()["data"]
     assert len(arrived) == 3
+
+
+def test_the_sync_command_a_platform_run_prints_after_a_revoked_key_works_as_printed(
+    cli: Any,
+    serve_hub: Callable[..., Any],
+    tmp_path: Path,
+    leaks: Any,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    import hubfsm
+    from hubfsm.hub import admin
+
+    served = serve_hub(tmp_path / "hub")
+    data = str(tmp_path / "hub")
+    old_key = leaks.watch(admin.add(data, "old", out=io.StringIO(), platform=True))
+    new_key = leaks.watch(admin.add(data, "new", out=io.StringIO(), platform=True))
+    root = tmp_path / "outbox"
+    session = hubfsm.Session(
+        "alice/birds",
+        protocol="platform",
+        api_key=old_key,
+        api_root=served.url,
+        outbox_dir=root,
+        train_args={"name": "run1", "epochs": 3},
+    )
+    model = session.model_id
+    assert model is not None
+    session.start()
+    listed = cli("hub", "keys", "list", "--data", data).stdout.splitlines()
+    old_id = next(line.split()[0] for line in listed if " old " in line)
+    assert cli("hub", "keys", "revoke", old_id, "--data", data).returncode == 0
+    try:
+        for epoch in range(3):
+            session.log_metrics({"train/loss": 1.0 / (epoch + 1)}, epoch=epoch)
+        session.flush(timeout=30)  # the hub refuses the revoked key: nothing is sent
+    finally:
+        with pytest.raises(hubfsm.AuthError):
+            session.close(timeout=5)
+    hint = re.search(r"`([A-Z_]+=\.\.\. hubfsm sync [^`]*)`", capfd.readouterr().err)
+    assert hint, "no sync command printed"
+    words = shlex.split(hint.group(1))
+    assert words[:5] == ["ULTRALYTICS_API_KEY=...", "hubfsm", "sync", "--hub", served.url]
+    assert cli("hub", "keys", "transfer", old_id, "new", "--data", data).returncode == 0
+
+    # As printed, with the new key where the command says, and nothing else set.
+    bare = {k: v for k, v in os.environ.items() if not k.startswith(("ULTRALYTICS_", "HUB_"))}
+    done = cli(*words[2:], env=dict(bare, ULTRALYTICS_API_KEY=new_key))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "all sent" in done.stdout
+    record = requests.get(f"{served.url}/models/{model}/data.json", timeout=10).json()
+    assert [row["epoch"] for row in record["metrics"]] == [0, 1, 2]

@@ -173,3 +173,21 @@ def test_over_http_the_failing_seed_is_printed_with_its_replay(capsys, monkeypat
     assert found, out
     seed = found.group(1)
     assert f"replay: hubfsm simulate --http --profile crash --epochs 8 --seed {seed} --trace" in out
+
+
+def test_the_simulated_sessions_log_lines_stay_off_the_screen_unless_asked(capsys):
+    # Their lines speak of a world that exists only in the simulation: a session
+    # "contacting" the public API, a record kept aside in a simulated outbox.
+    args = ["--profile", "calm,poison", "--seeds", "0-40", "--epochs", "7"]
+    status, out, err = simulate(capsys, *args)
+    assert status == 0 and out.startswith("41 seeds x 7 epochs")
+    assert err == ""
+    status, _, err = simulate(capsys, "-v", *args)
+    assert status == 0
+    lines = err.splitlines()
+    assert [line.split(":")[1] for line in lines] == [" calm", " poison"], err
+    assert all(re.fullmatch(r"simulate: \w+: 41 seeds, 0 failing, [0-9.]+ s", x) for x in lines)
+    # -vv shows what the sessions said, for debugging the simulator itself.
+    status, _, err = simulate(capsys, "-vv", *args)
+    assert status == 0
+    assert "journal.record_kept_aside" in err and "session.contacting" in err

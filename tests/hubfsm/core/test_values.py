@@ -9,6 +9,8 @@ from hubfsm.core.values import (
     Load,
     MetricsBatch,
     Op,
+    describe_pending,
+    pending_counts,
     purpose_of,
 )
 from hubfsm.transport import Request
@@ -38,3 +40,16 @@ def test_an_outbox_list_of_epochs_becomes_a_batch_and_only_a_batch_has_epochs():
     batch = Op(1, "metrics", Request("POST", "/v1/x"), RetryPolicy(), MetricsBatch((1, 2)))
     weights = Op(2, "checkpoint", Request("POST", "/v1/x"), RetryPolicy(), CheckpointUpload(2))
     assert batch.epochs == (1, 2) and weights.epochs == ()
+
+
+@pytest.mark.parametrize(
+    ("counts", "said"),
+    [
+        (pending_counts(1, False, False), "1 epoch of metrics"),
+        (pending_counts(3, True, True), "3 epochs of metrics, checkpoint, final weights"),
+        (pending_counts(0, True, False), "checkpoint"),
+        (pending_counts(0, False, False), "nothing"),
+    ],
+)
+def test_what_is_pending_reads_as_english(counts, said):
+    assert describe_pending(counts) == said

@@ -18,7 +18,8 @@ import pytest
 from hubfsm.hub import parse, records
 from hubfsm.hub.calls import HubCall
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.store import MemoryStore, ModelRecord
+from hubfsm.hub.store import MemoryStore
+from hubfsm.hub.stored import ModelRecord
 
 KEY = "k" * 42
 

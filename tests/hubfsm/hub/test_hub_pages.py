@@ -13,7 +13,7 @@ import requests
 
 import hubfsm
 from hubfsm.hub.server import LocalHub
-from hubfsm.hub.store import ModelRecord
+from hubfsm.hub.stored import ModelRecord
 from hubfsm.hub.summary import dumps, duration, seconds_of, size, summarize
 from tests.support import FAST
 

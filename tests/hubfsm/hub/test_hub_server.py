@@ -17,8 +17,8 @@ import werkzeug.test
 
 from hubfsm.hub.app import HubApp, RateLimiter
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.keys import load_or_create_key
 from hubfsm.hub.foreground import serve
+from hubfsm.hub.keys import load_or_create_key
 from hubfsm.hub.server import LocalHub
 from tests.support import KEY
 from transports.faults import FaultMix

@@ -11,8 +11,9 @@ import pytest
 
 from hubfsm.hub.calls import HubCall
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.store import MemoryStore, ModelRecord, Store, StoredReply
+from hubfsm.hub.store import MemoryStore, Store
 from hubfsm.hub.store_sqlite import SqliteStore
+from hubfsm.hub.stored import ModelRecord, StoredReply
 from tests.support import KEY
 
 

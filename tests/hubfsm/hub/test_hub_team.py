@@ -21,6 +21,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -182,8 +183,8 @@ def test_replacing_weights_swaps_the_pointer_and_deletes_the_old_object(
 
 def test_replies_expire_after_the_retention(team: tuple[str, str]) -> None:
     from hubfsm.hub.objects_s3 import S3Objects
-    from hubfsm.hub.store import StoredReply
     from hubfsm.hub.store_postgres import PostgresStore
+    from hubfsm.hub.stored import StoredReply
 
     now = [1000.0]
     store = PostgresStore(team[0], S3Objects(team[1]), reply_retention=60, clock=lambda: now[0])
@@ -194,6 +195,28 @@ def test_replies_expire_after_the_retention(team: tuple[str, str]) -> None:
         now[0] += 2
         assert store.get_reply("s") is None
         assert store.prune_replies() == 1
+    finally:
+        store.close()
+
+
+def test_a_database_restart_costs_no_request_an_error(team: tuple[str, str]) -> None:
+    import psycopg
+
+    from hubfsm.hub.objects_s3 import S3Objects
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    store = PostgresStore(team[0], S3Objects(team[1]), pool_size=2)
+    try:
+        assert store.get_model("m" * 20) is None  # the pool's connection is made and idle
+        # What a restart of PostgreSQL does to the connections a pool holds.
+        with psycopg.connect(team[0], autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchall()
+        assert ended and all(row[0] for row in ended)
+        for _ in range(3):  # each connection the pool held is found dead and replaced
+            assert store.get_model("m" * 20) is None
     finally:
         store.close()
 
@@ -296,6 +319,130 @@ def test_a_key_revoked_anywhere_is_refused_by_every_process(
         admin.store.close()
 
 
+def test_a_platform_upload_put_to_one_process_is_promoted_by_another(
+    two_hubs: tuple[str, str, str], team: tuple[str, str]
+) -> None:
+    from hubfsm.hub.keys import new_platform_key
+    from hubfsm.hub.objects_s3 import S3Objects
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    first, second, _ = two_hubs
+    admin = Hub(PostgresStore(team[0], S3Objects(team[1])))
+    try:
+        key = new_platform_key()
+        admin.add_key(key, label="trainer")
+        bearer = {"Authorization": f"Bearer {key}"}
+
+        def call(root: str, path: str, body: object) -> dict[str, Any]:
+            status, _, raw = _request(f"{root}{path}", "POST", body=body, headers=bearer)
+            assert status == 200, raw
+            return json.loads(raw)  # type: ignore[no-any-return]
+
+        started = call(
+            first,
+            "/api/webhooks/training/metrics",
+            {"project": "team/p", "name": "r", "event": "training_started", "data": {}},
+        )
+        model, run = started["modelId"], started["runId"]
+        sent = []
+        for index in range(2):
+            # ultralytics sends each step on a connection of its own: behind one port or a
+            # load balancer, the PUT and the event that promotes it reach different processes.
+            where = call(
+                first,
+                "/api/webhooks/models/upload",
+                {"filename": "last.pt", "modelId": model, "runId": run},
+            )
+            sent.append(os.urandom(1000 + index))
+            link = urllib.parse.urlsplit(where["uploadUrl"])
+            status, _, raw = _request(
+                f"{first}{link.path}?{link.query}", "PUT", raw=sent[-1], headers=bearer
+            )
+            assert status == 200, raw
+            if index == 1:
+                # Waiting for its event, the file is no orphan to sweep, however old.
+                assert admin.store.sweep_objects(older_than=-60) == 0  # type: ignore[attr-defined]
+            event = {"modelPath": where["gcsPath"], "runId": run, "uploadPath": where["uploadPath"]}
+            call(
+                second,
+                "/api/webhooks/training/metrics",
+                {"modelId": model, "event": "checkpoint_saved", "data": event},
+            )
+            info = admin.store.weights_info(model, "last")
+            assert info is not None and info.sha256 == hashlib.sha256(sent[-1]).hexdigest()
+        # Promoted, the waiting file is gone: only the current checkpoint's object is left.
+        store = admin.store
+        assert isinstance(store, PostgresStore)
+        assert len(store.objects.listing()) == 1
+        assert store.uploads.of_model(model) == {}
+        # A checkpoint the final weights overtook between its PUT and its event waits for
+        # nothing once the model is trained: it goes with the training's end.
+        where = call(
+            first,
+            "/api/webhooks/models/upload",
+            {"filename": "last.pt", "modelId": model, "runId": run},
+        )
+        link = urllib.parse.urlsplit(where["uploadUrl"])
+        status, _, raw = _request(
+            f"{first}{link.path}?{link.query}", "PUT", raw=b"overtaken", headers=bearer
+        )
+        assert status == 200, raw
+        assert len(store.uploads.of_model(model)) == 1
+        promoted = "models/" + str(event["uploadPath"]).removeprefix("uploads/")
+        results = {"metrics": {"metrics/mAP50-95(B)": 0.5}, "modelPath": promoted}
+        call(
+            second,
+            "/api/webhooks/training/metrics",
+            {"modelId": model, "event": "training_complete", "data": {"results": results}},
+        )
+        best = store.weights_info(model, "best")
+        assert best is not None and best.sha256 == hashlib.sha256(sent[-1]).hexdigest()
+        assert store.uploads.of_model(model) == {}
+        assert len(store.objects.listing()) == 2  # last and best, nothing waiting
+    finally:
+        admin.store.close()
+
+
+def test_runs_started_at_once_on_two_processes_get_one_slug_each(
+    two_hubs: tuple[str, str, str], team: tuple[str, str]
+) -> None:
+    from hubfsm.hub.keys import new_platform_key
+    from hubfsm.hub.objects_s3 import S3Objects
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    first, second, _ = two_hubs
+    admin = Hub(PostgresStore(team[0], S3Objects(team[1])))
+    try:
+        key = new_platform_key()
+        admin.add_key(key, label="team")
+    finally:
+        admin.store.close()
+    runs = 8
+    slugs: list[str] = []
+    barrier = threading.Barrier(runs)
+
+    def start(index: int) -> None:
+        # ultralytics' default name, on both processes at once (a body of its own each).
+        body = {"project": "team/p", "name": "train", "event": "training_started",
+                "data": {"trainArgs": {"seed": str(index)}}}
+        barrier.wait(10)
+        status, _, raw = _request(
+            f"{(first, second)[index % 2]}/api/webhooks/training/metrics",
+            "POST",
+            body=body,
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert status == 200, raw
+        slugs.append(json.loads(raw)["modelSlug"])
+
+    threads = [threading.Thread(target=start, args=(index,)) for index in range(runs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(slugs) == sorted(["train", *(f"train-{n}" for n in range(2, runs + 1))])
+
+
 def test_workers_share_one_port_and_stop_together(
     team: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -319,6 +466,118 @@ def test_workers_share_one_port_and_stop_together(
         _request(f"{root}/runs.json")
 
 
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = entry.joinpath("stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_worker_that_dies_is_replaced_and_one_that_cannot_start_stops_the_hub(
+    team: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import multiprocessing
+
+    from hubfsm.hub import foreground
+
+    monkeypatch.setattr(foreground, "WORKER_SETTLE", 1.0)
+    database, objects = team
+    out, stop = io.StringIO(), threading.Event()
+    result: list[int] = []
+    options = {"port": 0, "out": out, "stop": stop, "database": database, "objects": objects,
+               "workers": 2}
+    thread = threading.Thread(
+        target=lambda: result.append(foreground.serve(tmp_path / "hub", **options))
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while "Press Ctrl-C" not in out.getvalue():
+            assert thread.is_alive() and time.monotonic() < deadline, out.getvalue()
+            time.sleep(0.05)
+        root = out.getvalue().split("serving at ", 1)[1].split()[0]
+        workers = [p for p in multiprocessing.active_children() if p.name.startswith("Spawn")]
+        assert len(workers) == 2
+        time.sleep(1.5)  # past the settling time
+        os.kill(workers[0].pid, signal.SIGKILL)  # type: ignore[arg-type]
+        while "serves in its place" not in out.getvalue():
+            assert thread.is_alive() and time.monotonic() < deadline, out.getvalue()
+            time.sleep(0.05)
+        assert f"worker {workers[0].pid} exited (SIGKILL)" in out.getvalue()
+        key = (tmp_path / "hub" / "api_key").read_text().strip()
+        made = {str(_create(root, key)["data"]["id"]) for _ in range(10)}  # type: ignore[index]
+        assert len(made) == 10
+        # The replacement dies at once: something a restart will not fix, so the hub stops.
+        replaced = [p for p in multiprocessing.active_children() if p.name.startswith("Spawn")]
+        fresh = [p for p in replaced if p.pid != workers[1].pid]
+        assert len(fresh) == 1
+        os.kill(fresh[0].pid, signal.SIGKILL)  # type: ignore[arg-type]
+        thread.join(60)
+        assert result == [1]
+        assert "within 1 s of its start" in out.getvalue()
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def test_workers_stop_when_their_hub_is_killed(team: tuple[str, str], tmp_path: Path) -> None:
+    database, objects = team
+    (port,) = free_ports(1)
+    proc = _serve(tmp_path / "hub", database, objects, port, workers=2)
+    try:
+        workers = _children(proc.pid)
+        assert workers
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    # No worker stays behind to share the port with the hub started in its place.
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, [pid for pid in workers if _alive(pid)]
+        time.sleep(0.1)
+
+
+def test_workers_refuse_a_port_another_hub_serves(
+    team: tuple[str, str], tmp_path: Path
+) -> None:
+    database, objects = team
+    (port,) = free_ports(1)
+    proc = _serve(tmp_path / "a", database, objects, port, workers=2)
+    try:
+        # A second hub (here on another bucket) must not quietly take half the requests.
+        second = subprocess.Popen(
+            [sys.executable, "-m", "hubfsm", "hub", "serve", "--data", str(tmp_path / "b"),
+             "--database", database, "--objects", f"{objects}-other", "--port", str(port),
+             "--workers", "2"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            _, said = second.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            assert _stop(second) == 0
+            pytest.fail("a second hub served on the port of the first")
+        assert second.returncode == 1
+        assert "the port is in use" in said
+    finally:
+        assert _stop(proc) == 0
+
+
 def test_keys_are_managed_in_the_database(team: tuple[str, str], tmp_path: Path) -> None:
     from hubfsm.hub import admin
     from hubfsm.hub.objects_s3 import S3Objects
@@ -337,6 +596,85 @@ def test_keys_are_managed_in_the_database(team: tuple[str, str], tmp_path: Path)
     finally:
         store.close()
     assert not (tmp_path / "hub.sqlite3").exists()  # nothing went to the data directory's SQLite
+
+
+def test_managing_the_teams_keys_adds_no_key_of_the_machine(
+    team: tuple[str, str], tmp_path: Path
+) -> None:
+    from hubfsm.hub import admin
+
+    out = io.StringIO()
+    laptop = tmp_path / "laptop"  # the data directory of the teammate's own local hub
+    admin.add(laptop, "teammate", out, database=team[0])
+    listed = admin.listing(laptop, out, database=team[0])
+    # Only the key added: no admin key made from (or written to) the machine's key file.
+    assert [(record.label, record.admin) for record in listed] == [("teammate", False)]
+    assert not laptop.exists()
+
+
+def test_the_banners_key_commands_reach_the_teams_keys(
+    team: tuple[str, str], tmp_path: Path
+) -> None:
+    import shlex
+
+    from hubfsm.hub.foreground import serve
+
+    database, objects = team
+    out, stop = io.StringIO(), threading.Event()
+    options = {"port": 0, "out": out, "stop": stop, "database": database, "objects": objects}
+    thread = threading.Thread(target=serve, args=(tmp_path / "hub",), kwargs=options)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while "Press Ctrl-C" not in out.getvalue():
+            assert thread.is_alive() and time.monotonic() < deadline, out.getvalue()
+            time.sleep(0.05)
+        lines = out.getvalue().splitlines()
+        # Run the command the banner gives for a Platform key, as printed.
+        command = lines[lines.index("For ultralytics 8.4 (the Platform API), make a key with") + 1]
+        made = subprocess.run(
+            [sys.executable, "-m", *shlex.split(command)],  # hubfsm hub keys add ...
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        key = made.stdout.split()[-1]
+        root = out.getvalue().split("serving at ", 1)[1].split()[0]
+        status, _, _ = _request(
+            f"{root}/api/account/summary", headers={"Authorization": f"Bearer {key}"}
+        )
+        assert status == 200
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def test_a_platform_run_on_the_team_hub_is_cancelled_from_any_machine(
+    team_hub: LocalHub, team: tuple[str, str], tmp_path: Path
+) -> None:
+    from hubfsm.hub.keys import new_platform_key
+
+    key = new_platform_key()
+    team_hub.hub.add_key(key, label="trainer")
+    bearer = {"Authorization": f"Bearer {key}"}
+    path = f"{team_hub.url}/api/webhooks/training/metrics"
+    body = {"project": "team/p", "name": "r", "event": "training_started", "data": {}}
+    status, _, raw = _request(path, "POST", body=body, headers=bearer)
+    assert status == 200, raw
+    model = json.loads(raw)["modelId"]
+    done = subprocess.run(
+        [sys.executable, "-m", "hubfsm", "hub", "cancel", model, "--database", team[0]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    epoch = {"epoch": 0, "metrics": {"loss": 1.0}}
+    body = {"modelId": model, "event": "epoch_end", "data": epoch}
+    status, _, raw = _request(path, "POST", body=body, headers=bearer)
+    assert status == 200 and json.loads(raw)["cancelled"] is True, raw
 
 
 def test_serve_refuses_workers_without_a_database(tmp_path: Path) -> None:
@@ -362,6 +700,24 @@ def test_an_unreachable_database_is_an_error_without_the_password(tmp_path: Path
     assert done.returncode == 2
     assert b"cannot use the database" in done.stderr
     assert b"sekrit" not in done.stderr + done.stdout
+
+
+def test_an_object_store_that_refuses_the_hub_is_an_error_at_start(
+    team: tuple[str, str], tmp_path: Path
+) -> None:
+    database, objects = team
+    wrong = "w" * 40
+    done = subprocess.run(
+        [sys.executable, "-m", "hubfsm", "hub", "serve", "--data", str(tmp_path), "--database",
+         database, "--objects", objects, "--port", "0"],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "AWS_SECRET_ACCESS_KEY": wrong},
+    )
+    # Not a hub that starts and then fails every trainer's upload with a 500.
+    assert done.returncode == 2, done.stdout[-300:]
+    assert b"cannot use the object store" in done.stderr
+    assert wrong.encode() not in done.stderr + done.stdout
 
 
 def test_a_download_reads_digest_and_object_of_one_upload_while_another_replaces_it(
@@ -559,6 +915,30 @@ def test_an_upload_cut_short_leaves_no_object(team_hub: LocalHub) -> None:
     assert not [u for u in uploads if u["Key"].startswith(store.objects.prefix)]
 
 
+def test_a_multipart_upload_whose_process_died_is_swept(team_hub: LocalHub) -> None:
+    from hubfsm.hub.objects_s3 import PART_SIZE
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    store = team_hub.hub.store
+    assert isinstance(store, PostgresStore)
+    client, bucket = store.objects._client, store.objects.bucket
+    # What a hub process killed between two parts of an upload leaves in the store.
+    key = store.objects.new_key()
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    client.upload_part(
+        Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"p" * PART_SIZE
+    )
+
+    def unfinished() -> list[str]:
+        found = client.list_multipart_uploads(Bucket=bucket, Prefix=store.objects.prefix)
+        return [each["UploadId"] for each in found.get("Uploads", [])]
+
+    assert store.sweep_objects(older_than=3600) == 0  # it may still be under way
+    assert unfinished() == [upload]
+    assert store.sweep_objects(older_than=-60) == 1
+    assert unfinished() == []
+
+
 def test_a_page_session_from_one_process_holds_on_another(
     team: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -592,3 +972,40 @@ def test_a_page_session_from_one_process_holds_on_another(
         # Revoked through one process, the session ends on the other.
         first.hub.revoke_key(member)
         assert _request(f"{second.url}/runs.json", headers={"Cookie": cookie})[0] == 401
+
+
+def test_the_sweep_command_deletes_what_no_record_names_and_keeps_the_rest(
+    team: tuple[str, str], team_hub: LocalHub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hubfsm.cli.main import main
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    store = team_hub.hub.store
+    assert isinstance(store, PostgresStore)
+    kept = store.stage_weights(b"w" * 1000)
+    model_id = str(_create(team_hub.url, team_hub.api_key)["data"]["id"])  # type: ignore[index]
+    store.commit_weights(model_id, "last", kept)
+    orphan = store.stage_weights(b"o" * 1000)  # an upload whose process died before its record
+    args = ["hub", "sweep", "--database", team[0], "--objects", team[1]]
+    assert main([*args]) == 0  # both are younger than a day
+    assert {kept.handle, orphan.handle} <= {key for key, _ in store.objects.listing()}
+    assert main([*args, "--older-than-hours", "-0.1"]) == 0
+    names = {key for key, _ in store.objects.listing()}
+    assert kept.handle in names and orphan.handle not in names
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "Swept 0 objects and unfinished uploads older than 24 h.",
+        "Swept 1 objects and unfinished uploads older than -0.1 h.",
+    ]
+
+
+def test_the_sweep_command_names_a_database_it_cannot_reach(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from hubfsm.cli.main import main
+
+    url = "postgresql://hub:s3cret-pw@127.0.0.1:1/hub"
+    status = main(["hub", "sweep", "--database", url, "--objects", "s3://b/p"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("error: cannot use the database:")
+    assert "s3cret-pw" not in err

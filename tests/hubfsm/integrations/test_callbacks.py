@@ -8,6 +8,7 @@ import structlog
 import hubfsm
 from hubfsm.integrations.callbacks import TrainingCallbacks
 from hubfsm.runtime.opener import NullSession
+from tests.support import KEY
 
 
 class Scalar:
@@ -55,6 +56,24 @@ def test_hub_troubles_are_logged_and_the_loop_goes_on(hub, transport, tmp_path, 
     # Not finished: what was logged reached the hub, the model can resume.
     assert session.state == "resumable"
     assert [r["epoch"] for r in hub.metrics(session.model_id)] == [0]
+
+
+def test_a_key_revoked_mid_run_is_one_line_on_stderr_not_one_more_at_the_end(
+    hub, transport, tmp_path, kit, capsys
+):
+    session = hubfsm.Session(kit.new_model(hub), transport=transport, config=kit.FAST)
+    callbacks = TrainingCallbacks(session, close_at_end=True)
+    callbacks.on_epoch_end(0, {"loss": 1.0})
+    assert session.flush(timeout=5.0)
+    hub.revoke_key(KEY)
+    callbacks.on_epoch_end(1, {"loss": 0.5})
+    (tmp_path / "best.pt").write_bytes(b"best")
+    with structlog.testing.capture_logs() as logs:
+        assert callbacks.on_train_end(tmp_path / "best.pt", 0.5) is False
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1 and "(401)" in said[0] and "hubfsm sync" in said[0]
+    assert [e["event"] for e in logs if e["log_level"] in ("warning", "error")] == []
+    assert session.pending()["final"] == 1  # kept for `hubfsm sync`
 
 
 def test_strict_callbacks_raise(hub, transport, tmp_path, kit):

@@ -6,12 +6,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import socket
 import sys
 import time
 import types
 from pathlib import Path
 
 import pytest
+import structlog
 
 import hubfsm
 from hubfsm.core import protocol
@@ -19,7 +21,7 @@ from hubfsm.errors import AuthError, HubfsmError, ModelTrainedError
 from hubfsm.hub.server import LocalHub
 from hubfsm.integrations import ultralytics as integration
 from hubfsm.integrations.ultralytics import install, uninstall
-from hubfsm.integrations.ultralytics_session import HUBTrainingSession
+from hubfsm.integrations.ultralytics_session import HUBTrainingSession, StandInOptions
 from hubfsm.runtime.sync import sync as hubfsm_sync
 
 BAD = "b" * 42
@@ -151,6 +153,21 @@ def test_without_a_key_a_local_file_stays_off_the_hub_and_a_model_id_is_an_error
     assert dict(local.hub.audit().requests) == before  # not one request
 
 
+def test_a_hub_that_cannot_create_the_model_says_so_in_one_line(local, monkeypatch, capsys):
+    monkeypatch.setenv("HUB_API_KEY", local.api_key)
+    with socket.socket() as spare:  # a port nothing listens on
+        spare.bind(("127.0.0.1", 0))
+        port = spare.getsockname()[1]
+    monkeypatch.setenv("ULTRALYTICS_HUB_API", f"http://127.0.0.1:{port}")
+    with structlog.testing.capture_logs() as logs:
+        session = HUBTrainingSession.create_session("yolov8n.yaml", {"data": "coco8.yaml"})
+    assert session is None  # ultralytics trains without the hub, as with the official client
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1 and said[0].startswith("hubfsm: the hub did not create the model: ")
+    assert "refused the connection" in said[0]
+    assert [e for e in logs if e["log_level"] in ("warning", "error")] == []
+
+
 def test_a_new_model_gets_the_users_arguments_and_trains_to_the_end(local, tmp_path, monkeypatch):
     monkeypatch.setenv("HUB_API_KEY", local.api_key)
     session = HUBTrainingSession.create_session(
@@ -171,6 +188,50 @@ def test_a_new_model_gets_the_users_arguments_and_trains_to_the_end(local, tmp_p
     assert record["status"] == "trained" and record["final_epoch"] == 1
     (final,) = [u for u in local.hub.audit().uploads if u.type == "final"]
     assert final.sha256 == hashlib.sha256(best).hexdigest()
+
+
+def test_a_key_revoked_mid_run_is_one_line_on_stderr_not_one_more_at_the_end(
+    local, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("HUB_API_KEY", local.api_key)
+    session = HUBTrainingSession.create_session("yolov8n.yaml", {"data": "coco8.yaml"})
+    model_id = session.model.id
+    capsys.readouterr()  # the model's address
+    stock = StockCallbacks(session)
+    stock.on_pretrain_routine_end()
+    stock.on_fit_epoch_end(0, {"loss": 1.0})
+    assert session.session.flush(timeout=60)
+    local.hub.revoke_key(local.api_key)
+    stock.on_fit_epoch_end(1, {"loss": 0.5})
+    (tmp_path / "best.pt").write_bytes(b"best weights")
+    with structlog.testing.capture_logs() as logs:
+        stock.on_train_end(1, tmp_path / "best.pt", 0.25)
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1 and "(401)" in said[0] and "hubfsm sync" in said[0]
+    assert [e["event"] for e in logs if e["log_level"] in ("warning", "error")] == []
+    assert local.api_key not in said[0] and f"outbox/{model_id}" in said[0]
+
+
+def test_a_final_upload_that_gives_up_on_the_hub_is_one_line_on_stderr(
+    local, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("HUB_API_KEY", local.api_key)
+    monkeypatch.setattr(HUBTrainingSession, "options", StandInOptions(finish_timeout=0.5))
+    session = HUBTrainingSession.create_session("yolov8n.yaml", {"data": "coco8.yaml"})
+    model_id = session.model.id
+    stock = StockCallbacks(session)
+    stock.on_pretrain_routine_end()
+    stock.on_fit_epoch_end(0, {"loss": 1.0})
+    assert session.session.flush(timeout=60)
+    local.stop()
+    capsys.readouterr()
+    (tmp_path / "best.pt").write_bytes(b"best weights")
+    with structlog.testing.capture_logs() as logs:
+        stock.on_train_end(0, tmp_path / "best.pt", 0.25)
+    said = [line for line in capsys.readouterr().err.splitlines() if "final weights" in line]
+    # The session's own line names what it keeps and how to send it; nothing repeats it.
+    assert len(said) == 1 and f"outbox/{model_id}" in said[0] and "hubfsm sync" in said[0]
+    assert [e["event"] for e in logs if e["log_level"] in ("warning", "error")] == []
 
 
 def test_a_resumable_model_resumes_from_its_downloaded_last_weights(local, tmp_path, monkeypatch):
@@ -197,6 +258,38 @@ def test_a_resumable_model_resumes_from_its_downloaded_last_weights(local, tmp_p
     assert local.hub.record(model_id)["status"] == "trained"
     with pytest.raises(ModelTrainedError):
         HUBTrainingSession(model_id)
+
+
+def test_a_model_whose_last_run_ended_unsent_is_finished_not_trained_again(
+    local, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("HUB_API_KEY", local.api_key)
+    session = HUBTrainingSession.create_session("yolov8n.yaml", {"data": "coco8.yaml"})
+    model_id = session.model.id
+    stock = StockCallbacks(session)
+    stock.on_pretrain_routine_end()
+    (tmp_path / "last.pt").write_bytes(b"epoch 0 weights")
+    stock.on_model_save(0, tmp_path / "last.pt", True)
+    stock.on_fit_epoch_end(0, {"loss": 1.0})
+    assert session.session.flush(timeout=60)
+    session.close()
+    HUBTrainingSession(f"{local.url}/models/{model_id}").close()  # the online start
+    # The rest of the run offline: it ends, and its final weights stay in the outbox (as a
+    # kill in the final upload leaves them).
+    monkeypatch.setenv("HUBFSM_OFFLINE", "1")
+    best = train(HUBTrainingSession(f"{local.url}/models/{model_id}"), tmp_path, 2, start=1)
+    monkeypatch.delenv("HUBFSM_OFFLINE")
+    assert local.hub.record(model_id)["status"] == "training"
+
+    # The training script runs again on the model: the run is over, nothing trains again.
+    with pytest.raises(ModelTrainedError, match="finished training"):
+        HUBTrainingSession(f"{local.url}/models/{model_id}")
+    record = local.hub.record(model_id)
+    assert record["status"] == "trained" and record["final_epoch"] == 1
+    assert sorted(row["epoch"] for row in local.hub.metrics(model_id)) == [0, 1]
+    (final,) = [u for u in local.hub.audit().uploads if u.type == "final"]
+    assert final.sha256 == hashlib.sha256(best).hexdigest()
+    assert not (tmp_path / "outbox" / model_id).exists()  # all of it delivered
 
 
 def test_install_replaces_every_name_ultralytics_uses_and_uninstall_restores(monkeypatch):

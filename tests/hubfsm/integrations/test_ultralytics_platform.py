@@ -5,6 +5,7 @@ import types
 from pathlib import Path
 
 import pytest
+import structlog
 
 from hubfsm.core.config import CoreConfig
 from hubfsm.core.platform import PLATFORM
@@ -106,6 +107,28 @@ def test_a_cancel_on_the_platform_stops_the_trainer(tmp_path):
     assert trainer.stop
     run = fake.only_model().runs[1]
     assert len(run.epochs) < 10 and run.complete is not None  # partial results still go up
+
+
+def test_a_key_revoked_mid_run_is_one_line_on_stderr_not_one_more_at_the_end(
+    tmp_path, capsys
+):
+    fake = FakePlatform()
+    trainer = Trainer(tmp_path / "run")
+    hooks = callbacks(fake, tmp_path)
+    calls = hooks.callbacks()
+    epoch_end = calls["on_fit_epoch_end"]
+
+    def revoke_after_the_first(trainer):
+        epoch_end(trainer)
+        hooks.session_of(trainer).flush(timeout=10.0)
+        fake.revoked = True
+
+    calls["on_fit_epoch_end"] = revoke_after_the_first
+    with structlog.testing.capture_logs() as logs:
+        trainer.train(calls, epochs=3)
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1 and "(401)" in said[0] and "hubfsm sync" in said[0]
+    assert [e["event"] for e in logs if e["log_level"] in ("warning", "error")] == []
 
 
 def test_resume_continues_the_model_the_run_directory_names(tmp_path):

@@ -156,7 +156,7 @@ def test_an_outage_prints_two_lines_lost_and_back(local: LocalHub, tmp_path: Pat
     assert lost.startswith(f"hubfsm: lost the hub at {url} (")
     assert "refused the connection" in lost
     assert "what is queued waits until it is back: " in lost
-    assert "epochs of metrics" in lost
+    assert "1 epoch of metrics" in lost  # epoch 0 is on the hub
     restarted = LocalHub(local.data_dir, port=port).start()
     try:
         trainer.go_on()
@@ -368,6 +368,24 @@ def test_one_or_two_failed_attempts_in_a_row_print_nothing() -> None:
         "hubfsm: lost the hub (127.0.0.1:1 made no progress); training goes on, and what "
         "is queued waits until it is back: 2 epochs of metrics",
         "hubfsm: the hub is back after 60 s",
+    ]
+
+
+def test_a_hub_lost_once_training_ended_does_not_say_training_goes_on() -> None:
+    core = types.SimpleNamespace(
+        state="final_uploading",
+        answered=True,
+        machine=types.SimpleNamespace(failed=False, sends=True, traits=TRAITS["final_uploading"]),
+        pending=lambda: {"metrics": 1, "checkpoint": 0, "final": 1},
+    )
+    out = io.StringIO()
+    console = Console("the hub", stream=out)
+    down = TransportError("refused", "POST /v1/models/x/upload: 127.0.0.1:1 refused the connection")
+    for _ in range(LOST_AFTER):
+        console.outcome(core, "final", down, now=1.0)  # type: ignore[arg-type]
+    assert out.getvalue().splitlines() == [
+        "hubfsm: lost the hub (127.0.0.1:1 refused the connection); what is queued waits "
+        "until it is back: 1 epoch of metrics, final weights",
     ]
 
 

@@ -4,6 +4,7 @@ import hashlib
 import threading
 
 import pytest
+import structlog
 
 import hubfsm
 from hubfsm.core.config import CoreConfig
@@ -127,6 +128,19 @@ def test_a_cancelled_answer_reaches_the_trainer_once(tmp_path):
         s.finish(weights(tmp_path, "best.pt", b"partial"), map50_95=0.1)
     assert len(heard) == 1
     assert fake.only_model().runs[1].complete is not None
+
+
+def test_a_cancel_is_one_warning_line(tmp_path):
+    fake = FakePlatform()
+    with structlog.testing.capture_logs() as logs, session(fake) as s:
+        s.log_metrics({"loss": 1.0})
+        assert s.flush(timeout=10.0)
+        fake.cancel = True
+        s.log_metrics({"loss": 0.5})
+        assert s.flush(timeout=10.0) and s.cancelled
+        s.finish(weights(tmp_path, "best.pt", b"partial"), map50_95=0.1)
+    said = [e for e in logs if e["log_level"] in ("warning", "error") and "cancel" in e["event"]]
+    assert said == [{"event": "run.cancelled", "model_id": s.model_id, "log_level": "warning"}]
 
 
 def test_a_cancelled_opening_is_known_before_training_starts():

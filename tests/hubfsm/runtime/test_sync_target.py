@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from hubfsm.core.platform import PLATFORM_API_ROOT
 from hubfsm.durable.layout import HubRoots
 from hubfsm.durable.survey import OutboxInfo
 from hubfsm.errors import HubfsmError
@@ -55,3 +56,11 @@ def test_the_printed_sync_command_names_a_local_hub_and_takes_the_key_from_the_e
     assert keyed_sync_command(where, LOCAL) == f"HUB_API_KEY=... hubfsm sync --hub {LOCAL} '{where}'"
     assert keyed_sync_command(where, PUBLIC) == f"HUB_API_KEY=... hubfsm sync '{where}'"
     assert keyed_sync_command(where, None) == f"HUB_API_KEY=... hubfsm sync '{where}'"
+
+
+def test_the_printed_sync_command_of_a_platform_outbox_names_the_platform_key():
+    where = Path("/o") / MODEL
+    local = keyed_sync_command(where, LOCAL, "platform")
+    assert local == f"ULTRALYTICS_API_KEY=... hubfsm sync --hub {LOCAL} {where}"
+    public = keyed_sync_command(where, PLATFORM_API_ROOT, "platform")
+    assert public == f"ULTRALYTICS_API_KEY=... hubfsm sync {where}"

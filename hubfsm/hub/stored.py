@@ -1,0 +1,147 @@
+"""What a hub store keeps: model records, weight files' digests, staged files, replies.
+
+The values the stores (:mod:`hubfsm.hub.store` and the SQLite and PostgreSQL ones) take
+and give back; the domain (:mod:`hubfsm.hub.domain`) makes and reads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+
+def _tuple_of_list(value: Any) -> Any:
+    # Lists come back from JSON; a frozen record keeps them as (hashable) tuples.
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _texts(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class ModelRecord:
+    """One model as the hub stores it (the API's JSON view is built from it).
+
+    Attributes:
+        id: The 20-character model id.
+        name: The name given at creation (``meta.name``).
+        created_at: Hub clock seconds at creation.
+        cfg: The architecture file, such as ``yolov8n.yaml``.
+        dataset: The dataset name or URL, or None.
+        parent: The parent weights' name for a pretrained model, or None.
+        batch_size: Training config, as sent at creation (None when absent).
+        epochs: Training config.
+        imgsz: Training config.
+        patience: Training config.
+        device: Training config.
+        cache: Training config.
+        status: ``new``, ``training`` or ``trained``.
+        has_last_weights: An epoch checkpoint was uploaded.
+        has_best_weights: The final weights were uploaded.
+        last_epoch: The epoch of the last checkpoint, or None.
+        final_epoch: The epoch of the final weights, or None.
+        map50_95: The mAP50-95 sent with the final weights, or None.
+        agent_id: The id handed to the model's agent at its first heartbeat, or None.
+        owner: The id of the API key that created the model (None in data written before
+            keys had owners: any key may use such a model).
+        metrics_epoch: The highest epoch with metrics, or None.
+        started_at: Hub clock seconds of the first metrics, checkpoint or heartbeat.
+        updated_at: Hub clock seconds of the last metrics or weights upload.
+        heartbeat_at: Hub clock seconds of the last heartbeat.
+        agent: The agent name the last heartbeat gave.
+        project: The Platform project (``owner/project``) of a model made over the
+            Platform API; None for a HUB v1 model.
+        slug: The model's name in its Platform project (``ul://owner/project/slug``).
+        run_id: The Platform run now writing to the model (a resume opens a new one).
+        cancelled: The hub's user asked the run to stop; every Platform answer says so.
+        checkpoint_path: The Platform storage path of the promoted checkpoint (``last``).
+        params: Every training argument the trainer gave, as JSON text of an object
+            (hubfsm sessions send them beside the HUB v1 body); None when none came.
+        tags: Labels given by the session or on the run's page.
+        notes: Free text given by the session or on the run's page.
+        interrupted_at: Hub clock seconds when the session said the run stopped before
+            its end (Ctrl-C, a signal, an exception); None while it runs, or once it
+            heartbeats again or is trained.
+        interrupted_by: What stopped it, as the session said (``Ctrl-C``, ``SIGTERM``).
+    """
+
+    id: str
+    name: str
+    created_at: float
+    cfg: str
+    dataset: str | None = None
+    parent: str | None = None
+    batch_size: int | None = None
+    epochs: int | None = None
+    imgsz: int | tuple[int, ...] | None = attrs.field(default=None, converter=_tuple_of_list)
+    patience: int | None = None
+    device: str | int | tuple[int | str, ...] | None = attrs.field(
+        default=None, converter=_tuple_of_list
+    )
+    cache: str | bool | None = None
+    status: str = "new"
+    has_last_weights: bool = False
+    has_best_weights: bool = False
+    last_epoch: int | None = None
+    final_epoch: int | None = None
+    map50_95: float | None = None
+    agent_id: str | None = None
+    owner: str | None = None
+    metrics_epoch: int | None = None
+    started_at: float | None = None
+    updated_at: float | None = None
+    heartbeat_at: float | None = None
+    agent: str | None = None
+    project: str | None = None
+    slug: str | None = None
+    run_id: int | None = None
+    cancelled: bool = False
+    checkpoint_path: str | None = None
+    params: str | None = None
+    tags: tuple[str, ...] = attrs.field(default=(), converter=_texts)
+    notes: str | None = None
+    interrupted_at: float | None = None
+    interrupted_by: str | None = None
+
+
+@attrs.frozen
+class WeightsInfo:
+    """What the hub knows of a stored weight file."""
+
+    sha256: str
+    size: int
+
+
+@attrs.frozen
+class Staged:
+    """Weights received and hashed but not yet in place (see :meth:`Store.stage_weights`).
+
+    Attributes:
+        sha256: The hex digest of the received bytes.
+        size: Their length.
+        handle: The store's own handle on them (the bytes, or a temporary file's path).
+    """
+
+    sha256: str
+    size: int
+    handle: bytes | str
+
+
+@attrs.frozen
+class StoredReply:
+    """A reply remembered under an idempotency scope, to replay on a retry.
+
+    Attributes:
+        status: The HTTP status.
+        body: The envelope.
+        request: The digest of the request it answered (see
+            :func:`~hubfsm.hub.calls.request_digest`); empty in replies kept before
+            digests were, which replay to any request.
+    """
+
+    status: int
+    body: dict[str, Any]
+    request: str = ""
