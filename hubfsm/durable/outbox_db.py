@@ -14,10 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-import attrs
-
 from hubfsm.core.values import (
-    KEPT_ASIDE,
     Change,
     MetricsQueued,
     Offered,
@@ -27,11 +24,10 @@ from hubfsm.core.values import (
     Rejected,
     Saved,
 )
+from hubfsm.durable import salvage
 from hubfsm.durable.layout import HubRoots, disk_error, disk_errors, hub_of, roll_back
 from hubfsm.durable.rows import (
     SCHEMA,
-    epochs_in,
-    keep_aside,
     payload_json,
     request_from_json,
     request_to_json,
@@ -40,7 +36,7 @@ from hubfsm.durable.rows import (
     superseded,
     writes_more_than_one,
 )
-from hubfsm.transport import FilePart, Request
+from hubfsm.transport import FilePart
 
 #: An empty in-memory database with the schema, copied by :meth:`OutboxDB.in_memory`.
 _template: sqlite3.Connection | None = None
@@ -174,79 +170,18 @@ class OutboxDB:
     def set_aside_unreadable(self) -> int:
         """Keep aside every pending record that does not read back; how many there were.
 
-        One damaged row (a power cut, an edit by hand) must not stop the delivery of the
-        rest: it moves to the rejected records with the status
-        :data:`~hubfsm.core.values.KEPT_ASIDE`, its text kept, for ``hubfsm status`` to
-        show and ``hubfsm discard --rejected`` to remove.
+        See :func:`hubfsm.durable.salvage.set_aside_unreadable`.
         """
-        moved = 0
         with self._transaction() as db:
-            for key, channel, request, payload in db.execute(
-                "SELECT key, channel, request, payload FROM ops ORDER BY seq"
-            ).fetchall():
-                try:
-                    request_from_json(request)
-                    json.loads(payload)
-                except (ValueError, TypeError, KeyError) as error:
-                    db.execute("DELETE FROM ops WHERE key = ?", (key,))
-                    keep_aside(db, key, channel, request, epochs_in(payload, channel), error)
-                    moved += 1
-            for kind, value in db.execute("SELECT kind, value FROM slots").fetchall():
-                try:
-                    slot_from_json(value)
-                except (ValueError, TypeError, KeyError, AssertionError) as error:
-                    db.execute("DELETE FROM slots WHERE kind = ?", (kind,))
-                    key = f"unreadable-{kind}-{time.time_ns()}"
-                    keep_aside(db, key, kind, value, None, error)
-                    moved += 1
-        return moved
+            return salvage.set_aside_unreadable(db)
 
     def check_files(self, check: Callable[[FilePart, bool], FilePart | str]) -> int:
         """Hand every weight file a record names to ``check``; how many records changed.
 
-        ``check(file, pending)`` returns the file as it now is (a snapshot found in
-        another place: the record is rewritten to name it), or for a pending record the
-        reason it can never be sent as handed over: the record is then kept aside with
-        that reason, its weights with it, and the rest goes on.
+        See :func:`hubfsm.durable.salvage.check_files`.
         """
-        changed = 0
         with self._transaction() as db:
-            for table in ("ops", "rejected"):
-                pending = table == "ops"
-                for key, channel, text, payload in db.execute(
-                    f"SELECT key, channel, request, payload FROM {table} WHERE channel != 'metrics'"
-                ).fetchall():
-                    request = request_from_json(text)
-                    if request.file is None:
-                        continue
-                    found = check(request.file, pending)
-                    if isinstance(found, FilePart):
-                        if found != request.file:
-                            kept = request_to_json(attrs.evolve(request, file=found))
-                            db.execute(f"UPDATE {table} SET request = ? WHERE key = ?", (kept, key))
-                            changed += 1
-                    elif pending:
-                        db.execute("DELETE FROM ops WHERE key = ?", (key,))
-                        _kept_aside(db, key, channel, text, payload, found)
-                        changed += 1
-            for kind, value in db.execute("SELECT kind, value FROM slots").fetchall():
-                epoch, file, extra = slot_from_json(value)
-                found = check(file, True)
-                if isinstance(found, FilePart):
-                    if found != file:
-                        db.execute(
-                            "UPDATE slots SET value = ? WHERE kind = ?",
-                            (slot_to_json((epoch, found, extra)), kind),
-                        )
-                        changed += 1
-                    continue
-                db.execute("DELETE FROM slots WHERE kind = ?", (kind,))
-                # Named by what it holds, so a simulated seed keeps the same trace.
-                key = f"kept-aside-{kind}-{epoch}-{file.sha256[:16]}"
-                request = Request("POST", "", file=file, idempotency_key=key)
-                _kept_aside(db, key, kind, request_to_json(request), json.dumps(epoch), found)
-                changed += 1
-        return changed
+            return salvage.check_files(db, check)
 
     def rejected(self) -> tuple[Rejected, ...]:
         """The records the hub refused, oldest first."""
@@ -463,13 +398,3 @@ class OutboxDB:
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
 
-
-def _kept_aside(
-    db: sqlite3.Connection, key: str, channel: str, request: str, payload: str, reason: str
-) -> None:
-    """Write a record that can never be sent as one kept aside, with the reason."""
-    db.execute(
-        "INSERT OR IGNORE INTO rejected (key, channel, request, payload, status, reason) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (key, channel, request, payload, KEPT_ASIDE, reason),
-    )

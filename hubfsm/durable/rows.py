@@ -1,7 +1,7 @@
 """The outbox's rows: its tables, the core's values as JSON text and back, what a batch writes.
 
 A request, a weight slot or an operation's payload is kept as the JSON text these give,
-and read back by the inverse; a record that no longer reads is kept aside as found.
+and read back by the inverse.
 Which changes of one batch need a row at all is decided here too, before
 :meth:`~hubfsm.durable.outbox_db.OutboxDB.apply` writes any.
 """
@@ -9,12 +9,11 @@ Which changes of one batch need a row at all is decided here too, before
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from hubfsm.core.plain import json_text
-from hubfsm.core.values import KEPT_ASIDE, Change, Offered, OpOpened, Rejected
+from hubfsm.core.values import Change, Offered, OpOpened, Rejected
 from hubfsm.transport import FilePart, Request
 
 #: The outbox database's tables.
@@ -39,10 +38,6 @@ CREATE TABLE IF NOT EXISTS rejected (
     reason TEXT NOT NULL
 );
 """
-
-#: How much of an unreadable record's text is kept with it.
-_KEPT_TEXT = 4000
-
 
 def _file_to_json(file: FilePart | None) -> dict[str, Any] | None:
     # Spelled out rather than attrs.asdict, which walks the class's fields on every call.
@@ -88,30 +83,6 @@ def slot_from_json(text: str) -> tuple[int, FilePart, Any]:
     file = _file_from_json(data["file"])
     assert file is not None
     return data["epoch"], file, data["extra"]
-
-
-def epochs_in(payload: str, channel: str) -> Any:
-    """The epochs a metrics record's payload names, if they read back; else None."""
-    try:
-        epochs = json.loads(payload)
-    except ValueError:
-        return None
-    if channel == "metrics" and isinstance(epochs, list):
-        return [e for e in epochs if isinstance(e, int)]
-    return epochs if isinstance(epochs, int) else None
-
-
-def keep_aside(
-    db: sqlite3.Connection, key: str, channel: str, text: str, payload: Any, error: Exception
-) -> None:
-    """Write an unreadable record as one kept aside, with its text as it was found."""
-    kept = Request("POST", "", json={"unreadable": str(text)[:_KEPT_TEXT]}, idempotency_key=key)
-    reason = f"its record in the outbox cannot be read ({type(error).__name__}); kept as found"
-    db.execute(
-        "INSERT OR IGNORE INTO rejected (key, channel, request, payload, status, reason) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (key, channel, request_to_json(kept), json.dumps(payload), KEPT_ASIDE, reason),
-    )
 
 
 def writes_more_than_one(change: Change, queued: set[int]) -> bool:

@@ -24,7 +24,14 @@ from hubfsm import env
 from hubfsm.core.engine import Core
 from hubfsm.core.platform import PLATFORM_API_ROOT
 from hubfsm.core.values import describe_pending
-from hubfsm.errors import AuthError, HubError, HubfsmError, ModelNotFoundError, ModelTrainedError
+from hubfsm.errors import (
+    AuthError,
+    DeliveryIncomplete,
+    HubError,
+    HubfsmError,
+    ModelNotFoundError,
+    ModelTrainedError,
+)
 from hubfsm.transport import Outcome, Response, TransportError
 from transports.settings import DEFAULT_API_ROOT
 
@@ -251,3 +258,16 @@ def refusal_error(core: Core, directory: Path | None, api_root: str | None = Non
     if isinstance(error, HubError):
         return type(error)(message, status=error.status, channel=error.channel)
     return HubfsmError(message)
+
+
+def not_taken_in(
+    wait: float, directory: Path | None, pending: dict[str, int]
+) -> DeliveryIncomplete:
+    """What finishing raises when the worker did not take the final weights in."""
+    kept = f"; they are kept in {directory}" if directory is not None else ""
+    return DeliveryIncomplete(
+        f"the final weights were not taken in within {wait:g}s: the worker is still "
+        f"inside a request to the hub, which answers slowly; it uploads them once that "
+        f"request ends{kept}",
+        pending,
+    )

@@ -26,6 +26,7 @@ from hubfsm.core.values import (
     FinishPending,
     FinishRequested,
     Interrupted,
+    Rejected,
     Resumed,
     Send,
     Start,
@@ -323,6 +324,16 @@ class Driver:
             if not self.quiet:
                 # Shown as the failure was (warnings reach stderr by default).
                 _say("warning", "outbox.write_recovered", model_id=core.model_id)
+
+    @property
+    def disk_lags(self) -> bool:
+        """The disk refused the last writes, and none of them was a rejection.
+
+        What the outbox then holds pending, the hub acknowledged: it lags memory.
+        """
+        return self.write_error is not None and not any(
+            isinstance(change, Rejected) for change in self.unwritten
+        )
 
     def _refused(self, changes: list[Change], error: OSError) -> None:
         """Keep what the disk refused, with the journal's progress, for the next write.

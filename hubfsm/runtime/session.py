@@ -14,7 +14,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from hubfsm.core.values import Barrier, FinishPending, Interrupted, Rejected, Start
+from hubfsm.core.values import Barrier, FinishPending, FinishRequested, Interrupted, Start
 from hubfsm.durable.layout import keep_record, kept_record
 from hubfsm.errors import (
     DeliveryIncomplete,
@@ -22,7 +22,7 @@ from hubfsm.errors import (
     IllegalEventError,
 )
 from hubfsm.logs import get_logger
-from hubfsm.runtime.console import notice, refusal_error, waiting_line
+from hubfsm.runtime.console import not_taken_in, notice, refusal_error, waiting_line
 from hubfsm.runtime.driver import QUIET
 from hubfsm.runtime.exits import ExitHooks, report_left, say_interrupted
 from hubfsm.runtime.factory import Parts, build, open_model
@@ -147,13 +147,7 @@ class Session(SessionViews):
         if self._durability is not None:
             # An outbox with nothing left is only clutter; a later session recreates it.
             drained = self._core.drained and not self._inbox
-            driver = self._driver
-            # A disk that refused the last writes lags memory: what it holds pending, the
-            # hub acknowledged (unless a rejection was among what it refused to keep).
-            stale = driver.write_error is not None and not any(
-                isinstance(change, Rejected) for change in driver.unwritten
-            )
-            self._durability.close(remove=drained, stale=drained and stale)
+            self._durability.close(remove=drained, stale=drained and self._driver.disk_lags)
 
     # -- what the trainer calls -----------------------------------------------------
 
@@ -243,15 +237,7 @@ class Session(SessionViews):
         event = self._weights.offer_final(path, epoch=last, map50_95=map50_95, timeout=timeout)
         # Journaled before the wait: a kill while the worker is still inside a request
         # leaves the final weights for recovery, `hubfsm status` and `hubfsm sync`.
-        try:
-            # The worker copies the final weights as it takes them in: a few seconds
-            # at least, whatever ``timeout`` says.
-            self._shell.call(event, timeout=max(FINISH_QUIET, timeout))
-        except TimeoutError:
-            self._accepting = False
-            raise self._not_taken_in(timeout) from None
-        self._accepting = False
-        self._settle(timeout)
+        self._hand_over_final(event, timeout)
 
     def finish_pending(self, *, timeout: float = 3600.0) -> None:
         """Finish with the final weights the outbox kept from an earlier run.
@@ -264,24 +250,20 @@ class Session(SessionViews):
         saved = self._core.saved_final
         if saved is None or not self._accepting:
             raise HubfsmError("no final weights are pending for this model")
-        try:
-            self._shell.call(FinishPending(timeout), timeout=max(FINISH_QUIET, timeout))
-        except TimeoutError:
-            self._accepting = False
-            raise self._not_taken_in(timeout) from None
-        self._accepting = False
-        self._settle(timeout)
+        self._hand_over_final(FinishPending(timeout), timeout)
 
-    def _not_taken_in(self, timeout: float) -> DeliveryIncomplete:
-        """What finishing raises when the worker did not take the final weights in."""
-        where = self.outbox_dir
-        kept = f"; they are kept in {where}" if where is not None else ""
-        return DeliveryIncomplete(
-            f"the final weights were not taken in within {max(FINISH_QUIET, timeout):g}s: "
-            f"the worker is still inside a request to the hub, which answers slowly; "
-            f"it uploads them once that request ends{kept}",
-            self.pending(),
-        )
+    def _hand_over_final(self, event: FinishRequested | FinishPending, timeout: float) -> None:
+        """Have the worker take the final weights in, then wait for their upload."""
+        # The worker copies the final weights as it takes them in: a few seconds at
+        # least, whatever ``timeout`` says.
+        wait = max(FINISH_QUIET, timeout)
+        try:
+            self._shell.call(event, timeout=wait)
+        except TimeoutError:  # the worker is inside a request to a slow hub
+            raise not_taken_in(wait, self.outbox_dir, self.pending()) from None
+        finally:
+            self._accepting = False
+        self._settle(timeout)
 
     def _settle(self, timeout: float) -> None:
         console = self._driver.console
