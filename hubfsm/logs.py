@@ -2,9 +2,9 @@
 
 hubfsm is a library first, so it writes nothing to standard output and leaves the
 choice of handlers and levels to the application. Its modules log through structlog
-(stable event names, key-value fields); the first time one of them logs, and only if
-the application has not configured structlog itself, structlog is set up to hand every
-event to the standard logger of the same name (``hubfsm``, ``hubfsm.http``, ...).
+(stable event names, key-value fields); whenever one of them logs while structlog is
+not configured (the application has not, or has reset it), structlog is set up to hand
+every event to the standard logger of the same name (``hubfsm``, ``hubfsm.http``, ...).
 Without any logging set-up, Python's last-resort handler shows warnings and errors on
 standard error and drops the rest; an application shows more as it does for any library::
 
@@ -27,7 +27,6 @@ import structlog
 __all__ = ["configure_cli", "get_logger"]
 
 _lock = threading.Lock()
-_checked = False
 
 
 def _render(logger: Any, method: str, event_dict: structlog.typing.EventDict) -> str:
@@ -46,7 +45,6 @@ PROCESSORS: list[Any] = [
 ]
 
 
-
 def _hand_to_logging() -> None:
     """Configure structlog to hand every event to :mod:`logging`."""
     structlog.configure(
@@ -56,15 +54,16 @@ def _hand_to_logging() -> None:
         cache_logger_on_first_use=False,
     )
 
+
 def _ensure_configured() -> None:
     """Hand structlog's events to :mod:`logging`, unless the application configured it."""
-    global _checked
-    if _checked:
+    # Asked at every event, not once: a set-up that ends (structlog.testing.capture_logs,
+    # reset_defaults) puts back structlog's defaults, which print to standard output.
+    if structlog.is_configured():
         return
     with _lock:
-        if not _checked and not structlog.is_configured():
+        if not structlog.is_configured():
             _hand_to_logging()
-        _checked = True
 
 
 class _Logger:
@@ -124,11 +123,9 @@ def configure_cli(verbosity: int, stream: TextIO | None = None) -> None:
         verbosity: How many times ``-v`` was given.
         stream: Where the lines go.
     """
-    global _checked
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     with _lock:
         _hand_to_logging()
-        _checked = True
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(_Formatter("%(message)s"))
     logger = logging.getLogger("hubfsm")

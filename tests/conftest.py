@@ -29,11 +29,16 @@ def _restore_structlog():
 
     import structlog
 
-    saved = structlog.get_config()
+    saved, configured = structlog.get_config(), structlog.is_configured()
     logger = logging.getLogger("hubfsm")
     handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
     yield
-    structlog.configure(**saved)
+    if configured:
+        structlog.configure(**saved)
+    else:
+        # configure() with the defaults would count as an application's set-up, which
+        # hubfsm keeps: its events would then print to standard output.
+        structlog.reset_defaults()
     logger.handlers[:] = handlers
     logger.setLevel(level)
     logger.propagate = propagate

@@ -99,6 +99,24 @@ def test_an_application_that_configured_structlog_keeps_its_set_up(
     assert "mine session.opened" in done.stderr.splitlines()
 
 
+def test_a_set_up_reset_before_the_session_leaves_no_print_behind(
+    local: LocalHub, tmp_path: Path
+) -> None:
+    # An application's tests that configure structlog for a while and reset it after
+    # (capture_logs, then reset_defaults): structlog's defaults print to standard output,
+    # so hubfsm hands its events to logging again once nobody configures structlog.
+    setup = """
+        import structlog
+        from hubfsm.logs import get_logger
+        with structlog.testing.capture_logs():
+            get_logger("hubfsm").info("before.session")
+        structlog.reset_defaults()
+    """
+    done = run(local, tmp_path, setup)
+    assert done.stdout.splitlines() == ["user line", "state done"]
+    assert done.stderr == ""
+
+
 def test_a_long_retry_wait_is_logged_at_info_when_it_begins(
     monkeypatch: pytest.MonkeyPatch, hub: Hub
 ) -> None:
