@@ -99,13 +99,21 @@ class Console:
         hub: The hub as a line names it: ``the hub at URL``, or ``the hub``.
         open_timeout: Seconds opening the session waits for the hub.
         stream: Where the lines go; default standard error at the time of writing.
+        training: A trainer runs the session (training goes on while the hub is lost);
+            False for ``hubfsm sync``, which has only what is queued.
     """
 
     def __init__(
-        self, hub: str, *, open_timeout: float = 120.0, stream: TextIO | None = None
+        self,
+        hub: str,
+        *,
+        open_timeout: float = 120.0,
+        stream: TextIO | None = None,
+        training: bool = True,
     ) -> None:
         self.hub = hub
         self.open_timeout = open_timeout
+        self.training = training
         self._stream = stream
         #: Attempts in a row without an answer, per channel.
         self._failures: dict[str, int] = {}
@@ -160,7 +168,7 @@ class Console:
         self._lost_at = now
         pending = core.pending()
         # Once the final weights are queued, training is over: nothing goes on.
-        goes_on = "" if pending["final"] else "training goes on, and "
+        goes_on = "training goes on, and " if self.training and not pending["final"] else ""
         self.say(
             f"lost {self.hub} ({_reason(outcome)}); {goes_on}"
             f"what is queued waits until it is back: {describe_pending(pending)}"

@@ -26,7 +26,7 @@ from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.recovery import fold
 from hubfsm.durable.survey import OutboxInfo, report_damage, set_aside_reporting, survey
 from hubfsm.errors import HubfsmError, HubUnavailableError, ModelNotFoundError
-from hubfsm.runtime.console import same_hub
+from hubfsm.runtime.console import Console, hub_name, same_hub
 from hubfsm.runtime.factory import build
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import API_ROOT_ENV, Settings
@@ -240,9 +240,13 @@ def _sync_one(
             protocol=info.protocol,
         )
         # Sync reports a refusal on its own output; the session's stderr notice is for
-        # trainers.
-        settings = attrs.evolve(settings, notify_refusal=False)
-        session = Session.compose(build(settings, transport=transport))
+        # trainers. Losing the hub it says there too, or it would wait out --timeout mute.
+        parts = build(attrs.evolve(settings, notify_refusal=False), transport=transport)
+        hub = f"the hub at {hub_name(api_root)}" if transport is None else "the hub"
+        parts.driver.console = Console(
+            hub, open_timeout=settings.open_timeout, stream=out, training=False
+        )
+        session = Session.compose(parts)
     try:
         if session.pending()["final"]:
             session.finish_pending(timeout=timeout)
