@@ -12,9 +12,11 @@ directory, or (with an object store) on to the store as it arrives (see
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import random
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -46,6 +48,12 @@ from transports.faults import NO_FAULT, Fault, FaultMix, draw
 
 _log = get_logger("hubfsm.hub")
 
+
+#: SQLite's result code for a write the disk has no room for (``sqlite3.SQLITE_FULL``).
+_SQLITE_FULL = 13
+
+#: Seconds between two log lines of a disk that stays full (a client retries meanwhile).
+DISK_FULL_EVERY = 60.0
 
 #: Spends a token of a client's bucket kept elsewhere (a database every process shares):
 #: ``(who, rate, capacity) -> (spent, tokens left)``.
@@ -150,6 +158,8 @@ class HubApp:
         self._sleep = sleep
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
+        #: When a full disk was last logged (monotonic seconds): a line a minute at most.
+        self._disk_full_said: float | None = None
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         """Serve one WSGI request."""
@@ -168,9 +178,18 @@ class HubApp:
         except HTTPException as error:
             response = _json(fail(error.code or 400, error.description or error.name))
         except Exception as error:  # noqa: BLE001 - the server must answer, whatever broke
-            kind = type(error).__name__
-            _log.error("hub.error", path=safe(path), error=kind, detail=safe(str(error)))
-            response = _json(fail(500, "internal error in the local hub"))
+            if _disk_full(error):
+                # Nothing is broken: the client keeps it and retries, so it hears why, and
+                # the person running the hub reads it once, not once per retry.
+                said, now = self._disk_full_said, time.monotonic()
+                if said is None or now - said >= DISK_FULL_EVERY:
+                    self._disk_full_said = now
+                    _log.error("hub.disk_full", path=safe(path), detail=safe(str(error)))
+                response = _json(fail(507, "the hub's disk is full"))
+            else:
+                kind = type(error).__name__
+                _log.error("hub.error", path=safe(path), error=kind, detail=safe(str(error)))
+                response = _json(fail(500, "internal error in the local hub"))
         finally:
             request.close()
         _log.info(
@@ -264,6 +283,18 @@ class HubApp:
         if not reply.ok:
             refuse_body(request, environ)
         return _json(reply)
+
+
+def _disk_full(error: BaseException) -> bool:
+    """True for a write the disk refused for want of room (a file, or SQLite's database)."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(error, sqlite3.OperationalError):
+        return getattr(error, "sqlite_errorcode", None) == _SQLITE_FULL or (
+            "disk is full" in str(error)
+        )
+    # PostgreSQL's "could not extend file": psycopg names the class after the SQLSTATE.
+    return type(error).__name__ == "DiskFull"
 
 
 def _json(reply: HubReply, extra: dict[str, str] | None = None) -> Response:
