@@ -116,6 +116,10 @@ class Outbox:
                     # directory (or machine) names them where they are now, before a
                     # write's collection would take them for files nothing refers to.
                     self.db.check_files(self._here)
+                    # Snapshots a killed process never recorded go before the journal's
+                    # offers, taken back, need room for copies of their own.
+                    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                        self._collect_files(taken_back=True)
             except OSError:
                 connection.close()
                 raise
@@ -327,12 +331,13 @@ class Outbox:
             with contextlib.suppress(OSError):
                 os.unlink(link)
 
-    def _collect_files(self) -> None:
-        """Delete snapshots that no operation or slot refers to any more."""
+    def _collect_files(self, *, taken_back: bool = False) -> None:
+        """Delete snapshots no record names (``taken_back``: a dead process's copies too)."""
         keep = self.db.referenced_files()
+        partial = () if taken_back else (".incoming",)
         for entry in self.files.iterdir():
             name = entry.name
-            if str(entry) in keep or name.startswith((".incoming", ".held")):
+            if str(entry) in keep or name.startswith((".held", *partial)):
                 continue
             if SNAPSHOT.fullmatch(name) and not entry.is_symlink() and entry.is_file():
                 entry.unlink(missing_ok=True)

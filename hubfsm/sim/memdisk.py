@@ -97,6 +97,7 @@ class MemoryOutbox(Outbox):
             db = disk.databases[directory] = OutboxDB.in_memory(model_id)
         self.db = db
         disk.locked.add(directory)
+        self._collect_files(taken_back=True)  # as Outbox.__init__ does
 
     def apply(self, changes: Sequence[Change], *, journal_seq: int | None = None) -> None:
         """Write as :meth:`Outbox.apply` does; on a failing disk, fail whole, writing nothing."""
@@ -163,15 +164,18 @@ class MemoryOutbox(Outbox):
         """No link is needed: the simulated trainer never rewrites a file it handed over."""
         return None
 
-    def _collect_files(self) -> None:
+    def _collect_files(self, *, taken_back: bool = False) -> None:
         keep = self.db.referenced_files()
         prefix = f"{self.files}{os.sep}"
         files = self._disk.files
-        # Temporary files are not snapshots: the outbox collects only what it finished.
+        # Temporary files are not snapshots: the outbox collects only what it finished
+        # (taken back, a dead process's copies too; held links wait for the journal).
         for path in [
             p
             for p in files
-            if p.startswith(prefix) and p not in keep and not p[len(prefix) :].startswith(".")
+            if p.startswith(prefix)
+            and p not in keep
+            and not p[len(prefix) :].startswith(".held" if taken_back else ".")
         ]:
             del files[path]
 

@@ -64,6 +64,29 @@ def test_unreferenced_snapshots_are_deleted(tmp_path):
     ob.close()
 
 
+def test_snapshots_a_dead_process_left_unrecorded_go_when_the_outbox_is_taken_back(tmp_path):
+    # A process killed while the disk refused the outbox's writes: its snapshots were
+    # copied, never recorded. They held the disk's room until a later write succeeded,
+    # and taking the journal back (a copy of the final weights) needs that room first.
+    ob = Outbox.open(MODEL, tmp_path)
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"a")
+    kept = ob.snapshot(weights, name="last.pt", stamp=None)
+    ob.apply([Offered("checkpoint", (0, kept, True))])
+    weights.write_bytes(b"b")
+    unrecorded = ob.snapshot(weights, name="last.pt", stamp=None)
+    partial = ob.files / ".incoming-999999"
+    partial.write_bytes(b"half a copy")
+    held = ob.files / ".held-999999-1"
+    held.write_bytes(b"a link the journal names")
+    ob.close()
+    ob = Outbox.open(MODEL, tmp_path)
+    assert not os.path.exists(unrecorded.path) and not partial.exists()
+    assert os.path.exists(kept.path) and held.exists()
+    assert ob.load().checkpoint[1].path == kept.path
+    ob.close()
+
+
 def test_status_reads_counts_while_in_use(tmp_path):
     ob = Outbox.open(MODEL, tmp_path)
     ob.apply([MetricsQueued(e, "{}") for e in range(3)]
