@@ -19,7 +19,15 @@ from typing import TextIO
 import attrs
 
 from hubfsm.core.identifier import OUTBOX_ID
-from hubfsm.core.values import KEPT_ASIDE, Rejected, pending_counts
+from hubfsm.core.values import (
+    KEPT_ASIDE,
+    CheckpointOffered,
+    EpochEnded,
+    FinishRequested,
+    Rejected,
+    pending_counts,
+)
+from hubfsm.durable.journal_format import event_of
 from hubfsm.durable.journal_scan import JournalDamage, scan
 from hubfsm.durable.layout import (
     DATABASE,
@@ -153,7 +161,7 @@ def _read(directory: Path) -> OutboxInfo:
             row = db.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()
             seq = db.execute("SELECT value FROM meta WHERE key = 'journal_seq'").fetchone()
             spoken = db.execute("SELECT value FROM meta WHERE key = 'protocol'").fetchone()
-            metrics = db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+            queued = {epoch for (epoch,) in db.execute("SELECT epoch FROM metrics")}
             in_ops = 0
             checkpoint = False
             # A record that does not read back is kept aside when the outbox is next
@@ -205,12 +213,23 @@ def _read(directory: Path) -> OutboxInfo:
     except ValueError:
         problem = "its journal position is unreadable"
         raise OutboxDamaged(directory, problem, salvage(directory)) from None
-    pending = pending_counts(
-        metrics + in_ops, checkpoint or "checkpoint" in kinds, "final" in kinds
-    )
     in_use = _in_use(directory)
-    # A running session's journal may be read mid-write; its session reports its damage.
-    damage = None if in_use else scan(directory / JOURNAL, after=after).damage
+    damage, journaled, final = None, set(), "final" in kinds
+    epoch_weights = checkpoint or "checkpoint" in kinds
+    if not in_use:  # a running session's journal may be read mid-write
+        replay = scan(directory / JOURNAL, after=after)
+        damage = replay.damage
+        # What the journal holds past the outbox counts, as for a closing session: a
+        # fold the disk refused (no room for a copy) must not hide the final weights.
+        for _, entry in replay.records:
+            event = event_of(entry)
+            if isinstance(event, EpochEnded) and event.epoch not in queued:
+                journaled.add(event.epoch)
+            elif isinstance(event, CheckpointOffered):
+                epoch_weights = True
+            elif isinstance(event, FinishRequested):  # they supersede waiting epoch weights
+                final, epoch_weights = True, checkpoint
+    pending = pending_counts(len(queued) + in_ops + len(journaled), epoch_weights, final)
     protocol = "platform" if spoken is not None and spoken[0] == "platform" else "hub"
     return OutboxInfo(
         directory,

@@ -71,3 +71,32 @@ def test_the_next_session_opens_past_a_poison_record(tmp_path, hub):
         s.log_metrics({"loss": 0.125}, epoch=4)
         assert s.flush(timeout=5.0)
     assert [m["epoch"] for m in hub.metrics(model_id)] == [0, 3, 4]
+
+
+def test_status_counts_the_final_weights_a_journal_holds_when_the_fold_cannot_copy_them(
+    tmp_path, hub, monkeypatch
+):
+    from hubfsm.core.values import CheckpointOffered, FinishRequested
+    from hubfsm.durable.weights import stamp_of
+
+    model_id = new_model(hub)
+    weights = tmp_path / "best.pt"
+    weights.write_bytes(b"the final weights")
+    outbox = Outbox.open(model_id, tmp_path / "root")
+    journal = Journal(outbox.directory / "journal", seq=0, inbox=collections.deque())
+    journal.append(EpochEnded(0, {"loss": 0.5}))
+    journal.append(CheckpointOffered(str(weights), 0, False, stamp_of(weights)))
+    journal.append(FinishRequested(str(weights), 0, 0.5, stamp_of(weights), 60.0))
+    journal.close()
+    outbox.close()
+
+    # A process killed inside finish() on a full disk: the fold that would copy the
+    # weights into the outbox is refused, as the disk refuses it.
+    def no_room(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Outbox, "snapshot", no_room)
+    out = io.StringIO()
+    assert status(tmp_path / "root", out=out) == 0
+    # Before, the journal's records did not count: "0 0 0", as if finish() never ran.
+    assert re.search(rf"^{model_id} +1 +0 +1 ", out.getvalue(), re.M), out.getvalue()
