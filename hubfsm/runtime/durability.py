@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from hubfsm.core.engine import Core
 from hubfsm.core.values import Change, Saved, pending_counts
 from hubfsm.durable.inbox import Inbox
 from hubfsm.durable.journal import Journal, JournalOpener, journal_unavailable
+from hubfsm.durable.layout import default_root, private_dir
 from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.recovery import journal_path, kept_counts, recover
 from hubfsm.durable.weights import WeightFiles
@@ -26,6 +28,9 @@ from hubfsm.errors import HubfsmError
 
 #: Opens a model's outbox under a root (the files backend: :meth:`Outbox.open`).
 OutboxOpener = Callable[[str, "str | os.PathLike[str] | None"], Outbox]
+
+#: Bytes written to try an outbox root before the hub makes a model (a new outbox's size).
+PROBE = 64 * 1024
 
 #: Takes back what an outbox and its journal kept (:func:`~hubfsm.durable.recovery.recover`).
 Recovery = Callable[..., Saved]
@@ -78,6 +83,26 @@ class Durability:
     def directory(self) -> Path | None:
         """The outbox directory, once open."""
         return None if self.outbox is None else self.outbox.directory
+
+    def check_room(self) -> None:
+        """Raise OSError, naming the root, if it takes no write now (full, read-only).
+
+        Called before the hub makes a model: a disk found full only after that would
+        leave the model on the hub, empty, and one more at each retry.
+        """
+        root = Path(self.root) if self.root is not None else default_root()
+        try:
+            private_dir(root)
+            with tempfile.TemporaryFile(dir=root) as probe:  # unnamed: a kill leaves none
+                probe.write(bytes(PROBE))
+                probe.flush()
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"the outbox root {root} takes no write ({exc.strerror}); nothing was "
+                "created on the hub. Free space there, or keep outboxes elsewhere "
+                "(HUBFSM_OUTBOX or outbox_dir=)",
+            ) from None
 
     def attach(self, model_id: str, core: Core, *, now: float) -> None:
         """Open the model's outbox and hand the core what an earlier run left.

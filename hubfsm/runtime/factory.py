@@ -214,6 +214,7 @@ def open_model(parts: Parts) -> None:
         HubError: The hub refused the key or the model (see its subclasses).
         HubUnavailableError: The hub did not answer within the open timeout.
         OutboxLockedError: Another session holds this model's outbox.
+        OSError: The outbox root takes no write (before a model is made on the hub).
     """
     settings, core, shell, durability = parts.settings, parts.core, parts.shell, parts.durability
     parsed = settings.identifier
@@ -227,6 +228,8 @@ def open_model(parts: Parts) -> None:
         create = protocol.create_payload(
             parsed.filename, settings.train_args, name=settings.name, extra=_extension(settings)
         )
+    if durability is not None and parsed.model_id is None:  # the hub makes the model
+        durability.check_room()
     core.open(parsed, create=create, now=shell.clock())
     shell.start()
     timeout = settings.open_timeout

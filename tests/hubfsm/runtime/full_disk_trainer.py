@@ -17,6 +17,8 @@ Scenarios:
         long enough for the journal to need more room), then frees up.
     blip: offline (the outbox is the only place epochs go), the disk is full for a
         stretch of epochs, then frees up: the outbox must end with every epoch.
+    open: the disk is full before a session opens on a new model: it must fail, saying
+        so, before the hub makes the model (its own JSON line: the error, the models).
 """
 
 import errno
@@ -96,6 +98,17 @@ def main():
     scenario, disk, work = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     work.mkdir(parents=True, exist_ok=True)
     hub = Hub(MemoryStore(), keys=[KEY])
+    if scenario == "open":
+        fill(disk)
+        try:
+            Session("yolov8n.yaml", transport=InMemoryTransport(hub, KEY), config=FAST,
+                    outbox_dir=disk / "outbox")
+            error = None
+        except OSError as exc:
+            error = str(exc)
+        models = len(hub.store.list_models())
+        sys.stdout.write(json.dumps({"error": error, "models": models}) + "\n")
+        return
     model_id = new_model(hub)
     session = Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST,
                       outbox_dir=disk, exit_timeout=20.0, offline=scenario == "blip")

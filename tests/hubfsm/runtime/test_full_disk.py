@@ -112,3 +112,14 @@ def test_a_moment_of_full_disk_offline_loses_no_epoch_from_the_outbox(small_disk
     # Said when writes were refused, and again when they went in.
     assert log.count("outbox.write_failed") >= 1
     assert log.rindex("outbox.write_recovered") > log.rindex("outbox.write_failed")
+
+
+def test_a_disk_full_when_a_new_model_opens_fails_before_the_hub_makes_the_model(small_disk):
+    code, result, log = small_disk("open")
+    assert code == 0 and result is not None, log[-3000:]
+    # Before, the hub made the model, then the outbox failed: an empty model on the hub
+    # at each retry, and a bare "[Errno 28] No space left on device".
+    assert result["models"] == 0
+    assert "takes no write (No space left on device)" in result["error"]
+    assert "nothing was created on the hub" in result["error"]
+    assert "HUBFSM_OUTBOX" in result["error"]
