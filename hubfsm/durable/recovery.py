@@ -24,6 +24,7 @@ from hubfsm.core.values import (
 )
 from hubfsm.durable.journal_scan import events
 from hubfsm.durable.outbox import Outbox
+from hubfsm.durable.weights import still_offered
 from hubfsm.logs import get_logger
 from hubfsm.transport import FilePart
 
@@ -109,6 +110,10 @@ def kept_counts(outbox: Outbox) -> dict[str, int]:
     for _, event in events(journal_path(outbox), after=outbox.journal_seq):
         if isinstance(event, EpochEnded) and event.epoch not in queued:
             journaled.add(event.epoch)
+        elif not isinstance(event, (CheckpointOffered, FinishRequested)):
+            continue
+        elif not still_offered(event, outbox.files):
+            continue  # as fold finds it: rewritten or cut short since, nothing to keep
         elif isinstance(event, CheckpointOffered):
             counts["checkpoint"] = 1
         elif isinstance(event, FinishRequested):

@@ -45,6 +45,7 @@ from hubfsm.durable.layout import (
     log,
     salvage,
 )
+from hubfsm.durable.weights import still_offered
 from hubfsm.errors import HubfsmError
 from hubfsm.transport import Request
 
@@ -214,20 +215,24 @@ def _read(directory: Path) -> OutboxInfo:
         problem = "its journal position is unreadable"
         raise OutboxDamaged(directory, problem, salvage(directory)) from None
     in_use = _in_use(directory)
-    damage, journaled, final = None, set(), "final" in kinds
+    damage, journaled, final, files = None, set(), "final" in kinds, directory / "files"
     epoch_weights = checkpoint or "checkpoint" in kinds
     if not in_use:  # a running session's journal may be read mid-write
         replay = scan(directory / JOURNAL, after=after)
         damage = replay.damage
-        # What the journal holds past the outbox counts, as for a closing session: a
-        # fold the disk refused (no room for a copy) must not hide the final weights.
+        # The journal's records past the outbox count, as for a closing session: a fold
+        # the disk refused (no room for a copy) must not hide the final weights.
         for _, entry in replay.records:
             event = event_of(entry)
             if isinstance(event, EpochEnded) and event.epoch not in queued:
                 journaled.add(event.epoch)
+            elif not isinstance(event, (CheckpointOffered, FinishRequested)):
+                continue
+            elif not still_offered(event, files):
+                continue  # rewritten or cut short since: fold keeps nothing of it
             elif isinstance(event, CheckpointOffered):
                 epoch_weights = True
-            elif isinstance(event, FinishRequested):  # they supersede waiting epoch weights
+            else:  # the final weights supersede waiting epoch weights
                 final, epoch_weights = True, checkpoint
     pending = pending_counts(len(queued) + in_ops + len(journaled), epoch_weights, final)
     protocol = "platform" if spoken is not None and spoken[0] == "platform" else "hub"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubfsm.core.values import CheckpointOffered, FileStamp, FinishRequested
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     # only the object it is given.
     from hubfsm.durable.outbox import Outbox
 
-__all__ = ["WeightFiles", "stamp_of"]
+__all__ = ["WeightFiles", "stamp_of", "still_offered"]
 
 #: Told why the final weights could not be kept in the outbox (they still go up).
 Unkept = Callable[[OSError], None]
@@ -36,6 +37,21 @@ def stamp_of(path: str | os.PathLike[str]) -> FileStamp:
     """What ``path`` looks like now (``os.stat``)."""
     st = os.stat(path)
     return FileStamp(st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def still_offered(event: CheckpointOffered | FinishRequested, files: Path) -> bool:
+    """True when a journaled offer's file still is what it stamped: recovery can keep it.
+
+    Its held link (found in ``files``, where its outbox lies now) or the file itself: a
+    trainer that rewrote the file in place (``torch.save`` does) changed the link's
+    content too, and a killed process may have left it cut short.
+    """
+    held = None if event.held is None else files / os.path.basename(event.held)
+    for path in (held, event.path):
+        with contextlib.suppress(OSError):
+            if path is not None and stamp_of(path) == event.stamp:
+                return True
+    return False
 
 
 def _as_is(path: str, name: str, stamp: FileStamp) -> FilePart | None:

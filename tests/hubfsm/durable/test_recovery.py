@@ -100,3 +100,28 @@ def test_status_counts_the_final_weights_a_journal_holds_when_the_fold_cannot_co
     assert status(tmp_path / "root", out=out) == 0
     # Before, the journal's records did not count: "0 0 0", as if finish() never ran.
     assert re.search(rf"^{model_id} +1 +0 +1 ", out.getvalue(), re.M), out.getvalue()
+
+
+def test_a_checkpoint_rewritten_in_place_after_its_offer_is_not_said_to_be_kept(tmp_path, hub):
+    from hubfsm.core.values import CheckpointOffered
+    from hubfsm.durable.recovery import kept_counts
+    from hubfsm.durable.weights import stamp_of
+
+    model_id = new_model(hub)
+    weights = tmp_path / "last.pt"
+    weights.write_bytes(b"the weights of epoch 0" * 100)
+    outbox = Outbox.open(model_id, tmp_path / "root")
+    held = outbox.hold(weights)  # the hard link save_checkpoint makes
+    journal = Journal(outbox.directory / "journal", seq=0, inbox=collections.deque())
+    journal.append(EpochEnded(0, {"loss": 0.5}))
+    journal.append(CheckpointOffered(held, 0, True, stamp_of(weights)))
+    journal.close()
+    # The trainer's next torch.save opens the same file for writing (the link's inode
+    # too) and the process is killed mid-write: what was offered is gone.
+    weights.open("wb").close()
+    # Before, the closing session said "checkpoint not on the hub yet; kept", and
+    # status counted it, while sync then had nothing to send and said "all sent".
+    assert kept_counts(outbox) == {"metrics": 1, "checkpoint": 0, "final": 0}
+    outbox.close()
+    (info,) = survey(tmp_path / "root").infos
+    assert info.pending == {"metrics": 1, "checkpoint": 0, "final": 0}
