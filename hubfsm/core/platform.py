@@ -238,21 +238,25 @@ class Platform(Dialect):
         return True
 
     def restart(self, op: Op, outcome: Outcome) -> bool:
-        """A signed URL that refused the bytes: the upload starts over for a fresh one."""
-        if not self.restarts(op.request, outcome):
+        """A signed URL that refused the bytes, or bytes the service lost: start over."""
+        if op.first is None or not self.restarts(op.request, outcome):
             return False
-        assert op.first is not None
         op.request, op.first, op.answer = op.first, None, {}
         return True
 
     def restarts(self, request: Request, outcome: Outcome) -> bool:
-        """A signed URL that refuses the bytes (expired, say) is asked for anew."""
-        return (
-            request.method == "PUT"
-            and isinstance(outcome, Response)
-            and not outcome.ok
-            and 400 <= outcome.status < 500
-        )
+        """A signed URL that refuses the bytes (expired, say) is asked for anew.
+
+        So is an upload whose ``checkpoint_saved`` finds nothing under its path (404): a
+        service restarted between the PUT and the event lost the bytes, not the model (a
+        model that is gone answers the next step's request for a signed URL so).
+        """
+        if not isinstance(outcome, Response) or outcome.ok:
+            return False
+        if request.method == "PUT":
+            return 400 <= outcome.status < 500
+        event = (request.json or {}).get("event")
+        return outcome.status == 404 and event == "checkpoint_saved"
 
     # -- answers --------------------------------------------------------------------
 

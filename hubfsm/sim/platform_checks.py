@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hubfsm.core.machine import Verdict
-from hubfsm.core.platform import EPOCH_FIELDS, EVENTS_PATH, UPLOAD_PATH
+from hubfsm.core.platform import EPOCH_FIELDS, EVENTS_PATH, PLATFORM, UPLOAD_PATH
 from hubfsm.core.values import Send
 from hubfsm.hub.domain import Hub
 from hubfsm.sim.invariants import Checker
@@ -104,10 +104,14 @@ class PlatformChecker(Checker):
                 )
 
     def answered(self, now: float, send: Send, outcome: Outcome) -> None:
-        """As :meth:`Checker.answered`, with the dialect's verdict: a 409 is retried."""
+        """As :meth:`Checker.answered`, with the dialect's verdicts: a 409 is retried.
+
+        An upload whose ``PUT`` was refused, or whose bytes the service lost before its
+        event, starts over: a retry of the operation too.
+        """
         super().answered(now, send, outcome)
         if isinstance(outcome, Response):
-            if outcome.status == 409:
+            if outcome.status == 409 or PLATFORM.restarts(send.request, outcome):
                 seen = self._ops[send.op_id]
                 self._ops[send.op_id] = seen._replace(verdict=Verdict.RETRY)
             self._acknowledged(send.request, outcome)

@@ -81,3 +81,42 @@ def test_a_session_reports_to_the_local_hub_in_memory_too(tmp_path):
         assert s.state == "done"
     assert [row["epoch"] for row in hub.metrics(s.model_id)] == [0, 1, 2, 3]
     assert hub.record(s.model_id)["has_best_weights"]
+
+
+def test_a_hub_restarted_between_an_upload_and_its_event_gets_the_upload_again(tmp_path):
+    from hubfsm.hub.domain import Hub
+    from hubfsm.hub.store import MemoryStore
+    from transports.memory import InMemoryTransport
+
+    key = new_platform_key()
+    hub = Hub(MemoryStore(), public_root="http://hub.invalid")
+    hub.add_key(key, "platform")
+    inner = InMemoryTransport(hub, key)
+    restarts = []
+
+    class RestartsOnce(InMemoryTransport):
+        def send(self, request):
+            event = (request.json or {}).get("event")
+            if event == "checkpoint_saved" and len(restarts) < 2:
+                # A restart forgets the uploads waiting for their event (the PUT's bytes).
+                for model in hub.store.list_models():
+                    hub.store.uploads.drop(model.id)
+                restarts.append(event)
+            return inner.send(request)
+
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    last.write_bytes(b"epoch zero")
+    best.write_bytes(b"best weights")
+    with hubfsm.Session("alice/birds", api_key=key, transport=RestartsOnce(hub, key),
+                        config=FAST, train_args={"name": "run1"}) as s:  # fmt: skip
+        s.log_metrics({"train/box_loss": 1.0})
+        s.save_checkpoint(last, epoch=0)
+        s.log_metrics({"train/box_loss": 0.5})
+        # Before, the 404 ("Nothing was uploaded to that uploadPath") stopped all sending
+        # as "model ... not found on the hub", and finish() raised ModelNotFoundError.
+        s.finish(best, map50_95=0.3, timeout=30.0)
+        assert s.state == "done"
+    assert len(restarts) == 2
+    record = hub.record(s.model_id)
+    assert record["status"] == "trained" and record["has_best_weights"]
+    assert [row["epoch"] for row in hub.metrics(s.model_id)] == [0, 1]
