@@ -139,6 +139,8 @@ class Driver:
         self.write_error: Exception | None = None
         #: Tells a person when the hub is lost and back (None: say nothing).
         self.console: Console | None = None
+        #: Checkpoints not kept in a row (no room): said once a stretch, not per epoch.
+        self._not_kept = 0
 
     # -- the trainer's side ---------------------------------------------------------
 
@@ -190,20 +192,23 @@ class Driver:
                 part = self.weights.take(event)
             except OSError as exc:
                 # No room for a copy and no held link to keep instead: this checkpoint
-                # is not kept, and training goes on (the next offer may fit).
+                # is not kept, and training goes on (the next offer may fit). A person
+                # reads it once, not at every epoch the disk stays full.
+                self._not_kept += 1
                 if not self.quiet:
-                    _say(
-                        "warning",
-                        "checkpoint.not_kept",
-                        model_id=core.model_id,
-                        epoch=event.epoch,
-                        error=str(exc),
-                    )
+                    first = self._not_kept == 1
+                    level = "warning" if first else "info"
+                    name = "checkpoint.not_kept" if first else "checkpoint.still_not_kept"
+                    _say(level, name, model_id=core.model_id, epoch=event.epoch, error=str(exc))
                 return
             if part is None:
                 if not self.quiet:
                     _say("info", "checkpoint.superseded", model_id=core.model_id, epoch=event.epoch)
                 return
+            if self._not_kept and not self.quiet:
+                _say("warning", "checkpoint.kept_again", model_id=core.model_id,
+                     epoch=event.epoch, not_kept=self._not_kept)  # fmt: skip
+            self._not_kept = 0
             core.checkpoint(event.epoch, part, is_best=event.is_best, now=now)
         elif isinstance(event, FinishRequested):
             # With an outbox, final weights that cannot be copied into it still go up

@@ -318,3 +318,29 @@ def test_a_rejected_record_stays_even_when_the_disk_lags_an_acknowledged_run(hub
         assert [r.epochs for r in ob.load().rejected] == [(-1,)]
     finally:
         ob.close()
+
+
+def test_checkpoints_not_kept_on_a_full_disk_are_said_once_and_again_when_one_fits(
+    hub, tmp_path
+):
+    clock = VirtualClock(1000.0)
+    model_id, s, shell, link = cut_off(hub, clock, tmp_path / "ob")
+    snapshot = Switch(s._durability.outbox, "snapshot")
+    weights = tmp_path / "last.pt"
+    with structlog.testing.capture_logs() as logs:
+        for epoch in range(6):
+            snapshot.on = epoch < 4  # the disk is full for four epochs
+            weights.write_bytes(b"epoch %d" % epoch)
+            s.save_checkpoint(weights, epoch=epoch)
+            shell.run_until(clock() + 1.0)
+    said = [(e["event"], e["log_level"]) for e in logs if e["event"].startswith("checkpoint.")]
+    # Before, a warning at every epoch the disk stayed full.
+    assert said == [
+        ("checkpoint.not_kept", "warning"),
+        ("checkpoint.still_not_kept", "info"),
+        ("checkpoint.still_not_kept", "info"),
+        ("checkpoint.still_not_kept", "info"),
+        ("checkpoint.kept_again", "warning"),
+    ]
+    assert [e["not_kept"] for e in logs if e["event"] == "checkpoint.kept_again"] == [4]
+    s.close(timeout=0.0)
