@@ -10,6 +10,7 @@ the model's ``last`` weights; ``training_complete`` promotes the final one to ``
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -96,7 +97,17 @@ class PlatformFiles(Endpoints):
         if record.status == "trained":
             return error(409, f"Model {record.id} is already trained")
         self.store.uploads.take(upload_path)
-        self.store.commit_weights(record.id, "last", pending.staged)
+        try:
+            self.store.commit_weights(record.id, "last", pending.staged)
+        except BaseException:
+            # Refused (a full disk: 507): the event's retry promotes it, and its file
+            # does not hold the disk's room meanwhile as nobody's. (A database store
+            # rolls the take back itself.)
+            with contextlib.suppress(Exception):
+                if self.store.uploads.of_model(record.id).get(upload_path) is None:
+                    for each in self.store.uploads.put(upload_path, pending):
+                        self.store.discard_weights(each)
+            raise
         epoch = record.metrics_epoch if record.metrics_epoch is not None else 0
         updated = records.after_upload(record, "epoch", epoch, None, self.clock())
         updated = records.evolve(updated, checkpoint_path=model_path)

@@ -120,3 +120,37 @@ def test_a_hub_restarted_between_an_upload_and_its_event_gets_the_upload_again(t
     record = hub.record(s.model_id)
     assert record["status"] == "trained" and record["has_best_weights"]
     assert [row["epoch"] for row in hub.metrics(s.model_id)] == [0, 1]
+
+
+def test_a_checkpoint_the_hub_could_not_promote_for_a_full_disk_is_promoted_on_retry(
+    local, key, tmp_path
+):
+    import errno
+
+    store = local.hub.store
+    commit = store.commit_weights
+    refused = []
+
+    def full_once(*args, **kwargs):
+        if not refused:
+            refused.append(args[1])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return commit(*args, **kwargs)
+
+    store.commit_weights = full_once
+    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
+    last.write_bytes(b"epoch zero" * 1000)
+    best.write_bytes(b"best weights")
+    with hubfsm.Session("alice/birds", api_key=key, api_root=local.url, config=FAST,
+                        train_args={"name": "run1"}) as s:  # fmt: skip
+        s.log_metrics({"train/box_loss": 1.0})
+        s.save_checkpoint(last, epoch=0)
+        assert s.flush(timeout=30.0)
+        s.finish(best, map50_95=0.3, timeout=30.0)
+        assert s.state == "done"
+    assert refused == ["last"]
+    # The bytes waited for the event's retry (507): no second PUT of them, and nothing
+    # left behind in the hub's staging folder to hold the full disk's room. Before, the
+    # refused upload was forgotten there and the retried event found nothing (404).
+    assert local.hub.audit().requests["platform_upload_put"] == 2  # the checkpoint, the final
+    assert list((tmp_path / "hub" / "weights" / ".staging").iterdir()) == []
