@@ -314,9 +314,15 @@ class PlatformEndpoints(KeyAdmin, PlatformFiles):
             return error(400, str(problem))
         now = self.clock()
         self.store.put_metrics(record.id, {epoch: text}, now)
+        # The final validation of best.pt comes as the epoch after the last (``epochs``
+        # for a run that ran them all; sooner after a cancel or an early stop): kept, not
+        # progress, so a run stopped after 5 epochs does not count 6.
         if record.epochs is not None and epoch >= record.epochs:
-            # The final validation of best.pt comes as epoch ``epochs``: kept, not progress.
             return record
+        if record.metrics_epoch is not None and epoch == record.metrics_epoch + 1:
+            before = dict(self.store.get_metrics(record.id)).get(epoch - 1)
+            if records.repeats_training(before, values):
+                return record
         updated = records.after_metrics(record, {epoch: text}, now)
         if record.status == "trained":
             # The client sends epochs from a pool: one may land after training_complete.
