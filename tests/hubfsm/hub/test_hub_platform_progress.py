@@ -90,3 +90,17 @@ def test_an_epoch_that_trained_counts_even_with_the_same_validation() -> None:
     _epoch_end(hub, key, model_id, 1, loss=0.9, lr=0.01)  # the same lr, new losses
     record = hub.record(model_id)
     assert record is not None and record["last_epoch"] == 1
+
+
+def test_a_run_without_console_is_stalled_only_after_two_of_its_epochs() -> None:
+    # hubfsm's own Platform client (install()) sends no console: between two epochs of
+    # 700 s the hub hears nothing, and must not call the run stalled after 600 s.
+    hub, key, now = _hub()
+    model_id = _start(hub, key, epochs=30)
+    for epoch in range(2):
+        now[0] += 700.0
+        _epoch_end(hub, key, model_id, epoch, loss=1.0 / (epoch + 1), lr=0.01)
+    record = hub.record(model_id)
+    assert record is not None
+    assert state(record, now[0] + 1000.0, STALL_AFTER) == "training"
+    assert state(record, now[0] + 1401.0, STALL_AFTER) == "stalled"
