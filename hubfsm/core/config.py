@@ -32,7 +32,8 @@ class Limits:
         metrics: Between any two metrics requests, retries included.
         checkpoint: Between the starts of two epoch-weight uploads (retries of one excepted).
         heartbeat: Between two heartbeats (retries of one excepted).
-        park: How long a channel rests after its policy gave up, before a fresh round.
+        park: How long a channel rests after its policy gave up, before a fresh round
+            (while the final weights wait, a random time up to the policy's cap).
         checkpoint_grace: The most a checkpoint held back by the limit waits, once the
             limit clears, for newer weights to replace it.
     """

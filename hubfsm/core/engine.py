@@ -177,7 +177,7 @@ class Core:
                 the session ``resumable`` with what is left still pending.
         """
         self.machine.fire("finish")
-        self.schedule.finishing((epoch, file, map50_95), deadline=now + timeout)
+        self.schedule.finishing((epoch, file, map50_95), deadline=now + timeout, now=now)
 
     def interrupt(self, *, now: float) -> None:
         """Training stopped early: stop heartbeats; data channels keep draining."""

@@ -123,13 +123,22 @@ class Schedule:
         self.checkpoint_at = now
         self.offer_checkpoint((epoch, file, is_best))
 
-    def finishing(self, final: tuple[int, FilePart, float], *, deadline: float) -> None:
-        """The final weights wait; epoch weights not sent yet are superseded by them."""
+    def finishing(
+        self, final: tuple[int, FilePart, float], *, deadline: float, now: float
+    ) -> None:
+        """The final weights wait; epoch weights not sent yet are superseded by them.
+
+        An operation resting after its policy gave up goes again at once: the trainer
+        waits from now on, and the hub may have been back for most of that rest.
+        """
         self.offer_final(final)
         self.finish_deadline = deadline
         if self.checkpoint is not None:
             self.offer_checkpoint(None)
         self.close_op("checkpoint")
+        for op in self.ops.values():
+            if op is not None and op.attempts and not op.round_attempts:
+                op.not_before = min(op.not_before, max(now, self.hold_until))
 
     def restore(self, saved: Saved, *, now: float) -> None:
         """Take back what an outbox kept: its operations go first, with their keys."""
@@ -396,7 +405,12 @@ class Schedule:
         # rests before a fresh round, never sooner than the hub asked (as honoured).
         self.stats.give_ups += 1
         op.round_attempts = 0
-        op.not_before = now + max(self.config.limits.park, retry_after or 0.0)
+        rest = self.config.limits.park
+        if self.final is not None:
+            # The trainer waits for the final upload: a full rest would hold it long
+            # after the hub is back. The policy's longest wait, jittered, paces it.
+            rest = self.rng.uniform(0.0, min(rest, op.policy.cap))
+        op.not_before = now + max(rest, retry_after or 0.0)
         if op.channel == "heartbeat":
             self.ops["heartbeat"] = None
         return op.not_before - now

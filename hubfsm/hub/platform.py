@@ -5,7 +5,9 @@ reports a training with ``Authorization: Bearer ul_...`` to four endpoints:
 
 - ``POST /api/webhooks/training/metrics`` ``{modelId | project + name, event, data}``,
   events ``training_started``, ``epoch_end``, ``console_output``, ``checkpoint_saved`` and
-  ``training_complete``; every answer is ``{received, event, modelId, runId, cancelled, ...}``;
+  ``training_complete`` (a console chunk, or the SDK's ``training_progress`` or
+  ``system_metrics``, counts as the run's heartbeat); every answer is
+  ``{received, event, modelId, runId, cancelled, ...}``;
 - ``POST /api/webhooks/models/upload`` ``{filename, modelId, runId}``, answered with a signed
   ``uploadUrl`` the client PUTs the raw file to, and the ``gcsPath``/``uploadPath`` that
   ``checkpoint_saved`` then names to promote that file;
@@ -184,6 +186,8 @@ class PlatformEndpoints(KeyAdmin, PlatformFiles):
             "console_output": self._console_output,
             "checkpoint_saved": self._checkpoint_saved,
             "training_complete": self._complete,
+            "training_progress": self._alive,
+            "system_metrics": self._alive,
         }
         handler = handlers.get(str(event))
         if handler is not None:
@@ -310,9 +314,15 @@ class PlatformEndpoints(KeyAdmin, PlatformFiles):
             return error(400, str(problem))
         now = self.clock()
         self.store.put_metrics(record.id, {epoch: text}, now)
+        # The final validation of best.pt comes as the epoch after the last (``epochs``
+        # for a run that ran them all; sooner after a cancel or an early stop): kept, not
+        # progress, so a run stopped after 5 epochs does not count 6.
         if record.epochs is not None and epoch >= record.epochs:
-            # The final validation of best.pt comes as epoch ``epochs``: kept, not progress.
             return record
+        if record.metrics_epoch is not None and epoch == record.metrics_epoch + 1:
+            before = dict(self.store.get_metrics(record.id)).get(epoch - 1)
+            if records.repeats_training(before, values):
+                return record
         updated = records.after_metrics(record, {epoch: text}, now)
         if record.status == "trained":
             # The client sends epochs from a pool: one may land after training_complete.
@@ -331,7 +341,15 @@ class PlatformEndpoints(KeyAdmin, PlatformFiles):
         if not whole_count(lines):
             lines = content.count("\n")
         self.store.put_console(record.id, chunk, lines, content)
-        return record
+        return self._alive(record, data)
+
+    def _alive(self, record: ModelRecord, data: Mapping[str, Any]) -> ModelRecord:
+        """Note that the trainer lives, as a heartbeat: 8.4 sends none, only console chunks."""
+        if record.status == "trained":
+            return record
+        alive = records.evolve(record, heartbeat_at=self.clock())
+        self.store.put_model(alive)
+        return alive
 
 
 def _received(event: str, record: ModelRecord) -> HubReply:

@@ -110,6 +110,20 @@ def view(record: ModelRecord, resume: str | None, best: str | None) -> dict[str,
     }
 
 
+def repeats_training(before: str | None, values: Mapping[str, Any]) -> bool:
+    """True when ``values`` carry the training losses and lr of ``before`` (stored JSON).
+
+    ultralytics' final validation of ``best.pt`` comes as the epoch after the last, with
+    the last epoch's training losses and learning rate, since no training ran between;
+    an epoch that trained never repeats every one of them exactly.
+    """
+    trained = {k: v for k, v in values.items() if k.startswith("train/") or k == "lr"}
+    if before is None or not any(k.startswith("train/") for k in trained):
+        return False
+    earlier = json.loads(before)
+    return all(k in earlier and earlier[k] == v for k, v in trained.items())
+
+
 def after_metrics(record: ModelRecord, epochs: Mapping[int, str], now: float) -> ModelRecord:
     """The record after metrics of ``epochs`` arrived."""
     highest = max(epochs) if record.metrics_epoch is None else max(record.metrics_epoch, *epochs)

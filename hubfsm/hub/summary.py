@@ -206,6 +206,9 @@ def state(record: Mapping[str, Any], now: float, stall_after: float) -> str:
     ``stalled``: not trained, and silent for ``stall_after`` seconds. A run killed, or
     stopped by a client that does not say so, sends nothing more: the hub only sees the
     silence. The API's status stays ``training`` (the official client reads it).
+
+    A Platform trainer may send nothing between epochs (hubfsm's sends no heartbeat there):
+    its run is stalled only after two of its epochs' average time, if that is longer.
     """
     status = str(record.get("status"))
     if status == "trained":
@@ -214,6 +217,9 @@ def state(record: Mapping[str, Any], now: float, stall_after: float) -> str:
         return "interrupted"
     times = [seconds_of(record.get(k)) for k in ("updated_at", "heartbeat_at")]
     latest = max((t for t in times if t is not None), default=None)
+    started, last = seconds_of(record.get("started_at")), _count(record.get("last_epoch"))
+    if record.get("protocol") == "platform" and latest and started and last is not None:
+        stall_after = max(stall_after, 2 * (latest - started) / (last + 1))
     if latest is not None and now - latest > stall_after:
         return "stalled"
     return status

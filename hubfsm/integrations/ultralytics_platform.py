@@ -14,7 +14,11 @@ so the same runs report through a :class:`~hubfsm.Session` in the Platform diale
 - the weights (``best.pt``, else ``last.pt``) after every save, newest first, the first at
   once, then at most every 900 s; at the end the final weights, then ``training_complete``
   once everything before it was acknowledged;
-- ``cancelled`` in any answer sets ``trainer.stop``.
+- ``cancelled`` in any answer sets ``trainer.stop``;
+- the official callbacks' lines on ultralytics' console (its ``ultralytics`` logger):
+  ``Platform: Streaming training metrics to Platform``, ``Platform: View model at URL``,
+  and ``Platform: View results at URL`` once the final weights are acknowledged (a
+  cancellation is the session's own one line).
 
 Not sent: ``console_output`` (the console is not captured), the environment and system
 metrics, plots, class names and validation samples of ``training_complete``.
@@ -22,7 +26,9 @@ metrics, plots, class names and validation samples of ``training_complete``.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +55,17 @@ MODULE = "ultralytics.utils.callbacks.platform"
 
 #: The file in the run directory that names the Platform model, for ``resume=True``.
 RECORD = "platform_model_id.txt"
+
+
+def _say(message: str) -> None:
+    """One line on ultralytics' console, where its own Platform callbacks print theirs.
+
+    ultralytics' ``LOGGER`` is the standard logger named ``ultralytics`` (to standard
+    output, at its verbosity); the prefix is coloured as ultralytics colours it.
+    """
+    colorstr = getattr(sys.modules.get("ultralytics.utils"), "colorstr", None)
+    prefix = colorstr("Platform: ") if callable(colorstr) else "Platform: "
+    logging.getLogger("ultralytics").info(f"{prefix}{message}")
 
 
 def official_names(project: Any, name: Any) -> tuple[str, str]:
@@ -127,6 +144,7 @@ class PlatformCallbacks:
             identifier = f"{project}/{name}"
         else:
             identifier = project  # the run's name goes as train_args["name"]
+        _say("Streaming training metrics to Platform")
         try:
             options = self.options.copy()
             options["protocol"] = "platform"
@@ -148,6 +166,8 @@ class PlatformCallbacks:
             record.parent.mkdir(parents=True, exist_ok=True)
             record.write_text(session.model_id, encoding="utf-8")
         log.info("platform.tracking", model_id=session.model_id, model_url=session.model_url)
+        if session.model_url:
+            _say(f"View model at {session.model_url}")
 
     def on_pretrain_routine_end(self, trainer: Any) -> None:
         """Apply a cancellation that came before the trainer's setup reset ``stop``."""
@@ -205,6 +225,8 @@ class PlatformCallbacks:
             if path is not None:
                 map50_95 = (trainer.metrics or {}).get(MAP_KEY, 0.0)
                 session.finish(path, map50_95=float(map50_95 or 0.0), timeout=self.finish_timeout)
+                if session.model_url:
+                    _say(f"View results at {session.model_url}")
         except (HubfsmError, OSError, ValueError) as exc:
             # Final weights the session keeps are named in its own line (its refusal
             # notice, or what it prints on closing); a warning would say it all again.

@@ -164,6 +164,42 @@ def test_giving_up_parks_the_operation_with_its_data():
     assert attempts > ChannelPolicies().metrics.max_attempts
 
 
+def _refused(action):
+    return TransportError("refused", "nothing listens")
+
+
+def _until_parked(core, now):
+    """Refuse every request until the metrics channel gives up; the time it rests until."""
+    for _ in range(50):
+        sends, wait = drive(core, now, answer=_refused)
+        if core.stats.give_ups:
+            return now, wait.until
+        now = wait.until
+    raise AssertionError("the metrics channel never gave up")
+
+
+def test_finishing_ends_the_rest_of_a_channel_that_gave_up():
+    # The hub was lost during training and is back; the trainer now waits in finish()
+    # and must not sit out the rest of a 60 s park for a hub that answers.
+    core = training_core()
+    core.epoch_end(0, {"loss": 1.0}, now=0.0)
+    gave_up, rests_until = _until_parked(core, 0.0)
+    assert rests_until - gave_up >= CoreConfig().limits.park
+    core.finish(0, BEST, map50_95=0.5, now=gave_up + 1.0)
+    sends, _ = drive(core, gave_up + 1.0)
+    assert [s.channel for s in sends] == ["metrics", "final"] and core.state == "done"
+
+
+def test_a_channel_that_gives_up_while_finishing_rests_no_longer_than_its_policys_cap():
+    core = training_core()
+    core.epoch_end(0, {"loss": 1.0}, now=0.0)
+    core.finish(0, BEST, map50_95=0.5, now=0.0)
+    gave_up, rests_until = _until_parked(core, 0.0)
+    assert rests_until - gave_up <= CoreConfig().policies.metrics.cap
+    sends, _ = drive(core, rests_until)
+    assert [s.channel for s in sends] == ["metrics", "final"] and core.state == "done"
+
+
 def test_first_checkpoint_at_once_then_newest_after_900s():
     core = training_core()
     core.checkpoint(0, FILE, is_best=True, now=1.0)

@@ -89,6 +89,27 @@ def test_a_run_reports_every_epoch_and_the_final_weights(tmp_path):
     assert fake.foreign == []
 
 
+def test_the_console_shows_the_official_lines_with_the_model_url(tmp_path, caplog):
+    # The official callbacks print where the model is as training starts and ends; the
+    # ones install() puts in their place must too, on the same (ultralytics') logger.
+    caplog.set_level("INFO", logger="ultralytics")
+    fake = FakePlatform()
+    Trainer(tmp_path / "run").train(callbacks(fake, tmp_path).callbacks())
+    said = [r.getMessage() for r in caplog.records if r.name == "ultralytics"]
+    url = "https://platform.test/owner/my-proj/exp-1"
+    assert said == [
+        "Platform: Streaming training metrics to Platform",
+        f"Platform: View model at {url}",
+        f"Platform: View results at {url}",
+    ]
+
+
+def test_an_untracked_run_says_nothing_on_the_console(tmp_path, caplog):
+    caplog.set_level("INFO", logger="ultralytics")
+    Trainer(tmp_path / "a", project=None).train(callbacks(FakePlatform(), tmp_path).callbacks())
+    assert [r for r in caplog.records if r.name == "ultralytics"] == []
+
+
 def test_a_cancel_on_the_platform_stops_the_trainer(tmp_path):
     fake = FakePlatform()
     trainer = Trainer(tmp_path / "run")

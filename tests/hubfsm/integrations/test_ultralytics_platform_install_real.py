@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -85,6 +86,10 @@ def test_a_real_8_4_training_reports_every_epoch_and_the_weights_through_hubfsm(
     agents = {h.get("user-agent", "").split("/")[0] for h in state["headers"]}
     assert agents == {"hubfsm"}, agents
     assert state["foreign"] == 0
+    # The console says where the model is, as the official callbacks' lines do.
+    url = "https://platform.test/owner/platform-test/run1"  # the fake Platform's modelUrl
+    assert f"Platform: View model at {url}" in _plain(done.stdout), done.stdout[-3000:]
+    assert f"Platform: View results at {url}" in _plain(done.stdout), done.stdout[-3000:]
 
 
 def test_a_kill_9_then_sync_loses_nothing_and_resume_continues_the_model(
@@ -142,6 +147,11 @@ def _env(tmp_path: Path, platform: str) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+def _plain(text: str) -> str:
+    """``text`` without the terminal's colour codes (ultralytics colours its prefixes)."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
 def _state(platform: str) -> dict:
