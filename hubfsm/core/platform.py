@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -293,13 +294,29 @@ def _breach(response: Response, what: str) -> protocol.HubProtocolError:
 
 
 def signed_url(value: Any, *, response: Response) -> str:
-    """The ``uploadUrl`` of an upload answer, if it is an http(s) URL.
+    """The ``uploadUrl`` of an upload answer, if it is an http(s) URL a client can request.
+
+    Signed URLs are ASCII (their query percent-encoded), name a host and a port that is
+    one, and carry no user name or password (the PUT carries no credentials but its
+    own). Anything else fails every attempt the same way, so it is refused here, and
+    the upload starts over for a fresh one.
 
     Raises:
         HubProtocolError: It is missing or not one.
     """
-    if isinstance(value, str) and re.match(r"https?://[^\s/]+", value) and value.isprintable():
-        return value
+    if (
+        isinstance(value, str)
+        and re.match(r"https?://[^\s/]+", value)
+        and value.isascii()
+        and value.isprintable()
+    ):
+        try:
+            parts = urlsplit(value)
+            usable = bool(parts.hostname) and parts.username is None and parts.port != 0
+        except ValueError:  # a port out of range or not a number, an unclosed bracket
+            usable = False
+        if usable:
+            return value
     raise _breach(response, "answered an upload without a usable uploadUrl")
 
 

@@ -40,3 +40,19 @@ def test_a_storage_host_that_refuses_is_named_not_the_api(tmp_path: Path) -> Non
     assert failed.kind == "refused"
     assert f"127.0.0.1:{port} refused the connection" in text
     assert str(api.server_address[1]) not in text and "SECRET" not in text
+
+
+def test_a_signed_url_no_client_can_request_fails_without_its_query(tmp_path: Path) -> None:
+    weights = tmp_path / "last.pt"
+    weights.write_bytes(b"w" * 10)
+    part = FilePart("last.pt", str(weights), 10, hashlib.sha256(b"w" * 10).hexdigest())
+    client = PlatformTransport(KEY, api_root="http://127.0.0.1:9")
+    try:
+        for url in ("http://127.0.0.1:99999/o?sig=SECRET", "http://[::1/o?sig=SECRET"):
+            try:
+                client.send(Request("PUT", url, file=part))
+                raise AssertionError("an unusable URL must fail")
+            except TransportError as error:
+                assert error.kind == "url" and "SECRET" not in str(error), str(error)
+    finally:
+        client.close()
