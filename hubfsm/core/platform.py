@@ -275,7 +275,16 @@ class Platform(Dialect):
         if run_id is not None and (isinstance(run_id, bool) or not isinstance(run_id, int)):
             raise _breach(response, f"answered run id {show_untrusted(run_id, limit=16)}")
         url = body.get("modelUrl")
-        return Opened(sent, run_id, url if isinstance(url, str) else None)
+        # Shown to a person as it is (printed, logged): a URL, and nothing a terminal
+        # would act on (escape sequences, line breaks), or none.
+        if not (
+            isinstance(url, str)
+            and len(url) <= _MAX_URL
+            and url.isprintable()
+            and re.match(r"https?://", url)
+        ):
+            url = None
+        return Opened(sent, run_id, url)
 
     def train_data(self, train_args: Mapping[str, Any]) -> dict[str, Any]:
         """``training_started``'s data: every argument as a string, and the epochs."""
@@ -284,6 +293,10 @@ class Platform(Dialect):
         if isinstance(epochs, int) and not isinstance(epochs, bool):
             data["epochs"] = epochs
         return data
+
+
+#: The longest model URL shown to a person.
+_MAX_URL = 2048
 
 
 def _breach(response: Response, what: str) -> protocol.HubProtocolError:

@@ -193,6 +193,12 @@ def test_the_opening_answer_is_checked_before_it_names_anything():
         PLATFORM.opened(Response(200, {"modelId": "n" * 24}), model_id=MODEL)
     # A resume answer that leaves the id out keeps ours.
     assert PLATFORM.opened(Response(200, {"runId": 2}), model_id=MODEL).model_id == MODEL
+    # The model's URL is shown to a person (printed, logged): only an http(s) URL of
+    # printable characters is kept; terminal escapes, a script URL or a megabyte are not.
+    for shown in ("https://p/x\x1b]0;owned\x07\x1b[2J", "javascript:alert(1)",
+                  "https://p/" + "x" * 5000, "https://p/a\nb"):  # fmt: skip
+        kept = PLATFORM.opened(Response(200, {"modelId": MODEL, "modelUrl": shown}), model_id=None)
+        assert kept.model_url is None, shown
 
 
 def test_the_dialect_is_chosen_by_argument_key_identifier_then_environment():
