@@ -13,7 +13,8 @@ on loopback, in the same temporary directory) injects the profile's ``http_fault
 server side, seeded from the seed; a partition stops the hub for a while, a revocation
 removes the key from it. The driver runs on the calling thread, so every request and
 outcome is checked as it happens; the hub's side is checked from its audits at the end.
-A seed's run is bounded by :data:`HARD_TIMEOUT` seconds; past it, the run fails.
+A seed's run is bounded by :data:`HARD_TIMEOUT` seconds plus :data:`EPOCH_ALLOWANCE` per
+epoch; past it, the run fails.
 
 The trace is not repeatable byte for byte over HTTP (real time, real threads); the
 invariants are checked all the same.
@@ -82,8 +83,13 @@ HANG = 0.6
 EPOCH_SECONDS = (0.05, 0.15)
 PATIENCE = 10.0
 
-#: The hard bound on one seed's wall time.
+#: The hard bound on one seed's wall time, besides :data:`EPOCH_ALLOWANCE` per epoch.
 HARD_TIMEOUT = 30.0
+
+#: Seconds a seed's bound grows by for each epoch the trainer runs: twice the slowest
+#: epoch, so that a long run (``--epochs 300``: up to 45 s of epochs alone) on a busy
+#: machine is bounded, not failed for its length.
+EPOCH_ALLOWANCE = 2 * EPOCH_SECONDS[1]
 
 #: Real seconds a dead process takes to come back.
 RESTART_SECONDS = (0.05, 0.3)
@@ -246,7 +252,7 @@ class HttpWorld(World):
             durability="files",
             protocol=protocol,
         )
-        self.deadline = self.origin + HARD_TIMEOUT
+        self.deadline = self.origin + HARD_TIMEOUT + epochs * EPOCH_ALLOWANCE
 
     # -- where the world runs -----------------------------------------------------------
 
