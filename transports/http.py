@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from http.client import HTTPException
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -281,6 +282,8 @@ class RequestsTransport(Transport):
         2xx answer need not be JSON.
         """
         session = self._session
+        # A failure elsewhere (a signed URL's storage) names that host, not the API's.
+        host = urlsplit(url).netloc if url is not None else None
         # Preparing can fail only on a malformed request (say, JSON that cannot be
         # encoded): a bug to surface as is, outside the network error mapping below.
         prepared = session.prepare_request(
@@ -319,12 +322,12 @@ class RequestsTransport(Transport):
         except FileReadError as error:
             raise error.error from None
         except requests.RequestException as error:
-            kind, reason = self._report.explain(error)
+            kind, reason = self._report.explain(error, host)
             # Not chained: the library's exception may quote what the server sent.
             raise self._report.fail(request, kind, reason) from None
         except (OSError, HTTPException, urllib3.exceptions.HTTPError) as error:
             # requests wraps these; this is for the odd one a future version lets through.
-            kind, reason = self._report.explain(error)
+            kind, reason = self._report.explain(error, host)
             raise self._report.fail(request, kind, reason) from None
         finally:
             self._deadline.clear()

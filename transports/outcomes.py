@@ -245,11 +245,14 @@ class Reporter:
         log.info("http.error", method=request.method, path=request.path, kind=kind, reason=reason)
         return TransportError(kind, f"{request.method} {request.path}: {reason}", url=self._root)
 
-    def explain(self, error: BaseException) -> tuple[ErrorKind, str]:
-        """The error kind of a requests failure and a short reason without the URL."""
+    def explain(self, error: BaseException, host: str | None = None) -> tuple[ErrorKind, str]:
+        """The error kind of a requests failure and a short reason without the URL.
+
+        ``host`` names the host that failed when it is not the API root's (storage's).
+        """
         return explain(
             error,
-            host=self._netloc,
+            host=host or self._netloc,
             deadline=self._deadline,
             connect_timeout=self._connect_timeout,
             read_timeout=self._read_timeout,

@@ -98,7 +98,11 @@ class PlatformTransport(RequestsTransport):
 
     def _put(self, request: Request) -> Response:
         url = request.path
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # an unclosed IPv6 bracket, say
+            shown = attrs.evolve(request, path="(an upload URL that does not parse)")
+            raise self._report.fail(shown, "url", "the signed upload URL does not parse") from None
         # Messages and logs name the URL without its query: the query is the signature.
         shown = attrs.evolve(request, path=f"{parts.scheme}://{parts.netloc}{parts.path}")
         if parts.scheme not in ("http", "https") or not parts.hostname or request.file is None:
@@ -114,4 +118,9 @@ class PlatformTransport(RequestsTransport):
         except FileChangedError as error:
             raise self._report.fail(shown, "protocol", str(error)) from None
         with body:
-            return self._exchange(shown, body, url=url, headers=headers)
+            try:
+                return self._exchange(shown, body, url=url, headers=headers)
+            except ValueError:  # requests cannot make a request of it (InvalidURL): not sent
+                raise self._report.fail(
+                    shown, "url", "the signed upload URL cannot be requested"
+                ) from None

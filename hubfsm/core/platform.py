@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -278,7 +279,16 @@ class Platform(Dialect):
         if run_id is not None and (isinstance(run_id, bool) or not isinstance(run_id, int)):
             raise _breach(response, f"answered run id {show_untrusted(run_id, limit=16)}")
         url = body.get("modelUrl")
-        return Opened(sent, run_id, url if isinstance(url, str) else None)
+        # Shown to a person as it is (printed, logged): a URL, and nothing a terminal
+        # would act on (escape sequences, line breaks), or none.
+        if not (
+            isinstance(url, str)
+            and len(url) <= _MAX_URL
+            and url.isprintable()
+            and re.match(r"https?://", url)
+        ):
+            url = None
+        return Opened(sent, run_id, url)
 
     def train_data(self, train_args: Mapping[str, Any]) -> dict[str, Any]:
         """``training_started``'s data: every argument as a string, and the epochs."""
@@ -289,6 +299,10 @@ class Platform(Dialect):
         return data
 
 
+#: The longest model URL shown to a person.
+_MAX_URL = 2048
+
+
 def _breach(response: Response, what: str) -> protocol.HubProtocolError:
     where = f"Platform at {response.origin}" if response.origin else "Platform"
     return protocol.HubProtocolError(
@@ -297,13 +311,29 @@ def _breach(response: Response, what: str) -> protocol.HubProtocolError:
 
 
 def signed_url(value: Any, *, response: Response) -> str:
-    """The ``uploadUrl`` of an upload answer, if it is an http(s) URL.
+    """The ``uploadUrl`` of an upload answer, if it is an http(s) URL a client can request.
+
+    Signed URLs are ASCII (their query percent-encoded), name a host and a port that is
+    one, and carry no user name or password (the PUT carries no credentials but its
+    own). Anything else fails every attempt the same way, so it is refused here, and
+    the upload starts over for a fresh one.
 
     Raises:
         HubProtocolError: It is missing or not one.
     """
-    if isinstance(value, str) and re.match(r"https?://[^\s/]+", value) and value.isprintable():
-        return value
+    if (
+        isinstance(value, str)
+        and re.match(r"https?://[^\s/]+", value)
+        and value.isascii()
+        and value.isprintable()
+    ):
+        try:
+            parts = urlsplit(value)
+            usable = bool(parts.hostname) and parts.username is None and parts.port != 0
+        except ValueError:  # a port out of range or not a number, an unclosed bracket
+            usable = False
+        if usable:
+            return value
     raise _breach(response, "answered an upload without a usable uploadUrl")
 
 

@@ -1,12 +1,13 @@
 """The local hub's WSGI application: HTTP requests in, :class:`~hubfsm.hub.domain.Hub` calls out.
 
-Order of work for an API request, cheapest refusal first: the rate limit and injected
-faults, then the API key (before a byte of the body is read: a keyless or revoked client
-costs no memory and no disk), then the size of the body against its cap, and only then the
-body itself, parsed as strict JSON or streamed as a multipart upload: into the data
-directory, or (with an object store) on to the store as it arrives (see
-:mod:`hubfsm.hub.bodies`). Pages, page data and weight files are served by
-:mod:`hubfsm.hub.web`.
+Order of work for an API request, cheapest refusal first: who the API key names (a key
+the hub knows, else no one), the rate limit (a bucket per known key, one per client address
+for the rest) and injected faults, then refusing a missing, unknown or revoked key (before
+a byte of the body is read: such a client costs no memory and no disk), then the size of
+the body against its cap, and only then the body itself, parsed as strict JSON or streamed
+as a multipart upload: into the data directory, or (with an object store) on to the store
+as it arrives (see :mod:`hubfsm.hub.bodies`). Pages, page data and weight files are served
+by :mod:`hubfsm.hub.web`.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from hubfsm.hub.bodies import (
 )
 from hubfsm.hub.calls import HubCall, HubReply, fail, safe
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.keys import digest
 from hubfsm.hub.summary import dumps
 from hubfsm.logs import get_logger
 from transports.faults import NO_FAULT, Fault, FaultMix, draw
@@ -211,9 +211,13 @@ class HubApp:
     def _api(self, request: Request, environ: dict[str, Any], fault: Fault) -> Response:
         limit_headers: dict[str, str] = {}
         api_key = api_key_of(request)
+        who = self.hub.principal(api_key)
         if self.limiter is not None:
-            # Buckets are keyed by a digest, so the server holds no extra copy of a key.
-            bucket = "-" if api_key is None else digest(api_key)[:24]
+            # A key the hub knows has a bucket of its own (by its id: the server holds no
+            # extra copy of a key). Any other (a guess, a revoked key, none) spends its
+            # client address's: a bucket per guessed key let guesses through unlimited,
+            # and kept one more bucket, in memory or the database, for every guess.
+            bucket = f"key {who}" if who is not None else f"addr {request.remote_addr or '-'}"
             allowed, limit_headers = self.limiter.take(bucket)
             if not allowed:
                 _log.info("hub.rate_limited", path=safe(request.path))
@@ -235,7 +239,7 @@ class HubApp:
             return _drop(environ)
         spooled: list[IO[bytes]] = []
         try:
-            if self.hub.principal(api_key) is None:
+            if who is None:
                 # The hub answers 401 (and counts the call) without seeing the body.
                 refuse_body(request, environ)
                 call: HubCall | HubReply = bare_call(request)

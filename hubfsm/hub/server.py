@@ -3,7 +3,9 @@
 The WSGI app (:mod:`hubfsm.hub.app`) runs under cheroot, a thread-pool HTTP/1.1 server
 from PyPI that streams request bodies to the app (so the key is checked before a body is
 read) and closes connections that stay silent longer than its socket timeout (so idle or
-slow clients cannot hold the server's threads).
+slow clients cannot hold the server's threads); a connection's TLS handshake and each
+request head also have a deadline in all (:mod:`hubfsm.hub.connections`), so neither a
+client that trickles them nor one that connects and says nothing holds the hub.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from types import TracebackType
 from typing import Any
 
 import platformdirs
-from cheroot import server as cheroot_server
 from cheroot import wsgi
 
 from hubfsm.hub.access import PageAccess, Sessions, is_loopback
 from hubfsm.hub.app import HubApp
 from hubfsm.hub.bodies import BodyLimits
 from hubfsm.hub.calls import id_factory
+from hubfsm.hub.connections import Connection, DeferredTLSAdapter, Watchdog
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.keys import DEFAULT_TTL, UrlSigner, load_or_create_key, load_or_create_secret
 from hubfsm.hub.store import Store
@@ -86,34 +88,12 @@ class _Gateway(wsgi.Gateway_10):
         return environ
 
 
-class _Request(cheroot_server.HTTPRequest):
-    """A request whose head (request line and headers) must arrive within a short timeout.
-
-    Cheroot gives each connection one socket timeout. A client that sends half a request
-    head and stalls holds a worker thread for that long, so the head gets its own, shorter
-    one; the body (a large upload on a slow link) keeps the longer one.
-    """
-
-    def parse_request(self) -> None:
-        """Read the request head under the head timeout."""
-        sock = self.conn.socket
-        sock.settimeout(getattr(self.server, "head_timeout", self.server.timeout))
-        try:
-            super().parse_request()
-        finally:
-            with contextlib.suppress(OSError):
-                sock.settimeout(self.server.timeout)
-
-
-class _Connection(cheroot_server.HTTPConnection):
-    RequestHandlerClass = _Request
-
-
 class _Server(wsgi.Server):
     """Cheroot's server, its own messages routed to the hub's log."""
 
-    ConnectionClass = _Connection
+    ConnectionClass = Connection
     head_timeout: float = 10.0
+    deadlines: Watchdog
 
     @classmethod
     def prepare_socket(cls, *args: Any, **kwargs: Any) -> socket.socket:
@@ -279,10 +259,9 @@ class LocalHub:
             )
             server.gateway = _Gateway
             if self.tls is not None:
-                from cheroot.ssl.builtin import BuiltinSSLAdapter
-
-                server.ssl_adapter = BuiltinSSLAdapter(*self.tls)
+                server.ssl_adapter = DeferredTLSAdapter(*self.tls)
             server.head_timeout = self.head_timeout
+            server.deadlines = Watchdog()
             # Keep-alive connections wait in a selector, not a thread: allow many.
             server.keep_alive_conn_limit = 1000
             # How often the serving loop looks up from its selector: a stop takes this long.
@@ -333,6 +312,7 @@ class LocalHub:
         self._server.stop()
         if self._thread is not None:
             self._thread.join()
+        self._server.deadlines.stop()
         self.hub.store.close()
         self._server = self._thread = self._hub = None
         _log.info("hub.stopped", url=self.url)

@@ -39,6 +39,8 @@ log = get_logger("hubfsm")
 
 #: Seconds :meth:`Session.finish` waits in silence; past them it says what it waits for.
 FINISH_QUIET = 5.0
+#: Seconds :meth:`Session.finish` waits past its timeout for the worker to notice it.
+FINISH_GRACE = 1.0
 
 
 class Session(SessionViews):
@@ -257,21 +259,26 @@ class Session(SessionViews):
         # The worker copies the final weights as it takes them in: a few seconds at
         # least, whatever ``timeout`` says.
         wait = max(FINISH_QUIET, timeout)
+        ends = self._shell.clock() + wait
         try:
             self._shell.call(event, timeout=wait)
         except TimeoutError:  # the worker is inside a request to a slow hub
             raise not_taken_in(wait, self.outbox_dir, self.pending()) from None
         finally:
             self._accepting = False
-        self._settle(timeout)
+        self._settle(timeout, ends)
 
-    def _settle(self, timeout: float) -> None:
+    def _settle(self, timeout: float, ends: float) -> None:
         console = self._driver.console
         # With the hub lost, say at once what finishing waits for; else after a quiet spell.
         quiet = 0.0 if console is not None and console.lost else min(FINISH_QUIET, timeout)
         if not self._shell.wait_for(lambda c: c.machine.settled, quiet):
             self._tell_waiting(timeout)
-            self._shell.wait_for(lambda c: c.machine.settled, timeout + 5.0 - quiet)
+            # The worker's own deadline makes the session resumable at the timeout; past
+            # it by a grace, the worker is inside a request that outlasts it (a hub that
+            # drips its answer) and cannot see it, so the wait ends here instead.
+            left = ends + FINISH_GRACE - self._shell.clock()
+            self._shell.wait_for(lambda c: c.machine.settled, max(0.0, left))
         machine = self._core.machine
         if machine.traits.terminal and not machine.failed:  # the final upload is acknowledged
             self._log.info("session.finished", model_id=self._core.model_id, **self.stats())

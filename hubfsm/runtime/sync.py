@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
@@ -227,6 +228,9 @@ def _sync_one(
             "sending it elsewhere as --hub says",
             file=out,
         )
+    # One budget per model, opening included: a hub that never lets the model open
+    # (429s, a dripped answer) took the session's own 120 s before, whatever --timeout.
+    ends = time.monotonic() + timeout
     if open_session is not None:
         session = open_session(info)
     else:
@@ -238,6 +242,7 @@ def _sync_one(
             outbox_dir=info.directory.parent,
             offline=False,
             protocol=info.protocol,
+            open_timeout=timeout,
         )
         # Sync reports a refusal on its own output; the session's stderr notice is for
         # trainers. Losing the hub it says there too, or it would wait out --timeout mute.
@@ -248,10 +253,12 @@ def _sync_one(
         )
         session = Session.compose(parts)
     try:
+        # A session opened by the caller (the simulator's) keeps its own clock.
+        left_time = timeout if open_session is not None else max(0.0, ends - time.monotonic())
         if session.pending()["final"]:
-            session.finish_pending(timeout=timeout)
+            session.finish_pending(timeout=left_time)
         else:
-            session.flush(timeout=timeout)
+            session.flush(timeout=left_time)
         left = session.pending()
     finally:
         session.close(timeout=min(timeout, 10.0))

@@ -64,6 +64,8 @@ CACHE_ENV = env.CACHE
 #: The largest download accepted unless the caller says otherwise (4 GiB).
 MAX_BYTES = 4 << 30
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+#: The most characters of a URL's last segment a cached file's name keeps.
+_NAME_CHARS = 100
 
 
 class DownloadError(HubfsmError):
@@ -79,9 +81,11 @@ def cache_root() -> Path:
 def _file_name(url: str) -> str:
     # ultralytics names a download after the URL's last path segment and loads it
     # only as .pt; the name never leaves the cache directory.
+    # Cut short, since a file system takes 255 bytes a name and the temporary file's name
+    # is longer still; the slot is named by the whole URL, so nothing else shares it.
     last = urlsplit(url).path.rstrip("/").rpartition("/")[2]
-    name = _SAFE_NAME.sub("_", last).lstrip(".") or "weights"
-    return name if name.endswith(".pt") else f"{name}.pt"
+    name = _SAFE_NAME.sub("_", last).lstrip(".").removesuffix(".pt")[:_NAME_CHARS]
+    return f"{name or 'weights'}.pt"
 
 
 def _mkdir_private(path: Path) -> None:

@@ -35,7 +35,7 @@ from hubfsm.durable.weights import stamp_of
 from hubfsm.errors import IllegalEventError
 from hubfsm.runtime.driver import Driver
 from hubfsm.runtime.factory import CoreFactory
-from hubfsm.runtime.session import Session
+from hubfsm.runtime.session import FINISH_GRACE, Session
 
 
 @attrs.frozen
@@ -131,7 +131,8 @@ class FinishesInMemory(Session):
         finally:
             inbox.journal = journal
         self._accepting = False
-        self._settle(timeout)
+        # As long a wait as the session's own finish gives the worker, grace included.
+        self._settle(timeout, self._shell.clock() + timeout + 5.0 - FINISH_GRACE)
 
 
 def recover_stopping_on_poison(

@@ -13,7 +13,8 @@ on loopback, in the same temporary directory) injects the profile's ``http_fault
 server side, seeded from the seed; a partition stops the hub for a while, a revocation
 removes the key from it. The driver runs on the calling thread, so every request and
 outcome is checked as it happens; the hub's side is checked from its audits at the end.
-A seed's run is bounded by :data:`HARD_TIMEOUT` seconds; past it, the run fails.
+A seed's run is bounded by :data:`HARD_TIMEOUT` seconds plus :data:`EPOCH_ALLOWANCE` per
+epoch; past it, the run fails.
 
 The trace is not repeatable byte for byte over HTTP (real time, real threads); the
 invariants are checked all the same.
@@ -82,8 +83,13 @@ HANG = 0.6
 EPOCH_SECONDS = (0.05, 0.15)
 PATIENCE = 10.0
 
-#: The hard bound on one seed's wall time.
+#: More patience per epoch: faults hold a second while epochs take a tenth, so a long
+#: Platform run (a request an epoch) ends with more epochs queued the longer it ran.
+PATIENCE_PER_EPOCH = 0.5
+
+#: The hard bound on one seed's wall time, plus twice an epoch's time and patience each.
 HARD_TIMEOUT = 30.0
+EPOCH_ALLOWANCE = 2 * (EPOCH_SECONDS[1] + PATIENCE_PER_EPOCH)
 
 #: Real seconds a dead process takes to come back.
 RESTART_SECONDS = (0.05, 0.3)
@@ -102,8 +108,8 @@ _TIMER_SLACK = 0.002
 _PARTITION = WindowRule("partition", (1, 1), PARTITION_SECONDS, FaultMix(connection_error=1.0))
 
 
-def http_profile(profile: Profile) -> Profile:
-    """``profile`` on the real clock: its pace scaled down, one partition for its outages.
+def http_profile(profile: Profile, epochs: int = 0) -> Profile:
+    """``profile`` on the real clock for ``epochs``: its pace scaled down, one partition.
 
     Its scenario is drawn as on the virtual clock (see :meth:`Profile.draw`), within the
     shortest training time: a partition if the profile has windows no request gets
@@ -116,7 +122,7 @@ def http_profile(profile: Profile) -> Profile:
         profile,
         windows=(_PARTITION,) if unreachable else (),
         epoch_seconds=EPOCH_SECONDS,
-        patience=PATIENCE,
+        patience=PATIENCE + epochs * PATIENCE_PER_EPOCH,
     )
 
 
@@ -238,7 +244,7 @@ class HttpWorld(World):
         # A real transport reads the weights from real files: the outboxes are files too.
         super().__init__(
             seed,
-            http_profile(profile),
+            http_profile(profile, epochs),
             root=root,
             epochs=epochs,
             config=config or (PLATFORM_CONFIG if platform else CONFIG),
@@ -246,7 +252,7 @@ class HttpWorld(World):
             durability="files",
             protocol=protocol,
         )
-        self.deadline = self.origin + HARD_TIMEOUT
+        self.deadline = self.origin + HARD_TIMEOUT + epochs * EPOCH_ALLOWANCE
 
     # -- where the world runs -----------------------------------------------------------
 

@@ -137,7 +137,17 @@ def test_a_checkpoint_is_three_steps_and_the_final_four():
     }  # fmt: skip
 
 
-@pytest.mark.parametrize("url", [None, "", "ftp://x/y", "file:///etc/passwd", "/relative", 7])
+@pytest.mark.parametrize(
+    "url",
+    [
+        None, "", "ftp://x/y", "file:///etc/passwd", "/relative", 7,
+        # Not one an HTTP client can request: each failed every retry of the same PUT,
+        # its whole text (the signature in its query) in the message, never asking anew.
+        "http://127.0.0.1:99999/o?sig=s", "http://[::1/o?sig=s", "https://h:port/o",
+        "http://\u0430\u0431\u0432.example/o", "https://user:pw@storage.example/o",
+        "http://:80/o",
+    ],
+)  # fmt: skip
 def test_an_upload_answer_without_a_usable_signed_url_is_a_protocol_error(url):
     first = PLATFORM.upload(MODEL, 1, FILE, key="k")
     with pytest.raises(HubProtocolError):
@@ -183,6 +193,12 @@ def test_the_opening_answer_is_checked_before_it_names_anything():
         PLATFORM.opened(Response(200, {"modelId": "n" * 24}), model_id=MODEL)
     # A resume answer that leaves the id out keeps ours.
     assert PLATFORM.opened(Response(200, {"runId": 2}), model_id=MODEL).model_id == MODEL
+    # The model's URL is shown to a person (printed, logged): only an http(s) URL of
+    # printable characters is kept; terminal escapes, a script URL or a megabyte are not.
+    for shown in ("https://p/x\x1b]0;owned\x07\x1b[2J", "javascript:alert(1)",
+                  "https://p/" + "x" * 5000, "https://p/a\nb"):  # fmt: skip
+        kept = PLATFORM.opened(Response(200, {"modelId": MODEL, "modelUrl": shown}), model_id=None)
+        assert kept.model_url is None, shown
 
 
 def test_the_dialect_is_chosen_by_argument_key_identifier_then_environment():

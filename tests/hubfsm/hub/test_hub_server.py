@@ -305,6 +305,26 @@ def test_rate_limiter_refills() -> None:
     assert limiter.take("a")[0] is True
 
 
+def test_guessed_keys_share_their_address_bucket_and_make_no_new_ones(hub: Hub) -> None:
+    app = HubApp(hub, rate_limit=1.0)
+    client = werkzeug.test.Client(app)
+    codes = [
+        client.post(
+            "/v1/auth",
+            headers={"x-api-key": os.urandom(21).hex()},
+            environ_base={"REMOTE_ADDR": "127.0.0.9"},
+        ).status_code
+        for _ in range(50)
+    ]
+    # Before, each guess had a fresh bucket of its own: 50 times 401, 50 buckets kept.
+    assert codes[0] == 401 and codes.count(429) >= 45
+    assert app.limiter is not None and len(app.limiter._buckets) == 1
+    # A key the hub knows keeps its own bucket, apart from the guesser's address.
+    known = client.post("/v1/auth", headers={"x-api-key": KEY},
+                        environ_base={"REMOTE_ADDR": "127.0.0.9"})  # fmt: skip
+    assert known.status_code == 200
+
+
 def test_serve_prints_how_to_use_it(tmp_path: Path) -> None:
     out = io.StringIO()
     stop = threading.Event()

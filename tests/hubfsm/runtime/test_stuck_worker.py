@@ -58,3 +58,38 @@ def test_a_worker_stuck_in_a_resent_request_bounds_every_trainer_call(hub, tmp_p
     s.close(timeout=10.0)
     assert [m["epoch"] for m in hub.metrics(model_id)] == [0, 1]
     assert hub.record(model_id)["status"] == "trained"
+
+
+class StuckFinal(Stuck):
+    """A transport whose final upload hangs, as a hub that drips its answer to it does."""
+
+    def send(self, request):
+        if (request.fields or {}).get("type") == "final":
+            self.held.set()
+            self.release.wait(60.0)
+        return self.inner.send(request)
+
+
+@pytest.mark.slow  # finish() waits out its timeout
+def test_finish_keeps_its_timeout_when_the_final_upload_itself_hangs(hub, tmp_path):
+    import time
+
+    model_id = new_model(hub)
+    link = StuckFinal(InMemoryTransport(hub, KEY))
+    try:
+        s = hubfsm.Session(model_id, transport=link, config=FAST, outbox_dir=tmp_path)
+        s.start()
+        s.log_metrics({"loss": 1.0}, epoch=0)
+        best = tmp_path / "best.pt"
+        best.write_bytes(b"best" * 100)
+        started = time.monotonic()
+        with pytest.raises(hubfsm.DeliveryIncomplete):
+            s.finish(best, map50_95=0.5, timeout=6.0)
+        waited = time.monotonic() - started
+        assert link.held.is_set()
+        # The worker sits in the upload and cannot see the deadline; finish still can.
+        assert 6.0 <= waited < 7.5, waited
+    finally:
+        link.release.set()
+    s.close(timeout=10.0)
+    assert hub.record(model_id)["status"] == "trained"

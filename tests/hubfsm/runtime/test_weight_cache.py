@@ -178,3 +178,12 @@ def test_the_cached_file_name_is_safe(api, tmp_path):
     path = download(f"{api.url}/w/..%2F..%2Fevil", cache_dir=tmp_path)
     assert path.parent.parent == tmp_path and path.suffix == ".pt"
     assert Path(path).name.startswith("_")
+
+
+def test_a_url_whose_last_segment_is_too_long_for_a_file_name_still_downloads(api, tmp_path):
+    # The name comes from the hub's URL; the file system takes at most 255 bytes a name.
+    long = "w" * 400 + ".pt"
+    api.routes[f"/w/{long}"] = (200, {}, BODY)
+    path = download(f"{api.url}/w/{long}", cache_dir=tmp_path, progress=False)
+    assert path.read_bytes() == BODY and path.suffix == ".pt" and len(path.name) <= 128
+    assert path.parent.parent == tmp_path

@@ -95,6 +95,18 @@ def test_a_recovery_that_stops_on_a_poison_record_is_caught_over_http():
 
 def test_a_seed_past_its_time_bound_fails_instead_of_hanging(monkeypatch):
     monkeypatch.setattr("hubfsm.sim.http_world.HARD_TIMEOUT", 0.2)
+    monkeypatch.setattr("hubfsm.sim.http_world.EPOCH_ALLOWANCE", 0.0)
     result = run_http_seed(0, profile="calm", epochs=8)
     assert not result.ok
     assert any(v.number == CRASH and "RunTimeout" in v.message for v in result.violations)
+
+
+@pytest.mark.slow  # 40 epochs at the HTTP world's pace
+def test_a_seed_is_given_time_for_the_epochs_it_runs(monkeypatch):
+    # 40 epochs of 0.05 to 0.15 s each: about 4 s of training alone, past a 1 s bound on
+    # the whole run. Before, the bound ignored the epochs: at --epochs 150 to 300 seeds
+    # failed with RunTimeout while every invariant held.
+    monkeypatch.setattr("hubfsm.sim.http_world.HARD_TIMEOUT", 1.0)
+    result = run_http_seed(0, profile="calm", epochs=40)
+    assert result.ok, [str(v) for v in result.violations]
+    assert result.state == "done"

@@ -146,3 +146,14 @@ def test_the_checker_sees_epochs_twice_out_of_order_and_an_early_complete():
     assert (DIALECT, "epoch 2 acknowledged before epochs [1]") in found
     assert any(n == DIALECT and "epochs [1] was acknowledged" in m for n, m in found)
     assert json.dumps(found)  # plain values, for the trace
+
+
+@pytest.mark.slow  # 40 epochs over HTTP against injected faults
+def test_a_long_platform_run_over_http_is_given_patience_for_its_epochs(monkeypatch):
+    # One request an epoch, and faults that hold a second: a hostile run ends with
+    # epochs queued, more the longer it ran. A patience that ignored the epochs (10 s,
+    # here 2) failed every seed of 150 epochs with 'the session ended resumable'.
+    monkeypatch.setattr("hubfsm.sim.http_world.PATIENCE", 2.0)
+    result = run_http_seed(0, profile="hostile", epochs=40, protocol="platform")
+    assert result.ok, [str(v) for v in result.violations]
+    assert result.state == "done"

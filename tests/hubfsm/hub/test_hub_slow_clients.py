@@ -1,0 +1,92 @@
+"""Clients that trickle what they send, or send nothing: the hub's other clients go on.
+
+A socket timeout bounds each read; these clients stay within it and still must not hold
+the hub's worker threads, or its one thread that accepts connections.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from hubfsm.hub.server import LocalHub
+from tests.hubfsm.hub.test_hub_access import _self_signed
+
+TIMEOUT = 10
+
+
+def _drip(port: int, done: threading.Event, heard: list[bytes]) -> None:
+    """Send a request head a byte every 0.1 s (each well within any read timeout)."""
+    head = b"GET /v1/auth HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 200
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        for byte in head:
+            if done.is_set():
+                break
+            try:
+                sock.send(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.1)
+        sock.settimeout(1)
+        try:
+            heard.append(sock.recv(4096))
+        except OSError:
+            heard.append(b"")
+
+
+@pytest.mark.slow
+def test_a_head_trickled_a_byte_at_a_time_is_cut_at_its_deadline(tmp_path: Path) -> None:
+    # One worker thread; the trickled head would hold it 20 s without a deadline in all.
+    with LocalHub(tmp_path / "hub", timeout=30, head_timeout=0.5, threads=1) as local:
+        done, heard = threading.Event(), []
+        dripper = threading.Thread(target=_drip, args=(local.port, done, heard))
+        dripper.start()
+        try:
+            time.sleep(0.2)
+            started = time.monotonic()
+            reply = requests.post(
+                f"{local.url}/v1/auth", headers={"x-api-key": local.api_key}, timeout=5
+            )
+            waited = time.monotonic() - started
+        finally:
+            done.set()
+            dripper.join(timeout=TIMEOUT)
+    assert reply.status_code == 200 and waited < 2.0
+    assert heard and (heard[0] == b"" or heard[0].startswith(b"HTTP/1.1 408")), heard
+
+
+@pytest.mark.slow
+def test_a_tls_client_that_says_nothing_does_not_stop_the_hub_accepting(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    context = ssl.create_default_context(cafile=str(cert))
+    with LocalHub(
+        tmp_path / "hub", timeout=30, head_timeout=0.5, threads=2, tls_cert=cert, tls_key=key
+    ) as local:
+        # Connected, no TLS handshake: the hub used to wait for it before accepting anyone.
+        silent = [socket.create_connection(("127.0.0.1", local.port)) for _ in range(3)]
+        try:
+            time.sleep(0.2)
+            answers = []
+            for _ in range(3):
+                conn = http.client.HTTPSConnection(
+                    "127.0.0.1", local.port, timeout=5, context=context
+                )
+                started = time.monotonic()
+                conn.request("POST", "/v1/auth", headers={"x-api-key": local.api_key})
+                answers.append((conn.getresponse().status, time.monotonic() - started))
+                conn.close()
+            for sock in silent:
+                sock.settimeout(TIMEOUT)
+                assert sock.recv(4096) == b""  # closed at the handshake's deadline
+        finally:
+            for sock in silent:
+                sock.close()
+    assert [status for status, _ in answers] == [200, 200, 200]
+    assert max(seconds for _, seconds in answers) < 2.0
