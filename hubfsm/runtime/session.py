@@ -271,9 +271,11 @@ class Session(SessionViews):
     def _settle(self, timeout: float, ends: float) -> None:
         console = self._driver.console
         # With the hub lost, say at once what finishing waits for; else after a quiet spell.
-        quiet = 0.0 if console is not None and console.lost else min(FINISH_QUIET, timeout)
-        if not self._shell.wait_for(lambda c: c.machine.settled, quiet):
-            self._tell_waiting(timeout)
+        # Not for a wait no longer than that spell: its outcome is the one line to say.
+        quiet = 0.0 if console is not None and console.lost else FINISH_QUIET
+        if not self._shell.wait_for(lambda c: c.machine.settled, min(quiet, timeout)):
+            if timeout > FINISH_QUIET:
+                self._tell_waiting(timeout)
             # The worker's own deadline makes the session resumable at the timeout; past
             # it by a grace, the worker is inside a request that outlasts it (a hub that
             # drips its answer) and cannot see it, so the wait ends here instead.
