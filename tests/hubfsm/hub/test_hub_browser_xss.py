@@ -11,13 +11,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from hubfsm.hub import admin
 from hubfsm.hub.server import LocalHub
 
+# Skipped as the other page tests are, without Playwright (the README's test install
+# has none): importing their fixtures would fail to collect instead.
+pytest.importorskip(
+    "playwright.sync_api", reason="Playwright is not installed: pip install -e '.[browser]'"
+)
+
 # The browser fixtures, and the mark that makes these tests slow.
-from tests.hubfsm.hub.test_hub_browser import browser, page, pytestmark  # noqa: F401
+from tests.hubfsm.hub.test_hub_browser import browser, page, pytestmark  # noqa: E402, F401
 
 #: Breaks out of an attribute, a text node and a script, and calls home when it runs.
 X = "<img src=x onerror=window.ran=1>\"'</script><script>window.ran=2</script><b>"
