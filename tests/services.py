@@ -60,6 +60,25 @@ def free_ports(count: int) -> list[int]:
             each.close()
 
 
+def tmpfs_refusal(where: Path, *needs: str) -> str | None:
+    """Why a small tmpfs cannot be mounted in a new mount namespace here, or None.
+
+    A tmpfs inside ``unshare --mount`` is the tests' real full disk; ``needs`` names
+    further commands a test drives it with (``nsenter``, say).
+    """
+    for command in ("unshare", *needs):
+        if shutil.which(command) is None:
+            return f"the {command} command is not installed"
+    where.mkdir(parents=True, exist_ok=True)
+    probe = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {where}"],
+        capture_output=True, text=True, timeout=30,
+    )
+    if probe.returncode != 0:
+        return f"unshare --mount with a tmpfs is not permitted here: {probe.stderr.strip()}"
+    return None
+
+
 def _wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

@@ -6,9 +6,7 @@ directory copied onto a tmpfs mounted only for it; ``nsenter`` frees the disk la
 
 import hashlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,35 +16,17 @@ import pytest
 import requests
 
 import hubfsm
+from tests.services import free_ports, tmpfs_refusal
 from tests.support import FAST
 
 ROOT = Path(__file__).parents[3]
-
-
-def _free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _refusal(where):
-    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
-        return "unshare and nsenter are not installed"
-    where.mkdir(parents=True, exist_ok=True)
-    probe = subprocess.run(
-        ["unshare", "--mount", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {where}"],
-        capture_output=True, text=True, timeout=30,
-    )
-    if probe.returncode != 0:
-        return f"unshare --mount with a tmpfs is not permitted here: {probe.stderr.strip()}"
-    return None
 
 
 @pytest.mark.slow
 def test_a_hub_whose_disk_fills_says_so_and_takes_everything_once_it_frees(
     tmp_path, capsys
 ):
-    refusal = _refusal(tmp_path / "probe")
+    refusal = tmpfs_refusal(tmp_path / "probe", "nsenter")
     if refusal is not None:
         pytest.skip(refusal)
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
@@ -56,7 +36,7 @@ def test_a_hub_whose_disk_fills_says_so_and_takes_everything_once_it_frees(
         env=env, capture_output=True, timeout=60, check=True,
     )
     key = (made / "api_key").read_text().strip()
-    disk, port = tmp_path / "disk", _free_port()
+    disk, port = tmp_path / "disk", free_ports(1)[0]
     disk.mkdir()
     # 4 MiB, 3 of them taken: a megabyte of weights cannot be staged, a metric still can.
     command = (

@@ -6,7 +6,6 @@ a SIGBUS or a crash is seen as the exit status it is, and nothing outside is tou
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,31 +13,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import tmpfs_refusal
+
 HERE = Path(__file__).parent
 TRAINER = HERE / "full_disk_trainer.py"
 ROOT = HERE.parents[2]
 SIZE = "2m"
 
 
-def _unshare_refusal(where: Path) -> str | None:
-    """Why a tmpfs cannot be mounted in a new mount namespace here, or None."""
-    if shutil.which("unshare") is None:
-        return "the unshare command is not installed"
-    where.mkdir(parents=True, exist_ok=True)
-    probe = subprocess.run(
-        ["unshare", "--mount", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {where}"],
-        capture_output=True, text=True, timeout=30,
-    )
-    if probe.returncode != 0:
-        return f"unshare --mount with a tmpfs is not permitted here: {probe.stderr.strip()}"
-    return None
-
-
 @pytest.fixture(scope="module")
 def small_disk(tmp_path_factory):
     """Runs the trainer scenario on a fresh small tmpfs; returns its exit code, result, log."""
     base = tmp_path_factory.mktemp("fulldisk")
-    refusal = _unshare_refusal(base / "probe")
+    refusal = tmpfs_refusal(base / "probe")
     if refusal is not None:
         pytest.skip(refusal)
 

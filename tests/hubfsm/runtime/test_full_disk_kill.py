@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hubfsm.runtime.test_full_disk import _unshare_refusal
+from tests.services import tmpfs_refusal
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[2]
@@ -21,7 +21,7 @@ ROOT = HERE.parents[2]
 @pytest.mark.slow
 def test_sync_after_a_kill_on_a_full_disk_delivers_everything_once_the_disk_is_freed(tmp_path):
     disk, work = tmp_path / "disk", tmp_path / "work"
-    refusal = _unshare_refusal(tmp_path / "probe")
+    refusal = tmpfs_refusal(tmp_path / "probe")
     if refusal is not None:
         pytest.skip(refusal)
     disk.mkdir()
