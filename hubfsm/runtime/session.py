@@ -33,6 +33,8 @@ from hubfsm.transport import Transport
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from hubfsm.core.engine import Core
+
 __all__ = ["Session"]
 
 log = get_logger("hubfsm")
@@ -148,7 +150,8 @@ class Session(SessionViews):
         self._shell.stop(timeout=0.0)
         if self._durability is not None:
             # An outbox with nothing left is only clutter; a later session recreates it.
-            drained = self._core.drained and not self._inbox
+            # A worker still inside a request could be caught mid-step: keep it then.
+            drained = not self._shell.alive and self._core.drained and not self._inbox
             self._durability.close(remove=drained, stale=drained and self._driver.disk_lags)
 
     # -- what the trainer calls -----------------------------------------------------
@@ -304,9 +307,14 @@ class Session(SessionViews):
             self._shell.call(Barrier(), timeout=timeout)
         except TimeoutError:  # the worker is inside a request that outlasts the wait
             return False
-        return self._shell.wait_for(lambda c: c.drained or not c.machine.sends, timeout) and (
-            self._core.drained
-        )
+        drained = False
+
+        def settled(core: Core) -> bool:
+            nonlocal drained
+            drained = core.drained
+            return drained or not core.machine.sends
+
+        return self._shell.wait_for(settled, timeout) and drained
 
     def close(self, *, timeout: float | None = None) -> None:
         """End the session: send what can be sent within ``timeout`` seconds, then stop.

@@ -31,6 +31,7 @@ class ThreadRunner:
         self.nap = nap
         self.wake = threading.Event()
         self._changed = threading.Condition()
+        self._waiters: list[_Waiter] = []
         self._stop_at: float | None = None
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
@@ -55,17 +56,34 @@ class ThreadRunner:
             self.wake.set()
 
     def wait_for(self, predicate: Callable[[Core], bool], timeout: float | None) -> bool:
-        """Block until ``predicate(core)`` holds after a worker step, or ``timeout`` passes."""
+        """Block until ``predicate(core)`` holds after a worker step, or ``timeout`` passes.
+
+        The worker itself tests the predicate between its steps: read from this thread,
+        the core could be caught mid-step (an epoch taken off its queue and not yet in
+        its request looks like nothing pending).
+        """
+        if not self._thread.is_alive() or self._thread is threading.current_thread():
+            return predicate(self.core)
         deadline = None if timeout is None else self.clock() + timeout
+        waiter = _Waiter(predicate)
         with self._changed:
-            while not predicate(self.core):
-                if not self._thread.is_alive():
-                    return predicate(self.core)
-                remaining = None if deadline is None else deadline - self.clock()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._changed.wait(1.0 if remaining is None else min(remaining, 1.0))
-            return True
+            self._waiters.append(waiter)
+        self.wake_up()  # test it at once, not at the end of the worker's nap
+        try:
+            with self._changed:
+                while not waiter.held:
+                    if waiter.error is not None:
+                        raise waiter.error
+                    if not self._thread.is_alive():
+                        return predicate(self.core)
+                    remaining = None if deadline is None else deadline - self.clock()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._changed.wait(1.0 if remaining is None else min(remaining, 1.0))
+                return True
+        finally:
+            with self._changed:
+                self._waiters.remove(waiter)
 
     def call(self, event: Event, *, timeout: float = 60.0) -> None:
         """Hand ``event`` to the worker and wait until it is taken in.
@@ -134,5 +152,27 @@ class ThreadRunner:
             self.wake.wait(max(0.0, wake - now))
 
     def _notify(self) -> None:
+        """Test what callers wait for, between steps, and wake them."""
         with self._changed:
+            for waiter in self._waiters:
+                waiter.test(self.core)
             self._changed.notify_all()
+
+
+class _Waiter:
+    """A caller's predicate, tested on the worker's thread between its steps."""
+
+    __slots__ = ("error", "held", "predicate")
+
+    def __init__(self, predicate: Callable[[Core], bool]) -> None:
+        self.predicate = predicate
+        self.held = False
+        self.error: Exception | None = None
+
+    def test(self, core: Core) -> None:
+        if self.held or self.error is not None:
+            return
+        try:
+            self.held = bool(self.predicate(core))
+        except Exception as exc:  # the caller's to raise, not the worker's
+            self.error = exc

@@ -236,3 +236,34 @@ def test_waiting_to_start_and_training_follow_the_machine(hub, tmp_path):
     assert seen == [("loaded", True, False), ("training", False, True), ("done", False, False)]
     null = hubfsm.NullSession(1)
     assert (null.waiting_to_start, null.training) == (False, False)
+
+
+class _SlowToBuild:
+    """A dialect that takes a while to build a metrics request (a busy machine)."""
+
+    def __init__(self, dialect, started):
+        self._dialect = dialect
+        self._started = started
+
+    def __getattr__(self, name):
+        return getattr(self._dialect, name)
+
+    def metrics(self, *args, **kwargs):
+        self._started.set()
+        threading.Event().wait(0.3)
+        return self._dialect.metrics(*args, **kwargs)
+
+
+def test_flush_is_not_fooled_by_an_epoch_between_its_queue_and_its_request(hub):
+    # The worker takes an epoch off its queue, then builds its request: a caller that
+    # read the core in between saw nothing pending, and flush said all was sent.
+    model_id = new_model(hub)
+    with hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST) as s:
+        started = threading.Event()
+        schedule = s._core.schedule
+        schedule.dialect = _SlowToBuild(schedule.dialect, started)
+        s.log_metrics({"loss": 1.0})
+        # The worker takes the epoch and the flush's barrier in together, then builds.
+        assert s.flush(timeout=10.0)
+        assert started.is_set()
+        assert [row["epoch"] for row in hub.metrics(model_id)] == [0]
