@@ -332,6 +332,13 @@ class RequestsTransport(Transport):
         finally:
             self._deadline.clear()
         status = answer.status_code
+        if status < 200:
+            # Python's HTTP client takes any informational answer but 100 (a proxy's 103
+            # Early Hints) for the final one: the hub's real answer was never read.
+            # Not the hub's word on the request, so not a refusal: sent again, its key
+            # makes that safe.
+            reason = f"an informational answer ({status}) came where the final one belongs"
+            raise self._report.fail(request, "protocol", reason)
         if 300 <= status < 400:
             envelope: Mapping[str, Any] = self._report.redirected(request, status, answer.headers)
         elif url is not None:

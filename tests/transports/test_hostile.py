@@ -290,6 +290,25 @@ def test_a_redirect_is_a_refusal_and_the_key_does_not_follow(tmp_path: Path) -> 
     assert "redirected" in str(info.value) and leaks(str(info.value)) == []
 
 
+def test_early_hints_are_not_taken_for_the_hubs_answer() -> None:
+    # Python's HTTP client takes a 103 for the final answer; taken as the hub's word it
+    # was a refusal, and one proxy's Early Hints stopped every channel of a session.
+    answers = iter([b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n", b""])
+
+    def hinted(h: _Handler) -> None:
+        h.wfile.write(next(answers, b""))
+        reply(h, 200, envelope({"id": MODEL}))
+
+    with serve(hinted) as server:
+        client = RequestsTransport(KEY, api_root=root_of(server))
+        with pytest.raises(TransportError) as info:
+            client.send(protocol.heartbeat(MODEL, "agent"))
+        again = client.send(protocol.heartbeat(MODEL, "agent"))
+        client.close()
+    assert info.value.kind == "protocol" and "(103)" in str(info.value)
+    assert again.status == 200 and again.body["data"] == {"id": MODEL}
+
+
 def test_a_download_elsewhere_gets_no_key(tmp_path: Path) -> None:
     weights = os.urandom(4096)
     host = other_host()
