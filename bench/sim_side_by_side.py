@@ -8,6 +8,8 @@ checkout), round after round, so that the load of the moment weighs on both alik
 - a 300-epoch ``flaky`` session with a checkpoint every epoch (``bench/session300.py``);
 - a 100-epoch ``flaky`` seed as ``hubfsm simulate`` runs it (``bench/simulate.py``).
 
+Both in the HUB dialect, or with ``--protocol platform`` in the Platform one.
+
 Each figure is the median CPU time (``time.process_time``) of one session over every
 round; the 10,000-seed column is that seed's CPU time times 10,000 over 2 processes, the
 wall time ``bench/simulate.py --jobs 2`` would take on two idle cores.
@@ -15,6 +17,7 @@ wall time ``bench/simulate.py --jobs 2`` would take on two idle cores.
 Usage::
 
     python bench/sim_side_by_side.py --before PATH [--after PATH] [--rounds 5] [--sessions 4]
+        [--protocol hub|platform]
 """
 
 from __future__ import annotations
@@ -35,25 +38,29 @@ try:
 except ImportError:  # a checkout from before the simulator's split
     from hubfsm.sim.world import run_seed
 
-sessions, first = int(sys.argv[1]), int(sys.argv[2])
-run_seed(99, profile="flaky", epochs=20, checkpoint_every=1, keep_trace=False)
+sessions, first, protocol = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+# A checkout from before the Platform dialect takes no protocol: the HUB one is its only.
+dialect = {} if protocol == "hub" else {"protocol": protocol}
+run_seed(99, profile="flaky", epochs=20, checkpoint_every=1, keep_trace=False, **dialect)
 long, seeds = [], []
 for seed in range(first, first + sessions):
     started = time.process_time()
-    result = run_seed(seed, profile="flaky", epochs=300, checkpoint_every=1, keep_trace=False)
+    result = run_seed(
+        seed, profile="flaky", epochs=300, checkpoint_every=1, keep_trace=False, **dialect
+    )
     long.append(time.process_time() - started)
     assert result.ok, result.violations
     started = time.process_time()
-    result = run_seed(seed, profile="flaky", epochs=100, keep_trace=False)
+    result = run_seed(seed, profile="flaky", epochs=100, keep_trace=False, **dialect)
     seeds.append(time.process_time() - started)
 print(json.dumps({"session300": long, "seed100": seeds}))
 """
 
 
-def _play(checkout: Path, sessions: int, first: int) -> dict[str, list[float]]:
+def _play(checkout: Path, sessions: int, first: int, protocol: str) -> dict[str, list[float]]:
     env = dict(os.environ, PYTHONPATH=str(checkout))
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(sessions), str(first)],
+        [sys.executable, "-c", CHILD, str(sessions), str(first), protocol],
         env=env,
         capture_output=True,
         text=True,
@@ -72,6 +79,7 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sessions", type=int, default=4, help="sessions per round and checkout")
+    parser.add_argument("--protocol", choices=("hub", "platform"), default="hub")
     args = parser.parse_args()
     checkouts = {"before": args.before.resolve(), "after": args.after.resolve()}
     cpu: dict[str, dict[str, list[float]]] = {
@@ -81,7 +89,7 @@ def main() -> None:
     for round_ in range(args.rounds):
         # The seeds change from round to round; both checkouts play the same ones.
         for name, checkout in checkouts.items():
-            played = _play(checkout, args.sessions, round_ * args.sessions)
+            played = _play(checkout, args.sessions, round_ * args.sessions, args.protocol)
             for kind, times in played.items():
                 cpu[name][kind].extend(times)
     print(
@@ -95,7 +103,7 @@ def main() -> None:
     after = os.getloadavg()
     print(
         f"\nmedians of {args.rounds * args.sessions} sessions each, {args.rounds} interleaved "
-        f"rounds; load average {load[0]:.1f} before, {after[0]:.1f} after"
+        f"rounds, {args.protocol} dialect; load average {load[0]:.1f} before, {after[0]:.1f} after"
     )
 
 

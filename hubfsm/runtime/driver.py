@@ -307,13 +307,15 @@ class Driver:
             except Exception as exc:
                 durability.error = exc
                 return
+        journal_seq = self._journal_seq
+        # Most calls have nothing to write (a step that only waits, an answer that changed
+        # nothing kept): they return before taking an empty list from the core.
+        if journal_seq is None and not self.unwritten and not core.schedule.changes:
+            return
         changes = core.take_changes()
         if self.unwritten:
             # What an earlier write failed to keep goes first, in its order.
             changes = self.unwritten + changes
-        journal_seq = self._journal_seq
-        if not changes and journal_seq is None:
-            return
         try:
             durability.apply(changes, journal_seq=journal_seq)
         except OSError as exc:  # a full disk must not stop delivery of what is in memory

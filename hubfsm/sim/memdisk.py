@@ -26,7 +26,6 @@ from hubfsm.core.values import Change, FileStamp
 from hubfsm.durable.layout import DATABASE, OutboxLockedError
 from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.outbox_db import OutboxDB
-from hubfsm.durable.weights import stamp_of
 from hubfsm.transport import FilePart
 
 if TYPE_CHECKING:
@@ -114,11 +113,19 @@ class MemoryOutbox(Outbox):
         On a failing disk the copy into the temporary file stops part way with the
         disk's error; the partial file is removed (unless the planted bug keeps it).
         """
-        if stamp is not None and stamp_of(path) != stamp:
-            return None
         # Plain descriptors and strings: pathlib's objects cost more than reading the file.
         fd = os.open(path, os.O_RDONLY)
         try:
+            if stamp is not None:
+                # The stamp of the file opened (fstat: no second walk of the path), compared
+                # field by field rather than through a FileStamp built for the comparison.
+                st = os.fstat(fd)
+                if (st.st_size, st.st_mtime_ns, st.st_ino) != (
+                    stamp.size,
+                    stamp.mtime_ns,
+                    stamp.inode,
+                ):
+                    return None
             # A simulated checkpoint is far under a chunk: one read takes it whole, and a
             # short read of a regular file is its end.
             data = os.read(fd, _CHUNK)

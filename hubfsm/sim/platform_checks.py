@@ -67,6 +67,11 @@ class PlatformChecker(Checker):
         #: then the trainer's own record of that epoch): a second operation is due.
         self.resent: set[int] = set()
         self._completed = False
+        # Logged epochs neither acknowledged nor refused yet, and how much of ``logged``
+        # (append-only) is in it: an acknowledgement looks at the few still open, not at
+        # every epoch logged so far, which made a session's checks grow with its square.
+        self._open: set[int] = set()
+        self._taken = 0
 
     def restarted(
         self, message: str = "the process dies; a new one starts from the outbox"
@@ -152,13 +157,19 @@ class PlatformChecker(Checker):
         if not isinstance(epoch, int):
             return
         if response.ok:
-            skipped = sorted(e for e in set(self.logged) if e < epoch)
-            gaps = [e for e in skipped if e not in self.acked and e not in self.refused]
+            logged, acked, refused = self.logged, self.acked, self.refused
+            if len(logged) > self._taken:
+                new = logged[self._taken :]
+                self._open.update(e for e in new if e not in acked and e not in refused)
+                self._taken = len(logged)
+            gaps = sorted(e for e in self._open if e < epoch)
             if gaps:
                 self.violate(DIALECT, f"epoch {epoch} acknowledged before epochs {gaps[:10]}")
             self.acked.add(epoch)
+            self._open.discard(epoch)
         elif response.status in (400, 413, 422):
             self.refused.add(epoch)
+            self._open.discard(epoch)
 
     def key_sent_to_upload(self) -> None:
         """The API key went to the signed upload URL (seen in the request's headers)."""

@@ -148,6 +148,30 @@ def test_the_checker_sees_epochs_twice_out_of_order_and_an_early_complete():
     assert json.dumps(found)  # plain values, for the trace
 
 
+def test_the_checker_follows_epochs_logged_between_acknowledgements():
+    # The world's list grows while the session runs: epochs logged after an answer are
+    # still held to the order, and one the hub refused for good leaves no gap.
+    logged = [0]
+    checker = _checker(logged)
+    checker.changed("unparsed", "parse", "resolved")
+    ok = Response(200, {"received": True})
+
+    def answer(op, epoch, response=ok):
+        send = Send(op, "metrics", 1, _event("epoch_end", {"epoch": epoch, "metrics": {}}))
+        checker.sent(0.0, send)
+        checker.answered(0.0, send, response)
+
+    answer(1, 0)
+    logged.extend([1, 2, 3])
+    answer(2, 1, Response(422, {"message": "bad metrics"}))
+    answer(3, 3)
+    logged.append(4)
+    answer(4, 2)
+    answer(5, 4)
+    found = [m for n, m in ((v.number, v.message) for v in checker.violations) if n == DIALECT]
+    assert found == ["epoch 3 acknowledged before epochs [2]"]
+
+
 @pytest.mark.slow  # 40 epochs over HTTP against injected faults
 def test_a_long_platform_run_over_http_is_given_patience_for_its_epochs(monkeypatch):
     # One request an epoch, and faults that hold a second: a hostile run ends with
