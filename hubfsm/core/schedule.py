@@ -310,17 +310,20 @@ class Schedule:
         # upload is): the trainer is waiting, and it is the last metrics request.
         metrics_due = self.last_metrics + (0.0 if final else limits.metrics)
         if ops["metrics"] is None and (self.solo or self.unsent) and now >= metrics_due:
-            if self.solo:
-                epoch = next(iter(self.solo))
-                batch = {epoch: self.solo.pop(epoch)}
-            elif dialect.batches:
-                batch = self.unsent
-                self.unsent = {}
+            queue = self.solo or self.unsent
+            if queue is self.unsent and dialect.batches:
+                batch = queue
             else:
-                epoch = next(iter(self.unsent))
-                batch = {epoch: self.unsent.pop(epoch)}
+                epoch = next(iter(queue))
+                batch = {epoch: queue[epoch]}
             request = dialect.metrics(model_id, batch, key=self.key())
             self.add("metrics", request, MetricsBatch(tuple(batch)), now=now)
+            # Off the queue only once the operation holds them: another thread reading
+            # what is pending may count an epoch twice for an instant, never miss it.
+            if batch is queue:
+                self.unsent = {}
+            else:
+                del queue[epoch]
         if (
             ops["checkpoint"] is None
             and self.checkpoint is not None

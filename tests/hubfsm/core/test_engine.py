@@ -430,3 +430,34 @@ def test_the_final_key_follows_the_whole_body():
 
     assert final_key(0.5) == final_key(0.5)
     assert final_key(0.5) != final_key(0.625)
+
+
+@pytest.mark.parametrize("solo", [False, True])
+def test_an_epoch_on_its_way_into_a_request_still_counts_as_pending(solo):
+    # A trainer's thread may read what is pending while the worker builds the request:
+    # the epoch must be in the queue or in the operation at every instant.
+    core = training_core()
+    seen = []
+    dialect = core.schedule.dialect
+
+    class Watching:
+        def __getattr__(self, name):
+            return getattr(dialect, name)
+
+        def metrics(self, *args, **kwargs):
+            seen.append(core.pending()["metrics"])
+            request = dialect.metrics(*args, **kwargs)
+            seen.append(core.pending()["metrics"])
+            return request
+
+    core.schedule.dialect = Watching()
+    core.epoch_end(0, {"loss": 1.0}, now=0.0)
+    core.epoch_end(1, {"loss": 0.5}, now=0.0)
+    if solo:
+        core.schedule.solo, core.schedule.unsent = core.schedule.unsent, {}
+    send = core.poll(10.0)
+    assert isinstance(send, Send) and send.channel == "metrics"
+    assert seen and min(seen) == 2
+    assert core.pending()["metrics"] == 2
+    core.receive(send.op_id, ok(), now=10.0)
+    assert core.pending()["metrics"] == (1 if solo else 0)
