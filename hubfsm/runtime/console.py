@@ -85,7 +85,7 @@ def waiting_line(
     )
 
 
-def _no_answer(outcome: Outcome) -> bool:
+def no_answer(outcome: Outcome) -> bool:
     """True when the hub did not answer at all, or answered that it cannot serve (5xx)."""
     return isinstance(outcome, TransportError) or outcome.status >= 500
 
@@ -137,7 +137,7 @@ class Console:
 
     def outcome(self, core: Core, channel: str, outcome: Outcome, now: float) -> None:
         """Take in one attempt's outcome on ``channel``; say when the hub is lost or back."""
-        if isinstance(outcome, Response) and not _no_answer(outcome):
+        if isinstance(outcome, Response) and not no_answer(outcome):
             self._failures[channel] = 0
             self._announced.discard(channel)
             lost_at = self._lost_at
