@@ -38,6 +38,8 @@ from transports.settings import DEFAULT_API_ROOT
 #: Attempts in a row without an answer from the hub before it counts as lost: one or two
 #: are the everyday faults that retries absorb without anyone needing to know.
 LOST_AFTER = 3
+#: Transport errors that, before any answer, say nothing listens at the address.
+NOBODY_THERE = ("refused", "dns")
 
 
 def hub_name(api_root: str | None) -> str:
@@ -153,7 +155,7 @@ class Console:
         self._announced.add(channel)
         if core.machine.traits.opening:
             if not core.answered and isinstance(outcome, TransportError) and (
-                outcome.kind in ("refused", "dns")
+                outcome.kind in NOBODY_THERE
             ):
                 return  # nothing there at all: opening fails within seconds, and says so
             # Opening: the trainer is blocked in the constructor; say who it waits for.
@@ -165,6 +167,10 @@ class Console:
             return
         if not core.machine.sends:
             return
+        if not (self.training or core.answered) and isinstance(outcome, TransportError) and (
+            outcome.kind in NOBODY_THERE
+        ):
+            return  # sync's first contact: it fails within seconds, and says so
         self._lost_at = now
         pending = core.pending()
         # Once the final weights are queued, training is over: nothing goes on.
