@@ -24,7 +24,7 @@ from hubfsm.runtime.console import NOBODY_THERE, Console, hub_name
 from hubfsm.runtime.factory import Shell, build
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
-from hubfsm.transport import Outcome, Transport, TransportError
+from hubfsm.transport import Outcome, Response, Transport, TransportError
 
 
 class FirstContact:
@@ -56,13 +56,18 @@ class FirstContact:
 
     def answered(self, now: float, send: Send, outcome: Outcome) -> None:
         """Take one outcome in, until the first contact is judged."""
-        if self._judged or send.channel == "control":
+        if self._judged:
             return
-        if not isinstance(outcome, TransportError) or outcome.kind not in NOBODY_THERE:
-            # An answer, or a failure that says something is there (a timeout): from
-            # here on the hub is lost or busy, not missing, and the core's policies hold.
+        if isinstance(outcome, Response):  # something is there: from now on it is lost
+            self._judged = True  # or busy, not missing, and the core's policies hold
+            return
+        if send.channel == "control":  # the opening's request: the core judges it
+            return
+        if outcome.kind not in NOBODY_THERE:
+            # A failure that says something is there (a timeout), or that nothing can
+            # be (TLS, URL), as for an opening.
             self._judged = True
-            if isinstance(outcome, TransportError) and outcome.kind in FIRST_CONTACT_FATAL:
+            if outcome.kind in FIRST_CONTACT_FATAL:
                 self._give_up(outcome)
             return
         self._tried += 1

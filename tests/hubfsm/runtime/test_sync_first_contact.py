@@ -12,14 +12,18 @@ import io
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 
 import hubfsm
 from hubfsm.core.config import CoreConfig
 from hubfsm.core.platform import PLATFORM
+from hubfsm.core.values import Send
 from hubfsm.hub.keys import new_platform_key
 from hubfsm.hub.server import LocalHub
 from hubfsm.runtime.sync import status, sync
+from hubfsm.runtime.sync_session import FirstContact
+from hubfsm.transport import Request, Response, TransportError
 
 FAST = {
     "hub": CoreConfig().scaled(0.001),
@@ -97,3 +101,51 @@ def test_sync_where_nothing_listens_fails_fast_naming_the_address_and_keeps_it_a
         if left == "final":
             assert local.hub.record(model_id)["status"] == "trained"
         assert "no outboxes" in pending(root)
+
+
+REFUSED = TransportError("refused", "127.0.0.1:9 refused the connection", url="http://127.0.0.1:9")
+
+
+def send(channel: str) -> Send:
+    return Send(1, channel, 1, Request("POST", "/api/webhooks/training/metrics"))
+
+
+def test_a_first_contact_refused_is_judged_by_the_openings_attempts_and_deadline() -> None:
+    policies = CoreConfig().policies
+    # A channel that retries as fast as the first contact: its attempts end it.
+    contact = FirstContact(attrs.evolve(policies, metrics=policies.first_contact))
+    for attempt in range(policies.first_contact.max_attempts - 1):
+        contact.answered(0.1 * attempt, send("metrics"), REFUSED)
+        assert contact.missing is None
+    contact.answered(0.4, send("metrics"), REFUSED)
+    assert contact.missing is REFUSED
+    with pytest.raises(hubfsm.HubUnavailableError, match=r"is the hub at http://127.0.0.1:9"):
+        contact.check()
+    # The final weights' slower retries: the next attempt may start past the 5 s deadline.
+    slow = FirstContact(policies)
+    slow.answered(0.0, send("final"), REFUSED)  # the next within 2 s: in time
+    assert slow.missing is None
+    slow.answered(1.5, send("final"), REFUSED)  # the next within 4 s more: maybe not
+    assert slow.missing is REFUSED
+
+
+def test_a_hub_that_answered_once_is_lost_when_it_refuses_not_missing() -> None:
+    # A HUB outbox's model opened (an answer), then the hub went away: sync retries it
+    # for --timeout and says it is lost, as before.
+    contact = FirstContact(CoreConfig().policies)
+    contact.answered(0.0, send("control"), Response(200, {"data": {}}))
+    for attempt in range(10):
+        contact.answered(float(attempt), send("metrics"), REFUSED)
+    assert contact.missing is None
+    contact.check()
+    # A timeout says something is there (it took the connection): not judged missing.
+    busy = FirstContact(CoreConfig().policies)
+    busy.answered(0.0, send("metrics"), TransportError("timeout", "no answer within 30 s"))
+    for attempt in range(10):
+        busy.answered(1.0 + attempt, send("metrics"), REFUSED)
+    assert busy.missing is None
+    # The opening's own refusals are the core's to judge.
+    opening = FirstContact(CoreConfig().policies)
+    for attempt in range(10):
+        opening.answered(float(attempt), send("control"), REFUSED)
+    assert opening.missing is None
