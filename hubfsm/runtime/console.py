@@ -38,6 +38,8 @@ from transports.settings import DEFAULT_API_ROOT
 #: Attempts in a row without an answer from the hub before it counts as lost: one or two
 #: are the everyday faults that retries absorb without anyone needing to know.
 LOST_AFTER = 3
+#: Transport errors that, before any answer, say nothing listens at the address.
+NOBODY_THERE = ("refused", "dns")
 
 
 def hub_name(api_root: str | None) -> str:
@@ -85,7 +87,7 @@ def waiting_line(
     )
 
 
-def _no_answer(outcome: Outcome) -> bool:
+def no_answer(outcome: Outcome) -> bool:
     """True when the hub did not answer at all, or answered that it cannot serve (5xx)."""
     return isinstance(outcome, TransportError) or outcome.status >= 500
 
@@ -137,7 +139,7 @@ class Console:
 
     def outcome(self, core: Core, channel: str, outcome: Outcome, now: float) -> None:
         """Take in one attempt's outcome on ``channel``; say when the hub is lost or back."""
-        if isinstance(outcome, Response) and not _no_answer(outcome):
+        if isinstance(outcome, Response) and not no_answer(outcome):
             self._failures[channel] = 0
             self._announced.discard(channel)
             lost_at = self._lost_at
@@ -153,7 +155,7 @@ class Console:
         self._announced.add(channel)
         if core.machine.traits.opening:
             if not core.answered and isinstance(outcome, TransportError) and (
-                outcome.kind in ("refused", "dns")
+                outcome.kind in NOBODY_THERE
             ):
                 return  # nothing there at all: opening fails within seconds, and says so
             # Opening: the trainer is blocked in the constructor; say who it waits for.
@@ -165,6 +167,10 @@ class Console:
             return
         if not core.machine.sends:
             return
+        if not (self.training or core.answered) and isinstance(outcome, TransportError) and (
+            outcome.kind in NOBODY_THERE
+        ):
+            return  # sync's first contact: it fails within seconds, and says so
         self._lost_at = now
         pending = core.pending()
         # Once the final weights are queued, training is over: nothing goes on.

@@ -139,6 +139,9 @@ class Driver:
         self.write_error: Exception | None = None
         #: Tells a person when the hub is lost and back (None: say nothing).
         self.console: Console | None = None
+        #: The last request's outcome (None before the first): what closing and sync
+        #: judge the hub by.
+        self.last_outcome: Outcome | None = None
         #: Checkpoints not kept in a row (no room): said once a stretch, not per epoch.
         self._not_kept = 0
 
@@ -281,6 +284,7 @@ class Driver:
         if observer is not None:
             observer.answered(now, action, outcome)
         self.core.receive(action.op_id, outcome, now=now)
+        self.last_outcome = outcome
         console = self.console
         if console is not None:
             console.outcome(self.core, action.channel, outcome, now)

@@ -21,12 +21,16 @@ from typing import Any
 from hubfsm.core import protocol
 from hubfsm.core.engine import Core
 from hubfsm.core.values import describe_pending
-from hubfsm.runtime.console import hub_name, keyed_sync_command
+from hubfsm.runtime.console import hub_name, keyed_sync_command, no_answer
 from hubfsm.runtime.driver import Driver
 from hubfsm.runtime.settings import Settings
+from hubfsm.transport import Outcome
 from transports.settings import DEFAULT_API_ROOT
 
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+#: Seconds closing gives a hub that ``finish()`` gave up on and that still does not answer.
+CLOSE_GRACE = 1.0
 
 
 class ExitHooks:
@@ -81,6 +85,24 @@ class ExitHooks:
                 raise KeyboardInterrupt
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
+
+
+def close_limit(
+    timeout: float | None, exit_timeout: float, *, gave_up: bool, last: Outcome | None
+) -> float:
+    """Seconds closing sends for: ``timeout`` if given, else ``exit_timeout``.
+
+    Once ``finish()`` gave up (``gave_up``) on a hub that still does not answer (the
+    ``last`` outcome is no answer, or a 5xx), a short grace instead: finishing already
+    waited its timeout for that hub and said what is kept, and the final weights are
+    not resent before a later session or ``hubfsm sync``; a whole ``exit_timeout``
+    more would only hold the trainer.
+    """
+    if timeout is not None:
+        return timeout
+    if gave_up and last is not None and no_answer(last):
+        return min(exit_timeout, CLOSE_GRACE)
+    return exit_timeout
 
 
 def report_left(

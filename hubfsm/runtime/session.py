@@ -24,7 +24,7 @@ from hubfsm.errors import (
 from hubfsm.logs import get_logger
 from hubfsm.runtime.console import not_taken_in, notice, refusal_error, waiting_line
 from hubfsm.runtime.driver import QUIET
-from hubfsm.runtime.exits import ExitHooks, report_left, say_interrupted
+from hubfsm.runtime.exits import ExitHooks, close_limit, report_left, say_interrupted
 from hubfsm.runtime.factory import Parts, build, open_model
 from hubfsm.runtime.session_views import SessionViews
 from hubfsm.runtime.settings import SessionOptions, Settings
@@ -106,6 +106,7 @@ class Session(SessionViews):
         self._weights = parts.driver.weights
         self._accepting = False
         self._closed = False
+        self._gave_up = False  # finish() stopped waiting: what is left waits in the outbox
         self._next_epoch = 0
         self._hooks: ExitHooks | None = None
         self._create_args: dict[str, Any] = dict(settings.train_args)
@@ -266,6 +267,7 @@ class Session(SessionViews):
         try:
             self._shell.call(event, timeout=wait)
         except TimeoutError:  # the worker is inside a request to a slow hub
+            self._gave_up = True
             raise not_taken_in(wait, self.outbox_dir, self.pending()) from None
         finally:
             self._accepting = False
@@ -294,6 +296,7 @@ class Session(SessionViews):
             self._refusal_raised = True
             raise self._refusal_error()
         error = self._core.error
+        self._gave_up = True
         if error is not None:
             raise error
         raise DeliveryIncomplete(
@@ -319,6 +322,9 @@ class Session(SessionViews):
     def close(self, *, timeout: float | None = None) -> None:
         """End the session: send what can be sent within ``timeout`` seconds, then stop.
 
+        By default ``exit_timeout``; one second once :meth:`finish` gave up on a hub
+        that still does not answer (its final weights wait for a later session).
+
         A session closed before :meth:`finish` becomes ``resumable``; what is left stays
         in the outbox, goes first when a session opens this model again, and can be
         sent with ``hubfsm sync``.
@@ -338,7 +344,8 @@ class Session(SessionViews):
         self._closed = True
         if self._hooks is not None:
             self._hooks.remove()
-        limit = self.exit_timeout if timeout is None else timeout
+        last = self._driver.last_outcome
+        limit = close_limit(timeout, self.exit_timeout, gave_up=self._gave_up, last=last)
         interrupted = self._accepting
         if self._accepting:
             self._accepting = False

@@ -135,7 +135,8 @@ class Settings:
     """Record everything and send nothing, for ``hubfsm sync`` later (else
     ``HUBFSM_OFFLINE``); needs a model id."""
     exit_timeout: float = 10.0
-    """Seconds :meth:`~hubfsm.Session.close` (and interpreter exit) spends sending."""
+    """Seconds :meth:`~hubfsm.Session.close` (and interpreter exit) spends sending; one
+    at most once :meth:`~hubfsm.Session.finish` gave up on a hub that does not answer."""
     handle_signals: bool = False
     """Also flush on SIGTERM/SIGINT, then chain to the old handlers."""
     at_exit: bool = True

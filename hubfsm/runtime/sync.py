@@ -27,10 +27,10 @@ from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.recovery import fold
 from hubfsm.durable.survey import OutboxInfo, report_damage, set_aside_reporting, survey
 from hubfsm.errors import HubfsmError, HubUnavailableError, ModelNotFoundError
-from hubfsm.runtime.console import Console, hub_name, same_hub
-from hubfsm.runtime.factory import build
+from hubfsm.runtime.console import same_hub
 from hubfsm.runtime.session import Session
-from hubfsm.runtime.settings import API_ROOT_ENV, Settings
+from hubfsm.runtime.settings import API_ROOT_ENV
+from hubfsm.runtime.sync_session import open_for_sync
 from hubfsm.transport import Transport
 
 #: Opens the session that sends one outbox.
@@ -231,37 +231,30 @@ def _sync_one(
     # One budget per model, opening included: a hub that never lets the model open
     # (429s, a dripped answer) took the session's own 120 s before, whatever --timeout.
     ends = time.monotonic() + timeout
+    contact = None
     if open_session is not None:
         session = open_session(info)
     else:
-        settings = Settings.resolve(
-            info.model_id,
-            api_key=api_key,
-            api_root=api_root,
-            web_root=info.hub.web_root if info.hub is not None else None,
-            outbox_dir=info.directory.parent,
-            offline=False,
-            protocol=info.protocol,
-            open_timeout=timeout,
+        session, contact = open_for_sync(
+            info, api_key=api_key, api_root=api_root, transport=transport, timeout=timeout, out=out
         )
-        # Sync reports a refusal on its own output; the session's stderr notice is for
-        # trainers. Losing the hub it says there too, or it would wait out --timeout mute.
-        parts = build(attrs.evolve(settings, notify_refusal=False), transport=transport)
-        hub = f"the hub at {hub_name(api_root)}" if transport is None else "the hub"
-        parts.driver.console = Console(
-            hub, open_timeout=settings.open_timeout, stream=out, training=False
-        )
-        session = Session.compose(parts)
     try:
         # A session opened by the caller (the simulator's) keeps its own clock.
         left_time = timeout if open_session is not None else max(0.0, ends - time.monotonic())
-        if session.pending()["final"]:
-            session.finish_pending(timeout=left_time)
-        else:
-            session.flush(timeout=left_time)
+        try:
+            if session.pending()["final"]:
+                session.finish_pending(timeout=left_time)
+            else:
+                session.flush(timeout=left_time)
+        except HubfsmError:
+            if contact is None or contact.missing is None:
+                raise  # else the worker stopped, as nothing is there: said below
         left = session.pending()
     finally:
-        session.close(timeout=min(timeout, 10.0))
+        missing = contact is not None and contact.missing is not None
+        session.close(timeout=0.0 if missing else min(timeout, 10.0))
+    if contact is not None:
+        contact.check()  # a first contact that met nothing: the records stay in place
     kept = session.kept
     if kept is not None:
         # What is still on disk counts, even if the hub has it: a write that failed

@@ -6,6 +6,7 @@ in, runs the driver and sleeps until the core's next wake-up.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 
@@ -143,6 +144,10 @@ class ThreadRunner:
             self._notify()
             if until is None:
                 continue
+            if stop_at is not None and until == math.inf and not self.inbox:
+                # Nothing will be due before a new event, and none comes after stop: the
+                # final weights finish() gave up on wait for a later session, not the clock.
+                return
             # Never sleep longer than a nap: the trainer's log calls do not wake the
             # worker (a wake-up costs the training thread a system call and the GIL),
             # so the worker looks at the inbox on its own this often.

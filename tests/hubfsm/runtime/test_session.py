@@ -1,10 +1,12 @@
 import random
 import threading
+import time
 
 import pytest
 import structlog
 
 import hubfsm
+from hubfsm.transport import Response, TransportError
 from transports.faults import FaultInjectingTransport, FaultMix
 from transports.memory import InMemoryTransport
 
@@ -267,3 +269,87 @@ def test_flush_is_not_fooled_by_an_epoch_between_its_queue_and_its_request(hub):
         assert s.flush(timeout=10.0)
         assert started.is_set()
         assert [row["epoch"] for row in hub.metrics(model_id)] == [0]
+
+
+class _Lost(InMemoryTransport):
+    """Answers until ``lost`` is set, then refuses every connection, as a hub gone away."""
+
+    def __init__(self, hub):
+        super().__init__(hub, KEY)
+        self.lost = threading.Event()
+
+    def send(self, request):
+        if self.lost.is_set():
+            raise TransportError("refused", "127.0.0.1:9 refused the connection")
+        return super().send(request)
+
+
+def test_closing_after_finish_gave_up_on_a_lost_hub_is_prompt_and_keeps_the_final(
+    hub, tmp_path
+):
+    model_id = new_model(hub)
+    link = _Lost(hub)
+    s = hubfsm.Session(model_id, transport=link, config=FAST, outbox_dir=tmp_path)
+    assert s.exit_timeout == 10.0  # the default, which closing used to wait out again
+    s.start()
+    s.log_metrics({"loss": 1.0}, epoch=0)
+    assert s.flush(timeout=5.0)
+    link.lost.set()
+    s.log_metrics({"loss": 0.5}, epoch=1)
+    with pytest.raises(hubfsm.DeliveryIncomplete):
+        s.finish(weights(tmp_path, "best.pt", b"best"), map50_95=0.5, timeout=0.5)
+    started = time.monotonic()
+    s.close()
+    took = time.monotonic() - started
+    assert took < 3.0, f"close waited {took:.1f}s more for a hub finish gave up on"
+    assert s.pending() == {"metrics": 1, "checkpoint": 0, "final": 1}
+    # Nothing is lost: the next session of the model delivers what this one kept.
+    again = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST,
+                           outbox_dir=tmp_path)
+    again.finish_pending(timeout=10.0)
+    again.close()
+    assert [m["epoch"] for m in hub.metrics(model_id)] == [0, 1]
+    record = hub.record(model_id)
+    assert record["status"] == "trained" and record["map"] == pytest.approx(0.5)
+
+
+class _Busy(InMemoryTransport):
+    """Answers every upload 429 until ``release`` is set: a busy hub, not a lost one."""
+
+    def __init__(self, hub):
+        super().__init__(hub, KEY)
+        self.release = threading.Event()
+
+    def send(self, request):
+        kind = (request.fields or request.json or {}).get("type")
+        if kind in ("metrics", "final") and not self.release.is_set():
+            return Response(429, {"success": False, "message": "busy"}, retry_after=0.05)
+        return super().send(request)
+
+
+def test_closing_after_finish_gave_up_keeps_exit_timeout_for_a_hub_that_answers(
+    hub, tmp_path
+):
+    # The grace is for a hub that does not answer. One that answers, only not yet with
+    # the uploads, keeps the whole exit_timeout for what closing still sends (an epoch),
+    # and closing ends once nothing is left that it would send (the final weights wait
+    # for a later session once finish() gave up on them).
+    model_id = new_model(hub)
+    link = _Busy(hub)
+    s = hubfsm.Session(model_id, transport=link, config=FAST, outbox_dir=tmp_path)
+    s.start()
+    s.log_metrics({"loss": 1.0}, epoch=0)
+    with pytest.raises(hubfsm.DeliveryIncomplete):
+        s.finish(weights(tmp_path, "best.pt", b"best"), map50_95=0.5, timeout=0.5)
+    assert s.pending() == {"metrics": 1, "checkpoint": 0, "final": 1}
+    threading.Timer(2.0, link.release.set).start()
+    started = time.monotonic()
+    s.close()
+    took = time.monotonic() - started
+    assert [m["epoch"] for m in hub.metrics(model_id)] == [0]
+    assert 1.9 < took < 5.0, f"close took {took:.1f}s"
+    assert s.pending() == {"metrics": 0, "checkpoint": 0, "final": 1}
+    again = hubfsm.Session(model_id, transport=link, config=FAST, outbox_dir=tmp_path)
+    again.finish_pending(timeout=10.0)
+    again.close()
+    assert hub.record(model_id)["status"] == "trained"
