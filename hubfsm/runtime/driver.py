@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -142,6 +144,8 @@ class Driver:
         #: The last request's outcome (None before the first): what closing and sync
         #: judge the hub by.
         self.last_outcome: Outcome | None = None
+        #: Held while a request is out: the shell's callers may read the core meanwhile.
+        self.idle: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
         #: Checkpoints not kept in a row (no room): said once a stretch, not per epoch.
         self._not_kept = 0
 
@@ -271,7 +275,8 @@ class Driver:
             observer.sent(now, action)
         outcome: Outcome
         try:
-            outcome = self.transport.send(action.request)
+            with self.idle():
+                outcome = self.transport.send(action.request)
         except TransportError as exc:
             outcome = exc
         except Exception as exc:  # a transport bug must not kill the driver either

@@ -6,9 +6,10 @@ in, runs the driver and sleeps until the core's next wake-up.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from hubfsm.core.engine import Core
 from hubfsm.core.values import Barrier, Event
@@ -26,6 +27,7 @@ class ThreadRunner:
 
     def __init__(self, driver: Driver, *, name: str = "hubfsm-worker", nap: float = 0.25) -> None:
         self.driver = driver
+        driver.idle = self.idle
         self.core = driver.core
         self.clock = driver.clock
         self.inbox = driver.inbox
@@ -33,6 +35,8 @@ class ThreadRunner:
         self.wake = threading.Event()
         self._changed = threading.Condition()
         self._waiters: list[_Waiter] = []
+        #: The worker is asleep or inside a request: the core is whole (see :meth:`idle`).
+        self._idle = False
         self._stop_at: float | None = None
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
@@ -59,9 +63,10 @@ class ThreadRunner:
     def wait_for(self, predicate: Callable[[Core], bool], timeout: float | None) -> bool:
         """Block until ``predicate(core)`` holds after a worker step, or ``timeout`` passes.
 
-        The worker itself tests the predicate between its steps: read from this thread,
-        the core could be caught mid-step (an epoch taken off its queue and not yet in
-        its request looks like nothing pending).
+        The predicate is tested only where the worker leaves the core whole: by the
+        worker between its steps, or here while the worker sleeps or waits for an
+        answer. Read mid-step, the core could look drained with an epoch on its way
+        into a request.
         """
         if not self._thread.is_alive() or self._thread is threading.current_thread():
             return predicate(self.core)
@@ -69,21 +74,21 @@ class ThreadRunner:
         waiter = _Waiter(predicate)
         with self._changed:
             self._waiters.append(waiter)
-        self.wake_up()  # test it at once, not at the end of the worker's nap
-        try:
-            with self._changed:
-                while not waiter.held:
+            try:
+                while True:
+                    if self._idle:  # the worker cannot touch the core while this is held
+                        waiter.test(self.core)
                     if waiter.error is not None:
                         raise waiter.error
+                    if waiter.held:
+                        return True
                     if not self._thread.is_alive():
                         return predicate(self.core)
                     remaining = None if deadline is None else deadline - self.clock()
                     if remaining is not None and remaining <= 0:
                         return False
                     self._changed.wait(1.0 if remaining is None else min(remaining, 1.0))
-                return True
-        finally:
-            with self._changed:
+            finally:
                 self._waiters.remove(waiter)
 
     def call(self, event: Event, *, timeout: float = 60.0) -> None:
@@ -154,7 +159,24 @@ class ThreadRunner:
             wake = min(until, now + self.nap)
             if stop_at is not None:
                 wake = min(wake, stop_at)
-            self.wake.wait(max(0.0, wake - now))
+            with self.idle():
+                self.wake.wait(max(0.0, wake - now))
+
+    @contextlib.contextmanager
+    def idle(self) -> Iterator[None]:
+        """The worker leaves the core alone (asleep, or waiting for an answer) meanwhile.
+
+        Callers waiting for the core test it themselves then: a worker inside a slow
+        request does not hold back a state the core already reached.
+        """
+        with self._changed:
+            self._idle = True
+            self._changed.notify_all()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._idle = False
 
     def _notify(self) -> None:
         """Test what callers wait for, between steps, and wake them."""
@@ -165,7 +187,7 @@ class ThreadRunner:
 
 
 class _Waiter:
-    """A caller's predicate, tested on the worker's thread between its steps."""
+    """A caller's predicate, tested where the core is whole (see :meth:`ThreadRunner.wait_for`)."""
 
     __slots__ = ("error", "held", "predicate")
 

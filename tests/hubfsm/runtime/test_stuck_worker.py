@@ -93,3 +93,21 @@ def test_finish_keeps_its_timeout_when_the_final_upload_itself_hangs(hub, tmp_pa
         link.release.set()
     s.close(timeout=10.0)
     assert hub.record(model_id)["status"] == "trained"
+
+
+def test_a_state_reached_before_a_slow_request_is_seen_while_it_lasts(hub, tmp_path):
+    # Callers' waits test the core where the worker leaves it whole; inside a request
+    # is such a place, or a state reached just before a slow request went unseen.
+    model_id = new_model(hub)
+    link = Stuck(InMemoryTransport(hub, KEY))
+    s = hubfsm.Session(model_id, transport=link, config=FAST, outbox_dir=tmp_path)
+    try:
+        s.start()
+        s.log_metrics({"loss": 1.0}, epoch=0)
+        s._shell.wake_up()
+        assert link.held.wait(10.0)
+        assert s._shell.wait_for(lambda c: c.state == "training" and c.pending()["metrics"], 5.0)
+    finally:
+        link.release.set()
+    s.close(timeout=10.0)
+    assert [m["epoch"] for m in hub.metrics(model_id)] == [0]
