@@ -27,7 +27,7 @@ from typing import IO, Any
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
-from hubfsm.hub import web
+from hubfsm.hub import downloads, web
 from hubfsm.hub.access import PageAccess
 from hubfsm.hub.bodies import (
     BodyError,
@@ -312,7 +312,7 @@ def _file(reply: HubReply, request: Request) -> Response:
     data = reply.body["data"]
     content = reply.content
     assert content is not None
-    return web.file_response(
+    return downloads.file_response(
         content, int(data["size"]), str(data["sha256"]), f"{data['kind']}.pt", request
     )
 

@@ -3,7 +3,7 @@
 Who may see them is :mod:`hubfsm.hub.access`'s to say. Weight files are served two ways: at
 ``/models/<id>/weights/<kind>.pt`` (loopback, the pages' download links) and at signed
 ``/files/<id>/<name>.pt`` URLs (anyone holding one, until it expires: these are the URLs
-in model records, as the official client fetches them).
+in model records, as the official client fetches them), by :mod:`hubfsm.hub.downloads`.
 
 A run is renamed, tagged, noted or deleted from its page by a ``POST`` to
 ``/models/<id>/annotate`` or ``/models/<id>/delete``, under the pages' own rules and with
@@ -13,12 +13,11 @@ the hub's API key: :func:`~hubfsm.hub.access.page_actor` is the one check.
 from __future__ import annotations
 
 from importlib import resources
-from typing import IO, Any
+from typing import Any
 
 from werkzeug.wrappers import Request, Response
-from werkzeug.wsgi import wrap_file
 
-from hubfsm.hub import page, summary
+from hubfsm.hub import downloads, page, summary
 from hubfsm.hub.access import (
     COOKIE,
     LOOPBACK_VIEWER,
@@ -35,17 +34,13 @@ from hubfsm.hub.access import (
 )
 from hubfsm.hub.calls import is_model_id
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.keys import file_name, parse_name
+from hubfsm.hub.keys import file_name
 from hubfsm.hub.parse import loads
 from hubfsm.hub.store import WeightsKind
-from hubfsm.hub.store_postgres import PostgresStore
 
 _KINDS: tuple[WeightsKind, ...] = ("last", "best")
 #: Runs on one page (and in one ``runs.json``); ``?after=<id>`` asks for the next.
 PAGE_SIZE = 100
-#: Seconds an object store's presigned link stays valid: it is followed at once (the
-#: hub's own signed URL, checked before, is what lasts).
-LINK_TTL = 300.0
 _STATIC = {
     "uplot.iife.min.js": "text/javascript",
     "uplot.min.css": "text/css",
@@ -83,7 +78,7 @@ def serve(
             headers={"Allow": "GET, HEAD"},
         )
     if len(parts) == 3 and parts[0] == "files":
-        return _signed_file(hub, request, parts[1], parts[2])
+        return downloads.signed_file(hub, request, parts[1], parts[2])
     if access is not None and access.sign_in:
         found = _signed_in(hub, request, parts, access)
         if isinstance(found, Response):
@@ -127,7 +122,8 @@ def serve(
         return _metrics_file(data, parts[2])
     if len(parts) == 4 and parts[2] == "weights" and parts[3].removesuffix(".pt") in _KINDS:
         kind: WeightsKind = "last" if parts[3].startswith("last") else "best"
-        return _weights(hub, request, model_id, kind, summary.download_name(data["record"], kind))
+        name = summary.download_name(data["record"], kind)
+        return downloads.weights(hub, request, model_id, kind, name)
     return _html(page.render_missing(request.path), 404)
 
 
@@ -291,72 +287,6 @@ def _metrics_file(data: dict[str, Any], name: str) -> Response:
         response = _json(data["metrics"])
     response.headers["Content-Disposition"] = f'attachment; filename="{stem}.{name[8:]}"'
     response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-def _signed_file(hub: Hub, request: Request, model_id: str, name: str) -> Response:
-    parsed = parse_name(name)
-    if not is_model_id(model_id) or parsed is None:
-        return text_answer("no such file", 404)
-    problem = hub.signer.check(request.path, request.args) if hub.signer is not None else None
-    if problem is not None:
-        return text_answer(problem, 403)
-    kind, epoch = parsed
-    record = hub.record(model_id)
-    if record is None:
-        return text_answer("no such file", 404)
-    if kind == "last" and epoch != record["checkpoint_epoch"]:
-        # The checkpoint of that epoch was replaced by a later one; the record names it.
-        return text_answer("a later checkpoint replaced this one", 404)
-    return _weights(hub, request, model_id, "last" if kind == "last" else "best", name)
-
-
-def _weights(hub: Hub, request: Request, model_id: str, kind: WeightsKind, name: str) -> Response:
-    if isinstance(hub.store, PostgresStore):
-        return _linked(hub.store, request, model_id, kind, name)
-    found = hub.weights(model_id, kind)
-    if found is None:
-        return text_answer(f"{model_id} has no {kind}.pt", 404)
-    info, content = found
-    return file_response(content, info.size, info.sha256, name, request)
-
-
-def _linked(
-    store: PostgresStore, request: Request, model_id: str, kind: WeightsKind, name: str
-) -> Response:
-    """Send the client to the object store itself: the file's bytes never pass the hub."""
-    if request.method == "HEAD":
-        info = store.weights_info(model_id, kind)
-        if info is None:
-            return text_answer(f"{model_id} has no {kind}.pt", 404)
-        return file_response(b"", info.size, info.sha256, name, request)
-    found = store.weights_link(model_id, kind, LINK_TTL, name)
-    if found is None:
-        return text_answer(f"{model_id} has no {kind}.pt", 404)
-    info, url = found
-    response = Response(status=302, headers={"Location": url})
-    # The digest comes from the record, so a client can check what the store sends.
-    response.headers["X-Checksum-Sha256"] = info.sha256
-    response.headers["ETag"] = f'"{info.sha256}"'
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-def file_response(
-    content: bytes | IO[bytes], size: int, sha256: str, name: str, request: Request
-) -> Response:
-    """A weight file as a download; HEAD gets the headers only."""
-    if request.method == "HEAD":
-        if not isinstance(content, bytes):
-            content.close()
-        response = Response(b"", mimetype="application/octet-stream")
-    else:
-        body = content if isinstance(content, bytes) else wrap_file(request.environ, content)
-        response = Response(body, mimetype="application/octet-stream", direct_passthrough=True)
-    response.content_length = size
-    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
-    response.headers["X-Checksum-Sha256"] = sha256
-    response.headers["ETag"] = f'"{sha256}"'
     return response
 
 
