@@ -22,6 +22,7 @@ from hubfsm.hub.access import (
     COOKIE,
     LOOPBACK_VIEWER,
     PageAccess,
+    Spend,
     Viewer,
     csrf_ok,
     is_https,
@@ -30,6 +31,7 @@ from hubfsm.hub.access import (
     posted_here,
     set_cookie,
     text_answer,
+    unlimited,
     viewer_of,
 )
 from hubfsm.hub.calls import is_model_id
@@ -57,7 +59,11 @@ ACTION_BODY = 64 * 1024
 
 
 def serve(
-    hub: Hub, request: Request, environ: dict[str, Any], access: PageAccess | None = None
+    hub: Hub,
+    request: Request,
+    environ: dict[str, Any],
+    access: PageAccess | None = None,
+    spend: Spend = unlimited,
 ) -> Response:
     """Answer a request outside ``/v1``.
 
@@ -66,6 +72,8 @@ def serve(
         request: The request.
         environ: Its WSGI environ.
         access: Who may see the pages; loopback browsers only, without a sign-in, when None.
+        spend: The rate limit a key typed into the sign-in form or sent with a page action
+            spends, as an API request's key does.
     """
     parts = request.path.strip("/").split("/")
     action = request.method == "POST" and len(parts) == 3 and parts[2] in ACTIONS
@@ -80,7 +88,7 @@ def serve(
     if len(parts) == 3 and parts[0] == "files":
         return downloads.signed_file(hub, request, parts[1], parts[2])
     if access is not None and access.sign_in:
-        found = _signed_in(hub, request, parts, access)
+        found = _signed_in(hub, request, parts, access, spend)
         if isinstance(found, Response):
             return found
         viewer = found
@@ -93,7 +101,7 @@ def serve(
             return _redirect("/")
         viewer = LOOPBACK_VIEWER
     if action:
-        return _act(hub, request, environ, parts[1], parts[2])
+        return _act(hub, request, environ, parts[1], parts[2], spend)
     if parts == [""]:
         rows, following = runs(hub, viewer, request.args.get("after"))
         text = page.render_index(rows, hub.clock(), hub.public_root)
@@ -128,7 +136,7 @@ def serve(
 
 
 def _signed_in(
-    hub: Hub, request: Request, parts: list[str], access: PageAccess
+    hub: Hub, request: Request, parts: list[str], access: PageAccess, spend: Spend
 ) -> Viewer | Response:
     """The signed-in viewer of a request, or the answer to it (sign-in and -out, refusals).
 
@@ -144,6 +152,13 @@ def _signed_in(
             return _html(page.signin_page())
         key = request.form.get("key", "").strip()
         principal = hub.principal(key)
+        # A wrong key is a guess: it spends its address's bucket, as on the API.
+        allowed, limits = spend(principal, request)
+        if not allowed:
+            wait = limits.get("Retry-After", "1")
+            response = _html(page.signin_page(f"Too many tries: try again in {wait} s."), 429)
+            response.headers.update(limits)
+            return response
         if principal is None:
             return _html(page.signin_page("That key is not valid (or was revoked)."), 401)
         response = _redirect("/")
@@ -179,10 +194,10 @@ def _redirect(where: str) -> Response:
 
 
 def _act(
-    hub: Hub, request: Request, environ: dict[str, Any], model_id: str, action: str
+    hub: Hub, request: Request, environ: dict[str, Any], model_id: str, action: str, spend: Spend
 ) -> Response:
     """A page action on a run: rename, tag and note it (``annotate``), or ``delete`` it."""
-    who = page_actor(hub, request, environ)
+    who = page_actor(hub, request, environ, spend)
     if isinstance(who, Response):
         return who
     if not is_model_id(model_id):
