@@ -48,6 +48,23 @@ from hubfsm.hub.keys import KeyRecord
 #: ``X-RateLimit-*`` headers of the answer).
 Spend = Callable[[str | None, Request], tuple[bool, dict[str, str]]]
 
+#: Sent with every answer of the hub's. No other site may show the pages in a frame
+#: (clickjacking: its page lays the hub's, invisible, under a button of its own, and the
+#: user's click lands on the hub's): ``X-Frame-Options`` for old browsers,
+#: ``frame-ancestors`` for the rest. The rest of the policy lets the pages do what they do
+#: and no more: scripts, styles and requests of their own origin (``style`` attributes
+#: draw the progress bars), no plugins, no ``<base>``, forms posted only here. ``nosniff``
+#: keeps a browser from reading a download or a JSON answer as a page or a script.
+GUARD_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        "frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+}
+
 #: The session cookie's name.
 COOKIE = "hubfsm_session"
 #: Seconds a sign-in lasts.

@@ -28,7 +28,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from hubfsm.hub import downloads, web
-from hubfsm.hub.access import PageAccess
+from hubfsm.hub.access import GUARD_HEADERS, PageAccess
 from hubfsm.hub.bodies import (
     BodyError,
     BodyLimits,
@@ -192,6 +192,8 @@ class HubApp:
                 response = _json(fail(500, "internal error in the local hub"))
         finally:
             request.close()
+        # Every answer, the API's too: what a page is, a browser may be tricked into opening.
+        response.headers.update(GUARD_HEADERS)
         _log.info(
             "hub.request",
             method=request.method,

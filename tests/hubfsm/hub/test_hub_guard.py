@@ -87,3 +87,40 @@ def test_wrong_keys_on_page_actions_spend_it_too(tmp_path: Path) -> None:
         # Bob's key has its own bucket: his request is answered (not his model: 404).
         assert _ask(local, "POST", path, headers={"x-api-key": bob, **kind}, body=body)[0] == 404
         assert local.hub.record(json.loads(made)["data"]["id"])["notes"] is None
+
+
+def _framing_refused(headers: dict[str, str]) -> bool:
+    policy = [part.strip() for part in headers.get("content-security-policy", "").split(";")]
+    return headers.get("x-frame-options") == "DENY" and "frame-ancestors 'none'" in policy
+
+
+def test_no_other_site_may_frame_any_page_or_asset(tmp_path: Path) -> None:
+    with LocalHub(tmp_path / "hub") as local:
+        key = {"x-api-key": local.api_key, "Content-Type": "application/json"}
+        made = json.loads(_ask(local, "POST", "/v1/models", headers=key, body=CREATE)[2])
+        run = f"/models/{made['data']['id']}"
+        paths = [
+            "/",
+            "/runs.json",
+            "/favicon.ico",
+            run,
+            f"{run}/data.json",
+            f"{run}/metrics.csv",
+            f"{run}/weights/best.pt",
+            "/models/none",
+            "/no/page",
+        ]
+        paths += [f"/static/{name}" for name in ("hub.js", "hub.css", "uplot.iife.min.js",
+                                                 "uplot.min.css", "uplot.LICENSE")]  # fmt: skip
+        for path in paths:
+            for method in ("GET", "HEAD"):
+                status, headers, _ = _ask(local, method, path)
+                assert status < 500 and _framing_refused(headers), (method, path, status)
+        # Refusals too: a Host that is not this machine, a wrong method.
+        for method, path, sent in (("GET", "/", {"Host": "evil.example"}), ("PUT", "/", {})):
+            status, headers, _ = _ask(local, method, path, headers=sent)
+            assert status in (403, 405) and _framing_refused(headers), (method, path)
+    with LocalHub(tmp_path / "hub", sign_in=True) as local:
+        for path in ("/signin", "/", "/runs.json"):
+            status, headers, _ = _ask(local, "GET", path)
+            assert status in (200, 303, 401) and _framing_refused(headers), path
