@@ -20,13 +20,14 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cheroot import errors as cheroot_errors
 from cheroot import server as cheroot_server
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
-__all__ = ["Connection", "DeferredTLSAdapter", "Watchdog"]
+__all__ = ["Connection", "DeferredTLSAdapter", "Watchdog", "read_deadline"]
 
 #: What a plain HTTP request on the TLS port is answered (as cheroot's adapter would).
 _NO_TLS_TEXT = b"The client sent plain HTTP, but this port speaks only HTTPS.\n"
@@ -98,6 +99,25 @@ class Watchdog:
                 # later answer would go out in clear text.
                 with contextlib.suppress(OSError):
                     socket.socket.shutdown(sock, how)
+
+
+@contextlib.contextmanager
+def read_deadline(
+    watchdog: Watchdog, sock: socket.socket, seconds: float
+) -> Iterator[Callable[[], bool]]:
+    """Cut ``sock``'s reading unless the block ends within ``seconds``; yields "was it cut".
+
+    For a body read before its key is known (a refused request's body drained, the pages'
+    sign-in form): each read waits the idle timeout, so a body trickled a byte at a time
+    would otherwise hold a worker thread as long as the client liked, without a key.
+    """
+    token = watchdog.watch(sock, seconds)
+    # Released at the block's end, the token no longer says; its last word is kept.
+    cut = [False]
+    try:
+        yield lambda: cut[0] or watchdog.was_cut(token)
+    finally:
+        cut[0] = watchdog.release(token)
 
 
 class HeadRequest(cheroot_server.HTTPRequest):

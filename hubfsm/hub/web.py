@@ -34,6 +34,7 @@ from hubfsm.hub.access import (
     unlimited,
     viewer_of,
 )
+from hubfsm.hub.bodies import close_after, unchecked_read
 from hubfsm.hub.calls import is_model_id
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.keys import file_name
@@ -56,6 +57,8 @@ _STATIC = {
 ACTIONS = ("annotate", "delete")
 #: The largest body of a page action (a name, tags and notes).
 ACTION_BODY = 64 * 1024
+#: The largest sign-in form (a key of 43 characters, and room for what browsers add).
+SIGNIN_BODY = 4096
 
 
 def serve(
@@ -88,7 +91,7 @@ def serve(
     if len(parts) == 3 and parts[0] == "files":
         return downloads.signed_file(hub, request, parts[1], parts[2])
     if access is not None and access.sign_in:
-        found = _signed_in(hub, request, parts, access, spend)
+        found = _signed_in(hub, request, environ, parts, access, spend)
         if isinstance(found, Response):
             return found
         viewer = found
@@ -136,7 +139,12 @@ def serve(
 
 
 def _signed_in(
-    hub: Hub, request: Request, parts: list[str], access: PageAccess, spend: Spend
+    hub: Hub,
+    request: Request,
+    environ: dict[str, Any],
+    parts: list[str],
+    access: PageAccess,
+    spend: Spend,
 ) -> Viewer | Response:
     """The signed-in viewer of a request, or the answer to it (sign-in and -out, refusals).
 
@@ -150,8 +158,10 @@ def _signed_in(
     if parts == ["signin"]:
         if request.method != "POST":
             return _html(page.signin_page())
-        key = request.form.get("key", "").strip()
-        principal = hub.principal(key)
+        form = _signin_form(request, environ)
+        if isinstance(form, Response):
+            return form
+        principal = hub.principal(form.get("key", "").strip())
         # A wrong key is a guess: it spends its address's bucket, as on the API.
         allowed, limits = spend(principal, request)
         if not allowed:
@@ -179,6 +189,24 @@ def _signed_in(
             return text_answer("sign in first", 401)
         return _redirect("/signin")
     return viewer
+
+
+def _signin_form(request: Request, environ: dict[str, Any]) -> dict[str, str] | Response:
+    """The sign-in form's fields: small, and read under the request head's deadline.
+
+    Nothing vouches for its sender yet, so it may not hold a worker thread any longer
+    than a request head may.
+    """
+    length = request.content_length
+    if length is None or length > SIGNIN_BODY:
+        close_after(environ)
+        return text_answer(f"a sign-in form has a Content-Length of at most {SIGNIN_BODY}", 413)
+    with unchecked_read(environ) as cut:
+        form = dict(request.form)
+    if cut():
+        close_after(environ)
+        return text_answer("the sign-in form did not arrive in time", 408)
+    return form
 
 
 def _bar(viewer: Viewer, access: PageAccess | None) -> str:

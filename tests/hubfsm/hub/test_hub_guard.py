@@ -124,3 +124,13 @@ def test_no_other_site_may_frame_any_page_or_asset(tmp_path: Path) -> None:
         for path in ("/signin", "/", "/runs.json"):
             status, headers, _ = _ask(local, "GET", path)
             assert status in (200, 303, 401) and _framing_refused(headers), path
+
+
+def test_a_sign_in_form_is_small(tmp_path: Path) -> None:
+    with LocalHub(tmp_path / "hub", sign_in=True) as local:
+        alice = add(tmp_path / "hub", "alice", out=io.StringIO())
+        padded = urllib.parse.urlencode({"key": alice, "pad": "p" * 5000}).encode()
+        kind = {"Content-Type": "application/x-www-form-urlencoded"}
+        status, headers, _ = _ask(local, "POST", "/signin", headers=kind, body=padded)
+        assert status == 413 and headers.get("connection") == "close"
+        assert _sign_in(local, alice)[0] == 303

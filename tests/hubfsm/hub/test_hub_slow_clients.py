@@ -90,3 +90,53 @@ def test_a_tls_client_that_says_nothing_does_not_stop_the_hub_accepting(tmp_path
                 sock.close()
     assert [status for status, _ in answers] == [200, 200, 200]
     assert max(seconds for _, seconds in answers) < 2.0
+
+
+def _drip_body(port: int, head: bytes, done: threading.Event, heard: list[bytes]) -> None:
+    """Send a whole request head at once, then its body a byte every 0.1 s."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(head)
+        for _ in range(200):
+            if done.is_set():
+                break
+            try:
+                sock.send(b"k")
+            except OSError:
+                break
+            time.sleep(0.1)
+        sock.settimeout(1)
+        try:
+            heard.append(sock.recv(4096))
+        except OSError:
+            heard.append(b"")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("path", "answer"), [("/v1/models", b"HTTP/1.1 401"), ("/signin", b"HTTP/1.1 408")]
+)
+def test_a_body_no_key_vouches_for_is_cut_at_the_heads_deadline(
+    tmp_path: Path, path: str, answer: bytes
+) -> None:
+    # A keyless API body is drained (to keep the connection), a sign-in form read, before
+    # any key is known: trickled, each held the one worker as long as it went on (20 s).
+    with LocalHub(tmp_path / "hub", timeout=30, head_timeout=0.5, threads=1, sign_in=True) as local:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{local.port}\r\nOrigin: {local.url}\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 200\r\n\r\n"
+        ).encode()
+        done, heard = threading.Event(), []
+        dripper = threading.Thread(target=_drip_body, args=(local.port, head, done, heard))
+        dripper.start()
+        try:
+            time.sleep(0.2)
+            started = time.monotonic()
+            reply = requests.post(
+                f"{local.url}/v1/auth", headers={"x-api-key": local.api_key}, timeout=5
+            )
+            waited = time.monotonic() - started
+        finally:
+            done.set()
+            dripper.join(timeout=TIMEOUT)
+    assert reply.status_code == 200 and waited < 2.0
+    assert heard and heard[0].startswith(answer), heard
