@@ -1,11 +1,11 @@
 """Benchmark: how many slow request heads hold every worker thread of the local hub.
 
 Each attacker keeps one connection open that has sent one byte of a request head and
-nothing more: a worker thread takes the connection as soon as it is readable and waits
-for the rest, up to the head deadline (10 s), then answers 408 and closes it; the
-attacker connects again at once. So N attackers open about N connections every 10 s.
-Meanwhile a probe asks ``POST /v1/auth`` (with the key) every ``--every`` seconds on a
-fresh connection and times the answer.
+nothing more, and connects again as soon as the hub closes it. A worker thread takes such
+a connection as soon as it is readable: it waits for the rest up to the head deadline
+(10 s) and answers 408, or, once half the threads wait on such heads, answers 503 at
+once. Meanwhile a probe asks ``POST /v1/auth`` (with the key) every ``--every`` seconds
+on a fresh connection and times the answer.
 
 The hub runs as ``hubfsm hub serve`` in a subprocess, with its defaults (64 threads).
 

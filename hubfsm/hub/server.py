@@ -99,6 +99,7 @@ class _Server(wsgi.Server):
     ConnectionClass = Connection
     head_timeout: float = 10.0
     deadlines: Watchdog
+    slow_heads: threading.BoundedSemaphore
 
     @classmethod
     def prepare_socket(cls, *args: Any, **kwargs: Any) -> socket.socket:
@@ -267,6 +268,8 @@ class LocalHub:
                 server.ssl_adapter = DeferredTLSAdapter(*self.tls)
             server.head_timeout = self.head_timeout
             server.deadlines = Watchdog()
+            # Heads that have not all arrived may hold half the threads, no more.
+            server.slow_heads = threading.BoundedSemaphore(max(1, self.threads // 2))
             # Keep-alive connections wait in a selector, not a thread: allow many.
             server.keep_alive_conn_limit = 1000
             # How often the serving loop looks up from its selector: a stop takes this long.

@@ -140,3 +140,34 @@ def test_a_body_no_key_vouches_for_is_cut_at_the_heads_deadline(
             dripper.join(timeout=TIMEOUT)
     assert reply.status_code == 200 and waited < 2.0
     assert heard and heard[0].startswith(answer), heard
+
+
+@pytest.mark.slow
+def test_slow_heads_hold_half_the_threads_at_most_and_the_rest_hear_503(tmp_path: Path) -> None:
+    # Four threads: two may wait on heads that have not all arrived. Before, six such
+    # connections held all four for the head's deadline (3 s here, 10 s by default).
+    with LocalHub(tmp_path / "hub", timeout=30, head_timeout=3, threads=4) as local:
+        slow = [socket.create_connection(("127.0.0.1", local.port)) for _ in range(6)]
+        try:
+            for sock in slow:
+                sock.sendall(b"G")
+            time.sleep(0.3)
+            started = time.monotonic()
+            reply = requests.post(
+                f"{local.url}/v1/auth", headers={"x-api-key": local.api_key}, timeout=5
+            )
+            waited = time.monotonic() - started
+            heard = []
+            for sock in slow:
+                sock.settimeout(0.5)
+                try:
+                    heard.append(sock.recv(4096))
+                except TimeoutError:
+                    heard.append(b"(waiting)")
+        finally:
+            for sock in slow:
+                sock.close()
+    assert reply.status_code == 200 and waited < 1.0
+    busy = [each for each in heard if each.startswith(b"HTTP/1.1 503")]
+    assert len(busy) == 4 and b"Retry-After: 1" in busy[0], heard
+    assert heard.count(b"(waiting)") == 2, heard
