@@ -172,7 +172,11 @@ class HeadRequest(cheroot_server.HTTPRequest):
 
 
 class Connection(cheroot_server.HTTPConnection):
-    """A connection whose TLS handshake, if any, is done by the worker, under a deadline."""
+    """A connection whose TLS handshake, if any, is done by the worker, under a deadline.
+
+    A plain one whose request head is not all there when a worker takes it needs one of
+    the server's ``slow_heads`` places, or is answered 503 and closed.
+    """
 
     RequestHandlerClass = HeadRequest
 
@@ -188,8 +192,8 @@ class Connection(cheroot_server.HTTPConnection):
             self._handshake_due = False
         places: threading.BoundedSemaphore | None = getattr(self.server, "slow_heads", None)
         # A TLS head cannot be looked at before it is decrypted: it keeps the deadline only.
-        head = "whole" if places is None or isinstance(self.socket, ssl.SSLSocket) else None
-        head = head or self._head()
+        plain = places is not None and not isinstance(self.socket, ssl.SSLSocket)
+        head = self._head() if plain else "whole"
         if head == "none":
             # A new connection comes straight to a worker, maybe before its first byte:
             # it waits in the selector, as an idle one does, until it sends something.
