@@ -171,3 +171,28 @@ def test_slow_heads_hold_half_the_threads_at_most_and_the_rest_hear_503(tmp_path
     busy = [each for each in heard if each.startswith(b"HTTP/1.1 503")]
     assert len(busy) == 4 and b"Retry-After: 1" in busy[0], heard
     assert heard.count(b"(waiting)") == 2, heard
+
+
+@pytest.mark.slow
+def test_new_connections_that_say_nothing_hold_no_thread(tmp_path: Path) -> None:
+    # Cheroot hands a new connection straight to a worker, which waited for its head up to
+    # the deadline: four silent connections held two threads for 3 s, twice over.
+    with LocalHub(tmp_path / "hub", timeout=30, head_timeout=3, threads=2) as local:
+        silent = [socket.create_connection(("127.0.0.1", local.port)) for _ in range(4)]
+        try:
+            time.sleep(0.3)
+            started = time.monotonic()
+            reply = requests.post(
+                f"{local.url}/v1/auth", headers={"x-api-key": local.api_key}, timeout=10
+            )
+            waited = time.monotonic() - started
+            # They wait in the selector, open: a head sent later is answered.
+            silent[0].sendall(
+                f"GET /v1/auth HTTP/1.1\r\nHost: 127.0.0.1:{local.port}\r\n\r\n".encode()
+            )
+            silent[0].settimeout(TIMEOUT)
+            assert silent[0].recv(4096).startswith(b"HTTP/1.1 401")
+        finally:
+            for sock in silent:
+                sock.close()
+    assert reply.status_code == 200 and waited < 1.0
