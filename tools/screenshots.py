@@ -67,7 +67,7 @@ def _shots(page: Any, url: str, ids: dict[str, str], out: Path, size: str) -> li
     page.wait_for_selector("#compare-chart .uplot", timeout=WAIT_MS)
     page.select_option("#compare-metric", ["metrics/mAP50-95(B)", "val/box_loss"])
     page.wait_for_function(
-        "document.querySelectorAll('#compare-chart .uplot').length === 2", timeout=WAIT_MS
+        "() => document.querySelectorAll('#compare-chart .uplot').length === 2", timeout=WAIT_MS
     )
     page.locator("#compare").scroll_into_view_if_needed()
     path = out / f"local-hub-compare-{size}.png"

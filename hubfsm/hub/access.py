@@ -21,6 +21,10 @@ and keeps a session in a cookie:
 A signed-in key sees the models it made; an admin key (``hubfsm hub keys add --admin``,
 and the hub's own ``api_key`` file) sees every model. Changing a run from its page needs
 the hub's API key besides: :func:`page_actor` is the one check.
+
+A key typed into the sign-in form or sent with a page action spends the API's rate limit
+(a :data:`Spend`): a bucket per key the hub knows, and one per client address for every
+other key, so guessing keys on the pages is held to the rate it is held to on the API.
 """
 
 from __future__ import annotations
@@ -38,6 +42,28 @@ from werkzeug.wrappers import Request, Response
 
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.keys import KeyRecord
+
+#: Spends a token of the API's rate limit for a request that names a key (by the key's id,
+#: or None for a key the hub does not know, or none): (allowed, the ``Retry-After`` and
+#: ``X-RateLimit-*`` headers of the answer).
+Spend = Callable[[str | None, Request], tuple[bool, dict[str, str]]]
+
+#: Sent with every answer of the hub's. No other site may show the pages in a frame
+#: (clickjacking: its page lays the hub's, invisible, under a button of its own, and the
+#: user's click lands on the hub's): ``X-Frame-Options`` for old browsers,
+#: ``frame-ancestors`` for the rest. The rest of the policy lets the pages do what they do
+#: and no more: scripts, styles and requests of their own origin (``style`` attributes
+#: draw the progress bars), no plugins, no ``<base>``, forms posted only here. ``nosniff``
+#: keeps a browser from reading a download or a JSON answer as a page or a script.
+GUARD_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        "frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+}
 
 #: The session cookie's name.
 COOKIE = "hubfsm_session"
@@ -238,7 +264,22 @@ def csrf_ok(request: Request, access: PageAccess, viewer: Viewer) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
 
 
-def page_actor(hub: Hub, request: Request, environ: dict[str, Any]) -> str | Response:
+def unlimited(who: str | None, request: Request) -> tuple[bool, dict[str, str]]:
+    """The :data:`Spend` of a hub without a rate limit: every request is allowed."""
+    return True, {}
+
+
+def too_many(headers: dict[str, str]) -> Response:
+    """The 429 of a page request over the rate limit, with its ``Retry-After``."""
+    wait = headers.get("Retry-After", "1")
+    response = text_answer(f"too many requests: retry in {wait} s", 429)
+    response.headers.update(headers)
+    return response
+
+
+def page_actor(
+    hub: Hub, request: Request, environ: dict[str, Any], spend: Spend = unlimited
+) -> str | Response:
     """Who changes a run from a page (a key's id), or the answer that refuses the change.
 
     The one check of every page action (the pages' own loopback and ``Host`` rules have
@@ -250,7 +291,8 @@ def page_actor(hub: Hub, request: Request, environ: dict[str, Any]) -> str | Res
       request here without a preflight the hub never answers).
     - The hub's API key in ``x-api-key`` says who acts: the run page sends the one its
       user typed, a script sends its own. Reading needs no key; changing does, since any
-      local account reaches loopback.
+      local account reaches loopback. The key spends the rate limit (``spend``) as an API
+      request's does, so a wrong one is a guess held to the rate.
     """
     origin = request.headers.get("Origin")
     if origin is not None and not same_origin(origin, environ.get("HTTP_HOST")):
@@ -258,6 +300,9 @@ def page_actor(hub: Hub, request: Request, environ: dict[str, Any]) -> str | Res
     if request.headers.get("Sec-Fetch-Site") not in (None, "same-origin"):
         return text_answer("a run is changed from this hub's own pages only", 403)
     who = hub.principal(request.headers.get("x-api-key"))
+    allowed, limits = spend(who, request)
+    if not allowed:
+        return too_many(limits)
     if who is None:
         return text_answer("changing a run needs the hub's API key (x-api-key), a valid one", 401)
     return who

@@ -27,8 +27,8 @@ from typing import IO, Any
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
-from hubfsm.hub import web
-from hubfsm.hub.access import PageAccess
+from hubfsm.hub import downloads, web
+from hubfsm.hub.access import GUARD_HEADERS, PageAccess
 from hubfsm.hub.bodies import (
     BodyError,
     BodyLimits,
@@ -174,7 +174,7 @@ class HubApp:
             elif path.startswith("/uploads/") and request.method == "PUT":
                 response = self._put_upload(request, environ)
             else:
-                response = web.serve(self.hub, request, environ, self.access)
+                response = web.serve(self.hub, request, environ, self.access, self._spend)
         except HTTPException as error:
             response = _json(fail(error.code or 400, error.description or error.name))
         except Exception as error:  # noqa: BLE001 - the server must answer, whatever broke
@@ -192,6 +192,8 @@ class HubApp:
                 response = _json(fail(500, "internal error in the local hub"))
         finally:
             request.close()
+        # Every answer, the API's too: what a page is, a browser may be tricked into opening.
+        response.headers.update(GUARD_HEADERS)
         _log.info(
             "hub.request",
             method=request.method,
@@ -201,6 +203,21 @@ class HubApp:
             fault=fault.kind,
         )
         return response(environ, start_response)
+
+    def _spend(self, who: str | None, request: Request) -> tuple[bool, dict[str, str]]:
+        """Spend a token of the rate limit for a request made with a key (see ``Spend``)."""
+        if self.limiter is None:
+            return True, {}
+        # A key the hub knows has a bucket of its own (by its id: the server holds no
+        # extra copy of a key). Any other (a guess, a revoked key, none) spends its
+        # client address's: a bucket per guessed key let guesses through unlimited,
+        # and kept one more bucket, in memory or the database, for every guess. The
+        # pages' sign-in form and page actions spend it too, or guesses would go there.
+        bucket = f"key {who}" if who is not None else f"addr {request.remote_addr or '-'}"
+        allowed, headers = self.limiter.take(bucket)
+        if not allowed:
+            _log.info("hub.rate_limited", path=safe(request.path))
+        return allowed, headers
 
     def _draw(self) -> Fault:
         if self.faults is None:
@@ -212,17 +229,10 @@ class HubApp:
         limit_headers: dict[str, str] = {}
         api_key = api_key_of(request)
         who = self.hub.principal(api_key)
-        if self.limiter is not None:
-            # A key the hub knows has a bucket of its own (by its id: the server holds no
-            # extra copy of a key). Any other (a guess, a revoked key, none) spends its
-            # client address's: a bucket per guessed key let guesses through unlimited,
-            # and kept one more bucket, in memory or the database, for every guess.
-            bucket = f"key {who}" if who is not None else f"addr {request.remote_addr or '-'}"
-            allowed, limit_headers = self.limiter.take(bucket)
-            if not allowed:
-                _log.info("hub.rate_limited", path=safe(request.path))
-                refuse_body(request, environ)
-                return _json(fail(429, "rate limit exceeded; retry later", limit_headers))
+        allowed, limit_headers = self._spend(who, request)
+        if not allowed:
+            refuse_body(request, environ)
+            return _json(fail(429, "rate limit exceeded; retry later", limit_headers))
         if fault.latency > 0.0:
             self._sleep(fault.latency)
         if fault.kind in ("server_error", "rate_limited"):
@@ -312,7 +322,7 @@ def _file(reply: HubReply, request: Request) -> Response:
     data = reply.body["data"]
     content = reply.content
     assert content is not None
-    return web.file_response(
+    return downloads.file_response(
         content, int(data["size"]), str(data["sha256"]), f"{data['kind']}.pt", request
     )
 

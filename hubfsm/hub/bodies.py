@@ -10,8 +10,11 @@ and the connection is closed after the answer.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import tempfile
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -274,6 +277,18 @@ def close_after(environ: dict[str, Any]) -> None:
         close()
 
 
+def unchecked_read(environ: dict[str, Any]) -> AbstractContextManager[Callable[[], bool]]:
+    """A deadline in all (the request head's) for reading a body no key vouches for.
+
+    Yields a callable that says whether the deadline passed (then the connection's reading
+    was cut, and the body is short). Without the server's hook, no deadline.
+    """
+    make = environ.get("hubfsm.read_deadline")
+    if callable(make):
+        return cast("AbstractContextManager[Callable[[], bool]]", make())
+    return contextlib.nullcontext(lambda: False)
+
+
 def refuse_body(request: Request, environ: dict[str, Any]) -> None:
     """Drop a refused request's body: read (not kept) when small, else close the connection."""
     length = request.content_length
@@ -283,10 +298,13 @@ def refuse_body(request: Request, environ: dict[str, Any]) -> None:
         close_after(environ)
         return
     try:
-        stream = request.stream
-        while stream.read(_CHUNK):
-            pass
-    except (ValueError, OSError):
+        with unchecked_read(environ) as cut:
+            stream = request.stream
+            while stream.read(_CHUNK):
+                pass
+        if cut():
+            close_after(environ)
+    except (ValueError, OSError, HTTPException):  # HTTPException: the client went away
         close_after(environ)
 
 

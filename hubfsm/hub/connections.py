@@ -10,6 +10,13 @@ Cheroot also does a TLS handshake in the thread that accepts connections, under 
 idle timeout: one client that connects and sends nothing stops the whole hub from
 accepting anyone else for that long. :class:`DeferredTLSAdapter` leaves the handshake to
 the worker thread that takes the connection, where the deadline above bounds it.
+
+The deadline still lets each head being read hold a thread for its length: a client that
+opens as many connections as there are threads every 10 s, each sending a byte, held
+them all. A plain connection whose head has not all arrived when a worker takes it now
+needs one of the server's ``slow_heads`` places (half the threads); when none is free it
+is answered 503 and closed at once. A whole head, as every ordinary client sends it,
+needs no place.
 """
 
 from __future__ import annotations
@@ -20,13 +27,23 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cheroot import errors as cheroot_errors
 from cheroot import server as cheroot_server
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
-__all__ = ["Connection", "DeferredTLSAdapter", "Watchdog"]
+__all__ = ["Connection", "DeferredTLSAdapter", "Watchdog", "read_deadline"]
+
+#: What a slow head finds when the threads it may hold are all taken.
+_BUSY_TEXT = b"The hub is busy with slow requests; retry in a moment.\n"
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    b"Retry-After: 1\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_TEXT), _BUSY_TEXT)
+)
+#: The most bytes of a head looked at to find its end; a longer head counts as slow.
+_HEAD_PEEK = 64 * 1024
 
 #: What a plain HTTP request on the TLS port is answered (as cheroot's adapter would).
 _NO_TLS_TEXT = b"The client sent plain HTTP, but this port speaks only HTTPS.\n"
@@ -100,6 +117,25 @@ class Watchdog:
                     socket.socket.shutdown(sock, how)
 
 
+@contextlib.contextmanager
+def read_deadline(
+    watchdog: Watchdog, sock: socket.socket, seconds: float
+) -> Iterator[Callable[[], bool]]:
+    """Cut ``sock``'s reading unless the block ends within ``seconds``; yields "was it cut".
+
+    For a body read before its key is known (a refused request's body drained, the pages'
+    sign-in form): each read waits the idle timeout, so a body trickled a byte at a time
+    would otherwise hold a worker thread as long as the client liked, without a key.
+    """
+    token = watchdog.watch(sock, seconds)
+    # Released at the block's end, the token no longer says; its last word is kept.
+    cut = [False]
+    try:
+        yield lambda: cut[0] or watchdog.was_cut(token)
+    finally:
+        cut[0] = watchdog.release(token)
+
+
 class HeadRequest(cheroot_server.HTTPRequest):
     """A request whose head (request line and headers) must arrive within ``head_timeout``.
 
@@ -136,7 +172,11 @@ class HeadRequest(cheroot_server.HTTPRequest):
 
 
 class Connection(cheroot_server.HTTPConnection):
-    """A connection whose TLS handshake, if any, is done by the worker, under a deadline."""
+    """A connection whose TLS handshake, if any, is done by the worker, under a deadline.
+
+    A plain one whose request head is not all there when a worker takes it needs one of
+    the server's ``slow_heads`` places, or is answered 503 and closed.
+    """
 
     RequestHandlerClass = HeadRequest
 
@@ -150,7 +190,52 @@ class Connection(cheroot_server.HTTPConnection):
             if not self._handshake():
                 return False
             self._handshake_due = False
-        return bool(super().communicate())  # type: ignore[no-untyped-call]
+        places: threading.BoundedSemaphore | None = getattr(self.server, "slow_heads", None)
+        # A TLS head cannot be looked at before it is decrypted: it keeps the deadline only.
+        plain = places is not None and not isinstance(self.socket, ssl.SSLSocket)
+        head = self._head() if plain else "whole"
+        if head == "none":
+            # A new connection comes straight to a worker, maybe before its first byte:
+            # it waits in the selector, as an idle one does, until it sends something.
+            return True
+        if places is None or head == "whole":
+            return bool(super().communicate())  # type: ignore[no-untyped-call]
+        if not places.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                self.socket.settimeout(1)
+                self.socket.sendall(_BUSY)
+            return False
+        try:
+            return bool(super().communicate())  # type: ignore[no-untyped-call]
+        finally:
+            places.release()
+
+    def _head(self) -> str:
+        """How much of a request head has arrived: ``none``, ``part`` or ``whole``.
+
+        Looked at, not read: what cheroot read ahead, and what waits in the socket. The
+        end of the stream, or a broken connection, counts as whole: cheroot's own reading
+        finds it at once.
+        """
+        rfile: Any = self.rfile
+        ahead = bytes(rfile.peek(0)) if rfile.has_data() else b""
+        sock = self.socket
+        timeout = sock.gettimeout()
+        try:
+            sock.settimeout(0)  # a look, no wait
+            waiting = sock.recv(_HEAD_PEEK, socket.MSG_PEEK)
+            if not waiting:
+                return "whole"
+        except (BlockingIOError, InterruptedError):
+            waiting = b""
+        except OSError:
+            return "whole"
+        finally:
+            with contextlib.suppress(OSError):
+                sock.settimeout(timeout)
+        if b"\r\n\r\n" in ahead + waiting:
+            return "whole"
+        return "part" if ahead or waiting else "none"
 
     def _handshake(self) -> bool:
         sock = self.socket

@@ -11,6 +11,7 @@ client that trickles them nor one that connects and says nothing holds the hub.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import os
 import random
@@ -28,7 +29,7 @@ from hubfsm.hub.access import PageAccess, Sessions, is_loopback
 from hubfsm.hub.app import HubApp
 from hubfsm.hub.bodies import BodyLimits
 from hubfsm.hub.calls import id_factory
-from hubfsm.hub.connections import Connection, DeferredTLSAdapter, Watchdog
+from hubfsm.hub.connections import Connection, DeferredTLSAdapter, Watchdog, read_deadline
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.keys import DEFAULT_TTL, UrlSigner, load_or_create_key, load_or_create_secret
 from hubfsm.hub.store import Store
@@ -71,11 +72,11 @@ def reachable_address(host: str) -> str:
 
 
 class _Gateway(wsgi.Gateway_10):
-    """Cheroot's WSGI gateway, plus two hooks the app needs: the socket and "close after"."""
+    """Cheroot's WSGI gateway, plus hooks the app needs: the socket, "close after", a deadline."""
 
     # cheroot's stubs declare get_environ as returning None; it returns the environ.
     def get_environ(self) -> dict[str, Any]:  # type: ignore[override]
-        """The WSGI environ, with ``hubfsm.socket`` and ``hubfsm.close_connection``."""
+        """The WSGI environ, with ``hubfsm.socket``, ``.close_connection``, ``.read_deadline``."""
         environ: dict[str, Any] = super().get_environ()  # type: ignore[no-untyped-call]
         request = self.req
 
@@ -83,8 +84,12 @@ class _Gateway(wsgi.Gateway_10):
             # The answer goes out, the unread body is not read: the connection is closed.
             request.close_connection = True
 
+        server: Any = request.server
         environ["hubfsm.socket"] = request.conn.socket
         environ["hubfsm.close_connection"] = close_after
+        environ["hubfsm.read_deadline"] = functools.partial(
+            read_deadline, server.deadlines, request.conn.socket, server.head_timeout
+        )
         return environ
 
 
@@ -94,6 +99,7 @@ class _Server(wsgi.Server):
     ConnectionClass = Connection
     head_timeout: float = 10.0
     deadlines: Watchdog
+    slow_heads: threading.BoundedSemaphore
 
     @classmethod
     def prepare_socket(cls, *args: Any, **kwargs: Any) -> socket.socket:
@@ -262,6 +268,8 @@ class LocalHub:
                 server.ssl_adapter = DeferredTLSAdapter(*self.tls)
             server.head_timeout = self.head_timeout
             server.deadlines = Watchdog()
+            # Heads that have not all arrived may hold half the threads, no more.
+            server.slow_heads = threading.BoundedSemaphore(max(1, self.threads // 2))
             # Keep-alive connections wait in a selector, not a thread: allow many.
             server.keep_alive_conn_limit = 1000
             # How often the serving loop looks up from its selector: a stop takes this long.

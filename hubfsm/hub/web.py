@@ -3,7 +3,7 @@
 Who may see them is :mod:`hubfsm.hub.access`'s to say. Weight files are served two ways: at
 ``/models/<id>/weights/<kind>.pt`` (loopback, the pages' download links) and at signed
 ``/files/<id>/<name>.pt`` URLs (anyone holding one, until it expires: these are the URLs
-in model records, as the official client fetches them).
+in model records, as the official client fetches them), by :mod:`hubfsm.hub.downloads`.
 
 A run is renamed, tagged, noted or deleted from its page by a ``POST`` to
 ``/models/<id>/annotate`` or ``/models/<id>/delete``, under the pages' own rules and with
@@ -13,16 +13,16 @@ the hub's API key: :func:`~hubfsm.hub.access.page_actor` is the one check.
 from __future__ import annotations
 
 from importlib import resources
-from typing import IO, Any
+from typing import Any
 
 from werkzeug.wrappers import Request, Response
-from werkzeug.wsgi import wrap_file
 
-from hubfsm.hub import page, summary
+from hubfsm.hub import downloads, page, summary
 from hubfsm.hub.access import (
     COOKIE,
     LOOPBACK_VIEWER,
     PageAccess,
+    Spend,
     Viewer,
     csrf_ok,
     is_https,
@@ -31,21 +31,19 @@ from hubfsm.hub.access import (
     posted_here,
     set_cookie,
     text_answer,
+    unlimited,
     viewer_of,
 )
+from hubfsm.hub.bodies import close_after, unchecked_read
 from hubfsm.hub.calls import is_model_id
 from hubfsm.hub.domain import Hub
-from hubfsm.hub.keys import file_name, parse_name
+from hubfsm.hub.keys import file_name
 from hubfsm.hub.parse import loads
 from hubfsm.hub.store import WeightsKind
-from hubfsm.hub.store_postgres import PostgresStore
 
 _KINDS: tuple[WeightsKind, ...] = ("last", "best")
 #: Runs on one page (and in one ``runs.json``); ``?after=<id>`` asks for the next.
 PAGE_SIZE = 100
-#: Seconds an object store's presigned link stays valid: it is followed at once (the
-#: hub's own signed URL, checked before, is what lasts).
-LINK_TTL = 300.0
 _STATIC = {
     "uplot.iife.min.js": "text/javascript",
     "uplot.min.css": "text/css",
@@ -59,10 +57,16 @@ _STATIC = {
 ACTIONS = ("annotate", "delete")
 #: The largest body of a page action (a name, tags and notes).
 ACTION_BODY = 64 * 1024
+#: The largest sign-in form (a key of 43 characters, and room for what browsers add).
+SIGNIN_BODY = 4096
 
 
 def serve(
-    hub: Hub, request: Request, environ: dict[str, Any], access: PageAccess | None = None
+    hub: Hub,
+    request: Request,
+    environ: dict[str, Any],
+    access: PageAccess | None = None,
+    spend: Spend = unlimited,
 ) -> Response:
     """Answer a request outside ``/v1``.
 
@@ -71,6 +75,8 @@ def serve(
         request: The request.
         environ: Its WSGI environ.
         access: Who may see the pages; loopback browsers only, without a sign-in, when None.
+        spend: The rate limit a key typed into the sign-in form or sent with a page action
+            spends, as an API request's key does.
     """
     parts = request.path.strip("/").split("/")
     action = request.method == "POST" and len(parts) == 3 and parts[2] in ACTIONS
@@ -83,9 +89,9 @@ def serve(
             headers={"Allow": "GET, HEAD"},
         )
     if len(parts) == 3 and parts[0] == "files":
-        return _signed_file(hub, request, parts[1], parts[2])
+        return downloads.signed_file(hub, request, parts[1], parts[2])
     if access is not None and access.sign_in:
-        found = _signed_in(hub, request, parts, access)
+        found = _signed_in(hub, request, environ, parts, access, spend)
         if isinstance(found, Response):
             return found
         viewer = found
@@ -98,7 +104,7 @@ def serve(
             return _redirect("/")
         viewer = LOOPBACK_VIEWER
     if action:
-        return _act(hub, request, environ, parts[1], parts[2])
+        return _act(hub, request, environ, parts[1], parts[2], spend)
     if parts == [""]:
         rows, following = runs(hub, viewer, request.args.get("after"))
         text = page.render_index(rows, hub.clock(), hub.public_root)
@@ -127,12 +133,18 @@ def serve(
         return _metrics_file(data, parts[2])
     if len(parts) == 4 and parts[2] == "weights" and parts[3].removesuffix(".pt") in _KINDS:
         kind: WeightsKind = "last" if parts[3].startswith("last") else "best"
-        return _weights(hub, request, model_id, kind, summary.download_name(data["record"], kind))
+        name = summary.download_name(data["record"], kind)
+        return downloads.weights(hub, request, model_id, kind, name)
     return _html(page.render_missing(request.path), 404)
 
 
 def _signed_in(
-    hub: Hub, request: Request, parts: list[str], access: PageAccess
+    hub: Hub,
+    request: Request,
+    environ: dict[str, Any],
+    parts: list[str],
+    access: PageAccess,
+    spend: Spend,
 ) -> Viewer | Response:
     """The signed-in viewer of a request, or the answer to it (sign-in and -out, refusals).
 
@@ -146,8 +158,17 @@ def _signed_in(
     if parts == ["signin"]:
         if request.method != "POST":
             return _html(page.signin_page())
-        key = request.form.get("key", "").strip()
-        principal = hub.principal(key)
+        form = _signin_form(request, environ)
+        if isinstance(form, Response):
+            return form
+        principal = hub.principal(form.get("key", "").strip())
+        # A wrong key is a guess: it spends its address's bucket, as on the API.
+        allowed, limits = spend(principal, request)
+        if not allowed:
+            wait = limits.get("Retry-After", "1")
+            response = _html(page.signin_page(f"Too many tries: try again in {wait} s."), 429)
+            response.headers.update(limits)
+            return response
         if principal is None:
             return _html(page.signin_page("That key is not valid (or was revoked)."), 401)
         response = _redirect("/")
@@ -170,6 +191,24 @@ def _signed_in(
     return viewer
 
 
+def _signin_form(request: Request, environ: dict[str, Any]) -> dict[str, str] | Response:
+    """The sign-in form's fields: small, and read under the request head's deadline.
+
+    Nothing vouches for its sender yet, so it may not hold a worker thread any longer
+    than a request head may.
+    """
+    length = request.content_length
+    if length is None or length > SIGNIN_BODY:
+        close_after(environ)
+        return text_answer(f"a sign-in form has a Content-Length of at most {SIGNIN_BODY}", 413)
+    with unchecked_read(environ) as cut:
+        form = dict(request.form)
+    if cut():
+        close_after(environ)
+        return text_answer("the sign-in form did not arrive in time", 408)
+    return form
+
+
 def _bar(viewer: Viewer, access: PageAccess | None) -> str:
     if access is None or viewer.key_id is None:
         return ""
@@ -183,10 +222,10 @@ def _redirect(where: str) -> Response:
 
 
 def _act(
-    hub: Hub, request: Request, environ: dict[str, Any], model_id: str, action: str
+    hub: Hub, request: Request, environ: dict[str, Any], model_id: str, action: str, spend: Spend
 ) -> Response:
     """A page action on a run: rename, tag and note it (``annotate``), or ``delete`` it."""
-    who = page_actor(hub, request, environ)
+    who = page_actor(hub, request, environ, spend)
     if isinstance(who, Response):
         return who
     if not is_model_id(model_id):
@@ -291,72 +330,6 @@ def _metrics_file(data: dict[str, Any], name: str) -> Response:
         response = _json(data["metrics"])
     response.headers["Content-Disposition"] = f'attachment; filename="{stem}.{name[8:]}"'
     response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-def _signed_file(hub: Hub, request: Request, model_id: str, name: str) -> Response:
-    parsed = parse_name(name)
-    if not is_model_id(model_id) or parsed is None:
-        return text_answer("no such file", 404)
-    problem = hub.signer.check(request.path, request.args) if hub.signer is not None else None
-    if problem is not None:
-        return text_answer(problem, 403)
-    kind, epoch = parsed
-    record = hub.record(model_id)
-    if record is None:
-        return text_answer("no such file", 404)
-    if kind == "last" and epoch != record["checkpoint_epoch"]:
-        # The checkpoint of that epoch was replaced by a later one; the record names it.
-        return text_answer("a later checkpoint replaced this one", 404)
-    return _weights(hub, request, model_id, "last" if kind == "last" else "best", name)
-
-
-def _weights(hub: Hub, request: Request, model_id: str, kind: WeightsKind, name: str) -> Response:
-    if isinstance(hub.store, PostgresStore):
-        return _linked(hub.store, request, model_id, kind, name)
-    found = hub.weights(model_id, kind)
-    if found is None:
-        return text_answer(f"{model_id} has no {kind}.pt", 404)
-    info, content = found
-    return file_response(content, info.size, info.sha256, name, request)
-
-
-def _linked(
-    store: PostgresStore, request: Request, model_id: str, kind: WeightsKind, name: str
-) -> Response:
-    """Send the client to the object store itself: the file's bytes never pass the hub."""
-    if request.method == "HEAD":
-        info = store.weights_info(model_id, kind)
-        if info is None:
-            return text_answer(f"{model_id} has no {kind}.pt", 404)
-        return file_response(b"", info.size, info.sha256, name, request)
-    found = store.weights_link(model_id, kind, LINK_TTL, name)
-    if found is None:
-        return text_answer(f"{model_id} has no {kind}.pt", 404)
-    info, url = found
-    response = Response(status=302, headers={"Location": url})
-    # The digest comes from the record, so a client can check what the store sends.
-    response.headers["X-Checksum-Sha256"] = info.sha256
-    response.headers["ETag"] = f'"{info.sha256}"'
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-def file_response(
-    content: bytes | IO[bytes], size: int, sha256: str, name: str, request: Request
-) -> Response:
-    """A weight file as a download; HEAD gets the headers only."""
-    if request.method == "HEAD":
-        if not isinstance(content, bytes):
-            content.close()
-        response = Response(b"", mimetype="application/octet-stream")
-    else:
-        body = content if isinstance(content, bytes) else wrap_file(request.environ, content)
-        response = Response(body, mimetype="application/octet-stream", direct_passthrough=True)
-    response.content_length = size
-    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
-    response.headers["X-Checksum-Sha256"] = sha256
-    response.headers["ETag"] = f'"{sha256}"'
     return response
 
 

@@ -68,12 +68,19 @@ def browser() -> Iterator[Any]:
             launched.close()
 
 
+def _refused(text: str, errors: list[str]) -> None:
+    if "Content Security Policy" in text:
+        errors.append(text)
+
+
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     opened = context.new_page()
     errors: list[str] = []
     opened.on("pageerror", lambda error: errors.append(str(error)))
+    # The hub's Content-Security-Policy must let its pages do all they do.
+    opened.on("console", lambda message: _refused(message.text, errors))
     # Nothing but the hub itself: the pages must work offline.
     outside: list[str] = []
 
@@ -149,8 +156,10 @@ def test_charts_render_with_axes_and_update_while_a_session_trains(
         for k in range(3):
             epoch(k)
         page.goto(session.model_url)
-        page.wait_for_function("document.querySelectorAll('.uplot').length === 3", timeout=WAIT_MS)
-        page.wait_for_function("Number(document.body.dataset.epochs) >= 1", timeout=WAIT_MS)
+        page.wait_for_function(
+            "() => document.querySelectorAll('.uplot').length === 3", timeout=WAIT_MS
+        )
+        page.wait_for_function("() => Number(document.body.dataset.epochs) >= 1", timeout=WAIT_MS)
         # Grouped as the trainer's metrics are: losses, metrics, learning rates.
         groups = page.eval_on_selector_all(
             "#charts section h2", "els => els.map(e => e.textContent)"
@@ -175,7 +184,7 @@ def test_charts_render_with_axes_and_update_while_a_session_trains(
         page.evaluate("window.__loadedOnce = true")
         for k in range(3, 8):
             epoch(k)
-        page.wait_for_function("Number(document.body.dataset.epochs) === 8", timeout=WAIT_MS)
+        page.wait_for_function("() => Number(document.body.dataset.epochs) === 8", timeout=WAIT_MS)
         assert _axes(page, "train/box_loss")["points"] == 8
         assert page.evaluate("window.__loadedOnce") is True  # the same page, not a reload
         sync_api.expect(page.locator('[data-field="summary.progress"]')).to_have_text(
@@ -196,7 +205,7 @@ def test_charts_render_with_axes_and_update_while_a_session_trains(
         assert [e["metrics"] for e in json_reply] == sent
         session.finish(weights, map50_95=0.4)
     page.wait_for_function(
-        "document.querySelector('.badge').textContent === 'trained'", timeout=WAIT_MS
+        "() => document.querySelector('.badge').textContent === 'trained'", timeout=WAIT_MS
     )
     sync_api.expect(page.locator("#weights-body")).to_contain_text("best.pt")
     # Saved under the run's name, so that the best weights of two runs do not collide.
@@ -214,7 +223,9 @@ def test_pages_of_sample_runs_compare_and_filter(
     ids = sample_runs.populate(local)
     page.goto(f"{local.url}/models/{ids['training']}")
     # 13 metrics; train/ and val/ of the same loss share a chart: 10 charts.
-    page.wait_for_function("document.querySelectorAll('.uplot').length === 10", timeout=WAIT_MS)
+    page.wait_for_function(
+        "() => document.querySelectorAll('.uplot').length === 10", timeout=WAIT_MS
+    )
     sync_api.expect(page.locator("#stale")).to_be_visible()
     sync_api.expect(page.locator("#stale")).to_contain_text("last.pt is from epoch 0")
 
@@ -261,14 +272,14 @@ def test_a_run_goes_stalled_when_its_heartbeats_stop_and_the_page_says_when_the_
         sample_runs.send_epochs(local, model_id, range(3), 20, seed=0)
         page.goto(f"{local.url}/models/{model_id}")
         # Nothing more arrives, as after a kill -9: the open page turns it stalled.
-        page.wait_for_function("document.body.dataset.state === 'stalled'", timeout=WAIT_MS)
+        page.wait_for_function("() => document.body.dataset.state === 'stalled'", timeout=WAIT_MS)
         assert _state(page) == "stalled"
         sync_api.expect(page.locator('[data-field="summary.eta"]')).to_have_text("stopped")
         # The clocks stopped: a later poll shows the same elapsed time.
         elapsed = page.locator('[data-field="summary.elapsed"]').text_content()
         polls = int(page.evaluate("Number(document.body.dataset.polls)"))
         page.wait_for_function(
-            f"Number(document.body.dataset.polls) >= {polls + 2}", timeout=WAIT_MS
+            f"() => Number(document.body.dataset.polls) >= {polls + 2}", timeout=WAIT_MS
         )
         assert page.locator('[data-field="summary.elapsed"]').text_content() == elapsed
 
@@ -284,7 +295,7 @@ def test_a_run_goes_stalled_when_its_heartbeats_stop_and_the_page_says_when_the_
         # It comes back to life with its next heartbeat.
         page.goto(f"{local.url}/models/{model_id}")
         sample_runs.heartbeat(local, model_id)
-        page.wait_for_function("document.body.dataset.state === 'training'", timeout=WAIT_MS)
+        page.wait_for_function("() => document.body.dataset.state === 'training'", timeout=WAIT_MS)
         assert _state(page) == "training"
         sync_api.expect(page.locator("#offline")).to_be_hidden()
         local.stop()
@@ -314,7 +325,9 @@ def test_best_epoch_marker_smoothing_log_scale_and_settings_in_the_url(
     ids = sample_runs.populate(local)
     url = f"{local.url}/models/{ids['trained']}"
     page.goto(url)
-    page.wait_for_function("document.querySelectorAll('.uplot').length === 10", timeout=WAIT_MS)
+    page.wait_for_function(
+        "() => document.querySelectorAll('.uplot').length === 10", timeout=WAIT_MS
+    )
     data = page.evaluate("JSON.parse(document.getElementById('model-data').textContent)")
     stats = data["summary"]["stats"]
     key = "metrics/mAP50-95(B)"
@@ -343,7 +356,7 @@ def test_best_epoch_marker_smoothing_log_scale_and_settings_in_the_url(
 
     before = page.evaluate("window.hubCharts['train/box_loss'].ctx.canvas.toDataURL()")
     page.locator("#smooth").fill("0.9")
-    page.wait_for_function("location.search.includes('smooth=0.9')", timeout=WAIT_MS)
+    page.wait_for_function("() => location.search.includes('smooth=0.9')", timeout=WAIT_MS)
     chart = page.evaluate(
         "(() => { const u = window.hubCharts['train/box_loss'];"
         " return {labels: u.series.slice(1).map(s => s.label), raw: u.data[1], smooth: u.data[2],"
@@ -356,17 +369,19 @@ def test_best_epoch_marker_smoothing_log_scale_and_settings_in_the_url(
     assert chart["png"] != before  # the drawn line changed
 
     page.check("#log")
-    page.wait_for_function("location.search.includes('log=1')", timeout=WAIT_MS)
+    page.wait_for_function("() => location.search.includes('log=1')", timeout=WAIT_MS)
     assert page.evaluate("window.hubCharts['train/box_loss'].scales.y.distr") == 3
     # The settings are in the URL: opened again, the page draws the same view.
     page.goto(page.url)
-    page.wait_for_function("document.querySelectorAll('.uplot').length === 10", timeout=WAIT_MS)
+    page.wait_for_function(
+        "() => document.querySelectorAll('.uplot').length === 10", timeout=WAIT_MS
+    )
     assert page.input_value("#smooth") == "0.9" and page.is_checked("#log")
     assert page.evaluate("window.hubCharts['train/box_loss'].scales.y.distr") == 3
     page.uncheck("#log")
     page.check("#zero")
     page.wait_for_function(
-        "window.hubCharts['metrics/mAP50-95(B)'].scales.y.min <= 0", timeout=WAIT_MS
+        "() => window.hubCharts['metrics/mAP50-95(B)'].scales.y.min <= 0", timeout=WAIT_MS
     )
 
 
@@ -376,7 +391,9 @@ def test_a_single_epoch_is_drawn_in_the_middle_of_its_chart(
     model_id = sample_runs.create(local, "one-epoch", 10)
     sample_runs.send_epochs(local, model_id, range(1), 10, seed=0)
     page.goto(f"{local.url}/models/{model_id}")
-    page.wait_for_function("document.querySelectorAll('.uplot').length === 10", timeout=WAIT_MS)
+    page.wait_for_function(
+        "() => document.querySelectorAll('.uplot').length === 10", timeout=WAIT_MS
+    )
     scales = page.evaluate(
         "(() => { const u = window.hubCharts['metrics/mAP50-95(B)'];"
         " return [u.scales.x.min, u.scales.x.max, u.scales.y.min, u.scales.y.max,"
@@ -520,7 +537,7 @@ def test_an_interrupted_run_is_shown_filtered_and_its_clock_stopped(
     sync_api.expect(page.locator("#ended")).to_have_text("interrupted: Ctrl-C")
     sync_api.expect(page.locator('[data-field="summary.eta"]')).to_have_text("stopped")
     elapsed = page.locator('[data-field="summary.elapsed"]').text_content()
-    page.wait_for_function("Number(document.body.dataset.polls || 0) >= 2", timeout=WAIT_MS)
+    page.wait_for_function("() => Number(document.body.dataset.polls || 0) >= 2", timeout=WAIT_MS)
     sync_api.expect(page.locator('[data-field="summary.elapsed"]')).to_have_text(str(elapsed))
 
 
@@ -541,12 +558,12 @@ def test_the_x_axis_switches_to_time_and_a_zoom_survives_live_epochs(
             session.log_metrics({"train/loss": 2.0 - k / 10, "metrics/acc": k / 10}, epoch=k)
         assert session.flush(timeout=10)
         page.goto(session.model_url)
-        page.wait_for_function("Number(document.body.dataset.epochs) === 6", timeout=WAIT_MS)
+        page.wait_for_function("() => Number(document.body.dataset.epochs) === 6", timeout=WAIT_MS)
         # Zoomed to epochs 1-3; more epochs arrive; the zoom stays, on every chart.
         page.evaluate("window.hubCharts['train/loss'].setScale('x', {min: 1, max: 3})")
         for k in range(6, 9):
             session.log_metrics({"train/loss": 2.0 - k / 10, "metrics/acc": k / 10}, epoch=k)
-        page.wait_for_function("Number(document.body.dataset.epochs) === 9", timeout=WAIT_MS)
+        page.wait_for_function("() => Number(document.body.dataset.epochs) === 9", timeout=WAIT_MS)
         scales = page.evaluate(
             "['train/loss', 'metrics/acc'].map(k => { const u = window.hubCharts[k];"
             " return [u.scales.x.min, u.scales.x.max, u.data[0].length]; })"
@@ -555,14 +572,14 @@ def test_the_x_axis_switches_to_time_and_a_zoom_survives_live_epochs(
         # A double-click (a reset) shows every epoch again, and the next ones as they come.
         page.evaluate("window.hubCharts['train/loss'].setScale('x', {min: 0, max: 8})")
         session.log_metrics({"train/loss": 1.0, "metrics/acc": 0.9}, epoch=9)
-        page.wait_for_function("Number(document.body.dataset.epochs) === 10", timeout=WAIT_MS)
+        page.wait_for_function("() => Number(document.body.dataset.epochs) === 10", timeout=WAIT_MS)
         page.wait_for_function(
-            "window.hubCharts['train/loss'].scales.x.max === 9", timeout=WAIT_MS
+            "() => window.hubCharts['train/loss'].scales.x.max === 9", timeout=WAIT_MS
         )
 
         # The x-axis of time since the start: when each epoch reached the hub.
         page.select_option("#xaxis", "time")
-        page.wait_for_function("location.search.includes('x=time')", timeout=WAIT_MS)
+        page.wait_for_function("() => location.search.includes('x=time')", timeout=WAIT_MS)
         data = requests.get(f"{session.model_url}/data.json", timeout=10).json()
         since = data["since_start"]
         assert len(since) == 10 and all(t is not None and t >= 0 for t in since)
@@ -577,7 +594,9 @@ def test_the_x_axis_switches_to_time_and_a_zoom_survives_live_epochs(
         sync_api.expect(caption).to_contain_text("(epoch 9)")  # epochs still named
         # Kept in the URL: opened again, the page draws time.
         page.goto(page.url)
-        page.wait_for_function("document.querySelectorAll('.uplot').length === 2", timeout=WAIT_MS)
+        page.wait_for_function(
+            "() => document.querySelectorAll('.uplot').length === 2", timeout=WAIT_MS
+        )
         assert page.input_value("#xaxis") == "time"
         assert page.evaluate("window.hubCharts['train/loss'].axes[0].label") == (
             "time since the start"

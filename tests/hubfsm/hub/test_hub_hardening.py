@@ -183,11 +183,12 @@ def test_silent_connections_are_closed_and_do_not_block_others(tmp_path: Path) -
                 assert reply.status_code == 200
             for sock in silent + slow:
                 sock.settimeout(TIMEOUT)
-                # The hub closes each of them (recv sees the end, perhaps after a 408).
+                # The hub closes each of them (recv sees the end, perhaps after a 408, or a
+                # 503 for a stalled head past the one thread of two that such heads may hold).
                 data = b""
                 while chunk := sock.recv(4096):
                     data += chunk
-                assert data == b"" or data.startswith(b"HTTP/1.1 408")
+                assert data == b"" or data.startswith((b"HTTP/1.1 408", b"HTTP/1.1 503"))
         finally:
             for sock in silent + slow:
                 sock.close()
