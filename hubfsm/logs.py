@@ -17,6 +17,7 @@ error (see :func:`configure_cli`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -99,6 +100,11 @@ class _Logger:
     def exception(self, event: str, **fields: Any) -> None:
         """Log ``event`` at ERROR with the exception being handled."""
         self._log("exception", event, fields)
+
+    def safely(self, level: str, event: str, **fields: Any) -> None:
+        """Log ``event`` at ``level``; a broken log sink must not stop delivery."""
+        with contextlib.suppress(Exception):  # there is nowhere left to report it
+            self._log(level, event, fields)
 
 
 def get_logger(name: str) -> _Logger:

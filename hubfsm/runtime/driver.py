@@ -21,14 +21,12 @@ import attrs
 from hubfsm.core.engine import Core
 from hubfsm.core.values import (
     Barrier,
-    Change,
     CheckpointOffered,
     EpochEnded,
     Event,
     FinishPending,
     FinishRequested,
     Interrupted,
-    Rejected,
     Resumed,
     Send,
     Start,
@@ -50,10 +48,8 @@ log = get_logger("hubfsm")
 LONG_WAIT = 5.0
 
 
-def _say(level: str, event: str, **fields: Any) -> None:
-    """Log from the driver; a broken log sink must not stop delivery."""
-    with contextlib.suppress(Exception):  # there is nowhere left to report it
-        getattr(log, level)(event, **fields)
+#: Logs from the driver; a broken log sink must not stop delivery.
+_say = log.safely
 
 
 class _Quiet:
@@ -135,10 +131,6 @@ class Driver:
         self._watched: dict[int, Ticket] = {}
         #: How far the journal is taken in, not yet written to the outbox.
         self._journal_seq: int | None = None
-        #: The core's changes an outbox write failed to keep, written before any later.
-        self.unwritten: list[Change] = []
-        #: Why the last outbox write failed, while writes fail.
-        self.write_error: Exception | None = None
         #: Tells a person when the hub is lost and back (None: say nothing).
         self.console: Console | None = None
         #: The last request's outcome (None before the first): what closing and sync
@@ -304,102 +296,8 @@ class Driver:
     def persist(self) -> None:
         """Write the core's changes (and the journal's progress) to the outbox, if any."""
         durability = self.durability
-        if durability is None:
-            return
-        core = self.core
-        if durability.outbox is None:
-            # A created model's outbox opens once the hub has given it an id.
-            if core.model_id is None or durability.error is not None:
-                return
-            try:
-                durability.attach(core.model_id, core, now=self.clock())
-            except Exception as exc:
-                durability.error = exc
-                return
-        journal_seq = self._journal_seq
-        # Most calls have nothing to write (a step that only waits, an answer that changed
-        # nothing kept): they return before taking an empty list from the core.
-        if journal_seq is None and not self.unwritten and not core.schedule.changes:
-            return
-        changes = core.take_changes()
-        if self.unwritten:
-            # What an earlier write failed to keep goes first, in its order.
-            changes = self.unwritten + changes
-        try:
-            durability.apply(changes, journal_seq=journal_seq)
-        except OSError as exc:  # a full disk must not stop delivery of what is in memory
-            self._refused(changes, exc)
-            return
-        except Exception:  # not the disk: one change that can never be written
-            if not self._write_apart(durability, changes, journal_seq):
-                return
-        self.unwritten = []
-        self._journal_seq = None
-        if self.write_error is not None:
-            self.write_error = None
-            if not self.quiet:
-                # Shown as the failure was (warnings reach stderr by default).
-                _say("warning", "outbox.write_recovered", model_id=core.model_id)
-
-    @property
-    def disk_lags(self) -> bool:
-        """The disk refused the last writes, and none of them was a rejection.
-
-        What the outbox then holds pending, the hub acknowledged: it lags memory.
-        """
-        return self.write_error is not None and not any(
-            isinstance(change, Rejected) for change in self.unwritten
-        )
-
-    def _refused(self, changes: list[Change], error: OSError) -> None:
-        """Keep what the disk refused, with the journal's progress, for the next write.
-
-        The journal is not consumed past what reached the outbox, and sending goes on
-        from memory meanwhile.
-        """
-        self.unwritten = changes
-        if self.write_error is None and not self.quiet:
-            _say(
-                "error",
-                "outbox.write_failed",
-                error=str(error),
-                model_id=self.core.model_id,
-                unwritten=len(changes),
-            )
-        self.write_error = error
-
-    def _write_apart(
-        self, durability: Durability, changes: list[Change], journal_seq: int | None
-    ) -> bool:
-        """Write the changes one at a time, setting aside any that can never be written.
-
-        Retrying such a change would hold back every later one for good, so it is
-        dropped with a log line naming it. False when the disk refused a write meanwhile
-        (the rest is kept for the next write).
-        """
-        for at, change in enumerate(changes):
-            try:
-                durability.apply([change], journal_seq=None)
-            except OSError as exc:
-                self._refused(changes[at:], exc)
-                return False
-            except Exception as exc:
-                _say(
-                    "error",
-                    "outbox.change_dropped",
-                    change=type(change).__name__,
-                    error=f"{type(exc).__name__}: {exc}",
-                    model_id=self.core.model_id,
-                )
-        try:
-            durability.apply([], journal_seq=journal_seq)
-        except OSError as exc:
-            self._refused([], exc)
-            return False
-        except Exception as exc:  # the outbox itself is unusable: nothing more to do here
-            _say("error", "outbox.write_failed", error=str(exc), model_id=self.core.model_id)
-            return False
-        return True
+        if durability is not None and durability.keep(self.core, self._journal_seq, self.clock):
+            self._journal_seq = None
 
 
 def _log_failure(action: Send, outcome: Outcome) -> None:

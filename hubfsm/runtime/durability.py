@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hubfsm.core.engine import Core
-from hubfsm.core.values import Change, Saved, pending_counts
+from hubfsm.core.values import Change, Rejected, Saved, pending_counts
 from hubfsm.durable.inbox import Inbox
 from hubfsm.durable.journal import Journal, JournalOpener, journal_unavailable
 from hubfsm.durable.layout import default_root, private_dir
@@ -25,9 +25,12 @@ from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.recovery import journal_path, kept_counts, recover
 from hubfsm.durable.weights import WeightFiles
 from hubfsm.errors import HubfsmError
+from hubfsm.logs import get_logger
 
 #: Opens a model's outbox under a root (the files backend: :meth:`Outbox.open`).
 OutboxOpener = Callable[[str, "str | os.PathLike[str] | None"], Outbox]
+
+log = get_logger("hubfsm")
 
 #: Bytes written to try an outbox root before the hub makes a model (a new outbox's size).
 PROBE = 64 * 1024
@@ -78,6 +81,10 @@ class Durability:
         self.kept: dict[str, int] | None = None
         #: The weight files offered to the session: snapshots go into this outbox.
         self.weights = WeightFiles(inbox)
+        #: The core's changes an outbox write failed to keep, written before any later.
+        self.unwritten: list[Change] = []
+        #: Why the last outbox write failed, while writes fail.
+        self.write_error: Exception | None = None
 
     @property
     def directory(self) -> Path | None:
@@ -130,6 +137,92 @@ class Durability:
                 # A full disk costs the kill -9 guarantee, never the session.
                 if not self.quiet:
                     journal_unavailable(path, exc)
+
+    def keep(self, core: Core, journal_seq: int | None, clock: Callable[[], float]) -> bool:
+        """Write the core's changes, and how far the journal is taken in, to the outbox.
+
+        A created model's outbox opens here, once the hub has given it an id. What the
+        disk refuses is kept, first in order, for the next call; sending goes on from
+        memory meanwhile.
+
+        Returns:
+            True once ``journal_seq`` is written (the journal may start over).
+        """
+        if self.outbox is None:
+            if core.model_id is None or self.error is not None:
+                return False
+            try:
+                self.attach(core.model_id, core, now=clock())
+            except Exception as exc:
+                self.error = exc
+                return False
+        # Most calls have nothing to write (a step that only waits, an answer that changed
+        # nothing kept): they return before taking an empty list from the core.
+        if journal_seq is None and not self.unwritten and not core.schedule.changes:
+            return False
+        changes = core.take_changes()
+        if self.unwritten:
+            changes = self.unwritten + changes
+        try:
+            self.apply(changes, journal_seq=journal_seq)
+        except OSError as exc:  # a full disk must not stop delivery of what is in memory
+            self._refused(changes, exc)
+            return False
+        except Exception:  # not the disk: one change that can never be written
+            if not self._write_apart(changes, journal_seq):
+                return False
+        self.unwritten = []
+        if self.write_error is not None:
+            self.write_error = None
+            if not self.quiet:  # shown as the failure was (warnings reach stderr)
+                log.safely("warning", "outbox.write_recovered", model_id=core.model_id)
+        return True
+
+    @property
+    def disk_lags(self) -> bool:
+        """The disk refused the last writes, and none of them was a rejection.
+
+        What the outbox then holds pending, the hub acknowledged: it lags memory.
+        """
+        return self.write_error is not None and not any(
+            isinstance(change, Rejected) for change in self.unwritten
+        )
+
+    def _refused(self, changes: list[Change], error: OSError) -> None:
+        """Keep what the disk refused for the next write; the journal is not consumed."""
+        self.unwritten = changes
+        if self.write_error is None and not self.quiet:
+            model_id = self._core.model_id if self._core is not None else None
+            log.safely("error", "outbox.write_failed", error=str(error), model_id=model_id,
+                       unwritten=len(changes))  # fmt: skip
+        self.write_error = error
+
+    def _write_apart(self, changes: list[Change], journal_seq: int | None) -> bool:
+        """Write the changes one at a time, setting aside any that can never be written.
+
+        Retrying such a change would hold back every later one for good, so it is
+        dropped with a log line naming it. False when the disk refused a write meanwhile
+        (the rest is kept for the next write).
+        """
+        model_id = self._core.model_id if self._core is not None else None
+        for at, change in enumerate(changes):
+            try:
+                self.apply([change], journal_seq=None)
+            except OSError as exc:
+                self._refused(changes[at:], exc)
+                return False
+            except Exception as exc:
+                log.safely("error", "outbox.change_dropped", change=type(change).__name__,
+                           error=f"{type(exc).__name__}: {exc}", model_id=model_id)  # fmt: skip
+        try:
+            self.apply([], journal_seq=journal_seq)
+        except OSError as exc:
+            self._refused([], exc)
+            return False
+        except Exception as exc:  # the outbox itself is unusable: nothing more to do here
+            log.safely("error", "outbox.write_failed", error=str(exc), model_id=model_id)
+            return False
+        return True
 
     def apply(self, changes: Sequence[Change], *, journal_seq: int | None) -> None:
         """Keep ``changes``, and how far the journal is in the outbox, in one transaction.

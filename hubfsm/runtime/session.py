@@ -153,7 +153,7 @@ class Session(SessionViews):
             # An outbox with nothing left is only clutter; a later session recreates it.
             # A worker still inside a request could be caught mid-step: keep it then.
             drained = not self._shell.alive and self._core.drained and not self._inbox
-            self._durability.close(remove=drained, stale=drained and self._driver.disk_lags)
+            self._durability.close(remove=drained, stale=drained and self._durability.disk_lags)
 
     # -- what the trainer calls -----------------------------------------------------
 

@@ -166,9 +166,9 @@ def main():
             if epoch == 30:
                 # The worker has met the full disk before it frees up (bounded wait).
                 deadline = time.monotonic() + 30.0
-                while session._driver.write_error is None and time.monotonic() < deadline:
+                while session._durability.write_error is None and time.monotonic() < deadline:
                     time.sleep(0.01)
-                assert session._driver.write_error is not None
+                assert session._durability.write_error is not None
                 close_filler(filler)
             session.log_metrics(metrics(epoch, False), epoch=epoch)
             logged.append(epoch)

@@ -255,7 +255,7 @@ def test_a_change_that_can_never_be_written_is_set_aside_and_wedges_nothing(hub,
     dropped = [e for e in logs if e["event"] == "outbox.change_dropped"]
     assert dropped and all("epoch 2" in d["error"] for d in dropped)
     assert "MetricsQueued" in [d["change"] for d in dropped]
-    assert s._driver.unwritten == [] and s._driver.write_error is None
+    assert s._durability.unwritten == [] and s._durability.write_error is None
     s.close(timeout=0.0)
     # Everything else went in, and the journal is consumed: no retry holds it back.
     assert outbox_epochs(root, model_id) == ([0, 1, 3, 4], 5)
@@ -284,7 +284,7 @@ def test_a_run_the_hub_acknowledged_whole_leaves_no_stale_outbox_on_a_full_disk(
     best = tmp_path / "best.pt"
     best.write_bytes(b"best" * 500)
     s.finish(best, map50_95=0.5, timeout=30.0)
-    assert s.state == "done" and s._driver.unwritten
+    assert s.state == "done" and s._durability.unwritten
     s.close()
     assert [m["epoch"] for m in hub.metrics(model_id)] == [0, 1, 2]
     assert "not on the hub yet" not in capsys.readouterr().err
@@ -310,7 +310,7 @@ def test_a_rejected_record_stays_even_when_the_disk_lags_an_acknowledged_run(hub
     best = tmp_path / "best.pt"
     best.write_bytes(b"best" * 500)
     s.finish(best, map50_95=0.5, timeout=30.0)
-    assert s.state == "done" and s._driver.write_error is not None
+    assert s.state == "done" and s._durability.write_error is not None
     s.close()
     assert [m["epoch"] for m in hub.metrics(model_id)] == [1]
     ob = Outbox.open(model_id, root)
