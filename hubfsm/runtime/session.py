@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from hubfsm.core.values import Barrier, FinishPending, FinishRequested, Interrupted, Start
-from hubfsm.durable.layout import keep_record, kept_record
 from hubfsm.errors import (
     DeliveryIncomplete,
     HubfsmError,
@@ -126,26 +125,6 @@ class Session(SessionViews):
         if settings.at_exit:
             self._hooks = ExitHooks(self._at_exit, signals=settings.handle_signals)
         self._log.info("session.opened", model_id=core.model_id, state=core.state)
-
-    def _keep_record(self, model_id: str) -> None:
-        # An offline run of a hub model trains from the record an online start kept.
-        durability = self._durability
-        if durability is None:
-            return
-        if self.offline:
-            self._record = kept_record(model_id, durability.root)
-        elif self._core.record:
-            keep_record(model_id, self._core.record, durability.root)
-
-    def _continue_from_record(self) -> None:
-        # A resumed model's new epochs follow the ones the hub has: a loop that logs
-        # without epoch numbers must not overwrite the earlier epochs' metrics.
-        try:
-            plan = self.plan
-        except HubfsmError:
-            return  # nothing to continue; reading the plan raises for the caller
-        if plan.resume_epoch is not None:
-            self._next_epoch = plan.resume_epoch
 
     def _release(self) -> None:
         self._shell.stop(timeout=0.0)

@@ -2,8 +2,10 @@
 
 None of these calls reaches the training thread's hot path or changes what the session
 sends; only :meth:`SessionViews.download_weights` changes anything, the record it planned
-from, when the hub had replaced the weights. :class:`SessionViews` is the base of
-:class:`~hubfsm.runtime.session.Session`, which sets the attributes it reads.
+from, when the hub had replaced the weights. At opening, the session keeps the record
+beside the outbox (an offline run trains from it) and continues the epochs it names.
+:class:`SessionViews` is the base of :class:`~hubfsm.runtime.session.Session`, which
+sets the attributes it reads.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from hubfsm.core.answers import TrainingPlan
 from hubfsm.core.engine import Core
 from hubfsm.core.identifier import Identifier
 from hubfsm.durable.inbox import Inbox
+from hubfsm.durable.layout import keep_record, kept_record
 from hubfsm.env import OFFLINE as OFFLINE_ENV
 from hubfsm.errors import HubfsmError
 from hubfsm.runtime.driver import Driver
@@ -46,6 +49,30 @@ class SessionViews:
     #: The record as last read, once a download had to read it again (else the core's).
     _record: Mapping[str, Any] | None = None
     _next_epoch: int
+
+    # -- the record, at opening ---------------------------------------------------
+
+    def _keep_record(self, model_id: str) -> None:
+        # An offline run of a hub model trains from the record an online start kept.
+        durability = self._durability
+        if durability is None:
+            return
+        if self.offline:
+            self._record = kept_record(model_id, durability.root)
+        elif self._core.record:
+            keep_record(model_id, self._core.record, durability.root)
+
+    def _continue_from_record(self) -> None:
+        # A resumed model's new epochs follow the ones the hub has: a loop that logs
+        # without epoch numbers must not overwrite the earlier epochs' metrics.
+        try:
+            plan = self.plan
+        except HubfsmError:
+            return  # nothing to continue; reading the plan raises for the caller
+        if plan.resume_epoch is not None:
+            self._next_epoch = plan.resume_epoch
+
+    # -- views ----------------------------------------------------------------------
 
     @property
     def state(self) -> str:
