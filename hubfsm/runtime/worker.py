@@ -34,7 +34,6 @@ class ThreadRunner:
         self.nap = nap
         self.wake = threading.Event()
         self._changed = threading.Condition()
-        self._waiters: list[_Waiter] = []
         #: The worker is asleep or inside a request: the core is whole (see :meth:`idle`).
         self._idle = False
         self._stop_at: float | None = None
@@ -63,33 +62,23 @@ class ThreadRunner:
     def wait_for(self, predicate: Callable[[Core], bool], timeout: float | None) -> bool:
         """Block until ``predicate(core)`` holds after a worker step, or ``timeout`` passes.
 
-        The predicate is tested only where the worker leaves the core whole: by the
-        worker between its steps, or here while the worker sleeps or waits for an
-        answer. Read mid-step, the core could look drained with an epoch on its way
-        into a request.
+        The predicate is tested only while the worker leaves the core whole (asleep, or
+        waiting for an answer; see :meth:`idle`). Read mid-step, the core could look
+        drained with an epoch on its way into a request.
         """
         if not self._thread.is_alive() or self._thread is threading.current_thread():
             return predicate(self.core)
         deadline = None if timeout is None else self.clock() + timeout
-        waiter = _Waiter(predicate)
         with self._changed:
-            self._waiters.append(waiter)
-            try:
-                while True:
-                    if self._idle:  # the worker cannot touch the core while this is held
-                        waiter.test(self.core)
-                    if waiter.error is not None:
-                        raise waiter.error
-                    if waiter.held:
-                        return True
-                    if not self._thread.is_alive():
-                        return predicate(self.core)
-                    remaining = None if deadline is None else deadline - self.clock()
-                    if remaining is not None and remaining <= 0:
-                        return False
-                    self._changed.wait(1.0 if remaining is None else min(remaining, 1.0))
-            finally:
-                self._waiters.remove(waiter)
+            # While this is held, an idle worker cannot go back to the core.
+            while not (self._idle and predicate(self.core)):
+                if not self._thread.is_alive():
+                    return predicate(self.core)
+                remaining = None if deadline is None else deadline - self.clock()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._changed.wait(1.0 if remaining is None else min(remaining, 1.0))
+            return True
 
     def call(self, event: Event, *, timeout: float = 60.0) -> None:
         """Hand ``event`` to the worker and wait until it is taken in.
@@ -134,6 +123,14 @@ class ThreadRunner:
     # -- the worker -----------------------------------------------------------------
 
     def _loop(self) -> None:
+        try:
+            self._run()
+        finally:
+            with self._changed:  # for good: callers read the core themselves from now on
+                self._idle = True
+                self._changed.notify_all()
+
+    def _run(self) -> None:
         driver = self.driver
         core = self.core
         while True:
@@ -143,10 +140,8 @@ class ThreadRunner:
             stop_at = self._stop_at
             if stop_at is not None and (now >= stop_at or core.drained or not core.machine.sends):
                 driver.persist()
-                self._notify()
                 return
             until = driver.step()
-            self._notify()
             if until is None:
                 continue
             if stop_at is not None and until == math.inf and not self.inbox:
@@ -166,8 +161,8 @@ class ThreadRunner:
     def idle(self) -> Iterator[None]:
         """The worker leaves the core alone (asleep, or waiting for an answer) meanwhile.
 
-        Callers waiting for the core test it themselves then: a worker inside a slow
-        request does not hold back a state the core already reached.
+        Callers waiting for the core test it then, on their own thread: a worker inside
+        a slow request does not hold back a state the core already reached.
         """
         with self._changed:
             self._idle = True
@@ -177,29 +172,3 @@ class ThreadRunner:
         finally:
             with self._changed:
                 self._idle = False
-
-    def _notify(self) -> None:
-        """Test what callers wait for, between steps, and wake them."""
-        with self._changed:
-            for waiter in self._waiters:
-                waiter.test(self.core)
-            self._changed.notify_all()
-
-
-class _Waiter:
-    """A caller's predicate, tested where the core is whole (see :meth:`ThreadRunner.wait_for`)."""
-
-    __slots__ = ("error", "held", "predicate")
-
-    def __init__(self, predicate: Callable[[Core], bool]) -> None:
-        self.predicate = predicate
-        self.held = False
-        self.error: Exception | None = None
-
-    def test(self, core: Core) -> None:
-        if self.held or self.error is not None:
-            return
-        try:
-            self.held = bool(self.predicate(core))
-        except Exception as exc:  # the caller's to raise, not the worker's
-            self.error = exc
