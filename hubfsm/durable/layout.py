@@ -249,6 +249,22 @@ def disk_errors() -> Iterator[None]:
         raise mapped from error
 
 
+def machine_fault(directory: Path, error: sqlite3.Error) -> str | None:
+    """Why reading an outbox database failed for the machine's sake; None for damage.
+
+    Reading a database in WAL mode needs its ``-shm`` file: a full disk, an I/O error
+    or a directory that cannot be written keeps SQLite from making it.
+    """
+    if not isinstance(error, sqlite3.OperationalError):
+        return None
+    mapped = disk_error(error)
+    if mapped is not None:
+        return f"{mapped.strerror}; run this again once the disk has room or works"
+    if not os.access(directory, os.W_OK):
+        return f"{error}; its directory cannot be written (a read-only file system?)"
+    return None
+
+
 def roll_back(db: sqlite3.Connection) -> None:
     """End a failed transaction; SQLite may already have rolled it back (a full disk)."""
     if db.in_transaction:

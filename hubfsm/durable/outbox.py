@@ -40,7 +40,7 @@ from hubfsm.durable.layout import (
     salvage,
 )
 from hubfsm.durable.outbox_db import OutboxDB
-from hubfsm.durable.weights import stamp_of
+from hubfsm.durable.weights import as_handed_over, stamp_of
 from hubfsm.transport import FilePart
 
 
@@ -226,7 +226,7 @@ class Outbox:
         snapshot once (at most a checkpoint and the final weights). Returns how many
         records were kept aside.
         """
-        return self.db.check_files(_as_handed_over)
+        return self.db.check_files(as_handed_over)
 
     def snapshot(
         self, path: str | os.PathLike[str], *, name: str, stamp: FileStamp | None
@@ -392,21 +392,3 @@ class Outbox:
 
 
 __all__ = ["Outbox"]
-
-
-def _as_handed_over(file: FilePart, pending: bool) -> FilePart | str:
-    """``file``, or why its bytes are not the ones recorded when it was handed over."""
-    if not pending:
-        return file
-    try:
-        sha, size = sha256_of(file.path)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return f"its weights file {file.path} is missing"
-    except OSError:  # unreadable now, not known to be damaged: the upload says more
-        return file
-    if (sha, size) != (file.sha256, file.size):
-        return (
-            f"its weights file {file.path} is not the one handed over (sha256 {sha[:12]}, "
-            f"{size} bytes; recorded {file.sha256[:12]}, {file.size} bytes)"
-        )
-    return file

@@ -40,9 +40,9 @@ from hubfsm.durable.layout import (
     check_database,
     damage_of,
     default_root,
-    disk_error,
     hub_of,
     log,
+    machine_fault,
     salvage,
 )
 from hubfsm.durable.weights import still_offered
@@ -194,7 +194,7 @@ def _read(directory: Path) -> OutboxInfo:
         finally:
             db.close()
     except sqlite3.Error as error:
-        fault = _machine_fault(directory, error)
+        fault = machine_fault(directory, error)
         if fault is not None:
             raise OutboxUnreadable(directory, fault) from None
         raise OutboxDamaged(directory, damage_of(error), salvage(directory)) from None
@@ -248,22 +248,6 @@ def _read(directory: Path) -> OutboxInfo:
         hub=hub,
         protocol=protocol,
     )
-
-
-def _machine_fault(directory: Path, error: sqlite3.Error) -> str | None:
-    """Why reading failed for the machine's sake, not the database's; None for damage.
-
-    Reading a database in WAL mode needs its ``-shm`` file: a full disk, an I/O error
-    or a directory that cannot be written keeps SQLite from making it.
-    """
-    if not isinstance(error, sqlite3.OperationalError):
-        return None
-    mapped = disk_error(error)
-    if mapped is not None:
-        return f"{mapped.strerror}; run this again once the disk has room or works"
-    if not os.access(directory, os.W_OK):
-        return f"{error}; its directory cannot be written (a read-only file system?)"
-    return None
 
 
 def _refusals(

@@ -7,6 +7,10 @@ over it cannot take the offered content away; a checkpoint offer also goes into 
 inbox (journaled), so that thread enters this layer once. The driver takes the offer as an upload
 part (:meth:`WeightFiles.take`): a snapshot in the outbox, or with no outbox the file
 itself, if it still is what the stamp says. Either way the runtime sees one object.
+
+Whether a file still is what was handed over is told here too: a journaled offer's file
+(:func:`still_offered`, for recovery and the survey) and a snapshot the outbox recorded
+(:func:`as_handed_over`, for :meth:`~hubfsm.durable.outbox.Outbox.check_weights`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ if TYPE_CHECKING:
     # only the object it is given.
     from hubfsm.durable.outbox import Outbox
 
-__all__ = ["WeightFiles", "stamp_of", "still_offered"]
+__all__ = ["WeightFiles", "as_handed_over", "stamp_of", "still_offered"]
 
 #: Told why the final weights could not be kept in the outbox (they still go up).
 Unkept = Callable[[OSError], None]
@@ -52,6 +56,24 @@ def still_offered(event: CheckpointOffered | FinishRequested, files: Path) -> bo
             if path is not None and stamp_of(path) == event.stamp:
                 return True
     return False
+
+
+def as_handed_over(file: FilePart, pending: bool) -> FilePart | str:
+    """``file``, or why its bytes are not the ones recorded when it was handed over."""
+    if not pending:
+        return file
+    try:
+        sha, size = sha256_of(file.path)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return f"its weights file {file.path} is missing"
+    except OSError:  # unreadable now, not known to be damaged: the upload says more
+        return file
+    if (sha, size) != (file.sha256, file.size):
+        return (
+            f"its weights file {file.path} is not the one handed over (sha256 {sha[:12]}, "
+            f"{size} bytes; recorded {file.sha256[:12]}, {file.size} bytes)"
+        )
+    return file
 
 
 def _as_is(path: str, name: str, stamp: FileStamp) -> FilePart | None:

@@ -2,8 +2,9 @@
 
 Most of it raises :class:`ValueError` with a message for the client (the hub answers it
 as a 400); Platform's counts and numbers are told apart by :func:`whole_count` and
-:func:`plain_number`. The rules follow what ``ultralytics==8.2.0`` and hub-sdk send (see
-``PROTOCOL.md``): the given values are kept as they are, only their shapes are checked.
+:func:`plain_number`, and its training arguments read by :func:`started_fields`. The
+rules follow what ``ultralytics==8.2.0`` and hub-sdk send (see ``PROTOCOL.md``): the
+given values are kept as they are, only their shapes are checked.
 """
 
 from __future__ import annotations
@@ -240,6 +241,41 @@ def plain_number(value: object) -> bool:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
     return math.isfinite(value) and abs(value) < 1e15
+
+
+#: The longest text kept of a Platform training argument (a model, a dataset, a device).
+_MAX_ARG_TEXT = 1000
+
+
+def started_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The record fields Platform's ``training_started`` tells: model, data, epochs, ..."""
+    args = data.get("trainArgs")
+    args = args if isinstance(args, dict) else {}
+
+    def text(value: object) -> str | None:
+        if isinstance(value, str) and value not in ("", "None"):
+            return value[:_MAX_ARG_TEXT]
+        return None
+
+    def whole(value: object) -> int | None:
+        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 9:
+            return int(value)
+        return value if whole_count(value) else None
+
+    config: dict[str, Any] = {
+        "cfg": text(args.get("model")) or "",
+        "dataset": text(args.get("data")),
+        "epochs": whole(data.get("epochs")) or whole(args.get("epochs")),
+        "batch_size": whole(args.get("batch")),
+        "imgsz": whole(args.get("imgsz")),
+        "patience": whole(args.get("patience")),
+        "device": text(data.get("device")) or text(args.get("device")),
+    }
+    # Every argument, as the client sent it (Platform sends each as text).
+    params = json.dumps(args) if args else None
+    if params is not None and len(params) <= MAX_PARAMS:
+        config["params"] = params
+    return config
 
 
 def epoch_of(value: object) -> int | None:

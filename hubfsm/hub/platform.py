@@ -34,7 +34,7 @@ from typing import Any
 from hubfsm.hub import records
 from hubfsm.hub.calls import HubCall, HubReply, error
 from hubfsm.hub.keys import KeyAdmin, is_platform_key
-from hubfsm.hub.parse import MAX_PARAMS, check_json, metrics_text, plain_number, whole_count
+from hubfsm.hub.parse import check_json, metrics_text, plain_number, started_fields, whole_count
 from hubfsm.hub.platform_files import FILENAME, PlatformFiles, stored_path
 from hubfsm.hub.stored import ModelRecord, StoredReply
 
@@ -62,7 +62,6 @@ _MODEL_INFO = {
     "speedMs": "model/speed_PyTorch(ms)",
 }
 _SLUG_PART = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,126}[a-z0-9])?")
-_MAX_TEXT = 1000
 
 
 def slugify(text: str) -> str:
@@ -252,7 +251,7 @@ class PlatformEndpoints(KeyAdmin, PlatformFiles):
                 status="training",
                 run_id=(record.run_id or 0) + 1,
                 updated_at=now,
-                **_config(data),
+                **started_fields(data),
             )
             self.store.put_model(record)
             return self._opened(record)
@@ -278,7 +277,7 @@ class PlatformEndpoints(KeyAdmin, PlatformFiles):
             slug=slug,
             run_id=1,
         )
-        record = records.evolve(record, **_config(data))
+        record = records.evolve(record, **started_fields(data))
         self.store.put_model(record)
         return self._opened(record)
 
@@ -382,32 +381,3 @@ def _plain_name(name: object) -> bool:
         and '"' not in name
         and "\\" not in name
     )
-
-
-def _config(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The record fields ``training_started`` tells: model, data, epochs, image size, ..."""
-    args = data.get("trainArgs")
-    args = args if isinstance(args, dict) else {}
-
-    def text(value: object) -> str | None:
-        return value[:_MAX_TEXT] if isinstance(value, str) and value not in ("", "None") else None
-
-    def whole(value: object) -> int | None:
-        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 9:
-            return int(value)
-        return value if whole_count(value) else None
-
-    config: dict[str, Any] = {
-        "cfg": text(args.get("model")) or "",
-        "dataset": text(args.get("data")),
-        "epochs": whole(data.get("epochs")) or whole(args.get("epochs")),
-        "batch_size": whole(args.get("batch")),
-        "imgsz": whole(args.get("imgsz")),
-        "patience": whole(args.get("patience")),
-        "device": text(data.get("device")) or text(args.get("device")),
-    }
-    # Every argument, as the client sent it (Platform sends each as text).
-    params = json.dumps(args) if args else None
-    if params is not None and len(params) <= MAX_PARAMS:
-        config["params"] = params
-    return config
