@@ -4,7 +4,8 @@ A run leaves records in three places: the hub (what it applied and holds), the o
 and the journal (read from the disk, as a new process would find them). A process that
 dies must leave every accepted epoch and the final weights in one of them
 (:func:`check_disk`); at the end the checker holds the hub to what the trainer did
-(:func:`check_hub`).
+(:func:`check_hub`), and the final weights ``finish`` took to being on the hub or kept
+(:func:`check_final`).
 """
 
 from __future__ import annotations
@@ -111,6 +112,20 @@ def final_on_hub(world: World) -> bool:
     """Whether the final weights the trainer handed to ``finish`` are on the hub."""
     _, uploads = applied(world)
     return any(kind == "final" and sha == world.expected_sha for kind, _, sha in uploads)
+
+
+def check_final(world: World) -> None:
+    """With machine faults: the final weights ``finish`` took are on the hub or kept."""
+    if world.machine is None or not world.final_accepted:
+        return
+    if final_on_hub(world) or world.core.pending()["final"]:
+        return
+    if world.final_unjournaled:
+        world.checker.note("the final weights are lost, as the session said they might be")
+        return
+    world.checker.violate(
+        1, "the final weights finish() took are neither on the hub nor kept in the outbox"
+    )
 
 
 def applied(world: World) -> tuple[dict[int, int], list[tuple[str, int, str]]]:
