@@ -30,7 +30,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import attrs
 import requests
@@ -236,11 +235,6 @@ class HttpWorld(World):
         bugs: Bugs = NO_BUGS,
     ) -> None:
         platform = protocol == "platform"
-        # The headers each request really carried: on Platform the key must not go with a PUT.
-        self._session: requests.Session | None = None
-        if platform:
-            self._session = requests.Session()
-            self._session.hooks["response"].append(self._check_put)
         # A real transport reads the weights from real files: the outboxes are files too.
         super().__init__(
             seed,
@@ -278,6 +272,11 @@ class HttpWorld(World):
         The world's wrappers act in front of the socket, as they act in front of the
         in-memory hub; the world owns the HTTP transport and closes it at the end.
         """
+        self._session: requests.Session | None = None
+        if isinstance(self.checker, PlatformChecker):
+            # On Platform the key must not go with a PUT: the checker sees every response.
+            self._session = requests.Session()
+            self._session.hooks["response"].append(self.checker.check_put)
         self.http = (PlatformTransport if self.protocol == "platform" else RequestsTransport)(
             self.key,
             api_root=self.local.url,
@@ -315,14 +314,6 @@ class HttpWorld(World):
     def restart_scenario(self, *, start: float) -> None:
         """Draw the seed's scenario from ``start`` on."""
         self.scenario = self.draw_scenario(start=start)
-
-    def _check_put(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        """A response hook: a PUT to the signed URL went without the key."""
-        sent = response.request
-        headers = {name.lower() for name in sent.headers}
-        if sent.method == "PUT" and headers & {"authorization", "x-api-key"}:
-            assert isinstance(self.checker, PlatformChecker)
-            self.checker.key_sent_to_upload()
 
     # -- the scenario's levers ------------------------------------------------------
 
