@@ -23,6 +23,7 @@ invariants are checked all the same.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import tempfile
@@ -176,34 +177,6 @@ class _WorldClock(RealClock):
                 self._stopped_at = None
 
 
-class _HubControl:
-    """Wraps a handler: brings the local hub in line with the world's scenario, then hands on."""
-
-    def __init__(self, world: HttpWorld, handler: Handler) -> None:
-        self.world = world
-        self.handler = handler
-
-    def __call__(self, request: Request) -> Response:
-        """Stop, restart or revoke as the scenario says for now, then hand ``request`` on."""
-        world = self.world
-        scenario = world.scenario
-        now = world.clock()
-        down = scenario.schedule.at(now) is not None
-        if down and world.running:
-            with world.clock.stopped():
-                world.stop_hub()
-            world.checker.note("partition begins: the local hub is stopped")
-        elif not down and not world.running:
-            with world.clock.stopped():
-                world.start_hub()
-            world.checker.note("partition ends: the local hub is back")
-        revoke_at = scenario.revoke_at
-        if not world.revoked and revoke_at is not None and now >= revoke_at:
-            world.revoke()
-            world.checker.note("the API key is revoked")
-        return self.handler(request)
-
-
 class HttpWorld(World):
     """A :class:`World` whose hub is a local server on loopback, on the real clock.
 
@@ -288,7 +261,8 @@ class HttpWorld(World):
         return self.http.send
 
     def _schedule(self, handler: Handler, scenario: Scenario) -> Handler:
-        return _HubControl(self, handler)
+        """Bring the local hub in line with the scenario before each request."""
+        return functools.partial(self._in_line, handler)
 
     #: True once the trainer started training (and the scenario's clock with it).
     _started = False
@@ -316,6 +290,25 @@ class HttpWorld(World):
         self.scenario = self.draw_scenario(start=start)
 
     # -- the scenario's levers ------------------------------------------------------
+
+    def _in_line(self, handler: Handler, request: Request) -> Response:
+        """Stop, restart or revoke as the scenario says for now, then hand ``request`` on."""
+        scenario = self.scenario
+        now = self.clock()
+        down = scenario.schedule.at(now) is not None
+        if down and self.running:
+            with self.clock.stopped():
+                self.stop_hub()
+            self.checker.note("partition begins: the local hub is stopped")
+        elif not down and not self.running:
+            with self.clock.stopped():
+                self.start_hub()
+            self.checker.note("partition ends: the local hub is back")
+        revoke_at = scenario.revoke_at
+        if not self.revoked and revoke_at is not None and now >= revoke_at:
+            self.revoke()
+            self.checker.note("the API key is revoked")
+        return handler(request)
 
     def stop_hub(self) -> None:
         """Stop the server (its audit, kept in memory, is saved first)."""
