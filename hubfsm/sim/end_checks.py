@@ -3,23 +3,28 @@
 A run leaves records in three places: the hub (what it applied and holds), the outbox
 and the journal (read from the disk, as a new process would find them). A process that
 dies must leave every accepted epoch and the final weights in one of them
-(:func:`check_disk`); at the end the checker holds the hub to what the trainer did
-(:func:`check_hub`).
+(:func:`check_disk`); at the end the hub is held to what the trainer did and the session
+to how it must end (:func:`check_hub`), and the final weights ``finish`` took to being
+on the hub or kept (:func:`check_final`). The checks made while the run goes are in
+:mod:`hubfsm.sim.invariants`.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from hubfsm.core.values import EpochEnded, FinishPending, FinishRequested, Saved
 from hubfsm.durable.journal_scan import events
 from hubfsm.durable.layout import DATABASE
 from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.recovery import JOURNAL
+from hubfsm.errors import AuthError
 from hubfsm.sim.invariants import FAILED_WRITE
 from hubfsm.sim.platform_checks import platform_applied
+from hubfsm.sim.scenario import Expect
 
 if TYPE_CHECKING:
     # The world runs these checks at its end and its deaths: for the type only, so the
@@ -113,6 +118,20 @@ def final_on_hub(world: World) -> bool:
     return any(kind == "final" and sha == world.expected_sha for kind, _, sha in uploads)
 
 
+def check_final(world: World) -> None:
+    """With machine faults: the final weights ``finish`` took are on the hub or kept."""
+    if world.machine is None or not world.final_accepted:
+        return
+    if final_on_hub(world) or world.core.pending()["final"]:
+        return
+    if world.final_unjournaled:
+        world.checker.note("the final weights are lost, as the session said they might be")
+        return
+    world.checker.violate(
+        1, "the final weights finish() took are neither on the hub nor kept in the outbox"
+    )
+
+
 def applied(world: World) -> tuple[dict[int, int], list[tuple[str, int, str]]]:
     """What the hub applied; an epoch a poison record and the trainer both sent, once.
 
@@ -140,20 +159,72 @@ def on_hub(world: World) -> set[int]:
     return {epoch for epoch, _ in world.hub_now().store.get_metrics(model_id)}
 
 
-def check_hub(world: World, **more: Any) -> None:
-    """Check what the hub holds against what the trainer did (``more``: for the checker)."""
+def check_hub(
+    world: World,
+    *,
+    expect: Expect | None = None,
+    queued: Iterable[int] = (),
+    held: Iterable[int] | None = None,
+    reported: Iterable[int] = (),
+    texts: Iterable[str] = (),
+) -> None:
+    """Invariants 1, 2, 3 and 7, and how the session ended: the hub against the trainer.
+
+    Args:
+        world: The run, played to its end (its core, its trainer's calls, its hub).
+        expect: ``done`` when the session must have delivered everything;
+            ``auth_refused`` when the key must have stopped it, keeping its data;
+            None to check only the invariants themselves.
+        queued: Epochs accepted from the trainer that the driver has not taken in yet.
+        held: The epochs the outbox holds (pending or rejected); by default what the
+            core still holds. Every epoch accepted is on the hub or held: never only
+            in a log line.
+        reported: Epochs lost as the session had said they might be, with the reason
+            (a journal given up on a full disk says what a kill then loses).
+        texts: Other texts to search for the API key (error messages, reprs).
+    """
     metrics, uploads = applied(world)
     finals = [sha for kind, _, sha in uploads if kind == "final"]
+    # Requests the hub refused because their idempotency key had answered another
+    # request: a key stands for one request, so there must be none.
     reused = sum(sum(audit.reused.values()) for audit in world.audits())
-    world.checker.finish(
-        world.core,
-        logged=world.logged,
-        on_hub=on_hub(world),
-        applied=metrics,
-        uploads=uploads,
-        final_sha256=finals[-1] if finals else None,
-        expected_sha256=world.expected_sha,
-        secrets=[world.key],
-        reused=reused,
-        **more,
-    )
+    checker, core = world.checker, world.core
+    logged_epochs = set(world.logged)
+    hub_epochs = on_hub(world)
+    state = core.state
+    kept = core.unacknowledged_epochs() | core.rejected_epochs() if held is None else set(held)
+    lost_as_said = set(reported)
+    missing = logged_epochs - hub_epochs - kept - set(queued) - lost_as_said
+    if missing:
+        checker.violate(1, f"epochs neither on the hub nor held: {sorted(missing)[:10]}")
+    # Records the hub refused are kept aside, not undelivered by the session's fault.
+    undelivered = sorted(logged_epochs - hub_epochs - core.rejected_epochs() - lost_as_said)
+    if state == "done" and undelivered:
+        checker.violate(1, f"done, yet epochs not on the hub: {undelivered[:10]}")
+    if expect == "done" and state != "done":
+        why, left = core.error or core.last_failure, len(undelivered)
+        checker.violate(
+            1, f"the session ended {state}, not done ({why}); {left} epochs not on the hub"
+        )
+    elif expect == "auth_refused" and (
+        # A key revoked before the session opened fails it at once, as a bad key does.
+        state != ("failed" if checker.failed_opening else "refused")
+        or not isinstance(core.error, AuthError)
+    ):
+        ended = f"{state} with {type(core.error).__name__ if core.error else 'no error'}"
+        checker.violate(6, f"a revoked key must stop the session with AuthError; it ended {ended}")
+    twice = sorted(e for e, n in metrics.items() if n > 1)
+    if twice:
+        checker.violate(2, f"metrics applied more than once for epochs {twice[:10]}")
+    repeated = [u for u, n in Counter(uploads).items() if n > 1]
+    if repeated:
+        kind, epoch, _ = repeated[0]
+        checker.violate(2, f"{kind} weights of epoch {epoch} applied more than once")
+    if reused:
+        checker.violate(2, f"{reused} requests reused an idempotency key with another body")
+    final_sha256 = finals[-1] if finals else None
+    if state == "done" and final_sha256 != world.expected_sha:
+        checker.violate(3, f"final weights {final_sha256} != handed over {world.expected_sha}")
+    corpus = "\n".join([repr(core), str(core.error or ""), *texts, *checker.free_text()])
+    if world.key in corpus:
+        checker.violate(7, "the API key appears in a trace entry, repr or message")

@@ -23,6 +23,7 @@ invariants are checked all the same.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import tempfile
@@ -30,7 +31,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import attrs
 import requests
@@ -177,34 +177,6 @@ class _WorldClock(RealClock):
                 self._stopped_at = None
 
 
-class _HubControl:
-    """Wraps a handler: brings the local hub in line with the world's scenario, then hands on."""
-
-    def __init__(self, world: HttpWorld, handler: Handler) -> None:
-        self.world = world
-        self.handler = handler
-
-    def __call__(self, request: Request) -> Response:
-        """Stop, restart or revoke as the scenario says for now, then hand ``request`` on."""
-        world = self.world
-        scenario = world.scenario
-        now = world.clock()
-        down = scenario.schedule.at(now) is not None
-        if down and world.running:
-            with world.clock.stopped():
-                world.stop_hub()
-            world.checker.note("partition begins: the local hub is stopped")
-        elif not down and not world.running:
-            with world.clock.stopped():
-                world.start_hub()
-            world.checker.note("partition ends: the local hub is back")
-        revoke_at = scenario.revoke_at
-        if not world.revoked and revoke_at is not None and now >= revoke_at:
-            world.revoke()
-            world.checker.note("the API key is revoked")
-        return self.handler(request)
-
-
 class HttpWorld(World):
     """A :class:`World` whose hub is a local server on loopback, on the real clock.
 
@@ -236,11 +208,6 @@ class HttpWorld(World):
         bugs: Bugs = NO_BUGS,
     ) -> None:
         platform = protocol == "platform"
-        # The headers each request really carried: on Platform the key must not go with a PUT.
-        self._session: requests.Session | None = None
-        if platform:
-            self._session = requests.Session()
-            self._session.hooks["response"].append(self._check_put)
         # A real transport reads the weights from real files: the outboxes are files too.
         super().__init__(
             seed,
@@ -278,6 +245,11 @@ class HttpWorld(World):
         The world's wrappers act in front of the socket, as they act in front of the
         in-memory hub; the world owns the HTTP transport and closes it at the end.
         """
+        self._session: requests.Session | None = None
+        if isinstance(self.checker, PlatformChecker):
+            # On Platform the key must not go with a PUT: the checker sees every response.
+            self._session = requests.Session()
+            self._session.hooks["response"].append(self.checker.check_put)
         self.http = (PlatformTransport if self.protocol == "platform" else RequestsTransport)(
             self.key,
             api_root=self.local.url,
@@ -289,7 +261,8 @@ class HttpWorld(World):
         return self.http.send
 
     def _schedule(self, handler: Handler, scenario: Scenario) -> Handler:
-        return _HubControl(self, handler)
+        """Bring the local hub in line with the scenario before each request."""
+        return functools.partial(self._in_line, handler)
 
     #: True once the trainer started training (and the scenario's clock with it).
     _started = False
@@ -316,15 +289,26 @@ class HttpWorld(World):
         """Draw the seed's scenario from ``start`` on."""
         self.scenario = self.draw_scenario(start=start)
 
-    def _check_put(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        """A response hook: a PUT to the signed URL went without the key."""
-        sent = response.request
-        headers = {name.lower() for name in sent.headers}
-        if sent.method == "PUT" and headers & {"authorization", "x-api-key"}:
-            assert isinstance(self.checker, PlatformChecker)
-            self.checker.key_sent_to_upload()
-
     # -- the scenario's levers ------------------------------------------------------
+
+    def _in_line(self, handler: Handler, request: Request) -> Response:
+        """Stop, restart or revoke as the scenario says for now, then hand ``request`` on."""
+        scenario = self.scenario
+        now = self.clock()
+        down = scenario.schedule.at(now) is not None
+        if down and self.running:
+            with self.clock.stopped():
+                self.stop_hub()
+            self.checker.note("partition begins: the local hub is stopped")
+        elif not down and not self.running:
+            with self.clock.stopped():
+                self.start_hub()
+            self.checker.note("partition ends: the local hub is back")
+        revoke_at = scenario.revoke_at
+        if not self.revoked and revoke_at is not None and now >= revoke_at:
+            self.revoke()
+            self.checker.note("the API key is revoked")
+        return handler(request)
 
     def stop_hub(self) -> None:
         """Stop the server (its audit, kept in memory, is saved first)."""

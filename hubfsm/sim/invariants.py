@@ -1,26 +1,24 @@
-"""The invariants of a session, checked while a simulation runs and at its end.
+"""The invariants of a session checked while a simulation runs, and the trace it records.
 
 A :class:`Checker` watches every request, outcome and state change of one simulated
 session and records a structured trace (:class:`Entry`); each broken invariant becomes a
 :class:`Violation` (and a trace entry). :func:`render_text` and :func:`render_json` turn
 a trace into text or JSON lines; both are pure, so one seed always prints the same bytes.
+What a run left is checked at its end by :mod:`hubfsm.sim.end_checks`, into the same
+checker.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import attrs
 
 from hubfsm.core.config import ChannelPolicies, RetryPolicy
-from hubfsm.core.engine import Core
 from hubfsm.core.machine import LEGAL, TRAITS, Verdict, classify, retry_after_of
 from hubfsm.core.values import Send
-from hubfsm.errors import AuthError
-from hubfsm.sim.scenario import Expect
 from hubfsm.transport import Outcome, TransportError
 
 #: Rounding slack for comparisons of virtual times.
@@ -201,6 +199,11 @@ class Checker:
         """Everything seen so far, in order."""
         return tuple(Entry(*row) for row in self._rows)
 
+    def free_text(self) -> list[str]:
+        """The trace's free text, to search for secrets: its request paths and messages."""
+        # Paths and messages are the entries' only free text; the rest are fixed words.
+        return [text for row in self._rows for text in (row[8], row[12]) if text]
+
     def restarted(
         self, message: str = "the process dies; a new one starts from the outbox"
     ) -> None:
@@ -318,92 +321,6 @@ class Checker:
         due = max(last + self.heartbeat, self._hold_until)
         if now > due + self.heartbeat_slack + EPS:
             self.violate(5, f"no heartbeat for {now - last:.3f}s while training")
-
-    # -- at the end -----------------------------------------------------------------
-
-    def finish(
-        self,
-        core: Core,
-        *,
-        logged: Iterable[int],
-        on_hub: Iterable[int],
-        applied: Mapping[int, int],
-        uploads: Iterable[tuple[str, int, str]] = (),
-        final_sha256: str | None,
-        expected_sha256: str | None,
-        secrets: Iterable[str],
-        texts: Iterable[str] = (),
-        expect: Expect | None = None,
-        queued: Iterable[int] = (),
-        held: Iterable[int] | None = None,
-        reused: int = 0,
-        reported: Iterable[int] = (),
-    ) -> None:
-        """Invariants 1, 2, 3 and 7, and how the session ended, checked at its end.
-
-        Args:
-            core: The session's core (for its state, error and what is still pending).
-            logged: Every epoch the trainer logged.
-            on_hub: The epochs whose metrics the hub holds.
-            applied: How many times the hub applied each epoch's metrics.
-            uploads: Every weights upload the hub applied, as ``(type, epoch, sha256)``.
-            final_sha256: The hub's final weights' digest, if any.
-            expected_sha256: The digest of the file handed to ``finish``, if it was called.
-            secrets: Strings that must appear nowhere (the API key).
-            texts: Other texts to search for secrets (error messages, reprs).
-            expect: ``done`` when the session must have delivered everything;
-                ``auth_refused`` when the key must have stopped it, keeping its data;
-                None to check only the invariants themselves.
-            held: The epochs the outbox holds (pending or rejected); by default what the
-                core still holds. Every epoch accepted is on the hub or held: never only
-                in a log line.
-            reused: Requests the hub refused because their idempotency key had answered
-                another request: a key stands for one request, so there must be none.
-            queued: Epochs accepted from the trainer that the driver has not taken in yet.
-            reported: Epochs lost as the session had said they might be, with the reason
-                (a journal given up on a full disk says what a kill then loses).
-        """
-        logged_epochs = set(logged)
-        hub_epochs = set(on_hub)
-        state = core.state
-        kept = core.unacknowledged_epochs() | core.rejected_epochs() if held is None else set(held)
-        lost_as_said = set(reported)
-        missing = logged_epochs - hub_epochs - kept - set(queued) - lost_as_said
-        if missing:
-            self.violate(1, f"epochs neither on the hub nor held: {sorted(missing)[:10]}")
-        # Records the hub refused are kept aside, not undelivered by the session's fault.
-        undelivered = sorted(logged_epochs - hub_epochs - core.rejected_epochs() - lost_as_said)
-        if state == "done" and undelivered:
-            self.violate(1, f"done, yet epochs not on the hub: {undelivered[:10]}")
-        if expect == "done" and state != "done":
-            why, left = core.error or core.last_failure, len(undelivered)
-            self.violate(
-                1, f"the session ended {state}, not done ({why}); {left} epochs not on the hub"
-            )
-        elif expect == "auth_refused" and (
-            # A key revoked before the session opened fails it at once, as a bad key does.
-            state != ("failed" if self._failed_opening else "refused")
-            or not isinstance(core.error, AuthError)
-        ):
-            ended = f"{state} with {type(core.error).__name__ if core.error else 'no error'}"
-            self.violate(6, f"a revoked key must stop the session with AuthError; it ended {ended}")
-        twice = sorted(e for e, n in applied.items() if n > 1)
-        if twice:
-            self.violate(2, f"metrics applied more than once for epochs {twice[:10]}")
-        repeated = [u for u, n in Counter(uploads).items() if n > 1]
-        if repeated:
-            kind, epoch, _ = repeated[0]
-            self.violate(2, f"{kind} weights of epoch {epoch} applied more than once")
-        if reused:
-            self.violate(2, f"{reused} requests reused an idempotency key with another body")
-        if state == "done" and final_sha256 != expected_sha256:
-            self.violate(3, f"final weights {final_sha256} != handed over {expected_sha256}")
-        # Paths and messages are the entries' only free text; the rest are fixed words.
-        seen = [text for row in self._rows for text in (row[8], row[12]) if text]
-        corpus = "\n".join([repr(core), str(core.error or ""), *texts, *seen])
-        for secret in secrets:
-            if secret in corpus:
-                self.violate(7, "the API key appears in a trace entry, repr or message")
 
 
 # Padding of the rows above, which list Entry's fields in order.

@@ -12,7 +12,7 @@ Beside the design's invariants (:mod:`hubfsm.sim.invariants`), a Platform sessio
 
 :class:`PlatformChecker` is a :class:`~hubfsm.sim.invariants.Checker` that also watches
 each request leave (its endpoint, event, keys and operation) and each answer the client
-gets (what was acknowledged, in what order).
+gets (what was acknowledged, in what order), and over HTTP the headers of each upload.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from typing import Any
+
+import requests
 
 from hubfsm.core.machine import Verdict
 from hubfsm.core.platform import EPOCH_FIELDS, EVENTS_PATH, PLATFORM, UPLOAD_PATH
@@ -171,9 +173,15 @@ class PlatformChecker(Checker):
             self.refused.add(epoch)
             self._open.discard(epoch)
 
-    def key_sent_to_upload(self) -> None:
-        """The API key went to the signed upload URL (seen in the request's headers)."""
-        self.violate(7, "the API key was sent to the signed upload URL")
+    def check_put(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        """A response hook over HTTP: a PUT to the signed upload URL went without the key.
+
+        Only a real session's hook sees the headers each request really carried.
+        """
+        sent = response.request
+        headers = {name.lower() for name in sent.headers}
+        if sent.method == "PUT" and headers & {"authorization", "x-api-key"}:
+            self.violate(7, "the API key was sent to the signed upload URL")
 
 
 def platform_applied(hub: Hub, model_id: str) -> tuple[dict[int, int], list[tuple[str, int, str]]]:

@@ -88,7 +88,7 @@ def play(world: World, *, epochs: int, checkpoint_every: int, expect: Expect | N
         world: The session and everything around it.
         epochs: Epochs the trainer runs, unless the session stops training first.
         checkpoint_every: The trainer offers weights every this many epochs.
-        expect: How the session must end (see :meth:`Checker.finish`), or None.
+        expect: How the session must end (see :func:`~hubfsm.sim.end_checks.check_hub`), or None.
     """
     create = world.rng.random() < 0.5
     try:

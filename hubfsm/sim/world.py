@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -37,7 +36,7 @@ from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
 from hubfsm.sim.bugs import NO_BUGS, Bugs
 from hubfsm.sim.deaths import RESTART_SECONDS, die, sync_outboxes
-from hubfsm.sim.end_checks import check_hub, final_on_hub
+from hubfsm.sim.end_checks import check_final, check_hub
 from hubfsm.sim.invariants import Checker
 from hubfsm.sim.machine import Dying, Machine
 from hubfsm.sim.memdisk import MemoryDisk
@@ -74,13 +73,8 @@ def sim_config(protocol: ProtocolName, config: CoreConfig | None) -> CoreConfig:
     """The core's config for a simulated session: the dialect's, idempotency keys seeded."""
     if protocol == "platform":
         base = config or CoreConfig(limits=PLATFORM.limits)
-        return attrs.evolve(base, protocol="platform", nonce=protocol_nonce())
-    return attrs.evolve(config or CoreConfig(), nonce=protocol_nonce())
-
-
-def protocol_nonce() -> Callable[[random.Random], str]:
-    """The nonce of a simulated world: it follows the seed."""
-    return seeded_nonce
+        return attrs.evolve(base, protocol="platform", nonce=seeded_nonce)
+    return attrs.evolve(config or CoreConfig(), nonce=seeded_nonce)
 
 
 class World:
@@ -205,7 +199,6 @@ class World:
         self.session: Session | None = None
         self.parts: Parts | None = None
         self.model_id: str | None = None
-        self.finishing = False
         self.restarts = 0
         #: True once ``hubfsm sync`` has run (the outboxes are files from then on).
         self.synced = False
@@ -385,17 +378,7 @@ class World:
             queued=self.runner.inbox.queued_epochs(),
             reported=self.reported_lost,
         )
-        if self.machine is None or not self.final_accepted:
-            return
-        core = self.core
-        if final_on_hub(self) or core.pending()["final"]:
-            return
-        if self.final_unjournaled:
-            self.checker.note("the final weights are lost, as the session said they might be")
-            return
-        self.checker.violate(
-            1, "the final weights finish() took are neither on the hub nor kept in the outbox"
-        )
+        check_final(self)
 
     def wrap_up(self) -> None:
         """Close the trainer's session; if the trainer gave up, run ``hubfsm sync``."""
