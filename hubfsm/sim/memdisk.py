@@ -188,11 +188,23 @@ class MemoryOutbox(Outbox):
 
     def close(self, *, remove: bool = False) -> None:
         """Let other sessions open this outbox; ``remove`` forgets it if nothing is pending."""
-        disk = self._disk
         if remove and self.load().empty:
-            disk.databases.pop(self.directory, None)
-            prefix = f"{self.files}{os.sep}"
-            for path in [p for p in disk.files if p.startswith(prefix)]:
-                del disk.files[path]
-            shutil.rmtree(self.directory, ignore_errors=True)
-        disk.locked.discard(self.directory)
+            self._forget()
+        self._disk.locked.discard(self.directory)
+
+    def discard(self) -> None:
+        """Forget everything this outbox holds, pending or rejected, and close it.
+
+        As :meth:`Outbox.discard` does on a real disk (a session whose disk lagged
+        the hub's acknowledgments discards it at close).
+        """
+        self._forget()
+        self._disk.locked.discard(self.directory)
+
+    def _forget(self) -> None:
+        disk = self._disk
+        disk.databases.pop(self.directory, None)
+        prefix = f"{self.files}{os.sep}"
+        for path in [p for p in disk.files if p.startswith(prefix)]:
+            del disk.files[path]
+        shutil.rmtree(self.directory, ignore_errors=True)
