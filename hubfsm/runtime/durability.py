@@ -162,6 +162,7 @@ class Durability:
             return False
         changes = core.take_changes()
         if self.unwritten:
+            # What an earlier write failed to keep goes first, in its order.
             changes = self.unwritten + changes
         try:
             self.apply(changes, journal_seq=journal_seq)
