@@ -330,11 +330,12 @@ class Schedule:
             and now >= self.checkpoint_due()
         ):
             epoch, file, is_best = self.checkpoint
-            self.offer_checkpoint(None)
+            self.keep(Offered("checkpoint", None))  # for the outbox, before the operation
             request = dialect.checkpoint(
                 model_id, run_id, epoch, file, is_best=is_best, key=self.key()
             )
             self.add("checkpoint", request, CheckpointUpload(epoch), now=now)
+            self.checkpoint = None  # as the metrics: out of the slot once the operation holds it
         if (
             final
             and self.final is not None

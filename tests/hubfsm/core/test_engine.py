@@ -461,3 +461,23 @@ def test_an_epoch_on_its_way_into_a_request_still_counts_as_pending(solo):
     assert core.pending()["metrics"] == 2
     core.receive(send.op_id, ok(), now=10.0)
     assert core.pending()["metrics"] == (1 if solo else 0)
+
+
+def test_a_checkpoint_on_its_way_into_a_request_still_counts_as_pending():
+    core = training_core()
+    seen = []
+    dialect = core.schedule.dialect
+
+    class Watching:
+        def __getattr__(self, name):
+            return getattr(dialect, name)
+
+        def checkpoint(self, *args, **kwargs):
+            seen.append(core.pending()["checkpoint"])
+            return dialect.checkpoint(*args, **kwargs)
+
+    core.schedule.dialect = Watching()
+    core.checkpoint(0, FILE, is_best=False, now=0.0)
+    send = core.poll(0.0)
+    assert isinstance(send, Send) and send.channel == "checkpoint"
+    assert seen == [1] and core.pending()["checkpoint"] == 1
