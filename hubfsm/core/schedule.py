@@ -177,7 +177,6 @@ class Schedule:
 
     def reject(self, op: Op, response: Response) -> Rejected | None:
         """The hub refused ``op``'s payload: its record is set aside (None: a batch split)."""
-        self.ops[op.channel] = None
         if isinstance(op.purpose, MetricsBatch) and len(op.epochs) > 1:
             # One bad epoch must not take the good ones of its batch with it: each goes
             # alone, once, and only the one the hub refuses again is set aside.
@@ -185,8 +184,10 @@ class Schedule:
             for epoch in op.epochs:
                 self.solo[epoch] = encoded[str(epoch)]
                 self.keep(MetricsQueued(epoch, encoded[str(epoch)]))
+            self.ops[op.channel] = None  # only now: no reader sees the epochs nowhere
             self.keep(OpClosed(op.request.idempotency_key or ""))
             return None
+        self.ops[op.channel] = None
         record = Rejected(op.channel, op.request, op.payload, response.status, response.message)
         self.keep(record)
         return record

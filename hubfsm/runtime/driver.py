@@ -9,11 +9,8 @@ The driver holds no policy and no thread; two shells run it: the background work
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -136,8 +133,6 @@ class Driver:
         #: The last request's outcome (None before the first): what closing and sync
         #: judge the hub by.
         self.last_outcome: Outcome | None = None
-        #: Held while a request is out: the shell's callers may read the core meanwhile.
-        self.idle: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
         #: Checkpoints not kept in a row (no room): said once a stretch, not per epoch.
         self._not_kept = 0
 
@@ -267,8 +262,7 @@ class Driver:
             observer.sent(now, action)
         outcome: Outcome
         try:
-            with self.idle():
-                outcome = self.transport.send(action.request)
+            outcome = self.transport.send(action.request)
         except TransportError as exc:
             outcome = exc
         except Exception as exc:  # a transport bug must not kill the driver either

@@ -6,10 +6,9 @@ in, runs the driver and sleeps until the core's next wake-up.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from hubfsm.core.engine import Core
 from hubfsm.core.values import Barrier, Event
@@ -27,15 +26,12 @@ class ThreadRunner:
 
     def __init__(self, driver: Driver, *, name: str = "hubfsm-worker", nap: float = 0.25) -> None:
         self.driver = driver
-        driver.idle = self.idle
         self.core = driver.core
         self.clock = driver.clock
         self.inbox = driver.inbox
         self.nap = nap
         self.wake = threading.Event()
         self._changed = threading.Condition()
-        #: The worker is asleep or inside a request: the core is whole (see :meth:`idle`).
-        self._idle = False
         self._stop_at: float | None = None
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
@@ -60,18 +56,10 @@ class ThreadRunner:
             self.wake.set()
 
     def wait_for(self, predicate: Callable[[Core], bool], timeout: float | None) -> bool:
-        """Block until ``predicate(core)`` holds after a worker step, or ``timeout`` passes.
-
-        The predicate is tested only while the worker leaves the core whole (asleep, or
-        waiting for an answer; see :meth:`idle`). Read mid-step, the core could look
-        drained with an epoch on its way into a request.
-        """
-        if not self._thread.is_alive() or self._thread is threading.current_thread():
-            return predicate(self.core)
+        """Block until ``predicate(core)`` holds after a worker step, or ``timeout`` passes."""
         deadline = None if timeout is None else self.clock() + timeout
         with self._changed:
-            # While this is held, an idle worker cannot go back to the core.
-            while not (self._idle and predicate(self.core)):
+            while not predicate(self.core):
                 if not self._thread.is_alive():
                     return predicate(self.core)
                 remaining = None if deadline is None else deadline - self.clock()
@@ -123,14 +111,6 @@ class ThreadRunner:
     # -- the worker -----------------------------------------------------------------
 
     def _loop(self) -> None:
-        try:
-            self._run()
-        finally:
-            with self._changed:  # for good: callers read the core themselves from now on
-                self._idle = True
-                self._changed.notify_all()
-
-    def _run(self) -> None:
         driver = self.driver
         core = self.core
         while True:
@@ -140,8 +120,10 @@ class ThreadRunner:
             stop_at = self._stop_at
             if stop_at is not None and (now >= stop_at or core.drained or not core.machine.sends):
                 driver.persist()
+                self._notify()
                 return
             until = driver.step()
+            self._notify()
             if until is None:
                 continue
             if stop_at is not None and until == math.inf and not self.inbox:
@@ -154,21 +136,8 @@ class ThreadRunner:
             wake = min(until, now + self.nap)
             if stop_at is not None:
                 wake = min(wake, stop_at)
-            with self.idle():
-                self.wake.wait(max(0.0, wake - now))
+            self.wake.wait(max(0.0, wake - now))
 
-    @contextlib.contextmanager
-    def idle(self) -> Iterator[None]:
-        """The worker leaves the core alone (asleep, or waiting for an answer) meanwhile.
-
-        Callers waiting for the core test it then, on their own thread: a worker inside
-        a slow request does not hold back a state the core already reached.
-        """
+    def _notify(self) -> None:
         with self._changed:
-            self._idle = True
             self._changed.notify_all()
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._idle = False
