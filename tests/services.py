@@ -232,3 +232,12 @@ def _wait_bucket(endpoint: str, proc: subprocess.Popen[bytes]) -> None:
             pass
         time.sleep(0.1)
     raise RuntimeError("the S3 server did not answer")
+
+
+def restore_sigint() -> None:
+    """For ``preexec_fn``: a child that a SIGINT test stops must not inherit it ignored.
+
+    A shell that starts the tests in the background (``cmd &``) leaves SIGINT ignored,
+    and every child inherits that: Ctrl-C could not stop it.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 import hubfsm
-from tests.services import free_ports, tmpfs_refusal
+from tests.services import free_ports, restore_sigint, tmpfs_refusal
 from tests.support import FAST
 
 ROOT = Path(__file__).parents[3]
@@ -48,6 +48,7 @@ def test_a_hub_whose_disk_fills_says_so_and_takes_everything_once_it_frees(
     hub = subprocess.Popen(
         ["unshare", "--mount", "sh", "-c", command],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=ROOT,
+        preexec_fn=restore_sigint,  # noqa: PLW1509 - only resets one signal
     )
     try:
         url = f"http://127.0.0.1:{port}"

@@ -33,6 +33,7 @@ from hubfsm.core.machine import TRAITS
 from hubfsm.hub.server import LocalHub
 from hubfsm.runtime.console import LOST_AFTER, Console, duration
 from hubfsm.transport import Response, TransportError
+from tests.services import restore_sigint
 from tests.support import FAST, KEY
 
 TRAINER = Path(__file__).parent / "console_trainer.py"
@@ -61,6 +62,7 @@ class Trainer:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=restore_sigint,  # noqa: PLW1509 - only resets one signal
         )
         self.out: queue.Queue[str] = queue.Queue()
         self.err: queue.Queue[str] = queue.Queue()
