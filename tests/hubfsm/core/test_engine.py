@@ -432,11 +432,8 @@ def test_the_final_key_follows_the_whole_body():
     assert final_key(0.5) != final_key(0.625)
 
 
-@pytest.mark.parametrize("solo", [False, True])
-def test_an_epoch_on_its_way_into_a_request_still_counts_as_pending(solo):
-    # A trainer's thread may read what is pending while the worker builds the request:
-    # the epoch must be in the queue or in the operation at every instant.
-    core = training_core()
+def _watch_pending(core, method, channel):
+    """Record what is pending on ``channel`` as the dialect builds ``method``'s request."""
     seen = []
     dialect = core.schedule.dialect
 
@@ -444,13 +441,24 @@ def test_an_epoch_on_its_way_into_a_request_still_counts_as_pending(solo):
         def __getattr__(self, name):
             return getattr(dialect, name)
 
-        def metrics(self, *args, **kwargs):
-            seen.append(core.pending()["metrics"])
-            request = dialect.metrics(*args, **kwargs)
-            seen.append(core.pending()["metrics"])
-            return request
+    def build(*args, **kwargs):
+        seen.append(core.pending()[channel])
+        request = getattr(dialect, method)(*args, **kwargs)
+        seen.append(core.pending()[channel])
+        return request
 
-    core.schedule.dialect = Watching()
+    watching = Watching()
+    setattr(watching, method, build)
+    core.schedule.dialect = watching
+    return seen
+
+
+@pytest.mark.parametrize("solo", [False, True])
+def test_an_epoch_on_its_way_into_a_request_still_counts_as_pending(solo):
+    # A trainer's thread may read what is pending while the worker builds the request:
+    # the epoch must be in the queue or in the operation at every instant.
+    core = training_core()
+    seen = _watch_pending(core, "metrics", "metrics")
     core.epoch_end(0, {"loss": 1.0}, now=0.0)
     core.epoch_end(1, {"loss": 0.5}, now=0.0)
     if solo:
@@ -465,19 +473,8 @@ def test_an_epoch_on_its_way_into_a_request_still_counts_as_pending(solo):
 
 def test_a_checkpoint_on_its_way_into_a_request_still_counts_as_pending():
     core = training_core()
-    seen = []
-    dialect = core.schedule.dialect
-
-    class Watching:
-        def __getattr__(self, name):
-            return getattr(dialect, name)
-
-        def checkpoint(self, *args, **kwargs):
-            seen.append(core.pending()["checkpoint"])
-            return dialect.checkpoint(*args, **kwargs)
-
-    core.schedule.dialect = Watching()
+    seen = _watch_pending(core, "checkpoint", "checkpoint")
     core.checkpoint(0, FILE, is_best=False, now=0.0)
     send = core.poll(0.0)
     assert isinstance(send, Send) and send.channel == "checkpoint"
-    assert seen == [1] and core.pending()["checkpoint"] == 1
+    assert seen == [1, 1] and core.pending()["checkpoint"] == 1
