@@ -249,9 +249,11 @@ def open_model(parts: Parts) -> None:
         if isinstance(core.error, HubUnavailableError):
             raise HubUnavailableError(f"{core.error}{_public_hint(settings)}")
         raise core.error
+    # The worker ends early only when an observer stopped it (sync's first contact).
+    within = f"within {timeout:g}s" if shell.alive else "before its session was stopped"
     raise HubUnavailableError(
         f"the hub at {hub_name(settings.api_root)} did not load or create the model "
-        f"within {timeout:g}s"
+        f"{within}"
         + (f"; last failure: {core.last_failure}" if core.last_failure else "")
         + _public_hint(settings)
     )

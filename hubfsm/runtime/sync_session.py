@@ -20,6 +20,7 @@ from hubfsm.core.config import ChannelPolicies
 from hubfsm.core.machine import FIRST_CONTACT_FATAL
 from hubfsm.core.values import Send
 from hubfsm.durable.survey import OutboxInfo
+from hubfsm.errors import HubUnavailableError
 from hubfsm.runtime.console import NOBODY_THERE, Console, hub_name
 from hubfsm.runtime.factory import Shell, build
 from hubfsm.runtime.session import Session
@@ -104,7 +105,9 @@ def open_for_sync(
 ) -> tuple[Session, FirstContact]:
     """Open the session that sends ``info``'s outbox, and what watches its first contact.
 
-    It raises what :class:`Session` raises when it opens.
+    It raises what :class:`Session` raises when it opens; when nothing is at the
+    address, the :class:`~hubfsm.errors.HubUnavailableError` names it, whichever request
+    found that out.
     """
     settings = Settings.resolve(
         info.model_id,
@@ -127,4 +130,12 @@ def open_for_sync(
     parts.driver.console = Console(
         hub, open_timeout=settings.open_timeout, stream=out, training=False
     )
-    return Session.compose(parts), contact
+    try:
+        session = Session.compose(parts)
+    except HubUnavailableError:
+        # A HUB outbox's kept data goes out while its model opens: when those requests
+        # used up the first contact first, the worker stopped under the opening, which
+        # knows only that it ended unopened. Say what the first contact met instead.
+        contact.check()
+        raise
+    return session, contact

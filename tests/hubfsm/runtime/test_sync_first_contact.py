@@ -24,6 +24,7 @@ from hubfsm.hub.server import LocalHub
 from hubfsm.runtime.sync import status, sync
 from hubfsm.runtime.sync_session import FirstContact
 from hubfsm.transport import Request, Response, TransportError
+from transports.memory import HandlerTransport
 
 FAST = {
     "hub": CoreConfig().scaled(0.001),
@@ -149,3 +150,42 @@ def test_a_hub_that_answered_once_is_lost_when_it_refuses_not_missing() -> None:
     for attempt in range(10):
         opening.answered(float(attempt), send("control"), REFUSED)
     assert opening.missing is None
+
+
+def test_a_hub_outbox_whose_data_requests_are_judged_before_its_opening_names_the_address(
+    tmp_path: Path,
+) -> None:
+    # A HUB outbox's kept epochs go out while the model still opens. When those data
+    # requests used up the first contact before the opening's own attempts did, the
+    # worker stopped under the opening, which then said it had waited out --timeout.
+    root = tmp_path / "outbox"
+    model_id = "Mo12Mo12Mo12Mo12Mo12"
+    kept = hubfsm.Session(model_id, api_key="k" * 42, outbox_dir=root, offline=True)
+    kept.start()
+    for epoch in range(2):
+        kept.log_metrics({"loss": 1.0 / (epoch + 1)}, epoch=epoch)
+    kept.close(timeout=5.0)
+    before = pending(root)
+    where = "http://127.0.0.1:9"
+    asked: list[str] = []
+
+    def nobody(request: Request) -> Response:
+        asked.append(request.method)
+        if request.method == "GET":
+            # The opening's attempts must not end first, as they mostly do: one that
+            # times out is retried for --timeout; the data requests meet the refusal.
+            raise TransportError("timeout", "no answer within 0.1 s", url=where)
+        raise TransportError("refused", "127.0.0.1:9 refused the connection", url=where)
+
+    out = io.StringIO()
+    started = time.monotonic()
+    code = sync(root, api_key="k" * 42, api_root=where, transport=HandlerTransport(nobody),
+                timeout=60.0, out=out)  # fmt: skip
+    took = time.monotonic() - started
+    said = out.getvalue()
+    assert code == 1, said
+    assert "POST" in asked, asked  # the data requests did go out during the opening
+    assert took < 10.0, f"sync took {took:.1f}s: {said}"
+    assert f"is the hub at {where} running?" in said, said
+    assert "within 60s" not in said, said
+    assert pending(root) == before
