@@ -10,6 +10,7 @@ in :class:`~hubfsm.durable.weights.WeightFiles`, which snapshots into this outbo
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import tempfile
@@ -104,11 +105,18 @@ class Durability:
                 probe.write(bytes(PROBE))
                 probe.flush()
         except OSError as exc:
+            # The advice fits the cause: space for a full disk, the path for anything else.
+            if exc.errno == errno.ENOTDIR:
+                what = "is not a directory (a file is in its place or on its path)"
+                fix = "Make it a directory"
+            else:
+                what = f"takes no write ({exc.strerror})"
+                full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                fix = "Free space there" if full else "Make it a directory you can write to"
             raise OSError(
                 exc.errno,
-                f"the outbox root {root} takes no write ({exc.strerror}); nothing was "
-                "created on the hub. Free space there, or keep outboxes elsewhere "
-                "(HUBFSM_OUTBOX or outbox_dir=)",
+                f"the outbox root {root} {what}; nothing was created on the hub. {fix}, "
+                "or keep outboxes elsewhere (HUBFSM_OUTBOX or outbox_dir=)",
             ) from None
 
     def attach(self, model_id: str, core: Core, *, now: float) -> None:
