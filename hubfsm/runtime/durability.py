@@ -76,8 +76,8 @@ class Durability:
         #: Why the outbox could not be opened, if it could not.
         self.error: Exception | None = None
         self._core: Core | None = None
-        # The dialect and run last recorded in the outbox.
-        self._run: tuple[str, int | None] | None = None
+        # The dialect, run and run page last recorded in the outbox.
+        self._run: tuple[str, int | None, str | None] | None = None
         #: What the outbox held on disk when it closed, per channel (see ``Saved.counts``).
         self.kept: dict[str, int] | None = None
         #: The weight files offered to the session: snapshots go into this outbox.
@@ -245,12 +245,13 @@ class Durability:
         if outbox is None:
             return
         core = self._core
-        if core is not None and (core.dialect.name, core.run_id) != self._run:
+        run = (core.dialect.name, core.run_id, core.model_url) if core is not None else None
+        if core is not None and run != self._run:
             # A resumed Platform model got a new run: later records belong to it. A disk
             # that refuses this write refuses the records too; it is tried again with them.
             with contextlib.suppress(OSError, sqlite3.Error):
-                outbox.db.set_run(core.dialect.name, core.run_id)
-                self._run = (core.dialect.name, core.run_id)
+                outbox.db.set_run(core.dialect.name, core.run_id, core.model_url)
+                self._run = run
         outbox.apply(changes, journal_seq=journal_seq)
         if journal_seq is not None and self.journal is not None:
             self.journal.consumed(journal_seq)
@@ -262,7 +263,7 @@ class Durability:
         Raises:
             HubfsmError: The outbox holds records of the other dialect.
         """
-        spoken, run_id = outbox.db.run()
+        spoken, run_id, url = outbox.db.run()
         if spoken is None and not outbox.load().empty:
             spoken = "hub"  # kept before outboxes recorded their dialect
         name = core.dialect.name
@@ -272,9 +273,10 @@ class Durability:
                 f"protocol; open it with protocol={spoken!r}"
             )
         if core.run_id is None:
-            core.run_id = run_id
-        outbox.db.set_run(name, core.run_id)
-        self._run = (name, core.run_id)
+            # The run goes on unannounced: no answer will name its page again.
+            core.run_id, core.model_url = run_id, core.model_url or url
+        outbox.db.set_run(name, core.run_id, core.model_url)
+        self._run = (name, core.run_id, core.model_url)
 
     def close(self, *, remove: bool, stale: bool = False) -> None:
         """Close the journal and the outbox (``remove``: delete an outbox left empty).
