@@ -70,3 +70,29 @@ def relay(handler: Any, host: str, port: int, body: bytes | None) -> None:
     handler.end_headers()
     handler.wfile.write(data)
     conn.close()
+
+
+def hubfsm_bound_by_modes(*args: str, env: dict[str, str]) -> Any:
+    """Run ``hubfsm *args`` to completion in a child that file modes bind, as they bind a user.
+
+    As root the child runs with its capabilities dropped (``setpriv``), so that a mode of
+    000 holds it out as it would anyone; the environment is ``env`` alone.
+    """
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    drop: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        assert setpriv, "setpriv (util-linux) is needed to run as root without its overrides"
+        drop = [setpriv, "--inh-caps=-all", "--bounding-set=-all", "--"]
+    return subprocess.run(
+        [*drop, sys.executable, "-m", "hubfsm", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

@@ -220,9 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         "hubfsm hub sweep --database postgresql://hub@db/hub --objects s3://team-hub/weights",
     )
     p.add_argument("--database", metavar="URL", required=True, help="the team's postgresql:// URL")
-    p.add_argument(
-        "--objects", metavar="URL", required=True, help="the team's s3://bucket/prefix"
-    )
+    p.add_argument("--objects", metavar="URL", required=True, help="the team's s3://bucket/prefix")
     p.add_argument(
         "--older-than-hours",
         type=float,
@@ -373,6 +371,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # A file the user may not read or write (a data directory, an outbox): one line
+        # naming it, as for any other error; -vv shows the traceback.
+        if args.verbose >= 2:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -12,6 +12,7 @@ The durable layer is imported when a command runs, not when the command line is 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -20,10 +21,30 @@ from hubfsm.cli.args import KEY_ENV, key_from
 
 
 def _missing(directory: str | None) -> bool:
-    """True (having said so) when the directory given does not exist."""
-    if directory and not Path(directory).is_dir():
-        what = "is not a directory" if Path(directory).exists() else "does not exist"
-        print(f"error: {directory} {what}", file=sys.stderr)
+    """True (having said so) when the root cannot be read: given but absent, or a file.
+
+    The default root (``HUBFSM_OUTBOX``, else the user data directory) may be absent
+    (nothing was ever kept); it is checked too, so that a variable naming a file, or a
+    directory this user may not read, is an error rather than "no outboxes".
+    """
+    from hubfsm.durable.layout import default_root
+
+    if directory and not Path(directory).exists():
+        print(f"error: {directory} does not exist", file=sys.stderr)
+        return True
+    root = Path(directory) if directory else default_root()
+    named = directory or f"the outbox root {root}" + (
+        f" ({env.OUTBOX})" if env.outbox_root() else ""
+    )
+    if root.exists() and not root.is_dir():
+        print(f"error: {named} is not a directory", file=sys.stderr)
+        return True
+    try:
+        if root.is_dir():
+            with os.scandir(root):
+                pass
+    except OSError as exc:
+        print(f"error: cannot read the outbox root {root}: {exc.strerror}", file=sys.stderr)
         return True
     return False
 

@@ -42,6 +42,8 @@ from hubfsm.transport import FilePart
 _template: sqlite3.Connection | None = None
 _template_pid = 0
 _TEMPLATE_LOCK = threading.Lock()
+#: The meta rows that name a run, for a trainer back after a kill to go on with.
+_RUN_KEYS = "('protocol', 'run_id', 'model_url')"
 
 
 class OutboxDB:
@@ -203,25 +205,25 @@ class OutboxDB:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'refusal'").fetchone()
         return None if row is None else str(row[0])
 
-    def run(self) -> tuple[str | None, int | None]:
-        """The protocol dialect the records are in (None: not recorded) and the run id."""
-        rows = dict(
-            self._db.execute("SELECT key, value FROM meta WHERE key IN ('protocol', 'run_id')")
-        )
-        spoken, run_id = rows.get("protocol"), rows.get("run_id")
+    def run(self) -> tuple[str | None, int | None, str | None]:
+        """The records' dialect (None: not recorded), the run id and the model's page."""
+        rows = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN " + _RUN_KEYS))
+        spoken, run_id, url = rows.get("protocol"), rows.get("run_id"), rows.get("model_url")
         return (
             None if spoken is None else str(spoken),
             None if run_id is None else int(run_id),
+            None if url is None else str(url),
         )
 
-    def set_run(self, protocol: str, run_id: int | None) -> None:
-        """Record the dialect and the Platform run id, for whoever opens the outbox next."""
+    def set_run(self, protocol: str, run_id: int | None, model_url: str | None = None) -> None:
+        """Record the dialect, the Platform run id and its page, for the next opener."""
         with self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('protocol', ?)", (protocol,))
-            if run_id is None:
-                db.execute("DELETE FROM meta WHERE key = 'run_id'")
-            else:
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('run_id', ?)", (str(run_id),))
+            db.execute("DELETE FROM meta WHERE key IN " + _RUN_KEYS)
+            kept = {"protocol": protocol, "run_id": run_id, "model_url": model_url}
+            db.executemany(
+                "INSERT INTO meta VALUES (?, ?)",
+                [(key, str(value)) for key, value in kept.items() if value is not None],
+            )
 
     def drop_rejected(self, keys: Sequence[str] | None = None) -> int:
         """Forget rejected records (those of ``keys``, or all); returns how many went."""

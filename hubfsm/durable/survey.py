@@ -116,7 +116,16 @@ def find(root: str | os.PathLike[str] | None = None) -> list[Path]:
         return [base]
     if not base.is_dir():
         return []
-    return sorted(p for p in base.iterdir() if OUTBOX_ID.fullmatch(p.name) and _is_outbox(p))
+    return sorted(p for p in base.iterdir() if OUTBOX_ID.fullmatch(p.name) and _maybe_outbox(p))
+
+
+def _maybe_outbox(directory: Path) -> bool:
+    """An outbox, or one that cannot be looked into: reading it then says why."""
+    try:
+        return _is_outbox(directory)
+    except OSError:
+        # A model's outbox this user may not read must be reported, not stop the others.
+        return True
 
 
 def _is_outbox(directory: Path) -> bool:

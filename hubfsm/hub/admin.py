@@ -296,9 +296,19 @@ def cancel(
     out = out if out is not None else sys.stdout
     hub = _open(data_dir, database)
     try:
-        found = hub.cancel(model_id)
+        record = hub.record(model_id)
+        # HUB v1's answers carry no cancellation: its trainer would never hear of one.
+        hub_run = record is not None and record.get("protocol") != "platform"
+        found = record is not None and not hub_run and hub.cancel(model_id)
     finally:
         hub.store.close()
+    if hub_run:
+        print(
+            f"error: model {model_id} is a HUB run: HUB's API cannot tell its trainer to "
+            "stop; stop its trainer where it runs",
+            file=sys.stderr,
+        )
+        return 1
     if not found:
         print(f"error: no model {model_id!r} on this hub", file=sys.stderr)
         return 1

@@ -271,7 +271,7 @@ def summarize(
     ):
         stale = (
             f"last.pt is from epoch {checkpoint}, older than the last metrics (epoch {last}): "
-            f"the official client uploads a checkpoint at most every {CHECKPOINT_INTERVAL} s."
+            f"trainers upload a checkpoint at most every {CHECKPOINT_INTERVAL} s."
         )
     if shown != "trained" and not running and done:
         # Stopped: the epochs it ran are what there is (the bar shows how far it got).

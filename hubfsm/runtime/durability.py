@@ -10,6 +10,7 @@ in :class:`~hubfsm.durable.weights.WeightFiles`, which snapshots into this outbo
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import tempfile
@@ -75,8 +76,8 @@ class Durability:
         #: Why the outbox could not be opened, if it could not.
         self.error: Exception | None = None
         self._core: Core | None = None
-        # The dialect and run last recorded in the outbox.
-        self._run: tuple[str, int | None] | None = None
+        # The dialect, run and run page last recorded in the outbox.
+        self._run: tuple[str, int | None, str | None] | None = None
         #: What the outbox held on disk when it closed, per channel (see ``Saved.counts``).
         self.kept: dict[str, int] | None = None
         #: The weight files offered to the session: snapshots go into this outbox.
@@ -104,11 +105,18 @@ class Durability:
                 probe.write(bytes(PROBE))
                 probe.flush()
         except OSError as exc:
+            # The advice fits the cause: space for a full disk, the path for anything else.
+            if exc.errno == errno.ENOTDIR:
+                what = "is not a directory (a file is in its place or on its path)"
+                fix = "Make it a directory"
+            else:
+                what = f"takes no write ({exc.strerror})"
+                full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                fix = "Free space there" if full else "Make it a directory you can write to"
             raise OSError(
                 exc.errno,
-                f"the outbox root {root} takes no write ({exc.strerror}); nothing was "
-                "created on the hub. Free space there, or keep outboxes elsewhere "
-                "(HUBFSM_OUTBOX or outbox_dir=)",
+                f"the outbox root {root} {what}; nothing was created on the hub. {fix}, "
+                "or keep outboxes elsewhere (HUBFSM_OUTBOX or outbox_dir=)",
             ) from None
 
     def attach(self, model_id: str, core: Core, *, now: float) -> None:
@@ -237,12 +245,13 @@ class Durability:
         if outbox is None:
             return
         core = self._core
-        if core is not None and (core.dialect.name, core.run_id) != self._run:
+        run = (core.dialect.name, core.run_id, core.model_url) if core is not None else None
+        if core is not None and run != self._run:
             # A resumed Platform model got a new run: later records belong to it. A disk
             # that refuses this write refuses the records too; it is tried again with them.
             with contextlib.suppress(OSError, sqlite3.Error):
-                outbox.db.set_run(core.dialect.name, core.run_id)
-                self._run = (core.dialect.name, core.run_id)
+                outbox.db.set_run(core.dialect.name, core.run_id, core.model_url)
+                self._run = run
         outbox.apply(changes, journal_seq=journal_seq)
         if journal_seq is not None and self.journal is not None:
             self.journal.consumed(journal_seq)
@@ -254,7 +263,7 @@ class Durability:
         Raises:
             HubfsmError: The outbox holds records of the other dialect.
         """
-        spoken, run_id = outbox.db.run()
+        spoken, run_id, url = outbox.db.run()
         if spoken is None and not outbox.load().empty:
             spoken = "hub"  # kept before outboxes recorded their dialect
         name = core.dialect.name
@@ -264,9 +273,10 @@ class Durability:
                 f"protocol; open it with protocol={spoken!r}"
             )
         if core.run_id is None:
-            core.run_id = run_id
-        outbox.db.set_run(name, core.run_id)
-        self._run = (name, core.run_id)
+            # The run goes on unannounced: no answer will name its page again.
+            core.run_id, core.model_url = run_id, core.model_url or url
+        outbox.db.set_run(name, core.run_id, core.model_url)
+        self._run = (name, core.run_id, core.model_url)
 
     def close(self, *, remove: bool, stale: bool = False) -> None:
         """Close the journal and the outbox (``remove``: delete an outbox left empty).

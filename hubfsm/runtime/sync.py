@@ -22,7 +22,7 @@ from typing import TextIO
 import attrs
 
 from hubfsm.core.values import describe_pending
-from hubfsm.durable.layout import OutboxDamaged
+from hubfsm.durable.layout import OutboxDamaged, default_root
 from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.recovery import fold
 from hubfsm.durable.survey import OutboxInfo, report_damage, set_aside_reporting, survey
@@ -91,7 +91,8 @@ def status(
     fold_journals(found.infos, damaged=False)
     infos = [i for i in survey(root).infos if protocol is None or i.protocol == protocol]
     if not infos:
-        print("no outboxes" if not damaged else "no readable outboxes", file=out)
+        looked = Path(root) if root is not None else default_root()
+        print(f"no outboxes in {looked}" if not damaged else "no readable outboxes", file=out)
         return 1 if damaged else 0
     print(f"outboxes in {infos[0].directory.parent}:", file=out)
     for line in _columns(
@@ -316,7 +317,8 @@ def sync(
     infos = [i for i in survey(root).infos if protocol is None or i.protocol == protocol]
     todo = [i for i in infos if any(i.pending.values())]
     if not todo:
-        print("nothing to send", file=out)
+        looked = Path(root) if root is not None else default_root()
+        print(f"nothing to send in {looked}", file=out)
         held = _report_rejected(infos, out=out)
         return 1 if damaged or held else 0
     ok = 0

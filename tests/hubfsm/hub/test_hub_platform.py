@@ -319,6 +319,33 @@ def test_cancellation_reaches_every_later_answer(local: LocalHub, key: str) -> N
     assert admin.cancel(local.data_dir, "B" * 20) == 1
 
 
+def test_cancelling_a_hub_run_is_refused_for_its_trainer_would_never_hear_of_it(
+    local: LocalHub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # HUB v1's answers carry no cancellation: "its trainer stops" would not be true.
+    created = requests.post(
+        f"{local.url}/v1/models",
+        json={
+            "config": {"epochs": 3, "imageSize": 64},
+            "dataset": {"name": "coco8.yaml"},
+            "lineage": {"architecture": {"name": "yolov8n"}, "parent": {}},
+            "meta": {"name": "hub-run"},
+        },
+        headers={"x-api-key": local.api_key},
+        timeout=TIMEOUT,
+    )
+    model_id = created.json()["data"]["id"]
+
+    assert admin.cancel(local.data_dir, model_id) == 1
+
+    captured = capsys.readouterr()
+    assert "Cancelled" not in captured.out
+    assert f"error: model {model_id} is a HUB run" in captured.err
+    assert "stop its trainer where it runs" in captured.err
+    record = local.hub.record(model_id)
+    assert record is not None and record["cancelled"] is False
+
+
 def test_console_chunks_are_stored_once_per_chunk_id_and_shown_on_the_page(
     local: LocalHub, key: str
 ) -> None:

@@ -134,6 +134,45 @@ def test_a_kill_9_then_sync_loses_nothing_and_resume_continues_the_model(
     assert again["epochs"][0] == 2 and again["events"][-1] == "training_complete"
 
 
+def test_a_kill_9_then_resume_without_sync_goes_on_with_the_run_and_names_its_page(
+    platform_ultralytics, platform, tmp_path
+):
+    data = synthetic_dataset(tmp_path / "data")
+    env = _env(tmp_path, platform)
+    work = tmp_path / "work"
+    work.mkdir()
+    trainer = subprocess.Popen(
+        [sys.executable, str(HERE / "hubfsm_platform_worker.py"), str(data), "--hold"],
+        cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        for line in trainer.stdout:
+            if line == "held\n":
+                break
+        else:
+            pytest.fail("the trainer ended before it was held")
+    finally:
+        os.kill(trainer.pid, signal.SIGKILL)
+        trainer.wait(timeout=30)
+    [model_id] = _state(platform)["models"]
+    _control(platform, down=False)
+    [last] = list(work.rglob("last.pt"))
+    # No sync: the resumed trainer sends what the outbox kept, on the run it belongs to.
+    done = subprocess.run(
+        [sys.executable, str(HERE / "hubfsm_platform_worker.py"), str(data), "--resume", str(last)],
+        cwd=work, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    model = _state(platform)["models"][model_id]
+    assert list(model["runs"]) == ["1"]
+    run = model["runs"]["1"]
+    assert run["epochs"][:3] == [0, 1, 2] and run["events"][-1] == "training_complete"
+    # No answer named the page on this run's way back: the outbox kept it.
+    url = "https://platform.test/owner/platform-test/run1"
+    assert f"Platform: View model at {url}" in _plain(done.stdout), done.stdout[-3000:]
+    assert f"Platform: View results at {url}" in _plain(done.stdout), done.stdout[-3000:]
+
+
 def _env(tmp_path: Path, platform: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("HUB_", "HUBFSM_", "YOLO_", "PYTEST"))}  # fmt: skip

@@ -262,3 +262,20 @@ def test_a_death_inside_finish_leaves_the_final_weights_for_sync_alone(
     [final] = [u for u in hub.audit().uploads if u.type == "final"]
     assert final.sha256 == hashlib.sha256(b"the final weights").hexdigest()
     assert find(root) == []  # delivered: the outbox and its held link are gone
+
+
+def test_an_outbox_root_that_is_a_file_says_so_and_creates_nothing(hub, tmp_path):
+    root = tmp_path / "outbox"
+    root.write_text("a file where the outboxes belong")
+    before = dict(hub.audit().requests)
+
+    with pytest.raises(NotADirectoryError) as raised:
+        hubfsm.Session("yolov8n.yaml", transport=InMemoryTransport(hub, KEY), outbox_dir=root)
+
+    message = str(raised.value)
+    assert f"the outbox root {root} is not a directory" in message
+    assert "nothing was created on the hub" in message
+    # Freeing space would not help: the advice is about what the root is.
+    assert "Free space" not in message
+    assert "HUBFSM_OUTBOX or outbox_dir=" in message
+    assert dict(hub.audit().requests) == before

@@ -228,6 +228,24 @@ def test_resume_reuses_the_model_and_the_run_its_outbox_kept(tmp_path):
     assert run.epochs == [0, 1, 2] and list(fake.models[model_id].runs) == [1]
 
 
+def test_a_trainer_back_on_the_run_its_outbox_kept_still_knows_the_model_page(tmp_path):
+    # The run goes on unannounced, so no answer names the page again: the outbox keeps it,
+    # for the "View model at" and "View results at" lines a resumed trainer prints.
+    fake = FakePlatform()
+    first = session(fake)
+    first.start()
+    page = first.model_url
+    assert page == "https://platform.test/owner/my-project/run1"
+    fake.fault = lambda request: Response(503, {})
+    first.log_metrics({"loss": 0.9}, epoch=0)
+    first.close(timeout=0.1)  # epoch 0 stays in the outbox, with its run
+    fake.fault = None
+    with session(fake, first.model_id, protocol="platform") as again:
+        assert again.run_id == 1 and again.model_url == page
+        again.finish(weights(tmp_path, "best.pt", b"best"), map50_95=0.2)
+    assert list(fake.models[first.model_id].runs) == [1]
+
+
 def test_resume_of_a_finished_model_opens_a_new_run_of_the_same_model(tmp_path):
     fake = FakePlatform()
     with session(fake) as s:

@@ -1,0 +1,116 @@
+"""``hubfsm status``, ``sync`` and ``discard`` on outbox roots a user got wrong.
+
+A root that is a file, or one this user may not read, is an error that names it; an
+empty root is named too, so a user who set ``HUBFSM_OUTBOX`` in another shell sees
+where the command looked; an outbox this user may not read is named, never a
+traceback. Permissions are real: the commands run in a child that file modes bind.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hubfsm.cli.main import main
+from hubfsm.core.values import MetricsQueued
+from hubfsm.durable.outbox import Outbox
+from tests.support import hubfsm_bound_by_modes
+
+MODEL = "AbCdEfGhIjKlMnOpQrSt"
+OTHER = "ZyXwVuTsRqPoNmLkJiHg"
+
+
+def _hubfsm(*args: str, root: Path) -> subprocess.CompletedProcess[str]:
+    """``hubfsm *args`` on the outbox root ``root``, bound by file modes."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUB_", "HUBFSM_"))}
+    env["HUBFSM_OUTBOX"] = str(root)
+    result: subprocess.CompletedProcess[str] = hubfsm_bound_by_modes(*args, env=env)
+    return result
+
+
+def _outbox(root: Path, model_id: str) -> Path:
+    """An outbox holding one epoch of metrics, as a killed trainer leaves it."""
+    outbox = Outbox(root / model_id, model_id, root=root)
+    try:
+        outbox.apply([MetricsQueued(0, '{"train/loss": 1.0}')])
+    finally:
+        outbox.close()
+    return root / model_id
+
+
+@pytest.mark.parametrize("command", ["status", "sync"])
+def test_a_root_from_the_environment_that_is_a_file_is_an_error(
+    command, tmp_path, monkeypatch, capsys
+):
+    root = tmp_path / "outbox"
+    root.write_text("not a directory")
+    monkeypatch.setenv("HUBFSM_OUTBOX", str(root))
+    monkeypatch.setenv("HUB_API_KEY", "k" * 42)
+
+    assert main([command]) == 2
+
+    captured = capsys.readouterr()
+    assert f"error: the outbox root {root} (HUBFSM_OUTBOX) is not a directory" in captured.err
+    assert "no outboxes" not in captured.out and "nothing to send" not in captured.out
+
+
+@pytest.mark.parametrize(
+    ("command", "said"), [("status", "no outboxes"), ("sync", "nothing to send")]
+)
+def test_an_empty_root_is_named(command, said, tmp_path, monkeypatch, capsys):
+    root = tmp_path / "elsewhere"
+    monkeypatch.setenv("HUBFSM_OUTBOX", str(root))
+
+    assert main([command]) == 0
+
+    assert capsys.readouterr().out == f"{said} in {root}\n"
+
+
+def test_an_unreadable_root_is_an_error_that_names_it(tmp_path):
+    root = tmp_path / "outbox"
+    _outbox(root, MODEL)
+    root.chmod(0)
+    try:
+        for command in ("status", "sync"):
+            done = _hubfsm(command, root=root)
+            assert done.returncode == 2, done.stderr
+            assert "Traceback" not in done.stderr
+            assert f"error: cannot read the outbox root {root}: Permission denied" in done.stderr
+    finally:
+        root.chmod(0o700)
+
+
+def test_an_unreadable_outbox_is_reported_and_the_others_are_listed(tmp_path):
+    root = tmp_path / "outbox"
+    _outbox(root, MODEL)
+    locked = _outbox(root, OTHER)
+    locked.chmod(0)
+    try:
+        done = _hubfsm("status", root=root)
+    finally:
+        locked.chmod(0o700)
+
+    assert "Traceback" not in done.stderr
+    assert done.returncode == 1
+    assert f"{MODEL}        1" in done.stdout
+    assert str(locked) in done.stdout + done.stderr
+    assert "Permission denied" in done.stdout + done.stderr
+
+
+def test_discarding_an_unreadable_outbox_is_an_error_that_names_it(tmp_path):
+    root = tmp_path / "outbox"
+    locked = _outbox(root, MODEL)
+    locked.chmod(0)
+    try:
+        done = _hubfsm("discard", MODEL, "--yes", root=root)
+    finally:
+        locked.chmod(0o700)
+
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: ") and "Permission denied" in done.stderr
+    assert str(locked) in done.stderr
+    assert (locked / "outbox.sqlite3").exists()
