@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -58,6 +59,30 @@ def free_ports(count: int) -> list[int]:
     finally:
         for each in socks:
             each.close()
+
+
+def served_at(proc: subprocess.Popen[bytes], seconds: float = 60.0) -> str:
+    """The URL a ``hubfsm hub serve --port 0`` child says it serves at, once it serves.
+
+    The child picks its port as it binds it: a port picked here, closed, then handed over
+    can be taken by another process in between. Reads the child's standard output (a
+    pipe) up to its ``Press Ctrl-C`` line, at most ``seconds``.
+    """
+    assert proc.stdout is not None
+    fd, said, url = proc.stdout.fileno(), b"", None
+    deadline = time.monotonic() + seconds
+    while not said.endswith(b"\n") or b"Press Ctrl-C" not in said:
+        left = deadline - time.monotonic()
+        assert left > 0, f"the hub did not start within {seconds} s: {said[-2000:]!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        chunk = os.read(fd, 65536) if ready else b""
+        assert not ready or chunk, f"the hub exited ({proc.wait(10)}): {said[-2000:]!r}"
+        said += chunk
+    for line in said.decode().splitlines():
+        if line.startswith("Local hub serving at "):
+            url = line.removeprefix("Local hub serving at ").strip()
+    assert url is not None, said
+    return url
 
 
 def tmpfs_refusal(where: Path, *needs: str) -> str | None:
