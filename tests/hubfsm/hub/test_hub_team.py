@@ -517,13 +517,16 @@ def test_a_worker_that_dies_is_replaced_and_one_that_cannot_start_stops_the_hub(
         made = {str(_create(root, key)["data"]["id"]) for _ in range(10)}  # type: ignore[index]
         assert len(made) == 10
         # The replacement dies at once: something a restart will not fix, so the hub stops.
+        # "At once" is a longer while from here on: the requests above took what time the
+        # machine's load gave them, and must not make the replacement look settled.
+        monkeypatch.setattr(foreground, "WORKER_SETTLE", 600.0)
         replaced = [p for p in multiprocessing.active_children() if p.name.startswith("Spawn")]
         fresh = [p for p in replaced if p.pid != workers[1].pid]
         assert len(fresh) == 1
         os.kill(fresh[0].pid, signal.SIGKILL)  # type: ignore[arg-type]
         thread.join(60)
         assert result == [1]
-        assert "within 1 s of its start" in out.getvalue()
+        assert "within 600 s of its start" in out.getvalue()
     finally:
         stop.set()
         thread.join(30)
