@@ -4,11 +4,20 @@ Constants and helpers that test modules import by name are in ``tests/support.py
 """
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.store import MemoryStore
 from tests.support import KEY
+
+# Hypothesis times each example (a 200 ms deadline) and its input generation (the
+# too_slow health check) by the wall clock: on a loaded machine those measure the load,
+# not the code, and fail a property whose every example holds. Registered before the
+# test modules are imported, so that their @settings build on it.
+settings.register_profile(
+    "hubfsm", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("hubfsm")
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -23,8 +24,9 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -60,6 +62,30 @@ def free_ports(count: int) -> list[int]:
             each.close()
 
 
+def served_at(proc: subprocess.Popen[bytes], seconds: float = 60.0) -> str:
+    """The URL a ``hubfsm hub serve --port 0`` child says it serves at, once it serves.
+
+    The child picks its port as it binds it: a port picked here, closed, then handed over
+    can be taken by another process in between. Reads the child's standard output (a
+    pipe) up to its ``Press Ctrl-C`` line, at most ``seconds``.
+    """
+    assert proc.stdout is not None
+    fd, said, url = proc.stdout.fileno(), b"", None
+    deadline = time.monotonic() + seconds
+    while not said.endswith(b"\n") or b"Press Ctrl-C" not in said:
+        left = deadline - time.monotonic()
+        assert left > 0, f"the hub did not start within {seconds} s: {said[-2000:]!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        chunk = os.read(fd, 65536) if ready else b""
+        assert not ready or chunk, f"the hub exited ({proc.wait(10)}): {said[-2000:]!r}"
+        said += chunk
+    for line in said.decode().splitlines():
+        if line.startswith("Local hub serving at "):
+            url = line.removeprefix("Local hub serving at ").strip()
+    assert url is not None, said
+    return url
+
+
 def tmpfs_refusal(where: Path, *needs: str) -> str | None:
     """Why a small tmpfs cannot be mounted in a new mount namespace here, or None.
 
@@ -88,6 +114,64 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float) -> None
             return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port} after {seconds} s")
+
+
+def _started(
+    command: Callable[[list[int]], list[str]],
+    count: int,
+    ready: Ready,
+    log: Path,
+    **popen: Any,
+) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """A server started on ``count`` ports picked here, once ``ready`` says it serves.
+
+    The ports are free when picked, not when the server binds them: one taken in between
+    makes the server exit saying so, and only then are new ones picked
+    (three tries). ``ready`` raises RuntimeError when the server exits or is not ready in
+    time; any other failure raises at once. The server's output goes to ``log``.
+    """
+    for attempt in range(3):
+        ports = free_ports(count)
+        with log.open("wb") as sink:
+            proc = subprocess.Popen(
+                command(ports), stdout=sink, stderr=subprocess.STDOUT, **popen
+            )
+        try:
+            ready(proc, ports)
+            return proc, ports
+        except RuntimeError:
+            _stop(proc)
+            said = log.read_bytes().lower()
+            # PostgreSQL's words, and SeaweedFS's (it checks its ports before it binds).
+            if attempt == 2 or not any(m in said for m in (b"already in use", b"not available")):
+                raise
+    raise AssertionError("not reached")
+
+
+#: Waits until a server just started on the given ports serves (raises RuntimeError if not).
+Ready = Callable[[subprocess.Popen[bytes], list[int]], None]
+
+
+def _postgres_ready(data: Path, seconds: float) -> Ready:
+    """Waits until the server says, in its ``postmaster.pid``, that it is ready on its port.
+
+    Something else listening on the port cannot pass for it, as it could for a connection.
+    """
+
+    def ready(proc: subprocess.Popen[bytes], ports: list[int]) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            with contextlib.suppress(OSError):
+                lines = (data / "postmaster.pid").read_text().splitlines()
+                if len(lines) > 7 and lines[3] == str(ports[0]) and lines[7].strip() == "ready":
+                    _wait_port(ports[0], proc, seconds)
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"PostgreSQL was not ready after {seconds} s")
+
+    return ready
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -128,16 +212,15 @@ def postgres() -> Iterator[str]:
         check=True,
         capture_output=True,
     )
-    (port,) = free_ports(1)
     # The server itself (not pg_ctl) as the child, so its PID is the one stopped.
-    proc = subprocess.Popen(
-        [*as_user, postgres_bin, "-D", str(data), "-p", str(port), "-k", str(folder),
-         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    proc, (port,) = _started(
+        lambda ports: [
+            *as_user, postgres_bin, "-D", str(data), "-p", str(ports[0]), "-k", str(folder),
+            "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200",
+        ],
+        1, _postgres_ready(data, 30), folder / "server.log",
     )
     try:
-        _wait_port(port, proc, 30)
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
         _stop(proc)
@@ -189,30 +272,33 @@ def s3() -> Iterator[S3Server]:
             }
         )
     )
-    ports = free_ports(11)
     names = [
         "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
         "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc",
         "debug.port",
     ]
-    flags = [f"-{name}={port}" for name, port in zip(names, ports, strict=True)]
-    proc = subprocess.Popen(
-        [weed, "mini", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-         "-master.telemetry=false", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
-         "-s3.port.lance=0", f"-s3.config={config}", f"-bucket={server.bucket}", *flags],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=folder,
+    proc, ports = _started(
+        lambda ports: [
+            weed, "mini", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-master.telemetry=false", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
+            "-s3.port.lance=0", f"-s3.config={config}", f"-bucket={server.bucket}",
+            *(f"-{name}={port}" for name, port in zip(names, ports, strict=True)),
+        ],
+        len(names), _weed_ready(names.index("s3.port")), folder / "server.log", cwd=folder,
     )
-    s3_port = ports[names.index("s3.port")]
     try:
-        _wait_port(s3_port, proc, 60)
-        endpoint = f"http://127.0.0.1:{s3_port}"
-        _wait_bucket(endpoint, proc)
-        yield attrs.evolve(server, endpoint=endpoint)
+        yield attrs.evolve(server, endpoint=f"http://127.0.0.1:{ports[names.index('s3.port')]}")
     finally:
         _stop(proc)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _weed_ready(s3: int) -> Ready:
+    def ready(proc: subprocess.Popen[bytes], ports: list[int]) -> None:
+        _wait_port(ports[s3], proc, 60)
+        _wait_bucket(f"http://127.0.0.1:{ports[s3]}", proc)
+
+    return ready
 
 
 def _wait_bucket(endpoint: str, proc: subprocess.Popen[bytes]) -> None:

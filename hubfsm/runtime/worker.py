@@ -115,9 +115,13 @@ class ThreadRunner:
         core = self.core
         while True:
             self.wake.clear()
+            # Read before the inbox is taken in: stop() queues its events, and the
+            # trainer's before them, ahead of setting the stop time, so a worker that
+            # sees the stop takes them all in. Read after, a stop set in between would
+            # end the worker with the last epoch's metrics still in the inbox, unsent.
+            stop_at = self._stop_at
             driver.drain(persist=False)  # step() writes them with what it sends
             now = self.clock()
-            stop_at = self._stop_at
             if stop_at is not None and (now >= stop_at or core.drained or not core.machine.sends):
                 driver.persist()
                 self._notify()

@@ -328,11 +328,17 @@ def one_line_error(done: subprocess.CompletedProcess[str], code: int) -> str:
 
 
 def refused_port() -> int:
+    """A port that refuses connections: bound, never listening, until the tests end.
+
+    Closed at once, it could be listened on by another test's server before use.
+    """
+    import atexit
     import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    atexit.register(probe.close)
+    return int(probe.getsockname()[1])
 
 
 @pytest.mark.parametrize(

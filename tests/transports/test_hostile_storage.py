@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import socket
 from pathlib import Path
@@ -14,9 +15,14 @@ KEY = "ul_" + "5f0e9c8d7b6a" * 3 + "0123"
 
 
 def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port that refuses connections: bound, never listening, until the tests end.
+
+    Closed at once, it could be listened on by another test's server before use.
+    """
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    atexit.register(probe.close)
+    return int(probe.getsockname()[1])
 
 
 def test_a_storage_host_that_refuses_is_named_not_the_api(tmp_path: Path) -> None:

@@ -455,14 +455,15 @@ def test_upload_to_a_server_that_stops_reading_times_out(
 
 
 def test_connection_refused() -> None:
+    # Bound, never listening: refused, and no other process can listen there meanwhile.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with (
-        transport(f"http://127.0.0.1:{port}", connect_timeout=2) as client,
-        pytest.raises(TransportError) as info,
-    ):
-        client.send(protocol.auth())
+        with (
+            transport(f"http://127.0.0.1:{port}", connect_timeout=2) as client,
+            pytest.raises(TransportError) as info,
+        ):
+            client.send(protocol.auth())
     assert info.value.kind == "refused"
     assert "refused" in str(info.value).lower()
     assert info.value.url == f"http://127.0.0.1:{port}"

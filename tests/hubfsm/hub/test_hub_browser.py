@@ -292,11 +292,27 @@ def test_a_run_goes_stalled_when_its_heartbeats_stop_and_the_page_says_when_the_
         page.select_option("#status-filter", "stalled")
         sync_api.expect(page.locator("#runs tbody tr:visible")).to_have_count(1)
 
-        # It comes back to life with its next heartbeat.
+        # It comes back to life with its next heartbeat. The page polls every 2 s and the
+        # run is stalled again 2 s after that heartbeat: it is sent just before the page's
+        # next poll, which then sees it (a heartbeat sent at any other moment may fall
+        # silent before a poll comes).
         page.goto(f"{local.url}/models/{model_id}")
-        sample_runs.heartbeat(local, model_id)
-        page.wait_for_function("() => document.body.dataset.state === 'training'", timeout=WAIT_MS)
-        assert _state(page) == "training"
+        beats: list[str] = []
+
+        def beat_before_the_poll(route: Any) -> None:
+            if not beats:
+                sample_runs.heartbeat(local, model_id)
+                beats.append(route.request.url)
+            route.fallback()
+
+        page.route("**/data.json", beat_before_the_poll)
+        # Read at once, in the page: its next poll finds the run silent again.
+        page.wait_for_function(
+            "() => document.body.dataset.state === 'training'"
+            " && document.querySelector('header .badge').textContent === 'training'",
+            timeout=WAIT_MS,
+        )
+        assert len(beats) == 1
         sync_api.expect(page.locator("#offline")).to_be_hidden()
         local.stop()
         # The hub is gone: the open page says so instead of showing old data as current.

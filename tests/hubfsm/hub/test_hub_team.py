@@ -27,7 +27,7 @@ import pytest
 
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.server import LocalHub
-from tests.services import free_ports
+from tests.services import free_ports, served_at
 
 pytestmark = pytest.mark.slow  # real PostgreSQL and S3 servers, hub processes
 
@@ -225,8 +225,9 @@ def test_a_database_restart_costs_no_request_an_error(team: tuple[str, str]) -> 
 
 
 def _serve(
-    data: Path, database: str, objects: str, port: int, workers: int = 1
-) -> subprocess.Popen[bytes]:
+    data: Path, database: str, objects: str, port: int = 0, workers: int = 1
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A hub process serving, and its URL (on a port it picks itself unless ``port``)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "hubfsm", "hub", "serve", "--data", str(data),
          "--database", database, "--objects", objects, "--port", str(port),
@@ -234,14 +235,11 @@ def _serve(
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line or line.startswith(b"Press Ctrl-C"):
-            break
-    assert proc.poll() is None, "the hub did not start"
-    return proc
+    try:
+        return proc, served_at(proc)
+    except BaseException:
+        _stop(proc)
+        raise
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:
@@ -258,13 +256,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 def two_hubs(team: tuple[str, str], tmp_path: Path) -> Iterator[tuple[str, str, str]]:
     """Two hub processes on one database and bucket: their roots and the shared key."""
     database, objects = team
-    ports = free_ports(2)
-    first = _serve(tmp_path / "hub", database, objects, ports[0])
+    first, first_url = _serve(tmp_path / "hub", database, objects)
     try:
-        second = _serve(tmp_path / "hub", database, objects, ports[1])
+        second, second_url = _serve(tmp_path / "hub", database, objects)
         try:
             key = (tmp_path / "hub" / "api_key").read_text().strip()
-            yield f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}", key
+            yield first_url, second_url, key
         finally:
             assert _stop(second) == 0
     finally:
@@ -447,12 +444,10 @@ def test_workers_share_one_port_and_stop_together(
     team: tuple[str, str], tmp_path: Path
 ) -> None:
     database, objects = team
-    (port,) = free_ports(1)
     (tmp_path / "hub" / "spool").mkdir(parents=True)
     (tmp_path / "hub" / "spool" / "cut-short.part").write_bytes(b"partial")
-    proc = _serve(tmp_path / "hub", database, objects, port, workers=2)
+    proc, root = _serve(tmp_path / "hub", database, objects, workers=2)
     assert list((tmp_path / "hub" / "spool").iterdir()) == []
-    root = f"http://127.0.0.1:{port}"
     key = (tmp_path / "hub" / "api_key").read_text().strip()
     try:
         made = {str(_create(root, key)["data"]["id"]) for _ in range(20)}  # type: ignore[index]
@@ -522,13 +517,16 @@ def test_a_worker_that_dies_is_replaced_and_one_that_cannot_start_stops_the_hub(
         made = {str(_create(root, key)["data"]["id"]) for _ in range(10)}  # type: ignore[index]
         assert len(made) == 10
         # The replacement dies at once: something a restart will not fix, so the hub stops.
+        # "At once" is a longer while from here on: the requests above took what time the
+        # machine's load gave them, and must not make the replacement look settled.
+        monkeypatch.setattr(foreground, "WORKER_SETTLE", 600.0)
         replaced = [p for p in multiprocessing.active_children() if p.name.startswith("Spawn")]
         fresh = [p for p in replaced if p.pid != workers[1].pid]
         assert len(fresh) == 1
         os.kill(fresh[0].pid, signal.SIGKILL)  # type: ignore[arg-type]
         thread.join(60)
         assert result == [1]
-        assert "within 1 s of its start" in out.getvalue()
+        assert "within 600 s of its start" in out.getvalue()
     finally:
         stop.set()
         thread.join(30)
@@ -536,8 +534,7 @@ def test_a_worker_that_dies_is_replaced_and_one_that_cannot_start_stops_the_hub(
 
 def test_workers_stop_when_their_hub_is_killed(team: tuple[str, str], tmp_path: Path) -> None:
     database, objects = team
-    (port,) = free_ports(1)
-    proc = _serve(tmp_path / "hub", database, objects, port, workers=2)
+    proc, _ = _serve(tmp_path / "hub", database, objects, workers=2)
     try:
         workers = _children(proc.pid)
         assert workers
@@ -555,8 +552,8 @@ def test_workers_refuse_a_port_another_hub_serves(
     team: tuple[str, str], tmp_path: Path
 ) -> None:
     database, objects = team
-    (port,) = free_ports(1)
-    proc = _serve(tmp_path / "a", database, objects, port, workers=2)
+    proc, root = _serve(tmp_path / "a", database, objects, workers=2)
+    port = urllib.parse.urlsplit(root).port
     try:
         # A second hub (here on another bucket) must not quietly take half the requests.
         second = subprocess.Popen(

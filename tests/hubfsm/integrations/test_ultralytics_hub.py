@@ -155,12 +155,13 @@ def test_without_a_key_a_local_file_stays_off_the_hub_and_a_model_id_is_an_error
 
 def test_a_hub_that_cannot_create_the_model_says_so_in_one_line(local, monkeypatch, capsys):
     monkeypatch.setenv("HUB_API_KEY", local.api_key)
-    with socket.socket() as spare:  # a port nothing listens on
+    # A port nothing listens on: bound, never listening, so nothing else can meanwhile.
+    with socket.socket() as spare:
         spare.bind(("127.0.0.1", 0))
         port = spare.getsockname()[1]
-    monkeypatch.setenv("ULTRALYTICS_HUB_API", f"http://127.0.0.1:{port}")
-    with structlog.testing.capture_logs() as logs:
-        session = HUBTrainingSession.create_session("yolov8n.yaml", {"data": "coco8.yaml"})
+        monkeypatch.setenv("ULTRALYTICS_HUB_API", f"http://127.0.0.1:{port}")
+        with structlog.testing.capture_logs() as logs:
+            session = HUBTrainingSession.create_session("yolov8n.yaml", {"data": "coco8.yaml"})
     assert session is None  # ultralytics trains without the hub, as with the official client
     said = capsys.readouterr().err.splitlines()
     assert len(said) == 1 and said[0].startswith("hubfsm: the hub did not create the model: ")

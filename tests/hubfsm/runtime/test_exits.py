@@ -83,11 +83,13 @@ def test_a_dead_hub_at_exit_costs_the_deadline_and_one_line(local, tmp_path):
         # Registered after the session's own exit hook, so it runs before it.
         "atexit.register(lambda: setattr(link, 'exiting', True))\n"
     )
+    # Bound, never listening, for as long as the script runs: connections are refused,
+    # and no other process can start listening there meanwhile.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         dead_port = sock.getsockname()[1]
-    done = subprocess.run([sys.executable, "-c", script, str(dead_port)], capture_output=True,
-                          text=True, env=env, timeout=60)
+        done = subprocess.run([sys.executable, "-c", script, str(dead_port)],
+                              capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     lines = [x for x in done.stderr.splitlines() if x.startswith("hubfsm: model")]
     assert len(lines) == 1 and "4 epochs of metrics not on the hub yet" in lines[0]

@@ -20,6 +20,7 @@ ROOT = HERE.parents[2]
 @pytest.mark.slow
 def test_sigterm_mid_save_says_only_what_sync_can_deliver(tmp_path):
     local = LocalHub(tmp_path / "hub").start()
+    held = tmp_path / "held"
     frozen = threading.Event()
     released = threading.Event()
 
@@ -27,6 +28,7 @@ def test_sigterm_mid_save_says_only_what_sync_can_deliver(tmp_path):
         def _relay(self):
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             if frozen.is_set():  # the hub stops answering: the worker waits in a request
+                held.touch()
                 released.wait(30)
                 return
             relay(self, "127.0.0.1", local.port, body)
@@ -42,7 +44,7 @@ def test_sigterm_mid_save_says_only_what_sync_can_deliver(tmp_path):
     url = f"http://127.0.0.1:{proxy.server_address[1]}"
     env = dict(os.environ, PYTHONPATH=str(ROOT), ULTRALYTICS_HUB_API=url,
                ULTRALYTICS_HUB_WEB=url, HUB_API_KEY=local.api_key,
-               HUBFSM_OUTBOX=str(tmp_path / "outbox"))
+               HUBFSM_OUTBOX=str(tmp_path / "outbox"), HELD=str(held))
     work = tmp_path / "work"
     work.mkdir()
     try:
@@ -53,7 +55,15 @@ def test_sigterm_mid_save_says_only_what_sync_can_deliver(tmp_path):
         first = trainer.stdout.readline()
         assert first.startswith("epoch 0"), trainer.stderr.read()
         model_id = first.split()[2]
-        time.sleep(0.5)  # epoch 0's checkpoint goes up at once
+        # Epoch 0 goes up at once, its checkpoint too, before the hub stops answering.
+        deadline = time.monotonic() + 30
+        while not (
+            local.hub.metrics(model_id)
+            and local.hub.record(model_id).get("checkpoint_epoch") == 0
+        ):
+            assert trainer.poll() is None, trainer.communicate()
+            assert time.monotonic() < deadline, "epoch 0 did not reach the hub"
+            time.sleep(0.02)
         frozen.set()
         trainer.stdin.write("\n")
         trainer.stdin.flush()
