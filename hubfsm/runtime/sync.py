@@ -352,9 +352,12 @@ def sync(
                 file=out,
             )
         except HubUnavailableError as exc:
+            # Its message says what failed and what to check ("cannot reach the hub
+            # (...); is the hub at ... running?"), so it leads, wrapped in nothing.
+            said = str(exc)
             print(
-                f"model {info.model_id}: could not reach the hub ({exc}); its records stay in "
-                f"{info.directory}; run sync again when the hub is back",
+                f"model {info.model_id}: {said}{' ' if said.endswith(('?', '.')) else '. '}"
+                f"Its records stay in {info.directory}; run sync again when the hub is back",
                 file=out,
             )
         except OutboxDamaged as exc:

@@ -584,7 +584,8 @@ def test_sync_tells_a_gone_model_from_an_unreachable_hub(
     down = f"http://127.0.0.1:{refused_port()}"
     unreachable = cli("sync", str(root), "--hub", down, env=env)
     assert unreachable.returncode == 1
-    assert "could not reach the hub" in unreachable.stdout
+    assert "cannot reach the hub (" in unreachable.stdout
+    assert "could not reach" not in unreachable.stdout  # said once, not wrapped again
     assert f"is the hub at {down} running?" in unreachable.stdout
     assert "Traceback" not in gone.stderr + unreachable.stderr
 

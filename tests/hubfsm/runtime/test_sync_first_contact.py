@@ -90,7 +90,7 @@ def test_sync_where_nothing_listens_fails_fast_naming_the_address_and_keeps_it_a
         assert took < 10.0, f"sync took {took:.1f}s: {said}"
         assert f"is the hub at {local.url} running?" in said, said
         assert "refused the connection" in said and "lost the hub" not in said, said
-        assert f"its records stay in {root / model_id}" in said, said
+        assert f"Its records stay in {root / model_id}" in said, said
         assert key not in said
         assert pending(root) == before  # nothing lost, nothing marked
         # The hub back, the same outbox is delivered.

@@ -28,6 +28,8 @@ def test_sync_spends_its_timeout_on_a_model_the_hub_will_not_open(tmp_path: Path
         started = time.monotonic()
         status = sync(tmp_path / "o", api_key=KEY, hub=root_of(server), timeout=3.0, out=out)
         took = time.monotonic() - started
-    assert status == 1 and "could not reach the hub" in out.getvalue(), out.getvalue()
+    said = out.getvalue()
+    assert status == 1 and "did not load or create the model within 3s" in said, said
+    assert "last failure: 429" in said and "Its records stay in" in said, said
     # Before, opening the model alone waited 120 s, whatever --timeout said.
     assert took < 8.0, took
