@@ -145,8 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         hub_sub,
         "serve",
-        "Serve the HUB REST API and model pages on this machine, with records in "
-        "SQLite and weights on disk; optionally inject faults.",
+        "Serve the HUB REST API (ultralytics up to 8.3: ULTRALYTICS_HUB_API), the "
+        "Platform API (ultralytics 8.4: ULTRALYTICS_PLATFORM_URL, with a key from `hubfsm "
+        "hub keys add --platform`) and the model pages on this machine, with records in SQLite and "
+        "weights on disk (or PostgreSQL and S3 for a team); optionally inject faults.",
         "hubfsm hub serve --data ./hub --port 8000 --fault-rate 0.2 --seed 1",
     )
     p.add_argument(
