@@ -247,7 +247,7 @@ def render_model(data: Mapping[str, Any]) -> str:
         f'<tbody id="weights-body">{weights}</tbody></table></div>'
     )
     config = "".join(
-        f'<tr data-how="{escape(how)}"><th>{escape(k)}</th><td>{escape(dumps(v))}</td>'
+        f'<tr data-how="{escape(how)}"><th>{escape(k)}</th><td>{escape(_arg_text(v))}</td>'
         f'<td class="hint">{escape(how)}</td></tr>'
         for k, v, how in param_rows(record)
     )
@@ -273,12 +273,7 @@ def render_model(data: Mapping[str, Any]) -> str:
         f'<section id="charts">{"" if names else "<p>No metrics yet.</p>"}</section>'
         f'<section class="card"><h2>Weights</h2>{weights_table}</section>'
         f'<section class="card two"><div><h2>Training arguments</h2>'
-        f'<table id="params">{config}</table>'
-        '<p class="hint">The HUB v1 wire format carries data, epochs, batch, imgsz, patience, '
-        "device and cache only (<em>wire</em>); a hubfsm session sends every other argument "
-        "beside them to any hub but the public one, and this hub keeps it (<em>hub only</em>). "
-        "<em>HUB default</em>: a value the trainer did not give, filled in as the official "
-        "client does.</p></div>"
+        f'<table id="params">{config}</table>{_params_hint(record)}</div>'
         f"<div><h2>Run</h2><table>{facts}</table></div></section>"
         f'<section class="card"><details id="metrics-details"><summary>Metrics table '
         f'(<span id="metrics-count">{len(data["metrics"])}</span> epochs)</summary>'
@@ -349,4 +344,28 @@ def session_bar(viewer: Viewer, token: str) -> str:
         f"Signed in as {who}{role} "
         f'<input type="hidden" name="{CSRF_FIELD}" value="{token}">'
         '<button type="submit">Sign out</button></form>'
+    )
+
+
+def _arg_text(value: object) -> str:
+    """A training argument as the table shows it: text as it is, any other value as JSON.
+
+    A Platform trainer sends every argument as text ("0.01", "True"): quoted, each read as
+    a string literal; and a HUB run's ``"coco8.yaml"`` reads better bare as well.
+    """
+    return value if isinstance(value, str) else dumps(value)
+
+
+def _params_hint(record: Mapping[str, Any]) -> str:
+    if record.get("protocol") == "platform":
+        return (
+            '<p class="hint">The Platform wire carries every training argument, as the '
+            "trainer's text (<em>wire</em>).</p>"
+        )
+    return (
+        '<p class="hint">The HUB v1 wire format carries data, epochs, batch, imgsz, patience, '
+        "device and cache only (<em>wire</em>); a hubfsm session sends every other argument "
+        "beside them to any hub but the public one, and this hub keeps it (<em>hub only</em>). "
+        "<em>HUB default</em>: a value the trainer did not give, filled in as the official "
+        "client does.</p>"
     )

@@ -172,9 +172,12 @@ def param_rows(record: Mapping[str, Any]) -> list[tuple[str, object, str]]:
 
     How: ``wire`` for an argument the HUB v1 create body carries, ``hub only`` for one a
     hubfsm session sent beside it (the wire has no room for it), ``HUB default`` for a wire
-    argument the trainer did not give (the official client fills these in).
+    argument the trainer did not give (the official client fills these in). A Platform
+    run's wire carries every argument (as text): each is ``wire``.
     """
     given = record.get("params")
+    if record.get("protocol") == "platform" and isinstance(given, Mapping):
+        return [(str(k), v, "wire") for k, v in given.items()]
     if not isinstance(given, Mapping):
         return [(str(k), v, "wire") for k, v in (record.get("train_args") or {}).items()]
     rows = [(str(k), v, "wire" if k in WIRE_ARGS else "hub only") for k, v in given.items()]

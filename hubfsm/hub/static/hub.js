@@ -40,6 +40,9 @@
   function tagsHtml(tags) {
     return (tags || []).map(function (t) { return "<span class=\"tag\">" + esc(t) + "</span>"; }).join("");
   }
+  // A training argument as the tables show it: text as it is (a Platform trainer sends
+  // every argument as text), any other value as JSON. Runs compare by what is shown.
+  function argText(v) { return typeof v === "string" ? v : JSON.stringify(v); }
   function fmt(v) { return v == null ? "-" : String(+v.toPrecision(5)); }
   function fmtValue(u, v) { return fmt(v); }
   // Seconds as people read a run's time: 45 s, 12.5 min, 3.2 h.
@@ -542,7 +545,7 @@
       var keys = {};
       runs.forEach(function (d) { Object.keys(d.summary.params || {}).forEach(function (k) { keys[k] = 1; }); });
       var differ = Object.keys(keys).filter(function (k) {
-        var seen = runs.map(function (d) { return JSON.stringify((d.summary.params || {})[k]); });
+        var seen = runs.map(function (d) { return argText((d.summary.params || {})[k]); });
         return seen.some(function (v) { return v !== seen[0]; });
       });
       var head = "<tr><th>run</th>" + runs.map(function (d) {
@@ -551,7 +554,7 @@
       var params = differ.map(function (k) {
         return "<tr><th>" + esc(k) + "</th>" + runs.map(function (d) {
           var v = (d.summary.params || {})[k];
-          return "<td>" + esc(v === undefined ? "-" : JSON.stringify(v)) + "</td>";
+          return "<td>" + esc(v === undefined ? "-" : argText(v)) + "</td>";
         }).join("") + "</tr>";
       }).join("");
       var same = Object.keys(keys).length - differ.length;

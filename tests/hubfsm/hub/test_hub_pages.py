@@ -287,6 +287,39 @@ def test_every_training_argument_a_session_gives_is_kept_shown_and_counted(
         "device": "HUB default",
         "cache": "HUB default",
     }
+    cells = dict(re.findall(r'<tr data-how="[^"]+"><th>([^<]+)</th><td>([^<]*)</td>', html))
+    assert (cells["data"], cells["lr0"]) == ("coco8.yaml", "0.02")  # text bare, numbers JSON
+
+
+def test_a_platform_runs_arguments_are_all_on_its_wire_and_shown_as_its_trainer_wrote_them(
+    local: LocalHub, tmp_path: Path
+) -> None:
+    from hubfsm.hub.keys import new_platform_key
+
+    key = new_platform_key()
+    local.hub.add_key(key, "laptop")
+    args = {"name": "run1", "epochs": 2, "lr0": 0.01, "amp": True, "fraction": None}
+    session = hubfsm.Session("alice/birds", api_key=key, api_root=local.url, config=FAST,
+                             outbox_dir=tmp_path / "outbox", protocol="platform",
+                             train_args=args)  # fmt: skip
+    session.start()
+    session.log_metrics({"loss": 1.0}, epoch=0)
+    assert session.flush(timeout=TIMEOUT)
+    model_id = session.model_id
+    session.close(timeout=5.0)
+    html = requests.get(f"{local.url}/models/{model_id}", timeout=TIMEOUT).text
+    rows = re.findall(r'<tr data-how="([^"]+)"><th>([^<]+)</th><td>([^<]*)</td>', html)
+    # The Platform wire sends every argument, as the trainer's text: no "hub only", and
+    # no quotes around each value, which made every one read as a string literal.
+    assert {name: (how, shown) for how, name, shown in rows} == {
+        "name": ("wire", "run1"),
+        "epochs": ("wire", "2"),
+        "lr0": ("wire", "0.01"),
+        "amp": ("wire", "True"),
+        "fraction": ("wire", "None"),
+    }
+    assert "Platform wire carries every training argument" in html
+    assert "HUB v1 wire format" not in html
 
 
 def test_a_run_still_training_without_planned_epochs_shows_no_total() -> None:
