@@ -95,23 +95,7 @@ def test_a_real_8_4_training_reports_every_epoch_and_the_weights_through_hubfsm(
 def test_a_kill_9_then_sync_loses_nothing_and_resume_continues_the_model(
     platform_ultralytics, platform, tmp_path
 ):
-    data = synthetic_dataset(tmp_path / "data")
-    env = _env(tmp_path, platform)
-    work = tmp_path / "work"
-    work.mkdir()
-    trainer = subprocess.Popen(
-        [sys.executable, str(HERE / "hubfsm_platform_worker.py"), str(data), "--hold"],
-        cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    try:
-        for line in trainer.stdout:
-            if line == "held\n":
-                break
-        else:
-            pytest.fail("the trainer ended before it was held")
-    finally:
-        os.kill(trainer.pid, signal.SIGKILL)
-        trainer.wait(timeout=30)
+    data, work, env = _kill_9_while_held(tmp_path, platform)
     [(model_id, model)] = _state(platform)["models"].items()
     assert model["runs"]["1"]["epochs"] == [0]  # epoch 1 came while Platform was down
     _control(platform, down=False)
@@ -123,11 +107,7 @@ def test_a_kill_9_then_sync_loses_nothing_and_resume_continues_the_model(
     run = _state(platform)["models"][model_id]["runs"]["1"]
     assert run["epochs"] == [0, 1] and run["promoted"]
     [last] = list(work.rglob("last.pt"))
-    done = subprocess.run(
-        [sys.executable, str(HERE / "hubfsm_platform_worker.py"), str(data), "--resume", str(last)],
-        cwd=work, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _resume(data, last, work, env)
     state = _state(platform)
     assert list(state["models"]) == [model_id]  # the same model, in a new run
     again = state["models"][model_id]["runs"]["2"]
@@ -137,32 +117,12 @@ def test_a_kill_9_then_sync_loses_nothing_and_resume_continues_the_model(
 def test_a_kill_9_then_resume_without_sync_goes_on_with_the_run_and_names_its_page(
     platform_ultralytics, platform, tmp_path
 ):
-    data = synthetic_dataset(tmp_path / "data")
-    env = _env(tmp_path, platform)
-    work = tmp_path / "work"
-    work.mkdir()
-    trainer = subprocess.Popen(
-        [sys.executable, str(HERE / "hubfsm_platform_worker.py"), str(data), "--hold"],
-        cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    try:
-        for line in trainer.stdout:
-            if line == "held\n":
-                break
-        else:
-            pytest.fail("the trainer ended before it was held")
-    finally:
-        os.kill(trainer.pid, signal.SIGKILL)
-        trainer.wait(timeout=30)
+    data, work, env = _kill_9_while_held(tmp_path, platform)
     [model_id] = _state(platform)["models"]
     _control(platform, down=False)
     [last] = list(work.rglob("last.pt"))
     # No sync: the resumed trainer sends what the outbox kept, on the run it belongs to.
-    done = subprocess.run(
-        [sys.executable, str(HERE / "hubfsm_platform_worker.py"), str(data), "--resume", str(last)],
-        cwd=work, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = _resume(data, last, work, env)
     model = _state(platform)["models"][model_id]
     assert list(model["runs"]) == ["1"]
     run = model["runs"]["1"]
@@ -204,3 +164,39 @@ def _control(platform: str, **values: object) -> None:
     )
     with urllib.request.urlopen(request, timeout=10):
         pass
+
+
+def _kill_9_while_held(tmp_path, platform):
+    """Train until the worker script holds (Platform down, epoch 1 unsent), then SIGKILL it.
+
+    Returns the dataset, the working directory and the environment, to resume with.
+    """
+    data = synthetic_dataset(tmp_path / "data")
+    env = _env(tmp_path, platform)
+    work = tmp_path / "work"
+    work.mkdir()
+    trainer = subprocess.Popen(
+        [sys.executable, str(HERE / "hubfsm_platform_worker.py"), str(data), "--hold"],
+        cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        for line in trainer.stdout:
+            if line == "held\n":
+                break
+        else:
+            pytest.fail("the trainer ended before it was held")
+    finally:
+        os.kill(trainer.pid, signal.SIGKILL)
+        trainer.wait(timeout=30)
+    return data, work, env
+
+
+def _resume(data, last, work, env):
+    """Train again from ``last`` with ``resume=True``; it must end well."""
+    done = subprocess.run(
+        [sys.executable, str(HERE / "hubfsm_platform_worker.py"), str(data), "--resume", str(last)],
+        cwd=work, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
