@@ -29,11 +29,11 @@ from hubfsm.core.values import (
     Start,
 )
 from hubfsm.durable.inbox import Inbox
+from hubfsm.durable.port import Durability
 from hubfsm.durable.weights import WeightFiles
 from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger
 from hubfsm.runtime.clocks import Clock
-from hubfsm.runtime.durability import Durability
 from hubfsm.transport import Outcome, Transport, TransportError
 
 if TYPE_CHECKING:

@@ -21,12 +21,12 @@ from hubfsm.durable.inbox import Inbox
 from hubfsm.durable.journal import JournalOpener
 from hubfsm.durable.layout import HubRoots
 from hubfsm.durable.outbox import Outbox
+from hubfsm.durable.port import Durability, OutboxOpener, Recovery
 from hubfsm.errors import HubfsmError, HubUnavailableError
 from hubfsm.logs import get_logger
 from hubfsm.runtime.clocks import Clock, RealClock
 from hubfsm.runtime.console import Console, hub_name
 from hubfsm.runtime.driver import Driver, Observer
-from hubfsm.runtime.durability import Durability, OutboxOpener, Recovery
 from hubfsm.runtime.inline import SimRunner
 from hubfsm.runtime.settings import Settings
 from hubfsm.runtime.worker import ThreadRunner

@@ -20,10 +20,10 @@ from hubfsm.core.engine import Core
 from hubfsm.core.identifier import Identifier
 from hubfsm.durable.inbox import Inbox
 from hubfsm.durable.layout import keep_record, kept_record
+from hubfsm.durable.port import Durability
 from hubfsm.env import OFFLINE as OFFLINE_ENV
 from hubfsm.errors import HubfsmError
 from hubfsm.runtime.driver import Driver
-from hubfsm.runtime.durability import Durability
 from hubfsm.runtime.settings import Settings
 from hubfsm.runtime.weight_cache import download_newest_weights, plan_of
 
