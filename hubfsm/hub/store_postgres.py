@@ -35,8 +35,17 @@ from hubfsm.hub.keys import KeyRecord
 from hubfsm.hub.objects_s3 import S3Objects
 from hubfsm.hub.postgres import Database
 from hubfsm.hub.store import Source, WeightsKind
-from hubfsm.hub.store_sqlite import key_of, model_of, page_query, record_text, reply_of
-from hubfsm.hub.stored import ModelRecord, Staged, StoredReply, WeightsInfo
+from hubfsm.hub.store_sqlite import page_query
+from hubfsm.hub.stored import (
+    ModelRecord,
+    Staged,
+    StoredReply,
+    WeightsInfo,
+    key_of,
+    model_of,
+    record_text,
+    reply_of,
+)
 from hubfsm.hub.uploads import UploadsInPostgres
 
 #: Seconds an idempotent reply is kept: a retry or an outbox replay within it is answered

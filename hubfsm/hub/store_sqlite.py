@@ -9,8 +9,11 @@ Layout under the data directory::
 
 A weight file is streamed to a temporary file in 1 MiB chunks, hashed on the way, flushed
 to disk and renamed over the old one, so a reader sees the old file or the new one, never
-half of one. The rows as records and the page query are written here once for both SQL
-stores (:mod:`hubfsm.hub.store_postgres` uses them too).
+half of one. The rename waits for the commit of its digest's row, which also records
+it as due (``renames``): a transaction rolled back renames nothing, and a process killed
+between the commit and the rename has it done when the store opens again, so a file
+and its row's digest always belong to one upload. The page query is written here once
+for both SQL stores (:mod:`hubfsm.hub.store_postgres` uses it too).
 """
 
 from __future__ import annotations
@@ -26,12 +29,19 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
-import attrs
-
 from hubfsm.digest import chunks, sha256_chunks
 from hubfsm.hub.keys import KeyRecord
 from hubfsm.hub.store import Source, WeightsKind
-from hubfsm.hub.stored import ModelRecord, Staged, StoredReply, WeightsInfo
+from hubfsm.hub.stored import (
+    ModelRecord,
+    Staged,
+    StoredReply,
+    WeightsInfo,
+    key_of,
+    model_of,
+    record_text,
+    reply_of,
+)
 from hubfsm.hub.uploads import UploadsInMemory
 
 _SCHEMA = """
@@ -49,6 +59,9 @@ CREATE TABLE IF NOT EXISTS replies (
 CREATE TABLE IF NOT EXISTS console (
     model_id TEXT NOT NULL, chunk_id INTEGER NOT NULL, lines INTEGER NOT NULL,
     content TEXT NOT NULL, PRIMARY KEY (model_id, chunk_id));
+CREATE TABLE IF NOT EXISTS renames (
+    model_id TEXT NOT NULL, kind TEXT NOT NULL, staged TEXT NOT NULL,
+    PRIMARY KEY (model_id, kind));
 CREATE TABLE IF NOT EXISTS keys (
     digest TEXT PRIMARY KEY, created_at REAL NOT NULL, record TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS models_created ON models (created_at, id);
@@ -73,6 +86,10 @@ class SqliteStore:
         os.close(os.open(self.data_dir / "hub.sqlite3", os.O_RDWR | os.O_CREAT, 0o600))
         self._lock = threading.RLock()
         self._depth = 0
+        # Renames of committed weight files, done once the outermost transaction commits,
+        # and the staged files among them discarded meanwhile: deleted if it rolls back.
+        self._after_commit: list[tuple[str, WeightsKind, str]] = []
+        self._discard_later: list[str] = []
         self.uploads = UploadsInMemory(self.discard_weights)
         # Autocommit mode: transactions are begun and ended explicitly below.
         self._db = sqlite3.connect(
@@ -86,7 +103,11 @@ class SqliteStore:
         self._db.executescript(_SCHEMA)
         _add_request_digests(self._db)
         _add_arrival_times(self._db)
-        # Leftovers of uploads cut short by a crash are never committed.
+        # Renames a kill cut off after their commit are done first; what is left in the
+        # staging folder then belongs to uploads cut short, never committed.
+        due = self._db.execute("SELECT model_id, kind, staged FROM renames").fetchall()
+        for model_id, kind, staged in due:
+            self._rename(str(model_id), kind, str(staged))
         for leftover in self._staging.iterdir():
             leftover.unlink(missing_ok=True)
 
@@ -103,11 +124,25 @@ class SqliteStore:
             except BaseException:
                 self._depth -= 1
                 if outermost:
+                    self._renames_undone()
                     self._db.execute("ROLLBACK")
                 raise
             self._depth -= 1
             if outermost:
-                self._db.execute("COMMIT")
+                try:
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._renames_undone()
+                    raise
+                due, self._after_commit, self._discard_later = self._after_commit, [], []
+                for model_id, kind, staged in due:
+                    self._rename(model_id, kind, staged)
+
+    def _renames_undone(self) -> None:
+        """The transaction did not commit: its files stay staged, the discarded ones go."""
+        for path in self._discard_later:
+            Path(path).unlink(missing_ok=True)
+        self._after_commit, self._discard_later = [], []
 
     def _write(self, sql: str, params: tuple[object, ...]) -> sqlite3.Cursor:
         with self.transaction():
@@ -210,21 +245,40 @@ class SqliteStore:
         return Staged(sha, size, path)
 
     def commit_weights(self, model_id: str, kind: WeightsKind, staged: Staged) -> None:
-        """Rename the staged file into place and record its digest."""
+        """Record the staged file's digest; it is renamed into place once that commits."""
         assert isinstance(staged.handle, str)
-        folder = self._weights_dir / model_id
-        folder.mkdir(exist_ok=True)
         with self.transaction():
             self._db.execute(
                 "INSERT OR REPLACE INTO weights (model_id, kind, sha256, size) VALUES (?, ?, ?, ?)",
                 (model_id, kind, staged.sha256, staged.size),
             )
-            os.replace(staged.handle, folder / f"{kind}.pt")
-        _fsync_dir(folder)
+            self._db.execute(
+                "INSERT OR REPLACE INTO renames (model_id, kind, staged) VALUES (?, ?, ?)",
+                (model_id, kind, staged.handle),
+            )
+            self._after_commit.append((model_id, kind, staged.handle))
+
+    def _rename(self, model_id: str, kind: str, staged: str) -> None:
+        """Move a committed file into place (if still staged) and forget that it was due."""
+        if os.path.exists(staged):
+            folder = self._weights_dir / model_id
+            folder.mkdir(exist_ok=True)
+            os.replace(staged, folder / f"{kind}.pt")
+            _fsync_dir(folder)
+        self._db.execute(
+            "DELETE FROM renames WHERE model_id = ? AND kind = ? AND staged = ?",
+            (model_id, kind, staged),
+        )
 
     def discard_weights(self, staged: Staged) -> None:
-        """Delete the staged file, if it is still there."""
+        """Delete the staged file, if it is still there and not committed."""
         assert isinstance(staged.handle, str)
+        with self._lock:
+            if any(staged.handle == due for _, _, due in self._after_commit):
+                # Committed inside a transaction still open: it goes into place at its
+                # commit, or is deleted if it rolls back.
+                self._discard_later.append(staged.handle)
+                return
         Path(staged.handle).unlink(missing_ok=True)
 
     def weights_info(self, model_id: str, kind: WeightsKind) -> WeightsInfo | None:
@@ -309,29 +363,6 @@ class SqliteStore:
         """Close the database connection."""
         with self._lock:
             self._db.close()
-
-
-def record_text(record: ModelRecord | KeyRecord) -> str:
-    """A model's or a key's record as the JSON text a SQL store keeps in its row."""
-    return json.dumps(attrs.asdict(record), sort_keys=True)
-
-
-def model_of(text: str) -> ModelRecord:
-    """The model record a row's JSON text holds."""
-    fields = {f.name for f in attrs.fields(ModelRecord)}
-    # Ignore keys a newer version may have written, so an old hub still opens the data.
-    return ModelRecord(**{k: v for k, v in json.loads(text).items() if k in fields})
-
-
-def key_of(text: str) -> KeyRecord:
-    """The key record a row's JSON text holds."""
-    return KeyRecord(**json.loads(text))
-
-
-def reply_of(row: tuple[object, ...]) -> StoredReply:
-    """The reply a ``(status, body, request)`` row of ``replies`` holds."""
-    status, body, request = row
-    return StoredReply(int(str(status)), json.loads(str(body)), str(request))
 
 
 def page_query(

@@ -1,15 +1,19 @@
 """What a hub store keeps: model records, weight files' digests, staged files, replies.
 
 The values the stores (:mod:`hubfsm.hub.store` and the SQLite and PostgreSQL ones) take
-and give back; the domain (:mod:`hubfsm.hub.domain`) makes and reads them.
+and give back; the domain (:mod:`hubfsm.hub.domain`) makes and reads them. The SQL
+stores keep records and replies as the JSON texts made and read at the end.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
 import attrs
+
+from hubfsm.hub.keys import KeyRecord
 
 
 def _tuple_of_list(value: Any) -> Any:
@@ -145,3 +149,26 @@ class StoredReply:
     status: int
     body: dict[str, Any]
     request: str = ""
+
+
+def record_text(record: ModelRecord | KeyRecord) -> str:
+    """A model's or a key's record as the JSON text a SQL store keeps in its row."""
+    return json.dumps(attrs.asdict(record), sort_keys=True)
+
+
+def model_of(text: str) -> ModelRecord:
+    """The model record a row's JSON text holds."""
+    fields = {f.name for f in attrs.fields(ModelRecord)}
+    # Ignore keys a newer version may have written, so an old hub still opens the data.
+    return ModelRecord(**{k: v for k, v in json.loads(text).items() if k in fields})
+
+
+def key_of(text: str) -> KeyRecord:
+    """The key record a row's JSON text holds."""
+    return KeyRecord(**json.loads(text))
+
+
+def reply_of(row: tuple[object, ...]) -> StoredReply:
+    """The reply a ``(status, body, request)`` row of ``replies`` holds."""
+    status, body, request = row
+    return StoredReply(int(str(status)), json.loads(str(body)), str(request))

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +19,8 @@ from hubfsm.hub.store import MemoryStore, Store
 from hubfsm.hub.store_sqlite import SqliteStore
 from hubfsm.hub.stored import ModelRecord, StoredReply
 from tests.support import KEY
+
+ROOT = Path(__file__).parents[3]
 
 
 def _open(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
@@ -203,6 +209,75 @@ def test_transaction_rolls_back_on_error(durable_store: Store) -> None:
         raise RuntimeError("boom")
     assert store.get_model("a" * 20) is None
     assert store.get_metrics("a" * 20) == []
+
+
+def test_weights_committed_in_a_transaction_rolled_back_stay_as_they_were(
+    durable_store: Store,
+) -> None:
+    store = durable_store
+    store.commit_weights("m", "last", store.stage_weights(b"old"))
+    newer = store.stage_weights(b"newer")
+    with pytest.raises(RuntimeError), store.transaction():
+        store.commit_weights("m", "last", newer)
+        raise RuntimeError("the record's write failed")
+    store.discard_weights(newer)  # as the hub does after any upload
+    info = store.weights_info("m", "last")
+    assert info is not None and info.sha256 == hashlib.sha256(b"old").hexdigest()
+    assert read(store.open_weights("m", "last")) == b"old"
+    # Discarded inside the transaction, as a Platform run's final weights are: the file
+    # goes into place if it commits, and is gone if it does not.
+    for fails in (True, False):
+        newest = store.stage_weights(b"newest")
+        with contextlib.suppress(RuntimeError), store.transaction():
+            store.commit_weights("m", "last", newest)
+            store.discard_weights(newest)
+            if fails:
+                raise RuntimeError("the record's write failed")
+        assert read(store.open_weights("m", "last")) == (b"old" if fails else b"newest")
+        if isinstance(store, SqliteStore):
+            assert list((store.data_dir / "weights" / ".staging").iterdir()) == []
+
+
+#: A process that commits a second ``last.pt`` and is SIGKILLed at the file's rename:
+#: ``after`` the rename happened, or ``instead`` of it (after the digest's commit).
+KILLED_AT_RENAME = """
+import os, signal, sys
+from hubfsm.hub import store_sqlite
+store = store_sqlite.SqliteStore(sys.argv[1])
+store.commit_weights("m", "last", store.stage_weights(b"first"))
+real = os.replace
+def replace(src, dst):
+    if sys.argv[2] == "after":
+        real(src, dst)
+    os.kill(os.getpid(), signal.SIGKILL)
+store_sqlite.os.replace = replace
+store.commit_weights("m", "last", store.stage_weights(b"second"))
+"""
+
+
+@pytest.mark.parametrize("when", ["after", "instead"])
+def test_a_sqlite_hub_killed_at_a_weight_files_rename_keeps_file_and_digest_together(
+    tmp_path: Path, when: str
+) -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_AT_RENAME, str(tmp_path), when],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()
+    store = SqliteStore(tmp_path)
+    try:
+        found = store.read_weights("m", "last")
+        assert found is not None
+        info, content = found
+        # The digest was committed before the kill: the file is the second one.
+        assert read(content) == b"second"
+        assert info.sha256 == hashlib.sha256(b"second").hexdigest()
+        assert list((tmp_path / "weights" / ".staging").iterdir()) == []
+    finally:
+        store.close()
 
 
 def test_sqlite_survives_a_restart(tmp_path: Path) -> None:
