@@ -3,6 +3,7 @@
 Layout under the data directory::
 
     hub.sqlite3                  records, metrics, console output, weight digests, replies
+    hub.lock                     held (shared) by every process that has the store open
     weights/<model>/last.pt      the last epoch checkpoint
     weights/<model>/best.pt      the final weights
     weights/.staging/            uploads being received (renamed into place when complete)
@@ -19,6 +20,7 @@ for both SQL stores (:mod:`hubfsm.hub.store_postgres` uses it too).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -103,13 +105,19 @@ class SqliteStore:
         self._db.executescript(_SCHEMA)
         _add_request_digests(self._db)
         _add_arrival_times(self._db)
-        # Renames a kill cut off after their commit are done first; what is left in the
-        # staging folder then belongs to uploads cut short, never committed.
-        due = self._db.execute("SELECT model_id, kind, staged FROM renames").fetchall()
-        for model_id, kind, staged in due:
-            self._rename(str(model_id), kind, str(staged))
-        for leftover in self._staging.iterdir():
-            leftover.unlink(missing_ok=True)
+        # Every open store holds a shared lock on the data directory. Only one that is
+        # alone in it (no hub serving, no other command) finishes what a killed process
+        # left: another's renames and staged uploads may be under way. The renames a kill
+        # cut off after their commit go first; what is left staged then belongs to
+        # uploads cut short, never committed.
+        self._alone_fd = os.open(self.data_dir / "hub.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        if _alone(self._alone_fd):
+            due = self._db.execute("SELECT model_id, kind, staged FROM renames").fetchall()
+            for model_id, kind, staged in due:
+                self._rename(str(model_id), kind, str(staged))
+            for leftover in self._staging.iterdir():
+                leftover.unlink(missing_ok=True)
+        fcntl.flock(self._alone_fd, fcntl.LOCK_SH)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -363,6 +371,9 @@ class SqliteStore:
         """Close the database connection."""
         with self._lock:
             self._db.close()
+            if self._alone_fd >= 0:
+                os.close(self._alone_fd)
+                self._alone_fd = -1
 
 
 def page_query(
@@ -395,6 +406,15 @@ def page_query(
     clause = f"WHERE {' AND '.join(where)} " if where else ""
     sql = f"SELECT record FROM models {clause}ORDER BY created_at DESC, id DESC LIMIT {mark}"
     return sql, (*params, limit)
+
+
+def _alone(fd: int) -> bool:
+    """Whether no other store has the data directory open (``fd`` its lock file)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held (or locks unsupported: then nothing is cleared)
+        return False
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:

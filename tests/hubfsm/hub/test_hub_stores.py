@@ -280,6 +280,26 @@ def test_a_sqlite_hub_killed_at_a_weight_files_rename_keeps_file_and_digest_toge
         store.close()
 
 
+def test_a_sqlite_store_opened_beside_a_serving_one_leaves_its_uploads_alone(
+    tmp_path: Path,
+) -> None:
+    # `hubfsm hub keys add` opens the store of a hub that is serving: what the hub is
+    # receiving meanwhile must still go into place.
+    serving = SqliteStore(tmp_path)
+    staged = serving.stage_weights(b"arriving")
+    beside = SqliteStore(tmp_path)
+    beside.close()
+    serving.commit_weights("m", "last", staged)
+    serving.discard_weights(staged)
+    found = serving.read_weights("m", "last")
+    assert found is not None and read(found[1]) == b"arriving"
+    serving.close()
+    # Alone again, a store opened clears what uploads cut short left.
+    (tmp_path / "weights" / ".staging" / "x.part").write_bytes(b"partial")
+    SqliteStore(tmp_path).close()
+    assert list((tmp_path / "weights" / ".staging").iterdir()) == []
+
+
 def test_sqlite_survives_a_restart(tmp_path: Path) -> None:
     hub = Hub(SqliteStore(tmp_path), keys=[KEY])
     reply = hub.handle(
