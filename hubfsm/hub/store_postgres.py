@@ -35,7 +35,6 @@ from hubfsm.hub.keys import KeyRecord
 from hubfsm.hub.objects_s3 import S3Objects
 from hubfsm.hub.postgres import Database
 from hubfsm.hub.store import Source, WeightsKind
-from hubfsm.hub.store_sqlite import page_query
 from hubfsm.hub.stored import (
     ModelRecord,
     Staged,
@@ -43,6 +42,7 @@ from hubfsm.hub.stored import (
     WeightsInfo,
     key_of,
     model_of,
+    page_query,
     record_text,
     reply_of,
 )

@@ -13,8 +13,7 @@ to disk and renamed over the old one, so a reader sees the old file or the new o
 half of one. The rename waits for the commit of its digest's row, which also records
 it as due (``renames``): a transaction rolled back renames nothing, and a process killed
 between the commit and the rename has it done when the store opens again, so a file
-and its row's digest always belong to one upload. The page query is written here once
-for both SQL stores (:mod:`hubfsm.hub.store_postgres` uses it too).
+and its row's digest always belong to one upload.
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ from hubfsm.hub.stored import (
     WeightsInfo,
     key_of,
     model_of,
+    page_query,
     record_text,
     reply_of,
 )
@@ -374,38 +374,6 @@ class SqliteStore:
             if self._alone_fd >= 0:
                 os.close(self._alone_fd)
                 self._alone_fd = -1
-
-
-def page_query(
-    limit: int, before: tuple[float, str] | None, owner: str | None, owner_of: str, mark: str
-) -> tuple[str, tuple[object, ...]]:
-    """The query of a page of models (see :meth:`~hubfsm.hub.store.Store.page_models`).
-
-    It walks the ``(created_at, id)`` index from ``before`` and stops after ``limit`` rows,
-    so a page costs the same however many models the hub holds.
-
-    Args:
-        limit: Rows at most.
-        before: The ``(created_at, id)`` the page starts below, or None for the newest.
-        owner: Only this key's models, or None for all.
-        owner_of: The SQL expression of a row's owner (each database reads JSON its way).
-        mark: The database's parameter placeholder.
-
-    Returns:
-        The statement and its parameters.
-    """
-    where: list[str] = []
-    params: list[object] = []
-    if before is not None:
-        where.append(f"(created_at, id) < ({mark}, {mark})")
-        params += [before[0], before[1]]
-    if owner is not None:
-        where.append(f"{owner_of} = {mark}")
-        params.append(owner)
-    # Only the fixed clauses above are joined in; every value is a parameter.
-    clause = f"WHERE {' AND '.join(where)} " if where else ""
-    sql = f"SELECT record FROM models {clause}ORDER BY created_at DESC, id DESC LIMIT {mark}"
-    return sql, (*params, limit)
 
 
 def _alone(fd: int) -> bool:

@@ -2,7 +2,8 @@
 
 The values the stores (:mod:`hubfsm.hub.store` and the SQLite and PostgreSQL ones) take
 and give back; the domain (:mod:`hubfsm.hub.domain`) makes and reads them. The SQL
-stores keep records and replies as the JSON texts made and read at the end.
+stores keep records and replies as the JSON texts made and read at the end, and page
+through models with one query written once for both.
 """
 
 from __future__ import annotations
@@ -172,3 +173,35 @@ def reply_of(row: tuple[object, ...]) -> StoredReply:
     """The reply a ``(status, body, request)`` row of ``replies`` holds."""
     status, body, request = row
     return StoredReply(int(str(status)), json.loads(str(body)), str(request))
+
+
+def page_query(
+    limit: int, before: tuple[float, str] | None, owner: str | None, owner_of: str, mark: str
+) -> tuple[str, tuple[object, ...]]:
+    """The query of a page of models (see :meth:`~hubfsm.hub.store.Store.page_models`).
+
+    It walks the ``(created_at, id)`` index from ``before`` and stops after ``limit`` rows,
+    so a page costs the same however many models the hub holds.
+
+    Args:
+        limit: Rows at most.
+        before: The ``(created_at, id)`` the page starts below, or None for the newest.
+        owner: Only this key's models, or None for all.
+        owner_of: The SQL expression of a row's owner (each database reads JSON its way).
+        mark: The database's parameter placeholder.
+
+    Returns:
+        The statement and its parameters.
+    """
+    where: list[str] = []
+    params: list[object] = []
+    if before is not None:
+        where.append(f"(created_at, id) < ({mark}, {mark})")
+        params += [before[0], before[1]]
+    if owner is not None:
+        where.append(f"{owner_of} = {mark}")
+        params.append(owner)
+    # Only the fixed clauses above are joined in; every value is a parameter.
+    clause = f"WHERE {' AND '.join(where)} " if where else ""
+    sql = f"SELECT record FROM models {clause}ORDER BY created_at DESC, id DESC LIMIT {mark}"
+    return sql, (*params, limit)
