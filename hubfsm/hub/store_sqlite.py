@@ -29,6 +29,7 @@ from typing import IO
 import attrs
 
 from hubfsm.digest import chunks, sha256_chunks
+from hubfsm.errors import HubfsmError
 from hubfsm.hub.keys import KeyRecord
 from hubfsm.hub.store import Source, WeightsKind
 from hubfsm.hub.stored import ModelRecord, Staged, StoredReply, WeightsInfo
@@ -81,11 +82,17 @@ class SqliteStore:
             isolation_level=None,
             timeout=10.0,
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        _add_request_digests(self._db)
-        _add_arrival_times(self._db)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            _add_request_digests(self._db)
+            _add_arrival_times(self._db)
+        except sqlite3.Error as error:
+            # A full disk, a file that is no database: one line for the operator.
+            self._db.close()
+            path = self.data_dir / "hub.sqlite3"
+            raise HubfsmError(f"cannot open the hub's database {path}: {error}") from None
         # Leftovers of uploads cut short by a crash are never committed.
         for leftover in self._staging.iterdir():
             leftover.unlink(missing_ok=True)
