@@ -3,6 +3,7 @@
 Layout under the data directory::
 
     hub.sqlite3                  records, metrics, console output, weight digests, replies
+    hub.lock                     held (shared) by every process that has the store open
     weights/<model>/last.pt      the last epoch checkpoint
     weights/<model>/best.pt      the final weights
     weights/.staging/            uploads being received (renamed into place when complete)
@@ -16,6 +17,7 @@ stores (:mod:`hubfsm.hub.store_postgres` uses them too).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -93,9 +95,7 @@ class SqliteStore:
             self._db.close()
             path = self.data_dir / "hub.sqlite3"
             raise HubfsmError(f"cannot open the hub's database {path}: {error}") from None
-        # Leftovers of uploads cut short by a crash are never committed.
-        for leftover in self._staging.iterdir():
-            leftover.unlink(missing_ok=True)
+        self._held = _open_shared(self.data_dir / "hub.lock", self._staging)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -313,9 +313,12 @@ class SqliteStore:
         return [key_of(str(row[0])) for row in rows]
 
     def close(self) -> None:
-        """Close the database connection."""
+        """Close the database connection, and let the data directory go."""
         with self._lock:
             self._db.close()
+            if self._held >= 0:
+                os.close(self._held)
+            self._held = -1
 
 
 def record_text(record: ModelRecord | KeyRecord) -> str:
@@ -371,6 +374,21 @@ def page_query(
     clause = f"WHERE {' AND '.join(where)} " if where else ""
     sql = f"SELECT record FROM models {clause}ORDER BY created_at DESC, id DESC LIMIT {mark}"
     return sql, (*params, limit)
+
+
+def _open_shared(lock: Path, staging: Path) -> int:
+    """Hold ``lock`` shared; alone with the data directory, clear ``staging`` first.
+
+    Another process with the store open (a hub, ``hubfsm hub keys``) may be receiving an
+    upload there: only the sole holder knows its files for leftovers of a crash.
+    """
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    with contextlib.suppress(BlockingIOError):  # not alone: the leftovers can wait
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for leftover in staging.iterdir():
+            leftover.unlink(missing_ok=True)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while another clears its leftovers
+    return fd
 
 
 def _fsync_dir(folder: Path) -> None:

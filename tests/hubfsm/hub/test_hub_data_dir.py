@@ -1,22 +1,28 @@
 """A local hub's data directory as operators treat it: a full disk when the hub first
-starts."""
+starts, ``hubfsm hub keys`` or a second hub opening it while an upload is received."""
 
 from __future__ import annotations
 
 import errno
+import io
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from hubfsm.cli.main import main
-from hubfsm.hub import keys
+from hubfsm.hub import admin, keys
 from hubfsm.hub.server import LocalHub
 from tests.services import tmpfs_refusal
 
 ROOT = Path(__file__).parents[3]
+TIMEOUT = 10
+CREATE = {"lineage": {"architecture": {"name": "yolov8n"}}, "meta": {"name": "kept"}}
 
 
 def _full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,6 +86,66 @@ def test_a_key_file_made_by_another_start_meanwhile_is_the_one_kept(tmp_path: Pa
 
     assert keys._kept(path, made_meanwhile) == ("a" * 42, False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["api_key"]
+
+
+def _upload_head(port: int, model_id: str, key: str, length: int) -> bytes:
+    return (
+        f"POST /v1/models/{model_id}/upload HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"x-api-key: {key}\r\nIdempotency-Key: upload-1\r\n"
+        "Content-Type: multipart/form-data; boundary=bnd\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def _upload_body(weights: bytes) -> bytes:
+    fields = b"".join(
+        b'--bnd\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % pair
+        for pair in ((b"epoch", b"1"), (b"type", b"epoch"), (b"isBest", b"False"))
+    )
+    part = (
+        b'--bnd\r\nContent-Disposition: form-data; name="last.pt"; filename="last.pt"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n"
+    )
+    return fields + part + weights + b"\r\n--bnd--\r\n"
+
+
+def test_opening_the_data_directory_beside_the_hub_leaves_an_upload_being_received(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "hub"
+    weights = os.urandom(1 << 20)
+    body = _upload_body(weights)
+    with LocalHub(data) as local:
+        created = requests.post(
+            f"{local.url}/v1/models", json=CREATE, headers={"x-api-key": local.api_key},
+            timeout=TIMEOUT,
+        )
+        model_id = created.json()["data"]["id"]
+        staging = data / "weights" / ".staging"
+        with socket.create_connection(("127.0.0.1", local.port), timeout=TIMEOUT) as sock:
+            sock.sendall(_upload_head(local.port, model_id, local.api_key, len(body)))
+            sock.sendall(body[: len(body) // 2])
+            for _ in range(200):  # the hub receives the first half into its staging folder
+                if any(p.stat().st_size > 0 for p in staging.iterdir()):
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail("the hub received nothing of the upload")
+            # The operator lists the keys, then a second hub starts on the same data.
+            admin.listing(data, out=io.StringIO())
+            with LocalHub(data):
+                pass
+            sock.sendall(body[len(body) // 2 :])
+            reply = sock.recv(65536)
+        # Before, either one cleared the staging folder: 500, and the upload sent again.
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+        download = local.hub.weights(model_id, "last")
+        assert download is not None
+    again = LocalHub(data)
+    (staging / "left-by-a-crash.part").write_bytes(b"partial")
+    with again:
+        # Alone with the directory, a start still clears what a crash left there.
+        assert list(staging.iterdir()) == []
 
 
 @pytest.mark.slow
