@@ -233,7 +233,7 @@ def _kept(path: Path, make: Callable[[], str]) -> tuple[str, bool]:
         OSError: The file cannot be read or written; its ``filename`` is ``path``.
     """
     with contextlib.suppress(FileNotFoundError):
-        return path.read_text(encoding="ascii").strip(), False
+        return _read(path), False
     text = make()
     temporary: str | None = None
     try:
@@ -244,7 +244,7 @@ def _kept(path: Path, make: Callable[[], str]) -> tuple[str, bool]:
             os.fsync(out.fileno())
         os.link(temporary, path)
     except FileExistsError:
-        return path.read_text(encoding="ascii").strip(), False  # another made it first
+        return _read(path), False  # another made it first
     except OSError as error:
         # A write's error names no file, a temporary file's the wrong one: name this one.
         raise OSError(error.errno, error.strerror, str(path)) from None
@@ -252,6 +252,13 @@ def _kept(path: Path, make: Callable[[], str]) -> tuple[str, bool]:
         if temporary is not None:
             os.unlink(temporary)
     return text, True
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} holds bytes no hub wrote (not ASCII text)") from None
 
 
 #: How long a signed URL stays valid by default: a day, like a long training's resume.

@@ -76,6 +76,18 @@ def test_a_database_the_hub_cannot_open_is_one_line(
     assert err == f"error: cannot open the hub's database {path}: file is not a database\n"
 
 
+def test_a_key_file_of_other_bytes_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "hub"
+    data.mkdir()
+    (data / "api_key").write_bytes(b"\xff\xfe key")
+    assert main(["hub", "keys", "add", "--data", str(data)]) == 2
+    # Before: "error: 'ascii' codec can't decode byte 0xff in position 0: ...", no file.
+    err = capsys.readouterr().err
+    assert err == f"error: {data / 'api_key'} holds bytes no hub wrote (not ASCII text)\n"
+
+
 def test_a_key_file_made_by_another_start_meanwhile_is_the_one_kept(tmp_path: Path) -> None:
     path = tmp_path / "api_key"
 
