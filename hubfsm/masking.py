@@ -6,7 +6,15 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["MIN_RUN", "mask_key", "redact", "redact_value", "show_untrusted", "show_url"]
+__all__ = [
+    "MIN_RUN",
+    "mask_key",
+    "one_line",
+    "redact",
+    "redact_value",
+    "show_untrusted",
+    "show_url",
+]
 
 _VISIBLE = 4
 
@@ -102,6 +110,17 @@ def show_untrusted(value: Any, *, limit: int = 24) -> str:
     if len(value) <= limit:
         return repr(value)
     return f"{value[:limit]!r}\u2026 ({len(value)} characters)"
+
+
+def one_line(text: str, *, limit: int = 300) -> str:
+    """Untrusted text (a hub's message) as one printable line of at most ``limit`` characters.
+
+    Runs of whitespace become one space and any other character that is not printable
+    (escape sequences, bidirectional overrides) ``?``: what a hub says reaches a terminal,
+    where it must not clear the screen, colour it or forge a line of its own.
+    """
+    line = "".join(c if c.isprintable() else "?" for c in " ".join(text.split()))
+    return line if len(line) <= limit else line[: limit - 1] + "\u2026"
 
 
 def show_url(url: str, *, limit: int = 200) -> str:

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from hubfsm.masking import one_line
+
 #: How a request failed to get an answer. ``connect``: no connection (a route problem, a
 #: dropped connection); ``refused``: the host said nothing listens on the port; ``dns``:
 #: the host name does not resolve;
@@ -110,9 +112,9 @@ class Response:
 
     @property
     def message(self) -> str:
-        """The envelope's ``message``, or an empty string."""
+        """The envelope's ``message`` as one printable line (it reaches terminals), or ``""``."""
         message = self.body.get("message")
-        return message if isinstance(message, str) else ""
+        return one_line(message) if isinstance(message, str) else ""
 
 
 class TransportError(Exception):

@@ -32,6 +32,7 @@ from hubfsm.hub.access import GUARD_HEADERS, PageAccess
 from hubfsm.hub.bodies import (
     BodyError,
     BodyLimits,
+    Received,
     api_key_of,
     bad_length,
     bare_call,
@@ -163,6 +164,7 @@ class HubApp:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         """Serve one WSGI request."""
+        received = Received.watch(environ)
         request = Request(environ)
         started = time.perf_counter()
         fault = NO_FAULT
@@ -192,6 +194,10 @@ class HubApp:
                 response = _json(fail(500, "internal error in the local hub"))
         finally:
             request.close()
+        if received is not None and received.cut and response.status_code == 400:
+            # Not malformed, cut: a 400 would be the hub's word that the request is wrong.
+            close_after(environ)
+            response = _json(received.reply())
         # Every answer, the API's too: what a page is, a browser may be tricked into opening.
         response.headers.update(GUARD_HEADERS)
         _log.info(

@@ -259,6 +259,70 @@ def api_key_of(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
+class Received:
+    """The body a request declared (its ``Content-Length``), counted as the app reads it.
+
+    A body that ends before its length is cut, not malformed: the client went away, or
+    the server stopped while reading it (cheroot cuts a request still running a second
+    into a stop). Its answer must not be a 400 a client takes for the hub's word on the
+    request; see :meth:`answer`.
+    """
+
+    def __init__(self, stream: Any, length: int) -> None:
+        self._stream = stream
+        self._length = length
+        self.taken = 0
+        self.cut = False
+
+    @classmethod
+    def watch(cls, environ: dict[str, Any]) -> Received | None:
+        """Count the body of the request in ``environ`` from now on, if it declared one."""
+        declared = str(environ.get("CONTENT_LENGTH") or "")
+        if not (declared.isascii() and declared.isdigit()) or "wsgi.input" not in environ:
+            return None
+        watched = environ["wsgi.input"] = cls(environ["wsgi.input"], int(declared))
+        return watched
+
+    def read(self, size: int | None = None) -> bytes:
+        """Read as the stream does, noting an end before the declared length.
+
+        The server's stream blocks until it has the bytes asked for or the connection
+        ended, so fewer bytes than asked (of those still due) is the end.
+        """
+        due = self._length - self.taken
+        want = due if size is None or size < 0 else min(size, due)
+        try:
+            data: bytes = self._stream.read() if size is None else self._stream.read(size)
+        except OSError:
+            self.cut = True
+            raise
+        self.taken += len(data)
+        self.cut = self.cut or len(data) < want
+        return data
+
+    def readline(self, size: int | None = None) -> bytes:
+        """Read a line as the stream does, noting an end before the declared length."""
+        try:
+            data: bytes = self._stream.readline() if size is None else self._stream.readline(size)
+        except OSError:
+            self.cut = True
+            raise
+        self.taken += len(data)
+        self.cut = self.cut or (not data and size != 0 and self.taken < self._length)
+        return data
+
+    def reply(self) -> HubReply:
+        """The 503 a request whose body was cut gets instead of a 400.
+
+        Clients retry a 503 under the same key: the hub never read the request.
+        """
+        return fail(
+            503,
+            f"the request's body broke off after {self.taken} of {self._length} bytes "
+            "(the connection was cut); nothing of it was kept",
+        )
+
+
 def bare_call(request: Request) -> HubCall:
     """The request as a hub call without its body."""
     headers = request.headers

@@ -19,6 +19,7 @@ holding the URL may use it until it expires; changing any part of it breaks the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import math
@@ -26,6 +27,7 @@ import os
 import re
 import secrets
 import string
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -221,15 +223,42 @@ def load_or_create_key(path: Path) -> str:
 
 
 def _kept(path: Path, make: Callable[[], str]) -> tuple[str, bool]:
-    """The text kept in ``path``, and whether it was made now (by ``make``, mode 0600)."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text(encoding="ascii").strip(), False
+    """The text kept in ``path``, and whether it was made now (by ``make``, mode 0600).
+
+    The text is written whole under a temporary name and linked into place: a full disk
+    or a crash mid-write leaves no empty file that every later start would refuse, and a
+    hub starting beside another reads the other's text, never a file not yet written.
+
+    Raises:
+        OSError: The file cannot be read or written; its ``filename`` is ``path``.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        return _read(path), False
     text = make()
-    with os.fdopen(fd, "w", encoding="ascii") as out:
-        out.write(text + "\n")
+    temporary: str | None = None
+    try:
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w", encoding="ascii") as out:  # mkstemp makes it mode 0600
+            out.write(text + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.link(temporary, path)
+    except FileExistsError:
+        return _read(path), False  # another made it first
+    except OSError as error:
+        # A write's error names no file, a temporary file's the wrong one: name this one.
+        raise OSError(error.errno, error.strerror, str(path)) from None
+    finally:
+        if temporary is not None:
+            os.unlink(temporary)
     return text, True
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} holds bytes no hub wrote (not ASCII text)") from None
 
 
 #: How long a signed URL stays valid by default: a day, like a long training's resume.

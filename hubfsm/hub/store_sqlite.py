@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from hubfsm.digest import chunks, sha256_chunks
+from hubfsm.errors import HubfsmError
 from hubfsm.hub.keys import KeyRecord
 from hubfsm.hub.store import Source, WeightsKind
 from hubfsm.hub.stored import (
@@ -100,13 +101,19 @@ class SqliteStore:
             isolation_level=None,
             timeout=10.0,
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        _add_request_digests(self._db)
-        _add_arrival_times(self._db)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            _add_request_digests(self._db)
+            _add_arrival_times(self._db)
+        except sqlite3.Error as error:
+            # A full disk, a file that is no database: one line for the operator.
+            self._db.close()
+            path = self.data_dir / "hub.sqlite3"
+            raise HubfsmError(f"cannot open the hub's database {path}: {error}") from None
         # Every open store holds a shared lock on the data directory. Only one that is
-        # alone in it (no hub serving, no other command) finishes what a killed process
+        # alone in it (no hub serving, no `hubfsm hub keys`) finishes what a killed process
         # left: another's renames and staged uploads may be under way. The renames a kill
         # cut off after their commit go first; what is left staged then belongs to
         # uploads cut short, never committed.
@@ -117,7 +124,7 @@ class SqliteStore:
                 self._rename(str(model_id), kind, str(staged))
             for leftover in self._staging.iterdir():
                 leftover.unlink(missing_ok=True)
-        fcntl.flock(self._alone_fd, fcntl.LOCK_SH)
+        fcntl.flock(self._alone_fd, fcntl.LOCK_SH)  # waits only while another clears
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -368,7 +375,7 @@ class SqliteStore:
         return [key_of(str(row[0])) for row in rows]
 
     def close(self) -> None:
-        """Close the database connection."""
+        """Close the database connection, and let the data directory go."""
         with self._lock:
             self._db.close()
             if self._alone_fd >= 0:

@@ -265,6 +265,27 @@ def test_a_hub_that_echoes_the_key_never_gets_it_shown(
         assert leaks(text) == [], text
 
 
+FORGED = "no\x1b[2J\x1b]0;owned\x07\x1b[31m\nhubfsm: model uploaded, all sent\r\u202eevil " + "x" * 5000
+
+
+def forge_lines(h: _Handler) -> None:
+    reply(h, 403, json.dumps({"success": False, "message": FORGED}).encode())
+
+
+def test_a_hubs_message_reaches_the_terminal_as_one_printable_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with serve(forge_lines) as server:
+        with pytest.raises(AuthError) as refused:
+            hubfsm.Session(MODEL, api_key=KEY, api_root=root_of(server), outbox_dir=tmp_path)
+    # Before, the message went out as sent: it cleared the screen, set the terminal's
+    # title and colour, and forged a line of hubfsm's own; 5000 characters of it.
+    shown = str(refused.value) + capsys.readouterr().err
+    assert "no?[2J?]0;owned??[31m hubfsm: model uploaded, all sent ?evil xxx" in shown
+    assert "\n" not in str(refused.value) and len(str(refused.value)) < 500
+    assert all(c.isprintable() for c in shown.replace("\n", ""))
+
+
 # --- 6. the key goes to the API root's host only ---------------------------------------
 
 

@@ -1,0 +1,86 @@
+"""A hub stopped (Ctrl-C, SIGTERM, a restart) while a request's body is on its way.
+
+The server cuts a request still reading its body a second into a stop. The client is
+still there, reading the answer: it must hear a status it retries, never a 400 that a
+client takes for the hub's word that the request is wrong (a refused checkpoint, refused
+final weights).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from hubfsm.hub.server import LocalHub
+
+TIMEOUT = 10
+CREATE = {"lineage": {"architecture": {"name": "yolov8n"}}, "meta": {"name": "stopped"}}
+
+
+def _upload(model_id: str) -> tuple[str, str, bytes]:
+    fields = b"".join(
+        b'--bnd\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % pair
+        for pair in ((b"epoch", b"1"), (b"type", b"final"), (b"map", b"0.5"))
+    )
+    part = (
+        b'--bnd\r\nContent-Disposition: form-data; name="best.pt"; filename="best.pt"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n"
+    )
+    body = fields + part + b"w" * (1 << 20) + b"\r\n--bnd--\r\n"
+    return f"/v1/models/{model_id}/upload", "multipart/form-data; boundary=bnd", body
+
+
+def _metrics(model_id: str) -> tuple[str, str, bytes]:
+    metrics = {str(epoch): json.dumps({"loss": 1.0}) for epoch in range(2000)}
+    body = json.dumps({"type": "metrics", "metrics": metrics}).encode()
+    return f"/v1/models/{model_id}", "application/json", body
+
+
+@pytest.mark.parametrize("make", [_upload, _metrics], ids=["final weights", "metrics"])
+def test_a_body_cut_by_a_stop_is_answered_503_and_nothing_of_it_kept(
+    tmp_path: Path, make
+) -> None:
+    local = LocalHub(tmp_path / "hub").start()
+    try:
+        created = requests.post(
+            f"{local.url}/v1/models", json=CREATE, headers={"x-api-key": local.api_key},
+            timeout=TIMEOUT,
+        )
+        model_id = created.json()["data"]["id"]
+        path, kind, body = make(model_id)
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{local.port}\r\n"
+            f"x-api-key: {local.api_key}\r\nIdempotency-Key: cut-1\r\n"
+            f"Content-Type: {kind}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", local.port), timeout=TIMEOUT) as sock:
+            sock.sendall(head + body[: len(body) // 2])
+            time.sleep(0.2)  # the hub is reading the body
+            stopping = threading.Thread(target=local.stop)
+            stopping.start()
+            reply = b""
+            while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+            stopping.join(TIMEOUT)
+        status = int(reply.split(b" ", 2)[1])
+        message = json.loads(reply.partition(b"\r\n\r\n")[2])["message"]
+        # Before: 400 "malformed multipart body: ..." (or "The browser (or proxy) sent a
+        # request that this server could not understand."), which ends a client's run.
+        assert status == 503, reply[-300:]
+        assert f"broke off after {len(body) // 2} of {len(body)} bytes" in message
+    finally:
+        local.stop()
+    with LocalHub(tmp_path / "hub") as again:
+        record = again.hub.record(model_id)
+        assert record is not None
+        assert record["status"] != "trained" and not record["has_best_weights"]
+        assert again.hub.metrics(model_id) == []
