@@ -105,8 +105,9 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
-            _add_request_digests(self._db)
-            _add_arrival_times(self._db)
+            # Columns a data directory made by an earlier version lacks.
+            _add_column(self._db, "replies", "request", "TEXT NOT NULL DEFAULT ''")
+            _add_column(self._db, "metrics", "arrived_at", "REAL")
         except sqlite3.Error as error:
             # A full disk, a file that is no database: one line for the operator.
             self._db.close()
@@ -404,15 +405,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _add_arrival_times(db: sqlite3.Connection) -> None:
-    """Give a data directory made before epochs kept their arrival time the column."""
-    columns = {str(row[1]) for row in db.execute("PRAGMA table_info(metrics)")}
-    if "arrived_at" not in columns:
-        db.execute("ALTER TABLE metrics ADD COLUMN arrived_at REAL")
-
-
-def _add_request_digests(db: sqlite3.Connection) -> None:
-    """Give a data directory made before replies kept their request's digest the column."""
-    columns = {str(row[1]) for row in db.execute("PRAGMA table_info(replies)")}
-    if "request" not in columns:
-        db.execute("ALTER TABLE replies ADD COLUMN request TEXT NOT NULL DEFAULT ''")
+def _add_column(db: sqlite3.Connection, table: str, column: str, declared: str) -> None:
+    """Add ``column`` to ``table`` unless it has it (both are this module's constants)."""
+    if column not in {str(row[1]) for row in db.execute(f"PRAGMA table_info({table})")}:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declared}")
