@@ -110,9 +110,12 @@ class Response:
 
     @property
     def message(self) -> str:
-        """The envelope's ``message``, or an empty string."""
-        message = self.body.get("message")
-        return message if isinstance(message, str) else ""
+        """The envelope's ``message`` (Platform's error body: ``error``), or an empty string."""
+        for field in ("message", "error"):
+            message = self.body.get(field)
+            if isinstance(message, str) and message:
+                return message
+        return ""
 
 
 class TransportError(Exception):
