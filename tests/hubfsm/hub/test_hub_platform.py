@@ -237,6 +237,27 @@ def test_a_whole_run_lands_as_a_model_with_metrics_checkpoint_and_final_weights(
     assert download.status_code == 200 and download.content == final
 
 
+def test_epochs_that_never_arrived_are_named_on_the_run_page(local: LocalHub, key: str) -> None:
+    # ultralytics 8.4 sends each epoch once: those it sent while the hub was down are gone.
+    # Before, the page said "epoch 12 of 12" and showed no sign of the hole in the metrics.
+    model_id = start(local, key)["modelId"]
+    for epoch in [0, 1, 2, 7, 9, 10, 11]:
+        epoch_end(local, key, model_id, epoch)
+    said = "no metrics arrived for epochs 3–6, 8 (5 of 12)"
+    data = requests.get(f"{local.url}/models/{model_id}/data.json", timeout=TIMEOUT).json()
+    assert data["summary"]["missing"] == said
+    page = requests.get(f"{local.url}/models/{model_id}", timeout=TIMEOUT).text
+    assert f'data-field="summary.missing">{said}</p>' in page
+    # A run with every epoch says nothing of the kind.
+    whole = start(local, key, name="whole")["modelId"]
+    for epoch in range(3):
+        epoch_end(local, key, whole, epoch)
+    data = requests.get(f"{local.url}/models/{whole}/data.json", timeout=TIMEOUT).json()
+    assert data["summary"]["missing"] is None
+    page = requests.get(f"{local.url}/models/{whole}", timeout=TIMEOUT).text
+    assert 'data-field="summary.missing"></p>' in page
+
+
 def test_runs_of_both_protocols_show_alike_in_the_run_list(local: LocalHub, key: str) -> None:
     created = requests.post(
         f"{local.url}/v1/models",
