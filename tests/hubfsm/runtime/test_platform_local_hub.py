@@ -156,11 +156,17 @@ def test_a_checkpoint_the_hub_could_not_promote_for_a_full_disk_is_promoted_on_r
     assert list((tmp_path / "hub" / "weights" / ".staging").iterdir()) == []
 
 
-@pytest.mark.parametrize(("protocol", "extra"), [("platform", "/api"), ("hub", "/v1")])
-def test_a_wrong_api_root_is_named_as_one_not_as_a_missing_model(local, key, protocol, extra):
-    # A root with a path too many (the first part of the dialect's routes) answers 404 to
-    # the request that makes the model. Before, that read "model None not found on the hub",
-    # and the hub's own words (Platform's {"error": ...}) were dropped.
+@pytest.mark.parametrize(
+    ("protocol", "extra", "status"),
+    [("platform", "/api", 404), ("hub", "/v1", 404), ("platform", "/models", 405)],
+)
+def test_a_wrong_api_root_is_named_as_one_not_as_a_missing_model(
+    local, key, protocol, extra, status
+):
+    # A root with a path too many (the first part of the dialect's routes, or the pages')
+    # answers 404 or 405 to the request that makes the model. Before, that read "model None
+    # not found on the hub" or "the hub rejected ... with 405", and the hub's own words
+    # (Platform's {"error": ...}) were dropped.
     platform = protocol == "platform"
     api_key = key if platform else local.api_key
     config = FAST if platform else CoreConfig().scaled(0.001)
@@ -175,10 +181,10 @@ def test_a_wrong_api_root_is_named_as_one_not_as_a_missing_model(local, key, pro
             train_args={"name": "run1"},
         ).start()
     error = raised.value
-    assert not isinstance(error, hubfsm.ModelNotFoundError) and error.status == 404
+    assert not isinstance(error, hubfsm.ModelNotFoundError) and error.status == status
     text = str(error)
     assert "None" not in text and "not found on the hub" not in text
     assert f"check the API root {local.url}{extra}" in text
-    if platform:
+    if extra == "/api":
         assert "Not found: POST '/api/api/webhooks/training/metrics'" in text  # the hub's words
     assert api_key not in text
