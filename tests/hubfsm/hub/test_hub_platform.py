@@ -157,6 +157,13 @@ def test_account_summary_answers_a_valid_key_and_refuses_others(local: LocalHub,
         url, headers={"Authorization": f"Bearer {local.api_key}"}, timeout=TIMEOUT
     )
     assert hub_key.status_code == 401
+    # It says so: a user who exported the HUB key where the ul_ key goes learns which.
+    assert hub_key.json()["error"] == (
+        "Invalid API key for Platform, a HUB key: the Platform API takes a ul_ key "
+        "(`hubfsm hub keys add --platform`)"
+    )
+    assert local.api_key not in hub_key.text
+    assert unknown.json()["error"] == "Invalid or missing API key"
     assert requests.get(url, headers={"x-api-key": key}, timeout=TIMEOUT).status_code == 401
 
 
