@@ -374,6 +374,25 @@ def test_cancelling_a_hub_run_is_refused_for_its_trainer_would_never_hear_of_it(
     assert record is not None and record["cancelled"] is False
 
 
+def test_cancelling_a_trained_run_is_refused_for_no_trainer_is_left_to_stop(
+    local: LocalHub, key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, it said "Cancelled model ...: its trainer stops at its next event" of a run
+    # that had ended, and marked the finished model cancelled.
+    model_id = start(local, key)["modelId"]
+    epoch_end(local, key, model_id, 0)
+    complete = {"results": {"metrics": {}}, "classNames": [], "plots": [], "runId": 1}
+    event(local, key, "training_complete", complete, model_id)
+    assert local.hub.record(model_id)["status"] == "trained"
+
+    assert admin.cancel(local.data_dir, model_id) == 1
+
+    captured = capsys.readouterr()
+    assert "Cancelled" not in captured.out
+    assert f"error: model {model_id} has finished training: no trainer is left" in captured.err
+    assert local.hub.record(model_id)["cancelled"] is False
+
+
 def test_console_chunks_are_stored_once_per_chunk_id_and_shown_on_the_page(
     local: LocalHub, key: str
 ) -> None:
