@@ -157,7 +157,7 @@ class PlatformCallbacks:
                 **options,
             )
             session.start()
-        except HubfsmError as exc:
+        except (HubfsmError, ValueError) as exc:  # ValueError: an API root refused as such
             # As the official client: training goes on, untracked, and its console says
             # why (the one line for people; the event is for logs).
             log.info("platform.untracked", error=f"{type(exc).__name__}: {exc}")

@@ -135,6 +135,22 @@ def test_a_run_the_platform_refuses_says_so_once_on_the_console_and_trains_on(
     assert trainer.epoch == 2 and not (trainer.save_dir / RECORD).exists()
 
 
+def test_a_platform_url_hubfsm_will_not_send_the_key_to_trains_on_untracked(tmp_path, caplog):
+    # Plain http:// to another machine is refused (the key would go in clear text). Before,
+    # that ValueError escaped the callback and ended the training with a traceback; the
+    # official callbacks train on untracked.
+    caplog.set_level("INFO", logger="ultralytics")
+    hooks = PlatformCallbacks(
+        api_key=PLATFORM_KEY, api_root="http://192.0.2.1:8000", outbox_dir=tmp_path / "outbox"
+    )
+    trainer = Trainer(tmp_path / "run")
+    trainer.train(hooks.callbacks())
+    assert trainer.epoch == 2 and not (trainer.save_dir / RECORD).exists()
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(said) == 1 and said[0].startswith("Platform: Training will not be tracked")
+    assert "refusing plain http:// to 192.0.2.1" in said[0]
+
+
 def test_a_cancel_on_the_platform_stops_the_trainer(tmp_path):
     fake = FakePlatform()
     trainer = Trainer(tmp_path / "run")
