@@ -110,11 +110,15 @@ class Response:
 
     @property
     def message(self) -> str:
-        """The envelope's ``message`` (Platform's error body: ``error``), or an empty string."""
+        """The envelope's ``message`` (Platform's error body: ``error``), or an empty string.
+
+        Messages quote it: it comes as one printable line of at most 300 characters.
+        """
         for field in ("message", "error"):
             message = self.body.get(field)
             if isinstance(message, str) and message:
-                return message
+                line = "".join(c if c.isprintable() else "?" for c in " ".join(message.split()))
+                return line if len(line) <= 300 else line[:299] + "\u2026"
         return ""
 
 

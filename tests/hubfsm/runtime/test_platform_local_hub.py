@@ -188,3 +188,28 @@ def test_a_wrong_api_root_is_named_as_one_not_as_a_missing_model(
     if extra == "/api":
         assert "Not found: POST '/api/api/webhooks/training/metrics'" in text  # the hub's words
     assert api_key not in text
+
+
+def test_the_hubs_words_reach_a_message_as_one_printable_line():
+    # Platform answers say why as {"error": ...}, which messages now quote: a hostile hub
+    # must not reach the terminal with escape sequences, or fill it.
+    from hubfsm.transport import Response
+    from transports.memory import HandlerTransport
+
+    said = "\x1b[2J\x1b]0;owned\x07no\nsuch key " + "x" * 5000
+
+    def refuse(request):
+        return Response(401, {"error": said})
+
+    with pytest.raises(hubfsm.AuthError) as raised:
+        hubfsm.Session(
+            "alice/birds",
+            api_key=new_platform_key(),
+            transport=HandlerTransport(refuse),
+            outbox=False,
+            train_args={"name": "run1"},
+        ).start()
+    text = str(raised.value)
+    assert text.isprintable() and "no such key xxx" in text
+    assert "owned" in text and len(text) < 500
+    assert Response(400, {"message": "fine", "error": "other"}).message == "fine"
