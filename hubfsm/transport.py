@@ -112,9 +112,15 @@ class Response:
 
     @property
     def message(self) -> str:
-        """The envelope's ``message`` as one printable line (it reaches terminals), or ``""``."""
-        message = self.body.get("message")
-        return one_line(message) if isinstance(message, str) else ""
+        """The envelope's ``message`` (Platform's error body: ``error``), or ``""``.
+
+        As one printable line of at most 300 characters: it reaches terminals.
+        """
+        for field in ("message", "error"):
+            message = self.body.get(field)
+            if isinstance(message, str) and message:
+                return one_line(message)
+        return ""
 
 
 class TransportError(Exception):

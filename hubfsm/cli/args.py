@@ -128,7 +128,7 @@ def add_key_options(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument(
         "--key",
         help=f"the API key {what}; other users can see it in `ps`, so prefer "
-        f"{KEY_ENV} or --key-file",
+        "the environment variable or --key-file",
     )
     p.add_argument(
         "--key-file",

@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Send everything that outboxes hold (metrics, checkpoints, final weights), with the "
         "same idempotency keys as the session that left them; safe to interrupt and rerun.",
         "hubfsm sync                      # every outbox under the default root\n"
-        "HUB_API_KEY=... hubfsm sync ~/.local/share/hubfsm/outbox/AbCdEfGhIjKlMnOpQrSt",
+        "HUB_API_KEY=... hubfsm sync ~/.local/share/hubfsm/outbox/AbCdEfGhIjKlMnOpQrSt\n"
+        "ULTRALYTICS_API_KEY=... hubfsm sync --protocol platform",
     )
     p.add_argument(
         "dir",
@@ -256,7 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="send every outbox to this API root (default: the hub each outbox was made "
         "for; for an outbox older than that record, ULTRALYTICS_HUB_API, else the public hub)",
     )
-    add_key_options(p, f"(default: {KEY_ENV})")
+    add_key_options(
+        p,
+        f"(default: {KEY_ENV} for HUB outboxes, {env.PLATFORM_API_KEY} for Platform ones; a "
+        "ul_ key goes to Platform ones, another to HUB ones)",
+    )
     p.add_argument(
         "--timeout",
         type=positive,

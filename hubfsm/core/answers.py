@@ -107,6 +107,14 @@ def opening_error(op: Op, response: Response, model_id: str | None) -> HubError:
             status=status,
             channel=op.channel,
         )
+    if status in (404, 405) and model_id is None:
+        # Making a model names none: the hub has no such route, so the root is wrong.
+        return HubError(
+            f"the hub answered {what(op)} with {status}{hub_says}; check the API root "
+            f"{response.origin or '(ULTRALYTICS_HUB_API or ULTRALYTICS_PLATFORM_URL)'}",
+            status=status,
+            channel=op.channel,
+        )
     if status == 404:
         return ModelNotFoundError(
             f"model {model_id} not found on the hub{hub_says}",

@@ -299,9 +299,14 @@ def cancel(
         record = hub.record(model_id)
         # HUB v1's answers carry no cancellation: its trainer would never hear of one.
         hub_run = record is not None and record.get("protocol") != "platform"
-        found = record is not None and not hub_run and hub.cancel(model_id)
+        trained = record is not None and record.get("status") == "trained"
+        found = record is not None and not hub_run and not trained and hub.cancel(model_id)
     finally:
         hub.store.close()
+    if trained and not hub_run:
+        print(f"error: model {model_id} has finished training: no trainer is left to stop",
+              file=sys.stderr)  # fmt: skip
+        return 1
     if hub_run:
         print(
             f"error: model {model_id} is a HUB run: HUB's API cannot tell its trainer to "

@@ -229,6 +229,8 @@ def render_model(data: Mapping[str, Any]) -> str:
         + f'</div><p class="hint" data-field="summary.better">{escape(summary.get("better") or "")}'
         + '</p><p class="hint" id="ended" data-field="summary.ended">'
         + f"{escape(summary.get('ended') or '')}</p>"
+        + '<p class="hint" id="missing" data-field="summary.missing">'
+        + f"{escape(summary.get('missing') or '')}</p>"
         + f'<div id="progress-bar">{_bar(summary["percent"])}</div>'
         + f'<p id="stale" class="info"{"" if summary["stale"] else " hidden"}>'
         + f"{escape(summary['stale'] or '')}</p></section>"

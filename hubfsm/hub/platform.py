@@ -97,6 +97,10 @@ class PlatformEndpoints(KeyAdmin, PlatformFiles):
         # Platform takes only its own kind of key, as the service does (HUB keys get 401).
         who = self.principal(call.api_key) if is_platform_key(call.api_key) else None
         if who is None:
+            if call.api_key and self.principal(call.api_key) is not None:
+                # Its holder exported the HUB key (HUB_API_KEY) where a ul_ key goes.
+                hint = "the Platform API takes a ul_ key (`hubfsm hub keys add --platform`)"
+                return error(401, f"Invalid API key for Platform, a HUB key: {hint}")
             return error(401, "Invalid or missing API key" if call.api_key else "Missing API key")
         if endpoint == "unknown":
             return error(404, f"Not found: {call.method} {call.path[:200]!r}")

@@ -228,6 +228,19 @@ def state(record: Mapping[str, Any], now: float, stall_after: float) -> str:
     return status
 
 
+def missing(metrics: Sequence[Mapping[str, Any]], *, from_zero: bool) -> str | None:
+    """Epochs before the last without metrics: from 0 (as ultralytics counts), else the first."""
+    seen = sorted({e for entry in metrics if (e := _count(entry["epoch"])) is not None and e >= 0})
+    first = 0 if from_zero or not seen else seen[0]
+    gaps = [(a + 1, b - 1) for a, b in zip([first - 1, *seen], seen, strict=False) if b > a + 1]
+    if not gaps:
+        return None
+    shown = ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in gaps[:5])
+    shown += f" and {len(gaps) - 5} more gaps" if len(gaps) > 5 else ""
+    count = sum(b - a + 1 for a, b in gaps)
+    return f"no metrics arrived for epochs {shown} ({count} of {seen[-1] - first + 1})"
+
+
 def summarize(
     record: Mapping[str, Any],
     metrics: Sequence[Mapping[str, Any]],
@@ -310,6 +323,7 @@ def summarize(
         "better": None if name is None else f"{better(name)} is better",
         "stats": stats,
         "stale": stale,
+        "missing": missing(metrics, from_zero=record.get("protocol") == "platform"),
         "last_epoch": "-" if last is None else str(last),
         "created": _short(record.get("created_at")),
         "activity": "no activity yet" if latest is None else f"active {duration(now - latest)} ago",

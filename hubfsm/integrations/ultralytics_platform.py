@@ -57,7 +57,7 @@ MODULE = "ultralytics.utils.callbacks.platform"
 RECORD = "platform_model_id.txt"
 
 
-def _say(message: str) -> None:
+def _say(message: str, level: int = logging.INFO) -> None:
     """One line on ultralytics' console, where its own Platform callbacks print theirs.
 
     ultralytics' ``LOGGER`` is the standard logger named ``ultralytics`` (to standard
@@ -65,7 +65,7 @@ def _say(message: str) -> None:
     """
     colorstr = getattr(sys.modules.get("ultralytics.utils"), "colorstr", None)
     prefix = colorstr("Platform: ") if callable(colorstr) else "Platform: "
-    logging.getLogger("ultralytics").info(f"{prefix}{message}")
+    logging.getLogger("ultralytics").log(level, f"{prefix}{message}")
 
 
 def official_names(project: Any, name: Any) -> tuple[str, str]:
@@ -157,9 +157,11 @@ class PlatformCallbacks:
                 **options,
             )
             session.start()
-        except HubfsmError as exc:
-            # As the official client: training goes on, untracked.
-            log.warning("platform.untracked", error=f"{type(exc).__name__}: {exc}")
+        except (HubfsmError, ValueError) as exc:  # ValueError: an API root refused as such
+            # As the official client: training goes on, untracked, and its console says
+            # why (the one line for people; the event is for logs).
+            log.info("platform.untracked", error=f"{type(exc).__name__}: {exc}")
+            _say(f"Training will not be tracked on Platform: {exc}", logging.WARNING)
             return
         self.sessions[id(trainer)] = session
         if session.model_id is not None:

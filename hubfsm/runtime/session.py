@@ -250,7 +250,11 @@ class Session(SessionViews):
             raise not_taken_in(wait, self.outbox_dir, self.pending()) from None
         finally:
             self._accepting = False
-        self._settle(timeout, ends)
+        try:
+            self._settle(timeout, ends)
+        except KeyboardInterrupt:  # the wait's line offers Ctrl-C: closing then waits briefly
+            self._gave_up = True
+            raise
 
     def _settle(self, timeout: float, ends: float) -> None:
         console = self._driver.console
@@ -301,8 +305,8 @@ class Session(SessionViews):
     def close(self, *, timeout: float | None = None) -> None:
         """End the session: send what can be sent within ``timeout`` seconds, then stop.
 
-        By default ``exit_timeout``; one second once :meth:`finish` gave up on a hub
-        that still does not answer (its final weights wait for a later session).
+        By default ``exit_timeout``; one second once :meth:`finish` gave up (or Ctrl-C
+        stopped it) on a hub that still does not answer (its final weights wait for later).
 
         A session closed before :meth:`finish` becomes ``resumable``; what is left stays
         in the outbox, goes first when a session opens this model again, and can be

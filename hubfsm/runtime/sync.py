@@ -365,7 +365,10 @@ def sync(
             set_aside_reporting(exc, out=out)
             damaged += 1
         except HubfsmError as exc:
-            print(f"model {info.model_id}: {exc}; its records stay in {info.directory}", file=out)
+            # A refusal's message already says what is kept where, and what to run.
+            said = str(exc)
+            kept = "" if str(info.directory) in said else f"; its records stay in {info.directory}"
+            print(f"model {info.model_id}: {said}{kept}", file=out)
         except OSError as exc:  # the machine, for this outbox only: the others still go
             print(
                 f"model {info.model_id}: its outbox cannot be opened ({exc}); its records "

@@ -160,6 +160,8 @@ class RefusingWorld(World):
         check_hub(self, texts=[str(self.raised or "")], held=self.held())
         draw = self.draw
         wanted = STOP_ERRORS.get(draw.stop)
+        if draw.stop == 404 and checker.failed_opening and core.model_id is None:
+            wanted = HubError  # a 404 to making a model names none: the root is wrong
         # The Platform dialect retries a 409, as the Platform SDK does: it is an outage
         # that outlasts finish's patience, and everything stays kept for a sync.
         outage = self.protocol == "platform" and draw.stop == 409

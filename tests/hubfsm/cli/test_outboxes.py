@@ -114,3 +114,13 @@ def test_discarding_an_unreadable_outbox_is_an_error_that_names_it(tmp_path):
     assert done.stderr.startswith("error: ") and "Permission denied" in done.stderr
     assert str(locked) in done.stderr
     assert (locked / "outbox.sqlite3").exists()
+
+
+def test_sync_help_names_each_dialects_default_key(capsys):
+    # Before, --key said "(default: HUB_API_KEY)" only: a Platform user after a kill read
+    # that sync would send HUB_API_KEY, though it sends their ULTRALYTICS_API_KEY.
+    with pytest.raises(SystemExit):
+        main(["sync", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default: HUB_API_KEY for HUB outboxes, ULTRALYTICS_API_KEY for Platform ones" in text
+    assert "ULTRALYTICS_API_KEY=... hubfsm sync --protocol platform" in text

@@ -150,6 +150,28 @@ def test_a_record_stored_with_huge_integers_does_not_break_the_pages(local: Loca
     )
 
 
+@pytest.mark.parametrize(
+    ("protocol", "epochs", "said"),
+    [
+        # ultralytics counts from 0: epochs lost from the start of a Platform run are named.
+        ("platform", [3, 4, 5], "no metrics arrived for epochs 0–2 (3 of 6)"),
+        ("platform", [0, 1, 4, 7, 8], "no metrics arrived for epochs 2–3, 5–6 (4 of 9)"),
+        ("platform", [0, 1, 2], None),
+        # A loop of one's own may count from 1, or log every fifth epoch from 5: only holes
+        # after its first epoch are named.
+        ("hub", [1, 2, 3], None),
+        ("hub", [1, 2, 5], "no metrics arrived for epochs 3–4 (2 of 5)"),
+        ("hub", [], None),
+    ],
+)
+def test_epochs_that_never_arrived_are_named_from_where_the_trainer_counts(
+    protocol: str, epochs: list[int], said: str | None
+) -> None:
+    record = {"id": "a" * 20, "status": "training", "protocol": protocol}
+    metrics = [{"epoch": e, "metrics": {"metrics/x": 0.1}} for e in epochs]
+    assert summarize(record, metrics, 1.8e9)["missing"] == said
+
+
 def test_summary_arithmetic_is_total() -> None:
     record = {
         "id": "a" * 20,

@@ -157,6 +157,13 @@ def test_account_summary_answers_a_valid_key_and_refuses_others(local: LocalHub,
         url, headers={"Authorization": f"Bearer {local.api_key}"}, timeout=TIMEOUT
     )
     assert hub_key.status_code == 401
+    # It says so: a user who exported the HUB key where the ul_ key goes learns which.
+    assert hub_key.json()["error"] == (
+        "Invalid API key for Platform, a HUB key: the Platform API takes a ul_ key "
+        "(`hubfsm hub keys add --platform`)"
+    )
+    assert local.api_key not in hub_key.text
+    assert unknown.json()["error"] == "Invalid or missing API key"
     assert requests.get(url, headers={"x-api-key": key}, timeout=TIMEOUT).status_code == 401
 
 
@@ -235,6 +242,27 @@ def test_a_whole_run_lands_as_a_model_with_metrics_checkpoint_and_final_weights(
     assert listed[0]["name"] == "best.pt" and listed[0]["size"] == len(final)
     download = requests.get(listed[0]["downloadUrl"], timeout=TIMEOUT)
     assert download.status_code == 200 and download.content == final
+
+
+def test_epochs_that_never_arrived_are_named_on_the_run_page(local: LocalHub, key: str) -> None:
+    # ultralytics 8.4 sends each epoch once: those it sent while the hub was down are gone.
+    # Before, the page said "epoch 12 of 12" and showed no sign of the hole in the metrics.
+    model_id = start(local, key)["modelId"]
+    for epoch in [0, 1, 2, 7, 9, 10, 11]:
+        epoch_end(local, key, model_id, epoch)
+    said = "no metrics arrived for epochs 3–6, 8 (5 of 12)"
+    data = requests.get(f"{local.url}/models/{model_id}/data.json", timeout=TIMEOUT).json()
+    assert data["summary"]["missing"] == said
+    page = requests.get(f"{local.url}/models/{model_id}", timeout=TIMEOUT).text
+    assert f'data-field="summary.missing">{said}</p>' in page
+    # A run with every epoch says nothing of the kind.
+    whole = start(local, key, name="whole")["modelId"]
+    for epoch in range(3):
+        epoch_end(local, key, whole, epoch)
+    data = requests.get(f"{local.url}/models/{whole}/data.json", timeout=TIMEOUT).json()
+    assert data["summary"]["missing"] is None
+    page = requests.get(f"{local.url}/models/{whole}", timeout=TIMEOUT).text
+    assert 'data-field="summary.missing"></p>' in page
 
 
 def test_runs_of_both_protocols_show_alike_in_the_run_list(local: LocalHub, key: str) -> None:
@@ -344,6 +372,25 @@ def test_cancelling_a_hub_run_is_refused_for_its_trainer_would_never_hear_of_it(
     assert "stop its trainer where it runs" in captured.err
     record = local.hub.record(model_id)
     assert record is not None and record["cancelled"] is False
+
+
+def test_cancelling_a_trained_run_is_refused_for_no_trainer_is_left_to_stop(
+    local: LocalHub, key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, it said "Cancelled model ...: its trainer stops at its next event" of a run
+    # that had ended, and marked the finished model cancelled.
+    model_id = start(local, key)["modelId"]
+    epoch_end(local, key, model_id, 0)
+    complete = {"results": {"metrics": {}}, "classNames": [], "plots": [], "runId": 1}
+    event(local, key, "training_complete", complete, model_id)
+    assert local.hub.record(model_id)["status"] == "trained"
+
+    assert admin.cancel(local.data_dir, model_id) == 1
+
+    captured = capsys.readouterr()
+    assert "Cancelled" not in captured.out
+    assert f"error: model {model_id} has finished training: no trainer is left" in captured.err
+    assert local.hub.record(model_id)["cancelled"] is False
 
 
 def test_console_chunks_are_stored_once_per_chunk_id_and_shown_on_the_page(

@@ -110,6 +110,47 @@ def test_an_untracked_run_says_nothing_on_the_console(tmp_path, caplog):
     assert [r for r in caplog.records if r.name == "ultralytics"] == []
 
 
+def test_a_run_the_platform_refuses_says_so_once_on_the_console_and_trains_on(
+    tmp_path, caplog, capsys
+):
+    # The official callbacks say "Training will not be tracked on Platform"; before, these
+    # said only a log event on stderr: "hubfsm: platform.untracked error='AuthError: ...'".
+    caplog.set_level("INFO", logger="ultralytics")
+    fake = FakePlatform()
+    fake.revoked = True
+    trainer = Trainer(tmp_path / "run")
+    with structlog.testing.capture_logs() as logs:
+        trainer.train(callbacks(fake, tmp_path).callbacks())
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "ultralytics"]
+    assert said[0] == ("INFO", "Platform: Streaming training metrics to Platform")
+    ((level, line),) = said[1:]
+    assert level == "WARNING"
+    assert line.startswith("Platform: Training will not be tracked on Platform: the hub ")
+    assert "refused the API key (401)" in line and PLATFORM_KEY not in line
+    assert [e["event"] for e in logs if e["log_level"] in ("warning", "error")] == []
+    assert [e["event"] for e in logs if e["event"] == "platform.untracked"] == [
+        "platform.untracked"
+    ]  # still logged, for -v and logging set-ups
+    assert capsys.readouterr().err == ""
+    assert trainer.epoch == 2 and not (trainer.save_dir / RECORD).exists()
+
+
+def test_a_platform_url_hubfsm_will_not_send_the_key_to_trains_on_untracked(tmp_path, caplog):
+    # Plain http:// to another machine is refused (the key would go in clear text). Before,
+    # that ValueError escaped the callback and ended the training with a traceback; the
+    # official callbacks train on untracked.
+    caplog.set_level("INFO", logger="ultralytics")
+    hooks = PlatformCallbacks(
+        api_key=PLATFORM_KEY, api_root="http://192.0.2.1:8000", outbox_dir=tmp_path / "outbox"
+    )
+    trainer = Trainer(tmp_path / "run")
+    trainer.train(hooks.callbacks())
+    assert trainer.epoch == 2 and not (trainer.save_dir / RECORD).exists()
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(said) == 1 and said[0].startswith("Platform: Training will not be tracked")
+    assert "refusing plain http:// to 192.0.2.1" in said[0]
+
+
 def test_a_cancel_on_the_platform_stops_the_trainer(tmp_path):
     fake = FakePlatform()
     trainer = Trainer(tmp_path / "run")

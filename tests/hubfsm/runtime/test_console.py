@@ -407,3 +407,42 @@ def test_a_hub_that_does_not_answer_at_open_is_named_once_with_how_long() -> Non
         "hubfsm: no answer yet from the hub at http://127.0.0.1:8000 (503 busy); trying for "
         "up to 2 min to open the model"
     ]
+
+
+def test_ctrl_c_in_finish_waiting_for_a_lost_hub_does_not_wait_again_as_it_closes(
+    tmp_path: Path,
+) -> None:
+    # The line says "Ctrl-C stops waiting and keeps it all"; before, closing then waited
+    # its whole exit_timeout (10 s) more, in silence, for the hub that was gone.
+    import _thread
+
+    best = tmp_path / "best.pt"
+    best.write_bytes(b"the best weights")
+    local = LocalHub(tmp_path / "hub").start()
+    s = hubfsm.Session(
+        "yolov8n.yaml",
+        api_root=local.url,
+        api_key=local.api_key,
+        config=FAST,
+        outbox_dir=tmp_path / "outbox",
+        train_args={"data": "coco8.yaml"},
+    )
+    assert s.exit_timeout == 10.0  # the default the user has
+    s.start()
+    s.log_metrics({"train/loss": 1.0}, epoch=0)
+    assert s.flush(timeout=10)
+    local.stop()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(1.0, _thread.interrupt_main)  # Ctrl-C, a second into the wait
+    try:
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            s.finish(best, map50_95=0.5)
+        started = time.monotonic()
+        s.close()
+        took = time.monotonic() - started
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+    assert took < 5.0, took
+    assert s.pending()["final"] == 1  # kept for `hubfsm sync`

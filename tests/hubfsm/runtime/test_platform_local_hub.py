@@ -154,3 +154,62 @@ def test_a_checkpoint_the_hub_could_not_promote_for_a_full_disk_is_promoted_on_r
     # refused upload was forgotten there and the retried event found nothing (404).
     assert local.hub.audit().requests["platform_upload_put"] == 2  # the checkpoint, the final
     assert list((tmp_path / "hub" / "weights" / ".staging").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("protocol", "extra", "status"),
+    [("platform", "/api", 404), ("hub", "/v1", 404), ("platform", "/models", 405)],
+)
+def test_a_wrong_api_root_is_named_as_one_not_as_a_missing_model(
+    local, key, protocol, extra, status
+):
+    # A root with a path too many (the first part of the dialect's routes, or the pages')
+    # answers 404 or 405 to the request that makes the model. Before, that read "model None
+    # not found on the hub" or "the hub rejected ... with 405", and the hub's own words
+    # (Platform's {"error": ...}) were dropped.
+    platform = protocol == "platform"
+    api_key = key if platform else local.api_key
+    config = FAST if platform else CoreConfig().scaled(0.001)
+    with pytest.raises(hubfsm.HubError) as raised:
+        hubfsm.Session(
+            "alice/birds" if platform else "yolov8n.yaml",
+            api_key=api_key,
+            api_root=f"{local.url}{extra}",
+            config=config,
+            protocol=protocol,
+            outbox=False,
+            train_args={"name": "run1"},
+        ).start()
+    error = raised.value
+    assert not isinstance(error, hubfsm.ModelNotFoundError) and error.status == status
+    text = str(error)
+    assert "None" not in text and "not found on the hub" not in text
+    assert f"check the API root {local.url}{extra}" in text
+    if extra == "/api":
+        assert "Not found: POST '/api/api/webhooks/training/metrics'" in text  # the hub's words
+    assert api_key not in text
+
+
+def test_the_hubs_words_reach_a_message_as_one_printable_line():
+    # Platform answers say why as {"error": ...}, which messages now quote: a hostile hub
+    # must not reach the terminal with escape sequences, or fill it.
+    from hubfsm.transport import Response
+    from transports.memory import HandlerTransport
+
+    said = "\x1b[2J\x1b]0;owned\x07no\nsuch key " + "x" * 5000
+
+    def refuse(request):
+        return Response(401, {"error": said})
+
+    with pytest.raises(hubfsm.AuthError) as raised:
+        hubfsm.Session(
+            "alice/birds",
+            api_key=new_platform_key(),
+            transport=HandlerTransport(refuse),
+            outbox=False,
+            train_args={"name": "run1"},
+        ).start()
+    text = str(raised.value)
+    assert text.isprintable() and "no such key xxx" in text
+    assert "owned" in text and len(text) < 500
+    assert Response(400, {"message": "fine", "error": "other"}).message == "fine"

@@ -201,6 +201,11 @@ def test_a_revoked_key_stops_sending_keeps_recording_and_sync_delivers(tmp_path)
     out = Out()
     assert status(root, out=out) == 0
     assert f"{model_id} (platform)" in out.text
+    # Still revoked: sync keeps it all and says where once, in what to run.
+    out.text = ""
+    assert sync(root, api_key=PLATFORM_KEY, transport=HandlerTransport(fake), out=out) == 1
+    (line,) = [ln for ln in out.text.splitlines() if "refused the API key" in ln]
+    assert line.count(str(s.outbox_dir)) == 2, line  # "kept in DIR", "hubfsm sync ... DIR"
     fake.revoked = False
     assert sync(root, api_key=PLATFORM_KEY, transport=HandlerTransport(fake), out=out) == 0
     run = fake.models[model_id].runs[1]
