@@ -19,6 +19,7 @@ from hubfsm.errors import (
     IllegalEventError,
     ModelNotFoundError,
     ModelTrainedError,
+    SettingsError,
 )
 from hubfsm.version import __version__
 
@@ -64,6 +65,7 @@ __all__ = [
     "NullSession",
     "RetryPolicy",
     "Session",
+    "SettingsError",
     "TrainingSession",
     "__version__",
     "open",

@@ -11,6 +11,10 @@ class IdentifierError(HubfsmError, ValueError):
     """A model identifier is in none of the accepted forms."""
 
 
+class SettingsError(HubfsmError, ValueError):
+    """A setting (the API key, the API root, a timeout) is refused before any request."""
+
+
 class IllegalEventError(HubfsmError):
     """An event arrived in a state where the machine does not allow it.
 

@@ -10,6 +10,7 @@ import math
 from urllib.parse import SplitResult, urlsplit
 
 from hubfsm import env
+from hubfsm.errors import SettingsError
 from hubfsm.masking import redact
 
 __all__ = ["API_ROOT_ENV", "DEFAULT_API_ROOT", "Secret", "check_key", "check_root", "positive"]
@@ -43,13 +44,13 @@ def check_key(api_key: str) -> Secret:
     """The key without surrounding whitespace, kept secret.
 
     Raises:
-        ValueError: It is empty, or holds spaces, control or non-ASCII characters.
+        SettingsError: It is empty, or holds spaces, control or non-ASCII characters.
     """
     key = api_key.strip()
     # A header value with a line break or a space would be rejected by requests with
     # the value, i.e. the key, in the message; refuse it here without it.
     if not key or not key.isascii() or not key.isprintable() or " " in key:
-        raise ValueError("the API key is empty or holds spaces, control or non-ASCII chars")
+        raise SettingsError("the API key is empty or holds spaces, control or non-ASCII chars")
     return Secret(key)
 
 
@@ -72,7 +73,7 @@ def check_root(
     """The API root to use (given, else from the environment, else the default), split.
 
     Raises:
-        ValueError: It is not an http(s) URL, has credentials, a query or a fragment, or
+        SettingsError: It is not an http(s) URL, has credentials, a query or a fragment, or
             is plain ``http://`` to another machine without ``allow_insecure``.
     """
     root = api_root if api_root is not None else env.api_root() or ""
@@ -80,23 +81,24 @@ def check_root(
     parts = urlsplit(root)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         shown = redact(root, key.reveal())
-        raise ValueError(f"API root {shown!r} is not an http:// or https:// URL")
+        raise SettingsError(f"API root {shown!r} is not an http:// or https:// URL")
     try:
         port_ok = parts.port != 0  # reading the port checks it
     except ValueError:
         port_ok = False
     if not port_ok:
         shown = redact(root, key.reveal())
-        raise ValueError(f"API root {shown!r} has an invalid port (a number from 1 to 65535)")
+        raise SettingsError(f"API root {shown!r} has an invalid port (a number from 1 to 65535)")
     if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError(
+        raise SettingsError(
             f"the API root for {parts.hostname} must not have credentials, a query or a fragment"
         )
     if parts.scheme == "http" and not allow_insecure and not _is_loopback(parts.hostname):
-        raise ValueError(
+        raise SettingsError(
             f"refusing plain http:// to {parts.hostname}: the API key would travel in "
-            "clear text; use https://, or pass allow_insecure=True if you trust every "
-            "network between here and there"
+            "clear text; use https:// (`hubfsm hub serve --tls-cert FILE --tls-key FILE` "
+            "serves it), or give the session a RequestsTransport made with "
+            "allow_insecure=True if you trust every network between here and there"
         )
     return root, parts
 
@@ -105,8 +107,8 @@ def positive(name: str, value: float) -> float:
     """``value`` as a float, if it is positive and finite.
 
     Raises:
-        ValueError: It is not.
+        SettingsError: It is not.
     """
     if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a positive finite number, not {value!r}")
+        raise SettingsError(f"{name} must be a positive finite number, not {value!r}")
     return float(value)

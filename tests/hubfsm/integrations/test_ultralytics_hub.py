@@ -169,6 +169,30 @@ def test_a_hub_that_cannot_create_the_model_says_so_in_one_line(local, monkeypat
     assert [e for e in logs if e["log_level"] in ("warning", "error")] == []
 
 
+def test_an_api_root_refused_as_such_leaves_training_off_the_hub_in_one_line(
+    local, monkeypatch, capsys
+):
+    # A team's hub on another machine over plain http: the key would travel in clear
+    # text. Before, the ValueError ended the training with a traceback.
+    monkeypatch.setenv("HUB_API_KEY", local.api_key)
+    monkeypatch.setenv("ULTRALYTICS_HUB_API", "http://hub.invalid:8000")
+    before = dict(local.hub.audit().requests)
+    session = HUBTrainingSession.create_session("yolov8n.yaml", {"data": "coco8.yaml"})
+    assert session is None
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1 and said[0].startswith("hubfsm: the hub did not create the model: ")
+    assert "refusing plain http:// to hub.invalid" in said[0]
+    assert local.api_key not in said[0]
+    assert dict(local.hub.audit().requests) == before  # not one request
+    # A model named by id has no session, as for any other refusal, and the log says why.
+    with structlog.testing.capture_logs() as logs:
+        assert HUBTrainingSession.create_session("A" * 20) is None
+    [event] = [e for e in logs if e["log_level"] == "warning"]
+    assert event["event"] == "ultralytics.hub_session_unavailable"
+    assert "refusing plain http:// to hub.invalid" in event["error"]
+    assert dict(local.hub.audit().requests) == before
+
+
 def test_a_new_model_gets_the_users_arguments_and_trains_to_the_end(local, tmp_path, monkeypatch):
     monkeypatch.setenv("HUB_API_KEY", local.api_key)
     session = HUBTrainingSession.create_session(
