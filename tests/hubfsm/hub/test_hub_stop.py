@@ -9,6 +9,7 @@ final weights).
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -17,7 +18,10 @@ from pathlib import Path
 import pytest
 import requests
 
+import hubfsm
 from hubfsm.hub.server import LocalHub
+from tests.support import FAST
+from transports import uploads
 
 TIMEOUT = 10
 CREATE = {"lineage": {"architecture": {"name": "yolov8n"}}, "meta": {"name": "stopped"}}
@@ -84,3 +88,50 @@ def test_a_body_cut_by_a_stop_is_answered_503_and_nothing_of_it_kept(
         assert record is not None
         assert record["status"] != "trained" and not record["has_best_weights"]
         assert again.hub.metrics(model_id) == []
+
+
+@pytest.mark.slow
+def test_a_run_whose_hub_restarts_mid_upload_finishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A slow uplink: the final weights take about 3 s to go out, a stop cuts them.
+    pieces = uploads.MultipartBody._file_pieces
+
+    def slowly(self, handle, file):  # type: ignore[no-untyped-def]
+        for piece in pieces(self, handle, file):
+            time.sleep(0.1)
+            yield piece
+
+    monkeypatch.setattr(uploads.MultipartBody, "_file_pieces", slowly)
+    weights = tmp_path / "best.pt"
+    weights.write_bytes(os.urandom(8 << 20))
+    local = LocalHub(tmp_path / "hub").start()
+    staging = tmp_path / "hub" / "weights" / ".staging"
+
+    def restart() -> None:
+        for _ in range(300):
+            if any(p.stat().st_size > (1 << 20) for p in staging.iterdir()):
+                break
+            time.sleep(0.02)
+        local.stop()
+        local.start()
+
+    restarting = threading.Thread(target=restart)
+    try:
+        with hubfsm.Session("yolov8n.yaml", api_root=local.url, web_root=local.url,
+                            api_key=local.api_key, config=FAST,
+                            outbox_dir=tmp_path / "outbox") as session:
+            session.log_metrics({"loss": 1.0}, epoch=0)
+            restarting.start()
+            # Before, the cut upload was answered 400 and the run failed with "the hub
+            # rejected the final weights (400) ...: malformed multipart body".
+            session.finish(weights, map50_95=0.5, timeout=60)
+            model_id = session.model_id
+        restarting.join(TIMEOUT)
+        record = local.hub.record(model_id)
+        assert record is not None and record["status"] == "trained"
+        assert record["has_best_weights"]
+    finally:
+        restarting.join(TIMEOUT)
+        local.stop()
+    assert "rejected" not in capsys.readouterr().err
