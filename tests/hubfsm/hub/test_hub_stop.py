@@ -8,6 +8,7 @@ final weights).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -135,3 +136,44 @@ def test_a_run_whose_hub_restarts_mid_upload_finishes(
         restarting.join(TIMEOUT)
         local.stop()
     assert "rejected" not in capsys.readouterr().err
+
+
+def test_a_stop_ends_a_download_to_a_client_that_reads_slowly(tmp_path: Path) -> None:
+    local = LocalHub(tmp_path / "hub").start()
+    headers = {"x-api-key": local.api_key}
+    created = requests.post(f"{local.url}/v1/models", json=CREATE, headers=headers,
+                            timeout=TIMEOUT)
+    model_id = created.json()["data"]["id"]
+    fields = {"epoch": "1", "type": "epoch", "isBest": "False"}
+    uploaded = requests.post(
+        f"{local.url}/v1/models/{model_id}/upload", data=fields, headers=headers,
+        files={"last.pt": ("last.pt", os.urandom(16 << 20))}, timeout=TIMEOUT,
+    )
+    assert uploaded.status_code == 200
+    url = requests.get(f"{local.url}/v1/models/{model_id}", headers=headers,
+                       timeout=TIMEOUT).json()["data"]["resume"]
+    path = url.split(f":{local.port}", 1)[1]
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(TIMEOUT)
+        sock.connect(("127.0.0.1", local.port))
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{local.port}\r\n\r\n".encode())
+        reading = threading.Event()
+
+        def trickle() -> None:  # a kilobyte every 0.1 s: 16 MiB take hours
+            with contextlib.suppress(OSError):
+                while sock.recv(1024):
+                    reading.set()
+                    time.sleep(0.1)
+
+        reader = threading.Thread(target=trickle, daemon=True)
+        reader.start()
+        assert reading.wait(TIMEOUT)
+        stopping = threading.Thread(target=local.stop)
+        started = time.monotonic()
+        stopping.start()
+        stopping.join(TIMEOUT)
+        # Before, the stop (Ctrl-C, SIGTERM) waited for the download: "Stopping." and hours.
+        assert not stopping.is_alive(), "the stop waits for the slow download"
+        assert time.monotonic() - started < 5
+    stopping.join(TIMEOUT)
