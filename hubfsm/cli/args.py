@@ -60,6 +60,14 @@ def seconds(text: str) -> float:
     return value
 
 
+def not_negative(text: str) -> float:
+    """A number, 0 or more."""
+    value = number(float, text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
 def positive(text: str) -> float:
     """A number more than 0."""
     value = number(float, text)

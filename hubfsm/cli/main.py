@@ -17,6 +17,7 @@ from hubfsm.cli.args import (
     api_root,
     command,
     directory,
+    not_negative,
     port,
     positive,
     positive_int,
@@ -171,10 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seeds the fault draws")
     p.add_argument(
-        "--timeout", type=float, default=30.0, help="close connections silent this long (s)"
+        "--timeout", type=positive, default=30.0, help="close connections silent this long (s)"
     )
-    p.add_argument("--max-json-mib", type=float, default=4, help="largest JSON body (MiB)")
-    p.add_argument("--max-upload-mib", type=int, default=4096, help="largest upload (MiB)")
+    p.add_argument("--max-json-mib", type=positive, default=4, help="largest JSON body (MiB)")
+    p.add_argument(
+        "--max-upload-mib", type=positive_int, default=4096, help="largest upload (MiB)"
+    )
     p.add_argument(
         "--heartbeat-interval",
         type=positive,
@@ -225,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objects", metavar="URL", required=True, help="the team's s3://bucket/prefix")
     p.add_argument(
         "--older-than-hours",
-        type=float,
+        type=not_negative,
         default=24.0,
         metavar="H",
         help="leave what is younger: an upload under way is in no record yet (default 24)",

@@ -93,6 +93,27 @@ class _Gateway(wsgi.Gateway_10):
         return environ
 
 
+def _cut(conn: Any) -> None:
+    """End a connection a stop found still busy: its reading now, its writing a second later.
+
+    Reading ends first, as cheroot does it, so a request cut short still gets its answer
+    (a 503 a client retries); an answer still going out a second later is cut too.
+    """
+    if conn is None or conn.rfile.closed:
+        return
+    sock = conn.socket
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RD)
+    later = threading.Timer(1.0, _shut_writing, (sock,))
+    later.daemon = True
+    later.start()
+
+
+def _shut_writing(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # closed already: the answer went out
+        sock.shutdown(socket.SHUT_WR)
+
+
 class _Server(wsgi.Server):
     """Cheroot's server, its own messages routed to the hub's log."""
 
@@ -100,6 +121,13 @@ class _Server(wsgi.Server):
     head_timeout: float = 10.0
     deadlines: Watchdog
     slow_heads: threading.BoundedSemaphore
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A stop cuts what still runs after its grace period. Cheroot shuts only the
+        # reading side: an answer to a client that reads slowly (a weights download a
+        # kilobyte at a time) then held the stop, Ctrl-C and SIGTERM, as long as it read.
+        setattr(self.requests, "_force_close", _cut)  # noqa: B010 - a static method
 
     @classmethod
     def prepare_socket(cls, *args: Any, **kwargs: Any) -> socket.socket:

@@ -358,6 +358,14 @@ def refused_port() -> int:
         (["hub", "serve", "--port", "99999"], "from 1 to 65535"),
         (["hub", "serve", "--data", "a-file"], "is a file"),
         (["hub", "serve", "--rate-limit", "nan"], "not a finite number"),
+        # Before, a hub that answered nothing, or refused every JSON body or upload with
+        # 413 "body larger than -1048576 bytes"; and "cannot convert float NaN to integer".
+        (["hub", "serve", "--timeout", "-1"], "more than 0"),
+        (["hub", "serve", "--timeout", "nan"], "not a finite number"),
+        (["hub", "serve", "--max-json-mib", "-1"], "more than 0"),
+        (["hub", "serve", "--max-upload-mib", "0"], "at least 1"),
+        # Before, a cut-off in the future: every upload under way deleted.
+        (["hub", "sweep", "--older-than-hours", "-1"], "0 or more"),
         (["sync", "--timeout", "0"], "more than 0"),
         (["simulate", "--jobs", "0"], "at least 1"),
         (["status", "no-such-dir"], "no-such-dir does not exist"),
