@@ -46,7 +46,7 @@ from hubfsm.hub.stored import (
     record_text,
     reply_of,
 )
-from hubfsm.hub.uploads import UploadsInPostgres
+from hubfsm.hub.uploads import UploadsInDatabase
 
 #: Seconds an idempotent reply is kept: a retry or an outbox replay within it is answered
 #: from the reply; a replay later than that is applied again.
@@ -88,7 +88,7 @@ class PostgresStore:
         self.reply_retention = reply_retention
         self._clock = clock
         self._db = Database(url, pool_size=pool_size, delete=self._delete_object)
-        self.uploads = UploadsInPostgres(self._db)
+        self.uploads = UploadsInDatabase(self._db, mark="%s", handle="object")
         self._puts = 0
         self._puts_lock = threading.Lock()
 

@@ -26,7 +26,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -45,7 +45,7 @@ from hubfsm.hub.stored import (
     record_text,
     reply_of,
 )
-from hubfsm.hub.uploads import UploadsInMemory
+from hubfsm.hub.uploads import UploadsInDatabase
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -62,6 +62,9 @@ CREATE TABLE IF NOT EXISTS replies (
 CREATE TABLE IF NOT EXISTS console (
     model_id TEXT NOT NULL, chunk_id INTEGER NOT NULL, lines INTEGER NOT NULL,
     content TEXT NOT NULL, PRIMARY KEY (model_id, chunk_id));
+CREATE TABLE IF NOT EXISTS uploads (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL UNIQUE, model_id TEXT NOT NULL,
+    run_id INTEGER NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL, staged TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS renames (
     model_id TEXT NOT NULL, kind TEXT NOT NULL, staged TEXT NOT NULL,
     PRIMARY KEY (model_id, kind));
@@ -93,7 +96,10 @@ class SqliteStore:
         # and the staged files among them discarded meanwhile: deleted if it rolls back.
         self._after_commit: list[tuple[str, WeightsKind, str]] = []
         self._discard_later: list[str] = []
-        self.uploads = UploadsInMemory(self.discard_weights)
+        self._delete_at_commit: list[str] = []
+        # Files PUT to Platform upload URLs wait for their event in the database: a
+        # restart in between must not lose what the hub answered 200 to.
+        self.uploads = UploadsInDatabase(self, mark="?", handle="staged")
         # Autocommit mode: transactions are begun and ended explicitly below.
         self._db = sqlite3.connect(
             self.data_dir / "hub.sqlite3",
@@ -123,8 +129,10 @@ class SqliteStore:
             due = self._db.execute("SELECT model_id, kind, staged FROM renames").fetchall()
             for model_id, kind, staged in due:
                 self._rename(str(model_id), kind, str(staged))
+            waiting = {str(row[0]) for row in self._db.execute("SELECT staged FROM uploads")}
             for leftover in self._staging.iterdir():
-                leftover.unlink(missing_ok=True)
+                if str(leftover) not in waiting:
+                    leftover.unlink(missing_ok=True)
         fcntl.flock(self._alone_fd, fcntl.LOCK_SH)  # waits only while another clears
 
     @contextlib.contextmanager
@@ -151,14 +159,17 @@ class SqliteStore:
                     self._renames_undone()
                     raise
                 due, self._after_commit, self._discard_later = self._after_commit, [], []
+                gone, self._delete_at_commit = self._delete_at_commit, []
                 for model_id, kind, staged in due:
                     self._rename(model_id, kind, staged)
+                for path in gone:
+                    Path(path).unlink(missing_ok=True)
 
     def _renames_undone(self) -> None:
         """The transaction did not commit: its files stay staged, the discarded ones go."""
         for path in self._discard_later:
             Path(path).unlink(missing_ok=True)
-        self._after_commit, self._discard_later = [], []
+        self._after_commit, self._discard_later, self._delete_at_commit = [], [], []
 
     def _write(self, sql: str, params: tuple[object, ...]) -> sqlite3.Cursor:
         with self.transaction():
@@ -170,6 +181,19 @@ class SqliteStore:
 
     def claim(self, name: str) -> None:
         """Nothing to hold: the hub's lock serialises its requests."""
+
+    def rows(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+        """Run one statement (inside the open transaction, if any); the rows it returns."""
+        return self._read(sql, params)
+
+    def delete_after_commit(self, handles: Iterable[str]) -> None:
+        """Delete these staged files once the transaction commits (at once outside one)."""
+        with self._lock:
+            if self._depth:
+                self._delete_at_commit.extend(handles)
+                return
+        for path in handles:
+            Path(path).unlink(missing_ok=True)
 
     def get_model(self, model_id: str) -> ModelRecord | None:
         """The model's record, or None."""

@@ -2,22 +2,20 @@
 
 A Platform trainer PUTs a checkpoint to a signed URL, then says ``checkpoint_saved``;
 only then does the file become the model's ``last``. In between it waits here: in a dict
-for a store one process owns (:class:`UploadsInMemory`), in the database for a team's,
-whose PUT and event may reach different processes (:class:`UploadsInPostgres`). Each
-store holds one as its ``uploads``.
+for the in-memory store (:class:`UploadsInMemory`), in the database for the SQLite store
+and a team's, whose PUT and event may reach different processes or a restarted one
+(:class:`UploadsInDatabase`). Each store holds one as its ``uploads``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import attrs
 
 from hubfsm.hub.stored import Staged
-
-if TYPE_CHECKING:
-    from hubfsm.hub.postgres import Database
 
 #: Uploads of one model kept unpromoted, at most: a client that never promotes what it
 #: PUT pushes out its own oldest, nobody else's.
@@ -64,10 +62,9 @@ class Uploads(Protocol):
 
 
 class UploadsInMemory:
-    """Uploads in a dict, for the stores one process owns.
+    """Uploads in a dict, for the in-memory store (a restart forgets it all anyway).
 
-    A restart of that process forgets them (the trainer's ``checkpoint_saved`` then gets
-    404); the hub's lock serialises the calls.
+    The hub's lock serialises the calls.
 
     Args:
         discard: Deletes a staged file (the store's ``discard_weights``).
@@ -103,43 +100,68 @@ class UploadsInMemory:
             self._discard(self._kept.pop(key).staged)
 
 
-class UploadsInPostgres:
-    """Uploads in the team database's ``uploads`` table, their files in the object store.
+class Database(Protocol):
+    """What :class:`UploadsInDatabase` needs of a store's database."""
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Group the statements of the block into one transaction."""
+
+    def rows(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        """Run one statement (inside the transaction, if one is open); its rows."""
+
+    def claim(self, name: str) -> None:
+        """Hold ``name`` until this transaction ends."""
+
+    def delete_after_commit(self, handles: Iterable[str]) -> None:
+        """Delete these staged files once the transaction commits (not if it rolls back)."""
+
+
+class UploadsInDatabase:
+    """Uploads in the store's ``uploads`` table: a restart or another process finds them.
+
+    The team's database (its files in the object store) and the SQLite store (its files
+    in the staging folder) keep them alike: a PUT answered 200 is promoted by its event
+    whenever that comes, on whichever process.
 
     Args:
-        db: The team hub's database.
+        db: The store's database.
+        mark: Its parameter placeholder (``%s`` or ``?``).
+        handle: The column of a staged file's handle (an object key, or a path).
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, mark: str, handle: str) -> None:
         self._db = db
+        self._m = mark
+        self._h = handle
 
     def put(self, path: str, upload: Upload) -> list[Staged]:
         """Keep ``upload`` under ``path`` for every process; the staged files pushed out."""
-        staged = upload.staged
+        staged, m, h = upload.staged, self._m, self._h
         assert isinstance(staged.handle, str)
         rows = self._db.rows
         with self._db.transaction():
             # One model's uploads are counted and trimmed by one process at a time.
             self._db.claim(f"uploads {upload.model_id}")
-            dropped = rows(
-                "DELETE FROM uploads WHERE path = %s RETURNING sha256, size, object", (path,)
-            )
+            forget = f"DELETE FROM uploads WHERE path = {m} RETURNING sha256, size, {h}"
+            dropped = rows(forget, (path,))
             rows(
-                "INSERT INTO uploads (path, model_id, run_id, sha256, size, object) "
-                "VALUES (%s, %s, %s, %s, %s, %s)",
+                f"INSERT INTO uploads (path, model_id, run_id, sha256, size, {h}) "
+                f"VALUES ({m}, {m}, {m}, {m}, {m}, {m})",
                 (path, upload.model_id, upload.run_id, staged.sha256, staged.size, staged.handle),
             )
-            dropped += rows(
-                "DELETE FROM uploads WHERE path IN (SELECT path FROM uploads WHERE model_id = %s "
-                "ORDER BY seq DESC OFFSET %s) RETURNING sha256, size, object",
-                (upload.model_id, UPLOADS_KEPT),
+            mine = rows(
+                f"SELECT path FROM uploads WHERE model_id = {m} ORDER BY seq DESC",
+                (upload.model_id,),
             )
+            for (old,) in mine[UPLOADS_KEPT:]:
+                dropped += rows(forget, (old,))
         return [Staged(str(sha), int(size), str(key)) for sha, size, key in dropped]
 
     def take(self, path: str) -> Upload | None:
         """Forget and return the upload kept under ``path``, or None."""
         rows = self._db.rows(
-            "DELETE FROM uploads WHERE path = %s RETURNING model_id, run_id, sha256, size, object",
+            f"DELETE FROM uploads WHERE path = {self._m} "
+            f"RETURNING model_id, run_id, sha256, size, {self._h}",
             (path,),
         )
         return _upload_of(rows[0]) if rows else None
@@ -147,17 +169,17 @@ class UploadsInPostgres:
     def of_model(self, model_id: str) -> dict[str, Upload]:
         """The model's uploads not yet promoted, oldest first."""
         rows = self._db.rows(
-            "SELECT path, model_id, run_id, sha256, size, object FROM uploads "
-            "WHERE model_id = %s ORDER BY seq",
+            f"SELECT path, model_id, run_id, sha256, size, {self._h} FROM uploads "
+            f"WHERE model_id = {self._m} ORDER BY seq",
             (model_id,),
         )
         return {str(row[0]): _upload_of(row[1:]) for row in rows}
 
     def drop(self, model_id: str) -> None:
-        """Forget the model's uploads not yet promoted; their objects go after the commit."""
+        """Forget the model's uploads not yet promoted; their files go after the commit."""
         with self._db.transaction():
             gone = self._db.rows(
-                "DELETE FROM uploads WHERE model_id = %s RETURNING object", (model_id,)
+                f"DELETE FROM uploads WHERE model_id = {self._m} RETURNING {self._h}", (model_id,)
             )
             self._db.delete_after_commit(str(row[0]) for row in gone)
 

@@ -244,6 +244,39 @@ def test_a_whole_run_lands_as_a_model_with_metrics_checkpoint_and_final_weights(
     assert download.status_code == 200 and download.content == final
 
 
+def test_uploads_answered_200_are_promoted_after_the_hub_restarts(tmp_path: Path) -> None:
+    # The PUT was answered 200, then the hub stopped before the event that promotes it.
+    # Before, the staged file went with the process: checkpoint_saved got 404, and
+    # training_complete marked the model trained without its final weights.
+    key = new_platform_key()
+    with LocalHub(tmp_path / "hub") as first:
+        first.hub.add_key(key, "platform")
+        started = start(first, key)
+        model_id, run_id = started["modelId"], started["runId"]
+        epoch_end(first, key, model_id, 0)
+        checkpoint, final = b"checkpoint " * 500, b"final " * 700
+        slot = upload(first, key, model_id, run_id, checkpoint)
+        final_slot = upload(first, key, model_id, run_id, final)
+    with LocalHub(tmp_path / "hub") as again:
+        assert saved(again, key, model_id, run_id, slot)["modelId"] == model_id
+        found = again.hub.weights(model_id, "last")
+        assert found is not None and read_all(found[1]) == checkpoint
+        results = {"metrics": {"metrics/mAP50-95(B)": 0.3}, "modelPath": final_slot["gcsPath"]}
+        event(again, key, "training_complete", {"results": results, "runId": run_id}, model_id)
+        best = again.hub.weights(model_id, "best")
+        assert best is not None and read_all(best[1]) == final
+        assert best[0].sha256 == hashlib.sha256(final).hexdigest()
+        assert list((tmp_path / "hub" / "weights" / ".staging").iterdir()) == []
+
+
+def read_all(content: Any) -> bytes:
+    if isinstance(content, bytes):
+        return content
+    with content:
+        data: bytes = content.read()
+        return data
+
+
 def test_epochs_that_never_arrived_are_named_on_the_run_page(local: LocalHub, key: str) -> None:
     # ultralytics 8.4 sends each epoch once: those it sent while the hub was down are gone.
     # Before, the page said "epoch 12 of 12" and showed no sign of the hole in the metrics.
