@@ -175,16 +175,13 @@ class SqliteStore:
         with self.transaction():
             return self._db.execute(sql, params)
 
-    def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
-
     def claim(self, name: str) -> None:
         """Nothing to hold: the hub's lock serialises its requests."""
 
     def rows(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
         """Run one statement (inside the open transaction, if any); the rows it returns."""
-        return self._read(sql, params)
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
 
     def delete_after_commit(self, handles: Iterable[str]) -> None:
         """Delete these staged files once the transaction commits (at once outside one)."""
@@ -197,7 +194,7 @@ class SqliteStore:
 
     def get_model(self, model_id: str) -> ModelRecord | None:
         """The model's record, or None."""
-        rows = self._read("SELECT record FROM models WHERE id = ?", (model_id,))
+        rows = self.rows("SELECT record FROM models WHERE id = ?", (model_id,))
         return model_of(str(rows[0][0])) if rows else None
 
     def put_model(self, record: ModelRecord) -> None:
@@ -219,7 +216,7 @@ class SqliteStore:
 
     def list_models(self) -> list[ModelRecord]:
         """Every model, oldest first."""
-        rows = self._read("SELECT record FROM models ORDER BY created_at, id", ())
+        rows = self.rows("SELECT record FROM models ORDER BY created_at, id", ())
         return [model_of(str(row[0])) for row in rows]
 
     def page_models(
@@ -227,7 +224,7 @@ class SqliteStore:
     ) -> list[ModelRecord]:
         """Up to ``limit`` models, newest first, older than ``before``, of ``owner`` if given."""
         sql, params = page_query(limit, before, owner, "json_extract(record, '$.owner')", "?")
-        return [model_of(str(row[0])) for row in self._read(sql, params)]
+        return [model_of(str(row[0])) for row in self.rows(sql, params)]
 
     def put_metrics(
         self, model_id: str, metrics: Mapping[int, str], at: float | None = None
@@ -243,14 +240,14 @@ class SqliteStore:
 
     def get_metrics(self, model_id: str) -> list[tuple[int, str]]:
         """The model's ``(epoch, JSON text)`` pairs, sorted by epoch."""
-        rows = self._read(
+        rows = self.rows(
             "SELECT epoch, metrics FROM metrics WHERE model_id = ? ORDER BY epoch", (model_id,)
         )
         return [(int(str(epoch)), str(text)) for epoch, text in rows]
 
     def metric_times(self, model_id: str) -> dict[int, float]:
         """When each epoch's metrics first came."""
-        rows = self._read(
+        rows = self.rows(
             "SELECT epoch, arrived_at FROM metrics WHERE model_id = ? AND arrived_at IS NOT NULL",
             (model_id,),
         )
@@ -323,7 +320,7 @@ class SqliteStore:
 
     def weights_info(self, model_id: str, kind: WeightsKind) -> WeightsInfo | None:
         """Digest and size of the model's ``kind`` file, or None."""
-        rows = self._read(
+        rows = self.rows(
             "SELECT sha256, size FROM weights WHERE model_id = ? AND kind = ?", (model_id, kind)
         )
         return WeightsInfo(str(rows[0][0]), int(str(rows[0][1]))) if rows else None
@@ -364,7 +361,7 @@ class SqliteStore:
 
     def get_console(self, model_id: str) -> list[tuple[int, int, str]]:
         """The model's console chunks, in chunk order."""
-        rows = self._read(
+        rows = self.rows(
             "SELECT chunk_id, lines, content FROM console WHERE model_id = ? ORDER BY chunk_id",
             (model_id,),
         )
@@ -372,7 +369,7 @@ class SqliteStore:
 
     def get_reply(self, scope: str) -> StoredReply | None:
         """The reply remembered under ``scope``, or None."""
-        rows = self._read("SELECT status, body, request FROM replies WHERE scope = ?", (scope,))
+        rows = self.rows("SELECT status, body, request FROM replies WHERE scope = ?", (scope,))
         return reply_of(rows[0]) if rows else None
 
     def put_reply(self, scope: str, reply: StoredReply) -> None:
@@ -384,7 +381,7 @@ class SqliteStore:
 
     def get_key(self, digest: str) -> KeyRecord | None:
         """The key whose digest is ``digest``, or None."""
-        rows = self._read("SELECT record FROM keys WHERE digest = ?", (digest,))
+        rows = self.rows("SELECT record FROM keys WHERE digest = ?", (digest,))
         return key_of(str(rows[0][0])) if rows else None
 
     def put_key(self, record: KeyRecord) -> None:
@@ -396,7 +393,7 @@ class SqliteStore:
 
     def list_keys(self) -> list[KeyRecord]:
         """Every key record, oldest first."""
-        rows = self._read("SELECT record FROM keys ORDER BY created_at, digest", ())
+        rows = self.rows("SELECT record FROM keys ORDER BY created_at, digest", ())
         return [key_of(str(row[0])) for row in rows]
 
     def close(self) -> None:
