@@ -157,7 +157,7 @@ class PlatformCallbacks:
                 **options,
             )
             session.start()
-        except (HubfsmError, ValueError) as exc:  # ValueError: an API root refused as such
+        except HubfsmError as exc:  # a refused key or API root too (SettingsError)
             # As the official client: training goes on, untracked, and its console says
             # why (the one line for people; the event is for logs).
             log.info("platform.untracked", error=f"{type(exc).__name__}: {exc}")
