@@ -16,7 +16,6 @@ without its query (a signed URL's query is a credential of its own) and never th
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 import time
@@ -34,7 +33,7 @@ from hubfsm.transport import Announced, ErrorKind, Sink, TransportError, same_or
 from hubfsm.version import __version__
 from transports.deadline import Deadline, SendTimeoutAdapter
 from transports.outcomes import chain, os_reason, stalled
-from transports.settings import Secret
+from transports.settings import check_key, positive
 
 __all__ = ["HttpDownloader"]
 
@@ -74,7 +73,7 @@ class HttpDownloader:
         user_agent: The ``User-Agent`` sent.
 
     Raises:
-        ValueError: The key holds spaces, control or non-ASCII characters, or a timeout
+        SettingsError: The key holds spaces, control or non-ASCII characters, or a timeout
             is not positive.
     """
 
@@ -89,17 +88,12 @@ class HttpDownloader:
         session: requests.Session | None = None,
         user_agent: str | None = None,
     ) -> None:
-        key = (api_key or "").strip()
-        # requests would reject such a header value with the value, the key, in its message.
-        if key and (not key.isascii() or not key.isprintable() or " " in key):
-            raise ValueError("the API key holds spaces, control or non-ASCII characters")
-        for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be a positive finite number, not {value!r}")
-        self._key = Secret(key) if key and api_root else None
+        # No key is fine here (public weights); a key given is checked as the transport's.
+        secret = check_key(api_key) if api_key and api_key.strip() else None
+        self._key = secret if api_root else None
         self._root = api_root or ""
-        self._connect_timeout = float(connect_timeout)
-        self._read_timeout = float(read_timeout)
+        self._connect_timeout = positive("connect_timeout", connect_timeout)
+        self._read_timeout = positive("read_timeout", read_timeout)
         self._default_deadline = float(deadline)
         self._session = session
         self._user_agent = (

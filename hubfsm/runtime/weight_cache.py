@@ -138,7 +138,7 @@ def download(
     Raises:
         DownloadError: The URL is not http(s), the server refused or broke off, the body
             was too large, or the file did not match the expected size or digest.
-        ValueError: Without ``downloader``: the key holds spaces, control or non-ASCII
+        SettingsError: Without ``downloader``: the key holds spaces, control or non-ASCII
             characters, or a timeout is not positive.
     """
     parts = urlsplit(url)
