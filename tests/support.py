@@ -96,3 +96,20 @@ def hubfsm_bound_by_modes(*args: str, env: dict[str, str]) -> Any:
         text=True,
         timeout=60,
     )
+
+
+def hub_upload_body(fields: dict[str, str], filename: str, content: bytes) -> bytes:
+    """A HUB weights upload as the wire carries it: form fields, then the file part.
+
+    Sent with ``Content-Type: multipart/form-data; boundary=bnd``.
+    """
+    parts = b"".join(
+        b'--bnd\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n'
+        % (name.encode(), value.encode())
+        for name, value in fields.items()
+    )
+    head = (
+        b'--bnd\r\nContent-Disposition: form-data; name="%s"; filename="%s"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n" % (filename.encode(), filename.encode())
+    )
+    return parts + head + content + b"\r\n--bnd--\r\n"

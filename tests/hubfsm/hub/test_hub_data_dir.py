@@ -19,6 +19,7 @@ from hubfsm.cli.main import main
 from hubfsm.hub import admin, keys
 from hubfsm.hub.server import LocalHub
 from tests.services import tmpfs_refusal
+from tests.support import hub_upload_body
 
 ROOT = Path(__file__).parents[3]
 TIMEOUT = 10
@@ -109,24 +110,12 @@ def _upload_head(port: int, model_id: str, key: str, length: int) -> bytes:
     ).encode()
 
 
-def _upload_body(weights: bytes) -> bytes:
-    fields = b"".join(
-        b'--bnd\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % pair
-        for pair in ((b"epoch", b"1"), (b"type", b"epoch"), (b"isBest", b"False"))
-    )
-    part = (
-        b'--bnd\r\nContent-Disposition: form-data; name="last.pt"; filename="last.pt"\r\n'
-        b"Content-Type: application/octet-stream\r\n\r\n"
-    )
-    return fields + part + weights + b"\r\n--bnd--\r\n"
-
-
 def test_opening_the_data_directory_beside_the_hub_leaves_an_upload_being_received(
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "hub"
     weights = os.urandom(1 << 20)
-    body = _upload_body(weights)
+    body = hub_upload_body({"epoch": "1", "type": "epoch", "isBest": "False"}, "last.pt", weights)
     with LocalHub(data) as local:
         created = requests.post(
             f"{local.url}/v1/models", json=CREATE, headers={"x-api-key": local.api_key},

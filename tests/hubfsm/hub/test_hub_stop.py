@@ -21,7 +21,7 @@ import requests
 
 import hubfsm
 from hubfsm.hub.server import LocalHub
-from tests.support import FAST
+from tests.support import FAST, hub_upload_body
 from transports import uploads
 
 TIMEOUT = 10
@@ -29,15 +29,8 @@ CREATE = {"lineage": {"architecture": {"name": "yolov8n"}}, "meta": {"name": "st
 
 
 def _upload(model_id: str) -> tuple[str, str, bytes]:
-    fields = b"".join(
-        b'--bnd\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % pair
-        for pair in ((b"epoch", b"1"), (b"type", b"final"), (b"map", b"0.5"))
-    )
-    part = (
-        b'--bnd\r\nContent-Disposition: form-data; name="best.pt"; filename="best.pt"\r\n'
-        b"Content-Type: application/octet-stream\r\n\r\n"
-    )
-    body = fields + part + b"w" * (1 << 20) + b"\r\n--bnd--\r\n"
+    fields = {"epoch": "1", "type": "final", "map": "0.5"}
+    body = hub_upload_body(fields, "best.pt", b"w" * (1 << 20))
     return f"/v1/models/{model_id}/upload", "multipart/form-data; boundary=bnd", body
 
 
