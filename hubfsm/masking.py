@@ -119,7 +119,9 @@ def one_line(text: str, *, limit: int = 300) -> str:
     (escape sequences, bidirectional overrides) ``?``: what a hub says reaches a terminal,
     where it must not clear the screen, colour it or forge a line of its own.
     """
-    line = "".join(c if c.isprintable() else "?" for c in " ".join(text.split()))
+    line = " ".join(text.split())
+    if not line.isprintable():  # checked whole first: a hub answers every request
+        line = "".join(c if c.isprintable() else "?" for c in line)
     return line if len(line) <= limit else line[: limit - 1] + "\u2026"
 
 
