@@ -339,7 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=positive_int, help="epochs per session (default 50; 8 with --http)"
     )
     p.add_argument(
-        "--jobs", type=positive_int, default=1, help="processes to spread seeds over (default 1)"
+        "--jobs",
+        type=positive_int,
+        help="processes to spread seeds over (default: one per usable CPU from 200 sessions "
+        "on, as seeds x profiles, up to one per 200; else 1; always 1 with --http); the "
+        "results do not depend on it",
     )
     p.add_argument("--trace", action="store_true", help="print each seed's full trace")
     p.add_argument("--json", action="store_true", help="print the traces as JSON lines")

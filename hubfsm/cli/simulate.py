@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -27,6 +28,8 @@ DEFAULT_SEEDS = range(100)
 DEFAULT_EPOCHS = 50
 HTTP_SEEDS = range(5)
 HTTP_EPOCHS = 8
+#: Sessions from which ``--jobs`` defaults to a pool (see :func:`default_jobs`).
+POOL_FROM = 200
 
 #: Trace entries shown before and after the first violation of a failing seed.
 _BEFORE, _AFTER = 25, 5
@@ -154,6 +157,21 @@ def _print_traces(results: Sequence[SimResult], as_json: bool, out: TextIO) -> N
         print(text, file=out)
 
 
+def default_jobs(sessions: int, *, http: bool, cpus: int | None = None) -> int:
+    """The processes ``--jobs`` defaults to: one per usable CPU once a pool pays.
+
+    A pool costs a process start per CPU, more than a short run takes in one process,
+    so runs of fewer than :data:`POOL_FROM` sessions stay in one. HTTP worlds stay in
+    one too: each session serves a hub of its own, and their sockets and threads, not
+    the CPU, set their pace.
+    """
+    if http or sessions < POOL_FROM:
+        return 1
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cpus or 1, sessions // POOL_FROM))
+
+
 def _run_profiles(
     profiles: Sequence[Profile],
     seeds: range,
@@ -209,14 +227,16 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return 2
     http = bool(args.http)
     epochs = args.epochs if args.epochs is not None else (HTTP_EPOCHS if http else DEFAULT_EPOCHS)
-    jobs = args.jobs
-    if epochs < 1 or jobs < 1:
-        print("error: --epochs and --jobs must be at least 1", file=sys.stderr)
-        return 2
     if args.seed is not None:
         seeds: range = range(args.seed, args.seed + 1)
     else:
         seeds = args.seeds if args.seeds is not None else (HTTP_SEEDS if http else DEFAULT_SEEDS)
+    jobs = args.jobs
+    if jobs is None:
+        jobs = default_jobs(len(seeds) * len(profiles), http=http)
+    if epochs < 1 or jobs < 1:
+        print("error: --epochs and --jobs must be at least 1", file=sys.stderr)
+        return 2
     tracing = bool(args.trace or args.json)
     protocol: ProtocolName = "platform" if getattr(args, "protocol", "hub") == "platform" else "hub"
     verbosity = getattr(args, "verbose", 0)

@@ -191,3 +191,19 @@ def test_the_simulated_sessions_log_lines_stay_off_the_screen_unless_asked(capsy
     status, _, err = simulate(capsys, "-vv", *args)
     assert status == 0
     assert "journal.record_kept_aside" in err and "session.contacting" in err
+
+
+def test_jobs_default_to_a_pool_only_once_it_pays():
+    from hubfsm.cli.simulate import POOL_FROM, default_jobs
+
+    # The default run (100 seeds of one profile) and short runs stay in one process.
+    assert default_jobs(100, http=False, cpus=8) == 1
+    assert default_jobs(POOL_FROM - 1, http=False, cpus=8) == 1
+    # From there, one process per 200 sessions, up to one per usable CPU.
+    assert default_jobs(POOL_FROM, http=False, cpus=8) == 1
+    assert default_jobs(2 * POOL_FROM, http=False, cpus=8) == 2
+    assert default_jobs(10_000, http=False, cpus=2) == 2
+    assert default_jobs(10_000, http=False, cpus=8) == 8
+    # Each HTTP session serves a hub of its own: never a pool unless asked.
+    assert default_jobs(10_000, http=True, cpus=8) == 1
+    assert default_jobs(10_000, http=False) >= 1
