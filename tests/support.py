@@ -14,9 +14,8 @@ import attrs
 from hubfsm.core import protocol
 from hubfsm.core.config import CoreConfig
 from hubfsm.hub.domain import Hub
-from hubfsm.runtime.clocks import VirtualClock
 from hubfsm.runtime.factory import build
-from hubfsm.runtime.inline import SimRunner
+from hubfsm.runtime.inline import SimRunner, VirtualClock
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
 from transports.memory import InMemoryTransport

@@ -33,7 +33,6 @@ from hubfsm.durable.port import Durability
 from hubfsm.durable.weights import WeightFiles
 from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger
-from hubfsm.runtime.clocks import Clock
 from hubfsm.transport import Outcome, Transport, TransportError
 
 if TYPE_CHECKING:
@@ -62,6 +61,19 @@ def _nothing(*args: Any, **kwargs: Any) -> None:
 
 #: Stands in for the log where a composition asked for quiet.
 QUIET: Any = _Quiet()
+
+
+class Clock(Protocol):
+    """What the driver and its shells need of a clock (the worker's real one, or virtual time)."""
+
+    def __call__(self) -> float:
+        """The current time in seconds."""
+
+    def sleep(self, seconds: float) -> None:
+        """Let ``seconds`` pass."""
+
+    def sleep_until(self, when: float) -> None:
+        """Let time pass until ``when`` (no-op if it is past)."""
 
 
 class Observer(Protocol):

@@ -24,12 +24,11 @@ from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.port import Durability, OutboxOpener, Recovery
 from hubfsm.errors import HubfsmError, HubUnavailableError
 from hubfsm.logs import get_logger
-from hubfsm.runtime.clocks import Clock, RealClock
 from hubfsm.runtime.console import Console, hub_name
-from hubfsm.runtime.driver import Driver, Observer
+from hubfsm.runtime.driver import Clock, Driver, Observer
 from hubfsm.runtime.inline import SimRunner
 from hubfsm.runtime.settings import Settings
-from hubfsm.runtime.worker import ThreadRunner
+from hubfsm.runtime.worker import RealClock, ThreadRunner
 from hubfsm.transport import Transport
 from transports.settings import DEFAULT_API_ROOT
 

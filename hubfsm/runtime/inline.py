@@ -5,8 +5,10 @@ hub behind a fault injector that advances the same clock), so a whole training s
 runs in milliseconds and a seed replays it exactly. Trainer calls wait in the driver's
 inbox until the simulation lets time pass (:meth:`SimRunner.run_until`); the calls that
 wait for the hub (opening, ``finish``) run the driver until what they wait for holds.
-With a :class:`RealClock` the same shell drives a session over real HTTP, still on the
-calling thread, so an observer sees every request and outcome in order.
+Virtual time (:class:`VirtualClock`) is here with the shell it serves. With the
+worker's :class:`~hubfsm.runtime.worker.RealClock` the same shell drives a session over
+real HTTP, still on the calling thread, so an observer sees every request and outcome
+in order.
 """
 
 from __future__ import annotations
@@ -17,7 +19,27 @@ from hubfsm.core.engine import Core
 from hubfsm.core.values import Event
 from hubfsm.runtime.driver import Driver
 
-__all__ = ["RunTimeout", "SimRunner"]
+__all__ = ["RunTimeout", "SimRunner", "VirtualClock"]
+
+
+class VirtualClock:
+    """Time that moves only when told to."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        """The current virtual time."""
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        """Let ``seconds`` of virtual time pass."""
+        self.now += max(0.0, seconds)
+
+    def sleep_until(self, when: float) -> None:
+        """Jump to ``when`` unless the clock is already past it."""
+        if when > self.now:
+            self.now = when
 
 
 class RunTimeout(RuntimeError):

@@ -1,18 +1,37 @@
 """The background shell: one worker thread runs the driver on the real clock.
 
 The training thread only appends events to the driver's inbox; the worker takes them
-in, runs the driver and sleeps until the core's next wake-up.
+in, runs the driver and sleeps until the core's next wake-up. The real clock
+(:class:`RealClock`: monotonic, with real sleeps) is here with the shell it times.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable
 
 from hubfsm.core.engine import Core
 from hubfsm.core.values import Barrier, Event
 from hubfsm.runtime.driver import Driver
+
+
+class RealClock:
+    """The monotonic clock, with real sleeps."""
+
+    def __call__(self) -> float:
+        """Seconds on the monotonic clock."""
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``."""
+        if seconds > 0.0:
+            time.sleep(seconds)
+
+    def sleep_until(self, when: float) -> None:
+        """Sleep until the monotonic clock reads ``when``."""
+        self.sleep(when - time.monotonic())
 
 
 class ThreadRunner:

@@ -22,7 +22,7 @@ from hubfsm.errors import (
     ModelNotFoundError,
     ModelTrainedError,
 )
-from hubfsm.runtime.clocks import Clock
+from hubfsm.runtime.driver import Clock
 from hubfsm.sim.deaths import sync_outboxes
 from hubfsm.sim.end_checks import applied, check_hub, on_hub, outbox_now
 from hubfsm.sim.invariants import Checker

@@ -28,10 +28,9 @@ from hubfsm.errors import HubfsmError
 from hubfsm.hub.calls import Audit
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.store import MemoryStore
-from hubfsm.runtime.clocks import Clock, VirtualClock
-from hubfsm.runtime.driver import Driver
+from hubfsm.runtime.driver import Clock, Driver
 from hubfsm.runtime.factory import Parts, build
-from hubfsm.runtime.inline import SimRunner
+from hubfsm.runtime.inline import SimRunner, VirtualClock
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
 from hubfsm.sim.bugs import NO_BUGS, Bugs

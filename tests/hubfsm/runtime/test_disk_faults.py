@@ -18,8 +18,8 @@ from hubfsm.core.values import OpOpened
 from hubfsm.durable.journal import Journal
 from hubfsm.durable.journal_scan import replay
 from hubfsm.durable.outbox import Outbox
-from hubfsm.runtime.clocks import VirtualClock
 from hubfsm.runtime.factory import build
+from hubfsm.runtime.inline import VirtualClock
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
 from tests.support import FAST, KEY, inline_session, new_model

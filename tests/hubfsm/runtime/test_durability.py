@@ -11,8 +11,8 @@ import hubfsm
 from hubfsm.core.values import FinishRequested
 from hubfsm.durable.layout import OutboxLockedError
 from hubfsm.durable.survey import find, inspect
-from hubfsm.runtime.clocks import VirtualClock
 from hubfsm.runtime.factory import build
+from hubfsm.runtime.inline import VirtualClock
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
 from hubfsm.runtime.sync import status, sync

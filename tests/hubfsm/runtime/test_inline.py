@@ -3,9 +3,8 @@
 import attrs
 import pytest
 
-from hubfsm.runtime.clocks import VirtualClock
 from hubfsm.runtime.factory import build
-from hubfsm.runtime.inline import RunTimeout
+from hubfsm.runtime.inline import RunTimeout, VirtualClock
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
 from transports.memory import InMemoryTransport
