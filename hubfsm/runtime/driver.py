@@ -4,13 +4,16 @@ Each turn: take in the trainer's events (persist them), ask the core what to do,
 it (persisting what the request depends on first), take the outcome in, persist again.
 The driver holds no policy and no thread; two shells run it: the background worker
 (:mod:`hubfsm.runtime.worker`, real clock) and the inline shell
-(:mod:`hubfsm.runtime.inline`, virtual clock, for the simulator).
+(:mod:`hubfsm.runtime.inline`, virtual clock, for the simulator). The core's transitions
+happen inside the driver's calls, so who hears of them (the log, the session told of a
+refusal: :class:`Hooks`) is here too.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -84,6 +87,34 @@ class Observer(Protocol):
 
     def answered(self, now: float, send: Send, outcome: Outcome) -> None:
         """The request's outcome came back."""
+
+
+@attrs.define
+class Hooks:
+    """Who hears of the core's transitions: the log, and who is told of a refusal.
+
+    :meth:`changed` is the core's ``on_change``; it runs on the driver's thread.
+    """
+
+    #: Called on the driver's thread when the hub refuses the key or the model (the
+    #: session adds itself).
+    refused: list[Callable[[], None]] = attrs.Factory(list)
+    #: Told of every transition in place of the log line (the simulator's checker).
+    told: Callable[[str, str, str], None] | None = None
+    #: The core whose transitions these are, once made (its model id goes in the log).
+    core: Core | None = None
+
+    def changed(self, source: str, event: str, dest: str) -> None:
+        """The core moved from ``source`` to ``dest`` on ``event``."""
+        if self.told is not None:
+            self.told(source, event, dest)
+        elif source != dest:
+            model_id = self.core.model_id if self.core is not None else None
+            log.info("session.transition", model_id=model_id, source=source, trigger=event,
+                     dest=dest)  # fmt: skip
+        if source != dest and event == "refuse":
+            for hook in self.refused:
+                hook()
 
 
 @attrs.define(eq=False)
