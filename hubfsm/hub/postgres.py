@@ -1,7 +1,7 @@
 """A team hub's PostgreSQL connections: a pool, one transaction per thread, deletes after commit.
 
 The team's store (:mod:`hubfsm.hub.store_postgres`) and its uploads waiting for promotion
-(:class:`~hubfsm.hub.uploads.UploadsInDatabase`) run their statements through one
+(:class:`~hubfsm.hub.stored.UploadsInDatabase`) run their statements through one
 :class:`Database`, so that a statement made inside a transaction joins it, whichever of
 them makes it.
 """

@@ -39,6 +39,7 @@ from hubfsm.hub.stored import (
     ModelRecord,
     Staged,
     StoredReply,
+    UploadsInDatabase,
     WeightsInfo,
     key_of,
     model_of,
@@ -46,7 +47,6 @@ from hubfsm.hub.stored import (
     record_text,
     reply_of,
 )
-from hubfsm.hub.uploads import UploadsInDatabase
 
 #: Seconds an idempotent reply is kept: a retry or an outbox replay within it is answered
 #: from the reply; a replay later than that is applied again.
