@@ -15,9 +15,9 @@ from hubfsm.core import protocol
 from hubfsm.core.config import CoreConfig
 from hubfsm.hub.domain import Hub
 from hubfsm.runtime.factory import build
-from hubfsm.runtime.inline import SimRunner, VirtualClock
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
+from hubfsm.runtime.shells import SimRunner, VirtualClock
 from transports.memory import InMemoryTransport
 
 #: The API key of the in-memory hub (the ``hub`` fixture): 42 letters and digits, mixed

@@ -2,11 +2,11 @@
 
 Each turn: take in the trainer's events (persist them), ask the core what to do, send
 it (persisting what the request depends on first), take the outcome in, persist again.
-The driver holds no policy and no thread; two shells run it: the background worker
-(:mod:`hubfsm.runtime.worker`, real clock) and the inline shell
-(:mod:`hubfsm.runtime.inline`, virtual clock, for the simulator). The core's transitions
-happen inside the driver's calls, so who hears of them (the log, the session told of a
-refusal: :class:`Hooks`) is here too.
+The driver holds no policy and no thread; two shells run it
+(:mod:`hubfsm.runtime.shells`): the background worker (real clock) and the inline shell
+(virtual clock, for the simulator). The core's transitions happen inside the driver's
+calls, so who hears of them (the log, the session told of a refusal: :class:`Hooks`) is
+here too.
 """
 
 from __future__ import annotations

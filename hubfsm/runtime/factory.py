@@ -26,9 +26,8 @@ from hubfsm.errors import HubfsmError, HubUnavailableError
 from hubfsm.logs import get_logger
 from hubfsm.runtime.console import Console, hub_name
 from hubfsm.runtime.driver import Clock, Driver, Hooks, Observer
-from hubfsm.runtime.inline import SimRunner
 from hubfsm.runtime.settings import Settings
-from hubfsm.runtime.worker import RealClock, ThreadRunner
+from hubfsm.runtime.shells import RealClock, SimRunner, ThreadRunner
 from hubfsm.transport import Transport
 from transports.settings import DEFAULT_API_ROOT
 

@@ -30,9 +30,9 @@ from hubfsm.hub.domain import Hub
 from hubfsm.hub.store import MemoryStore
 from hubfsm.runtime.driver import Clock, Driver
 from hubfsm.runtime.factory import Parts, build
-from hubfsm.runtime.inline import SimRunner, VirtualClock
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
+from hubfsm.runtime.shells import SimRunner, VirtualClock
 from hubfsm.sim.bugs import NO_BUGS, Bugs
 from hubfsm.sim.ends import RESTART_SECONDS, check_final, check_hub, die, sync_outboxes
 from hubfsm.sim.invariants import Checker

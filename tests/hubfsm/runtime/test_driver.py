@@ -4,7 +4,7 @@ from hubfsm.core.values import EpochEnded, FinishRequested
 from hubfsm.durable.journal_scan import replay
 from hubfsm.durable.weights import stamp_of
 from hubfsm.errors import HubfsmError
-from hubfsm.runtime.inline import VirtualClock
+from hubfsm.runtime.shells import VirtualClock
 from tests.support import FAST, KEY, inline_session, new_model
 from transports.memory import InMemoryTransport
 
