@@ -31,9 +31,8 @@ from hubfsm.core.values import (
     Send,
     Start,
 )
-from hubfsm.durable.inbox import Inbox
+from hubfsm.durable.handover import Inbox, WeightFiles
 from hubfsm.durable.port import Durability
-from hubfsm.durable.weights import WeightFiles
 from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger
 from hubfsm.transport import Outcome, Transport, TransportError

@@ -17,7 +17,7 @@ import attrs
 from hubfsm.core import protocol
 from hubfsm.core.engine import Core
 from hubfsm.core.platform import PLATFORM
-from hubfsm.durable.inbox import Inbox
+from hubfsm.durable.handover import Inbox
 from hubfsm.durable.journal import JournalOpener
 from hubfsm.durable.layout import HubRoots
 from hubfsm.durable.outbox import Outbox
