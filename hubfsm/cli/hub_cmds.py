@@ -60,8 +60,8 @@ def cmd_hub_sweep(args: argparse.Namespace) -> int:
     import psycopg
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from hubfsm.hub.objects_s3 import S3Objects
     from hubfsm.hub.store_postgres import PostgresStore
+    from hubfsm.hub.team import S3Objects
 
     hours = args.older_than_hours
     try:
