@@ -19,7 +19,7 @@ import structlog
 
 from hubfsm.core.engine import Core
 from hubfsm.sim.bugs import Bugs
-from hubfsm.sim.end_checks import on_hub
+from hubfsm.sim.ends import on_hub
 from hubfsm.sim.play import play, scratch_root
 from hubfsm.sim.profiles import PROFILES
 from hubfsm.sim.refusing import RefusingWorld

@@ -14,11 +14,10 @@ import attrs
 from hubfsm.core import protocol
 from hubfsm.core.config import CoreConfig
 from hubfsm.hub.domain import Hub
-from hubfsm.runtime.clocks import VirtualClock
 from hubfsm.runtime.factory import build
-from hubfsm.runtime.inline import SimRunner
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
+from hubfsm.runtime.shells import SimRunner, VirtualClock
 from transports.memory import InMemoryTransport
 
 #: The API key of the in-memory hub (the ``hub`` fixture): 42 letters and digits, mixed

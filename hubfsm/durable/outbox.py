@@ -19,6 +19,7 @@ import attrs
 from hubfsm.core.identifier import OUTBOX_ID
 from hubfsm.core.values import Change, FileStamp, Saved
 from hubfsm.digest import chunks, sha256_chunks, sha256_of
+from hubfsm.durable.handover import as_handed_over, stamp_of
 from hubfsm.durable.layout import (
     DATABASE,
     DIR_MODE,
@@ -40,7 +41,6 @@ from hubfsm.durable.layout import (
     salvage,
 )
 from hubfsm.durable.outbox_db import OutboxDB
-from hubfsm.durable.weights import as_handed_over, stamp_of
 from hubfsm.transport import FilePart
 
 

@@ -4,7 +4,7 @@ The port opens once the model is known (at once for a model id, after the hub cr
 the model otherwise): it takes back what an earlier run left (see
 :mod:`hubfsm.durable.recovery`), then keeps the core's changes and the journal's
 progress as the driver hands them over. The weight files offered to the session live
-in :class:`~hubfsm.durable.weights.WeightFiles`, which snapshots into this outbox.
+in :class:`~hubfsm.durable.handover.WeightFiles`, which snapshots into this outbox.
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ from pathlib import Path
 
 from hubfsm.core.engine import Core
 from hubfsm.core.values import Change, Rejected, Saved, pending_counts
-from hubfsm.durable.inbox import Inbox
+from hubfsm.durable.handover import Inbox, WeightFiles
 from hubfsm.durable.journal import Journal, JournalOpener, journal_unavailable
 from hubfsm.durable.layout import default_root, private_dir
 from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.recovery import journal_path, kept_counts, recover
-from hubfsm.durable.weights import WeightFiles
 from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger
 

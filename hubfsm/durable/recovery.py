@@ -22,9 +22,9 @@ from hubfsm.core.values import (
     Rejected,
     Saved,
 )
+from hubfsm.durable.handover import still_offered
 from hubfsm.durable.journal_scan import events
 from hubfsm.durable.outbox import Outbox
-from hubfsm.durable.weights import still_offered
 from hubfsm.logs import get_logger
 from hubfsm.transport import FilePart
 

@@ -27,6 +27,7 @@ from hubfsm.core.values import (
     Rejected,
     pending_counts,
 )
+from hubfsm.durable.handover import still_offered
 from hubfsm.durable.journal_format import event_of
 from hubfsm.durable.journal_scan import JournalDamage, scan
 from hubfsm.durable.layout import (
@@ -45,7 +46,6 @@ from hubfsm.durable.layout import (
     machine_fault,
     salvage,
 )
-from hubfsm.durable.weights import still_offered
 from hubfsm.errors import HubfsmError
 from hubfsm.transport import Request
 

@@ -119,7 +119,7 @@ def serve(
             raise ValueError(f"cannot use the database: {str(error).strip()}") from None
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from hubfsm.hub.objects_s3 import S3Objects
+        from hubfsm.hub.team import S3Objects
 
         try:
             S3Objects(str(objects)).check()

@@ -20,8 +20,7 @@ from hubfsm.hub import records
 from hubfsm.hub.calls import HubReply, error
 from hubfsm.hub.endpoints import Endpoints
 from hubfsm.hub.parse import plain_number, whole_count
-from hubfsm.hub.stored import ModelRecord, Staged
-from hubfsm.hub.uploads import Upload
+from hubfsm.hub.stored import ModelRecord, Staged, Upload
 
 #: A file name a client may upload.
 FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")

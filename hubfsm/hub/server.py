@@ -328,8 +328,8 @@ class LocalHub:
             local = SqliteStore(self.data_dir)
             assert self._secret is not None
             return local, self._secret, local.data_dir / "weights" / ".staging"
-        from hubfsm.hub.objects_s3 import S3Objects
         from hubfsm.hub.store_postgres import PostgresStore
+        from hubfsm.hub.team import S3Objects
 
         pool = min(self.threads, 16)  # a connection is held only inside a transaction
         team = PostgresStore(self.database, S3Objects(self.objects), pool_size=pool)

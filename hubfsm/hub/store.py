@@ -15,8 +15,14 @@ from contextlib import AbstractContextManager
 from typing import IO, Literal, Protocol
 
 from hubfsm.hub.keys import KeyRecord
-from hubfsm.hub.stored import ModelRecord, Staged, StoredReply, WeightsInfo
-from hubfsm.hub.uploads import Uploads, UploadsInMemory
+from hubfsm.hub.stored import (
+    ModelRecord,
+    Staged,
+    StoredReply,
+    Uploads,
+    UploadsInMemory,
+    WeightsInfo,
+)
 
 #: The two weight files a model can have: the last epoch checkpoint and the best (final) one.
 WeightsKind = Literal["last", "best"]

@@ -11,9 +11,9 @@ The database isolates them, not a lock in a process:
   one key apply once: the second waits, then replays the first one's reply.
 - Replies are kept for :data:`REPLY_RETENTION` seconds, then pruned.
 - The URL-signing secret lives in the database: every process signs and checks alike.
-- Weight files are immutable objects (see :mod:`hubfsm.hub.objects_s3`); a model's row in
-  ``weights`` points at its current one, and the replaced object is deleted after the
-  pointer swap committed.
+- Weight files are immutable objects (see :class:`~hubfsm.hub.team.S3Objects`); a
+  model's row in ``weights`` points at its current one, and the replaced object is
+  deleted after the pointer swap committed.
 - A file PUT to a Platform upload URL waits in ``uploads`` for the event that promotes it,
   which may reach another process than the PUT did.
 
@@ -32,13 +32,12 @@ from collections.abc import Callable, Mapping
 from typing import IO
 
 from hubfsm.hub.keys import KeyRecord
-from hubfsm.hub.objects_s3 import S3Objects
-from hubfsm.hub.postgres import Database
 from hubfsm.hub.store import Source, WeightsKind
 from hubfsm.hub.stored import (
     ModelRecord,
     Staged,
     StoredReply,
+    UploadsInDatabase,
     WeightsInfo,
     key_of,
     model_of,
@@ -46,7 +45,7 @@ from hubfsm.hub.stored import (
     record_text,
     reply_of,
 )
-from hubfsm.hub.uploads import UploadsInDatabase
+from hubfsm.hub.team import Database, S3Objects
 
 #: Seconds an idempotent reply is kept: a retry or an outbox replay within it is answered
 #: from the reply; a replay later than that is applied again.

@@ -38,6 +38,7 @@ from hubfsm.hub.stored import (
     ModelRecord,
     Staged,
     StoredReply,
+    UploadsInDatabase,
     WeightsInfo,
     key_of,
     model_of,
@@ -45,7 +46,6 @@ from hubfsm.hub.stored import (
     record_text,
     reply_of,
 )
-from hubfsm.hub.uploads import UploadsInDatabase
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (

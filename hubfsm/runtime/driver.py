@@ -2,15 +2,18 @@
 
 Each turn: take in the trainer's events (persist them), ask the core what to do, send
 it (persisting what the request depends on first), take the outcome in, persist again.
-The driver holds no policy and no thread; two shells run it: the background worker
-(:mod:`hubfsm.runtime.worker`, real clock) and the inline shell
-(:mod:`hubfsm.runtime.inline`, virtual clock, for the simulator).
+The driver holds no policy and no thread; two shells run it
+(:mod:`hubfsm.runtime.shells`): the background worker (real clock) and the inline shell
+(virtual clock, for the simulator). The core's transitions happen inside the driver's
+calls, so who hears of them (the log, the session told of a refusal: :class:`Hooks`) is
+here too.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -28,12 +31,10 @@ from hubfsm.core.values import (
     Send,
     Start,
 )
-from hubfsm.durable.inbox import Inbox
+from hubfsm.durable.handover import Inbox, WeightFiles
 from hubfsm.durable.port import Durability
-from hubfsm.durable.weights import WeightFiles
 from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger
-from hubfsm.runtime.clocks import Clock
 from hubfsm.transport import Outcome, Transport, TransportError
 
 if TYPE_CHECKING:
@@ -64,6 +65,19 @@ def _nothing(*args: Any, **kwargs: Any) -> None:
 QUIET: Any = _Quiet()
 
 
+class Clock(Protocol):
+    """What the driver and its shells need of a clock (the worker's real one, or virtual time)."""
+
+    def __call__(self) -> float:
+        """The current time in seconds."""
+
+    def sleep(self, seconds: float) -> None:
+        """Let ``seconds`` pass."""
+
+    def sleep_until(self, when: float) -> None:
+        """Let time pass until ``when`` (no-op if it is past)."""
+
+
 class Observer(Protocol):
     """Watches each request the driver sends (for traces and invariant checks)."""
 
@@ -72,6 +86,34 @@ class Observer(Protocol):
 
     def answered(self, now: float, send: Send, outcome: Outcome) -> None:
         """The request's outcome came back."""
+
+
+@attrs.define
+class Hooks:
+    """Who hears of the core's transitions: the log, and who is told of a refusal.
+
+    :meth:`changed` is the core's ``on_change``; it runs on the driver's thread.
+    """
+
+    #: Called on the driver's thread when the hub refuses the key or the model (the
+    #: session adds itself).
+    refused: list[Callable[[], None]] = attrs.Factory(list)
+    #: Told of every transition in place of the log line (the simulator's checker).
+    told: Callable[[str, str, str], None] | None = None
+    #: The core whose transitions these are, once made (its model id goes in the log).
+    core: Core | None = None
+
+    def changed(self, source: str, event: str, dest: str) -> None:
+        """The core moved from ``source`` to ``dest`` on ``event``."""
+        if self.told is not None:
+            self.told(source, event, dest)
+        elif source != dest:
+            model_id = self.core.model_id if self.core is not None else None
+            log.info("session.transition", model_id=model_id, source=source, trigger=event,
+                     dest=dest)  # fmt: skip
+        if source != dest and event == "refuse":
+            for hook in self.refused:
+                hook()
 
 
 @attrs.define(eq=False)

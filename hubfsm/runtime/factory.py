@@ -17,19 +17,17 @@ import attrs
 from hubfsm.core import protocol
 from hubfsm.core.engine import Core
 from hubfsm.core.platform import PLATFORM
-from hubfsm.durable.inbox import Inbox
+from hubfsm.durable.handover import Inbox
 from hubfsm.durable.journal import JournalOpener
 from hubfsm.durable.layout import HubRoots
 from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.port import Durability, OutboxOpener, Recovery
 from hubfsm.errors import HubfsmError, HubUnavailableError
 from hubfsm.logs import get_logger
-from hubfsm.runtime.clocks import Clock, RealClock
 from hubfsm.runtime.console import Console, hub_name
-from hubfsm.runtime.driver import Driver, Observer
-from hubfsm.runtime.inline import SimRunner
+from hubfsm.runtime.driver import Clock, Driver, Hooks, Observer
 from hubfsm.runtime.settings import Settings
-from hubfsm.runtime.worker import ThreadRunner
+from hubfsm.runtime.shells import RealClock, SimRunner, ThreadRunner
 from hubfsm.transport import Transport
 from transports.settings import DEFAULT_API_ROOT
 
@@ -42,14 +40,6 @@ CoreFactory = Callable[..., Core]
 Shell = ThreadRunner | SimRunner
 
 
-@attrs.define
-class Hooks:
-    """Who hears of what the core does, beyond the log (the session adds itself)."""
-
-    #: Called on the driver's thread when the hub refuses the key or the model.
-    refused: list[Callable[[], None]] = attrs.Factory(list)
-
-
 @attrs.frozen
 class Parts:
     """A session's parts, built and wired."""
@@ -60,31 +50,6 @@ class Parts:
     shell: Shell
     durability: Durability | None
     hooks: Hooks = attrs.Factory(Hooks)
-
-
-def _log_changes(core_box: list[Core], hooks: Hooks) -> Callable[[str, str, str], None]:
-    def changed(source: str, event: str, dest: str) -> None:
-        if source != dest:
-            model_id = core_box[0].model_id if core_box else None
-            log.info("session.transition", model_id=model_id, source=source, trigger=event,
-                     dest=dest)  # fmt: skip
-        if source != dest and event == "refuse":
-            for hook in hooks.refused:
-                hook()
-
-    return changed
-
-
-def _hooked(
-    on_change: Callable[[str, str, str], None], hooks: Hooks
-) -> Callable[[str, str, str], None]:
-    def changed(source: str, event: str, dest: str) -> None:
-        on_change(source, event, dest)
-        if source != dest and event == "refuse":
-            for hook in hooks.refused:
-                hook()
-
-    return changed
 
 
 def _log_notice(event: str, fields: dict[str, Any]) -> None:
@@ -164,16 +129,15 @@ def build(
     else:
         root = getattr(transport, "api_root", None)
         hub = f"the hub at {root}" if isinstance(root, str) else "the hub"
-    hooks = Hooks()
-    box: list[Core] = []
+    hooks = Hooks(told=on_change)
     core = core_factory(
         settings.config,
         rng=rng if rng is not None else random.Random(settings.seed),
-        on_change=_hooked(on_change, hooks) if on_change is not None else _log_changes(box, hooks),
+        on_change=hooks.changed,
         durable=settings.outbox,
         offline=settings.offline,
     )
-    box.append(core)
+    hooks.core = core
     if not quiet:
         core.notify = _log_notice
     inbox = Inbox()

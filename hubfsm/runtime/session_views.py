@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from hubfsm.core.answers import TrainingPlan
 from hubfsm.core.engine import Core
 from hubfsm.core.identifier import Identifier
-from hubfsm.durable.inbox import Inbox
+from hubfsm.durable.handover import Inbox
 from hubfsm.durable.layout import keep_record, kept_record
 from hubfsm.durable.port import Durability
 from hubfsm.env import OFFLINE as OFFLINE_ENV

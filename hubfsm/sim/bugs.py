@@ -28,10 +28,10 @@ from hubfsm.core.values import (
     Offered,
     Saved,
 )
+from hubfsm.durable.handover import stamp_of
 from hubfsm.durable.journal_scan import events
 from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.recovery import journal_path
-from hubfsm.durable.weights import stamp_of
 from hubfsm.errors import IllegalEventError
 from hubfsm.runtime.driver import Driver
 from hubfsm.runtime.factory import CoreFactory

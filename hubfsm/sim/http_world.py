@@ -40,7 +40,7 @@ from hubfsm.core.protocol import ProtocolName
 from hubfsm.hub.calls import Audit
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.server import LocalHub
-from hubfsm.runtime.clocks import RealClock
+from hubfsm.runtime.shells import RealClock
 from hubfsm.sim.bugs import NO_BUGS, Bugs
 from hubfsm.sim.platform_checks import PlatformChecker
 from hubfsm.sim.play import SimResult, play, result_of, scratch_root

@@ -4,7 +4,7 @@ A :class:`Checker` watches every request, outcome and state change of one simula
 session and records a structured trace (:class:`Entry`); each broken invariant becomes a
 :class:`Violation` (and a trace entry). :func:`render_text` and :func:`render_json` turn
 a trace into text or JSON lines; both are pure, so one seed always prints the same bytes.
-What a run left is checked at its end by :mod:`hubfsm.sim.end_checks`, into the same
+What a run left is checked at its end by :mod:`hubfsm.sim.ends`, into the same
 checker.
 """
 

@@ -9,7 +9,7 @@ machine the trainer runs on, and hit the durable layers the simulated sessions r
   that holds the space it took until someone removes it;
 - the disk is full for a while (every write fails), then space is freed;
 - the process dies right after a drawn request left (it may land; its answer is lost
-  with it), and starts again from what it left on disk (see :mod:`hubfsm.sim.deaths`);
+  with it), and starts again from what it left on disk (see :mod:`hubfsm.sim.ends`);
 - the process is killed (``SIGKILL``) at a drawn outbox write or request inside
   ``finish()``, or terminated (``SIGTERM``: the exit path flushes within its deadline)
   while ``finish()`` waits, and the trainer does not come back: ``hubfsm sync`` sends

@@ -22,7 +22,7 @@ from hubfsm.core.engine import Core
 from hubfsm.core.protocol import ProtocolName
 from hubfsm.runtime.factory import CoreFactory
 from hubfsm.sim.bugs import Bugs
-from hubfsm.sim.deaths import die
+from hubfsm.sim.ends import die
 from hubfsm.sim.invariants import CRASH, Entry, Violation
 from hubfsm.sim.machine import Crash
 from hubfsm.sim.profiles import named
@@ -88,7 +88,7 @@ def play(world: World, *, epochs: int, checkpoint_every: int, expect: Expect | N
         world: The session and everything around it.
         epochs: Epochs the trainer runs, unless the session stops training first.
         checkpoint_every: The trainer offers weights every this many epochs.
-        expect: How the session must end (see :func:`~hubfsm.sim.end_checks.check_hub`), or None.
+        expect: How the session must end (see :func:`~hubfsm.sim.ends.check_hub`), or None.
     """
     create = world.rng.random() < 0.5
     try:

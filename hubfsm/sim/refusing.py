@@ -22,9 +22,8 @@ from hubfsm.errors import (
     ModelNotFoundError,
     ModelTrainedError,
 )
-from hubfsm.runtime.clocks import Clock
-from hubfsm.sim.deaths import sync_outboxes
-from hubfsm.sim.end_checks import applied, check_hub, on_hub, outbox_now
+from hubfsm.runtime.driver import Clock
+from hubfsm.sim.ends import applied, check_hub, on_hub, outbox_now, sync_outboxes
 from hubfsm.sim.invariants import Checker
 from hubfsm.sim.scenario import Expect, RefusalDraw
 from hubfsm.sim.world import World

@@ -18,7 +18,7 @@ from typing import Literal
 
 import attrs
 
-from hubfsm.runtime.clocks import Clock
+from hubfsm.runtime.driver import Clock
 from hubfsm.sim.machine import MachineFaults
 from hubfsm.transport import Request, Response
 from transports.faults import FaultMix, Faults

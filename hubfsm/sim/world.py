@@ -4,7 +4,7 @@ One seed fixes everything: the trainer's timing and metrics, the fault windows, 
 faults, the jitter. :class:`World` holds real sessions, as users compose them, against
 an in-memory hub on a virtual clock; the simulated trainer (:mod:`hubfsm.sim.trainer`)
 calls them, :mod:`hubfsm.sim.play` drives one run through it, and the invariants of the
-design are checked after every step and at the end (:mod:`hubfsm.sim.end_checks`). The
+design are checked after every step and at the end (:mod:`hubfsm.sim.ends`). The
 same world runs over real HTTP against a local hub (:mod:`hubfsm.sim.http_world` changes
 only where requests go and how time passes). The profiles (what the hub and the trainer
 do) live in :mod:`hubfsm.sim.profiles`.
@@ -28,15 +28,13 @@ from hubfsm.errors import HubfsmError
 from hubfsm.hub.calls import Audit
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.store import MemoryStore
-from hubfsm.runtime.clocks import Clock, VirtualClock
-from hubfsm.runtime.driver import Driver
+from hubfsm.runtime.driver import Clock, Driver
 from hubfsm.runtime.factory import Parts, build
-from hubfsm.runtime.inline import SimRunner
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
+from hubfsm.runtime.shells import SimRunner, VirtualClock
 from hubfsm.sim.bugs import NO_BUGS, Bugs
-from hubfsm.sim.deaths import RESTART_SECONDS, die, sync_outboxes
-from hubfsm.sim.end_checks import check_final, check_hub
+from hubfsm.sim.ends import RESTART_SECONDS, check_final, check_hub, die, sync_outboxes
 from hubfsm.sim.invariants import Checker
 from hubfsm.sim.machine import Dying, Machine
 from hubfsm.sim.memdisk import MemoryDisk

@@ -10,7 +10,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from hubfsm.core.values import Interrupted, Resumed
 from hubfsm.errors import ModelTrainedError
-from hubfsm.sim.end_checks import on_hub
+from hubfsm.sim.ends import on_hub
 from hubfsm.sim.play import scratch_root
 from hubfsm.sim.profiles import PROFILES
 from hubfsm.sim.trainer import end_epoch, finish, open_session

@@ -19,13 +19,12 @@ import structlog
 from hubfsm.core.values import EpochEnded, MetricsQueued
 from hubfsm.digest import sha256_chunks
 from hubfsm.durable import outbox as outbox_module
-from hubfsm.durable.inbox import Inbox
+from hubfsm.durable.handover import Inbox, stamp_of
 from hubfsm.durable.journal import Journal
 from hubfsm.durable.journal_format import INITIAL_SIZE
 from hubfsm.durable.journal_scan import replay
 from hubfsm.durable.layout import OutboxDamaged
 from hubfsm.durable.outbox import Outbox
-from hubfsm.durable.weights import stamp_of
 
 MODEL = "M" * 20
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hubfsm.core.values import EpochEnded, FileStamp, FinishRequested
-from hubfsm.durable.inbox import Inbox
+from hubfsm.durable.handover import Inbox
 from hubfsm.durable.journal import Journal
 from hubfsm.durable.journal_format import INITIAL_SIZE, MAGIC, VALUES, entry_of, event_of
 from hubfsm.durable.journal_scan import replay

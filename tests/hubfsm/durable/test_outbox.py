@@ -4,10 +4,10 @@ import pytest
 
 from hubfsm.core import protocol
 from hubfsm.core.values import MetricsQueued, Offered, OpClosed, OpOpened
+from hubfsm.durable.handover import stamp_of
 from hubfsm.durable.layout import OutboxLockedError
 from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.survey import find, inspect
-from hubfsm.durable.weights import stamp_of
 from hubfsm.transport import FilePart
 
 MODEL = "M" * 20

@@ -12,11 +12,11 @@ import pytest
 import hubfsm
 from hubfsm.core import protocol
 from hubfsm.core.values import EpochEnded, MetricsQueued
+from hubfsm.durable.handover import stamp_of
 from hubfsm.durable.journal import Journal
 from hubfsm.durable.layout import DATABASE, OutboxDamaged
 from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.survey import find, inspect, set_aside, survey
-from hubfsm.durable.weights import stamp_of
 from hubfsm.hub.store_sqlite import SqliteStore
 from hubfsm.runtime.sync import status, sync
 from tests.support import FAST, KEY, new_model

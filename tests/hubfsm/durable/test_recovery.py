@@ -77,7 +77,7 @@ def test_status_counts_the_final_weights_a_journal_holds_when_the_fold_cannot_co
     tmp_path, hub, monkeypatch
 ):
     from hubfsm.core.values import CheckpointOffered, FinishRequested
-    from hubfsm.durable.weights import stamp_of
+    from hubfsm.durable.handover import stamp_of
 
     model_id = new_model(hub)
     weights = tmp_path / "best.pt"
@@ -105,7 +105,7 @@ def test_status_counts_the_final_weights_a_journal_holds_when_the_fold_cannot_co
 def test_a_checkpoint_rewritten_in_place_after_its_offer_is_not_said_to_be_kept(tmp_path, hub):
     from hubfsm.core.values import CheckpointOffered
     from hubfsm.durable.recovery import kept_counts
-    from hubfsm.durable.weights import stamp_of
+    from hubfsm.durable.handover import stamp_of
 
     model_id = new_model(hub)
     weights = tmp_path / "last.pt"

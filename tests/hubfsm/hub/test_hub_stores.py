@@ -28,8 +28,8 @@ def _open(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
         return MemoryStore()
     if kind == "sqlite":
         return SqliteStore(tmp_path)
-    from hubfsm.hub.objects_s3 import S3Objects
     from hubfsm.hub.store_postgres import PostgresStore
+    from hubfsm.hub.team import S3Objects
 
     database, objects = request.getfixturevalue("team")
     return PostgresStore(database, S3Objects(objects))

@@ -182,9 +182,9 @@ def test_replacing_weights_swaps_the_pointer_and_deletes_the_old_object(
 
 
 def test_replies_expire_after_the_retention(team: tuple[str, str]) -> None:
-    from hubfsm.hub.objects_s3 import S3Objects
     from hubfsm.hub.store_postgres import PostgresStore
     from hubfsm.hub.stored import StoredReply
+    from hubfsm.hub.team import S3Objects
 
     now = [1000.0]
     store = PostgresStore(team[0], S3Objects(team[1]), reply_retention=60, clock=lambda: now[0])
@@ -202,8 +202,8 @@ def test_replies_expire_after_the_retention(team: tuple[str, str]) -> None:
 def test_a_database_restart_costs_no_request_an_error(team: tuple[str, str]) -> None:
     import psycopg
 
-    from hubfsm.hub.objects_s3 import S3Objects
     from hubfsm.hub.store_postgres import PostgresStore
+    from hubfsm.hub.team import S3Objects
 
     store = PostgresStore(team[0], S3Objects(team[1]), pool_size=2)
     try:
@@ -298,8 +298,8 @@ def test_racing_duplicates_on_two_processes_create_one_model(
 def test_a_key_revoked_anywhere_is_refused_by_every_process(
     two_hubs: tuple[str, str, str], team: tuple[str, str]
 ) -> None:
-    from hubfsm.hub.objects_s3 import S3Objects
     from hubfsm.hub.store_postgres import PostgresStore
+    from hubfsm.hub.team import S3Objects
 
     first, second, key = two_hubs
     admin = Hub(PostgresStore(team[0], S3Objects(team[1])))
@@ -320,8 +320,8 @@ def test_a_platform_upload_put_to_one_process_is_promoted_by_another(
     two_hubs: tuple[str, str, str], team: tuple[str, str]
 ) -> None:
     from hubfsm.hub.keys import new_platform_key
-    from hubfsm.hub.objects_s3 import S3Objects
     from hubfsm.hub.store_postgres import PostgresStore
+    from hubfsm.hub.team import S3Objects
 
     first, second, _ = two_hubs
     admin = Hub(PostgresStore(team[0], S3Objects(team[1])))
@@ -404,8 +404,8 @@ def test_runs_started_at_once_on_two_processes_get_one_slug_each(
     two_hubs: tuple[str, str, str], team: tuple[str, str]
 ) -> None:
     from hubfsm.hub.keys import new_platform_key
-    from hubfsm.hub.objects_s3 import S3Objects
     from hubfsm.hub.store_postgres import PostgresStore
+    from hubfsm.hub.team import S3Objects
 
     first, second, _ = two_hubs
     admin = Hub(PostgresStore(team[0], S3Objects(team[1])))
@@ -577,8 +577,8 @@ def test_workers_refuse_a_port_another_hub_serves(
 
 def test_keys_are_managed_in_the_database(team: tuple[str, str], tmp_path: Path) -> None:
     from hubfsm.hub import admin
-    from hubfsm.hub.objects_s3 import S3Objects
     from hubfsm.hub.store_postgres import PostgresStore
+    from hubfsm.hub.team import S3Objects
 
     out = io.StringIO()
     key = admin.add(tmp_path, "teammate", out, database=team[0])
@@ -837,8 +837,8 @@ def test_an_upload_streams_to_the_object_store_without_a_spool_file(
 ) -> None:
     import tempfile
 
-    from hubfsm.hub.objects_s3 import PART_SIZE
     from hubfsm.hub.store_postgres import PostgresStore
+    from hubfsm.hub.team import PART_SIZE
 
     store = team_hub.hub.store
     assert isinstance(store, PostgresStore)
@@ -882,8 +882,8 @@ def test_an_upload_streams_to_the_object_store_without_a_spool_file(
 def test_an_upload_cut_short_leaves_no_object(team_hub: LocalHub) -> None:
     import socket
 
-    from hubfsm.hub.objects_s3 import PART_SIZE
     from hubfsm.hub.store_postgres import PostgresStore
+    from hubfsm.hub.team import PART_SIZE
 
     store = team_hub.hub.store
     assert isinstance(store, PostgresStore)
@@ -914,8 +914,8 @@ def test_an_upload_cut_short_leaves_no_object(team_hub: LocalHub) -> None:
 
 
 def test_a_multipart_upload_whose_process_died_is_swept(team_hub: LocalHub) -> None:
-    from hubfsm.hub.objects_s3 import PART_SIZE
     from hubfsm.hub.store_postgres import PostgresStore
+    from hubfsm.hub.team import PART_SIZE
 
     store = team_hub.hub.store
     assert isinstance(store, PostgresStore)

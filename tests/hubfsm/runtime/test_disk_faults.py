@@ -18,10 +18,10 @@ from hubfsm.core.values import OpOpened
 from hubfsm.durable.journal import Journal
 from hubfsm.durable.journal_scan import replay
 from hubfsm.durable.outbox import Outbox
-from hubfsm.runtime.clocks import VirtualClock
 from hubfsm.runtime.factory import build
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
+from hubfsm.runtime.shells import VirtualClock
 from tests.support import FAST, KEY, inline_session, new_model
 from transports.faults import FaultInjectingTransport, FaultMix
 from transports.memory import InMemoryTransport

@@ -1,10 +1,10 @@
 import pytest
 
 from hubfsm.core.values import EpochEnded, FinishRequested
+from hubfsm.durable.handover import stamp_of
 from hubfsm.durable.journal_scan import replay
-from hubfsm.durable.weights import stamp_of
 from hubfsm.errors import HubfsmError
-from hubfsm.runtime.clocks import VirtualClock
+from hubfsm.runtime.shells import VirtualClock
 from tests.support import FAST, KEY, inline_session, new_model
 from transports.memory import InMemoryTransport
 

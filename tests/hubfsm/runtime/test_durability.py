@@ -11,10 +11,10 @@ import hubfsm
 from hubfsm.core.values import FinishRequested
 from hubfsm.durable.layout import OutboxLockedError
 from hubfsm.durable.survey import find, inspect
-from hubfsm.runtime.clocks import VirtualClock
 from hubfsm.runtime.factory import build
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
+from hubfsm.runtime.shells import VirtualClock
 from hubfsm.runtime.sync import status, sync
 from tests.support import FAST, KEY, inline_session, new_model
 from transports.faults import FaultInjectingTransport, FaultMix

@@ -3,11 +3,10 @@
 import attrs
 import pytest
 
-from hubfsm.runtime.clocks import VirtualClock
 from hubfsm.runtime.factory import build
-from hubfsm.runtime.inline import RunTimeout
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
+from hubfsm.runtime.shells import RunTimeout, VirtualClock
 from transports.memory import InMemoryTransport
 
 from tests.support import FAST, KEY, new_model

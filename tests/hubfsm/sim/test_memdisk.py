@@ -8,8 +8,8 @@ import pytest
 
 from hubfsm.core import protocol
 from hubfsm.core.values import Offered, OpOpened, Rejected
+from hubfsm.durable.handover import stamp_of
 from hubfsm.durable.outbox import Outbox
-from hubfsm.durable.weights import stamp_of
 from hubfsm.sim.memdisk import MemoryDisk
 
 MODEL = "M" * 20

@@ -1,12 +1,22 @@
-"""The one owner of the trainer's weight files: offered on one thread, taken on the other.
+"""What the training thread hands the driver: its calls, in order, and the weight files.
 
-The training thread offers a file (:meth:`WeightFiles.offer_checkpoint`,
-:meth:`WeightFiles.offer_final`): in one call it is stamped (size, mtime, inode) and,
-once an outbox is open, held by a hard link so a trainer that renames a newer file
-over it cannot take the offered content away; a checkpoint offer also goes into the
-inbox (journaled), so that thread enters this layer once. The driver takes the offer as an upload
-part (:meth:`WeightFiles.take`): a snapshot in the outbox, or with no outbox the file
-itself, if it still is what the stamp says. Either way the runtime sees one object.
+The inbox (:class:`Inbox`) takes the trainer's calls and gives the driver trainer events,
+in order. The training thread puts calls in and returns at once; the driver (on the
+worker, or when simulated time passes) takes them out. With a journal open, the calls
+that must outlive a ``kill -9`` (an epoch's metrics, a checkpoint offer, the final
+weights) are written to it before ``put`` returns; without one, they wait in memory. How
+an item is held (a values record in the journal, a dict, an event) is this module's
+business alone.
+
+The weight files the calls name have one owner (:class:`WeightFiles`), offered on one
+thread and taken on the other. The training thread offers a file
+(:meth:`WeightFiles.offer_checkpoint`, :meth:`WeightFiles.offer_final`): in one call it
+is stamped (size, mtime, inode) and, once an outbox is open, held by a hard link so a
+trainer that renames a newer file over it cannot take the offered content away; a
+checkpoint offer also goes into the inbox (journaled), so that thread enters this layer
+once. The driver takes the offer as an upload part (:meth:`WeightFiles.take`): a
+snapshot in the outbox, or with no outbox the file itself, if it still is what the stamp
+says. Either way the runtime sees one object.
 
 Whether a file still is what was handed over is told here too: a journaled offer's file
 (:func:`still_offered`, for recovery and the survey) and a snapshot the outbox recorded
@@ -15,15 +25,19 @@ Whether a file still is what was handed over is told here too: a journaled offer
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import marshal
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from hubfsm.core.values import CheckpointOffered, FileStamp, FinishRequested
+from hubfsm.core.plain import carried
+from hubfsm.core.values import CheckpointOffered, EpochEnded, Event, FileStamp, FinishRequested
 from hubfsm.digest import sha256_of
-from hubfsm.durable.inbox import Inbox
+from hubfsm.durable.journal import Journal, JournalOpener
+from hubfsm.durable.journal_format import InboxItem
 from hubfsm.transport import FilePart
 
 if TYPE_CHECKING:
@@ -31,7 +45,97 @@ if TYPE_CHECKING:
     # only the object it is given.
     from hubfsm.durable.outbox import Outbox
 
-__all__ = ["WeightFiles", "as_handed_over", "stamp_of", "still_offered"]
+__all__ = ["Inbox", "WeightFiles", "as_handed_over", "stamp_of", "still_offered"]
+
+
+# -- the inbox: the trainer's calls, in order ---------------------------------------
+
+#: The events journaled when a journal is open: what a kill must not lose. The others
+#: (start, barrier, interrupt, finish-pending) steer this process's session only: a
+#: process that dies takes them with it, and the next one issues its own.
+KEPT = (CheckpointOffered, FinishRequested, EpochEnded)
+
+
+class Inbox:
+    """The trainer's calls, in order, for the driver; journaled once a journal is open."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[InboxItem] = collections.deque()
+        #: The journal behind the inbox, once open (see :meth:`open_journal`).
+        self.journal: Journal | None = None
+        #: Queue one epoch's metrics (on the training thread); raises TypeError, keeping
+        #: nothing, for a name that is not a string or a value that cannot be sent. The
+        #: journal's own writer once it is open: the trainer's call goes one level down.
+        self.put_metrics: Callable[[int, Mapping[str, Any]], None] = self._keep_metrics
+
+    def open_journal(
+        self, opener: JournalOpener, path: str | os.PathLike[str], *, seq: int
+    ) -> Journal:
+        """Open the journal (``opener`` takes :class:`Journal`'s arguments) behind the inbox.
+
+        Raises:
+            OSError: The file cannot be made or its space allocated.
+        """
+        self.journal = journal = opener(path, seq=seq, inbox=self._items)
+        self.put_metrics = journal.append_metrics
+        return journal
+
+    def put(self, event: Event) -> None:
+        """Queue a trainer event; journaled first when it is one a kill must not lose."""
+        journal = self.journal
+        if journal is not None and isinstance(event, KEPT):
+            journal.append(event)
+        else:
+            self._items.append((0, event))
+
+    def _keep_metrics(self, epoch: int, metrics: Mapping[str, Any]) -> None:
+        """Queue one epoch's metrics in memory (no journal open)."""
+        self._items.append((0, epoch, carried(metrics)))
+
+    def take(self) -> tuple[int, Event] | None:
+        """The oldest queued call as ``(seq, event)``, or None when the inbox is empty.
+
+        ``seq`` is the call's journal sequence number, 0 for a call not journaled.
+        """
+        try:
+            item = self._items.popleft()
+        except IndexError:
+            return None
+        if len(item) == 2:
+            return item
+        if len(item) == 3:
+            return 0, EpochEnded(item[1], item[2])
+        # A values record's item: its values are the marshal bytes the journal wrote.
+        seq, epoch, names, data = item
+        return seq, EpochEnded(epoch, dict(zip(names, marshal.loads(data), strict=True)))
+
+    def clear(self) -> None:
+        """Forget every queued call (a simulated death: the journal holds what is kept)."""
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def queued_epochs(self) -> list[int]:
+        """The epochs whose metrics are queued, in the order they were put."""
+        return [e for e in map(_epoch_of, list(self._items)) if e is not None]
+
+    def finish_queued(self) -> bool:
+        """Whether a call to finish with final weights is queued."""
+        return any(
+            len(item) == 2 and isinstance(item[1], FinishRequested) for item in list(self._items)
+        )
+
+
+def _epoch_of(item: InboxItem) -> int | None:
+    """The epoch of an item that ends an epoch, else None."""
+    if len(item) != 2:  # metrics: (seq, epoch, names, values) or (0, epoch, metrics)
+        return item[1]
+    event = item[1]
+    return event.epoch if isinstance(event, EpochEnded) else None
+
+
+# -- the weight files: offered on one thread, taken on the other ------------------
 
 #: Told why the final weights could not be kept in the outbox (they still go up).
 Unkept = Callable[[OSError], None]

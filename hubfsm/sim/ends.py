@@ -1,8 +1,14 @@
-"""What a simulated run left, and the invariants checked against it.
+"""How a simulated process ends, and what it leaves: its death, ``hubfsm sync``, the checks.
 
-A run leaves records in three places: the hub (what it applied and holds), the outbox
-and the journal (read from the disk, as a new process would find them). A process that
-dies must leave every accepted epoch and the final weights in one of them
+A dying process takes nothing with it but its memory (:func:`die`): the kernel releases
+its files and locks, the journal and the outbox stay on disk (see
+:mod:`hubfsm.sim.machine` for where it dies). The trainer starts it again from them, or
+gives up and leaves the rest to ``hubfsm sync``, run here as a user would, in a new
+process (:func:`sync_outboxes`).
+
+What it left is in three places: the hub (what it applied and holds), the outbox and the
+journal (read from the disk, as a new process would find them). A process that dies
+must leave every accepted epoch and the final weights in one of them
 (:func:`check_disk`); at the end the hub is held to what the trainer did and the session
 to how it must end (:func:`check_hub`), and the final weights ``finish`` took to being
 on the hub or kept (:func:`check_final`). The checks made while the run goes are in
@@ -11,6 +17,7 @@ on the hub or kept (:func:`check_final`). The checks made while the run goes are
 
 from __future__ import annotations
 
+import io
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -21,14 +28,21 @@ from hubfsm.durable.journal_scan import events
 from hubfsm.durable.layout import DATABASE
 from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.recovery import JOURNAL
-from hubfsm.errors import AuthError
+from hubfsm.durable.survey import OutboxInfo
+from hubfsm.errors import AuthError, HubfsmError
+from hubfsm.runtime.session import Session
+from hubfsm.runtime.sync import sync
 from hubfsm.sim.invariants import FAILED_WRITE
+from hubfsm.sim.machine import Machine, poison_value
 from hubfsm.sim.platform_checks import platform_applied
 from hubfsm.sim.scenario import Expect
 
+#: Virtual seconds a dead process takes to come back.
+RESTART_SECONDS = (5.0, 120.0)
+
 if TYPE_CHECKING:
-    # The world runs these checks at its end and its deaths: for the type only, so the
-    # import goes one way.
+    # The world runs these at its deaths and its end: for the type only, so the import
+    # goes one way.
     from hubfsm.sim.world import World
 
 
@@ -228,3 +242,58 @@ def check_hub(
     corpus = "\n".join([repr(core), str(core.error or ""), *texts, *checker.free_text()])
     if world.key in corpus:
         checker.violate(7, "the API key appears in a trace entry, repr or message")
+
+
+# -- a process's death, and `hubfsm sync` after it -------------------------------
+
+
+def die(world: World) -> None:
+    """The process is gone: what it held is released as the kernel would, nothing more."""
+    parts = world.parts
+    machine = world.machine
+    if machine is not None and machine.plan.poison_journal and not world.poisoned:
+        _leave_poison(world, machine)
+    if parts is not None and parts.durability is not None:
+        parts.durability.close(remove=False)
+    if machine is not None:
+        check_disk(world, "dies")
+    # Its memory is gone: what the journal holds is all that is left of its inbox.
+    world.runner.inbox.clear()
+    world.session = None
+    world.checker.restarted()
+    world.clock.sleep(world._restart_rng.uniform(*world.restart_seconds))
+
+
+def _leave_poison(world: World, machine: Machine) -> None:
+    """The dying process leaves a poison record in its journal (an older version's)."""
+    parts = world.parts
+    journal = None if parts is None or parts.durability is None else parts.durability.journal
+    if journal is None or journal.closed:
+        # Closed already: the session's opening failed and it released its files before
+        # the process died, so this process has no journal left to write to.
+        return
+    epoch = len(world.logged)
+    kind = machine.plan.poison_kind
+    journal.append(EpochEnded(epoch, {"train/loss": 1.0, **poison_value(kind)}))
+    world.poisoned.add(epoch)
+    machine.injected += 1
+    world.checker.note(f"the journal keeps a record of epoch {epoch} JSON cannot carry ({kind})")
+
+
+def sync_outboxes(world: World) -> None:
+    """Run ``hubfsm sync`` over the run's outboxes, in a new simulated process."""
+    out = io.StringIO()
+    world.synced = True  # from now on the outboxes are files
+    if world.machine is not None:
+        world.machine.armed = False  # the space is freed by the time the user runs sync
+    if world.disk is not None:
+        world.disk.dump()
+
+    def open_session(info: OutboxInfo) -> Session:
+        session = world.compose(info.model_id, timeout=world.profile.patience, sync=True)
+        if session is None:
+            error = world.core.error
+            raise error if error is not None else HubfsmError("the hub did not answer")
+        return session
+
+    sync(world.outboxes, out=out, timeout=world.profile.patience, open_session=open_session)
