@@ -13,8 +13,9 @@ outbox's snapshots. This measures that part, seed by seed:
 - **file calls**: the time inside ``os.open``, ``read``, ``write``, ``close``,
   ``unlink``, ``stat``, ``fstat`` and the other ``os`` calls the seed made (timed
   around each real call in a second run of the same seed), the client's apart from the
-  world's (the simulated trainer writing its weights files; the simulator's disk stands
-  in for the outbox's files, so its calls are the client's);
+  world's (the simulated trainer writing its weights files, the seed's temporary
+  directory removed; the simulator's disk stands in for the outbox's files, so its
+  calls are the client's);
 - **Python calls**: the Python function calls the seed made (counted with
   ``sys.setprofile`` in a third run), and what the budget left after the floor allows
   each.
@@ -109,10 +110,18 @@ def _timed_file_calls(spent: dict[str, list[int]]) -> Iterator[None]:
 
     def timed(call: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            module = caller(1).f_globals.get("__name__", "")
-            # The simulator's modules are the world (its trainer writing weights), except
-            # its disk, which stands in for the outbox's files: its calls (a snapshot
-            # reading the trainer's file) are the client's. So is the standard library.
+            # Who asked: the nearest frame of hubfsm's own (a call from the standard
+            # library, such as a temporary directory's removal, is its caller's). The
+            # simulator's modules are the world (its trainer writing weights, its
+            # temporary directories), except its disk, which stands in for the outbox's
+            # files: a snapshot reading the trainer's file is the client's.
+            frame = caller(1)
+            module = ""
+            while frame is not None:
+                module = frame.f_globals.get("__name__", "")
+                if module.startswith(("hubfsm.", "transports.")):
+                    break
+                frame = frame.f_back
             world = module.startswith("hubfsm.sim.") and module != "hubfsm.sim.memdisk"
             side = spent["world" if world else "client"]
             started = clock()
@@ -187,8 +196,8 @@ def main() -> None:
     print(f"| SQL, replayed alone ({med(statements):.0f} statements) | {med(sql_ms):.2f} ms |")
     print(f"| the client's file calls ({med(file_calls['client']):.0f} calls) | {client:.2f} ms |")
     print(
-        f"| the world's file calls: the trainer's weights ({med(file_calls['world']):.0f} "
-        f"calls) | {world:.2f} ms |"
+        f"| the world's file calls: the trainer's weights and its directory "
+        f"({med(file_calls['world']):.0f} calls) | {world:.2f} ms |"
     )
     print(f"| the floor: SQL and file calls | {floor:.2f} ms |")
     print(f"| everything else (Python) | {python:.1f} ms |")
