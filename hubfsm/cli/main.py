@@ -175,9 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=positive, default=30.0, help="close connections silent this long (s)"
     )
     p.add_argument("--max-json-mib", type=positive, default=4, help="largest JSON body (MiB)")
-    p.add_argument(
-        "--max-upload-mib", type=positive_int, default=4096, help="largest upload (MiB)"
-    )
+    p.add_argument("--max-upload-mib", type=positive_int, default=4096, help="largest upload (MiB)")
     p.add_argument(
         "--heartbeat-interval",
         type=positive,

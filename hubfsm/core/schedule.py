@@ -123,9 +123,7 @@ class Schedule:
         self.checkpoint_at = now
         self.offer_checkpoint((epoch, file, is_best))
 
-    def finishing(
-        self, final: tuple[int, FilePart, float], *, deadline: float, now: float
-    ) -> None:
+    def finishing(self, final: tuple[int, FilePart, float], *, deadline: float, now: float) -> None:
         """The final weights wait; epoch weights not sent yet are superseded by them.
 
         An operation resting after its policy gave up goes again at once: the trainer

@@ -100,4 +100,3 @@ def event_of(entry: Any) -> Event | None:
         return FinishPending(float(entry[1]))
     simple: dict[str, Event] = {"s": Start(), "i": Interrupted(), "r": Resumed(), "b": Barrier()}
     return simple.get(tag)
-

@@ -399,4 +399,3 @@ class OutboxDB:
         """Close the connection."""
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
-

@@ -34,6 +34,7 @@ JOURNAL = "journal"
 #: How much of a record kept aside is kept as text.
 _SHOWN = 2000
 
+
 def journal_path(outbox: Outbox) -> Path:
     """Where the trainer's journal of an outbox lies."""
     return outbox.directory / JOURNAL

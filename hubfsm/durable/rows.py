@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS rejected (
 );
 """
 
+
 def _file_to_json(file: FilePart | None) -> dict[str, Any] | None:
     # Spelled out rather than attrs.asdict, which walks the class's fields on every call.
     if file is None:

@@ -110,7 +110,6 @@ def serve(
     if database is not None:
         import psycopg
 
-
         # Once, before any worker serves: the workers then find the schema they expect.
         try:
             migrate(database)
@@ -298,7 +297,7 @@ def _serve_workers(
     def start(index: int) -> None:
         proc = context.Process(target=_worker, args=args, daemon=True)
         proc.start()
-        procs[index:index + 1], started[index:index + 1] = [proc], [time.monotonic()]
+        procs[index : index + 1], started[index : index + 1] = [proc], [time.monotonic()]
 
     def watch() -> None:
         # A worker that dies (a crash, SIGKILL, the OOM killer) is replaced, so that the

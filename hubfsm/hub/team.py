@@ -167,9 +167,7 @@ class S3Objects:
         A wrong endpoint, credentials, bucket or permission shows here, once, not as a
         failed upload of every trainer.
         """
-        self._client.list_objects_v2(
-            Bucket=self.bucket, Prefix=f"{self.prefix}weights/", MaxKeys=1
-        )
+        self._client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}weights/", MaxKeys=1)
 
     def new_key(self) -> str:
         """A fresh object key, never used before (128 random bits)."""

@@ -283,9 +283,7 @@ class UltralyticsCallbacks:
         options["api_key"] = api_key
         # The trainer's arguments only shape a new model; a loaded one has its own.
         options["train_args"] = train_args if parsed.filename is not None else {}
-        session = start_session(
-            Settings.resolve(identifier, **options), transport=self._transport
-        )
+        session = start_session(Settings.resolve(identifier, **options), transport=self._transport)
         self._owned = True
         if isinstance(session, Session):
             log.info(

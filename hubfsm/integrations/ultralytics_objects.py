@@ -77,9 +77,7 @@ def every_arg(source: Any, *, drop_none: bool = False) -> dict[str, Any]:
         except TypeError:  # no __dict__: read the names the record needs, at least
             return create_args(source, drop_none=drop_none)
     return {
-        str(k): v
-        for k, v in items
-        if not str(k).startswith("_") and not (drop_none and v is None)
+        str(k): v for k, v in items if not str(k).startswith("_") and not (drop_none and v is None)
     }
 
 

@@ -154,8 +154,10 @@ class Console:
             return
         self._announced.add(channel)
         if core.machine.traits.opening:
-            if not core.answered and isinstance(outcome, TransportError) and (
-                outcome.kind in NOBODY_THERE
+            if (
+                not core.answered
+                and isinstance(outcome, TransportError)
+                and (outcome.kind in NOBODY_THERE)
             ):
                 return  # nothing there at all: opening fails within seconds, and says so
             # Opening: the trainer is blocked in the constructor; say who it waits for.
@@ -167,8 +169,10 @@ class Console:
             return
         if not core.machine.sends:
             return
-        if not (self.training or core.answered) and isinstance(outcome, TransportError) and (
-            outcome.kind in NOBODY_THERE
+        if (
+            not (self.training or core.answered)
+            and isinstance(outcome, TransportError)
+            and (outcome.kind in NOBODY_THERE)
         ):
             return  # sync's first contact: it fails within seconds, and says so
         self._lost_at = now

@@ -122,9 +122,7 @@ def build(
         # The outbox records the hub it is made for, so that `hubfsm sync` sends it there.
         api_root = getattr(transport, "api_root", None)
         if open_outbox is None and isinstance(api_root, str):
-            open_outbox = functools.partial(
-                Outbox.open, hub=HubRoots(api_root, settings.web_root)
-            )
+            open_outbox = functools.partial(Outbox.open, hub=HubRoots(api_root, settings.web_root))
         hub = f"the hub at {hub_name(settings.api_root)}"
     else:
         root = getattr(transport, "api_root", None)
@@ -204,8 +202,9 @@ def open_model(parts: Parts) -> None:
             # the step that took the answer. Not a hand-over to the worker: a known
             # model's worker may already be inside a slow request, resending what its
             # outbox kept, and opening must not wait for that.
-            shell.wait_for(lambda c: durability.outbox is not None or durability.error
-                           is not None, timeout)
+            shell.wait_for(
+                lambda c: durability.outbox is not None or durability.error is not None, timeout
+            )
         if durability is not None and durability.error is not None:
             raise durability.error
         return

@@ -282,9 +282,7 @@ class Session(SessionViews):
         self._gave_up = True
         if error is not None:
             raise error
-        raise DeliveryIncomplete(
-            f"final upload incomplete (state {machine.state})", self.pending()
-        )
+        raise DeliveryIncomplete(f"final upload incomplete (state {machine.state})", self.pending())
 
     def flush(self, *, timeout: float) -> bool:
         """Wait until nothing is pending (or ``timeout`` passes); True if all was sent."""
@@ -375,9 +373,7 @@ class Session(SessionViews):
             return
         self._refusal_noticed = True
         if self._log is log:
-            print(
-                notice(self._core, self.outbox_dir, self._settings.api_root), file=sys.stderr
-            )
+            print(notice(self._core, self.outbox_dir, self._settings.api_root), file=sys.stderr)
 
     def _cancelled(self) -> None:
         """The service said a person cancelled the run: tell the trainer's callback."""

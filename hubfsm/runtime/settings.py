@@ -213,14 +213,12 @@ class Settings:
                 else attrs.evolve(config, protocol="platform")
             )
         api = api_root if api_root is not None else environment.api_root(environ)
-        web = (
-            options.get("web_root") or environment.web_root(environ) or web_root_of(api)
-        ).rstrip("/")
+        web = (options.get("web_root") or environment.web_root(environ) or web_root_of(api)).rstrip(
+            "/"
+        )
         if dialect is PLATFORM:
             name = args.get("name")
-            parsed = parse_platform_identifier(
-                identifier, name=None if name is None else str(name)
-            )
+            parsed = parse_platform_identifier(identifier, name=None if name is None else str(name))
         else:
             parsed = parse_identifier(identifier, web_root=web)
         offline = options.get("offline")
