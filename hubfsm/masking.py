@@ -119,10 +119,7 @@ def one_line(text: str, *, limit: int = 300) -> str:
     (escape sequences, bidirectional overrides) ``?``: what a hub says reaches a terminal,
     where it must not clear the screen, colour it or forge a line of its own.
     """
-    line = " ".join(text.split())
-    if not line.isprintable():  # checked whole first: a hub answers every request
-        line = "".join(c if c.isprintable() else "?" for c in line)
-    return line if len(line) <= limit else line[: limit - 1] + "\u2026"
+    return _printable(" ".join(text.split()), limit)
 
 
 def show_url(url: str, *, limit: int = 200) -> str:
@@ -132,6 +129,11 @@ def show_url(url: str, *, limit: int = 200) -> str:
     untrusted text: it is cut to ``limit`` characters and control characters become ``?``.
     """
     parts = urlsplit(url)
-    text = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
-    text = "".join(c if c.isprintable() else "?" for c in text)
+    return _printable(f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}", limit)
+
+
+def _printable(text: str, limit: int) -> str:
+    """``text`` with every character that is not printable as ``?``, cut to ``limit``."""
+    if not text.isprintable():  # checked whole first: a hub answers every request
+        text = "".join(c if c.isprintable() else "?" for c in text)
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"

@@ -30,3 +30,10 @@ def test_one_line_folds_whitespace_and_defuses_control_characters() -> None:
 def test_show_url_drops_credentials_query_and_control_characters() -> None:
     shown = show_url("https://user:secret@hub.example/api/\x1bx?X-Amz-Signature=abc#frag")
     assert shown == "https://hub.example/api/?x"
+
+
+@given(st.text(max_size=300))
+def test_show_url_is_one_printable_line_of_at_most_the_limit(path: str) -> None:
+    shown = show_url(f"https://k:s@hub.example/{path}?sig=1", limit=120)
+    assert shown.isprintable() and len(shown) <= 120
+    assert shown.startswith("https://hub.example/")  # the credentials are gone
