@@ -240,7 +240,8 @@ def child_wandb(spec: dict[str, Any]) -> dict[str, Any]:
     return {"samples": samples}
 
 
-def child_reference(spec: dict[str, Any]) -> dict[str, Any]:
+def _sleeping_worker() -> tuple[Any, threading.Event]:
+    """The reference rows' worker: a deque, and the event that wakes a thread to empty it."""
     import collections
 
     inbox: collections.deque[Any] = collections.deque()
@@ -254,6 +255,11 @@ def child_reference(spec: dict[str, Any]) -> dict[str, Any]:
                 inbox.popleft()
 
     threading.Thread(target=worker, daemon=True).start()
+    return inbox, wake
+
+
+def child_reference(spec: dict[str, Any]) -> dict[str, Any]:
+    inbox, wake = _sleeping_worker()
     metrics = benchkit.epoch_metrics(spec["keys"])
 
     def call(epoch: int) -> None:
@@ -267,22 +273,11 @@ def child_reference(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_reference_durable(spec: dict[str, Any]) -> dict[str, Any]:
-    import collections
     import mmap
     import struct
     import tempfile
 
-    inbox: collections.deque[Any] = collections.deque()
-    wake = threading.Event()
-
-    def worker() -> None:
-        while True:
-            wake.wait()
-            wake.clear()
-            while inbox:
-                inbox.popleft()
-
-    threading.Thread(target=worker, daemon=True).start()
+    inbox, wake = _sleeping_worker()
     size = 1 << 20
     fd, name = tempfile.mkstemp(prefix="log-call-")
     os.unlink(name)  # the mapping keeps the file's pages; nothing is left behind
