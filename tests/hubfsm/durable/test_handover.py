@@ -17,6 +17,14 @@ from hubfsm.durable.outbox import Outbox
 MODEL = "M" * 20
 
 
+def files_on_an_outbox(tmp_path):
+    """A fresh outbox, and the weight files' owner holding offers in it."""
+    outbox = Outbox.open(MODEL, tmp_path / "ob")
+    files = WeightFiles(Inbox())
+    files.outbox = outbox
+    return outbox, files
+
+
 def held_links(outbox):
     return sorted(p.name for p in outbox.files.iterdir() if p.name.startswith(".held"))
 
@@ -56,9 +64,7 @@ def test_a_missing_file_is_refused_at_the_offer(tmp_path):
 
 
 def test_a_newer_checkpoint_offer_releases_the_older_held_link(tmp_path):
-    outbox = Outbox.open(MODEL, tmp_path / "ob")
-    files = WeightFiles(Inbox())
-    files.outbox = outbox
+    outbox, files = files_on_an_outbox(tmp_path)
     weights = tmp_path / "last.pt"
     weights.write_bytes(b"1" * 100)
     first = files.offer_checkpoint(weights, epoch=0, is_best=False)
@@ -84,9 +90,7 @@ def test_a_newer_checkpoint_offer_releases_the_older_held_link(tmp_path):
 
 
 def test_the_final_link_outlives_the_take_until_the_outbox_has_it(tmp_path):
-    outbox = Outbox.open(MODEL, tmp_path / "ob")
-    files = WeightFiles(Inbox())
-    files.outbox = outbox
+    outbox, files = files_on_an_outbox(tmp_path)
     weights = tmp_path / "best.pt"
     weights.write_bytes(b"f" * 100)
     offer = files.offer_final(weights, epoch=9, map50_95=0.7, timeout=60.0)
@@ -101,9 +105,7 @@ def test_the_final_link_outlives_the_take_until_the_outbox_has_it(tmp_path):
 
 
 def test_final_weights_the_outbox_cannot_copy_go_up_from_the_trainers_file(tmp_path, monkeypatch):
-    outbox = Outbox.open(MODEL, tmp_path / "ob")
-    files = WeightFiles(Inbox())
-    files.outbox = outbox
+    outbox, files = files_on_an_outbox(tmp_path)
     weights = tmp_path / "best.pt"
     weights.write_bytes(b"f" * 100)
     offer = files.offer_final(weights, epoch=9, map50_95=0.7, timeout=60.0)
