@@ -2,21 +2,22 @@
 
 The inbox (:class:`Inbox`) takes the trainer's calls and gives the driver trainer events,
 in order. The training thread puts calls in and returns at once; the driver (on the
-worker, or when simulated time passes) takes them out. With a journal open, the calls
-that must outlive a ``kill -9`` (an epoch's metrics, a checkpoint offer, the final
-weights) are written to it before ``put`` returns; without one, they wait in memory. How
-an item is held (a values record in the journal, a dict, an event) is this module's
-business alone.
+worker, or when simulated time passes) takes them all out in one call
+(:meth:`Inbox.take_all`). With a journal open, the calls that must outlive a ``kill -9``
+(an epoch's metrics, a checkpoint offer, the final weights) are written to it before
+``put`` returns; without one, they wait in memory. How an item is held (a values record
+in the journal, a dict, an event) is this module's business alone.
 
-The weight files the calls name have one owner (:class:`WeightFiles`), offered on one
-thread and taken on the other. The training thread offers a file
-(:meth:`WeightFiles.offer_checkpoint`, :meth:`WeightFiles.offer_final`): in one call it
-is stamped (size, mtime, inode) and, once an outbox is open, held by a hard link so a
+The weight files the calls name have one owner (:class:`WeightFiles`, the inbox's
+``weights``), offered on one thread and taken on the other. The training thread offers a
+file (:meth:`WeightFiles.offer_checkpoint`, :meth:`WeightFiles.offer_final`): in one call
+it is stamped (size, mtime, inode) and, once an outbox is open, held by a hard link so a
 trainer that renames a newer file over it cannot take the offered content away; a
 checkpoint offer also goes into the inbox (journaled), so that thread enters this layer
-once. The driver takes the offer as an upload part (:meth:`WeightFiles.take`): a
+once. The driver's take turns each offer into an upload part (:class:`Taken`): a
 snapshot in the outbox, or with no outbox the file itself, if it still is what the stamp
-says. Either way the runtime sees one object.
+says. So each thread enters this layer once per call, and the runtime sees one object
+per call.
 
 Whether a file still is what was handed over is told here too: a journaled offer's file
 (:func:`still_offered`, for recovery and the survey) and a snapshot the outbox recorded
@@ -31,7 +32,7 @@ import marshal
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hubfsm.core.plain import carried
 from hubfsm.core.values import CheckpointOffered, EpochEnded, Event, FileStamp, FinishRequested
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     # only the object it is given.
     from hubfsm.durable.outbox import Outbox
 
-__all__ = ["Inbox", "WeightFiles", "as_handed_over", "stamp_of", "still_offered"]
+__all__ = ["Inbox", "Taken", "WeightFiles", "as_handed_over", "stamp_of", "still_offered"]
 
 
 # -- the inbox: the trainer's calls, in order ---------------------------------------
@@ -56,11 +57,33 @@ __all__ = ["Inbox", "WeightFiles", "as_handed_over", "stamp_of", "still_offered"
 KEPT = (CheckpointOffered, FinishRequested, EpochEnded)
 
 
+class Taken(NamedTuple):
+    """One trainer call as the driver takes it in (a tuple: one is made per call).
+
+    For an offer (:class:`CheckpointOffered`, :class:`FinishRequested`):
+
+    - ``part`` set, ``error`` None: the snapshot (or with no outbox the file) to upload;
+    - neither: a newer file replaced the offered one (a checkpoint is superseded; final
+      weights changed while being read);
+    - ``error`` alone: the file could not be kept (no room for a copy and no held link);
+    - both: final weights the outbox could not copy, uploaded from the trainer's file
+      (a later ``hubfsm sync`` would not have them).
+    """
+
+    #: The call's journal sequence number, 0 for a call not journaled.
+    seq: int
+    event: Event
+    part: FilePart | None = None
+    error: OSError | None = None
+
+
 class Inbox:
     """The trainer's calls, in order, for the driver; journaled once a journal is open."""
 
     def __init__(self) -> None:
         self._items: collections.deque[InboxItem] = collections.deque()
+        #: The weight files the calls offer: taken as upload parts with their calls.
+        self.weights = WeightFiles(self)
         #: The journal behind the inbox, once open (see :meth:`open_journal`).
         self.journal: Journal | None = None
         #: Queue one epoch's metrics (on the training thread); raises TypeError, keeping
@@ -92,22 +115,31 @@ class Inbox:
         """Queue one epoch's metrics in memory (no journal open)."""
         self._items.append((0, epoch, carried(metrics)))
 
-    def take(self) -> tuple[int, Event] | None:
-        """The oldest queued call as ``(seq, event)``, or None when the inbox is empty.
+    def take_all(self) -> list[Taken]:
+        """Every queued call, oldest first; each offer's upload part is taken with it.
 
-        ``seq`` is the call's journal sequence number, 0 for a call not journaled.
+        The driver's one call into the inbox per turn: what the trainer queues meanwhile
+        waits for the next.
         """
-        try:
-            item = self._items.popleft()
-        except IndexError:
-            return None
-        if len(item) == 2:
-            return item
-        if len(item) == 3:
-            return 0, EpochEnded(item[1], item[2])
-        # A values record's item: its values are the marshal bytes the journal wrote.
-        seq, epoch, names, data = item
-        return seq, EpochEnded(epoch, dict(zip(names, marshal.loads(data), strict=True)))
+        items = self._items
+        taken: list[Taken] = []
+        add = taken.append
+        while items:  # the only taker: what is seen here is there to pop
+            item = items.popleft()
+            if len(item) == 2:
+                seq, event = item
+                if isinstance(event, CheckpointOffered | FinishRequested):
+                    add(self.weights.take(seq, event))
+                else:
+                    add(Taken(seq, event))
+            elif len(item) == 3:
+                add(Taken(0, EpochEnded(item[1], item[2])))
+            else:
+                # A values record's item: its values are the marshal bytes the journal wrote.
+                seq, epoch, names, data = item
+                values = dict(zip(names, marshal.loads(data), strict=True))
+                add(Taken(seq, EpochEnded(epoch, values)))
+        return taken
 
     def clear(self) -> None:
         """Forget every queued call (a simulated death: the journal holds what is kept)."""
@@ -136,10 +168,6 @@ def _epoch_of(item: InboxItem) -> int | None:
 
 
 # -- the weight files: offered on one thread, taken on the other ------------------
-
-#: Told why the final weights could not be kept in the outbox (they still go up).
-Unkept = Callable[[OSError], None]
-
 
 def stamp_of(path: str | os.PathLike[str]) -> FileStamp:
     """What ``path`` looks like now (``os.stat``)."""
@@ -197,11 +225,12 @@ def _unlink(link: str | None) -> None:
 class WeightFiles:
     """The weight files a session was offered, and the upload parts taken from them.
 
-    The outbox is attached once it opens (:attr:`outbox`); until then, and for a session
-    that keeps nothing on disk, offers are the trainer's files themselves.
+    Each inbox has one (:attr:`Inbox.weights`). The outbox is attached once it opens
+    (:attr:`outbox`); until then, and for a session that keeps nothing on disk, offers are
+    the trainer's files themselves.
 
     Args:
-        inbox: The driver's inbox, which checkpoint offers go into.
+        inbox: The inbox that owns these files, which checkpoint offers go into.
     """
 
     def __init__(self, inbox: Inbox) -> None:
@@ -253,54 +282,46 @@ class WeightFiles:
         held = None if self.outbox is None else self.outbox.hold(file)
         return FinishRequested(file, epoch, map50_95, stamp, timeout, held)
 
-    # -- the driver's thread --------------------------------------------------------
+    # -- the driver's thread (through Inbox.take_all) --------------------------------
 
-    def take(
-        self, offer: CheckpointOffered | FinishRequested, *, unkept: Unkept | None = None
-    ) -> FilePart | None:
-        """The upload part for ``offer``, or None when a newer file replaced it.
+    def take(self, seq: int, offer: CheckpointOffered | FinishRequested) -> Taken:
+        """The call ``offer`` with its upload part (see :class:`Taken`).
 
         A held link goes only once the outbox has the snapshot's record (the next
         :meth:`kept`): until then the journal's record of the offer is all a killed
         process leaves, and recovery takes the snapshot from that link.
-
-        Args:
-            offer: What the trainer offered.
-            unkept: Told when the final weights cannot be copied into the outbox; they
-                are then uploaded from the trainer's file, but a later ``hubfsm sync``
-                would not have them. None: the error is raised.
-
-        Raises:
-            OSError: A checkpoint could not be kept (no room for a copy and no held
-                link to keep instead).
         """
         final = isinstance(offer, FinishRequested)
         name = "best.pt" if final else "last.pt"
+        unkept: OSError | None = None
         try:
             part = self._part(offer.held or offer.path, name, offer.stamp)
         except OSError as exc:
-            if not final or unkept is None:
-                if not final:
-                    _unlink(offer.held)
-                raise
-            unkept(exc)
+            if not final:
+                _unlink(offer.held)
+                return Taken(seq, offer, None, exc)
+            if self.outbox is None:  # the trainer's own file is what failed
+                return Taken(seq, offer, None, exc)
+            unkept = exc
             # The trainer's own file, not the held link: that link goes once the final
             # slot is written, long before the upload may end.
-            part = _as_is(offer.path, name, offer.stamp)
+            try:
+                part = _as_is(offer.path, name, offer.stamp)
+            except OSError as again:
+                return Taken(seq, offer, None, again)
         if part is None:
             _unlink(offer.held)  # a newer file replaced it: nothing to keep
-        elif offer.held is not None:
+            return Taken(seq, offer)
+        if offer.held is not None:
             # Until the outbox has the snapshot's record, the journal's offer (and the link
             # it names) is all a killed process leaves: recovery snapshots from the link.
             self._released.append(offer.held)
         # A snapshot lies in the outbox under a name of its own; people know the file
-        # by the name they gave.
-        if part is None:
-            return None
-        # Made directly rather than with attrs.evolve, which looks up each field by name:
-        # this runs for every checkpoint.
+        # by the name they gave. Made directly rather than with attrs.evolve, which looks
+        # up each field by name: this runs for every checkpoint.
         source = os.path.basename(offer.path)
-        return FilePart(part.name, part.path, part.size, part.sha256, source=source)
+        part = FilePart(part.name, part.path, part.size, part.sha256, source=source)
+        return Taken(seq, offer, part, unkept)
 
     def _part(self, path: str, name: str, stamp: FileStamp) -> FilePart | None:
         if self.outbox is not None:

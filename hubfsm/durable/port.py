@@ -4,7 +4,8 @@ The port opens once the model is known (at once for a model id, after the hub cr
 the model otherwise): it takes back what an earlier run left (see
 :mod:`hubfsm.durable.recovery`), then keeps the core's changes and the journal's
 progress as the driver hands them over. The weight files offered to the session live
-in :class:`~hubfsm.durable.handover.WeightFiles`, which snapshots into this outbox.
+in the inbox's :class:`~hubfsm.durable.handover.WeightFiles`, which snapshots into this
+outbox.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from hubfsm.core.engine import Core
 from hubfsm.core.values import Change, Rejected, Saved, pending_counts
-from hubfsm.durable.handover import Inbox, WeightFiles
+from hubfsm.durable.handover import Inbox
 from hubfsm.durable.journal import Journal, JournalOpener, journal_unavailable
 from hubfsm.durable.layout import default_root, private_dir
 from hubfsm.durable.outbox import Outbox
@@ -79,8 +80,9 @@ class Durability:
         self._run: tuple[str, int | None, str | None] | None = None
         #: What the outbox held on disk when it closed, per channel (see ``Saved.counts``).
         self.kept: dict[str, int] | None = None
-        #: The weight files offered to the session: snapshots go into this outbox.
-        self.weights = WeightFiles(inbox)
+        #: The weight files offered to the session (the inbox's): snapshots go into
+        #: this outbox.
+        self.weights = inbox.weights
         #: The core's changes an outbox write failed to keep, written before any later.
         self.unwritten: list[Change] = []
         #: Why the last outbox write failed, while writes fail.

@@ -31,7 +31,7 @@ from hubfsm.core.values import (
     Send,
     Start,
 )
-from hubfsm.durable.handover import Inbox, WeightFiles
+from hubfsm.durable.handover import Inbox, Taken
 from hubfsm.durable.port import Durability
 from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger
@@ -163,8 +163,6 @@ class Driver:
         #: The trainer's calls, in order.
         self.inbox = Inbox() if inbox is None else inbox
         self.durability = durability
-        #: The one owner of the weight files offered to this session.
-        self.weights = durability.weights if durability is not None else WeightFiles(self.inbox)
         #: Errors of events that could not be applied (a changed file, an illegal event).
         self.errors: list[Exception] = []
         self._watched: dict[int, Ticket] = {}
@@ -195,21 +193,19 @@ class Driver:
                 events and the request they open go to the outbox in one transaction;
                 the journal holds the events until then.
         """
-        take = self.inbox.take
         last_seq = 0
-        while (item := take()) is not None:
-            seq, event = item
-            last_seq = seq or last_seq
+        for taken in self.inbox.take_all():
+            last_seq = taken.seq or last_seq
             error: Exception | None = None
             try:
-                self.apply(event, self.clock())
+                self.apply(taken, self.clock())
             except Exception as exc:  # one bad event must not stop the driver
                 error = exc
                 self.errors.append(exc)
                 if not self.quiet:
                     _say("error", "session.event_failed", error=str(exc), state=self.core.state)
             if self._watched:
-                ticket = self._watched.pop(id(event), None)
+                ticket = self._watched.pop(id(taken.event), None)
                 if ticket is not None:
                     ticket.error = error
                     ticket.done.set()
@@ -218,15 +214,15 @@ class Driver:
         if persist:
             self.persist()
 
-    def apply(self, event: Event, now: float) -> None:
-        """Apply one trainer event to the core."""
+    def apply(self, taken: Taken, now: float) -> None:
+        """Apply one trainer call to the core (an offer comes with its upload part)."""
         core = self.core
+        event = taken.event
         if isinstance(event, EpochEnded):
             core.epoch_end(event.epoch, event.metrics, now=now)
         elif isinstance(event, CheckpointOffered):
-            try:
-                part = self.weights.take(event)
-            except OSError as exc:
+            part = taken.part
+            if taken.error is not None:
                 # No room for a copy and no held link to keep instead: this checkpoint
                 # is not kept, and training goes on (the next offer may fit). A person
                 # reads it once, not at every epoch the disk stays full.
@@ -235,7 +231,8 @@ class Driver:
                     first = self._not_kept == 1
                     level = "warning" if first else "info"
                     name = "checkpoint.not_kept" if first else "checkpoint.still_not_kept"
-                    _say(level, name, model_id=core.model_id, epoch=event.epoch, error=str(exc))
+                    _say(level, name, model_id=core.model_id, epoch=event.epoch,
+                         error=str(taken.error))  # fmt: skip
                 return
             if part is None:
                 if not self.quiet:
@@ -247,14 +244,17 @@ class Driver:
             self._not_kept = 0
             core.checkpoint(event.epoch, part, is_best=event.is_best, now=now)
         elif isinstance(event, FinishRequested):
-            # With an outbox, final weights that cannot be copied into it still go up
-            # from the trainer's file, which ``finish`` waits for.
-            unkept = None if self.durability is None else self._final_not_kept
-            part = self.weights.take(event, unkept=unkept)
+            part = taken.part
             if part is None:
+                if taken.error is not None:
+                    raise taken.error
                 raise HubfsmError(
                     f"{event.path} changed while it was being read; call finish again"
                 )
+            if taken.error is not None and not self.quiet:
+                # Uploaded from the trainer's file: a later ``hubfsm sync`` would not
+                # have the final weights.
+                _say("warning", "final.not_kept", model_id=core.model_id, error=str(taken.error))
             core.finish(event.epoch, part, map50_95=event.map50_95, now=now, timeout=event.timeout)
             if self.offline:
                 core.interrupt(now=now)
@@ -272,11 +272,6 @@ class Driver:
             core.resume(now=now)
         else:
             assert isinstance(event, Barrier)
-
-    def _final_not_kept(self, exc: OSError) -> None:
-        # A later ``hubfsm sync`` would not have the final weights.
-        if not self.quiet:
-            _say("warning", "final.not_kept", model_id=self.core.model_id, error=str(exc))
 
     # -- the hub's side -------------------------------------------------------------
 

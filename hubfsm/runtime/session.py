@@ -102,7 +102,7 @@ class Session(SessionViews):
         self._shell = parts.shell
         self._inbox = parts.driver.inbox
         self._durability = parts.durability
-        self._weights = parts.driver.weights
+        self._weights = parts.driver.inbox.weights
         self._accepting = False
         self._closed = False
         self._gave_up = False  # finish() stopped waiting: what is left waits in the outbox

@@ -169,9 +169,9 @@ def test_a_journal_that_cannot_grow_takes_calls_in_memory_and_says_so_once(tmp_p
     assert "kill -9" in logs[0]["at_risk"]
     assert j.failed is not None and j.failed.errno == errno.ENOSPC
     # Every call reached the worker, in order, with its own sequence number.
-    taken = list(iter(inbox.take, None))
-    assert [seq for seq, _ in taken] == list(range(6, 6 + len(logged)))
-    events = [event for _, event in taken]
+    taken = inbox.take_all()
+    assert [seq for seq, *_ in taken] == list(range(6, 6 + len(logged)))
+    events = [event for _, event, *_ in taken]
     assert [e.epoch for e in events] == logged
     assert all(e.metrics["name 0"] == float(e.epoch) for e in events)
     # What the file holds is still a valid journal: the calls it took before it was full.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hubfsm.core.values import Barrier, EpochEnded, FileStamp, FinishRequested
-from hubfsm.durable.handover import Inbox, WeightFiles, stamp_of
+from hubfsm.durable.handover import Inbox, stamp_of
 from hubfsm.durable.journal import Journal
 from hubfsm.durable.journal_scan import replay
 from hubfsm.durable.outbox import Outbox
@@ -20,7 +20,7 @@ MODEL = "M" * 20
 def files_on_an_outbox(tmp_path):
     """A fresh outbox, and the weight files' owner holding offers in it."""
     outbox = Outbox.open(MODEL, tmp_path / "ob")
-    files = WeightFiles(Inbox())
+    files = Inbox().weights
     files.outbox = outbox
     return outbox, files
 
@@ -33,11 +33,13 @@ def test_without_an_outbox_the_part_is_the_trainers_file(tmp_path):
     weights = tmp_path / "last.pt"
     weights.write_bytes(b"w" * 1000)
     inbox = Inbox()
-    files = WeightFiles(inbox)
+    files = inbox.weights
     offer = files.offer_checkpoint(weights, epoch=3, is_best=True)
     assert (offer.path, offer.held, offer.epoch, offer.is_best) == (str(weights), None, 3, True)
-    assert inbox.take() == (0, offer)  # the offer is queued for the driver in the same call
-    part = files.take(offer)
+    # The offer is queued for the driver in the same call, and taken with its part.
+    [taken] = inbox.take_all()
+    assert (taken.seq, taken.event, taken.error) == (0, offer, None)
+    part = taken.part
     assert part is not None
     assert (part.path, part.name, part.size, part.source) == (
         str(weights),
@@ -51,16 +53,16 @@ def test_without_an_outbox_the_part_is_the_trainers_file(tmp_path):
 def test_a_file_changed_after_the_offer_gives_no_part(tmp_path):
     weights = tmp_path / "last.pt"
     weights.write_bytes(b"a" * 10)
-    files = WeightFiles(Inbox())
+    files = Inbox().weights
     offer = files.offer_final(weights, epoch=1, map50_95=0.5, timeout=60.0)
     assert len(files.inbox) == 0  # the caller hands the final weights over and waits
     weights.write_bytes(b"b" * 20)
-    assert files.take(offer) is None
+    assert files.take(0, offer) == (0, offer, None, None)
 
 
 def test_a_missing_file_is_refused_at_the_offer(tmp_path):
     with pytest.raises(FileNotFoundError):
-        WeightFiles(Inbox()).offer_checkpoint(tmp_path / "gone.pt", epoch=0, is_best=False)
+        Inbox().weights.offer_checkpoint(tmp_path / "gone.pt", epoch=0, is_best=False)
 
 
 def test_a_newer_checkpoint_offer_releases_the_older_held_link(tmp_path):
@@ -76,8 +78,8 @@ def test_a_newer_checkpoint_offer_releases_the_older_held_link(tmp_path):
     second = files.offer_checkpoint(weights, epoch=1, is_best=False)
     assert held_links(outbox) == [os.path.basename(second.held)]
     # The first offer's content went with its link: it is superseded, not misread.
-    assert files.take(first) is None
-    part = files.take(second)
+    assert files.take(1, first) == (1, first, None, None)
+    part = files.take(2, second).part
     assert part is not None and part.name == "last.pt"
     assert Path(part.path).read_bytes() == b"2" * 100
     assert os.path.dirname(part.path) == str(outbox.files)
@@ -94,7 +96,7 @@ def test_the_final_link_outlives_the_take_until_the_outbox_has_it(tmp_path):
     weights = tmp_path / "best.pt"
     weights.write_bytes(b"f" * 100)
     offer = files.offer_final(weights, epoch=9, map50_95=0.7, timeout=60.0)
-    part = files.take(offer)
+    part = files.take(0, offer).part
     assert part is not None and (part.name, part.source) == ("best.pt", "best.pt")
     # Until the final slot is written, a killed process leaves only the journal's
     # record of the call, which names this link.
@@ -115,19 +117,28 @@ def test_final_weights_the_outbox_cannot_copy_go_up_from_the_trainers_file(tmp_p
         raise full
 
     monkeypatch.setattr(outbox, "snapshot", refuse)
-    told = []
-    part = files.take(offer, unkept=told.append)
-    assert told == [full]
+    taken = files.take(0, offer)
+    assert taken.error is full  # the driver says so: a later sync would not have them
+    part = taken.part
     assert part is not None and part.path == str(weights)
     assert part.sha256 == hashlib.sha256(b"f" * 100).hexdigest()
-    with pytest.raises(OSError):
-        files.take(offer)  # nobody to tell: the error is the caller's
     checkpoint = files.offer_checkpoint(weights, epoch=9, is_best=False)
-    with pytest.raises(OSError):
-        files.take(checkpoint, unkept=told.append)  # a checkpoint is dropped, never fallen back
+    # A checkpoint is dropped, never fallen back on the trainer's file.
+    assert files.take(0, checkpoint) == (0, checkpoint, None, full)
     assert os.path.basename(checkpoint.held) not in held_links(outbox)
     assert stamp_of(weights) == offer.stamp
     outbox.close()
+
+
+def test_without_an_outbox_final_weights_that_cannot_be_read_have_no_part(tmp_path):
+    weights = tmp_path / "best.pt"
+    weights.write_bytes(b"f" * 100)
+    files = Inbox().weights
+    offer = files.offer_final(weights, epoch=9, map50_95=0.7, timeout=60.0)
+    weights.unlink()
+    taken = files.take(0, offer)
+    # Nothing to fall back on: the driver raises the error to the caller of finish.
+    assert taken.part is None and isinstance(taken.error, FileNotFoundError)
 
 
 def test_a_kill_after_the_snapshot_and_before_its_record_leaves_the_checkpoint_to_recovery(
@@ -139,13 +150,14 @@ def test_a_kill_after_the_snapshot_and_before_its_record_leaves_the_checkpoint_t
     outbox = Outbox.open(MODEL, tmp_path / "ob")
     inbox = Inbox()
     inbox.open_journal(Journal, outbox.directory / JOURNAL, seq=0)
-    files = WeightFiles(inbox)
+    files = inbox.weights
     files.outbox = outbox
     weights = tmp_path / "last.pt"
     weights.write_bytes(b"epoch three" * 100)
     offer = files.offer_checkpoint(weights, epoch=3, is_best=False)
     # The driver takes the snapshot; the process dies before the outbox records it.
-    assert files.take(offer) is not None
+    [taken] = inbox.take_all()
+    assert taken.part is not None
     newer = tmp_path / "new.pt"
     newer.write_bytes(b"epoch four" * 100)
     os.replace(newer, weights)  # the trainer moves on, the safe way
@@ -175,12 +187,12 @@ def test_without_a_journal_calls_wait_in_memory_in_order():
     inbox.put(Barrier())
     inbox.put(final())
     assert len(inbox) == 3 and inbox.queued_epochs() == [0] and inbox.finish_queued()
-    assert list(iter(inbox.take, None)) == [
+    assert [(seq, event) for seq, event, *_ in inbox.take_all()] == [
         (0, EpochEnded(0, {"loss": 0.5, "count": 3})),
         (0, Barrier()),
         (0, final()),
     ]
-    assert inbox.take() is None and not inbox.finish_queued()
+    assert inbox.take_all() == [] and not inbox.finish_queued()
 
 
 def test_an_uncarriable_value_is_refused_with_or_without_a_journal(tmp_path):
@@ -202,7 +214,7 @@ def test_with_a_journal_what_a_kill_must_not_lose_is_journaled_first(tmp_path):
     inbox.put(final(1))
     assert [seq for seq, _ in replay(tmp_path / "j", after=0)] == [5, 6, 7]
     assert inbox.queued_epochs() == [0, 1] and inbox.finish_queued()
-    assert list(iter(inbox.take, None)) == [
+    assert [(seq, event) for seq, event, *_ in inbox.take_all()] == [
         (5, EpochEnded(0, {"loss": 0.5})),
         (6, EpochEnded(1, {"loss": 0.25})),
         (0, Barrier()),

@@ -18,8 +18,8 @@ def run_jobs(j, inbox):
         queue, inbox = inbox, Inbox()
         inbox._items = queue
     seen = []
-    while (item := inbox.take()) is not None:
-        event = item[1]
+    for taken in inbox.take_all():
+        event = taken.event
         assert isinstance(event, EpochEnded)
         seen.append((event.epoch, dict(event.metrics)))
     return seen
@@ -289,7 +289,7 @@ def test_a_float_subclass_goes_in_as_values_and_comes_back_a_float(tmp_path):
     with pytest.raises(TypeError):
         inbox.put_metrics(2, {"loss": object()})
     assert [seq for seq, _ in replay(tmp_path / "j", after=0)] == [1, 2]
-    taken = [(seq, e.metrics) for seq, e in iter(inbox.take, None)]
+    taken = [(seq, e.metrics) for seq, e, *_ in inbox.take_all()]
     assert taken == [(1, {"loss": 0.5}), (2, {"loss": 0.25})]
     assert type(taken[1][1]["loss"]) is float
 

@@ -217,16 +217,24 @@ def killed_in_finish(hub, root, best, *, after_apply):
         Settings.resolve(model_id, config=FAST, outbox_dir=root), at_exit=False
     )
     parts = build(settings, transport=InMemoryTransport(hub, KEY), clock=clock, inline=True)
-    apply = parts.driver.apply
+    driver = parts.driver
+    apply, take_all = driver.apply, driver.inbox.take_all
 
-    def dying_apply(event, now):
-        if isinstance(event, FinishRequested):
-            if after_apply:
-                apply(event, now)
+    def dying_apply(taken, now):
+        if isinstance(taken.event, FinishRequested):
+            apply(taken, now)
             raise Killed
-        apply(event, now)
+        apply(taken, now)
 
-    parts.driver.apply = dying_apply
+    def dying_take_all():
+        if driver.inbox.finish_queued():
+            raise Killed
+        return take_all()
+
+    if after_apply:
+        driver.apply = dying_apply
+    else:
+        driver.inbox.take_all = dying_take_all
     s = Session.compose(parts)
     s.start()
     for epoch in range(3):

@@ -485,10 +485,10 @@ class DropsTrainerEventsAfterAFatalAnswer(Driver):
     or the outbox: the bug the refused state was made against, one layer up.
     """
 
-    def apply(self, event, now):
-        if self.core.machine.refused and isinstance(event, EpochEnded | CheckpointOffered):
+    def apply(self, taken, now):
+        if self.core.machine.refused and isinstance(taken.event, EpochEnded | CheckpointOffered):
             return
-        super().apply(event, now)
+        super().apply(taken, now)
 
 
 @pytest.mark.slow  # a sweep of hundreds of seeds
