@@ -30,6 +30,8 @@ RANK = "RANK"
 PLATFORM_API_KEY = "ULTRALYTICS_API_KEY"
 #: The Platform API root, as ultralytics 8.4 reads it.
 PLATFORM_URL = "ULTRALYTICS_PLATFORM_URL"
+#: Where ultralytics keeps its settings (``yolo login`` saves the key there).
+YOLO_CONFIG_DIR = "YOLO_CONFIG_DIR"
 
 Environ = Mapping[str, str]
 
@@ -93,3 +95,18 @@ def s3_region(environ: Environ | None = None) -> str:
 def s3_endpoint(environ: Environ | None = None) -> str | None:
     """A self-hosted S3 store's address (``AWS_ENDPOINT_URL``), if one is set."""
     return read("AWS_ENDPOINT_URL", environ)
+
+
+def yolo_config_dir(environ: Environ | None = None) -> str | None:
+    """``YOLO_CONFIG_DIR``, or None."""
+    return read(YOLO_CONFIG_DIR, environ)
+
+
+def config_home(environ: Environ | None = None) -> str | None:
+    """``XDG_CONFIG_HOME`` (where Linux programs keep their settings), or None."""
+    return read("XDG_CONFIG_HOME", environ)
+
+
+def home(environ: Environ | None = None) -> str | None:
+    """``HOME``, or None."""
+    return read("HOME", environ)

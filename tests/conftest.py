@@ -29,6 +29,8 @@ def _private_outbox(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("HUBFSM_OFFLINE", raising=False)
     monkeypatch.delenv("ULTRALYTICS_API_KEY", raising=False)
     monkeypatch.delenv("ULTRALYTICS_PLATFORM_URL", raising=False)
+    # A key `yolo login` saved on this machine must not reach a test (sync reads it).
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path_factory.mktemp("yolo-config")))
 
 
 @pytest.fixture(autouse=True)

@@ -260,8 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_key_options(
         p,
-        f"(default: {KEY_ENV} for HUB outboxes, {env.PLATFORM_API_KEY} for Platform ones; a "
-        "ul_ key goes to Platform ones, another to HUB ones)",
+        f"(default: {KEY_ENV} for HUB outboxes, {env.PLATFORM_API_KEY} for Platform ones, "
+        "else the key `yolo login` saved in ultralytics' settings; a ul_ key goes to "
+        "Platform ones, another to HUB ones)",
     )
     p.add_argument(
         "--timeout",

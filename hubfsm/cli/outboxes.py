@@ -68,7 +68,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
         mine = [i for i in waiting if i.protocol == name]
         if mine and not key:
             print(
-                f"error: sync needs the {name} API key: {key_env}, --key-file FILE or --key",
+                f"error: sync needs the {name} API key: {key_env}, `yolo login KEY` (the "
+                "key ultralytics saves), --key-file FILE or --key",
                 file=sys.stderr,
             )
             return 2
@@ -91,18 +92,21 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def _endpoint(name: str, given: str | None, *, only: bool) -> tuple[str | None, str | None, str]:
     """The key, the API root the environment names, and the key's variable, for a dialect.
 
-    A key given on the command line goes to the dialect it is for (a ``ul_`` key to
-    Platform): never a HUB key to Platform's root, or the other way round. Each outbox
+    The key is the one given, else the dialect's variable, else the one ``yolo login``
+    saved in ultralytics' settings. A key given on the command line goes to the dialect it
+    is for (a ``ul_`` key to Platform): never a HUB key to Platform's root, or the other
+    way round. Each outbox
     then goes to the hub it records (see :func:`hubfsm.runtime.sync.target`).
     """
     from hubfsm.core.platform import PLATFORM_KEY
+    from hubfsm.integrations.ultralytics_objects import saved_key
 
     platform_key = given is not None and PLATFORM_KEY.fullmatch(given) is not None
     if name == "platform":
         key = given if given is not None and (only or platform_key) else env.platform_api_key()
-        return key, env.platform_url(), env.PLATFORM_API_KEY
+        return key or saved_key(platform=True), env.platform_url(), env.PLATFORM_API_KEY
     key = given if given is not None and (only or not platform_key) else env.api_key()
-    return key, env.api_root(), KEY_ENV
+    return key or saved_key(platform=False), env.api_root(), KEY_ENV
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -1,17 +1,26 @@
-"""What hubfsm reads from ultralytics' objects, and the markers it leaves on them.
+"""What hubfsm reads from ultralytics' objects and files, and the markers it leaves on them.
 
 The callbacks (:mod:`hubfsm.integrations.ultralytics_callbacks`) and the stand-in session
 (:mod:`hubfsm.integrations.ultralytics_session`) use these; they are apart so that what
-depends on ultralytics' names (its events, its trainer's and settings' attributes, and
-hub-sdk's, for a session the trainer carries) is in one place.
+depends on ultralytics' names (its events, its trainer's and settings' attributes, the
+settings file ``yolo login`` writes, and hub-sdk's, for a session the trainer carries) is
+in one place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import json
+import os
+import re
 import sys
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+from hubfsm import env
 
 #: Every event ultralytics' HUB callbacks handle, plus the start of training's setup.
 EVENTS = (
@@ -92,6 +101,79 @@ def settings_key() -> str | None:
     except Exception:  # a settings object of another shape: no key from it
         return None
     return key if isinstance(key, str) and key else None
+
+
+#: The most of a settings file read: ultralytics' own is well under 1 KiB.
+SETTINGS_MAX = 64 * 1024
+
+#: A key in ultralytics 8.2's YAML settings, as it writes one (a plain or quoted scalar).
+_YAML_KEY = re.compile(r"""^api_key:[ \t]*(['"]?)([A-Za-z0-9_]+)\1[ \t]*$""", re.MULTILINE)
+
+
+def settings_files(environ: Mapping[str, str] | None = None) -> list[Path]:
+    """Where ultralytics keeps its settings, newest layout first.
+
+    8.4 keeps ``settings.json`` in an ``Ultralytics`` folder inside ``YOLO_CONFIG_DIR``
+    (or the platform's config directory, or a private one in the temporary directory when
+    that is not writable); 8.3 in ``YOLO_CONFIG_DIR`` itself, as JSON; 8.2 as
+    ``settings.yaml``.
+    """
+    given = env.yolo_config_dir(environ)
+    if given:
+        base = Path(given).expanduser()
+        folders = [base / "Ultralytics", base]
+    else:
+        home = Path(env.home(environ) or Path.home())
+        if sys.platform == "win32":
+            config = home / "AppData" / "Roaming"
+        elif sys.platform == "darwin":
+            config = home / "Library" / "Application Support"
+        else:
+            config = Path(env.config_home(environ) or home / ".config")
+        uid = os.getuid() if hasattr(os, "getuid") else None
+        temp = Path(tempfile.gettempdir())
+        folders = [config / "Ultralytics"]
+        if uid is not None:
+            folders.append(temp / f"Ultralytics-{uid}")  # 8.4, where the home is read-only
+        folders.append(temp / "Ultralytics")  # 8.2 and 8.3, likewise
+    return [folder / name for folder in folders for name in ("settings.json", "settings.yaml")]
+
+
+def saved_key(*, platform: bool, environ: Mapping[str, str] | None = None) -> str | None:
+    """The API key ``yolo login`` saved in ultralytics' settings file, for one dialect.
+
+    For a command that runs without ultralytics (``hubfsm sync``). A ``ul_`` key is
+    Platform's, any other HUB's: a key is never offered to the other dialect's hub. With
+    several ultralytics versions' files (8.4 keeps only a Platform key; 8.2 a HUB one),
+    the newest layout holding a key of the dialect wins.
+    """
+    from hubfsm.core.platform import PLATFORM_KEY
+
+    for path in settings_files(environ):
+        key = _key_in(path)
+        if key is not None and (PLATFORM_KEY.fullmatch(key) is not None) == platform:
+            return key
+    return None
+
+
+def _key_in(path: Path) -> str | None:
+    """The non-empty ``api_key`` in one settings file, or None (absent, unreadable, odd)."""
+    text = None
+    with contextlib.suppress(OSError, UnicodeDecodeError), path.open("rb") as file:
+        text = file.read(SETTINGS_MAX + 1).decode("utf-8")
+    if text is None or len(text) > SETTINGS_MAX:
+        return None
+    if path.suffix == ".yaml":
+        found = _YAML_KEY.search(text)
+        return found.group(2) if found else None
+    try:
+        settings = json.loads(text)
+    except ValueError:
+        return None
+    key = settings.get("api_key") if isinstance(settings, dict) else None
+    if not isinstance(key, str):
+        return None
+    return key.strip() or None
 
 
 def model_info(trainer: Any) -> Mapping[str, Any]:

@@ -855,21 +855,16 @@ def test_after_a_key_is_revoked_transfer_lets_the_new_key_sync_what_was_kept(
     assert len(arrived) == 3
 
 
-def test_the_sync_command_a_platform_run_prints_after_a_revoked_key_works_as_printed(
-    cli: Any,
-    serve_hub: Callable[..., Any],
-    tmp_path: Path,
-    leaks: Any,
-    capfd: pytest.CaptureFixture[str],
-) -> None:
+def _refused_platform_run(
+    cli: Any, served: Any, data: str, leaks: Any, capfd: pytest.CaptureFixture[str], root: Path
+) -> tuple[str, str, list[str]]:
+    """A Platform run whose key is revoked after it opened, its model then handed to a new
+    key: (the model, the new key, the sync command the run printed, as words)."""
     import hubfsm
     from hubfsm.hub import admin
 
-    served = serve_hub(tmp_path / "hub")
-    data = str(tmp_path / "hub")
     old_key = leaks.watch(admin.add(data, "old", out=io.StringIO(), platform=True))
     new_key = leaks.watch(admin.add(data, "new", out=io.StringIO(), platform=True))
-    root = tmp_path / "outbox"
     session = hubfsm.Session(
         "alice/birds",
         protocol="platform",
@@ -893,14 +888,63 @@ def test_the_sync_command_a_platform_run_prints_after_a_revoked_key_works_as_pri
             session.close(timeout=5)
     hint = re.search(r"`([A-Z_]+=\.\.\. hubfsm sync [^`]*)`", capfd.readouterr().err)
     assert hint, "no sync command printed"
-    words = shlex.split(hint.group(1))
-    assert words[:5] == ["ULTRALYTICS_API_KEY=...", "hubfsm", "sync", "--hub", served.url]
     assert cli("hub", "keys", "transfer", old_id, "new", "--data", data).returncode == 0
+    return model, new_key, shlex.split(hint.group(1))
+
+
+def test_the_sync_command_a_platform_run_prints_after_a_revoked_key_works_as_printed(
+    cli: Any,
+    serve_hub: Callable[..., Any],
+    tmp_path: Path,
+    leaks: Any,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    served = serve_hub(tmp_path / "hub")
+    root = tmp_path / "outbox"
+    model, new_key, words = _refused_platform_run(
+        cli, served, str(tmp_path / "hub"), leaks, capfd, root
+    )
+    assert words[:5] == ["ULTRALYTICS_API_KEY=...", "hubfsm", "sync", "--hub", served.url]
 
     # As printed, with the new key where the command says, and nothing else set.
     bare = {k: v for k, v in os.environ.items() if not k.startswith(("ULTRALYTICS_", "HUB_"))}
     done = cli(*words[2:], env=dict(bare, ULTRALYTICS_API_KEY=new_key))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all sent" in done.stdout
+    record = requests.get(f"{served.url}/models/{model}/data.json", timeout=10).json()
+    assert [row["epoch"] for row in record["metrics"]] == [0, 1, 2]
+
+
+def test_sync_sends_platform_outboxes_with_the_key_yolo_login_saved(
+    cli: Any,
+    serve_hub: Callable[..., Any],
+    tmp_path: Path,
+    leaks: Any,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # A user of ultralytics 8.4 signs in with `yolo login` and never sets a variable:
+    # after a kill, the sync a run prints must find the key where ultralytics keeps it.
+    served = serve_hub(tmp_path / "hub")
+    root = tmp_path / "outbox"
+    model, new_key, words = _refused_platform_run(
+        cli, served, str(tmp_path / "hub"), leaks, capfd, root
+    )
+    bare = {k: v for k, v in os.environ.items() if not k.startswith(("ULTRALYTICS_", "HUB_"))}
+    config = tmp_path / "yolo"  # ultralytics' YOLO_CONFIG_DIR; 8.4 keeps an Ultralytics folder
+    env = dict(bare, YOLO_CONFIG_DIR=str(config))
+
+    nowhere = cli(*words[2:], env=env)
+    assert nowhere.returncode == 2
+    assert "ULTRALYTICS_API_KEY, `yolo login KEY`" in nowhere.stderr
+    settings = config / "Ultralytics" / "settings.json"
+    settings.parent.mkdir(parents=True)
+    # As 8.4 writes it; a HUB key in 8.2's file beside it is not offered to Platform.
+    settings.write_text(json.dumps({"settings_version": "0.0.8", "api_key": new_key}))
+    (config / "settings.yaml").write_text("api_key: " + "h" * 42 + "\n")
+
+    done = cli(*words[2:], env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "all sent" in done.stdout
+    assert new_key not in done.stdout + done.stderr
     record = requests.get(f"{served.url}/models/{model}/data.json", timeout=10).json()
     assert [row["epoch"] for row in record["metrics"]] == [0, 1, 2]
