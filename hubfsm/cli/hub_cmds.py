@@ -52,6 +52,7 @@ def cmd_hub_serve(args: argparse.Namespace) -> int:
         sign_in=args.sign_in,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        sweep_hours=args.sweep_hours,
     )
 
 

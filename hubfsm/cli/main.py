@@ -214,12 +214,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate (chain)"
     )
     p.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
+    p.add_argument(
+        "--sweep-hours",
+        type=not_negative,
+        default=24.0,
+        metavar="H",
+        help="with --database, sweep the object store every H hours as `hubfsm hub sweep` "
+        "does (one process of the team each time; 0: never; default 24)",
+    )
     p.set_defaults(func=cmd_hub_serve)
     p = command(
         hub_sub,
         "sweep",
         "Delete a team hub's weight objects that no record names (uploads cut short by a "
-        "crash) and abort the multipart uploads killed processes left; run it daily.",
+        "crash) and abort the multipart uploads killed processes left (`hubfsm hub serve "
+        "--database` does so daily by itself).",
         "hubfsm hub sweep --database postgresql://hub@db/hub --objects s3://team-hub/weights",
     )
     p.add_argument("--database", metavar="URL", required=True, help="the team's postgresql:// URL")

@@ -68,6 +68,7 @@ def serve(
     sign_in: bool | None = None,
     tls_cert: str | os.PathLike[str] | None = None,
     tls_key: str | os.PathLike[str] | None = None,
+    sweep_hours: float = 24.0,
 ) -> int:
     """Run the local hub in the foreground until Ctrl-C (or until ``stop`` is set).
 
@@ -92,6 +93,8 @@ def serve(
         sign_in: Browsers sign in to the pages with an API key (see :class:`LocalHub`).
         tls_cert: A PEM certificate file: serve HTTPS (with ``tls_key``).
         tls_key: The certificate's PEM private key file.
+        sweep_hours: With ``database``, hours between the team's sweeps of weight objects
+            no record names, older than a day (as ``hubfsm hub sweep``); 0 never sweeps.
 
     Returns:
         The process exit status: 0, or 1 when a worker died within :data:`WORKER_SETTLE`
@@ -139,6 +142,7 @@ def serve(
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "audit": False,  # a served hub's notes would grow with every request
+        "sweep_every": sweep_hours * 3600.0 or None,
     }
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
     existed = folder.exists()
@@ -172,6 +176,10 @@ def _banner(local: LocalHub, out: TextIO, faults: str | None, latency: float) ->
     if local.database is not None:
         print(f"  records:  PostgreSQL ({_without_password(local.database)})", file=out)
         print(f"  weights:  {local.objects}", file=out)
+        if local.sweep_every:
+            every = local.sweep_every / 3600.0
+            print(f"  sweeps:   every {every:g} h, objects no record names older than "
+                  f"{local.sweep_older_than / 3600.0:g} h", file=out)  # fmt: skip
     else:
         print(f"  data:     {local.data_dir}", file=out)
     print(f"  API key:  in {local.key_file} (mode 0600)", file=out)

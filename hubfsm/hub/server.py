@@ -34,6 +34,7 @@ from hubfsm.hub.domain import Hub
 from hubfsm.hub.keys import DEFAULT_TTL, UrlSigner, load_or_create_key, load_or_create_secret
 from hubfsm.hub.store import Store
 from hubfsm.hub.store_sqlite import SqliteStore
+from hubfsm.hub.team import Sweeper
 from hubfsm.logs import get_logger
 from transports.faults import FaultMix
 
@@ -49,6 +50,8 @@ DEFAULT_HEAD_TIMEOUT = 10.0
 #: Worker threads. Idle connections hold none (they wait in a selector); a request being
 #: read or answered holds one.
 DEFAULT_THREADS = 64
+#: A day in seconds: how often a served team hub sweeps, and what a sweep leaves.
+DAY = 86400.0
 
 
 def default_data_dir() -> Path:
@@ -178,6 +181,11 @@ class LocalHub:
         tls_key: The certificate's PEM private key file.
         audit: Keep :meth:`Hub.audit`'s notes of what was applied (tests and simulations
             read them; ``hubfsm hub serve`` turns them off, as they grow without bound).
+        sweep_every: With a database, seconds between the team's sweeps of objects no
+            record names (one process of the team sweeps each time; see
+            :class:`~hubfsm.hub.team.Sweeper`); None never sweeps.
+        sweep_older_than: What a sweep leaves, by age in seconds: an upload under way
+            is in no record yet.
     """
 
     def __init__(
@@ -203,8 +211,11 @@ class LocalHub:
         tls_cert: str | os.PathLike[str] | None = None,
         tls_key: str | os.PathLike[str] | None = None,
         audit: bool = True,
+        sweep_every: float | None = None,
+        sweep_older_than: float = DAY,
     ) -> None:
         self.audit = audit
+        self.sweep_every, self.sweep_older_than = sweep_every, sweep_older_than
         if (database is None) != (objects is None):
             raise ValueError("a database and an object store go together (--database, --objects)")
         if (tls_cert is None) != (tls_key is None):
@@ -238,6 +249,7 @@ class LocalHub:
         self._hub: Hub | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._sweeper: Sweeper | None = None
 
     def __repr__(self) -> str:
         return f"LocalHub({str(self.data_dir)!r}, url={self.url!r})"
@@ -319,6 +331,15 @@ class LocalHub:
         self._hub, self._server = hub, server
         self._thread = threading.Thread(target=server.serve, name="local-hub", daemon=True)
         self._thread.start()
+        claim = getattr(store, "claim_sweep", None)
+        if self.sweep_every and claim is not None:
+            self._sweeper = Sweeper(
+                claim,
+                store.sweep_objects,  # type: ignore[attr-defined]
+                every=self.sweep_every,
+                older_than=self.sweep_older_than,
+            )
+            self._sweeper.start()
         _log.info("hub.started", url=self.url, data_dir=str(self.data_dir), server="cheroot")
         return self
 
@@ -345,6 +366,9 @@ class LocalHub:
         """Stop serving and close the data directory (a later start() reopens it)."""
         if self._server is None:
             return
+        if self._sweeper is not None:
+            self._sweeper.stop()
+            self._sweeper = None
         self._server.stop()
         if self._thread is not None:
             self._thread.join()

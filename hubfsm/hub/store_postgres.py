@@ -287,6 +287,21 @@ class PostgresStore:
         known = {str(row[0]) for row in self._db.rows(sql)}
         return self.objects.sweep(known, self._clock() - older_than)
 
+    def claim_sweep(self, every: float) -> bool:
+        """Claim the team's next sweep: True for one process in each ``every`` seconds.
+
+        One statement, so two processes asking at once cannot both win; the time of the
+        last sweep claimed is kept with the settings.
+        """
+        now = self._clock()
+        rows = self._db.rows(
+            "INSERT INTO settings (name, value) VALUES ('swept_at', %s) "
+            "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value "
+            "WHERE settings.value::float8 <= %s RETURNING name",
+            (repr(now), now - every),
+        )
+        return bool(rows)
+
     # -- replies, keys, settings --------------------------------------------------------
 
     def get_reply(self, scope: str) -> StoredReply | None:

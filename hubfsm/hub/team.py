@@ -33,6 +33,9 @@ from typing import IO, Any, cast
 
 from hubfsm import env
 from hubfsm.hub.store import Source
+from hubfsm.logs import get_logger
+
+_log = get_logger("hubfsm.hub")
 
 # -- the database ---------------------------------------------------------------------
 
@@ -289,3 +292,66 @@ def _client() -> Any:
         max_pool_connections=32,
     )
     return boto3.session.Session().client("s3", region_name=region, config=config)
+
+
+# -- the sweep, on a schedule -----------------------------------------------------
+
+
+class Sweeper:
+    """Sweeps a team's object store on a schedule, one process of the team per round.
+
+    Every process of a team hub runs one; the database gives each round to one of them
+    (``claim``), so the team sweeps once per ``every`` seconds however many processes
+    serve it. A round that fails is logged and tried again at the next look.
+
+    Args:
+        claim: Claims a round, given ``every`` (``PostgresStore.claim_sweep``).
+        sweep: Sweeps what is older than the seconds given; how many objects went
+            (``PostgresStore.sweep_objects``).
+        every: Seconds between the team's sweeps.
+        older_than: What is younger is left: an upload under way is in no record yet.
+    """
+
+    def __init__(
+        self,
+        claim: Callable[[float], bool],
+        sweep: Callable[[float], int],
+        *,
+        every: float,
+        older_than: float,
+    ) -> None:
+        self.claim, self.sweep = claim, sweep
+        self.every, self.older_than = every, older_than
+        # How often a process looks whether a round is due: a process that starts or
+        # stops does not shift the team's rounds by more than this.
+        self.look = min(every, 600.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hub-sweeper", daemon=True)
+
+    def start(self) -> None:
+        """Look now, then every :attr:`look` seconds, until :meth:`stop`."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop looking; a round under way ends first."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def round(self) -> int | None:
+        """Sweep if this process has the team's round; how many objects went, else None."""
+        try:
+            if not self.claim(self.every):
+                return None
+            gone = self.sweep(self.older_than)
+        except Exception as exc:  # the database or the store is away: the next look retries
+            _log.warning("hub.sweep_failed", error=f"{type(exc).__name__}: {exc}")
+            return None
+        _log.info("hub.swept", objects=gone, older_than_hours=round(self.older_than / 3600, 2))
+        return gone
+
+    def _run(self) -> None:
+        while True:
+            self.round()
+            if self._stop.wait(self.look):
+                return

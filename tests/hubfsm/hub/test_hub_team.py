@@ -627,6 +627,7 @@ def test_the_banners_key_commands_reach_the_teams_keys(
             assert thread.is_alive() and time.monotonic() < deadline, out.getvalue()
             time.sleep(0.05)
         lines = out.getvalue().splitlines()
+        assert "  sweeps:   every 24 h, objects no record names older than 24 h" in lines
         # Run the command the banner gives for a Platform key, as printed.
         command = lines[lines.index("For ultralytics 8.4 (the Platform API), make a key with") + 1]
         made = subprocess.run(
@@ -996,6 +997,69 @@ def test_the_sweep_command_deletes_what_no_record_names_and_keeps_the_rest(
         "Swept 0 objects and unfinished uploads older than 24 h.",
         "Swept 1 objects and unfinished uploads older than 0 h.",
     ]
+
+
+def test_one_process_of_the_team_claims_each_sweep(team: tuple[str, str]) -> None:
+    from hubfsm.hub.store_postgres import PostgresStore
+    from hubfsm.hub.team import S3Objects
+
+    now = [1_000_000.0]
+    stores = [
+        PostgresStore(team[0], S3Objects(team[1]), pool_size=1, clock=lambda: now[0])
+        for _ in range(2)
+    ]
+    try:
+        # Another test's hub may have swept this database (at the real time, far later).
+        stores[0]._db.rows("DELETE FROM settings WHERE name = 'swept_at'")
+        claims = []
+        barrier = threading.Barrier(8)
+
+        def claim(store: PostgresStore) -> None:
+            barrier.wait(10)
+            claims.append(store.claim_sweep(3600.0))
+
+        racers = [threading.Thread(target=claim, args=(stores[i % 2],)) for i in range(8)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(30)
+        assert sorted(claims) == [False] * 7 + [True]  # asked at once, one wins
+        now[0] += 3599.0
+        assert not stores[0].claim_sweep(3600.0) and not stores[1].claim_sweep(3600.0)
+        now[0] += 1.0
+        assert stores[1].claim_sweep(3600.0) and not stores[0].claim_sweep(3600.0)
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_served_team_hub_sweeps_by_itself(
+    team: tuple[str, str], tmp_path: Path
+) -> None:
+    import structlog
+
+    from hubfsm.hub.store_postgres import PostgresStore
+
+    database, objects = team
+    with LocalHub(tmp_path / "hub", database=database, objects=objects) as plain:
+        store = plain.hub.store
+        assert isinstance(store, PostgresStore)
+        store._db.rows("DELETE FROM settings WHERE name = 'swept_at'")
+        model_id = str(_create(plain.url, plain.api_key)["data"]["id"])  # type: ignore[index]
+        kept = store.stage_weights(b"w" * 1000)
+        store.commit_weights(model_id, "last", kept)
+        orphan = store.stage_weights(b"o" * 1000)  # its process died before its record
+    # Every second, leaving nothing for its age (the store's times are whole seconds).
+    options = {"database": database, "objects": objects, "sweep_every": 1.0}
+    with structlog.testing.capture_logs() as logs:
+        with LocalHub(tmp_path / "hub", sweep_older_than=-60.0, **options) as swept:
+            listing = swept.hub.store.objects.listing  # type: ignore[attr-defined]
+            deadline = time.monotonic() + 30
+            while orphan.handle in {key for key, _ in listing()}:
+                assert time.monotonic() < deadline, "the orphan was never swept"
+                time.sleep(0.1)
+            assert kept.handle in {key for key, _ in listing()}
+    assert any(e["event"] == "hub.swept" and e["objects"] >= 1 for e in logs), logs
 
 
 def test_the_sweep_command_names_a_database_it_cannot_reach(
