@@ -21,6 +21,7 @@ import json
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,41 @@ def hub_of(db: sqlite3.Connection) -> HubRoots | None:
 
 class OutboxLockedError(HubfsmError):
     """Another process (or session) has this model's outbox open."""
+
+
+#: Seconds an opener that finds an outbox locked waits to learn its holder: the holder
+#: writes its PID into the lock file just after it takes the lock.
+HOLDER_WAIT = 0.1
+
+
+def lock_holder(fd: int, *, wait: float = HOLDER_WAIT) -> str:
+    """The PID the lock file ``fd`` names, once it names a live process; else ``unknown``.
+
+    An opener that comes between the holder's lock and its write reads nothing, or the
+    PID of a process that held the lock before (two ``hubfsm sync`` started at once).
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if text.isdigit() and _alive(int(text)):
+            return text
+        if time.monotonic() >= deadline:
+            return "unknown"
+        time.sleep(0.005)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:  # 0 and below name process groups, not a process
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    except OverflowError:
+        return False
+    return True
 
 
 class OutboxDamaged(HubfsmError):

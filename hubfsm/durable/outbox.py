@@ -35,6 +35,7 @@ from hubfsm.durable.layout import (
     default_root,
     disk_errors,
     inside,
+    lock_holder,
     log,
     private_dir,
     private_file,
@@ -163,14 +164,16 @@ class Outbox:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            holder = lock_holder(fd)
             os.close(fd)
             raise OutboxLockedError(
                 f"the outbox of model {self.model_id} in {self.directory} is in use by "
                 f"another session (process {holder}); close that session first"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        # Written over, then cut: the file is never empty while a waiting opener reads it.
+        pid = str(os.getpid()).encode()
+        os.pwrite(fd, pid, 0)
+        os.ftruncate(fd, len(pid))
         return fd
 
     # -- reading -----------------------------------------------------------------

@@ -1,4 +1,7 @@
+import fcntl
 import os
+import subprocess
+import threading
 
 import pytest
 
@@ -36,6 +39,37 @@ def test_a_second_opener_gets_a_clear_error(tmp_path):
     ob.close()
     Outbox.open(MODEL, tmp_path).close()
     other.close()
+
+
+def test_an_opener_between_the_holders_lock_and_its_pid_names_the_holder(tmp_path):
+    # Two `hubfsm sync` started at once: the first takes the lock, and the second looks
+    # before the first wrote its PID (the file empty, or naming a process long gone).
+    child = subprocess.Popen(["true"])
+    child.wait()  # its PID names no process now
+    directory = tmp_path / MODEL
+    directory.mkdir(mode=0o700)
+    lock = directory / "lock"
+    for left in ("", str(child.pid), "not a pid"):
+        lock.write_text(left)
+        fd = os.open(lock, os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        holder = threading.Timer(0.03, os.pwrite, (fd, f"{os.getpid()}".ljust(12).encode(), 0))
+        holder.start()
+        try:
+            with pytest.raises(OutboxLockedError, match=rf"\(process {os.getpid()}\)"):
+                Outbox.open(MODEL, tmp_path)
+        finally:
+            holder.join()
+            os.close(fd)
+    # A holder that never writes its PID: after the wait, the message says so.
+    lock.write_text(str(child.pid))
+    fd = os.open(lock, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(OutboxLockedError, match=r"\(process unknown\)"):
+            Outbox.open(MODEL, tmp_path)
+    finally:
+        os.close(fd)
 
 
 def test_a_snapshot_is_the_file_as_handed_over(tmp_path):
