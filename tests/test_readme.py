@@ -1,5 +1,6 @@
 import pathlib
 import re
+
 import tomllib
 
 ROOT = pathlib.Path(__file__).parents[1]

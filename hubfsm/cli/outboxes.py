@@ -1,10 +1,12 @@
 """The commands that work on outboxes: ``hubfsm sync``, ``status`` and ``discard``.
 
 An outbox holds what a hub has not acknowledged. ``sync`` sends it, each dialect's with
-its own key; ``status`` lists what each holds. ``discard`` deletes one (or its rejected
-records) for good, so it shows what the outbox holds and asks, refuses an outbox a
-running session holds (it takes the outbox's lock for the whole time), and deletes only
-the files an outbox makes, inside its root, after symbolic links are resolved.
+its own key (:mod:`hubfsm.runtime.sync` does the sending); ``status`` lists what each
+holds (:func:`status`: what a person or a script reads of a survey). ``discard`` deletes
+one (or its rejected records) for good, so it shows what the outbox holds and asks,
+refuses an outbox a running session holds (it takes the outbox's lock for the whole
+time), and deletes only the files an outbox makes, inside its root, after symbolic links
+are resolved.
 
 The durable layer is imported when a command runs, not when the command line is read.
 """
@@ -12,12 +14,22 @@ The durable layer is imported when a command runs, not when the command line is 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+import attrs
 
 from hubfsm import env
 from hubfsm.cli.args import KEY_ENV, key_from
+from hubfsm.masking import show_url
+
+if TYPE_CHECKING:
+    from hubfsm.durable.layout import OutboxDamaged
+    from hubfsm.durable.survey import OutboxInfo
 
 
 def _missing(directory: str | None) -> bool:
@@ -111,7 +123,7 @@ def _endpoint(name: str, given: str | None, *, only: bool) -> tuple[str | None, 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """List the outboxes and what each holds."""
-    from hubfsm.runtime.sync import root_of, status
+    from hubfsm.runtime.sync import root_of
 
     if _missing(args.dir):
         return 2
@@ -121,6 +133,146 @@ def cmd_status(args: argparse.Namespace) -> int:
         as_json=args.json,
         protocol=getattr(args, "protocol", None),
     )
+
+
+def status(
+    root: str | os.PathLike[str] | None,
+    *,
+    out: TextIO,
+    as_json: bool = False,
+    protocol: str | None = None,
+) -> int:
+    """Print the outboxes and what each holds; 1 when any of them is damaged.
+
+    Aligned columns, one outbox a line; under them each rejected record (the hub refused
+    its payload), each record kept aside unsent, and each refusal that holds records
+    (sending stopped; ``hubfsm sync`` delivers them once the cause is fixed). With
+    ``as_json``, one JSON object with the same facts, for scripts. ``protocol`` (``hub``
+    or ``platform``) lists only that dialect's outboxes; a Platform outbox is marked
+    ``(platform)`` beside its model id, and its run's page is named under the table.
+    """
+    from hubfsm.core.values import describe_pending
+    from hubfsm.durable.layout import default_root
+    from hubfsm.durable.survey import report_damage, survey
+    from hubfsm.runtime.sync import fold_journals
+
+    found = survey(root)
+    if as_json:
+        fold_journals(found.infos, damaged=False)
+        listed = [i for i in survey(root).infos if protocol is None or i.protocol == protocol]
+        shown = _status_json(listed, found.damaged, found.infos)
+        shown["unreadable"] = [
+            {"directory": str(u.directory), "problem": u.problem} for u in found.unreadable
+        ]
+        print(json.dumps(shown, indent=2), file=out)
+        troubled = found.damaged or found.unreadable
+        return 1 if troubled or any(i.journal_damage for i in found.infos) else 0
+    damaged = report_damage(found, out=out, repair=False)
+    fold_journals(found.infos, damaged=False)
+    infos = [i for i in survey(root).infos if protocol is None or i.protocol == protocol]
+    if not infos:
+        looked = Path(root) if root is not None else default_root()
+        print(f"no outboxes in {looked}" if not damaged else "no readable outboxes", file=out)
+        return 1 if damaged else 0
+    print(f"outboxes in {infos[0].directory.parent}:", file=out)
+    now = time.time()
+    for line in _columns(
+        [("model", "metrics", "ckpt", "final", "rejected", "refusal", "written", "hub")]
+        + [_row(info, now) for info in infos],
+        right={1, 2, 3, 4},
+    ):
+        print(line, file=out)
+    for info in infos:
+        if info.page:
+            # A model id tells a person nothing of which training it was: the run's page
+            # names it (owner, project, run).
+            print(f"model {info.model_id}: the run's page is {show_url(info.page)}", file=out)
+        if info.refusal:
+            print(
+                f"model {info.model_id}: sending stopped: {info.refusal}; "
+                f"{describe_pending(info.pending)} held for `hubfsm sync`",
+                file=out,
+            )
+        for record in info.rejected:
+            print(f"model {info.model_id}: rejected by the hub: {record}", file=out)
+        for record in info.kept_aside:
+            print(f"model {info.model_id}: kept aside: {record}", file=out)
+    if any(any(info.pending.values()) for info in infos):
+        print(
+            "`hubfsm sync` sends what they hold; `hubfsm discard MODEL_ID` deletes one you "
+            "no longer want",
+            file=out,
+        )
+    return 1 if damaged else 0
+
+
+def _row(info: OutboxInfo, now: float) -> tuple[str, ...]:
+    p = info.pending
+    written = "-" if info.written is None else _ago(now - info.written)
+    return (
+        info.model_id if info.protocol == "hub" else f"{info.model_id} ({info.protocol})",
+        str(p["metrics"]),
+        str(p["checkpoint"]),
+        str(p["final"]),
+        str(len(info.rejected) + len(info.kept_aside)),
+        "held" if info.refusal else "-",
+        "in use" if info.in_use else written,  # a running session writes it now
+        info.hub.api_root if info.hub is not None else "not recorded",
+    )
+
+
+def _ago(seconds: float) -> str:
+    """``seconds`` as a person reads an age: ``40 s ago``, ``5 min ago``, ``2 d ago``."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit} ago"
+    return f"{max(0, int(seconds))} s ago"
+
+
+def _columns(rows: list[tuple[str, ...]], *, right: set[int]) -> list[str]:
+    """Rows as lines of columns two spaces apart; the columns in ``right`` right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def _status_json(
+    infos: list[OutboxInfo], damaged: list[OutboxDamaged], before: list[OutboxInfo]
+) -> dict[str, object]:
+    """What ``hubfsm status --json`` prints: every outbox, and every damaged one."""
+    journal_damage = {
+        i.directory: i.journal_damage.describe() for i in before if i.journal_damage is not None
+    }
+    return {
+        "outboxes": [
+            {
+                "model_id": info.model_id,
+                "directory": str(info.directory),
+                "pending": dict(info.pending),
+                "rejected": list(info.rejected),
+                "kept_aside": list(info.kept_aside),
+                "refusal": info.refusal,
+                "in_use": info.in_use,
+                "hub": None if info.hub is None else attrs.asdict(info.hub),
+                "protocol": info.protocol,
+                "page": info.page or (
+                    f"{info.hub.web_root}/models/{info.model_id}" if info.hub else None
+                ),
+                "written_at": info.written,
+                "journal_damage": journal_damage.get(info.directory),
+            }
+            for info in infos
+        ],
+        "damaged": [
+            {"directory": str(d.directory), "problem": d.problem, "salvage": d.salvage}
+            for d in damaged
+        ],
+    }
 
 
 def cmd_discard(args: argparse.Namespace) -> int:

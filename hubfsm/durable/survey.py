@@ -92,6 +92,8 @@ class OutboxInfo:
         hub: The hub the records are for, if the outbox records it (those made by
             older versions do not, until a session opens them).
         protocol: The dialect its records are in: ``hub`` or ``platform``.
+        page: A Platform run's page, if the outbox records it.
+        written: When a session last wrote to the outbox or its journal (epoch seconds).
     """
 
     directory: Path
@@ -104,6 +106,8 @@ class OutboxInfo:
     kept_aside: tuple[str, ...] = ()
     hub: HubRoots | None = None
     protocol: str = "hub"
+    page: str | None = None
+    written: float | None = None
 
 
 def find(root: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -171,6 +175,7 @@ def _read(directory: Path) -> OutboxInfo:
             row = db.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()
             seq = db.execute("SELECT value FROM meta WHERE key = 'journal_seq'").fetchone()
             spoken = db.execute("SELECT value FROM meta WHERE key = 'protocol'").fetchone()
+            url = db.execute("SELECT value FROM meta WHERE key = 'model_url'").fetchone()
             queued = {epoch for (epoch,) in db.execute("SELECT epoch FROM metrics")}
             in_ops = 0
             checkpoint = False
@@ -245,6 +250,8 @@ def _read(directory: Path) -> OutboxInfo:
                 final, epoch_weights = True, checkpoint
     pending = pending_counts(len(queued) + in_ops + len(journaled), epoch_weights, final)
     protocol = "platform" if spoken is not None and spoken[0] == "platform" else "hub"
+    page = url[0] if url is not None and isinstance(url[0], str) else None
+    times = [_mtime(directory / name) for name in (DATABASE, f"{DATABASE}-wal", JOURNAL)]
     return OutboxInfo(
         directory,
         model_id,
@@ -256,7 +263,18 @@ def _read(directory: Path) -> OutboxInfo:
         kept_aside=aside,
         hub=hub,
         protocol=protocol,
+        page=page,
+        written=max((t for t in times if t is not None), default=None),
     )
+
+
+def _mtime(path: Path) -> float | None:
+    # An empty write-ahead log is a reader's (this survey's own, say), not a write.
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime if st.st_size else None
 
 
 def _refusals(

@@ -1,4 +1,4 @@
-"""``hubfsm sync`` and ``hubfsm status``: send what outboxes hold, or list it.
+"""``hubfsm sync``: send what outboxes hold (``hubfsm status`` lists it, in the CLI).
 
 Sync opens each model's outbox through an ordinary :class:`~hubfsm.runtime.session.Session`, so
 it sends the same operations with the same keys as the session that left them; an
@@ -11,15 +11,12 @@ outbox a running session holds is left as it is.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
-
-import attrs
 
 from hubfsm.core.values import describe_pending
 from hubfsm.durable.layout import OutboxDamaged, default_root
@@ -58,123 +55,6 @@ def fold_journals(infos: list[OutboxInfo], *, damaged: bool) -> None:
             continue
         finally:
             outbox.close()
-
-
-def status(
-    root: str | os.PathLike[str] | None,
-    *,
-    out: TextIO,
-    as_json: bool = False,
-    protocol: str | None = None,
-) -> int:
-    """Print the outboxes and what each holds; 1 when any of them is damaged.
-
-    Aligned columns, one outbox a line; under them each rejected record (the hub refused
-    its payload), each record kept aside unsent, and each refusal that holds records
-    (sending stopped; ``hubfsm sync`` delivers them once the cause is fixed). With
-    ``as_json``, one JSON object with the same facts, for scripts. ``protocol`` (``hub``
-    or ``platform``) lists only that dialect's outboxes; a Platform outbox is marked
-    ``(platform)`` beside its model id.
-    """
-    found = survey(root)
-    if as_json:
-        fold_journals(found.infos, damaged=False)
-        listed = [i for i in survey(root).infos if protocol is None or i.protocol == protocol]
-        shown = _status_json(listed, found.damaged, found.infos)
-        shown["unreadable"] = [
-            {"directory": str(u.directory), "problem": u.problem} for u in found.unreadable
-        ]
-        print(json.dumps(shown, indent=2), file=out)
-        troubled = found.damaged or found.unreadable
-        return 1 if troubled or any(i.journal_damage for i in found.infos) else 0
-    damaged = report_damage(found, out=out, repair=False)
-    fold_journals(found.infos, damaged=False)
-    infos = [i for i in survey(root).infos if protocol is None or i.protocol == protocol]
-    if not infos:
-        looked = Path(root) if root is not None else default_root()
-        print(f"no outboxes in {looked}" if not damaged else "no readable outboxes", file=out)
-        return 1 if damaged else 0
-    print(f"outboxes in {infos[0].directory.parent}:", file=out)
-    for line in _columns(
-        [("model", "metrics", "ckpt", "final", "rejected", "refusal", "in use", "hub")]
-        + [_row(info) for info in infos],
-        right={1, 2, 3, 4},
-    ):
-        print(line, file=out)
-    for info in infos:
-        if info.refusal:
-            print(
-                f"model {info.model_id}: sending stopped: {info.refusal}; "
-                f"{describe_pending(info.pending)} held for `hubfsm sync`",
-                file=out,
-            )
-        for record in info.rejected:
-            print(f"model {info.model_id}: rejected by the hub: {record}", file=out)
-        for record in info.kept_aside:
-            print(f"model {info.model_id}: kept aside: {record}", file=out)
-    if any(any(info.pending.values()) for info in infos):
-        print(
-            "`hubfsm sync` sends what they hold; `hubfsm discard MODEL_ID` deletes one you "
-            "no longer want",
-            file=out,
-        )
-    return 1 if damaged else 0
-
-
-def _row(info: OutboxInfo) -> tuple[str, ...]:
-    p = info.pending
-    return (
-        info.model_id if info.protocol == "hub" else f"{info.model_id} ({info.protocol})",
-        str(p["metrics"]),
-        str(p["checkpoint"]),
-        str(p["final"]),
-        str(len(info.rejected) + len(info.kept_aside)),
-        "held" if info.refusal else "-",
-        "yes" if info.in_use else "no",
-        info.hub.api_root if info.hub is not None else "not recorded",
-    )
-
-
-def _columns(rows: list[tuple[str, ...]], *, right: set[int]) -> list[str]:
-    """Rows as lines of columns two spaces apart; the columns in ``right`` right-aligned."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [
-        "  ".join(
-            cell.rjust(width) if i in right else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ).rstrip()
-        for row in rows
-    ]
-
-
-def _status_json(
-    infos: list[OutboxInfo], damaged: list[OutboxDamaged], before: list[OutboxInfo]
-) -> dict[str, object]:
-    """What ``hubfsm status --json`` prints: every outbox, and every damaged one."""
-    journal_damage = {
-        i.directory: i.journal_damage.describe() for i in before if i.journal_damage is not None
-    }
-    return {
-        "outboxes": [
-            {
-                "model_id": info.model_id,
-                "directory": str(info.directory),
-                "pending": dict(info.pending),
-                "rejected": list(info.rejected),
-                "kept_aside": list(info.kept_aside),
-                "refusal": info.refusal,
-                "in_use": info.in_use,
-                "hub": None if info.hub is None else attrs.asdict(info.hub),
-                "protocol": info.protocol,
-                "journal_damage": journal_damage.get(info.directory),
-            }
-            for info in infos
-        ],
-        "damaged": [
-            {"directory": str(d.directory), "problem": d.problem, "salvage": d.salvage}
-            for d in damaged
-        ],
-    }
 
 
 def target(info: OutboxInfo, *, hub: str | None, api_root: str | None) -> str:

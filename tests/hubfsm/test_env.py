@@ -4,9 +4,8 @@ from pathlib import Path
 import pytest
 
 from hubfsm import env
-from transports.settings import Secret, check_root
-
 from tests.support import KEY
+from transports.settings import Secret, check_root
 
 
 def test_an_empty_variable_counts_as_unset():

@@ -12,7 +12,6 @@ import pytest
 
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.server import LocalHub
-
 from tests.support import FAST, KEY
 
 SCRIPT = """

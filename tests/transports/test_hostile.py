@@ -27,10 +27,10 @@ from hubfsm.errors import AuthError, HubError
 from hubfsm.hub.domain import Hub
 from hubfsm.hub.store import MemoryStore
 from hubfsm.transport import Announced, Downloader, FilePart, TransportError
-from transports.outcomes import MAX_RESPONSE_BYTES
 from transports.downloads import HttpDownloader
 from transports.http import RequestsTransport
 from transports.memory import InMemoryTransport
+from transports.outcomes import MAX_RESPONSE_BYTES
 
 # Its own key: mixed case with a self-similar head ("k3y" thrice), so masking any
 # 8-character run in any case is tested on overlapping runs.

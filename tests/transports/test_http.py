@@ -32,10 +32,9 @@ import hubfsm
 import transports.http as http_module
 from hubfsm.core import protocol
 from hubfsm.transport import FilePart, RateLimit, Response, TransportError
+from tests.support import KEY
 from transports.http import RequestsTransport
 from transports.uploads import SEND_SIZE, MultipartBody
-
-from tests.support import KEY
 
 MODEL = "abcdefghij0123456789"
 

@@ -8,8 +8,10 @@ traceback. Permissions are real: the commands run in a child that file modes bin
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,71 @@ def test_sync_help_names_each_dialects_default_key(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "default: HUB_API_KEY for HUB outboxes, ULTRALYTICS_API_KEY for Platform ones" in text
     assert "ULTRALYTICS_API_KEY=... hubfsm sync --protocol platform" in text
+
+
+# -- what status says of each outbox ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "said"),
+    [
+        (-3, "0 s ago"),  # a clock set back: never a negative age
+        (0, "0 s ago"),
+        (59.9, "59 s ago"),
+        (60, "1 min ago"),
+        (3599, "59 min ago"),
+        (3600, "1 h ago"),
+        (86399, "23 h ago"),
+        (2 * 86400 + 5, "2 d ago"),
+    ],
+)
+def test_an_age_reads_as_a_person_says_it(seconds, said):
+    from hubfsm.cli.outboxes import _ago
+
+    assert _ago(seconds) == said
+
+
+def _aged(directory: Path, seconds: float) -> None:
+    """Make every file of an outbox as old as ``seconds``."""
+    when = time.time() - seconds
+    for path in directory.iterdir():
+        os.utime(path, (when, when))
+
+
+def test_status_says_when_each_outbox_was_written_and_which_run_it_holds(tmp_path, capsys):
+    root = tmp_path / "outbox"
+    _aged(_outbox(root, MODEL), 2 * 3600 + 60)
+    platform = Outbox(root / OTHER, OTHER, root=root)
+    try:
+        platform.apply([MetricsQueued(0, '{"train/loss": 1.0}')])
+        # A run page from a hostile hub: a control character never reaches the terminal.
+        platform.db.set_run("platform", 3, "http://127.0.0.1:8000/alice/birds/run\x1b1")
+    finally:
+        platform.close()
+    _aged(root / OTHER, 90)
+
+    assert main(["status", str(root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["model", "metrics", "ckpt", "final", "rejected", "refusal",
+                                "written", "hub"]  # fmt: skip
+    rows = {line.split()[0]: line for line in lines[2:4]}
+    assert "  2 h ago  " in rows[MODEL]
+    assert rows[OTHER].startswith(f"{OTHER} (platform)")
+    assert "  1 min ago  " in rows[OTHER]
+    # The run's page, under the table: which training this was.
+    page = f"model {OTHER}: the run's page is http://127.0.0.1:8000/alice/birds/run?1"
+    assert lines[4] == page
+    assert all(len(line) <= 100 for line in lines[1:4])  # the table fits a terminal
+
+    held = Outbox(root / MODEL, MODEL, root=root)  # as a running session holds it
+    try:
+        assert main(["status", str(root)]) == 0
+    finally:
+        held.close()
+    assert "  in use  " in capsys.readouterr().out.splitlines()[2]
+
+    assert main(["status", "--json", str(root)]) == 0
+    shown = {o["model_id"]: o for o in json.loads(capsys.readouterr().out)["outboxes"]}
+    assert shown[OTHER]["page"] == "http://127.0.0.1:8000/alice/birds/run\x1b1"
+    assert shown[MODEL]["page"] is None  # no hub recorded: no page to name
+    assert abs(shown[MODEL]["written_at"] - (time.time() - 2 * 3600 - 60)) < 60

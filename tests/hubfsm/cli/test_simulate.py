@@ -11,8 +11,8 @@ import pytest
 
 from hubfsm.cli.main import main
 from hubfsm.core.engine import Core
-from hubfsm.sim.profiles import PROFILES
 from hubfsm.sim.play import run_seed
+from hubfsm.sim.profiles import PROFILES
 from hubfsm.transport import Response
 
 

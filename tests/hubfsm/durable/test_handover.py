@@ -157,7 +157,7 @@ def test_a_kill_after_the_snapshot_and_before_its_record_leaves_the_checkpoint_t
     offer = files.offer_checkpoint(weights, epoch=3, is_best=False)
     # The driver takes the snapshot; the process dies before the outbox records it.
     [taken] = inbox.take_all()
-    assert taken.part is not None
+    assert taken.event == offer and taken.part is not None
     newer = tmp_path / "new.pt"
     newer.write_bytes(b"epoch four" * 100)
     os.replace(newer, weights)  # the trainer moves on, the safe way

@@ -10,6 +10,7 @@ import stat
 import pytest
 
 import hubfsm
+from hubfsm.cli.outboxes import status
 from hubfsm.core import protocol
 from hubfsm.core.values import EpochEnded, MetricsQueued
 from hubfsm.durable.handover import stamp_of
@@ -18,7 +19,7 @@ from hubfsm.durable.layout import DATABASE, OutboxDamaged
 from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.survey import find, inspect, set_aside, survey
 from hubfsm.hub.store_sqlite import SqliteStore
-from hubfsm.runtime.sync import status, sync
+from hubfsm.runtime.sync import sync
 from tests.support import FAST, KEY, new_model
 from transports.memory import InMemoryTransport
 

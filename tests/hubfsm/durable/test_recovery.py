@@ -5,12 +5,13 @@ import io
 import re
 
 import hubfsm
+from hubfsm.cli.outboxes import status
 from hubfsm.core.values import EpochEnded
 from hubfsm.durable.journal import Journal
 from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.recovery import fold
 from hubfsm.durable.survey import survey
-from hubfsm.runtime.sync import status, sync
+from hubfsm.runtime.sync import sync
 from tests.support import FAST, KEY, new_model
 from transports.memory import InMemoryTransport
 
@@ -104,8 +105,8 @@ def test_status_counts_the_final_weights_a_journal_holds_when_the_fold_cannot_co
 
 def test_a_checkpoint_rewritten_in_place_after_its_offer_is_not_said_to_be_kept(tmp_path, hub):
     from hubfsm.core.values import CheckpointOffered
-    from hubfsm.durable.recovery import kept_counts
     from hubfsm.durable.handover import stamp_of
+    from hubfsm.durable.recovery import kept_counts
 
     model_id = new_model(hub)
     weights = tmp_path / "last.pt"

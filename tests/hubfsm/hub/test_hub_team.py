@@ -1051,14 +1051,16 @@ def test_a_served_team_hub_sweeps_by_itself(
         orphan = store.stage_weights(b"o" * 1000)  # its process died before its record
     # Every second, leaving nothing for its age (the store's times are whole seconds).
     options = {"database": database, "objects": objects, "sweep_every": 1.0}
-    with structlog.testing.capture_logs() as logs:
-        with LocalHub(tmp_path / "hub", sweep_older_than=-60.0, **options) as swept:
-            listing = swept.hub.store.objects.listing  # type: ignore[attr-defined]
-            deadline = time.monotonic() + 30
-            while orphan.handle in {key for key, _ in listing()}:
-                assert time.monotonic() < deadline, "the orphan was never swept"
-                time.sleep(0.1)
-            assert kept.handle in {key for key, _ in listing()}
+    with (
+        structlog.testing.capture_logs() as logs,
+        LocalHub(tmp_path / "hub", sweep_older_than=-60.0, **options) as swept,
+    ):
+        listing = swept.hub.store.objects.listing  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 30
+        while orphan.handle in {key for key, _ in listing()}:
+            assert time.monotonic() < deadline, "the orphan was never swept"
+            time.sleep(0.1)
+        assert kept.handle in {key for key, _ in listing()}
     assert any(e["event"] == "hub.swept" and e["objects"] >= 1 for e in logs), logs
 
 

@@ -9,9 +9,8 @@ import structlog
 import hubfsm
 from hubfsm.runtime.opener import NullSession, global_rank, is_main_process
 from hubfsm.runtime.opener import open as hub_open  # not the builtin
-from transports.memory import InMemoryTransport
-
 from tests.support import KEY
+from transports.memory import InMemoryTransport
 
 MODEL_ID = "A" * 20
 

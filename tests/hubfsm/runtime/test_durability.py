@@ -8,6 +8,7 @@ import attrs
 import pytest
 
 import hubfsm
+from hubfsm.cli.outboxes import status
 from hubfsm.core.values import FinishRequested
 from hubfsm.durable.layout import OutboxLockedError
 from hubfsm.durable.survey import find, inspect
@@ -15,7 +16,7 @@ from hubfsm.runtime.factory import build
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
 from hubfsm.runtime.shells import VirtualClock
-from hubfsm.runtime.sync import status, sync
+from hubfsm.runtime.sync import sync
 from tests.support import FAST, KEY, inline_session, new_model
 from transports.faults import FaultInjectingTransport, FaultMix
 from transports.memory import InMemoryTransport

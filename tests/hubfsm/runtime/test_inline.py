@@ -7,9 +7,8 @@ from hubfsm.runtime.factory import build
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import Settings
 from hubfsm.runtime.shells import RunTimeout, VirtualClock
-from transports.memory import InMemoryTransport
-
 from tests.support import FAST, KEY, new_model
+from transports.memory import InMemoryTransport
 
 
 class Stamped:

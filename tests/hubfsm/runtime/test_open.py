@@ -8,9 +8,8 @@ import structlog
 
 import hubfsm
 from hubfsm.runtime.opener import open as hub_open
-from transports.memory import InMemoryTransport
-
 from tests.support import FAST, KEY, new_model
+from transports.memory import InMemoryTransport
 
 
 @pytest.fixture(autouse=True)

@@ -7,11 +7,12 @@ import pytest
 import structlog
 
 import hubfsm
+from hubfsm.cli.outboxes import status
 from hubfsm.core.config import CoreConfig
 from hubfsm.core.platform import PLATFORM
 from hubfsm.durable.survey import survey
 from hubfsm.errors import AuthError, HubfsmError
-from hubfsm.runtime.sync import status, sync
+from hubfsm.runtime.sync import sync
 from hubfsm.transport import Response, TransportError
 from tests.platform_fake import PLATFORM_KEY, FakePlatform
 from transports.memory import HandlerTransport
@@ -201,6 +202,8 @@ def test_a_revoked_key_stops_sending_keeps_recording_and_sync_delivers(tmp_path)
     out = Out()
     assert status(root, out=out) == 0
     assert f"{model_id} (platform)" in out.text
+    # A model id alone does not say which run it was: its page is named under the table.
+    assert f"model {model_id}: the run's page is {s.model_url}" in out.text
     # Still revoked: sync keeps it all and says where once, in what to run.
     out.text = ""
     assert sync(root, api_key=PLATFORM_KEY, transport=HandlerTransport(fake), out=out) == 1

@@ -8,8 +8,9 @@ import pytest
 import structlog
 
 import hubfsm
+from hubfsm.cli.outboxes import status
 from hubfsm.durable.survey import find, inspect
-from hubfsm.runtime.sync import status, sync
+from hubfsm.runtime.sync import sync
 from hubfsm.transport import Response, Transport
 from tests.support import FAST, KEY, new_model
 from transports.memory import InMemoryTransport
@@ -213,7 +214,7 @@ def test_status_and_sync_leave_an_outbox_in_use_alone(hub, tmp_path):
         s.log_metrics({"loss": 1.0})
         out = io.StringIO()
         assert status(tmp_path, out=out) == 0  # no lock error: it only reads
-        assert re.search(rf"^{model_id}( +\S+){{5}} +yes ", out.getvalue(), re.M), out.getvalue()
+        assert re.search(rf"^{model_id}( +\S+){{5}} +in use ", out.getvalue(), re.M), out.getvalue()
         out = io.StringIO()
         sync(tmp_path, transport=InMemoryTransport(hub, KEY), out=out)
         assert "skipped, a running session holds it" in out.getvalue() or (

@@ -7,10 +7,9 @@ import structlog
 
 import hubfsm
 from hubfsm.transport import Response, TransportError
+from tests.support import FAST, KEY, new_model
 from transports.faults import FaultInjectingTransport, FaultMix
 from transports.memory import InMemoryTransport
-
-from tests.support import FAST, KEY, new_model
 
 
 def weights(tmp_path, name, content):

@@ -8,13 +8,12 @@ import stat
 import pytest
 
 import hubfsm
+from hubfsm.core.answers import RecordError
 from hubfsm.errors import ModelTrainedError
 from hubfsm.hub.server import LocalHub
-from hubfsm.core.answers import RecordError
 from hubfsm.runtime.session import Session
-from transports.memory import InMemoryTransport
-
 from tests.support import FAST, KEY, new_model
+from transports.memory import InMemoryTransport
 
 
 @pytest.fixture(autouse=True)

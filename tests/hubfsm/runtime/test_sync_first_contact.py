@@ -16,12 +16,13 @@ import attrs
 import pytest
 
 import hubfsm
+from hubfsm.cli.outboxes import status
 from hubfsm.core.config import CoreConfig
 from hubfsm.core.platform import PLATFORM
 from hubfsm.core.values import Send
 from hubfsm.hub.keys import new_platform_key
 from hubfsm.hub.server import LocalHub
-from hubfsm.runtime.sync import status, sync
+from hubfsm.runtime.sync import sync
 from hubfsm.runtime.sync_session import FirstContact
 from hubfsm.transport import Request, Response, TransportError
 from transports.memory import HandlerTransport
