@@ -133,6 +133,8 @@ def settings_files(environ: Mapping[str, str] | None = None) -> list[Path]:
         uid = os.getuid() if hasattr(os, "getuid") else None
         temp = Path(tempfile.gettempdir())
         folders = [config / "Ultralytics"]
+        if config != home / ".config" and sys.platform.startswith("linux"):
+            folders.append(home / ".config" / "Ultralytics")  # 8.2 and 8.3 ignore XDG
         if uid is not None:
             folders.append(temp / f"Ultralytics-{uid}")  # 8.4, where the home is read-only
         folders.append(temp / "Ultralytics")  # 8.2 and 8.3, likewise

@@ -71,6 +71,8 @@ def test_the_saved_key_is_found_in_the_default_config_directory(tmp_path):
     assert saved_key(platform=True, environ=env) == PLATFORM
     xdg = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
     assert settings_files(xdg)[0] == tmp_path / "xdg" / "Ultralytics" / "settings.json"
+    # 8.4 follows XDG_CONFIG_HOME; 8.2 and 8.3 kept to ~/.config, where the key still is.
+    assert saved_key(platform=True, environ=xdg) == PLATFORM
 
 
 @pytest.mark.parametrize(
