@@ -892,7 +892,9 @@ def _refused_platform_run(
     return model, new_key, shlex.split(hint.group(1))
 
 
+@pytest.mark.parametrize("key_in", ["the variable", "yolo login"])
 def test_the_sync_command_a_platform_run_prints_after_a_revoked_key_works_as_printed(
+    key_in: str,
     cli: Any,
     serve_hub: Callable[..., Any],
     tmp_path: Path,
@@ -900,48 +902,27 @@ def test_the_sync_command_a_platform_run_prints_after_a_revoked_key_works_as_pri
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     served = serve_hub(tmp_path / "hub")
-    root = tmp_path / "outbox"
     model, new_key, words = _refused_platform_run(
-        cli, served, str(tmp_path / "hub"), leaks, capfd, root
+        cli, served, str(tmp_path / "hub"), leaks, capfd, tmp_path / "outbox"
     )
     assert words[:5] == ["ULTRALYTICS_API_KEY=...", "hubfsm", "sync", "--hub", served.url]
-
-    # As printed, with the new key where the command says, and nothing else set.
+    # As printed, with the new key where the command says, and nothing else set; or, as a
+    # user of ultralytics 8.4 who signed in with `yolo login` and set no variable, with the
+    # key where ultralytics keeps it (YOLO_CONFIG_DIR; 8.4 keeps an Ultralytics folder).
     bare = {k: v for k, v in os.environ.items() if not k.startswith(("ULTRALYTICS_", "HUB_"))}
-    done = cli(*words[2:], env=dict(bare, ULTRALYTICS_API_KEY=new_key))
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "all sent" in done.stdout
-    record = requests.get(f"{served.url}/models/{model}/data.json", timeout=10).json()
-    assert [row["epoch"] for row in record["metrics"]] == [0, 1, 2]
-
-
-def test_sync_sends_platform_outboxes_with_the_key_yolo_login_saved(
-    cli: Any,
-    serve_hub: Callable[..., Any],
-    tmp_path: Path,
-    leaks: Any,
-    capfd: pytest.CaptureFixture[str],
-) -> None:
-    # A user of ultralytics 8.4 signs in with `yolo login` and never sets a variable:
-    # after a kill, the sync a run prints must find the key where ultralytics keeps it.
-    served = serve_hub(tmp_path / "hub")
-    root = tmp_path / "outbox"
-    model, new_key, words = _refused_platform_run(
-        cli, served, str(tmp_path / "hub"), leaks, capfd, root
-    )
-    bare = {k: v for k, v in os.environ.items() if not k.startswith(("ULTRALYTICS_", "HUB_"))}
-    config = tmp_path / "yolo"  # ultralytics' YOLO_CONFIG_DIR; 8.4 keeps an Ultralytics folder
+    config = tmp_path / "yolo"
     env = dict(bare, YOLO_CONFIG_DIR=str(config))
-
-    nowhere = cli(*words[2:], env=env)
-    assert nowhere.returncode == 2
-    assert "ULTRALYTICS_API_KEY, `yolo login KEY`" in nowhere.stderr
-    settings = config / "Ultralytics" / "settings.json"
-    settings.parent.mkdir(parents=True)
-    # As 8.4 writes it; a HUB key in 8.2's file beside it is not offered to Platform.
-    settings.write_text(json.dumps({"settings_version": "0.0.8", "api_key": new_key}))
-    (config / "settings.yaml").write_text("api_key: " + "h" * 42 + "\n")
-
+    if key_in == "the variable":
+        env["ULTRALYTICS_API_KEY"] = new_key
+    else:
+        nowhere = cli(*words[2:], env=env)
+        assert nowhere.returncode == 2
+        assert "ULTRALYTICS_API_KEY, `yolo login KEY`" in nowhere.stderr
+        settings = config / "Ultralytics" / "settings.json"
+        settings.parent.mkdir(parents=True)
+        # As 8.4 writes it; a HUB key in 8.2's file beside it is not offered to Platform.
+        settings.write_text(json.dumps({"settings_version": "0.0.8", "api_key": new_key}))
+        (config / "settings.yaml").write_text("api_key: " + "h" * 42 + "\n")
     done = cli(*words[2:], env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all sent" in done.stdout
