@@ -302,7 +302,9 @@ class Sweeper:
 
     Every process of a team hub runs one; the database gives each round to one of them
     (``claim``), so the team sweeps once per ``every`` seconds however many processes
-    serve it. A round that fails is logged and tried again at the next look.
+    serve it. A look that cannot reach the database is logged and made again at the next;
+    a sweep that fails once claimed is logged, and the team's next round comes ``every``
+    seconds later.
 
     Args:
         claim: Claims a round, given ``every`` (``PostgresStore.claim_sweep``).
@@ -332,11 +334,13 @@ class Sweeper:
         """Look now, then every :attr:`look` seconds, until :meth:`stop`."""
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop looking; a round under way ends first."""
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop looking; a round under way gets ``timeout`` seconds to end."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join()
+            # A sweep of a large bucket may take long: the hub's stop does not wait for
+            # it (objects it had not reached yet are deleted by the next round).
+            self._thread.join(timeout)
 
     def round(self) -> int | None:
         """Sweep if this process has the team's round; how many objects went, else None."""
