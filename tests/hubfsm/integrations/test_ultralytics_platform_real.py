@@ -304,3 +304,24 @@ def test_a_real_trainer_killed_and_resumed_continues_the_same_model(rig: Platfor
     best = hashlib.sha256((Path(result["save_dir"]) / "weights" / "best.pt").read_bytes())
     info = rig.hub.weights_info(model_id, "best")
     assert info is not None and info.sha256 == best.hexdigest()
+
+
+def test_the_key_yolo_login_saves_is_the_one_hubfsm_sync_finds(rig: PlatformRig) -> None:
+    # `yolo login KEY` as an 8.4 user runs it (the key checked against the hub, then
+    # saved in ultralytics' settings): `hubfsm sync` must find it without a variable.
+    from hubfsm.integrations.ultralytics_objects import saved_key
+
+    env = {k: v for k, v in rig.env.items() if k != "ULTRALYTICS_API_KEY"}
+    entry = "from ultralytics.cfg import entrypoint; entrypoint()"
+    done = subprocess.run(
+        [sys.executable, "-c", entry, "login", rig.key],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "New authentication successful" in done.stdout + done.stderr
+    where = {"YOLO_CONFIG_DIR": env["YOLO_CONFIG_DIR"]}
+    assert saved_key(platform=True, environ=where) == rig.key
+    assert saved_key(platform=False, environ=where) is None  # never offered to a HUB hub
