@@ -80,9 +80,6 @@ class Durability:
         self._run: tuple[str, int | None, str | None] | None = None
         #: What the outbox held on disk when it closed, per channel (see ``Saved.counts``).
         self.kept: dict[str, int] | None = None
-        #: The weight files offered to the session (the inbox's): snapshots go into
-        #: this outbox.
-        self.weights = inbox.weights
         #: The core's changes an outbox write failed to keep, written before any later.
         self.unwritten: list[Change] = []
         #: Why the last outbox write failed, while writes fail.
@@ -134,7 +131,7 @@ class Durability:
             outbox.close()
             raise
         self.outbox = outbox
-        self.weights.outbox = outbox
+        self.inbox.weights.outbox = outbox  # snapshots of the offered files go here
         self._core = core
         if self.use_journal:
             path = journal_path(outbox)
@@ -256,7 +253,7 @@ class Durability:
         outbox.apply(changes, journal_seq=journal_seq)
         if journal_seq is not None and self.journal is not None:
             self.journal.consumed(journal_seq)
-        self.weights.kept()
+        self.inbox.weights.kept()
 
     def _adopt_run(self, outbox: Outbox, core: Core) -> None:
         """Check the outbox speaks the core's dialect; a Platform core takes its run.
