@@ -241,6 +241,13 @@ def _columns(rows: list[tuple[str, ...]], *, right: set[int]) -> list[str]:
     ]
 
 
+def _page(info: OutboxInfo) -> str | None:
+    """The run's page: the one a Platform outbox records, else the HUB model's page."""
+    if info.page:
+        return info.page
+    return None if info.hub is None else f"{info.hub.web_root}/models/{info.model_id}"
+
+
 def _status_json(
     infos: list[OutboxInfo], damaged: list[OutboxDamaged], before: list[OutboxInfo]
 ) -> dict[str, object]:
@@ -260,9 +267,7 @@ def _status_json(
                 "in_use": info.in_use,
                 "hub": None if info.hub is None else attrs.asdict(info.hub),
                 "protocol": info.protocol,
-                "page": info.page or (
-                    f"{info.hub.web_root}/models/{info.model_id}" if info.hub else None
-                ),
+                "page": _page(info),
                 "written_at": info.written,
                 "journal_damage": journal_damage.get(info.directory),
             }

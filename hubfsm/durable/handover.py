@@ -169,6 +169,7 @@ def _epoch_of(item: InboxItem) -> int | None:
 
 # -- the weight files: offered on one thread, taken on the other ------------------
 
+
 def stamp_of(path: str | os.PathLike[str]) -> FileStamp:
     """What ``path`` looks like now (``os.stat``)."""
     st = os.stat(path)
