@@ -310,9 +310,17 @@ class RequestsTransport(Transport):
                 **settings,
             )
             try:
-                content = read_body(
-                    answer, deadline=self._deadline, read_timeout=self._read_timeout
-                )
+                if answer.status_code < 200:
+                    # Taken for the whole answer, an informational one leaves the hub's
+                    # real answer on the connection: the next request sent on it would
+                    # read that answer as its own. The connection is closed before the
+                    # (empty) body is read, which would hand it back to the pool.
+                    answer.raw.close()
+                    content = b""
+                else:
+                    content = read_body(
+                        answer, deadline=self._deadline, read_timeout=self._read_timeout
+                    )
             finally:
                 answer.close()
         except BadAnswer as error:

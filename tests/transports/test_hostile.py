@@ -330,6 +330,40 @@ def test_early_hints_are_not_taken_for_the_hubs_answer() -> None:
     assert again.status == 200 and again.body["data"] == {"id": MODEL}
 
 
+def test_after_early_hints_the_next_request_takes_its_own_answer() -> None:
+    # The 103 was taken for the whole answer, so the connection went back to the pool
+    # with the hub's real answer still to come on it: the next request sent there read
+    # that answer as its own (a heartbeat's 200 could acknowledge an upload the hub
+    # refused). The hub's real answer comes after the next request is sent.
+    first = threading.Event()
+
+    def hinted(h: _Handler) -> None:
+        if first.is_set():
+            reply(h, 200, envelope({"answer": "second"}))
+            return
+        first.set()
+        drain(h)
+        h.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+        h.wfile.flush()
+        time.sleep(0.5)
+        body = envelope({"answer": "first"})
+        with contextlib.suppress(OSError):  # a client that let the connection go
+            h.wfile.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            h.wfile.flush()
+
+    with serve(hinted) as server:
+        client = RequestsTransport(KEY, api_root=root_of(server))
+        with pytest.raises(TransportError):
+            client.send(protocol.heartbeat(MODEL, "agent"))
+        again = client.send(protocol.heartbeat(MODEL, "agent"))
+        client.close()
+    assert again.status == 200 and again.body["data"] == {"answer": "second"}
+
+
 def test_a_download_elsewhere_gets_no_key(tmp_path: Path) -> None:
     weights = os.urandom(4096)
     host = other_host()
