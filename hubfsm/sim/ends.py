@@ -239,6 +239,15 @@ def check_hub(
     final_sha256 = finals[-1] if finals else None
     if state == "done" and final_sha256 != world.expected_sha:
         checker.violate(3, f"final weights {final_sha256} != handed over {world.expected_sha}")
+    # last.pt is written again at every checkpoint: an upload must hold the bytes of the
+    # epoch it names, never a later epoch's that replaced them on disk.
+    mislabelled = sorted(
+        e for kind, e, sha in uploads if kind == "epoch" and sha != world.checkpoints.get(e)
+    )
+    if mislabelled:
+        checker.violate(
+            3, f"checkpoints of epochs {mislabelled[:10]} hold other bytes than offered then"
+        )
     corpus = "\n".join([repr(core), str(core.error or ""), *texts, *checker.free_text()])
     if world.key in corpus:
         checker.violate(7, "the API key appears in a trace entry, repr or message")

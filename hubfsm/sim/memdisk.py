@@ -168,7 +168,10 @@ class MemoryOutbox(Outbox):
         return self.db.check_files(as_handed_over)
 
     def hold(self, path: str | os.PathLike[str]) -> str | None:
-        """No link is needed: the simulated trainer never rewrites a file it handed over."""
+        """No link is needed: the simulated trainer never deletes or replaces a file it offered.
+
+        It writes last.pt again in place, which changes a link's bytes too.
+        """
         return None
 
     def _collect_files(self, *, taken_back: bool = False) -> None:

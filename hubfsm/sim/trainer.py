@@ -40,19 +40,27 @@ def platform_model(transport: Transport) -> str:
     return str(opened.body["modelId"])
 
 
-def weights_file(world: World, path: str, name: str, content: bytes) -> FilePart:
-    """Write a weights file where the trainer keeps it."""
-    target = _write_weights(world, path, content)
+def weights_file(world: World, name: str, content: bytes) -> FilePart:
+    """Write the weights file ``name`` where the trainer keeps it; its upload part."""
+    target = _write_weights(world, name, content)
     return FilePart(name, target, len(content), hashlib.sha256(content).hexdigest())
 
 
-def _write_weights(world: World, path: str, content: bytes) -> str:
-    """Write a weights file where the trainer keeps it; its path."""
-    target = f"{world.weights}{os.sep}{path.replace('/', '_')}"
-    # A descriptor rather than pathlib: the trainer writes a file every epoch.
+def _write_weights(world: World, name: str, content: bytes) -> str:
+    """Write the weights file ``name`` where the trainer keeps it, in place; its path.
+
+    As ``torch.save`` does, a file that is there is cut short and written again: the same
+    inode, so a link to it sees the new bytes too. Its modification time is the simulated
+    time, as the file system would stamp a write that many seconds on: each epoch's file
+    has a stamp of its own, where writes a few microseconds apart could share one.
+    """
+    target = f"{world.weights}{os.sep}{name}"
+    # A descriptor rather than pathlib: the trainer writes a file every few epochs.
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, content)
+        ns = int(world.clock() * 1e9)
+        os.utime(fd, ns=(ns, ns))
     finally:
         os.close(fd)
     return target
@@ -97,8 +105,10 @@ def end_epoch(world: World, *, checkpoint: bool) -> None:
         world.unjournaled.add(epoch)
     if checkpoint:
         content = f"weights of epoch {epoch} seed {world.seed}".encode()
-        # Only the path is handed over: the session stamps and hashes the file itself.
-        path = _write_weights(world, f"weights/epoch{epoch}.pt", content)
+        # One last.pt, written again at each checkpoint, as ultralytics keeps it. Only the
+        # path is handed over: the session stamps and hashes the file itself.
+        path = _write_weights(world, "last.pt", content)
+        world.checkpoints[epoch] = hashlib.sha256(content).hexdigest()
         session.save_checkpoint(path, epoch=epoch, is_best=rng.random() < 0.3)
     if world.quit_after is not None and len(world.logged) == world.quit_after:
         world.gave_up = True
@@ -131,7 +141,7 @@ def finish(world: World, *, timeout: float = 7200.0) -> None:
     """
     session = world.session
     assert session is not None
-    best = weights_file(world, "weights/best.pt", "best.pt", f"best of seed {world.seed}".encode())
+    best = weights_file(world, "best.pt", f"best of seed {world.seed}".encode())
     world.expected_sha = best.sha256
     last = max(len(world.logged) - 1, 0)
     world.finishing = True

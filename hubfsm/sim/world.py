@@ -201,6 +201,8 @@ class World:
         #: True once ``hubfsm sync`` has run (the outboxes are files from then on).
         self.synced = False
         self.expected_sha: str | None = None
+        #: The sha256 of the bytes last.pt held when the trainer offered it, by epoch.
+        self.checkpoints: dict[int, str] = {}
         #: What opening the trainer's session, its ``finish`` (or, in the refusing
         #: world, ``close``) raised.
         self.raised: HubfsmError | None = None

@@ -6,6 +6,7 @@ bugs below show that the checks have teeth: each broken core must fail within 20
 
 import functools
 import json
+import os
 import random
 import re
 from concurrent.futures import ProcessPoolExecutor
@@ -20,6 +21,7 @@ from hubfsm.core.config import CoreConfig, Limits
 from hubfsm.core.engine import Core
 from hubfsm.core.values import CheckpointOffered, EpochEnded, MetricsBatch, Rejected, Send
 from hubfsm.runtime.driver import Driver
+from hubfsm.runtime.session import Session
 from hubfsm.sim.bugs import Bugs
 from hubfsm.sim.invariants import CRASH, Checker, Entry, render_json, render_text
 from hubfsm.sim.play import run_seed
@@ -586,6 +588,44 @@ def test_a_restarted_process_takes_back_what_the_outbox_kept():
         if any(any(c.values()) for c in seen):
             break
     assert any(any(c.values()) for c in seen), "no restart took anything back from an outbox"
+
+
+class _LabelsCheckpointsLate(Session):
+    """Planted bug: an integration counting epochs from 1 offers epoch e as e + 1."""
+
+    def save_checkpoint(self, path, *, epoch, is_best=False):
+        super().save_checkpoint(path, epoch=epoch + 1, is_best=is_best)
+
+
+def test_a_checkpoint_holding_another_epochs_bytes_is_caught():
+    # The trainer writes last.pt again at every checkpoint, as ultralytics does: the
+    # hub's checkpoint of an epoch must hold what the file held when that epoch was offered.
+    bugs = Bugs(session_class=_LabelsCheckpointsLate)
+    found = _first_violation(3, "flaky", bugs)
+    assert found is not None, "checkpoints named for the wrong epoch went unnoticed"
+    assert any("hold other bytes than offered then" in v.message for v in found.violations)
+    # Without the planted bug the same seed keeps the invariant.
+    clean = run_seed(found.seed, profile="flaky", epochs=30, keep_trace=False)
+    assert clean.ok, clean.violations
+
+
+def test_the_trainer_writes_one_last_pt_again_in_place(tmp_path):
+    # Faithful to ultralytics (torch.save truncates the file it opens): one file, one inode.
+    seen = []
+
+    class Watching(Session):
+        def save_checkpoint(self, path, *, epoch, is_best=False):
+            st = os.stat(path)
+            seen.append((os.path.basename(path), st.st_ino, st.st_mtime_ns))
+            super().save_checkpoint(path, epoch=epoch, is_best=is_best)
+
+    result = run_seed(0, profile="calm", epochs=12, bugs=Bugs(session_class=Watching))
+    assert result.ok, result.violations
+    assert len(seen) >= 2
+    assert {name for name, _, _ in seen} == {"last.pt"}
+    assert len({inode for _, inode, _ in seen}) == 1
+    # Each write has a stamp of its own (the simulated time), as epochs minutes apart do.
+    assert len({mtime for _, _, mtime in seen}) == len(seen)
 
 
 @pytest.mark.parametrize("profile", ["flaky", "crash"])
