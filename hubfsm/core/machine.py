@@ -280,7 +280,8 @@ class SessionMachine:
         self._on_change = on_change
         self._machine = _MACHINE
         #: What the current state means (see :data:`TRAITS`); kept as the state changes,
-        #: so a poll reads it without a call.
+        #: so a poll reads it without a call. Set just after the state: another thread
+        #: judges a state by ``TRAITS[state]``, from one reading of :attr:`state`.
         self.traits = TRAITS["unparsed"]
 
     @property

@@ -14,6 +14,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from hubfsm.core.machine import TRAITS
 from hubfsm.core.values import Barrier, FinishPending, FinishRequested, Interrupted, Start
 from hubfsm.errors import (
     DeliveryIncomplete,
@@ -269,20 +270,23 @@ class Session(SessionViews):
             # drips its answer) and cannot see it, so the wait ends here instead.
             left = ends + FINISH_GRACE - self._shell.clock()
             self._shell.wait_for(lambda c: c.machine.settled, max(0.0, left))
-        machine = self._core.machine
-        if machine.traits.terminal and not machine.failed:  # the final upload is acknowledged
+        # One reading of the state, judged by its own traits: the worker may be moving it
+        # on meanwhile, and sets a new state before the traits the machine keeps for it.
+        state = self._core.machine.state
+        traits = TRAITS[state]
+        if traits.terminal and state != "failed":  # the final upload is acknowledged
             self._log.info("session.finished", model_id=self._core.model_id, **self.stats())
             return
-        if self.offline and machine.settled and machine.sends:  # resumable, for `hubfsm sync`
+        if self.offline and traits.settled and traits.sends:  # resumable, for `hubfsm sync`
             return
-        if machine.refused:
+        if state == "refused":
             self._refusal_raised = True
             raise self._refusal_error()
         error = self._core.error
         self._gave_up = True
         if error is not None:
             raise error
-        raise DeliveryIncomplete(f"final upload incomplete (state {machine.state})", self.pending())
+        raise DeliveryIncomplete(f"final upload incomplete (state {state})", self.pending())
 
     def flush(self, *, timeout: float) -> bool:
         """Wait until nothing is pending (or ``timeout`` passes); True if all was sent."""

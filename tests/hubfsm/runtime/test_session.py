@@ -352,3 +352,30 @@ def test_closing_after_finish_gave_up_keeps_exit_timeout_for_a_hub_that_answers(
     again.finish_pending(timeout=10.0)
     again.close()
     assert hub.record(model_id)["status"] == "trained"
+
+
+def test_finish_judges_the_upload_by_one_reading_of_the_state(hub, tmp_path, monkeypatch):
+    # The worker sets the new state, then its traits. A finish() that read "settled" from
+    # the one and "terminal" from the other, caught between the two, took the
+    # acknowledged final upload for an incomplete one: DeliveryIncomplete "(state done)".
+    # Here the worker dwells between the two longer than finish() waits between looks.
+    import hubfsm.core.machine as machine_module
+
+    dwelt = threading.Event()
+
+    class Dwelling(dict):
+        def __getitem__(self, state):
+            if state == "done" and threading.current_thread() is not threading.main_thread():
+                if not dwelt.is_set():
+                    dwelt.set()
+                    time.sleep(1.5)
+            return super().__getitem__(state)
+
+    monkeypatch.setattr(machine_module, "TRAITS", Dwelling(machine_module.TRAITS))
+    model_id = new_model(hub)
+    with hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST) as s:
+        s.log_metrics({"loss": 1.0})
+        s.finish(weights(tmp_path, "best.pt", b"best"), map50_95=0.5)
+        assert s.state == "done"
+    assert dwelt.is_set()
+    assert hub.record(model_id)["status"] == "trained"
