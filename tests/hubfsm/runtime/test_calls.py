@@ -118,3 +118,25 @@ def test_other_ranks_refuse_the_epoch_rank_0_refuses(tmp_path):
     with pytest.raises(TypeError, match="map50_95"):
         null.finish(best(tmp_path), map50_95=None)
     null.log_metrics({"loss": 1.0}, epoch=Index(2))
+
+
+def test_weights_that_are_a_directory_are_refused_on_the_call(hub, tmp_path):
+    # Before, a checkpoint offer of a directory was taken, and dropped later with a
+    # warning from the worker; finish() failed only once the worker had tried.
+    with session(hub) as s:
+        with pytest.raises(IsADirectoryError, match="weights must be a file, not a directory"):
+            s.save_checkpoint(tmp_path, epoch=0)
+        assert s.pending()["checkpoint"] == 0
+        with pytest.raises(IsADirectoryError, match="weights must be a file"):
+            s.finish(tmp_path)
+        assert s.state == "training"
+        s.finish(best(tmp_path))
+        assert s.state == "done"
+
+
+def test_a_keyword_that_is_no_option_says_where_it_belongs(hub):
+    transport = InMemoryTransport(hub, KEY)
+    with pytest.raises(TypeError, match=r"'epochs'; a training argument goes in train_args="):
+        hubfsm.Session("yolov8n.yaml", transport=transport, epochs=3)
+    with pytest.raises(TypeError, match=r"'api_url'; did you mean 'api_root'\?"):
+        hubfsm.Session("yolov8n.yaml", transport=transport, api_url="http://127.0.0.1:1")
