@@ -26,6 +26,7 @@ from hubfsm.errors import HubfsmError, HubUnavailableError
 from hubfsm.logs import get_logger
 from hubfsm.runtime.console import Console, hub_name
 from hubfsm.runtime.driver import Clock, Driver, Hooks, Observer
+from hubfsm.runtime.exits import report_stranded
 from hubfsm.runtime.settings import Settings
 from hubfsm.runtime.shells import RealClock, SimRunner, ThreadRunner
 from hubfsm.transport import Transport
@@ -207,6 +208,9 @@ def open_model(parts: Parts) -> None:
             )
         if durability is not None and durability.error is not None:
             raise durability.error
+        where = None if durability is None else durability.directory
+        if parsed.model_id is None and where is not None and parts.driver.console is not None:
+            report_stranded(where, settings.api_root, settings.protocol)
         return
     if core.machine.failed and core.error is not None:
         if isinstance(core.error, HubUnavailableError):
