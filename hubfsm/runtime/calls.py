@@ -15,7 +15,7 @@ import operator
 from hubfsm.errors import IllegalEventError
 from hubfsm.logs import get_logger
 
-__all__ = ["MAX_EPOCH", "epoch_number", "illegal_call", "map_value"]
+__all__ = ["MAX_EPOCH", "epoch_number", "illegal_call", "map_value", "metrics_not_a_mapping"]
 
 log = get_logger("hubfsm")
 
@@ -129,3 +129,11 @@ def map_value(value: object, *, warn: bool = True) -> float:
             log.warning("finish.map_not_finite", map50_95=repr(number), sent=0.0)
         return 0.0
     return number
+
+
+def metrics_not_a_mapping(value: object) -> TypeError:
+    """The error for metrics that are no mapping (a list of pairs, a number)."""
+    return TypeError(
+        f"log_metrics(): metrics must be a mapping of names to values, such as "
+        f"{{'train/loss': 0.5}}, not a {type(value).__name__}"
+    )

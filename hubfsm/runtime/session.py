@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from hubfsm.core.values import Barrier, FinishPending, FinishRequested, Interrupted, Start
 from hubfsm.errors import DeliveryIncomplete, HubfsmError
 from hubfsm.logs import get_logger
-from hubfsm.runtime.calls import MAX_EPOCH, epoch_number, illegal_call, map_value
+from hubfsm.runtime import calls
 from hubfsm.runtime.console import not_taken_in, notice, refusal_error, waiting_line
 from hubfsm.runtime.driver import QUIET
 from hubfsm.runtime.exits import ExitHooks, close_limit, report_left, say_interrupted
@@ -136,7 +136,7 @@ class Session(SessionViews):
     def start(self) -> None:
         """Training begins: heartbeats start. Returns once the session is ``training``."""
         if not self._core.machine.allows("start") or self._accepting:
-            raise illegal_call(self._core.state, "start", closed=self._closed)
+            raise calls.illegal_call(self._core.state, "start", closed=self._closed)
         try:
             self._shell.call(Start(), timeout=10.0)
         except TimeoutError:
@@ -162,11 +162,13 @@ class Session(SessionViews):
             ValueError: The epoch is negative.
         """
         if not self._accepting:
-            raise illegal_call(self._core.state, "log_metrics", closed=self._closed)
+            raise calls.illegal_call(self._core.state, "log_metrics", closed=self._closed)
         if epoch is None:
             epoch = self._next_epoch
-        elif type(epoch) is not int or not 0 <= epoch <= MAX_EPOCH:
-            epoch = epoch_number(epoch, "log_metrics")
+        elif type(epoch) is not int or not 0 <= epoch <= calls.MAX_EPOCH:
+            epoch = calls.epoch_number(epoch, "log_metrics")
+        if type(metrics) is not dict and not isinstance(metrics, Mapping):
+            raise calls.metrics_not_a_mapping(metrics)
         # No wake-up: metrics go out at most every 3 s anyway, and the worker looks at
         # the inbox at least every quarter second. The inbox checks the values. The
         # writer is loaded, then called: a call of an instance attribute as a method
@@ -190,8 +192,8 @@ class Session(SessionViews):
             TypeError: ``epoch`` is no int (ValueError: a negative one).
         """
         if not self._accepting:
-            raise illegal_call(self._core.state, "save_checkpoint", closed=self._closed)
-        epoch = epoch_number(epoch, "save_checkpoint")
+            raise calls.illegal_call(self._core.state, "save_checkpoint", closed=self._closed)
+        epoch = calls.epoch_number(epoch, "save_checkpoint")
         # A missing file is the caller's error, raised here.
         self._weights.offer_checkpoint(path, epoch=epoch, is_best=is_best)
         self._shell.wake_up()
@@ -225,9 +227,11 @@ class Session(SessionViews):
                 message names the hub's answer and where the data is.
         """
         if not self._accepting:
-            raise illegal_call(self._core.state, "finish", closed=self._closed)
-        last = max(self._next_epoch - 1, 0) if epoch is None else epoch_number(epoch, "finish")
-        map50_95 = map_value(map50_95)
+            raise calls.illegal_call(self._core.state, "finish", closed=self._closed)
+        last = (
+            max(self._next_epoch - 1, 0) if epoch is None else calls.epoch_number(epoch, "finish")
+        )
+        map50_95 = calls.map_value(map50_95)
         # A missing file is the caller's error, raised here.
         event = self._weights.offer_final(path, epoch=last, map50_95=map50_95, timeout=timeout)
         # Journaled before the wait: a kill while the worker is still inside a request

@@ -140,3 +140,11 @@ def test_a_keyword_that_is_no_option_says_where_it_belongs(hub):
         hubfsm.Session("yolov8n.yaml", transport=transport, epochs=3)
     with pytest.raises(TypeError, match=r"'api_url'; did you mean 'api_root'\?"):
         hubfsm.Session("yolov8n.yaml", transport=transport, api_url="http://127.0.0.1:1")
+
+
+def test_metrics_that_are_no_mapping_are_refused_naming_what_they_are(hub):
+    # Before: AttributeError: 'list' object has no attribute 'items'.
+    with session(hub) as s:
+        with pytest.raises(TypeError, match=r"metrics must be a mapping .* not a list"):
+            s.log_metrics([("loss", 1.0)])
+        assert s.pending()["metrics"] == 0
