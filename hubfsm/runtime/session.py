@@ -51,10 +51,12 @@ class Session(SessionViews):
         transport: Where requests go; default an HTTP transport to ``api_root``.
         on_cancel: Called once, on the session's worker thread, when an answer says a
             person cancelled the run (see :attr:`cancelled`).
-        **options: The session's options, each optional
-            (:class:`~hubfsm.runtime.settings.SessionOptions`): each is described, with
-            its default, as the :class:`~hubfsm.runtime.settings.Settings` field of its
-            name.
+        **options: The session's options, each optional: ``api_key``, ``api_root``,
+            ``web_root``, ``train_args`` (a new model's training arguments), ``name``,
+            ``tags``, ``notes``, ``config``, ``open_timeout``, ``exit_timeout``,
+            ``outbox``, ``outbox_dir``, ``journal``, ``offline``, ``handle_signals``,
+            ``protocol`` and ``seed``, each described, with its default, as the
+            :class:`~hubfsm.runtime.settings.Settings` field of its name.
 
     Raises:
         TypeError: An option the session does not take.
