@@ -201,8 +201,8 @@ def report_stranded(where: Path, api_root: str | None, protocol: str) -> None:
 
     A script restarted after a kill makes a new model from its ``.yaml``: what the
     killed run kept would wait in its own outbox, unnoticed, for a ``hubfsm sync``
-    nobody thinks to run. Only outboxes for the same hub, held by no running session,
-    count; the notice never stops a session.
+    nobody thinks to run. Only outboxes for the same hub and dialect, held by no running
+    session, count; the notice never stops a session.
 
     Args:
         where: The new model's outbox directory (its parent is the outbox root).
@@ -220,6 +220,7 @@ def report_stranded(where: Path, api_root: str | None, protocol: str) -> None:
         if info.directory != where
         and not info.in_use
         and any(info.pending.values())
+        and info.protocol == protocol  # the printed command's key is the dialect's
         and (info.hub is None or api_root is None or same_hub(info.hub.api_root, api_root))
     ]
     if not stranded:

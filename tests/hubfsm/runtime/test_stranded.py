@@ -6,8 +6,13 @@ nobody knew to run.
 """
 
 import hubfsm
+from hubfsm.core.config import CoreConfig
+from hubfsm.core.platform import PLATFORM
+from tests.platform_fake import PLATFORM_KEY, FakePlatform
 from tests.support import FAST, KEY, new_model
-from transports.memory import InMemoryTransport
+from transports.memory import HandlerTransport, InMemoryTransport
+
+PLATFORM_FAST = CoreConfig(limits=PLATFORM.limits, protocol="platform").scaled(0.001)
 
 
 def left_behind(hub, root, epochs=3):
@@ -63,3 +68,17 @@ def test_an_outbox_a_running_session_holds_is_not_named(hub, tmp_path, capsys):
         assert "earlier run" not in capsys.readouterr().err
     finally:
         running.close()
+
+
+def test_a_platform_run_does_not_name_hub_outboxes_whose_key_it_would_misname(
+    hub, tmp_path, capsys
+):
+    # The printed command takes the key of the session's dialect (ULTRALYTICS_API_KEY
+    # for Platform): a HUB outbox sent with it would be refused.
+    left_behind(hub, tmp_path)
+    capsys.readouterr()
+    platform = hubfsm.Session("owner/my-project", protocol="platform", api_key=PLATFORM_KEY,
+                              transport=HandlerTransport(FakePlatform()), outbox_dir=tmp_path,
+                              config=PLATFORM_FAST, train_args={"name": "run1", "epochs": 1})
+    platform.close()
+    assert "earlier run" not in capsys.readouterr().err
