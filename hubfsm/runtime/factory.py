@@ -167,6 +167,12 @@ def build(
     return Parts(settings, core, driver, shell, durability, hooks)
 
 
+#: Seconds opening waits in silence: past them, with no answer yet, it says whom it waits
+#: for. Longer than a first contact's patience (5 s), so that a hub that is not there
+#: fails with its own error, not after a waiting line.
+OPEN_QUIET = 10.0
+
+
 def open_model(parts: Parts) -> None:
     """Load or create the settings' model and wait for the hub (on the parts' shell).
 
@@ -196,7 +202,12 @@ def open_model(parts: Parts) -> None:
     core.open(parsed, create=create, now=shell.clock())
     shell.start()
     timeout = settings.open_timeout
-    opened = shell.wait_for(lambda c: not c.machine.traits.opening, timeout)
+    opened = shell.wait_for(lambda c: not c.machine.traits.opening, min(OPEN_QUIET, timeout))
+    if not opened and timeout > OPEN_QUIET:
+        console = parts.driver.console
+        if console is not None and shell.alive:
+            console.still_opening(shell.clock(), OPEN_QUIET)
+        opened = shell.wait_for(lambda c: not c.machine.traits.opening, timeout - OPEN_QUIET)
     if opened and not core.machine.failed:
         if durability is not None and durability.outbox is None:
             # A created model's outbox opens on the driver once the hub gave the id, in
@@ -221,7 +232,7 @@ def open_model(parts: Parts) -> None:
     raise HubUnavailableError(
         f"the hub at {hub_name(settings.api_root)} did not load or create the model "
         f"{within}"
-        + (f"; last failure: {core.last_failure}" if core.last_failure else "")
+        + (f"; last failure: {core.last_failure}" if core.last_failure else "; nothing answered")
         + _public_hint(settings)
     )
 
