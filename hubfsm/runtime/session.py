@@ -68,14 +68,15 @@ class Session(SessionViews):
 
     def __init__(
         self,
-        identifier: str,
+        identifier: str | os.PathLike[str],
         *,
         transport: Transport | None = None,
         on_cancel: Callable[[], None] | None = None,
         **options: Unpack[SessionOptions],
     ) -> None:
         self._on_cancel = on_cancel
-        self._setup(build(Settings.resolve(identifier, **options), transport=transport))
+        resolved = Settings.resolve(os.fspath(identifier), **options)  # a Path, as open() takes
+        self._setup(build(resolved, transport=transport))
 
     @classmethod
     def compose(cls, parts: Parts, *, on_cancel: Callable[[], None] | None = None) -> Session:

@@ -148,3 +148,13 @@ def test_metrics_that_are_no_mapping_are_refused_naming_what_they_are(hub):
         with pytest.raises(TypeError, match=r"metrics must be a mapping .* not a list"):
             s.log_metrics([("loss", 1.0)])
         assert s.pending()["metrics"] == 0
+
+
+def test_a_model_file_may_be_given_as_a_path(hub, tmp_path):
+    # Before: AttributeError: 'PosixPath' object has no attribute 'strip' (open() took it).
+    s = hubfsm.Session(tmp_path / "yolov8n.yaml", transport=InMemoryTransport(hub, KEY),
+                       config=FAST, train_args={"data": "coco8.yaml"})
+    try:
+        assert s.state == "created" and hub.record(s.model_id)["cfg"] == "yolov8n.yaml"
+    finally:
+        s.close()
