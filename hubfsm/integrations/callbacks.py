@@ -110,7 +110,8 @@ class TrainingCallbacks:
 
         Returns:
             True when the hub has everything; False when something stays pending (the
-            session is then ``resumable``, or ``failed`` with its ``error`` set).
+            session is then ``resumable``, offline or not, or ``failed`` with its
+            ``error`` set).
         """
         self.on_train_start()
         done = False
@@ -121,7 +122,8 @@ class TrainingCallbacks:
                 map50_95=_number(map50_95),
                 timeout=self.finish_timeout,
             )
-            done = True
+            # Offline, finish records and returns: the hub has none of it yet.
+            done = not any(self.session.pending().values())
         except (HubfsmError, OSError) as exc:
             self._failed("train_end", exc)
         finally:

@@ -103,6 +103,18 @@ def test_closing_after_a_refusal_logs_it_and_returns(hub, transport, tmp_path, k
         strict.close()
 
 
+def test_an_offline_train_end_says_the_hub_has_nothing_yet(hub, transport, tmp_path, kit):
+    # Before, on_train_end returned True offline, where finish records and returns.
+    session = hubfsm.Session(kit.new_model(hub), transport=transport, config=kit.FAST,
+                             offline=True, outbox_dir=tmp_path)
+    callbacks = TrainingCallbacks(session, close_at_end=True)
+    callbacks.on_epoch_end(0, {"loss": 1.0})
+    (tmp_path / "best.pt").write_bytes(b"best")
+    assert callbacks.on_train_end(tmp_path / "best.pt", 0.5) is False
+    assert session.state == "resumable" and session.pending()["final"] == 1
+    assert TrainingCallbacks(NullSession(1)).on_train_end(tmp_path / "best.pt") is True
+
+
 def test_strict_callbacks_raise(hub, transport, tmp_path, kit):
     session = hubfsm.Session(kit.new_model(hub), transport=transport, config=kit.FAST)
     try:
