@@ -23,10 +23,12 @@ class IllegalEventError(HubfsmError):
         event: The event that was refused.
     """
 
-    def __init__(self, state: str, event: str) -> None:
+    def __init__(self, state: str, event: str, hint: str = "") -> None:
         self.state = state
         self.event = event
-        super().__init__(f"event {event!r} is not allowed in state {state!r}")
+        # The hint says what the caller can do instead (see hubfsm.runtime.calls).
+        said = f"event {event!r} is not allowed in state {state!r}"
+        super().__init__(f"{said}: {hint}" if hint else said)
 
 
 class HubError(HubfsmError):

@@ -18,7 +18,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import TextIO
 
 from hubfsm.core.protocol import ProtocolName
-from hubfsm.sim.invariants import render_json, render_text
+from hubfsm.sim.invariants import TITLES, render_json, render_text
 from hubfsm.sim.play import SimResult, run_seed
 from hubfsm.sim.profiles import describe, select
 from hubfsm.sim.scenario import Profile
@@ -33,6 +33,8 @@ POOL_FROM = 200
 
 #: Trace entries shown before and after the first violation of a failing seed.
 _BEFORE, _AFTER = 25, 5
+#: The violations a failing seed lists; the rest are counted (the trace has them all).
+SHOWN = 5
 
 Task = tuple[int, str, int, bool, bool, ProtocolName]
 
@@ -132,9 +134,7 @@ def row(profile: str, results: Sequence[SimResult], wall: float) -> str:
 def first_failure(result: SimResult) -> str:
     """How to replay a failing seed, and its trace around the first violation."""
     lines = [f"first failing seed of {result.profile}: {result.seed} (ended {result.state})"]
-    lines += [f"  {violation}" for violation in result.violations[:5]]
-    if len(result.violations) > 5:
-        lines.append(f"  ... and {len(result.violations) - 5} more")
+    lines += _violations_of(result)
     lines.append(f"replay: {result.replay_command()}")
     trace = result.trace
     where = next((i for i, e in enumerate(trace) if e.event == "violation"), len(trace))
@@ -142,6 +142,17 @@ def first_failure(result: SimResult) -> str:
     lines.append(f"trace around the failure (entries {start + 1} to {end} of {len(trace)}):")
     lines += [f"  {entry.text()}" for entry in trace[start:end]]
     return "\n".join(lines)
+
+
+def _violations_of(result: SimResult) -> list[str]:
+    """A failing seed's first violations, one a line, and how many more there are."""
+    lines = [f"  {violation}" for violation in result.violations[:SHOWN]]
+    if len(result.violations) > SHOWN:
+        lines.append(f"  ... and {len(result.violations) - SHOWN} more")
+    broken = sorted({v.number for v in result.violations})
+    named = "; ".join(f"{n}: {TITLES.get(n, '?')}" for n in broken)
+    lines.append(f"  (invariants broken: {named})")
+    return lines
 
 
 def _print_traces(results: Sequence[SimResult], as_json: bool, out: TextIO) -> None:
@@ -257,9 +268,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         for _, results, _ in batches:
             for result in results:
                 if not result.ok:
+                    # A few lines a seed: the trace on stdout has every violation.
                     print(f"seed {result.seed} ({result.profile}) failed:", file=sys.stderr)
-                    for violation in result.violations:
-                        print(f"  {violation}", file=sys.stderr)
+                    print("\n".join(_violations_of(result)), file=sys.stderr)
         return 0 if ok else 1
     where = "over HTTP against a local hub" if http else "on a virtual clock"
     if protocol == "platform":

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import marshal
 import os
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -171,8 +173,14 @@ def _epoch_of(item: InboxItem) -> int | None:
 
 
 def stamp_of(path: str | os.PathLike[str]) -> FileStamp:
-    """What ``path`` looks like now (``os.stat``)."""
+    """What ``path`` looks like now (``os.stat``).
+
+    Raises:
+        OSError: It is missing, or a directory (which the worker could only fail to read).
+    """
     st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "weights must be a file, not a directory", path)
     return FileStamp(st.st_size, st.st_mtime_ns, st.st_ino)
 
 

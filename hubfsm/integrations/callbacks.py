@@ -110,7 +110,8 @@ class TrainingCallbacks:
 
         Returns:
             True when the hub has everything; False when something stays pending (the
-            session is then ``resumable``, or ``failed`` with its ``error`` set).
+            session is then ``resumable``, offline or not, or ``failed`` with its
+            ``error`` set).
         """
         self.on_train_start()
         done = False
@@ -121,24 +122,33 @@ class TrainingCallbacks:
                 map50_95=_number(map50_95),
                 timeout=self.finish_timeout,
             )
-            done = True
+            # Offline, finish records and returns: the hub has none of it yet.
+            done = not any(self.session.pending().values())
         except (HubfsmError, OSError) as exc:
             self._failed("train_end", exc)
         finally:
             if self.close_at_end:
-                self.session.close()
+                self.close()
         return done
 
     def close(self) -> None:
-        """Close the session; one not finished becomes ``resumable``."""
-        self.session.close()
+        """Close the session; one not finished becomes ``resumable``.
+
+        A refusal the session has not raised yet (a key revoked mid-run) is logged like
+        any hub error, unless ``strict``: closing never stops the trainer either.
+        """
+        try:
+            self.session.close()
+        except HubfsmError as exc:
+            self._failed("close", exc)
 
     def _failed(self, event: str, exc: Exception) -> None:
         if self.strict:
             raise exc
         # Final weights the session keeps are named in its own line (its refusal notice,
-        # or what it prints on closing); a warning would say it all again.
-        kept = event == "train_end" and self.session.pending()["final"]
+        # or what it prints on closing), and so is a refusal closing raises; a warning
+        # would say it all again.
+        kept = event == "close" or (event == "train_end" and self.session.pending()["final"])
         said = log.info if kept else log.warning
         said(
             "callbacks.hub_error",

@@ -137,6 +137,21 @@ class Console:
         with contextlib.suppress(OSError, ValueError):
             print(f"hubfsm: {line}", file=stream, flush=True)
 
+    def still_opening(self, now: float, waited: float) -> None:
+        """Say once that opening has waited ``waited`` seconds for an answer, if not said.
+
+        For a hub that takes the connection and never answers: each attempt then waits
+        out the read timeout (60 s), so the lost line (after three attempts) came only
+        after the open timeout had passed, and the trainer waited minutes in silence.
+        """
+        if self.lost:
+            return
+        self._lost_at = now - waited
+        self.say(
+            f"no answer yet from {self.hub} after {duration(waited)}; trying for up to "
+            f"{duration(self.open_timeout)} to open the model"
+        )
+
     def outcome(self, core: Core, channel: str, outcome: Outcome, now: float) -> None:
         """Take in one attempt's outcome on ``channel``; say when the hub is lost or back."""
         if isinstance(outcome, Response) and not no_answer(outcome):

@@ -26,6 +26,7 @@ from hubfsm.errors import HubfsmError, HubUnavailableError
 from hubfsm.logs import get_logger
 from hubfsm.runtime.console import Console, hub_name
 from hubfsm.runtime.driver import Clock, Driver, Hooks, Observer
+from hubfsm.runtime.exits import report_stranded
 from hubfsm.runtime.settings import Settings
 from hubfsm.runtime.shells import RealClock, SimRunner, ThreadRunner
 from hubfsm.transport import Transport
@@ -166,6 +167,12 @@ def build(
     return Parts(settings, core, driver, shell, durability, hooks)
 
 
+#: Seconds opening waits in silence: past them, with no answer yet, it says whom it waits
+#: for. Longer than a first contact's patience (5 s), so that a hub that is not there
+#: fails with its own error, not after a waiting line.
+OPEN_QUIET = 10.0
+
+
 def open_model(parts: Parts) -> None:
     """Load or create the settings' model and wait for the hub (on the parts' shell).
 
@@ -195,7 +202,12 @@ def open_model(parts: Parts) -> None:
     core.open(parsed, create=create, now=shell.clock())
     shell.start()
     timeout = settings.open_timeout
-    opened = shell.wait_for(lambda c: not c.machine.traits.opening, timeout)
+    opened = shell.wait_for(lambda c: not c.machine.traits.opening, min(OPEN_QUIET, timeout))
+    if not opened and timeout > OPEN_QUIET:
+        console = parts.driver.console
+        if console is not None and shell.alive:
+            console.still_opening(shell.clock(), OPEN_QUIET)
+        opened = shell.wait_for(lambda c: not c.machine.traits.opening, timeout - OPEN_QUIET)
     if opened and not core.machine.failed:
         if durability is not None and durability.outbox is None:
             # A created model's outbox opens on the driver once the hub gave the id, in
@@ -207,6 +219,9 @@ def open_model(parts: Parts) -> None:
             )
         if durability is not None and durability.error is not None:
             raise durability.error
+        where = None if durability is None else durability.directory
+        if parsed.model_id is None and where is not None and parts.driver.console is not None:
+            report_stranded(where, settings.api_root, settings.protocol)
         return
     if core.machine.failed and core.error is not None:
         if isinstance(core.error, HubUnavailableError):
@@ -217,7 +232,7 @@ def open_model(parts: Parts) -> None:
     raise HubUnavailableError(
         f"the hub at {hub_name(settings.api_root)} did not load or create the model "
         f"{within}"
-        + (f"; last failure: {core.last_failure}" if core.last_failure else "")
+        + (f"; last failure: {core.last_failure}" if core.last_failure else "; nothing answered")
         + _public_hint(settings)
     )
 

@@ -46,6 +46,7 @@ from hubfsm.core.config import CoreConfig
 from hubfsm.core.identifier import Identifier
 from hubfsm.errors import HubfsmError
 from hubfsm.logs import get_logger
+from hubfsm.runtime.calls import epoch_number, map_value
 from hubfsm.runtime.factory import build
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import SessionOptions, Settings
@@ -204,13 +205,18 @@ class NullSession:
     def start(self) -> None:
         """Do nothing."""
 
+    # An epoch rank 0 refuses is refused on every rank, so that no rank goes on alone.
+
     def log_metrics(self, metrics: Mapping[str, Any], *, epoch: int | None = None) -> None:
-        """Do nothing."""
+        """Do nothing (but refuse an epoch as rank 0 does)."""
+        if epoch is not None:
+            epoch_number(epoch, "log_metrics")
 
     def save_checkpoint(
         self, path: str | os.PathLike[str], *, epoch: int, is_best: bool = False
     ) -> None:
-        """Do nothing."""
+        """Do nothing (but refuse an epoch as rank 0 does)."""
+        epoch_number(epoch, "save_checkpoint")
 
     def finish(
         self,
@@ -220,7 +226,10 @@ class NullSession:
         map50_95: float = 0.0,
         timeout: float = 3600.0,
     ) -> None:
-        """Do nothing."""
+        """Do nothing (but refuse an epoch or a score as rank 0 does)."""
+        if epoch is not None:
+            epoch_number(epoch, "finish")
+        map_value(map50_95, warn=False)  # rank 0 says it once
 
     def finish_pending(self, *, timeout: float = 3600.0) -> None:
         """Do nothing."""

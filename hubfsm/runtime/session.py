@@ -16,12 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from hubfsm.core.machine import TRAITS
 from hubfsm.core.values import Barrier, FinishPending, FinishRequested, Interrupted, Start
-from hubfsm.errors import (
-    DeliveryIncomplete,
-    HubfsmError,
-    IllegalEventError,
-)
+from hubfsm.errors import DeliveryIncomplete, HubfsmError
 from hubfsm.logs import get_logger
+from hubfsm.runtime import calls
 from hubfsm.runtime.console import not_taken_in, notice, refusal_error, waiting_line
 from hubfsm.runtime.driver import QUIET
 from hubfsm.runtime.exits import ExitHooks, close_limit, report_left, say_interrupted
@@ -55,10 +52,12 @@ class Session(SessionViews):
         transport: Where requests go; default an HTTP transport to ``api_root``.
         on_cancel: Called once, on the session's worker thread, when an answer says a
             person cancelled the run (see :attr:`cancelled`).
-        **options: The session's options, each optional
-            (:class:`~hubfsm.runtime.settings.SessionOptions`): each is described, with
-            its default, as the :class:`~hubfsm.runtime.settings.Settings` field of its
-            name.
+        **options: The session's options, each optional: ``api_key``, ``api_root``,
+            ``web_root``, ``train_args`` (a new model's training arguments), ``name``,
+            ``tags``, ``notes``, ``config``, ``open_timeout``, ``exit_timeout``,
+            ``outbox``, ``outbox_dir``, ``journal``, ``offline``, ``handle_signals``,
+            ``protocol`` and ``seed``, each described, with its default, as the
+            :class:`~hubfsm.runtime.settings.Settings` field of its name.
 
     Raises:
         TypeError: An option the session does not take.
@@ -70,14 +69,15 @@ class Session(SessionViews):
 
     def __init__(
         self,
-        identifier: str,
+        identifier: str | os.PathLike[str],
         *,
         transport: Transport | None = None,
         on_cancel: Callable[[], None] | None = None,
         **options: Unpack[SessionOptions],
     ) -> None:
         self._on_cancel = on_cancel
-        self._setup(build(Settings.resolve(identifier, **options), transport=transport))
+        resolved = Settings.resolve(os.fspath(identifier), **options)  # a Path, as open() takes
+        self._setup(build(resolved, transport=transport))
 
     @classmethod
     def compose(cls, parts: Parts, *, on_cancel: Callable[[], None] | None = None) -> Session:
@@ -140,7 +140,7 @@ class Session(SessionViews):
     def start(self) -> None:
         """Training begins: heartbeats start. Returns once the session is ``training``."""
         if not self._core.machine.allows("start") or self._accepting:
-            raise IllegalEventError(self._core.state, "start")
+            raise calls.illegal_call(self._core.state, "start", closed=self._closed)
         try:
             self._shell.call(Start(), timeout=10.0)
         except TimeoutError:
@@ -157,16 +157,22 @@ class Session(SessionViews):
             metrics: Metric names (strings) to values: numbers, strings, booleans, None,
                 and lists and dicts of them. numpy and torch scalars and arrays are
                 converted; NaN and infinities are sent as JSON ``null``.
-            epoch: The epoch; by default the one after the last logged, from 0.
+            epoch: The epoch, an int from 0; by default the one after the last logged.
 
         Raises:
             TypeError: A name is not a string, or a value cannot be sent (an integer
-                beyond 64 bits, an object): the message names it, and nothing is kept.
+                beyond 64 bits, an object), or the epoch is no int: the message names
+                it, and nothing is kept.
+            ValueError: The epoch is negative.
         """
         if not self._accepting:
-            raise IllegalEventError(self._core.state, "epoch_end")
+            raise calls.illegal_call(self._core.state, "log_metrics", closed=self._closed)
         if epoch is None:
             epoch = self._next_epoch
+        elif type(epoch) is not int or not 0 <= epoch <= calls.MAX_EPOCH:
+            epoch = calls.epoch_number(epoch, "log_metrics")
+        if type(metrics) is not dict and not isinstance(metrics, Mapping):
+            raise calls.metrics_not_a_mapping(metrics)
         # No wake-up: metrics go out at most every 3 s anyway, and the worker looks at
         # the inbox at least every quarter second. The inbox checks the values. The
         # writer is loaded, then called: a call of an instance attribute as a method
@@ -184,9 +190,14 @@ class Session(SessionViews):
         the outbox, the upload is a snapshot of the file as it was at this call; if the
         trainer overwrites it before the snapshot is taken, this offer is dropped in
         favour of the next one.
+
+        Raises:
+            FileNotFoundError: The file does not exist.
+            TypeError: ``epoch`` is no int (ValueError: a negative one).
         """
         if not self._accepting:
-            raise IllegalEventError(self._core.state, "checkpoint")
+            raise calls.illegal_call(self._core.state, "save_checkpoint", closed=self._closed)
+        epoch = calls.epoch_number(epoch, "save_checkpoint")
         # A missing file is the caller's error, raised here.
         self._weights.offer_checkpoint(path, epoch=epoch, is_best=is_best)
         self._shell.wake_up()
@@ -207,18 +218,24 @@ class Session(SessionViews):
         Args:
             path: The final (best) weights.
             epoch: The last epoch; by default the last one logged.
-            map50_95: The model's mAP50-95, sent with the weights.
+            map50_95: The model's mAP50-95, sent with the weights (a NaN or an infinity
+                is sent as 0, logged).
             timeout: Seconds to wait; past it the session becomes ``resumable``.
 
         Raises:
+            TypeError: ``epoch`` is no int, or ``map50_95`` no number.
+            ValueError: ``epoch`` is negative.
             DeliveryIncomplete: The upload did not complete within ``timeout``.
             HubError: The hub refused the key, the model or the upload: sending stopped,
                 and everything (the final weights too) is kept for ``hubfsm sync``; the
                 message names the hub's answer and where the data is.
         """
         if not self._accepting:
-            raise IllegalEventError(self._core.state, "finish")
-        last = max(self._next_epoch - 1 if epoch is None else epoch, 0)
+            raise calls.illegal_call(self._core.state, "finish", closed=self._closed)
+        last = (
+            max(self._next_epoch - 1, 0) if epoch is None else calls.epoch_number(epoch, "finish")
+        )
+        map50_95 = calls.map_value(map50_95)
         # A missing file is the caller's error, raised here.
         event = self._weights.offer_final(path, epoch=last, map50_95=map50_95, timeout=timeout)
         # Journaled before the wait: a kill while the worker is still inside a request

@@ -8,6 +8,7 @@ environment); the parts of a session are then built from this one frozen value (
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -184,7 +185,7 @@ class Settings:
             HubfsmError: Offline mode without a model id or without the outbox.
             ValueError: ``protocol`` names no dialect.
         """
-        check_options(options)
+        check_options(options, train_args_hint=True)
         api_key = options.get("api_key")
         api_root = options.get("api_root")
         config = options.get("config")
@@ -256,15 +257,31 @@ class Settings:
 OPTIONS = frozenset(SessionOptions.__annotations__)
 
 
-def check_options(options: Mapping[str, object]) -> None:
+def check_options(options: Mapping[str, object], *, train_args_hint: bool = False) -> None:
     """Refuse, as a call would, a keyword that is none of the session's options.
+
+    Args:
+        options: The keywords given.
+        train_args_hint: Say where a training argument goes (``Session`` takes them as
+            ``train_args``, where ``Session(..., epochs=3)`` is an easy slip).
 
     Raises:
         TypeError: Naming the first such keyword.
     """
     unknown = sorted(set(options) - OPTIONS)
     if unknown:
-        raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
+        name = unknown[0]
+        close = difflib.get_close_matches(name, sorted(OPTIONS), n=1)
+        if close:
+            hint = f"; did you mean {close[0]!r}?"
+        elif train_args_hint:
+            hint = (
+                f"; a training argument goes in train_args={{{name!r}: ...}} "
+                "(hubfsm.open() takes them as keywords)"
+            )
+        else:
+            hint = ""
+        raise TypeError(f"unexpected keyword argument {name!r}{hint}")
 
 
 def tags_of(tags: Iterable[str] | str | None) -> tuple[str, ...]:

@@ -31,6 +31,22 @@ CRASH = 0
 #: every event it accepted that is not on the hub, and no temporary file of a failed write.
 FAILED_WRITE = 9
 
+#: What each invariant of the design guards, in a few words, for a failure report (the
+#: numbers alone sent a reader to the docs' list).
+TITLES = {
+    CRASH: "the run raised",
+    1: "no epoch lost",
+    2: "nothing takes effect twice",
+    3: "the final weights are the file handed to finish",
+    4: "every state change is a declared transition",
+    5: "rate limits hold",
+    6: "retries follow the policy, and a refusal stops sending",
+    7: "the API key is never shown",
+    8: "the same seed gives the same trace",
+    9: "a failed write or a death loses nothing",
+    10: "the Platform dialect's own rules",
+}
+
 
 @attrs.frozen
 class Violation:

@@ -99,6 +99,27 @@ def test_a_failing_seed_is_shown_with_its_replay_command_and_trace(capsys, monke
     assert "seed 3 (revoked) failed:" in err
 
 
+def test_traced_failing_seeds_say_a_few_lines_each_and_name_the_invariant(capsys, monkeypatch):
+    # Before, --trace listed every violation of every failing seed on stderr: 23,595
+    # lines for 20 seeds of this bug, beside the trace that already holds them.
+    buggy = functools.partial(run_seed, core_factory=RetriesFatalStatuses)
+    monkeypatch.setattr("hubfsm.cli.simulate.run_seed", buggy)
+    status, trace, err = simulate(
+        capsys, "--profile", "revoked", "--seeds", "3-4", "--epochs", "10", "--trace"
+    )
+    assert status == 1
+    lines = err.splitlines()
+    assert [line for line in lines if not line.startswith("  ")] == [
+        "seed 3 (revoked) failed:", "seed 4 (revoked) failed:"
+    ]
+    assert len(lines) <= 2 * (1 + 5 + 2), err
+    assert re.search(r"^  \.\.\. and \d+ more$", err, re.M)
+    assert err.count("(invariants broken: 6: retries follow the policy") == 2
+    assert trace.count("VIOLATION of invariant 6") > 5  # the trace keeps them all
+    status, out, _ = simulate(capsys, "--profile", "revoked", "--seed", "3", "--epochs", "10")
+    assert "  (invariants broken: 6: retries follow the policy" in out
+
+
 def test_bad_arguments_exit_2_with_a_clear_message(capsys):
     status, _, err = simulate(capsys, "--profile", "stormy")
     assert status == 2 and "unknown profile 'stormy'" in err

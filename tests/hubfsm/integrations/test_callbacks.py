@@ -76,6 +76,45 @@ def test_a_key_revoked_mid_run_is_one_line_on_stderr_not_one_more_at_the_end(
     assert session.pending()["final"] == 1  # kept for `hubfsm sync`
 
 
+def test_closing_after_a_refusal_logs_it_and_returns(hub, transport, tmp_path, kit, capsys):
+    # A loop that stops before on_train_end (an exception, an early stop) closes the
+    # callbacks; before, close() raised the refusal's AuthError at the trainer.
+    session = hubfsm.Session(kit.new_model(hub), transport=transport, config=kit.FAST,
+                             outbox_dir=tmp_path)
+    strict = TrainingCallbacks(hubfsm.Session(kit.new_model(hub), transport=transport,
+                                              config=kit.FAST), strict=True)
+    callbacks = TrainingCallbacks(session)
+    callbacks.on_epoch_end(0, {"loss": 1.0})
+    assert session.flush(timeout=5.0)
+    hub.revoke_key(KEY)
+    callbacks.on_epoch_end(1, {"loss": 0.5})
+    kit.eventually(lambda: session.state == "refused", 5.0)
+    with structlog.testing.capture_logs() as logs:
+        callbacks.close()
+    [logged] = [e for e in logs if e["event"] == "callbacks.hub_error"]
+    assert logged["step"] == "close" and logged["log_level"] == "info"
+    assert "AuthError" in logged["error"]
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1 and "(401)" in said[0]  # the refusal's own line, once
+    assert session.pending()["metrics"] == 1  # kept for `hubfsm sync`
+    strict.on_epoch_end(0, {"loss": 1.0})
+    kit.eventually(lambda: strict.session.state == "refused", 5.0)
+    with pytest.raises(hubfsm.AuthError):
+        strict.close()
+
+
+def test_an_offline_train_end_says_the_hub_has_nothing_yet(hub, transport, tmp_path, kit):
+    # Before, on_train_end returned True offline, where finish records and returns.
+    session = hubfsm.Session(kit.new_model(hub), transport=transport, config=kit.FAST,
+                             offline=True, outbox_dir=tmp_path)
+    callbacks = TrainingCallbacks(session, close_at_end=True)
+    callbacks.on_epoch_end(0, {"loss": 1.0})
+    (tmp_path / "best.pt").write_bytes(b"best")
+    assert callbacks.on_train_end(tmp_path / "best.pt", 0.5) is False
+    assert session.state == "resumable" and session.pending()["final"] == 1
+    assert TrainingCallbacks(NullSession(1)).on_train_end(tmp_path / "best.pt") is True
+
+
 def test_strict_callbacks_raise(hub, transport, tmp_path, kit):
     session = hubfsm.Session(kit.new_model(hub), transport=transport, config=kit.FAST)
     try:

@@ -162,41 +162,54 @@ def test_a_payload_the_hub_refuses_is_set_aside_and_the_rest_goes_on(hub, tmp_pa
         with hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST,
                             outbox_dir=tmp_path) as s:
             s.log_metrics({"loss": 1.0}, epoch=0)
-            s.log_metrics({"loss": 9.0}, epoch=-1)  # the local hub refuses a negative epoch
-            s.log_metrics({"loss": 0.5}, epoch=1)
+            # The local hub refuses text that is not valid Unicode (a lone surrogate).
+            s.log_metrics({"note": "\ud800"}, epoch=1)
+            s.log_metrics({"loss": 0.5}, epoch=2)
             best = tmp_path / "best.pt"
             best.write_bytes(b"best")
             s.finish(best)
             assert s.state == "done"
             assert s.rejected() == [
-                "metrics of epoch -1: 400 metrics keys must be epoch numbers "
-                "(non-negative integers)"
+                "metrics of epoch 1: 400 metrics of epoch 1: text holds a lone surrogate "
+                "(not valid Unicode)"
             ]
-    assert epochs_on(hub, model_id) == [0, 1]
+    assert epochs_on(hub, model_id) == [0, 2]
     assert any(e["event"] == "record.rejected" for e in logs)
     # The rejected record is kept, shown by status, and makes sync exit non-zero.
     [info] = inspect(find(tmp_path))
     assert info.pending == {"metrics": 0, "checkpoint": 0, "final": 0}
-    assert len(info.rejected) == 1 and "epoch -1" in info.rejected[0]
+    assert len(info.rejected) == 1 and "epoch 1" in info.rejected[0]
     out = io.StringIO()
     status(tmp_path, out=out)
-    assert "rejected by the hub: metrics of epoch -1: 400" in out.getvalue()
+    assert "rejected by the hub: metrics of epoch 1: 400" in out.getvalue()
     out = io.StringIO()
     assert sync(tmp_path, transport=InMemoryTransport(hub, KEY), out=out) == 1
     assert "1 records the hub rejected are kept" in out.getvalue()
 
 
+class RefusesFinalWeights(Transport):
+    """A hub that answers 400 to the final upload (a session never sends what it refuses)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def send(self, request):
+        if request.fields is not None and request.fields.get("type") == "final":
+            return Response(400, {"success": False, "message": "the weights are damaged"})
+        return self.inner.send(request)
+
+
 def test_final_weights_the_hub_refuses_are_kept_and_finish_names_the_answer(hub, tmp_path):
     model_id = new_model(hub)
-    s = hubfsm.Session(model_id, transport=InMemoryTransport(hub, KEY), config=FAST,
-                       outbox_dir=tmp_path)
+    s = hubfsm.Session(model_id, transport=RefusesFinalWeights(InMemoryTransport(hub, KEY)),
+                       config=FAST, outbox_dir=tmp_path)
     s.start()
     s.log_metrics({"loss": 1.0})
     best = tmp_path / "best.pt"
     best.write_bytes(b"best")
-    expected = r"final weights \(400\).*'map' must be a finite.*1 rejected record kept"
+    expected = r"final weights \(400\).*the weights are damaged.*1 rejected record kept"
     with pytest.raises(hubfsm.HubError, match=expected):
-        s.finish(best, map50_95=float("nan"))
+        s.finish(best, map50_95=0.5)
     s.close()
     assert epochs_on(hub, model_id) == [0]
     [info] = inspect(find(tmp_path))

@@ -1,4 +1,5 @@
 import inspect
+import re
 from pathlib import Path
 
 import attrs
@@ -114,6 +115,12 @@ def test_a_sessions_name_tags_and_notes_are_resolved_per_dialect():
 def test_the_options_are_the_fields_of_settings_a_caller_may_set():
     fields = {field.name for field in attrs.fields(Settings)}
     assert set(OPTIONS) == fields - {"identifier", "at_exit", "notify_refusal"}
+
+
+def test_help_on_session_names_every_option():
+    # help(hubfsm.Session) showed only "**options: Unpack[SessionOptions]".
+    named = set(re.findall(r"``(\w+)``", hubfsm.Session.__doc__.split("Raises:")[0]))
+    assert set(OPTIONS) <= named, sorted(set(OPTIONS) - named)
 
 
 def test_every_option_given_lands_in_its_field():
