@@ -22,8 +22,7 @@ from hubfsm.core.platform import PLATFORM
 from hubfsm.core.values import Send
 from hubfsm.hub.keys import new_platform_key
 from hubfsm.hub.server import LocalHub
-from hubfsm.runtime.sync import sync
-from hubfsm.runtime.sync_session import FirstContact
+from hubfsm.runtime.sync import FirstContact, sync
 from hubfsm.transport import Request, Response, TransportError
 from transports.memory import HandlerTransport
 
