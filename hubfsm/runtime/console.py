@@ -47,6 +47,23 @@ def hub_name(api_root: str | None) -> str:
     return (api_root or env.api_root() or DEFAULT_API_ROOT).rstrip("/")
 
 
+def line_start() -> str:
+    """A newline when an open progress bar may have left the cursor mid-line, else ``""``.
+
+    A trainer's bar (ultralytics' epoch bar) is redrawn with carriage returns and ends
+    its line only when it closes: a line written meanwhile (a SIGTERM or a lost hub
+    mid-epoch) would be glued to it. Only a bar already imported can be open.
+    """
+    std = sys.modules.get("tqdm.std")
+    bars = getattr(getattr(std, "tqdm", None), "_instances", ())
+    return "\n" if any(True for _ in list(bars)) else ""
+
+
+def say_line(line: str) -> None:
+    """Print one line for people on standard error, on a line of its own."""
+    print(line_start() + line, file=sys.stderr)
+
+
 def duration(seconds: float) -> str:
     """``45 s``, ``10 min``, ``2 h``: how long a wait is, rounded for reading."""
     if seconds < 120:
@@ -135,7 +152,7 @@ class Console:
         if stream is None:
             return
         with contextlib.suppress(OSError, ValueError):
-            print(f"hubfsm: {line}", file=stream, flush=True)
+            print(f"{line_start()}hubfsm: {line}", file=stream, flush=True)
 
     def outcome(self, core: Core, channel: str, outcome: Outcome, now: float) -> None:
         """Take in one attempt's outcome on ``channel``; say when the hub is lost or back."""

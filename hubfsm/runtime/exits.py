@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import os
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 from hubfsm.core import protocol
 from hubfsm.core.engine import Core
 from hubfsm.core.values import describe_pending
-from hubfsm.runtime.console import hub_name, keyed_sync_command, no_answer
+from hubfsm.runtime.console import hub_name, keyed_sync_command, no_answer, say_line
 from hubfsm.runtime.driver import Driver
 from hubfsm.runtime.settings import Settings
 from hubfsm.transport import Outcome
@@ -152,7 +151,7 @@ def report_left(
             line = f"hubfsm: model {core.model_id}: nothing is kept in {where}"
         if lost is not None:
             line += f"; {lost} could not be written there (the disk is full or failing)"
-        print(line, file=sys.stderr)
+        say_line(line)
 
 
 def say_interrupted(
