@@ -73,19 +73,6 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h".replace(".0 h", " h")
 
 
-def sync_command(api_root: str | None, where: Path) -> str:
-    """The ``hubfsm sync`` command that reaches the same hub as the session did.
-
-    ``hubfsm sync`` reads the API root from ``--hub``, else ``ULTRALYTICS_HUB_API``, else
-    the public hub: ``--hub`` is written out when the session's root is none of those.
-    """
-    session_root = hub_name(api_root)
-    directory = shlex.quote(str(where))
-    if session_root == hub_name(None):
-        return f"hubfsm sync {directory}"
-    return f"hubfsm sync --hub {shlex.quote(session_root)} {directory}"
-
-
 def waiting_line(
     core: Core, hub: str, timeout: float, where: Path | None, api_root: str | None
 ) -> str:
@@ -96,7 +83,7 @@ def waiting_line(
     else:
         after = (
             f"Ctrl-C stops waiting and keeps it all in {where} for "
-            f"`{sync_command(api_root, where)}`"
+            f"`{keyed_sync_command(where, api_root, core.config.protocol)}`"
         )
     return (
         f"model {core.model_id}: waiting up to {duration(timeout)} for {hub} to take "
