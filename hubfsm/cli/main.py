@@ -32,6 +32,11 @@ from hubfsm.errors import HubfsmError, IdentifierError
 from hubfsm.logs import configure_cli
 from hubfsm.version import __version__
 
+# status and sync read the same root, and say so alike
+OUTBOX_DIR_HELP = (
+    "an outbox root or one model's outbox (default: HUBFSM_OUTBOX, else the user data directory)"
+)
+
 # -- parse -------------------------------------------------------------------------
 
 
@@ -254,12 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         "HUB_API_KEY=... hubfsm sync ~/.local/share/hubfsm/outbox/AbCdEfGhIjKlMnOpQrSt\n"
         "ULTRALYTICS_API_KEY=... hubfsm sync --protocol platform",
     )
-    p.add_argument(
-        "dir",
-        nargs="?",
-        help="an outbox root or one model's outbox "
-        "(default: HUBFSM_OUTBOX, else the user data directory)",
-    )
+    p.add_argument("dir", nargs="?", help=OUTBOX_DIR_HELP)
     p.add_argument(
         "--hub",
         type=api_root,
@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         "List outboxes and what each still holds.",
         "hubfsm status\nhubfsm status ./outbox\nhubfsm status --json",
     )
-    p.add_argument("dir", nargs="?", help="an outbox root or one model's outbox")
+    p.add_argument("dir", nargs="?", help=OUTBOX_DIR_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object, for scripts")
     add_protocol_option(p)
     p.set_defaults(func=cmd_status)

@@ -47,6 +47,23 @@ def hub_name(api_root: str | None) -> str:
     return (api_root or env.api_root() or DEFAULT_API_ROOT).rstrip("/")
 
 
+def line_start() -> str:
+    """A newline when an open progress bar may have left the cursor mid-line, else ``""``.
+
+    A trainer's bar (ultralytics' epoch bar) is redrawn with carriage returns and ends
+    its line only when it closes: a line written meanwhile (a SIGTERM or a lost hub
+    mid-epoch) would be glued to it. Only a bar already imported can be open.
+    """
+    std = sys.modules.get("tqdm.std")
+    bars = getattr(getattr(std, "tqdm", None), "_instances", ())
+    return "\n" if any(True for _ in list(bars)) else ""
+
+
+def say_line(line: str) -> None:
+    """Print one line for people on standard error, on a line of its own."""
+    print(line_start() + line, file=sys.stderr)
+
+
 def duration(seconds: float) -> str:
     """``45 s``, ``10 min``, ``2 h``: how long a wait is, rounded for reading."""
     if seconds < 120:
@@ -54,19 +71,6 @@ def duration(seconds: float) -> str:
     if seconds < 2 * 3600:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h".replace(".0 h", " h")
-
-
-def sync_command(api_root: str | None, where: Path) -> str:
-    """The ``hubfsm sync`` command that reaches the same hub as the session did.
-
-    ``hubfsm sync`` reads the API root from ``--hub``, else ``ULTRALYTICS_HUB_API``, else
-    the public hub: ``--hub`` is written out when the session's root is none of those.
-    """
-    session_root = hub_name(api_root)
-    directory = shlex.quote(str(where))
-    if session_root == hub_name(None):
-        return f"hubfsm sync {directory}"
-    return f"hubfsm sync --hub {shlex.quote(session_root)} {directory}"
 
 
 def waiting_line(
@@ -79,7 +83,7 @@ def waiting_line(
     else:
         after = (
             f"Ctrl-C stops waiting and keeps it all in {where} for "
-            f"`{sync_command(api_root, where)}`"
+            f"`{keyed_sync_command(where, api_root, core.config.protocol)}`"
         )
     return (
         f"model {core.model_id}: waiting up to {duration(timeout)} for {hub} to take "
@@ -135,7 +139,7 @@ class Console:
         if stream is None:
             return
         with contextlib.suppress(OSError, ValueError):
-            print(f"hubfsm: {line}", file=stream, flush=True)
+            print(f"{line_start()}hubfsm: {line}", file=stream, flush=True)
 
     def still_opening(self, now: float, waited: float) -> None:
         """Say once that opening has waited ``waited`` seconds for an answer, if not said.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import os
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ from hubfsm.core.engine import Core
 from hubfsm.core.values import describe_pending
 from hubfsm.durable.survey import survey
 from hubfsm.logs import get_logger
-from hubfsm.runtime.console import hub_name, keyed_sync_command, no_answer, same_hub
+from hubfsm.runtime.console import hub_name, keyed_sync_command, no_answer, same_hub, say_line
 from hubfsm.runtime.driver import Driver
 from hubfsm.runtime.settings import Settings
 from hubfsm.transport import Outcome
@@ -156,7 +155,7 @@ def report_left(
             line = f"hubfsm: model {core.model_id}: nothing is kept in {where}"
         if lost is not None:
             line += f"; {lost} could not be written there (the disk is full or failing)"
-        print(line, file=sys.stderr)
+        say_line(line)
 
 
 def say_interrupted(
@@ -233,9 +232,8 @@ def report_stranded(where: Path, api_root: str | None, protocol: str) -> None:
         if len(stranded) == 1
         else (f"{len(stranded)} earlier runs' outboxes still hold")
     )
-    print(
+    say_line(
         f"hubfsm: {runs} records for this hub ({listed}); this run is a new model, so they "
         f"wait for `{keyed_sync_command(where.parent, api_root, protocol)}` "
-        "(`hubfsm status` lists them)",
-        file=sys.stderr,
+        "(`hubfsm status` lists them)"
     )

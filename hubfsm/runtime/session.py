@@ -9,7 +9,6 @@ acknowledged is kept in a durable outbox (see :mod:`hubfsm.durable.outbox`).
 from __future__ import annotations
 
 import os
-import sys
 import types
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,7 @@ from hubfsm.core.values import Barrier, FinishPending, FinishRequested, Interrup
 from hubfsm.errors import DeliveryIncomplete, HubfsmError
 from hubfsm.logs import get_logger
 from hubfsm.runtime import calls
-from hubfsm.runtime.console import not_taken_in, notice, refusal_error, waiting_line
+from hubfsm.runtime.console import not_taken_in, notice, refusal_error, say_line, waiting_line
 from hubfsm.runtime.driver import QUIET
 from hubfsm.runtime.exits import ExitHooks, close_limit, report_left, say_interrupted
 from hubfsm.runtime.factory import Parts, build, open_model
@@ -394,7 +393,7 @@ class Session(SessionViews):
             return
         self._refusal_noticed = True
         if self._log is log:
-            print(notice(self._core, self.outbox_dir, self._settings.api_root), file=sys.stderr)
+            say_line(notice(self._core, self.outbox_dir, self._settings.api_root))
 
     def _cancelled(self) -> None:
         """The service said a person cancelled the run: tell the trainer's callback."""

@@ -136,8 +136,10 @@ class Settings:
     """Record everything and send nothing, for ``hubfsm sync`` later (else
     ``HUBFSM_OFFLINE``); needs a model id."""
     exit_timeout: float = 10.0
-    """Seconds :meth:`~hubfsm.Session.close` (and interpreter exit) spends sending; one
-    at most once :meth:`~hubfsm.Session.finish` gave up on a hub that does not answer."""
+    """Seconds :meth:`~hubfsm.Session.close` (and interpreter exit) spends sending, at
+    most: it ends once nothing left is due before then (a checkpoint the hub's interval
+    holds back); one at most once :meth:`~hubfsm.Session.finish` gave up on a hub that
+    does not answer."""
     handle_signals: bool = False
     """Also flush on SIGTERM/SIGINT, then chain to the old handlers."""
     at_exit: bool = True

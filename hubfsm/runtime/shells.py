@@ -21,7 +21,6 @@ Both answer what a session asks of its shell (``submit``, ``call``, ``wake_up``,
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -168,9 +167,12 @@ class ThreadRunner:
             self._notify()
             if until is None:
                 continue
-            if stop_at is not None and until == math.inf and not self.inbox:
-                # Nothing will be due before a new event, and none comes after stop: the
-                # final weights finish() gave up on wait for a later session, not the clock.
+            if stop_at is not None and until >= stop_at and not self.inbox:
+                # Nothing will be due before the stop, and no event comes after it: a
+                # checkpoint the hub's interval holds back, a retry later than the stop,
+                # or the final weights finish() gave up on wait for a later session.
+                # Waiting out the limit would only hold the trainer (and a scheduler's
+                # grace after SIGTERM) for the same result.
                 return
             # Never sleep longer than a nap: the trainer's log calls do not wake the
             # worker (a wake-up costs the training thread a system call and the GIL),

@@ -37,8 +37,14 @@ from hubfsm.durable.layout import OutboxDamaged, default_root
 from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.recovery import fold
 from hubfsm.durable.survey import OutboxInfo, report_damage, set_aside_reporting, survey
-from hubfsm.errors import HubfsmError, HubUnavailableError, ModelNotFoundError
-from hubfsm.runtime.console import NOBODY_THERE, Console, hub_name, same_hub
+from hubfsm.errors import AuthError, HubfsmError, HubUnavailableError, ModelNotFoundError
+from hubfsm.runtime.console import (
+    NOBODY_THERE,
+    Console,
+    hub_name,
+    keyed_sync_command,
+    same_hub,
+)
 from hubfsm.runtime.factory import Shell, build
 from hubfsm.runtime.session import Session
 from hubfsm.runtime.settings import API_ROOT_ENV, Settings
@@ -258,6 +264,17 @@ def sync(
             print(f"damaged: {exc}", file=out)
             set_aside_reporting(exc, out=out)
             damaged += 1
+        except AuthError as exc:
+            # Refused at opening, its message names only the answer: say how to go on.
+            said = str(exc)
+            if str(info.directory) not in said:
+                command = keyed_sync_command(info.directory, where, info.protocol)
+                said += (
+                    f"; its records stay in {info.directory}. Run `{command}` with the key "
+                    "that made the model (on a local hub, `hubfsm hub keys transfer` hands "
+                    "a revoked key's models to a new one)"
+                )
+            print(f"model {info.model_id}: {said}", file=out)
         except HubfsmError as exc:
             # A refusal's message already says what is kept where, and what to run.
             said = str(exc)

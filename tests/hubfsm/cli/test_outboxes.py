@@ -128,6 +128,16 @@ def test_sync_help_names_each_dialects_default_key(capsys):
     assert "ULTRALYTICS_API_KEY=... hubfsm sync --protocol platform" in text
 
 
+@pytest.mark.parametrize("command", ["status", "sync"])
+def test_status_and_sync_help_say_where_they_look_without_a_directory(command, capsys):
+    # Before, `status --help` named no default: a user could not tell it reads the same
+    # root that sync sends from (HUBFSM_OUTBOX, else the user data directory).
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: HUBFSM_OUTBOX, else the user data directory)" in text
+
+
 # -- what status says of each outbox ------------------------------------------------
 
 

@@ -223,19 +223,19 @@ def test_finish_with_the_hub_down_says_what_it_waits_for_and_ctrl_c_keeps_it_for
     assert said[1] == waiting
     assert "not on the hub yet; kept in " in said[2]
     assert not any("session.closed_with_pending" in line for line in said)
-    # The command works as printed, once the hub is back.
+    # The command works as printed, once the hub is back: it names the hub and the key's
+    # variable, so it needs no ULTRALYTICS_HUB_API.
     command = shlex.split(waiting.rsplit("`", 2)[1])
-    assert command[:2] == ["hubfsm", "sync"]
+    assert command[:5] == ["HUB_API_KEY=...", "hubfsm", "sync", "--hub", local.url]
     restarted = LocalHub(local.data_dir, port=port).start()
     try:
         env = dict(
-            os.environ,
-            ULTRALYTICS_HUB_API=restarted.url,
+            {k: v for k, v in os.environ.items() if k != "ULTRALYTICS_HUB_API"},
             HUB_API_KEY=restarted.api_key,
             PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         )
         done = subprocess.run(
-            [sys.executable, "-m", "hubfsm", *command[1:]],
+            [sys.executable, "-m", "hubfsm", *command[2:]],
             env=env,
             capture_output=True,
             text=True,

@@ -64,3 +64,26 @@ def test_the_printed_sync_command_of_a_platform_outbox_names_the_platform_key():
     assert local == f"ULTRALYTICS_API_KEY=... hubfsm sync --hub {LOCAL} {where}"
     public = keyed_sync_command(where, PLATFORM_API_ROOT, "platform")
     assert public == f"ULTRALYTICS_API_KEY=... hubfsm sync {where}"
+
+
+def test_the_waiting_line_gives_the_sync_command_as_every_other_line_does(
+    hub, tmp_path, monkeypatch
+):
+    # Before, finishing's "waiting up to ..." line said `hubfsm sync DIR`, without the
+    # hub (left out when ULTRALYTICS_HUB_API named it) or the key: copied into another
+    # shell, it sent nowhere. Every other line gives the command that works as printed.
+    import hubfsm
+    from hubfsm.runtime.console import waiting_line
+    from tests.support import KEY, new_model
+    from transports.memory import InMemoryTransport
+
+    monkeypatch.setenv("ULTRALYTICS_HUB_API", LOCAL)
+    session = hubfsm.Session(
+        new_model(hub), transport=InMemoryTransport(hub, KEY), api_root=LOCAL, outbox_dir=tmp_path
+    )
+    try:
+        line = waiting_line(session._core, f"the hub at {LOCAL}", 3600, session.outbox_dir, LOCAL)
+    finally:
+        session.close()
+    assert f"`{keyed_sync_command(session.outbox_dir, LOCAL)}`" in line
+    assert f"`HUB_API_KEY=... hubfsm sync --hub {LOCAL} " in line
