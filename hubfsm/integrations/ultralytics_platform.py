@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from hubfsm import env
 from hubfsm.core.identifier import slugify
+from hubfsm.durable.layout import default_root
 from hubfsm.errors import HubfsmError
 from hubfsm.integrations.ultralytics_objects import MAP_KEY, model_info, settings_key
 from hubfsm.logs import get_logger
@@ -157,11 +158,11 @@ class PlatformCallbacks:
                 **options,
             )
             session.start()
-        except HubfsmError as exc:  # a refused key or API root too (SettingsError)
+        except (HubfsmError, OSError) as exc:  # a refused key or root; a full or read-only disk
             # As the official client: training goes on, untracked, and its console says
             # why (the one line for people; the event is for logs).
             log.info("platform.untracked", error=f"{type(exc).__name__}: {exc}")
-            _say(f"Training will not be tracked on Platform: {exc}", logging.WARNING)
+            _say(f"Training will not be tracked on Platform: {self._why(exc)}", logging.WARNING)
             return
         self.sessions[id(trainer)] = session
         if session.model_id is not None:
@@ -170,6 +171,16 @@ class PlatformCallbacks:
         log.info("platform.tracking", model_id=session.model_id, model_url=session.model_url)
         if session.model_url:
             _say(f"View model at {session.model_url}")
+
+    def _why(self, exc: Exception) -> str:
+        """What went wrong, with where outboxes go and how to move them for a disk error."""
+        if not isinstance(exc, OSError) or "HUBFSM_OUTBOX" in str(exc):
+            return str(exc)
+        root = self.options.get("outbox_dir") or default_root()
+        return (
+            f"{exc.strerror or exc} (the outbox in {root}); free space there, or keep "
+            "outboxes elsewhere (HUBFSM_OUTBOX)"
+        )
 
     def on_pretrain_routine_end(self, trainer: Any) -> None:
         """Apply a cancellation that came before the trainer's setup reset ``stop``."""

@@ -151,6 +151,30 @@ def test_a_platform_url_hubfsm_will_not_send_the_key_to_trains_on_untracked(tmp_
     assert "refusing plain http:// to 192.0.2.1" in said[0]
 
 
+def test_an_outbox_that_cannot_be_written_trains_on_untracked_and_names_the_fix(
+    tmp_path, caplog, capsys
+):
+    # A home that is full or read-only: before, the OSError of opening the outbox escaped
+    # the callback and ended the training with a traceback before its first epoch.
+    caplog.set_level("INFO", logger="ultralytics")
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    hooks = PlatformCallbacks(
+        api_key=PLATFORM_KEY,
+        transport=HandlerTransport(FakePlatform()),
+        config=FAST,
+        outbox_dir=blocked / "outbox",
+    )
+    trainer = Trainer(tmp_path / "run")
+    trainer.train(hooks.callbacks())
+    assert trainer.epoch == 2
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(said) == 1, said
+    assert said[0].startswith("Platform: Training will not be tracked on Platform: ")
+    assert str(blocked / "outbox") in said[0] and "HUBFSM_OUTBOX" in said[0]
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_a_cancel_on_the_platform_stops_the_trainer(tmp_path):
     fake = FakePlatform()
     trainer = Trainer(tmp_path / "run")
