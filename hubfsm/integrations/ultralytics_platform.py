@@ -15,6 +15,10 @@ so the same runs report through a :class:`~hubfsm.Session` in the Platform diale
   once, then at most every 900 s; at the end the final weights, then ``training_complete``
   once everything before it was acknowledged;
 - ``cancelled`` in any answer sets ``trainer.stop``;
+- on SIGTERM or SIGINT, what is queued is sent for up to ``exit_timeout`` and what is
+  left is named, with its ``hubfsm sync`` command, before the signal goes on
+  (``handle_signals=False``, or a handler of the application's own, leaves the
+  signals alone);
 - the official callbacks' lines on ultralytics' console (its ``ultralytics`` logger):
   ``Platform: Streaming training metrics to Platform``, ``Platform: View model at URL``,
   and ``Platform: View results at URL`` once the final weights are acknowledged (a
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -150,6 +155,11 @@ class PlatformCallbacks:
             options = self.options.copy()
             options["protocol"] = "platform"
             options["api_key"] = key
+            # ultralytics leaves SIGTERM to kill the trainer where it stands; a scheduler's
+            # stop would then say nothing of the epochs the outbox keeps for `hubfsm sync`.
+            # Only signals that end the process, though: after an application's own
+            # handler training may go on, and a session closed there would lose the rest.
+            options.setdefault("handle_signals", _signals_end_the_process())
             options["train_args"] = train_args
             session = Session(
                 identifier,
@@ -259,6 +269,14 @@ class PlatformCallbacks:
                 session.close()
             except HubfsmError as exc:
                 log.warning("platform.closed_with_refusal", error=str(exc))
+
+
+def _signals_end_the_process() -> bool:
+    """True while SIGTERM and SIGINT have Python's own handlers (they end the process)."""
+    return (
+        signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
 
 
 def _weights(trainer: Any) -> str | None:

@@ -249,3 +249,61 @@ def test_install_replaces_the_platform_callbacks_where_ultralytics_has_no_hub(mo
     finally:
         uninstall()
     assert platform.callbacks is official and not installed()
+
+
+@pytest.mark.slow
+def test_a_sigterm_mid_run_says_what_is_kept_and_the_sync_command(tmp_path):
+    # A scheduler's stop, `timeout`, `docker stop`: SIGTERM. Before, the trainer died
+    # without a word, and nothing told a person that epochs waited for `hubfsm sync`.
+    import os
+    import signal
+    import subprocess
+
+    root = Path(__file__).parents[3]
+    path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path)
+    env.pop("ULTRALYTICS_API_KEY", None)
+    worker = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "platform_signal_worker.py"),
+         str(tmp_path / "outbox")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        assert worker.stdout.readline() == "held\n", worker.stderr.read()
+    finally:
+        os.kill(worker.pid, signal.SIGTERM)
+        _, err = worker.communicate(timeout=60)
+    assert worker.returncode == -signal.SIGTERM
+    assert "Traceback" not in err and PLATFORM_KEY not in err
+    lines = err.splitlines()
+    kept = [line for line in lines if "hubfsm sync" in line]
+    assert len(kept) == 1 and str(tmp_path / "outbox") in kept[0], err
+    assert len(lines) <= 2, err  # the lost service, then what is kept
+
+
+def test_an_application_s_own_sigterm_handler_is_left_alone(tmp_path):
+    # An application that catches SIGTERM to stop gracefully keeps training after it:
+    # had hubfsm taken the signal too, it would close the session there, and every later
+    # epoch would be lost ("epoch_end is not allowed in state 'resumable'").
+    import os
+    import signal
+
+    caught = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: caught.append(signum))
+    try:
+        fake = FakePlatform()
+        calls = callbacks(fake, tmp_path).callbacks()
+        epoch_end = calls["on_fit_epoch_end"]
+
+        def signal_at_the_first(trainer):
+            epoch_end(trainer)
+            if trainer.epoch == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        calls["on_fit_epoch_end"] = signal_at_the_first
+        Trainer(tmp_path / "run").train(calls, epochs=3)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert caught == [signal.SIGTERM]
+    run = fake.only_model().runs[1]
+    assert run.epochs == [0, 1, 2] and run.complete is not None
