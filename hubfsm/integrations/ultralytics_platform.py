@@ -272,10 +272,13 @@ class PlatformCallbacks:
 
 
 def _signals_end_the_process() -> bool:
-    """True while SIGTERM and SIGINT have Python's own handlers (they end the process)."""
-    return (
-        signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    """True while SIGTERM and SIGINT have Python's own handlers (they end the process).
+
+    An ignored SIGINT (a job started in the background) counts too: it stays ignored.
+    """
+    sigint = signal.getsignal(signal.SIGINT)
+    return signal.getsignal(signal.SIGTERM) == signal.SIG_DFL and (
+        sigint is signal.default_int_handler or sigint == signal.SIG_IGN
     )
 
 

@@ -252,12 +252,18 @@ def test_install_replaces_the_platform_callbacks_where_ultralytics_has_no_hub(mo
 
 
 @pytest.mark.slow
-def test_a_sigterm_mid_run_says_what_is_kept_and_the_sync_command(tmp_path):
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_a_sigterm_mid_run_says_what_is_kept_and_the_sync_command(tmp_path, sigint):
     # A scheduler's stop, `timeout`, `docker stop`: SIGTERM. Before, the trainer died
     # without a word, and nothing told a person that epochs waited for `hubfsm sync`.
+    # A trainer started in the background (`&`, nohup) has SIGINT ignored: that must
+    # not keep SIGTERM from being taken, and SIGINT stays ignored.
     import os
     import signal
     import subprocess
+
+    def ignore_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     root = Path(__file__).parents[3]
     path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
@@ -267,6 +273,7 @@ def test_a_sigterm_mid_run_says_what_is_kept_and_the_sync_command(tmp_path):
         [sys.executable, str(Path(__file__).parent / "platform_signal_worker.py"),
          str(tmp_path / "outbox")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        preexec_fn=ignore_sigint if sigint == "ignored" else None,
     )  # fmt: skip
     try:
         assert worker.stdout.readline() == "held\n", worker.stderr.read()
