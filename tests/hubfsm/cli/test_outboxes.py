@@ -208,3 +208,22 @@ def test_help_tells_a_platform_user_the_tool_is_for_them(capsys):
     sync = " ".join(capsys.readouterr().out.split())
     hub = sync.split("--hub URL send", 1)[1].split("--key KEY", 1)[0]
     assert "ULTRALYTICS_PLATFORM_URL" in hub, hub
+
+
+def test_an_outbox_with_nothing_to_send_says_why_it_is_there_and_how_to_drop_it(
+    tmp_path, capsys
+):
+    # A Platform trainer killed before its first epoch arrived leaves an outbox that holds
+    # only its run. Before, status listed a row of zeros and said nothing more, sync
+    # passed it by, and it stayed listed for good.
+    root = tmp_path / "outbox"
+    outbox = Outbox(root / MODEL, MODEL, root=root)
+    try:
+        outbox.db.set_run("platform", 1, "https://platform.test/owner/proj/run1")
+    finally:
+        outbox.close()
+    assert main(["status", str(root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    [said] = [line for line in lines if "nothing to send" in line]
+    assert said.startswith(f"model {MODEL}: ")
+    assert "resume=True" in said and f"`hubfsm discard {MODEL}`" in said
