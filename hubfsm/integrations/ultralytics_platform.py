@@ -255,6 +255,10 @@ class PlatformCallbacks:
             # notice, or what it prints on closing); a warning would say it all again.
             said = log.info if session.pending()["final"] else log.warning
             said("platform.final_pending", error=f"{type(exc).__name__}: {exc}")
+        except KeyboardInterrupt:
+            # The waiting line says Ctrl-C stops waiting and keeps it all: training is
+            # over, so it ends as training does, and closing names what is kept.
+            log.info("platform.final_wait_stopped")
         finally:
             try:
                 session.close()

@@ -314,3 +314,40 @@ def test_an_application_s_own_sigterm_handler_is_left_alone(tmp_path):
     assert caught == [signal.SIGTERM]
     run = fake.only_model().runs[1]
     assert run.epochs == [0, 1, 2] and run.complete is not None
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_end_waits_for_platform_stops_waiting_without_a_traceback(tmp_path):
+    # The end of training says "Ctrl-C stops waiting and keeps it all ... for hubfsm sync".
+    # Before, doing so printed that line and then a KeyboardInterrupt traceback, and
+    # train() never returned to the user's script.
+    import os
+    import signal
+    import subprocess
+
+    root = Path(__file__).parents[3]
+    path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path)
+    env.pop("ULTRALYTICS_API_KEY", None)
+    worker = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "platform_signal_worker.py"),
+         str(tmp_path / "outbox"), "--to-the-end"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    said = []
+    try:
+        for line in worker.stderr:
+            said.append(line)
+            if "Ctrl-C stops waiting" in line:
+                break
+        else:
+            pytest.fail("".join(said))
+    finally:
+        os.kill(worker.pid, signal.SIGINT)
+        out, err = worker.communicate(timeout=60)
+    err = "".join(said) + err
+    assert worker.returncode == 0, err
+    assert out.splitlines()[-1] == "returned"
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and PLATFORM_KEY not in err
+    assert len([line for line in err.splitlines() if "hubfsm sync" in line]) == 2, err
