@@ -86,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = Parser(
         prog="hubfsm",
-        description="A training-session client for model hubs: demo, local hub, simulation.",
+        description="A training-session client for model hubs (Ultralytics HUB's API and "
+        "Ultralytics Platform's): demo, local hub, outboxes, simulation. With ultralytics 8.4, "
+        "`hubfsm.integrations.ultralytics.install()` reports training to Platform through "
+        "hubfsm; `hubfsm status` and `hubfsm sync` show and send what a run left behind.",
         epilog="Run `hubfsm COMMAND --help` for a command's options and an example.",
     )
     parser.add_argument("--version", action="version", version=f"hubfsm {__version__}")
@@ -265,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=api_root,
         metavar="URL",
         help="send every outbox to this API root (default: the hub each outbox was made "
-        "for; for an outbox older than that record, ULTRALYTICS_HUB_API, else the public hub)",
+        "for; for an outbox older than that record, ULTRALYTICS_HUB_API (Platform outboxes: "
+        "ULTRALYTICS_PLATFORM_URL), else the public hub)",
     )
     add_key_options(
         p,

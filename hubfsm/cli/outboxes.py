@@ -197,6 +197,22 @@ def status(
             print(f"model {info.model_id}: rejected by the hub: {record}", file=out)
         for record in info.kept_aside:
             print(f"model {info.model_id}: kept aside: {record}", file=out)
+        if not (info.in_use or info.refusal or info.rejected or info.kept_aside) and not any(
+            info.pending.values()
+        ):
+            # A run stopped before anything of it was left unsent (a kill before its first
+            # epoch): a row of zeros alone does not say why it stays, or how it goes.
+            why = (
+                "kept so that resuming this training (resume=True) goes on with the same "
+                "run; "
+                if info.protocol == "platform"
+                else ""
+            )
+            print(
+                f"model {info.model_id}: nothing to send; {why}`hubfsm discard "
+                f"{info.model_id}` deletes it if you no longer want it",
+                file=out,
+            )
     if any(any(info.pending.values()) for info in infos):
         print(
             "`hubfsm sync` sends what they hold; `hubfsm discard MODEL_ID` deletes one you "

@@ -15,6 +15,10 @@ so the same runs report through a :class:`~hubfsm.Session` in the Platform diale
   once, then at most every 900 s; at the end the final weights, then ``training_complete``
   once everything before it was acknowledged;
 - ``cancelled`` in any answer sets ``trainer.stop``;
+- on SIGTERM or SIGINT, what is queued is sent for up to ``exit_timeout`` and what is
+  left is named, with its ``hubfsm sync`` command, before the signal goes on
+  (``handle_signals=False``, or a handler of the application's own, leaves the
+  signals alone);
 - the official callbacks' lines on ultralytics' console (its ``ultralytics`` logger):
   ``Platform: Streaming training metrics to Platform``, ``Platform: View model at URL``,
   and ``Platform: View results at URL`` once the final weights are acknowledged (a
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -35,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from hubfsm import env
 from hubfsm.core.identifier import slugify
+from hubfsm.durable.layout import default_root
 from hubfsm.errors import HubfsmError
 from hubfsm.integrations.ultralytics_objects import MAP_KEY, model_info, settings_key
 from hubfsm.logs import get_logger
@@ -149,6 +155,11 @@ class PlatformCallbacks:
             options = self.options.copy()
             options["protocol"] = "platform"
             options["api_key"] = key
+            # ultralytics leaves SIGTERM to kill the trainer where it stands; a scheduler's
+            # stop would then say nothing of the epochs the outbox keeps for `hubfsm sync`.
+            # Only signals that end the process, though: after an application's own
+            # handler training may go on, and a session closed there would lose the rest.
+            options.setdefault("handle_signals", _signals_end_the_process())
             options["train_args"] = train_args
             session = Session(
                 identifier,
@@ -157,11 +168,11 @@ class PlatformCallbacks:
                 **options,
             )
             session.start()
-        except HubfsmError as exc:  # a refused key or API root too (SettingsError)
+        except (HubfsmError, OSError) as exc:  # a refused key or root; a full or read-only disk
             # As the official client: training goes on, untracked, and its console says
             # why (the one line for people; the event is for logs).
             log.info("platform.untracked", error=f"{type(exc).__name__}: {exc}")
-            _say(f"Training will not be tracked on Platform: {exc}", logging.WARNING)
+            _say(f"Training will not be tracked on Platform: {self._why(exc)}", logging.WARNING)
             return
         self.sessions[id(trainer)] = session
         if session.model_id is not None:
@@ -170,6 +181,16 @@ class PlatformCallbacks:
         log.info("platform.tracking", model_id=session.model_id, model_url=session.model_url)
         if session.model_url:
             _say(f"View model at {session.model_url}")
+
+    def _why(self, exc: Exception) -> str:
+        """What went wrong, with where outboxes go and how to move them for a disk error."""
+        if not isinstance(exc, OSError) or "HUBFSM_OUTBOX" in str(exc):
+            return str(exc)
+        root = self.options.get("outbox_dir") or default_root()
+        return (
+            f"{exc.strerror or exc} (the outbox in {root}); free space there, or keep "
+            "outboxes elsewhere (HUBFSM_OUTBOX)"
+        )
 
     def on_pretrain_routine_end(self, trainer: Any) -> None:
         """Apply a cancellation that came before the trainer's setup reset ``stop``."""
@@ -234,6 +255,10 @@ class PlatformCallbacks:
             # notice, or what it prints on closing); a warning would say it all again.
             said = log.info if session.pending()["final"] else log.warning
             said("platform.final_pending", error=f"{type(exc).__name__}: {exc}")
+        except KeyboardInterrupt:
+            # The waiting line says Ctrl-C stops waiting and keeps it all: training is
+            # over, so it ends as training does, and closing names what is kept.
+            log.info("platform.final_wait_stopped")
         finally:
             try:
                 session.close()
@@ -248,6 +273,17 @@ class PlatformCallbacks:
                 session.close()
             except HubfsmError as exc:
                 log.warning("platform.closed_with_refusal", error=str(exc))
+
+
+def _signals_end_the_process() -> bool:
+    """True while SIGTERM and SIGINT have Python's own handlers (they end the process).
+
+    An ignored SIGINT (a job started in the background) counts too: it stays ignored.
+    """
+    sigint = signal.getsignal(signal.SIGINT)
+    return signal.getsignal(signal.SIGTERM) == signal.SIG_DFL and (
+        sigint is signal.default_int_handler or sigint == signal.SIG_IGN
+    )
 
 
 def _weights(trainer: Any) -> str | None:

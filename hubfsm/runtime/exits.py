@@ -52,7 +52,12 @@ class ExitHooks:
         atexit.register(self._at_exit)
         if signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.getsignal(sig)
+                previous = signal.getsignal(sig)
+                if previous == signal.SIG_IGN:
+                    # Ignored (SIGINT of a job started in the background): the process
+                    # goes on after it, so closing the session there would lose the rest.
+                    continue
+                self._previous[sig] = previous
                 signal.signal(sig, self._on_signal)
 
     def _at_exit(self) -> None:

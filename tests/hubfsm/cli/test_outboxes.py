@@ -204,3 +204,36 @@ def test_status_says_when_each_outbox_was_written_and_which_run_it_holds(tmp_pat
     assert shown[OTHER]["page"] == "http://127.0.0.1:8000/alice/birds/run\x1b1"
     assert shown[MODEL]["page"] is None  # no hub recorded: no page to name
     assert abs(shown[MODEL]["written_at"] - (time.time() - 2 * 3600 - 60)) < 60
+
+
+def test_help_tells_a_platform_user_the_tool_is_for_them(capsys):
+    # Before, `hubfsm --help` named only "model hubs", and `sync --help` gave only HUB's
+    # variable for where an outbox goes: a Platform user could not tell it was for them.
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = " ".join(capsys.readouterr().out.split())
+    assert "Ultralytics Platform" in top and "install()" in top
+    with pytest.raises(SystemExit):
+        main(["sync", "--help"])
+    sync = " ".join(capsys.readouterr().out.split())
+    hub = sync.split("--hub URL send", 1)[1].split("--key KEY", 1)[0]
+    assert "ULTRALYTICS_PLATFORM_URL" in hub, hub
+
+
+def test_an_outbox_with_nothing_to_send_says_why_it_is_there_and_how_to_drop_it(
+    tmp_path, capsys
+):
+    # A Platform trainer killed before its first epoch arrived leaves an outbox that holds
+    # only its run. Before, status listed a row of zeros and said nothing more, sync
+    # passed it by, and it stayed listed for good.
+    root = tmp_path / "outbox"
+    outbox = Outbox(root / MODEL, MODEL, root=root)
+    try:
+        outbox.db.set_run("platform", 1, "https://platform.test/owner/proj/run1")
+    finally:
+        outbox.close()
+    assert main(["status", str(root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    [said] = [line for line in lines if "nothing to send" in line]
+    assert said.startswith(f"model {MODEL}: ")
+    assert "resume=True" in said and f"`hubfsm discard {MODEL}`" in said

@@ -151,6 +151,30 @@ def test_a_platform_url_hubfsm_will_not_send_the_key_to_trains_on_untracked(tmp_
     assert "refusing plain http:// to 192.0.2.1" in said[0]
 
 
+def test_an_outbox_that_cannot_be_written_trains_on_untracked_and_names_the_fix(
+    tmp_path, caplog, capsys
+):
+    # A home that is full or read-only: before, the OSError of opening the outbox escaped
+    # the callback and ended the training with a traceback before its first epoch.
+    caplog.set_level("INFO", logger="ultralytics")
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    hooks = PlatformCallbacks(
+        api_key=PLATFORM_KEY,
+        transport=HandlerTransport(FakePlatform()),
+        config=FAST,
+        outbox_dir=blocked / "outbox",
+    )
+    trainer = Trainer(tmp_path / "run")
+    trainer.train(hooks.callbacks())
+    assert trainer.epoch == 2
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(said) == 1, said
+    assert said[0].startswith("Platform: Training will not be tracked on Platform: ")
+    assert str(blocked / "outbox") in said[0] and "HUBFSM_OUTBOX" in said[0]
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_a_cancel_on_the_platform_stops_the_trainer(tmp_path):
     fake = FakePlatform()
     trainer = Trainer(tmp_path / "run")
@@ -225,3 +249,105 @@ def test_install_replaces_the_platform_callbacks_where_ultralytics_has_no_hub(mo
     finally:
         uninstall()
     assert platform.callbacks is official and not installed()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_a_sigterm_mid_run_says_what_is_kept_and_the_sync_command(tmp_path, sigint):
+    # A scheduler's stop, `timeout`, `docker stop`: SIGTERM. Before, the trainer died
+    # without a word, and nothing told a person that epochs waited for `hubfsm sync`.
+    # A trainer started in the background (`&`, nohup) has SIGINT ignored: that must
+    # not keep SIGTERM from being taken, and SIGINT stays ignored.
+    import os
+    import signal
+    import subprocess
+
+    def ignore_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    root = Path(__file__).parents[3]
+    path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path)
+    env.pop("ULTRALYTICS_API_KEY", None)
+    worker = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "platform_signal_worker.py"),
+         str(tmp_path / "outbox")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        preexec_fn=ignore_sigint if sigint == "ignored" else None,
+    )  # fmt: skip
+    try:
+        assert worker.stdout.readline() == "held\n", worker.stderr.read()
+    finally:
+        os.kill(worker.pid, signal.SIGTERM)
+        _, err = worker.communicate(timeout=60)
+    assert worker.returncode == -signal.SIGTERM
+    assert "Traceback" not in err and PLATFORM_KEY not in err
+    lines = err.splitlines()
+    kept = [line for line in lines if "hubfsm sync" in line]
+    assert len(kept) == 1 and str(tmp_path / "outbox") in kept[0], err
+    assert len(lines) <= 2, err  # the lost service, then what is kept
+
+
+def test_an_application_s_own_sigterm_handler_is_left_alone(tmp_path):
+    # An application that catches SIGTERM to stop gracefully keeps training after it:
+    # had hubfsm taken the signal too, it would close the session there, and every later
+    # epoch would be lost ("epoch_end is not allowed in state 'resumable'").
+    import os
+    import signal
+
+    caught = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: caught.append(signum))
+    try:
+        fake = FakePlatform()
+        calls = callbacks(fake, tmp_path).callbacks()
+        epoch_end = calls["on_fit_epoch_end"]
+
+        def signal_at_the_first(trainer):
+            epoch_end(trainer)
+            if trainer.epoch == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        calls["on_fit_epoch_end"] = signal_at_the_first
+        Trainer(tmp_path / "run").train(calls, epochs=3)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert caught == [signal.SIGTERM]
+    run = fake.only_model().runs[1]
+    assert run.epochs == [0, 1, 2] and run.complete is not None
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_end_waits_for_platform_stops_waiting_without_a_traceback(tmp_path):
+    # The end of training says "Ctrl-C stops waiting and keeps it all ... for hubfsm sync".
+    # Before, doing so printed that line and then a KeyboardInterrupt traceback, and
+    # train() never returned to the user's script.
+    import os
+    import signal
+    import subprocess
+
+    root = Path(__file__).parents[3]
+    path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path)
+    env.pop("ULTRALYTICS_API_KEY", None)
+    worker = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "platform_signal_worker.py"),
+         str(tmp_path / "outbox"), "--to-the-end"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    said = []
+    try:
+        for line in worker.stderr:
+            said.append(line)
+            if "Ctrl-C stops waiting" in line:
+                break
+        else:
+            pytest.fail("".join(said))
+    finally:
+        os.kill(worker.pid, signal.SIGINT)
+        out, err = worker.communicate(timeout=60)
+    err = "".join(said) + err
+    assert worker.returncode == 0, err
+    assert out.splitlines()[-1] == "returned"
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and PLATFORM_KEY not in err
+    assert len([line for line in err.splitlines() if "hubfsm sync" in line]) == 2, err

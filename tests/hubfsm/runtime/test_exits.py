@@ -97,3 +97,25 @@ def test_a_dead_hub_at_exit_costs_the_deadline_and_one_line(local, tmp_path):
     # The exit kept trying, and stopped once the deadline had passed on its clock.
     sent = int(done.stdout.split("requests at exit:")[1])
     assert 1 <= sent <= 4, done.stdout
+
+
+def test_an_ignored_signal_stays_ignored():
+    # SIGINT of a job started in the background is ignored: the process goes on after it.
+    # Before, the hooks took it anyway and closed the session there, and every later
+    # epoch was refused ("not allowed in state 'resumable'").
+    import signal
+
+    from hubfsm.runtime.exits import ExitHooks
+
+    closed = []
+    term = signal.getsignal(signal.SIGTERM)
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        hooks = ExitHooks(closed.append, signals=True)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) != term  # SIGTERM still taken
+        hooks.remove()
+        assert signal.getsignal(signal.SIGTERM) == term
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert closed == []
