@@ -203,8 +203,7 @@ def status(
             # A run stopped before anything of it was left unsent (a kill before its first
             # epoch): a row of zeros alone does not say why it stays, or how it goes.
             why = (
-                "kept so that resuming this training (resume=True) goes on with the same "
-                "run; "
+                "kept so that resuming this training (resume=True) goes on with the same run; "
                 if info.protocol == "platform"
                 else ""
             )
