@@ -196,7 +196,10 @@ class Session(SessionViews):
         """
         if not self._accepting:
             raise calls.illegal_call(self._core.state, "save_checkpoint", closed=self._closed)
-        epoch = calls.epoch_number(epoch, "save_checkpoint")
+        if type(epoch) is not int or not 0 <= epoch <= calls.MAX_EPOCH:
+            # Checked only off the common path, as in log_metrics: a plain int in range
+            # goes straight on, the training thread's every checkpoint.
+            epoch = calls.epoch_number(epoch, "save_checkpoint")
         # A missing file is the caller's error, raised here.
         self._weights.offer_checkpoint(path, epoch=epoch, is_best=is_best)
         self._shell.wake_up()
