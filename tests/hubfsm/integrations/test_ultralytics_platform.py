@@ -251,6 +251,27 @@ def test_install_replaces_the_platform_callbacks_where_ultralytics_has_no_hub(mo
     assert platform.callbacks is official and not installed()
 
 
+def _signal_worker(tmp_path, *args, sigint):
+    """Start platform_signal_worker.py on an outbox in tmp_path, SIGINT handled as given.
+
+    SIGINT is set in the child, as a shell sets it: ignored for a job started with ``&``.
+    """
+    import os
+    import signal
+    import subprocess
+
+    root = Path(__file__).parents[3]
+    path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path)
+    env.pop("ULTRALYTICS_API_KEY", None)
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "platform_signal_worker.py"),
+         str(tmp_path / "outbox"), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
+    )  # fmt: skip
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sigint", ["default", "ignored"])
 def test_a_sigterm_mid_run_says_what_is_kept_and_the_sync_command(tmp_path, sigint):
@@ -260,21 +281,9 @@ def test_a_sigterm_mid_run_says_what_is_kept_and_the_sync_command(tmp_path, sigi
     # not keep SIGTERM from being taken, and SIGINT stays ignored.
     import os
     import signal
-    import subprocess
 
-    def ignore_sigint():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    root = Path(__file__).parents[3]
-    path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, PYTHONPATH=path)
-    env.pop("ULTRALYTICS_API_KEY", None)
-    worker = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "platform_signal_worker.py"),
-         str(tmp_path / "outbox")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
-        preexec_fn=ignore_sigint if sigint == "ignored" else None,
-    )  # fmt: skip
+    sigint_handler = signal.SIG_IGN if sigint == "ignored" else signal.SIG_DFL
+    worker = _signal_worker(tmp_path, sigint=sigint_handler)
     try:
         assert worker.stdout.readline() == "held\n", worker.stderr.read()
     finally:
@@ -323,18 +332,8 @@ def test_ctrl_c_while_the_end_waits_for_platform_stops_waiting_without_a_traceba
     # train() never returned to the user's script.
     import os
     import signal
-    import subprocess
 
-    root = Path(__file__).parents[3]
-    path = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, PYTHONPATH=path)
-    env.pop("ULTRALYTICS_API_KEY", None)
-    worker = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "platform_signal_worker.py"),
-         str(tmp_path / "outbox"), "--to-the-end"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
+    worker = _signal_worker(tmp_path, "--to-the-end", sigint=signal.SIG_DFL)
     said = []
     try:
         for line in worker.stderr:
