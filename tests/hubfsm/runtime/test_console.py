@@ -391,13 +391,18 @@ def test_a_hub_lost_once_training_ended_does_not_say_training_goes_on() -> None:
     ]
 
 
-def test_a_hub_that_does_not_answer_at_open_is_named_once_with_how_long() -> None:
-    core = types.SimpleNamespace(
+def _opening_core() -> types.SimpleNamespace:
+    """What the console reads of a core that is still opening its model."""
+    return types.SimpleNamespace(
         state="resolved",
         answered=False,
         machine=types.SimpleNamespace(failed=False, sends=True, traits=TRAITS["resolved"]),
         pending=lambda: {"metrics": 0, "checkpoint": 0, "final": 0},
     )
+
+
+def test_a_hub_that_does_not_answer_at_open_is_named_once_with_how_long() -> None:
+    core = _opening_core()
     out = io.StringIO()
     console = Console("the hub at http://127.0.0.1:8000", open_timeout=120.0, stream=out)
     busy = Response(503, {"success": False, "message": "busy", "data": {}})
@@ -406,6 +411,24 @@ def test_a_hub_that_does_not_answer_at_open_is_named_once_with_how_long() -> Non
     assert out.getvalue().splitlines() == [
         "hubfsm: no answer yet from the hub at http://127.0.0.1:8000 (503 busy); trying for "
         "up to 2 min to open the model"
+    ]
+
+
+def test_the_opening_line_is_said_once_and_the_hub_back_closes_it() -> None:
+    core = _opening_core()
+    out = io.StringIO()
+    console = Console("the hub at http://127.0.0.1:8000", open_timeout=120.0, stream=out)
+    console.still_opening(110.0, 10.0)
+    busy = Response(503, {"success": False, "message": "busy", "data": {}})
+    for attempt in range(5):  # the lost line would say the same again
+        console.outcome(core, "control", busy, now=120.0 + attempt)  # type: ignore[arg-type]
+    console.still_opening(130.0, 10.0)
+    ok = Response(200, {"success": True, "message": "", "data": {}})
+    console.outcome(core, "control", ok, now=160.0)  # type: ignore[arg-type]
+    assert out.getvalue().splitlines() == [
+        "hubfsm: no answer yet from the hub at http://127.0.0.1:8000 after 10 s; trying for "
+        "up to 2 min to open the model",
+        "hubfsm: the hub at http://127.0.0.1:8000 is back after 60 s",
     ]
 
 

@@ -7,19 +7,14 @@ minutes in silence, then read "did not load or create the model within 120s".
 
 from __future__ import annotations
 
-import io
 import socket
 import threading
 import time
-import types
 
 import pytest
 
 import hubfsm
-from hubfsm.core.machine import TRAITS
-from hubfsm.runtime.console import Console
 from hubfsm.runtime.factory import OPEN_QUIET
-from hubfsm.transport import Response
 from tests.support import KEY
 
 
@@ -62,26 +57,3 @@ def test_opening_on_a_hub_that_never_answers_names_it_then_fails_saying_so(
     assert str(raised.value).endswith(
         f"the hub at {url} did not load or create the model within 12s; nothing answered"
     )
-
-
-def test_the_opening_line_is_said_once_and_the_hub_back_closes_it() -> None:
-    core = types.SimpleNamespace(
-        state="resolved",
-        answered=False,
-        machine=types.SimpleNamespace(failed=False, sends=True, traits=TRAITS["resolved"]),
-        pending=lambda: {"metrics": 0, "checkpoint": 0, "final": 0},
-    )
-    out = io.StringIO()
-    console = Console("the hub at http://127.0.0.1:8000", open_timeout=120.0, stream=out)
-    console.still_opening(110.0, 10.0)
-    busy = Response(503, {"success": False, "message": "busy", "data": {}})
-    for attempt in range(5):  # the lost line would say the same again
-        console.outcome(core, "control", busy, now=120.0 + attempt)  # type: ignore[arg-type]
-    console.still_opening(130.0, 10.0)
-    ok = Response(200, {"success": True, "message": "", "data": {}})
-    console.outcome(core, "control", ok, now=160.0)  # type: ignore[arg-type]
-    assert out.getvalue().splitlines() == [
-        "hubfsm: no answer yet from the hub at http://127.0.0.1:8000 after 10 s; trying for "
-        "up to 2 min to open the model",
-        "hubfsm: the hub at http://127.0.0.1:8000 is back after 60 s",
-    ]
