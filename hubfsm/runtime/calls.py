@@ -118,12 +118,10 @@ def map_value(value: object, *, warn: bool = True) -> float:
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        number = None
-    if number is None:
         raise TypeError(
             f"finish(): map50_95 must be a number (the model's mAP50-95), not a "
             f"{type(value).__name__}"
-        )
+        ) from None
     if not math.isfinite(number):
         if warn:
             log.warning("finish.map_not_finite", map50_95=repr(number), sent=0.0)

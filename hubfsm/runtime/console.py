@@ -24,6 +24,7 @@ from hubfsm import env
 from hubfsm.core.engine import Core
 from hubfsm.core.platform import PLATFORM_API_ROOT
 from hubfsm.core.values import describe_pending
+from hubfsm.durable.survey import survey
 from hubfsm.errors import (
     AuthError,
     DeliveryIncomplete,
@@ -32,8 +33,11 @@ from hubfsm.errors import (
     ModelNotFoundError,
     ModelTrainedError,
 )
+from hubfsm.logs import get_logger
 from hubfsm.transport import Outcome, Response, TransportError
 from transports.settings import DEFAULT_API_ROOT
+
+log = get_logger("hubfsm")
 
 #: Attempts in a row without an answer from the hub before it counts as lost: one or two
 #: are the everyday faults that retries absorb without anyone needing to know.
@@ -56,7 +60,7 @@ def line_start() -> str:
     """
     std = sys.modules.get("tqdm.std")
     bars = getattr(getattr(std, "tqdm", None), "_instances", ())
-    return "\n" if any(True for _ in list(bars)) else ""
+    return "\n" if list(bars) else ""  # a copy: another thread may close a bar meanwhile
 
 
 def say_line(line: str) -> None:
@@ -307,4 +311,52 @@ def not_taken_in(
         f"inside a request to the hub, which answers slowly; it uploads them once that "
         f"request ends{kept}",
         pending,
+    )
+
+
+#: The earlier runs a new model's notice names by model id; the rest are counted.
+STRANDED_NAMED = 2
+
+
+def report_stranded(where: Path, api_root: str | None, protocol: str) -> None:
+    """Say once, as a new model opens, which earlier runs' outboxes still hold records.
+
+    A script restarted after a kill makes a new model from its ``.yaml``: what the
+    killed run kept would wait in its own outbox, unnoticed, for a ``hubfsm sync``
+    nobody thinks to run. Only outboxes for the same hub and dialect, held by no running
+    session, count; the notice never stops a session.
+
+    Args:
+        where: The new model's outbox directory (its parent is the outbox root).
+        api_root: The session's hub.
+        protocol: The session's dialect, for the sync command's key variable.
+    """
+    try:
+        found = survey(where.parent)
+    except Exception as exc:  # a root it cannot read is sync's to report, not this run's
+        log.info("session.stranded_unread", error=f"{type(exc).__name__}: {exc}")
+        return
+    stranded = [
+        info
+        for info in found.infos
+        if info.directory != where
+        and not info.in_use
+        and any(info.pending.values())
+        and info.protocol == protocol  # the printed command's key is the dialect's
+        and (info.hub is None or api_root is None or same_hub(info.hub.api_root, api_root))
+    ]
+    if not stranded:
+        return
+    named = [f"model {i.model_id}: {describe_pending(i.pending)}" for i in stranded]
+    more = len(named) - STRANDED_NAMED
+    listed = "; ".join(named[:STRANDED_NAMED]) + (f"; {more} more" if more > 0 else "")
+    runs = (
+        "an earlier run's outbox still holds"
+        if len(stranded) == 1
+        else f"{len(stranded)} earlier runs' outboxes still hold"
+    )
+    say_line(
+        f"hubfsm: {runs} records for this hub ({listed}); this run is a new model, so they "
+        f"wait for `{keyed_sync_command(where.parent, api_root, protocol)}` "
+        "(`hubfsm status` lists them)"
     )

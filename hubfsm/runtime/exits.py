@@ -20,17 +20,13 @@ from typing import Any
 from hubfsm.core import protocol
 from hubfsm.core.engine import Core
 from hubfsm.core.values import describe_pending
-from hubfsm.durable.survey import survey
-from hubfsm.logs import get_logger
-from hubfsm.runtime.console import hub_name, keyed_sync_command, no_answer, same_hub, say_line
+from hubfsm.runtime.console import hub_name, keyed_sync_command, no_answer, say_line
 from hubfsm.runtime.driver import Driver
 from hubfsm.runtime.settings import Settings
 from hubfsm.transport import Outcome
 from transports.settings import DEFAULT_API_ROOT
 
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
-
-log = get_logger("hubfsm")
 
 #: Seconds closing gives a hub that ``finish()`` gave up on and that still does not answer.
 CLOSE_GRACE = 1.0
@@ -194,51 +190,3 @@ def say_interrupted(
         log.info("session.interrupt_not_sent", error=type(exc).__name__)
         return
     log.info("session.interrupt_sent", model_id=core.model_id, status=response.status)
-
-
-#: The earlier runs a new model's notice names by model id; the rest are counted.
-STRANDED_NAMED = 2
-
-
-def report_stranded(where: Path, api_root: str | None, protocol: str) -> None:
-    """Say once, as a new model opens, which earlier runs' outboxes still hold records.
-
-    A script restarted after a kill makes a new model from its ``.yaml``: what the
-    killed run kept would wait in its own outbox, unnoticed, for a ``hubfsm sync``
-    nobody thinks to run. Only outboxes for the same hub and dialect, held by no running
-    session, count; the notice never stops a session.
-
-    Args:
-        where: The new model's outbox directory (its parent is the outbox root).
-        api_root: The session's hub.
-        protocol: The session's dialect, for the sync command's key variable.
-    """
-    try:
-        found = survey(where.parent)
-    except Exception as exc:  # a root it cannot read is sync's to report, not this run's
-        log.info("session.stranded_unread", error=f"{type(exc).__name__}: {exc}")
-        return
-    stranded = [
-        info
-        for info in found.infos
-        if info.directory != where
-        and not info.in_use
-        and any(info.pending.values())
-        and info.protocol == protocol  # the printed command's key is the dialect's
-        and (info.hub is None or api_root is None or same_hub(info.hub.api_root, api_root))
-    ]
-    if not stranded:
-        return
-    named = [f"model {i.model_id}: {describe_pending(i.pending)}" for i in stranded]
-    more = len(named) - STRANDED_NAMED
-    listed = "; ".join(named[:STRANDED_NAMED]) + (f"; {more} more" if more > 0 else "")
-    runs = (
-        "an earlier run's outbox still holds"
-        if len(stranded) == 1
-        else (f"{len(stranded)} earlier runs' outboxes still hold")
-    )
-    say_line(
-        f"hubfsm: {runs} records for this hub ({listed}); this run is a new model, so they "
-        f"wait for `{keyed_sync_command(where.parent, api_root, protocol)}` "
-        "(`hubfsm status` lists them)"
-    )

@@ -24,9 +24,8 @@ from hubfsm.durable.outbox import Outbox
 from hubfsm.durable.port import Durability, OutboxOpener, Recovery
 from hubfsm.errors import HubfsmError, HubUnavailableError
 from hubfsm.logs import get_logger
-from hubfsm.runtime.console import Console, hub_name
+from hubfsm.runtime.console import Console, hub_name, report_stranded
 from hubfsm.runtime.driver import Clock, Driver, Hooks, Observer
-from hubfsm.runtime.exits import report_stranded
 from hubfsm.runtime.settings import Settings
 from hubfsm.runtime.shells import RealClock, SimRunner, ThreadRunner
 from hubfsm.transport import Transport
