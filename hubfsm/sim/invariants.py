@@ -37,7 +37,7 @@ TITLES = {
     CRASH: "the run raised",
     1: "no epoch lost",
     2: "nothing takes effect twice",
-    3: "the final weights are the file handed to finish",
+    3: "the weights on the hub are the ones handed over (final and checkpoints)",
     4: "every state change is a declared transition",
     5: "rate limits hold",
     6: "retries follow the policy, and a refusal stops sending",
